@@ -1,0 +1,151 @@
+# tollgate — build, run, test, fuzz, bench.
+#
+# Targets
+#   make              build build/tollgate (optimised, with debug info)
+#   make run          install missing Debian packages, build, make a local
+#                     certificate, start with conf/tollgate.yaml
+#   make test         install what the tests need, then run the unit and
+#                     integration suites, first plain, then under ASan+UBSan
+#   make test-unit    unit tests only (plain build)
+#   make test-integration   integration tests only (plain build)
+#   make test-asan    unit + integration tests under ASan+UBSan
+#   make fuzz         build the libFuzzer targets and run each FUZZ_SECONDS
+#   make bench        race tollgate against nginx and haproxy (bench/run)
+#   make certs        write a self-signed ECDSA pair for localhost to certs/
+#   make install      install binary, config, unit and man page (PREFIX, DESTDIR)
+#   make deps         install the Debian packages the build needs
+#   make clean
+#
+# Options
+#   SANITIZE=address,undefined   build into build/sanitize with sanitizers
+#   FUZZ_SECONDS=60              time per fuzz target for `make fuzz`
+#   PYTEST_ARGS=...              extra arguments for pytest (e.g. -k tls -x)
+#   PREFIX=/usr/local DESTDIR=   for `make install`
+#   CONFIG=conf/tollgate.yaml    the config `make run` starts with
+
+CC       ?= cc
+PREFIX   ?= /usr/local
+CONFIG   ?= conf/tollgate.yaml
+FUZZ_SECONDS ?= 60
+PYTEST_ARGS ?=
+
+# Debian packages: building, testing, and benchmarking.
+BUILD_PKGS = gcc make pkg-config libev-dev libssl-dev libhiredis-dev \
+             libmaxminddb-dev libyaml-dev openssl
+TEST_PKGS  = $(BUILD_PKGS) python3 python3-pytest curl redis-server \
+             clang libclang-rt-14-dev wrk procps iproute2 slowhttptest
+APT_SUDO   = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+PKGS     = libssl libcrypto hiredis libmaxminddb yaml-0.1
+CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Werror \
+              -Wno-missing-field-initializers -g -MMD -MP
+LIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lev -lpthread -lm
+
+ifdef SANITIZE
+BUILD    = build/sanitize
+OPT      = -O1 -fno-omit-frame-pointer -fsanitize=$(SANITIZE) -fno-sanitize-recover=all
+LDSAN    = -fsanitize=$(SANITIZE)
+else
+BUILD    = build
+OPT      = -O2
+LDSAN    =
+endif
+
+CFLAGS  ?=
+CFLAGS  += $(CFLAGS_BASE) $(OPT) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDFLAGS += $(LDSAN)
+
+SRCS     = $(wildcard src/*.c)
+OBJS     = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
+LIB_OBJS = $(filter-out $(BUILD)/obj/main.o,$(OBJS))
+UNIT_SRCS = $(wildcard tests/unit/test_*.c)
+UNIT_BINS = $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all run deps test-deps test test-unit test-integration test-asan \
+        unit-run integration-run fuzz bench certs install clean
+
+all: $(BUILD)/tollgate
+
+$(BUILD)/tollgate: $(OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+# Unit tests may #include the module's .c to reach its statics; they link
+# against every other object, so each test binary filters out the module it
+# includes (named by the test: test_http1.c includes src/http1.c).
+$(BUILD)/tests/test_%: tests/unit/test_%.c $(LIB_OBJS) | $(BUILD)/tests
+	$(CC) $(CFLAGS) -Isrc -o $@ $< \
+	    $(filter-out $(BUILD)/obj/$*.o,$(LIB_OBJS)) $(LDFLAGS) $(LIBS)
+
+$(BUILD)/obj $(BUILD)/tests:
+	mkdir -p $@
+
+-include $(OBJS:.o=.d) $(UNIT_BINS:=.d)
+
+deps:
+	@missing=$$(for p in $(BUILD_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing: $$missing"; \
+	    $(APT_SUDO) apt-get update && \
+	    DEBIAN_FRONTEND=noninteractive $(APT_SUDO) apt-get install -y $$missing; \
+	fi
+
+test-deps:
+	@missing=$$(for p in $(TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing: $$missing"; \
+	    $(APT_SUDO) apt-get update && \
+	    DEBIAN_FRONTEND=noninteractive $(APT_SUDO) apt-get install -y $$missing; \
+	fi
+
+certs: certs/localhost.crt
+
+certs/localhost.crt:
+	mkdir -p certs
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+	    -keyout certs/localhost.key -out certs/localhost.crt -days 825 \
+	    -subj "/CN=localhost" \
+	    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" 2>/dev/null
+	chmod 600 certs/localhost.key
+
+run: deps
+	$(MAKE) all certs
+	./build/tollgate -c $(CONFIG)
+
+# The whole suite: plain first (fast feedback), then under sanitizers.
+test: test-deps
+	$(MAKE) unit-run integration-run
+	$(MAKE) SANITIZE=address,undefined unit-run integration-run
+
+test-unit: test-deps
+	$(MAKE) unit-run
+
+test-integration: test-deps
+	$(MAKE) integration-run
+
+test-asan: test-deps
+	$(MAKE) SANITIZE=address,undefined unit-run integration-run
+
+unit-run: $(UNIT_BINS)
+	@fail=0; for t in $(UNIT_BINS); do ./$$t || fail=1; done; exit $$fail
+
+integration-run: $(BUILD)/tollgate
+	TOLLGATE_BIN=$(CURDIR)/$(BUILD)/tollgate /usr/bin/python3 -m pytest -q \
+	    -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+fuzz:
+	$(MAKE) -C tests/fuzz FUZZ_SECONDS=$(FUZZ_SECONDS) run
+
+bench: all
+	bench/run
+
+install: all
+	install -D -m 0755 build/tollgate $(DESTDIR)$(PREFIX)/bin/tollgate
+	install -D -m 0644 conf/tollgate.yaml $(DESTDIR)/etc/tollgate/tollgate.yaml.example
+	install -D -m 0644 conf/tollgate.service $(DESTDIR)/lib/systemd/system/tollgate.service
+	install -D -m 0644 docs/tollgate.8 $(DESTDIR)$(PREFIX)/share/man/man8/tollgate.8
+
+clean:
+	rm -rf build

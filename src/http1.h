@@ -1,0 +1,179 @@
+/* HTTP/1.1 message heads and chunked bodies (RFC 9112), parsed strictly.
+ *
+ * Pure: no I/O, no allocation, no global state. The parsers read a buffer
+ * that the caller owns and return views (struct tg_str) into it, valid as
+ * long as the caller keeps those bytes in place. They are resumable: the
+ * caller feeds the whole buffer again after more bytes arrive, together with
+ * a `scanned` cursor that lets the parser skip what it already validated.
+ *
+ * Anything ambiguous is an error, never a guess: that is what keeps the
+ * gateway and the backend from disagreeing about where a message ends. */
+#ifndef TG_HTTP1_H
+#define TG_HTTP1_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "str.h"
+
+/* Upper bound on the header count a caller can ask for. */
+#define TG_HTTP1_MAX_HEADERS 256
+
+enum tg_http1_method {
+    TG_HTTP1_OTHER = 0, /* any other token: forwarded as is */
+    TG_HTTP1_GET,
+    TG_HTTP1_HEAD,
+    TG_HTTP1_POST,
+    TG_HTTP1_PUT,
+    TG_HTTP1_DELETE,
+    TG_HTTP1_OPTIONS,
+    TG_HTTP1_PATCH,
+    TG_HTTP1_CONNECT,
+    TG_HTTP1_TRACE,
+};
+
+/* How a message body is delimited. */
+enum tg_http1_framing {
+    TG_HTTP1_BODY_NONE = 0,   /* no body (or Content-Length: 0) */
+    TG_HTTP1_BODY_LENGTH,     /* Content-Length bytes follow */
+    TG_HTTP1_BODY_CHUNKED,    /* Transfer-Encoding: chunked */
+    TG_HTTP1_BODY_CLOSE,      /* responses only: read until the peer closes */
+};
+
+struct tg_http1_header {
+    struct tg_str name;  /* token, as sent (case preserved) */
+    struct tg_str value; /* leading and trailing OWS removed */
+};
+
+struct tg_http1_limits {
+    size_t max_request_line; /* bytes, request line incl. CRLF: over it 414 */
+    size_t max_head;         /* bytes, whole head: over it 431 (502 for responses) */
+    size_t max_headers;      /* header lines: over it 431; <= TG_HTTP1_MAX_HEADERS */
+};
+
+/* Result of parsing a request head. Every view points into the buffer given
+ * to tg_http1_parse_request. */
+struct tg_http1_request {
+    enum tg_http1_method method_id;
+    struct tg_str method;
+    struct tg_str target;    /* the request-target exactly as sent */
+    struct tg_str path;      /* origin-form path (absolute-form: the path part;
+                                asterisk-form: "*"); never empty */
+    struct tg_str query;     /* after '?', without it; p == NULL when absent */
+    struct tg_str authority; /* absolute-form host[:port]; p == NULL otherwise */
+    int minor_version;       /* 0 for HTTP/1.0, 1 for HTTP/1.1 */
+
+    struct tg_http1_header headers[TG_HTTP1_MAX_HEADERS];
+    size_t nheaders;
+
+    /* Derived from the headers while parsing. */
+    struct tg_str host;               /* Host value (or authority); p == NULL if none */
+    enum tg_http1_framing framing;    /* NONE, LENGTH or CHUNKED */
+    uint64_t content_length;          /* when framing == LENGTH */
+    bool keep_alive;                  /* version default adjusted by Connection */
+    bool expect_continue;             /* Expect: 100-continue */
+    bool upgrade;                     /* Connection: upgrade + an Upgrade header */
+    bool upgrade_websocket;           /* ... and Upgrade names websocket */
+    size_t head_len;                  /* bytes of the head, incl. the final CRLF */
+};
+
+struct tg_http1_response {
+    int status;              /* 100..999 */
+    struct tg_str reason;
+    int minor_version;
+
+    struct tg_http1_header headers[TG_HTTP1_MAX_HEADERS];
+    size_t nheaders;
+
+    enum tg_http1_framing framing; /* given the request method (see below) */
+    uint64_t content_length;
+    bool keep_alive;               /* the backend is willing to reuse the connection */
+    bool upgrade_websocket;        /* 101 with Upgrade: websocket */
+    size_t head_len;
+};
+
+/* Parse result codes: a positive value is the head length. */
+enum {
+    TG_HTTP1_INCOMPLETE = 0, /* need more bytes */
+    TG_HTTP1_ERROR = -1,     /* see *status and *reason */
+};
+
+/* Parses the request head at buf[0..len).
+ *
+ * `*scanned` must be 0 for a new message and is advanced to where the next
+ * call may resume validation; pass the same variable back with the same
+ * buffer start plus more bytes. Returns the head length (> 0) once the empty
+ * line is seen, TG_HTTP1_INCOMPLETE if more bytes are needed (and the limits
+ * are not yet exceeded), or TG_HTTP1_ERROR with `*status` set to the answer
+ * the client should get (400, 414, 431, 501, 505) and `*reason` to a short
+ * static English phrase for the error log. A line ending in a bare LF or a
+ * bare CR, obs-fold, NUL/CTL in a field, whitespace before a colon,
+ * Transfer-Encoding other than a final "chunked", Transfer-Encoding with
+ * Content-Length, duplicate or malformed Content-Length, more than one Host,
+ * a missing Host on HTTP/1.1, and an absolute-form target whose authority
+ * differs from Host are all 400. Only HTTP/1.0 and HTTP/1.1 are accepted
+ * (505 otherwise). Thread-safe; no allocation. */
+ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
+                               const struct tg_http1_limits *limits,
+                               struct tg_http1_request *req, int *status,
+                               const char **reason);
+
+/* Parses a response head from a backend, the same way. `request_method`
+ * decides the framing: HEAD, 1xx, 204 and 304 have no body; a 2xx answer to
+ * CONNECT is refused. A response with neither Content-Length nor chunked is
+ * TG_HTTP1_BODY_CLOSE. Errors (including any ambiguity in framing, a bare CR
+ * or LF, CR/LF/NUL in values, an over-large head) return TG_HTTP1_ERROR:
+ * the gateway answers 502. */
+ssize_t tg_http1_parse_response(const char *buf, size_t len, size_t *scanned,
+                                const struct tg_http1_limits *limits,
+                                enum tg_http1_method request_method,
+                                struct tg_http1_response *resp,
+                                const char **reason);
+
+/* Incremental decoder of a chunked body, used to find where the body ends
+ * (so the bytes can be forwarded verbatim) or to extract the data bytes
+ * (when the receiver cannot take chunked). Chunk sizes are at most 16 hex
+ * digits and must fit in 63 bits; chunk extensions must be well-formed
+ * `;token[=token|quoted-string]` and are bounded in length; the trailer
+ * section is bounded by `max_trailer` and made of well-formed fields. */
+struct tg_http1_chunked {
+    int state;            /* private */
+    uint64_t remaining;   /* private: data bytes left in the current chunk */
+    size_t line_len;      /* private: bytes of the current size/ext/trailer line */
+    size_t trailer_len;   /* private: bytes of trailer section so far */
+    size_t max_trailer;   /* set by tg_http1_chunked_init */
+    bool done;            /* the last chunk and trailers have been consumed */
+};
+
+void tg_http1_chunked_init(struct tg_http1_chunked *c, size_t max_trailer);
+
+/* Consumes a prefix of p[0..n) and returns its length (>= 0), or -1 when the
+ * input is not valid chunked coding. Each call consumes either only framing
+ * (sizes, extensions, CRLFs, trailers), leaving `*data_len` 0, or only data
+ * bytes, setting `*data_len` to the returned length. It never reads past the
+ * end of the body: once `c->done` is set it returns 0 and the bytes after
+ * are the next message. Returns 0 with done == false only when n == 0. */
+ssize_t tg_http1_chunked_next(struct tg_http1_chunked *c, const char *p,
+                              size_t n, size_t *data_len);
+
+/* Returns the method id of a method token (TG_HTTP1_OTHER if unknown). */
+enum tg_http1_method tg_http1_method_id(struct tg_str method);
+
+/* True for the methods RFC 9110 calls idempotent (GET, HEAD, PUT, DELETE,
+ * OPTIONS, TRACE): those a proxy may retry on another server. */
+bool tg_http1_method_idempotent(enum tg_http1_method m);
+
+/* The standard reason phrase for a status code ("OK", "Not Found"), or
+ * "Unknown" for codes it does not know. */
+const char *tg_http1_reason(int status);
+
+/* Header token helpers. Case-insensitive name comparison. */
+bool tg_http1_name_eq(struct tg_str name, const char *lower);
+
+/* True if the comma-separated header value lists `token` (case-insensitive,
+ * OWS around elements ignored), e.g. Connection: keep-alive, Upgrade. */
+bool tg_http1_list_has(struct tg_str value, const char *token);
+
+#endif

@@ -1,0 +1,97 @@
+/* Rate limiting: the GCRA core and the store interface.
+ *
+ * A policy is a token bucket described by its emission interval (the time
+ * one token takes to come back: 60s/5 for "5/m") and its burst (capacity).
+ * GCRA keeps one number per key, the theoretical arrival time (TAT), and
+ * decides with integer arithmetic on a monotonic clock in nanoseconds. The
+ * core below is pure: tests drive it with any clock. */
+#ifndef TG_RATELIMIT_H
+#define TG_RATELIMIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct tg_ratelimit_params {
+    int64_t interval_ns; /* emission interval: period / count, >= 1 */
+    int64_t burst;       /* bucket capacity in tokens, >= 1 */
+    int64_t delay;       /* excess requests that may be delayed instead of
+                            refused (nginx's burst/delay), >= 0 */
+};
+
+struct tg_ratelimit_result {
+    bool allowed;
+    int64_t remaining;      /* tokens left after this decision, 0..burst */
+    int64_t retry_after_ns; /* when refused: until one request would pass */
+    int64_t reset_ns;       /* until the bucket is full again */
+    int64_t delay_ns;       /* when allowed through `delay`: hold it this long */
+};
+
+/* Decides whether `cost` tokens may be spent at `now_ns`, and spends them
+ * (advances *tat) if so. *tat is 0 for a key never seen. A request costing
+ * more than burst + delay is never allowed. The clock may jump backwards:
+ * the result is then conservative (never more tokens than the bucket held).
+ * Pure; no overflow for any interval up to one day and burst up to 2^31. */
+bool tg_ratelimit_gcra(int64_t *tat, int64_t now_ns,
+                       const struct tg_ratelimit_params *p, int64_t cost,
+                       struct tg_ratelimit_result *out);
+
+/* The same decision without spending: what would a request of `cost` get. */
+void tg_ratelimit_gcra_peek(int64_t tat, int64_t now_ns,
+                            const struct tg_ratelimit_params *p, int64_t cost,
+                            struct tg_ratelimit_result *out);
+
+/* True when the bucket behind `tat` is full again at `now_ns`: the key then
+ * carries no information and may be forgotten. */
+bool tg_ratelimit_gcra_idle(int64_t tat, int64_t now_ns);
+
+/* Parses "10/s", "5/m", "1000/h", "86400/d" (count/unit, count >= 1) into an
+ * emission interval. Returns 0, or -1 if malformed. `period_s` receives the
+ * window in seconds (for the RateLimit-Policy header's w=). */
+int tg_ratelimit_parse_rate(const char *s, int64_t *interval_ns,
+                            int64_t *count, int64_t *period_s);
+
+/* ---- local store: one table shared by all worker threads ---------------- */
+
+/* One key's decision in a batch. The key bytes are borrowed for the call. */
+struct tg_ratelimit_op {
+    const void *key;
+    size_t keylen;
+    const struct tg_ratelimit_params *params;
+    int64_t cost;
+    struct tg_ratelimit_result result; /* out */
+};
+
+struct tg_ratelimit_local;
+
+/* Creates a table bounded to about max_keys keys, split into `shards`
+ * (a power of two) each with its own lock. Returns NULL on allocation
+ * failure. */
+struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys,
+                                                  unsigned shards);
+void tg_ratelimit_local_free(struct tg_ratelimit_local *t);
+
+/* Decides all ops atomically: either every op is allowed and all spend, or
+ * none spends (each op's result says what it would have got). Locks the
+ * shards involved in a fixed order, so it never deadlocks. Returns true if
+ * all were allowed. Keys are compared as bytes. When the table is full it
+ * first evicts keys whose bucket is full again, then the keys closest to
+ * full: memory stays bounded whatever the traffic. Thread-safe. */
+bool tg_ratelimit_local_take(struct tg_ratelimit_local *t,
+                             struct tg_ratelimit_op *ops, size_t nops,
+                             int64_t now_ns);
+
+/* Fills ops[i].result as take would, without spending. Thread-safe. */
+void tg_ratelimit_local_peek(struct tg_ratelimit_local *t,
+                             struct tg_ratelimit_op *ops, size_t nops,
+                             int64_t now_ns);
+
+/* Forgets a key (the bucket is full again). Returns true if it existed. */
+bool tg_ratelimit_local_reset(struct tg_ratelimit_local *t, const void *key,
+                              size_t keylen);
+
+/* Keys currently held, and bytes used by the table (for docs and tests). */
+size_t tg_ratelimit_local_count(struct tg_ratelimit_local *t);
+size_t tg_ratelimit_local_memory(struct tg_ratelimit_local *t);
+
+#endif
