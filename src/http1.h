@@ -158,6 +158,11 @@ void tg_http1_chunked_init(struct tg_http1_chunked *c, size_t max_trailer);
 ssize_t tg_http1_chunked_next(struct tg_http1_chunked *c, const char *p,
                               size_t n, size_t *data_len);
 
+/* True when the bytes consumed so far end exactly between two chunks (or
+ * before the first): a chunk of our own may be inserted here without
+ * breaking the framing. False inside a chunk, its CRLF, or the trailers. */
+bool tg_http1_chunked_at_boundary(const struct tg_http1_chunked *c);
+
 /* Returns the method id of a method token (TG_HTTP1_OTHER if unknown). */
 enum tg_http1_method tg_http1_method_id(struct tg_str method);
 

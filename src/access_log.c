@@ -1,0 +1,381 @@
+/* Access log: per-worker chunks, one writer thread, bounded queue.
+ *
+ * Workers never call write(2) for the access log: a slow disk, a full disk
+ * or a stalled pipe on stdout must not slow requests. The price is that
+ * lines can be lost under such faults; they are counted. */
+#include "access_log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ev.h>
+
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "proxy.h"
+#include "worker.h"
+
+#define MAX_QUEUED_BYTES (16u << 20)
+#define MAX_LINE 4096
+
+struct log_chunk {
+    size_t len, cap;
+    struct log_chunk *next;
+    char data[];
+};
+
+/* ---- writer thread -------------------------------------------------------- */
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pthread_t thread;
+    bool running, stop;
+    struct log_chunk *head, *tail;
+    size_t queued_bytes;
+    int fd;              /* -1 = off */
+    char *path;          /* NULL for stdout/off */
+    bool reopen;
+} writer = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .wake = PTHREAD_COND_INITIALIZER,
+    .fd = -1,
+};
+
+static _Atomic uint64_t lines_dropped, lines_written;
+
+static void write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return; /* disk full etc.: the chunk is lost, already counted */
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static size_t count_lines(const struct log_chunk *c)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < c->len; i++)
+        n += c->data[i] == '\n';
+    return n;
+}
+
+static void *writer_main(void *arg)
+{
+    (void)arg;
+    tg_log_set_thread_name("access-log");
+    pthread_mutex_lock(&writer.lock);
+    for (;;) {
+        while (writer.head == NULL && !writer.stop && !writer.reopen)
+            pthread_cond_wait(&writer.wake, &writer.lock);
+        if (writer.reopen) {
+            writer.reopen = false;
+            if (writer.path != NULL) {
+                int fd = open(writer.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+                if (fd < 0) {
+                    tg_log_error("access log: reopen %s: %s", writer.path, strerror(errno));
+                } else {
+                    if (writer.fd >= 0 && writer.fd != STDOUT_FILENO)
+                        close(writer.fd);
+                    writer.fd = fd;
+                    tg_log_info("access log reopened: %s", writer.path);
+                }
+            }
+        }
+        struct log_chunk *c = writer.head;
+        if (c == NULL) {
+            if (writer.stop)
+                break;
+            continue;
+        }
+        writer.head = c->next;
+        if (writer.head == NULL)
+            writer.tail = NULL;
+        writer.queued_bytes -= c->cap;
+        int fd = writer.fd;
+        pthread_mutex_unlock(&writer.lock);
+        if (fd >= 0) {
+            write_all(fd, c->data, c->len);
+            atomic_fetch_add(&lines_written, count_lines(c));
+        }
+        free(c);
+        pthread_mutex_lock(&writer.lock);
+    }
+    pthread_mutex_unlock(&writer.lock);
+    return NULL;
+}
+
+int tg_access_log_start(void)
+{
+    if (writer.running)
+        return 0;
+    writer.stop = false;
+    if (pthread_create(&writer.thread, NULL, writer_main, NULL) != 0)
+        return -1;
+    writer.running = true;
+    return 0;
+}
+
+void tg_access_log_stop(void)
+{
+    if (!writer.running)
+        return;
+    pthread_mutex_lock(&writer.lock);
+    writer.stop = true;
+    pthread_cond_signal(&writer.wake);
+    pthread_mutex_unlock(&writer.lock);
+    pthread_join(writer.thread, NULL);
+    writer.running = false;
+    if (writer.fd >= 0 && writer.fd != STDOUT_FILENO)
+        close(writer.fd);
+    writer.fd = -1;
+    free(writer.path);
+    writer.path = NULL;
+}
+
+int tg_access_log_set_target(const char *target, char *err, size_t errlen)
+{
+    int fd = -1;
+    char *path = NULL;
+    if (target != NULL && strcmp(target, "stdout") == 0) {
+        fd = STDOUT_FILENO;
+    } else if (target != NULL) {
+        fd = open(target, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            snprintf(err, errlen, "cannot open access log %s: %s", target,
+                     strerror(errno));
+            return -1;
+        }
+        path = strdup(target);
+    }
+    pthread_mutex_lock(&writer.lock);
+    int old = writer.fd;
+    writer.fd = fd;
+    free(writer.path);
+    writer.path = path;
+    pthread_mutex_unlock(&writer.lock);
+    if (old >= 0 && old != STDOUT_FILENO)
+        close(old);
+    return 0;
+}
+
+int tg_access_log_reopen(void)
+{
+    pthread_mutex_lock(&writer.lock);
+    writer.reopen = true;
+    pthread_cond_signal(&writer.wake);
+    pthread_mutex_unlock(&writer.lock);
+    return 0;
+}
+
+uint64_t tg_access_log_dropped(void)
+{
+    return atomic_load(&lines_dropped);
+}
+
+uint64_t tg_access_log_written(void)
+{
+    return atomic_load(&lines_written);
+}
+
+/* Queues a chunk, or refuses it when the writer is too far behind. */
+static bool submit(struct log_chunk *c)
+{
+    pthread_mutex_lock(&writer.lock);
+    if (!writer.running || writer.queued_bytes + c->cap > MAX_QUEUED_BYTES) {
+        pthread_mutex_unlock(&writer.lock);
+        return false;
+    }
+    c->next = NULL;
+    if (writer.tail != NULL)
+        writer.tail->next = c;
+    else
+        writer.head = c;
+    writer.tail = c;
+    writer.queued_bytes += c->cap;
+    pthread_cond_signal(&writer.wake);
+    pthread_mutex_unlock(&writer.lock);
+    return true;
+}
+
+/* ---- per worker ------------------------------------------------------------ */
+
+struct tg_access_log {
+    struct tg_worker *w;
+    bool enabled;
+    size_t chunk_cap;
+    struct log_chunk *chunk;
+    ev_timer flush;
+    time_t cached_sec;
+    char cached_time[24]; /* "2026-11-26T10:00:00." */
+};
+
+static void on_flush(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop, (void)revents;
+    tg_access_log_flush(t->data);
+}
+
+struct tg_access_log *tg_access_log_new(struct tg_worker *w)
+{
+    struct tg_access_log *log = calloc(1, sizeof(*log));
+    if (log == NULL)
+        return NULL;
+    log->w = w;
+    log->chunk_cap = 65536;
+    ev_init(&log->flush, on_flush);
+    log->flush.data = log;
+    return log;
+}
+
+void tg_access_log_free(struct tg_access_log *log)
+{
+    if (log == NULL)
+        return;
+    tg_access_log_flush(log);
+    if (log->w != NULL && log->w->loop != NULL)
+        ev_timer_stop(log->w->loop, &log->flush);
+    free(log->chunk);
+    free(log);
+}
+
+void tg_access_log_configure(struct tg_access_log *log,
+                             const struct tg_config_log *cfg)
+{
+    log->enabled = cfg->access != NULL;
+    log->chunk_cap = cfg->access_buffer;
+    ev_timer_stop(log->w->loop, &log->flush);
+    if (log->enabled) {
+        double every = (double)cfg->access_flush_ms / 1000.0;
+        ev_timer_set(&log->flush, every, every);
+        ev_timer_start(log->w->loop, &log->flush);
+    } else {
+        tg_access_log_flush(log);
+    }
+}
+
+void tg_access_log_flush(struct tg_access_log *log)
+{
+    struct log_chunk *c = log->chunk;
+    if (c == NULL || c->len == 0)
+        return;
+    log->chunk = NULL;
+    if (!submit(c)) {
+        atomic_fetch_add(&lines_dropped, count_lines(c));
+        free(c);
+    }
+}
+
+size_t tg_access_log_json_escape(char *out, size_t cap, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
+            if (o + 1 > cap)
+                break;
+            out[o++] = (char)ch;
+        } else if (ch == '"' || ch == '\\') {
+            if (o + 2 > cap)
+                break;
+            out[o++] = '\\';
+            out[o++] = (char)ch;
+        } else {
+            if (o + 6 > cap)
+                break;
+            memcpy(out + o, "\\u00", 4);
+            out[o + 4] = hex[ch >> 4];
+            out[o + 5] = hex[ch & 15];
+            o += 6;
+        }
+    }
+    return o;
+}
+
+/* Appends "key":"escaped" to the line. */
+static size_t put_str(char *line, size_t o, const char *key, const char *val)
+{
+    if (val == NULL)
+        val = "";
+    int n = snprintf(line + o, MAX_LINE - o, ",\"%s\":\"", key);
+    if (n < 0 || (size_t)n >= MAX_LINE - o)
+        return o;
+    o += (size_t)n;
+    o += tg_access_log_json_escape(line + o, MAX_LINE - o - 2, val, strlen(val));
+    line[o++] = '"';
+    return o;
+}
+
+void tg_access_log_request(struct tg_access_log *log,
+                           const struct tg_request *req, double now)
+{
+    if (!log->enabled)
+        return;
+    char line[MAX_LINE];
+    time_t sec = (time_t)now;
+    if (sec != log->cached_sec) {
+        struct tm tm;
+        gmtime_r(&sec, &tm);
+        strftime(log->cached_time, sizeof(log->cached_time), "%Y-%m-%dT%H:%M:%S.", &tm);
+        log->cached_sec = sec;
+    }
+    char client[TG_ADDR_STRLEN];
+    tg_addr_format(&req->client, client, sizeof(client));
+    int ms = (int)((now - (double)sec) * 1000);
+    int n = snprintf(line, sizeof(line), "{\"time\":\"%s%03dZ\",\"client\":\"%s\"",
+                     log->cached_time, ms < 0 ? 0 : (ms > 999 ? 999 : ms), client);
+    size_t o = (size_t)n;
+    o = put_str(line, o, "method", req->method);
+    o = put_str(line, o, "host", req->host);
+    o = put_str(line, o, "path", req->path);
+    double dur = (now - req->start) * 1000.0;
+    double up_ms = req->up_header_at > 0 ? (req->up_header_at - req->up_start) * 1000.0 : -1;
+    n = snprintf(line + o, MAX_LINE - o,
+                 ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
+                 "\"duration_ms\":%.3f",
+                 req->status, (unsigned long long)req->bytes_in,
+                 (unsigned long long)req->bytes_out, dur < 0 ? 0 : dur);
+    if (n > 0 && (size_t)n < MAX_LINE - o)
+        o += (size_t)n;
+    o = put_str(line, o, "upstream", req->up_name);
+    if (up_ms >= 0) {
+        n = snprintf(line + o, MAX_LINE - o, ",\"upstream_ms\":%.3f", up_ms);
+        if (n > 0 && (size_t)n < MAX_LINE - o)
+            o += (size_t)n;
+    }
+    o = put_str(line, o, "request_id", req->request_id);
+    if (o > MAX_LINE - 2)
+        o = MAX_LINE - 2;
+    line[o++] = '}';
+    line[o++] = '\n';
+
+    if (log->chunk != NULL && log->chunk->cap - log->chunk->len < o)
+        tg_access_log_flush(log);
+    if (log->chunk == NULL) {
+        size_t cap = log->chunk_cap > o ? log->chunk_cap : o;
+        log->chunk = malloc(sizeof(*log->chunk) + cap);
+        if (log->chunk == NULL) {
+            atomic_fetch_add(&lines_dropped, 1);
+            return;
+        }
+        log->chunk->len = 0;
+        log->chunk->cap = cap;
+    }
+    memcpy(log->chunk->data + log->chunk->len, line, o);
+    log->chunk->len += o;
+}

@@ -1,0 +1,62 @@
+/* The access log: one JSON line per request, written without ever blocking
+ * a worker.
+ *
+ * Each worker formats lines into its own chunk; full chunks (and, on a
+ * timer, partial ones) go to one writer thread that does the blocking
+ * write(2). When the disk is slow or full and too many chunks wait, new
+ * lines are dropped and counted instead of stalling traffic. */
+#ifndef TG_ACCESS_LOG_H
+#define TG_ACCESS_LOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct tg_worker;
+struct tg_request;
+struct tg_config_log;
+
+/* ---- the writer (main thread) ------------------------------------------- */
+
+/* Starts the writer thread. Returns 0 or -1. */
+int tg_access_log_start(void);
+
+/* Writes what is queued and stops the writer. */
+void tg_access_log_stop(void);
+
+/* Points the log at `target`: a file path (opened for append), "stdout", or
+ * NULL for off. Returns 0, or -1 with a message in err (the old target is
+ * kept). */
+int tg_access_log_set_target(const char *target, char *err, size_t errlen);
+
+/* Reopens the file (SIGUSR1 after logrotate renamed it). */
+int tg_access_log_reopen(void);
+
+/* Lines dropped because the writer could not keep up, and lines written. */
+uint64_t tg_access_log_dropped(void);
+uint64_t tg_access_log_written(void);
+
+/* ---- per worker ----------------------------------------------------------- */
+
+struct tg_access_log *tg_access_log_new(struct tg_worker *w);
+void tg_access_log_free(struct tg_access_log *log);
+
+/* Applies the log section of a new snapshot (enabled, flush interval,
+ * chunk size). Worker thread. */
+void tg_access_log_configure(struct tg_access_log *log,
+                             const struct tg_config_log *cfg);
+
+/* Appends the line for a finished request. Worker thread; never blocks. */
+void tg_access_log_request(struct tg_access_log *log,
+                           const struct tg_request *req, double now);
+
+/* Hands the current chunk to the writer. */
+void tg_access_log_flush(struct tg_access_log *log);
+
+/* Appends `s` to out as the inside of a JSON string (quotes not included),
+ * escaping quotes, backslashes, control and non-ASCII bytes. Returns the
+ * bytes written, at most cap (truncating at an escape boundary). */
+size_t tg_access_log_json_escape(char *out, size_t cap, const char *s,
+                                 size_t n);
+
+#endif

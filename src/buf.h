@@ -1,0 +1,64 @@
+/* I/O buffers with a per-worker free list.
+ *
+ * A buffer is a window [start, end) of bytes inside data[0..cap). Readers
+ * append at `end`, consumers advance `start`; when the window is empty both
+ * return to 0. Buffers come in two classes: the standard size (the
+ * client.buffer_size of the config that created the pool) and large ones for
+ * heads that outgrow it. Idle connections give their buffers back, so an idle
+ * keep-alive connection holds none. One pool per worker thread: no locks. */
+#ifndef TG_BUF_H
+#define TG_BUF_H
+
+#include <stddef.h>
+#include <stdbool.h>
+
+struct tg_buf {
+    size_t start, end, cap;
+    struct tg_buf *next; /* free-list link */
+    char data[];
+};
+
+struct tg_buf_pool {
+    struct tg_buf *free_small, *free_large;
+    size_t nfree_small, nfree_large;
+    size_t small_size, large_size; /* data bytes per class */
+    size_t max_free;               /* per class; beyond that, free() */
+    size_t outstanding;            /* buffers handed out, for tests/metrics */
+};
+
+void tg_buf_pool_init(struct tg_buf_pool *p, size_t small_size,
+                      size_t large_size, size_t max_free);
+void tg_buf_pool_destroy(struct tg_buf_pool *p);
+
+/* Returns an empty buffer of at least `min_cap` bytes, or NULL when memory
+ * is exhausted (the caller answers 503 or closes). Owner thread only. */
+struct tg_buf *tg_buf_get(struct tg_buf_pool *p, size_t min_cap);
+
+/* Returns a buffer to the pool (NULL is fine). */
+void tg_buf_put(struct tg_buf_pool *p, struct tg_buf *b);
+
+/* Grows `*b` to at least min_cap, keeping its bytes (moved to start 0).
+ * Returns 0, or -1 if memory is exhausted (*b unchanged). */
+int tg_buf_grow(struct tg_buf_pool *p, struct tg_buf **b, size_t min_cap);
+
+static inline size_t tg_buf_len(const struct tg_buf *b)
+{
+    return b->end - b->start;
+}
+
+static inline size_t tg_buf_room(const struct tg_buf *b)
+{
+    return b->cap - b->end;
+}
+
+static inline void tg_buf_consume(struct tg_buf *b, size_t n)
+{
+    b->start += n;
+    if (b->start == b->end)
+        b->start = b->end = 0;
+}
+
+/* Moves the window to the front to make room at the end. */
+void tg_buf_compact(struct tg_buf *b);
+
+#endif

@@ -1,0 +1,1098 @@
+/* Configuration loader: libyaml document -> struct tg_config.
+ *
+ * Each section is described by a schema table (key name, parser, where the
+ * value goes, bounds); a generic walker applies it, so unknown keys, wrong
+ * types and out-of-range values are reported the same way everywhere, with
+ * FILE:LINE:COL. All errors are collected before giving up. Cross-references
+ * (a route naming an upstream) are resolved by parsing sections in
+ * dependency order rather than file order. */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <yaml.h>
+
+#include "log.h"
+#include "router.h"
+
+#define MAX_CONFIG_BYTES (64u << 20)
+#define MAX_NODE_VISITS 4000000u
+#define MAX_ERRORS 50
+
+struct cfg_ctx {
+    const char *file;
+    yaml_document_t *doc;
+    struct tg_config *cfg;
+    char *errors;
+    size_t errlen, errused;
+    int nerrors;
+    unsigned long visits;
+};
+
+/* ---- errors ------------------------------------------------------------- */
+
+static struct tg_config_mark mark_of(const yaml_node_t *node)
+{
+    return (struct tg_config_mark){(int)node->start_mark.line + 1,
+                                   (int)node->start_mark.column + 1};
+}
+
+static void verror_at(struct cfg_ctx *ctx, struct tg_config_mark m,
+                      const char *fmt, va_list ap)
+{
+    ctx->nerrors++;
+    if (ctx->nerrors > MAX_ERRORS || ctx->errors == NULL)
+        return;
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t room = ctx->errlen - ctx->errused;
+    int n = snprintf(ctx->errors + ctx->errused, room, "%s:%d:%d: %s\n",
+                     ctx->file, m.line, m.col, msg);
+    if (n > 0)
+        ctx->errused += (size_t)n < room ? (size_t)n : room - 1;
+}
+
+static void error_at(struct cfg_ctx *ctx, struct tg_config_mark m,
+                     const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void error_at(struct cfg_ctx *ctx, struct tg_config_mark m,
+                     const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verror_at(ctx, m, fmt, ap);
+    va_end(ap);
+}
+
+static int node_error(struct cfg_ctx *ctx, const yaml_node_t *node,
+                      const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int node_error(struct cfg_ctx *ctx, const yaml_node_t *node,
+                      const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verror_at(ctx, mark_of(node), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* ---- node access -------------------------------------------------------- */
+
+static yaml_node_t *node_at(struct cfg_ctx *ctx, int index)
+{
+    ctx->visits++;
+    return yaml_document_get_node(ctx->doc, index);
+}
+
+static bool too_many_visits(struct cfg_ctx *ctx, const yaml_node_t *node)
+{
+    if (ctx->visits <= MAX_NODE_VISITS)
+        return false;
+    if (ctx->visits != ULONG_MAX) {
+        node_error(ctx, node, "document too large (alias expansion?)");
+        ctx->visits = ULONG_MAX;
+    }
+    return true;
+}
+
+static const char *node_kind(const yaml_node_t *node)
+{
+    switch (node->type) {
+    case YAML_SCALAR_NODE:
+        return "a scalar";
+    case YAML_SEQUENCE_NODE:
+        return "a list";
+    case YAML_MAPPING_NODE:
+        return "a mapping";
+    default:
+        return "nothing";
+    }
+}
+
+/* Returns the scalar's text (NUL-terminated by libyaml) or NULL with an
+ * error. Scalars holding a NUL byte are refused: every value is text. */
+static const char *scalar(struct cfg_ctx *ctx, yaml_node_t *node,
+                          const char *what)
+{
+    if (node->type != YAML_SCALAR_NODE) {
+        node_error(ctx, node, "%s must be a scalar, not %s", what,
+                   node_kind(node));
+        return NULL;
+    }
+    const char *s = (const char *)node->data.scalar.value;
+    if (strlen(s) != node->data.scalar.length) {
+        node_error(ctx, node, "%s contains a NUL byte", what);
+        return NULL;
+    }
+    return s;
+}
+
+static bool is_plain_scalar(const yaml_node_t *node)
+{
+    return node->type == YAML_SCALAR_NODE &&
+           node->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+}
+
+/* ---- value parsers -------------------------------------------------------- */
+
+struct cfg_key;
+typedef int (*cfg_parse_fn)(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                            const struct cfg_key *key);
+
+struct cfg_key {
+    const char *name;
+    cfg_parse_fn parse;
+    size_t offset;
+    int64_t min, max;             /* bounds for numbers, durations, sizes */
+    const char *const *choices;   /* for p_enum: NULL-terminated */
+};
+
+static int p_bool(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                  const struct cfg_key *key)
+{
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    if (is_plain_scalar(node) && strcmp(s, "true") == 0) {
+        *(bool *)dst = true;
+        return 0;
+    }
+    if (is_plain_scalar(node) && strcmp(s, "false") == 0) {
+        *(bool *)dst = false;
+        return 0;
+    }
+    return node_error(ctx, node, "%s must be true or false, not '%s'",
+                      key->name, s);
+}
+
+static int parse_int64(const char *s, int64_t *out)
+{
+    if (*s == '\0')
+        return -1;
+    int64_t v = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        if (v > (INT64_MAX - (*p - '0')) / 10)
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+static int check_bounds(struct cfg_ctx *ctx, yaml_node_t *node,
+                        const struct cfg_key *key, int64_t v, const char *s)
+{
+    if (v < key->min || (key->max > 0 && v > key->max))
+        return node_error(ctx, node, "%s: '%s' is out of range", key->name, s);
+    return 0;
+}
+
+static int p_uint(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                  const struct cfg_key *key)
+{
+    const char *s = scalar(ctx, node, key->name);
+    int64_t v;
+    if (s == NULL)
+        return -1;
+    if (!is_plain_scalar(node) || parse_int64(s, &v) < 0)
+        return node_error(ctx, node, "%s must be a whole number, not '%s'",
+                          key->name, s);
+    if (check_bounds(ctx, node, key, v, s) < 0)
+        return -1;
+    *(unsigned *)dst = (unsigned)v;
+    return 0;
+}
+
+static int p_int(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                 const struct cfg_key *key)
+{
+    unsigned v;
+    if (p_uint(ctx, node, &v, key) < 0)
+        return -1;
+    *(int *)dst = (int)v;
+    return 0;
+}
+
+int tg_config_parse_duration(const char *s, int64_t *ms)
+{
+    const char *p = s;
+    int64_t v = 0;
+    if (*p < '0' || *p > '9')
+        return -1;
+    while (*p >= '0' && *p <= '9') {
+        if (v > (INT64_MAX / 1000 - (*p - '0')) / 10)
+            return -1;
+        v = v * 10 + (*p++ - '0');
+    }
+    int64_t mult;
+    if (strcmp(p, "ms") == 0)
+        mult = 1;
+    else if (strcmp(p, "s") == 0)
+        mult = 1000;
+    else if (strcmp(p, "m") == 0)
+        mult = 60 * 1000;
+    else if (strcmp(p, "h") == 0)
+        mult = 3600 * 1000;
+    else if (strcmp(p, "d") == 0)
+        mult = 86400 * 1000;
+    else if (*p == '\0' && v == 0)
+        mult = 1;
+    else
+        return -1;
+    if (v > INT64_MAX / mult / 1000)
+        return -1;
+    *ms = v * mult;
+    return 0;
+}
+
+static int p_duration(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                      const struct cfg_key *key)
+{
+    const char *s = scalar(ctx, node, key->name);
+    int64_t ms;
+    if (s == NULL)
+        return -1;
+    if (tg_config_parse_duration(s, &ms) < 0)
+        return node_error(ctx, node,
+                          "%s must be a duration like 250ms, 10s, 5m, 1h; "
+                          "not '%s'", key->name, s);
+    if (check_bounds(ctx, node, key, ms, s) < 0)
+        return -1;
+    *(int64_t *)dst = ms;
+    return 0;
+}
+
+int tg_config_parse_size(const char *s, uint64_t *bytes)
+{
+    const char *p = s;
+    uint64_t v = 0;
+    if (*p < '0' || *p > '9')
+        return -1;
+    while (*p >= '0' && *p <= '9') {
+        if (v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+            return -1;
+        v = v * 10 + (uint64_t)(*p++ - '0');
+    }
+    static const struct {
+        const char *suffix;
+        uint64_t mult;
+    } units[] = {
+        {"", 1},          {"B", 1},
+        {"K", 1u << 10},  {"KiB", 1u << 10},  {"KB", 1000},
+        {"M", 1u << 20},  {"MiB", 1u << 20},  {"MB", 1000000},
+        {"G", 1u << 30},  {"GiB", 1u << 30},  {"GB", 1000000000},
+        {"T", 1ull << 40}, {"TiB", 1ull << 40}, {"TB", 1000000000000ull},
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(units); i++) {
+        if (strcmp(p, units[i].suffix) == 0) {
+            if (v > UINT64_MAX / units[i].mult)
+                return -1;
+            *bytes = v * units[i].mult;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int parse_size_node(struct cfg_ctx *ctx, yaml_node_t *node,
+                           const struct cfg_key *key, uint64_t *out)
+{
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    if (tg_config_parse_size(s, out) < 0 || *out > (uint64_t)INT64_MAX)
+        return node_error(ctx, node,
+                          "%s must be a size like 512, 16KiB, 10MiB; not '%s'",
+                          key->name, s);
+    return check_bounds(ctx, node, key, (int64_t)*out, s);
+}
+
+static int p_size(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                  const struct cfg_key *key)
+{
+    uint64_t v;
+    if (parse_size_node(ctx, node, key, &v) < 0)
+        return -1;
+    *(size_t *)dst = (size_t)v;
+    return 0;
+}
+
+static int p_size64(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                    const struct cfg_key *key)
+{
+    uint64_t v;
+    if (parse_size_node(ctx, node, key, &v) < 0)
+        return -1;
+    *(uint64_t *)dst = v;
+    return 0;
+}
+
+static int p_string(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                    const struct cfg_key *key)
+{
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    if (*s == '\0')
+        return node_error(ctx, node, "%s must not be empty", key->name);
+    char *copy = tg_arena_strdup(&ctx->cfg->arena, s);
+    if (copy == NULL)
+        return node_error(ctx, node, "out of memory");
+    *(const char **)dst = copy;
+    return 0;
+}
+
+static int p_enum(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                  const struct cfg_key *key)
+{
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    for (int i = 0; key->choices[i] != NULL; i++) {
+        if (strcmp(s, key->choices[i]) == 0) {
+            *(int *)dst = i;
+            return 0;
+        }
+    }
+    char list[256] = "";
+    for (int i = 0; key->choices[i] != NULL; i++) {
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof(list) - used, "%s%s", i ? ", " : "",
+                 key->choices[i]);
+    }
+    return node_error(ctx, node, "%s must be one of %s; not '%s'", key->name,
+                      list, s);
+}
+
+/* ---- mappings and lists --------------------------------------------------- */
+
+/* Applies `keys` to a mapping node, writing into `base`. Unknown and
+ * duplicate keys are errors. Returns 0 if every value parsed. */
+static int walk_mapping(struct cfg_ctx *ctx, yaml_node_t *node,
+                        const struct cfg_key *keys, void *base,
+                        const char *section)
+{
+    if (node->type != YAML_MAPPING_NODE)
+        return node_error(ctx, node, "%s must be a mapping, not %s", section,
+                          node_kind(node));
+    int rc = 0;
+    uint64_t seen = 0; /* bit per schema entry; schemas are short */
+    for (yaml_node_pair_t *pair = node->data.mapping.pairs.start;
+         pair < node->data.mapping.pairs.top; pair++) {
+        yaml_node_t *k = node_at(ctx, pair->key);
+        yaml_node_t *v = node_at(ctx, pair->value);
+        if (too_many_visits(ctx, node))
+            return -1;
+        const char *name = scalar(ctx, k, "a key");
+        if (name == NULL) {
+            rc = -1;
+            continue;
+        }
+        size_t i = 0;
+        while (keys[i].name != NULL && strcmp(keys[i].name, name) != 0)
+            i++;
+        if (keys[i].name == NULL) {
+            node_error(ctx, k, "unknown key '%s' in %s", name, section);
+            rc = -1;
+            continue;
+        }
+        if (i < 64 && (seen & (1ull << i))) {
+            node_error(ctx, k, "duplicate key '%s' in %s", name, section);
+            rc = -1;
+            continue;
+        }
+        if (i < 64)
+            seen |= 1ull << i;
+        if (keys[i].parse(ctx, v, (char *)base + keys[i].offset, &keys[i]) < 0)
+            rc = -1;
+    }
+    return rc;
+}
+
+/* Finds a key's value node in a mapping, or NULL. */
+static yaml_node_t *mapping_get(struct cfg_ctx *ctx, yaml_node_t *map,
+                                const char *name)
+{
+    if (map == NULL || map->type != YAML_MAPPING_NODE)
+        return NULL;
+    for (yaml_node_pair_t *pair = map->data.mapping.pairs.start;
+         pair < map->data.mapping.pairs.top; pair++) {
+        yaml_node_t *k = node_at(ctx, pair->key);
+        if (k != NULL && k->type == YAML_SCALAR_NODE &&
+            strcmp((const char *)k->data.scalar.value, name) == 0)
+            return node_at(ctx, pair->value);
+    }
+    return NULL;
+}
+
+static size_t list_len(yaml_node_t *node)
+{
+    return (size_t)(node->data.sequence.items.top -
+                    node->data.sequence.items.start);
+}
+
+static int expect_list(struct cfg_ctx *ctx, yaml_node_t *node,
+                       const char *what)
+{
+    if (node->type != YAML_SEQUENCE_NODE)
+        return node_error(ctx, node, "%s must be a list, not %s", what,
+                          node_kind(node));
+    return 0;
+}
+
+/* ---- socket addresses ------------------------------------------------------ */
+
+size_t tg_config_format_sockaddr(const struct sockaddr *sa, char *out,
+                                 size_t cap)
+{
+    struct tg_addr a;
+    char ip[TG_ADDR_STRLEN];
+    tg_addr_from_sockaddr(sa, &a);
+    tg_addr_format(&a, ip, sizeof(ip));
+    int port = 0;
+    if (sa->sa_family == AF_INET)
+        port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+    else if (sa->sa_family == AF_INET6)
+        port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+    int n = snprintf(out, cap, a.family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip,
+                     port);
+    return n < 0 ? 0 : ((size_t)n < cap ? (size_t)n : cap - 1);
+}
+
+int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out,
+                             char *err, size_t errlen)
+{
+    char host[256];
+    const char *port;
+    const char *colon;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL || close[1] != ':') {
+            snprintf(err, errlen, "'%s' is not [ipv6]:port", s);
+            return -1;
+        }
+        size_t hn = (size_t)(close - s - 1);
+        if (hn == 0 || hn >= sizeof(host)) {
+            snprintf(err, errlen, "'%s' has a bad address", s);
+            return -1;
+        }
+        memcpy(host, s + 1, hn);
+        host[hn] = '\0';
+        port = close + 2;
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL) {
+            snprintf(err, errlen, "'%s' has no port (host:port)", s);
+            return -1;
+        }
+        size_t hn = (size_t)(colon - s);
+        if (hn >= sizeof(host) || memchr(s, ':', hn) != NULL) {
+            snprintf(err, errlen, "'%s': IPv6 addresses go in brackets", s);
+            return -1;
+        }
+        memcpy(host, s, hn);
+        host[hn] = '\0';
+        port = colon + 1;
+        if (hn == 0)
+            strcpy(host, "0.0.0.0");
+    }
+    int64_t pv;
+    if (parse_int64(port, &pv) < 0 || pv < 1 || pv > 65535) {
+        snprintf(err, errlen, "'%s' has a bad port", s);
+        return -1;
+    }
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0 || res == NULL) {
+        snprintf(err, errlen, "cannot resolve '%s': %s", host,
+                 rc ? gai_strerror(rc) : "no address");
+        return -1;
+    }
+    memset(&out->sa, 0, sizeof(out->sa));
+    memcpy(&out->sa, res->ai_addr, res->ai_addrlen);
+    out->salen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+static int p_sockaddr(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                      const struct cfg_key *key)
+{
+    struct tg_config_sockaddr *out = dst;
+    char err[300];
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    if (tg_config_parse_sockaddr(s, out, err, sizeof(err)) < 0)
+        return node_error(ctx, node, "%s: %s", key->name, err);
+    out->text = tg_arena_strdup(&ctx->cfg->arena, s);
+    return out->text ? 0 : node_error(ctx, node, "out of memory");
+}
+
+/* ---- sections ------------------------------------------------------------- */
+
+#define FIELD(type, member) offsetof(type, member)
+
+/* Keys handled by hand in their section parser (lists, references) appear
+ * in the schema with p_skip, so the walker knows them and leaves them. */
+static int p_skip(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                  const struct cfg_key *key)
+{
+    (void)ctx, (void)node, (void)dst, (void)key;
+    return 0;
+}
+
+static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+static const char *const balances[] = {"round_robin", "least_conn", NULL};
+
+static int p_workers(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                     const struct cfg_key *key)
+{
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    if (strcmp(s, "auto") == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        *(unsigned *)dst = n < 1 ? 1 : (n > 256 ? 256 : (unsigned)n);
+        return 0;
+    }
+    return p_uint(ctx, node, dst, key);
+}
+
+static const struct cfg_key client_keys[] = {
+    {"header_timeout", p_duration, FIELD(struct tg_config_client, header_timeout_ms), 1, 0, NULL},
+    {"keepalive_timeout", p_duration, FIELD(struct tg_config_client, keepalive_timeout_ms), 0, 0, NULL},
+    {"body_timeout", p_duration, FIELD(struct tg_config_client, body_timeout_ms), 1, 0, NULL},
+    {"send_timeout", p_duration, FIELD(struct tg_config_client, send_timeout_ms), 1, 0, NULL},
+    {"min_body_rate", p_size64, FIELD(struct tg_config_client, min_body_rate), 0, 0, NULL},
+    {"max_request_line", p_size, FIELD(struct tg_config_client, max_request_line), 64, 1 << 20, NULL},
+    {"max_head", p_size, FIELD(struct tg_config_client, max_head), 256, 1 << 20, NULL},
+    {"max_headers", p_uint, FIELD(struct tg_config_client, max_headers), 1, 256, NULL},
+    {"max_body", p_size64, FIELD(struct tg_config_client, max_body), 0, 0, NULL},
+    {"max_connections", p_uint, FIELD(struct tg_config_client, max_connections), 0, 10000000, NULL},
+    {"buffer_size", p_size, FIELD(struct tg_config_client, buffer_size), 4096, 1 << 24, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const struct cfg_key stream_keys[] = {
+    {"heartbeat", p_duration, FIELD(struct tg_config_stream, heartbeat_ms), 0, 0, NULL},
+    {"max_per_ip", p_uint, FIELD(struct tg_config_stream, max_per_ip), 0, 1000000, NULL},
+    {"idle_timeout", p_duration, FIELD(struct tg_config_stream, idle_timeout_ms), 0, 0, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const struct cfg_key log_keys[] = {
+    {"level", p_enum, FIELD(struct tg_config_log, level), 0, 0, log_levels},
+    {"error", p_string, FIELD(struct tg_config_log, error), 0, 0, NULL},
+    {"access", p_string, FIELD(struct tg_config_log, access), 0, 0, NULL},
+    {"access_flush", p_duration, FIELD(struct tg_config_log, access_flush_ms), 1, 60000, NULL},
+    {"access_buffer", p_size, FIELD(struct tg_config_log, access_buffer), 4096, 64 << 20, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const struct cfg_key listen_keys[] = {
+    {"address", p_sockaddr, FIELD(struct tg_config_listen, addr), 0, 0, NULL},
+    {"tls", p_bool, FIELD(struct tg_config_listen, tls), 0, 0, NULL},
+    {"redirect_to_https", p_int, FIELD(struct tg_config_listen, redirect_to_https), 1, 65535, NULL},
+    {"proxy_protocol", p_bool, FIELD(struct tg_config_listen, proxy_protocol), 0, 0, NULL},
+    {"backlog", p_int, FIELD(struct tg_config_listen, backlog), 1, 65535, NULL},
+    {"max_connections_per_ip", p_uint, FIELD(struct tg_config_listen, max_connections_per_ip), 0, 1000000, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const struct cfg_key upstream_keys[] = {
+    {"servers", p_skip, 0, 0, 0, NULL},
+    {"balance", p_enum, FIELD(struct tg_config_upstream, balance), 0, 0, balances},
+    {"keepalive", p_uint, FIELD(struct tg_config_upstream, keepalive), 0, 100000, NULL},
+    {"keepalive_timeout", p_duration, FIELD(struct tg_config_upstream, keepalive_timeout_ms), 1, 0, NULL},
+    {"keepalive_requests", p_uint, FIELD(struct tg_config_upstream, keepalive_requests), 0, 100000000, NULL},
+    {"connect_timeout", p_duration, FIELD(struct tg_config_upstream, connect_timeout_ms), 1, 0, NULL},
+    {"read_timeout", p_duration, FIELD(struct tg_config_upstream, read_timeout_ms), 1, 0, NULL},
+    {"send_timeout", p_duration, FIELD(struct tg_config_upstream, send_timeout_ms), 1, 0, NULL},
+    {"retries", p_uint, FIELD(struct tg_config_upstream, retries), 0, 100, NULL},
+    {"max_connections", p_uint, FIELD(struct tg_config_upstream, max_connections), 0, 1000000, NULL},
+    {"max_response_head", p_size, FIELD(struct tg_config_upstream, max_response_head), 1024, 1 << 20, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static void client_defaults(struct tg_config_client *c)
+{
+    c->header_timeout_ms = 10000;
+    c->keepalive_timeout_ms = 60000;
+    c->body_timeout_ms = 60000;
+    c->send_timeout_ms = 60000;
+    c->min_body_rate = 0;
+    c->max_request_line = 8192;
+    c->max_head = 32768;
+    c->max_headers = 100;
+    c->max_body = 0;
+    c->max_connections = 0;
+    c->buffer_size = 16384;
+}
+
+static void upstream_defaults(struct tg_config_upstream *u)
+{
+    u->balance = TG_BALANCE_ROUND_ROBIN;
+    u->keepalive = 32;
+    u->keepalive_timeout_ms = 60000;
+    u->keepalive_requests = 10000;
+    u->connect_timeout_ms = 5000;
+    u->read_timeout_ms = 60000;
+    u->send_timeout_ms = 60000;
+    u->retries = 1;
+    u->max_connections = 0;
+    u->max_response_head = 32768;
+}
+
+static int parse_listen(struct cfg_ctx *ctx, yaml_node_t *node)
+{
+    struct tg_config *cfg = ctx->cfg;
+    if (expect_list(ctx, node, "listen") < 0)
+        return -1;
+    size_t n = list_len(node);
+    if (n == 0)
+        return node_error(ctx, node, "listen needs at least one address");
+    cfg->listeners = tg_arena_calloc(&cfg->arena, n, sizeof(*cfg->listeners));
+    if (cfg->listeners == NULL)
+        return node_error(ctx, node, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        struct tg_config_listen *l = &cfg->listeners[cfg->nlisteners];
+        l->backlog = 4096;
+        l->mark = mark_of(item);
+        static const struct cfg_key addr_key = {"address", p_sockaddr, 0, 0, 0, NULL};
+        if (item->type == YAML_SCALAR_NODE) {
+            if (p_sockaddr(ctx, item, &l->addr, &addr_key) < 0) {
+                rc = -1;
+                continue;
+            }
+        } else {
+            if (walk_mapping(ctx, item, listen_keys, l, "listen") < 0) {
+                rc = -1;
+                continue;
+            }
+            if (l->addr.text == NULL) {
+                node_error(ctx, item, "listen entry needs an address");
+                rc = -1;
+                continue;
+            }
+        }
+        if (l->tls && l->redirect_to_https) {
+            node_error(ctx, item,
+                       "a listener cannot both terminate TLS and redirect to HTTPS");
+            rc = -1;
+        }
+        char key[80];
+        tg_config_format_sockaddr((struct sockaddr *)&l->addr.sa, key, sizeof(key));
+        for (size_t j = 0; j < cfg->nlisteners; j++) {
+            if (strcmp(cfg->listeners[j].key, key) == 0) {
+                node_error(ctx, item, "address %s is already listed at line %d",
+                           key, cfg->listeners[j].mark.line);
+                rc = -1;
+            }
+        }
+        l->key = tg_arena_strdup(&cfg->arena, key);
+        cfg->nlisteners++;
+    }
+    return rc;
+}
+
+static int parse_servers(struct cfg_ctx *ctx, yaml_node_t *node,
+                         struct tg_config_upstream *u)
+{
+    if (expect_list(ctx, node, "servers") < 0)
+        return -1;
+    size_t n = list_len(node);
+    if (n == 0)
+        return node_error(ctx, node, "servers needs at least one address");
+    u->servers = tg_arena_calloc(&ctx->cfg->arena, n, sizeof(*u->servers));
+    if (u->servers == NULL)
+        return node_error(ctx, node, "out of memory");
+    int rc = 0;
+    static const struct cfg_key key = {"server", p_sockaddr, 0, 0, 0, NULL};
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        if (p_sockaddr(ctx, item, &u->servers[u->nservers].addr, &key) < 0) {
+            rc = -1;
+            continue;
+        }
+        u->nservers++;
+    }
+    return rc;
+}
+
+static int parse_upstreams(struct cfg_ctx *ctx, yaml_node_t *node)
+{
+    struct tg_config *cfg = ctx->cfg;
+    if (node->type != YAML_MAPPING_NODE)
+        return node_error(ctx, node, "upstreams must be a mapping of names, not %s",
+                          node_kind(node));
+    size_t n = (size_t)(node->data.mapping.pairs.top - node->data.mapping.pairs.start);
+    cfg->upstreams = tg_arena_calloc(&cfg->arena, n ? n : 1, sizeof(*cfg->upstreams));
+    if (cfg->upstreams == NULL)
+        return node_error(ctx, node, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_pair_t *pair = &node->data.mapping.pairs.start[i];
+        yaml_node_t *k = node_at(ctx, pair->key), *v = node_at(ctx, pair->value);
+        const char *name = scalar(ctx, k, "an upstream name");
+        if (name == NULL) {
+            rc = -1;
+            continue;
+        }
+        if (name[0] == '\0' || name[0] == '$') {
+            node_error(ctx, k, "upstream name '%s' is not allowed", name);
+            rc = -1;
+            continue;
+        }
+        if (tg_config_find_upstream(cfg, name, strlen(name)) != NULL) {
+            node_error(ctx, k, "upstream '%s' is defined twice", name);
+            rc = -1;
+            continue;
+        }
+        struct tg_config_upstream *u = &cfg->upstreams[cfg->nupstreams];
+        upstream_defaults(u);
+        u->name = tg_arena_strdup(&cfg->arena, name);
+        u->mark = mark_of(k);
+        if (walk_mapping(ctx, v, upstream_keys, u, "an upstream") < 0)
+            rc = -1;
+        yaml_node_t *servers = mapping_get(ctx, v, "servers");
+        if (servers == NULL) {
+            if (v->type == YAML_MAPPING_NODE)
+                node_error(ctx, v, "upstream '%s' needs servers", name);
+            rc = -1;
+        } else if (parse_servers(ctx, servers, u) < 0) {
+            rc = -1;
+        }
+        u->index = cfg->nupstreams++;
+    }
+    return rc;
+}
+
+static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node,
+                       struct tg_config_route *r)
+{
+    static const struct cfg_key keys[] = {
+        {"path", p_skip, 0, 0, 0, NULL},
+        {"upstream", p_skip, 0, 0, 0, NULL},
+        {"stream", p_bool, FIELD(struct tg_config_route, stream), 0, 0, NULL},
+        {NULL, NULL, 0, 0, 0, NULL},
+    };
+    struct tg_config *cfg = ctx->cfg;
+    r->mark = mark_of(node);
+    int rc = walk_mapping(ctx, node, keys, r, "a route");
+    if (node->type != YAML_MAPPING_NODE)
+        return -1;
+
+    yaml_node_t *path = mapping_get(ctx, node, "path");
+    if (path == NULL) {
+        rc = node_error(ctx, node, "a route needs a path");
+    } else {
+        const char *s = scalar(ctx, path, "path");
+        if (s == NULL) {
+            rc = -1;
+        } else {
+            size_t n = strlen(s);
+            char *norm = tg_arena_alloc(&cfg->arena, n + 1);
+            ssize_t m = norm ? tg_router_normalize_path(s, n, norm, n + 1) : -1;
+            if (m < 0) {
+                rc = node_error(ctx, path,
+                                "path '%s' must start with '/' and be a valid "
+                                "URL path", s);
+            } else {
+                norm[m] = '\0';
+                r->path = norm;
+                r->path_len = (size_t)m;
+            }
+        }
+    }
+
+    yaml_node_t *up = mapping_get(ctx, node, "upstream");
+    if (up == NULL) {
+        rc = node_error(ctx, node, "a route needs an upstream");
+    } else {
+        const char *s = scalar(ctx, up, "upstream");
+        if (s == NULL) {
+            rc = -1;
+        } else {
+            r->upstream = tg_config_find_upstream(cfg, s, strlen(s));
+            if (r->upstream == NULL)
+                rc = node_error(ctx, up, "no upstream named '%s'", s);
+        }
+    }
+    return rc;
+}
+
+static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
+{
+    struct tg_config *cfg = ctx->cfg;
+    if (expect_list(ctx, node, "sites") < 0)
+        return -1;
+    size_t n = list_len(node);
+    cfg->sites = tg_arena_calloc(&cfg->arena, n ? n : 1, sizeof(*cfg->sites));
+    cfg->hosts = tg_router_hosts_new();
+    if (cfg->sites == NULL || cfg->hosts == NULL)
+        return node_error(ctx, node, "out of memory");
+    static const struct cfg_key site_keys[] = {
+        {"hosts", p_skip, 0, 0, 0, NULL},
+        {"routes", p_skip, 0, 0, 0, NULL},
+        {NULL, NULL, 0, 0, 0, NULL},
+    };
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        struct tg_config_site *site = &cfg->sites[cfg->nsites];
+        site->index = cfg->nsites++;
+        if (walk_mapping(ctx, item, site_keys, site, "a site") < 0) {
+            rc = -1;
+            if (item->type != YAML_MAPPING_NODE)
+                continue;
+        }
+        yaml_node_t *hosts = mapping_get(ctx, item, "hosts");
+        if (hosts == NULL) {
+            rc = node_error(ctx, item, "a site needs hosts");
+        } else if (expect_list(ctx, hosts, "hosts") < 0) {
+            rc = -1;
+        } else if (list_len(hosts) == 0) {
+            rc = node_error(ctx, hosts, "hosts needs at least one name");
+        } else {
+            size_t nh = list_len(hosts);
+            site->hosts = tg_arena_calloc(&cfg->arena, nh, sizeof(char *));
+            for (size_t h = 0; site->hosts && h < nh; h++) {
+                yaml_node_t *hn = node_at(ctx, hosts->data.sequence.items.start[h]);
+                const char *s = scalar(ctx, hn, "a host");
+                char err[200];
+                if (s == NULL) {
+                    rc = -1;
+                    continue;
+                }
+                if (tg_router_hosts_add(cfg->hosts, s, site, err, sizeof(err)) < 0) {
+                    rc = node_error(ctx, hn, "host '%s': %s", s, err);
+                    continue;
+                }
+                site->hosts[site->nhosts++] = tg_arena_strdup(&cfg->arena, s);
+            }
+        }
+        yaml_node_t *routes = mapping_get(ctx, item, "routes");
+        if (routes == NULL) {
+            rc = node_error(ctx, item, "a site needs routes");
+        } else if (expect_list(ctx, routes, "routes") < 0) {
+            rc = -1;
+        } else {
+            size_t nr = list_len(routes);
+            if (nr == 0)
+                rc = node_error(ctx, routes, "routes needs at least one route");
+            site->routes = tg_arena_calloc(&cfg->arena, nr ? nr : 1,
+                                           sizeof(*site->routes));
+            for (size_t r = 0; site->routes && r < nr; r++) {
+                yaml_node_t *rn = node_at(ctx, routes->data.sequence.items.start[r]);
+                if (parse_route(ctx, rn, &site->routes[site->nroutes]) < 0)
+                    rc = -1;
+                else
+                    site->nroutes++;
+            }
+        }
+    }
+    return rc;
+}
+
+/* The top level: sections in dependency order, whatever the file order. */
+static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
+{
+    struct tg_config *cfg = ctx->cfg;
+    static const struct cfg_key top_keys[] = {
+        {"workers", p_workers, FIELD(struct tg_config, workers), 1, 256, NULL},
+        {"drain_timeout", p_duration, FIELD(struct tg_config, drain_timeout_ms), 0, 0, NULL},
+        {"listen", p_skip, 0, 0, 0, NULL},
+        {"client", p_skip, 0, 0, 0, NULL},
+        {"stream", p_skip, 0, 0, 0, NULL},
+        {"upstreams", p_skip, 0, 0, 0, NULL},
+        {"sites", p_skip, 0, 0, 0, NULL},
+        {"log", p_skip, 0, 0, 0, NULL},
+        {NULL, NULL, 0, 0, 0, NULL},
+    };
+    if (root->type != YAML_MAPPING_NODE)
+        return node_error(ctx, root, "the configuration must be a mapping, not %s",
+                          node_kind(root));
+    int rc = walk_mapping(ctx, root, top_keys, cfg, "the top level");
+
+    yaml_node_t *n;
+    if ((n = mapping_get(ctx, root, "log")) != NULL &&
+        walk_mapping(ctx, n, log_keys, &cfg->log, "log") < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, root, "client")) != NULL &&
+        walk_mapping(ctx, n, client_keys, &cfg->client, "client") < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, root, "stream")) != NULL &&
+        walk_mapping(ctx, n, stream_keys, &cfg->stream, "stream") < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, root, "listen")) == NULL)
+        rc = node_error(ctx, root, "missing 'listen': no address to serve on");
+    else if (parse_listen(ctx, n) < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, root, "upstreams")) != NULL &&
+        parse_upstreams(ctx, n) < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, root, "sites")) == NULL)
+        rc = node_error(ctx, root, "missing 'sites': nothing to route to");
+    else if (parse_sites(ctx, n) < 0)
+        rc = -1;
+
+    if (cfg->client.max_request_line > cfg->client.max_head) {
+        n = mapping_get(ctx, root, "client");
+        node_error(ctx, n ? n : root,
+                   "client.max_request_line must not exceed client.max_head");
+        rc = -1;
+    }
+    if (cfg->log.access != NULL && strcmp(cfg->log.access, "off") == 0)
+        cfg->log.access = NULL;
+    return rc;
+}
+
+static void config_defaults(struct tg_config *cfg)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->workers = n < 1 ? 1 : (n > 256 ? 256 : (unsigned)n);
+    cfg->drain_timeout_ms = 30000;
+    client_defaults(&cfg->client);
+    cfg->stream.heartbeat_ms = 30000;
+    cfg->stream.max_per_ip = 100;
+    cfg->stream.idle_timeout_ms = 0;
+    cfg->log.level = TG_LOG_INFO;
+    cfg->log.error = NULL;
+    cfg->log.access = "stdout";
+    cfg->log.access_flush_ms = 1000;
+    cfg->log.access_buffer = 65536;
+}
+
+static void config_free(struct tg_config *cfg)
+{
+    if (cfg->hosts != NULL)
+        tg_router_hosts_free(cfg->hosts);
+    tg_arena_reset(&cfg->arena);
+    free(cfg);
+}
+
+struct tg_config *tg_config_load_buffer(const char *name, const char *data,
+                                        size_t len, char *errors,
+                                        size_t errlen)
+{
+    struct cfg_ctx ctx = {.file = name, .errors = errors, .errlen = errlen};
+    if (errors != NULL && errlen > 0)
+        errors[0] = '\0';
+
+    struct tg_config *cfg = calloc(1, sizeof(*cfg));
+    if (cfg == NULL) {
+        error_at(&ctx, (struct tg_config_mark){1, 1}, "out of memory");
+        return NULL;
+    }
+    atomic_init(&cfg->refs, 1);
+    tg_arena_init(&cfg->arena, 16384);
+    config_defaults(cfg);
+    cfg->path = tg_arena_strdup(&cfg->arena, name);
+    cfg->loaded_at = time(NULL);
+    ctx.cfg = cfg;
+
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    if (!yaml_parser_initialize(&parser)) {
+        error_at(&ctx, (struct tg_config_mark){1, 1}, "out of memory");
+        config_free(cfg);
+        return NULL;
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)data, len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        struct tg_config_mark m = {(int)parser.problem_mark.line + 1,
+                                   (int)parser.problem_mark.column + 1};
+        error_at(&ctx, m, "YAML syntax error: %s%s%s",
+                 parser.problem ? parser.problem : "unknown",
+                 parser.context ? " " : "", parser.context ? parser.context : "");
+        yaml_parser_delete(&parser);
+        config_free(cfg);
+        return NULL;
+    }
+    ctx.doc = &doc;
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    int rc;
+    if (root == NULL) {
+        error_at(&ctx, (struct tg_config_mark){1, 1}, "the configuration is empty");
+        rc = -1;
+    } else {
+        rc = parse_root(&ctx, root);
+    }
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    if (rc < 0 || ctx.nerrors > 0) {
+        if (ctx.nerrors == 0)
+            error_at(&ctx, (struct tg_config_mark){1, 1}, "invalid configuration");
+        config_free(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+struct tg_config *tg_config_load(const char *path, char *errors, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(errors, errlen, "%s:1:1: cannot open: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) ||
+        st.st_size > (off_t)MAX_CONFIG_BYTES) {
+        snprintf(errors, errlen, "%s:1:1: not a regular file of at most %u MiB\n",
+                 path, MAX_CONFIG_BYTES >> 20);
+        fclose(f);
+        return NULL;
+    }
+    size_t len = (size_t)st.st_size;
+    char *data = malloc(len + 1);
+    if (data == NULL || fread(data, 1, len, f) != len) {
+        snprintf(errors, errlen, "%s:1:1: cannot read: %s\n", path,
+                 data ? strerror(errno) : "out of memory");
+        free(data);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    data[len] = '\0';
+    struct tg_config *cfg = tg_config_load_buffer(path, data, len, errors, errlen);
+    free(data);
+    return cfg;
+}
+
+void tg_config_ref(struct tg_config *c)
+{
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+void tg_config_unref(struct tg_config *c)
+{
+    if (c != NULL &&
+        atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+        config_free(c);
+}
+
+const struct tg_config_upstream *tg_config_find_upstream(
+    const struct tg_config *c, const char *name, size_t n)
+{
+    for (size_t i = 0; i < c->nupstreams; i++)
+        if (strlen(c->upstreams[i].name) == n &&
+            memcmp(c->upstreams[i].name, name, n) == 0)
+            return &c->upstreams[i];
+    return NULL;
+}

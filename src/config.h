@@ -1,0 +1,175 @@
+/* Configuration: YAML file -> validated, immutable snapshot.
+ *
+ * A snapshot is built by the main thread, then shared read-only by every
+ * worker and reference-counted; a reload builds a new one and swaps it in,
+ * and requests in flight finish on the snapshot they started with. All the
+ * snapshot's memory lives in its arena. Errors carry FILE:LINE:COL. */
+#ifndef TG_CONFIG_H
+#define TG_CONFIG_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "addr.h"
+#include "arena.h"
+#include "str.h"
+
+struct tg_host_index;
+
+/* Where a value came from, for messages after parsing. */
+struct tg_config_mark {
+    int line; /* 1-based */
+    int col;  /* 1-based */
+};
+
+/* A socket address as written ("127.0.0.1:8080", "[::1]:8080", ":8080") and
+ * resolved. */
+struct tg_config_sockaddr {
+    const char *text;
+    struct sockaddr_storage sa;
+    socklen_t salen;
+};
+
+struct tg_config_listen {
+    struct tg_config_sockaddr addr;
+    const char *key;          /* canonical address: identity across reloads */
+    bool tls;
+    int redirect_to_https;    /* port for 308 redirects; 0 = off */
+    bool proxy_protocol;
+    int backlog;
+    unsigned max_connections_per_ip; /* 0 = unlimited */
+    struct tg_config_mark mark;
+};
+
+struct tg_config_client {
+    int64_t header_timeout_ms;    /* whole head must arrive within */
+    int64_t keepalive_timeout_ms; /* idle between requests */
+    int64_t body_timeout_ms;      /* max gap between body reads */
+    int64_t send_timeout_ms;      /* max gap between successful writes */
+    uint64_t min_body_rate;       /* bytes/s averaged; 0 = off */
+    size_t max_request_line;
+    size_t max_head;
+    size_t max_headers;
+    uint64_t max_body;            /* 0 = unlimited */
+    unsigned max_connections;     /* per worker process total; 0 = unlimited */
+    size_t buffer_size;           /* bytes per direction */
+};
+
+struct tg_config_stream {
+    int64_t heartbeat_ms;   /* 0 = off */
+    unsigned max_per_ip;    /* concurrent streams per client IP, 0 = off */
+    int64_t idle_timeout_ms; /* tunnels and streams: 0 = none */
+};
+
+enum tg_balance {
+    TG_BALANCE_ROUND_ROBIN = 0,
+    TG_BALANCE_LEAST_CONN,
+};
+
+struct tg_config_server {
+    struct tg_config_sockaddr addr;
+};
+
+struct tg_config_upstream {
+    const char *name;
+    size_t index;                 /* position in config->upstreams */
+    struct tg_config_server *servers;
+    size_t nservers;
+    enum tg_balance balance;
+    unsigned keepalive;           /* idle connections kept per server per worker */
+    int64_t keepalive_timeout_ms;
+    unsigned keepalive_requests;  /* requests per connection, 0 = unlimited */
+    int64_t connect_timeout_ms;
+    int64_t read_timeout_ms;
+    int64_t send_timeout_ms;
+    unsigned retries;             /* extra servers tried after a failure */
+    unsigned max_connections;     /* per server per worker, 0 = unlimited */
+    size_t max_response_head;
+    struct tg_config_mark mark;
+};
+
+struct tg_config_route {
+    const char *path;             /* prefix, normalised */
+    size_t path_len;
+    const struct tg_config_upstream *upstream;
+    bool stream;                  /* long-lived responses: no read timeout */
+    struct tg_config_mark mark;
+};
+
+struct tg_config_site {
+    const char **hosts;
+    size_t nhosts;
+    struct tg_config_route *routes;
+    size_t nroutes;
+    size_t index;
+};
+
+struct tg_config_log {
+    int level;                    /* enum tg_log_level */
+    const char *error;            /* path, or NULL for stderr */
+    const char *access;           /* path, "stdout", or NULL for off */
+    int64_t access_flush_ms;
+    size_t access_buffer;
+};
+
+struct tg_config {
+    _Atomic int refs;
+    struct tg_arena arena;
+    const char *path;
+    time_t loaded_at;
+
+    unsigned workers;
+    int64_t drain_timeout_ms;
+    struct tg_config_listen *listeners;
+    size_t nlisteners;
+    struct tg_config_client client;
+    struct tg_config_stream stream;
+    struct tg_config_upstream *upstreams;
+    size_t nupstreams;
+    struct tg_config_site *sites;
+    size_t nsites;
+    struct tg_config_log log;
+
+    struct tg_host_index *hosts;  /* Host -> site */
+};
+
+/* Loads and validates `path`. On success returns a snapshot with one
+ * reference. On failure returns NULL and fills `errors` (NUL-terminated,
+ * one "FILE:LINE:COL: message" per line, first error first). Main thread
+ * (or any thread: it touches no global state). */
+struct tg_config *tg_config_load(const char *path, char *errors, size_t errlen);
+
+/* Loads from memory; `name` is used in messages. For tests and fuzzing. */
+struct tg_config *tg_config_load_buffer(const char *name, const char *data,
+                                        size_t len, char *errors,
+                                        size_t errlen);
+
+void tg_config_ref(struct tg_config *c);
+/* Drops a reference; the last one frees the snapshot. Any thread. */
+void tg_config_unref(struct tg_config *c);
+
+/* Looks up an upstream by name; NULL if none. */
+const struct tg_config_upstream *tg_config_find_upstream(
+    const struct tg_config *c, const char *name, size_t n);
+
+/* Parses "250ms", "10s", "5m", "1h", "2d" (and "0") into milliseconds. */
+int tg_config_parse_duration(const char *s, int64_t *ms);
+
+/* Parses "512", "16KiB", "10MiB", "1GiB" (also KB/MB/GB as powers of 1000,
+ * and K/M/G as powers of 1024) into bytes. */
+int tg_config_parse_size(const char *s, uint64_t *bytes);
+
+/* Parses "host:port", "[v6]:port" or ":port" (all interfaces) into a socket
+ * address; names are resolved once, here. Returns 0 or -1 with err set. */
+int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out,
+                             char *err, size_t errlen);
+
+/* Formats a socket address as "ip:port" / "[ip]:port". */
+size_t tg_config_format_sockaddr(const struct sockaddr *sa, char *out,
+                                 size_t cap);
+
+#endif

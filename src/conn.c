@@ -1,0 +1,434 @@
+/* Client connections: reading and parsing request heads, keep-alive,
+ * pipelining, timeouts and closing. What happens to a request once its head
+ * is parsed belongs to proxy.c.
+ *
+ * Timeouts: each connection has one ev_timer and a `deadline`. Progress only
+ * moves the deadline (a store, no timer call); when the timer fires early it
+ * re-arms itself for the deadline. */
+#include "conn.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "config.h"
+#include "http1.h"
+#include "log.h"
+#include "proxy.h"
+#include "worker.h"
+
+#define LINGER_S 5.0
+#define LINGER_BYTES (256 * 1024)
+
+static void on_client_io(struct ev_loop *loop, ev_io *io, int revents);
+static void on_timer(struct ev_loop *loop, ev_timer *t, int revents);
+static void process_input(struct tg_conn *c);
+
+static const struct tg_config *conn_config(const struct tg_conn *c)
+{
+    return c->wcfg->config;
+}
+
+/* ---- lifetime ------------------------------------------------------------ */
+
+void tg_conn_ref(struct tg_conn *c)
+{
+    c->refs++;
+}
+
+void tg_conn_unref(struct tg_conn *c)
+{
+    if (--c->refs == 0)
+        free(c);
+}
+
+static void release_input(struct tg_conn *c)
+{
+    if (c->in != NULL && tg_buf_len(c->in) == 0) {
+        tg_buf_put(&c->w->bufs, c->in);
+        c->in = NULL;
+    }
+}
+
+void tg_conn_close(struct tg_conn *c)
+{
+    if (c->state == TG_CONN_CLOSED)
+        return;
+    struct tg_worker *w = c->w;
+    c->state = TG_CONN_CLOSED;
+    if (c->req != NULL) {
+        struct tg_request *req = c->req;
+        c->req = NULL;
+        tg_proxy_abort(req);
+    }
+    ev_io_stop(w->loop, &c->watcher);
+    ev_timer_stop(w->loop, &c->timer);
+    tg_io_close(&c->io);
+    if (c->in != NULL) {
+        tg_buf_put(&w->bufs, c->in);
+        c->in = NULL;
+    }
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    w->nconns--;
+    tg_worker_cfg_release(c->wcfg);
+    c->wcfg = NULL;
+    tg_worker_conn_closed(w);
+    tg_conn_unref(c);
+}
+
+/* Closes after the answer: with unread input still arriving, shut our side
+ * and read (discarding) for a while, so the client sees the answer rather
+ * than a reset. */
+static void close_gracefully(struct tg_conn *c, bool input_pending)
+{
+    if (!input_pending) {
+        tg_conn_close(c);
+        return;
+    }
+    shutdown(c->io.fd, SHUT_WR);
+    c->state = TG_CONN_LINGERING;
+    if (c->in != NULL)
+        c->in->start = c->in->end = 0;
+    tg_conn_watch(c, EV_READ);
+    tg_conn_set_deadline(c, ev_now(c->w->loop) + LINGER_S);
+}
+
+/* ---- watcher and timer ---------------------------------------------------- */
+
+void tg_conn_watch(struct tg_conn *c, int events)
+{
+    if (c->watching == events || c->state == TG_CONN_CLOSED)
+        return;
+    struct ev_loop *loop = c->w->loop;
+    ev_io_stop(loop, &c->watcher);
+    c->watching = (uint8_t)events;
+    if (events != 0) {
+        ev_io_set(&c->watcher, c->io.fd, events);
+        ev_io_start(loop, &c->watcher);
+    }
+}
+
+void tg_conn_set_deadline(struct tg_conn *c, ev_tstamp when)
+{
+    c->deadline = when;
+    if (c->state == TG_CONN_CLOSED)
+        return;
+    if (ev_is_active(&c->timer) && when >= c->timer_at)
+        return;
+    struct ev_loop *loop = c->w->loop;
+    ev_timer_stop(loop, &c->timer);
+    double after = when - ev_now(loop);
+    c->timer_at = when;
+    ev_timer_set(&c->timer, after > 0 ? after : 0., 0.);
+    ev_timer_start(loop, &c->timer);
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct tg_conn *c = t->data;
+    ev_tstamp now = ev_now(loop);
+    if (now < c->deadline) {
+        tg_conn_set_deadline(c, c->deadline);
+        return;
+    }
+    tg_conn_ref(c);
+    switch (c->state) {
+    case TG_CONN_READING_HEAD:
+        if (c->req != NULL) {
+            tg_log_debug("client %u: request head timed out", c->io.fd);
+            tg_proxy_fail(c->req, 408, "request head timed out");
+        } else {
+            tg_conn_close(c);
+        }
+        break;
+    case TG_CONN_ACTIVE: {
+        ev_tstamp next = tg_proxy_on_timeout(c->req, now);
+        if (next > now && c->state == TG_CONN_ACTIVE)
+            tg_conn_set_deadline(c, next);
+        break;
+    }
+    default:
+        /* Idle keep-alive, handshake, lingering: just close. */
+        tg_conn_close(c);
+        break;
+    }
+    tg_conn_unref(c);
+}
+
+/* ---- accept ---------------------------------------------------------------- */
+
+int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
+                   const struct tg_config_listen *lcfg)
+{
+    if (lcfg == NULL || w->cfg == NULL) {
+        close(fd);
+        return -1;
+    }
+    struct tg_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return -1;
+    }
+    c->w = w;
+    c->io.fd = fd;
+    c->refs = 1;
+    c->wcfg = tg_worker_cfg_acquire(w);
+    c->lcfg = lcfg;
+    tg_addr_from_sockaddr(peer, &c->peer);
+    if (peer->sa_family == AF_INET)
+        c->peer_port = ntohs(((const struct sockaddr_in *)peer)->sin_port);
+    else if (peer->sa_family == AF_INET6)
+        c->peer_port = ntohs(((const struct sockaddr_in6 *)peer)->sin6_port);
+    c->next = w->conns;
+    if (w->conns != NULL)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+
+    ev_io_init(&c->watcher, on_client_io, fd, EV_READ);
+    c->watcher.data = c;
+    ev_init(&c->timer, on_timer);
+    c->timer.data = c;
+    ev_tstamp now = ev_now(w->loop);
+    c->head_started = now;
+    c->state = TG_CONN_IDLE;
+    /* The first request's head is timed from accept, so a client that
+     * connects and says nothing is dropped after header_timeout. */
+    tg_conn_set_deadline(c, now + (double)conn_config(c)->client.header_timeout_ms / 1000.0);
+    tg_conn_watch(c, EV_READ);
+    return 0;
+}
+
+/* ---- reading heads ---------------------------------------------------------- */
+
+/* A new snapshot may have arrived since the last request on this
+ * connection: use it for the next one. A listener that the new snapshot
+ * dropped serves no more requests on its old connections. */
+static void refresh_config(struct tg_conn *c)
+{
+    struct tg_worker *w = c->w;
+    if (c->wcfg == w->cfg)
+        return;
+    const struct tg_config *nc = w->cfg->config;
+    const struct tg_config_listen *nl = NULL;
+    for (size_t i = 0; i < nc->nlisteners; i++)
+        if (strcmp(nc->listeners[i].key, c->lcfg->key) == 0)
+            nl = &nc->listeners[i];
+    if (nl == NULL) {
+        c->close_after = true;
+        return;
+    }
+    tg_worker_cfg_release(c->wcfg);
+    c->wcfg = tg_worker_cfg_acquire(w);
+    c->lcfg = nl;
+}
+
+static void start_head(struct tg_conn *c)
+{
+    c->state = TG_CONN_READING_HEAD;
+    c->scanned = 0;
+    if (c->requests > 0) {
+        /* Later requests are timed from their first byte. */
+        c->head_started = ev_now(c->w->loop);
+        tg_conn_set_deadline(c, c->head_started +
+                                    (double)conn_config(c)->client.header_timeout_ms / 1000.0);
+    }
+}
+
+static void process_input(struct tg_conn *c)
+{
+    if (c->in_process)
+        return;
+    c->in_process = true;
+    tg_conn_ref(c);
+    while ((c->state == TG_CONN_IDLE || c->state == TG_CONN_READING_HEAD) &&
+           c->in != NULL && tg_buf_len(c->in) > 0) {
+        if (c->state == TG_CONN_IDLE) {
+            refresh_config(c);
+            start_head(c);
+        }
+        if (c->req == NULL) {
+            c->req = tg_proxy_request_new(c);
+            if (c->req == NULL) {
+                tg_log_error("out of memory for a request; closing connection");
+                tg_conn_close(c);
+                break;
+            }
+        }
+        const struct tg_config_client *cc = &conn_config(c)->client;
+        struct tg_http1_limits limits = {cc->max_request_line,
+                                         cc->max_request_line + cc->max_head,
+                                         cc->max_headers};
+        int status = 400;
+        const char *reason = "bad request";
+        struct tg_request *req = c->req;
+        ssize_t r = tg_http1_parse_request(c->in->data + c->in->start,
+                                           tg_buf_len(c->in), &c->scanned,
+                                           &limits, &req->head, &status, &reason);
+        if (r == TG_HTTP1_INCOMPLETE)
+            break;
+        if (r == TG_HTTP1_ERROR) {
+            tg_log_debug("client: %s (%d)", reason, status);
+            tg_proxy_fail(req, status, reason);
+            break;
+        }
+        c->state = TG_CONN_ACTIVE;
+        c->requests++;
+        tg_proxy_start(req);
+        /* The request may already be over (a local answer): loop for
+         * pipelined requests behind it. */
+    }
+    if (c->state == TG_CONN_IDLE)
+        release_input(c);
+    c->in_process = false;
+    tg_conn_unref(c);
+}
+
+/* Reads into the input buffer. Returns bytes read, 0 at EOF, or TG_IO_*. */
+static ssize_t read_some(struct tg_conn *c)
+{
+    struct tg_worker *w = c->w;
+    if (c->in == NULL) {
+        c->in = tg_buf_get(&w->bufs, w->bufs.small_size);
+        if (c->in == NULL)
+            return TG_IO_ERROR;
+    }
+    if (tg_buf_room(c->in) == 0) {
+        tg_buf_compact(c->in);
+        if (tg_buf_room(c->in) == 0) {
+            /* A head bigger than a standard buffer: move to a large one.
+             * The parser refuses heads over the limits long before the
+             * large buffer could fill. */
+            if (tg_buf_grow(&w->bufs, &c->in, w->bufs.large_size) < 0)
+                return TG_IO_ERROR;
+            if (tg_buf_room(c->in) == 0)
+                return TG_IO_AGAIN;
+        }
+    }
+    return tg_io_read(&c->io, c->in->data + c->in->end, tg_buf_room(c->in));
+}
+
+static void read_heads(struct tg_conn *c)
+{
+    for (;;) {
+        ssize_t n = read_some(c);
+        if (n > 0) {
+            c->in->end += (size_t)n;
+            process_input(c);
+            if (c->state != TG_CONN_IDLE && c->state != TG_CONN_READING_HEAD)
+                return;
+            if (tg_io_pending(&c->io) == 0)
+                return;
+            continue;
+        }
+        if (n == TG_IO_AGAIN) {
+            tg_conn_watch(c, c->io.want_write ? EV_WRITE : EV_READ);
+            if (c->state == TG_CONN_IDLE)
+                release_input(c);
+            return;
+        }
+        /* EOF or error between or inside heads: nothing to answer. */
+        tg_conn_close(c);
+        return;
+    }
+}
+
+static void linger(struct tg_conn *c)
+{
+    char scratch[4096];
+    for (int i = 0; i < 16; i++) {
+        ssize_t n = read(c->io.fd, scratch, sizeof(scratch));
+        if (n > 0)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        break;
+    }
+    tg_conn_close(c);
+}
+
+static void on_client_io(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    struct tg_conn *c = io->data;
+    tg_conn_ref(c);
+    switch (c->state) {
+    case TG_CONN_IDLE:
+    case TG_CONN_READING_HEAD:
+        read_heads(c);
+        break;
+    case TG_CONN_ACTIVE:
+        tg_proxy_on_client_io(c->req, revents);
+        break;
+    case TG_CONN_LINGERING:
+        linger(c);
+        break;
+    default:
+        break;
+    }
+    tg_conn_unref(c);
+}
+
+/* ---- end of a request -------------------------------------------------------- */
+
+void tg_conn_request_done(struct tg_conn *c, bool keep_alive)
+{
+    c->req = NULL;
+    if (c->state == TG_CONN_CLOSED)
+        return;
+    if (!keep_alive || c->close_after || c->w->draining) {
+        bool pending = c->in != NULL && tg_buf_len(c->in) > 0;
+        close_gracefully(c, pending || !keep_alive);
+        return;
+    }
+    c->state = TG_CONN_IDLE;
+    c->scanned = 0;
+    tg_conn_set_deadline(c, ev_now(c->w->loop) +
+                                (double)conn_config(c)->client.keepalive_timeout_ms / 1000.0);
+    tg_conn_watch(c, EV_READ);
+    if (c->in != NULL && tg_buf_len(c->in) > 0) {
+        /* Pipelined requests already buffered; when called from inside
+         * process_input its loop picks them up. */
+        if (!c->in_process)
+            process_input(c);
+    } else {
+        release_input(c);
+    }
+}
+
+void tg_conn_fail(struct tg_conn *c, int status, const char *reason)
+{
+    if (c->req == NULL)
+        c->req = tg_proxy_request_new(c);
+    if (c->req == NULL) {
+        tg_conn_close(c);
+        return;
+    }
+    tg_proxy_fail(c->req, status, reason);
+}
+
+void tg_conn_drain(struct tg_conn *c)
+{
+    c->close_after = true;
+    switch (c->state) {
+    case TG_CONN_IDLE:
+        if (c->in == NULL || tg_buf_len(c->in) == 0)
+            tg_conn_close(c);
+        break;
+    case TG_CONN_ACTIVE:
+        tg_proxy_drain(c->req);
+        break;
+    default:
+        break;
+    }
+}

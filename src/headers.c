@@ -1,0 +1,377 @@
+/* Request and response head rewriting, request ids.
+ *
+ * Deliberately not here: deciding *whether* to forward (proxy.c) or which
+ * client address to trust (the request carries the verdict). */
+#include "headers.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "buf.h"
+#include "config.h"
+#include "conn.h"
+#include "http1.h"
+#include "proxy.h"
+
+/* ---- small appenders ------------------------------------------------------ */
+
+struct out {
+    struct tg_buf *b;
+    bool overflow;
+};
+
+static void put(struct out *o, const char *p, size_t n)
+{
+    if (o->overflow || tg_buf_room(o->b) < n) {
+        o->overflow = true;
+        return;
+    }
+    memcpy(o->b->data + o->b->end, p, n);
+    o->b->end += n;
+}
+
+static void puts_(struct out *o, const char *s)
+{
+    put(o, s, strlen(s));
+}
+
+static void put_str(struct out *o, struct tg_str s)
+{
+    put(o, s.p, s.n);
+}
+
+static void putf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void putf(struct out *o, const char *fmt, ...)
+{
+    if (o->overflow)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    size_t room = tg_buf_room(o->b);
+    int n = vsnprintf(o->b->data + o->b->end, room, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= room) {
+        o->overflow = true;
+        return;
+    }
+    o->b->end += (size_t)n;
+}
+
+static void put_header(struct out *o, const struct tg_http1_header *h)
+{
+    put_str(o, h->name);
+    put(o, ": ", 2);
+    put_str(o, h->value);
+    put(o, "\r\n", 2);
+}
+
+/* ---- classification -------------------------------------------------------- */
+
+enum hdr_kind {
+    HDR_OTHER = 0,
+    HDR_HOP,        /* hop-by-hop: never forwarded */
+    HDR_HOST,
+    HDR_UPGRADE,
+    HDR_XFF,
+    HDR_XF_OTHER,   /* X-Forwarded-Proto/Host, X-Real-IP: we set them */
+    HDR_FORWARDED,
+    HDR_REQUEST_ID,
+    HDR_SERVER,     /* Server, X-Powered-By: removed from responses */
+};
+
+static enum hdr_kind classify(struct tg_str n)
+{
+    switch (n.n) {
+    case 2:
+        return tg_http1_name_eq(n, "te") ? HDR_HOP : HDR_OTHER;
+    case 4:
+        return tg_http1_name_eq(n, "host") ? HDR_HOST : HDR_OTHER;
+    case 6:
+        return tg_http1_name_eq(n, "server") ? HDR_SERVER : HDR_OTHER;
+    case 7:
+        if (tg_http1_name_eq(n, "upgrade"))
+            return HDR_UPGRADE;
+        return tg_http1_name_eq(n, "trailer") ? HDR_HOP : HDR_OTHER;
+    case 9:
+        if (tg_http1_name_eq(n, "x-real-ip"))
+            return HDR_XF_OTHER;
+        if (tg_http1_name_eq(n, "forwarded"))
+            return HDR_FORWARDED;
+        return HDR_OTHER;
+    case 10:
+        if (tg_http1_name_eq(n, "connection") || tg_http1_name_eq(n, "keep-alive"))
+            return HDR_HOP;
+        return HDR_OTHER;
+    case 12:
+        if (tg_http1_name_eq(n, "x-request-id"))
+            return HDR_REQUEST_ID;
+        return tg_http1_name_eq(n, "x-powered-by") ? HDR_SERVER : HDR_OTHER;
+    case 15:
+        if (tg_http1_name_eq(n, "x-forwarded-for"))
+            return HDR_XFF;
+        return HDR_OTHER;
+    case 16:
+        if (tg_http1_name_eq(n, "proxy-connection") || tg_http1_name_eq(n, "x-forwarded-host"))
+            return tg_http1_name_eq(n, "x-forwarded-host") ? HDR_XF_OTHER : HDR_HOP;
+        return HDR_OTHER;
+    case 17:
+        if (tg_http1_name_eq(n, "transfer-encoding"))
+            return HDR_HOP;
+        if (tg_http1_name_eq(n, "x-forwarded-proto"))
+            return HDR_XF_OTHER;
+        return HDR_OTHER;
+    default:
+        return HDR_OTHER;
+    }
+}
+
+/* The names a Connection header lists are hop-by-hop too (RFC 9110 7.6.1).
+ * At most this many are honoured; more is a sign of abuse, and the rest are
+ * simply forwarded. */
+#define MAX_CONN_TOKENS 16
+
+struct conn_tokens {
+    struct tg_str tok[MAX_CONN_TOKENS];
+    size_t n;
+};
+
+static void collect_connection_tokens(const struct tg_http1_header *hs, size_t nh,
+                                      struct conn_tokens *ct)
+{
+    ct->n = 0;
+    for (size_t i = 0; i < nh; i++) {
+        if (!tg_http1_name_eq(hs[i].name, "connection"))
+            continue;
+        const char *p = hs[i].value.p, *end = p + hs[i].value.n;
+        while (p < end && ct->n < MAX_CONN_TOKENS) {
+            while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+                p++;
+            const char *s = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            if (p > s)
+                ct->tok[ct->n++] = tg_str_make(s, (size_t)(p - s));
+        }
+    }
+}
+
+static bool listed_in_connection(const struct conn_tokens *ct, struct tg_str name)
+{
+    for (size_t i = 0; i < ct->n; i++)
+        if (ct->tok[i].n == name.n && strncasecmp(ct->tok[i].p, name.p, name.n) == 0)
+            return true;
+    return false;
+}
+
+/* ---- request head ------------------------------------------------------------ */
+
+int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
+{
+    const struct tg_http1_request *h = &req->head;
+    struct out o = {b, false};
+    struct conn_tokens ct;
+    collect_connection_tokens(h->headers, h->nheaders, &ct);
+
+    put_str(&o, h->method);
+    put(&o, " ", 1);
+    puts_(&o, req->path);
+    puts_(&o, " HTTP/1.1\r\nHost: ");
+    puts_(&o, req->host);
+    put(&o, "\r\n", 2);
+
+    struct tg_str xff_chain[8];
+    size_t nxff = 0;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const struct tg_http1_header *hd = &h->headers[i];
+        enum hdr_kind k = classify(hd->name);
+        switch (k) {
+        case HDR_OTHER:
+        case HDR_SERVER:
+            if (ct.n > 0 && listed_in_connection(&ct, hd->name))
+                continue;
+            put_header(&o, hd);
+            break;
+        case HDR_XFF:
+            /* Only a trusted peer's chain is kept (client identity); an
+             * untrusted client's claims are dropped and replaced. */
+            if (req->peer_trusted && nxff < TG_ARRAY_LEN(xff_chain))
+                xff_chain[nxff++] = hd->value;
+            break;
+        case HDR_FORWARDED:
+            if (req->peer_trusted)
+                put_header(&o, hd);
+            break;
+        default:
+            break; /* hop-by-hop or regenerated below */
+        }
+    }
+    if (req->req_framing == TG_HTTP1_BODY_CHUNKED)
+        puts_(&o, "Transfer-Encoding: chunked\r\n");
+    if (req->upgrade) {
+        for (size_t i = 0; i < h->nheaders; i++) {
+            if (classify(h->headers[i].name) == HDR_UPGRADE) {
+                put_header(&o, &h->headers[i]);
+                break;
+            }
+        }
+        puts_(&o, "Connection: upgrade\r\n");
+    }
+
+    char peer[TG_ADDR_STRLEN];
+    tg_addr_format(&req->conn->peer, peer, sizeof(peer));
+    puts_(&o, "X-Forwarded-For: ");
+    for (size_t i = 0; i < nxff; i++) {
+        put_str(&o, xff_chain[i]);
+        put(&o, ", ", 2);
+    }
+    puts_(&o, peer);
+    char client[TG_ADDR_STRLEN];
+    tg_addr_format(&req->client, client, sizeof(client));
+    putf(&o, "\r\nX-Real-IP: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: ",
+         client, req->conn->tls ? "https" : "http");
+    puts_(&o, req->host);
+    puts_(&o, "\r\nX-Request-Id: ");
+    puts_(&o, req->request_id);
+    put(&o, "\r\n\r\n", 4);
+    return o.overflow ? -1 : 0;
+}
+
+/* ---- response heads ------------------------------------------------------------ */
+
+static void put_status_line(struct out *o, int status, struct tg_str reason)
+{
+    putf(o, "HTTP/1.1 %d ", status);
+    if (reason.n > 0)
+        put_str(o, reason);
+    else
+        puts_(o, tg_http1_reason(status));
+    put(o, "\r\n", 2);
+}
+
+/* Copies the backend's end-to-end headers. */
+static void put_response_headers(struct out *o, const struct tg_http1_response *r,
+                                 bool keep_upgrade)
+{
+    struct conn_tokens ct;
+    collect_connection_tokens(r->headers, r->nheaders, &ct);
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const struct tg_http1_header *hd = &r->headers[i];
+        enum hdr_kind k = classify(hd->name);
+        if (k == HDR_UPGRADE && keep_upgrade) {
+            put_header(o, hd);
+            continue;
+        }
+        if (k != HDR_OTHER && k != HDR_XFF && k != HDR_XF_OTHER && k != HDR_FORWARDED)
+            continue; /* hop-by-hop, Server, X-Powered-By, X-Request-Id */
+        if (ct.n > 0 && listed_in_connection(&ct, hd->name))
+            continue;
+        put_header(o, hd);
+    }
+}
+
+int tg_headers_build_interim(struct tg_request *req, struct tg_buf *b)
+{
+    struct out o = {b, false};
+    put_status_line(&o, req->resp.status, req->resp.reason);
+    put_response_headers(&o, &req->resp, false);
+    put(&o, "\r\n", 2);
+    return o.overflow ? -1 : 0;
+}
+
+int tg_headers_build_response(struct tg_request *req, struct tg_buf *b)
+{
+    const struct tg_http1_response *r = &req->resp;
+    struct out o = {b, false};
+    bool upgrade = r->status == 101;
+    put_status_line(&o, r->status, r->reason);
+    put_response_headers(&o, r, upgrade);
+    if (upgrade)
+        puts_(&o, "Connection: upgrade\r\n");
+    if (req->resp_framing == TG_HTTP1_BODY_CHUNKED && !req->resp_dechunk)
+        puts_(&o, "Transfer-Encoding: chunked\r\n");
+    puts_(&o, "X-Request-Id: ");
+    puts_(&o, req->request_id);
+    put(&o, "\r\n", 2);
+    if (!upgrade) {
+        if (req->resp_close_client)
+            puts_(&o, "Connection: close\r\n");
+        else if (req->minor_version == 0)
+            puts_(&o, "Connection: keep-alive\r\n");
+    }
+    put(&o, "\r\n", 2);
+    return o.overflow ? -1 : 0;
+}
+
+int tg_headers_build_local(struct tg_request *req, struct tg_buf *b, int status,
+                           const char *content_type, const char *body,
+                           size_t body_len, bool close)
+{
+    struct out o = {b, false};
+    putf(&o, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n",
+         status, tg_http1_reason(status), content_type, body_len);
+    if (req->request_id[0] != '\0') {
+        puts_(&o, "X-Request-Id: ");
+        puts_(&o, req->request_id);
+        put(&o, "\r\n", 2);
+    }
+    if (close)
+        puts_(&o, "Connection: close\r\n");
+    else if (req->minor_version == 0)
+        puts_(&o, "Connection: keep-alive\r\n");
+    put(&o, "\r\n", 2);
+    if (req->method_id != TG_HTTP1_HEAD)
+        put(&o, body, body_len);
+    return o.overflow ? -1 : 0;
+}
+
+/* ---- request ids ------------------------------------------------------------------ */
+
+/* xoshiro-style generator per thread, seeded from the kernel: ids are
+ * unpredictable enough not to leak traffic volume and unique in practice. */
+static _Thread_local uint64_t rid_state[2];
+
+static uint64_t rid_next(void)
+{
+    if (rid_state[0] == 0 && rid_state[1] == 0) {
+        if (getrandom(rid_state, sizeof(rid_state), 0) != sizeof(rid_state)) {
+            rid_state[0] = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&rid_state;
+            rid_state[1] = 0x9e3779b97f4a7c15ull;
+        }
+        rid_state[1] |= 1;
+    }
+    uint64_t s0 = rid_state[0], s1 = rid_state[1];
+    uint64_t result = s0 + s1;
+    s1 ^= s0;
+    rid_state[0] = ((s0 << 55) | (s0 >> 9)) ^ s1 ^ (s1 << 14);
+    rid_state[1] = (s1 << 36) | (s1 >> 28);
+    return result;
+}
+
+void tg_headers_new_request_id(char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t a = rid_next(), b = rid_next();
+    for (int i = 0; i < 16; i++) {
+        out[i] = hex[(a >> (60 - 4 * i)) & 15];
+        out[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
+    }
+    out[32] = '\0';
+}
+
+bool tg_headers_valid_request_id(struct tg_str v)
+{
+    if (v.n == 0 || v.n > 64)
+        return false;
+    for (size_t i = 0; i < v.n; i++) {
+        char ch = v.p[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == ':' ||
+              ch == '-'))
+            return false;
+    }
+    return true;
+}

@@ -1,0 +1,47 @@
+/* One byte stream, plain or TLS, behind the same three calls, so the
+ * connection and proxy code never ask "is this TLS?" on the data path.
+ *
+ * Results: > 0 bytes moved; 0 end of stream (read only); TG_IO_AGAIN when
+ * the call would block (io->want_write tells whether the stream waits to be
+ * writable rather than readable: TLS may need either for both directions);
+ * TG_IO_ERROR on a failed connection (errno or the TLS error queue has the
+ * reason). */
+#ifndef TG_IO_H
+#define TG_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <openssl/ssl.h>
+
+enum {
+    TG_IO_AGAIN = -1,
+    TG_IO_ERROR = -2,
+};
+
+struct tg_io {
+    int fd;
+    SSL *ssl;        /* NULL for plain TCP */
+    bool want_write; /* set on TG_IO_AGAIN: wait for EV_WRITE, not EV_READ */
+};
+
+ssize_t tg_io_read(struct tg_io *io, void *buf, size_t n);
+
+/* Writes as much of the vector as the socket takes. For TLS the pieces are
+ * coalesced into records of up to 16 KiB through a small stack buffer, so a
+ * response head and its first body bytes travel in one record. */
+ssize_t tg_io_writev(struct tg_io *io, const struct iovec *iov, int iovcnt);
+
+/* Bytes the TLS layer has decrypted but not yet returned (0 for plain): a
+ * reader must drain them before waiting for the socket again. */
+static inline size_t tg_io_pending(const struct tg_io *io)
+{
+    return io->ssl != NULL ? (size_t)SSL_pending(io->ssl) : 0;
+}
+
+/* Frees the TLS state (no close_notify wait) and closes the descriptor. */
+void tg_io_close(struct tg_io *io);
+
+#endif

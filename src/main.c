@@ -1,0 +1,411 @@
+/* tollgate: command line, signals, start and stop of the workers, reload.
+ *
+ * The main thread owns the configuration: it loads and validates a new
+ * snapshot, opens any new listening sockets (so a bind failure refuses the
+ * reload before any worker changes), and posts the snapshot to every
+ * worker. Signals are handled here only; workers block them. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ev.h>
+#include <openssl/crypto.h>
+
+#include "access_log.h"
+#include "config.h"
+#include "log.h"
+#include "worker.h"
+
+#ifndef TG_VERSION
+#define TG_VERSION "0.1.0"
+#endif
+
+#define ERRBUF 16384
+
+static struct {
+    const char *config_path;
+    struct tg_config *config;  /* current snapshot (main's reference) */
+    struct tg_runtime rt;
+    struct ev_loop *loop;
+    ev_signal sig_hup, sig_term, sig_int, sig_quit, sig_usr1;
+    ev_timer drain_timer;
+    ev_async worker_exit;
+    _Atomic unsigned workers_running;
+    bool draining;
+} g;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tollgate [-c FILE] [-t] [-v] [-h]\n"
+            "  -c FILE   configuration file (default conf/tollgate.yaml)\n"
+            "  -t        check the configuration and exit (0 if valid)\n"
+            "  -v        print the version and exit\n"
+            "  -h        this help\n"
+            "signals: HUP reload, TERM/INT drain and stop, QUIT stop now,\n"
+            "         USR1 reopen log files\n");
+}
+
+static void print_errors(const char *errors)
+{
+    fputs(errors, stderr);
+    if (errors[0] != '\0' && errors[strlen(errors) - 1] != '\n')
+        fputc('\n', stderr);
+}
+
+static bool has_listener(const struct tg_config *c, const char *key)
+{
+    for (size_t j = 0; c != NULL && j < c->nlisteners; j++)
+        if (strcmp(c->listeners[j].key, key) == 0)
+            return true;
+    return false;
+}
+
+static void close_opened(int **fds, char ***keys, unsigned nworkers, size_t k,
+                         unsigned partial)
+{
+    for (unsigned v = 0; v < nworkers; v++) {
+        size_t upto = k + (v < partial ? 1 : 0);
+        for (size_t x = 0; x < upto; x++) {
+            close(fds[v][x]);
+            free(keys[v][x]);
+        }
+        free(fds[v]);
+        free(keys[v]);
+    }
+}
+
+/* Opens, for every listener of `next` that `prev` lacks, one socket per
+ * worker. Returns 0, or -1 after closing what it opened. */
+static int open_new_listeners(const struct tg_config *prev,
+                              const struct tg_config *next, unsigned nworkers,
+                              int **fds, char ***keys, size_t *n_out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < next->nlisteners; i++)
+        n += !has_listener(prev, next->listeners[i].key);
+    for (unsigned w = 0; w < nworkers; w++) {
+        fds[w] = calloc(n ? n : 1, sizeof(int));
+        keys[w] = calloc(n ? n : 1, sizeof(char *));
+        if (fds[w] == NULL || keys[w] == NULL) {
+            tg_log_error("out of memory opening listeners");
+            for (unsigned v = 0; v <= w; v++) {
+                free(fds[v]);
+                free(keys[v]);
+            }
+            return -1;
+        }
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < next->nlisteners; i++) {
+        const struct tg_config_listen *l = &next->listeners[i];
+        if (has_listener(prev, l->key))
+            continue;
+        for (unsigned w = 0; w < nworkers; w++) {
+            char err[256];
+            int fd = tg_worker_open_listener(l, err, sizeof(err));
+            char *key = fd >= 0 ? strdup(l->key) : NULL;
+            if (fd < 0 || key == NULL) {
+                tg_log_error("%s:%d:%d: cannot listen on %s: %s", next->path,
+                             l->mark.line, l->mark.col, l->key,
+                             fd < 0 ? err : "out of memory");
+                if (fd >= 0)
+                    close(fd);
+                close_opened(fds, keys, nworkers, k, w);
+                return -1;
+            }
+            fds[w][k] = fd;
+            keys[w][k] = key;
+        }
+        k++;
+    }
+    *n_out = n;
+    return 0;
+}
+
+/* Applies the log settings of a snapshot. */
+static int apply_logs(const struct tg_config *cfg, bool at_start)
+{
+    tg_log_set_level((enum tg_log_level)cfg->log.level);
+    if (tg_log_open(cfg->log.error) < 0) {
+        tg_log_error("cannot open error log %s: %s", cfg->log.error, strerror(errno));
+        if (at_start)
+            return -1;
+    }
+    char err[300];
+    if (tg_access_log_set_target(cfg->log.access, err, sizeof(err)) < 0) {
+        tg_log_error("%s", err);
+        if (at_start)
+            return -1;
+    }
+    return 0;
+}
+
+/* Installs `next` in every worker. Takes over the caller's reference. */
+static int install_config(struct tg_config *next)
+{
+    unsigned nw = g.rt.nworkers;
+    int **fds = calloc(nw, sizeof(*fds));
+    char ***keys = calloc(nw, sizeof(*keys));
+    size_t n = 0;
+    if (fds == NULL || keys == NULL ||
+        open_new_listeners(g.config, next, nw, fds, keys, &n) < 0) {
+        free(fds);
+        free(keys);
+        tg_config_unref(next);
+        return -1;
+    }
+    for (unsigned w = 0; w < nw; w++) {
+        struct tg_worker_msg *m = calloc(1, sizeof(*m));
+        if (m == NULL) {
+            /* Keep going: that worker stays on the old snapshot. */
+            tg_log_error("out of memory posting the configuration to worker %u", w);
+            for (size_t x = 0; x < n; x++) {
+                close(fds[w][x]);
+                free(keys[w][x]);
+            }
+            free(fds[w]);
+            free(keys[w]);
+            continue;
+        }
+        m->type = TG_WORKER_MSG_CONFIG;
+        tg_config_ref(next);
+        m->config = next;
+        m->fds = fds[w];
+        m->keys = keys[w];
+        m->nfds = n;
+        tg_worker_post(g.rt.workers[w], m);
+    }
+    free(fds);
+    free(keys);
+    if (g.config != NULL)
+        tg_config_unref(g.config);
+    g.config = next;
+    return 0;
+}
+
+static void reload(void)
+{
+    if (g.draining)
+        return;
+    char *errors = malloc(ERRBUF);
+    if (errors == NULL)
+        return;
+    struct tg_config *next = tg_config_load(g.config_path, errors, ERRBUF);
+    if (next == NULL) {
+        tg_log_error("reload refused; the running configuration stays:");
+        char *save = NULL;
+        for (char *line = strtok_r(errors, "\n", &save); line != NULL;
+             line = strtok_r(NULL, "\n", &save))
+            tg_log_error("  %s", line);
+        free(errors);
+        return;
+    }
+    free(errors);
+    if (next->workers != g.rt.nworkers)
+        tg_log_warn("workers: %u -> %u takes effect at the next restart",
+                    g.rt.nworkers, next->workers);
+    apply_logs(next, false);
+    if (install_config(next) < 0) {
+        tg_log_error("reload refused: a new listener could not be opened");
+        return;
+    }
+    tg_log_info("configuration reloaded from %s", g.config_path);
+}
+
+static void post_all(enum tg_worker_msg_type type)
+{
+    for (unsigned i = 0; i < g.rt.nworkers; i++) {
+        struct tg_worker_msg *m = calloc(1, sizeof(*m));
+        if (m == NULL)
+            continue;
+        m->type = type;
+        tg_worker_post(g.rt.workers[i], m);
+    }
+}
+
+static void on_drain_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop, (void)t, (void)revents;
+    tg_log_warn("drain timeout reached; closing what is left");
+    post_all(TG_WORKER_MSG_STOP);
+}
+
+static void start_drain(void)
+{
+    if (g.draining)
+        return;
+    g.draining = true;
+    atomic_store(&g.rt.draining, true);
+    tg_log_info("draining: no new connections; finishing requests in flight");
+    post_all(TG_WORKER_MSG_DRAIN);
+    ev_timer_init(&g.drain_timer, on_drain_timeout,
+                  (double)g.config->drain_timeout_ms / 1000.0, 0.);
+    ev_timer_start(g.loop, &g.drain_timer);
+}
+
+static void on_signal(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    (void)loop, (void)revents;
+    switch (s->signum) {
+    case SIGHUP:
+        reload();
+        break;
+    case SIGTERM:
+    case SIGINT:
+        start_drain();
+        break;
+    case SIGQUIT:
+        tg_log_info("SIGQUIT: stopping now");
+        g.draining = true;
+        atomic_store(&g.rt.draining, true);
+        post_all(TG_WORKER_MSG_STOP);
+        break;
+    case SIGUSR1:
+        if (tg_log_reopen() < 0)
+            tg_log_error("cannot reopen the error log: %s", strerror(errno));
+        tg_access_log_reopen();
+        tg_log_info("log files reopened");
+        break;
+    }
+}
+
+static void on_worker_exit(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)a, (void)revents;
+    if (atomic_load(&g.workers_running) == 0)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+/* Runs in each worker thread after its loop ends (see worker.c hook). */
+static void worker_exited(void)
+{
+    atomic_fetch_sub(&g.workers_running, 1);
+    ev_async_send(g.loop, &g.worker_exit);
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = "conf/tollgate.yaml";
+    bool test_only = false;
+    int opt;
+    while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            test_only = true;
+            break;
+        case 'v':
+            printf("tollgate %s (libev %d.%d, %s)\n", TG_VERSION, ev_version_major(),
+                   ev_version_minor(), OpenSSL_version(OPENSSL_VERSION));
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tollgate: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+
+    char *errors = malloc(ERRBUF);
+    if (errors == NULL)
+        return 1;
+    struct tg_config *cfg = tg_config_load(path, errors, ERRBUF);
+    if (cfg == NULL) {
+        print_errors(errors);
+        free(errors);
+        return 1;
+    }
+    free(errors);
+    if (test_only) {
+        printf("%s: configuration OK\n", path);
+        tg_config_unref(cfg);
+        return 0;
+    }
+
+    g.config_path = path;
+    g.rt.config_path = path;
+    signal(SIGPIPE, SIG_IGN);
+    if (tg_access_log_start() < 0 || apply_logs(cfg, true) < 0) {
+        tg_config_unref(cfg);
+        return 1;
+    }
+
+    /* Workers inherit a mask that blocks our signals; main unblocks them
+     * once the workers exist, so only main ever handles them. */
+    sigset_t set, old;
+    sigemptyset(&set);
+    int sigs[] = {SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1};
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        sigaddset(&set, sigs[i]);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+
+    g.loop = ev_default_loop(EVFLAG_AUTO);
+    ev_async_init(&g.worker_exit, on_worker_exit);
+    ev_async_start(g.loop, &g.worker_exit);
+
+    g.rt.nworkers = cfg->workers;
+    g.rt.workers = calloc(cfg->workers, sizeof(*g.rt.workers));
+    if (g.rt.workers == NULL)
+        return 1;
+    for (unsigned i = 0; i < cfg->workers; i++) {
+        g.rt.workers[i] = tg_worker_new(i, &g.rt);
+        if (g.rt.workers[i] == NULL) {
+            tg_log_error("cannot create worker %u", i);
+            return 1;
+        }
+        g.rt.workers[i]->on_exit = worker_exited;
+    }
+    if (install_config(cfg) < 0) {
+        tg_log_error("cannot start: a listener could not be opened");
+        return 1;
+    }
+    atomic_store(&g.workers_running, cfg->workers);
+    for (unsigned i = 0; i < g.rt.nworkers; i++) {
+        if (tg_worker_start(g.rt.workers[i]) < 0) {
+            tg_log_error("cannot start worker thread %u", i);
+            return 1;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    ev_signal_init(&g.sig_hup, on_signal, SIGHUP);
+    ev_signal_init(&g.sig_term, on_signal, SIGTERM);
+    ev_signal_init(&g.sig_int, on_signal, SIGINT);
+    ev_signal_init(&g.sig_quit, on_signal, SIGQUIT);
+    ev_signal_init(&g.sig_usr1, on_signal, SIGUSR1);
+    ev_signal_start(g.loop, &g.sig_hup);
+    ev_signal_start(g.loop, &g.sig_term);
+    ev_signal_start(g.loop, &g.sig_int);
+    ev_signal_start(g.loop, &g.sig_quit);
+    ev_signal_start(g.loop, &g.sig_usr1);
+
+    for (size_t i = 0; i < g.config->nlisteners; i++)
+        tg_log_info("listening on %s%s", g.config->listeners[i].key,
+                    g.config->listeners[i].tls ? " (tls)" : "");
+    tg_log_info("tollgate %s started with %u worker%s", TG_VERSION, g.rt.nworkers,
+                g.rt.nworkers == 1 ? "" : "s");
+
+    ev_run(g.loop, 0);
+
+    for (unsigned i = 0; i < g.rt.nworkers; i++)
+        tg_worker_join_and_free(g.rt.workers[i]);
+    free(g.rt.workers);
+    tg_access_log_stop();
+    tg_config_unref(g.config);
+    tg_log_info("stopped");
+    return 0;
+}

@@ -1,0 +1,1281 @@
+/* One request through the gateway. The request owns two byte paths:
+ *
+ *   client -> conn->in -> upstream   (request body, or tunnel bytes)
+ *   upstream -> up->in -> client     (response body, or tunnel bytes)
+ *
+ * Each path is one buffer. Bytes are "framed" (counted against
+ * Content-Length or walked by the chunked decoder) as they arrive, written
+ * from the buffer as they are framed, and the reader stops while the buffer
+ * is full: backpressure both ways and no copy of body bytes. Heads are
+ * rebuilt by headers.c into their own buffer and leave in the same writev
+ * as the first body bytes.
+ *
+ * Requests are reference-counted: the connection holds one, and every
+ * callback holds one while it runs, so a request that ends inside a
+ * callback is freed only when the callback returns. */
+#include "proxy.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "access_log.h"
+#include "buf.h"
+#include "config.h"
+#include "conn.h"
+#include "headers.h"
+#include "log.h"
+#include "router.h"
+#include "upstream.h"
+#include "worker.h"
+
+#define MAX_FREE_REQUESTS 256
+#define MAX_TRAILER 16384
+#define MS(x) ((double)(x) / 1000.0)
+
+static void on_upstream_io(struct ev_loop *loop, ev_io *io, int revents);
+static void pump_client(struct tg_request *req);
+static void send_upstream(struct tg_request *req);
+static void connect_upstream(struct tg_request *req);
+static void arm_deadline(struct tg_request *req);
+static void update_watches(struct tg_request *req);
+
+static struct tg_worker *req_worker(const struct tg_request *req)
+{
+    return req->conn->w;
+}
+
+static const struct tg_config *req_config(const struct tg_request *req)
+{
+    return req->wcfg->config;
+}
+
+static ev_tstamp req_now(const struct tg_request *req)
+{
+    return ev_now(req_worker(req)->loop);
+}
+
+/* ---- request objects -------------------------------------------------------- */
+
+struct tg_request *tg_proxy_request_new(struct tg_conn *c)
+{
+    struct tg_worker *w = c->w;
+    struct tg_request *req = w->free_requests;
+    if (req != NULL) {
+        w->free_requests = req->next_free;
+        w->nfree_requests--;
+    } else {
+        req = malloc(sizeof(*req));
+        if (req == NULL)
+            return NULL;
+    }
+    /* Everything above the big parser structs; the parsers fill those. */
+    memset(req, 0, offsetof(struct tg_request, head));
+    req->head.nheaders = 0;
+    req->resp.nheaders = 0;
+    req->conn = c;
+    req->refs = 1;
+    req->server = -1;
+    tg_arena_init(&req->arena, 2048);
+    return req;
+}
+
+void tg_proxy_request_free(struct tg_request *req)
+{
+    struct tg_worker *w = req->conn->w;
+    tg_arena_reset(&req->arena);
+    tg_buf_put(&w->bufs, req->up_head);
+    tg_buf_put(&w->bufs, req->out);
+    tg_worker_cfg_release(req->wcfg);
+    if (w->nfree_requests < MAX_FREE_REQUESTS && !w->stopping) {
+        req->next_free = w->free_requests;
+        w->free_requests = req;
+        w->nfree_requests++;
+    } else {
+        free(req);
+    }
+}
+
+static void req_ref(struct tg_request *req)
+{
+    req->refs++;
+}
+
+static void req_unref(struct tg_request *req)
+{
+    if (--req->refs == 0)
+        tg_proxy_request_free(req);
+}
+
+static bool req_over(const struct tg_request *req)
+{
+    return req->phase == TG_REQ_DONE;
+}
+
+/* Copies a string that must outlive the head views. */
+static const char *req_strdup(struct tg_request *req, const char *p, size_t n)
+{
+    char *dst;
+    if (req->scratch_used + n + 1 <= sizeof(req->scratch)) {
+        dst = req->scratch + req->scratch_used;
+        req->scratch_used += n + 1;
+    } else {
+        dst = tg_arena_alloc(&req->arena, n + 1);
+        if (dst == NULL)
+            return NULL;
+    }
+    memcpy(dst, p, n);
+    dst[n] = '\0';
+    return dst;
+}
+
+/* ---- ending ------------------------------------------------------------------- */
+
+static void drop_upstream(struct tg_request *req, bool reusable)
+{
+    struct tg_upconn *uc = req->up;
+    if (uc == NULL)
+        return;
+    req->up = NULL;
+    uc->req = NULL;
+    tg_upstream_release(uc, reusable, req->upstream);
+}
+
+static void log_request(struct tg_request *req)
+{
+    struct tg_worker *w = req_worker(req);
+    if (req->status == 0)
+        return;
+    tg_access_log_request(w->access_log, req, ev_now(w->loop));
+}
+
+/* The request is over. Tells the connection, which may start the next one. */
+static void end_request(struct tg_request *req, bool keep_alive)
+{
+    if (req_over(req))
+        return;
+    req->phase = TG_REQ_DONE;
+    drop_upstream(req, false);
+    log_request(req);
+    struct tg_conn *c = req->conn;
+    tg_conn_request_done(c, keep_alive && req->req_body_done && req->head_consumed);
+    req_unref(req);
+}
+
+void tg_proxy_abort(struct tg_request *req)
+{
+    if (req_over(req))
+        return;
+    req->phase = TG_REQ_DONE;
+    drop_upstream(req, false);
+    if (req->status == 0 || !req->resp_head_done)
+        req->status = req->status ? req->status : 499;
+    log_request(req);
+    req_unref(req);
+}
+
+/* Ends the request and closes the client connection at once (the answer is
+ * broken: the client must not take what it got as complete). */
+static void abort_client(struct tg_request *req, const char *why)
+{
+    struct tg_conn *c = req->conn;
+    if (why != NULL)
+        tg_log_info("request %s: %s; closing client connection", req->request_id, why);
+    tg_conn_ref(c);
+    tg_conn_close(c); /* calls tg_proxy_abort */
+    tg_conn_unref(c);
+}
+
+/* ---- local answers ------------------------------------------------------------- */
+
+/* Drops the head (and, if it is all here, the body) from conn->in so the
+ * connection can carry on; returns false when body bytes are still to come,
+ * in which case the connection must close after the answer. */
+static bool discard_request(struct tg_request *req);
+
+static void respond_local(struct tg_request *req, int status, const char *body,
+                          bool close)
+{
+    struct tg_worker *w = req_worker(req);
+    drop_upstream(req, false);
+    req->status = status;
+    req->phase = TG_REQ_LOCAL;
+    if (!discard_request(req))
+        close = true;
+    if (req->conn->close_after || w->draining || !req->client_keep_alive)
+        close = true;
+    req->resp_close_client = close;
+    size_t blen = strlen(body);
+    if (req->out == NULL)
+        req->out = tg_buf_get(&w->bufs, blen + 512);
+    if (req->out == NULL ||
+        tg_headers_build_local(req, req->out, status, "text/plain; charset=utf-8",
+                               body, blen, close) < 0) {
+        abort_client(req, "out of memory for a local answer");
+        return;
+    }
+    req->resp_head_done = true;
+    req->resp_body_done = true;
+    pump_client(req);
+}
+
+void tg_proxy_fail(struct tg_request *req, int status, const char *reason)
+{
+    struct tg_conn *c = req->conn;
+    if (req->wcfg == NULL)
+        req->wcfg = tg_worker_cfg_acquire(c->w);
+    req->start = req->start ? req->start : c->head_started;
+    req->client = c->peer;
+    req->minor_version = 1;
+    req->client_keep_alive = false;
+    req->head_consumed = true; /* nothing of an invalid head is used */
+    req->req_body_done = true;
+    tg_headers_new_request_id(req->request_id);
+    if (c->in != NULL)
+        req->bytes_in = tg_buf_len(c->in);
+    c->state = TG_CONN_ACTIVE;
+    char body[160];
+    snprintf(body, sizeof(body), "%d %s: %s\n", status, tg_http1_reason(status), reason);
+    req_ref(req);
+    respond_local(req, status, body, true);
+    if (!req_over(req))
+        update_watches(req), arm_deadline(req);
+    req_unref(req);
+}
+
+/* ---- request body framing ------------------------------------------------------- */
+
+/* Frames newly arrived client bytes. Returns -1 if the request ended. */
+static int frame_request_body(struct tg_request *req)
+{
+    struct tg_buf *in = req->conn->in;
+    if (req->req_body_done || in == NULL)
+        return 0;
+    size_t avail = tg_buf_len(in) - req->req_ready;
+    if (avail == 0)
+        return 0;
+    const char *p = in->data + in->start + req->req_ready;
+    switch (req->req_framing) {
+    case TG_HTTP1_BODY_LENGTH: {
+        size_t take = avail < req->req_remaining ? avail : (size_t)req->req_remaining;
+        req->req_ready += take;
+        req->req_remaining -= take;
+        req->req_body_bytes += take;
+        if (req->req_remaining == 0)
+            req->req_body_done = true;
+        break;
+    }
+    case TG_HTTP1_BODY_CHUNKED:
+        while (avail > 0 && !req->req_chunked.done) {
+            size_t dlen = 0;
+            ssize_t r = tg_http1_chunked_next(&req->req_chunked, p, avail, &dlen);
+            if (r < 0) {
+                req->req_body_done = true; /* nothing more will be read */
+                if (!req->resp_head_done && req->out == NULL) {
+                    respond_local(req, 400, "400 Bad Request: invalid chunked body\n", true);
+                } else {
+                    abort_client(req, "invalid chunked request body");
+                }
+                return -1;
+            }
+            p += r;
+            avail -= (size_t)r;
+            req->req_ready += (size_t)r;
+            req->req_body_bytes += dlen;
+            if (r == 0)
+                break;
+        }
+        if (req->req_chunked.done)
+            req->req_body_done = true;
+        break;
+    default:
+        req->req_body_done = true;
+        break;
+    }
+    uint64_t max = req_config(req)->client.max_body;
+    if (max != 0 && req->req_body_bytes > max) {
+        req->req_body_done = true;
+        if (!req->resp_head_done && req->out == NULL)
+            respond_local(req, 413, "413 Content Too Large\n", true);
+        else
+            abort_client(req, "request body over client.max_body");
+        return -1;
+    }
+    return 0;
+}
+
+static bool discard_request(struct tg_request *req)
+{
+    struct tg_buf *in = req->conn->in;
+    if (!req->head_consumed) {
+        req->head_consumed = true;
+        if (in != NULL)
+            tg_buf_consume(in, req->head.head_len);
+        if (req->req_framing == TG_HTTP1_BODY_NONE)
+            req->req_body_done = true;
+    }
+    if (req->phase == TG_REQ_TUNNEL)
+        return false;
+    if (!req->req_body_done && in != NULL) {
+        size_t before = req->req_ready;
+        (void)before;
+        if (frame_request_body(req) < 0)
+            return false;
+    }
+    if (req->req_body_done && in != NULL) {
+        tg_buf_consume(in, req->req_ready);
+        req->req_ready = 0;
+    }
+    return req->req_body_done;
+}
+
+/* ---- routing -------------------------------------------------------------------- */
+
+static const struct tg_config_route *match_route(const struct tg_config_site *site,
+                                                 const char *path, size_t n)
+{
+    for (size_t i = 0; i < site->nroutes; i++) {
+        const struct tg_config_route *r = &site->routes[i];
+        if (n < r->path_len || memcmp(path, r->path, r->path_len) != 0)
+            continue;
+        /* "/api" matches "/api" and "/api/x" but not "/apix". */
+        if (n == r->path_len || r->path[r->path_len - 1] == '/' ||
+            path[r->path_len] == '/')
+            return r;
+    }
+    return NULL;
+}
+
+void tg_proxy_start(struct tg_request *req)
+{
+    struct tg_conn *c = req->conn;
+    struct tg_worker *w = c->w;
+    const struct tg_http1_request *h = &req->head;
+
+    req_ref(req);
+    req->wcfg = tg_worker_cfg_acquire(w);
+    if (req->wcfg != c->wcfg) {
+        /* The connection refreshed its snapshot at the start of the head;
+         * use exactly that one. */
+        tg_worker_cfg_release(req->wcfg);
+        req->wcfg = c->wcfg;
+        req->wcfg->refs++;
+    }
+    const struct tg_config *cfg = req_config(req);
+    req->start = c->head_started;
+    req->phase = TG_REQ_ROUTING;
+    req->method_id = h->method_id;
+    req->minor_version = h->minor_version;
+    req->client_keep_alive = h->keep_alive;
+    req->upgrade = h->upgrade_websocket;
+    req->expect_continue = h->expect_continue;
+    req->client = c->peer;
+    req->peer_trusted = false;
+    req->req_framing = (uint8_t)h->framing;
+    req->req_remaining = h->content_length;
+    req->bytes_in = h->head_len;
+    tg_http1_chunked_init(&req->req_chunked, MAX_TRAILER);
+    req->method = req_strdup(req, h->method.p, h->method.n);
+
+    /* Request id: the client's if well-formed, else ours. */
+    for (size_t i = 0; i < h->nheaders; i++) {
+        if (tg_http1_name_eq(h->headers[i].name, "x-request-id") &&
+            tg_headers_valid_request_id(h->headers[i].value)) {
+            memcpy(req->request_id, h->headers[i].value.p, h->headers[i].value.n);
+            req->request_id[h->headers[i].value.n] = '\0';
+            break;
+        }
+    }
+    if (req->request_id[0] == '\0')
+        tg_headers_new_request_id(req->request_id);
+
+    struct tg_str host = h->host;
+    if (host.p == NULL)
+        host = tg_str_make("", 0);
+    req->host = req_strdup(req, host.p, host.n);
+
+    /* Normalised path plus the query, as the backend will see it. */
+    size_t qn = h->query.p != NULL ? h->query.n + 1 : 0;
+    char *path = tg_arena_alloc(&req->arena, h->path.n + qn + 1);
+    ssize_t pn = -1;
+    if (path != NULL && h->path.n > 0 && h->path.p[0] == '/')
+        pn = tg_router_normalize_path(h->path.p, h->path.n, path, h->path.n + 1);
+    if (path == NULL || req->method == NULL || req->host == NULL) {
+        abort_client(req, "out of memory");
+        goto out;
+    }
+    if (pn < 0) {
+        req->path = req_strdup(req, h->target.p, h->target.n > 200 ? 200 : h->target.n);
+        respond_local(req, 400, "400 Bad Request: invalid path\n", false);
+        goto out;
+    }
+    size_t route_len = (size_t)pn;
+    if (qn > 0) {
+        path[pn++] = '?';
+        memcpy(path + pn, h->query.p, h->query.n);
+        pn += (ssize_t)h->query.n;
+    }
+    path[pn] = '\0';
+    req->path = path;
+
+    if (req->method_id == TG_HTTP1_CONNECT || req->method_id == TG_HTTP1_TRACE) {
+        respond_local(req, 405, "405 Method Not Allowed\n", false);
+        goto out;
+    }
+
+    struct tg_str capture;
+    req->site = tg_router_hosts_match(cfg->hosts, host, &capture);
+    if (req->site == NULL) {
+        respond_local(req, 404, "404 Not Found: no site serves this host\n", false);
+        goto out;
+    }
+    req->route = match_route(req->site, path, route_len);
+    if (req->route == NULL) {
+        respond_local(req, 404, "404 Not Found: no route for this path\n", false);
+        goto out;
+    }
+    req->upstream = req->route->upstream;
+    req->stream = req->route->stream;
+    if (cfg->client.max_body != 0 && req->req_framing == TG_HTTP1_BODY_LENGTH &&
+        req->req_remaining > cfg->client.max_body) {
+        respond_local(req, 413, "413 Content Too Large\n", true);
+        goto out;
+    }
+
+    /* Rebuild the head for the upstream, then drop the original: from here
+     * on conn->in starts with body bytes. */
+    req->up_head = tg_buf_get(&w->bufs, h->head_len + 1024);
+    if (req->up_head == NULL || tg_headers_build_request(req, req->up_head) < 0) {
+        respond_local(req, 503, "503 Service Unavailable\n", true);
+        goto out;
+    }
+    req->head_consumed = true;
+    tg_buf_consume(c->in, h->head_len);
+    if (req->req_framing == TG_HTTP1_BODY_NONE)
+        req->req_body_done = true;
+    if (frame_request_body(req) < 0)
+        goto out;
+    connect_upstream(req);
+out:
+    if (!req_over(req)) {
+        update_watches(req);
+        arm_deadline(req);
+    }
+    req_unref(req);
+}
+
+/* ---- upstream connection ----------------------------------------------------------- */
+
+/* Every attempt failed, or one failed in a way that cannot be retried. */
+static void fail_upstream(struct tg_request *req, int status, const char *what)
+{
+    tg_log_error("request %s: upstream %s %s%s%s", req->request_id,
+                 req->upstream ? req->upstream->name : "-", what,
+                 req->up_name ? " at " : "", req->up_name ? req->up_name : "");
+    if (req->resp_head_done || (req->out != NULL && tg_buf_len(req->out) > 0)) {
+        abort_client(req, NULL);
+        return;
+    }
+    respond_local(req, status,
+                  status == 504 ? "504 Gateway Timeout: the upstream did not answer in time\n"
+                                : "502 Bad Gateway: the upstream could not be reached\n",
+                  false);
+}
+
+/* An attempt failed before any response byte. Retries on another server
+ * when nothing was consumed that cannot be sent again. */
+static void attempt_failed(struct tg_request *req, const char *what, bool timeout)
+{
+    struct tg_upconn *uc = req->up;
+    bool was_reused = uc != NULL && uc->reused;
+    bool head_sent = req->up_head_sent > 0;
+    if (uc != NULL)
+        tg_upstream_report(uc, false);
+    drop_upstream(req, false);
+
+    bool replayable = !req->sent_body_bytes && !req->resp_head_done &&
+                      (req->out == NULL || tg_buf_len(req->out) == 0);
+    bool may_retry = replayable &&
+                     (!head_sent || tg_http1_method_idempotent(req->method_id) || was_reused);
+    if (may_retry && was_reused && !timeout) {
+        /* A pooled connection the backend had closed: not the server's
+         * fault, try again without counting an attempt. */
+        req->tried &= ~(req->server >= 0 && req->server < 64 ? 1ull << req->server : 0);
+        req->attempts--;
+    }
+    if (may_retry && req->attempts <= req->upstream->retries) {
+        tg_log_info("request %s: upstream %s %s at %s; retrying", req->request_id,
+                    req->upstream->name, what, req->up_name ? req->up_name : "-");
+        req->up_head_sent = 0;
+        connect_upstream(req);
+        return;
+    }
+    fail_upstream(req, timeout ? 504 : 502, what);
+}
+
+static void connect_upstream(struct tg_request *req)
+{
+    struct tg_worker *w = req_worker(req);
+    for (;;) {
+        int idx = tg_upstream_pick(w, req->wcfg, req->upstream, req->tried);
+        if (idx < 0) {
+            fail_upstream(req, 502, "has no server left to try");
+            return;
+        }
+        req->tried |= idx < 64 ? 1ull << idx : 0;
+        req->attempts++;
+        req->server = idx;
+        struct tg_upconn *uc = tg_upstream_acquire(w, req->upstream, idx, req);
+        if (uc == NULL) {
+            tg_log_error("request %s: cannot open a connection to %s: %s", req->request_id,
+                         req->upstream->servers[idx].addr.text, strerror(errno));
+            if (req->attempts > req->upstream->retries) {
+                fail_upstream(req, 502, "is unreachable");
+                return;
+            }
+            continue;
+        }
+        req->up = uc;
+        req->up_name = tg_upstream_name(uc);
+        ev_set_cb(&uc->watcher, on_upstream_io);
+        uc->watcher.data = uc;
+        req->up_start = req_now(req);
+        req->up_read_at = req->up_write_at = req->up_start;
+        if (uc->state == TG_UPCONN_CONNECTING) {
+            req->phase = TG_REQ_CONNECTING;
+            return;
+        }
+        req->phase = TG_REQ_FORWARDING;
+        send_upstream(req);
+        return;
+    }
+}
+
+/* Writes the head and framed body bytes upstream until the socket is full. */
+static void send_upstream(struct tg_request *req)
+{
+    struct tg_upconn *uc = req->up;
+    struct tg_buf *in = req->conn->in;
+    while (uc != NULL && uc->state == TG_UPCONN_ACTIVE) {
+        struct iovec iov[2];
+        int n = 0;
+        size_t head_left = 0;
+        if (req->up_head != NULL && req->up_head_sent < tg_buf_len(req->up_head)) {
+            head_left = tg_buf_len(req->up_head) - req->up_head_sent;
+            iov[n].iov_base = req->up_head->data + req->up_head->start + req->up_head_sent;
+            iov[n++].iov_len = head_left;
+        }
+        if (req->req_ready > 0 && in != NULL) {
+            iov[n].iov_base = in->data + in->start;
+            iov[n++].iov_len = req->req_ready;
+        }
+        if (n == 0) {
+            if (req->req_body_done && req->phase != TG_REQ_TUNNEL)
+                req->req_body_sent = true;
+            uc->io.want_write = false;
+            return;
+        }
+        ssize_t w = tg_io_writev(&uc->io, iov, n);
+        if (w == TG_IO_AGAIN)
+            return;
+        if (w < 0) {
+            if (req->phase == TG_REQ_TUNNEL || req->resp_head_done)
+                abort_client(req, "upstream connection failed while sending");
+            else
+                attempt_failed(req, "failed while sending the request", false);
+            return;
+        }
+        uc->io.want_write = false;
+        req->up_write_at = req_now(req);
+        size_t done = (size_t)w;
+        size_t from_head = done < head_left ? done : head_left;
+        req->up_head_sent += from_head;
+        done -= from_head;
+        if (done > 0) {
+            tg_buf_consume(in, done);
+            req->req_ready -= done;
+            req->sent_body_bytes = true;
+        }
+    }
+}
+
+/* ---- client side -------------------------------------------------------------- */
+
+static void read_client(struct tg_request *req)
+{
+    struct tg_conn *c = req->conn;
+    struct tg_worker *w = c->w;
+    if (c->in == NULL) {
+        c->in = tg_buf_get(&w->bufs, w->bufs.small_size);
+        if (c->in == NULL) {
+            abort_client(req, "out of memory");
+            return;
+        }
+    }
+    if (tg_buf_room(c->in) == 0)
+        tg_buf_compact(c->in);
+    if (tg_buf_room(c->in) == 0)
+        return; /* full: wait until the upstream takes bytes */
+    ssize_t n = tg_io_read(&c->io, c->in->data + c->in->end, tg_buf_room(c->in));
+    if (n == TG_IO_AGAIN)
+        return;
+    if (n <= 0) {
+        /* The client went away (or reset). In a tunnel that ends it after
+         * what the other side has in flight. */
+        abort_client(req, n == 0 && !req->req_body_done ? "client closed during the request body"
+                                                        : NULL);
+        return;
+    }
+    c->in->end += (size_t)n;
+    req->client_read_at = ev_now(w->loop);
+    if (req->phase == TG_REQ_TUNNEL) {
+        req->req_ready = tg_buf_len(c->in);
+        req->bytes_in += (uint64_t)n;
+    } else if (!req->req_body_done) {
+        size_t before = req->req_ready;
+        if (frame_request_body(req) < 0)
+            return;
+        req->bytes_in += req->req_ready - before;
+    }
+    send_upstream(req);
+}
+
+/* Writes the response head and framed body bytes to the client until done
+ * or the socket is full. */
+static void finish_response(struct tg_request *req);
+
+static void pump_client(struct tg_request *req)
+{
+    struct tg_conn *c = req->conn;
+    for (;;) {
+        struct iovec iov[2];
+        int n = 0;
+        size_t out_left = 0;
+        if (req->out != NULL && tg_buf_len(req->out) > 0) {
+            out_left = tg_buf_len(req->out);
+            iov[n].iov_base = req->out->data + req->out->start;
+            iov[n++].iov_len = out_left;
+        }
+        struct tg_buf *upin = req->up != NULL ? req->up->in : NULL;
+        if (req->resp_ready > 0 && upin != NULL) {
+            iov[n].iov_base = upin->data + upin->start;
+            iov[n++].iov_len = req->resp_ready;
+        }
+        if (n == 0) {
+            c->io.want_write = false;
+            if (req->resp_head_done && req->resp_body_done)
+                finish_response(req);
+            return;
+        }
+        ssize_t w = tg_io_writev(&c->io, iov, n);
+        if (w == TG_IO_AGAIN)
+            return;
+        if (w < 0) {
+            abort_client(req, NULL);
+            return;
+        }
+        c->io.want_write = false;
+        req->client_write_at = req_now(req);
+        req->bytes_out += (uint64_t)w;
+        size_t done = (size_t)w;
+        size_t from_out = done < out_left ? done : out_left;
+        if (from_out > 0)
+            tg_buf_consume(req->out, from_out);
+        done -= from_out;
+        if (done > 0) {
+            tg_buf_consume(upin, done);
+            req->resp_ready -= done;
+        }
+    }
+}
+
+/* The response has been written whole. */
+static void finish_response(struct tg_request *req)
+{
+    struct tg_upconn *uc = req->up;
+    if (req->phase == TG_REQ_LOCAL) {
+        end_request(req, !req->resp_close_client);
+        return;
+    }
+    bool reusable = uc != NULL && req->resp.keep_alive &&
+                    req->resp_framing != TG_HTTP1_BODY_CLOSE && req->req_body_sent &&
+                    uc->in != NULL && tg_buf_len(uc->in) == 0 && req->phase != TG_REQ_TUNNEL;
+    if (uc != NULL) {
+        tg_upstream_report(uc, true);
+        drop_upstream(req, reusable);
+    }
+    end_request(req, !req->resp_close_client);
+}
+
+/* ---- response side ----------------------------------------------------------------- */
+
+static bool is_event_stream(const struct tg_http1_response *r)
+{
+    for (size_t i = 0; i < r->nheaders; i++) {
+        if (!tg_http1_name_eq(r->headers[i].name, "content-type"))
+            continue;
+        struct tg_str v = r->headers[i].value;
+        return v.n >= 17 && strncasecmp(v.p, "text/event-stream", 17) == 0;
+    }
+    return false;
+}
+
+static void note_sse_data(struct tg_request *req, const char *p, size_t n)
+{
+    if (n >= 3) {
+        memcpy(req->sse_tail, p + n - 3, 3);
+    } else {
+        memmove(req->sse_tail, req->sse_tail + n, 3 - n);
+        memcpy(req->sse_tail + 3 - n, p, n);
+    }
+}
+
+/* Frames newly arrived response bytes. Returns -1 if the request ended. */
+static int frame_response_body(struct tg_request *req)
+{
+    struct tg_buf *in = req->up->in;
+    if (req->resp_body_done) {
+        if (tg_buf_len(in) > req->resp_ready && req->phase != TG_REQ_TUNNEL)
+            req->resp.keep_alive = false; /* bytes after the end: not reusable */
+        return 0;
+    }
+    size_t avail = tg_buf_len(in) - req->resp_ready;
+    char *p = in->data + in->start + req->resp_ready;
+    switch (req->resp_framing) {
+    case TG_HTTP1_BODY_LENGTH: {
+        size_t take = avail < req->resp_remaining ? avail : (size_t)req->resp_remaining;
+        if (req->sse)
+            note_sse_data(req, p, take);
+        req->resp_ready += take;
+        req->resp_remaining -= take;
+        if (req->resp_remaining == 0)
+            req->resp_body_done = true;
+        break;
+    }
+    case TG_HTTP1_BODY_CHUNKED: {
+        /* Verbatim, or with the framing cut out in place for HTTP/1.0. */
+        char *write = p;
+        while (avail > 0 && !req->resp_chunked.done) {
+            size_t dlen = 0;
+            ssize_t r = tg_http1_chunked_next(&req->resp_chunked, p, avail, &dlen);
+            if (r < 0) {
+                tg_log_error("request %s: upstream %s sent an invalid chunked body",
+                             req->request_id, req->up_name);
+                abort_client(req, NULL);
+                return -1;
+            }
+            if (dlen > 0 && req->sse)
+                note_sse_data(req, p, dlen);
+            if (req->resp_dechunk) {
+                if (dlen > 0 && write != p)
+                    memmove(write, p, dlen);
+                write += dlen;
+            } else {
+                write += r;
+            }
+            p += r;
+            avail -= (size_t)r;
+            if (r == 0)
+                break;
+        }
+        if (req->resp_dechunk && write != p) {
+            /* Close the gap left by the framing we dropped. */
+            size_t tail = (size_t)(in->data + in->end - p);
+            memmove(write, p, tail);
+            in->end -= (size_t)(p - write);
+        }
+        req->resp_ready = (size_t)(write - (in->data + in->start));
+        if (req->resp_chunked.done)
+            req->resp_body_done = true;
+        break;
+    }
+    case TG_HTTP1_BODY_CLOSE:
+        if (req->sse)
+            note_sse_data(req, p, avail);
+        req->resp_ready += avail;
+        break;
+    default:
+        req->resp_body_done = true;
+        break;
+    }
+    if (req->resp_body_done && tg_buf_len(in) > req->resp_ready)
+        req->resp.keep_alive = false;
+    return 0;
+}
+
+static void enter_tunnel(struct tg_request *req)
+{
+    struct tg_conn *c = req->conn;
+    req->phase = TG_REQ_TUNNEL;
+    req->resp_framing = TG_HTTP1_BODY_CLOSE;
+    req->req_body_done = true;
+    req->resp_body_done = false;
+    req->resp_close_client = true;
+    /* Whatever the client sent after the upgrade request is tunnel data. */
+    req->req_ready = c->in != NULL ? tg_buf_len(c->in) : 0;
+}
+
+static void on_response_head(struct tg_request *req, size_t head_len)
+{
+    struct tg_worker *w = req_worker(req);
+    const struct tg_http1_response *r = &req->resp;
+    struct tg_conn *c = req->conn;
+
+    req->status = r->status;
+    req->up_header_at = req_now(req);
+    req->resp_framing = (uint8_t)r->framing;
+    req->resp_remaining = r->content_length;
+    tg_http1_chunked_init(&req->resp_chunked, MAX_TRAILER);
+    req->resp_dechunk = r->framing == TG_HTTP1_BODY_CHUNKED && req->minor_version == 0;
+    req->sse = is_event_stream(r);
+    if (req->sse)
+        req->stream = true;
+    memcpy(req->sse_tail, "\n\n\n", 3); /* the start is an event boundary */
+    req->resp_close_client = r->framing == TG_HTTP1_BODY_CLOSE || req->resp_dechunk ||
+                             !req->client_keep_alive || c->close_after || w->draining ||
+                             !req->req_body_done;
+    if (r->status == 101)
+        req->resp_close_client = true;
+
+    size_t need = head_len + 512;
+    if (req->out == NULL)
+        req->out = tg_buf_get(&w->bufs, need);
+    else if (tg_buf_room(req->out) < need)
+        tg_buf_grow(&w->bufs, &req->out, tg_buf_len(req->out) + need);
+    if (req->out == NULL || tg_headers_build_response(req, req->out) < 0) {
+        fail_upstream(req, 502, "sent a response head we could not rewrite");
+        return;
+    }
+    tg_buf_consume(req->up->in, head_len);
+    req->resp_head_done = true;
+    if (r->status == 101)
+        enter_tunnel(req);
+    else
+        req->phase = TG_REQ_RESPONDING;
+}
+
+/* Parses response heads (several when 1xx come first) and frames body bytes. */
+static void handle_response(struct tg_request *req)
+{
+    struct tg_upconn *uc = req->up;
+    struct tg_worker *w = req_worker(req);
+    while (!req->resp_head_done) {
+        struct tg_http1_limits limits = {8192, req->upstream->max_response_head, TG_HTTP1_MAX_HEADERS};
+        const char *reason = "invalid";
+        ssize_t r = tg_http1_parse_response(uc->in->data + uc->in->start, tg_buf_len(uc->in),
+                                            &req->resp_scanned, &limits, req->method_id,
+                                            &req->resp, &reason);
+        if (r == TG_HTTP1_INCOMPLETE)
+            return;
+        if (r == TG_HTTP1_ERROR) {
+            tg_upstream_report(uc, false);
+            char what[120];
+            snprintf(what, sizeof(what), "sent an invalid response (%s)", reason);
+            drop_upstream(req, false);
+            fail_upstream(req, 502, what);
+            return;
+        }
+        req->resp_scanned = 0;
+        int status = req->resp.status;
+        if (status == 101) {
+            if (!req->upgrade || !req->resp.upgrade_websocket) {
+                drop_upstream(req, false);
+                fail_upstream(req, 502, "switched protocols without being asked");
+                return;
+            }
+        } else if (status < 200) {
+            /* Interim answers (100 Continue, 103 Early Hints) go to HTTP/1.1
+             * clients as they come; HTTP/1.0 cannot take them. */
+            if (req->minor_version == 1) {
+                if (req->out == NULL)
+                    req->out = tg_buf_get(&w->bufs, (size_t)r + 256);
+                if (req->out == NULL || tg_headers_build_interim(req, req->out) < 0) {
+                    fail_upstream(req, 502, "sent an interim response we could not rewrite");
+                    return;
+                }
+            }
+            tg_buf_consume(uc->in, (size_t)r);
+            continue;
+        }
+        on_response_head(req, (size_t)r);
+        if (req_over(req))
+            return;
+    }
+    if (req->phase == TG_REQ_TUNNEL) {
+        req->resp_ready = tg_buf_len(uc->in);
+    } else if (frame_response_body(req) < 0) {
+        return;
+    }
+    pump_client(req);
+    if (!req_over(req) && req->phase == TG_REQ_TUNNEL)
+        send_upstream(req); /* client bytes that came with the upgrade */
+}
+
+static void upstream_eof(struct tg_request *req)
+{
+    if (req->phase == TG_REQ_TUNNEL) {
+        req->resp_body_done = true;
+        pump_client(req); /* flush, then finish_response ends it */
+        return;
+    }
+    if (!req->resp_head_done) {
+        if (req->up->in != NULL && tg_buf_len(req->up->in) > 0) {
+            drop_upstream(req, false);
+            fail_upstream(req, 502, "closed the connection in the middle of a response head");
+            return;
+        }
+        attempt_failed(req, "closed the connection without answering", false);
+        return;
+    }
+    if (req->resp_framing == TG_HTTP1_BODY_CLOSE) {
+        req->resp_body_done = true;
+        pump_client(req);
+        return;
+    }
+    /* Truncated: never let the client take it as complete. */
+    tg_log_error("request %s: upstream %s closed the connection in the middle of the body",
+                 req->request_id, req->up_name);
+    abort_client(req, NULL);
+}
+
+static void read_upstream(struct tg_request *req)
+{
+    struct tg_upconn *uc = req->up;
+    struct tg_worker *w = req_worker(req);
+    if (uc->in == NULL) {
+        uc->in = tg_buf_get(&w->bufs, w->bufs.small_size);
+        if (uc->in == NULL) {
+            abort_client(req, "out of memory");
+            return;
+        }
+    }
+    if (tg_buf_room(uc->in) == 0)
+        tg_buf_compact(uc->in);
+    if (tg_buf_room(uc->in) == 0) {
+        if (req->resp_head_done)
+            return; /* full: wait for the client to take bytes */
+        if (uc->in->cap >= req->upstream->max_response_head ||
+            tg_buf_grow(&w->bufs, &uc->in, req->upstream->max_response_head) < 0) {
+            drop_upstream(req, false);
+            fail_upstream(req, 502, "sent a response head over max_response_head");
+            return;
+        }
+    }
+    ssize_t n = tg_io_read(&uc->io, uc->in->data + uc->in->end, tg_buf_room(uc->in));
+    if (n == TG_IO_AGAIN)
+        return;
+    if (n == 0) {
+        upstream_eof(req);
+        return;
+    }
+    if (n < 0) {
+        if (req->phase == TG_REQ_TUNNEL) {
+            upstream_eof(req);
+        } else if (!req->resp_head_done) {
+            attempt_failed(req, "reset the connection", false);
+        } else {
+            tg_log_error("request %s: upstream %s reset the connection mid-body",
+                         req->request_id, req->up_name);
+            abort_client(req, NULL);
+        }
+        return;
+    }
+    uc->in->end += (size_t)n;
+    req->up_read_at = ev_now(w->loop);
+    handle_response(req);
+}
+
+/* ---- events ------------------------------------------------------------------- */
+
+static void on_upstream_io(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    struct tg_upconn *uc = io->data;
+    struct tg_request *req = uc->req;
+    if (req == NULL)
+        return;
+    struct tg_conn *c = req->conn;
+    tg_conn_ref(c);
+    req_ref(req);
+    if (uc->state == TG_UPCONN_CONNECTING) {
+        if (tg_upstream_connected(uc) < 0) {
+            char what[120];
+            snprintf(what, sizeof(what), "refused the connection (%s)", strerror(errno));
+            attempt_failed(req, what, false);
+        } else {
+            req->phase = TG_REQ_FORWARDING;
+            send_upstream(req);
+        }
+    } else {
+        if ((revents & EV_WRITE) && !req_over(req) && req->up == uc)
+            send_upstream(req);
+        if ((revents & EV_READ) && !req_over(req) && req->up == uc)
+            read_upstream(req);
+    }
+    if (!req_over(req)) {
+        update_watches(req);
+        arm_deadline(req);
+    }
+    req_unref(req);
+    tg_conn_unref(c);
+}
+
+void tg_proxy_on_client_io(struct tg_request *req, int revents)
+{
+    req_ref(req);
+    if ((revents & EV_WRITE) || (req->conn->io.ssl != NULL && req->conn->io.want_write))
+        pump_client(req);
+    if ((revents & EV_READ) && !req_over(req)) {
+        if (req->phase == TG_REQ_LOCAL) {
+            /* Answering locally: input is not needed until the answer is out. */
+        } else {
+            read_client(req);
+        }
+    }
+    if (!req_over(req)) {
+        update_watches(req);
+        arm_deadline(req);
+    }
+    req_unref(req);
+}
+
+/* Arms each socket for what the request waits for, given buffer space. */
+static void update_watches(struct tg_request *req)
+{
+    struct tg_conn *c = req->conn;
+    int cev = 0;
+    bool out_pending = (req->out != NULL && tg_buf_len(req->out) > 0) || req->resp_ready > 0;
+    if (out_pending)
+        cev |= EV_WRITE;
+    if (req->phase != TG_REQ_LOCAL && (c->in == NULL || tg_buf_room(c->in) > 0 || c->in->start > 0))
+        cev |= EV_READ;
+    if (c->io.ssl != NULL && c->io.want_write)
+        cev |= EV_WRITE;
+    tg_conn_watch(c, cev);
+
+    struct tg_upconn *uc = req->up;
+    if (uc == NULL)
+        return;
+    int uev = 0;
+    if (uc->state == TG_UPCONN_CONNECTING) {
+        uev = EV_WRITE;
+    } else {
+        bool head_left = req->up_head != NULL && req->up_head_sent < tg_buf_len(req->up_head);
+        if (head_left || req->req_ready > 0)
+            uev |= EV_WRITE;
+        bool room = uc->in == NULL || tg_buf_room(uc->in) > 0 || uc->in->start > 0 ||
+                    !req->resp_head_done;
+        if (room && !req->resp_body_done)
+            uev |= EV_READ;
+        if (uc->io.ssl != NULL && uc->io.want_write)
+            uev |= EV_WRITE;
+    }
+    if (uc->watching != uev) {
+        struct ev_loop *loop = req_worker(req)->loop;
+        ev_io_stop(loop, &uc->watcher);
+        uc->watching = (uint8_t)uev;
+        if (uev != 0) {
+            ev_io_set(&uc->watcher, uc->io.fd, uev);
+            ev_io_start(loop, &uc->watcher);
+        }
+    }
+}
+
+/* ---- timeouts ------------------------------------------------------------------- */
+
+enum deadline_kind {
+    DL_NONE = 0,
+    DL_CONNECT,
+    DL_UP_SEND,
+    DL_UP_READ,
+    DL_CLIENT_BODY,
+    DL_CLIENT_SEND,
+    DL_HEARTBEAT,
+    DL_TUNNEL_IDLE,
+};
+
+static void consider(ev_tstamp *best, enum deadline_kind *kind, ev_tstamp when,
+                     enum deadline_kind k)
+{
+    if (*kind == DL_NONE || when < *best) {
+        *best = when;
+        *kind = k;
+    }
+}
+
+static enum deadline_kind next_deadline(const struct tg_request *req, ev_tstamp *when)
+{
+    const struct tg_config *cfg = req_config(req);
+    const struct tg_config_upstream *u = req->upstream;
+    const struct tg_conn *c = req->conn;
+    enum deadline_kind kind = DL_NONE;
+    ev_tstamp best = 0;
+    bool out_pending = (req->out != NULL && tg_buf_len(req->out) > 0) || req->resp_ready > 0;
+
+    if (out_pending)
+        consider(&best, &kind, req->client_write_at + MS(cfg->client.send_timeout_ms),
+                 DL_CLIENT_SEND);
+    switch (req->phase) {
+    case TG_REQ_CONNECTING:
+        consider(&best, &kind, req->up_start + MS(u->connect_timeout_ms), DL_CONNECT);
+        break;
+    case TG_REQ_FORWARDING:
+    case TG_REQ_RESPONDING: {
+        if (!req->req_body_done && req->req_ready == 0)
+            consider(&best, &kind, req->client_read_at + MS(cfg->client.body_timeout_ms),
+                     DL_CLIENT_BODY);
+        if (req->up != NULL && req->up->watching & EV_WRITE)
+            consider(&best, &kind, req->up_write_at + MS(u->send_timeout_ms), DL_UP_SEND);
+        bool waiting_upstream = !req->resp_body_done && !out_pending;
+        if (waiting_upstream && (!req->stream || !req->resp_head_done)) {
+            ev_tstamp last = req->up_read_at > req->up_write_at ? req->up_read_at : req->up_write_at;
+            consider(&best, &kind, last + MS(u->read_timeout_ms), DL_UP_READ);
+        }
+        if (req->sse && req->resp_head_done && cfg->stream.heartbeat_ms > 0 && !out_pending)
+            consider(&best, &kind, req->client_write_at + MS(cfg->stream.heartbeat_ms),
+                     DL_HEARTBEAT);
+        if (req->stream && req->resp_head_done && cfg->stream.idle_timeout_ms > 0) {
+            ev_tstamp last = req->up_read_at > req->client_write_at ? req->up_read_at : req->client_write_at;
+            consider(&best, &kind, last + MS(cfg->stream.idle_timeout_ms), DL_TUNNEL_IDLE);
+        }
+        break;
+    }
+    case TG_REQ_TUNNEL:
+        if (cfg->stream.idle_timeout_ms > 0) {
+            ev_tstamp last = req->client_read_at > req->up_read_at ? req->client_read_at : req->up_read_at;
+            consider(&best, &kind, last + MS(cfg->stream.idle_timeout_ms), DL_TUNNEL_IDLE);
+        }
+        break;
+    default:
+        break;
+    }
+    (void)c;
+    *when = best;
+    return kind;
+}
+
+static void arm_deadline(struct tg_request *req)
+{
+    ev_tstamp when;
+    if (next_deadline(req, &when) != DL_NONE)
+        tg_conn_set_deadline(req->conn, when);
+    else
+        tg_conn_set_deadline(req->conn, req_now(req) + 3600.0);
+}
+
+static bool chunk_boundary(const struct tg_request *req)
+{
+    return req->resp_framing == TG_HTTP1_BODY_CLOSE || req->resp_dechunk ||
+           (req->resp_framing == TG_HTTP1_BODY_CHUNKED &&
+            tg_http1_chunked_at_boundary(&req->resp_chunked));
+}
+
+static bool at_event_boundary(const struct tg_request *req)
+{
+    const char *t = req->sse_tail;
+    return (t[1] == '\n' && t[2] == '\n') || (t[1] == '\r' && t[2] == '\r') ||
+           (t[0] == '\n' && t[1] == '\r' && t[2] == '\n');
+}
+
+/* Writes SSE bytes of our own between two events: a heartbeat comment, or
+ * the retry hint at drain. Returns false when not at a boundary now. */
+static bool sse_inject(struct tg_request *req, const char *text, bool end_stream)
+{
+    struct tg_worker *w = req_worker(req);
+    bool out_pending = (req->out != NULL && tg_buf_len(req->out) > 0) || req->resp_ready > 0;
+    if (!req->sse || req->resp_framing == TG_HTTP1_BODY_LENGTH || out_pending ||
+        !chunk_boundary(req) || !at_event_boundary(req))
+        return false;
+    size_t n = strlen(text);
+    if (req->out == NULL)
+        req->out = tg_buf_get(&w->bufs, n + 64);
+    if (req->out == NULL)
+        return false;
+    bool chunked = req->resp_framing == TG_HTTP1_BODY_CHUNKED && !req->resp_dechunk;
+    char *p = req->out->data + req->out->end;
+    int len = chunked ? snprintf(p, tg_buf_room(req->out), "%zx\r\n%s\r\n%s", n, text,
+                                 end_stream ? "0\r\n\r\n" : "")
+                      : snprintf(p, tg_buf_room(req->out), "%s", text);
+    if (len < 0 || (size_t)len >= tg_buf_room(req->out))
+        return false;
+    req->out->end += (size_t)len;
+    if (end_stream) {
+        /* The rest of the upstream stream is dropped: the client reconnects
+         * (to another gateway) after `retry`. */
+        req->resp_body_done = true;
+        req->resp_close_client = true;
+        req->resp_ready = 0;
+        drop_upstream(req, false);
+    }
+    pump_client(req);
+    return true;
+}
+
+ev_tstamp tg_proxy_on_timeout(struct tg_request *req, ev_tstamp now)
+{
+    ev_tstamp when;
+    enum deadline_kind kind = next_deadline(req, &when);
+    if (kind == DL_NONE)
+        return now + 3600.0;
+    if (when > now)
+        return when;
+    ev_tstamp next = 0;
+    req_ref(req);
+    switch (kind) {
+    case DL_CONNECT:
+        attempt_failed(req, "did not accept the connection in time", false);
+        break;
+    case DL_UP_SEND:
+        attempt_failed(req, "did not take the request in time", true);
+        break;
+    case DL_UP_READ:
+        if (req->resp_head_done)
+            abort_client(req, "upstream stopped sending mid-response (read_timeout)");
+        else
+            fail_upstream(req, 504, "did not answer within read_timeout");
+        break;
+    case DL_CLIENT_BODY:
+        if (!req->resp_head_done && (req->out == NULL || tg_buf_len(req->out) == 0)) {
+            req->req_body_done = true;
+            respond_local(req, 408, "408 Request Timeout: the request body stopped arriving\n", true);
+        } else {
+            abort_client(req, "client stopped sending the request body");
+        }
+        break;
+    case DL_CLIENT_SEND:
+        abort_client(req, "client stopped reading (send_timeout)");
+        break;
+    case DL_HEARTBEAT:
+        if (!sse_inject(req, ":\n\n", false))
+            req->client_write_at = now; /* mid-event: look again later */
+        break;
+    case DL_TUNNEL_IDLE:
+        abort_client(req, NULL);
+        break;
+    default:
+        break;
+    }
+    if (!req_over(req)) {
+        update_watches(req);
+        ev_tstamp w2;
+        if (next_deadline(req, &w2) != DL_NONE)
+            next = w2 > now ? w2 : now + 0.001;
+        else
+            next = now + 3600.0;
+    }
+    req_unref(req);
+    return next;
+}
+
+void tg_proxy_drain(struct tg_request *req)
+{
+    if (req_over(req) || !req->sse || !req->resp_head_done)
+        return;
+    req_ref(req);
+    sse_inject(req, "retry: 1000\n\n", true);
+    if (!req_over(req))
+        update_watches(req);
+    req_unref(req);
+}

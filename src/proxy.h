@@ -1,0 +1,154 @@
+/* One request's way through the gateway: route it, pick an upstream
+ * connection, rewrite and send the head, stream the body both ways with
+ * backpressure, rewrite the response head, tunnel after an upgrade, and
+ * log it. Nothing here buffers a whole body: each direction has one buffer
+ * and reading stops while the other side cannot take more.
+ *
+ * Runs on the worker that owns the client connection. */
+#ifndef TG_PROXY_H
+#define TG_PROXY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <ev.h>
+
+#include "addr.h"
+#include "arena.h"
+#include "http1.h"
+
+struct tg_conn;
+struct tg_wcfg;
+struct tg_buf;
+struct tg_upconn;
+struct tg_config_site;
+struct tg_config_route;
+struct tg_config_upstream;
+
+/* Where a request stands. */
+enum tg_request_phase {
+    TG_REQ_ROUTING = 0,   /* deciding site/route/access */
+    TG_REQ_CONNECTING,    /* waiting for an upstream connection */
+    TG_REQ_FORWARDING,    /* head/body going up, waiting for response head */
+    TG_REQ_RESPONDING,    /* response head sent or being sent, body flowing */
+    TG_REQ_TUNNEL,        /* after 101: bytes both ways */
+    TG_REQ_LOCAL,         /* writing a locally made answer */
+    TG_REQ_DONE,
+};
+
+struct tg_request {
+    struct tg_conn *conn;
+    struct tg_wcfg *wcfg;           /* reference held for the request */
+    struct tg_arena arena;          /* strings that outlive the head views */
+    uint8_t phase;
+
+    bool head_consumed;             /* head bytes dropped from conn->in */
+
+    /* Copies for the response phase and the access log. */
+    const char *method;
+    const char *host;
+    const char *path;               /* normalised, with ?query */
+    enum tg_http1_method method_id;
+    int minor_version;
+    bool client_keep_alive;
+    char request_id[65];
+    struct tg_addr client;          /* identified client address */
+    bool peer_trusted;              /* the socket peer is a trusted proxy */
+    bool upgrade;                   /* client asked for a WebSocket upgrade */
+    bool expect_continue;
+    unsigned refs;                  /* the connection's + running callbacks' */
+    char scratch[1024];             /* small copies; the arena takes the rest */
+    size_t scratch_used;
+
+    const struct tg_config_site *site;
+    const struct tg_config_route *route;
+    const struct tg_config_upstream *upstream;
+
+    /* Request body, client -> upstream. */
+    uint8_t req_framing;            /* enum tg_http1_framing */
+    uint64_t req_remaining;         /* LENGTH: body bytes not yet framed */
+    struct tg_http1_chunked req_chunked;
+    size_t req_ready;               /* framed body bytes at conn->in start */
+    bool req_body_done;             /* every body byte has been framed */
+    bool req_body_sent;             /* ... and written upstream */
+    uint64_t req_body_bytes;
+
+    /* Upstream side. */
+    struct tg_upconn *up;
+    const char *up_name;            /* server address, for logs */
+    struct tg_buf *up_head;         /* the rewritten request head */
+    size_t up_head_sent;
+    uint64_t tried;                 /* servers tried (bitmask) */
+    unsigned attempts;
+    int server;                     /* index in upstream->servers */
+    bool sent_body_bytes;           /* some body bytes left our buffer */
+
+    /* Response, upstream -> client. */
+    size_t resp_scanned;
+    bool resp_head_done;
+    int status;
+    struct tg_buf *out;             /* response head (or whole local answer) */
+    size_t out_sent;
+    uint8_t resp_framing;
+    uint64_t resp_remaining;
+    struct tg_http1_chunked resp_chunked;
+    size_t resp_ready;              /* framed body bytes at up->in start */
+    bool resp_body_done;
+    bool resp_dechunk;              /* client is HTTP/1.0: strip chunking */
+    bool resp_close_client;         /* client must be closed afterwards */
+    bool stream;                    /* SSE or stream route: no read timeout */
+    bool sse;                       /* text/event-stream: heartbeats apply */
+    char sse_tail[3];               /* last data bytes sent, event boundary */
+    uint64_t bytes_out;             /* to the client */
+    uint64_t bytes_in;              /* from the client */
+
+    /* Timing (ev_now). */
+    ev_tstamp start;
+    ev_tstamp up_start;
+    ev_tstamp up_header_at;
+    ev_tstamp client_write_at;      /* last successful write to client */
+    ev_tstamp client_read_at;       /* last body read from client */
+    ev_tstamp up_read_at;           /* last read from upstream */
+    ev_tstamp up_write_at;
+
+    struct tg_request *next_free;
+
+    /* Large parser outputs last: a new request zeroes only what is above.
+     * head: views into conn->in, valid until head_consumed. resp: views into
+     * up->in, valid until the response head is consumed. */
+    struct tg_http1_request head;
+    struct tg_http1_response resp;
+};
+
+/* Starts proxying the request whose head was just parsed into req->head.
+ * The connection has attached `req` (conn->req) and holds a reference to
+ * it; the request ends with tg_conn_request_done, possibly before this
+ * returns. */
+void tg_proxy_start(struct tg_request *req);
+
+/* The client socket is ready (revents EV_READ/EV_WRITE) while a request
+ * runs. */
+void tg_proxy_on_client_io(struct tg_request *req, int revents);
+
+/* The connection's deadline passed while a request runs; the proxy decides
+ * which of its timeouts it was, or returns a later deadline to wait for
+ * (> now), or 0 when it handled the timeout. */
+ev_tstamp tg_proxy_on_timeout(struct tg_request *req, ev_tstamp now);
+
+/* Answers a request whose head could not be accepted (400, 408, 414, 431,
+ * ...) with a short body and Connection: close, logs it, and ends it. The
+ * head may be incomplete or invalid: nothing of it is trusted. */
+void tg_proxy_fail(struct tg_request *req, int status, const char *reason);
+
+/* Aborts the request (client gone or connection closing): closes its
+ * upstream connection and releases everything. Logs the request. */
+void tg_proxy_abort(struct tg_request *req);
+
+/* Drain started: streams end at the next event boundary after a retry hint. */
+void tg_proxy_drain(struct tg_request *req);
+
+/* Request objects come from a per-worker free list. */
+struct tg_request *tg_proxy_request_new(struct tg_conn *c);
+void tg_proxy_request_free(struct tg_request *req);
+
+#endif

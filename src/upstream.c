@@ -1,0 +1,387 @@
+/* Upstream pools and server selection.
+ *
+ * One pool per backend address per worker: idle keep-alive connections
+ * (most recently used first, so the warmest one is reused and the coldest
+ * ages out), the count of connections in use, and passive health. A pooled
+ * connection is watched for readability while idle: a backend that closes
+ * it is noticed at once instead of on the next request. */
+#include "upstream.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "config.h"
+#include "log.h"
+#include "worker.h"
+
+#define EJECT_AFTER_FAILS 3
+#define EJECT_MAX_S 30.0
+
+struct tg_pool {
+    struct tg_worker *w;
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    char name[64];
+    struct tg_upconn *idle_head, *idle_tail; /* head = most recently used */
+    unsigned nidle;
+    unsigned active;          /* connections owned by requests */
+    unsigned fails;           /* consecutive failures */
+    ev_tstamp ejected_until;
+    struct tg_pool *hnext;
+};
+
+struct tg_upstream_pools {
+    struct tg_pool **buckets;
+    size_t nbuckets;          /* power of two */
+    size_t count;
+};
+
+/* ---- pool table --------------------------------------------------------------- */
+
+static uint64_t hash_sockaddr(const struct sockaddr_storage *sa, socklen_t len)
+{
+    /* FNV-1a: addresses come from our own config, not from clients. */
+    const unsigned char *p = (const unsigned char *)sa;
+    uint64_t h = 1469598103934665603ull;
+    for (socklen_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+struct tg_upstream_pools *tg_upstream_pools_new(void)
+{
+    struct tg_upstream_pools *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    t->nbuckets = 64;
+    t->buckets = calloc(t->nbuckets, sizeof(*t->buckets));
+    if (t->buckets == NULL) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static void close_upconn(struct tg_upconn *uc);
+
+void tg_upstream_pools_free(struct tg_upstream_pools *t)
+{
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        struct tg_pool *p = t->buckets[i];
+        while (p != NULL) {
+            struct tg_pool *next = p->hnext;
+            while (p->idle_head != NULL) {
+                struct tg_upconn *uc = p->idle_head;
+                p->idle_head = uc->next;
+                close_upconn(uc);
+            }
+            free(p);
+            p = next;
+        }
+    }
+    free(t->buckets);
+    free(t);
+}
+
+static int grow(struct tg_upstream_pools *t)
+{
+    size_t nb = t->nbuckets * 2;
+    struct tg_pool **b = calloc(nb, sizeof(*b));
+    if (b == NULL)
+        return -1;
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        struct tg_pool *p = t->buckets[i];
+        while (p != NULL) {
+            struct tg_pool *next = p->hnext;
+            size_t j = hash_sockaddr(&p->sa, p->salen) & (nb - 1);
+            p->hnext = b[j];
+            b[j] = p;
+            p = next;
+        }
+    }
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = nb;
+    return 0;
+}
+
+static struct tg_pool *pool_get(struct tg_worker *w, const struct tg_config_sockaddr *a)
+{
+    struct tg_upstream_pools *t = w->pools;
+    size_t i = hash_sockaddr(&a->sa, a->salen) & (t->nbuckets - 1);
+    for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext)
+        if (p->salen == a->salen && memcmp(&p->sa, &a->sa, a->salen) == 0)
+            return p;
+    if (t->count >= t->nbuckets && grow(t) == 0)
+        i = hash_sockaddr(&a->sa, a->salen) & (t->nbuckets - 1);
+    struct tg_pool *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    p->w = w;
+    memcpy(&p->sa, &a->sa, a->salen);
+    p->salen = a->salen;
+    tg_config_format_sockaddr((const struct sockaddr *)&a->sa, p->name, sizeof(p->name));
+    p->hnext = t->buckets[i];
+    t->buckets[i] = p;
+    t->count++;
+    return p;
+}
+
+/* ---- selection ------------------------------------------------------------------ */
+
+static bool is_ejected(const struct tg_pool *p, ev_tstamp now)
+{
+    return p != NULL && p->ejected_until > now;
+}
+
+int tg_upstream_pick(struct tg_worker *w, struct tg_wcfg *wc,
+                     const struct tg_config_upstream *u, uint64_t tried)
+{
+    size_t n = u->nservers;
+    if (n == 0)
+        return -1;
+    ev_tstamp now = ev_now(w->loop);
+    unsigned start = wc->rr_cursor[u->index]++;
+    int best = -1, fallback = -1;
+    unsigned best_active = 0;
+    ev_tstamp fallback_until = 0;
+    for (size_t k = 0; k < n; k++) {
+        size_t idx = (start + k) % n;
+        if (idx < 64 && (tried & (1ull << idx)))
+            continue;
+        struct tg_pool *p = pool_get(w, &u->servers[idx].addr);
+        if (is_ejected(p, now)) {
+            if (fallback < 0 || p->ejected_until < fallback_until) {
+                fallback = (int)idx;
+                fallback_until = p->ejected_until;
+            }
+            continue;
+        }
+        if (u->balance == TG_BALANCE_ROUND_ROBIN)
+            return (int)idx;
+        unsigned active = p != NULL ? p->active : 0;
+        if (best < 0 || active < best_active) {
+            best = (int)idx;
+            best_active = active;
+        }
+    }
+    /* Only ejected servers left: trying one beats failing outright. */
+    return best >= 0 ? best : fallback;
+}
+
+/* ---- connections ------------------------------------------------------------------ */
+
+static void close_upconn(struct tg_upconn *uc)
+{
+    struct tg_worker *w = uc->pool->w;
+    ev_io_stop(w->loop, &uc->watcher);
+    tg_io_close(&uc->io);
+    tg_buf_put(&w->bufs, uc->in);
+    free(uc);
+}
+
+static void idle_unlink(struct tg_pool *p, struct tg_upconn *uc)
+{
+    if (uc->prev != NULL)
+        uc->prev->next = uc->next;
+    else
+        p->idle_head = uc->next;
+    if (uc->next != NULL)
+        uc->next->prev = uc->prev;
+    else
+        p->idle_tail = uc->prev;
+    uc->prev = uc->next = NULL;
+    p->nidle--;
+}
+
+/* A pooled connection became readable: the backend closed it (or sent
+ * bytes nobody asked for). Either way it is no longer usable. */
+static void on_idle_io(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop, (void)revents;
+    struct tg_upconn *uc = io->data;
+    idle_unlink(uc->pool, uc);
+    close_upconn(uc);
+}
+
+struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
+                                      const struct tg_config_upstream *u,
+                                      int idx, struct tg_request *req)
+{
+    struct tg_pool *p = pool_get(w, &u->servers[idx].addr);
+    if (p == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    struct tg_upconn *uc = p->idle_head;
+    if (uc != NULL) {
+        idle_unlink(p, uc);
+        ev_io_stop(w->loop, &uc->watcher);
+        uc->watching = 0;
+        uc->state = TG_UPCONN_ACTIVE;
+        uc->reused = true;
+    } else {
+        if (u->max_connections != 0 && p->active >= u->max_connections) {
+            errno = EBUSY;
+            return NULL;
+        }
+        int fd = socket(p->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return NULL;
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        int rc = connect(fd, (const struct sockaddr *)&p->sa, p->salen);
+        if (rc < 0 && errno != EINPROGRESS) {
+            int e = errno;
+            close(fd);
+            errno = e;
+            return NULL;
+        }
+        uc = calloc(1, sizeof(*uc));
+        if (uc == NULL) {
+            close(fd);
+            errno = ENOMEM;
+            return NULL;
+        }
+        uc->io.fd = fd;
+        uc->pool = p;
+        uc->state = rc == 0 ? TG_UPCONN_ACTIVE : TG_UPCONN_CONNECTING;
+        ev_io_init(&uc->watcher, on_idle_io, fd, EV_READ);
+        uc->watcher.data = uc;
+    }
+    uc->req = req;
+    uc->requests++;
+    p->active++;
+    return uc;
+}
+
+int tg_upstream_connected(struct tg_upconn *uc)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(uc->io.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err != 0) {
+        errno = err;
+        return -1;
+    }
+    uc->state = TG_UPCONN_ACTIVE;
+    return 0;
+}
+
+void tg_upstream_release(struct tg_upconn *uc, bool reusable,
+                         const struct tg_config_upstream *u)
+{
+    struct tg_pool *p = uc->pool;
+    struct tg_worker *w = p->w;
+    p->active--;
+    uc->req = NULL;
+    bool keep = reusable && u != NULL && !w->draining && p->nidle < u->keepalive &&
+                (u->keepalive_requests == 0 || uc->requests < u->keepalive_requests) &&
+                (uc->in == NULL || tg_buf_len(uc->in) == 0);
+    if (!keep) {
+        close_upconn(uc);
+        return;
+    }
+    tg_buf_put(&w->bufs, uc->in);
+    uc->in = NULL;
+    uc->state = TG_UPCONN_IDLE;
+    uc->reused = false;
+    uc->idle_expires = ev_now(w->loop) + (double)u->keepalive_timeout_ms / 1000.0;
+    ev_io_stop(w->loop, &uc->watcher);
+    ev_set_cb(&uc->watcher, on_idle_io);
+    uc->watcher.data = uc;
+    ev_io_set(&uc->watcher, uc->io.fd, EV_READ);
+    ev_io_start(w->loop, &uc->watcher);
+    uc->watching = EV_READ;
+    uc->prev = NULL;
+    uc->next = p->idle_head;
+    if (p->idle_head != NULL)
+        p->idle_head->prev = uc;
+    else
+        p->idle_tail = uc;
+    p->idle_head = uc;
+    p->nidle++;
+}
+
+void tg_upstream_report(struct tg_upconn *uc, bool ok)
+{
+    struct tg_pool *p = uc->pool;
+    if (ok) {
+        if (p->fails >= EJECT_AFTER_FAILS)
+            tg_log_info("upstream server %s is answering again", p->name);
+        p->fails = 0;
+        p->ejected_until = 0;
+        return;
+    }
+    p->fails++;
+    if (p->fails >= EJECT_AFTER_FAILS) {
+        double backoff = 1.0;
+        for (unsigned i = EJECT_AFTER_FAILS; i < p->fails && backoff < EJECT_MAX_S; i++)
+            backoff *= 2;
+        if (backoff > EJECT_MAX_S)
+            backoff = EJECT_MAX_S;
+        p->ejected_until = ev_now(p->w->loop) + backoff;
+        if (p->fails == EJECT_AFTER_FAILS)
+            tg_log_warn("upstream server %s failed %u times in a row; skipping it for %.0fs",
+                        p->name, p->fails, backoff);
+    }
+}
+
+const char *tg_upstream_name(const struct tg_upconn *uc)
+{
+    return uc->pool->name;
+}
+
+/* idle_expires holds the time the idle connection expires. */
+void tg_upstream_sweep(struct tg_worker *w, ev_tstamp now)
+{
+    struct tg_upstream_pools *t = w->pools;
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext) {
+            while (p->idle_tail != NULL && p->idle_tail->idle_expires <= now) {
+                struct tg_upconn *uc = p->idle_tail;
+                idle_unlink(p, uc);
+                close_upconn(uc);
+            }
+        }
+    }
+}
+
+void tg_upstream_close_idle(struct tg_worker *w)
+{
+    struct tg_upstream_pools *t = w->pools;
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext) {
+            while (p->idle_head != NULL) {
+                struct tg_upconn *uc = p->idle_head;
+                idle_unlink(p, uc);
+                close_upconn(uc);
+            }
+        }
+    }
+}
+
+void tg_upstream_counts(struct tg_worker *w, unsigned long *active,
+                        unsigned long *idle)
+{
+    *active = *idle = 0;
+    struct tg_upstream_pools *t = w->pools;
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext) {
+            *active += p->active;
+            *idle += p->nidle;
+        }
+    }
+}

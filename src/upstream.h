@@ -1,0 +1,97 @@
+/* Upstream connections: per-worker keep-alive pools, one per backend
+ * address, and server selection (round robin, least connections) with
+ * passive health (a server that keeps failing is skipped for a while).
+ *
+ * Pools are keyed by address, not by config snapshot, so a reload keeps
+ * every warm connection. Only the owning worker touches its pools. */
+#ifndef TG_UPSTREAM_H
+#define TG_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <ev.h>
+
+#include "io.h"
+
+struct tg_worker;
+struct tg_wcfg;
+struct tg_buf;
+struct tg_request;
+struct tg_config_upstream;
+struct tg_config_sockaddr;
+
+enum tg_upconn_state {
+    TG_UPCONN_CONNECTING = 0,
+    TG_UPCONN_ACTIVE,   /* owned by a request */
+    TG_UPCONN_IDLE,     /* in its pool */
+};
+
+struct tg_pool;
+
+struct tg_upconn {
+    struct tg_io io;
+    ev_io watcher;
+    uint8_t watching;        /* events armed */
+    uint8_t state;           /* enum tg_upconn_state */
+    bool reused;             /* came from the pool for this request */
+    unsigned requests;       /* requests sent on this connection */
+    struct tg_pool *pool;
+    struct tg_request *req;  /* owner while ACTIVE/CONNECTING */
+    struct tg_buf *in;       /* response bytes; NULL while idle */
+    ev_tstamp idle_expires;  /* while idle: when the pool closes it */
+    struct tg_upconn *prev, *next; /* pool's idle list */
+};
+
+/* Per-worker table of pools. */
+struct tg_upstream_pools *tg_upstream_pools_new(void);
+void tg_upstream_pools_free(struct tg_upstream_pools *p);
+
+/* Chooses a server of `u` for a new attempt: skips servers whose bit is set
+ * in `tried` (bit i = server i; servers past 64 are never skipped) and,
+ * when others remain, servers ejected by passive health. Returns the server
+ * index, or -1 when none is left. */
+int tg_upstream_pick(struct tg_worker *w, struct tg_wcfg *wc,
+                     const struct tg_config_upstream *u, uint64_t tried);
+
+/* Returns a connection to server `idx` of `u` owned by `req`: an idle
+ * pooled one (state ACTIVE, reused = true) or a new non-blocking connect
+ * in progress (state CONNECTING: wait for EV_WRITE, then call
+ * tg_upstream_connected). The caller sets the watcher callback. Returns
+ * NULL when the socket cannot be created or the server's connection cap is
+ * reached (errno says which: EMFILE/ENFILE/ENOBUFS, or EBUSY for the cap). */
+struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
+                                      const struct tg_config_upstream *u,
+                                      int idx, struct tg_request *req);
+
+/* After EV_WRITE on a CONNECTING connection: returns 0 when connected (the
+ * state becomes ACTIVE), or -1 with errno set to the connect error. */
+int tg_upstream_connected(struct tg_upconn *uc);
+
+/* Gives a connection back. When `reusable` and the pool has room, it waits
+ * idle in the pool for the next request (its buffer is returned); otherwise
+ * it is closed. `u` supplies the pool limits. */
+void tg_upstream_release(struct tg_upconn *uc, bool reusable,
+                         const struct tg_config_upstream *u);
+
+/* Passive health: a failed attempt (connect error, timeout, reset before a
+ * response) or a success for the connection's server. Three failures in a
+ * row eject the server for a back-off that grows to 30 s. */
+void tg_upstream_report(struct tg_upconn *uc, bool ok);
+
+/* The address of the connection's server, for logs ("10.0.0.5:8080"). */
+const char *tg_upstream_name(const struct tg_upconn *uc);
+
+/* Closes idle connections older than their keep-alive timeout. Called once a
+ * second by the worker. */
+void tg_upstream_sweep(struct tg_worker *w, ev_tstamp now);
+
+/* Closes every idle connection (drain, stop). */
+void tg_upstream_close_idle(struct tg_worker *w);
+
+/* Connections of this worker in use / idle, for status and tests. */
+void tg_upstream_counts(struct tg_worker *w, unsigned long *active,
+                        unsigned long *idle);
+
+#endif

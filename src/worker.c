@@ -1,0 +1,441 @@
+/* Worker threads: loop, mailbox, listeners and accept.
+ *
+ * The main thread opens listening sockets (so a bind failure can refuse a
+ * reload before any worker changes) and posts them; the worker only watches
+ * and accepts. Accept pauses instead of spinning when descriptors run out
+ * (EMFILE) and resumes on a timer or when a connection closes. */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "access_log.h"
+#include "conn.h"
+#include "log.h"
+#include "proxy.h"
+#include "upstream.h"
+
+#define ACCEPTS_PER_EVENT 64
+#define ACCEPT_RETRY_S 0.1
+
+static void listener_close(struct tg_worker *w, struct tg_listener *l);
+
+/* ---- config snapshots ---------------------------------------------------- */
+
+static struct tg_wcfg *wcfg_new(struct tg_worker *w, struct tg_config *config)
+{
+    struct tg_wcfg *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->rr_cursor = calloc(config->nupstreams ? config->nupstreams : 1,
+                          sizeof(*c->rr_cursor));
+    if (c->rr_cursor == NULL) {
+        free(c);
+        return NULL;
+    }
+    /* Spread workers over servers so they do not all start at server 0. */
+    for (size_t i = 0; i < config->nupstreams; i++)
+        c->rr_cursor[i] = w->id;
+    c->config = config;
+    c->worker = w;
+    c->refs = 1;
+    return c;
+}
+
+struct tg_wcfg *tg_worker_cfg_acquire(struct tg_worker *w)
+{
+    w->cfg->refs++;
+    return w->cfg;
+}
+
+void tg_worker_cfg_release(struct tg_wcfg *c)
+{
+    if (c == NULL || --c->refs > 0)
+        return;
+    tg_config_unref(c->config);
+    free(c->rr_cursor);
+    free(c);
+}
+
+static const struct tg_config_listen *find_listen_cfg(const struct tg_config *cfg,
+                                                      const char *key)
+{
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        if (strcmp(cfg->listeners[i].key, key) == 0)
+            return &cfg->listeners[i];
+    return NULL;
+}
+
+/* ---- accept -------------------------------------------------------------- */
+
+static void set_accepting(struct tg_worker *w, bool on)
+{
+    for (struct tg_listener *l = w->listeners; l != NULL; l = l->next) {
+        if (on)
+            ev_io_start(w->loop, &l->io);
+        else
+            ev_io_stop(w->loop, &l->io);
+    }
+}
+
+static void pause_accept(struct tg_worker *w)
+{
+    if (w->accept_paused)
+        return;
+    w->accept_paused = true;
+    set_accepting(w, false);
+    ev_timer_set(&w->accept_retry, ACCEPT_RETRY_S, 0.);
+    ev_timer_start(w->loop, &w->accept_retry);
+}
+
+static void resume_accept(struct tg_worker *w)
+{
+    if (!w->accept_paused || w->draining)
+        return;
+    w->accept_paused = false;
+    ev_timer_stop(w->loop, &w->accept_retry);
+    set_accepting(w, true);
+}
+
+static void on_accept_retry(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop, (void)revents;
+    resume_accept(t->data);
+}
+
+void tg_worker_conn_closed(struct tg_worker *w)
+{
+    if (w->accept_paused && !w->draining)
+        resume_accept(w);
+    if (w->draining && w->nconns == 0)
+        ev_break(w->loop, EVBREAK_ALL);
+}
+
+/* Accepts until the queue is empty (or a fairness bound). Returns false if
+ * it had to pause for want of descriptors. */
+static bool accept_pending(struct tg_worker *w, struct tg_listener *l,
+                           int limit)
+{
+    for (int i = 0; i < limit; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return true;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                errno == ENOMEM) {
+                tg_log_warn("accept on %s: %s; pausing accept", l->key,
+                            strerror(errno));
+                pause_accept(w);
+                return false;
+            }
+            tg_log_error("accept on %s: %s", l->key, strerror(errno));
+            return true;
+        }
+        tg_conn_accept(w, fd, (struct sockaddr *)&ss, l->cfg);
+    }
+    return true;
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop, (void)revents;
+    struct tg_listener *l = io->data;
+    accept_pending(l->w, l, ACCEPTS_PER_EVENT);
+}
+
+/* ---- listeners ----------------------------------------------------------- */
+
+int tg_worker_open_listener(const struct tg_config_listen *l, char *err,
+                            size_t errlen)
+{
+    int family = l->addr.sa.ss_family;
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+        snprintf(err, errlen, "SO_REUSEPORT: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&l->addr.sa, l->addr.salen) < 0) {
+        snprintf(err, errlen, "bind %s: %s", l->key, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, l->backlog) < 0) {
+        snprintf(err, errlen, "listen %s: %s", l->key, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void listener_add(struct tg_worker *w, int fd, char *key)
+{
+    struct tg_listener *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        tg_log_error("out of memory adding listener %s", key);
+        close(fd);
+        free(key);
+        return;
+    }
+    l->w = w;
+    l->fd = fd;
+    l->key = key;
+    l->cfg = find_listen_cfg(w->cfg->config, key);
+    ev_io_init(&l->io, on_accept, fd, EV_READ);
+    l->io.data = l;
+    if (!w->accept_paused && !w->draining)
+        ev_io_start(w->loop, &l->io);
+    l->next = w->listeners;
+    w->listeners = l;
+}
+
+/* Closing a SO_REUSEPORT socket resets the connections still in its accept
+ * queue; take them first so a reload or drain loses none. */
+static void listener_close(struct tg_worker *w, struct tg_listener *l)
+{
+    if (!w->stopping)
+        accept_pending(w, l, 1 << 20);
+    ev_io_stop(w->loop, &l->io);
+    close(l->fd);
+    free(l->key);
+    free(l);
+}
+
+static void close_listeners(struct tg_worker *w, const struct tg_config *keep)
+{
+    struct tg_listener **pp = &w->listeners;
+    while (*pp != NULL) {
+        struct tg_listener *l = *pp;
+        if (keep != NULL && find_listen_cfg(keep, l->key) != NULL) {
+            pp = &l->next;
+            continue;
+        }
+        *pp = l->next;
+        if (keep != NULL)
+            tg_log_info("stopped listening on %s", l->key);
+        listener_close(w, l);
+    }
+}
+
+/* ---- mailbox -------------------------------------------------------------- */
+
+static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
+{
+    struct tg_wcfg *nc = wcfg_new(w, m->config);
+    if (nc == NULL) {
+        tg_log_error("out of memory applying a new configuration; keeping the old one");
+        tg_config_unref(m->config);
+        for (size_t i = 0; i < m->nfds; i++) {
+            close(m->fds[i]);
+            free(m->keys[i]);
+        }
+        return;
+    }
+    struct tg_wcfg *old = w->cfg;
+    w->cfg = nc;
+    if (old != NULL) {
+        close_listeners(w, nc->config);
+        tg_worker_cfg_release(old);
+    }
+    for (struct tg_listener *l = w->listeners; l != NULL; l = l->next)
+        l->cfg = find_listen_cfg(nc->config, l->key);
+    for (size_t i = 0; i < m->nfds; i++)
+        listener_add(w, m->fds[i], m->keys[i]);
+    tg_access_log_configure(w->access_log, &nc->config->log);
+}
+
+static void start_drain(struct tg_worker *w)
+{
+    if (w->draining)
+        return;
+    w->draining = true;
+    close_listeners(w, NULL);
+    ev_timer_stop(w->loop, &w->accept_retry);
+    tg_upstream_close_idle(w);
+    for (struct tg_conn *c = w->conns, *next; c != NULL; c = next) {
+        next = c->next;
+        tg_conn_drain(c);
+    }
+    if (w->nconns == 0)
+        ev_break(w->loop, EVBREAK_ALL);
+}
+
+static void stop_now(struct tg_worker *w)
+{
+    w->stopping = true;
+    w->draining = true;
+    close_listeners(w, NULL);
+    while (w->conns != NULL)
+        tg_conn_close(w->conns);
+    tg_upstream_close_idle(w);
+    ev_break(w->loop, EVBREAK_ALL);
+}
+
+static void on_mailbox(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)loop, (void)revents;
+    struct tg_worker *w = a->data;
+    pthread_mutex_lock(&w->mbox_lock);
+    struct tg_worker_msg *m = w->mbox_head;
+    w->mbox_head = w->mbox_tail = NULL;
+    pthread_mutex_unlock(&w->mbox_lock);
+    while (m != NULL) {
+        struct tg_worker_msg *next = m->next;
+        switch (m->type) {
+        case TG_WORKER_MSG_CONFIG:
+            apply_config(w, m);
+            break;
+        case TG_WORKER_MSG_DRAIN:
+            start_drain(w);
+            break;
+        case TG_WORKER_MSG_STOP:
+            stop_now(w);
+            break;
+        }
+        free(m->fds);
+        free(m->keys);
+        free(m);
+        m = next;
+    }
+}
+
+void tg_worker_post(struct tg_worker *w, struct tg_worker_msg *msg)
+{
+    msg->next = NULL;
+    pthread_mutex_lock(&w->mbox_lock);
+    if (w->mbox_tail != NULL)
+        w->mbox_tail->next = msg;
+    else
+        w->mbox_head = msg;
+    w->mbox_tail = msg;
+    pthread_mutex_unlock(&w->mbox_lock);
+    ev_async_send(w->loop, &w->mbox);
+}
+
+/* ---- housekeeping -------------------------------------------------------- */
+
+static void on_housekeeping(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct tg_worker *w = t->data;
+    tg_upstream_sweep(w, ev_now(loop));
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt)
+{
+    struct tg_worker *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return NULL;
+    w->id = id;
+    w->rt = rt;
+    w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
+    if (w->loop == NULL)
+        w->loop = ev_loop_new(EVFLAG_AUTO);
+    w->pools = tg_upstream_pools_new();
+    w->access_log = tg_access_log_new(w);
+    if (w->loop == NULL || w->pools == NULL || w->access_log == NULL) {
+        if (w->loop != NULL)
+            ev_loop_destroy(w->loop);
+        tg_upstream_pools_free(w->pools);
+        tg_access_log_free(w->access_log);
+        free(w);
+        return NULL;
+    }
+    ev_set_userdata(w->loop, w);
+    pthread_mutex_init(&w->mbox_lock, NULL);
+    ev_async_init(&w->mbox, on_mailbox);
+    w->mbox.data = w;
+    ev_async_start(w->loop, &w->mbox);
+    ev_init(&w->accept_retry, on_accept_retry);
+    w->accept_retry.data = w;
+    ev_timer_init(&w->housekeeping, on_housekeeping, 1., 1.);
+    w->housekeeping.data = w;
+    ev_timer_start(w->loop, &w->housekeeping);
+    tg_buf_pool_init(&w->bufs, 16384, 65536 + 1024, 256);
+    return w;
+}
+
+static void *worker_main(void *arg)
+{
+    struct tg_worker *w = arg;
+    char name[24];
+    snprintf(name, sizeof(name), "worker %u", w->id);
+    tg_log_set_thread_name(name);
+    snprintf(name, sizeof(name), "tollgate-w%u", w->id);
+    pthread_setname_np(pthread_self(), name);
+    ev_run(w->loop, 0);
+    /* Leaving the loop: everything still open is closed here, on the
+     * worker's own thread. */
+    w->stopping = true;
+    close_listeners(w, NULL);
+    while (w->conns != NULL)
+        tg_conn_close(w->conns);
+    tg_upstream_close_idle(w);
+    tg_access_log_flush(w->access_log);
+    if (w->on_exit != NULL)
+        w->on_exit();
+    return NULL;
+}
+
+int tg_worker_start(struct tg_worker *w)
+{
+    return pthread_create(&w->thread, NULL, worker_main, w) == 0 ? 0 : -1;
+}
+
+void tg_worker_join_and_free(struct tg_worker *w)
+{
+    pthread_join(w->thread, NULL);
+    /* Messages that arrived after the loop ended. */
+    struct tg_worker_msg *m = w->mbox_head;
+    while (m != NULL) {
+        struct tg_worker_msg *next = m->next;
+        if (m->config != NULL)
+            tg_config_unref(m->config);
+        for (size_t i = 0; i < m->nfds; i++) {
+            close(m->fds[i]);
+            free(m->keys[i]);
+        }
+        free(m->fds);
+        free(m->keys);
+        free(m);
+        m = next;
+    }
+    struct tg_request *r = w->free_requests;
+    while (r != NULL) {
+        struct tg_request *next = r->next_free;
+        free(r);
+        r = next;
+    }
+    tg_access_log_free(w->access_log);
+    tg_upstream_pools_free(w->pools);
+    tg_worker_cfg_release(w->cfg);
+    tg_buf_pool_destroy(&w->bufs);
+    ev_async_stop(w->loop, &w->mbox);
+    ev_timer_stop(w->loop, &w->housekeeping);
+    ev_loop_destroy(w->loop);
+    pthread_mutex_destroy(&w->mbox_lock);
+    free(w);
+}

@@ -1,0 +1,129 @@
+/* Worker threads: one libev loop each, with its own SO_REUSEPORT listening
+ * sockets, connections, buffers and upstream pools. A connection never
+ * leaves the worker that accepted it, so the request path takes no locks.
+ *
+ * Other threads talk to a worker only through its mailbox (a locked queue
+ * plus ev_async): new config snapshots with the listening sockets to add,
+ * drain, stop. */
+#ifndef TG_WORKER_H
+#define TG_WORKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <ev.h>
+
+#include "buf.h"
+#include "config.h"
+
+struct tg_conn;
+struct tg_upstream_pools;
+struct tg_runtime;
+struct tg_access_log;
+
+/* A worker's view of one config snapshot. Requests hold a reference while
+ * they run (a plain counter: only this worker touches it); the worker holds
+ * one for as long as the snapshot is current. Per-worker state that belongs
+ * to a snapshot (round-robin cursors) lives here. */
+struct tg_wcfg {
+    struct tg_config *config;  /* one reference */
+    struct tg_worker *worker;
+    unsigned refs;
+    unsigned *rr_cursor;       /* per upstream: next server for round robin */
+};
+
+/* One listening socket of this worker. */
+struct tg_listener {
+    struct tg_worker *w;
+    int fd;
+    ev_io io;
+    char *key;                 /* canonical address, identity across reloads */
+    const struct tg_config_listen *cfg; /* in the worker's current snapshot */
+    struct tg_listener *next;
+};
+
+/* A message for a worker: the sockets given move into the worker. */
+enum tg_worker_msg_type {
+    TG_WORKER_MSG_CONFIG, /* swap to `config`; add `fds` for `keys` */
+    TG_WORKER_MSG_DRAIN,  /* stop accepting, finish in-flight work */
+    TG_WORKER_MSG_STOP,   /* close everything now and leave the loop */
+};
+
+struct tg_worker_msg {
+    enum tg_worker_msg_type type;
+    struct tg_config *config;  /* CONFIG: one reference, taken over */
+    size_t nfds;
+    int *fds;                  /* CONFIG: new listening sockets (malloc'd) */
+    char **keys;               /* CONFIG: their canonical addresses */
+    struct tg_worker_msg *next;
+};
+
+struct tg_worker {
+    unsigned id;
+    pthread_t thread;
+    struct ev_loop *loop;
+    struct tg_runtime *rt;
+
+    struct tg_wcfg *cfg;       /* current snapshot */
+    struct tg_listener *listeners;
+
+    pthread_mutex_t mbox_lock;
+    struct tg_worker_msg *mbox_head, *mbox_tail;
+    ev_async mbox;
+
+    struct tg_conn *conns;     /* all client connections (for drain) */
+    size_t nconns;
+    bool draining;
+    bool stopping;
+    bool accept_paused;        /* EMFILE or max_connections: accept off */
+    ev_timer accept_retry;
+    ev_timer housekeeping;     /* once a second: pools, drain progress */
+
+    struct tg_buf_pool bufs;
+    struct tg_request *free_requests;
+    size_t nfree_requests;
+    struct tg_upstream_pools *pools;
+    struct tg_access_log *access_log;
+    void (*on_exit)(void);     /* called on the worker thread as it ends */
+};
+
+/* State shared by all workers and the main thread that outlives config
+ * snapshots. Read-only after start, or internally synchronised. */
+struct tg_runtime {
+    struct tg_worker **workers;
+    unsigned nworkers;
+    const char *config_path;
+    _Atomic bool draining;
+    unsigned char request_id_seed[8];
+};
+
+/* Creates a worker with its loop; does not start the thread. Takes no
+ * reference on `config` (the first CONFIG message delivers it). */
+struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt);
+
+/* Starts the worker thread. Returns 0 or -1. */
+int tg_worker_start(struct tg_worker *w);
+
+/* Queues a message (takes ownership of it and what it carries) and wakes
+ * the worker. Any thread. */
+void tg_worker_post(struct tg_worker *w, struct tg_worker_msg *msg);
+
+/* Waits for the thread to end and frees the worker. */
+void tg_worker_join_and_free(struct tg_worker *w);
+
+/* Opens a listening socket for `l` with SO_REUSEPORT (so each worker has its
+ * own and the kernel spreads connections). Returns the fd or -1 with a
+ * message in err. Main thread. */
+int tg_worker_open_listener(const struct tg_config_listen *l, char *err,
+                            size_t errlen);
+
+/* The worker's current snapshot, with a reference for the caller. */
+struct tg_wcfg *tg_worker_cfg_acquire(struct tg_worker *w);
+void tg_worker_cfg_release(struct tg_wcfg *c);
+
+/* Called by a connection when it closes, so accept can resume if it was
+ * paused for want of descriptors and drain can finish. */
+void tg_worker_conn_closed(struct tg_worker *w);
+
+#endif
