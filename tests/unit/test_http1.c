@@ -359,6 +359,49 @@ TEST(request_table)
     }
 }
 
+/* The eight-bytes-at-a-time paths: a forbidden byte at every position of
+ * a long value or target, and allowed odd bytes (HTAB, obs-text) too. */
+TEST(request_word_scan_positions)
+{
+    static const unsigned char bad_value[] = {0, 1, '\n', 0x0b, 0x1f, 0x7f};
+    static const unsigned char ok_value[] = {'\t', 0x80, 0xff, ' ', '~', '!'};
+    static const unsigned char bad_target[] = {0, '\t', 0x1f, 0x7f, 0x80,
+                                               0xff, '#'};
+    char buf[128];
+    for (size_t pos = 0; pos < 24; pos++) {
+        for (size_t k = 0; k < sizeof(bad_value) + sizeof(ok_value); k++) {
+            bool bad = k < sizeof(bad_value);
+            unsigned char ch = bad ? bad_value[k] : ok_value[k - sizeof(bad_value)];
+            size_t n = (size_t)sprintf(buf, "GET / HTTP/1.1\r\nHost: a\r\nX: v");
+            size_t v0 = n;
+            memset(buf + n, 'v', 24);
+            buf[v0 + pos] = (char)ch;
+            n += 24;
+            n += (size_t)sprintf(buf + n, "v\r\n\r\n");
+            struct req_result r = check_req(buf, n, &lim_default, __LINE__);
+            if (bad ? r.status != 400 || r.first_at != v0 + pos + 1 : r.rc <= 0) {
+                fprintf(stderr, "value byte %#x at %zu: rc %zd at %zu\n", ch,
+                        pos, r.rc, r.first_at);
+                tg_test_failed_checks++;
+            }
+        }
+        for (size_t k = 0; k < sizeof(bad_target); k++) {
+            size_t n = (size_t)sprintf(buf, "GET /");
+            size_t t0 = n;
+            memset(buf + n, 'p', 24);
+            buf[t0 + pos] = (char)bad_target[k];
+            n += 24;
+            n += (size_t)sprintf(buf + n, " HTTP/1.1\r\nHost: a\r\n\r\n");
+            struct req_result r = check_req(buf, n, &lim_default, __LINE__);
+            if (r.status != 400 || r.first_at != t0 + pos + 1) {
+                fprintf(stderr, "target byte %#x at %zu: rc %zd at %zu\n",
+                        bad_target[k], pos, r.rc, r.first_at);
+                tg_test_failed_checks++;
+            }
+        }
+    }
+}
+
 TEST(request_views)
 {
     struct req_result r =
@@ -1228,6 +1271,7 @@ TEST(helpers)
 int main(void)
 {
     RUN(request_table);
+    RUN(request_word_scan_positions);
     RUN(request_views);
     RUN(request_target_forms);
     RUN(request_framing_and_flags);
