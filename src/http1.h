@@ -47,6 +47,21 @@ struct tg_http1_header {
     struct tg_str value; /* leading and trailing OWS removed */
 };
 
+/* Private: where the head scanner stopped, so that a re-call resumes there
+ * instead of revalidating. It belongs to one buffer: the parser checks
+ * `buf` and `pos` against the call and otherwise starts over from byte 0, so
+ * a caller that does not keep the struct between calls is only slower. */
+struct tg_http1_scan {
+    const char *buf;   /* buffer this state describes; NULL: none */
+    size_t pos;        /* bytes validated; equals *scanned while valid */
+    size_t line_start; /* start of the field line being scanned */
+    size_t mark1;      /* request: end of method; status: reason; field: ':' */
+    size_t mark2;      /* request: end of target */
+    int state;
+};
+
+/* A NULL limits pointer means 8 KiB request line, 32 KiB head, 100 fields.
+ * max_headers is clamped to TG_HTTP1_MAX_HEADERS. */
 struct tg_http1_limits {
     size_t max_request_line; /* bytes, request line incl. CRLF: over it 414 */
     size_t max_head;         /* bytes, whole head: over it 431 (502 for responses) */
@@ -59,8 +74,10 @@ struct tg_http1_request {
     enum tg_http1_method method_id;
     struct tg_str method;
     struct tg_str target;    /* the request-target exactly as sent */
-    struct tg_str path;      /* origin-form path (absolute-form: the path part;
-                                asterisk-form: "*"); never empty */
+    struct tg_str path;      /* origin-form path (absolute-form: the path part,
+                                or a static "/" when the target has none;
+                                asterisk-form: "*"; authority-form (CONNECT):
+                                the authority); never empty */
     struct tg_str query;     /* after '?', without it; p == NULL when absent */
     struct tg_str authority; /* absolute-form host[:port]; p == NULL otherwise */
     int minor_version;       /* 0 for HTTP/1.0, 1 for HTTP/1.1 */
@@ -69,19 +86,25 @@ struct tg_http1_request {
     size_t nheaders;
 
     /* Derived from the headers while parsing. */
-    struct tg_str host;               /* Host value (or authority); p == NULL if none */
+    struct tg_str host;               /* Host value (or authority); p == NULL if none.
+                                         Always a valid authority: reg-name,
+                                         IPv4 or [IPv6], optional :port */
     enum tg_http1_framing framing;    /* NONE, LENGTH or CHUNKED */
     uint64_t content_length;          /* when framing == LENGTH */
     bool keep_alive;                  /* version default adjusted by Connection */
-    bool expect_continue;             /* Expect: 100-continue */
-    bool upgrade;                     /* Connection: upgrade + an Upgrade header */
+    bool expect_continue;             /* Expect: 100-continue on HTTP/1.1; other
+                                         Expect values are left to the caller */
+    bool upgrade;                     /* Connection: upgrade + an Upgrade header
+                                         (HTTP/1.1 only: 1.0 ignores Upgrade) */
     bool upgrade_websocket;           /* ... and Upgrade names websocket */
     size_t head_len;                  /* bytes of the head, incl. the final CRLF */
+
+    struct tg_http1_scan scan;        /* private */
 };
 
 struct tg_http1_response {
     int status;              /* 100..999 */
-    struct tg_str reason;
+    struct tg_str reason;    /* may be empty ("HTTP/1.1 200\r\n" is accepted) */
     int minor_version;
 
     struct tg_http1_header headers[TG_HTTP1_MAX_HEADERS];
@@ -92,6 +115,8 @@ struct tg_http1_response {
     bool keep_alive;               /* the backend is willing to reuse the connection */
     bool upgrade_websocket;        /* 101 with Upgrade: websocket */
     size_t head_len;
+
+    struct tg_http1_scan scan;     /* private */
 };
 
 /* Parse result codes: a positive value is the head length. */
@@ -104,17 +129,27 @@ enum {
  *
  * `*scanned` must be 0 for a new message and is advanced to where the next
  * call may resume validation; pass the same variable back with the same
- * buffer start plus more bytes. Returns the head length (> 0) once the empty
- * line is seen, TG_HTTP1_INCOMPLETE if more bytes are needed (and the limits
- * are not yet exceeded), or TG_HTTP1_ERROR with `*status` set to the answer
- * the client should get (400, 414, 431, 501, 505) and `*reason` to a short
- * static English phrase for the error log. A line ending in a bare LF or a
+ * buffer start plus more bytes. Keep passing the same `req` too: it holds
+ * the resume state (see struct tg_http1_scan); the views it holds are only
+ * meaningful once the head is complete. Returns the head length (> 0) once
+ * the empty line is seen, TG_HTTP1_INCOMPLETE if more bytes are needed (and
+ * the limits are not yet exceeded), or TG_HTTP1_ERROR with `*status` set to
+ * the answer the client should get (400, 414, 431, 505) and `*reason` to a
+ * short static English phrase for the error log. Errors are reported as
+ * soon as the offending byte arrives (a bare LF does not wait for the end
+ * of the head), and the limits as soon as they are exceeded; the result
+ * never depends on how the bytes were split. A line ending in a bare LF or a
  * bare CR, obs-fold, NUL/CTL in a field, whitespace before a colon,
- * Transfer-Encoding other than a final "chunked", Transfer-Encoding with
- * Content-Length, duplicate or malformed Content-Length, more than one Host,
- * a missing Host on HTTP/1.1, and an absolute-form target whose authority
- * differs from Host are all 400. Only HTTP/1.0 and HTTP/1.1 are accepted
- * (505 otherwise). Thread-safe; no allocation. */
+ * Transfer-Encoding other than exactly one "chunked" (or on HTTP/1.0),
+ * Transfer-Encoding with Content-Length, duplicate (even identical) or
+ * malformed Content-Length, more than one Host, a missing Host on HTTP/1.1,
+ * a Host that is not a valid authority (an empty one included), an
+ * absolute-form target whose authority differs from Host, a scheme other
+ * than http/https, "*" other than for OPTIONS, CONNECT without
+ * authority-form host:port, and empty lines before the request line are all
+ * 400. Only HTTP/1.0 and HTTP/1.1 are accepted (505 otherwise). CONNECT is
+ * parsed (path = authority) for the caller to refuse. Thread-safe; no
+ * allocation. */
 ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
                                const struct tg_http1_limits *limits,
                                struct tg_http1_request *req, int *status,
@@ -123,9 +158,11 @@ ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
 /* Parses a response head from a backend, the same way. `request_method`
  * decides the framing: HEAD, 1xx, 204 and 304 have no body; a 2xx answer to
  * CONNECT is refused. A response with neither Content-Length nor chunked is
- * TG_HTTP1_BODY_CLOSE. Errors (including any ambiguity in framing, a bare CR
- * or LF, CR/LF/NUL in values, an over-large head) return TG_HTTP1_ERROR:
- * the gateway answers 502. */
+ * TG_HTTP1_BODY_CLOSE (and keep_alive false). Transfer-Encoding must end
+ * in "chunked" and name it once, else error (no close-delimited fallback).
+ * The status line is bounded by limits->max_request_line. Errors (including
+ * any ambiguity in framing, a bare CR or LF, CR/LF/NUL in values, an
+ * over-large head) return TG_HTTP1_ERROR: the gateway answers 502. */
 ssize_t tg_http1_parse_response(const char *buf, size_t len, size_t *scanned,
                                 const struct tg_http1_limits *limits,
                                 enum tg_http1_method request_method,
@@ -136,8 +173,9 @@ ssize_t tg_http1_parse_response(const char *buf, size_t len, size_t *scanned,
  * (so the bytes can be forwarded verbatim) or to extract the data bytes
  * (when the receiver cannot take chunked). Chunk sizes are at most 16 hex
  * digits and must fit in 63 bits; chunk extensions must be well-formed
- * `;token[=token|quoted-string]` and are bounded in length; the trailer
- * section is bounded by `max_trailer` and made of well-formed fields. */
+ * `;token[=token|quoted-string]` with no whitespace, and the whole
+ * size line is at most 4096 bytes; the trailer fields (not counting the
+ * final empty line) are bounded by `max_trailer` bytes and well-formed. */
 struct tg_http1_chunked {
     int state;            /* private */
     uint64_t remaining;   /* private: data bytes left in the current chunk */
