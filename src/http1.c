@@ -1319,3 +1319,8 @@ bool tg_http1_list_has(struct tg_str v, const char *token)
     }
     return false;
 }
+
+bool tg_http1_chunked_at_boundary(const struct tg_http1_chunked *c)
+{
+    return !c->done && c->state == CK_SIZE_FIRST && c->line_len == 0;
+}
