@@ -339,19 +339,19 @@ int main(int argc, char **argv)
     g.config_path = path;
     g.rt.config_path = path;
     signal(SIGPIPE, SIG_IGN);
-    if (tg_access_log_start() < 0 || apply_logs(cfg, true) < 0) {
-        tg_config_unref(cfg);
-        return 1;
-    }
-
-    /* Workers inherit a mask that blocks our signals; main unblocks them
-     * once the workers exist, so only main ever handles them. */
+    /* Every thread we start (log writer, workers) inherits a mask that
+     * blocks our signals; main unblocks them once its handlers are in
+     * place, so only main ever handles them. */
     sigset_t set, old;
     sigemptyset(&set);
     int sigs[] = {SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1};
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         sigaddset(&set, sigs[i]);
     pthread_sigmask(SIG_BLOCK, &set, &old);
+    if (tg_access_log_start() < 0 || apply_logs(cfg, true) < 0) {
+        tg_config_unref(cfg);
+        return 1;
+    }
 
     g.loop = ev_default_loop(EVFLAG_AUTO);
     ev_async_init(&g.worker_exit, on_worker_exit);
@@ -380,8 +380,6 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-
     ev_signal_init(&g.sig_hup, on_signal, SIGHUP);
     ev_signal_init(&g.sig_term, on_signal, SIGTERM);
     ev_signal_init(&g.sig_int, on_signal, SIGINT);
@@ -392,6 +390,8 @@ int main(int argc, char **argv)
     ev_signal_start(g.loop, &g.sig_int);
     ev_signal_start(g.loop, &g.sig_quit);
     ev_signal_start(g.loop, &g.sig_usr1);
+    /* Handlers are in place: now a pending signal is handled, not fatal. */
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
 
     for (size_t i = 0; i < g.config->nlisteners; i++)
         tg_log_info("listening on %s%s", g.config->listeners[i].key,

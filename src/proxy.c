@@ -408,7 +408,7 @@ void tg_proxy_start(struct tg_request *req)
     }
     if (pn < 0) {
         req->path = req_strdup(req, h->target.p, h->target.n > 200 ? 200 : h->target.n);
-        respond_local(req, 400, "400 Bad Request: invalid path\n", false);
+        respond_local(req, 400, "400 Bad Request: invalid path\n", true);
         goto out;
     }
     size_t route_len = (size_t)pn;
