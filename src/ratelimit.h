@@ -22,16 +22,46 @@ struct tg_ratelimit_params {
 struct tg_ratelimit_result {
     bool allowed;
     int64_t remaining;      /* tokens left after this decision, 0..burst */
-    int64_t retry_after_ns; /* when refused: until one request would pass */
+    int64_t retry_after_ns; /* when refused: until a request of the same cost
+                               would pass (INT64_MAX: never, its cost exceeds
+                               burst + delay); 0 when allowed */
     int64_t reset_ns;       /* until the bucket is full again */
     int64_t delay_ns;       /* when allowed through `delay`: hold it this long */
 };
+
+/* burst * interval (and (burst + delay) * interval) is capped at this many
+ * nanoseconds (about 146 years), so that a TAT always fits in int64: a
+ * policy asking for more behaves as if its burst (then its delay) were
+ * floor(TG_RATELIMIT_MAX_TOLERANCE_NS / interval_ns) tokens. Only absurd
+ * policies reach it (2^31 tokens at one per day is 5.9 million years of
+ * credit); config validation may reject them. The cap only ever lowers
+ * what is granted. */
+#define TG_RATELIMIT_MAX_TOLERANCE_NS (INT64_C(1) << 62)
+
+/* Largest count tg_ratelimit_parse_rate accepts: "1000000000/s" is one
+ * token per nanosecond, the finest the clock can express. */
+#define TG_RATELIMIT_COUNT_MAX INT64_C(1000000000)
 
 /* Decides whether `cost` tokens may be spent at `now_ns`, and spends them
  * (advances *tat) if so. *tat is 0 for a key never seen. A request costing
  * more than burst + delay is never allowed. The clock may jump backwards:
  * the result is then conservative (never more tokens than the bucket held).
- * Pure; no overflow for any interval up to one day and burst up to 2^31. */
+ * Pure; no overflow for any interval up to one day and burst up to 2^31.
+ *
+ * With I = interval_ns, tat' = max(*tat, now_ns) + cost * I:
+ *   - tat' - now <= burst * I: allowed, delay_ns = 0 (so `burst` requests
+ *     of cost 1 pass at one instant on a fresh key);
+ *   - tat' - now <= (burst + delay) * I: allowed, spent, and delay_ns =
+ *     tat' - now - burst * I, the wait after which the request conforms
+ *     (the caller holds it that long, as nginx's burst without nodelay);
+ *   - otherwise refused, nothing spent; retry_after_ns = tat' - now -
+ *     (burst + delay) * I: waiting exactly that long lets the same request
+ *     pass, 1 ns less does not.
+ * remaining = floor((burst * I - (t - now)) / I) clamped to 0..burst, where
+ * t is the TAT after the decision (tat' if allowed, else max(*tat, now));
+ * reset_ns = max(t - now, 0). See TG_RATELIMIT_MAX_TOLERANCE_NS for the
+ * one cap on burst * I. Preconditions (config validation guarantees them):
+ * interval_ns >= 1, burst >= 1, delay >= 0, cost >= 0, now_ns >= 0. */
 bool tg_ratelimit_gcra(int64_t *tat, int64_t now_ns,
                        const struct tg_ratelimit_params *p, int64_t cost,
                        struct tg_ratelimit_result *out);
@@ -47,7 +77,12 @@ bool tg_ratelimit_gcra_idle(int64_t tat, int64_t now_ns);
 
 /* Parses "10/s", "5/m", "1000/h", "86400/d" (count/unit, count >= 1) into an
  * emission interval. Returns 0, or -1 if malformed. `period_s` receives the
- * window in seconds (for the RateLimit-Policy header's w=). */
+ * window in seconds (for the RateLimit-Policy header's w=).
+ * The syntax is strict: decimal digits, '/', one of s m h d, nothing else
+ * (no spaces, signs or long unit names); count is at most
+ * TG_RATELIMIT_COUNT_MAX. The interval is period / count rounded up, so the
+ * rate is never faster than asked ("3/s" gives 333333334 ns). Outputs are
+ * written only on success. */
 int tg_ratelimit_parse_rate(const char *s, int64_t *interval_ns,
                             int64_t *count, int64_t *period_s);
 
