@@ -88,6 +88,16 @@ int tg_ratelimit_parse_rate(const char *s, int64_t *interval_ns,
 
 /* ---- local store: one table shared by all worker threads ---------------- */
 
+/* Longest key the local store takes. Keys up to 46 bytes are stored inline
+ * in a 64-byte entry, longer ones in a heap copy; this bounds the copies.
+ * An op with a longer key is refused (retry_after_ns = INT64_MAX) and
+ * spends nothing: build keys from bounded parts, or hash them. */
+#define TG_RATELIMIT_LOCAL_KEY_MAX 512
+
+/* Most ops one take or peek may carry (policies on one request). A batch
+ * with more is refused whole, as above. */
+#define TG_RATELIMIT_LOCAL_MAX_OPS 16
+
 /* One key's decision in a batch. The key bytes are borrowed for the call. */
 struct tg_ratelimit_op {
     const void *key;
@@ -99,33 +109,53 @@ struct tg_ratelimit_op {
 
 struct tg_ratelimit_local;
 
-/* Creates a table bounded to about max_keys keys, split into `shards`
- * (a power of two) each with its own lock. Returns NULL on allocation
- * failure. */
+/* Creates a table bounded to max_keys keys, split into `shards` (a power
+ * of two, at most 65536) each with its own lock and a cap of
+ * max_keys / shards keys (fewer shards are used if max_keys < shards).
+ * Memory: about 68 bytes per key at capacity for keys up to 46 bytes, plus
+ * the heap copies of longer keys; the entry array grows on demand up to the
+ * cap and is not given back. The hash is keyed with a random seed drawn
+ * here, so clients cannot aim keys at one chain. Returns NULL on allocation
+ * failure or invalid arguments (max_keys 0, shards not a power of two).
+ * Call from one thread; free only when no other thread uses the table. */
 struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys,
                                                   unsigned shards);
 void tg_ratelimit_local_free(struct tg_ratelimit_local *t);
 
 /* Decides all ops atomically: either every op is allowed and all spend, or
- * none spends (each op's result says what it would have got). Locks the
- * shards involved in a fixed order, so it never deadlocks. Returns true if
- * all were allowed. Keys are compared as bytes. When the table is full it
- * first evicts keys whose bucket is full again, then the keys closest to
- * full: memory stays bounded whatever the traffic. Thread-safe. */
+ * none spends (each op's result says what it would have got). Ops are
+ * decided in order and a key named twice pays twice: the second op sees
+ * the first one's spend. Locks the shards involved in a fixed order, so it
+ * never deadlocks. Returns true if all were allowed (true for nops 0).
+ * Keys are compared as bytes; each op's params may differ. A key whose
+ * bucket is full after the decision (refused on a new key, cost 0) is not
+ * stored. When a shard is full it evicts to make room: every idle key
+ * (bucket full again) among 16 to 64 keys swept by a clock hand, or if
+ * none of 64 is idle the swept key closest to full; so idle keys go first
+ * unless 64 in a row are active (approximate, like Redis's sampled LRU, to
+ * keep an insert O(1)). Memory stays bounded whatever the traffic;
+ * the price is that under pressure an active key can be forgotten and
+ * start again with a full bucket. If a heap copy of a long new key cannot
+ * be allocated, that key is likewise not remembered. Thread-safe. */
 bool tg_ratelimit_local_take(struct tg_ratelimit_local *t,
                              struct tg_ratelimit_op *ops, size_t nops,
                              int64_t now_ns);
 
-/* Fills ops[i].result as take would, without spending. Thread-safe. */
+/* Fills ops[i].result as take would (including a repeated key seeing the
+ * earlier op's spend), without spending or storing. Thread-safe. */
 void tg_ratelimit_local_peek(struct tg_ratelimit_local *t,
                              struct tg_ratelimit_op *ops, size_t nops,
                              int64_t now_ns);
 
-/* Forgets a key (the bucket is full again). Returns true if it existed. */
+/* Forgets a key (the bucket is full again). Returns true if it existed.
+ * Thread-safe. */
 bool tg_ratelimit_local_reset(struct tg_ratelimit_local *t, const void *key,
                               size_t keylen);
 
-/* Keys currently held, and bytes used by the table (for docs and tests). */
+/* Keys currently held, and bytes used by the table: buckets, allocated
+ * entries, heap key copies and the fixed parts, not malloc's own overhead
+ * (for docs, metrics and tests). Thread-safe; they lock each shard in turn,
+ * so the total is not a snapshot under concurrent takes. */
 size_t tg_ratelimit_local_count(struct tg_ratelimit_local *t);
 size_t tg_ratelimit_local_memory(struct tg_ratelimit_local *t);
 
