@@ -24,7 +24,7 @@ struct tg_ratelimit_result {
     int64_t remaining;      /* tokens left after this decision, 0..burst */
     int64_t retry_after_ns; /* when refused: until a request of the same cost
                                would pass (INT64_MAX: never, its cost exceeds
-                               burst + delay); 0 when allowed */
+                               burst + delay, as capped below); 0 if allowed */
     int64_t reset_ns;       /* until the bucket is full again */
     int64_t delay_ns;       /* when allowed through `delay`: hold it this long */
 };
