@@ -22,16 +22,46 @@ struct tg_ratelimit_params {
 struct tg_ratelimit_result {
     bool allowed;
     int64_t remaining;      /* tokens left after this decision, 0..burst */
-    int64_t retry_after_ns; /* when refused: until one request would pass */
+    int64_t retry_after_ns; /* when refused: until a request of the same cost
+                               would pass (INT64_MAX: never, its cost exceeds
+                               burst + delay, as capped below); 0 if allowed */
     int64_t reset_ns;       /* until the bucket is full again */
     int64_t delay_ns;       /* when allowed through `delay`: hold it this long */
 };
+
+/* burst * interval (and (burst + delay) * interval) is capped at this many
+ * nanoseconds (about 146 years), so that a TAT always fits in int64: a
+ * policy asking for more behaves as if its burst (then its delay) were
+ * floor(TG_RATELIMIT_MAX_TOLERANCE_NS / interval_ns) tokens. Only absurd
+ * policies reach it (2^31 tokens at one per day is 5.9 million years of
+ * credit); config validation may reject them. The cap only ever lowers
+ * what is granted. */
+#define TG_RATELIMIT_MAX_TOLERANCE_NS (INT64_C(1) << 62)
+
+/* Largest count tg_ratelimit_parse_rate accepts: "1000000000/s" is one
+ * token per nanosecond, the finest the clock can express. */
+#define TG_RATELIMIT_COUNT_MAX INT64_C(1000000000)
 
 /* Decides whether `cost` tokens may be spent at `now_ns`, and spends them
  * (advances *tat) if so. *tat is 0 for a key never seen. A request costing
  * more than burst + delay is never allowed. The clock may jump backwards:
  * the result is then conservative (never more tokens than the bucket held).
- * Pure; no overflow for any interval up to one day and burst up to 2^31. */
+ * Pure; no overflow for any interval up to one day and burst up to 2^31.
+ *
+ * With I = interval_ns, tat' = max(*tat, now_ns) + cost * I:
+ *   - tat' - now <= burst * I: allowed, delay_ns = 0 (so `burst` requests
+ *     of cost 1 pass at one instant on a fresh key);
+ *   - tat' - now <= (burst + delay) * I: allowed, spent, and delay_ns =
+ *     tat' - now - burst * I, the wait after which the request conforms
+ *     (the caller holds it that long, as nginx's burst without nodelay);
+ *   - otherwise refused, nothing spent; retry_after_ns = tat' - now -
+ *     (burst + delay) * I: waiting exactly that long lets the same request
+ *     pass, 1 ns less does not.
+ * remaining = floor((burst * I - (t - now)) / I) clamped to 0..burst, where
+ * t is the TAT after the decision (tat' if allowed, else max(*tat, now));
+ * reset_ns = max(t - now, 0). See TG_RATELIMIT_MAX_TOLERANCE_NS for the
+ * one cap on burst * I. Preconditions (config validation guarantees them):
+ * interval_ns >= 1, burst >= 1, delay >= 0, cost >= 0, now_ns >= 0. */
 bool tg_ratelimit_gcra(int64_t *tat, int64_t now_ns,
                        const struct tg_ratelimit_params *p, int64_t cost,
                        struct tg_ratelimit_result *out);
@@ -47,11 +77,26 @@ bool tg_ratelimit_gcra_idle(int64_t tat, int64_t now_ns);
 
 /* Parses "10/s", "5/m", "1000/h", "86400/d" (count/unit, count >= 1) into an
  * emission interval. Returns 0, or -1 if malformed. `period_s` receives the
- * window in seconds (for the RateLimit-Policy header's w=). */
+ * window in seconds (for the RateLimit-Policy header's w=).
+ * The syntax is strict: decimal digits, '/', one of s m h d, nothing else
+ * (no spaces, signs or long unit names); count is at most
+ * TG_RATELIMIT_COUNT_MAX. The interval is period / count rounded up, so the
+ * rate is never faster than asked ("3/s" gives 333333334 ns). Outputs are
+ * written only on success. */
 int tg_ratelimit_parse_rate(const char *s, int64_t *interval_ns,
                             int64_t *count, int64_t *period_s);
 
 /* ---- local store: one table shared by all worker threads ---------------- */
+
+/* Longest key the local store takes. Keys up to 46 bytes are stored inline
+ * in a 64-byte entry, longer ones in a heap copy; this bounds the copies.
+ * An op with a longer key is refused (retry_after_ns = INT64_MAX) and
+ * spends nothing: build keys from bounded parts, or hash them. */
+#define TG_RATELIMIT_LOCAL_KEY_MAX 512
+
+/* Most ops one take or peek may carry (policies on one request). A batch
+ * with more is refused whole, as above. */
+#define TG_RATELIMIT_LOCAL_MAX_OPS 16
 
 /* One key's decision in a batch. The key bytes are borrowed for the call. */
 struct tg_ratelimit_op {
@@ -64,33 +109,53 @@ struct tg_ratelimit_op {
 
 struct tg_ratelimit_local;
 
-/* Creates a table bounded to about max_keys keys, split into `shards`
- * (a power of two) each with its own lock. Returns NULL on allocation
- * failure. */
+/* Creates a table bounded to max_keys keys, split into `shards` (a power
+ * of two, at most 65536) each with its own lock and a cap of
+ * max_keys / shards keys (fewer shards are used if max_keys < shards).
+ * Memory: about 68 bytes per key at capacity for keys up to 46 bytes, plus
+ * the heap copies of longer keys; the entry array grows on demand up to the
+ * cap and is not given back. The hash is keyed with a random seed drawn
+ * here, so clients cannot aim keys at one chain. Returns NULL on allocation
+ * failure or invalid arguments (max_keys 0, shards not a power of two).
+ * Call from one thread; free only when no other thread uses the table. */
 struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys,
                                                   unsigned shards);
 void tg_ratelimit_local_free(struct tg_ratelimit_local *t);
 
 /* Decides all ops atomically: either every op is allowed and all spend, or
- * none spends (each op's result says what it would have got). Locks the
- * shards involved in a fixed order, so it never deadlocks. Returns true if
- * all were allowed. Keys are compared as bytes. When the table is full it
- * first evicts keys whose bucket is full again, then the keys closest to
- * full: memory stays bounded whatever the traffic. Thread-safe. */
+ * none spends (each op's result says what it would have got). Ops are
+ * decided in order and a key named twice pays twice: the second op sees
+ * the first one's spend. Locks the shards involved in a fixed order, so it
+ * never deadlocks. Returns true if all were allowed (true for nops 0).
+ * Keys are compared as bytes; each op's params may differ. A key whose
+ * bucket is full after the decision (refused on a new key, cost 0) is not
+ * stored. When a shard is full it evicts to make room: every idle key
+ * (bucket full again) among 16 to 64 keys swept by a clock hand, or if
+ * none of 64 is idle the swept key closest to full; so idle keys go first
+ * unless 64 in a row are active (approximate, like Redis's sampled LRU, to
+ * keep an insert O(1)). Memory stays bounded whatever the traffic;
+ * the price is that under pressure an active key can be forgotten and
+ * start again with a full bucket. If a heap copy of a long new key cannot
+ * be allocated, that key is likewise not remembered. Thread-safe. */
 bool tg_ratelimit_local_take(struct tg_ratelimit_local *t,
                              struct tg_ratelimit_op *ops, size_t nops,
                              int64_t now_ns);
 
-/* Fills ops[i].result as take would, without spending. Thread-safe. */
+/* Fills ops[i].result as take would (including a repeated key seeing the
+ * earlier op's spend), without spending or storing. Thread-safe. */
 void tg_ratelimit_local_peek(struct tg_ratelimit_local *t,
                              struct tg_ratelimit_op *ops, size_t nops,
                              int64_t now_ns);
 
-/* Forgets a key (the bucket is full again). Returns true if it existed. */
+/* Forgets a key (the bucket is full again). Returns true if it existed.
+ * Thread-safe. */
 bool tg_ratelimit_local_reset(struct tg_ratelimit_local *t, const void *key,
                               size_t keylen);
 
-/* Keys currently held, and bytes used by the table (for docs and tests). */
+/* Keys currently held, and bytes used by the table: buckets, allocated
+ * entries, heap key copies and the fixed parts, not malloc's own overhead
+ * (for docs, metrics and tests). Thread-safe; they lock each shard in turn,
+ * so the total is not a snapshot under concurrent takes. */
 size_t tg_ratelimit_local_count(struct tg_ratelimit_local *t);
 size_t tg_ratelimit_local_memory(struct tg_ratelimit_local *t);
 
