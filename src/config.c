@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/ssl.h>
 #include <yaml.h>
 
 #include "log.h"
@@ -556,6 +557,35 @@ static int p_skip(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 static const char *const balances[] = {"round_robin", "least_conn", NULL};
+static const char *const client_verify_modes[] = {"required", "optional", NULL};
+
+static int p_tls_version(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                         const struct cfg_key *key)
+{
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    if (strcmp(s, "1.2") == 0 || strcmp(s, "TLSv1.2") == 0) {
+        *(int *)dst = TLS1_2_VERSION;
+        return 0;
+    }
+    if (strcmp(s, "1.3") == 0 || strcmp(s, "TLSv1.3") == 0) {
+        *(int *)dst = TLS1_3_VERSION;
+        return 0;
+    }
+    return node_error(ctx, node, "%s must be 1.2 or 1.3 (older versions are not "
+                      "offered); not '%s'", key->name, s);
+}
+
+static int p_client_verify(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                           const struct cfg_key *key)
+{
+    int v;
+    if (p_enum(ctx, node, &v, key) < 0)
+        return -1;
+    *(bool *)dst = v == 1;
+    return 0;
+}
 
 static int p_workers(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
                      const struct cfg_key *key)
@@ -609,6 +639,28 @@ static const struct cfg_key listen_keys[] = {
     {"proxy_protocol", p_bool, FIELD(struct tg_config_listen, proxy_protocol), 0, 0, NULL},
     {"backlog", p_int, FIELD(struct tg_config_listen, backlog), 1, 65535, NULL},
     {"max_connections_per_ip", p_uint, FIELD(struct tg_config_listen, max_connections_per_ip), 0, 1000000, NULL},
+    {"client_ca", p_string, FIELD(struct tg_config_listen, client_ca), 0, 0, NULL},
+    {"client_verify", p_client_verify, FIELD(struct tg_config_listen, client_verify_optional), 0, 0, client_verify_modes},
+    {"client_subject_header", p_string, FIELD(struct tg_config_listen, client_subject_header), 0, 0, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const struct cfg_key tls_keys[] = {
+    {"certificates", p_skip, 0, 0, 0, NULL},
+    {"min_version", p_tls_version, FIELD(struct tg_config_tls, min_version), 0, 0, NULL},
+    {"ciphers", p_string, FIELD(struct tg_config_tls, ciphers), 0, 0, NULL},
+    {"ciphersuites", p_string, FIELD(struct tg_config_tls, ciphersuites), 0, 0, NULL},
+    {"session_tickets", p_bool, FIELD(struct tg_config_tls, session_tickets), 0, 0, NULL},
+    {"ticket_key_rotation", p_duration, FIELD(struct tg_config_tls, ticket_key_rotation_ms), 60000, 0, NULL},
+    {"session_cache_size", p_uint, FIELD(struct tg_config_tls, session_cache_size), 0, 10000000, NULL},
+    {"session_timeout", p_duration, FIELD(struct tg_config_tls, session_timeout_ms), 1000, 86400000, NULL},
+    {"handshake_timeout", p_duration, FIELD(struct tg_config_tls, handshake_timeout_ms), 100, 0, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const struct cfg_key certificate_keys[] = {
+    {"cert", p_string, FIELD(struct tg_config_certificate, cert), 0, 0, NULL},
+    {"key", p_string, FIELD(struct tg_config_certificate, key), 0, 0, NULL},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -624,6 +676,10 @@ static const struct cfg_key upstream_keys[] = {
     {"retries", p_uint, FIELD(struct tg_config_upstream, retries), 0, 100, NULL},
     {"max_connections", p_uint, FIELD(struct tg_config_upstream, max_connections), 0, 1000000, NULL},
     {"max_response_head", p_size, FIELD(struct tg_config_upstream, max_response_head), 1024, 1 << 20, NULL},
+    {"tls", p_bool, FIELD(struct tg_config_upstream, tls), 0, 0, NULL},
+    {"tls_verify", p_bool, FIELD(struct tg_config_upstream, tls_verify), 0, 0, NULL},
+    {"tls_ca", p_string, FIELD(struct tg_config_upstream, tls_ca), 0, 0, NULL},
+    {"tls_server_name", p_string, FIELD(struct tg_config_upstream, tls_server_name), 0, 0, NULL},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -654,6 +710,38 @@ static void upstream_defaults(struct tg_config_upstream *u)
     u->retries = 1;
     u->max_connections = 0;
     u->max_response_head = 32768;
+    u->tls_verify = true;
+}
+
+static int parse_tls(struct cfg_ctx *ctx, yaml_node_t *node)
+{
+    struct tg_config_tls *t = &ctx->cfg->tls;
+    t->mark = mark_of(node);
+    int rc = walk_mapping(ctx, node, tls_keys, t, "tls");
+    yaml_node_t *certs = mapping_get(ctx, node, "certificates");
+    if (certs == NULL)
+        return rc;
+    if (expect_list(ctx, certs, "tls.certificates") < 0)
+        return -1;
+    size_t n = list_len(certs);
+    t->certs = tg_arena_calloc(&ctx->cfg->arena, n ? n : 1, sizeof(*t->certs));
+    if (t->certs == NULL)
+        return node_error(ctx, certs, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node_at(ctx, certs->data.sequence.items.start[i]);
+        struct tg_config_certificate *c = &t->certs[t->ncerts];
+        c->mark = mark_of(item);
+        if (walk_mapping(ctx, item, certificate_keys, c, "a certificate") < 0) {
+            rc = -1;
+            continue;
+        }
+        if (c->cert == NULL || c->key == NULL) {
+            rc = node_error(ctx, item, "a certificate needs both cert and key files");
+            continue;
+        }
+        t->ncerts++;
+    }
+    return rc;
 }
 
 static int parse_listen(struct cfg_ctx *ctx, yaml_node_t *node)
@@ -689,6 +777,10 @@ static int parse_listen(struct cfg_ctx *ctx, yaml_node_t *node)
                 rc = -1;
                 continue;
             }
+        }
+        if (!l->tls && (l->client_ca != NULL || l->client_subject_header != NULL)) {
+            node_error(ctx, item, "client_ca and client_subject_header need tls: true");
+            rc = -1;
         }
         if (l->tls && l->redirect_to_https) {
             node_error(ctx, item,
@@ -922,6 +1014,7 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
         {"upstreams", p_skip, 0, 0, 0, NULL},
         {"sites", p_skip, 0, 0, 0, NULL},
         {"log", p_skip, 0, 0, 0, NULL},
+        {"tls", p_skip, 0, 0, 0, NULL},
         {NULL, NULL, 0, 0, 0, NULL},
     };
     if (root->type != YAML_MAPPING_NODE)
@@ -938,6 +1031,8 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
         rc = -1;
     if ((n = mapping_get(ctx, root, "stream")) != NULL &&
         walk_mapping(ctx, n, stream_keys, &cfg->stream, "stream") < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, root, "tls")) != NULL && parse_tls(ctx, n) < 0)
         rc = -1;
     if ((n = mapping_get(ctx, root, "listen")) == NULL)
         rc = node_error(ctx, root, "missing 'listen': no address to serve on");
@@ -964,6 +1059,12 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
 
 static void config_defaults(struct tg_config *cfg)
 {
+    cfg->tls.min_version = TLS1_2_VERSION;
+    cfg->tls.session_tickets = true;
+    cfg->tls.ticket_key_rotation_ms = 3600 * 1000;
+    cfg->tls.session_cache_size = 20480;
+    cfg->tls.session_timeout_ms = 3600 * 1000;
+    cfg->tls.handshake_timeout_ms = 10000;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     cfg->workers = n < 1 ? 1 : (n > 256 ? 256 : (unsigned)n);
     cfg->drain_timeout_ms = 30000;

@@ -19,6 +19,8 @@
 #include "str.h"
 
 struct tg_host_index;
+struct tg_tls_server;
+struct tg_tls_client;
 
 /* Where a value came from, for messages after parsing. */
 struct tg_config_mark {
@@ -38,6 +40,9 @@ struct tg_config_listen {
     struct tg_config_sockaddr addr;
     const char *key;          /* canonical address: identity across reloads */
     bool tls;
+    const char *client_ca;    /* PEM bundle: ask for client certificates */
+    bool client_verify_optional; /* client_verify: optional */
+    const char *client_subject_header; /* forwards the verified subject */
     int redirect_to_https;    /* port for 308 redirects; 0 = off */
     bool proxy_protocol;
     int backlog;
@@ -57,6 +62,26 @@ struct tg_config_client {
     uint64_t max_body;            /* 0 = unlimited */
     unsigned max_connections;     /* per worker process total; 0 = unlimited */
     size_t buffer_size;           /* bytes per direction */
+};
+
+struct tg_config_certificate {
+    const char *cert;         /* PEM: certificate then its chain */
+    const char *key;          /* PEM private key */
+    struct tg_config_mark mark;
+};
+
+struct tg_config_tls {
+    struct tg_config_certificate *certs;
+    size_t ncerts;
+    int min_version;          /* TLS1_2_VERSION or TLS1_3_VERSION */
+    const char *ciphers;      /* TLS 1.2 list (OpenSSL syntax) */
+    const char *ciphersuites; /* TLS 1.3 suites */
+    bool session_tickets;
+    int64_t ticket_key_rotation_ms;
+    unsigned session_cache_size; /* sessions; 0 = no server-side cache */
+    int64_t session_timeout_ms;
+    int64_t handshake_timeout_ms;
+    struct tg_config_mark mark;
 };
 
 struct tg_config_stream {
@@ -89,6 +114,11 @@ struct tg_config_upstream {
     unsigned retries;             /* extra servers tried after a failure */
     unsigned max_connections;     /* per server per worker, 0 = unlimited */
     size_t max_response_head;
+    bool tls;                     /* speak HTTPS to the servers */
+    bool tls_verify;
+    const char *tls_ca;
+    const char *tls_server_name;
+    struct tg_tls_client *tls_client; /* built when tls is on */
     struct tg_config_mark mark;
 };
 
@@ -127,6 +157,7 @@ struct tg_config {
     struct tg_config_listen *listeners;
     size_t nlisteners;
     struct tg_config_client client;
+    struct tg_config_tls tls;
     struct tg_config_stream stream;
     struct tg_config_upstream *upstreams;
     size_t nupstreams;
@@ -135,6 +166,7 @@ struct tg_config {
     struct tg_config_log log;
 
     struct tg_host_index *hosts;  /* Host -> site */
+    struct tg_tls_server *tls_server; /* built when a listener has tls */
 };
 
 /* Loads and validates `path`. On success returns a snapshot with one

@@ -1,0 +1,94 @@
+/* Who is the client, and may it pass?
+ *
+ * Client identity: from a trusted peer (a load balancer or CDN listed in
+ * trusted_proxies) the client is the right-most address in X-Forwarded-For
+ * (or Forwarded: for=) that is not itself trusted; from anyone else the
+ * socket peer is the client and what it claims is ignored.
+ *
+ * Access rules: allow/deny prefix lists decided by longest prefix match,
+ * country and ASN lists from GeoIP.
+ *
+ * GeoIP: MaxMind DB files (libmaxminddb), mmap'd once per config snapshot,
+ * validated at load, looked up lock-free by every worker. */
+#ifndef TG_ACCESS_H
+#define TG_ACCESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "addr.h"
+#include "str.h"
+
+/* ---- client identity ------------------------------------------------------ */
+
+/* Finds the client address behind `peer`. `xff` holds the values of every
+ * X-Forwarded-For header in order (each a comma-separated list),
+ * `forwarded` those of every Forwarded header (RFC 7239; `for=` elements,
+ * quoted IPv6 "[2001:db8::1]:port" and ports handled). X-Forwarded-For is
+ * used when present, else Forwarded. If `peer` is not in `trusted` (or
+ * trusted is NULL) the result is `peer`. Otherwise the lists are walked from
+ * the right, skipping trusted addresses; the first untrusted one is the
+ * client. A malformed element stops the walk and the last trusted hop is
+ * taken (never an address that arrived from an untrusted hop). Pure. */
+void tg_access_client_addr(const struct tg_cidr_set *trusted,
+                           const struct tg_addr *peer,
+                           const struct tg_str *xff, size_t nxff,
+                           const struct tg_str *forwarded, size_t nforwarded,
+                           struct tg_addr *client);
+
+/* ---- GeoIP ------------------------------------------------------------------ */
+
+struct tg_geoip;
+
+/* Opens a MaxMind DB (country, city or ASN flavour) and validates it fully:
+ * metadata, search tree, and a sample of data records, so a truncated or
+ * corrupt file is refused here rather than failing at lookup time. Returns
+ * NULL with a message in err naming the file and the problem. Main thread. */
+struct tg_geoip *tg_geoip_open(const char *path, char *err, size_t errlen);
+void tg_geoip_close(struct tg_geoip *g);
+
+/* ISO 3166-1 alpha-2 country of `a` into out[0..2] (NUL-terminated):
+ * country.iso_code, else registered_country.iso_code. Returns false and
+ * writes TG_GEOIP_UNKNOWN ("XX") when the address is not in the database or
+ * the record has no country. Thread-safe. */
+#define TG_GEOIP_UNKNOWN "XX"
+bool tg_geoip_country(const struct tg_geoip *g, const struct tg_addr *a,
+                      char out[3]);
+
+/* autonomous_system_number of `a` from an ASN database; 0 if unknown. */
+uint32_t tg_geoip_asn(const struct tg_geoip *g, const struct tg_addr *a);
+
+/* ---- access rules ------------------------------------------------------------ */
+
+/* A compiled set of rules for a site or route. Country codes are two
+ * upper-case letters ("XX" matches unknown addresses). */
+struct tg_access_rules;
+
+struct tg_access_rules *tg_access_rules_new(void);
+void tg_access_rules_free(struct tg_access_rules *r);
+
+/* Adds a prefix or preset name ("private", "loopback", "any") to the allow
+ * or deny list. Returns 0, or -1 with a message in err. */
+int tg_access_rules_add_cidr(struct tg_access_rules *r, bool allow,
+                             const char *text, char *err, size_t errlen);
+/* Adds a country code (case-insensitive "gb" ok) or an ASN. */
+int tg_access_rules_add_country(struct tg_access_rules *r, bool allow,
+                                const char *code, char *err, size_t errlen);
+int tg_access_rules_add_asn(struct tg_access_rules *r, bool allow,
+                            uint32_t asn);
+
+/* Decides for a client. Address rules: the longest matching prefix wins
+ * (deny on a tie); with no match, the request is allowed only if there is
+ * no allow prefix. Then countries: denied if listed in deny, or if an
+ * allow list exists and the country is not on it. Then ASNs the same way.
+ * All three must pass. Returns true to allow; `why` (may be NULL) gets a
+ * static reason for the log ("address", "country", "asn"). Thread-safe. */
+bool tg_access_check(const struct tg_access_rules *r, const struct tg_addr *a,
+                     const char *country, uint32_t asn, const char **why);
+
+/* Whether the rules need GeoIP country or ASN data at all. */
+bool tg_access_uses_country(const struct tg_access_rules *r);
+bool tg_access_uses_asn(const struct tg_access_rules *r);
+
+#endif

@@ -1,0 +1,107 @@
+/* TLS with OpenSSL 3: server contexts built per config snapshot (SNI picks
+ * among any number of certificates, RSA and ECDSA side by side), session
+ * tickets whose keys are shared by all workers and rotated in memory,
+ * a session cache, client certificates, and client contexts for upstream
+ * TLS. Handshakes are non-blocking and driven by the caller's event loop.
+ *
+ * Everything built here is immutable once built and safe to use from any
+ * worker thread (OpenSSL's SSL_CTX is internally locked); the state of one
+ * connection (SSL *) belongs to the worker that owns the connection. */
+#ifndef TG_TLS_H
+#define TG_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/ssl.h>
+
+#include "str.h"
+
+struct tg_config;
+struct tg_config_tls;
+struct tg_config_listen;
+struct tg_config_upstream;
+struct tg_config_mark;
+
+/* ---- process-wide ------------------------------------------------------ */
+
+/* Initialises OpenSSL and the ticket key ring (random keys, never written
+ * anywhere). Call once from main before any context is built. Returns 0 or
+ * -1. */
+int tg_tls_global_init(void);
+void tg_tls_global_cleanup(void);
+
+/* ---- server side (one per config snapshot) ------------------------------ */
+
+struct tg_tls_server;
+
+/* Builds the server contexts for a snapshot: loads every certificate in
+ * cfg->tls (PEM, chain included), checks that each key matches its
+ * certificate, applies protocol/cipher settings, and one context per
+ * listener that has a client CA. On error returns NULL with a message in
+ * `err` naming the file, and sets `*where` to the config mark of the
+ * offending entry (certificate, listener or tls section). Expired or
+ * not-yet-valid certificates are loaded but a warning is logged. Main
+ * thread. */
+struct tg_tls_server *tg_tls_server_new(const struct tg_config *cfg, char *err,
+                                        size_t errlen,
+                                        struct tg_config_mark *where);
+void tg_tls_server_free(struct tg_tls_server *s);
+
+/* A new server-side SSL for an accepted connection on listener `l`, set to
+ * `fd`, in accept state, with SSL_MODE_RELEASE_BUFFERS so an idle
+ * connection holds no record buffers. NULL on allocation failure. Any
+ * worker thread. */
+SSL *tg_tls_server_accept(struct tg_tls_server *s,
+                          const struct tg_config_listen *l, int fd);
+
+/* Handshake progress: 1 done, 0 in progress (*want_write says whether to
+ * wait for EV_WRITE rather than EV_READ), -1 failed with `*reason` set to a
+ * short stable token for metrics ("protocol", "no_shared_cipher",
+ * "unknown_ca", "cert_required", "eof", "syscall", "other"). */
+int tg_tls_handshake(SSL *ssl, bool *want_write, const char **reason);
+
+/* After the handshake: does the certificate that SNI chose cover `host`
+ * (exact or wildcard SAN, port ignored, case-insensitive)? Used to answer
+ * 421 when a client reuses a connection for a name the certificate does
+ * not cover. */
+bool tg_tls_cert_covers(SSL *ssl, struct tg_str host);
+
+/* After the handshake, for logs and headers. Strings are static or owned
+ * by `ssl`. */
+struct tg_tls_info {
+    const char *version;   /* "TLSv1.3" */
+    const char *cipher;    /* "TLS_AES_128_GCM_SHA256" */
+    const char *sni;       /* NULL when the client sent none */
+    bool resumed;
+};
+void tg_tls_info(SSL *ssl, struct tg_tls_info *out);
+
+/* The verified client certificate's subject as an RFC 2253 string written
+ * to out (NUL-terminated); returns its length, or 0 when the client sent
+ * no certificate or it did not verify. */
+size_t tg_tls_client_subject(SSL *ssl, char *out, size_t cap);
+
+/* ---- client side (upstream TLS) ------------------------------------------ */
+
+struct tg_tls_client;
+
+/* Builds a client context for an upstream with `tls: true`: verification
+ * on unless tls_verify is false, trust store = tls_ca or the system store,
+ * TLS 1.2+. NULL with err/where on error (unreadable CA file). */
+struct tg_tls_client *tg_tls_client_new(const struct tg_config_upstream *u,
+                                        char *err, size_t errlen,
+                                        struct tg_config_mark *where);
+void tg_tls_client_free(struct tg_tls_client *c);
+
+/* A client SSL for a connected socket: SNI and hostname verification use
+ * tls_server_name, else `host` (the server's address text without port).
+ * Reuses a cached session for that server when one is available. */
+SSL *tg_tls_client_connect(struct tg_tls_client *c, int fd, const char *host);
+
+/* After a successful client handshake: remember its session for the next
+ * connection to the same server (resumption). Worker thread. */
+void tg_tls_client_save_session(struct tg_tls_client *c, SSL *ssl);
+
+#endif
