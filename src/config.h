@@ -84,6 +84,16 @@ struct tg_config_tls {
     struct tg_config_mark mark;
 };
 
+/* A Redis server (shared rate limits, tenant directory). */
+struct tg_config_redis {
+    const char *address;      /* "host:port" or "unix:/path" */
+    const char *password;     /* AUTH, or NULL */
+    unsigned db;              /* SELECT */
+    int64_t timeout_ms;       /* a reply slower than this is a fault */
+    const char *key_prefix;
+    struct tg_config_mark mark;
+};
+
 struct tg_config_stream {
     int64_t heartbeat_ms;   /* 0 = off */
     unsigned max_per_ip;    /* concurrent streams per client IP, 0 = off */
