@@ -365,6 +365,7 @@ void tg_proxy_start(struct tg_request *req)
     }
     const struct tg_config *cfg = req_config(req);
     req->start = c->head_started;
+    req->client_read_at = req->client_write_at = ev_now(w->loop);
     req->phase = TG_REQ_ROUTING;
     req->method_id = h->method_id;
     req->minor_version = h->minor_version;

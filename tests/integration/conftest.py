@@ -166,10 +166,13 @@ class Tollgate:
             assert marker not in log, "sanitizer report:\n" + log
 
     def rss_kb(self):
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+        try:
+            with open("/proc/%d/status" % self.proc.pid) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except FileNotFoundError:
+            pass
         return 0
 
 
