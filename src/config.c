@@ -613,6 +613,7 @@ static const struct cfg_key client_keys[] = {
     {"max_body", p_size64, FIELD(struct tg_config_client, max_body), 0, 0, NULL},
     {"max_connections", p_uint, FIELD(struct tg_config_client, max_connections), 0, 10000000, NULL},
     {"buffer_size", p_size, FIELD(struct tg_config_client, buffer_size), 4096, 1 << 24, NULL},
+    {"ipv6_prefix", p_uint, FIELD(struct tg_config_client, ipv6_prefix), 1, 128, NULL},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -696,6 +697,7 @@ static void client_defaults(struct tg_config_client *c)
     c->max_body = 0;
     c->max_connections = 0;
     c->buffer_size = 16384;
+    c->ipv6_prefix = 64;
 }
 
 static void upstream_defaults(struct tg_config_upstream *u)

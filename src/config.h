@@ -62,6 +62,7 @@ struct tg_config_client {
     uint64_t max_body;            /* 0 = unlimited */
     unsigned max_connections;     /* per worker process total; 0 = unlimited */
     size_t buffer_size;           /* bytes per direction */
+    unsigned ipv6_prefix;         /* IPv6 clients counted per this prefix */
 };
 
 struct tg_config_certificate {

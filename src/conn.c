@@ -17,6 +17,7 @@
 #include "buf.h"
 #include "config.h"
 #include "http1.h"
+#include "iptable.h"
 #include "log.h"
 #include "proxy.h"
 #include "worker.h"
@@ -79,6 +80,12 @@ void tg_conn_close(struct tg_conn *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     w->nconns--;
+    atomic_fetch_sub(&w->rt->nconns, 1);
+    if (c->ip_counted_prefix != 0) {
+        struct tg_addr group;
+        tg_iptable_group(&c->peer, c->ip_counted_prefix, &group);
+        tg_iptable_release(w->rt->iptable, &group, TG_IPTABLE_CONNECTIONS);
+    }
     tg_worker_cfg_release(c->wcfg);
     c->wcfg = NULL;
     tg_worker_conn_closed(w);
@@ -174,8 +181,22 @@ int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
         close(fd);
         return -1;
     }
+    struct tg_addr peer_addr, group;
+    tg_addr_from_sockaddr(peer, &peer_addr);
+    unsigned prefix = w->cfg->config->client.ipv6_prefix;
+    if (lcfg->max_connections_per_ip != 0) {
+        tg_iptable_group(&peer_addr, prefix, &group);
+        if (!tg_iptable_acquire(w->rt->iptable, &group, TG_IPTABLE_CONNECTIONS,
+                                lcfg->max_connections_per_ip)) {
+            /* Over the per-client cap: refuse before spending anything. */
+            close(fd);
+            return -1;
+        }
+    }
     struct tg_conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
+        if (lcfg->max_connections_per_ip != 0)
+            tg_iptable_release(w->rt->iptable, &group, TG_IPTABLE_CONNECTIONS);
         close(fd);
         return -1;
     }
@@ -184,7 +205,9 @@ int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
     c->refs = 1;
     c->wcfg = tg_worker_cfg_acquire(w);
     c->lcfg = lcfg;
-    tg_addr_from_sockaddr(peer, &c->peer);
+    c->peer = peer_addr;
+    c->ip_counted_prefix = lcfg->max_connections_per_ip != 0 ? (uint8_t)prefix : 0;
+    atomic_fetch_add(&w->rt->nconns, 1);
     if (peer->sa_family == AF_INET)
         c->peer_port = ntohs(((const struct sockaddr_in *)peer)->sin_port);
     else if (peer->sa_family == AF_INET6)

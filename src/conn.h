@@ -46,6 +46,7 @@ struct tg_conn {
     bool in_process;          /* inside conn_process_input: no recursion */
     bool close_after;         /* close once the current request ends */
     bool tls;
+    uint8_t ip_counted_prefix; /* counted in the per-IP table (0 = not) */
     unsigned refs;
     unsigned requests;        /* requests started on this connection */
 

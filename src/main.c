@@ -18,6 +18,7 @@
 
 #include "access_log.h"
 #include "config.h"
+#include "iptable.h"
 #include "log.h"
 #include "worker.h"
 
@@ -358,6 +359,9 @@ int main(int argc, char **argv)
     ev_async_start(g.loop, &g.worker_exit);
 
     g.rt.nworkers = cfg->workers;
+    g.rt.iptable = tg_iptable_new();
+    if (g.rt.iptable == NULL)
+        return 1;
     g.rt.workers = calloc(cfg->workers, sizeof(*g.rt.workers));
     if (g.rt.workers == NULL)
         return 1;
@@ -404,6 +408,7 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < g.rt.nworkers; i++)
         tg_worker_join_and_free(g.rt.workers[i]);
     free(g.rt.workers);
+    tg_iptable_free(g.rt.iptable);
     tg_access_log_stop();
     tg_config_unref(g.config);
     tg_log_info("stopped");

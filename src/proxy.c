@@ -26,6 +26,7 @@
 #include "config.h"
 #include "conn.h"
 #include "headers.h"
+#include "iptable.h"
 #include "log.h"
 #include "router.h"
 #include "upstream.h"
@@ -133,6 +134,16 @@ static const char *req_strdup(struct tg_request *req, const char *p, size_t n)
 
 /* ---- ending ------------------------------------------------------------------- */
 
+static void release_stream_slot(struct tg_request *req)
+{
+    if (!req->stream_counted)
+        return;
+    req->stream_counted = false;
+    struct tg_addr group;
+    tg_iptable_group(&req->client, req_config(req)->client.ipv6_prefix, &group);
+    tg_iptable_release(req_worker(req)->rt->iptable, &group, TG_IPTABLE_STREAMS);
+}
+
 static void drop_upstream(struct tg_request *req, bool reusable)
 {
     struct tg_upconn *uc = req->up;
@@ -158,6 +169,7 @@ static void end_request(struct tg_request *req, bool keep_alive)
         return;
     req->phase = TG_REQ_DONE;
     drop_upstream(req, false);
+    release_stream_slot(req);
     log_request(req);
     struct tg_conn *c = req->conn;
     tg_conn_request_done(c, keep_alive && req->req_body_done && req->head_consumed);
@@ -170,6 +182,7 @@ void tg_proxy_abort(struct tg_request *req)
         return;
     req->phase = TG_REQ_DONE;
     drop_upstream(req, false);
+    release_stream_slot(req);
     if (req->status == 0 || !req->resp_head_done)
         req->status = req->status ? req->status : 499;
     log_request(req);
@@ -833,6 +846,18 @@ static void on_response_head(struct tg_request *req, size_t head_len)
     req->sse = is_event_stream(r);
     if (req->sse)
         req->stream = true;
+    unsigned max_streams = req_config(req)->stream.max_per_ip;
+    if (req->stream && max_streams != 0 && r->status < 300) {
+        struct tg_addr group;
+        tg_iptable_group(&req->client, req_config(req)->client.ipv6_prefix, &group);
+        if (!tg_iptable_acquire(w->rt->iptable, &group, TG_IPTABLE_STREAMS, max_streams)) {
+            drop_upstream(req, false);
+            respond_local(req, 429, "429 Too Many Requests: too many open streams from "
+                                    "this client\n", false);
+            return;
+        }
+        req->stream_counted = true;
+    }
     memcpy(req->sse_tail, "\n\n\n", 3); /* the start is an event boundary */
     req->resp_close_client = r->framing == TG_HTTP1_BODY_CLOSE || req->resp_dechunk ||
                              !req->client_keep_alive || c->close_after || w->draining ||
@@ -1095,7 +1120,13 @@ enum deadline_kind {
     DL_CLIENT_SEND,
     DL_HEARTBEAT,
     DL_TUNNEL_IDLE,
+    DL_CLIENT_RATE,
 };
+
+/* client.min_body_rate: a body must average at least this many bytes per
+ * second once it has been arriving for this long; checked each second, and
+ * not while the gateway itself holds the client back (buffer full). */
+#define MIN_RATE_GRACE_S 5.0
 
 static void consider(ev_tstamp *best, enum deadline_kind *kind, ev_tstamp when,
                      enum deadline_kind k)
@@ -1127,6 +1158,11 @@ static enum deadline_kind next_deadline(const struct tg_request *req, ev_tstamp 
         if (!req->req_body_done && req->req_ready == 0)
             consider(&best, &kind, req->client_read_at + MS(cfg->client.body_timeout_ms),
                      DL_CLIENT_BODY);
+        if (!req->req_body_done && cfg->client.min_body_rate > 0) {
+            ev_tstamp first = req->start + MIN_RATE_GRACE_S;
+            ev_tstamp next = req->rate_checked_at + 1.0;
+            consider(&best, &kind, next > first ? next : first, DL_CLIENT_RATE);
+        }
         if (req->up != NULL && req->up->watching & EV_WRITE)
             consider(&best, &kind, req->up_write_at + MS(u->send_timeout_ms), DL_UP_SEND);
         bool waiting_upstream = !req->resp_body_done && !out_pending;
@@ -1248,6 +1284,22 @@ ev_tstamp tg_proxy_on_timeout(struct tg_request *req, ev_tstamp now)
     case DL_CLIENT_SEND:
         abort_client(req, "client stopped reading (send_timeout)");
         break;
+    case DL_CLIENT_RATE: {
+        req->rate_checked_at = now;
+        struct tg_buf *in = req->conn->in;
+        bool held_back = in != NULL && tg_buf_room(in) == 0 && in->start == 0;
+        double avg = (double)req->req_body_bytes / (now - req->start);
+        if (!held_back && avg < (double)req_config(req)->client.min_body_rate) {
+            if (!req->resp_head_done && (req->out == NULL || tg_buf_len(req->out) == 0)) {
+                req->req_body_done = true;
+                respond_local(req, 408, "408 Request Timeout: the request body arrives too "
+                                        "slowly\n", true);
+            } else {
+                abort_client(req, "request body below client.min_body_rate");
+            }
+        }
+        break;
+    }
     case DL_HEARTBEAT:
         if (!sse_inject(req, ":\n\n", false))
             req->client_write_at = now; /* mid-event: look again later */

@@ -98,6 +98,8 @@ struct tg_request {
     bool resp_close_client;         /* client must be closed afterwards */
     bool stream;                    /* SSE or stream route: no read timeout */
     bool sse;                       /* text/event-stream: heartbeats apply */
+    bool stream_counted;            /* holds a stream.max_per_ip slot */
+    ev_tstamp rate_checked_at;      /* client.min_body_rate: last check */
     char sse_tail[3];               /* last data bytes sent, event boundary */
     uint64_t bytes_out;             /* to the client */
     uint64_t bytes_in;              /* from the client */

@@ -123,7 +123,14 @@ void tg_worker_conn_closed(struct tg_worker *w)
 static bool accept_pending(struct tg_worker *w, struct tg_listener *l,
                            int limit)
 {
+    unsigned max = w->cfg->config->client.max_connections;
     for (int i = 0; i < limit; i++) {
+        if (max != 0 && atomic_load(&w->rt->nconns) >= max) {
+            /* At the global cap: leave connections in the kernel backlog
+             * and look again shortly, rather than accept and drop them. */
+            pause_accept(w);
+            return false;
+        }
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
         int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl,
@@ -260,6 +267,15 @@ static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
     }
     for (struct tg_listener *l = w->listeners; l != NULL; l = l->next)
         l->cfg = find_listen_cfg(nc->config, l->key);
+    size_t bs = nc->config->client.buffer_size;
+    size_t large = nc->config->client.max_request_line + nc->config->client.max_head + 1024;
+    if (w->bufs.small_size != bs || w->bufs.large_size != (large > bs ? large : bs)) {
+        /* Buffers of the old sizes still in use are freed when returned. */
+        tg_buf_pool_destroy(&w->bufs);
+        size_t out = w->bufs.outstanding;
+        tg_buf_pool_init(&w->bufs, bs, large, 256);
+        w->bufs.outstanding = out;
+    }
     for (size_t i = 0; i < m->nfds; i++)
         listener_add(w, m->fds[i], m->keys[i]);
     tg_access_log_configure(w->access_log, &nc->config->log);

@@ -14,6 +14,8 @@
 
 #include <ev.h>
 
+#include <stdatomic.h>
+
 #include "buf.h"
 #include "config.h"
 
@@ -93,6 +95,8 @@ struct tg_worker {
 struct tg_runtime {
     struct tg_worker **workers;
     unsigned nworkers;
+    struct tg_iptable *iptable;    /* connections and streams per client */
+    _Atomic unsigned long nconns;  /* client connections, all workers */
     const char *config_path;
     _Atomic bool draining;
     unsigned char request_id_seed[8];
