@@ -29,12 +29,18 @@
 #define MAX_NODE_VISITS 4000000u
 #define MAX_ERRORS 50
 
+struct cfg_error {
+    struct tg_config_mark mark;
+    char msg[300];
+};
+
 struct cfg_ctx {
     const char *file;
     yaml_document_t *doc;
     struct tg_config *cfg;
-    char *errors;
-    size_t errlen, errused;
+    char *errors;            /* the caller's buffer, filled at the end */
+    size_t errlen;
+    struct cfg_error *errs;  /* collected, sorted by position at the end */
     int nerrors;
     unsigned long visits;
 };
@@ -50,16 +56,40 @@ static struct tg_config_mark mark_of(const yaml_node_t *node)
 static void verror_at(struct cfg_ctx *ctx, struct tg_config_mark m,
                       const char *fmt, va_list ap)
 {
+    if (ctx->nerrors < MAX_ERRORS) {
+        struct cfg_error *e = &ctx->errs[ctx->nerrors];
+        e->mark = m;
+        vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+    }
     ctx->nerrors++;
-    if (ctx->nerrors > MAX_ERRORS || ctx->errors == NULL)
+}
+
+static int cmp_error(const void *a, const void *b)
+{
+    const struct cfg_error *x = a, *y = b;
+    if (x->mark.line != y->mark.line)
+        return x->mark.line < y->mark.line ? -1 : 1;
+    return (x->mark.col > y->mark.col) - (x->mark.col < y->mark.col);
+}
+
+/* Writes the collected errors in file order: the first line is the first
+ * problem in the file, whatever order the sections were checked in. */
+static void flush_errors(struct cfg_ctx *ctx)
+{
+    if (ctx->errors == NULL || ctx->errlen == 0)
         return;
-    char msg[512];
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    size_t room = ctx->errlen - ctx->errused;
-    int n = snprintf(ctx->errors + ctx->errused, room, "%s:%d:%d: %s\n",
-                     ctx->file, m.line, m.col, msg);
-    if (n > 0)
-        ctx->errused += (size_t)n < room ? (size_t)n : room - 1;
+    int n = ctx->nerrors < MAX_ERRORS ? ctx->nerrors : MAX_ERRORS;
+    qsort(ctx->errs, (size_t)n, sizeof(*ctx->errs), cmp_error);
+    size_t used = 0;
+    ctx->errors[0] = '\0';
+    for (int i = 0; i < n && used + 1 < ctx->errlen; i++) {
+        int w = snprintf(ctx->errors + used, ctx->errlen - used, "%s:%d:%d: %s\n",
+                         ctx->file, ctx->errs[i].mark.line, ctx->errs[i].mark.col,
+                         ctx->errs[i].msg);
+        if (w < 0)
+            break;
+        used += (size_t)w < ctx->errlen - used ? (size_t)w : ctx->errlen - used - 1;
+    }
 }
 
 static void error_at(struct cfg_ctx *ctx, struct tg_config_mark m,
@@ -1036,17 +1066,24 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
         rc = -1;
     if ((n = mapping_get(ctx, root, "tls")) != NULL && parse_tls(ctx, n) < 0)
         rc = -1;
-    if ((n = mapping_get(ctx, root, "listen")) == NULL)
-        rc = node_error(ctx, root, "missing 'listen': no address to serve on");
-    else if (parse_listen(ctx, n) < 0)
+    /* A missing section is reported at the end of the file, after any
+     * problem in what is there. */
+    struct tg_config_mark end = {(int)root->end_mark.line + 1, (int)root->end_mark.column + 1};
+    if ((n = mapping_get(ctx, root, "listen")) == NULL) {
+        error_at(ctx, end, "missing 'listen': no address to serve on");
+        rc = -1;
+    }
+    if (n != NULL && parse_listen(ctx, n) < 0)
         rc = -1;
     if ((n = mapping_get(ctx, root, "upstreams")) != NULL &&
         parse_upstreams(ctx, n) < 0)
         rc = -1;
-    if ((n = mapping_get(ctx, root, "sites")) == NULL)
-        rc = node_error(ctx, root, "missing 'sites': nothing to route to");
-    else if (parse_sites(ctx, n) < 0)
+    if ((n = mapping_get(ctx, root, "sites")) == NULL) {
+        error_at(ctx, end, "missing 'sites': nothing to route to");
         rc = -1;
+    } else if (parse_sites(ctx, n) < 0) {
+        rc = -1;
+    }
 
     if (cfg->client.max_request_line > cfg->client.max_head) {
         n = mapping_get(ctx, root, "client");
@@ -1093,13 +1130,15 @@ struct tg_config *tg_config_load_buffer(const char *name, const char *data,
                                         size_t len, char *errors,
                                         size_t errlen)
 {
-    struct cfg_ctx ctx = {.file = name, .errors = errors, .errlen = errlen};
+    struct cfg_error errs[MAX_ERRORS];
+    struct cfg_ctx ctx = {.file = name, .errors = errors, .errlen = errlen, .errs = errs};
     if (errors != NULL && errlen > 0)
         errors[0] = '\0';
 
     struct tg_config *cfg = calloc(1, sizeof(*cfg));
     if (cfg == NULL) {
         error_at(&ctx, (struct tg_config_mark){1, 1}, "out of memory");
+        flush_errors(&ctx);
         return NULL;
     }
     atomic_init(&cfg->refs, 1);
@@ -1113,6 +1152,7 @@ struct tg_config *tg_config_load_buffer(const char *name, const char *data,
     yaml_document_t doc;
     if (!yaml_parser_initialize(&parser)) {
         error_at(&ctx, (struct tg_config_mark){1, 1}, "out of memory");
+        flush_errors(&ctx);
         config_free(cfg);
         return NULL;
     }
@@ -1123,6 +1163,7 @@ struct tg_config *tg_config_load_buffer(const char *name, const char *data,
         error_at(&ctx, m, "YAML syntax error: %s%s%s",
                  parser.problem ? parser.problem : "unknown",
                  parser.context ? " " : "", parser.context ? parser.context : "");
+        flush_errors(&ctx);
         yaml_parser_delete(&parser);
         config_free(cfg);
         return NULL;
@@ -1141,6 +1182,7 @@ struct tg_config *tg_config_load_buffer(const char *name, const char *data,
     if (rc < 0 || ctx.nerrors > 0) {
         if (ctx.nerrors == 0)
             error_at(&ctx, (struct tg_config_mark){1, 1}, "invalid configuration");
+        flush_errors(&ctx);
         config_free(cfg);
         return NULL;
     }
