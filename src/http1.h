@@ -142,7 +142,9 @@ enum {
  * bare CR, obs-fold, NUL/CTL in a field, whitespace before a colon,
  * Transfer-Encoding other than exactly one "chunked" (or on HTTP/1.0),
  * Transfer-Encoding with Content-Length, duplicate (even identical) or
- * malformed Content-Length, more than one Host, a missing Host on HTTP/1.1,
+ * malformed Content-Length, Content-Length or Transfer-Encoding spelt with
+ * '_' for '-' (CGI-style backends fold the two), more than one Host, a
+ * missing Host on HTTP/1.1,
  * a Host that is not a valid authority (an empty one included), an
  * absolute-form target whose authority differs from Host, a scheme other
  * than http/https, "*" other than for OPTIONS, CONNECT without
