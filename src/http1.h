@@ -149,8 +149,8 @@ enum {
  * a scheme other than http/https, "*" other than for OPTIONS, CONNECT
  * without authority-form host:port, and empty lines before the request line
  * are all 400. Only HTTP/1.0 and HTTP/1.1 are accepted (505 otherwise).
- * CONNECT is parsed (path = authority) for the caller to refuse. Thread-
- * safe; no allocation. */
+ * CONNECT is parsed (path = authority) for the caller to refuse.
+ * Thread-safe; no allocation. */
 ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
                                const struct tg_http1_limits *limits,
                                struct tg_http1_request *req, int *status,
