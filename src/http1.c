@@ -58,23 +58,55 @@ static inline uint64_t load8(const unsigned char *p)
     return x;
 }
 
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* Index of the first flagged byte of a non-zero mask. The lowest flag of
+ * HAS_LESS/HAS_ZERO is always exact (borrows only run upwards). */
+#define FIRST_FLAGGED(m) ((size_t)__builtin_ctzll(m) >> 3)
+#endif
+
+/* Token bytes: eight table lookups folded together, then byte by byte. */
+static inline size_t skip_token(const unsigned char *b, size_t i, size_t end)
+{
+    while (end - i >= 8) {
+        unsigned t = cls[b[i]] & cls[b[i + 1]] & cls[b[i + 2]] &
+                     cls[b[i + 3]] & cls[b[i + 4]] & cls[b[i + 5]] &
+                     cls[b[i + 6]] & cls[b[i + 7]];
+        if (!(t & C_TCHAR))
+            break;
+        i += 8;
+    }
+    while (i < end && IS(b[i], C_TCHAR))
+        i++;
+    return i;
+}
+
 /* Field value bytes: stops at a CTL (CR included) or DEL. */
 static inline size_t skip_value(const unsigned char *b, size_t i, size_t end)
 {
-    for (;;) {
-        while (end - i >= 8) {
-            uint64_t x = load8(b + i);
-            if (HAS_LESS(x, 0x20) | HAS_BYTE(x, 0x7f))
-                break;
+    while (end - i >= 8) {
+        uint64_t x = load8(b + i);
+        uint64_t m = HAS_LESS(x, 0x20) | HAS_BYTE(x, 0x7f);
+        if (tg_likely(m == 0)) {
             i += 8;
+            continue;
         }
-        /* A word with a stop byte, or the tail: byte by byte, at most 8. */
-        size_t stop = end - i >= 8 ? i + 8 : end;
+#ifdef FIRST_FLAGGED
+        i += FIRST_FLAGGED(m);
+        if (b[i] != '\t')
+            return i;
+        i++;
+#else
+        size_t stop = i + 8;
         while (i < stop && IS(b[i], C_VALUE))
             i++;
-        if (i < stop || i == end)
+        if (i < stop)
             return i;
+#endif
     }
+    while (i < end && IS(b[i], C_VALUE))
+        i++;
+    return i;
 }
 
 /* Request-target bytes: stops at SP, CTL, DEL, '#' or >= 0x80. */
@@ -82,9 +114,15 @@ static inline size_t skip_target(const unsigned char *b, size_t i, size_t end)
 {
     while (end - i >= 8) {
         uint64_t x = load8(b + i);
-        if (HAS_LESS(x, 0x21) | (x & HIGHS) | HAS_BYTE(x, 0x7f) |
-            HAS_BYTE(x, '#'))
+        uint64_t m = HAS_LESS(x, 0x21) | (x & HIGHS) | HAS_BYTE(x, 0x7f) |
+                     HAS_BYTE(x, '#');
+        if (m != 0) {
+#ifdef FIRST_FLAGGED
+            return i + FIRST_FLAGGED(m);
+#else
             break;
+#endif
+        }
         i += 8;
     }
     while (i < end && IS(b[i], C_TARGET))
@@ -215,8 +253,7 @@ line:
     goto error;
 
 name:
-    while (i < end && IS(b[i], C_TCHAR))
-        i++;
+    i = skip_token(b, i, end);
     if (i == end) {
         s->state = H_NAME;
         goto more;
@@ -316,8 +353,7 @@ static int scan_request_line(const char *buf, size_t len,
         break;
     }
 
-    while (i < end && IS(b[i], C_TCHAR))
-        i++;
+    i = skip_token(b, i, end);
     if (i == end) {
         s->state = RL_METHOD;
         goto more;
@@ -689,6 +725,74 @@ struct fields {
     bool upgrade_websocket, expect_continue;
 };
 
+/* Next element of a comma-separated list from *pos: OWS around it removed,
+ * empty elements skipped. False at the end of the list. */
+static bool next_element(struct tg_str v, size_t *pos, struct tg_str *e)
+{
+    size_t i = *pos;
+    for (;;) {
+        while (i < v.n && (v.p[i] == ' ' || v.p[i] == '\t' || v.p[i] == ','))
+            i++;
+        if (i == v.n) {
+            *pos = i;
+            return false;
+        }
+        size_t s = i;
+        while (i < v.n && v.p[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > s && (v.p[end - 1] == ' ' || v.p[end - 1] == '\t'))
+            end--;
+        *pos = i;
+        *e = tg_str_make(v.p + s, end - s);
+        return true;
+    }
+}
+
+static bool list_has(struct tg_str v, const char *token, size_t tn)
+{
+    size_t pos = 0;
+    struct tg_str e;
+    while (next_element(v, &pos, &e))
+        if (lower_eq(e.p, e.n, token, tn))
+            return true;
+    return false;
+}
+
+static void read_connection(struct tg_str v, struct fields *f)
+{
+    size_t pos = 0;
+    struct tg_str e;
+    while (next_element(v, &pos, &e)) {
+        if (LOWER_EQ(e, "close"))
+            f->conn_close = true;
+        else if (LOWER_EQ(e, "keep-alive"))
+            f->conn_keep_alive = true;
+        else if (LOWER_EQ(e, "upgrade"))
+            f->conn_upgrade = true;
+    }
+}
+
+/* "content_length" and the like: backends that map fields to CGI-style
+ * variables fold '_' and '-' together, so such a field would frame the body
+ * there while we ignore it. Refused rather than forwarded. */
+static bool framing_alias(struct tg_str name)
+{
+    static const char *const names[] = {"content-length", "transfer-encoding"};
+    for (size_t k = 0; k < TG_ARRAY_LEN(names); k++) {
+        const char *lit = names[k];
+        size_t i = 0;
+        if (name.n != strlen(lit) || memchr(name.p, '_', name.n) == NULL)
+            continue;
+        while (i < name.n && (tg_ascii_lower(name.p[i]) == lit[i] ||
+                              (name.p[i] == '_' && lit[i] == '-')))
+            i++;
+        if (i == name.n)
+            return true;
+    }
+    return false;
+}
+
 static bool read_fields(const struct tg_http1_header *h, size_t n,
                         struct fields *f, const char **reason)
 {
@@ -709,16 +813,13 @@ static bool read_fields(const struct tg_http1_header *h, size_t n,
         case 7:
             if (LOWER_EQ(name, "upgrade")) {
                 f->nupgrade++;
-                if (tg_http1_list_has(v, "websocket"))
+                if (list_has(v, "websocket", 9))
                     f->upgrade_websocket = true;
             }
             break;
         case 10:
-            if (LOWER_EQ(name, "connection")) {
-                f->conn_close |= tg_http1_list_has(v, "close");
-                f->conn_keep_alive |= tg_http1_list_has(v, "keep-alive");
-                f->conn_upgrade |= tg_http1_list_has(v, "upgrade");
-            }
+            if (LOWER_EQ(name, "connection"))
+                read_connection(v, f);
             break;
         case 14:
             if (LOWER_EQ(name, "content-length")) {
@@ -730,6 +831,9 @@ static bool read_fields(const struct tg_http1_header *h, size_t n,
                     *reason = "invalid Content-Length";
                     return false;
                 }
+            } else if (framing_alias(name)) {
+                *reason = "Content-Length spelt with '_'";
+                return false;
             }
             break;
         case 17:
@@ -739,6 +843,9 @@ static bool read_fields(const struct tg_http1_header *h, size_t n,
                     *reason = "invalid Transfer-Encoding";
                     return false;
                 }
+            } else if (framing_alias(name)) {
+                *reason = "Transfer-Encoding spelt with '_'";
+                return false;
             }
             break;
         default:
@@ -1303,21 +1410,7 @@ bool tg_http1_name_eq(struct tg_str name, const char *lower)
 
 bool tg_http1_list_has(struct tg_str v, const char *token)
 {
-    size_t tn = strlen(token), i = 0;
-
-    while (i < v.n) {
-        while (i < v.n && (v.p[i] == ' ' || v.p[i] == '\t' || v.p[i] == ','))
-            i++;
-        size_t s = i;
-        while (i < v.n && v.p[i] != ',')
-            i++;
-        size_t e = i;
-        while (e > s && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
-            e--;
-        if (e > s && lower_eq(v.p + s, e - s, token, tn))
-            return true;
-    }
-    return false;
+    return list_has(v, token, strlen(token));
 }
 
 bool tg_http1_chunked_at_boundary(const struct tg_http1_chunked *c)

@@ -142,14 +142,15 @@ enum {
  * bare CR, obs-fold, NUL/CTL in a field, whitespace before a colon,
  * Transfer-Encoding other than exactly one "chunked" (or on HTTP/1.0),
  * Transfer-Encoding with Content-Length, duplicate (even identical) or
- * malformed Content-Length, more than one Host, a missing Host on HTTP/1.1,
- * a Host that is not a valid authority (an empty one included), an
- * absolute-form target whose authority differs from Host, a scheme other
- * than http/https, "*" other than for OPTIONS, CONNECT without
- * authority-form host:port, and empty lines before the request line are all
- * 400. Only HTTP/1.0 and HTTP/1.1 are accepted (505 otherwise). CONNECT is
- * parsed (path = authority) for the caller to refuse. Thread-safe; no
- * allocation. */
+ * malformed Content-Length, Content-Length or Transfer-Encoding spelt with
+ * '_' for '-' (CGI-style backends fold the two), more than one Host, a
+ * missing Host on HTTP/1.1, a Host that is not a valid authority (an empty
+ * one included), an absolute-form target whose authority differs from Host,
+ * a scheme other than http/https, "*" other than for OPTIONS, CONNECT
+ * without authority-form host:port, and empty lines before the request line
+ * are all 400. Only HTTP/1.0 and HTTP/1.1 are accepted (505 otherwise).
+ * CONNECT is parsed (path = authority) for the caller to refuse.
+ * Thread-safe; no allocation. */
 ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
                                const struct tg_http1_limits *limits,
                                struct tg_http1_request *req, int *status,

@@ -334,9 +334,14 @@ static const struct req_case req_cases[] = {
         "Transfer-Encoding: chunked\r\n\r\n"),
     BAD("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
     BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n"),
-    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n"
-        "Transfer-Encoding: chunked\r\n"
+    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"),
+    /* '_' spellings of the framing fields: CGI-style backends fold them. */
+    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n"
+        "Content-Length: 5\r\n\r\n"),
+    BAD("POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\n"),
+    BAD("POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 5\r\nCONTENT_length: 6\r\n\r\n"),
+    OK("POST / HTTP/1.1\r\nHost: a\r\nX_Content_Length: 5\r\nContent_Lengthy: 1\r\n\r\n"),
 };
 
 TEST(request_table)
