@@ -113,7 +113,8 @@ static int parse_v6(const char *s, size_t n, uint8_t ip[16])
 
 static bool is_v4_mapped(const uint8_t ip[16])
 {
-    static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const uint8_t prefix[12] = {0, 0, 0, 0, 0,    0,
+                                       0, 0, 0, 0, 0xff, 0xff};
     return memcmp(ip, prefix, sizeof(prefix)) == 0;
 }
 
@@ -310,9 +311,9 @@ int tg_cidr_parse(const char *s, size_t n, struct tg_cidr *out, char *err,
             bits = bits * 10 + (unsigned)(p[i] - '0');
         }
         if (bits > width) {
-            set_err(err, errlen, c.addr.family == AF_INET
-                                     ? "prefix length over 32"
-                                     : "prefix length over 128");
+            set_err(err, errlen,
+                    c.addr.family == AF_INET ? "prefix length over 32"
+                                             : "prefix length over 128");
             return -1;
         }
     }

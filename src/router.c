@@ -35,7 +35,8 @@ static bool is_unreserved(unsigned char c)
  * back out again. Decoding happens exactly once, so "%252e" stays "%252E"
  * and never becomes a dot. The write cursor never passes the read cursor,
  * which is what bounds the output by the input and allows out == in. */
-ssize_t tg_router_normalize_path(const char *in, size_t n, char *out, size_t cap)
+ssize_t tg_router_normalize_path(const char *in, size_t n, char *out,
+                                 size_t cap)
 {
     static const char hex[] = "0123456789ABCDEF";
     size_t i = 1, o = 1;

@@ -283,7 +283,8 @@ static bool is_normal(const char *p, size_t n)
             int v = hexval((unsigned char)p[i + 1]) * 16 +
                     hexval((unsigned char)p[i + 2]);
             if (islower((unsigned char)p[i + 1]) ||
-                islower((unsigned char)p[i + 2]) || is_unreserved((unsigned char)v))
+                islower((unsigned char)p[i + 2]) ||
+                is_unreserved((unsigned char)v))
                 return false;
         }
     }
@@ -294,10 +295,10 @@ TEST(normalize_random_properties)
 {
     /* Weighted towards the characters that matter. */
     static const char *const atoms[] = {
-        "/",   "/",   "/",   ".",   ".",   "..",  "%2e", "%2E", "%2f", "%5f",
-        "%5F", "%41", "%7e", "%3f", "%25", "%",   "a",   "b",   "_",   "~",
-        "%00", "%7f", "%c3", "%a9", "2",   "e",   "f",   "%2",  "\\",  " ",
-        "#",   "?",   ";",   "x",   "%zz", "//",  "/./", "/../",
+        "/",   "/",   "/",   ".",   ".",   "..", "%2e", "%2E",  "%2f", "%5f",
+        "%5F", "%41", "%7e", "%3f", "%25", "%",  "a",   "b",    "_",   "~",
+        "%00", "%7f", "%c3", "%a9", "2",   "e",  "f",   "%2",   "\\",  " ",
+        "#",   "?",   ";",   "x",   "%zz", "//", "/./", "/../",
     };
     int accepted = 0;
     for (int iter = 0; iter < 200000; iter++) {
@@ -332,8 +333,8 @@ TEST(normalize_random_properties)
         CHECK((size_t)r <= n);
         CHECK(is_normal(out, (size_t)r));
 
-        ssize_t r2 = tg_router_normalize_path(out, (size_t)r, again,
-                                              sizeof(again));
+        ssize_t r2 =
+            tg_router_normalize_path(out, (size_t)r, again, sizeof(again));
         CHECK_EQ_INT(r2, r);
         CHECK(r2 == r && memcmp(out, again, (size_t)r) == 0);
 
@@ -354,8 +355,7 @@ static struct tg_host_index *sample_index(bool with_any)
     struct tg_host_index *ix = tg_router_hosts_new();
     char err[128];
     CHECK(ix != NULL);
-    CHECK(tg_router_hosts_add(ix, "App.Test", &v_exact, err, sizeof(err)) ==
-          0);
+    CHECK(tg_router_hosts_add(ix, "App.Test", &v_exact, err, sizeof(err)) == 0);
     CHECK(tg_router_hosts_add(ix, "api.app.test", &v_api, err, sizeof(err)) ==
           0);
     CHECK(tg_router_hosts_add(ix, "*.app.test", &v_wild, err, sizeof(err)) ==
@@ -382,9 +382,8 @@ static void check_matches(const struct tg_host_index *ix,
 {
     for (size_t i = 0; i < n; i++) {
         struct tg_str cap = {"junk", 4};
-        void *got = tg_router_hosts_match(ix, tg_str_make(cases[i].host,
-                                                          strlen(cases[i].host)),
-                                          &cap);
+        void *got = tg_router_hosts_match(
+            ix, tg_str_make(cases[i].host, strlen(cases[i].host)), &cap);
         if (got != (void *)cases[i].want)
             fprintf(stderr, "host \"%s\"\n", cases[i].host);
         CHECK(got == (void *)cases[i].want);
@@ -503,14 +502,10 @@ TEST(hosts_duplicates)
     static const struct {
         const char *first, *second;
     } dups[] = {
-        {"app.test", "app.test"},
-        {"app.test", "APP.Test"},
-        {"app.test", "app.test."},
-        {"*", "*"},
-        {"*.app.test", "*.app.test"},
-        {"*.app.test", "*.APP.test."},
-        {"{a}.app.test", "{b}.app.test"},
-        {"*.app.test", "{t}.app.test"},
+        {"app.test", "app.test"},         {"app.test", "APP.Test"},
+        {"app.test", "app.test."},        {"*", "*"},
+        {"*.app.test", "*.app.test"},     {"*.app.test", "*.APP.test."},
+        {"{a}.app.test", "{b}.app.test"}, {"*.app.test", "{t}.app.test"},
         {"{t}.app.test", "*.app.test"},
     };
     for (size_t i = 0; i < TG_ARRAY_LEN(dups); i++) {
@@ -532,18 +527,14 @@ TEST(hosts_duplicates)
     char err[128];
     CHECK(tg_router_hosts_add(ix, "{t}.app.test", &v_tenant, err,
                               sizeof(err)) == 0);
-    CHECK(tg_router_hosts_add(ix, "app.test", &v_exact, err, sizeof(err)) ==
-          0);
+    CHECK(tg_router_hosts_add(ix, "app.test", &v_exact, err, sizeof(err)) == 0);
     CHECK(tg_router_hosts_add(ix, "*.t.app.test", &v_wild, err, sizeof(err)) ==
           0);
-    CHECK(tg_router_hosts_add(ix, "t.app.test", &v_api, err, sizeof(err)) ==
-          0);
+    CHECK(tg_router_hosts_add(ix, "t.app.test", &v_api, err, sizeof(err)) == 0);
     CHECK(tg_router_hosts_add(ix, "*", &v_any, err, sizeof(err)) == 0);
     static const struct match_case cases[] = {
-        {"app.test", &v_exact, NULL},
-        {"t.app.test", &v_api, NULL},
-        {"u.app.test", &v_tenant, "u"},
-        {"x.t.app.test", &v_wild, NULL},
+        {"app.test", &v_exact, NULL},   {"t.app.test", &v_api, NULL},
+        {"u.app.test", &v_tenant, "u"}, {"x.t.app.test", &v_wild, NULL},
         {"x.u.app.test", &v_any, NULL},
     };
     check_matches(ix, cases, TG_ARRAY_LEN(cases));
@@ -564,15 +555,12 @@ TEST(hosts_malformed_patterns)
     max_name[253] = '\0'; /* ends in a 61-byte label */
 
     static const char *const bad[] = {
-        "",          ".",          "..",           "a..b",
-        ".a",        "a.b..",      "*.",           "*.*.a",
-        "a.*.b",     "a.*",        "*a.b",         "a*.b",
-        "**.b",      "*..b",       "{t}",          "{t}.",
-        "{t}x.b",    "x{t}.b",     "{1t}.b",       "{t-x}.b",
-        "{}.b",      "{t.b",       "{t}}.b",       "{t.b}.c",
-        "{t}.{u}.b", "{t}.*.b",    "a b",          "a/b",
-        "a:80",      "[::1]",      "a\tb",         "\xc3\xa9.b",
-        "a%2eb",     "a.b/",       "*.a b",        "{t }.b",
+        "",          ".",          "..",    "a..b", ".a",     "a.b..",
+        "*.",        "*.*.a",      "a.*.b", "a.*",  "*a.b",   "a*.b",
+        "**.b",      "*..b",       "{t}",   "{t}.", "{t}x.b", "x{t}.b",
+        "{1t}.b",    "{t-x}.b",    "{}.b",  "{t.b", "{t}}.b", "{t.b}.c",
+        "{t}.{u}.b", "{t}.*.b",    "a b",   "a/b",  "a:80",   "[::1]",
+        "a\tb",      "\xc3\xa9.b", "a%2eb", "a.b/", "*.a b",  "{t }.b",
         "{t}.a..b",
     };
     for (size_t i = 0; i < TG_ARRAY_LEN(bad); i++) {
@@ -592,8 +580,7 @@ TEST(hosts_malformed_patterns)
     CHECK(tg_router_hosts_add(ix, label64, &v_exact, err, sizeof(err)) == -1);
     CHECK(strstr(err, "label longer than 63") != NULL);
     CHECK(tg_router_hosts_add(ix, max_name, &v_exact, err, sizeof(err)) == 0);
-    CHECK(tg_router_hosts_add(ix, long_name, &v_exact, err, sizeof(err)) ==
-          -1);
+    CHECK(tg_router_hosts_add(ix, long_name, &v_exact, err, sizeof(err)) == -1);
     CHECK(strstr(err, "longer than 253") != NULL);
     snprintf(pat, sizeof(pat), "*.%s", max_name);
     CHECK(tg_router_hosts_add(ix, pat, &v_wild, err, sizeof(err)) == 0);
@@ -636,8 +623,8 @@ TEST(hosts_many_exact_names)
             break;
         }
     }
-    CHECK(tg_router_hosts_add(ix, "*.example.com", &v_wild, err,
-                              sizeof(err)) == 0);
+    CHECK(tg_router_hosts_add(ix, "*.example.com", &v_wild, err, sizeof(err)) ==
+          0);
     int wrong = 0;
     for (int i = 0; i < N; i++) {
         int len = snprintf(name, sizeof(name), "host-%d.example.com:443", i);
@@ -719,17 +706,17 @@ TEST(valid_label)
         const char *s;
         bool ok;
     } cases[] = {
-        {"a", true},          {"tenant123", true}, {"Acme-Corp", true},
-        {"a-b-c", true},      {"0", true},         {"9lives", true},
-        {"", false},          {"-a", false},       {"a-", false},
-        {"-", false},         {"a_b", false},      {"a.b", false},
-        {"a b", false},       {"\xc3\xa9", false}, {"a*", false},
+        {"a", true},     {"tenant123", true}, {"Acme-Corp", true},
+        {"a-b-c", true}, {"0", true},         {"9lives", true},
+        {"", false},     {"-a", false},       {"a-", false},
+        {"-", false},    {"a_b", false},      {"a.b", false},
+        {"a b", false},  {"\xc3\xa9", false}, {"a*", false},
         {"{t}", false},
     };
     for (size_t i = 0; i < TG_ARRAY_LEN(cases); i++)
-        CHECK_EQ_INT(tg_router_valid_label(
-                         tg_str_make(cases[i].s, strlen(cases[i].s))),
-                     cases[i].ok);
+        CHECK_EQ_INT(
+            tg_router_valid_label(tg_str_make(cases[i].s, strlen(cases[i].s))),
+            cases[i].ok);
     char l63[63], l64[64];
     memset(l63, 'z', sizeof(l63));
     memset(l64, 'z', sizeof(l64));
