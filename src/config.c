@@ -714,6 +714,401 @@ static const struct cfg_key upstream_keys[] = {
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
+/* ---- CIDR lists --------------------------------------------------------- */
+
+/* Parses a list of prefixes and preset names into `*set` (created on first
+ * use), each with `value`. */
+static int parse_cidr_list(struct cfg_ctx *ctx, yaml_node_t *node, const char *what,
+                           struct tg_cidr_set **set, int value)
+{
+    if (expect_list(ctx, node, what) < 0)
+        return -1;
+    if (*set == NULL && (*set = tg_cidr_set_new()) == NULL)
+        return node_error(ctx, node, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < list_len(node); i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        const char *s = scalar(ctx, item, what);
+        if (s == NULL) {
+            rc = -1;
+            continue;
+        }
+        struct tg_cidr prefixes[TG_CIDR_PRESET_MAX];
+        int n = tg_cidr_preset(s, prefixes, TG_ARRAY_LEN(prefixes));
+        if (n < 0) {
+            char err[200];
+            if (tg_cidr_parse(s, strlen(s), &prefixes[0], err, sizeof(err)) < 0) {
+                rc = node_error(ctx, item, "%s: '%s': %s", what, s, err);
+                continue;
+            }
+            n = 1;
+        }
+        for (int k = 0; k < n; k++)
+            if (tg_cidr_set_add(*set, &prefixes[k], value) < 0)
+                rc = node_error(ctx, item, "out of memory");
+    }
+    return rc;
+}
+
+/* ---- rate limiting -------------------------------------------------------- */
+
+static const char *const rl_stores[] = {"default", "local", "redis", NULL};
+static const char *const rl_on_errors[] = {"local", "allow", "deny", NULL};
+static const char *const rl_modes[] = {"enforce", "shadow", NULL};
+static const char *const rl_counts[] = {"all", "failures", NULL};
+
+static int p_rate(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                  const struct cfg_key *key)
+{
+    struct tg_config_policy *p = dst;
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    if (tg_ratelimit_parse_rate(s, &p->params.interval_ns, &p->count, &p->period_s) < 0)
+        return node_error(ctx, node, "rate must look like 10/s, 5/m, 1000/h or 100/d; "
+                          "not '%s'", s);
+    return 0;
+}
+
+static int p_store(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                   const struct cfg_key *key)
+{
+    int v;
+    if (p_enum(ctx, node, &v, key) < 0)
+        return -1;
+    if (v == TG_RL_STORE_DEFAULT)
+        return node_error(ctx, node, "store must be local or redis");
+    *(enum tg_rl_store *)dst = (enum tg_rl_store)v;
+    return 0;
+}
+
+static int p_flag_choice(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                         const struct cfg_key *key)
+{
+    int v;
+    if (p_enum(ctx, node, &v, key) < 0)
+        return -1;
+    *(bool *)dst = v == 1;
+    return 0;
+}
+
+static int p_on_error(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                      const struct cfg_key *key)
+{
+    int v;
+    if (p_enum(ctx, node, &v, key) < 0)
+        return -1;
+    *(enum tg_rl_on_error *)dst = (enum tg_rl_on_error)v;
+    return 0;
+}
+
+static int parse_key_part(struct cfg_ctx *ctx, yaml_node_t *node,
+                          struct tg_config_rl_key_part *part)
+{
+    static const struct {
+        const char *name;
+        enum tg_rl_part kind;
+        bool named;
+    } kinds[] = {
+        {"ip", TG_RL_PART_IP, false},         {"route", TG_RL_PART_ROUTE, false},
+        {"site", TG_RL_PART_SITE, false},     {"tenant", TG_RL_PART_TENANT, false},
+        {"country", TG_RL_PART_COUNTRY, false}, {"asn", TG_RL_PART_ASN, false},
+        {"header", TG_RL_PART_HEADER, true},  {"query", TG_RL_PART_QUERY, true},
+        {"cookie", TG_RL_PART_COOKIE, true},  {"json", TG_RL_PART_JSON, true},
+    };
+    const char *s = scalar(ctx, node, "a key part");
+    if (s == NULL)
+        return -1;
+    const char *colon = strchr(s, ':');
+    size_t n = colon ? (size_t)(colon - s) : strlen(s);
+    for (size_t i = 0; i < TG_ARRAY_LEN(kinds); i++) {
+        if (strlen(kinds[i].name) != n || strncmp(kinds[i].name, s, n) != 0)
+            continue;
+        if (kinds[i].named != (colon != NULL) || (colon != NULL && colon[1] == '\0'))
+            return node_error(ctx, node, kinds[i].named ? "'%s' needs a name: %s:NAME"
+                                                        : "'%s' takes no name", kinds[i].name,
+                              kinds[i].name);
+        part->kind = kinds[i].kind;
+        if (colon != NULL) {
+            part->name = tg_arena_strdup(&ctx->cfg->arena, colon + 1);
+            part->name_len = strlen(colon + 1);
+            for (const char *c = colon + 1; *c; c++)
+                if (*c <= ' ' || *c == 127)
+                    return node_error(ctx, node, "key part name '%s' has a space or control "
+                                      "character", colon + 1);
+        }
+        return 0;
+    }
+    return node_error(ctx, node, "unknown key part '%s' (ip, route, site, tenant, country, asn, "
+                      "header:NAME, query:NAME, cookie:NAME, json:FIELD)", s);
+}
+
+static int p_key_parts(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                       const struct cfg_key *key)
+{
+    (void)key;
+    struct tg_config_policy *p = dst;
+    size_t n = node->type == YAML_SEQUENCE_NODE ? list_len(node) : 1;
+    if (node->type != YAML_SEQUENCE_NODE && node->type != YAML_SCALAR_NODE)
+        return node_error(ctx, node, "key must be a part or a list of parts");
+    if (n == 0 || n > 8)
+        return node_error(ctx, node, "key needs 1 to 8 parts");
+    p->parts = tg_arena_calloc(&ctx->cfg->arena, n, sizeof(*p->parts));
+    if (p->parts == NULL)
+        return node_error(ctx, node, "out of memory");
+    p->nparts = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node->type == YAML_SEQUENCE_NODE
+                                ? node_at(ctx, node->data.sequence.items.start[i]) : node;
+        if (parse_key_part(ctx, item, &p->parts[p->nparts]) < 0) {
+            rc = -1;
+            continue;
+        }
+        if (p->parts[p->nparts].kind == TG_RL_PART_JSON)
+            p->needs_body = true;
+        p->nparts++;
+    }
+    return rc;
+}
+
+static int p_statuses(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                      const struct cfg_key *key)
+{
+    struct tg_config_policy *p = dst;
+    if (expect_list(ctx, node, key->name) < 0)
+        return -1;
+    size_t n = list_len(node);
+    p->failure_statuses = tg_arena_calloc(&ctx->cfg->arena, n ? n : 1, sizeof(int));
+    p->nfailure_statuses = 0;
+    static const struct cfg_key status_key = {"a status", NULL, 0, 100, 599, NULL};
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        int v;
+        if (p_int(ctx, item, &v, &status_key) < 0) {
+            rc = -1;
+            continue;
+        }
+        p->failure_statuses[p->nfailure_statuses++] = v;
+    }
+    return rc;
+}
+
+static int p_burst(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                   const struct cfg_key *key)
+{
+    unsigned v;
+    if (p_uint(ctx, node, &v, key) < 0)
+        return -1;
+    *(int64_t *)dst = v;
+    return 0;
+}
+
+static const struct cfg_key policy_keys[] = {
+    {"rate", p_rate, 0, 0, 0, NULL},
+    {"burst", p_burst, FIELD(struct tg_config_policy, params.burst), 1, 1000000000, NULL},
+    {"delay", p_burst, FIELD(struct tg_config_policy, params.delay), 0, 1000000000, NULL},
+    {"key", p_key_parts, 0, 0, 0, NULL},
+    {"mode", p_flag_choice, FIELD(struct tg_config_policy, shadow), 0, 0, rl_modes},
+    {"count", p_flag_choice, FIELD(struct tg_config_policy, count_failures), 0, 0, rl_counts},
+    {"failure_statuses", p_statuses, 0, 0, 0, NULL},
+    {"store", p_store, FIELD(struct tg_config_policy, store), 0, 0, rl_stores},
+    {"max_peek", p_size, FIELD(struct tg_config_policy, max_peek), 16, 65536, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const struct cfg_key redis_keys[] = {
+    {"address", p_string, FIELD(struct tg_config_redis, address), 0, 0, NULL},
+    {"password", p_string, FIELD(struct tg_config_redis, password), 0, 0, NULL},
+    {"db", p_uint, FIELD(struct tg_config_redis, db), 0, 1000, NULL},
+    {"timeout", p_duration, FIELD(struct tg_config_redis, timeout_ms), 1, 60000, NULL},
+    {"key_prefix", p_string, FIELD(struct tg_config_redis, key_prefix), 0, 0, NULL},
+    {"on_error", p_skip, 0, 0, 0, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static void redis_defaults(struct tg_config_redis *r, const char *prefix)
+{
+    r->address = "127.0.0.1:6379";
+    r->timeout_ms = 50;
+    r->key_prefix = prefix;
+}
+
+/* Parses a redis mapping; checks the address form. */
+static int parse_redis(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_redis *r,
+                       const char *what)
+{
+    r->mark = mark_of(node);
+    int rc = walk_mapping(ctx, node, redis_keys, r, what);
+    if (r->address != NULL && strncmp(r->address, "unix:", 5) != 0) {
+        struct tg_config_sockaddr sa;
+        char err[200];
+        if (tg_config_parse_sockaddr(r->address, &sa, err, sizeof(err)) < 0) {
+            yaml_node_t *a = mapping_get(ctx, node, "address");
+            rc = node_error(ctx, a ? a : node, "redis address: %s", err);
+        }
+    } else if (r->address != NULL && r->address[5] == '\0') {
+        rc = node_error(ctx, node, "redis address unix: needs a path");
+    }
+    return rc;
+}
+
+static const struct tg_config_policy *find_policy(const struct tg_config *c, const char *name)
+{
+    for (size_t i = 0; i < c->rate_limit.npolicies; i++)
+        if (strcmp(c->rate_limit.policies[i].name, name) == 0)
+            return &c->rate_limit.policies[i];
+    return NULL;
+}
+
+/* A policy name or a list of them. */
+static int parse_policy_list(struct cfg_ctx *ctx, yaml_node_t *node,
+                             struct tg_config_policy_list *out)
+{
+    size_t n = node->type == YAML_SEQUENCE_NODE ? list_len(node) : 1;
+    if (node->type != YAML_SEQUENCE_NODE && node->type != YAML_SCALAR_NODE)
+        return node_error(ctx, node, "rate_limit must be a policy name or a list of names");
+    if (n > TG_RATELIMIT_LOCAL_MAX_OPS / 2)
+        return node_error(ctx, node, "at most %d policies apply to one route",
+                          TG_RATELIMIT_LOCAL_MAX_OPS / 2);
+    out->set = true;
+    out->n = 0;
+    out->items = tg_arena_calloc(&ctx->cfg->arena, n ? n : 1, sizeof(*out->items));
+    if (out->items == NULL)
+        return node_error(ctx, node, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node->type == YAML_SEQUENCE_NODE
+                                ? node_at(ctx, node->data.sequence.items.start[i]) : node;
+        const char *s = scalar(ctx, item, "a policy name");
+        if (s == NULL) {
+            rc = -1;
+            continue;
+        }
+        const struct tg_config_policy *p = find_policy(ctx->cfg, s);
+        if (p == NULL) {
+            rc = node_error(ctx, item, "no rate-limit policy named '%s'", s);
+            continue;
+        }
+        for (size_t k = 0; k < out->n; k++)
+            if (out->items[k] == p)
+                rc = node_error(ctx, item, "policy '%s' is listed twice", s);
+        out->items[out->n++] = p;
+    }
+    return rc;
+}
+
+static int parse_rate_limit(struct cfg_ctx *ctx, yaml_node_t *node)
+{
+    static const struct cfg_key keys[] = {
+        {"store", p_store, FIELD(struct tg_config_rate_limit, store), 0, 0, rl_stores},
+        {"headers", p_bool, FIELD(struct tg_config_rate_limit, headers), 0, 0, NULL},
+        {"legacy_headers", p_bool, FIELD(struct tg_config_rate_limit, legacy_headers), 0, 0, NULL},
+        {"exempt", p_skip, 0, 0, 0, NULL},
+        {"global", p_skip, 0, 0, 0, NULL},
+        {"local", p_skip, 0, 0, 0, NULL},
+        {"redis", p_skip, 0, 0, 0, NULL},
+        {"policies", p_skip, 0, 0, 0, NULL},
+        {NULL, NULL, 0, 0, 0, NULL},
+    };
+    static const struct cfg_key local_keys[] = {
+        {"max_keys", p_size, FIELD(struct tg_config_rate_limit, local_max_keys), 1024, 1000000000, NULL},
+        {NULL, NULL, 0, 0, 0, NULL},
+    };
+    struct tg_config *cfg = ctx->cfg;
+    struct tg_config_rate_limit *rl = &cfg->rate_limit;
+    int rc = walk_mapping(ctx, node, keys, rl, "rate_limit");
+    if (node->type != YAML_MAPPING_NODE)
+        return -1;
+    yaml_node_t *n;
+    if ((n = mapping_get(ctx, node, "local")) != NULL &&
+        walk_mapping(ctx, n, local_keys, rl, "rate_limit.local") < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, node, "redis")) != NULL) {
+        rl->has_redis = true;
+        if (parse_redis(ctx, n, &rl->redis, "rate_limit.redis") < 0)
+            rc = -1;
+        yaml_node_t *oe = mapping_get(ctx, n, "on_error");
+        static const struct cfg_key oe_key = {"on_error", p_on_error, 0, 0, 0, rl_on_errors};
+        if (oe != NULL && p_on_error(ctx, oe, &rl->on_error, &oe_key) < 0)
+            rc = -1;
+    }
+    if ((n = mapping_get(ctx, node, "exempt")) != NULL &&
+        parse_cidr_list(ctx, n, "exempt", &rl->exempt, 1) < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, node, "policies")) != NULL) {
+        if (n->type != YAML_MAPPING_NODE)
+            return node_error(ctx, n, "policies must be a mapping of names");
+        size_t np = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+        rl->policies = tg_arena_calloc(&cfg->arena, np ? np : 1, sizeof(*rl->policies));
+        if (rl->policies == NULL)
+            return node_error(ctx, n, "out of memory");
+        for (size_t i = 0; i < np; i++) {
+            yaml_node_pair_t *pair = &n->data.mapping.pairs.start[i];
+            yaml_node_t *k = node_at(ctx, pair->key), *v = node_at(ctx, pair->value);
+            const char *name = scalar(ctx, k, "a policy name");
+            if (name == NULL) {
+                rc = -1;
+                continue;
+            }
+            bool ok_name = *name != '\0' && strlen(name) <= 64;
+            for (const char *c = name; *c; c++)
+                ok_name &= (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+                           (*c >= '0' && *c <= '9') || *c == '_' || *c == '-' || *c == '.';
+            if (!ok_name) {
+                rc = node_error(ctx, k, "policy name '%s' must be 1-64 of [A-Za-z0-9_.-]", name);
+                continue;
+            }
+            if (find_policy(cfg, name) != NULL) {
+                rc = node_error(ctx, k, "policy '%s' is defined twice", name);
+                continue;
+            }
+            struct tg_config_policy *p = &rl->policies[rl->npolicies];
+            p->name = tg_arena_strdup(&cfg->arena, name);
+            p->index = rl->npolicies;
+            p->params.burst = 1;
+            p->max_peek = 4096;
+            p->mark = mark_of(k);
+            if (walk_mapping(ctx, v, policy_keys, p, "a policy") < 0) {
+                rc = -1;
+                continue;
+            }
+            if (p->params.interval_ns == 0) {
+                rc = node_error(ctx, v, "policy '%s' needs a rate", name);
+                continue;
+            }
+            if (p->nparts == 0) {
+                static struct tg_config_rl_key_part ip_part = {TG_RL_PART_IP, NULL, 0};
+                p->parts = &ip_part;
+                p->nparts = 1;
+            }
+            if (p->count_failures && p->nfailure_statuses == 0) {
+                static int defaults[] = {400, 401, 403, 429};
+                p->failure_statuses = defaults;
+                p->nfailure_statuses = TG_ARRAY_LEN(defaults);
+            }
+            if (p->count_failures && p->params.delay > 0) {
+                rc = node_error(ctx, v, "policy '%s': delay does not apply to count: failures",
+                                name);
+                continue;
+            }
+            if (p->store == TG_RL_STORE_DEFAULT)
+                p->store = rl->store;
+            rl->npolicies++;
+        }
+    }
+    if ((n = mapping_get(ctx, node, "global")) != NULL &&
+        parse_policy_list(ctx, n, &rl->global) < 0)
+        rc = -1;
+    bool uses_redis = false;
+    for (size_t i = 0; i < rl->npolicies; i++)
+        uses_redis |= rl->policies[i].store == TG_RL_STORE_REDIS;
+    if (uses_redis && !rl->has_redis)
+        rl->has_redis = true; /* defaults: 127.0.0.1:6379 */
+    return rc;
+}
+
 static void client_defaults(struct tg_config_client *c)
 {
     c->header_timeout_ms = 10000;
@@ -913,6 +1308,8 @@ static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node,
         {"path", p_skip, 0, 0, 0, NULL},
         {"upstream", p_skip, 0, 0, 0, NULL},
         {"stream", p_bool, FIELD(struct tg_config_route, stream), 0, 0, NULL},
+        {"rate_limit", p_skip, 0, 0, 0, NULL},
+        {"max_in_flight", p_uint, FIELD(struct tg_config_route, max_in_flight), 0, 10000000, NULL},
         {NULL, NULL, 0, 0, 0, NULL},
     };
     struct tg_config *cfg = ctx->cfg;
@@ -944,6 +1341,10 @@ static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node,
         }
     }
 
+    yaml_node_t *rl = mapping_get(ctx, node, "rate_limit");
+    if (rl != NULL && parse_policy_list(ctx, rl, &r->rate_limit) < 0)
+        rc = -1;
+
     yaml_node_t *up = mapping_get(ctx, node, "upstream");
     if (up == NULL) {
         rc = node_error(ctx, node, "a route needs an upstream");
@@ -973,6 +1374,7 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
     static const struct cfg_key site_keys[] = {
         {"hosts", p_skip, 0, 0, 0, NULL},
         {"routes", p_skip, 0, 0, 0, NULL},
+        {"rate_limit", p_skip, 0, 0, 0, NULL},
         {NULL, NULL, 0, 0, 0, NULL},
     };
     int rc = 0;
@@ -1010,6 +1412,9 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
                 site->hosts[site->nhosts++] = tg_arena_strdup(&cfg->arena, s);
             }
         }
+        yaml_node_t *srl = mapping_get(ctx, item, "rate_limit");
+        if (srl != NULL && parse_policy_list(ctx, srl, &site->rate_limit) < 0)
+            rc = -1;
         yaml_node_t *routes = mapping_get(ctx, item, "routes");
         if (routes == NULL) {
             rc = node_error(ctx, item, "a site needs routes");
@@ -1023,6 +1428,7 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
                                            sizeof(*site->routes));
             for (size_t r = 0; site->routes && r < nr; r++) {
                 yaml_node_t *rn = node_at(ctx, routes->data.sequence.items.start[r]);
+                site->routes[site->nroutes].site = site;
                 if (parse_route(ctx, rn, &site->routes[site->nroutes]) < 0)
                     rc = -1;
                 else
@@ -1047,6 +1453,7 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
         {"sites", p_skip, 0, 0, 0, NULL},
         {"log", p_skip, 0, 0, 0, NULL},
         {"tls", p_skip, 0, 0, 0, NULL},
+        {"rate_limit", p_skip, 0, 0, 0, NULL},
         {NULL, NULL, 0, 0, 0, NULL},
     };
     if (root->type != YAML_MAPPING_NODE)
@@ -1075,6 +1482,8 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
     }
     if (n != NULL && parse_listen(ctx, n) < 0)
         rc = -1;
+    if ((n = mapping_get(ctx, root, "rate_limit")) != NULL && parse_rate_limit(ctx, n) < 0)
+        rc = -1;
     if ((n = mapping_get(ctx, root, "upstreams")) != NULL &&
         parse_upstreams(ctx, n) < 0)
         rc = -1;
@@ -1091,6 +1500,14 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
                    "client.max_request_line must not exceed client.max_head");
         rc = -1;
     }
+    for (size_t i = 0; i < cfg->rate_limit.npolicies; i++) {
+        const struct tg_config_policy *p = &cfg->rate_limit.policies[i];
+        if (p->needs_body && p->max_peek > cfg->client.buffer_size) {
+            error_at(ctx, p->mark, "policy '%s': max_peek must not exceed client.buffer_size",
+                     p->name);
+            rc = -1;
+        }
+    }
     if (cfg->log.access != NULL && strcmp(cfg->log.access, "off") == 0)
         cfg->log.access = NULL;
     return rc;
@@ -1098,6 +1515,9 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
 
 static void config_defaults(struct tg_config *cfg)
 {
+    cfg->rate_limit.store = TG_RL_STORE_LOCAL;
+    cfg->rate_limit.local_max_keys = 1000000;
+    redis_defaults(&cfg->rate_limit.redis, "tollgate:rl:");
     cfg->tls.min_version = TLS1_2_VERSION;
     cfg->tls.session_tickets = true;
     cfg->tls.ticket_key_rotation_ms = 3600 * 1000;
@@ -1122,6 +1542,8 @@ static void config_free(struct tg_config *cfg)
 {
     if (cfg->hosts != NULL)
         tg_router_hosts_free(cfg->hosts);
+    if (cfg->rate_limit.exempt != NULL)
+        tg_cidr_set_free(cfg->rate_limit.exempt);
     tg_arena_reset(&cfg->arena);
     free(cfg);
 }

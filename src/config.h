@@ -16,6 +16,7 @@
 
 #include "addr.h"
 #include "arena.h"
+#include "ratelimit.h"
 #include "str.h"
 
 struct tg_host_index;
@@ -95,6 +96,79 @@ struct tg_config_redis {
     struct tg_config_mark mark;
 };
 
+/* ---- rate limiting ---- */
+
+enum tg_rl_part {
+    TG_RL_PART_IP = 0,    /* client address (IPv6 per client.ipv6_prefix) */
+    TG_RL_PART_ROUTE,
+    TG_RL_PART_SITE,
+    TG_RL_PART_TENANT,
+    TG_RL_PART_COUNTRY,
+    TG_RL_PART_ASN,
+    TG_RL_PART_HEADER,    /* header:NAME */
+    TG_RL_PART_QUERY,     /* query:NAME */
+    TG_RL_PART_COOKIE,    /* cookie:NAME */
+    TG_RL_PART_JSON,      /* json:FIELD, a top-level string of the body */
+};
+
+struct tg_config_rl_key_part {
+    enum tg_rl_part kind;
+    const char *name;     /* for header/query/cookie/json */
+    size_t name_len;
+};
+
+enum tg_rl_store {
+    TG_RL_STORE_DEFAULT = 0, /* policies: use rate_limit.store */
+    TG_RL_STORE_LOCAL,
+    TG_RL_STORE_REDIS,
+};
+
+enum tg_rl_on_error {
+    TG_RL_ON_ERROR_LOCAL = 0, /* fall back to this gateway's share */
+    TG_RL_ON_ERROR_ALLOW,
+    TG_RL_ON_ERROR_DENY,
+};
+
+struct tg_config_policy {
+    const char *name;
+    size_t index;                 /* in config->rate_limit.policies */
+    struct tg_ratelimit_params params;
+    int64_t count;                /* N of "N/unit": RateLimit-Policy q= */
+    int64_t period_s;             /* unit in seconds: RateLimit-Policy w= */
+    struct tg_config_rl_key_part *parts;
+    size_t nparts;
+    bool shadow;                  /* mode: shadow */
+    bool count_failures;          /* count: failures */
+    int *failure_statuses;
+    size_t nfailure_statuses;
+    enum tg_rl_store store;
+    size_t max_peek;              /* json parts: body bytes looked at */
+    bool needs_body;              /* has a json part */
+    struct tg_config_mark mark;
+};
+
+/* A list of policies that apply together (all must allow). `set` tells an
+ * explicit empty list ("rate_limit: []", no limits) from no list at all. */
+struct tg_config_policy_list {
+    const struct tg_config_policy **items;
+    size_t n;
+    bool set;
+};
+
+struct tg_config_rate_limit {
+    enum tg_rl_store store;       /* LOCAL or REDIS */
+    bool headers;                 /* RateLimit on allowed responses too */
+    bool legacy_headers;          /* X-RateLimit-* as well */
+    struct tg_cidr_set *exempt;   /* never limited; NULL if none */
+    struct tg_config_policy_list global;
+    struct tg_config_policy *policies;
+    size_t npolicies;
+    size_t local_max_keys;
+    bool has_redis;
+    struct tg_config_redis redis;
+    enum tg_rl_on_error on_error;
+};
+
 struct tg_config_stream {
     int64_t heartbeat_ms;   /* 0 = off */
     unsigned max_per_ip;    /* concurrent streams per client IP, 0 = off */
@@ -138,6 +212,10 @@ struct tg_config_route {
     size_t path_len;
     const struct tg_config_upstream *upstream;
     bool stream;                  /* long-lived responses: no read timeout */
+    struct tg_config_policy_list rate_limit;
+    unsigned max_in_flight;       /* 0 = unlimited */
+    _Atomic unsigned in_flight;   /* requests running now (all workers) */
+    const struct tg_config_site *site;
     struct tg_config_mark mark;
 };
 
@@ -147,6 +225,7 @@ struct tg_config_site {
     struct tg_config_route *routes;
     size_t nroutes;
     size_t index;
+    struct tg_config_policy_list rate_limit;
 };
 
 struct tg_config_log {
@@ -175,6 +254,7 @@ struct tg_config {
     struct tg_config_site *sites;
     size_t nsites;
     struct tg_config_log log;
+    struct tg_config_rate_limit rate_limit;
 
     struct tg_host_index *hosts;  /* Host -> site */
     struct tg_tls_server *tls_server; /* built when a listener has tls */

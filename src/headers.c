@@ -167,6 +167,14 @@ static bool listed_in_connection(const struct conn_tokens *ct, struct tg_str nam
     return false;
 }
 
+static void put_limiter_headers(struct out *o, const struct tg_request *req)
+{
+    if (!req->lim.active || o->overflow)
+        return;
+    size_t n = tg_limiter_headers(req, o->b->data + o->b->end, tg_buf_room(o->b));
+    o->b->end += n;
+}
+
 /* ---- request head ------------------------------------------------------------ */
 
 int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
@@ -296,6 +304,7 @@ int tg_headers_build_response(struct tg_request *req, struct tg_buf *b)
     puts_(&o, "X-Request-Id: ");
     puts_(&o, req->request_id);
     put(&o, "\r\n", 2);
+    put_limiter_headers(&o, req);
     if (!upgrade) {
         if (req->resp_close_client)
             puts_(&o, "Connection: close\r\n");
@@ -318,6 +327,9 @@ int tg_headers_build_local(struct tg_request *req, struct tg_buf *b, int status,
         puts_(&o, req->request_id);
         put(&o, "\r\n", 2);
     }
+    if (req->extra_headers != NULL)
+        puts_(&o, req->extra_headers);
+    put_limiter_headers(&o, req);
     if (close)
         puts_(&o, "Connection: close\r\n");
     else if (req->minor_version == 0)

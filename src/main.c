@@ -19,6 +19,7 @@
 #include "access_log.h"
 #include "config.h"
 #include "iptable.h"
+#include "ratelimit.h"
 #include "log.h"
 #include "worker.h"
 
@@ -208,6 +209,8 @@ static void reload(void)
         return;
     }
     free(errors);
+    if (next->rate_limit.local_max_keys != g.config->rate_limit.local_max_keys)
+        tg_log_warn("rate_limit.local.max_keys: the new size takes effect at the next restart");
     if (next->workers != g.rt.nworkers)
         tg_log_warn("workers: %u -> %u takes effect at the next restart",
                     g.rt.nworkers, next->workers);
@@ -360,7 +363,9 @@ int main(int argc, char **argv)
 
     g.rt.nworkers = cfg->workers;
     g.rt.iptable = tg_iptable_new();
-    if (g.rt.iptable == NULL)
+    /* The table outlives reloads; its size is fixed at start. */
+    g.rt.rl_local = tg_ratelimit_local_new(cfg->rate_limit.local_max_keys, 64);
+    if (g.rt.iptable == NULL || g.rt.rl_local == NULL)
         return 1;
     g.rt.workers = calloc(cfg->workers, sizeof(*g.rt.workers));
     if (g.rt.workers == NULL)
@@ -409,6 +414,7 @@ int main(int argc, char **argv)
         tg_worker_join_and_free(g.rt.workers[i]);
     free(g.rt.workers);
     tg_iptable_free(g.rt.iptable);
+    tg_ratelimit_local_free(g.rt.rl_local);
     tg_access_log_stop();
     tg_config_unref(g.config);
     tg_log_info("stopped");

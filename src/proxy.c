@@ -134,6 +134,16 @@ static const char *req_strdup(struct tg_request *req, const char *p, size_t n)
 
 /* ---- ending ------------------------------------------------------------------- */
 
+static void release_slots(struct tg_request *req)
+{
+    if (req->in_flight_counted) {
+        req->in_flight_counted = false;
+        atomic_fetch_sub(&((struct tg_config_route *)req->route)->in_flight, 1);
+    }
+    if (ev_is_active(&req->delay_timer))
+        ev_timer_stop(req_worker(req)->loop, &req->delay_timer);
+}
+
 static void release_stream_slot(struct tg_request *req)
 {
     if (!req->stream_counted)
@@ -170,6 +180,7 @@ static void end_request(struct tg_request *req, bool keep_alive)
     req->phase = TG_REQ_DONE;
     drop_upstream(req, false);
     release_stream_slot(req);
+    release_slots(req);
     log_request(req);
     struct tg_conn *c = req->conn;
     tg_conn_request_done(c, keep_alive && req->req_body_done && req->head_consumed);
@@ -183,6 +194,7 @@ void tg_proxy_abort(struct tg_request *req)
     req->phase = TG_REQ_DONE;
     drop_upstream(req, false);
     release_stream_slot(req);
+    release_slots(req);
     if (req->status == 0 || !req->resp_head_done)
         req->status = req->status ? req->status : 499;
     log_request(req);
@@ -208,8 +220,8 @@ static void abort_client(struct tg_request *req, const char *why)
  * in which case the connection must close after the answer. */
 static bool discard_request(struct tg_request *req);
 
-static void respond_local(struct tg_request *req, int status, const char *body,
-                          bool close)
+static void respond_local_typed(struct tg_request *req, int status, const char *type,
+                                const char *body, size_t blen, bool close)
 {
     struct tg_worker *w = req_worker(req);
     drop_upstream(req, false);
@@ -220,18 +232,29 @@ static void respond_local(struct tg_request *req, int status, const char *body,
     if (req->conn->close_after || w->draining || !req->client_keep_alive)
         close = true;
     req->resp_close_client = close;
-    size_t blen = strlen(body);
     if (req->out == NULL)
-        req->out = tg_buf_get(&w->bufs, blen + 512);
+        req->out = tg_buf_get(&w->bufs, blen + 1024);
     if (req->out == NULL ||
-        tg_headers_build_local(req, req->out, status, "text/plain; charset=utf-8",
-                               body, blen, close) < 0) {
+        tg_headers_build_local(req, req->out, status, type, body, blen, close) < 0) {
         abort_client(req, "out of memory for a local answer");
         return;
     }
     req->resp_head_done = true;
     req->resp_body_done = true;
     pump_client(req);
+}
+
+static void respond_local(struct tg_request *req, int status, const char *body, bool close)
+{
+    respond_local_typed(req, status, "text/plain; charset=utf-8", body, strlen(body), close);
+}
+
+/* A local answer with extra header lines (each ending in CRLF). */
+static void respond_local_extra(struct tg_request *req, int status, const char *extra,
+                                const char *body)
+{
+    req->extra_headers = extra;
+    respond_local(req, status, body, false);
 }
 
 void tg_proxy_fail(struct tg_request *req, int status, const char *reason)
@@ -361,6 +384,99 @@ static const struct tg_config_route *match_route(const struct tg_config_site *si
     return NULL;
 }
 
+/* ---- rate limiting ------------------------------------------------------------ */
+
+static size_t peek_wanted(const struct tg_request *req)
+{
+    size_t want = 0;
+    for (size_t i = 0; i < req->lim.n; i++)
+        if (req->lim.items[i].key_pending && req->lim.items[i].policy->max_peek > want)
+            want = req->lim.items[i].policy->max_peek;
+    return want;
+}
+
+/* Enough of the body is here for the json key parts (or all of it, or as
+ * much as the buffer holds). */
+static bool peek_ready(const struct tg_request *req)
+{
+    struct tg_buf *in = req->conn->in;
+    return req->req_body_done || req->req_body_bytes >= peek_wanted(req) ||
+           (in != NULL && tg_buf_room(in) == 0 && in->start == 0);
+}
+
+/* Hands the first body bytes (de-chunked) to the limiter. */
+static void body_peek(struct tg_request *req)
+{
+    struct tg_buf *in = req->conn->in;
+    size_t want = peek_wanted(req);
+    if (in == NULL || req->req_ready == 0) {
+        tg_limiter_take_body(req, NULL, 0);
+        return;
+    }
+    const char *p = in->data + in->start;
+    size_t avail = req->req_ready;
+    if (req->req_framing != TG_HTTP1_BODY_CHUNKED) {
+        tg_limiter_take_body(req, p, avail < want ? avail : want);
+        return;
+    }
+    char *tmp = tg_arena_alloc(&req->arena, want);
+    size_t got = 0;
+    struct tg_http1_chunked dec;
+    tg_http1_chunked_init(&dec, MAX_TRAILER);
+    while (tmp != NULL && avail > 0 && got < want && !dec.done) {
+        size_t dlen = 0;
+        ssize_t r = tg_http1_chunked_next(&dec, p, avail, &dlen);
+        if (r <= 0)
+            break;
+        if (dlen > 0) {
+            size_t take = dlen < want - got ? dlen : want - got;
+            memcpy(tmp + got, p, take);
+            got += take;
+        }
+        p += r;
+        avail -= (size_t)r;
+    }
+    tg_limiter_take_body(req, tmp, got);
+}
+
+static void on_delay(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop, (void)revents;
+    struct tg_request *req = t->data;
+    req_ref(req);
+    req->phase = TG_REQ_ROUTING;
+    connect_upstream(req);
+    if (!req_over(req)) {
+        update_watches(req);
+        arm_deadline(req);
+    }
+    req_unref(req);
+}
+
+static void decide_and_forward(struct tg_request *req)
+{
+    if (req->lim.needs_body)
+        body_peek(req);
+    tg_limiter_decide(req);
+    if (req->lim.shadow_limited)
+        tg_log_info("request %s: a shadow rate-limit policy would have refused it",
+                    req->request_id);
+    if (req->lim.limited) {
+        char body[256];
+        size_t n = tg_limiter_body(req, body, sizeof(body));
+        respond_local_typed(req, 429, "application/json", body, n, false);
+        return;
+    }
+    if (req->lim.delay_ns > 0) {
+        req->phase = TG_REQ_DELAYED;
+        ev_timer_init(&req->delay_timer, on_delay, (double)req->lim.delay_ns / 1e9, 0.);
+        req->delay_timer.data = req;
+        ev_timer_start(req_worker(req)->loop, &req->delay_timer);
+        return;
+    }
+    connect_upstream(req);
+}
+
 void tg_proxy_start(struct tg_request *req)
 {
     struct tg_conn *c = req->conn;
@@ -457,6 +573,19 @@ void tg_proxy_start(struct tg_request *req)
         respond_local(req, 413, "413 Content Too Large\n", true);
         goto out;
     }
+    if (req->route->max_in_flight != 0) {
+        struct tg_config_route *r = (struct tg_config_route *)req->route;
+        req->in_flight_counted = true;
+        if (atomic_fetch_add(&r->in_flight, 1) >= req->route->max_in_flight) {
+            respond_local_extra(req, 503, "Retry-After: 1\r\n",
+                                "503 Service Unavailable: too many requests in flight\n");
+            goto out;
+        }
+    }
+    if (tg_limiter_prepare(req) < 0) {
+        respond_local(req, 503, "503 Service Unavailable\n", true);
+        goto out;
+    }
 
     /* Rebuild the head for the upstream, then drop the original: from here
      * on conn->in starts with body bytes. */
@@ -471,7 +600,11 @@ void tg_proxy_start(struct tg_request *req)
         req->req_body_done = true;
     if (frame_request_body(req) < 0)
         goto out;
-    connect_upstream(req);
+    if (req->lim.needs_body && !peek_ready(req)) {
+        req->phase = TG_REQ_PEEKING;
+        goto out;
+    }
+    decide_and_forward(req);
 out:
     if (!req_over(req)) {
         update_watches(req);
@@ -652,6 +785,11 @@ static void read_client(struct tg_request *req)
         if (frame_request_body(req) < 0)
             return;
         req->bytes_in += req->req_ready - before;
+    }
+    if (req->phase == TG_REQ_PEEKING) {
+        if (peek_ready(req))
+            decide_and_forward(req);
+        return;
     }
     send_upstream(req);
 }
@@ -839,6 +977,7 @@ static void on_response_head(struct tg_request *req, size_t head_len)
 
     req->status = r->status;
     req->up_header_at = req_now(req);
+    tg_limiter_after_response(req, r->status);
     req->resp_framing = (uint8_t)r->framing;
     req->resp_remaining = r->content_length;
     tg_http1_chunked_init(&req->resp_chunked, MAX_TRAILER);
@@ -1153,6 +1292,7 @@ static enum deadline_kind next_deadline(const struct tg_request *req, ev_tstamp 
     case TG_REQ_CONNECTING:
         consider(&best, &kind, req->up_start + MS(u->connect_timeout_ms), DL_CONNECT);
         break;
+    case TG_REQ_PEEKING:
     case TG_REQ_FORWARDING:
     case TG_REQ_RESPONDING: {
         if (!req->req_body_done && req->req_ready == 0)

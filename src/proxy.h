@@ -16,6 +16,7 @@
 #include "addr.h"
 #include "arena.h"
 #include "http1.h"
+#include "limiter.h"
 
 struct tg_conn;
 struct tg_wcfg;
@@ -28,6 +29,9 @@ struct tg_config_upstream;
 /* Where a request stands. */
 enum tg_request_phase {
     TG_REQ_ROUTING = 0,   /* deciding site/route/access */
+    TG_REQ_PEEKING,       /* waiting for body bytes a rate-limit key needs */
+    TG_REQ_LIMITING,      /* waiting for a shared rate-limit decision */
+    TG_REQ_DELAYED,       /* held back by a policy's delay */
     TG_REQ_CONNECTING,    /* waiting for an upstream connection */
     TG_REQ_FORWARDING,    /* head/body going up, waiting for response head */
     TG_REQ_RESPONDING,    /* response head sent or being sent, body flowing */
@@ -63,6 +67,13 @@ struct tg_request {
     const struct tg_config_site *site;
     const struct tg_config_route *route;
     const struct tg_config_upstream *upstream;
+    const char *tenant;             /* tenant id, when the site captures one */
+    char country[3];                /* GeoIP country ("XX" unknown), "" if unused */
+    uint32_t asn;
+    bool in_flight_counted;         /* holds a route max_in_flight slot */
+    const char *extra_headers;      /* local answers: extra header lines */
+    struct tg_limiter_state lim;
+    ev_timer delay_timer;           /* rate-limit delay */
 
     /* Request body, client -> upstream. */
     uint8_t req_framing;            /* enum tg_http1_framing */

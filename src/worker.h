@@ -23,6 +23,7 @@ struct tg_conn;
 struct tg_upstream_pools;
 struct tg_runtime;
 struct tg_access_log;
+struct tg_ratelimit_local;
 
 /* A worker's view of one config snapshot. Requests hold a reference while
  * they run (a plain counter: only this worker touches it); the worker holds
@@ -96,6 +97,7 @@ struct tg_runtime {
     struct tg_worker **workers;
     unsigned nworkers;
     struct tg_iptable *iptable;    /* connections and streams per client */
+    struct tg_ratelimit_local *rl_local; /* rate-limit buckets, all workers */
     _Atomic unsigned long nconns;  /* client connections, all workers */
     const char *config_path;
     _Atomic bool draining;

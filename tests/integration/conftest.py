@@ -97,7 +97,10 @@ class Tollgate:
 
     @staticmethod
     def ports_in(config):
-        return [int(p) for p in re.findall(r"address:\s*\"?\[?[0-9a-f.:]*\]?:(\d+)", config)][:1]
+        """The first listening port of a config (to wait for it)."""
+        i = config.find("listen:")
+        m = re.search(r"(?:127\.0\.0\.1|\[::1\]|localhost|0\.0\.0\.0|^|\s):(\d+)", config[i:])
+        return [int(m.group(1))] if i >= 0 and m else []
 
     def write_config(self, config):
         with open(self.config_path, "w") as f:
