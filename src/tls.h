@@ -56,11 +56,23 @@ void tg_tls_server_free(struct tg_tls_server *s);
 SSL *tg_tls_server_accept(struct tg_tls_server *s,
                           const struct tg_config_listen *l, int fd);
 
-/* Handshake progress: 1 done, 0 in progress (*want_write says whether to
- * wait for EV_WRITE rather than EV_READ), -1 failed with `*reason` set to a
- * short stable token for metrics ("protocol", "no_shared_cipher",
- * "unknown_ca", "cert_required", "eof", "syscall", "other"). */
+/* Handshake progress, server or client side: 1 done, 0 in progress
+ * (*want_write says whether to wait for EV_WRITE rather than EV_READ), -1
+ * failed with `*reason` set to a short stable token for metrics
+ * ("protocol", "no_shared_cipher", "unknown_ca", "bad_cert" (a certificate
+ * that is expired, for another name, or otherwise refused),
+ * "cert_required", "eof", "syscall", "other"). Clears the thread's OpenSSL
+ * error queue. The connection's worker thread. */
 int tg_tls_handshake(SSL *ssl, bool *want_write, const char **reason);
+
+/* Call right before SSL_free on every close, server or client side: sends
+ * close_notify if the socket takes it at once (never waits for the peer's;
+ * one short write at most) and keeps the session resumable. OpenSSL
+ * removes from the session cache, and marks unresumable, the session of an
+ * SSL freed without it, which would defeat the session cache and upstream
+ * resumption. Does nothing after a fatal TLS error or mid-handshake (those
+ * sessions should go). The connection's worker thread. */
+void tg_tls_shutdown(SSL *ssl);
 
 /* After the handshake: does the certificate that SNI chose cover `host`
  * (exact or wildcard SAN, port ignored, case-insensitive)? Used to answer
@@ -79,8 +91,10 @@ struct tg_tls_info {
 void tg_tls_info(SSL *ssl, struct tg_tls_info *out);
 
 /* The verified client certificate's subject as an RFC 2253 string written
- * to out (NUL-terminated); returns its length, or 0 when the client sent
- * no certificate or it did not verify. */
+ * to out (NUL-terminated; control and non-ASCII bytes escaped, so it is
+ * safe in a header); returns its length, or 0 (and "") when the client sent
+ * no certificate, it did not verify, or the subject does not fit in `cap`
+ * (never truncated: a prefix could name someone else). */
 size_t tg_tls_client_subject(SSL *ssl, char *out, size_t cap);
 
 /* ---- client side (upstream TLS) ------------------------------------------ */
