@@ -1496,6 +1496,9 @@ bool tg_tls_cert_covers(SSL *ssl, struct tg_str host)
         name[n] = '\0';
     }
 
+    /* Client contexts keep a struct tg_tls_client as app data. */
+    if (!SSL_is_server(ssl))
+        return false;
     const struct tls_ctx_info *info = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
     if (info == NULL)
         return false;

@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -21,7 +22,7 @@ static char *paths[64];
 static size_t npaths;
 static char logpath[128];
 
-static int64_t fake_now = 1000000;
+static _Atomic int64_t fake_now = 1000000;
 static int64_t fake_clock(void)
 {
     return fake_now;
@@ -868,6 +869,56 @@ TEST(session_cache_without_tickets)
     tg_tls_server_free(s);
 }
 
+/* Workers take keys while the main thread rotates the ring. */
+static _Atomic bool ring_stop;
+static _Atomic int ring_bad;
+static const int64_t ring_period = 60000;
+
+static void *ring_worker(void *arg)
+{
+    (void)arg;
+    long renewals = 0;
+    while (!atomic_load(&ring_stop)) {
+        struct ticket_key enc, dec;
+        int64_t t0 = fake_now;
+        if (ring_get(NULL, ring_period, &enc) != 1)
+            atomic_fetch_add(&ring_bad, 1);
+        int rc = ring_get(enc.name, ring_period, &dec);
+        int64_t t1 = fake_now;
+        /* The encrypting key is less than a period old, and decrypts until
+         * three: it can only be gone if two periods passed in between (a
+         * preempted thread). */
+        if (rc == 0 ? t1 - t0 < 2 * ring_period
+                    : memcmp(enc.aes, dec.aes, sizeof(enc.aes)) != 0)
+            atomic_fetch_add(&ring_bad, 1);
+        renewals += rc == 2;
+    }
+    return (void *)renewals;
+}
+
+TEST(ticket_ring_concurrent_rotation)
+{
+    pthread_t th[2];
+    atomic_store(&ring_stop, false);
+    for (int i = 0; i < 2; i++)
+        pthread_create(&th[i], NULL, ring_worker, NULL);
+    struct ticket_key before;
+    ring_get(NULL, ring_period, &before);
+    for (int i = 0; i < 50; i++) {
+        fake_now += ring_period / 4;
+        usleep(200);
+    }
+    atomic_store(&ring_stop, true);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    CHECK_EQ_INT(atomic_load(&ring_bad), 0);
+    /* 12.5 periods later the first key is long gone. */
+    struct ticket_key k;
+    CHECK_EQ_INT(ring_get(before.name, ring_period, &k), 0);
+    CHECK(ring_get(NULL, ring_period, &k) == 1 &&
+          memcmp(k.name, before.name, sizeof(k.name)) != 0);
+}
+
 /* ---- client certificates ----------------------------------------------------- */
 
 static SSL_CTX *client_ctx_with_cert(const char *cert, const char *key)
@@ -1121,6 +1172,7 @@ TEST(ssl_outlives_its_server_and_client)
     CHECK(pair_handshake(&p)); /* SNI switches to b's context */
     pair_settle(&p); /* the client stores a ticket in the freed client */
     CHECK(tg_tls_cert_covers(p.server, TG_STR("b.example.com")));
+    CHECK(!tg_tls_cert_covers(p.client, TG_STR("b.example.com")));
     pair_close(&p);
 }
 
@@ -1211,6 +1263,7 @@ int main(void)
     RUN(cert_covers_host);
     RUN(ticket_resumption_and_rotation);
     RUN(session_cache_without_tickets);
+    RUN(ticket_ring_concurrent_rotation);
     RUN(mtls);
     RUN(upstream_client);
     RUN(ssl_outlives_its_server_and_client);
