@@ -519,6 +519,41 @@ TEST(protocol_versions)
     tg_tls_server_free(s);
 }
 
+TEST(renegotiation_refused)
+{
+    struct tcfg t;
+    tcfg_init(&t);
+    tcfg_cert(&t, "a.crt", "ec.key");
+    struct tg_tls_server *s = server_for(&t);
+    CHECK(s != NULL);
+    if (s == NULL)
+        return;
+    SSL_CTX *cc = client_ctx(TLS1_2_VERSION, TLS1_2_VERSION, NULL);
+    struct pair p;
+    pair_open(&p, s, NULL, cc, "a.example.com", NULL);
+    CHECK(pair_handshake(&p));
+    CHECK(SSL_renegotiate(p.client) == 1);
+    int crc = 0, srv = 0;
+    char b[16];
+    for (int i = 0; i < 20; i++) {
+        ERR_clear_error();
+        crc = SSL_do_handshake(p.client);
+        if (crc <= 0)
+            crc = -SSL_get_error(p.client, crc);
+        ERR_clear_error();
+        srv = SSL_read(p.server, b, sizeof(b));
+        if (srv <= 0)
+            srv = -SSL_get_error(p.server, srv);
+    }
+    /* The server answers no_renegotiation; the client gives up. */
+    CHECK(crc < 0 && crc != -SSL_ERROR_WANT_READ && crc != -SSL_ERROR_WANT_WRITE);
+    CHECK(srv <= 0);
+    CHECK_EQ_INT(SSL_total_renegotiations(p.server), 0);
+    pair_close(&p);
+    SSL_CTX_free(cc);
+    tg_tls_server_free(s);
+}
+
 TEST(alpn_http1_only)
 {
     struct tcfg t;
@@ -1256,6 +1291,7 @@ int main(void)
     RUN(sni_selects_certificate);
     RUN(rsa_and_ecdsa_side_by_side);
     RUN(protocol_versions);
+    RUN(renegotiation_refused);
     RUN(alpn_http1_only);
     RUN(cipher_settings);
     RUN(certificate_errors);
