@@ -21,6 +21,7 @@
 #include "conn.h"
 #include "log.h"
 #include "proxy.h"
+#include "tls.h"
 #include "worker.h"
 
 #define MAX_QUEUED_BYTES (16u << 20)
@@ -359,6 +360,22 @@ void tg_access_log_request(struct tg_access_log *log,
             o += (size_t)n;
     }
     o = put_str(line, o, "request_id", req->request_id);
+    if (req->conn->io.ssl != NULL) {
+        struct tg_tls_info ti;
+        tg_tls_info(req->conn->io.ssl, &ti);
+        o = put_str(line, o, "tls_version", ti.version);
+        o = put_str(line, o, "tls_cipher", ti.cipher);
+        if (ti.sni != NULL)
+            o = put_str(line, o, "sni", ti.sni);
+        n = snprintf(line + o, MAX_LINE - o, ",\"tls_resumed\":%s", ti.resumed ? "true" : "false");
+        if (n > 0 && (size_t)n < MAX_LINE - o)
+            o += (size_t)n;
+    }
+    if (req->lim.active && req->lim.outcome != NULL) {
+        o = put_str(line, o, "ratelimit", req->lim.outcome);
+        if (req->lim.report != NULL)
+            o = put_str(line, o, "ratelimit_policy", req->lim.report->policy->name);
+    }
     if (o > MAX_LINE - 2)
         o = MAX_LINE - 2;
     line[o++] = '}';

@@ -24,6 +24,7 @@
 
 #include "log.h"
 #include "router.h"
+#include "tls.h"
 
 #define MAX_CONFIG_BYTES (64u << 20)
 #define MAX_NODE_VISITS 4000000u
@@ -1538,8 +1539,62 @@ static void config_defaults(struct tg_config *cfg)
     cfg->log.access_buffer = 65536;
 }
 
+/* Loads certificates and keys (after everything else parsed), so that
+ * `tollgate -t` and a reload refuse a bad certificate like any other
+ * error. */
+static int build_tls(struct cfg_ctx *ctx)
+{
+    struct tg_config *cfg = ctx->cfg;
+    char err[512];
+    struct tg_config_mark where = {1, 1};
+    bool any_tls = false;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        if (!cfg->listeners[i].tls)
+            continue;
+        any_tls = true;
+        if (cfg->tls.ncerts == 0) {
+            error_at(ctx, cfg->listeners[i].mark,
+                     "listener %s has tls: true but tls.certificates is empty",
+                     cfg->listeners[i].key);
+            return -1;
+        }
+    }
+    int rc = 0;
+    if (any_tls) {
+        if (tg_tls_global_init() < 0) {
+            error_at(ctx, cfg->tls.mark, "cannot initialise TLS");
+            return -1;
+        }
+        cfg->tls_server = tg_tls_server_new(cfg, err, sizeof(err), &where);
+        if (cfg->tls_server == NULL) {
+            error_at(ctx, where, "%s", err);
+            rc = -1;
+        }
+    }
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        struct tg_config_upstream *u = &cfg->upstreams[i];
+        if (!u->tls)
+            continue;
+        if (tg_tls_global_init() < 0) {
+            error_at(ctx, u->mark, "cannot initialise TLS");
+            return -1;
+        }
+        u->tls_client = tg_tls_client_new(u, err, sizeof(err), &where);
+        if (u->tls_client == NULL) {
+            error_at(ctx, where, "%s", err);
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
 static void config_free(struct tg_config *cfg)
 {
+    if (cfg->tls_server != NULL)
+        tg_tls_server_free(cfg->tls_server);
+    for (size_t i = 0; i < cfg->nupstreams; i++)
+        if (cfg->upstreams[i].tls_client != NULL)
+            tg_tls_client_free(cfg->upstreams[i].tls_client);
     if (cfg->hosts != NULL)
         tg_router_hosts_free(cfg->hosts);
     if (cfg->rate_limit.exempt != NULL)
@@ -1598,6 +1653,8 @@ struct tg_config *tg_config_load_buffer(const char *name, const char *data,
         rc = -1;
     } else {
         rc = parse_root(&ctx, root);
+        if (rc == 0 && ctx.nerrors == 0)
+            rc = build_tls(&ctx);
     }
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);

@@ -20,6 +20,7 @@
 #include "iptable.h"
 #include "log.h"
 #include "proxy.h"
+#include "tls.h"
 #include "worker.h"
 
 #define LINGER_S 5.0
@@ -28,6 +29,7 @@
 static void on_client_io(struct ev_loop *loop, ev_io *io, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents);
 static void process_input(struct tg_conn *c);
+static void handshake(struct tg_conn *c);
 
 static const struct tg_config *conn_config(const struct tg_conn *c)
 {
@@ -101,6 +103,10 @@ static void close_gracefully(struct tg_conn *c, bool input_pending)
         tg_conn_close(c);
         return;
     }
+    /* TLS first says goodbye in TLS (close_notify), so the client can tell a
+     * complete answer from a cut connection. */
+    if (c->io.ssl != NULL)
+        tg_tls_shutdown(c->io.ssl);
     shutdown(c->io.fd, SHUT_WR);
     c->state = TG_CONN_LINGERING;
     if (c->in != NULL)
@@ -224,12 +230,59 @@ int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
     c->timer.data = c;
     ev_tstamp now = ev_now(w->loop);
     c->head_started = now;
+    if (lcfg->tls) {
+        c->io.ssl = tg_tls_server_accept(conn_config(c)->tls_server, lcfg, fd);
+        if (c->io.ssl == NULL) {
+            tg_log_error("cannot start TLS on a connection to %s", lcfg->key);
+            c->state = TG_CONN_HANDSHAKE;
+            tg_conn_close(c);
+            return -1;
+        }
+        c->tls = true;
+        c->state = TG_CONN_HANDSHAKE;
+        tg_conn_set_deadline(c, now + (double)conn_config(c)->tls.handshake_timeout_ms / 1000.0);
+        /* Most clients send their hello right after connecting: try now
+         * rather than wait for the loop. */
+        tg_conn_ref(c);
+        handshake(c);
+        tg_conn_unref(c);
+        return 0;
+    }
     c->state = TG_CONN_IDLE;
     /* The first request's head is timed from accept, so a client that
      * connects and says nothing is dropped after header_timeout. */
     tg_conn_set_deadline(c, now + (double)conn_config(c)->client.header_timeout_ms / 1000.0);
     tg_conn_watch(c, EV_READ);
     return 0;
+}
+
+/* ---- TLS ------------------------------------------------------------------------ */
+
+static void read_heads(struct tg_conn *c);
+
+static void handshake(struct tg_conn *c)
+{
+    bool want_write = false;
+    const char *reason = NULL;
+    int rc = tg_tls_handshake(c->io.ssl, &want_write, &reason);
+    if (rc == 0) {
+        tg_conn_watch(c, want_write ? EV_WRITE : EV_READ);
+        return;
+    }
+    if (rc < 0) {
+        tg_log_debug("TLS handshake from a client failed: %s", reason);
+        c->w->tls_failures++;
+        tg_conn_close(c);
+        return;
+    }
+    c->w->tls_handshakes++;
+    c->state = TG_CONN_IDLE;
+    ev_tstamp now = ev_now(c->w->loop);
+    c->head_started = now;
+    tg_conn_set_deadline(c, now + (double)conn_config(c)->client.header_timeout_ms / 1000.0);
+    tg_conn_watch(c, EV_READ);
+    /* The request may have come with the last handshake flight. */
+    read_heads(c);
 }
 
 /* ---- reading heads ---------------------------------------------------------- */
@@ -386,6 +439,9 @@ static void on_client_io(struct ev_loop *loop, ev_io *io, int revents)
     struct tg_conn *c = io->data;
     tg_conn_ref(c);
     switch (c->state) {
+    case TG_CONN_HANDSHAKE:
+        handshake(c);
+        break;
     case TG_CONN_IDLE:
     case TG_CONN_READING_HEAD:
         read_heads(c);

@@ -193,9 +193,15 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
 
     struct tg_str xff_chain[8];
     size_t nxff = 0;
+    const char *subject_header = req->conn->lcfg->client_subject_header;
     for (size_t i = 0; i < h->nheaders; i++) {
         const struct tg_http1_header *hd = &h->headers[i];
         enum hdr_kind k = classify(hd->name);
+        /* The certificate subject header is ours alone: a client's own
+         * copy would impersonate someone else. */
+        if (subject_header != NULL && hd->name.n == strlen(subject_header) &&
+            strncasecmp(hd->name.p, subject_header, hd->name.n) == 0)
+            continue;
         switch (k) {
         case HDR_OTHER:
         case HDR_SERVER:
@@ -244,7 +250,14 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
     puts_(&o, req->host);
     puts_(&o, "\r\nX-Request-Id: ");
     puts_(&o, req->request_id);
-    put(&o, "\r\n\r\n", 4);
+    put(&o, "\r\n", 2);
+    if (subject_header != NULL && req->client_subject != NULL) {
+        puts_(&o, subject_header);
+        put(&o, ": ", 2);
+        puts_(&o, req->client_subject);
+        put(&o, "\r\n", 2);
+    }
+    put(&o, "\r\n", 2);
     return o.overflow ? -1 : 0;
 }
 

@@ -9,6 +9,8 @@
 
 #include <openssl/err.h>
 
+#include "tls.h"
+
 static ssize_t tls_result(struct tg_io *io, int rc)
 {
     switch (SSL_get_error(io->ssl, rc)) {
@@ -108,6 +110,7 @@ ssize_t tg_io_writev(struct tg_io *io, const struct iovec *iov, int iovcnt)
 void tg_io_close(struct tg_io *io)
 {
     if (io->ssl != NULL) {
+        tg_tls_shutdown(io->ssl);
         SSL_free(io->ssl);
         io->ssl = NULL;
     }

@@ -20,6 +20,7 @@
 #include "config.h"
 #include "iptable.h"
 #include "ratelimit.h"
+#include "tls.h"
 #include "log.h"
 #include "worker.h"
 
@@ -325,7 +326,7 @@ int main(int argc, char **argv)
     }
 
     char *errors = malloc(ERRBUF);
-    if (errors == NULL)
+    if (errors == NULL || tg_tls_global_init() < 0)
         return 1;
     struct tg_config *cfg = tg_config_load(path, errors, ERRBUF);
     if (cfg == NULL) {
@@ -337,6 +338,7 @@ int main(int argc, char **argv)
     if (test_only) {
         printf("%s: configuration OK\n", path);
         tg_config_unref(cfg);
+        tg_tls_global_cleanup();
         return 0;
     }
 
@@ -417,6 +419,7 @@ int main(int argc, char **argv)
     tg_ratelimit_local_free(g.rt.rl_local);
     tg_access_log_stop();
     tg_config_unref(g.config);
+    tg_tls_global_cleanup();
     tg_log_info("stopped");
     return 0;
 }

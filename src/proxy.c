@@ -29,6 +29,7 @@
 #include "iptable.h"
 #include "log.h"
 #include "router.h"
+#include "tls.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -477,6 +478,41 @@ static void decide_and_forward(struct tg_request *req)
     connect_upstream(req);
 }
 
+/* A plain listener with redirect_to_https: 308 to the same host and path
+ * (with the query) on HTTPS. Host and path were validated by the parser and
+ * the normaliser, so nothing here can split the Location header. */
+static void redirect_to_https(struct tg_request *req, struct tg_str hostport)
+{
+    struct tg_str host;
+    if (hostport.n == 0 || !tg_router_host_without_port(hostport, &host)) {
+        respond_local(req, 400, "400 Bad Request: a redirect needs a Host\n", true);
+        return;
+    }
+    int port = req->conn->lcfg->redirect_to_https;
+    char loc[64 + 8192];
+    int n = port == 443
+                ? snprintf(loc, sizeof(loc), "Location: https://%.*s%s\r\n", (int)host.n,
+                           host.p, req->path)
+                : snprintf(loc, sizeof(loc), "Location: https://%.*s:%d%s\r\n", (int)host.n,
+                           host.p, port, req->path);
+    if (n < 0 || (size_t)n >= sizeof(loc)) {
+        respond_local(req, 414, "414 URI Too Long\n", true);
+        return;
+    }
+    req->extra_headers = req_strdup(req, loc, (size_t)n);
+    respond_local(req, 308, "308 Permanent Redirect: use HTTPS\n", false);
+}
+
+/* A client that sent SNI may only ask for names the certificate it got
+ * covers (connection reuse across names is fine when it does). */
+static bool covered_by_certificate(struct tg_request *req, struct tg_str hostport)
+{
+    SSL *ssl = req->conn->io.ssl;
+    if (ssl == NULL || SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) == NULL)
+        return true;
+    return tg_tls_cert_covers(ssl, hostport);
+}
+
 void tg_proxy_start(struct tg_request *req)
 {
     struct tg_conn *c = req->conn;
@@ -554,12 +590,26 @@ void tg_proxy_start(struct tg_request *req)
         respond_local(req, 405, "405 Method Not Allowed\n", false);
         goto out;
     }
+    if (c->lcfg->redirect_to_https) {
+        redirect_to_https(req, host);
+        goto out;
+    }
 
     struct tg_str capture;
     req->site = tg_router_hosts_match(cfg->hosts, host, &capture);
     if (req->site == NULL) {
         respond_local(req, 404, "404 Not Found: no site serves this host\n", false);
         goto out;
+    }
+    if (c->tls && !covered_by_certificate(req, host)) {
+        respond_local(req, 421, "421 Misdirected Request: the certificate for this "
+                                "connection does not cover this host\n", true);
+        goto out;
+    }
+    if (c->lcfg->client_subject_header != NULL && c->io.ssl != NULL) {
+        char subject[1024];
+        size_t n = tg_tls_client_subject(c->io.ssl, subject, sizeof(subject));
+        req->client_subject = n > 0 ? req_strdup(req, subject, n) : NULL;
     }
     req->route = match_route(req->site, path, route_len);
     if (req->route == NULL) {
@@ -690,7 +740,7 @@ static void connect_upstream(struct tg_request *req)
         uc->watcher.data = uc;
         req->up_start = req_now(req);
         req->up_read_at = req->up_write_at = req->up_start;
-        if (uc->state == TG_UPCONN_CONNECTING) {
+        if (uc->state != TG_UPCONN_ACTIVE) {
             req->phase = TG_REQ_CONNECTING;
             return;
         }
@@ -1154,6 +1204,33 @@ static void read_upstream(struct tg_request *req)
 
 /* ---- events ------------------------------------------------------------------- */
 
+/* Connection set-up (connect, then TLS) for the request's upstream
+ * connection; once it is ready the request head goes out. */
+static void upstream_setup(struct tg_request *req, struct tg_upconn *uc)
+{
+    char what[120];
+    if (uc->state == TG_UPCONN_CONNECTING) {
+        if (tg_upstream_connected(uc, req->upstream) < 0) {
+            snprintf(what, sizeof(what), "refused the connection (%s)", strerror(errno));
+            attempt_failed(req, what, false);
+            return;
+        }
+    }
+    if (uc->state == TG_UPCONN_HANDSHAKE) {
+        const char *reason = "other";
+        int rc = tg_upstream_handshake(uc, req->upstream, &reason);
+        if (rc < 0) {
+            snprintf(what, sizeof(what), "failed the TLS handshake (%s)", reason);
+            attempt_failed(req, what, false);
+            return;
+        }
+        if (rc == 0)
+            return;
+    }
+    req->phase = TG_REQ_FORWARDING;
+    send_upstream(req);
+}
+
 static void on_upstream_io(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)loop;
@@ -1164,15 +1241,8 @@ static void on_upstream_io(struct ev_loop *loop, ev_io *io, int revents)
     struct tg_conn *c = req->conn;
     tg_conn_ref(c);
     req_ref(req);
-    if (uc->state == TG_UPCONN_CONNECTING) {
-        if (tg_upstream_connected(uc) < 0) {
-            char what[120];
-            snprintf(what, sizeof(what), "refused the connection (%s)", strerror(errno));
-            attempt_failed(req, what, false);
-        } else {
-            req->phase = TG_REQ_FORWARDING;
-            send_upstream(req);
-        }
+    if (uc->state == TG_UPCONN_CONNECTING || uc->state == TG_UPCONN_HANDSHAKE) {
+        upstream_setup(req, uc);
     } else {
         if ((revents & EV_WRITE) && !req_over(req) && req->up == uc)
             send_upstream(req);
@@ -1226,6 +1296,8 @@ static void update_watches(struct tg_request *req)
     int uev = 0;
     if (uc->state == TG_UPCONN_CONNECTING) {
         uev = EV_WRITE;
+    } else if (uc->state == TG_UPCONN_HANDSHAKE) {
+        uev = uc->io.want_write ? EV_WRITE : EV_READ;
     } else {
         bool head_left = req->up_head != NULL && req->up_head_sent < tg_buf_len(req->up_head);
         if (head_left || req->req_ready > 0)

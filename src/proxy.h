@@ -72,6 +72,7 @@ struct tg_request {
     uint32_t asn;
     bool in_flight_counted;         /* holds a route max_in_flight slot */
     const char *extra_headers;      /* local answers: extra header lines */
+    const char *client_subject;     /* verified client certificate subject */
     struct tg_limiter_state lim;
     ev_timer delay_timer;           /* rate-limit delay */
 

@@ -16,18 +16,26 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+
 #include "buf.h"
 #include "config.h"
 #include "log.h"
+#include "tls.h"
 #include "worker.h"
 
 #define EJECT_AFTER_FAILS 3
 #define EJECT_MAX_S 30.0
 
+/* A pool is one way of reaching one server: its address, and for TLS the
+ * name it is verified against (the same address reached with other TLS
+ * settings is another pool). */
 struct tg_pool {
     struct tg_worker *w;
     struct sockaddr_storage sa;
     socklen_t salen;
+    bool tls;
+    char tls_name[256];       /* SNI and verified name; "" for plain */
     char name[64];
     struct tg_upconn *idle_head, *idle_tail; /* head = most recently used */
     unsigned nidle;
@@ -45,14 +53,38 @@ struct tg_upstream_pools {
 
 /* ---- pool table --------------------------------------------------------------- */
 
-static uint64_t hash_sockaddr(const struct sockaddr_storage *sa, socklen_t len)
+static uint64_t hash_key(const struct sockaddr_storage *sa, socklen_t len, const char *name)
 {
     /* FNV-1a: addresses come from our own config, not from clients. */
     const unsigned char *p = (const unsigned char *)sa;
     uint64_t h = 1469598103934665603ull;
     for (socklen_t i = 0; i < len; i++)
         h = (h ^ p[i]) * 1099511628211ull;
+    for (const char *c = name; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ull;
     return h;
+}
+
+/* The name a TLS server is reached and verified by: tls_server_name, else
+ * the host part of the server's address. */
+static void tls_name_of(const struct tg_config_upstream *u, const struct tg_config_sockaddr *a,
+                        char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (u == NULL || !u->tls)
+        return;
+    if (u->tls_server_name != NULL) {
+        snprintf(out, cap, "%s", u->tls_server_name);
+        return;
+    }
+    const char *t = a->text;
+    const char *end = strrchr(t, ':');
+    size_t n = end ? (size_t)(end - t) : strlen(t);
+    if (n >= 2 && t[0] == '[' && t[n - 1] == ']') {
+        t++;
+        n -= 2;
+    }
+    snprintf(out, cap, "%.*s", (int)n, t);
 }
 
 struct tg_upstream_pools *tg_upstream_pools_new(void)
@@ -102,7 +134,7 @@ static int grow(struct tg_upstream_pools *t)
         struct tg_pool *p = t->buckets[i];
         while (p != NULL) {
             struct tg_pool *next = p->hnext;
-            size_t j = hash_sockaddr(&p->sa, p->salen) & (nb - 1);
+            size_t j = hash_key(&p->sa, p->salen, p->tls_name) & (nb - 1);
             p->hnext = b[j];
             b[j] = p;
             p = next;
@@ -114,21 +146,28 @@ static int grow(struct tg_upstream_pools *t)
     return 0;
 }
 
-static struct tg_pool *pool_get(struct tg_worker *w, const struct tg_config_sockaddr *a)
+static struct tg_pool *pool_get(struct tg_worker *w, const struct tg_config_upstream *u,
+                                const struct tg_config_sockaddr *a)
 {
     struct tg_upstream_pools *t = w->pools;
-    size_t i = hash_sockaddr(&a->sa, a->salen) & (t->nbuckets - 1);
+    char name[256];
+    tls_name_of(u, a, name, sizeof(name));
+    bool tls = u != NULL && u->tls;
+    size_t i = hash_key(&a->sa, a->salen, name) & (t->nbuckets - 1);
     for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext)
-        if (p->salen == a->salen && memcmp(&p->sa, &a->sa, a->salen) == 0)
+        if (p->salen == a->salen && memcmp(&p->sa, &a->sa, a->salen) == 0 && p->tls == tls &&
+            strcmp(p->tls_name, name) == 0)
             return p;
     if (t->count >= t->nbuckets && grow(t) == 0)
-        i = hash_sockaddr(&a->sa, a->salen) & (t->nbuckets - 1);
+        i = hash_key(&a->sa, a->salen, name) & (t->nbuckets - 1);
     struct tg_pool *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return NULL;
     p->w = w;
     memcpy(&p->sa, &a->sa, a->salen);
     p->salen = a->salen;
+    p->tls = tls;
+    snprintf(p->tls_name, sizeof(p->tls_name), "%s", name);
     tg_config_format_sockaddr((const struct sockaddr *)&a->sa, p->name, sizeof(p->name));
     p->hnext = t->buckets[i];
     t->buckets[i] = p;
@@ -158,7 +197,7 @@ int tg_upstream_pick(struct tg_worker *w, struct tg_wcfg *wc,
         size_t idx = (start + k) % n;
         if (idx < 64 && (tried & (1ull << idx)))
             continue;
-        struct tg_pool *p = pool_get(w, &u->servers[idx].addr);
+        struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
         if (is_ejected(p, now)) {
             if (fallback < 0 || p->ejected_until < fallback_until) {
                 fallback = (int)idx;
@@ -209,6 +248,15 @@ static void on_idle_io(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)loop, (void)revents;
     struct tg_upconn *uc = io->data;
+    if (uc->io.ssl != NULL) {
+        /* TLS servers send records that are not data (session tickets):
+         * read them; only data or the end of the stream retires it. */
+        char b;
+        ERR_clear_error();
+        int r = SSL_read(uc->io.ssl, &b, 1);
+        if (r <= 0 && SSL_get_error(uc->io.ssl, r) == SSL_ERROR_WANT_READ)
+            return;
+    }
     idle_unlink(uc->pool, uc);
     close_upconn(uc);
 }
@@ -217,7 +265,7 @@ struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
                                       const struct tg_config_upstream *u,
                                       int idx, struct tg_request *req)
 {
-    struct tg_pool *p = pool_get(w, &u->servers[idx].addr);
+    struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
     if (p == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -254,7 +302,7 @@ struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
         }
         uc->io.fd = fd;
         uc->pool = p;
-        uc->state = rc == 0 ? TG_UPCONN_ACTIVE : TG_UPCONN_CONNECTING;
+        uc->state = TG_UPCONN_CONNECTING; /* even if connect() finished: see connected() */
         ev_io_init(&uc->watcher, on_idle_io, fd, EV_READ);
         uc->watcher.data = uc;
     }
@@ -264,7 +312,7 @@ struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
     return uc;
 }
 
-int tg_upstream_connected(struct tg_upconn *uc)
+int tg_upstream_connected(struct tg_upconn *uc, const struct tg_config_upstream *u)
 {
     int err = 0;
     socklen_t len = sizeof(err);
@@ -274,8 +322,32 @@ int tg_upstream_connected(struct tg_upconn *uc)
         errno = err;
         return -1;
     }
+    if (uc->pool->tls) {
+        if (u->tls_client == NULL ||
+            (uc->io.ssl = tg_tls_client_connect(u->tls_client, uc->io.fd,
+                                                uc->pool->tls_name)) == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
+        uc->state = TG_UPCONN_HANDSHAKE;
+        return 0;
+    }
     uc->state = TG_UPCONN_ACTIVE;
     return 0;
+}
+
+int tg_upstream_handshake(struct tg_upconn *uc, const struct tg_config_upstream *u,
+                          const char **reason)
+{
+    bool want_write = false;
+    int rc = tg_tls_handshake(uc->io.ssl, &want_write, reason);
+    uc->io.want_write = want_write;
+    if (rc == 1) {
+        uc->state = TG_UPCONN_ACTIVE;
+        if (u->tls_client != NULL)
+            tg_tls_client_save_session(u->tls_client, uc->io.ssl);
+    }
+    return rc;
 }
 
 void tg_upstream_release(struct tg_upconn *uc, bool reusable,

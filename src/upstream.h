@@ -24,6 +24,7 @@ struct tg_config_sockaddr;
 
 enum tg_upconn_state {
     TG_UPCONN_CONNECTING = 0,
+    TG_UPCONN_HANDSHAKE, /* TLS to the server in progress */
     TG_UPCONN_ACTIVE,   /* owned by a request */
     TG_UPCONN_IDLE,     /* in its pool */
 };
@@ -66,8 +67,15 @@ struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
                                       int idx, struct tg_request *req);
 
 /* After EV_WRITE on a CONNECTING connection: returns 0 when connected (the
- * state becomes ACTIVE), or -1 with errno set to the connect error. */
-int tg_upstream_connected(struct tg_upconn *uc);
+ * state becomes ACTIVE, or HANDSHAKE for a TLS upstream: then call
+ * tg_upstream_handshake on each event), or -1 with errno set to the connect
+ * error. */
+int tg_upstream_connected(struct tg_upconn *uc, const struct tg_config_upstream *u);
+
+/* Drives the TLS handshake with the server: 1 done (ACTIVE), 0 in progress
+ * (uc->io.want_write says which event), -1 failed with *reason set. */
+int tg_upstream_handshake(struct tg_upconn *uc, const struct tg_config_upstream *u,
+                          const char **reason);
 
 /* Gives a connection back. When `reusable` and the pool has room, it waits
  * idle in the pool for the next request (its buffer is returned); otherwise

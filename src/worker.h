@@ -89,6 +89,7 @@ struct tg_worker {
     struct tg_upstream_pools *pools;
     struct tg_access_log *access_log;
     void (*on_exit)(void);     /* called on the worker thread as it ends */
+    unsigned long tls_handshakes, tls_failures;
 };
 
 /* State shared by all workers and the main thread that outlives config
