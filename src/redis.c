@@ -656,9 +656,14 @@ static int resolve(struct tg_redis *r)
     /* A name: resolved here, once (blocking), so reconnects never are. */
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
+    hints.ai_family = AF_INET; /* first, as hiredis does: Redis often
+                                  listens on IPv4 only */
     hints.ai_socktype = SOCK_STREAM;
     int rc = getaddrinfo(r->host, NULL, &hints, &res);
+    if (rc != 0) {
+        hints.ai_family = AF_UNSPEC;
+        rc = getaddrinfo(r->host, NULL, &hints, &res);
+    }
     if (rc != 0 || res == NULL) {
         set_error(r, "cannot resolve %s: %s", r->host, gai_strerror(rc));
         return -1;

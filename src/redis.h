@@ -67,11 +67,14 @@ struct tg_redis_options {
     void *arg;
 };
 
-/* Creates the link and starts connecting (the first attempt is made before
- * this returns; its outcome is reported on the loop). Copies what it needs
- * of `cfg` (address, password, db, timeout_ms: <= 0 means 50) and `opt`.
- * Returns NULL on allocation failure. A malformed address is logged and
- * leaves the link DOWN until reconfigured. Loop thread. */
+/* Creates the link, CONNECTING: the first attempt starts on the loop's
+ * next iteration, so the state callback never runs before the caller has
+ * the pointer. Copies what it needs of `cfg` (address, password, db,
+ * timeout_ms: <= 0 means 50) and `opt`. A host name is resolved here
+ * (blocking, once; IPv4 preferred, as hiredis does); if that fails it is
+ * retried at each reconnect attempt. Returns NULL on allocation failure.
+ * A malformed address is logged and leaves the link DOWN until
+ * reconfigured. Loop thread. */
 struct tg_redis *tg_redis_new(struct ev_loop *loop,
                               const struct tg_config_redis *cfg,
                               const struct tg_redis_options *opt);
@@ -80,7 +83,8 @@ struct tg_redis *tg_redis_new(struct ev_loop *loop,
  * now on. If the address, password or db changed, the connection is dropped
  * (pending callbacks get NULL first) and a new one started at once; the
  * circuit breaker and backoff start afresh. Returns true if it reconnected.
- * Loop thread; not from this link's callbacks. */
+ * Loop thread; from inside this link's callbacks the drop waits until the
+ * callback returns. */
 bool tg_redis_configure(struct tg_redis *r, const struct tg_config_redis *cfg);
 
 /* Calls every pending callback with NULL (commands sent from those

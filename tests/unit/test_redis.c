@@ -203,6 +203,20 @@ TEST(unix_socket)
     tg_redis_free(r);
 }
 
+/* A host name is resolved when the link is made; reconnects reuse it. */
+TEST(host_name)
+{
+    struct tg_config_redis c = cfg_tcp(srv.port);
+    char a[64];
+    snprintf(a, sizeof(a), "localhost:%d", srv.port);
+    c.address = a;
+    struct tg_redis_options o = fast();
+    struct tg_redis *r = connect_up(&c, &o);
+    CHECK(r->resolved);
+    CHECK_EQ_STR(r->ip, "127.0.0.1");
+    tg_redis_free(r);
+}
+
 TEST(auth_select_and_configure)
 {
     struct h_redis auth;
@@ -565,6 +579,7 @@ int main(void)
     RUN(parse_address);
     RUN(binary_safe_commands);
     RUN(unix_socket);
+    RUN(host_name);
     RUN(auth_select_and_configure);
     RUN(timeout_then_late_reply);
     RUN(cancel);
