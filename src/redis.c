@@ -486,14 +486,13 @@ static void settle(struct tg_redis *r)
 {
     if (r->depth > 0)
         return;
-    if (r->want_free) {
-        destroy(r);
-        return;
-    }
-    if (r->want_drop) {
+    if (r->want_drop && !r->want_free) {
         r->want_drop = false;
+        /* Its callbacks may ask for the free, so that is checked after. */
         do_drop(r, r->drop_why, r->drop_fault);
     }
+    if (r->want_free)
+        destroy(r);
 }
 
 static bool is_status(const redisReply *rep, const char *s)

@@ -401,6 +401,38 @@ TEST(free_inside_callback)
     CHECK_EQ_INT(after.nulls, 1);
 }
 
+/* A reply callback reconfigures (the drop waits until it returns); the
+ * drop fails the next command, whose callback frees the link: the free
+ * must still happen (LeakSanitizer watches) and nothing run after it. */
+static struct tg_config_redis other_db;
+
+static int reconfigure_in_cb(void *arg, const redisReply *reply)
+{
+    struct freer *f = arg;
+    f->calls++;
+    CHECK(reply != NULL);
+    CHECK(tg_redis_configure(f->r, &other_db));
+    return 0;
+}
+
+TEST(free_during_deferred_drop)
+{
+    struct tg_config_redis c = cfg_tcp(srv.port);
+    struct tg_redis_options o = fast();
+    struct tg_redis *r = connect_up(&c, &o);
+    other_db = c;
+    other_db.db = 7;
+    struct freer a = {r, 0}, b = {r, 0};
+    const char *argv[] = {"PING"};
+    size_t len[] = {4};
+    CHECK(tg_redis_command(r, 1, argv, len, 0, reconfigure_in_cb, &a) !=
+          NULL);
+    CHECK(tg_redis_command(r, 1, argv, len, 0, free_in_cb, &b) != NULL);
+    h_run_for(loop, 0.05);
+    CHECK_EQ_INT(a.calls, 1);
+    CHECK_EQ_INT(b.calls, 1);
+}
+
 struct transitions {
     int n;
     enum tg_redis_state seen[16];
@@ -585,6 +617,7 @@ int main(void)
     RUN(cancel);
     RUN(free_with_pending);
     RUN(free_inside_callback);
+    RUN(free_during_deferred_drop);
     RUN(breaker_opens_and_closes);
     RUN(server_dies_and_returns);
     RUN(hostile_server);
