@@ -6,7 +6,20 @@
  * script (EVALSHA, reloaded on NOSCRIPT) runs GCRA on Redis' own clock for
  * every key of a request at once: all spend or none. Keys are
  * PREFIX{policy:key} (hash tags, so a future Redis Cluster keeps each key on
- * one shard) and expire when their bucket would be full again.
+ * one shard; a request naming several keys would still need them on one
+ * slot there) and expire when their bucket would be full again. A key
+ * (the client part) longer than TG_RATELIMIT_REDIS_KEY_MAX bytes is stored
+ * as "#" and the 64 hex digits of its SHA-256, so a Redis key is at most
+ * prefix + policy + 203 bytes, and the same long key maps to the same
+ * bucket in every gateway (a hash, not a truncation: long keys sharing a
+ * prefix do not share a bucket).
+ *
+ * Time is Redis' own (TIME, in microseconds), so gateways with skewed
+ * clocks agree. The decision is tg_ratelimit_gcra's, exactly, on that
+ * microsecond clock: an interval is rounded up to whole microseconds
+ * (rates above 1e6/s become 1e6/s, never faster), and (burst + delay) *
+ * interval is capped at 2^52 us (142 years) where the C core caps at
+ * 2^62 ns, so that every value stays exact in Lua's doubles.
  *
  * Faults (timeouts, lost connection, error replies, wrong reply types,
  * -READONLY) are reported to the caller, which applies on_error; after
@@ -25,12 +38,17 @@
 #include <ev.h>
 
 #include "ratelimit.h"
+#include "redis.h"
 
 struct tg_config_redis;
 
+/* Client keys longer than this are hashed (see above). */
+#define TG_RATELIMIT_REDIS_KEY_MAX 200
+
 /* One key of a request's decision. Keys are copied by take(). */
 struct tg_ratelimit_redis_op {
-    const char *policy;       /* policy name (part of the Redis key) */
+    const char *policy;       /* policy name (part of the Redis key): a
+                                 config identifier, no ':', '{' or '}' */
     const char *key;          /* the key within the policy */
     size_t keylen;
     struct tg_ratelimit_params params;
@@ -39,8 +57,12 @@ struct tg_ratelimit_redis_op {
 
 /* Called once per take(), from the worker's loop, never before take()
  * returns. status 0: `results[i]` holds each op's outcome and `allowed`
- * says whether all passed (and spent). status -1: Redis failed (timeout,
- * error, disconnect); the caller applies on_error. */
+ * says whether all passed (and spent; a peek spends nothing). status -1:
+ * Redis failed (timeout, error or malformed reply, disconnect, the limiter
+ * being freed); results is NULL, n 0; the caller applies on_error.
+ * `results` is borrowed for the call. The callback may take, cancel other
+ * pendings and reset; it must not free the limiter (mark its owner closing
+ * and free it afterwards). */
 typedef void (*tg_ratelimit_redis_cb)(void *arg, int status, bool allowed,
                                       const struct tg_ratelimit_result *results,
                                       size_t n);
@@ -48,60 +70,78 @@ typedef void (*tg_ratelimit_redis_cb)(void *arg, int status, bool allowed,
 struct tg_ratelimit_redis;
 struct tg_ratelimit_redis_pending;
 
-enum tg_ratelimit_redis_state {
-    TG_REDIS_CONNECTING = 0,
-    TG_REDIS_UP,
-    TG_REDIS_DOWN,          /* disconnected, reconnect scheduled */
-    TG_REDIS_CIRCUIT_OPEN,  /* connected or not, we are not sending */
-};
+/* The limiter's state is its connection's: enum tg_redis_state in redis.h
+ * (TG_REDIS_CONNECTING, _UP, _DOWN: disconnected, reconnect scheduled,
+ * _CIRCUIT_OPEN: connected or not, we are not sending). */
 
-/* Creates the worker's limiter and starts connecting. `gateway_id`
- * identifies this process in heartbeats (unique per process); only one
- * limiter per process (worker 0's) should have `heartbeat` set. Returns
- * NULL on allocation failure. Worker thread (the loop's). */
+/* Creates the worker's limiter; it connects from the loop (AUTH and SELECT
+ * first when configured, then SCRIPT LOAD), so takes return NULL until the
+ * state is UP. The config and `gateway_id` are copied; timeout_ms <= 0
+ * means 50. `gateway_id` identifies this process in heartbeats (unique per
+ * process); only one limiter per process (worker 0's) should have
+ * `heartbeat` set: it then writes this gateway's presence every 2 s
+ * (ZADD PREFIX{gateways} <now_ms + 10000> <id>, expired members removed,
+ * ZCARD, in one script on Redis' clock) and publishes the count for
+ * tg_ratelimit_redis_gateways(). Returns NULL on allocation failure.
+ * Worker thread (the loop's). */
 struct tg_ratelimit_redis *tg_ratelimit_redis_new(struct ev_loop *loop,
                                                   const struct tg_config_redis *cfg,
                                                   const char *gateway_id,
                                                   bool heartbeat);
 
 /* Applies a new config (address/password/db/prefix/timeout may change:
- * reconnects if the connection parameters changed). The config is copied. */
+ * reconnects only if address, password or db changed; pending requests then
+ * get status -1). The config is copied; prefix and timeout apply to
+ * requests made from now on. Loop thread. */
 void tg_ratelimit_redis_configure(struct tg_ratelimit_redis *r,
                                   const struct tg_config_redis *cfg);
 
-/* Disconnects; pending callbacks are called with status -1 first. */
+/* Disconnects; pending callbacks are called with status -1 first, before
+ * this returns. Cancelled pendings are not called. NULL is a no-op. Loop
+ * thread, not from this limiter's callbacks. */
 void tg_ratelimit_redis_free(struct tg_ratelimit_redis *r);
 
-/* Decides `ops` atomically (peek: decide without spending). Returns a handle
- * for cancel, or NULL when the request cannot be sent right now (not
- * connected, circuit open): the caller applies on_error at once, without
- * waiting. At most TG_RATELIMIT_LOCAL_MAX_OPS ops. */
+/* Decides `ops` atomically (peek: decide without spending). As in the local
+ * store, ops are decided in order and a key named twice pays twice. Returns
+ * a handle for cancel, valid until the callback runs; or NULL, without a
+ * callback, when the request cannot be sent right now (not connected,
+ * circuit open, out of memory) or is invalid (nops 0 or above
+ * TG_RATELIMIT_LOCAL_MAX_OPS, params out of range): the caller applies
+ * on_error at once, without waiting. The reply is awaited at most the
+ * configured timeout (one transparent retry after a NOSCRIPT reply stays
+ * within it). Loop thread. */
 struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
     struct tg_ratelimit_redis *r, const struct tg_ratelimit_redis_op *ops,
     size_t nops, bool peek, tg_ratelimit_redis_cb cb, void *arg);
 
-/* The request went away: its callback will not be called. */
+/* The request went away: its callback will not be called, even if the
+ * reply arrives later; the handle is invalid after this. Not from (or
+ * after) that pending's own callback. NULL is a no-op. Loop thread. */
 void tg_ratelimit_redis_cancel(struct tg_ratelimit_redis_pending *p);
 
-/* Deletes a key (admin "unlock this customer"); cb as for take with n = 0. */
+/* Deletes a key (admin "unlock this customer"); cb as for take with
+ * n = 0, results NULL and allowed true. Returns 0, or -1 when it cannot be
+ * sent now (as take's NULL): cb is then not called. Loop thread. */
 int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy,
                              const char *key, size_t keylen,
                              tg_ratelimit_redis_cb cb, void *arg);
 
-enum tg_ratelimit_redis_state tg_ratelimit_redis_state(const struct tg_ratelimit_redis *r);
+enum tg_redis_state tg_ratelimit_redis_state(const struct tg_ratelimit_redis *r);
 
-/* Gateways that wrote a heartbeat recently (this one included), >= 1.
- * Process-wide; any thread. */
+/* Gateways that wrote a heartbeat recently (this one included), >= 1:
+ * the last count a heartbeat read, kept while Redis is unreachable, 1 if
+ * none was ever read. Process-wide; any thread. */
 unsigned tg_ratelimit_redis_gateways(void);
 
-/* Counters for metrics (this limiter). */
+/* Counters for metrics (this limiter). Loop thread. */
 struct tg_ratelimit_redis_stats {
-    uint64_t round_trips;   /* replies received */
+    uint64_t round_trips;   /* replies received on the connection */
     uint64_t requests;      /* ops decided in Redis */
-    uint64_t errors;        /* error replies, bad types */
-    uint64_t timeouts;
-    uint64_t disconnects;
-    uint64_t short_circuited; /* takes refused while the breaker was open */
+    uint64_t errors;        /* error replies, bad types or shapes */
+    uint64_t timeouts;      /* commands whose deadline passed */
+    uint64_t disconnects;   /* connections lost after being up */
+    uint64_t short_circuited; /* takes and resets refused without sending:
+                                 circuit open or not connected */
 };
 void tg_ratelimit_redis_stats(const struct tg_ratelimit_redis *r,
                               struct tg_ratelimit_redis_stats *out);

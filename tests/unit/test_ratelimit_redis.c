@@ -1,0 +1,866 @@
+/* The Redis rate-limit store against a real redis-server started here:
+ * the Lua GCRA checked against the C core request by request (fed the TIME
+ * the script used), all-or-nothing, peek, TTLs, key format and long keys,
+ * pipelining, transparent reload after SCRIPT FLUSH, a stopped and a
+ * restarted server (breaker open, then closed by itself), a slow server
+ * (timeout, late reply ignored), a fake server's wrong replies, heartbeats,
+ * cancel and free semantics, reset and configure. */
+#include "../../src/ratelimit_redis.c"
+
+#include <inttypes.h>
+
+#include "test.h"
+#include "redis_harness.h"
+
+static struct h_redis srv;
+static struct ev_loop *loop;
+static redisContext *sc; /* blocking client for checks */
+
+static const int64_t MS = 1000000; /* ns */
+
+struct got {
+    int calls, status;
+    bool allowed;
+    size_t n;
+    struct tg_ratelimit_result res[16];
+    int64_t now_us;
+    unsigned iteration;
+    double at;
+    struct tg_ratelimit_redis *lim;
+};
+
+static void got_cb(void *arg, int status, bool allowed,
+                   const struct tg_ratelimit_result *res, size_t n)
+{
+    struct got *g = arg;
+    g->calls++;
+    g->status = status;
+    g->allowed = allowed;
+    g->n = n;
+    if (res != NULL)
+        memcpy(g->res, res, n * sizeof(*res));
+    CHECK(status == 0 || (res == NULL && n == 0));
+    if (g->lim != NULL)
+        g->now_us = g->lim->last_time_us;
+    g->iteration = ev_iteration(loop);
+    g->at = h_now();
+}
+
+static bool got_done(void *arg)
+{
+    return ((struct got *)arg)->calls > 0;
+}
+
+static bool lim_up(void *arg)
+{
+    return tg_ratelimit_redis_state(arg) == TG_REDIS_UP;
+}
+
+static bool lim_ready(void *arg)
+{
+    struct tg_ratelimit_redis *r = arg;
+    return tg_ratelimit_redis_state(r) == TG_REDIS_UP && !r->loading;
+}
+
+static bool lim_open(void *arg)
+{
+    return tg_ratelimit_redis_state(arg) == TG_REDIS_CIRCUIT_OPEN;
+}
+
+static char addr_buf[64];
+
+static struct tg_config_redis cfg_port(int port)
+{
+    struct tg_config_redis c;
+    memset(&c, 0, sizeof(c));
+    snprintf(addr_buf, sizeof(addr_buf), "127.0.0.1:%d", port);
+    c.address = addr_buf;
+    c.timeout_ms = 50;
+    c.key_prefix = "tg:";
+    return c;
+}
+
+static struct tg_ratelimit_redis *up(const struct tg_config_redis *c,
+                                     const char *id, bool heartbeat)
+{
+    struct tg_ratelimit_redis *r = tg_ratelimit_redis_new(loop, c, id,
+                                                          heartbeat);
+    CHECK(r != NULL);
+    /* Up, and the SCRIPT LOAD sent on connecting answered. */
+    CHECK(h_run_until(loop, lim_ready, r, 3));
+    return r;
+}
+
+static struct tg_ratelimit_redis_op op(const char *policy, const char *key,
+                                       int64_t interval_ns, int64_t burst,
+                                       int64_t delay, int64_t cost)
+{
+    struct tg_ratelimit_redis_op o;
+    memset(&o, 0, sizeof(o));
+    o.policy = policy;
+    o.key = key;
+    o.keylen = strlen(key);
+    o.params.interval_ns = interval_ns;
+    o.params.burst = burst;
+    o.params.delay = delay;
+    o.cost = cost;
+    return o;
+}
+
+/* Takes and waits for the callback. */
+static void take_wait(struct tg_ratelimit_redis *r,
+                      const struct tg_ratelimit_redis_op *ops, size_t n,
+                      bool peek, struct got *g)
+{
+    memset(g, 0, sizeof(*g));
+    g->lim = r;
+    CHECK(tg_ratelimit_redis_take(r, ops, n, peek, got_cb, g) != NULL);
+    CHECK_EQ_INT(g->calls, 0);
+    CHECK(h_run_until(loop, got_done, g, 2));
+}
+
+static long long exists(const char *key, size_t len)
+{
+    return h_int(sc, "EXISTS %b", key, len);
+}
+
+/* ---- the C reference: take_many's semantics on a map of TATs ---------- */
+
+struct ref_key {
+    char name[32];
+    int64_t tat; /* ns */
+};
+static struct ref_key ref_keys[16];
+static size_t ref_n;
+
+static int64_t *ref_tat(const char *policy, const char *key)
+{
+    char name[32];
+    snprintf(name, sizeof(name), "%s:%s", policy, key);
+    for (size_t i = 0; i < ref_n; i++)
+        if (strcmp(ref_keys[i].name, name) == 0)
+            return &ref_keys[i].tat;
+    snprintf(ref_keys[ref_n].name, sizeof(ref_keys[0].name), "%s", name);
+    ref_keys[ref_n].tat = 0;
+    return &ref_keys[ref_n++].tat;
+}
+
+static bool ref_take(const struct tg_ratelimit_redis_op *ops, size_t n,
+                     bool peek, int64_t now_ns, struct tg_ratelimit_result *res)
+{
+    int64_t tat[16];
+    bool all = true;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = i;
+        while (j > 0 && !(strcmp(ops[j - 1].policy, ops[i].policy) == 0 &&
+                          strcmp(ops[j - 1].key, ops[i].key) == 0))
+            j--;
+        tat[i] = j > 0 ? tat[j - 1] : *ref_tat(ops[i].policy, ops[i].key);
+        /* The store rounds the interval up to whole microseconds. */
+        struct tg_ratelimit_params p = ops[i].params;
+        p.interval_ns = (p.interval_ns + 999) / 1000 * 1000;
+        all &= tg_ratelimit_gcra(&tat[i], now_ns, &p, ops[i].cost, &res[i]);
+    }
+    if (all && !peek)
+        for (size_t i = 0; i < n; i++)
+            *ref_tat(ops[i].policy, ops[i].key) = tat[i];
+    return all;
+}
+
+static uint64_t rng; /* seeded in main, printed on failure */
+static uint64_t seed;
+static uint64_t rnd(uint64_t n)
+{
+    rng ^= rng >> 12;
+    rng ^= rng << 25;
+    rng ^= rng >> 27;
+    return (rng * 2685821657736338717ULL >> 11) % n;
+}
+
+/* Every result field, request by request, equals the C core's given the
+ * microsecond TIME the script used (returned in its reply). */
+TEST(gcra_matches_c_core)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    freeReplyObject(h_cmd(sc, "FLUSHALL"));
+    ref_n = 0;
+
+    static const char *const policies[] = {"p", "q", "r", "day"};
+    static const char *const keys[] = {"a", "b", "c"};
+    struct tg_ratelimit_params pp[4] = {
+        {2 * MS, 3, 0},        /* 500/s, burst 3 */
+        {3333333, 2, 2},       /* 300/s rounded to 3334 us, with delay */
+        {5 * MS + 1, 1, 1},    /* burst 1 */
+        /* 50000/d: tolerances near 2^52 us, the largest exact values */
+        {86400 * 1000 * MS, 50000, 2},
+    };
+    int allowed = 0, refused = 0, delayed = 0, mismatches = 0;
+    for (int iter = 0; iter < 400; iter++) {
+        struct tg_ratelimit_redis_op ops[3];
+        size_t n = 1 + rnd(3);
+        for (size_t i = 0; i < n; i++) {
+            size_t pi = rnd(4);
+            int64_t cost = rnd(8) == 0 ? (int64_t)rnd(5) : 1;
+            if (pi == 3 && rnd(4) == 0)
+                cost = (int64_t)rnd(60000); /* some beyond burst + delay */
+            ops[i] = op(policies[pi], keys[rnd(3)], pp[pi].interval_ns,
+                        pp[pi].burst, pp[pi].delay, cost);
+        }
+        bool peek = rnd(10) == 0;
+        struct got g;
+        take_wait(r, ops, n, peek, &g);
+        if (g.status != 0) {
+            CHECK_EQ_INT(g.status, 0);
+            break;
+        }
+        struct tg_ratelimit_result want[3];
+        bool all = ref_take(ops, n, peek, g.now_us * 1000, want);
+        CHECK_EQ_INT(g.allowed, all);
+        CHECK_EQ_INT(g.n, n);
+        for (size_t i = 0; i < n; i++) {
+            const struct tg_ratelimit_result *a = &g.res[i], *b = &want[i];
+            if (a->allowed != b->allowed || a->remaining != b->remaining ||
+                a->retry_after_ns != b->retry_after_ns ||
+                a->reset_ns != b->reset_ns || a->delay_ns != b->delay_ns) {
+                if (mismatches++ < 5)
+                    fprintf(stderr,
+                            "iter %d op %zu: redis %d %" PRId64 " %" PRId64
+                            " %" PRId64 " %" PRId64 " vs C %d %" PRId64
+                            " %" PRId64 " %" PRId64 " %" PRId64 "\n",
+                            iter, i, a->allowed, a->remaining,
+                            a->retry_after_ns, a->reset_ns, a->delay_ns,
+                            b->allowed, b->remaining, b->retry_after_ns,
+                            b->reset_ns, b->delay_ns);
+            }
+            delayed += a->delay_ns > 0;
+        }
+        if (g.allowed)
+            allowed++;
+        else
+            refused++;
+        if (rnd(3) == 0)
+            h_run_for(loop, (double)rnd(4000) / 1e6);
+    }
+    if (mismatches > 0)
+        fprintf(stderr, "seed %llu (TG_TEST_SEED to replay)\n",
+                (unsigned long long)seed);
+    CHECK_EQ_INT(mismatches, 0);
+    /* The sequence exercised both outcomes and the delay band. */
+    CHECK(allowed > 50 && refused > 50 && delayed > 5);
+    tg_ratelimit_redis_free(r);
+}
+
+TEST(all_or_nothing)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    freeReplyObject(h_cmd(sc, "FLUSHALL"));
+    struct tg_ratelimit_redis_op y = op("aon", "y", 1000 * MS, 2, 0, 1);
+    struct got g;
+    take_wait(r, &y, 1, false, &g);
+    take_wait(r, &y, 1, false, &g);
+    CHECK(g.allowed);
+    CHECK_EQ_INT(g.res[0].remaining, 0);
+    redisReply *before = h_cmd(sc, "GET tg:{aon:y}");
+
+    struct tg_ratelimit_redis_op three[3] = {
+        op("aon", "x", 1000 * MS, 2, 0, 1), y,
+        op("aon", "z", 1000 * MS, 2, 0, 1)};
+    take_wait(r, three, 3, false, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK(!g.allowed);
+    CHECK(g.res[0].allowed && !g.res[1].allowed && g.res[2].allowed);
+    CHECK(g.res[1].retry_after_ns > 0);
+    CHECK_EQ_INT(exists("tg:{aon:x}", 10), 0);
+    CHECK_EQ_INT(exists("tg:{aon:z}", 10), 0);
+    redisReply *after = h_cmd(sc, "GET tg:{aon:y}");
+    CHECK(before && after && before->type == REDIS_REPLY_STRING &&
+          after->type == REDIS_REPLY_STRING &&
+          strcmp(before->str, after->str) == 0);
+    freeReplyObject(before);
+    freeReplyObject(after);
+
+    /* Once y is reset, the same request passes and spends on all three. */
+    struct got rs = {0};
+    CHECK_EQ_INT(tg_ratelimit_redis_reset(r, "aon", "y", 1, got_cb, &rs), 0);
+    CHECK(h_run_until(loop, got_done, &rs, 1));
+    CHECK_EQ_INT(rs.status, 0);
+    CHECK_EQ_INT(rs.n, 0);
+    take_wait(r, three, 3, false, &g);
+    CHECK(g.allowed);
+    CHECK_EQ_INT(exists("tg:{aon:x}", 10), 1);
+    CHECK_EQ_INT(exists("tg:{aon:y}", 10), 1);
+    CHECK_EQ_INT(exists("tg:{aon:z}", 10), 1);
+
+    /* A key named twice pays twice. */
+    struct tg_ratelimit_redis_op twice[2] = {
+        op("aon", "w", 1000 * MS, 2, 0, 1), op("aon", "w", 1000 * MS, 2, 0, 1)};
+    take_wait(r, twice, 2, false, &g);
+    CHECK(g.allowed);
+    CHECK_EQ_INT(g.res[0].remaining, 1);
+    CHECK_EQ_INT(g.res[1].remaining, 0);
+    take_wait(r, twice, 1, false, &g);
+    CHECK(!g.allowed);
+    tg_ratelimit_redis_free(r);
+}
+
+TEST(peek_and_ttl)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    freeReplyObject(h_cmd(sc, "FLUSHALL"));
+    struct tg_ratelimit_redis_op o = op("ttl", "k", 1000 * MS, 5, 0, 1);
+    struct got g;
+    take_wait(r, &o, 1, true, &g);
+    CHECK(g.allowed);
+    CHECK_EQ_INT(g.res[0].remaining, 4);
+    CHECK_EQ_INT(exists("tg:{ttl:k}", 10), 0); /* peek never writes */
+
+    take_wait(r, &o, 1, false, &g);
+    CHECK(g.allowed);
+    CHECK_EQ_INT(g.res[0].reset_ns, 1000 * MS);
+    long long pttl = h_int(sc, "PTTL tg:{ttl:k}");
+    CHECK(pttl > 900 && pttl <= 1000);
+    redisReply *v = h_cmd(sc, "GET tg:{ttl:k}");
+    CHECK(v != NULL && v->type == REDIS_REPLY_STRING &&
+          strtoll(v->str, NULL, 10) == g.now_us + 1000000);
+    freeReplyObject(v);
+
+    /* Peeking a spent key: sees the spend, changes nothing. */
+    take_wait(r, &o, 1, true, &g);
+    CHECK_EQ_INT(g.res[0].remaining, 3);
+    v = h_cmd(sc, "GET tg:{ttl:k}");
+    take_wait(r, &o, 1, true, &g);
+    redisReply *w = h_cmd(sc, "GET tg:{ttl:k}");
+    CHECK(v && w && strcmp(v->str, w->str) == 0);
+    freeReplyObject(v);
+    freeReplyObject(w);
+
+    /* A delay band: the sixth request passes with a delay. */
+    struct tg_ratelimit_redis_op d = op("ttl", "d", 100 * MS, 1, 2, 1);
+    take_wait(r, &d, 1, false, &g);
+    CHECK(g.allowed && g.res[0].delay_ns == 0);
+    take_wait(r, &d, 1, false, &g);
+    CHECK(g.allowed);
+    CHECK(g.res[0].delay_ns > 90 * MS && g.res[0].delay_ns <= 100 * MS);
+    pttl = h_int(sc, "PTTL tg:{ttl:d}");
+    CHECK(pttl > 190 && pttl <= 200);
+
+    /* Tolerance beyond 2^52 us: capped there (52124 tokens at one per
+     * day; the C core's 2^62 ns cap would give 53375). */
+    struct tg_ratelimit_redis_op huge =
+        op("ttl", "h", 86400 * 1000 * MS, 60000, 0, 1);
+    take_wait(r, &huge, 1, true, &g);
+    CHECK(g.allowed);
+    CHECK_EQ_INT(g.res[0].remaining, 52124 - 1);
+
+    /* A cost above burst + delay: never. */
+    struct tg_ratelimit_redis_op big = op("ttl", "b", 100 * MS, 1, 2, 4);
+    take_wait(r, &big, 1, false, &g);
+    CHECK(!g.allowed);
+    CHECK(g.res[0].retry_after_ns == INT64_MAX);
+    tg_ratelimit_redis_free(r);
+}
+
+TEST(key_format)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    freeReplyObject(h_cmd(sc, "FLUSHALL"));
+    struct got g;
+
+    /* Binary bytes, kept as they are. */
+    static const char bin[] = "a\0b\r\n}";
+    struct tg_ratelimit_redis_op o = op("pol", "", 1000 * MS, 5, 0, 1);
+    o.key = bin;
+    o.keylen = sizeof(bin) - 1;
+    take_wait(r, &o, 1, false, &g);
+    CHECK(g.allowed);
+    static const char full[] = "tg:{pol:a\0b\r\n}}";
+    CHECK_EQ_INT(exists(full, sizeof(full) - 1), 1);
+
+    /* 200 bytes: raw; 201: "#" + SHA-256 in hex. */
+    char k[301];
+    memset(k, 'k', 300);
+    k[300] = '\0';
+    o.key = k;
+    o.keylen = TG_RATELIMIT_REDIS_KEY_MAX;
+    take_wait(r, &o, 1, false, &g);
+    char raw[260];
+    int n = snprintf(raw, sizeof(raw), "tg:{pol:%.*s}", 200, k);
+    CHECK_EQ_INT(exists(raw, (size_t)n), 1);
+
+    o.keylen = 300;
+    take_wait(r, &o, 1, false, &g);
+    take_wait(r, &o, 1, false, &g); /* the same bucket: 3 left */
+    CHECK_EQ_INT(g.res[0].remaining, 3);
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_Digest(k, 300, md, &mdlen, EVP_sha256(), NULL);
+    char h[65];
+    hex(h, md, 32);
+    char hashed[128];
+    n = snprintf(hashed, sizeof(hashed), "tg:{pol:#%s}", h);
+    CHECK_EQ_INT(exists(hashed, (size_t)n), 1);
+    CHECK_EQ_INT(h_int(sc, "DBSIZE"), 3);
+
+    /* Another 300-byte key sharing the first 299 bytes: its own bucket. */
+    k[299] = 'x';
+    take_wait(r, &o, 1, false, &g);
+    CHECK_EQ_INT(g.res[0].remaining, 4);
+    tg_ratelimit_redis_free(r);
+}
+
+/* Calls of EVALSHA so far, from INFO commandstats. */
+static long long evalsha_calls(void)
+{
+    redisReply *r = h_cmd(sc, "INFO commandstats");
+    long long v = -1;
+    const char *p = r != NULL && r->type == REDIS_REPLY_STRING
+                        ? strstr(r->str, "cmdstat_evalsha:calls=")
+                        : NULL;
+    if (p != NULL)
+        v = atoll(p + strlen("cmdstat_evalsha:calls="));
+    if (r != NULL)
+        freeReplyObject(r);
+    return v;
+}
+
+/* Sixteen takes issued in one loop iteration reach Redis in one read and
+ * their replies are handled in one read too: one round trip. */
+TEST(pipelining)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    enum { N = 16 };
+    long long c1 = evalsha_calls();
+    long long r0 = h_info(sc, "total_reads_processed");
+    long long r1 = h_info(sc, "total_reads_processed");
+    long long per_info = r1 - r0; /* the INFO's own read */
+    struct got g[N];
+    char key[N][16];
+    struct tg_redis_stats before;
+    tg_redis_stats(r->link, &before);
+    for (int i = 0; i < N; i++) {
+        snprintf(key[i], sizeof(key[i]), "p%d", i);
+        struct tg_ratelimit_redis_op o = op("pipe", key[i], 10 * MS, 5, 0, 1);
+        memset(&g[i], 0, sizeof(g[i]));
+        CHECK(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &g[i]) != NULL);
+    }
+    CHECK(h_run_until(loop, got_done, &g[N - 1], 2));
+    long long r2 = h_info(sc, "total_reads_processed");
+    long long c2 = evalsha_calls();
+    int same = 0;
+    for (int i = 0; i < N; i++)
+        same += g[i].calls == 1 && g[i].status == 0 &&
+                g[i].iteration == g[0].iteration;
+    CHECK_EQ_INT(same, N);
+    /* Server side: N EVALSHAs in one read (beside the INFOs'). */
+    CHECK_EQ_INT(c2 - c1, N);
+    CHECK_EQ_INT(r2 - r1 - per_info, 1);
+    struct tg_redis_stats after;
+    tg_redis_stats(r->link, &after);
+    CHECK_EQ_INT(after.replies - before.replies, N);
+    fprintf(stderr, "pipelining: %d takes, %lld server read(s), replies "
+                    "handled in %d loop iteration(s)\n",
+            N, r2 - r1 - per_info, same == N ? 1 : -1);
+    tg_ratelimit_redis_free(r);
+}
+
+TEST(script_flush_reloads)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    struct tg_ratelimit_redis_op o = op("fl", "k", 1 * MS, 100, 0, 1);
+    struct got g;
+    take_wait(r, &o, 1, false, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK_EQ_INT(r->reloads, 0);
+
+    freeReplyObject(h_cmd(sc, "SCRIPT FLUSH"));
+    take_wait(r, &o, 1, false, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK(g.allowed);
+    CHECK_EQ_INT(r->reloads, 1);
+
+    /* Several in flight when the cache goes: each retries once, behind
+     * one SCRIPT LOAD. */
+    freeReplyObject(h_cmd(sc, "SCRIPT FLUSH"));
+    struct got m[4];
+    memset(m, 0, sizeof(m));
+    for (int i = 0; i < 4; i++)
+        CHECK(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &m[i]) != NULL);
+    CHECK(h_run_until(loop, got_done, &m[3], 2));
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ_INT(m[i].status, 0);
+    CHECK_EQ_INT(r->reloads, 5);
+    struct tg_ratelimit_redis_stats st;
+    tg_ratelimit_redis_stats(r, &st);
+    CHECK_EQ_INT(st.errors, 0);
+    CHECK_EQ_INT(st.timeouts, 0);
+    tg_ratelimit_redis_free(r);
+}
+
+/* The server stops answering: callbacks with -1 within the timeout and a
+ * few ms, the breaker opens, takes return NULL at once. It is replaced by
+ * a fresh server: the limiter reconnects, reloads its script and closes
+ * the breaker by itself. */
+TEST(stopped_then_restarted)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    struct tg_ratelimit_redis_op o = op("st", "k", 1 * MS, 100, 0, 1);
+
+    kill(srv.pid, SIGSTOP);
+    struct got g[6];
+    double worst = 0;
+    for (int i = 0; i < 6; i++) {
+        memset(&g[i], 0, sizeof(g[i]));
+        ev_now_update(loop);
+        double t0 = h_now();
+        CHECK(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &g[i]) != NULL);
+        CHECK(h_run_until(loop, got_done, &g[i], 1));
+        CHECK_EQ_INT(g[i].status, -1);
+        if (g[i].at - t0 > worst)
+            worst = g[i].at - t0;
+        if (i == 4)
+            break; /* the fifth fault opens the circuit */
+    }
+    CHECK(worst < 0.050 + 0.015);
+    CHECK(lim_open(r));
+    double t0 = h_now();
+    struct got n = {0};
+    CHECK(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &n) == NULL);
+    CHECK(h_now() - t0 < 0.001);
+    struct tg_ratelimit_redis_stats st;
+    tg_ratelimit_redis_stats(r, &st);
+    CHECK(st.short_circuited >= 1);
+    CHECK_EQ_INT(st.timeouts, 5);
+
+    h_redis_stop(&srv);
+    h_redis_start(&srv);
+    CHECK(h_run_until(loop, lim_up, r, 3));
+    struct got ok;
+    take_wait(r, &o, 1, false, &ok);
+    CHECK_EQ_INT(ok.status, 0);
+    CHECK_EQ_INT(r->reloads, 0); /* loaded on connect, not on NOSCRIPT */
+    tg_ratelimit_redis_stats(r, &st);
+    CHECK_EQ_INT(st.disconnects, 1);
+    tg_ratelimit_redis_free(r);
+    redisFree(sc);
+    sc = h_client(&srv);
+}
+
+/* DEBUG SLEEP from another client: the take times out, and its late
+ * reply (the script did run) is ignored. */
+TEST(slow_redis)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    redisContext *sleeper = h_client(&srv);
+    redisAppendCommand(sleeper, "DEBUG SLEEP 0.2");
+    int done = 0;
+    while (!done)
+        redisBufferWrite(sleeper, &done);
+    usleep(20000);
+
+    struct tg_ratelimit_redis_op o = op("slow", "k", 1 * MS, 10, 0, 1);
+    struct got g = {0};
+    ev_now_update(loop);
+    double t0 = h_now();
+    CHECK(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &g) != NULL);
+    CHECK(h_run_until(loop, got_done, &g, 1));
+    CHECK_EQ_INT(g.status, -1);
+    CHECK(g.at - t0 >= 0.045 && g.at - t0 < 0.065);
+    h_run_for(loop, 0.25);
+    CHECK_EQ_INT(g.calls, 1);
+    struct tg_ratelimit_redis_stats st;
+    tg_ratelimit_redis_stats(r, &st);
+    CHECK_EQ_INT(st.timeouts, 1);
+    CHECK(tg_ratelimit_redis_state(r) == TG_REDIS_UP);
+    void *rep = NULL;
+    redisGetReply(sleeper, &rep);
+    if (rep != NULL)
+        freeReplyObject(rep);
+    redisFree(sleeper);
+    tg_ratelimit_redis_free(r);
+}
+
+/* Replies a real Redis would not give this script, from a fake server:
+ * each is a fault (status -1), none a crash. */
+TEST(wrong_replies)
+{
+    struct tg_ratelimit_redis *probe =
+        tg_ratelimit_redis_new(loop, &(struct tg_config_redis){
+                                         .address = "127.0.0.1:1",
+                                         .timeout_ms = 50,
+                                         .key_prefix = "tg:"},
+                               "x", false);
+    struct h_fake f;
+    h_fake_start(&f, probe->sha);
+    tg_ratelimit_redis_free(probe);
+    link_tuning.breaker_faults = 1000;
+
+    static const struct {
+        const char *reply;
+        bool reply_error; /* counted in stats.errors */
+    } cases[] = {
+        {":1\r\n", true},
+        {"$-1\r\n", true},
+        {"+OK\r\n", true},
+        {"$3\r\nabc\r\n", true},
+        {"*3\r\n:1\r\n:1\r\n:1\r\n", true},
+        /* all = 1 but the op refused */
+        {"*7\r\n:1\r\n:1\r\n:0\r\n:5\r\n:0\r\n:0\r\n:0\r\n", true},
+        /* allowed = 2 */
+        {"*7\r\n:1\r\n:1\r\n:2\r\n:5\r\n:0\r\n:0\r\n:0\r\n", true},
+        /* negative remaining */
+        {"*7\r\n:1\r\n:1\r\n:1\r\n:-5\r\n:0\r\n:0\r\n:0\r\n", true},
+        /* strings for integers */
+        {"*7\r\n$1\r\n1\r\n$1\r\n1\r\n$1\r\n1\r\n$1\r\n5\r\n$1\r\n0\r\n$1\r\n0"
+         "\r\n$1\r\n0\r\n", true},
+        /* nested */
+        {"*7\r\n*1\r\n:1\r\n:1\r\n:1\r\n:5\r\n:0\r\n:0\r\n:0\r\n", true},
+        {"*-1\r\n", true},
+        {"-READONLY You can't write against a read only replica.\r\n", true},
+        {"-LOADING Redis is loading the dataset in memory\r\n", true},
+        {"-BUSY Redis is busy running a script.\r\n", true},
+        {"-NOSCRIPT No matching script.\r\n", true}, /* twice: a fault */
+        {"-ERR tollgate gcra: bad arguments\r\n", true},
+        {"?garbage\r\n", false},
+        {"+OK\r\n+OK\r\n", true}, /* a wrong reply, then an extra one */
+        {"CLOSE", false},
+    };
+    struct tg_config_redis c = cfg_port(f.port);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        h_fake_set(&f, cases[i].reply);
+        struct tg_ratelimit_redis *r = up(&c, "gw", false);
+        struct tg_ratelimit_redis_op o = op("f", "k", 1 * MS, 10, 0, 1);
+        struct got g;
+        take_wait(r, &o, 1, false, &g);
+        h_run_for(loop, 0.01);
+        CHECK_EQ_INT(g.calls, 1);
+        if (g.status != -1)
+            fprintf(stderr, "case %zu: status %d\n", i, g.status);
+        CHECK_EQ_INT(g.status, -1);
+        struct tg_ratelimit_redis_stats st;
+        tg_ratelimit_redis_stats(r, &st);
+        if (st.errors != (cases[i].reply_error ? 1u : 0u))
+            fprintf(stderr, "case %zu: %llu errors\n", i,
+                    (unsigned long long)st.errors);
+        CHECK_EQ_INT(st.errors, cases[i].reply_error ? 1 : 0);
+        tg_ratelimit_redis_free(r);
+    }
+
+    /* And a well-formed one, to show the fake is heard. */
+    h_fake_set(&f, "*7\r\n:1700000000000000\r\n:1\r\n:1\r\n:4\r\n:0\r\n"
+                   ":200000\r\n:0\r\n");
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    struct tg_ratelimit_redis_op o = op("f", "k", 1 * MS, 10, 0, 1);
+    struct got g;
+    take_wait(r, &o, 1, false, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK(g.allowed);
+    CHECK_EQ_INT(g.res[0].remaining, 4);
+    CHECK_EQ_INT(g.res[0].reset_ns, 200 * MS);
+    CHECK_EQ_INT(g.now_us, 1700000000000000LL);
+    tg_ratelimit_redis_free(r);
+
+    link_tuning.breaker_faults = 0;
+    h_fake_stop(&f);
+}
+
+static bool two_gateways(void *arg)
+{
+    (void)arg;
+    return tg_ratelimit_redis_gateways() == 2;
+}
+
+TEST(heartbeats)
+{
+    CHECK_EQ_INT(tg_ratelimit_redis_gateways(), 1);
+    heartbeat_interval_s = 0.05;
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *a = up(&c, "gw-a", true);
+    struct tg_ratelimit_redis *b = up(&c, "gw-b", true);
+    CHECK(h_run_until(loop, two_gateways, NULL, 1));
+    h_run_for(loop, 0.12); /* both have beaten again since */
+    CHECK_EQ_INT(tg_ratelimit_redis_gateways(), 2);
+    CHECK_EQ_INT(h_int(sc, "ZCARD tg:{gateways}"), 2);
+    long long pttl = h_int(sc, "PTTL tg:{gateways}");
+    CHECK(pttl > 9000 && pttl <= 10000);
+    redisReply *s = h_cmd(sc, "ZSCORE tg:{gateways} gw-a");
+    redisReply *t = h_cmd(sc, "TIME");
+    CHECK(s && t && s->type == REDIS_REPLY_STRING);
+    if (s && t && s->type == REDIS_REPLY_STRING) {
+        long long now_ms = atoll(t->element[0]->str) * 1000 +
+                           atoll(t->element[1]->str) / 1000;
+        long long exp = atoll(s->str) - now_ms;
+        CHECK(exp > 9000 && exp <= 10000);
+    }
+    freeReplyObject(s);
+    freeReplyObject(t);
+
+    /* Unreachable: the last count stays. */
+    kill(srv.pid, SIGSTOP);
+    h_run_for(loop, 0.2);
+    CHECK_EQ_INT(tg_ratelimit_redis_gateways(), 2);
+    kill(srv.pid, SIGCONT);
+    tg_ratelimit_redis_free(a);
+    tg_ratelimit_redis_free(b);
+    heartbeat_interval_s = 2.0;
+}
+
+TEST(cancel_and_free)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    struct tg_ratelimit_redis_op o = op("cx", "k", 1 * MS, 100, 0, 1);
+
+    /* Cancelled: never called, even though its reply arrives. */
+    struct got x = {0}, y = {0};
+    tg_ratelimit_redis_cancel(
+        tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &x));
+    CHECK(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &y) != NULL);
+    CHECK(h_run_until(loop, got_done, &y, 1));
+    CHECK_EQ_INT(x.calls, 0);
+
+    /* Cancelled while Redis sleeps: not called at the deadline either. */
+    redisContext *sleeper = h_client(&srv);
+    redisAppendCommand(sleeper, "DEBUG SLEEP 0.1");
+    int done = 0;
+    while (!done)
+        redisBufferWrite(sleeper, &done);
+    usleep(20000);
+    struct got z = {0};
+    tg_ratelimit_redis_cancel(
+        tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &z));
+    h_run_for(loop, 0.15);
+    CHECK_EQ_INT(z.calls, 0);
+    void *rep = NULL;
+    redisGetReply(sleeper, &rep);
+    if (rep != NULL)
+        freeReplyObject(rep);
+    redisFree(sleeper);
+    struct tg_ratelimit_redis_stats st;
+    tg_ratelimit_redis_stats(r, &st);
+    CHECK_EQ_INT(st.timeouts, 0);
+
+    /* Free: pending ones get -1 before free returns, cancelled ones
+     * nothing. */
+    struct got p1 = {0}, p2 = {0}, p3 = {0};
+    CHECK(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &p1) != NULL);
+    CHECK(tg_ratelimit_redis_take(r, &o, 1, true, got_cb, &p2) != NULL);
+    tg_ratelimit_redis_cancel(
+        tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &p3));
+    tg_ratelimit_redis_free(r);
+    CHECK_EQ_INT(p1.calls, 1);
+    CHECK_EQ_INT(p1.status, -1);
+    CHECK_EQ_INT(p2.calls, 1);
+    CHECK_EQ_INT(p2.status, -1);
+    CHECK_EQ_INT(p3.calls, 0);
+    h_run_for(loop, 0.02);
+    CHECK_EQ_INT(p1.calls + p2.calls + p3.calls, 2);
+}
+
+TEST(invalid_requests)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    struct tg_ratelimit_redis_op ops[17];
+    for (int i = 0; i < 17; i++)
+        ops[i] = op("inv", "k", 1 * MS, 1, 0, 1);
+    struct got g = {0};
+    CHECK(tg_ratelimit_redis_take(r, ops, 0, false, got_cb, &g) == NULL);
+    CHECK(tg_ratelimit_redis_take(r, ops, 17, false, got_cb, &g) == NULL);
+    ops[0].params.burst = 0;
+    CHECK(tg_ratelimit_redis_take(r, ops, 1, false, got_cb, &g) == NULL);
+    ops[0] = op("inv", "k", 0, 1, 0, 1);
+    CHECK(tg_ratelimit_redis_take(r, ops, 1, false, got_cb, &g) == NULL);
+    ops[0] = op("inv", "k", 1, 1, 0, -1);
+    CHECK(tg_ratelimit_redis_take(r, ops, 1, false, got_cb, &g) == NULL);
+    ops[0].policy = NULL;
+    ops[0].cost = 1;
+    CHECK(tg_ratelimit_redis_take(r, ops, 1, false, got_cb, &g) == NULL);
+    /* Sixteen is the most. */
+    for (int i = 0; i < 16; i++)
+        ops[i] = op("inv", "k", 1 * MS, 20, 0, 1);
+    take_wait(r, ops, 16, false, &g);
+    CHECK(g.allowed);
+    CHECK_EQ_INT(g.res[15].remaining, 4);
+    /* A rate finer than a microsecond: at most one per microsecond. */
+    ops[0] = op("inv", "fast", 1, 1000, 0, 1000);
+    take_wait(r, ops, 1, false, &g);
+    CHECK_EQ_INT(g.res[0].reset_ns, 1000 * 1000);
+    CHECK_EQ_INT(g.calls, 1);
+    tg_ratelimit_redis_free(r);
+}
+
+TEST(configure)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    freeReplyObject(h_cmd(sc, "FLUSHALL"));
+    struct tg_redis_stats ls;
+    tg_redis_stats(r->link, &ls);
+    uint64_t connects = ls.connects;
+
+    struct tg_config_redis c2 = c;
+    c2.key_prefix = "tg2:";
+    c2.timeout_ms = 70;
+    tg_ratelimit_redis_configure(r, &c2);
+    CHECK(tg_ratelimit_redis_state(r) == TG_REDIS_UP);
+    struct tg_ratelimit_redis_op o = op("cf", "k", 1 * MS, 5, 0, 1);
+    struct got g;
+    take_wait(r, &o, 1, false, &g);
+    CHECK_EQ_INT(exists("tg2:{cf:k}", 10), 1);
+    tg_redis_stats(r->link, &ls);
+    CHECK_EQ_INT(ls.connects, connects);
+
+    struct tg_config_redis c3 = c2;
+    c3.db = 2;
+    tg_ratelimit_redis_configure(r, &c3);
+    CHECK(h_run_until(loop, lim_up, r, 2));
+    take_wait(r, &o, 1, false, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK_EQ_INT(g.res[0].remaining, 4); /* a fresh bucket in db 2 */
+    tg_redis_stats(r->link, &ls);
+    CHECK_EQ_INT(ls.connects, connects + 1);
+    tg_ratelimit_redis_free(r);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    if (getenv("TG_TEST_VERBOSE") == NULL)
+        tg_log_set_level(TG_LOG_ERROR + 1);
+    const char *env = getenv("TG_TEST_SEED");
+    seed = env != NULL ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
+    rng = seed * 2654435761u + 1;
+    link_tuning.backoff_min_ms = 20;
+    link_tuning.backoff_max_ms = 200;
+    link_tuning.connect_timeout_ms = 300;
+    loop = ev_loop_new(EVFLAG_AUTO);
+    h_redis_start(&srv);
+    sc = h_client(&srv);
+
+    RUN(gcra_matches_c_core);
+    RUN(all_or_nothing);
+    RUN(peek_and_ttl);
+    RUN(key_format);
+    RUN(pipelining);
+    RUN(script_flush_reloads);
+    RUN(stopped_then_restarted);
+    RUN(slow_redis);
+    RUN(wrong_replies);
+    RUN(heartbeats);
+    RUN(cancel_and_free);
+    RUN(invalid_requests);
+    RUN(configure);
+
+    redisFree(sc);
+    h_redis_stop(&srv);
+    ev_loop_destroy(loop);
+    return TEST_SUMMARY();
+}
