@@ -19,6 +19,7 @@
 #include "http1.h"
 #include "json.h"
 #include "proxy.h"
+#include "ratelimit_redis.h"
 #include "worker.h"
 
 #define MAX_PART 128
@@ -360,53 +361,91 @@ static void decide_local(struct tg_ratelimit_local *table, struct tg_limiter_ite
     }
 }
 
-int tg_limiter_decide(struct tg_request *req)
+enum { CALL_ENFORCE = 0, CALL_FAILURES, CALL_SHADOW };
+
+static bool is_redis(const struct tg_limiter_item *it)
+{
+    return it->policy->store == TG_RL_STORE_REDIS;
+}
+
+static int call_kind(const struct tg_limiter_item *it)
+{
+    if (it->policy->count_failures)
+        return CALL_FAILURES;
+    return it->policy->shadow ? CALL_SHADOW : CALL_ENFORCE;
+}
+
+/* Redis is unreachable or failed for these items: rate_limit.redis.on_error
+ * decides. `local` falls back to this gateway's share of the budget
+ * (rate / N and burst / N for N live gateways), so the fleet as a whole
+ * stays near the shared limit. */
+static void apply_on_error(struct tg_request *req, struct tg_limiter_item **items, size_t n,
+                           bool peek)
 {
     struct tg_limiter_state *lim = &req->lim;
-    if (!lim->active)
-        return 0;
+    const struct tg_config_rate_limit *rl = &req->wcfg->config->rate_limit;
+    if (n == 0)
+        return;
+    lim->redis_fallback = true;
+    req->conn->w->rl_redis_fallbacks++;
+    if (rl->on_error == TG_RL_ON_ERROR_DENY) {
+        lim->store_error = true;
+        return;
+    }
+    if (rl->on_error == TG_RL_ON_ERROR_ALLOW) {
+        for (size_t i = 0; i < n; i++) {
+            items[i]->result = (struct tg_ratelimit_result){.allowed = true,
+                                                           .remaining = items[i]->policy->params.burst};
+            items[i]->decided = false; /* nothing to report */
+        }
+        return;
+    }
+    int64_t share = tg_ratelimit_redis_gateways();
+    if (share < 1)
+        share = 1;
+    struct tg_ratelimit_params scaled[TG_LIMITER_MAX_POLICIES];
+    struct tg_ratelimit_op ops[TG_LIMITER_MAX_POLICIES];
+    char keys[TG_LIMITER_MAX_POLICIES][MAX_KEY + 80];
+    for (size_t i = 0; i < n; i++) {
+        scaled[i] = items[i]->policy->params;
+        scaled[i].interval_ns = scaled[i].interval_ns > INT64_MAX / share
+                                    ? INT64_MAX / 2 : scaled[i].interval_ns * share;
+        scaled[i].burst = (scaled[i].burst + share - 1) / share;
+        size_t kl = store_key(items[i], keys[i], sizeof(keys[i]));
+        ops[i] = (struct tg_ratelimit_op){keys[i], kl, &scaled[i], 1, {0}};
+    }
     struct tg_ratelimit_local *table = req->conn->w->rt->rl_local;
-    int64_t now = tg_limiter_now_ns();
-    struct tg_limiter_item *enforce[TG_LIMITER_MAX_POLICIES], *shadow[TG_LIMITER_MAX_POLICIES],
-        *failures[TG_LIMITER_MAX_POLICIES];
-    size_t ne = 0, ns = 0, nf = 0;
-    for (size_t i = 0; i < lim->n; i++) {
-        struct tg_limiter_item *it = &lim->items[i];
-        if (it->policy->count_failures)
-            failures[nf++] = it;
-        else if (it->policy->shadow)
-            shadow[ns++] = it;
-        else
-            enforce[ne++] = it;
-    }
-    /* Failure-counting policies only look: a key already out of tokens is
-     * refused before the upstream; tokens are spent after a failure. */
-    decide_local(table, failures, nf, true, 1, now);
-    bool refused = false;
-    for (size_t i = 0; i < nf; i++)
-        if (!failures[i]->result.allowed && !failures[i]->policy->shadow)
-            refused = true;
-    if (!refused)
-        decide_local(table, enforce, ne, false, 1, now);
+    if (peek)
+        tg_ratelimit_local_peek(table, ops, n, tg_limiter_now_ns());
     else
-        decide_local(table, enforce, ne, true, 1, now);
-    for (size_t i = 0; i < ne; i++) {
-        if (!enforce[i]->result.allowed)
-            refused = true;
-        else if (enforce[i]->result.delay_ns > lim->delay_ns)
-            lim->delay_ns = enforce[i]->result.delay_ns;
+        tg_ratelimit_local_take(table, ops, n, tg_limiter_now_ns());
+    for (size_t i = 0; i < n; i++) {
+        items[i]->result = ops[i].result;
+        items[i]->decided = true;
     }
-    decide_local(table, shadow, ns, false, 1, now);
-    for (size_t i = 0; i < ns; i++)
-        if (!shadow[i]->result.allowed)
-            lim->shadow_limited = true;
-    for (size_t i = 0; i < nf; i++)
-        if (!failures[i]->result.allowed && failures[i]->policy->shadow)
-            lim->shadow_limited = true;
-    lim->limited = refused;
-    if (refused)
-        lim->delay_ns = 0;
+}
 
+/* Everything is decided: work out the verdict and what the headers say. */
+static void finalize(struct tg_request *req)
+{
+    struct tg_limiter_state *lim = &req->lim;
+    bool refused = false;
+    for (size_t i = 0; i < lim->n; i++) {
+        const struct tg_limiter_item *it = &lim->items[i];
+        if (!it->decided)
+            continue;
+        if (!it->result.allowed) {
+            if (it->policy->shadow)
+                lim->shadow_limited = true;
+            else
+                refused = true;
+        } else if (!it->policy->shadow && it->result.delay_ns > lim->delay_ns) {
+            lim->delay_ns = it->result.delay_ns;
+        }
+    }
+    lim->limited = refused;
+    if (refused || lim->store_error)
+        lim->delay_ns = 0;
     /* Report: when refused, the refusing policy that frees up last; when
      * allowed, the enforced policy with the fewest tokens left. */
     const struct tg_limiter_item *best = NULL;
@@ -423,8 +462,166 @@ int tg_limiter_decide(struct tg_request *req)
         }
     }
     lim->report = best;
-    lim->outcome = refused ? "limited" : (lim->shadow_limited ? "shadow" : "allowed");
+    lim->outcome = lim->store_error ? "error"
+                   : refused       ? "limited"
+                   : lim->shadow_limited ? "shadow" : "allowed";
+}
+
+/* Local enforced policies spend only once every store has allowed. */
+static void spend_local(struct tg_request *req, bool refused_elsewhere)
+{
+    struct tg_limiter_state *lim = &req->lim;
+    struct tg_ratelimit_local *table = req->conn->w->rt->rl_local;
+    struct tg_limiter_item *enforce[TG_LIMITER_MAX_POLICIES], *shadow[TG_LIMITER_MAX_POLICIES];
+    size_t ne = 0, ns = 0;
+    for (size_t i = 0; i < lim->n; i++) {
+        struct tg_limiter_item *it = &lim->items[i];
+        if (is_redis(it))
+            continue;
+        if (call_kind(it) == CALL_ENFORCE)
+            enforce[ne++] = it;
+        else if (call_kind(it) == CALL_SHADOW)
+            shadow[ns++] = it;
+    }
+    int64_t now = tg_limiter_now_ns();
+    decide_local(table, enforce, ne, refused_elsewhere, 1, now);
+    decide_local(table, shadow, ns, false, 1, now);
+}
+
+static bool any_refused(const struct tg_limiter_state *lim, bool redis_only)
+{
+    for (size_t i = 0; i < lim->n; i++) {
+        const struct tg_limiter_item *it = &lim->items[i];
+        if (it->decided && !it->result.allowed && !it->policy->shadow &&
+            (!redis_only || is_redis(it)))
+            return true;
+    }
+    return false;
+}
+
+static void on_redis_reply(void *arg, int status, bool allowed,
+                           const struct tg_ratelimit_result *results, size_t n);
+
+/* Sends one kind of Redis-backed policies. Returns false when it could not
+ * be sent (on_error has then been applied). */
+static void send_redis(struct tg_request *req, int kind)
+{
+    struct tg_limiter_state *lim = &req->lim;
+    struct tg_limiter_call *call = &lim->calls[kind];
+    struct tg_limiter_item *items[TG_LIMITER_MAX_POLICIES];
+    struct tg_ratelimit_redis_op ops[TG_LIMITER_MAX_POLICIES];
+    call->req = req;
+    call->kind = (uint8_t)kind;
+    call->n = 0;
+    for (size_t i = 0; i < lim->n; i++) {
+        struct tg_limiter_item *it = &lim->items[i];
+        if (!is_redis(it) || call_kind(it) != kind)
+            continue;
+        ops[call->n] = (struct tg_ratelimit_redis_op){it->policy->name, it->key, it->keylen,
+                                                     it->policy->params, 1};
+        items[call->n] = it;
+        call->idx[call->n++] = (uint8_t)i;
+    }
+    if (call->n == 0)
+        return;
+    struct tg_ratelimit_redis *r = req->conn->w->rl_redis;
+    call->pending = r != NULL ? tg_ratelimit_redis_take(r, ops, call->n, kind == CALL_FAILURES,
+                                                        on_redis_reply, call)
+                              : NULL;
+    if (call->pending == NULL) {
+        apply_on_error(req, items, call->n, kind == CALL_FAILURES);
+        return;
+    }
+    lim->pending++;
+}
+
+static void finish(struct tg_request *req)
+{
+    struct tg_limiter_state *lim = &req->lim;
+    spend_local(req, any_refused(lim, true) || lim->store_error);
+    finalize(req);
+}
+
+static void on_redis_reply(void *arg, int status, bool allowed,
+                           const struct tg_ratelimit_result *results, size_t n)
+{
+    (void)allowed;
+    struct tg_limiter_call *call = arg;
+    struct tg_request *req = call->req;
+    struct tg_limiter_state *lim = &req->lim;
+    call->pending = NULL;
+    if (status < 0 || n != call->n) {
+        struct tg_limiter_item *items[TG_LIMITER_MAX_POLICIES];
+        for (size_t i = 0; i < call->n; i++)
+            items[i] = &lim->items[call->idx[i]];
+        apply_on_error(req, items, call->n, call->kind == CALL_FAILURES);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            lim->items[call->idx[i]].result = results[i];
+            lim->items[call->idx[i]].decided = true;
+        }
+    }
+    if (--lim->pending == 0) {
+        finish(req);
+        tg_proxy_limiter_done(req);
+    }
+}
+
+int tg_limiter_decide(struct tg_request *req)
+{
+    struct tg_limiter_state *lim = &req->lim;
+    if (!lim->active)
+        return 0;
+    struct tg_ratelimit_local *table = req->conn->w->rt->rl_local;
+    int64_t now = tg_limiter_now_ns();
+    struct tg_limiter_item *enforce[TG_LIMITER_MAX_POLICIES], *failures[TG_LIMITER_MAX_POLICIES];
+    size_t ne = 0, nf = 0, nredis = 0;
+    for (size_t i = 0; i < lim->n; i++) {
+        struct tg_limiter_item *it = &lim->items[i];
+        if (is_redis(it)) {
+            nredis++;
+            continue;
+        }
+        if (call_kind(it) == CALL_FAILURES)
+            failures[nf++] = it;
+        else if (call_kind(it) == CALL_ENFORCE)
+            enforce[ne++] = it;
+    }
+    /* Look locally first: a request already refused here costs Redis
+     * nothing. Failure-counting policies only ever look. */
+    decide_local(table, failures, nf, true, 1, now);
+    decide_local(table, enforce, ne, true, 1, now);
+    if (nredis == 0 || any_refused(lim, false)) {
+        finish(req);
+        return 0;
+    }
+    /* The kinds go out in the same loop iteration: one pipelined write,
+     * one round trip. */
+    send_redis(req, CALL_ENFORCE);
+    send_redis(req, CALL_FAILURES);
+    send_redis(req, CALL_SHADOW);
+    if (lim->pending > 0)
+        return 1;
+    finish(req);
     return 0;
+}
+
+void tg_limiter_cancel(struct tg_request *req)
+{
+    struct tg_limiter_state *lim = &req->lim;
+    for (size_t k = 0; k < TG_ARRAY_LEN(lim->calls); k++) {
+        if (lim->calls[k].pending != NULL) {
+            tg_ratelimit_redis_cancel(lim->calls[k].pending);
+            lim->calls[k].pending = NULL;
+        }
+    }
+    lim->pending = 0;
+}
+
+static void on_charge_reply(void *arg, int status, bool allowed,
+                            const struct tg_ratelimit_result *results, size_t n)
+{
+    (void)arg, (void)status, (void)allowed, (void)results, (void)n;
 }
 
 void tg_limiter_after_response(struct tg_request *req, int status)
@@ -433,17 +630,27 @@ void tg_limiter_after_response(struct tg_request *req, int status)
     if (!lim->active || lim->limited)
         return;
     struct tg_limiter_item *charge[TG_LIMITER_MAX_POLICIES];
-    size_t n = 0;
+    struct tg_ratelimit_redis_op ops[TG_LIMITER_MAX_POLICIES];
+    size_t n = 0, nr = 0;
     for (size_t i = 0; i < lim->n; i++) {
         struct tg_limiter_item *it = &lim->items[i];
         if (!it->policy->count_failures)
             continue;
-        for (size_t s = 0; s < it->policy->nfailure_statuses; s++)
-            if (it->policy->failure_statuses[s] == status)
+        for (size_t s = 0; s < it->policy->nfailure_statuses; s++) {
+            if (it->policy->failure_statuses[s] != status)
+                continue;
+            if (is_redis(it))
+                ops[nr++] = (struct tg_ratelimit_redis_op){it->policy->name, it->key, it->keylen,
+                                                          it->policy->params, 1};
+            else
                 charge[n++] = it;
+        }
     }
     if (n > 0)
         decide_local(req->conn->w->rt->rl_local, charge, n, false, 1, tg_limiter_now_ns());
+    /* Redis: nobody waits for this one; a failure only loses one charge. */
+    if (nr > 0 && req->conn->w->rl_redis != NULL)
+        tg_ratelimit_redis_take(req->conn->w->rl_redis, ops, nr, false, on_charge_reply, NULL);
 }
 
 /* ---- headers -------------------------------------------------------------------- */

@@ -15,6 +15,7 @@
 #include "ratelimit.h"
 
 struct tg_request;
+struct tg_ratelimit_redis_pending;
 struct tg_config;
 struct tg_config_route;
 struct tg_config_policy;
@@ -35,6 +36,15 @@ struct tg_limiter_item {
     bool decided;
 };
 
+/* One Redis round trip of a request (its policies of one kind). */
+struct tg_limiter_call {
+    struct tg_request *req;
+    struct tg_ratelimit_redis_pending *pending;
+    uint8_t kind;                /* enforce, failures (peek), shadow */
+    uint8_t idx[TG_LIMITER_MAX_POLICIES];
+    uint8_t n;
+};
+
 struct tg_limiter_state {
     size_t n;
     struct tg_limiter_item items[TG_LIMITER_MAX_POLICIES];
@@ -45,6 +55,10 @@ struct tg_limiter_state {
     const struct tg_limiter_item *report; /* what the headers describe */
     int64_t delay_ns;            /* hold the request this long (policy delay) */
     const char *outcome;         /* for the log: allowed/limited/shadow/exempt */
+    bool store_error;            /* Redis failed and on_error is deny: 503 */
+    bool redis_fallback;         /* Redis failed; decided by on_error */
+    unsigned pending;            /* Redis calls in flight */
+    struct tg_limiter_call calls[3];
 };
 
 /* The policies for a route: its own list, else its site's, else
@@ -61,9 +75,15 @@ int tg_limiter_prepare(struct tg_request *req);
  * json parts (a missing field falls back to the client address). */
 void tg_limiter_take_body(struct tg_request *req, const char *body, size_t len);
 
-/* Decides with the local table. Fills req->lim (limited, report, delay_ns,
- * outcome). Returns 0. (Redis-backed policies: see limiter.c.) */
+/* Decides. Returns 0 when decided now (req->lim says how: limited,
+ * store_error, delay_ns, report), or 1 when Redis-backed policies wait for a
+ * reply: then tg_proxy_limiter_done(req) is called from the loop once
+ * decided (never before this returns), unless tg_limiter_cancel came
+ * first. */
 int tg_limiter_decide(struct tg_request *req);
+
+/* The request goes away: Redis replies for it are dropped. */
+void tg_limiter_cancel(struct tg_request *req);
 
 /* After the response status is known: charges count: failures policies
  * whose failure_statuses include `status`. */

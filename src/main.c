@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <ev.h>
@@ -344,6 +345,12 @@ int main(int argc, char **argv)
 
     g.config_path = path;
     g.rt.config_path = path;
+    char host[64] = "host";
+    gethostname(host, sizeof(host) - 1);
+    unsigned rnd = 0;
+    if (getentropy(&rnd, sizeof(rnd)) < 0)
+        rnd = (unsigned)time(NULL);
+    snprintf(g.rt.gateway_id, sizeof(g.rt.gateway_id), "%s:%d:%08x", host, (int)getpid(), rnd);
     signal(SIGPIPE, SIG_IGN);
     /* Every thread we start (log writer, workers) inherits a mask that
      * blocks our signals; main unblocks them once its handlers are in

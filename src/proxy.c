@@ -143,6 +143,8 @@ static void release_slots(struct tg_request *req)
     }
     if (ev_is_active(&req->delay_timer))
         ev_timer_stop(req_worker(req)->loop, &req->delay_timer);
+    if (req->lim.pending > 0)
+        tg_limiter_cancel(req);
 }
 
 static void release_stream_slot(struct tg_request *req)
@@ -454,11 +456,37 @@ static void on_delay(struct ev_loop *loop, ev_timer *t, int revents)
     req_unref(req);
 }
 
+static void after_decision(struct tg_request *req);
+
 static void decide_and_forward(struct tg_request *req)
 {
     if (req->lim.needs_body)
         body_peek(req);
-    tg_limiter_decide(req);
+    if (tg_limiter_decide(req) == 1) {
+        req->phase = TG_REQ_LIMITING; /* a Redis reply will call us back */
+        return;
+    }
+    after_decision(req);
+}
+
+void tg_proxy_limiter_done(struct tg_request *req)
+{
+    req_ref(req);
+    after_decision(req);
+    if (!req_over(req)) {
+        update_watches(req);
+        arm_deadline(req);
+    }
+    req_unref(req);
+}
+
+static void after_decision(struct tg_request *req)
+{
+    if (req->lim.store_error) {
+        respond_local_extra(req, 503, "Retry-After: 1\r\n",
+                            "503 Service Unavailable: the rate-limit store is unavailable\n");
+        return;
+    }
     if (req->lim.shadow_limited)
         tg_log_info("request %s: a shadow rate-limit policy would have refused it",
                     req->request_id);

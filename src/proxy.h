@@ -154,6 +154,10 @@ ev_tstamp tg_proxy_on_timeout(struct tg_request *req, ev_tstamp now);
  * head may be incomplete or invalid: nothing of it is trusted. */
 void tg_proxy_fail(struct tg_request *req, int status, const char *reason);
 
+/* The rate limiter decided a request that waited for Redis (phase
+ * TG_REQ_LIMITING): go on with it. */
+void tg_proxy_limiter_done(struct tg_request *req);
+
 /* Aborts the request (client gone or connection closing): closes its
  * upstream connection and releases everything. Logs the request. */
 void tg_proxy_abort(struct tg_request *req);

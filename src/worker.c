@@ -20,6 +20,7 @@
 #include "conn.h"
 #include "log.h"
 #include "proxy.h"
+#include "ratelimit_redis.h"
 #include "upstream.h"
 
 #define ACCEPTS_PER_EVENT 64
@@ -247,6 +248,25 @@ static void close_listeners(struct tg_worker *w, const struct tg_config *keep)
 
 /* ---- mailbox -------------------------------------------------------------- */
 
+/* The worker's Redis connection for shared limits: made when a policy
+ * first needs it, reconfigured on reload, kept (idle) when none does. */
+static void configure_redis(struct tg_worker *w, const struct tg_config *cfg)
+{
+    bool needed = false;
+    for (size_t i = 0; i < cfg->rate_limit.npolicies; i++)
+        needed |= cfg->rate_limit.policies[i].store == TG_RL_STORE_REDIS;
+    if (!needed)
+        return;
+    if (w->rl_redis == NULL) {
+        w->rl_redis = tg_ratelimit_redis_new(w->loop, &cfg->rate_limit.redis,
+                                             w->rt->gateway_id, w->id == 0);
+        if (w->rl_redis == NULL)
+            tg_log_error("out of memory creating the Redis rate-limit client");
+    } else {
+        tg_ratelimit_redis_configure(w->rl_redis, &cfg->rate_limit.redis);
+    }
+}
+
 static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
 {
     struct tg_wcfg *nc = wcfg_new(w, m->config);
@@ -279,6 +299,7 @@ static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
     for (size_t i = 0; i < m->nfds; i++)
         listener_add(w, m->fds[i], m->keys[i]);
     tg_access_log_configure(w->access_log, &nc->config->log);
+    configure_redis(w, nc->config);
 }
 
 static void start_drain(struct tg_worker *w)
@@ -411,6 +432,10 @@ static void *worker_main(void *arg)
         tg_conn_close(w->conns);
     tg_upstream_close_idle(w);
     tg_access_log_flush(w->access_log);
+    if (w->rl_redis != NULL) {
+        tg_ratelimit_redis_free(w->rl_redis);
+        w->rl_redis = NULL;
+    }
     if (w->on_exit != NULL)
         w->on_exit();
     return NULL;

@@ -24,6 +24,7 @@ struct tg_upstream_pools;
 struct tg_runtime;
 struct tg_access_log;
 struct tg_ratelimit_local;
+struct tg_ratelimit_redis;
 
 /* A worker's view of one config snapshot. Requests hold a reference while
  * they run (a plain counter: only this worker touches it); the worker holds
@@ -90,6 +91,8 @@ struct tg_worker {
     struct tg_access_log *access_log;
     void (*on_exit)(void);     /* called on the worker thread as it ends */
     unsigned long tls_handshakes, tls_failures;
+    struct tg_ratelimit_redis *rl_redis; /* when a policy uses Redis */
+    unsigned long rl_redis_fallbacks;
 };
 
 /* State shared by all workers and the main thread that outlives config
@@ -102,6 +105,7 @@ struct tg_runtime {
     _Atomic unsigned long nconns;  /* client connections, all workers */
     const char *config_path;
     _Atomic bool draining;
+    char gateway_id[96];           /* this process in Redis heartbeats */
     unsigned char request_id_seed[8];
 };
 

@@ -7,6 +7,7 @@ stderr is checked for sanitizer reports."""
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import socketserver
@@ -374,6 +375,53 @@ def backend():
     yield make
     for b in made:
         b.close()
+
+
+# ---- redis -------------------------------------------------------------------
+
+
+class Redis:
+    """A real redis-server on a free loopback port, for one test."""
+
+    def __init__(self, tmp_path, port=None):
+        self.port = port or free_port()
+        self.dir = str(tmp_path)
+        self.proc = None
+        self.start()
+
+    def start(self):
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--enable-debug-command", "local"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_port(self.port, timeout=10):
+            raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def cmd(self, *args):
+        """Sends one command (RESP) and returns the raw reply."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        s.sendall(out)
+        data = s.recv(65536)
+        s.close()
+        return data
+
+
+@pytest.fixture
+def redis(tmp_path):
+    r = Redis(tmp_path)
+    yield r
+    r.stop()
 
 
 # ---- clients ----------------------------------------------------------------
