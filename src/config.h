@@ -169,6 +169,47 @@ struct tg_config_rate_limit {
     enum tg_rl_on_error on_error;
 };
 
+/* ---- tenants ---- */
+
+struct tg_config_tenant {
+    const char *id;
+    struct tg_config_server *servers;
+    size_t nservers;
+    bool suspended;
+    int64_t rate_interval_ns;     /* 0 = policy's own */
+    int64_t rate_count, rate_period_s;
+    int64_t burst;                /* 0 = policy's own */
+    struct tg_config_mark mark;
+};
+
+struct tg_config_domain {
+    const char *domain;           /* lower case */
+    const char *tenant;
+};
+
+enum tg_tenant_directory {
+    TG_TENANTS_STATIC = 0,
+    TG_TENANTS_REDIS,
+};
+
+struct tg_tenant_index;
+
+struct tg_config_tenants {
+    enum tg_tenant_directory directory;
+    struct tg_config_redis redis;  /* defaults to rate_limit.redis */
+    int64_t cache_ttl_ms;
+    int64_t negative_ttl_ms;
+    int64_t stale_ttl_ms;
+    size_t max_cached;            /* per worker */
+    struct tg_config_tenant *tenants; /* static entries (win over Redis) */
+    size_t ntenants;
+    struct tg_config_domain *domains; /* static custom domains */
+    size_t ndomains;
+    struct tg_config_upstream upstream_defaults; /* pool settings for tenants */
+    struct tg_tenant_index *index;    /* built from the above */
+    bool configured;              /* the section exists */
+};
+
 struct tg_config_stream {
     int64_t heartbeat_ms;   /* 0 = off */
     unsigned max_per_ip;    /* concurrent streams per client IP, 0 = off */
