@@ -24,6 +24,7 @@
 
 #include "log.h"
 #include "router.h"
+#include "tenant.h"
 #include "tls.h"
 
 #define MAX_CONFIG_BYTES (64u << 20)
@@ -587,7 +588,8 @@ static int p_skip(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
 }
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
-static const char *const balances[] = {"round_robin", "least_conn", NULL};
+static const char *const balances[] = {"round_robin", "least_conn", "hash", NULL};
+static const char *const directories[] = {"static", "redis", NULL};
 static const char *const client_verify_modes[] = {"required", "optional", NULL};
 
 static int p_tls_version(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
@@ -708,6 +710,11 @@ static const struct cfg_key upstream_keys[] = {
     {"retries", p_uint, FIELD(struct tg_config_upstream, retries), 0, 100, NULL},
     {"max_connections", p_uint, FIELD(struct tg_config_upstream, max_connections), 0, 1000000, NULL},
     {"max_response_head", p_size, FIELD(struct tg_config_upstream, max_response_head), 1024, 1 << 20, NULL},
+    {"hash_key", p_skip, 0, 0, 0, NULL},
+    {"max_fails", p_uint, FIELD(struct tg_config_upstream, max_fails), 0, 1000, NULL},
+    {"eject_time", p_duration, FIELD(struct tg_config_upstream, eject_ms), 1, 3600000, NULL},
+    {"fail_on_5xx", p_bool, FIELD(struct tg_config_upstream, fail_on_5xx), 0, 0, NULL},
+    {"health_check", p_skip, 0, 0, 0, NULL},
     {"tls", p_bool, FIELD(struct tg_config_upstream, tls), 0, 0, NULL},
     {"tls_verify", p_bool, FIELD(struct tg_config_upstream, tls_verify), 0, 0, NULL},
     {"tls_ca", p_string, FIELD(struct tg_config_upstream, tls_ca), 0, 0, NULL},
@@ -1110,6 +1117,135 @@ static int parse_rate_limit(struct cfg_ctx *ctx, yaml_node_t *node)
     return rc;
 }
 
+/* ---- tenants --------------------------------------------------------------- */
+
+static int parse_servers(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_upstream *u);
+static int parse_upstream_settings(struct cfg_ctx *ctx, yaml_node_t *v,
+                                   struct tg_config_upstream *u, const char *what);
+
+static int parse_tenant_entry(struct cfg_ctx *ctx, yaml_node_t *k, yaml_node_t *v,
+                              struct tg_config_tenant *t)
+{
+    static const char *const statuses[] = {"active", "suspended", NULL};
+    static const struct cfg_key keys[] = {
+        {"servers", p_skip, 0, 0, 0, NULL},
+        {"status", p_flag_choice, FIELD(struct tg_config_tenant, suspended), 0, 0, statuses},
+        {"rate", p_skip, 0, 0, 0, NULL},
+        {"burst", p_burst, FIELD(struct tg_config_tenant, burst), 1, 1000000000, NULL},
+        {NULL, NULL, 0, 0, 0, NULL},
+    };
+    t->mark = mark_of(k);
+    int rc = walk_mapping(ctx, v, keys, t, "a tenant");
+    if (v->type != YAML_MAPPING_NODE)
+        return -1;
+    yaml_node_t *n = mapping_get(ctx, v, "servers");
+    struct tg_config_upstream tmp = {0};
+    if (n == NULL)
+        rc = node_error(ctx, v, "tenant '%s' needs servers", t->id);
+    else if (parse_servers(ctx, n, &tmp) < 0)
+        rc = -1;
+    t->servers = tmp.servers;
+    t->nservers = tmp.nservers;
+    if ((n = mapping_get(ctx, v, "rate")) != NULL) {
+        const char *s = scalar(ctx, n, "rate");
+        if (s == NULL || tg_ratelimit_parse_rate(s, &t->rate_interval_ns, &t->rate_count,
+                                                 &t->rate_period_s) < 0)
+            rc = node_error(ctx, n, "rate must look like 100/s or 1000/h");
+    }
+    return rc;
+}
+
+static int parse_tenants(struct cfg_ctx *ctx, yaml_node_t *node)
+{
+    static const struct cfg_key keys[] = {
+        {"directory", p_enum, FIELD(struct tg_config_tenants, directory), 0, 0, directories},
+        {"redis", p_skip, 0, 0, 0, NULL},
+        {"cache_ttl", p_duration, FIELD(struct tg_config_tenants, cache_ttl_ms), 0, 86400000, NULL},
+        {"negative_ttl", p_duration, FIELD(struct tg_config_tenants, negative_ttl_ms), 0, 86400000, NULL},
+        {"stale_ttl", p_duration, FIELD(struct tg_config_tenants, stale_ttl_ms), 0, 86400000, NULL},
+        {"max_cached", p_size, FIELD(struct tg_config_tenants, max_cached), 16, 100000000, NULL},
+        {"static", p_skip, 0, 0, 0, NULL},
+        {"domains", p_skip, 0, 0, 0, NULL},
+        {"upstream_defaults", p_skip, 0, 0, 0, NULL},
+        {NULL, NULL, 0, 0, 0, NULL},
+    };
+    struct tg_config *cfg = ctx->cfg;
+    struct tg_config_tenants *tn = &cfg->tenants;
+    tn->configured = true;
+    int rc = walk_mapping(ctx, node, keys, tn, "tenants");
+    if (node->type != YAML_MAPPING_NODE)
+        return -1;
+    yaml_node_t *n;
+    /* tenants.redis defaults to rate_limit.redis, with its own prefix. */
+    if (cfg->rate_limit.has_redis) {
+        tn->redis = cfg->rate_limit.redis;
+        tn->redis.key_prefix = "tollgate:tenant:";
+    }
+    if ((n = mapping_get(ctx, node, "redis")) != NULL &&
+        parse_redis(ctx, n, &tn->redis, "tenants.redis") < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, node, "upstream_defaults")) != NULL &&
+        parse_upstream_settings(ctx, n, &tn->upstream_defaults, "tenants.upstream_defaults") < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, node, "static")) != NULL) {
+        if (n->type != YAML_MAPPING_NODE)
+            return node_error(ctx, n, "tenants.static must be a mapping of tenant ids");
+        size_t nt = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+        tn->tenants = tg_arena_calloc(&cfg->arena, nt ? nt : 1, sizeof(*tn->tenants));
+        if (tn->tenants == NULL)
+            return node_error(ctx, n, "out of memory");
+        for (size_t i = 0; i < nt; i++) {
+            yaml_node_pair_t *pair = &n->data.mapping.pairs.start[i];
+            yaml_node_t *k = node_at(ctx, pair->key), *v = node_at(ctx, pair->value);
+            if (too_many_visits(ctx, n))
+                return -1;
+            const char *id = scalar(ctx, k, "a tenant id");
+            if (id == NULL) {
+                rc = -1;
+                continue;
+            }
+            struct tg_config_tenant *t = &tn->tenants[tn->ntenants];
+            t->id = tg_arena_strdup(&cfg->arena, id);
+            if (!tg_router_valid_label(tg_str_make(id, strlen(id)))) {
+                rc = node_error(ctx, k, "tenant id '%s' must be a DNS label", id);
+                continue;
+            }
+            if (parse_tenant_entry(ctx, k, v, t) < 0) {
+                rc = -1;
+                continue;
+            }
+            tn->ntenants++;
+        }
+    }
+    if ((n = mapping_get(ctx, node, "domains")) != NULL) {
+        if (n->type != YAML_MAPPING_NODE)
+            return node_error(ctx, n, "tenants.domains must map domains to tenant ids");
+        size_t nd = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+        tn->domains = tg_arena_calloc(&cfg->arena, nd ? nd : 1, sizeof(*tn->domains));
+        for (size_t i = 0; tn->domains != NULL && i < nd; i++) {
+            yaml_node_pair_t *pair = &n->data.mapping.pairs.start[i];
+            yaml_node_t *k = node_at(ctx, pair->key), *v = node_at(ctx, pair->value);
+            const char *d = scalar(ctx, k, "a domain"), *id = scalar(ctx, v, "a tenant id");
+            if (d == NULL || id == NULL) {
+                rc = -1;
+                continue;
+            }
+            char *lower = tg_arena_strdup(&cfg->arena, d);
+            for (char *c = lower; c != NULL && *c; c++)
+                *c = tg_ascii_lower(*c);
+            tn->domains[tn->ndomains].domain = lower;
+            tn->domains[tn->ndomains].tenant = tg_arena_strdup(&cfg->arena, id);
+            tn->ndomains++;
+        }
+    }
+    if (rc == 0) {
+        char err[300];
+        if (tg_tenant_index_build(cfg, err, sizeof(err)) < 0)
+            rc = node_error(ctx, node, "%s", err);
+    }
+    return rc;
+}
+
 static void client_defaults(struct tg_config_client *c)
 {
     c->header_timeout_ms = 10000;
@@ -1139,6 +1275,48 @@ static void upstream_defaults(struct tg_config_upstream *u)
     u->max_connections = 0;
     u->max_response_head = 32768;
     u->tls_verify = true;
+    u->max_fails = 3;
+    u->eject_ms = 1000;
+    u->hash_key.kind = TG_RL_PART_IP;
+    u->health_check.interval_ms = 5000;
+    u->health_check.timeout_ms = 2000;
+    u->health_check.fails = 2;
+    u->health_check.passes = 2;
+}
+
+static int parse_key_part(struct cfg_ctx *ctx, yaml_node_t *node,
+                          struct tg_config_rl_key_part *part);
+
+/* The keys of an upstream besides `servers`: balance, timeouts, pool,
+ * health. Shared by named upstreams and tenants.upstream_defaults. */
+static int parse_upstream_settings(struct cfg_ctx *ctx, yaml_node_t *v,
+                                   struct tg_config_upstream *u, const char *what)
+{
+    static const struct cfg_key hc_keys[] = {
+        {"path", p_string, FIELD(struct tg_config_health_check, path), 0, 0, NULL},
+        {"interval", p_duration, FIELD(struct tg_config_health_check, interval_ms), 100, 3600000, NULL},
+        {"timeout", p_duration, FIELD(struct tg_config_health_check, timeout_ms), 10, 600000, NULL},
+        {"fails", p_uint, FIELD(struct tg_config_health_check, fails), 1, 100, NULL},
+        {"passes", p_uint, FIELD(struct tg_config_health_check, passes), 1, 100, NULL},
+        {NULL, NULL, 0, 0, 0, NULL},
+    };
+    int rc = walk_mapping(ctx, v, upstream_keys, u, what);
+    yaml_node_t *n;
+    if ((n = mapping_get(ctx, v, "hash_key")) != NULL) {
+        if (parse_key_part(ctx, n, &u->hash_key) < 0)
+            rc = -1;
+        else if (u->hash_key.kind == TG_RL_PART_JSON)
+            rc = node_error(ctx, n, "hash_key cannot read the body");
+    }
+    if ((n = mapping_get(ctx, v, "health_check")) != NULL) {
+        if (walk_mapping(ctx, n, hc_keys, &u->health_check, "health_check") < 0)
+            rc = -1;
+        else if (u->health_check.path == NULL || u->health_check.path[0] != '/')
+            rc = node_error(ctx, n, "health_check needs a path starting with '/'");
+        else if (u->health_check.timeout_ms >= u->health_check.interval_ms)
+            rc = node_error(ctx, n, "health_check timeout must be shorter than interval");
+    }
+    return rc;
 }
 
 static int parse_tls(struct cfg_ctx *ctx, yaml_node_t *node)
@@ -1180,7 +1358,8 @@ static int parse_listen(struct cfg_ctx *ctx, yaml_node_t *node)
     size_t n = list_len(node);
     if (n == 0)
         return node_error(ctx, node, "listen needs at least one address");
-    cfg->listeners = tg_arena_calloc(&cfg->arena, n, sizeof(*cfg->listeners));
+    /* One more slot for the admin listener. */
+    cfg->listeners = tg_arena_calloc(&cfg->arena, n + 1, sizeof(*cfg->listeners));
     if (cfg->listeners == NULL)
         return node_error(ctx, node, "out of memory");
     int rc = 0;
@@ -1287,7 +1466,7 @@ static int parse_upstreams(struct cfg_ctx *ctx, yaml_node_t *node)
         upstream_defaults(u);
         u->name = tg_arena_strdup(&cfg->arena, name);
         u->mark = mark_of(k);
-        if (walk_mapping(ctx, v, upstream_keys, u, "an upstream") < 0)
+        if (parse_upstream_settings(ctx, v, u, "an upstream") < 0)
             rc = -1;
         yaml_node_t *servers = mapping_get(ctx, v, "servers");
         if (servers == NULL) {
@@ -1353,6 +1532,10 @@ static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node,
         const char *s = scalar(ctx, up, "upstream");
         if (s == NULL) {
             rc = -1;
+        } else if (strcmp(s, "$tenant") == 0) {
+            r->upstream_tenant = true;
+            if (!cfg->tenants.configured)
+                rc = node_error(ctx, up, "upstream: $tenant needs a tenants section");
         } else {
             r->upstream = tg_config_find_upstream(cfg, s, strlen(s));
             if (r->upstream == NULL)
@@ -1376,6 +1559,7 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
         {"hosts", p_skip, 0, 0, 0, NULL},
         {"routes", p_skip, 0, 0, 0, NULL},
         {"rate_limit", p_skip, 0, 0, 0, NULL},
+        {"custom_domains", p_bool, FIELD(struct tg_config_site, custom_domains), 0, 0, NULL},
         {NULL, NULL, 0, 0, 0, NULL},
     };
     int rc = 0;
@@ -1411,7 +1595,16 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
                     continue;
                 }
                 site->hosts[site->nhosts++] = tg_arena_strdup(&cfg->arena, s);
+                if (s[0] == '{')
+                    site->has_capture = true;
             }
+        }
+        if (site->custom_domains) {
+            if (cfg->domain_site != NULL)
+                rc = node_error(ctx, item, "only one site may have custom_domains: true");
+            else if (!cfg->tenants.configured)
+                rc = node_error(ctx, item, "custom_domains needs a tenants section");
+            cfg->domain_site = site;
         }
         yaml_node_t *srl = mapping_get(ctx, item, "rate_limit");
         if (srl != NULL && parse_policy_list(ctx, srl, &site->rate_limit) < 0)
@@ -1430,14 +1623,68 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
             for (size_t r = 0; site->routes && r < nr; r++) {
                 yaml_node_t *rn = node_at(ctx, routes->data.sequence.items.start[r]);
                 site->routes[site->nroutes].site = site;
-                if (parse_route(ctx, rn, &site->routes[site->nroutes]) < 0)
+                if (parse_route(ctx, rn, &site->routes[site->nroutes]) < 0) {
                     rc = -1;
-                else
-                    site->nroutes++;
+                    continue;
+                }
+                if (site->routes[site->nroutes].upstream_tenant && !site->has_capture &&
+                    !site->custom_domains)
+                    rc = node_error(ctx, rn, "upstream: $tenant needs a \"{tenant}.domain\" "
+                                    "host or custom_domains: true on its site");
+                site->nroutes++;
             }
         }
     }
     return rc;
+}
+
+/* admin: {listen: ADDRESS | off, token: STRING}. The admin listener joins
+ * the listener list (so reloads add and remove it like any other) with the
+ * admin flag; it is on 127.0.0.1:9901 unless switched off. */
+static int parse_admin(struct cfg_ctx *ctx, yaml_node_t *node)
+{
+    struct tg_config *cfg = ctx->cfg;
+    struct {
+        const char *listen;
+        const char *token;
+    } a = {"127.0.0.1:9901", NULL};
+    static const struct cfg_key keys[] = {
+        {"listen", p_string, 0, 0, 0, NULL},
+        {"token", p_string, sizeof(const char *), 0, 0, NULL},
+        {NULL, NULL, 0, 0, 0, NULL},
+    };
+    struct tg_config_mark mark = {1, 1};
+    if (node != NULL) {
+        mark = mark_of(node);
+        if (walk_mapping(ctx, node, keys, &a, "admin") < 0)
+            return -1;
+    }
+    cfg->admin_token = a.token;
+    if (a.token != NULL && strlen(a.token) < 16)
+        return node_error(ctx, node, "admin.token must be at least 16 characters");
+    if (strcmp(a.listen, "off") == 0 || cfg->listeners == NULL)
+        return 0;
+    struct tg_config_listen *l = &cfg->listeners[cfg->nlisteners];
+    memset(l, 0, sizeof(*l));
+    l->admin = true;
+    l->backlog = 128;
+    l->mark = mark;
+    char err[300];
+    if (tg_config_parse_sockaddr(a.listen, &l->addr, err, sizeof(err)) < 0) {
+        yaml_node_t *ln = mapping_get(ctx, node, "listen");
+        return node_error(ctx, ln ? ln : node, "admin.listen: %s", err);
+    }
+    l->addr.text = tg_arena_strdup(&cfg->arena, a.listen);
+    char key[80];
+    tg_config_format_sockaddr((struct sockaddr *)&l->addr.sa, key, sizeof(key));
+    for (size_t j = 0; j < cfg->nlisteners; j++)
+        if (strcmp(cfg->listeners[j].key, key) == 0)
+            return error_at(ctx, mark, "admin.listen %s is also a listener at line %d", key,
+                            cfg->listeners[j].mark.line),
+                   -1;
+    l->key = tg_arena_strdup(&cfg->arena, key);
+    cfg->nlisteners++;
+    return 0;
 }
 
 /* The top level: sections in dependency order, whatever the file order. */
@@ -1455,6 +1702,8 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
         {"log", p_skip, 0, 0, 0, NULL},
         {"tls", p_skip, 0, 0, 0, NULL},
         {"rate_limit", p_skip, 0, 0, 0, NULL},
+        {"tenants", p_skip, 0, 0, 0, NULL},
+        {"admin", p_skip, 0, 0, 0, NULL},
         {NULL, NULL, 0, 0, 0, NULL},
     };
     if (root->type != YAML_MAPPING_NODE)
@@ -1483,7 +1732,11 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
     }
     if (n != NULL && parse_listen(ctx, n) < 0)
         rc = -1;
+    if (parse_admin(ctx, mapping_get(ctx, root, "admin")) < 0)
+        rc = -1;
     if ((n = mapping_get(ctx, root, "rate_limit")) != NULL && parse_rate_limit(ctx, n) < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, root, "tenants")) != NULL && parse_tenants(ctx, n) < 0)
         rc = -1;
     if ((n = mapping_get(ctx, root, "upstreams")) != NULL &&
         parse_upstreams(ctx, n) < 0)
@@ -1517,6 +1770,12 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
 static void config_defaults(struct tg_config *cfg)
 {
     cfg->rate_limit.store = TG_RL_STORE_LOCAL;
+    cfg->tenants.cache_ttl_ms = 30000;
+    cfg->tenants.negative_ttl_ms = 2000;
+    cfg->tenants.stale_ttl_ms = 300000;
+    cfg->tenants.max_cached = 100000;
+    redis_defaults(&cfg->tenants.redis, "tollgate:tenant:");
+    upstream_defaults(&cfg->tenants.upstream_defaults);
     cfg->rate_limit.local_max_keys = 1000000;
     redis_defaults(&cfg->rate_limit.redis, "tollgate:rl:");
     cfg->tls.min_version = TLS1_2_VERSION;
@@ -1599,6 +1858,8 @@ static void config_free(struct tg_config *cfg)
         tg_router_hosts_free(cfg->hosts);
     if (cfg->rate_limit.exempt != NULL)
         tg_cidr_set_free(cfg->rate_limit.exempt);
+    if (cfg->tenants.index != NULL)
+        tg_tenant_index_free(cfg->tenants.index);
     tg_arena_reset(&cfg->arena);
     free(cfg);
 }

@@ -48,6 +48,8 @@ struct tg_config_listen {
     bool proxy_protocol;
     int backlog;
     unsigned max_connections_per_ip; /* 0 = unlimited */
+    bool admin;               /* the admin listener (admin.listen) */
+    unsigned metrics_id;
     struct tg_config_mark mark;
 };
 
@@ -98,25 +100,6 @@ struct tg_config_redis {
 
 /* ---- rate limiting ---- */
 
-enum tg_rl_part {
-    TG_RL_PART_IP = 0,    /* client address (IPv6 per client.ipv6_prefix) */
-    TG_RL_PART_ROUTE,
-    TG_RL_PART_SITE,
-    TG_RL_PART_TENANT,
-    TG_RL_PART_COUNTRY,
-    TG_RL_PART_ASN,
-    TG_RL_PART_HEADER,    /* header:NAME */
-    TG_RL_PART_QUERY,     /* query:NAME */
-    TG_RL_PART_COOKIE,    /* cookie:NAME */
-    TG_RL_PART_JSON,      /* json:FIELD, a top-level string of the body */
-};
-
-struct tg_config_rl_key_part {
-    enum tg_rl_part kind;
-    const char *name;     /* for header/query/cookie/json */
-    size_t name_len;
-};
-
 enum tg_rl_store {
     TG_RL_STORE_DEFAULT = 0, /* policies: use rate_limit.store */
     TG_RL_STORE_LOCAL,
@@ -144,6 +127,7 @@ struct tg_config_policy {
     enum tg_rl_store store;
     size_t max_peek;              /* json parts: body bytes looked at */
     bool needs_body;              /* has a json part */
+    unsigned metrics_id;
     struct tg_config_mark mark;
 };
 
@@ -167,6 +151,78 @@ struct tg_config_rate_limit {
     bool has_redis;
     struct tg_config_redis redis;
     enum tg_rl_on_error on_error;
+};
+
+struct tg_config_stream {
+    int64_t heartbeat_ms;   /* 0 = off */
+    unsigned max_per_ip;    /* concurrent streams per client IP, 0 = off */
+    int64_t idle_timeout_ms; /* tunnels and streams: 0 = none */
+};
+
+enum tg_rl_part {
+    TG_RL_PART_IP = 0,    /* client address (IPv6 per client.ipv6_prefix) */
+    TG_RL_PART_ROUTE,
+    TG_RL_PART_SITE,
+    TG_RL_PART_TENANT,
+    TG_RL_PART_COUNTRY,
+    TG_RL_PART_ASN,
+    TG_RL_PART_HEADER,    /* header:NAME */
+    TG_RL_PART_QUERY,     /* query:NAME */
+    TG_RL_PART_COOKIE,    /* cookie:NAME */
+    TG_RL_PART_JSON,      /* json:FIELD, a top-level string of the body */
+};
+
+struct tg_config_rl_key_part {
+    enum tg_rl_part kind;
+    const char *name;     /* for header/query/cookie/json */
+    size_t name_len;
+};
+
+enum tg_balance {
+    TG_BALANCE_ROUND_ROBIN = 0,
+    TG_BALANCE_LEAST_CONN,
+    TG_BALANCE_HASH,              /* consistent hashing on hash_key */
+};
+
+struct tg_config_health_check {
+    const char *path;             /* NULL = no active checks */
+    int64_t interval_ms;
+    int64_t timeout_ms;
+    unsigned fails;               /* failed checks before a server is down */
+    unsigned passes;              /* passed checks before it is up again */
+};
+
+struct tg_config_server {
+    struct tg_config_sockaddr addr;
+};
+
+struct tg_config_upstream {
+    const char *name;
+    size_t index;                 /* position in config->upstreams */
+    struct tg_config_server *servers;
+    size_t nservers;
+    enum tg_balance balance;
+    unsigned keepalive;           /* idle connections kept per server per worker */
+    int64_t keepalive_timeout_ms;
+    unsigned keepalive_requests;  /* requests per connection, 0 = unlimited */
+    int64_t connect_timeout_ms;
+    int64_t read_timeout_ms;
+    int64_t send_timeout_ms;
+    unsigned retries;             /* extra servers tried after a failure */
+    unsigned max_connections;     /* per server per worker, 0 = unlimited */
+    size_t max_response_head;
+    struct tg_config_rl_key_part hash_key; /* balance: hash */
+    unsigned max_fails;           /* passive health: failures in a row */
+    int64_t eject_ms;             /* first ejection; doubles up to 30 s */
+    bool fail_on_5xx;             /* a 5xx answer counts as a failure */
+    struct tg_config_health_check health_check;
+    bool tls;                     /* speak HTTPS to the servers */
+    bool tls_verify;
+    const char *tls_ca;
+    const char *tls_server_name;
+    struct tg_tls_client *tls_client; /* built when tls is on */
+    unsigned metrics_id;
+    struct tg_config_mark mark;
 };
 
 /* ---- tenants ---- */
@@ -210,53 +266,17 @@ struct tg_config_tenants {
     bool configured;              /* the section exists */
 };
 
-struct tg_config_stream {
-    int64_t heartbeat_ms;   /* 0 = off */
-    unsigned max_per_ip;    /* concurrent streams per client IP, 0 = off */
-    int64_t idle_timeout_ms; /* tunnels and streams: 0 = none */
-};
-
-enum tg_balance {
-    TG_BALANCE_ROUND_ROBIN = 0,
-    TG_BALANCE_LEAST_CONN,
-};
-
-struct tg_config_server {
-    struct tg_config_sockaddr addr;
-};
-
-struct tg_config_upstream {
-    const char *name;
-    size_t index;                 /* position in config->upstreams */
-    struct tg_config_server *servers;
-    size_t nservers;
-    enum tg_balance balance;
-    unsigned keepalive;           /* idle connections kept per server per worker */
-    int64_t keepalive_timeout_ms;
-    unsigned keepalive_requests;  /* requests per connection, 0 = unlimited */
-    int64_t connect_timeout_ms;
-    int64_t read_timeout_ms;
-    int64_t send_timeout_ms;
-    unsigned retries;             /* extra servers tried after a failure */
-    unsigned max_connections;     /* per server per worker, 0 = unlimited */
-    size_t max_response_head;
-    bool tls;                     /* speak HTTPS to the servers */
-    bool tls_verify;
-    const char *tls_ca;
-    const char *tls_server_name;
-    struct tg_tls_client *tls_client; /* built when tls is on */
-    struct tg_config_mark mark;
-};
-
 struct tg_config_route {
     const char *path;             /* prefix, normalised */
     size_t path_len;
-    const struct tg_config_upstream *upstream;
+    const struct tg_config_upstream *upstream; /* NULL when upstream_tenant */
+    bool upstream_tenant;         /* upstream: $tenant */
     bool stream;                  /* long-lived responses: no read timeout */
     struct tg_config_policy_list rate_limit;
     unsigned max_in_flight;       /* 0 = unlimited */
     _Atomic unsigned in_flight;   /* requests running now (all workers) */
     const struct tg_config_site *site;
+    unsigned metrics_id;
     struct tg_config_mark mark;
 };
 
@@ -267,6 +287,8 @@ struct tg_config_site {
     size_t nroutes;
     size_t index;
     struct tg_config_policy_list rate_limit;
+    bool has_capture;             /* a "{tenant}.x" host */
+    bool custom_domains;          /* unmatched hosts are looked up as tenant domains */
 };
 
 struct tg_config_log {
@@ -296,6 +318,9 @@ struct tg_config {
     size_t nsites;
     struct tg_config_log log;
     struct tg_config_rate_limit rate_limit;
+    struct tg_config_tenants tenants;
+    const struct tg_config_site *domain_site; /* the site with custom_domains */
+    const char *admin_token;      /* bearer token for the admin listener */
 
     struct tg_host_index *hosts;  /* Host -> site */
     struct tg_tls_server *tls_server; /* built when a listener has tls */

@@ -19,6 +19,7 @@
 #include "http1.h"
 #include "iptable.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "tls.h"
 #include "worker.h"
@@ -82,7 +83,10 @@ void tg_conn_close(struct tg_conn *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     w->nconns--;
+    if (c->admin)
+        w->nadmin_conns--;
     atomic_fetch_sub(&w->rt->nconns, 1);
+    TG_METRIC_ADD(w->metrics->listeners[c->listener_metric].active, -1);
     if (c->ip_counted_prefix != 0) {
         struct tg_addr group;
         tg_iptable_group(&c->peer, c->ip_counted_prefix, &group);
@@ -170,8 +174,13 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
             tg_conn_set_deadline(c, next);
         break;
     }
+    case TG_CONN_HANDSHAKE:
+        if (c->io.ssl != NULL)
+            TG_METRIC_INC(c->w->metrics->tls_failures[tg_metrics_tls_reason("timeout")]);
+        tg_conn_close(c);
+        break;
     default:
-        /* Idle keep-alive, handshake, lingering: just close. */
+        /* Idle keep-alive, lingering: just close. */
         tg_conn_close(c);
         break;
     }
@@ -214,6 +223,9 @@ int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
     c->peer = peer_addr;
     c->ip_counted_prefix = lcfg->max_connections_per_ip != 0 ? (uint8_t)prefix : 0;
     atomic_fetch_add(&w->rt->nconns, 1);
+    c->listener_metric = (uint16_t)lcfg->metrics_id;
+    TG_METRIC_INC(w->metrics->listeners[c->listener_metric].accepted);
+    TG_METRIC_INC(w->metrics->listeners[c->listener_metric].active);
     if (peer->sa_family == AF_INET)
         c->peer_port = ntohs(((const struct sockaddr_in *)peer)->sin_port);
     else if (peer->sa_family == AF_INET6)
@@ -223,6 +235,9 @@ int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
         w->conns->prev = c;
     w->conns = c;
     w->nconns++;
+    c->admin = lcfg->admin;
+    if (c->admin)
+        w->nadmin_conns++;
 
     ev_io_init(&c->watcher, on_client_io, fd, EV_READ);
     c->watcher.data = c;
@@ -271,11 +286,13 @@ static void handshake(struct tg_conn *c)
     }
     if (rc < 0) {
         tg_log_debug("TLS handshake from a client failed: %s", reason);
-        c->w->tls_failures++;
+        TG_METRIC_INC(c->w->metrics->tls_failures[tg_metrics_tls_reason(reason)]);
         tg_conn_close(c);
         return;
     }
-    c->w->tls_handshakes++;
+    TG_METRIC_INC(c->w->metrics->tls_handshakes);
+    if (SSL_session_reused(c->io.ssl))
+        TG_METRIC_INC(c->w->metrics->tls_resumed);
     c->state = TG_CONN_IDLE;
     ev_tstamp now = ev_now(c->w->loop);
     c->head_started = now;

@@ -46,7 +46,9 @@ struct tg_conn {
     bool in_process;          /* inside conn_process_input: no recursion */
     bool close_after;         /* close once the current request ends */
     bool tls;
+    bool admin;               /* came in on the admin listener */
     uint8_t ip_counted_prefix; /* counted in the per-IP table (0 = not) */
+    uint16_t listener_metric;  /* series of the listener it came in on */
     unsigned refs;
     unsigned requests;        /* requests started on this connection */
 

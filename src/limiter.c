@@ -18,6 +18,7 @@
 #include "conn.h"
 #include "http1.h"
 #include "json.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "ratelimit_redis.h"
 #include "worker.h"
@@ -327,15 +328,21 @@ void tg_limiter_take_body(struct tg_request *req, const char *body, size_t len)
 
 /* The store key: policy name, a separator that cannot appear in names, the
  * key. */
+size_t tg_limiter_store_key(const char *policy, const char *key, size_t keylen, char *out,
+                            size_t cap)
+{
+    size_t nn = strlen(policy);
+    if (nn + 1 + keylen > cap)
+        return 0;
+    memcpy(out, policy, nn);
+    out[nn] = '\n';
+    memcpy(out + nn + 1, key, keylen);
+    return nn + 1 + keylen;
+}
+
 static size_t store_key(const struct tg_limiter_item *it, char *out, size_t cap)
 {
-    size_t nn = strlen(it->policy->name);
-    if (nn + 1 + it->keylen > cap)
-        return 0;
-    memcpy(out, it->policy->name, nn);
-    out[nn] = '\n';
-    memcpy(out + nn + 1, it->key, it->keylen);
-    return nn + 1 + it->keylen;
+    return tg_limiter_store_key(it->policy->name, it->key, it->keylen, out, cap);
 }
 
 static void decide_local(struct tg_ratelimit_local *table, struct tg_limiter_item **items,
@@ -462,6 +469,22 @@ static void finalize(struct tg_request *req)
         }
     }
     lim->report = best;
+    struct tg_metrics_shard *m = req->conn->w->metrics;
+    for (size_t i = 0; i < lim->n; i++) {
+        const struct tg_limiter_item *it = &lim->items[i];
+        struct tg_policy_stats *ps = &m->policies[it->policy->metrics_id];
+        if (lim->redis_fallback && is_redis(it))
+            TG_METRIC_INC(ps->results[TG_RL_ERROR]);
+        if (!it->decided)
+            continue;
+        if (!it->result.allowed)
+            TG_METRIC_INC(ps->results[it->policy->shadow ? TG_RL_SHADOW : TG_RL_LIMITED]);
+        else if (!refused) {
+            TG_METRIC_INC(ps->results[TG_RL_ALLOWED]);
+            if (it->result.remaining * 5 < it->policy->params.burst)
+                TG_METRIC_INC(ps->results[TG_RL_NEAR_LIMIT]);
+        }
+    }
     lim->outcome = lim->store_error ? "error"
                    : refused       ? "limited"
                    : lim->shadow_limited ? "shadow" : "allowed";

@@ -98,6 +98,10 @@ size_t tg_limiter_headers(const struct tg_request *req, char *out, size_t cap);
 /* The 429 body: a small JSON object. Returns its length. */
 size_t tg_limiter_body(const struct tg_request *req, char *out, size_t cap);
 
+/* The local table's key for a policy's key (also used by the admin API). */
+size_t tg_limiter_store_key(const char *policy, const char *key, size_t keylen, char *out,
+                            size_t cap);
+
 /* Monotonic nanoseconds, the clock every local decision uses. */
 int64_t tg_limiter_now_ns(void);
 

@@ -20,14 +20,13 @@
 #include "access_log.h"
 #include "config.h"
 #include "iptable.h"
+#include "log.h"
+#include "metrics.h"
 #include "ratelimit.h"
 #include "tls.h"
-#include "log.h"
+#include "version.h"
 #include "worker.h"
 
-#ifndef TG_VERSION
-#define TG_VERSION "0.1.0"
-#endif
 
 #define ERRBUF 16384
 
@@ -39,7 +38,9 @@ static struct {
     ev_signal sig_hup, sig_term, sig_int, sig_quit, sig_usr1;
     ev_timer drain_timer;
     ev_async worker_exit;
+    ev_async worker_drained;
     _Atomic unsigned workers_running;
+    _Atomic unsigned workers_drained;
     bool draining;
 } g;
 
@@ -201,6 +202,8 @@ static void reload(void)
     if (errors == NULL)
         return;
     struct tg_config *next = tg_config_load(g.config_path, errors, ERRBUF);
+    if (next == NULL)
+        tg_metrics_reload(false, 0);
     if (next == NULL) {
         tg_log_error("reload refused; the running configuration stays:");
         char *save = NULL;
@@ -217,10 +220,13 @@ static void reload(void)
         tg_log_warn("workers: %u -> %u takes effect at the next restart",
                     g.rt.nworkers, next->workers);
     apply_logs(next, false);
+    tg_metrics_assign(next);
     if (install_config(next) < 0) {
+        tg_metrics_reload(false, 0);
         tg_log_error("reload refused: a new listener could not be opened");
         return;
     }
+    tg_metrics_reload(true, (double)time(NULL));
     tg_log_info("configuration reloaded from %s", g.config_path);
 }
 
@@ -279,6 +285,22 @@ static void on_signal(struct ev_loop *loop, ev_signal *s, int revents)
         tg_log_info("log files reopened");
         break;
     }
+}
+
+static void on_worker_drained_async(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)loop, (void)a, (void)revents;
+    if (atomic_load(&g.workers_drained) >= g.rt.nworkers) {
+        tg_log_info("all requests finished");
+        post_all(TG_WORKER_MSG_STOP);
+    }
+}
+
+/* Runs in a worker thread when its drain has finished. */
+static void worker_drained(void)
+{
+    atomic_fetch_add(&g.workers_drained, 1);
+    ev_async_send(g.loop, &g.worker_drained);
 }
 
 static void on_worker_exit(struct ev_loop *loop, ev_async *a, int revents)
@@ -369,6 +391,8 @@ int main(int argc, char **argv)
     g.loop = ev_default_loop(EVFLAG_AUTO);
     ev_async_init(&g.worker_exit, on_worker_exit);
     ev_async_start(g.loop, &g.worker_exit);
+    ev_async_init(&g.worker_drained, on_worker_drained_async);
+    ev_async_start(g.loop, &g.worker_drained);
 
     g.rt.nworkers = cfg->workers;
     g.rt.iptable = tg_iptable_new();
@@ -386,7 +410,10 @@ int main(int argc, char **argv)
             return 1;
         }
         g.rt.workers[i]->on_exit = worker_exited;
+        g.rt.workers[i]->on_drained = worker_drained;
     }
+    tg_metrics_assign(cfg);
+    tg_metrics_reload(true, (double)time(NULL));
     if (install_config(cfg) < 0) {
         tg_log_error("cannot start: a listener could not be opened");
         return 1;

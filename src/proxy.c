@@ -22,12 +22,14 @@
 #include <sys/socket.h>
 
 #include "access_log.h"
+#include "admin.h"
 #include "buf.h"
 #include "config.h"
 #include "conn.h"
 #include "headers.h"
 #include "iptable.h"
 #include "log.h"
+#include "metrics.h"
 #include "router.h"
 #include "tls.h"
 #include "upstream.h"
@@ -78,6 +80,7 @@ struct tg_request *tg_proxy_request_new(struct tg_conn *c)
     req->head.nheaders = 0;
     req->resp.nheaders = 0;
     req->conn = c;
+    req->w = w;
     req->refs = 1;
     req->server = -1;
     tg_arena_init(&req->arena, 2048);
@@ -86,7 +89,7 @@ struct tg_request *tg_proxy_request_new(struct tg_conn *c)
 
 void tg_proxy_request_free(struct tg_request *req)
 {
-    struct tg_worker *w = req->conn->w;
+    struct tg_worker *w = req->w;
     tg_arena_reset(&req->arena);
     tg_buf_put(&w->bufs, req->up_head);
     tg_buf_put(&w->bufs, req->out);
@@ -114,6 +117,21 @@ static void req_unref(struct tg_request *req)
 static bool req_over(const struct tg_request *req)
 {
     return req->phase == TG_REQ_DONE;
+}
+
+void tg_proxy_request_ref(struct tg_request *req)
+{
+    req_ref(req);
+}
+
+void tg_proxy_request_unref(struct tg_request *req)
+{
+    req_unref(req);
+}
+
+bool tg_proxy_request_over(const struct tg_request *req)
+{
+    return req_over(req);
 }
 
 /* Copies a string that must outlive the head views. */
@@ -172,7 +190,22 @@ static void log_request(struct tg_request *req)
     struct tg_worker *w = req_worker(req);
     if (req->status == 0)
         return;
-    tg_access_log_request(w->access_log, req, ev_now(w->loop));
+    ev_tstamp now = ev_now(w->loop);
+    unsigned id = req->route != NULL ? req->route->metrics_id : tg_metrics_no_route();
+    struct tg_route_stats *rs = &w->metrics->routes[id];
+    int cls = req->status >= 100 && req->status < 600 && req->resp_head_done ? req->status / 100 : 0;
+    TG_METRIC_INC(rs->requests[cls]);
+    double dur = now - req->start;
+    TG_METRIC_INC(rs->duration[tg_metrics_bucket(dur)]);
+    TG_METRIC_ADD(rs->duration_us, dur > 0 ? (uint64_t)(dur * 1e6) : 0);
+    TG_METRIC_ADD(rs->bytes_in, req->bytes_in);
+    TG_METRIC_ADD(rs->bytes_out, req->bytes_out);
+    tg_access_log_request(w->access_log, req, now);
+}
+
+static struct tg_upstream_stats *upstream_stats(struct tg_request *req)
+{
+    return &req_worker(req)->metrics->upstreams[req->upstream->metrics_id];
 }
 
 /* The request is over. Tells the connection, which may start the next one. */
@@ -230,6 +263,7 @@ static void respond_local_typed(struct tg_request *req, int status, const char *
     drop_upstream(req, false);
     req->status = status;
     req->phase = TG_REQ_LOCAL;
+    TG_METRIC_INC(w->metrics->local_answers);
     if (!discard_request(req))
         close = true;
     if (req->conn->close_after || w->draining || !req->client_keep_alive)
@@ -245,6 +279,18 @@ static void respond_local_typed(struct tg_request *req, int status, const char *
     req->resp_head_done = true;
     req->resp_body_done = true;
     pump_client(req);
+}
+
+void tg_proxy_respond(struct tg_request *req, int status, const char *type, const char *body,
+                      size_t len)
+{
+    req_ref(req);
+    respond_local_typed(req, status, type, body, len, false);
+    if (!req_over(req)) {
+        update_watches(req);
+        arm_deadline(req);
+    }
+    req_unref(req);
 }
 
 static void respond_local(struct tg_request *req, int status, const char *body, bool close)
@@ -622,10 +668,16 @@ void tg_proxy_start(struct tg_request *req)
         redirect_to_https(req, host);
         goto out;
     }
+    if (c->lcfg->admin) {
+        req->phase = TG_REQ_LOCAL;
+        tg_admin_handle(req);
+        goto out;
+    }
 
     struct tg_str capture;
     req->site = tg_router_hosts_match(cfg->hosts, host, &capture);
     if (req->site == NULL) {
+        TG_METRIC_INC(w->metrics->unknown_host);
         respond_local(req, 404, "404 Not Found: no site serves this host\n", false);
         goto out;
     }
@@ -716,8 +768,8 @@ static void attempt_failed(struct tg_request *req, const char *what, bool timeou
     struct tg_upconn *uc = req->up;
     bool was_reused = uc != NULL && uc->reused;
     bool head_sent = req->up_head_sent > 0;
-    if (uc != NULL)
-        tg_upstream_report(uc, false);
+    if (uc != NULL && !(was_reused && !timeout) && tg_upstream_report(uc, req->upstream, false))
+        TG_METRIC_INC(upstream_stats(req)->ejections);
     drop_upstream(req, false);
 
     bool replayable = !req->sent_body_bytes && !req->resp_head_done &&
@@ -730,7 +782,11 @@ static void attempt_failed(struct tg_request *req, const char *what, bool timeou
         req->tried &= ~(req->server >= 0 && req->server < 64 ? 1ull << req->server : 0);
         req->attempts--;
     }
+    TG_METRIC_INC(upstream_stats(req)->failures);
+    if (timeout)
+        TG_METRIC_INC(upstream_stats(req)->timeouts);
     if (may_retry && req->attempts <= req->upstream->retries) {
+        TG_METRIC_INC(upstream_stats(req)->retries);
         tg_log_info("request %s: upstream %s %s at %s; retrying", req->request_id,
                     req->upstream->name, what, req->up_name ? req->up_name : "-");
         req->up_head_sent = 0;
@@ -764,6 +820,7 @@ static void connect_upstream(struct tg_request *req)
         }
         req->up = uc;
         req->up_name = tg_upstream_name(uc);
+        TG_METRIC_INC(upstream_stats(req)->requests);
         ev_set_cb(&uc->watcher, on_upstream_io);
         uc->watcher.data = uc;
         req->up_start = req_now(req);
@@ -933,7 +990,9 @@ static void finish_response(struct tg_request *req)
                     req->resp_framing != TG_HTTP1_BODY_CLOSE && req->req_body_sent &&
                     uc->in != NULL && tg_buf_len(uc->in) == 0 && req->phase != TG_REQ_TUNNEL;
     if (uc != NULL) {
-        tg_upstream_report(uc, true);
+        bool failed = req->upstream->fail_on_5xx && req->status >= 500;
+        if (tg_upstream_report(uc, req->upstream, !failed))
+            TG_METRIC_INC(upstream_stats(req)->ejections);
         drop_upstream(req, reusable);
     }
     end_request(req, !req->resp_close_client);
@@ -1055,6 +1114,10 @@ static void on_response_head(struct tg_request *req, size_t head_len)
 
     req->status = r->status;
     req->up_header_at = req_now(req);
+    struct tg_upstream_stats *us = upstream_stats(req);
+    double took = req->up_header_at - req->up_start;
+    TG_METRIC_INC(us->response[tg_metrics_bucket(took)]);
+    TG_METRIC_ADD(us->response_us, took > 0 ? (uint64_t)(took * 1e6) : 0);
     tg_limiter_after_response(req, r->status);
     req->resp_framing = (uint8_t)r->framing;
     req->resp_remaining = r->content_length;
@@ -1113,7 +1176,7 @@ static void handle_response(struct tg_request *req)
         if (r == TG_HTTP1_INCOMPLETE)
             return;
         if (r == TG_HTTP1_ERROR) {
-            tg_upstream_report(uc, false);
+            tg_upstream_report(uc, req->upstream, false);
             char what[120];
             snprintf(what, sizeof(what), "sent an invalid response (%s)", reason);
             drop_upstream(req, false);
@@ -1240,6 +1303,7 @@ static void upstream_setup(struct tg_request *req, struct tg_upconn *uc)
     if (uc->state == TG_UPCONN_CONNECTING) {
         if (tg_upstream_connected(uc, req->upstream) < 0) {
             snprintf(what, sizeof(what), "refused the connection (%s)", strerror(errno));
+            TG_METRIC_INC(upstream_stats(req)->connect_errors);
             attempt_failed(req, what, false);
             return;
         }
@@ -1502,12 +1566,15 @@ ev_tstamp tg_proxy_on_timeout(struct tg_request *req, ev_tstamp now)
     req_ref(req);
     switch (kind) {
     case DL_CONNECT:
+        TG_METRIC_INC(upstream_stats(req)->connect_errors);
+        TG_METRIC_INC(upstream_stats(req)->timeouts);
         attempt_failed(req, "did not accept the connection in time", false);
         break;
     case DL_UP_SEND:
         attempt_failed(req, "did not take the request in time", true);
         break;
     case DL_UP_READ:
+        TG_METRIC_INC(upstream_stats(req)->timeouts);
         if (req->resp_head_done)
             abort_client(req, "upstream stopped sending mid-response (read_timeout)");
         else

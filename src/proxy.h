@@ -19,6 +19,7 @@
 #include "limiter.h"
 
 struct tg_conn;
+struct tg_worker;
 struct tg_wcfg;
 struct tg_buf;
 struct tg_upconn;
@@ -41,7 +42,8 @@ enum tg_request_phase {
 };
 
 struct tg_request {
-    struct tg_conn *conn;
+    struct tg_conn *conn;           /* valid while the request runs */
+    struct tg_worker *w;            /* the owning worker (outlives conn) */
     struct tg_wcfg *wcfg;           /* reference held for the request */
     struct tg_arena arena;          /* strings that outlive the head views */
     uint8_t phase;
@@ -154,6 +156,11 @@ ev_tstamp tg_proxy_on_timeout(struct tg_request *req, ev_tstamp now);
  * head may be incomplete or invalid: nothing of it is trusted. */
 void tg_proxy_fail(struct tg_request *req, int status, const char *reason);
 
+/* Answers the request with a complete local response (any thread-safe
+ * content; the body is copied). Usable from callbacks. */
+void tg_proxy_respond(struct tg_request *req, int status, const char *type, const char *body,
+                      size_t len);
+
 /* The rate limiter decided a request that waited for Redis (phase
  * TG_REQ_LIMITING): go on with it. */
 void tg_proxy_limiter_done(struct tg_request *req);
@@ -164,6 +171,13 @@ void tg_proxy_abort(struct tg_request *req);
 
 /* Drain started: streams end at the next event boundary after a retry hint. */
 void tg_proxy_drain(struct tg_request *req);
+
+/* Holding a request across an asynchronous call: the memory stays valid
+ * until the matching unref even if the request ends meanwhile (check
+ * tg_proxy_request_over before touching the connection). Worker thread. */
+void tg_proxy_request_ref(struct tg_request *req);
+void tg_proxy_request_unref(struct tg_request *req);
+bool tg_proxy_request_over(const struct tg_request *req);
 
 /* Request objects come from a per-worker free list. */
 struct tg_request *tg_proxy_request_new(struct tg_conn *c);

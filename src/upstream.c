@@ -385,28 +385,31 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable,
     p->nidle++;
 }
 
-void tg_upstream_report(struct tg_upconn *uc, bool ok)
+bool tg_upstream_report(struct tg_upconn *uc, const struct tg_config_upstream *u, bool ok)
 {
     struct tg_pool *p = uc->pool;
+    unsigned max_fails = u != NULL ? u->max_fails : EJECT_AFTER_FAILS;
     if (ok) {
-        if (p->fails >= EJECT_AFTER_FAILS)
+        if (max_fails > 0 && p->fails >= max_fails)
             tg_log_info("upstream server %s is answering again", p->name);
         p->fails = 0;
         p->ejected_until = 0;
-        return;
+        return false;
     }
     p->fails++;
-    if (p->fails >= EJECT_AFTER_FAILS) {
-        double backoff = 1.0;
-        for (unsigned i = EJECT_AFTER_FAILS; i < p->fails && backoff < EJECT_MAX_S; i++)
+    if (max_fails > 0 && p->fails >= max_fails) {
+        double backoff = u != NULL ? (double)u->eject_ms / 1000.0 : 1.0;
+        for (unsigned i = max_fails; i < p->fails && backoff < EJECT_MAX_S; i++)
             backoff *= 2;
         if (backoff > EJECT_MAX_S)
             backoff = EJECT_MAX_S;
         p->ejected_until = ev_now(p->w->loop) + backoff;
-        if (p->fails == EJECT_AFTER_FAILS)
+        if (p->fails == max_fails)
             tg_log_warn("upstream server %s failed %u times in a row; skipping it for %.0fs",
                         p->name, p->fails, backoff);
+        return p->fails == max_fails;
     }
+    return false;
 }
 
 const char *tg_upstream_name(const struct tg_upconn *uc)
@@ -443,6 +446,19 @@ void tg_upstream_close_idle(struct tg_worker *w)
             }
         }
     }
+}
+
+void tg_upstream_server_state(struct tg_worker *w, const struct tg_config_upstream *u,
+                              int idx, struct tg_upstream_server_state *out)
+{
+    struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
+    *out = (struct tg_upstream_server_state){0};
+    if (p == NULL)
+        return;
+    out->active = p->active;
+    out->idle = p->nidle;
+    out->fails = p->fails;
+    out->ejected = is_ejected(p, ev_now(w->loop));
 }
 
 void tg_upstream_counts(struct tg_worker *w, unsigned long *active,

@@ -84,9 +84,11 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable,
                          const struct tg_config_upstream *u);
 
 /* Passive health: a failed attempt (connect error, timeout, reset before a
- * response) or a success for the connection's server. Three failures in a
- * row eject the server for a back-off that grows to 30 s. */
-void tg_upstream_report(struct tg_upconn *uc, bool ok);
+ * response, a 5xx with fail_on_5xx) or a success for the connection's
+ * server. u->max_fails failures in a row eject the server for u->eject_ms,
+ * doubling with each further failure up to 30 s (max_fails 0: never).
+ * Returns true when this report ejected the server. */
+bool tg_upstream_report(struct tg_upconn *uc, const struct tg_config_upstream *u, bool ok);
 
 /* The address of the connection's server, for logs ("10.0.0.5:8080"). */
 const char *tg_upstream_name(const struct tg_upconn *uc);
@@ -97,6 +99,14 @@ void tg_upstream_sweep(struct tg_worker *w, ev_tstamp now);
 
 /* Closes every idle connection (drain, stop). */
 void tg_upstream_close_idle(struct tg_worker *w);
+
+/* What this worker knows of server `idx` of `u`, for /status. */
+struct tg_upstream_server_state {
+    unsigned active, idle, fails;
+    bool ejected;
+};
+void tg_upstream_server_state(struct tg_worker *w, const struct tg_config_upstream *u,
+                              int idx, struct tg_upstream_server_state *out);
 
 /* Connections of this worker in use / idle, for status and tests. */
 void tg_upstream_counts(struct tg_worker *w, unsigned long *active,

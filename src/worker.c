@@ -19,6 +19,7 @@
 #include "access_log.h"
 #include "conn.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "ratelimit_redis.h"
 #include "upstream.h"
@@ -111,12 +112,25 @@ static void on_accept_retry(struct ev_loop *loop, ev_timer *t, int revents)
     resume_accept(t->data);
 }
 
+/* A draining worker with nothing but admin connections left tells main;
+ * main stops every worker once all have drained, so /readyz keeps
+ * answering (503) until the whole process is done. */
+static void check_drained(struct tg_worker *w)
+{
+    if (!w->draining || w->drained || w->nconns != w->nadmin_conns)
+        return;
+    w->drained = true;
+    if (w->on_drained != NULL)
+        w->on_drained();
+    else
+        ev_break(w->loop, EVBREAK_ALL);
+}
+
 void tg_worker_conn_closed(struct tg_worker *w)
 {
     if (w->accept_paused && !w->draining)
         resume_accept(w);
-    if (w->draining && w->nconns == 0)
-        ev_break(w->loop, EVBREAK_ALL);
+    check_drained(w);
 }
 
 /* Accepts until the queue is empty (or a fairness bound). Returns false if
@@ -230,12 +244,17 @@ static void listener_close(struct tg_worker *w, struct tg_listener *l)
     free(l);
 }
 
+/* Closes the listeners `keep` does not list (all of them when keep is
+ * NULL). During a drain the admin listener stays, so health checkers can
+ * see /readyz turn 503. */
 static void close_listeners(struct tg_worker *w, const struct tg_config *keep)
 {
     struct tg_listener **pp = &w->listeners;
     while (*pp != NULL) {
         struct tg_listener *l = *pp;
-        if (keep != NULL && find_listen_cfg(keep, l->key) != NULL) {
+        bool keep_admin = keep == NULL && w->draining && !w->stopping && l->cfg != NULL &&
+                          l->cfg->admin;
+        if (keep_admin || (keep != NULL && find_listen_cfg(keep, l->key) != NULL)) {
             pp = &l->next;
             continue;
         }
@@ -312,10 +331,10 @@ static void start_drain(struct tg_worker *w)
     tg_upstream_close_idle(w);
     for (struct tg_conn *c = w->conns, *next; c != NULL; c = next) {
         next = c->next;
-        tg_conn_drain(c);
+        if (!c->admin)
+            tg_conn_drain(c);
     }
-    if (w->nconns == 0)
-        ev_break(w->loop, EVBREAK_ALL);
+    check_drained(w);
 }
 
 static void stop_now(struct tg_worker *w)
@@ -393,7 +412,9 @@ struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt)
         w->loop = ev_loop_new(EVFLAG_AUTO);
     w->pools = tg_upstream_pools_new();
     w->access_log = tg_access_log_new(w);
-    if (w->loop == NULL || w->pools == NULL || w->access_log == NULL) {
+    w->metrics = tg_metrics_shard_new();
+    if (w->loop == NULL || w->pools == NULL || w->access_log == NULL || w->metrics == NULL) {
+        tg_metrics_shard_free(w->metrics);
         if (w->loop != NULL)
             ev_loop_destroy(w->loop);
         tg_upstream_pools_free(w->pools);
@@ -473,6 +494,7 @@ void tg_worker_join_and_free(struct tg_worker *w)
     tg_access_log_free(w->access_log);
     tg_upstream_pools_free(w->pools);
     tg_worker_cfg_release(w->cfg);
+    tg_metrics_shard_free(w->metrics);
     tg_buf_pool_destroy(&w->bufs);
     ev_async_stop(w->loop, &w->mbox);
     ev_timer_stop(w->loop, &w->housekeeping);

@@ -25,6 +25,8 @@ struct tg_runtime;
 struct tg_access_log;
 struct tg_ratelimit_local;
 struct tg_ratelimit_redis;
+struct tg_tenant_dir;
+struct tg_metrics_shard;
 
 /* A worker's view of one config snapshot. Requests hold a reference while
  * they run (a plain counter: only this worker touches it); the worker holds
@@ -78,6 +80,7 @@ struct tg_worker {
 
     struct tg_conn *conns;     /* all client connections (for drain) */
     size_t nconns;
+    size_t nadmin_conns;       /* of which on the admin listener */
     bool draining;
     bool stopping;
     bool accept_paused;        /* EMFILE or max_connections: accept off */
@@ -90,8 +93,11 @@ struct tg_worker {
     struct tg_upstream_pools *pools;
     struct tg_access_log *access_log;
     void (*on_exit)(void);     /* called on the worker thread as it ends */
-    unsigned long tls_handshakes, tls_failures;
+    void (*on_drained)(void);  /* called once when a drain has finished here */
+    bool drained;
     struct tg_ratelimit_redis *rl_redis; /* when a policy uses Redis */
+    struct tg_tenant_dir *tenants;       /* when tenants use Redis */
+    struct tg_metrics_shard *metrics;
     unsigned long rl_redis_fallbacks;
 };
 

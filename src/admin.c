@@ -1,0 +1,384 @@
+/* Admin endpoints. Everything here answers from state the gateway already
+ * keeps; nothing on the request path waits for it. */
+#include "admin.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+
+#include "config.h"
+#include "conn.h"
+#include "http1.h"
+#include "limiter.h"
+#include "metrics.h"
+#include "proxy.h"
+#include "ratelimit.h"
+#include "ratelimit_redis.h"
+#include "redis.h"
+#include "tenant.h"
+#include "upstream.h"
+#include "version.h"
+#include "worker.h"
+
+#define JSON_TYPE "application/json"
+#define TEXT_TYPE "text/plain; charset=utf-8"
+
+static void respond_text(struct tg_request *req, int status, const char *body)
+{
+    tg_proxy_respond(req, status, TEXT_TYPE, body, strlen(body));
+}
+
+/* Constant-time check of "Authorization: Bearer <token>". */
+static bool authorized(const struct tg_request *req, const char *token)
+{
+    if (token == NULL)
+        return true;
+    const struct tg_http1_request *h = &req->head;
+    size_t tn = strlen(token);
+    for (size_t i = 0; i < h->nheaders; i++) {
+        if (!tg_http1_name_eq(h->headers[i].name, "authorization"))
+            continue;
+        struct tg_str v = h->headers[i].value;
+        if (v.n != 7 + tn || strncasecmp(v.p, "Bearer ", 7) != 0)
+            return false;
+        return CRYPTO_memcmp(v.p + 7, token, tn) == 0;
+    }
+    return false;
+}
+
+static void handle_metrics(struct tg_request *req)
+{
+    char *body;
+    size_t len;
+    if (tg_metrics_render(req->conn->w->rt, &body, &len) < 0) {
+        respond_text(req, 503, "503 Service Unavailable: out of memory\n");
+        return;
+    }
+    tg_proxy_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", body, len);
+    free(body);
+}
+
+/* ---- /status ------------------------------------------------------------- */
+
+struct jbuf {
+    char *p;
+    size_t n, cap;
+};
+
+static void jput(struct jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void jput(struct jbuf *b, const char *fmt, ...)
+{
+    if (b->p == NULL)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int w = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
+        va_end(ap);
+        if (w >= 0 && (size_t)w < b->cap - b->n) {
+            b->n += (size_t)w;
+            return;
+        }
+        char *np = w < 0 ? NULL : realloc(b->p, b->cap * 2 + (size_t)w);
+        if (np == NULL) {
+            free(b->p);
+            b->p = NULL;
+            return;
+        }
+        b->p = np;
+        b->cap = b->cap * 2 + (size_t)w;
+    }
+}
+
+/* A JSON string (names from our own config, escaped anyway). */
+static void jstr(struct jbuf *b, const char *s)
+{
+    jput(b, "\"");
+    for (; s != NULL && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            jput(b, "\\%c", c);
+        else if (c < 0x20 || c >= 0x7f)
+            jput(b, "\\u%04x", c);
+        else
+            jput(b, "%c", c);
+    }
+    jput(b, "\"");
+}
+
+static const char *redis_state_name(enum tg_redis_state s)
+{
+    switch (s) {
+    case TG_REDIS_UP:
+        return "up";
+    case TG_REDIS_CONNECTING:
+        return "connecting";
+    case TG_REDIS_CIRCUIT_OPEN:
+        return "circuit_open";
+    default:
+        return "down";
+    }
+}
+
+static void handle_status(struct tg_request *req)
+{
+    struct tg_worker *w = req->conn->w;
+    struct tg_runtime *rt = w->rt;
+    const struct tg_config *cfg = req->wcfg->config;
+    struct jbuf b = {malloc(8192), 0, 8192};
+    char loaded[32];
+    struct tm tm;
+    gmtime_r(&cfg->loaded_at, &tm);
+    strftime(loaded, sizeof(loaded), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    jput(&b, "{\"version\":\"%s\",\"config\":", TG_VERSION);
+    jstr(&b, rt->config_path);
+    jput(&b, ",\"config_loaded_at\":\"%s\",\"workers\":%u,\"connections\":%lu,"
+             "\"draining\":%s,\"upstreams\":[",
+         loaded, rt->nworkers, (unsigned long)atomic_load(&rt->nconns),
+         atomic_load(&rt->draining) ? "true" : "false");
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct tg_config_upstream *u = &cfg->upstreams[i];
+        jput(&b, "%s{\"name\":", i ? "," : "");
+        jstr(&b, u->name);
+        jput(&b, ",\"servers\":[");
+        for (size_t s = 0; s < u->nservers; s++) {
+            struct tg_upstream_server_state st;
+            tg_upstream_server_state(w, u, (int)s, &st);
+            jput(&b, "%s{\"address\":", s ? "," : "");
+            jstr(&b, u->servers[s].addr.text);
+            jput(&b, ",\"healthy\":%s,\"failures_in_a_row\":%u,\"active\":%u,\"idle\":%u}",
+                 st.ejected ? "false" : "true", st.fails, st.active, st.idle);
+        }
+        jput(&b, "]}");
+    }
+    jput(&b, "],\"redis\":{\"state\":\"%s\",\"gateways\":%u}",
+         w->rl_redis != NULL ? redis_state_name(tg_ratelimit_redis_state(w->rl_redis))
+                             : "unused",
+         tg_ratelimit_redis_gateways());
+    size_t cached = 0;
+    for (unsigned i = 0; i < rt->nworkers; i++) {
+        if (rt->workers[i]->tenants == NULL)
+            continue;
+        struct tg_tenant_stats ts;
+        tg_tenant_dir_stats(rt->workers[i]->tenants, &ts);
+        cached += ts.cached;
+    }
+    jput(&b, ",\"tenant_cache_size\":%zu,\"note\":\"upstream health is as seen by the worker "
+             "that answered\"}\n", cached);
+    if (b.p == NULL) {
+        respond_text(req, 503, "503 Service Unavailable: out of memory\n");
+        return;
+    }
+    tg_proxy_respond(req, 200, JSON_TYPE, b.p, b.n);
+    free(b.p);
+}
+
+/* ---- /ratelimit/POLICY/KEY ------------------------------------------------ */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Percent-decodes in place; returns the new length. */
+static size_t pct_decode(char *s, size_t n)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%' && i + 2 < n + 0 && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+            s[o++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+            i += 2;
+        } else {
+            s[o++] = s[i] == '+' ? ' ' : s[i];
+        }
+    }
+    return o;
+}
+
+static void key_report(struct tg_request *req, const struct tg_config_policy *p, const char *key,
+                       size_t keylen, const struct tg_ratelimit_result *r, const char *store)
+{
+    struct jbuf b = {malloc(1024), 0, 1024};
+    jput(&b, "{\"policy\":");
+    jstr(&b, p->name);
+    char k[520];
+    snprintf(k, sizeof(k), "%.*s", (int)(keylen < 512 ? keylen : 512), key);
+    jput(&b, ",\"key\":");
+    jstr(&b, k);
+    jput(&b, ",\"store\":\"%s\",\"limit\":%lld,\"window_seconds\":%lld,\"burst\":%lld,"
+             "\"remaining\":%lld,\"limited\":%s,\"retry_after_seconds\":%.3f,"
+             "\"reset_seconds\":%.3f}\n",
+         store, (long long)p->count, (long long)p->period_s, (long long)p->params.burst,
+         /* a peek costs one token: what is there now is one more */
+         (long long)(r->allowed ? r->remaining + 1 : 0), r->allowed ? "false" : "true",
+         r->allowed ? 0.0 : (double)r->retry_after_ns / 1e9, (double)r->reset_ns / 1e9);
+    if (b.p == NULL) {
+        respond_text(req, 503, "503 Service Unavailable: out of memory\n");
+        return;
+    }
+    tg_proxy_respond(req, 200, JSON_TYPE, b.p, b.n);
+    free(b.p);
+}
+
+/* A Redis answer for an admin request: the request's arena holds the
+ * context, and the request is held (referenced) until the answer comes, so
+ * a client that leaves meanwhile costs nothing but the reply. */
+struct admin_redis {
+    struct tg_request *req;
+    const struct tg_config_policy *policy;
+    const char *key;
+    size_t keylen;
+    bool reset;
+};
+
+static void on_admin_redis(void *arg, int status, bool allowed,
+                           const struct tg_ratelimit_result *results, size_t n)
+{
+    (void)allowed;
+    struct admin_redis *a = arg;
+    struct tg_request *req = a->req;
+    if (tg_proxy_request_over(req)) {
+        tg_proxy_request_unref(req);
+        return;
+    }
+    if (status < 0) {
+        respond_text(req, 503, "503 Service Unavailable: Redis did not answer\n");
+    } else if (a->reset) {
+        respond_text(req, 200, "reset\n");
+    } else if (n == 1) {
+        key_report(req, a->policy, a->key, a->keylen, &results[0], "redis");
+    } else {
+        respond_text(req, 502, "502 Bad Gateway: unexpected Redis answer\n");
+    }
+    tg_proxy_request_unref(req);
+}
+
+static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
+{
+    const struct tg_config *cfg = req->wcfg->config;
+    struct tg_worker *w = req->conn->w;
+    bool del = req->method_id == TG_HTTP1_DELETE;
+    if (req->method_id != TG_HTTP1_GET && !del) {
+        respond_text(req, 405, "405 Method Not Allowed: GET or DELETE\n");
+        return;
+    }
+    /* rest = POLICY[/KEY][?key=KEY] */
+    const char *q = memchr(rest, '?', n);
+    size_t pathlen = q ? (size_t)(q - rest) : n;
+    const char *slash = memchr(rest, '/', pathlen);
+    size_t pn = slash ? (size_t)(slash - rest) : pathlen;
+    const struct tg_config_policy *p = NULL;
+    for (size_t i = 0; i < cfg->rate_limit.npolicies; i++)
+        if (strlen(cfg->rate_limit.policies[i].name) == pn &&
+            memcmp(cfg->rate_limit.policies[i].name, rest, pn) == 0)
+            p = &cfg->rate_limit.policies[i];
+    if (p == NULL) {
+        respond_text(req, 404, "404 Not Found: no such policy\n");
+        return;
+    }
+    char *key = tg_arena_alloc(&req->arena, n + 1);
+    size_t keylen = 0;
+    if (key == NULL) {
+        respond_text(req, 503, "503 Service Unavailable\n");
+        return;
+    }
+    if (slash != NULL) {
+        keylen = pathlen - pn - 1;
+        memcpy(key, slash + 1, keylen);
+        keylen = pct_decode(key, keylen);
+    } else if (q != NULL && n - (size_t)(q - rest) > 5 && strncmp(q, "?key=", 5) == 0) {
+        keylen = n - (size_t)(q - rest) - 5;
+        memcpy(key, q + 5, keylen);
+        keylen = pct_decode(key, keylen);
+    }
+    if (keylen == 0) {
+        respond_text(req, 400, "400 Bad Request: /ratelimit/POLICY/KEY or "
+                               "/ratelimit/POLICY?key=KEY\n");
+        return;
+    }
+    if (p->store == TG_RL_STORE_REDIS) {
+        if (w->rl_redis == NULL) {
+            respond_text(req, 503, "503 Service Unavailable: no Redis connection\n");
+            return;
+        }
+        struct admin_redis *a = tg_arena_alloc(&req->arena, sizeof(*a));
+        if (a == NULL) {
+            respond_text(req, 503, "503 Service Unavailable\n");
+            return;
+        }
+        *a = (struct admin_redis){req, p, key, keylen, del};
+        struct tg_ratelimit_redis_op op = {p->name, key, keylen, p->params, 1};
+        bool sent = del ? tg_ratelimit_redis_reset(w->rl_redis, p->name, key, keylen,
+                                                   on_admin_redis, a) == 0
+                        : tg_ratelimit_redis_take(w->rl_redis, &op, 1, true, on_admin_redis,
+                                                  a) != NULL;
+        if (!sent)
+            respond_text(req, 503, "503 Service Unavailable: Redis is unavailable\n");
+        else
+            tg_proxy_request_ref(req);
+        return;
+    }
+    char sk[TG_RATELIMIT_LOCAL_KEY_MAX];
+    size_t skl = tg_limiter_store_key(p->name, key, keylen, sk, sizeof(sk));
+    if (skl == 0) {
+        respond_text(req, 400, "400 Bad Request: key too long\n");
+        return;
+    }
+    if (del) {
+        bool had = tg_ratelimit_local_reset(w->rt->rl_local, sk, skl);
+        respond_text(req, 200, had ? "reset\n" : "reset (the key held no state)\n");
+        return;
+    }
+    struct tg_ratelimit_op op = {sk, skl, &p->params, 1, {0}};
+    tg_ratelimit_local_peek(w->rt->rl_local, &op, 1, tg_limiter_now_ns());
+    key_report(req, p, key, keylen, &op.result, "local");
+}
+
+void tg_admin_handle(struct tg_request *req)
+{
+    const struct tg_config *cfg = req->wcfg->config;
+    if (!authorized(req, cfg->admin_token)) {
+        req->extra_headers = "WWW-Authenticate: Bearer\r\n";
+        respond_text(req, 401, "401 Unauthorized\n");
+        return;
+    }
+    const char *path = req->path;
+    size_t n = strlen(path);
+    const char *q = strchr(path, '?');
+    size_t pn = q ? (size_t)(q - path) : n;
+    bool get = req->method_id == TG_HTTP1_GET || req->method_id == TG_HTTP1_HEAD;
+#define IS(p) (pn == sizeof(p) - 1 && memcmp(path, p, pn) == 0)
+    if (IS("/ratelimit") || (pn > 11 && memcmp(path, "/ratelimit/", 11) == 0)) {
+        if (pn <= 11) {
+            respond_text(req, 400, "400 Bad Request: /ratelimit/POLICY/KEY\n");
+            return;
+        }
+        handle_ratelimit(req, path + 11, n - 11);
+        return;
+    }
+    if (!get) {
+        respond_text(req, 405, "405 Method Not Allowed\n");
+        return;
+    }
+    if (IS("/healthz")) {
+        respond_text(req, 200, "ok\n");
+    } else if (IS("/readyz")) {
+        bool draining = atomic_load(&req->conn->w->rt->draining) || req->conn->w->draining;
+        respond_text(req, draining ? 503 : 200, draining ? "draining\n" : "ready\n");
+    } else if (IS("/metrics")) {
+        handle_metrics(req);
+    } else if (IS("/status")) {
+        handle_status(req);
+    } else {
+        respond_text(req, 404, "404 Not Found: /metrics /healthz /readyz /status "
+                               "/ratelimit/POLICY/KEY\n");
+    }
+#undef IS
+}

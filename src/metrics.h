@@ -1,0 +1,121 @@
+/* Metrics: per-worker counters, summed when /metrics is scraped.
+ *
+ * The request path only increments plain integers in its own worker's
+ * shard: no locks, no atomic read-modify-write, no shared cache lines.
+ * Labelled series (site/route, upstream, policy, listener) get a stable id
+ * from a process-wide registry when a config snapshot is loaded (main
+ * thread), so label cardinality is bounded by the configuration, never by
+ * traffic (no per-IP or per-path labels). The scrape reads other workers'
+ * counters with relaxed atomic loads: a scrape may be a few increments
+ * behind, never torn. */
+#ifndef TG_METRICS_H
+#define TG_METRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct tg_config;
+struct tg_worker;
+struct tg_runtime;
+
+/* Bounds on labelled series; beyond them, series share an "_other" one. */
+#define TG_METRICS_MAX_ROUTES 1024
+#define TG_METRICS_MAX_UPSTREAMS 1024
+#define TG_METRICS_MAX_POLICIES 256
+#define TG_METRICS_MAX_LISTENERS 64
+
+/* Histogram buckets (seconds) for request and upstream times. */
+#define TG_METRICS_NBUCKETS 12
+
+enum tg_metrics_kind {
+    TG_METRICS_ROUTE = 0,
+    TG_METRICS_UPSTREAM,
+    TG_METRICS_POLICY,
+    TG_METRICS_LISTENER,
+    TG_METRICS_KINDS,
+};
+
+struct tg_route_stats {
+    uint64_t requests[6];            /* by status class: 0 = aborted, 1..5 */
+    uint64_t duration[TG_METRICS_NBUCKETS + 1]; /* cumulative at scrape */
+    uint64_t duration_us;            /* sum */
+    uint64_t bytes_in, bytes_out;
+};
+
+struct tg_upstream_stats {
+    uint64_t requests;
+    uint64_t connect_errors, timeouts, retries, failures, ejections;
+    uint64_t response[TG_METRICS_NBUCKETS + 1];
+    uint64_t response_us;
+};
+
+enum tg_rl_result {
+    TG_RL_ALLOWED = 0,
+    TG_RL_LIMITED,
+    TG_RL_SHADOW,                    /* a shadow policy would have refused */
+    TG_RL_ERROR,                     /* the store failed; on_error applied */
+    TG_RL_NEAR_LIMIT,                /* allowed with < 20% of the burst left */
+    TG_RL_RESULTS,
+};
+
+struct tg_policy_stats {
+    uint64_t results[TG_RL_RESULTS];
+};
+
+struct tg_listener_stats {
+    uint64_t accepted;
+    int64_t active;                  /* +1/-1 per worker; summed */
+};
+
+/* TLS handshake failure reasons, as tg_tls_handshake reports them. */
+#define TG_METRICS_TLS_REASONS 9
+
+/* A worker's shard. */
+struct tg_metrics_shard {
+    struct tg_route_stats *routes;       /* [TG_METRICS_MAX_ROUTES + 1] */
+    struct tg_upstream_stats *upstreams; /* [TG_METRICS_MAX_UPSTREAMS + 1] */
+    struct tg_policy_stats *policies;    /* [TG_METRICS_MAX_POLICIES + 1] */
+    struct tg_listener_stats *listeners; /* [TG_METRICS_MAX_LISTENERS + 1] */
+    uint64_t tls_handshakes;
+    uint64_t tls_resumed;
+    uint64_t tls_failures[TG_METRICS_TLS_REASONS];
+    uint64_t geoip_lookups;
+    uint64_t local_answers;          /* 4xx/5xx made by the gateway itself */
+    uint64_t unknown_host;
+};
+
+/* Allocates a shard (zeroed). NULL on allocation failure. */
+struct tg_metrics_shard *tg_metrics_shard_new(void);
+void tg_metrics_shard_free(struct tg_metrics_shard *s);
+
+/* Gives every route, upstream, policy and listener of `cfg` its series id
+ * (stored in the config structs). Main thread, before the snapshot is
+ * published. */
+void tg_metrics_assign(struct tg_config *cfg);
+
+/* A counter bump by its only writer (the owning worker): a relaxed load
+ * and store, no locked instruction, never torn for the scraper. */
+#define TG_METRIC_ADD(field, n)                                                \
+    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), \
+                     __ATOMIC_RELAXED)
+#define TG_METRIC_INC(field) TG_METRIC_ADD(field, 1)
+
+/* The series for requests that matched no route (unknown host, bad head). */
+unsigned tg_metrics_no_route(void);
+
+/* Index of a TLS failure reason token ("protocol", ...). */
+unsigned tg_metrics_tls_reason(const char *reason);
+
+/* Histogram bucket of a duration in seconds. */
+unsigned tg_metrics_bucket(double seconds);
+
+/* Process-wide values the main thread updates. */
+void tg_metrics_reload(bool ok, double when);
+
+/* Writes the Prometheus text exposition (version 0.0.4) of everything, all
+ * workers summed, into a malloc'd buffer (*out, *len). Any thread. Returns 0
+ * or -1 on allocation failure. */
+int tg_metrics_render(struct tg_runtime *rt, char **out, size_t *len);
+
+#endif
