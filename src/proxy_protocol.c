@@ -164,8 +164,8 @@ static ssize_t parse_v1(const char *buf, size_t len,
         memset(&r, 0, sizeof(r));
         r.version = 1;
         r.local = true;
-    } else if (parse_v1_fields(buf + field_start, i - field_start, pi == 1,
-                               &r, reason) < 0) {
+    } else if (parse_v1_fields(buf + field_start, i - field_start, pi == 1, &r,
+                               reason) < 0) {
         return TG_PROXY_PROTOCOL_ERROR;
     }
     *out = r;
@@ -216,9 +216,10 @@ static ssize_t parse_v2(const char *buf, size_t len,
     else if (fam == V2_FAM_UNSPEC && cmd == V2_CMD_LOCAL)
         min_len = 0;
     else
-        return fail(reason, cmd == V2_CMD_LOCAL
-                                ? "v2: family is not UNSPEC or TCP over IPv4/IPv6"
-                                : "v2: family is not TCP over IPv4/IPv6");
+        return fail(reason,
+                    cmd == V2_CMD_LOCAL
+                        ? "v2: family is not UNSPEC or TCP over IPv4/IPv6"
+                        : "v2: family is not TCP over IPv4/IPv6");
     if (len < V2_HEAD_LEN)
         return TG_PROXY_PROTOCOL_INCOMPLETE;
 

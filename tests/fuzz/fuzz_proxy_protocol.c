@@ -23,7 +23,7 @@
 #define FUZZ_ASSERT(c)                                                         \
     do {                                                                       \
         if (!(c)) {                                                            \
-            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__,        \
+            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__,         \
                     __LINE__, #c);                                             \
             abort();                                                           \
         }                                                                      \
@@ -74,8 +74,7 @@ static bool same(const struct res *a, const struct res *b)
     return a->pp.version == b->pp.version && a->pp.local == b->pp.local &&
            tg_addr_equal(&a->pp.src, &b->pp.src) &&
            tg_addr_equal(&a->pp.dst, &b->pp.dst) &&
-           a->pp.src_port == b->pp.src_port &&
-           a->pp.dst_port == b->pp.dst_port;
+           a->pp.src_port == b->pp.src_port && a->pp.dst_port == b->pp.dst_port;
 }
 
 /* Whether to try the prefix of length `cut`: every one for short inputs;

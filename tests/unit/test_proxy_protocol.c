@@ -131,7 +131,8 @@ TEST(v1_unknown)
     CHECK_EQ_INT(r.pp.src_port, 0);
 
     /* The spec: anything after UNKNOWN up to the CRLF is ignored. */
-    const char *h = "PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n";
+    const char *h =
+        "PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n";
     r = parse_s(h);
     CHECK_EQ_INT(r.rc, strlen(h));
     CHECK(r.pp.local);
@@ -223,8 +224,7 @@ TEST(v1_malformed)
     }
     /* A NUL inside the line. */
     const char nul[] = "PROXY TCP4 192.0.2.1 192.0.2.2 1 2\0\r\n";
-    CHECK_EQ_INT(parse_split(nul, sizeof(nul) - 1).rc,
-                 TG_PROXY_PROTOCOL_ERROR);
+    CHECK_EQ_INT(parse_split(nul, sizeof(nul) - 1).rc, TG_PROXY_PROTOCOL_ERROR);
 }
 
 TEST(v1_too_long_without_crlf)
@@ -262,8 +262,7 @@ TEST(early_rejection)
     CHECK_EQ_INT(parse("PROXY TCP", 9).rc, TG_PROXY_PROTOCOL_INCOMPLETE);
     CHECK_EQ_INT(parse("PROXY TCPX", 10).rc, TG_PROXY_PROTOCOL_ERROR);
     CHECK_EQ_INT(parse("PROXY UNK", 9).rc, TG_PROXY_PROTOCOL_INCOMPLETE);
-    CHECK_EQ_INT(parse("PROXY TCP4 1.2", 14).rc,
-                 TG_PROXY_PROTOCOL_INCOMPLETE);
+    CHECK_EQ_INT(parse("PROXY TCP4 1.2", 14).rc, TG_PROXY_PROTOCOL_INCOMPLETE);
     CHECK_EQ_INT(parse("PROXY TCP4 1.2/", 15).rc, TG_PROXY_PROTOCOL_ERROR);
     CHECK_EQ_INT(parse("PROXY TCP4 1.2\n", 15).rc, TG_PROXY_PROTOCOL_ERROR);
     CHECK_EQ_INT(parse("PROXY TCP4 1.2\rx", 16).rc, TG_PROXY_PROTOCOL_ERROR);
@@ -302,7 +301,7 @@ static size_t v2_head(unsigned char *out, unsigned ver_cmd, unsigned fam,
 }
 
 static size_t make_tcp4(unsigned char *out, const char *src, const char *dst,
-                      uint16_t sport, uint16_t dport, size_t extra)
+                        uint16_t sport, uint16_t dport, size_t extra)
 {
     size_t n = v2_head(out, 0x21, 0x11, 12 + extra);
     inet_pton(AF_INET, src, out + 16);
@@ -315,7 +314,7 @@ static size_t make_tcp4(unsigned char *out, const char *src, const char *dst,
 }
 
 static size_t make_tcp6(unsigned char *out, const char *src, const char *dst,
-                      uint16_t sport, uint16_t dport, size_t extra)
+                        uint16_t sport, uint16_t dport, size_t extra)
 {
     size_t n = v2_head(out, 0x21, 0x21, 36 + extra);
     inet_pton(AF_INET6, src, out + 16);
@@ -499,8 +498,7 @@ TEST(v2_malformed)
         r = parse_u(b, n);
         CHECK_EQ_INT(r.rc, TG_PROXY_PROTOCOL_ERROR);
         /* Refused as soon as the broken byte is there. */
-        CHECK_EQ_INT(parse((const char *)b, i + 1).rc,
-                     TG_PROXY_PROTOCOL_ERROR);
+        CHECK_EQ_INT(parse((const char *)b, i + 1).rc, TG_PROXY_PROTOCOL_ERROR);
     }
 }
 
