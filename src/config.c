@@ -22,6 +22,7 @@
 #include <openssl/ssl.h>
 #include <yaml.h>
 
+#include "access.h"
 #include "log.h"
 #include "router.h"
 #include "tenant.h"
@@ -36,7 +37,33 @@ struct cfg_error {
     char msg[300];
 };
 
+/* A headers block as written (global, site or route), before merging. */
+#define MAX_HDR_ITEMS 32
+struct hdr_item {
+    const char *name;
+    const char *value;            /* NULL: take this header away */
+    bool https_only;
+};
+
+struct hdr_list {
+    bool set;
+    const char **names;
+    size_t n;
+};
+
+struct hdr_spec {
+    struct hdr_item items[MAX_HDR_ITEMS];
+    size_t nitems;
+    struct hdr_list remove;
+    bool override_set, override;
+    struct hdr_item req_set[MAX_HDR_ITEMS];
+    size_t nreq_set;
+    struct hdr_list req_remove;
+};
+
 struct cfg_ctx {
+    struct hdr_spec *global_headers; /* while parsing sites */
+    struct hdr_spec *site_headers;
     const char *file;
     yaml_document_t *doc;
     struct tg_config *cfg;
@@ -1246,6 +1273,318 @@ static int parse_tenants(struct cfg_ctx *ctx, yaml_node_t *node)
     return rc;
 }
 
+/* ---- headers ------------------------------------------------------------------ */
+
+static bool valid_header_name(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", *s) != NULL))
+            return false;
+    return true;
+}
+
+static bool valid_header_value(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return false;
+    return true;
+}
+
+static void spec_put(struct hdr_item *items, size_t *n, const char *name, const char *value,
+                     bool https_only)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (strcasecmp(items[i].name, name) == 0) {
+            items[i].value = value;
+            items[i].https_only = https_only;
+            return;
+        }
+    }
+    if (*n < MAX_HDR_ITEMS)
+        items[(*n)++] = (struct hdr_item){name, value, https_only};
+}
+
+static int parse_header_map(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr_item *items,
+                            size_t *n, const char *what)
+{
+    if (node->type != YAML_MAPPING_NODE)
+        return node_error(ctx, node, "%s must map header names to values", what);
+    int rc = 0;
+    for (yaml_node_pair_t *pair = node->data.mapping.pairs.start;
+         pair < node->data.mapping.pairs.top; pair++) {
+        yaml_node_t *k = node_at(ctx, pair->key), *v = node_at(ctx, pair->value);
+        const char *name = scalar(ctx, k, "a header name"), *value = scalar(ctx, v, "a value");
+        if (name == NULL || value == NULL) {
+            rc = -1;
+            continue;
+        }
+        if (!valid_header_name(name)) {
+            rc = node_error(ctx, k, "'%s' is not a valid header name", name);
+            continue;
+        }
+        if (!valid_header_value(value)) {
+            rc = node_error(ctx, v, "header values cannot hold control characters");
+            continue;
+        }
+        if (*n >= MAX_HDR_ITEMS) {
+            rc = node_error(ctx, k, "at most %d headers here", MAX_HDR_ITEMS);
+            continue;
+        }
+        spec_put(items, n, tg_arena_strdup(&ctx->cfg->arena, name),
+                 tg_arena_strdup(&ctx->cfg->arena, value), false);
+    }
+    return rc;
+}
+
+static int parse_header_names(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr_list *l,
+                              const char *what)
+{
+    if (expect_list(ctx, node, what) < 0)
+        return -1;
+    l->set = true;
+    l->n = 0;
+    l->names = tg_arena_calloc(&ctx->cfg->arena, list_len(node) + 1, sizeof(char *));
+    int rc = 0;
+    for (size_t i = 0; l->names != NULL && i < list_len(node); i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        const char *s = scalar(ctx, item, "a header name");
+        if (s == NULL || !valid_header_name(s)) {
+            rc = s == NULL ? -1 : node_error(ctx, item, "'%s' is not a valid header name", s);
+            continue;
+        }
+        l->names[l->n++] = tg_arena_strdup(&ctx->cfg->arena, s);
+    }
+    return rc;
+}
+
+/* The named security headers: key, header, HTTPS only. */
+static const struct {
+    const char *key, *header;
+    bool https_only;
+} named_headers[] = {
+    {"hsts", "Strict-Transport-Security", true},
+    {"content_type_options", "X-Content-Type-Options", false},
+    {"frame_options", "X-Frame-Options", false},
+    {"referrer_policy", "Referrer-Policy", false},
+    {"content_security_policy", "Content-Security-Policy", false},
+    {"permissions_policy", "Permissions-Policy", false},
+};
+
+static int parse_headers_spec(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr_spec *spec)
+{
+    if (node->type != YAML_MAPPING_NODE)
+        return node_error(ctx, node, "headers must be a mapping");
+    int rc = 0;
+    for (yaml_node_pair_t *pair = node->data.mapping.pairs.start;
+         pair < node->data.mapping.pairs.top; pair++) {
+        yaml_node_t *k = node_at(ctx, pair->key), *v = node_at(ctx, pair->value);
+        const char *key = scalar(ctx, k, "a key");
+        if (key == NULL) {
+            rc = -1;
+            continue;
+        }
+        bool done = false;
+        for (size_t i = 0; i < TG_ARRAY_LEN(named_headers); i++) {
+            if (strcmp(key, named_headers[i].key) != 0)
+                continue;
+            done = true;
+            const char *s = scalar(ctx, v, key);
+            if (s == NULL) {
+                rc = -1;
+            } else if (is_plain_scalar(v) && strcmp(s, "false") == 0) {
+                spec_put(spec->items, &spec->nitems, named_headers[i].header, NULL, false);
+            } else if (*s == '\0' || !valid_header_value(s)) {
+                rc = node_error(ctx, v, "%s: a header value, or false to leave it out", key);
+            } else {
+                spec_put(spec->items, &spec->nitems, named_headers[i].header,
+                         tg_arena_strdup(&ctx->cfg->arena, s), named_headers[i].https_only);
+            }
+        }
+        if (done)
+            continue;
+        if (strcmp(key, "add") == 0) {
+            if (parse_header_map(ctx, v, spec->items, &spec->nitems, "headers.add") < 0)
+                rc = -1;
+        } else if (strcmp(key, "remove") == 0) {
+            if (parse_header_names(ctx, v, &spec->remove, "headers.remove") < 0)
+                rc = -1;
+        } else if (strcmp(key, "override") == 0) {
+            static const struct cfg_key k_override = {"override", NULL, 0, 0, 0, NULL};
+            spec->override_set = true;
+            if (p_bool(ctx, v, &spec->override, &k_override) < 0)
+                rc = -1;
+        } else if (strcmp(key, "request") == 0) {
+            yaml_node_t *n;
+            if (v->type != YAML_MAPPING_NODE) {
+                rc = node_error(ctx, v, "headers.request must be a mapping (set, remove)");
+                continue;
+            }
+            for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++) {
+                const char *rk = scalar(ctx, node_at(ctx, q->key), "a key");
+                if (rk == NULL || (strcmp(rk, "set") != 0 && strcmp(rk, "remove") != 0))
+                    rc = node_error(ctx, node_at(ctx, q->key), "unknown key '%s' in headers.request",
+                                    rk ? rk : "");
+            }
+            if ((n = mapping_get(ctx, v, "set")) != NULL &&
+                parse_header_map(ctx, n, spec->req_set, &spec->nreq_set, "headers.request.set") < 0)
+                rc = -1;
+            if ((n = mapping_get(ctx, v, "remove")) != NULL &&
+                parse_header_names(ctx, n, &spec->req_remove, "headers.request.remove") < 0)
+                rc = -1;
+        } else {
+            rc = node_error(ctx, k, "unknown key '%s' in headers", key);
+        }
+    }
+    return rc;
+}
+
+/* Defaults, then each spec in order (NULL entries skipped). */
+static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
+                           const struct hdr_spec *const *specs, size_t nspecs)
+{
+    struct hdr_item items[MAX_HDR_ITEMS * 4];
+    size_t n = 0;
+    spec_put(items, &n, "Strict-Transport-Security", "max-age=63072000; includeSubDomains", true);
+    spec_put(items, &n, "X-Content-Type-Options", "nosniff", false);
+    spec_put(items, &n, "X-Frame-Options", "DENY", false);
+    spec_put(items, &n, "Referrer-Policy", "strict-origin-when-cross-origin", false);
+    static const char *default_remove[] = {"Server", "X-Powered-By"};
+    struct hdr_list remove = {true, default_remove, 2};
+    bool override = false;
+    struct hdr_item req[MAX_HDR_ITEMS * 4];
+    size_t nreq = 0;
+    struct hdr_list req_remove = {false, NULL, 0};
+    for (size_t s = 0; s < nspecs; s++) {
+        const struct hdr_spec *sp = specs[s];
+        if (sp == NULL)
+            continue;
+        for (size_t i = 0; i < sp->nitems; i++)
+            spec_put(items, &n, sp->items[i].name, sp->items[i].value, sp->items[i].https_only);
+        if (sp->remove.set)
+            remove = sp->remove;
+        if (sp->override_set)
+            override = sp->override;
+        for (size_t i = 0; i < sp->nreq_set; i++)
+            spec_put(req, &nreq, sp->req_set[i].name, sp->req_set[i].value, false);
+        if (sp->req_remove.set)
+            req_remove = sp->req_remove;
+    }
+    struct tg_arena *a = &ctx->cfg->arena;
+    out->add = tg_arena_calloc(a, n ? n : 1, sizeof(*out->add));
+    out->req_set = tg_arena_calloc(a, nreq ? nreq : 1, sizeof(*out->req_set));
+    if (out->add == NULL || out->req_set == NULL)
+        return -1;
+    out->nadd = 0;
+    for (size_t i = 0; i < n; i++)
+        if (items[i].value != NULL)
+            out->add[out->nadd++] = (struct tg_config_header){items[i].name, items[i].value,
+                                                              items[i].https_only};
+    out->nreq_set = 0;
+    for (size_t i = 0; i < nreq; i++)
+        if (req[i].value != NULL)
+            out->req_set[out->nreq_set++] = (struct tg_config_header){req[i].name, req[i].value, false};
+    out->remove = remove.names;
+    out->nremove = remove.n;
+    out->override = override;
+    out->req_remove = req_remove.names;
+    out->nreq_remove = req_remove.n;
+    return 0;
+}
+
+/* ---- access rules ------------------------------------------------------------- */
+
+/* allow/deny lists of a site or route. NULL when none are given. */
+static int parse_access(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_access_rules **out)
+{
+    static const struct {
+        const char *key;
+        int kind; /* 0 cidr, 1 country, 2 asn */
+        bool allow;
+    } lists[] = {
+        {"allow", 0, true}, {"deny", 0, false},
+        {"allow_countries", 1, true}, {"deny_countries", 1, false},
+        {"allow_asns", 2, true}, {"deny_asns", 2, false},
+    };
+    int rc = 0;
+    for (size_t l = 0; l < TG_ARRAY_LEN(lists); l++) {
+        yaml_node_t *n = mapping_get(ctx, node, lists[l].key);
+        if (n == NULL)
+            continue;
+        if (expect_list(ctx, n, lists[l].key) < 0) {
+            rc = -1;
+            continue;
+        }
+        if (*out == NULL && (*out = tg_access_rules_new()) == NULL)
+            return node_error(ctx, n, "out of memory");
+        if (lists[l].kind == 1 && ctx->cfg->geoip == NULL)
+            rc = node_error(ctx, n, "%s needs geoip.database", lists[l].key);
+        if (lists[l].kind == 2 && ctx->cfg->geoip_asn == NULL)
+            rc = node_error(ctx, n, "%s needs geoip.asn_database", lists[l].key);
+        for (size_t i = 0; i < list_len(n); i++) {
+            yaml_node_t *item = node_at(ctx, n->data.sequence.items.start[i]);
+            const char *s = scalar(ctx, item, lists[l].key);
+            char err[200];
+            if (s == NULL) {
+                rc = -1;
+                continue;
+            }
+            int r;
+            if (lists[l].kind == 0) {
+                r = tg_access_rules_add_cidr(*out, lists[l].allow, s, err, sizeof(err));
+            } else if (lists[l].kind == 1) {
+                r = tg_access_rules_add_country(*out, lists[l].allow, s, err, sizeof(err));
+            } else {
+                int64_t asn;
+                const char *d = (s[0] == 'A' || s[0] == 'a') && (s[1] == 'S' || s[1] == 's') ? s + 2 : s;
+                r = parse_int64(d, &asn) == 0 && asn > 0 && asn <= UINT32_MAX
+                        ? tg_access_rules_add_asn(*out, lists[l].allow, (uint32_t)asn) : -1;
+                snprintf(err, sizeof(err), "'%s' is not an AS number", s);
+            }
+            if (r < 0)
+                rc = node_error(ctx, item, "%s: %s", lists[l].key, err);
+        }
+    }
+    return rc;
+}
+
+/* geoip: {database, asn_database, header}. The files are opened and fully
+ * checked here, so a broken one fails the load (or the reload, keeping the
+ * running configuration and its database). */
+static int parse_geoip(struct cfg_ctx *ctx, yaml_node_t *node)
+{
+    struct {
+        const char *database, *asn_database, *header;
+    } g = {NULL, NULL, "X-Geo-Country"};
+    static const struct cfg_key keys[] = {
+        {"database", p_string, 0, 0, 0, NULL},
+        {"asn_database", p_string, sizeof(const char *), 0, 0, NULL},
+        {"header", p_string, 2 * sizeof(const char *), 0, 0, NULL},
+        {NULL, NULL, 0, 0, 0, NULL},
+    };
+    struct tg_config *cfg = ctx->cfg;
+    if (walk_mapping(ctx, node, keys, &g, "geoip") < 0)
+        return -1;
+    char err[512];
+    if (g.database != NULL) {
+        cfg->geoip = tg_geoip_open(g.database, err, sizeof(err));
+        if (cfg->geoip == NULL)
+            return node_error(ctx, mapping_get(ctx, node, "database"), "%s", err);
+        cfg->geoip_header = valid_header_name(g.header) ? g.header : NULL;
+        if (cfg->geoip_header == NULL)
+            return node_error(ctx, node, "geoip.header: '%s' is not a header name", g.header);
+    }
+    if (g.asn_database != NULL) {
+        cfg->geoip_asn = tg_geoip_open(g.asn_database, err, sizeof(err));
+        if (cfg->geoip_asn == NULL)
+            return node_error(ctx, mapping_get(ctx, node, "asn_database"), "%s", err);
+    }
+    return 0;
+}
+
 static void client_defaults(struct tg_config_client *c)
 {
     c->header_timeout_ms = 10000;
@@ -1490,6 +1829,13 @@ static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node,
         {"stream", p_bool, FIELD(struct tg_config_route, stream), 0, 0, NULL},
         {"rate_limit", p_skip, 0, 0, 0, NULL},
         {"max_in_flight", p_uint, FIELD(struct tg_config_route, max_in_flight), 0, 10000000, NULL},
+        {"headers", p_skip, 0, 0, 0, NULL},
+        {"allow", p_skip, 0, 0, 0, NULL},
+        {"deny", p_skip, 0, 0, 0, NULL},
+        {"allow_countries", p_skip, 0, 0, 0, NULL},
+        {"deny_countries", p_skip, 0, 0, 0, NULL},
+        {"allow_asns", p_skip, 0, 0, 0, NULL},
+        {"deny_asns", p_skip, 0, 0, 0, NULL},
         {NULL, NULL, 0, 0, 0, NULL},
     };
     struct tg_config *cfg = ctx->cfg;
@@ -1524,6 +1870,24 @@ static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node,
     yaml_node_t *rl = mapping_get(ctx, node, "rate_limit");
     if (rl != NULL && parse_policy_list(ctx, rl, &r->rate_limit) < 0)
         rc = -1;
+    if (parse_access(ctx, node, &r->access) < 0)
+        rc = -1;
+    struct hdr_spec *route_spec = NULL;
+    yaml_node_t *hn = mapping_get(ctx, node, "headers");
+    if (hn != NULL) {
+        route_spec = tg_arena_calloc(&cfg->arena, 1, sizeof(*route_spec));
+        if (route_spec == NULL || parse_headers_spec(ctx, hn, route_spec) < 0)
+            rc = -1;
+    }
+    if (route_spec == NULL && ctx->site_headers == NULL) {
+        r->headers = &cfg->headers;
+    } else {
+        struct tg_config_headers *h = tg_arena_calloc(&cfg->arena, 1, sizeof(*h));
+        const struct hdr_spec *specs[] = {ctx->global_headers, ctx->site_headers, route_spec};
+        if (h == NULL || resolve_headers(ctx, h, specs, 3) < 0)
+            rc = node_error(ctx, node, "out of memory");
+        r->headers = h;
+    }
 
     yaml_node_t *up = mapping_get(ctx, node, "upstream");
     if (up == NULL) {
@@ -1560,6 +1924,13 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
         {"routes", p_skip, 0, 0, 0, NULL},
         {"rate_limit", p_skip, 0, 0, 0, NULL},
         {"custom_domains", p_bool, FIELD(struct tg_config_site, custom_domains), 0, 0, NULL},
+        {"headers", p_skip, 0, 0, 0, NULL},
+        {"allow", p_skip, 0, 0, 0, NULL},
+        {"deny", p_skip, 0, 0, 0, NULL},
+        {"allow_countries", p_skip, 0, 0, 0, NULL},
+        {"deny_countries", p_skip, 0, 0, 0, NULL},
+        {"allow_asns", p_skip, 0, 0, 0, NULL},
+        {"deny_asns", p_skip, 0, 0, 0, NULL},
         {NULL, NULL, 0, 0, 0, NULL},
     };
     int rc = 0;
@@ -1606,6 +1977,15 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
                 rc = node_error(ctx, item, "custom_domains needs a tenants section");
             cfg->domain_site = site;
         }
+        if (item->type == YAML_MAPPING_NODE && parse_access(ctx, item, &site->access) < 0)
+            rc = -1;
+        ctx->site_headers = NULL;
+        yaml_node_t *sh = item->type == YAML_MAPPING_NODE ? mapping_get(ctx, item, "headers") : NULL;
+        if (sh != NULL) {
+            ctx->site_headers = tg_arena_calloc(&cfg->arena, 1, sizeof(struct hdr_spec));
+            if (ctx->site_headers == NULL || parse_headers_spec(ctx, sh, ctx->site_headers) < 0)
+                rc = -1;
+        }
         yaml_node_t *srl = mapping_get(ctx, item, "rate_limit");
         if (srl != NULL && parse_policy_list(ctx, srl, &site->rate_limit) < 0)
             rc = -1;
@@ -1624,6 +2004,10 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
                 yaml_node_t *rn = node_at(ctx, routes->data.sequence.items.start[r]);
                 site->routes[site->nroutes].site = site;
                 if (parse_route(ctx, rn, &site->routes[site->nroutes]) < 0) {
+                    struct tg_config_route *bad = &site->routes[site->nroutes];
+                    if (bad->access != NULL)
+                        tg_access_rules_free(bad->access);
+                    memset(bad, 0, sizeof(*bad));
                     rc = -1;
                     continue;
                 }
@@ -1704,6 +2088,9 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
         {"rate_limit", p_skip, 0, 0, 0, NULL},
         {"tenants", p_skip, 0, 0, 0, NULL},
         {"admin", p_skip, 0, 0, 0, NULL},
+        {"trusted_proxies", p_skip, 0, 0, 0, NULL},
+        {"geoip", p_skip, 0, 0, 0, NULL},
+        {"headers", p_skip, 0, 0, 0, NULL},
         {NULL, NULL, 0, 0, 0, NULL},
     };
     if (root->type != YAML_MAPPING_NODE)
@@ -1723,6 +2110,21 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
         rc = -1;
     if ((n = mapping_get(ctx, root, "tls")) != NULL && parse_tls(ctx, n) < 0)
         rc = -1;
+    if ((n = mapping_get(ctx, root, "trusted_proxies")) != NULL &&
+        parse_cidr_list(ctx, n, "trusted_proxies", &cfg->trusted_proxies, 1) < 0)
+        rc = -1;
+    if ((n = mapping_get(ctx, root, "geoip")) != NULL && parse_geoip(ctx, n) < 0)
+        rc = -1;
+    struct hdr_spec *global = NULL;
+    if ((n = mapping_get(ctx, root, "headers")) != NULL) {
+        global = tg_arena_calloc(&cfg->arena, 1, sizeof(*global));
+        if (global == NULL || parse_headers_spec(ctx, n, global) < 0)
+            rc = -1;
+    }
+    ctx->global_headers = global;
+    const struct hdr_spec *gspecs[] = {global};
+    if (resolve_headers(ctx, &cfg->headers, gspecs, 1) < 0)
+        rc = node_error(ctx, root, "out of memory");
     /* A missing section is reported at the end of the file, after any
      * problem in what is there. */
     struct tg_config_mark end = {(int)root->end_mark.line + 1, (int)root->end_mark.column + 1};
@@ -1858,6 +2260,19 @@ static void config_free(struct tg_config *cfg)
         tg_router_hosts_free(cfg->hosts);
     if (cfg->rate_limit.exempt != NULL)
         tg_cidr_set_free(cfg->rate_limit.exempt);
+    if (cfg->trusted_proxies != NULL)
+        tg_cidr_set_free(cfg->trusted_proxies);
+    if (cfg->geoip != NULL)
+        tg_geoip_close(cfg->geoip);
+    if (cfg->geoip_asn != NULL)
+        tg_geoip_close(cfg->geoip_asn);
+    for (size_t s = 0; s < cfg->nsites; s++) {
+        if (cfg->sites[s].access != NULL)
+            tg_access_rules_free(cfg->sites[s].access);
+        for (size_t r = 0; r < cfg->sites[s].nroutes; r++)
+            if (cfg->sites[s].routes[r].access != NULL)
+                tg_access_rules_free(cfg->sites[s].routes[r].access);
+    }
     if (cfg->tenants.index != NULL)
         tg_tenant_index_free(cfg->tenants.index);
     tg_arena_reset(&cfg->arena);

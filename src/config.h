@@ -20,6 +20,8 @@
 #include "str.h"
 
 struct tg_host_index;
+struct tg_access_rules;
+struct tg_geoip;
 struct tg_tls_server;
 struct tg_tls_client;
 
@@ -225,6 +227,28 @@ struct tg_config_upstream {
     struct tg_config_mark mark;
 };
 
+/* ---- headers ---- */
+
+struct tg_config_header {
+    const char *name;
+    const char *value;
+    bool https_only;              /* Strict-Transport-Security */
+};
+
+/* What a route does to headers, resolved from the global `headers`
+ * block, then the site's, then the route's. */
+struct tg_config_headers {
+    struct tg_config_header *add; /* response headers */
+    size_t nadd;
+    const char **remove;          /* response headers dropped */
+    size_t nremove;
+    bool override;                /* replace what the backend set */
+    struct tg_config_header *req_set; /* request headers toward the backend */
+    size_t nreq_set;
+    const char **req_remove;
+    size_t nreq_remove;
+};
+
 /* ---- tenants ---- */
 
 struct tg_config_tenant {
@@ -271,6 +295,8 @@ struct tg_config_route {
     size_t path_len;
     const struct tg_config_upstream *upstream; /* NULL when upstream_tenant */
     bool upstream_tenant;         /* upstream: $tenant */
+    const struct tg_config_headers *headers; /* resolved */
+    struct tg_access_rules *access;   /* NULL = none */
     bool stream;                  /* long-lived responses: no read timeout */
     struct tg_config_policy_list rate_limit;
     unsigned max_in_flight;       /* 0 = unlimited */
@@ -288,6 +314,7 @@ struct tg_config_site {
     size_t index;
     struct tg_config_policy_list rate_limit;
     bool has_capture;             /* a "{tenant}.x" host */
+    struct tg_access_rules *access;   /* NULL = none */
     bool custom_domains;          /* unmatched hosts are looked up as tenant domains */
 };
 
@@ -321,6 +348,11 @@ struct tg_config {
     struct tg_config_tenants tenants;
     const struct tg_config_site *domain_site; /* the site with custom_domains */
     const char *admin_token;      /* bearer token for the admin listener */
+    struct tg_cidr_set *trusted_proxies; /* NULL = trust no peer */
+    struct tg_geoip *geoip;           /* country database, or NULL */
+    struct tg_geoip *geoip_asn;       /* ASN database, or NULL */
+    const char *geoip_header;         /* country toward the backend, or NULL */
+    struct tg_config_headers headers; /* the global block, resolved */
 
     struct tg_host_index *hosts;  /* Host -> site */
     struct tg_tls_server *tls_server; /* built when a listener has tls */

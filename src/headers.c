@@ -13,9 +13,11 @@
 
 #include "buf.h"
 #include "config.h"
+#include "access.h"
 #include "conn.h"
 #include "http1.h"
 #include "proxy.h"
+#include "worker.h"
 
 /* ---- small appenders ------------------------------------------------------ */
 
@@ -175,6 +177,58 @@ static void put_limiter_headers(struct out *o, const struct tg_request *req)
     o->b->end += n;
 }
 
+/* The header rules that apply to a request: its route's, or the global
+ * ones before a route is known. */
+static const struct tg_config_headers *rules_of(const struct tg_request *req)
+{
+    if (req->route != NULL && req->route->headers != NULL)
+        return req->route->headers;
+    return &req->wcfg->config->headers;
+}
+
+static bool name_listed(const char *const *names, size_t n, struct tg_str name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strlen(names[i]) == name.n && strncasecmp(names[i], name.p, name.n) == 0)
+            return true;
+    return false;
+}
+
+static bool name_added(const struct tg_config_header *h, size_t n, struct tg_str name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strlen(h[i].name) == name.n && strncasecmp(h[i].name, name.p, name.n) == 0)
+            return true;
+    return false;
+}
+
+static void put_config_header(struct out *o, const struct tg_config_header *h)
+{
+    puts_(o, h->name);
+    put(o, ": ", 2);
+    puts_(o, h->value);
+    put(o, "\r\n", 2);
+}
+
+/* Security and other configured response headers: those the backend set
+ * stay unless `override` (then they were dropped while copying). */
+static void put_response_rules(struct out *o, const struct tg_request *req,
+                               const struct tg_http1_header *backend, size_t nbackend)
+{
+    const struct tg_config_headers *rules = rules_of(req);
+    for (size_t i = 0; i < rules->nadd; i++) {
+        const struct tg_config_header *h = &rules->add[i];
+        if (h->https_only && !req->conn->tls)
+            continue;
+        bool present = false;
+        for (size_t k = 0; k < nbackend && !rules->override; k++)
+            present |= strlen(h->name) == backend[k].name.n &&
+                       strncasecmp(h->name, backend[k].name.p, backend[k].name.n) == 0;
+        if (!present)
+            put_config_header(o, h);
+    }
+}
+
 /* ---- request head ------------------------------------------------------------ */
 
 int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
@@ -194,9 +248,18 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
     struct tg_str xff_chain[8];
     size_t nxff = 0;
     const char *subject_header = req->conn->lcfg->client_subject_header;
+    const struct tg_config_headers *rules = rules_of(req);
+    const char *geo_header = req->wcfg->config->geoip_header;
     for (size_t i = 0; i < h->nheaders; i++) {
         const struct tg_http1_header *hd = &h->headers[i];
         enum hdr_kind k = classify(hd->name);
+        /* Configured removals and replacements, and the country header
+         * (ours alone: a client's copy would lie about where it is). */
+        if (name_listed(rules->req_remove, rules->nreq_remove, hd->name) ||
+            name_added(rules->req_set, rules->nreq_set, hd->name) ||
+            (geo_header != NULL && hd->name.n == strlen(geo_header) &&
+             strncasecmp(hd->name.p, geo_header, hd->name.n) == 0))
+            continue;
         /* The certificate subject header is ours alone: a client's own
          * copy would impersonate someone else. */
         if (subject_header != NULL && hd->name.n == strlen(subject_header) &&
@@ -257,6 +320,14 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
         puts_(&o, req->client_subject);
         put(&o, "\r\n", 2);
     }
+    if (geo_header != NULL) {
+        puts_(&o, geo_header);
+        put(&o, ": ", 2);
+        put(&o, req->country[0] ? req->country : TG_GEOIP_UNKNOWN, 2);
+        put(&o, "\r\n", 2);
+    }
+    for (size_t i = 0; i < rules->nreq_set; i++)
+        put_config_header(&o, &rules->req_set[i]);
     put(&o, "\r\n", 2);
     return o.overflow ? -1 : 0;
 }
@@ -273,10 +344,12 @@ static void put_status_line(struct out *o, int status, struct tg_str reason)
     put(o, "\r\n", 2);
 }
 
-/* Copies the backend's end-to-end headers. */
-static void put_response_headers(struct out *o, const struct tg_http1_response *r,
-                                 bool keep_upgrade)
+/* Copies the backend's end-to-end headers, minus what the rules remove
+ * (headers.remove; with override, the ones we add ourselves). */
+static void put_response_headers(struct out *o, const struct tg_request *req,
+                                 const struct tg_http1_response *r, bool keep_upgrade)
 {
+    const struct tg_config_headers *rules = rules_of(req);
     struct conn_tokens ct;
     collect_connection_tokens(r->headers, r->nheaders, &ct);
     for (size_t i = 0; i < r->nheaders; i++) {
@@ -286,9 +359,14 @@ static void put_response_headers(struct out *o, const struct tg_http1_response *
             put_header(o, hd);
             continue;
         }
-        if (k != HDR_OTHER && k != HDR_XFF && k != HDR_XF_OTHER && k != HDR_FORWARDED)
-            continue; /* hop-by-hop, Server, X-Powered-By, X-Request-Id */
+        if (k != HDR_OTHER && k != HDR_XFF && k != HDR_XF_OTHER && k != HDR_FORWARDED &&
+            k != HDR_SERVER)
+            continue; /* hop-by-hop, X-Request-Id */
         if (ct.n > 0 && listed_in_connection(&ct, hd->name))
+            continue;
+        if (name_listed(rules->remove, rules->nremove, hd->name))
+            continue;
+        if (rules->override && name_added(rules->add, rules->nadd, hd->name))
             continue;
         put_header(o, hd);
     }
@@ -298,7 +376,7 @@ int tg_headers_build_interim(struct tg_request *req, struct tg_buf *b)
 {
     struct out o = {b, false};
     put_status_line(&o, req->resp.status, req->resp.reason);
-    put_response_headers(&o, &req->resp, false);
+    put_response_headers(&o, req, &req->resp, false);
     put(&o, "\r\n", 2);
     return o.overflow ? -1 : 0;
 }
@@ -309,7 +387,8 @@ int tg_headers_build_response(struct tg_request *req, struct tg_buf *b)
     struct out o = {b, false};
     bool upgrade = r->status == 101;
     put_status_line(&o, r->status, r->reason);
-    put_response_headers(&o, r, upgrade);
+    put_response_headers(&o, req, r, upgrade);
+    put_response_rules(&o, req, r->headers, r->nheaders);
     if (upgrade)
         puts_(&o, "Connection: upgrade\r\n");
     if (req->resp_framing == TG_HTTP1_BODY_CHUNKED && !req->resp_dechunk)
@@ -343,6 +422,8 @@ int tg_headers_build_local(struct tg_request *req, struct tg_buf *b, int status,
     if (req->extra_headers != NULL)
         puts_(&o, req->extra_headers);
     put_limiter_headers(&o, req);
+    if (req->wcfg != NULL)
+        put_response_rules(&o, req, NULL, 0);
     if (close)
         puts_(&o, "Connection: close\r\n");
     else if (req->minor_version == 0)

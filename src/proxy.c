@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "access.h"
 #include "access_log.h"
 #include "admin.h"
 #include "buf.h"
@@ -552,6 +553,52 @@ static void after_decision(struct tg_request *req)
     connect_upstream(req);
 }
 
+/* Who the client is: the socket peer, or for a trusted proxy the right-most
+ * untrusted address it forwards for. Then its country and AS when GeoIP is
+ * configured (for rules, keys, the backend header and the log). */
+static void identify_client(struct tg_request *req)
+{
+    const struct tg_config *cfg = req_config(req);
+    const struct tg_http1_request *h = &req->head;
+    const struct tg_addr *peer = &req->conn->peer;
+    req->peer_trusted = cfg->trusted_proxies != NULL &&
+                        tg_cidr_set_lookup(cfg->trusted_proxies, peer) != 0;
+    req->client = *peer;
+    if (req->peer_trusted) {
+        struct tg_str xff[16], fwd[16];
+        size_t nx = 0, nf = 0;
+        for (size_t i = 0; i < h->nheaders; i++) {
+            if (nx < TG_ARRAY_LEN(xff) && tg_http1_name_eq(h->headers[i].name, "x-forwarded-for"))
+                xff[nx++] = h->headers[i].value;
+            else if (nf < TG_ARRAY_LEN(fwd) && tg_http1_name_eq(h->headers[i].name, "forwarded"))
+                fwd[nf++] = h->headers[i].value;
+        }
+        tg_access_client_addr(cfg->trusted_proxies, peer, xff, nx, fwd, nf, &req->client);
+    }
+    struct tg_metrics_shard *m = req_worker(req)->metrics;
+    if (cfg->geoip != NULL) {
+        tg_geoip_country(cfg->geoip, &req->client, req->country);
+        TG_METRIC_INC(m->geoip_lookups);
+    }
+    if (cfg->geoip_asn != NULL) {
+        req->asn = tg_geoip_asn(cfg->geoip_asn, &req->client);
+        TG_METRIC_INC(m->geoip_lookups);
+    }
+}
+
+static bool access_allowed(struct tg_request *req)
+{
+    const char *why = NULL;
+    const char *country = req->country[0] ? req->country : TG_GEOIP_UNKNOWN;
+    if (req->site->access != NULL &&
+        !tg_access_check(req->site->access, &req->client, country, req->asn, &why))
+        return false;
+    if (req->route->access != NULL &&
+        !tg_access_check(req->route->access, &req->client, country, req->asn, &why))
+        return false;
+    return true;
+}
+
 /* A plain listener with redirect_to_https: 308 to the same host and path
  * (with the query) on HTTPS. Host and path were validated by the parser and
  * the normaliser, so nothing here can split the Location header. */
@@ -611,8 +658,7 @@ void tg_proxy_start(struct tg_request *req)
     req->client_keep_alive = h->keep_alive;
     req->upgrade = h->upgrade_websocket;
     req->expect_continue = h->expect_continue;
-    req->client = c->peer;
-    req->peer_trusted = false;
+    identify_client(req);
     req->req_framing = (uint8_t)h->framing;
     req->req_remaining = h->content_length;
     req->bytes_in = h->head_len;
@@ -694,6 +740,10 @@ void tg_proxy_start(struct tg_request *req)
     req->route = match_route(req->site, path, route_len);
     if (req->route == NULL) {
         respond_local(req, 404, "404 Not Found: no route for this path\n", false);
+        goto out;
+    }
+    if (!access_allowed(req)) {
+        respond_local(req, 403, "403 Forbidden\n", false);
         goto out;
     }
     req->upstream = req->route->upstream;
