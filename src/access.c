@@ -1061,6 +1061,9 @@ struct tg_geoip *tg_geoip_open(const char *path, char *err, size_t errlen)
         set_err(err, errlen, "%s: out of memory", path);
         return NULL;
     }
+    /* libmaxminddb 1.7.1 leaks a few KiB when it refuses some corrupt
+     * metadata blocks (fixed upstream in maxmind/libmaxminddb#356): a
+     * refused reload costs that much, once per attempt. */
     int rc = MMDB_open(path, MMDB_MODE_MMAP, &g->mmdb);
     if (rc != MMDB_SUCCESS) {
         int saved = errno;
