@@ -21,6 +21,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "proxy_protocol.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -31,6 +32,7 @@ static void on_client_io(struct ev_loop *loop, ev_io *io, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents);
 static void process_input(struct tg_conn *c);
 static void handshake(struct tg_conn *c);
+static int start_session(struct tg_conn *c);
 
 static const struct tg_config *conn_config(const struct tg_conn *c)
 {
@@ -199,7 +201,10 @@ int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
     struct tg_addr peer_addr, group;
     tg_addr_from_sockaddr(peer, &peer_addr);
     unsigned prefix = w->cfg->config->client.ipv6_prefix;
-    if (lcfg->max_connections_per_ip != 0) {
+    /* Behind PROXY protocol the socket peer is the balancer: the client is
+     * counted once its header names it. */
+    bool count_now = lcfg->max_connections_per_ip != 0 && !lcfg->proxy_protocol;
+    if (count_now) {
         tg_iptable_group(&peer_addr, prefix, &group);
         if (!tg_iptable_acquire(w->rt->iptable, &group, TG_IPTABLE_CONNECTIONS,
                                 lcfg->max_connections_per_ip)) {
@@ -210,7 +215,7 @@ int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
     }
     struct tg_conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
-        if (lcfg->max_connections_per_ip != 0)
+        if (count_now)
             tg_iptable_release(w->rt->iptable, &group, TG_IPTABLE_CONNECTIONS);
         close(fd);
         return -1;
@@ -221,7 +226,7 @@ int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
     c->wcfg = tg_worker_cfg_acquire(w);
     c->lcfg = lcfg;
     c->peer = peer_addr;
-    c->ip_counted_prefix = lcfg->max_connections_per_ip != 0 ? (uint8_t)prefix : 0;
+    c->ip_counted_prefix = count_now ? (uint8_t)prefix : 0;
     atomic_fetch_add(&w->rt->nconns, 1);
     c->listener_metric = (uint16_t)lcfg->metrics_id;
     TG_METRIC_INC(w->metrics->listeners[c->listener_metric].accepted);
@@ -243,6 +248,25 @@ int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
     c->watcher.data = c;
     ev_init(&c->timer, on_timer);
     c->timer.data = c;
+    ev_tstamp now = ev_now(w->loop);
+    c->head_started = now;
+    if (lcfg->proxy_protocol) {
+        c->awaiting_proxy = true;
+        c->state = TG_CONN_HANDSHAKE;
+        tg_conn_set_deadline(c, now + (double)conn_config(c)->client.header_timeout_ms / 1000.0);
+        tg_conn_watch(c, EV_READ);
+        return 0;
+    }
+    return start_session(c);
+}
+
+/* After accept (and the PROXY header, if any): TLS handshake or straight to
+ * reading requests. */
+static int start_session(struct tg_conn *c)
+{
+    struct tg_worker *w = c->w;
+    const struct tg_config_listen *lcfg = c->lcfg;
+    int fd = c->io.fd;
     ev_tstamp now = ev_now(w->loop);
     c->head_started = now;
     if (lcfg->tls) {
@@ -269,6 +293,70 @@ int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
     tg_conn_set_deadline(c, now + (double)conn_config(c)->client.header_timeout_ms / 1000.0);
     tg_conn_watch(c, EV_READ);
     return 0;
+}
+
+/* ---- PROXY protocol ---------------------------------------------------------- */
+
+/* Reads the PROXY header without taking a byte that follows it (the TLS
+ * hello or the request): peek, and consume only what is header. */
+static void read_proxy_header(struct tg_conn *c)
+{
+    struct tg_worker *w = c->w;
+    if (c->in == NULL && (c->in = tg_buf_get(&w->bufs, TG_PROXY_PROTOCOL_MAX)) == NULL) {
+        tg_conn_close(c);
+        return;
+    }
+    size_t have = tg_buf_len(c->in);
+    size_t room = TG_PROXY_PROTOCOL_MAX - have;
+    if (room > tg_buf_room(c->in))
+        room = tg_buf_room(c->in);
+    ssize_t n = recv(c->io.fd, c->in->data + c->in->end, room, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        tg_conn_close(c);
+        return;
+    }
+    struct tg_proxy_protocol pp;
+    const char *reason = "malformed";
+    ssize_t r = tg_proxy_protocol_parse(c->in->data + c->in->start, have + (size_t)n, &pp, &reason);
+    size_t take = r > 0 ? (size_t)r - have : (size_t)n;
+    if (r == TG_PROXY_PROTOCOL_ERROR) {
+        tg_log_info("refused a connection on %s: bad PROXY protocol header (%s)", c->lcfg->key,
+                    reason);
+        tg_conn_close(c);
+        return;
+    }
+    char sink[TG_PROXY_PROTOCOL_MAX];
+    if (recv(c->io.fd, sink, take, 0) != (ssize_t)take) {
+        tg_conn_close(c);
+        return;
+    }
+    c->in->end += take;
+    if (r == TG_PROXY_PROTOCOL_INCOMPLETE) {
+        if (tg_buf_len(c->in) >= TG_PROXY_PROTOCOL_MAX)
+            tg_conn_close(c);
+        return;
+    }
+    tg_buf_put(&w->bufs, c->in);
+    c->in = NULL;
+    c->awaiting_proxy = false;
+    if (!pp.local) {
+        c->peer = pp.src;
+        c->peer_port = pp.src_port;
+    }
+    unsigned limit = c->lcfg->max_connections_per_ip;
+    if (limit != 0) {
+        unsigned prefix = conn_config(c)->client.ipv6_prefix;
+        struct tg_addr group;
+        tg_iptable_group(&c->peer, prefix, &group);
+        if (!tg_iptable_acquire(w->rt->iptable, &group, TG_IPTABLE_CONNECTIONS, limit)) {
+            tg_conn_close(c);
+            return;
+        }
+        c->ip_counted_prefix = (uint8_t)prefix;
+    }
+    start_session(c);
 }
 
 /* ---- TLS ------------------------------------------------------------------------ */
@@ -457,7 +545,10 @@ static void on_client_io(struct ev_loop *loop, ev_io *io, int revents)
     tg_conn_ref(c);
     switch (c->state) {
     case TG_CONN_HANDSHAKE:
-        handshake(c);
+        if (c->awaiting_proxy)
+            read_proxy_header(c);
+        else
+            handshake(c);
         break;
     case TG_CONN_IDLE:
     case TG_CONN_READING_HEAD:

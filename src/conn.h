@@ -47,6 +47,7 @@ struct tg_conn {
     bool close_after;         /* close once the current request ends */
     bool tls;
     bool admin;               /* came in on the admin listener */
+    bool awaiting_proxy;      /* a PROXY protocol header comes first */
     uint8_t ip_counted_prefix; /* counted in the per-IP table (0 = not) */
     uint16_t listener_metric;  /* series of the listener it came in on */
     unsigned refs;

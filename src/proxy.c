@@ -1519,7 +1519,7 @@ static enum deadline_kind next_deadline(const struct tg_request *req, ev_tstamp 
         }
         if (req->up != NULL && req->up->watching & EV_WRITE)
             consider(&best, &kind, req->up_write_at + MS(u->send_timeout_ms), DL_UP_SEND);
-        bool waiting_upstream = !req->resp_body_done && !out_pending;
+        bool waiting_upstream = req->up != NULL && !req->resp_body_done && !out_pending;
         if (waiting_upstream && (!req->stream || !req->resp_head_done)) {
             ev_tstamp last = req->up_read_at > req->up_write_at ? req->up_read_at : req->up_write_at;
             consider(&best, &kind, last + MS(u->read_timeout_ms), DL_UP_READ);
