@@ -169,6 +169,44 @@ struct tg_config_rate_limit {
     enum tg_rl_on_error on_error;
 };
 
+struct tg_config_stream {
+    int64_t heartbeat_ms;   /* 0 = off */
+    unsigned max_per_ip;    /* concurrent streams per client IP, 0 = off */
+    int64_t idle_timeout_ms; /* tunnels and streams: 0 = none */
+};
+
+enum tg_balance {
+    TG_BALANCE_ROUND_ROBIN = 0,
+    TG_BALANCE_LEAST_CONN,
+};
+
+struct tg_config_server {
+    struct tg_config_sockaddr addr;
+};
+
+struct tg_config_upstream {
+    const char *name;
+    size_t index;                 /* position in config->upstreams */
+    struct tg_config_server *servers;
+    size_t nservers;
+    enum tg_balance balance;
+    unsigned keepalive;           /* idle connections kept per server per worker */
+    int64_t keepalive_timeout_ms;
+    unsigned keepalive_requests;  /* requests per connection, 0 = unlimited */
+    int64_t connect_timeout_ms;
+    int64_t read_timeout_ms;
+    int64_t send_timeout_ms;
+    unsigned retries;             /* extra servers tried after a failure */
+    unsigned max_connections;     /* per server per worker, 0 = unlimited */
+    size_t max_response_head;
+    bool tls;                     /* speak HTTPS to the servers */
+    bool tls_verify;
+    const char *tls_ca;
+    const char *tls_server_name;
+    struct tg_tls_client *tls_client; /* built when tls is on */
+    struct tg_config_mark mark;
+};
+
 /* ---- tenants ---- */
 
 struct tg_config_tenant {
@@ -208,44 +246,6 @@ struct tg_config_tenants {
     struct tg_config_upstream upstream_defaults; /* pool settings for tenants */
     struct tg_tenant_index *index;    /* built from the above */
     bool configured;              /* the section exists */
-};
-
-struct tg_config_stream {
-    int64_t heartbeat_ms;   /* 0 = off */
-    unsigned max_per_ip;    /* concurrent streams per client IP, 0 = off */
-    int64_t idle_timeout_ms; /* tunnels and streams: 0 = none */
-};
-
-enum tg_balance {
-    TG_BALANCE_ROUND_ROBIN = 0,
-    TG_BALANCE_LEAST_CONN,
-};
-
-struct tg_config_server {
-    struct tg_config_sockaddr addr;
-};
-
-struct tg_config_upstream {
-    const char *name;
-    size_t index;                 /* position in config->upstreams */
-    struct tg_config_server *servers;
-    size_t nservers;
-    enum tg_balance balance;
-    unsigned keepalive;           /* idle connections kept per server per worker */
-    int64_t keepalive_timeout_ms;
-    unsigned keepalive_requests;  /* requests per connection, 0 = unlimited */
-    int64_t connect_timeout_ms;
-    int64_t read_timeout_ms;
-    int64_t send_timeout_ms;
-    unsigned retries;             /* extra servers tried after a failure */
-    unsigned max_connections;     /* per server per worker, 0 = unlimited */
-    size_t max_response_head;
-    bool tls;                     /* speak HTTPS to the servers */
-    bool tls_verify;
-    const char *tls_ca;
-    const char *tls_server_name;
-    struct tg_tls_client *tls_client; /* built when tls is on */
-    struct tg_config_mark mark;
 };
 
 struct tg_config_route {
@@ -296,6 +296,7 @@ struct tg_config {
     size_t nsites;
     struct tg_config_log log;
     struct tg_config_rate_limit rate_limit;
+    struct tg_config_tenants tenants;
 
     struct tg_host_index *hosts;  /* Host -> site */
     struct tg_tls_server *tls_server; /* built when a listener has tls */
