@@ -8,7 +8,18 @@
  * one Redis request. Entries are cached for cache_ttl, misses for
  * negative_ttl; the control plane can drop an entry at once by publishing
  * the id on PREFIXchanged. When Redis fails, cached entries keep being
- * served up to stale_ttl past their expiry. */
+ * served up to stale_ttl past their expiry.
+ *
+ * Redis data (written by the control plane; PREFIX = redis.key_prefix):
+ *   HASH   PREFIX<id>           servers  "10.0.0.5:8080, [fd00::7]:8080"
+ *                                        (IP:port only: names would block)
+ *                               status   active | suspended (missing: active)
+ *                               rate     "100/s" (optional), burst "200"
+ *   STRING PREFIXhost:<domain>  the tenant id of a custom domain
+ *   PUBLISH PREFIXchanged <id> | host:<domain>   drops that entry at once
+ * An entry that cannot be used (no servers unless suspended, a bad server,
+ * status, rate or burst) is answered NOT_FOUND and logged once per fetch,
+ * i.e. once per id per negative_ttl. */
 #ifndef TG_TENANT_H
 #define TG_TENANT_H
 
@@ -30,7 +41,10 @@ struct tg_tenant {
      * with the tg_upstream_* functions like any configured upstream.
      * upstream.name is "$tenant:<id>"; upstream.index is unused. */
     struct tg_config_upstream upstream;
-    unsigned rr_cursor;          /* round-robin position (worker-local) */
+    unsigned rr_cursor;          /* round-robin position: worker-local for
+                                    tenants from Redis; static ones are
+                                    shared by all workers (refs == 0) and
+                                    must not be written */
     int64_t rate_interval_ns;    /* 0 = the policy's own rate */
     int64_t rate_count, rate_period_s;
     int64_t burst;               /* 0 = the policy's own burst */
@@ -40,9 +54,15 @@ struct tg_tenant {
 /* ---- static entries (built at config load) ------------------------------ */
 
 /* Builds cfg->tenants.index from cfg->tenants.tenants and domains (hash
- * tables with O(1) look-ups; 100,000 entries are fine). Returns 0, or -1
- * with a message in err (duplicate id or domain, invalid id). Main thread,
- * during config load. */
+ * tables with O(1) look-ups; 100,000 entries are fine). Each static tenant
+ * gets upstream_defaults with its servers and the name "$tenant:<id>"; ids
+ * and domains are stored lower case (one trailing dot of a domain
+ * dropped). Tenants and strings come from cfg->arena; the tables are
+ * malloc'd (tg_tenant_index_free, which config_free must call). Returns 0,
+ * or -1 with a message in err ("FILE:LINE:COL: " first when the entry has a
+ * mark): duplicate id or domain, invalid id or domain, or, with directory:
+ * static, a domain whose tenant is not defined. Main thread, during config
+ * load. */
 int tg_tenant_index_build(struct tg_config *cfg, char *err, size_t errlen);
 void tg_tenant_index_free(struct tg_tenant_index *ix);
 
@@ -67,44 +87,73 @@ enum tg_tenant_status {
 typedef void (*tg_tenant_cb)(void *arg, enum tg_tenant_status status, struct tg_tenant *t);
 
 /* Creates a worker's directory. For directory: redis it connects (data
- * connection and a SUBSCRIBE connection) on `loop`. Returns NULL on
- * allocation failure. Worker thread. */
+ * connection and a SUBSCRIBE connection) on `loop`. Copies the TTLs, bound
+ * and Redis settings; borrows `cfg` itself (the tenants it builds copy its
+ * upstream_defaults, whose TLS pointers live in the snapshot) until the
+ * next tg_tenant_dir_configure or tg_tenant_dir_free: the worker keeps
+ * that snapshot alive until then. Returns NULL on allocation failure.
+ * Worker thread. */
 struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop, const struct tg_config_tenants *cfg);
 
-/* Applies a reloaded config (TTLs, Redis address, prefix; the cache is kept
- * unless the Redis address or prefix changed). Worker thread. */
+/* Applies a reloaded config: new TTLs and max_cached apply at once (to
+ * cached entries too). If the directory kind, Redis address, password, db
+ * or key prefix changed, it reconnects and clears the cache; look-ups in
+ * flight are asked again there (or answered, if Redis is off now). Cached
+ * tenants are rebuilt on the new upstream_defaults. Borrows cfg as
+ * tg_tenant_dir_new does. Never calls a look-up callback itself. Worker
+ * thread. */
 void tg_tenant_dir_configure(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg);
 
-/* Pending look-ups are answered UNAVAILABLE first. */
+/* Pending look-ups are answered UNAVAILABLE first; then the connections
+ * close and the cache goes (tenants still referenced by requests stay
+ * until released). Safe from inside a look-up callback. Worker thread. */
 void tg_tenant_dir_free(struct tg_tenant_dir *d);
 
 /* Looks up a tenant id (already validated as a DNS label; compared in
- * lower case). Static entries of `cfg` win. Returns FOUND/NOT_FOUND/
- * UNAVAILABLE at once (with *out referenced when FOUND) when it can answer
- * without waiting, or -1 when the answer will come through `cb` (and
- * *wait is set for tg_tenant_cancel). Worker thread. */
+ * lower case; an invalid one is NOT_FOUND). Static entries of `cfg` win.
+ * Returns FOUND/NOT_FOUND/UNAVAILABLE at once (with *out referenced when
+ * FOUND) when it can answer without waiting, or -1 when the answer will
+ * come through `cb` (and *wait is set for tg_tenant_cancel). The callback
+ * never runs before this returns. Concurrent look-ups of one id share one
+ * Redis request. While Redis cannot answer (down, circuit open, timeout),
+ * an entry found before is served up to stale_ttl past its expiry;
+ * otherwise UNAVAILABLE. `cfg` is the request's snapshot and must stay
+ * valid until the callback or cancel; the tenant handed out borrows only
+ * from it. Worker thread. */
 int tg_tenant_lookup(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
                      const char *id, size_t n, struct tg_tenant **out, tg_tenant_cb cb,
                      void *arg, struct tg_tenant_wait **wait);
 
-/* The same for a custom domain (a Host that matched no site pattern):
- * static domains, then Redis STRING PREFIXhost:<domain>, then the tenant. */
+/* The same for a custom domain (a Host that matched no site pattern,
+ * without its port; case and one trailing dot ignored): static domains,
+ * then Redis STRING PREFIXhost:<domain> (cached, coalesced and negative
+ * cached like ids), then the tenant by id. */
 int tg_tenant_lookup_domain(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
                             const char *host, size_t n, struct tg_tenant **out,
                             tg_tenant_cb cb, void *arg, struct tg_tenant_wait **wait);
 
-/* The request went away: its callback will not be called. */
+/* The request went away: its callback will not be called. Any time
+ * before the callback (not after: the handle is gone then). The Redis
+ * request, if any, carries on for the cache and the other waiters. */
 void tg_tenant_cancel(struct tg_tenant_wait *w);
 
+/* References (no-ops on static tenants); the last release frees a tenant
+ * from Redis, even after its directory is gone. Worker thread that got it. */
 void tg_tenant_ref(struct tg_tenant *t);
 void tg_tenant_release(struct tg_tenant *t);
 
 /* Counters for metrics and /status (this worker). */
 struct tg_tenant_stats {
-    uint64_t hits, misses, negative_hits, stale_served, redis_lookups, redis_errors,
-        invalidations;
-    size_t cached;               /* entries now */
-    size_t memory;               /* bytes held by cached entries */
+    uint64_t hits;               /* FOUND from static entries or the cache */
+    uint64_t misses;             /* needed Redis (asked, joined, or it was down) */
+    uint64_t negative_hits;      /* NOT_FOUND from the cache (or no such static) */
+    uint64_t stale_served;       /* FOUND with an expired entry, Redis failing */
+    uint64_t redis_lookups;      /* HGETALL / GET sent */
+    uint64_t redis_errors;       /* look-ups Redis failed to answer */
+    uint64_t invalidations;      /* messages received on PREFIXchanged */
+    size_t cached;               /* entries now (ids and domains, + and -) */
+    size_t memory;               /* bytes held by the cache: entries, their
+                                    tenants (malloc_usable_size), buckets */
 };
 void tg_tenant_dir_stats(const struct tg_tenant_dir *d, struct tg_tenant_stats *out);
 

@@ -1,0 +1,456 @@
+/* A Redis SUBSCRIBE connection: connect, AUTH, SUBSCRIBE, messages to the
+ * owner, reconnect with backoff. No commands besides those, no patterns,
+ * one channel; deadlines only for getting subscribed (an idle subscription
+ * has nothing to time).
+ *
+ * Lifetimes. Nothing hiredis holds points at us: every command is sent
+ * with NULL privdata and our callbacks find us through ac->data, which is
+ * cleared before we let go of a context. So a context that hiredis frees
+ * later (redisAsyncFree from inside its own callback is deferred) can only
+ * call into code that sees NULL and returns. Owner callbacks are the last
+ * thing each of our handlers does, so the owner may free us there. */
+#include "redis_sub.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libev.h>
+
+#include "config.h"
+#include "log.h"
+#include "redis.h"
+
+#define DEFAULT_CONNECT_TIMEOUT_MS 1000
+#define DEFAULT_BACKOFF_MIN_MS 100
+#define DEFAULT_BACKOFF_MAX_MS 5000
+
+struct tg_redis_sub {
+    struct ev_loop *loop;
+    char name[32];
+
+    char *address, *password, *channel;
+    size_t channel_len;
+    char host[256];          /* path for unix sockets */
+    char ip[INET6_ADDRSTRLEN];
+    int port;
+    bool is_unix, addr_ok, resolved;
+
+    int64_t connect_timeout_ms, backoff_min_ms, backoff_max_ms;
+    tg_redis_sub_message_cb on_message;
+    tg_redis_sub_state_cb on_state;
+    void *arg;
+
+    redisAsyncContext *ac;
+    bool subscribed;
+    bool outage_logged;      /* one warning per outage, not per attempt */
+    unsigned attempt;        /* backoff exponent */
+    uint64_t rng;
+    ev_timer retry_timer;    /* next connect attempt */
+    ev_timer connect_timer;  /* deadline for getting subscribed */
+    struct tg_redis_sub_stats st;
+};
+
+static void start_connect(struct tg_redis_sub *s);
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static uint64_t next_random(struct tg_redis_sub *s)
+{
+    /* xorshift64*: jitter only. */
+    s->rng ^= s->rng >> 12;
+    s->rng ^= s->rng << 25;
+    s->rng ^= s->rng >> 27;
+    return s->rng * UINT64_C(2685821657736338717);
+}
+
+/* backoff_min doubling per attempt up to backoff_max, plus 0..25% jitter so
+ * that workers do not reconnect in lockstep. */
+static ev_tstamp next_backoff(struct tg_redis_sub *s)
+{
+    int64_t ms = s->backoff_min_ms;
+    for (unsigned i = 0; i < s->attempt && ms < s->backoff_max_ms; i++)
+        ms *= 2;
+    if (ms > s->backoff_max_ms)
+        ms = s->backoff_max_ms;
+    if (s->attempt < 64)
+        s->attempt++;
+    double jitter = (double)(next_random(s) >> 11) / 9007199254740992.0;
+    return (double)ms / 1e3 * (1.0 + 0.25 * jitter);
+}
+
+static void arm_retry(struct tg_redis_sub *s, ev_tstamp after)
+{
+    ev_timer_stop(s->loop, &s->retry_timer);
+    ev_timer_set(&s->retry_timer, after, 0.);
+    ev_timer_start(s->loop, &s->retry_timer);
+}
+
+static const char *where(const struct tg_redis_sub *s)
+{
+    return s->address != NULL ? s->address : "(no address)";
+}
+
+/* Forgets the context (already freed or being freed by hiredis, or freed
+ * here when `free_it`), and schedules the next attempt. Returns whether we
+ * were subscribed: the caller tells the owner, last. */
+static bool lose(struct tg_redis_sub *s, const char *why, bool free_it)
+{
+    redisAsyncContext *ac = s->ac;
+    s->ac = NULL;
+    if (ac != NULL) {
+        ac->data = NULL;
+        if (free_it)
+            redisAsyncFree(ac); /* deferred by hiredis inside its callback */
+    }
+    ev_timer_stop(s->loop, &s->connect_timer);
+    bool was = s->subscribed;
+    s->subscribed = false;
+    if (was)
+        s->st.losses++;
+    else
+        s->st.failures++;
+    if (!s->outage_logged) {
+        s->outage_logged = true;
+        if (was)
+            tg_log_warn("redis %s: subscription on %s lost (%s), "
+                        "resubscribing",
+                        s->name, where(s), why);
+        else
+            tg_log_warn("redis %s: cannot subscribe on %s (%s), retrying",
+                        s->name, where(s), why);
+    }
+    arm_retry(s, next_backoff(s));
+    return was;
+}
+
+static void drop(struct tg_redis_sub *s, const char *why)
+{
+    if (lose(s, why, true) && s->on_state != NULL)
+        s->on_state(s->arg, false);
+}
+
+/* ---- hiredis callbacks ---------------------------------------------------- */
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct tg_redis_sub *s = ac->data;
+    if (s == NULL || status == REDIS_OK)
+        return; /* connected: the subscribe confirmation brings us up */
+    char why[128];
+    snprintf(why, sizeof(why), "connect: %.100s",
+             ac->c.err ? ac->c.errstr : "failed");
+    /* hiredis frees the context after we return. */
+    lose(s, why, false); /* never subscribed: no owner callback */
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    (void)status;
+    struct tg_redis_sub *s = ac->data;
+    if (s == NULL)
+        return;
+    char why[128];
+    snprintf(why, sizeof(why), "%.100s",
+             ac->c.err ? ac->c.errstr : "connection closed");
+    if (lose(s, why, false) && s->on_state != NULL)
+        s->on_state(s->arg, false);
+}
+
+static void on_sub_reply(redisAsyncContext *ac, void *reply_, void *privdata)
+{
+    (void)privdata;
+    struct tg_redis_sub *s = ac->data;
+    const redisReply *r = reply_;
+    if (s == NULL || r == NULL || r->type != REDIS_REPLY_ARRAY ||
+        r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const char *kind = r->element[0]->str;
+    if (strcasecmp(kind, "subscribe") == 0) {
+        ev_timer_stop(s->loop, &s->connect_timer);
+        s->subscribed = true;
+        s->attempt = 0;
+        s->st.subscribes++;
+        if (s->outage_logged)
+            tg_log_info("redis %s: subscribed again on %s", s->name,
+                        where(s));
+        s->outage_logged = false;
+        if (s->on_state != NULL)
+            s->on_state(s->arg, true);
+    } else if (strcasecmp(kind, "message") == 0 &&
+               r->element[2]->type == REDIS_REPLY_STRING) {
+        s->st.messages++;
+        s->on_message(s->arg, r->element[2]->str, r->element[2]->len);
+    }
+}
+
+static void send_subscribe(struct tg_redis_sub *s)
+{
+    if (redisAsyncCommand(s->ac, on_sub_reply, NULL, "SUBSCRIBE %b",
+                          s->channel, s->channel_len) != REDIS_OK)
+        drop(s, "SUBSCRIBE not sent");
+}
+
+static void on_auth_reply(redisAsyncContext *ac, void *reply_, void *privdata)
+{
+    (void)privdata;
+    struct tg_redis_sub *s = ac->data;
+    const redisReply *r = reply_;
+    if (s == NULL || r == NULL)
+        return;
+    if (r->type == REDIS_REPLY_STATUS && strcasecmp(r->str, "OK") == 0) {
+        send_subscribe(s);
+        return;
+    }
+    char why[128];
+    snprintf(why, sizeof(why), "AUTH: %.80s",
+             r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    drop(s, why);
+}
+
+/* ---- connecting ----------------------------------------------------------- */
+
+static int resolve(struct tg_redis_sub *s)
+{
+    if (!s->addr_ok)
+        return -1;
+    if (s->is_unix) {
+        s->resolved = true;
+        return 0;
+    }
+    unsigned char tmp[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, s->host, tmp) == 1 ||
+        inet_pton(AF_INET6, s->host, tmp) == 1) {
+        snprintf(s->ip, sizeof(s->ip), "%.*s", (int)sizeof(s->ip) - 1,
+                 s->host);
+        s->resolved = true;
+        return 0;
+    }
+    /* A name: resolved here, IPv4 first, as redis.c does. */
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = getaddrinfo(s->host, NULL, &hints, &res);
+    if (rc != 0) {
+        hints.ai_family = AF_UNSPEC;
+        rc = getaddrinfo(s->host, NULL, &hints, &res);
+    }
+    if (rc != 0 || res == NULL)
+        return -1;
+    const void *a =
+        res->ai_family == AF_INET6
+            ? (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr
+            : (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr;
+    const char *ok = inet_ntop(res->ai_family, a, s->ip, sizeof(s->ip));
+    freeaddrinfo(res);
+    if (ok == NULL)
+        return -1;
+    s->resolved = true;
+    return 0;
+}
+
+static void start_connect(struct tg_redis_sub *s)
+{
+    if (s->ac != NULL)
+        return;
+    if (!s->resolved && resolve(s) < 0) {
+        lose(s, s->addr_ok ? "cannot resolve" : "bad address", false);
+        return;
+    }
+    redisAsyncContext *ac = s->is_unix ? redisAsyncConnectUnix(s->host)
+                                       : redisAsyncConnect(s->ip, s->port);
+    if (ac == NULL || ac->err) {
+        char why[128];
+        snprintf(why, sizeof(why), "connect: %.100s",
+                 ac != NULL ? ac->errstr : "out of memory");
+        if (ac != NULL)
+            redisAsyncFree(ac);
+        lose(s, why, false);
+        return;
+    }
+    if (redisLibevAttach(s->loop, ac) != REDIS_OK) {
+        redisAsyncFree(ac);
+        lose(s, "cannot attach to the loop", false);
+        return;
+    }
+    if (!s->is_unix)
+        (void)redisEnableKeepAlive(&ac->c); /* finds a silently dead peer */
+    ac->data = s;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    s->ac = ac;
+    ev_timer_stop(s->loop, &s->connect_timer);
+    ev_timer_set(&s->connect_timer, (double)s->connect_timeout_ms / 1e3, 0.);
+    ev_timer_start(s->loop, &s->connect_timer);
+    /* Queued now, written once the socket connects. */
+    if (s->password != NULL) {
+        if (redisAsyncCommand(ac, on_auth_reply, NULL, "AUTH %s",
+                              s->password) != REDIS_OK)
+            drop(s, "AUTH not sent");
+    } else {
+        send_subscribe(s);
+    }
+}
+
+static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    start_connect(w->data);
+}
+
+static void on_connect_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct tg_redis_sub *s = w->data;
+    if (s->ac != NULL && !s->subscribed)
+        drop(s, "timed out subscribing");
+}
+
+/* ---- public --------------------------------------------------------------- */
+
+static int set_target(struct tg_redis_sub *s, const struct tg_config_redis *cfg,
+                      const char *channel)
+{
+    char *address = cfg->address != NULL ? strdup(cfg->address) : NULL;
+    char *password = cfg->password != NULL ? strdup(cfg->password) : NULL;
+    char *ch = strdup(channel != NULL ? channel : "");
+    if ((cfg->address != NULL && address == NULL) ||
+        (cfg->password != NULL && password == NULL) || ch == NULL) {
+        free(address);
+        free(password);
+        free(ch);
+        return -1;
+    }
+    free(s->address);
+    free(s->password);
+    free(s->channel);
+    s->address = address;
+    s->password = password;
+    s->channel = ch;
+    s->channel_len = strlen(ch);
+    s->resolved = false;
+    s->addr_ok = tg_redis_parse_address(address, s->host, sizeof(s->host),
+                                        &s->port, &s->is_unix) == 0;
+    if (!s->addr_ok)
+        tg_log_error("redis %s: bad address \"%s\"", s->name, where(s));
+    else
+        (void)resolve(s); /* retried at each attempt if it fails */
+    return 0;
+}
+
+static int64_t or_default(int64_t v, int64_t dflt)
+{
+    return v > 0 ? v : dflt;
+}
+
+struct tg_redis_sub *tg_redis_sub_new(struct ev_loop *loop,
+                                      const struct tg_config_redis *cfg,
+                                      const char *channel,
+                                      const struct tg_redis_sub_options *opt)
+{
+    if (opt == NULL || opt->on_message == NULL)
+        return NULL;
+    struct tg_redis_sub *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->loop = loop;
+    snprintf(s->name, sizeof(s->name), "%s",
+             opt->name != NULL ? opt->name : "sub");
+    s->connect_timeout_ms =
+        or_default(opt->connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
+    s->backoff_min_ms = or_default(opt->backoff_min_ms, DEFAULT_BACKOFF_MIN_MS);
+    s->backoff_max_ms = or_default(opt->backoff_max_ms, DEFAULT_BACKOFF_MAX_MS);
+    if (s->backoff_max_ms < s->backoff_min_ms)
+        s->backoff_max_ms = s->backoff_min_ms;
+    s->on_message = opt->on_message;
+    s->on_state = opt->on_state;
+    s->arg = opt->arg;
+    s->rng = (uint64_t)(uintptr_t)s ^ (uint64_t)(ev_time() * 1e6) ^
+             UINT64_C(0x9e3779b97f4a7c15);
+    if (s->rng == 0)
+        s->rng = 1;
+    if (set_target(s, cfg, channel) < 0) {
+        free(s);
+        return NULL;
+    }
+    ev_timer_init(&s->retry_timer, on_retry, 0., 0.);
+    s->retry_timer.data = s;
+    ev_timer_init(&s->connect_timer, on_connect_timeout, 0., 0.);
+    s->connect_timer.data = s;
+    arm_retry(s, 0.);
+    return s;
+}
+
+static bool same_str(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+bool tg_redis_sub_configure(struct tg_redis_sub *s,
+                            const struct tg_config_redis *cfg,
+                            const char *channel)
+{
+    if (same_str(cfg->address, s->address) &&
+        same_str(cfg->password, s->password) &&
+        same_str(channel != NULL ? channel : "", s->channel))
+        return false;
+    if (set_target(s, cfg, channel) < 0) {
+        tg_log_error("redis %s: out of memory applying the new config, "
+                     "keeping the old one", s->name);
+        return false;
+    }
+    redisAsyncContext *ac = s->ac;
+    bool was = s->subscribed;
+    s->ac = NULL;
+    s->subscribed = false;
+    s->attempt = 0;
+    s->outage_logged = false;
+    ev_timer_stop(s->loop, &s->connect_timer);
+    if (ac != NULL) {
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+    arm_retry(s, 0.);
+    if (was && s->on_state != NULL)
+        s->on_state(s->arg, false);
+    return true;
+}
+
+void tg_redis_sub_free(struct tg_redis_sub *s)
+{
+    if (s == NULL)
+        return;
+    ev_timer_stop(s->loop, &s->retry_timer);
+    ev_timer_stop(s->loop, &s->connect_timer);
+    if (s->ac != NULL) {
+        redisAsyncContext *ac = s->ac;
+        s->ac = NULL;
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+    free(s->address);
+    free(s->password);
+    free(s->channel);
+    free(s);
+}
+
+bool tg_redis_sub_subscribed(const struct tg_redis_sub *s)
+{
+    return s->subscribed;
+}
+
+void tg_redis_sub_stats(const struct tg_redis_sub *s,
+                        struct tg_redis_sub_stats *out)
+{
+    *out = s->st;
+}
