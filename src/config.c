@@ -1265,11 +1265,6 @@ static int parse_tenants(struct cfg_ctx *ctx, yaml_node_t *node)
             tn->ndomains++;
         }
     }
-    if (rc == 0) {
-        char err[300];
-        if (tg_tenant_index_build(cfg, err, sizeof(err)) < 0)
-            rc = node_error(ctx, node, "%s", err);
-    }
     return rc;
 }
 
@@ -2232,8 +2227,9 @@ static int build_tls(struct cfg_ctx *ctx)
             rc = -1;
         }
     }
-    for (size_t i = 0; i < cfg->nupstreams; i++) {
-        struct tg_config_upstream *u = &cfg->upstreams[i];
+    for (size_t i = 0; i <= cfg->nupstreams; i++) {
+        struct tg_config_upstream *u = i < cfg->nupstreams ? &cfg->upstreams[i]
+                                                           : &cfg->tenants.upstream_defaults;
         if (!u->tls)
             continue;
         if (tg_tls_global_init() < 0) {
@@ -2256,6 +2252,8 @@ static void config_free(struct tg_config *cfg)
     for (size_t i = 0; i < cfg->nupstreams; i++)
         if (cfg->upstreams[i].tls_client != NULL)
             tg_tls_client_free(cfg->upstreams[i].tls_client);
+    if (cfg->tenants.upstream_defaults.tls_client != NULL)
+        tg_tls_client_free(cfg->tenants.upstream_defaults.tls_client);
     if (cfg->hosts != NULL)
         tg_router_hosts_free(cfg->hosts);
     if (cfg->rate_limit.exempt != NULL)
@@ -2331,6 +2329,15 @@ struct tg_config *tg_config_load_buffer(const char *name, const char *data,
         rc = parse_root(&ctx, root);
         if (rc == 0 && ctx.nerrors == 0)
             rc = build_tls(&ctx);
+        /* Static tenants copy tenants.upstream_defaults, TLS context
+         * included: build them last. */
+        if (rc == 0 && ctx.nerrors == 0 && cfg->tenants.configured) {
+            char err[300];
+            if (tg_tenant_index_build(cfg, err, sizeof(err)) < 0) {
+                error_at(&ctx, (struct tg_config_mark){1, 1}, "%s", err);
+                rc = -1;
+            }
+        }
     }
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);

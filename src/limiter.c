@@ -21,6 +21,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "ratelimit_redis.h"
+#include "tenant.h"
 #include "worker.h"
 
 #define MAX_PART 128
@@ -245,6 +246,21 @@ static bool build_part(struct tg_request *req, const struct tg_config_rl_key_par
     return !pending;
 }
 
+uint64_t tg_limiter_hash_part(struct tg_request *req, const struct tg_config_rl_key_part *part)
+{
+    char buf[MAX_KEY];
+    struct keybuf k = {buf, 0, sizeof(buf)};
+    build_part(req, part, &k, NULL, 0, false);
+    /* 64-bit FNV-1a, then a final mix: spreads short keys (addresses) well. */
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < k.n; i++)
+        h = (h ^ (unsigned char)buf[i]) * 1099511628211ull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h;
+}
+
 int tg_limiter_prepare(struct tg_request *req)
 {
     struct tg_limiter_state *lim = &req->lim;
@@ -263,6 +279,18 @@ int tg_limiter_prepare(struct tg_request *req)
         struct tg_limiter_item *it = &lim->items[lim->n++];
         const struct tg_config_policy *pol = list->items[i];
         it->policy = pol;
+        it->params = pol->params;
+        /* A tenant's own quota (from the directory) replaces the policy's
+         * rate and burst for policies keyed by tenant. */
+        const struct tg_tenant *t = req->tenant_obj;
+        for (size_t p = 0; t != NULL && p < pol->nparts; p++) {
+            if (pol->parts[p].kind != TG_RL_PART_TENANT)
+                continue;
+            if (t->rate_interval_ns > 0)
+                it->params.interval_ns = t->rate_interval_ns;
+            if (t->burst > 0)
+                it->params.burst = t->burst;
+        }
         char buf[MAX_KEY];
         struct keybuf k = {buf, 0, sizeof(buf)};
         if (pol->needs_body) {
@@ -353,7 +381,7 @@ static void decide_local(struct tg_ratelimit_local *table, struct tg_limiter_ite
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         size_t kl = store_key(items[i], keys[m], sizeof(keys[m]));
-        ops[m] = (struct tg_ratelimit_op){keys[m], kl, &items[i]->policy->params, cost, {0}};
+        ops[m] = (struct tg_ratelimit_op){keys[m], kl, &items[i]->params, cost, {0}};
         m++;
     }
     if (m == 0)
@@ -402,7 +430,7 @@ static void apply_on_error(struct tg_request *req, struct tg_limiter_item **item
     if (rl->on_error == TG_RL_ON_ERROR_ALLOW) {
         for (size_t i = 0; i < n; i++) {
             items[i]->result = (struct tg_ratelimit_result){.allowed = true,
-                                                           .remaining = items[i]->policy->params.burst};
+                                                           .remaining = items[i]->params.burst};
             items[i]->decided = false; /* nothing to report */
         }
         return;
@@ -414,7 +442,7 @@ static void apply_on_error(struct tg_request *req, struct tg_limiter_item **item
     struct tg_ratelimit_op ops[TG_LIMITER_MAX_POLICIES];
     char keys[TG_LIMITER_MAX_POLICIES][MAX_KEY + 80];
     for (size_t i = 0; i < n; i++) {
-        scaled[i] = items[i]->policy->params;
+        scaled[i] = items[i]->params;
         scaled[i].interval_ns = scaled[i].interval_ns > INT64_MAX / share
                                     ? INT64_MAX / 2 : scaled[i].interval_ns * share;
         scaled[i].burst = (scaled[i].burst + share - 1) / share;
@@ -481,7 +509,7 @@ static void finalize(struct tg_request *req)
             TG_METRIC_INC(ps->results[it->policy->shadow ? TG_RL_SHADOW : TG_RL_LIMITED]);
         else if (!refused) {
             TG_METRIC_INC(ps->results[TG_RL_ALLOWED]);
-            if (it->result.remaining * 5 < it->policy->params.burst)
+            if (it->result.remaining * 5 < it->params.burst)
                 TG_METRIC_INC(ps->results[TG_RL_NEAR_LIMIT]);
         }
     }
@@ -541,7 +569,7 @@ static void send_redis(struct tg_request *req, int kind)
         if (!is_redis(it) || call_kind(it) != kind)
             continue;
         ops[call->n] = (struct tg_ratelimit_redis_op){it->policy->name, it->key, it->keylen,
-                                                     it->policy->params, 1};
+                                                     it->params, 1};
         items[call->n] = it;
         call->idx[call->n++] = (uint8_t)i;
     }
@@ -664,7 +692,7 @@ void tg_limiter_after_response(struct tg_request *req, int status)
                 continue;
             if (is_redis(it))
                 ops[nr++] = (struct tg_ratelimit_redis_op){it->policy->name, it->key, it->keylen,
-                                                          it->policy->params, 1};
+                                                          it->params, 1};
             else
                 charge[n++] = it;
         }

@@ -20,6 +20,7 @@ struct tg_config;
 struct tg_config_route;
 struct tg_config_policy;
 struct tg_config_policy_list;
+struct tg_config_rl_key_part;
 
 /* At most this many policies apply to one request. */
 #define TG_LIMITER_MAX_POLICIES 8
@@ -27,6 +28,7 @@ struct tg_config_policy_list;
 /* One policy's key and outcome for a request. */
 struct tg_limiter_item {
     const struct tg_config_policy *policy;
+    struct tg_ratelimit_params params; /* the policy's, or the tenant's quota */
     char *key;                   /* request arena; without the policy name */
     size_t keylen;
     bool key_pending;            /* a json part waits for the body */
@@ -74,6 +76,11 @@ int tg_limiter_prepare(struct tg_request *req);
 /* With the first body bytes (up to the largest max_peek, decoded): fills in
  * json parts (a missing field falls back to the client address). */
 void tg_limiter_take_body(struct tg_request *req, const char *body, size_t len);
+
+/* The hash of one key part of the request (upstream balance: hash), built
+ * like a rate-limit key part (a missing part falls back to the client
+ * address). Head views must still be valid. */
+uint64_t tg_limiter_hash_part(struct tg_request *req, const struct tg_config_rl_key_part *part);
 
 /* Decides. Returns 0 when decided now (req->lim says how: limited,
  * store_error, delay_ns, report), or 1 when Redis-backed policies wait for a

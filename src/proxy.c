@@ -32,6 +32,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "router.h"
+#include "tenant.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
@@ -41,6 +42,7 @@
 #define MS(x) ((double)(x) / 1000.0)
 
 static void on_upstream_io(struct ev_loop *loop, ev_io *io, int revents);
+static void release_tenant(struct tg_request *req);
 static void pump_client(struct tg_request *req);
 static void send_upstream(struct tg_request *req);
 static void connect_upstream(struct tg_request *req);
@@ -164,6 +166,7 @@ static void release_slots(struct tg_request *req)
         ev_timer_stop(req_worker(req)->loop, &req->delay_timer);
     if (req->lim.pending > 0)
         tg_limiter_cancel(req);
+    release_tenant(req);
 }
 
 static void release_stream_slot(struct tg_request *req)
@@ -206,7 +209,11 @@ static void log_request(struct tg_request *req)
 
 static struct tg_upstream_stats *upstream_stats(struct tg_request *req)
 {
-    return &req_worker(req)->metrics->upstreams[req->upstream->metrics_id];
+    const struct tg_config_upstream *u = req->upstream;
+    unsigned id = req->tenant_obj != NULL && u == &req->tenant_obj->upstream
+                      ? req_config(req)->tenants.upstream_defaults.metrics_id
+                      : u->metrics_id;
+    return &req_worker(req)->metrics->upstreams[id];
 }
 
 /* The request is over. Tells the connection, which may start the next one. */
@@ -634,6 +641,213 @@ static bool covered_by_certificate(struct tg_request *req, struct tg_str hostpor
     return tg_tls_cert_covers(ssl, hostport);
 }
 
+/* ---- stages after the head -------------------------------------------------------- */
+
+static void forward_request(struct tg_request *req);
+
+static void release_tenant(struct tg_request *req)
+{
+    if (req->tenant_wait != NULL) {
+        tg_tenant_cancel(req->tenant_wait);
+        req->tenant_wait = NULL;
+    }
+    if (req->tenant_obj != NULL) {
+        tg_tenant_release(req->tenant_obj);
+        req->tenant_obj = NULL;
+    }
+}
+
+/* The tenant is known: its servers become the upstream. */
+static void use_tenant(struct tg_request *req, enum tg_tenant_status status, struct tg_tenant *t)
+{
+    if (status == TG_TENANT_NOT_FOUND) {
+        respond_local(req, 404, "404 Not Found: no such tenant\n", false);
+        return;
+    }
+    if (status != TG_TENANT_FOUND || t == NULL) {
+        respond_local_extra(req, 503, "Retry-After: 1\r\n",
+                            "503 Service Unavailable: the tenant directory is unavailable\n");
+        return;
+    }
+    req->tenant_obj = t;
+    req->tenant = t->id;
+    if (t->suspended) {
+        respond_local(req, 403, "403 Forbidden: this tenant is suspended\n", false);
+        return;
+    }
+    if (req->route != NULL && req->route->upstream_tenant) {
+        if (t->upstream.nservers == 0) {
+            respond_local(req, 502, "502 Bad Gateway: the tenant has no servers\n", false);
+            return;
+        }
+        req->upstream = &t->upstream;
+    }
+}
+
+static void route_request(struct tg_request *req);
+
+static void on_tenant(void *arg, enum tg_tenant_status status, struct tg_tenant *t)
+{
+    struct tg_request *req = arg;
+    req->tenant_wait = NULL;
+    req_ref(req);
+    bool domain = req->site == NULL;
+    if (domain) {
+        req->site = req_config(req)->domain_site;
+        if (status == TG_TENANT_NOT_FOUND)
+            TG_METRIC_INC(req_worker(req)->metrics->unknown_host);
+    }
+    use_tenant(req, status, t);
+    if (!req_over(req))
+        domain ? route_request(req) : forward_request(req);
+    if (!req_over(req)) {
+        update_watches(req);
+        arm_deadline(req);
+    }
+    req_unref(req);
+}
+
+/* Looks the tenant up; continues with `then` now or from the callback. */
+static void lookup_tenant(struct tg_request *req)
+{
+    struct tg_worker *w = req_worker(req);
+    const struct tg_config *cfg = req_config(req);
+    struct tg_tenant *t = NULL;
+    int rc = tg_tenant_lookup(w->tenants, &cfg->tenants, req->tenant, strlen(req->tenant), &t,
+                              on_tenant, req, &req->tenant_wait);
+    if (rc < 0) {
+        req->phase = TG_REQ_TENANT;
+        return;
+    }
+    use_tenant(req, (enum tg_tenant_status)rc, t);
+    if (!req_over(req))
+        forward_request(req);
+}
+
+/* A Host that no site pattern matched may be a tenant's own domain. */
+static void lookup_domain(struct tg_request *req, struct tg_str hostport)
+{
+    struct tg_worker *w = req_worker(req);
+    const struct tg_config *cfg = req_config(req);
+    struct tg_str host;
+    if (hostport.n == 0 || !tg_router_host_without_port(hostport, &host)) {
+        TG_METRIC_INC(w->metrics->unknown_host);
+        respond_local(req, 404, "404 Not Found: no site serves this host\n", false);
+        return;
+    }
+    char *lower = tg_arena_strndup(&req->arena, host.p, host.n);
+    for (char *p = lower; p != NULL && *p; p++)
+        *p = tg_ascii_lower(*p);
+    if (lower != NULL && lower[host.n - 1] == '.')
+        lower[--host.n] = '\0';
+    struct tg_tenant *t = NULL;
+    int rc = lower == NULL ? TG_TENANT_UNAVAILABLE
+                           : tg_tenant_lookup_domain(w->tenants, &cfg->tenants, lower, host.n, &t,
+                                                     on_tenant, req, &req->tenant_wait);
+    if (rc < 0) {
+        req->phase = TG_REQ_TENANT;
+        return;
+    }
+    req->site = cfg->domain_site;
+    if (rc == TG_TENANT_NOT_FOUND)
+        TG_METRIC_INC(w->metrics->unknown_host);
+    use_tenant(req, (enum tg_tenant_status)rc, t);
+    if (!req_over(req))
+        route_request(req);
+}
+
+/* The site is known: pick the route, check access, find the upstream. */
+static void route_request(struct tg_request *req)
+{
+    struct tg_conn *c = req->conn;
+    struct tg_str host = tg_str_make(req->host, strlen(req->host));
+    if (c->tls && !covered_by_certificate(req, host)) {
+        respond_local(req, 421, "421 Misdirected Request: the certificate for this "
+                                "connection does not cover this host\n", true);
+        return;
+    }
+    if (c->lcfg->client_subject_header != NULL && c->io.ssl != NULL) {
+        char subject[1024];
+        size_t n = tg_tls_client_subject(c->io.ssl, subject, sizeof(subject));
+        req->client_subject = n > 0 ? req_strdup(req, subject, n) : NULL;
+    }
+    const char *q = strchr(req->path, '?');
+    size_t route_len = q != NULL ? (size_t)(q - req->path) : strlen(req->path);
+    req->route = match_route(req->site, req->path, route_len);
+    if (req->route == NULL) {
+        respond_local(req, 404, "404 Not Found: no route for this path\n", false);
+        return;
+    }
+    if (!access_allowed(req)) {
+        respond_local(req, 403, "403 Forbidden\n", false);
+        return;
+    }
+    req->stream = req->route->stream;
+    if (req->route->upstream_tenant) {
+        if (req->tenant_obj != NULL) {
+            req->upstream = &req->tenant_obj->upstream; /* found by its domain */
+        } else if (req->tenant == NULL) {
+            respond_local(req, 404, "404 Not Found: no tenant for this host\n", false);
+            return;
+        } else {
+            lookup_tenant(req);
+            return;
+        }
+    } else {
+        req->upstream = req->route->upstream;
+    }
+    forward_request(req);
+}
+
+/* Everything is decided but limits: rewrite the head and go. */
+static void forward_request(struct tg_request *req)
+{
+    struct tg_conn *c = req->conn;
+    struct tg_worker *w = c->w;
+    const struct tg_config *cfg = req_config(req);
+    const struct tg_http1_request *h = &req->head;
+    req->phase = TG_REQ_ROUTING;
+    if (cfg->client.max_body != 0 && req->req_framing == TG_HTTP1_BODY_LENGTH &&
+        req->req_remaining > cfg->client.max_body) {
+        respond_local(req, 413, "413 Content Too Large\n", true);
+        return;
+    }
+    if (req->route->max_in_flight != 0) {
+        struct tg_config_route *r = (struct tg_config_route *)req->route;
+        req->in_flight_counted = true;
+        if (atomic_fetch_add(&r->in_flight, 1) >= req->route->max_in_flight) {
+            respond_local_extra(req, 503, "Retry-After: 1\r\n",
+                                "503 Service Unavailable: too many requests in flight\n");
+            return;
+        }
+    }
+    if (tg_limiter_prepare(req) < 0) {
+        respond_local(req, 503, "503 Service Unavailable\n", true);
+        return;
+    }
+    if (req->upstream->balance == TG_BALANCE_HASH)
+        req->balance_hash = tg_limiter_hash_part(req, &req->upstream->hash_key);
+
+    /* Rebuild the head for the upstream, then drop the original: from here
+     * on conn->in starts with body bytes. */
+    req->up_head = tg_buf_get(&w->bufs, h->head_len + 1024);
+    if (req->up_head == NULL || tg_headers_build_request(req, req->up_head) < 0) {
+        respond_local(req, 503, "503 Service Unavailable\n", true);
+        return;
+    }
+    req->head_consumed = true;
+    tg_buf_consume(c->in, h->head_len);
+    if (req->req_framing == TG_HTTP1_BODY_NONE)
+        req->req_body_done = true;
+    if (frame_request_body(req) < 0)
+        return;
+    if (req->lim.needs_body && !peek_ready(req)) {
+        req->phase = TG_REQ_PEEKING;
+        return;
+    }
+    decide_and_forward(req);
+}
+
 void tg_proxy_start(struct tg_request *req)
 {
     struct tg_conn *c = req->conn;
@@ -697,7 +911,6 @@ void tg_proxy_start(struct tg_request *req)
         respond_local(req, 400, "400 Bad Request: invalid path\n", true);
         goto out;
     }
-    size_t route_len = (size_t)pn;
     if (qn > 0) {
         path[pn++] = '?';
         memcpy(path + pn, h->query.p, h->query.n);
@@ -723,68 +936,25 @@ void tg_proxy_start(struct tg_request *req)
     struct tg_str capture;
     req->site = tg_router_hosts_match(cfg->hosts, host, &capture);
     if (req->site == NULL) {
+        if (cfg->domain_site != NULL) {
+            lookup_domain(req, host);
+            goto out;
+        }
         TG_METRIC_INC(w->metrics->unknown_host);
         respond_local(req, 404, "404 Not Found: no site serves this host\n", false);
         goto out;
     }
-    if (c->tls && !covered_by_certificate(req, host)) {
-        respond_local(req, 421, "421 Misdirected Request: the certificate for this "
-                                "connection does not cover this host\n", true);
-        goto out;
-    }
-    if (c->lcfg->client_subject_header != NULL && c->io.ssl != NULL) {
-        char subject[1024];
-        size_t n = tg_tls_client_subject(c->io.ssl, subject, sizeof(subject));
-        req->client_subject = n > 0 ? req_strdup(req, subject, n) : NULL;
-    }
-    req->route = match_route(req->site, path, route_len);
-    if (req->route == NULL) {
-        respond_local(req, 404, "404 Not Found: no route for this path\n", false);
-        goto out;
-    }
-    if (!access_allowed(req)) {
-        respond_local(req, 403, "403 Forbidden\n", false);
-        goto out;
-    }
-    req->upstream = req->route->upstream;
-    req->stream = req->route->stream;
-    if (cfg->client.max_body != 0 && req->req_framing == TG_HTTP1_BODY_LENGTH &&
-        req->req_remaining > cfg->client.max_body) {
-        respond_local(req, 413, "413 Content Too Large\n", true);
-        goto out;
-    }
-    if (req->route->max_in_flight != 0) {
-        struct tg_config_route *r = (struct tg_config_route *)req->route;
-        req->in_flight_counted = true;
-        if (atomic_fetch_add(&r->in_flight, 1) >= req->route->max_in_flight) {
-            respond_local_extra(req, 503, "Retry-After: 1\r\n",
-                                "503 Service Unavailable: too many requests in flight\n");
+    if (capture.p != NULL) {
+        if (!tg_router_valid_label(capture)) {
+            respond_local(req, 400, "400 Bad Request: invalid tenant name\n", true);
             goto out;
         }
+        char *id = tg_arena_strndup(&req->arena, capture.p, capture.n);
+        for (char *p = id; p != NULL && *p; p++)
+            *p = tg_ascii_lower(*p);
+        req->tenant = id;
     }
-    if (tg_limiter_prepare(req) < 0) {
-        respond_local(req, 503, "503 Service Unavailable\n", true);
-        goto out;
-    }
-
-    /* Rebuild the head for the upstream, then drop the original: from here
-     * on conn->in starts with body bytes. */
-    req->up_head = tg_buf_get(&w->bufs, h->head_len + 1024);
-    if (req->up_head == NULL || tg_headers_build_request(req, req->up_head) < 0) {
-        respond_local(req, 503, "503 Service Unavailable\n", true);
-        goto out;
-    }
-    req->head_consumed = true;
-    tg_buf_consume(c->in, h->head_len);
-    if (req->req_framing == TG_HTTP1_BODY_NONE)
-        req->req_body_done = true;
-    if (frame_request_body(req) < 0)
-        goto out;
-    if (req->lim.needs_body && !peek_ready(req)) {
-        req->phase = TG_REQ_PEEKING;
-        goto out;
-    }
-    decide_and_forward(req);
+    route_request(req);
 out:
     if (!req_over(req)) {
         update_watches(req);
@@ -846,11 +1016,23 @@ static void attempt_failed(struct tg_request *req, const char *what, bool timeou
     fail_upstream(req, timeout ? 504 : 502, what);
 }
 
+/* Round-robin position: per worker and snapshot for configured upstreams;
+ * a tenant from Redis keeps its own (worker-local); static tenants are
+ * shared by all workers, so they use one per-worker position. */
+static unsigned *pick_cursor(struct tg_request *req)
+{
+    struct tg_tenant *t = req->tenant_obj;
+    if (t != NULL && req->upstream == &t->upstream)
+        return t->refs > 0 ? &t->rr_cursor : &req_worker(req)->static_tenant_rr;
+    return &req->wcfg->rr_cursor[req->upstream->index];
+}
+
 static void connect_upstream(struct tg_request *req)
 {
     struct tg_worker *w = req_worker(req);
     for (;;) {
-        int idx = tg_upstream_pick(w, req->wcfg, req->upstream, req->tried);
+        int idx = tg_upstream_pick(w, pick_cursor(req), req->upstream, req->tried,
+                                   req->balance_hash);
         if (idx < 0) {
             fail_upstream(req, 502, "has no server left to try");
             return;
@@ -1405,8 +1587,8 @@ void tg_proxy_on_client_io(struct tg_request *req, int revents)
     if ((revents & EV_WRITE) || (req->conn->io.ssl != NULL && req->conn->io.want_write))
         pump_client(req);
     if ((revents & EV_READ) && !req_over(req)) {
-        if (req->phase == TG_REQ_LOCAL) {
-            /* Answering locally: input is not needed until the answer is out. */
+        if (req->phase == TG_REQ_LOCAL || req->phase == TG_REQ_TENANT) {
+            /* Input waits: until the answer is out, or the tenant known. */
         } else {
             read_client(req);
         }
@@ -1426,7 +1608,10 @@ static void update_watches(struct tg_request *req)
     bool out_pending = (req->out != NULL && tg_buf_len(req->out) > 0) || req->resp_ready > 0;
     if (out_pending)
         cev |= EV_WRITE;
-    if (req->phase != TG_REQ_LOCAL && (c->in == NULL || tg_buf_room(c->in) > 0 || c->in->start > 0))
+    /* While the tenant directory answers, the head must stay where it is:
+     * read nothing more until then. */
+    if (req->phase != TG_REQ_LOCAL && req->phase != TG_REQ_TENANT &&
+        (c->in == NULL || tg_buf_room(c->in) > 0 || c->in->start > 0))
         cev |= EV_READ;
     if (c->io.ssl != NULL && c->io.want_write)
         cev |= EV_WRITE;

@@ -26,10 +26,13 @@ struct tg_upconn;
 struct tg_config_site;
 struct tg_config_route;
 struct tg_config_upstream;
+struct tg_tenant;
+struct tg_tenant_wait;
 
 /* Where a request stands. */
 enum tg_request_phase {
     TG_REQ_ROUTING = 0,   /* deciding site/route/access */
+    TG_REQ_TENANT,        /* waiting for the tenant directory */
     TG_REQ_PEEKING,       /* waiting for body bytes a rate-limit key needs */
     TG_REQ_LIMITING,      /* waiting for a shared rate-limit decision */
     TG_REQ_DELAYED,       /* held back by a policy's delay */
@@ -70,6 +73,9 @@ struct tg_request {
     const struct tg_config_route *route;
     const struct tg_config_upstream *upstream;
     const char *tenant;             /* tenant id, when the site captures one */
+    struct tg_tenant *tenant_obj;   /* the tenant found (referenced) */
+    struct tg_tenant_wait *tenant_wait; /* a look-up in flight */
+    uint64_t balance_hash;          /* balance: hash, the request's key */
     char country[3];                /* GeoIP country ("XX" unknown), "" if unused */
     uint32_t asn;
     bool in_flight_counted;         /* holds a route max_in_flight slot */

@@ -182,16 +182,30 @@ static bool is_ejected(const struct tg_pool *p, ev_tstamp now)
     return p != NULL && p->ejected_until > now;
 }
 
-int tg_upstream_pick(struct tg_worker *w, struct tg_wcfg *wc,
-                     const struct tg_config_upstream *u, uint64_t tried)
+/* Rendezvous (highest random weight) score of a server for a key. */
+static uint64_t rendezvous(uint64_t key, const struct tg_config_sockaddr *a)
+{
+    uint64_t h = key ^ 0x9e3779b97f4a7c15ull;
+    const unsigned char *p = (const unsigned char *)&a->sa;
+    for (socklen_t i = 0; i < a->salen; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    h ^= h >> 31;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 29;
+    return h;
+}
+
+int tg_upstream_pick(struct tg_worker *w, unsigned *cursor,
+                     const struct tg_config_upstream *u, uint64_t tried, uint64_t hash)
 {
     size_t n = u->nservers;
     if (n == 0)
         return -1;
     ev_tstamp now = ev_now(w->loop);
-    unsigned start = wc->rr_cursor[u->index]++;
+    unsigned start = u->balance == TG_BALANCE_ROUND_ROBIN ? (*cursor)++ : 0;
     int best = -1, fallback = -1;
     unsigned best_active = 0;
+    uint64_t best_score = 0;
     ev_tstamp fallback_until = 0;
     for (size_t k = 0; k < n; k++) {
         size_t idx = (start + k) % n;
@@ -207,6 +221,14 @@ int tg_upstream_pick(struct tg_worker *w, struct tg_wcfg *wc,
         }
         if (u->balance == TG_BALANCE_ROUND_ROBIN)
             return (int)idx;
+        if (u->balance == TG_BALANCE_HASH) {
+            uint64_t score = rendezvous(hash, &u->servers[idx].addr);
+            if (best < 0 || score > best_score) {
+                best = (int)idx;
+                best_score = score;
+            }
+            continue;
+        }
         unsigned active = p != NULL ? p->active : 0;
         if (best < 0 || active < best_active) {
             best = (int)idx;

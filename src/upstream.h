@@ -51,10 +51,14 @@ void tg_upstream_pools_free(struct tg_upstream_pools *p);
 
 /* Chooses a server of `u` for a new attempt: skips servers whose bit is set
  * in `tried` (bit i = server i; servers past 64 are never skipped) and,
- * when others remain, servers ejected by passive health. Returns the server
+ * when others remain, servers ejected by passive health or marked down by
+ * active checks. round_robin advances *cursor; least_conn takes the server
+ * with the fewest connections in use here; hash takes the server with the
+ * highest rendezvous score for `hash` (so a key stays on its server, and
+ * only the keys of a server that goes away move). Returns the server
  * index, or -1 when none is left. */
-int tg_upstream_pick(struct tg_worker *w, struct tg_wcfg *wc,
-                     const struct tg_config_upstream *u, uint64_t tried);
+int tg_upstream_pick(struct tg_worker *w, unsigned *cursor,
+                     const struct tg_config_upstream *u, uint64_t tried, uint64_t hash);
 
 /* Returns a connection to server `idx` of `u` owned by `req`: an idle
  * pooled one (state ACTIVE, reused = true) or a new non-blocking connect

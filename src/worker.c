@@ -22,6 +22,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "ratelimit_redis.h"
+#include "tenant.h"
 #include "upstream.h"
 
 #define ACCEPTS_PER_EVENT 64
@@ -286,6 +287,20 @@ static void configure_redis(struct tg_worker *w, const struct tg_config *cfg)
     }
 }
 
+/* The worker's tenant directory (its cache and Redis connections). */
+static void configure_tenants(struct tg_worker *w, const struct tg_config *cfg)
+{
+    if (!cfg->tenants.configured)
+        return;
+    if (w->tenants == NULL) {
+        w->tenants = tg_tenant_dir_new(w->loop, &cfg->tenants);
+        if (w->tenants == NULL)
+            tg_log_error("out of memory creating the tenant directory");
+    } else {
+        tg_tenant_dir_configure(w->tenants, &cfg->tenants);
+    }
+}
+
 static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
 {
     struct tg_wcfg *nc = wcfg_new(w, m->config);
@@ -300,6 +315,7 @@ static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
     }
     struct tg_wcfg *old = w->cfg;
     w->cfg = nc;
+    configure_tenants(w, nc->config); /* before the old snapshot can go */
     if (old != NULL) {
         close_listeners(w, nc->config);
         tg_worker_cfg_release(old);
@@ -456,6 +472,10 @@ static void *worker_main(void *arg)
     if (w->rl_redis != NULL) {
         tg_ratelimit_redis_free(w->rl_redis);
         w->rl_redis = NULL;
+    }
+    if (w->tenants != NULL) {
+        tg_tenant_dir_free(w->tenants);
+        w->tenants = NULL;
     }
     if (w->on_exit != NULL)
         w->on_exit();

@@ -98,6 +98,7 @@ struct tg_worker {
     struct tg_ratelimit_redis *rl_redis; /* when a policy uses Redis */
     struct tg_tenant_dir *tenants;       /* when tenants use Redis */
     struct tg_metrics_shard *metrics;
+    unsigned static_tenant_rr;           /* round robin for static tenants */
     unsigned long rl_redis_fallbacks;
 };
 
