@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "conn.h"
+#include "health.h"
 #include "http1.h"
 #include "limiter.h"
 #include "metrics.h"
@@ -150,8 +151,12 @@ static void handle_status(struct tg_request *req)
             tg_upstream_server_state(w, u, (int)s, &st);
             jput(&b, "%s{\"address\":", s ? "," : "");
             jstr(&b, u->servers[s].addr.text);
-            jput(&b, ",\"healthy\":%s,\"failures_in_a_row\":%u,\"active\":%u,\"idle\":%u}",
-                 st.ejected ? "false" : "true", st.fails, st.active, st.idle);
+            jput(&b, ",\"healthy\":%s,\"ejected\":%s,\"check_passing\":%s,"
+                     "\"failures_in_a_row\":%u,\"active\":%u,\"idle\":%u}",
+                 st.ejected || !tg_health_up(&u->servers[s].addr) ? "false" : "true",
+                 st.ejected ? "true" : "false",
+                 tg_health_up(&u->servers[s].addr) ? "true" : "false", st.fails, st.active,
+                 st.idle);
         }
         jput(&b, "]}");
     }

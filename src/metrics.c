@@ -14,6 +14,7 @@
 
 #include "access_log.h"
 #include "config.h"
+#include "health.h"
 #include "ratelimit_redis.h"
 #include "redis.h"
 #include "tenant.h"
@@ -435,6 +436,12 @@ int tg_metrics_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         emit(&o, "tollgate_tls_handshake_failures_total{reason=\"%s\"} %llu\n", tls_reasons[r],
              (unsigned long long)fails[r]);
 
+    unsigned long hchecks, hdown;
+    tg_health_counts(&hchecks, &hdown);
+    header(&o, "health_checks_total", "counter", "Active health checks run.");
+    emit(&o, "tollgate_health_checks_total %lu\n", hchecks);
+    header(&o, "upstream_servers_down", "gauge", "Servers active health checks marked down.");
+    emit(&o, "tollgate_upstream_servers_down %lu\n", hdown);
     header(&o, "geoip_lookups_total", "counter", "GeoIP database look-ups.");
     emit(&o, "tollgate_geoip_lookups_total %llu\n", (unsigned long long)geo);
     header(&o, "local_answers_total", "counter",

@@ -20,6 +20,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "health.h"
 #include "log.h"
 #include "tls.h"
 #include "worker.h"
@@ -212,10 +213,12 @@ int tg_upstream_pick(struct tg_worker *w, unsigned *cursor,
         if (idx < 64 && (tried & (1ull << idx)))
             continue;
         struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
-        if (is_ejected(p, now)) {
-            if (fallback < 0 || p->ejected_until < fallback_until) {
+        bool down = !tg_health_up(&u->servers[idx].addr);
+        if (down || is_ejected(p, now)) {
+            ev_tstamp until = down ? now + 3600 : p->ejected_until;
+            if (fallback < 0 || until < fallback_until) {
                 fallback = (int)idx;
-                fallback_until = p->ejected_until;
+                fallback_until = until;
             }
             continue;
         }

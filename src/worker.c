@@ -18,6 +18,7 @@
 
 #include "access_log.h"
 #include "conn.h"
+#include "health.h"
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
@@ -316,6 +317,8 @@ static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
     struct tg_wcfg *old = w->cfg;
     w->cfg = nc;
     configure_tenants(w, nc->config); /* before the old snapshot can go */
+    if (w->id == 0 && tg_health_configure(w->loop, nc->config) < 0)
+        tg_log_error("out of memory configuring health checks");
     if (old != NULL) {
         close_listeners(w, nc->config);
         tg_worker_cfg_release(old);
@@ -477,6 +480,8 @@ static void *worker_main(void *arg)
         tg_tenant_dir_free(w->tenants);
         w->tenants = NULL;
     }
+    if (w->id == 0)
+        tg_health_stop();
     if (w->on_exit != NULL)
         w->on_exit();
     return NULL;

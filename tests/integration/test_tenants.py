@@ -1,0 +1,256 @@
+"""Multi-tenant routing against real backends and a real redis-server: the
+issue's config as written, capture and labels, custom domains, unknown and
+suspended tenants, live moves with pub/sub invalidation (and after a Redis
+restart), stale serving while Redis is down, coalesced look-ups, passive
+ejection and retries, active health checks, tenant quotas, consistent
+hashing."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import (SLOW, Redis, basic_config, echo_handler, free_port, get, raw,
+                      read_http_request, status_of)
+
+ISSUE_CONFIG = """
+workers: 1
+listen:
+  - address: 127.0.0.1:%d
+tenants:
+  directory: redis
+  redis: { address: 127.0.0.1:18379, key_prefix: "tollgate:tenant:" }
+  cache_ttl: 30s
+  negative_ttl: 2s
+  static:
+    demo: { servers: [127.0.0.1:18491] }
+sites:
+  - hosts: ["{tenant}.platform.test"]
+    routes:
+      - path: /
+        upstream: $tenant
+"""
+
+
+def port_of(resp_headers):
+    return int(resp_headers["x-backend"])
+
+
+@pytest.fixture
+def issue_setup(tollgate, backend, tmp_path):
+    r = Redis(tmp_path, port=18379)
+    backends = {p: backend(port=p) for p in (18491, 18492, 18493)}
+    port = free_port()
+    tg = tollgate(ISSUE_CONFIG % port)
+    yield port, r, backends, tg
+    r.stop()
+
+
+def test_issue_config_moves_a_tenant_live(issue_setup):
+    port, r, backends, tg = issue_setup
+    r.cmd("HSET", "tollgate:tenant:acme", "servers", "127.0.0.1:18492", "status", "active")
+    status, h, _ = get(port, "/", host="acme.platform.test")
+    assert status == 200 and port_of(h) == 18492
+    r.cmd("HSET", "tollgate:tenant:acme", "servers", "127.0.0.1:18493")
+    r.cmd("PUBLISH", "tollgate:tenant:changed", "acme")
+    time.sleep(0.2)
+    status, h, _ = get(port, "/", host="acme.platform.test")
+    assert status == 200 and port_of(h) == 18493
+    # Static entries win over Redis for the same id.
+    r.cmd("HSET", "tollgate:tenant:demo", "servers", "127.0.0.1:18493")
+    status, h, _ = get(port, "/", host="demo.platform.test")
+    assert port_of(h) == 18491
+    # Unknown, suspended, invalid label.
+    assert get(port, "/", host="nobody.platform.test")[0] == 404
+    r.cmd("HSET", "tollgate:tenant:frozen", "servers", "127.0.0.1:18492", "status", "suspended")
+    assert get(port, "/", host="frozen.platform.test")[0] == 403
+    assert get(port, "/", host="bad_label.platform.test")[0] == 400
+    assert get(port, "/", host="a.b.platform.test")[0] == 404  # one label only
+    assert get(port, "/", host="platform.test")[0] == 404
+    # Pub/sub survives a Redis restart.
+    r.stop()
+    r.start()
+    time.sleep(1.5)
+    r.cmd("HSET", "tollgate:tenant:acme", "servers", "127.0.0.1:18492", "status", "active")
+    get(port, "/", host="acme.platform.test")
+    r.cmd("HSET", "tollgate:tenant:acme", "servers", "127.0.0.1:18491")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        r.cmd("PUBLISH", "tollgate:tenant:changed", "acme")
+        time.sleep(0.3)
+        if port_of(get(port, "/", host="acme.platform.test")[1]) == 18491:
+            break
+    assert port_of(get(port, "/", host="acme.platform.test")[1]) == 18491
+
+
+def test_redis_down_serves_cached_and_refuses_new(issue_setup):
+    port, r, backends, tg = issue_setup
+    r.cmd("HSET", "tollgate:tenant:cached", "servers", "127.0.0.1:18492")
+    assert get(port, "/", host="cached.platform.test")[0] == 200
+    r.stop()
+    t0 = time.time()
+    assert get(port, "/", host="cached.platform.test")[0] == 200
+    assert get(port, "/", host="fresh.platform.test")[0] == 503
+    assert time.time() - t0 < 2 * SLOW
+
+
+def test_concurrent_first_requests_make_one_lookup(issue_setup):
+    port, r, backends, tg = issue_setup
+    r.cmd("HSET", "tollgate:tenant:busy", "servers", "127.0.0.1:18492")
+    before = r.cmd("INFO", "commandstats").decode()
+    import re
+    def calls(info):
+        m = re.search(r"cmdstat_hgetall:calls=(\d+)", info)
+        return int(m.group(1)) if m else 0
+    # 100 requests whose heads all arrive before the first answer.
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+    for s in socks:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: busy.platform.test\r\nConnection: close\r\n\r\n")
+    codes = []
+    for s in socks:
+        s.settimeout(10)
+        codes.append(status_of(s.recv(4096)))
+        s.close()
+    assert codes == [200] * 100
+    after = r.cmd("INFO", "commandstats").decode()
+    assert calls(after) - calls(before) == 1
+
+
+def test_custom_domains_static_and_redis(tollgate, backend, redis):
+    b1, b2 = backend(), backend()
+    port = free_port()
+    tollgate("""
+workers: 1
+listen: [127.0.0.1:%d]
+tenants:
+  directory: redis
+  redis: { address: "127.0.0.1:%d" }
+  static:
+    shop: { servers: [127.0.0.1:%d] }
+  domains:
+    shop.example.com: shop
+sites:
+  - hosts: ["{tenant}.platform.test"]
+    custom_domains: true
+    routes: [{path: /, upstream: $tenant}]
+""" % (port, redis.port, b1.port))
+    status, h, _ = get(port, "/", host="Shop.Example.com:8080")
+    assert status == 200 and port_of(h) == b1.port
+    redis.cmd("HSET", "tollgate:tenant:blog", "servers", "127.0.0.1:%d" % b2.port)
+    redis.cmd("SET", "tollgate:tenant:host:blog.example.org", "blog")
+    status, h, _ = get(port, "/", host="blog.example.org")
+    assert status == 200 and port_of(h) == b2.port
+    assert get(port, "/", host="unknown.example.net")[0] == 404
+
+
+def test_tenant_quotas_from_the_directory(tollgate, backend, redis):
+    b = backend()
+    port = free_port()
+    tollgate("""
+workers: 1
+listen: [127.0.0.1:%d]
+rate_limit:
+  policies:
+    per_tenant: { rate: 1000/s, burst: 1000, key: [tenant] }
+tenants:
+  directory: redis
+  redis: { address: "127.0.0.1:%d" }
+sites:
+  - hosts: ["{tenant}.platform.test"]
+    routes: [{path: /, upstream: $tenant, rate_limit: per_tenant}]
+""" % (port, redis.port))
+    redis.cmd("HSET", "tollgate:tenant:free", "servers", "127.0.0.1:%d" % b.port, "rate", "1/m",
+              "burst", "3")
+    redis.cmd("HSET", "tollgate:tenant:pro", "servers", "127.0.0.1:%d" % b.port)
+    codes = [get(port, "/", host="free.platform.test")[0] for _ in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    assert all(get(port, "/", host="pro.platform.test")[0] == 200 for _ in range(10))
+
+
+def test_passive_ejection_and_retries(tollgate, backend):
+    good = backend()
+    dead_port = free_port()
+    port = free_port()
+    tg = tollgate(basic_config(port, [dead_port, good.port], workers=1,
+                               upstream_extra="    retries: 1\n    max_fails: 2\n    eject_time: 5s"))
+    for _ in range(10):
+        assert get(port, "/")[0] == 200  # GETs retried on the good server
+    time.sleep(0.2)
+    assert "failed 2 times in a row" in tg.stderr()
+
+
+def test_post_not_retried_after_bytes_sent(tollgate, backend):
+    attempts = []
+
+    def resetting(sock, be):
+        data = sock.recv(65536)
+        attempts.append(data)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    b1 = backend(resetting)
+    b2 = backend(resetting)
+    port = free_port()
+    tollgate(basic_config(port, [b1.port, b2.port], workers=1, upstream_extra="    retries: 1"))
+    status, _, _ = get(port, "/submit", method="POST", body=b"x" * 1000)
+    assert status == 502
+    assert len(attempts) == 1  # the POST went to one server only
+    attempts.clear()
+    assert get(port, "/idempotent")[0] == 502
+    assert len(attempts) == 2  # a GET tries the other server
+
+
+def health_backend(state):
+    def handler(sock, be):
+        rest = b""
+        while True:
+            r = read_http_request(sock, rest)
+            if r is None:
+                return
+            head, headers, body, rest = r
+            if head.startswith("GET /health"):
+                code = b"200 OK" if state["healthy"] else b"503 Service Unavailable"
+                sock.sendall(b"HTTP/1.1 " + code + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            sock.sendall(b"HTTP/1.1 200 OK\r\nX-Backend: %d\r\nContent-Length: 0\r\n\r\n" % be.port)
+    return handler
+
+
+def test_active_health_checks(tollgate, backend):
+    s1, s2 = {"healthy": True}, {"healthy": True}
+    b1, b2 = backend(health_backend(s1)), backend(health_backend(s2))
+    port = free_port()
+    tg = tollgate(basic_config(port, [b1.port, b2.port], workers=2, upstream_extra="""
+    health_check: { path: /health, interval: 200ms, timeout: 100ms, fails: 2, passes: 2 }"""))
+    seen = {port_of(get(port, "/")[1]) for _ in range(6)}
+    assert seen == {b1.port, b2.port}
+    s2["healthy"] = False
+    time.sleep(1.0)
+    assert {port_of(get(port, "/")[1]) for _ in range(8)} == {b1.port}
+    assert "is down" in tg.stderr()
+    s2["healthy"] = True
+    time.sleep(1.0)
+    assert {port_of(get(port, "/")[1]) for _ in range(8)} == {b1.port, b2.port}
+    assert "is up again" in tg.stderr()
+
+
+def test_consistent_hashing_minimal_movement(tollgate, backend):
+    bs = [backend() for _ in range(4)]
+    port = free_port()
+    cfg = basic_config(port, [b.port for b in bs], workers=2,
+                       upstream_extra="    balance: hash\n    hash_key: header:X-User")
+    tg = tollgate(cfg)
+    users = ["user%d" % i for i in range(60)]
+    first = {u: port_of(get(port, "/", headers={"X-User": u})[1]) for u in users}
+    again = {u: port_of(get(port, "/", headers={"X-User": u})[1]) for u in users}
+    assert first == again  # sticky
+    assert len(set(first.values())) >= 3  # spread
+    # Take one server away: only its users move.
+    gone = bs[1].port
+    tg.reload(basic_config(port, [b.port for b in bs if b.port != gone], workers=2,
+                           upstream_extra="    balance: hash\n    hash_key: header:X-User"))
+    after = {u: port_of(get(port, "/", headers={"X-User": u})[1]) for u in users}
+    moved = [u for u in users if after[u] != first[u]]
+    assert all(first[u] == gone for u in moved)
+    assert all(after[u] != gone for u in users)
