@@ -12,7 +12,8 @@
 #   make fuzz         build the libFuzzer targets and run each FUZZ_SECONDS
 #   make bench        race tollgate against nginx and haproxy (bench/run)
 #   make certs        write a self-signed ECDSA pair for localhost to certs/
-#   make install      install binary, config, unit and man page (PREFIX, DESTDIR)
+#   make install      install binary, example config, systemd unit and docs
+#                     (PREFIX, DESTDIR)
 #   make deps         install the Debian packages the build needs
 #   make clean
 #
@@ -144,8 +145,11 @@ bench: all
 install: all
 	install -D -m 0755 build/tollgate $(DESTDIR)$(PREFIX)/bin/tollgate
 	install -D -m 0644 conf/tollgate.yaml $(DESTDIR)/etc/tollgate/tollgate.yaml.example
-	install -D -m 0644 conf/tollgate.service $(DESTDIR)/lib/systemd/system/tollgate.service
-	install -D -m 0644 docs/tollgate.8 $(DESTDIR)$(PREFIX)/share/man/man8/tollgate.8
+	sed 's|/usr/local/|$(PREFIX)/|g' conf/tollgate.service > tollgate.service.tmp
+	install -D -m 0644 tollgate.service.tmp $(DESTDIR)/lib/systemd/system/tollgate.service
+	rm -f tollgate.service.tmp
+	install -d $(DESTDIR)$(PREFIX)/share/doc/tollgate
+	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/tollgate/
 
 clean:
 	rm -rf build

@@ -53,18 +53,41 @@ static struct {
 
 static _Atomic uint64_t lines_dropped, lines_written;
 
-static void write_all(int fd, const char *p, size_t n)
+/* Returns false when the write failed (disk full, I/O error): the rest of
+ * the chunk is lost. */
+static bool write_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
-            return; /* disk full etc.: the chunk is lost, already counted */
+            return false;
         }
         p += w;
         n -= (size_t)w;
     }
+    return true;
+}
+
+static size_t count_lines(const struct log_chunk *c);
+
+/* Disk trouble is logged when it starts and when it ends, not per chunk. */
+static void write_chunk(int fd, const struct log_chunk *c)
+{
+    static bool failing;
+    if (write_all(fd, c->data, c->len)) {
+        atomic_fetch_add(&lines_written, count_lines(c));
+        if (failing)
+            tg_log_info("access log: writing again");
+        failing = false;
+        return;
+    }
+    atomic_fetch_add(&lines_dropped, count_lines(c));
+    if (!failing)
+        tg_log_error("access log: write failed (%s); dropping lines until it works again",
+                     strerror(errno));
+    failing = true;
 }
 
 static size_t count_lines(const struct log_chunk *c)
@@ -109,10 +132,8 @@ static void *writer_main(void *arg)
         writer.queued_bytes -= c->cap;
         int fd = writer.fd;
         pthread_mutex_unlock(&writer.lock);
-        if (fd >= 0) {
-            write_all(fd, c->data, c->len);
-            atomic_fetch_add(&lines_written, count_lines(c));
-        }
+        if (fd >= 0)
+            write_chunk(fd, c);
         free(c);
         pthread_mutex_lock(&writer.lock);
     }
@@ -371,6 +392,10 @@ void tg_access_log_request(struct tg_access_log *log,
         if (n > 0 && (size_t)n < MAX_LINE - o)
             o += (size_t)n;
     }
+    if (req->tenant != NULL)
+        o = put_str(line, o, "tenant", req->tenant);
+    if (req->country[0] != '\0')
+        o = put_str(line, o, "country", req->country);
     if (req->lim.active && req->lim.outcome != NULL) {
         o = put_str(line, o, "ratelimit", req->lim.outcome);
         if (req->lim.report != NULL)

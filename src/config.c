@@ -2073,6 +2073,7 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
     static const struct cfg_key top_keys[] = {
         {"workers", p_workers, FIELD(struct tg_config, workers), 1, 256, NULL},
         {"drain_timeout", p_duration, FIELD(struct tg_config, drain_timeout_ms), 0, 0, NULL},
+        {"user", p_string, FIELD(struct tg_config, user), 0, 0, NULL},
         {"listen", p_skip, 0, 0, 0, NULL},
         {"client", p_skip, 0, 0, 0, NULL},
         {"stream", p_skip, 0, 0, 0, NULL},

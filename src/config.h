@@ -334,6 +334,7 @@ struct tg_config {
 
     unsigned workers;
     int64_t drain_timeout_ms;
+    const char *user;             /* run as this user ("user" or "user:group") */
     struct tg_config_listen *listeners;
     size_t nlisteners;
     struct tg_config_client client;

@@ -6,6 +6,8 @@
  * worker. Signals are handled here only; workers block them. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -19,6 +21,7 @@
 
 #include "access_log.h"
 #include "config.h"
+#include "explain.h"
 #include "iptable.h"
 #include "log.h"
 #include "metrics.h"
@@ -48,6 +51,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: tollgate [-c FILE] [-t] [-v] [-h]\n"
+            "       tollgate explain [-c FILE] [--peer ADDRESS] 'METHOD URL' [-H 'Name: value']...\n"
             "  -c FILE   configuration file (default conf/tollgate.yaml)\n"
             "  -t        check the configuration and exit (0 if valid)\n"
             "  -v        print the version and exit\n"
@@ -194,6 +198,51 @@ static int install_config(struct tg_config *next)
     return 0;
 }
 
+/* Started as root with `user:` set: give root up once the listening
+ * sockets are open (ports below 1024 need it; nothing after does). Under
+ * systemd, prefer User= with AmbientCapabilities=CAP_NET_BIND_SERVICE. */
+static int drop_privileges(const char *spec)
+{
+    if (geteuid() != 0) {
+        if (spec != NULL)
+            tg_log_info("user: %s ignored: not running as root", spec);
+        return 0;
+    }
+    if (spec == NULL) {
+        tg_log_warn("running as root; set `user:` to drop privileges after binding");
+        return 0;
+    }
+    char name[256];
+    snprintf(name, sizeof(name), "%s", spec);
+    char *group = strchr(name, ':');
+    if (group != NULL)
+        *group++ = '\0';
+    struct passwd *pw = getpwnam(name);
+    if (pw == NULL) {
+        tg_log_error("user: no such user '%s'", name);
+        return -1;
+    }
+    gid_t gid = pw->pw_gid;
+    if (group != NULL) {
+        struct group *gr = getgrnam(group);
+        if (gr == NULL) {
+            tg_log_error("user: no such group '%s'", group);
+            return -1;
+        }
+        gid = gr->gr_gid;
+    }
+    if (initgroups(pw->pw_name, gid) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0) {
+        tg_log_error("cannot switch to user %s: %s", spec, strerror(errno));
+        return -1;
+    }
+    if (setuid(0) == 0) {
+        tg_log_error("privileges could not be dropped");
+        return -1;
+    }
+    tg_log_info("running as %s", spec);
+    return 0;
+}
+
 static void reload(void)
 {
     if (g.draining)
@@ -322,6 +371,13 @@ int main(int argc, char **argv)
     const char *path = "conf/tollgate.yaml";
     bool test_only = false;
     int opt;
+    if (argc > 1 && strcmp(argv[1], "explain") == 0) {
+        if (tg_tls_global_init() < 0)
+            return 1;
+        int rc = tg_explain_main(argc - 2, argv + 2, path);
+        tg_tls_global_cleanup();
+        return rc;
+    }
     while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
         switch (opt) {
         case 'c':
@@ -418,6 +474,8 @@ int main(int argc, char **argv)
         tg_log_error("cannot start: a listener could not be opened");
         return 1;
     }
+    if (drop_privileges(cfg->user) < 0)
+        return 1;
     atomic_store(&g.workers_running, cfg->workers);
     for (unsigned i = 0; i < g.rt.nworkers; i++) {
         if (tg_worker_start(g.rt.workers[i]) < 0) {

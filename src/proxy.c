@@ -426,8 +426,8 @@ static bool discard_request(struct tg_request *req)
 
 /* ---- routing -------------------------------------------------------------------- */
 
-static const struct tg_config_route *match_route(const struct tg_config_site *site,
-                                                 const char *path, size_t n)
+const struct tg_config_route *tg_proxy_match_route(const struct tg_config_site *site,
+                                                   const char *path, size_t n)
 {
     for (size_t i = 0; i < site->nroutes; i++) {
         const struct tg_config_route *r = &site->routes[i];
@@ -773,7 +773,7 @@ static void route_request(struct tg_request *req)
     }
     const char *q = strchr(req->path, '?');
     size_t route_len = q != NULL ? (size_t)(q - req->path) : strlen(req->path);
-    req->route = match_route(req->site, req->path, route_len);
+    req->route = tg_proxy_match_route(req->site, req->path, route_len);
     if (req->route == NULL) {
         respond_local(req, 404, "404 Not Found: no route for this path\n", false);
         return;

@@ -185,6 +185,11 @@ void tg_proxy_request_ref(struct tg_request *req);
 void tg_proxy_request_unref(struct tg_request *req);
 bool tg_proxy_request_over(const struct tg_request *req);
 
+/* The first route of `site` whose prefix matches the normalised path
+ * path[0..n) ("/api" matches "/api" and "/api/x", not "/apix"). */
+const struct tg_config_route *tg_proxy_match_route(const struct tg_config_site *site,
+                                                   const char *path, size_t n);
+
 /* Request objects come from a per-worker free list. */
 struct tg_request *tg_proxy_request_new(struct tg_conn *c);
 void tg_proxy_request_free(struct tg_request *req);
