@@ -41,7 +41,7 @@
 #define MAX_TRAILER 16384
 #define MS(x) ((double)(x) / 1000.0)
 
-static void on_upstream_io(struct ev_loop *loop, ev_io *io, int revents);
+static void on_upstream_io(struct tg_upconn *uc, int revents);
 static void release_tenant(struct tg_request *req);
 static void pump_client(struct tg_request *req);
 static void send_upstream(struct tg_request *req);
@@ -1053,8 +1053,7 @@ static void connect_upstream(struct tg_request *req)
         req->up = uc;
         req->up_name = tg_upstream_name(uc);
         TG_METRIC_INC(upstream_stats(req)->requests);
-        ev_set_cb(&uc->watcher, on_upstream_io);
-        uc->watcher.data = uc;
+        uc->on_io = on_upstream_io;
         req->up_start = req_now(req);
         req->up_read_at = req->up_write_at = req->up_start;
         if (uc->state != TG_UPCONN_ACTIVE) {
@@ -1482,6 +1481,13 @@ static void read_upstream(struct tg_request *req)
 {
     struct tg_upconn *uc = req->up;
     struct tg_worker *w = req_worker(req);
+    if (req->resp_body_done && req->phase != TG_REQ_TUNNEL) {
+        /* The response is whole and still being written to the client; the
+         * backend spoke again (closed, or sent bytes nobody asked for):
+         * this connection will not be reused. */
+        req->resp.keep_alive = false;
+        return;
+    }
     if (uc->in == NULL) {
         uc->in = tg_buf_get(&w->bufs, w->bufs.small_size);
         if (uc->in == NULL) {
@@ -1555,10 +1561,8 @@ static void upstream_setup(struct tg_request *req, struct tg_upconn *uc)
     send_upstream(req);
 }
 
-static void on_upstream_io(struct ev_loop *loop, ev_io *io, int revents)
+static void on_upstream_io(struct tg_upconn *uc, int revents)
 {
-    (void)loop;
-    struct tg_upconn *uc = io->data;
     struct tg_request *req = uc->req;
     if (req == NULL)
         return;
@@ -1629,22 +1633,18 @@ static void update_watches(struct tg_request *req)
         bool head_left = req->up_head != NULL && req->up_head_sent < tg_buf_len(req->up_head);
         if (head_left || req->req_ready > 0)
             uev |= EV_WRITE;
+        /* Keep reading even once the response is complete: the connection
+         * goes back to the pool watching for EV_READ anyway, and leaving the
+         * events as they are saves epoll_ctl calls. Only a full buffer
+         * (backpressure) stops it. */
         bool room = uc->in == NULL || tg_buf_room(uc->in) > 0 || uc->in->start > 0 ||
                     !req->resp_head_done;
-        if (room && !req->resp_body_done)
+        if (room && !(req->resp_body_done && !req->resp.keep_alive))
             uev |= EV_READ;
         if (uc->io.ssl != NULL && uc->io.want_write)
             uev |= EV_WRITE;
     }
-    if (uc->watching != uev) {
-        struct ev_loop *loop = req_worker(req)->loop;
-        ev_io_stop(loop, &uc->watcher);
-        uc->watching = (uint8_t)uev;
-        if (uev != 0) {
-            ev_io_set(&uc->watcher, uc->io.fd, uev);
-            ev_io_start(loop, &uc->watcher);
-        }
-    }
+    tg_upstream_watch(uc, uev);
 }
 
 /* ---- timeouts ------------------------------------------------------------------- */

@@ -267,12 +267,23 @@ static void idle_unlink(struct tg_pool *p, struct tg_upconn *uc)
     p->nidle--;
 }
 
+void tg_upstream_watch(struct tg_upconn *uc, int events)
+{
+    if (uc->watching == events)
+        return;
+    struct ev_loop *loop = uc->pool->w->loop;
+    ev_io_stop(loop, &uc->watcher);
+    uc->watching = (uint8_t)events;
+    if (events != 0) {
+        ev_io_set(&uc->watcher, uc->io.fd, events);
+        ev_io_start(loop, &uc->watcher);
+    }
+}
+
 /* A pooled connection became readable: the backend closed it (or sent
  * bytes nobody asked for). Either way it is no longer usable. */
-static void on_idle_io(struct ev_loop *loop, ev_io *io, int revents)
+static void idle_io(struct tg_upconn *uc)
 {
-    (void)loop, (void)revents;
-    struct tg_upconn *uc = io->data;
     if (uc->io.ssl != NULL) {
         /* TLS servers send records that are not data (session tickets):
          * read them; only data or the end of the stream retires it. */
@@ -284,6 +295,16 @@ static void on_idle_io(struct ev_loop *loop, ev_io *io, int revents)
     }
     idle_unlink(uc->pool, uc);
     close_upconn(uc);
+}
+
+static void on_upconn_io(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    struct tg_upconn *uc = io->data;
+    if (uc->state == TG_UPCONN_IDLE)
+        idle_io(uc);
+    else if (uc->on_io != NULL)
+        uc->on_io(uc, revents);
 }
 
 struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
@@ -298,9 +319,7 @@ struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
     struct tg_upconn *uc = p->idle_head;
     if (uc != NULL) {
         idle_unlink(p, uc);
-        ev_io_stop(w->loop, &uc->watcher);
-        uc->watching = 0;
-        uc->state = TG_UPCONN_ACTIVE;
+        uc->state = TG_UPCONN_ACTIVE; /* the watcher stays as it is */
         uc->reused = true;
     } else {
         if (u->max_connections != 0 && p->active >= u->max_connections) {
@@ -328,7 +347,7 @@ struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
         uc->io.fd = fd;
         uc->pool = p;
         uc->state = TG_UPCONN_CONNECTING; /* even if connect() finished: see connected() */
-        ev_io_init(&uc->watcher, on_idle_io, fd, EV_READ);
+        ev_io_init(&uc->watcher, on_upconn_io, fd, EV_WRITE);
         uc->watcher.data = uc;
     }
     uc->req = req;
@@ -394,12 +413,8 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable,
     uc->state = TG_UPCONN_IDLE;
     uc->reused = false;
     uc->idle_expires = ev_now(w->loop) + (double)u->keepalive_timeout_ms / 1000.0;
-    ev_io_stop(w->loop, &uc->watcher);
-    ev_set_cb(&uc->watcher, on_idle_io);
-    uc->watcher.data = uc;
-    ev_io_set(&uc->watcher, uc->io.fd, EV_READ);
-    ev_io_start(w->loop, &uc->watcher);
-    uc->watching = EV_READ;
+    uc->on_io = NULL;
+    tg_upstream_watch(uc, EV_READ); /* usually already so: no syscall */
     uc->prev = NULL;
     uc->next = p->idle_head;
     if (p->idle_head != NULL)

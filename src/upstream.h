@@ -33,7 +33,11 @@ struct tg_pool;
 
 struct tg_upconn {
     struct tg_io io;
+    /* One watcher for the connection's whole life, in the pool and out of
+     * it: moving between the two changes neither its callback nor (usually)
+     * its events, so keep-alive reuse costs no epoll_ctl. */
     ev_io watcher;
+    void (*on_io)(struct tg_upconn *uc, int revents); /* the owner's, while owned */
     uint8_t watching;        /* events armed */
     uint8_t state;           /* enum tg_upconn_state */
     bool reused;             /* came from the pool for this request */
@@ -63,12 +67,16 @@ int tg_upstream_pick(struct tg_worker *w, unsigned *cursor,
 /* Returns a connection to server `idx` of `u` owned by `req`: an idle
  * pooled one (state ACTIVE, reused = true) or a new non-blocking connect
  * in progress (state CONNECTING: wait for EV_WRITE, then call
- * tg_upstream_connected). The caller sets the watcher callback. Returns
+ * tg_upstream_connected). The caller sets uc->on_io. Returns
  * NULL when the socket cannot be created or the server's connection cap is
  * reached (errno says which: EMFILE/ENFILE/ENOBUFS, or EBUSY for the cap). */
 struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
                                       const struct tg_config_upstream *u,
                                       int idx, struct tg_request *req);
+
+/* Arms the connection's watcher for exactly `events`; does nothing when
+ * they are already armed. */
+void tg_upstream_watch(struct tg_upconn *uc, int events);
 
 /* After EV_WRITE on a CONNECTING connection: returns 0 when connected (the
  * state becomes ACTIVE, or HANDSHAKE for a TLS upstream: then call
