@@ -1476,12 +1476,14 @@ static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
     out->nadd = 0;
     for (size_t i = 0; i < n; i++)
         if (items[i].value != NULL)
-            out->add[out->nadd++] = (struct tg_config_header){items[i].name, items[i].value,
-                                                              items[i].https_only};
+            out->add[out->nadd++] = (struct tg_config_header){
+                items[i].name, items[i].value, strlen(items[i].name), strlen(items[i].value),
+                items[i].https_only};
     out->nreq_set = 0;
     for (size_t i = 0; i < nreq; i++)
         if (req[i].value != NULL)
-            out->req_set[out->nreq_set++] = (struct tg_config_header){req[i].name, req[i].value, false};
+            out->req_set[out->nreq_set++] = (struct tg_config_header){
+                req[i].name, req[i].value, strlen(req[i].name), strlen(req[i].value), false};
     out->remove = remove.names;
     out->nremove = remove.n;
     out->override = override;

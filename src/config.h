@@ -232,6 +232,7 @@ struct tg_config_upstream {
 struct tg_config_header {
     const char *name;
     const char *value;
+    size_t name_len, value_len;
     bool https_only;              /* Strict-Transport-Security */
 };
 

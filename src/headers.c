@@ -197,16 +197,16 @@ static bool name_listed(const char *const *names, size_t n, struct tg_str name)
 static bool name_added(const struct tg_config_header *h, size_t n, struct tg_str name)
 {
     for (size_t i = 0; i < n; i++)
-        if (strlen(h[i].name) == name.n && strncasecmp(h[i].name, name.p, name.n) == 0)
+        if (h[i].name_len == name.n && strncasecmp(h[i].name, name.p, name.n) == 0)
             return true;
     return false;
 }
 
 static void put_config_header(struct out *o, const struct tg_config_header *h)
 {
-    puts_(o, h->name);
+    put(o, h->name, h->name_len);
     put(o, ": ", 2);
-    puts_(o, h->value);
+    put(o, h->value, h->value_len);
     put(o, "\r\n", 2);
 }
 
@@ -221,9 +221,9 @@ static void put_response_rules(struct out *o, const struct tg_request *req,
         if (h->https_only && !req->conn->tls)
             continue;
         bool present = false;
-        for (size_t k = 0; k < nbackend && !rules->override; k++)
-            present |= strlen(h->name) == backend[k].name.n &&
-                       strncasecmp(h->name, backend[k].name.p, backend[k].name.n) == 0;
+        for (size_t k = 0; k < nbackend && !rules->override && !present; k++)
+            present = h->name_len == backend[k].name.n &&
+                      strncasecmp(h->name, backend[k].name.p, backend[k].name.n) == 0;
         if (!present)
             put_config_header(o, h);
     }
@@ -307,9 +307,13 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
     }
     puts_(&o, peer);
     char client[TG_ADDR_STRLEN];
-    tg_addr_format(&req->client, client, sizeof(client));
-    putf(&o, "\r\nX-Real-IP: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: ",
-         client, req->conn->tls ? "https" : "http");
+    size_t cn = tg_addr_equal(&req->client, &req->conn->peer)
+                    ? (memcpy(client, peer, strlen(peer) + 1), strlen(peer))
+                    : tg_addr_format(&req->client, client, sizeof(client));
+    puts_(&o, "\r\nX-Real-IP: ");
+    put(&o, client, cn);
+    puts_(&o, req->conn->tls ? "\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: "
+                             : "\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
     puts_(&o, req->host);
     puts_(&o, "\r\nX-Request-Id: ");
     puts_(&o, req->request_id);
@@ -336,7 +340,11 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
 
 static void put_status_line(struct out *o, int status, struct tg_str reason)
 {
-    putf(o, "HTTP/1.1 %d ", status);
+    char line[13] = "HTTP/1.1 000 ";
+    line[9] = (char)('0' + status / 100 % 10);
+    line[10] = (char)('0' + status / 10 % 10);
+    line[11] = (char)('0' + status % 10);
+    put(o, line, sizeof(line));
     if (reason.n > 0)
         put_str(o, reason);
     else

@@ -265,10 +265,10 @@ int tg_limiter_prepare(struct tg_request *req)
 {
     struct tg_limiter_state *lim = &req->lim;
     const struct tg_config *cfg = req->wcfg->config;
-    memset(lim, 0, sizeof(*lim));
     const struct tg_config_policy_list *list = tg_limiter_policies(cfg, req->route);
     if (list->n == 0)
-        return 0;
+        return 0; /* the request start zeroed what is read then */
+    memset(lim, 0, sizeof(*lim));
     if (cfg->rate_limit.exempt != NULL &&
         tg_cidr_set_lookup(cfg->rate_limit.exempt, &req->client) != 0) {
         lim->outcome = "exempt";

@@ -78,8 +78,15 @@ struct tg_request *tg_proxy_request_new(struct tg_conn *c)
         if (req == NULL)
             return NULL;
     }
-    /* Everything above the big parser structs; the parsers fill those. */
-    memset(req, 0, offsetof(struct tg_request, head));
+    /* Everything above the limiter state and the big parser structs; the
+     * parsers fill those, and the limiter's needs only these fields. */
+    memset(req, 0, offsetof(struct tg_request, lim));
+    req->lim.active = false;
+    req->lim.n = 0;
+    req->lim.pending = 0;
+    req->lim.needs_body = false;
+    req->lim.limited = false;
+    req->lim.report = NULL;
     req->head.nheaders = 0;
     req->resp.nheaders = 0;
     req->conn = c;

@@ -66,7 +66,6 @@ struct tg_request {
     bool upgrade;                   /* client asked for a WebSocket upgrade */
     bool expect_continue;
     unsigned refs;                  /* the connection's + running callbacks' */
-    char scratch[1024];             /* small copies; the arena takes the rest */
     size_t scratch_used;
 
     const struct tg_config_site *site;
@@ -81,7 +80,6 @@ struct tg_request {
     bool in_flight_counted;         /* holds a route max_in_flight slot */
     const char *extra_headers;      /* local answers: extra header lines */
     const char *client_subject;     /* verified client certificate subject */
-    struct tg_limiter_state lim;
     ev_timer delay_timer;           /* rate-limit delay */
 
     /* Request body, client -> upstream. */
@@ -134,6 +132,12 @@ struct tg_request {
     ev_tstamp up_write_at;
 
     struct tg_request *next_free;
+
+    /* Not zeroed for a new request (see tg_proxy_request_new): the limiter
+     * state is set up by tg_limiter_prepare when policies apply, and
+     * scratch is used from scratch_used up. */
+    struct tg_limiter_state lim;
+    char scratch[1024];             /* small copies; the arena takes the rest */
 
     /* Large parser outputs last: a new request zeroes only what is above.
      * head: views into conn->in, valid until head_consumed. resp: views into
