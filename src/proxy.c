@@ -81,8 +81,8 @@ struct tg_request *tg_proxy_request_new(struct tg_conn *c)
     /* Everything above the limiter state and the big parser structs; the
      * parsers fill those, and the limiter's needs only these fields. */
     memset(req, 0, offsetof(struct tg_request, lim));
+    /* The only limiter fields read when no policy applies. */
     req->lim.active = false;
-    req->lim.n = 0;
     req->lim.pending = 0;
     req->lim.needs_body = false;
     req->lim.limited = false;
@@ -521,7 +521,7 @@ static void after_decision(struct tg_request *req);
 
 static void decide_and_forward(struct tg_request *req)
 {
-    if (req->lim.needs_body)
+    if (req->lim.active && req->lim.needs_body)
         body_peek(req);
     if (tg_limiter_decide(req) == 1) {
         req->phase = TG_REQ_LIMITING; /* a Redis reply will call us back */
@@ -543,6 +543,12 @@ void tg_proxy_limiter_done(struct tg_request *req)
 
 static void after_decision(struct tg_request *req)
 {
+    /* The limiter state is only set up when policies apply (see
+     * tg_proxy_request_new): read nothing else of it otherwise. */
+    if (!req->lim.active) {
+        connect_upstream(req);
+        return;
+    }
     if (req->lim.store_error) {
         respond_local_extra(req, 503, "Retry-After: 1\r\n",
                             "503 Service Unavailable: the rate-limit store is unavailable\n");
