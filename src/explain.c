@@ -37,85 +37,20 @@ static const char *policy_rate(const struct tg_config_policy *p, char *buf, size
     return buf;
 }
 
-int tg_explain_main(int argc, char **argv, const char *default_config)
+/* Prints the decisions for one request; everything it allocates hangs off
+ * `req` and `raw` (freed by the caller). */
+static void explain_request(struct tg_config *cfg, struct tg_request *req, char *raw,
+                            const char *method, const char *url, const char *host,
+                            const char *target, const char **hdrs, size_t nhdrs, bool https,
+                            const char *peer_text, struct tg_conn *cp)
 {
-    const char *path = default_config, *line = NULL, *peer_text = "127.0.0.1";
-    const char *hdrs[64];
-    size_t nhdrs = 0;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
-            path = argv[++i];
-        } else if (strcmp(argv[i], "-H") == 0 && i + 1 < argc && nhdrs < 64) {
-            hdrs[nhdrs++] = argv[++i];
-        } else if (strcmp(argv[i], "--peer") == 0 && i + 1 < argc) {
-            peer_text = argv[++i];
-        } else if (strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (line == NULL && argv[i][0] != '-') {
-            line = argv[i];
-        } else {
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (line == NULL) {
-        usage(stderr);
-        return 2;
-    }
-    /* "GET https://host:port/path?q" */
-    char method[32], url[8192];
-    if (sscanf(line, "%31s %8191s", method, url) != 2) {
-        fprintf(stderr, "explain: expected 'METHOD URL', got '%s'\n", line);
-        return 2;
-    }
-    bool https = strncmp(url, "https://", 8) == 0;
-    if (!https && strncmp(url, "http://", 7) != 0) {
-        fprintf(stderr, "explain: the URL must start with http:// or https://\n");
-        return 2;
-    }
-    const char *authority = url + (https ? 8 : 7);
-    const char *slash = strchr(authority, '/');
-    char host[512];
-    snprintf(host, sizeof(host), "%.*s", (int)(slash ? (size_t)(slash - authority) : strlen(authority)),
-             authority);
-    const char *target = slash ? slash : "/";
-
-    char *errors = malloc(16384);
-    struct tg_config *cfg = errors ? tg_config_load(path, errors, 16384) : NULL;
-    if (cfg == NULL) {
-        fputs(errors ? errors : "out of memory\n", stderr);
-        free(errors);
-        return 1;
-    }
-    free(errors);
-
     /* The request as it would arrive. */
-    char *raw = malloc(65536);
     size_t n = (size_t)snprintf(raw, 65536, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, host);
     for (size_t i = 0; i < nhdrs && n < 60000; i++)
         n += (size_t)snprintf(raw + n, 65536 - n, "%s\r\n", hdrs[i]);
     n += (size_t)snprintf(raw + n, 65536 - n, "\r\n");
 
-    struct tg_worker w = {0};
-    struct tg_wcfg wc = {.config = cfg, .worker = &w, .refs = 1};
-    struct tg_conn c = {0};
-    c.w = &w;
-    c.wcfg = &wc;
-    c.tls = https;
-    for (size_t i = 0; i < cfg->nlisteners; i++)
-        if (!cfg->listeners[i].admin && cfg->listeners[i].tls == https)
-            c.lcfg = &cfg->listeners[i];
-    if (c.lcfg == NULL)
-        c.lcfg = &cfg->listeners[0];
-    if (tg_addr_parse(peer_text, strlen(peer_text), &c.peer) < 0) {
-        fprintf(stderr, "explain: --peer '%s' is not an address\n", peer_text);
-        return 2;
-    }
-    struct tg_request *req = calloc(1, sizeof(*req));
-    req->conn = &c;
-    req->wcfg = &wc;
-    tg_arena_init(&req->arena, 2048);
+    const struct tg_conn *cn = cp;
     size_t scanned = 0;
     int status = 0;
     const char *reason = NULL;
@@ -126,14 +61,14 @@ int tg_explain_main(int argc, char **argv, const char *default_config)
     printf("request:   %s %s%s\n", method, url, https ? "" : "");
     if (r <= 0) {
         printf("answer:    %d (%s)\n", status ? status : 400, reason ? reason : "incomplete");
-        return 0;
+        return;
     }
     const struct tg_http1_request *h = &req->head;
 
     /* Client identity, as identify_client does. */
     req->peer_trusted = cfg->trusted_proxies != NULL &&
-                        tg_cidr_set_lookup(cfg->trusted_proxies, &c.peer) != 0;
-    req->client = c.peer;
+                        tg_cidr_set_lookup(cfg->trusted_proxies, &cn->peer) != 0;
+    req->client = cn->peer;
     if (req->peer_trusted) {
         struct tg_str xff[16], fwd[16];
         size_t nx = 0, nf = 0;
@@ -143,7 +78,7 @@ int tg_explain_main(int argc, char **argv, const char *default_config)
             else if (nf < 16 && tg_http1_name_eq(h->headers[i].name, "forwarded"))
                 fwd[nf++] = h->headers[i].value;
         }
-        tg_access_client_addr(cfg->trusted_proxies, &c.peer, xff, nx, fwd, nf, &req->client);
+        tg_access_client_addr(cfg->trusted_proxies, &cn->peer, xff, nx, fwd, nf, &req->client);
     }
     char client[TG_ADDR_STRLEN];
     tg_addr_format(&req->client, client, sizeof(client));
@@ -158,18 +93,18 @@ int tg_explain_main(int argc, char **argv, const char *default_config)
         printf("asn:       AS%u\n", req->asn);
     }
 
-    char *norm = malloc(h->path.n + 1);
+    char *norm = tg_arena_alloc(&req->arena, h->path.n + 1);
     ssize_t pn = tg_router_normalize_path(h->path.p, h->path.n, norm, h->path.n + 1);
     if (pn < 0) {
         printf("answer:    400 (the path is refused: %.*s)\n", (int)h->path.n, h->path.p);
-        return 0;
+        return;
     }
     printf("path:      %.*s -> %.*s%s%.*s (as the backend sees it)\n", (int)h->path.n, h->path.p,
            (int)pn, norm, h->query.p ? "?" : "", (int)(h->query.p ? h->query.n : 0),
            h->query.p ? h->query.p : "");
-    if (c.lcfg->redirect_to_https) {
-        printf("answer:    308 to https://%s (listener %s redirects)\n", host, c.lcfg->key);
-        return 0;
+    if (cn->lcfg->redirect_to_https) {
+        printf("answer:    308 to https://%s (listener %s redirects)\n", host, cn->lcfg->key);
+        return;
     }
     struct tg_str capture;
     req->site = tg_router_hosts_match(cfg->hosts, h->host, &capture);
@@ -179,7 +114,7 @@ int tg_explain_main(int argc, char **argv, const char *default_config)
         else
             printf("answer:    404 (no site serves %s)\n", host);
         if (cfg->domain_site == NULL)
-            return 0;
+            return;
         req->site = cfg->domain_site;
     } else {
         printf("site:      #%zu (hosts", req->site->index);
@@ -191,7 +126,7 @@ int tg_explain_main(int argc, char **argv, const char *default_config)
         if (!tg_router_valid_label(capture)) {
             printf("answer:    400 (tenant label '%.*s' is not a DNS label)\n", (int)capture.n,
                    capture.p);
-            return 0;
+            return;
         }
         char *id = tg_arena_strndup(&req->arena, capture.p, capture.n);
         for (char *p = id; *p; p++)
@@ -208,7 +143,7 @@ int tg_explain_main(int argc, char **argv, const char *default_config)
     req->route = tg_proxy_match_route(req->site, norm, (size_t)pn);
     if (req->route == NULL) {
         printf("answer:    404 (no route matches %.*s)\n", (int)pn, norm);
-        return 0;
+        return;
     }
     printf("route:     %s", req->route->path);
     if (req->route->upstream_tenant) {
@@ -269,7 +204,90 @@ int tg_explain_main(int argc, char **argv, const char *default_config)
     printf("\n");
     if (ok)
         printf("answer:    proxied%s\n", req->lim.n ? " if the limits above allow" : "");
-    free(norm);
+}
+
+int tg_explain_main(int argc, char **argv, const char *default_config)
+{
+    const char *path = default_config, *line = NULL, *peer_text = "127.0.0.1";
+    const char *hdrs[64];
+    size_t nhdrs = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
+            path = argv[++i];
+        } else if (strcmp(argv[i], "-H") == 0 && i + 1 < argc && nhdrs < 64) {
+            hdrs[nhdrs++] = argv[++i];
+        } else if (strcmp(argv[i], "--peer") == 0 && i + 1 < argc) {
+            peer_text = argv[++i];
+        } else if (strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (line == NULL && argv[i][0] != '-') {
+            line = argv[i];
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (line == NULL) {
+        usage(stderr);
+        return 2;
+    }
+    /* "GET https://host:port/path?q" */
+    char method[32], url[8192];
+    if (sscanf(line, "%31s %8191s", method, url) != 2) {
+        fprintf(stderr, "explain: expected 'METHOD URL', got '%s'\n", line);
+        return 2;
+    }
+    bool https = strncmp(url, "https://", 8) == 0;
+    if (!https && strncmp(url, "http://", 7) != 0) {
+        fprintf(stderr, "explain: the URL must start with http:// or https://\n");
+        return 2;
+    }
+    const char *authority = url + (https ? 8 : 7);
+    const char *slash = strchr(authority, '/');
+    char host[512];
+    snprintf(host, sizeof(host), "%.*s", (int)(slash ? (size_t)(slash - authority) : strlen(authority)),
+             authority);
+    const char *target = slash ? slash : "/";
+
+    char *errors = malloc(16384);
+    struct tg_config *cfg = errors ? tg_config_load(path, errors, 16384) : NULL;
+    if (cfg == NULL) {
+        fputs(errors ? errors : "out of memory\n", stderr);
+        free(errors);
+        return 1;
+    }
+    free(errors);
+
+    char *raw = malloc(65536);
+    struct tg_worker w = {0};
+    struct tg_wcfg wc = {.config = cfg, .worker = &w, .refs = 1};
+    struct tg_conn c = {0};
+    c.w = &w;
+    c.wcfg = &wc;
+    c.tls = https;
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        if (!cfg->listeners[i].admin && cfg->listeners[i].tls == https)
+            c.lcfg = &cfg->listeners[i];
+    if (c.lcfg == NULL)
+        c.lcfg = &cfg->listeners[0];
+    int rc = 0;
+    struct tg_request *req = calloc(1, sizeof(*req));
+    if (raw == NULL || req == NULL) {
+        rc = 1;
+    } else if (tg_addr_parse(peer_text, strlen(peer_text), &c.peer) < 0) {
+        fprintf(stderr, "explain: --peer '%s' is not an address\n", peer_text);
+        rc = 2;
+    } else {
+        req->conn = &c;
+        req->wcfg = &wc;
+        tg_arena_init(&req->arena, 2048);
+        explain_request(cfg, req, raw, method, url, host, target, hdrs, nhdrs, https, peer_text,
+                        &c);
+        tg_arena_reset(&req->arena);
+    }
+    free(req);
     free(raw);
-    return 0;
+    tg_config_unref(cfg);
+    return rc;
 }
