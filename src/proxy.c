@@ -1176,6 +1176,7 @@ static void read_client(struct tg_request *req)
 /* Writes the response head and framed body bytes to the client until done
  * or the socket is full. */
 static void finish_response(struct tg_request *req);
+static bool sse_inject(struct tg_request *req, const char *text, bool end_stream);
 
 static void pump_client(struct tg_request *req)
 {
@@ -1196,8 +1197,11 @@ static void pump_client(struct tg_request *req)
         }
         if (n == 0) {
             c->io.want_write = false;
-            if (req->resp_head_done && req->resp_body_done)
+            if (req->resp_head_done && req->resp_body_done) {
                 finish_response(req);
+            } else if (req->sse_draining && sse_inject(req, "retry: 1000\n\n", true)) {
+                req->sse_draining = false;
+            }
             return;
         }
         ssize_t w = tg_io_writev(&c->io, iov, n);
@@ -1882,7 +1886,9 @@ void tg_proxy_drain(struct tg_request *req)
     if (req_over(req) || !req->sse || !req->resp_head_done)
         return;
     req_ref(req);
-    sse_inject(req, "retry: 1000\n\n", true);
+    /* Mid-event now: the hint goes out at the next boundary (pump_client
+     * looks again each time everything framed has been written). */
+    req->sse_draining = !sse_inject(req, "retry: 1000\n\n", true);
     if (!req_over(req))
         update_watches(req);
     req_unref(req);

@@ -116,6 +116,7 @@ struct tg_request {
     bool resp_close_client;         /* client must be closed afterwards */
     bool stream;                    /* SSE or stream route: no read timeout */
     bool sse;                       /* text/event-stream: heartbeats apply */
+    bool sse_draining;              /* end the stream at the next boundary */
     bool stream_counted;            /* holds a stream.max_per_ip slot */
     ev_tstamp rate_checked_at;      /* client.min_body_rate: last check */
     char sse_tail[3];               /* last data bytes sent, event boundary */

@@ -92,7 +92,7 @@ class Tollgate:
                                      stderr=self.err, env=e, cwd=ROOT)
         self.stopped = False
         if wait:
-            for port in (check_ports or self.ports_in(config)):
+            for port in (check_ports if check_ports is not None else self.ports_in(config)):
                 if not wait_port(port, timeout=15 * SLOW):
                     raise RuntimeError("tollgate did not listen on %d:\n%s" % (port, self.stderr()))
 

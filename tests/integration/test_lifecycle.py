@@ -291,3 +291,42 @@ def test_access_log_line_fields(tollgate, backend):
         assert field in rec, field
     assert rec["path"] == "/p?q=1" and rec["status"] == 200 and rec["request_id"] == "rid-1"
     assert rec["upstream"] == "127.0.0.1:%d" % b.port
+
+
+def test_sse_drain_waits_for_the_event_boundary(tollgate, backend):
+    def sse(sock, be):
+        read_http_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        try:
+            sock.sendall(b"7\r\ndata: a\r\n")      # half an event
+            time.sleep(0.6)
+            sock.sendall(b"2\r\n\n\n\r\n")          # its end
+            for i in range(50):
+                ev = b"data: %d\n\n" % i
+                sock.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
+                time.sleep(0.1)
+        except OSError:
+            pass
+    b = backend(sse)
+    port = free_port()
+    tg = tollgate(basic_config(port, [b.port]))
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /sse HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    s.settimeout(5 * SLOW)
+    data = b""
+    while b"data: a" not in data:
+        data += s.recv(4096)
+    tg.kill(signal.SIGTERM)
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    body = data.split(b"\r\n\r\n", 1)[1]
+    events = b"".join(re.findall(rb"[0-9a-f]+\r\n(.*?)\r\n", body, re.S))
+    # The half event was completed first; the hint came at the boundary.
+    assert events.startswith(b"data: a\n\nretry: 1000\n\n"), events
+    assert data.endswith(b"0\r\n\r\n")
+    assert tg.proc.wait(timeout=10 * SLOW) == 0

@@ -261,3 +261,19 @@ def test_head_204_304_have_no_body(tollgate, backend):
     assert statuses == [200, 204, 304, 200], out
     assert out.endswith(b"\r\n\r\nhello")
     assert out.count(b"hello") == 1
+
+
+def test_ipv6_listener_and_backend(tollgate, backend):
+    b = backend(host="::1")
+    port = free_port()
+    tollgate("""
+listen:
+  - address: "[::1]:%d"
+upstreams: {app: {servers: ["[::1]:%d"]}}
+sites: [{hosts: [app.test], routes: [{path: /, upstream: app}]}]
+""" % (port, b.port), check_ports=[])
+    from conftest import wait_port
+    assert wait_port(port, host="::1")
+    resp = raw(port, b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n", host="::1")
+    assert status_of(resp) == 200
+    assert b.requests[-1][1]["x-forwarded-for"] == ["::1"]
