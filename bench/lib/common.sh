@@ -10,7 +10,28 @@ die()  { printf 'bench: %s\n' "$*" >&2; exit 1; }
 # and TERM) stops them all, whatever way the run ends.
 CHILD_PIDS=()
 
-register_child() { CHILD_PIDS+=("$1"); }
+# Pids also go to $WORK/pids, so a run that was killed outright (SIGKILL,
+# lost terminal) is cleaned up by the next one: see reap_stale_children.
+register_child() { CHILD_PIDS+=("$1"); echo "$1" >> "$WORK/pids"; }
+
+# Stops processes a previous, killed run left behind: only pids from its
+# pid file whose command line names our work directory (every process the
+# bench starts has $WORK in its arguments) or that run in it (redis-server
+# rewrites its title but chdirs to --dir), so a reused pid is left alone.
+reap_stale_children() {
+    local pid
+    [ -f "$WORK/pids" ] || return 0
+    while read -r pid; do
+        [ -n "$pid" ] && [ "$pid" != $$ ] || continue
+        if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "$WORK" ||
+           [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$WORK" ]; then
+            warn "stopping pid $pid left over from an earlier run"
+            kill -TERM "$pid" 2>/dev/null
+        fi
+    done < "$WORK/pids"
+    sleep 0.5
+    : > "$WORK/pids"
+}
 
 # Stops one process by pid: SIGTERM, up to 5 s of grace, then SIGKILL.
 stop_pid() {

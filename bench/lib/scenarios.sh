@@ -99,7 +99,9 @@ scenario_2() { run_wrk 2 "$1" "https://127.0.0.1:$HTTPS_PORT/1k"; }
 
 # --- 3, 4: handshakes ------------------------------------------------------------------
 # Our own client (connload), not wrk: wrk reuses each connection's SSL object
-# after a clean shutdown, so its "Connection: close" runs resume sessions.
+# after a clean shutdown, so its "Connection: close" runs resume sessions
+# (checked against nginx logging $ssl_session_reused: wrk 4.1.0 resumed 6177
+# of 6181 handshakes, over TLS 1.2, the highest version it offers).
 # connload opens $CONNS connections at a time, each: TCP connect, handshake,
 # GET /1k with Connection: close, read the response, close.
 #

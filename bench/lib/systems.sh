@@ -80,12 +80,6 @@ http {
     proxy_http_version 1.1;
     proxy_set_header Connection "";
 
-    ssl_certificate $WORK/cert.pem;
-    ssl_certificate_key $WORK/key.pem;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache shared:SSL:10m;
-    ssl_session_tickets on;
-
     upstream backend {
         server 127.0.0.1:$BACKEND_PORT;
         keepalive 64;
@@ -97,14 +91,22 @@ $( [ "$scen" = 7 ] && echo "    limit_req_zone \$binary_remote_addr zone=never:1
         listen 127.0.0.1:$HTTP_PORT default_server;
         listen 127.0.0.1:$HTTPS_PORT ssl default_server;
         server_name _;
+        # TLS settings here, not at http level: inherited by 10,000 tenant
+        # servers (scenario 10) they would build 10,000 SSL contexts at start.
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
         location / { proxy_pass http://backend; $limit }
         # SSE: without this nginx buffers the stream (scenario 5).
         location /sse { proxy_pass http://backend; proxy_buffering off; $limit }
     }
 CONF
     if [ "$scen" = 10 ]; then
-        echo "    server_names_hash_max_size $((TENANTS * 4));"
-        echo "    server_names_hash_bucket_size 64;"
+        # sized so nginx builds the hash without a warning (and quickly)
+        echo "    server_names_hash_max_size $((TENANTS * 2));"
+        echo "    server_names_hash_bucket_size 128;"
         awk -v n="$TENANTS" -v port="$HTTP_PORT" -v be="$BACKEND_PORT" 'BEGIN {
             for (i = 1; i <= n; i++) {
                 printf "    upstream t%d { server 127.0.0.1:%d; keepalive 64; keepalive_requests 100000000; keepalive_timeout 300s; }\n", i, be
