@@ -23,7 +23,7 @@ reap_stale_children() {
     [ -f "$WORK/pids" ] || return 0
     while read -r pid; do
         [ -n "$pid" ] && [ "$pid" != $$ ] || continue
-        if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "$WORK" ||
+        if tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -qF "$WORK" ||
            [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$WORK" ]; then
             warn "stopping pid $pid left over from an earlier run"
             kill -TERM "$pid" 2>/dev/null
@@ -54,6 +54,7 @@ stop_pid() {
 cleanup() {
     local pid
     trap - EXIT INT TERM
+    [ -e /proc/$$/fd/9 ] && exec 2>&9     # the real stderr (see bench/run)
     for pid in "${CHILD_PIDS[@]}"; do stop_pid "$pid"; done
 }
 
