@@ -182,9 +182,11 @@ ROWS = [
     (1, "rps", "req/s", "rps", t_faster(1.30, 1.15)),
     (1, "p50_us", "p50 latency", "us", None),
     (1, "p99_us", "p99 latency", "us", t_lat_best),
+    (1, "rps_per_cpu", "req per CPU-second of the system", "rps", None),
     (2, "rps", "req/s", "rps", t_faster(1.30, 1.15)),
     (2, "p50_us", "p50 latency", "us", None),
     (2, "p99_us", "p99 latency", "us", t_lat_best),
+    (2, "rps_per_cpu", "req per CPU-second of the system", "rps", None),
     (3, "hs_rate", "handshakes/s", "n", None),
     (3, "hs_per_cpu", "handshakes per proxy CPU-second", "n", t_best_peer),
     (3, "resumed_pct", "resumed (must be 0)", "pct", None),
@@ -198,12 +200,15 @@ ROWS = [
     (6, "bytes_per_conn_plain", "bytes per idle conn, plain", "bytes", t_vs_nginx(0.5, "le")),
     (6, "bytes_per_conn_tls", "bytes per idle conn, TLS", "bytes", t_vs_nginx(0.5, "le")),
     (7, "rps", "req/s", "rps", t_vs_scenario(1, 0.97)),
+    (7, "rps_per_cpu", "req per CPU-second of the system", "rps", None),
     (8, "rps", "req/s", "rps", t_vs_scenario(7, 0.70)),
+    (8, "rps_per_cpu", "req per CPU-second of the system", "rps", None),
     (8, "redis_cmds_per_req", "Redis commands per request (commandstats)", "ratio", t_redis_used),
     (8, "redis_total_per_req", "Redis commands per request (total_commands_processed)", "ratio", None),
     (9, "up_mbps", "upload MB/s", "n", t_vs_nginx(1.0, "ge")),
     (9, "down_mbps", "download MB/s", "n", t_vs_nginx(1.0, "ge")),
     (10, "rps", "req/s", "rps", t_vs_scenario(1, 0.90)),
+    (10, "rps_per_cpu", "req per CPU-second of the system", "rps", None),
 ]
 
 

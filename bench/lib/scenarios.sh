@@ -85,6 +85,9 @@ run_wrk() {
     fi
     WRK_REQUESTS=$reqs
     record "$scen" rps "$sys" "$rps"
+    # Requests per CPU-second of the system: less sensitive to other load on
+    # the machine than req/s (informational; the targets use req/s).
+    record "$scen" rps_per_cpu "$sys" "$(awk -v r="$rps" -v c="$MEASURED_CPU" 'BEGIN { if (c > 0) printf "%.1f", r / (c / 100) }')"
     record "$scen" p50_us "$sys" "$(to_us "$p50")"
     record "$scen" p99_us "$sys" "$(to_us "$p99")"
 }
