@@ -45,7 +45,7 @@ why_not() {
 # --- certificate --------------------------------------------------------------
 make_cert() {
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 7 -subj "/CN=localhost" \
+        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 365 -subj "/CN=localhost" \
         -addext "subjectAltName=DNS:localhost,DNS:bench.test,DNS:*.bench.test,IP:127.0.0.1" \
         2>/dev/null || die "openssl could not make the certificate"
     cat "$WORK/cert.pem" "$WORK/key.pem" > "$WORK/cert+key.pem"   # haproxy wants both in one
@@ -263,10 +263,16 @@ wait_ready() {
 # the proxy core, waits until it answers. Returns 1 (with SYS_FAIL set) if
 # it cannot. "direct" starts nothing: the backend is always running.
 start_system() {
-    local sys=$1 scen=$2 conf
+    local sys=$1 scen=$2 conf p
     SYS_PID="" SYS_FAIL="" SYS_LOG="$WORK/$sys.log"
+    [ "$sys" = direct ] && return 0
+    for p in "$HTTP_PORT" "$HTTPS_PORT"; do
+        if ! wait_port_free "$p"; then
+            SYS_FAIL="port $p is taken by $(port_owner "$p")"
+            return 1
+        fi
+    done
     case $sys in
-        direct) return 0 ;;
         nginx)
             conf=$WORK/nginx/nginx-s$scen.conf
             mkdir -p "$WORK/nginx"
@@ -297,12 +303,17 @@ start_system() {
     return 0
 }
 
+# Who listens on a port (another user's process, on a shared machine).
+port_owner() {
+    ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:((\(.*\))).*/\1/p' | head -n1
+}
+
 stop_system() {
     [ -n "$SYS_PID" ] || return 0
     stop_pid "$SYS_PID"
     SYS_PID=""
-    wait_port_free "$HTTP_PORT" || warn "port $HTTP_PORT still busy"
-    wait_port_free "$HTTPS_PORT" || warn "port $HTTPS_PORT still busy"
+    wait_port_free "$HTTP_PORT" || warn "port $HTTP_PORT still busy: $(port_owner "$HTTP_PORT")"
+    wait_port_free "$HTTPS_PORT" || warn "port $HTTPS_PORT still busy: $(port_owner "$HTTPS_PORT")"
 }
 
 # Pids whose CPU and memory count as "the system": the proxy's process tree,
