@@ -163,8 +163,11 @@ static int parse_head(struct slot *s, size_t *body_in_head)
     char *e = memmem(s->head, s->head_len, "\r\n\r\n", 4);
     if (!e) return 0;
     if (strncmp(s->head, "HTTP/1.1 200", 12) != 0 && strncmp(s->head, "HTTP/1.0 200", 12) != 0) {
+        char what[64];
+        size_t n = strcspn(s->head, "\r\n");
+        snprintf(what, sizeof what, "non-200 response: %.*s", (int)(n < 40 ? n : 40), s->head);
         errno = 0;
-        note_error("non-200 response");
+        note_error(what);
         return -1;
     }
     *e = 0;

@@ -295,20 +295,24 @@ def render(meta, values, notes):
     cpu_scens = [s for s in scens if any(values.get((s, "cpu", x)) for x in systems)]
     if cpu_scens:
         w("")
-        w("CPU during the measured runs, % of one core: system under test / backend "
-          f"(on core {meta['load_cpu']}, with the load generator) / other processes on "
-          f"core {meta['proxy_cpu']} (should be ~0; for direct, the first figure is the backend):")
+        w("CPU during the measured runs, % of one core: **system under test** / backend / "
+          f"load core {meta['load_cpu']} in all (client + backend + anything else) / other "
+          f"processes on core {meta['proxy_cpu']} (should be ~0). A system well below 100% "
+          "with the load core near 100% was held back by the client side; for direct, "
+          "the first figure is the backend.")
         w("")
         w("| # | " + " | ".join(systems) + " |")
         w("|" + "|".join(["---"] * (len(systems) + 1)) + "|")
         for s in cpu_scens:
             row = [str(s)]
             for x in systems:
-                c, b, o = (med(values, s, m, x) for m in ("cpu", "backend_cpu", "core_other"))
+                c, b, l, o = (med(values, s, m, x)
+                              for m in ("cpu", "backend_cpu", "load_core", "core_other"))
                 if c is None:
                     row.append("—")
                 else:
-                    row.append(" / ".join("?" if v is None else f"{v:.0f}" for v in (c, b, o)))
+                    row.append(f"**{c:.0f}** / " + " / ".join(
+                        "?" if v is None else f"{v:.0f}" for v in (b, l, o)))
             w("| " + " | ".join(row) + " |")
     if notes:
         w("")

@@ -18,19 +18,22 @@ to_us() {
 }
 
 # measure_begin / measure_end SCEN SYS bracket a measured run: they record
-# cpu (% of one core used by the system's processes), backend_cpu, and
+# cpu (% of one core used by the system's processes), backend_cpu,
 # core_other (% of the proxy core busy with anything else: other work on the
-# machine disturbs the numbers, and the report says so).
+# machine disturbs the numbers, and the report says so) and load_core (% of
+# the load core busy: client, backend and anything else).
 measure_begin() {
     M_PIDS=$(sys_pids)
     M_C0=$(cpu_ticks $M_PIDS); M_B0=$(cpu_ticks "$BACKEND_PID")
     read -r M_K0 M_KT0 < <(core_ticks "$PROXY_CPU")
+    read -r M_L0 M_LT0 < <(core_ticks "$LOAD_CPU")
     M_T0=$(now)
 }
 measure_end() {
-    local scen=$1 sys=$2 c1 b1 k1 kt1 t1 el own other
+    local scen=$1 sys=$2 c1 b1 k1 kt1 l1 lt1 t1 el own other
     t1=$(now); c1=$(cpu_ticks $M_PIDS); b1=$(cpu_ticks "$BACKEND_PID")
     read -r k1 kt1 < <(core_ticks "$PROXY_CPU")
+    read -r l1 lt1 < <(core_ticks "$LOAD_CPU")
     el=$(fsub "$t1" "$M_T0")
     pct() { awk -v d="$1" -v t="$el" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", d / hz / t * 100}'; }
     MEASURED_CPU=$(pct $((c1 - M_C0)))
@@ -42,6 +45,10 @@ measure_end() {
     other=$(awk -v k=$((k1 - M_K0)) -v kt=$((kt1 - M_KT0)) -v o="$own" \
             'BEGIN { v = kt > 0 ? (k - o) / kt * 100 : 0; printf "%.1f", (v < 0 ? 0 : v) }')
     record "$scen" core_other "$sys" "$other"
+    # How busy the load core was (client + backend + anything else): near
+    # 100% means the client side, not the system, may have set the pace.
+    record "$scen" load_core "$sys" "$(awk -v k=$((l1 - M_L0)) -v kt=$((lt1 - M_LT0)) \
+            'BEGIN { printf "%.1f", (kt > 0 ? k / kt * 100 : 0) }')"
     if awk -v v="$other" 'BEGIN { exit !(v > 15) }'; then
         note "$scen" "$sys" "core $PROXY_CPU was ${other}% busy with other processes during the run: disturbed"
     fi
@@ -223,15 +230,20 @@ scenario_7() { run_wrk 7 "$1" "http://127.0.0.1:$HTTP_PORT/1k"; }
 # Redis commands per proxied request: INFO commandstats (all commands but
 # INFO itself) and total_commands_processed (less our INFO calls), as deltas
 # over the measured wrk run.
-redis_cmd_calls() {
-    redis-cli -p "$REDIS_PORT" INFO commandstats 2>/dev/null | tr -d '\r' | awk -F'[:=,]' '
-        /^cmdstat_/ && $1 != "cmdstat_info" { s += $3 } END { print s + 0 }'
-}
 redis_total_cmds() {
     redis-cli -p "$REDIS_PORT" INFO stats 2>/dev/null | tr -d '\r' | awk -F: '/^total_commands_processed:/ {print $2}'
 }
-REDIS_C0=0 REDIS_T0=0
-redis_mark() { REDIS_C0=$(redis_cmd_calls); REDIS_T0=$(redis_total_cmds); }
+# "name calls" per command, INFO excluded, for the per-command breakdown.
+redis_calls_by_cmd() {
+    redis-cli -p "$REDIS_PORT" INFO commandstats 2>/dev/null | tr -d '\r' | awk -F'[:=,]' '
+        /^cmdstat_/ && $1 != "cmdstat_info" { sub("cmdstat_", "", $1); print $1, $3 }'
+}
+REDIS_C0=0 REDIS_T0=0 REDIS_BY_CMD0=""
+redis_mark() {
+    REDIS_BY_CMD0=$(redis_calls_by_cmd)
+    REDIS_C0=$(awk '{ s += $2 } END { print s + 0 }' <<< "$REDIS_BY_CMD0")
+    REDIS_T0=$(redis_total_cmds)
+}
 
 scenario_8() {
     local sys=$1 c1 t1
@@ -240,9 +252,16 @@ scenario_8() {
         record 8 rps "$sys" ""; return 1
     fi
     BEFORE_RUN=redis_mark run_wrk 8 "$sys" "http://127.0.0.1:$HTTP_PORT/1k" || return 1
-    c1=$(redis_cmd_calls); t1=$(redis_total_cmds)
+    local by1
+    by1=$(redis_calls_by_cmd)
+    c1=$(awk '{ s += $2 } END { print s + 0 }' <<< "$by1"); t1=$(redis_total_cmds)
+    # Which commands, per request: tells the tollgate developers what to batch.
+    note 8 "$sys" "Redis commands per request: $( { sed 's/^/B /' <<< "$REDIS_BY_CMD0"; sed 's/^/A /' <<< "$by1"; } |
+        awk -v n="$WRK_REQUESTS" '$1 == "B" { before[$2] = $3; next }
+            { d = $3 - before[$2]; if (d / n >= 0.005) printf "%s %.2f  ", $2, d / n }')"
     record 8 redis_cmds_per_req "$sys" "$(awk -v d=$((c1 - REDIS_C0)) -v n="$WRK_REQUESTS" 'BEGIN {printf "%.3f", d / n}')"
-    # two INFO calls (commandstats at the start, stats at the end) fall between
+    # two INFO calls fall between the two total_commands_processed readings
+    # (the first reading's own, and the commandstats after the run)
     record 8 redis_total_per_req "$sys" "$(awk -v d=$((t1 - REDIS_T0 - 2)) -v n="$WRK_REQUESTS" 'BEGIN {printf "%.3f", d / n}')"
 }
 
