@@ -212,6 +212,17 @@ ROWS = [
 ]
 
 
+def applies(system, scen, metric):
+    """Mirrors applies() in lib/systems.sh: the backend speaks plain HTTP
+    only and has no rate limiter; only tollgate has a Redis-backed limiter.
+    Anything else that has no value is n/a (not built, failed, skipped)."""
+    if system == "direct":
+        return scen in (1, 5, 9, 10) and not metric.startswith("added_")
+    if system in ("nginx", "haproxy"):
+        return scen != 8
+    return True
+
+
 def titles(meta):
     big = int(meta.get("big_bytes", 0))
     big_s = f"{big / 2**30:g} GiB" if big >= 2**30 else f"{big / 2**20:g} MiB"
@@ -270,11 +281,10 @@ def render(meta, values, notes):
                (f"**{title[scen]}**: " if scen != last else "") + label]
         last = scen
         for s in systems:
-            st = stats(values, scen, metric, s)
-            if st is None and not values.get((scen, metric, s)):
-                row.append("—")      # not measured for this system
+            if not applies(s, scen, metric):
+                row.append("—")
             else:
-                row.append(cell(st, unit))
+                row.append(cell(stats(values, scen, metric, s), unit))
         tg = med(values, scen, metric, "tollgate")
         for ref in ("nginx", "haproxy", "direct"):
             r = med(values, scen, metric, ref)
@@ -309,7 +319,7 @@ def render(meta, values, notes):
                 c, b, l, o = (med(values, s, m, x)
                               for m in ("cpu", "backend_cpu", "load_core", "core_other"))
                 if c is None:
-                    row.append("—")
+                    row.append("n/a" if applies(x, s, "cpu") else "—")
                 else:
                     row.append(f"**{c:.0f}** / " + " / ".join(
                         "?" if v is None else f"{v:.0f}" for v in (b, l, o)))
