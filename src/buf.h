@@ -3,9 +3,11 @@
  * A buffer is a window [start, end) of bytes inside data[0..cap). Readers
  * append at `end`, consumers advance `start`; when the window is empty both
  * return to 0. Buffers come in two classes: the standard size (the
- * client.buffer_size of the config that created the pool) and large ones for
- * heads that outgrow it. Idle connections give their buffers back, so an idle
- * keep-alive connection holds none. One pool per worker thread: no locks. */
+ * client.buffer_size of the config that created the pool, rounded up to whole
+ * pages) and large ones for heads that outgrow it. Idle connections give
+ * their buffers back, so an idle keep-alive connection holds none; a bounded
+ * number wait in the pool for reuse, and the rest go back to the kernel. One
+ * pool per worker thread: no locks. */
 #ifndef TG_BUF_H
 #define TG_BUF_H
 
@@ -24,10 +26,25 @@ struct tg_buf_pool {
     size_t small_size, large_size; /* data bytes per class */
     size_t max_free;               /* per class; beyond that, free() */
     size_t outstanding;            /* buffers handed out, for tests/metrics */
+    size_t high_water;             /* most outstanding since the last trim */
 };
+
+/* Gives back to the kernel the free buffers beyond what was in use at the
+ * busiest moment since the last trim (and a small reserve): after a burst,
+ * memory shrinks back within a tick or two. */
+void tg_buf_pool_trim(struct tg_buf_pool *p, size_t reserve);
 
 void tg_buf_pool_init(struct tg_buf_pool *p, size_t small_size,
                       size_t large_size, size_t max_free);
+
+/* Memory straight from the kernel, in whole pages, for objects beyond the
+ * free lists: giving it back (munmap) lowers RSS at once, whatever state
+ * malloc's heap is in, so a burst of requests leaves no resident memory
+ * behind once it is over. `n` is rounded up to pages; tg_pages_size says
+ * to what. */
+size_t tg_pages_size(size_t n);
+void *tg_pages_alloc(size_t n);
+void tg_pages_free(void *p, size_t n);
 void tg_buf_pool_destroy(struct tg_buf_pool *p);
 
 /* Returns an empty buffer of at least `min_cap` bytes, or NULL when memory

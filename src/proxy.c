@@ -37,7 +37,7 @@
 #include "upstream.h"
 #include "worker.h"
 
-#define MAX_FREE_REQUESTS 256
+#define MAX_FREE_REQUESTS 64
 #define MAX_TRAILER 16384
 #define MS(x) ((double)(x) / 1000.0)
 
@@ -70,13 +70,17 @@ struct tg_request *tg_proxy_request_new(struct tg_conn *c)
 {
     struct tg_worker *w = c->w;
     struct tg_request *req = w->free_requests;
+    if (++w->requests_in_use > w->requests_high_water)
+        w->requests_high_water = w->requests_in_use;
     if (req != NULL) {
         w->free_requests = req->next_free;
         w->nfree_requests--;
     } else {
-        req = malloc(sizeof(*req));
-        if (req == NULL)
+        req = tg_pages_alloc(sizeof(*req));
+        if (req == NULL) {
+            w->requests_in_use--;
             return NULL;
+        }
     }
     /* Everything above the limiter state and the big parser structs; the
      * parsers fill those, and the limiter's needs only these fields. */
@@ -97,6 +101,20 @@ struct tg_request *tg_proxy_request_new(struct tg_conn *c)
     return req;
 }
 
+void tg_proxy_trim_free_list(struct tg_worker *w, size_t reserve)
+{
+    size_t busy = w->requests_high_water > w->requests_in_use
+                      ? w->requests_high_water - w->requests_in_use : 0;
+    size_t keep = busy > reserve ? busy : reserve;
+    while (w->nfree_requests > keep) {
+        struct tg_request *req = w->free_requests;
+        w->free_requests = req->next_free;
+        w->nfree_requests--;
+        tg_pages_free(req, sizeof(*req));
+    }
+    w->requests_high_water = w->requests_in_use;
+}
+
 void tg_proxy_request_free(struct tg_request *req)
 {
     struct tg_worker *w = req->w;
@@ -104,12 +122,13 @@ void tg_proxy_request_free(struct tg_request *req)
     tg_buf_put(&w->bufs, req->up_head);
     tg_buf_put(&w->bufs, req->out);
     tg_worker_cfg_release(req->wcfg);
+    w->requests_in_use--;
     if (w->nfree_requests < MAX_FREE_REQUESTS && !w->stopping) {
         req->next_free = w->free_requests;
         w->free_requests = req;
         w->nfree_requests++;
     } else {
-        free(req);
+        tg_pages_free(req, sizeof(*req));
     }
 }
 

@@ -195,6 +195,10 @@ bool tg_proxy_request_over(const struct tg_request *req);
 const struct tg_config_route *tg_proxy_match_route(const struct tg_config_site *site,
                                                    const char *path, size_t n);
 
+/* Gives back to the kernel the free request objects beyond the busiest
+ * moment since the last call (and `reserve`). Worker thread. */
+void tg_proxy_trim_free_list(struct tg_worker *w, size_t reserve);
+
 /* Request objects come from a per-worker free list. */
 struct tg_request *tg_proxy_request_new(struct tg_conn *c);
 void tg_proxy_request_free(struct tg_request *req);

@@ -327,11 +327,13 @@ static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
         l->cfg = find_listen_cfg(nc->config, l->key);
     size_t bs = nc->config->client.buffer_size;
     size_t large = nc->config->client.max_request_line + nc->config->client.max_head + 1024;
-    if (w->bufs.small_size != bs || w->bufs.large_size != (large > bs ? large : bs)) {
+    struct tg_buf_pool probe;
+    tg_buf_pool_init(&probe, bs, large, 64);
+    if (w->bufs.small_size != probe.small_size || w->bufs.large_size != probe.large_size) {
         /* Buffers of the old sizes still in use are freed when returned. */
         tg_buf_pool_destroy(&w->bufs);
         size_t out = w->bufs.outstanding;
-        tg_buf_pool_init(&w->bufs, bs, large, 256);
+        tg_buf_pool_init(&w->bufs, bs, large, 64);
         w->bufs.outstanding = out;
     }
     for (size_t i = 0; i < m->nfds; i++)
@@ -410,11 +412,16 @@ void tg_worker_post(struct tg_worker *w, struct tg_worker_msg *msg)
 
 /* ---- housekeeping -------------------------------------------------------- */
 
+/* Four times a second: memory that a burst left in the free lists goes
+ * back to the kernel; once a second: idle upstream connections expire. */
 static void on_housekeeping(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
     struct tg_worker *w = t->data;
-    tg_upstream_sweep(w, ev_now(loop));
+    tg_buf_pool_trim(&w->bufs, 8);
+    tg_proxy_trim_free_list(w, 8);
+    if (++w->housekeeping_ticks % 4 == 0)
+        tg_upstream_sweep(w, ev_now(loop));
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */
@@ -448,10 +455,10 @@ struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt)
     ev_async_start(w->loop, &w->mbox);
     ev_init(&w->accept_retry, on_accept_retry);
     w->accept_retry.data = w;
-    ev_timer_init(&w->housekeeping, on_housekeeping, 1., 1.);
+    ev_timer_init(&w->housekeeping, on_housekeeping, 0.25, 0.25);
     w->housekeeping.data = w;
     ev_timer_start(w->loop, &w->housekeeping);
-    tg_buf_pool_init(&w->bufs, 16384, 65536 + 1024, 256);
+    tg_buf_pool_init(&w->bufs, 16384, 65536 + 1024, 64);
     return w;
 }
 
@@ -513,7 +520,7 @@ void tg_worker_join_and_free(struct tg_worker *w)
     struct tg_request *r = w->free_requests;
     while (r != NULL) {
         struct tg_request *next = r->next_free;
-        free(r);
+        tg_pages_free(r, sizeof(*r));
         r = next;
     }
     tg_access_log_free(w->access_log);
