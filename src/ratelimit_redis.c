@@ -4,19 +4,28 @@
  * Connecting, deadlines, the circuit breaker and reconnects are redis.c's;
  * whether a failure lets a request through (on_error) is the caller's.
  *
- * The script. KEYS[i] = PREFIX{policy:key} for op i. ARGV[1] = "1" for a
- * peek, else "0"; then four per op: ARGV[2 + 4(i-1)] .. ARGV[5 + 4(i-1)] =
+ * Batching: the takes asked for in one loop iteration go out as one
+ * EVALSHA (flushed by an ev_prepare watcher just before the loop waits), so
+ * under load one script run decides many requests: one round trip and one
+ * script invocation for all of them.
+ *
+ * The script. KEYS = the keys of every request of the batch, in order
+ * (PREFIX{policy:key}). ARGV[1] = G, the number of requests; then G pairs
+ * (peek "1"/"0", number of keys n); then four per key, in KEYS order:
  * interval_us, burst, delay, cost (decimal integers). It reads TIME once
- * (now, us since the epoch), decides each op in order with the C core's
- * formulas (a key named twice starts from the TAT the earlier op left),
- * and, only if every op is allowed and this is not a peek, stores each
- * key's final TAT (us, decimal) with SET ... PX ceil((tat - now) / 1000)
- * ms, so the key vanishes when its bucket is full again (never earlier: the
- * expiry is rounded up); a TAT not after now is not stored. It returns a
- * flat array of integers, 2 + 5n long:
- *   { now_us, all_allowed (0/1),
- *     then per op: allowed (0/1), remaining, retry_after_us (-1: never),
- *                  reset_us, delay_us }.
+ * (now, us since the epoch), then decides each request in turn, each key
+ * with the C core's formulas, starting from the TAT that earlier keys of
+ * the batch left (a key named twice, or by two requests, sees the first
+ * spend). A request spends only if all its keys allow and it is not a peek.
+ * At the end every key a request spent on is stored with SET ... PX
+ * ceil((tat - now) / 1000) ms, so it vanishes when its bucket is full again
+ * (never earlier: the expiry is rounded up); a TAT not after now is not
+ * stored. It returns a flat array of integers:
+ *   { now_us,
+ *     then per request: all_allowed (0/1),
+ *       then per key: allowed (0/1), remaining, retry_after_us (-1: never),
+ *                     reset_us, delay_us }
+ * (for one request of n keys: 2 + 5n numbers).
  * Every number the decision uses stays below 2^53, so Lua's doubles hold
  * it exactly: now ~ 2^50.6 us, tolerances are capped at 2^52 us, and the
  * excess is computed as debt + cost * interval (each at most a tolerance
@@ -42,10 +51,10 @@
 #include "redis.h"
 
 static const char GCRA_LUA[] =
-    "-- tollgate GCRA v1: see src/ratelimit_redis.c\n"
+    "-- tollgate GCRA v2 (batched): see src/ratelimit_redis.c\n"
     "if redis.replicate_commands then redis.replicate_commands() end\n"
-    "local n = #KEYS\n"
-    "if n == 0 or #ARGV ~= 1 + 4 * n then\n"
+    "local G = tonumber(ARGV[1])\n"
+    "if not G or G < 1 then\n"
     "  return redis.error_reply('ERR tollgate gcra: bad arguments')\n"
     "end\n"
     "local floor = math.floor\n"
@@ -58,63 +67,83 @@ static const char GCRA_LUA[] =
     "end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local out = {now, 1}\n"
-    "local tat, last, all = {}, {}, true\n"
-    "for i = 1, n do\n"
-    "  local a = 2 + (i - 1) * 4\n"
-    "  local iv, burst = tonumber(ARGV[a]), tonumber(ARGV[a + 1])\n"
-    "  local delay, cost = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])\n"
-    "  if not (iv and burst and delay and cost) or iv < 1 or burst < 1\n"
-    "     or delay < 0 or cost < 0 then\n"
+    "local out = {now}\n"
+    "local stored, dirty, order = {}, {}, {}\n"
+    "local ki, ai = 1, 2 + 2 * G\n"
+    "if #ARGV < ai - 1 then\n"
+    "  return redis.error_reply('ERR tollgate gcra: bad arguments')\n"
+    "end\n"
+    "for g = 1, G do\n"
+    "  local peek = ARGV[2 * g] == '1'\n"
+    "  local n = tonumber(ARGV[2 * g + 1])\n"
+    "  if not n or n < 1 or ki + n - 1 > #KEYS or ai + 4 * n - 1 > #ARGV then\n"
     "    return redis.error_reply('ERR tollgate gcra: bad arguments')\n"
     "  end\n"
-    "  if (burst + delay) * iv > MAXTOL then\n"
-    "    local most = idiv(MAXTOL, iv)\n"
-    "    if burst > most then burst = most end\n"
-    "    if delay > most - burst then delay = most - burst end\n"
+    "  local base = #out + 1\n"
+    "  out[base] = 1\n"
+    "  local tat, all = {}, true\n"
+    "  for i = 1, n do\n"
+    "    local iv, burst = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1])\n"
+    "    local delay, cost = tonumber(ARGV[ai + 2]), tonumber(ARGV[ai + 3])\n"
+    "    ai = ai + 4\n"
+    "    if not (iv and burst and delay and cost) or iv < 1 or burst < 1\n"
+    "       or delay < 0 or cost < 0 then\n"
+    "      return redis.error_reply('ERR tollgate gcra: bad arguments')\n"
+    "    end\n"
+    "    if (burst + delay) * iv > MAXTOL then\n"
+    "      local most = idiv(MAXTOL, iv)\n"
+    "      if burst > most then burst = most end\n"
+    "      if delay > most - burst then delay = most - burst end\n"
+    "    end\n"
+    "    local btol, ttol = burst * iv, (burst + delay) * iv\n"
+    "    local k = KEYS[ki]\n"
+    "    ki = ki + 1\n"
+    "    local before = tat[k]\n"
+    "    if before == nil then\n"
+    "      before = stored[k]\n"
+    "      if before == nil then\n"
+    "        before = floor(tonumber(redis.call('GET', k)) or 0)\n"
+    "        stored[k] = before\n"
+    "      end\n"
+    "    end\n"
+    "    local debt = 0\n"
+    "    if before > now then debt = before - now end\n"
+    "    local excess = debt + cost * iv\n"
+    "    local o = #out + 1\n"
+    "    if excess <= ttol and now + excess < LIMIT then\n"
+    "      tat[k] = now + excess\n"
+    "      out[o] = 1\n"
+    "      if excess < btol then out[o + 1] = idiv(btol - excess, iv)\n"
+    "      else out[o + 1] = 0 end\n"
+    "      out[o + 2] = 0\n"
+    "      out[o + 3] = excess\n"
+    "      if excess > btol then out[o + 4] = excess - btol\n"
+    "      else out[o + 4] = 0 end\n"
+    "    else\n"
+    "      tat[k] = before\n"
+    "      all = false\n"
+    "      out[o] = 0\n"
+    "      if debt < btol then out[o + 1] = idiv(btol - debt, iv)\n"
+    "      else out[o + 1] = 0 end\n"
+    "      if cost > burst + delay or excess <= ttol then out[o + 2] = -1\n"
+    "      else out[o + 2] = excess - ttol end\n"
+    "      out[o + 3] = debt\n"
+    "      out[o + 4] = 0\n"
+    "    end\n"
     "  end\n"
-    "  local btol, ttol = burst * iv, (burst + delay) * iv\n"
-    "  local k = KEYS[i]\n"
-    "  local before\n"
-    "  if last[k] then\n"
-    "    before = tat[last[k]]\n"
-    "  else\n"
-    "    before = floor(tonumber(redis.call('GET', k)) or 0)\n"
-    "  end\n"
-    "  last[k] = i\n"
-    "  local debt = 0\n"
-    "  if before > now then debt = before - now end\n"
-    "  local excess = debt + cost * iv\n"
-    "  local o = 2 + (i - 1) * 5\n"
-    "  if excess <= ttol and now + excess < LIMIT then\n"
-    "    tat[i] = now + excess\n"
-    "    out[o + 1] = 1\n"
-    "    if excess < btol then out[o + 2] = idiv(btol - excess, iv)\n"
-    "    else out[o + 2] = 0 end\n"
-    "    out[o + 3] = 0\n"
-    "    out[o + 4] = excess\n"
-    "    if excess > btol then out[o + 5] = excess - btol\n"
-    "    else out[o + 5] = 0 end\n"
-    "  else\n"
-    "    tat[i] = before\n"
-    "    all = false\n"
-    "    out[o + 1] = 0\n"
-    "    if debt < btol then out[o + 2] = idiv(btol - debt, iv)\n"
-    "    else out[o + 2] = 0 end\n"
-    "    if cost > burst + delay or excess <= ttol then out[o + 3] = -1\n"
-    "    else out[o + 3] = excess - ttol end\n"
-    "    out[o + 4] = debt\n"
-    "    out[o + 5] = 0\n"
+    "  if not all then out[base] = 0 end\n"
+    "  if all and not peek then\n"
+    "    for k, v in pairs(tat) do\n"
+    "      stored[k] = v\n"
+    "      if not dirty[k] then dirty[k] = true; order[#order + 1] = k end\n"
+    "    end\n"
     "  end\n"
     "end\n"
-    "if not all then out[2] = 0 end\n"
-    "if all and ARGV[1] ~= '1' then\n"
-    "  for i = 1, n do\n"
-    "    local k = KEYS[i]\n"
-    "    if last[k] == i and tat[i] > now then\n"
-    "      redis.call('SET', k, string.format('%.0f', tat[i]), 'PX',\n"
-    "                 string.format('%.0f', idiv(tat[i] - now + 999, 1000)))\n"
-    "    end\n"
+    "for _, k in ipairs(order) do\n"
+    "  local v = stored[k]\n"
+    "  if v > now then\n"
+    "    redis.call('SET', k, string.format('%.0f', v), 'PX',\n"
+    "               string.format('%.0f', idiv(v - now + 999, 1000)))\n"
     "  end\n"
     "end\n"
     "return out\n";
@@ -158,30 +187,62 @@ struct tg_ratelimit_redis {
     int64_t last_time_us; /* Redis TIME of the last decision (tests) */
     uint64_t reloads;     /* NOSCRIPT retries */
     uint64_t requests, errors, short_circuited;
+
+    /* Takes asked for in this loop iteration, sent together by `flush`. */
+    struct tg_ratelimit_redis_pending *queue_head, *queue_tail;
+    size_t queued, queued_keys;
+    ev_prepare flush;
 };
 
-enum pending_kind {
-    PENDING_TAKE = 0,
-    PENDING_RESET,
+/* At most this many requests (and keys) go in one EVALSHA. */
+#define BATCH_MAX 64
+#define BATCH_KEYS_MAX 512
+
+/* One request's take, from tg_ratelimit_redis_take until its callback
+ * (or cancel): queued, then part of a batch. Keys and numbers are kept as
+ * the command's arguments will need them. */
+struct take_op {
+    const char *key;       /* the full Redis key, in the pending's memory */
+    size_t keylen;
+    int64_t iv_us, burst, delay, cost;
 };
 
-/* One take or reset until its callback (or cancel). Allocated in one piece
- * with its command's arguments, kept for a NOSCRIPT retry. Not owned by
- * the limiter: the link calls every pending back (with NULL when it is
- * freed), and a cancelled one is freed at once, its link command being
- * cancelled too. */
+struct batch;
+
 struct tg_ratelimit_redis_pending {
     struct tg_ratelimit_redis *r;
-    struct tg_redis_cmd *cmd;
+    struct batch *batch;   /* NULL while queued */
     tg_ratelimit_redis_cb cb;
     void *arg;
-    ev_tstamp deadline;
-    unsigned char kind;
-    bool retried;
+    bool peek;
+    bool cancelled;        /* in a batch: free it when the batch ends */
     size_t nops;
+    struct take_op ops[TG_RATELIMIT_LOCAL_MAX_OPS];
+    struct tg_ratelimit_redis_pending *next;
+    char keys[];           /* the keys' bytes */
+};
+
+/* One EVALSHA carrying several takes. Owns its pendings and the command's
+ * arguments until the reply (or the link's NULL on failure) ends it. */
+struct batch {
+    struct tg_ratelimit_redis *r;
+    struct tg_redis_cmd *cmd;
+    struct tg_ratelimit_redis_pending *head;
+    size_t n;
+    bool retried;
+    ev_tstamp deadline;
     int argc;
     const char **argv;
     size_t *argvlen;
+    char *numbuf;          /* the decimal numbers, NUM_MAX each */
+};
+
+/* A reset (DEL): its own command, not batched. */
+struct reset_cmd {
+    struct tg_ratelimit_redis *r;
+    tg_ratelimit_redis_cb cb;
+    void *arg;
+    char key[];
 };
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -242,43 +303,6 @@ static size_t build_key(const struct tg_ratelimit_redis *r, char *out,
     return (size_t)(p - out);
 }
 
-/* A pending with room for argc arguments of `bytes` bytes in total. */
-static struct tg_ratelimit_redis_pending *
-pending_new(struct tg_ratelimit_redis *r, int argc, size_t bytes, char **buf)
-{
-    size_t head = sizeof(struct tg_ratelimit_redis_pending);
-    size_t size = head + (size_t)argc * (sizeof(char *) + sizeof(size_t)) +
-                  bytes;
-    struct tg_ratelimit_redis_pending *p = calloc(1, size);
-    if (p == NULL)
-        return NULL;
-    p->r = r;
-    p->argc = argc;
-    p->argv = (const char **)((char *)p + head);
-    p->argvlen = (size_t *)(p->argv + argc);
-    *buf = (char *)(p->argvlen + argc);
-    return p;
-}
-
-/* Appends an argument of n bytes copied from s at *buf. */
-static void put_arg(struct tg_ratelimit_redis_pending *p, int *i, char **buf,
-                    const void *s, size_t n)
-{
-    memcpy(*buf, s, n);
-    p->argv[*i] = *buf;
-    p->argvlen[*i] = n;
-    *buf += n;
-    (*i)++;
-}
-
-static void put_num(struct tg_ratelimit_redis_pending *p, int *i, char **buf,
-                    int64_t v)
-{
-    char tmp[NUM_MAX];
-    int n = snprintf(tmp, sizeof(tmp), "%lld", (long long)v);
-    put_arg(p, i, buf, tmp, (size_t)n);
-}
-
 static int64_t us_to_ns(long long us)
 {
     if (us > INT64_MAX / 1000)
@@ -286,22 +310,10 @@ static int64_t us_to_ns(long long us)
     return (int64_t)us * 1000;
 }
 
-static int64_t remaining_ms(const struct tg_ratelimit_redis_pending *p)
+static int64_t remaining_ms(const struct batch *b)
 {
-    double left = (p->deadline - ev_now(p->r->loop)) * 1e3;
+    double left = (b->deadline - ev_now(b->r->loop)) * 1e3;
     return left >= 1. ? (int64_t)(left + 0.999) : 1;
-}
-
-/* Calls the user back and frees the pending. Nothing of the limiter may be
- * touched afterwards: the callback may have freed it. */
-static void finish(struct tg_ratelimit_redis_pending *p, int status,
-                   bool allowed, const struct tg_ratelimit_result *res,
-                   size_t n)
-{
-    tg_ratelimit_redis_cb cb = p->cb;
-    void *arg = p->arg;
-    free(p);
-    cb(arg, status, allowed, res, n);
 }
 
 /* ---- script loading -------------------------------------------------------- */
@@ -394,22 +406,18 @@ static void on_link_state(void *arg, enum tg_redis_state old,
 /* ---- take ---------------------------------------------------------------- */
 
 /* Checks the script's reply and fills res[0..n). */
-static bool parse_take(const redisReply *rep, size_t n,
-                       struct tg_ratelimit_result *res, bool *all,
-                       int64_t *now_us)
+/* Reads one request's slice of the reply, starting at element *at. */
+static bool parse_group(const redisReply *rep, size_t *at, size_t n,
+                        struct tg_ratelimit_result *res, bool *all)
 {
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 + 5 * n)
+    if (*at + 1 + 5 * n > rep->elements)
         return false;
-    for (size_t i = 0; i < rep->elements; i++)
-        if (rep->element[i] == NULL ||
-            rep->element[i]->type != REDIS_REPLY_INTEGER)
-            return false;
-    long long now = rep->element[0]->integer, a = rep->element[1]->integer;
-    if (now <= 0 || (a != 0 && a != 1))
+    long long a = rep->element[*at]->integer;
+    if (a != 0 && a != 1)
         return false;
     bool every = true;
     for (size_t k = 0; k < n; k++) {
-        redisReply **e = rep->element + 2 + 5 * k;
+        redisReply **e = rep->element + *at + 1 + 5 * k;
         long long ok = e[0]->integer, remaining = e[1]->integer,
                   retry = e[2]->integer, reset = e[3]->integer,
                   delay = e[4]->integer;
@@ -426,7 +434,31 @@ static bool parse_take(const redisReply *rep, size_t n,
     if (every != (a == 1))
         return false;
     *all = every;
-    *now_us = now;
+    *at += 1 + 5 * n;
+    return true;
+}
+
+/* Checks the whole reply, shape and values, before anyone is told
+ * anything: a malformed reply is one fault for the whole batch. */
+static bool reply_valid(const struct batch *b, const redisReply *rep)
+{
+    size_t want = 1;
+    for (const struct tg_ratelimit_redis_pending *p = b->head; p != NULL; p = p->next)
+        want += 1 + 5 * p->nops;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != want)
+        return false;
+    for (size_t i = 0; i < rep->elements; i++)
+        if (rep->element[i] == NULL || rep->element[i]->type != REDIS_REPLY_INTEGER)
+            return false;
+    if (rep->element[0]->integer <= 0)
+        return false;
+    size_t at = 1;
+    for (const struct tg_ratelimit_redis_pending *p = b->head; p != NULL; p = p->next) {
+        struct tg_ratelimit_result res[TG_RATELIMIT_LOCAL_MAX_OPS];
+        bool all;
+        if (!parse_group(rep, &at, p->nops, res, &all))
+            return false;
+    }
     return true;
 }
 
@@ -438,41 +470,165 @@ static bool is_error(const redisReply *rep, const char *code)
            (rep->len == n || rep->str[n] == ' ');
 }
 
-static int on_take_reply(void *arg, const redisReply *reply)
+/* Ends a batch: every live pending hears its outcome (status -1 for all
+ * when `rep` is NULL; a non-NULL `rep` has passed reply_valid), cancelled
+ * ones are just freed. The
+ * callbacks may free the limiter: nothing of it is touched after them. */
+static void batch_end(struct batch *b, const redisReply *rep)
 {
-    struct tg_ratelimit_redis_pending *p = arg;
-    struct tg_ratelimit_redis *r = p->r;
+    struct tg_ratelimit_redis *r = b->r;
+    bool ok = rep != NULL;
+    size_t at = 1;
+    if (ok)
+        r->last_time_us = rep->element[0]->integer;
+    struct tg_ratelimit_redis_pending *p = b->head;
+    free(b->argv);
+    free(b);
+    while (p != NULL) {
+        struct tg_ratelimit_redis_pending *next = p->next;
+        struct tg_ratelimit_result res[TG_RATELIMIT_LOCAL_MAX_OPS];
+        bool all = false;
+        bool good = ok && parse_group(rep, &at, p->nops, res, &all);
+        tg_ratelimit_redis_cb cb = p->cancelled ? NULL : p->cb;
+        void *arg = p->arg;
+        size_t n = p->nops;
+        free(p);
+        if (cb != NULL) {
+            if (good)
+                cb(arg, 0, all, res, n);
+            else
+                cb(arg, -1, false, NULL, 0);
+        }
+        p = next;
+    }
+}
+
+static int on_batch_reply(void *arg, const redisReply *reply)
+{
+    struct batch *b = arg;
+    struct tg_ratelimit_redis *r = b->r;
     if (reply == NULL) {
-        finish(p, -1, false, NULL, 0);
+        batch_end(b, NULL);
         return 0; /* ignored: the link counted the fault */
     }
-    if (!p->retried && is_error(reply, "NOSCRIPT")) {
+    if (!b->retried && is_error(reply, "NOSCRIPT")) {
         /* The script cache was flushed (SCRIPT FLUSH, a restart behind a
-         * proxy, a failover): load it again, and send the same request
-         * behind the load, within what is left of its deadline. */
-        p->retried = true;
+         * proxy, a failover): load it again, and send the same batch behind
+         * the load, within what is left of its deadline. */
+        b->retried = true;
         r->reloads++;
         load_script(r);
-        p->cmd = tg_redis_command(r->link, p->argc, p->argv, p->argvlen,
-                                  remaining_ms(p), on_take_reply, p);
-        if (p->cmd == NULL)
-            finish(p, -1, false, NULL, 0);
+        b->cmd = tg_redis_command(r->link, b->argc, b->argv, b->argvlen,
+                                  remaining_ms(b), on_batch_reply, b);
+        if (b->cmd == NULL)
+            batch_end(b, NULL);
         return 0; /* Redis answered: not a fault */
     }
-    struct tg_ratelimit_result res[MAX_OPS];
-    bool all = false;
-    int64_t now = 0;
-    if (!parse_take(reply, p->nops, res, &all, &now)) {
+    if (!reply_valid(b, reply)) {
         /* -READONLY, -LOADING, -BUSY, a second NOSCRIPT, a wrong type or
          * shape: a fault, reported once per state change by the link. */
         r->errors++;
-        finish(p, -1, false, NULL, 0);
+        batch_end(b, NULL);
         return -1;
     }
-    r->requests += p->nops;
-    r->last_time_us = now;
-    finish(p, 0, all, res, p->nops);
+    for (struct tg_ratelimit_redis_pending *p = b->head; p != NULL; p = p->next)
+        r->requests += p->nops;
+    batch_end(b, reply);
     return 0;
+}
+
+/* Sends what is queued as one EVALSHA:
+ *   EVALSHA sha numkeys key... G (peek n)... (interval_us burst delay cost)... */
+static void flush_queue(struct tg_ratelimit_redis *r)
+{
+    while (r->queue_head != NULL) {
+        /* Take as many queued requests as fit one batch. */
+        struct tg_ratelimit_redis_pending *head = r->queue_head, *p = head, *last = NULL;
+        size_t n = 0, keys = 0;
+        while (p != NULL && n < BATCH_MAX && keys + p->nops <= BATCH_KEYS_MAX) {
+            keys += p->nops;
+            n++;
+            last = p;
+            p = p->next;
+        }
+        r->queue_head = p;
+        if (p == NULL)
+            r->queue_tail = NULL;
+        last->next = NULL;
+        r->queued -= n;
+        r->queued_keys -= keys;
+
+        int argc = 3 + (int)keys + 1 + 2 * (int)n + 4 * (int)keys;
+        size_t nums = 2 + 2 * n + 4 * keys;
+        struct batch *b = calloc(1, sizeof(*b));
+        char *mem = b ? malloc((size_t)argc * (sizeof(char *) + sizeof(size_t)) +
+                               nums * NUM_MAX) : NULL;
+        if (b == NULL || mem == NULL) {
+            free(b);
+            free(mem);
+            /* Tell them at once; they get on_error. */
+            struct batch fake = {.r = r, .head = head};
+            struct batch *copy = malloc(sizeof(*copy));
+            if (copy != NULL) {
+                *copy = fake;
+                copy->argv = NULL;
+                batch_end(copy, NULL);
+            }
+            continue;
+        }
+        b->r = r;
+        b->head = head;
+        b->n = n;
+        b->argc = argc;
+        b->argv = (const char **)mem;
+        b->argvlen = (size_t *)(b->argv + argc);
+        b->numbuf = (char *)(b->argvlen + argc);
+        b->deadline = ev_now(r->loop) + (double)tg_redis_timeout_ms(r->link) / 1e3;
+        for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next)
+            q->batch = b;
+
+        int i = 0;
+        char *num = b->numbuf;
+#define ARG(ptr, len) (b->argv[i] = (ptr), b->argvlen[i++] = (len))
+#define NUM(v) do { int w_ = snprintf(num, NUM_MAX, "%lld", (long long)(v)); \
+                    ARG(num, (size_t)w_); num += NUM_MAX; } while (0)
+        ARG("EVALSHA", 7);
+        ARG(r->sha, 40);
+        NUM(keys);
+        for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next)
+            for (size_t k = 0; k < q->nops; k++)
+                ARG(q->ops[k].key, q->ops[k].keylen);
+        NUM(n);
+        for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next) {
+            ARG(q->peek ? "1" : "0", 1);
+            NUM(q->nops);
+        }
+        for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next) {
+            for (size_t k = 0; k < q->nops; k++) {
+                NUM(q->ops[k].iv_us);
+                NUM(q->ops[k].burst);
+                NUM(q->ops[k].delay);
+                NUM(q->ops[k].cost);
+            }
+        }
+#undef NUM
+#undef ARG
+        b->cmd = tg_redis_command(r->link, b->argc, b->argv, b->argvlen, 0, on_batch_reply, b);
+        if (b->cmd == NULL) {
+            r->short_circuited += n;
+            batch_end(b, NULL);
+        }
+    }
+}
+
+/* Just before the loop waits: everything asked for in this iteration goes
+ * out together. */
+static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)revents;
+    struct tg_ratelimit_redis *r = w->data;
+    ev_prepare_stop(loop, w);
+    flush_queue(r);
 }
 
 static bool valid_op(const struct tg_ratelimit_redis_op *op)
@@ -495,28 +651,20 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
         r->short_circuited++;
         return NULL;
     }
-
-    /* EVALSHA sha numkeys key... peek (interval_us burst delay cost)... */
-    int argc = 3 + (int)nops + 1 + 4 * (int)nops;
-    size_t bytes = 7 + 40 + NUM_MAX + 1 + 4 * nops * NUM_MAX;
+    size_t bytes = 0;
     for (size_t i = 0; i < nops; i++)
         bytes += key_len(r, ops[i].policy, ops[i].keylen);
-    char *buf;
-    struct tg_ratelimit_redis_pending *p = pending_new(r, argc, bytes, &buf);
+    struct tg_ratelimit_redis_pending *p = calloc(1, sizeof(*p) + bytes);
     if (p == NULL) {
         r->short_circuited++;
         return NULL;
     }
-    p->kind = PENDING_TAKE;
+    p->r = r;
     p->cb = cb;
     p->arg = arg;
+    p->peek = peek;
     p->nops = nops;
-    p->deadline = ev_now(r->loop) + (double)tg_redis_timeout_ms(r->link) / 1e3;
-
-    int i = 0;
-    put_arg(p, &i, &buf, "EVALSHA", 7);
-    put_arg(p, &i, &buf, r->sha, 40);
-    put_num(p, &i, &buf, (int64_t)nops);
+    char *buf = p->keys;
     for (size_t k = 0; k < nops; k++) {
         size_t n = build_key(r, buf, ops[k].policy, ops[k].key, ops[k].keylen);
         if (n == 0) {
@@ -524,28 +672,25 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
             r->short_circuited++;
             return NULL;
         }
-        p->argv[i] = buf;
-        p->argvlen[i++] = n;
+        const struct tg_ratelimit_params *pp = &ops[k].params;
+        p->ops[k] = (struct take_op){
+            buf, n,
+            /* Round up: never a faster rate than configured. */
+            pp->interval_ns / 1000 + (pp->interval_ns % 1000 != 0),
+            pp->burst, pp->delay, ops[k].cost};
         buf += n;
     }
-    put_arg(p, &i, &buf, peek ? "1" : "0", 1);
-    for (size_t k = 0; k < nops; k++) {
-        const struct tg_ratelimit_params *pp = &ops[k].params;
-        /* Round up: never a faster rate than configured. */
-        int64_t iv_us = pp->interval_ns / 1000 + (pp->interval_ns % 1000 != 0);
-        put_num(p, &i, &buf, iv_us);
-        put_num(p, &i, &buf, pp->burst);
-        put_num(p, &i, &buf, pp->delay);
-        put_num(p, &i, &buf, ops[k].cost);
-    }
-
-    p->cmd = tg_redis_command(r->link, p->argc, p->argv, p->argvlen, 0,
-                              on_take_reply, p);
-    if (p->cmd == NULL) {
-        free(p);
-        r->short_circuited++;
-        return NULL;
-    }
+    if (r->queue_tail != NULL)
+        r->queue_tail->next = p;
+    else
+        r->queue_head = p;
+    r->queue_tail = p;
+    r->queued++;
+    r->queued_keys += nops;
+    if (r->queued >= BATCH_MAX || r->queued_keys >= BATCH_KEYS_MAX)
+        flush_queue(r);
+    else if (!ev_is_active(&r->flush))
+        ev_prepare_start(r->loop, &r->flush);
     return p;
 }
 
@@ -553,7 +698,23 @@ void tg_ratelimit_redis_cancel(struct tg_ratelimit_redis_pending *p)
 {
     if (p == NULL)
         return;
-    tg_redis_cancel(p->cmd);
+    if (p->batch != NULL) {
+        p->cancelled = true; /* freed when its batch ends */
+        return;
+    }
+    struct tg_ratelimit_redis *r = p->r;
+    struct tg_ratelimit_redis_pending **pp = &r->queue_head, *prev = NULL;
+    while (*pp != NULL && *pp != p) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (*pp == p) {
+        *pp = p->next;
+        if (r->queue_tail == p)
+            r->queue_tail = prev;
+        r->queued--;
+        r->queued_keys -= p->nops;
+    }
     free(p);
 }
 
@@ -561,17 +722,21 @@ void tg_ratelimit_redis_cancel(struct tg_ratelimit_redis_pending *p)
 
 static int on_reset_reply(void *arg, const redisReply *reply)
 {
-    struct tg_ratelimit_redis_pending *p = arg;
+    struct reset_cmd *c = arg;
+    tg_ratelimit_redis_cb cb = c->cb;
+    void *cbarg = c->arg;
+    struct tg_ratelimit_redis *r = c->r;
+    free(c);
     if (reply == NULL) {
-        finish(p, -1, false, NULL, 0);
+        cb(cbarg, -1, false, NULL, 0);
         return 0;
     }
     if (reply->type != REDIS_REPLY_INTEGER) {
-        p->r->errors++;
-        finish(p, -1, false, NULL, 0);
+        r->errors++;
+        cb(cbarg, -1, false, NULL, 0);
         return -1;
     }
-    finish(p, 0, true, NULL, 0);
+    cb(cbarg, 0, true, NULL, 0);
     return 0;
 }
 
@@ -585,27 +750,21 @@ int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy,
         r->short_circuited++;
         return -1;
     }
-    char *buf;
-    struct tg_ratelimit_redis_pending *p =
-        pending_new(r, 2, 3 + key_len(r, policy, keylen), &buf);
-    if (p == NULL)
+    struct reset_cmd *c = calloc(1, sizeof(*c) + key_len(r, policy, keylen));
+    if (c == NULL)
         return -1;
-    p->kind = PENDING_RESET;
-    p->cb = cb;
-    p->arg = arg;
-    int i = 0;
-    put_arg(p, &i, &buf, "DEL", 3);
-    size_t n = build_key(r, buf, policy, key, keylen);
+    c->r = r;
+    c->cb = cb;
+    c->arg = arg;
+    size_t n = build_key(r, c->key, policy, key, keylen);
     if (n == 0) {
-        free(p);
+        free(c);
         return -1;
     }
-    p->argv[i] = buf;
-    p->argvlen[i++] = n;
-    p->cmd = tg_redis_command(r->link, 2, p->argv, p->argvlen, 0,
-                              on_reset_reply, p);
-    if (p->cmd == NULL) {
-        free(p);
+    const char *argv[] = {"DEL", c->key};
+    size_t len[] = {3, n};
+    if (tg_redis_command(r->link, 2, argv, len, 0, on_reset_reply, c) == NULL) {
+        free(c);
         r->short_circuited++;
         return -1;
     }
@@ -652,6 +811,8 @@ struct tg_ratelimit_redis *tg_ratelimit_redis_new(struct ev_loop *loop,
     if (r->link == NULL)
         goto fail;
 
+    ev_prepare_init(&r->flush, on_flush);
+    r->flush.data = r;
     ev_timer_init(&r->heartbeat_timer, on_heartbeat_timer,
                   heartbeat_interval_s, heartbeat_interval_s);
     r->heartbeat_timer.data = r;
@@ -680,7 +841,19 @@ void tg_ratelimit_redis_free(struct tg_ratelimit_redis *r)
     if (r == NULL)
         return;
     ev_timer_stop(r->loop, &r->heartbeat_timer);
-    /* Calls every live pending back with NULL (status -1) now. */
+    ev_prepare_stop(r->loop, &r->flush);
+    /* Queued takes never left: they fail now. */
+    struct tg_ratelimit_redis_pending *q = r->queue_head;
+    r->queue_head = r->queue_tail = NULL;
+    while (q != NULL) {
+        struct tg_ratelimit_redis_pending *next = q->next;
+        tg_ratelimit_redis_cb cb = q->cb;
+        void *arg = q->arg;
+        free(q);
+        cb(arg, -1, false, NULL, 0);
+        q = next;
+    }
+    /* Calls every batch in flight back with NULL (status -1) now. */
     tg_redis_free(r->link);
     free(r->gateway_id);
     free(r->prefix);

@@ -427,8 +427,9 @@ static long long evalsha_calls(void)
     return v;
 }
 
-/* Sixteen takes issued in one loop iteration reach Redis in one read and
- * their replies are handled in one read too: one round trip. */
+/* Sixteen takes issued in one loop iteration reach Redis as one EVALSHA
+ * (one batch, one read) and are all answered in one loop iteration: one
+ * round trip and one script run for the lot. */
 TEST(pipelining)
 {
     struct tg_config_redis c = cfg_port(srv.port);
@@ -456,15 +457,72 @@ TEST(pipelining)
         same += g[i].calls == 1 && g[i].status == 0 &&
                 g[i].iteration == g[0].iteration;
     CHECK_EQ_INT(same, N);
-    /* Server side: N EVALSHAs in one read (beside the INFOs'). */
-    CHECK_EQ_INT(c2 - c1, N);
+    /* Server side: one EVALSHA in one read (beside the INFOs'). */
+    CHECK_EQ_INT(c2 - c1, 1);
     CHECK_EQ_INT(r2 - r1 - per_info, 1);
     struct tg_redis_stats after;
     tg_redis_stats(r->link, &after);
-    CHECK_EQ_INT(after.replies - before.replies, N);
-    fprintf(stderr, "pipelining: %d takes, %lld server read(s), replies "
-                    "handled in %d loop iteration(s)\n",
-            N, r2 - r1 - per_info, same == N ? 1 : -1);
+    CHECK_EQ_INT(after.replies - before.replies, 1);
+    /* Each take got its own key's answer: all five left of a burst of 5
+     * minus the one taken. */
+    for (int i = 0; i < N; i++)
+        CHECK_EQ_INT(g[i].res[0].remaining, 4);
+    struct tg_ratelimit_redis_stats st;
+    tg_ratelimit_redis_stats(r, &st);
+    CHECK_EQ_INT(st.requests, N);
+    fprintf(stderr, "batching: %d takes, %lld EVALSHA(s), %lld server "
+                    "read(s), answered in %d loop iteration(s)\n",
+            N, c2 - c1, r2 - r1 - per_info, same == N ? 1 : -1);
+    tg_ratelimit_redis_free(r);
+}
+
+/* Takes batched together are decided in the order they were asked, each
+ * seeing the ones before it; a take cancelled while queued is not sent,
+ * one cancelled after its batch went out is not called. */
+TEST(batch_order_and_cancel)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    struct tg_ratelimit_redis_op x = op("bo", "x", 1000 * MS, 1, 0, 1);
+    struct tg_ratelimit_redis_op y = op("bo", "y", 1000 * MS, 5, 0, 1);
+    struct tg_ratelimit_redis_op xy[2] = {x, y};
+    struct got a = {0}, b = {0}, cc = {0}, d = {0}, e = {0}, f = {0}, g = {0};
+    CHECK(tg_ratelimit_redis_take(r, xy, 2, false, got_cb, &a) != NULL);
+    tg_ratelimit_redis_cancel(tg_ratelimit_redis_take(r, &y, 1, false, got_cb, &b));
+    CHECK(tg_ratelimit_redis_take(r, &y, 1, false, got_cb, &cc) != NULL);
+    CHECK(tg_ratelimit_redis_take(r, &x, 1, false, got_cb, &d) != NULL);
+    CHECK(tg_ratelimit_redis_take(r, &y, 1, true, got_cb, &e) != NULL);
+    CHECK(tg_ratelimit_redis_take(r, xy, 2, false, got_cb, &f) != NULL);
+    CHECK(tg_ratelimit_redis_take(r, &y, 1, true, got_cb, &g) != NULL);
+    CHECK(h_run_until(loop, got_done, &g, 2));
+    CHECK(a.allowed && a.res[0].remaining == 0 && a.res[1].remaining == 4);
+    CHECK_EQ_INT(b.calls, 0);                 /* cancelled: y not taken */
+    CHECK(cc.allowed && cc.res[0].remaining == 3);
+    CHECK(!d.allowed && d.res[0].retry_after_ns > 0);
+    /* A peek reports what a take would leave, and takes nothing. */
+    CHECK(e.allowed && e.res[0].remaining == 2);
+    CHECK(!f.allowed && !f.res[0].allowed);   /* x refused ... */
+    CHECK(g.allowed && g.res[0].remaining == 2); /* ... so y was not taken */
+    int same = 0;
+    struct got *all[] = {&a, &cc, &d, &e, &f, &g};
+    for (size_t i = 0; i < 6; i++)
+        same += all[i]->calls == 1 && all[i]->status == 0 &&
+                all[i]->iteration == a.iteration;
+    CHECK_EQ_INT(same, 6);
+
+    /* Cancelled after its batch was sent. */
+    struct got h = {0}, i = {0};
+    CHECK(tg_ratelimit_redis_take(r, &y, 1, false, got_cb, &h) != NULL);
+    struct tg_ratelimit_redis_pending *ph =
+        tg_ratelimit_redis_take(r, &y, 1, false, got_cb, &i);
+    CHECK(ph != NULL);
+    ev_run(loop, EVRUN_NOWAIT); /* the batch goes out */
+    tg_ratelimit_redis_cancel(ph);
+    CHECK(h_run_until(loop, got_done, &h, 2));
+    h_run_for(loop, 0.02);
+    CHECK_EQ_INT(h.calls, 1);
+    CHECK_EQ_INT(i.calls, 0);
+    CHECK_EQ_INT(h.res[0].remaining, 2);
     tg_ratelimit_redis_free(r);
 }
 
@@ -484,8 +542,8 @@ TEST(script_flush_reloads)
     CHECK(g.allowed);
     CHECK_EQ_INT(r->reloads, 1);
 
-    /* Several in flight when the cache goes: each retries once, behind
-     * one SCRIPT LOAD. */
+    /* Several in flight when the cache goes: they travel as one batch,
+     * which retries once behind one SCRIPT LOAD. */
     freeReplyObject(h_cmd(sc, "SCRIPT FLUSH"));
     struct got m[4];
     memset(m, 0, sizeof(m));
@@ -494,7 +552,7 @@ TEST(script_flush_reloads)
     CHECK(h_run_until(loop, got_done, &m[3], 2));
     for (int i = 0; i < 4; i++)
         CHECK_EQ_INT(m[i].status, 0);
-    CHECK_EQ_INT(r->reloads, 5);
+    CHECK_EQ_INT(r->reloads, 2);
     struct tg_ratelimit_redis_stats st;
     tg_ratelimit_redis_stats(r, &st);
     CHECK_EQ_INT(st.errors, 0);
@@ -850,6 +908,7 @@ int main(void)
     RUN(peek_and_ttl);
     RUN(key_format);
     RUN(pipelining);
+    RUN(batch_order_and_cancel);
     RUN(script_flush_reloads);
     RUN(stopped_then_restarted);
     RUN(slow_redis);
