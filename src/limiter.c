@@ -261,6 +261,30 @@ uint64_t tg_limiter_hash_part(struct tg_request *req, const struct tg_config_rl_
     return h;
 }
 
+/* Keeps the item's key in the request arena, as the local store wants it
+ * (tg_limiter_store_key's form), the Redis form pointing into it. */
+static int set_key(struct tg_request *req, struct tg_limiter_item *it, const char *key,
+                   size_t keylen)
+{
+    size_t cap = strlen(it->policy->name) + 1 + keylen;
+    char *sk = tg_arena_alloc(&req->arena, cap + 1);
+    if (sk == NULL) {
+        /* Still usable: the policy's one shared bucket. */
+        it->store_key = it->policy->name;
+        it->store_keylen = strlen(it->policy->name);
+        it->key = "";
+        it->keylen = 0;
+        return -1;
+    }
+    size_t n = tg_limiter_store_key(it->policy->name, key, keylen, sk, cap);
+    sk[n] = '\0';
+    it->store_key = sk;
+    it->store_keylen = n;
+    it->key = sk + (n - keylen);
+    it->keylen = keylen;
+    return 0;
+}
+
 int tg_limiter_prepare(struct tg_request *req)
 {
     struct tg_limiter_state *lim = &req->lim;
@@ -268,7 +292,7 @@ int tg_limiter_prepare(struct tg_request *req)
     const struct tg_config_policy_list *list = tg_limiter_policies(cfg, req->route);
     if (list->n == 0)
         return 0; /* the request start zeroed what is read then */
-    memset(lim, 0, sizeof(*lim));
+    memset(lim, 0, offsetof(struct tg_limiter_state, items));
     if (cfg->rate_limit.exempt != NULL &&
         tg_cidr_set_lookup(cfg->rate_limit.exempt, &req->client) != 0) {
         lim->outcome = "exempt";
@@ -278,6 +302,7 @@ int tg_limiter_prepare(struct tg_request *req)
     for (size_t i = 0; i < list->n && lim->n < TG_LIMITER_MAX_POLICIES; i++) {
         struct tg_limiter_item *it = &lim->items[lim->n++];
         const struct tg_config_policy *pol = list->items[i];
+        memset(it, 0, sizeof(*it));
         it->policy = pol;
         it->params = pol->params;
         /* A tenant's own quota (from the directory) replaces the policy's
@@ -318,10 +343,8 @@ int tg_limiter_prepare(struct tg_request *req)
                 kb_put(&k, "|", 1);
             build_part(req, &pol->parts[p], &k, NULL, 0, false);
         }
-        it->key = tg_arena_strndup(&req->arena, buf, k.n);
-        if (it->key == NULL)
+        if (set_key(req, it, buf, k.n) < 0)
             return -1;
-        it->keylen = k.n;
     }
     return 0;
 }
@@ -345,8 +368,7 @@ void tg_limiter_take_body(struct tg_request *req, const char *body, size_t len)
             else
                 build_part(req, &pol->parts[p], &k, body, peek, true);
         }
-        it->key = tg_arena_strndup(&req->arena, buf, k.n);
-        it->keylen = it->key != NULL ? k.n : 0;
+        set_key(req, it, buf, k.n); /* out of memory: a shared bucket */
         it->key_pending = false;
     }
     lim->needs_body = false;
@@ -368,29 +390,20 @@ size_t tg_limiter_store_key(const char *policy, const char *key, size_t keylen, 
     return nn + 1 + keylen;
 }
 
-static size_t store_key(const struct tg_limiter_item *it, char *out, size_t cap)
-{
-    return tg_limiter_store_key(it->policy->name, it->key, it->keylen, out, cap);
-}
-
 static void decide_local(struct tg_ratelimit_local *table, struct tg_limiter_item **items,
                          size_t n, bool peek, int64_t cost, int64_t now)
 {
     struct tg_ratelimit_op ops[TG_LIMITER_MAX_POLICIES];
-    char keys[TG_LIMITER_MAX_POLICIES][MAX_KEY + 80];
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        size_t kl = store_key(items[i], keys[m], sizeof(keys[m]));
-        ops[m] = (struct tg_ratelimit_op){keys[m], kl, &items[i]->params, cost, {0}};
-        m++;
-    }
-    if (m == 0)
+    if (n == 0)
         return;
+    for (size_t i = 0; i < n; i++)
+        ops[i] = (struct tg_ratelimit_op){items[i]->store_key, items[i]->store_keylen,
+                                          &items[i]->params, cost, {0}};
     if (peek)
-        tg_ratelimit_local_peek(table, ops, m, now);
+        tg_ratelimit_local_peek(table, ops, n, now);
     else
-        tg_ratelimit_local_take(table, ops, m, now);
-    for (size_t i = 0; i < m; i++) {
+        tg_ratelimit_local_take(table, ops, n, now);
+    for (size_t i = 0; i < n; i++) {
         items[i]->result = ops[i].result;
         items[i]->decided = true;
     }
@@ -440,14 +453,13 @@ static void apply_on_error(struct tg_request *req, struct tg_limiter_item **item
         share = 1;
     struct tg_ratelimit_params scaled[TG_LIMITER_MAX_POLICIES];
     struct tg_ratelimit_op ops[TG_LIMITER_MAX_POLICIES];
-    char keys[TG_LIMITER_MAX_POLICIES][MAX_KEY + 80];
     for (size_t i = 0; i < n; i++) {
         scaled[i] = items[i]->params;
         scaled[i].interval_ns = scaled[i].interval_ns > INT64_MAX / share
                                     ? INT64_MAX / 2 : scaled[i].interval_ns * share;
         scaled[i].burst = (scaled[i].burst + share - 1) / share;
-        size_t kl = store_key(items[i], keys[i], sizeof(keys[i]));
-        ops[i] = (struct tg_ratelimit_op){keys[i], kl, &scaled[i], 1, {0}};
+        ops[i] = (struct tg_ratelimit_op){items[i]->store_key, items[i]->store_keylen,
+                                          &scaled[i], 1, {0}};
     }
     struct tg_ratelimit_local *table = req->conn->w->rt->rl_local;
     if (peek)
@@ -589,7 +601,7 @@ static void send_redis(struct tg_request *req, int kind)
 static void finish(struct tg_request *req)
 {
     struct tg_limiter_state *lim = &req->lim;
-    spend_local(req, any_refused(lim, true) || lim->store_error);
+    spend_local(req, any_refused(lim, false) || lim->store_error);
     finalize(req);
 }
 
@@ -638,11 +650,26 @@ int tg_limiter_decide(struct tg_request *req)
         else if (call_kind(it) == CALL_ENFORCE)
             enforce[ne++] = it;
     }
-    /* Look locally first: a request already refused here costs Redis
-     * nothing. Failure-counting policies only ever look. */
+    /* Failure-counting policies only ever look. */
     decide_local(table, failures, nf, true, 1, now);
+    if (nredis == 0) {
+        /* All local: one atomic take decides and spends (a peek if a
+         * failure policy already refused), no second pass. */
+        bool refused = any_refused(lim, false);
+        decide_local(table, enforce, ne, refused, 1, now);
+        struct tg_limiter_item *shadow[TG_LIMITER_MAX_POLICIES];
+        size_t ns = 0;
+        for (size_t i = 0; i < lim->n; i++)
+            if (call_kind(&lim->items[i]) == CALL_SHADOW)
+                shadow[ns++] = &lim->items[i];
+        decide_local(table, shadow, ns, false, 1, now);
+        finalize(req);
+        return 0;
+    }
+    /* Look locally first: a request already refused here costs Redis
+     * nothing. */
     decide_local(table, enforce, ne, true, 1, now);
-    if (nredis == 0 || any_refused(lim, false)) {
+    if (any_refused(lim, false)) {
         finish(req);
         return 0;
     }

@@ -29,7 +29,9 @@ struct tg_config_rl_key_part;
 struct tg_limiter_item {
     const struct tg_config_policy *policy;
     struct tg_ratelimit_params params; /* the policy's, or the tenant's quota */
-    char *key;                   /* request arena; without the policy name */
+    const char *store_key;       /* request arena: policy name, '\n', key */
+    size_t store_keylen;
+    const char *key;             /* within store_key: without the policy name */
     size_t keylen;
     bool key_pending;            /* a json part waits for the body */
     char **parts;                /* while pending: each part's value, NULL for json */
@@ -49,7 +51,6 @@ struct tg_limiter_call {
 
 struct tg_limiter_state {
     size_t n;
-    struct tg_limiter_item items[TG_LIMITER_MAX_POLICIES];
     bool active;                 /* policies apply and the client is not exempt */
     bool needs_body;             /* some key waits for the body peek */
     bool limited;                /* refused: answer 429 */
@@ -61,6 +62,8 @@ struct tg_limiter_state {
     bool redis_fallback;         /* Redis failed; decided by on_error */
     unsigned pending;            /* Redis calls in flight */
     struct tg_limiter_call calls[3];
+    /* Last: tg_limiter_prepare clears what is above and items[0..n). */
+    struct tg_limiter_item items[TG_LIMITER_MAX_POLICIES];
 };
 
 /* The policies for a route: its own list, else its site's, else

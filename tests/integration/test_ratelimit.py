@@ -152,6 +152,19 @@ def test_failures_lock_an_identity_not_honest_users(issue_gateway):
     assert b.requests[-1][2] == sent
 
 
+def test_a_refused_request_spends_no_other_budget(issue_gateway):
+    """All or nothing: attempts that login_failures refuses do not use up
+    the address's login budget (5 a minute)."""
+    port, _ = issue_gateway
+    for i in range(10):
+        assert post_login(port, "dave@example.com", "wrong", "192.0.2.%d" % (100 + i))[0] == 400
+    for _ in range(3):
+        assert post_login(port, "dave@example.com", "right", "198.51.100.7")[0] == 429
+    # The same address still has its five logins.
+    got = [post_login(port, "erin@example.com", "right", "198.51.100.7")[0] for _ in range(6)]
+    assert got == [200] * 5 + [429]
+
+
 def test_missing_header_falls_back_to_ip(tollgate, backend):
     b = backend()
     port = free_port()

@@ -253,6 +253,22 @@ TEST(format_matches_inet_ntop)
     }
 }
 
+/* Every octet value in every position of an IPv4 address. */
+TEST(format_ipv4_every_octet)
+{
+    for (int v = 0; v < 256; v++) {
+        for (int pos = 0; pos < 4; pos++) {
+            struct tg_addr a = {.family = AF_INET, .ip = {1, 20, 255, 0}};
+            a.ip[pos] = (uint8_t)v;
+            char ours[TG_ADDR_STRLEN], theirs[INET_ADDRSTRLEN];
+            size_t len = tg_addr_format(&a, ours, sizeof(ours));
+            inet_ntop(AF_INET, a.ip, theirs, sizeof(theirs));
+            CHECK_EQ_STR(ours, theirs);
+            CHECK_EQ_INT(len, strlen(theirs));
+        }
+    }
+}
+
 TEST(format_truncation_and_unknown)
 {
     struct tg_addr a;
@@ -762,6 +778,7 @@ int main(void)
     RUN(parse_rejects);
     RUN(parse_matches_inet_pton);
     RUN(format_matches_inet_ntop);
+    RUN(format_ipv4_every_octet);
     RUN(format_truncation_and_unknown);
     RUN(from_sockaddr);
     RUN(equal_and_mask);
