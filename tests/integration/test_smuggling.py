@@ -207,6 +207,8 @@ REQUEST_CASES = [
     ("body", "get-hiding-request", req(cl(len(SMUGGLE)), SMUGGLE, method=b"GET"), Forward(SMUGGLE, method="GET")),
     ("body", "post-hiding-request", req(cl(len(SMUGGLE)), SMUGGLE), Forward(SMUGGLE)),
     ("body", "cl-zero-then-pipelined", req(cl(0)) + NEXT, Pipeline("", "-next")),
+    ("body", "pipelined-after-connection-close", req(b"Connection: close\r\n" + cl(5), b"hello") + SMUGGLE,
+     Forward(b"hello", close=True)),
     ("body", "h2c-upgrade-with-body",
      req(b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
          + cl(5), b"hello"), Forward(b"hello")),
@@ -432,6 +434,8 @@ RESPONSE_CASES = [
      Passed(200, b"ok"), {}),
     ("extra", "more-than-cl-later", [(resp(b"Content-Length: 2\r\n", b"ok"), 0.3), (FAKE, 0)], Passed(200, b"ok"),
      {"sequential": 0.8}),
+    ("extra", "head-response-with-body", [(resp(b"Content-Length: %d\r\n" % len(FAKE), FAKE), 0)],
+     Passed(200, b""), {"method": "HEAD"}),
     ("extra", "connection-lists-cl", [(resp(b"Connection: Content-Length\r\nContent-Length: 2\r\n", b"ok"), 0)],
      Passed(200, b"ok"), {}),
     ("101", "not-requested", [(resp(b"Upgrade: websocket\r\nConnection: Upgrade\r\n", FAKE,
@@ -516,7 +520,8 @@ def test_response_framing(response_gateway, idx, group, name, chunks, expect):
     port, hb, tg = response_gateway
     assert tg.proc.poll() is None, "tollgate died:\n" + tg.stderr()[-3000:]
     opts = RESPONSE_CASES[idx][4]
-    first_req = b"GET /r/%d HTTP/1.1\r\nHost: app.test\r\n" % idx
+    method = opts.get("method", "GET")
+    first_req = b"%s /r/%d HTTP/1.1\r\nHost: app.test\r\n" % (method.encode(), idx)
     if opts.get("upgrade"):
         first_req += (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
@@ -529,7 +534,7 @@ def test_response_framing(response_gateway, idx, group, name, chunks, expect):
         else:
             c.send(first_req + second_req)  # pipelined
         try:
-            first = c.read_response(timeout=8)
+            first = c.read_response(method=method, timeout=8)
         except Malformed as e:
             pytest.fail("the client got bytes that are not a response: %s" % e)
 
@@ -566,3 +571,99 @@ def test_response_framing(response_gateway, idx, group, name, chunks, expect):
             "backend leftovers reached the client: %r" % c.received[-400:]
     finally:
         c.close()
+
+
+# ---- upgrades and early answers ------------------------------------------------------
+
+
+def _deny_admin_config(port, backend_port):
+    return basic_config(port, [backend_port], extra=CLIENT).replace(
+        "    routes:\n", "    routes:\n      - path: /admin\n        upstream: app\n"
+                        "        deny: [\"0.0.0.0/0\", \"::/0\"]\n", 1)
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n",
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+                         ids=["426", "200"])
+def test_refused_upgrade_opens_no_tunnel(tollgate, backend, answer):
+    """The backend declines a WebSocket upgrade: the connection must stay
+    HTTP, so a request sent next on it is parsed and checked by tollgate
+    (here: denied with 403), never piped to the backend as tunnel bytes."""
+    rec = Recorder()
+
+    def handler(sock, be):
+        reader = LenientReader(sock)
+        while True:
+            r = reader.read()
+            if r[0] != "ok":
+                return
+            with rec.lock:
+                rec.complete.append(r[1:])
+            sock.sendall(answer)
+    b = backend(handler)
+    port = free_port()
+    tollgate(_deny_admin_config(port, b.port))
+    c = Client(port, timeout=8)
+    c.send(b"GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    r = c.read_response(timeout=8)
+    assert r is not None and r.status == int(answer[9:12]), r
+    print("refused upgrade answered %d, connection %s" % (r.status, "closes" if r.closes else "kept"))
+    if not r.closes:
+        c.send(b"GET /admin/secret HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        r2 = c.read_response(timeout=8)
+        assert r2 is not None and r2.status == 403, r2
+    c.close()
+    time.sleep(0.1)
+    assert [x[1] for x in rec.complete] == ["/chat"], rec.complete
+
+
+def test_early_answer_then_body_is_never_parsed_as_requests(tollgate, backend):
+    """The backend answers (413) before the body has arrived, without
+    reading it; the body then sent by the client is full of requests. None
+    of them may reach the backend, and the client is not left reading the
+    answers to requests it never meant to send."""
+    rec = Recorder()
+
+    def handler(sock, be):
+        reader = LenientReader(sock)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            buf += chunk
+        with rec.lock:
+            rec.complete.append(("POST", buf.split(b" ")[1].decode(), {}, b""))
+        sock.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+        # Whatever else arrives on this connection is parsed like requests.
+        reader.buf = buf.split(b"\r\n\r\n", 1)[1]
+        while True:
+            r = reader.read()
+            if r[0] != "ok":
+                return
+            with rec.lock:
+                rec.complete.append(r[1:])
+    b = backend(handler)
+    port = free_port()
+    tollgate(_deny_admin_config(port, b.port))
+    hidden = b"GET /admin/smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n" * 20
+    c = Client(port, timeout=8)
+    c.send(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % len(hidden))
+    r = c.read_response(timeout=8)
+    assert r is not None and r.status == 413, r
+    print("early answer: connection %s" % ("closes" if r.closes else "kept"))
+    try:
+        c.send(hidden)
+    except OSError:
+        pass
+    if not r.closes:
+        c.send(b"GET /after HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        r2 = c.read_response(timeout=8)
+        assert r2 is not None and r2.status == 413 and c.buf == b"", (r2, c.buf)
+    else:
+        assert c.wait_closed(timeout=6), "Connection: close but the connection stayed open"
+    c.close()
+    time.sleep(0.2)
+    seen = [x[1] for x in rec.complete]
+    assert not [t for t in seen if "smuggled" in t], "hidden requests reached the backend: %r" % seen
