@@ -128,7 +128,10 @@ REQUEST_CASES = [
     # Content-Length variants.
     ("cl", "duplicate-other-case", req(cl(5) + b"content-length: 5\r\n", b"hello"), R400),
     ("cl", "zero-then-more", req(cl(0) + cl(len(SMUGGLE)), SMUGGLE), R400),
+    ("cl", "signed-plus", req(b"Content-Length: +5\r\n", b"hello"), R400),
+    ("cl", "signed-minus-zero", req(b"Content-Length: -0\r\n" + cl(len(SMUGGLE)), SMUGGLE), R400),
     ("cl", "space-inside", req(b"Content-Length: 1 0\r\n", b"0123456789"), R400),
+    ("cl", "hex-0x", req(b"Content-Length: 0x0a\r\n", b"0123456789"), R400),
     ("cl", "decimal", req(b"Content-Length: 5.0\r\n", b"hello"), R400),
     ("cl", "hex-letters", req(b"Content-Length: a\r\n", b"0123456789"), R400),
     ("cl", "empty", req(b"Content-Length: \r\n", b"hello"), R400),
@@ -144,6 +147,7 @@ REQUEST_CASES = [
      req(b"Connection: Content-Length\r\n" + cl(len(SMUGGLE)), SMUGGLE), Forward(SMUGGLE)),
     # Chunk sizes, extensions and data.
     ("chunk", "17-hex-digits", req(TE, b"00000000000000005\r\nhello\r\n0\r\n\r\n"), R400),
+    ("chunk", "2^64", req(TE, b"10000000000000000\r\nhello\r\n0\r\n\r\n"), R400),
     ("chunk", "2^64-1", req(TE, b"ffffffffffffffff\r\nhello\r\n0\r\n\r\n"), R400),
     ("chunk", "2^64+5-wraps-to-5", req(TE, b"10000000000000005\r\nhello\r\n0\r\n\r\n"), R400),
     ("chunk", "0x-prefix", req(TE, b"0x5\r\nhello\r\n0\r\n\r\n"), R400),
@@ -207,6 +211,7 @@ REQUEST_CASES = [
     ("body", "get-hiding-request", req(cl(len(SMUGGLE)), SMUGGLE, method=b"GET"), Forward(SMUGGLE, method="GET")),
     ("body", "post-hiding-request", req(cl(len(SMUGGLE)), SMUGGLE), Forward(SMUGGLE)),
     ("body", "cl-zero-then-pipelined", req(cl(0)) + NEXT, Pipeline("", "-next")),
+    ("body", "chunked-then-pipelined", req(TE, CHUNKED_HELLO) + NEXT, Pipeline("", "-next")),
     ("body", "pipelined-after-connection-close", req(b"Connection: close\r\n" + cl(5), b"hello") + SMUGGLE,
      Forward(b"hello", close=True)),
     ("body", "h2c-upgrade-with-body",
@@ -236,7 +241,7 @@ REQUEST_BUGS = {
 def _case_params(cases, bugs, side):
     params = []
     for i, (group, name, data, expect) in enumerate(cases):
-        cid = "%s-%02d-%s-%s=%s" % (side, i, group, name, expect)
+        cid = "%s-%03d-%s-%s=%s" % (side, i, group, name, expect)
         marks = []
         if group + "/" + name in bugs:
             marks.append(pytest.mark.xfail(strict=True, reason="BUG: " + bugs[group + "/" + name]))
