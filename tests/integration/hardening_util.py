@@ -1,7 +1,7 @@
 """Helpers shared by the hardening tests (smuggling, slow clients,
 exhaustion, chaos): a buffered client connection that parses responses the
 way a strict client would, a recording backend that parses requests the way
-a lenient origin server would, and /proc readers for CPU time and RSS."""
+a lenient origin server would, and /proc readers (CPU time, descriptors)."""
 
 import os
 import re
@@ -24,14 +24,6 @@ def cpu_seconds(pid):
     # The command name may hold spaces: fields start after the last ')'.
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def open_fds(pid):

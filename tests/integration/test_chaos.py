@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import (SLOW, RawBackend, Redis, Tollgate, basic_config, echo_handler,
-                      free_port, read_http_request, wait_port)
+                      free_port, read_http_request)
 from hardening_util import Client, Malformed, simple_get
 
 # ---- backends that die or misbehave ------------------------------------------------

@@ -9,7 +9,7 @@ import threading
 import time
 
 from conftest import SLOW, basic_config, free_port, read_http_request
-from hardening_util import Client, cpu_seconds, open_fds, raise_nofile, rss_kb, simple_get
+from hardening_util import Client, cpu_seconds, open_fds, raise_nofile, simple_get
 
 REQ = b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import SLOW, basic_config, free_port, read_http_request, status_of
-from hardening_util import Client, Recorder, open_fds, recording_handler, rss_kb, simple_get
+from hardening_util import Client, Recorder, open_fds, recording_handler, simple_get
 
 
 def listen_opts(cfg, port, opts):
@@ -397,7 +397,7 @@ client:
              rows[-1][1] if rows else "?",
              "YES" if rows and all(r[4] > 0 for r in rows) else ("?" if not rows else "NO"),
              exit_status, len(probes), max(t for _, t in probes) * 1000 if probes else -1,
-             base_fds, max(fds, default=-1), fds[-1] if fds else -1, rss_kb(tg.proc.pid)))
+             base_fds, max(fds, default=-1), fds[-1] if fds else -1, tg.rss_kb()))
     assert len(probes) >= 10, "slowhttptest ended early:\n" + text[-2000:]
     bad = [p for p in probes if p[0] != 200 or p[1] > 1.0 * SLOW]
     assert not bad, "requests failed or were slow during the attack: %r" % bad

@@ -409,6 +409,8 @@ RESPONSE_CASES = [
     ("te", "not-chunked", [(resp(b"Transfer-Encoding: gzip\r\n", b"evil"), 0)], Bad(), {"close": True}),
     ("te", "chunked-not-last", [(resp(b"Transfer-Encoding: chunked, gzip\r\n", b"4\r\nevil\r\n0\r\n\r\n"), 0)],
      Bad(), {}),
+    ("te", "connection-lists-te", [(resp(b"Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n",
+                                          b"2\r\nok\r\n0\r\n\r\n"), 0)], Passed(200, b"ok"), {}),
     ("te", "chunked-in-http/1.0", [(resp(b"Transfer-Encoding: chunked\r\n", b"4\r\nevil\r\n0\r\n\r\n",
                                          status_line=b"HTTP/1.0 200 OK"), 0)], Bad(), {}),
     ("chunk", "invalid-size", [(resp(b"Transfer-Encoding: chunked\r\n", b"zz\r\nevil\r\n0\r\n\r\n"), 0)], Cut(), {}),
