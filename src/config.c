@@ -1303,6 +1303,20 @@ static void spec_put(struct hdr_item *items, size_t *n, const char *name, const 
         items[(*n)++] = (struct hdr_item){name, value, https_only};
 }
 
+/* Headers tollgate owns: they frame the message or manage the connection,
+ * so a rule that added, replaced or dropped them could desynchronise the
+ * two sides. Host may only be replaced (headers.request.set). */
+static bool reserved_header(const char *name, const char *what)
+{
+    static const char *const owned[] = {"content-length", "transfer-encoding", "connection",
+                                        "keep-alive", "te", "trailer", "upgrade",
+                                        "proxy-connection"};
+    for (size_t i = 0; i < TG_ARRAY_LEN(owned); i++)
+        if (strcasecmp(name, owned[i]) == 0)
+            return true;
+    return strcasecmp(name, "host") == 0 && strcmp(what, "headers.request.set") != 0;
+}
+
 static int parse_header_map(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr_item *items,
                             size_t *n, const char *what)
 {
@@ -1319,6 +1333,11 @@ static int parse_header_map(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr_i
         }
         if (!valid_header_name(name)) {
             rc = node_error(ctx, k, "'%s' is not a valid header name", name);
+            continue;
+        }
+        if (reserved_header(name, what)) {
+            rc = node_error(ctx, k, "%s: '%s' is managed by tollgate and cannot be set here",
+                            what, name);
             continue;
         }
         if (!valid_header_value(value)) {
@@ -1349,6 +1368,11 @@ static int parse_header_names(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr
         const char *s = scalar(ctx, item, "a header name");
         if (s == NULL || !valid_header_name(s)) {
             rc = s == NULL ? -1 : node_error(ctx, item, "'%s' is not a valid header name", s);
+            continue;
+        }
+        if (reserved_header(s, what)) {
+            rc = node_error(ctx, item, "%s: '%s' is managed by tollgate and cannot be removed",
+                            what, s);
             continue;
         }
         l->names[l->n++] = tg_arena_strdup(&ctx->cfg->arena, s);

@@ -83,6 +83,7 @@ enum hdr_kind {
     HDR_FORWARDED,
     HDR_REQUEST_ID,
     HDR_SERVER,     /* Server, X-Powered-By: removed from responses */
+    HDR_LENGTH,     /* Content-Length: frames the body, always kept */
 };
 
 static enum hdr_kind classify(struct tg_str n)
@@ -112,6 +113,8 @@ static enum hdr_kind classify(struct tg_str n)
         if (tg_http1_name_eq(n, "x-request-id"))
             return HDR_REQUEST_ID;
         return tg_http1_name_eq(n, "x-powered-by") ? HDR_SERVER : HDR_OTHER;
+    case 14:
+        return tg_http1_name_eq(n, "content-length") ? HDR_LENGTH : HDR_OTHER;
     case 15:
         if (tg_http1_name_eq(n, "x-forwarded-for"))
             return HDR_XFF;
@@ -241,14 +244,24 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
     put_str(&o, h->method);
     put(&o, " ", 1);
     puts_(&o, req->path);
-    puts_(&o, " HTTP/1.1\r\nHost: ");
-    puts_(&o, req->host);
-    put(&o, "\r\n", 2);
+    /* The client's Host, unless headers.request.set replaces it. */
+    const struct tg_config_headers *rules = rules_of(req);
+    const struct tg_config_header *host_rule = NULL;
+    for (size_t i = 0; i < rules->nreq_set; i++)
+        if (rules->req_set[i].name_len == 4 && strncasecmp(rules->req_set[i].name, "host", 4) == 0)
+            host_rule = &rules->req_set[i];
+    puts_(&o, " HTTP/1.1\r\n");
+    if (host_rule != NULL) {
+        put_config_header(&o, host_rule);
+    } else {
+        puts_(&o, "Host: ");
+        puts_(&o, req->host);
+        put(&o, "\r\n", 2);
+    }
 
     struct tg_str xff_chain[8];
     size_t nxff = 0;
     const char *subject_header = req->conn->lcfg->client_subject_header;
-    const struct tg_config_headers *rules = rules_of(req);
     const char *geo_header = req->wcfg->config->geoip_header;
     for (size_t i = 0; i < h->nheaders; i++) {
         const struct tg_http1_header *hd = &h->headers[i];
@@ -266,6 +279,11 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
             strncasecmp(hd->name.p, subject_header, hd->name.n) == 0)
             continue;
         switch (k) {
+        case HDR_LENGTH:
+            /* Never hop-by-hop, whatever Connection lists: the body is
+             * forwarded by this length. */
+            put_header(&o, hd);
+            break;
         case HDR_OTHER:
         case HDR_SERVER:
             if (ct.n > 0 && listed_in_connection(&ct, hd->name))
@@ -331,7 +349,8 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
         put(&o, "\r\n", 2);
     }
     for (size_t i = 0; i < rules->nreq_set; i++)
-        put_config_header(&o, &rules->req_set[i]);
+        if (&rules->req_set[i] != host_rule)
+            put_config_header(&o, &rules->req_set[i]);
     put(&o, "\r\n", 2);
     return o.overflow ? -1 : 0;
 }
@@ -363,7 +382,9 @@ static void put_response_headers(struct out *o, const struct tg_request *req,
     for (size_t i = 0; i < r->nheaders; i++) {
         const struct tg_http1_header *hd = &r->headers[i];
         enum hdr_kind k = classify(hd->name);
-        if (k == HDR_UPGRADE && keep_upgrade) {
+        if ((k == HDR_UPGRADE && keep_upgrade) || k == HDR_LENGTH) {
+            /* Content-Length frames the body we forward: kept whatever the
+             * backend's Connection lists. */
             put_header(o, hd);
             continue;
         }

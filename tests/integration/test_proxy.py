@@ -77,6 +77,47 @@ def test_request_headers_rewritten(tollgate, backend):
     assert ("X-Request-Id: %s" % rid).encode() in resp
 
 
+def test_request_set_host_replaces_the_host_line(tollgate, backend):
+    b = backend()
+    port = free_port()
+    tollgate("""
+listen: [127.0.0.1:%d]
+upstreams: {app: {servers: [127.0.0.1:%d]}}
+headers:
+  request:
+    set: {Host: internal.backend, X-Env: prod}
+sites:
+  - hosts: [app.test]
+    routes: [{path: /, upstream: app}]
+""" % (port, b.port))
+    assert get(port, "/", headers={"X-Env": "dev"})[0] == 200
+    _, headers, _ = b.requests[0]
+    assert headers["host"] == ["internal.backend"]
+    assert headers["x-env"] == ["prod"]
+    assert headers["x-forwarded-host"] == ["app.test"]
+
+
+def test_header_rules_cannot_touch_framing(tmp_path):
+    """Rules that would add or drop Content-Length, Transfer-Encoding or
+    connection management are refused at load, with file:line:col."""
+    from conftest import run_tollgate_check
+    base = """
+listen: [127.0.0.1:1]
+upstreams: {app: {servers: [127.0.0.1:2]}}
+headers:
+  %s
+sites:
+  - hosts: [a.test]
+    routes: [{path: /, upstream: app}]
+"""
+    for rule in ("remove: [Content-Length]", "add: {Transfer-Encoding: chunked}",
+                 "request: {remove: [Host]}", "request: {set: {Connection: close}}",
+                 "request: {remove: [te]}", "add: {Upgrade: h2c}"):
+        rc, out, _ = run_tollgate_check(base % rule, tmp_path)
+        assert rc == 1 and "is managed by tollgate" in out, (rule, out)
+        assert re.search(r"check\.yaml:5:\d+: ", out), out
+
+
 def test_request_id_kept_when_well_formed(tollgate, backend):
     b = backend()
     port = free_port()

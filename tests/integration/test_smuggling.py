@@ -229,12 +229,8 @@ REQUEST_CASES = [
 
 # Known tollgate bugs, pinned until fixed: "group/name" -> diagnosis.
 REQUEST_BUGS = {
-    "cl/connection-lists-cl":
-        "src/headers.c tg_headers_build_request drops Content-Length when the client's Connection "
-        "header lists it (listed_in_connection applies to every HDR_OTHER field), while proxy.c "
-        "still frames and forwards the body by that Content-Length: the backend gets a bodyless "
-        "POST and parses the body as a second request, which skips routing, access rules and "
-        "rate limits",
+    # Fixed: Content-Length listed in Connection was dropped while the body
+    # was still forwarded by it (a smuggled second request).
 }
 
 
@@ -453,11 +449,8 @@ RESPONSE_CASES = [
 ]
 
 RESPONSE_BUGS = {
-    "extra/connection-lists-cl":
-        "src/headers.c put_response_headers drops the backend's Content-Length when the "
-        "backend's Connection header lists it, yet tollgate keeps the client connection alive "
-        "and forwards the Content-Length-framed body: the client gets a response without "
-        "framing and reads the next response into its body (response desynchronisation)",
+    # Fixed: the backend's Content-Length listed in its Connection header
+    # was dropped while the body was still forwarded (a desync).
 }
 
 
