@@ -45,6 +45,7 @@ static void on_upstream_io(struct tg_upconn *uc, int revents);
 static void release_tenant(struct tg_request *req);
 static void pump_client(struct tg_request *req);
 static void send_upstream(struct tg_request *req);
+static void read_upstream(struct tg_request *req);
 static void connect_upstream(struct tg_request *req);
 static void arm_deadline(struct tg_request *req);
 static void update_watches(struct tg_request *req);
@@ -1042,6 +1043,7 @@ static void attempt_failed(struct tg_request *req, const char *what, bool timeou
         tg_log_info("request %s: upstream %s %s at %s; retrying", req->request_id,
                     req->upstream->name, what, req->up_name ? req->up_name : "-");
         req->up_head_sent = 0;
+        req->up_write_failed = false;
         connect_upstream(req);
         return;
     }
@@ -1103,6 +1105,11 @@ static void send_upstream(struct tg_request *req)
 {
     struct tg_upconn *uc = req->up;
     struct tg_buf *in = req->conn->in;
+    if (req->up_write_failed) {
+        if (uc != NULL)
+            uc->io.want_write = false; /* only its answer is awaited now */
+        return;
+    }
     while (uc != NULL && uc->state == TG_UPCONN_ACTIVE) {
         struct iovec iov[2];
         int n = 0;
@@ -1126,10 +1133,18 @@ static void send_upstream(struct tg_request *req)
         if (w == TG_IO_AGAIN)
             return;
         if (w < 0) {
-            if (req->phase == TG_REQ_TUNNEL || req->resp_head_done)
+            if (req->phase == TG_REQ_TUNNEL) {
                 abort_client(req, "upstream connection failed while sending");
-            else
-                attempt_failed(req, "failed while sending the request", false);
+                return;
+            }
+            /* A backend may answer before the body is all there (413, 401)
+             * and close: its answer waits in the socket. Read it rather
+             * than call this a failure; when nothing usable is there, the
+             * read path fails the attempt (and retries if it may). */
+            req->up_write_failed = true;
+            uc->io.want_write = false;
+            if (!req->resp_head_done)
+                read_upstream(req);
             return;
         }
         uc->io.want_write = false;

@@ -100,6 +100,7 @@ struct tg_request {
     unsigned attempts;
     int server;                     /* index in upstream->servers */
     bool sent_body_bytes;           /* some body bytes left our buffer */
+    bool up_write_failed;           /* the backend stopped taking the request */
 
     /* Response, upstream -> client. */
     size_t resp_scanned;

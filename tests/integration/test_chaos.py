@@ -113,11 +113,6 @@ def test_backend_accepts_and_never_answers(tollgate):
         lsock.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: src/proxy.c send_upstream: when writing the request body fails (EPIPE/ECONNRESET after "
-    "the backend answered early and reset), it calls attempt_failed -> fail_upstream(502) without "
-    "reading the complete response already in the upstream socket (on_upstream_io handles EV_WRITE "
-    "before EV_READ); the backend's 413 becomes a 502 and counts as a passive-health failure"))
 def test_early_error_answer_then_reset_reaches_the_client(tollgate, backend):
     """The backend refuses an upload: it answers 413 without reading the
     body and closes (a reset, as unread data was pending). The answer is
