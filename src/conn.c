@@ -568,14 +568,16 @@ static void on_client_io(struct ev_loop *loop, ev_io *io, int revents)
 
 /* ---- end of a request -------------------------------------------------------- */
 
-void tg_conn_request_done(struct tg_conn *c, bool keep_alive)
+void tg_conn_request_done(struct tg_conn *c, bool keep_alive, bool unread)
 {
     c->req = NULL;
     if (c->state == TG_CONN_CLOSED)
         return;
     if (!keep_alive || c->close_after || c->w->draining) {
+        /* Linger only when the client may still be sending: bytes already
+         * here, or a body not all read. Otherwise the slot frees now. */
         bool pending = c->in != NULL && tg_buf_len(c->in) > 0;
-        close_gracefully(c, pending || !keep_alive);
+        close_gracefully(c, pending || unread);
         return;
     }
     c->state = TG_CONN_IDLE;

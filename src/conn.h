@@ -87,9 +87,11 @@ void tg_conn_watch(struct tg_conn *c, int events);
 void tg_conn_set_deadline(struct tg_conn *c, ev_tstamp when);
 
 /* Called by proxy.c when the request is over and its answer fully written.
- * keep_alive says whether the connection may serve another request. The
- * request object has been released by then. */
-void tg_conn_request_done(struct tg_conn *c, bool keep_alive);
+ * keep_alive says whether the connection may serve another request;
+ * unread says the client may still be sending this request (its body was
+ * not all read), so closing lingers. The request object has been released
+ * by then. */
+void tg_conn_request_done(struct tg_conn *c, bool keep_alive, bool unread);
 
 /* Sends a short local answer (status line, small body) and closes the
  * connection afterwards (lingering, so the client reads it). Used for

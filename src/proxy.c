@@ -254,7 +254,8 @@ static void end_request(struct tg_request *req, bool keep_alive)
     release_slots(req);
     log_request(req);
     struct tg_conn *c = req->conn;
-    tg_conn_request_done(c, keep_alive && req->req_body_done && req->head_consumed);
+    bool unread = !req->req_body_done || !req->head_consumed || req->bad_head;
+    tg_conn_request_done(c, keep_alive && !unread, unread);
     req_unref(req);
 }
 
@@ -352,6 +353,7 @@ void tg_proxy_fail(struct tg_request *req, int status, const char *reason)
     req->client_keep_alive = false;
     req->head_consumed = true; /* nothing of an invalid head is used */
     req->req_body_done = true;
+    req->bad_head = true;
     tg_headers_new_request_id(req->request_id);
     if (c->in != NULL)
         req->bytes_in = tg_buf_len(c->in);

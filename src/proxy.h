@@ -101,6 +101,7 @@ struct tg_request {
     int server;                     /* index in upstream->servers */
     bool sent_body_bytes;           /* some body bytes left our buffer */
     bool up_write_failed;           /* the backend stopped taking the request */
+    bool bad_head;                  /* refused head: the client's stream is unknown */
 
     /* Response, upstream -> client. */
     size_t resp_scanned;

@@ -138,6 +138,29 @@ client:
         s.close()
 
 
+def test_connection_close_frees_the_slot_at_once(tollgate, backend):
+    """A client that asked for Connection: close and got its whole answer
+    holds no slot while it dawdles before closing: with max_connections 1
+    the next client is served at once, not after the lingering time."""
+    b = backend()
+    port = free_port()
+    tollgate(basic_config(port, [b.port], extra="""
+client:
+  max_connections: 1
+"""))
+    time.sleep(0.3)
+    first = socket.create_connection(("127.0.0.1", port))
+    first.sendall(REQ)
+    got = read_all(first, 2)  # tollgate closes: EOF ends the read
+    assert got.startswith(b"HTTP/1.1 200"), got
+    t0 = time.time()
+    status, _ = simple_get(port, "/", timeout=10)
+    took = time.time() - t0
+    first.close()
+    assert status == 200
+    assert took < 1.0 * SLOW, "the closed request's slot was held %.1f s" % took
+
+
 def test_upstream_max_connections_per_server(tollgate, backend):
     """upstreams.max_connections 4 (one worker): 30 concurrent requests
     never open more than 4 connections at once to the server (counted at
