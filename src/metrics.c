@@ -320,6 +320,8 @@ int tg_metrics_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         {"upstream_retries_total", "Requests retried on another server.", offsetof(struct tg_upstream_stats, retries)},
         {"upstream_failures_total", "Failed attempts (any reason) counted by passive health.", offsetof(struct tg_upstream_stats, failures)},
         {"upstream_ejections_total", "Servers taken out of rotation by passive health.", offsetof(struct tg_upstream_stats, ejections)},
+        {"upstream_queued_total", "Requests that waited because every server was at max_connections.", offsetof(struct tg_upstream_stats, queued)},
+        {"upstream_queue_timeouts_total", "Queued requests answered 503 after connect_timeout.", offsetof(struct tg_upstream_stats, queue_timeouts)},
     };
     for (size_t k = 0; k < sizeof(upc) / sizeof(upc[0]); k++) {
         header(&o, upc[k].name, "counter", upc[k].help);

@@ -46,6 +46,7 @@ struct tg_route_stats {
 struct tg_upstream_stats {
     uint64_t requests;
     uint64_t connect_errors, timeouts, retries, failures, ejections;
+    uint64_t queued, queue_timeouts; /* waited at max_connections; gave up */
     uint64_t response[TG_METRICS_NBUCKETS + 1];
     uint64_t response_us;
 };

@@ -183,8 +183,11 @@ static const char *req_strdup(struct tg_request *req, const char *p, size_t n)
 
 /* ---- ending ------------------------------------------------------------------- */
 
+static void upwait_unlink(struct tg_request *req);
+
 static void release_slots(struct tg_request *req)
 {
+    upwait_unlink(req);
     if (req->in_flight_counted) {
         req->in_flight_counted = false;
         atomic_fetch_sub(&((struct tg_config_route *)req->route)->in_flight, 1);
@@ -1063,12 +1066,91 @@ static unsigned *pick_cursor(struct tg_request *req)
     return &req->wcfg->rr_cursor[req->upstream->index];
 }
 
+/* ---- waiting for a connection slot (upstreams.max_connections) ------------ */
+
+static void upwait_unlink(struct tg_request *req)
+{
+    struct tg_worker *w = req_worker(req);
+    if (!req->upwaiting)
+        return;
+    req->upwaiting = false;
+    if (req->upwait_prev != NULL)
+        req->upwait_prev->upwait_next = req->upwait_next;
+    else
+        w->upwait_head = req->upwait_next;
+    if (req->upwait_next != NULL)
+        req->upwait_next->upwait_prev = req->upwait_prev;
+    else
+        w->upwait_tail = req->upwait_prev;
+    req->upwait_prev = req->upwait_next = NULL;
+}
+
+/* Every server that may take the request is at its connection cap: wait
+ * (like HAProxy's queue) until one frees a slot, at most connect_timeout
+ * from the first try; then 503. */
+static void upwait_enqueue(struct tg_request *req)
+{
+    struct tg_worker *w = req_worker(req);
+    if (req->upwait_until == 0) {
+        req->upwait_until = req_now(req) + MS(req->upstream->connect_timeout_ms);
+        TG_METRIC_INC(upstream_stats(req)->queued);
+    }
+    req->upwaiting = true;
+    req->phase = TG_REQ_CONNECTING;
+    req->upwait_next = NULL;
+    req->upwait_prev = w->upwait_tail;
+    if (w->upwait_tail != NULL)
+        w->upwait_tail->upwait_next = req;
+    else
+        w->upwait_head = req;
+    w->upwait_tail = req;
+    arm_deadline(req);
+}
+
+/* A slot freed somewhere (upstream.c started this watcher): each waiting
+ * request tries again, oldest first; those still without a slot queue up
+ * again in the same order. */
+static void on_upwait_kick(struct ev_loop *loop, ev_prepare *wp, int revents)
+{
+    (void)revents;
+    ev_prepare_stop(loop, wp);
+    struct tg_worker *w = wp->data;
+    struct tg_request *list = w->upwait_head;
+    w->upwait_head = w->upwait_tail = NULL;
+    while (list != NULL) {
+        struct tg_request *req = list;
+        list = req->upwait_next;
+        if (list != NULL)
+            list->upwait_prev = NULL;
+        req->upwaiting = false;
+        req->upwait_prev = req->upwait_next = NULL;
+        struct tg_conn *c = req->conn;
+        tg_conn_ref(c);
+        req_ref(req);
+        connect_upstream(req);
+        if (!req_over(req))
+            update_watches(req), arm_deadline(req);
+        req_unref(req);
+        tg_conn_unref(c);
+    }
+}
+
 static void connect_upstream(struct tg_request *req)
 {
     struct tg_worker *w = req_worker(req);
+    uint64_t busy = 0; /* servers at their connection cap */
     for (;;) {
-        int idx = tg_upstream_pick(w, pick_cursor(req), req->upstream, req->tried,
+        int idx = tg_upstream_pick(w, pick_cursor(req), req->upstream, req->tried | busy,
                                    req->balance_hash);
+        if (idx < 0 && busy != 0) {
+            if (!w->upwait_ready) {
+                ev_prepare_init(&w->upwait_kick, on_upwait_kick);
+                w->upwait_kick.data = w;
+                w->upwait_ready = true;
+            }
+            upwait_enqueue(req);
+            return;
+        }
         if (idx < 0) {
             fail_upstream(req, 502, "has no server left to try");
             return;
@@ -1077,6 +1159,13 @@ static void connect_upstream(struct tg_request *req)
         req->attempts++;
         req->server = idx;
         struct tg_upconn *uc = tg_upstream_acquire(w, req->upstream, idx, req);
+        if (uc == NULL && errno == EBUSY && idx < 64) {
+            /* At its cap: not a failure, and not an attempt. */
+            req->tried &= ~(1ull << idx);
+            req->attempts--;
+            busy |= 1ull << idx;
+            continue;
+        }
         if (uc == NULL) {
             tg_log_error("request %s: cannot open a connection to %s: %s", req->request_id,
                          req->upstream->servers[idx].addr.text, strerror(errno));
@@ -1712,6 +1801,7 @@ enum deadline_kind {
     DL_HEARTBEAT,
     DL_TUNNEL_IDLE,
     DL_CLIENT_RATE,
+    DL_QUEUE,
 };
 
 /* client.min_body_rate: a body must average at least this many bytes per
@@ -1742,7 +1832,10 @@ static enum deadline_kind next_deadline(const struct tg_request *req, ev_tstamp 
                  DL_CLIENT_SEND);
     switch (req->phase) {
     case TG_REQ_CONNECTING:
-        consider(&best, &kind, req->up_start + MS(u->connect_timeout_ms), DL_CONNECT);
+        if (req->upwaiting)
+            consider(&best, &kind, req->upwait_until, DL_QUEUE);
+        else
+            consider(&best, &kind, req->up_start + MS(u->connect_timeout_ms), DL_CONNECT);
         break;
     case TG_REQ_PEEKING:
     case TG_REQ_FORWARDING:
@@ -1860,6 +1953,14 @@ ev_tstamp tg_proxy_on_timeout(struct tg_request *req, ev_tstamp now)
         break;
     case DL_UP_SEND:
         attempt_failed(req, "did not take the request in time", true);
+        break;
+    case DL_QUEUE:
+        upwait_unlink(req);
+        TG_METRIC_INC(upstream_stats(req)->queue_timeouts);
+        tg_log_info("request %s: upstream %s: every server at max_connections for "
+                    "connect_timeout", req->request_id, req->upstream->name);
+        respond_local_extra(req, 503, "Retry-After: 1\r\n",
+                            "503 Service Unavailable: every backend server is busy\n");
         break;
     case DL_UP_READ:
         TG_METRIC_INC(upstream_stats(req)->timeouts);

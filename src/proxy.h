@@ -102,6 +102,9 @@ struct tg_request {
     bool sent_body_bytes;           /* some body bytes left our buffer */
     bool up_write_failed;           /* the backend stopped taking the request */
     bool bad_head;                  /* refused head: the client's stream is unknown */
+    bool upwaiting;                 /* queued for a connection slot */
+    ev_tstamp upwait_until;         /* ... until then (connect_timeout) */
+    struct tg_request *upwait_prev, *upwait_next;
 
     /* Response, upstream -> client. */
     size_t resp_scanned;

@@ -401,6 +401,10 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable,
     struct tg_worker *w = p->w;
     p->active--;
     uc->req = NULL;
+    /* A slot freed: requests queued at max_connections try again before
+     * the loop next waits. */
+    if (w->upwait_head != NULL && w->upwait_ready)
+        ev_prepare_start(w->loop, &w->upwait_kick);
     bool keep = reusable && u != NULL && !w->draining && p->nidle < u->keepalive &&
                 (u->keepalive_requests == 0 || uc->requests < u->keepalive_requests) &&
                 (uc->in == NULL || tg_buf_len(uc->in) == 0);

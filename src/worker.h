@@ -102,6 +102,11 @@ struct tg_worker {
     struct tg_metrics_shard *metrics;
     unsigned static_tenant_rr;           /* round robin for static tenants */
     unsigned long rl_redis_fallbacks;
+    /* Requests waiting for a connection slot (upstreams.max_connections),
+     * oldest first; retried when a slot frees (proxy.c). */
+    struct tg_request *upwait_head, *upwait_tail;
+    ev_prepare upwait_kick;
+    bool upwait_ready;                   /* upwait_kick initialised */
 };
 
 /* State shared by all workers and the main thread that outlives config
