@@ -34,7 +34,7 @@ PYTEST_ARGS ?=
 BUILD_PKGS = gcc make pkg-config libev-dev libssl-dev libhiredis-dev \
              libmaxminddb-dev libyaml-dev openssl
 TEST_PKGS  = $(BUILD_PKGS) python3 python3-pytest curl redis-server \
-             clang libclang-rt-14-dev wrk procps iproute2 slowhttptest
+             clang libclang-rt-14-dev wrk procps iproute2 slowhttptest systemd
 APT_SUDO   = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PKGS     = libssl libcrypto hiredis libmaxminddb yaml-0.1
