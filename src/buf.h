@@ -20,6 +20,13 @@ struct tg_buf {
     char data[];
 };
 
+/* Free buffers kept between two trims, at most (per class; large: 1/8).
+ * High on purpose: under load every buffer given back is soon wanted again,
+ * and returning it to the kernel would cost an munmap and an mmap with page
+ * faults per request. The quarter-second trim (tg_buf_pool_trim) gives back
+ * what the busiest moment did not need. */
+#define TG_BUF_MAX_FREE 4096
+
 struct tg_buf_pool {
     struct tg_buf *free_small, *free_large;
     size_t nfree_small, nfree_large;

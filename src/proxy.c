@@ -37,7 +37,9 @@
 #include "upstream.h"
 #include "worker.h"
 
-#define MAX_FREE_REQUESTS 64
+/* Kept between two trims (tg_proxy_trim_free_list keeps what the busiest
+ * moment needed): see TG_BUF_MAX_FREE. */
+#define MAX_FREE_REQUESTS 4096
 #define MAX_TRAILER 16384
 #define MS(x) ((double)(x) / 1000.0)
 

@@ -328,12 +328,12 @@ static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
     size_t bs = nc->config->client.buffer_size;
     size_t large = nc->config->client.max_request_line + nc->config->client.max_head + 1024;
     struct tg_buf_pool probe;
-    tg_buf_pool_init(&probe, bs, large, 64);
+    tg_buf_pool_init(&probe, bs, large, TG_BUF_MAX_FREE);
     if (w->bufs.small_size != probe.small_size || w->bufs.large_size != probe.large_size) {
         /* Buffers of the old sizes still in use are freed when returned. */
         tg_buf_pool_destroy(&w->bufs);
         size_t out = w->bufs.outstanding;
-        tg_buf_pool_init(&w->bufs, bs, large, 64);
+        tg_buf_pool_init(&w->bufs, bs, large, TG_BUF_MAX_FREE);
         w->bufs.outstanding = out;
     }
     for (size_t i = 0; i < m->nfds; i++)
@@ -458,7 +458,7 @@ struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt)
     ev_timer_init(&w->housekeeping, on_housekeeping, 0.25, 0.25);
     w->housekeeping.data = w;
     ev_timer_start(w->loop, &w->housekeeping);
-    tg_buf_pool_init(&w->bufs, 16384, 65536 + 1024, 64);
+    tg_buf_pool_init(&w->bufs, 16384, 65536 + 1024, TG_BUF_MAX_FREE);
     return w;
 }
 
