@@ -11,6 +11,7 @@
 
 struct tg_arena_chunk {
     struct tg_arena_chunk *next;
+    size_t payload;     /* usable bytes */
     max_align_t data[]; /* aligns the payload for any type */
 };
 
@@ -37,6 +38,28 @@ void tg_arena_reset(struct tg_arena *a)
     a->total = 0;
 }
 
+void tg_arena_clear(struct tg_arena *a)
+{
+    struct tg_arena_chunk *keep = NULL, *c = a->head;
+    while (c != NULL) {
+        struct tg_arena_chunk *next = c->next;
+        if (keep == NULL && c->payload == a->chunk_size)
+            keep = c;
+        else
+            free(c);
+        c = next;
+    }
+    a->head = keep;
+    a->total = 0;
+    a->pos = a->end = NULL;
+    if (keep != NULL) {
+        keep->next = NULL;
+        a->total = sizeof(*keep) + keep->payload;
+        a->pos = (char *)keep->data;
+        a->end = (char *)keep->data + keep->payload;
+    }
+}
+
 void *tg_arena_alloc(struct tg_arena *a, size_t n)
 {
     n = (n + ALIGN - 1) & ~(ALIGN - 1);
@@ -51,6 +74,7 @@ void *tg_arena_alloc(struct tg_arena *a, size_t n)
     struct tg_arena_chunk *c = malloc(sizeof(*c) + payload);
     if (c == NULL)
         return NULL;
+    c->payload = payload;
     a->total += sizeof(*c) + payload;
     if (payload == n && a->head != NULL) {
         /* A big object: keep the current chunk as the one we bump in. */

@@ -24,6 +24,11 @@ void tg_arena_init(struct tg_arena *a, size_t chunk_size);
 /* Frees every chunk; the arena is empty again and may be reused. */
 void tg_arena_reset(struct tg_arena *a);
 
+/* Empties the arena but keeps one ordinary chunk for the next use: an
+ * owner reused many times (a request object on a free list) then costs no
+ * malloc per use. tg_arena_reset frees it for good. */
+void tg_arena_clear(struct tg_arena *a);
+
 /* Returns `n` bytes aligned for any type, or NULL if malloc fails. The
  * memory lives until tg_arena_reset. */
 void *tg_arena_alloc(struct tg_arena *a, size_t n);

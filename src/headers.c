@@ -26,7 +26,7 @@ struct out {
     bool overflow;
 };
 
-static void put(struct out *o, const char *p, size_t n)
+static inline void put(struct out *o, const char *p, size_t n)
 {
     if (o->overflow || tg_buf_room(o->b) < n) {
         o->overflow = true;
@@ -36,9 +36,10 @@ static void put(struct out *o, const char *p, size_t n)
     o->b->end += n;
 }
 
-static void puts_(struct out *o, const char *s)
+/* Inline, so a literal's length is folded at compile time. */
+static inline __attribute__((always_inline)) void puts_(struct out *o, const char *s)
 {
-    put(o, s, strlen(s));
+    put(o, s, __builtin_strlen(s));
 }
 
 static void put_str(struct out *o, struct tg_str s)

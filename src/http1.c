@@ -1403,11 +1403,6 @@ const char *tg_http1_reason(int status)
     }
 }
 
-bool tg_http1_name_eq(struct tg_str name, const char *lower)
-{
-    return lower_eq(name.p, name.n, lower, strlen(lower));
-}
-
 bool tg_http1_list_has(struct tg_str v, const char *token)
 {
     return list_has(v, token, strlen(token));

@@ -213,8 +213,19 @@ bool tg_http1_method_idempotent(enum tg_http1_method m);
  * "Unknown" for codes it does not know. */
 const char *tg_http1_reason(int status);
 
-/* Header token helpers. Case-insensitive name comparison. */
-bool tg_http1_name_eq(struct tg_str name, const char *lower);
+/* Header token helpers. Case-insensitive name comparison against a
+ * lower-case name; inline so a literal's length is known at compile time
+ * and names of another length cost one comparison. */
+static inline bool tg_http1_name_eq(struct tg_str name, const char *lower)
+{
+    size_t n = __builtin_strlen(lower);
+    if (name.n != n)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (tg_ascii_lower(name.p[i]) != lower[i])
+            return false;
+    return true;
+}
 
 /* True if the comma-separated header value lists `token` (case-insensitive,
  * OWS around elements ignored), e.g. Connection: keep-alive, Upgrade. */

@@ -75,19 +75,23 @@ struct tg_request *tg_proxy_request_new(struct tg_conn *c)
     struct tg_request *req = w->free_requests;
     if (++w->requests_in_use > w->requests_high_water)
         w->requests_high_water = w->requests_in_use;
+    struct tg_arena arena; /* a reused request keeps its arena's chunk */
     if (req != NULL) {
         w->free_requests = req->next_free;
         w->nfree_requests--;
+        arena = req->arena;
     } else {
         req = tg_pages_alloc(sizeof(*req));
         if (req == NULL) {
             w->requests_in_use--;
             return NULL;
         }
+        tg_arena_init(&arena, 2048);
     }
     /* Everything above the limiter state and the big parser structs; the
      * parsers fill those, and the limiter's needs only these fields. */
     memset(req, 0, offsetof(struct tg_request, lim));
+    req->arena = arena;
     /* The only limiter fields read when no policy applies. */
     req->lim.active = false;
     req->lim.pending = 0;
@@ -100,7 +104,6 @@ struct tg_request *tg_proxy_request_new(struct tg_conn *c)
     req->w = w;
     req->refs = 1;
     req->server = -1;
-    tg_arena_init(&req->arena, 2048);
     return req;
 }
 
@@ -113,6 +116,7 @@ void tg_proxy_trim_free_list(struct tg_worker *w, size_t reserve)
         struct tg_request *req = w->free_requests;
         w->free_requests = req->next_free;
         w->nfree_requests--;
+        tg_arena_reset(&req->arena);
         tg_pages_free(req, sizeof(*req));
     }
     w->requests_high_water = w->requests_in_use;
@@ -121,16 +125,17 @@ void tg_proxy_trim_free_list(struct tg_worker *w, size_t reserve)
 void tg_proxy_request_free(struct tg_request *req)
 {
     struct tg_worker *w = req->w;
-    tg_arena_reset(&req->arena);
     tg_buf_put(&w->bufs, req->up_head);
     tg_buf_put(&w->bufs, req->out);
     tg_worker_cfg_release(req->wcfg);
     w->requests_in_use--;
     if (w->nfree_requests < MAX_FREE_REQUESTS && !w->stopping) {
+        tg_arena_clear(&req->arena); /* its chunk serves the next request */
         req->next_free = w->free_requests;
         w->free_requests = req;
         w->nfree_requests++;
     } else {
+        tg_arena_reset(&req->arena);
         tg_pages_free(req, sizeof(*req));
     }
 }

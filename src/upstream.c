@@ -46,10 +46,21 @@ struct tg_pool {
     struct tg_pool *hnext;
 };
 
+/* Plain-TCP pools by the config address they were last found for: the
+ * common look-up (every request) skips formatting and hashing the key.
+ * Entries are checked against the pool's own address, so a config freed
+ * by a reload, its memory reused, can never yield the wrong pool; pools
+ * live as long as the table. */
+#define POOL_CACHE 64
+
 struct tg_upstream_pools {
     struct tg_pool **buckets;
     size_t nbuckets;          /* power of two */
     size_t count;
+    struct {
+        const struct tg_config_sockaddr *addr;
+        struct tg_pool *pool;
+    } cache[POOL_CACHE];
 };
 
 /* ---- pool table --------------------------------------------------------------- */
@@ -151,14 +162,25 @@ static struct tg_pool *pool_get(struct tg_worker *w, const struct tg_config_upst
                                 const struct tg_config_sockaddr *a)
 {
     struct tg_upstream_pools *t = w->pools;
+    bool tls = u != NULL && u->tls;
+    size_t slot = ((uintptr_t)a >> 4) & (POOL_CACHE - 1);
+    struct tg_pool *hit = t->cache[slot].pool;
+    if (!tls && t->cache[slot].addr == a && !hit->tls && hit->salen == a->salen &&
+        memcmp(&hit->sa, &a->sa, a->salen) == 0)
+        return hit;
     char name[256];
     tls_name_of(u, a, name, sizeof(name));
-    bool tls = u != NULL && u->tls;
     size_t i = hash_key(&a->sa, a->salen, name) & (t->nbuckets - 1);
-    for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext)
+    for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext) {
         if (p->salen == a->salen && memcmp(&p->sa, &a->sa, a->salen) == 0 && p->tls == tls &&
-            strcmp(p->tls_name, name) == 0)
+            strcmp(p->tls_name, name) == 0) {
+            if (!tls) {
+                t->cache[slot].addr = a;
+                t->cache[slot].pool = p;
+            }
             return p;
+        }
+    }
     if (t->count >= t->nbuckets && grow(t) == 0)
         i = hash_key(&a->sa, a->salen, name) & (t->nbuckets - 1);
     struct tg_pool *p = calloc(1, sizeof(*p));

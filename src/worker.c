@@ -520,6 +520,7 @@ void tg_worker_join_and_free(struct tg_worker *w)
     struct tg_request *r = w->free_requests;
     while (r != NULL) {
         struct tg_request *next = r->next_free;
+        tg_arena_reset(&r->arena);
         tg_pages_free(r, sizeof(*r));
         r = next;
     }
