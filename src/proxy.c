@@ -1077,19 +1077,8 @@ static unsigned *pick_cursor(struct tg_request *req)
 
 static void upwait_unlink(struct tg_request *req)
 {
-    struct tg_worker *w = req_worker(req);
-    if (!req->upwaiting)
-        return;
-    req->upwaiting = false;
-    if (req->upwait_prev != NULL)
-        req->upwait_prev->upwait_next = req->upwait_next;
-    else
-        w->upwait_head = req->upwait_next;
-    if (req->upwait_next != NULL)
-        req->upwait_next->upwait_prev = req->upwait_prev;
-    else
-        w->upwait_tail = req->upwait_prev;
-    req->upwait_prev = req->upwait_next = NULL;
+    if (tg_list_linked(&req->upwait_link))
+        tg_list_remove(&req->upwait_link);
 }
 
 /* Every server that may take the request is at its connection cap: wait
@@ -1097,40 +1086,34 @@ static void upwait_unlink(struct tg_request *req)
  * from the first try; then 503. */
 static void upwait_enqueue(struct tg_request *req)
 {
-    struct tg_worker *w = req_worker(req);
     if (req->upwait_until == 0) {
         req->upwait_until = req_now(req) + MS(req->upstream->connect_timeout_ms);
         TG_METRIC_INC(upstream_stats(req)->queued);
     }
-    req->upwaiting = true;
     req->phase = TG_REQ_CONNECTING;
-    req->upwait_next = NULL;
-    req->upwait_prev = w->upwait_tail;
-    if (w->upwait_tail != NULL)
-        w->upwait_tail->upwait_next = req;
-    else
-        w->upwait_head = req;
-    w->upwait_tail = req;
+    tg_list_push_back(&req_worker(req)->upwait, &req->upwait_link);
     arm_deadline(req);
 }
 
 /* A slot freed somewhere (upstream.c started this watcher): each waiting
  * request tries again, oldest first; those still without a slot queue up
  * again in the same order. */
-static void on_upwait_kick(struct ev_loop *loop, ev_prepare *wp, int revents)
+void tg_proxy_upwait_kick(struct ev_loop *loop, ev_prepare *wp, int revents)
 {
     (void)revents;
     ev_prepare_stop(loop, wp);
     struct tg_worker *w = wp->data;
-    struct tg_request *list = w->upwait_head;
-    w->upwait_head = w->upwait_tail = NULL;
-    while (list != NULL) {
-        struct tg_request *req = list;
-        list = req->upwait_next;
-        if (list != NULL)
-            list->upwait_prev = NULL;
-        req->upwaiting = false;
-        req->upwait_prev = req->upwait_next = NULL;
+    struct tg_list waiting;
+    tg_list_init(&waiting);
+    /* Move them all out first: connect_upstream may queue a request again. */
+    struct tg_list *n;
+    while ((n = tg_list_first(&w->upwait)) != NULL) {
+        tg_list_remove(n);
+        tg_list_push_back(&waiting, n);
+    }
+    while ((n = tg_list_first(&waiting)) != NULL) {
+        tg_list_remove(n);
+        struct tg_request *req = tg_list_entry(n, struct tg_request, upwait_link);
         struct tg_conn *c = req->conn;
         tg_conn_ref(c);
         req_ref(req);
@@ -1150,11 +1133,6 @@ static void connect_upstream(struct tg_request *req)
         int idx = tg_upstream_pick(w, pick_cursor(req), req->upstream, req->tried | busy,
                                    req->balance_hash);
         if (idx < 0 && busy != 0) {
-            if (!w->upwait_ready) {
-                ev_prepare_init(&w->upwait_kick, on_upwait_kick);
-                w->upwait_kick.data = w;
-                w->upwait_ready = true;
-            }
             upwait_enqueue(req);
             return;
         }
@@ -1839,7 +1817,7 @@ static enum deadline_kind next_deadline(const struct tg_request *req, ev_tstamp 
                  DL_CLIENT_SEND);
     switch (req->phase) {
     case TG_REQ_CONNECTING:
-        if (req->upwaiting)
+        if (tg_list_linked(&req->upwait_link))
             consider(&best, &kind, req->upwait_until, DL_QUEUE);
         else
             consider(&best, &kind, req->up_start + MS(u->connect_timeout_ms), DL_CONNECT);

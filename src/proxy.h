@@ -17,6 +17,7 @@
 #include "arena.h"
 #include "http1.h"
 #include "limiter.h"
+#include "list.h"
 
 struct tg_conn;
 struct tg_worker;
@@ -102,9 +103,8 @@ struct tg_request {
     bool sent_body_bytes;           /* some body bytes left our buffer */
     bool up_write_failed;           /* the backend stopped taking the request */
     bool bad_head;                  /* refused head: the client's stream is unknown */
-    bool upwaiting;                 /* queued for a connection slot */
+    struct tg_list upwait_link;     /* queued for a connection slot (worker's upwait) */
     ev_tstamp upwait_until;         /* ... until then (connect_timeout) */
-    struct tg_request *upwait_prev, *upwait_next;
 
     /* Response, upstream -> client. */
     size_t resp_scanned;
@@ -166,6 +166,10 @@ void tg_proxy_on_client_io(struct tg_request *req, int revents);
  * which of its timeouts it was, or returns a later deadline to wait for
  * (> now), or 0 when it handled the timeout. */
 ev_tstamp tg_proxy_on_timeout(struct tg_request *req, ev_tstamp now);
+
+/* The worker's upwait_kick watcher: requests queued at an upstream's
+ * max_connections try again (upstream.c starts it when a slot frees). */
+void tg_proxy_upwait_kick(struct ev_loop *loop, ev_prepare *w, int revents);
 
 /* Answers a request whose head could not be accepted (400, 408, 414, 431,
  * ...) with a short body and Connection: close, logs it, and ends it. The

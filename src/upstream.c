@@ -38,7 +38,7 @@ struct tg_pool {
     bool tls;
     char tls_name[256];       /* SNI and verified name; "" for plain */
     char name[64];
-    struct tg_upconn *idle_head, *idle_tail; /* head = most recently used */
+    struct tg_list idle;      /* of tg_upconn.idle_link; front = most recently used */
     unsigned nidle;
     unsigned active;          /* connections owned by requests */
     unsigned fails;           /* consecutive failures */
@@ -115,6 +115,15 @@ struct tg_upstream_pools *tg_upstream_pools_new(void)
 
 static void close_upconn(struct tg_upconn *uc);
 
+/* The most recently used idle connection, or NULL. */
+static struct tg_upconn *idle_first(const struct tg_pool *p)
+{
+    struct tg_list *n = tg_list_first(&p->idle);
+    return n != NULL ? tg_list_entry(n, struct tg_upconn, idle_link) : NULL;
+}
+
+static void idle_unlink(struct tg_pool *p, struct tg_upconn *uc);
+
 void tg_upstream_pools_free(struct tg_upstream_pools *t)
 {
     if (t == NULL)
@@ -123,9 +132,9 @@ void tg_upstream_pools_free(struct tg_upstream_pools *t)
         struct tg_pool *p = t->buckets[i];
         while (p != NULL) {
             struct tg_pool *next = p->hnext;
-            while (p->idle_head != NULL) {
-                struct tg_upconn *uc = p->idle_head;
-                p->idle_head = uc->next;
+            struct tg_upconn *uc;
+            while ((uc = idle_first(p)) != NULL) {
+                idle_unlink(p, uc);
                 close_upconn(uc);
             }
             free(p);
@@ -187,6 +196,7 @@ static struct tg_pool *pool_get(struct tg_worker *w, const struct tg_config_upst
     if (p == NULL)
         return NULL;
     p->w = w;
+    tg_list_init(&p->idle);
     memcpy(&p->sa, &a->sa, a->salen);
     p->salen = a->salen;
     p->tls = tls;
@@ -277,15 +287,7 @@ static void close_upconn(struct tg_upconn *uc)
 
 static void idle_unlink(struct tg_pool *p, struct tg_upconn *uc)
 {
-    if (uc->prev != NULL)
-        uc->prev->next = uc->next;
-    else
-        p->idle_head = uc->next;
-    if (uc->next != NULL)
-        uc->next->prev = uc->prev;
-    else
-        p->idle_tail = uc->prev;
-    uc->prev = uc->next = NULL;
+    tg_list_remove(&uc->idle_link);
     p->nidle--;
 }
 
@@ -338,7 +340,7 @@ struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
         errno = ENOMEM;
         return NULL;
     }
-    struct tg_upconn *uc = p->idle_head;
+    struct tg_upconn *uc = idle_first(p);
     if (uc != NULL) {
         idle_unlink(p, uc);
         uc->state = TG_UPCONN_ACTIVE; /* the watcher stays as it is */
@@ -425,7 +427,7 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable,
     uc->req = NULL;
     /* A slot freed: requests queued at max_connections try again before
      * the loop next waits. */
-    if (w->upwait_head != NULL && w->upwait_ready)
+    if (!tg_list_empty(&w->upwait))
         ev_prepare_start(w->loop, &w->upwait_kick);
     bool keep = reusable && u != NULL && !w->draining && p->nidle < u->keepalive &&
                 (u->keepalive_requests == 0 || uc->requests < u->keepalive_requests) &&
@@ -441,13 +443,7 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable,
     uc->idle_expires = ev_now(w->loop) + (double)u->keepalive_timeout_ms / 1000.0;
     uc->on_io = NULL;
     tg_upstream_watch(uc, EV_READ); /* usually already so: no syscall */
-    uc->prev = NULL;
-    uc->next = p->idle_head;
-    if (p->idle_head != NULL)
-        p->idle_head->prev = uc;
-    else
-        p->idle_tail = uc;
-    p->idle_head = uc;
+    tg_list_push_front(&p->idle, &uc->idle_link);
     p->nidle++;
 }
 
@@ -489,8 +485,11 @@ void tg_upstream_sweep(struct tg_worker *w, ev_tstamp now)
     struct tg_upstream_pools *t = w->pools;
     for (size_t i = 0; i < t->nbuckets; i++) {
         for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext) {
-            while (p->idle_tail != NULL && p->idle_tail->idle_expires <= now) {
-                struct tg_upconn *uc = p->idle_tail;
+            struct tg_list *n;
+            while ((n = tg_list_last(&p->idle)) != NULL) {
+                struct tg_upconn *uc = tg_list_entry(n, struct tg_upconn, idle_link);
+                if (uc->idle_expires > now)
+                    break;
                 idle_unlink(p, uc);
                 close_upconn(uc);
             }
@@ -505,8 +504,8 @@ void tg_upstream_close_idle(struct tg_worker *w)
         return;
     for (size_t i = 0; i < t->nbuckets; i++) {
         for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext) {
-            while (p->idle_head != NULL) {
-                struct tg_upconn *uc = p->idle_head;
+            struct tg_upconn *uc;
+            while ((uc = idle_first(p)) != NULL) {
                 idle_unlink(p, uc);
                 close_upconn(uc);
             }

@@ -14,6 +14,7 @@
 #include <ev.h>
 
 #include "io.h"
+#include "list.h"
 
 struct tg_worker;
 struct tg_wcfg;
@@ -46,7 +47,7 @@ struct tg_upconn {
     struct tg_request *req;  /* owner while ACTIVE/CONNECTING */
     struct tg_buf *in;       /* response bytes; NULL while idle */
     ev_tstamp idle_expires;  /* while idle: when the pool closes it */
-    struct tg_upconn *prev, *next; /* pool's idle list */
+    struct tg_list idle_link; /* in the pool's idle list while idle */
 };
 
 /* Per-worker table of pools. */

@@ -455,6 +455,9 @@ struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt)
     ev_async_start(w->loop, &w->mbox);
     ev_init(&w->accept_retry, on_accept_retry);
     w->accept_retry.data = w;
+    tg_list_init(&w->upwait);
+    ev_prepare_init(&w->upwait_kick, tg_proxy_upwait_kick);
+    w->upwait_kick.data = w;
     ev_timer_init(&w->housekeeping, on_housekeeping, 0.25, 0.25);
     w->housekeeping.data = w;
     ev_timer_start(w->loop, &w->housekeeping);

@@ -14,6 +14,8 @@
 
 #include <ev.h>
 
+#include "list.h"
+
 #include <stdatomic.h>
 
 #include "buf.h"
@@ -104,9 +106,8 @@ struct tg_worker {
     unsigned long rl_redis_fallbacks;
     /* Requests waiting for a connection slot (upstreams.max_connections),
      * oldest first; retried when a slot frees (proxy.c). */
-    struct tg_request *upwait_head, *upwait_tail;
+    struct tg_list upwait;               /* of tg_request.upwait_link */
     ev_prepare upwait_kick;
-    bool upwait_ready;                   /* upwait_kick initialised */
 };
 
 /* State shared by all workers and the main thread that outlives config

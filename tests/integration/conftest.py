@@ -335,6 +335,18 @@ def read_http_request(sock, buf=b""):
     return head.decode("latin-1"), headers, body, buf
 
 
+def requests_on(sock):
+    """Yields each request (head_text, headers_dict_lower, body) a backend
+    connection carries, until the peer closes."""
+    rest = b""
+    while True:
+        r = read_http_request(sock, rest)
+        if r is None:
+            return
+        head, headers, body, rest = r
+        yield head, headers, body
+
+
 def echo_handler(sock, backend):
     """Keep-alive backend: answers each request with a JSON-ish description
     of what it received (method, path, headers) and echoes the body."""

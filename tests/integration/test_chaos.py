@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import (SLOW, RawBackend, Redis, Tollgate, basic_config, echo_handler,
-                      free_port, read_http_request)
+                      free_port, requests_on)
 from hardening_util import Client, Malformed, simple_get
 
 # ---- backends that die or misbehave ------------------------------------------------
@@ -183,12 +183,7 @@ def test_backend_sends_garbage(tollgate, backend, name, payload):
     """Garbage from the backend is a prompt 502 (not a wait for
     read_timeout), and the client connection carries on."""
     def handler(sock, be):
-        rest = b""
-        while True:
-            r = read_http_request(sock, rest)
-            if r is None:
-                return
-            rest = r[3]
+        for _ in requests_on(sock):
             if payload:
                 sock.sendall(payload)
                 time.sleep(0.5)  # keep the connection open a while

@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.request
 
-from conftest import SLOW, basic_config, free_port, read_http_request
+from conftest import SLOW, basic_config, free_port, requests_on
 from hardening_util import Client, cpu_seconds, open_fds, raise_nofile, simple_get
 
 REQ = b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
@@ -177,12 +177,7 @@ def test_upstream_max_connections_per_server(tollgate, backend):
             state["total"] += 1
             state["peak"] = max(state["peak"], state["open"])
         try:
-            rest = b""
-            while True:
-                r = read_http_request(sock, rest)
-                if r is None:
-                    return
-                rest = r[3]
+            for _ in requests_on(sock):
                 time.sleep(0.3)
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         finally:
@@ -215,12 +210,7 @@ def test_upstream_queue_gives_up_after_connect_timeout(tollgate, backend):
     waits connect_timeout (1 s) for the slot, then gets 503 with
     Retry-After, and the queue counters say so."""
     def slow(sock, be):
-        rest = b""
-        while True:
-            r = read_http_request(sock, rest)
-            if r is None:
-                return
-            rest = r[3]
+        for _ in requests_on(sock):
             time.sleep(3)
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     b = backend(slow)
