@@ -117,6 +117,7 @@ struct tg_host_index {
     struct host_entry *slots;
     size_t cap; /* power of two, at most half full */
     size_t used;
+    size_t suffixes; /* entries with a '*.' or '{capture}.' pattern */
     void *any; /* "*" */
 };
 
@@ -332,6 +333,7 @@ int tg_router_hosts_add(struct tg_host_index *ix, const char *pattern,
                             : "duplicate: '*.' and '{...}.' on one suffix");
         e->suffix = value;
         e->suffix_kind = kind;
+        ix->suffixes++;
     }
     return 0;
 }
@@ -345,6 +347,8 @@ void *tg_router_hosts_match(const struct tg_host_index *ix, struct tg_str host,
     capture->n = 0;
     if (!tg_router_host_without_port(host, &h))
         return NULL;
+    if (ix->used == 0)
+        return ix->any; /* only "*" (or nothing) was configured */
     if (h.n > 1 && h.p[h.n - 1] == '.')
         h.n--;
     /* IP literals in brackets, empty labels, odd bytes: not a name any
@@ -355,6 +359,8 @@ void *tg_router_hosts_match(const struct tg_host_index *ix, struct tg_str host,
     const struct host_entry *e = find_name(ix, h.p, h.n);
     if (e != NULL && e->exact != NULL)
         return e->exact;
+    if (ix->suffixes == 0)
+        return ix->any;
 
     /* Longest suffix first: drop one leading label per probe. */
     size_t off = 0;
