@@ -91,7 +91,8 @@ struct tg_buf *tg_buf_get(struct tg_buf_pool *p, size_t min_cap)
     }
     b->start = b->end = 0;
     b->next = NULL;
-    tg_peak_note(&p->peak, ++p->outstanding);
+    if (++p->outstanding > p->high_water)
+        p->high_water = p->outstanding;
     return b;
 }
 
@@ -125,11 +126,11 @@ static void trim_list(struct tg_buf **list, size_t *n, size_t keep)
 
 void tg_buf_pool_trim(struct tg_buf_pool *p, size_t reserve)
 {
-    size_t peak = tg_peak_tick(&p->peak, p->outstanding);
-    size_t busy = peak > p->outstanding ? peak - p->outstanding : 0;
+    size_t busy = p->high_water > p->outstanding ? p->high_water - p->outstanding : 0;
     size_t keep = busy > reserve ? busy : reserve;
     trim_list(&p->free_small, &p->nfree_small, keep);
     trim_list(&p->free_large, &p->nfree_large, keep / 8 + 1);
+    p->high_water = p->outstanding;
 }
 
 void tg_buf_compact(struct tg_buf *b)

@@ -27,47 +27,18 @@ struct tg_buf {
  * what the busiest moment did not need. */
 #define TG_BUF_MAX_FREE 4096
 
-/* The most of something (buffers, requests) in use over the last few
- * trims: free lists keep what that peak needs, so steady load never gives
- * memory back only to fault it in again a moment later, while what a burst
- * left behind goes back within about a second. */
-#define TG_PEAK_TICKS 4
-
-struct tg_peak {
-    size_t tick_max;             /* the most in use during this tick */
-    size_t past[TG_PEAK_TICKS];  /* the same for the last ticks */
-    unsigned at;
-};
-
-static inline void tg_peak_note(struct tg_peak *p, size_t in_use)
-{
-    if (in_use > p->tick_max)
-        p->tick_max = in_use;
-}
-
-/* Ends a tick; returns the peak over the window. */
-static inline size_t tg_peak_tick(struct tg_peak *p, size_t in_use)
-{
-    p->past[p->at++ % TG_PEAK_TICKS] = p->tick_max;
-    p->tick_max = in_use;
-    size_t most = 0;
-    for (unsigned i = 0; i < TG_PEAK_TICKS; i++)
-        most = p->past[i] > most ? p->past[i] : most;
-    return most;
-}
-
 struct tg_buf_pool {
     struct tg_buf *free_small, *free_large;
     size_t nfree_small, nfree_large;
     size_t small_size, large_size; /* data bytes per class */
     size_t max_free;               /* per class; beyond that, free() */
     size_t outstanding;            /* buffers handed out, for tests/metrics */
-    struct tg_peak peak;           /* of outstanding */
+    size_t high_water;             /* most outstanding since the last trim */
 };
 
-/* Gives back to the kernel the free buffers beyond what the recent peak
- * needs (and a small reserve): after a burst, memory shrinks back within
- * about a second. Called four times a second. */
+/* Gives back to the kernel the free buffers beyond what was in use at the
+ * busiest moment since the last trim (and a small reserve): after a burst,
+ * memory shrinks back within a tick or two. */
 void tg_buf_pool_trim(struct tg_buf_pool *p, size_t reserve);
 
 void tg_buf_pool_init(struct tg_buf_pool *p, size_t small_size,

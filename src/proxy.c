@@ -73,7 +73,8 @@ struct tg_request *tg_proxy_request_new(struct tg_conn *c)
 {
     struct tg_worker *w = c->w;
     struct tg_request *req = w->free_requests;
-    tg_peak_note(&w->requests_peak, ++w->requests_in_use);
+    if (++w->requests_in_use > w->requests_high_water)
+        w->requests_high_water = w->requests_in_use;
     struct tg_arena arena; /* a reused request keeps its arena's chunk */
     if (req != NULL) {
         w->free_requests = req->next_free;
@@ -108,8 +109,8 @@ struct tg_request *tg_proxy_request_new(struct tg_conn *c)
 
 void tg_proxy_trim_free_list(struct tg_worker *w, size_t reserve)
 {
-    size_t peak = tg_peak_tick(&w->requests_peak, w->requests_in_use);
-    size_t busy = peak > w->requests_in_use ? peak - w->requests_in_use : 0;
+    size_t busy = w->requests_high_water > w->requests_in_use
+                      ? w->requests_high_water - w->requests_in_use : 0;
     size_t keep = busy > reserve ? busy : reserve;
     while (w->nfree_requests > keep) {
         struct tg_request *req = w->free_requests;
@@ -118,6 +119,7 @@ void tg_proxy_trim_free_list(struct tg_worker *w, size_t reserve)
         tg_arena_reset(&req->arena);
         tg_pages_free(req, sizeof(*req));
     }
+    w->requests_high_water = w->requests_in_use;
 }
 
 void tg_proxy_request_free(struct tg_request *req)

@@ -92,8 +92,7 @@ struct tg_worker {
     struct tg_buf_pool bufs;
     struct tg_request *free_requests;
     size_t nfree_requests;
-    size_t requests_in_use;
-    struct tg_peak requests_peak;      /* of requests_in_use (buf.h) */
+    size_t requests_in_use, requests_high_water; /* since the last trim */
     unsigned housekeeping_ticks;
     struct tg_upstream_pools *pools;
     struct tg_access_log *access_log;

@@ -208,6 +208,7 @@ CONF
     if [ "$scen" = 10 ]; then
         echo "tenants:"
         echo "  directory: static"
+        echo "  upstream_defaults: { keepalive: 64 }   # as nginx's per-tenant upstreams"
         echo "  static:"
         awk -v n="$TENANTS" -v be="$BACKEND_PORT" 'BEGIN {
             for (i = 1; i <= n; i++) printf "    t%d: { servers: [127.0.0.1:%d] }\n", i, be }'

@@ -260,6 +260,7 @@ def test_sse_heartbeat_never_inside_an_event(tollgate, backend):
     s.sendall(b"GET /sse HTTP/1.1\r\nHost: app.test\r\n\r\n")
     data = recv_until(s, b"0\r\n\r\n", timeout=10)
     s.close()
+    assert b"data: partial" in data, data
     after = data.split(b"data: partial", 1)[1]
     assert b":\n\n" not in after.split(b"0\r\n\r\n")[0]
 
