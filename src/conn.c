@@ -125,15 +125,22 @@ static void close_gracefully(struct tg_conn *c, bool input_pending)
 
 void tg_conn_watch(struct tg_conn *c, int events)
 {
-    if (c->watching == events || c->state == TG_CONN_CLOSED)
+    if (c->state == TG_CONN_CLOSED)
         return;
     struct ev_loop *loop = c->w->loop;
-    ev_io_stop(loop, &c->watcher);
-    c->watching = (uint8_t)events;
-    if (events != 0) {
-        ev_io_set(&c->watcher, c->io.fd, events);
-        ev_io_start(loop, &c->watcher);
+    if (c->watching != events) {
+        ev_io_stop(loop, &c->watcher);
+        c->watching = (uint8_t)events;
+        if (events != 0) {
+            ev_io_set(&c->watcher, c->io.fd, events);
+            ev_io_start(loop, &c->watcher);
+        }
     }
+    /* A TLS record bigger than the room it was read into leaves plaintext
+     * inside OpenSSL, where epoll cannot see it: if nothing else arrives on
+     * the socket, waiting for readability would wait forever. */
+    if ((events & EV_READ) && tg_io_pending(&c->io) > 0)
+        ev_feed_event(loop, &c->watcher, EV_READ);
 }
 
 void tg_conn_set_deadline(struct tg_conn *c, ev_tstamp when)

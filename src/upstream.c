@@ -293,15 +293,18 @@ static void idle_unlink(struct tg_pool *p, struct tg_upconn *uc)
 
 void tg_upstream_watch(struct tg_upconn *uc, int events)
 {
-    if (uc->watching == events)
-        return;
     struct ev_loop *loop = uc->pool->w->loop;
-    ev_io_stop(loop, &uc->watcher);
-    uc->watching = (uint8_t)events;
-    if (events != 0) {
-        ev_io_set(&uc->watcher, uc->io.fd, events);
-        ev_io_start(loop, &uc->watcher);
+    if (uc->watching != events) {
+        ev_io_stop(loop, &uc->watcher);
+        uc->watching = (uint8_t)events;
+        if (events != 0) {
+            ev_io_set(&uc->watcher, uc->io.fd, events);
+            ev_io_start(loop, &uc->watcher);
+        }
     }
+    /* Plaintext OpenSSL holds is invisible to epoll (see tg_conn_watch). */
+    if ((events & EV_READ) && tg_io_pending(&uc->io) > 0)
+        ev_feed_event(loop, &uc->watcher, EV_READ);
 }
 
 /* A pooled connection became readable: the backend closed it (or sent

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import SLOW, free_port, read_http_request, status_of
+from conftest import SLOW, free_port, read_http_request, requests_on, status_of
 
 
 def run(cmd, **kw):
@@ -394,7 +394,7 @@ def test_client_certificates(tollgate, backend, pki):
     assert status_of(out) is None
 
 
-def tls_backend(pki, name, sans):
+def tls_backend(pki, name, sans, serve=backend_ok):
     crt, key = pki.leaf(name, sans)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(crt, key)
@@ -405,7 +405,7 @@ def tls_backend(pki, name, sans):
         except (ssl.SSLError, OSError):
             be.record("handshake failed")
             return
-        backend_ok(ts, be)
+        serve(ts, be)
     return handler
 
 
@@ -451,3 +451,110 @@ sites:
     assert get(port, "/")[0] == 502
     time.sleep(0.2)
     assert "TLS handshake" in tg.stderr()
+
+
+def slow_sink(sock, be):
+    """Reads a Content-Length body in small pieces with pauses (its receive
+    buffer is small), so the gateway's upstream writes keep meeting a full
+    socket, then answers with the byte count and digest."""
+    import hashlib
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    n = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+    digest = hashlib.sha256(body)
+    got = len(body)
+    while got < n:
+        time.sleep(0.001)
+        chunk = sock.recv(min(16384, n - got))
+        if not chunk:
+            return
+        digest.update(chunk)
+        got += len(chunk)
+    payload = ("%d %s" % (got, digest.hexdigest())).encode()
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+
+
+@pytest.mark.parametrize("size", [16384 * 20, 16384 * 366])
+def test_upload_through_tls_never_stalls_on_buffered_plaintext(tollgate, backend, pki, size):
+    """A TLS record decrypts into whatever room the client buffer has left;
+    the rest stays inside OpenSSL where epoll cannot see it. The gateway must
+    come back for it when room frees up, or the end of the body waits for a
+    socket event that never comes."""
+    import hashlib
+    b = backend(slow_sink)
+    b.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    port = free_port()
+    tollgate(tls_config(port, b.port, [pki.leaf("a", ["a.test"])],
+                        extra="client:\n  body_timeout: 30s\n  buffer_size: 4KiB\n"))
+    body = os.urandom(size)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", port), timeout=15 * SLOW)
+        ts = ctx.wrap_socket(s, server_hostname="a.test")
+        start = time.monotonic()
+        ts.sendall(b"POST /up HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n"
+                   b"Content-Length: %d\r\n\r\n" % size)
+        ts.sendall(body)  # whole 16 KiB records, the last one too
+        out = b""
+        while True:
+            chunk = ts.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        elapsed = time.monotonic() - start
+        ts.close()
+        assert status_of(out) == 200, out[:200]
+        assert out.split(b"\r\n\r\n", 1)[1] == ("%d %s" % (size, hashlib.sha256(body).hexdigest())).encode()
+        assert elapsed < 10 * SLOW, elapsed
+
+
+def test_download_from_tls_upstream_never_stalls_on_buffered_plaintext(tollgate, backend, pki):
+    """The same on the upstream side: the backend's 16 KiB records land in a
+    4 KiB buffer, the rest waits inside OpenSSL; the last record must still
+    reach the client, and the connection go back to the pool."""
+    import hashlib
+    body = os.urandom(16384 * 40)
+
+    def big(ts, be):
+        for _ in requests_on(ts):
+            ts.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            ts.sendall(body)  # whole records, the last one too
+
+    up = backend(tls_backend(pki, "up3", ["backend.test"], serve=big))
+    port = free_port()
+    tollgate("""
+workers: 1
+listen: [127.0.0.1:%d]
+client: {buffer_size: 4KiB}
+upstreams:
+  secure:
+    servers: [127.0.0.1:%d]
+    tls: true
+    tls_ca: %s
+    tls_server_name: backend.test
+    read_timeout: 30s
+sites:
+  - hosts: [app.test]
+    routes: [{path: /, upstream: secure}]
+""" % (port, up.port, pki.ca))
+    s = socket.create_connection(("127.0.0.1", port), timeout=15 * SLOW)
+    for _ in range(3):
+        start = time.monotonic()
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        out = b""
+        while b"\r\n\r\n" not in out or len(out.split(b"\r\n\r\n", 1)[1]) < len(body):
+            chunk = s.recv(65536)
+            assert chunk, "connection closed early"
+            out += chunk
+        assert status_of(out) == 200
+        assert hashlib.sha256(out.split(b"\r\n\r\n", 1)[1]).digest() == hashlib.sha256(body).digest()
+        assert time.monotonic() - start < 10 * SLOW
+    s.close()
+    assert up.connections == 1
