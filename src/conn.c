@@ -136,11 +136,15 @@ void tg_conn_watch(struct tg_conn *c, int events)
             ev_io_start(loop, &c->watcher);
         }
     }
-    /* A TLS record bigger than the room it was read into leaves plaintext
-     * inside OpenSSL, where epoll cannot see it: if nothing else arrives on
-     * the socket, waiting for readability would wait forever. */
-    if ((events & EV_READ) && tg_io_pending(&c->io) > 0)
+    /* Input OpenSSL holds (a record bigger than the room it was read into,
+     * or records read ahead) is invisible to epoll: if nothing else arrives
+     * on the socket, waiting for readability would wait forever. The
+     * handler's read sets the flag again if still more is left; a handler
+     * that does not read cannot make this spin. */
+    if ((events & EV_READ) && c->io.tls_buffered) {
+        c->io.tls_buffered = false;
         ev_feed_event(loop, &c->watcher, EV_READ);
+    }
 }
 
 void tg_conn_set_deadline(struct tg_conn *c, ev_tstamp when)
@@ -515,7 +519,7 @@ static void read_heads(struct tg_conn *c)
             process_input(c);
             if (c->state != TG_CONN_IDLE && c->state != TG_CONN_READING_HEAD)
                 return;
-            if (tg_io_pending(&c->io) == 0)
+            if (!tg_io_buffered(&c->io))
                 return;
             continue;
         }

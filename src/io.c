@@ -53,8 +53,13 @@ ssize_t tg_io_read(struct tg_io *io, void *buf, size_t n)
         n = INT32_MAX;
     errno = 0;
     int r = SSL_read(io->ssl, buf, (int)n);
-    if (r > 0)
+    if (r > 0) {
+        io->tls_buffered = SSL_has_pending(io->ssl) == 1;
         return r;
+    }
+    /* Nothing more to return: what may be left is a partial record, whose
+     * rest the socket will signal. */
+    io->tls_buffered = false;
     return tls_result(io, r);
 }
 

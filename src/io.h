@@ -25,6 +25,9 @@ struct tg_io {
     int fd;
     SSL *ssl;        /* NULL for plain TCP */
     bool want_write; /* set on TG_IO_AGAIN: wait for EV_WRITE, not EV_READ */
+    /* TLS: the last read left input inside OpenSSL (plaintext that did not
+     * fit, or records read ahead), where epoll cannot see it. */
+    bool tls_buffered;
 };
 
 ssize_t tg_io_read(struct tg_io *io, void *buf, size_t n);
@@ -34,11 +37,13 @@ ssize_t tg_io_read(struct tg_io *io, void *buf, size_t n);
  * response head and its first body bytes travel in one record. */
 ssize_t tg_io_writev(struct tg_io *io, const struct iovec *iov, int iovcnt);
 
-/* Bytes the TLS layer has decrypted but not yet returned (0 for plain): a
- * reader must drain them before waiting for the socket again. */
-static inline size_t tg_io_pending(const struct tg_io *io)
+/* Whether the TLS layer holds input the last read did not return (false
+ * for plain): a reader must come back for it before waiting for the socket
+ * again. Records are read ahead, so one read syscall takes a record's
+ * header and body, and often the next record too. */
+static inline bool tg_io_buffered(const struct tg_io *io)
 {
-    return io->ssl != NULL ? (size_t)SSL_pending(io->ssl) : 0;
+    return io->tls_buffered;
 }
 
 /* Frees the TLS state (no close_notify wait) and closes the descriptor. */

@@ -302,9 +302,11 @@ void tg_upstream_watch(struct tg_upconn *uc, int events)
             ev_io_start(loop, &uc->watcher);
         }
     }
-    /* Plaintext OpenSSL holds is invisible to epoll (see tg_conn_watch). */
-    if ((events & EV_READ) && tg_io_pending(&uc->io) > 0)
+    /* Input OpenSSL holds is invisible to epoll (see tg_conn_watch). */
+    if ((events & EV_READ) && uc->io.tls_buffered) {
+        uc->io.tls_buffered = false;
         ev_feed_event(loop, &uc->watcher, EV_READ);
+    }
 }
 
 /* A pooled connection became readable: the backend closed it (or sent

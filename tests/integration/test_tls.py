@@ -558,3 +558,32 @@ sites:
         assert time.monotonic() - start < 10 * SLOW
     s.close()
     assert up.connections == 1
+
+
+def test_pipelined_records_read_ahead_are_all_answered(tls_gateway):
+    """Records read ahead sit inside OpenSSL, invisible to epoll: requests
+    sent as separate records in one burst (a body in its own record too)
+    must each be answered, in order, without waiting for more input."""
+    port, b, _ = tls_gateway
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
+    ts = ctx.wrap_socket(s, server_hostname="a.test")
+    for i in range(4):
+        ts.send(b"GET /p%d HTTP/1.1\r\nHost: a.test\r\n\r\n" % i)  # one record each
+    ts.send(b"POST /p4 HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\n")
+    ts.send(b"hello")
+    ts.send(b"GET /p5 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+    out = b""
+    deadline = time.monotonic() + 5 * SLOW
+    while out.count(b"HTTP/1.1 200") < 6 and time.monotonic() < deadline:
+        chunk = ts.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    ts.close()
+    assert out.count(b"HTTP/1.1 200") == 6, out
+    paths = [r[0].split()[1] for r in b.requests]
+    assert paths == ["/p%d" % i for i in range(6)]
+    assert b.requests[4][2] == b"hello"
