@@ -125,26 +125,8 @@ static void close_gracefully(struct tg_conn *c, bool input_pending)
 
 void tg_conn_watch(struct tg_conn *c, int events)
 {
-    if (c->state == TG_CONN_CLOSED)
-        return;
-    struct ev_loop *loop = c->w->loop;
-    if (c->watching != events) {
-        ev_io_stop(loop, &c->watcher);
-        c->watching = (uint8_t)events;
-        if (events != 0) {
-            ev_io_set(&c->watcher, c->io.fd, events);
-            ev_io_start(loop, &c->watcher);
-        }
-    }
-    /* Input OpenSSL holds (a record bigger than the room it was read into,
-     * or records read ahead) is invisible to epoll: if nothing else arrives
-     * on the socket, waiting for readability would wait forever. The
-     * handler's read sets the flag again if still more is left; a handler
-     * that does not read cannot make this spin. */
-    if ((events & EV_READ) && c->io.tls_buffered) {
-        c->io.tls_buffered = false;
-        ev_feed_event(loop, &c->watcher, EV_READ);
-    }
+    if (c->state != TG_CONN_CLOSED)
+        tg_io_watch(&c->io, c->w->loop, &c->watcher, &c->watching, events);
 }
 
 void tg_conn_set_deadline(struct tg_conn *c, ev_tstamp when)

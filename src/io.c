@@ -112,6 +112,23 @@ ssize_t tg_io_writev(struct tg_io *io, const struct iovec *iov, int iovcnt)
     return res == 0 ? TG_IO_ERROR : res;
 }
 
+void tg_io_watch(struct tg_io *io, struct ev_loop *loop, ev_io *watcher, uint8_t *watching,
+                 int events)
+{
+    if (*watching != events) {
+        ev_io_stop(loop, watcher);
+        *watching = (uint8_t)events;
+        if (events != 0) {
+            ev_io_set(watcher, io->fd, events);
+            ev_io_start(loop, watcher);
+        }
+    }
+    if ((events & EV_READ) && io->tls_buffered) {
+        io->tls_buffered = false;
+        ev_feed_event(loop, watcher, EV_READ);
+    }
+}
+
 void tg_io_close(struct tg_io *io)
 {
     if (io->ssl != NULL) {

@@ -11,9 +11,11 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include <ev.h>
 #include <openssl/ssl.h>
 
 enum {
@@ -45,6 +47,17 @@ static inline bool tg_io_buffered(const struct tg_io *io)
 {
     return io->tls_buffered;
 }
+
+/* Arms `watcher` on the stream's descriptor for `events` (EV_READ |
+ * EV_WRITE, 0 for none); `*watching` remembers what is armed, so a call
+ * that changes nothing costs no epoll_ctl. Input OpenSSL already holds (a
+ * record bigger than the room it was read into, or records read ahead) is
+ * invisible to epoll: when the stream waits to read and some is there, the
+ * watcher's handler runs at once instead of waiting for a socket event that
+ * may never come. Its read sets the flag again if still more is left, so a
+ * handler that does not read cannot make this spin. */
+void tg_io_watch(struct tg_io *io, struct ev_loop *loop, ev_io *watcher, uint8_t *watching,
+                 int events);
 
 /* Frees the TLS state (no close_notify wait) and closes the descriptor. */
 void tg_io_close(struct tg_io *io);

@@ -293,20 +293,7 @@ static void idle_unlink(struct tg_pool *p, struct tg_upconn *uc)
 
 void tg_upstream_watch(struct tg_upconn *uc, int events)
 {
-    struct ev_loop *loop = uc->pool->w->loop;
-    if (uc->watching != events) {
-        ev_io_stop(loop, &uc->watcher);
-        uc->watching = (uint8_t)events;
-        if (events != 0) {
-            ev_io_set(&uc->watcher, uc->io.fd, events);
-            ev_io_start(loop, &uc->watcher);
-        }
-    }
-    /* Input OpenSSL holds is invisible to epoll (see tg_conn_watch). */
-    if ((events & EV_READ) && uc->io.tls_buffered) {
-        uc->io.tls_buffered = false;
-        ev_feed_event(loop, &uc->watcher, EV_READ);
-    }
+    tg_io_watch(&uc->io, uc->pool->w->loop, &uc->watcher, &uc->watching, events);
 }
 
 /* A pooled connection became readable: the backend closed it (or sent

@@ -257,7 +257,7 @@ def test_sse_stream_ends_with_retry_hint_on_drain(tollgate, backend):
         data += chunk
     s.close()
     assert b"retry: 1000\n\n" in data
-    assert data.endswith(b"0\r\n\r\n")
+    assert data.endswith(b"\r\n0\r\n\r\n")  # the last chunk, not a head
     assert tg.proc.wait(timeout=10 * SLOW) == 0
 
 
@@ -329,5 +329,5 @@ def test_sse_drain_waits_for_the_event_boundary(tollgate, backend):
     # The half event was completed first; the hint came at a boundary after
     # it (whole events may have passed in between), and nothing after it.
     assert re.fullmatch(rb"data: a\n\n(data: \d+\n\n)*retry: 1000\n\n", events), events
-    assert data.endswith(b"0\r\n\r\n")
+    assert data.endswith(b"\r\n0\r\n\r\n")  # the last chunk, not a head
     assert tg.proc.wait(timeout=10 * SLOW) == 0

@@ -409,22 +409,30 @@ def tls_backend(pki, name, sans, serve=backend_ok):
     return handler
 
 
-def test_upstream_tls_verified(tollgate, backend, pki):
-    good = backend(tls_backend(pki, "up", ["backend.test"]))
-    port = free_port()
-    tollgate("""
+def upstream_tls_config(port, up_port, ca, upstream_extra="", top_extra=""):
+    """A plain listener in front of one TLS upstream verified against `ca`
+    under the name backend.test."""
+    return """
 workers: 1
 listen: [127.0.0.1:%d]
+%s
 upstreams:
   secure:
     servers: [127.0.0.1:%d]
     tls: true
     tls_ca: %s
     tls_server_name: backend.test
+%s
 sites:
   - hosts: [app.test]
     routes: [{path: /, upstream: secure}]
-""" % (port, good.port, pki.ca))
+""" % (port, top_extra, up_port, ca, upstream_extra)
+
+
+def test_upstream_tls_verified(tollgate, backend, pki):
+    good = backend(tls_backend(pki, "up", ["backend.test"]))
+    port = free_port()
+    tollgate(upstream_tls_config(port, good.port, pki.ca))
     from conftest import get
     for _ in range(5):
         assert get(port, "/")[0] == 200
@@ -434,19 +442,7 @@ sites:
 def test_upstream_tls_wrong_name_refused(tollgate, backend, pki):
     bad = backend(tls_backend(pki, "up2", ["someone-else.test"]))
     port = free_port()
-    tg = tollgate("""
-listen: [127.0.0.1:%d]
-upstreams:
-  secure:
-    servers: [127.0.0.1:%d]
-    tls: true
-    tls_ca: %s
-    tls_server_name: backend.test
-    retries: 0
-sites:
-  - hosts: [app.test]
-    routes: [{path: /, upstream: secure}]
-""" % (port, bad.port, pki.ca))
+    tg = tollgate(upstream_tls_config(port, bad.port, pki.ca, upstream_extra="    retries: 0"))
     from conftest import get
     assert get(port, "/")[0] == 502
     time.sleep(0.2)
@@ -529,21 +525,8 @@ def test_download_from_tls_upstream_never_stalls_on_buffered_plaintext(tollgate,
 
     up = backend(tls_backend(pki, "up3", ["backend.test"], serve=big))
     port = free_port()
-    tollgate("""
-workers: 1
-listen: [127.0.0.1:%d]
-client: {buffer_size: 4KiB}
-upstreams:
-  secure:
-    servers: [127.0.0.1:%d]
-    tls: true
-    tls_ca: %s
-    tls_server_name: backend.test
-    read_timeout: 30s
-sites:
-  - hosts: [app.test]
-    routes: [{path: /, upstream: secure}]
-""" % (port, up.port, pki.ca))
+    tollgate(upstream_tls_config(port, up.port, pki.ca, upstream_extra="    read_timeout: 30s",
+                                 top_extra="client: {buffer_size: 4KiB}"))
     s = socket.create_connection(("127.0.0.1", port), timeout=15 * SLOW)
     for _ in range(3):
         start = time.monotonic()
