@@ -29,6 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "siphash.h"
+
 #define KEY_INLINE 46
 #define NONE UINT32_MAX
 /* Entries an eviction looks at: at least EVICT_SAMPLE, and on up to
@@ -140,82 +142,7 @@ struct tg_ratelimit_local {
     struct shard *shards;
 };
 
-/* ---- hashing --------------------------------------------------------------
- * SipHash-1-3 with a random key per table. Keys hold client addresses and
- * header values, so an attacker chooses them; a keyed PRF keeps them from
- * aiming at one chain (hash flooding). 1-3 is what Rust's and Python's hash
- * tables use: the strength of full SipHash-2-4 is not needed for a table,
- * and a 20-byte key hashes in ~10 ns. */
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                               \
-    do {                                                                       \
-        v0 += v1;                                                              \
-        v1 = ROTL(v1, 13);                                                     \
-        v1 ^= v0;                                                              \
-        v0 = ROTL(v0, 32);                                                     \
-        v2 += v3;                                                              \
-        v3 = ROTL(v3, 16);                                                     \
-        v3 ^= v2;                                                              \
-        v0 += v3;                                                              \
-        v3 = ROTL(v3, 21);                                                     \
-        v3 ^= v0;                                                              \
-        v2 += v1;                                                              \
-        v1 = ROTL(v1, 17);                                                     \
-        v1 ^= v2;                                                              \
-        v2 = ROTL(v2, 32);                                                     \
-    } while (0)
-
-static uint64_t siphash13(const void *data, size_t len, uint64_t k0,
-                          uint64_t k1)
-{
-    const unsigned char *in = data;
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
-    uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
-    uint64_t v3 = 0x7465646279746573ULL ^ k1;
-    uint64_t b = (uint64_t)len << 56;
-    const unsigned char *end = in + (len & ~(size_t)7);
-    for (; in != end; in += 8) {
-        uint64_t m;
-        memcpy(&m, in, 8); /* host order: the hash only lives in memory */
-        v3 ^= m;
-        SIPROUND;
-        v0 ^= m;
-    }
-    switch (len & 7) {
-    case 7:
-        b |= (uint64_t)in[6] << 48;
-        /* fall through */
-    case 6:
-        b |= (uint64_t)in[5] << 40;
-        /* fall through */
-    case 5:
-        b |= (uint64_t)in[4] << 32;
-        /* fall through */
-    case 4:
-        b |= (uint64_t)in[3] << 24;
-        /* fall through */
-    case 3:
-        b |= (uint64_t)in[2] << 16;
-        /* fall through */
-    case 2:
-        b |= (uint64_t)in[1] << 8;
-        /* fall through */
-    case 1:
-        b |= (uint64_t)in[0];
-        break;
-    case 0:
-        break;
-    }
-    v3 ^= b;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
-}
+/* ---- hashing: tg_siphash13 (siphash.h) with a random key per table ---- */
 
 static void random_seed(uint64_t seed[2])
 {
@@ -478,7 +405,7 @@ static bool take_one(struct tg_ratelimit_local *t, struct tg_ratelimit_op *op,
         refuse(op);
         return false;
     }
-    uint64_t h = siphash13(op->key, op->keylen, t->k0, t->k1);
+    uint64_t h = tg_siphash13(op->key, op->keylen, t->k0, t->k1);
     struct shard *s = shard_of(t, h);
     lock_acquire(&s->lock);
     uint32_t i = find(s, (uint32_t)h, op->key, op->keylen);
@@ -536,7 +463,7 @@ static bool take_many(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops,
     }
 
     for (size_t i = 0; i < nops; i++) {
-        hash[i] = siphash13(ops[i].key, ops[i].keylen, t->k0, t->k1);
+        hash[i] = tg_siphash13(ops[i].key, ops[i].keylen, t->k0, t->k1);
         superseded[i] = false;
         uint32_t si = (uint32_t)(hash[i] >> 32) & t->smask;
         size_t j = nlocks;
@@ -605,7 +532,7 @@ bool tg_ratelimit_local_reset(struct tg_ratelimit_local *t, const void *key,
 {
     if (keylen > TG_RATELIMIT_LOCAL_KEY_MAX)
         return false;
-    uint64_t h = siphash13(key, keylen, t->k0, t->k1);
+    uint64_t h = tg_siphash13(key, keylen, t->k0, t->k1);
     struct shard *s = shard_of(t, h);
     lock_acquire(&s->lock);
     uint32_t i = find(s, (uint32_t)h, key, keylen);

@@ -43,6 +43,7 @@
 #include "redis.h"
 #include "redis_sub.h"
 #include "router.h"
+#include "siphash.h"
 #include "str.h"
 
 #define ID_MAX 63
@@ -75,56 +76,6 @@ static uint64_t hash_lower(const char *p, size_t n)
         h *= 0x100000001b3ULL;
     }
     return h;
-}
-
-/* Keyed SipHash-1-3 for the caches, whose keys any client can choose (a
- * Host header): a per-directory random key keeps chains short. */
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                               \
-    do {                                                                       \
-        v0 += v1;                                                              \
-        v1 = ROTL(v1, 13);                                                     \
-        v1 ^= v0;                                                              \
-        v0 = ROTL(v0, 32);                                                     \
-        v2 += v3;                                                              \
-        v3 = ROTL(v3, 16);                                                     \
-        v3 ^= v2;                                                              \
-        v0 += v3;                                                              \
-        v3 = ROTL(v3, 21);                                                     \
-        v3 ^= v0;                                                              \
-        v2 += v1;                                                              \
-        v1 = ROTL(v1, 17);                                                     \
-        v1 ^= v2;                                                              \
-        v2 = ROTL(v2, 32);                                                     \
-    } while (0)
-
-static uint64_t siphash13(const void *data, size_t len, uint64_t k0,
-                          uint64_t k1)
-{
-    const unsigned char *in = data;
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
-    uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
-    uint64_t v3 = 0x7465646279746573ULL ^ k1;
-    uint64_t b = (uint64_t)len << 56;
-    const unsigned char *end = in + (len & ~(size_t)7);
-    for (; in != end; in += 8) {
-        uint64_t m;
-        memcpy(&m, in, 8);
-        v3 ^= m;
-        SIPROUND;
-        v0 ^= m;
-    }
-    for (size_t i = 0; i < (len & 7); i++)
-        b |= (uint64_t)in[i] << (8 * i);
-    v3 ^= b;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
 }
 
 static size_t pow2_at_least(size_t n, size_t min)
@@ -632,7 +583,7 @@ static struct flist *fl_of(struct tg_tenant_dir *d, struct fetch *f)
 static uint64_t key_hash(const struct tg_tenant_dir *d, const char *k,
                          size_t n)
 {
-    return siphash13(k, n, d->k0, d->k1);
+    return tg_siphash13(k, n, d->k0, d->k1);
 }
 
 static struct entry *cache_find(const struct tg_tenant_dir *d, const char *k,

@@ -58,7 +58,7 @@ static int64_t remaining(struct tg_ratelimit_local *t, const struct key *k,
 static uint32_t shard_index(struct tg_ratelimit_local *t, const void *key,
                             size_t len)
 {
-    return (uint32_t)(siphash13(key, len, t->k0, t->k1) >> 32) & t->smask;
+    return (uint32_t)(tg_siphash13(key, len, t->k0, t->k1) >> 32) & t->smask;
 }
 
 static double now_s(void)
@@ -641,7 +641,7 @@ TEST(test_bench)
         double t0 = now_s();
         for (long i = 0; i < n; i++) {
             k.addr[0] = (unsigned char)i;
-            h += siphash13(&k, sizeof(k), 1, 2);
+            h += tg_siphash13(&k, sizeof(k), 1, 2);
         }
         double d = now_s() - t0;
         best = d < best ? d : best;
