@@ -570,3 +570,47 @@ def test_pipelined_records_read_ahead_are_all_answered(tls_gateway):
     paths = [r[0].split()[1] for r in b.requests]
     assert paths == ["/p%d" % i for i in range(6)]
     assert b.requests[4][2] == b"hello"
+
+
+def test_websocket_over_tls_with_small_buffers(tollgate, backend, pki):
+    """WebSocket through a TLS listener with 4 KiB buffers: frames larger
+    than the buffer and than a TLS record round-trip intact, in time."""
+    import base64
+    from test_streaming import recv_until, ws_accept, ws_frame, ws_read_frame
+
+    def echo(sock, be):
+        data = recv_until(sock, b"\r\n\r\n")
+        key = [l.split(b":", 1)[1].strip() for l in data.split(b"\r\n")
+               if l.lower().startswith(b"sec-websocket-key:")][0]
+        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + ws_accept(key) + b"\r\n\r\n")
+        buf = data.split(b"\r\n\r\n", 1)[1]
+        while True:
+            op, payload, buf = ws_read_frame(sock, buf)
+            if op == 8:
+                return
+            sock.sendall(ws_frame(payload, mask=False))
+
+    b = backend(echo)
+    port = free_port()
+    tollgate(tls_config(port, b.port, [pki.leaf("a", ["a.test"])],
+                        extra="client:\n  buffer_size: 4KiB\n"))
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW),
+                        server_hostname="a.test")
+    key = base64.b64encode(os.urandom(16))
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = recv_until(s, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    buf = head.split(b"\r\n\r\n", 1)[1]
+    for size in (70000, 16384 * 3, 5000, 1):
+        msg = os.urandom(size)
+        start = time.monotonic()
+        s.sendall(ws_frame(msg))
+        op, payload, buf = ws_read_frame(s, buf)
+        assert payload == msg
+        assert time.monotonic() - start < 5 * SLOW
+    s.close()
