@@ -339,22 +339,26 @@ def ws_read_frame(sock, buf):
     return buf[0] & 0x0F, payload, buf[off + n:]
 
 
+def ws_echo_backend(sock, be):
+    """Accepts a WebSocket upgrade (recording the request) and echoes every
+    frame until a close, which it answers."""
+    data = recv_until(sock, b"\r\n\r\n")
+    key = [l.split(b":", 1)[1].strip() for l in data.split(b"\r\n")
+           if l.lower().startswith(b"sec-websocket-key:")][0]
+    be.record(data)
+    sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + ws_accept(key) + b"\r\n\r\n")
+    buf = data.split(b"\r\n\r\n", 1)[1]
+    while True:
+        op, payload, buf = ws_read_frame(sock, buf)
+        if op == 8:
+            sock.sendall(ws_frame(b"", mask=False, opcode=8))
+            return
+        sock.sendall(ws_frame(payload, mask=False))
+
+
 def test_websocket_echo_tunnel(tollgate, backend):
-    def handler(sock, be):
-        data = recv_until(sock, b"\r\n\r\n")
-        key = [l.split(b":", 1)[1].strip() for l in data.split(b"\r\n")
-               if l.lower().startswith(b"sec-websocket-key:")][0]
-        be.record(data)
-        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + ws_accept(key) + b"\r\n\r\n")
-        buf = data.split(b"\r\n\r\n", 1)[1]
-        while True:
-            op, payload, buf = ws_read_frame(sock, buf)
-            if op == 8:
-                sock.sendall(ws_frame(b"", mask=False, opcode=8))
-                return
-            sock.sendall(ws_frame(payload, mask=False))
-    b = backend(handler)
+    b = backend(ws_echo_backend)
     port = free_port()
     tollgate(basic_config(port, [b.port], upstream_extra="    read_timeout: 1s"))
     s = socket.create_connection(("127.0.0.1", port))

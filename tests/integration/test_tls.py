@@ -577,22 +577,9 @@ def test_websocket_over_tls_with_small_buffers(tollgate, backend, pki):
     is bigger than the buffer leaves that record's tail inside OpenSSL, and
     the backend waits for it before it echoes."""
     import base64
-    from test_streaming import recv_until, ws_accept, ws_frame, ws_read_frame
+    from test_streaming import recv_until, ws_echo_backend, ws_frame, ws_read_frame
 
-    def echo(sock, be):
-        data = recv_until(sock, b"\r\n\r\n")
-        key = [l.split(b":", 1)[1].strip() for l in data.split(b"\r\n")
-               if l.lower().startswith(b"sec-websocket-key:")][0]
-        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + ws_accept(key) + b"\r\n\r\n")
-        buf = data.split(b"\r\n\r\n", 1)[1]
-        while True:
-            op, payload, buf = ws_read_frame(sock, buf)
-            if op == 8:
-                return
-            sock.sendall(ws_frame(payload, mask=False))
-
-    b = backend(echo)
+    b = backend(ws_echo_backend)
     port = free_port()
     tollgate(tls_config(port, b.port, [pki.leaf("a", ["a.test"])],
                         extra="client:\n  buffer_size: 4KiB\n"))
