@@ -351,12 +351,7 @@ def echo_handler(sock, backend):
     """Keep-alive backend: answers each request with a JSON-ish description
     of what it received (method, path, headers) and echoes the body."""
     import json
-    rest = b""
-    while True:
-        r = read_http_request(sock, rest)
-        if r is None:
-            return
-        head, headers, body, rest = r
+    for head, headers, body in requests_on(sock):
         backend.record((head, headers, body))
         info = {"line": head.split("\r\n")[0], "headers": headers, "body_len": len(body),
                 "port": backend.port}

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import (GEOIP_DIR, SLOW, basic_config, free_port, get, raw, read_http_request,
-                      run_tollgate_check, status_of)
+                      run_tollgate_check, status_of, requests_on)
 
 COUNTRY_DB = os.path.join(GEOIP_DIR, "GeoLite2-Country-Test.mmdb")
 ASN_DB = os.path.join(GEOIP_DIR, "GeoLite2-ASN-Test.mmdb")
@@ -129,12 +129,7 @@ sites: [{hosts: [app.test], routes: [{path: /, upstream: app}]}]
 
 def backend_with_headers(extra):
     def handler(sock, be):
-        rest = b""
-        while True:
-            r = read_http_request(sock, rest)
-            if r is None:
-                return
-            head, headers, body, rest = r
+        for head, headers, body in requests_on(sock):
             be.record((head, headers, body))
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + extra + b"\r\nok")
     return handler

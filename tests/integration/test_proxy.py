@@ -10,7 +10,7 @@ import threading
 import time
 
 from conftest import (ROOT, Blackhole, SLOW, basic_config, echo_handler, free_port, get, raw,
-                      read_http_request, status_of)
+                      read_http_request, status_of, requests_on)
 
 
 def body_json(data):
@@ -268,12 +268,7 @@ def test_least_conn_balancing(tollgate, backend):
 
 def test_head_204_304_have_no_body(tollgate, backend):
     def handler(sock, be):
-        rest = b""
-        while True:
-            r = read_http_request(sock, rest)
-            if r is None:
-                return
-            head, headers, body, rest = r
+        for head, headers, body in requests_on(sock):
             path = head.split(" ")[1]
             if path == "/204":
                 sock.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")

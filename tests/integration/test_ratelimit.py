@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import SLOW, free_port, get, raw, read_http_request, status_of
+from conftest import SLOW, free_port, get, raw, read_http_request, status_of, requests_on
 
 ISSUE_CONFIG = """
 workers: 2
@@ -50,12 +50,7 @@ def login_backend():
     """Answers logins: 200 for password "right", 400 otherwise (like
     PocketBase), echoing nothing else; records bodies."""
     def handler(sock, be):
-        rest = b""
-        while True:
-            r = read_http_request(sock, rest)
-            if r is None:
-                return
-            head, headers, body, rest = r
+        for head, headers, body in requests_on(sock):
             be.record((head, headers, body))
             ok = b'"right"' in body or not body
             status = b"200 OK" if ok else b"400 Bad Request"

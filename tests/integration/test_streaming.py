@@ -11,7 +11,7 @@ import threading
 import time
 
 from conftest import (SLOW, basic_config, free_port, raw, read_http_request,
-                      status_of)
+                      status_of, requests_on)
 
 
 # The last chunk of a chunked body always follows a CRLF (the head's end or
@@ -33,12 +33,7 @@ def recv_until(sock, marker, timeout=5.0):
 
 def test_chunked_request_and_response(tollgate, backend):
     def handler(sock, be):
-        rest = b""
-        while True:
-            r = read_http_request(sock, rest)
-            if r is None:
-                return
-            head, headers, body, rest = r
+        for head, headers, body in requests_on(sock):
             be.record((head, headers, body))
             # Answer chunked, in three pieces.
             out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"

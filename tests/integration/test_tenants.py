@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import (SLOW, Redis, basic_config, echo_handler, free_port, get, raw,
-                      read_http_request, status_of)
+                      requests_on, status_of)
 
 ISSUE_CONFIG = """
 workers: 1
@@ -203,12 +203,7 @@ def test_post_not_retried_after_bytes_sent(tollgate, backend):
 
 def health_backend(state):
     def handler(sock, be):
-        rest = b""
-        while True:
-            r = read_http_request(sock, rest)
-            if r is None:
-                return
-            head, headers, body, rest = r
+        for head, headers, body in requests_on(sock):
             if head.startswith("GET /health"):
                 code = b"200 OK" if state["healthy"] else b"503 Service Unavailable"
                 sock.sendall(b"HTTP/1.1 " + code + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")

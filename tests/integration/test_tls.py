@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import SLOW, free_port, read_http_request, requests_on, status_of
+from conftest import SLOW, free_port, requests_on, status_of
 
 
 def run(cmd, **kw):
@@ -62,12 +62,7 @@ def pki(tmp_path):
 
 
 def backend_ok(sock, be):
-    rest = b""
-    while True:
-        r = read_http_request(sock, rest)
-        if r is None:
-            return
-        head, headers, body, rest = r
+    for head, headers, body in requests_on(sock):
         be.record((head, headers, body))
         payload = json.dumps({k: v for k, v in headers.items()}).encode()
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
