@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -37,7 +38,7 @@ ssize_t tg_io_read(struct tg_io *io, void *buf, size_t n)
 {
     if (io->ssl == NULL) {
         for (;;) {
-            ssize_t r = read(io->fd, buf, n);
+            ssize_t r = recv(io->fd, buf, n, 0);
             if (r >= 0)
                 return r;
             if (errno == EINTR)
@@ -67,7 +68,13 @@ ssize_t tg_io_writev(struct tg_io *io, const struct iovec *iov, int iovcnt)
 {
     if (io->ssl == NULL) {
         for (;;) {
-            ssize_t r = writev(io->fd, iov, iovcnt);
+            ssize_t r;
+            if (iovcnt == 1) {
+                r = send(io->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+            } else {
+                struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
+                r = sendmsg(io->fd, &msg, MSG_NOSIGNAL);
+            }
             if (r >= 0)
                 return r;
             if (errno == EINTR)
