@@ -71,7 +71,7 @@ void tg_conn_close(struct tg_conn *c)
         c->req = NULL;
         tg_proxy_abort(req);
     }
-    ev_io_stop(w->loop, &c->watcher);
+    tg_worker_io_stop(w->loop, &c->watcher);
     ev_timer_stop(w->loop, &c->timer);
     tg_io_close(&c->io);
     if (c->in != NULL) {
@@ -533,7 +533,8 @@ static void linger(struct tg_conn *c)
 
 static void on_client_io(struct ev_loop *loop, ev_io *io, int revents)
 {
-    (void)loop;
+    if (tg_worker_defer_io(loop, io, revents))
+        return;
     struct tg_conn *c = io->data;
     tg_conn_ref(c);
     switch (c->state) {

@@ -11,6 +11,7 @@
 #include <openssl/err.h>
 
 #include "tls.h"
+#include "worker.h"
 
 static ssize_t tls_result(struct tg_io *io, int rc)
 {
@@ -123,7 +124,7 @@ void tg_io_watch(struct tg_io *io, struct ev_loop *loop, ev_io *watcher, uint8_t
                  int events)
 {
     if (*watching != events) {
-        ev_io_stop(loop, watcher);
+        tg_worker_io_stop(loop, watcher);
         *watching = (uint8_t)events;
         if (events != 0) {
             ev_io_set(watcher, io->fd, events);

@@ -279,7 +279,7 @@ int tg_upstream_pick(struct tg_worker *w, unsigned *cursor,
 static void close_upconn(struct tg_upconn *uc)
 {
     struct tg_worker *w = uc->pool->w;
-    ev_io_stop(w->loop, &uc->watcher);
+    tg_worker_io_stop(w->loop, &uc->watcher);
     tg_io_close(&uc->io);
     tg_buf_put(&w->bufs, uc->in);
     free(uc);
@@ -315,7 +315,8 @@ static void idle_io(struct tg_upconn *uc)
 
 static void on_upconn_io(struct ev_loop *loop, ev_io *io, int revents)
 {
-    (void)loop;
+    if (tg_worker_defer_io(loop, io, revents))
+        return;
     struct tg_upconn *uc = io->data;
     if (uc->state == TG_UPCONN_IDLE)
         idle_io(uc);

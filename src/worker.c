@@ -424,6 +424,62 @@ static void on_housekeeping(struct ev_loop *loop, ev_timer *t, int revents)
         tg_upstream_sweep(w, ev_now(loop));
 }
 
+/* ---- socket events in the order they came --------------------------------
+ *
+ * libev runs the callbacks of one poll last in, first out: the socket epoll
+ * reported first is served last, so under load the one that has waited
+ * longest waits for all the others again, which stretches the latency tail
+ * (nginx and HAProxy serve in epoll's order). The worker's loop runs its
+ * pending callbacks through invoke_pending: while libev runs them, client
+ * and upstream socket callbacks only note their event (tg_worker_defer_io),
+ * and the notes are then served oldest first. Timers and the mailbox run
+ * as before. */
+
+static void invoke_pending(struct ev_loop *loop)
+{
+    struct tg_worker *w = ev_userdata(loop);
+    do {
+        w->collecting_io = true;
+        ev_invoke_pending(loop);
+        w->collecting_io = false;
+        /* Noted newest first: the oldest is at the end. */
+        while (w->nready > 0) {
+            struct tg_ready_io r = w->ready[--w->nready];
+            if (r.io != NULL)
+                ev_cb(r.io)(loop, r.io, r.revents);
+        }
+        /* What those callbacks fed (buffered TLS input) runs now too. */
+    } while (ev_pending_count(loop) > 0);
+}
+
+bool tg_worker_defer_io(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct tg_worker *w = ev_userdata(loop);
+    if (w == NULL || !w->collecting_io)
+        return false;
+    if (w->nready == w->ready_cap) {
+        size_t cap = w->ready_cap ? 2 * w->ready_cap : 64;
+        struct tg_ready_io *r = realloc(w->ready, cap * sizeof(*r));
+        if (r == NULL)
+            return false; /* served at once, out of order: still served */
+        w->ready = r;
+        w->ready_cap = cap;
+    }
+    w->ready[w->nready++] = (struct tg_ready_io){io, revents};
+    return true;
+}
+
+void tg_worker_io_stop(struct ev_loop *loop, ev_io *io)
+{
+    ev_io_stop(loop, io);
+    struct tg_worker *w = ev_userdata(loop);
+    if (w == NULL)
+        return;
+    for (size_t i = 0; i < w->nready; i++)
+        if (w->ready[i].io == io)
+            w->ready[i].io = NULL;
+}
+
 /* ---- lifecycle ------------------------------------------------------------ */
 
 struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt)
@@ -449,6 +505,7 @@ struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt)
         return NULL;
     }
     ev_set_userdata(w->loop, w);
+    ev_set_invoke_pending_cb(w->loop, invoke_pending);
     pthread_mutex_init(&w->mbox_lock, NULL);
     ev_async_init(&w->mbox, on_mailbox);
     w->mbox.data = w;
@@ -536,5 +593,6 @@ void tg_worker_join_and_free(struct tg_worker *w)
     ev_timer_stop(w->loop, &w->housekeeping);
     ev_loop_destroy(w->loop);
     pthread_mutex_destroy(&w->mbox_lock);
+    free(w->ready);
     free(w);
 }

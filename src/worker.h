@@ -108,6 +108,16 @@ struct tg_worker {
      * oldest first; retried when a slot frees (proxy.c). */
     struct tg_list upwait;               /* of tg_request.upwait_link */
     ev_prepare upwait_kick;
+    /* Socket events of the current loop pass, noted while libev runs its
+     * callbacks and then served oldest first (tg_worker_defer_io). */
+    bool collecting_io;
+    struct tg_ready_io *ready;
+    size_t nready, ready_cap;
+};
+
+struct tg_ready_io {
+    ev_io *io;      /* NULL once stopped (tg_worker_io_stop) */
+    int revents;
 };
 
 /* State shared by all workers and the main thread that outlives config
@@ -151,5 +161,13 @@ void tg_worker_cfg_release(struct tg_wcfg *c);
 /* Called by a connection when it closes, so accept can resume if it was
  * paused for want of descriptors and drain can finish. */
 void tg_worker_conn_closed(struct tg_worker *w);
+
+/* Called first thing by the callbacks of client and upstream sockets: true
+ * when the event was noted, to be served (the callback run again) in the
+ * order epoll reported the sockets ready, once libev has run the pass. */
+bool tg_worker_defer_io(struct ev_loop *loop, ev_io *io, int revents);
+
+/* ev_io_stop, and forgets an event of `io` still waiting to be served. */
+void tg_worker_io_stop(struct ev_loop *loop, ev_io *io);
 
 #endif
