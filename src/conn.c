@@ -533,9 +533,10 @@ static void linger(struct tg_conn *c)
 
 static void on_client_io(struct ev_loop *loop, ev_io *io, int revents)
 {
-    if (tg_worker_defer_io(loop, io, revents))
-        return;
+    (void)loop;
     struct tg_conn *c = io->data;
+    if (tg_worker_defer_io(c->w, io, revents))
+        return;
     tg_conn_ref(c);
     switch (c->state) {
     case TG_CONN_HANDSHAKE:

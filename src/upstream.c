@@ -315,9 +315,10 @@ static void idle_io(struct tg_upconn *uc)
 
 static void on_upconn_io(struct ev_loop *loop, ev_io *io, int revents)
 {
-    if (tg_worker_defer_io(loop, io, revents))
-        return;
+    (void)loop;
     struct tg_upconn *uc = io->data;
+    if (tg_worker_defer_io(uc->pool->w, io, revents))
+        return;
     if (uc->state == TG_UPCONN_IDLE)
         idle_io(uc);
     else if (uc->on_io != NULL)

@@ -452,19 +452,14 @@ static void invoke_pending(struct ev_loop *loop)
     } while (ev_pending_count(loop) > 0);
 }
 
-bool tg_worker_defer_io(struct ev_loop *loop, ev_io *io, int revents)
+bool tg_worker_note_io_grow(struct tg_worker *w, ev_io *io, int revents)
 {
-    struct tg_worker *w = ev_userdata(loop);
-    if (w == NULL || !w->collecting_io)
-        return false;
-    if (w->nready == w->ready_cap) {
-        size_t cap = w->ready_cap ? 2 * w->ready_cap : 64;
-        struct tg_ready_io *r = realloc(w->ready, cap * sizeof(*r));
-        if (r == NULL)
-            return false; /* served at once, out of order: still served */
-        w->ready = r;
-        w->ready_cap = cap;
-    }
+    size_t cap = w->ready_cap ? 2 * w->ready_cap : 64;
+    struct tg_ready_io *r = realloc(w->ready, cap * sizeof(*r));
+    if (r == NULL)
+        return false; /* served at once, out of order: still served */
+    w->ready = r;
+    w->ready_cap = cap;
     w->ready[w->nready++] = (struct tg_ready_io){io, revents};
     return true;
 }

@@ -165,7 +165,17 @@ void tg_worker_conn_closed(struct tg_worker *w);
 /* Called first thing by the callbacks of client and upstream sockets: true
  * when the event was noted, to be served (the callback run again) in the
  * order epoll reported the sockets ready, once libev has run the pass. */
-bool tg_worker_defer_io(struct ev_loop *loop, ev_io *io, int revents);
+bool tg_worker_note_io_grow(struct tg_worker *w, ev_io *io, int revents);
+
+static inline bool tg_worker_defer_io(struct tg_worker *w, ev_io *io, int revents)
+{
+    if (!w->collecting_io)
+        return false;
+    if (w->nready == w->ready_cap)
+        return tg_worker_note_io_grow(w, io, revents);
+    w->ready[w->nready++] = (struct tg_ready_io){io, revents};
+    return true;
+}
 
 /* ev_io_stop, and forgets an event of `io` still waiting to be served. */
 void tg_worker_io_stop(struct ev_loop *loop, ev_io *io);

@@ -22,7 +22,7 @@ static struct {
 
 static void on_ready(struct ev_loop *loop, ev_io *io, int revents)
 {
-    if (tg_worker_defer_io(loop, io, revents))
+    if (tg_worker_defer_io(&t.w, io, revents))
         return;
     int i = (int)(io - t.io);
     char b;
