@@ -1462,6 +1462,19 @@ static int parse_headers_spec(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr
 }
 
 /* Defaults, then each spec in order (NULL entries skipped). */
+/* A list of header names with their lengths, for compares per request. */
+static int name_list(struct tg_arena *a, const struct hdr_list *l, struct tg_str **out,
+                     size_t *n)
+{
+    *out = tg_arena_calloc(a, l->n ? l->n : 1, sizeof(**out));
+    if (*out == NULL)
+        return -1;
+    for (size_t i = 0; i < l->n; i++)
+        (*out)[i] = tg_str_make(l->names[i], strlen(l->names[i]));
+    *n = l->n;
+    return 0;
+}
+
 static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
                            const struct hdr_spec *const *specs, size_t nspecs)
 {
@@ -1508,11 +1521,30 @@ static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
         if (req[i].value != NULL)
             out->req_set[out->nreq_set++] = (struct tg_config_header){
                 req[i].name, req[i].value, strlen(req[i].name), strlen(req[i].value), false};
-    out->remove = remove.names;
-    out->nremove = remove.n;
     out->override = override;
-    out->req_remove = req_remove.names;
-    out->nreq_remove = req_remove.n;
+    if (name_list(a, &remove, &out->remove, &out->nremove) < 0 ||
+        name_list(a, &req_remove, &out->req_remove, &out->nreq_remove) < 0)
+        return -1;
+    for (int tls = 0; tls < 2; tls++) {
+        size_t len = 0;
+        for (size_t i = 0; i < out->nadd; i++)
+            if (tls || !out->add[i].https_only)
+                len += out->add[i].name_len + out->add[i].value_len + 4;
+        char *block = tg_arena_alloc(a, len + 1);
+        if (block == NULL)
+            return -1;
+        size_t at = 0;
+        for (size_t i = 0; i < out->nadd; i++) {
+            const struct tg_config_header *h = &out->add[i];
+            if (!tls && h->https_only)
+                continue;
+            at += (size_t)sprintf(block + at, "%s: %s\r\n", h->name, h->value);
+        }
+        out->add_block[tls] = tg_str_make(block, at);
+    }
+    out->add_name_lengths = 0;
+    for (size_t i = 0; i < out->nadd; i++)
+        out->add_name_lengths |= 1ull << (out->add[i].name_len & 63);
     return 0;
 }
 

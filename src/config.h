@@ -241,13 +241,18 @@ struct tg_config_header {
 struct tg_config_headers {
     struct tg_config_header *add; /* response headers */
     size_t nadd;
-    const char **remove;          /* response headers dropped */
+    struct tg_str *remove;        /* response headers dropped */
     size_t nremove;
     bool override;                /* replace what the backend set */
     struct tg_config_header *req_set; /* request headers toward the backend */
     size_t nreq_set;
-    const char **req_remove;
+    struct tg_str *req_remove;
     size_t nreq_remove;
+    /* `add` rendered once ("Name: value\r\n" each) for plain [0] and TLS
+     * [1] clients, and one bit per name length (mod 64): a backend header
+     * whose length has no bit set cannot be one of them. */
+    struct tg_str add_block[2];
+    uint64_t add_name_lengths;
 };
 
 /* ---- tenants ---- */

@@ -200,7 +200,7 @@ static void explain_request(struct tg_config *cfg, struct tg_request *req, char 
     printf("%s\n", rules->override ? " (replacing the backend's)" : " (unless the backend set them)");
     printf("removes:  ");
     for (size_t i = 0; i < rules->nremove; i++)
-        printf(" %s", rules->remove[i]);
+        printf(" %.*s", (int)rules->remove[i].n, rules->remove[i].p);
     printf("\n");
     if (ok)
         printf("answer:    proxied%s\n", req->lim.n ? " if the limits above allow" : "");

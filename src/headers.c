@@ -190,10 +190,10 @@ static const struct tg_config_headers *rules_of(const struct tg_request *req)
     return &req->wcfg->config->headers;
 }
 
-static bool name_listed(const char *const *names, size_t n, struct tg_str name)
+static bool name_listed(const struct tg_str *names, size_t n, struct tg_str name)
 {
     for (size_t i = 0; i < n; i++)
-        if (strlen(names[i]) == name.n && strncasecmp(names[i], name.p, name.n) == 0)
+        if (names[i].n == name.n && strncasecmp(names[i].p, name.p, name.n) == 0)
             return true;
     return false;
 }
@@ -220,6 +220,15 @@ static void put_response_rules(struct out *o, const struct tg_request *req,
                                const struct tg_http1_header *backend, size_t nbackend)
 {
     const struct tg_config_headers *rules = rules_of(req);
+    bool may_collide = false;
+    for (size_t k = 0; k < nbackend && !rules->override && !may_collide; k++)
+        may_collide = (rules->add_name_lengths >> (backend[k].name.n & 63)) & 1;
+    if (!may_collide) {
+        /* The common case: the backend set none of them. */
+        if (rules->add_block[req->conn->tls].n > 0)
+            put_str(o, rules->add_block[req->conn->tls]);
+        return;
+    }
     for (size_t i = 0; i < rules->nadd; i++) {
         const struct tg_config_header *h = &rules->add[i];
         if (h->https_only && !req->conn->tls)
@@ -244,7 +253,7 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
 
     put_str(&o, h->method);
     put(&o, " ", 1);
-    puts_(&o, req->path);
+    put(&o, req->path, req->path_len);
     /* The client's Host, unless headers.request.set replaces it. */
     const struct tg_config_headers *rules = rules_of(req);
     const struct tg_config_header *host_rule = NULL;
@@ -256,7 +265,7 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
         put_config_header(&o, host_rule);
     } else {
         puts_(&o, "Host: ");
-        puts_(&o, req->host);
+        put(&o, req->host, req->host_len);
         put(&o, "\r\n", 2);
     }
 
@@ -318,24 +327,25 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
     }
 
     char peer[TG_ADDR_STRLEN];
-    tg_addr_format(&req->conn->peer, peer, sizeof(peer));
+    size_t peer_len = tg_addr_format(&req->conn->peer, peer, sizeof(peer));
     puts_(&o, "X-Forwarded-For: ");
     for (size_t i = 0; i < nxff; i++) {
         put_str(&o, xff_chain[i]);
         put(&o, ", ", 2);
     }
-    puts_(&o, peer);
-    char client[TG_ADDR_STRLEN];
-    size_t cn = tg_addr_equal(&req->client, &req->conn->peer)
-                    ? (memcpy(client, peer, strlen(peer) + 1), strlen(peer))
-                    : tg_addr_format(&req->client, client, sizeof(client));
+    put(&o, peer, peer_len);
     puts_(&o, "\r\nX-Real-IP: ");
-    put(&o, client, cn);
+    if (tg_addr_equal(&req->client, &req->conn->peer)) {
+        put(&o, peer, peer_len);
+    } else {
+        char client[TG_ADDR_STRLEN];
+        put(&o, client, tg_addr_format(&req->client, client, sizeof(client)));
+    }
     puts_(&o, req->conn->tls ? "\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: "
                              : "\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
-    puts_(&o, req->host);
+    put(&o, req->host, req->host_len);
     puts_(&o, "\r\nX-Request-Id: ");
-    puts_(&o, req->request_id);
+    put(&o, req->request_id, req->request_id_len);
     put(&o, "\r\n", 2);
     if (subject_header != NULL && req->client_subject != NULL) {
         puts_(&o, subject_header);
@@ -424,7 +434,7 @@ int tg_headers_build_response(struct tg_request *req, struct tg_buf *b)
     if (req->resp_framing == TG_HTTP1_BODY_CHUNKED && !req->resp_dechunk)
         puts_(&o, "Transfer-Encoding: chunked\r\n");
     puts_(&o, "X-Request-Id: ");
-    puts_(&o, req->request_id);
+    put(&o, req->request_id, req->request_id_len);
     put(&o, "\r\n", 2);
     put_limiter_headers(&o, req);
     if (!upgrade) {

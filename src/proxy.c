@@ -805,7 +805,7 @@ static void lookup_domain(struct tg_request *req, struct tg_str hostport)
 static void route_request(struct tg_request *req)
 {
     struct tg_conn *c = req->conn;
-    struct tg_str host = tg_str_make(req->host, strlen(req->host));
+    struct tg_str host = tg_str_make(req->host, req->host_len);
     if (c->tls && !covered_by_certificate(req, host)) {
         respond_local(req, 421, "421 Misdirected Request: the certificate for this "
                                 "connection does not cover this host\n", true);
@@ -816,9 +816,7 @@ static void route_request(struct tg_request *req)
         size_t n = tg_tls_client_subject(c->io.ssl, subject, sizeof(subject));
         req->client_subject = n > 0 ? req_strdup(req, subject, n) : NULL;
     }
-    const char *q = strchr(req->path, '?');
-    size_t route_len = q != NULL ? (size_t)(q - req->path) : strlen(req->path);
-    req->route = tg_proxy_match_route(req->site, req->path, route_len);
+    req->route = tg_proxy_match_route(req->site, req->path, req->route_path_len);
     if (req->route == NULL) {
         respond_local(req, 404, "404 Not Found: no route for this path\n", false);
         return;
@@ -935,11 +933,13 @@ void tg_proxy_start(struct tg_request *req)
     }
     if (req->request_id[0] == '\0')
         tg_headers_new_request_id(req->request_id);
+    req->request_id_len = strlen(req->request_id);
 
     struct tg_str host = h->host;
     if (host.p == NULL)
         host = tg_str_make("", 0);
     req->host = req_strdup(req, host.p, host.n);
+    req->host_len = host.n;
 
     /* Normalised path plus the query, as the backend will see it. */
     size_t qn = h->query.p != NULL ? h->query.n + 1 : 0;
@@ -956,6 +956,7 @@ void tg_proxy_start(struct tg_request *req)
         respond_local(req, 400, "400 Bad Request: invalid path\n", true);
         goto out;
     }
+    req->route_path_len = (size_t)pn;
     if (qn > 0) {
         path[pn++] = '?';
         memcpy(path + pn, h->query.p, h->query.n);
@@ -963,6 +964,7 @@ void tg_proxy_start(struct tg_request *req)
     }
     path[pn] = '\0';
     req->path = path;
+    req->path_len = (size_t)pn;
 
     if (req->method_id == TG_HTTP1_CONNECT || req->method_id == TG_HTTP1_TRACE) {
         respond_local(req, 405, "405 Method Not Allowed\n", false);

@@ -58,6 +58,9 @@ struct tg_request {
     const char *method;
     const char *host;
     const char *path;               /* normalised, with ?query */
+    size_t host_len, path_len;
+    size_t route_path_len;          /* path without the query */
+    size_t request_id_len;
     enum tg_http1_method method_id;
     int minor_version;
     bool client_keep_alive;
