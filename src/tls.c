@@ -94,8 +94,9 @@ static struct {
     EVP_CIPHER *cipher;
     int ssl_server_idx; /* SSL ex data: the tg_tls_server kept alive */
     int ssl_client_idx; /* SSL ex data: struct client_ssl */
+    int ssl_covers_idx; /* SSL ex data: struct covers_memo */
     bool ready;
-} ring = {.ssl_server_idx = -1, .ssl_client_idx = -1};
+} ring = {.ssl_server_idx = -1, .ssl_client_idx = -1, .ssl_covers_idx = -1};
 
 static int64_t clock_monotonic_ms(void)
 {
@@ -1471,7 +1472,7 @@ static bool cert_matches(X509 *x, const char *name, size_t n, bool ip)
     return rc == 1;
 }
 
-bool tg_tls_cert_covers(SSL *ssl, struct tg_str host)
+static bool check_cert_covers(SSL *ssl, struct tg_str host)
 {
     const char *p = host.p;
     size_t n = host.n;
@@ -1522,6 +1523,45 @@ bool tg_tls_cert_covers(SSL *ssl, struct tg_str host)
         any = true;
     }
     return any;
+}
+
+/* The last Host a connection's certificate was checked against, and the
+ * verdict. Keep-alive clients repeat their Host, and the check (decoding
+ * the certificate's names in X509_check_host/_ip_asc) costs more than all
+ * the rest of a request: some 17k instructions for an IP literal. The
+ * certificate of a connection never changes (no renegotiation). */
+struct covers_memo {
+    bool covered;
+    size_t n;
+    char host[];
+};
+
+static void on_covers_memo_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
+                                long argl, void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    free(ptr);
+}
+
+bool tg_tls_cert_covers(SSL *ssl, struct tg_str host)
+{
+    struct covers_memo *m = SSL_get_ex_data(ssl, ring.ssl_covers_idx);
+    if (m != NULL && m->n == host.n && memcmp(m->host, host.p, host.n) == 0)
+        return m->covered;
+    bool covered = check_cert_covers(ssl, host);
+    if (host.n <= MAX_NAME + 8) { /* name, ":port", brackets: else not kept */
+        struct covers_memo *fresh = malloc(sizeof(*fresh) + host.n);
+        if (fresh != NULL) {
+            fresh->covered = covered;
+            fresh->n = host.n;
+            memcpy(fresh->host, host.p, host.n);
+            if (SSL_set_ex_data(ssl, ring.ssl_covers_idx, fresh) == 1)
+                free(m);
+            else
+                free(fresh);
+        }
+    }
+    return covered;
 }
 
 void tg_tls_info(SSL *ssl, struct tg_tls_info *out)
@@ -1841,7 +1881,8 @@ int tg_tls_global_init(void)
                                                on_ssl_server_free);
     ring.ssl_client_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL,
                                                on_ssl_client_free);
-    if (ring.ssl_server_idx < 0 || ring.ssl_client_idx < 0)
+    ring.ssl_covers_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, on_covers_memo_free);
+    if (ring.ssl_server_idx < 0 || ring.ssl_client_idx < 0 || ring.ssl_covers_idx < 0)
         goto fail;
     ring.map_len = 4096;
     void *page = mmap(NULL, ring.map_len, PROT_READ | PROT_WRITE,
@@ -1894,5 +1935,6 @@ void tg_tls_global_cleanup(void)
     ring.cipher = NULL;
     CRYPTO_free_ex_index(CRYPTO_EX_INDEX_SSL, ring.ssl_server_idx);
     CRYPTO_free_ex_index(CRYPTO_EX_INDEX_SSL, ring.ssl_client_idx);
-    ring.ssl_server_idx = ring.ssl_client_idx = -1;
+    CRYPTO_free_ex_index(CRYPTO_EX_INDEX_SSL, ring.ssl_covers_idx);
+    ring.ssl_server_idx = ring.ssl_client_idx = ring.ssl_covers_idx = -1;
 }

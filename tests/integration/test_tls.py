@@ -3,6 +3,7 @@ SNI among names and a wildcard, RSA vs ECDSA, old protocols refused,
 resumption, hot certificate reload, 421, redirect, upstream TLS, client
 certificates, stalled handshakes."""
 
+import http.client
 import json
 import os
 import re
@@ -238,6 +239,26 @@ def test_421_when_certificate_does_not_cover_host(tls_gateway):
     assert status_of(out) == 200
     out, _, _ = https_get(port, "x.w.test", servername="y.w.test")  # same wildcard cert
     assert status_of(out) == 200
+
+
+def test_421_checked_per_request_on_one_connection(tls_gateway):
+    # The verdict for a connection's Host is remembered; another Host on the
+    # same connection is checked again.
+    port, _, _ = tls_gateway
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    conn.sock = ctx.wrap_socket(s, server_hostname="a.test")
+    statuses = []
+    for host in ["a.test", "a.test", "a.test:%d" % port, "b.test"]:
+        conn.request("GET", "/", headers={"Host": host})
+        r = conn.getresponse()
+        r.read()
+        statuses.append(r.status)
+    conn.close()
+    assert statuses == [200, 200, 200, 421]
 
 
 def test_hot_reload_of_renewed_certificate(tollgate, backend, pki):

@@ -726,6 +726,15 @@ TEST(cert_covers_host)
     CHECK(!tg_tls_cert_covers(p.server, TG_STR("x.w.example.com")));
     CHECK(!tg_tls_cert_covers(p.server, TG_STR("")));
     CHECK(!tg_tls_cert_covers(p.server, tg_str_make("a.example.com\0x", 15)));
+    /* The verdict is remembered per connection, for that Host only. */
+    for (int i = 0; i < 3; i++) {
+        CHECK(tg_tls_cert_covers(p.server, TG_STR("a.example.com")));
+        CHECK(tg_tls_cert_covers(p.server, TG_STR("a.example.com")));
+        CHECK(!tg_tls_cert_covers(p.server, TG_STR("b.example.com")));
+        CHECK(!tg_tls_cert_covers(p.server, TG_STR("b.example.com")));
+        CHECK(!tg_tls_cert_covers(p.server, TG_STR("a.example.co")));
+        CHECK(tg_tls_cert_covers(p.server, TG_STR("a.example.com:8443")));
+    }
     pair_close(&p);
 
     pair_open(&p, s, NULL, cc, "x.w.example.com", NULL);
