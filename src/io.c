@@ -1,5 +1,5 @@
 /* Plain and TLS byte streams. TLS uses the socket descriptor directly
- * (SSL_set_fd): OpenSSL reads and writes the non-blocking socket itself,
+ * (tls_bio.c): OpenSSL reads and writes the non-blocking socket itself,
  * which saves a copy compared with memory BIOs. */
 #include "io.h"
 

@@ -29,6 +29,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "tls_bio.h"
 
 /* TLS 1.2: forward secrecy and AEAD only. AES-128 first (cheapest with
  * AES-NI); SSL_OP_PRIORITIZE_CHACHA moves ChaCha20 up for clients that list
@@ -1450,7 +1451,7 @@ SSL *tg_tls_server_accept(struct tg_tls_server *s,
         server_unref(s);
         goto fail;
     }
-    if (SSL_set_fd(ssl, fd) != 1)
+    if (!tg_tls_bio_attach(ssl, fd))
         goto fail;
     SSL_set_mode(ssl, TLS_MODES);
     SSL_set_accept_state(ssl);
@@ -1810,7 +1811,7 @@ SSL *tg_tls_client_connect(struct tg_tls_client *c, int fd, const char *host)
         free(cs);
         goto fail;
     }
-    if (SSL_set_fd(ssl, fd) != 1)
+    if (!tg_tls_bio_attach(ssl, fd))
         goto fail;
     SSL_set_mode(ssl, TLS_MODES);
     SSL_set_connect_state(ssl);
@@ -1874,6 +1875,8 @@ int tg_tls_global_init(void)
     if (OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS |
                              OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL) != 1)
         return -1;
+    if (tg_tls_bio_init() < 0)
+        goto fail;
     ring.cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
     if (ring.cipher == NULL)
         goto fail;
@@ -1937,4 +1940,5 @@ void tg_tls_global_cleanup(void)
     CRYPTO_free_ex_index(CRYPTO_EX_INDEX_SSL, ring.ssl_client_idx);
     CRYPTO_free_ex_index(CRYPTO_EX_INDEX_SSL, ring.ssl_covers_idx);
     ring.ssl_server_idx = ring.ssl_client_idx = ring.ssl_covers_idx = -1;
+    tg_tls_bio_cleanup();
 }
