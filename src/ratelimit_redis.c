@@ -590,8 +590,7 @@ static void flush_queue(struct tg_ratelimit_redis *r)
         int i = 0;
         char *num = b->numbuf;
 #define ARG(ptr, len) (b->argv[i] = (ptr), b->argvlen[i++] = (len))
-#define NUM(v) do { int w_ = snprintf(num, NUM_MAX, "%lld", (long long)(v)); \
-                    ARG(num, (size_t)w_); num += NUM_MAX; } while (0)
+#define NUM(v) do { ARG(num, tg_str_i64(num, (long long)(v))); num += NUM_MAX; } while (0)
         ARG("EVALSHA", 7);
         ARG(r->sha, 40);
         NUM(keys);

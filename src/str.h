@@ -42,6 +42,28 @@ static inline bool tg_str_caseeq(struct tg_str a, const char *lit)
     return a.n == n && strncasecmp(a.p, lit, n) == 0;
 }
 
+/* Writes v in decimal (no terminator); returns the number of digits. */
+static inline size_t tg_str_u64(char *out, unsigned long long v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[sizeof(tmp) - 1 - n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    memcpy(out, tmp + sizeof(tmp) - n, n);
+    return n;
+}
+
+/* The same for a signed value. */
+static inline size_t tg_str_i64(char *out, long long v)
+{
+    if (v >= 0)
+        return tg_str_u64(out, (unsigned long long)v);
+    *out = '-';
+    return 1 + tg_str_u64(out + 1, 0ull - (unsigned long long)v);
+}
+
 static inline char tg_ascii_lower(char c)
 {
     return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;

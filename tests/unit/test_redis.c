@@ -159,6 +159,25 @@ TEST(parse_address)
                  -1);
 }
 
+TEST(resp_formatting)
+{
+    const char *argv[] = {"SET", "k\r\n", "", "12345678901"};
+    size_t len[] = {3, 3, 0, 11};
+    size_t n = 0;
+    char *resp = format_resp(4, argv, len, &n);
+    static const char want[] =
+        "*4\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n$11\r\n12345678901\r\n";
+    CHECK(resp != NULL && n == sizeof(want) - 1 && memcmp(resp, want, n) == 0);
+    free(resp);
+    /* The decimal writer the formatter and the rate limiter use. */
+    char d[24];
+    CHECK_EQ_MEM(d, tg_str_u64(d, 0), "0");
+    CHECK_EQ_MEM(d, tg_str_u64(d, 18446744073709551615ull), "18446744073709551615");
+    CHECK_EQ_MEM(d, tg_str_i64(d, -1), "-1");
+    CHECK_EQ_MEM(d, tg_str_i64(d, -9223372036854775807ll - 1), "-9223372036854775808");
+    CHECK_EQ_MEM(d, tg_str_i64(d, 1000000), "1000000");
+}
+
 TEST(binary_safe_commands)
 {
     struct tg_config_redis c = cfg_tcp(srv.port);
@@ -609,6 +628,7 @@ int main(void)
     h_redis_start(&srv);
 
     RUN(parse_address);
+    RUN(resp_formatting);
     RUN(binary_safe_commands);
     RUN(unix_socket);
     RUN(host_name);
