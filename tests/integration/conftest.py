@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import socket
-import socketserver
 import subprocess
 import threading
 import time

@@ -126,7 +126,6 @@ class Client:
         Malformed for bytes that are not a response."""
         deadline = time.time() + timeout * SLOW
         interim = []
-        raw_start = len(self.buf)
         consumed = b""
         while True:
             if not self.buf and not self._fill(deadline):

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from conftest import SLOW, free_port, get, raw, read_http_request, status_of
+from conftest import SLOW, free_port, get, read_http_request, status_of
 
 
 def admin_get(port, path, method="GET", token=None):
@@ -93,7 +93,7 @@ def test_metrics_move_with_traffic(tollgate, backend):
 def test_health_ready_status(tollgate, backend):
     b = backend()
     port, aport = free_port(), free_port()
-    tg = tollgate(config(port, aport, b.port))
+    tollgate(config(port, aport, b.port))
     assert admin_get(aport, "/healthz")[:1] == (200,)
     assert admin_get(aport, "/readyz")[0] == 200
     status, headers, body = admin_get(aport, "/status")

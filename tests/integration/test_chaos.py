@@ -251,7 +251,6 @@ class Load:
 
     def _fresh(self):
         while not self.stop.is_set():
-            t0 = time.time()
             status, took = simple_get(self.port, self.path, timeout=5)
             self._note(status if status is not None else "error", took, "fresh")
 

@@ -2,7 +2,6 @@
 security headers, IP and country access rules with the shared GeoIP test
 databases, and the encoded-path bypass matrix."""
 
-import json
 import os
 import re
 import shutil
@@ -10,9 +9,7 @@ import socket
 import struct
 import time
 
-import pytest
-
-from conftest import (GEOIP_DIR, SLOW, basic_config, free_port, get, raw, read_http_request,
+from conftest import (GEOIP_DIR, basic_config, free_port, get, raw, read_http_request,
                       run_tollgate_check, status_of, requests_on)
 
 COUNTRY_DB = os.path.join(GEOIP_DIR, "GeoLite2-Country-Test.mmdb")
@@ -253,7 +250,7 @@ sites:
 def test_geoip_header_and_country_rules(tollgate, backend):
     b = backend()
     port = free_port()
-    tg = tollgate("""
+    tollgate("""
 listen: [127.0.0.1:%d]
 trusted_proxies: [127.0.0.1/32]
 geoip: {database: %s, asn_database: %s}

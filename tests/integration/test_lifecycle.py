@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import (BIN, ROOT, SLOW, basic_config, free_port, get, raw,
-                      read_http_request, run_tollgate_check, status_of, wait_port)
+                      read_http_request, run_tollgate_check, status_of)
 
 VALID = """
 listen:
@@ -279,7 +279,6 @@ def test_sigusr1_reopens_access_log(tollgate, backend, tmp_path):
 
 
 def test_access_log_line_fields(tollgate, backend):
-    import json
     b = backend()
     port = free_port()
     tg = tollgate(basic_config(port, [b.port], extra="log:\n  access_flush: 100ms\n"))

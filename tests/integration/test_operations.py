@@ -4,13 +4,12 @@ root, the access log under a full disk, zero-drop reload under wrk."""
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import BIN, ROOT, SLOW, basic_config, free_port, get, read_http_request
+from conftest import BIN, ROOT, SLOW, basic_config, free_port, get
 
 EXPLAIN_CFG = """
 listen: [127.0.0.1:18600]
@@ -124,7 +123,6 @@ def test_access_log_on_a_full_disk_does_not_stall(tollgate, backend, tmp_path):
         tollgate(basic_config(port, [b.port], workers=1, extra=(
             "log: {access: %s/access.log, access_flush: 50ms, access_buffer: 4KiB}\n"
             "admin: {listen: 127.0.0.1:%d}\n") % (mnt, aport)))
-        t0 = time.time()
         times = []
         for i in range(1500):
             s = time.time()
@@ -166,7 +164,6 @@ end
     w = subprocess.Popen([wrk, "-t2", "-c20", "-d4s", "-s", str(script), "-H", "Host: app.test",
                           "http://127.0.0.1:%d/" % port], stdout=subprocess.PIPE, text=True)
     fresh = {"ok": 0, "bad": 0}
-    deadline = time.time() + 3.5
     for i in range(12):
         time.sleep(0.25)
         tg.reload(cfg2 if i % 2 == 0 else cfg1)

@@ -4,12 +4,11 @@ upstream failures (502/504), retries."""
 import json
 import os
 import re
-import shutil
 import socket
 import threading
 import time
 
-from conftest import (ROOT, Blackhole, SLOW, basic_config, echo_handler, free_port, get, raw,
+from conftest import (ROOT, Blackhole, SLOW, basic_config, free_port, get, raw,
                       read_http_request, status_of, requests_on)
 
 
@@ -22,7 +21,7 @@ def test_issue_example_config_as_written(tollgate, backend, tmp_path):
     b1 = backend(port=18481)
     b2 = backend(port=18482)
     with open(os.path.join(ROOT, "conf/examples/basic.yaml")) as f:
-        tg = tollgate(f.read())
+        tollgate(f.read())
     seen = set()
     for host in ("app.test", "x.app.test", "APP.TEST:18480", "a.b.app.test"):
         for _ in range(2):
@@ -131,7 +130,7 @@ def test_request_id_kept_when_well_formed(tollgate, backend):
 
 def test_response_headers_rewritten(tollgate, backend):
     def handler(sock, be):
-        r = read_http_request(sock)
+        read_http_request(sock)
         sock.sendall(b"HTTP/1.1 200 OK\r\nServer: secret/1.2\r\nX-Powered-By: PHP\r\n"
                      b"Connection: X-Internal\r\nX-Internal: 1\r\nKeep-Alive: timeout=5\r\n"
                      b"X-App: yes\r\nContent-Length: 2\r\n\r\nok")
@@ -247,7 +246,7 @@ def test_least_conn_balancing(tollgate, backend):
     slow_started = threading.Event()
 
     def slow(sock, be):
-        r = read_http_request(sock)
+        read_http_request(sock)
         slow_started.set()
         time.sleep(1.5 * SLOW)
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")

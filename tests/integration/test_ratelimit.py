@@ -5,13 +5,12 @@ shadow mode, delay, concurrency limits, and one budget shared by workers."""
 
 import json
 import re
-import socket
 import threading
 import time
 
 import pytest
 
-from conftest import SLOW, free_port, get, raw, read_http_request, status_of, requests_on
+from conftest import free_port, get, read_http_request, requests_on
 
 ISSUE_CONFIG = """
 workers: 2

@@ -5,9 +5,7 @@ as configured."""
 import threading
 import time
 
-import pytest
-
-from conftest import SLOW, basic_config, free_port, get
+from conftest import SLOW, free_port, get
 
 
 def redis_config(port, backend_port, redis_port, on_error="local", timeout="50ms",

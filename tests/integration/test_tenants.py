@@ -5,14 +5,12 @@ restart), stale serving while Redis is down, coalesced look-ups, passive
 ejection and retries, active health checks, tenant quotas, consistent
 hashing."""
 
-import json
 import socket
-import threading
 import time
 
 import pytest
 
-from conftest import (SLOW, Redis, basic_config, echo_handler, free_port, get, raw,
+from conftest import (SLOW, Redis, basic_config, free_port, get,
                       requests_on, status_of)
 
 ISSUE_CONFIG = """
