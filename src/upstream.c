@@ -41,6 +41,8 @@ struct tg_pool {
     struct tg_list idle;      /* of tg_upconn.idle_link; front = most recently used */
     unsigned nidle;
     unsigned active;          /* connections owned by requests */
+    unsigned active_high;     /* most owned at once since the last sweep */
+    unsigned keepalive;       /* the upstream's `keepalive`, last seen */
     unsigned fails;           /* consecutive failures */
     ev_tstamp ejected_until;
     struct tg_pool *hnext;
@@ -370,7 +372,8 @@ struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
     }
     uc->req = req;
     uc->requests++;
-    p->active++;
+    if (++p->active > p->active_high)
+        p->active_high = p->active;
     return uc;
 }
 
@@ -423,7 +426,14 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable,
      * the loop next waits. */
     if (!tg_list_empty(&w->upwait))
         ev_prepare_start(w->loop, &w->upwait_kick);
-    bool keep = reusable && u != NULL && !w->draining && p->nidle < u->keepalive &&
+    /* Idle connections beyond `keepalive` stay while the last second's
+     * busiest moment needed that many at once (the sweep trims them when
+     * it no longer does): closing them at once would make every burst
+     * above `keepalive` reconnect. */
+    if (u != NULL)
+        p->keepalive = u->keepalive;
+    bool room = p->nidle < p->keepalive || p->active + p->nidle < p->active_high;
+    bool keep = reusable && u != NULL && !w->draining && room &&
                 (u->keepalive_requests == 0 || uc->requests < u->keepalive_requests) &&
                 (uc->in == NULL || tg_buf_len(uc->in) == 0);
     if (!keep) {
@@ -480,13 +490,18 @@ void tg_upstream_sweep(struct tg_worker *w, ev_tstamp now)
     for (size_t i = 0; i < t->nbuckets; i++) {
         for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext) {
             struct tg_list *n;
+            /* Idle longest first: those past keepalive_timeout, then
+             * those beyond what the last second's peak needed. */
+            unsigned peak_extra = p->active_high > p->active ? p->active_high - p->active : 0;
+            unsigned want = p->keepalive > peak_extra ? p->keepalive : peak_extra;
             while ((n = tg_list_last(&p->idle)) != NULL) {
                 struct tg_upconn *uc = tg_list_entry(n, struct tg_upconn, idle_link);
-                if (uc->idle_expires > now)
+                if (uc->idle_expires > now && p->nidle <= want)
                     break;
                 idle_unlink(p, uc);
                 close_upconn(uc);
             }
+            p->active_high = p->active;
         }
     }
 }

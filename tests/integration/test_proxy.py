@@ -48,6 +48,37 @@ def test_keepalive_pool_reuses_backend_connections(tollgate, backend):
     assert b.connections <= 2, b.connections
 
 
+def test_keepalive_pool_holds_bursts_above_its_size_then_trims(tollgate, backend):
+    # keepalive: 2, but bursts of 8 concurrent requests: the 6 extra
+    # connections stay while bursts keep needing them (no reconnect per
+    # burst), and the pool shrinks back to 2 once the load is gone.
+    def slow(sock, be):
+        for head, headers, body in requests_on(sock):
+            be.record(head)
+            time.sleep(0.05)
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    b = backend(slow)
+    port = free_port()
+    tollgate(basic_config(port, [b.port], upstream_extra="    keepalive: 2"))
+    rounds, burst = 10, 8
+    for _ in range(rounds):
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(get(port, "/x")[0]))
+                   for _ in range(burst)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [200] * burst
+    assert len(b.requests) == rounds * burst
+    assert b.connections <= burst + 2, b.connections  # was ~burst + 6 per round
+    deadline = time.time() + 5 * SLOW
+    while len(b.open_socks) > 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(b.open_socks) == 2, len(b.open_socks)
+
+
 def test_request_headers_rewritten(tollgate, backend):
     b = backend()
     port = free_port()
