@@ -618,6 +618,8 @@ static void flush_queue(struct tg_ratelimit_redis *r)
             batch_end(b, NULL);
         }
     }
+    /* Out now, not after the loop's next wait. */
+    tg_redis_flush(r->link);
 }
 
 /* Just before the loop waits: everything asked for in this iteration goes

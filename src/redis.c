@@ -1051,6 +1051,16 @@ void tg_redis_free(struct tg_redis *r)
     destroy(r);
 }
 
+void tg_redis_flush(struct tg_redis *r)
+{
+    if (r == NULL || r->ac == NULL || r->closing || r->link != LINK_UP)
+        return;
+    r->depth++;
+    redisAsyncHandleWrite(r->ac);
+    r->depth--;
+    settle(r);
+}
+
 struct tg_redis_cmd *tg_redis_command(struct tg_redis *r, int argc,
                                       const char *const *argv,
                                       const size_t *argvlen, int64_t timeout_ms,

@@ -113,6 +113,14 @@ struct tg_redis_cmd *tg_redis_command(struct tg_redis *r, int argc,
  * counts as a fault. Loop thread. */
 void tg_redis_cancel(struct tg_redis_cmd *c);
 
+/* Writes the commands sent so far to the server now, rather than when
+ * the loop next finds the socket writable: a batch goes out a loop
+ * iteration sooner, and hiredis' write watcher is started and stopped
+ * within one iteration (no epoll_ctl). If the write fails, the callbacks
+ * of the link's commands run (with NULL) before this returns, so call it
+ * when nothing of the caller's is half done. Loop thread. */
+void tg_redis_flush(struct tg_redis *r);
+
 enum tg_redis_state tg_redis_state(const struct tg_redis *r);
 
 /* The default command timeout, in ms. */

@@ -207,6 +207,40 @@ TEST(binary_safe_commands)
     tg_redis_free(r);
 }
 
+/* tg_redis_flush writes at once: the server has the command before the
+ * loop runs again (the reply still comes through the loop). */
+TEST(flush_writes_without_the_loop)
+{
+    struct tg_config_redis c = cfg_tcp(srv.port);
+    struct tg_redis_options o = fast();
+    struct tg_redis *r = connect_up(&c, &o);
+    redisContext *check = h_client(&srv);
+    CHECK(check != NULL);
+    const char *argv[] = {"INCR", "flush:counter"};
+    size_t len[] = {4, 13};
+    struct rec a = {0}, b = {0};
+    CHECK(tg_redis_command(r, 2, argv, len, 0, rec_cb, &a) != NULL);
+    if (check != NULL)
+        CHECK_EQ_INT(h_int(check, "EXISTS flush:counter"), 0); /* still in hiredis */
+    tg_redis_flush(r);
+    long long seen = 0;
+    for (int i = 0; i < 200 && seen == 0 && check != NULL; i++) {
+        seen = h_int(check, "EXISTS flush:counter");
+        if (seen == 0)
+            usleep(5000);
+    }
+    CHECK_EQ_INT(seen, 1);
+    CHECK_EQ_INT(a.calls, 0); /* replies only come through the loop */
+    tg_redis_flush(r);        /* nothing to write: harmless */
+    CHECK(tg_redis_command(r, 2, argv, len, 0, rec_cb, &b) != NULL);
+    CHECK(h_run_until(loop, rec_done, &b, 2));
+    CHECK_EQ_INT(a.type, REDIS_REPLY_INTEGER);
+    CHECK_EQ_INT(b.type, REDIS_REPLY_INTEGER);
+    if (check != NULL)
+        redisFree(check);
+    tg_redis_free(r);
+}
+
 TEST(unix_socket)
 {
     struct tg_config_redis c = cfg_tcp(srv.port);
@@ -630,6 +664,7 @@ int main(void)
     RUN(parse_address);
     RUN(resp_formatting);
     RUN(binary_safe_commands);
+    RUN(flush_writes_without_the_loop);
     RUN(unix_socket);
     RUN(host_name);
     RUN(auth_select_and_configure);
