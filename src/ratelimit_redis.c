@@ -618,8 +618,6 @@ static void flush_queue(struct tg_ratelimit_redis *r)
             batch_end(b, NULL);
         }
     }
-    /* Out now, not after the loop's next wait. */
-    tg_redis_flush(r->link);
 }
 
 /* Just before the loop waits: everything asked for in this iteration goes
@@ -630,6 +628,9 @@ static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
     struct tg_ratelimit_redis *r = w->data;
     ev_prepare_stop(loop, w);
     flush_queue(r);
+    /* Out now, not after the loop's next wait. Here, between loop passes,
+     * the callbacks a failed write runs interrupt nothing of ours. */
+    tg_redis_flush(r->link);
 }
 
 static bool valid_op(const struct tg_ratelimit_redis_op *op)
@@ -689,8 +690,8 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
     r->queued++;
     r->queued_keys += nops;
     if (r->queued >= BATCH_MAX || r->queued_keys >= BATCH_KEYS_MAX)
-        flush_queue(r);
-    else if (!ev_is_active(&r->flush))
+        flush_queue(r); /* queued in hiredis; on_flush writes it */
+    if (!ev_is_active(&r->flush))
         ev_prepare_start(r->loop, &r->flush);
     return p;
 }
