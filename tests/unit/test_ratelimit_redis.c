@@ -516,7 +516,10 @@ TEST(batch_order_and_cancel)
     struct tg_ratelimit_redis_pending *ph =
         tg_ratelimit_redis_take(r, &y, 1, false, got_cb, &i);
     CHECK(ph != NULL);
-    ev_run(loop, EVRUN_NOWAIT); /* the batch goes out */
+    /* The batch goes out as the loop's prepare phase sends it; the reply
+     * cannot have been read yet (the loop has not polled). */
+    ev_prepare_stop(loop, &r->flush);
+    on_flush(loop, &r->flush, EV_PREPARE);
     tg_ratelimit_redis_cancel(ph);
     CHECK(h_run_until(loop, got_done, &h, 2));
     h_run_for(loop, 0.02);
