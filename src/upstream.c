@@ -432,7 +432,8 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable,
      * above `keepalive` reconnect. */
     if (u != NULL)
         p->keepalive = u->keepalive;
-    bool room = p->nidle < p->keepalive || p->active + p->nidle < p->active_high;
+    bool room = p->nidle < p->keepalive ||
+                (p->keepalive > 0 && p->active + p->nidle < p->active_high);
     bool keep = reusable && u != NULL && !w->draining && room &&
                 (u->keepalive_requests == 0 || uc->requests < u->keepalive_requests) &&
                 (uc->in == NULL || tg_buf_len(uc->in) == 0);
@@ -493,7 +494,9 @@ void tg_upstream_sweep(struct tg_worker *w, ev_tstamp now)
             /* Idle longest first: those past keepalive_timeout, then
              * those beyond what the last second's peak needed. */
             unsigned peak_extra = p->active_high > p->active ? p->active_high - p->active : 0;
-            unsigned want = p->keepalive > peak_extra ? p->keepalive : peak_extra;
+            unsigned want = p->keepalive == 0            ? 0 /* no pooling */
+                            : p->keepalive > peak_extra ? p->keepalive
+                                                        : peak_extra;
             while ((n = tg_list_last(&p->idle)) != NULL) {
                 struct tg_upconn *uc = tg_list_entry(n, struct tg_upconn, idle_link);
                 if (uc->idle_expires > now && p->nidle <= want)

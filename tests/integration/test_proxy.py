@@ -79,6 +79,23 @@ def test_keepalive_pool_holds_bursts_above_its_size_then_trims(tollgate, backend
     assert len(b.open_socks) == 2, len(b.open_socks)
 
 
+def test_keepalive_zero_means_no_pooling(tollgate, backend):
+    # Even under bursts: every request gets a connection of its own.
+    b = backend()
+    port = free_port()
+    tollgate(basic_config(port, [b.port], upstream_extra="    keepalive: 0"))
+    for _ in range(3):
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(get(port, "/x")[0]))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [200] * 4
+    assert b.connections == 12, b.connections
+
+
 def test_request_headers_rewritten(tollgate, backend):
     b = backend()
     port = free_port()
