@@ -355,14 +355,15 @@ static void unlink_cmd(struct tg_redis *r, struct tg_redis_cmd *c)
 /* The command in RESP (an array of bulk strings), written in one pass:
  * hiredis' own formatter (redisAsyncCommandArgv) builds it with
  * sdscatfmt, which cost more than the rest of a rate-limited request in
- * the Redis benchmark. Returns a malloc'd buffer, or NULL. */
+ * the Redis benchmark. Written into `stack` (cap bytes) when it fits, else
+ * into a malloc'd buffer; returns the buffer, or NULL. */
 static char *format_resp(int argc, const char *const *argv, const size_t *argvlen,
-                         size_t *out_len)
+                         char *stack, size_t cap, size_t *out_len)
 {
     size_t len = 1 + 20 + 2;
     for (int i = 0; i < argc; i++)
         len += 1 + 20 + 2 + argvlen[i] + 2;
-    char *buf = malloc(len);
+    char *buf = len <= cap ? stack : malloc(len);
     if (buf == NULL)
         return NULL;
     char *o = buf;
@@ -403,14 +404,17 @@ static struct tg_redis_cmd *send_cmd(struct tg_redis *r, enum cmd_kind kind,
     c->deadline = c->sent + (double)timeout_ms / 1e3;
     /* hiredis copies the command into its output buffer and owns the
      * callback from here on. It refuses while its context is going away. */
+    char stack[4096];
     size_t len;
-    char *resp = format_resp(argc, argv, argvlen, &len);
-    if (resp == NULL || redisAsyncFormattedCommand(r->ac, on_reply, c, resp, len) != REDIS_OK) {
+    char *resp = format_resp(argc, argv, argvlen, stack, sizeof(stack), &len);
+    bool sent = resp != NULL &&
+                redisAsyncFormattedCommand(r->ac, on_reply, c, resp, len) == REDIS_OK;
+    if (resp != stack)
         free(resp);
+    if (!sent) {
         free(c);
         return NULL;
     }
-    free(resp);
     c->prev = r->tail;
     if (r->tail != NULL)
         r->tail->next = c;

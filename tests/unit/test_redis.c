@@ -164,10 +164,14 @@ TEST(resp_formatting)
     const char *argv[] = {"SET", "k\r\n", "", "12345678901"};
     size_t len[] = {3, 3, 0, 11};
     size_t n = 0;
-    char *resp = format_resp(4, argv, len, &n);
     static const char want[] =
         "*4\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n$11\r\n12345678901\r\n";
-    CHECK(resp != NULL && n == sizeof(want) - 1 && memcmp(resp, want, n) == 0);
+    char stack[256];
+    char *resp = format_resp(4, argv, len, stack, sizeof(stack), &n);
+    CHECK(resp == stack && n == sizeof(want) - 1 && memcmp(resp, want, n) == 0);
+    resp = format_resp(4, argv, len, stack, 8, &n); /* too small: malloc'd */
+    CHECK(resp != NULL && resp != stack && n == sizeof(want) - 1 &&
+          memcmp(resp, want, n) == 0);
     free(resp);
     /* The decimal writer the formatter and the rate limiter use. */
     char d[24];
