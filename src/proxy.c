@@ -365,6 +365,7 @@ void tg_proxy_fail(struct tg_request *req, int status, const char *reason)
     req->req_body_done = true;
     req->bad_head = true;
     tg_headers_new_request_id(req->request_id);
+    req->request_id_len = strlen(req->request_id);
     if (c->in != NULL)
         req->bytes_in = tg_buf_len(c->in);
     c->state = TG_CONN_ACTIVE;
