@@ -9,33 +9,38 @@
  * under load one script run decides many requests: one round trip and one
  * script invocation for all of them.
  *
- * The script. KEYS = the keys of every request of the batch, in order
- * (PREFIX{policy:key}). ARGV[1] = G, the number of requests; then G pairs
- * (peek "1"/"0", number of keys n); then four per key, in KEYS order:
- * interval_us, burst, delay, cost (decimal integers). It reads TIME once
- * (now, us since the epoch), then decides each request in turn, each key
- * with the C core's formulas, starting from the TAT that earlier keys of
- * the batch left (a key named twice, or by two requests, sees the first
- * spend). A request spends only if all its keys allow and it is not a peek.
- * At the end every key a request spent on is stored with SET ... PX
- * ceil((tat - now) / 1000) ms, so it vanishes when its bucket is full again
- * (never earlier: the expiry is rounded up); a TAT not after now is not
- * stored. It returns a flat array of integers:
- *   { now_us,
- *     then per request: all_allowed (0/1),
- *       then per key: allowed (0/1), remaining, retry_after_us (-1: never),
- *                     reset_us, delay_us }
- * (for one request of n keys: 2 + 5n numbers).
+ * Redis is shared by every gateway, so the script does the least it can
+ * per request: each distinct key of the batch is named, read and described
+ * once, a request costs it three small arguments and one number back, and
+ * the figures a response needs (remaining, reset, retry, delay) are
+ * computed here by the C core from the TAT the script saw.
+ *
+ * The script. KEYS = the distinct keys of the batch (PREFIX{policy:key}).
+ * ARGV[1] = G, the number of requests; then three per key, in KEYS order:
+ * interval_us, burst, delay; then per request m (its number of keys,
+ * negated for a peek) and m pairs (key index into KEYS, cost). All are
+ * decimal integers. It reads TIME once (now, us since the epoch) and each
+ * key once, then decides each request in turn, each of its keys with the C
+ * core's rule (allowed when max(tat - now, 0) + cost * interval <= (burst +
+ * delay) * interval), starting from the TAT that earlier requests of the
+ * batch left (a key named twice, or by two requests, sees the first spend).
+ * A request spends only if all its keys allow and it is not a peek. At the
+ * end every key that was spent on is stored with SET ... PX ceil((tat -
+ * now) / 1000) ms, so it vanishes when its bucket is full again (never
+ * earlier: the expiry is rounded up); a TAT not after now is not stored. It
+ * returns a flat array of integers: { now_us, then per request, per key,
+ * the TAT (us) that key had when the request was decided }. A stored value
+ * that is not a number in 0..2^53 reads as 0 (an empty bucket).
  * Every number the decision uses stays below 2^53, so Lua's doubles hold
- * it exactly: now ~ 2^50.6 us, tolerances are capped at 2^52 us, and the
- * excess is computed as debt + cost * interval (each at most a tolerance
- * when it matters), never as a TAT sum minus now, which could pass 2^53
- * for a refused request on a long interval. cost * interval is inexact
- * only when cost > burst + delay, where it only has to compare greater.
- * Floor divisions are corrected by one step where the double quotient
- * rounded. Numbers passed
- * back to Redis commands are formatted with %.0f, never tostring (which
- * would print 14 significant digits). */
+ * it exactly: now ~ 2^50.6 us, tolerances are capped at 2^52 us (the C
+ * side applies the same cap), and the excess is computed as debt + cost *
+ * interval (each at most a tolerance when it matters), never as a TAT sum
+ * minus now, which could pass 2^53 for a refused request on a long
+ * interval. cost * interval is inexact only when cost > burst + delay,
+ * where it only has to compare greater. Floor divisions are corrected by
+ * one step where the double quotient rounded. Numbers passed back to Redis
+ * commands are formatted with %.0f, never tostring (which would print 14
+ * significant digits). */
 #include "ratelimit_redis.h"
 
 #include <stdatomic.h>
@@ -48,101 +53,84 @@
 
 #include "config.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "redis.h"
 
 static const char GCRA_LUA[] =
-    "-- tollgate GCRA v2 (batched): see src/ratelimit_redis.c\n"
+    "-- tollgate GCRA v3 (batched, keys once): see src/ratelimit_redis.c\n"
     "if redis.replicate_commands then redis.replicate_commands() end\n"
-    "local G = tonumber(ARGV[1])\n"
-    "if not G or G < 1 then\n"
-    "  return redis.error_reply('ERR tollgate gcra: bad arguments')\n"
-    "end\n"
     "local floor = math.floor\n"
     "local MAXTOL = 4503599627370496\n"
     "local LIMIT = 9007199254740992\n"
+    "local function bad()\n"
+    "  return redis.error_reply('ERR tollgate gcra: bad arguments')\n"
+    "end\n"
     "local function idiv(a, b)\n"
     "  local q = floor(a / b)\n"
     "  if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end\n"
     "  return q\n"
     "end\n"
+    "local G, K, NA = tonumber(ARGV[1]), #KEYS, #ARGV\n"
+    "if not G or G < 1 or K < 1 or NA < 1 + 3 * K + 3 * G then\n"
+    "  return bad()\n"
+    "end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local out = {now}\n"
-    "local stored, dirty, order = {}, {}, {}\n"
-    "local ki, ai = 1, 2 + 2 * G\n"
-    "if #ARGV < ai - 1 then\n"
-    "  return redis.error_reply('ERR tollgate gcra: bad arguments')\n"
+    "local iv, ttol, tat, start = {}, {}, {}, {}\n"
+    "local a = 2\n"
+    "for k = 1, K do\n"
+    "  local i, burst = tonumber(ARGV[a]), tonumber(ARGV[a + 1])\n"
+    "  local delay = tonumber(ARGV[a + 2])\n"
+    "  a = a + 3\n"
+    "  if not (i and burst and delay) or i < 1 or burst < 1 or delay < 0 then\n"
+    "    return bad()\n"
+    "  end\n"
+    "  if (burst + delay) * i > MAXTOL then\n"
+    "    local most = idiv(MAXTOL, i)\n"
+    "    if burst > most then burst = most end\n"
+    "    if delay > most - burst then delay = most - burst end\n"
+    "  end\n"
+    "  iv[k], ttol[k] = i, (burst + delay) * i\n"
+    "  local v = tonumber(redis.call('GET', KEYS[k]))\n"
+    "  if not v or v ~= v or v < 0 then v = 0\n"
+    "  elseif v > LIMIT then v = LIMIT end\n"
+    "  v = floor(v)\n"
+    "  tat[k], start[k] = v, v\n"
     "end\n"
+    "local out, o = {now}, 1\n"
     "for g = 1, G do\n"
-    "  local peek = ARGV[2 * g] == '1'\n"
-    "  local n = tonumber(ARGV[2 * g + 1])\n"
-    "  if not n or n < 1 or ki + n - 1 > #KEYS or ai + 4 * n - 1 > #ARGV then\n"
-    "    return redis.error_reply('ERR tollgate gcra: bad arguments')\n"
-    "  end\n"
-    "  local base = #out + 1\n"
-    "  out[base] = 1\n"
-    "  local tat, all = {}, true\n"
-    "  for i = 1, n do\n"
-    "    local iv, burst = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1])\n"
-    "    local delay, cost = tonumber(ARGV[ai + 2]), tonumber(ARGV[ai + 3])\n"
-    "    ai = ai + 4\n"
-    "    if not (iv and burst and delay and cost) or iv < 1 or burst < 1\n"
-    "       or delay < 0 or cost < 0 then\n"
-    "      return redis.error_reply('ERR tollgate gcra: bad arguments')\n"
-    "    end\n"
-    "    if (burst + delay) * iv > MAXTOL then\n"
-    "      local most = idiv(MAXTOL, iv)\n"
-    "      if burst > most then burst = most end\n"
-    "      if delay > most - burst then delay = most - burst end\n"
-    "    end\n"
-    "    local btol, ttol = burst * iv, (burst + delay) * iv\n"
-    "    local k = KEYS[ki]\n"
-    "    ki = ki + 1\n"
-    "    local before = tat[k]\n"
-    "    if before == nil then\n"
-    "      before = stored[k]\n"
-    "      if before == nil then\n"
-    "        before = floor(tonumber(redis.call('GET', k)) or 0)\n"
-    "        stored[k] = before\n"
-    "      end\n"
-    "    end\n"
-    "    local debt = 0\n"
-    "    if before > now then debt = before - now end\n"
-    "    local excess = debt + cost * iv\n"
-    "    local o = #out + 1\n"
-    "    if excess <= ttol and now + excess < LIMIT then\n"
-    "      tat[k] = now + excess\n"
-    "      out[o] = 1\n"
-    "      if excess < btol then out[o + 1] = idiv(btol - excess, iv)\n"
-    "      else out[o + 1] = 0 end\n"
-    "      out[o + 2] = 0\n"
-    "      out[o + 3] = excess\n"
-    "      if excess > btol then out[o + 4] = excess - btol\n"
-    "      else out[o + 4] = 0 end\n"
+    "  local m = tonumber(ARGV[a])\n"
+    "  a = a + 1\n"
+    "  if not m then return bad() end\n"
+    "  local peek = m < 0\n"
+    "  if peek then m = -m end\n"
+    "  if m < 1 or a + 2 * m - 1 > NA then return bad() end\n"
+    "  local tent, all = nil, true\n"
+    "  if m > 1 then tent = {} end\n"
+    "  for j = 1, m do\n"
+    "    local k, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1])\n"
+    "    a = a + 2\n"
+    "    local before = k and ((tent and tent[k]) or tat[k])\n"
+    "    if not before or not cost or cost < 0 then return bad() end\n"
+    "    o = o + 1\n"
+    "    out[o] = before\n"
+    "    local excess = cost * iv[k]\n"
+    "    if before > now then excess = excess + (before - now) end\n"
+    "    if excess <= ttol[k] and now + excess < LIMIT then\n"
+    "      if tent then tent[k] = now + excess\n"
+    "      elseif not peek then tat[k] = now + excess end\n"
     "    else\n"
-    "      tat[k] = before\n"
     "      all = false\n"
-    "      out[o] = 0\n"
-    "      if debt < btol then out[o + 1] = idiv(btol - debt, iv)\n"
-    "      else out[o + 1] = 0 end\n"
-    "      if cost > burst + delay or excess <= ttol then out[o + 2] = -1\n"
-    "      else out[o + 2] = excess - ttol end\n"
-    "      out[o + 3] = debt\n"
-    "      out[o + 4] = 0\n"
     "    end\n"
     "  end\n"
-    "  if not all then out[base] = 0 end\n"
-    "  if all and not peek then\n"
-    "    for k, v in pairs(tat) do\n"
-    "      stored[k] = v\n"
-    "      if not dirty[k] then dirty[k] = true; order[#order + 1] = k end\n"
-    "    end\n"
+    "  if tent and all and not peek then\n"
+    "    for k, v in pairs(tent) do tat[k] = v end\n"
     "  end\n"
     "end\n"
-    "for _, k in ipairs(order) do\n"
-    "  local v = stored[k]\n"
-    "  if v > now then\n"
-    "    redis.call('SET', k, string.format('%.0f', v), 'PX',\n"
+    "for k = 1, K do\n"
+    "  local v = tat[k]\n"
+    "  if v ~= start[k] and v > now then\n"
+    "    redis.call('SET', KEYS[k], string.format('%.0f', v), 'PX',\n"
     "               string.format('%.0f', idiv(v - now + 999, 1000)))\n"
     "  end\n"
     "end\n"
@@ -205,6 +193,7 @@ struct take_op {
     const char *key;       /* the full Redis key, in the pending's memory */
     size_t keylen;
     int64_t iv_us, burst, delay, cost;
+    unsigned key_index;    /* its place in the batch's KEYS, from 1 */
 };
 
 struct batch;
@@ -303,13 +292,6 @@ static size_t build_key(const struct tg_ratelimit_redis *r, char *out,
     return (size_t)(p - out);
 }
 
-static int64_t us_to_ns(long long us)
-{
-    if (us > INT64_MAX / 1000)
-        return INT64_MAX;
-    return (int64_t)us * 1000;
-}
-
 static int64_t remaining_ms(const struct batch *b)
 {
     double left = (b->deadline - ev_now(b->r->loop)) * 1e3;
@@ -405,61 +387,59 @@ static void on_link_state(void *arg, enum tg_redis_state old,
 
 /* ---- take ---------------------------------------------------------------- */
 
-/* Checks the script's reply and fills res[0..n). */
-/* Reads one request's slice of the reply, starting at element *at. */
-static bool parse_group(const redisReply *rep, size_t *at, size_t n,
-                        struct tg_ratelimit_result *res, bool *all)
+/* The script's numbers are microseconds below 2^53 (see the top). */
+#define US_LIMIT (INT64_C(1) << 53)
+#define US_MAX_TOLERANCE (INT64_C(1) << 52)
+
+/* One key's result for a request, from the TAT the script saw: the C core's
+ * decision on the script's clock and with its tolerance cap, so it is the
+ * one the script made. */
+static void op_result(const struct take_op *op, int64_t tat_us, int64_t now_us,
+                      struct tg_ratelimit_result *out)
 {
-    if (*at + 1 + 5 * n > rep->elements)
-        return false;
-    long long a = rep->element[*at]->integer;
-    if (a != 0 && a != 1)
-        return false;
-    bool every = true;
-    for (size_t k = 0; k < n; k++) {
-        redisReply **e = rep->element + *at + 1 + 5 * k;
-        long long ok = e[0]->integer, remaining = e[1]->integer,
-                  retry = e[2]->integer, reset = e[3]->integer,
-                  delay = e[4]->integer;
-        if ((ok != 0 && ok != 1) || remaining < 0 || retry < -1 ||
-            reset < 0 || delay < 0 || (ok && retry != 0) || (!ok && delay))
-            return false;
-        res[k].allowed = ok == 1;
-        res[k].remaining = remaining;
-        res[k].retry_after_ns = retry < 0 ? INT64_MAX : us_to_ns(retry);
-        res[k].reset_ns = us_to_ns(reset);
-        res[k].delay_ns = us_to_ns(delay);
-        every &= res[k].allowed;
+    int64_t iv = op->iv_us, burst = op->burst, delay = op->delay;
+    if ((__int128)(burst + delay) * iv > US_MAX_TOLERANCE) {
+        int64_t most = US_MAX_TOLERANCE / iv;
+        if (burst > most)
+            burst = most;
+        if (delay > most - burst)
+            delay = most - burst;
     }
-    if (every != (a == 1))
-        return false;
-    *all = every;
-    *at += 1 + 5 * n;
-    return true;
+    struct tg_ratelimit_params p = {iv * 1000, burst, delay};
+    tg_ratelimit_gcra_peek(tat_us * 1000, now_us * 1000, &p, op->cost, out);
 }
 
-/* Checks the whole reply, shape and values, before anyone is told
+/* Fills res[0..p->nops) from the reply's elements at *at. Returns whether
+ * every key allowed. */
+static bool request_results(const struct tg_ratelimit_redis_pending *p,
+                            const redisReply *rep, size_t *at,
+                            struct tg_ratelimit_result *res)
+{
+    int64_t now = rep->element[0]->integer;
+    bool all = true;
+    for (size_t k = 0; k < p->nops; k++) {
+        op_result(&p->ops[k], rep->element[(*at)++]->integer, now, &res[k]);
+        all &= res[k].allowed;
+    }
+    return all;
+}
+
+/* Checks the whole reply's shape and values before anyone is told
  * anything: a malformed reply is one fault for the whole batch. */
 static bool reply_valid(const struct batch *b, const redisReply *rep)
 {
     size_t want = 1;
     for (const struct tg_ratelimit_redis_pending *p = b->head; p != NULL; p = p->next)
-        want += 1 + 5 * p->nops;
+        want += p->nops;
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements != want)
         return false;
-    for (size_t i = 0; i < rep->elements; i++)
-        if (rep->element[i] == NULL || rep->element[i]->type != REDIS_REPLY_INTEGER)
-            return false;
-    if (rep->element[0]->integer <= 0)
-        return false;
-    size_t at = 1;
-    for (const struct tg_ratelimit_redis_pending *p = b->head; p != NULL; p = p->next) {
-        struct tg_ratelimit_result res[TG_RATELIMIT_LOCAL_MAX_OPS];
-        bool all;
-        if (!parse_group(rep, &at, p->nops, res, &all))
+    for (size_t i = 0; i < rep->elements; i++) {
+        const redisReply *e = rep->element[i];
+        if (e == NULL || e->type != REDIS_REPLY_INTEGER || e->integer < 0 ||
+            e->integer > US_LIMIT)
             return false;
     }
-    return true;
+    return rep->element[0]->integer > 0 && rep->element[0]->integer < US_LIMIT;
 }
 
 static bool is_error(const redisReply *rep, const char *code)
@@ -487,14 +467,13 @@ static void batch_end(struct batch *b, const redisReply *rep)
     while (p != NULL) {
         struct tg_ratelimit_redis_pending *next = p->next;
         struct tg_ratelimit_result res[TG_RATELIMIT_LOCAL_MAX_OPS];
-        bool all = false;
-        bool good = ok && parse_group(rep, &at, p->nops, res, &all);
+        bool all = ok && request_results(p, rep, &at, res);
         tg_ratelimit_redis_cb cb = p->cancelled ? NULL : p->cb;
         void *arg = p->arg;
         size_t n = p->nops;
         free(p);
         if (cb != NULL) {
-            if (good)
+            if (ok)
                 cb(arg, 0, all, res, n);
             else
                 cb(arg, -1, false, NULL, 0);
@@ -537,8 +516,46 @@ static int on_batch_reply(void *arg, const redisReply *reply)
     return 0;
 }
 
+static bool same_key(const struct take_op *a, const struct take_op *b)
+{
+    return a->keylen == b->keylen && a->iv_us == b->iv_us &&
+           a->burst == b->burst && a->delay == b->delay &&
+           memcmp(a->key, b->key, a->keylen) == 0;
+}
+
+/* Numbers the distinct keys of a batch from 1 (op->key_index) and lists
+ * each once in `distinct`, in order of first use. A key is the same only
+ * with the same bucket settings: a reload may change a policy's rate while
+ * takes under the old one are queued. Returns how many there are. */
+static size_t index_keys(struct tg_ratelimit_redis_pending *head,
+                         const struct take_op **distinct)
+{
+    enum { SLOTS = 2 * BATCH_KEYS_MAX }; /* a power of two, half full at most */
+    uint16_t slot[SLOTS];                /* distinct index + 1; 0: empty */
+    memset(slot, 0, sizeof(slot));
+    size_t nd = 0;
+    for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next) {
+        for (size_t k = 0; k < q->nops; k++) {
+            struct take_op *op = &q->ops[k];
+            uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+            for (size_t i = 0; i < op->keylen; i++)
+                h = (h ^ (unsigned char)op->key[i]) * 1099511628211ULL;
+            size_t at = (size_t)(h ^ (h >> 29)) & (SLOTS - 1);
+            while (slot[at] != 0 && !same_key(distinct[slot[at] - 1], op))
+                at = (at + 1) & (SLOTS - 1);
+            if (slot[at] == 0) {
+                distinct[nd++] = op;
+                slot[at] = (uint16_t)nd;
+            }
+            op->key_index = slot[at];
+        }
+    }
+    return nd;
+}
+
 /* Sends what is queued as one EVALSHA:
- *   EVALSHA sha numkeys key... G (peek n)... (interval_us burst delay cost)... */
+ *   EVALSHA sha K key... G (interval_us burst delay)... (m (index cost)...)...
+ * with m negated for a peek. */
 static void flush_queue(struct tg_ratelimit_redis *r)
 {
     while (r->queue_head != NULL) {
@@ -558,8 +575,10 @@ static void flush_queue(struct tg_ratelimit_redis *r)
         r->queued -= n;
         r->queued_keys -= keys;
 
-        int argc = 3 + (int)keys + 1 + 2 * (int)n + 4 * (int)keys;
-        size_t nums = 2 + 2 * n + 4 * keys;
+        const struct take_op *distinct[BATCH_KEYS_MAX];
+        size_t nd = index_keys(head, distinct);
+        int argc = 3 + 4 * (int)nd + 1 + (int)n + 2 * (int)keys;
+        size_t nums = 2 + 3 * nd + n + 2 * keys;
         struct batch *b = calloc(1, sizeof(*b));
         char *mem = b ? malloc((size_t)argc * (sizeof(char *) + sizeof(size_t)) +
                                nums * NUM_MAX) : NULL;
@@ -593,20 +612,19 @@ static void flush_queue(struct tg_ratelimit_redis *r)
 #define NUM(v) do { ARG(num, tg_str_i64(num, (long long)(v))); num += NUM_MAX; } while (0)
         ARG("EVALSHA", 7);
         ARG(r->sha, 40);
-        NUM(keys);
-        for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next)
-            for (size_t k = 0; k < q->nops; k++)
-                ARG(q->ops[k].key, q->ops[k].keylen);
+        NUM(nd);
+        for (size_t d = 0; d < nd; d++)
+            ARG(distinct[d]->key, distinct[d]->keylen);
         NUM(n);
-        for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next) {
-            ARG(q->peek ? "1" : "0", 1);
-            NUM(q->nops);
+        for (size_t d = 0; d < nd; d++) {
+            NUM(distinct[d]->iv_us);
+            NUM(distinct[d]->burst);
+            NUM(distinct[d]->delay);
         }
         for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next) {
+            NUM(q->peek ? -(long long)q->nops : (long long)q->nops);
             for (size_t k = 0; k < q->nops; k++) {
-                NUM(q->ops[k].iv_us);
-                NUM(q->ops[k].burst);
-                NUM(q->ops[k].delay);
+                NUM(q->ops[k].key_index);
                 NUM(q->ops[k].cost);
             }
         }

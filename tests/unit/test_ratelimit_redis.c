@@ -195,59 +195,80 @@ TEST(gcra_matches_c_core)
         /* 50000/d: tolerances near 2^52 us, the largest exact values */
         {86400 * 1000 * MS, 50000, 2},
     };
-    int allowed = 0, refused = 0, delayed = 0, mismatches = 0;
-    for (int iter = 0; iter < 400; iter++) {
-        struct tg_ratelimit_redis_op ops[3];
-        size_t n = 1 + rnd(3);
-        for (size_t i = 0; i < n; i++) {
-            size_t pi = rnd(4);
-            int64_t cost = rnd(8) == 0 ? (int64_t)rnd(5) : 1;
-            if (pi == 3 && rnd(4) == 0)
-                cost = (int64_t)rnd(60000); /* some beyond burst + delay */
-            ops[i] = op(policies[pi], keys[rnd(3)], pp[pi].interval_ns,
-                        pp[pi].burst, pp[pi].delay, cost);
-        }
-        bool peek = rnd(10) == 0;
-        struct got g;
-        take_wait(r, ops, n, peek, &g);
-        if (g.status != 0) {
-            CHECK_EQ_INT(g.status, 0);
-            break;
-        }
-        struct tg_ratelimit_result want[3];
-        bool all = ref_take(ops, n, peek, g.now_us * 1000, want);
-        CHECK_EQ_INT(g.allowed, all);
-        CHECK_EQ_INT(g.n, n);
-        for (size_t i = 0; i < n; i++) {
-            const struct tg_ratelimit_result *a = &g.res[i], *b = &want[i];
-            if (a->allowed != b->allowed || a->remaining != b->remaining ||
-                a->retry_after_ns != b->retry_after_ns ||
-                a->reset_ns != b->reset_ns || a->delay_ns != b->delay_ns) {
-                if (mismatches++ < 5)
-                    fprintf(stderr,
-                            "iter %d op %zu: redis %d %" PRId64 " %" PRId64
-                            " %" PRId64 " %" PRId64 " vs C %d %" PRId64
-                            " %" PRId64 " %" PRId64 " %" PRId64 "\n",
-                            iter, i, a->allowed, a->remaining,
-                            a->retry_after_ns, a->reset_ns, a->delay_ns,
-                            b->allowed, b->remaining, b->retry_after_ns,
-                            b->reset_ns, b->delay_ns);
+    int allowed = 0, refused = 0, delayed = 0, mismatches = 0, batches = 0;
+    for (int iter = 0; iter < 400;) {
+        /* Up to 6 requests in one EVALSHA: the script sees each key once,
+         * shared by the requests that name it. */
+        enum { MAXB = 6 };
+        struct tg_ratelimit_redis_op ops[MAXB][3];
+        size_t n[MAXB];
+        bool peek[MAXB];
+        struct got g[MAXB];
+        size_t nb = 1 + rnd(MAXB);
+        for (size_t b = 0; b < nb; b++) {
+            n[b] = 1 + rnd(3);
+            for (size_t i = 0; i < n[b]; i++) {
+                size_t pi = rnd(4);
+                int64_t cost = rnd(8) == 0 ? (int64_t)rnd(5) : 1;
+                if (pi == 3 && rnd(4) == 0)
+                    cost = (int64_t)rnd(60000); /* some beyond burst + delay */
+                ops[b][i] = op(policies[pi], keys[rnd(3)], pp[pi].interval_ns,
+                               pp[pi].burst, pp[pi].delay, cost);
             }
-            delayed += a->delay_ns > 0;
+            peek[b] = rnd(10) == 0;
+            memset(&g[b], 0, sizeof(g[b]));
+            g[b].lim = r;
+            CHECK(tg_ratelimit_redis_take(r, ops[b], n[b], peek[b], got_cb,
+                                          &g[b]) != NULL);
         }
-        if (g.allowed)
-            allowed++;
-        else
-            refused++;
+        CHECK(h_run_until(loop, got_done, &g[nb - 1], 2));
+        batches++;
+        for (size_t b = 0; b < nb; b++, iter++) {
+            if (g[b].calls != 1 || g[b].status != 0) {
+                CHECK_EQ_INT(g[b].calls, 1);
+                CHECK_EQ_INT(g[b].status, 0);
+                goto out;
+            }
+            /* One batch, one clock. */
+            CHECK_EQ_INT(g[b].now_us, g[0].now_us);
+            struct tg_ratelimit_result want[3];
+            bool all = ref_take(ops[b], n[b], peek[b], g[b].now_us * 1000, want);
+            CHECK_EQ_INT(g[b].allowed, all);
+            CHECK_EQ_INT(g[b].n, n[b]);
+            for (size_t i = 0; i < n[b]; i++) {
+                const struct tg_ratelimit_result *x = &g[b].res[i], *y = &want[i];
+                if (x->allowed != y->allowed || x->remaining != y->remaining ||
+                    x->retry_after_ns != y->retry_after_ns ||
+                    x->reset_ns != y->reset_ns || x->delay_ns != y->delay_ns) {
+                    if (mismatches++ < 5)
+                        fprintf(stderr,
+                                "iter %d op %zu: redis %d %" PRId64 " %" PRId64
+                                " %" PRId64 " %" PRId64 " vs C %d %" PRId64
+                                " %" PRId64 " %" PRId64 " %" PRId64 "\n",
+                                iter, i, x->allowed, x->remaining,
+                                x->retry_after_ns, x->reset_ns, x->delay_ns,
+                                y->allowed, y->remaining, y->retry_after_ns,
+                                y->reset_ns, y->delay_ns);
+                }
+                delayed += x->delay_ns > 0;
+            }
+            if (g[b].allowed)
+                allowed++;
+            else
+                refused++;
+        }
         if (rnd(3) == 0)
             h_run_for(loop, (double)rnd(4000) / 1e6);
     }
+out:
     if (mismatches > 0)
         fprintf(stderr, "seed %llu (TG_TEST_SEED to replay)\n",
                 (unsigned long long)seed);
     CHECK_EQ_INT(mismatches, 0);
-    /* The sequence exercised both outcomes and the delay band. */
+    /* The sequence exercised both outcomes and the delay band, in batches
+     * (about 3.5 requests each). */
     CHECK(allowed > 50 && refused > 50 && delayed > 5);
+    CHECK(batches < 200);
     tg_ratelimit_redis_free(r);
 }
 
@@ -671,18 +692,18 @@ TEST(wrong_replies)
         {"$-1\r\n", true},
         {"+OK\r\n", true},
         {"$3\r\nabc\r\n", true},
-        {"*3\r\n:1\r\n:1\r\n:1\r\n", true},
-        /* all = 1 but the op refused */
-        {"*7\r\n:1\r\n:1\r\n:0\r\n:5\r\n:0\r\n:0\r\n:0\r\n", true},
-        /* allowed = 2 */
-        {"*7\r\n:1\r\n:1\r\n:2\r\n:5\r\n:0\r\n:0\r\n:0\r\n", true},
-        /* negative remaining */
-        {"*7\r\n:1\r\n:1\r\n:1\r\n:-5\r\n:0\r\n:0\r\n:0\r\n", true},
+        {"*3\r\n:1700000000000000\r\n:1\r\n:1\r\n", true}, /* one too many */
+        {"*1\r\n:1700000000000000\r\n", true},                /* one too few */
+        /* a negative TAT */
+        {"*2\r\n:1700000000000000\r\n:-5\r\n", true},
+        /* a TAT beyond 2^53 us */
+        {"*2\r\n:1700000000000000\r\n:9007199254740993\r\n", true},
+        /* no clock */
+        {"*2\r\n:0\r\n:0\r\n", true},
         /* strings for integers */
-        {"*7\r\n$1\r\n1\r\n$1\r\n1\r\n$1\r\n1\r\n$1\r\n5\r\n$1\r\n0\r\n$1\r\n0"
-         "\r\n$1\r\n0\r\n", true},
+        {"*2\r\n$16\r\n1700000000000000\r\n$1\r\n0\r\n", true},
         /* nested */
-        {"*7\r\n*1\r\n:1\r\n:1\r\n:1\r\n:5\r\n:0\r\n:0\r\n:0\r\n", true},
+        {"*2\r\n*1\r\n:1\r\n:1\r\n", true},
         {"*-1\r\n", true},
         {"-READONLY You can't write against a read only replica.\r\n", true},
         {"-LOADING Redis is loading the dataset in memory\r\n", true},
@@ -715,8 +736,9 @@ TEST(wrong_replies)
     }
 
     /* And a well-formed one, to show the fake is heard. */
-    h_fake_set(&f, "*7\r\n:1700000000000000\r\n:1\r\n:1\r\n:4\r\n:0\r\n"
-                   ":200000\r\n:0\r\n");
+    /* The key's TAT 5 ms ahead: this request makes it 6 ms of a 10 ms
+     * bucket, 4 tokens left. */
+    h_fake_set(&f, "*2\r\n:1700000000000000\r\n:1700000000005000\r\n");
     struct tg_ratelimit_redis *r = up(&c, "gw", false);
     struct tg_ratelimit_redis_op o = op("f", "k", 1 * MS, 10, 0, 1);
     struct got g;
@@ -724,7 +746,7 @@ TEST(wrong_replies)
     CHECK_EQ_INT(g.status, 0);
     CHECK(g.allowed);
     CHECK_EQ_INT(g.res[0].remaining, 4);
-    CHECK_EQ_INT(g.res[0].reset_ns, 200 * MS);
+    CHECK_EQ_INT(g.res[0].reset_ns, 6 * MS);
     CHECK_EQ_INT(g.now_us, 1700000000000000LL);
     tg_ratelimit_redis_free(r);
 
