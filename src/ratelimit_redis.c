@@ -206,9 +206,8 @@ struct tg_ratelimit_redis_pending {
     bool peek;
     bool cancelled;        /* in a batch: free it when the batch ends */
     size_t nops;
-    struct take_op ops[TG_RATELIMIT_LOCAL_MAX_OPS];
     struct tg_ratelimit_redis_pending *next;
-    char keys[];           /* the keys' bytes */
+    struct take_op ops[];  /* nops of them, then the keys' bytes */
 };
 
 /* One EVALSHA carrying several takes. Owns its pendings and the command's
@@ -530,9 +529,15 @@ static bool same_key(const struct take_op *a, const struct take_op *b)
 static size_t index_keys(struct tg_ratelimit_redis_pending *head,
                          const struct take_op **distinct)
 {
-    enum { SLOTS = 2 * BATCH_KEYS_MAX }; /* a power of two, half full at most */
-    uint16_t slot[SLOTS];                /* distinct index + 1; 0: empty */
-    memset(slot, 0, sizeof(slot));
+    size_t keys = 0;
+    for (const struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next)
+        keys += q->nops;
+    /* A power of two at least twice the keys: half full at most. */
+    size_t mask = 15;
+    while (mask + 1 < 2 * keys)
+        mask = 2 * mask + 1;
+    uint16_t slot[2 * BATCH_KEYS_MAX]; /* distinct index + 1; 0: empty */
+    memset(slot, 0, (mask + 1) * sizeof(slot[0]));
     size_t nd = 0;
     for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next) {
         for (size_t k = 0; k < q->nops; k++) {
@@ -540,9 +545,9 @@ static size_t index_keys(struct tg_ratelimit_redis_pending *head,
             uint64_t h = 14695981039346656037ULL; /* FNV-1a */
             for (size_t i = 0; i < op->keylen; i++)
                 h = (h ^ (unsigned char)op->key[i]) * 1099511628211ULL;
-            size_t at = (size_t)(h ^ (h >> 29)) & (SLOTS - 1);
+            size_t at = (size_t)(h ^ (h >> 29)) & mask;
             while (slot[at] != 0 && !same_key(distinct[slot[at] - 1], op))
-                at = (at + 1) & (SLOTS - 1);
+                at = (at + 1) & mask;
             if (slot[at] == 0) {
                 distinct[nd++] = op;
                 slot[at] = (uint16_t)nd;
@@ -674,17 +679,22 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
     size_t bytes = 0;
     for (size_t i = 0; i < nops; i++)
         bytes += key_len(r, ops[i].policy, ops[i].keylen);
-    struct tg_ratelimit_redis_pending *p = calloc(1, sizeof(*p) + bytes);
+    /* Sized to its keys and not zeroed: one of these per request. */
+    struct tg_ratelimit_redis_pending *p =
+        malloc(sizeof(*p) + nops * sizeof(p->ops[0]) + bytes);
     if (p == NULL) {
         r->short_circuited++;
         return NULL;
     }
     p->r = r;
+    p->batch = NULL;
     p->cb = cb;
     p->arg = arg;
     p->peek = peek;
+    p->cancelled = false;
     p->nops = nops;
-    char *buf = p->keys;
+    p->next = NULL;
+    char *buf = (char *)(p->ops + nops);
     for (size_t k = 0; k < nops; k++) {
         size_t n = build_key(r, buf, ops[k].policy, ops[k].key, ops[k].keylen);
         if (n == 0) {
@@ -697,7 +707,7 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
             buf, n,
             /* Round up: never a faster rate than configured. */
             pp->interval_ns / 1000 + (pp->interval_ns % 1000 != 0),
-            pp->burst, pp->delay, ops[k].cost};
+            pp->burst, pp->delay, ops[k].cost, 0};
         buf += n;
     }
     if (r->queue_tail != NULL)
