@@ -326,6 +326,41 @@ TEST(all_or_nothing)
     tg_ratelimit_redis_free(r);
 }
 
+/* A key holding something other than a TAT (written by hand, by another
+ * program, or damaged) reads as an empty bucket, and the next spend
+ * replaces it with a real TAT. */
+TEST(garbage_values)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    freeReplyObject(h_cmd(sc, "FLUSHALL"));
+    static const char *const junk[] = {"abc", "-5", "1e300", "1e30",
+                                       "18014398509481984", "nan", "inf",
+                                       "-inf", "12.5xyz", ""};
+    for (size_t i = 0; i < sizeof(junk) / sizeof(junk[0]); i++) {
+        freeReplyObject(h_cmd(sc, "SET tg:{junk:k} %s", junk[i]));
+        struct tg_ratelimit_redis_op o = op("junk", "k", 1000 * MS, 3, 0, 1);
+        struct got g;
+        take_wait(r, &o, 1, false, &g);
+        if (g.status != 0 || !g.allowed || g.res[0].remaining != 2)
+            fprintf(stderr, "stored %s: status %d allowed %d remaining %" PRId64
+                    "\n", junk[i], g.status, g.allowed, g.res[0].remaining);
+        CHECK_EQ_INT(g.status, 0);
+        CHECK(g.allowed);
+        CHECK_EQ_INT(g.res[0].remaining, 2);
+        /* Now a number: one token's worth ahead of Redis' clock. */
+        redisReply *v = h_cmd(sc, "GET tg:{junk:k}");
+        long long tat = v != NULL && v->type == REDIS_REPLY_STRING
+                            ? atoll(v->str) : -1;
+        freeReplyObject(v);
+        if (!(tat > g.now_us && tat <= g.now_us + 1000000))
+            fprintf(stderr, "stored %s: then %lld, now %lld\n", junk[i], tat,
+                    (long long)g.now_us);
+        CHECK(tat > g.now_us && tat <= g.now_us + 1000000);
+    }
+    tg_ratelimit_redis_free(r);
+}
+
 TEST(peek_and_ttl)
 {
     struct tg_config_redis c = cfg_port(srv.port);
@@ -930,6 +965,7 @@ int main(void)
 
     RUN(gcra_matches_c_core);
     RUN(all_or_nothing);
+    RUN(garbage_values);
     RUN(peek_and_ttl);
     RUN(key_format);
     RUN(pipelining);
