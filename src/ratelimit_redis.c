@@ -15,7 +15,9 @@
  * the figures a response needs (remaining, reset, retry, delay) are
  * computed here by the C core from the TAT the script saw.
  *
- * The script. KEYS = the distinct keys of the batch (PREFIX{policy:key}).
+ * The script. KEYS = the distinct keys of the batch (PREFIX{policy:key});
+ * a batch never names one key under two bucket settings (after a reload,
+ * the first take under the new ones starts the next batch).
  * ARGV[1] = G, the number of requests; then three per key, in KEYS order:
  * interval_us, burst, delay; then per request m (its number of keys,
  * negated for a peek) and m pairs (key index into KEYS, cost). All are
@@ -514,47 +516,77 @@ static int on_batch_reply(void *arg, const redisReply *reply)
     return 0;
 }
 
-static bool same_key(const struct take_op *a, const struct take_op *b)
+/* The distinct keys of the batch being built: each is named, read and
+ * described once, and ops refer to it by index (op->key_index, from 1). */
+struct key_index {
+    size_t mask;                              /* slots - 1, a power of two */
+    size_t n;
+    uint16_t slot[2 * BATCH_KEYS_MAX];        /* index + 1; 0: empty */
+    const struct take_op *key[BATCH_KEYS_MAX]; /* in order of first use */
+};
+
+static void key_index_init(struct key_index *ix, size_t keys)
 {
-    return a->keylen == b->keylen && a->iv_us == b->iv_us &&
-           a->burst == b->burst && a->delay == b->delay &&
-           memcmp(a->key, b->key, a->keylen) == 0;
+    /* At least twice the keys the batch may take: half full at most. */
+    if (keys > BATCH_KEYS_MAX)
+        keys = BATCH_KEYS_MAX;
+    ix->mask = 15;
+    while (ix->mask + 1 < 2 * keys)
+        ix->mask = 2 * ix->mask + 1;
+    ix->n = 0;
+    memset(ix->slot, 0, (ix->mask + 1) * sizeof(ix->slot[0]));
 }
 
-/* Numbers the distinct keys of a batch from 1 (op->key_index) and lists
- * each once in `distinct`, in order of first use. A key is the same only
- * with the same bucket settings: a reload may change a policy's rate while
- * takes under the old one are queued. Returns how many there are. */
-static size_t index_keys(struct tg_ratelimit_redis_pending *head,
-                         const struct take_op **distinct)
+/* The slot holding op's key (by its bytes), or the empty one it would go in. */
+static size_t key_slot(const struct key_index *ix, const struct take_op *op)
 {
-    size_t keys = 0;
-    for (const struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next)
-        keys += q->nops;
-    /* A power of two at least twice the keys: half full at most. */
-    size_t mask = 15;
-    while (mask + 1 < 2 * keys)
-        mask = 2 * mask + 1;
-    uint16_t slot[2 * BATCH_KEYS_MAX]; /* distinct index + 1; 0: empty */
-    memset(slot, 0, (mask + 1) * sizeof(slot[0]));
-    size_t nd = 0;
-    for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next) {
-        for (size_t k = 0; k < q->nops; k++) {
-            struct take_op *op = &q->ops[k];
-            uint64_t h = 14695981039346656037ULL; /* FNV-1a */
-            for (size_t i = 0; i < op->keylen; i++)
-                h = (h ^ (unsigned char)op->key[i]) * 1099511628211ULL;
-            size_t at = (size_t)(h ^ (h >> 29)) & mask;
-            while (slot[at] != 0 && !same_key(distinct[slot[at] - 1], op))
-                at = (at + 1) & mask;
-            if (slot[at] == 0) {
-                distinct[nd++] = op;
-                slot[at] = (uint16_t)nd;
-            }
-            op->key_index = slot[at];
+    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+    for (size_t i = 0; i < op->keylen; i++)
+        h = (h ^ (unsigned char)op->key[i]) * 1099511628211ULL;
+    size_t at = (size_t)(h ^ (h >> 29)) & ix->mask;
+    for (;;) {
+        unsigned s = ix->slot[at];
+        if (s == 0)
+            return at;
+        const struct take_op *k = ix->key[s - 1];
+        if (k->keylen == op->keylen && memcmp(k->key, op->key, op->keylen) == 0)
+            return at;
+        at = (at + 1) & ix->mask;
+    }
+}
+
+/* True when p names a key of the batch under other bucket settings (a
+ * reload changed the policy while takes under the old one were queued):
+ * the script decides a key with one setting, so p waits for the next
+ * batch, where it sees this one's spends. */
+static bool key_index_conflicts(const struct key_index *ix,
+                                const struct tg_ratelimit_redis_pending *p)
+{
+    for (size_t k = 0; k < p->nops; k++) {
+        const struct take_op *op = &p->ops[k];
+        unsigned s = ix->slot[key_slot(ix, op)];
+        if (s != 0) {
+            const struct take_op *o = ix->key[s - 1];
+            if (o->iv_us != op->iv_us || o->burst != op->burst ||
+                o->delay != op->delay)
+                return true;
         }
     }
-    return nd;
+    return false;
+}
+
+static void key_index_add(struct key_index *ix,
+                          struct tg_ratelimit_redis_pending *p)
+{
+    for (size_t k = 0; k < p->nops; k++) {
+        struct take_op *op = &p->ops[k];
+        size_t at = key_slot(ix, op);
+        if (ix->slot[at] == 0) {
+            ix->key[ix->n++] = op;
+            ix->slot[at] = (uint16_t)ix->n;
+        }
+        op->key_index = ix->slot[at];
+    }
 }
 
 /* Sends what is queued as one EVALSHA:
@@ -562,11 +594,15 @@ static size_t index_keys(struct tg_ratelimit_redis_pending *head,
  * with m negated for a peek. */
 static void flush_queue(struct tg_ratelimit_redis *r)
 {
+    struct key_index ix;
     while (r->queue_head != NULL) {
         /* Take as many queued requests as fit one batch. */
+        key_index_init(&ix, r->queued_keys);
         struct tg_ratelimit_redis_pending *head = r->queue_head, *p = head, *last = NULL;
         size_t n = 0, keys = 0;
-        while (p != NULL && n < BATCH_MAX && keys + p->nops <= BATCH_KEYS_MAX) {
+        while (p != NULL && n < BATCH_MAX && keys + p->nops <= BATCH_KEYS_MAX &&
+               (n == 0 || !key_index_conflicts(&ix, p))) {
+            key_index_add(&ix, p);
             keys += p->nops;
             n++;
             last = p;
@@ -579,8 +615,8 @@ static void flush_queue(struct tg_ratelimit_redis *r)
         r->queued -= n;
         r->queued_keys -= keys;
 
-        const struct take_op *distinct[BATCH_KEYS_MAX];
-        size_t nd = index_keys(head, distinct);
+        size_t nd = ix.n;
+        const struct take_op *const *distinct = ix.key;
         int argc = 3 + 4 * (int)nd + 1 + (int)n + 2 * (int)keys;
         size_t nums = 2 + 3 * nd + n + 2 * keys;
         struct batch *b = calloc(1, sizeof(*b));

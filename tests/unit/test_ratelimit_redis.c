@@ -532,6 +532,39 @@ TEST(pipelining)
     tg_ratelimit_redis_free(r);
 }
 
+/* Takes queued together that name one key under two bucket settings (a
+ * reload changed the policy in between) go out in two batches, and the
+ * second sees the first's spend; the rest still share batches. */
+TEST(settings_change_splits_batch)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    freeReplyObject(h_cmd(sc, "FLUSHALL"));
+    long long c1 = evalsha_calls();
+    struct tg_ratelimit_redis_op ops[4] = {
+        op("cf", "k", 1000 * MS, 2, 0, 1), /* old settings */
+        op("cf", "other", 1000 * MS, 2, 0, 1),
+        op("cf", "k", 500 * MS, 1, 0, 1),  /* new settings, same key */
+        op("cf", "k", 500 * MS, 1, 0, 1),
+    };
+    struct got g[4];
+    for (int i = 0; i < 4; i++) {
+        memset(&g[i], 0, sizeof(g[i]));
+        g[i].lim = r;
+        CHECK(tg_ratelimit_redis_take(r, &ops[i], 1, false, got_cb, &g[i]) != NULL);
+    }
+    CHECK(h_run_until(loop, got_done, &g[3], 2));
+    CHECK_EQ_INT(evalsha_calls() - c1, 2);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ_INT(g[i].status, 0);
+    CHECK(g[0].allowed && g[1].allowed);
+    CHECK_EQ_INT(g[0].res[0].remaining, 1);
+    /* The key is 1 s ahead after the first: a 500 ms bucket of 1 refuses. */
+    CHECK(!g[2].allowed && !g[3].allowed);
+    CHECK_EQ_INT(g[2].now_us, g[3].now_us); /* one batch */
+    tg_ratelimit_redis_free(r);
+}
+
 /* Takes batched together are decided in the order they were asked, each
  * seeing the ones before it; a take cancelled while queued is not sent,
  * one cancelled after its batch went out is not called. */
@@ -969,6 +1002,7 @@ int main(void)
     RUN(peek_and_ttl);
     RUN(key_format);
     RUN(pipelining);
+    RUN(settings_change_splits_batch);
     RUN(batch_order_and_cancel);
     RUN(script_flush_reloads);
     RUN(stopped_then_restarted);
