@@ -206,6 +206,7 @@ struct tg_ratelimit_redis_pending {
     void *arg;
     bool peek;
     bool cancelled;        /* in a batch: free it when the batch ends */
+    bool pooled;           /* PENDING_BLOCK bytes, from the free list */
     size_t nops;
     struct tg_ratelimit_redis_pending *next;
     struct take_op ops[];  /* nops of them, then the keys' bytes */
@@ -233,6 +234,62 @@ struct reset_cmd {
     void *arg;
     char key[];
 };
+
+/* ---- pending takes: a free list per thread ------------------------------ */
+
+/* A take with a key or two (almost all) fits one block; blocks come back to
+ * a free list of the thread (the worker) that runs the limiter, so a take
+ * costs no malloc under load. The list is a thread's, not a limiter's:
+ * batch_end gives blocks back after callbacks that may have freed it. */
+#define PENDING_BLOCK 512
+#define PENDING_FREE_MAX 256
+
+static __thread struct tg_ratelimit_redis_pending *pending_free;
+static __thread unsigned pending_nfree;
+
+static struct tg_ratelimit_redis_pending *pending_alloc(size_t size)
+{
+    struct tg_ratelimit_redis_pending *p;
+    if (size > PENDING_BLOCK) {
+        p = malloc(size);
+        if (p != NULL)
+            p->pooled = false;
+        return p;
+    }
+    p = pending_free;
+    if (p != NULL) {
+        pending_free = p->next;
+        pending_nfree--;
+    } else {
+        p = malloc(PENDING_BLOCK);
+        if (p == NULL)
+            return NULL;
+    }
+    p->pooled = true;
+    return p;
+}
+
+static void pending_release(struct tg_ratelimit_redis_pending *p)
+{
+    if (p->pooled && pending_nfree < PENDING_FREE_MAX) {
+        p->next = pending_free;
+        pending_free = p;
+        pending_nfree++;
+        return;
+    }
+    free(p);
+}
+
+/* Empties this thread's free list (when a limiter goes). */
+static void pending_drain(void)
+{
+    while (pending_free != NULL) {
+        struct tg_ratelimit_redis_pending *p = pending_free;
+        pending_free = p->next;
+        free(p);
+    }
+    pending_nfree = 0;
+}
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -471,7 +528,7 @@ static void batch_end(struct batch *b, const redisReply *rep)
         tg_ratelimit_redis_cb cb = p->cancelled ? NULL : p->cb;
         void *arg = p->arg;
         size_t n = p->nops;
-        free(p);
+        pending_release(p);
         if (cb != NULL) {
             if (ok)
                 cb(arg, 0, all, res, n);
@@ -716,7 +773,7 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
         bytes += key_len(r, ops[i].policy, ops[i].keylen);
     /* Sized to its keys and not zeroed: one of these per request. */
     struct tg_ratelimit_redis_pending *p =
-        malloc(sizeof(*p) + nops * sizeof(p->ops[0]) + bytes);
+        pending_alloc(sizeof(*p) + nops * sizeof(p->ops[0]) + bytes);
     if (p == NULL) {
         r->short_circuited++;
         return NULL;
@@ -733,7 +790,7 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
     for (size_t k = 0; k < nops; k++) {
         size_t n = build_key(r, buf, ops[k].policy, ops[k].key, ops[k].keylen);
         if (n == 0) {
-            free(p);
+            pending_release(p);
             r->short_circuited++;
             return NULL;
         }
@@ -780,7 +837,7 @@ void tg_ratelimit_redis_cancel(struct tg_ratelimit_redis_pending *p)
         r->queued--;
         r->queued_keys -= p->nops;
     }
-    free(p);
+    pending_release(p);
 }
 
 /* ---- reset --------------------------------------------------------------- */
@@ -914,7 +971,7 @@ void tg_ratelimit_redis_free(struct tg_ratelimit_redis *r)
         struct tg_ratelimit_redis_pending *next = q->next;
         tg_ratelimit_redis_cb cb = q->cb;
         void *arg = q->arg;
-        free(q);
+        pending_release(q);
         cb(arg, -1, false, NULL, 0);
         q = next;
     }
@@ -923,6 +980,7 @@ void tg_ratelimit_redis_free(struct tg_ratelimit_redis *r)
     free(r->gateway_id);
     free(r->prefix);
     free(r);
+    pending_drain(); /* freed on its worker's thread, as it ran there */
 }
 
 enum tg_redis_state tg_ratelimit_redis_state(const struct tg_ratelimit_redis *r)

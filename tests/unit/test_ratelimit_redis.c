@@ -529,7 +529,19 @@ TEST(pipelining)
     fprintf(stderr, "batching: %d takes, %lld EVALSHA(s), %lld server "
                     "read(s), answered in %d loop iteration(s)\n",
             N, c2 - c1, r2 - r1 - per_info, same == N ? 1 : -1);
+    /* Their memory went back to the thread's free list, and the next round
+     * takes it from there: no malloc per take. */
+    CHECK_EQ_INT(pending_nfree, N);
+    for (int i = 0; i < N; i++) {
+        struct tg_ratelimit_redis_op o = op("pipe", key[i], 10 * MS, 5, 0, 1);
+        memset(&g[i], 0, sizeof(g[i]));
+        CHECK(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &g[i]) != NULL);
+    }
+    CHECK_EQ_INT(pending_nfree, 0);
+    CHECK(h_run_until(loop, got_done, &g[N - 1], 2));
+    CHECK_EQ_INT(pending_nfree, N);
     tg_ratelimit_redis_free(r);
+    CHECK_EQ_INT(pending_nfree, 0);
 }
 
 /* Takes queued together that name one key under two bucket settings (a
