@@ -771,7 +771,7 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
     size_t bytes = 0;
     for (size_t i = 0; i < nops; i++)
         bytes += key_len(r, ops[i].policy, ops[i].keylen);
-    /* Sized to its keys and not zeroed: one of these per request. */
+    /* One per request: from the free list, and not zeroed. */
     struct tg_ratelimit_redis_pending *p =
         pending_alloc(sizeof(*p) + nops * sizeof(p->ops[0]) + bytes);
     if (p == NULL) {
