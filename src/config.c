@@ -1461,7 +1461,6 @@ static int parse_headers_spec(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr
     return rc;
 }
 
-/* Defaults, then each spec in order (NULL entries skipped). */
 /* A list of header names with their lengths, for compares per request. */
 static int name_list(struct tg_arena *a, const struct hdr_list *l, struct tg_str **out,
                      size_t *n)
@@ -1475,6 +1474,7 @@ static int name_list(struct tg_arena *a, const struct hdr_list *l, struct tg_str
     return 0;
 }
 
+/* Defaults, then each spec in order (NULL entries skipped). */
 static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
                            const struct hdr_spec *const *specs, size_t nspecs)
 {

@@ -513,11 +513,12 @@ static void hex64(char *out, uint64_t v)
         memcpy(out + 2 * i, pairs + 2 * ((v >> (56 - 8 * i)) & 0xff), 2);
 }
 
-void tg_headers_new_request_id(char *out)
+size_t tg_headers_new_request_id(char *out)
 {
     hex64(out, rid_next());
     hex64(out + 16, rid_next());
     out[32] = '\0';
+    return 32;
 }
 
 bool tg_headers_valid_request_id(struct tg_str v)

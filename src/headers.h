@@ -37,8 +37,9 @@ int tg_headers_build_local(struct tg_request *req, struct tg_buf *b, int status,
                            size_t body_len, bool close);
 
 /* Fills `out` (at least 33 bytes) with a new request id: 32 hex digits,
- * unique per process run. Worker thread (per-thread generator state). */
-void tg_headers_new_request_id(char *out);
+ * unique per process run, NUL-terminated; returns its length. Worker thread
+ * (per-thread generator state). */
+size_t tg_headers_new_request_id(char *out);
 
 /* True if a client-sent X-Request-Id is acceptable to keep: 1..64 bytes of
  * [A-Za-z0-9._:-]. */

@@ -364,8 +364,7 @@ void tg_proxy_fail(struct tg_request *req, int status, const char *reason)
     req->head_consumed = true; /* nothing of an invalid head is used */
     req->req_body_done = true;
     req->bad_head = true;
-    tg_headers_new_request_id(req->request_id);
-    req->request_id_len = strlen(req->request_id);
+    req->request_id_len = tg_headers_new_request_id(req->request_id);
     if (c->in != NULL)
         req->bytes_in = tg_buf_len(c->in);
     c->state = TG_CONN_ACTIVE;
@@ -924,17 +923,18 @@ void tg_proxy_start(struct tg_request *req)
     req->method = req_strdup(req, h->method.p, h->method.n);
 
     /* Request id: the client's if well-formed, else ours. */
+    req->request_id_len = 0;
     for (size_t i = 0; i < h->nheaders; i++) {
         if (tg_http1_name_eq(h->headers[i].name, "x-request-id") &&
             tg_headers_valid_request_id(h->headers[i].value)) {
             memcpy(req->request_id, h->headers[i].value.p, h->headers[i].value.n);
             req->request_id[h->headers[i].value.n] = '\0';
+            req->request_id_len = h->headers[i].value.n;
             break;
         }
     }
-    if (req->request_id[0] == '\0')
-        tg_headers_new_request_id(req->request_id);
-    req->request_id_len = strlen(req->request_id);
+    if (req->request_id_len == 0)
+        req->request_id_len = tg_headers_new_request_id(req->request_id);
 
     struct tg_str host = h->host;
     if (host.p == NULL)

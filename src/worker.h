@@ -162,11 +162,12 @@ void tg_worker_cfg_release(struct tg_wcfg *c);
  * paused for want of descriptors and drain can finish. */
 void tg_worker_conn_closed(struct tg_worker *w);
 
+/* tg_worker_defer_io's slow path: grows the list, then notes the event. */
+bool tg_worker_note_io_grow(struct tg_worker *w, ev_io *io, int revents);
+
 /* Called first thing by the callbacks of client and upstream sockets: true
  * when the event was noted, to be served (the callback run again) in the
  * order epoll reported the sockets ready, once libev has run the pass. */
-bool tg_worker_note_io_grow(struct tg_worker *w, ev_io *io, int revents);
-
 static inline bool tg_worker_defer_io(struct tg_worker *w, ev_io *io, int revents)
 {
     if (!w->collecting_io)
