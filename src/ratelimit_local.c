@@ -25,7 +25,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -143,26 +142,6 @@ struct tg_ratelimit_local {
 };
 
 /* ---- hashing: tg_siphash13 (siphash.h) with a random key per table ---- */
-
-static void random_seed(uint64_t seed[2])
-{
-    if (getrandom(seed, 16, 0) == 16)
-        return;
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t n = read(fd, seed, 16);
-        close(fd);
-        if (n == 16)
-            return;
-    }
-    /* No kernel randomness at all (seccomp, no /dev): a weak seed still
-     * differs per process and per table. */
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    seed[0] ^= (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^
-               (uint64_t)(uintptr_t)seed;
-    seed[1] ^= (uint64_t)ts.tv_sec * 0xc2b2ae3d27d4eb4fULL ^ (uint64_t)getpid();
-}
 
 /* ---- one shard; callers hold its lock -------------------------------------
  */
@@ -325,8 +304,8 @@ struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys,
     struct tg_ratelimit_local *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return NULL;
-    uint64_t seed[2] = {0, 0};
-    random_seed(seed);
+    uint64_t seed[2];
+    tg_siphash_random_key(seed);
     t->k0 = seed[0];
     t->k1 = seed[1];
     t->smask = shards - 1;

@@ -57,6 +57,7 @@
 #include "log.h"
 #include "ratelimit.h"
 #include "redis.h"
+#include "siphash.h"
 
 static const char GCRA_LUA[] =
     "-- tollgate GCRA v3 (batched, keys once): see src/ratelimit_redis.c\n"
@@ -181,6 +182,7 @@ struct tg_ratelimit_redis {
     struct tg_ratelimit_redis_pending *queue_head, *queue_tail;
     size_t queued, queued_keys;
     ev_prepare flush;
+    uint64_t k0, k1;       /* SipHash key of the batches' key tables */
 };
 
 /* At most this many requests (and keys) go in one EVALSHA. */
@@ -576,14 +578,18 @@ static int on_batch_reply(void *arg, const redisReply *reply)
 /* The distinct keys of the batch being built: each is named, read and
  * described once, and ops refer to it by index (op->key_index, from 1). */
 struct key_index {
+    uint64_t k0, k1;                          /* the limiter's SipHash key */
     size_t mask;                              /* slots - 1, a power of two */
     size_t n;
     uint16_t slot[2 * BATCH_KEYS_MAX];        /* index + 1; 0: empty */
     const struct take_op *key[BATCH_KEYS_MAX]; /* in order of first use */
 };
 
-static void key_index_init(struct key_index *ix, size_t keys)
+static void key_index_init(struct key_index *ix,
+                           const struct tg_ratelimit_redis *r, size_t keys)
 {
+    ix->k0 = r->k0;
+    ix->k1 = r->k1;
     /* At least twice the keys the batch may take: half full at most. */
     if (keys > BATCH_KEYS_MAX)
         keys = BATCH_KEYS_MAX;
@@ -597,10 +603,8 @@ static void key_index_init(struct key_index *ix, size_t keys)
 /* The slot holding op's key (by its bytes), or the empty one it would go in. */
 static size_t key_slot(const struct key_index *ix, const struct take_op *op)
 {
-    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
-    for (size_t i = 0; i < op->keylen; i++)
-        h = (h ^ (unsigned char)op->key[i]) * 1099511628211ULL;
-    size_t at = (size_t)(h ^ (h >> 29)) & ix->mask;
+    /* Keyed: clients choose the keys (addresses, headers). */
+    size_t at = (size_t)tg_siphash13(op->key, op->keylen, ix->k0, ix->k1) & ix->mask;
     for (;;) {
         unsigned s = ix->slot[at];
         if (s == 0)
@@ -654,7 +658,7 @@ static void flush_queue(struct tg_ratelimit_redis *r)
     struct key_index ix;
     while (r->queue_head != NULL) {
         /* Take as many queued requests as fit one batch. */
-        key_index_init(&ix, r->queued_keys);
+        key_index_init(&ix, r, r->queued_keys);
         struct tg_ratelimit_redis_pending *head = r->queue_head, *p = head, *last = NULL;
         size_t n = 0, keys = 0;
         while (p != NULL && n < BATCH_MAX && keys + p->nops <= BATCH_KEYS_MAX &&
@@ -917,6 +921,10 @@ struct tg_ratelimit_redis *tg_ratelimit_redis_new(struct ev_loop *loop,
         return NULL;
     r->loop = loop;
     r->heartbeat = heartbeat;
+    uint64_t key[2];
+    tg_siphash_random_key(key);
+    r->k0 = key[0];
+    r->k1 = key[1];
     unsigned char md[EVP_MAX_MD_SIZE];
     if (digest(EVP_sha1(), GCRA_LUA, sizeof(GCRA_LUA) - 1, md) != 20)
         goto fail;

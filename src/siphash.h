@@ -7,9 +7,34 @@
 #ifndef TG_SIPHASH_H
 #define TG_SIPHASH_H
 
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+/* A random key for one table. Without kernel randomness at all (seccomp,
+ * no /dev) a weak key still differs per process and per table. */
+static inline void tg_siphash_random_key(uint64_t key[2])
+{
+    key[0] = key[1] = 0;
+    if (getrandom(key, 16, GRND_NONBLOCK) == 16)
+        return;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, key, 16);
+        close(fd);
+        if (n == 16)
+            return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    key[0] ^= (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^
+              (uint64_t)(uintptr_t)key;
+    key[1] ^= (uint64_t)ts.tv_sec * 0xc2b2ae3d27d4eb4fULL ^ (uint64_t)getpid();
+}
 
 #define TG_SIP_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
 #define TG_SIPROUND                                                            \

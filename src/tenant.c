@@ -31,7 +31,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
@@ -1540,10 +1539,7 @@ struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop,
     d->loop = loop;
     d->cfg = cfg;
     uint64_t seed[2];
-    if (getrandom(seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed)) {
-        seed[0] = (uint64_t)(uintptr_t)d ^ (uint64_t)(ev_time() * 1e9);
-        seed[1] = seed[0] * 0x9e3779b97f4a7c15ULL + 1;
-    }
+    tg_siphash_random_key(seed);
     d->k0 = seed[0];
     d->k1 = seed[1];
     d->nbuckets = BUCKETS_MIN;
