@@ -65,6 +65,7 @@ static bool decide(int64_t tat, int64_t now,
         out->retry_after_ns = 0;
         out->reset_ns = ex;
         out->delay_ns = ex > burst_tol ? ex - burst_tol : 0;
+        out->overflow = false;
         return true;
     }
 
@@ -78,6 +79,7 @@ static bool decide(int64_t tat, int64_t now,
         out->retry_after_ns = sat64(excess - total_tol);
     out->reset_ns = sat64(debt);
     out->delay_ns = 0;
+    out->overflow = false;
     return false;
 }
 
@@ -97,6 +99,19 @@ void tg_ratelimit_gcra_peek(int64_t tat, int64_t now_ns,
 {
     int64_t after;
     decide(tat, now_ns, p, cost, out, &after);
+}
+
+void tg_ratelimit_gcra_refund(int64_t *tat, int64_t now_ns,
+                              const struct tg_ratelimit_params *p,
+                              int64_t cost)
+{
+    assert(p->interval_ns >= 1 && cost >= 0);
+    if (*tat <= now_ns)
+        return; /* full already: nothing was outstanding */
+    /* In 128 bits: cost * interval may exceed int64; the result lies
+     * between now and *tat, so it fits. */
+    i128 back = (i128)*tat - (i128)cost * p->interval_ns;
+    *tat = back > now_ns ? (int64_t)back : now_ns;
 }
 
 bool tg_ratelimit_gcra_idle(int64_t tat, int64_t now_ns)

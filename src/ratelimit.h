@@ -27,6 +27,9 @@ struct tg_ratelimit_result {
                                burst + delay, as capped below); 0 if allowed */
     int64_t reset_ns;       /* until the bucket is full again */
     int64_t delay_ns;       /* when allowed through `delay`: hold it this long */
+    bool overflow;          /* local store: the key had no room and was decided
+                               against its class's overflow bucket (see
+                               tg_ratelimit_local_take); false elsewhere */
 };
 
 /* burst * interval (and (burst + delay) * interval) is capped at this many
@@ -71,6 +74,23 @@ void tg_ratelimit_gcra_peek(int64_t tat, int64_t now_ns,
                             const struct tg_ratelimit_params *p, int64_t cost,
                             struct tg_ratelimit_result *out);
 
+/* Gives back a spend of `cost` tokens (the undo of an allowed
+ * tg_ratelimit_gcra of that cost): if *tat <= now_ns nothing (the bucket
+ * is already full), else *tat = max(*tat - cost * interval_ns, now_ns), so
+ * a refund never makes the bucket more than full. Spends add up and a
+ * refund subtracts exactly what its take added: a take then its refund at
+ * the same instant restore the TAT, and over any window the takes that
+ * were not refunded get at most burst + delay + window / interval tokens,
+ * as if the refunded ones had never been made. The one difference from
+ * "never made": if the bucket would have been full while the refunded take
+ * was outstanding, the refill it earned meanwhile (at most `cost` tokens,
+ * never beyond full) is kept. Pure; 128-bit products as in
+ * tg_ratelimit_gcra. Preconditions as there (interval_ns >= 1, cost >= 0,
+ * now_ns >= 0); only interval_ns is read. */
+void tg_ratelimit_gcra_refund(int64_t *tat, int64_t now_ns,
+                              const struct tg_ratelimit_params *p,
+                              int64_t cost);
+
 /* True when the bucket behind `tat` is full again at `now_ns`: the key then
  * carries no information and may be forgotten. */
 bool tg_ratelimit_gcra_idle(int64_t tat, int64_t now_ns);
@@ -88,7 +108,7 @@ int tg_ratelimit_parse_rate(const char *s, int64_t *interval_ns,
 
 /* ---- local store: one table shared by all worker threads ---------------- */
 
-/* Longest key the local store takes. Keys up to 46 bytes are stored inline
+/* Longest key the local store takes. Keys up to 38 bytes are stored inline
  * in a 64-byte entry, longer ones in a heap copy; this bounds the copies.
  * An op with a longer key is refused (retry_after_ns = INT64_MAX) and
  * spends nothing: build keys from bounded parts, or hash them. */
@@ -98,13 +118,18 @@ int tg_ratelimit_parse_rate(const char *s, int64_t *interval_ns,
  * with more is refused whole, as above. */
 #define TG_RATELIMIT_LOCAL_MAX_OPS 16
 
+/* Overflow buckets per shard: classes beyond this share them (cls % 64). */
+#define TG_RATELIMIT_LOCAL_OVERFLOW_CLASSES 64
+
 /* One key's decision in a batch. The key bytes are borrowed for the call. */
 struct tg_ratelimit_op {
     const void *key;
     size_t keylen;
     const struct tg_ratelimit_params *params;
     int64_t cost;
-    struct tg_ratelimit_result result; /* out */
+    struct tg_ratelimit_result result; /* out (refund also reads .overflow) */
+    uint16_t cls; /* the policy's class (its index): new keys that find no
+                     room share the class's overflow bucket; 0 by default */
 };
 
 struct tg_ratelimit_local;
@@ -112,7 +137,8 @@ struct tg_ratelimit_local;
 /* Creates a table bounded to max_keys keys, split into `shards` (a power
  * of two, at most 65536) each with its own lock and a cap of
  * max_keys / shards keys (fewer shards are used if max_keys < shards).
- * Memory: about 68 bytes per key at capacity for keys up to 46 bytes, plus
+ * Memory: about 68 bytes per key at capacity for keys up to 38 bytes, plus
+ * 512 bytes of overflow buckets per shard, plus
  * the heap copies of longer keys; the entry array grows on demand up to the
  * cap and is not given back. The hash is keyed with a random seed drawn
  * here, so clients cannot aim keys at one chain. Returns NULL on allocation
@@ -129,23 +155,60 @@ void tg_ratelimit_local_free(struct tg_ratelimit_local *t);
  * never deadlocks. Returns true if all were allowed (true for nops 0).
  * Keys are compared as bytes; each op's params may differ. A key whose
  * bucket is full after the decision (refused on a new key, cost 0) is not
- * stored. When a shard is full it evicts to make room: every idle key
- * (bucket full again) among 16 to 64 keys swept by a clock hand, or if
- * none of 64 is idle the swept key closest to full; so idle keys go first
- * unless 64 in a row are active (approximate, like Redis's sampled LRU, to
- * keep an insert O(1)). Memory stays bounded whatever the traffic;
- * the price is that under pressure an active key can be forgotten and
- * start again with a full bucket. If a heap copy of a long new key cannot
- * be allocated, that key is likewise not remembered. Thread-safe. */
+ * stored. If a heap copy of a long new key cannot be allocated, that key
+ * is not remembered either.
+ *
+ * Memory stays bounded whatever the traffic. Each entry remembers the
+ * size of the bucket its last spend used (burst * interval and (burst - 1)
+ * * interval, to about a millisecond), so that its fullness is judged
+ * against its own policy: an entry is LOCKED while it holds less than one
+ * token.
+ * When a shard is full, a new key that needs an entry makes room: a clock
+ * hand sweeps 16 to 64 entries (on to 64 while none is idle) and drops
+ * every idle one seen (bucket full again: it carries no information), or
+ * if none is idle the swept entry that is not locked and has the largest
+ * fraction of its tokens left, whatever its policy. A locked entry is
+ * never dropped. If every swept entry is locked, nothing is dropped and
+ * the new key is not stored: it is decided against an OVERFLOW bucket
+ * shared by all new keys of its class in that shard (class cls % 64; one
+ * TAT per class and shard, decided with each op's own params), and its
+ * result says so (result.overflow). So under a flood that fills the table
+ * with locked keys, the locked keys stay locked (a flood of new keys
+ * cannot reset a login lockout), and the new clients of a policy are
+ * limited together, to one bucket of that policy per shard, until entries
+ * unlock or go idle. Under pressure an unlocked active key can still be
+ * forgotten and start again with a full bucket: the price of the bound.
+ * The sweep is approximate (like Redis's sampled LRU) to keep an insert
+ * O(1). In a batch, an entry the batch names is never dropped to make
+ * room for another of its keys; room made for a batch that is then
+ * refused stays free. Thread-safe. */
 bool tg_ratelimit_local_take(struct tg_ratelimit_local *t,
                              struct tg_ratelimit_op *ops, size_t nops,
                              int64_t now_ns);
 
 /* Fills ops[i].result as take would (including a repeated key seeing the
- * earlier op's spend), without spending or storing. Thread-safe. */
+ * earlier op's spend, and a new key that would find no room seeing its
+ * overflow bucket), without spending, storing or evicting. Thread-safe. */
 void tg_ratelimit_local_peek(struct tg_ratelimit_local *t,
                              struct tg_ratelimit_op *ops, size_t nops,
                              int64_t now_ns);
+
+/* Gives back spends (the undo of an allowed take, e.g. a failure budget
+ * reserved before forwarding and returned when the answer was not a
+ * failure). For each op in turn: if op->result.overflow is set (pass the
+ * take's result along when the take was decided against the overflow
+ * bucket), op->cost is refunded to the overflow bucket of op->cls in the
+ * key's shard; otherwise, if the key is held, to the key under op->params
+ * (tg_ratelimit_gcra_refund), and an entry whose bucket is then full is
+ * removed. A key not held is left alone (it was evicted, reset, or never
+ * stored: its bucket is already full). Each op's result is then what a
+ * cost-0 peek of that bucket says (overflow set as it was). Ops are
+ * independent (no all-or-nothing); a key named twice is refunded twice.
+ * Ops with a key longer than TG_RATELIMIT_LOCAL_KEY_MAX are skipped.
+ * Thread-safe. */
+void tg_ratelimit_local_refund(struct tg_ratelimit_local *t,
+                               struct tg_ratelimit_op *ops, size_t nops,
+                               int64_t now_ns);
 
 /* Forgets a key (the bucket is full again). Returns true if it existed.
  * Thread-safe. */

@@ -42,7 +42,17 @@
  * where it only has to compare greater. Floor divisions are corrected by
  * one step where the double quotient rounded. Numbers passed back to Redis
  * commands are formatted with %.0f, never tostring (which would print 14
- * significant digits). */
+ * significant digits).
+ *
+ * Refunds (REFUND_LUA) are a second, smaller script, sent on their own
+ * (nobody waits for them, and they do not share a batch's keys): KEYS =
+ * the keys, ARGV = interval_us and cost per key. On Redis' clock, each key
+ * holding a TAT after now gets max(tat - cost * interval, now), stored with
+ * the take's expiry rule, or is deleted when that is not after now; keys
+ * and values are the take script's, so gateways of either version share
+ * them. It is sent as EVAL the first time on a connection (which caches
+ * it), then as EVALSHA; a NOSCRIPT (cache flushed) resends it once as EVAL
+ * within the same deadline. */
 #include "ratelimit_redis.h"
 
 #include <stdatomic.h>
@@ -138,6 +148,52 @@ static const char GCRA_LUA[] =
     "end\n"
     "return out\n";
 
+/* See the top. The arguments are checked before anything is written; a
+ * stored value that is not a number in 0..2^53 reads as 0 (a full bucket:
+ * nothing to give back), as in GCRA_LUA. cost * interval is exact below
+ * 2^53 and otherwise far larger than any TAT, which then only has to come
+ * out not after now. Returns how many keys it changed. */
+static const char REFUND_LUA[] =
+    "-- tollgate GCRA refund v1: see src/ratelimit_redis.c\n"
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+    "local floor = math.floor\n"
+    "local LIMIT = 9007199254740992\n"
+    "local function idiv(a, b)\n"
+    "  local q = floor(a / b)\n"
+    "  if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end\n"
+    "  return q\n"
+    "end\n"
+    "local function bad()\n"
+    "  return redis.error_reply('ERR tollgate refund: bad arguments')\n"
+    "end\n"
+    "local K = #KEYS\n"
+    "if K < 1 or #ARGV ~= 2 * K then return bad() end\n"
+    "local iv, cost = {}, {}\n"
+    "for k = 1, K do\n"
+    "  local i, c = tonumber(ARGV[2 * k - 1]), tonumber(ARGV[2 * k])\n"
+    "  if not (i and c) or i < 1 or c < 0 then return bad() end\n"
+    "  iv[k], cost[k] = i, c\n"
+    "end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local n = 0\n"
+    "for k = 1, K do\n"
+    "  local v = tonumber(redis.call('GET', KEYS[k]))\n"
+    "  if not v or v ~= v or v < 0 or v > LIMIT then v = 0 end\n"
+    "  v = floor(v)\n"
+    "  if v > now then\n"
+    "    local back = v - cost[k] * iv[k]\n"
+    "    if back > now then\n"
+    "      redis.call('SET', KEYS[k], string.format('%.0f', back), 'PX',\n"
+    "                 string.format('%.0f', idiv(back - now + 999, 1000)))\n"
+    "    else\n"
+    "      redis.call('DEL', KEYS[k])\n"
+    "    end\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
 /* KEYS[1] = PREFIX{gateways}; ARGV = gateway id, ttl_ms. Members are
  * scored by when they expire, on Redis' clock in ms. */
 static const char HEARTBEAT_LUA[] =
@@ -173,9 +229,11 @@ struct tg_ratelimit_redis {
     struct tg_redis_cmd *heartbeat_cmd; /* in flight */
     bool loading;                       /* a SCRIPT LOAD in flight */
     char sha[41];                       /* of GCRA_LUA, hex */
+    char refund_sha[41];                /* of REFUND_LUA, hex */
+    bool refund_cached;                 /* this connection ran REFUND_LUA */
 
     int64_t last_time_us; /* Redis TIME of the last decision (tests) */
-    uint64_t reloads;     /* NOSCRIPT retries */
+    uint64_t reloads;     /* NOSCRIPT retries (takes and refunds) */
     uint64_t requests, errors, short_circuited;
 
     /* Takes asked for in this loop iteration, sent together by `flush`. */
@@ -235,6 +293,21 @@ struct reset_cmd {
     tg_ratelimit_redis_cb cb;
     void *arg;
     char key[];
+};
+
+/* A refund: its own command, not batched. One allocation holds the
+ * command's arguments (kept for a NOSCRIPT resend) until the reply. */
+struct refund_cmd {
+    struct tg_ratelimit_redis *r;
+    tg_ratelimit_redis_cb cb; /* may be NULL */
+    void *arg;
+    bool retried;
+    size_t nops;
+    ev_tstamp deadline;
+    int argc;
+    const char **argv;
+    size_t *argvlen;
+    /* then argv, argvlen, the keys and the numbers */
 };
 
 /* ---- pending takes: a free list per thread ------------------------------ */
@@ -351,10 +424,24 @@ static size_t build_key(const struct tg_ratelimit_redis *r, char *out,
     return (size_t)(p - out);
 }
 
+/* What is left until `deadline`, in ms, at least 1. */
+static int64_t ms_until(const struct tg_ratelimit_redis *r, ev_tstamp deadline)
+{
+    double left = (deadline - ev_now(r->loop)) * 1e3;
+    return left >= 1. ? (int64_t)(left + 0.999) : 1;
+}
+
 static int64_t remaining_ms(const struct batch *b)
 {
-    double left = (b->deadline - ev_now(b->r->loop)) * 1e3;
-    return left >= 1. ? (int64_t)(left + 0.999) : 1;
+    return ms_until(b->r, b->deadline);
+}
+
+/* The interval on the scripts' microsecond clock, rounded up: never a
+ * faster rate than configured. Takes and refunds share it, so a refund
+ * subtracts exactly what its take added. */
+static int64_t interval_us(const struct tg_ratelimit_params *p)
+{
+    return p->interval_ns / 1000 + (p->interval_ns % 1000 != 0);
 }
 
 /* ---- script loading -------------------------------------------------------- */
@@ -438,6 +525,7 @@ static void on_link_state(void *arg, enum tg_redis_state old,
     struct tg_ratelimit_redis *r = arg;
     if (state != TG_REDIS_UP)
         return;
+    r->refund_cached = false;
     /* A new connection may be a new (or flushed) server. Queued first, so
      * every EVALSHA after it finds the script. */
     load_script(r);
@@ -800,10 +888,7 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
         }
         const struct tg_ratelimit_params *pp = &ops[k].params;
         p->ops[k] = (struct take_op){
-            buf, n,
-            /* Round up: never a faster rate than configured. */
-            pp->interval_ns / 1000 + (pp->interval_ns % 1000 != 0),
-            pp->burst, pp->delay, ops[k].cost, 0};
+            buf, n, interval_us(pp), pp->burst, pp->delay, ops[k].cost, 0};
         buf += n;
     }
     if (r->queue_tail != NULL)
@@ -897,6 +982,125 @@ int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy,
     return 0;
 }
 
+/* ---- refund -------------------------------------------------------------- */
+
+/* Frees the command, then tells its caller (who may do anything but free
+ * the limiter). */
+static void refund_end(struct refund_cmd *c, int status)
+{
+    tg_ratelimit_redis_cb cb = c->cb;
+    void *arg = c->arg;
+    free(c);
+    if (cb != NULL)
+        cb(arg, status, status == 0, NULL, 0);
+}
+
+static int on_refund_reply(void *arg, const redisReply *reply)
+{
+    struct refund_cmd *c = arg;
+    struct tg_ratelimit_redis *r = c->r;
+    if (reply == NULL) {
+        refund_end(c, -1);
+        return 0; /* ignored: the link counted the fault */
+    }
+    if (!c->retried && is_error(reply, "NOSCRIPT")) {
+        /* The script cache was flushed: send the script itself (which
+         * caches it again), within what is left of the deadline. */
+        c->retried = true;
+        r->reloads++;
+        r->refund_cached = false;
+        c->argv[0] = "EVAL";
+        c->argvlen[0] = 4;
+        c->argv[1] = REFUND_LUA;
+        c->argvlen[1] = sizeof(REFUND_LUA) - 1;
+        if (tg_redis_command(r->link, c->argc, c->argv, c->argvlen,
+                             ms_until(r, c->deadline), on_refund_reply,
+                             c) == NULL)
+            refund_end(c, -1);
+        return 0; /* Redis answered: not a fault */
+    }
+    if (reply->type != REDIS_REPLY_INTEGER || reply->integer < 0 ||
+        (unsigned long long)reply->integer > c->nops) {
+        r->errors++;
+        refund_end(c, -1);
+        return -1;
+    }
+    r->refund_cached = true;
+    refund_end(c, 0);
+    return 0;
+}
+
+int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r,
+                              const struct tg_ratelimit_redis_op *ops,
+                              size_t nops, tg_ratelimit_redis_cb cb,
+                              void *arg)
+{
+    if (nops == 0 || nops > MAX_OPS)
+        return -1;
+    for (size_t i = 0; i < nops; i++)
+        if (!valid_op(&ops[i]))
+            return -1;
+    if (tg_redis_state(r->link) != TG_REDIS_UP) {
+        r->short_circuited++;
+        return -1;
+    }
+    /* EVALSHA sha K key... (interval_us cost)... */
+    int argc = 3 + 3 * (int)nops;
+    size_t bytes = 0;
+    for (size_t i = 0; i < nops; i++)
+        bytes += key_len(r, ops[i].policy, ops[i].keylen);
+    struct refund_cmd *c =
+        malloc(sizeof(*c) + (size_t)argc * (sizeof(char *) + sizeof(size_t)) +
+               bytes + (1 + 2 * nops) * NUM_MAX);
+    if (c == NULL)
+        return -1;
+    c->r = r;
+    c->cb = cb;
+    c->arg = arg;
+    c->retried = false;
+    c->nops = nops;
+    c->deadline = ev_now(r->loop) + (double)tg_redis_timeout_ms(r->link) / 1e3;
+    c->argc = argc;
+    c->argv = (const char **)(c + 1);
+    c->argvlen = (size_t *)(c->argv + argc);
+    char *buf = (char *)(c->argvlen + argc);
+    char *num = buf + bytes;
+
+    int i = 0;
+#define ARG(ptr, len) (c->argv[i] = (ptr), c->argvlen[i++] = (len))
+#define NUM(v) do { ARG(num, tg_str_i64(num, (long long)(v))); num += NUM_MAX; } while (0)
+    if (r->refund_cached) {
+        ARG("EVALSHA", 7);
+        ARG(r->refund_sha, 40);
+    } else {
+        ARG("EVAL", 4);
+        ARG(REFUND_LUA, sizeof(REFUND_LUA) - 1);
+    }
+    NUM(nops);
+    for (size_t k = 0; k < nops; k++) {
+        size_t n = build_key(r, buf, ops[k].policy, ops[k].key, ops[k].keylen);
+        if (n == 0) {
+            free(c);
+            return -1;
+        }
+        ARG(buf, n);
+        buf += n;
+    }
+    for (size_t k = 0; k < nops; k++) {
+        NUM(interval_us(&ops[k].params));
+        NUM(ops[k].cost);
+    }
+#undef NUM
+#undef ARG
+    if (tg_redis_command(r->link, c->argc, c->argv, c->argvlen, 0,
+                         on_refund_reply, c) == NULL) {
+        free(c);
+        r->short_circuited++;
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- lifetime ------------------------------------------------------------ */
 
 static int set_prefix(struct tg_ratelimit_redis *r,
@@ -929,6 +1133,9 @@ struct tg_ratelimit_redis *tg_ratelimit_redis_new(struct ev_loop *loop,
     if (digest(EVP_sha1(), GCRA_LUA, sizeof(GCRA_LUA) - 1, md) != 20)
         goto fail;
     hex(r->sha, md, 20);
+    if (digest(EVP_sha1(), REFUND_LUA, sizeof(REFUND_LUA) - 1, md) != 20)
+        goto fail;
+    hex(r->refund_sha, md, 20);
     r->gateway_id = strdup(gateway_id != NULL ? gateway_id : "");
     if (r->gateway_id == NULL || set_prefix(r, cfg) < 0)
         goto fail;

@@ -4,7 +4,8 @@
  * request waiting for Redis parks on the loop and nothing blocks; commands
  * issued in one loop iteration leave in one write (pipelining). One Lua
  * script (EVALSHA, reloaded on NOSCRIPT) runs GCRA on Redis' own clock for
- * every key of a request at once: all spend or none. Keys are
+ * every key of a request at once: all spend or none; a second, smaller
+ * one gives spends back (refund). Keys are
  * PREFIX{policy:key} (hash tags, so a future Redis Cluster keeps each key on
  * one shard; a request naming several keys would still need them on one
  * slot there) and expire when their bucket would be full again. A key
@@ -126,6 +127,33 @@ int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy,
                              const char *key, size_t keylen,
                              tg_ratelimit_redis_cb cb, void *arg);
 
+/* Gives back spends (the undo of allowed takes: a failure budget reserved
+ * before forwarding and returned when the answer was not a failure). For
+ * each op in turn, on Redis' clock, as tg_ratelimit_gcra_refund: a key
+ * whose TAT is after now gets max(tat - cost * interval, now), stored with
+ * the same expiry as a take's, or deleted when that is not after now; a
+ * missing key, or one holding something other than a TAT, is left alone
+ * (its bucket is full; a key of another type is an error reply, status
+ * -1). The interval is rounded up to whole microseconds as take does, so
+ * a refund subtracts exactly what its take added. One small script, sent
+ * whole (EVAL) the first time on a connection and once more after a
+ * NOSCRIPT, else as EVALSHA; keys and stored values are take's, so
+ * gateways without refunds share them. Ops are independent (no
+ * all-or-nothing); a key named twice is refunded twice; of the params
+ * only interval_ns is used (all are validated as for take). cb may be
+ * NULL (fire and forget: nothing leaks either way); otherwise it is called
+ * once, as reset's (status 0: n = 0, results NULL, allowed true; status
+ * -1: timeout, error reply, lost connection, limiter freed), never before
+ * this returns. Returns 0, or -1 when it cannot be sent now (not
+ * connected, circuit open, out of memory, invalid ops; nops 0 or above
+ * TG_RATELIMIT_LOCAL_MAX_OPS): cb is then not called. Subject to the
+ * configured timeout and the circuit breaker like every command. Loop
+ * thread. */
+int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r,
+                              const struct tg_ratelimit_redis_op *ops,
+                              size_t nops, tg_ratelimit_redis_cb cb,
+                              void *arg);
+
 enum tg_redis_state tg_ratelimit_redis_state(const struct tg_ratelimit_redis *r);
 
 /* Gateways that wrote a heartbeat recently (this one included), >= 1:
@@ -140,8 +168,8 @@ struct tg_ratelimit_redis_stats {
     uint64_t errors;        /* error replies, bad types or shapes */
     uint64_t timeouts;      /* commands whose deadline passed */
     uint64_t disconnects;   /* connections lost after being up */
-    uint64_t short_circuited; /* takes and resets refused without sending:
-                                 circuit open or not connected */
+    uint64_t short_circuited; /* takes, resets and refunds refused without
+                                 sending: circuit open or not connected */
 };
 void tg_ratelimit_redis_stats(const struct tg_ratelimit_redis *r,
                               struct tg_ratelimit_redis_stats *out);

@@ -1,6 +1,7 @@
 /* GCRA core and rate parsing. The core is checked field by field against an
  * independent token-bucket model kept in exact integer arithmetic (tokens
- * scaled by the interval, so one token = interval_ns units). */
+ * scaled by the interval, so one token = interval_ns units); refunds
+ * likewise, and against the budget they must keep. */
 #include "../../src/ratelimit.c"
 
 #include <inttypes.h>
@@ -85,6 +86,21 @@ static bool model_take(struct model *m, int64_t now, int64_t cost,
     r->remaining = m->level > 0 ? (int64_t)(m->level / m->iv) : 0;
     r->reset_ns = (int64_t)(cap - m->level);
     return r->allowed;
+}
+
+/* Gives back `cost` tokens: refill to now, add, never beyond full. */
+static void model_refund(struct model *m, int64_t now, int64_t cost)
+{
+    i128 cap = (i128)m->burst * m->iv;
+    if (!m->started)
+        return; /* a fresh bucket is full */
+    m->level += now - m->last;
+    if (m->level > cap)
+        m->level = cap;
+    m->last = now;
+    m->level += (i128)cost * m->iv;
+    if (m->level > cap)
+        m->level = cap;
 }
 
 static bool same_result(const struct tg_ratelimit_result *a,
@@ -509,6 +525,167 @@ TEST(test_extreme_values_no_overflow)
     }
 }
 
+/* ---- refund ---------------------------------------------------------------
+ * Failure budgets reserve a token before forwarding and refund it when the
+ * answer was not a failure. */
+
+/* A take then its refund at the same instant restore the bucket exactly:
+ * the TAT (as seen from now) and every field a peek reports. */
+TEST(test_refund_restores_take)
+{
+    int restored = 0;
+    for (int i = 0; i < 20000; i++) {
+        struct tg_ratelimit_params p;
+        random_params(&p);
+        int64_t now = rnd_range(0, INT64_C(1) << 50);
+        int64_t tat = rnd() % 4 == 0 ? 0 : now + rnd_range(-SEC, 3 * SEC);
+        if (tat < 0)
+            tat = 0;
+        int64_t cost = random_cost(&p);
+        struct tg_ratelimit_result before, after, r;
+        tg_ratelimit_gcra_peek(tat, now, &p, 1, &before);
+        int64_t t2 = tat;
+        if (!tg_ratelimit_gcra(&t2, now, &p, cost, &r))
+            continue;
+        tg_ratelimit_gcra_refund(&t2, now, &p, cost);
+        CHECK_EQ_INT(t2, tat > now ? tat : now);
+        tg_ratelimit_gcra_peek(t2, now, &p, 1, &after);
+        CHECK(same_result(&before, &after));
+        restored++;
+    }
+    CHECK(restored > 10000);
+
+    /* The plain case, by hand: 3 of 5 spent, one given back. */
+    struct tg_ratelimit_params p = {SEC, 5, 0};
+    struct tg_ratelimit_result r;
+    int64_t tat = 0, now = 100 * SEC;
+    CHECK(tg_ratelimit_gcra(&tat, now, &p, 3, &r));
+    CHECK_EQ_INT(r.remaining, 2);
+    tg_ratelimit_gcra_refund(&tat, now, &p, 1);
+    tg_ratelimit_gcra_peek(tat, now, &p, 0, &r);
+    CHECK_EQ_INT(r.remaining, 3);
+    CHECK_EQ_INT(r.reset_ns, 2 * SEC);
+    /* Half a second on, the refund still gives back a whole token. */
+    CHECK(tg_ratelimit_gcra(&tat, now, &p, 1, &r));
+    tg_ratelimit_gcra_refund(&tat, now + SEC / 2, &p, 1);
+    CHECK_EQ_INT(tat, now + 2 * SEC);
+}
+
+/* A refund never makes the bucket more than full: on a full bucket it
+ * does nothing (not even move a TAT in the past), and a cost larger than
+ * what was spent stops at full; no overflow at the extremes. */
+TEST(test_refund_never_overfull)
+{
+    struct tg_ratelimit_params p = {SEC, 5, 0};
+    struct tg_ratelimit_result r;
+    int64_t now = 100 * SEC;
+    int64_t tat = 0;
+    tg_ratelimit_gcra_refund(&tat, now, &p, 3);
+    CHECK_EQ_INT(tat, 0); /* never seen: full, untouched */
+    tat = now - 7;
+    tg_ratelimit_gcra_refund(&tat, now, &p, 1);
+    CHECK_EQ_INT(tat, now - 7);
+    tat = now;
+    tg_ratelimit_gcra_refund(&tat, now, &p, 1);
+    CHECK_EQ_INT(tat, now);
+
+    CHECK(tg_ratelimit_gcra(&tat, now, &p, 2, &r));
+    tg_ratelimit_gcra_refund(&tat, now, &p, 5); /* more than was taken */
+    CHECK_EQ_INT(tat, now);
+    CHECK(tg_ratelimit_gcra_idle(tat, now));
+    tg_ratelimit_gcra_peek(tat, now, &p, 0, &r);
+    CHECK_EQ_INT(r.remaining, 5);
+    /* So five, not more, pass next. */
+    int n = 0;
+    for (int i = 0; i < 10; i++)
+        n += tg_ratelimit_gcra(&tat, now, &p, 1, &r);
+    CHECK_EQ_INT(n, 5);
+
+    /* Extremes: a day per token, costs up to 2^62, TATs up to INT64_MAX
+     * (UBSan watches the products). */
+    struct tg_ratelimit_params day = {DAY, INT64_C(1) << 31, 0};
+    int64_t tats[] = {1, INT64_C(1) << 62, INT64_MAX - 1, INT64_MAX};
+    int64_t costs[] = {0, 1, INT64_C(1) << 31, INT64_C(1) << 62};
+    for (size_t i = 0; i < N_ELEMS(tats); i++) {
+        for (size_t j = 0; j < N_ELEMS(costs); j++) {
+            int64_t t = tats[i];
+            tg_ratelimit_gcra_refund(&t, 0, &day, costs[j]);
+            CHECK(t >= 0 && t <= tats[i]);
+            CHECK(costs[j] != 0 || t == tats[i]);
+            i128 want = (i128)tats[i] - (i128)costs[j] * DAY;
+            CHECK_EQ_INT(t, want > 0 ? (int64_t)want : 0);
+        }
+    }
+}
+
+/* Takes and refunds interleaved at random, each refund giving back an
+ * earlier allowed take (sometimes a cost never taken): every decision
+ * equals the token-bucket model's (whose refund adds tokens up to full),
+ * and what was taken minus what was refunded stays within the GCRA budget,
+ * burst + delay + elapsed / interval: reserved guesses that are never
+ * refunded cannot exceed it however the refunds interleave. */
+TEST(test_refund_interleaved_with_takes)
+{
+    int64_t refunds = 0;
+    for (int seq = 0; seq < 2000; seq++) {
+        struct tg_ratelimit_params p;
+        random_params(&p);
+        if (p.burst > 1000)
+            p.burst = rnd_range(1, 1000);
+        struct model m;
+        model_init(&m, &p);
+        int64_t tat = 0;
+        int64_t start = rnd_range(0, INT64_C(1) << 50), now = start;
+        int64_t outstanding[64], nout = 0;
+        i128 kept = 0; /* allowed and never refunded */
+        for (int i = 0; i < 200; i++) {
+            now += rnd() % 3 == 0 ? random_step(&p) : 0;
+            struct tg_ratelimit_result got, want;
+            if (nout > 0 && rnd() % 2 == 0) {
+                size_t k = (size_t)(rnd() % (uint64_t)nout);
+                int64_t cost = outstanding[k];
+                outstanding[k] = outstanding[--nout];
+                tg_ratelimit_gcra_refund(&tat, now, &p, cost);
+                model_refund(&m, now, cost);
+                kept -= cost;
+                refunds++;
+            } else if (rnd() % 16 == 0) {
+                /* Never taken: a gift, counted as refunds are; the
+                 * model says it fills at most up to full. */
+                int64_t cost = rnd_range(0, 3);
+                tg_ratelimit_gcra_refund(&tat, now, &p, cost);
+                model_refund(&m, now, cost);
+                kept -= cost;
+            } else {
+                int64_t cost = rnd() % 4 == 0 ? random_cost(&p) : 1;
+                bool ok = tg_ratelimit_gcra(&tat, now, &p, cost, &got);
+                bool mok = model_take(&m, now, cost, &want);
+                if (ok != mok || !same_result(&got, &want)) {
+                    fprintf(stderr,
+                            "seq %d step %d: iv=%" PRId64 " burst=%" PRId64
+                            " delay=%" PRId64 " cost=%" PRId64 "\n",
+                            seq, i, p.interval_ns, p.burst, p.delay, cost);
+                    print_result("gcra ", &got);
+                    print_result("model", &want);
+                    CHECK(false);
+                    return;
+                }
+                if (ok) {
+                    kept += cost;
+                    if (nout < 64)
+                        outstanding[nout++] = cost;
+                }
+            }
+            CHECK(kept <= (i128)m.burst + m.delay + (now - start) / p.interval_ns);
+            /* Never more than full. */
+            struct tg_ratelimit_result r;
+            tg_ratelimit_gcra_peek(tat, now, &p, 0, &r);
+            CHECK(r.remaining >= 0 && r.remaining <= m.burst);
+        }
+    }
+    CHECK(refunds > 50000);
+}
+
 TEST(test_parse_rate_accepts)
 {
     struct {
@@ -591,6 +768,9 @@ int main(void)
     RUN(test_delay_semantics);
     RUN(test_idle);
     RUN(test_extreme_values_no_overflow);
+    RUN(test_refund_restores_take);
+    RUN(test_refund_never_overfull);
+    RUN(test_refund_interleaved_with_takes);
     RUN(test_parse_rate_accepts);
     RUN(test_parse_rate_rejects);
     RUN(test_parse_rate_rounding);

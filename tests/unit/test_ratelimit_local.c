@@ -1,6 +1,7 @@
-/* The in-process store: take/peek/reset, all-or-nothing batches, two
- * threads on one key with an injected clock, bounded memory under a flood
- * of keys, eviction order. Prints bytes per key and ns per take. */
+/* The in-process store: take/peek/reset/refund, all-or-nothing batches,
+ * two threads on one key with an injected clock, bounded memory under a
+ * flood of keys, eviction order, locked keys surviving a flood and the
+ * overflow buckets. Prints bytes per key and ns per take. */
 #include "../../src/ratelimit_local.c"
 
 #include <inttypes.h>
@@ -9,6 +10,7 @@
 #include "test.h"
 
 static const int64_t SEC = INT64_C(1000000000);
+static const int64_t MS_NS = INT64_C(1000000);
 
 /* Keys shaped like the policy layer's: a 4-byte policy id and a 16-byte
  * address. */
@@ -136,8 +138,8 @@ TEST(test_keys_compared_as_bytes)
     static unsigned char big[TG_RATELIMIT_LOCAL_KEY_MAX + 1];
     for (size_t i = 0; i < sizeof(big); i++)
         big[i] = (unsigned char)(i * 7);
-    size_t lens[] = {0,  1,  7,  8,   45,  46,
-                     47, 48, 64, 100, 511, TG_RATELIMIT_LOCAL_KEY_MAX};
+    size_t lens[] = {0,  1,  7,  8,  37,  38,  39,
+                     45, 46, 47, 48, 64, 100, 511, TG_RATELIMIT_LOCAL_KEY_MAX};
     size_t n = sizeof(lens) / sizeof(lens[0]);
     for (size_t i = 0; i < n; i++) {
         struct tg_ratelimit_op op = {big, lens[i], &p, 1};
@@ -275,6 +277,138 @@ TEST(test_batch_same_key_twice)
     ops[1] = mkop(&k, &p5, 2);
     CHECK(tg_ratelimit_local_take(t, ops, 2, now));
     CHECK_EQ_INT(ops[1].result.remaining, 0);
+    tg_ratelimit_local_free(t);
+}
+
+/* ---- refund ----------------------------------------------------------------
+ */
+
+static struct tg_ratelimit_op refund1(struct tg_ratelimit_local *t,
+                                      const struct key *k,
+                                      const struct tg_ratelimit_params *p,
+                                      int64_t cost, int64_t now)
+{
+    struct tg_ratelimit_op op = mkop(k, p, cost);
+    tg_ratelimit_local_refund(t, &op, 1, now);
+    return op;
+}
+
+TEST(test_refund)
+{
+    struct tg_ratelimit_local *t = tg_ratelimit_local_new(1000, 4);
+    struct tg_ratelimit_params p = {SEC, 3, 0};
+    struct key a = mkkey(1, 1), b = mkkey(1, 2), c = mkkey(1, 3);
+    int64_t now = 100 * SEC;
+
+    /* Reserve all three, give one back: one passes again, not two. */
+    for (int i = 0; i < 3; i++)
+        CHECK(take1(t, &a, &p, 1, now));
+    CHECK(!take1(t, &a, &p, 1, now));
+    struct tg_ratelimit_op op = refund1(t, &a, &p, 1, now);
+    CHECK_EQ_INT(op.result.remaining, 1); /* a cost-0 peek after it */
+    CHECK(!op.result.overflow);
+    CHECK_EQ_INT(remaining(t, &a, &p, now), 1);
+    CHECK(take1(t, &a, &p, 1, now));
+    CHECK(!take1(t, &a, &p, 1, now));
+
+    /* Given back to full: the entry goes (it carries nothing). */
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 1);
+    op = refund1(t, &a, &p, 2, now);
+    CHECK_EQ_INT(op.result.remaining, 2);
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 1);
+    op = refund1(t, &a, &p, 5, now); /* more than outstanding: full */
+    CHECK_EQ_INT(op.result.remaining, 3);
+    CHECK_EQ_INT(op.result.reset_ns, 0);
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 0);
+    CHECK_EQ_INT(remaining(t, &a, &p, now), 3);
+
+    /* A key not held: nothing happens, nothing is stored. */
+    op = refund1(t, &b, &p, 1, now);
+    CHECK_EQ_INT(op.result.remaining, 3);
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 0);
+
+    /* Several ops: each on its own key, a key named twice twice; other
+     * takes in between are kept. */
+    CHECK(take1(t, &b, &p, 3, now));
+    CHECK(take1(t, &c, &p, 2, now));
+    CHECK(take1(t, &c, &p, 1, now + SEC / 2)); /* someone else's spend */
+    struct tg_ratelimit_op ops[3] = {mkop(&b, &p, 1), mkop(&c, &p, 1),
+                                     mkop(&b, &p, 1)};
+    tg_ratelimit_local_refund(t, ops, 3, now + SEC / 2);
+    CHECK_EQ_INT(ops[0].result.remaining, 1);
+    CHECK_EQ_INT(ops[2].result.remaining, 2);
+    /* c: 3 - 2 - 1 + 0.5 refilled + 1 back = 1.5 */
+    CHECK_EQ_INT(ops[1].result.remaining, 1);
+    CHECK_EQ_INT(ops[1].result.reset_ns, 3 * SEC / 2);
+
+    /* Too long a key: skipped. */
+    static unsigned char big[TG_RATELIMIT_LOCAL_KEY_MAX + 1];
+    struct tg_ratelimit_op toolong = {big, sizeof(big), &p, 1, {0}, 0};
+    tg_ratelimit_local_refund(t, &toolong, 1, now);
+    tg_ratelimit_local_refund(t, NULL, 0, now);
+    tg_ratelimit_local_free(t);
+}
+
+struct reserver {
+    struct tg_ratelimit_local *t;
+    const struct tg_ratelimit_params *p;
+    const struct key *k, *own;
+    int iters;
+    int64_t now;
+    int64_t failures; /* reservations kept */
+};
+
+/* Reserve, then give back all but every 7th (a "failure"), as the limiter
+ * does around a forwarded request; half the reservations go in a batch
+ * with the thread's own key. */
+static void *reserver_run(void *arg)
+{
+    struct reserver *w = arg;
+    for (int i = 0; i < w->iters; i++) {
+        struct tg_ratelimit_op ops[2] = {mkop(w->k, w->p, 1),
+                                         mkop(w->own, w->p, 1)};
+        size_t n = i % 2 == 0 ? 1 : 2;
+        if (!tg_ratelimit_local_take(w->t, ops, n, w->now))
+            continue;
+        if (i % 7 == 0) {
+            w->failures++;
+            /* The own key's reservation is still given back. */
+            if (n == 2)
+                tg_ratelimit_local_refund(w->t, &ops[1], 1, w->now);
+            continue;
+        }
+        tg_ratelimit_local_refund(w->t, ops, n, w->now);
+    }
+    return NULL;
+}
+
+/* Two threads reserve and refund on one key at one instant: the refunds
+ * are as atomic as the takes, so what is kept is exactly what was spent
+ * and not refunded, never more than the budget, and the own keys (all
+ * given back) end full and forgotten. */
+TEST(test_refund_two_threads)
+{
+    struct tg_ratelimit_local *t = tg_ratelimit_local_new(1000, 8);
+    /* About 57,000 reservations are kept (one in 7 of 400,000): the budget
+     * runs out late, so takes and refunds race for most of the run. */
+    struct tg_ratelimit_params p = {3600 * SEC, 40000, 0};
+    uint64_t n = 0;
+    struct key shared = key_in_shard(t, 1, 3, &n);
+    struct key own0 = key_in_shard(t, 2, 6, &n);
+    struct key own1 = key_in_shard(t, 3, 1, &n);
+    struct reserver w[2] = {{t, &p, &shared, &own0, 200000, 10 * SEC, 0},
+                            {t, &p, &shared, &own1, 200000, 10 * SEC, 0}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&th[i], NULL, reserver_run, &w[i]);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    int64_t kept = w[0].failures + w[1].failures;
+    CHECK_EQ_INT(kept, 40000); /* the budget, exactly: no more, none lost */
+    CHECK_EQ_INT(remaining(t, &shared, &p, 10 * SEC), 0);
+    CHECK(!tg_ratelimit_local_reset(t, &own0, sizeof(own0)));
+    CHECK(!tg_ratelimit_local_reset(t, &own1, sizeof(own1)));
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 1);
     tg_ratelimit_local_free(t);
 }
 
@@ -516,6 +650,292 @@ TEST(test_idle_evicted_before_active)
     tg_ratelimit_local_free(t);
 }
 
+/* Whether the table holds the key (an entry, whatever its state). */
+static bool held(struct tg_ratelimit_local *t, const struct key *k)
+{
+    uint64_t h = tg_siphash13(k, sizeof(*k), t->k0, t->k1);
+    struct shard *s = shard_of(t, h);
+    lock_acquire(&s->lock);
+    bool in = find(s, (uint32_t)h, k, sizeof(*k)) != NONE;
+    lock_release(&s->lock);
+    return in;
+}
+
+static struct tg_ratelimit_op mkop_cls(const struct key *k,
+                                       const struct tg_ratelimit_params *p,
+                                       int64_t cost, uint16_t cls)
+{
+    struct tg_ratelimit_op op = mkop(k, p, cost);
+    op.cls = cls;
+    return op;
+}
+
+/* Regression: when a shard was full, eviction dropped the swept key with
+ * the smallest TAT, comparing absolute times across policies. A new key of
+ * a policy whose one spend already lands past a lockout's TAT (a daily
+ * quota: now + 2.4 h, with 9 tokens of 10 left) looked further from full
+ * than a "10 failed logins per hour" key that had spent all 10 (now +
+ * 1 h), so a flood of such keys evicted the lockouts and the guessing
+ * started again. Now a locked key (less than one token) is never evicted.
+ * A flood of a fast policy (here 100/s) could not do it before either; it
+ * is kept as the plain case. In a 1-shard table (deterministic) and in
+ * the default 64-shard split (16 keys a shard), by single takes and by
+ * batches. */
+TEST(test_flood_cannot_reset_lock)
+{
+    struct tg_ratelimit_params login = {360 * SEC, 10, 0};  /* 10/h */
+    struct tg_ratelimit_params daily = {8640 * SEC, 10, 0}; /* 10/d */
+    struct tg_ratelimit_params fast = {SEC / 100, 100, 0};  /* 100/s */
+    const struct tg_ratelimit_params *floods[2] = {&daily, &fast};
+    unsigned shard_counts[2] = {1, 64};
+    for (int f = 0; f < 2; f++) {
+        for (int sc = 0; sc < 2; sc++) {
+            struct tg_ratelimit_local *t =
+                tg_ratelimit_local_new(1024, shard_counts[sc]);
+            int64_t now = 1000 * SEC;
+            for (uint64_t i = 0; i < 10; i++) {
+                struct key k = mkkey(1, i);
+                struct tg_ratelimit_op op = mkop_cls(&k, &login, 10, 0);
+                CHECK(tg_ratelimit_local_take(t, &op, 1, now));
+                CHECK_EQ_INT(op.result.remaining, 0);
+            }
+            int overflowed = 0;
+            for (uint64_t i = 0; i < 5000; i += 2) {
+                now += 2 * SEC / 1000; /* 5,000 new keys in 5 s */
+                struct key a = mkkey(2, i), b = mkkey(2, i + 1);
+                struct tg_ratelimit_op ops[2] = {
+                    mkop_cls(&a, floods[f], 1, 1),
+                    mkop_cls(&b, floods[f], 1, 1)};
+                if (i % 4 == 0) {
+                    CHECK(tg_ratelimit_local_take(t, ops, 2, now));
+                } else {
+                    CHECK(tg_ratelimit_local_take(t, &ops[0], 1, now));
+                    CHECK(tg_ratelimit_local_take(t, &ops[1], 1, now));
+                }
+                overflowed += ops[0].result.overflow + ops[1].result.overflow;
+            }
+            /* The flood's keys are not locked: they were the ones to go. */
+            CHECK_EQ_INT(overflowed, 0);
+            CHECK(tg_ratelimit_local_count(t) <= 1024);
+            int still = 0;
+            for (uint64_t i = 0; i < 10; i++) {
+                struct key k = mkkey(1, i);
+                still += held(t, &k) && !take1(t, &k, &login, 1, now);
+            }
+            if (still != 10)
+                fprintf(stderr, "flood %d, %u shard(s): %d of 10 locks left\n",
+                        f, shard_counts[sc], still);
+            CHECK_EQ_INT(still, 10);
+            tg_ratelimit_local_free(t);
+        }
+    }
+}
+
+/* A table full of locked keys: nothing can be evicted, so new keys are
+ * not stored and share their class's overflow bucket (per shard): the
+ * (burst + 1)-th new key of a class is refused, another class has its
+ * own, the locks stay, and result.overflow says so. */
+TEST(test_overflow_bucket_when_all_locked)
+{
+    struct tg_ratelimit_local *t = tg_ratelimit_local_new(1024, 1);
+    struct tg_ratelimit_params lock = {3600 * SEC, 1, 0}; /* 1 spend locks */
+    struct tg_ratelimit_params p = {12 * SEC, 5, 0};       /* 5/m */
+    int64_t now = 1000 * SEC;
+    for (uint64_t i = 0; i < 1024; i++) {
+        struct key k = mkkey(1, i);
+        CHECK(take1(t, &k, &lock, 1, now));
+    }
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 1024);
+
+    uint64_t n = 0;
+    for (int i = 0; i < 5; i++) {
+        struct key k = mkkey(3, n++);
+        struct tg_ratelimit_op op = mkop_cls(&k, &p, 1, 3);
+        CHECK(tg_ratelimit_local_take(t, &op, 1, now));
+        CHECK(op.result.overflow);
+        CHECK_EQ_INT(op.result.remaining, 4 - i);
+        CHECK(!held(t, &k));
+    }
+    struct key k6 = mkkey(3, n++);
+    struct tg_ratelimit_op op = mkop_cls(&k6, &p, 1, 3);
+    CHECK(!tg_ratelimit_local_take(t, &op, 1, now));
+    CHECK(op.result.overflow);
+    CHECK_EQ_INT(op.result.retry_after_ns, 12 * SEC);
+    /* Peek says the same, and spends nothing. */
+    op = mkop_cls(&k6, &p, 1, 3);
+    tg_ratelimit_local_peek(t, &op, 1, now + 12 * SEC);
+    CHECK(op.result.allowed && op.result.overflow);
+    tg_ratelimit_local_peek(t, &op, 1, now + 12 * SEC);
+    CHECK(op.result.allowed);
+    /* Class 67 is bucket 67 % 64 = 3: refused too; class 4 has its own. */
+    op = mkop_cls(&k6, &p, 1, 67);
+    CHECK(!tg_ratelimit_local_take(t, &op, 1, now));
+    op = mkop_cls(&k6, &p, 1, 4);
+    CHECK(tg_ratelimit_local_take(t, &op, 1, now));
+    CHECK(op.result.overflow);
+    CHECK_EQ_INT(op.result.remaining, 4);
+
+    /* A reservation decided on the overflow bucket is refunded there when
+     * the take's result comes back with it. */
+    op = mkop_cls(&k6, &p, 1, 3);
+    op.result.overflow = true;
+    tg_ratelimit_local_refund(t, &op, 1, now);
+    CHECK(op.result.overflow);
+    CHECK_EQ_INT(op.result.remaining, 1);
+    op = mkop_cls(&k6, &p, 1, 3);
+    CHECK(tg_ratelimit_local_take(t, &op, 1, now));
+    op = mkop_cls(&k6, &p, 1, 3);
+    CHECK(!tg_ratelimit_local_take(t, &op, 1, now));
+
+    /* A batch of two new keys of one class: the second sees the first's
+     * spend on the shared bucket; refused together, nothing spent. */
+    struct key b1 = mkkey(5, 1), b2 = mkkey(5, 2);
+    struct tg_ratelimit_op ops[2] = {mkop_cls(&b1, &p, 3, 5),
+                                     mkop_cls(&b2, &p, 3, 5)};
+    CHECK(!tg_ratelimit_local_take(t, ops, 2, now));
+    CHECK(ops[0].result.allowed && ops[0].result.overflow);
+    CHECK(!ops[1].result.allowed && ops[1].result.overflow);
+    CHECK_EQ_INT(ops[1].result.remaining, 2);
+    ops[1] = mkop_cls(&b2, &p, 2, 5);
+    CHECK(tg_ratelimit_local_take(t, ops, 2, now));
+    ops[0] = mkop_cls(&b1, &p, 1, 5);
+    CHECK(!tg_ratelimit_local_take(t, ops, 1, now)); /* 3 + 2 spent */
+
+    /* The locks held throughout, and nothing new was stored. */
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 1024);
+    int locked = 0;
+    for (uint64_t i = 0; i < 1024; i++) {
+        struct key k = mkkey(1, i);
+        locked += remaining(t, &k, &lock, now) == 0;
+    }
+    CHECK_EQ_INT(locked, 1024);
+
+    /* Once they unlock, new keys get entries again. */
+    now += 3600 * SEC;
+    struct key late = mkkey(3, n++);
+    op = mkop_cls(&late, &p, 1, 3);
+    CHECK(tg_ratelimit_local_take(t, &op, 1, now));
+    CHECK(!op.result.overflow);
+    CHECK(held(t, &late));
+    tg_ratelimit_local_free(t);
+}
+
+/* Idle keys (any policy) go first; then, among the rest, the key with the
+ * largest fraction of its own tokens left, not the smallest TAT; a locked
+ * key never, even with the smallest TAT of all. */
+TEST(test_evict_by_own_fullness)
+{
+    struct tg_ratelimit_local *t = tg_ratelimit_local_new(8, 1);
+    struct tg_ratelimit_params one = {SEC, 1, 0};
+    struct tg_ratelimit_params l = {1500 * MS_NS, 1, 0};
+    struct tg_ratelimit_params big = {SEC, 100, 0};
+    struct tg_ratelimit_params two = {SEC, 2, 0};
+    struct tg_ratelimit_params ten = {SEC, 10, 0};
+    int64_t t0 = 1000 * SEC;
+    struct key f1 = mkkey(1, 1), f2 = mkkey(1, 2), lk = mkkey(2, 0),
+               a = mkkey(3, 0), b = mkkey(4, 0), d[3];
+    CHECK(take1(t, &f1, &one, 1, t0));  /* idle at t0 + 1 s */
+    CHECK(take1(t, &f2, &one, 1, t0));
+    CHECK(take1(t, &lk, &l, 1, t0));    /* locked, TAT t0 + 1.5 s */
+    CHECK(take1(t, &a, &big, 10, t0));  /* TAT t0 + 10 s */
+    CHECK(take1(t, &b, &two, 1, t0 + 600 * MS_NS)); /* TAT t0 + 1.6 s */
+    for (int i = 0; i < 3; i++) {
+        d[i] = mkkey(5, (uint64_t)i);
+        CHECK(take1(t, &d[i], &ten, 8, t0)); /* TAT t0 + 8 s */
+    }
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 8);
+
+    /* At t0 + 1 s: both idle keys go for the first new key. */
+    int64_t now = t0 + SEC;
+    struct key nk[4];
+    for (int i = 0; i < 4; i++)
+        nk[i] = mkkey(6, (uint64_t)i);
+    CHECK(take1(t, &nk[0], &ten, 5, now));
+    CHECK(!held(t, &f1) && !held(t, &f2));
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 7);
+    CHECK(take1(t, &nk[1], &ten, 5, now));
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 8);
+    /* Full, nothing idle. Left: a 91%, b 70%, new ones 50%, d 30%, lk
+     * locked (and the smallest TAT: the old rule took it first). */
+    CHECK(take1(t, &nk[2], &ten, 5, now));
+    CHECK(!held(t, &a));
+    CHECK(held(t, &lk) && held(t, &b));
+    CHECK(take1(t, &nk[3], &ten, 5, now));
+    CHECK(!held(t, &b));
+    CHECK(held(t, &lk));
+    for (int i = 0; i < 3; i++)
+        CHECK(held(t, &d[i]));
+    CHECK_EQ_INT(remaining(t, &lk, &l, now), 0);
+    tg_ratelimit_local_free(t);
+
+    /* An entry is judged by the bucket of its last spend (a reload that
+     * changes a policy takes effect at the key's next spend): x, locked
+     * under 2/2h, then spent under 10000/10000s, is 64% full, not locked,
+     * and goes for a new key, by a single take and by a batch. */
+    struct tg_ratelimit_params slow = {3600 * SEC, 2, 0};
+    struct tg_ratelimit_params wide = {SEC, 10000, 0};
+    for (int batch = 0; batch < 2; batch++) {
+        t = tg_ratelimit_local_new(8, 1);
+        for (uint64_t i = 0; i < 7; i++) {
+            struct key k = mkkey(7, i);
+            CHECK(take1(t, &k, &slow, 2, t0));
+        }
+        struct key x = mkkey(8, 0), y = mkkey(8, 1), z = mkkey(9, 0);
+        CHECK(take1(t, &x, &slow, 2, t0)); /* locked: TAT t0 + 2 h */
+        struct tg_ratelimit_op ops[2] = {mkop(&x, &wide, 1),
+                                         mkop(&y, &wide, 0)};
+        CHECK(tg_ratelimit_local_take(t, ops, batch ? 2 : 1, t0));
+        struct tg_ratelimit_op op = mkop(&z, &wide, 1);
+        CHECK(tg_ratelimit_local_take(t, &op, 1, t0));
+        CHECK(!op.result.overflow);
+        CHECK(!held(t, &x) && held(t, &z));
+        tg_ratelimit_local_free(t);
+    }
+}
+
+/* In a batch, room for a new key is never made by dropping an entry the
+ * same batch names (its decision would then be stored nowhere); and two
+ * new keys of one batch in one full shard both get room. */
+TEST(test_batch_room_spares_own_entries)
+{
+    struct tg_ratelimit_params lock = {3600 * SEC, 1, 0};
+    struct tg_ratelimit_params p = {SEC, 10, 0};
+    int64_t now = 1000 * SEC;
+
+    /* 15 locked keys and k, the only one that could go. */
+    struct tg_ratelimit_local *t = tg_ratelimit_local_new(16, 1);
+    for (uint64_t i = 0; i < 15; i++) {
+        struct key x = mkkey(1, i);
+        CHECK(take1(t, &x, &lock, 1, now));
+    }
+    struct key k = mkkey(2, 0), nk = mkkey(3, 0);
+    CHECK(take1(t, &k, &p, 1, now));
+    struct tg_ratelimit_op ops[2] = {mkop_cls(&k, &p, 1, 0),
+                                     mkop_cls(&nk, &p, 1, 2)};
+    CHECK(tg_ratelimit_local_take(t, ops, 2, now));
+    CHECK(!ops[0].result.overflow);
+    CHECK(ops[1].result.overflow);
+    CHECK(held(t, &k) && !held(t, &nk));
+    CHECK_EQ_INT(remaining(t, &k, &p, now), 8);
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 16);
+    tg_ratelimit_local_free(t);
+
+    /* 16 evictable keys, a batch of two new ones: both stored. */
+    t = tg_ratelimit_local_new(16, 1);
+    for (uint64_t i = 0; i < 16; i++) {
+        struct key x = mkkey(1, i);
+        CHECK(take1(t, &x, &p, 1, now));
+    }
+    struct key n1 = mkkey(4, 1), n2 = mkkey(4, 2);
+    ops[0] = mkop(&n1, &p, 2);
+    ops[1] = mkop(&n2, &p, 2);
+    CHECK(tg_ratelimit_local_take(t, ops, 2, now));
+    CHECK(!ops[0].result.overflow && !ops[1].result.overflow);
+    CHECK(held(t, &n1) && held(t, &n2));
+    CHECK_EQ_INT(tg_ratelimit_local_count(t), 16);
+    tg_ratelimit_local_free(t);
+}
+
 /* Bytes per key with 1M keys (the figure the docs quote). */
 TEST(test_bytes_per_key)
 {
@@ -620,6 +1040,42 @@ static void bench_threads(const char *what, int nthreads, bool same_keys,
            best_cpu * 1e9 / (double)iters);
 }
 
+/* The worst case of an insert: new keys into a table full of locked keys.
+ * Each sweeps EVICT_SCAN_MAX entries, finds nothing to drop and is decided
+ * on its overflow bucket: bounded work, no growth. And the same flood into
+ * a table full of unlocked keys (one eviction per insert). */
+static void bench_full_of_locks(long iters, int reps)
+{
+    struct tg_ratelimit_params lock = {3600 * SEC, 1, 0};
+    struct tg_ratelimit_params open = {3600 * SEC, 1000000, 0};
+    for (int locked = 1; locked >= 0; locked--) {
+        const struct tg_ratelimit_params *fill = locked ? &lock : &open;
+        struct tg_ratelimit_local *t = tg_ratelimit_local_new(1 << 16, 64);
+        for (uint64_t j = 0; j < (1 << 17); j++) {
+            struct key k = mkkey(1, j);
+            take1(t, &k, fill, 1, SEC);
+        }
+        struct tg_ratelimit_params p = {1, 1000000000, 0};
+        double best = 1e9;
+        uint64_t j = 0;
+        for (int r = 0; r < reps; r++) {
+            double t0 = now_s();
+            for (long i = 0; i < iters; i++) {
+                struct key k = mkkey(2, j++);
+                take1(t, &k, &p, 1, SEC);
+            }
+            double d = now_s() - t0;
+            best = d < best ? d : best;
+        }
+        CHECK(tg_ratelimit_local_count(t) <= 1 << 16);
+        tg_ratelimit_local_free(t);
+        printf("bench (best of %d): new keys into a full table of %s keys: "
+               "%.1f ns/take\n",
+               reps, locked ? "locked (overflow)" : "unlocked (evicting)",
+               best * 1e9 / (double)iters);
+    }
+}
+
 TEST(test_bench)
 {
 #ifdef __SANITIZE_ADDRESS__
@@ -634,6 +1090,7 @@ TEST(test_bench)
     bench_threads("1 thread, 1M keys", 1, false, 1000000, n, reps);
     bench_threads("2 threads, own 1k keys each", 2, false, 1000, n, reps);
     bench_threads("2 threads, same 1 key", 2, true, 1, n, reps);
+    bench_full_of_locks(n, reps);
     double best = 1e9;
     uint64_t h = 0;
     struct key k = mkkey(1, 1);
@@ -657,11 +1114,17 @@ int main(void)
     RUN(test_keys_compared_as_bytes);
     RUN(test_batch_all_or_nothing);
     RUN(test_batch_same_key_twice);
+    RUN(test_refund);
+    RUN(test_refund_two_threads);
     RUN(test_two_threads_one_key_exact);
     RUN(test_two_threads_batches_exact);
     RUN(test_two_threads_free_running_bound);
     RUN(test_flood_stays_bounded);
     RUN(test_idle_evicted_before_active);
+    RUN(test_flood_cannot_reset_lock);
+    RUN(test_overflow_bucket_when_all_locked);
+    RUN(test_evict_by_own_fullness);
+    RUN(test_batch_room_spares_own_entries);
     RUN(test_bytes_per_key);
     RUN(test_bench);
     return TEST_SUMMARY();

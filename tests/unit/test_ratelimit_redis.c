@@ -4,7 +4,9 @@
  * pipelining, transparent reload after SCRIPT FLUSH, a stopped and a
  * restarted server (breaker open, then closed by itself), a slow server
  * (timeout, late reply ignored), a fake server's wrong replies, heartbeats,
- * cancel and free semantics, reset and configure. */
+ * cancel and free semantics, reset and configure; refunds (the stored TAT
+ * given back on Redis' clock, missing and garbage keys, the script cache
+ * flushed, Redis stopped, wrong replies). */
 #include "../../src/ratelimit_redis.c"
 
 #include <inttypes.h>
@@ -122,6 +124,41 @@ static void take_wait(struct tg_ratelimit_redis *r,
 static long long exists(const char *key, size_t len)
 {
     return h_int(sc, "EXISTS %b", key, len);
+}
+
+/* Refunds and waits for the callback. */
+static void refund_wait(struct tg_ratelimit_redis *r,
+                        const struct tg_ratelimit_redis_op *ops, size_t n,
+                        struct got *g)
+{
+    memset(g, 0, sizeof(*g));
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, ops, n, got_cb, g), 0);
+    CHECK_EQ_INT(g->calls, 0);
+    CHECK(h_run_until(loop, got_done, g, 2));
+}
+
+static long long get_ll(const char *key)
+{
+    redisReply *v = h_cmd(sc, "GET %s", key);
+    long long x = v != NULL && v->type == REDIS_REPLY_STRING
+                      ? strtoll(v->str, NULL, 10) : -1;
+    if (v != NULL)
+        freeReplyObject(v);
+    return x;
+}
+
+/* Calls of a command so far, from INFO commandstats. */
+static long long cmd_calls(const char *cmd)
+{
+    char field[64];
+    snprintf(field, sizeof(field), "cmdstat_%s:calls=", cmd);
+    redisReply *r = h_cmd(sc, "INFO commandstats");
+    const char *p = r != NULL && r->type == REDIS_REPLY_STRING
+                        ? strstr(r->str, field) : NULL;
+    long long v = p != NULL ? atoll(p + strlen(field)) : 0;
+    if (r != NULL)
+        freeReplyObject(r);
+    return v;
 }
 
 /* ---- the C reference: take_many's semantics on a map of TATs ---------- */
@@ -830,8 +867,261 @@ TEST(wrong_replies)
     CHECK_EQ_INT(g.now_us, 1700000000000000LL);
     tg_ratelimit_redis_free(r);
 
+    /* Refunds: anything but an integer from 0 to the number of keys is a
+     * fault (status -1, counted); a well-formed one is heard. */
+    static const char *const refund_cases[] = {
+        ":2\r\n", ":-1\r\n", "+OK\r\n", "$1\r\n1\r\n", "*1\r\n:1\r\n",
+        "-ERR tollgate refund: bad arguments\r\n",
+        "-READONLY You can't write against a read only replica.\r\n",
+    };
+    for (size_t i = 0; i < sizeof(refund_cases) / sizeof(refund_cases[0]); i++) {
+        h_fake_set(&f, refund_cases[i]);
+        r = up(&c, "gw", false);
+        refund_wait(r, &o, 1, &g);
+        h_run_for(loop, 0.01);
+        CHECK_EQ_INT(g.calls, 1);
+        if (g.status != -1)
+            fprintf(stderr, "refund case %zu: status %d\n", i, g.status);
+        CHECK_EQ_INT(g.status, -1);
+        struct tg_ratelimit_redis_stats st;
+        tg_ratelimit_redis_stats(r, &st);
+        CHECK_EQ_INT(st.errors, 1);
+        tg_ratelimit_redis_free(r);
+    }
+    h_fake_set(&f, ":1\r\n");
+    r = up(&c, "gw", false);
+    refund_wait(r, &o, 1, &g);
+    CHECK_EQ_INT(g.status, 0);
+    tg_ratelimit_redis_free(r);
+
     link_tuning.breaker_faults = 0;
     h_fake_stop(&f);
+}
+
+/* ---- refund ---------------------------------------------------------------- */
+
+/* Take, take, refund: the next peek shows one more token, the stored TAT
+ * went back by exactly one interval (same key, same format: gateways of
+ * the previous version read it), and its expiry follows. */
+TEST(refund_gives_back)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    freeReplyObject(h_cmd(sc, "FLUSHALL"));
+    struct tg_ratelimit_redis_op o = op("rf", "k", 1000 * MS, 3, 0, 1);
+    struct got g, first;
+    take_wait(r, &o, 1, false, &first);
+    take_wait(r, &o, 1, false, &g);
+    CHECK_EQ_INT(g.res[0].remaining, 1);
+    long long tat = get_ll("tg:{rf:k}");
+    CHECK_EQ_INT(tat, first.now_us + 2000000);
+    struct tg_ratelimit_redis_op look = op("rf", "k", 1000 * MS, 3, 0, 0);
+    take_wait(r, &look, 1, true, &g);
+    CHECK_EQ_INT(g.res[0].remaining, 1);
+
+    refund_wait(r, &o, 1, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK(g.allowed);
+    CHECK_EQ_INT(g.n, 0);
+    CHECK_EQ_INT(get_ll("tg:{rf:k}"), tat - 1000000);
+    long long pttl = h_int(sc, "PTTL tg:{rf:k}");
+    CHECK(pttl > 900 && pttl <= 1000);
+    take_wait(r, &look, 1, true, &g);
+    CHECK_EQ_INT(g.res[0].remaining, 2); /* one more than before */
+    take_wait(r, &o, 1, false, &g);
+    take_wait(r, &o, 1, false, &g);
+    CHECK(g.allowed);
+    take_wait(r, &o, 1, false, &g);
+    CHECK(!g.allowed);
+
+    /* Given back past full: the key goes (as an expired one would). */
+    struct tg_ratelimit_redis_op all3 = op("rf", "k", 1000 * MS, 3, 0, 5);
+    refund_wait(r, &all3, 1, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK_EQ_INT(exists("tg:{rf:k}", 9), 0);
+    take_wait(r, &look, 1, true, &g);
+    CHECK_EQ_INT(g.res[0].remaining, 3);
+
+    /* A missing key: nothing happens, nothing is created. */
+    struct tg_ratelimit_redis_op m = op("rf", "missing", 1000 * MS, 3, 0, 1);
+    refund_wait(r, &m, 1, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK_EQ_INT(exists("tg:{rf:missing}", 15), 0);
+
+    /* Several keys, one named twice (refunded twice); the interval rounded
+     * up to whole microseconds as the take does (1500 ns is 2 us), so a
+     * refund undoes its take exactly. */
+    struct tg_ratelimit_redis_op a = op("rf", "a", 1500, 1000, 0, 300);
+    struct tg_ratelimit_redis_op b = op("rf", "b", 1000 * MS, 3, 0, 3);
+    take_wait(r, &a, 1, false, &g);
+    long long a0 = get_ll("tg:{rf:a}");
+    CHECK_EQ_INT(a0, g.now_us + 600);
+    take_wait(r, &b, 1, false, &g);
+    long long b0 = get_ll("tg:{rf:b}");
+    struct tg_ratelimit_redis_op three[3] = {
+        op("rf", "b", 1000 * MS, 3, 0, 1), op("rf", "a", 1500, 1000, 0, 100),
+        op("rf", "b", 1000 * MS, 3, 0, 1)};
+    refund_wait(r, three, 3, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK_EQ_INT(get_ll("tg:{rf:b}"), b0 - 2000000);
+    long long a1 = get_ll("tg:{rf:a}");
+    CHECK(a1 == a0 - 200 || a1 == -1); /* -1: Redis' clock passed it */
+
+    /* Fire and forget: no callback, nothing leaks (ASan), it happens. */
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, &b, 1, NULL, NULL), 0);
+    h_run_for(loop, 0.05);
+    CHECK_EQ_INT(exists("tg:{rf:b}", 9), 0);
+    tg_ratelimit_redis_free(r);
+}
+
+/* A key holding something other than a TAT reads as a full bucket, as
+ * the take script reads it: nothing to give back, and it is left as it
+ * is (the next take replaces it). */
+TEST(refund_garbage_values)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    freeReplyObject(h_cmd(sc, "FLUSHALL"));
+    static const char *const junk[] = {"abc", "-5", "1e300", "nan", "inf",
+                                       "18014398509481984", "12.5xyz", ""};
+    for (size_t i = 0; i < sizeof(junk) / sizeof(junk[0]); i++) {
+        freeReplyObject(h_cmd(sc, "SET tg:{junk:k} %s", junk[i]));
+        struct tg_ratelimit_redis_op o = op("junk", "k", 1000 * MS, 3, 0, 1);
+        struct got g;
+        refund_wait(r, &o, 1, &g);
+        CHECK_EQ_INT(g.status, 0);
+        redisReply *v = h_cmd(sc, "GET tg:{junk:k}");
+        CHECK(v != NULL && v->type == REDIS_REPLY_STRING &&
+              strcmp(v->str, junk[i]) == 0);
+        freeReplyObject(v);
+        CHECK_EQ_INT(h_int(sc, "PTTL tg:{junk:k}"), -1);
+    }
+    /* A TAT in the past (bucket full again, key not yet expired): also
+     * nothing. */
+    freeReplyObject(h_cmd(sc, "SET tg:{junk:k} 1000"));
+    struct tg_ratelimit_redis_op o = op("junk", "k", 1000 * MS, 3, 0, 1);
+    struct got g;
+    refund_wait(r, &o, 1, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK_EQ_INT(get_ll("tg:{junk:k}"), 1000);
+    /* Another type: an error reply, a fault, reported as -1. */
+    freeReplyObject(h_cmd(sc, "DEL tg:{junk:k}"));
+    freeReplyObject(h_cmd(sc, "LPUSH tg:{junk:k} x"));
+    refund_wait(r, &o, 1, &g);
+    CHECK_EQ_INT(g.status, -1);
+    tg_ratelimit_redis_free(r);
+}
+
+/* The first refund on a connection sends the script (EVAL), the next ones
+ * its SHA; after SCRIPT FLUSH the NOSCRIPT reply is answered by sending
+ * the script again, within the deadline, and the refund still happens. */
+TEST(refund_script_flush)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    freeReplyObject(h_cmd(sc, "FLUSHALL"));
+    struct tg_ratelimit_redis_op o = op("rs", "k", 1000 * MS, 10, 0, 1);
+    struct got g;
+    take_wait(r, &o, 1, false, &g);
+    take_wait(r, &o, 1, false, &g);
+    take_wait(r, &o, 1, false, &g);
+    long long e0 = cmd_calls("eval"), s0 = cmd_calls("evalsha");
+    refund_wait(r, &o, 1, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK_EQ_INT(cmd_calls("eval") - e0, 1);
+    refund_wait(r, &o, 1, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK_EQ_INT(cmd_calls("eval") - e0, 1);
+    CHECK_EQ_INT(cmd_calls("evalsha") - s0, 1);
+    struct tg_ratelimit_redis_op look = op("rs", "k", 1000 * MS, 10, 0, 0);
+    take_wait(r, &look, 1, true, &g);
+    CHECK_EQ_INT(g.res[0].remaining, 9);
+
+    freeReplyObject(h_cmd(sc, "SCRIPT FLUSH"));
+    uint64_t reloads = r->reloads;
+    refund_wait(r, &o, 1, &g);
+    CHECK_EQ_INT(g.status, 0);
+    CHECK_EQ_INT(r->reloads, reloads + 1);
+    CHECK_EQ_INT(cmd_calls("eval") - e0, 2);
+    take_wait(r, &look, 1, true, &g);
+    CHECK_EQ_INT(g.res[0].remaining, 10);
+    struct tg_ratelimit_redis_stats st;
+    tg_ratelimit_redis_stats(r, &st);
+    CHECK_EQ_INT(st.errors, 0);
+    tg_ratelimit_redis_free(r);
+}
+
+/* Redis stops answering: a refund in flight reports -1 at its deadline
+ * (and counts towards the breaker); once the circuit is open a refund is
+ * refused at once (-1, no callback); free calls pending ones back with -1;
+ * fire-and-forget ones vanish without a trace (ASan: no leak). */
+TEST(refund_redis_down)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    struct tg_ratelimit_redis_op o = op("rd", "k", 1000 * MS, 10, 0, 1);
+    struct got g;
+    take_wait(r, &o, 1, false, &g);
+
+    kill(srv.pid, SIGSTOP);
+    ev_now_update(loop);
+    double t0 = h_now();
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, &o, 1, NULL, NULL), 0);
+    refund_wait(r, &o, 1, &g);
+    CHECK_EQ_INT(g.status, -1);
+    CHECK(!g.allowed);
+    CHECK(g.at - t0 < 0.050 + 0.015);
+    struct tg_ratelimit_redis_stats st;
+    tg_ratelimit_redis_stats(r, &st);
+    CHECK_EQ_INT(st.timeouts, 2);
+    for (int i = 0; i < 3 && !lim_open(r); i++) {
+        refund_wait(r, &o, 1, &g);
+        CHECK_EQ_INT(g.status, -1);
+    }
+    CHECK(lim_open(r));
+    memset(&g, 0, sizeof(g));
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, &o, 1, got_cb, &g), -1);
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, &o, 1, NULL, NULL), -1);
+    h_run_for(loop, 0.01);
+    CHECK_EQ_INT(g.calls, 0);
+    tg_ratelimit_redis_stats(r, &st);
+    CHECK(st.short_circuited >= 2);
+    tg_ratelimit_redis_free(r);
+    kill(srv.pid, SIGCONT);
+
+    /* In flight when the limiter is freed: called back with -1 first. */
+    r = up(&c, "gw", false);
+    struct got p1 = {0};
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, &o, 1, got_cb, &p1), 0);
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, &o, 1, NULL, NULL), 0);
+    tg_ratelimit_redis_free(r);
+    CHECK_EQ_INT(p1.calls, 1);
+    CHECK_EQ_INT(p1.status, -1);
+    h_run_for(loop, 0.02);
+    CHECK_EQ_INT(p1.calls, 1);
+}
+
+TEST(refund_invalid)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    struct tg_ratelimit_redis_op ops[17];
+    for (int i = 0; i < 17; i++)
+        ops[i] = op("ri", "k", 1 * MS, 1, 0, 1);
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, ops, 0, NULL, NULL), -1);
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, ops, 17, NULL, NULL), -1);
+    ops[0].params.interval_ns = 0;
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, ops, 1, NULL, NULL), -1);
+    ops[0] = op("ri", "k", 1 * MS, 1, 0, -1);
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, ops, 1, NULL, NULL), -1);
+    ops[0].cost = 1;
+    ops[0].policy = NULL;
+    CHECK_EQ_INT(tg_ratelimit_redis_refund(r, ops, 1, NULL, NULL), -1);
+    ops[0] = op("ri", "k", 1 * MS, 1, 0, 1);
+    struct got g;
+    refund_wait(r, ops, 16, &g); /* sixteen is the most */
+    CHECK_EQ_INT(g.status, 0);
+    tg_ratelimit_redis_free(r);
 }
 
 static bool two_gateways(void *arg)
@@ -1024,6 +1314,11 @@ int main(void)
     RUN(cancel_and_free);
     RUN(invalid_requests);
     RUN(configure);
+    RUN(refund_gives_back);
+    RUN(refund_garbage_values);
+    RUN(refund_script_flush);
+    RUN(refund_redis_down);
+    RUN(refund_invalid);
 
     redisFree(sc);
     h_redis_stop(&srv);
