@@ -99,4 +99,119 @@ bool tg_router_valid_label(struct tg_str label);
  * host. Other characters of the host are not checked here. */
 bool tg_router_host_without_port(struct tg_str hostport, struct tg_str *host);
 
+/* ---- route patterns ----------------------------------------------------- */
+
+// A route path as written in the config, compiled once and then matched
+// against normalised request paths (no query).
+//
+//   /api            SEGMENT PREFIX: /api, /api/, /api/x; not /apix
+//   /api/           /api/ and /api/x/y; not /api
+//   /               every path
+//   = /api/health   EXACT: the whole path, nothing below it
+//   = /api/         only /api/ (the empty last segment is literal)
+//   /api/collections/*/auth-*    '*' = any run (maybe empty) of bytes
+//                                other than '/', within one segment
+//   /static/*.css   (prefix: also /static/x.css/more)
+//   /a/**/b         a segment that is exactly '**' = zero or more whole
+//                   segments
+//
+// Text: an optional '=' (then optional spaces or tabs) makes the pattern
+// exact; the rest must start with '/' and is normalised with
+// tg_router_normalize_path first, so "%2A" stays a literal "%2A", "%5F" is
+// "_", and dot segments are resolved; only a raw '*' is a wildcard. A path
+// the normaliser refuses, a raw '?' (paths are matched without their
+// query; write %3F), '**' inside a longer segment ("a**", "**b", "***"),
+// more than TG_ROUTE_PATTERN_MAX_LEN bytes of text, more than
+// TG_ROUTE_PATTERN_MAX_SEGMENTS segments or more than
+// TG_ROUTE_PATTERN_MAX_STARS '*' are compile errors.
+//
+// Segments: the path between '/'s; "/" is one empty segment, "/a/" is
+// ["a", ""]. A prefix pattern is the pattern followed by "/**", except that
+// one ending in '/' needs one more segment of any content: "/api" is
+// [api, **], "/api/" is [api, *, **], "/" is [*, **]. For patterns without
+// a wildcard this is exactly the old rule: "path starts with the pattern,
+// and either the pattern ends with '/' or the path ends or has a '/' right
+// after it".
+//
+// Case: with ignore_case the pattern's literal bytes are folded
+// (tg_router_fold_path) at compile time and the CALLER passes the folded
+// path to tg_router_pattern_match; fold once per request and share the
+// copy between all ignore_case patterns.
+//
+// Cost: a pattern without wildcards matches with one memcmp and a boundary
+// check; a glob in O(path bytes x pattern bytes) at worst (no exponential
+// backtracking), without allocating.
+#define TG_ROUTE_PATTERN_MAX_LEN 1024
+#define TG_ROUTE_PATTERN_MAX_SEGMENTS 64
+#define TG_ROUTE_PATTERN_MAX_STARS 16
+
+/* Immutable after compile: any number of threads may match, compare and
+ * read it at once. */
+struct tg_route_pattern;
+
+/* Compiles `text` (NUL-terminated, borrowed for the call only; the pattern
+ * keeps its own copy). Returns the pattern, owned by the caller (free with
+ * tg_router_pattern_free), or NULL on error: then a message is written to
+ * err (NUL-terminated, cut to errlen; err may be NULL) and the 0-based byte
+ * offset in `text` of the problem to *err_offset (may be NULL); allocation
+ * failure reports "out of memory" at offset 0. Any thread. */
+struct tg_route_pattern *tg_router_pattern_compile(const char *text,
+                                                   bool ignore_case, char *err,
+                                                   size_t errlen,
+                                                   size_t *err_offset);
+
+/* Frees a compiled pattern; NULL is fine. No match may be running on it. */
+void tg_router_pattern_free(struct tg_route_pattern *p);
+
+/* True if `path` (n bytes, normalised, without query) matches. When p is
+ * ignore_case, `path` must be the output of tg_router_fold_path. Any bytes
+ * are safe (a path not starting with '/' never matches). Pure, allocates
+ * nothing, any thread. */
+bool tg_router_pattern_match(const struct tg_route_pattern *p, const char *path,
+                             size_t n);
+
+/* Whether p was compiled with ignore_case (its caller must fold paths). */
+bool tg_router_pattern_ignore_case(const struct tg_route_pattern *p);
+
+// True only if every path b matches is also matched by a (each given the
+// path as it expects it: folded for an ignore_case pattern). Sound, not
+// complete: false means "not shown". It lines a's segments up with b's:
+// a's '**' absorbs any run of b's segments, b's '**' can only be absorbed
+// by a's '**', and a's other segments must each include b's (a literal, or
+// a glob over b's text with b's '*' only absorbed by a's '*'). A pattern
+// made only of '*' and '**' segments ("/", "/*/**") is decided exactly, so
+// "/" covers everything. Case: when only a is ignore_case, b is compared
+// folded, and the answer is false if a fold sequence in a path could be
+// split between one of b's '*' and the literal next to it (b's segment
+// "*Abc" matches "%E2%84%AAbc", which folds to "kbc"); when only b is,
+// true needs b's literals to hold no letter. Meant for config checks
+// ("this route is shadowed by an earlier one"): may allocate, says false
+// if it cannot. Any thread.
+bool tg_router_pattern_covers(const struct tg_route_pattern *a,
+                              const struct tg_route_pattern *b);
+
+// The canonical text: "= " for an exact pattern, then the normalised path
+// (not folded): "= /api/health", "/api/collections/*/auth-*". Compiling it
+// again gives the same pattern. Borrowed, valid as long as p.
+const char *tg_router_pattern_text(const struct tg_route_pattern *p);
+
+/* A short description for `explain`: "prefix", "exact" (no wildcard),
+ * "pattern (prefix)" or "pattern (exact)". A static string. */
+const char *tg_router_pattern_kind(const struct tg_route_pattern *p);
+
+/* Case folding for ignore_case patterns: ASCII A-Z to a-z, and the
+ * percent-encoded UTF-8 of the two non-ASCII letters whose Unicode simple
+ * case folding is ASCII, "%C5%BF" (U+017F LONG S) -> "s" and "%E2%84%AA"
+ * (U+212A KELVIN SIGN) -> "k", hex digits of either case. That is what
+ * Go's strings.EqualFold does, so a backend that finds names with it
+ * (PocketBase collections: "_%C5%BFuperusers" is "_superusers") cannot be
+ * reached under a spelling the route misses. Other escapes only have their
+ * hex lower-cased.
+ *
+ * Writes into out[0..cap) and returns the length, never more than n; out
+ * needs room for n bytes, otherwise nothing is written and 0 is returned.
+ * out may be the same buffer as in. Folding twice changes nothing. Pure,
+ * any thread. */
+size_t tg_router_fold_path(const char *in, size_t n, char *out, size_t cap);
+
 #endif
