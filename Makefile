@@ -129,11 +129,19 @@ test-integration: test-deps
 test-asan: test-deps
 	$(MAKE) SANITIZE=address,undefined unit-run integration-run
 
+# Both write the GeoIP test databases (tests/geoip/mmdb_writer.py, well
+# under a second) into $(BUILD)/geoip first, and read them through
+# TG_GEOIP_DIR.
 unit-run: $(UNIT_BINS)
-	@fail=0; for t in $(UNIT_BINS); do ./$$t || fail=1; done; exit $$fail
+	/usr/bin/python3 tests/geoip/mmdb_writer.py $(BUILD)/geoip
+	@fail=0; for t in $(UNIT_BINS); do \
+	    TG_GEOIP_DIR=$(CURDIR)/$(BUILD)/geoip ./$$t || fail=1; \
+	done; exit $$fail
 
 integration-run: $(BUILD)/tollgate
-	TOLLGATE_BIN=$(CURDIR)/$(BUILD)/tollgate /usr/bin/python3 -m pytest -q \
+	/usr/bin/python3 tests/geoip/mmdb_writer.py $(BUILD)/geoip
+	TOLLGATE_BIN=$(CURDIR)/$(BUILD)/tollgate \
+	TG_GEOIP_DIR=$(CURDIR)/$(BUILD)/geoip /usr/bin/python3 -m pytest -q \
 	    -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
 fuzz:

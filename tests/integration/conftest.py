@@ -4,6 +4,7 @@ sockets and http.server), and talks to it with raw sockets, http.client and
 curl. Every tollgate started is stopped at the end of its test, and its
 stderr is checked for sanitizer reports."""
 
+import atexit
 import http.client
 import os
 import re
@@ -11,6 +12,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -21,7 +24,38 @@ BIN = os.environ.get("TOLLGATE_BIN", os.path.join(ROOT, "build", "tollgate"))
 SANITIZED = "sanitize" in BIN
 # Sanitized builds run slower: stretch timing margins.
 SLOW = 3.0 if SANITIZED else 1.0
-GEOIP_DIR = os.path.abspath(os.path.join(ROOT, "..", "shared", "geoip"))
+# The GeoIP test databases that tests/geoip/mmdb_writer.py writes: read from
+# $TG_GEOIP_DIR if set (`make integration-run` writes them there), else
+# written once a session into a temporary directory by the geoip_dbs
+# fixture, which the tests that read them request.
+GEOIP_WRITER = os.path.join(ROOT, "tests", "geoip", "mmdb_writer.py")
+GEOIP_FROM_ENV = bool(os.environ.get("TG_GEOIP_DIR"))
+if GEOIP_FROM_ENV:
+    GEOIP_DIR = os.path.abspath(os.environ["TG_GEOIP_DIR"])
+else:
+    GEOIP_DIR = tempfile.mkdtemp(prefix="tollgate-geoip-")
+    atexit.register(shutil.rmtree, GEOIP_DIR, True)
+GEOIP_FILES = ("GeoLite2-Country-Test.mmdb", "GeoIP2-Country-Test.mmdb",
+               "GeoLite2-City-Test.mmdb", "GeoLite2-ASN-Test.mmdb",
+               "GeoIP2-City-Test-Invalid-Node-Count.mmdb",
+               "GeoIP2-City-Test-Broken-Double-Format.mmdb")
+
+
+@pytest.fixture(scope="session")
+def geoip_dbs():
+    """GEOIP_DIR, with the GeoIP test databases in it."""
+    if not GEOIP_FROM_ENV:
+        p = subprocess.run([sys.executable, GEOIP_WRITER, GEOIP_DIR],
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            pytest.fail("%s failed:\n%s%s" % (GEOIP_WRITER, p.stdout, p.stderr),
+                        pytrace=False)
+    missing = [n for n in GEOIP_FILES if not os.path.isfile(os.path.join(GEOIP_DIR, n))]
+    if missing:
+        pytest.fail("GeoIP test databases missing from %s: %s (write them with "
+                    "python3 %s DIR, then TG_GEOIP_DIR=DIR)"
+                    % (GEOIP_DIR, ", ".join(missing), GEOIP_WRITER), pytrace=False)
+    return GEOIP_DIR
 
 
 def free_port():
