@@ -43,10 +43,15 @@ struct hops {
     bool stopped;        /* a stop was seen */
     bool stop_is_addr;   /* the last stop is an untrusted address... */
     struct tg_addr stop; /* ...this one */
-    bool have_next;      /* the first trusted address after that stop */
-    struct tg_addr next;
     bool have_first; /* the left-most address, if none is a stop */
     struct tg_addr first;
+    /* The trusted addresses after the last stop (or all of them, if none),
+     * the last TG_ACCESS_HOPS_MAX + 1 of them in a ring; `ntrusted` counts
+     * them all, `next` keeps the first (the ring may have lost it). */
+    struct tg_addr ring[TG_ACCESS_HOPS_MAX + 1];
+    size_t ntrusted;
+    struct tg_addr next;
+    size_t elements; /* list elements seen: a walk that saw none */
 };
 
 /* An element that is an address (addr != NULL) or anything else: "unknown",
@@ -55,21 +60,23 @@ struct hops {
  * the trusted hop to its right. */
 static void hop(struct hops *h, const struct tg_addr *addr)
 {
+    h->elements++;
     if (addr != NULL && tg_cidr_set_lookup(h->trusted, addr) > 0) {
         if (!h->stopped && !h->have_first) {
             h->first = *addr;
             h->have_first = true;
-        } else if (h->stopped && !h->have_next) {
-            h->next = *addr;
-            h->have_next = true;
         }
+        if (h->ntrusted == 0)
+            h->next = *addr;
+        h->ring[h->ntrusted % TG_ARRAY_LEN(h->ring)] = *addr;
+        h->ntrusted++;
         return;
     }
     h->stopped = true;
     h->stop_is_addr = addr != NULL;
     if (addr != NULL)
         h->stop = *addr;
-    h->have_next = false;
+    h->ntrusted = 0;
 }
 
 static bool is_ows(char c)
@@ -289,33 +296,84 @@ syntax:
     hop(h, NULL);
 }
 
-void tg_access_client_addr(const struct tg_cidr_set *trusted,
-                           const struct tg_addr *peer, const struct tg_str *xff,
-                           size_t nxff, const struct tg_str *forwarded,
-                           size_t nforwarded, struct tg_addr *client)
+/* The outcome of one walk: the client, and the trusted hops to its right
+ * (the `skip` first trusted addresses after the last stop are the client
+ * itself or before it). */
+static void walk_result(const struct hops *h, const struct tg_addr *peer,
+                        struct tg_client_chain *out)
 {
-    struct tg_addr self = *peer; /* client may alias peer */
-    *client = self;
-    if (trusted == NULL || tg_cidr_set_lookup(trusted, &self) == 0)
-        return;
+    size_t skip = 0;
+    if (h->stopped && h->stop_is_addr) {
+        out->client = h->stop;
+    } else if (h->ntrusted > 0) {
+        /* After a stop that is not an address, or with every hop trusted:
+         * the left-most trusted address is the client. */
+        out->client = h->stopped ? h->next : h->first;
+        skip = 1;
+    } else {
+        out->client = *peer;
+    }
+    size_t after = h->ntrusted > skip ? h->ntrusted - skip : 0;
+    size_t keep = after < TG_ACCESS_HOPS_MAX ? after : TG_ACCESS_HOPS_MAX;
+    out->hops_elided = after > keep;
+    out->nhops = (uint8_t)keep;
+    for (size_t i = 0; i < keep; i++) {
+        size_t pos = h->ntrusted - keep + i; /* the last `keep` trusted */
+        out->hops[i] = h->ring[pos % TG_ARRAY_LEN(h->ring)];
+    }
+}
 
+/* Walks one header's lines; returns false when they hold no element at
+ * all (absent, or only empty lines): such a header says nothing. */
+static bool walk_list(const struct tg_cidr_set *trusted, const struct tg_addr *peer,
+                      const struct tg_str *values, size_t n, bool forwarded,
+                      struct tg_client_chain *out)
+{
     struct hops h;
     memset(&h, 0, sizeof(h));
     h.trusted = trusted;
-    if (nxff > 0) {
-        for (size_t k = 0; k < nxff; k++)
-            walk_xff(&h, xff[k].p, xff[k].n);
-    } else {
-        for (size_t k = 0; k < nforwarded; k++)
-            walk_forwarded(&h, forwarded[k].p, forwarded[k].n);
+    for (size_t k = 0; k < n; k++) {
+        if (forwarded)
+            walk_forwarded(&h, values[k].p, values[k].n);
+        else
+            walk_xff(&h, values[k].p, values[k].n);
     }
+    walk_result(&h, peer, out);
+    return h.elements > 0;
+}
 
-    if (!h.stopped)
-        *client = h.have_first ? h.first : self;
-    else if (h.stop_is_addr)
-        *client = h.stop;
-    else
-        *client = h.have_next ? h.next : self;
+int tg_access_client_chain(const struct tg_cidr_set *trusted, const struct tg_addr *peer,
+                           enum tg_client_ip_header mode, const struct tg_str *xff,
+                           size_t nxff, const struct tg_str *forwarded, size_t nforwarded,
+                           struct tg_client_chain *out)
+{
+    struct tg_addr self = *peer;
+    memset(out, 0, sizeof(*out));
+    out->client = self;
+    out->source = TG_CHAIN_PEER;
+    if (trusted == NULL || tg_cidr_set_lookup(trusted, &self) == 0)
+        return 0;
+    bool use_xff = nxff > 0 && mode != TG_CLIENT_IP_FORWARDED &&
+                   walk_list(trusted, &self, xff, nxff, false, out);
+    if (use_xff)
+        out->source = TG_CHAIN_XFF;
+    struct tg_client_chain f;
+    bool use_fwd = nforwarded > 0 && mode != TG_CLIENT_IP_XFF &&
+                   walk_list(trusted, &self, forwarded, nforwarded, true, &f);
+    if (use_fwd) {
+        f.source = TG_CHAIN_FORWARDED;
+        if (!use_xff) {
+            *out = f;
+        } else if (!tg_addr_equal(&f.client, &out->client)) {
+            /* Both headers, two answers: one of them came from the client
+             * unchanged by the proxies, and nothing says which. */
+            out->client = self;
+            out->nhops = 0;
+            out->source = TG_CHAIN_PEER;
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* ---- GeoIP: MaxMind DB data format --------------------------------------- */
@@ -1179,6 +1237,7 @@ struct tg_access_rules {
     uint8_t countries[2][(COUNTRY_BITS + 7) / 8];
     size_t ncountries[2];
     struct asn_list asns[2];
+    size_t allow_public; /* allow prefixes reaching past the private preset */
 };
 
 struct tg_access_rules *tg_access_rules_new(void)
@@ -1206,6 +1265,23 @@ void tg_access_rules_free(struct tg_access_rules *r)
     free(r);
 }
 
+/* Whether every address of `c` is in the "private" preset (loopback,
+ * RFC 1918, link-local, unique local). */
+static bool within_private(const struct tg_cidr *c)
+{
+    struct tg_cidr list[TG_CIDR_PRESET_MAX];
+    int n = tg_cidr_preset("private", list, TG_ARRAY_LEN(list));
+    for (int i = 0; i < n; i++) {
+        if (list[i].addr.family != c->addr.family || c->bits < list[i].bits)
+            continue;
+        struct tg_addr a = c->addr;
+        tg_addr_mask(&a, list[i].bits);
+        if (tg_addr_equal(&a, &list[i].addr))
+            return true;
+    }
+    return false;
+}
+
 int tg_access_rules_add_cidr(struct tg_access_rules *r, bool allow,
                              const char *text, char *err, size_t errlen)
 {
@@ -1231,6 +1307,8 @@ int tg_access_rules_add_cidr(struct tg_access_rules *r, bool allow,
             set_err(err, errlen, "\"%s\": out of memory", text);
             return -1;
         }
+        if (allow && !within_private(&list[i]))
+            r->allow_public++;
     }
     return 0;
 }
@@ -1331,6 +1409,11 @@ bool tg_access_check(const struct tg_access_rules *r, const struct tg_addr *a,
 bool tg_access_uses_country(const struct tg_access_rules *r)
 {
     return r->ncountries[0] > 0 || r->ncountries[1] > 0;
+}
+
+bool tg_access_private_only(const struct tg_access_rules *r)
+{
+    return r != NULL && tg_cidr_set_count(r->prefixes[1]) > 0 && r->allow_public == 0;
 }
 
 bool tg_access_uses_asn(const struct tg_access_rules *r)

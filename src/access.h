@@ -22,27 +22,55 @@
 
 /* ---- client identity ----------------------------------------------------- */
 
-/* Finds the client address behind `peer`. `xff` holds the values of every
- * X-Forwarded-For header in order (each a comma-separated list),
- * `forwarded` those of every Forwarded header (RFC 7239; `for=` elements,
- * quoted IPv6 "[2001:db8::1]:port" and ports handled). X-Forwarded-For is
- * used when present (nxff > 0, even if empty), else Forwarded. If `peer` is
- * not in `trusted` (or trusted is NULL) the result is `peer`. Otherwise the
- * lists are walked from the right, skipping trusted addresses; the first
- * untrusted one is the client. A malformed element stops the walk and the
- * last trusted hop is taken (never an address that arrived from an
- * untrusted hop); so do "unknown", obfuscated identifiers ("_hidden"), and
- * Forwarded elements without exactly one for=. A Forwarded syntax error
- * (say an unterminated quote) is one such element that runs to the end of
- * its header line. If every hop is trusted, the left-most is the client.
- * Empty list elements are skipped. Address forms: 192.0.2.1,
- * 192.0.2.1:8080, [2001:db8::1], [2001:db8::1]:8080, and in
+/* Trusted hops kept in a client chain (the nearest ones when there are
+ * more). */
+#define TG_ACCESS_HOPS_MAX 8
+
+/* Which forwarding header a trusted peer's client address is read from. */
+enum tg_client_ip_header {
+    TG_CLIENT_IP_AUTO = 0,  /* whichever is present; both must agree */
+    TG_CLIENT_IP_XFF,       /* X-Forwarded-For only, Forwarded ignored */
+    TG_CLIENT_IP_FORWARDED, /* Forwarded only, X-Forwarded-For ignored */
+};
+
+/* Who the client is, and the trusted proxies between it and the peer. */
+struct tg_client_chain {
+    struct tg_addr client;
+    struct tg_addr hops[TG_ACCESS_HOPS_MAX]; /* left to right, the peer not included */
+    uint8_t nhops;
+    bool hops_elided;   /* more trusted hops than fit: the left-most were dropped */
+    enum { TG_CHAIN_PEER = 0, TG_CHAIN_XFF, TG_CHAIN_FORWARDED } source;
+};
+
+/* Finds the client behind `peer`. `xff` holds the values of every
+ * X-Forwarded-For header in order (each a comma-separated list; every line
+ * is read, none is cut), `forwarded` those of every Forwarded header
+ * (RFC 7239; `for=` elements, quoted IPv6 "[2001:db8::1]:port" and ports
+ * handled). If `peer` is not in `trusted` (or trusted is NULL) the client
+ * is `peer` and nothing else is read. Otherwise the list is walked from the
+ * right, skipping trusted addresses; the first untrusted one is the client,
+ * and the trusted ones to its right are its hops. A malformed element stops
+ * the walk and the first trusted hop to its right is the client (never an
+ * address that arrived from an untrusted hop); so do "unknown", obfuscated
+ * identifiers ("_hidden"), and Forwarded elements without exactly one for=.
+ * A Forwarded syntax error (say an unterminated quote) is one such element
+ * that runs to the end of its header line. If every hop is trusted, the
+ * left-most is the client. Empty list elements are skipped. Address forms:
+ * 192.0.2.1, 192.0.2.1:8080, [2001:db8::1], [2001:db8::1]:8080, and in
  * X-Forwarded-For also bare 2001:db8::1; mapped IPv6 folds to IPv4.
- * `client` may be `peer`. Pure, linear in the header bytes; any thread. */
-void tg_access_client_addr(const struct tg_cidr_set *trusted,
-                           const struct tg_addr *peer, const struct tg_str *xff,
-                           size_t nxff, const struct tg_str *forwarded,
-                           size_t nforwarded, struct tg_addr *client);
+ *
+ * `mode` says which header is read. TG_CLIENT_IP_AUTO reads the one that is
+ * present (a header with no list element at all counts as absent); when
+ * both are, each is walked and they must name the same
+ * client: a proxy that writes only one of them passes the other on from the
+ * client untouched, so two different answers mean one is forged and
+ * nothing says which. Then the result is -1 (the caller refuses the
+ * request) and out->client is `peer`. Returns 0 otherwise. Pure, linear in
+ * the header bytes, no allocation; any thread. */
+int tg_access_client_chain(const struct tg_cidr_set *trusted, const struct tg_addr *peer,
+                           enum tg_client_ip_header mode, const struct tg_str *xff,
+                           size_t nxff, const struct tg_str *forwarded, size_t nforwarded,
+                           struct tg_client_chain *out);
 
 /* ---- GeoIP --------------------------------------------------------------- */
 
@@ -117,5 +145,10 @@ bool tg_access_check(const struct tg_access_rules *r, const struct tg_addr *a,
 /* Whether the rules need GeoIP country or ASN data at all. */
 bool tg_access_uses_country(const struct tg_access_rules *r);
 bool tg_access_uses_asn(const struct tg_access_rules *r);
+
+/* True when the rules allow addresses and every allowed prefix is private
+ * (loopback, RFC 1918, link-local, unique local): an admin-only rule. NULL
+ * is false. */
+bool tg_access_private_only(const struct tg_access_rules *r);
 
 #endif

@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "conn.h"
+#include "limiter.h"
 #include "log.h"
 #include "proxy.h"
 #include "tls.h"
@@ -400,6 +401,19 @@ void tg_access_log_request(struct tg_access_log *log,
         o = put_str(line, o, "ratelimit", req->lim.outcome);
         if (req->lim.report != NULL)
             o = put_str(line, o, "ratelimit_policy", req->lim.report->policy->name);
+        if (req->lim.refuse_reason != NULL)
+            o = put_str(line, o, "ratelimit_reason", req->lim.refuse_reason);
+        /* Which buckets were charged, as hashes: enough to follow one
+         * account or address through the log without writing it down. */
+        static const char name[] = ",\"ratelimit_keys\":";
+        if (o + sizeof(name) < MAX_LINE - 2) {
+            size_t n2 = tg_limiter_log_keys(req, line + o + sizeof(name) - 1,
+                                            MAX_LINE - 2 - o - (sizeof(name) - 1));
+            if (n2 > 0) {
+                memcpy(line + o, name, sizeof(name) - 1);
+                o += sizeof(name) - 1 + n2;
+            }
+        }
     }
     if (o > MAX_LINE - 2)
         o = MAX_LINE - 2;

@@ -192,8 +192,9 @@ static int hexval(char c)
     return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-/* Percent-decodes in place; returns the new length. */
-static size_t pct_decode(char *s, size_t n)
+/* Percent-decodes in place; returns the new length. A '+' means a space
+ * only in a query string (form encoding), never in a path. */
+static size_t pct_decode(char *s, size_t n, bool plus_is_space)
 {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
@@ -201,7 +202,7 @@ static size_t pct_decode(char *s, size_t n)
             s[o++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
             i += 2;
         } else {
-            s[o++] = s[i] == '+' ? ' ' : s[i];
+            s[o++] = s[i] == '+' && plus_is_space ? ' ' : s[i];
         }
     }
     return o;
@@ -217,13 +218,27 @@ static void key_report(struct tg_request *req, const struct tg_config_policy *p,
     snprintf(k, sizeof(k), "%.*s", (int)(keylen < 512 ? keylen : 512), key);
     jput(&b, ",\"key\":");
     jstr(&b, k);
-    jput(&b, ",\"store\":\"%s\",\"limit\":%lld,\"window_seconds\":%lld,\"burst\":%lld,"
-             "\"remaining\":%lld,\"limited\":%s,\"retry_after_seconds\":%.3f,"
-             "\"reset_seconds\":%.3f}\n",
-         store, (long long)p->count, (long long)p->period_s, (long long)p->params.burst,
-         /* a peek costs one token: what is there now is one more */
-         (long long)(r->allowed ? r->remaining + 1 : 0), r->allowed ? "false" : "true",
-         r->allowed ? 0.0 : (double)r->retry_after_ns / 1e9, (double)r->reset_ns / 1e9);
+    /* The hash the access log prints for this key (ratelimit_keys). */
+    char sk[TG_RATELIMIT_LOCAL_KEY_MAX];
+    size_t skl = tg_limiter_store_key(p->name, key, keylen, sk, sizeof(sk));
+    /* A peek with cost 0 shows the bucket as it is; a key whose bucket is
+     * full holds no state (never seen, or refilled and forgotten). */
+    bool empty = r->reset_ns <= 0;
+    /* Until the next token: the debt beyond burst - 1 tokens. */
+    double retry = 0;
+    if (r->remaining < 1) {
+        int64_t keep = (p->params.burst - 1) * p->params.interval_ns;
+        retry = (double)(r->reset_ns - keep) / 1e9;
+        if (retry < 0)
+            retry = 0;
+    }
+    jput(&b, ",\"log_key\":\"%016llx\",\"store\":\"%s\",\"state\":\"%s\",\"limit\":%lld,"
+             "\"window_seconds\":%lld,\"burst\":%lld,\"remaining\":%lld,\"limited\":%s,"
+             "\"retry_after_seconds\":%.3f,\"reset_seconds\":%.3f}\n",
+         (unsigned long long)tg_limiter_key_hash(sk, skl), store, empty ? "none" : "held",
+         (long long)p->count, (long long)p->period_s, (long long)p->params.burst,
+         (long long)r->remaining, r->remaining < 1 ? "true" : "false", retry,
+         (double)(r->reset_ns > 0 ? r->reset_ns : 0) / 1e9);
     if (b.p == NULL) {
         respond_text(req, 503, "503 Service Unavailable: out of memory\n");
         return;
@@ -288,24 +303,37 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
         respond_text(req, 404, "404 Not Found: no such policy\n");
         return;
     }
-    char *key = tg_arena_alloc(&req->arena, n + 1);
-    size_t keylen = 0;
-    if (key == NULL) {
+    char *raw = tg_arena_alloc(&req->arena, n + 1);
+    size_t rawlen = 0;
+    if (raw == NULL) {
         respond_text(req, 503, "503 Service Unavailable\n");
         return;
     }
     if (slash != NULL) {
-        keylen = pathlen - pn - 1;
-        memcpy(key, slash + 1, keylen);
-        keylen = pct_decode(key, keylen);
+        rawlen = pathlen - pn - 1;
+        memcpy(raw, slash + 1, rawlen);
+        rawlen = pct_decode(raw, rawlen, false);
     } else if (q != NULL && n - (size_t)(q - rest) > 5 && strncmp(q, "?key=", 5) == 0) {
-        keylen = n - (size_t)(q - rest) - 5;
-        memcpy(key, q + 5, keylen);
-        keylen = pct_decode(key, keylen);
+        rawlen = n - (size_t)(q - rest) - 5;
+        memcpy(raw, q + 5, rawlen);
+        rawlen = pct_decode(raw, rawlen, true);
     }
-    if (keylen == 0) {
+    if (rawlen == 0) {
         respond_text(req, 400, "400 Bad Request: /ratelimit/POLICY/KEY or "
                                "/ratelimit/POLICY?key=KEY\n");
+        return;
+    }
+    /* The key as enforcement builds it: canonical addresses, body values
+     * trimmed and case-folded, escaped, long ones hashed. */
+    char *key = tg_arena_alloc(&req->arena, TG_RATELIMIT_LOCAL_KEY_MAX);
+    const char *why = "invalid key";
+    size_t keylen = key != NULL ? tg_limiter_admin_key(cfg, p, raw, rawlen, key,
+                                                       TG_RATELIMIT_LOCAL_KEY_MAX - 80, &why)
+                                : 0;
+    if (keylen == 0) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "400 Bad Request: %s\n", why);
+        respond_text(req, 400, msg);
         return;
     }
     if (p->store == TG_RL_STORE_REDIS) {
@@ -319,7 +347,7 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
             return;
         }
         *a = (struct admin_redis){req, p, key, keylen, del};
-        struct tg_ratelimit_redis_op op = {p->name, key, keylen, p->params, 1};
+        struct tg_ratelimit_redis_op op = {p->name, key, keylen, p->params, 0};
         bool sent = del ? tg_ratelimit_redis_reset(w->rl_redis, p->name, key, keylen,
                                                    on_admin_redis, a) == 0
                         : tg_ratelimit_redis_take(w->rl_redis, &op, 1, true, on_admin_redis,
@@ -341,7 +369,7 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
         respond_text(req, 200, had ? "reset\n" : "reset (the key held no state)\n");
         return;
     }
-    struct tg_ratelimit_op op = {sk, skl, &p->params, 1, {0}};
+    struct tg_ratelimit_op op = {.key = sk, .keylen = skl, .params = &p->params, .cost = 0};
     tg_ratelimit_local_peek(w->rt->rl_local, &op, 1, tg_limiter_now_ns());
     key_report(req, p, key, keylen, &op.result, "local");
 }

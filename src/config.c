@@ -23,6 +23,8 @@
 #include <yaml.h>
 
 #include "access.h"
+#include "bodykey.h"
+#include "http1.h"
 #include "log.h"
 #include "router.h"
 #include "tenant.h"
@@ -618,6 +620,8 @@ static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL}
 static const char *const balances[] = {"round_robin", "least_conn", "hash", NULL};
 static const char *const directories[] = {"static", "redis", NULL};
 static const char *const client_verify_modes[] = {"required", "optional", NULL};
+/* enum tg_client_ip_header order */
+static const char *const client_ip_headers[] = {"auto", "x-forwarded-for", "forwarded", NULL};
 
 static int p_tls_version(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
                          const struct cfg_key *key)
@@ -791,6 +795,7 @@ static const char *const rl_stores[] = {"default", "local", "redis", NULL};
 static const char *const rl_on_errors[] = {"local", "allow", "deny", NULL};
 static const char *const rl_modes[] = {"enforce", "shadow", NULL};
 static const char *const rl_counts[] = {"all", "failures", NULL};
+static const char *const rl_body_fallbacks[] = {"refuse", "ip", NULL};
 
 static int p_rate(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
                   const struct cfg_key *key)
@@ -850,6 +855,7 @@ static int parse_key_part(struct cfg_ctx *ctx, yaml_node_t *node,
         {"country", TG_RL_PART_COUNTRY, false}, {"asn", TG_RL_PART_ASN, false},
         {"header", TG_RL_PART_HEADER, true},  {"query", TG_RL_PART_QUERY, true},
         {"cookie", TG_RL_PART_COOKIE, true},  {"json", TG_RL_PART_JSON, true},
+        {"form", TG_RL_PART_FORM, true},      {"body", TG_RL_PART_BODY, true},
     };
     const char *s = scalar(ctx, node, "a key part");
     if (s == NULL)
@@ -871,11 +877,17 @@ static int parse_key_part(struct cfg_ctx *ctx, yaml_node_t *node,
                 if (*c <= ' ' || *c == 127)
                     return node_error(ctx, node, "key part name '%s' has a space or control "
                                       "character", colon + 1);
+            bool body = part->kind == TG_RL_PART_JSON || part->kind == TG_RL_PART_FORM ||
+                        part->kind == TG_RL_PART_BODY;
+            if (body && !tg_bodykey_field_ok(part->name, part->name_len))
+                return node_error(ctx, node, "body field name '%s' must be 1-128 ASCII "
+                                  "letters, digits, '_', '-' or '.'", colon + 1);
         }
         return 0;
     }
     return node_error(ctx, node, "unknown key part '%s' (ip, route, site, tenant, country, asn, "
-                      "header:NAME, query:NAME, cookie:NAME, json:FIELD)", s);
+                      "header:NAME, query:NAME, cookie:NAME, json:FIELD, form:FIELD, "
+                      "body:FIELD)", s);
 }
 
 static int p_key_parts(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
@@ -900,7 +912,8 @@ static int p_key_parts(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
             rc = -1;
             continue;
         }
-        if (p->parts[p->nparts].kind == TG_RL_PART_JSON)
+        enum tg_rl_part kind = p->parts[p->nparts].kind;
+        if (kind == TG_RL_PART_JSON || kind == TG_RL_PART_FORM || kind == TG_RL_PART_BODY)
             p->needs_body = true;
         p->nparts++;
     }
@@ -950,6 +963,8 @@ static const struct cfg_key policy_keys[] = {
     {"failure_statuses", p_statuses, 0, 0, 0, NULL},
     {"store", p_store, FIELD(struct tg_config_policy, store), 0, 0, rl_stores},
     {"max_peek", p_size, FIELD(struct tg_config_policy, max_peek), 16, 65536, NULL},
+    {"body_fallback", p_flag_choice, FIELD(struct tg_config_policy, body_fallback), 0, 0,
+     rl_body_fallbacks},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -1697,7 +1712,8 @@ static int parse_upstream_settings(struct cfg_ctx *ctx, yaml_node_t *v,
     if ((n = mapping_get(ctx, v, "hash_key")) != NULL) {
         if (parse_key_part(ctx, n, &u->hash_key) < 0)
             rc = -1;
-        else if (u->hash_key.kind == TG_RL_PART_JSON)
+        else if (u->hash_key.kind == TG_RL_PART_JSON || u->hash_key.kind == TG_RL_PART_FORM ||
+                 u->hash_key.kind == TG_RL_PART_BODY)
             rc = node_error(ctx, n, "hash_key cannot read the body");
     }
     if ((n = mapping_get(ctx, v, "health_check")) != NULL) {
@@ -1873,15 +1889,86 @@ static int parse_upstreams(struct cfg_ctx *ctx, yaml_node_t *node)
     return rc;
 }
 
-static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node,
+/* methods: [GET, POST, ...]: tokens as RFC 9110 spells them (case
+ * matters). GET also matches HEAD, as in nginx and Go's mux. CONNECT and
+ * TRACE are refused before routing, so listing them is an error. */
+static int parse_methods(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_route *r)
+{
+    struct tg_config *cfg = ctx->cfg;
+    if (node->type == YAML_SCALAR_NODE)
+        return node_error(ctx, node, "methods must be a list, e.g. [GET, POST]");
+    if (expect_list(ctx, node, "methods") < 0)
+        return -1;
+    size_t n = list_len(node);
+    if (n == 0)
+        return node_error(ctx, node, "methods needs at least one method (leave it out for all)");
+    r->other_methods = tg_arena_calloc(&cfg->arena, n, sizeof(char *));
+    if (r->other_methods == NULL)
+        return node_error(ctx, node, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        const char *m = scalar(ctx, item, "a method");
+        if (m == NULL) {
+            rc = -1;
+            continue;
+        }
+        bool token = *m != '\0' && strlen(m) <= 32;
+        for (const char *c = m; *c; c++)
+            token &= (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') ||
+                     (*c >= '0' && *c <= '9') || strchr("!#$%&'*+-.^_`|~", *c) != NULL;
+        if (!token) {
+            rc = node_error(ctx, item, "'%s' is not an HTTP method", m);
+            continue;
+        }
+        enum tg_http1_method id = tg_http1_method_id(tg_str_make(m, strlen(m)));
+        if (id == TG_HTTP1_CONNECT || id == TG_HTTP1_TRACE) {
+            rc = node_error(ctx, item, "%s requests are refused with 405 before routing", m);
+            continue;
+        }
+        if (id != TG_HTTP1_OTHER) {
+            r->methods |= 1u << id;
+            if (id == TG_HTTP1_GET)
+                r->methods |= 1u << TG_HTTP1_HEAD;
+        } else {
+            r->other_methods[r->nother_methods++] = tg_arena_strdup(&cfg->arena, m);
+        }
+    }
+    return rc;
+}
+
+/* Whether route a takes every method route b takes. */
+static bool methods_cover(const struct tg_config_route *a, const struct tg_config_route *b)
+{
+    if (a->methods == 0 && a->nother_methods == 0)
+        return true;
+    if (b->methods == 0 && b->nother_methods == 0)
+        return false;
+    if ((b->methods & ~a->methods) != 0)
+        return false;
+    for (size_t i = 0; i < b->nother_methods; i++) {
+        bool found = false;
+        for (size_t j = 0; j < a->nother_methods && !found; j++)
+            found = strcmp(a->other_methods[j], b->other_methods[i]) == 0;
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_site *site,
                        struct tg_config_route *r)
 {
     static const struct cfg_key keys[] = {
         {"path", p_skip, 0, 0, 0, NULL},
+        {"methods", p_skip, 0, 0, 0, NULL},
+        {"ignore_case", p_bool, FIELD(struct tg_config_route, ignore_case), 0, 0, NULL},
         {"upstream", p_skip, 0, 0, 0, NULL},
         {"stream", p_bool, FIELD(struct tg_config_route, stream), 0, 0, NULL},
         {"rate_limit", p_skip, 0, 0, 0, NULL},
         {"max_in_flight", p_uint, FIELD(struct tg_config_route, max_in_flight), 0, 10000000, NULL},
+        {"read_timeout", p_duration, FIELD(struct tg_config_route, read_timeout_ms), 1, 0, NULL},
+        {"max_body", p_size64, FIELD(struct tg_config_route, max_body), 0, 0, NULL},
         {"headers", p_skip, 0, 0, 0, NULL},
         {"allow", p_skip, 0, 0, 0, NULL},
         {"deny", p_skip, 0, 0, 0, NULL},
@@ -1893,6 +1980,8 @@ static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node,
     };
     struct tg_config *cfg = ctx->cfg;
     r->mark = mark_of(node);
+    r->max_body = cfg->client.max_body; /* unless the route says */
+    r->ignore_case = site->ignore_case;   /* unless the route says */
     int rc = walk_mapping(ctx, node, keys, r, "a route");
     if (node->type != YAML_MAPPING_NODE)
         return -1;
@@ -1902,23 +1991,29 @@ static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node,
         rc = node_error(ctx, node, "a route needs a path");
     } else {
         const char *s = scalar(ctx, path, "path");
+        char err[300];
+        size_t off = 0;
         if (s == NULL) {
             rc = -1;
+        } else if ((r->pattern = tg_router_pattern_compile(s, r->ignore_case, err, sizeof(err),
+                                                           &off)) == NULL) {
+            /* Point at the byte: the scalar's column, past a quote. */
+            struct tg_config_mark m = mark_of(path);
+            bool quoted = path->data.scalar.style == YAML_SINGLE_QUOTED_SCALAR_STYLE ||
+                          path->data.scalar.style == YAML_DOUBLE_QUOTED_SCALAR_STYLE;
+            m.col += (int)off + (quoted ? 1 : 0);
+            error_at(ctx, m, "path '%s': %s", s, err);
+            rc = -1;
         } else {
-            size_t n = strlen(s);
-            char *norm = tg_arena_alloc(&cfg->arena, n + 1);
-            ssize_t m = norm ? tg_router_normalize_path(s, n, norm, n + 1) : -1;
-            if (m < 0) {
-                rc = node_error(ctx, path,
-                                "path '%s' must start with '/' and be a valid "
-                                "URL path", s);
-            } else {
-                norm[m] = '\0';
-                r->path = norm;
-                r->path_len = (size_t)m;
-            }
+            r->path = tg_router_pattern_text(r->pattern);
+            r->path_len = strlen(r->path);
+            if (r->ignore_case)
+                site->any_ignore_case = true;
         }
     }
+    yaml_node_t *methods = mapping_get(ctx, node, "methods");
+    if (methods != NULL && parse_methods(ctx, methods, r) < 0)
+        rc = -1;
 
     yaml_node_t *rl = mapping_get(ctx, node, "rate_limit");
     if (rl != NULL && parse_policy_list(ctx, rl, &r->rate_limit) < 0)
@@ -1977,6 +2072,7 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
         {"routes", p_skip, 0, 0, 0, NULL},
         {"rate_limit", p_skip, 0, 0, 0, NULL},
         {"custom_domains", p_bool, FIELD(struct tg_config_site, custom_domains), 0, 0, NULL},
+        {"ignore_case", p_bool, FIELD(struct tg_config_site, ignore_case), 0, 0, NULL},
         {"headers", p_skip, 0, 0, 0, NULL},
         {"allow", p_skip, 0, 0, 0, NULL},
         {"deny", p_skip, 0, 0, 0, NULL},
@@ -2056,13 +2152,29 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
             for (size_t r = 0; site->routes && r < nr; r++) {
                 yaml_node_t *rn = node_at(ctx, routes->data.sequence.items.start[r]);
                 site->routes[site->nroutes].site = site;
-                if (parse_route(ctx, rn, &site->routes[site->nroutes]) < 0) {
+                if (parse_route(ctx, rn, site, &site->routes[site->nroutes]) < 0) {
                     struct tg_config_route *bad = &site->routes[site->nroutes];
                     if (bad->access != NULL)
                         tg_access_rules_free(bad->access);
+                    tg_router_pattern_free(bad->pattern);
                     memset(bad, 0, sizeof(*bad));
                     rc = -1;
                     continue;
+                }
+                /* Routes match first to last: one that an earlier route
+                 * always takes first is a mistake (a catch-all above an
+                 * allow-list or a login limit). */
+                struct tg_config_route *added = &site->routes[site->nroutes];
+                for (size_t e = 0; e < site->nroutes; e++) {
+                    const struct tg_config_route *er = &site->routes[e];
+                    if (tg_router_pattern_covers(er->pattern, added->pattern) &&
+                        methods_cover(er, added)) {
+                        rc = node_error(ctx, rn, "this route can never match: the route at "
+                                        "line %d (path '%s') comes first and matches every "
+                                        "request it would; move it above, or narrow the "
+                                        "earlier one", er->mark.line, er->path);
+                        break;
+                    }
                 }
                 if (site->routes[site->nroutes].upstream_tenant && !site->has_capture &&
                     !site->custom_domains)
@@ -2143,6 +2255,8 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
         {"tenants", p_skip, 0, 0, 0, NULL},
         {"admin", p_skip, 0, 0, 0, NULL},
         {"trusted_proxies", p_skip, 0, 0, 0, NULL},
+        {"client_ip_header", p_enum, FIELD(struct tg_config, client_ip_header), 0, 0,
+         client_ip_headers},
         {"geoip", p_skip, 0, 0, 0, NULL},
         {"headers", p_skip, 0, 0, 0, NULL},
         {NULL, NULL, 0, 0, 0, NULL},
@@ -2204,6 +2318,15 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
         rc = -1;
     }
 
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct tg_config_listen *l = &cfg->listeners[i];
+        if (l->proxy_protocol && cfg->trusted_proxies == NULL) {
+            error_at(ctx, l->mark, "listener %s: proxy_protocol needs trusted_proxies listing "
+                     "the load balancers that send it (a PROXY header from any other "
+                     "address is refused)", l->addr.text);
+            rc = -1;
+        }
+    }
     if (cfg->client.max_request_line > cfg->client.max_head) {
         n = mapping_get(ctx, root, "client");
         node_error(ctx, n ? n : root,
@@ -2326,9 +2449,11 @@ static void config_free(struct tg_config *cfg)
     for (size_t s = 0; s < cfg->nsites; s++) {
         if (cfg->sites[s].access != NULL)
             tg_access_rules_free(cfg->sites[s].access);
-        for (size_t r = 0; r < cfg->sites[s].nroutes; r++)
+        for (size_t r = 0; r < cfg->sites[s].nroutes; r++) {
             if (cfg->sites[s].routes[r].access != NULL)
                 tg_access_rules_free(cfg->sites[s].routes[r].access);
+            tg_router_pattern_free(cfg->sites[s].routes[r].pattern);
+        }
     }
     if (cfg->tenants.index != NULL)
         tg_tenant_index_free(cfg->tenants.index);

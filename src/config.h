@@ -127,8 +127,9 @@ struct tg_config_policy {
     int *failure_statuses;
     size_t nfailure_statuses;
     enum tg_rl_store store;
-    size_t max_peek;              /* json parts: body bytes looked at */
-    bool needs_body;              /* has a json part */
+    size_t max_peek;              /* body parts: the largest body read */
+    bool needs_body;              /* has a body part */
+    bool body_fallback;           /* body_fallback: ip (else unreadable bodies: 400) */
     unsigned metrics_id;
     struct tg_config_mark mark;
 };
@@ -171,7 +172,9 @@ enum tg_rl_part {
     TG_RL_PART_HEADER,    /* header:NAME */
     TG_RL_PART_QUERY,     /* query:NAME */
     TG_RL_PART_COOKIE,    /* cookie:NAME */
-    TG_RL_PART_JSON,      /* json:FIELD, a top-level string of the body */
+    TG_RL_PART_JSON,      /* json:FIELD, from a JSON body */
+    TG_RL_PART_FORM,      /* form:FIELD, from a urlencoded or multipart body */
+    TG_RL_PART_BODY,      /* body:FIELD, from any of those, by Content-Type */
 };
 
 struct tg_config_rl_key_part {
@@ -296,9 +299,17 @@ struct tg_config_tenants {
     bool configured;              /* the section exists */
 };
 
+struct tg_route_pattern;
+
 struct tg_config_route {
-    const char *path;             /* prefix, normalised */
+    const char *path;             /* the pattern's canonical text (router.h) */
     size_t path_len;
+    struct tg_route_pattern *pattern; /* compiled; owned by the snapshot */
+    bool ignore_case;             /* the route's, else its site's */
+    uint32_t methods;             /* bit 1 << enum tg_http1_method; 0 with no
+                                     other_methods = any method */
+    const char **other_methods;   /* methods without an id, as written */
+    size_t nother_methods;
     const struct tg_config_upstream *upstream; /* NULL when upstream_tenant */
     bool upstream_tenant;         /* upstream: $tenant */
     const struct tg_config_headers *headers; /* resolved */
@@ -306,6 +317,8 @@ struct tg_config_route {
     bool stream;                  /* long-lived responses: no read timeout */
     struct tg_config_policy_list rate_limit;
     unsigned max_in_flight;       /* 0 = unlimited */
+    int64_t read_timeout_ms;      /* 0 = the upstream's read_timeout */
+    uint64_t max_body;            /* resolved: the route's, else client.max_body; 0 = unlimited */
     _Atomic unsigned in_flight;   /* requests running now (all workers) */
     const struct tg_config_site *site;
     unsigned metrics_id;
@@ -322,6 +335,8 @@ struct tg_config_site {
     bool has_capture;             /* a "{tenant}.x" host */
     struct tg_access_rules *access;   /* NULL = none */
     bool custom_domains;          /* unmatched hosts are looked up as tenant domains */
+    bool ignore_case;             /* routes' default */
+    bool any_ignore_case;         /* some route matches a folded path */
 };
 
 struct tg_config_log {
@@ -356,6 +371,7 @@ struct tg_config {
     const struct tg_config_site *domain_site; /* the site with custom_domains */
     const char *admin_token;      /* bearer token for the admin listener */
     struct tg_cidr_set *trusted_proxies; /* NULL = trust no peer */
+    int client_ip_header;             /* enum tg_client_ip_header */
     struct tg_geoip *geoip;           /* country database, or NULL */
     struct tg_geoip *geoip_asn;       /* ASN database, or NULL */
     const char *geoip_header;         /* country toward the backend, or NULL */

@@ -184,6 +184,23 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
 
 /* ---- accept ---------------------------------------------------------------- */
 
+/* Counts a connection refused on a PROXY protocol listener and says so in
+ * the log at most every 10 s (an attacker may connect in a loop). */
+static void refuse_untrusted_proxy(struct tg_worker *w, const struct tg_config_listen *lcfg,
+                                   const struct tg_addr *peer)
+{
+    TG_METRIC_INC(w->metrics->proxy_protocol_refused);
+    ev_tstamp now = ev_now(w->loop);
+    if (w->proxy_refused_logged != 0 && now - w->proxy_refused_logged < 10.0)
+        return;
+    w->proxy_refused_logged = now;
+    char text[TG_ADDR_STRLEN];
+    tg_addr_format(peer, text, sizeof(text));
+    tg_log_warn("refused a connection on %s from %s: PROXY protocol is only accepted from "
+                "trusted_proxies (further refusals are counted in "
+                "tollgate_proxy_protocol_refused_total)", lcfg->key, text);
+}
+
 int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
                    const struct tg_config_listen *lcfg)
 {
@@ -193,7 +210,16 @@ int tg_conn_accept(struct tg_worker *w, int fd, const struct sockaddr *peer,
     }
     struct tg_addr peer_addr, group;
     tg_addr_from_sockaddr(peer, &peer_addr);
-    unsigned prefix = w->cfg->config->client.ipv6_prefix;
+    const struct tg_config *cfg = w->cfg->config;
+    unsigned prefix = cfg->client.ipv6_prefix;
+    if (lcfg->proxy_protocol && (cfg->trusted_proxies == NULL ||
+                                 tg_cidr_set_lookup(cfg->trusted_proxies, &peer_addr) == 0)) {
+        /* A PROXY header names the client: only a listed load balancer
+         * may do that, or anyone could choose its own address. */
+        refuse_untrusted_proxy(w, lcfg, &peer_addr);
+        close(fd);
+        return -1;
+    }
     /* Behind PROXY protocol the socket peer is the balancer: the client is
      * counted once its header names it. */
     bool count_now = lcfg->max_connections_per_ip != 0 && !lcfg->proxy_protocol;

@@ -70,15 +70,27 @@ static void explain_request(struct tg_config *cfg, struct tg_request *req, char 
                         tg_cidr_set_lookup(cfg->trusted_proxies, &cn->peer) != 0;
     req->client = cn->peer;
     if (req->peer_trusted) {
-        struct tg_str xff[16], fwd[16];
+        struct tg_str *xff = calloc(h->nheaders + 1, sizeof(*xff));
+        struct tg_str *fwd = calloc(h->nheaders + 1, sizeof(*fwd));
         size_t nx = 0, nf = 0;
-        for (size_t i = 0; i < h->nheaders; i++) {
-            if (nx < 16 && tg_http1_name_eq(h->headers[i].name, "x-forwarded-for"))
+        for (size_t i = 0; xff != NULL && fwd != NULL && i < h->nheaders; i++) {
+            if (tg_http1_name_eq(h->headers[i].name, "x-forwarded-for"))
                 xff[nx++] = h->headers[i].value;
-            else if (nf < 16 && tg_http1_name_eq(h->headers[i].name, "forwarded"))
+            else if (tg_http1_name_eq(h->headers[i].name, "forwarded"))
                 fwd[nf++] = h->headers[i].value;
         }
-        tg_access_client_addr(cfg->trusted_proxies, &cn->peer, xff, nx, fwd, nf, &req->client);
+        struct tg_client_chain chain;
+        int rc = tg_access_client_chain(cfg->trusted_proxies, &cn->peer,
+                                        (enum tg_client_ip_header)cfg->client_ip_header, xff, nx,
+                                        fwd, nf, &chain);
+        free(xff);
+        free(fwd);
+        if (rc < 0) {
+            printf("answer:    400 (X-Forwarded-For and Forwarded name different clients; "
+                   "set client_ip_header to the one your proxy writes)\n");
+            return;
+        }
+        req->client = chain.client;
     }
     char client[TG_ADDR_STRLEN];
     tg_addr_format(&req->client, client, sizeof(client));
@@ -140,12 +152,26 @@ static void explain_request(struct tg_config *cfg, struct tg_request *req, char 
         else
             printf("tenant:    %s (unknown: 404)\n", id);
     }
-    req->route = tg_proxy_match_route(req->site, norm, (size_t)pn);
+    char *folded = tg_arena_alloc(&req->arena, (size_t)pn + 1);
+    size_t folded_n = folded != NULL ? tg_router_fold_path(norm, (size_t)pn, folded, (size_t)pn + 1)
+                                     : 0;
+    req->route = tg_proxy_match_route(req->site, h->method_id, h->method, norm, (size_t)pn,
+                                      folded, folded_n);
     if (req->route == NULL) {
-        printf("answer:    404 (no route matches %.*s)\n", (int)pn, norm);
+        printf("answer:    404 (no route matches %s %.*s)\n", method, (int)pn, norm);
         return;
     }
-    printf("route:     %s", req->route->path);
+    /* Which route, and why it took the request: its pattern, how it
+     * matches, its methods and case rule, its place in the list. */
+    const struct tg_config_route *rt = req->route;
+    printf("route:     #%zu '%s' (line %d): %s match%s", (size_t)(rt - req->site->routes) + 1,
+           rt->path, rt->mark.line, tg_router_pattern_kind(rt->pattern),
+           rt->ignore_case ? ", ignoring case" : "");
+    if (rt->methods != 0 || rt->nother_methods != 0)
+        printf(", methods include %s", method);
+    if (rt->ignore_case && (folded_n != (size_t)pn || memcmp(folded, norm, folded_n) != 0))
+        printf(" (the path compares as %.*s)", (int)folded_n, folded);
+    printf("\n           ");
     if (req->route->upstream_tenant) {
         printf(" -> the tenant's servers");
         if (req->tenant_obj != NULL) {
@@ -189,7 +215,8 @@ static void explain_request(struct tg_config *cfg, struct tg_request *req, char 
                    it->key_pending ? 0 : (int)it->keylen,
                    it->key_pending ? "" : it->key);
             if (it->key_pending)
-                printf("           (part of the key is read from the JSON body)\n");
+                printf("           (part of the key is read from the body: JSON, form or multipart by "
+                       "Content-Type; a body that cannot be read is refused)\n");
         }
     }
     const struct tg_config_headers *rules = req->route->headers;

@@ -11,9 +11,9 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "access.h"
 #include "buf.h"
 #include "config.h"
-#include "access.h"
 #include "conn.h"
 #include "http1.h"
 #include "proxy.h"
@@ -269,8 +269,6 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
         put(&o, "\r\n", 2);
     }
 
-    struct tg_str xff_chain[8];
-    size_t nxff = 0;
     const char *subject_header = req->conn->lcfg->client_subject_header;
     const char *geo_header = req->wcfg->config->geoip_header;
     for (size_t i = 0; i < h->nheaders; i++) {
@@ -301,14 +299,12 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
             put_header(&o, hd);
             break;
         case HDR_XFF:
-            /* Only a trusted peer's chain is kept (client identity); an
-             * untrusted client's claims are dropped and replaced. */
-            if (req->peer_trusted && nxff < TG_ARRAY_LEN(xff_chain))
-                xff_chain[nxff++] = hd->value;
-            break;
         case HDR_FORWARDED:
-            if (req->peer_trusted)
-                put_header(&o, hd);
+            /* Replaced below by the chain as identified: the client, then
+             * only trusted hops. What a client wrote left of that (or
+             * anything an untrusted peer claims) never reaches the
+             * backend, so a backend that reads the left-most address gets
+             * the same client as our limits and rules. */
             break;
         default:
             break; /* hop-by-hop or regenerated below */
@@ -329,9 +325,15 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
     char peer[TG_ADDR_STRLEN];
     size_t peer_len = tg_addr_format(&req->conn->peer, peer, sizeof(peer));
     puts_(&o, "X-Forwarded-For: ");
-    for (size_t i = 0; i < nxff; i++) {
-        put_str(&o, xff_chain[i]);
+    const struct tg_client_chain *chain = req->chain;
+    if (chain != NULL && chain->source != TG_CHAIN_PEER) {
+        char a[TG_ADDR_STRLEN];
+        put(&o, a, tg_addr_format(&chain->client, a, sizeof(a)));
         put(&o, ", ", 2);
+        for (size_t i = 0; i < chain->nhops; i++) {
+            put(&o, a, tg_addr_format(&chain->hops[i], a, sizeof(a)));
+            put(&o, ", ", 2);
+        }
     }
     put(&o, peer, peer_len);
     puts_(&o, "\r\nX-Real-IP: ");

@@ -451,6 +451,7 @@ int main(int argc, char **argv)
     ev_async_start(g.loop, &g.worker_drained);
 
     g.rt.nworkers = cfg->workers;
+    pthread_mutex_init(&g.rt.warned_lock, NULL);
     g.rt.iptable = tg_iptable_new();
     /* The table outlives reloads; its size is fixed at start. */
     g.rt.rl_local = tg_ratelimit_local_new(cfg->rate_limit.local_max_keys, 64);

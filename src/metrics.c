@@ -419,6 +419,7 @@ int tg_metrics_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     /* TLS. */
     uint64_t hs = 0, resumed = 0, fails[TG_METRICS_TLS_REASONS] = {0};
     uint64_t geo = 0, local = 0, unknown = 0;
+    uint64_t fwd_conflict = 0, fwd_untrusted = 0, pp_refused = 0, unkeyed = 0, overflow = 0;
     for (unsigned w = 0; w < nw; w++) {
         struct tg_metrics_shard *s = rt->workers[w]->metrics;
         hs += LOAD(s->tls_handshakes);
@@ -428,6 +429,11 @@ int tg_metrics_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         geo += LOAD(s->geoip_lookups);
         local += LOAD(s->local_answers);
         unknown += LOAD(s->unknown_host);
+        fwd_conflict += LOAD(s->forwarded_conflict);
+        fwd_untrusted += LOAD(s->forwarded_untrusted);
+        pp_refused += LOAD(s->proxy_protocol_refused);
+        unkeyed += LOAD(s->ratelimit_unkeyed);
+        overflow += LOAD(s->ratelimit_overflow);
     }
     header(&o, "tls_handshakes_total", "counter", "Completed TLS handshakes with clients.");
     emit(&o, "tollgate_tls_handshakes_total{resumed=\"false\"} %llu\n",
@@ -451,6 +457,25 @@ int tg_metrics_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     emit(&o, "tollgate_local_answers_total %llu\n", (unsigned long long)local);
     header(&o, "unknown_host_total", "counter", "Requests for a Host no site serves.");
     emit(&o, "tollgate_unknown_host_total %llu\n", (unsigned long long)unknown);
+    header(&o, "forwarded_conflicts_total", "counter",
+           "Requests refused because X-Forwarded-For and Forwarded name different clients.");
+    emit(&o, "tollgate_forwarded_conflicts_total %llu\n", (unsigned long long)fwd_conflict);
+    header(&o, "forwarded_untrusted_total", "counter",
+           "Forwarded headers from a private peer not in trusted_proxies, on a route that "
+           "allows only private addresses (set trusted_proxies if it is your proxy).");
+    emit(&o, "tollgate_forwarded_untrusted_total %llu\n", (unsigned long long)fwd_untrusted);
+    header(&o, "proxy_protocol_refused_total", "counter",
+           "Connections refused on a PROXY protocol listener: the peer is not in "
+           "trusted_proxies.");
+    emit(&o, "tollgate_proxy_protocol_refused_total %llu\n", (unsigned long long)pp_refused);
+    header(&o, "ratelimit_unkeyed_total", "counter",
+           "Requests refused (400/413) because a rate-limit key could not be read from the "
+           "body.");
+    emit(&o, "tollgate_ratelimit_unkeyed_total %llu\n", (unsigned long long)unkeyed);
+    header(&o, "ratelimit_overflow_total", "counter",
+           "Decisions made on a policy's shared overflow bucket (the local table was full of "
+           "locked keys).");
+    emit(&o, "tollgate_ratelimit_overflow_total %llu\n", (unsigned long long)overflow);
 
     /* Tenant directory caches. */
     struct tg_tenant_stats ts = {0};

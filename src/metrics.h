@@ -84,6 +84,12 @@ struct tg_metrics_shard {
     uint64_t geoip_lookups;
     uint64_t local_answers;          /* 4xx/5xx made by the gateway itself */
     uint64_t unknown_host;
+    uint64_t forwarded_conflict;     /* X-Forwarded-For and Forwarded disagree: 400 */
+    uint64_t forwarded_untrusted;    /* forwarded headers from a private peer that is
+                                        not in trusted_proxies, on a private-only route */
+    uint64_t proxy_protocol_refused; /* PROXY header offered by an untrusted peer */
+    uint64_t ratelimit_unkeyed;      /* a body key could not be read: 400/413 */
+    uint64_t ratelimit_overflow;     /* new keys decided on a shared overflow bucket */
 };
 
 /* Allocates a shard (zeroed). NULL on allocation failure. */

@@ -62,6 +62,13 @@ static const struct tg_config *req_config(const struct tg_request *req)
     return req->wcfg->config;
 }
 
+/* The route's max_body once it is known (it defaults to client.max_body),
+ * before that the global one. 0 = unlimited. */
+static uint64_t req_max_body(const struct tg_request *req)
+{
+    return req->route != NULL ? req->route->max_body : req_config(req)->client.max_body;
+}
+
 static ev_tstamp req_now(const struct tg_request *req)
 {
     return ev_now(req_worker(req)->loop);
@@ -203,6 +210,7 @@ static void release_slots(struct tg_request *req)
         ev_timer_stop(req_worker(req)->loop, &req->delay_timer);
     if (req->lim.pending > 0)
         tg_limiter_cancel(req);
+    tg_limiter_end(req);
     release_tenant(req);
 }
 
@@ -426,13 +434,13 @@ static int frame_request_body(struct tg_request *req)
         req->req_body_done = true;
         break;
     }
-    uint64_t max = req_config(req)->client.max_body;
+    uint64_t max = req_max_body(req);
     if (max != 0 && req->req_body_bytes > max) {
         req->req_body_done = true;
         if (!req->resp_head_done && req->out == NULL)
             respond_local(req, 413, "413 Content Too Large\n", true);
         else
-            abort_client(req, "request body over client.max_body");
+            abort_client(req, "request body over max_body");
         return -1;
     }
     return 0;
@@ -465,16 +473,29 @@ static bool discard_request(struct tg_request *req)
 
 /* ---- routing -------------------------------------------------------------------- */
 
+static bool method_allowed(const struct tg_config_route *r, enum tg_http1_method id,
+                           struct tg_str method)
+{
+    if (r->methods == 0 && r->nother_methods == 0)
+        return true;
+    if (id != TG_HTTP1_OTHER)
+        return (r->methods & (1u << id)) != 0;
+    for (size_t i = 0; i < r->nother_methods; i++)
+        if (tg_str_eq(method, r->other_methods[i]))
+            return true;
+    return false;
+}
+
 const struct tg_config_route *tg_proxy_match_route(const struct tg_config_site *site,
-                                                   const char *path, size_t n)
+                                                   enum tg_http1_method id, struct tg_str method,
+                                                   const char *path, size_t n,
+                                                   const char *folded, size_t folded_n)
 {
     for (size_t i = 0; i < site->nroutes; i++) {
         const struct tg_config_route *r = &site->routes[i];
-        if (n < r->path_len || memcmp(path, r->path, r->path_len) != 0)
-            continue;
-        /* "/api" matches "/api" and "/api/x" but not "/apix". */
-        if (n == r->path_len || r->path[r->path_len - 1] == '/' ||
-            path[r->path_len] == '/')
+        bool hit = r->ignore_case ? tg_router_pattern_match(r->pattern, folded, folded_n)
+                                  : tg_router_pattern_match(r->pattern, path, n);
+        if (hit && method_allowed(r, id, method))
             return r;
     }
     return NULL;
@@ -482,40 +503,34 @@ const struct tg_config_route *tg_proxy_match_route(const struct tg_config_site *
 
 /* ---- rate limiting ------------------------------------------------------------ */
 
-static size_t peek_wanted(const struct tg_request *req)
-{
-    size_t want = 0;
-    for (size_t i = 0; i < req->lim.n; i++)
-        if (req->lim.items[i].key_pending && req->lim.items[i].policy->max_peek > want)
-            want = req->lim.items[i].policy->max_peek;
-    return want;
-}
-
-/* Enough of the body is here for the json key parts (or all of it, or as
- * much as the buffer holds). */
+/* The body a rate-limit key reads is here: all of it, or more than the
+ * largest max_peek (then the key cannot be read: 413), or as much as the
+ * buffer holds (the same). */
 static bool peek_ready(const struct tg_request *req)
 {
     struct tg_buf *in = req->conn->in;
-    return req->req_body_done || req->req_body_bytes >= peek_wanted(req) ||
+    return req->req_body_done || req->req_body_bytes > tg_limiter_peek_wanted(req) ||
            (in != NULL && tg_buf_room(in) == 0 && in->start == 0);
 }
 
-/* Hands the first body bytes (de-chunked) to the limiter. */
+/* Hands the body (de-chunked) to the limiter: all of it when it is whole
+ * and within max_peek. */
 static void body_peek(struct tg_request *req)
 {
     struct tg_buf *in = req->conn->in;
-    size_t want = peek_wanted(req);
+    size_t want = tg_limiter_peek_wanted(req);
+    bool complete = req->req_body_done && req->req_body_bytes <= want;
     if (in == NULL || req->req_ready == 0) {
-        tg_limiter_take_body(req, NULL, 0);
+        tg_limiter_take_body(req, "", 0, complete);
         return;
     }
     const char *p = in->data + in->start;
     size_t avail = req->req_ready;
     if (req->req_framing != TG_HTTP1_BODY_CHUNKED) {
-        tg_limiter_take_body(req, p, avail < want ? avail : want);
+        tg_limiter_take_body(req, p, avail < want ? avail : want, complete);
         return;
     }
-    char *tmp = tg_arena_alloc(&req->arena, want);
+    char *tmp = tg_arena_alloc(&req->arena, want + 1);
     size_t got = 0;
     struct tg_http1_chunked dec;
     tg_http1_chunked_init(&dec, MAX_TRAILER);
@@ -532,7 +547,7 @@ static void body_peek(struct tg_request *req)
         p += r;
         avail -= (size_t)r;
     }
-    tg_limiter_take_body(req, tmp, got);
+    tg_limiter_take_body(req, tmp != NULL ? tmp : "", got, complete && tmp != NULL);
 }
 
 static void on_delay(struct ev_loop *loop, ev_timer *t, int revents)
@@ -553,8 +568,19 @@ static void after_decision(struct tg_request *req);
 
 static void decide_and_forward(struct tg_request *req)
 {
-    if (req->lim.active && req->lim.needs_body)
+    if (req->lim.active && req->lim.needs_body) {
         body_peek(req);
+        if (req->lim.refuse_status != 0) {
+            /* A per-account limit that cannot tell the account: refused,
+             * never re-keyed behind the operator's back. */
+            char body[256];
+            snprintf(body, sizeof(body), "%d %s: the rate limit on this route reads the "
+                     "request body and cannot: %s\n", req->lim.refuse_status,
+                     tg_http1_reason(req->lim.refuse_status), req->lim.refuse_reason);
+            respond_local(req, req->lim.refuse_status, body, true);
+            return;
+        }
+    }
     if (tg_limiter_decide(req) == 1) {
         req->phase = TG_REQ_LIMITING; /* a Redis reply will call us back */
         return;
@@ -606,26 +632,45 @@ static void after_decision(struct tg_request *req)
 }
 
 /* Who the client is: the socket peer, or for a trusted proxy the right-most
- * untrusted address it forwards for. Then its country and AS when GeoIP is
- * configured (for rules, keys, the backend header and the log). */
-static void identify_client(struct tg_request *req)
+ * untrusted address it forwards for (every X-Forwarded-For and Forwarded
+ * line is read). Then its country and AS when GeoIP is configured (for
+ * rules, keys, the backend header and the log). Returns -1 when the two
+ * forwarding headers name different clients (the request is refused). */
+static int identify_client(struct tg_request *req)
 {
     const struct tg_config *cfg = req_config(req);
     const struct tg_http1_request *h = &req->head;
     const struct tg_addr *peer = &req->conn->peer;
+    size_t nx = 0, nf = 0;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        if (tg_http1_name_eq(h->headers[i].name, "x-forwarded-for"))
+            nx++;
+        else if (tg_http1_name_eq(h->headers[i].name, "forwarded"))
+            nf++;
+    }
+    req->has_forwarded = nx + nf > 0;
     req->peer_trusted = cfg->trusted_proxies != NULL &&
                         tg_cidr_set_lookup(cfg->trusted_proxies, peer) != 0;
     req->client = *peer;
-    if (req->peer_trusted) {
-        struct tg_str xff[16], fwd[16];
-        size_t nx = 0, nf = 0;
+    int rc = 0;
+    if (req->peer_trusted && nx + nf > 0) {
+        struct tg_str *xff = tg_arena_alloc(&req->arena, (nx + nf) * sizeof(*xff));
+        struct tg_client_chain *chain = tg_arena_alloc(&req->arena, sizeof(*chain));
+        if (xff == NULL || chain == NULL)
+            return -2;
+        struct tg_str *fwd = xff + nx;
+        size_t ix = 0, jf = 0;
         for (size_t i = 0; i < h->nheaders; i++) {
-            if (nx < TG_ARRAY_LEN(xff) && tg_http1_name_eq(h->headers[i].name, "x-forwarded-for"))
-                xff[nx++] = h->headers[i].value;
-            else if (nf < TG_ARRAY_LEN(fwd) && tg_http1_name_eq(h->headers[i].name, "forwarded"))
-                fwd[nf++] = h->headers[i].value;
+            if (tg_http1_name_eq(h->headers[i].name, "x-forwarded-for"))
+                xff[ix++] = h->headers[i].value;
+            else if (tg_http1_name_eq(h->headers[i].name, "forwarded"))
+                fwd[jf++] = h->headers[i].value;
         }
-        tg_access_client_addr(cfg->trusted_proxies, peer, xff, nx, fwd, nf, &req->client);
+        rc = tg_access_client_chain(cfg->trusted_proxies, peer,
+                                    (enum tg_client_ip_header)cfg->client_ip_header, xff, nx, fwd,
+                                    nf, chain);
+        req->client = chain->client;
+        req->chain = chain;
     }
     struct tg_metrics_shard *m = req_worker(req)->metrics;
     if (cfg->geoip != NULL) {
@@ -636,6 +681,45 @@ static void identify_client(struct tg_request *req)
         req->asn = tg_geoip_asn(cfg->geoip_asn, &req->client);
         TG_METRIC_INC(m->geoip_lookups);
     }
+    return rc;
+}
+
+/* A private-only rule passed for a private peer that sent forwarding
+ * headers, with no trusted_proxies: likely a reverse proxy in front whose
+ * clients all look private. Say so once per peer (a small ring), and count
+ * it every time. */
+static void warn_untrusted_forwarder(struct tg_request *req)
+{
+    struct tg_worker *w = req_worker(req);
+    const struct tg_addr *peer = &req->conn->peer;
+    TG_METRIC_INC(w->metrics->forwarded_untrusted);
+    unsigned n = w->forwarded_nwarned < TG_ARRAY_LEN(w->forwarded_warned)
+                     ? w->forwarded_nwarned : (unsigned)TG_ARRAY_LEN(w->forwarded_warned);
+    for (unsigned i = 0; i < n; i++)
+        if (tg_addr_equal(&w->forwarded_warned[i], peer))
+            return;
+    w->forwarded_warned[w->forwarded_nwarned++ % TG_ARRAY_LEN(w->forwarded_warned)] = *peer;
+    /* Once per process: the workers share a list (this worker asks it once
+     * per peer, its own ring above answers after that). */
+    struct tg_runtime *rt = w->rt;
+    bool seen = false;
+    pthread_mutex_lock(&rt->warned_lock);
+    unsigned m = rt->nwarned < TG_ARRAY_LEN(rt->warned) ? rt->nwarned
+                                                        : (unsigned)TG_ARRAY_LEN(rt->warned);
+    for (unsigned i = 0; i < m && !seen; i++)
+        seen = tg_addr_equal(&rt->warned[i], peer);
+    if (!seen)
+        rt->warned[rt->nwarned++ % TG_ARRAY_LEN(rt->warned)] = *peer;
+    pthread_mutex_unlock(&rt->warned_lock);
+    if (seen)
+        return;
+    char text[TG_ADDR_STRLEN];
+    tg_addr_format(peer, text, sizeof(text));
+    tg_log_warn("request %s: %s sent X-Forwarded-For/Forwarded to a route that allows only "
+                "private addresses, and trusted_proxies is empty, so the headers are ignored "
+                "and %s itself is the client: if %s is your reverse proxy, list it in "
+                "trusted_proxies (counted in tollgate_forwarded_untrusted_total)",
+                req->request_id, text, text, text);
 }
 
 static bool access_allowed(struct tg_request *req)
@@ -816,7 +900,20 @@ static void route_request(struct tg_request *req)
         size_t n = tg_tls_client_subject(c->io.ssl, subject, sizeof(subject));
         req->client_subject = n > 0 ? req_strdup(req, subject, n) : NULL;
     }
-    req->route = tg_proxy_match_route(req->site, req->path, req->route_path_len);
+    size_t folded_n = 0;
+    char *folded = NULL;
+    if (req->site->any_ignore_case) {
+        folded = tg_arena_alloc(&req->arena, req->route_path_len + 1);
+        if (folded == NULL) {
+            abort_client(req, "out of memory");
+            return;
+        }
+        folded_n = tg_router_fold_path(req->path, req->route_path_len, folded,
+                                       req->route_path_len + 1);
+    }
+    req->route = tg_proxy_match_route(req->site, req->method_id,
+                                      tg_str_make(req->method, strlen(req->method)), req->path,
+                                      req->route_path_len, folded, folded_n);
     if (req->route == NULL) {
         respond_local(req, 404, "404 Not Found: no route for this path\n", false);
         return;
@@ -825,6 +922,10 @@ static void route_request(struct tg_request *req)
         respond_local(req, 403, "403 Forbidden\n", false);
         return;
     }
+    if (req->has_forwarded && req_config(req)->trusted_proxies == NULL &&
+        (tg_access_private_only(req->route->access) ||
+         tg_access_private_only(req->site->access)))
+        warn_untrusted_forwarder(req);
     req->stream = req->route->stream;
     if (req->route->upstream_tenant) {
         if (req->tenant_obj != NULL) {
@@ -847,11 +948,10 @@ static void forward_request(struct tg_request *req)
 {
     struct tg_conn *c = req->conn;
     struct tg_worker *w = c->w;
-    const struct tg_config *cfg = req_config(req);
     const struct tg_http1_request *h = &req->head;
     req->phase = TG_REQ_ROUTING;
-    if (cfg->client.max_body != 0 && req->req_framing == TG_HTTP1_BODY_LENGTH &&
-        req->req_remaining > cfg->client.max_body) {
+    if (req_max_body(req) != 0 && req->req_framing == TG_HTTP1_BODY_LENGTH &&
+        req->req_remaining > req_max_body(req)) {
         respond_local(req, 413, "413 Content Too Large\n", true);
         return;
     }
@@ -915,7 +1015,7 @@ void tg_proxy_start(struct tg_request *req)
     req->client_keep_alive = h->keep_alive;
     req->upgrade = h->upgrade_websocket;
     req->expect_continue = h->expect_continue;
-    identify_client(req);
+    int identified = identify_client(req);
     req->req_framing = (uint8_t)h->framing;
     req->req_remaining = h->content_length;
     req->bytes_in = h->head_len;
@@ -967,6 +1067,16 @@ void tg_proxy_start(struct tg_request *req)
     req->path = path;
     req->path_len = (size_t)pn;
 
+    if (identified == -2) {
+        abort_client(req, "out of memory");
+        goto out;
+    }
+    if (identified < 0) {
+        TG_METRIC_INC(w->metrics->forwarded_conflict);
+        respond_local(req, 400, "400 Bad Request: X-Forwarded-For and Forwarded name different "
+                                "clients\n", true);
+        goto out;
+    }
     if (req->method_id == TG_HTTP1_CONNECT || req->method_id == TG_HTTP1_TRACE) {
         respond_local(req, 405, "405 Method Not Allowed\n", false);
         goto out;
@@ -1231,6 +1341,7 @@ static void send_upstream(struct tg_request *req)
         size_t done = (size_t)w;
         size_t from_head = done < head_left ? done : head_left;
         req->up_head_sent += from_head;
+        req->lim.forwarded = true; /* a reserved failure token may now be spent */
         done -= from_head;
         if (done > 0) {
             tg_buf_consume(in, done);
@@ -1841,7 +1952,9 @@ static enum deadline_kind next_deadline(const struct tg_request *req, ev_tstamp 
         bool waiting_upstream = req->up != NULL && !req->resp_body_done && !out_pending;
         if (waiting_upstream && (!req->stream || !req->resp_head_done)) {
             ev_tstamp last = req->up_read_at > req->up_write_at ? req->up_read_at : req->up_write_at;
-            consider(&best, &kind, last + MS(u->read_timeout_ms), DL_UP_READ);
+            int64_t rt = req->route != NULL && req->route->read_timeout_ms > 0
+                             ? req->route->read_timeout_ms : u->read_timeout_ms;
+            consider(&best, &kind, last + MS(rt), DL_UP_READ);
         }
         if (req->sse && req->resp_head_done && cfg->stream.heartbeat_ms > 0 && !out_pending)
             consider(&best, &kind, req->client_write_at + MS(cfg->stream.heartbeat_ms),

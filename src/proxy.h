@@ -29,6 +29,7 @@ struct tg_config_route;
 struct tg_config_upstream;
 struct tg_tenant;
 struct tg_tenant_wait;
+struct tg_client_chain;
 
 /* Where a request stands. */
 enum tg_request_phase {
@@ -67,6 +68,8 @@ struct tg_request {
     char request_id[65];
     struct tg_addr client;          /* identified client address */
     bool peer_trusted;              /* the socket peer is a trusted proxy */
+    bool has_forwarded;             /* the head has X-Forwarded-For or Forwarded */
+    struct tg_client_chain *chain;  /* from a trusted peer's headers (arena), or NULL */
     bool upgrade;                   /* client asked for a WebSocket upgrade */
     bool expect_continue;
     unsigned refs;                  /* the connection's + running callbacks' */
@@ -202,10 +205,14 @@ void tg_proxy_request_ref(struct tg_request *req);
 void tg_proxy_request_unref(struct tg_request *req);
 bool tg_proxy_request_over(const struct tg_request *req);
 
-/* The first route of `site` whose prefix matches the normalised path
- * path[0..n) ("/api" matches "/api" and "/api/x", not "/apix"). */
+/* The first route of `site` whose pattern matches the normalised path
+ * path[0..n) (without the query) and whose methods take the request's.
+ * `folded` is tg_router_fold_path of the path when the site has an
+ * ignore_case route (site->any_ignore_case), else NULL. */
 const struct tg_config_route *tg_proxy_match_route(const struct tg_config_site *site,
-                                                   const char *path, size_t n);
+                                                   enum tg_http1_method id, struct tg_str method,
+                                                   const char *path, size_t n,
+                                                   const char *folded, size_t folded_n);
 
 /* Gives back to the kernel the free request objects beyond the busiest
  * moment since the last call (and `reserve`). Worker thread. */

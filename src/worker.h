@@ -18,6 +18,7 @@
 
 #include <stdatomic.h>
 
+#include "addr.h"
 #include "buf.h"
 #include "config.h"
 
@@ -104,6 +105,11 @@ struct tg_worker {
     struct tg_metrics_shard *metrics;
     unsigned static_tenant_rr;           /* round robin for static tenants */
     unsigned long rl_redis_fallbacks;
+    /* Peers already warned about (once each): forwarded headers from a
+     * private peer that trusted_proxies does not list; a small ring. */
+    struct tg_addr forwarded_warned[32];
+    unsigned forwarded_nwarned;
+    ev_tstamp proxy_refused_logged;      /* last "PROXY from untrusted" line */
     /* Requests waiting for a connection slot (upstreams.max_connections),
      * oldest first; retried when a slot frees (proxy.c). */
     struct tg_list upwait;               /* of tg_request.upwait_link */
@@ -131,6 +137,11 @@ struct tg_runtime {
     const char *config_path;
     _Atomic bool draining;
     char gateway_id[96];           /* this process in Redis heartbeats */
+    /* Peers warned about once per process (see worker.forwarded_warned, the
+     * per-worker cache in front of it). */
+    pthread_mutex_t warned_lock;
+    struct tg_addr warned[64];
+    unsigned nwarned;
     unsigned char request_id_seed[8];
 };
 

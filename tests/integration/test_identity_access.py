@@ -1,6 +1,7 @@
 """Client identity (trusted proxies, Forwarded, PROXY protocol v1/v2),
-security headers, IP and country access rules with the shared GeoIP test
-databases, and the encoded-path bypass matrix."""
+security headers, IP and country access rules with the GeoIP test databases
+tests/geoip/mmdb_writer.py writes (the geoip_dbs fixture), and the
+encoded-path bypass matrix."""
 
 import os
 import re
@@ -8,6 +9,8 @@ import shutil
 import socket
 import struct
 import time
+
+import pytest
 
 from conftest import (GEOIP_DIR, basic_config, free_port, get, raw, read_http_request,
                       run_tollgate_check, status_of, requests_on)
@@ -44,11 +47,77 @@ def test_trusted_peer_rightmost_untrusted(tollgate, backend):
     get(port, "/", headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.9, 10.1.2.3"})
     h = headers_seen(b)
     assert h["x-real-ip"] == ["203.0.113.9"]  # 10.1.2.3 is a trusted hop
-    assert h["x-forwarded-for"] == ["6.6.6.6, 203.0.113.9, 10.1.2.3, 127.0.0.1"]
+    # The backend gets the chain from the client as identified: what was
+    # written left of it (6.6.6.6, anyone's claim) is not passed on, so a
+    # backend reading the left-most address sees the same client.
+    assert h["x-forwarded-for"] == ["203.0.113.9, 10.1.2.3, 127.0.0.1"]
     get(port, "/", headers={"Forwarded": 'for="[2001:db8::7]:4711";proto=https, for=10.0.0.5'})
-    assert headers_seen(b)["x-real-ip"] == ["2001:db8::7"]
+    h = headers_seen(b)
+    assert h["x-real-ip"] == ["2001:db8::7"]
+    assert h["x-forwarded-for"] == ["2001:db8::7, 10.0.0.5, 127.0.0.1"]
+    assert "forwarded" not in h
     get(port, "/")
     assert headers_seen(b)["x-real-ip"] == ["127.0.0.1"]
+
+
+def test_every_forwarded_line_is_read(tollgate, backend):
+    """Regression: only the first 16 X-Forwarded-For lines were read, so 16 forged
+    lines before the balancer's own chose the client."""
+    b = backend()
+    port = free_port()
+    tollgate(basic_config(port, [b.port], extra="trusted_proxies: [127.0.0.0/8, 10.0.0.0/8]\n"))
+    lines = b"".join(b"X-Forwarded-For: 10.0.0.%d\r\n" % i for i in range(1, 21))
+    resp = raw(port, b"GET / HTTP/1.1\r\nHost: app.test\r\n" + lines +
+               b"X-Forwarded-For: 198.51.100.60\r\nConnection: close\r\n\r\n")
+    assert status_of(resp) == 200
+    assert headers_seen(b)["x-real-ip"] == ["198.51.100.60"]
+
+
+def test_xff_and_forwarded_follow_one_rule(tollgate, backend):
+    b = backend()
+    port = free_port()
+    base = basic_config(port, [b.port], extra="trusted_proxies: [127.0.0.0/8]\n")
+    tg = tollgate(base)
+    # Both present and naming different clients: one is forged, nothing says which.
+    status, _, _ = get(port, "/", headers={"X-Forwarded-For": "10.9.9.9",
+                                            "Forwarded": "for=198.51.100.5"})
+    assert status == 400
+    # Both agreeing: fine.
+    assert get(port, "/", headers={"X-Forwarded-For": "198.51.100.5",
+                                   "Forwarded": "for=198.51.100.5"})[0] == 200
+    # A balancer that writes only Forwarded: client_ip_header says so, and the
+    # client's own X-Forwarded-For is neither believed nor passed on.
+    tg.reload(base + "client_ip_header: forwarded\n")
+    assert get(port, "/", headers={"X-Forwarded-For": "10.9.9.9",
+                                   "Forwarded": "for=198.51.100.6"})[0] == 200
+    h = headers_seen(b)
+    assert h["x-real-ip"] == ["198.51.100.6"]
+    assert h["x-forwarded-for"] == ["198.51.100.6, 127.0.0.1"]
+
+
+def test_private_only_route_warns_about_an_unlisted_proxy(tollgate, backend):
+    """A reverse proxy on a private address in front, trusted_proxies empty: the
+    private-only rule sees the proxy, not the client. Said once per peer, counted."""
+    b = backend()
+    port = free_port()
+    admin = free_port()
+    tg = tollgate("""
+listen: [127.0.0.1:%d]
+admin: {listen: 127.0.0.1:%d}
+upstreams: {app: {servers: [127.0.0.1:%d]}}
+sites:
+  - hosts: [app.test]
+    routes:
+      - {path: /_/, upstream: app, allow: [private]}
+      - {path: /, upstream: app}
+""" % (port, admin, b.port))
+    for _ in range(3):
+        assert get(port, "/_/", headers={"X-Forwarded-For": "203.0.113.9"})[0] == 200
+    get(port, "/", headers={"X-Forwarded-For": "203.0.113.9"})
+    time.sleep(0.2)
+    assert tg.stderr().count("list it in trusted_proxies") == 1
+    metrics = get(admin, "/metrics")[2].decode()
+    assert "tollgate_forwarded_untrusted_total 3" in metrics
 
 
 def proxy_v2(src, dst, sport, dport, family=socket.AF_INET):
@@ -65,7 +134,7 @@ def proxy_v2(src, dst, sport, dport, family=socket.AF_INET):
 def test_proxy_protocol_v1_and_v2(tollgate, backend):
     b = backend()
     port = free_port()
-    cfg = basic_config(port, [b.port]).replace(
+    cfg = basic_config(port, [b.port], extra="trusted_proxies: [127.0.0.1/32]\n").replace(
         "  - address: 127.0.0.1:%d\n" % port,
         "  - address: 127.0.0.1:%d\n    proxy_protocol: true\n" % port)
     tollgate(cfg)
@@ -108,6 +177,7 @@ listen:
     proxy_protocol: true
     tls: true
 tls: {certificates: [{cert: %s, key: %s}]}
+trusted_proxies: [127.0.0.1/32]
 upstreams: {app: {servers: [127.0.0.1:%d]}}
 sites: [{hosts: [app.test], routes: [{path: /, upstream: app}]}]
 """ % (port, crt, key, b.port))
@@ -247,6 +317,7 @@ sites:
     assert status == 403 and len(body) < 40
 
 
+@pytest.mark.usefixtures("geoip_dbs")
 def test_geoip_header_and_country_rules(tollgate, backend):
     b = backend()
     port = free_port()
@@ -281,6 +352,7 @@ sites:
     assert get(port, "/nobt", headers={"X-Forwarded-For": "81.2.69.142"})[0] == 200
 
 
+@pytest.mark.usefixtures("geoip_dbs")
 def test_broken_geoip_refused_at_start_and_reload(tollgate, backend, tmp_path):
     for db in BROKEN_DBS:
         rc, out, _ = run_tollgate_check(basic_config(18, [19], extra="geoip: {database: %s}\n" % db),

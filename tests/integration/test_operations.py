@@ -58,7 +58,7 @@ def test_explain_access_and_keys(tmp_path):
     rc, out = explain(tmp_path, "GET http://app.test/_/", "--peer", "198.51.100.1")
     assert "answer:    403" in out
     rc, out = explain(tmp_path, "GET http://app.test/api/x", "-H", "Authorization: Bearer t")
-    assert 'key "app.test/api/|Bearer t"' in out
+    assert 'key "app.test/api/|Bearer%20t"' in out
     assert "Strict-Transport-Security" not in out  # plain HTTP
     rc, out = explain(tmp_path, "GET http://nobody.test/")
     assert "answer:    404" in out

@@ -74,9 +74,9 @@ def issue_gateway(tollgate, backend):
 def test_login_limit_5_per_minute(issue_gateway):
     port, b = issue_gateway
     for i in range(5):
-        status, headers, _ = get(port, LOGIN, headers={"X-Forwarded-For": "198.51.100.1"})
+        status, headers, _ = post_login(port, "alice@example.com", "right", "198.51.100.1")
         assert status == 200, i
-    status, headers, data = get(port, LOGIN, headers={"X-Forwarded-For": "198.51.100.1"})
+    status, headers, data = post_login(port, "alice@example.com", "right", "198.51.100.1")
     assert status == 429
     retry = int(headers["retry-after"])
     assert 1 <= retry <= 12
@@ -88,7 +88,7 @@ def test_login_limit_5_per_minute(issue_gateway):
     assert body["policy"] == "login" and body["retry_after"] == retry
     assert len(b.requests) == 5  # the 6th never reached the backend
     # A second client is unaffected.
-    assert get(port, LOGIN, headers={"X-Forwarded-For": "198.51.100.2"})[0] == 200
+    assert post_login(port, "alice@example.com", "right", "198.51.100.2")[0] == 200
 
 
 def test_allowed_responses_carry_ratelimit(issue_gateway):
@@ -114,7 +114,7 @@ def test_api_burst_then_refill(issue_gateway):
 def test_exempt_network_never_limited(issue_gateway):
     port, _ = issue_gateway
     for _ in range(8):
-        status, headers, _ = get(port, LOGIN, headers={"X-Forwarded-For": "10.1.2.3"})
+        status, headers, _ = post_login(port, "alice@example.com", "right", "10.1.2.3")
         assert status == 200 and "ratelimit" not in headers
 
 
@@ -124,7 +124,7 @@ def test_untrusted_xff_cannot_dodge_the_limit(tollgate, backend):
     cfg = ISSUE_CONFIG.format(port=port, backend=b.port).replace(
         "trusted_proxies: [127.0.0.0/8]\n", "")
     tollgate(cfg)
-    codes = [get(port, LOGIN, headers={"X-Forwarded-For": "203.0.113.%d" % i})[0]
+    codes = [post_login(port, "alice@example.com", "right", "203.0.113.%d" % i)[0]
              for i in range(7)]
     assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
 

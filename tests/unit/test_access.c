@@ -1,11 +1,13 @@
 /* Unit tests for src/access.c: the client identity matrix (X-Forwarded-For
- * and Forwarded behind trusted proxies), GeoIP over the shared MaxMind test
- * databases and over small databases written here to break one thing at a
- * time, and access rules (checked against a brute-force scan).
+ * and Forwarded behind trusted proxies), GeoIP over the MaxMind test
+ * databases tests/geoip/mmdb_writer.py generates and over small databases
+ * written here to break one thing at a time, and access rules (checked
+ * against a brute-force scan).
  *
- * The shared databases are read from $TG_GEOIP_DIR, by default
- * ../shared/geoip beside the repository root (found from __FILE__); a git
- * worktree one level further down (wt/NAME) also finds ../../shared. */
+ * The generated databases are read from $TG_GEOIP_DIR: `make unit-run`
+ * writes them to $(BUILD)/geoip and sets it. Run alone, this test needs
+ *     python3 tests/geoip/mmdb_writer.py DIR && TG_GEOIP_DIR=DIR ./test_access
+ * and without them its GeoIP tests fail, they do not skip. */
 #include "../../src/access.c"
 
 #include <arpa/inet.h>
@@ -58,6 +60,17 @@ static struct tg_cidr_set *trusted_set(void)
     return set;
 }
 
+/* The client alone, as the request path reads it (auto mode): `client`
+ * may be `peer`; a conflict between the two headers leaves the peer. */
+static void client_addr(const struct tg_cidr_set *set, const struct tg_addr *peer,
+                        const struct tg_str *xff, size_t nx, const struct tg_str *fwd,
+                        size_t nf, struct tg_addr *client)
+{
+    struct tg_client_chain chain;
+    tg_access_client_chain(set, peer, TG_CLIENT_IP_AUTO, xff, nx, fwd, nf, &chain);
+    *client = chain.client;
+}
+
 /* The client for `peer` with the given header values (NULL-terminated
  * lists; NULL for none). */
 static const char *who_set(const struct tg_cidr_set *set, const char *peer,
@@ -71,7 +84,7 @@ static const char *who_set(const struct tg_cidr_set *set, const char *peer,
         fs[nf] = tg_str_make(fwd[nf], strlen(fwd[nf]));
     struct tg_addr p = addr_of(peer), client;
     memset(&client, 0x5a, sizeof(client));
-    tg_access_client_addr(set, &p, xs, nx, fs, nf, &client);
+    client_addr(set, &p, xs, nx, fs, nf, &client);
     return text(&client);
 }
 
@@ -141,13 +154,88 @@ TEST(client_xff_several_headers)
     CHECK_EQ_STR(who_set(g_trusted, "10.0.0.1", c, NULL), "3.3.3.3");
     const char *const d[] = {"3.3.3.3, junk", "10.0.0.5", NULL};
     CHECK_EQ_STR(who_set(g_trusted, "10.0.0.1", d, NULL), "10.0.0.5");
-    /* X-Forwarded-For, when present, wins over Forwarded; an empty one
-     * still counts as present. */
+    /* Both headers: they must agree (a balancer that writes one passes the
+     * other on from the client untouched); an empty one says nothing. */
     const char *const x[] = {"1.1.1.1", NULL};
     const char *const f[] = {"for=2.2.2.2", NULL};
-    CHECK_EQ_STR(who_set(g_trusted, "10.0.0.1", x, f), "1.1.1.1");
-    const char *const empty[] = {"", NULL};
-    CHECK_EQ_STR(who_set(g_trusted, "10.0.0.1", empty, f), "10.0.0.1");
+    CHECK_EQ_STR(who_set(g_trusted, "10.0.0.1", x, f), "10.0.0.1"); /* refused */
+    const char *const same[] = {"for=1.1.1.1", NULL};
+    CHECK_EQ_STR(who_set(g_trusted, "10.0.0.1", x, same), "1.1.1.1");
+    const char *const empty[] = {"", " , ", NULL};
+    CHECK_EQ_STR(who_set(g_trusted, "10.0.0.1", empty, f), "2.2.2.2");
+}
+
+/* The chain and the rules for the two headers (issue 16): every line is
+ * read, the hops right of the client are kept for the backend, conflicts
+ * are reported, and client_ip_header picks one header. */
+static int chain_of(enum tg_client_ip_header mode, const char *peer, const char *const *xff,
+                    const char *const *fwd, struct tg_client_chain *out)
+{
+    struct tg_str xs[64], fs[64];
+    size_t nx = 0, nf = 0;
+    for (; xff != NULL && xff[nx] != NULL; nx++)
+        xs[nx] = tg_str_make(xff[nx], strlen(xff[nx]));
+    for (; fwd != NULL && fwd[nf] != NULL; nf++)
+        fs[nf] = tg_str_make(fwd[nf], strlen(fwd[nf]));
+    struct tg_addr p = addr_of(peer);
+    return tg_access_client_chain(g_trusted, &p, mode, xs, nx, fs, nf, out);
+}
+
+TEST(client_chain_hops_and_modes)
+{
+    struct tg_client_chain c;
+    const char *const x[] = {"6.6.6.6, 203.0.113.9, 10.1.2.3", NULL};
+    CHECK_EQ_INT(chain_of(TG_CLIENT_IP_AUTO, "10.0.0.1", x, NULL, &c), 0);
+    CHECK_EQ_STR(text(&c.client), "203.0.113.9");
+    CHECK_EQ_INT(c.nhops, 1);
+    CHECK_EQ_STR(text(&c.hops[0]), "10.1.2.3");
+    CHECK(c.source == TG_CHAIN_XFF && !c.hops_elided);
+
+    /* Regression: only the first 16 lines were read, so 16 forged lines
+     * put the balancer's own line out of sight. 40 lines now. */
+    const char *many[42];
+    char lines[40][24];
+    for (int i = 0; i < 40; i++) {
+        snprintf(lines[i], sizeof(lines[i]), "10.0.0.%d", i + 2);
+        many[i] = lines[i];
+    }
+    many[40] = "203.0.113.77";
+    many[41] = NULL;
+    CHECK_EQ_INT(chain_of(TG_CLIENT_IP_AUTO, "10.0.0.1", many, NULL, &c), 0);
+    CHECK_EQ_STR(text(&c.client), "203.0.113.77");
+    CHECK_EQ_INT(c.nhops, 0);
+    /* All trusted: the left-most is the client, the rest are hops, the
+     * nearest TG_ACCESS_HOPS_MAX kept. */
+    many[40] = NULL;
+    CHECK_EQ_INT(chain_of(TG_CLIENT_IP_AUTO, "10.0.0.1", many, NULL, &c), 0);
+    CHECK_EQ_STR(text(&c.client), "10.0.0.2");
+    CHECK_EQ_INT(c.nhops, TG_ACCESS_HOPS_MAX);
+    CHECK(c.hops_elided);
+    CHECK_EQ_STR(text(&c.hops[TG_ACCESS_HOPS_MAX - 1]), "10.0.0.41");
+
+    /* Forwarded alone; both agreeing; both disagreeing. */
+    const char *const f[] = {"for=198.18.0.1;proto=https, for=10.0.0.9", NULL};
+    CHECK_EQ_INT(chain_of(TG_CLIENT_IP_AUTO, "10.0.0.1", NULL, f, &c), 0);
+    CHECK_EQ_STR(text(&c.client), "198.18.0.1");
+    CHECK(c.source == TG_CHAIN_FORWARDED && c.nhops == 1);
+    const char *const xa[] = {"198.18.0.1, 10.0.0.9", NULL};
+    CHECK_EQ_INT(chain_of(TG_CLIENT_IP_AUTO, "10.0.0.1", xa, f, &c), 0);
+    CHECK_EQ_STR(text(&c.client), "198.18.0.1");
+    const char *const forged[] = {"10.0.0.50", NULL};
+    CHECK_EQ_INT(chain_of(TG_CLIENT_IP_AUTO, "10.0.0.1", forged, f, &c), -1);
+    CHECK_EQ_STR(text(&c.client), "10.0.0.1");
+    /* A balancer that writes only Forwarded: the client's own
+     * X-Forwarded-For is not read at all. */
+    CHECK_EQ_INT(chain_of(TG_CLIENT_IP_FORWARDED, "10.0.0.1", forged, f, &c), 0);
+    CHECK_EQ_STR(text(&c.client), "198.18.0.1");
+    CHECK_EQ_INT(chain_of(TG_CLIENT_IP_XFF, "10.0.0.1", xa, f, &c), 0);
+    CHECK(c.source == TG_CHAIN_XFF);
+    CHECK_EQ_INT(chain_of(TG_CLIENT_IP_XFF, "10.0.0.1", NULL, f, &c), 0);
+    CHECK_EQ_STR(text(&c.client), "10.0.0.1");
+    /* An untrusted peer: nothing is read, whatever the mode. */
+    CHECK_EQ_INT(chain_of(TG_CLIENT_IP_AUTO, "203.0.113.5", forged, f, &c), 0);
+    CHECK_EQ_STR(text(&c.client), "203.0.113.5");
+    CHECK(c.source == TG_CHAIN_PEER);
 }
 
 TEST(client_xff_address_forms)
@@ -289,13 +377,13 @@ TEST(client_out_may_alias_peer)
 {
     struct tg_addr p = addr_of("10.0.0.1");
     struct tg_str x = TG_STR("10.0.0.2, 9.9.9.9, 10.0.0.3");
-    tg_access_client_addr(g_trusted, &p, &x, 1, NULL, 0, &p);
+    client_addr(g_trusted, &p, &x, 1, NULL, 0, &p);
     CHECK_EQ_STR(text(&p), "9.9.9.9");
     /* Family 0 (a unix socket peer) is never trusted. */
     struct tg_addr u;
     memset(&u, 0, sizeof(u));
     struct tg_addr out;
-    tg_access_client_addr(g_trusted, &u, &x, 1, NULL, 0, &out);
+    client_addr(g_trusted, &u, &x, 1, NULL, 0, &out);
     CHECK_EQ_INT(out.family, 0);
 }
 
@@ -421,39 +509,42 @@ TEST(client_random_lists_match_reference)
     CHECK_EQ_INT(bad, 0);
 }
 
-/* ---- GeoIP: the shared test databases ----------------------------------- */
+/* ---- GeoIP: the generated test databases -------------------------------- */
+
+/* What tests/geoip/mmdb_writer.py writes into $TG_GEOIP_DIR. */
+static const char *const geoip_files[] = {
+    "GeoLite2-Country-Test.mmdb",
+    "GeoIP2-Country-Test.mmdb",
+    "GeoLite2-City-Test.mmdb",
+    "GeoLite2-ASN-Test.mmdb",
+    "GeoIP2-City-Test-Invalid-Node-Count.mmdb",
+    "GeoIP2-City-Test-Broken-Double-Format.mmdb",
+    "LICENSE-MIT",
+};
 
 static char geoip_dir[1024];
+static bool geoip_dir_set;
 
-static bool dir_has_dbs(const char *dir)
+/* The first of geoip_files not readable in dir, or NULL. */
+static const char *missing_db(const char *dir)
 {
-    char p[1100];
-    snprintf(p, sizeof(p), "%s/GeoLite2-Country-Test.mmdb", dir);
-    return access(p, R_OK) == 0;
+    for (size_t i = 0; i < TG_ARRAY_LEN(geoip_files); i++) {
+        char p[1200];
+        snprintf(p, sizeof(p), "%s/%s", dir, geoip_files[i]);
+        if (access(p, R_OK) != 0)
+            return geoip_files[i];
+    }
+    return NULL;
 }
 
+/* $TG_GEOIP_DIR, and no fallback: without it, a relative path that does
+ * not exist, so that every GeoIP test fails. */
 static void find_geoip_dir(void)
 {
     const char *env = getenv("TG_GEOIP_DIR");
-    if (env != NULL && *env != '\0') {
-        snprintf(geoip_dir, sizeof(geoip_dir), "%s", env);
-        return;
-    }
-    /* The repository root is __FILE__ without tests/unit/test_access.c. */
-    char root[900];
-    const char *suffix = "tests/unit/test_access.c";
-    size_t fl = strlen(__FILE__), sl = strlen(suffix);
-    size_t rl = fl >= sl ? fl - sl : 0;
-    snprintf(root, sizeof(root), "%.*s", (int)rl, __FILE__);
-    if (root[0] == '\0')
-        snprintf(root, sizeof(root), "./");
-    snprintf(geoip_dir, sizeof(geoip_dir), "%s../shared/geoip", root);
-    if (dir_has_dbs(geoip_dir))
-        return;
-    char alt[1024];
-    snprintf(alt, sizeof(alt), "%s../../shared/geoip", root);
-    if (dir_has_dbs(alt))
-        snprintf(geoip_dir, sizeof(geoip_dir), "%s", alt);
+    geoip_dir_set = env != NULL && *env != '\0';
+    snprintf(geoip_dir, sizeof(geoip_dir), "%s",
+             geoip_dir_set ? env : "TG_GEOIP_DIR-is-not-set");
 }
 
 static struct tg_geoip *open_shared(const char *name, char *err, size_t elen)
@@ -477,11 +568,20 @@ static const char *country_of(const struct tg_geoip *g, const char *ip)
 
 TEST(geoip_shared_dbs_present)
 {
-    if (!dir_has_dbs(geoip_dir))
+    const char *missing = missing_db(geoip_dir);
+    if (!geoip_dir_set)
         fprintf(stderr,
-                "GeoIP test databases not found in %s: set TG_GEOIP_DIR\n",
-                geoip_dir);
-    CHECK(dir_has_dbs(geoip_dir));
+                "TG_GEOIP_DIR is not set: the GeoIP tests need the databases "
+                "tests/geoip/mmdb_writer.py writes (`make unit-run` does it; "
+                "or python3 tests/geoip/mmdb_writer.py DIR, then "
+                "TG_GEOIP_DIR=DIR)\n");
+    else if (missing != NULL)
+        fprintf(stderr,
+                "GeoIP test database %s/%s not found: write them with "
+                "python3 tests/geoip/mmdb_writer.py %s\n",
+                geoip_dir, missing, geoip_dir);
+    CHECK(geoip_dir_set);
+    CHECK(missing == NULL);
 }
 
 TEST(geoip_country)
@@ -565,8 +665,8 @@ static bool contains(const char *s, const char *needle)
 TEST(geoip_broken_dbs_refused)
 {
     char err[512] = "";
-    /* Its metadata says 100000 nodes: a 700000-byte tree in a 22876-byte
-     * file. */
+    /* Its metadata says 100000 nodes: a 700000-byte tree in a file of
+     * about 20 KB. */
     struct tg_geoip *g = open_shared("GeoIP2-City-Test-Invalid-Node-Count.mmdb",
                                      err, sizeof(err));
     CHECK(g == NULL);
@@ -1011,7 +1111,10 @@ TEST(geoip_truncated_copies_refused)
     }
     /* Flipped bytes in the data section are caught or harmless; never a
      * crash, and the lookups still answer. */
-    size_t tree = 1505 * 7;
+    MMDB_s mm;
+    CHECK(MMDB_open(path, MMDB_MODE_MMAP, &mm) == MMDB_SUCCESS);
+    size_t tree = (size_t)mm.metadata.node_count * mm.metadata.record_size / 4;
+    MMDB_close(&mm);
     for (size_t off = tree + 16; off < n - 400; off += 37) {
         uint8_t save = buf[off];
         buf[off] ^= 0xff;
@@ -1402,7 +1505,7 @@ TEST(identity_geoip_and_rules)
     for (size_t i = 0; i < TG_ARRAY_LEN(cases); i++) {
         struct tg_addr peer = addr_of(cases[i].peer), client;
         struct tg_str x = tg_str_make(cases[i].xff, strlen(cases[i].xff));
-        tg_access_client_addr(g_trusted, &peer, &x, 1, NULL, 0, &client);
+        client_addr(g_trusted, &peer, &x, 1, NULL, 0, &client);
         char cc[3];
         tg_geoip_country(g, &client, cc);
         const char *why = NULL;
@@ -1421,6 +1524,7 @@ int main(void)
     RUN(client_untrusted_peer_ignores_headers);
     RUN(client_xff_rightmost_untrusted);
     RUN(client_xff_several_headers);
+    RUN(client_chain_hops_and_modes);
     RUN(client_xff_address_forms);
     RUN(client_xff_malformed_stops_at_last_trusted_hop);
     RUN(client_forwarded);

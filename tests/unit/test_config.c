@@ -128,6 +128,113 @@ static void expect_error(const char *yaml, const char *prefix, const char *fragm
     CHECK(strstr(err, fragment) != NULL);
 }
 
+/* Issue 16: route patterns, methods and case rules, per-route timeouts and
+ * body sizes, body key parts, and the checks -t makes on them. */
+TEST(routes_patterns_and_checks)
+{
+    char err[4096];
+    const char *head = "listen: [127.0.0.1:8080]\n"
+                       "upstreams: {app: {servers: [127.0.0.1:9000]}}\n";
+    char y[4096];
+    snprintf(y, sizeof(y),
+             "%ssites:\n"
+             "  - hosts: [a.test]\n"
+             "    ignore_case: true\n"
+             "    routes:\n"
+             "      - {path: /api/collections/*/auth-*, upstream: app, methods: [GET, POST]}\n"
+             "      - {path: '= /api/health', upstream: app, ignore_case: false}\n"
+             "      - {path: /api/backups, upstream: app, read_timeout: 1h, max_body: 0}\n"
+             "      - {path: /, upstream: app, methods: [PROPFIND]}\n",
+             head);
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    const struct tg_config_route *r = c->sites[0].routes;
+    CHECK_EQ_STR(r[0].path, "/api/collections/*/auth-*");
+    CHECK(r[0].ignore_case && !r[1].ignore_case && c->sites[0].any_ignore_case);
+    CHECK(r[0].methods == (1u << TG_HTTP1_GET | 1u << TG_HTTP1_HEAD | 1u << TG_HTTP1_POST));
+    CHECK_EQ_STR(r[1].path, "= /api/health");
+    CHECK_EQ_INT(r[2].read_timeout_ms, 3600000);
+    CHECK_EQ_INT(r[2].max_body, 0);
+    CHECK_EQ_INT(r[3].nother_methods, 1);
+    CHECK_EQ_STR(r[3].other_methods[0], "PROPFIND");
+    tg_config_unref(c);
+
+    /* A catch-all before the allow-list: the later route can never match. */
+    snprintf(y, sizeof(y),
+             "%ssites:\n"
+             "  - hosts: [a.test]\n"
+             "    routes:\n"
+             "      - {path: /, upstream: app}\n"
+             "      - {path: /_/, upstream: app, allow: [private]}\n", head);
+    expect_error(y, "t.yaml:7:9: ", "can never match: the route at line 6 (path '/')");
+    /* A wildcard above the literal it covers; methods decide too. */
+    snprintf(y, sizeof(y),
+             "%ssites:\n"
+             "  - hosts: [a.test]\n"
+             "    routes:\n"
+             "      - {path: /api/collections/*/auth-*, upstream: app}\n"
+             "      - {path: /api/collections/users/auth-with-password, upstream: app}\n", head);
+    expect_error(y, "t.yaml:7:9: ", "can never match");
+    snprintf(y, sizeof(y),
+             "%ssites:\n"
+             "  - hosts: [a.test]\n"
+             "    routes:\n"
+             "      - {path: /api/, upstream: app, methods: [GET]}\n"
+             "      - {path: /api/x, upstream: app}\n", head);
+    c = load(y, err, sizeof(err));
+    CHECK(c != NULL); /* POST /api/x still reaches the second */
+    if (c != NULL)
+        tg_config_unref(c);
+    /* A pattern that cannot be parsed: the column points at the byte. */
+    snprintf(y, sizeof(y),
+             "%ssites:\n"
+             "  - hosts: [a.test]\n"
+             "    routes:\n"
+             "      - path: /api/a**b\n"
+             "        upstream: app\n", head);
+    expect_error(y, "t.yaml:6:21: ", "'**' must be a whole segment");
+    snprintf(y, sizeof(y),
+             "%ssites:\n"
+             "  - hosts: [a.test]\n"
+             "    routes:\n"
+             "      - {path: /, upstream: app, methods: [GET, TRACE]}\n", head);
+    expect_error(y, "t.yaml:6:49: ", "TRACE requests are refused");
+    /* Body key parts. */
+    snprintf(y, sizeof(y),
+             "%srate_limit:\n"
+             "  policies:\n"
+             "    a: {rate: 1/s, key: [body:identity], body_fallback: ip}\n"
+             "    b: {rate: 1/s, key: [form:user.email, json:identity]}\n"
+             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n", head);
+    c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK(c->rate_limit.policies[0].needs_body && c->rate_limit.policies[0].body_fallback);
+        CHECK(c->rate_limit.policies[1].parts[0].kind == TG_RL_PART_FORM);
+        CHECK(!c->rate_limit.policies[1].body_fallback);
+        tg_config_unref(c);
+    } else {
+        fprintf(stderr, "%s", err);
+    }
+    snprintf(y, sizeof(y),
+             "%srate_limit:\n"
+             "  policies:\n"
+             "    a: {rate: 1/s, key: [body:\"id|x\"]}\n"
+             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n", head);
+    expect_error(y, "t.yaml:5:26: ", "body field name");
+    /* PROXY protocol believes only trusted proxies. */
+    expect_error("listen:\n  - {address: 127.0.0.1:8080, proxy_protocol: true}\n"
+                 "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                 "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n",
+                 "t.yaml:2:5: ", "proxy_protocol needs trusted_proxies");
+    expect_error("client_ip_header: x-real-ip\n", "t.yaml:1:19: ",
+                 "auto, x-forwarded-for, forwarded");
+}
+
 TEST(errors_have_positions)
 {
     expect_error("listen: [127.0.0.1:8080]\nfoo: 1\n", "t.yaml:2:1: ", "unknown key 'foo'");
@@ -200,5 +307,6 @@ int main(void)
     RUN(all_errors_collected);
     RUN(alias_bomb_is_bounded);
     RUN(refcount);
+    RUN(routes_patterns_and_checks);
     return TEST_SUMMARY();
 }
