@@ -41,7 +41,7 @@ static bool authorized(const struct tg_request *req, const char *token)
     const struct tg_http1_request *h = &req->head;
     size_t tn = strlen(token);
     for (size_t i = 0; i < h->nheaders; i++) {
-        if (!tg_http1_name_eq(h->headers[i].name, "authorization"))
+        if (!tg_http_name_eq(h->headers[i].name, "authorization"))
             continue;
         struct tg_str v = h->headers[i].value;
         if (v.n != 7 + tn || strncasecmp(v.p, "Bearer ", 7) != 0)
@@ -284,8 +284,8 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
 {
     const struct tg_config *cfg = req->wcfg->config;
     struct tg_worker *w = req->conn->w;
-    bool del = req->method_id == TG_HTTP1_DELETE;
-    if (req->method_id != TG_HTTP1_GET && !del) {
+    bool del = req->method_id == TG_HTTP_DELETE;
+    if (req->method_id != TG_HTTP_GET && !del) {
         respond_text(req, 405, "405 Method Not Allowed: GET or DELETE\n");
         return;
     }
@@ -386,7 +386,7 @@ void tg_admin_handle(struct tg_request *req)
     size_t n = strlen(path);
     const char *q = strchr(path, '?');
     size_t pn = q ? (size_t)(q - path) : n;
-    bool get = req->method_id == TG_HTTP1_GET || req->method_id == TG_HTTP1_HEAD;
+    bool get = req->method_id == TG_HTTP_GET || req->method_id == TG_HTTP_HEAD;
 #define IS(p) (pn == sizeof(p) - 1 && memcmp(path, p, pn) == 0)
     if (IS("/ratelimit") || (pn > 11 && memcmp(path, "/ratelimit/", 11) == 0)) {
         if (pn <= 11) {

@@ -74,9 +74,9 @@ static void explain_request(struct tg_config *cfg, struct tg_request *req, char 
         struct tg_str *fwd = calloc(h->nheaders + 1, sizeof(*fwd));
         size_t nx = 0, nf = 0;
         for (size_t i = 0; xff != NULL && fwd != NULL && i < h->nheaders; i++) {
-            if (tg_http1_name_eq(h->headers[i].name, "x-forwarded-for"))
+            if (tg_http_name_eq(h->headers[i].name, "x-forwarded-for"))
                 xff[nx++] = h->headers[i].value;
-            else if (tg_http1_name_eq(h->headers[i].name, "forwarded"))
+            else if (tg_http_name_eq(h->headers[i].name, "forwarded"))
                 fwd[nf++] = h->headers[i].value;
         }
         struct tg_client_chain chain;

@@ -64,7 +64,7 @@ static void putf(struct out *o, const char *fmt, ...)
     o->b->end += (size_t)n;
 }
 
-static void put_header(struct out *o, const struct tg_http1_header *h)
+static void put_header(struct out *o, const struct tg_http_header *h)
 {
     put_str(o, h->name);
     put(o, ": ", 2);
@@ -91,43 +91,43 @@ static enum hdr_kind classify(struct tg_str n)
 {
     switch (n.n) {
     case 2:
-        return tg_http1_name_eq(n, "te") ? HDR_HOP : HDR_OTHER;
+        return tg_http_name_eq(n, "te") ? HDR_HOP : HDR_OTHER;
     case 4:
-        return tg_http1_name_eq(n, "host") ? HDR_HOST : HDR_OTHER;
+        return tg_http_name_eq(n, "host") ? HDR_HOST : HDR_OTHER;
     case 6:
-        return tg_http1_name_eq(n, "server") ? HDR_SERVER : HDR_OTHER;
+        return tg_http_name_eq(n, "server") ? HDR_SERVER : HDR_OTHER;
     case 7:
-        if (tg_http1_name_eq(n, "upgrade"))
+        if (tg_http_name_eq(n, "upgrade"))
             return HDR_UPGRADE;
-        return tg_http1_name_eq(n, "trailer") ? HDR_HOP : HDR_OTHER;
+        return tg_http_name_eq(n, "trailer") ? HDR_HOP : HDR_OTHER;
     case 9:
-        if (tg_http1_name_eq(n, "x-real-ip"))
+        if (tg_http_name_eq(n, "x-real-ip"))
             return HDR_XF_OTHER;
-        if (tg_http1_name_eq(n, "forwarded"))
+        if (tg_http_name_eq(n, "forwarded"))
             return HDR_FORWARDED;
         return HDR_OTHER;
     case 10:
-        if (tg_http1_name_eq(n, "connection") || tg_http1_name_eq(n, "keep-alive"))
+        if (tg_http_name_eq(n, "connection") || tg_http_name_eq(n, "keep-alive"))
             return HDR_HOP;
         return HDR_OTHER;
     case 12:
-        if (tg_http1_name_eq(n, "x-request-id"))
+        if (tg_http_name_eq(n, "x-request-id"))
             return HDR_REQUEST_ID;
-        return tg_http1_name_eq(n, "x-powered-by") ? HDR_SERVER : HDR_OTHER;
+        return tg_http_name_eq(n, "x-powered-by") ? HDR_SERVER : HDR_OTHER;
     case 14:
-        return tg_http1_name_eq(n, "content-length") ? HDR_LENGTH : HDR_OTHER;
+        return tg_http_name_eq(n, "content-length") ? HDR_LENGTH : HDR_OTHER;
     case 15:
-        if (tg_http1_name_eq(n, "x-forwarded-for"))
+        if (tg_http_name_eq(n, "x-forwarded-for"))
             return HDR_XFF;
         return HDR_OTHER;
     case 16:
-        if (tg_http1_name_eq(n, "proxy-connection") || tg_http1_name_eq(n, "x-forwarded-host"))
-            return tg_http1_name_eq(n, "x-forwarded-host") ? HDR_XF_OTHER : HDR_HOP;
+        if (tg_http_name_eq(n, "proxy-connection") || tg_http_name_eq(n, "x-forwarded-host"))
+            return tg_http_name_eq(n, "x-forwarded-host") ? HDR_XF_OTHER : HDR_HOP;
         return HDR_OTHER;
     case 17:
-        if (tg_http1_name_eq(n, "transfer-encoding"))
+        if (tg_http_name_eq(n, "transfer-encoding"))
             return HDR_HOP;
-        if (tg_http1_name_eq(n, "x-forwarded-proto"))
+        if (tg_http_name_eq(n, "x-forwarded-proto"))
             return HDR_XF_OTHER;
         return HDR_OTHER;
     default:
@@ -145,12 +145,12 @@ struct conn_tokens {
     size_t n;
 };
 
-static void collect_connection_tokens(const struct tg_http1_header *hs, size_t nh,
+static void collect_connection_tokens(const struct tg_http_header *hs, size_t nh,
                                       struct conn_tokens *ct)
 {
     ct->n = 0;
     for (size_t i = 0; i < nh; i++) {
-        if (!tg_http1_name_eq(hs[i].name, "connection"))
+        if (!tg_http_name_eq(hs[i].name, "connection"))
             continue;
         const char *p = hs[i].value.p, *end = p + hs[i].value.n;
         while (p < end && ct->n < MAX_CONN_TOKENS) {
@@ -217,7 +217,7 @@ static void put_config_header(struct out *o, const struct tg_config_header *h)
 /* Security and other configured response headers: those the backend set
  * stay unless `override` (then they were dropped while copying). */
 static void put_response_rules(struct out *o, const struct tg_request *req,
-                               const struct tg_http1_header *backend, size_t nbackend)
+                               const struct tg_http_header *backend, size_t nbackend)
 {
     const struct tg_config_headers *rules = rules_of(req);
     bool may_collide = false;
@@ -272,7 +272,7 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
     const char *subject_header = req->conn->lcfg->client_subject_header;
     const char *geo_header = req->wcfg->config->geoip_header;
     for (size_t i = 0; i < h->nheaders; i++) {
-        const struct tg_http1_header *hd = &h->headers[i];
+        const struct tg_http_header *hd = &h->headers[i];
         enum hdr_kind k = classify(hd->name);
         /* Configured removals and replacements, and the country header
          * (ours alone: a client's copy would lie about where it is). */
@@ -380,7 +380,7 @@ static void put_status_line(struct out *o, int status, struct tg_str reason)
     if (reason.n > 0)
         put_str(o, reason);
     else
-        puts_(o, tg_http1_reason(status));
+        puts_(o, tg_http_reason(status));
     put(o, "\r\n", 2);
 }
 
@@ -393,7 +393,7 @@ static void put_response_headers(struct out *o, const struct tg_request *req,
     struct conn_tokens ct;
     collect_connection_tokens(r->headers, r->nheaders, &ct);
     for (size_t i = 0; i < r->nheaders; i++) {
-        const struct tg_http1_header *hd = &r->headers[i];
+        const struct tg_http_header *hd = &r->headers[i];
         enum hdr_kind k = classify(hd->name);
         if ((k == HDR_UPGRADE && keep_upgrade) || k == HDR_LENGTH) {
             /* Content-Length frames the body we forward: kept whatever the
@@ -455,7 +455,7 @@ int tg_headers_build_local(struct tg_request *req, struct tg_buf *b, int status,
 {
     struct out o = {b, false};
     putf(&o, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n",
-         status, tg_http1_reason(status), content_type, body_len);
+         status, tg_http_reason(status), content_type, body_len);
     if (req->request_id[0] != '\0') {
         puts_(&o, "X-Request-Id: ");
         puts_(&o, req->request_id);
@@ -471,7 +471,7 @@ int tg_headers_build_local(struct tg_request *req, struct tg_buf *b, int status,
     else if (req->minor_version == 0)
         puts_(&o, "Connection: keep-alive\r\n");
     put(&o, "\r\n", 2);
-    if (req->method_id != TG_HTTP1_HEAD)
+    if (req->method_id != TG_HTTP_HEAD)
         put(&o, body, body_len);
     return o.overflow ? -1 : 0;
 }

@@ -206,7 +206,7 @@ static const char *bad_byte_reason(unsigned char c, const char *otherwise)
  * responses. Stops at the end of the head, the end of the bytes, or the
  * first error (*status 400 or 431). */
 static int scan_fields(const char *buf, size_t len, const struct limits *lim,
-                       struct tg_http1_scan *s, struct tg_http1_header *h,
+                       struct tg_http1_scan *s, struct tg_http_header *h,
                        size_t *nh, int *status, const char **reason)
 {
     const unsigned char *b = (const unsigned char *)buf;
@@ -793,7 +793,7 @@ static bool framing_alias(struct tg_str name)
     return false;
 }
 
-static bool read_fields(const struct tg_http1_header *h, size_t n,
+static bool read_fields(const struct tg_http_header *h, size_t n,
                         struct fields *f, const char **reason)
 {
     memset(f, 0, sizeof(*f));
@@ -869,7 +869,7 @@ static bool split_target(struct tg_http1_request *req, const char **reason)
 
     req->authority = tg_str_make(NULL, 0);
     req->query = tg_str_make(NULL, 0);
-    if (req->method_id == TG_HTTP1_CONNECT) {
+    if (req->method_id == TG_HTTP_CONNECT) {
         if (!valid_authority(t, n, true)) {
             *reason = "CONNECT needs authority-form host:port";
             return false;
@@ -880,7 +880,7 @@ static bool split_target(struct tg_http1_request *req, const char **reason)
     if (t[0] == '/') {
         /* origin-form */
     } else if (n == 1 && t[0] == '*') {
-        if (req->method_id != TG_HTTP1_OPTIONS) {
+        if (req->method_id != TG_HTTP_OPTIONS) {
             *reason = "asterisk-form other than OPTIONS";
             return false;
         }
@@ -920,7 +920,7 @@ static int finish_request(struct tg_http1_request *req, int *status,
     struct fields f;
 
     *status = 400;
-    req->method_id = tg_http1_method_id(req->method);
+    req->method_id = tg_http_method_id(req->method);
     if (!split_target(req, reason))
         return -1;
     if (!read_fields(req->headers, req->nheaders, &f, reason))
@@ -980,7 +980,7 @@ static int finish_request(struct tg_http1_request *req, int *status,
 }
 
 static int finish_response(struct tg_http1_response *resp,
-                           enum tg_http1_method method, const char **reason)
+                           enum tg_http_method method, const char **reason)
 {
     struct fields f;
     int st = resp->status;
@@ -997,13 +997,13 @@ static int finish_response(struct tg_http1_response *resp,
             return -1;
         }
     }
-    if (method == TG_HTTP1_CONNECT && st >= 200 && st < 300) {
+    if (method == TG_HTTP_CONNECT && st >= 200 && st < 300) {
         *reason = "2xx response to CONNECT";
         return -1;
     }
 
     resp->content_length = 0;
-    if (method == TG_HTTP1_HEAD || st < 200 || st == 204 || st == 304)
+    if (method == TG_HTTP_HEAD || st < 200 || st == 204 || st == 304)
         resp->framing = TG_HTTP1_BODY_NONE;
     else if (f.nte > 0)
         resp->framing = TG_HTTP1_BODY_CHUNKED;
@@ -1066,7 +1066,7 @@ ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
 
 ssize_t tg_http1_parse_response(const char *buf, size_t len, size_t *scanned,
                                 const struct tg_http1_limits *limits,
-                                enum tg_http1_method request_method,
+                                enum tg_http_method request_method,
                                 struct tg_http1_response *resp,
                                 const char **reason)
 {
@@ -1293,115 +1293,6 @@ ssize_t tg_http1_chunked_next(struct tg_http1_chunked *c, const char *p,
 }
 
 /* ---- Helpers. ---- */
-
-enum tg_http1_method tg_http1_method_id(struct tg_str m)
-{
-    switch (m.n) {
-    case 3:
-        if (memcmp(m.p, "GET", 3) == 0)
-            return TG_HTTP1_GET;
-        if (memcmp(m.p, "PUT", 3) == 0)
-            return TG_HTTP1_PUT;
-        break;
-    case 4:
-        if (memcmp(m.p, "HEAD", 4) == 0)
-            return TG_HTTP1_HEAD;
-        if (memcmp(m.p, "POST", 4) == 0)
-            return TG_HTTP1_POST;
-        break;
-    case 5:
-        if (memcmp(m.p, "PATCH", 5) == 0)
-            return TG_HTTP1_PATCH;
-        if (memcmp(m.p, "TRACE", 5) == 0)
-            return TG_HTTP1_TRACE;
-        break;
-    case 6:
-        if (memcmp(m.p, "DELETE", 6) == 0)
-            return TG_HTTP1_DELETE;
-        break;
-    case 7:
-        if (memcmp(m.p, "OPTIONS", 7) == 0)
-            return TG_HTTP1_OPTIONS;
-        if (memcmp(m.p, "CONNECT", 7) == 0)
-            return TG_HTTP1_CONNECT;
-        break;
-    default:
-        break;
-    }
-    return TG_HTTP1_OTHER;
-}
-
-bool tg_http1_method_idempotent(enum tg_http1_method m)
-{
-    switch (m) {
-    case TG_HTTP1_GET:
-    case TG_HTTP1_HEAD:
-    case TG_HTTP1_PUT:
-    case TG_HTTP1_DELETE:
-    case TG_HTTP1_OPTIONS:
-    case TG_HTTP1_TRACE:
-        return true;
-    default:
-        return false;
-    }
-}
-
-const char *tg_http1_reason(int status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 103: return "Early Hints";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 203: return "Non-Authoritative Information";
-    case 204: return "No Content";
-    case 205: return "Reset Content";
-    case 206: return "Partial Content";
-    case 300: return "Multiple Choices";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 402: return "Payment Required";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 407: return "Proxy Authentication Required";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 412: return "Precondition Failed";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 416: return "Range Not Satisfiable";
-    case 417: return "Expectation Failed";
-    case 421: return "Misdirected Request";
-    case 422: return "Unprocessable Content";
-    case 425: return "Too Early";
-    case 426: return "Upgrade Required";
-    case 428: return "Precondition Required";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 451: return "Unavailable For Legal Reasons";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    case 511: return "Network Authentication Required";
-    default: return "Unknown";
-    }
-}
 
 bool tg_http1_list_has(struct tg_str v, const char *token)
 {

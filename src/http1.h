@@ -16,23 +16,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "http.h"
 #include "str.h"
 
 /* Upper bound on the header count a caller can ask for. */
 #define TG_HTTP1_MAX_HEADERS 256
-
-enum tg_http1_method {
-    TG_HTTP1_OTHER = 0, /* any other token: forwarded as is */
-    TG_HTTP1_GET,
-    TG_HTTP1_HEAD,
-    TG_HTTP1_POST,
-    TG_HTTP1_PUT,
-    TG_HTTP1_DELETE,
-    TG_HTTP1_OPTIONS,
-    TG_HTTP1_PATCH,
-    TG_HTTP1_CONNECT,
-    TG_HTTP1_TRACE,
-};
 
 /* How a message body is delimited. */
 enum tg_http1_framing {
@@ -42,10 +30,6 @@ enum tg_http1_framing {
     TG_HTTP1_BODY_CLOSE,      /* responses only: read until the peer closes */
 };
 
-struct tg_http1_header {
-    struct tg_str name;  /* token, as sent (case preserved) */
-    struct tg_str value; /* leading and trailing OWS removed */
-};
 
 /* Private: where the head scanner stopped, so that a re-call resumes there
  * instead of revalidating. It belongs to one buffer: the parser checks
@@ -71,7 +55,7 @@ struct tg_http1_limits {
 /* Result of parsing a request head. Every view points into the buffer given
  * to tg_http1_parse_request. */
 struct tg_http1_request {
-    enum tg_http1_method method_id;
+    enum tg_http_method method_id;
     struct tg_str method;
     struct tg_str target;    /* the request-target exactly as sent */
     struct tg_str path;      /* origin-form path (absolute-form: the path part,
@@ -82,7 +66,7 @@ struct tg_http1_request {
     struct tg_str authority; /* absolute-form host[:port]; p == NULL otherwise */
     int minor_version;       /* 0 for HTTP/1.0, 1 for HTTP/1.1 */
 
-    struct tg_http1_header headers[TG_HTTP1_MAX_HEADERS];
+    struct tg_http_header headers[TG_HTTP1_MAX_HEADERS];
     size_t nheaders;
 
     /* Derived from the headers while parsing. */
@@ -107,7 +91,7 @@ struct tg_http1_response {
     struct tg_str reason;    /* may be empty ("HTTP/1.1 200\r\n" is accepted) */
     int minor_version;
 
-    struct tg_http1_header headers[TG_HTTP1_MAX_HEADERS];
+    struct tg_http_header headers[TG_HTTP1_MAX_HEADERS];
     size_t nheaders;
 
     enum tg_http1_framing framing; /* given the request method (see below) */
@@ -166,7 +150,7 @@ ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
  * over-large head) return TG_HTTP1_ERROR: the gateway answers 502. */
 ssize_t tg_http1_parse_response(const char *buf, size_t len, size_t *scanned,
                                 const struct tg_http1_limits *limits,
-                                enum tg_http1_method request_method,
+                                enum tg_http_method request_method,
                                 struct tg_http1_response *resp,
                                 const char **reason);
 
@@ -202,30 +186,23 @@ ssize_t tg_http1_chunked_next(struct tg_http1_chunked *c, const char *p,
  * breaking the framing. False inside a chunk, its CRLF, or the trailers. */
 bool tg_http1_chunked_at_boundary(const struct tg_http1_chunked *c);
 
-/* Returns the method id of a method token (TG_HTTP1_OTHER if unknown). */
-enum tg_http1_method tg_http1_method_id(struct tg_str method);
-
-/* True for the methods RFC 9110 calls idempotent (GET, HEAD, PUT, DELETE,
- * OPTIONS, TRACE): those a proxy may retry on another server. */
-bool tg_http1_method_idempotent(enum tg_http1_method m);
-
-/* The standard reason phrase for a status code ("OK", "Not Found"), or
- * "Unknown" for codes it does not know. */
-const char *tg_http1_reason(int status);
-
-/* Header token helpers. Case-insensitive name comparison against a
- * lower-case name; inline so a literal's length is known at compile time
- * and names of another length cost one comparison. */
-static inline bool tg_http1_name_eq(struct tg_str name, const char *lower)
-{
-    size_t n = __builtin_strlen(lower);
-    if (name.n != n)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (tg_ascii_lower(name.p[i]) != lower[i])
-            return false;
-    return true;
-}
+/* The names these helpers had before they moved to http.h, until the
+ * configuration and TLS modules move over. */
+#define tg_http1_method tg_http_method
+#define tg_http1_method_id tg_http_method_id
+#define tg_http1_method_idempotent tg_http_method_idempotent
+#define tg_http1_reason tg_http_reason
+#define tg_http1_name_eq tg_http_name_eq
+#define TG_HTTP1_OTHER TG_HTTP_OTHER
+#define TG_HTTP1_GET TG_HTTP_GET
+#define TG_HTTP1_HEAD TG_HTTP_HEAD
+#define TG_HTTP1_POST TG_HTTP_POST
+#define TG_HTTP1_PUT TG_HTTP_PUT
+#define TG_HTTP1_DELETE TG_HTTP_DELETE
+#define TG_HTTP1_OPTIONS TG_HTTP_OPTIONS
+#define TG_HTTP1_PATCH TG_HTTP_PATCH
+#define TG_HTTP1_CONNECT TG_HTTP_CONNECT
+#define TG_HTTP1_TRACE TG_HTTP_TRACE
 
 /* True if the comma-separated header value lists `token` (case-insensitive,
  * OWS around elements ignored), e.g. Connection: keep-alive, Upgrade. */

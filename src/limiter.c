@@ -236,7 +236,7 @@ static bool kb_cookie(struct keybuf *k, const struct tg_http1_request *h, const 
                       size_t n)
 {
     for (size_t i = 0; i < h->nheaders; i++) {
-        if (!tg_http1_name_eq(h->headers[i].name, "cookie"))
+        if (!tg_http_name_eq(h->headers[i].name, "cookie"))
             continue;
         const char *p = h->headers[i].value.p, *end = p + h->headers[i].value.n;
         while (p < end) {
@@ -430,7 +430,7 @@ int tg_limiter_prepare(struct tg_request *req)
          * head views are gone when the body is here). */
         const struct tg_http1_request *h = &req->head;
         for (size_t i = 0; i < h->nheaders; i++) {
-            if (!tg_http1_name_eq(h->headers[i].name, "content-type"))
+            if (!tg_http_name_eq(h->headers[i].name, "content-type"))
                 continue;
             if (lim->content_type != NULL) {
                 lim->content_type_repeated = true;

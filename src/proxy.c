@@ -377,7 +377,7 @@ void tg_proxy_fail(struct tg_request *req, int status, const char *reason)
         req->bytes_in = tg_buf_len(c->in);
     c->state = TG_CONN_ACTIVE;
     char body[160];
-    snprintf(body, sizeof(body), "%d %s: %s\n", status, tg_http1_reason(status), reason);
+    snprintf(body, sizeof(body), "%d %s: %s\n", status, tg_http_reason(status), reason);
     req_ref(req);
     respond_local(req, status, body, true);
     if (!req_over(req))
@@ -473,12 +473,12 @@ static bool discard_request(struct tg_request *req)
 
 /* ---- routing -------------------------------------------------------------------- */
 
-static bool method_allowed(const struct tg_config_route *r, enum tg_http1_method id,
+static bool method_allowed(const struct tg_config_route *r, enum tg_http_method id,
                            struct tg_str method)
 {
     if (r->methods == 0 && r->nother_methods == 0)
         return true;
-    if (id != TG_HTTP1_OTHER)
+    if (id != TG_HTTP_OTHER)
         return (r->methods & (1u << id)) != 0;
     for (size_t i = 0; i < r->nother_methods; i++)
         if (tg_str_eq(method, r->other_methods[i]))
@@ -487,7 +487,7 @@ static bool method_allowed(const struct tg_config_route *r, enum tg_http1_method
 }
 
 const struct tg_config_route *tg_proxy_match_route(const struct tg_config_site *site,
-                                                   enum tg_http1_method id, struct tg_str method,
+                                                   enum tg_http_method id, struct tg_str method,
                                                    const char *path, size_t n,
                                                    const char *folded, size_t folded_n)
 {
@@ -576,7 +576,7 @@ static void decide_and_forward(struct tg_request *req)
             char body[256];
             snprintf(body, sizeof(body), "%d %s: the rate limit on this route reads the "
                      "request body and cannot: %s\n", req->lim.refuse_status,
-                     tg_http1_reason(req->lim.refuse_status), req->lim.refuse_reason);
+                     tg_http_reason(req->lim.refuse_status), req->lim.refuse_reason);
             respond_local(req, req->lim.refuse_status, body, true);
             return;
         }
@@ -643,9 +643,9 @@ static int identify_client(struct tg_request *req)
     const struct tg_addr *peer = &req->conn->peer;
     size_t nx = 0, nf = 0;
     for (size_t i = 0; i < h->nheaders; i++) {
-        if (tg_http1_name_eq(h->headers[i].name, "x-forwarded-for"))
+        if (tg_http_name_eq(h->headers[i].name, "x-forwarded-for"))
             nx++;
-        else if (tg_http1_name_eq(h->headers[i].name, "forwarded"))
+        else if (tg_http_name_eq(h->headers[i].name, "forwarded"))
             nf++;
     }
     req->has_forwarded = nx + nf > 0;
@@ -661,9 +661,9 @@ static int identify_client(struct tg_request *req)
         struct tg_str *fwd = xff + nx;
         size_t ix = 0, jf = 0;
         for (size_t i = 0; i < h->nheaders; i++) {
-            if (tg_http1_name_eq(h->headers[i].name, "x-forwarded-for"))
+            if (tg_http_name_eq(h->headers[i].name, "x-forwarded-for"))
                 xff[ix++] = h->headers[i].value;
-            else if (tg_http1_name_eq(h->headers[i].name, "forwarded"))
+            else if (tg_http_name_eq(h->headers[i].name, "forwarded"))
                 fwd[jf++] = h->headers[i].value;
         }
         rc = tg_access_client_chain(cfg->trusted_proxies, peer,
@@ -1025,7 +1025,7 @@ void tg_proxy_start(struct tg_request *req)
     /* Request id: the client's if well-formed, else ours. */
     req->request_id_len = 0;
     for (size_t i = 0; i < h->nheaders; i++) {
-        if (tg_http1_name_eq(h->headers[i].name, "x-request-id") &&
+        if (tg_http_name_eq(h->headers[i].name, "x-request-id") &&
             tg_headers_valid_request_id(h->headers[i].value)) {
             memcpy(req->request_id, h->headers[i].value.p, h->headers[i].value.n);
             req->request_id[h->headers[i].value.n] = '\0';
@@ -1077,7 +1077,7 @@ void tg_proxy_start(struct tg_request *req)
                                 "clients\n", true);
         goto out;
     }
-    if (req->method_id == TG_HTTP1_CONNECT || req->method_id == TG_HTTP1_TRACE) {
+    if (req->method_id == TG_HTTP_CONNECT || req->method_id == TG_HTTP_TRACE) {
         respond_local(req, 405, "405 Method Not Allowed\n", false);
         goto out;
     }
@@ -1153,7 +1153,7 @@ static void attempt_failed(struct tg_request *req, const char *what, bool timeou
     bool replayable = !req->sent_body_bytes && !req->resp_head_done &&
                       (req->out == NULL || tg_buf_len(req->out) == 0);
     bool may_retry = replayable &&
-                     (!head_sent || tg_http1_method_idempotent(req->method_id) || was_reused);
+                     (!head_sent || tg_http_method_idempotent(req->method_id) || was_reused);
     if (may_retry && was_reused && !timeout) {
         /* A pooled connection the backend had closed: not the server's
          * fault, try again without counting an attempt. */
@@ -1475,7 +1475,7 @@ static void finish_response(struct tg_request *req)
 static bool is_event_stream(const struct tg_http1_response *r)
 {
     for (size_t i = 0; i < r->nheaders; i++) {
-        if (!tg_http1_name_eq(r->headers[i].name, "content-type"))
+        if (!tg_http_name_eq(r->headers[i].name, "content-type"))
             continue;
         struct tg_str v = r->headers[i].value;
         return v.n >= 17 && strncasecmp(v.p, "text/event-stream", 17) == 0;

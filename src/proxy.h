@@ -62,7 +62,7 @@ struct tg_request {
     size_t host_len, path_len;
     size_t route_path_len;          /* path without the query */
     size_t request_id_len;
-    enum tg_http1_method method_id;
+    enum tg_http_method method_id;
     int minor_version;
     bool client_keep_alive;
     char request_id[65];
@@ -210,7 +210,7 @@ bool tg_proxy_request_over(const struct tg_request *req);
  * `folded` is tg_router_fold_path of the path when the site has an
  * ignore_case route (site->any_ignore_case), else NULL. */
 const struct tg_config_route *tg_proxy_match_route(const struct tg_config_site *site,
-                                                   enum tg_http1_method id, struct tg_str method,
+                                                   enum tg_http_method id, struct tg_str method,
                                                    const char *path, size_t n,
                                                    const char *folded, size_t folded_n);
 

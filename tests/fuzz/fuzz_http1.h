@@ -94,7 +94,7 @@ static inline int fuzz_resp_same(const struct tg_http1_response *a,
 
 /* Field views: inside the head, names non-empty, values trimmed, and no
  * CR, LF or NUL anywhere. */
-static inline void fuzz_check_fields(const struct tg_http1_header *h, size_t n,
+static inline void fuzz_check_fields(const struct tg_http_header *h, size_t n,
                                      const char *buf, size_t head_len)
 {
     for (size_t i = 0; i < n; i++) {

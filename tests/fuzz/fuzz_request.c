@@ -57,7 +57,7 @@ static void check_ok(const struct tg_http1_request *r, const char *buf,
         FUZZ_ASSERT(r->minor_version == 1);
     FUZZ_ASSERT(!r->upgrade_websocket || r->upgrade);
     FUZZ_ASSERT(!r->upgrade || r->minor_version == 1);
-    FUZZ_ASSERT(r->method_id == tg_http1_method_id(r->method));
+    FUZZ_ASSERT(r->method_id == tg_http_method_id(r->method));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

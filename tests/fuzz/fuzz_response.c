@@ -21,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    enum tg_http1_method m = (enum tg_http1_method)((data[0] & 15) % 10);
+    enum tg_http_method m = (enum tg_http_method)((data[0] & 15) % 10);
     const struct tg_http1_limits *lim = &limit_modes[(data[0] >> 4) & 3];
     size_t split_at = (size_t)(data[0] >> 6) * (size - 1) / 3;
     data++;
@@ -41,7 +41,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_ASSERT(fuzz_inside(r1.reason, buf, hl) && r1.reason.p != NULL);
         FUZZ_ASSERT(r1.nheaders <= lim->max_headers);
         fuzz_check_fields(r1.headers, r1.nheaders, buf, hl);
-        bool bodiless = m == TG_HTTP1_HEAD || r1.status < 200 ||
+        bool bodiless = m == TG_HTTP_HEAD || r1.status < 200 ||
                         r1.status == 204 || r1.status == 304;
         if (bodiless)
             FUZZ_ASSERT(r1.framing == TG_HTTP1_BODY_NONE);
@@ -49,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_ASSERT(r1.content_length > 0 && r1.content_length <= INT64_MAX);
         if (r1.framing == TG_HTTP1_BODY_CLOSE)
             FUZZ_ASSERT(!r1.keep_alive);
-        if (m == TG_HTTP1_CONNECT)
+        if (m == TG_HTTP_CONNECT)
             FUZZ_ASSERT(r1.status < 200 || r1.status >= 300);
         FUZZ_ASSERT(!r1.upgrade_websocket || r1.status == 101);
     } else if (rc1 == TG_HTTP1_ERROR) {

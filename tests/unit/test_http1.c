@@ -416,7 +416,7 @@ TEST(request_views)
     CHECK_EQ_INT(r.rc, strlen("GET /p/a?q=1&r=?2 HTTP/1.1\r\nHost:  Example.com:8080 \r\n"
                               "X-A: \t one two \t\r\nX-B:\r\n\r\n"));
     CHECK_EQ_INT(one_req.head_len, r.rc);
-    CHECK_EQ_INT(one_req.method_id, TG_HTTP1_GET);
+    CHECK_EQ_INT(one_req.method_id, TG_HTTP_GET);
     CHECK_VIEW(one_req.method, "GET");
     CHECK_VIEW(one_req.target, "/p/a?q=1&r=?2");
     CHECK_VIEW(one_req.path, "/p/a");
@@ -470,13 +470,13 @@ TEST(request_target_forms)
     CHECK_VIEW(one_req.query, "q");
 
     REQ("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
-    CHECK_EQ_INT(one_req.method_id, TG_HTTP1_OPTIONS);
+    CHECK_EQ_INT(one_req.method_id, TG_HTTP_OPTIONS);
     CHECK_VIEW(one_req.path, "*");
     CHECK(one_req.query.p == NULL);
 
     struct req_result r = REQ("CONNECT a.b:443 HTTP/1.1\r\nHost: a.b:443\r\n\r\n");
     CHECK(r.rc > 0);
-    CHECK_EQ_INT(one_req.method_id, TG_HTTP1_CONNECT);
+    CHECK_EQ_INT(one_req.method_id, TG_HTTP_CONNECT);
     CHECK_VIEW(one_req.path, "a.b:443");
     CHECK(one_req.authority.p == NULL);
 }
@@ -745,7 +745,7 @@ static bool resp_same(const struct tg_http1_response *a,
 
 /* One-shot, byte by byte and two-piece parses must agree; the one-shot
  * result stays in one_resp (views into `in`). */
-static ssize_t check_resp(const char *in, size_t n, enum tg_http1_method m,
+static ssize_t check_resp(const char *in, size_t n, enum tg_http_method m,
                           int line)
 {
     size_t scanned = 0;
@@ -788,7 +788,7 @@ static ssize_t check_resp(const char *in, size_t n, enum tg_http1_method m,
 struct resp_case {
     const char *in;
     size_t n;
-    enum tg_http1_method method;
+    enum tg_http_method method;
     int framing; /* -1: error */
     uint64_t cl;
     bool keep_alive;
@@ -801,8 +801,8 @@ struct resp_case {
 #define LEN TG_HTTP1_BODY_LENGTH
 #define CHUNKED TG_HTTP1_BODY_CHUNKED
 #define CLOSE TG_HTTP1_BODY_CLOSE
-#define GET TG_HTTP1_GET
-#define HEAD TG_HTTP1_HEAD
+#define GET TG_HTTP_GET
+#define HEAD TG_HTTP_HEAD
 
 static const struct resp_case resp_cases[] = {
     RESP("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", GET, LEN, 5, true),
@@ -826,11 +826,11 @@ static const struct resp_case resp_cases[] = {
     RESP("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", GET, NONE, 0, true),
     RESP("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", GET, NONE, 0, true),
     RESP("HTTP/1.1 304 Not Modified\r\n\r\n", GET, NONE, 0, true),
-    RESP("HTTP/1.1 100 Continue\r\n\r\n", TG_HTTP1_POST, NONE, 0, true),
+    RESP("HTTP/1.1 100 Continue\r\n\r\n", TG_HTTP_POST, NONE, 0, true),
     RESP("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", GET, NONE, 0, true),
     RESP("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
          "Upgrade: websocket\r\n\r\n", GET, NONE, 0, true),
-    RESP("HTTP/1.1 407 Proxy Auth\r\nContent-Length: 0\r\n\r\n", TG_HTTP1_CONNECT, NONE, 0, true),
+    RESP("HTTP/1.1 407 Proxy Auth\r\nContent-Length: 0\r\n\r\n", TG_HTTP_CONNECT, NONE, 0, true),
     RESP("HTTP/1.1 999 Whatever\r\nContent-Length: 1\r\n\r\n", GET, LEN, 1, true),
     RESP("HTTP/1.1 200 OK\r\nX: \x80\r\nContent-Length: 1\r\n\r\n", GET, LEN, 1, true),
 
@@ -846,7 +846,7 @@ static const struct resp_case resp_cases[] = {
     RBAD("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", GET),
     RBAD("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", GET),
     RBAD("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", GET),
-    RBAD("HTTP/1.1 200 Connection established\r\n\r\n", TG_HTTP1_CONNECT),
+    RBAD("HTTP/1.1 200 Connection established\r\n\r\n", TG_HTTP_CONNECT),
     RBAD("HTTP/2.0 200 OK\r\n\r\n", GET),
     RBAD("HTTP/1.2 200 OK\r\n\r\n", GET),
     RBAD("HTTP/1.1 20 OK\r\n\r\n", GET),
@@ -1227,40 +1227,40 @@ TEST(chunked_large_sizes_stream)
 
 TEST(helpers)
 {
-    CHECK_EQ_STR(tg_http1_reason(200), "OK");
-    CHECK_EQ_STR(tg_http1_reason(404), "Not Found");
-    CHECK_EQ_STR(tg_http1_reason(431), "Request Header Fields Too Large");
-    CHECK_EQ_STR(tg_http1_reason(505), "HTTP Version Not Supported");
-    CHECK_EQ_STR(tg_http1_reason(299), "Unknown");
-    CHECK_EQ_STR(tg_http1_reason(-1), "Unknown");
+    CHECK_EQ_STR(tg_http_reason(200), "OK");
+    CHECK_EQ_STR(tg_http_reason(404), "Not Found");
+    CHECK_EQ_STR(tg_http_reason(431), "Request Header Fields Too Large");
+    CHECK_EQ_STR(tg_http_reason(505), "HTTP Version Not Supported");
+    CHECK_EQ_STR(tg_http_reason(299), "Unknown");
+    CHECK_EQ_STR(tg_http_reason(-1), "Unknown");
 
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("GET")), TG_HTTP1_GET);
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("HEAD")), TG_HTTP1_HEAD);
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("POST")), TG_HTTP1_POST);
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("PUT")), TG_HTTP1_PUT);
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("DELETE")), TG_HTTP1_DELETE);
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("OPTIONS")), TG_HTTP1_OPTIONS);
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("PATCH")), TG_HTTP1_PATCH);
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("CONNECT")), TG_HTTP1_CONNECT);
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("TRACE")), TG_HTTP1_TRACE);
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("get")), TG_HTTP1_OTHER);
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("GETS")), TG_HTTP1_OTHER);
-    CHECK_EQ_INT(tg_http1_method_id(TG_STR("")), TG_HTTP1_OTHER);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("GET")), TG_HTTP_GET);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("HEAD")), TG_HTTP_HEAD);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("POST")), TG_HTTP_POST);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("PUT")), TG_HTTP_PUT);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("DELETE")), TG_HTTP_DELETE);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("OPTIONS")), TG_HTTP_OPTIONS);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("PATCH")), TG_HTTP_PATCH);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("CONNECT")), TG_HTTP_CONNECT);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("TRACE")), TG_HTTP_TRACE);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("get")), TG_HTTP_OTHER);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("GETS")), TG_HTTP_OTHER);
+    CHECK_EQ_INT(tg_http_method_id(TG_STR("")), TG_HTTP_OTHER);
 
-    CHECK(tg_http1_method_idempotent(TG_HTTP1_GET));
-    CHECK(tg_http1_method_idempotent(TG_HTTP1_PUT));
-    CHECK(tg_http1_method_idempotent(TG_HTTP1_DELETE));
-    CHECK(tg_http1_method_idempotent(TG_HTTP1_TRACE));
-    CHECK(!tg_http1_method_idempotent(TG_HTTP1_POST));
-    CHECK(!tg_http1_method_idempotent(TG_HTTP1_PATCH));
-    CHECK(!tg_http1_method_idempotent(TG_HTTP1_CONNECT));
-    CHECK(!tg_http1_method_idempotent(TG_HTTP1_OTHER));
+    CHECK(tg_http_method_idempotent(TG_HTTP_GET));
+    CHECK(tg_http_method_idempotent(TG_HTTP_PUT));
+    CHECK(tg_http_method_idempotent(TG_HTTP_DELETE));
+    CHECK(tg_http_method_idempotent(TG_HTTP_TRACE));
+    CHECK(!tg_http_method_idempotent(TG_HTTP_POST));
+    CHECK(!tg_http_method_idempotent(TG_HTTP_PATCH));
+    CHECK(!tg_http_method_idempotent(TG_HTTP_CONNECT));
+    CHECK(!tg_http_method_idempotent(TG_HTTP_OTHER));
 
-    CHECK(tg_http1_name_eq(TG_STR("Content-Length"), "content-length"));
-    CHECK(tg_http1_name_eq(TG_STR("HOST"), "host"));
-    CHECK(!tg_http1_name_eq(TG_STR("Hos"), "host"));
-    CHECK(!tg_http1_name_eq(TG_STR("Hosts"), "host"));
-    CHECK(tg_http1_name_eq(TG_STR(""), ""));
+    CHECK(tg_http_name_eq(TG_STR("Content-Length"), "content-length"));
+    CHECK(tg_http_name_eq(TG_STR("HOST"), "host"));
+    CHECK(!tg_http_name_eq(TG_STR("Hos"), "host"));
+    CHECK(!tg_http_name_eq(TG_STR("Hosts"), "host"));
+    CHECK(tg_http_name_eq(TG_STR(""), ""));
 
     CHECK(tg_http1_list_has(TG_STR("keep-alive, Upgrade"), "upgrade"));
     CHECK(tg_http1_list_has(TG_STR(" close "), "close"));
