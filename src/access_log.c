@@ -407,7 +407,7 @@ void tg_access_log_request(struct tg_access_log *log,
          * account or address through the log without writing it down. */
         static const char name[] = ",\"ratelimit_keys\":";
         if (o + sizeof(name) < MAX_LINE - 2) {
-            size_t n2 = tg_limiter_log_keys(req, line + o + sizeof(name) - 1,
+            size_t n2 = tg_limiter_log_keys(&req->lim, line + o + sizeof(name) - 1,
                                             MAX_LINE - 2 - o - (sizeof(name) - 1));
             if (n2 > 0) {
                 memcpy(line + o, name, sizeof(name) - 1);

@@ -247,35 +247,36 @@ static void key_report(struct tg_request *req, const struct tg_config_policy *p,
     free(b.p);
 }
 
-/* A Redis answer for an admin request: the request's arena holds the
+/* A store that answers later (Redis): the request's arena holds the
  * context, and the request is held (referenced) until the answer comes, so
  * a client that leaves meanwhile costs nothing but the reply. */
-struct admin_redis {
+struct admin_call {
     struct tg_request *req;
     const struct tg_config_policy *policy;
     const char *key;
     size_t keylen;
+    const char *store;
     bool reset;
 };
 
-static void on_admin_redis(void *arg, int status, bool allowed,
-                           const struct tg_ratelimit_result *results, size_t n)
+static void on_store_answer(void *arg, int status, bool allowed,
+                            const struct tg_ratelimit_result *results, size_t n)
 {
     (void)allowed;
-    struct admin_redis *a = arg;
+    struct admin_call *a = arg;
     struct tg_request *req = a->req;
     if (tg_proxy_request_over(req)) {
         tg_proxy_request_unref(req);
         return;
     }
     if (status < 0) {
-        respond_text(req, 503, "503 Service Unavailable: Redis did not answer\n");
+        respond_text(req, 503, "503 Service Unavailable: the rate-limit store did not answer\n");
     } else if (a->reset) {
         respond_text(req, 200, "reset\n");
     } else if (n == 1) {
-        key_report(req, a->policy, a->key, a->keylen, &results[0], "redis");
+        key_report(req, a->policy, a->key, a->keylen, &results[0], a->store);
     } else {
-        respond_text(req, 502, "502 Bad Gateway: unexpected Redis answer\n");
+        respond_text(req, 502, "502 Bad Gateway: unexpected answer from the store\n");
     }
     tg_proxy_request_unref(req);
 }
@@ -336,42 +337,37 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
         respond_text(req, 400, msg);
         return;
     }
-    if (p->store == TG_RL_STORE_REDIS) {
-        if (w->rl_redis == NULL) {
-            respond_text(req, 503, "503 Service Unavailable: no Redis connection\n");
-            return;
-        }
-        struct admin_redis *a = tg_arena_alloc(&req->arena, sizeof(*a));
-        if (a == NULL) {
-            respond_text(req, 503, "503 Service Unavailable\n");
-            return;
-        }
-        *a = (struct admin_redis){req, p, key, keylen, del};
-        struct tg_ratelimit_redis_op op = {p->name, key, keylen, p->params, 0};
-        bool sent = del ? tg_ratelimit_redis_reset(w->rl_redis, p->name, key, keylen,
-                                                   on_admin_redis, a) == 0
-                        : tg_ratelimit_redis_take(w->rl_redis, &op, 1, true, on_admin_redis,
-                                                  a) != NULL;
-        if (!sent)
-            respond_text(req, 503, "503 Service Unavailable: Redis is unavailable\n");
-        else
-            tg_proxy_request_ref(req);
-        return;
-    }
-    char sk[TG_RATELIMIT_LOCAL_KEY_MAX];
-    size_t skl = tg_limiter_store_key(p->name, key, keylen, sk, sizeof(sk));
-    if (skl == 0) {
+    char *sk = tg_arena_alloc(&req->arena, TG_RATELIMIT_LOCAL_KEY_MAX);
+    size_t skl = sk != NULL ? tg_limiter_store_key(p->name, key, keylen, sk,
+                                                   TG_RATELIMIT_LOCAL_KEY_MAX)
+                            : 0;
+    struct admin_call *a = tg_arena_alloc(&req->arena, sizeof(*a));
+    if (skl == 0 || a == NULL) {
         respond_text(req, 400, "400 Bad Request: key too long\n");
         return;
     }
-    if (del) {
-        bool had = tg_ratelimit_local_reset(w->rt->rl_local, sk, skl);
+    /* The policy's store, whichever it is: a peek (cost 0) shows the bucket
+     * as it is; a reset forgets the key. */
+    struct tg_ratelimit_store *st = &w->limiter.stores[p->store];
+    struct tg_ratelimit_key k = {.policy = p->name, .key = key, .keylen = keylen,
+                                 .store_key = sk, .store_keylen = skl, .params = p->params,
+                                 .cost = 0, .cls = (uint16_t)p->index};
+    *a = (struct admin_call){req, p, key, keylen, st->ops->name, del};
+    bool had = false, allowed = false;
+    void *pending = NULL;
+    enum tg_ratelimit_take r =
+        del ? st->ops->reset(st->impl, &k, &had, on_store_answer, a)
+            : st->ops->take(st->impl, &k, 1, true, tg_limiter_now_ns(), &allowed, on_store_answer,
+                            a, &pending);
+    if (r == TG_RATELIMIT_FAULT) {
+        respond_text(req, 503, "503 Service Unavailable: the rate-limit store is unavailable\n");
+    } else if (r == TG_RATELIMIT_PENDING) {
+        tg_proxy_request_ref(req);
+    } else if (del) {
         respond_text(req, 200, had ? "reset\n" : "reset (the key held no state)\n");
-        return;
+    } else {
+        key_report(req, p, key, keylen, &k.result, st->ops->name);
     }
-    struct tg_ratelimit_op op = {.key = sk, .keylen = skl, .params = &p->params, .cost = 0};
-    tg_ratelimit_local_peek(w->rt->rl_local, &op, 1, tg_limiter_now_ns());
-    key_report(req, p, key, keylen, &op.result, "local");
 }
 
 void tg_admin_handle(struct tg_request *req)

@@ -206,14 +206,21 @@ static void explain_request(struct tg_config *cfg, struct tg_request *req, char 
                tg_cidr_set_lookup(cfg->rate_limit.exempt, &req->client) != 0) {
         printf("limits:    none (the client is in rate_limit.exempt)\n");
     } else {
-        tg_limiter_prepare(req);
+        struct tg_http_headers hv = {req->head.headers, req->head.nheaders, req->head.nheaders};
+        struct tg_limiter_input lin = {
+            .cfg = cfg, .site = req->site, .route = req->route, .client = &req->client,
+            .tenant = req->tenant, .country = req->country, .asn = req->asn, .headers = &hv,
+            .query = req->head.query, .arena = &req->arena,
+        };
+        static struct tg_limiter_env env;
+        tg_limiter_prepare(&req->lim, &lin, &env);
         for (size_t i = 0; i < req->lim.n; i++) {
             const struct tg_limiter_item *it = &req->lim.items[i];
             char rate[128];
             printf("limit:     %s (%s) key \"%.*s\"\n", it->policy->name,
                    policy_rate(it->policy, rate, sizeof(rate)),
-                   it->key_pending ? 0 : (int)it->keylen,
-                   it->key_pending ? "" : it->key);
+                   it->key_pending ? 0 : (int)it->key.keylen,
+                   it->key_pending ? "" : it->key.key);
             if (it->key_pending)
                 printf("           (part of the key is read from the body: JSON, form or multipart by "
                        "Content-Type; a body that cannot be read is refused)\n");

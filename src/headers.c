@@ -177,7 +177,7 @@ static void put_limiter_headers(struct out *o, const struct tg_request *req)
 {
     if (!req->lim.active || o->overflow)
         return;
-    size_t n = tg_limiter_headers(req, o->b->data + o->b->end, tg_buf_room(o->b));
+    size_t n = tg_limiter_headers(&req->lim, o->b->data + o->b->end, tg_buf_room(o->b));
     o->b->end += n;
 }
 

@@ -25,17 +25,12 @@
 
 #include <openssl/evp.h>
 
+#include <pthread.h>
+
 #include "bodykey.h"
 #include "config.h"
-#include "conn.h"
-#include "http1.h"
 #include "metrics.h"
-#include "proxy.h"
-#include "ratelimit_redis.h"
-#include "router.h"
 #include "siphash.h"
-#include "tenant.h"
-#include "worker.h"
 
 #define MAX_PART 128    /* escaped value bytes kept as they are; longer: hashed */
 #define MAX_KEY 2048    /* key being built: 8 parts of at most MAX_PART + '|' */
@@ -134,17 +129,12 @@ static void kb_addr(struct keybuf *k, const struct tg_addr *a, unsigned ipv6_pre
     kb_put(k, text, n);
 }
 
-static void kb_client(struct keybuf *k, const struct tg_request *req)
-{
-    kb_addr(k, &req->client, req->wcfg->config->client.ipv6_prefix);
-}
-
 /* The client address in the fallback namespace: '~' never starts an
  * escaped value. */
-static void kb_fallback(struct keybuf *k, const struct tg_request *req)
+static void kb_fallback(struct keybuf *k, const struct tg_addr *client, unsigned ipv6_prefix)
 {
     kb_put(k, "~", 1);
-    kb_client(k, req);
+    kb_addr(k, client, ipv6_prefix);
 }
 
 /* A body value as keys use it: ASCII white space trimmed, ASCII letters
@@ -184,12 +174,12 @@ static bool is_body_part(enum tg_rl_part kind)
 
 /* ---- head parts ---------------------------------------------------------------- */
 
-static bool find_header(const struct tg_http1_request *h, const char *name, size_t n,
+static bool find_header(const struct tg_http_headers *h, const char *name, size_t n,
                         struct tg_str *out)
 {
-    for (size_t i = 0; i < h->nheaders; i++) {
-        if (h->headers[i].name.n == n && strncasecmp(h->headers[i].name.p, name, n) == 0) {
-            *out = h->headers[i].value;
+    for (size_t i = 0; h != NULL && i < h->n; i++) {
+        if (h->v[i].name.n == n && strncasecmp(h->v[i].name.p, name, n) == 0) {
+            *out = h->v[i].value;
             return true;
         }
     }
@@ -232,13 +222,13 @@ static bool kb_query(struct keybuf *k, struct tg_str q, const char *name, size_t
     return false;
 }
 
-static bool kb_cookie(struct keybuf *k, const struct tg_http1_request *h, const char *name,
+static bool kb_cookie(struct keybuf *k, const struct tg_http_headers *h, const char *name,
                       size_t n)
 {
-    for (size_t i = 0; i < h->nheaders; i++) {
-        if (!tg_http_name_eq(h->headers[i].name, "cookie"))
+    for (size_t i = 0; h != NULL && i < h->n; i++) {
+        if (!tg_http_name_eq(h->v[i].name, "cookie"))
             continue;
-        const char *p = h->headers[i].value.p, *end = p + h->headers[i].value.n;
+        const char *p = h->v[i].value.p, *end = p + h->v[i].value.n;
         while (p < end) {
             while (p < end && (*p == ' ' || *p == ';'))
                 p++;
@@ -261,62 +251,68 @@ static bool kb_cookie(struct keybuf *k, const struct tg_http1_request *h, const 
     return false;
 }
 
+static unsigned ipv6_prefix(const struct tg_config *cfg)
+{
+    return cfg->client.ipv6_prefix;
+}
+
 /* Appends one head part's value to k; sets *fallback when the client
  * address stood in for it. Body parts are not handled here. */
-static void build_head_part(struct tg_request *req, const struct tg_config_rl_key_part *part,
-                            struct keybuf *k, bool *fallback)
+static void build_head_part(const struct tg_limiter_input *in,
+                            const struct tg_config_rl_key_part *part, struct keybuf *k,
+                            bool *fallback)
 {
-    const struct tg_http1_request *h = &req->head;
     struct tg_str v;
+    unsigned v6 = ipv6_prefix(in->cfg);
     switch (part->kind) {
     case TG_RL_PART_IP:
-        kb_client(k, req);
+        kb_addr(k, in->client, v6);
         break;
     case TG_RL_PART_ROUTE: {
         /* The route's pattern as configured, never the path as sent: every
          * spelling of a path that reaches the route shares its bucket. */
-        const char *host = req->site->hosts[0];
+        const char *host = in->site->hosts[0];
         kb_value(k, host, strlen(host)); /* no '/' or '=': the pattern's start is clear */
-        kb_value(k, req->route->path, req->route->path_len);
+        kb_value(k, in->route->path, in->route->path_len);
         break;
     }
     case TG_RL_PART_SITE:
-        kb_value(k, req->site->hosts[0], strlen(req->site->hosts[0]));
+        kb_value(k, in->site->hosts[0], strlen(in->site->hosts[0]));
         break;
     case TG_RL_PART_TENANT:
-        if (req->tenant != NULL) {
-            kb_value(k, req->tenant, strlen(req->tenant));
+        if (in->tenant != NULL) {
+            kb_value(k, in->tenant, strlen(in->tenant));
         } else {
-            kb_fallback(k, req);
+            kb_fallback(k, in->client, v6);
             *fallback = true;
         }
         break;
     case TG_RL_PART_COUNTRY:
-        kb_put(k, req->country[0] ? req->country : "XX", 2);
+        kb_put(k, in->country != NULL && in->country[0] ? in->country : "XX", 2);
         break;
     case TG_RL_PART_ASN: {
         char asn[16];
-        int n = snprintf(asn, sizeof(asn), "AS%u", req->asn);
+        int n = snprintf(asn, sizeof(asn), "AS%u", in->asn);
         kb_put(k, asn, (size_t)n);
         break;
     }
     case TG_RL_PART_HEADER:
-        if (find_header(h, part->name, part->name_len, &v) && v.n > 0) {
+        if (find_header(in->headers, part->name, part->name_len, &v) && v.n > 0) {
             kb_value(k, v.p, v.n);
         } else {
-            kb_fallback(k, req);
+            kb_fallback(k, in->client, v6);
             *fallback = true;
         }
         break;
     case TG_RL_PART_QUERY:
-        if (h->query.p == NULL || !kb_query(k, h->query, part->name, part->name_len)) {
-            kb_fallback(k, req);
+        if (in->query.p == NULL || !kb_query(k, in->query, part->name, part->name_len)) {
+            kb_fallback(k, in->client, v6);
             *fallback = true;
         }
         break;
     case TG_RL_PART_COOKIE:
-        if (!kb_cookie(k, h, part->name, part->name_len)) {
-            kb_fallback(k, req);
+        if (!kb_cookie(k, in->headers, part->name, part->name_len)) {
+            kb_fallback(k, in->client, v6);
             *fallback = true;
         }
         break;
@@ -327,12 +323,13 @@ static void build_head_part(struct tg_request *req, const struct tg_config_rl_ke
     }
 }
 
-uint64_t tg_limiter_hash_part(struct tg_request *req, const struct tg_config_rl_key_part *part)
+uint64_t tg_limiter_hash_part(const struct tg_limiter_input *in,
+                              const struct tg_config_rl_key_part *part)
 {
     char buf[MAX_KEY];
     struct keybuf k = {buf, 0, sizeof(buf), false};
     bool fallback = false;
-    build_head_part(req, part, &k, &fallback);
+    build_head_part(in, part, &k, &fallback);
     /* 64-bit FNV-1a, then a final mix: spreads short keys (addresses) well.
      * Unkeyed on purpose: every gateway must send a client to the same
      * server. */
@@ -345,34 +342,38 @@ uint64_t tg_limiter_hash_part(struct tg_request *req, const struct tg_config_rl_
     return h;
 }
 
-/* Keeps the item's key in the request arena, as the local store wants it
+/* Keeps the item's key in the arena, as the local store wants it
  * (tg_limiter_store_key's form), the Redis form pointing into it. */
-static int set_key(struct tg_request *req, struct tg_limiter_item *it, const char *key,
+static int set_key(struct tg_arena *arena, struct tg_limiter_item *it, const char *key,
                    size_t keylen)
 {
     size_t cap = strlen(it->policy->name) + 1 + keylen;
-    char *sk = tg_arena_alloc(&req->arena, cap + 1);
+    char *sk = tg_arena_alloc(arena, cap + 1);
     if (sk == NULL)
         return -1;
     size_t n = tg_limiter_store_key(it->policy->name, key, keylen, sk, cap);
     sk[n] = '\0';
-    it->store_key = sk;
-    it->store_keylen = n;
-    it->key = sk + (n - keylen);
-    it->keylen = keylen;
+    it->key.store_key = sk;
+    it->key.store_keylen = n;
+    it->key.key = sk + (n - keylen);
+    it->key.keylen = keylen;
     return 0;
 }
 
-int tg_limiter_prepare(struct tg_request *req)
+int tg_limiter_prepare(struct tg_limiter_state *lim, const struct tg_limiter_input *in,
+                       struct tg_limiter_env *env)
 {
-    struct tg_limiter_state *lim = &req->lim;
-    const struct tg_config *cfg = req->wcfg->config;
-    const struct tg_config_policy_list *list = tg_limiter_policies(cfg, req->route);
+    const struct tg_config *cfg = in->cfg;
+    const struct tg_config_policy_list *list = tg_limiter_policies(cfg, in->route);
     if (list->n == 0)
         return 0; /* the request start zeroed what is read then */
     memset(lim, 0, offsetof(struct tg_limiter_state, items));
+    lim->cfg = cfg;
+    lim->client = in->client;
+    lim->arena = in->arena;
+    lim->env = env;
     if (cfg->rate_limit.exempt != NULL &&
-        tg_cidr_set_lookup(cfg->rate_limit.exempt, &req->client) != 0) {
+        tg_cidr_set_lookup(cfg->rate_limit.exempt, in->client) != 0) {
         lim->outcome = "exempt";
         return 0;
     }
@@ -382,17 +383,19 @@ int tg_limiter_prepare(struct tg_request *req)
         const struct tg_config_policy *pol = list->items[i];
         memset(it, 0, sizeof(*it));
         it->policy = pol;
-        it->params = pol->params;
+        it->key.policy = pol->name;
+        it->key.params = pol->params;
+        it->key.cost = 1;
+        it->key.cls = (uint16_t)pol->index;
         /* A tenant's own quota (from the directory) replaces the policy's
          * rate and burst for policies keyed by tenant. */
-        const struct tg_tenant *t = req->tenant_obj;
-        for (size_t p = 0; t != NULL && p < pol->nparts; p++) {
+        for (size_t p = 0; in->tenant != NULL && p < pol->nparts; p++) {
             if (pol->parts[p].kind != TG_RL_PART_TENANT)
                 continue;
-            if (t->rate_interval_ns > 0)
-                it->params.interval_ns = t->rate_interval_ns;
-            if (t->burst > 0)
-                it->params.burst = t->burst;
+            if (in->tenant_interval_ns > 0)
+                it->key.params.interval_ns = in->tenant_interval_ns;
+            if (in->tenant_burst > 0)
+                it->key.params.burst = in->tenant_burst;
         }
         char buf[MAX_KEY];
         struct keybuf k = {buf, 0, sizeof(buf), false};
@@ -401,16 +404,16 @@ int tg_limiter_prepare(struct tg_request *req)
              * views are gone by then. */
             it->key_pending = true;
             lim->needs_body = true;
-            it->parts = tg_arena_calloc(&req->arena, pol->nparts, sizeof(char *));
-            it->part_lens = tg_arena_calloc(&req->arena, pol->nparts, sizeof(size_t));
+            it->parts = tg_arena_calloc(in->arena, pol->nparts, sizeof(char *));
+            it->part_lens = tg_arena_calloc(in->arena, pol->nparts, sizeof(size_t));
             if (it->parts == NULL || it->part_lens == NULL)
                 return -1;
             for (size_t p = 0; p < pol->nparts; p++) {
                 if (is_body_part(pol->parts[p].kind))
                     continue;
                 k.n = 0;
-                build_head_part(req, &pol->parts[p], &k, &it->fallback);
-                it->parts[p] = tg_arena_strndup(&req->arena, buf, k.n);
+                build_head_part(in, &pol->parts[p], &k, &it->fallback);
+                it->parts[p] = tg_arena_strndup(in->arena, buf, k.n);
                 it->part_lens[p] = k.n;
                 if (it->parts[p] == NULL)
                     return -1;
@@ -420,38 +423,43 @@ int tg_limiter_prepare(struct tg_request *req)
         for (size_t p = 0; p < pol->nparts; p++) {
             if (p > 0)
                 kb_put(&k, "|", 1);
-            build_head_part(req, &pol->parts[p], &k, &it->fallback);
+            build_head_part(in, &pol->parts[p], &k, &it->fallback);
         }
-        if (set_key(req, it, buf, finish_key(buf, &k)) < 0)
+        if (set_key(in->arena, it, buf, finish_key(buf, &k)) < 0)
             return -1;
     }
     if (lim->needs_body) {
-        /* The body is read by its Content-Type: keep the one header (the
-         * head views are gone when the body is here). */
-        const struct tg_http1_request *h = &req->head;
-        for (size_t i = 0; i < h->nheaders; i++) {
-            if (!tg_http_name_eq(h->headers[i].name, "content-type"))
+        /* The body is read by its Content-Type, and forms by the query too:
+         * keep copies (the head views are gone when the body is here). */
+        for (size_t i = 0; in->headers != NULL && i < in->headers->n; i++) {
+            const struct tg_http_header *h = &in->headers->v[i];
+            if (!tg_http_name_eq(h->name, "content-type"))
                 continue;
             if (lim->content_type != NULL) {
                 lim->content_type_repeated = true;
                 break;
             }
-            lim->content_type = tg_arena_strndup(&req->arena, h->headers[i].value.p,
-                                                 h->headers[i].value.n);
-            lim->content_type_len = h->headers[i].value.n;
+            lim->content_type = tg_arena_strndup(in->arena, h->value.p, h->value.n);
+            lim->content_type_len = h->value.n;
             if (lim->content_type == NULL)
                 return -1;
+        }
+        if (in->query.p != NULL) {
+            char *q = tg_arena_strndup(in->arena, in->query.p, in->query.n);
+            if (q == NULL)
+                return -1;
+            lim->query = tg_str_make(q, in->query.n);
         }
     }
     return 0;
 }
 
-size_t tg_limiter_peek_wanted(const struct tg_request *req)
+size_t tg_limiter_peek_wanted(const struct tg_limiter_state *lim)
 {
     size_t want = 0;
-    for (size_t i = 0; i < req->lim.n; i++)
-        if (req->lim.items[i].key_pending && req->lim.items[i].policy->max_peek > want)
-            want = req->lim.items[i].policy->max_peek;
+    for (size_t i = 0; i < lim->n; i++)
+        if (lim->items[i].key_pending && lim->items[i].policy->max_peek > want)
+            want = lim->items[i].policy->max_peek;
     return want;
 }
 
@@ -469,11 +477,10 @@ static unsigned body_reads(enum tg_rl_part kind)
 }
 
 /* One body part: its value appended to k, or a refusal (status, reason). */
-static int build_body_part(struct tg_request *req, const struct tg_config_rl_key_part *part,
-                           struct keybuf *k, const char *body, size_t len, bool complete,
-                           const char **why)
+static int build_body_part(const struct tg_limiter_state *lim,
+                           const struct tg_config_rl_key_part *part, struct keybuf *k,
+                           const char *body, size_t len, bool complete, const char **why)
 {
-    const struct tg_limiter_state *lim = &req->lim;
     if (!complete) {
         *why = "the body is larger than the policy's max_peek";
         return 413;
@@ -482,27 +489,27 @@ static int build_body_part(struct tg_request *req, const struct tg_config_rl_key
         *why = "more than one Content-Type";
         return 400;
     }
-    const char *q = strchr(req->path, '?');
-    struct tg_bodykey_input in = {
+    struct tg_bodykey_input bin = {
         .content_type = tg_str_make(lim->content_type, lim->content_type_len),
         .body = body,
         .len = len,
-        .query = q != NULL ? tg_str_make(q + 1, strlen(q + 1)) : tg_str_make(NULL, 0),
+        .query = lim->query,
         .read = body_reads(part->kind),
     };
     char val[MAX_BODY_VALUE];
     size_t vn = 0;
     enum tg_bodykey_status st =
-        tg_bodykey_find(&in, part->name, part->name_len, val, sizeof(val), &vn, why);
+        tg_bodykey_find(&bin, part->name, part->name_len, val, sizeof(val), &vn, why);
     if (st != TG_BODYKEY_FOUND)
         return 400;
     kb_body_value(k, val, vn);
     return 0;
 }
 
-void tg_limiter_take_body(struct tg_request *req, const char *body, size_t len, bool complete)
+void tg_limiter_take_body(struct tg_limiter_state *lim, const char *body, size_t len,
+                          bool complete)
 {
-    struct tg_limiter_state *lim = &req->lim;
+    unsigned v6 = ipv6_prefix(lim->cfg);
     for (size_t i = 0; i < lim->n; i++) {
         struct tg_limiter_item *it = &lim->items[i];
         if (!it->key_pending)
@@ -519,11 +526,11 @@ void tg_limiter_take_body(struct tg_request *req, const char *body, size_t len, 
                 continue;
             }
             const char *why = NULL;
-            int status = build_body_part(req, &pol->parts[p], &k, body, len, whole, &why);
+            int status = build_body_part(lim, &pol->parts[p], &k, body, len, whole, &why);
             if (status == 0)
                 continue;
             if (pol->body_fallback) {
-                kb_fallback(&k, req);
+                kb_fallback(&k, lim->client, v6);
                 it->fallback = true;
                 continue;
             }
@@ -533,7 +540,7 @@ void tg_limiter_take_body(struct tg_request *req, const char *body, size_t len, 
             }
         }
         it->key_pending = false;
-        if (set_key(req, it, buf, finish_key(buf, &k)) < 0 && lim->refuse_status == 0) {
+        if (set_key(lim->arena, it, buf, finish_key(buf, &k)) < 0 && lim->refuse_status == 0) {
             lim->refuse_status = 503;
             lim->refuse_reason = "out of memory";
         }
@@ -541,7 +548,7 @@ void tg_limiter_take_body(struct tg_request *req, const char *body, size_t len, 
     lim->needs_body = false;
     if (lim->refuse_status != 0) {
         lim->outcome = "unkeyed";
-        TG_METRIC_INC(req->conn->w->metrics->ratelimit_unkeyed);
+        TG_METRIC_INC(lim->env->metrics->ratelimit_unkeyed);
     }
 }
 
@@ -561,11 +568,16 @@ size_t tg_limiter_store_key(const char *policy, const char *key, size_t keylen, 
     return nn + 1 + keylen;
 }
 
-enum { CALL_ENFORCE = 0, CALL_PEEK, CALL_SHADOW };
+/* How an item is decided before the answer: enforced policies and failure
+ * reservations take together; shadow failure counting only looks (it is
+ * charged after a failure); other shadow policies take on their own. */
+enum { KIND_ENFORCE = 0, KIND_PEEK, KIND_SHADOW };
 
-static bool is_redis(const struct tg_limiter_item *it)
+static int item_kind(const struct tg_limiter_item *it)
 {
-    return it->policy->store == TG_RL_STORE_REDIS;
+    if (it->policy->count_failures)
+        return it->policy->shadow ? KIND_PEEK : KIND_ENFORCE;
+    return it->policy->shadow ? KIND_SHADOW : KIND_ENFORCE;
 }
 
 /* Enforced failure counting: a token is reserved before forwarding. */
@@ -574,151 +586,125 @@ static bool reserves(const struct tg_limiter_item *it)
     return it->policy->count_failures && !it->policy->shadow;
 }
 
-/* Enforced policies and reservations take; shadow failure counting only
- * looks (it is charged after a failure); other shadow policies take on
- * their own. */
-static int call_kind(const struct tg_limiter_item *it)
+static struct tg_ratelimit_store *store_of(struct tg_limiter_state *lim, const struct tg_limiter_item *it)
 {
-    if (it->policy->count_failures)
-        return it->policy->shadow ? CALL_PEEK : CALL_ENFORCE;
-    return it->policy->shadow ? CALL_SHADOW : CALL_ENFORCE;
+    return &lim->env->stores[it->policy->store];
 }
 
-static void decide_local(struct tg_request *req, struct tg_limiter_item **items, size_t n,
-                         bool peek, int64_t now)
+/* Stores that decide at once are looked at first: a request they refuse
+ * costs the others nothing. */
+static bool answers_at_once(const struct tg_ratelimit_store *s)
 {
-    struct tg_ratelimit_local *table = req->conn->w->rt->rl_local;
-    struct tg_ratelimit_op ops[TG_LIMITER_MAX_POLICIES];
-    if (n == 0)
-        return;
-    for (size_t i = 0; i < n; i++)
-        ops[i] = (struct tg_ratelimit_op){.key = items[i]->store_key,
-                                          .keylen = items[i]->store_keylen,
-                                          .params = &items[i]->params,
-                                          .cost = 1,
-                                          .cls = (uint16_t)items[i]->policy->index};
-    bool all = peek ? (tg_ratelimit_local_peek(table, ops, n, now), false)
-                    : tg_ratelimit_local_take(table, ops, n, now);
+    return s->ops->immediate;
+}
+
+/* Copies a batch's keys in, and results and spends out. */
+static size_t gather(struct tg_limiter_state *lim, int store, int kind, uint8_t *idx,
+                     struct tg_ratelimit_key *keys)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < lim->n; i++) {
+        const struct tg_limiter_item *it = &lim->items[i];
+        if (it->policy->store != (unsigned)store || item_kind(it) != kind)
+            continue;
+        idx[n] = (uint8_t)i;
+        keys[n++] = it->key;
+    }
+    return n;
+}
+
+/* Results come in keys[i].result (a store that decided at once) or in
+ * results[i] (an answer that came later; keys NULL). */
+static void scatter(struct tg_limiter_state *lim, const uint8_t *idx,
+                    const struct tg_ratelimit_key *keys, const struct tg_ratelimit_result *results,
+                    size_t n, bool spent, uint8_t where)
+{
     for (size_t i = 0; i < n; i++) {
-        items[i]->result = ops[i].result;
-        items[i]->decided = true;
-        if (ops[i].result.overflow)
-            TG_METRIC_INC(req->conn->w->metrics->ratelimit_overflow);
-        if (all) {
-            items[i]->spent_in = TG_LIMITER_SPENT_LOCAL;
-            items[i]->spent_params = items[i]->params;
-            items[i]->reserved = reserves(items[i]);
+        struct tg_limiter_item *it = &lim->items[idx[i]];
+        it->key.result = keys != NULL ? keys[i].result : results[i];
+        it->decided = true;
+        if (it->key.result.overflow)
+            TG_METRIC_INC(lim->env->metrics->ratelimit_overflow);
+        if (spent) {
+            it->spent = where;
+            it->reserved = reserves(it);
         }
     }
 }
 
-/* Redis is unreachable or failed for these items: rate_limit.redis.on_error
- * decides. `local` falls back to this gateway's share of the budget
- * (rate / N and burst / N for N live gateways), so the fleet as a whole
- * stays near the shared limit. */
-static void apply_on_error(struct tg_request *req, struct tg_limiter_item **items, size_t n,
-                           bool peek)
+/* A store failed for these items: rate_limit.redis.on_error decides. `local`
+ * falls back to this gateway's share of the budget (rate / N and burst / N
+ * for N live gateways), so the fleet as a whole stays near the shared
+ * limit. */
+static void apply_on_error(struct tg_limiter_state *lim, const uint8_t *idx, size_t n, bool peek)
 {
-    struct tg_limiter_state *lim = &req->lim;
-    const struct tg_config_rate_limit *rl = &req->wcfg->config->rate_limit;
+    const struct tg_config_rate_limit *rl = &lim->cfg->rate_limit;
     if (n == 0)
         return;
-    lim->redis_fallback = true;
-    req->conn->w->rl_redis_fallbacks++;
+    lim->store_fallback = true;
+    lim->env->fallbacks++;
     if (rl->on_error == TG_RL_ON_ERROR_DENY) {
         lim->store_error = true;
         return;
     }
     if (rl->on_error == TG_RL_ON_ERROR_ALLOW) {
         for (size_t i = 0; i < n; i++) {
-            items[i]->result = (struct tg_ratelimit_result){.allowed = true,
-                                                           .remaining = items[i]->params.burst};
-            items[i]->decided = false; /* nothing to report */
+            struct tg_limiter_item *it = &lim->items[idx[i]];
+            it->key.result = (struct tg_ratelimit_result){.allowed = true,
+                                                         .remaining = it->key.params.burst};
+            it->decided = false; /* nothing to report */
         }
         return;
     }
-    int64_t share = tg_ratelimit_redis_gateways();
-    if (share < 1)
-        share = 1;
-    struct tg_ratelimit_params scaled[TG_LIMITER_MAX_POLICIES];
-    struct tg_ratelimit_op ops[TG_LIMITER_MAX_POLICIES];
-    for (size_t i = 0; i < n; i++) {
-        scaled[i] = items[i]->params;
-        scaled[i].interval_ns = scaled[i].interval_ns > INT64_MAX / share
-                                    ? INT64_MAX / 2 : scaled[i].interval_ns * share;
-        scaled[i].burst = (scaled[i].burst + share - 1) / share;
-        ops[i] = (struct tg_ratelimit_op){.key = items[i]->store_key,
-                                          .keylen = items[i]->store_keylen,
-                                          .params = &scaled[i],
-                                          .cost = 1,
-                                          .cls = (uint16_t)items[i]->policy->index};
-    }
-    struct tg_ratelimit_local *table = req->conn->w->rt->rl_local;
-    bool all = false;
-    if (peek)
-        tg_ratelimit_local_peek(table, ops, n, tg_limiter_now_ns());
-    else
-        all = tg_ratelimit_local_take(table, ops, n, tg_limiter_now_ns());
-    for (size_t i = 0; i < n; i++) {
-        items[i]->result = ops[i].result;
-        items[i]->decided = true;
-        if (all) {
-            items[i]->spent_in = TG_LIMITER_SPENT_SHARE;
-            items[i]->spent_params = scaled[i];
-            items[i]->reserved = reserves(items[i]);
-        }
-    }
+    struct tg_ratelimit_key keys[TG_LIMITER_MAX_POLICIES];
+    for (size_t i = 0; i < n; i++)
+        keys[i] = lim->items[idx[i]].key;
+    bool allowed = false;
+    struct tg_ratelimit_store *share = &lim->env->share;
+    share->ops->take(share->impl, keys, n, peek, tg_limiter_now_ns(), &allowed, NULL, NULL, NULL);
+    scatter(lim, idx, keys, NULL, n, allowed && !peek, TG_LIMITER_SPENT_SHARE);
 }
 
-/* Gives a reserved token back to the store that holds it. */
-static void refund(struct tg_request *req, struct tg_limiter_item *it)
+/* Gives a reserved (or, for a refused request, spent) token back to the
+ * store that holds it. */
+static void refund(struct tg_limiter_state *lim, struct tg_limiter_item *it)
 {
-    if (!it->reserved)
+    if (it->spent == TG_LIMITER_SPENT_NONE)
         return;
+    struct tg_ratelimit_store *s = it->spent == TG_LIMITER_SPENT_SHARE ? &lim->env->share
+                                                                : store_of(lim, it);
+    it->spent = TG_LIMITER_SPENT_NONE;
     it->reserved = false;
-    struct tg_worker *w = req->conn->w;
-    if (it->spent_in == TG_LIMITER_SPENT_REDIS) {
-        struct tg_ratelimit_redis_op op = {it->policy->name, it->key, it->keylen,
-                                           it->spent_params, 1};
-        /* Nobody waits: a lost refund costs one token, never a lock. */
-        if (w->rl_redis != NULL)
-            tg_ratelimit_redis_refund(w->rl_redis, &op, 1, NULL, NULL);
-        return;
-    }
-    /* A take decided on the policy's overflow bucket gives back there. */
-    struct tg_ratelimit_op op = {.key = it->store_key,
-                                 .keylen = it->store_keylen,
-                                 .params = &it->spent_params,
-                                 .cost = 1,
-                                 .result = {.overflow = it->result.overflow},
-                                 .cls = (uint16_t)it->policy->index};
-    tg_ratelimit_local_refund(w->rt->rl_local, &op, 1, tg_limiter_now_ns());
+    struct tg_ratelimit_key k = it->key;
+    k.overflow = it->key.result.overflow; /* a take decided on the overflow bucket */
+    s->ops->refund(s->impl, &k, 1, tg_limiter_now_ns());
 }
 
 /* Everything is decided: work out the verdict and what the headers say. */
-static void finalize(struct tg_request *req)
+static void finalize(struct tg_limiter_state *lim)
 {
-    struct tg_limiter_state *lim = &req->lim;
     bool refused = false;
     for (size_t i = 0; i < lim->n; i++) {
         const struct tg_limiter_item *it = &lim->items[i];
         if (!it->decided)
             continue;
-        if (!it->result.allowed) {
+        if (!it->key.result.allowed) {
             if (it->policy->shadow)
                 lim->shadow_limited = true;
             else
                 refused = true;
-        } else if (!it->policy->shadow && it->result.delay_ns > lim->delay_ns) {
-            lim->delay_ns = it->result.delay_ns;
+        } else if (!it->policy->shadow && it->key.result.delay_ns > lim->delay_ns) {
+            lim->delay_ns = it->key.result.delay_ns;
         }
     }
     lim->limited = refused;
     if (refused || lim->store_error) {
         lim->delay_ns = 0;
-        /* Not forwarded: what one store reserved goes back. */
+        /* Not forwarded: what was spent for it goes back (shadow policies
+         * count what they saw, as they would have). */
         for (size_t i = 0; i < lim->n; i++)
-            refund(req, &lim->items[i]);
+            if (!lim->items[i].policy->shadow)
+                refund(lim, &lim->items[i]);
     }
     /* Report: when refused, the refusing policy that frees up last; when
      * allowed, the enforced policy with the fewest tokens left. */
@@ -728,27 +714,27 @@ static void finalize(struct tg_request *req)
         if (it->policy->shadow || !it->decided)
             continue;
         if (refused) {
-            if (!it->result.allowed &&
-                (best == NULL || it->result.retry_after_ns > best->result.retry_after_ns))
+            if (!it->key.result.allowed &&
+                (best == NULL || it->key.result.retry_after_ns > best->key.result.retry_after_ns))
                 best = it;
-        } else if (best == NULL || it->result.remaining < best->result.remaining) {
+        } else if (best == NULL || it->key.result.remaining < best->key.result.remaining) {
             best = it;
         }
     }
     lim->report = best;
-    struct tg_metrics_shard *m = req->conn->w->metrics;
+    struct tg_metrics_shard *m = lim->env->metrics;
     for (size_t i = 0; i < lim->n; i++) {
         const struct tg_limiter_item *it = &lim->items[i];
         struct tg_policy_stats *ps = &m->policies[it->policy->metrics_id];
-        if (lim->redis_fallback && is_redis(it))
+        if (lim->store_fallback && !answers_at_once(store_of(lim, it)))
             TG_METRIC_INC(ps->results[TG_RL_ERROR]);
         if (!it->decided)
             continue;
-        if (!it->result.allowed)
+        if (!it->key.result.allowed)
             TG_METRIC_INC(ps->results[it->policy->shadow ? TG_RL_SHADOW : TG_RL_LIMITED]);
         else if (!refused) {
             TG_METRIC_INC(ps->results[TG_RL_ALLOWED]);
-            if (it->result.remaining * 5 < it->params.burst)
+            if (it->key.result.remaining * 5 < it->key.params.burst)
                 TG_METRIC_INC(ps->results[TG_RL_NEAR_LIMIT]);
         }
     }
@@ -761,163 +747,133 @@ static bool any_refused(const struct tg_limiter_state *lim)
 {
     for (size_t i = 0; i < lim->n; i++) {
         const struct tg_limiter_item *it = &lim->items[i];
-        if (it->decided && !it->result.allowed && !it->policy->shadow)
+        if (it->decided && !it->key.result.allowed && !it->policy->shadow)
             return true;
     }
     return false;
 }
 
-/* Collects the local items of one call kind. */
-static size_t local_items(struct tg_limiter_state *lim, int kind,
-                          struct tg_limiter_item **out)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < lim->n; i++)
-        if (!is_redis(&lim->items[i]) && call_kind(&lim->items[i]) == kind)
-            out[n++] = &lim->items[i];
-    return n;
-}
-
-/* Local enforced policies (and reservations) spend only once every store
- * has allowed: then one atomic take; a peek when something refused. */
-static void spend_local(struct tg_request *req, bool refused_elsewhere)
-{
-    struct tg_limiter_state *lim = &req->lim;
-    struct tg_limiter_item *items[TG_LIMITER_MAX_POLICIES];
-    int64_t now = tg_limiter_now_ns();
-    size_t n = local_items(lim, CALL_ENFORCE, items);
-    decide_local(req, items, n, refused_elsewhere, now);
-    n = local_items(lim, CALL_SHADOW, items);
-    decide_local(req, items, n, false, now);
-}
-
-static void on_redis_reply(void *arg, int status, bool allowed,
+static void on_store_reply(void *arg, int status, bool allowed,
                            const struct tg_ratelimit_result *results, size_t n);
 
-/* Sends one kind of Redis-backed policies (on_error applied at once when it
- * cannot be sent). */
-static void send_redis(struct tg_request *req, int kind)
+/* Decides one (store, kind) batch: at once, or by a call that answers
+ * later. `peek` looks without spending. */
+static void run_batch(struct tg_limiter_state *lim, int store, int kind, bool peek)
 {
-    struct tg_limiter_state *lim = &req->lim;
-    struct tg_limiter_call *call = &lim->calls[kind];
-    struct tg_limiter_item *items[TG_LIMITER_MAX_POLICIES];
-    struct tg_ratelimit_redis_op ops[TG_LIMITER_MAX_POLICIES];
-    call->req = req;
+    struct tg_ratelimit_key keys[TG_LIMITER_MAX_POLICIES];
+    struct tg_limiter_call *call = &lim->calls[store][kind];
+    size_t n = gather(lim, store, kind, call->idx, keys);
+    if (n == 0)
+        return;
+    call->lim = lim;
+    call->store = (uint8_t)store;
     call->kind = (uint8_t)kind;
-    call->n = 0;
-    for (size_t i = 0; i < lim->n; i++) {
-        struct tg_limiter_item *it = &lim->items[i];
-        if (!is_redis(it) || call_kind(it) != kind)
-            continue;
-        ops[call->n] = (struct tg_ratelimit_redis_op){it->policy->name, it->key, it->keylen,
-                                                     it->params, 1};
-        items[call->n] = it;
-        call->idx[call->n++] = (uint8_t)i;
-    }
-    if (call->n == 0)
-        return;
-    struct tg_ratelimit_redis *r = req->conn->w->rl_redis;
-    call->pending = r != NULL ? tg_ratelimit_redis_take(r, ops, call->n, kind == CALL_PEEK,
-                                                        on_redis_reply, call)
-                              : NULL;
-    if (call->pending == NULL) {
-        apply_on_error(req, items, call->n, kind == CALL_PEEK);
+    call->n = (uint8_t)n;
+    struct tg_ratelimit_store *s = &lim->env->stores[store];
+    bool allowed = false;
+    enum tg_ratelimit_take r = s->ops->take(s->impl, keys, n, peek, tg_limiter_now_ns(), &allowed,
+                                     on_store_reply, call, &call->pending);
+    if (r == TG_RATELIMIT_PENDING) {
+        lim->pending++;
         return;
     }
-    lim->pending++;
+    call->pending = NULL;
+    if (r == TG_RATELIMIT_FAULT)
+        apply_on_error(lim, call->idx, n, peek);
+    else
+        scatter(lim, call->idx, keys, NULL, n, allowed && !peek, TG_LIMITER_SPENT_STORE);
 }
 
-static void finish(struct tg_request *req)
+/* Every store that answers later has answered: stores that answer at once
+ * spend now (or only look, when something refused), then the verdict. */
+static void finish(struct tg_limiter_state *lim)
 {
-    struct tg_limiter_state *lim = &req->lim;
-    spend_local(req, any_refused(lim) || lim->store_error);
-    finalize(req);
+    bool refused = any_refused(lim) || lim->store_error;
+    for (int s = 1; s < TG_LIMITER_NSTORES; s++) {
+        if (!answers_at_once(&lim->env->stores[s]))
+            continue;
+        run_batch(lim, s, KIND_ENFORCE, refused);
+        run_batch(lim, s, KIND_SHADOW, false);
+    }
+    finalize(lim);
 }
 
-static void on_redis_reply(void *arg, int status, bool allowed,
+static void on_store_reply(void *arg, int status, bool allowed,
                            const struct tg_ratelimit_result *results, size_t n)
 {
     struct tg_limiter_call *call = arg;
-    struct tg_request *req = call->req;
-    struct tg_limiter_state *lim = &req->lim;
+    struct tg_limiter_state *lim = call->lim;
     call->pending = NULL;
+    bool peek = call->kind == KIND_PEEK;
     if (status < 0 || n != call->n) {
-        struct tg_limiter_item *items[TG_LIMITER_MAX_POLICIES];
-        for (size_t i = 0; i < call->n; i++)
-            items[i] = &lim->items[call->idx[i]];
-        apply_on_error(req, items, call->n, call->kind == CALL_PEEK);
+        apply_on_error(lim, call->idx, call->n, peek);
     } else {
-        for (size_t i = 0; i < n; i++) {
-            struct tg_limiter_item *it = &lim->items[call->idx[i]];
-            it->result = results[i];
-            it->decided = true;
-            if (allowed && call->kind != CALL_PEEK) {
-                it->spent_in = TG_LIMITER_SPENT_REDIS;
-                it->spent_params = it->params;
-                it->reserved = reserves(it);
-            }
-        }
+        scatter(lim, call->idx, NULL, results, n, allowed && !peek, TG_LIMITER_SPENT_STORE);
     }
     if (--lim->pending == 0) {
-        finish(req);
-        tg_proxy_limiter_done(req);
+        finish(lim);
+        lim->done(lim->done_arg);
     }
 }
 
-int tg_limiter_decide(struct tg_request *req)
+int tg_limiter_decide(struct tg_limiter_state *lim, tg_limiter_done done, void *arg)
 {
-    struct tg_limiter_state *lim = &req->lim;
     if (!lim->active)
         return 0;
-    int64_t now = tg_limiter_now_ns();
-    struct tg_limiter_item *items[TG_LIMITER_MAX_POLICIES];
-    size_t nredis = 0;
-    for (size_t i = 0; i < lim->n; i++)
-        nredis += is_redis(&lim->items[i]);
+    lim->done = done;
+    lim->done_arg = arg;
     /* Shadow failure counting only ever looks before the answer. */
-    decide_local(req, items, local_items(lim, CALL_PEEK, items), true, now);
-    if (nredis == 0) {
-        /* All local: one atomic take decides and spends (enforced policies
-         * and failure reservations together, all or nothing), no second
-         * pass. */
-        spend_local(req, false);
-        finalize(req);
-        return 0;
+    for (int s = 1; s < TG_LIMITER_NSTORES; s++)
+        run_batch(lim, s, KIND_PEEK, true);
+    /* Look in the stores that answer at once first; when they refuse, the
+     * others are not asked. When they are the only ones, their take is the
+     * decision (finish() below). */
+    bool later = false;
+    for (int s = 1; s < TG_LIMITER_NSTORES; s++) {
+        struct tg_ratelimit_key keys[TG_LIMITER_MAX_POLICIES];
+        uint8_t idx[TG_LIMITER_MAX_POLICIES];
+        if (!answers_at_once(&lim->env->stores[s]) &&
+            (gather(lim, s, KIND_ENFORCE, idx, keys) > 0 ||
+             gather(lim, s, KIND_SHADOW, idx, keys) > 0))
+            later = true;
     }
-    /* Look locally first: a request already refused here costs Redis
-     * nothing. */
-    decide_local(req, items, local_items(lim, CALL_ENFORCE, items), true, now);
-    if (any_refused(lim)) {
-        finish(req);
-        return 0;
+    if (later) {
+        for (int s = 1; s < TG_LIMITER_NSTORES; s++)
+            if (answers_at_once(&lim->env->stores[s]))
+                run_batch(lim, s, KIND_ENFORCE, true);
+        if (any_refused(lim)) {
+            tg_limiter_cancel(lim);
+            finalize(lim);
+            return 0;
+        }
+        /* The calls go out in the same loop iteration: one pipelined
+         * write, one round trip. */
+        for (int s = 1; s < TG_LIMITER_NSTORES; s++) {
+            if (answers_at_once(&lim->env->stores[s]))
+                continue;
+            run_batch(lim, s, KIND_ENFORCE, false);
+            run_batch(lim, s, KIND_SHADOW, false);
+        }
     }
-    /* The kinds go out in the same loop iteration: one pipelined write,
-     * one round trip. */
-    send_redis(req, CALL_ENFORCE);
-    send_redis(req, CALL_PEEK);
-    send_redis(req, CALL_SHADOW);
     if (lim->pending > 0)
         return 1;
-    finish(req);
+    finish(lim);
     return 0;
 }
 
-void tg_limiter_cancel(struct tg_request *req)
+void tg_limiter_cancel(struct tg_limiter_state *lim)
 {
-    struct tg_limiter_state *lim = &req->lim;
-    for (size_t k = 0; k < TG_ARRAY_LEN(lim->calls); k++) {
-        if (lim->calls[k].pending != NULL) {
-            tg_ratelimit_redis_cancel(lim->calls[k].pending);
-            lim->calls[k].pending = NULL;
+    for (int s = 0; s < TG_LIMITER_NSTORES; s++) {
+        for (int k = 0; k < 3; k++) {
+            struct tg_limiter_call *call = &lim->calls[s][k];
+            if (call->pending != NULL) {
+                struct tg_ratelimit_store *st = &lim->env->stores[s];
+                st->ops->cancel(st->impl, call->pending);
+                call->pending = NULL;
+            }
         }
     }
     lim->pending = 0;
-}
-
-static void on_charge_reply(void *arg, int status, bool allowed,
-                            const struct tg_ratelimit_result *results, size_t n)
-{
-    (void)arg, (void)status, (void)allowed, (void)results, (void)n;
 }
 
 static bool is_failure(const struct tg_config_policy *p, int status)
@@ -928,15 +884,17 @@ static bool is_failure(const struct tg_config_policy *p, int status)
     return false;
 }
 
-void tg_limiter_after_response(struct tg_request *req, int status)
+static void on_charge_reply(void *arg, int status, bool allowed,
+                            const struct tg_ratelimit_result *results, size_t n)
 {
-    struct tg_limiter_state *lim = &req->lim;
+    (void)arg, (void)status, (void)allowed, (void)results, (void)n;
+}
+
+void tg_limiter_after_response(struct tg_limiter_state *lim, int status)
+{
     if (!lim->active || lim->limited || lim->settled)
         return;
     lim->settled = true;
-    struct tg_limiter_item *charge[TG_LIMITER_MAX_POLICIES];
-    struct tg_ratelimit_redis_op ops[TG_LIMITER_MAX_POLICIES];
-    size_t n = 0, nr = 0;
     for (size_t i = 0; i < lim->n; i++) {
         struct tg_limiter_item *it = &lim->items[i];
         if (!it->policy->count_failures)
@@ -944,45 +902,33 @@ void tg_limiter_after_response(struct tg_request *req, int status)
         bool failed = is_failure(it->policy, status);
         if (reserves(it)) {
             if (!failed)
-                refund(req, it);
+                refund(lim, it);
             it->reserved = false; /* kept: it was a failure */
             continue;
         }
-        /* Shadow failure counting: charged after the fact. */
+        /* Shadow failure counting: charged after the fact; nobody waits, a
+         * store that fails only loses one charge. */
         if (!failed)
             continue;
-        if (is_redis(it))
-            ops[nr++] = (struct tg_ratelimit_redis_op){it->policy->name, it->key, it->keylen,
-                                                      it->params, 1};
-        else
-            charge[n++] = it;
+        struct tg_ratelimit_store *s = store_of(lim, it);
+        struct tg_ratelimit_key k = it->key;
+        bool allowed;
+        void *pending = NULL;
+        s->ops->take(s->impl, &k, 1, false, tg_limiter_now_ns(), &allowed, on_charge_reply,
+                     NULL, &pending);
     }
-    if (n > 0) {
-        struct tg_ratelimit_local *table = req->conn->w->rt->rl_local;
-        struct tg_ratelimit_op lops[TG_LIMITER_MAX_POLICIES];
-        for (size_t i = 0; i < n; i++)
-            lops[i] = (struct tg_ratelimit_op){.key = charge[i]->store_key,
-                                               .keylen = charge[i]->store_keylen,
-                                               .params = &charge[i]->params,
-                                               .cost = 1,
-                                               .cls = (uint16_t)charge[i]->policy->index};
-        tg_ratelimit_local_take(table, lops, n, tg_limiter_now_ns());
-    }
-    /* Redis: nobody waits for this one; a failure only loses one charge. */
-    if (nr > 0 && req->conn->w->rl_redis != NULL)
-        tg_ratelimit_redis_take(req->conn->w->rl_redis, ops, nr, false, on_charge_reply, NULL);
 }
 
-void tg_limiter_end(struct tg_request *req)
+void tg_limiter_end(struct tg_limiter_state *lim)
 {
-    struct tg_limiter_state *lim = &req->lim;
     if (!lim->active || lim->settled)
         return;
     lim->settled = true;
     if (lim->forwarded)
         return; /* sent, no answer: the password may have been tried */
     for (size_t i = 0; i < lim->n; i++)
-        refund(req, &lim->items[i]);
+        if (lim->items[i].reserved)
+            refund(lim, &lim->items[i]);
 }
 
 /* ---- headers -------------------------------------------------------------------- */
@@ -994,18 +940,18 @@ static int64_t ceil_s(int64_t ns)
     return (ns + 999999999) / 1000000000;
 }
 
-size_t tg_limiter_headers(const struct tg_request *req, char *out, size_t cap)
+size_t tg_limiter_headers(const struct tg_limiter_state *lim, char *out, size_t cap)
 {
-    const struct tg_limiter_state *lim = &req->lim;
-    const struct tg_config_rate_limit *rl = &req->wcfg->config->rate_limit;
     const struct tg_limiter_item *it = lim->report;
-    if (it == NULL || (!lim->limited && !rl->headers))
+    if (!lim->active || it == NULL || (!lim->limited && !lim->cfg->rate_limit.headers))
         return 0;
+    const struct tg_config_rate_limit *rl = &lim->cfg->rate_limit;
     const struct tg_config_policy *p = it->policy;
-    int64_t t = lim->limited ? ceil_s(it->result.retry_after_ns) : ceil_s(it->result.reset_ns);
+    const struct tg_ratelimit_result *res = &it->key.result;
+    int64_t t = lim->limited ? ceil_s(res->retry_after_ns) : ceil_s(res->reset_ns);
     if (lim->limited && t < 1)
         t = 1;
-    int64_t r = lim->limited ? 0 : it->result.remaining;
+    int64_t r = lim->limited ? 0 : res->remaining;
     int n = 0;
     if (lim->limited)
         n = snprintf(out, cap, "Retry-After: %lld\r\n", (long long)t);
@@ -1030,10 +976,10 @@ size_t tg_limiter_headers(const struct tg_request *req, char *out, size_t cap)
     return (size_t)n;
 }
 
-size_t tg_limiter_body(const struct tg_request *req, char *out, size_t cap)
+size_t tg_limiter_body(const struct tg_limiter_state *lim, char *out, size_t cap)
 {
-    const struct tg_limiter_item *it = req->lim.report;
-    int64_t t = it != NULL ? ceil_s(it->result.retry_after_ns) : 1;
+    const struct tg_limiter_item *it = lim->report;
+    int64_t t = it != NULL ? ceil_s(it->key.result.retry_after_ns) : 1;
     int n = snprintf(out, cap, "{\"error\":\"too_many_requests\",\"policy\":\"%s\","
                                "\"retry_after\":%lld}\n",
                      it != NULL ? it->policy->name : "", (long long)(t < 1 ? 1 : t));
@@ -1056,18 +1002,17 @@ uint64_t tg_limiter_key_hash(const char *store_key, size_t n)
     return tg_siphash13(store_key, n, log_key[0], log_key[1]);
 }
 
-size_t tg_limiter_log_keys(const struct tg_request *req, char *out, size_t cap)
+size_t tg_limiter_log_keys(const struct tg_limiter_state *lim, char *out, size_t cap)
 {
-    const struct tg_limiter_state *lim = &req->lim;
     size_t o = 0;
     for (size_t i = 0; i < lim->n; i++) {
         const struct tg_limiter_item *it = &lim->items[i];
-        if (it->store_key == NULL)
+        if (it->key.store_key == NULL)
             continue;
         int n = snprintf(out + o, cap - o, "%s{\"policy\":\"%s\",\"key\":\"%016llx\"%s}",
                          o == 0 ? "[" : ",", it->policy->name,
-                         (unsigned long long)tg_limiter_key_hash(it->store_key,
-                                                                it->store_keylen),
+                         (unsigned long long)tg_limiter_key_hash(it->key.store_key,
+                                                                it->key.store_keylen),
                          it->fallback ? ",\"fallback\":true" : "");
         if (n < 0 || (size_t)n >= cap - o)
             return 0;

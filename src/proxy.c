@@ -209,8 +209,8 @@ static void release_slots(struct tg_request *req)
     if (ev_is_active(&req->delay_timer))
         ev_timer_stop(req_worker(req)->loop, &req->delay_timer);
     if (req->lim.pending > 0)
-        tg_limiter_cancel(req);
-    tg_limiter_end(req);
+        tg_limiter_cancel(&req->lim);
+    tg_limiter_end(&req->lim);
     release_tenant(req);
 }
 
@@ -509,7 +509,7 @@ const struct tg_config_route *tg_proxy_match_route(const struct tg_config_site *
 static bool peek_ready(const struct tg_request *req)
 {
     struct tg_buf *in = req->conn->in;
-    return req->req_body_done || req->req_body_bytes > tg_limiter_peek_wanted(req) ||
+    return req->req_body_done || req->req_body_bytes > tg_limiter_peek_wanted(&req->lim) ||
            (in != NULL && tg_buf_room(in) == 0 && in->start == 0);
 }
 
@@ -518,16 +518,16 @@ static bool peek_ready(const struct tg_request *req)
 static void body_peek(struct tg_request *req)
 {
     struct tg_buf *in = req->conn->in;
-    size_t want = tg_limiter_peek_wanted(req);
+    size_t want = tg_limiter_peek_wanted(&req->lim);
     bool complete = req->req_body_done && req->req_body_bytes <= want;
     if (in == NULL || req->req_ready == 0) {
-        tg_limiter_take_body(req, "", 0, complete);
+        tg_limiter_take_body(&req->lim, "", 0, complete);
         return;
     }
     const char *p = in->data + in->start;
     size_t avail = req->req_ready;
     if (req->req_framing != TG_HTTP1_BODY_CHUNKED) {
-        tg_limiter_take_body(req, p, avail < want ? avail : want, complete);
+        tg_limiter_take_body(&req->lim, p, avail < want ? avail : want, complete);
         return;
     }
     char *tmp = tg_arena_alloc(&req->arena, want + 1);
@@ -547,7 +547,7 @@ static void body_peek(struct tg_request *req)
         p += r;
         avail -= (size_t)r;
     }
-    tg_limiter_take_body(req, tmp != NULL ? tmp : "", got, complete && tmp != NULL);
+    tg_limiter_take_body(&req->lim, tmp != NULL ? tmp : "", got, complete && tmp != NULL);
 }
 
 static void on_delay(struct ev_loop *loop, ev_timer *t, int revents)
@@ -565,6 +565,7 @@ static void on_delay(struct ev_loop *loop, ev_timer *t, int revents)
 }
 
 static void after_decision(struct tg_request *req);
+static void limiter_done(void *arg);
 
 static void decide_and_forward(struct tg_request *req)
 {
@@ -581,15 +582,16 @@ static void decide_and_forward(struct tg_request *req)
             return;
         }
     }
-    if (tg_limiter_decide(req) == 1) {
+    if (tg_limiter_decide(&req->lim, limiter_done, req) == 1) {
         req->phase = TG_REQ_LIMITING; /* a Redis reply will call us back */
         return;
     }
     after_decision(req);
 }
 
-void tg_proxy_limiter_done(struct tg_request *req)
+static void limiter_done(void *arg)
 {
+    struct tg_request *req = arg;
     req_ref(req);
     after_decision(req);
     if (!req_over(req)) {
@@ -617,7 +619,7 @@ static void after_decision(struct tg_request *req)
                     req->request_id);
     if (req->lim.limited) {
         char body[256];
-        size_t n = tg_limiter_body(req, body, sizeof(body));
+        size_t n = tg_limiter_body(&req->lim, body, sizeof(body));
         respond_local_typed(req, 429, "application/json", body, n, false);
         return;
     }
@@ -964,12 +966,27 @@ static void forward_request(struct tg_request *req)
             return;
         }
     }
-    if (tg_limiter_prepare(req) < 0) {
+    struct tg_http_headers hv = {req->head.headers, req->head.nheaders, req->head.nheaders};
+    struct tg_limiter_input lin = {
+        .cfg = req_config(req),
+        .site = req->site,
+        .route = req->route,
+        .client = &req->client,
+        .tenant = req->tenant,
+        .tenant_interval_ns = req->tenant_obj != NULL ? req->tenant_obj->rate_interval_ns : 0,
+        .tenant_burst = req->tenant_obj != NULL ? req->tenant_obj->burst : 0,
+        .country = req->country,
+        .asn = req->asn,
+        .headers = &hv,
+        .query = req->head.query,
+        .arena = &req->arena,
+    };
+    if (tg_limiter_prepare(&req->lim, &lin, &w->limiter) < 0) {
         respond_local(req, 503, "503 Service Unavailable\n", true);
         return;
     }
     if (req->upstream->balance == TG_BALANCE_HASH)
-        req->balance_hash = tg_limiter_hash_part(req, &req->upstream->hash_key);
+        req->balance_hash = tg_limiter_hash_part(&lin, &req->upstream->hash_key);
 
     /* Rebuild the head for the upstream, then drop the original: from here
      * on conn->in starts with body bytes. */
@@ -1590,7 +1607,7 @@ static void on_response_head(struct tg_request *req, size_t head_len)
     double took = req->up_header_at - req->up_start;
     TG_METRIC_INC(us->response[tg_metrics_bucket(took)]);
     TG_METRIC_ADD(us->response_us, took > 0 ? (uint64_t)(took * 1e6) : 0);
-    tg_limiter_after_response(req, r->status);
+    tg_limiter_after_response(&req->lim, r->status);
     req->resp_framing = (uint8_t)r->framing;
     req->resp_remaining = r->content_length;
     tg_http1_chunked_init(&req->resp_chunked, MAX_TRAILER);

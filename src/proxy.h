@@ -187,10 +187,6 @@ void tg_proxy_fail(struct tg_request *req, int status, const char *reason);
 void tg_proxy_respond(struct tg_request *req, int status, const char *type, const char *body,
                       size_t len);
 
-/* The rate limiter decided a request that waited for Redis (phase
- * TG_REQ_LIMITING): go on with it. */
-void tg_proxy_limiter_done(struct tg_request *req);
-
 /* Aborts the request (client gone or connection closing): closes its
  * upstream connection and releases everything. Logs the request. */
 void tg_proxy_abort(struct tg_request *req);

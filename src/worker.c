@@ -23,6 +23,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "ratelimit_redis.h"
+#include "ratelimit_store.h"
 #include "tenant.h"
 #include "upstream.h"
 
@@ -286,6 +287,7 @@ static void configure_redis(struct tg_worker *w, const struct tg_config *cfg)
     } else {
         tg_ratelimit_redis_configure(w->rl_redis, &cfg->rate_limit.redis);
     }
+    tg_ratelimit_store_redis(&w->limiter.stores[TG_RL_STORE_REDIS], w->rl_redis);
 }
 
 /* The worker's tenant directory (its cache and Redis connections). */
@@ -490,6 +492,13 @@ struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt)
     w->pools = tg_upstream_pools_new();
     w->access_log = tg_access_log_new(w);
     w->metrics = tg_metrics_shard_new();
+    /* Where the limiter keeps buckets: the process-wide table, Redis once
+     * a policy needs it (configure_redis), and this gateway's share of the
+     * fleet's budget while Redis fails. */
+    tg_ratelimit_store_local(&w->limiter.stores[TG_RL_STORE_LOCAL], rt->rl_local);
+    tg_ratelimit_store_redis(&w->limiter.stores[TG_RL_STORE_REDIS], NULL);
+    tg_ratelimit_store_share(&w->limiter.share, rt->rl_local);
+    w->limiter.metrics = w->metrics;
     if (w->loop == NULL || w->pools == NULL || w->access_log == NULL || w->metrics == NULL) {
         tg_metrics_shard_free(w->metrics);
         if (w->loop != NULL)
@@ -537,6 +546,7 @@ static void *worker_main(void *arg)
     if (w->rl_redis != NULL) {
         tg_ratelimit_redis_free(w->rl_redis);
         w->rl_redis = NULL;
+        tg_ratelimit_store_redis(&w->limiter.stores[TG_RL_STORE_REDIS], NULL);
     }
     if (w->tenants != NULL) {
         tg_tenant_dir_free(w->tenants);

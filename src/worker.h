@@ -21,6 +21,7 @@
 #include "addr.h"
 #include "buf.h"
 #include "config.h"
+#include "limiter.h"
 
 struct tg_conn;
 struct tg_upstream_pools;
@@ -104,7 +105,7 @@ struct tg_worker {
     struct tg_tenant_dir *tenants;       /* when tenants use Redis */
     struct tg_metrics_shard *metrics;
     unsigned static_tenant_rr;           /* round robin for static tenants */
-    unsigned long rl_redis_fallbacks;
+    struct tg_limiter_env limiter;       /* stores and counts for rate limits */
     /* Peers already warned about (once each): forwarded headers from a
      * private peer that trusted_proxies does not list; a small ring. */
     struct tg_addr forwarded_warned[32];

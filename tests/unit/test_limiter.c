@@ -8,6 +8,8 @@
  * client 1.2.3.4's bucket and "a|b" in one part equalled two parts. */
 #include "../../src/limiter.c"
 
+#include "metrics.h"
+#include "ratelimit_store.h"
 #include "test.h"
 
 /* Encodes one value as a head part does; returns a static string. */
@@ -178,6 +180,254 @@ TEST(admin_keys_match_enforcement)
     tg_config_unref(c);
 }
 
+
+/* ---- decisions through the store interface, with fake stores ---------------- */
+
+/* A store that answers later (as Redis does): takes are queued, the test
+ * answers them. Keeps a bucket per key in a tiny table so answers are real
+ * GCRA decisions on a clock the test sets. */
+struct fake_store {
+    int64_t tat[16];
+    char key[16][64];
+    int nkeys;
+    bool fail;               /* take: fault at once */
+    int pending;             /* calls waiting for an answer */
+    tg_ratelimit_store_done done;
+    void *arg;
+    struct tg_ratelimit_key keys[8];
+    size_t n;
+    bool peek;
+    int refunds;
+    int64_t now;
+};
+
+static int64_t *fake_tat(struct fake_store *f, const struct tg_ratelimit_key *k)
+{
+    for (int i = 0; i < f->nkeys; i++)
+        if (strlen(f->key[i]) == k->store_keylen && memcmp(f->key[i], k->store_key, k->store_keylen) == 0)
+            return &f->tat[i];
+    snprintf(f->key[f->nkeys], sizeof(f->key[0]), "%.*s", (int)k->store_keylen, k->store_key);
+    f->tat[f->nkeys] = 0;
+    return &f->tat[f->nkeys++];
+}
+
+static enum tg_ratelimit_take fake_take(void *impl, struct tg_ratelimit_key *keys, size_t n,
+                                        bool peek, int64_t now, bool *allowed,
+                                        tg_ratelimit_store_done done, void *arg, void **pending)
+{
+    (void)now, (void)allowed;
+    struct fake_store *f = impl;
+    if (f->fail)
+        return TG_RATELIMIT_FAULT;
+    f->pending++;
+    f->done = done;
+    f->arg = arg;
+    memcpy(f->keys, keys, n * sizeof(*keys));
+    f->n = n;
+    f->peek = peek;
+    *pending = f;
+    return TG_RATELIMIT_PENDING;
+}
+
+/* Answers the queued call: all or nothing, on the fake's clock. */
+static void fake_answer(struct fake_store *f)
+{
+    struct tg_ratelimit_result res[8];
+    int64_t before[8];
+    bool all = true;
+    f->now = tg_limiter_now_ns(); /* the clock refunds use */
+    for (size_t i = 0; i < f->n; i++) {
+        int64_t *t = fake_tat(f, &f->keys[i]);
+        before[i] = *t;
+        all &= tg_ratelimit_gcra(t, f->now, &f->keys[i].params, f->keys[i].cost, &res[i]);
+    }
+    if (!all || f->peek)
+        for (size_t i = 0; i < f->n; i++)
+            *fake_tat(f, &f->keys[i]) = before[i];
+    f->pending--;
+    f->done(f->arg, 0, all, res, f->n);
+}
+
+static void fake_cancel(void *impl, void *pending)
+{
+    (void)pending;
+    ((struct fake_store *)impl)->pending--;
+}
+
+static void fake_refund(void *impl, struct tg_ratelimit_key *keys, size_t n, int64_t now)
+{
+    struct fake_store *f = impl;
+    for (size_t i = 0; i < n; i++)
+        tg_ratelimit_gcra_refund(fake_tat(f, &keys[i]), now, &keys[i].params, keys[i].cost);
+    f->refunds++;
+}
+
+static enum tg_ratelimit_take fake_reset(void *impl, const struct tg_ratelimit_key *key,
+                                         bool *had, tg_ratelimit_store_done done, void *arg)
+{
+    (void)impl, (void)key, (void)had, (void)done, (void)arg;
+    return TG_RATELIMIT_FAULT;
+}
+
+static const struct tg_ratelimit_store_ops fake_ops = {
+    "fake", false, fake_take, fake_cancel, fake_refund, fake_reset,
+};
+
+static int done_calls;
+static void on_done(void *arg)
+{
+    (void)arg;
+    done_calls++;
+}
+
+struct harness {
+    struct tg_config *cfg;
+    struct tg_ratelimit_local *table;
+    struct fake_store fake;
+    struct tg_limiter_env env;
+    struct tg_metrics_shard *metrics;
+    struct tg_arena arena;
+    struct tg_limiter_state lim;
+    struct tg_addr client;
+};
+
+static bool harness_init(struct harness *h, const char *policies, const char *route_limits)
+{
+    char yaml[4096], err[4096];
+    snprintf(yaml, sizeof(yaml),
+             "listen: [127.0.0.1:18080]\nadmin: {listen: off}\n"
+             "rate_limit:\n  redis: {address: 127.0.0.1:1, on_error: local}\n  policies:\n%s"
+             "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
+             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app, rate_limit: %s}]}]\n",
+             policies, route_limits);
+    memset(h, 0, sizeof(*h));
+    h->cfg = tg_config_load_buffer("t.yaml", yaml, strlen(yaml), err, sizeof(err));
+    if (h->cfg == NULL) {
+        fprintf(stderr, "%s", err);
+        return false;
+    }
+    h->table = tg_ratelimit_local_new(1024, 1);
+    h->metrics = tg_metrics_shard_new();
+    tg_ratelimit_store_local(&h->env.stores[TG_RL_STORE_LOCAL], h->table);
+    h->env.stores[TG_RL_STORE_REDIS] = (struct tg_ratelimit_store){&fake_ops, &h->fake};
+    tg_ratelimit_store_share(&h->env.share, h->table);
+    h->env.metrics = h->metrics;
+    tg_arena_init(&h->arena, 2048);
+    tg_addr_parse("203.0.113.7", 11, &h->client);
+    return true;
+}
+
+static void harness_free(struct harness *h)
+{
+    tg_arena_reset(&h->arena);
+    tg_metrics_shard_free(h->metrics);
+    tg_ratelimit_local_free(h->table);
+    tg_config_unref(h->cfg);
+}
+
+/* Prepares and decides one request; answers pending calls when asked. */
+static int decide(struct harness *h, const char *body)
+{
+    const struct tg_config_site *site = &h->cfg->sites[0];
+    struct tg_http_header hdr[1] = {{TG_STR("Content-Type"), TG_STR("application/json")}};
+    struct tg_http_headers hv = {hdr, 1, 1};
+    struct tg_limiter_input in = {.cfg = h->cfg, .site = site, .route = &site->routes[0],
+                                  .client = &h->client, .headers = &hv, .arena = &h->arena};
+    CHECK(tg_limiter_prepare(&h->lim, &in, &h->env) == 0);
+    if (h->lim.needs_body)
+        tg_limiter_take_body(&h->lim, body, strlen(body), true);
+    return tg_limiter_decide(&h->lim, on_done, NULL);
+}
+
+TEST(all_local_takes_at_once)
+{
+    struct harness h;
+    if (!harness_init(&h, "    a: {rate: 1/h, burst: 2, store: local}\n", "a"))
+        return;
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_INT(decide(&h, ""), 0);
+        CHECK(!h.lim.limited);
+    }
+    CHECK_EQ_INT(decide(&h, ""), 0);
+    CHECK(h.lim.limited);
+    CHECK_EQ_STR(h.lim.outcome, "limited");
+    harness_free(&h);
+}
+
+/* A store that answers later is asked only when the ones that answer at
+ * once allow; their spend waits for its answer; a refusal there gives back
+ * what the other store spent. */
+TEST(stores_that_answer_later)
+{
+    struct harness h;
+    if (!harness_init(&h, "    loc: {rate: 1/h, burst: 1, store: local}\n"
+                          "    far: {rate: 1/h, burst: 5, store: redis}\n", "[loc, far]"))
+        return;
+    done_calls = 0;
+    CHECK_EQ_INT(decide(&h, ""), 1); /* waits for "far" */
+    CHECK_EQ_INT(h.fake.pending, 1);
+    fake_answer(&h.fake);
+    CHECK_EQ_INT(done_calls, 1);
+    CHECK(!h.lim.limited);
+    /* "loc" is spent now: the next request is refused there, and "far" is
+     * never asked. */
+    CHECK_EQ_INT(decide(&h, ""), 0);
+    CHECK(h.lim.limited);
+    CHECK_EQ_INT(h.fake.pending, 0);
+    harness_free(&h);
+}
+
+/* Regression (issue 16): a failure budget is reserved before forwarding,
+ * so 3 guesses at once against a budget of 2 let only 2 through, in a store
+ * that answers later as in one that answers at once. */
+TEST(failure_reservations_in_a_far_store)
+{
+    struct harness h;
+    if (!harness_init(&h, "    acct: {rate: 1/h, burst: 2, key: [body:identity], count: failures, "
+                          "store: redis}\n", "acct"))
+        return;
+    struct tg_limiter_state lims[3];
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ_INT(decide(&h, "{\"identity\":\"Victim@Example.com\"}"), 1);
+        fake_answer(&h.fake);
+        lims[i] = h.lim;
+    }
+    CHECK(!lims[0].limited && !lims[1].limited && lims[2].limited);
+    /* A success gives its token back; a failure keeps it. */
+    h.lim = lims[0];
+    h.lim.forwarded = true;
+    tg_limiter_after_response(&h.lim, 200);
+    CHECK_EQ_INT(h.fake.refunds, 1);
+    h.lim = lims[1];
+    h.lim.forwarded = true;
+    tg_limiter_after_response(&h.lim, 400);
+    CHECK_EQ_INT(h.fake.refunds, 1);
+    CHECK_EQ_INT(decide(&h, "{\"identity\":\"victim@example.com\"}"), 1);
+    fake_answer(&h.fake);
+    CHECK(!h.lim.limited); /* the refunded token */
+    /* Never sent: given back at the end. */
+    tg_limiter_end(&h.lim);
+    CHECK_EQ_INT(h.fake.refunds, 2);
+    harness_free(&h);
+}
+
+/* A store that cannot answer: on_error local decides on this gateway's
+ * share, in the local table. */
+TEST(a_failed_store_falls_back_to_the_share)
+{
+    struct harness h;
+    if (!harness_init(&h, "    far: {rate: 1/h, burst: 2, store: redis}\n", "far"))
+        return;
+    h.fake.fail = true;
+    CHECK_EQ_INT(decide(&h, ""), 0);
+    CHECK(!h.lim.limited && h.lim.store_fallback);
+    CHECK_EQ_INT(decide(&h, ""), 0);
+    CHECK_EQ_INT(decide(&h, ""), 0);
+    CHECK(h.lim.limited); /* 2 in the share (one gateway) */
+    CHECK_EQ_INT(h.env.fallbacks, 3);
+    harness_free(&h);
+}
+
 int main(void)
 {
     RUN(escapes_separators_and_markers);
@@ -186,5 +436,9 @@ int main(void)
     RUN(whole_keys_beyond_the_store_limit_are_hashed);
     RUN(body_values_are_trimmed_and_folded);
     RUN(admin_keys_match_enforcement);
+    RUN(all_local_takes_at_once);
+    RUN(stores_that_answer_later);
+    RUN(failure_reservations_in_a_far_store);
+    RUN(a_failed_store_falls_back_to_the_share);
     return TEST_SUMMARY();
 }
