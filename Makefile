@@ -15,6 +15,9 @@
 #   make install      install binary, example config, systemd unit and docs
 #                     (PREFIX, DESTDIR)
 #   make deps         install the Debian packages the build needs
+#   make check-layers   check every #include against tools/layers.txt
+#   make format-check   check the C files against .clang-format (CI runs it)
+#   make format         rewrite the C files as .clang-format says
 #   make clean
 #
 # Options
@@ -30,11 +33,11 @@ CONFIG   ?= conf/tollgate.yaml
 FUZZ_SECONDS ?= 60
 PYTEST_ARGS ?=
 
-# Debian packages: building, testing, and benchmarking.
-BUILD_PKGS = gcc make pkg-config libev-dev libssl-dev libhiredis-dev \
-             libmaxminddb-dev libyaml-dev openssl
-TEST_PKGS  = $(BUILD_PKGS) python3 python3-pytest curl redis-server \
-             clang libclang-rt-14-dev wrk procps iproute2 slowhttptest systemd
+# Debian packages (tools/packages: one list for the Makefile, .ci/run and
+# bench/run).
+packages = $(shell sed -n 's/^$(1): *//p' tools/packages | sed 's/:[^ ]*//g')
+BUILD_PKGS = $(call packages,build)
+TEST_PKGS  = $(BUILD_PKGS) $(call packages,test)
 APT_SUDO   = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PKGS     = libssl libcrypto hiredis libmaxminddb yaml-0.1
@@ -62,7 +65,7 @@ LIB_OBJS = $(filter-out $(BUILD)/obj/main.o,$(OBJS))
 UNIT_SRCS = $(wildcard tests/unit/test_*.c)
 UNIT_BINS = $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all run deps test-deps test test-unit test-integration test-asan \
+.PHONY: check-layers format-check format all run deps test-deps test test-unit test-integration test-asan \
         unit-run integration-run fuzz bench certs install clean
 
 all: $(BUILD)/tollgate
@@ -115,8 +118,10 @@ run: deps
 	$(MAKE) all certs
 	./build/tollgate -c $(CONFIG)
 
-# The whole suite: plain first (fast feedback), then under sanitizers.
+# The whole suite: the module layers, then plain (fast feedback), then
+# under sanitizers.
 test: test-deps
+	tools/check-layers
 	$(MAKE) unit-run integration-run
 	$(MAKE) SANITIZE=address,undefined unit-run integration-run
 
@@ -143,6 +148,18 @@ integration-run: $(BUILD)/tollgate
 	TOLLGATE_BIN=$(CURDIR)/$(BUILD)/tollgate \
 	TG_GEOIP_DIR=$(CURDIR)/$(BUILD)/geoip /usr/bin/python3 -m pytest -q \
 	    -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+# Every include against tools/layers.txt (no module uses one above it).
+check-layers:
+	tools/check-layers
+
+# Every C file as clang-format (.clang-format) would write it.
+format-check:
+	clang-format --dry-run -Werror src/*.c src/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c
+
+# Rewrites the C files as format-check wants them.
+format:
+	clang-format -i src/*.c src/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c
 
 fuzz:
 	$(MAKE) -C tests/fuzz FUZZ_SECONDS=$(FUZZ_SECONDS) run

@@ -101,6 +101,9 @@ static bool is_tchar(char c)
            (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
+#define PORT_DIGITS_MAX 5
+#define PORT_MAX 65535
+
 /* RFC 7239 node-port: 1*5DIGIT (at most 65535) or an obfuscated port. */
 static bool valid_port(const char *s, size_t n)
 {
@@ -113,7 +116,7 @@ static bool valid_port(const char *s, size_t n)
                 return false;
         return n > 1;
     }
-    if (n > 5)
+    if (n > PORT_DIGITS_MAX)
         return false;
     unsigned v = 0;
     for (size_t i = 0; i < n; i++) {
@@ -121,7 +124,7 @@ static bool valid_port(const char *s, size_t n)
             return false;
         v = v * 10 + (unsigned)(s[i] - '0');
     }
-    return v <= 65535;
+    return v <= PORT_MAX;
 }
 
 /* A node: "192.0.2.1", "192.0.2.1:8080", "[2001:db8::1]",
@@ -405,6 +408,14 @@ enum {
     T_FLOAT = MMDB_DATA_TYPE_FLOAT,
 };
 
+/* Offsets the MaxMind DB format adds to longer pointers and sizes, so
+ * that each length covers only what the shorter one cannot. */
+#define MM_PTR_BASE2 2048     /* 2^11: past the 11-bit pointers */
+#define MM_PTR_BASE3 526336   /* 2^11 + 2^19: past the 19-bit ones */
+#define MM_SIZE_EXT 29        /* sizes 29..31 take 1..3 more bytes */
+#define MM_SIZE_BASE2 285     /* 29 + 256 */
+#define MM_SIZE_BASE3 65821   /* 285 + 65536 */
+
 /* One decoded control block. */
 struct mm_head {
     int type;
@@ -444,12 +455,12 @@ static const char *mm_decode(const uint8_t *base, uint32_t len, uint32_t off,
             break;
         case 2:
             v = ((uint64_t)(ctrl & 7) << 16 | (uint64_t)b[0] << 8 | b[1]) +
-                2048;
+                MM_PTR_BASE2;
             break;
         case 3:
             v = ((uint64_t)(ctrl & 7) << 24 | (uint64_t)b[0] << 16 |
                  (uint64_t)b[1] << 8 | b[2]) +
-                526336;
+                MM_PTR_BASE3;
             break;
         default:
             v = (uint64_t)b[0] << 24 | (uint64_t)b[1] << 16 |
@@ -481,17 +492,18 @@ static const char *mm_decode(const uint8_t *base, uint32_t len, uint32_t off,
     }
 
     uint64_t size = ctrl & 0x1f;
-    if (size >= 29) {
-        unsigned extra = (unsigned)size - 28;
+    if (size >= MM_SIZE_EXT) {
+        unsigned extra = (unsigned)size - (MM_SIZE_EXT - 1);
         if (p + extra > len)
             return "size runs past the end of the data section";
         const uint8_t *b = base + p;
         if (extra == 1)
-            size = 29 + (uint64_t)b[0];
+            size = MM_SIZE_EXT + (uint64_t)b[0];
         else if (extra == 2)
-            size = 285 + ((uint64_t)b[0] << 8 | b[1]);
+            size = MM_SIZE_BASE2 + ((uint64_t)b[0] << 8 | b[1]);
         else
-            size = 65821 + ((uint64_t)b[0] << 16 | (uint64_t)b[1] << 8 | b[2]);
+            size = MM_SIZE_BASE3 +
+                   ((uint64_t)b[0] << 16 | (uint64_t)b[1] << 8 | b[2]);
         p += extra;
     }
 
@@ -563,6 +575,22 @@ static const char *mm_decode(const uint8_t *base, uint32_t len, uint32_t off,
 /* Deeper than any GeoIP record (the deepest, City's subdivisions, is
  * record → array → map → names → string: 4 containers). */
 #define MM_MAX_DEPTH 32
+
+/* The zero bytes between the search tree and the data section; a record
+ * value past the node count is a data offset plus this. */
+#define MM_SEPARATOR 16
+/* The metadata follows this marker, within MM_METADATA_MAX bytes of the
+ * end of the file (the spec's bound). */
+#define MM_MARKER "\xab\xcd\xefMaxMind.com"
+#define MM_MARKER_LEN (sizeof(MM_MARKER) - 1)
+#define MM_METADATA_MAX 131072
+/* The metadata nests containers a level or two (description is a map,
+ * languages an array): past this depth mm_skip gives up. */
+#define MM_META_DEPTH_MAX 8
+/* IPv4 networks of an IPv6 database: under ::/96. */
+#define MM_V4_SUBTREE_BITS 96
+/* Levels of the search tree: one per bit of an IPv6 address, and the root. */
+#define MM_TREE_LEVELS (128 + 1)
 
 struct mm_check {
     const MMDB_s *mmdb;
@@ -800,15 +828,15 @@ static void format_network(const MMDB_s *mmdb, const uint8_t key[16],
 {
     struct tg_addr a;
     char text[TG_ADDR_STRLEN];
-    static const uint8_t zero[12];
+    static const uint8_t zero[MM_V4_SUBTREE_BITS / 8];
     memset(&a, 0, sizeof(a));
     if (mmdb->metadata.ip_version == 4) {
         a.family = AF_INET;
         memcpy(a.ip, key, 4);
-    } else if (bits >= 96 && memcmp(key, zero, 12) == 0) {
+    } else if (bits >= MM_V4_SUBTREE_BITS && memcmp(key, zero, sizeof(zero)) == 0) {
         a.family = AF_INET;
-        memcpy(a.ip, key + 12, 4);
-        bits -= 96;
+        memcpy(a.ip, key + sizeof(zero), 4);
+        bits -= MM_V4_SUBTREE_BITS;
     } else {
         a.family = AF_INET6;
         memcpy(a.ip, key, 16);
@@ -870,7 +898,7 @@ static int mm_validate(const MMDB_s *mmdb, char *msg, size_t msglen)
     /* MMDB_open checked that tree + separator fit before the metadata. */
     const uint8_t *sep =
         mmdb->file_content + (size_t)nodes * mmdb->full_record_byte_size;
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < MM_SEPARATOR; i++) {
         if (sep[i] != 0) {
             snprintf(msg, msglen,
                      "the 16 bytes after the search tree are not zero "
@@ -882,7 +910,7 @@ static int mm_validate(const MMDB_s *mmdb, char *msg, size_t msglen)
 
     /* libmaxminddb's data_section_size runs to the end of the file; the
      * data section proper ends where the metadata marker begins. */
-    const uint8_t *meta = mmdb->metadata_section - 14;
+    const uint8_t *meta = mmdb->metadata_section - MM_MARKER_LEN;
     if (meta < mmdb->data_section) {
         snprintf(msg, msglen, "the metadata overlaps the search tree");
         return -1;
@@ -899,7 +927,7 @@ static int mm_validate(const MMDB_s *mmdb, char *msg, size_t msglen)
     c.record = calloc(dbytes, 1);
     uint8_t *visited = calloc(((size_t)nodes + 7) / 8, 1);
     /* Depth-first with one pending sibling per level at most. */
-    struct mm_item stack[2 * 129 + 2];
+    struct mm_item stack[2 * MM_TREE_LEVELS + 2];
     size_t top = 0;
     if (c.seen == NULL || c.done == NULL || c.record == NULL ||
         visited == NULL) {
@@ -944,14 +972,14 @@ static int mm_validate(const MMDB_s *mmdb, char *msg, size_t msglen)
             if (r == nodes)
                 continue; /* no data for this network */
             format_network(mmdb, child.key, child.depth, net, sizeof(net));
-            if (r - nodes < 16 || r - nodes - 16 >= c.size) {
+            if (r - nodes < MM_SEPARATOR || r - nodes - MM_SEPARATOR >= c.size) {
                 snprintf(msg, msglen,
                          "search tree record for %s points outside the data "
                          "section (%llu)",
                          net, (unsigned long long)r);
                 goto out_free;
             }
-            if (mm_record(&c, (uint32_t)(r - nodes - 16)) < 0) {
+            if (mm_record(&c, (uint32_t)(r - nodes - MM_SEPARATOR)) < 0) {
                 char path[160];
                 format_path(&c, path, sizeof(path));
                 snprintf(msg, msglen, "corrupt data record for %s%s%s: %s", net,
@@ -983,7 +1011,7 @@ static int mm_skip(const uint8_t *base, uint32_t len, uint32_t off, int depth,
 {
     struct mm_head h;
     char detail[128];
-    if (depth > 8 ||
+    if (depth > MM_META_DEPTH_MAX ||
         mm_decode(base, len, off, &h, detail, sizeof(detail)) != NULL ||
         h.type == T_POINTER)
         return -1;
@@ -1003,8 +1031,8 @@ static int mm_skip(const uint8_t *base, uint32_t len, uint32_t off, int depth,
  * nothing more specific is found. */
 static int mm_explain_metadata(const char *path, char *msg, size_t msglen)
 {
-    static const uint8_t marker[] = "\xab\xcd\xefMaxMind.com";
-    const size_t mlen = sizeof(marker) - 1;
+    static const uint8_t marker[] = MM_MARKER;
+    const size_t mlen = MM_MARKER_LEN;
     int rc = -1;
     FILE *f = fopen(path, "rb");
     if (f == NULL)
@@ -1015,7 +1043,7 @@ static int mm_explain_metadata(const char *path, char *msg, size_t msglen)
         return -1;
     }
     size_t fsize = (size_t)st.st_size;
-    size_t tail = fsize < 131072 ? fsize : 131072; /* the spec's bound */
+    size_t tail = fsize < MM_METADATA_MAX ? fsize : MM_METADATA_MAX;
     uint8_t *buf = malloc(tail);
     if (buf == NULL || fseek(f, (long)(fsize - tail), SEEK_SET) != 0 ||
         fread(buf, 1, tail, f) != tail)
@@ -1081,7 +1109,7 @@ static int mm_explain_metadata(const char *path, char *msg, size_t msglen)
         goto out;
     }
     uint64_t tree = node_count * (record_size / 4);
-    if (tree + 16 > fsize) {
+    if (tree + MM_SEPARATOR > fsize) {
         snprintf(msg, msglen,
                  "node_count %llu needs a %llu-byte search tree, but the "
                  "file has %zu bytes",
@@ -1225,7 +1253,9 @@ uint32_t tg_geoip_asn(const struct tg_geoip *g, const struct tg_addr *a)
  * lookup in each gives the longest matching allow and deny prefixes, so the
  * same prefix on both lists is a tie (deny wins) whatever the order they
  * were added in. Countries are bits over AA..ZZ; ASNs sorted arrays. */
-#define COUNTRY_BITS (26 * 26)
+#define LETTERS 26
+#define COUNTRY_BITS (LETTERS * LETTERS)
+#define ASN_LIST_MIN 16
 
 struct asn_list {
     uint32_t *v; /* sorted, no duplicates */
@@ -1318,7 +1348,7 @@ static int country_index(const char *code)
     if (code == NULL || !is_alpha(code[0]) || !is_alpha(code[1]) ||
         code[2] != '\0')
         return -1;
-    return ((code[0] & ~0x20) - 'A') * 26 + ((code[1] & ~0x20) - 'A');
+    return ((code[0] & ~0x20) - 'A') * LETTERS + ((code[1] & ~0x20) - 'A');
 }
 
 int tg_access_rules_add_country(struct tg_access_rules *r, bool allow,
@@ -1361,7 +1391,7 @@ int tg_access_rules_add_asn(struct tg_access_rules *r, bool allow, uint32_t asn)
     if (asn_find(l, asn, &pos))
         return 0;
     if (l->n == l->cap) {
-        size_t ncap = l->cap ? l->cap * 2 : 16;
+        size_t ncap = l->cap ? l->cap * 2 : ASN_LIST_MIN;
         uint32_t *v = realloc(l->v, ncap * sizeof(*v));
         if (v == NULL)
             return -1;

@@ -17,16 +17,19 @@
 
 #include <ev.h>
 
+#include "addr.h"
+#include "codec.h"
 #include "config.h"
-#include "conn.h"
 #include "limiter.h"
 #include "log.h"
-#include "proxy.h"
 #include "tls.h"
-#include "worker.h"
 
 #define MAX_QUEUED_BYTES (16u << 20)
 #define MAX_LINE 4096
+#define LINE_END 2 /* bytes of a line kept for its closing "}\n" */
+/* A worker's chunk before the first configure sets access_buffer. */
+#define CHUNK_DEFAULT 65536
+#define FILE_MODE 0640
 
 struct log_chunk {
     size_t len, cap;
@@ -110,7 +113,7 @@ static void *writer_main(void *arg)
         if (writer.reopen) {
             writer.reopen = false;
             if (writer.path != NULL) {
-                int fd = open(writer.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+                int fd = open(writer.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, FILE_MODE);
                 if (fd < 0) {
                     tg_log_error("access log: reopen %s: %s", writer.path, strerror(errno));
                 } else {
@@ -177,7 +180,7 @@ int tg_access_log_set_target(const char *target, char *err, size_t errlen)
     if (target != NULL && strcmp(target, "stdout") == 0) {
         fd = STDOUT_FILENO;
     } else if (target != NULL) {
-        fd = open(target, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        fd = open(target, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, FILE_MODE);
         if (fd < 0) {
             snprintf(err, errlen, "cannot open access log %s: %s", target,
                      strerror(errno));
@@ -210,11 +213,6 @@ uint64_t tg_access_log_dropped(void)
     return atomic_load(&lines_dropped);
 }
 
-uint64_t tg_access_log_written(void)
-{
-    return atomic_load(&lines_written);
-}
-
 /* Queues a chunk, or refuses it when the writer is too far behind. */
 static bool submit(struct log_chunk *c)
 {
@@ -238,7 +236,7 @@ static bool submit(struct log_chunk *c)
 /* ---- per worker ------------------------------------------------------------ */
 
 struct tg_access_log {
-    struct tg_worker *w;
+    struct ev_loop *loop;
     bool enabled;
     size_t chunk_cap;
     struct log_chunk *chunk;
@@ -253,13 +251,13 @@ static void on_flush(struct ev_loop *loop, ev_timer *t, int revents)
     tg_access_log_flush(t->data);
 }
 
-struct tg_access_log *tg_access_log_new(struct tg_worker *w)
+struct tg_access_log *tg_access_log_new(struct ev_loop *loop)
 {
     struct tg_access_log *log = calloc(1, sizeof(*log));
     if (log == NULL)
         return NULL;
-    log->w = w;
-    log->chunk_cap = 65536;
+    log->loop = loop;
+    log->chunk_cap = CHUNK_DEFAULT;
     ev_init(&log->flush, on_flush);
     log->flush.data = log;
     return log;
@@ -270,8 +268,8 @@ void tg_access_log_free(struct tg_access_log *log)
     if (log == NULL)
         return;
     tg_access_log_flush(log);
-    if (log->w != NULL && log->w->loop != NULL)
-        ev_timer_stop(log->w->loop, &log->flush);
+    if (log->loop != NULL)
+        ev_timer_stop(log->loop, &log->flush);
     free(log->chunk);
     free(log);
 }
@@ -281,11 +279,11 @@ void tg_access_log_configure(struct tg_access_log *log,
 {
     log->enabled = cfg->access != NULL;
     log->chunk_cap = cfg->access_buffer;
-    ev_timer_stop(log->w->loop, &log->flush);
+    ev_timer_stop(log->loop, &log->flush);
     if (log->enabled) {
         double every = (double)cfg->access_flush_ms / 1000.0;
         ev_timer_set(&log->flush, every, every);
-        ev_timer_start(log->w->loop, &log->flush);
+        ev_timer_start(log->loop, &log->flush);
     } else {
         tg_access_log_flush(log);
     }
@@ -303,33 +301,6 @@ void tg_access_log_flush(struct tg_access_log *log)
     }
 }
 
-size_t tg_access_log_json_escape(char *out, size_t cap, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
-            if (o + 1 > cap)
-                break;
-            out[o++] = (char)ch;
-        } else if (ch == '"' || ch == '\\') {
-            if (o + 2 > cap)
-                break;
-            out[o++] = '\\';
-            out[o++] = (char)ch;
-        } else {
-            if (o + 6 > cap)
-                break;
-            memcpy(out + o, "\\u00", 4);
-            out[o + 4] = hex[ch >> 4];
-            out[o + 5] = hex[ch & 15];
-            o += 6;
-        }
-    }
-    return o;
-}
-
 /* Appends "key":"escaped" to the line. */
 static size_t put_str(char *line, size_t o, const char *key, const char *val)
 {
@@ -339,17 +310,17 @@ static size_t put_str(char *line, size_t o, const char *key, const char *val)
     if (n < 0 || (size_t)n >= MAX_LINE - o)
         return o;
     o += (size_t)n;
-    o += tg_access_log_json_escape(line + o, MAX_LINE - o - 2, val, strlen(val));
+    o += tg_json_escape(line + o, MAX_LINE - o - LINE_END, val, strlen(val));
     line[o++] = '"';
     return o;
 }
 
-void tg_access_log_request(struct tg_access_log *log,
-                           const struct tg_request *req, double now)
+void tg_access_log_write(struct tg_access_log *log, const struct tg_access_record *r)
 {
-    if (!log->enabled)
+    if (log == NULL || !log->enabled)
         return;
     char line[MAX_LINE];
+    double now = r->now;
     time_t sec = (time_t)now;
     if (sec != log->cached_sec) {
         struct tm tm;
@@ -358,33 +329,33 @@ void tg_access_log_request(struct tg_access_log *log,
         log->cached_sec = sec;
     }
     char client[TG_ADDR_STRLEN];
-    tg_addr_format(&req->client, client, sizeof(client));
+    tg_addr_format(r->client, client, sizeof(client));
     int ms = (int)((now - (double)sec) * 1000);
     int n = snprintf(line, sizeof(line), "{\"time\":\"%s%03dZ\",\"client\":\"%s\"",
                      log->cached_time, ms < 0 ? 0 : (ms > 999 ? 999 : ms), client);
     size_t o = (size_t)n;
-    o = put_str(line, o, "method", req->method);
-    o = put_str(line, o, "host", req->host);
-    o = put_str(line, o, "path", req->path);
-    double dur = (now - req->start) * 1000.0;
-    double up_ms = req->up_header_at > 0 ? (req->up_header_at - req->up_start) * 1000.0 : -1;
+    o = put_str(line, o, "method", r->method);
+    o = put_str(line, o, "host", r->host);
+    o = put_str(line, o, "path", r->path);
+    if (r->proto != NULL)
+        o = put_str(line, o, "proto", r->proto);
     n = snprintf(line + o, MAX_LINE - o,
                  ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                  "\"duration_ms\":%.3f",
-                 req->status, (unsigned long long)req->bytes_in,
-                 (unsigned long long)req->bytes_out, dur < 0 ? 0 : dur);
+                 r->status, (unsigned long long)r->bytes_in,
+                 (unsigned long long)r->bytes_out, r->duration_ms < 0 ? 0 : r->duration_ms);
     if (n > 0 && (size_t)n < MAX_LINE - o)
         o += (size_t)n;
-    o = put_str(line, o, "upstream", req->up_name);
-    if (up_ms >= 0) {
-        n = snprintf(line + o, MAX_LINE - o, ",\"upstream_ms\":%.3f", up_ms);
+    o = put_str(line, o, "upstream", r->upstream);
+    if (r->upstream_ms >= 0) {
+        n = snprintf(line + o, MAX_LINE - o, ",\"upstream_ms\":%.3f", r->upstream_ms);
         if (n > 0 && (size_t)n < MAX_LINE - o)
             o += (size_t)n;
     }
-    o = put_str(line, o, "request_id", req->request_id);
-    if (req->conn->io.ssl != NULL) {
+    o = put_str(line, o, "request_id", r->request_id);
+    if (r->ssl != NULL) {
         struct tg_tls_info ti;
-        tg_tls_info(req->conn->io.ssl, &ti);
+        tg_tls_info(r->ssl, &ti);
         o = put_str(line, o, "tls_version", ti.version);
         o = put_str(line, o, "tls_cipher", ti.cipher);
         if (ti.sni != NULL)
@@ -393,30 +364,31 @@ void tg_access_log_request(struct tg_access_log *log,
         if (n > 0 && (size_t)n < MAX_LINE - o)
             o += (size_t)n;
     }
-    if (req->tenant != NULL)
-        o = put_str(line, o, "tenant", req->tenant);
-    if (req->country[0] != '\0')
-        o = put_str(line, o, "country", req->country);
-    if (req->lim.active && req->lim.outcome != NULL) {
-        o = put_str(line, o, "ratelimit", req->lim.outcome);
-        if (req->lim.report != NULL)
-            o = put_str(line, o, "ratelimit_policy", req->lim.report->policy->name);
-        if (req->lim.refuse_reason != NULL)
-            o = put_str(line, o, "ratelimit_reason", req->lim.refuse_reason);
+    if (r->tenant != NULL)
+        o = put_str(line, o, "tenant", r->tenant);
+    if (r->country != NULL && r->country[0] != '\0')
+        o = put_str(line, o, "country", r->country);
+    const struct tg_limiter_state *lim = r->lim;
+    if (lim != NULL && lim->active && lim->outcome != NULL) {
+        o = put_str(line, o, "ratelimit", lim->outcome);
+        if (lim->report != NULL)
+            o = put_str(line, o, "ratelimit_policy", lim->report->policy->name);
+        if (lim->refuse_reason != NULL)
+            o = put_str(line, o, "ratelimit_reason", lim->refuse_reason);
         /* Which buckets were charged, as hashes: enough to follow one
          * account or address through the log without writing it down. */
         static const char name[] = ",\"ratelimit_keys\":";
-        if (o + sizeof(name) < MAX_LINE - 2) {
-            size_t n2 = tg_limiter_log_keys(&req->lim, line + o + sizeof(name) - 1,
-                                            MAX_LINE - 2 - o - (sizeof(name) - 1));
+        if (o + sizeof(name) < MAX_LINE - LINE_END) {
+            size_t n2 = tg_limiter_log_keys(lim, line + o + sizeof(name) - 1,
+                                            MAX_LINE - LINE_END - o - (sizeof(name) - 1));
             if (n2 > 0) {
                 memcpy(line + o, name, sizeof(name) - 1);
                 o += sizeof(name) - 1 + n2;
             }
         }
     }
-    if (o > MAX_LINE - 2)
-        o = MAX_LINE - 2;
+    if (o > MAX_LINE - LINE_END)
+        o = MAX_LINE - LINE_END;
     line[o++] = '}';
     line[o++] = '\n';
 

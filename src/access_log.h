@@ -12,9 +12,30 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct tg_worker;
-struct tg_request;
+#include <ev.h>
+#include <openssl/ssl.h>
+
+struct tg_addr;
 struct tg_config_log;
+struct tg_limiter_state;
+
+/* One request's line. Strings may be NULL (written as ""). */
+struct tg_access_record {
+    double now;                   /* when it ended (wall clock, seconds) */
+    const struct tg_addr *client;
+    const char *method, *host, *path;
+    const char *proto;            /* "HTTP/1.1", "HTTP/2.0", or NULL */
+    int status;
+    uint64_t bytes_in, bytes_out;
+    double duration_ms;
+    const char *upstream;         /* server address */
+    double upstream_ms;           /* to the response head; < 0: none */
+    const char *request_id;
+    SSL *ssl;                     /* TLS facts, or NULL */
+    const char *tenant;
+    const char *country;          /* "" or NULL: not written */
+    const struct tg_limiter_state *lim; /* NULL: no policy applied */
+};
 
 /* ---- the writer (main thread) ------------------------------------------- */
 
@@ -34,11 +55,10 @@ int tg_access_log_reopen(void);
 
 /* Lines dropped because the writer could not keep up, and lines written. */
 uint64_t tg_access_log_dropped(void);
-uint64_t tg_access_log_written(void);
 
 /* ---- per worker ----------------------------------------------------------- */
 
-struct tg_access_log *tg_access_log_new(struct tg_worker *w);
+struct tg_access_log *tg_access_log_new(struct ev_loop *loop);
 void tg_access_log_free(struct tg_access_log *log);
 
 /* Applies the log section of a new snapshot (enabled, flush interval,
@@ -47,16 +67,9 @@ void tg_access_log_configure(struct tg_access_log *log,
                              const struct tg_config_log *cfg);
 
 /* Appends the line for a finished request. Worker thread; never blocks. */
-void tg_access_log_request(struct tg_access_log *log,
-                           const struct tg_request *req, double now);
+void tg_access_log_write(struct tg_access_log *log, const struct tg_access_record *r);
 
 /* Hands the current chunk to the writer. */
 void tg_access_log_flush(struct tg_access_log *log);
-
-/* Appends `s` to out as the inside of a JSON string (quotes not included),
- * escaping quotes, backslashes, control and non-ASCII bytes. Returns the
- * bytes written, at most cap (truncating at an escape boundary). */
-size_t tg_access_log_json_escape(char *out, size_t cap, const char *s,
-                                 size_t n);
 
 #endif

@@ -9,18 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- parsing and formatting --------------------------------------------- */
+#include "codec.h"
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
+/* ---- parsing and formatting --------------------------------------------- */
 
 /* Dotted quad, exactly four decimal octets. A leading zero ("010") is
  * refused: some stacks read it as octal, so it means two different hosts. */
@@ -65,8 +56,8 @@ static int parse_v6(const char *s, size_t n, uint8_t ip[16])
     while (i < n) {
         size_t start = i;
         unsigned v = 0;
-        while (i < n && hexval(s[i]) >= 0 && i - start < 5)
-            v = (v << 4) | (unsigned)hexval(s[i++]);
+        while (i < n && tg_hex_digit(s[i]) >= 0 && i - start < 5)
+            v = (v << 4) | (unsigned)tg_hex_digit(s[i++]);
         if (i == start)
             return -1;
         if (i < n && s[i] == '.') {

@@ -2,7 +2,6 @@
  * keeps; nothing on the request path waits for it. */
 #include "admin.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,27 +9,38 @@
 
 #include <openssl/crypto.h>
 
+#include "codec.h"
 #include "config.h"
-#include "conn.h"
+#include "context.h"
 #include "health.h"
-#include "http1.h"
+#include "http.h"
 #include "limiter.h"
 #include "metrics.h"
-#include "proxy.h"
+#include "scrape.h"
+#include "request.h"
 #include "ratelimit.h"
 #include "ratelimit_redis.h"
 #include "redis.h"
 #include "tenant.h"
 #include "upstream.h"
 #include "version.h"
-#include "worker.h"
 
 #define JSON_TYPE "application/json"
 #define TEXT_TYPE "text/plain; charset=utf-8"
+#define BEARER "Bearer "
+#define BEARER_LEN (sizeof(BEARER) - 1)
+#define RATELIMIT_PREFIX "/ratelimit/"
+#define RATELIMIT_PREFIX_LEN (sizeof(RATELIMIT_PREFIX) - 1)
+#define KEY_QUERY "?key="
+#define KEY_QUERY_LEN (sizeof(KEY_QUERY) - 1)
+/* Bytes of a key shown back in a report; the buffer has room for its NUL. */
+#define KEY_SHOWN_MAX 512
+/* Of a store key's bytes, those left for the policy name before the key. */
+#define POLICY_ROOM 80
 
 static void respond_text(struct tg_request *req, int status, const char *body)
 {
-    tg_proxy_respond(req, status, TEXT_TYPE, body, strlen(body));
+    tg_request_respond(req, status, TEXT_TYPE, body, strlen(body), false);
 }
 
 /* Constant-time check of "Authorization: Bearer <token>". */
@@ -38,15 +48,15 @@ static bool authorized(const struct tg_request *req, const char *token)
 {
     if (token == NULL)
         return true;
-    const struct tg_http1_request *h = &req->head;
+    const struct tg_http_headers *h = &req->headers;
     size_t tn = strlen(token);
-    for (size_t i = 0; i < h->nheaders; i++) {
-        if (!tg_http_name_eq(h->headers[i].name, "authorization"))
+    for (size_t i = 0; i < h->n; i++) {
+        if (!tg_http_name_eq(h->v[i].name, "authorization"))
             continue;
-        struct tg_str v = h->headers[i].value;
-        if (v.n != 7 + tn || strncasecmp(v.p, "Bearer ", 7) != 0)
+        struct tg_str v = h->v[i].value;
+        if (v.n != BEARER_LEN + tn || strncasecmp(v.p, BEARER, BEARER_LEN) != 0)
             return false;
-        return CRYPTO_memcmp(v.p + 7, token, tn) == 0;
+        return CRYPTO_memcmp(v.p + BEARER_LEN, token, tn) == 0;
     }
     return false;
 }
@@ -55,61 +65,15 @@ static void handle_metrics(struct tg_request *req)
 {
     char *body;
     size_t len;
-    if (tg_metrics_render(req->conn->w->rt, &body, &len) < 0) {
+    if (tg_scrape_render(req->ctx->rt, &body, &len) < 0) {
         respond_text(req, 503, "503 Service Unavailable: out of memory\n");
         return;
     }
-    tg_proxy_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", body, len);
+    tg_request_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", body, len, false);
     free(body);
 }
 
 /* ---- /status ------------------------------------------------------------- */
-
-struct jbuf {
-    char *p;
-    size_t n, cap;
-};
-
-static void jput(struct jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void jput(struct jbuf *b, const char *fmt, ...)
-{
-    if (b->p == NULL)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int w = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
-        va_end(ap);
-        if (w >= 0 && (size_t)w < b->cap - b->n) {
-            b->n += (size_t)w;
-            return;
-        }
-        char *np = w < 0 ? NULL : realloc(b->p, b->cap * 2 + (size_t)w);
-        if (np == NULL) {
-            free(b->p);
-            b->p = NULL;
-            return;
-        }
-        b->p = np;
-        b->cap = b->cap * 2 + (size_t)w;
-    }
-}
-
-/* A JSON string (names from our own config, escaped anyway). */
-static void jstr(struct jbuf *b, const char *s)
-{
-    jput(b, "\"");
-    for (; s != NULL && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            jput(b, "\\%c", c);
-        else if (c < 0x20 || c >= 0x7f)
-            jput(b, "\\u%04x", c);
-        else
-            jput(b, "%c", c);
-    }
-    jput(b, "\"");
-}
 
 static const char *redis_state_name(enum tg_redis_state s)
 {
@@ -127,40 +91,40 @@ static const char *redis_state_name(enum tg_redis_state s)
 
 static void handle_status(struct tg_request *req)
 {
-    struct tg_worker *w = req->conn->w;
+    struct tg_context *w = req->ctx;
     struct tg_runtime *rt = w->rt;
     const struct tg_config *cfg = req->wcfg->config;
-    struct jbuf b = {malloc(8192), 0, 8192};
+    struct tg_strbuf b = {0};
     char loaded[32];
     struct tm tm;
     gmtime_r(&cfg->loaded_at, &tm);
     strftime(loaded, sizeof(loaded), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    jput(&b, "{\"version\":\"%s\",\"config\":", TG_VERSION);
-    jstr(&b, rt->config_path);
-    jput(&b, ",\"config_loaded_at\":\"%s\",\"workers\":%u,\"connections\":%lu,"
+    tg_strbuf_printf(&b, "{\"version\":\"%s\",\"config\":", TG_VERSION);
+    tg_strbuf_json(&b, rt->config_path);
+    tg_strbuf_printf(&b, ",\"config_loaded_at\":\"%s\",\"workers\":%u,\"connections\":%lu,"
              "\"draining\":%s,\"upstreams\":[",
          loaded, rt->nworkers, (unsigned long)atomic_load(&rt->nconns),
          atomic_load(&rt->draining) ? "true" : "false");
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const struct tg_config_upstream *u = &cfg->upstreams[i];
-        jput(&b, "%s{\"name\":", i ? "," : "");
-        jstr(&b, u->name);
-        jput(&b, ",\"servers\":[");
+        tg_strbuf_printf(&b, "%s{\"name\":", i ? "," : "");
+        tg_strbuf_json(&b, u->name);
+        tg_strbuf_printf(&b, ",\"servers\":[");
         for (size_t s = 0; s < u->nservers; s++) {
             struct tg_upstream_server_state st;
             tg_upstream_server_state(w, u, (int)s, &st);
-            jput(&b, "%s{\"address\":", s ? "," : "");
-            jstr(&b, u->servers[s].addr.text);
-            jput(&b, ",\"healthy\":%s,\"ejected\":%s,\"check_passing\":%s,"
+            tg_strbuf_printf(&b, "%s{\"address\":", s ? "," : "");
+            tg_strbuf_json(&b, u->servers[s].addr.text);
+            tg_strbuf_printf(&b, ",\"healthy\":%s,\"ejected\":%s,\"check_passing\":%s,"
                      "\"failures_in_a_row\":%u,\"active\":%u,\"idle\":%u}",
                  st.ejected || !tg_health_up(&u->servers[s].addr) ? "false" : "true",
                  st.ejected ? "true" : "false",
                  tg_health_up(&u->servers[s].addr) ? "true" : "false", st.fails, st.active,
                  st.idle);
         }
-        jput(&b, "]}");
+        tg_strbuf_printf(&b, "]}");
     }
-    jput(&b, "],\"redis\":{\"state\":\"%s\",\"gateways\":%u}",
+    tg_strbuf_printf(&b, "],\"redis\":{\"state\":\"%s\",\"gateways\":%u}",
          w->rl_redis != NULL ? redis_state_name(tg_ratelimit_redis_state(w->rl_redis))
                              : "unused",
          tg_ratelimit_redis_gateways());
@@ -172,52 +136,29 @@ static void handle_status(struct tg_request *req)
         tg_tenant_dir_stats(rt->workers[i]->tenants, &ts);
         cached += ts.cached;
     }
-    jput(&b, ",\"tenant_cache_size\":%zu,\"note\":\"upstream health is as seen by the worker "
+    tg_strbuf_printf(&b, ",\"tenant_cache_size\":%zu,\"note\":\"upstream health is as seen by the worker "
              "that answered\"}\n", cached);
-    if (b.p == NULL) {
+    if (b.oom) {
+        tg_strbuf_free(&b);
         respond_text(req, 503, "503 Service Unavailable: out of memory\n");
         return;
     }
-    tg_proxy_respond(req, 200, JSON_TYPE, b.p, b.n);
-    free(b.p);
+    tg_request_respond(req, 200, JSON_TYPE, b.p, b.n, false);
+    tg_strbuf_free(&b);
 }
 
 /* ---- /ratelimit/POLICY/KEY ------------------------------------------------ */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = (char)(c | 0x20);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* Percent-decodes in place; returns the new length. A '+' means a space
- * only in a query string (form encoding), never in a path. */
-static size_t pct_decode(char *s, size_t n, bool plus_is_space)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%' && i + 2 < n + 0 && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-            s[o++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
-            i += 2;
-        } else {
-            s[o++] = s[i] == '+' && plus_is_space ? ' ' : s[i];
-        }
-    }
-    return o;
-}
-
 static void key_report(struct tg_request *req, const struct tg_config_policy *p, const char *key,
                        size_t keylen, const struct tg_ratelimit_result *r, const char *store)
 {
-    struct jbuf b = {malloc(1024), 0, 1024};
-    jput(&b, "{\"policy\":");
-    jstr(&b, p->name);
-    char k[520];
-    snprintf(k, sizeof(k), "%.*s", (int)(keylen < 512 ? keylen : 512), key);
-    jput(&b, ",\"key\":");
-    jstr(&b, k);
+    struct tg_strbuf b = {0};
+    tg_strbuf_printf(&b, "{\"policy\":");
+    tg_strbuf_json(&b, p->name);
+    char k[KEY_SHOWN_MAX + 8];
+    snprintf(k, sizeof(k), "%.*s", (int)(keylen < KEY_SHOWN_MAX ? keylen : KEY_SHOWN_MAX), key);
+    tg_strbuf_printf(&b, ",\"key\":");
+    tg_strbuf_json(&b, k);
     /* The hash the access log prints for this key (ratelimit_keys). */
     char sk[TG_RATELIMIT_LOCAL_KEY_MAX];
     size_t skl = tg_limiter_store_key(p->name, key, keylen, sk, sizeof(sk));
@@ -232,19 +173,20 @@ static void key_report(struct tg_request *req, const struct tg_config_policy *p,
         if (retry < 0)
             retry = 0;
     }
-    jput(&b, ",\"log_key\":\"%016llx\",\"store\":\"%s\",\"state\":\"%s\",\"limit\":%lld,"
+    tg_strbuf_printf(&b, ",\"log_key\":\"%016llx\",\"store\":\"%s\",\"state\":\"%s\",\"limit\":%lld,"
              "\"window_seconds\":%lld,\"burst\":%lld,\"remaining\":%lld,\"limited\":%s,"
              "\"retry_after_seconds\":%.3f,\"reset_seconds\":%.3f}\n",
          (unsigned long long)tg_limiter_key_hash(sk, skl), store, empty ? "none" : "held",
          (long long)p->count, (long long)p->period_s, (long long)p->params.burst,
          (long long)r->remaining, r->remaining < 1 ? "true" : "false", retry,
          (double)(r->reset_ns > 0 ? r->reset_ns : 0) / 1e9);
-    if (b.p == NULL) {
+    if (b.oom) {
+        tg_strbuf_free(&b);
         respond_text(req, 503, "503 Service Unavailable: out of memory\n");
         return;
     }
-    tg_proxy_respond(req, 200, JSON_TYPE, b.p, b.n);
-    free(b.p);
+    tg_request_respond(req, 200, JSON_TYPE, b.p, b.n, false);
+    tg_strbuf_free(&b);
 }
 
 /* A store that answers later (Redis): the request's arena holds the
@@ -265,8 +207,8 @@ static void on_store_answer(void *arg, int status, bool allowed,
     (void)allowed;
     struct admin_call *a = arg;
     struct tg_request *req = a->req;
-    if (tg_proxy_request_over(req)) {
-        tg_proxy_request_unref(req);
+    if (tg_request_over(req)) {
+        tg_request_unref(req);
         return;
     }
     if (status < 0) {
@@ -278,13 +220,13 @@ static void on_store_answer(void *arg, int status, bool allowed,
     } else {
         respond_text(req, 502, "502 Bad Gateway: unexpected answer from the store\n");
     }
-    tg_proxy_request_unref(req);
+    tg_request_unref(req);
 }
 
 static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
 {
     const struct tg_config *cfg = req->wcfg->config;
-    struct tg_worker *w = req->conn->w;
+    struct tg_context *w = req->ctx;
     bool del = req->method_id == TG_HTTP_DELETE;
     if (req->method_id != TG_HTTP_GET && !del) {
         respond_text(req, 405, "405 Method Not Allowed: GET or DELETE\n");
@@ -313,11 +255,12 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
     if (slash != NULL) {
         rawlen = pathlen - pn - 1;
         memcpy(raw, slash + 1, rawlen);
-        rawlen = pct_decode(raw, rawlen, false);
-    } else if (q != NULL && n - (size_t)(q - rest) > 5 && strncmp(q, "?key=", 5) == 0) {
-        rawlen = n - (size_t)(q - rest) - 5;
-        memcpy(raw, q + 5, rawlen);
-        rawlen = pct_decode(raw, rawlen, true);
+        rawlen = tg_percent_decode(raw, rawlen, false);
+    } else if (q != NULL && n - (size_t)(q - rest) > KEY_QUERY_LEN &&
+               strncmp(q, KEY_QUERY, KEY_QUERY_LEN) == 0) {
+        rawlen = n - (size_t)(q - rest) - KEY_QUERY_LEN;
+        memcpy(raw, q + KEY_QUERY_LEN, rawlen);
+        rawlen = tg_percent_decode(raw, rawlen, true);
     }
     if (rawlen == 0) {
         respond_text(req, 400, "400 Bad Request: /ratelimit/POLICY/KEY or "
@@ -329,7 +272,8 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
     char *key = tg_arena_alloc(&req->arena, TG_RATELIMIT_LOCAL_KEY_MAX);
     const char *why = "invalid key";
     size_t keylen = key != NULL ? tg_limiter_admin_key(cfg, p, raw, rawlen, key,
-                                                       TG_RATELIMIT_LOCAL_KEY_MAX - 80, &why)
+                                                       TG_RATELIMIT_LOCAL_KEY_MAX - POLICY_ROOM,
+                                                       &why)
                                 : 0;
     if (keylen == 0) {
         char msg[200];
@@ -362,7 +306,7 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
     if (r == TG_RATELIMIT_FAULT) {
         respond_text(req, 503, "503 Service Unavailable: the rate-limit store is unavailable\n");
     } else if (r == TG_RATELIMIT_PENDING) {
-        tg_proxy_request_ref(req);
+        tg_request_ref(req);
     } else if (del) {
         respond_text(req, 200, had ? "reset\n" : "reset (the key held no state)\n");
     } else {
@@ -384,12 +328,13 @@ void tg_admin_handle(struct tg_request *req)
     size_t pn = q ? (size_t)(q - path) : n;
     bool get = req->method_id == TG_HTTP_GET || req->method_id == TG_HTTP_HEAD;
 #define IS(p) (pn == sizeof(p) - 1 && memcmp(path, p, pn) == 0)
-    if (IS("/ratelimit") || (pn > 11 && memcmp(path, "/ratelimit/", 11) == 0)) {
-        if (pn <= 11) {
+    if (IS("/ratelimit") || (pn > RATELIMIT_PREFIX_LEN &&
+                             memcmp(path, RATELIMIT_PREFIX, RATELIMIT_PREFIX_LEN) == 0)) {
+        if (pn <= RATELIMIT_PREFIX_LEN) {
             respond_text(req, 400, "400 Bad Request: /ratelimit/POLICY/KEY\n");
             return;
         }
-        handle_ratelimit(req, path + 11, n - 11);
+        handle_ratelimit(req, path + RATELIMIT_PREFIX_LEN, n - RATELIMIT_PREFIX_LEN);
         return;
     }
     if (!get) {
@@ -399,7 +344,7 @@ void tg_admin_handle(struct tg_request *req)
     if (IS("/healthz")) {
         respond_text(req, 200, "ok\n");
     } else if (IS("/readyz")) {
-        bool draining = atomic_load(&req->conn->w->rt->draining) || req->conn->w->draining;
+        bool draining = atomic_load(&req->ctx->rt->draining) || req->ctx->draining;
         respond_text(req, draining ? 503 : 200, draining ? "draining\n" : "ready\n");
     } else if (IS("/metrics")) {
         handle_metrics(req);

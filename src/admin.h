@@ -10,7 +10,7 @@
 struct tg_request;
 
 /* Handles a request that arrived on the admin listener; answers through
- * tg_proxy_respond, possibly later (Redis look-ups). */
+ * tg_request_respond, possibly later (Redis look-ups). */
 void tg_admin_handle(struct tg_request *req);
 
 #endif

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "codec.h"
+
 #define JSON_MAX_DEPTH 64
 #define BOUNDARY_MAX 70
 #define FIELD_MAX 128
@@ -81,17 +83,6 @@ static char lower(unsigned char c)
 
 /* ---- a byte source: raw, or a validated form component ---------------- */
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Reads bytes one at a time; with `form` set, "+" is a space and %XX a
  * byte (the escapes were checked by pct_ok before). c is the current
  * decoded byte, -1 at the end; nx is the raw position after it. */
@@ -114,12 +105,12 @@ static int rd_decode(const struct rd *r, const unsigned char *p,
             return ' ';
         }
         if (*p == '%') {
-            if (r->end - p < 3 || hexval(p[1]) < 0 || hexval(p[2]) < 0) {
+            if (r->end - p < 3 || tg_hex_digit(p[1]) < 0 || tg_hex_digit(p[2]) < 0) {
                 *nx = r->end; /* not reached: validated */
                 return -1;
             }
             *nx = p + 3;
-            return hexval(p[1]) * 16 + hexval(p[2]);
+            return tg_hex_digit(p[1]) * 16 + tg_hex_digit(p[2]);
         }
     }
     *nx = p + 1;
@@ -152,7 +143,7 @@ static int rd_peek2(const struct rd *r)
 static bool pct_ok(const unsigned char *p, const unsigned char *e)
 {
     while ((p = memchr(p, '%', (size_t)(e - p))) != NULL) {
-        if (e - p < 3 || hexval(p[1]) < 0 || hexval(p[2]) < 0)
+        if (e - p < 3 || tg_hex_digit(p[1]) < 0 || tg_hex_digit(p[2]) < 0)
             return false;
         p += 3;
     }
@@ -234,7 +225,7 @@ static bool json_hex4(struct rd *r, unsigned *v)
 {
     *v = 0;
     for (int i = 0; i < 4; i++) {
-        int h = hexval(r->c);
+        int h = tg_hex_digit(r->c);
         if (h < 0)
             return false;
         *v = *v * 16 + (unsigned)h;

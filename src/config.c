@@ -1,11 +1,18 @@
-/* Configuration loader: libyaml document -> struct tg_config.
+/* Configuration parser: libyaml document -> the plain structs of config.h.
  *
  * Each section is described by a schema table (key name, parser, where the
- * value goes, bounds); a generic walker applies it, so unknown keys, wrong
- * types and out-of-range values are reported the same way everywhere, with
- * FILE:LINE:COL. All errors are collected before giving up. Cross-references
- * (a route naming an upstream) are resolved by parsing sections in
- * dependency order rather than file order. */
+ * value goes, bounds, default); a generic walker applies it, so unknown
+ * keys, wrong types and out-of-range values are reported the same way
+ * everywhere, with FILE:LINE:COL, and every default is written once, as
+ * YAML, beside its key. All errors are collected before giving up.
+ * Cross-references (a route naming an upstream) are resolved by parsing
+ * sections in dependency order rather than file order, and what routes
+ * inherit from their site and the top level (headers, rate-limit policies)
+ * is merged here, once.
+ *
+ * Nothing here opens a file but the YAML or builds a runtime object: TLS,
+ * GeoIP, the host index, route patterns, access rules and the tenant index
+ * are config_build.c's, from the data and marks left here. */
 #include "config.h"
 
 #include <errno.h>
@@ -22,22 +29,13 @@
 #include <openssl/ssl.h>
 #include <yaml.h>
 
-#include "access.h"
 #include "bodykey.h"
-#include "http1.h"
-#include "log.h"
+#include "http.h"
 #include "router.h"
-#include "tenant.h"
-#include "tls.h"
 
 #define MAX_CONFIG_BYTES (64u << 20)
 #define MAX_NODE_VISITS 4000000u
-#define MAX_ERRORS 50
-
-struct cfg_error {
-    struct tg_config_mark mark;
-    char msg[300];
-};
+#define ADMIN_BACKLOG 128 /* the admin listener's, not configurable */
 
 /* A headers block as written (global, site or route), before merging. */
 #define MAX_HDR_ITEMS 32
@@ -66,61 +64,72 @@ struct hdr_spec {
 struct cfg_ctx {
     struct hdr_spec *global_headers; /* while parsing sites */
     struct hdr_spec *site_headers;
-    const char *file;
     yaml_document_t *doc;
     struct tg_config *cfg;
-    char *errors;            /* the caller's buffer, filled at the end */
-    size_t errlen;
-    struct cfg_error *errs;  /* collected, sorted by position at the end */
-    int nerrors;
+    struct tg_config_errors *errs;
     unsigned long visits;
+    yaml_document_t defaults;     /* list-valued defaults, built as needed */
+    bool defaults_ready;
 };
 
 /* ---- errors ------------------------------------------------------------- */
+
+void tg_config_errors_init(struct tg_config_errors *e, const char *file)
+{
+    e->file = file;
+    e->n = 0;
+}
+
+static void verror_at(struct tg_config_errors *errs, struct tg_config_mark m,
+                      const char *fmt, va_list ap)
+{
+    if (errs->n < TG_CONFIG_MAX_ERRORS) {
+        errs->list[errs->n].mark = m;
+        vsnprintf(errs->list[errs->n].msg, sizeof(errs->list[errs->n].msg), fmt, ap);
+    }
+    errs->n++;
+}
+
+void tg_config_error_at(struct tg_config_errors *e, struct tg_config_mark m,
+                        const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verror_at(e, m, fmt, ap);
+    va_end(ap);
+}
+
+static int cmp_error(const void *a, const void *b)
+{
+    const struct tg_config_mark *x = a, *y = b; /* each entry starts with its mark */
+    if (x->line != y->line)
+        return x->line < y->line ? -1 : 1;
+    return (x->col > y->col) - (x->col < y->col);
+}
+
+/* Writes the collected errors in file order: the first line is the first
+ * problem in the file, whatever order the sections were checked in. */
+void tg_config_errors_format(struct tg_config_errors *e, char *out, size_t cap)
+{
+    if (out == NULL || cap == 0)
+        return;
+    int n = e->n < TG_CONFIG_MAX_ERRORS ? e->n : TG_CONFIG_MAX_ERRORS;
+    qsort(e->list, (size_t)n, sizeof(e->list[0]), cmp_error);
+    size_t used = 0;
+    out[0] = '\0';
+    for (int i = 0; i < n && used + 1 < cap; i++) {
+        int w = snprintf(out + used, cap - used, "%s:%d:%d: %s\n", e->file,
+                         e->list[i].mark.line, e->list[i].mark.col, e->list[i].msg);
+        if (w < 0)
+            break;
+        used += (size_t)w < cap - used ? (size_t)w : cap - used - 1;
+    }
+}
 
 static struct tg_config_mark mark_of(const yaml_node_t *node)
 {
     return (struct tg_config_mark){(int)node->start_mark.line + 1,
                                    (int)node->start_mark.column + 1};
-}
-
-static void verror_at(struct cfg_ctx *ctx, struct tg_config_mark m,
-                      const char *fmt, va_list ap)
-{
-    if (ctx->nerrors < MAX_ERRORS) {
-        struct cfg_error *e = &ctx->errs[ctx->nerrors];
-        e->mark = m;
-        vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
-    }
-    ctx->nerrors++;
-}
-
-static int cmp_error(const void *a, const void *b)
-{
-    const struct cfg_error *x = a, *y = b;
-    if (x->mark.line != y->mark.line)
-        return x->mark.line < y->mark.line ? -1 : 1;
-    return (x->mark.col > y->mark.col) - (x->mark.col < y->mark.col);
-}
-
-/* Writes the collected errors in file order: the first line is the first
- * problem in the file, whatever order the sections were checked in. */
-static void flush_errors(struct cfg_ctx *ctx)
-{
-    if (ctx->errors == NULL || ctx->errlen == 0)
-        return;
-    int n = ctx->nerrors < MAX_ERRORS ? ctx->nerrors : MAX_ERRORS;
-    qsort(ctx->errs, (size_t)n, sizeof(*ctx->errs), cmp_error);
-    size_t used = 0;
-    ctx->errors[0] = '\0';
-    for (int i = 0; i < n && used + 1 < ctx->errlen; i++) {
-        int w = snprintf(ctx->errors + used, ctx->errlen - used, "%s:%d:%d: %s\n",
-                         ctx->file, ctx->errs[i].mark.line, ctx->errs[i].mark.col,
-                         ctx->errs[i].msg);
-        if (w < 0)
-            break;
-        used += (size_t)w < ctx->errlen - used ? (size_t)w : ctx->errlen - used - 1;
-    }
 }
 
 static void error_at(struct cfg_ctx *ctx, struct tg_config_mark m,
@@ -130,7 +139,7 @@ static void error_at(struct cfg_ctx *ctx, struct tg_config_mark m,
 {
     va_list ap;
     va_start(ap, fmt);
-    verror_at(ctx, m, fmt, ap);
+    verror_at(ctx->errs, m, fmt, ap);
     va_end(ap);
 }
 
@@ -141,7 +150,7 @@ static int node_error(struct cfg_ctx *ctx, const yaml_node_t *node,
 {
     va_list ap;
     va_start(ap, fmt);
-    verror_at(ctx, mark_of(node), fmt, ap);
+    verror_at(ctx->errs, mark_of(node), fmt, ap);
     va_end(ap);
     return -1;
 }
@@ -209,12 +218,21 @@ struct cfg_key;
 typedef int (*cfg_parse_fn)(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
                             const struct cfg_key *key);
 
+/* One key of a section: how its value is parsed, where it goes, its
+ * bounds and its default. The default is YAML as a user would write it
+ * ("10s", "16KiB", "round_robin", "[400, 401]"), run through the key's own
+ * parser when the struct is set up, so it obeys the same rules and bounds
+ * as a configured value. A key whose value is a section of its own names
+ * the section's table in `sub`: its defaults are applied with the
+ * parent's (with p_section, its mapping is walked in place too). */
 struct cfg_key {
     const char *name;
     cfg_parse_fn parse;
     size_t offset;
     int64_t min, max;             /* bounds for numbers, durations, sizes */
     const char *const *choices;   /* for p_enum: NULL-terminated */
+    const char *def;              /* default, as YAML; NULL: zero / none */
+    const struct cfg_key *sub;    /* the section's own keys */
 };
 
 static int p_bool(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
@@ -481,6 +499,78 @@ static int walk_mapping(struct cfg_ctx *ctx, yaml_node_t *node,
     return rc;
 }
 
+/* A section given as a mapping: its own table, walked in place. */
+static int p_section(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                     const struct cfg_key *key)
+{
+    return walk_mapping(ctx, node, key->sub, dst, key->name);
+}
+
+/* A list default ("[400, 401, 403, 429]") as a sequence node of plain
+ * scalars in the context's defaults document. */
+static yaml_node_t *default_list(struct cfg_ctx *ctx, const char *text)
+{
+    if (!ctx->defaults_ready) {
+        if (!yaml_document_initialize(&ctx->defaults, NULL, NULL, NULL, 1, 1))
+            return NULL;
+        ctx->defaults_ready = true;
+    }
+    int seq = yaml_document_add_sequence(&ctx->defaults, NULL, YAML_FLOW_SEQUENCE_STYLE);
+    if (seq == 0)
+        return NULL;
+    const char *p = text + 1;
+    for (;;) {
+        p += strspn(p, " ");
+        size_t n = strcspn(p, ",]");
+        while (n > 0 && p[n - 1] == ' ')
+            n--;
+        if (n > 0) {
+            int item = yaml_document_add_scalar(&ctx->defaults, NULL,
+                                                (yaml_char_t *)p, (int)n,
+                                                YAML_PLAIN_SCALAR_STYLE);
+            if (item == 0 || !yaml_document_append_sequence_item(&ctx->defaults, seq, item))
+                return NULL;
+        }
+        p += strcspn(p, ",]");
+        if (*p != ',')
+            break;
+        p++;
+    }
+    return yaml_document_get_node(&ctx->defaults, seq);
+}
+
+/* Sets every key of `keys` that has a default (and the keys of its
+ * sections) in `base`, through the key's parser: once, when the struct is
+ * made, before anything configured is read into it. */
+static void apply_defaults(struct cfg_ctx *ctx, const struct cfg_key *keys, void *base)
+{
+    for (const struct cfg_key *k = keys; k->name != NULL; k++) {
+        void *dst = (char *)base + k->offset;
+        if (k->sub != NULL)
+            apply_defaults(ctx, k->sub, dst);
+        if (k->def == NULL)
+            continue;
+        if (k->def[0] == '[') {
+            yaml_document_t *saved = ctx->doc;
+            yaml_node_t *list = default_list(ctx, k->def);
+            ctx->doc = &ctx->defaults;
+            if (list == NULL)
+                error_at(ctx, (struct tg_config_mark){1, 1}, "out of memory");
+            else
+                k->parse(ctx, list, dst, k);
+            ctx->doc = saved;
+            continue;
+        }
+        yaml_node_t node;
+        memset(&node, 0, sizeof(node));
+        node.type = YAML_SCALAR_NODE;
+        node.data.scalar.value = (yaml_char_t *)k->def;
+        node.data.scalar.length = strlen(k->def);
+        node.data.scalar.style = YAML_PLAIN_SCALAR_STYLE;
+        k->parse(ctx, &node, dst, k);
+    }
+}
+
 /* Finds a key's value node in a mapping, or NULL. */
 static yaml_node_t *mapping_get(struct cfg_ctx *ctx, yaml_node_t *map,
                                 const char *name)
@@ -665,91 +755,107 @@ static int p_workers(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     return p_uint(ctx, node, dst, key);
 }
 
+/* The tables below: key, parser, field, min, max (0: none), choices,
+ * default (as YAML; NULL: zero or none), the section's own table. They are
+ * the reference docs/configuration.md describes. */
+
 static const struct cfg_key client_keys[] = {
-    {"header_timeout", p_duration, FIELD(struct tg_config_client, header_timeout_ms), 1, 0, NULL},
-    {"keepalive_timeout", p_duration, FIELD(struct tg_config_client, keepalive_timeout_ms), 0, 0, NULL},
-    {"body_timeout", p_duration, FIELD(struct tg_config_client, body_timeout_ms), 1, 0, NULL},
-    {"send_timeout", p_duration, FIELD(struct tg_config_client, send_timeout_ms), 1, 0, NULL},
-    {"min_body_rate", p_size64, FIELD(struct tg_config_client, min_body_rate), 0, 0, NULL},
-    {"max_request_line", p_size, FIELD(struct tg_config_client, max_request_line), 64, 1 << 20, NULL},
-    {"max_head", p_size, FIELD(struct tg_config_client, max_head), 256, 1 << 20, NULL},
-    {"max_headers", p_uint, FIELD(struct tg_config_client, max_headers), 1, 256, NULL},
-    {"max_body", p_size64, FIELD(struct tg_config_client, max_body), 0, 0, NULL},
-    {"max_connections", p_uint, FIELD(struct tg_config_client, max_connections), 0, 10000000, NULL},
-    {"buffer_size", p_size, FIELD(struct tg_config_client, buffer_size), 4096, 1 << 24, NULL},
-    {"ipv6_prefix", p_uint, FIELD(struct tg_config_client, ipv6_prefix), 1, 128, NULL},
+    {"header_timeout", p_duration, FIELD(struct tg_config_client, header_timeout_ms), 1, 0, NULL, "10s"},
+    {"keepalive_timeout", p_duration, FIELD(struct tg_config_client, keepalive_timeout_ms), 0, 0, NULL, "60s"},
+    {"body_timeout", p_duration, FIELD(struct tg_config_client, body_timeout_ms), 1, 0, NULL, "60s"},
+    {"send_timeout", p_duration, FIELD(struct tg_config_client, send_timeout_ms), 1, 0, NULL, "60s"},
+    {"min_body_rate", p_size64, FIELD(struct tg_config_client, min_body_rate), 0, 0, NULL, "0"},
+    {"max_request_line", p_size, FIELD(struct tg_config_client, max_request_line), 64, 1 << 20, NULL, "8KiB"},
+    {"max_head", p_size, FIELD(struct tg_config_client, max_head), 256, 1 << 20, NULL, "32KiB"},
+    {"max_headers", p_uint, FIELD(struct tg_config_client, max_headers), 1, 256, NULL, "100"},
+    {"max_body", p_size64, FIELD(struct tg_config_client, max_body), 0, 0, NULL, "0"},
+    {"max_connections", p_uint, FIELD(struct tg_config_client, max_connections), 0, 10000000, NULL, "0"},
+    {"buffer_size", p_size, FIELD(struct tg_config_client, buffer_size), 4096, 1 << 24, NULL, "16KiB"},
+    {"ipv6_prefix", p_uint, FIELD(struct tg_config_client, ipv6_prefix), 1, 128, NULL, "64"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
 static const struct cfg_key stream_keys[] = {
-    {"heartbeat", p_duration, FIELD(struct tg_config_stream, heartbeat_ms), 0, 0, NULL},
-    {"max_per_ip", p_uint, FIELD(struct tg_config_stream, max_per_ip), 0, 1000000, NULL},
-    {"idle_timeout", p_duration, FIELD(struct tg_config_stream, idle_timeout_ms), 0, 0, NULL},
+    {"heartbeat", p_duration, FIELD(struct tg_config_stream, heartbeat_ms), 0, 0, NULL, "30s"},
+    {"max_per_ip", p_uint, FIELD(struct tg_config_stream, max_per_ip), 0, 1000000, NULL, "100"},
+    {"idle_timeout", p_duration, FIELD(struct tg_config_stream, idle_timeout_ms), 0, 0, NULL, "0"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
 static const struct cfg_key log_keys[] = {
-    {"level", p_enum, FIELD(struct tg_config_log, level), 0, 0, log_levels},
-    {"error", p_string, FIELD(struct tg_config_log, error), 0, 0, NULL},
-    {"access", p_string, FIELD(struct tg_config_log, access), 0, 0, NULL},
-    {"access_flush", p_duration, FIELD(struct tg_config_log, access_flush_ms), 1, 60000, NULL},
-    {"access_buffer", p_size, FIELD(struct tg_config_log, access_buffer), 4096, 64 << 20, NULL},
+    {"level", p_enum, FIELD(struct tg_config_log, level), 0, 0, log_levels, "info"},
+    {"error", p_string, FIELD(struct tg_config_log, error), 0, 0, NULL, NULL /* stderr */},
+    {"access", p_string, FIELD(struct tg_config_log, access), 0, 0, NULL, "stdout"},
+    {"access_flush", p_duration, FIELD(struct tg_config_log, access_flush_ms), 1, 60000, NULL, "1s"},
+    {"access_buffer", p_size, FIELD(struct tg_config_log, access_buffer), 4096, 64 << 20, NULL, "64KiB"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
 static const struct cfg_key listen_keys[] = {
-    {"address", p_sockaddr, FIELD(struct tg_config_listen, addr), 0, 0, NULL},
-    {"tls", p_bool, FIELD(struct tg_config_listen, tls), 0, 0, NULL},
-    {"redirect_to_https", p_int, FIELD(struct tg_config_listen, redirect_to_https), 1, 65535, NULL},
-    {"proxy_protocol", p_bool, FIELD(struct tg_config_listen, proxy_protocol), 0, 0, NULL},
-    {"backlog", p_int, FIELD(struct tg_config_listen, backlog), 1, 65535, NULL},
-    {"max_connections_per_ip", p_uint, FIELD(struct tg_config_listen, max_connections_per_ip), 0, 1000000, NULL},
-    {"client_ca", p_string, FIELD(struct tg_config_listen, client_ca), 0, 0, NULL},
-    {"client_verify", p_client_verify, FIELD(struct tg_config_listen, client_verify_optional), 0, 0, client_verify_modes},
-    {"client_subject_header", p_string, FIELD(struct tg_config_listen, client_subject_header), 0, 0, NULL},
+    {"address", p_sockaddr, FIELD(struct tg_config_listen, addr), 0, 0, NULL, NULL /* required */},
+    {"tls", p_bool, FIELD(struct tg_config_listen, tls), 0, 0, NULL, "false"},
+    {"redirect_to_https", p_int, FIELD(struct tg_config_listen, redirect_to_https), 1, 65535, NULL, NULL /* off */},
+    {"proxy_protocol", p_bool, FIELD(struct tg_config_listen, proxy_protocol), 0, 0, NULL, "false"},
+    {"backlog", p_int, FIELD(struct tg_config_listen, backlog), 1, 65535, NULL, "4096"},
+    {"max_connections_per_ip", p_uint, FIELD(struct tg_config_listen, max_connections_per_ip), 0, 1000000, NULL, "0"},
+    {"client_ca", p_string, FIELD(struct tg_config_listen, client_ca), 0, 0, NULL, NULL},
+    {"client_verify", p_client_verify, FIELD(struct tg_config_listen, client_verify_optional), 0, 0, client_verify_modes, "required"},
+    {"client_subject_header", p_string, FIELD(struct tg_config_listen, client_subject_header), 0, 0, NULL, NULL},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
 static const struct cfg_key tls_keys[] = {
-    {"certificates", p_skip, 0, 0, 0, NULL},
-    {"min_version", p_tls_version, FIELD(struct tg_config_tls, min_version), 0, 0, NULL},
-    {"ciphers", p_string, FIELD(struct tg_config_tls, ciphers), 0, 0, NULL},
-    {"ciphersuites", p_string, FIELD(struct tg_config_tls, ciphersuites), 0, 0, NULL},
-    {"session_tickets", p_bool, FIELD(struct tg_config_tls, session_tickets), 0, 0, NULL},
-    {"ticket_key_rotation", p_duration, FIELD(struct tg_config_tls, ticket_key_rotation_ms), 60000, 0, NULL},
-    {"session_cache_size", p_uint, FIELD(struct tg_config_tls, session_cache_size), 0, 10000000, NULL},
-    {"session_timeout", p_duration, FIELD(struct tg_config_tls, session_timeout_ms), 1000, 86400000, NULL},
-    {"handshake_timeout", p_duration, FIELD(struct tg_config_tls, handshake_timeout_ms), 100, 0, NULL},
+    {"certificates", p_skip, 0, 0, 0, NULL, NULL /* [] */},
+    {"min_version", p_tls_version, FIELD(struct tg_config_tls, min_version), 0, 0, NULL, "1.2"},
+    {"ciphers", p_string, FIELD(struct tg_config_tls, ciphers), 0, 0, NULL, NULL /* tls_server.c's */},
+    {"ciphersuites", p_string, FIELD(struct tg_config_tls, ciphersuites), 0, 0, NULL, NULL /* OpenSSL's */},
+    {"session_tickets", p_bool, FIELD(struct tg_config_tls, session_tickets), 0, 0, NULL, "true"},
+    {"ticket_key_rotation", p_duration, FIELD(struct tg_config_tls, ticket_key_rotation_ms), 60000, 0, NULL, "1h"},
+    {"session_cache_size", p_uint, FIELD(struct tg_config_tls, session_cache_size), 0, 10000000, NULL, "20480"},
+    {"session_timeout", p_duration, FIELD(struct tg_config_tls, session_timeout_ms), 1000, 86400000, NULL, "1h"},
+    {"handshake_timeout", p_duration, FIELD(struct tg_config_tls, handshake_timeout_ms), 100, 0, NULL, "10s"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
 static const struct cfg_key certificate_keys[] = {
-    {"cert", p_string, FIELD(struct tg_config_certificate, cert), 0, 0, NULL},
-    {"key", p_string, FIELD(struct tg_config_certificate, key), 0, 0, NULL},
+    {"cert", p_string, FIELD(struct tg_config_certificate, cert), 0, 0, NULL, NULL},
+    {"key", p_string, FIELD(struct tg_config_certificate, key), 0, 0, NULL, NULL},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
+static const struct cfg_key health_check_keys[] = {
+    {"path", p_string, FIELD(struct tg_config_health_check, path), 0, 0, NULL, NULL /* off */},
+    {"interval", p_duration, FIELD(struct tg_config_health_check, interval_ms), 100, 3600000, NULL, "5s"},
+    {"timeout", p_duration, FIELD(struct tg_config_health_check, timeout_ms), 10, 600000, NULL, "2s"},
+    {"fails", p_uint, FIELD(struct tg_config_health_check, fails), 1, 100, NULL, "2"},
+    {"passes", p_uint, FIELD(struct tg_config_health_check, passes), 1, 100, NULL, "2"},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static int p_hash_key(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                      const struct cfg_key *key);
+
 static const struct cfg_key upstream_keys[] = {
-    {"servers", p_skip, 0, 0, 0, NULL},
-    {"balance", p_enum, FIELD(struct tg_config_upstream, balance), 0, 0, balances},
-    {"keepalive", p_uint, FIELD(struct tg_config_upstream, keepalive), 0, 100000, NULL},
-    {"keepalive_timeout", p_duration, FIELD(struct tg_config_upstream, keepalive_timeout_ms), 1, 0, NULL},
-    {"keepalive_requests", p_uint, FIELD(struct tg_config_upstream, keepalive_requests), 0, 100000000, NULL},
-    {"connect_timeout", p_duration, FIELD(struct tg_config_upstream, connect_timeout_ms), 1, 0, NULL},
-    {"read_timeout", p_duration, FIELD(struct tg_config_upstream, read_timeout_ms), 1, 0, NULL},
-    {"send_timeout", p_duration, FIELD(struct tg_config_upstream, send_timeout_ms), 1, 0, NULL},
-    {"retries", p_uint, FIELD(struct tg_config_upstream, retries), 0, 100, NULL},
-    {"max_connections", p_uint, FIELD(struct tg_config_upstream, max_connections), 0, 1000000, NULL},
-    {"max_response_head", p_size, FIELD(struct tg_config_upstream, max_response_head), 1024, 1 << 20, NULL},
-    {"hash_key", p_skip, 0, 0, 0, NULL},
-    {"max_fails", p_uint, FIELD(struct tg_config_upstream, max_fails), 0, 1000, NULL},
-    {"eject_time", p_duration, FIELD(struct tg_config_upstream, eject_ms), 1, 3600000, NULL},
-    {"fail_on_5xx", p_bool, FIELD(struct tg_config_upstream, fail_on_5xx), 0, 0, NULL},
-    {"health_check", p_skip, 0, 0, 0, NULL},
-    {"tls", p_bool, FIELD(struct tg_config_upstream, tls), 0, 0, NULL},
-    {"tls_verify", p_bool, FIELD(struct tg_config_upstream, tls_verify), 0, 0, NULL},
-    {"tls_ca", p_string, FIELD(struct tg_config_upstream, tls_ca), 0, 0, NULL},
-    {"tls_server_name", p_string, FIELD(struct tg_config_upstream, tls_server_name), 0, 0, NULL},
+    {"servers", p_skip, 0, 0, 0, NULL, NULL /* required */},
+    {"balance", p_enum, FIELD(struct tg_config_upstream, balance), 0, 0, balances, "round_robin"},
+    {"keepalive", p_uint, FIELD(struct tg_config_upstream, keepalive), 0, 100000, NULL, "32"},
+    {"keepalive_timeout", p_duration, FIELD(struct tg_config_upstream, keepalive_timeout_ms), 1, 0, NULL, "60s"},
+    {"keepalive_requests", p_uint, FIELD(struct tg_config_upstream, keepalive_requests), 0, 100000000, NULL, "10000"},
+    {"connect_timeout", p_duration, FIELD(struct tg_config_upstream, connect_timeout_ms), 1, 0, NULL, "5s"},
+    {"read_timeout", p_duration, FIELD(struct tg_config_upstream, read_timeout_ms), 1, 0, NULL, "60s"},
+    {"send_timeout", p_duration, FIELD(struct tg_config_upstream, send_timeout_ms), 1, 0, NULL, "60s"},
+    {"retries", p_uint, FIELD(struct tg_config_upstream, retries), 0, 100, NULL, "1"},
+    {"max_connections", p_uint, FIELD(struct tg_config_upstream, max_connections), 0, 1000000, NULL, "0"},
+    {"max_response_head", p_size, FIELD(struct tg_config_upstream, max_response_head), 1024, 1 << 20, NULL, "32KiB"},
+    {"hash_key", p_hash_key, FIELD(struct tg_config_upstream, hash_key), 0, 0, NULL, "ip"},
+    {"max_fails", p_uint, FIELD(struct tg_config_upstream, max_fails), 0, 1000, NULL, "3"},
+    {"eject_time", p_duration, FIELD(struct tg_config_upstream, eject_ms), 1, 3600000, NULL, "1s"},
+    {"fail_on_5xx", p_bool, FIELD(struct tg_config_upstream, fail_on_5xx), 0, 0, NULL, "false"},
+    {"health_check", p_skip, FIELD(struct tg_config_upstream, health_check), 0, 0, NULL, NULL, health_check_keys},
+    {"tls", p_bool, FIELD(struct tg_config_upstream, tls), 0, 0, NULL, "false"},
+    {"tls_verify", p_bool, FIELD(struct tg_config_upstream, tls_verify), 0, 0, NULL, "true"},
+    {"tls_ca", p_string, FIELD(struct tg_config_upstream, tls_ca), 0, 0, NULL, NULL /* system store */},
+    {"tls_server_name", p_string, FIELD(struct tg_config_upstream, tls_server_name), 0, 0, NULL, NULL},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -890,6 +996,20 @@ static int parse_key_part(struct cfg_ctx *ctx, yaml_node_t *node,
                       "body:FIELD)", s);
 }
 
+/* An upstream's hash_key: one key part, read from the request head. */
+static int p_hash_key(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                      const struct cfg_key *key)
+{
+    (void)key;
+    struct tg_config_rl_key_part *part = dst;
+    if (parse_key_part(ctx, node, part) < 0)
+        return -1;
+    if (part->kind == TG_RL_PART_JSON || part->kind == TG_RL_PART_FORM ||
+        part->kind == TG_RL_PART_BODY)
+        return node_error(ctx, node, "hash_key cannot read the body");
+    return 0;
+}
+
 static int p_key_parts(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
                        const struct cfg_key *key)
 {
@@ -927,7 +1047,11 @@ static int p_statuses(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     if (expect_list(ctx, node, key->name) < 0)
         return -1;
     size_t n = list_len(node);
-    p->failure_statuses = tg_arena_calloc(&ctx->cfg->arena, n ? n : 1, sizeof(int));
+    if (n == 0)
+        return 0; /* [] keeps the default list */
+    p->failure_statuses = tg_arena_calloc(&ctx->cfg->arena, n, sizeof(int));
+    if (p->failure_statuses == NULL)
+        return node_error(ctx, node, "out of memory");
     p->nfailure_statuses = 0;
     static const struct cfg_key status_key = {"a status", NULL, 0, 100, 599, NULL};
     int rc = 0;
@@ -954,43 +1078,41 @@ static int p_burst(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
 }
 
 static const struct cfg_key policy_keys[] = {
-    {"rate", p_rate, 0, 0, 0, NULL},
-    {"burst", p_burst, FIELD(struct tg_config_policy, params.burst), 1, 1000000000, NULL},
-    {"delay", p_burst, FIELD(struct tg_config_policy, params.delay), 0, 1000000000, NULL},
-    {"key", p_key_parts, 0, 0, 0, NULL},
-    {"mode", p_flag_choice, FIELD(struct tg_config_policy, shadow), 0, 0, rl_modes},
-    {"count", p_flag_choice, FIELD(struct tg_config_policy, count_failures), 0, 0, rl_counts},
-    {"failure_statuses", p_statuses, 0, 0, 0, NULL},
-    {"store", p_store, FIELD(struct tg_config_policy, store), 0, 0, rl_stores},
-    {"max_peek", p_size, FIELD(struct tg_config_policy, max_peek), 16, 65536, NULL},
+    {"rate", p_rate, 0, 0, 0, NULL, NULL /* required */},
+    {"burst", p_burst, FIELD(struct tg_config_policy, params.burst), 1, 1000000000, NULL, "1"},
+    {"delay", p_burst, FIELD(struct tg_config_policy, params.delay), 0, 1000000000, NULL, "0"},
+    {"key", p_key_parts, 0, 0, 0, NULL, "[ip]"},
+    {"mode", p_flag_choice, FIELD(struct tg_config_policy, shadow), 0, 0, rl_modes, "enforce"},
+    {"count", p_flag_choice, FIELD(struct tg_config_policy, count_failures), 0, 0, rl_counts, "all"},
+    {"failure_statuses", p_statuses, 0, 0, 0, NULL, "[400, 401, 403, 429]" /* with count: failures */},
+    {"store", p_store, FIELD(struct tg_config_policy, store), 0, 0, rl_stores, NULL /* rate_limit.store */},
+    {"max_peek", p_size, FIELD(struct tg_config_policy, max_peek), 16, 65536, NULL, "4KiB"},
     {"body_fallback", p_flag_choice, FIELD(struct tg_config_policy, body_fallback), 0, 0,
-     rl_body_fallbacks},
+     rl_body_fallbacks, "refuse"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
-static const struct cfg_key redis_keys[] = {
-    {"address", p_string, FIELD(struct tg_config_redis, address), 0, 0, NULL},
-    {"password", p_string, FIELD(struct tg_config_redis, password), 0, 0, NULL},
-    {"db", p_uint, FIELD(struct tg_config_redis, db), 0, 1000, NULL},
-    {"timeout", p_duration, FIELD(struct tg_config_redis, timeout_ms), 1, 60000, NULL},
-    {"key_prefix", p_string, FIELD(struct tg_config_redis, key_prefix), 0, 0, NULL},
-    {"on_error", p_skip, 0, 0, 0, NULL},
-    {NULL, NULL, 0, 0, 0, NULL},
-};
+/* A Redis server's keys; only the key prefix differs between the users. */
+#define REDIS_KEYS(prefix)                                                              \
+    {                                                                                   \
+        {"address", p_string, FIELD(struct tg_config_redis, address), 0, 0, NULL, "127.0.0.1:6379"}, \
+        {"password", p_string, FIELD(struct tg_config_redis, password), 0, 0, NULL, NULL},  \
+        {"db", p_uint, FIELD(struct tg_config_redis, db), 0, 1000, NULL, "0"},          \
+        {"timeout", p_duration, FIELD(struct tg_config_redis, timeout_ms), 1, 60000, NULL, "50ms"}, \
+        {"key_prefix", p_string, FIELD(struct tg_config_redis, key_prefix), 0, 0, NULL, prefix}, \
+        {"on_error", p_skip, 0, 0, 0, NULL, NULL /* rate_limit.redis: local */},        \
+        {NULL, NULL, 0, 0, 0, NULL},                                                    \
+    }
+static const struct cfg_key rl_redis_keys[] = REDIS_KEYS("tollgate:rl:");
+static const struct cfg_key tenant_redis_keys[] = REDIS_KEYS("tollgate:tenant:");
 
-static void redis_defaults(struct tg_config_redis *r, const char *prefix)
-{
-    r->address = "127.0.0.1:6379";
-    r->timeout_ms = 50;
-    r->key_prefix = prefix;
-}
-
-/* Parses a redis mapping; checks the address form. */
+/* Parses a redis mapping into `r` (already holding its defaults); checks
+ * the address form. */
 static int parse_redis(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_redis *r,
-                       const char *what)
+                       const struct cfg_key *keys, const char *what)
 {
     r->mark = mark_of(node);
-    int rc = walk_mapping(ctx, node, redis_keys, r, what);
+    int rc = walk_mapping(ctx, node, keys, r, what);
     if (r->address != NULL && strncmp(r->address, "unix:", 5) != 0) {
         struct tg_config_sockaddr sa;
         char err[200];
@@ -1049,35 +1171,35 @@ static int parse_policy_list(struct cfg_ctx *ctx, yaml_node_t *node,
     return rc;
 }
 
+/* rate_limit.local's keys live in struct tg_config_rate_limit itself. */
+static const struct cfg_key rl_local_keys[] = {
+    {"max_keys", p_size, FIELD(struct tg_config_rate_limit, local_max_keys), 1024, 1000000000, NULL, "1000000"},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const struct cfg_key rate_limit_keys[] = {
+    {"store", p_store, FIELD(struct tg_config_rate_limit, store), 0, 0, rl_stores, "local"},
+    {"headers", p_bool, FIELD(struct tg_config_rate_limit, headers), 0, 0, NULL, "false"},
+    {"legacy_headers", p_bool, FIELD(struct tg_config_rate_limit, legacy_headers), 0, 0, NULL, "false"},
+    {"exempt", p_skip, 0, 0, 0, NULL, NULL /* [] */},
+    {"global", p_skip, 0, 0, 0, NULL, NULL /* [] */},
+    {"local", p_section, 0, 0, 0, NULL, NULL, rl_local_keys},
+    {"redis", p_skip, FIELD(struct tg_config_rate_limit, redis), 0, 0, NULL, NULL, rl_redis_keys},
+    {"policies", p_skip, 0, 0, 0, NULL, NULL /* {} */},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
 static int parse_rate_limit(struct cfg_ctx *ctx, yaml_node_t *node)
 {
-    static const struct cfg_key keys[] = {
-        {"store", p_store, FIELD(struct tg_config_rate_limit, store), 0, 0, rl_stores},
-        {"headers", p_bool, FIELD(struct tg_config_rate_limit, headers), 0, 0, NULL},
-        {"legacy_headers", p_bool, FIELD(struct tg_config_rate_limit, legacy_headers), 0, 0, NULL},
-        {"exempt", p_skip, 0, 0, 0, NULL},
-        {"global", p_skip, 0, 0, 0, NULL},
-        {"local", p_skip, 0, 0, 0, NULL},
-        {"redis", p_skip, 0, 0, 0, NULL},
-        {"policies", p_skip, 0, 0, 0, NULL},
-        {NULL, NULL, 0, 0, 0, NULL},
-    };
-    static const struct cfg_key local_keys[] = {
-        {"max_keys", p_size, FIELD(struct tg_config_rate_limit, local_max_keys), 1024, 1000000000, NULL},
-        {NULL, NULL, 0, 0, 0, NULL},
-    };
     struct tg_config *cfg = ctx->cfg;
     struct tg_config_rate_limit *rl = &cfg->rate_limit;
-    int rc = walk_mapping(ctx, node, keys, rl, "rate_limit");
+    int rc = walk_mapping(ctx, node, rate_limit_keys, rl, "rate_limit");
     if (node->type != YAML_MAPPING_NODE)
         return -1;
     yaml_node_t *n;
-    if ((n = mapping_get(ctx, node, "local")) != NULL &&
-        walk_mapping(ctx, n, local_keys, rl, "rate_limit.local") < 0)
-        rc = -1;
     if ((n = mapping_get(ctx, node, "redis")) != NULL) {
         rl->has_redis = true;
-        if (parse_redis(ctx, n, &rl->redis, "rate_limit.redis") < 0)
+        if (parse_redis(ctx, n, &rl->redis, rl_redis_keys, "rate_limit.redis") < 0)
             rc = -1;
         yaml_node_t *oe = mapping_get(ctx, n, "on_error");
         static const struct cfg_key oe_key = {"on_error", p_on_error, 0, 0, 0, rl_on_errors};
@@ -1115,10 +1237,9 @@ static int parse_rate_limit(struct cfg_ctx *ctx, yaml_node_t *node)
                 continue;
             }
             struct tg_config_policy *p = &rl->policies[rl->npolicies];
+            apply_defaults(ctx, policy_keys, p);
             p->name = tg_arena_strdup(&cfg->arena, name);
             p->index = rl->npolicies;
-            p->params.burst = 1;
-            p->max_peek = 4096;
             p->mark = mark_of(k);
             if (walk_mapping(ctx, v, policy_keys, p, "a policy") < 0) {
                 rc = -1;
@@ -1128,22 +1249,12 @@ static int parse_rate_limit(struct cfg_ctx *ctx, yaml_node_t *node)
                 rc = node_error(ctx, v, "policy '%s' needs a rate", name);
                 continue;
             }
-            if (p->nparts == 0) {
-                static struct tg_config_rl_key_part ip_part = {TG_RL_PART_IP, NULL, 0};
-                p->parts = &ip_part;
-                p->nparts = 1;
-            }
-            if (p->count_failures && p->nfailure_statuses == 0) {
-                static int defaults[] = {400, 401, 403, 429};
-                p->failure_statuses = defaults;
-                p->nfailure_statuses = TG_ARRAY_LEN(defaults);
-            }
             if (p->count_failures && p->params.delay > 0) {
                 rc = node_error(ctx, v, "policy '%s': delay does not apply to count: failures",
                                 name);
                 continue;
             }
-            if (p->store == TG_RL_STORE_DEFAULT)
+            if (p->store == TG_RL_STORE_DEFAULT) /* inherited */
                 p->store = rl->store;
             rl->npolicies++;
         }
@@ -1165,19 +1276,35 @@ static int parse_servers(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_confi
 static int parse_upstream_settings(struct cfg_ctx *ctx, yaml_node_t *v,
                                    struct tg_config_upstream *u, const char *what);
 
+static const char *const tenant_statuses[] = {"active", "suspended", NULL};
+static const struct cfg_key tenant_keys[] = {
+    {"servers", p_skip, 0, 0, 0, NULL, NULL /* required */},
+    {"status", p_flag_choice, FIELD(struct tg_config_tenant, suspended), 0, 0, tenant_statuses, "active"},
+    {"rate", p_skip, 0, 0, 0, NULL, NULL /* the policy's */},
+    {"burst", p_burst, FIELD(struct tg_config_tenant, burst), 1, 1000000000, NULL, NULL /* the policy's */},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const struct cfg_key tenants_keys[] = {
+    {"directory", p_enum, FIELD(struct tg_config_tenants, directory), 0, 0, directories, "static"},
+    {"redis", p_skip, FIELD(struct tg_config_tenants, redis), 0, 0, NULL, NULL, tenant_redis_keys},
+    {"cache_ttl", p_duration, FIELD(struct tg_config_tenants, cache_ttl_ms), 0, 86400000, NULL, "30s"},
+    {"negative_ttl", p_duration, FIELD(struct tg_config_tenants, negative_ttl_ms), 0, 86400000, NULL, "2s"},
+    {"stale_ttl", p_duration, FIELD(struct tg_config_tenants, stale_ttl_ms), 0, 86400000, NULL, "5m"},
+    {"max_cached", p_size, FIELD(struct tg_config_tenants, max_cached), 16, 100000000, NULL, "100000"},
+    {"static", p_skip, 0, 0, 0, NULL, NULL /* {} */},
+    {"domains", p_skip, 0, 0, 0, NULL, NULL /* {} */},
+    {"upstream_defaults", p_skip, FIELD(struct tg_config_tenants, upstream_defaults), 0, 0, NULL,
+     NULL, upstream_keys},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
 static int parse_tenant_entry(struct cfg_ctx *ctx, yaml_node_t *k, yaml_node_t *v,
                               struct tg_config_tenant *t)
 {
-    static const char *const statuses[] = {"active", "suspended", NULL};
-    static const struct cfg_key keys[] = {
-        {"servers", p_skip, 0, 0, 0, NULL},
-        {"status", p_flag_choice, FIELD(struct tg_config_tenant, suspended), 0, 0, statuses},
-        {"rate", p_skip, 0, 0, 0, NULL},
-        {"burst", p_burst, FIELD(struct tg_config_tenant, burst), 1, 1000000000, NULL},
-        {NULL, NULL, 0, 0, 0, NULL},
-    };
+    apply_defaults(ctx, tenant_keys, t);
     t->mark = mark_of(k);
-    int rc = walk_mapping(ctx, v, keys, t, "a tenant");
+    int rc = walk_mapping(ctx, v, tenant_keys, t, "a tenant");
     if (v->type != YAML_MAPPING_NODE)
         return -1;
     yaml_node_t *n = mapping_get(ctx, v, "servers");
@@ -1199,32 +1326,22 @@ static int parse_tenant_entry(struct cfg_ctx *ctx, yaml_node_t *k, yaml_node_t *
 
 static int parse_tenants(struct cfg_ctx *ctx, yaml_node_t *node)
 {
-    static const struct cfg_key keys[] = {
-        {"directory", p_enum, FIELD(struct tg_config_tenants, directory), 0, 0, directories},
-        {"redis", p_skip, 0, 0, 0, NULL},
-        {"cache_ttl", p_duration, FIELD(struct tg_config_tenants, cache_ttl_ms), 0, 86400000, NULL},
-        {"negative_ttl", p_duration, FIELD(struct tg_config_tenants, negative_ttl_ms), 0, 86400000, NULL},
-        {"stale_ttl", p_duration, FIELD(struct tg_config_tenants, stale_ttl_ms), 0, 86400000, NULL},
-        {"max_cached", p_size, FIELD(struct tg_config_tenants, max_cached), 16, 100000000, NULL},
-        {"static", p_skip, 0, 0, 0, NULL},
-        {"domains", p_skip, 0, 0, 0, NULL},
-        {"upstream_defaults", p_skip, 0, 0, 0, NULL},
-        {NULL, NULL, 0, 0, 0, NULL},
-    };
     struct tg_config *cfg = ctx->cfg;
     struct tg_config_tenants *tn = &cfg->tenants;
     tn->configured = true;
-    int rc = walk_mapping(ctx, node, keys, tn, "tenants");
+    int rc = walk_mapping(ctx, node, tenants_keys, tn, "tenants");
     if (node->type != YAML_MAPPING_NODE)
         return -1;
     yaml_node_t *n;
-    /* tenants.redis defaults to rate_limit.redis, with its own prefix. */
+    /* tenants.redis inherits rate_limit.redis (its parent scope), with a
+     * key prefix of its own. */
     if (cfg->rate_limit.has_redis) {
+        const char *prefix = tn->redis.key_prefix;
         tn->redis = cfg->rate_limit.redis;
-        tn->redis.key_prefix = "tollgate:tenant:";
+        tn->redis.key_prefix = prefix;
     }
     if ((n = mapping_get(ctx, node, "redis")) != NULL &&
-        parse_redis(ctx, n, &tn->redis, "tenants.redis") < 0)
+        parse_redis(ctx, n, &tn->redis, tenant_redis_keys, "tenants.redis") < 0)
         rc = -1;
     if ((n = mapping_get(ctx, node, "upstream_defaults")) != NULL &&
         parse_upstream_settings(ctx, n, &tn->upstream_defaults, "tenants.upstream_defaults") < 0)
@@ -1395,18 +1512,23 @@ static int parse_header_names(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr
     return rc;
 }
 
-/* The named security headers: key, header, HTTPS only. */
+/* The named security headers: key, header, HTTPS only, default value
+ * (NULL: not sent unless configured). */
 static const struct {
     const char *key, *header;
     bool https_only;
+    const char *def;
 } named_headers[] = {
-    {"hsts", "Strict-Transport-Security", true},
-    {"content_type_options", "X-Content-Type-Options", false},
-    {"frame_options", "X-Frame-Options", false},
-    {"referrer_policy", "Referrer-Policy", false},
-    {"content_security_policy", "Content-Security-Policy", false},
-    {"permissions_policy", "Permissions-Policy", false},
+    {"hsts", "Strict-Transport-Security", true, "max-age=63072000; includeSubDomains"},
+    {"content_type_options", "X-Content-Type-Options", false, "nosniff"},
+    {"frame_options", "X-Frame-Options", false, "DENY"},
+    {"referrer_policy", "Referrer-Policy", false, "strict-origin-when-cross-origin"},
+    {"content_security_policy", "Content-Security-Policy", false, NULL},
+    {"permissions_policy", "Permissions-Policy", false, NULL},
 };
+
+/* Response headers dropped unless headers.remove says otherwise. */
+static const char *default_remove[] = {"Server", "X-Powered-By"};
 
 static int parse_headers_spec(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr_spec *spec)
 {
@@ -1495,12 +1617,11 @@ static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
 {
     struct hdr_item items[MAX_HDR_ITEMS * 4];
     size_t n = 0;
-    spec_put(items, &n, "Strict-Transport-Security", "max-age=63072000; includeSubDomains", true);
-    spec_put(items, &n, "X-Content-Type-Options", "nosniff", false);
-    spec_put(items, &n, "X-Frame-Options", "DENY", false);
-    spec_put(items, &n, "Referrer-Policy", "strict-origin-when-cross-origin", false);
-    static const char *default_remove[] = {"Server", "X-Powered-By"};
-    struct hdr_list remove = {true, default_remove, 2};
+    for (size_t i = 0; i < TG_ARRAY_LEN(named_headers); i++)
+        if (named_headers[i].def != NULL)
+            spec_put(items, &n, named_headers[i].header, named_headers[i].def,
+                     named_headers[i].https_only);
+    struct hdr_list remove = {true, default_remove, TG_ARRAY_LEN(default_remove)};
     bool override = false;
     struct hdr_item req[MAX_HDR_ITEMS * 4];
     size_t nreq = 0;
@@ -1565,159 +1686,114 @@ static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
 
 /* ---- access rules ------------------------------------------------------------- */
 
-/* allow/deny lists of a site or route. NULL when none are given. */
-static int parse_access(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_access_rules **out)
+/* allow/deny lists of a site or route, as written (config_build.c makes
+ * the rule sets; an address or country that does not parse is reported
+ * there, at the entry). AS numbers are parsed here. */
+static int parse_access(struct cfg_ctx *ctx, yaml_node_t *node,
+                        struct tg_config_access_list *out)
 {
     static const struct {
         const char *key;
-        int kind; /* 0 cidr, 1 country, 2 asn */
+        enum tg_config_access_kind kind;
         bool allow;
     } lists[] = {
-        {"allow", 0, true}, {"deny", 0, false},
-        {"allow_countries", 1, true}, {"deny_countries", 1, false},
-        {"allow_asns", 2, true}, {"deny_asns", 2, false},
+        {"allow", TG_ACCESS_CIDR, true}, {"deny", TG_ACCESS_CIDR, false},
+        {"allow_countries", TG_ACCESS_COUNTRY, true}, {"deny_countries", TG_ACCESS_COUNTRY, false},
+        {"allow_asns", TG_ACCESS_ASN, true}, {"deny_asns", TG_ACCESS_ASN, false},
     };
+    yaml_node_t *found[TG_ARRAY_LEN(lists)];
+    size_t total = 0;
+    for (size_t l = 0; l < TG_ARRAY_LEN(lists); l++) {
+        found[l] = mapping_get(ctx, node, lists[l].key);
+        if (found[l] != NULL && found[l]->type == YAML_SEQUENCE_NODE)
+            total += list_len(found[l]);
+    }
+    out->n = 0;
+    out->rules = tg_arena_calloc(&ctx->cfg->arena, total ? total : 1, sizeof(*out->rules));
+    if (out->rules == NULL)
+        return node_error(ctx, node, "out of memory");
     int rc = 0;
     for (size_t l = 0; l < TG_ARRAY_LEN(lists); l++) {
-        yaml_node_t *n = mapping_get(ctx, node, lists[l].key);
+        yaml_node_t *n = found[l];
         if (n == NULL)
             continue;
         if (expect_list(ctx, n, lists[l].key) < 0) {
             rc = -1;
             continue;
         }
-        if (*out == NULL && (*out = tg_access_rules_new()) == NULL)
-            return node_error(ctx, n, "out of memory");
-        if (lists[l].kind == 1 && ctx->cfg->geoip == NULL)
+        out->set = true;
+        if (lists[l].kind == TG_ACCESS_COUNTRY && ctx->cfg->geoip_files.database == NULL)
             rc = node_error(ctx, n, "%s needs geoip.database", lists[l].key);
-        if (lists[l].kind == 2 && ctx->cfg->geoip_asn == NULL)
+        if (lists[l].kind == TG_ACCESS_ASN && ctx->cfg->geoip_files.asn_database == NULL)
             rc = node_error(ctx, n, "%s needs geoip.asn_database", lists[l].key);
         for (size_t i = 0; i < list_len(n); i++) {
             yaml_node_t *item = node_at(ctx, n->data.sequence.items.start[i]);
             const char *s = scalar(ctx, item, lists[l].key);
-            char err[200];
             if (s == NULL) {
                 rc = -1;
                 continue;
             }
-            int r;
-            if (lists[l].kind == 0) {
-                r = tg_access_rules_add_cidr(*out, lists[l].allow, s, err, sizeof(err));
-            } else if (lists[l].kind == 1) {
-                r = tg_access_rules_add_country(*out, lists[l].allow, s, err, sizeof(err));
-            } else {
+            struct tg_config_access_rule *r = &out->rules[out->n];
+            *r = (struct tg_config_access_rule){lists[l].kind, lists[l].allow, lists[l].key,
+                                                tg_arena_strdup(&ctx->cfg->arena, s), 0,
+                                                mark_of(item)};
+            if (r->text == NULL) {
+                rc = node_error(ctx, item, "out of memory");
+                continue;
+            }
+            if (lists[l].kind == TG_ACCESS_ASN) {
                 int64_t asn;
                 const char *d = (s[0] == 'A' || s[0] == 'a') && (s[1] == 'S' || s[1] == 's') ? s + 2 : s;
-                r = parse_int64(d, &asn) == 0 && asn > 0 && asn <= UINT32_MAX
-                        ? tg_access_rules_add_asn(*out, lists[l].allow, (uint32_t)asn) : -1;
-                snprintf(err, sizeof(err), "'%s' is not an AS number", s);
+                if (parse_int64(d, &asn) < 0 || asn <= 0 || asn > UINT32_MAX) {
+                    rc = node_error(ctx, item, "%s: '%s' is not an AS number", lists[l].key, s);
+                    continue;
+                }
+                r->asn = (uint32_t)asn;
             }
-            if (r < 0)
-                rc = node_error(ctx, item, "%s: %s", lists[l].key, err);
+            out->n++;
         }
     }
     return rc;
 }
 
-/* geoip: {database, asn_database, header}. The files are opened and fully
- * checked here, so a broken one fails the load (or the reload, keeping the
- * running configuration and its database). */
+static const struct cfg_key geoip_keys[] = {
+    {"database", p_string, FIELD(struct tg_config_geoip, database), 0, 0, NULL, NULL /* none */},
+    {"asn_database", p_string, FIELD(struct tg_config_geoip, asn_database), 0, 0, NULL, NULL /* none */},
+    {"header", p_string, FIELD(struct tg_config_geoip, header), 0, 0, NULL, "X-Geo-Country"},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+/* geoip: {database, asn_database, header}. The files are opened (and fully
+ * checked) by config_build.c, so a broken one fails the load, or the
+ * reload, keeping the running configuration and its database. */
 static int parse_geoip(struct cfg_ctx *ctx, yaml_node_t *node)
 {
-    struct {
-        const char *database, *asn_database, *header;
-    } g = {NULL, NULL, "X-Geo-Country"};
-    static const struct cfg_key keys[] = {
-        {"database", p_string, 0, 0, 0, NULL},
-        {"asn_database", p_string, sizeof(const char *), 0, 0, NULL},
-        {"header", p_string, 2 * sizeof(const char *), 0, 0, NULL},
-        {NULL, NULL, 0, 0, 0, NULL},
-    };
     struct tg_config *cfg = ctx->cfg;
-    if (walk_mapping(ctx, node, keys, &g, "geoip") < 0)
+    struct tg_config_geoip *g = &cfg->geoip_files;
+    if (walk_mapping(ctx, node, geoip_keys, g, "geoip") < 0)
         return -1;
-    char err[512];
-    if (g.database != NULL) {
-        cfg->geoip = tg_geoip_open(g.database, err, sizeof(err));
-        if (cfg->geoip == NULL)
-            return node_error(ctx, mapping_get(ctx, node, "database"), "%s", err);
-        cfg->geoip_header = valid_header_name(g.header) ? g.header : NULL;
+    yaml_node_t *n;
+    if ((n = mapping_get(ctx, node, "database")) != NULL)
+        g->database_mark = mark_of(n);
+    if ((n = mapping_get(ctx, node, "asn_database")) != NULL)
+        g->asn_database_mark = mark_of(n);
+    if (g->database != NULL) {
+        cfg->geoip_header = valid_header_name(g->header) ? g->header : NULL;
         if (cfg->geoip_header == NULL)
-            return node_error(ctx, node, "geoip.header: '%s' is not a header name", g.header);
-    }
-    if (g.asn_database != NULL) {
-        cfg->geoip_asn = tg_geoip_open(g.asn_database, err, sizeof(err));
-        if (cfg->geoip_asn == NULL)
-            return node_error(ctx, mapping_get(ctx, node, "asn_database"), "%s", err);
+            return node_error(ctx, node, "geoip.header: '%s' is not a header name", g->header);
     }
     return 0;
 }
-
-static void client_defaults(struct tg_config_client *c)
-{
-    c->header_timeout_ms = 10000;
-    c->keepalive_timeout_ms = 60000;
-    c->body_timeout_ms = 60000;
-    c->send_timeout_ms = 60000;
-    c->min_body_rate = 0;
-    c->max_request_line = 8192;
-    c->max_head = 32768;
-    c->max_headers = 100;
-    c->max_body = 0;
-    c->max_connections = 0;
-    c->buffer_size = 16384;
-    c->ipv6_prefix = 64;
-}
-
-static void upstream_defaults(struct tg_config_upstream *u)
-{
-    u->balance = TG_BALANCE_ROUND_ROBIN;
-    u->keepalive = 32;
-    u->keepalive_timeout_ms = 60000;
-    u->keepalive_requests = 10000;
-    u->connect_timeout_ms = 5000;
-    u->read_timeout_ms = 60000;
-    u->send_timeout_ms = 60000;
-    u->retries = 1;
-    u->max_connections = 0;
-    u->max_response_head = 32768;
-    u->tls_verify = true;
-    u->max_fails = 3;
-    u->eject_ms = 1000;
-    u->hash_key.kind = TG_RL_PART_IP;
-    u->health_check.interval_ms = 5000;
-    u->health_check.timeout_ms = 2000;
-    u->health_check.fails = 2;
-    u->health_check.passes = 2;
-}
-
-static int parse_key_part(struct cfg_ctx *ctx, yaml_node_t *node,
-                          struct tg_config_rl_key_part *part);
 
 /* The keys of an upstream besides `servers`: balance, timeouts, pool,
  * health. Shared by named upstreams and tenants.upstream_defaults. */
 static int parse_upstream_settings(struct cfg_ctx *ctx, yaml_node_t *v,
                                    struct tg_config_upstream *u, const char *what)
 {
-    static const struct cfg_key hc_keys[] = {
-        {"path", p_string, FIELD(struct tg_config_health_check, path), 0, 0, NULL},
-        {"interval", p_duration, FIELD(struct tg_config_health_check, interval_ms), 100, 3600000, NULL},
-        {"timeout", p_duration, FIELD(struct tg_config_health_check, timeout_ms), 10, 600000, NULL},
-        {"fails", p_uint, FIELD(struct tg_config_health_check, fails), 1, 100, NULL},
-        {"passes", p_uint, FIELD(struct tg_config_health_check, passes), 1, 100, NULL},
-        {NULL, NULL, 0, 0, 0, NULL},
-    };
     int rc = walk_mapping(ctx, v, upstream_keys, u, what);
     yaml_node_t *n;
-    if ((n = mapping_get(ctx, v, "hash_key")) != NULL) {
-        if (parse_key_part(ctx, n, &u->hash_key) < 0)
-            rc = -1;
-        else if (u->hash_key.kind == TG_RL_PART_JSON || u->hash_key.kind == TG_RL_PART_FORM ||
-                 u->hash_key.kind == TG_RL_PART_BODY)
-            rc = node_error(ctx, n, "hash_key cannot read the body");
-    }
     if ((n = mapping_get(ctx, v, "health_check")) != NULL) {
-        if (walk_mapping(ctx, n, hc_keys, &u->health_check, "health_check") < 0)
+        if (walk_mapping(ctx, n, health_check_keys, &u->health_check, "health_check") < 0)
             rc = -1;
         else if (u->health_check.path == NULL || u->health_check.path[0] != '/')
             rc = node_error(ctx, n, "health_check needs a path starting with '/'");
@@ -1744,6 +1820,8 @@ static int parse_tls(struct cfg_ctx *ctx, yaml_node_t *node)
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *item = node_at(ctx, certs->data.sequence.items.start[i]);
         struct tg_config_certificate *c = &t->certs[t->ncerts];
+        memset(c, 0, sizeof(*c));
+        apply_defaults(ctx, certificate_keys, c);
         c->mark = mark_of(item);
         if (walk_mapping(ctx, item, certificate_keys, c, "a certificate") < 0) {
             rc = -1;
@@ -1774,7 +1852,8 @@ static int parse_listen(struct cfg_ctx *ctx, yaml_node_t *node)
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
         struct tg_config_listen *l = &cfg->listeners[cfg->nlisteners];
-        l->backlog = 4096;
+        memset(l, 0, sizeof(*l)); /* a slot a failed entry left */
+        apply_defaults(ctx, listen_keys, l);
         l->mark = mark_of(item);
         static const struct cfg_key addr_key = {"address", p_sockaddr, 0, 0, 0, NULL};
         if (item->type == YAML_SCALAR_NODE) {
@@ -1871,7 +1950,7 @@ static int parse_upstreams(struct cfg_ctx *ctx, yaml_node_t *node)
             continue;
         }
         struct tg_config_upstream *u = &cfg->upstreams[cfg->nupstreams];
-        upstream_defaults(u);
+        apply_defaults(ctx, upstream_keys, u);
         u->name = tg_arena_strdup(&cfg->arena, name);
         u->mark = mark_of(k);
         if (parse_upstream_settings(ctx, v, u, "an upstream") < 0)
@@ -1921,15 +2000,15 @@ static int parse_methods(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_confi
             rc = node_error(ctx, item, "'%s' is not an HTTP method", m);
             continue;
         }
-        enum tg_http1_method id = tg_http1_method_id(tg_str_make(m, strlen(m)));
-        if (id == TG_HTTP1_CONNECT || id == TG_HTTP1_TRACE) {
+        enum tg_http_method id = tg_http_method_id(tg_str_make(m, strlen(m)));
+        if (id == TG_HTTP_CONNECT || id == TG_HTTP_TRACE) {
             rc = node_error(ctx, item, "%s requests are refused with 405 before routing", m);
             continue;
         }
-        if (id != TG_HTTP1_OTHER) {
+        if (id != TG_HTTP_OTHER) {
             r->methods |= 1u << id;
-            if (id == TG_HTTP1_GET)
-                r->methods |= 1u << TG_HTTP1_HEAD;
+            if (id == TG_HTTP_GET)
+                r->methods |= 1u << TG_HTTP_HEAD;
         } else {
             r->other_methods[r->nother_methods++] = tg_arena_strdup(&cfg->arena, m);
         }
@@ -1937,88 +2016,72 @@ static int parse_methods(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_confi
     return rc;
 }
 
-/* Whether route a takes every method route b takes. */
-static bool methods_cover(const struct tg_config_route *a, const struct tg_config_route *b)
-{
-    if (a->methods == 0 && a->nother_methods == 0)
-        return true;
-    if (b->methods == 0 && b->nother_methods == 0)
-        return false;
-    if ((b->methods & ~a->methods) != 0)
-        return false;
-    for (size_t i = 0; i < b->nother_methods; i++) {
-        bool found = false;
-        for (size_t j = 0; j < a->nother_methods && !found; j++)
-            found = strcmp(a->other_methods[j], b->other_methods[i]) == 0;
-        if (!found)
-            return false;
-    }
-    return true;
-}
+static const struct cfg_key route_keys[] = {
+    {"path", p_skip, 0, 0, 0, NULL, NULL /* required */},
+    {"methods", p_skip, 0, 0, 0, NULL, NULL /* any */},
+    {"ignore_case", p_bool, FIELD(struct tg_config_route, ignore_case), 0, 0, NULL, NULL /* the site's */},
+    {"upstream", p_skip, 0, 0, 0, NULL, NULL /* required */},
+    {"stream", p_bool, FIELD(struct tg_config_route, stream), 0, 0, NULL, "false"},
+    {"rate_limit", p_skip, 0, 0, 0, NULL, NULL /* the site's, else rate_limit.global */},
+    {"max_in_flight", p_uint, FIELD(struct tg_config_route, max_in_flight), 0, 10000000, NULL, "0"},
+    {"read_timeout", p_duration, FIELD(struct tg_config_route, read_timeout_ms), 1, 0, NULL, NULL /* the upstream's */},
+    {"max_body", p_size64, FIELD(struct tg_config_route, max_body), 0, 0, NULL, NULL /* client.max_body */},
+    {"headers", p_skip, 0, 0, 0, NULL, NULL /* the site's, else the global block */},
+    {"allow", p_skip, 0, 0, 0, NULL},
+    {"deny", p_skip, 0, 0, 0, NULL},
+    {"allow_countries", p_skip, 0, 0, 0, NULL},
+    {"deny_countries", p_skip, 0, 0, 0, NULL},
+    {"allow_asns", p_skip, 0, 0, 0, NULL},
+    {"deny_asns", p_skip, 0, 0, 0, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
 
 static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_site *site,
                        struct tg_config_route *r)
 {
-    static const struct cfg_key keys[] = {
-        {"path", p_skip, 0, 0, 0, NULL},
-        {"methods", p_skip, 0, 0, 0, NULL},
-        {"ignore_case", p_bool, FIELD(struct tg_config_route, ignore_case), 0, 0, NULL},
-        {"upstream", p_skip, 0, 0, 0, NULL},
-        {"stream", p_bool, FIELD(struct tg_config_route, stream), 0, 0, NULL},
-        {"rate_limit", p_skip, 0, 0, 0, NULL},
-        {"max_in_flight", p_uint, FIELD(struct tg_config_route, max_in_flight), 0, 10000000, NULL},
-        {"read_timeout", p_duration, FIELD(struct tg_config_route, read_timeout_ms), 1, 0, NULL},
-        {"max_body", p_size64, FIELD(struct tg_config_route, max_body), 0, 0, NULL},
-        {"headers", p_skip, 0, 0, 0, NULL},
-        {"allow", p_skip, 0, 0, 0, NULL},
-        {"deny", p_skip, 0, 0, 0, NULL},
-        {"allow_countries", p_skip, 0, 0, 0, NULL},
-        {"deny_countries", p_skip, 0, 0, 0, NULL},
-        {"allow_asns", p_skip, 0, 0, 0, NULL},
-        {"deny_asns", p_skip, 0, 0, 0, NULL},
-        {NULL, NULL, 0, 0, 0, NULL},
-    };
     struct tg_config *cfg = ctx->cfg;
+    apply_defaults(ctx, route_keys, r);
     r->mark = mark_of(node);
-    r->max_body = cfg->client.max_body; /* unless the route says */
-    r->ignore_case = site->ignore_case;   /* unless the route says */
-    int rc = walk_mapping(ctx, node, keys, r, "a route");
+    /* Inherited unless the route says. */
+    r->max_body = cfg->client.max_body;
+    r->ignore_case = site->ignore_case;
+    int rc = walk_mapping(ctx, node, route_keys, r, "a route");
     if (node->type != YAML_MAPPING_NODE)
         return -1;
 
+    /* The pattern is compiled by config_build.c; its errors point at the
+     * byte, counted from path_mark. */
     yaml_node_t *path = mapping_get(ctx, node, "path");
     if (path == NULL) {
         rc = node_error(ctx, node, "a route needs a path");
     } else {
         const char *s = scalar(ctx, path, "path");
-        char err[300];
-        size_t off = 0;
         if (s == NULL) {
             rc = -1;
-        } else if ((r->pattern = tg_router_pattern_compile(s, r->ignore_case, err, sizeof(err),
-                                                           &off)) == NULL) {
-            /* Point at the byte: the scalar's column, past a quote. */
-            struct tg_config_mark m = mark_of(path);
+        } else if ((r->path_source = tg_arena_strdup(&cfg->arena, s)) == NULL) {
+            rc = node_error(ctx, path, "out of memory");
+        } else {
             bool quoted = path->data.scalar.style == YAML_SINGLE_QUOTED_SCALAR_STYLE ||
                           path->data.scalar.style == YAML_DOUBLE_QUOTED_SCALAR_STYLE;
-            m.col += (int)off + (quoted ? 1 : 0);
-            error_at(ctx, m, "path '%s': %s", s, err);
-            rc = -1;
-        } else {
-            r->path = tg_router_pattern_text(r->pattern);
-            r->path_len = strlen(r->path);
-            if (r->ignore_case)
-                site->any_ignore_case = true;
+            r->path_mark = mark_of(path);
+            r->path_mark.col += quoted ? 1 : 0;
         }
     }
+    if (r->ignore_case)
+        site->any_ignore_case = true;
     yaml_node_t *methods = mapping_get(ctx, node, "methods");
     if (methods != NULL && parse_methods(ctx, methods, r) < 0)
         rc = -1;
 
+    /* Policies: the route's own, else its site's, else rate_limit.global;
+     * resolved here, once, so the limiter reads one list. */
     yaml_node_t *rl = mapping_get(ctx, node, "rate_limit");
     if (rl != NULL && parse_policy_list(ctx, rl, &r->rate_limit) < 0)
         rc = -1;
-    if (parse_access(ctx, node, &r->access) < 0)
+    if (!r->rate_limit.set)
+        r->rate_limit = site->rate_limit.set ? site->rate_limit : cfg->rate_limit.global;
+    r->rate_limit.set = true;
+    if (parse_access(ctx, node, &r->access_list) < 0)
         rc = -1;
     struct hdr_spec *route_spec = NULL;
     yaml_node_t *hn = mapping_get(ctx, node, "headers");
@@ -2057,6 +2120,22 @@ static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_
     return rc;
 }
 
+static const struct cfg_key site_keys[] = {
+    {"hosts", p_skip, 0, 0, 0, NULL, NULL /* required */},
+    {"routes", p_skip, 0, 0, 0, NULL, NULL /* required */},
+    {"rate_limit", p_skip, 0, 0, 0, NULL, NULL /* rate_limit.global */},
+    {"custom_domains", p_bool, FIELD(struct tg_config_site, custom_domains), 0, 0, NULL, "false"},
+    {"ignore_case", p_bool, FIELD(struct tg_config_site, ignore_case), 0, 0, NULL, "false"},
+    {"headers", p_skip, 0, 0, 0, NULL, NULL /* the global block */},
+    {"allow", p_skip, 0, 0, 0, NULL},
+    {"deny", p_skip, 0, 0, 0, NULL},
+    {"allow_countries", p_skip, 0, 0, 0, NULL},
+    {"deny_countries", p_skip, 0, 0, 0, NULL},
+    {"allow_asns", p_skip, 0, 0, 0, NULL},
+    {"deny_asns", p_skip, 0, 0, 0, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
 static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
 {
     struct tg_config *cfg = ctx->cfg;
@@ -2064,28 +2143,13 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
         return -1;
     size_t n = list_len(node);
     cfg->sites = tg_arena_calloc(&cfg->arena, n ? n : 1, sizeof(*cfg->sites));
-    cfg->hosts = tg_router_hosts_new();
-    if (cfg->sites == NULL || cfg->hosts == NULL)
+    if (cfg->sites == NULL)
         return node_error(ctx, node, "out of memory");
-    static const struct cfg_key site_keys[] = {
-        {"hosts", p_skip, 0, 0, 0, NULL},
-        {"routes", p_skip, 0, 0, 0, NULL},
-        {"rate_limit", p_skip, 0, 0, 0, NULL},
-        {"custom_domains", p_bool, FIELD(struct tg_config_site, custom_domains), 0, 0, NULL},
-        {"ignore_case", p_bool, FIELD(struct tg_config_site, ignore_case), 0, 0, NULL},
-        {"headers", p_skip, 0, 0, 0, NULL},
-        {"allow", p_skip, 0, 0, 0, NULL},
-        {"deny", p_skip, 0, 0, 0, NULL},
-        {"allow_countries", p_skip, 0, 0, 0, NULL},
-        {"deny_countries", p_skip, 0, 0, 0, NULL},
-        {"allow_asns", p_skip, 0, 0, 0, NULL},
-        {"deny_asns", p_skip, 0, 0, 0, NULL},
-        {NULL, NULL, 0, 0, 0, NULL},
-    };
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
         struct tg_config_site *site = &cfg->sites[cfg->nsites];
+        apply_defaults(ctx, site_keys, site);
         site->index = cfg->nsites++;
         if (walk_mapping(ctx, item, site_keys, site, "a site") < 0) {
             rc = -1;
@@ -2100,20 +2164,20 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
         } else if (list_len(hosts) == 0) {
             rc = node_error(ctx, hosts, "hosts needs at least one name");
         } else {
+            /* Host patterns are checked as config_build.c indexes them. */
             size_t nh = list_len(hosts);
             site->hosts = tg_arena_calloc(&cfg->arena, nh, sizeof(char *));
-            for (size_t h = 0; site->hosts && h < nh; h++) {
+            site->host_marks = tg_arena_calloc(&cfg->arena, nh, sizeof(*site->host_marks));
+            if (site->hosts == NULL || site->host_marks == NULL)
+                rc = node_error(ctx, hosts, "out of memory");
+            for (size_t h = 0; site->hosts && site->host_marks && h < nh; h++) {
                 yaml_node_t *hn = node_at(ctx, hosts->data.sequence.items.start[h]);
                 const char *s = scalar(ctx, hn, "a host");
-                char err[200];
                 if (s == NULL) {
                     rc = -1;
                     continue;
                 }
-                if (tg_router_hosts_add(cfg->hosts, s, site, err, sizeof(err)) < 0) {
-                    rc = node_error(ctx, hn, "host '%s': %s", s, err);
-                    continue;
-                }
+                site->host_marks[site->nhosts] = mark_of(hn);
                 site->hosts[site->nhosts++] = tg_arena_strdup(&cfg->arena, s);
                 if (s[0] == '{')
                     site->has_capture = true;
@@ -2126,7 +2190,7 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
                 rc = node_error(ctx, item, "custom_domains needs a tenants section");
             cfg->domain_site = site;
         }
-        if (item->type == YAML_MAPPING_NODE && parse_access(ctx, item, &site->access) < 0)
+        if (item->type == YAML_MAPPING_NODE && parse_access(ctx, item, &site->access_list) < 0)
             rc = -1;
         ctx->site_headers = NULL;
         yaml_node_t *sh = item->type == YAML_MAPPING_NODE ? mapping_get(ctx, item, "headers") : NULL;
@@ -2153,29 +2217,12 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
                 yaml_node_t *rn = node_at(ctx, routes->data.sequence.items.start[r]);
                 site->routes[site->nroutes].site = site;
                 if (parse_route(ctx, rn, site, &site->routes[site->nroutes]) < 0) {
-                    struct tg_config_route *bad = &site->routes[site->nroutes];
-                    if (bad->access != NULL)
-                        tg_access_rules_free(bad->access);
-                    tg_router_pattern_free(bad->pattern);
-                    memset(bad, 0, sizeof(*bad));
+                    memset(&site->routes[site->nroutes], 0, sizeof(site->routes[0]));
                     rc = -1;
                     continue;
                 }
-                /* Routes match first to last: one that an earlier route
-                 * always takes first is a mistake (a catch-all above an
-                 * allow-list or a login limit). */
-                struct tg_config_route *added = &site->routes[site->nroutes];
-                for (size_t e = 0; e < site->nroutes; e++) {
-                    const struct tg_config_route *er = &site->routes[e];
-                    if (tg_router_pattern_covers(er->pattern, added->pattern) &&
-                        methods_cover(er, added)) {
-                        rc = node_error(ctx, rn, "this route can never match: the route at "
-                                        "line %d (path '%s') comes first and matches every "
-                                        "request it would; move it above, or narrow the "
-                                        "earlier one", er->mark.line, er->path);
-                        break;
-                    }
-                }
+                /* Whether an earlier route shadows it needs the compiled
+                 * patterns: config_build.c checks. */
                 if (site->routes[site->nroutes].upstream_tenant && !site->has_capture &&
                     !site->custom_domains)
                     rc = node_error(ctx, rn, "upstream: $tenant needs a \"{tenant}.domain\" "
@@ -2190,22 +2237,26 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
 /* admin: {listen: ADDRESS | off, token: STRING}. The admin listener joins
  * the listener list (so reloads add and remove it like any other) with the
  * admin flag; it is on 127.0.0.1:9901 unless switched off. */
+struct admin_section {
+    const char *listen;
+    const char *token;
+};
+
+static const struct cfg_key admin_keys[] = {
+    {"listen", p_string, FIELD(struct admin_section, listen), 0, 0, NULL, "127.0.0.1:9901" /* or off */},
+    {"token", p_string, FIELD(struct admin_section, token), 0, 0, NULL, NULL /* none */},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
 static int parse_admin(struct cfg_ctx *ctx, yaml_node_t *node)
 {
     struct tg_config *cfg = ctx->cfg;
-    struct {
-        const char *listen;
-        const char *token;
-    } a = {"127.0.0.1:9901", NULL};
-    static const struct cfg_key keys[] = {
-        {"listen", p_string, 0, 0, 0, NULL},
-        {"token", p_string, sizeof(const char *), 0, 0, NULL},
-        {NULL, NULL, 0, 0, 0, NULL},
-    };
+    struct admin_section a = {NULL, NULL};
+    apply_defaults(ctx, admin_keys, &a);
     struct tg_config_mark mark = {1, 1};
     if (node != NULL) {
         mark = mark_of(node);
-        if (walk_mapping(ctx, node, keys, &a, "admin") < 0)
+        if (walk_mapping(ctx, node, admin_keys, &a, "admin") < 0)
             return -1;
     }
     cfg->admin_token = a.token;
@@ -2216,7 +2267,7 @@ static int parse_admin(struct cfg_ctx *ctx, yaml_node_t *node)
     struct tg_config_listen *l = &cfg->listeners[cfg->nlisteners];
     memset(l, 0, sizeof(*l));
     l->admin = true;
-    l->backlog = 128;
+    l->backlog = ADMIN_BACKLOG;
     l->mark = mark;
     char err[300];
     if (tg_config_parse_sockaddr(a.listen, &l->addr, err, sizeof(err)) < 0) {
@@ -2237,45 +2288,41 @@ static int parse_admin(struct cfg_ctx *ctx, yaml_node_t *node)
 }
 
 /* The top level: sections in dependency order, whatever the file order. */
+/* The top level. Sections walked in place (p_section) have no
+ * dependencies; the others are parsed by parse_root in dependency order,
+ * and list their table here for the defaults. */
+static const struct cfg_key top_keys[] = {
+    {"workers", p_workers, FIELD(struct tg_config, workers), 1, 256, NULL, "auto"},
+    {"drain_timeout", p_duration, FIELD(struct tg_config, drain_timeout_ms), 0, 0, NULL, "30s"},
+    {"user", p_string, FIELD(struct tg_config, user), 0, 0, NULL, NULL /* stay */},
+    {"listen", p_skip, 0, 0, 0, NULL, NULL /* required */},
+    {"client", p_section, FIELD(struct tg_config, client), 0, 0, NULL, NULL, client_keys},
+    {"stream", p_section, FIELD(struct tg_config, stream), 0, 0, NULL, NULL, stream_keys},
+    {"upstreams", p_skip, 0, 0, 0, NULL, NULL /* {} */},
+    {"sites", p_skip, 0, 0, 0, NULL, NULL /* required */},
+    {"log", p_section, FIELD(struct tg_config, log), 0, 0, NULL, NULL, log_keys},
+    {"tls", p_skip, FIELD(struct tg_config, tls), 0, 0, NULL, NULL, tls_keys},
+    {"rate_limit", p_skip, FIELD(struct tg_config, rate_limit), 0, 0, NULL, NULL, rate_limit_keys},
+    {"tenants", p_skip, FIELD(struct tg_config, tenants), 0, 0, NULL, NULL, tenants_keys},
+    {"admin", p_skip, 0, 0, 0, NULL, NULL /* admin_keys */},
+    {"trusted_proxies", p_skip, 0, 0, 0, NULL, NULL /* [] */},
+    {"client_ip_header", p_enum, FIELD(struct tg_config, client_ip_header), 0, 0,
+     client_ip_headers, "auto"},
+    {"geoip", p_skip, FIELD(struct tg_config, geoip_files), 0, 0, NULL, NULL, geoip_keys},
+    {"headers", p_skip, 0, 0, 0, NULL, NULL /* named_headers */},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+/* The top level: sections in dependency order, whatever the file order. */
 static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
 {
     struct tg_config *cfg = ctx->cfg;
-    static const struct cfg_key top_keys[] = {
-        {"workers", p_workers, FIELD(struct tg_config, workers), 1, 256, NULL},
-        {"drain_timeout", p_duration, FIELD(struct tg_config, drain_timeout_ms), 0, 0, NULL},
-        {"user", p_string, FIELD(struct tg_config, user), 0, 0, NULL},
-        {"listen", p_skip, 0, 0, 0, NULL},
-        {"client", p_skip, 0, 0, 0, NULL},
-        {"stream", p_skip, 0, 0, 0, NULL},
-        {"upstreams", p_skip, 0, 0, 0, NULL},
-        {"sites", p_skip, 0, 0, 0, NULL},
-        {"log", p_skip, 0, 0, 0, NULL},
-        {"tls", p_skip, 0, 0, 0, NULL},
-        {"rate_limit", p_skip, 0, 0, 0, NULL},
-        {"tenants", p_skip, 0, 0, 0, NULL},
-        {"admin", p_skip, 0, 0, 0, NULL},
-        {"trusted_proxies", p_skip, 0, 0, 0, NULL},
-        {"client_ip_header", p_enum, FIELD(struct tg_config, client_ip_header), 0, 0,
-         client_ip_headers},
-        {"geoip", p_skip, 0, 0, 0, NULL},
-        {"headers", p_skip, 0, 0, 0, NULL},
-        {NULL, NULL, 0, 0, 0, NULL},
-    };
     if (root->type != YAML_MAPPING_NODE)
         return node_error(ctx, root, "the configuration must be a mapping, not %s",
                           node_kind(root));
     int rc = walk_mapping(ctx, root, top_keys, cfg, "the top level");
 
     yaml_node_t *n;
-    if ((n = mapping_get(ctx, root, "log")) != NULL &&
-        walk_mapping(ctx, n, log_keys, &cfg->log, "log") < 0)
-        rc = -1;
-    if ((n = mapping_get(ctx, root, "client")) != NULL &&
-        walk_mapping(ctx, n, client_keys, &cfg->client, "client") < 0)
-        rc = -1;
-    if ((n = mapping_get(ctx, root, "stream")) != NULL &&
-        walk_mapping(ctx, n, stream_keys, &cfg->stream, "stream") < 0)
-        rc = -1;
     if ((n = mapping_get(ctx, root, "tls")) != NULL && parse_tls(ctx, n) < 0)
         rc = -1;
     if ((n = mapping_get(ctx, root, "trusted_proxies")) != NULL &&
@@ -2346,139 +2393,29 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
     return rc;
 }
 
-static void config_defaults(struct tg_config *cfg)
-{
-    cfg->rate_limit.store = TG_RL_STORE_LOCAL;
-    cfg->tenants.cache_ttl_ms = 30000;
-    cfg->tenants.negative_ttl_ms = 2000;
-    cfg->tenants.stale_ttl_ms = 300000;
-    cfg->tenants.max_cached = 100000;
-    redis_defaults(&cfg->tenants.redis, "tollgate:tenant:");
-    upstream_defaults(&cfg->tenants.upstream_defaults);
-    cfg->rate_limit.local_max_keys = 1000000;
-    redis_defaults(&cfg->rate_limit.redis, "tollgate:rl:");
-    cfg->tls.min_version = TLS1_2_VERSION;
-    cfg->tls.session_tickets = true;
-    cfg->tls.ticket_key_rotation_ms = 3600 * 1000;
-    cfg->tls.session_cache_size = 20480;
-    cfg->tls.session_timeout_ms = 3600 * 1000;
-    cfg->tls.handshake_timeout_ms = 10000;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    cfg->workers = n < 1 ? 1 : (n > 256 ? 256 : (unsigned)n);
-    cfg->drain_timeout_ms = 30000;
-    client_defaults(&cfg->client);
-    cfg->stream.heartbeat_ms = 30000;
-    cfg->stream.max_per_ip = 100;
-    cfg->stream.idle_timeout_ms = 0;
-    cfg->log.level = TG_LOG_INFO;
-    cfg->log.error = NULL;
-    cfg->log.access = "stdout";
-    cfg->log.access_flush_ms = 1000;
-    cfg->log.access_buffer = 65536;
-}
-
-/* Loads certificates and keys (after everything else parsed), so that
- * `tollgate -t` and a reload refuse a bad certificate like any other
- * error. */
-static int build_tls(struct cfg_ctx *ctx)
-{
-    struct tg_config *cfg = ctx->cfg;
-    char err[512];
-    struct tg_config_mark where = {1, 1};
-    bool any_tls = false;
-    for (size_t i = 0; i < cfg->nlisteners; i++) {
-        if (!cfg->listeners[i].tls)
-            continue;
-        any_tls = true;
-        if (cfg->tls.ncerts == 0) {
-            error_at(ctx, cfg->listeners[i].mark,
-                     "listener %s has tls: true but tls.certificates is empty",
-                     cfg->listeners[i].key);
-            return -1;
-        }
-    }
-    int rc = 0;
-    if (any_tls) {
-        if (tg_tls_global_init() < 0) {
-            error_at(ctx, cfg->tls.mark, "cannot initialise TLS");
-            return -1;
-        }
-        cfg->tls_server = tg_tls_server_new(cfg, err, sizeof(err), &where);
-        if (cfg->tls_server == NULL) {
-            error_at(ctx, where, "%s", err);
-            rc = -1;
-        }
-    }
-    for (size_t i = 0; i <= cfg->nupstreams; i++) {
-        struct tg_config_upstream *u = i < cfg->nupstreams ? &cfg->upstreams[i]
-                                                           : &cfg->tenants.upstream_defaults;
-        if (!u->tls)
-            continue;
-        if (tg_tls_global_init() < 0) {
-            error_at(ctx, u->mark, "cannot initialise TLS");
-            return -1;
-        }
-        u->tls_client = tg_tls_client_new(u, err, sizeof(err), &where);
-        if (u->tls_client == NULL) {
-            error_at(ctx, where, "%s", err);
-            rc = -1;
-        }
-    }
-    return rc;
-}
-
 static void config_free(struct tg_config *cfg)
 {
-    if (cfg->tls_server != NULL)
-        tg_tls_server_free(cfg->tls_server);
-    for (size_t i = 0; i < cfg->nupstreams; i++)
-        if (cfg->upstreams[i].tls_client != NULL)
-            tg_tls_client_free(cfg->upstreams[i].tls_client);
-    if (cfg->tenants.upstream_defaults.tls_client != NULL)
-        tg_tls_client_free(cfg->tenants.upstream_defaults.tls_client);
-    if (cfg->hosts != NULL)
-        tg_router_hosts_free(cfg->hosts);
+    if (cfg->unbuild != NULL)
+        cfg->unbuild(cfg);
     if (cfg->rate_limit.exempt != NULL)
         tg_cidr_set_free(cfg->rate_limit.exempt);
     if (cfg->trusted_proxies != NULL)
         tg_cidr_set_free(cfg->trusted_proxies);
-    if (cfg->geoip != NULL)
-        tg_geoip_close(cfg->geoip);
-    if (cfg->geoip_asn != NULL)
-        tg_geoip_close(cfg->geoip_asn);
-    for (size_t s = 0; s < cfg->nsites; s++) {
-        if (cfg->sites[s].access != NULL)
-            tg_access_rules_free(cfg->sites[s].access);
-        for (size_t r = 0; r < cfg->sites[s].nroutes; r++) {
-            if (cfg->sites[s].routes[r].access != NULL)
-                tg_access_rules_free(cfg->sites[s].routes[r].access);
-            tg_router_pattern_free(cfg->sites[s].routes[r].pattern);
-        }
-    }
-    if (cfg->tenants.index != NULL)
-        tg_tenant_index_free(cfg->tenants.index);
     tg_arena_reset(&cfg->arena);
     free(cfg);
 }
 
-struct tg_config *tg_config_load_buffer(const char *name, const char *data,
-                                        size_t len, char *errors,
-                                        size_t errlen)
+struct tg_config *tg_config_parse_collect(const char *name, const char *data,
+                                          size_t len, struct tg_config_errors *errs)
 {
-    struct cfg_error errs[MAX_ERRORS];
-    struct cfg_ctx ctx = {.file = name, .errors = errors, .errlen = errlen, .errs = errs};
-    if (errors != NULL && errlen > 0)
-        errors[0] = '\0';
-
+    struct cfg_ctx ctx = {.errs = errs};
     struct tg_config *cfg = calloc(1, sizeof(*cfg));
     if (cfg == NULL) {
         error_at(&ctx, (struct tg_config_mark){1, 1}, "out of memory");
-        flush_errors(&ctx);
         return NULL;
     }
     atomic_init(&cfg->refs, 1);
     tg_arena_init(&cfg->arena, 16384);
-    config_defaults(cfg);
     cfg->path = tg_arena_strdup(&cfg->arena, name);
     cfg->loaded_at = time(NULL);
     ctx.cfg = cfg;
@@ -2487,7 +2424,6 @@ struct tg_config *tg_config_load_buffer(const char *name, const char *data,
     yaml_document_t doc;
     if (!yaml_parser_initialize(&parser)) {
         error_at(&ctx, (struct tg_config_mark){1, 1}, "out of memory");
-        flush_errors(&ctx);
         config_free(cfg);
         return NULL;
     }
@@ -2498,49 +2434,56 @@ struct tg_config *tg_config_load_buffer(const char *name, const char *data,
         error_at(&ctx, m, "YAML syntax error: %s%s%s",
                  parser.problem ? parser.problem : "unknown",
                  parser.context ? " " : "", parser.context ? parser.context : "");
-        flush_errors(&ctx);
         yaml_parser_delete(&parser);
         config_free(cfg);
         return NULL;
     }
     ctx.doc = &doc;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
-    int rc;
     if (root == NULL) {
         error_at(&ctx, (struct tg_config_mark){1, 1}, "the configuration is empty");
-        rc = -1;
+        config_free(cfg);
+        cfg = NULL;
     } else {
-        rc = parse_root(&ctx, root);
-        if (rc == 0 && ctx.nerrors == 0)
-            rc = build_tls(&ctx);
-        /* Static tenants copy tenants.upstream_defaults, TLS context
-         * included: build them last. */
-        if (rc == 0 && ctx.nerrors == 0 && cfg->tenants.configured) {
-            char err[300];
-            if (tg_tenant_index_build(cfg, err, sizeof(err)) < 0) {
-                error_at(&ctx, (struct tg_config_mark){1, 1}, "%s", err);
-                rc = -1;
-            }
-        }
+        apply_defaults(&ctx, top_keys, cfg);
+        if (parse_root(&ctx, root) < 0 && errs->n == 0)
+            error_at(&ctx, (struct tg_config_mark){1, 1}, "invalid configuration");
     }
+    if (ctx.defaults_ready)
+        yaml_document_delete(&ctx.defaults);
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
-    if (rc < 0 || ctx.nerrors > 0) {
-        if (ctx.nerrors == 0)
-            error_at(&ctx, (struct tg_config_mark){1, 1}, "invalid configuration");
-        flush_errors(&ctx);
-        config_free(cfg);
-        return NULL;
-    }
     return cfg;
 }
 
-struct tg_config *tg_config_load(const char *path, char *errors, size_t errlen)
+struct tg_config *tg_config_parse_buffer(const char *name, const char *data,
+                                         size_t len, char *errors, size_t errlen)
+{
+    struct tg_config_errors *errs = malloc(sizeof(*errs));
+    if (errs == NULL) {
+        snprintf(errors, errlen, "%s:1:1: out of memory\n", name);
+        return NULL;
+    }
+    tg_config_errors_init(errs, name);
+    if (errors != NULL && errlen > 0)
+        errors[0] = '\0';
+    struct tg_config *cfg = tg_config_parse_collect(name, data, len, errs);
+    if (errs->n > 0) {
+        tg_config_errors_format(errs, errors, errlen);
+        tg_config_unref(cfg);
+        cfg = NULL;
+    }
+    free(errs);
+    return cfg;
+}
+
+int tg_config_read_file(const char *path, char **data_out, size_t *len_out, char *errors,
+                        size_t errlen)
 {
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
         snprintf(errors, errlen, "%s:1:1: cannot open: %s\n", path, strerror(errno));
-        return NULL;
+        return -1;
     }
     struct stat st;
     if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) ||
@@ -2548,7 +2491,7 @@ struct tg_config *tg_config_load(const char *path, char *errors, size_t errlen)
         snprintf(errors, errlen, "%s:1:1: not a regular file of at most %u MiB\n",
                  path, MAX_CONFIG_BYTES >> 20);
         fclose(f);
-        return NULL;
+        return -1;
     }
     size_t len = (size_t)st.st_size;
     char *data = malloc(len + 1);
@@ -2557,11 +2500,22 @@ struct tg_config *tg_config_load(const char *path, char *errors, size_t errlen)
                  data ? strerror(errno) : "out of memory");
         free(data);
         fclose(f);
-        return NULL;
+        return -1;
     }
     fclose(f);
     data[len] = '\0';
-    struct tg_config *cfg = tg_config_load_buffer(path, data, len, errors, errlen);
+    *data_out = data;
+    *len_out = len;
+    return 0;
+}
+
+struct tg_config *tg_config_parse(const char *path, char *errors, size_t errlen)
+{
+    char *data;
+    size_t len;
+    if (tg_config_read_file(path, &data, &len, errors, errlen) < 0)
+        return NULL;
+    struct tg_config *cfg = tg_config_parse_buffer(path, data, len, errors, errlen);
     free(data);
     return cfg;
 }

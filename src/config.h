@@ -1,9 +1,19 @@
 /* Configuration: YAML file -> validated, immutable snapshot.
  *
+ * Two steps. config.c parses the YAML into the plain structs below and
+ * checks them: every key's type, bounds and default come from one schema
+ * table per section, references between sections are resolved, and what a
+ * route inherits (headers, rate-limit policies, ignore_case, max_body) is
+ * merged in once. config_build.c then builds the runtime objects that live
+ * beside the data (TLS contexts, GeoIP handles, the host index, compiled
+ * route patterns, access rule sets, the tenant index): the fields marked
+ * "built" below, NULL until then. tg_config_load (config_build.h) does both.
+ *
  * A snapshot is built by the main thread, then shared read-only by every
  * worker and reference-counted; a reload builds a new one and swaps it in,
  * and requests in flight finish on the snapshot they started with. All the
- * snapshot's memory lives in its arena. Errors carry FILE:LINE:COL. */
+ * snapshot's data lives in its arena. Errors carry FILE:LINE:COL, from the
+ * marks kept in the structs, whichever step finds them. */
 #ifndef TG_CONFIG_H
 #define TG_CONFIG_H
 
@@ -20,10 +30,12 @@
 #include "str.h"
 
 struct tg_host_index;
+struct tg_route_entry;
 struct tg_access_rules;
 struct tg_geoip;
 struct tg_tls_server;
 struct tg_tls_client;
+struct tg_certstore;
 
 /* Where a value came from, for messages after parsing. */
 struct tg_config_mark {
@@ -258,6 +270,38 @@ struct tg_config_headers {
     uint64_t add_name_lengths;
 };
 
+/* ---- access rules ---- */
+
+enum tg_config_access_kind {
+    TG_ACCESS_CIDR = 0,           /* allow, deny: a prefix or preset */
+    TG_ACCESS_COUNTRY,            /* allow_countries, deny_countries */
+    TG_ACCESS_ASN,                /* allow_asns, deny_asns */
+};
+
+/* One entry of a site's or route's allow/deny lists, as written. */
+struct tg_config_access_rule {
+    enum tg_config_access_kind kind;
+    bool allow;
+    const char *key;              /* the list it came from ("deny_countries") */
+    const char *text;             /* the entry */
+    uint32_t asn;                 /* TG_ACCESS_ASN: parsed */
+    struct tg_config_mark mark;
+};
+
+struct tg_config_access_list {
+    struct tg_config_access_rule *rules; /* in file order */
+    size_t n;
+    bool set;                     /* some list was given, even an empty one */
+};
+
+/* geoip: the databases to open (config_build.c opens them). */
+struct tg_config_geoip {
+    const char *database;         /* countries (or cities), or NULL */
+    const char *asn_database;     /* AS numbers, or NULL */
+    const char *header;           /* the country toward the backend */
+    struct tg_config_mark database_mark, asn_database_mark;
+};
+
 /* ---- tenants ---- */
 
 struct tg_config_tenant {
@@ -302,24 +346,29 @@ struct tg_config_tenants {
 struct tg_route_pattern;
 
 struct tg_config_route {
-    const char *path;             /* the pattern's canonical text (router.h) */
+    const char *path_source;      /* the pattern as written */
+    struct tg_config_mark path_mark; /* of its first character */
+    const char *path;             /* built: the pattern's canonical text (router.h) */
     size_t path_len;
-    struct tg_route_pattern *pattern; /* compiled; owned by the snapshot */
+    struct tg_route_pattern *pattern; /* built: compiled; owned by the snapshot */
     bool ignore_case;             /* the route's, else its site's */
-    uint32_t methods;             /* bit 1 << enum tg_http1_method; 0 with no
+    uint32_t methods;             /* bit 1 << enum tg_http_method; 0 with no
                                      other_methods = any method */
     const char **other_methods;   /* methods without an id, as written */
     size_t nother_methods;
     const struct tg_config_upstream *upstream; /* NULL when upstream_tenant */
     bool upstream_tenant;         /* upstream: $tenant */
     const struct tg_config_headers *headers; /* resolved */
-    struct tg_access_rules *access;   /* NULL = none */
+    struct tg_config_access_list access_list; /* as written */
+    struct tg_access_rules *access;   /* built from access_list; NULL = none */
     bool stream;                  /* long-lived responses: no read timeout */
+    /* Resolved at load: the route's own list, else its site's, else
+     * rate_limit.global; `set` is always true. */
     struct tg_config_policy_list rate_limit;
     unsigned max_in_flight;       /* 0 = unlimited */
     int64_t read_timeout_ms;      /* 0 = the upstream's read_timeout */
     uint64_t max_body;            /* resolved: the route's, else client.max_body; 0 = unlimited */
-    _Atomic unsigned in_flight;   /* requests running now (all workers) */
+    unsigned counter;             /* built: its slot in route_in_flight */
     const struct tg_config_site *site;
     unsigned metrics_id;
     struct tg_config_mark mark;
@@ -327,16 +376,20 @@ struct tg_config_route {
 
 struct tg_config_site {
     const char **hosts;
+    struct tg_config_mark *host_marks; /* one per host */
     size_t nhosts;
     struct tg_config_route *routes;
     size_t nroutes;
     size_t index;
-    struct tg_config_policy_list rate_limit;
+    struct tg_config_policy_list rate_limit; /* as written; routes resolve it */
     bool has_capture;             /* a "{tenant}.x" host */
-    struct tg_access_rules *access;   /* NULL = none */
+    struct tg_config_access_list access_list; /* as written */
+    struct tg_access_rules *access;   /* built from access_list; NULL = none */
     bool custom_domains;          /* unmatched hosts are looked up as tenant domains */
     bool ignore_case;             /* routes' default */
     bool any_ignore_case;         /* some route matches a folded path */
+    struct tg_route_entry *route_table; /* built: the routes as the router
+                                           matches them, in order */
 };
 
 struct tg_config_log {
@@ -350,6 +403,10 @@ struct tg_config_log {
 struct tg_config {
     _Atomic int refs;
     struct tg_arena arena;
+    /* Built: requests running now per route (max_in_flight), shared by all
+     * workers. Mutable state lives here, beside the snapshot's data, so
+     * the data itself is never written after it is built. */
+    _Atomic unsigned *route_in_flight;
     const char *path;
     time_t loaded_at;
 
@@ -372,28 +429,66 @@ struct tg_config {
     const char *admin_token;      /* bearer token for the admin listener */
     struct tg_cidr_set *trusted_proxies; /* NULL = trust no peer */
     int client_ip_header;             /* enum tg_client_ip_header */
-    struct tg_geoip *geoip;           /* country database, or NULL */
-    struct tg_geoip *geoip_asn;       /* ASN database, or NULL */
+    struct tg_config_geoip geoip_files;
+    struct tg_geoip *geoip;           /* built: country database, or NULL */
+    struct tg_geoip *geoip_asn;       /* built: ASN database, or NULL */
     const char *geoip_header;         /* country toward the backend, or NULL */
     struct tg_config_headers headers; /* the global block, resolved */
 
-    struct tg_host_index *hosts;  /* Host -> site */
+    struct tg_host_index *hosts;  /* built: Host -> site */
     struct tg_tls_server *tls_server; /* built when a listener has tls */
+    struct tg_certstore *certstore; /* built: the store SNI consults (a reference) */
+    /* Set by config_build.c: frees what it built, before the arena goes. */
+    void (*unbuild)(struct tg_config *c);
 };
 
-/* Loads and validates `path`. On success returns a snapshot with one
- * reference. On failure returns NULL and fills `errors` (NUL-terminated,
- * one "FILE:LINE:COL: message" per line, first error first). Main thread
- * (or any thread: it touches no global state). */
-struct tg_config *tg_config_load(const char *path, char *errors, size_t errlen);
+/* ---- errors ---- */
 
-/* Loads from memory; `name` is used in messages. For tests and fuzzing. */
-struct tg_config *tg_config_load_buffer(const char *name, const char *data,
-                                        size_t len, char *errors,
-                                        size_t errlen);
+#define TG_CONFIG_MAX_ERRORS 50
+
+/* Errors collected while loading, reported together in file order. */
+struct tg_config_errors {
+    const char *file;             /* names the file in messages */
+    int n;                        /* found (more than are kept: see max) */
+    struct {
+        struct tg_config_mark mark;
+        char msg[300];
+    } list[TG_CONFIG_MAX_ERRORS];
+};
+
+void tg_config_errors_init(struct tg_config_errors *e, const char *file);
+/* Adds one error at `m`. */
+void tg_config_error_at(struct tg_config_errors *e, struct tg_config_mark m,
+                        const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Writes the errors sorted by position, one "FILE:LINE:COL: message" line
+ * each, NUL-terminated (cut at `cap`). */
+void tg_config_errors_format(struct tg_config_errors *e, char *out, size_t cap);
+
+/* Parses and validates without building anything (no file but the YAML is
+ * read: certificates, GeoIP databases, host and path patterns are checked
+ * by the build). Returns a snapshot with one reference whose built fields
+ * are NULL (tg_config_build can build them), or NULL with `errors` filled
+ * as tg_config_load does. */
+struct tg_config *tg_config_parse(const char *path, char *errors, size_t errlen);
+struct tg_config *tg_config_parse_buffer(const char *name, const char *data,
+                                         size_t len, char *errors,
+                                         size_t errlen);
+
+/* The parser's own step, for config_build.c: parses `data` collecting
+ * errors into `errs`. Returns the snapshot even when errors were found (so
+ * the build can report its own at the same time), or NULL when nothing
+ * could be parsed (YAML syntax, an empty document, no memory). */
+struct tg_config *tg_config_parse_collect(const char *name, const char *data,
+                                          size_t len, struct tg_config_errors *errs);
+
+/* Reads a configuration file whole (NUL-terminated; free it). Returns 0,
+ * or -1 with "FILE:1:1: cannot open: ..." in errors. */
+int tg_config_read_file(const char *path, char **data, size_t *len, char *errors,
+                        size_t errlen);
 
 void tg_config_ref(struct tg_config *c);
-/* Drops a reference; the last one frees the snapshot. Any thread. */
+/* Drops a reference; the last one frees the snapshot (what was built
+ * first). Any thread. */
 void tg_config_unref(struct tg_config *c);
 
 /* Looks up an upstream by name; NULL if none. */

@@ -1,10 +1,9 @@
-/* Request and response head rewriting, request ids.
+/* Request and response header rules, request ids.
  *
- * Deliberately not here: deciding *whether* to forward (proxy.c) or which
- * client address to trust (the request carries the verdict). */
+ * Deliberately not here: deciding *whether* to forward (the pipeline) or
+ * which client address to trust (the caller passes the verdict). */
 #include "headers.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -14,10 +13,7 @@
 #include "access.h"
 #include "buf.h"
 #include "config.h"
-#include "conn.h"
-#include "http1.h"
-#include "proxy.h"
-#include "worker.h"
+#include "limiter.h"
 
 /* ---- small appenders ------------------------------------------------------ */
 
@@ -47,23 +43,6 @@ static void put_str(struct out *o, struct tg_str s)
     put(o, s.p, s.n);
 }
 
-static void putf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void putf(struct out *o, const char *fmt, ...)
-{
-    if (o->overflow)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    size_t room = tg_buf_room(o->b);
-    int n = vsnprintf(o->b->data + o->b->end, room, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= room) {
-        o->overflow = true;
-        return;
-    }
-    o->b->end += (size_t)n;
-}
-
 static void put_header(struct out *o, const struct tg_http_header *h)
 {
     put_str(o, h->name);
@@ -84,7 +63,7 @@ enum hdr_kind {
     HDR_FORWARDED,
     HDR_REQUEST_ID,
     HDR_SERVER,     /* Server, X-Powered-By: removed from responses */
-    HDR_LENGTH,     /* Content-Length: frames the body, always kept */
+    HDR_LENGTH,     /* Content-Length: framing, set from the body by us */
 };
 
 static enum hdr_kind classify(struct tg_str n)
@@ -173,23 +152,6 @@ static bool listed_in_connection(const struct conn_tokens *ct, struct tg_str nam
     return false;
 }
 
-static void put_limiter_headers(struct out *o, const struct tg_request *req)
-{
-    if (!req->lim.active || o->overflow)
-        return;
-    size_t n = tg_limiter_headers(&req->lim, o->b->data + o->b->end, tg_buf_room(o->b));
-    o->b->end += n;
-}
-
-/* The header rules that apply to a request: its route's, or the global
- * ones before a route is known. */
-static const struct tg_config_headers *rules_of(const struct tg_request *req)
-{
-    if (req->route != NULL && req->route->headers != NULL)
-        return req->route->headers;
-    return &req->wcfg->config->headers;
-}
-
 static bool name_listed(const struct tg_str *names, size_t n, struct tg_str name)
 {
     for (size_t i = 0; i < n; i++)
@@ -214,48 +176,26 @@ static void put_config_header(struct out *o, const struct tg_config_header *h)
     put(o, "\r\n", 2);
 }
 
-/* Security and other configured response headers: those the backend set
- * stay unless `override` (then they were dropped while copying). */
-static void put_response_rules(struct out *o, const struct tg_request *req,
-                               const struct tg_http_header *backend, size_t nbackend)
+static bool is_named(struct tg_str name, const char *configured)
 {
-    const struct tg_config_headers *rules = rules_of(req);
-    bool may_collide = false;
-    for (size_t k = 0; k < nbackend && !rules->override && !may_collide; k++)
-        may_collide = (rules->add_name_lengths >> (backend[k].name.n & 63)) & 1;
-    if (!may_collide) {
-        /* The common case: the backend set none of them. */
-        if (rules->add_block[req->conn->tls].n > 0)
-            put_str(o, rules->add_block[req->conn->tls]);
-        return;
-    }
-    for (size_t i = 0; i < rules->nadd; i++) {
-        const struct tg_config_header *h = &rules->add[i];
-        if (h->https_only && !req->conn->tls)
-            continue;
-        bool present = false;
-        for (size_t k = 0; k < nbackend && !rules->override && !present; k++)
-            present = h->name_len == backend[k].name.n &&
-                      strncasecmp(h->name, backend[k].name.p, backend[k].name.n) == 0;
-        if (!present)
-            put_config_header(o, h);
-    }
+    return configured != NULL && name.n == strlen(configured) &&
+           strncasecmp(name.p, configured, name.n) == 0;
 }
 
 /* ---- request head ------------------------------------------------------------ */
 
-int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
+int tg_headers_upstream_request(struct tg_buf *b, const struct tg_headers_upstream *in)
 {
-    const struct tg_http1_request *h = &req->head;
+    const struct tg_http_headers *h = in->fields;
+    const struct tg_config_headers *rules = in->rules;
     struct out o = {b, false};
     struct conn_tokens ct;
-    collect_connection_tokens(h->headers, h->nheaders, &ct);
+    collect_connection_tokens(h->v, h->n, &ct);
 
-    put_str(&o, h->method);
+    put_str(&o, in->method);
     put(&o, " ", 1);
-    put(&o, req->path, req->path_len);
+    put_str(&o, in->path);
     /* The client's Host, unless headers.request.set replaces it. */
-    const struct tg_config_headers *rules = rules_of(req);
     const struct tg_config_header *host_rule = NULL;
     for (size_t i = 0; i < rules->nreq_set; i++)
         if (rules->req_set[i].name_len == 4 && strncasecmp(rules->req_set[i].name, "host", 4) == 0)
@@ -265,57 +205,49 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
         put_config_header(&o, host_rule);
     } else {
         puts_(&o, "Host: ");
-        put(&o, req->host, req->host_len);
+        put_str(&o, in->host);
         put(&o, "\r\n", 2);
     }
 
-    const char *subject_header = req->conn->lcfg->client_subject_header;
-    const char *geo_header = req->wcfg->config->geoip_header;
-    for (size_t i = 0; i < h->nheaders; i++) {
-        const struct tg_http_header *hd = &h->headers[i];
+    for (size_t i = 0; i < h->n; i++) {
+        const struct tg_http_header *hd = &h->v[i];
         enum hdr_kind k = classify(hd->name);
-        /* Configured removals and replacements, and the country header
-         * (ours alone: a client's copy would lie about where it is). */
+        /* Configured removals and replacements; the country and the
+         * certificate subject headers are ours alone (a client's copy
+         * would lie about where it is, or impersonate someone else). */
         if (name_listed(rules->req_remove, rules->nreq_remove, hd->name) ||
             name_added(rules->req_set, rules->nreq_set, hd->name) ||
-            (geo_header != NULL && hd->name.n == strlen(geo_header) &&
-             strncasecmp(hd->name.p, geo_header, hd->name.n) == 0))
-            continue;
-        /* The certificate subject header is ours alone: a client's own
-         * copy would impersonate someone else. */
-        if (subject_header != NULL && hd->name.n == strlen(subject_header) &&
-            strncasecmp(hd->name.p, subject_header, hd->name.n) == 0)
+            is_named(hd->name, in->geo_header) || is_named(hd->name, in->subject_header))
             continue;
         switch (k) {
-        case HDR_LENGTH:
-            /* Never hop-by-hop, whatever Connection lists: the body is
-             * forwarded by this length. */
-            put_header(&o, hd);
-            break;
         case HDR_OTHER:
         case HDR_SERVER:
             if (ct.n > 0 && listed_in_connection(&ct, hd->name))
                 continue;
             put_header(&o, hd);
             break;
-        case HDR_XFF:
-        case HDR_FORWARDED:
-            /* Replaced below by the chain as identified: the client, then
-             * only trusted hops. What a client wrote left of that (or
-             * anything an untrusted peer claims) never reaches the
-             * backend, so a backend that reads the left-most address gets
-             * the same client as our limits and rules. */
-            break;
         default:
-            break; /* hop-by-hop or regenerated below */
+            /* Hop-by-hop, framing (set below from the body's length),
+             * forwarding fields (the chain as identified is written
+             * below: what a client wrote left of the client, or anything
+             * an untrusted peer claims, never reaches the backend, so a
+             * backend that reads the left-most address gets the same
+             * client as our limits and rules), or regenerated below. */
+            break;
         }
     }
-    if (req->req_framing == TG_HTTP1_BODY_CHUNKED)
+    if (in->body_length > 0) {
+        char len[24];
+        puts_(&o, "Content-Length: ");
+        put(&o, len, tg_str_u64(len, (unsigned long long)in->body_length));
+        put(&o, "\r\n", 2);
+    } else if (in->body_length < 0) {
         puts_(&o, "Transfer-Encoding: chunked\r\n");
-    if (req->upgrade) {
-        for (size_t i = 0; i < h->nheaders; i++) {
-            if (classify(h->headers[i].name) == HDR_UPGRADE) {
-                put_header(&o, &h->headers[i]);
+    }
+    if (in->upgrade) {
+        for (size_t i = 0; i < h->n; i++) {
+            if (classify(h->v[i].name) == HDR_UPGRADE) {
+                put_header(&o, &h->v[i]);
                 break;
             }
         }
@@ -323,9 +255,9 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
     }
 
     char peer[TG_ADDR_STRLEN];
-    size_t peer_len = tg_addr_format(&req->conn->peer, peer, sizeof(peer));
+    size_t peer_len = tg_addr_format(in->peer, peer, sizeof(peer));
     puts_(&o, "X-Forwarded-For: ");
-    const struct tg_client_chain *chain = req->chain;
+    const struct tg_client_chain *chain = in->chain;
     if (chain != NULL && chain->source != TG_CHAIN_PEER) {
         char a[TG_ADDR_STRLEN];
         put(&o, a, tg_addr_format(&chain->client, a, sizeof(a)));
@@ -337,28 +269,28 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
     }
     put(&o, peer, peer_len);
     puts_(&o, "\r\nX-Real-IP: ");
-    if (tg_addr_equal(&req->client, &req->conn->peer)) {
+    if (tg_addr_equal(in->client, in->peer)) {
         put(&o, peer, peer_len);
     } else {
         char client[TG_ADDR_STRLEN];
-        put(&o, client, tg_addr_format(&req->client, client, sizeof(client)));
+        put(&o, client, tg_addr_format(in->client, client, sizeof(client)));
     }
-    puts_(&o, req->conn->tls ? "\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: "
-                             : "\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
-    put(&o, req->host, req->host_len);
+    puts_(&o, in->tls ? "\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: "
+                      : "\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+    put_str(&o, in->host);
     puts_(&o, "\r\nX-Request-Id: ");
-    put(&o, req->request_id, req->request_id_len);
+    put_str(&o, in->request_id);
     put(&o, "\r\n", 2);
-    if (subject_header != NULL && req->client_subject != NULL) {
-        puts_(&o, subject_header);
+    if (in->subject_header != NULL && in->subject != NULL) {
+        puts_(&o, in->subject_header);
         put(&o, ": ", 2);
-        puts_(&o, req->client_subject);
+        puts_(&o, in->subject);
         put(&o, "\r\n", 2);
     }
-    if (geo_header != NULL) {
-        puts_(&o, geo_header);
+    if (in->geo_header != NULL) {
+        puts_(&o, in->geo_header);
         put(&o, ": ", 2);
-        put(&o, req->country[0] ? req->country : TG_GEOIP_UNKNOWN, 2);
+        put(&o, in->country != NULL && in->country[0] ? in->country : TG_GEOIP_UNKNOWN, 2);
         put(&o, "\r\n", 2);
     }
     for (size_t i = 0; i < rules->nreq_set; i++)
@@ -368,112 +300,144 @@ int tg_headers_build_request(struct tg_request *req, struct tg_buf *b)
     return o.overflow ? -1 : 0;
 }
 
-/* ---- response heads ------------------------------------------------------------ */
+/* ---- response fields ------------------------------------------------------------ */
 
-static void put_status_line(struct out *o, int status, struct tg_str reason)
+/* A vector being filled from an arena, grown by doubling. */
+static int vec_push(struct tg_arena *a, struct tg_http_headers *v, struct tg_str name,
+                    struct tg_str value)
 {
-    char line[13] = "HTTP/1.1 000 ";
-    line[9] = (char)('0' + status / 100 % 10);
-    line[10] = (char)('0' + status / 10 % 10);
-    line[11] = (char)('0' + status % 10);
-    put(o, line, sizeof(line));
-    if (reason.n > 0)
-        put_str(o, reason);
-    else
-        puts_(o, tg_http_reason(status));
-    put(o, "\r\n", 2);
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 16;
+        struct tg_http_header *nv = tg_arena_alloc(a, cap * sizeof(*nv));
+        if (nv == NULL)
+            return -1;
+        if (v->n > 0)
+            memcpy(nv, v->v, v->n * sizeof(*nv));
+        v->v = nv;
+        v->cap = cap;
+    }
+    v->v[v->n++] = (struct tg_http_header){name, value};
+    return 0;
 }
 
-/* Copies the backend's end-to-end headers, minus what the rules remove
- * (headers.remove; with override, the ones we add ourselves). */
-static void put_response_headers(struct out *o, const struct tg_request *req,
-                                 const struct tg_http1_response *r, bool keep_upgrade)
+/* Appends the fields of "Name: value\r\n" lines (a block of our own). */
+static int vec_lines(struct tg_arena *a, struct tg_http_headers *v, const char *p, size_t n)
 {
-    const struct tg_config_headers *rules = rules_of(req);
-    struct conn_tokens ct;
-    collect_connection_tokens(r->headers, r->nheaders, &ct);
-    for (size_t i = 0; i < r->nheaders; i++) {
-        const struct tg_http_header *hd = &r->headers[i];
+    const char *end = p + n;
+    while (p < end) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (eol == NULL)
+            eol = end;
+        const char *colon = memchr(p, ':', (size_t)(eol - p));
+        if (colon != NULL) {
+            const char *val = colon + 1;
+            while (val < eol && (*val == ' ' || *val == '\t'))
+                val++;
+            if (vec_push(a, v, tg_str_make(p, (size_t)(colon - p)),
+                         tg_str_make(val, (size_t)(eol - val))) < 0)
+                return -1;
+        }
+        p = eol + (eol + 1 < end && eol[1] == '\n' ? 2 : 1);
+    }
+    return 0;
+}
+
+static struct tg_str cfg_name(const struct tg_config_header *h)
+{
+    return tg_str_make(h->name, h->name_len);
+}
+
+static struct tg_str cfg_value(const struct tg_config_header *h)
+{
+    return tg_str_make(h->value, h->value_len);
+}
+
+int tg_headers_response_fields(struct tg_arena *arena, const struct tg_headers_response *in,
+                               const struct tg_http_headers *backend,
+                               struct tg_http_headers *out)
+{
+    const struct tg_config_headers *rules = in->rules;
+    *out = (struct tg_http_headers){NULL, 0, 0};
+    size_t nb = backend != NULL ? backend->n : 0;
+    struct conn_tokens ct = {.n = 0};
+    if (nb > 0)
+        collect_connection_tokens(backend->v, nb, &ct);
+    /* The backend's end-to-end fields, minus what the rules remove (with
+     * override, the ones we add ourselves). */
+    for (size_t i = 0; i < nb; i++) {
+        const struct tg_http_header *hd = &backend->v[i];
         enum hdr_kind k = classify(hd->name);
-        if ((k == HDR_UPGRADE && keep_upgrade) || k == HDR_LENGTH) {
-            /* Content-Length frames the body we forward: kept whatever the
-             * backend's Connection lists. */
-            put_header(o, hd);
+        if (k == HDR_UPGRADE && in->keep_upgrade) {
+            if (vec_push(arena, out, hd->name, hd->value) < 0)
+                return -1;
             continue;
         }
         if (k != HDR_OTHER && k != HDR_XFF && k != HDR_XF_OTHER && k != HDR_FORWARDED &&
             k != HDR_SERVER)
-            continue; /* hop-by-hop, X-Request-Id */
+            continue; /* hop-by-hop, framing, X-Request-Id */
         if (ct.n > 0 && listed_in_connection(&ct, hd->name))
             continue;
         if (name_listed(rules->remove, rules->nremove, hd->name))
             continue;
         if (rules->override && name_added(rules->add, rules->nadd, hd->name))
             continue;
-        put_header(o, hd);
+        if (vec_push(arena, out, hd->name, hd->value) < 0)
+            return -1;
     }
+    /* Security and other configured headers: those the backend set stay
+     * unless `override` (then they were dropped above). */
+    bool may_collide = false;
+    for (size_t k = 0; k < nb && !rules->override && !may_collide; k++)
+        may_collide = (rules->add_name_lengths >> (backend->v[k].name.n & 63)) & 1;
+    for (size_t i = 0; i < rules->nadd; i++) {
+        const struct tg_config_header *h = &rules->add[i];
+        if (h->https_only && !in->tls)
+            continue;
+        bool present = false;
+        for (size_t k = 0; may_collide && k < nb && !present; k++)
+            present = h->name_len == backend->v[k].name.n &&
+                      strncasecmp(h->name, backend->v[k].name.p, backend->v[k].name.n) == 0;
+        if (!present && vec_push(arena, out, cfg_name(h), cfg_value(h)) < 0)
+            return -1;
+    }
+    if (in->request_id.n > 0 &&
+        vec_push(arena, out, TG_STR("X-Request-Id"), in->request_id) < 0)
+        return -1;
+    if (in->extra != NULL && vec_lines(arena, out, in->extra, strlen(in->extra)) < 0)
+        return -1;
+    if (in->lim != NULL) {
+        char block[512];
+        size_t n = tg_limiter_headers(in->lim, block, sizeof(block));
+        if (n > 0) {
+            char *copy = tg_arena_alloc(arena, n);
+            if (copy == NULL)
+                return -1;
+            memcpy(copy, block, n);
+            if (vec_lines(arena, out, copy, n) < 0)
+                return -1;
+        }
+    }
+    return 0;
 }
 
-int tg_headers_build_interim(struct tg_request *req, struct tg_buf *b)
+int tg_headers_interim_fields(struct tg_arena *arena, const struct tg_http_headers *backend,
+                              struct tg_http_headers *out)
 {
-    struct out o = {b, false};
-    put_status_line(&o, req->resp.status, req->resp.reason);
-    put_response_headers(&o, req, &req->resp, false);
-    put(&o, "\r\n", 2);
-    return o.overflow ? -1 : 0;
-}
-
-int tg_headers_build_response(struct tg_request *req, struct tg_buf *b)
-{
-    const struct tg_http1_response *r = &req->resp;
-    struct out o = {b, false};
-    bool upgrade = r->status == 101;
-    put_status_line(&o, r->status, r->reason);
-    put_response_headers(&o, req, r, upgrade);
-    put_response_rules(&o, req, r->headers, r->nheaders);
-    if (upgrade)
-        puts_(&o, "Connection: upgrade\r\n");
-    if (req->resp_framing == TG_HTTP1_BODY_CHUNKED && !req->resp_dechunk)
-        puts_(&o, "Transfer-Encoding: chunked\r\n");
-    puts_(&o, "X-Request-Id: ");
-    put(&o, req->request_id, req->request_id_len);
-    put(&o, "\r\n", 2);
-    put_limiter_headers(&o, req);
-    if (!upgrade) {
-        if (req->resp_close_client)
-            puts_(&o, "Connection: close\r\n");
-        else if (req->minor_version == 0)
-            puts_(&o, "Connection: keep-alive\r\n");
+    *out = (struct tg_http_headers){NULL, 0, 0};
+    struct conn_tokens ct;
+    collect_connection_tokens(backend->v, backend->n, &ct);
+    for (size_t i = 0; i < backend->n; i++) {
+        const struct tg_http_header *hd = &backend->v[i];
+        enum hdr_kind k = classify(hd->name);
+        if (k != HDR_OTHER && k != HDR_XFF && k != HDR_XF_OTHER && k != HDR_FORWARDED &&
+            k != HDR_SERVER)
+            continue;
+        if (ct.n > 0 && listed_in_connection(&ct, hd->name))
+            continue;
+        if (vec_push(arena, out, hd->name, hd->value) < 0)
+            return -1;
     }
-    put(&o, "\r\n", 2);
-    return o.overflow ? -1 : 0;
-}
-
-int tg_headers_build_local(struct tg_request *req, struct tg_buf *b, int status,
-                           const char *content_type, const char *body,
-                           size_t body_len, bool close)
-{
-    struct out o = {b, false};
-    putf(&o, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n",
-         status, tg_http_reason(status), content_type, body_len);
-    if (req->request_id[0] != '\0') {
-        puts_(&o, "X-Request-Id: ");
-        puts_(&o, req->request_id);
-        put(&o, "\r\n", 2);
-    }
-    if (req->extra_headers != NULL)
-        puts_(&o, req->extra_headers);
-    put_limiter_headers(&o, req);
-    if (req->wcfg != NULL)
-        put_response_rules(&o, req, NULL, 0);
-    if (close)
-        puts_(&o, "Connection: close\r\n");
-    else if (req->minor_version == 0)
-        puts_(&o, "Connection: keep-alive\r\n");
-    put(&o, "\r\n", 2);
-    if (req->method_id != TG_HTTP_HEAD)
-        put(&o, body, body_len);
-    return o.overflow ? -1 : 0;
+    return 0;
 }
 
 /* ---- request ids ------------------------------------------------------------------ */

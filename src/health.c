@@ -22,10 +22,19 @@
 
 #define SLOTS 65536 /* servers checked at most; power of two */
 #define TICK_S 0.1
+#define ADDR_TEXT_MAX 80    /* "[v6]:port", as formatted for the logs */
+#define REQUEST_MAX 512     /* the GET head, path and Host included */
+/* What is read of the answer: the status line is all that counts, and
+ * "HTTP/1.1 200" (STATUS_LINE_MIN bytes) or a line end is enough of it. */
+#define RESPONSE_MAX 64
+#define STATUS_LINE_MIN 12
+/* The first checks of a configuration start in this many steps over one
+ * interval, not all at once. */
+#define SPREAD_STEPS 64
 
 struct key {
     uint8_t family;
-    uint8_t addr[16];
+    uint8_t addr[sizeof(struct in6_addr)];
     uint16_t port;
 };
 
@@ -34,7 +43,7 @@ struct slot {
     struct key key;
     _Atomic bool down;
     unsigned fails, passes;      /* checker only */
-    char name[80];               /* checker only, for logs */
+    char name[ADDR_TEXT_MAX];    /* checker only, for logs */
 };
 
 struct target {
@@ -42,7 +51,7 @@ struct target {
     struct sockaddr_storage sa;
     socklen_t salen;
     const char *path;
-    char host[80];
+    char host[ADDR_TEXT_MAX];
     double interval, timeout;
     unsigned fails, passes;
     double due;
@@ -56,9 +65,9 @@ struct check {
     ev_timer timer;
     struct target *t;
     size_t sent;
-    char req[512];
+    char req[REQUEST_MAX];
     size_t reqlen;
-    char resp[64];
+    char resp[RESPONSE_MAX];
     size_t got;
 };
 
@@ -80,11 +89,11 @@ static void key_of(const struct sockaddr_storage *sa, struct key *k)
     k->family = (uint8_t)sa->ss_family;
     if (sa->ss_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        memcpy(k->addr, &in->sin_addr, 4);
+        memcpy(k->addr, &in->sin_addr, sizeof(in->sin_addr));
         k->port = in->sin_port;
     } else if (sa->ss_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        memcpy(k->addr, &in6->sin6_addr, 16);
+        memcpy(k->addr, &in6->sin6_addr, sizeof(in6->sin6_addr));
         k->port = in6->sin6_port;
     }
 }
@@ -213,7 +222,7 @@ static void on_check_io(struct ev_loop *loop, ev_io *io, int revents)
     }
     c->got += (size_t)n;
     c->resp[c->got] = '\0';
-    if (c->got < 12 && memchr(c->resp, '\n', c->got) == NULL)
+    if (c->got < STATUS_LINE_MIN && memchr(c->resp, '\n', c->got) == NULL)
         return;
     int status = 0;
     if (sscanf(c->resp, "HTTP/1.%*1[01] %3d", &status) != 1)
@@ -310,7 +319,7 @@ static void add_targets(struct target *out, size_t *n, size_t cap,
         t->fails = hc->fails;
         t->passes = hc->passes;
         /* Spread the first round over one interval. */
-        t->due = ev_now(h.loop) + t->interval * (double)(*n % 64) / 64.0;
+        t->due = ev_now(h.loop) + t->interval * (double)(*n % SPREAD_STEPS) / SPREAD_STEPS;
     }
 }
 

@@ -722,7 +722,7 @@ struct fields {
     struct tg_str host;
     struct te_list te;
     bool conn_close, conn_keep_alive, conn_upgrade;
-    bool upgrade_websocket, expect_continue;
+    bool upgrade_websocket;
 };
 
 /* Next element of a comma-separated list from *pos: OWS around it removed,
@@ -805,10 +805,6 @@ static bool read_fields(const struct tg_http_header *h, size_t n,
                 f->nhost++;
                 f->host = v;
             }
-            break;
-        case 6:
-            if (LOWER_EQ(name, "expect") && LOWER_EQ(v, "100-continue"))
-                f->expect_continue = true;
             break;
         case 7:
             if (LOWER_EQ(name, "upgrade")) {
@@ -968,11 +964,9 @@ static int finish_request(struct tg_http1_request *req, int *status,
 
     if (req->minor_version == 1) {
         req->keep_alive = !f.conn_close;
-        req->expect_continue = f.expect_continue;
         req->upgrade = f.conn_upgrade && f.nupgrade > 0;
     } else {
         req->keep_alive = f.conn_keep_alive && !f.conn_close;
-        req->expect_continue = false;
         req->upgrade = false;
     }
     req->upgrade_websocket = req->upgrade && f.upgrade_websocket;

@@ -76,8 +76,6 @@ struct tg_http1_request {
     enum tg_http1_framing framing;    /* NONE, LENGTH or CHUNKED */
     uint64_t content_length;          /* when framing == LENGTH */
     bool keep_alive;                  /* version default adjusted by Connection */
-    bool expect_continue;             /* Expect: 100-continue on HTTP/1.1; other
-                                         Expect values are left to the caller */
     bool upgrade;                     /* Connection: upgrade + an Upgrade header
                                          (HTTP/1.1 only: 1.0 ignores Upgrade) */
     bool upgrade_websocket;           /* ... and Upgrade names websocket */
@@ -185,24 +183,6 @@ ssize_t tg_http1_chunked_next(struct tg_http1_chunked *c, const char *p,
  * before the first): a chunk of our own may be inserted here without
  * breaking the framing. False inside a chunk, its CRLF, or the trailers. */
 bool tg_http1_chunked_at_boundary(const struct tg_http1_chunked *c);
-
-/* The names these helpers had before they moved to http.h, until the
- * configuration and TLS modules move over. */
-#define tg_http1_method tg_http_method
-#define tg_http1_method_id tg_http_method_id
-#define tg_http1_method_idempotent tg_http_method_idempotent
-#define tg_http1_reason tg_http_reason
-#define tg_http1_name_eq tg_http_name_eq
-#define TG_HTTP1_OTHER TG_HTTP_OTHER
-#define TG_HTTP1_GET TG_HTTP_GET
-#define TG_HTTP1_HEAD TG_HTTP_HEAD
-#define TG_HTTP1_POST TG_HTTP_POST
-#define TG_HTTP1_PUT TG_HTTP_PUT
-#define TG_HTTP1_DELETE TG_HTTP_DELETE
-#define TG_HTTP1_OPTIONS TG_HTTP_OPTIONS
-#define TG_HTTP1_PATCH TG_HTTP_PATCH
-#define TG_HTTP1_CONNECT TG_HTTP_CONNECT
-#define TG_HTTP1_TRACE TG_HTTP_TRACE
 
 /* True if the comma-separated header value lists `token` (case-insensitive,
  * OWS around elements ignored), e.g. Connection: keep-alive, Upgrade. */

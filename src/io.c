@@ -11,7 +11,11 @@
 #include <openssl/err.h>
 
 #include "tls.h"
-#include "worker.h"
+#include "context.h"
+
+/* Small pieces of a TLS write are joined up to one record's plaintext
+ * (2^14 bytes), so that they go out as one record. */
+#define TLS_RECORD_MAX 16384
 
 static ssize_t tls_result(struct tg_io *io, int rc)
 {
@@ -93,7 +97,7 @@ ssize_t tg_io_writev(struct tg_io *io, const struct iovec *iov, int iovcnt)
      * with different (re-coalesced) bytes after WANT_WRITE is allowed. */
     const void *data;
     size_t len;
-    char joined[16384];
+    char joined[TLS_RECORD_MAX];
     if (iovcnt == 1 || iov[0].iov_len >= sizeof(joined)) {
         data = iov[0].iov_base;
         len = iov[0].iov_len;
@@ -124,7 +128,7 @@ void tg_io_watch(struct tg_io *io, struct ev_loop *loop, ev_io *watcher, uint8_t
                  int events)
 {
     if (*watching != events) {
-        tg_worker_io_stop(loop, watcher);
+        tg_context_io_stop(loop, watcher);
         *watching = (uint8_t)events;
         if (events != 0) {
             ev_io_set(watcher, io->fd, events);

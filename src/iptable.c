@@ -7,8 +7,11 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define STRIPES 64
+/* The hash's low STRIPE_BITS pick the stripe, the bits above the bucket. */
+#define STRIPE_BITS 6
+#define STRIPES (1 << STRIPE_BITS)
 #define BUCKETS_PER_STRIPE 256
+#define V6_BITS 128
 
 struct entry {
     struct tg_addr addr;
@@ -59,7 +62,7 @@ void tg_iptable_group(const struct tg_addr *a, unsigned v6_prefix,
                       struct tg_addr *out)
 {
     *out = *a;
-    if (a->family == AF_INET6 && v6_prefix < 128)
+    if (a->family == AF_INET6 && v6_prefix < V6_BITS)
         tg_addr_mask(out, v6_prefix);
 }
 
@@ -77,7 +80,7 @@ static uint64_t hash_addr(const struct tg_iptable *t, const struct tg_addr *a)
 
 static struct entry **find(struct stripe *s, const struct tg_addr *a, uint64_t h)
 {
-    struct entry **pp = &s->buckets[(h >> 6) % BUCKETS_PER_STRIPE];
+    struct entry **pp = &s->buckets[(h >> STRIPE_BITS) % BUCKETS_PER_STRIPE];
     while (*pp != NULL && !tg_addr_equal(&(*pp)->addr, a))
         pp = &(*pp)->next;
     return pp;
@@ -139,14 +142,3 @@ void tg_iptable_release(struct tg_iptable *t, const struct tg_addr *a,
     pthread_mutex_unlock(&s->lock);
 }
 
-unsigned tg_iptable_count(struct tg_iptable *t, const struct tg_addr *a,
-                          enum tg_iptable_kind kind)
-{
-    uint64_t h = hash_addr(t, a);
-    struct stripe *s = &t->stripes[h % STRIPES];
-    pthread_mutex_lock(&s->lock);
-    struct entry **pp = find(s, a, h);
-    unsigned n = *pp != NULL ? (*pp)->count[kind] : 0;
-    pthread_mutex_unlock(&s->lock);
-    return n;
-}

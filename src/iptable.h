@@ -34,10 +34,6 @@ bool tg_iptable_acquire(struct tg_iptable *t, const struct tg_addr *a,
 void tg_iptable_release(struct tg_iptable *t, const struct tg_addr *a,
                         enum tg_iptable_kind kind);
 
-/* Current count (for tests and status). */
-unsigned tg_iptable_count(struct tg_iptable *t, const struct tg_addr *a,
-                          enum tg_iptable_kind kind);
-
 /* The key an address is counted under: IPv6 masked to `v6_prefix` bits. */
 void tg_iptable_group(const struct tg_addr *a, unsigned v6_prefix,
                       struct tg_addr *out);

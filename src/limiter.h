@@ -134,6 +134,15 @@ const struct tg_config_policy_list *tg_limiter_policies(const struct tg_config *
  * from `in` (views read now, keys kept in in->arena). Keys with a body part
  * are completed later by tg_limiter_take_body. `env` must outlive the
  * request. Returns 0, or -1 when memory ran out. */
+/* The bytes a state needs for a list of `npolicies` policies (the items
+ * array sized to them, not to the maximum). */
+static inline size_t tg_limiter_state_size(size_t npolicies)
+{
+    if (npolicies > TG_LIMITER_MAX_POLICIES)
+        npolicies = TG_LIMITER_MAX_POLICIES;
+    return offsetof(struct tg_limiter_state, items) + npolicies * sizeof(struct tg_limiter_item);
+}
+
 int tg_limiter_prepare(struct tg_limiter_state *lim, const struct tg_limiter_input *in,
                        struct tg_limiter_env *env);
 

@@ -15,24 +15,20 @@
 #include <time.h>
 #include <unistd.h>
 
+#define LOG_LINE_MAX 2048   /* longer messages are cut */
+#define THREAD_NAME_MAX 24
+#define FILE_MODE 0640
+
 static _Atomic int log_level = TG_LOG_INFO;
 static _Atomic int log_fd = STDERR_FILENO;
 static char *log_path;
-static _Thread_local char thread_name[24] = "main";
+static _Thread_local char thread_name[THREAD_NAME_MAX] = "main";
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 void tg_log_set_level(enum tg_log_level level)
 {
     atomic_store(&log_level, (int)level);
-}
-
-int tg_log_level_parse(const char *s)
-{
-    for (int i = 0; i < 4; i++)
-        if (strcmp(s, level_names[i]) == 0)
-            return i;
-    return -1;
 }
 
 void tg_log_set_thread_name(const char *name)
@@ -42,7 +38,7 @@ void tg_log_set_thread_name(const char *name)
 
 static int open_log_file(const char *path)
 {
-    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, FILE_MODE);
 }
 
 /* The old descriptor is closed only after the new one is in place; a
@@ -100,7 +96,7 @@ void tg_vlog(enum tg_log_level level, const char *fmt, va_list ap)
 {
     if ((int)level < atomic_load(&log_level))
         return;
-    char line[2048];
+    char line[LOG_LINE_MAX];
     struct timeval tv;
     struct tm tm;
     gettimeofday(&tv, NULL);

@@ -17,9 +17,6 @@ enum tg_log_level {
 /* Sets the minimum level written. Any thread; takes effect at once. */
 void tg_log_set_level(enum tg_log_level level);
 
-/* Parses "debug", "info", "warn", "error"; returns -1 if unknown. */
-int tg_log_level_parse(const char *s);
-
 /* Sends the log to `path` (opened for append) or back to stderr when path
  * is NULL. Returns 0, or -1 with errno set (the old target is kept). Main
  * thread; safe while workers log (the descriptor is swapped atomically and

@@ -20,7 +20,9 @@
 #include <openssl/crypto.h>
 
 #include "access_log.h"
+#include "certstore.h"
 #include "config.h"
+#include "config_build.h"
 #include "explain.h"
 #include "iptable.h"
 #include "log.h"
@@ -36,7 +38,11 @@
 static struct {
     const char *config_path;
     struct tg_config *config;  /* current snapshot (main's reference) */
+    /* The certificates SNI serves: every snapshot's TLS server consults it;
+     * installing a snapshot replaces the configured ones. */
+    struct tg_certstore *certs;
     struct tg_runtime rt;
+    struct tg_worker **workers; /* rt.workers holds their contexts */
     struct ev_loop *loop;
     ev_signal sig_hup, sig_term, sig_int, sig_quit, sig_usr1;
     ev_timer drain_timer;
@@ -169,6 +175,16 @@ static int install_config(struct tg_config *next)
         tg_config_unref(next);
         return -1;
     }
+    /* Its certificates serve from the next handshake on (the store swaps
+     * atomically); handshakes under way finish with what they started. */
+    if (tg_config_publish(next) < 0) {
+        tg_log_error("out of memory publishing the certificates");
+        close_opened(fds, keys, nw, n, 0);
+        free(fds);
+        free(keys);
+        tg_config_unref(next);
+        return -1;
+    }
     for (unsigned w = 0; w < nw; w++) {
         struct tg_worker_msg *m = calloc(1, sizeof(*m));
         if (m == NULL) {
@@ -188,7 +204,7 @@ static int install_config(struct tg_config *next)
         m->fds = fds[w];
         m->keys = keys[w];
         m->nfds = n;
-        tg_worker_post(g.rt.workers[w], m);
+        tg_worker_post(g.workers[w], m);
     }
     free(fds);
     free(keys);
@@ -250,7 +266,8 @@ static void reload(void)
     char *errors = malloc(ERRBUF);
     if (errors == NULL)
         return;
-    struct tg_config *next = tg_config_load(g.config_path, errors, ERRBUF);
+    struct tg_config_build_opts opts = {.certstore = g.certs};
+    struct tg_config *next = tg_config_load_with(g.config_path, &opts, errors, ERRBUF);
     if (next == NULL)
         tg_metrics_reload(false, 0);
     if (next == NULL) {
@@ -286,7 +303,7 @@ static void post_all(enum tg_worker_msg_type type)
         if (m == NULL)
             continue;
         m->type = type;
-        tg_worker_post(g.rt.workers[i], m);
+        tg_worker_post(g.workers[i], m);
     }
 }
 
@@ -405,9 +422,10 @@ int main(int argc, char **argv)
     }
 
     char *errors = malloc(ERRBUF);
-    if (errors == NULL || tg_tls_global_init() < 0)
+    if (errors == NULL || tg_tls_global_init() < 0 || (g.certs = tg_certstore_new()) == NULL)
         return 1;
-    struct tg_config *cfg = tg_config_load(path, errors, ERRBUF);
+    struct tg_config_build_opts opts = {.certstore = g.certs};
+    struct tg_config *cfg = tg_config_load_with(path, &opts, errors, ERRBUF);
     if (cfg == NULL) {
         print_errors(errors);
         free(errors);
@@ -417,6 +435,7 @@ int main(int argc, char **argv)
     if (test_only) {
         printf("%s: configuration OK\n", path);
         tg_config_unref(cfg);
+        tg_certstore_unref(g.certs);
         tg_tls_global_cleanup();
         return 0;
     }
@@ -458,16 +477,18 @@ int main(int argc, char **argv)
     if (g.rt.iptable == NULL || g.rt.rl_local == NULL)
         return 1;
     g.rt.workers = calloc(cfg->workers, sizeof(*g.rt.workers));
-    if (g.rt.workers == NULL)
+    g.workers = calloc(cfg->workers, sizeof(*g.workers));
+    if (g.rt.workers == NULL || g.workers == NULL)
         return 1;
     for (unsigned i = 0; i < cfg->workers; i++) {
-        g.rt.workers[i] = tg_worker_new(i, &g.rt);
-        if (g.rt.workers[i] == NULL) {
+        g.workers[i] = tg_worker_new(i, &g.rt);
+        if (g.workers[i] == NULL) {
             tg_log_error("cannot create worker %u", i);
             return 1;
         }
-        g.rt.workers[i]->on_exit = worker_exited;
-        g.rt.workers[i]->on_drained = worker_drained;
+        g.rt.workers[i] = &g.workers[i]->ctx;
+        g.workers[i]->on_exit = worker_exited;
+        g.workers[i]->on_drained = worker_drained;
     }
     tg_metrics_assign(cfg);
     tg_metrics_reload(true, (double)time(NULL));
@@ -479,7 +500,7 @@ int main(int argc, char **argv)
         return 1;
     atomic_store(&g.workers_running, cfg->workers);
     for (unsigned i = 0; i < g.rt.nworkers; i++) {
-        if (tg_worker_start(g.rt.workers[i]) < 0) {
+        if (tg_worker_start(g.workers[i]) < 0) {
             tg_log_error("cannot start worker thread %u", i);
             return 1;
         }
@@ -506,12 +527,14 @@ int main(int argc, char **argv)
     ev_run(g.loop, 0);
 
     for (unsigned i = 0; i < g.rt.nworkers; i++)
-        tg_worker_join_and_free(g.rt.workers[i]);
+        tg_worker_join_and_free(g.workers[i]);
+    free(g.workers);
     free(g.rt.workers);
     tg_iptable_free(g.rt.iptable);
     tg_ratelimit_local_free(g.rt.rl_local);
     tg_access_log_stop();
     tg_config_unref(g.config);
+    tg_certstore_unref(g.certs);
     tg_tls_global_cleanup();
     tg_log_info("stopped");
     return 0;

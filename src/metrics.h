@@ -120,9 +120,14 @@ unsigned tg_metrics_bucket(double seconds);
 /* Process-wide values the main thread updates. */
 void tg_metrics_reload(bool ok, double when);
 
-/* Writes the Prometheus text exposition (version 0.0.4) of everything, all
- * workers summed, into a malloc'd buffer (*out, *len). Any thread. Returns 0
- * or -1 on allocation failure. */
-int tg_metrics_render(struct tg_runtime *rt, char **out, size_t *len);
+/* For the scrape: how many series of a kind exist, the label set of one
+ * (an "_other" set past the registry's end), a histogram bucket's upper
+ * bound, and the reload counters. */
+unsigned tg_metrics_series_count(enum tg_metrics_kind kind);
+const char *tg_metrics_series_labels(enum tg_metrics_kind kind, unsigned id);
+double tg_metrics_bucket_bound(unsigned b);
+const char *tg_metrics_tls_reason_name(unsigned r);
+void tg_metrics_reloads(uint64_t *ok, uint64_t *failed, double *last);
+
 
 #endif

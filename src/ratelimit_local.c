@@ -39,6 +39,15 @@
  * EVICT_SCAN_MAX while none of them was idle. Bounds the work per insert. */
 #define EVICT_SAMPLE 16
 #define EVICT_SCAN_MAX 64
+#define CACHE_LINE 64
+/* Spins on a held shard lock before yielding the CPU: a holder that is
+ * running lets go well within them, one that is not was preempted. */
+#define SPINS_MAX 1024
+#define SHARDS_MAX (1u << 16)
+/* 64 GiB of entries per shard; indices stay 32 bit. */
+#define SHARD_KEYS_MAX (1u << 30)
+/* Entries a shard allocates at first; it grows by doubling up to its cap. */
+#define ENTRIES_INITIAL 16
 
 /* span_u and lock_u describe the bucket of the policy that last spent on
  * the entry, so that eviction can judge how full it is on its own terms
@@ -65,7 +74,7 @@ struct entry {
      * (memcpy'd in, so the struct needs no padding for it). */
     unsigned char key[KEY_INLINE];
 };
-_Static_assert(sizeof(struct entry) == 64, "one entry, one cache line");
+_Static_assert(sizeof(struct entry) == CACHE_LINE, "one entry, one cache line");
 _Static_assert(TG_RATELIMIT_LOCAL_KEY_MAX <= UINT16_MAX, "keylen is 16 bits");
 
 /* ---- locks ----------------------------------------------------------------
@@ -100,7 +109,7 @@ static void lock_acquire(struct lock *l)
             return;
         for (unsigned spins = 0;
              atomic_load_explicit(&l->held, memory_order_relaxed);) {
-            if (++spins < 1024) {
+            if (++spins < SPINS_MAX) {
 #if defined(__x86_64__) || defined(__i386__)
                 __builtin_ia32_pause();
 #endif
@@ -143,7 +152,7 @@ static void lock_release(struct lock *l)
 #endif
 
 struct shard {
-    _Alignas(64) struct lock lock; /* own cache line(s): no false sharing */
+    _Alignas(CACHE_LINE) struct lock lock; /* own cache line(s): no false sharing */
     uint32_t count;                /* entries in use: entries[0..count) */
     uint32_t alloc;                /* entries allocated */
     uint32_t cap;                  /* most entries this shard may hold */
@@ -450,14 +459,14 @@ struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys,
                                                   unsigned shards)
 {
     if (max_keys == 0 || shards == 0 || (shards & (shards - 1)) != 0 ||
-        shards > (1u << 16))
+        shards > SHARDS_MAX)
         return NULL;
     /* Fewer keys than shards: fewer shards, so the total stays <= max. */
     while (shards > max_keys)
         shards >>= 1;
     size_t per = max_keys / shards;
-    if (per > (1u << 30))
-        per = 1u << 30; /* 64 GiB of entries per shard; indices stay 32 bit */
+    if (per > SHARD_KEYS_MAX)
+        per = SHARD_KEYS_MAX;
 
     struct tg_ratelimit_local *t = calloc(1, sizeof(*t));
     if (t == NULL)
@@ -479,7 +488,7 @@ struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys,
         s->cap = (uint32_t)per;
         uint32_t nb = next_pow2(s->cap);
         s->mask = nb - 1;
-        s->alloc = s->cap < 16 ? s->cap : 16;
+        s->alloc = s->cap < ENTRIES_INITIAL ? s->cap : ENTRIES_INITIAL;
         s->buckets = malloc((size_t)nb * sizeof(*s->buckets));
         s->entries = malloc((size_t)s->alloc * sizeof(*s->entries));
         if (s->buckets == NULL || s->entries == NULL ||

@@ -63,11 +63,19 @@
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 
+#include "codec.h"
 #include "config.h"
 #include "log.h"
 #include "ratelimit.h"
 #include "redis.h"
 #include "siphash.h"
+
+/* A batch's memory. The unit test swaps in allocators that fail, to check
+ * that every waiter is still answered. */
+#ifndef batch_malloc
+#define batch_malloc malloc
+#define batch_calloc calloc
+#endif
 
 static const char GCRA_LUA[] =
     "-- tollgate GCRA v3 (batched, keys once): see src/ratelimit_redis.c\n"
@@ -211,6 +219,11 @@ static const char HEARTBEAT_LUA[] =
 #define MAX_OPS TG_RATELIMIT_LOCAL_MAX_OPS
 #define NUM_MAX 21 /* digits of an int64, a sign and a NUL */
 #define HASHED_KEY_LEN 65 /* '#' and 64 hex digits */
+#define KEY_BRACES_LEN 3  /* '{', ':' and '}' around policy:key */
+#define HEARTBEAT_KEY_MAX 512 /* PREFIX{gateways}: a longer prefix skips it */
+#define SHA1_LEN 20       /* bytes: script digests (EVALSHA) */
+#define SHA1_HEX_LEN 40
+#define SHA256_LEN 32     /* bytes: digests of over-long keys */
 
 /* Knobs the unit test shortens; the defaults are production's. */
 static double heartbeat_interval_s = 2.0;
@@ -228,8 +241,8 @@ struct tg_ratelimit_redis {
     ev_timer heartbeat_timer;
     struct tg_redis_cmd *heartbeat_cmd; /* in flight */
     bool loading;                       /* a SCRIPT LOAD in flight */
-    char sha[41];                       /* of GCRA_LUA, hex */
-    char refund_sha[41];                /* of REFUND_LUA, hex */
+    char sha[SHA1_HEX_LEN + 1];         /* of GCRA_LUA, hex */
+    char refund_sha[SHA1_HEX_LEN + 1];  /* of REFUND_LUA, hex */
     bool refund_cached;                 /* this connection ran REFUND_LUA */
 
     int64_t last_time_us; /* Redis TIME of the last decision (tests) */
@@ -370,12 +383,7 @@ static void pending_drain(void)
 
 static void hex(char *out, const unsigned char *md, size_t n)
 {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[md[i] >> 4];
-        out[2 * i + 1] = digits[md[i] & 15];
-    }
-    out[2 * n] = '\0';
+    out[tg_hex_encode(out, md, n, false)] = '\0';
 }
 
 static int digest(const EVP_MD *md, const void *data, size_t len,
@@ -391,7 +399,7 @@ static size_t key_len(const struct tg_ratelimit_redis *r, const char *policy,
 {
     if (keylen > TG_RATELIMIT_REDIS_KEY_MAX)
         keylen = HASHED_KEY_LEN;
-    return r->prefix_len + strlen(policy) + keylen + 3;
+    return r->prefix_len + strlen(policy) + keylen + KEY_BRACES_LEN;
 }
 
 /* Writes PREFIX{policy:key} at out (key_len bytes, no NUL). Returns the
@@ -409,13 +417,13 @@ static size_t build_key(const struct tg_ratelimit_redis *r, char *out,
     *p++ = ':';
     if (keylen > TG_RATELIMIT_REDIS_KEY_MAX) {
         unsigned char md[EVP_MAX_MD_SIZE];
-        char h[2 * 32 + 1];
-        if (digest(EVP_sha256(), key, keylen, md) != 32)
+        char h[2 * SHA256_LEN + 1];
+        if (digest(EVP_sha256(), key, keylen, md) != SHA256_LEN)
             return 0;
-        hex(h, md, 32);
+        hex(h, md, SHA256_LEN);
         *p++ = '#';
-        memcpy(p, h, 64);
-        p += 64;
+        memcpy(p, h, 2 * SHA256_LEN);
+        p += 2 * SHA256_LEN;
     } else if (keylen > 0) {
         memcpy(p, key, keylen);
         p += keylen;
@@ -452,13 +460,14 @@ static int on_script_loaded(void *arg, const redisReply *reply)
     r->loading = false;
     if (reply == NULL)
         return 0;
-    if (reply->type == REDIS_REPLY_STRING && reply->len == 40 &&
-        memcmp(reply->str, r->sha, 40) == 0)
+    if (reply->type == REDIS_REPLY_STRING && reply->len == SHA1_HEX_LEN &&
+        memcmp(reply->str, r->sha, SHA1_HEX_LEN) == 0)
         return 0;
     r->errors++;
     if (reply->type == REDIS_REPLY_STRING)
         tg_log_error("redis ratelimit: SCRIPT LOAD returned %.*s, expected %s",
-                     (int)(reply->len > 40 ? 40 : reply->len), reply->str,
+                     (int)(reply->len > SHA1_HEX_LEN ? SHA1_HEX_LEN : reply->len),
+                     reply->str,
                      r->sha);
     return -1;
 }
@@ -499,7 +508,7 @@ static void send_heartbeat(struct tg_ratelimit_redis *r)
     if (!r->heartbeat || r->heartbeat_cmd != NULL ||
         tg_redis_state(r->link) != TG_REDIS_UP)
         return;
-    char key[512], ttl[NUM_MAX];
+    char key[HEARTBEAT_KEY_MAX], ttl[NUM_MAX];
     int klen = snprintf(key, sizeof(key), "%s{gateways}", r->prefix);
     if (klen < 0 || (size_t)klen >= sizeof(key))
         return;
@@ -601,16 +610,15 @@ static bool is_error(const redisReply *rep, const char *code)
  * when `rep` is NULL; a non-NULL `rep` has passed reply_valid), cancelled
  * ones are just freed. The
  * callbacks may free the limiter: nothing of it is touched after them. */
-static void batch_end(struct batch *b, const redisReply *rep)
+/* Answers the requests of a batch: with the reply, or (rep NULL) that
+ * the store failed. */
+static void answer_waiters(struct tg_ratelimit_redis *r, struct tg_ratelimit_redis_pending *p,
+                           const redisReply *rep)
 {
-    struct tg_ratelimit_redis *r = b->r;
     bool ok = rep != NULL;
     size_t at = 1;
     if (ok)
         r->last_time_us = rep->element[0]->integer;
-    struct tg_ratelimit_redis_pending *p = b->head;
-    free(b->argv);
-    free(b);
     while (p != NULL) {
         struct tg_ratelimit_redis_pending *next = p->next;
         struct tg_ratelimit_result res[TG_RATELIMIT_LOCAL_MAX_OPS];
@@ -627,6 +635,15 @@ static void batch_end(struct batch *b, const redisReply *rep)
         }
         p = next;
     }
+}
+
+static void batch_end(struct batch *b, const redisReply *rep)
+{
+    struct tg_ratelimit_redis *r = b->r;
+    struct tg_ratelimit_redis_pending *p = b->head;
+    free(b->argv);
+    free(b);
+    answer_waiters(r, p, rep);
 }
 
 static int on_batch_reply(void *arg, const redisReply *reply)
@@ -665,6 +682,7 @@ static int on_batch_reply(void *arg, const redisReply *reply)
 
 /* The distinct keys of the batch being built: each is named, read and
  * described once, and ops refer to it by index (op->key_index, from 1). */
+#define KEY_INDEX_MIN 16 /* slots at least: small batches clear little */
 struct key_index {
     uint64_t k0, k1;                          /* the limiter's SipHash key */
     size_t mask;                              /* slots - 1, a power of two */
@@ -681,7 +699,7 @@ static void key_index_init(struct key_index *ix,
     /* At least twice the keys the batch may take: half full at most. */
     if (keys > BATCH_KEYS_MAX)
         keys = BATCH_KEYS_MAX;
-    ix->mask = 15;
+    ix->mask = KEY_INDEX_MIN - 1;
     while (ix->mask + 1 < 2 * keys)
         ix->mask = 2 * ix->mask + 1;
     ix->n = 0;
@@ -768,20 +786,15 @@ static void flush_queue(struct tg_ratelimit_redis *r)
         const struct take_op *const *distinct = ix.key;
         int argc = 3 + 4 * (int)nd + 1 + (int)n + 2 * (int)keys;
         size_t nums = 2 + 3 * nd + n + 2 * keys;
-        struct batch *b = calloc(1, sizeof(*b));
-        char *mem = b ? malloc((size_t)argc * (sizeof(char *) + sizeof(size_t)) +
+        struct batch *b = batch_calloc(1, sizeof(*b));
+        char *mem = b ? batch_malloc((size_t)argc * (sizeof(char *) + sizeof(size_t)) +
                                nums * NUM_MAX) : NULL;
         if (b == NULL || mem == NULL) {
             free(b);
             free(mem);
-            /* Tell them at once; they get on_error. */
-            struct batch fake = {.r = r, .head = head};
-            struct batch *copy = malloc(sizeof(*copy));
-            if (copy != NULL) {
-                *copy = fake;
-                copy->argv = NULL;
-                batch_end(copy, NULL);
-            }
+            /* Out of memory: tell them at once (they get on_error), with
+             * nothing more to allocate. */
+            answer_waiters(r, head, NULL);
             continue;
         }
         b->r = r;
@@ -800,7 +813,7 @@ static void flush_queue(struct tg_ratelimit_redis *r)
 #define ARG(ptr, len) (b->argv[i] = (ptr), b->argvlen[i++] = (len))
 #define NUM(v) do { ARG(num, tg_str_i64(num, (long long)(v))); num += NUM_MAX; } while (0)
         ARG("EVALSHA", 7);
-        ARG(r->sha, 40);
+        ARG(r->sha, SHA1_HEX_LEN);
         NUM(nd);
         for (size_t d = 0; d < nd; d++)
             ARG(distinct[d]->key, distinct[d]->keylen);
@@ -1071,7 +1084,7 @@ int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r,
 #define NUM(v) do { ARG(num, tg_str_i64(num, (long long)(v))); num += NUM_MAX; } while (0)
     if (r->refund_cached) {
         ARG("EVALSHA", 7);
-        ARG(r->refund_sha, 40);
+        ARG(r->refund_sha, SHA1_HEX_LEN);
     } else {
         ARG("EVAL", 4);
         ARG(REFUND_LUA, sizeof(REFUND_LUA) - 1);
@@ -1130,12 +1143,13 @@ struct tg_ratelimit_redis *tg_ratelimit_redis_new(struct ev_loop *loop,
     r->k0 = key[0];
     r->k1 = key[1];
     unsigned char md[EVP_MAX_MD_SIZE];
-    if (digest(EVP_sha1(), GCRA_LUA, sizeof(GCRA_LUA) - 1, md) != 20)
+    if (digest(EVP_sha1(), GCRA_LUA, sizeof(GCRA_LUA) - 1, md) != SHA1_LEN)
         goto fail;
-    hex(r->sha, md, 20);
-    if (digest(EVP_sha1(), REFUND_LUA, sizeof(REFUND_LUA) - 1, md) != 20)
+    hex(r->sha, md, SHA1_LEN);
+    if (digest(EVP_sha1(), REFUND_LUA, sizeof(REFUND_LUA) - 1, md) !=
+        SHA1_LEN)
         goto fail;
-    hex(r->refund_sha, md, 20);
+    hex(r->refund_sha, md, SHA1_LEN);
     r->gateway_id = strdup(gateway_id != NULL ? gateway_id : "");
     if (r->gateway_id == NULL || set_prefix(r, cfg) < 0)
         goto fail;

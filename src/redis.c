@@ -31,6 +31,7 @@
 #include <hiredis/adapters/libev.h>
 
 #include "config.h"
+#include "list.h"
 #include "log.h"
 #include "str.h"
 
@@ -47,6 +48,31 @@
 /* Deadlines this close count as passed, so the timer never re-arms for a
  * few microseconds. */
 #define SLACK 1e-4
+/* Reconnect backoff (next_backoff). The attempt count stops at
+ * BACKOFF_ATTEMPTS_MAX: the delay reached backoff_max long before, and the
+ * count never wraps. */
+#define BACKOFF_FACTOR 2
+#define BACKOFF_JITTER 0.25
+#define BACKOFF_ATTEMPTS_MAX 64
+/* No reply at all for this many command timeouts (and at least
+ * DEAD_MIN_MS): the link is dead. */
+#define DEAD_TIMEOUTS 10
+/* A command this size or smaller is formatted on the stack. */
+#define RESP_STACK_SIZE 4096
+/* RESP framing: '*' or '$', a length of at most 20 digits (a uint64),
+ * CRLF; and the CRLF after each argument. */
+#define RESP_HEAD_MAX (1 + 20 + 2)
+#define CRLF_LEN 2
+/* Arguments of our own commands (AUTH password, SELECT db, PING). */
+#define INTERNAL_ARGS_MAX 3
+#define UNIX_PREFIX "unix:"
+#define UNIX_PREFIX_LEN (sizeof(UNIX_PREFIX) - 1)
+/* sizeof(sockaddr_un.sun_path) on Linux, the NUL included. */
+#define UNIX_PATH_MAX 108
+#define PORT_MAX 65535
+#define LINK_NAME_MAX 32    /* longer names are cut in the logs */
+#define HOST_MAX 256        /* longer host names (or paths) are refused */
+#define ERROR_MAX 128       /* a reason for a fault, as logged */
 
 enum link_state {
     LINK_DOWN = 0,   /* no context; the retry timer will connect */
@@ -62,7 +88,7 @@ enum cmd_kind {
 };
 
 struct tg_redis_cmd {
-    struct tg_redis_cmd *prev, *next; /* r->head..tail, oldest first */
+    struct tg_list link;    /* in r->cmds */
     struct tg_redis *r;     /* NULL once the link is freed: only free us */
     tg_redis_reply_cb cb;
     void *arg;
@@ -75,13 +101,13 @@ struct tg_redis_cmd {
 
 struct tg_redis {
     struct ev_loop *loop;
-    char name[32];
+    char name[LINK_NAME_MAX];
 
     /* config */
     char *address, *password;
     unsigned db;
     int64_t timeout_ms;
-    char host[256];         /* path for unix sockets */
+    char host[HOST_MAX];    /* path for unix sockets */
     char ip[INET6_ADDRSTRLEN];
     int port;
     bool is_unix, addr_ok, resolved;
@@ -103,9 +129,9 @@ struct tg_redis {
     unsigned faults;        /* consecutive */
     unsigned attempt;       /* backoff exponent */
     enum tg_redis_state shown;
-    char last_error[128];
+    char last_error[ERROR_MAX];
 
-    struct tg_redis_cmd *head, *tail;
+    struct tg_list cmds;    /* of tg_redis_cmd.link, oldest first */
     ev_timer deadline_timer;
     ev_tstamp deadline_at;
     ev_timer retry_timer;
@@ -113,7 +139,7 @@ struct tg_redis {
     int depth;              /* our callbacks running (user or internal) */
     bool closing;           /* tg_redis_free called */
     bool want_free, want_drop, drop_fault;
-    char drop_why[128];
+    char drop_why[ERROR_MAX];
 
     uint64_t rng;
     struct tg_redis_stats st;
@@ -222,13 +248,14 @@ static ev_tstamp next_backoff(struct tg_redis *r)
 {
     int64_t ms = r->backoff_min_ms;
     for (unsigned i = 0; i < r->attempt && ms < r->backoff_max_ms; i++)
-        ms *= 2;
+        ms *= BACKOFF_FACTOR;
     if (ms > r->backoff_max_ms)
         ms = r->backoff_max_ms;
-    if (r->attempt < 64)
+    if (r->attempt < BACKOFF_ATTEMPTS_MAX)
         r->attempt++;
+    /* 53 random bits as a double in [0, 1) */
     double jitter = (double)(next_random(r) >> 11) / 9007199254740992.0;
-    return (double)ms / 1e3 * (1.0 + 0.25 * jitter);
+    return (double)ms / 1e3 * (1.0 + BACKOFF_JITTER * jitter);
 }
 
 static void arm_retry(struct tg_redis *r, ev_tstamp after)
@@ -339,19 +366,6 @@ static void success(struct tg_redis *r, bool user)
 
 /* ---- commands ------------------------------------------------------------ */
 
-static void unlink_cmd(struct tg_redis *r, struct tg_redis_cmd *c)
-{
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        r->head = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
-    else
-        r->tail = c->prev;
-    c->prev = c->next = NULL;
-}
-
 /* The command in RESP (an array of bulk strings), written in one pass:
  * hiredis' own formatter (redisAsyncCommandArgv) builds it with
  * sdscatfmt, which cost more than the rest of a rate-limited request in
@@ -360,9 +374,9 @@ static void unlink_cmd(struct tg_redis *r, struct tg_redis_cmd *c)
 static char *format_resp(int argc, const char *const *argv, const size_t *argvlen,
                          char *stack, size_t cap, size_t *out_len)
 {
-    size_t len = 1 + 20 + 2;
+    size_t len = RESP_HEAD_MAX;
     for (int i = 0; i < argc; i++)
-        len += 1 + 20 + 2 + argvlen[i] + 2;
+        len += RESP_HEAD_MAX + argvlen[i] + CRLF_LEN;
     char *buf = len <= cap ? stack : malloc(len);
     if (buf == NULL)
         return NULL;
@@ -404,7 +418,7 @@ static struct tg_redis_cmd *send_cmd(struct tg_redis *r, enum cmd_kind kind,
     c->deadline = c->sent + (double)timeout_ms / 1e3;
     /* hiredis copies the command into its output buffer and owns the
      * callback from here on. It refuses while its context is going away. */
-    char stack[4096];
+    char stack[RESP_STACK_SIZE];
     size_t len;
     char *resp = format_resp(argc, argv, argvlen, stack, sizeof(stack), &len);
     bool sent = resp != NULL &&
@@ -415,12 +429,7 @@ static struct tg_redis_cmd *send_cmd(struct tg_redis *r, enum cmd_kind kind,
         free(c);
         return NULL;
     }
-    c->prev = r->tail;
-    if (r->tail != NULL)
-        r->tail->next = c;
-    else
-        r->head = c;
-    r->tail = c;
+    tg_list_push_back(&r->cmds, &c->link);
     r->st.sent++;
     arm_deadline(r, c->deadline);
     return c;
@@ -431,8 +440,8 @@ static struct tg_redis_cmd *send_internal(struct tg_redis *r,
                                           const char *const *argv,
                                           int64_t timeout_ms)
 {
-    size_t len[3];
-    for (int i = 0; i < argc && i < 3; i++)
+    size_t len[INTERNAL_ARGS_MAX];
+    for (int i = 0; i < argc && i < INTERNAL_ARGS_MAX; i++)
         len[i] = strlen(argv[i]);
     return send_cmd(r, kind, argc, argv, len, timeout_ms, NULL, NULL);
 }
@@ -442,7 +451,10 @@ static struct tg_redis_cmd *send_internal(struct tg_redis *r,
 static void fail_cmds(struct tg_redis *r, uint64_t gen, bool is_fault)
 {
     r->depth++;
-    for (struct tg_redis_cmd *c = r->head; c != NULL; c = c->next) {
+    struct tg_list *head = &r->cmds;
+    for (struct tg_list *n = head->next, *next; n != head; n = next) {
+        next = n->next;
+        struct tg_redis_cmd *c = tg_list_entry(n, struct tg_redis_cmd, link);
         if (c->done || (gen != UINT64_MAX && c->gen != gen))
             continue;
         c->done = true;
@@ -505,8 +517,9 @@ static void destroy(struct tg_redis *r)
 {
     ev_timer_stop(r->loop, &r->deadline_timer);
     ev_timer_stop(r->loop, &r->retry_timer);
-    for (struct tg_redis_cmd *c = r->head; c != NULL; c = c->next)
-        c->r = NULL;
+    struct tg_list *head = &r->cmds;
+    for (struct tg_list *n = head->next; n != head; n = n->next)
+        tg_list_entry(n, struct tg_redis_cmd, link)->r = NULL;
     if (r->ac != NULL) {
         redisAsyncContext *ac = r->ac;
         r->ac = NULL;
@@ -570,7 +583,7 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
         free(c);
         return;
     }
-    unlink_cmd(r, c);
+    tg_list_remove(&c->link);
     if (reply != NULL)
         r->st.replies++;
     /* Late (timed out), cancelled, or from a connection already dropped. */
@@ -579,7 +592,7 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
         return;
     }
     c->done = true;
-    char why[128];
+    char why[ERROR_MAX];
     r->depth++;
     switch ((enum cmd_kind)c->kind) {
     case CMD_USER: {
@@ -639,7 +652,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     r->gen++;
     r->link = LINK_DOWN;
     r->settled = true;
-    char why[128];
+    char why[ERROR_MAX];
     snprintf(why, sizeof(why), "connect: %.100s",
              ac->c.err ? ac->c.errstr : "failed");
     r->depth++;
@@ -665,7 +678,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     r->probing = false;
     if (was_up)
         r->st.disconnects++;
-    char why[128];
+    char why[ERROR_MAX];
     const char *g = guard_reason;
     guard_reason = NULL;
     snprintf(why, sizeof(why), "%s",
@@ -806,7 +819,7 @@ static int64_t dead_ms(const struct tg_redis *r, int64_t configured)
 {
     if (configured > 0)
         return configured;
-    int64_t ms = r->timeout_ms * 10;
+    int64_t ms = r->timeout_ms * DEAD_TIMEOUTS;
     return ms > DEAD_MIN_MS ? ms : DEAD_MIN_MS;
 }
 
@@ -816,10 +829,13 @@ static void on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
     struct tg_redis *r = w->data;
     ev_tstamp now = ev_now(loop), next = 0.;
     bool oldest = true;
-    char why[128];
+    char why[ERROR_MAX];
 
     r->depth++;
-    for (struct tg_redis_cmd *c = r->head; c != NULL; c = c->next) {
+    struct tg_list *head = &r->cmds;
+    for (struct tg_list *n = head->next, *after; n != head; n = after) {
+        after = n->next;
+        struct tg_redis_cmd *c = tg_list_entry(n, struct tg_redis_cmd, link);
         if (c->gen != r->gen)
             continue;
         /* The oldest unanswered command on this connection, timed out or
@@ -877,9 +893,9 @@ int tg_redis_parse_address(const char *address, char *host, size_t hostsize,
 {
     if (address == NULL || *address == '\0')
         return -1;
-    if (strncmp(address, "unix:", 5) == 0) {
-        const char *p = address + 5;
-        if (*p == '\0' || strlen(p) >= hostsize || strlen(p) >= 108)
+    if (strncmp(address, UNIX_PREFIX, UNIX_PREFIX_LEN) == 0) {
+        const char *p = address + UNIX_PREFIX_LEN;
+        if (*p == '\0' || strlen(p) >= hostsize || strlen(p) >= UNIX_PATH_MAX)
             return -1;
         snprintf(host, hostsize, "%s", p);
         *port = 0;
@@ -911,7 +927,7 @@ int tg_redis_parse_address(const char *address, char *host, size_t hostsize,
         if (*p < '0' || *p > '9')
             return -1;
         v = v * 10 + (*p - '0');
-        if (v > 65535)
+        if (v > PORT_MAX)
             return -1;
     }
     if (v == 0)
@@ -965,6 +981,7 @@ struct tg_redis *tg_redis_new(struct ev_loop *loop,
     if (r == NULL)
         return NULL;
     r->loop = loop;
+    tg_list_init(&r->cmds);
     snprintf(r->name, sizeof(r->name), "%s",
              opt != NULL && opt->name != NULL ? opt->name : "redis");
     r->timeout_ms = or_default(cfg->timeout_ms, DEFAULT_TIMEOUT_MS);

@@ -29,14 +29,25 @@
 #define DEFAULT_CONNECT_TIMEOUT_MS 1000
 #define DEFAULT_BACKOFF_MIN_MS 100
 #define DEFAULT_BACKOFF_MAX_MS 5000
+/* Reconnect backoff, as redis.c's (next_backoff). */
+#define BACKOFF_FACTOR 2
+#define BACKOFF_JITTER 0.25
+#define BACKOFF_ATTEMPTS_MAX 64
+#define LINK_NAME_MAX 32    /* longer names are cut in the logs */
+#define HOST_MAX 256        /* longer host names (or paths) are refused */
+#define ERROR_MAX 128       /* a reason for losing the link, as logged */
+
+/* A pushed reply: ["subscribe", channel, count] or
+ * ["message", channel, payload]. */
+enum { PUSH_KIND = 0, PUSH_CHANNEL, PUSH_PAYLOAD, PUSH_ELEMENTS };
 
 struct tg_redis_sub {
     struct ev_loop *loop;
-    char name[32];
+    char name[LINK_NAME_MAX];
 
     char *address, *password, *channel;
     size_t channel_len;
-    char host[256];          /* path for unix sockets */
+    char host[HOST_MAX];     /* path for unix sockets */
     char ip[INET6_ADDRSTRLEN];
     int port;
     bool is_unix, addr_ok, resolved;
@@ -75,13 +86,14 @@ static ev_tstamp next_backoff(struct tg_redis_sub *s)
 {
     int64_t ms = s->backoff_min_ms;
     for (unsigned i = 0; i < s->attempt && ms < s->backoff_max_ms; i++)
-        ms *= 2;
+        ms *= BACKOFF_FACTOR;
     if (ms > s->backoff_max_ms)
         ms = s->backoff_max_ms;
-    if (s->attempt < 64)
+    if (s->attempt < BACKOFF_ATTEMPTS_MAX)
         s->attempt++;
+    /* 53 random bits as a double in [0, 1) */
     double jitter = (double)(next_random(s) >> 11) / 9007199254740992.0;
-    return (double)ms / 1e3 * (1.0 + 0.25 * jitter);
+    return (double)ms / 1e3 * (1.0 + BACKOFF_JITTER * jitter);
 }
 
 static void arm_retry(struct tg_redis_sub *s, ev_tstamp after)
@@ -142,7 +154,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     struct tg_redis_sub *s = ac->data;
     if (s == NULL || status == REDIS_OK)
         return; /* connected: the subscribe confirmation brings us up */
-    char why[128];
+    char why[ERROR_MAX];
     snprintf(why, sizeof(why), "connect: %.100s",
              ac->c.err ? ac->c.errstr : "failed");
     /* hiredis frees the context after we return. */
@@ -155,7 +167,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     struct tg_redis_sub *s = ac->data;
     if (s == NULL)
         return;
-    char why[128];
+    char why[ERROR_MAX];
     snprintf(why, sizeof(why), "%.100s",
              ac->c.err ? ac->c.errstr : "connection closed");
     if (lose(s, why, false) && s->on_state != NULL)
@@ -168,9 +180,10 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply_, void *privdata)
     struct tg_redis_sub *s = ac->data;
     const redisReply *r = reply_;
     if (s == NULL || r == NULL || r->type != REDIS_REPLY_ARRAY ||
-        r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
+        r->elements < PUSH_ELEMENTS ||
+        r->element[PUSH_KIND]->type != REDIS_REPLY_STRING)
         return;
-    const char *kind = r->element[0]->str;
+    const char *kind = r->element[PUSH_KIND]->str;
     if (strcasecmp(kind, "subscribe") == 0) {
         ev_timer_stop(s->loop, &s->connect_timer);
         s->subscribed = true;
@@ -183,9 +196,10 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply_, void *privdata)
         if (s->on_state != NULL)
             s->on_state(s->arg, true);
     } else if (strcasecmp(kind, "message") == 0 &&
-               r->element[2]->type == REDIS_REPLY_STRING) {
+               r->element[PUSH_PAYLOAD]->type == REDIS_REPLY_STRING) {
+        const redisReply *payload = r->element[PUSH_PAYLOAD];
         s->st.messages++;
-        s->on_message(s->arg, r->element[2]->str, r->element[2]->len);
+        s->on_message(s->arg, payload->str, payload->len);
     }
 }
 
@@ -207,7 +221,7 @@ static void on_auth_reply(redisAsyncContext *ac, void *reply_, void *privdata)
         send_subscribe(s);
         return;
     }
-    char why[128];
+    char why[ERROR_MAX];
     snprintf(why, sizeof(why), "AUTH: %.80s",
              r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
     drop(s, why);
@@ -266,7 +280,7 @@ static void start_connect(struct tg_redis_sub *s)
     redisAsyncContext *ac = s->is_unix ? redisAsyncConnectUnix(s->host)
                                        : redisAsyncConnect(s->ip, s->port);
     if (ac == NULL || ac->err) {
-        char why[128];
+        char why[ERROR_MAX];
         snprintf(why, sizeof(why), "connect: %.100s",
                  ac != NULL ? ac->errstr : "out of memory");
         if (ac != NULL)

@@ -12,18 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- path normalisation ------------------------------------------------ */
+#include "codec.h"
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
+/* ---- path normalisation ------------------------------------------------ */
 
 static bool is_unreserved(unsigned char c)
 {
@@ -56,8 +47,8 @@ ssize_t tg_router_normalize_path(const char *in, size_t n, char *out,
         while (i < n && in[i] != '/') {
             unsigned char c = (unsigned char)in[i];
             if (c == '%') {
-                int hi = i + 2 < n ? hexval((unsigned char)in[i + 1]) : -1;
-                int lo = i + 2 < n ? hexval((unsigned char)in[i + 2]) : -1;
+                int hi = i + 2 < n ? tg_hex_digit((unsigned char)in[i + 1]) : -1;
+                int lo = i + 2 < n ? tg_hex_digit((unsigned char)in[i + 2]) : -1;
                 if (hi < 0 || lo < 0)
                     return -1;
                 unsigned char v = (unsigned char)(hi << 4 | lo);
@@ -199,8 +190,8 @@ static const char *path_problem(const char *t, size_t from, size_t n,
         unsigned char c = (unsigned char)t[i];
         *at = i;
         if (c == '%') {
-            int hi = i + 2 < n ? hexval((unsigned char)t[i + 1]) : -1;
-            int lo = i + 2 < n ? hexval((unsigned char)t[i + 2]) : -1;
+            int hi = i + 2 < n ? tg_hex_digit((unsigned char)t[i + 1]) : -1;
+            int lo = i + 2 < n ? tg_hex_digit((unsigned char)t[i + 2]) : -1;
             if (hi < 0 || lo < 0)
                 return "'%' must be followed by two hex digits";
             int v = hi << 4 | lo;
@@ -978,7 +969,7 @@ bool tg_router_host_without_port(struct tg_str hostport, struct tg_str *host)
             unsigned char c = (unsigned char)p[i];
             if (c == ':')
                 colon = true;
-            else if (hexval(c) < 0 && c != '.')
+            else if (tg_hex_digit(c) < 0 && c != '.')
                 return false;
         }
         if (!colon)
@@ -1008,4 +999,34 @@ bool tg_router_host_without_port(struct tg_str hostport, struct tg_str *host)
     host->p = p;
     host->n = hlen;
     return true;
+}
+
+/* ---- route tables ---------------------------------------------------------- */
+
+static bool method_taken(const struct tg_route_entry *r, enum tg_http_method id,
+                         const char *method)
+{
+    if (r->methods == 0 && r->nother_methods == 0)
+        return true;
+    if (id != TG_HTTP_OTHER)
+        return (r->methods & (1u << id)) != 0;
+    for (size_t i = 0; i < r->nother_methods; i++)
+        if (strcmp(method, r->other_methods[i]) == 0)
+            return true;
+    return false;
+}
+
+ssize_t tg_router_match_route(const struct tg_route_entry *routes, size_t n,
+                              enum tg_http_method id, const char *method, const char *path,
+                              size_t path_len, const char *folded, size_t folded_len)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct tg_route_entry *r = &routes[i];
+        bool hit = r->ignore_case
+                       ? folded != NULL && tg_router_pattern_match(r->pattern, folded, folded_len)
+                       : tg_router_pattern_match(r->pattern, path, path_len);
+        if (hit && method_taken(r, id, method))
+            return (ssize_t)i;
+    }
+    return -1;
 }

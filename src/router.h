@@ -9,8 +9,10 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
+#include "http.h"
 #include "str.h"
 
 /* ---- path normalisation ------------------------------------------------ */
@@ -213,5 +215,26 @@ const char *tg_router_pattern_kind(const struct tg_route_pattern *p);
  * out may be the same buffer as in. Folding twice changes nothing. Pure,
  * any thread. */
 size_t tg_router_fold_path(const char *in, size_t n, char *out, size_t cap);
+
+/* ---- route tables --------------------------------------------------------- */
+
+/* One route of a site, as the router sees it: its pattern and the methods
+ * it takes. `value` is the caller's (the configuration's route). */
+struct tg_route_entry {
+    const struct tg_route_pattern *pattern;
+    uint32_t methods;                 /* bit 1 << enum tg_http_method; 0 with no
+                                         others: any method */
+    const char *const *other_methods; /* methods without an id, as written */
+    size_t nother_methods;
+    bool ignore_case;                 /* matches the folded path */
+};
+
+/* The first route, in order, whose pattern matches the normalised path
+ * (`path`, without the query; `folded` is the same path through
+ * tg_router_fold_path, for ignore_case routes, and may be NULL when none
+ * is) and whose methods take the request's. Returns its index, or -1. */
+ssize_t tg_router_match_route(const struct tg_route_entry *routes, size_t n,
+                              enum tg_http_method id, const char *method, const char *path,
+                              size_t path_len, const char *folded, size_t folded_len);
 
 #endif

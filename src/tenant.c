@@ -37,6 +37,7 @@
 #include <hiredis/hiredis.h>
 
 #include "arena.h"
+#include "list.h"
 #include "log.h"
 #include "ratelimit.h"
 #include "redis.h"
@@ -58,6 +59,14 @@
 #define SERVERS_MAX 256
 #define SERVERS_TEXT_MAX 16384
 #define BUCKETS_MIN 64
+#define RATE_TEXT_MAX 32        /* "N/s": longer is malformed */
+/* Digits a number field may have: 19 never overflow an int64 before the
+ * bound is checked. */
+#define DIGITS_MAX 19
+/* Slots of the static tables at least (they are kept under half full). */
+#define INDEX_MIN 16
+/* A tenant block's servers start at this alignment, malloc's own. */
+#define BLOCK_ALIGN 16
 
 /* Knobs the unit test shortens; zero means the modules' defaults. */
 static struct tg_redis_options link_tuning;
@@ -131,7 +140,7 @@ struct spec {
     int64_t rate_interval_ns, rate_count, rate_period_s, burst;
 };
 
-#define ALIGN_UP(n) (((n) + 15) & ~(size_t)15)
+#define ALIGN_UP(n) (((n) + BLOCK_ALIGN - 1) & ~(size_t)(BLOCK_ALIGN - 1))
 
 /* One block: the tenant, its servers, its strings. refs = 1. */
 static struct tg_tenant *tenant_new(const struct spec *sp,
@@ -309,8 +318,8 @@ int tg_tenant_index_build(struct tg_config *cfg, char *err, size_t errlen)
     struct tg_tenant_index *ix = calloc(1, sizeof(*ix));
     if (ix == NULL)
         goto oom;
-    size_t icap = pow2_at_least(tc->ntenants * 2, 16);
-    size_t dcap = pow2_at_least(tc->ndomains * 2, 16);
+    size_t icap = pow2_at_least(tc->ntenants * 2, INDEX_MIN);
+    size_t dcap = pow2_at_least(tc->ndomains * 2, INDEX_MIN);
     ix->ids = calloc(icap, sizeof(*ix->ids));
     ix->domains = calloc(dcap, sizeof(*ix->domains));
     if (ix->ids == NULL || ix->domains == NULL)
@@ -442,7 +451,7 @@ struct fetch;
 
 struct entry {
     struct entry *hnext;        /* bucket chain */
-    struct entry *newer, *older; /* LRU list, d->newest .. d->oldest */
+    struct tg_list lru;         /* in d->lru */
     uint64_t hash;
     struct tg_tenant *t;        /* E_FOUND tenant: the cache's reference */
     char *target;               /* E_FOUND domain: its tenant id */
@@ -456,16 +465,12 @@ struct entry {
     char key[];                 /* "acme" / "host:shop.example.com" */
 };
 
-struct wlist {
-    struct tg_tenant_wait *head, *tail;
-};
-
 struct fetch {
-    struct fetch *prev, *next;  /* d->parked or d->active */
+    struct tg_list link;        /* in d->parked or d->active, by `parked` */
     struct tg_tenant_dir *d;
     struct entry *e;            /* NULL once detached */
     struct tg_redis_cmd *cmd;   /* NULL while parked */
-    struct wlist waiters;
+    struct tg_list waiters;     /* of tg_tenant_wait.link, first come first */
     bool parked;
     bool delivering;            /* answered; its waiters are being called */
     bool domain;
@@ -474,16 +479,11 @@ struct fetch {
 };
 
 struct tg_tenant_wait {
-    struct tg_tenant_wait *prev, *next;
-    struct fetch *f;
+    struct tg_list link;        /* in its fetch's waiters while it waits */
     tg_tenant_cb cb;
     void *arg;
     const struct tg_config_tenants *cfg; /* the request's snapshot */
     bool domain;                /* waiting for a domain's tenant id */
-};
-
-struct flist {
-    struct fetch *head, *tail;
 };
 
 struct tg_tenant_dir {
@@ -507,11 +507,11 @@ struct tg_tenant_dir {
     /* cache */
     struct entry **buckets;
     size_t nbuckets, count;
-    struct entry *newest, *oldest;
+    struct tg_list lru;         /* of entry.lru, most recently used first */
     uint64_t k0, k1;
     size_t mem;
 
-    struct flist parked, active;
+    struct tg_list parked, active; /* of fetch.link, oldest first */
     int depth;                  /* our handlers running user callbacks */
     bool closing;
     struct tg_tenant_stats st;
@@ -524,57 +524,39 @@ static size_t usable(const void *p)
 
 /* ---- lists ---------------------------------------------------------------- */
 
-static void wl_push(struct wlist *l, struct tg_tenant_wait *w)
+static struct entry *entry_of(struct tg_list *n)
 {
-    w->next = NULL;
-    w->prev = l->tail;
-    if (l->tail != NULL)
-        l->tail->next = w;
-    else
-        l->head = w;
-    l->tail = w;
+    return tg_list_entry(n, struct entry, lru);
 }
 
-static void wl_remove(struct wlist *l, struct tg_tenant_wait *w)
+static struct fetch *fetch_of(struct tg_list *n)
 {
-    if (w->prev != NULL)
-        w->prev->next = w->next;
-    else
-        l->head = w->next;
-    if (w->next != NULL)
-        w->next->prev = w->prev;
-    else
-        l->tail = w->prev;
-    w->prev = w->next = NULL;
+    return tg_list_entry(n, struct fetch, link);
 }
 
-static void fl_push(struct flist *l, struct fetch *f)
+static struct tg_tenant_wait *wait_of(struct tg_list *n)
 {
-    f->next = NULL;
-    f->prev = l->tail;
-    if (l->tail != NULL)
-        l->tail->next = f;
-    else
-        l->head = f;
-    l->tail = f;
+    return tg_list_entry(n, struct tg_tenant_wait, link);
 }
 
-static void fl_remove(struct flist *l, struct fetch *f)
-{
-    if (f->prev != NULL)
-        f->prev->next = f->next;
-    else
-        l->head = f->next;
-    if (f->next != NULL)
-        f->next->prev = f->prev;
-    else
-        l->tail = f->prev;
-    f->prev = f->next = NULL;
-}
-
-static struct flist *fl_of(struct tg_tenant_dir *d, struct fetch *f)
+static struct tg_list *fl_of(struct tg_tenant_dir *d, const struct fetch *f)
 {
     return f->parked ? &d->parked : &d->active;
+}
+
+/* Moves a fetch to the end of the list its `parked` flag names. */
+static void fl_move(struct tg_tenant_dir *d, struct fetch *f, bool parked)
+{
+    tg_list_remove(&f->link);
+    f->parked = parked;
+    tg_list_push_back(fl_of(d, f), &f->link);
+}
+
+/* The most recently used entry, or NULL. */
+static struct entry *lru_newest(const struct tg_tenant_dir *d)
+{
+    struct tg_list *n = tg_list_first(&d->lru);
+    return n != NULL ? entry_of(n) : NULL;
 }
 
 /* ---- cache ---------------------------------------------------------------- */
@@ -595,35 +577,11 @@ static struct entry *cache_find(const struct tg_tenant_dir *d, const char *k,
     return NULL;
 }
 
-static void lru_unlink(struct tg_tenant_dir *d, struct entry *e)
-{
-    if (e->newer != NULL)
-        e->newer->older = e->older;
-    else
-        d->newest = e->older;
-    if (e->older != NULL)
-        e->older->newer = e->newer;
-    else
-        d->oldest = e->newer;
-    e->newer = e->older = NULL;
-}
-
-static void lru_push(struct tg_tenant_dir *d, struct entry *e)
-{
-    e->newer = NULL;
-    e->older = d->newest;
-    if (d->newest != NULL)
-        d->newest->newer = e;
-    else
-        d->oldest = e;
-    d->newest = e;
-}
-
 static void touch(struct tg_tenant_dir *d, struct entry *e)
 {
-    if (d->newest != e) {
-        lru_unlink(d, e);
-        lru_push(d, e);
+    if (lru_newest(d) != e) {
+        tg_list_remove(&e->lru);
+        tg_list_push_front(&d->lru, &e->lru);
     }
 }
 
@@ -680,7 +638,7 @@ static struct entry *cache_insert(struct tg_tenant_dir *d, const char *k,
     struct entry **b = &d->buckets[h & (d->nbuckets - 1)];
     e->hnext = *b;
     *b = e;
-    lru_push(d, e);
+    tg_list_push_front(&d->lru, &e->lru);
     d->count++;
     account(d, e);
     return e;
@@ -694,7 +652,7 @@ static void cache_remove(struct tg_tenant_dir *d, struct entry *e)
     while (*p != e)
         p = &(*p)->hnext;
     *p = e->hnext;
-    lru_unlink(d, e);
+    tg_list_remove(&e->lru);
     if (e->fetch != NULL) {
         e->fetch->e = NULL;
         e->fetch = NULL;
@@ -711,19 +669,21 @@ static void cache_remove(struct tg_tenant_dir *d, struct entry *e)
  * count above the bound, and only while they run. */
 static void evict(struct tg_tenant_dir *d)
 {
-    struct entry *e = d->oldest;
-    while (d->count > d->max_cached && e != NULL) {
-        struct entry *newer = e->newer;
+    struct tg_list *head = &d->lru;
+    for (struct tg_list *n = head->prev, *newer;
+         d->count > d->max_cached && n != head; n = newer) {
+        newer = n->prev;
+        struct entry *e = entry_of(n);
         if (e->fetch == NULL)
             cache_remove(d, e);
-        e = newer;
     }
 }
 
 static void cache_clear(struct tg_tenant_dir *d)
 {
-    while (d->oldest != NULL)
-        cache_remove(d, d->oldest);
+    struct tg_list *n;
+    while ((n = tg_list_last(&d->lru)) != NULL)
+        cache_remove(d, entry_of(n));
 }
 
 static ev_tstamp entry_ttl(const struct tg_tenant_dir *d,
@@ -799,15 +759,16 @@ static struct fetch *fetch_new(struct tg_tenant_dir *d, struct entry *e)
     f->domain = e->domain;
     f->klen = e->klen;
     memcpy(f->key, e->key, e->klen + 1);
+    tg_list_init(&f->waiters);
     f->parked = true;
-    fl_push(&d->parked, f);
+    tg_list_push_back(&d->parked, &f->link);
     e->fetch = f;
     return f;
 }
 
-static void fetch_free(struct tg_tenant_dir *d, struct fetch *f)
+static void fetch_free(struct fetch *f)
 {
-    fl_remove(fl_of(d, f), f);
+    tg_list_remove(&f->link);
     if (f->e != NULL)
         f->e->fetch = NULL;
     if (f->cmd != NULL)
@@ -830,9 +791,7 @@ static bool fetch_send(struct tg_tenant_dir *d, struct fetch *f)
     if (f->cmd == NULL)
         return false;
     d->st.redis_lookups++;
-    fl_remove(&d->parked, f);
-    f->parked = false;
-    fl_push(&d->active, f);
+    fl_move(d, f, false);
     return true;
 }
 
@@ -874,7 +833,7 @@ static void resolve_key(struct tg_tenant_dir *d,
             (ls == TG_REDIS_UP && !fetch_send(d, f))) {
             /* Not sent: as if the link were down. */
             if (f != NULL)
-                fetch_free(d, f);
+                fetch_free(f);
             f = NULL;
             if (created) {
                 cache_remove(d, e);
@@ -894,9 +853,8 @@ static void resolve_key(struct tg_tenant_dir *d,
             w->cfg = cfg;
             *wp = w;
         }
-        w->f = f;
         w->domain = domain;
-        wl_push(&f->waiters, w);
+        tg_list_push_back(&f->waiters, &w->link);
         touch(d, e);
         evict(d);
         a->status = -1;
@@ -1093,7 +1051,7 @@ static int parse_servers(const char *v, size_t n, char *buf,
 static bool parse_uint(const char *v, size_t n, int64_t max, int64_t *out)
 {
     int64_t x = 0;
-    if (n == 0 || n > 19)
+    if (n == 0 || n > DIGITS_MAX)
         return false;
     for (size_t i = 0; i < n; i++) {
         if (v[i] < '0' || v[i] > '9')
@@ -1139,7 +1097,7 @@ static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id,
                 return OUT_MALFORMED;
             }
         } else if (value_is(k, "rate") && v->len > 0) {
-            char rate[32];
+            char rate[RATE_TEXT_MAX];
             if (v->len >= sizeof(rate)) {
                 snprintf(why, whylen, "rate is too long");
                 return OUT_MALFORMED;
@@ -1293,14 +1251,13 @@ static void complete(struct tg_tenant_dir *d, struct fetch *f,
     evict(d);
 
     f->delivering = true;
-    struct tg_tenant_wait *w;
-    while ((w = f->waiters.head) != NULL) {
-        wl_remove(&f->waiters, w);
-        w->f = NULL;
-        answer_waiter(d, w, st, ans_t, ans_target, stale);
+    struct tg_list *n;
+    while ((n = tg_list_first(&f->waiters)) != NULL) {
+        tg_list_remove(n);
+        answer_waiter(d, wait_of(n), st, ans_t, ans_target, stale);
     }
     tg_tenant_release(ans_t);
-    fetch_free(d, f);
+    fetch_free(f);
 }
 
 static void settle(struct tg_tenant_dir *d);
@@ -1347,13 +1304,12 @@ static void run_parked(struct tg_tenant_dir *d)
         d->link != NULL ? tg_redis_state(d->link) : TG_REDIS_DOWN;
     if (ls == TG_REDIS_CONNECTING)
         return;
-    struct fetch *f;
-    while (!d->closing && (f = d->parked.head) != NULL) {
+    struct tg_list *n;
+    while (!d->closing && (n = tg_list_first(&d->parked)) != NULL) {
+        struct fetch *f = fetch_of(n);
         if (ls == TG_REDIS_UP && fetch_send(d, f))
             continue;
-        fl_remove(&d->parked, f);
-        f->parked = false;
-        fl_push(&d->active, f);
+        fl_move(d, f, false);
         complete(d, f, OUT_ERROR, NULL, NULL);
     }
 }
@@ -1411,8 +1367,9 @@ static void on_sub_state(void *arg, bool subscribed)
     struct tg_tenant_dir *d = arg;
     if (!subscribed)
         return; /* entries stay bounded by cache_ttl */
-    for (struct entry *e = d->newest; e != NULL; e = e->older)
-        e->due = true;
+    struct tg_list *head = &d->lru;
+    for (struct tg_list *n = head->next; n != head; n = n->next)
+        entry_of(n)->due = true;
 }
 
 /* ---- life cycle --------------------------------------------------------------- */
@@ -1515,18 +1472,17 @@ static void stop_links(struct tg_tenant_dir *d)
  * entry is gone with the cache; an answer is not cached. */
 static void repark_all(struct tg_tenant_dir *d)
 {
-    struct fetch *f, *next;
-    for (f = d->active.head; f != NULL; f = next) {
-        next = f->next;
+    struct tg_list *head = &d->active;
+    for (struct tg_list *n = head->next, *next; n != head; n = next) {
+        next = n->next;
+        struct fetch *f = fetch_of(n);
         if (f->delivering)
             continue;
         if (f->cmd != NULL) {
             tg_redis_cancel(f->cmd);
             f->cmd = NULL;
         }
-        fl_remove(&d->active, f);
-        f->parked = true;
-        fl_push(&d->parked, f);
+        fl_move(d, f, true);
     }
 }
 
@@ -1538,6 +1494,9 @@ struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop,
         return NULL;
     d->loop = loop;
     d->cfg = cfg;
+    tg_list_init(&d->lru);
+    tg_list_init(&d->parked);
+    tg_list_init(&d->active);
     uint64_t seed[2];
     tg_siphash_random_key(seed);
     d->k0 = seed[0];
@@ -1611,9 +1570,10 @@ void tg_tenant_dir_configure(struct tg_tenant_dir *d,
          * rebuild them on the new ones (requests keep the old objects,
          * and their own snapshot, alive). */
         d->cfg = cfg;
-        struct entry *e, *older;
-        for (e = d->newest; e != NULL; e = older) {
-            older = e->older;
+        struct tg_list *head = &d->lru;
+        for (struct tg_list *n = head->next, *older; n != head; n = older) {
+            older = n->next;
+            struct entry *e = entry_of(n);
             if (e->t == NULL)
                 continue;
             struct tg_tenant *nt = tenant_clone(e->t, &cfg->upstream_defaults);
@@ -1634,11 +1594,11 @@ void tg_tenant_dir_configure(struct tg_tenant_dir *d,
 
 static void destroy(struct tg_tenant_dir *d)
 {
-    struct fetch *f;
-    while ((f = d->active.head) != NULL)
-        fetch_free(d, f);
-    while ((f = d->parked.head) != NULL)
-        fetch_free(d, f);
+    struct tg_list *n;
+    while ((n = tg_list_first(&d->active)) != NULL)
+        fetch_free(fetch_of(n));
+    while ((n = tg_list_first(&d->parked)) != NULL)
+        fetch_free(fetch_of(n));
     free(d->buckets);
     free(d->address);
     free(d->password);
@@ -1659,35 +1619,38 @@ void tg_tenant_dir_free(struct tg_tenant_dir *d)
         return;
     d->closing = true;
     ev_timer_stop(d->loop, &d->kick);
-    struct flist *lists[2] = {&d->active, &d->parked};
+    struct tg_list *lists[2] = {&d->active, &d->parked};
     for (int i = 0; i < 2; i++)
-        for (struct fetch *f = lists[i]->head; f != NULL; f = f->next)
+        for (struct tg_list *n = lists[i]->next; n != lists[i]; n = n->next) {
+            struct fetch *f = fetch_of(n);
             if (f->cmd != NULL) {
                 tg_redis_cancel(f->cmd);
                 f->cmd = NULL;
             }
+        }
     /* Callbacks may cancel other waits or look up (answered UNAVAILABLE):
      * neither adds nor frees fetches, so the walk is safe. */
     d->depth++;
     for (int i = 0; i < 2; i++)
-        for (struct fetch *f = lists[i]->head; f != NULL; f = f->next) {
-            struct tg_tenant_wait *w;
-            while ((w = f->waiters.head) != NULL) {
-                wl_remove(&f->waiters, w);
-                w->f = NULL;
-                finish_waiter(w, TG_TENANT_UNAVAILABLE, NULL);
+        for (struct tg_list *n = lists[i]->next; n != lists[i]; n = n->next) {
+            struct fetch *f = fetch_of(n);
+            struct tg_list *wn;
+            while ((wn = tg_list_first(&f->waiters)) != NULL) {
+                tg_list_remove(wn);
+                finish_waiter(wait_of(wn), TG_TENANT_UNAVAILABLE, NULL);
             }
         }
     d->depth--;
     stop_links(d);
     cache_clear(d);
     /* Fetches being answered further up the stack free themselves. */
-    struct fetch *f, *next;
     for (int i = 0; i < 2; i++)
-        for (f = lists[i]->head; f != NULL; f = next) {
-            next = f->next;
+        for (struct tg_list *n = lists[i]->next, *next; n != lists[i];
+             n = next) {
+            next = n->next;
+            struct fetch *f = fetch_of(n);
             if (!f->delivering)
-                fetch_free(d, f);
+                fetch_free(f);
         }
     settle(d);
 }
@@ -1739,8 +1702,8 @@ void tg_tenant_cancel(struct tg_tenant_wait *w)
 {
     if (w == NULL)
         return;
-    if (w->f != NULL)
-        wl_remove(&w->f->waiters, w);
+    if (tg_list_linked(&w->link))
+        tg_list_remove(&w->link);
     free(w);
 }
 

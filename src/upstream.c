@@ -23,21 +23,35 @@
 #include "health.h"
 #include "log.h"
 #include "tls.h"
-#include "worker.h"
+#include "context.h"
 
 #define EJECT_AFTER_FAILS 3
 #define EJECT_MAX_S 30.0
+/* An ejection lasts eject_ms (EJECT_DEFAULT_S without an upstream's
+ * settings), times EJECT_BACKOFF_FACTOR for each failure after the one
+ * that ejected, up to EJECT_MAX_S. */
+#define EJECT_DEFAULT_S 1.0
+#define EJECT_BACKOFF_FACTOR 2
+/* A server its health check calls down ranks as one ejected for this
+ * long: when every server is out, an ejected one (EJECT_MAX_S at most) is
+ * tried first. */
+#define DOWN_RANK_S 3600
+/* Bits of a request's `tried` mask: servers past it are never skipped. */
+#define TRIED_MAX 64
+#define TLS_NAME_MAX 256    /* a DNS name (253) and its NUL */
+#define POOL_NAME_MAX 64    /* the address, as logged */
+#define BUCKETS_MIN 64
 
 /* A pool is one way of reaching one server: its address, and for TLS the
  * name it is verified against (the same address reached with other TLS
  * settings is another pool). */
 struct tg_pool {
-    struct tg_worker *w;
+    struct tg_context *w;
     struct sockaddr_storage sa;
     socklen_t salen;
     bool tls;
-    char tls_name[256];       /* SNI and verified name; "" for plain */
-    char name[64];
+    char tls_name[TLS_NAME_MAX]; /* SNI and verified name; "" for plain */
+    char name[POOL_NAME_MAX];
     struct tg_list idle;      /* of tg_upconn.idle_link; front = most recently used */
     unsigned nidle;
     unsigned active;          /* connections owned by requests */
@@ -106,7 +120,7 @@ struct tg_upstream_pools *tg_upstream_pools_new(void)
     struct tg_upstream_pools *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return NULL;
-    t->nbuckets = 64;
+    t->nbuckets = BUCKETS_MIN;
     t->buckets = calloc(t->nbuckets, sizeof(*t->buckets));
     if (t->buckets == NULL) {
         free(t);
@@ -169,7 +183,7 @@ static int grow(struct tg_upstream_pools *t)
     return 0;
 }
 
-static struct tg_pool *pool_get(struct tg_worker *w, const struct tg_config_upstream *u,
+static struct tg_pool *pool_get(struct tg_context *w, const struct tg_config_upstream *u,
                                 const struct tg_config_sockaddr *a)
 {
     struct tg_upstream_pools *t = w->pools;
@@ -179,7 +193,7 @@ static struct tg_pool *pool_get(struct tg_worker *w, const struct tg_config_upst
     if (!tls && t->cache[slot].addr == a && !hit->tls && hit->salen == a->salen &&
         memcmp(&hit->sa, &a->sa, a->salen) == 0)
         return hit;
-    char name[256];
+    char name[TLS_NAME_MAX];
     tls_name_of(u, a, name, sizeof(name));
     size_t i = hash_key(&a->sa, a->salen, name) & (t->nbuckets - 1);
     for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext) {
@@ -230,13 +244,13 @@ static uint64_t rendezvous(uint64_t key, const struct tg_config_sockaddr *a)
     return h;
 }
 
-int tg_upstream_pick(struct tg_worker *w, unsigned *cursor,
+int tg_upstream_pick(struct tg_context *w, unsigned *cursor,
                      const struct tg_config_upstream *u, uint64_t tried, uint64_t hash)
 {
     size_t n = u->nservers;
     if (n == 0)
         return -1;
-    ev_tstamp now = ev_now(w->loop);
+    ev_tstamp now = tg_context_now(w);
     unsigned start = u->balance == TG_BALANCE_ROUND_ROBIN ? (*cursor)++ : 0;
     int best = -1, fallback = -1;
     unsigned best_active = 0;
@@ -244,12 +258,12 @@ int tg_upstream_pick(struct tg_worker *w, unsigned *cursor,
     ev_tstamp fallback_until = 0;
     for (size_t k = 0; k < n; k++) {
         size_t idx = (start + k) % n;
-        if (idx < 64 && (tried & (1ull << idx)))
+        if (idx < TRIED_MAX && (tried & (1ull << idx)))
             continue;
         struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
         bool down = !tg_health_up(&u->servers[idx].addr);
         if (down || is_ejected(p, now)) {
-            ev_tstamp until = down ? now + 3600 : p->ejected_until;
+            ev_tstamp until = down ? now + DOWN_RANK_S : p->ejected_until;
             if (fallback < 0 || until < fallback_until) {
                 fallback = (int)idx;
                 fallback_until = until;
@@ -280,8 +294,8 @@ int tg_upstream_pick(struct tg_worker *w, unsigned *cursor,
 
 static void close_upconn(struct tg_upconn *uc)
 {
-    struct tg_worker *w = uc->pool->w;
-    tg_worker_io_stop(w->loop, &uc->watcher);
+    struct tg_context *w = uc->pool->w;
+    tg_context_io_stop(w->loop, &uc->watcher);
     tg_io_close(&uc->io);
     tg_buf_put(&w->bufs, uc->in);
     free(uc);
@@ -319,7 +333,7 @@ static void on_upconn_io(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)loop;
     struct tg_upconn *uc = io->data;
-    if (tg_worker_defer_io(uc->pool->w, io, revents))
+    if (tg_context_defer_io(uc->pool->w, io, revents))
         return;
     if (uc->state == TG_UPCONN_IDLE)
         idle_io(uc);
@@ -327,9 +341,9 @@ static void on_upconn_io(struct ev_loop *loop, ev_io *io, int revents)
         uc->on_io(uc, revents);
 }
 
-struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
+struct tg_upconn *tg_upstream_acquire(struct tg_context *w,
                                       const struct tg_config_upstream *u,
-                                      int idx, struct tg_request *req)
+                                      int idx, void *owner)
 {
     struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
     if (p == NULL) {
@@ -370,7 +384,7 @@ struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
         ev_io_init(&uc->watcher, on_upconn_io, fd, EV_WRITE);
         uc->watcher.data = uc;
     }
-    uc->req = req;
+    uc->owner = owner;
     uc->requests++;
     if (++p->active > p->active_high)
         p->active_high = p->active;
@@ -419,9 +433,9 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable,
                          const struct tg_config_upstream *u)
 {
     struct tg_pool *p = uc->pool;
-    struct tg_worker *w = p->w;
+    struct tg_context *w = p->w;
     p->active--;
-    uc->req = NULL;
+    uc->owner = NULL;
     /* A slot freed: requests queued at max_connections try again before
      * the loop next waits. */
     if (!tg_list_empty(&w->upwait))
@@ -445,7 +459,7 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable,
     uc->in = NULL;
     uc->state = TG_UPCONN_IDLE;
     uc->reused = false;
-    uc->idle_expires = ev_now(w->loop) + (double)u->keepalive_timeout_ms / 1000.0;
+    uc->idle_expires = tg_context_now(w) + (double)u->keepalive_timeout_ms / 1000.0;
     uc->on_io = NULL;
     tg_upstream_watch(uc, EV_READ); /* usually already so: no syscall */
     tg_list_push_front(&p->idle, &uc->idle_link);
@@ -465,12 +479,12 @@ bool tg_upstream_report(struct tg_upconn *uc, const struct tg_config_upstream *u
     }
     p->fails++;
     if (max_fails > 0 && p->fails >= max_fails) {
-        double backoff = u != NULL ? (double)u->eject_ms / 1000.0 : 1.0;
+        double backoff = u != NULL ? (double)u->eject_ms / 1000.0 : EJECT_DEFAULT_S;
         for (unsigned i = max_fails; i < p->fails && backoff < EJECT_MAX_S; i++)
-            backoff *= 2;
+            backoff *= EJECT_BACKOFF_FACTOR;
         if (backoff > EJECT_MAX_S)
             backoff = EJECT_MAX_S;
-        p->ejected_until = ev_now(p->w->loop) + backoff;
+        p->ejected_until = tg_context_now(p->w) + backoff;
         if (p->fails == max_fails)
             tg_log_warn("upstream server %s failed %u times in a row; skipping it for %.0fs",
                         p->name, p->fails, backoff);
@@ -485,7 +499,7 @@ const char *tg_upstream_name(const struct tg_upconn *uc)
 }
 
 /* idle_expires holds the time the idle connection expires. */
-void tg_upstream_sweep(struct tg_worker *w, ev_tstamp now)
+void tg_upstream_sweep(struct tg_context *w, ev_tstamp now)
 {
     struct tg_upstream_pools *t = w->pools;
     for (size_t i = 0; i < t->nbuckets; i++) {
@@ -509,7 +523,7 @@ void tg_upstream_sweep(struct tg_worker *w, ev_tstamp now)
     }
 }
 
-void tg_upstream_close_idle(struct tg_worker *w)
+void tg_upstream_close_idle(struct tg_context *w)
 {
     struct tg_upstream_pools *t = w->pools;
     if (t == NULL)
@@ -525,7 +539,7 @@ void tg_upstream_close_idle(struct tg_worker *w)
     }
 }
 
-void tg_upstream_server_state(struct tg_worker *w, const struct tg_config_upstream *u,
+void tg_upstream_server_state(struct tg_context *w, const struct tg_config_upstream *u,
                               int idx, struct tg_upstream_server_state *out)
 {
     struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
@@ -535,18 +549,5 @@ void tg_upstream_server_state(struct tg_worker *w, const struct tg_config_upstre
     out->active = p->active;
     out->idle = p->nidle;
     out->fails = p->fails;
-    out->ejected = is_ejected(p, ev_now(w->loop));
-}
-
-void tg_upstream_counts(struct tg_worker *w, unsigned long *active,
-                        unsigned long *idle)
-{
-    *active = *idle = 0;
-    struct tg_upstream_pools *t = w->pools;
-    for (size_t i = 0; i < t->nbuckets; i++) {
-        for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext) {
-            *active += p->active;
-            *idle += p->nidle;
-        }
-    }
+    out->ejected = is_ejected(p, tg_context_now(w));
 }

@@ -16,10 +16,9 @@
 #include "io.h"
 #include "list.h"
 
-struct tg_worker;
+struct tg_context;
 struct tg_wcfg;
 struct tg_buf;
-struct tg_request;
 struct tg_config_upstream;
 struct tg_config_sockaddr;
 
@@ -44,7 +43,7 @@ struct tg_upconn {
     bool reused;             /* came from the pool for this request */
     unsigned requests;       /* requests sent on this connection */
     struct tg_pool *pool;
-    struct tg_request *req;  /* owner while ACTIVE/CONNECTING */
+    void *owner;             /* the exchange using it while ACTIVE/CONNECTING */
     struct tg_buf *in;       /* response bytes; NULL while idle */
     ev_tstamp idle_expires;  /* while idle: when the pool closes it */
     struct tg_list idle_link; /* in the pool's idle list while idle */
@@ -62,18 +61,18 @@ void tg_upstream_pools_free(struct tg_upstream_pools *p);
  * highest rendezvous score for `hash` (so a key stays on its server, and
  * only the keys of a server that goes away move). Returns the server
  * index, or -1 when none is left. */
-int tg_upstream_pick(struct tg_worker *w, unsigned *cursor,
+int tg_upstream_pick(struct tg_context *w, unsigned *cursor,
                      const struct tg_config_upstream *u, uint64_t tried, uint64_t hash);
 
-/* Returns a connection to server `idx` of `u` owned by `req`: an idle
+/* Returns a connection to server `idx` of `u` owned by `owner`: an idle
  * pooled one (state ACTIVE, reused = true) or a new non-blocking connect
  * in progress (state CONNECTING: wait for EV_WRITE, then call
  * tg_upstream_connected). The caller sets uc->on_io. Returns
  * NULL when the socket cannot be created or the server's connection cap is
  * reached (errno says which: EMFILE/ENFILE/ENOBUFS, or EBUSY for the cap). */
-struct tg_upconn *tg_upstream_acquire(struct tg_worker *w,
+struct tg_upconn *tg_upstream_acquire(struct tg_context *w,
                                       const struct tg_config_upstream *u,
-                                      int idx, struct tg_request *req);
+                                      int idx, void *owner);
 
 /* Arms the connection's watcher for exactly `events`; does nothing when
  * they are already armed. */
@@ -108,21 +107,17 @@ const char *tg_upstream_name(const struct tg_upconn *uc);
 
 /* Closes idle connections older than their keep-alive timeout. Called once a
  * second by the worker. */
-void tg_upstream_sweep(struct tg_worker *w, ev_tstamp now);
+void tg_upstream_sweep(struct tg_context *w, ev_tstamp now);
 
 /* Closes every idle connection (drain, stop). */
-void tg_upstream_close_idle(struct tg_worker *w);
+void tg_upstream_close_idle(struct tg_context *w);
 
 /* What this worker knows of server `idx` of `u`, for /status. */
 struct tg_upstream_server_state {
     unsigned active, idle, fails;
     bool ejected;
 };
-void tg_upstream_server_state(struct tg_worker *w, const struct tg_config_upstream *u,
+void tg_upstream_server_state(struct tg_context *w, const struct tg_config_upstream *u,
                               int idx, struct tg_upstream_server_state *out);
-
-/* Connections of this worker in use / idle, for status and tests. */
-void tg_upstream_counts(struct tg_worker *w, unsigned long *active,
-                        unsigned long *idle);
 
 #endif

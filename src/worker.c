@@ -17,11 +17,13 @@
 #include <unistd.h>
 
 #include "access_log.h"
+#include "accept.h"
 #include "conn.h"
 #include "health.h"
 #include "log.h"
 #include "metrics.h"
-#include "proxy.h"
+#include "forward.h"
+#include "request.h"
 #include "ratelimit_redis.h"
 #include "ratelimit_store.h"
 #include "tenant.h"
@@ -47,26 +49,11 @@ static struct tg_wcfg *wcfg_new(struct tg_worker *w, struct tg_config *config)
     }
     /* Spread workers over servers so they do not all start at server 0. */
     for (size_t i = 0; i < config->nupstreams; i++)
-        c->rr_cursor[i] = w->id;
+        c->rr_cursor[i] = w->ctx.id;
     c->config = config;
-    c->worker = w;
+    c->ctx = &w->ctx;
     c->refs = 1;
     return c;
-}
-
-struct tg_wcfg *tg_worker_cfg_acquire(struct tg_worker *w)
-{
-    w->cfg->refs++;
-    return w->cfg;
-}
-
-void tg_worker_cfg_release(struct tg_wcfg *c)
-{
-    if (c == NULL || --c->refs > 0)
-        return;
-    tg_config_unref(c->config);
-    free(c->rr_cursor);
-    free(c);
 }
 
 static const struct tg_config_listen *find_listen_cfg(const struct tg_config *cfg,
@@ -84,9 +71,9 @@ static void set_accepting(struct tg_worker *w, bool on)
 {
     for (struct tg_listener *l = w->listeners; l != NULL; l = l->next) {
         if (on)
-            ev_io_start(w->loop, &l->io);
+            ev_io_start(w->ctx.loop, &l->io);
         else
-            ev_io_stop(w->loop, &l->io);
+            ev_io_stop(w->ctx.loop, &l->io);
     }
 }
 
@@ -97,15 +84,15 @@ static void pause_accept(struct tg_worker *w)
     w->accept_paused = true;
     set_accepting(w, false);
     ev_timer_set(&w->accept_retry, ACCEPT_RETRY_S, 0.);
-    ev_timer_start(w->loop, &w->accept_retry);
+    ev_timer_start(w->ctx.loop, &w->accept_retry);
 }
 
 static void resume_accept(struct tg_worker *w)
 {
-    if (!w->accept_paused || w->draining)
+    if (!w->accept_paused || w->ctx.draining)
         return;
     w->accept_paused = false;
-    ev_timer_stop(w->loop, &w->accept_retry);
+    ev_timer_stop(w->ctx.loop, &w->accept_retry);
     set_accepting(w, true);
 }
 
@@ -120,18 +107,20 @@ static void on_accept_retry(struct ev_loop *loop, ev_timer *t, int revents)
  * answering (503) until the whole process is done. */
 static void check_drained(struct tg_worker *w)
 {
-    if (!w->draining || w->drained || w->nconns != w->nadmin_conns)
+    if (!w->ctx.draining || w->drained || w->ctx.nconns != w->ctx.nadmin_conns)
         return;
     w->drained = true;
     if (w->on_drained != NULL)
         w->on_drained();
     else
-        ev_break(w->loop, EVBREAK_ALL);
+        ev_break(w->ctx.loop, EVBREAK_ALL);
 }
 
-void tg_worker_conn_closed(struct tg_worker *w)
+/* A connection closed: accept may resume, a drain may be done. */
+static void conn_closed(struct tg_context *ctx)
 {
-    if (w->accept_paused && !w->draining)
+    struct tg_worker *w = (struct tg_worker *)ctx;
+    if (w->accept_paused && !w->ctx.draining)
         resume_accept(w);
     check_drained(w);
 }
@@ -141,9 +130,9 @@ void tg_worker_conn_closed(struct tg_worker *w)
 static bool accept_pending(struct tg_worker *w, struct tg_listener *l,
                            int limit)
 {
-    unsigned max = w->cfg->config->client.max_connections;
+    unsigned max = w->ctx.cfg->config->client.max_connections;
     for (int i = 0; i < limit; i++) {
-        if (max != 0 && atomic_load(&w->rt->nconns) >= max) {
+        if (max != 0 && atomic_load(&w->ctx.rt->nconns) >= max) {
             /* At the global cap: leave connections in the kernel backlog
              * and look again shortly, rather than accept and drop them. */
             pause_accept(w);
@@ -168,7 +157,7 @@ static bool accept_pending(struct tg_worker *w, struct tg_listener *l,
             tg_log_error("accept on %s: %s", l->key, strerror(errno));
             return true;
         }
-        tg_conn_accept(w, fd, (struct sockaddr *)&ss, l->cfg);
+        tg_accept(&w->ctx, fd, (struct sockaddr *)&ss, l->cfg);
     }
     return true;
 }
@@ -226,11 +215,11 @@ static void listener_add(struct tg_worker *w, int fd, char *key)
     l->w = w;
     l->fd = fd;
     l->key = key;
-    l->cfg = find_listen_cfg(w->cfg->config, key);
+    l->cfg = find_listen_cfg(w->ctx.cfg->config, key);
     ev_io_init(&l->io, on_accept, fd, EV_READ);
     l->io.data = l;
-    if (!w->accept_paused && !w->draining)
-        ev_io_start(w->loop, &l->io);
+    if (!w->accept_paused && !w->ctx.draining)
+        ev_io_start(w->ctx.loop, &l->io);
     l->next = w->listeners;
     w->listeners = l;
 }
@@ -239,9 +228,9 @@ static void listener_add(struct tg_worker *w, int fd, char *key)
  * queue; take them first so a reload or drain loses none. */
 static void listener_close(struct tg_worker *w, struct tg_listener *l)
 {
-    if (!w->stopping)
+    if (!w->ctx.stopping)
         accept_pending(w, l, 1 << 20);
-    ev_io_stop(w->loop, &l->io);
+    ev_io_stop(w->ctx.loop, &l->io);
     close(l->fd);
     free(l->key);
     free(l);
@@ -255,7 +244,7 @@ static void close_listeners(struct tg_worker *w, const struct tg_config *keep)
     struct tg_listener **pp = &w->listeners;
     while (*pp != NULL) {
         struct tg_listener *l = *pp;
-        bool keep_admin = keep == NULL && w->draining && !w->stopping && l->cfg != NULL &&
+        bool keep_admin = keep == NULL && w->ctx.draining && !w->ctx.stopping && l->cfg != NULL &&
                           l->cfg->admin;
         if (keep_admin || (keep != NULL && find_listen_cfg(keep, l->key) != NULL)) {
             pp = &l->next;
@@ -279,15 +268,15 @@ static void configure_redis(struct tg_worker *w, const struct tg_config *cfg)
         needed |= cfg->rate_limit.policies[i].store == TG_RL_STORE_REDIS;
     if (!needed)
         return;
-    if (w->rl_redis == NULL) {
-        w->rl_redis = tg_ratelimit_redis_new(w->loop, &cfg->rate_limit.redis,
-                                             w->rt->gateway_id, w->id == 0);
-        if (w->rl_redis == NULL)
+    if (w->ctx.rl_redis == NULL) {
+        w->ctx.rl_redis = tg_ratelimit_redis_new(w->ctx.loop, &cfg->rate_limit.redis,
+                                             w->ctx.rt->gateway_id, w->ctx.id == 0);
+        if (w->ctx.rl_redis == NULL)
             tg_log_error("out of memory creating the Redis rate-limit client");
     } else {
-        tg_ratelimit_redis_configure(w->rl_redis, &cfg->rate_limit.redis);
+        tg_ratelimit_redis_configure(w->ctx.rl_redis, &cfg->rate_limit.redis);
     }
-    tg_ratelimit_store_redis(&w->limiter.stores[TG_RL_STORE_REDIS], w->rl_redis);
+    tg_ratelimit_store_redis(&w->ctx.limiter.stores[TG_RL_STORE_REDIS], w->ctx.rl_redis);
 }
 
 /* The worker's tenant directory (its cache and Redis connections). */
@@ -295,12 +284,12 @@ static void configure_tenants(struct tg_worker *w, const struct tg_config *cfg)
 {
     if (!cfg->tenants.configured)
         return;
-    if (w->tenants == NULL) {
-        w->tenants = tg_tenant_dir_new(w->loop, &cfg->tenants);
-        if (w->tenants == NULL)
+    if (w->ctx.tenants == NULL) {
+        w->ctx.tenants = tg_tenant_dir_new(w->ctx.loop, &cfg->tenants);
+        if (w->ctx.tenants == NULL)
             tg_log_error("out of memory creating the tenant directory");
     } else {
-        tg_tenant_dir_configure(w->tenants, &cfg->tenants);
+        tg_tenant_dir_configure(w->ctx.tenants, &cfg->tenants);
     }
 }
 
@@ -316,14 +305,14 @@ static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
         }
         return;
     }
-    struct tg_wcfg *old = w->cfg;
-    w->cfg = nc;
+    struct tg_wcfg *old = w->ctx.cfg;
+    w->ctx.cfg = nc;
     configure_tenants(w, nc->config); /* before the old snapshot can go */
-    if (w->id == 0 && tg_health_configure(w->loop, nc->config) < 0)
+    if (w->ctx.id == 0 && tg_health_configure(w->ctx.loop, nc->config) < 0)
         tg_log_error("out of memory configuring health checks");
     if (old != NULL) {
         close_listeners(w, nc->config);
-        tg_worker_cfg_release(old);
+        tg_context_cfg_release(old);
     }
     for (struct tg_listener *l = w->listeners; l != NULL; l = l->next)
         l->cfg = find_listen_cfg(nc->config, l->key);
@@ -331,44 +320,53 @@ static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
     size_t large = nc->config->client.max_request_line + nc->config->client.max_head + 1024;
     struct tg_buf_pool probe;
     tg_buf_pool_init(&probe, bs, large, TG_BUF_MAX_FREE);
-    if (w->bufs.small_size != probe.small_size || w->bufs.large_size != probe.large_size) {
+    if (w->ctx.bufs.small_size != probe.small_size || w->ctx.bufs.large_size != probe.large_size) {
         /* Buffers of the old sizes still in use are freed when returned. */
-        tg_buf_pool_destroy(&w->bufs);
-        size_t out = w->bufs.outstanding;
-        tg_buf_pool_init(&w->bufs, bs, large, TG_BUF_MAX_FREE);
-        w->bufs.outstanding = out;
+        tg_buf_pool_destroy(&w->ctx.bufs);
+        size_t out = w->ctx.bufs.outstanding;
+        tg_buf_pool_init(&w->ctx.bufs, bs, large, TG_BUF_MAX_FREE);
+        w->ctx.bufs.outstanding = out;
     }
     for (size_t i = 0; i < m->nfds; i++)
         listener_add(w, m->fds[i], m->keys[i]);
-    tg_access_log_configure(w->access_log, &nc->config->log);
+    tg_access_log_configure(w->ctx.access_log, &nc->config->log);
     configure_redis(w, nc->config);
 }
 
 static void start_drain(struct tg_worker *w)
 {
-    if (w->draining)
+    if (w->ctx.draining)
         return;
-    w->draining = true;
+    w->ctx.draining = true;
     close_listeners(w, NULL);
-    ev_timer_stop(w->loop, &w->accept_retry);
-    tg_upstream_close_idle(w);
-    for (struct tg_conn *c = w->conns, *next; c != NULL; c = next) {
-        next = c->next;
+    ev_timer_stop(w->ctx.loop, &w->accept_retry);
+    tg_upstream_close_idle(&w->ctx);
+    struct tg_list *head = &w->ctx.conns;
+    for (struct tg_list *n = head->next, *next; n != head; n = next) {
+        next = n->next; /* draining may close it */
+        struct tg_conn *c = tg_list_entry(n, struct tg_conn, link);
         if (!c->admin)
             tg_conn_drain(c);
     }
     check_drained(w);
 }
 
+/* Closes every client connection now. */
+static void close_all(struct tg_worker *w)
+{
+    struct tg_list *n;
+    while ((n = tg_list_first(&w->ctx.conns)) != NULL)
+        tg_conn_close(tg_list_entry(n, struct tg_conn, link));
+}
+
 static void stop_now(struct tg_worker *w)
 {
-    w->stopping = true;
-    w->draining = true;
+    w->ctx.stopping = true;
+    w->ctx.draining = true;
     close_listeners(w, NULL);
-    while (w->conns != NULL)
-        tg_conn_close(w->conns);
-    tg_upstream_close_idle(w);
-    ev_break(w->loop, EVBREAK_ALL);
+    close_all(w);
+    tg_upstream_close_idle(&w->ctx);
+    ev_break(w->ctx.loop, EVBREAK_ALL);
 }
 
 static void on_mailbox(struct ev_loop *loop, ev_async *a, int revents)
@@ -409,7 +407,7 @@ void tg_worker_post(struct tg_worker *w, struct tg_worker_msg *msg)
         w->mbox_head = msg;
     w->mbox_tail = msg;
     pthread_mutex_unlock(&w->mbox_lock);
-    ev_async_send(w->loop, &w->mbox);
+    ev_async_send(w->ctx.loop, &w->mbox);
 }
 
 /* ---- housekeeping -------------------------------------------------------- */
@@ -420,61 +418,10 @@ static void on_housekeeping(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
     struct tg_worker *w = t->data;
-    tg_buf_pool_trim(&w->bufs, 8);
-    tg_proxy_trim_free_list(w, 8);
+    tg_buf_pool_trim(&w->ctx.bufs, 8);
+    tg_request_trim_free_list(&w->ctx, 8);
     if (++w->housekeeping_ticks % 4 == 0)
-        tg_upstream_sweep(w, ev_now(loop));
-}
-
-/* ---- socket events in the order they came --------------------------------
- *
- * libev runs the callbacks of one poll last in, first out: the socket epoll
- * reported first is served last, so under load the one that has waited
- * longest waits for all the others again, which stretches the latency tail
- * (nginx and HAProxy serve in epoll's order). The worker's loop runs its
- * pending callbacks through invoke_pending: while libev runs them, client
- * and upstream socket callbacks only note their event (tg_worker_defer_io),
- * and the notes are then served oldest first. Timers and the mailbox run
- * as before. */
-
-static void invoke_pending(struct ev_loop *loop)
-{
-    struct tg_worker *w = ev_userdata(loop);
-    do {
-        w->collecting_io = true;
-        ev_invoke_pending(loop);
-        w->collecting_io = false;
-        /* Noted newest first: the oldest is at the end. */
-        while (w->nready > 0) {
-            struct tg_ready_io r = w->ready[--w->nready];
-            if (r.io != NULL)
-                ev_cb(r.io)(loop, r.io, r.revents);
-        }
-        /* What those callbacks fed (buffered TLS input) runs now too. */
-    } while (ev_pending_count(loop) > 0);
-}
-
-bool tg_worker_note_io_grow(struct tg_worker *w, ev_io *io, int revents)
-{
-    size_t cap = w->ready_cap ? 2 * w->ready_cap : 64;
-    struct tg_ready_io *r = realloc(w->ready, cap * sizeof(*r));
-    if (r == NULL)
-        return false; /* served at once, out of order: still served */
-    w->ready = r;
-    w->ready_cap = cap;
-    w->ready[w->nready++] = (struct tg_ready_io){io, revents};
-    return true;
-}
-
-void tg_worker_io_stop(struct ev_loop *loop, ev_io *io)
-{
-    ev_io_stop(loop, io);
-    struct tg_worker *w = ev_userdata(loop);
-    if (w == NULL)
-        return;
-    for (size_t i = 0; i < w->nready; i++)
-        if (w->ready[i].io == io)
-            w->ready[i].io = NULL;
+        tg_upstream_sweep(&w->ctx, ev_now(loop));
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */
@@ -484,45 +431,46 @@ struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt)
     struct tg_worker *w = calloc(1, sizeof(*w));
     if (w == NULL)
         return NULL;
-    w->id = id;
-    w->rt = rt;
-    w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
-    if (w->loop == NULL)
-        w->loop = ev_loop_new(EVFLAG_AUTO);
-    w->pools = tg_upstream_pools_new();
-    w->access_log = tg_access_log_new(w);
-    w->metrics = tg_metrics_shard_new();
-    /* Where the limiter keeps buckets: the process-wide table, Redis once
-     * a policy needs it (configure_redis), and this gateway's share of the
-     * fleet's budget while Redis fails. */
-    tg_ratelimit_store_local(&w->limiter.stores[TG_RL_STORE_LOCAL], rt->rl_local);
-    tg_ratelimit_store_redis(&w->limiter.stores[TG_RL_STORE_REDIS], NULL);
-    tg_ratelimit_store_share(&w->limiter.share, rt->rl_local);
-    w->limiter.metrics = w->metrics;
-    if (w->loop == NULL || w->pools == NULL || w->access_log == NULL || w->metrics == NULL) {
-        tg_metrics_shard_free(w->metrics);
-        if (w->loop != NULL)
-            ev_loop_destroy(w->loop);
-        tg_upstream_pools_free(w->pools);
-        tg_access_log_free(w->access_log);
+    struct ev_loop *loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
+    if (loop == NULL)
+        loop = ev_loop_new(EVFLAG_AUTO);
+    if (loop == NULL) {
         free(w);
         return NULL;
     }
-    ev_set_userdata(w->loop, w);
-    ev_set_invoke_pending_cb(w->loop, invoke_pending);
+    struct tg_context *ctx = &w->ctx;
+    tg_context_init(ctx, id, loop, rt);
+    ctx->pools = tg_upstream_pools_new();
+    ctx->access_log = tg_access_log_new(loop);
+    ctx->metrics = tg_metrics_shard_new();
+    ctx->conn_closed = conn_closed;
+    /* Where the limiter keeps buckets: the process-wide table, Redis once
+     * a policy needs it (configure_redis), and this gateway's share of the
+     * fleet's budget while Redis fails. */
+    tg_ratelimit_store_local(&ctx->limiter.stores[TG_RL_STORE_LOCAL], rt->rl_local);
+    tg_ratelimit_store_redis(&ctx->limiter.stores[TG_RL_STORE_REDIS], NULL);
+    tg_ratelimit_store_share(&ctx->limiter.share, rt->rl_local);
+    ctx->limiter.metrics = ctx->metrics;
+    if (ctx->pools == NULL || ctx->access_log == NULL || ctx->metrics == NULL) {
+        tg_metrics_shard_free(ctx->metrics);
+        tg_upstream_pools_free(ctx->pools);
+        tg_access_log_free(ctx->access_log);
+        tg_context_fini(ctx);
+        ev_loop_destroy(loop);
+        free(w);
+        return NULL;
+    }
     pthread_mutex_init(&w->mbox_lock, NULL);
     ev_async_init(&w->mbox, on_mailbox);
     w->mbox.data = w;
-    ev_async_start(w->loop, &w->mbox);
+    ev_async_start(loop, &w->mbox);
     ev_init(&w->accept_retry, on_accept_retry);
     w->accept_retry.data = w;
-    tg_list_init(&w->upwait);
-    ev_prepare_init(&w->upwait_kick, tg_proxy_upwait_kick);
-    w->upwait_kick.data = w;
+    ev_prepare_init(&ctx->upwait_kick, tg_forward_upwait_kick);
+    ctx->upwait_kick.data = ctx;
     ev_timer_init(&w->housekeeping, on_housekeeping, 0.25, 0.25);
     w->housekeeping.data = w;
-    ev_timer_start(w->loop, &w->housekeeping);
-    tg_buf_pool_init(&w->bufs, 16384, 65536 + 1024, TG_BUF_MAX_FREE);
+    ev_timer_start(loop, &w->housekeeping);
     return w;
 }
 
@@ -530,29 +478,28 @@ static void *worker_main(void *arg)
 {
     struct tg_worker *w = arg;
     char name[24];
-    snprintf(name, sizeof(name), "worker %u", w->id);
+    snprintf(name, sizeof(name), "worker %u", w->ctx.id);
     tg_log_set_thread_name(name);
-    snprintf(name, sizeof(name), "tollgate-w%u", w->id);
+    snprintf(name, sizeof(name), "tollgate-w%u", w->ctx.id);
     pthread_setname_np(pthread_self(), name);
-    ev_run(w->loop, 0);
+    ev_run(w->ctx.loop, 0);
     /* Leaving the loop: everything still open is closed here, on the
      * worker's own thread. */
-    w->stopping = true;
+    w->ctx.stopping = true;
     close_listeners(w, NULL);
-    while (w->conns != NULL)
-        tg_conn_close(w->conns);
-    tg_upstream_close_idle(w);
-    tg_access_log_flush(w->access_log);
-    if (w->rl_redis != NULL) {
-        tg_ratelimit_redis_free(w->rl_redis);
-        w->rl_redis = NULL;
-        tg_ratelimit_store_redis(&w->limiter.stores[TG_RL_STORE_REDIS], NULL);
+    close_all(w);
+    tg_upstream_close_idle(&w->ctx);
+    tg_access_log_flush(w->ctx.access_log);
+    if (w->ctx.rl_redis != NULL) {
+        tg_ratelimit_redis_free(w->ctx.rl_redis);
+        w->ctx.rl_redis = NULL;
+        tg_ratelimit_store_redis(&w->ctx.limiter.stores[TG_RL_STORE_REDIS], NULL);
     }
-    if (w->tenants != NULL) {
-        tg_tenant_dir_free(w->tenants);
-        w->tenants = NULL;
+    if (w->ctx.tenants != NULL) {
+        tg_tenant_dir_free(w->ctx.tenants);
+        w->ctx.tenants = NULL;
     }
-    if (w->id == 0)
+    if (w->ctx.id == 0)
         tg_health_stop();
     if (w->on_exit != NULL)
         w->on_exit();
@@ -582,22 +529,16 @@ void tg_worker_join_and_free(struct tg_worker *w)
         free(m);
         m = next;
     }
-    struct tg_request *r = w->free_requests;
-    while (r != NULL) {
-        struct tg_request *next = r->next_free;
-        tg_arena_reset(&r->arena);
-        tg_pages_free(r, sizeof(*r));
-        r = next;
-    }
-    tg_access_log_free(w->access_log);
-    tg_upstream_pools_free(w->pools);
-    tg_worker_cfg_release(w->cfg);
-    tg_metrics_shard_free(w->metrics);
-    tg_buf_pool_destroy(&w->bufs);
-    ev_async_stop(w->loop, &w->mbox);
-    ev_timer_stop(w->loop, &w->housekeeping);
-    ev_loop_destroy(w->loop);
+    tg_request_free_all(&w->ctx);
+    tg_access_log_free(w->ctx.access_log);
+    tg_upstream_pools_free(w->ctx.pools);
+    tg_context_cfg_release(w->ctx.cfg);
+    tg_metrics_shard_free(w->ctx.metrics);
+    tg_buf_pool_destroy(&w->ctx.bufs);
+    ev_async_stop(w->ctx.loop, &w->mbox);
+    ev_timer_stop(w->ctx.loop, &w->housekeeping);
+    tg_context_fini(&w->ctx);
+    ev_loop_destroy(w->ctx.loop);
     pthread_mutex_destroy(&w->mbox_lock);
-    free(w->ready);
     free(w);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "config_build.h"
 
 typedef int (*getaddrinfo_fn)(const char *, const char *, const struct addrinfo *,
                               struct addrinfo **);

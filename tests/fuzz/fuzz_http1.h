@@ -63,7 +63,6 @@ static inline int fuzz_req_same(const struct tg_http1_request *a,
         !fuzz_str_same(a->host, b->host) || a->framing != b->framing ||
         a->content_length != b->content_length ||
         a->keep_alive != b->keep_alive ||
-        a->expect_continue != b->expect_continue ||
         a->upgrade != b->upgrade ||
         a->upgrade_websocket != b->upgrade_websocket ||
         a->head_len != b->head_len)

@@ -57,7 +57,6 @@ static void same_meaning(const struct tg_http1_request *a,
     FUZZ_ASSERT(a->framing == b->framing);
     FUZZ_ASSERT(a->content_length == b->content_length);
     FUZZ_ASSERT(a->keep_alive == b->keep_alive);
-    FUZZ_ASSERT(a->expect_continue == b->expect_continue);
     FUZZ_ASSERT(a->upgrade == b->upgrade);
     FUZZ_ASSERT(a->upgrade_websocket == b->upgrade_websocket);
 }

@@ -1,9 +1,202 @@
-/* Request ids: the hex writer against printf's, and the id's form. */
+/* Header rules: the fields a response gets (the backend's minus hop-by-hop
+ * ones, those its Connection names, framing and the removed ones; then the
+ * security and configured headers, the request id, extra and rate-limit
+ * lines), the head sent upstream (hop-by-hop out, the client chain as
+ * identified, X-Real-IP, X-Forwarded-*, framing from the body length,
+ * request rules), and request ids. */
 #include "../../src/headers.c"
 
 #include <inttypes.h>
 
+#include "access.h"
+#include "config_build.h"
 #include "test.h"
+
+static struct tg_config *load(const char *yaml)
+{
+    char err[4096];
+    struct tg_config *c = tg_config_load_buffer("t.yaml", yaml, strlen(yaml), err, sizeof(err));
+    if (c == NULL)
+        fprintf(stderr, "%s", err);
+    CHECK(c != NULL);
+    return c;
+}
+
+/* The value of `name` in a vector, NUL-terminated into buf; NULL if none,
+ * and the number of times it appears in *count. */
+static const char *field(const struct tg_http_headers *h, const char *name, char *buf,
+                         size_t cap, int *count)
+{
+    const char *found = NULL;
+    *count = 0;
+    for (size_t i = 0; i < h->n; i++) {
+        if (!tg_str_caseeq(h->v[i].name, name))
+            continue;
+        if ((*count)++ == 0) {
+            snprintf(buf, cap, "%.*s", (int)h->v[i].value.n, h->v[i].value.p);
+            found = buf;
+        }
+    }
+    return found;
+}
+
+#define HDR(n, v) {TG_STR(n), TG_STR(v)}
+
+TEST(response_fields_drop_hop_by_hop_and_add_ours)
+{
+    struct tg_config *cfg = load("listen: [127.0.0.1:18080]\n"
+                                 "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
+                                 "headers: {add: {X-Added: yes}}\n"
+                                 "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n");
+    if (cfg == NULL)
+        return;
+    struct tg_http_header b[] = {
+        HDR("Connection", "X-Hop, keep-alive"), HDR("X-Hop", "1"), HDR("Keep-Alive", "t=5"),
+        HDR("Transfer-Encoding", "chunked"), HDR("Content-Length", "5"), HDR("Server", "x"),
+        HDR("X-Powered-By", "php"), HDR("X-App", "1"), HDR("Upgrade", "h2c"),
+        HDR("X-Frame-Options", "SAMEORIGIN"), HDR("X-Request-Id", "spoofed"),
+        HDR("Set-Cookie", "a=1"), HDR("Set-Cookie", "b=2"),
+    };
+    struct tg_http_headers backend = {b, TG_ARRAY_LEN(b), TG_ARRAY_LEN(b)};
+    struct tg_arena arena;
+    tg_arena_init(&arena, 1024);
+    struct tg_headers_response in = {.rules = &cfg->headers, .tls = false,
+                                     .request_id = TG_STR("rid1"),
+                                     .extra = "Retry-After: 1\r\nX-Two: 2\r\n"};
+    struct tg_http_headers out;
+    CHECK(tg_headers_response_fields(&arena, &in, &backend, &out) == 0);
+    char v[128];
+    int n;
+    CHECK(field(&out, "X-App", v, sizeof(v), &n) != NULL && n == 1);
+    CHECK_EQ_INT((field(&out, "Set-Cookie", v, sizeof(v), &n), n), 2);
+    const char *gone[] = {"Connection", "X-Hop", "Keep-Alive", "Transfer-Encoding",
+                          "Content-Length", "Server", "X-Powered-By", "Upgrade",
+                          "Strict-Transport-Security"};
+    for (size_t i = 0; i < TG_ARRAY_LEN(gone); i++)
+        if (field(&out, gone[i], v, sizeof(v), &n) != NULL) {
+            fprintf(stderr, "%s should be gone\n", gone[i]);
+            CHECK(false);
+        }
+    /* The backend's own X-Frame-Options stays (no override); ours are added. */
+    CHECK_EQ_STR(field(&out, "X-Frame-Options", v, sizeof(v), &n), "SAMEORIGIN");
+    CHECK_EQ_INT(n, 1);
+    CHECK_EQ_STR(field(&out, "X-Content-Type-Options", v, sizeof(v), &n), "nosniff");
+    CHECK_EQ_STR(field(&out, "X-Added", v, sizeof(v), &n), "yes");
+    CHECK_EQ_STR(field(&out, "X-Request-Id", v, sizeof(v), &n), "rid1");
+    CHECK_EQ_INT(n, 1);
+    CHECK_EQ_STR(field(&out, "Retry-After", v, sizeof(v), &n), "1");
+    CHECK_EQ_STR(field(&out, "X-Two", v, sizeof(v), &n), "2");
+
+    /* Over TLS, HSTS too; a 101 keeps its Upgrade. */
+    in.tls = true;
+    in.keep_upgrade = true;
+    CHECK(tg_headers_response_fields(&arena, &in, &backend, &out) == 0);
+    CHECK(field(&out, "Strict-Transport-Security", v, sizeof(v), &n) != NULL);
+    CHECK_EQ_STR(field(&out, "Upgrade", v, sizeof(v), &n), "h2c");
+    tg_arena_reset(&arena);
+    tg_config_unref(cfg);
+}
+
+TEST(response_fields_override_replaces_the_backends)
+{
+    struct tg_config *cfg = load("listen: [127.0.0.1:18080]\n"
+                                 "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
+                                 "sites: [{hosts: [a.test], routes: [{path: /, upstream: app,"
+                                 " headers: {override: true, remove: [X-Secret],"
+                                 " add: {Cache-Control: no-store}}}]}]\n");
+    if (cfg == NULL)
+        return;
+    struct tg_http_header b[] = {HDR("Cache-Control", "public"), HDR("X-Frame-Options", "ALLOW"),
+                                 HDR("X-Secret", "s"), HDR("X-Keep", "k")};
+    struct tg_http_headers backend = {b, TG_ARRAY_LEN(b), TG_ARRAY_LEN(b)};
+    struct tg_arena arena;
+    tg_arena_init(&arena, 1024);
+    struct tg_headers_response in = {.rules = cfg->sites[0].routes[0].headers};
+    struct tg_http_headers out;
+    CHECK(tg_headers_response_fields(&arena, &in, &backend, &out) == 0);
+    char v[128];
+    int n;
+    CHECK_EQ_STR(field(&out, "Cache-Control", v, sizeof(v), &n), "no-store");
+    CHECK_EQ_INT(n, 1);
+    CHECK_EQ_STR(field(&out, "X-Frame-Options", v, sizeof(v), &n), "DENY");
+    CHECK_EQ_INT(n, 1);
+    CHECK(field(&out, "X-Secret", v, sizeof(v), &n) == NULL);
+    CHECK(field(&out, "X-Keep", v, sizeof(v), &n) != NULL);
+    tg_arena_reset(&arena);
+    tg_config_unref(cfg);
+}
+
+/* The head toward the backend, as text. */
+static const char *upstream_head(const struct tg_headers_upstream *in, char *text, size_t cap)
+{
+    struct {
+        struct tg_buf b;
+        char data[4096];
+    } u;
+    u.b.start = u.b.end = 0;
+    u.b.cap = sizeof(u.data);
+    u.b.next = NULL;
+    if (tg_headers_upstream_request(&u.b, in) < 0)
+        return NULL;
+    snprintf(text, cap, "%.*s", (int)(u.b.end - u.b.start), u.b.data + u.b.start);
+    return text;
+}
+
+TEST(upstream_head_carries_the_identified_client)
+{
+    struct tg_config *cfg = load("listen: [127.0.0.1:18080]\n"
+                                 "trusted_proxies: [10.0.0.0/8]\n"
+                                 "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
+                                 "headers: {request: {set: {X-Env: prod}, remove: [Cookie2]}}\n"
+                                 "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n");
+    if (cfg == NULL)
+        return;
+    struct tg_http_header c[] = {
+        HDR("Connection", "X-Hop"), HDR("X-Hop", "1"), HDR("Transfer-Encoding", "chunked"),
+        HDR("X-Forwarded-For", "1.2.3.4, 203.0.113.9"), HDR("Forwarded", "for=5.6.7.8"),
+        HDR("X-Real-IP", "6.6.6.6"), HDR("X-Env", "dev"), HDR("Cookie2", "c"),
+        HDR("Accept", "*/*"), HDR("X-Request-Id", "client-id"),
+    };
+    struct tg_http_headers fields = {c, TG_ARRAY_LEN(c), TG_ARRAY_LEN(c)};
+    struct tg_addr peer, client;
+    tg_addr_parse("10.0.0.2", 8, &peer);
+    struct tg_str xff[1] = {TG_STR("1.2.3.4, 203.0.113.9")};
+    struct tg_client_chain chain;
+    CHECK(tg_access_client_chain(cfg->trusted_proxies, &peer, TG_CLIENT_IP_XFF, xff, 1,
+                                 NULL, 0, &chain) == 0);
+    client = chain.client;
+    struct tg_headers_upstream in = {
+        .method = TG_STR("POST"), .path = TG_STR("/x?y=1"), .host = TG_STR("a.test"),
+        .fields = &fields, .rules = &cfg->headers, .body_length = -1, .tls = true,
+        .peer = &peer, .client = &client, .chain = &chain, .request_id = TG_STR("rid"),
+    };
+    char text[4096];
+    const char *h = upstream_head(&in, text, sizeof(text));
+    CHECK(h != NULL);
+    if (h == NULL)
+        return;
+    static const char first[] = "POST /x?y=1 HTTP/1.1\r\nHost: a.test\r\n";
+    CHECK(strncmp(h, first, sizeof(first) - 1) == 0);
+    CHECK(strstr(h, "\r\nAccept: */*\r\n") != NULL);
+    CHECK(strstr(h, "X-Hop") == NULL && strstr(h, "Forwarded: ") == NULL);
+    CHECK(strstr(h, "Cookie2") == NULL && strstr(h, "X-Env: dev") == NULL);
+    CHECK(strstr(h, "\r\nX-Env: prod\r\n") != NULL);
+    CHECK(strstr(h, "\r\nTransfer-Encoding: chunked\r\n") != NULL);
+    CHECK(strstr(h, "\r\nX-Forwarded-For: 203.0.113.9, 10.0.0.2\r\n") != NULL);
+    CHECK(strstr(h, "\r\nX-Real-IP: 203.0.113.9\r\n") != NULL);
+    CHECK(strstr(h, "6.6.6.6") == NULL && strstr(h, "1.2.3.4") == NULL);
+    CHECK(strstr(h, "\r\nX-Forwarded-Proto: https\r\n") != NULL);
+    CHECK(strstr(h, "\r\nX-Request-Id: rid\r\n") != NULL && strstr(h, "client-id") == NULL);
+    CHECK(strcmp(h + strlen(h) - 4, "\r\n\r\n") == 0);
+
+    /* A known length; a head too big for the buffer is refused, not cut. */
+    in.body_length = 12;
+    h = upstream_head(&in, text, sizeof(text));
+    CHECK(h != NULL && strstr(h, "\r\nContent-Length: 12\r\n") != NULL);
+    struct tg_buf small = {0, 0, 0, NULL};
+    CHECK(tg_headers_upstream_request(&small, &in) < 0);
+    tg_config_unref(cfg);
+}
 
 TEST(hex_matches_printf)
 {
@@ -40,5 +233,8 @@ int main(void)
 {
     RUN(hex_matches_printf);
     RUN(new_ids_are_32_hex_digits_and_differ);
+    RUN(response_fields_drop_hop_by_hop_and_add_ours);
+    RUN(response_fields_override_replaces_the_backends);
+    RUN(upstream_head_carries_the_identified_client);
     return TEST_SUMMARY();
 }

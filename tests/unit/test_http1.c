@@ -34,7 +34,6 @@ static bool req_same(const struct tg_http1_request *a,
         !str_same(a->host, b->host) || a->framing != b->framing ||
         a->content_length != b->content_length ||
         a->keep_alive != b->keep_alive ||
-        a->expect_continue != b->expect_continue ||
         a->upgrade != b->upgrade ||
         a->upgrade_websocket != b->upgrade_websocket ||
         a->head_len != b->head_len)
@@ -433,7 +432,6 @@ TEST(request_views)
     CHECK_VIEW(one_req.host, "Example.com:8080");
     CHECK_EQ_INT(one_req.framing, TG_HTTP1_BODY_NONE);
     CHECK(one_req.keep_alive);
-    CHECK(!one_req.expect_continue);
     CHECK(!one_req.upgrade);
 
     r = REQ("GET /? HTTP/1.0\r\n\r\n");
@@ -523,13 +521,6 @@ TEST(request_framing_and_flags)
     REQ("GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
     CHECK(!one_req.upgrade);
     CHECK(!one_req.upgrade_websocket);
-
-    REQ("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n");
-    CHECK(one_req.expect_continue);
-    REQ("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue-not\r\n\r\n");
-    CHECK(!one_req.expect_continue);
-    REQ("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n");
-    CHECK(!one_req.expect_continue);
 }
 
 TEST(request_early_errors)

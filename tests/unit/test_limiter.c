@@ -6,8 +6,21 @@
  * Regression (issue 16): parts were joined with an unescaped '|' and the
  * fallback was "~" plus the address, so a JSON identity "~1.2.3.4" charged
  * client 1.2.3.4's bucket and "a|b" in one part equalled two parts. */
+#include <stdbool.h>
+
+#include "arena.h"
+
+/* Key allocations that fail on demand (see key_alloc). */
+static bool key_allocs_fail;
+static void *test_key_alloc(struct tg_arena *a, size_t n)
+{
+    return key_allocs_fail ? NULL : tg_arena_alloc(a, n);
+}
+#define key_alloc test_key_alloc
+
 #include "../../src/limiter.c"
 
+#include "config_build.h"
 #include "metrics.h"
 #include "ratelimit_store.h"
 #include "test.h"
@@ -339,6 +352,31 @@ static int decide(struct harness *h, const char *body)
     return tg_limiter_decide(&h->lim, on_done, NULL);
 }
 
+/* A body key that cannot be stored (memory ran out) refuses the request
+ * with 503; it used to be counted under an empty key, one bucket shared
+ * by every account. */
+TEST(a_body_key_without_memory_refuses)
+{
+    struct harness h;
+    if (!harness_init(&h, "    a: {rate: 1/h, burst: 2, store: local, key: [body:identity]}\n",
+                      "a"))
+        return;
+    const struct tg_config_site *site = &h.cfg->sites[0];
+    struct tg_http_header hdr[1] = {{TG_STR("Content-Type"), TG_STR("application/json")}};
+    struct tg_http_headers hv = {hdr, 1, 1};
+    struct tg_limiter_input in = {.cfg = h.cfg, .site = site, .route = &site->routes[0],
+                                  .client = &h.client, .headers = &hv, .arena = &h.arena};
+    CHECK(tg_limiter_prepare(&h.lim, &in, &h.env) == 0);
+    CHECK(h.lim.needs_body);
+    key_allocs_fail = true;
+    const char *body = "{\"identity\":\"alice@example.com\"}";
+    tg_limiter_take_body(&h.lim, body, strlen(body), true);
+    key_allocs_fail = false;
+    CHECK_EQ_INT(h.lim.refuse_status, 503);
+    CHECK_EQ_INT(h.metrics->ratelimit_unkeyed, 1);
+    harness_free(&h);
+}
+
 TEST(all_local_takes_at_once)
 {
     struct harness h;
@@ -436,6 +474,7 @@ int main(void)
     RUN(whole_keys_beyond_the_store_limit_are_hashed);
     RUN(body_values_are_trimmed_and_folded);
     RUN(admin_keys_match_enforcement);
+    RUN(a_body_key_without_memory_refuses);
     RUN(all_local_takes_at_once);
     RUN(stores_that_answer_later);
     RUN(failure_reservations_in_a_far_store);

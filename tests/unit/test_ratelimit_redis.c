@@ -7,6 +7,21 @@
  * cancel and free semantics, reset and configure; refunds (the stored TAT
  * given back on Redis' clock, missing and garbage keys, the script cache
  * flushed, Redis stopped, wrong replies). */
+#include <stdlib.h>
+
+/* Batch allocations that fail on demand (see batch_malloc). */
+static int batch_allocs_fail;
+static void *test_batch_malloc(size_t n)
+{
+    return batch_allocs_fail ? NULL : malloc(n);
+}
+static void *test_batch_calloc(size_t k, size_t n)
+{
+    return batch_allocs_fail ? NULL : calloc(k, n);
+}
+#define batch_malloc test_batch_malloc
+#define batch_calloc test_batch_calloc
+
 #include "../../src/ratelimit_redis.c"
 
 #include <inttypes.h>
@@ -1130,6 +1145,36 @@ static bool two_gateways(void *arg)
     return tg_ratelimit_redis_gateways() == 2;
 }
 
+/* Memory for a batch runs out (and used to leave its requests waiting
+ * forever when a second allocation failed too): each is answered at once
+ * that the store failed, and the next batch works again. */
+TEST(batch_out_of_memory_answers_everyone)
+{
+    struct tg_config_redis c = cfg_port(srv.port);
+    struct tg_ratelimit_redis *r = up(&c, "gw", false);
+    enum { N = 4 };
+    struct got g[N];
+    char key[N][16];
+    batch_allocs_fail = 1;
+    for (int i = 0; i < N; i++) {
+        snprintf(key[i], sizeof(key[i]), "oom%d", i);
+        struct tg_ratelimit_redis_op o = op("oom", key[i], 10 * MS, 5, 0, 1);
+        memset(&g[i], 0, sizeof(g[i]));
+        CHECK(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &g[i]) != NULL);
+    }
+    CHECK(h_run_until(loop, got_done, &g[N - 1], 1));
+    batch_allocs_fail = 0;
+    for (int i = 0; i < N; i++) {
+        CHECK_EQ_INT(g[i].calls, 1);
+        CHECK_EQ_INT(g[i].status, -1);
+    }
+    struct tg_ratelimit_redis_op o = op("oom", key[0], 10 * MS, 5, 0, 1);
+    take_wait(r, &o, 1, false, &g[0]);
+    CHECK_EQ_INT(g[0].status, 0);
+    CHECK(g[0].allowed);
+    tg_ratelimit_redis_free(r);
+}
+
 TEST(heartbeats)
 {
     CHECK_EQ_INT(tg_ratelimit_redis_gateways(), 1);
@@ -1310,6 +1355,7 @@ int main(void)
     RUN(stopped_then_restarted);
     RUN(slow_redis);
     RUN(wrong_replies);
+    RUN(batch_out_of_memory_answers_everyone);
     RUN(heartbeats);
     RUN(cancel_and_free);
     RUN(invalid_requests);

@@ -282,8 +282,8 @@ static bool is_normal(const char *p, size_t n)
         if (p[i] == '%') {
             if (i + 2 >= n)
                 return false;
-            int v = hexval((unsigned char)p[i + 1]) * 16 +
-                    hexval((unsigned char)p[i + 2]);
+            int v = tg_hex_digit((unsigned char)p[i + 1]) * 16 +
+                    tg_hex_digit((unsigned char)p[i + 2]);
             if (islower((unsigned char)p[i + 1]) ||
                 islower((unsigned char)p[i + 2]) ||
                 is_unreserved((unsigned char)v))
@@ -758,7 +758,7 @@ static bool pmatch(const struct tg_route_pattern *p, const char *path)
     return pmatch_n(p, path, strlen(path));
 }
 
-/* The rule tg_proxy_match_route applied to literal route paths before
+/* The rule route matching (then in proxy.c) applied to literal route paths before
  * patterns existed, copied here so that literal patterns are held to it. */
 static bool old_rule(const char *rp, size_t rn, const char *path, size_t n)
 {
@@ -1596,6 +1596,45 @@ TEST(pattern_no_blowup)
     tg_router_pattern_free(p);
 }
 
+/* A site's routes in order: the first whose pattern and methods take the
+ * request wins; ignore_case routes compare the folded path; a method
+ * without an id matches by name. */
+TEST(route_table_first_match_wins)
+{
+    char err[200];
+    size_t off;
+    struct tg_route_pattern *login = tg_router_pattern_compile("/api/*/auth", true, err,
+                                                               sizeof(err), &off);
+    struct tg_route_pattern *api = tg_router_pattern_compile("/api/", false, err, sizeof(err),
+                                                             &off);
+    struct tg_route_pattern *root = tg_router_pattern_compile("/", false, err, sizeof(err), &off);
+    static const char *const purge[] = {"PURGE"};
+    struct tg_route_entry t[] = {
+        {login, 1u << TG_HTTP_POST, NULL, 0, true},
+        {api, 1u << TG_HTTP_GET | 1u << TG_HTTP_HEAD, purge, 1, false},
+        {root, 0, NULL, 0, false},
+    };
+    char folded[64];
+#define MATCH(id, m, p)                                                                    \
+    tg_router_match_route(t, 3, id, m, p, strlen(p), folded,                               \
+                          tg_router_fold_path(p, strlen(p), folded, sizeof(folded)))
+    CHECK_EQ_INT(MATCH(TG_HTTP_POST, "POST", "/api/users/auth"), 0);
+    CHECK_EQ_INT(MATCH(TG_HTTP_POST, "POST", "/API/Users/AUTH"), 0);
+    CHECK_EQ_INT(MATCH(TG_HTTP_GET, "GET", "/api/users/auth"), 1);
+    CHECK_EQ_INT(MATCH(TG_HTTP_OTHER, "PURGE", "/api/x"), 1);
+    CHECK_EQ_INT(MATCH(TG_HTTP_OTHER, "PURGEX", "/api/x"), 2);
+    CHECK_EQ_INT(MATCH(TG_HTTP_DELETE, "DELETE", "/api/x"), 2);
+    CHECK_EQ_INT(MATCH(TG_HTTP_GET, "GET", "/other"), 2);
+    CHECK_EQ_INT(tg_router_match_route(t, 2, TG_HTTP_GET, "GET", "/other", 6, NULL, 0), -1);
+    /* No folded path given: an ignore_case route cannot match. */
+    CHECK_EQ_INT(tg_router_match_route(t, 1, TG_HTTP_POST, "POST", "/api/a/auth", 11, NULL, 0),
+                 -1);
+#undef MATCH
+    tg_router_pattern_free(login);
+    tg_router_pattern_free(api);
+    tg_router_pattern_free(root);
+}
+
 int main(void)
 {
     RUN(normalize_table);
@@ -1618,5 +1657,6 @@ int main(void)
     RUN(pattern_literal_compat);
     RUN(pattern_covers_sound);
     RUN(pattern_no_blowup);
+    RUN(route_table_first_match_wins);
     return TEST_SUMMARY();
 }

@@ -953,17 +953,18 @@ TEST(memory_per_entry)
     CHECK_EQ_INT(found, N);
     tg_tenant_dir_stats(d, &st);
     CHECK_EQ_INT(st.cached, N);
-    if (d->newest == NULL || d->newest->t == NULL) {
+    struct entry *newest = lru_newest(d);
+    if (newest == NULL || newest->t == NULL) {
         CHECK(!"a cached tenant");
         goto out;
     }
     double per = (double)(st.memory - st0.memory) / N;
-    size_t one = malloc_usable_size(d->newest) +
-                 malloc_usable_size(d->newest->t);
+    size_t one = malloc_usable_size(newest) +
+                 malloc_usable_size(newest->t);
     printf("memory per cached tenant (2 servers): %.0f bytes in the stats "
            "(entry %zu + tenant %zu bytes, sizeof tenant %zu, server %zu)\n",
-           per, malloc_usable_size(d->newest),
-           malloc_usable_size(d->newest->t), sizeof(struct tg_tenant),
+           per, malloc_usable_size(newest),
+           malloc_usable_size(newest->t), sizeof(struct tg_tenant),
            sizeof(struct tg_config_server));
     CHECK(per >= (double)one && per < 2000);
 out:

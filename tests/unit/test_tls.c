@@ -1,18 +1,30 @@
-/* Unit tests for src/tls.c: real handshakes between in-process OpenSSL
+/* Unit tests for the TLS modules (tls.c, tls_server.c, tls_client.c, with
+ * the certificate store): real handshakes between in-process OpenSSL
  * clients and the server contexts, over non-blocking socketpairs. The
  * certificates are made at run time in a temporary directory (OpenSSL API,
  * so expired ones are possible too). The ticket key ring runs on a fake
- * clock so rotation is tested without waiting. */
+ * clock so rotation is tested without waiting (the ring's own tests are in
+ * test_tls_tickets.c, the store's in test_certstore.c). The Makefile
+ * leaves tls.o out of this test, so tls.c is included. */
 #include "../../src/tls.c"
 
 #include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/rsa.h>
+#include <openssl/x509v3.h>
 
+#include "certstore.h"
+#include "config.h"
+#include "log.h"
+#include "str.h"
 #include "test.h"
 
 /* ---- fixtures ------------------------------------------------------------ */
@@ -140,6 +152,7 @@ static void make_fixtures(void)
         {"r_rsa.crt", "r.w.example.com rsa", "DNS:r.w.example.com", true},
         {"cn_only.crt", "cn.example.com", NULL, false},
         {"up.crt", "up", "DNS:up.example.com,IP:127.0.0.1", false},
+        {"c2.crt", "c2", "DNS:c.example.com", false},
     };
     for (size_t i = 0; i < TG_ARRAY_LEN(leaves); i++) {
         EVP_PKEY *k = leaves[i].rsa ? rsa : ec;
@@ -413,7 +426,7 @@ TEST(sni_selects_certificate)
     SSL_get0_alpn_selected(p.client, &alpn, &alpn_len);
     CHECK_EQ_MEM(alpn, alpn_len, "http/1.1");
     /* Mode flags io.c relies on. */
-    CHECK((SSL_get_mode(p.server) & TLS_MODES) == TLS_MODES);
+    CHECK((SSL_get_mode(p.server) & TG_TLS_SERVER_MODES) == TG_TLS_SERVER_MODES);
     pair_close(&p);
     pair_open(&p, s, NULL, cc, NULL, NULL);
     CHECK(pair_handshake(&p));
@@ -913,56 +926,6 @@ TEST(session_cache_without_tickets)
     tg_tls_server_free(s);
 }
 
-/* Workers take keys while the main thread rotates the ring. */
-static _Atomic bool ring_stop;
-static _Atomic int ring_bad;
-static const int64_t ring_period = 60000;
-
-static void *ring_worker(void *arg)
-{
-    (void)arg;
-    long renewals = 0;
-    while (!atomic_load(&ring_stop)) {
-        struct ticket_key enc, dec;
-        int64_t t0 = fake_now;
-        if (ring_get(NULL, ring_period, &enc) != 1)
-            atomic_fetch_add(&ring_bad, 1);
-        int rc = ring_get(enc.name, ring_period, &dec);
-        int64_t t1 = fake_now;
-        /* The encrypting key is less than a period old, and decrypts until
-         * three: it can only be gone if two periods passed in between (a
-         * preempted thread). */
-        if (rc == 0 ? t1 - t0 < 2 * ring_period
-                    : memcmp(enc.aes, dec.aes, sizeof(enc.aes)) != 0)
-            atomic_fetch_add(&ring_bad, 1);
-        renewals += rc == 2;
-    }
-    return (void *)renewals;
-}
-
-TEST(ticket_ring_concurrent_rotation)
-{
-    pthread_t th[2];
-    atomic_store(&ring_stop, false);
-    for (int i = 0; i < 2; i++)
-        pthread_create(&th[i], NULL, ring_worker, NULL);
-    struct ticket_key before;
-    ring_get(NULL, ring_period, &before);
-    for (int i = 0; i < 50; i++) {
-        fake_now += ring_period / 4;
-        usleep(200);
-    }
-    atomic_store(&ring_stop, true);
-    for (int i = 0; i < 2; i++)
-        pthread_join(th[i], NULL);
-    CHECK_EQ_INT(atomic_load(&ring_bad), 0);
-    /* 12.5 periods later the first key is long gone. */
-    struct ticket_key k;
-    CHECK_EQ_INT(ring_get(before.name, ring_period, &k), 0);
-    CHECK(ring_get(NULL, ring_period, &k) == 1 &&
-          memcmp(k.name, before.name, sizeof(k.name)) != 0);
-}
-
 /* ---- client certificates ----------------------------------------------------- */
 
 static SSL_CTX *client_ctx_with_cert(const char *cert, const char *key)
@@ -1188,6 +1151,113 @@ TEST(upstream_client)
     tg_tls_server_free(s);
 }
 
+/* ---- the certificate store ---------------------------------------------------- */
+
+static struct tg_cert *load_cert(const char *cert, const char *key)
+{
+    char err[512];
+    struct tg_cert *c = tg_cert_load(path_of(cert), path_of(key), err, sizeof(err));
+    if (c == NULL)
+        fprintf(stderr, "tg_cert_load: %s\n", err);
+    return c;
+}
+
+/* Runs the client's first flight and the server's answer to it: the
+ * server has taken its snapshot and chosen its certificates. */
+static void pair_start(struct pair *p)
+{
+    bool ww;
+    const char *why;
+    tg_tls_handshake(p->client, &ww, &why);
+    tg_tls_handshake(p->server, &ww, &why);
+}
+
+TEST(certificates_change_without_reload)
+{
+    struct tcfg t;
+    tcfg_init(&t);
+    tcfg_cert(&t, "a.crt", "ec.key");
+    char err[512];
+    struct tg_config_mark where;
+    struct tg_certstore *store = tg_certstore_new();
+    struct tg_tls_server *s = tg_tls_server_new_shared(&t.cfg, store, err, sizeof(err), &where);
+    CHECK(s != NULL && tg_tls_server_store(s) == store);
+    if (s == NULL)
+        return;
+    SSL_CTX *cc = client_ctx(TLS1_2_VERSION, TLS1_3_VERSION, NULL);
+    /* Built, not yet published: nothing to serve. */
+    CHECK_EQ_STR(served_cn(s, cc, "a.example.com"), "");
+    CHECK_EQ_INT(tg_tls_server_publish(s), 0);
+    CHECK_EQ_STR(served_cn(s, cc, "a.example.com"), "a.example.com");
+    CHECK_EQ_STR(served_cn(s, cc, "b.example.com"), "a.example.com");
+
+    /* Put at run time: the next handshake serves it. */
+    struct tg_cert *b = load_cert("b.crt", "ec.key");
+    struct tg_cert *c1 = load_cert("c.crt", "ec.key");
+    struct tg_cert *c2 = load_cert("c2.crt", "ec.key");
+    CHECK(b != NULL && c1 != NULL && c2 != NULL);
+    if (b == NULL || c1 == NULL || c2 == NULL)
+        return;
+    CHECK_EQ_INT(tg_certstore_put(store, "b.example.com", b, err, sizeof(err)), 0);
+    CHECK_EQ_STR(served_cn(s, cc, "b.example.com"), "b.example.com");
+    CHECK_EQ_INT(tg_certstore_put(store, "c.example.com", c1, err, sizeof(err)), 0);
+
+    /* Replaced while a handshake is under way: that one finishes with the
+     * snapshot it started with; the next one gets the new certificate. */
+    struct pair p;
+    pair_open(&p, s, NULL, cc, "c.example.com", NULL);
+    pair_start(&p);
+    CHECK_EQ_INT(tg_certstore_put(store, "c.example.com", c2, err, sizeof(err)), 0);
+    CHECK(pair_handshake(&p));
+    CHECK_EQ_STR(peer_cn(p.client), "c.example.com");
+    CHECK(tg_tls_cert_covers(p.server, TG_STR("cc.example.com")));
+    pair_close(&p);
+    CHECK_EQ_STR(served_cn(s, cc, "c.example.com"), "c2");
+    CHECK_EQ_STR(served_cn(s, cc, "cc.example.com"), "a.example.com");
+
+    /* A reload (new contexts, certificates published again) keeps what
+     * was put at run time; the old server's connections are unaffected. */
+    struct tcfg t2;
+    tcfg_init(&t2);
+    tcfg_cert(&t2, "wild.crt", "ec.key");
+    tcfg_cert(&t2, "a.crt", "ec.key");
+    struct tg_tls_server *s2 = tg_tls_server_new_shared(&t2.cfg, store, err, sizeof(err),
+                                                        &where);
+    CHECK(s2 != NULL);
+    if (s2 != NULL) {
+        CHECK_EQ_STR(served_cn(s2, cc, "b.example.com"), "b.example.com");
+        CHECK_EQ_STR(served_cn(s2, cc, "x.w.example.com"), "a.example.com");
+        CHECK_EQ_INT(tg_tls_server_publish(s2), 0);
+        CHECK_EQ_STR(served_cn(s2, cc, "x.w.example.com"), "wild");
+        CHECK_EQ_STR(served_cn(s2, cc, "unknown.test"), "wild"); /* the new default */
+        CHECK_EQ_STR(served_cn(s2, cc, "b.example.com"), "b.example.com");
+        CHECK_EQ_STR(served_cn(s2, cc, "c.example.com"), "c2");
+        CHECK_EQ_STR(served_cn(s, cc, "x.w.example.com"), "wild"); /* one store */
+        tg_tls_server_free(s2);
+    }
+    /* Removed: back to what the configuration says. */
+    CHECK_EQ_INT(tg_certstore_remove(store, "c.example.com"), 1);
+    CHECK_EQ_STR(served_cn(s, cc, "c.example.com"), "wild");
+
+    /* A store with nothing in it fails the handshake rather than crash. */
+    struct tg_certstore *empty = tg_certstore_new();
+    struct tg_tls_server *s3 = tg_tls_server_new_shared(&t.cfg, empty, err, sizeof(err), &where);
+    tg_certstore_unref(empty); /* the server keeps it */
+    CHECK(s3 != NULL);
+    if (s3 != NULL) {
+        pair_open(&p, s3, NULL, cc, "a.example.com", NULL);
+        CHECK(!pair_handshake(&p));
+        pair_close(&p);
+        tg_tls_server_free(s3);
+    }
+    tg_cert_unref(b);
+    tg_cert_unref(c1);
+    tg_cert_unref(c2);
+    SSL_CTX_free(cc);
+    tg_tls_server_free(s);
+    tg_certstore_unref(store);
+}
+
 /* ---- lifetimes and memory ------------------------------------------------------ */
 
 TEST(ssl_outlives_its_server_and_client)
@@ -1211,9 +1281,9 @@ TEST(ssl_outlives_its_server_and_client)
     pair_fds(&p);
     p.server = tg_tls_server_accept(s, NULL, p.fd[0]);
     p.client = tg_tls_client_connect(c, p.fd[1], "b.example.com");
-    tg_tls_server_free(s);
+    tg_tls_server_free(s); /* and with it the last reference to its store */
     tg_tls_client_free(c);
-    CHECK(pair_handshake(&p)); /* SNI switches to b's context */
+    CHECK(pair_handshake(&p)); /* SNI picks b */
     pair_settle(&p); /* the client stores a ticket in the freed client */
     CHECK(tg_tls_cert_covers(p.server, TG_STR("b.example.com")));
     CHECK(!tg_tls_cert_covers(p.client, TG_STR("b.example.com")));
@@ -1290,7 +1360,7 @@ int main(void)
         perror("log");
         return 2;
     }
-    tls_now_ms = fake_clock;
+    tg_tls_tickets_set_clock(fake_clock);
     if (tg_tls_global_init() < 0) {
         fprintf(stderr, "tg_tls_global_init failed\n");
         return 2;
@@ -1308,9 +1378,9 @@ int main(void)
     RUN(cert_covers_host);
     RUN(ticket_resumption_and_rotation);
     RUN(session_cache_without_tickets);
-    RUN(ticket_ring_concurrent_rotation);
     RUN(mtls);
     RUN(upstream_client);
+    RUN(certificates_change_without_reload);
     RUN(ssl_outlives_its_server_and_client);
     RUN(idle_connection_memory);
 

@@ -1,8 +1,8 @@
-/* The worker's event order: socket callbacks of one loop pass run in the
+/* A context's event order: socket callbacks of one loop pass run in the
  * order epoll reported the sockets ready (libev alone runs them newest
  * first), a stopped watcher's noted event is dropped, and events fed while
  * serving run in the same pass. */
-#include "../../src/worker.c"
+#include "../../src/context.c"
 
 #include <sys/socket.h>
 
@@ -11,7 +11,7 @@
 #define NSOCK 8
 
 static struct {
-    struct tg_worker w;
+    struct tg_context w;
     int pair[NSOCK][2];
     ev_io io[NSOCK];
     int order[NSOCK * 2];
@@ -22,7 +22,7 @@ static struct {
 
 static void on_ready(struct ev_loop *loop, ev_io *io, int revents)
 {
-    if (tg_worker_defer_io(&t.w, io, revents))
+    if (tg_context_defer_io(&t.w, io, revents))
         return;
     int i = (int)(io - t.io);
     char b;
@@ -30,7 +30,7 @@ static void on_ready(struct ev_loop *loop, ev_io *io, int revents)
         (void)!read(t.pair[i][0], &b, 1);
     t.order[t.n++] = i;
     if (i == t.stop_after)
-        tg_worker_io_stop(loop, &t.io[i + 1]);
+        tg_context_io_stop(loop, &t.io[i + 1]);
     if (i == t.feed_from)
         ev_feed_event(loop, &t.io[NSOCK - 1], EV_CUSTOM);
 }
@@ -39,9 +39,7 @@ static void setup(void)
 {
     memset(&t, 0, sizeof(t));
     t.stop_after = t.feed_from = -1;
-    t.w.loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
-    ev_set_userdata(t.w.loop, &t.w);
-    ev_set_invoke_pending_cb(t.w.loop, invoke_pending);
+    CHECK(tg_context_init(&t.w, 0, ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV), NULL) == 0);
     for (int i = 0; i < NSOCK; i++) {
         CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, t.pair[i]) == 0);
         ev_io_init(&t.io[i], on_ready, t.pair[i][0], EV_READ);
@@ -58,7 +56,7 @@ static void teardown(void)
         close(t.pair[i][1]);
     }
     ev_loop_destroy(t.w.loop);
-    free(t.w.ready);
+    tg_context_fini(&t.w);
 }
 
 /* Sockets become readable in the order 5, 2, 7, 0, ...: served so. */

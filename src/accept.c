@@ -1,0 +1,264 @@
+/* From accept to the first request byte (accept.h). */
+#include "accept.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "config.h"
+#include "conn.h"
+#include "context.h"
+#include "h1.h"
+#include "iptable.h"
+#include "log.h"
+#include "metrics.h"
+#include "proxy_protocol.h"
+#include "tls.h"
+
+/* PROXY protocol refusals are logged at most this often (an attacker may
+ * connect in a loop); all are counted. */
+#define REFUSAL_LOG_EVERY_S 10.0
+
+/* The handshake's state, in the connection's protocol room. */
+struct handshake {
+    bool awaiting_proxy; /* a PROXY protocol header comes first */
+};
+
+static struct handshake *hs_of(struct tg_conn *c)
+{
+    return (struct handshake *)c->proto_state;
+}
+
+static const struct tg_config *config_of(const struct tg_conn *c)
+{
+    return c->wcfg->config;
+}
+
+static int start_session(struct tg_conn *c);
+
+/* ---- the handshake protocol ------------------------------------------------------- */
+
+/* The first bytes are the client's: hand the connection to the front end
+ * its TLS session chose (ALPN), or HTTP/1.1. */
+static void start_front_end(struct tg_conn *c)
+{
+    tg_h1_start(c);
+}
+
+static void tls_handshake(struct tg_conn *c)
+{
+    struct tg_context *ctx = c->ctx;
+    bool want_write = false;
+    const char *reason = NULL;
+    int rc = tg_tls_handshake(c->io.ssl, &want_write, &reason);
+    if (rc == 0) {
+        tg_conn_watch(c, want_write ? EV_WRITE : EV_READ);
+        return;
+    }
+    if (rc < 0) {
+        tg_log_debug("TLS handshake from a client failed: %s", reason);
+        TG_METRIC_INC(ctx->metrics->tls_failures[tg_metrics_tls_reason(reason)]);
+        tg_conn_close(c);
+        return;
+    }
+    TG_METRIC_INC(ctx->metrics->tls_handshakes);
+    if (SSL_session_reused(c->io.ssl))
+        TG_METRIC_INC(ctx->metrics->tls_resumed);
+    start_front_end(c);
+}
+
+/* Reads the PROXY header without taking a byte that follows it (the TLS
+ * hello or the request): peek, and consume only what is header. */
+static void read_proxy_header(struct tg_conn *c)
+{
+    struct tg_context *ctx = c->ctx;
+    if (c->in == NULL && (c->in = tg_buf_get(&ctx->bufs, TG_PROXY_PROTOCOL_MAX)) == NULL) {
+        tg_conn_close(c);
+        return;
+    }
+    size_t have = tg_buf_len(c->in);
+    size_t room = TG_PROXY_PROTOCOL_MAX - have;
+    if (room > tg_buf_room(c->in))
+        room = tg_buf_room(c->in);
+    ssize_t n = recv(c->io.fd, c->in->data + c->in->end, room, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        tg_conn_close(c);
+        return;
+    }
+    struct tg_proxy_protocol pp;
+    const char *reason = "malformed";
+    ssize_t r = tg_proxy_protocol_parse(c->in->data + c->in->start, have + (size_t)n, &pp,
+                                        &reason);
+    size_t take = r > 0 ? (size_t)r - have : (size_t)n;
+    if (r == TG_PROXY_PROTOCOL_ERROR) {
+        tg_log_info("refused a connection on %s: bad PROXY protocol header (%s)", c->lcfg->key,
+                    reason);
+        tg_conn_close(c);
+        return;
+    }
+    char sink[TG_PROXY_PROTOCOL_MAX];
+    if (recv(c->io.fd, sink, take, 0) != (ssize_t)take) {
+        tg_conn_close(c);
+        return;
+    }
+    c->in->end += take;
+    if (r == TG_PROXY_PROTOCOL_INCOMPLETE) {
+        if (tg_buf_len(c->in) >= TG_PROXY_PROTOCOL_MAX)
+            tg_conn_close(c);
+        return;
+    }
+    tg_buf_put(&ctx->bufs, c->in);
+    c->in = NULL;
+    hs_of(c)->awaiting_proxy = false;
+    if (!pp.local) {
+        c->peer = pp.src;
+        c->peer_port = pp.src_port;
+    }
+    /* Behind PROXY protocol the client is counted once its header names
+     * it. */
+    unsigned limit = c->lcfg->max_connections_per_ip;
+    if (limit != 0) {
+        unsigned prefix = config_of(c)->client.ipv6_prefix;
+        struct tg_addr group;
+        tg_iptable_group(&c->peer, prefix, &group);
+        if (!tg_iptable_acquire(ctx->rt->iptable, &group, TG_IPTABLE_CONNECTIONS, limit)) {
+            tg_conn_close(c);
+            return;
+        }
+        c->ip_counted_prefix = (uint8_t)prefix;
+    }
+    start_session(c);
+}
+
+static void handshake_io(struct tg_conn *c, int revents)
+{
+    (void)revents;
+    if (hs_of(c)->awaiting_proxy)
+        read_proxy_header(c);
+    else
+        tls_handshake(c);
+}
+
+static void handshake_timeout(struct tg_conn *c, ev_tstamp now)
+{
+    (void)now;
+    if (c->io.ssl != NULL)
+        TG_METRIC_INC(c->ctx->metrics->tls_failures[tg_metrics_tls_reason("timeout")]);
+    tg_conn_close(c);
+}
+
+static void handshake_drain(struct tg_conn *c)
+{
+    (void)c; /* a session not yet started closes after its first answer */
+}
+
+static const struct tg_conn_proto handshake_proto = {
+    .name = "handshake",
+    .on_io = handshake_io,
+    .on_timeout = handshake_timeout,
+    .on_drain = handshake_drain,
+};
+
+/* ---- accept ------------------------------------------------------------------------ */
+
+/* After accept (and the PROXY header, if any): the TLS handshake, or
+ * straight to the front end. */
+static int start_session(struct tg_conn *c)
+{
+    const struct tg_config_listen *lcfg = c->lcfg;
+    if (!lcfg->tls) {
+        start_front_end(c);
+        return 0;
+    }
+    c->io.ssl = tg_tls_server_accept(config_of(c)->tls_server, lcfg, c->io.fd);
+    if (c->io.ssl == NULL) {
+        tg_log_error("cannot start TLS on a connection to %s", lcfg->key);
+        tg_conn_close(c);
+        return -1;
+    }
+    c->tls = true;
+    tg_conn_set_proto(c, &handshake_proto);
+    tg_conn_set_deadline(c, tg_context_now(c->ctx) +
+                                (double)config_of(c)->tls.handshake_timeout_ms / 1000.0);
+    /* Most clients send their hello right after connecting: try now rather
+     * than wait for the loop. */
+    tg_conn_ref(c);
+    tls_handshake(c);
+    tg_conn_unref(c);
+    return 0;
+}
+
+/* Counts a connection refused on a PROXY protocol listener; says so in the
+ * log at most every REFUSAL_LOG_EVERY_S. */
+static void refuse_untrusted_proxy(struct tg_context *ctx, const struct tg_config_listen *lcfg,
+                                   const struct tg_addr *peer)
+{
+    TG_METRIC_INC(ctx->metrics->proxy_protocol_refused);
+    ev_tstamp now = tg_context_now(ctx);
+    if (ctx->proxy_refused_logged != 0 && now - ctx->proxy_refused_logged < REFUSAL_LOG_EVERY_S)
+        return;
+    ctx->proxy_refused_logged = now;
+    char text[TG_ADDR_STRLEN];
+    tg_addr_format(peer, text, sizeof(text));
+    tg_log_warn("refused a connection on %s from %s: PROXY protocol is only accepted from "
+                "trusted_proxies (further refusals are counted in "
+                "tollgate_proxy_protocol_refused_total)", lcfg->key, text);
+}
+
+int tg_accept(struct tg_context *ctx, int fd, const struct sockaddr *peer,
+              const struct tg_config_listen *lcfg)
+{
+    if (lcfg == NULL || ctx->cfg == NULL) {
+        close(fd);
+        return -1;
+    }
+    struct tg_addr peer_addr, group;
+    tg_addr_from_sockaddr(peer, &peer_addr);
+    const struct tg_config *cfg = ctx->cfg->config;
+    unsigned prefix = cfg->client.ipv6_prefix;
+    if (lcfg->proxy_protocol && (cfg->trusted_proxies == NULL ||
+                                 tg_cidr_set_lookup(cfg->trusted_proxies, &peer_addr) == 0)) {
+        /* A PROXY header names the client: only a listed load balancer may
+         * do that, or anyone could choose its own address. */
+        refuse_untrusted_proxy(ctx, lcfg, &peer_addr);
+        close(fd);
+        return -1;
+    }
+    bool count_now = lcfg->max_connections_per_ip != 0 && !lcfg->proxy_protocol;
+    if (count_now) {
+        tg_iptable_group(&peer_addr, prefix, &group);
+        if (!tg_iptable_acquire(ctx->rt->iptable, &group, TG_IPTABLE_CONNECTIONS,
+                                lcfg->max_connections_per_ip)) {
+            /* Over the per-client cap: refuse before spending anything. */
+            close(fd);
+            return -1;
+        }
+    }
+    uint16_t port = 0;
+    if (peer->sa_family == AF_INET)
+        port = ntohs(((const struct sockaddr_in *)peer)->sin_port);
+    else if (peer->sa_family == AF_INET6)
+        port = ntohs(((const struct sockaddr_in6 *)peer)->sin6_port);
+    struct tg_conn *c = tg_conn_new(ctx, fd, &peer_addr, port, lcfg);
+    if (c == NULL) {
+        if (count_now)
+            tg_iptable_release(ctx->rt->iptable, &group, TG_IPTABLE_CONNECTIONS);
+        close(fd);
+        return -1;
+    }
+    c->ip_counted_prefix = count_now ? (uint8_t)prefix : 0;
+    if (lcfg->proxy_protocol) {
+        hs_of(c)->awaiting_proxy = true;
+        tg_conn_set_proto(c, &handshake_proto);
+        tg_conn_set_deadline(c, tg_context_now(ctx) +
+                                    (double)cfg->client.header_timeout_ms / 1000.0);
+        tg_conn_watch(c, EV_READ);
+        return 0;
+    }
+    return start_session(c);
+}

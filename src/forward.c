@@ -1,0 +1,1301 @@
+/* One request forwarded to an HTTP/1.1 backend. Two byte paths:
+ *
+ *   stream body (front end) -> upstream socket   (request body, or tunnel)
+ *   upstream socket -> up->in -> stream           (response body, or tunnel)
+ *
+ * The request body is pulled from the stream as spans the front end holds
+ * and written upstream from there (with chunk framing of our own when its
+ * length is not known). Response bytes are "framed" as they arrive
+ * (counted against Content-Length, or de-chunked in place) and offered to
+ * the stream from up->in; what it takes is consumed, and reading stops
+ * while up->in is full: backpressure both ways, no copy of body bytes but
+ * the de-chunking. */
+#include "forward.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "config.h"
+#include "context.h"
+#include "headers.h"
+#include "http1.h"
+#include "iptable.h"
+#include "log.h"
+#include "metrics.h"
+#include "request.h"
+#include "tenant.h"
+#include "upstream.h"
+
+#define MAX_TRAILER 16384
+/* The backend's head: room for what we add to the client's fields, and the
+ * most it may grow to (rules, a long client certificate subject). */
+#define UP_HEAD_SLACK 512
+#define UP_HEAD_MAX (1024 * 1024)
+#define MS(x) ((double)(x) / 1000.0)
+/* Spans of request body offered in one write. */
+#define BODY_SPANS 8
+/* client.min_body_rate: a body must average at least this many bytes per
+ * second once it has been arriving for this long; checked each second, and
+ * not while the backend itself holds the client back. */
+#define MIN_RATE_GRACE_S 5.0
+/* A response that takes no bytes and no events for this long, with no
+ * other deadline, is looked at again (a safety net, never the rule). */
+#define IDLE_RECHECK_S 3600.0
+
+struct tg_exchange {
+    struct tg_request *req;
+    struct tg_upconn *up;
+    struct tg_buf *up_head;         /* the request head for the backend */
+    size_t up_head_sent;
+    uint64_t tried;                 /* servers tried (bitmask) */
+    unsigned attempts;
+    int server;                     /* index in upstream->servers */
+    struct tg_list upwait_link;     /* queued for a connection slot */
+    ev_tstamp upwait_until;         /* ... until then (connect_timeout) */
+    bool connecting;                /* waiting for a connection (or a slot) */
+
+    /* Request body toward the backend. */
+    bool chunked_up;                /* framed by us as chunked */
+    bool req_body_done;             /* the stream said the body ended */
+    bool req_body_sent;             /* ... and all of it is written */
+    bool sent_body_bytes;           /* some body bytes left: not replayable */
+    bool up_write_failed;           /* the backend stopped taking the request */
+    uint64_t chunk_left;            /* data bytes of the current chunk to write */
+    char pend[32];                  /* chunk framing not yet written */
+    uint8_t pend_len, pend_off;
+    uint64_t req_body_bytes;
+
+    /* Response from the backend. */
+    size_t resp_scanned;
+    bool resp_head_done;
+    int resp_framing;               /* enum tg_http1_framing */
+    uint64_t resp_remaining;
+    struct tg_http1_chunked resp_chunked;
+    size_t resp_ready;              /* data bytes at up->in start, framing cut */
+    bool resp_body_done;
+    bool resp_keep_alive;           /* the backend may be reused */
+    bool end_sent;                  /* the stream got the end of the body */
+    bool tunnel;
+    bool stream;                    /* SSE or stream route: no read timeout */
+    bool sse;                       /* text/event-stream: heartbeats apply */
+    bool sse_draining;              /* end the stream at the next boundary */
+    bool stream_counted;            /* holds a stream.max_per_ip slot */
+    char sse_tail[3];               /* last data bytes sent: event boundary */
+    const char *inject;             /* bytes of our own still to give */
+    size_t inject_left;
+    bool inject_end;                /* ... and they end the body */
+    ev_tstamp up_read_at, up_write_at, rate_checked_at;
+};
+
+static void on_upstream_io(struct tg_upconn *uc, int revents);
+static void connect_upstream(struct tg_exchange *x);
+static void send_upstream(struct tg_exchange *x);
+static void read_upstream(struct tg_exchange *x);
+static void pump_response(struct tg_exchange *x);
+static void update_watches(struct tg_exchange *x);
+static void arm(struct tg_exchange *x);
+
+static const struct tg_config *cfg_of(const struct tg_exchange *x)
+{
+    return x->req->wcfg->config;
+}
+
+static ev_tstamp now_of(const struct tg_exchange *x)
+{
+    return tg_context_now(x->req->ctx);
+}
+
+static struct tg_upstream_stats *upstream_stats(const struct tg_exchange *x)
+{
+    const struct tg_request *req = x->req;
+    const struct tg_config_upstream *u = req->upstream;
+    unsigned id = req->tenant_obj != NULL && u == &req->tenant_obj->upstream
+                      ? cfg_of(x)->tenants.upstream_defaults.metrics_id
+                      : u->metrics_id;
+    return &req->ctx->metrics->upstreams[id];
+}
+
+/* ---- ending ------------------------------------------------------------------ */
+
+static void upwait_unlink(struct tg_exchange *x)
+{
+    if (tg_list_linked(&x->upwait_link))
+        tg_list_remove(&x->upwait_link);
+}
+
+static void drop_upstream(struct tg_exchange *x, bool reusable)
+{
+    struct tg_upconn *uc = x->up;
+    if (uc == NULL)
+        return;
+    x->up = NULL;
+    uc->owner = NULL;
+    tg_upstream_release(uc, reusable, x->req->upstream);
+}
+
+static void release_stream_slot(struct tg_exchange *x)
+{
+    if (!x->stream_counted)
+        return;
+    x->stream_counted = false;
+    struct tg_request *req = x->req;
+    struct tg_addr group;
+    tg_iptable_group(&req->client, cfg_of(x)->client.ipv6_prefix, &group);
+    tg_iptable_release(req->ctx->rt->iptable, &group, TG_IPTABLE_STREAMS);
+}
+
+/* Gives back what the exchange holds; the request core does the rest. */
+static void release(struct tg_exchange *x)
+{
+    upwait_unlink(x);
+    drop_upstream(x, false);
+    release_stream_slot(x);
+}
+
+static void end_exchange(struct tg_exchange *x, enum tg_stream_end how)
+{
+    release(x);
+    tg_request_end(x->req, how);
+}
+
+/* The answer is broken: the client must not take what it got as
+ * complete. */
+static void reset_client(struct tg_exchange *x, const char *why)
+{
+    if (why != NULL)
+        tg_log_info("request %s: %s; closing the client's stream", x->req->request_id, why);
+    end_exchange(x, TG_STREAM_RESET);
+}
+
+/* A local answer instead of the backend's (nothing was sent yet), or a
+ * reset when something was. */
+static void answer_locally(struct tg_exchange *x, int status, const char *extra,
+                           const char *body, bool close)
+{
+    struct tg_request *req = x->req;
+    release(x);
+    if (req->head_sent) {
+        tg_request_end(req, TG_STREAM_RESET);
+        return;
+    }
+    req->extra_headers = extra;
+    tg_request_respond_text(req, status, body, close);
+}
+
+/* Every attempt failed, or one failed in a way that cannot be retried. */
+static void fail_upstream(struct tg_exchange *x, int status, const char *what)
+{
+    struct tg_request *req = x->req;
+    tg_log_error("request %s: upstream %s %s%s%s", req->request_id,
+                 req->upstream ? req->upstream->name : "-", what,
+                 req->up_name ? " at " : "", req->up_name ? req->up_name : "");
+    answer_locally(x, status, NULL,
+                   status == 504 ? "504 Gateway Timeout: the upstream did not answer in time\n"
+                                 : "502 Bad Gateway: the upstream could not be reached\n",
+                   false);
+}
+
+/* An attempt failed before any response byte. Retries on another server
+ * when nothing was consumed that cannot be sent again. */
+static void attempt_failed(struct tg_exchange *x, const char *what, bool timeout)
+{
+    struct tg_request *req = x->req;
+    struct tg_upconn *uc = x->up;
+    bool was_reused = uc != NULL && uc->reused;
+    bool head_sent = x->up_head_sent > 0;
+    if (uc != NULL && !(was_reused && !timeout) && tg_upstream_report(uc, req->upstream, false))
+        TG_METRIC_INC(upstream_stats(x)->ejections);
+    drop_upstream(x, false);
+
+    bool replayable = !x->sent_body_bytes && !x->resp_head_done && !req->head_sent;
+    bool may_retry = replayable &&
+                     (!head_sent || tg_http_method_idempotent(req->method_id) || was_reused);
+    if (may_retry && was_reused && !timeout) {
+        /* A pooled connection the backend had closed: not the server's
+         * fault, try again without counting an attempt. */
+        x->tried &= ~(x->server >= 0 && x->server < 64 ? 1ull << x->server : 0);
+        x->attempts--;
+    }
+    TG_METRIC_INC(upstream_stats(x)->failures);
+    if (timeout)
+        TG_METRIC_INC(upstream_stats(x)->timeouts);
+    if (may_retry && x->attempts <= req->upstream->retries) {
+        TG_METRIC_INC(upstream_stats(x)->retries);
+        tg_log_info("request %s: upstream %s %s at %s; retrying", req->request_id,
+                    req->upstream->name, what, req->up_name ? req->up_name : "-");
+        x->up_head_sent = 0;
+        x->up_write_failed = false;
+        connect_upstream(x);
+        return;
+    }
+    fail_upstream(x, timeout ? 504 : 502, what);
+}
+
+/* ---- choosing and connecting -------------------------------------------------- */
+
+/* Round-robin position: per worker and snapshot for configured upstreams;
+ * a tenant from Redis keeps its own (worker-local); static tenants are
+ * shared by all workers, so they use one per-worker position. */
+static unsigned *pick_cursor(struct tg_exchange *x)
+{
+    struct tg_request *req = x->req;
+    struct tg_tenant *t = req->tenant_obj;
+    if (t != NULL && req->upstream == &t->upstream)
+        return t->refs > 0 ? &t->rr_cursor : &req->ctx->static_tenant_rr;
+    return &req->wcfg->rr_cursor[req->upstream->index];
+}
+
+/* Every server that may take the request is at its connection cap: wait
+ * (like HAProxy's queue) until one frees a slot, at most connect_timeout
+ * from the first try; then 503. */
+static void upwait_enqueue(struct tg_exchange *x)
+{
+    if (x->upwait_until == 0) {
+        x->upwait_until = now_of(x) + MS(x->req->upstream->connect_timeout_ms);
+        TG_METRIC_INC(upstream_stats(x)->queued);
+    }
+    x->connecting = true;
+    tg_list_push_back(&x->req->ctx->upwait, &x->upwait_link);
+    arm(x);
+}
+
+void tg_forward_upwait_kick(struct ev_loop *loop, ev_prepare *wp, int revents)
+{
+    (void)revents;
+    ev_prepare_stop(loop, wp);
+    struct tg_context *ctx = wp->data;
+    struct tg_list waiting;
+    tg_list_init(&waiting);
+    /* Move them all out first: connect_upstream may queue one again. */
+    struct tg_list *n;
+    while ((n = tg_list_first(&ctx->upwait)) != NULL) {
+        tg_list_remove(n);
+        tg_list_push_back(&waiting, n);
+    }
+    while ((n = tg_list_first(&waiting)) != NULL) {
+        tg_list_remove(n);
+        struct tg_exchange *x = tg_list_entry(n, struct tg_exchange, upwait_link);
+        struct tg_request *req = x->req;
+        tg_request_ref(req);
+        connect_upstream(x);
+        if (!tg_request_over(req))
+            update_watches(x), arm(x);
+        tg_request_unref(req);
+    }
+}
+
+static void connect_upstream(struct tg_exchange *x)
+{
+    struct tg_request *req = x->req;
+    struct tg_context *ctx = req->ctx;
+    uint64_t busy = 0; /* servers at their connection cap */
+    for (;;) {
+        int idx = tg_upstream_pick(ctx, pick_cursor(x), req->upstream, x->tried | busy,
+                                   req->balance_hash);
+        if (idx < 0 && busy != 0) {
+            upwait_enqueue(x);
+            return;
+        }
+        if (idx < 0) {
+            fail_upstream(x, 502, "has no server left to try");
+            return;
+        }
+        x->tried |= idx < 64 ? 1ull << idx : 0;
+        x->attempts++;
+        x->server = idx;
+        struct tg_upconn *uc = tg_upstream_acquire(ctx, req->upstream, idx, x);
+        if (uc == NULL && errno == EBUSY && idx < 64) {
+            /* At its cap: not a failure, and not an attempt. */
+            x->tried &= ~(1ull << idx);
+            x->attempts--;
+            busy |= 1ull << idx;
+            continue;
+        }
+        if (uc == NULL) {
+            tg_log_error("request %s: cannot open a connection to %s: %s", req->request_id,
+                         req->upstream->servers[idx].addr.text, strerror(errno));
+            if (x->attempts > req->upstream->retries) {
+                fail_upstream(x, 502, "is unreachable");
+                return;
+            }
+            continue;
+        }
+        x->up = uc;
+        req->up_name = tg_upstream_name(uc);
+        TG_METRIC_INC(upstream_stats(x)->requests);
+        uc->on_io = on_upstream_io;
+        req->up_start = now_of(x);
+        x->up_read_at = x->up_write_at = req->up_start;
+        if (uc->state != TG_UPCONN_ACTIVE) {
+            x->connecting = true;
+            return;
+        }
+        x->connecting = false;
+        send_upstream(x);
+        return;
+    }
+}
+
+/* Connection set-up (connect, then TLS); once ready the head goes out. */
+static void upstream_setup(struct tg_exchange *x, struct tg_upconn *uc)
+{
+    char what[120];
+    const struct tg_config_upstream *u = x->req->upstream;
+    if (uc->state == TG_UPCONN_CONNECTING) {
+        if (tg_upstream_connected(uc, u) < 0) {
+            snprintf(what, sizeof(what), "refused the connection (%s)", strerror(errno));
+            TG_METRIC_INC(upstream_stats(x)->connect_errors);
+            attempt_failed(x, what, false);
+            return;
+        }
+    }
+    if (uc->state == TG_UPCONN_HANDSHAKE) {
+        const char *reason = "other";
+        int rc = tg_upstream_handshake(uc, u, &reason);
+        if (rc < 0) {
+            snprintf(what, sizeof(what), "failed the TLS handshake (%s)", reason);
+            attempt_failed(x, what, false);
+            return;
+        }
+        if (rc == 0)
+            return;
+    }
+    x->connecting = false;
+    send_upstream(x);
+}
+
+/* ---- the request toward the backend ----------------------------------------- */
+
+/* Queues chunk framing: "\r\n" closing the previous chunk when one is
+ * open, then "HEX\r\n" for `n` more bytes, or the last chunk at the end. */
+static void frame_chunk(struct tg_exchange *x, bool close_previous, uint64_t n, bool last)
+{
+    char *p = x->pend;
+    size_t o = 0;
+    if (close_previous) {
+        p[o++] = '\r';
+        p[o++] = '\n';
+    }
+    if (last) {
+        memcpy(p + o, "0\r\n\r\n", 5);
+        o += 5;
+    } else {
+        static const char hex[] = "0123456789abcdef";
+        char digits[16];
+        int nd = 0;
+        do {
+            digits[nd++] = hex[n & 15];
+            n >>= 4;
+        } while (n != 0);
+        while (nd > 0)
+            p[o++] = digits[--nd];
+        p[o++] = '\r';
+        p[o++] = '\n';
+    }
+    x->pend_len = (uint8_t)o;
+    x->pend_off = 0;
+}
+
+/* Writes the head and the body bytes the stream holds until the socket is
+ * full or nothing is left. */
+static void send_upstream(struct tg_exchange *x)
+{
+    struct tg_request *req = x->req;
+    struct tg_upconn *uc = x->up;
+    if (x->up_write_failed) {
+        if (uc != NULL)
+            uc->io.want_write = false; /* only its answer is awaited now */
+        return;
+    }
+    while (uc != NULL && uc->state == TG_UPCONN_ACTIVE && !tg_request_over(req)) {
+        struct iovec iov[2 + BODY_SPANS + 1];
+        int n = 0;
+        size_t head_left = 0, pend_left = 0, data = 0;
+        if (x->up_head != NULL && x->up_head_sent < tg_buf_len(x->up_head)) {
+            head_left = tg_buf_len(x->up_head) - x->up_head_sent;
+            iov[n].iov_base = x->up_head->data + x->up_head->start + x->up_head_sent;
+            iov[n++].iov_len = head_left;
+        }
+        /* Body spans the stream holds (in a tunnel, the client's bytes). */
+        bool end = false;
+        struct iovec spans[BODY_SPANS];
+        int ns = x->req_body_sent ? 0
+                                  : req->stream_ops->body_peek(req->stream, spans, BODY_SPANS,
+                                                               &end);
+        size_t avail = 0;
+        for (int i = 0; i < ns; i++)
+            avail += spans[i].iov_len;
+        if (x->chunked_up && !x->tunnel && x->pend_off == x->pend_len) {
+            if (x->chunk_left == 0 && avail > 0) {
+                frame_chunk(x, x->req_body_bytes > 0, avail, false);
+                x->chunk_left = avail;
+            } else if (x->chunk_left == 0 && end && !x->req_body_done) {
+                frame_chunk(x, x->req_body_bytes > 0, 0, true);
+            }
+        }
+        if (x->pend_off < x->pend_len) {
+            pend_left = (size_t)(x->pend_len - x->pend_off);
+            iov[n].iov_base = x->pend + x->pend_off;
+            iov[n++].iov_len = pend_left;
+        }
+        /* Data may follow only what frames it. */
+        uint64_t room = x->chunked_up && !x->tunnel ? x->chunk_left : UINT64_MAX;
+        if (pend_left == 0 || (x->chunked_up && x->chunk_left > 0)) {
+            for (int i = 0; i < ns && data < room; i++) {
+                size_t take = spans[i].iov_len;
+                if (take > room - data)
+                    take = (size_t)(room - data);
+                iov[n].iov_base = spans[i].iov_base;
+                iov[n++].iov_len = take;
+                data += take;
+            }
+        }
+        if (n == 0) {
+            if (end && !x->tunnel) {
+                x->req_body_done = true;
+                x->req_body_sent = true;
+            }
+            uc->io.want_write = false;
+            return;
+        }
+        ssize_t w = tg_io_writev(&uc->io, iov, n);
+        if (w == TG_IO_AGAIN)
+            return;
+        if (w < 0) {
+            if (x->tunnel) {
+                reset_client(x, "upstream connection failed while sending");
+                return;
+            }
+            /* A backend may answer before the body is all there (413, 401)
+             * and close: its answer waits in the socket. Read it rather
+             * than call this a failure; when nothing usable is there, the
+             * read path fails the attempt (and retries if it may). */
+            x->up_write_failed = true;
+            uc->io.want_write = false;
+            if (!x->resp_head_done)
+                read_upstream(x);
+            return;
+        }
+        uc->io.want_write = false;
+        x->up_write_at = now_of(x);
+        size_t done = (size_t)w;
+        size_t from_head = done < head_left ? done : head_left;
+        x->up_head_sent += from_head;
+        done -= from_head;
+        if (from_head > 0 && req->lim != NULL)
+            req->lim->forwarded = true; /* a reserved failure token may be spent now */
+        size_t from_pend = done < pend_left ? done : pend_left;
+        x->pend_off = (uint8_t)(x->pend_off + from_pend);
+        done -= from_pend;
+        if (done > 0) {
+            req->stream_ops->body_consume(req->stream, done);
+            x->sent_body_bytes = true;
+            x->req_body_bytes += done;
+            if (x->chunked_up && !x->tunnel)
+                x->chunk_left -= done;
+        }
+        if (x->chunked_up && !x->tunnel && x->pend_off == x->pend_len && x->pend_len >= 5 &&
+            memcmp(x->pend + x->pend_len - 5, "0\r\n\r\n", 5) == 0) {
+            x->req_body_done = true;
+            x->req_body_sent = true;
+        }
+    }
+}
+
+/* ---- the response toward the client ------------------------------------------ */
+
+static bool is_event_stream(const struct tg_http1_response *r)
+{
+    for (size_t i = 0; i < r->nheaders; i++) {
+        if (!tg_http_name_eq(r->headers[i].name, "content-type"))
+            continue;
+        struct tg_str v = r->headers[i].value;
+        return v.n >= 17 && strncasecmp(v.p, "text/event-stream", 17) == 0;
+    }
+    return false;
+}
+
+static void note_sse_data(struct tg_exchange *x, const char *p, size_t n)
+{
+    if (n >= 3) {
+        memcpy(x->sse_tail, p + n - 3, 3);
+    } else {
+        memmove(x->sse_tail, x->sse_tail + n, 3 - n);
+        memcpy(x->sse_tail + 3 - n, p, n);
+    }
+}
+
+static bool at_event_boundary(const struct tg_exchange *x)
+{
+    const char *t = x->sse_tail;
+    return (t[1] == '\n' && t[2] == '\n') || (t[1] == '\r' && t[2] == '\r') ||
+           (t[0] == '\n' && t[1] == '\r' && t[2] == '\n');
+}
+
+/* Frames newly arrived response bytes: counts them against the length, or
+ * cuts the chunk framing out in place, so up->in starts with resp_ready
+ * data bytes. Returns -1 if the request ended. */
+static int frame_response_body(struct tg_exchange *x)
+{
+    struct tg_buf *in = x->up->in;
+    if (x->resp_body_done) {
+        if (tg_buf_len(in) > x->resp_ready && !x->tunnel)
+            x->resp_keep_alive = false; /* bytes after the end: not reusable */
+        return 0;
+    }
+    size_t avail = tg_buf_len(in) - x->resp_ready;
+    char *p = in->data + in->start + x->resp_ready;
+    switch (x->resp_framing) {
+    case TG_HTTP1_BODY_LENGTH: {
+        size_t take = avail < x->resp_remaining ? avail : (size_t)x->resp_remaining;
+        if (x->sse)
+            note_sse_data(x, p, take);
+        x->resp_ready += take;
+        x->resp_remaining -= take;
+        if (x->resp_remaining == 0)
+            x->resp_body_done = true;
+        break;
+    }
+    case TG_HTTP1_BODY_CHUNKED: {
+        char *write = p;
+        while (avail > 0 && !x->resp_chunked.done) {
+            size_t dlen = 0;
+            ssize_t r = tg_http1_chunked_next(&x->resp_chunked, p, avail, &dlen);
+            if (r < 0) {
+                tg_log_error("request %s: upstream %s sent an invalid chunked body",
+                             x->req->request_id, x->req->up_name);
+                reset_client(x, NULL);
+                return -1;
+            }
+            if (dlen > 0) {
+                if (x->sse)
+                    note_sse_data(x, p, dlen);
+                if (write != p)
+                    memmove(write, p, dlen);
+                write += dlen;
+            }
+            p += r;
+            avail -= (size_t)r;
+            if (r == 0)
+                break;
+        }
+        if (write != p) {
+            /* Close the gap left by the framing cut out. */
+            size_t tail = (size_t)(in->data + in->end - p);
+            memmove(write, p, tail);
+            in->end -= (size_t)(p - write);
+        }
+        x->resp_ready = (size_t)(write - (in->data + in->start));
+        if (x->resp_chunked.done) {
+            x->resp_body_done = true;
+            /* Trailers are not passed on: what follows the last chunk is
+             * consumed with it. */
+            in->end = in->start + x->resp_ready + (size_t)(in->end - (size_t)(p - in->data));
+        }
+        break;
+    }
+    case TG_HTTP1_BODY_CLOSE:
+        if (x->sse)
+            note_sse_data(x, p, avail);
+        x->resp_ready += avail;
+        break;
+    default:
+        x->resp_body_done = true;
+        break;
+    }
+    if (x->resp_body_done && tg_buf_len(in) > x->resp_ready)
+        x->resp_keep_alive = false;
+    return 0;
+}
+
+/* The response has been given to the stream whole. */
+static void finish_response(struct tg_exchange *x)
+{
+    struct tg_request *req = x->req;
+    struct tg_upconn *uc = x->up;
+    bool reusable = uc != NULL && x->resp_keep_alive &&
+                    x->resp_framing != TG_HTTP1_BODY_CLOSE && x->req_body_sent &&
+                    uc->in != NULL && tg_buf_len(uc->in) == 0 && !x->tunnel;
+    if (uc != NULL) {
+        bool failed = req->upstream->fail_on_5xx && req->status >= 500;
+        if (tg_upstream_report(uc, req->upstream, !failed))
+            TG_METRIC_INC(upstream_stats(x)->ejections);
+        drop_upstream(x, reusable);
+    }
+    req->answer_done = true;
+    /* A request body the backend did not take (it answered early) is the
+     * front end's to discard or to close on. */
+    end_exchange(x, x->tunnel || req->close_client ? TG_STREAM_CLOSE : TG_STREAM_DONE);
+}
+
+/* Offers the framed response bytes to the stream until it takes no more or
+ * none are left; ends the exchange when all is given. Bytes of our own (an
+ * SSE heartbeat, the drain hint) go first, whole, between two events. */
+static void pump_response(struct tg_exchange *x)
+{
+    struct tg_request *req = x->req;
+    while (!tg_request_over(req) && x->resp_head_done) {
+        if (x->inject_left > 0) {
+            struct iovec iov = {(void *)x->inject, x->inject_left};
+            ssize_t w = tg_request_send_body(req, &iov, 1, x->inject_end);
+            if (w < 0) {
+                reset_client(x, NULL);
+                return;
+            }
+            x->inject += w;
+            x->inject_left -= (size_t)w;
+            if (x->inject_left > 0)
+                return; /* the stream is full: tg_request_writable comes back */
+            if (x->inject_end) {
+                x->end_sent = true;
+                finish_response(x);
+                return;
+            }
+            continue;
+        }
+        struct tg_buf *in = x->up != NULL ? x->up->in : NULL;
+        size_t ready = in != NULL ? x->resp_ready : 0;
+        bool end = x->resp_body_done;
+        if (ready == 0 && !end) {
+            if (x->sse_draining && at_event_boundary(x)) {
+                /* The drain hint goes out between two events, and ends the
+                 * stream: the client reconnects (elsewhere) after it. */
+                static const char hint[] = "retry: 1000\n\n";
+                x->inject = hint;
+                x->inject_left = sizeof(hint) - 1;
+                x->inject_end = true;
+                x->resp_body_done = true;
+                x->resp_keep_alive = false;
+                req->close_client = true;
+                drop_upstream(x, false);
+                continue;
+            }
+            /* Nothing to give: let the stream write what it holds (the
+             * head, for a response whose body comes later). */
+            if (tg_request_send_body(req, NULL, 0, false) < 0)
+                reset_client(x, NULL);
+            return;
+        }
+        if (ready == 0 && x->end_sent) {
+            finish_response(x);
+            return;
+        }
+        struct iovec iov = {in != NULL ? in->data + in->start : NULL, ready};
+        ssize_t w = tg_request_send_body(req, &iov, ready > 0 ? 1 : 0, end);
+        if (w < 0) {
+            reset_client(x, NULL);
+            return;
+        }
+        if (w > 0) {
+            tg_buf_consume(in, (size_t)w);
+            x->resp_ready -= (size_t)w;
+        }
+        if (x->resp_ready == 0 && end) {
+            x->end_sent = true;
+            finish_response(x);
+            return;
+        }
+        if ((size_t)w < ready || w == 0)
+            return; /* the stream is full: tg_request_writable comes back */
+    }
+}
+
+/* Queues an SSE heartbeat comment between two events. Returns false when
+ * not at a boundary now. */
+static bool sse_heartbeat(struct tg_exchange *x)
+{
+    if (!x->sse || x->resp_ready > 0 || x->inject_left > 0 || !at_event_boundary(x))
+        return false;
+    static const char beat[] = ":\n\n";
+    x->inject = beat;
+    x->inject_left = sizeof(beat) - 1;
+    x->inject_end = false;
+    pump_response(x);
+    return true;
+}
+
+static void on_response_head(struct tg_exchange *x, const struct tg_http1_response *r,
+                             size_t head_len)
+{
+    struct tg_request *req = x->req;
+    struct tg_context *ctx = req->ctx;
+    const struct tg_config *cfg = cfg_of(x);
+    req->status = r->status;
+    req->up_header_at = now_of(x);
+    struct tg_upstream_stats *us = upstream_stats(x);
+    double took = req->up_header_at - req->up_start;
+    TG_METRIC_INC(us->response[tg_metrics_bucket(took)]);
+    TG_METRIC_ADD(us->response_us, took > 0 ? (uint64_t)(took * 1e6) : 0);
+    if (req->lim != NULL)
+        tg_limiter_after_response(req->lim, r->status);
+    x->resp_framing = r->framing;
+    x->resp_remaining = r->content_length;
+    x->resp_keep_alive = r->keep_alive;
+    tg_http1_chunked_init(&x->resp_chunked, MAX_TRAILER);
+    x->sse = is_event_stream(r);
+    if (x->sse)
+        x->stream = true;
+    unsigned max_streams = cfg->stream.max_per_ip;
+    if (x->stream && max_streams != 0 && r->status < 300) {
+        struct tg_addr group;
+        tg_iptable_group(&req->client, cfg->client.ipv6_prefix, &group);
+        if (!tg_iptable_acquire(ctx->rt->iptable, &group, TG_IPTABLE_STREAMS, max_streams)) {
+            answer_locally(x, 429, NULL, "429 Too Many Requests: too many open streams from "
+                                         "this client\n", false);
+            return;
+        }
+        x->stream_counted = true;
+    }
+    memcpy(x->sse_tail, "\n\n\n", 3); /* the start is an event boundary */
+    bool upgrade = r->status == 101;
+    if (upgrade || r->framing == TG_HTTP1_BODY_CLOSE || !x->req_body_sent)
+        req->close_client = true;
+
+    /* The fields to send: the backend's, rewritten (views into up->in,
+     * serialised by the stream before the head bytes are consumed). */
+    struct tg_http_headers backend = {(struct tg_http_header *)r->headers, r->nheaders,
+                                      r->nheaders};
+    const struct tg_config_headers *rules =
+        req->route != NULL && req->route->headers != NULL ? req->route->headers : &cfg->headers;
+    struct tg_headers_response hin = {
+        .rules = rules,
+        .tls = req->https,
+        .request_id = tg_str_make(req->request_id, req->request_id_len),
+        .lim = req->lim,
+        .keep_upgrade = upgrade,
+    };
+    struct tg_http_headers fields;
+    int64_t length = r->framing == TG_HTTP1_BODY_LENGTH ? (int64_t)r->content_length : -1;
+    unsigned flags = 0;
+    if (upgrade)
+        flags |= TG_STREAM_TUNNEL;
+    if (r->framing == TG_HTTP1_BODY_NONE && !upgrade) {
+        flags |= TG_STREAM_NO_BODY;
+        /* HEAD, 204, 304: a Content-Length the backend sent describes the
+         * representation; it stays. */
+        for (size_t i = 0; i < r->nheaders; i++) {
+            if (tg_http_name_eq(r->headers[i].name, "content-length")) {
+                length = 0;
+                for (size_t k = 0; k < r->headers[i].value.n; k++)
+                    length = length * 10 + (r->headers[i].value.p[k] - '0');
+                break;
+            }
+        }
+        if (r->status == 204 || r->status == 304 || length < 0)
+            length = r->status == 204 ? -1 : length;
+    }
+    if (tg_headers_response_fields(&req->arena, &hin, &backend, &fields) < 0 ||
+        tg_request_send_head(req, r->status, &fields, length, flags) < 0) {
+        fail_upstream(x, 502, "sent a response head we could not pass on");
+        return;
+    }
+    tg_buf_consume(x->up->in, head_len);
+    x->resp_head_done = true;
+    if (upgrade) {
+        x->tunnel = true;
+        x->resp_framing = TG_HTTP1_BODY_CLOSE;
+        x->req_body_done = true;
+        x->req_body_sent = false; /* tunnel bytes flow from now on */
+    }
+}
+
+/* Parses response heads (several when 1xx come first) and frames body
+ * bytes. */
+static void handle_response(struct tg_exchange *x)
+{
+    struct tg_request *req = x->req;
+    struct tg_upconn *uc = x->up;
+    while (!x->resp_head_done) {
+        struct tg_http1_response *r = tg_context_h1_response(req->ctx);
+        if (r == NULL) {
+            fail_upstream(x, 502, "could not be read (out of memory)");
+            return;
+        }
+        struct tg_http1_limits limits = {8192, req->upstream->max_response_head,
+                                         TG_HTTP1_MAX_HEADERS};
+        const char *reason = "invalid";
+        ssize_t n = tg_http1_parse_response(uc->in->data + uc->in->start, tg_buf_len(uc->in),
+                                            &x->resp_scanned, &limits, req->method_id, r,
+                                            &reason);
+        if (n == TG_HTTP1_INCOMPLETE)
+            return;
+        if (n == TG_HTTP1_ERROR) {
+            tg_upstream_report(uc, req->upstream, false);
+            char what[120];
+            snprintf(what, sizeof(what), "sent an invalid response (%s)", reason);
+            drop_upstream(x, false);
+            fail_upstream(x, 502, what);
+            return;
+        }
+        x->resp_scanned = 0;
+        int status = r->status;
+        if (status == 101) {
+            if (!req->upgrade_websocket || !r->upgrade_websocket) {
+                drop_upstream(x, false);
+                fail_upstream(x, 502, "switched protocols without being asked");
+                return;
+            }
+        } else if (status < 200) {
+            /* Interim answers (100 Continue, 103 Early Hints) go to the
+             * client as they come (a front end that cannot take them drops
+             * them). */
+            struct tg_http_headers backend = {r->headers, r->nheaders, r->nheaders}, fields;
+            if (tg_headers_interim_fields(&req->arena, &backend, &fields) < 0 ||
+                tg_request_send_head(req, status, &fields, -1, TG_STREAM_NO_BODY) < 0) {
+                fail_upstream(x, 502, "sent an interim response we could not pass on");
+                return;
+            }
+            tg_buf_consume(uc->in, (size_t)n);
+            continue;
+        }
+        on_response_head(x, r, (size_t)n);
+        if (tg_request_over(req))
+            return;
+    }
+    if (x->tunnel) {
+        x->resp_ready = tg_buf_len(uc->in);
+    } else if (frame_response_body(x) < 0) {
+        return;
+    }
+    pump_response(x);
+    if (!tg_request_over(req) && x->tunnel)
+        send_upstream(x); /* client bytes that came with the upgrade */
+}
+
+static void upstream_eof(struct tg_exchange *x)
+{
+    struct tg_request *req = x->req;
+    if (x->tunnel) {
+        x->resp_body_done = true;
+        pump_response(x); /* flush, then finish_response ends it */
+        return;
+    }
+    if (!x->resp_head_done) {
+        if (x->up->in != NULL && tg_buf_len(x->up->in) > 0) {
+            drop_upstream(x, false);
+            fail_upstream(x, 502, "closed the connection in the middle of a response head");
+            return;
+        }
+        attempt_failed(x, "closed the connection without answering", false);
+        return;
+    }
+    if (x->resp_framing == TG_HTTP1_BODY_CLOSE) {
+        x->resp_body_done = true;
+        pump_response(x);
+        return;
+    }
+    /* Truncated: never let the client take it as complete. */
+    tg_log_error("request %s: upstream %s closed the connection in the middle of the body",
+                 req->request_id, req->up_name);
+    reset_client(x, NULL);
+}
+
+static void read_upstream(struct tg_exchange *x)
+{
+    struct tg_request *req = x->req;
+    struct tg_upconn *uc = x->up;
+    struct tg_context *ctx = req->ctx;
+    if (x->resp_body_done && !x->tunnel) {
+        /* The response is whole and still being given to the client; the
+         * backend spoke again (closed, or sent bytes nobody asked for):
+         * this connection will not be reused. */
+        x->resp_keep_alive = false;
+        return;
+    }
+    if (uc->in == NULL) {
+        uc->in = tg_buf_get(&ctx->bufs, ctx->bufs.small_size);
+        if (uc->in == NULL) {
+            reset_client(x, "out of memory");
+            return;
+        }
+    }
+    if (tg_buf_room(uc->in) == 0)
+        tg_buf_compact(uc->in);
+    if (tg_buf_room(uc->in) == 0) {
+        if (x->resp_head_done)
+            return; /* full: wait for the client to take bytes */
+        if (uc->in->cap >= req->upstream->max_response_head ||
+            tg_buf_grow(&ctx->bufs, &uc->in, req->upstream->max_response_head) < 0) {
+            drop_upstream(x, false);
+            fail_upstream(x, 502, "sent a response head over max_response_head");
+            return;
+        }
+    }
+    ssize_t n = tg_io_read(&uc->io, uc->in->data + uc->in->end, tg_buf_room(uc->in));
+    if (n == TG_IO_AGAIN)
+        return;
+    if (n == 0) {
+        upstream_eof(x);
+        return;
+    }
+    if (n < 0) {
+        if (x->tunnel) {
+            upstream_eof(x);
+        } else if (!x->resp_head_done) {
+            attempt_failed(x, "reset the connection", false);
+        } else {
+            tg_log_error("request %s: upstream %s reset the connection mid-body",
+                         req->request_id, req->up_name);
+            reset_client(x, NULL);
+        }
+        return;
+    }
+    uc->in->end += (size_t)n;
+    x->up_read_at = now_of(x);
+    handle_response(x);
+}
+
+/* ---- events -------------------------------------------------------------------- */
+
+static void on_upstream_io(struct tg_upconn *uc, int revents)
+{
+    struct tg_exchange *x = uc->owner;
+    if (x == NULL)
+        return;
+    struct tg_request *req = x->req;
+    tg_request_ref(req);
+    if (uc->state == TG_UPCONN_CONNECTING || uc->state == TG_UPCONN_HANDSHAKE) {
+        upstream_setup(x, uc);
+    } else {
+        if ((revents & EV_WRITE) && !tg_request_over(req) && x->up == uc)
+            send_upstream(x);
+        if ((revents & EV_READ) && !tg_request_over(req) && x->up == uc)
+            read_upstream(x);
+    }
+    if (!tg_request_over(req)) {
+        update_watches(x);
+        arm(x);
+    }
+    tg_request_unref(req);
+}
+
+/* Request body arrived (or ended): write it upstream. */
+static void on_body(struct tg_request *req)
+{
+    struct tg_exchange *x = req->x;
+    if (x->up != NULL && !x->connecting)
+        send_upstream(x);
+    if (!tg_request_over(req)) {
+        update_watches(x);
+        arm(x);
+    }
+}
+
+/* The stream takes bytes again. */
+static void on_writable(struct tg_request *req)
+{
+    struct tg_exchange *x = req->x;
+    pump_response(x);
+    if (!tg_request_over(req)) {
+        update_watches(x);
+        arm(x);
+    }
+}
+
+static void on_abort(struct tg_request *req)
+{
+    release(req->x);
+}
+
+/* Drain started: streams end at the next event boundary after a retry
+ * hint. */
+static void on_drain(struct tg_request *req)
+{
+    struct tg_exchange *x = req->x;
+    if (!x->sse || !x->resp_head_done)
+        return;
+    x->sse_draining = true;
+    pump_response(x);
+}
+
+/* Arms the upstream socket for what the exchange waits for, given buffer
+ * space. */
+static void update_watches(struct tg_exchange *x)
+{
+    struct tg_upconn *uc = x->up;
+    if (uc == NULL)
+        return;
+    int uev = 0;
+    if (uc->state == TG_UPCONN_CONNECTING) {
+        uev = EV_WRITE;
+    } else if (uc->state == TG_UPCONN_HANDSHAKE) {
+        uev = uc->io.want_write ? EV_WRITE : EV_READ;
+    } else {
+        bool head_left = x->up_head != NULL && x->up_head_sent < tg_buf_len(x->up_head);
+        if (head_left || x->pend_off < x->pend_len || (uc->io.want_write && !x->up_write_failed))
+            uev |= EV_WRITE;
+        /* Keep reading even once the response is complete: the connection
+         * goes back to the pool watching for EV_READ anyway, and leaving the
+         * events as they are saves epoll_ctl calls. Only a full buffer
+         * (backpressure) stops it. */
+        bool room = uc->in == NULL || tg_buf_room(uc->in) > 0 || uc->in->start > 0 ||
+                    !x->resp_head_done;
+        if (room && !(x->resp_body_done && !x->resp_keep_alive))
+            uev |= EV_READ;
+        if (uc->io.ssl != NULL && uc->io.want_write)
+            uev |= EV_WRITE;
+    }
+    tg_upstream_watch(uc, uev);
+}
+
+/* ---- timeouts ------------------------------------------------------------------- */
+
+enum deadline_kind {
+    DL_NONE = 0,
+    DL_CONNECT,
+    DL_UP_SEND,
+    DL_UP_READ,
+    DL_CLIENT_BODY,
+    DL_CLIENT_SEND,
+    DL_HEARTBEAT,
+    DL_STREAM_IDLE,
+    DL_CLIENT_RATE,
+    DL_QUEUE,
+};
+
+static void consider(ev_tstamp *best, enum deadline_kind *kind, ev_tstamp when,
+                     enum deadline_kind k)
+{
+    if (*kind == DL_NONE || when < *best) {
+        *best = when;
+        *kind = k;
+    }
+}
+
+/* Body bytes the stream holds for us and that we have not written. */
+static bool body_waiting(const struct tg_exchange *x)
+{
+    struct tg_request *req = x->req;
+    struct iovec spans[1];
+    bool end = false;
+    return req->stream_ops->body_peek(req->stream, spans, 1, &end) > 0;
+}
+
+static enum deadline_kind next_deadline(const struct tg_exchange *x, ev_tstamp *when)
+{
+    const struct tg_request *req = x->req;
+    const struct tg_config *cfg = cfg_of(x);
+    const struct tg_config_upstream *u = req->upstream;
+    enum deadline_kind kind = DL_NONE;
+    ev_tstamp best = 0;
+    bool out_pending = x->resp_head_done && (x->resp_ready > 0 || x->inject_left > 0);
+
+    if (out_pending)
+        consider(&best, &kind, req->client_write_at + MS(cfg->client.send_timeout_ms),
+                 DL_CLIENT_SEND);
+    if (x->connecting) {
+        if (tg_list_linked(&x->upwait_link))
+            consider(&best, &kind, x->upwait_until, DL_QUEUE);
+        else
+            consider(&best, &kind, req->up_start + MS(u->connect_timeout_ms), DL_CONNECT);
+        *when = best;
+        return kind;
+    }
+    if (x->tunnel) {
+        if (cfg->stream.idle_timeout_ms > 0) {
+            ev_tstamp last = req->client_read_at > x->up_read_at ? req->client_read_at
+                                                                 : x->up_read_at;
+            consider(&best, &kind, last + MS(cfg->stream.idle_timeout_ms), DL_STREAM_IDLE);
+        }
+        *when = best;
+        return kind;
+    }
+    if (!x->req_body_done && !body_waiting(x))
+        consider(&best, &kind, req->client_read_at + MS(cfg->client.body_timeout_ms),
+                 DL_CLIENT_BODY);
+    if (!x->req_body_done && cfg->client.min_body_rate > 0) {
+        ev_tstamp first = req->start + MIN_RATE_GRACE_S;
+        ev_tstamp next = x->rate_checked_at + 1.0;
+        consider(&best, &kind, next > first ? next : first, DL_CLIENT_RATE);
+    }
+    if (x->up != NULL && (x->up->watching & EV_WRITE))
+        consider(&best, &kind, x->up_write_at + MS(u->send_timeout_ms), DL_UP_SEND);
+    bool waiting_upstream = x->up != NULL && !x->resp_body_done && !out_pending;
+    if (waiting_upstream && (!x->stream || !x->resp_head_done)) {
+        ev_tstamp last = x->up_read_at > x->up_write_at ? x->up_read_at : x->up_write_at;
+        int64_t rt = req->route != NULL && req->route->read_timeout_ms > 0
+                         ? req->route->read_timeout_ms : u->read_timeout_ms;
+        consider(&best, &kind, last + MS(rt), DL_UP_READ);
+    }
+    if (x->sse && x->resp_head_done && cfg->stream.heartbeat_ms > 0 && !out_pending)
+        consider(&best, &kind, req->client_write_at + MS(cfg->stream.heartbeat_ms),
+                 DL_HEARTBEAT);
+    if (x->stream && x->resp_head_done && cfg->stream.idle_timeout_ms > 0) {
+        ev_tstamp last = x->up_read_at > req->client_write_at ? x->up_read_at
+                                                              : req->client_write_at;
+        consider(&best, &kind, last + MS(cfg->stream.idle_timeout_ms), DL_STREAM_IDLE);
+    }
+    *when = best;
+    return kind;
+}
+
+static void arm(struct tg_exchange *x)
+{
+    ev_tstamp when;
+    if (next_deadline(x, &when) == DL_NONE)
+        when = now_of(x) + IDLE_RECHECK_S;
+    tg_request_arm(x->req, when);
+}
+
+/* The body stopped coming, or comes too slowly: 408 when nothing of the
+ * answer went out yet, else the stream is cut. */
+static void body_too_slow(struct tg_exchange *x, const char *body, const char *why)
+{
+    x->req_body_done = true;
+    if (!x->req->head_sent)
+        answer_locally(x, 408, NULL, body, true);
+    else
+        reset_client(x, why);
+}
+
+static ev_tstamp on_timeout(struct tg_request *req, ev_tstamp now)
+{
+    struct tg_exchange *x = req->x;
+    ev_tstamp when;
+    enum deadline_kind kind = next_deadline(x, &when);
+    if (kind == DL_NONE)
+        return now + IDLE_RECHECK_S;
+    if (when > now)
+        return when;
+    const struct tg_config *cfg = cfg_of(x);
+    switch (kind) {
+    case DL_CONNECT:
+        TG_METRIC_INC(upstream_stats(x)->connect_errors);
+        TG_METRIC_INC(upstream_stats(x)->timeouts);
+        attempt_failed(x, "did not accept the connection in time", false);
+        break;
+    case DL_UP_SEND:
+        attempt_failed(x, "did not take the request in time", true);
+        break;
+    case DL_QUEUE:
+        upwait_unlink(x);
+        TG_METRIC_INC(upstream_stats(x)->queue_timeouts);
+        tg_log_info("request %s: upstream %s: every server at max_connections for "
+                    "connect_timeout", req->request_id, req->upstream->name);
+        answer_locally(x, 503, "Retry-After: 1\r\n",
+                       "503 Service Unavailable: every backend server is busy\n", false);
+        break;
+    case DL_UP_READ:
+        TG_METRIC_INC(upstream_stats(x)->timeouts);
+        if (x->resp_head_done)
+            reset_client(x, "upstream stopped sending mid-response (read_timeout)");
+        else
+            fail_upstream(x, 504, "did not answer within read_timeout");
+        break;
+    case DL_CLIENT_BODY:
+        body_too_slow(x, "408 Request Timeout: the request body stopped arriving\n",
+                      "client stopped sending the request body");
+        break;
+    case DL_CLIENT_SEND:
+        reset_client(x, "client stopped reading (send_timeout)");
+        break;
+    case DL_CLIENT_RATE: {
+        x->rate_checked_at = now;
+        bool held_back = x->up != NULL && (x->up->watching & EV_WRITE);
+        double avg = (double)x->req_body_bytes / (now - req->start);
+        if (!held_back && avg < (double)cfg->client.min_body_rate)
+            body_too_slow(x, "408 Request Timeout: the request body arrives too slowly\n",
+                          "request body below client.min_body_rate");
+        break;
+    }
+    case DL_HEARTBEAT:
+        if (!sse_heartbeat(x))
+            req->client_write_at = now; /* mid-event: look again later */
+        break;
+    case DL_STREAM_IDLE:
+        reset_client(x, NULL);
+        break;
+    default:
+        break;
+    }
+    if (tg_request_over(req))
+        return 0;
+    update_watches(x);
+    ev_tstamp w2;
+    if (next_deadline(x, &w2) == DL_NONE)
+        return now + IDLE_RECHECK_S;
+    return w2 > now ? w2 : now + 0.001;
+}
+
+static const struct tg_request_hooks forward_hooks = {
+    .on_body = on_body,
+    .on_writable = on_writable,
+    .on_timeout = on_timeout,
+    .on_abort = on_abort,
+    .on_drain = on_drain,
+};
+
+/* ---- start ----------------------------------------------------------------------- */
+
+int tg_forward_prepare(struct tg_request *req)
+{
+    struct tg_exchange *x = tg_arena_calloc(&req->arena, 1, sizeof(*x));
+    if (x == NULL)
+        return -1;
+    x->req = req;
+    req->x = x;
+    const struct tg_config *cfg = req->wcfg->config;
+    size_t fields = 0;
+    for (size_t i = 0; i < req->headers.n; i++)
+        fields += req->headers.v[i].name.n + req->headers.v[i].value.n + 4;
+    const struct tg_config_headers *rules =
+        req->route->headers != NULL ? req->route->headers : &cfg->headers;
+    struct tg_headers_upstream in = {
+        .method = tg_str_make(req->method, strlen(req->method)),
+        .path = tg_str_make(req->path, req->path_len),
+        .host = tg_str_make(req->host, req->host_len),
+        .fields = &req->headers,
+        .rules = rules,
+        .body_length = req->body_length,
+        .upgrade = req->upgrade_websocket,
+        .tls = req->https,
+        .peer = &req->peer,
+        .client = &req->client,
+        .chain = req->chain,
+        .request_id = tg_str_make(req->request_id, req->request_id_len),
+        .subject_header = req->listener->client_subject_header,
+        .subject = req->client_subject,
+        .geo_header = cfg->geoip_header,
+        .country = req->country,
+    };
+    /* The head is rebuilt once, into the request's arena: room for the
+     * client's fields, the path and what we usually add; a head that needs
+     * more (long rules, a client certificate subject) is built again in a
+     * larger buffer. */
+    size_t cap = fields + req->path_len + req->host_len * 2 + UP_HEAD_SLACK;
+    struct tg_buf *b;
+    for (;;) {
+        b = tg_arena_alloc(&req->arena, sizeof(*b) + cap);
+        if (b == NULL)
+            return -1;
+        b->start = b->end = 0;
+        b->cap = cap;
+        b->next = NULL;
+        if (tg_headers_upstream_request(b, &in) == 0)
+            break;
+        if (cap > UP_HEAD_MAX)
+            return -1;
+        cap = 2 * cap + UP_HEAD_SLACK;
+    }
+    x->up_head = b;
+    return 0;
+}
+
+void tg_forward_start(struct tg_request *req)
+{
+    struct tg_exchange *x = req->x;
+    tg_request_ref(req);
+    req->phase = TG_REQ_FORWARDING;
+    tg_request_set_hooks(req, &forward_hooks);
+    x->server = -1;
+    x->chunked_up = req->body_length < 0;
+    connect_upstream(x);
+    if (!tg_request_over(req)) {
+        update_watches(x);
+        arm(x);
+    }
+    tg_request_unref(req);
+}

@@ -1,0 +1,321 @@
+/* The /metrics scrape (scrape.h): every worker's shard summed with relaxed
+ * loads, plus what the process-wide parts report (Redis, tenants, health
+ * checks, the access log, reloads), as Prometheus text. */
+#include "scrape.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "access_log.h"
+#include "codec.h"
+#include "config.h"
+#include "context.h"
+#include "health.h"
+#include "metrics.h"
+#include "ratelimit_redis.h"
+#include "redis.h"
+#include "tenant.h"
+
+/* Status classes of the routes' requests[]: aborted, then 1xx to 5xx. */
+#define STATUS_CLASSES 6
+
+/* ---- rendering ------------------------------------------------------------- */
+
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
+static void header(struct tg_strbuf *o, const char *name, const char *type, const char *help)
+{
+    tg_strbuf_printf(o, "# HELP tollgate_%s %s\n# TYPE tollgate_%s %s\n", name, help, name, type);
+}
+
+static void histogram(struct tg_strbuf *o, const char *name, const char *labels,
+                      const uint64_t *counts, uint64_t sum_us)
+{
+    uint64_t cum = 0;
+    for (unsigned b = 0; b <= TG_METRICS_NBUCKETS; b++) {
+        cum += counts[b];
+        if (b < TG_METRICS_NBUCKETS)
+            tg_strbuf_printf(o, "tollgate_%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, tg_metrics_bucket_bound(b),
+                 (unsigned long long)cum);
+        else
+            tg_strbuf_printf(o, "tollgate_%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels,
+                 (unsigned long long)cum);
+    }
+    tg_strbuf_printf(o, "tollgate_%s_sum{%s} %.6f\n", name, labels, (double)sum_us / 1e6);
+    tg_strbuf_printf(o, "tollgate_%s_count{%s} %llu\n", name, labels, (unsigned long long)cum);
+}
+
+int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
+{
+    struct tg_strbuf o = {0};
+    unsigned nw = rt->nworkers;
+
+    /* Routes: requests by status class, durations, bytes. */
+    static const char *const classes[STATUS_CLASSES] = {"aborted", "1xx", "2xx",
+                                                        "3xx",     "4xx", "5xx"};
+    unsigned nroutes = tg_metrics_series_count(TG_METRICS_ROUTE);
+    header(&o, "requests_total", "counter", "Requests by site, route and status class.");
+    for (unsigned id = 0; id < nroutes; id++) {
+        for (int c = 0; c < STATUS_CLASSES; c++) {
+            uint64_t v = 0;
+            for (unsigned w = 0; w < nw; w++)
+                v += LOAD(rt->workers[w]->metrics->routes[id].requests[c]);
+            tg_strbuf_printf(&o, "tollgate_requests_total{%s,code=\"%s\"} %llu\n",
+                 tg_metrics_series_labels(TG_METRICS_ROUTE, id), classes[c], (unsigned long long)v);
+        }
+    }
+    header(&o, "request_duration_seconds", "histogram",
+           "Time from the first byte of the request head to the end of the answer.");
+    for (unsigned id = 0; id < nroutes; id++) {
+        uint64_t counts[TG_METRICS_NBUCKETS + 1] = {0}, sum = 0;
+        for (unsigned w = 0; w < nw; w++) {
+            struct tg_route_stats *s = &rt->workers[w]->metrics->routes[id];
+            for (unsigned b = 0; b <= TG_METRICS_NBUCKETS; b++)
+                counts[b] += LOAD(s->duration[b]);
+            sum += LOAD(s->duration_us);
+        }
+        histogram(&o, "request_duration_seconds", tg_metrics_series_labels(TG_METRICS_ROUTE, id), counts,
+                  sum);
+    }
+    header(&o, "bytes_received_total", "counter", "Bytes received from clients, by route.");
+    for (unsigned id = 0; id < nroutes; id++) {
+        uint64_t v = 0;
+        for (unsigned w = 0; w < nw; w++)
+            v += LOAD(rt->workers[w]->metrics->routes[id].bytes_in);
+        tg_strbuf_printf(&o, "tollgate_bytes_received_total{%s} %llu\n",
+             tg_metrics_series_labels(TG_METRICS_ROUTE, id), (unsigned long long)v);
+    }
+    header(&o, "bytes_sent_total", "counter", "Bytes sent to clients, by route.");
+    for (unsigned id = 0; id < nroutes; id++) {
+        uint64_t v = 0;
+        for (unsigned w = 0; w < nw; w++)
+            v += LOAD(rt->workers[w]->metrics->routes[id].bytes_out);
+        tg_strbuf_printf(&o, "tollgate_bytes_sent_total{%s} %llu\n", tg_metrics_series_labels(TG_METRICS_ROUTE, id),
+             (unsigned long long)v);
+    }
+
+    /* Upstreams. */
+    unsigned nup = tg_metrics_series_count(TG_METRICS_UPSTREAM);
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } upc[] = {
+        {"upstream_requests_total", "Requests sent to an upstream.", offsetof(struct tg_upstream_stats, requests)},
+        {"upstream_connect_errors_total", "Failed connections to upstream servers.", offsetof(struct tg_upstream_stats, connect_errors)},
+        {"upstream_timeouts_total", "Upstream connect, send or read timeouts.", offsetof(struct tg_upstream_stats, timeouts)},
+        {"upstream_retries_total", "Requests retried on another server.", offsetof(struct tg_upstream_stats, retries)},
+        {"upstream_failures_total", "Failed attempts (any reason) counted by passive health.", offsetof(struct tg_upstream_stats, failures)},
+        {"upstream_ejections_total", "Servers taken out of rotation by passive health.", offsetof(struct tg_upstream_stats, ejections)},
+        {"upstream_queued_total", "Requests that waited because every server was at max_connections.", offsetof(struct tg_upstream_stats, queued)},
+        {"upstream_queue_timeouts_total", "Queued requests answered 503 after connect_timeout.", offsetof(struct tg_upstream_stats, queue_timeouts)},
+    };
+    for (size_t k = 0; k < sizeof(upc) / sizeof(upc[0]); k++) {
+        header(&o, upc[k].name, "counter", upc[k].help);
+        for (unsigned id = 0; id < nup; id++) {
+            uint64_t v = 0;
+            for (unsigned w = 0; w < nw; w++) {
+                uint64_t *f = (uint64_t *)((char *)&rt->workers[w]->metrics->upstreams[id] +
+                                           upc[k].off);
+                v += LOAD(*f);
+            }
+            tg_strbuf_printf(&o, "tollgate_%s{%s} %llu\n", upc[k].name,
+                 tg_metrics_series_labels(TG_METRICS_UPSTREAM, id), (unsigned long long)v);
+        }
+    }
+    header(&o, "upstream_response_seconds", "histogram",
+           "Time from sending the request to the upstream's response head.");
+    for (unsigned id = 0; id < nup; id++) {
+        uint64_t counts[TG_METRICS_NBUCKETS + 1] = {0}, sum = 0;
+        for (unsigned w = 0; w < nw; w++) {
+            struct tg_upstream_stats *s = &rt->workers[w]->metrics->upstreams[id];
+            for (unsigned b = 0; b <= TG_METRICS_NBUCKETS; b++)
+                counts[b] += LOAD(s->response[b]);
+            sum += LOAD(s->response_us);
+        }
+        histogram(&o, "upstream_response_seconds", tg_metrics_series_labels(TG_METRICS_UPSTREAM, id),
+                  counts, sum);
+    }
+
+    /* Rate limiting. */
+    static const char *const results[TG_RL_RESULTS] = {"allowed", "limited", "shadow", "error",
+                                                       "near_limit"};
+    unsigned npol = tg_metrics_series_count(TG_METRICS_POLICY);
+    header(&o, "ratelimit_decisions_total", "counter",
+           "Rate-limit decisions by policy and result (shadow: a shadow policy would have "
+           "refused; near_limit: allowed with under 20% of the burst left).");
+    for (unsigned id = 0; id < npol; id++) {
+        for (int r = 0; r < TG_RL_RESULTS; r++) {
+            uint64_t v = 0;
+            for (unsigned w = 0; w < nw; w++)
+                v += LOAD(rt->workers[w]->metrics->policies[id].results[r]);
+            tg_strbuf_printf(&o, "tollgate_ratelimit_decisions_total{%s,result=\"%s\"} %llu\n",
+                 tg_metrics_series_labels(TG_METRICS_POLICY, id), results[r], (unsigned long long)v);
+        }
+    }
+    uint64_t rtrips = 0, rreqs = 0, rerrs = 0, rtimeouts = 0, rdisc = 0, rshort = 0;
+    int up_workers = 0, have_redis = 0;
+    for (unsigned w = 0; w < nw; w++) {
+        struct tg_ratelimit_redis *r = rt->workers[w]->rl_redis;
+        if (r == NULL)
+            continue;
+        have_redis = 1;
+        struct tg_ratelimit_redis_stats st;
+        tg_ratelimit_redis_stats(r, &st);
+        rtrips += st.round_trips;
+        rreqs += st.requests;
+        rerrs += st.errors;
+        rtimeouts += st.timeouts;
+        rdisc += st.disconnects;
+        rshort += st.short_circuited;
+        up_workers += tg_ratelimit_redis_state(r) == TG_REDIS_UP;
+    }
+    header(&o, "redis_round_trips_total", "counter", "Replies received from Redis.");
+    tg_strbuf_printf(&o, "tollgate_redis_round_trips_total %llu\n", (unsigned long long)rtrips);
+    header(&o, "redis_ops_total", "counter", "Rate-limit keys decided in Redis.");
+    tg_strbuf_printf(&o, "tollgate_redis_ops_total %llu\n", (unsigned long long)rreqs);
+    header(&o, "redis_errors_total", "counter", "Redis faults by kind.");
+    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"error\"} %llu\n", (unsigned long long)rerrs);
+    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"timeout\"} %llu\n", (unsigned long long)rtimeouts);
+    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"disconnect\"} %llu\n", (unsigned long long)rdisc);
+    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"short_circuit\"} %llu\n", (unsigned long long)rshort);
+    header(&o, "redis_up", "gauge", "Workers whose Redis connection is up (of those that use one).");
+    tg_strbuf_printf(&o, "tollgate_redis_up %d\n", have_redis ? up_workers : 0);
+    header(&o, "redis_gateways", "gauge", "Gateways sharing the rate-limit budget (heartbeats).");
+    tg_strbuf_printf(&o, "tollgate_redis_gateways %u\n", tg_ratelimit_redis_gateways());
+
+    /* Connections. */
+    unsigned nl = tg_metrics_series_count(TG_METRICS_LISTENER);
+    header(&o, "connections_accepted_total", "counter", "Client connections accepted, by listener.");
+    for (unsigned id = 0; id < nl; id++) {
+        uint64_t v = 0;
+        for (unsigned w = 0; w < nw; w++)
+            v += LOAD(rt->workers[w]->metrics->listeners[id].accepted);
+        tg_strbuf_printf(&o, "tollgate_connections_accepted_total{%s} %llu\n",
+             tg_metrics_series_labels(TG_METRICS_LISTENER, id), (unsigned long long)v);
+    }
+    header(&o, "connections_active", "gauge", "Open client connections, by listener.");
+    for (unsigned id = 0; id < nl; id++) {
+        int64_t v = 0;
+        for (unsigned w = 0; w < nw; w++)
+            v += LOAD(rt->workers[w]->metrics->listeners[id].active);
+        tg_strbuf_printf(&o, "tollgate_connections_active{%s} %lld\n", tg_metrics_series_labels(TG_METRICS_LISTENER, id),
+             (long long)v);
+    }
+
+    /* TLS. */
+    uint64_t hs = 0, resumed = 0, fails[TG_METRICS_TLS_REASONS] = {0};
+    uint64_t geo = 0, local = 0, unknown = 0;
+    uint64_t fwd_conflict = 0, fwd_untrusted = 0, pp_refused = 0, unkeyed = 0, overflow = 0;
+    for (unsigned w = 0; w < nw; w++) {
+        struct tg_metrics_shard *s = rt->workers[w]->metrics;
+        hs += LOAD(s->tls_handshakes);
+        resumed += LOAD(s->tls_resumed);
+        for (unsigned r = 0; r < TG_METRICS_TLS_REASONS; r++)
+            fails[r] += LOAD(s->tls_failures[r]);
+        geo += LOAD(s->geoip_lookups);
+        local += LOAD(s->local_answers);
+        unknown += LOAD(s->unknown_host);
+        fwd_conflict += LOAD(s->forwarded_conflict);
+        fwd_untrusted += LOAD(s->forwarded_untrusted);
+        pp_refused += LOAD(s->proxy_protocol_refused);
+        unkeyed += LOAD(s->ratelimit_unkeyed);
+        overflow += LOAD(s->ratelimit_overflow);
+    }
+    header(&o, "tls_handshakes_total", "counter", "Completed TLS handshakes with clients.");
+    tg_strbuf_printf(&o, "tollgate_tls_handshakes_total{resumed=\"false\"} %llu\n",
+         (unsigned long long)(hs - resumed));
+    tg_strbuf_printf(&o, "tollgate_tls_handshakes_total{resumed=\"true\"} %llu\n", (unsigned long long)resumed);
+    header(&o, "tls_handshake_failures_total", "counter", "Failed TLS handshakes by reason.");
+    for (unsigned r = 0; r < TG_METRICS_TLS_REASONS; r++)
+        tg_strbuf_printf(&o, "tollgate_tls_handshake_failures_total{reason=\"%s\"} %llu\n", tg_metrics_tls_reason_name(r),
+             (unsigned long long)fails[r]);
+
+    unsigned long hchecks, hdown;
+    tg_health_counts(&hchecks, &hdown);
+    header(&o, "health_checks_total", "counter", "Active health checks run.");
+    tg_strbuf_printf(&o, "tollgate_health_checks_total %lu\n", hchecks);
+    header(&o, "upstream_servers_down", "gauge", "Servers active health checks marked down.");
+    tg_strbuf_printf(&o, "tollgate_upstream_servers_down %lu\n", hdown);
+    header(&o, "geoip_lookups_total", "counter", "GeoIP database look-ups.");
+    tg_strbuf_printf(&o, "tollgate_geoip_lookups_total %llu\n", (unsigned long long)geo);
+    header(&o, "local_answers_total", "counter",
+           "Answers made by the gateway itself (errors, refusals, redirects).");
+    tg_strbuf_printf(&o, "tollgate_local_answers_total %llu\n", (unsigned long long)local);
+    header(&o, "unknown_host_total", "counter", "Requests for a Host no site serves.");
+    tg_strbuf_printf(&o, "tollgate_unknown_host_total %llu\n", (unsigned long long)unknown);
+    header(&o, "forwarded_conflicts_total", "counter",
+           "Requests refused because X-Forwarded-For and Forwarded name different clients.");
+    tg_strbuf_printf(&o, "tollgate_forwarded_conflicts_total %llu\n", (unsigned long long)fwd_conflict);
+    header(&o, "forwarded_untrusted_total", "counter",
+           "Forwarded headers from a private peer not in trusted_proxies, on a route that "
+           "allows only private addresses (set trusted_proxies if it is your proxy).");
+    tg_strbuf_printf(&o, "tollgate_forwarded_untrusted_total %llu\n", (unsigned long long)fwd_untrusted);
+    header(&o, "proxy_protocol_refused_total", "counter",
+           "Connections refused on a PROXY protocol listener: the peer is not in "
+           "trusted_proxies.");
+    tg_strbuf_printf(&o, "tollgate_proxy_protocol_refused_total %llu\n", (unsigned long long)pp_refused);
+    header(&o, "ratelimit_unkeyed_total", "counter",
+           "Requests refused (400/413) because a rate-limit key could not be read from the "
+           "body.");
+    tg_strbuf_printf(&o, "tollgate_ratelimit_unkeyed_total %llu\n", (unsigned long long)unkeyed);
+    header(&o, "ratelimit_overflow_total", "counter",
+           "Decisions made on a policy's shared overflow bucket (the local table was full of "
+           "locked keys).");
+    tg_strbuf_printf(&o, "tollgate_ratelimit_overflow_total %llu\n", (unsigned long long)overflow);
+
+    /* Tenant directory caches. */
+    struct tg_tenant_stats ts = {0};
+    for (unsigned w = 0; w < nw; w++) {
+        if (rt->workers[w]->tenants == NULL)
+            continue;
+        struct tg_tenant_stats one;
+        tg_tenant_dir_stats(rt->workers[w]->tenants, &one);
+        ts.hits += one.hits;
+        ts.misses += one.misses;
+        ts.negative_hits += one.negative_hits;
+        ts.stale_served += one.stale_served;
+        ts.redis_errors += one.redis_errors;
+        ts.invalidations += one.invalidations;
+        ts.cached += one.cached;
+    }
+    header(&o, "tenant_cache_total", "counter", "Tenant directory look-ups by outcome.");
+    tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"hit\"} %llu\n", (unsigned long long)ts.hits);
+    tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"miss\"} %llu\n", (unsigned long long)ts.misses);
+    tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"negative\"} %llu\n",
+         (unsigned long long)ts.negative_hits);
+    tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"stale\"} %llu\n",
+         (unsigned long long)ts.stale_served);
+    header(&o, "tenant_cache_entries", "gauge", "Tenants cached, all workers.");
+    tg_strbuf_printf(&o, "tollgate_tenant_cache_entries %zu\n", ts.cached);
+
+    /* Process. */
+    uint64_t reloads_ok, reloads_failed;
+    double last_reload;
+    tg_metrics_reloads(&reloads_ok, &reloads_failed, &last_reload);
+    header(&o, "config_reloads_total", "counter", "Configuration reloads by result.");
+    tg_strbuf_printf(&o, "tollgate_config_reloads_total{result=\"success\"} %llu\n",
+         (unsigned long long)reloads_ok);
+    tg_strbuf_printf(&o, "tollgate_config_reloads_total{result=\"failure\"} %llu\n",
+         (unsigned long long)reloads_failed);
+    header(&o, "config_last_reload_timestamp_seconds", "gauge",
+           "When the running configuration was loaded (Unix time).");
+    tg_strbuf_printf(&o, "tollgate_config_last_reload_timestamp_seconds %.3f\n", last_reload);
+    header(&o, "access_log_dropped_total", "counter",
+           "Access-log lines dropped because the writer could not keep up.");
+    tg_strbuf_printf(&o, "tollgate_access_log_dropped_total %llu\n",
+         (unsigned long long)tg_access_log_dropped());
+    header(&o, "workers", "gauge", "Worker threads.");
+    tg_strbuf_printf(&o, "tollgate_workers %u\n", nw);
+
+    if (o.oom) {
+        tg_strbuf_free(&o);
+        return -1;
+    }
+    *outp = o.p;
+    *lenp = o.n;
+    return 0;
+}
