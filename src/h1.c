@@ -256,13 +256,22 @@ static void puts_(struct tg_buf *b, const char *s)
     put(b, s, strlen(s));
 }
 
+/* Formatting by hand: snprintf was a tenth of the instructions of a
+ * request (measured with callgrind). */
 static void put_status_line(struct tg_buf *b, int status)
 {
-    char line[16];
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %03d ", status);
-    put(b, line, (size_t)n);
+    char line[13] = "HTTP/1.1 000 ";
+    line[9] = (char)('0' + status / 100 % 10);
+    line[10] = (char)('0' + status / 10 % 10);
+    line[11] = (char)('0' + status % 10);
+    put(b, line, sizeof(line));
     puts_(b, tg_http_reason(status));
     put(b, "\r\n", 2);
+}
+
+static void put_u64(struct tg_buf *b, uint64_t v)
+{
+    b->end += tg_str_u64(b->data + b->end, (unsigned long long)v);
 }
 
 static size_t fields_size(const struct tg_http_headers *h)
@@ -330,9 +339,9 @@ static int s_send_head(struct tg_stream *st, int status, const struct tg_http_he
     bool has_length = length >= 0 && status != 204 && status != 101 &&
                       !(mode == OUT_NONE && status == 304 && length < 0);
     if (has_length) {
-        char line[48];
-        int n = snprintf(line, sizeof(line), "Content-Length: %lld\r\n", (long long)length);
-        put(b, line, (size_t)n);
+        puts_(b, "Content-Length: ");
+        put_u64(b, (uint64_t)length);
+        put(b, "\r\n", 2);
     }
     if (mode == OUT_CHUNKED)
         puts_(b, "Transfer-Encoding: chunked\r\n");
@@ -370,10 +379,16 @@ static int frame_chunk(struct tg_conn *c, uint64_t n)
         h->end_queued = true;
         return 0;
     }
-    char hex[24];
-    int k = snprintf(hex, sizeof(hex), "%llx\r\n", (unsigned long long)n);
-    put(b, hex, (size_t)k);
     h->chunk_left = n;
+    char hex[16];
+    int k = 0;
+    do {
+        hex[k++] = "0123456789abcdef"[n & 15];
+        n >>= 4;
+    } while (n != 0);
+    while (k > 0)
+        b->data[b->end++] = hex[--k];
+    put(b, "\r\n", 2);
     return 0;
 }
 
