@@ -12,6 +12,7 @@
 #include "conn.h"
 #include "context.h"
 #include "h1.h"
+#include "h2.h"
 #include "iptable.h"
 #include "log.h"
 #include "metrics.h"
@@ -42,10 +43,18 @@ static int start_session(struct tg_conn *c);
 /* ---- the handshake protocol ------------------------------------------------------- */
 
 /* The first bytes are the client's: hand the connection to the front end
- * its TLS session chose (ALPN), or HTTP/1.1. */
+ * its TLS session chose (ALPN), or HTTP/1.1 (an h2c listener's HTTP/1
+ * front end hands a client preface on to HTTP/2). */
 static void start_front_end(struct tg_conn *c)
 {
-    tg_h1_start(c);
+    const unsigned char *proto = NULL;
+    unsigned int n = 0;
+    if (c->io.ssl != NULL)
+        SSL_get0_alpn_selected(c->io.ssl, &proto, &n);
+    if (n == 2 && memcmp(proto, "h2", 2) == 0)
+        tg_h2_start(c);
+    else
+        tg_h1_start(c);
 }
 
 static void tls_handshake(struct tg_conn *c)

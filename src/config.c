@@ -782,6 +782,15 @@ static const struct cfg_key stream_keys[] = {
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
+static const struct cfg_key http2_keys[] = {
+    {"max_concurrent_streams", p_uint, FIELD(struct tg_config_http2, max_concurrent_streams), 1, 65536, NULL, "128"},
+    {"stream_window", p_size, FIELD(struct tg_config_http2, stream_window), 16384, 16 << 20, NULL, "256KiB"},
+    {"connection_window", p_size, FIELD(struct tg_config_http2, connection_window), 65535, 1 << 30, NULL, "1MiB"},
+    {"max_resets", p_uint, FIELD(struct tg_config_http2, max_resets), 1, 1000000, NULL, "200"},
+    {"max_control_frames", p_uint, FIELD(struct tg_config_http2, max_control), 1, 1000000, NULL, "1000"},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
 static const struct cfg_key log_keys[] = {
     {"level", p_enum, FIELD(struct tg_config_log, level), 0, 0, log_levels, "info"},
     {"error", p_string, FIELD(struct tg_config_log, error), 0, 0, NULL, NULL /* stderr */},
@@ -801,6 +810,8 @@ static const struct cfg_key listen_keys[] = {
     {"client_ca", p_string, FIELD(struct tg_config_listen, client_ca), 0, 0, NULL, NULL},
     {"client_verify", p_client_verify, FIELD(struct tg_config_listen, client_verify_optional), 0, 0, client_verify_modes, "required"},
     {"client_subject_header", p_string, FIELD(struct tg_config_listen, client_subject_header), 0, 0, NULL, NULL},
+    {"http2", p_bool, FIELD(struct tg_config_listen, http2), 0, 0, NULL, "true"},
+    {"h2c", p_bool, FIELD(struct tg_config_listen, h2c), 0, 0, NULL, "false"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -2298,6 +2309,7 @@ static const struct cfg_key top_keys[] = {
     {"listen", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"client", p_section, FIELD(struct tg_config, client), 0, 0, NULL, NULL, client_keys},
     {"stream", p_section, FIELD(struct tg_config, stream), 0, 0, NULL, NULL, stream_keys},
+    {"http2", p_section, FIELD(struct tg_config, http2), 0, 0, NULL, NULL, http2_keys},
     {"upstreams", p_skip, 0, 0, 0, NULL, NULL /* {} */},
     {"sites", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"log", p_section, FIELD(struct tg_config, log), 0, 0, NULL, NULL, log_keys},
@@ -2367,6 +2379,11 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
 
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         const struct tg_config_listen *l = &cfg->listeners[i];
+        if (l->h2c && l->tls) {
+            error_at(ctx, l->mark, "listener %s: h2c is HTTP/2 without TLS; on a TLS listener "
+                     "HTTP/2 is offered by ALPN (http2: true)", l->addr.text);
+            rc = -1;
+        }
         if (l->proxy_protocol && cfg->trusted_proxies == NULL) {
             error_at(ctx, l->mark, "listener %s: proxy_protocol needs trusted_proxies listing "
                      "the load balancers that send it (a PROXY header from any other "

@@ -62,6 +62,8 @@ struct tg_config_listen {
     bool proxy_protocol;
     int backlog;
     unsigned max_connections_per_ip; /* 0 = unlimited */
+    bool http2;               /* TLS: offer h2 by ALPN (before http/1.1) */
+    bool h2c;                 /* plain: HTTP/2 with prior knowledge too */
     bool admin;               /* the admin listener (admin.listen) */
     unsigned metrics_id;
     struct tg_config_mark mark;
@@ -166,6 +168,16 @@ struct tg_config_rate_limit {
     bool has_redis;
     struct tg_config_redis redis;
     enum tg_rl_on_error on_error;
+};
+
+/* HTTP/2 connections (h2.c). */
+struct tg_config_http2 {
+    unsigned max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS */
+    size_t stream_window;     /* a stream's receive window: request body held */
+    size_t connection_window; /* the connection's receive window */
+    unsigned max_resets;      /* client RST_STREAMs per second before GOAWAY */
+    unsigned max_control;     /* PING/SETTINGS/PRIORITY/WINDOW_UPDATE/empty DATA
+                                 frames per second before GOAWAY */
 };
 
 struct tg_config_stream {
@@ -418,6 +430,7 @@ struct tg_config {
     struct tg_config_client client;
     struct tg_config_tls tls;
     struct tg_config_stream stream;
+    struct tg_config_http2 http2;
     struct tg_config_upstream *upstreams;
     size_t nupstreams;
     struct tg_config_site *sites;

@@ -24,6 +24,7 @@
 #include "conn.h"
 #include "context.h"
 #include "headers.h"
+#include "h2.h"
 #include "http1.h"
 #include "log.h"
 #include "metrics.h"
@@ -800,6 +801,20 @@ static void process_input(struct tg_conn *c)
     tg_conn_ref(c);
     while (c->state == TG_CONN_OPEN && (h->state == H1_IDLE || h->state == H1_HEAD) &&
            c->in != NULL && tg_buf_len(c->in) > 0) {
+        if (h->state == H1_IDLE && h->requests == 0 && c->lcfg->h2c && c->io.ssl == NULL) {
+            /* An h2c listener: a client preface switches to HTTP/2 (prior
+             * knowledge); anything else is HTTP/1. */
+            size_t n = tg_buf_len(c->in);
+            size_t k = n < TG_H2_PREFACE_LEN ? n : TG_H2_PREFACE_LEN;
+            if (memcmp(c->in->data + c->in->start, TG_H2_PREFACE, k) == 0) {
+                if (n < TG_H2_PREFACE_LEN)
+                    break; /* more of it to come */
+                h->in_process = false;
+                tg_h2_start(c);
+                tg_conn_unref(c);
+                return;
+            }
+        }
         if (h->state == H1_IDLE) {
             if (!tg_conn_refresh_config(c))
                 c->draining = true; /* its listener is gone: this one is the last */

@@ -90,6 +90,11 @@ struct tg_metrics_shard {
     uint64_t proxy_protocol_refused; /* PROXY header offered by an untrusted peer */
     uint64_t ratelimit_unkeyed;      /* a body key could not be read: 400/413 */
     uint64_t ratelimit_overflow;     /* new keys decided on a shared overflow bucket */
+    uint64_t requests_by_proto[2];   /* HTTP/1.x, HTTP/2 */
+    uint64_t h2_connections;
+    uint64_t h2_streams;
+    uint64_t h2_client_resets;       /* RST_STREAM from clients */
+    uint64_t h2_floods;              /* connections sent away for a flood or Rapid Reset */
 };
 
 /* Allocates a shard (zeroed). NULL on allocation failure. */

@@ -239,6 +239,7 @@ static void log_request(struct tg_request *req)
     struct tg_route_stats *rs = &ctx->metrics->routes[id];
     int cls = req->status >= 100 && req->status < 600 && req->head_sent ? req->status / 100 : 0;
     TG_METRIC_INC(rs->requests[cls]);
+    TG_METRIC_INC(ctx->metrics->requests_by_proto[req->proto != NULL && req->proto[5] == '2']);
     double dur = now - req->start;
     TG_METRIC_INC(rs->duration[tg_metrics_bucket(dur)]);
     TG_METRIC_ADD(rs->duration_us, dur > 0 ? (uint64_t)(dur * 1e6) : 0);

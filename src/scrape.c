@@ -210,6 +210,7 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     uint64_t hs = 0, resumed = 0, fails[TG_METRICS_TLS_REASONS] = {0};
     uint64_t geo = 0, local = 0, unknown = 0;
     uint64_t fwd_conflict = 0, fwd_untrusted = 0, pp_refused = 0, unkeyed = 0, overflow = 0;
+    uint64_t by_proto[2] = {0}, h2_conns = 0, h2_streams = 0, h2_resets = 0, h2_floods = 0;
     for (unsigned w = 0; w < nw; w++) {
         struct tg_metrics_shard *s = rt->workers[w]->metrics;
         hs += LOAD(s->tls_handshakes);
@@ -224,7 +225,28 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         pp_refused += LOAD(s->proxy_protocol_refused);
         unkeyed += LOAD(s->ratelimit_unkeyed);
         overflow += LOAD(s->ratelimit_overflow);
+        by_proto[0] += LOAD(s->requests_by_proto[0]);
+        by_proto[1] += LOAD(s->requests_by_proto[1]);
+        h2_conns += LOAD(s->h2_connections);
+        h2_streams += LOAD(s->h2_streams);
+        h2_resets += LOAD(s->h2_client_resets);
+        h2_floods += LOAD(s->h2_floods);
     }
+    header(&o, "requests_by_protocol_total", "counter", "Requests by client protocol.");
+    tg_strbuf_printf(&o, "tollgate_requests_by_protocol_total{protocol=\"HTTP/1.1\"} %llu\n",
+                     (unsigned long long)by_proto[0]);
+    tg_strbuf_printf(&o, "tollgate_requests_by_protocol_total{protocol=\"HTTP/2\"} %llu\n",
+                     (unsigned long long)by_proto[1]);
+    header(&o, "http2_connections_total", "counter", "Client connections that spoke HTTP/2.");
+    tg_strbuf_printf(&o, "tollgate_http2_connections_total %llu\n", (unsigned long long)h2_conns);
+    header(&o, "http2_streams_total", "counter", "HTTP/2 request streams opened by clients.");
+    tg_strbuf_printf(&o, "tollgate_http2_streams_total %llu\n", (unsigned long long)h2_streams);
+    header(&o, "http2_client_resets_total", "counter", "RST_STREAM frames from HTTP/2 clients.");
+    tg_strbuf_printf(&o, "tollgate_http2_client_resets_total %llu\n", (unsigned long long)h2_resets);
+    header(&o, "http2_floods_total", "counter",
+           "HTTP/2 connections sent away (GOAWAY ENHANCE_YOUR_CALM) for a control-frame flood "
+           "or Rapid Reset.");
+    tg_strbuf_printf(&o, "tollgate_http2_floods_total %llu\n", (unsigned long long)h2_floods);
     header(&o, "tls_handshakes_total", "counter", "Completed TLS handshakes with clients.");
     tg_strbuf_printf(&o, "tollgate_tls_handshakes_total{resumed=\"false\"} %llu\n",
          (unsigned long long)(hs - resumed));

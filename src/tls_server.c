@@ -39,9 +39,10 @@
 #define MAX_NAME 253 /* DNS name without the trailing dot */
 #define DEFAULT_TICKET_ROTATION_MS (3600 * 1000)
 
-/* ALPN, in server preference order and wire format. Adding "\x02h2" in
- * front is all HTTP/2 needs here. */
+/* ALPN, in server preference order and wire format: h2 first on a
+ * listener with http2 (the default), else HTTP/1.1 only. */
 static const unsigned char alpn_http1[] = "\x08http/1.1";
+static const unsigned char alpn_h2[] = "\x02h2\x08http/1.1";
 
 /* Session id contexts: a session (ticket or cache entry) only resumes where
  * its context matches. Listeners that ask for client certificates get a
@@ -55,8 +56,9 @@ static struct {
     int snap;   /* the certificate store snapshot taken at the ClientHello */
     int choice; /* the tg_cert_choice installed (inside `snap`; not freed) */
     int covers; /* struct covers_memo */
+    int h2;     /* non-NULL: the listener offers h2 */
     bool ready;
-} ex = {-1, -1, -1, -1, false};
+} ex = {-1, -1, -1, -1, -1, false};
 
 /* The context of one trust setting: no client certificates, or one
  * listener's client CA. Its app data points back here. */
@@ -158,9 +160,10 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
 static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                    const unsigned char *in, unsigned int inlen, void *arg)
 {
-    (void)arg, (void)ssl;
-    const unsigned char *alpn = alpn_http1;
-    size_t alpn_len = sizeof(alpn_http1) - 1;
+    (void)arg;
+    bool h2 = SSL_get_ex_data(ssl, ex.h2) != NULL;
+    const unsigned char *alpn = h2 ? alpn_h2 : alpn_http1;
+    size_t alpn_len = h2 ? sizeof(alpn_h2) - 1 : sizeof(alpn_http1) - 1;
     /* Our preference order: the first of ours the client offers. */
     for (size_t i = 0; i < alpn_len; i += 1 + alpn[i]) {
         const unsigned char *ours = &alpn[i];
@@ -592,6 +595,8 @@ SSL *tg_tls_server_accept(struct tg_tls_server *s,
         server_unref(s);
         goto fail;
     }
+    if (l != NULL && l->http2 && SSL_set_ex_data(ssl, ex.h2, (void *)1) != 1)
+        goto fail;
     if (!tg_tls_bio_attach(ssl, fd))
         goto fail;
     SSL_set_mode(ssl, TG_TLS_SERVER_MODES);
@@ -755,7 +760,8 @@ int tg_tls_server_global_init(void)
     ex.snap = SSL_get_ex_new_index(0, NULL, NULL, NULL, on_ssl_snap_free);
     ex.choice = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     ex.covers = SSL_get_ex_new_index(0, NULL, NULL, NULL, on_covers_memo_free);
-    if (ex.server < 0 || ex.snap < 0 || ex.choice < 0 || ex.covers < 0) {
+    ex.h2 = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    if (ex.server < 0 || ex.snap < 0 || ex.choice < 0 || ex.covers < 0 || ex.h2 < 0) {
         tg_tls_server_global_cleanup();
         return -1;
     }
@@ -765,7 +771,7 @@ int tg_tls_server_global_init(void)
 
 void tg_tls_server_global_cleanup(void)
 {
-    int *slots[] = {&ex.server, &ex.snap, &ex.choice, &ex.covers};
+    int *slots[] = {&ex.server, &ex.snap, &ex.choice, &ex.covers, &ex.h2};
     for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
         if (*slots[i] >= 0)
             CRYPTO_free_ex_index(CRYPTO_EX_INDEX_SSL, *slots[i]);
