@@ -17,6 +17,7 @@
 #include "h2.h"
 
 #include <nghttp2/nghttp2.h>
+#include <pthread.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1120,13 +1121,16 @@ static const struct tg_conn_proto h2_proto = {
     .on_drain = h2_drain,
 };
 
-static nghttp2_session_callbacks *callbacks(void)
+/* One callback table for the process, read-only once built: a per-thread
+ * table would be lost (and leak) when a worker thread ends. */
+static nghttp2_session_callbacks *shared_callbacks;
+static pthread_once_t callbacks_once = PTHREAD_ONCE_INIT;
+
+static void build_callbacks(void)
 {
-    static _Thread_local nghttp2_session_callbacks *cbs;
-    if (cbs != NULL)
-        return cbs;
+    nghttp2_session_callbacks *cbs;
     if (nghttp2_session_callbacks_new(&cbs) != 0)
-        return NULL;
+        return;
     nghttp2_session_callbacks_set_send_callback(cbs, on_send);
     nghttp2_session_callbacks_set_send_data_callback(cbs, on_send_data);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
@@ -1134,7 +1138,13 @@ static nghttp2_session_callbacks *callbacks(void)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
-    return cbs;
+    shared_callbacks = cbs;
+}
+
+static nghttp2_session_callbacks *callbacks(void)
+{
+    pthread_once(&callbacks_once, build_callbacks);
+    return shared_callbacks;
 }
 
 void tg_h2_start(struct tg_conn *c)
