@@ -38,8 +38,10 @@
 
 #define MS(x) ((double)(x) / 1000.0)
 /* The output buffer: frames are framed into it until it holds this much,
- * then the session waits for the socket. */
-#define OUT_HIGH (64 * 1024)
+ * then the session waits for the socket. With the slack below it fits the
+ * worker's large pooled buffer (64 KiB + 1 KiB): a bigger one would be
+ * mapped and unmapped at every drain. */
+#define OUT_HIGH (48 * 1024)
 /* Room for one DATA frame beyond OUT_HIGH (its header and a full frame). */
 #define OUT_SLACK (16 * 1024 + 64)
 /* An active stream whose owner sets no deadline is looked at again after
@@ -53,6 +55,9 @@
 #define FIELDS_INITIAL 16
 /* Sec-WebSocket-Key toward an HTTP/1.1 backend: 16 random bytes, base64. */
 #define WS_KEY_BYTES 16
+/* A WINDOW_UPDATE is not a control frame to the flood count when we sent
+ * this much DATA since the last one and it opens at least as much. */
+#define WINDOW_UPDATE_PAID 1024
 
 struct h2 {
     struct tg_conn *c;
@@ -67,6 +72,8 @@ struct h2 {
     ev_tstamp started;
     bool got_frame;               /* the client preface came */
     unsigned resets, control;     /* in the current flood window */
+    size_t data_credit[2];        /* DATA bytes sent that no WINDOW_UPDATE answered
+                                     yet: [0] the connection's, [1] the streams' */
     bool in_session;              /* inside nghttp2: submit only */
     bool goaway;                  /* GOAWAY sent: no new streams */
     bool broken;                  /* the socket failed: close at the next chance */
@@ -191,6 +198,8 @@ static int on_send_data(nghttp2_session *session, nghttp2_frame *frame, const ui
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (out_put(h, framehd, 9) < 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
+    h->data_credit[0] += length;
+    h->data_credit[1] += length;
     size_t skip = st->offer_taken, left = length;
     for (int i = 0; i < st->noffer && left > 0; i++) {
         size_t n = st->offer[i].iov_len;
@@ -574,9 +583,18 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     case NGHTTP2_SETTINGS:
     case NGHTTP2_PRIORITY:
         return count_flood(h, false);
-    case NGHTTP2_WINDOW_UPDATE:
+    case NGHTTP2_WINDOW_UPDATE: {
         h->writable_pass = true; /* streams held by a window may go on */
+        /* A client reading what we send answers with updates: those are
+         * paid for by the data (one per KiB at most); the rest count. */
+        size_t inc = (size_t)frame->window_update.window_size_increment;
+        size_t *credit = &h->data_credit[frame->hd.stream_id != 0];
+        if (*credit >= WINDOW_UPDATE_PAID && inc >= WINDOW_UPDATE_PAID) {
+            *credit -= inc < *credit ? inc : *credit;
+            return 0;
+        }
         return count_flood(h, false);
+    }
     default:
         break;
     }
@@ -764,6 +782,12 @@ static ssize_t s_send_body(struct tg_stream *st, const struct iovec *iov, int io
     if (taken < total || (end && !st->ended)) {
         st->want_writable = true;
         h->writable_pass = true;
+        /* Held by the output buffer, which the write above may already
+         * have emptied: no event would come, so the next loop turn tells
+         * it. Held by the client's windows, its WINDOW_UPDATE will. */
+        if (nghttp2_session_get_stream_remote_window_size(h->session, st->id) > 0 &&
+            nghttp2_session_get_remote_window_size(h->session) > 0)
+            kick_soon(h);
     }
     return (ssize_t)taken;
 }
