@@ -132,12 +132,17 @@ static uint64_t max_body(const struct tg_request *req)
     return req->route != NULL ? req->route->max_body : req->wcfg->config->client.max_body;
 }
 
+static const struct tg_request_hooks local_hooks;
+
 void tg_request_body(struct tg_request *req)
 {
     req->client_read_at = tg_context_now(req->ctx);
     uint64_t max = max_body(req);
     if (max != 0 && req->body_received > max) {
-        tg_request_fail(req, 413, "413 Content Too Large\n");
+        /* A local answer under way (that 413 itself, when the body came
+         * with the head) wants no body: the front end drops it. */
+        if (!(req->head_sent && req->hooks == &local_hooks))
+            tg_request_fail(req, 413, "413 Content Too Large\n");
         return;
     }
     if (!tg_request_over(req) && req->hooks != NULL && req->hooks->on_body != NULL) {

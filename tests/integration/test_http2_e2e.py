@@ -749,3 +749,28 @@ def test_reload_with_h2_connection_open(gateway):
         assert dict(c2.streams[sid].headers).get("x-gen") == "2"
     finally:
         c2.close()
+
+
+def test_over_max_body_with_the_data_in_the_same_read_is_413_not_a_reset(gateway):
+    """Found by tests/fuzz/fuzz_h2: HEADERS with a Content-Length over
+    max_body and the DATA arriving in one read got RST_STREAM
+    INTERNAL_ERROR (the DATA re-failed the request while its 413 was
+    being sent) instead of the 413."""
+    gw = gateway(extra="client:\n  max_body: 10\n")
+    c = H2Client(gw.h2c)
+    try:
+        c.wait(lambda: h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in c.settings,
+               what="server settings")
+        sid = c.conn.get_next_available_stream_id()
+        c.streams[sid] = Stream()
+        c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
+                                  (":authority", "app.test"), (":path", "/up"),
+                                  ("content-length", "20")])
+        c.conn.send_data(sid, b"x" * 20, end_stream=True)
+        c.flush()  # one write: the frames are read together
+        c.wait(lambda: c.done(sid), what="the answer")
+        st = c.streams[sid]
+        assert st.reset is None and st.status == "413", (st.reset, st.headers)
+        assert gw.backend.requests == []
+    finally:
+        c.close()
