@@ -40,7 +40,7 @@ BUILD_PKGS = $(call packages,build)
 TEST_PKGS  = $(BUILD_PKGS) $(call packages,test)
 APT_SUDO   = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-PKGS     = libssl libcrypto hiredis libmaxminddb yaml-0.1 libnghttp2
+PKGS     = libssl libcrypto hiredis libmaxminddb yaml-0.1 libnghttp2 jansson
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Werror \
               -Wno-missing-field-initializers -g -MMD -MP
 LIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lev -lpthread -lm

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "acme_challenge.h"
 #include "buf.h"
 #include "config.h"
 #include "conn.h"
@@ -26,6 +27,8 @@
 /* The handshake's state, in the connection's protocol room. */
 struct handshake {
     bool awaiting_proxy; /* a PROXY protocol header comes first */
+    struct tg_list wait_link; /* in ctx->cert_waiters while the handshake
+                                 waits for a certificate */
 };
 
 static struct handshake *hs_of(struct tg_conn *c)
@@ -62,9 +65,22 @@ static void tls_handshake(struct tg_conn *c)
     struct tg_context *ctx = c->ctx;
     bool want_write = false;
     const char *reason = NULL;
+    struct handshake *hs = hs_of(c);
+    if (tg_list_linked(&hs->wait_link))
+        tg_list_remove(&hs->wait_link);
     int rc = tg_tls_handshake(c->io.ssl, &want_write, &reason);
     if (rc == 0) {
         tg_conn_watch(c, want_write ? EV_WRITE : EV_READ);
+        return;
+    }
+    if (rc == 2) {
+        /* A certificate is being obtained for its name: the connection
+         * waits, quiet, until tg_accept_cert_ready (or its deadline). */
+        tg_conn_watch(c, 0);
+        tg_list_push_back(&ctx->cert_waiters, &hs->wait_link);
+        const struct tg_config *cfg = config_of(c);
+        tg_conn_set_deadline(c, tg_context_now(ctx) +
+                                    (double)cfg->tls.acme.on_demand_timeout_ms / 1000.0);
         return;
     }
     if (rc < 0) {
@@ -76,6 +92,15 @@ static void tls_handshake(struct tg_conn *c)
     TG_METRIC_INC(ctx->metrics->tls_handshakes);
     if (SSL_session_reused(c->io.ssl))
         TG_METRIC_INC(ctx->metrics->tls_resumed);
+    const unsigned char *proto = NULL;
+    unsigned int plen = 0;
+    SSL_get0_alpn_selected(c->io.ssl, &proto, &plen);
+    if (plen == sizeof(TG_ACME_TLS_ALPN) - 1 && memcmp(proto, TG_ACME_TLS_ALPN, plen) == 0) {
+        /* RFC 8737: the CA saw the challenge certificate; nothing else is
+         * said on this connection. */
+        tg_conn_close(c);
+        return;
+    }
     start_front_end(c);
 }
 
@@ -156,6 +181,9 @@ static void handshake_io(struct tg_conn *c, int revents)
 static void handshake_timeout(struct tg_conn *c, ev_tstamp now)
 {
     (void)now;
+    struct handshake *hs = hs_of(c);
+    if (tg_list_linked(&hs->wait_link))
+        tg_list_remove(&hs->wait_link);
     if (c->io.ssl != NULL)
         TG_METRIC_INC(c->ctx->metrics->tls_failures[tg_metrics_tls_reason("timeout")]);
     tg_conn_close(c);
@@ -166,12 +194,42 @@ static void handshake_drain(struct tg_conn *c)
     (void)c; /* a session not yet started closes after its first answer */
 }
 
+static void handshake_close(struct tg_conn *c)
+{
+    struct handshake *hs = hs_of(c);
+    if (tg_list_linked(&hs->wait_link))
+        tg_list_remove(&hs->wait_link);
+}
+
 static const struct tg_conn_proto handshake_proto = {
     .name = "handshake",
     .on_io = handshake_io,
     .on_timeout = handshake_timeout,
+    .on_close = handshake_close,
     .on_drain = handshake_drain,
 };
+
+void tg_accept_cert_ready(struct tg_context *ctx)
+{
+    /* Every waiting handshake tries again: those whose name is still
+     * being ordered wait again. */
+    struct tg_list ready;
+    tg_list_init(&ready);
+    struct tg_list *n;
+    while ((n = tg_list_first(&ctx->cert_waiters)) != NULL) {
+        tg_list_remove(n);
+        tg_list_push_back(&ready, n);
+    }
+    while ((n = tg_list_first(&ready)) != NULL) {
+        tg_list_remove(n);
+        struct handshake *hs = tg_list_entry(n, struct handshake, wait_link);
+        struct tg_conn *c = (struct tg_conn *)(void *)((char *)hs -
+                                                       offsetof(struct tg_conn, proto_state));
+        tg_conn_ref(c);
+        tls_handshake(c);
+        tg_conn_unref(c);
+    }
+}
 
 /* ---- accept ------------------------------------------------------------------------ */
 

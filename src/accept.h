@@ -14,4 +14,8 @@ struct tg_config_listen;
 int tg_accept(struct tg_context *ctx, int fd, const struct sockaddr *peer,
               const struct tg_config_listen *lcfg);
 
+/* A certificate was obtained (or an order ended): handshakes of this
+ * worker that wait for one try again. Worker thread. */
+void tg_accept_cert_ready(struct tg_context *ctx);
+
 #endif

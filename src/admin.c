@@ -8,7 +8,10 @@
 #include <time.h>
 
 #include <openssl/crypto.h>
+#include <openssl/x509.h>
 
+#include "acme.h"
+#include "certstore.h"
 #include "codec.h"
 #include "config.h"
 #include "context.h"
@@ -89,6 +92,37 @@ static const char *redis_state_name(enum tg_redis_state s)
     }
 }
 
+/* Every certificate SNI can choose: where it came from, its names, issuer
+ * and expiry. */
+static void certificates_json(struct tg_strbuf *b, struct tg_certstore *store)
+{
+    tg_strbuf_put(b, "[", 1);
+    struct tg_certstore_snap *snap = store != NULL ? tg_certstore_acquire(store) : NULL;
+    for (size_t i = 0; snap != NULL && i < tg_certstore_count(snap); i++) {
+        const char *put_as = NULL;
+        const struct tg_cert *c = tg_certstore_at(snap, i, &put_as);
+        char issuer[256] = "", expires[32] = "";
+        X509_NAME_oneline(X509_get_issuer_name(c->x509), issuer, sizeof(issuer));
+        struct tm tm;
+        if (ASN1_TIME_to_tm(X509_get0_notAfter(c->x509), &tm) == 1)
+            strftime(expires, sizeof(expires), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        tg_strbuf_printf(b, "%s{\"source\":\"%s\",\"label\":", i ? "," : "",
+                         put_as != NULL ? "acme" : "config");
+        tg_strbuf_json(b, c->label != NULL ? c->label : "");
+        tg_strbuf_printf(b, ",\"kind\":\"%s\",\"names\":[", tg_cert_kind_name(c->kind));
+        for (size_t n = 0; n < c->nnames; n++) {
+            tg_strbuf_printf(b, "%s", n ? "," : "");
+            tg_strbuf_json(b, c->names[n]);
+        }
+        tg_strbuf_printf(b, "],\"issuer\":");
+        tg_strbuf_json(b, issuer);
+        tg_strbuf_printf(b, ",\"not_after\":\"%s\"}", expires);
+    }
+    if (snap != NULL)
+        tg_certstore_release(snap);
+    tg_strbuf_put(b, "]", 1);
+}
+
 static void handle_status(struct tg_request *req)
 {
     struct tg_context *w = req->ctx;
@@ -136,8 +170,12 @@ static void handle_status(struct tg_request *req)
         tg_tenant_dir_stats(rt->workers[i]->tenants, &ts);
         cached += ts.cached;
     }
-    tg_strbuf_printf(&b, ",\"tenant_cache_size\":%zu,\"note\":\"upstream health is as seen by the worker "
-             "that answered\"}\n", cached);
+    tg_strbuf_printf(&b, ",\"tenant_cache_size\":%zu,\"certificates\":", cached);
+    certificates_json(&b, cfg->certstore);
+    tg_strbuf_printf(&b, ",\"acme\":");
+    tg_acme_status_json(&b);
+    tg_strbuf_printf(&b, ",\"note\":\"upstream health is as seen by the worker that "
+                         "answered\"}\n");
     if (b.oom) {
         tg_strbuf_free(&b);
         respond_text(req, 503, "503 Service Unavailable: out of memory\n");

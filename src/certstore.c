@@ -818,6 +818,16 @@ size_t tg_certstore_count(const struct tg_certstore_snap *s)
     return s->n;
 }
 
+const struct tg_cert *tg_certstore_at(const struct tg_certstore_snap *s, size_t i,
+                                      const char **put_as)
+{
+    if (i >= s->n)
+        return NULL;
+    if (put_as != NULL)
+        *put_as = s->entries[i].name;
+    return s->entries[i].cert;
+}
+
 uint64_t tg_certstore_generation(const struct tg_certstore_snap *s)
 {
     return s->generation;

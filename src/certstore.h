@@ -153,6 +153,11 @@ const struct tg_cert_choice *tg_certstore_default(const struct tg_certstore_snap
 /* How many certificates the snapshot holds, and which swap made it (1 for
  * the first change of a new store, then counting up). */
 size_t tg_certstore_count(const struct tg_certstore_snap *s);
+/* The i-th certificate (run-time ones first, then the configuration's),
+ * valid while the snapshot is held; *put_as (when asked) is the name it
+ * was put under, NULL for a configured one. NULL past the end. */
+const struct tg_cert *tg_certstore_at(const struct tg_certstore_snap *s, size_t i,
+                                      const char **put_as);
 uint64_t tg_certstore_generation(const struct tg_certstore_snap *s);
 
 /* Warns (log) about each of `certs` that SNI would never choose if they

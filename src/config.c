@@ -815,25 +815,6 @@ static const struct cfg_key listen_keys[] = {
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
-static const struct cfg_key tls_keys[] = {
-    {"certificates", p_skip, 0, 0, 0, NULL, NULL /* [] */},
-    {"min_version", p_tls_version, FIELD(struct tg_config_tls, min_version), 0, 0, NULL, "1.2"},
-    {"ciphers", p_string, FIELD(struct tg_config_tls, ciphers), 0, 0, NULL, NULL /* tls_server.c's */},
-    {"ciphersuites", p_string, FIELD(struct tg_config_tls, ciphersuites), 0, 0, NULL, NULL /* OpenSSL's */},
-    {"session_tickets", p_bool, FIELD(struct tg_config_tls, session_tickets), 0, 0, NULL, "true"},
-    {"ticket_key_rotation", p_duration, FIELD(struct tg_config_tls, ticket_key_rotation_ms), 60000, 0, NULL, "1h"},
-    {"session_cache_size", p_uint, FIELD(struct tg_config_tls, session_cache_size), 0, 10000000, NULL, "20480"},
-    {"session_timeout", p_duration, FIELD(struct tg_config_tls, session_timeout_ms), 1000, 86400000, NULL, "1h"},
-    {"handshake_timeout", p_duration, FIELD(struct tg_config_tls, handshake_timeout_ms), 100, 0, NULL, "10s"},
-    {NULL, NULL, 0, 0, 0, NULL},
-};
-
-static const struct cfg_key certificate_keys[] = {
-    {"cert", p_string, FIELD(struct tg_config_certificate, cert), 0, 0, NULL, NULL},
-    {"key", p_string, FIELD(struct tg_config_certificate, key), 0, 0, NULL, NULL},
-    {NULL, NULL, 0, 0, 0, NULL},
-};
-
 static const struct cfg_key health_check_keys[] = {
     {"path", p_string, FIELD(struct tg_config_health_check, path), 0, 0, NULL, NULL /* off */},
     {"interval", p_duration, FIELD(struct tg_config_health_check, interval_ms), 100, 3600000, NULL, "5s"},
@@ -1116,6 +1097,7 @@ static const struct cfg_key policy_keys[] = {
     }
 static const struct cfg_key rl_redis_keys[] = REDIS_KEYS("tollgate:rl:");
 static const struct cfg_key tenant_redis_keys[] = REDIS_KEYS("tollgate:tenant:");
+static const struct cfg_key tls_redis_keys[] = REDIS_KEYS("tollgate:tls:");
 
 /* Parses a redis mapping into `r` (already holding its defaults); checks
  * the address form. */
@@ -1136,6 +1118,61 @@ static int parse_redis(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_
     }
     return rc;
 }
+
+static const char *const acme_key_types[] = {"ecdsa", "rsa", NULL};
+
+static const struct cfg_key acme_keys[] = {
+    {"email", p_string, FIELD(struct tg_config_acme, email), 0, 0, NULL, NULL},
+    {"ca", p_string, FIELD(struct tg_config_acme, directory), 0, 0, NULL,
+     "https://acme-v02.api.letsencrypt.org/directory"},
+    {"ca_bundle", p_string, FIELD(struct tg_config_acme, ca_bundle), 0, 0, NULL, NULL /* system */},
+    {"eab_kid", p_string, FIELD(struct tg_config_acme, eab_kid), 0, 0, NULL, NULL},
+    {"eab_hmac_key", p_string, FIELD(struct tg_config_acme, eab_hmac_key), 0, 0, NULL, NULL},
+    {"key_type", p_enum, FIELD(struct tg_config_acme, key_type), 0, 0, acme_key_types, "ecdsa"},
+    {"state_dir", p_string, FIELD(struct tg_config_acme, state_dir), 0, 0, NULL, "/var/lib/tollgate/acme"},
+    {"http01", p_bool, FIELD(struct tg_config_acme, http01), 0, 0, NULL, "true"},
+    {"tls_alpn01", p_bool, FIELD(struct tg_config_acme, tls_alpn01), 0, 0, NULL, "true"},
+    {"on_demand", p_bool, FIELD(struct tg_config_acme, on_demand), 0, 0, NULL, "false"},
+    {"ask", p_string, FIELD(struct tg_config_acme, ask), 0, 0, NULL, NULL},
+    {"on_demand_timeout", p_duration, FIELD(struct tg_config_acme, on_demand_timeout_ms), 100, 600000, NULL, "10s"},
+    {"max_per_hour", p_uint, FIELD(struct tg_config_acme, max_per_hour), 1, 100000, NULL, "20"},
+    {"timeout", p_duration, FIELD(struct tg_config_acme, timeout_ms), 100, 600000, NULL, "30s"},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+/* tls.acme: present means on. */
+static int p_acme(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
+{
+    struct tg_config_acme *a = dst;
+    a->enabled = true;
+    a->mark = mark_of(node);
+    int rc = walk_mapping(ctx, node, key->sub, a, "tls.acme");
+    if (a->eab_kid != NULL && a->eab_hmac_key == NULL)
+        rc = node_error(ctx, node, "tls.acme: eab_kid needs eab_hmac_key");
+    return rc;
+}
+
+static const struct cfg_key certificate_keys[] = {
+    {"cert", p_string, FIELD(struct tg_config_certificate, cert), 0, 0, NULL, NULL},
+    {"key", p_string, FIELD(struct tg_config_certificate, key), 0, 0, NULL, NULL},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const struct cfg_key tls_keys[] = {
+    {"certificates", p_skip, 0, 0, 0, NULL, NULL /* [] */},
+    {"min_version", p_tls_version, FIELD(struct tg_config_tls, min_version), 0, 0, NULL, "1.2"},
+    {"ciphers", p_string, FIELD(struct tg_config_tls, ciphers), 0, 0, NULL, NULL /* tls_server.c's */},
+    {"ciphersuites", p_string, FIELD(struct tg_config_tls, ciphersuites), 0, 0, NULL, NULL /* OpenSSL's */},
+    {"session_tickets", p_bool, FIELD(struct tg_config_tls, session_tickets), 0, 0, NULL, "true"},
+    {"ticket_key_rotation", p_duration, FIELD(struct tg_config_tls, ticket_key_rotation_ms), 60000, 0, NULL, "1h"},
+    {"session_cache_size", p_uint, FIELD(struct tg_config_tls, session_cache_size), 0, 10000000, NULL, "20480"},
+    {"session_timeout", p_duration, FIELD(struct tg_config_tls, session_timeout_ms), 1000, 86400000, NULL, "1h"},
+    {"handshake_timeout", p_duration, FIELD(struct tg_config_tls, handshake_timeout_ms), 100, 0, NULL, "10s"},
+    {"ticket_key_file", p_string, FIELD(struct tg_config_tls, ticket_key_file), 0, 0, NULL, NULL},
+    {"acme", p_acme, FIELD(struct tg_config_tls, acme), 0, 0, NULL, NULL, acme_keys},
+    {"redis", p_skip, FIELD(struct tg_config_tls, redis), 0, 0, NULL, NULL /* rate_limit.redis */, tls_redis_keys},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
 
 static const struct tg_config_policy *find_policy(const struct tg_config *c, const char *name)
 {
@@ -1819,6 +1856,12 @@ static int parse_tls(struct cfg_ctx *ctx, yaml_node_t *node)
     struct tg_config_tls *t = &ctx->cfg->tls;
     t->mark = mark_of(node);
     int rc = walk_mapping(ctx, node, tls_keys, t, "tls");
+    yaml_node_t *r = mapping_get(ctx, node, "redis");
+    if (r != NULL) {
+        t->fleet = true;
+        if (parse_redis(ctx, r, &t->redis, tls_redis_keys, "tls.redis") < 0)
+            rc = -1;
+    }
     yaml_node_t *certs = mapping_get(ctx, node, "certificates");
     if (certs == NULL)
         return rc;
@@ -2136,6 +2179,7 @@ static const struct cfg_key site_keys[] = {
     {"routes", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"rate_limit", p_skip, 0, 0, 0, NULL, NULL /* rate_limit.global */},
     {"custom_domains", p_bool, FIELD(struct tg_config_site, custom_domains), 0, 0, NULL, "false"},
+    {"acme", p_bool, FIELD(struct tg_config_site, acme), 0, 0, NULL, "true"},
     {"ignore_case", p_bool, FIELD(struct tg_config_site, ignore_case), 0, 0, NULL, "false"},
     {"headers", p_skip, 0, 0, 0, NULL, NULL /* the global block */},
     {"allow", p_skip, 0, 0, 0, NULL},
@@ -2367,6 +2411,13 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
         rc = -1;
     if ((n = mapping_get(ctx, root, "tenants")) != NULL && parse_tenants(ctx, n) < 0)
         rc = -1;
+    /* Gateways that share limits in Redis are a fleet: they share TLS
+     * state there too, under its own prefix, unless tls.redis says where. */
+    if (!cfg->tls.fleet && cfg->rate_limit.has_redis) {
+        cfg->tls.fleet = true;
+        cfg->tls.redis = cfg->rate_limit.redis;
+        cfg->tls.redis.key_prefix = "tollgate:tls:";
+    }
     if ((n = mapping_get(ctx, root, "upstreams")) != NULL &&
         parse_upstreams(ctx, n) < 0)
         rc = -1;
@@ -2388,6 +2439,27 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
             error_at(ctx, l->mark, "listener %s: proxy_protocol needs trusted_proxies listing "
                      "the load balancers that send it (a PROXY header from any other "
                      "address is refused)", l->addr.text);
+            rc = -1;
+        }
+    }
+    if (cfg->tls.acme.enabled) {
+        const struct tg_config_acme *a = &cfg->tls.acme;
+        bool plain = false, tls = false;
+        for (size_t i = 0; i < cfg->nlisteners; i++) {
+            if (cfg->listeners[i].admin)
+                continue;
+            plain |= !cfg->listeners[i].tls;
+            tls |= cfg->listeners[i].tls;
+        }
+        if (!(a->http01 && plain) && !(a->tls_alpn01 && tls)) {
+            error_at(ctx, a->mark, "tls.acme has no way to prove the names: HTTP-01 needs a "
+                     "plain listener (the CA connects on port 80) and http01: true; TLS-ALPN-01 "
+                     "needs a TLS listener (port 443) and tls_alpn01: true");
+            rc = -1;
+        }
+        if (a->ask != NULL && !a->on_demand) {
+            error_at(ctx, a->mark, "tls.acme: ask is for on_demand certificates; set "
+                     "on_demand: true or drop ask");
             rc = -1;
         }
     }

@@ -35,6 +35,7 @@ struct tg_access_rules;
 struct tg_geoip;
 struct tg_tls_server;
 struct tg_tls_client;
+struct tg_tls_ticket_secret;
 struct tg_certstore;
 
 /* Where a value came from, for messages after parsing. */
@@ -90,6 +91,37 @@ struct tg_config_certificate {
     struct tg_config_mark mark;
 };
 
+/* A Redis server (shared rate limits, tenant directory). */
+struct tg_config_redis {
+    const char *address;      /* "host:port" or "unix:/path" */
+    const char *password;     /* AUTH, or NULL */
+    unsigned db;              /* SELECT */
+    int64_t timeout_ms;       /* a reply slower than this is a fault */
+    const char *key_prefix;
+    struct tg_config_mark mark;
+};
+/* Automatic certificates (acme.c). */
+enum tg_acme_key { TG_ACME_KEY_ECDSA = 0, TG_ACME_KEY_RSA };
+
+struct tg_config_acme {
+    bool enabled;             /* tls.acme is present */
+    const char *email;        /* contact; NULL = none */
+    const char *directory;    /* the CA's directory URL */
+    const char *ca_bundle;    /* PEM to verify the CA's HTTPS (NULL: the system's) */
+    const char *eab_kid;      /* External Account Binding, when the CA needs it */
+    const char *eab_hmac_key; /* ... its MAC key, base64url */
+    int key_type;             /* enum tg_acme_key, for certificates */
+    const char *state_dir;    /* account, keys and certificates */
+    bool http01;              /* validate by HTTP-01 (plain listeners) */
+    bool tls_alpn01;          /* validate by TLS-ALPN-01 (TLS listeners) */
+    bool on_demand;           /* a handshake for an unknown name may order one */
+    const char *ask;          /* ... only if this URL answers 2xx for it */
+    int64_t on_demand_timeout_ms; /* how long such a handshake waits */
+    unsigned max_per_hour;    /* new orders per hour, all names */
+    int64_t timeout_ms;       /* each request to the CA */
+    struct tg_config_mark mark;
+};
+
 struct tg_config_tls {
     struct tg_config_certificate *certs;
     size_t ncerts;
@@ -101,18 +133,16 @@ struct tg_config_tls {
     unsigned session_cache_size; /* sessions; 0 = no server-side cache */
     int64_t session_timeout_ms;
     int64_t handshake_timeout_ms;
+    const char *ticket_key_file; /* a secret shared by gateways: tickets from
+                                    one resume on all; NULL = keys of our own */
+    struct tg_config_acme acme;
+    /* Gateways that share a Redis (tls.redis, else rate_limit.redis) share
+     * ACME accounts, certificates, locks, challenges and ticket keys. */
+    bool fleet;
+    struct tg_config_redis redis;
     struct tg_config_mark mark;
 };
 
-/* A Redis server (shared rate limits, tenant directory). */
-struct tg_config_redis {
-    const char *address;      /* "host:port" or "unix:/path" */
-    const char *password;     /* AUTH, or NULL */
-    unsigned db;              /* SELECT */
-    int64_t timeout_ms;       /* a reply slower than this is a fault */
-    const char *key_prefix;
-    struct tg_config_mark mark;
-};
 
 /* ---- rate limiting ---- */
 
@@ -399,6 +429,7 @@ struct tg_config_site {
     struct tg_access_rules *access;   /* built from access_list; NULL = none */
     bool custom_domains;          /* unmatched hosts are looked up as tenant domains */
     bool ignore_case;             /* routes' default */
+    bool acme;                    /* tls.acme orders certificates for its hosts */
     bool any_ignore_case;         /* some route matches a folded path */
     struct tg_route_entry *route_table; /* built: the routes as the router
                                            matches them, in order */
@@ -450,6 +481,8 @@ struct tg_config {
 
     struct tg_host_index *hosts;  /* built: Host -> site */
     struct tg_tls_server *tls_server; /* built when a listener has tls */
+    /* built: tls.ticket_key_file read (tls_tickets.h), or NULL */
+    struct tg_tls_ticket_secret *ticket_secret;
     struct tg_certstore *certstore; /* built: the store SNI consults (a reference) */
     /* Set by config_build.c: frees what it built, before the arena goes. */
     void (*unbuild)(struct tg_config *c);

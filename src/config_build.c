@@ -182,9 +182,9 @@ static void build_access(struct tg_config *cfg, struct tg_config_errors *errs)
 
 /* ---- TLS ------------------------------------------------------------------------------ */
 
-/* Loads certificates and keys (after everything else checked out), so that
- * `tollgate -t` and a reload refuse a bad certificate like any other
- * error. */
+/* Loads certificates and keys, and the ticket key file (after everything
+ * else checked out), so that `tollgate -t` and a reload refuse a bad
+ * certificate or secret like any other error. */
 static int build_tls(struct tg_config *cfg, struct tg_certstore *shared,
                      struct tg_config_errors *errs)
 {
@@ -195,7 +195,7 @@ static int build_tls(struct tg_config *cfg, struct tg_certstore *shared,
         if (!cfg->listeners[i].tls)
             continue;
         any_tls = true;
-        if (cfg->tls.ncerts == 0) {
+        if (cfg->tls.ncerts == 0 && !cfg->tls.acme.enabled) {
             tg_config_error_at(errs, cfg->listeners[i].mark,
                                "listener %s has tls: true but tls.certificates is empty",
                                cfg->listeners[i].key);
@@ -203,6 +203,16 @@ static int build_tls(struct tg_config *cfg, struct tg_certstore *shared,
         }
     }
     int rc = 0;
+    /* Read even without a TLS listener, so `-t` checks it; a reload with a
+     * bad file is refused and the running gateway keeps its keys. */
+    if (cfg->tls.ticket_key_file != NULL) {
+        cfg->ticket_secret = tg_tls_tickets_secret_read(cfg->tls.ticket_key_file, err,
+                                                        sizeof(err));
+        if (cfg->ticket_secret == NULL) {
+            tg_config_error_at(errs, cfg->tls.mark, "tls.ticket_key_file: %s", err);
+            return -1;
+        }
+    }
     if (shared != NULL) {
         tg_certstore_ref(shared);
         cfg->certstore = shared;
@@ -254,6 +264,8 @@ static void unbuild(struct tg_config *cfg)
     if (cfg->tls_server != NULL)
         tg_tls_server_free(cfg->tls_server);
     cfg->tls_server = NULL;
+    tg_tls_tickets_secret_unref(cfg->ticket_secret);
+    cfg->ticket_secret = NULL;
     for (size_t i = 0; i <= cfg->nupstreams; i++) {
         struct tg_config_upstream *u = i < cfg->nupstreams ? &cfg->upstreams[i]
                                                            : &cfg->tenants.upstream_defaults;

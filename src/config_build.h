@@ -5,7 +5,8 @@
  * What is built: the GeoIP databases (opened and checked), the host index,
  * compiled route patterns (and the check that no route is shadowed by an
  * earlier one), access rule sets, TLS server and client contexts with the
- * certificates loaded, and the tenant index. Each error carries the mark
+ * certificates loaded, the secret of tls.ticket_key_file, and the tenant
+ * index. Each error carries the mark
  * of the entry it is about, as the parser's do. */
 #ifndef TG_CONFIG_BUILD_H
 #define TG_CONFIG_BUILD_H

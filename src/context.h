@@ -101,6 +101,9 @@ struct tg_context {
     /* Client connections, for drain and counts; conn.c links them, and
      * calls conn_closed (the worker's) when one goes. */
     struct tg_list conns;          /* of tg_conn.link */
+    /* TLS handshakes suspended until ACME obtains their certificate
+     * (accept.c's). */
+    struct tg_list cert_waiters;
     size_t nconns;
     size_t nadmin_conns;
     void (*conn_closed)(struct tg_context *ctx);

@@ -20,6 +20,7 @@
 #include <openssl/crypto.h>
 
 #include "access_log.h"
+#include "acme.h"
 #include "certstore.h"
 #include "config.h"
 #include "config_build.h"
@@ -28,6 +29,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "ratelimit.h"
+#include "ticket_share.h"
 #include "tls.h"
 #include "version.h"
 #include "worker.h"
@@ -43,6 +45,7 @@ static struct {
     struct tg_certstore *certs;
     struct tg_runtime rt;
     struct tg_worker **workers; /* rt.workers holds their contexts */
+    bool acme;                  /* the ACME thread runs */
     struct ev_loop *loop;
     ev_signal sig_hup, sig_term, sig_int, sig_quit, sig_usr1;
     ev_timer drain_timer;
@@ -259,6 +262,51 @@ static int drop_privileges(const char *spec)
     return 0;
 }
 
+/* ---- automatic certificates ------------------------------------------------------ */
+
+/* The ACME thread obtained a certificate (or gave up on one): every
+ * worker's waiting handshakes try again. */
+static void acme_notify(const char *name, void *arg)
+{
+    (void)name, (void)arg;
+    for (unsigned i = 0; i < g.rt.nworkers; i++) {
+        struct tg_worker_msg *m = calloc(1, sizeof(*m));
+        if (m == NULL)
+            continue;
+        m->type = TG_WORKER_MSG_CERT;
+        tg_worker_post(g.workers[i], m);
+    }
+}
+
+/* A handshake names a host no certificate serves (a worker thread). */
+static int acme_unknown_name(const char *name, size_t n)
+{
+    switch (tg_acme_on_demand(name, n)) {
+    case TG_ACME_WAIT:
+        return 1;
+    case TG_ACME_REFUSE:
+        return -1;
+    default:
+        return 0;
+    }
+}
+
+static void acme_follow(struct tg_config *cfg)
+{
+    if (!cfg->tls.acme.enabled || cfg->certstore == NULL)
+        return;
+    if (g.acme) {
+        tg_acme_configure(cfg);
+        return;
+    }
+    char err[512];
+    if (tg_acme_start(cfg, cfg->certstore, acme_notify, NULL, err, sizeof(err)) < 0) {
+        tg_log_error("acme: cannot start: %s", err);
+        return;
+    }
+    g.acme = true;
+}
+
 static void reload(void)
 {
     if (g.draining)
@@ -293,6 +341,8 @@ static void reload(void)
         return;
     }
     tg_metrics_reload(true, (double)time(NULL));
+    acme_follow(g.config);
+    tg_ticket_share_follow(g.config);
     tg_log_info("configuration reloaded from %s", g.config_path);
 }
 
@@ -499,6 +549,10 @@ int main(int argc, char **argv)
     if (drop_privileges(cfg->user) < 0)
         return 1;
     atomic_store(&g.workers_running, cfg->workers);
+    tg_tls_server_on_unknown_name(acme_unknown_name);
+    /* Before the workers: stored certificates serve their first handshake
+     * (its threads block the signals too). */
+    acme_follow(g.config);
     for (unsigned i = 0; i < g.rt.nworkers; i++) {
         if (tg_worker_start(g.workers[i]) < 0) {
             tg_log_error("cannot start worker thread %u", i);
@@ -515,6 +569,7 @@ int main(int argc, char **argv)
     ev_signal_start(g.loop, &g.sig_int);
     ev_signal_start(g.loop, &g.sig_quit);
     ev_signal_start(g.loop, &g.sig_usr1);
+    tg_ticket_share_follow(g.config); /* a fleet's ticket keys, from Redis */
     /* Handlers are in place: now a pending signal is handled, not fatal. */
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
@@ -526,6 +581,8 @@ int main(int argc, char **argv)
 
     ev_run(g.loop, 0);
 
+    tg_acme_stop();
+    tg_ticket_share_stop();
     for (unsigned i = 0; i < g.rt.nworkers; i++)
         tg_worker_join_and_free(g.workers[i]);
     free(g.workers);

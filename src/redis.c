@@ -2,7 +2,8 @@
  * per-command deadlines, circuit breaker, reconnect with backoff. It knows
  * nothing of what the commands mean: callers judge replies (a fault or
  * not) and the breaker counts. No Redis Cluster, Sentinel, TLS or
- * subscribe mode here.
+ * subscribe mode here. Also a blocking connect (AUTH, SELECT, deadlines,
+ * the reply-size guard) for threads of their own that may wait.
  *
  * Lifetimes. hiredis owns each command's callback until it calls it, once:
  * with the reply, or with NULL when the context is freed (that includes
@@ -209,6 +210,18 @@ static void guard_init(void)
     guard_fns.createArray = guard_array;
     guard_fns.createInteger = guard_integer;
     guard_fns.createNil = guard_nil;
+}
+
+/* A blocking context: its reader's privdata stays NULL, so only the
+ * array bound applies (a blocking client reads exactly the replies it
+ * waits for). */
+static void install_guard_blocking(redisContext *c)
+{
+    pthread_once(&guard_once, guard_init);
+    if (guard_fns.createString == NULL || c->reader == NULL)
+        return;
+    c->reader->fn = &guard_fns;
+    c->reader->privdata = NULL;
 }
 
 static void install_guard(redisAsyncContext *ac)
@@ -971,6 +984,73 @@ static int set_target(struct tg_redis *r, const struct tg_config_redis *cfg)
 static int64_t or_default(int64_t v, int64_t dflt)
 {
     return v > 0 ? v : dflt;
+}
+
+static struct timeval ms_timeval(int64_t ms)
+{
+    return (struct timeval){(time_t)(ms / 1000), (suseconds_t)(ms % 1000 * 1000)};
+}
+
+/* A handshake command that must answer +OK. */
+static bool blocking_ok(redisContext *c, int argc, const char **argv, const char *what,
+                        char *err, size_t errlen)
+{
+    redisReply *rep = redisCommandArgv(c, argc, argv, NULL);
+    bool ok = rep != NULL && is_status(rep, "OK");
+    if (!ok)
+        snprintf(err, errlen, "%s: %s", what,
+                 rep == NULL ? c->errstr
+                 : rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+    if (rep != NULL)
+        freeReplyObject(rep);
+    return ok;
+}
+
+redisContext *tg_redis_connect_blocking(const struct tg_config_redis *cfg,
+                                        int64_t connect_timeout_ms, char *err,
+                                        size_t errlen)
+{
+    char host[HOST_MAX];
+    int port;
+    bool is_unix;
+    if (tg_redis_parse_address(cfg->address, host, sizeof(host), &port, &is_unix) < 0) {
+        snprintf(err, errlen, "bad address \"%s\" (expected host:port, [v6]:port or "
+                 "unix:/path)", cfg->address != NULL ? cfg->address : "");
+        return NULL;
+    }
+    struct timeval ctv = ms_timeval(or_default(connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS));
+    redisContext *c = is_unix ? redisConnectUnixWithTimeout(host, ctv)
+                              : redisConnectWithTimeout(host, port, ctv);
+    if (c == NULL || c->err) {
+        snprintf(err, errlen, "connect: %s", c != NULL ? c->errstr : "out of memory");
+        if (c != NULL)
+            redisFree(c);
+        return NULL;
+    }
+    install_guard_blocking(c);
+    if (redisSetTimeout(c, ms_timeval(or_default(cfg->timeout_ms, DEFAULT_TIMEOUT_MS))) !=
+        REDIS_OK) {
+        snprintf(err, errlen, "cannot set the timeout: %s", c->errstr);
+        redisFree(c);
+        return NULL;
+    }
+    if (cfg->password != NULL) {
+        const char *a[] = {"AUTH", cfg->password};
+        if (!blocking_ok(c, 2, a, "AUTH", err, errlen)) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    if (cfg->db != 0) {
+        char db[16];
+        snprintf(db, sizeof(db), "%u", cfg->db);
+        const char *a[] = {"SELECT", db};
+        if (!blocking_ok(c, 2, a, "SELECT", err, errlen)) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    return c;
 }
 
 struct tg_redis *tg_redis_new(struct ev_loop *loop,

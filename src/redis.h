@@ -10,7 +10,8 @@
  *
  * Everything here runs on the loop's thread; nothing blocks, except that a
  * host name (not an IP address) is resolved once, when the link is created
- * or reconfigured, never per reconnect or per command. */
+ * or reconfigured, never per reconnect or per command. The one exception
+ * is tg_redis_connect_blocking, for threads of their own that may wait. */
 #ifndef TG_REDIS_H
 #define TG_REDIS_H
 
@@ -21,6 +22,7 @@
 #include <ev.h>
 
 struct redisReply; /* <hiredis/hiredis.h>, for users that read replies */
+struct redisContext; /* ... and a blocking connection's context */
 struct tg_config_redis;
 struct tg_redis;
 struct tg_redis_cmd;
@@ -143,5 +145,18 @@ void tg_redis_stats(const struct tg_redis *r, struct tg_redis_stats *out);
  * or -1 if malformed or too long; *port is 0 for unix paths. */
 int tg_redis_parse_address(const char *address, char *host, size_t hostsize,
                            int *port, bool *is_unix);
+
+/* A blocking connection, for a thread of its own that may wait (never a
+ * loop's, never a worker's): connects to cfg's address (TCP or unix
+ * socket; a host name is resolved, blocking) within connect_timeout_ms
+ * (<= 0: 1000), makes cfg->timeout_ms (<= 0: 50) every command's deadline,
+ * sends AUTH and SELECT when configured, and refuses reply arrays larger
+ * than the async link accepts. A command that fails (NULL reply, c->err
+ * set) leaves the context unusable: redisFree it and connect again.
+ * Returns the context (the caller redisFrees it), or NULL with the reason
+ * in `err`. Any such thread. */
+struct redisContext *tg_redis_connect_blocking(const struct tg_config_redis *cfg,
+                                               int64_t connect_timeout_ms, char *err,
+                                               size_t errlen);
 
 #endif

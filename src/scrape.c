@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "access_log.h"
+#include "acme.h"
 #include "codec.h"
 #include "config.h"
 #include "context.h"
@@ -313,6 +314,9 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
          (unsigned long long)ts.stale_served);
     header(&o, "tenant_cache_entries", "gauge", "Tenants cached, all workers.");
     tg_strbuf_printf(&o, "tollgate_tenant_cache_entries %zu\n", ts.cached);
+
+    /* Certificates tls.acme manages. */
+    tg_acme_metrics(&o);
 
     /* Process. */
     uint64_t reloads_ok, reloads_failed;

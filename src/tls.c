@@ -94,6 +94,8 @@ int tg_tls_handshake(SSL *ssl, bool *want_write, const char **reason)
     case SSL_ERROR_WANT_WRITE:
         *want_write = true;
         return 0;
+    case SSL_ERROR_WANT_CLIENT_HELLO_CB:
+        return 2; /* waiting for a certificate (tg_tls_server_on_unknown_name) */
     case SSL_ERROR_ZERO_RETURN:
         *reason = "eof";
         break;

@@ -26,7 +26,8 @@ int tg_tls_global_init(void);
 void tg_tls_global_cleanup(void);
 
 /* Handshake progress, server or client side: 1 done, 0 in progress
- * (*want_write says whether to wait for EV_WRITE rather than EV_READ), -1
+ * (*want_write says whether to wait for EV_WRITE rather than EV_READ), 2
+ * suspended until a certificate is obtained (call again when told), -1
  * failed with `*reason` set to a short stable token for metrics
  * ("protocol", "no_shared_cipher", "unknown_ca", "bad_cert" (a certificate
  * that is expired, for another name, or otherwise refused),

@@ -20,6 +20,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
 
+#include "acme_challenge.h"
 #include "certstore.h"
 #include "config.h"
 #include "tls_bio.h"
@@ -43,11 +44,21 @@
  * listener with http2 (the default), else HTTP/1.1 only. */
 static const unsigned char alpn_http1[] = "\x08http/1.1";
 static const unsigned char alpn_h2[] = "\x02h2\x08http/1.1";
+/* RFC 8737: a client that offers only this wants the TLS-ALPN-01
+ * challenge certificate. */
+static const unsigned char alpn_acme[] = "\x0a" TG_ACME_TLS_ALPN;
+
+/* Asked when a ClientHello names a host no certificate serves (ACME on
+ * demand); NULL: the default certificate answers. */
+static tg_tls_unknown_name_fn unknown_name_hook;
 
 /* Session id contexts: a session (ticket or cache entry) only resumes where
  * its context matches. Listeners that ask for client certificates get a
  * context derived from their CA bundle and mode, so a session made without
- * a client certificate can never resume on a listener that requires one. */
+ * a client certificate can never resume on a listener that requires one.
+ * Both are made of the configuration alone, never of anything particular
+ * to this process (pid, address, random bytes): gateways that share ticket
+ * keys (tls.ticket_key_file, tls.redis) must resume each other's tickets. */
 static const unsigned char sid_ctx_plain[] = "tollgate";
 
 /* SSL ex-data slots of server SSLs. */
@@ -57,8 +68,9 @@ static struct {
     int choice; /* the tg_cert_choice installed (inside `snap`; not freed) */
     int covers; /* struct covers_memo */
     int h2;     /* non-NULL: the listener offers h2 */
+    int acme;   /* non-NULL: a TLS-ALPN-01 challenge certificate was installed */
     bool ready;
-} ex = {-1, -1, -1, -1, -1, false};
+} ex = {-1, -1, -1, -1, -1, -1, false};
 
 /* The context of one trust setting: no client certificates, or one
  * listener's client CA. Its app data points back here. */
@@ -77,6 +89,9 @@ struct tg_tls_server {
     struct tls_ctxset *mtls;
     size_t nmtls;
     int64_t ticket_rotation_ms;
+    /* tls.ticket_key_file, read by the config build (a reference), or
+     * NULL: the keys other gateways share come from Redis, or none do. */
+    struct tg_tls_ticket_secret *ticket_secret;
 };
 
 /* The first OpenSSL error's reason, for messages; clears the queue. */
@@ -105,6 +120,24 @@ static int install_choice(SSL *ssl, const struct tg_cert_choice *g)
     return SSL_set_ex_data(ssl, ex.choice, (void *)g) == 1 ? 0 : -1;
 }
 
+/* The client offers exactly one ALPN protocol, acme-tls/1. */
+static bool offers_only_acme(SSL *ssl)
+{
+    const unsigned char *p;
+    size_t len;
+    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &p,
+                                  &len) != 1 || len < 2)
+        return false;
+    size_t list = (size_t)p[0] << 8 | p[1];
+    return list + 2 == len && list == sizeof(alpn_acme) - 1 &&
+           memcmp(p + 2, alpn_acme, list) == 0;
+}
+
+void tg_tls_server_on_unknown_name(tg_tls_unknown_name_fn hook)
+{
+    unknown_name_hook = hook;
+}
+
 /* Runs first on every ClientHello: takes the store's current snapshot
  * (the connection keeps it) and installs the certificates that serve the
  * requested name. Sessions and tickets do not depend on them: a resumed
@@ -125,14 +158,51 @@ static int on_client_hello(SSL *ssl, int *alert, void *arg)
     const struct tg_cert_choice *want = NULL;
     const unsigned char *p;
     size_t len;
+    const char *sni = NULL;
+    size_t sni_len = 0;
     if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len) == 1 &&
         len >= 5) {
         /* server_name_list: u16 length, then entries: u8 type, u16 len. */
         size_t list = (size_t)p[0] << 8 | p[1];
         size_t nlen = (size_t)p[3] << 8 | p[4];
         if (list + 2 == len && p[2] == TLSEXT_NAMETYPE_host_name &&
-            nlen + 5 <= len)
-            want = tg_certstore_lookup(snap, (const char *)p + 5, nlen);
+            nlen + 5 <= len) {
+            sni = (const char *)p + 5;
+            sni_len = nlen;
+            want = tg_certstore_lookup(snap, sni, nlen);
+        }
+    }
+    if (sni != NULL && offers_only_acme(ssl)) {
+        /* TLS-ALPN-01: the CA checks the challenge certificate, and
+         * nothing else happens on this connection. */
+        struct tg_cert *c = tg_acme_challenge_alpn_get(sni, sni_len);
+        if (c == NULL) {
+            *alert = SSL_AD_UNRECOGNIZED_NAME;
+            return SSL_CLIENT_HELLO_ERROR;
+        }
+        SSL_certs_clear(ssl);
+        bool ok = SSL_use_cert_and_key(ssl, c->x509, c->pkey, c->chain, 1) == 1 &&
+                  SSL_set_ex_data(ssl, ex.acme, (void *)1) == 1;
+        tg_cert_unref(c);
+        if (!ok) {
+            ERR_clear_error();
+            *alert = SSL_AD_INTERNAL_ERROR;
+            return SSL_CLIENT_HELLO_ERROR;
+        }
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
+    int demand = want == NULL && sni != NULL && unknown_name_hook != NULL
+                     ? unknown_name_hook(sni, sni_len) : 0;
+    if (demand == 1) {
+        /* Ordered on demand: the handshake waits (the worker does not)
+         * and is resumed when the order ends, on a fresh snapshot. */
+        SSL_set_ex_data(ssl, ex.snap, NULL);
+        tg_certstore_release(snap);
+        return SSL_CLIENT_HELLO_RETRY;
+    }
+    if (demand < 0) {
+        *alert = SSL_AD_UNRECOGNIZED_NAME;
+        return SSL_CLIENT_HELLO_ERROR;
     }
     if (want == NULL)
         want = tg_certstore_default(snap);
@@ -164,6 +234,10 @@ static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     bool h2 = SSL_get_ex_data(ssl, ex.h2) != NULL;
     const unsigned char *alpn = h2 ? alpn_h2 : alpn_http1;
     size_t alpn_len = h2 ? sizeof(alpn_h2) - 1 : sizeof(alpn_http1) - 1;
+    if (SSL_get_ex_data(ssl, ex.acme) != NULL) {
+        alpn = alpn_acme;
+        alpn_len = sizeof(alpn_acme) - 1;
+    }
     /* Our preference order: the first of ours the client offers. */
     for (size_t i = 0; i < alpn_len; i += 1 + alpn[i]) {
         const unsigned char *ours = &alpn[i];
@@ -189,7 +263,8 @@ static int on_ticket_key(SSL *ssl, unsigned char name[16],
 {
     const struct tls_ctxset *set = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
     return tg_tls_tickets_key(ssl, name, iv, cctx, hctx, enc,
-                              set->server->ticket_rotation_ms);
+                              set->server->ticket_rotation_ms,
+                              set->server->ticket_secret);
 }
 
 /* ---- contexts ------------------------------------------------------------ */
@@ -407,6 +482,7 @@ static void server_destroy(struct tg_tls_server *s)
         tg_cert_unref(s->certs[i]);
     free(s->certs);
     tg_certstore_unref(s->store);
+    tg_tls_tickets_secret_unref(s->ticket_secret);
     free(s);
 }
 
@@ -460,7 +536,7 @@ struct tg_tls_server *tg_tls_server_new_shared(const struct tg_config *cfg,
         snprintf(err, errlen, "TLS is not initialised (tg_tls_global_init)");
         return NULL;
     }
-    if (t->ncerts == 0) {
+    if (t->ncerts == 0 && !t->acme.enabled) {
         snprintf(err, errlen, "TLS listeners need at least one entry in "
                  "tls.certificates");
         for (size_t i = 0; i < cfg->nlisteners; i++)
@@ -483,7 +559,9 @@ struct tg_tls_server *tg_tls_server_new_shared(const struct tg_config *cfg,
     s->store = store;
     s->ticket_rotation_ms = t->ticket_key_rotation_ms > 0 ? t->ticket_key_rotation_ms
                                                           : DEFAULT_TICKET_ROTATION_MS;
-    s->certs = calloc(t->ncerts, sizeof(*s->certs));
+    if (cfg->ticket_secret != NULL)
+        s->ticket_secret = tg_tls_tickets_secret_ref(cfg->ticket_secret);
+    s->certs = calloc(t->ncerts ? t->ncerts : 1, sizeof(*s->certs));
     size_t nmtls = 0;
     for (size_t i = 0; i < cfg->nlisteners; i++)
         if (cfg->listeners[i].tls && cfg->listeners[i].client_ca != NULL)
@@ -761,7 +839,9 @@ int tg_tls_server_global_init(void)
     ex.choice = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     ex.covers = SSL_get_ex_new_index(0, NULL, NULL, NULL, on_covers_memo_free);
     ex.h2 = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-    if (ex.server < 0 || ex.snap < 0 || ex.choice < 0 || ex.covers < 0 || ex.h2 < 0) {
+    ex.acme = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    if (ex.server < 0 || ex.snap < 0 || ex.choice < 0 || ex.covers < 0 || ex.h2 < 0 ||
+        ex.acme < 0) {
         tg_tls_server_global_cleanup();
         return -1;
     }
@@ -771,7 +851,7 @@ int tg_tls_server_global_init(void)
 
 void tg_tls_server_global_cleanup(void)
 {
-    int *slots[] = {&ex.server, &ex.snap, &ex.choice, &ex.covers, &ex.h2};
+    int *slots[] = {&ex.server, &ex.snap, &ex.choice, &ex.covers, &ex.h2, &ex.acme};
     for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
         if (*slots[i] >= 0)
             CRYPTO_free_ex_index(CRYPTO_EX_INDEX_SSL, *slots[i]);

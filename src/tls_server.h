@@ -48,7 +48,9 @@ struct tg_tls_server *tg_tls_server_new(const struct tg_config *cfg, char *err,
  * section). Expired, not-yet-valid and soon-expiring certificates load
  * with a warning, as do certificates SNI would never choose. The session
  * cache (TLS 1.2 without tickets, TLS 1.3 with session_tickets: false)
- * belongs to this snapshot and starts empty. Reads cfg only during the
+ * belongs to this snapshot and starts empty. Session tickets use
+ * cfg->ticket_secret (tls.ticket_key_file; the server keeps a reference)
+ * when the build read one. Reads cfg only during the
  * call, except that tg_tls_server_accept compares listener pointers with
  * cfg->listeners. Requires tg_tls_global_init. Main thread. */
 struct tg_tls_server *tg_tls_server_new_shared(const struct tg_config *cfg,
@@ -114,5 +116,13 @@ size_t tg_tls_client_subject(SSL *ssl, char *out, size_t cap);
  * tg_tls_global_init. 0 or -1. */
 int tg_tls_server_global_init(void);
 void tg_tls_server_global_cleanup(void);
+
+/* Asked (on the worker, in the handshake) about a name no certificate
+ * serves: 1 = one is being obtained, suspend the handshake (it is resumed
+ * with tg_tls_handshake, which returns 2 meanwhile); 0 = serve the default
+ * certificate; -1 = refuse the handshake (unrecognized_name alert), for a
+ * name on-demand issuance will not cover. Set once, before the workers start (ACME on demand). */
+typedef int (*tg_tls_unknown_name_fn)(const char *name, size_t n);
+void tg_tls_server_on_unknown_name(tg_tls_unknown_name_fn hook);
 
 #endif

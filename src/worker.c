@@ -389,6 +389,9 @@ static void on_mailbox(struct ev_loop *loop, ev_async *a, int revents)
         case TG_WORKER_MSG_STOP:
             stop_now(w);
             break;
+        case TG_WORKER_MSG_CERT:
+            tg_accept_cert_ready(&w->ctx);
+            break;
         }
         free(m->fds);
         free(m->keys);

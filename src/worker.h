@@ -34,6 +34,7 @@ enum tg_worker_msg_type {
     TG_WORKER_MSG_CONFIG, /* swap to `config`; add `fds` for `keys` */
     TG_WORKER_MSG_DRAIN,  /* stop accepting, finish in-flight work */
     TG_WORKER_MSG_STOP,   /* close everything now and leave the loop */
+    TG_WORKER_MSG_CERT,   /* a certificate arrived: waiting handshakes resume */
 };
 
 struct tg_worker_msg {
