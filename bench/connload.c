@@ -22,7 +22,14 @@
  * Source addresses rotate over 127.0.0.2 .. 127.0.0.(1+S) (-s S), so tens of
  * thousands of connections do not run out of ephemeral ports.
  *
- * Usage: connload -p PORT [-a 127.0.0.1] [-t] [-m new|resume|hold]
+ * -2 speaks HTTP/2 instead (with -t: ALPN h2, which the server must choose):
+ * the client preface, an empty SETTINGS and the GET as one HEADERS frame go
+ * out together; the server's SETTINGS is acknowledged as it comes. The
+ * request is done once its response ended (:status 200, END_STREAM), the
+ * server's SETTINGS came and our SETTINGS was acknowledged: in hold mode the
+ * connection then sits idle with the SETTINGS exchange behind it.
+ *
+ * Usage: connload -p PORT [-a 127.0.0.1] [-t] [-2] [-m new|resume|hold]
  *                 [-c CONCURRENCY] [-d SECONDS] [-n CONNS] [-s SOURCES]
  *                 [-w HOLD_SECONDS] [-P PATH]
  */
@@ -62,15 +69,19 @@ struct slot {
     size_t head_len;
     long long body_left;        /* -1 until the head is parsed */
     bool offered;               /* a session was offered for resumption */
+    /* HTTP/2: frames are parsed out of head[]; a frame too large for it is
+     * skipped (skip_left bytes still to drop). */
+    size_t skip_left;
+    bool h2_settings, h2_acked, h2_ended;
 };
 
 static enum mode mode = MODE_NEW;
-static bool use_tls;
+static bool use_tls, use_h2;
 static struct sockaddr_in dst;
 static int nsources = 50, next_source;
 static SSL_CTX *ctx;
 static SSL_SESSION *last_session;
-static char request[256];
+static char request[512];
 static size_t request_len;
 static int ep;
 static volatile sig_atomic_t stop;
@@ -177,6 +188,130 @@ static int parse_head(struct slot *s, size_t *body_in_head)
     return 1;
 }
 
+/* HTTP/2 frame types and flags used here. */
+#define H2_DATA 0x0
+#define H2_HEADERS 0x1
+#define H2_RST_STREAM 0x3
+#define H2_SETTINGS 0x4
+#define H2_GOAWAY 0x7
+#define H2_END_STREAM 0x1
+#define H2_ACK 0x1
+#define H2_PADDED 0x8
+#define H2_PRIORITY 0x20
+
+/* The request as HTTP/2: preface, empty SETTINGS, HEADERS (END_STREAM) on
+ * stream 1 with a hand-made HPACK block (static-table :method GET and
+ * :scheme, literal :authority and :path, no Huffman). */
+static size_t h2_request(char *out, size_t cap, const char *path)
+{
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    unsigned char block[300];
+    size_t b = 0, plen = strlen(path);
+    if (plen > 200) plen = 200;
+    block[b++] = 0x82;                               /* :method GET */
+    block[b++] = use_tls ? 0x87 : 0x86;              /* :scheme https / http */
+    block[b++] = 0x01;                               /* :authority, literal */
+    block[b++] = 9;
+    memcpy(block + b, "localhost", 9); b += 9;
+    block[b++] = 0x04;                               /* :path, literal */
+    block[b++] = (unsigned char)plen;
+    memcpy(block + b, path, plen); b += plen;
+    size_t n = 0;
+    if (cap < 24 + 9 + 9 + b) return 0;
+    memcpy(out, preface, 24); n += 24;
+    memcpy(out + n, "\0\0\0\x04\0\0\0\0\0", 9); n += 9;  /* SETTINGS, empty */
+    unsigned char hd[9] = {0, 0, (unsigned char)b, H2_HEADERS, 0x4 | H2_END_STREAM, 0, 0, 0, 1};
+    memcpy(out + n, hd, 9); n += 9;
+    memcpy(out + n, block, b); n += b;
+    return n;
+}
+
+/* Sends a SETTINGS ACK (9 bytes: it goes out whole or the connection has
+ * failed). */
+static bool h2_ack(struct slot *s)
+{
+    static const char ack[9] = {0, 0, 0, H2_SETTINGS, H2_ACK, 0, 0, 0, 0};
+    int w = s->ssl ? SSL_write(s->ssl, ack, 9) : (int)write(s->fd, ack, 9);
+    if (w != 9) { errno = 0; note_error("cannot send the SETTINGS ACK"); return false; }
+    return true;
+}
+
+/* One whole frame (or the first head[] bytes of one too large): -1 on a
+ * failure, 1 when the request is done, 0 to go on. */
+static int h2_frame(struct slot *s, const unsigned char *f, size_t have)
+{
+    size_t len = ((size_t)f[0] << 16) | ((size_t)f[1] << 8) | f[2];
+    unsigned type = f[3], flags = f[4];
+    uint32_t sid = ((uint32_t)(f[5] & 0x7f) << 24) | ((uint32_t)f[6] << 16) |
+                   ((uint32_t)f[7] << 8) | f[8];
+    const unsigned char *p = f + 9;
+    size_t plen = have - 9 < len ? have - 9 : len;
+    switch (type) {
+    case H2_SETTINGS:
+        if (flags & H2_ACK) {
+            s->h2_acked = true;
+        } else {
+            s->h2_settings = true;
+            if (!h2_ack(s)) return -1;
+        }
+        break;
+    case H2_HEADERS:
+        if (sid != 1) break;
+        if (flags & H2_PADDED) { p++; plen = plen ? plen - 1 : 0; }
+        if (flags & H2_PRIORITY) { p += 5; plen = plen > 5 ? plen - 5 : 0; }
+        /* :status 200 is static-table entry 8, which every encoder uses. */
+        if (s->body_left < 0 && (plen == 0 || p[0] != 0x88)) {
+            errno = 0;
+            note_error("HTTP/2 response without :status 200 first");
+            return -1;
+        }
+        s->body_left = 0;
+        if (flags & H2_END_STREAM) s->h2_ended = true;
+        break;
+    case H2_DATA:
+        if (sid == 1 && (flags & H2_END_STREAM)) s->h2_ended = true;
+        break;
+    case H2_RST_STREAM:
+        if (sid != 1) break;
+        errno = 0; note_error("HTTP/2 stream reset"); return -1;
+    case H2_GOAWAY:
+        errno = 0; note_error("HTTP/2 GOAWAY"); return -1;
+    default:
+        break;
+    }
+    return s->h2_settings && s->h2_acked && s->h2_ended ? 1 : 0;
+}
+
+/* Takes `r` new bytes at head + head_len: parses what frames are complete.
+ * -1 on a failure, 1 when the request is done, 0 for more. */
+static int h2_input(struct slot *s, size_t r)
+{
+    unsigned char *h = (unsigned char *)s->head;
+    size_t start = 0, end = s->head_len + r;
+    if (s->skip_left > 0) {
+        size_t k = s->skip_left < end ? s->skip_left : end;
+        s->skip_left -= k;
+        start = k;
+    }
+    int done = 0;
+    while (done == 0 && end - start >= 9) {
+        size_t len = ((size_t)h[start] << 16) | ((size_t)h[start + 1] << 8) | h[start + 2];
+        if (end - start >= 9 + len) {
+            done = h2_frame(s, h + start, 9 + len);
+            start += 9 + len;
+        } else if (9 + len > sizeof s->head - 1) {
+            done = h2_frame(s, h + start, end - start);   /* its head is enough */
+            s->skip_left = 9 + len - (end - start);
+            start = end;
+        } else {
+            break;
+        }
+    }
+    memmove(h, h + start, end - start);
+    s->head_len = end - start;
+    return done;
+}
+
 /* Connection finished its request: count it and decide what comes next. */
 static void slot_finished(struct slot *s)
 {
@@ -230,6 +365,14 @@ static bool step(struct slot *s)
             note_error("handshake");
             return false;
         }
+        if (use_h2) {
+            const unsigned char *alpn = NULL;
+            unsigned alen = 0;
+            SSL_get0_alpn_selected(s->ssl, &alpn, &alen);
+            if (alen != 2 || memcmp(alpn, "h2", 2) != 0) {
+                errno = 0; note_error("the server did not choose h2 (ALPN)"); return false;
+            }
+        }
         if (SSL_session_reused(s->ssl)) n_reused++;
         else n_full++;
         if (s->offered) n_offered++;
@@ -263,8 +406,9 @@ static bool step(struct slot *s)
         char buf[16384];
         for (;;) {
             int r;
-            char *into = s->body_left < 0 ? s->head + s->head_len : buf;
-            int cap = s->body_left < 0 ? (int)(sizeof s->head - 1 - s->head_len) : (int)sizeof buf;
+            bool into_head = s->body_left < 0 || use_h2;
+            char *into = into_head ? s->head + s->head_len : buf;
+            int cap = into_head ? (int)(sizeof s->head - 1 - s->head_len) : (int)sizeof buf;
             if (cap <= 0) { errno = 0; note_error("response head too large"); return false; }
             if (s->ssl) {
                 r = SSL_read(s->ssl, into, cap);
@@ -284,6 +428,12 @@ static bool step(struct slot *s)
                     note_error("connection closed before the response ended");
                     return false;
                 }
+            }
+            if (use_h2) {
+                int d = h2_input(s, (size_t)r);
+                if (d < 0) return false;
+                if (d > 0) { slot_finished(s); return true; }
+                continue;
             }
             if (s->body_left < 0) {
                 s->head_len += (size_t)r;
@@ -316,7 +466,7 @@ static bool step(struct slot *s)
 
 static void usage(const char *argv0)
 {
-    fprintf(stderr, "usage: %s -p PORT [-a ADDR] [-t] [-m new|resume|hold] [-c CONC] "
+    fprintf(stderr, "usage: %s -p PORT [-a ADDR] [-t] [-2] [-m new|resume|hold] [-c CONC] "
                     "[-d SECONDS] [-n CONNS] [-s SOURCES] [-w HOLD_SECONDS] [-P PATH]\n", argv0);
     exit(2);
 }
@@ -326,11 +476,12 @@ int main(int argc, char **argv)
     const char *addr = "127.0.0.1", *path = "/1k";
     int port = 0, conc = 50, nconns = 10000, opt;
     double duration = 5, hold_for = 120;
-    while ((opt = getopt(argc, argv, "a:p:tm:c:d:n:s:w:P:")) != -1) {
+    while ((opt = getopt(argc, argv, "a:p:t2m:c:d:n:s:w:P:")) != -1) {
         switch (opt) {
         case 'a': addr = optarg; break;
         case 'p': port = atoi(optarg); break;
         case 't': use_tls = true; break;
+        case '2': use_h2 = true; break;
         case 'm':
             if (!strcmp(optarg, "new")) mode = MODE_NEW;
             else if (!strcmp(optarg, "resume")) mode = MODE_RESUME;
@@ -355,9 +506,12 @@ int main(int argc, char **argv)
     dst.sin_family = AF_INET;
     dst.sin_port = htons((uint16_t)port);
     inet_pton(AF_INET, addr, &dst.sin_addr);
-    request_len = (size_t)snprintf(request, sizeof request,
-                                   "GET %s HTTP/1.1\r\nHost: localhost\r\n%s\r\n", path,
-                                   mode == MODE_HOLD ? "" : "Connection: close\r\n");
+    if (use_h2)
+        request_len = h2_request(request, sizeof request, path);
+    else
+        request_len = (size_t)snprintf(request, sizeof request,
+                                       "GET %s HTTP/1.1\r\nHost: localhost\r\n%s\r\n", path,
+                                       mode == MODE_HOLD ? "" : "Connection: close\r\n");
     if (use_tls) {
         ctx = SSL_CTX_new(TLS_client_method());
         SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
@@ -365,6 +519,8 @@ int main(int argc, char **argv)
             signature over the handshake is still checked, as any client does */
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);   /* we manage it */
         SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);           /* hold: small client */
+        if (use_h2)
+            SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x02h2", 3);
     }
     ep = epoll_create1(EPOLL_CLOEXEC);
 

@@ -211,6 +211,13 @@ ROWS = [
     (9, "down_mbps", "download MB/s", "n", t_vs_nginx(1.0, "ge")),
     (10, "rps", "req/s", "rps", t_vs_scenario(1, 0.90)),
     (10, "rps_per_cpu", "req per CPU-second of the system", "rps", None),
+    (11, "rps", "req/s", "rps", None),
+    (11, "mean_us", "mean time per request (h2load: no percentiles)", "us", None),
+    (11, "max_us", "max time per request", "us", None),
+    (11, "rps_per_cpu", "req per CPU-second of the system", "rps", None),
+    (11, "cpu_us_per_req", "CPU per request (µs of the system)", "us", None),
+    (11, "bytes_per_conn_h2", "bytes per idle HTTP/2 conn (TLS, after SETTINGS and one GET)",
+     "bytes", None),
 ]
 
 
@@ -219,7 +226,7 @@ def applies(system, scen, metric):
     only and has no rate limiter; only tollgate has a Redis-backed limiter.
     Anything else that has no value is n/a (not built, failed, skipped)."""
     if system == "direct":
-        return scen in (1, 5, 9, 10) and not metric.startswith("added_")
+        return scen in (1, 5, 9, 10) and not metric.startswith("added_")  # not 11: TLS
     if system in ("nginx", "haproxy"):
         return scen != 8
     return True
@@ -239,6 +246,8 @@ def titles(meta):
         8: "rate limit on every request, Redis store",
         9: f"{big_s} body through the proxy",
         10: f"{meta['tenants']} tenants by Host",
+        11: f"HTTP/2 over TLS, 1 KiB, {meta['conns']} conns × {meta.get('h2_streams', '?')} "
+            f"streams; {meta.get('h2_idle_conns', '?')} idle h2 conns",
     }
 
 
@@ -254,7 +263,9 @@ def render(meta, values, notes):
     w(f"- date: {meta['date']}")
     w(f"- machine: {meta['cpu']}, {meta['cores']} cores, {meta['kernel']}")
     w(f"- versions: nginx {meta['nginx']}, haproxy {meta['haproxy']}, "
-      f"openssl {meta['openssl']}, wrk {meta['wrk']}, redis {meta['redis']}, "
+      f"openssl {meta['openssl']}, wrk {meta['wrk']}, "
+      + (f"h2load {meta['h2load']}, " if meta.get("h2load") else "")
+      + f"redis {meta['redis']}, "
       f"tollgate: {meta['tollgate']}")
     w(f"- run: {meta.get('rounds_done', '?')} of {meta['rounds']} round(s), "
       f"{meta['seconds']} s per measured run after {meta['warmup']} s warm-up, "

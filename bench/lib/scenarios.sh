@@ -186,13 +186,16 @@ scenario_5() {
 # (from 50 source addresses, so no per-IP limit or port range is in the way);
 # Pss again. Growth / connections = bytes per idle connection. The system is
 # restarted between plain and TLS so each starts from the same state.
+# measure_idle SYS CONNLOAD_FLAGS METRIC [SCENARIO [CONNS]] (scenario 11
+# holds HTTP/2 connections: flags "-t -2").
 measure_idle() {
-    local sys=$1 tls=$2 metric=$3 out=$WORK/hold.out before after held pids hold_pid i
+    local sys=$1 tls=$2 metric=$3 scen=${4:-6} nconns=${5:-$IDLE_CONNS}
+    local out=$WORK/hold.out before after held pids hold_pid i
     pids=$(sys_pids)
     sleep 0.3
     before=$(pss_kb $pids)
     taskset -c "$LOAD_CPU" "$WORK/connload" -m hold $tls -p "$HTTPS_OR_HTTP" \
-        -n "$IDLE_CONNS" -c 200 -s 50 -d 30 -w 120 > "$out" 2>&1 &
+        -n "$nconns" -c 200 -s 50 -d 30 -w 120 > "$out" 2>&1 &
     hold_pid=$!
     register_child "$hold_pid"
     for i in $(seq 900); do                       # at most 90 s to open them all
@@ -205,12 +208,12 @@ measure_idle() {
     after=$(pss_kb $pids)
     held=$(sed -n 's/^ready held=\([0-9]*\).*/\1/p' "$out")
     stop_pid "$hold_pid"
-    if [ -z "$held" ] || [ "$held" -lt $(( IDLE_CONNS * 99 / 100 )) ]; then
-        note 6 "$sys" "$metric: held ${held:-0} of $IDLE_CONNS: $(head -n1 "$out" | cut -c1-200)"
-        record 6 "$metric" "$sys" ""; return 1
+    if [ -z "$held" ] || [ "$held" -lt $(( nconns * 99 / 100 )) ]; then
+        note "$scen" "$sys" "$metric: held ${held:-0} of $nconns: $(head -n1 "$out" | cut -c1-200)"
+        record "$scen" "$metric" "$sys" ""; return 1
     fi
-    record 6 "$metric" "$sys" "$(awk -v a="$after" -v b="$before" -v n="$held" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')"
-    record 6 "${metric}_pss_mb" "$sys" "$(awk -v a="$after" 'BEGIN {printf "%.1f", a / 1024}')"
+    record "$scen" "$metric" "$sys" "$(awk -v a="$after" -v b="$before" -v n="$held" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')"
+    record "$scen" "${metric}_pss_mb" "$sys" "$(awk -v a="$after" 'BEGIN {printf "%.1f", a / 1024}')"
 }
 
 scenario_6() {
@@ -312,4 +315,69 @@ scenario_10() {
     local port=$HTTP_PORT
     [ "$1" = direct ] && port=$BACKEND_PORT
     run_wrk 10 "$1" "http://127.0.0.1:$port/1k" -s "$WORK/tenants.lua"
+}
+
+# --- 11: HTTP/2 over TLS -------------------------------------------------------------
+# h2load (nghttp2-client): $CONNS connections x $H2_STREAMS concurrent streams
+# each, GET /1k over TLS with ALPN h2, for $SECONDS_PER_RUN s after a warm-up
+# run. h2load prints no percentiles: its mean and max time per request are
+# recorded. Then, on a fresh system (as in scenario 6), $H2_IDLE_CONNS
+# HTTP/2 connections (connload -t -2) each do the SETTINGS exchange and one
+# GET /1k and sit idle: growth of Pss / connections.
+run_h2load() {
+    local scen=$1 sys=$2 url=$3 out=$WORK/h2load.out
+    if [ "$WARMUP" -gt 0 ]; then
+        on_load $((WARMUP + 15)) h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$WARMUP" "$url" \
+            > /dev/null 2>&1
+    fi
+    measure_begin
+    on_load $((SECONDS_PER_RUN + 20)) h2load -t1 -c"$CONNS" -m"$H2_STREAMS" \
+        -D"$SECONDS_PER_RUN" "$url" > "$out" 2>&1
+    local rc=$?
+    measure_end "$scen" "$sys"
+    # finished in 3.00s, 41234.33 req/s, 45.12MB/s
+    # requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
+    # status codes: N 2xx, N 3xx, N 4xx, N 5xx
+    # time for request:   min   max   mean   sd   +/- sd
+    local rps total ok failed errored tmo non2xx mean max proto
+    rps=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$out")
+    read -r total ok failed errored tmo < <(awk '/^requests:/ {
+        gsub(",", ""); print $2, $8, $10, $12, $14 }' "$out")
+    non2xx=$(awk '/^status codes:/ { gsub(",", ""); print $5 + $7 + $9 }' "$out")
+    mean=$(awk '/^time for request:/ {print $6}' "$out")
+    max=$(awk '/^time for request:/ {print $5}' "$out")
+    proto=$(sed -n 's/^Application protocol: *//p' "$out")
+    if [ "$rc" != 0 ] || [ -z "$rps" ] || [ "${ok:-0}" = 0 ]; then
+        note "$scen" "$sys" "h2load failed (rc $rc): $(tr '\n' ' ' < "$out" | cut -c1-200)"
+        record "$scen" rps "$sys" ""; return 1
+    fi
+    if [ "$proto" != h2 ]; then
+        note "$scen" "$sys" "h2load spoke '${proto:-?}', not h2: not counted"
+        record "$scen" rps "$sys" ""; return 1
+    fi
+    if [ "${non2xx:-0}" -gt 0 ]; then
+        note "$scen" "$sys" "$non2xx of $total responses were not 2xx: not counted"
+        record "$scen" rps "$sys" ""; return 1
+    fi
+    if [ $(( failed + errored + tmo )) -gt $(( total / 1000 )) ]; then
+        note "$scen" "$sys" "h2load: $failed failed, $errored errored, $tmo timed out of $total: not counted"
+        record "$scen" rps "$sys" ""; return 1
+    fi
+    record "$scen" rps "$sys" "$rps"
+    record "$scen" rps_per_cpu "$sys" "$(awk -v r="$rps" -v c="$MEASURED_CPU" 'BEGIN { if (c > 0) printf "%.1f", r / (c / 100) }')"
+    # CPU per request, in microseconds of the system's CPU.
+    record "$scen" cpu_us_per_req "$sys" "$(awk -v r="$rps" -v c="$MEASURED_CPU" 'BEGIN { if (r > 0) printf "%.2f", c / 100 / r * 1e6 }')"
+    record "$scen" mean_us "$sys" "$(to_us "$mean")"
+    record "$scen" max_us "$sys" "$(to_us "$max")"
+}
+
+scenario_11() {
+    local sys=$1
+    run_h2load 11 "$sys" "https://127.0.0.1:$HTTPS_PORT/1k"
+    stop_system
+    if ! start_system "$sys" 11; then
+        note 11 "$sys" "restart for idle HTTP/2 failed: $SYS_FAIL"
+        record 11 bytes_per_conn_h2 "$sys" ""; return 1
+    fi
+    HTTPS_OR_HTTP=$HTTPS_PORT measure_idle "$sys" "-t -2" bytes_per_conn_h2 11 "$H2_IDLE_CONNS"
 }
