@@ -26,7 +26,7 @@
 
 /* The handshake's state, in the connection's protocol room. */
 struct handshake {
-    bool awaiting_proxy; /* a PROXY protocol header comes first */
+    bool awaiting_proxy;      /* a PROXY protocol header comes first */
     struct tg_list wait_link; /* in ctx->cert_waiters while the handshake
                                  waits for a certificate */
 };
@@ -126,8 +126,7 @@ static void read_proxy_header(struct tg_conn *c)
     }
     struct tg_proxy_protocol pp;
     const char *reason = "malformed";
-    ssize_t r = tg_proxy_protocol_parse(c->in->data + c->in->start, have + (size_t)n, &pp,
-                                        &reason);
+    ssize_t r = tg_proxy_protocol_parse(c->in->data + c->in->start, have + (size_t)n, &pp, &reason);
     size_t take = r > 0 ? (size_t)r - have : (size_t)n;
     if (r == TG_PROXY_PROTOCOL_ERROR) {
         tg_log_info("refused a connection on %s: bad PROXY protocol header (%s)", c->lcfg->key,
@@ -223,8 +222,8 @@ void tg_accept_cert_ready(struct tg_context *ctx)
     while ((n = tg_list_first(&ready)) != NULL) {
         tg_list_remove(n);
         struct handshake *hs = tg_list_entry(n, struct handshake, wait_link);
-        struct tg_conn *c = (struct tg_conn *)(void *)((char *)hs -
-                                                       offsetof(struct tg_conn, proto_state));
+        struct tg_conn *c =
+            (struct tg_conn *)(void *)((char *)hs - offsetof(struct tg_conn, proto_state));
         tg_conn_ref(c);
         tls_handshake(c);
         tg_conn_unref(c);
@@ -274,7 +273,8 @@ static void refuse_untrusted_proxy(struct tg_context *ctx, const struct tg_confi
     tg_addr_format(peer, text, sizeof(text));
     tg_log_warn("refused a connection on %s from %s: PROXY protocol is only accepted from "
                 "trusted_proxies (further refusals are counted in "
-                "tollgate_proxy_protocol_refused_total)", lcfg->key, text);
+                "tollgate_proxy_protocol_refused_total)",
+                lcfg->key, text);
 }
 
 int tg_accept(struct tg_context *ctx, int fd, const struct sockaddr *peer,
@@ -322,8 +322,8 @@ int tg_accept(struct tg_context *ctx, int fd, const struct sockaddr *peer,
     if (lcfg->proxy_protocol) {
         hs_of(c)->awaiting_proxy = true;
         tg_conn_set_proto(c, &handshake_proto);
-        tg_conn_set_deadline(c, tg_context_now(ctx) +
-                                    (double)cfg->client.header_timeout_ms / 1000.0);
+        tg_conn_set_deadline(c,
+                             tg_context_now(ctx) + (double)cfg->client.header_timeout_ms / 1000.0);
         tg_conn_watch(c, EV_READ);
         return 0;
     }

@@ -43,7 +43,7 @@ struct hops {
     bool stopped;        /* a stop was seen */
     bool stop_is_addr;   /* the last stop is an untrusted address... */
     struct tg_addr stop; /* ...this one */
-    bool have_first; /* the left-most address, if none is a stop */
+    bool have_first;     /* the left-most address, if none is a stop */
     struct tg_addr first;
     /* The trusted addresses after the last stop (or all of them, if none),
      * the last TG_ACCESS_HOPS_MAX + 1 of them in a ring; `ntrusted` counts
@@ -97,8 +97,7 @@ static bool is_alpha(char c)
 /* RFC 9110 tchar. */
 static bool is_tchar(char c)
 {
-    return is_alpha(c) || is_digit(c) ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    return is_alpha(c) || is_digit(c) || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
 #define PORT_DIGITS_MAX 5
@@ -111,8 +110,7 @@ static bool valid_port(const char *s, size_t n)
         return false;
     if (s[0] == '_') {
         for (size_t i = 1; i < n; i++)
-            if (!is_alpha(s[i]) && !is_digit(s[i]) &&
-                strchr("._-", s[i]) == NULL)
+            if (!is_alpha(s[i]) && !is_digit(s[i]) && strchr("._-", s[i]) == NULL)
                 return false;
         return n > 1;
     }
@@ -131,8 +129,7 @@ static bool valid_port(const char *s, size_t n)
  * "[2001:db8::1]:8080", and with bare_v6 also "2001:db8::1" (which cannot
  * carry a port: the last group would read as one). Returns 0 with the
  * address, or -1 for anything else ("unknown", "_hidden", junk). */
-static int parse_node(const char *s, size_t n, bool bare_v6,
-                      struct tg_addr *out)
+static int parse_node(const char *s, size_t n, bool bare_v6, struct tg_addr *out)
 {
     if (n == 0)
         return -1;
@@ -144,8 +141,7 @@ static int parse_node(const char *s, size_t n, bool bare_v6,
         /* The brackets must hold an IPv6 literal, not "[192.0.2.1]". */
         if (memchr(s + 1, ':', alen - 2) == NULL)
             return -1;
-        if (alen < n &&
-            (s[alen] != ':' || !valid_port(s + alen + 1, n - alen - 1)))
+        if (alen < n && (s[alen] != ':' || !valid_port(s + alen + 1, n - alen - 1)))
             return -1;
         return tg_addr_parse(s, alen, out);
     }
@@ -193,8 +189,7 @@ static void walk_xff(struct hops *h, const char *s, size_t n)
  * senders write unquoted in for=192.0.2.60:8080 although RFC 7239 wants
  * quotes) or a quoted-string. The unescaped text goes to buf (NODE_MAX;
  * *len set to NODE_MAX + 1 if longer). Returns -1 on a syntax error. */
-static int forwarded_value(const char *s, size_t n, size_t *i, char *buf,
-                           size_t *len)
+static int forwarded_value(const char *s, size_t n, size_t *i, char *buf, size_t *len)
 {
     size_t o = 0, j = *i;
     if (j < n && s[j] == '"') {
@@ -221,8 +216,7 @@ static int forwarded_value(const char *s, size_t n, size_t *i, char *buf,
         }
         j++;
     } else {
-        while (j < n &&
-               (is_tchar(s[j]) || s[j] == ':' || s[j] == '[' || s[j] == ']')) {
+        while (j < n && (is_tchar(s[j]) || s[j] == ':' || s[j] == '[' || s[j] == ']')) {
             if (o < NODE_MAX)
                 buf[o] = s[j];
             o++;
@@ -280,8 +274,7 @@ static void walk_forwarded(struct hops *h, const char *s, size_t n)
                 goto syntax;
             if (name_len == 3 && strncasecmp(s + name, "for", 3) == 0) {
                 nfor++;
-                is_addr =
-                    len <= NODE_MAX && parse_node(buf, len, false, &addr) == 0;
+                is_addr = len <= NODE_MAX && parse_node(buf, len, false, &addr) == 0;
             }
             while (i < n && is_ows(s[i]))
                 i++;
@@ -346,8 +339,8 @@ static bool walk_list(const struct tg_cidr_set *trusted, const struct tg_addr *p
 }
 
 int tg_access_client_chain(const struct tg_cidr_set *trusted, const struct tg_addr *peer,
-                           enum tg_client_ip_header mode, const struct tg_str *xff,
-                           size_t nxff, const struct tg_str *forwarded, size_t nforwarded,
+                           enum tg_client_ip_header mode, const struct tg_str *xff, size_t nxff,
+                           const struct tg_str *forwarded, size_t nforwarded,
                            struct tg_client_chain *out)
 {
     struct tg_addr self = *peer;
@@ -410,11 +403,11 @@ enum {
 
 /* Offsets the MaxMind DB format adds to longer pointers and sizes, so
  * that each length covers only what the shorter one cannot. */
-#define MM_PTR_BASE2 2048     /* 2^11: past the 11-bit pointers */
-#define MM_PTR_BASE3 526336   /* 2^11 + 2^19: past the 19-bit ones */
-#define MM_SIZE_EXT 29        /* sizes 29..31 take 1..3 more bytes */
-#define MM_SIZE_BASE2 285     /* 29 + 256 */
-#define MM_SIZE_BASE3 65821   /* 285 + 65536 */
+#define MM_PTR_BASE2 2048   /* 2^11: past the 11-bit pointers */
+#define MM_PTR_BASE3 526336 /* 2^11 + 2^19: past the 19-bit ones */
+#define MM_SIZE_EXT 29      /* sizes 29..31 take 1..3 more bytes */
+#define MM_SIZE_BASE2 285   /* 29 + 256 */
+#define MM_SIZE_BASE3 65821 /* 285 + 65536 */
 
 /* One decoded control block. */
 struct mm_head {
@@ -426,15 +419,14 @@ struct mm_head {
 };
 
 static const char *const type_names[16] = {
-    "extended",  "pointer",    "utf8_string", "double", "bytes",   "uint16",
-    "uint32",    "map",        "int32",       "uint64", "uint128", "array",
-    "container", "end_marker", "boolean",     "float",
+    "extended", "pointer", "utf8_string", "double", "bytes",     "uint16",     "uint32",  "map",
+    "int32",    "uint64",  "uint128",     "array",  "container", "end_marker", "boolean", "float",
 };
 
 /* Decodes the control block at base[off] of a section len bytes long.
  * Returns NULL, or what is wrong (detail gets specifics). */
-static const char *mm_decode(const uint8_t *base, uint32_t len, uint32_t off,
-                             struct mm_head *h, char *detail, size_t dlen)
+static const char *mm_decode(const uint8_t *base, uint32_t len, uint32_t off, struct mm_head *h,
+                             char *detail, size_t dlen)
 {
     uint64_t p = off;
     if (p >= len)
@@ -454,22 +446,19 @@ static const char *mm_decode(const uint8_t *base, uint32_t len, uint32_t off,
             v = (uint64_t)(ctrl & 7) << 8 | b[0];
             break;
         case 2:
-            v = ((uint64_t)(ctrl & 7) << 16 | (uint64_t)b[0] << 8 | b[1]) +
-                MM_PTR_BASE2;
+            v = ((uint64_t)(ctrl & 7) << 16 | (uint64_t)b[0] << 8 | b[1]) + MM_PTR_BASE2;
             break;
         case 3:
-            v = ((uint64_t)(ctrl & 7) << 24 | (uint64_t)b[0] << 16 |
-                 (uint64_t)b[1] << 8 | b[2]) +
+            v = ((uint64_t)(ctrl & 7) << 24 | (uint64_t)b[0] << 16 | (uint64_t)b[1] << 8 | b[2]) +
                 MM_PTR_BASE3;
             break;
         default:
-            v = (uint64_t)b[0] << 24 | (uint64_t)b[1] << 16 |
-                (uint64_t)b[2] << 8 | b[3];
+            v = (uint64_t)b[0] << 24 | (uint64_t)b[1] << 16 | (uint64_t)b[2] << 8 | b[3];
             break;
         }
         if (v >= len) {
-            snprintf(detail, dlen, "pointer to %llu, past the end (%u)",
-                     (unsigned long long)v, (unsigned)len);
+            snprintf(detail, dlen, "pointer to %llu, past the end (%u)", (unsigned long long)v,
+                     (unsigned)len);
             return detail;
         }
         h->type = T_POINTER;
@@ -502,8 +491,7 @@ static const char *mm_decode(const uint8_t *base, uint32_t len, uint32_t off,
         else if (extra == 2)
             size = MM_SIZE_BASE2 + ((uint64_t)b[0] << 8 | b[1]);
         else
-            size = MM_SIZE_BASE3 +
-                   ((uint64_t)b[0] << 16 | (uint64_t)b[1] << 8 | b[2]);
+            size = MM_SIZE_BASE3 + ((uint64_t)b[0] << 16 | (uint64_t)b[1] << 8 | b[2]);
         p += extra;
     }
 
@@ -512,9 +500,8 @@ static const char *mm_decode(const uint8_t *base, uint32_t len, uint32_t off,
     case T_DOUBLE:
     case T_FLOAT:
         if (size != (type == T_DOUBLE ? 8u : 4u)) {
-            snprintf(detail, dlen, "%s of %llu bytes (must be %u)",
-                     type_names[type], (unsigned long long)size,
-                     type == T_DOUBLE ? 8u : 4u);
+            snprintf(detail, dlen, "%s of %llu bytes (must be %u)", type_names[type],
+                     (unsigned long long)size, type == T_DOUBLE ? 8u : 4u);
             return detail;
         }
         break;
@@ -523,21 +510,17 @@ static const char *mm_decode(const uint8_t *base, uint32_t len, uint32_t off,
     case T_INT32:
     case T_UINT64:
     case T_UINT128: {
-        unsigned max = type == T_UINT16    ? 2
-                       : type == T_UINT64  ? 8
-                       : type == T_UINT128 ? 16
-                                           : 4;
+        unsigned max = type == T_UINT16 ? 2 : type == T_UINT64 ? 8 : type == T_UINT128 ? 16 : 4;
         if (size > max) {
-            snprintf(detail, dlen, "%s of %llu bytes (at most %u)",
-                     type_names[type], (unsigned long long)size, max);
+            snprintf(detail, dlen, "%s of %llu bytes (at most %u)", type_names[type],
+                     (unsigned long long)size, max);
             return detail;
         }
         break;
     }
     case T_BOOL:
         if (size > 1) {
-            snprintf(detail, dlen, "boolean of value %llu",
-                     (unsigned long long)size);
+            snprintf(detail, dlen, "boolean of value %llu", (unsigned long long)size);
             return detail;
         }
         payload = 0;
@@ -550,8 +533,8 @@ static const char *mm_decode(const uint8_t *base, uint32_t len, uint32_t off,
         break;
     }
     if (p + payload > len) {
-        snprintf(detail, dlen, "%s of %llu bytes runs past the end",
-                 type_names[type], (unsigned long long)payload);
+        snprintf(detail, dlen, "%s of %llu bytes runs past the end", type_names[type],
+                 (unsigned long long)payload);
         return detail;
     }
     h->type = type;
@@ -636,8 +619,7 @@ static int mm_target(struct mm_check *c, uint32_t off, int depth);
 static int mm_value(struct mm_check *c, uint32_t off, int depth, uint32_t *end)
 {
     struct mm_head h;
-    const char *bad =
-        mm_decode(c->data, c->size, off, &h, c->detail, sizeof(c->detail));
+    const char *bad = mm_decode(c->data, c->size, off, &h, c->detail, sizeof(c->detail));
     if (bad != NULL)
         return mm_fail(c, bad);
     if (h.type == T_POINTER) {
@@ -660,20 +642,18 @@ static int mm_value(struct mm_check *c, uint32_t off, int depth, uint32_t *end)
         c->keylen[depth] = i;
         if (h.type == T_MAP) {
             struct mm_head k, ks;
-            bad = mm_decode(c->data, c->size, p, &k, c->detail,
-                            sizeof(c->detail));
+            bad = mm_decode(c->data, c->size, p, &k, c->detail, sizeof(c->detail));
             if (bad != NULL)
                 return mm_fail(c, bad);
             ks = k;
             if (k.type == T_POINTER) {
-                bad = mm_decode(c->data, c->size, k.ptr, &ks, c->detail,
-                                sizeof(c->detail));
+                bad = mm_decode(c->data, c->size, k.ptr, &ks, c->detail, sizeof(c->detail));
                 if (bad != NULL)
                     return mm_fail(c, bad);
             }
             if (ks.type != T_STRING) {
-                snprintf(c->detail, sizeof(c->detail),
-                         "map key is a %s, not a string", type_names[ks.type]);
+                snprintf(c->detail, sizeof(c->detail), "map key is a %s, not a string",
+                         type_names[ks.type]);
                 return mm_fail(c, c->detail);
             }
             c->key[depth] = c->data + ks.payload;
@@ -699,8 +679,7 @@ static int mm_target(struct mm_check *c, uint32_t off, int depth)
         return mm_fail(c, "pointer cycle");
     bit_set(c->seen, off);
     struct mm_head h;
-    const char *bad =
-        mm_decode(c->data, c->size, off, &h, c->detail, sizeof(c->detail));
+    const char *bad = mm_decode(c->data, c->size, off, &h, c->detail, sizeof(c->detail));
     if (bad != NULL)
         return mm_fail(c, bad);
     if (h.type == T_POINTER)
@@ -730,8 +709,7 @@ static const char *const *const country_paths[] = {
 static const char *const asn_path[] = {"autonomous_system_number", NULL};
 
 /* MMDB_aget_value with a missing path as success without data. */
-static int mm_get(MMDB_entry_s *entry, MMDB_entry_data_s *d,
-                  const char *const *path)
+static int mm_get(MMDB_entry_s *entry, MMDB_entry_data_s *d, const char *const *path)
 {
     int rc = MMDB_aget_value(entry, d, path);
     if (rc == MMDB_LOOKUP_PATH_DOES_NOT_MATCH_DATA_ERROR) {
@@ -770,8 +748,7 @@ static int mm_record(struct mm_check *c, uint32_t off)
     c->depth = 0;
 
     struct mm_head h;
-    const char *bad =
-        mm_decode(c->data, c->size, off, &h, c->detail, sizeof(c->detail));
+    const char *bad = mm_decode(c->data, c->size, off, &h, c->detail, sizeof(c->detail));
     if (bad != NULL)
         return mm_fail(c, bad);
     uint32_t at = off;
@@ -784,8 +761,7 @@ static int mm_record(struct mm_check *c, uint32_t off)
             return mm_fail(c, "pointer to a pointer");
     }
     if (h.type != T_MAP) {
-        snprintf(c->detail, sizeof(c->detail), "record is a %s, not a map",
-                 type_names[h.type]);
+        snprintf(c->detail, sizeof(c->detail), "record is a %s, not a map", type_names[h.type]);
         return mm_fail(c, c->detail);
     }
     if (mm_target(c, at, 0) < 0)
@@ -800,10 +776,9 @@ static int mm_record(struct mm_check *c, uint32_t off)
         int rc = mm_get(&entry, &d, country_paths[i]);
         const char *const *path = country_paths[i];
         if (rc != MMDB_SUCCESS || (d.has_data && !two_letters(&d))) {
-            snprintf(c->detail, sizeof(c->detail), "%s%s%s: %s", path[0],
-                     path[1] ? "." : "", path[1] ? path[1] : "",
-                     rc != MMDB_SUCCESS ? MMDB_strerror(rc)
-                                        : "not a two-letter code");
+            snprintf(c->detail, sizeof(c->detail), "%s%s%s: %s", path[0], path[1] ? "." : "",
+                     path[1] ? path[1] : "",
+                     rc != MMDB_SUCCESS ? MMDB_strerror(rc) : "not a two-letter code");
             return mm_fail(c, c->detail);
         }
         c->has_country |= d.has_data;
@@ -812,8 +787,7 @@ static int mm_record(struct mm_check *c, uint32_t off)
     uint32_t asn;
     if (rc != MMDB_SUCCESS || (d.has_data && asn_value(&d, &asn) < 0)) {
         snprintf(c->detail, sizeof(c->detail), "autonomous_system_number: %s",
-                 rc != MMDB_SUCCESS ? MMDB_strerror(rc)
-                                    : "not an unsigned 32-bit number");
+                 rc != MMDB_SUCCESS ? MMDB_strerror(rc) : "not an unsigned 32-bit number");
         return mm_fail(c, c->detail);
     }
     c->has_asn |= d.has_data;
@@ -823,8 +797,8 @@ static int mm_record(struct mm_check *c, uint32_t off)
 /* "81.2.69.142/31" for a search tree path of `bits` bits (key holds them
  * from the top). IPv4 networks of an IPv6 database live under ::/96 and are
  * shown as IPv4, as libmaxminddb looks them up. */
-static void format_network(const MMDB_s *mmdb, const uint8_t key[16],
-                           unsigned bits, char *out, size_t cap)
+static void format_network(const MMDB_s *mmdb, const uint8_t key[16], unsigned bits, char *out,
+                           size_t cap)
 {
     struct tg_addr a;
     char text[TG_ADDR_STRLEN];
@@ -856,8 +830,7 @@ static void format_path(const struct mm_check *c, char *out, size_t cap)
             r = snprintf(out + o, cap - o, "[%u]", (unsigned)c->keylen[i]);
         else
             r = snprintf(out + o, cap - o, "%s%.*s", i > 0 ? "." : "",
-                         (int)(c->keylen[i] > 64 ? 64 : c->keylen[i]),
-                         (const char *)c->key[i]);
+                         (int)(c->keylen[i] > 64 ? 64 : c->keylen[i]), (const char *)c->key[i]);
         if (r < 0)
             break;
         o += (size_t)r;
@@ -881,10 +854,8 @@ static int mm_validate(const MMDB_s *mmdb, char *msg, size_t msglen)
     unsigned width = md->ip_version == 6 ? 128 : 32;
     int rc = -1;
 
-    if (md->record_size != 24 && md->record_size != 28 &&
-        md->record_size != 32) {
-        snprintf(msg, msglen, "record_size %u is not 24, 28 or 32",
-                 md->record_size);
+    if (md->record_size != 24 && md->record_size != 28 && md->record_size != 32) {
+        snprintf(msg, msglen, "record_size %u is not 24, 28 or 32", md->record_size);
         return -1;
     }
     if (md->ip_version != 4 && md->ip_version != 6) {
@@ -896,8 +867,7 @@ static int mm_validate(const MMDB_s *mmdb, char *msg, size_t msglen)
         return -1;
     }
     /* MMDB_open checked that tree + separator fit before the metadata. */
-    const uint8_t *sep =
-        mmdb->file_content + (size_t)nodes * mmdb->full_record_byte_size;
+    const uint8_t *sep = mmdb->file_content + (size_t)nodes * mmdb->full_record_byte_size;
     for (int i = 0; i < MM_SEPARATOR; i++) {
         if (sep[i] != 0) {
             snprintf(msg, msglen,
@@ -929,8 +899,7 @@ static int mm_validate(const MMDB_s *mmdb, char *msg, size_t msglen)
     /* Depth-first with one pending sibling per level at most. */
     struct mm_item stack[2 * MM_TREE_LEVELS + 2];
     size_t top = 0;
-    if (c.seen == NULL || c.done == NULL || c.record == NULL ||
-        visited == NULL) {
+    if (c.seen == NULL || c.done == NULL || c.record == NULL || visited == NULL) {
         snprintf(msg, msglen, "out of memory while checking");
         goto out_free;
     }
@@ -945,8 +914,7 @@ static int mm_validate(const MMDB_s *mmdb, char *msg, size_t msglen)
         MMDB_search_node_s node;
         int mrc = MMDB_read_node(mmdb, it.node, &node);
         if (mrc != MMDB_SUCCESS) {
-            snprintf(msg, msglen, "search tree node %u: %s", (unsigned)it.node,
-                     MMDB_strerror(mrc));
+            snprintf(msg, msglen, "search tree node %u: %s", (unsigned)it.node, MMDB_strerror(mrc));
             goto out_free;
         }
         for (int side = 1; side >= 0; side--) {
@@ -958,11 +926,8 @@ static int mm_validate(const MMDB_s *mmdb, char *msg, size_t msglen)
             char net[64];
             if (r < nodes) {
                 if (child.depth >= width) {
-                    format_network(mmdb, child.key, child.depth, net,
-                                   sizeof(net));
-                    snprintf(msg, msglen,
-                             "search tree deeper than %u bits at %s", width,
-                             net);
+                    format_network(mmdb, child.key, child.depth, net, sizeof(net));
+                    snprintf(msg, msglen, "search tree deeper than %u bits at %s", width, net);
                     goto out_free;
                 }
                 child.node = (uint32_t)r;
@@ -1006,14 +971,12 @@ out_free:
 
 /* Steps over the inline value at off (no pointers: metadata has none) and
  * sets *end after it. */
-static int mm_skip(const uint8_t *base, uint32_t len, uint32_t off, int depth,
-                   uint32_t *end)
+static int mm_skip(const uint8_t *base, uint32_t len, uint32_t off, int depth, uint32_t *end)
 {
     struct mm_head h;
     char detail[128];
     if (depth > MM_META_DEPTH_MAX ||
-        mm_decode(base, len, off, &h, detail, sizeof(detail)) != NULL ||
-        h.type == T_POINTER)
+        mm_decode(base, len, off, &h, detail, sizeof(detail)) != NULL || h.type == T_POINTER)
         return -1;
     uint32_t p = h.end;
     if (h.type == T_MAP || h.type == T_ARRAY) {
@@ -1070,13 +1033,11 @@ static int mm_explain_metadata(const char *path, char *msg, size_t msglen)
     bool have_nodes = false, have_rs = false;
     struct mm_head m, k, v;
     char detail[128];
-    if (mm_decode(meta, len, 0, &m, detail, sizeof(detail)) != NULL ||
-        m.type != T_MAP)
+    if (mm_decode(meta, len, 0, &m, detail, sizeof(detail)) != NULL || m.type != T_MAP)
         goto out;
     uint32_t p = m.end;
     for (uint32_t i = 0; i < m.size; i++) {
-        if (mm_decode(meta, len, p, &k, detail, sizeof(detail)) != NULL ||
-            k.type != T_STRING ||
+        if (mm_decode(meta, len, p, &k, detail, sizeof(detail)) != NULL || k.type != T_STRING ||
             mm_decode(meta, len, k.end, &v, detail, sizeof(detail)) != NULL)
             goto out;
         if (v.type == T_POINTER)
@@ -1113,8 +1074,7 @@ static int mm_explain_metadata(const char *path, char *msg, size_t msglen)
         snprintf(msg, msglen,
                  "node_count %llu needs a %llu-byte search tree, but the "
                  "file has %zu bytes",
-                 (unsigned long long)node_count, (unsigned long long)tree,
-                 fsize);
+                 (unsigned long long)node_count, (unsigned long long)tree, fsize);
         rc = 0;
     }
 out:
@@ -1154,12 +1114,10 @@ struct tg_geoip *tg_geoip_open(const char *path, char *err, size_t errlen)
     if (rc != MMDB_SUCCESS) {
         int saved = errno;
         if (rc == MMDB_FILE_OPEN_ERROR || rc == MMDB_IO_ERROR)
-            set_err(err, errlen, "%s: %s: %s", path, MMDB_strerror(rc),
-                    strerror(saved));
+            set_err(err, errlen, "%s: %s: %s", path, MMDB_strerror(rc), strerror(saved));
         else if (rc == MMDB_INVALID_METADATA_ERROR &&
                  mm_explain_metadata(path, msg, sizeof(msg)) == 0)
-            set_err(err, errlen, "%s: invalid MaxMind DB metadata: %s", path,
-                    msg);
+            set_err(err, errlen, "%s: invalid MaxMind DB metadata: %s", path, msg);
         else
             set_err(err, errlen, "%s: %s", path, MMDB_strerror(rc));
         free(g);
@@ -1184,8 +1142,7 @@ void tg_geoip_close(struct tg_geoip *g)
 
 /* IPv4 in an IPv6 database goes through the ::/96 subtree libmaxminddb
  * found at open; IPv6 in an IPv4 database is simply not found. */
-static bool geo_lookup(const struct tg_geoip *g, const struct tg_addr *a,
-                       MMDB_entry_s *entry)
+static bool geo_lookup(const struct tg_geoip *g, const struct tg_addr *a, MMDB_entry_s *entry)
 {
     struct sockaddr_in sin;
     struct sockaddr_in6 sin6;
@@ -1214,8 +1171,7 @@ static bool geo_lookup(const struct tg_geoip *g, const struct tg_addr *a,
     return true;
 }
 
-bool tg_geoip_country(const struct tg_geoip *g, const struct tg_addr *a,
-                      char out[3])
+bool tg_geoip_country(const struct tg_geoip *g, const struct tg_addr *a, char out[3])
 {
     MMDB_entry_s entry;
     memcpy(out, TG_GEOIP_UNKNOWN, 3);
@@ -1223,8 +1179,7 @@ bool tg_geoip_country(const struct tg_geoip *g, const struct tg_addr *a,
         return false;
     for (size_t i = 0; i < TG_ARRAY_LEN(country_paths); i++) {
         MMDB_entry_data_s d;
-        if (mm_get(&entry, &d, country_paths[i]) == MMDB_SUCCESS &&
-            d.has_data && two_letters(&d)) {
+        if (mm_get(&entry, &d, country_paths[i]) == MMDB_SUCCESS && d.has_data && two_letters(&d)) {
             out[0] = (char)(d.utf8_string[0] & ~0x20);
             out[1] = (char)(d.utf8_string[1] & ~0x20);
             out[2] = '\0';
@@ -1241,8 +1196,7 @@ uint32_t tg_geoip_asn(const struct tg_geoip *g, const struct tg_addr *a)
     uint32_t asn;
     if (!geo_lookup(g, a, &entry))
         return 0;
-    if (mm_get(&entry, &d, asn_path) != MMDB_SUCCESS || !d.has_data ||
-        asn_value(&d, &asn) < 0)
+    if (mm_get(&entry, &d, asn_path) != MMDB_SUCCESS || !d.has_data || asn_value(&d, &asn) < 0)
         return 0;
     return asn;
 }
@@ -1312,8 +1266,8 @@ static bool within_private(const struct tg_cidr *c)
     return false;
 }
 
-int tg_access_rules_add_cidr(struct tg_access_rules *r, bool allow,
-                             const char *text, char *err, size_t errlen)
+int tg_access_rules_add_cidr(struct tg_access_rules *r, bool allow, const char *text, char *err,
+                             size_t errlen)
 {
     struct tg_cidr list[TG_CIDR_PRESET_MAX];
     char why[128];
@@ -1332,8 +1286,7 @@ int tg_access_rules_add_cidr(struct tg_access_rules *r, bool allow,
         n = 1;
     }
     for (int i = 0; i < n; i++) {
-        if (tg_cidr_set_add(r->prefixes[allow], &list[i], list[i].bits + 1) <
-            0) {
+        if (tg_cidr_set_add(r->prefixes[allow], &list[i], list[i].bits + 1) < 0) {
             set_err(err, errlen, "\"%s\": out of memory", text);
             return -1;
         }
@@ -1345,14 +1298,13 @@ int tg_access_rules_add_cidr(struct tg_access_rules *r, bool allow,
 
 static int country_index(const char *code)
 {
-    if (code == NULL || !is_alpha(code[0]) || !is_alpha(code[1]) ||
-        code[2] != '\0')
+    if (code == NULL || !is_alpha(code[0]) || !is_alpha(code[1]) || code[2] != '\0')
         return -1;
     return ((code[0] & ~0x20) - 'A') * LETTERS + ((code[1] & ~0x20) - 'A');
 }
 
-int tg_access_rules_add_country(struct tg_access_rules *r, bool allow,
-                                const char *code, char *err, size_t errlen)
+int tg_access_rules_add_country(struct tg_access_rules *r, bool allow, const char *code, char *err,
+                                size_t errlen)
 {
     int i = country_index(code);
     if (i < 0) {
@@ -1404,8 +1356,8 @@ int tg_access_rules_add_asn(struct tg_access_rules *r, bool allow, uint32_t asn)
     return 0;
 }
 
-bool tg_access_check(const struct tg_access_rules *r, const struct tg_addr *a,
-                     const char *country, uint32_t asn, const char **why)
+bool tg_access_check(const struct tg_access_rules *r, const struct tg_addr *a, const char *country,
+                     uint32_t asn, const char **why)
 {
     const char *reason = NULL;
     int deny = tg_cidr_set_lookup(r->prefixes[0], a);

@@ -38,7 +38,7 @@ struct tg_client_chain {
     struct tg_addr client;
     struct tg_addr hops[TG_ACCESS_HOPS_MAX]; /* left to right, the peer not included */
     uint8_t nhops;
-    bool hops_elided;   /* more trusted hops than fit: the left-most were dropped */
+    bool hops_elided; /* more trusted hops than fit: the left-most were dropped */
     enum { TG_CHAIN_PEER = 0, TG_CHAIN_XFF, TG_CHAIN_FORWARDED } source;
 };
 
@@ -68,8 +68,8 @@ struct tg_client_chain {
  * request) and out->client is `peer`. Returns 0 otherwise. Pure, linear in
  * the header bytes, no allocation; any thread. */
 int tg_access_client_chain(const struct tg_cidr_set *trusted, const struct tg_addr *peer,
-                           enum tg_client_ip_header mode, const struct tg_str *xff,
-                           size_t nxff, const struct tg_str *forwarded, size_t nforwarded,
+                           enum tg_client_ip_header mode, const struct tg_str *xff, size_t nxff,
+                           const struct tg_str *forwarded, size_t nforwarded,
                            struct tg_client_chain *out);
 
 /* ---- GeoIP --------------------------------------------------------------- */
@@ -100,8 +100,7 @@ void tg_geoip_close(struct tg_geoip *g);
  * country, or g is NULL. IPv4 addresses are found in IPv6 databases.
  * Thread-safe. */
 #define TG_GEOIP_UNKNOWN "XX"
-bool tg_geoip_country(const struct tg_geoip *g, const struct tg_addr *a,
-                      char out[3]);
+bool tg_geoip_country(const struct tg_geoip *g, const struct tg_addr *a, char out[3]);
 
 /* autonomous_system_number of `a` from an ASN database; 0 if unknown (or g
  * NULL). Thread-safe. */
@@ -122,15 +121,14 @@ void tg_access_rules_free(struct tg_access_rules *r);
 /* Adds a prefix or preset name ("private", "loopback", "any") to the allow
  * or deny list. Returns 0, or -1 with a message in err (e.g. "\"10.0.0.1/8\":
  * host bits set (did you mean 10.0.0.0/8?)"); err may be NULL. */
-int tg_access_rules_add_cidr(struct tg_access_rules *r, bool allow,
-                             const char *text, char *err, size_t errlen);
+int tg_access_rules_add_cidr(struct tg_access_rules *r, bool allow, const char *text, char *err,
+                             size_t errlen);
 /* Adds a country code (case-insensitive "gb" ok) or an ASN (0 stands for
  * unknown, as "XX" does for countries). Returns 0, or -1 (bad code with a
  * message in err; out of memory for an ASN). */
-int tg_access_rules_add_country(struct tg_access_rules *r, bool allow,
-                                const char *code, char *err, size_t errlen);
-int tg_access_rules_add_asn(struct tg_access_rules *r, bool allow,
-                            uint32_t asn);
+int tg_access_rules_add_country(struct tg_access_rules *r, bool allow, const char *code, char *err,
+                                size_t errlen);
+int tg_access_rules_add_asn(struct tg_access_rules *r, bool allow, uint32_t asn);
 
 /* Decides for a client. Address rules: the longest matching prefix wins
  * (deny on a tie); with no match, the request is allowed only if there is
@@ -139,8 +137,8 @@ int tg_access_rules_add_asn(struct tg_access_rules *r, bool allow,
  * country counts as "XX"). Then ASNs the same way. All three must pass.
  * Returns true to allow; `why` (may be NULL) gets a static reason for the
  * log ("address", "country", "asn"), or NULL when allowed. Thread-safe. */
-bool tg_access_check(const struct tg_access_rules *r, const struct tg_addr *a,
-                     const char *country, uint32_t asn, const char **why);
+bool tg_access_check(const struct tg_access_rules *r, const struct tg_addr *a, const char *country,
+                     uint32_t asn, const char **why);
 
 /* Whether the rules need GeoIP country or ASN data at all. */
 bool tg_access_uses_country(const struct tg_access_rules *r);

@@ -46,8 +46,8 @@ static struct {
     bool running, stop;
     struct log_chunk *head, *tail;
     size_t queued_bytes;
-    int fd;              /* -1 = off */
-    char *path;          /* NULL for stdout/off */
+    int fd;     /* -1 = off */
+    char *path; /* NULL for stdout/off */
     bool reopen;
 } writer = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -182,8 +182,7 @@ int tg_access_log_set_target(const char *target, char *err, size_t errlen)
     } else if (target != NULL) {
         fd = open(target, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, FILE_MODE);
         if (fd < 0) {
-            snprintf(err, errlen, "cannot open access log %s: %s", target,
-                     strerror(errno));
+            snprintf(err, errlen, "cannot open access log %s: %s", target, strerror(errno));
             return -1;
         }
         path = strdup(target);
@@ -274,8 +273,7 @@ void tg_access_log_free(struct tg_access_log *log)
     free(log);
 }
 
-void tg_access_log_configure(struct tg_access_log *log,
-                             const struct tg_config_log *cfg)
+void tg_access_log_configure(struct tg_access_log *log, const struct tg_config_log *cfg)
 {
     log->enabled = cfg->access != NULL;
     log->chunk_cap = cfg->access_buffer;
@@ -342,8 +340,8 @@ void tg_access_log_write(struct tg_access_log *log, const struct tg_access_recor
     n = snprintf(line + o, MAX_LINE - o,
                  ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                  "\"duration_ms\":%.3f",
-                 r->status, (unsigned long long)r->bytes_in,
-                 (unsigned long long)r->bytes_out, r->duration_ms < 0 ? 0 : r->duration_ms);
+                 r->status, (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out,
+                 r->duration_ms < 0 ? 0 : r->duration_ms);
     if (n > 0 && (size_t)n < MAX_LINE - o)
         o += (size_t)n;
     o = put_str(line, o, "upstream", r->upstream);

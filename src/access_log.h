@@ -21,19 +21,19 @@ struct tg_limiter_state;
 
 /* One request's line. Strings may be NULL (written as ""). */
 struct tg_access_record {
-    double now;                   /* when it ended (wall clock, seconds) */
+    double now; /* when it ended (wall clock, seconds) */
     const struct tg_addr *client;
     const char *method, *host, *path;
-    const char *proto;            /* "HTTP/1.1", "HTTP/2.0", or NULL */
+    const char *proto; /* "HTTP/1.1", "HTTP/2.0", or NULL */
     int status;
     uint64_t bytes_in, bytes_out;
     double duration_ms;
-    const char *upstream;         /* server address */
-    double upstream_ms;           /* to the response head; < 0: none */
+    const char *upstream; /* server address */
+    double upstream_ms;   /* to the response head; < 0: none */
     const char *request_id;
-    SSL *ssl;                     /* TLS facts, or NULL */
+    SSL *ssl; /* TLS facts, or NULL */
     const char *tenant;
-    const char *country;          /* "" or NULL: not written */
+    const char *country;                /* "" or NULL: not written */
     const struct tg_limiter_state *lim; /* NULL: no policy applied */
 };
 
@@ -63,8 +63,7 @@ void tg_access_log_free(struct tg_access_log *log);
 
 /* Applies the log section of a new snapshot (enabled, flush interval,
  * chunk size). Worker thread. */
-void tg_access_log_configure(struct tg_access_log *log,
-                             const struct tg_config_log *cfg);
+void tg_access_log_configure(struct tg_access_log *log, const struct tg_config_log *cfg);
 
 /* Appends the line for a finished request. Worker thread; never blocks. */
 void tg_access_log_write(struct tg_access_log *log, const struct tg_access_record *r);

@@ -79,14 +79,14 @@ enum name_state { NAME_NONE = 0, NAME_VALID, NAME_ORDERING, NAME_FAILED, NAME_RE
 
 struct managed {
     char name[NAME_MAX_LEN + 1];
-    bool configured;          /* from sites[].hosts (else on demand) */
-    bool eligible_checked;    /* on demand: the tenant directory or ask said yes */
-    uint8_t state;            /* enum name_state */
+    bool configured;       /* from sites[].hosts (else on demand) */
+    bool eligible_checked; /* on demand: the tenant directory or ask said yes */
+    uint8_t state;         /* enum name_state */
     time_t not_before, not_after;
-    time_t next_at;           /* when to order, renew or retry */
+    time_t next_at; /* when to order, renew or retry */
     unsigned fails;
-    time_t ari_at;            /* when to ask the CA's renewal information; 0: never */
-    char cert_id[200];        /* the certificate's ARI id ("" when it has none) */
+    time_t ari_at;     /* when to ask the CA's renewal information; 0: never */
+    char cert_id[200]; /* the certificate's ARI id ("" when it has none) */
     char issuer[128];
     char error[ERROR_MAX];
 };
@@ -97,7 +97,7 @@ enum order_result {
     R_CA_UNREACHABLE,
     R_RATE_LIMITED,
     R_CHALLENGE_FAILED,
-    R_REFUSED,        /* on demand: not an active tenant's domain, or ask said no */
+    R_REFUSED, /* on demand: not an active tenant's domain, or ask said no */
     R_OTHER,
     R_COUNT,
 };
@@ -111,17 +111,17 @@ static struct {
     struct ev_loop *loop;
     ev_async wake;
     ev_timer tick;
-    pthread_mutex_t lock;             /* names, queue, cfg, stats */
+    pthread_mutex_t lock; /* names, queue, cfg, stats */
     struct managed *names;
     size_t nnames;
-    struct tg_config *cfg;            /* a reference: the settings in force */
-    struct tg_config *next_cfg;       /* a reload waiting for the thread */
+    struct tg_config *cfg;      /* a reference: the settings in force */
+    struct tg_config *next_cfg; /* a reload waiting for the thread */
     bool stop;
     struct tg_certstore *store;
     tg_acme_notify_fn notify;
     void *notify_arg;
     _Atomic unsigned long results[R_COUNT];
-    time_t orders_at[256];            /* recent new orders, for max_per_hour */
+    time_t orders_at[256]; /* recent new orders, for max_per_hour */
     unsigned norders;
     /* The thread's own (no lock): the CA session. */
     SSL_CTX *http;
@@ -132,7 +132,7 @@ static struct {
     char kid[URL_MAX];
     char thumbprint[48];
     char nonce[256];
-    redisContext *redis;              /* a fleet's, blocking */
+    redisContext *redis; /* a fleet's, blocking */
     pthread_t sub_thread;
     bool sub_running;
 } A = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -451,11 +451,11 @@ static bool load_stored(const char *name)
     cert_paths(a, name, crt, key, sizeof(crt));
     size_t cn = 0, kn = 0;
     char *chain = read_file(crt, &cn), *k = read_file(key, &kn);
-    bool ok = chain != NULL && k != NULL &&
-              install(name, chain, cn, k, kn, crt, err, sizeof(err)) == 0;
+    bool ok =
+        chain != NULL && k != NULL && install(name, chain, cn, k, kn, crt, err, sizeof(err)) == 0;
     if (chain != NULL && k != NULL && !ok)
-        tg_log_warn("the stored certificate for %s is not usable (%s); ordering a new one",
-                    name, err);
+        tg_log_warn("the stored certificate for %s is not usable (%s); ordering a new one", name,
+                    err);
     free(chain);
     if (k != NULL)
         OPENSSL_cleanse(k, kn);
@@ -687,8 +687,7 @@ static int ensure_account(struct order_error *e)
 
 /* ---- challenges ------------------------------------------------------------------------ */
 
-int tg_acme_alpn_cert_pem(const char *name, const char *key_auth, char **cert_pem,
-                          char **key_pem)
+int tg_acme_alpn_cert_pem(const char *name, const char *key_auth, char **cert_pem, char **key_pem)
 {
     *cert_pem = *key_pem = NULL;
     EVP_PKEY *k = tg_jws_key_new(TG_KEY_ECDSA_P256);
@@ -769,8 +768,8 @@ static int publish_local(bool alpn, const char *name, const char *token, const c
     if (tg_acme_alpn_cert_pem(name, key_auth, &cp, &kp) < 0)
         return -1;
     char err[256];
-    struct tg_cert *c = tg_cert_from_pem(TG_ACME_TLS_ALPN, cp, strlen(cp), kp, strlen(kp), err,
-                                         sizeof(err));
+    struct tg_cert *c =
+        tg_cert_from_pem(TG_ACME_TLS_ALPN, cp, strlen(cp), kp, strlen(kp), err, sizeof(err));
     free(cp);
     free(kp);
     if (c == NULL)
@@ -788,9 +787,9 @@ static int publish_challenge(bool alpn, const char *name, const char *token, con
     if (A.cfg->tls.fleet) {
         /* Any gateway may be the one the CA reaches: every gateway's
          * subscriber mirrors the answer before the CA is told. */
-        redisReply *rep = fleet_cmd("SET %schallenge:%s:%s %s EX %d", prefix(),
-                                    alpn ? "alpn" : "http", alpn ? name : token, key_auth,
-                                    CHALLENGE_TTL_S);
+        redisReply *rep =
+            fleet_cmd("SET %schallenge:%s:%s %s EX %d", prefix(), alpn ? "alpn" : "http",
+                      alpn ? name : token, key_auth, CHALLENGE_TTL_S);
         freeReplyObject(rep);
         rep = fleet_cmd("PUBLISH %sevents challenge:%s:%s", prefix(), alpn ? "alpn" : "http",
                         alpn ? name : token);
@@ -891,8 +890,7 @@ static int prove(const char *authz_url, const char *name, struct order_error *e)
     }
     if (token == NULL || url == NULL) {
         json_decref(authz);
-        fail(e, R_CHALLENGE_FAILED, -1, "%s: the CA offers no challenge tollgate can answer",
-             name);
+        fail(e, R_CHALLENGE_FAILED, -1, "%s: the CA offers no challenge tollgate can answer", name);
         return -1;
     }
     char key_auth[512];
@@ -970,8 +968,8 @@ static int order(const char *name, struct order_error *e)
     }
     json_decref(ord);
     /* The key and the CSR. */
-    EVP_PKEY *key = tg_jws_key_new(a->key_type == TG_ACME_KEY_RSA ? TG_KEY_RSA_2048
-                                                                  : TG_KEY_ECDSA_P256);
+    EVP_PKEY *key =
+        tg_jws_key_new(a->key_type == TG_ACME_KEY_RSA ? TG_KEY_RSA_2048 : TG_KEY_ECDSA_P256);
     char *csr = key != NULL ? tg_jws_csr(key, name) : NULL;
     if (csr == NULL) {
         EVP_PKEY_free(key);
@@ -1023,7 +1021,8 @@ static int order(const char *name, struct order_error *e)
     if (mkdirs(dir) < 0 || write_atomic(key_path, key_pem, strlen(key_pem), 0600) < 0 ||
         write_atomic(crt_path, r.body, r.body_len, 0644) < 0)
         tg_log_warn("cannot store the certificate for %s in %s: %s (it serves, but is "
-                    "ordered again after a restart)", name, dir, strerror(errno));
+                    "ordered again after a restart)",
+                    name, dir, strerror(errno));
     if (A.cfg->tls.fleet) {
         redisReply *rep = fleet_cmd("HSET %scert:%s chain %b key %b", prefix(), name, r.body,
                                     r.body_len, key_pem, strlen(key_pem));
@@ -1055,8 +1054,8 @@ static bool eligible(const char *name, char *why, size_t cap)
     const struct tg_config_acme *a = &cfg->tls.acme;
     if (cfg->tenants.index != NULL) {
         const char *id = tg_tenant_static_domain(cfg->tenants.index, name, strlen(name));
-        struct tg_tenant *t = id != NULL ? tg_tenant_static(cfg->tenants.index, id, strlen(id))
-                                         : NULL;
+        struct tg_tenant *t =
+            id != NULL ? tg_tenant_static(cfg->tenants.index, id, strlen(id)) : NULL;
         if (t != NULL && !t->suspended)
             return true;
     }
@@ -1068,9 +1067,9 @@ static bool eligible(const char *name, char *why, size_t cap)
             redisReply *rep = redisCommand(c, "GET %shost:%s", p, name);
             if (rep != NULL && rep->type == REDIS_REPLY_STRING) {
                 redisReply *st = redisCommand(c, "HGET %s%s status", p, rep->str);
-                ok = st != NULL && (st->type == REDIS_REPLY_NIL ||
-                                    (st->type == REDIS_REPLY_STRING &&
-                                     strcmp(st->str, "suspended") != 0));
+                ok = st != NULL &&
+                     (st->type == REDIS_REPLY_NIL ||
+                      (st->type == REDIS_REPLY_STRING && strcmp(st->str, "suspended") != 0));
                 freeReplyObject(st);
             }
             freeReplyObject(rep);
@@ -1081,8 +1080,7 @@ static bool eligible(const char *name, char *why, size_t cap)
     }
     if (a->ask != NULL) {
         char url[URL_MAX + 300];
-        snprintf(url, sizeof(url), "%s%sdomain=%s", a->ask, strchr(a->ask, '?') ? "&" : "?",
-                 name);
+        snprintf(url, sizeof(url), "%s%sdomain=%s", a->ask, strchr(a->ask, '?') ? "&" : "?", name);
         struct tg_acme_response r;
         int rc = tg_acme_http(A.http, "GET", url, NULL, NULL, 0, timeout_ms(), &r);
         bool ok = rc == 0 && r.status >= 200 && r.status < 300;
@@ -1188,8 +1186,7 @@ static void run_name(char *name)
             pthread_mutex_lock(&A.lock);
             note_order(now);
             pthread_mutex_unlock(&A.lock);
-            tg_log_info("ordering a certificate for %s from %s", name,
-                        A.cfg->tls.acme.directory);
+            tg_log_info("ordering a certificate for %s from %s", name, A.cfg->tls.acme.directory);
             rc = order(name, &e);
             fleet_unlock(name);
         }
@@ -1234,8 +1231,8 @@ static bool next_due(char *out, time_t *next)
     pthread_mutex_lock(&A.lock);
     for (size_t i = 0; i < A.nnames; i++) {
         struct managed *m = &A.names[i];
-        if (!m->configured && !(m->state == NAME_ORDERING || m->state == NAME_VALID ||
-                                m->state == NAME_NONE))
+        if (!m->configured &&
+            !(m->state == NAME_ORDERING || m->state == NAME_VALID || m->state == NAME_NONE))
             continue;
         if (m->next_at <= now && !found) {
             snprintf(out, NAME_MAX_LEN + 1, "%s", m->name);
@@ -1289,8 +1286,7 @@ static void check_renewal_info(const char *name)
     struct tg_acme_response r;
     time_t start = 0, end = 0;
     long again = 6 * 3600;
-    if (tg_acme_http(A.http, "GET", url, NULL, NULL, 0, timeout_ms(), &r) == 0 &&
-        r.status == 200) {
+    if (tg_acme_http(A.http, "GET", url, NULL, NULL, 0, timeout_ms(), &r) == 0 && r.status == 200) {
         json_t *j = json_loads(r.body, 0, NULL);
         json_t *w = j ? json_object_get(j, "suggestedWindow") : NULL;
         start = rfc3339(json_string_value(json_object_get(w, "start")));
@@ -1311,8 +1307,7 @@ static void check_renewal_info(const char *name)
             time_t at = start + (time_t)((double)(end - start) * (rnd / 255.0));
             if (at < m->next_at) {
                 m->next_at = at > now ? at : now;
-                tg_log_info("the CA's renewal information moves the renewal of %s forward",
-                            name);
+                tg_log_info("the CA's renewal information moves the renewal of %s forward", name);
             }
         }
     }
@@ -1423,8 +1418,8 @@ static void *subscriber_main(void *arg)
     while (A.sub_running) {
         redisContext *sub = redis_connect(&A.cfg->tls.redis);
         redisContext *get = sub != NULL ? redis_connect(&A.cfg->tls.redis) : NULL;
-        redisReply *rep = sub != NULL && get != NULL ? redisCommand(sub, "SUBSCRIBE %s", channel)
-                                                     : NULL;
+        redisReply *rep =
+            sub != NULL && get != NULL ? redisCommand(sub, "SUBSCRIBE %s", channel) : NULL;
         freeReplyObject(rep);
         if (sub != NULL) {
             struct timeval forever = {0, 0};
@@ -1447,8 +1442,8 @@ static void *subscriber_main(void *arg)
                     }
                     freeReplyObject(v);
                 } else if (strncmp(ev, "cert:", 5) == 0) {
-                    redisReply *v = redisCommand(get, "HMGET %scert:%s chain key", prefix(),
-                                                 ev + 5);
+                    redisReply *v =
+                        redisCommand(get, "HMGET %scert:%s chain key", prefix(), ev + 5);
                     char err[256];
                     if (v != NULL && v->type == REDIS_REPLY_ARRAY && v->elements == 2 &&
                         v->element[0]->type == REDIS_REPLY_STRING &&
@@ -1464,7 +1459,8 @@ static void *subscriber_main(void *arg)
                                     v->element[1]->str, v->element[1]->len, ev + 5, err,
                                     sizeof(err)) < 0)
                             tg_log_warn("a certificate for %s from another gateway is "
-                                        "not usable: %s", ev + 5, err);
+                                        "not usable: %s",
+                                        ev + 5, err);
                     }
                     freeReplyObject(v);
                 }
@@ -1492,8 +1488,8 @@ static void *acme_main(void *arg)
     return NULL;
 }
 
-int tg_acme_start(const struct tg_config *cfg, struct tg_certstore *store,
-                  tg_acme_notify_fn notify, void *arg, char *err, size_t errlen)
+int tg_acme_start(const struct tg_config *cfg, struct tg_certstore *store, tg_acme_notify_fn notify,
+                  void *arg, char *err, size_t errlen)
 {
     const struct tg_config_acme *a = &cfg->tls.acme;
     if (A.running)
@@ -1657,8 +1653,9 @@ void tg_acme_status_json(struct tg_strbuf *b)
             const struct managed *m = &A.names[i];
             tg_strbuf_printf(b, "%s{\"name\":", i ? "," : "");
             tg_strbuf_json(b, m->name);
-            tg_strbuf_printf(b, ",\"state\":\"%s\",\"on_demand\":%s,\"not_after\":%lld,"
-                                "\"renew_at\":%lld,\"issuer\":",
+            tg_strbuf_printf(b,
+                             ",\"state\":\"%s\",\"on_demand\":%s,\"not_after\":%lld,"
+                             "\"renew_at\":%lld,\"issuer\":",
                              state_name(m->state), m->configured ? "false" : "true",
                              (long long)m->not_after, (long long)m->next_at);
             tg_strbuf_json(b, m->issuer);

@@ -31,8 +31,8 @@ typedef void (*tg_acme_notify_fn)(const char *name, void *arg);
  * into `store`: what is stored (state directory, or a fleet's Redis) is in
  * the store when it returns; the rest is ordered by its thread. Returns 0,
  * or -1 with a message in err. Main thread. */
-int tg_acme_start(const struct tg_config *cfg, struct tg_certstore *store,
-                  tg_acme_notify_fn notify, void *arg, char *err, size_t errlen);
+int tg_acme_start(const struct tg_config *cfg, struct tg_certstore *store, tg_acme_notify_fn notify,
+                  void *arg, char *err, size_t errlen);
 /* A reloaded configuration: the names to keep, the settings. Main thread. */
 void tg_acme_configure(const struct tg_config *cfg);
 /* Stops the thread (in-flight orders are abandoned). Main thread. */
@@ -40,9 +40,9 @@ void tg_acme_stop(void);
 
 /* The answers of tg_acme_on_demand. */
 enum tg_acme_demand {
-    TG_ACME_NO = 0,  /* nothing to do here: the default certificate answers */
-    TG_ACME_WAIT,    /* ordered or being ordered: wait for the notice */
-    TG_ACME_REFUSE,  /* on demand, but not for this name (not eligible, backing
+    TG_ACME_NO = 0, /* nothing to do here: the default certificate answers */
+    TG_ACME_WAIT,   /* ordered or being ordered: wait for the notice */
+    TG_ACME_REFUSE, /* on demand, but not for this name (not eligible, backing
                         off, capped): the handshake fails (unrecognized_name) */
 };
 
@@ -58,7 +58,6 @@ void tg_acme_metrics(struct tg_strbuf *b);
 /* For the unit tests: builds a TLS-ALPN-01 certificate (RFC 8737) for
  * `name` and key authorization `key_auth` as PEM (cert and key,
  * malloc'd). Returns 0 or -1. */
-int tg_acme_alpn_cert_pem(const char *name, const char *key_auth, char **cert_pem,
-                          char **key_pem);
+int tg_acme_alpn_cert_pem(const char *name, const char *key_auth, char **cert_pem, char **key_pem);
 
 #endif

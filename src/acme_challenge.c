@@ -18,7 +18,7 @@
 
 struct entry {
     bool alpn;
-    char key[TOKEN_MAX];           /* token (HTTP-01) or name (TLS-ALPN-01) */
+    char key[TOKEN_MAX]; /* token (HTTP-01) or name (TLS-ALPN-01) */
     char key_auth[KEY_AUTH_MAX];
     struct tg_cert *cert;
     double expires;

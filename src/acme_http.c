@@ -38,7 +38,8 @@ SSL_CTX *tg_acme_http_ctx(const char *ca_bundle, char *err, size_t errlen)
     int ok = ca_bundle != NULL ? SSL_CTX_load_verify_locations(ctx, ca_bundle, NULL)
                                : SSL_CTX_set_default_verify_paths(ctx);
     if (ok != 1) {
-        snprintf(err, errlen, "cannot read the CA bundle '%.80s'", ca_bundle ? ca_bundle : "system");
+        snprintf(err, errlen, "cannot read the CA bundle '%.80s'",
+                 ca_bundle ? ca_bundle : "system");
         SSL_CTX_free(ctx);
         ERR_clear_error();
         return NULL;
@@ -127,7 +128,8 @@ static int connect_deadline(const char *host, const char *port, const struct tim
                 fd = -1;
             }
         } else if (errno != 0 && errno != EINPROGRESS) {
-            snprintf(err, errlen, "cannot connect to %.80s:%.80s: %.80s", host, port, strerror(errno));
+            snprintf(err, errlen, "cannot connect to %.80s:%.80s: %.80s", host, port,
+                     strerror(errno));
             close(fd);
             fd = -1;
         }

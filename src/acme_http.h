@@ -11,14 +11,14 @@
 #include <openssl/ssl.h>
 
 struct tg_acme_response {
-    int status;               /* 0 when no answer came (see `error`) */
-    char *body;               /* malloc'd, NUL-terminated (may be empty) */
+    int status; /* 0 when no answer came (see `error`) */
+    char *body; /* malloc'd, NUL-terminated (may be empty) */
     size_t body_len;
-    char location[1024];      /* headers ACME reads, "" when absent */
-    char nonce[256];          /* Replay-Nonce */
+    char location[1024]; /* headers ACME reads, "" when absent */
+    char nonce[256];     /* Replay-Nonce */
     char content_type[128];
-    long retry_after;         /* seconds, -1 when absent */
-    char error[512];          /* why nothing came back */
+    long retry_after; /* seconds, -1 when absent */
+    char error[512];  /* why nothing came back */
 };
 
 /* An SSL_CTX that verifies servers against `ca_bundle` (a PEM file), or

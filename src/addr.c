@@ -104,8 +104,7 @@ static int parse_v6(const char *s, size_t n, uint8_t ip[16])
 
 static bool is_v4_mapped(const uint8_t ip[16])
 {
-    static const uint8_t prefix[12] = {0, 0, 0, 0, 0,    0,
-                                       0, 0, 0, 0, 0xff, 0xff};
+    static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     return memcmp(ip, prefix, sizeof(prefix)) == 0;
 }
 
@@ -202,17 +201,26 @@ static size_t format_v6(const uint8_t ip[16], char *buf)
 /* "0" to "255", for formatting IPv4 without division: this runs for every
  * request (X-Forwarded-For, rate-limit keys, logs). */
 static const char octet_text[256][4] = {
-#define O1(n) {(char)('0' + (n)), 0, 0, 1}
-#define O2(n) {(char)('0' + (n) / 10), (char)('0' + (n) % 10), 0, 2}
-#define O3(n) {(char)('0' + (n) / 100), (char)('0' + (n) / 10 % 10), (char)('0' + (n) % 10), 3}
-#define R10(f, b) f(b), f(b + 1), f(b + 2), f(b + 3), f(b + 4), f(b + 5), f(b + 6), f(b + 7), \
-                  f(b + 8), f(b + 9)
-    R10(O1, 0), R10(O2, 10), R10(O2, 20), R10(O2, 30), R10(O2, 40), R10(O2, 50),
-    R10(O2, 60), R10(O2, 70), R10(O2, 80), R10(O2, 90),
-    R10(O3, 100), R10(O3, 110), R10(O3, 120), R10(O3, 130), R10(O3, 140),
-    R10(O3, 150), R10(O3, 160), R10(O3, 170), R10(O3, 180), R10(O3, 190),
-    R10(O3, 200), R10(O3, 210), R10(O3, 220), R10(O3, 230), R10(O3, 240),
-    O3(250), O3(251), O3(252), O3(253), O3(254), O3(255),
+#define O1(n)                      \
+    {                              \
+        (char)('0' + (n)), 0, 0, 1 \
+    }
+#define O2(n)                                                \
+    {                                                        \
+        (char)('0' + (n) / 10), (char)('0' + (n) % 10), 0, 2 \
+    }
+#define O3(n)                                                                           \
+    {                                                                                   \
+        (char)('0' + (n) / 100), (char)('0' + (n) / 10 % 10), (char)('0' + (n) % 10), 3 \
+    }
+#define R10(f, b) \
+    f(b), f(b + 1), f(b + 2), f(b + 3), f(b + 4), f(b + 5), f(b + 6), f(b + 7), f(b + 8), f(b + 9)
+    R10(O1, 0),   R10(O2, 10),  R10(O2, 20),  R10(O2, 30),  R10(O2, 40),  R10(O2, 50),
+    R10(O2, 60),  R10(O2, 70),  R10(O2, 80),  R10(O2, 90),  R10(O3, 100), R10(O3, 110),
+    R10(O3, 120), R10(O3, 130), R10(O3, 140), R10(O3, 150), R10(O3, 160), R10(O3, 170),
+    R10(O3, 180), R10(O3, 190), R10(O3, 200), R10(O3, 210), R10(O3, 220), R10(O3, 230),
+    R10(O3, 240), O3(250),      O3(251),      O3(252),      O3(253),      O3(254),
+    O3(255),
 #undef R10
 #undef O3
 #undef O2
@@ -299,8 +307,7 @@ static void set_err(char *err, size_t errlen, const char *msg)
         snprintf(err, errlen, "%s", msg);
 }
 
-int tg_cidr_parse(const char *s, size_t n, struct tg_cidr *out, char *err,
-                  size_t errlen)
+int tg_cidr_parse(const char *s, size_t n, struct tg_cidr *out, char *err, size_t errlen)
 {
     const char *slash = memchr(s, '/', n);
     size_t alen = slash != NULL ? (size_t)(slash - s) : n;
@@ -328,8 +335,7 @@ int tg_cidr_parse(const char *s, size_t n, struct tg_cidr *out, char *err,
         }
         if (bits > width) {
             set_err(err, errlen,
-                    c.addr.family == AF_INET ? "prefix length over 32"
-                                             : "prefix length over 128");
+                    c.addr.family == AF_INET ? "prefix length over 32" : "prefix length over 128");
             return -1;
         }
     }
@@ -342,9 +348,7 @@ int tg_cidr_parse(const char *s, size_t n, struct tg_cidr *out, char *err,
             fold_mapped(&masked);
             tg_addr_format(&masked, text, sizeof(text));
             snprintf(err, errlen, "host bits set (did you mean %s/%u?)", text,
-                     masked.family == AF_INET && c.addr.family == AF_INET6
-                         ? bits - 96
-                         : bits);
+                     masked.family == AF_INET && c.addr.family == AF_INET6 ? bits - 96 : bits);
         }
         return -1;
     }
@@ -452,8 +456,7 @@ static unsigned key_bit(const uint64_t key[2], unsigned i)
 }
 
 /* Length of the common leading bits of a and b, at most `limit`. */
-static unsigned common_bits(const uint64_t a[2], const uint64_t b[2],
-                            unsigned limit)
+static unsigned common_bits(const uint64_t a[2], const uint64_t b[2], unsigned limit)
 {
     uint64_t x = a[0] ^ b[0];
     unsigned c;
@@ -477,8 +480,7 @@ static void mask_key(uint64_t key[2], unsigned bits)
     }
 }
 
-static uint32_t new_node(struct tg_cidr_set *set, const uint64_t key[2],
-                         unsigned bits, int value)
+static uint32_t new_node(struct tg_cidr_set *set, const uint64_t key[2], unsigned bits, int value)
 {
     uint32_t id = set->len++;
     struct cidr_node *nd = &set->nodes[id];
@@ -491,8 +493,7 @@ static uint32_t new_node(struct tg_cidr_set *set, const uint64_t key[2],
     return id;
 }
 
-int tg_cidr_set_add(struct tg_cidr_set *set, const struct tg_cidr *prefix,
-                    int value)
+int tg_cidr_set_add(struct tg_cidr_set *set, const struct tg_cidr *prefix, int value)
 {
     struct tg_addr a = prefix->addr;
     unsigned bits = prefix->bits;

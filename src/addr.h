@@ -20,8 +20,8 @@
 #include "str.h"
 
 struct tg_addr {
-    uint8_t family;  /* AF_INET or AF_INET6; 0 = unknown (e.g. unix socket) */
-    uint8_t ip[16];  /* network order; IPv4 uses ip[0..3], the rest zero */
+    uint8_t family; /* AF_INET or AF_INET6; 0 = unknown (e.g. unix socket) */
+    uint8_t ip[16]; /* network order; IPv4 uses ip[0..3], the rest zero */
 };
 
 /* Longest text tg_addr_format writes, NUL included. */
@@ -63,8 +63,7 @@ struct tg_cidr {
  * errlen; err may be NULL), e.g. "host bits set (did you mean 10.0.0.0/8?)".
  * The prefix length is decimal without leading zeros. A mapped prefix
  * (::ffff:10.0.0.0/104) becomes its IPv4 form (10.0.0.0/8). */
-int tg_cidr_parse(const char *s, size_t n, struct tg_cidr *out, char *err,
-                  size_t errlen);
+int tg_cidr_parse(const char *s, size_t n, struct tg_cidr *out, char *err, size_t errlen);
 
 /* Named presets usable wherever a CIDR list is:
  *   "private"   127.0.0.0/8, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16,
@@ -87,8 +86,7 @@ void tg_cidr_set_free(struct tg_cidr_set *set);
  * last value. Host bits beyond the prefix are ignored. Returns 0, or -1 on
  * allocation failure or invalid input (value <= 0, family 0, bits over the
  * width). Not thread-safe: build the set before sharing it. */
-int tg_cidr_set_add(struct tg_cidr_set *set, const struct tg_cidr *prefix,
-                    int value);
+int tg_cidr_set_add(struct tg_cidr_set *set, const struct tg_cidr *prefix, int value);
 
 /* Returns the value of the longest prefix that contains `a`, or 0 if none
  * (always 0 for family 0). Thread-safe once the set is built. */

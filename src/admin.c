@@ -135,10 +135,11 @@ static void handle_status(struct tg_request *req)
     strftime(loaded, sizeof(loaded), "%Y-%m-%dT%H:%M:%SZ", &tm);
     tg_strbuf_printf(&b, "{\"version\":\"%s\",\"config\":", TG_VERSION);
     tg_strbuf_json(&b, rt->config_path);
-    tg_strbuf_printf(&b, ",\"config_loaded_at\":\"%s\",\"workers\":%u,\"connections\":%lu,"
-             "\"draining\":%s,\"upstreams\":[",
-         loaded, rt->nworkers, (unsigned long)atomic_load(&rt->nconns),
-         atomic_load(&rt->draining) ? "true" : "false");
+    tg_strbuf_printf(&b,
+                     ",\"config_loaded_at\":\"%s\",\"workers\":%u,\"connections\":%lu,"
+                     "\"draining\":%s,\"upstreams\":[",
+                     loaded, rt->nworkers, (unsigned long)atomic_load(&rt->nconns),
+                     atomic_load(&rt->draining) ? "true" : "false");
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const struct tg_config_upstream *u = &cfg->upstreams[i];
         tg_strbuf_printf(&b, "%s{\"name\":", i ? "," : "");
@@ -149,19 +150,20 @@ static void handle_status(struct tg_request *req)
             tg_upstream_server_state(w, u, (int)s, &st);
             tg_strbuf_printf(&b, "%s{\"address\":", s ? "," : "");
             tg_strbuf_json(&b, u->servers[s].addr.text);
-            tg_strbuf_printf(&b, ",\"healthy\":%s,\"ejected\":%s,\"check_passing\":%s,"
-                     "\"failures_in_a_row\":%u,\"active\":%u,\"idle\":%u}",
-                 st.ejected || !tg_health_up(&u->servers[s].addr) ? "false" : "true",
-                 st.ejected ? "true" : "false",
-                 tg_health_up(&u->servers[s].addr) ? "true" : "false", st.fails, st.active,
-                 st.idle);
+            tg_strbuf_printf(&b,
+                             ",\"healthy\":%s,\"ejected\":%s,\"check_passing\":%s,"
+                             "\"failures_in_a_row\":%u,\"active\":%u,\"idle\":%u}",
+                             st.ejected || !tg_health_up(&u->servers[s].addr) ? "false" : "true",
+                             st.ejected ? "true" : "false",
+                             tg_health_up(&u->servers[s].addr) ? "true" : "false", st.fails,
+                             st.active, st.idle);
         }
         tg_strbuf_printf(&b, "]}");
     }
     tg_strbuf_printf(&b, "],\"redis\":{\"state\":\"%s\",\"gateways\":%u}",
-         w->rl_redis != NULL ? redis_state_name(tg_ratelimit_redis_state(w->rl_redis))
-                             : "unused",
-         tg_ratelimit_redis_gateways());
+                     w->rl_redis != NULL ? redis_state_name(tg_ratelimit_redis_state(w->rl_redis))
+                                         : "unused",
+                     tg_ratelimit_redis_gateways());
     size_t cached = 0;
     for (unsigned i = 0; i < rt->nworkers; i++) {
         if (rt->workers[i]->tenants == NULL)
@@ -211,13 +213,15 @@ static void key_report(struct tg_request *req, const struct tg_config_policy *p,
         if (retry < 0)
             retry = 0;
     }
-    tg_strbuf_printf(&b, ",\"log_key\":\"%016llx\",\"store\":\"%s\",\"state\":\"%s\",\"limit\":%lld,"
-             "\"window_seconds\":%lld,\"burst\":%lld,\"remaining\":%lld,\"limited\":%s,"
-             "\"retry_after_seconds\":%.3f,\"reset_seconds\":%.3f}\n",
-         (unsigned long long)tg_limiter_key_hash(sk, skl), store, empty ? "none" : "held",
-         (long long)p->count, (long long)p->period_s, (long long)p->params.burst,
-         (long long)r->remaining, r->remaining < 1 ? "true" : "false", retry,
-         (double)(r->reset_ns > 0 ? r->reset_ns : 0) / 1e9);
+    tg_strbuf_printf(&b,
+                     ",\"log_key\":\"%016llx\",\"store\":\"%s\",\"state\":\"%s\",\"limit\":%lld,"
+                     "\"window_seconds\":%lld,\"burst\":%lld,\"remaining\":%lld,\"limited\":%s,"
+                     "\"retry_after_seconds\":%.3f,\"reset_seconds\":%.3f}\n",
+                     (unsigned long long)tg_limiter_key_hash(sk, skl), store,
+                     empty ? "none" : "held", (long long)p->count, (long long)p->period_s,
+                     (long long)p->params.burst, (long long)r->remaining,
+                     r->remaining < 1 ? "true" : "false", retry,
+                     (double)(r->reset_ns > 0 ? r->reset_ns : 0) / 1e9);
     if (b.oom) {
         tg_strbuf_free(&b);
         respond_text(req, 503, "503 Service Unavailable: out of memory\n");
@@ -301,18 +305,19 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
         rawlen = tg_percent_decode(raw, rawlen, true);
     }
     if (rawlen == 0) {
-        respond_text(req, 400, "400 Bad Request: /ratelimit/POLICY/KEY or "
-                               "/ratelimit/POLICY?key=KEY\n");
+        respond_text(req, 400,
+                     "400 Bad Request: /ratelimit/POLICY/KEY or "
+                     "/ratelimit/POLICY?key=KEY\n");
         return;
     }
     /* The key as enforcement builds it: canonical addresses, body values
      * trimmed and case-folded, escaped, long ones hashed. */
     char *key = tg_arena_alloc(&req->arena, TG_RATELIMIT_LOCAL_KEY_MAX);
     const char *why = "invalid key";
-    size_t keylen = key != NULL ? tg_limiter_admin_key(cfg, p, raw, rawlen, key,
-                                                       TG_RATELIMIT_LOCAL_KEY_MAX - POLICY_ROOM,
-                                                       &why)
-                                : 0;
+    size_t keylen = key != NULL
+                        ? tg_limiter_admin_key(cfg, p, raw, rawlen, key,
+                                               TG_RATELIMIT_LOCAL_KEY_MAX - POLICY_ROOM, &why)
+                        : 0;
     if (keylen == 0) {
         char msg[200];
         snprintf(msg, sizeof(msg), "400 Bad Request: %s\n", why);
@@ -320,9 +325,8 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
         return;
     }
     char *sk = tg_arena_alloc(&req->arena, TG_RATELIMIT_LOCAL_KEY_MAX);
-    size_t skl = sk != NULL ? tg_limiter_store_key(p->name, key, keylen, sk,
-                                                   TG_RATELIMIT_LOCAL_KEY_MAX)
-                            : 0;
+    size_t skl =
+        sk != NULL ? tg_limiter_store_key(p->name, key, keylen, sk, TG_RATELIMIT_LOCAL_KEY_MAX) : 0;
     struct admin_call *a = tg_arena_alloc(&req->arena, sizeof(*a));
     if (skl == 0 || a == NULL) {
         respond_text(req, 400, "400 Bad Request: key too long\n");
@@ -331,16 +335,20 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
     /* The policy's store, whichever it is: a peek (cost 0) shows the bucket
      * as it is; a reset forgets the key. */
     struct tg_ratelimit_store *st = &w->limiter.stores[p->store];
-    struct tg_ratelimit_key k = {.policy = p->name, .key = key, .keylen = keylen,
-                                 .store_key = sk, .store_keylen = skl, .params = p->params,
-                                 .cost = 0, .cls = (uint16_t)p->index};
+    struct tg_ratelimit_key k = {.policy = p->name,
+                                 .key = key,
+                                 .keylen = keylen,
+                                 .store_key = sk,
+                                 .store_keylen = skl,
+                                 .params = p->params,
+                                 .cost = 0,
+                                 .cls = (uint16_t)p->index};
     *a = (struct admin_call){req, p, key, keylen, st->ops->name, del};
     bool had = false, allowed = false;
     void *pending = NULL;
-    enum tg_ratelimit_take r =
-        del ? st->ops->reset(st->impl, &k, &had, on_store_answer, a)
-            : st->ops->take(st->impl, &k, 1, true, tg_limiter_now_ns(), &allowed, on_store_answer,
-                            a, &pending);
+    enum tg_ratelimit_take r = del ? st->ops->reset(st->impl, &k, &had, on_store_answer, a)
+                                   : st->ops->take(st->impl, &k, 1, true, tg_limiter_now_ns(),
+                                                   &allowed, on_store_answer, a, &pending);
     if (r == TG_RATELIMIT_FAULT) {
         respond_text(req, 503, "503 Service Unavailable: the rate-limit store is unavailable\n");
     } else if (r == TG_RATELIMIT_PENDING) {
@@ -366,8 +374,8 @@ void tg_admin_handle(struct tg_request *req)
     size_t pn = q ? (size_t)(q - path) : n;
     bool get = req->method_id == TG_HTTP_GET || req->method_id == TG_HTTP_HEAD;
 #define IS(p) (pn == sizeof(p) - 1 && memcmp(path, p, pn) == 0)
-    if (IS("/ratelimit") || (pn > RATELIMIT_PREFIX_LEN &&
-                             memcmp(path, RATELIMIT_PREFIX, RATELIMIT_PREFIX_LEN) == 0)) {
+    if (IS("/ratelimit") ||
+        (pn > RATELIMIT_PREFIX_LEN && memcmp(path, RATELIMIT_PREFIX, RATELIMIT_PREFIX_LEN) == 0)) {
         if (pn <= RATELIMIT_PREFIX_LEN) {
             respond_text(req, 400, "400 Bad Request: /ratelimit/POLICY/KEY\n");
             return;
@@ -389,8 +397,9 @@ void tg_admin_handle(struct tg_request *req)
     } else if (IS("/status")) {
         handle_status(req);
     } else {
-        respond_text(req, 404, "404 Not Found: /metrics /healthz /readyz /status "
-                               "/ratelimit/POLICY/KEY\n");
+        respond_text(req, 404,
+                     "404 Not Found: /metrics /healthz /readyz /status "
+                     "/ratelimit/POLICY/KEY\n");
     }
 #undef IS
 }

@@ -46,8 +46,7 @@ static bool bad(struct find *f, const char *why)
     return false;
 }
 
-static void occ_put(struct find *f, struct occ *o, const unsigned char *p,
-                    size_t n)
+static void occ_put(struct find *f, struct occ *o, const unsigned char *p, size_t n)
 {
     if (o->toolong)
         return;
@@ -57,8 +56,7 @@ static void occ_put(struct find *f, struct occ *o, const unsigned char *p,
     }
     if (!f->have)
         memcpy(f->out + o->n, p, n);
-    else if (!o->differs &&
-             (o->n + n > f->len || memcmp(f->out + o->n, p, n) != 0))
+    else if (!o->differs && (o->n + n > f->len || memcmp(f->out + o->n, p, n) != 0))
         o->differs = true;
     o->n += n;
 }
@@ -92,8 +90,7 @@ struct rd {
     bool form;
 };
 
-static int rd_decode(const struct rd *r, const unsigned char *p,
-                     const unsigned char **nx)
+static int rd_decode(const struct rd *r, const unsigned char *p, const unsigned char **nx)
 {
     if (p >= r->end) {
         *nx = p;
@@ -117,8 +114,7 @@ static int rd_decode(const struct rd *r, const unsigned char *p,
     return *p;
 }
 
-static void rd_init(struct rd *r, const unsigned char *p,
-                    const unsigned char *end, bool form)
+static void rd_init(struct rd *r, const unsigned char *p, const unsigned char *end, bool form)
 {
     r->p = p;
     r->end = end;
@@ -186,8 +182,7 @@ static void sink_rune(struct sink *k, const unsigned char *b, size_t n)
         k->match = false;
         return;
     }
-    if (k->pos >= k->f->field_len ||
-        lower(c) != lower((unsigned char)k->f->field[k->pos]))
+    if (k->pos >= k->f->field_len || lower(c) != lower((unsigned char)k->f->field[k->pos]))
         k->match = false;
     else
         k->pos++;
@@ -461,9 +456,7 @@ static bool json_doc(struct find *f, struct rd *r)
             case 't':
             case 'f':
             case 'n':
-                if (!json_literal(r, r->c == 't'   ? "true"
-                                     : r->c == 'f' ? "false"
-                                                   : "null"))
+                if (!json_literal(r, r->c == 't' ? "true" : r->c == 'f' ? "false" : "null"))
                     return bad(f, "malformed JSON literal");
                 st = AFTER;
                 break;
@@ -480,9 +473,7 @@ static bool json_doc(struct find *f, struct rd *r)
             json_ws(r);
             if (r->c != '"')
                 return bad(f, "malformed JSON object");
-            struct sink k = {.mode = depth == 1 ? SINK_NAME : SINK_SKIP,
-                             .f = f,
-                             .match = true};
+            struct sink k = {.mode = depth == 1 ? SINK_NAME : SINK_SKIP, .f = f, .match = true};
             if (!json_string(r, &k))
                 return bad(f, "malformed JSON string");
             match = k.mode == SINK_NAME && k.match && k.pos == f->field_len;
@@ -514,8 +505,7 @@ static bool json_doc(struct find *f, struct rd *r)
     }
 }
 
-static bool json_bytes(struct find *f, const unsigned char *p,
-                       const unsigned char *e, bool form)
+static bool json_bytes(struct find *f, const unsigned char *p, const unsigned char *e, bool form)
 {
     struct rd r;
     rd_init(&r, p, e, form);
@@ -526,8 +516,8 @@ static bool json_bytes(struct find *f, const unsigned char *p,
 
 /* Compares the %-decoded form component [p, e) with s[0..n): ASCII
  * case-insensitively (ci) or exactly. */
-static bool form_eq(const unsigned char *p, const unsigned char *e,
-                    const char *s, size_t n, bool ci)
+static bool form_eq(const unsigned char *p, const unsigned char *e, const char *s, size_t n,
+                    bool ci)
 {
     struct rd r;
     size_t i = 0;
@@ -541,8 +531,7 @@ static bool form_eq(const unsigned char *p, const unsigned char *e,
     return i == n;
 }
 
-static bool form_value(struct find *f, const unsigned char *p,
-                       const unsigned char *e)
+static bool form_value(struct find *f, const unsigned char *p, const unsigned char *e)
 {
     struct occ o = {0};
     struct rd r;
@@ -571,8 +560,7 @@ static bool form_pairs(struct find *f, const char *s, size_t n)
             if (form_eq(p, ke, f->field, f->field_len, true)) {
                 if (!form_value(f, v, amp))
                     return false;
-            } else if (form_eq(p, ke, JSON_PAYLOAD, sizeof(JSON_PAYLOAD) - 1,
-                               false)) {
+            } else if (form_eq(p, ke, JSON_PAYLOAD, sizeof(JSON_PAYLOAD) - 1, false)) {
                 if (!json_bytes(f, v, amp, true))
                     return false;
             }
@@ -591,8 +579,7 @@ static bool is_ows(unsigned char c)
     return c == ' ' || c == '\t';
 }
 
-static const unsigned char *skip_ows(const unsigned char *p,
-                                     const unsigned char *e)
+static const unsigned char *skip_ows(const unsigned char *p, const unsigned char *e)
 {
     while (p < e && is_ows(*p))
         p++;
@@ -613,8 +600,7 @@ static bool is_mime_token(unsigned char c)
 /* HTTP's tchar, for header names (textproto's validHeaderFieldByte). */
 static bool is_tchar(unsigned char c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-           (c >= 'A' && c <= 'Z') ||
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
            (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
@@ -626,8 +612,7 @@ struct param {
 
 /* The next `; name=value` at *p. 1: a parameter; 0: the end (a single
  * trailing ';' allowed, as Go); -1: anything Go might read otherwise. */
-static int param_next(const unsigned char **pp, const unsigned char *e,
-                      struct param *pa)
+static int param_next(const unsigned char **pp, const unsigned char *e, struct param *pa)
 {
     const unsigned char *p = skip_ows(*pp, e);
     if (p == e)
@@ -687,8 +672,7 @@ static bool name_is(const struct param *pa, const char *lit)
 /* Name of a parameter up to its '*', for RFC 2231 `name*`, `name*0`... */
 static bool star_base_is(const struct param *pa, const char *lit)
 {
-    const unsigned char *star =
-        memchr(pa->name, '*', (size_t)(pa->name_end - pa->name));
+    const unsigned char *star = memchr(pa->name, '*', (size_t)(pa->name_end - pa->name));
     size_t n = strlen(lit);
     return star != NULL && (size_t)(star - pa->name) == n &&
            strncasecmp((const char *)pa->name, lit, n) == 0;
@@ -699,8 +683,7 @@ static int pval_next(const struct param *pa, const unsigned char **p)
 {
     if (*p >= pa->val_end)
         return -1;
-    if (pa->quoted && **p == '\\' && pa->val_end - *p > 1 &&
-        is_tspecial((*p)[1]))
+    if (pa->quoted && **p == '\\' && pa->val_end - *p > 1 && is_tspecial((*p)[1]))
         (*p)++;
     return *(*p)++;
 }
@@ -725,15 +708,14 @@ static bool pval_eq(const struct param *pa, const char *s, size_t n, bool ci)
 /* RFC 2046 bchars. */
 static bool is_bchar(unsigned char c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-           (c >= 'A' && c <= 'Z') ||
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
            (c != '\0' && strchr("'()+_,-./:=? ", c) != NULL);
 }
 
 /* Reads the boundary from the parameters after "multipart/form-data" into
  * b[BOUNDARY_MAX] and returns its length, 0 if refused. */
-static size_t mp_boundary(struct find *f, const unsigned char *p,
-                          const unsigned char *e, unsigned char *b)
+static size_t mp_boundary(struct find *f, const unsigned char *p, const unsigned char *e,
+                          unsigned char *b)
 {
     struct param pa;
     size_t n = 0;
@@ -787,8 +769,7 @@ static enum mp_line mp_line(const unsigned char *p, const unsigned char *e,
 }
 
 /* The line starting at p: returns its end (past the LF, or e). */
-static const unsigned char *line_end(const unsigned char *p,
-                                     const unsigned char *e)
+static const unsigned char *line_end(const unsigned char *p, const unsigned char *e)
 {
     const unsigned char *nl = memchr(p, '\n', (size_t)(e - p));
     return nl != NULL ? nl + 1 : e;
@@ -803,8 +784,8 @@ struct part {
     struct param name;
 };
 
-static bool mp_disposition(struct find *f, struct part *pt,
-                           const unsigned char *v, const unsigned char *e)
+static bool mp_disposition(struct find *f, struct part *pt, const unsigned char *v,
+                           const unsigned char *e)
 {
     static const char fd[] = "form-data";
     size_t n = sizeof(fd) - 1;
@@ -841,8 +822,8 @@ static bool mp_disposition(struct find *f, struct part *pt,
 }
 
 /* Part headers from *pp up to and past the blank line. */
-static bool mp_headers(struct find *f, struct part *pt,
-                       const unsigned char **pp, const unsigned char *end)
+static bool mp_headers(struct find *f, struct part *pt, const unsigned char **pp,
+                       const unsigned char *end)
 {
     const unsigned char *p = *pp;
     for (;;) {
@@ -870,27 +851,24 @@ static bool mp_headers(struct find *f, struct part *pt,
         while (ve > v && is_ows(ve[-1]))
             ve--;
         size_t nlen = (size_t)(n_end - p);
-        if (nlen == 19 &&
-            strncasecmp((const char *)p, "Content-Disposition", 19) == 0) {
+        if (nlen == 19 && strncasecmp((const char *)p, "Content-Disposition", 19) == 0) {
             if (!mp_disposition(f, pt, v, ve))
                 return false;
         } else if (nlen == 25 &&
-                   strncasecmp((const char *)p, "Content-Transfer-Encoding",
-                               25) == 0) {
+                   strncasecmp((const char *)p, "Content-Transfer-Encoding", 25) == 0) {
             pt->cte = true;
         }
         p = nl + 1;
     }
 }
 
-static bool mp_part(struct find *f, const struct part *pt,
-                    const unsigned char *c, const unsigned char *ce)
+static bool mp_part(struct find *f, const struct part *pt, const unsigned char *c,
+                    const unsigned char *ce)
 {
     if (!pt->disposition || !pt->has_name)
         return bad(f, "part without form-data name");
     bool field = pval_eq(&pt->name, f->field, f->field_len, true);
-    bool payload =
-        pval_eq(&pt->name, JSON_PAYLOAD, sizeof(JSON_PAYLOAD) - 1, false);
+    bool payload = pval_eq(&pt->name, JSON_PAYLOAD, sizeof(JSON_PAYLOAD) - 1, false);
     if (!field && !payload)
         return true;
     if (pt->file)
@@ -904,9 +882,8 @@ static bool mp_part(struct find *f, const struct part *pt,
     return occ_end(f, &o);
 }
 
-static bool multipart(struct find *f, const unsigned char *ct,
-                      const unsigned char *cte, const unsigned char *body,
-                      size_t len)
+static bool multipart(struct find *f, const unsigned char *ct, const unsigned char *cte,
+                      const unsigned char *body, size_t len)
 {
     /* "\r\n--" boundary: dash starts at +2. */
     unsigned char delim[4 + BOUNDARY_MAX];
@@ -945,8 +922,8 @@ static bool multipart(struct find *f, const unsigned char *ct,
             if (i == NULL)
                 return bad(f, "multipart body ends before its close delimiter");
             const unsigned char *a = i + dlen + 2;
-            if (a == end || *a == ' ' || *a == '\t' || *a == '\r' ||
-                *a == '\n' || (*a == '-' && end - a > 1 && a[1] == '-'))
+            if (a == end || *a == ' ' || *a == '\t' || *a == '\r' || *a == '\n' ||
+                (*a == '-' && end - a > 1 && a[1] == '-'))
                 break;
             q = i + 1;
         }
@@ -965,8 +942,7 @@ static bool multipart(struct find *f, const unsigned char *ct,
 
 /* ---- the API ------------------------------------------------------------ */
 
-static bool ci_prefix(const unsigned char *p, const unsigned char *e,
-                      const char *lit, size_t n)
+static bool ci_prefix(const unsigned char *p, const unsigned char *e, const char *lit, size_t n)
 {
     return (size_t)(e - p) >= n && strncasecmp((const char *)p, lit, n) == 0;
 }
@@ -997,20 +973,18 @@ bool tg_bodykey_field_ok(const char *field, size_t field_len)
         return false;
     for (size_t i = 0; i < field_len; i++) {
         unsigned char c = (unsigned char)field[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-              (c >= 'A' && c <= 'Z') || c == '_' || c == '-' || c == '.'))
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              c == '_' || c == '-' || c == '.'))
             return false;
     }
     return true;
 }
 
-enum tg_bodykey_status tg_bodykey_find(const struct tg_bodykey_input *in,
-                                       const char *field, size_t field_len,
-                                       char *out, size_t cap, size_t *outlen,
+enum tg_bodykey_status tg_bodykey_find(const struct tg_bodykey_input *in, const char *field,
+                                       size_t field_len, char *out, size_t cap, size_t *outlen,
                                        const char **why)
 {
-    struct find f = {
-        .field = field, .field_len = field_len, .out = out, .cap = cap};
+    struct find f = {.field = field, .field_len = field_len, .out = out, .cap = cap};
     enum tg_bodykey_status st;
     const char *reason;
     enum tg_bodykey_kind kind = tg_bodykey_classify(in->content_type);
@@ -1027,8 +1001,8 @@ enum tg_bodykey_status tg_bodykey_find(const struct tg_bodykey_input *in,
         (kind == TG_BODYKEY_JSON && !(in->read & TG_BODYKEY_READ_JSON)) ||
         (kind != TG_BODYKEY_JSON && !(in->read & TG_BODYKEY_READ_FORM))) {
         st = TG_BODYKEY_UNREADABLE;
-        reason = kind == TG_BODYKEY_OTHER ? "unsupported Content-Type"
-                                          : "Content-Type not read here";
+        reason =
+            kind == TG_BODYKEY_OTHER ? "unsupported Content-Type" : "Content-Type not read here";
         goto done;
     }
     if (in->len > 0) {

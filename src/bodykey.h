@@ -122,7 +122,7 @@ enum tg_bodykey_status {
 
 struct tg_bodykey_input {
     struct tg_str content_type; /* the header's value; p == NULL: none */
-    const char *body; /* the WHOLE body (NULL if len 0): a prefix of a form
+    const char *body;           /* the WHOLE body (NULL if len 0): a prefix of a form
                          body reads as another value ("identity=ab" cut to
                          "identity=a"), so never pass a truncated one */
     size_t len;
@@ -142,9 +142,8 @@ bool tg_bodykey_field_ok(const char *field, size_t field_len);
  * scratch. *why (if why != NULL) gets a static reason for logs, never NULL.
  * An invalid field (see tg_bodykey_field_ok) gives UNREADABLE. Borrows
  * everything for the call only; pure; any thread. */
-enum tg_bodykey_status tg_bodykey_find(const struct tg_bodykey_input *in,
-                                       const char *field, size_t field_len,
-                                       char *out, size_t cap, size_t *outlen,
+enum tg_bodykey_status tg_bodykey_find(const struct tg_bodykey_input *in, const char *field,
+                                       size_t field_len, char *out, size_t cap, size_t *outlen,
                                        const char **why);
 
 /* "found", "missing", "unreadable", "malformed", "conflict". */

@@ -18,8 +18,8 @@ size_t tg_pages_size(size_t n)
 
 void *tg_pages_alloc(size_t n)
 {
-    void *p = mmap(NULL, tg_pages_size(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
+    void *p =
+        mmap(NULL, tg_pages_size(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 
@@ -36,8 +36,7 @@ static size_t page_cap(size_t n)
     return tg_pages_size(sizeof(struct tg_buf) + n) - sizeof(struct tg_buf);
 }
 
-void tg_buf_pool_init(struct tg_buf_pool *p, size_t small_size,
-                      size_t large_size, size_t max_free)
+void tg_buf_pool_init(struct tg_buf_pool *p, size_t small_size, size_t large_size, size_t max_free)
 {
     memset(p, 0, sizeof(*p));
     p->small_size = page_cap(small_size);

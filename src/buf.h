@@ -41,8 +41,7 @@ struct tg_buf_pool {
  * memory shrinks back within a tick or two. */
 void tg_buf_pool_trim(struct tg_buf_pool *p, size_t reserve);
 
-void tg_buf_pool_init(struct tg_buf_pool *p, size_t small_size,
-                      size_t large_size, size_t max_free);
+void tg_buf_pool_init(struct tg_buf_pool *p, size_t small_size, size_t large_size, size_t max_free);
 
 /* Memory straight from the kernel, in whole pages, for objects beyond the
  * free lists: giving it back (munmap) lowers RSS at once, whatever state

@@ -87,23 +87,21 @@ struct pem_data {
 };
 
 /* Reads a whole (small) file. */
-static int file_read(const char *path, const char *what, struct pem_data *out,
-                     char *err, size_t errlen)
+static int file_read(const char *path, const char *what, struct pem_data *out, char *err,
+                     size_t errlen)
 {
     out->p = NULL;
     out->n = 0;
     out->owned = true;
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
-        snprintf(err, errlen, "cannot read %s '%s': %s", what, path,
-                 strerror(errno));
+        snprintf(err, errlen, "cannot read %s '%s': %s", what, path, strerror(errno));
         return -1;
     }
     struct stat st;
-    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) ||
-        st.st_size > MAX_PEM_FILE) {
-        snprintf(err, errlen, "%s '%s' is not a regular file of at most %d MiB",
-                 what, path, MAX_PEM_FILE >> 20);
+    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > MAX_PEM_FILE) {
+        snprintf(err, errlen, "%s '%s' is not a regular file of at most %d MiB", what, path,
+                 MAX_PEM_FILE >> 20);
         fclose(f);
         return -1;
     }
@@ -140,9 +138,8 @@ static bool contains(const struct pem_data *d, const char *s)
 
 /* Every PEM certificate in `d`, in order. Returns the count, or -1 with err
  * set (a block that does not parse). */
-static int pem_certs(const struct pem_data *d, const char *what,
-                     const char *path, STACK_OF(X509) *out, char *err,
-                     size_t errlen)
+static int pem_certs(const struct pem_data *d, const char *what, const char *path,
+                     STACK_OF(X509) * out, char *err, size_t errlen)
 {
     BIO *b = BIO_new_mem_buf(d->p, (int)d->n);
     if (b == NULL) {
@@ -155,13 +152,12 @@ static int pem_certs(const struct pem_data *d, const char *what,
         X509 *x = PEM_read_bio_X509(b, NULL, NULL, NULL);
         if (x == NULL) {
             unsigned long e = ERR_peek_last_error();
-            if (ERR_GET_LIB(e) == ERR_LIB_PEM &&
-                ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
+            if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
                 ERR_clear_error();
                 break;
             }
-            snprintf(err, errlen, "%s '%s': certificate %d does not parse: %s",
-                     what, path, n + 1, ssl_reason());
+            snprintf(err, errlen, "%s '%s': certificate %d does not parse: %s", what, path, n + 1,
+                     ssl_reason());
             BIO_free(b);
             return -1;
         }
@@ -177,9 +173,8 @@ static int pem_certs(const struct pem_data *d, const char *what,
     return n;
 }
 
-X509_STORE *tg_cert_load_ca(const char *path, const char *what,
-                            STACK_OF(X509_NAME) **names, unsigned char digest[32],
-                            char *err, size_t errlen)
+X509_STORE *tg_cert_load_ca(const char *path, const char *what, STACK_OF(X509_NAME) * *names,
+                            unsigned char digest[32], char *err, size_t errlen)
 {
     struct pem_data d;
     if (file_read(path, what, &d, err, errlen) < 0)
@@ -214,8 +209,8 @@ X509_STORE *tg_cert_load_ca(const char *path, const char *what,
     for (int i = 0; i < n; i++) {
         X509 *x = sk_X509_value(certs, i);
         if (X509_STORE_add_cert(store, x) != 1) {
-            snprintf(err, errlen, "%s '%s': cannot add certificate %d: %s",
-                     what, path, i + 1, ssl_reason());
+            snprintf(err, errlen, "%s '%s': cannot add certificate %d: %s", what, path, i + 1,
+                     ssl_reason());
             goto fail;
         }
         if (names != NULL) {
@@ -259,8 +254,7 @@ bool tg_cert_ip_literal(const char *s, size_t n, char *buf, size_t cap)
 static void format_time(const ASN1_TIME *t, char *out, size_t cap)
 {
     struct tm tm;
-    if (ASN1_TIME_to_tm(t, &tm) != 1 ||
-        strftime(out, cap, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+    if (ASN1_TIME_to_tm(t, &tm) != 1 || strftime(out, cap, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
         snprintf(out, cap, "(unreadable date)");
 }
 
@@ -349,8 +343,7 @@ static int cert_collect_names(struct tg_cert *c)
     if (last < 0)
         return 0;
     unsigned char *utf8 = NULL;
-    int len = ASN1_STRING_to_UTF8(
-        &utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, last)));
+    int len = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, last)));
     if (len < 0) {
         ERR_clear_error();
         return 0;
@@ -369,11 +362,13 @@ static void cert_warn_dates(const struct tg_cert *c)
     if (X509_cmp_current_time(na) < 0) {
         format_time(na, when, sizeof(when));
         tg_log_warn("certificate %s expired on %s; serving it anyway, clients "
-                    "will refuse it", c->label, when);
+                    "will refuse it",
+                    c->label, when);
     } else if (X509_cmp_current_time(nb) > 0) {
         format_time(nb, when, sizeof(when));
         tg_log_warn("certificate %s is not valid before %s; serving it anyway, "
-                    "clients will refuse it until then", c->label, when);
+                    "clients will refuse it until then",
+                    c->label, when);
     } else if (X509_cmp_time(na, &soon) < 0) {
         format_time(na, when, sizeof(when));
         tg_log_warn("certificate %s expires on %s", c->label, when);
@@ -396,8 +391,8 @@ static void cert_free(struct tg_cert *c)
 }
 
 /* A new certificate named `label`, with the leaf and chain of `d`. */
-static struct tg_cert *cert_parse_chain(const struct pem_data *d, const char *label,
-                                        char *err, size_t errlen)
+static struct tg_cert *cert_parse_chain(const struct pem_data *d, const char *label, char *err,
+                                        size_t errlen)
 {
     struct tg_cert *c = calloc(1, sizeof(*c));
     STACK_OF(X509) *all = sk_X509_new_null();
@@ -411,13 +406,17 @@ static struct tg_cert *cert_parse_chain(const struct pem_data *d, const char *la
         goto fail;
     if (n == 0) {
         if (contains(d, "PRIVATE KEY-----"))
-            snprintf(err, errlen, "'%s' holds a private key but no "
-                     "certificate (cert must name the certificate file)", label);
+            snprintf(err, errlen,
+                     "'%s' holds a private key but no "
+                     "certificate (cert must name the certificate file)",
+                     label);
         else if (contains(d, "-----BEGIN "))
             snprintf(err, errlen, "'%s' holds no PEM certificate", label);
         else
-            snprintf(err, errlen, "'%s' is not a PEM file (no '-----BEGIN "
-                     "CERTIFICATE-----' block)", label);
+            snprintf(err, errlen,
+                     "'%s' is not a PEM file (no '-----BEGIN "
+                     "CERTIFICATE-----' block)",
+                     label);
         goto fail;
     }
     c->x509 = sk_X509_shift(all);
@@ -446,42 +445,47 @@ static struct tg_cert *cert_parse_key(struct tg_cert *c, const struct pem_data *
     c->pkey = PEM_read_bio_PrivateKey(b, NULL, pem_password_none, &encrypted);
     if (c->pkey == NULL) {
         if (encrypted)
-            snprintf(err, errlen, "key '%s' is encrypted; tollgate reads "
+            snprintf(err, errlen,
+                     "key '%s' is encrypted; tollgate reads "
                      "unencrypted keys only (protect the file with "
-                     "permissions instead)", key_label);
+                     "permissions instead)",
+                     key_label);
         else if (!contains(k, "-----BEGIN "))
-            snprintf(err, errlen, "'%s' is not a PEM file (no '-----BEGIN "
-                     "PRIVATE KEY-----' block)", key_label);
+            snprintf(err, errlen,
+                     "'%s' is not a PEM file (no '-----BEGIN "
+                     "PRIVATE KEY-----' block)",
+                     key_label);
         else if (!contains(k, "PRIVATE KEY-----"))
             snprintf(err, errlen, "'%s' holds no PEM private key", key_label);
         else
-            snprintf(err, errlen, "key '%s' does not parse: %s", key_label,
-                     ssl_reason());
+            snprintf(err, errlen, "key '%s' does not parse: %s", key_label, ssl_reason());
         ERR_clear_error();
         goto fail;
     }
     const EVP_PKEY *pub = X509_get0_pubkey(c->x509);
     if (pub == NULL) {
-        snprintf(err, errlen, "certificate '%s': unreadable public key: %s",
-                 cert_label, ssl_reason());
+        snprintf(err, errlen, "certificate '%s': unreadable public key: %s", cert_label,
+                 ssl_reason());
         goto fail;
     }
     if (EVP_PKEY_get_base_id(pub) != EVP_PKEY_get_base_id(c->pkey)) {
-        snprintf(err, errlen, "mismatched algorithms: certificate '%s' has an "
-                 "%s key but '%s' holds an %s key", cert_label,
-                 key_type_name(pub), key_label, key_type_name(c->pkey));
+        snprintf(err, errlen,
+                 "mismatched algorithms: certificate '%s' has an "
+                 "%s key but '%s' holds an %s key",
+                 cert_label, key_type_name(pub), key_label, key_type_name(c->pkey));
         goto fail;
     }
     if (EVP_PKEY_eq(pub, c->pkey) != 1) {
         ERR_clear_error();
-        snprintf(err, errlen, "key '%s' does not match certificate '%s'",
-                 key_label, cert_label);
+        snprintf(err, errlen, "key '%s' does not match certificate '%s'", key_label, cert_label);
         goto fail;
     }
     int kind = key_kind(c->pkey);
     if (kind < 0) {
-        snprintf(err, errlen, "certificate '%s' has an %s key; RSA and ECDSA "
-                 "certificates are supported", cert_label, key_type_name(c->pkey));
+        snprintf(err, errlen,
+                 "certificate '%s' has an %s key; RSA and ECDSA "
+                 "certificates are supported",
+                 cert_label, key_type_name(c->pkey));
         goto fail;
     }
     c->kind = (enum tg_cert_kind)kind;
@@ -499,13 +503,13 @@ fail:
     return NULL;
 }
 
-struct tg_cert *tg_cert_load(const char *cert_file, const char *key_file,
-                             char *err, size_t errlen)
+struct tg_cert *tg_cert_load(const char *cert_file, const char *key_file, char *err, size_t errlen)
 {
     if (err != NULL && errlen > 0)
         err[0] = '\0';
     if (cert_file == NULL) {
-        snprintf(err, errlen, "key '%s' has no certificate: a certificate "
+        snprintf(err, errlen,
+                 "key '%s' has no certificate: a certificate "
                  "entry needs cert as well as key",
                  key_file != NULL ? key_file : "");
         return NULL;
@@ -531,14 +535,13 @@ struct tg_cert *tg_cert_load(const char *cert_file, const char *key_file,
     return c;
 }
 
-struct tg_cert *tg_cert_from_pem(const char *label, const char *cert_pem,
-                                 size_t cert_len, const char *key_pem,
-                                 size_t key_len, char *err, size_t errlen)
+struct tg_cert *tg_cert_from_pem(const char *label, const char *cert_pem, size_t cert_len,
+                                 const char *key_pem, size_t key_len, char *err, size_t errlen)
 {
     if (err != NULL && errlen > 0)
         err[0] = '\0';
-    if (label == NULL || cert_pem == NULL || key_pem == NULL ||
-        cert_len > MAX_PEM_FILE || key_len > MAX_PEM_FILE) {
+    if (label == NULL || cert_pem == NULL || key_pem == NULL || cert_len > MAX_PEM_FILE ||
+        key_len > MAX_PEM_FILE) {
         snprintf(err, errlen, "certificate '%s': no certificate or key, or too large",
                  label != NULL ? label : "");
         return NULL;
@@ -553,10 +556,8 @@ int tg_cert_check_usable(const struct tg_cert *c, char *err, size_t errlen)
 {
     SSL_CTX *scratch = SSL_CTX_new(TLS_server_method());
     int rc = 0;
-    if (scratch == NULL ||
-        SSL_CTX_use_cert_and_key(scratch, c->x509, c->pkey, c->chain, 1) != 1) {
-        snprintf(err, errlen, "certificate '%s' cannot be used: %s", c->label,
-                 ssl_reason());
+    if (scratch == NULL || SSL_CTX_use_cert_and_key(scratch, c->x509, c->pkey, c->chain, 1) != 1) {
+        snprintf(err, errlen, "certificate '%s' cannot be used: %s", c->label, ssl_reason());
         rc = -1;
     }
     SSL_CTX_free(scratch);
@@ -622,7 +623,7 @@ struct tg_certstore_snap {
     size_t default_group;
     struct snap_name *names; /* sorted by name */
     size_t nnames;
-    bool *used;              /* per entry: some group serves it */
+    bool *used; /* per entry: some group serves it */
 };
 
 struct name_ref {
@@ -641,8 +642,7 @@ static int cmp_name_ref(const void *a, const void *b)
 
 static int cmp_snap_name(const void *a, const void *b)
 {
-    return strcmp(((const struct snap_name *)a)->name,
-                  ((const struct snap_name *)b)->name);
+    return strcmp(((const struct snap_name *)a)->name, ((const struct snap_name *)b)->name);
 }
 
 static int cmp_key_name(const void *key, const void *elem)
@@ -651,8 +651,8 @@ static int cmp_key_name(const void *key, const void *elem)
 }
 
 /* The run of refs for `name` in the sorted refs array, as [*lo, *hi). */
-static bool refs_find(const struct name_ref *refs, size_t n, const char *name,
-                      size_t *lo, size_t *hi)
+static bool refs_find(const struct name_ref *refs, size_t n, const char *name, size_t *lo,
+                      size_t *hi)
 {
     size_t a = 0, b = n;
     while (a < b) {
@@ -671,8 +671,8 @@ static bool refs_find(const struct name_ref *refs, size_t n, const char *name,
     return true;
 }
 
-static void fill_kinds(const struct entry *entries, const struct name_ref *refs,
-                       size_t lo, size_t hi, struct tg_cert_choice *g)
+static void fill_kinds(const struct entry *entries, const struct name_ref *refs, size_t lo,
+                       size_t hi, struct tg_cert_choice *g)
 {
     for (size_t i = lo; i < hi; i++) {
         struct tg_cert *c = entries[refs[i].entry].cert;
@@ -681,9 +681,8 @@ static void fill_kinds(const struct entry *entries, const struct name_ref *refs,
     }
 }
 
-static struct tg_cert_choice select_group(const struct entry *entries,
-                                          const struct name_ref *refs, size_t nrefs,
-                                          const char *name)
+static struct tg_cert_choice select_group(const struct entry *entries, const struct name_ref *refs,
+                                          size_t nrefs, const char *name)
 {
     struct tg_cert_choice g = {{NULL}};
     size_t lo, hi;
@@ -734,8 +733,7 @@ static void entries_free(struct entry *e, size_t n)
 
 /* Builds the index over `entries` (taking them over, freed on failure too).
  * `def` is the entry of the default certificate. */
-static struct tg_certstore_snap *snap_build(struct entry *entries, size_t n,
-                                            size_t def)
+static struct tg_certstore_snap *snap_build(struct entry *entries, size_t n, size_t def)
 {
     struct tg_certstore_snap *s = calloc(1, sizeof(*s));
     if (s == NULL) {
@@ -789,12 +787,11 @@ static struct tg_certstore_snap *snap_build(struct entry *entries, size_t n,
     return s;
 }
 
-const struct tg_cert_choice *tg_certstore_lookup(const struct tg_certstore_snap *s,
-                                                 const char *p, size_t n)
+const struct tg_cert_choice *tg_certstore_lookup(const struct tg_certstore_snap *s, const char *p,
+                                                 size_t n)
 {
     char buf[MAX_NAME + 2];
-    if (s->nnames == 0 || !name_normalise(p, n, buf + 1) ||
-        strchr(buf + 1, '*') != NULL)
+    if (s->nnames == 0 || !name_normalise(p, n, buf + 1) || strchr(buf + 1, '*') != NULL)
         return NULL;
     const struct snap_name *hit =
         bsearch(buf + 1, s->names, s->nnames, sizeof(*s->names), cmp_key_name);
@@ -853,8 +850,7 @@ void tg_certstore_warn_unserved(struct tg_cert *const *certs, size_t n)
         if (!s->used[i])
             tg_log_warn("certificate %s is never served: an earlier %s "
                         "certificate covers each of its names",
-                        s->entries[i].cert->label,
-                        tg_cert_kind_name(s->entries[i].cert->kind));
+                        s->entries[i].cert->label, tg_cert_kind_name(s->entries[i].cert->kind));
     snap_free(s);
 }
 
@@ -868,10 +864,10 @@ void tg_certstore_warn_unserved(struct tg_cert *const *certs, size_t n)
 
 struct tg_certstore {
     _Atomic unsigned refs;
-    pthread_mutex_t write;   /* serialises writers */
-    pthread_rwlock_t lock;   /* guards `current` against a swap mid-acquire */
+    pthread_mutex_t write; /* serialises writers */
+    pthread_rwlock_t lock; /* guards `current` against a swap mid-acquire */
     struct tg_certstore_snap *current;
-    uint64_t generation;     /* under `write` */
+    uint64_t generation; /* under `write` */
 };
 
 struct tg_certstore *tg_certstore_new(void)
@@ -938,8 +934,8 @@ static int store_swap(struct tg_certstore *st, struct entry *entries, size_t n)
 /* A copy of the current entries (with references) that pass `keep`, plus
  * room for `extra` more. */
 static struct entry *entries_copy(const struct tg_certstore_snap *cur, size_t extra,
-                                  bool (*keep)(const struct entry *, const void *),
-                                  const void *arg, size_t *n_out)
+                                  bool (*keep)(const struct entry *, const void *), const void *arg,
+                                  size_t *n_out)
 {
     struct entry *e = calloc(cur->n + extra + 1, sizeof(*e));
     if (e == NULL)
@@ -949,8 +945,7 @@ static struct entry *entries_copy(const struct tg_certstore_snap *cur, size_t ex
         if (!keep(&cur->entries[i], arg))
             continue;
         e[n].cert = cur->entries[i].cert;
-        if (cur->entries[i].name != NULL &&
-            (e[n].name = strdup(cur->entries[i].name)) == NULL) {
+        if (cur->entries[i].name != NULL && (e[n].name = strdup(cur->entries[i].name)) == NULL) {
             entries_free(e, n);
             return NULL;
         }
@@ -967,8 +962,7 @@ static bool keep_put(const struct entry *e, const void *arg)
     return e->name != NULL;
 }
 
-int tg_certstore_set_config(struct tg_certstore *st, struct tg_cert *const *certs,
-                            size_t n)
+int tg_certstore_set_config(struct tg_certstore *st, struct tg_cert *const *certs, size_t n)
 {
     pthread_mutex_lock(&st->write);
     size_t have;
@@ -991,8 +985,8 @@ static bool keep_other(const struct entry *e, const void *arg)
     return e->name == NULL || strcmp(e->name, arg) != 0;
 }
 
-int tg_certstore_put(struct tg_certstore *st, const char *name, struct tg_cert *cert,
-                     char *err, size_t errlen)
+int tg_certstore_put(struct tg_certstore *st, const char *name, struct tg_cert *cert, char *err,
+                     size_t errlen)
 {
     char key[MAX_NAME + 1];
     if (name == NULL || !name_normalise(name, strlen(name), key)) {
@@ -1000,8 +994,7 @@ int tg_certstore_put(struct tg_certstore *st, const char *name, struct tg_cert *
         return -1;
     }
     if (!tg_cert_has_name(cert, key)) {
-        snprintf(err, errlen, "certificate %s does not carry the name %s",
-                 cert->label, key);
+        snprintf(err, errlen, "certificate %s does not carry the name %s", cert->label, key);
         return -1;
     }
     if (tg_cert_check_usable(cert, err, errlen) < 0)
@@ -1043,8 +1036,8 @@ int tg_certstore_put(struct tg_certstore *st, const char *name, struct tg_cert *
     rc = store_swap(st, e, n);
     if (rc == 0 && !st->current->used[at])
         tg_log_warn("certificate %s put for %s is never served: an earlier %s "
-                    "certificate covers each of its names", cert->label, key,
-                    tg_cert_kind_name(cert->kind));
+                    "certificate covers each of its names",
+                    cert->label, key, tg_cert_kind_name(cert->kind));
     e = NULL;
 nomem:
     if (e != NULL)

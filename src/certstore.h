@@ -38,15 +38,15 @@ enum tg_cert_kind {
 /* One certificate. Immutable once made; share it with tg_cert_ref. */
 struct tg_cert {
     _Atomic unsigned refs;
-    X509 *x509;              /* the leaf */
-    STACK_OF(X509) *chain;   /* what follows it in the file, in order */
+    X509 *x509;             /* the leaf */
+    STACK_OF(X509) * chain; /* what follows it in the file, in order */
     EVP_PKEY *pkey;
     enum tg_cert_kind kind;
-    char **names;            /* DNS names SNI selects it for: the SAN's, else
+    char **names; /* DNS names SNI selects it for: the SAN's, else
                                 the last CN; lower case, no trailing dot,
                                 wildcards as "*.example.com" */
     size_t nnames;
-    char *label;             /* the certificate file, or the caller's label */
+    char *label; /* the certificate file, or the caller's label */
 };
 
 /* Loads a certificate file (PEM: the certificate, then its chain) and its
@@ -58,14 +58,12 @@ struct tg_cert {
  * with a message naming the file in `err` (the messages `tollgate -t`
  * prints, e.g. "key 'k.pem' does not match certificate 'c.pem'"). Either
  * path NULL is an error too. Any thread (it logs). */
-struct tg_cert *tg_cert_load(const char *cert_file, const char *key_file,
-                             char *err, size_t errlen);
+struct tg_cert *tg_cert_load(const char *cert_file, const char *key_file, char *err, size_t errlen);
 
 /* The same from PEM text in memory (what an ACME client holds); `label`
  * names it in messages and logs. The buffers are only read. */
-struct tg_cert *tg_cert_from_pem(const char *label, const char *cert_pem,
-                                 size_t cert_len, const char *key_pem,
-                                 size_t key_len, char *err, size_t errlen);
+struct tg_cert *tg_cert_from_pem(const char *label, const char *cert_pem, size_t cert_len,
+                                 const char *key_pem, size_t key_len, char *err, size_t errlen);
 
 /* Whether OpenSSL accepts the certificate for a server at the default
  * security level (a 1024-bit RSA key is refused, say). 0, or -1 with
@@ -110,8 +108,7 @@ void tg_certstore_unref(struct tg_certstore *st);
  * other key type for its first name, when there is one). Returns 0, or -1
  * on allocation failure with the store unchanged. Any thread; writers are
  * serialised. */
-int tg_certstore_set_config(struct tg_certstore *st, struct tg_cert *const *certs,
-                            size_t n);
+int tg_certstore_set_config(struct tg_certstore *st, struct tg_cert *const *certs, size_t n);
 
 /* Adds the certificate stored under `name` (a DNS name or "*.domain") for
  * cert's key type, or replaces the one already there: an RSA and an ECDSA
@@ -125,8 +122,8 @@ int tg_certstore_set_config(struct tg_certstore *st, struct tg_cert *const *cert
  * snapshot they started with; the next handshake sees the change. Takes
  * its own reference to `cert`. Returns 0, or -1 with a message in err
  * (may be NULL). Any thread. */
-int tg_certstore_put(struct tg_certstore *st, const char *name,
-                     struct tg_cert *cert, char *err, size_t errlen);
+int tg_certstore_put(struct tg_certstore *st, const char *name, struct tg_cert *cert, char *err,
+                     size_t errlen);
 
 /* Removes what tg_certstore_put stored under `name` (both key types).
  * Returns how many certificates went; 0 also when the store could not
@@ -172,9 +169,8 @@ void tg_certstore_warn_unserved(struct tg_cert *const *certs, size_t n);
  * key in messages ("client_ca", "tls_ca"). With `names`, also the subjects
  * to advertise to clients; with `digest`, a SHA-256 over the file. NULL
  * with a message naming the file in err. */
-X509_STORE *tg_cert_load_ca(const char *path, const char *what,
-                            STACK_OF(X509_NAME) **names, unsigned char digest[32],
-                            char *err, size_t errlen);
+X509_STORE *tg_cert_load_ca(const char *path, const char *what, STACK_OF(X509_NAME) * *names,
+                            unsigned char digest[32], char *err, size_t errlen);
 
 /* "10.0.0.1", "::1" or "[::1]" (n bytes) -> the address without brackets,
  * NUL-terminated in buf; false for anything else (a name). */

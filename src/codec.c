@@ -89,7 +89,7 @@ void tg_strbuf_put(struct tg_strbuf *b, const char *s, size_t n)
 
 void tg_strbuf_printf(struct tg_strbuf *b, const char *fmt, ...)
 {
-    for (size_t want = 64;; ) {
+    for (size_t want = 64;;) {
         if (!reserve(b, want))
             return;
         va_list ap;

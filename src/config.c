@@ -41,7 +41,7 @@
 #define MAX_HDR_ITEMS 32
 struct hdr_item {
     const char *name;
-    const char *value;            /* NULL: take this header away */
+    const char *value; /* NULL: take this header away */
     bool https_only;
 };
 
@@ -68,7 +68,7 @@ struct cfg_ctx {
     struct tg_config *cfg;
     struct tg_config_errors *errs;
     unsigned long visits;
-    yaml_document_t defaults;     /* list-valued defaults, built as needed */
+    yaml_document_t defaults; /* list-valued defaults, built as needed */
     bool defaults_ready;
 };
 
@@ -80,8 +80,8 @@ void tg_config_errors_init(struct tg_config_errors *e, const char *file)
     e->n = 0;
 }
 
-static void verror_at(struct tg_config_errors *errs, struct tg_config_mark m,
-                      const char *fmt, va_list ap)
+static void verror_at(struct tg_config_errors *errs, struct tg_config_mark m, const char *fmt,
+                      va_list ap)
 {
     if (errs->n < TG_CONFIG_MAX_ERRORS) {
         errs->list[errs->n].mark = m;
@@ -90,8 +90,7 @@ static void verror_at(struct tg_config_errors *errs, struct tg_config_mark m,
     errs->n++;
 }
 
-void tg_config_error_at(struct tg_config_errors *e, struct tg_config_mark m,
-                        const char *fmt, ...)
+void tg_config_error_at(struct tg_config_errors *e, struct tg_config_mark m, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -118,8 +117,8 @@ void tg_config_errors_format(struct tg_config_errors *e, char *out, size_t cap)
     size_t used = 0;
     out[0] = '\0';
     for (int i = 0; i < n && used + 1 < cap; i++) {
-        int w = snprintf(out + used, cap - used, "%s:%d:%d: %s\n", e->file,
-                         e->list[i].mark.line, e->list[i].mark.col, e->list[i].msg);
+        int w = snprintf(out + used, cap - used, "%s:%d:%d: %s\n", e->file, e->list[i].mark.line,
+                         e->list[i].mark.col, e->list[i].msg);
         if (w < 0)
             break;
         used += (size_t)w < cap - used ? (size_t)w : cap - used - 1;
@@ -132,10 +131,9 @@ static struct tg_config_mark mark_of(const yaml_node_t *node)
                                    (int)node->start_mark.column + 1};
 }
 
-static void error_at(struct cfg_ctx *ctx, struct tg_config_mark m,
-                     const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void error_at(struct cfg_ctx *ctx, struct tg_config_mark m,
-                     const char *fmt, ...)
+static void error_at(struct cfg_ctx *ctx, struct tg_config_mark m, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void error_at(struct cfg_ctx *ctx, struct tg_config_mark m, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -143,10 +141,9 @@ static void error_at(struct cfg_ctx *ctx, struct tg_config_mark m,
     va_end(ap);
 }
 
-static int node_error(struct cfg_ctx *ctx, const yaml_node_t *node,
-                      const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int node_error(struct cfg_ctx *ctx, const yaml_node_t *node,
-                      const char *fmt, ...)
+static int node_error(struct cfg_ctx *ctx, const yaml_node_t *node, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int node_error(struct cfg_ctx *ctx, const yaml_node_t *node, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -190,12 +187,10 @@ static const char *node_kind(const yaml_node_t *node)
 
 /* Returns the scalar's text (NUL-terminated by libyaml) or NULL with an
  * error. Scalars holding a NUL byte are refused: every value is text. */
-static const char *scalar(struct cfg_ctx *ctx, yaml_node_t *node,
-                          const char *what)
+static const char *scalar(struct cfg_ctx *ctx, yaml_node_t *node, const char *what)
 {
     if (node->type != YAML_SCALAR_NODE) {
-        node_error(ctx, node, "%s must be a scalar, not %s", what,
-                   node_kind(node));
+        node_error(ctx, node, "%s must be a scalar, not %s", what, node_kind(node));
         return NULL;
     }
     const char *s = (const char *)node->data.scalar.value;
@@ -208,8 +203,7 @@ static const char *scalar(struct cfg_ctx *ctx, yaml_node_t *node,
 
 static bool is_plain_scalar(const yaml_node_t *node)
 {
-    return node->type == YAML_SCALAR_NODE &&
-           node->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+    return node->type == YAML_SCALAR_NODE && node->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
 }
 
 /* ---- value parsers -------------------------------------------------------- */
@@ -229,14 +223,13 @@ struct cfg_key {
     const char *name;
     cfg_parse_fn parse;
     size_t offset;
-    int64_t min, max;             /* bounds for numbers, durations, sizes */
-    const char *const *choices;   /* for p_enum: NULL-terminated */
-    const char *def;              /* default, as YAML; NULL: zero / none */
-    const struct cfg_key *sub;    /* the section's own keys */
+    int64_t min, max;           /* bounds for numbers, durations, sizes */
+    const char *const *choices; /* for p_enum: NULL-terminated */
+    const char *def;            /* default, as YAML; NULL: zero / none */
+    const struct cfg_key *sub;  /* the section's own keys */
 };
 
-static int p_bool(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                  const struct cfg_key *key)
+static int p_bool(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     const char *s = scalar(ctx, node, key->name);
     if (s == NULL)
@@ -249,8 +242,7 @@ static int p_bool(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
         *(bool *)dst = false;
         return 0;
     }
-    return node_error(ctx, node, "%s must be true or false, not '%s'",
-                      key->name, s);
+    return node_error(ctx, node, "%s must be true or false, not '%s'", key->name, s);
 }
 
 static int parse_int64(const char *s, int64_t *out)
@@ -269,32 +261,29 @@ static int parse_int64(const char *s, int64_t *out)
     return 0;
 }
 
-static int check_bounds(struct cfg_ctx *ctx, yaml_node_t *node,
-                        const struct cfg_key *key, int64_t v, const char *s)
+static int check_bounds(struct cfg_ctx *ctx, yaml_node_t *node, const struct cfg_key *key,
+                        int64_t v, const char *s)
 {
     if (v < key->min || (key->max > 0 && v > key->max))
         return node_error(ctx, node, "%s: '%s' is out of range", key->name, s);
     return 0;
 }
 
-static int p_uint(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                  const struct cfg_key *key)
+static int p_uint(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     const char *s = scalar(ctx, node, key->name);
     int64_t v;
     if (s == NULL)
         return -1;
     if (!is_plain_scalar(node) || parse_int64(s, &v) < 0)
-        return node_error(ctx, node, "%s must be a whole number, not '%s'",
-                          key->name, s);
+        return node_error(ctx, node, "%s must be a whole number, not '%s'", key->name, s);
     if (check_bounds(ctx, node, key, v, s) < 0)
         return -1;
     *(unsigned *)dst = (unsigned)v;
     return 0;
 }
 
-static int p_int(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                 const struct cfg_key *key)
+static int p_int(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     unsigned v;
     if (p_uint(ctx, node, &v, key) < 0)
@@ -335,8 +324,7 @@ int tg_config_parse_duration(const char *s, int64_t *ms)
     return 0;
 }
 
-static int p_duration(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                      const struct cfg_key *key)
+static int p_duration(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     const char *s = scalar(ctx, node, key->name);
     int64_t ms;
@@ -345,7 +333,8 @@ static int p_duration(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     if (tg_config_parse_duration(s, &ms) < 0)
         return node_error(ctx, node,
                           "%s must be a duration like 250ms, 10s, 5m, 1h; "
-                          "not '%s'", key->name, s);
+                          "not '%s'",
+                          key->name, s);
     if (check_bounds(ctx, node, key, ms, s) < 0)
         return -1;
     *(int64_t *)dst = ms;
@@ -367,11 +356,20 @@ int tg_config_parse_size(const char *s, uint64_t *bytes)
         const char *suffix;
         uint64_t mult;
     } units[] = {
-        {"", 1},          {"B", 1},
-        {"K", 1u << 10},  {"KiB", 1u << 10},  {"KB", 1000},
-        {"M", 1u << 20},  {"MiB", 1u << 20},  {"MB", 1000000},
-        {"G", 1u << 30},  {"GiB", 1u << 30},  {"GB", 1000000000},
-        {"T", 1ull << 40}, {"TiB", 1ull << 40}, {"TB", 1000000000000ull},
+        {"", 1},
+        {"B", 1},
+        {"K", 1u << 10},
+        {"KiB", 1u << 10},
+        {"KB", 1000},
+        {"M", 1u << 20},
+        {"MiB", 1u << 20},
+        {"MB", 1000000},
+        {"G", 1u << 30},
+        {"GiB", 1u << 30},
+        {"GB", 1000000000},
+        {"T", 1ull << 40},
+        {"TiB", 1ull << 40},
+        {"TB", 1000000000000ull},
     };
     for (size_t i = 0; i < TG_ARRAY_LEN(units); i++) {
         if (strcmp(p, units[i].suffix) == 0) {
@@ -384,21 +382,19 @@ int tg_config_parse_size(const char *s, uint64_t *bytes)
     return -1;
 }
 
-static int parse_size_node(struct cfg_ctx *ctx, yaml_node_t *node,
-                           const struct cfg_key *key, uint64_t *out)
+static int parse_size_node(struct cfg_ctx *ctx, yaml_node_t *node, const struct cfg_key *key,
+                           uint64_t *out)
 {
     const char *s = scalar(ctx, node, key->name);
     if (s == NULL)
         return -1;
     if (tg_config_parse_size(s, out) < 0 || *out > (uint64_t)INT64_MAX)
-        return node_error(ctx, node,
-                          "%s must be a size like 512, 16KiB, 10MiB; not '%s'",
+        return node_error(ctx, node, "%s must be a size like 512, 16KiB, 10MiB; not '%s'",
                           key->name, s);
     return check_bounds(ctx, node, key, (int64_t)*out, s);
 }
 
-static int p_size(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                  const struct cfg_key *key)
+static int p_size(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     uint64_t v;
     if (parse_size_node(ctx, node, key, &v) < 0)
@@ -407,8 +403,7 @@ static int p_size(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     return 0;
 }
 
-static int p_size64(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                    const struct cfg_key *key)
+static int p_size64(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     uint64_t v;
     if (parse_size_node(ctx, node, key, &v) < 0)
@@ -417,8 +412,7 @@ static int p_size64(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     return 0;
 }
 
-static int p_string(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                    const struct cfg_key *key)
+static int p_string(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     const char *s = scalar(ctx, node, key->name);
     if (s == NULL)
@@ -432,8 +426,7 @@ static int p_string(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     return 0;
 }
 
-static int p_enum(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                  const struct cfg_key *key)
+static int p_enum(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     const char *s = scalar(ctx, node, key->name);
     if (s == NULL)
@@ -447,24 +440,20 @@ static int p_enum(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     char list[256] = "";
     for (int i = 0; key->choices[i] != NULL; i++) {
         size_t used = strlen(list);
-        snprintf(list + used, sizeof(list) - used, "%s%s", i ? ", " : "",
-                 key->choices[i]);
+        snprintf(list + used, sizeof(list) - used, "%s%s", i ? ", " : "", key->choices[i]);
     }
-    return node_error(ctx, node, "%s must be one of %s; not '%s'", key->name,
-                      list, s);
+    return node_error(ctx, node, "%s must be one of %s; not '%s'", key->name, list, s);
 }
 
 /* ---- mappings and lists --------------------------------------------------- */
 
 /* Applies `keys` to a mapping node, writing into `base`. Unknown and
  * duplicate keys are errors. Returns 0 if every value parsed. */
-static int walk_mapping(struct cfg_ctx *ctx, yaml_node_t *node,
-                        const struct cfg_key *keys, void *base,
-                        const char *section)
+static int walk_mapping(struct cfg_ctx *ctx, yaml_node_t *node, const struct cfg_key *keys,
+                        void *base, const char *section)
 {
     if (node->type != YAML_MAPPING_NODE)
-        return node_error(ctx, node, "%s must be a mapping, not %s", section,
-                          node_kind(node));
+        return node_error(ctx, node, "%s must be a mapping, not %s", section, node_kind(node));
     int rc = 0;
     uint64_t seen = 0; /* bit per schema entry; schemas are short */
     for (yaml_node_pair_t *pair = node->data.mapping.pairs.start;
@@ -500,8 +489,7 @@ static int walk_mapping(struct cfg_ctx *ctx, yaml_node_t *node,
 }
 
 /* A section given as a mapping: its own table, walked in place. */
-static int p_section(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                     const struct cfg_key *key)
+static int p_section(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     return walk_mapping(ctx, node, key->sub, dst, key->name);
 }
@@ -525,8 +513,7 @@ static yaml_node_t *default_list(struct cfg_ctx *ctx, const char *text)
         while (n > 0 && p[n - 1] == ' ')
             n--;
         if (n > 0) {
-            int item = yaml_document_add_scalar(&ctx->defaults, NULL,
-                                                (yaml_char_t *)p, (int)n,
+            int item = yaml_document_add_scalar(&ctx->defaults, NULL, (yaml_char_t *)p, (int)n,
                                                 YAML_PLAIN_SCALAR_STYLE);
             if (item == 0 || !yaml_document_append_sequence_item(&ctx->defaults, seq, item))
                 return NULL;
@@ -572,13 +559,12 @@ static void apply_defaults(struct cfg_ctx *ctx, const struct cfg_key *keys, void
 }
 
 /* Finds a key's value node in a mapping, or NULL. */
-static yaml_node_t *mapping_get(struct cfg_ctx *ctx, yaml_node_t *map,
-                                const char *name)
+static yaml_node_t *mapping_get(struct cfg_ctx *ctx, yaml_node_t *map, const char *name)
 {
     if (map == NULL || map->type != YAML_MAPPING_NODE)
         return NULL;
-    for (yaml_node_pair_t *pair = map->data.mapping.pairs.start;
-         pair < map->data.mapping.pairs.top; pair++) {
+    for (yaml_node_pair_t *pair = map->data.mapping.pairs.start; pair < map->data.mapping.pairs.top;
+         pair++) {
         yaml_node_t *k = node_at(ctx, pair->key);
         if (k != NULL && k->type == YAML_SCALAR_NODE &&
             strcmp((const char *)k->data.scalar.value, name) == 0)
@@ -589,23 +575,19 @@ static yaml_node_t *mapping_get(struct cfg_ctx *ctx, yaml_node_t *map,
 
 static size_t list_len(yaml_node_t *node)
 {
-    return (size_t)(node->data.sequence.items.top -
-                    node->data.sequence.items.start);
+    return (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
 }
 
-static int expect_list(struct cfg_ctx *ctx, yaml_node_t *node,
-                       const char *what)
+static int expect_list(struct cfg_ctx *ctx, yaml_node_t *node, const char *what)
 {
     if (node->type != YAML_SEQUENCE_NODE)
-        return node_error(ctx, node, "%s must be a list, not %s", what,
-                          node_kind(node));
+        return node_error(ctx, node, "%s must be a list, not %s", what, node_kind(node));
     return 0;
 }
 
 /* ---- socket addresses ------------------------------------------------------ */
 
-size_t tg_config_format_sockaddr(const struct sockaddr *sa, char *out,
-                                 size_t cap)
+size_t tg_config_format_sockaddr(const struct sockaddr *sa, char *out, size_t cap)
 {
     struct tg_addr a;
     char ip[TG_ADDR_STRLEN];
@@ -616,13 +598,12 @@ size_t tg_config_format_sockaddr(const struct sockaddr *sa, char *out,
         port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
     else if (sa->sa_family == AF_INET6)
         port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-    int n = snprintf(out, cap, a.family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip,
-                     port);
+    int n = snprintf(out, cap, a.family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
     return n < 0 ? 0 : ((size_t)n < cap ? (size_t)n : cap - 1);
 }
 
-int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out,
-                             char *err, size_t errlen)
+int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out, char *err,
+                             size_t errlen)
 {
     char host[256];
     const char *port;
@@ -679,8 +660,7 @@ int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out,
     return 0;
 }
 
-static int p_sockaddr(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                      const struct cfg_key *key)
+static int p_sockaddr(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     struct tg_config_sockaddr *out = dst;
     char err[300];
@@ -699,8 +679,7 @@ static int p_sockaddr(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
 
 /* Keys handled by hand in their section parser (lists, references) appear
  * in the schema with p_skip, so the walker knows them and leaves them. */
-static int p_skip(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                  const struct cfg_key *key)
+static int p_skip(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     (void)ctx, (void)node, (void)dst, (void)key;
     return 0;
@@ -727,8 +706,10 @@ static int p_tls_version(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
         *(int *)dst = TLS1_3_VERSION;
         return 0;
     }
-    return node_error(ctx, node, "%s must be 1.2 or 1.3 (older versions are not "
-                      "offered); not '%s'", key->name, s);
+    return node_error(ctx, node,
+                      "%s must be 1.2 or 1.3 (older versions are not "
+                      "offered); not '%s'",
+                      key->name, s);
 }
 
 static int p_client_verify(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
@@ -741,8 +722,7 @@ static int p_client_verify(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     return 0;
 }
 
-static int p_workers(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                     const struct cfg_key *key)
+static int p_workers(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     const char *s = scalar(ctx, node, key->name);
     if (s == NULL)
@@ -760,17 +740,24 @@ static int p_workers(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
  * the reference docs/configuration.md describes. */
 
 static const struct cfg_key client_keys[] = {
-    {"header_timeout", p_duration, FIELD(struct tg_config_client, header_timeout_ms), 1, 0, NULL, "10s"},
-    {"keepalive_timeout", p_duration, FIELD(struct tg_config_client, keepalive_timeout_ms), 0, 0, NULL, "60s"},
-    {"body_timeout", p_duration, FIELD(struct tg_config_client, body_timeout_ms), 1, 0, NULL, "60s"},
-    {"send_timeout", p_duration, FIELD(struct tg_config_client, send_timeout_ms), 1, 0, NULL, "60s"},
+    {"header_timeout", p_duration, FIELD(struct tg_config_client, header_timeout_ms), 1, 0, NULL,
+     "10s"},
+    {"keepalive_timeout", p_duration, FIELD(struct tg_config_client, keepalive_timeout_ms), 0, 0,
+     NULL, "60s"},
+    {"body_timeout", p_duration, FIELD(struct tg_config_client, body_timeout_ms), 1, 0, NULL,
+     "60s"},
+    {"send_timeout", p_duration, FIELD(struct tg_config_client, send_timeout_ms), 1, 0, NULL,
+     "60s"},
     {"min_body_rate", p_size64, FIELD(struct tg_config_client, min_body_rate), 0, 0, NULL, "0"},
-    {"max_request_line", p_size, FIELD(struct tg_config_client, max_request_line), 64, 1 << 20, NULL, "8KiB"},
+    {"max_request_line", p_size, FIELD(struct tg_config_client, max_request_line), 64, 1 << 20,
+     NULL, "8KiB"},
     {"max_head", p_size, FIELD(struct tg_config_client, max_head), 256, 1 << 20, NULL, "32KiB"},
     {"max_headers", p_uint, FIELD(struct tg_config_client, max_headers), 1, 256, NULL, "100"},
     {"max_body", p_size64, FIELD(struct tg_config_client, max_body), 0, 0, NULL, "0"},
-    {"max_connections", p_uint, FIELD(struct tg_config_client, max_connections), 0, 10000000, NULL, "0"},
-    {"buffer_size", p_size, FIELD(struct tg_config_client, buffer_size), 4096, 1 << 24, NULL, "16KiB"},
+    {"max_connections", p_uint, FIELD(struct tg_config_client, max_connections), 0, 10000000, NULL,
+     "0"},
+    {"buffer_size", p_size, FIELD(struct tg_config_client, buffer_size), 4096, 1 << 24, NULL,
+     "16KiB"},
     {"ipv6_prefix", p_uint, FIELD(struct tg_config_client, ipv6_prefix), 1, 128, NULL, "64"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
@@ -783,11 +770,15 @@ static const struct cfg_key stream_keys[] = {
 };
 
 static const struct cfg_key http2_keys[] = {
-    {"max_concurrent_streams", p_uint, FIELD(struct tg_config_http2, max_concurrent_streams), 1, 65536, NULL, "128"},
-    {"stream_window", p_size, FIELD(struct tg_config_http2, stream_window), 16384, 16 << 20, NULL, "256KiB"},
-    {"connection_window", p_size, FIELD(struct tg_config_http2, connection_window), 65535, 1 << 30, NULL, "1MiB"},
+    {"max_concurrent_streams", p_uint, FIELD(struct tg_config_http2, max_concurrent_streams), 1,
+     65536, NULL, "128"},
+    {"stream_window", p_size, FIELD(struct tg_config_http2, stream_window), 16384, 16 << 20, NULL,
+     "256KiB"},
+    {"connection_window", p_size, FIELD(struct tg_config_http2, connection_window), 65535, 1 << 30,
+     NULL, "1MiB"},
     {"max_resets", p_uint, FIELD(struct tg_config_http2, max_resets), 1, 1000000, NULL, "200"},
-    {"max_control_frames", p_uint, FIELD(struct tg_config_http2, max_control), 1, 1000000, NULL, "1000"},
+    {"max_control_frames", p_uint, FIELD(struct tg_config_http2, max_control), 1, 1000000, NULL,
+     "1000"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -795,21 +786,27 @@ static const struct cfg_key log_keys[] = {
     {"level", p_enum, FIELD(struct tg_config_log, level), 0, 0, log_levels, "info"},
     {"error", p_string, FIELD(struct tg_config_log, error), 0, 0, NULL, NULL /* stderr */},
     {"access", p_string, FIELD(struct tg_config_log, access), 0, 0, NULL, "stdout"},
-    {"access_flush", p_duration, FIELD(struct tg_config_log, access_flush_ms), 1, 60000, NULL, "1s"},
-    {"access_buffer", p_size, FIELD(struct tg_config_log, access_buffer), 4096, 64 << 20, NULL, "64KiB"},
+    {"access_flush", p_duration, FIELD(struct tg_config_log, access_flush_ms), 1, 60000, NULL,
+     "1s"},
+    {"access_buffer", p_size, FIELD(struct tg_config_log, access_buffer), 4096, 64 << 20, NULL,
+     "64KiB"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
 static const struct cfg_key listen_keys[] = {
     {"address", p_sockaddr, FIELD(struct tg_config_listen, addr), 0, 0, NULL, NULL /* required */},
     {"tls", p_bool, FIELD(struct tg_config_listen, tls), 0, 0, NULL, "false"},
-    {"redirect_to_https", p_int, FIELD(struct tg_config_listen, redirect_to_https), 1, 65535, NULL, NULL /* off */},
+    {"redirect_to_https", p_int, FIELD(struct tg_config_listen, redirect_to_https), 1, 65535, NULL,
+     NULL /* off */},
     {"proxy_protocol", p_bool, FIELD(struct tg_config_listen, proxy_protocol), 0, 0, NULL, "false"},
     {"backlog", p_int, FIELD(struct tg_config_listen, backlog), 1, 65535, NULL, "4096"},
-    {"max_connections_per_ip", p_uint, FIELD(struct tg_config_listen, max_connections_per_ip), 0, 1000000, NULL, "0"},
+    {"max_connections_per_ip", p_uint, FIELD(struct tg_config_listen, max_connections_per_ip), 0,
+     1000000, NULL, "0"},
     {"client_ca", p_string, FIELD(struct tg_config_listen, client_ca), 0, 0, NULL, NULL},
-    {"client_verify", p_client_verify, FIELD(struct tg_config_listen, client_verify_optional), 0, 0, client_verify_modes, "required"},
-    {"client_subject_header", p_string, FIELD(struct tg_config_listen, client_subject_header), 0, 0, NULL, NULL},
+    {"client_verify", p_client_verify, FIELD(struct tg_config_listen, client_verify_optional), 0, 0,
+     client_verify_modes, "required"},
+    {"client_subject_header", p_string, FIELD(struct tg_config_listen, client_subject_header), 0, 0,
+     NULL, NULL},
     {"http2", p_bool, FIELD(struct tg_config_listen, http2), 0, 0, NULL, "true"},
     {"h2c", p_bool, FIELD(struct tg_config_listen, h2c), 0, 0, NULL, "false"},
     {NULL, NULL, 0, 0, 0, NULL},
@@ -817,37 +814,48 @@ static const struct cfg_key listen_keys[] = {
 
 static const struct cfg_key health_check_keys[] = {
     {"path", p_string, FIELD(struct tg_config_health_check, path), 0, 0, NULL, NULL /* off */},
-    {"interval", p_duration, FIELD(struct tg_config_health_check, interval_ms), 100, 3600000, NULL, "5s"},
-    {"timeout", p_duration, FIELD(struct tg_config_health_check, timeout_ms), 10, 600000, NULL, "2s"},
+    {"interval", p_duration, FIELD(struct tg_config_health_check, interval_ms), 100, 3600000, NULL,
+     "5s"},
+    {"timeout", p_duration, FIELD(struct tg_config_health_check, timeout_ms), 10, 600000, NULL,
+     "2s"},
     {"fails", p_uint, FIELD(struct tg_config_health_check, fails), 1, 100, NULL, "2"},
     {"passes", p_uint, FIELD(struct tg_config_health_check, passes), 1, 100, NULL, "2"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
-static int p_hash_key(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                      const struct cfg_key *key);
+static int p_hash_key(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key);
 
 static const struct cfg_key upstream_keys[] = {
     {"servers", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"balance", p_enum, FIELD(struct tg_config_upstream, balance), 0, 0, balances, "round_robin"},
     {"keepalive", p_uint, FIELD(struct tg_config_upstream, keepalive), 0, 100000, NULL, "32"},
-    {"keepalive_timeout", p_duration, FIELD(struct tg_config_upstream, keepalive_timeout_ms), 1, 0, NULL, "60s"},
-    {"keepalive_requests", p_uint, FIELD(struct tg_config_upstream, keepalive_requests), 0, 100000000, NULL, "10000"},
-    {"connect_timeout", p_duration, FIELD(struct tg_config_upstream, connect_timeout_ms), 1, 0, NULL, "5s"},
-    {"read_timeout", p_duration, FIELD(struct tg_config_upstream, read_timeout_ms), 1, 0, NULL, "60s"},
-    {"send_timeout", p_duration, FIELD(struct tg_config_upstream, send_timeout_ms), 1, 0, NULL, "60s"},
+    {"keepalive_timeout", p_duration, FIELD(struct tg_config_upstream, keepalive_timeout_ms), 1, 0,
+     NULL, "60s"},
+    {"keepalive_requests", p_uint, FIELD(struct tg_config_upstream, keepalive_requests), 0,
+     100000000, NULL, "10000"},
+    {"connect_timeout", p_duration, FIELD(struct tg_config_upstream, connect_timeout_ms), 1, 0,
+     NULL, "5s"},
+    {"read_timeout", p_duration, FIELD(struct tg_config_upstream, read_timeout_ms), 1, 0, NULL,
+     "60s"},
+    {"send_timeout", p_duration, FIELD(struct tg_config_upstream, send_timeout_ms), 1, 0, NULL,
+     "60s"},
     {"retries", p_uint, FIELD(struct tg_config_upstream, retries), 0, 100, NULL, "1"},
-    {"max_connections", p_uint, FIELD(struct tg_config_upstream, max_connections), 0, 1000000, NULL, "0"},
-    {"max_response_head", p_size, FIELD(struct tg_config_upstream, max_response_head), 1024, 1 << 20, NULL, "32KiB"},
+    {"max_connections", p_uint, FIELD(struct tg_config_upstream, max_connections), 0, 1000000, NULL,
+     "0"},
+    {"max_response_head", p_size, FIELD(struct tg_config_upstream, max_response_head), 1024,
+     1 << 20, NULL, "32KiB"},
     {"hash_key", p_hash_key, FIELD(struct tg_config_upstream, hash_key), 0, 0, NULL, "ip"},
     {"max_fails", p_uint, FIELD(struct tg_config_upstream, max_fails), 0, 1000, NULL, "3"},
     {"eject_time", p_duration, FIELD(struct tg_config_upstream, eject_ms), 1, 3600000, NULL, "1s"},
     {"fail_on_5xx", p_bool, FIELD(struct tg_config_upstream, fail_on_5xx), 0, 0, NULL, "false"},
-    {"health_check", p_skip, FIELD(struct tg_config_upstream, health_check), 0, 0, NULL, NULL, health_check_keys},
+    {"health_check", p_skip, FIELD(struct tg_config_upstream, health_check), 0, 0, NULL, NULL,
+     health_check_keys},
     {"tls", p_bool, FIELD(struct tg_config_upstream, tls), 0, 0, NULL, "false"},
     {"tls_verify", p_bool, FIELD(struct tg_config_upstream, tls_verify), 0, 0, NULL, "true"},
-    {"tls_ca", p_string, FIELD(struct tg_config_upstream, tls_ca), 0, 0, NULL, NULL /* system store */},
-    {"tls_server_name", p_string, FIELD(struct tg_config_upstream, tls_server_name), 0, 0, NULL, NULL},
+    {"tls_ca", p_string, FIELD(struct tg_config_upstream, tls_ca), 0, 0, NULL,
+     NULL /* system store */},
+    {"tls_server_name", p_string, FIELD(struct tg_config_upstream, tls_server_name), 0, 0, NULL,
+     NULL},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -895,21 +903,21 @@ static const char *const rl_modes[] = {"enforce", "shadow", NULL};
 static const char *const rl_counts[] = {"all", "failures", NULL};
 static const char *const rl_body_fallbacks[] = {"refuse", "ip", NULL};
 
-static int p_rate(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                  const struct cfg_key *key)
+static int p_rate(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     struct tg_config_policy *p = dst;
     const char *s = scalar(ctx, node, key->name);
     if (s == NULL)
         return -1;
     if (tg_ratelimit_parse_rate(s, &p->params.interval_ns, &p->count, &p->period_s) < 0)
-        return node_error(ctx, node, "rate must look like 10/s, 5/m, 1000/h or 100/d; "
-                          "not '%s'", s);
+        return node_error(ctx, node,
+                          "rate must look like 10/s, 5/m, 1000/h or 100/d; "
+                          "not '%s'",
+                          s);
     return 0;
 }
 
-static int p_store(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                   const struct cfg_key *key)
+static int p_store(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     int v;
     if (p_enum(ctx, node, &v, key) < 0)
@@ -930,8 +938,7 @@ static int p_flag_choice(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     return 0;
 }
 
-static int p_on_error(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                      const struct cfg_key *key)
+static int p_on_error(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     int v;
     if (p_enum(ctx, node, &v, key) < 0)
@@ -948,12 +955,12 @@ static int parse_key_part(struct cfg_ctx *ctx, yaml_node_t *node,
         enum tg_rl_part kind;
         bool named;
     } kinds[] = {
-        {"ip", TG_RL_PART_IP, false},         {"route", TG_RL_PART_ROUTE, false},
-        {"site", TG_RL_PART_SITE, false},     {"tenant", TG_RL_PART_TENANT, false},
+        {"ip", TG_RL_PART_IP, false},           {"route", TG_RL_PART_ROUTE, false},
+        {"site", TG_RL_PART_SITE, false},       {"tenant", TG_RL_PART_TENANT, false},
         {"country", TG_RL_PART_COUNTRY, false}, {"asn", TG_RL_PART_ASN, false},
-        {"header", TG_RL_PART_HEADER, true},  {"query", TG_RL_PART_QUERY, true},
-        {"cookie", TG_RL_PART_COOKIE, true},  {"json", TG_RL_PART_JSON, true},
-        {"form", TG_RL_PART_FORM, true},      {"body", TG_RL_PART_BODY, true},
+        {"header", TG_RL_PART_HEADER, true},    {"query", TG_RL_PART_QUERY, true},
+        {"cookie", TG_RL_PART_COOKIE, true},    {"json", TG_RL_PART_JSON, true},
+        {"form", TG_RL_PART_FORM, true},        {"body", TG_RL_PART_BODY, true},
     };
     const char *s = scalar(ctx, node, "a key part");
     if (s == NULL)
@@ -964,33 +971,38 @@ static int parse_key_part(struct cfg_ctx *ctx, yaml_node_t *node,
         if (strlen(kinds[i].name) != n || strncmp(kinds[i].name, s, n) != 0)
             continue;
         if (kinds[i].named != (colon != NULL) || (colon != NULL && colon[1] == '\0'))
-            return node_error(ctx, node, kinds[i].named ? "'%s' needs a name: %s:NAME"
-                                                        : "'%s' takes no name", kinds[i].name,
-                              kinds[i].name);
+            return node_error(ctx, node,
+                              kinds[i].named ? "'%s' needs a name: %s:NAME" : "'%s' takes no name",
+                              kinds[i].name, kinds[i].name);
         part->kind = kinds[i].kind;
         if (colon != NULL) {
             part->name = tg_arena_strdup(&ctx->cfg->arena, colon + 1);
             part->name_len = strlen(colon + 1);
             for (const char *c = colon + 1; *c; c++)
                 if (*c <= ' ' || *c == 127)
-                    return node_error(ctx, node, "key part name '%s' has a space or control "
-                                      "character", colon + 1);
+                    return node_error(ctx, node,
+                                      "key part name '%s' has a space or control "
+                                      "character",
+                                      colon + 1);
             bool body = part->kind == TG_RL_PART_JSON || part->kind == TG_RL_PART_FORM ||
                         part->kind == TG_RL_PART_BODY;
             if (body && !tg_bodykey_field_ok(part->name, part->name_len))
-                return node_error(ctx, node, "body field name '%s' must be 1-128 ASCII "
-                                  "letters, digits, '_', '-' or '.'", colon + 1);
+                return node_error(ctx, node,
+                                  "body field name '%s' must be 1-128 ASCII "
+                                  "letters, digits, '_', '-' or '.'",
+                                  colon + 1);
         }
         return 0;
     }
-    return node_error(ctx, node, "unknown key part '%s' (ip, route, site, tenant, country, asn, "
+    return node_error(ctx, node,
+                      "unknown key part '%s' (ip, route, site, tenant, country, asn, "
                       "header:NAME, query:NAME, cookie:NAME, json:FIELD, form:FIELD, "
-                      "body:FIELD)", s);
+                      "body:FIELD)",
+                      s);
 }
 
 /* An upstream's hash_key: one key part, read from the request head. */
-static int p_hash_key(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                      const struct cfg_key *key)
+static int p_hash_key(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     (void)key;
     struct tg_config_rl_key_part *part = dst;
@@ -1002,8 +1014,7 @@ static int p_hash_key(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     return 0;
 }
 
-static int p_key_parts(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                       const struct cfg_key *key)
+static int p_key_parts(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     (void)key;
     struct tg_config_policy *p = dst;
@@ -1019,7 +1030,8 @@ static int p_key_parts(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *item = node->type == YAML_SEQUENCE_NODE
-                                ? node_at(ctx, node->data.sequence.items.start[i]) : node;
+                                ? node_at(ctx, node->data.sequence.items.start[i])
+                                : node;
         if (parse_key_part(ctx, item, &p->parts[p->nparts]) < 0) {
             rc = -1;
             continue;
@@ -1032,8 +1044,7 @@ static int p_key_parts(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     return rc;
 }
 
-static int p_statuses(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                      const struct cfg_key *key)
+static int p_statuses(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     struct tg_config_policy *p = dst;
     if (expect_list(ctx, node, key->name) < 0)
@@ -1059,8 +1070,7 @@ static int p_statuses(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     return rc;
 }
 
-static int p_burst(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
-                   const struct cfg_key *key)
+static int p_burst(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     unsigned v;
     if (p_uint(ctx, node, &v, key) < 0)
@@ -1075,9 +1085,12 @@ static const struct cfg_key policy_keys[] = {
     {"delay", p_burst, FIELD(struct tg_config_policy, params.delay), 0, 1000000000, NULL, "0"},
     {"key", p_key_parts, 0, 0, 0, NULL, "[ip]"},
     {"mode", p_flag_choice, FIELD(struct tg_config_policy, shadow), 0, 0, rl_modes, "enforce"},
-    {"count", p_flag_choice, FIELD(struct tg_config_policy, count_failures), 0, 0, rl_counts, "all"},
-    {"failure_statuses", p_statuses, 0, 0, 0, NULL, "[400, 401, 403, 429]" /* with count: failures */},
-    {"store", p_store, FIELD(struct tg_config_policy, store), 0, 0, rl_stores, NULL /* rate_limit.store */},
+    {"count", p_flag_choice, FIELD(struct tg_config_policy, count_failures), 0, 0, rl_counts,
+     "all"},
+    {"failure_statuses", p_statuses, 0, 0, 0, NULL,
+     "[400, 401, 403, 429]" /* with count: failures */},
+    {"store", p_store, FIELD(struct tg_config_policy, store), 0, 0, rl_stores,
+     NULL /* rate_limit.store */},
     {"max_peek", p_size, FIELD(struct tg_config_policy, max_peek), 16, 65536, NULL, "4KiB"},
     {"body_fallback", p_flag_choice, FIELD(struct tg_config_policy, body_fallback), 0, 0,
      rl_body_fallbacks, "refuse"},
@@ -1085,15 +1098,18 @@ static const struct cfg_key policy_keys[] = {
 };
 
 /* A Redis server's keys; only the key prefix differs between the users. */
-#define REDIS_KEYS(prefix)                                                              \
-    {                                                                                   \
-        {"address", p_string, FIELD(struct tg_config_redis, address), 0, 0, NULL, "127.0.0.1:6379"}, \
-        {"password", p_string, FIELD(struct tg_config_redis, password), 0, 0, NULL, NULL},  \
-        {"db", p_uint, FIELD(struct tg_config_redis, db), 0, 1000, NULL, "0"},          \
-        {"timeout", p_duration, FIELD(struct tg_config_redis, timeout_ms), 1, 60000, NULL, "50ms"}, \
-        {"key_prefix", p_string, FIELD(struct tg_config_redis, key_prefix), 0, 0, NULL, prefix}, \
-        {"on_error", p_skip, 0, 0, 0, NULL, NULL /* rate_limit.redis: local */},        \
-        {NULL, NULL, 0, 0, 0, NULL},                                                    \
+#define REDIS_KEYS(prefix)                                                                           \
+    {                                                                                                \
+        {                                                                                            \
+            "address", p_string,        FIELD(struct tg_config_redis, address), 0, 0,                \
+            NULL,      "127.0.0.1:6379"},                                                            \
+            {"password", p_string, FIELD(struct tg_config_redis, password), 0, 0, NULL, NULL},       \
+            {"db", p_uint, FIELD(struct tg_config_redis, db), 0, 1000, NULL, "0"},                   \
+            {"timeout", p_duration, FIELD(struct tg_config_redis, timeout_ms), 1, 60000,             \
+             NULL,      "50ms"},                                                                     \
+            {"key_prefix", p_string, FIELD(struct tg_config_redis, key_prefix), 0, 0, NULL, prefix}, \
+            {"on_error", p_skip, 0, 0, 0, NULL, NULL /* rate_limit.redis: local */},                 \
+            {NULL, NULL, 0, 0, 0, NULL},                                                             \
     }
 static const struct cfg_key rl_redis_keys[] = REDIS_KEYS("tollgate:rl:");
 static const struct cfg_key tenant_redis_keys[] = REDIS_KEYS("tollgate:tenant:");
@@ -1129,12 +1145,14 @@ static const struct cfg_key acme_keys[] = {
     {"eab_kid", p_string, FIELD(struct tg_config_acme, eab_kid), 0, 0, NULL, NULL},
     {"eab_hmac_key", p_string, FIELD(struct tg_config_acme, eab_hmac_key), 0, 0, NULL, NULL},
     {"key_type", p_enum, FIELD(struct tg_config_acme, key_type), 0, 0, acme_key_types, "ecdsa"},
-    {"state_dir", p_string, FIELD(struct tg_config_acme, state_dir), 0, 0, NULL, "/var/lib/tollgate/acme"},
+    {"state_dir", p_string, FIELD(struct tg_config_acme, state_dir), 0, 0, NULL,
+     "/var/lib/tollgate/acme"},
     {"http01", p_bool, FIELD(struct tg_config_acme, http01), 0, 0, NULL, "true"},
     {"tls_alpn01", p_bool, FIELD(struct tg_config_acme, tls_alpn01), 0, 0, NULL, "true"},
     {"on_demand", p_bool, FIELD(struct tg_config_acme, on_demand), 0, 0, NULL, "false"},
     {"ask", p_string, FIELD(struct tg_config_acme, ask), 0, 0, NULL, NULL},
-    {"on_demand_timeout", p_duration, FIELD(struct tg_config_acme, on_demand_timeout_ms), 100, 600000, NULL, "10s"},
+    {"on_demand_timeout", p_duration, FIELD(struct tg_config_acme, on_demand_timeout_ms), 100,
+     600000, NULL, "10s"},
     {"max_per_hour", p_uint, FIELD(struct tg_config_acme, max_per_hour), 1, 100000, NULL, "20"},
     {"timeout", p_duration, FIELD(struct tg_config_acme, timeout_ms), 100, 600000, NULL, "30s"},
     {NULL, NULL, 0, 0, 0, NULL},
@@ -1161,16 +1179,23 @@ static const struct cfg_key certificate_keys[] = {
 static const struct cfg_key tls_keys[] = {
     {"certificates", p_skip, 0, 0, 0, NULL, NULL /* [] */},
     {"min_version", p_tls_version, FIELD(struct tg_config_tls, min_version), 0, 0, NULL, "1.2"},
-    {"ciphers", p_string, FIELD(struct tg_config_tls, ciphers), 0, 0, NULL, NULL /* tls_server.c's */},
-    {"ciphersuites", p_string, FIELD(struct tg_config_tls, ciphersuites), 0, 0, NULL, NULL /* OpenSSL's */},
+    {"ciphers", p_string, FIELD(struct tg_config_tls, ciphers), 0, 0, NULL,
+     NULL /* tls_server.c's */},
+    {"ciphersuites", p_string, FIELD(struct tg_config_tls, ciphersuites), 0, 0, NULL,
+     NULL /* OpenSSL's */},
     {"session_tickets", p_bool, FIELD(struct tg_config_tls, session_tickets), 0, 0, NULL, "true"},
-    {"ticket_key_rotation", p_duration, FIELD(struct tg_config_tls, ticket_key_rotation_ms), 60000, 0, NULL, "1h"},
-    {"session_cache_size", p_uint, FIELD(struct tg_config_tls, session_cache_size), 0, 10000000, NULL, "20480"},
-    {"session_timeout", p_duration, FIELD(struct tg_config_tls, session_timeout_ms), 1000, 86400000, NULL, "1h"},
-    {"handshake_timeout", p_duration, FIELD(struct tg_config_tls, handshake_timeout_ms), 100, 0, NULL, "10s"},
+    {"ticket_key_rotation", p_duration, FIELD(struct tg_config_tls, ticket_key_rotation_ms), 60000,
+     0, NULL, "1h"},
+    {"session_cache_size", p_uint, FIELD(struct tg_config_tls, session_cache_size), 0, 10000000,
+     NULL, "20480"},
+    {"session_timeout", p_duration, FIELD(struct tg_config_tls, session_timeout_ms), 1000, 86400000,
+     NULL, "1h"},
+    {"handshake_timeout", p_duration, FIELD(struct tg_config_tls, handshake_timeout_ms), 100, 0,
+     NULL, "10s"},
     {"ticket_key_file", p_string, FIELD(struct tg_config_tls, ticket_key_file), 0, 0, NULL, NULL},
     {"acme", p_acme, FIELD(struct tg_config_tls, acme), 0, 0, NULL, NULL, acme_keys},
-    {"redis", p_skip, FIELD(struct tg_config_tls, redis), 0, 0, NULL, NULL /* rate_limit.redis */, tls_redis_keys},
+    {"redis", p_skip, FIELD(struct tg_config_tls, redis), 0, 0, NULL, NULL /* rate_limit.redis */,
+     tls_redis_keys},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -1200,7 +1225,8 @@ static int parse_policy_list(struct cfg_ctx *ctx, yaml_node_t *node,
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *item = node->type == YAML_SEQUENCE_NODE
-                                ? node_at(ctx, node->data.sequence.items.start[i]) : node;
+                                ? node_at(ctx, node->data.sequence.items.start[i])
+                                : node;
         const char *s = scalar(ctx, item, "a policy name");
         if (s == NULL) {
             rc = -1;
@@ -1221,14 +1247,16 @@ static int parse_policy_list(struct cfg_ctx *ctx, yaml_node_t *node,
 
 /* rate_limit.local's keys live in struct tg_config_rate_limit itself. */
 static const struct cfg_key rl_local_keys[] = {
-    {"max_keys", p_size, FIELD(struct tg_config_rate_limit, local_max_keys), 1024, 1000000000, NULL, "1000000"},
+    {"max_keys", p_size, FIELD(struct tg_config_rate_limit, local_max_keys), 1024, 1000000000, NULL,
+     "1000000"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
 static const struct cfg_key rate_limit_keys[] = {
     {"store", p_store, FIELD(struct tg_config_rate_limit, store), 0, 0, rl_stores, "local"},
     {"headers", p_bool, FIELD(struct tg_config_rate_limit, headers), 0, 0, NULL, "false"},
-    {"legacy_headers", p_bool, FIELD(struct tg_config_rate_limit, legacy_headers), 0, 0, NULL, "false"},
+    {"legacy_headers", p_bool, FIELD(struct tg_config_rate_limit, legacy_headers), 0, 0, NULL,
+     "false"},
     {"exempt", p_skip, 0, 0, 0, NULL, NULL /* [] */},
     {"global", p_skip, 0, 0, 0, NULL, NULL /* [] */},
     {"local", p_section, 0, 0, 0, NULL, NULL, rl_local_keys},
@@ -1327,19 +1355,25 @@ static int parse_upstream_settings(struct cfg_ctx *ctx, yaml_node_t *v,
 static const char *const tenant_statuses[] = {"active", "suspended", NULL};
 static const struct cfg_key tenant_keys[] = {
     {"servers", p_skip, 0, 0, 0, NULL, NULL /* required */},
-    {"status", p_flag_choice, FIELD(struct tg_config_tenant, suspended), 0, 0, tenant_statuses, "active"},
+    {"status", p_flag_choice, FIELD(struct tg_config_tenant, suspended), 0, 0, tenant_statuses,
+     "active"},
     {"rate", p_skip, 0, 0, 0, NULL, NULL /* the policy's */},
-    {"burst", p_burst, FIELD(struct tg_config_tenant, burst), 1, 1000000000, NULL, NULL /* the policy's */},
+    {"burst", p_burst, FIELD(struct tg_config_tenant, burst), 1, 1000000000, NULL,
+     NULL /* the policy's */},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
 static const struct cfg_key tenants_keys[] = {
     {"directory", p_enum, FIELD(struct tg_config_tenants, directory), 0, 0, directories, "static"},
     {"redis", p_skip, FIELD(struct tg_config_tenants, redis), 0, 0, NULL, NULL, tenant_redis_keys},
-    {"cache_ttl", p_duration, FIELD(struct tg_config_tenants, cache_ttl_ms), 0, 86400000, NULL, "30s"},
-    {"negative_ttl", p_duration, FIELD(struct tg_config_tenants, negative_ttl_ms), 0, 86400000, NULL, "2s"},
-    {"stale_ttl", p_duration, FIELD(struct tg_config_tenants, stale_ttl_ms), 0, 86400000, NULL, "5m"},
-    {"max_cached", p_size, FIELD(struct tg_config_tenants, max_cached), 16, 100000000, NULL, "100000"},
+    {"cache_ttl", p_duration, FIELD(struct tg_config_tenants, cache_ttl_ms), 0, 86400000, NULL,
+     "30s"},
+    {"negative_ttl", p_duration, FIELD(struct tg_config_tenants, negative_ttl_ms), 0, 86400000,
+     NULL, "2s"},
+    {"stale_ttl", p_duration, FIELD(struct tg_config_tenants, stale_ttl_ms), 0, 86400000, NULL,
+     "5m"},
+    {"max_cached", p_size, FIELD(struct tg_config_tenants, max_cached), 16, 100000000, NULL,
+     "100000"},
     {"static", p_skip, 0, 0, 0, NULL, NULL /* {} */},
     {"domains", p_skip, 0, 0, 0, NULL, NULL /* {} */},
     {"upstream_defaults", p_skip, FIELD(struct tg_config_tenants, upstream_defaults), 0, 0, NULL,
@@ -1365,8 +1399,8 @@ static int parse_tenant_entry(struct cfg_ctx *ctx, yaml_node_t *k, yaml_node_t *
     t->nservers = tmp.nservers;
     if ((n = mapping_get(ctx, v, "rate")) != NULL) {
         const char *s = scalar(ctx, n, "rate");
-        if (s == NULL || tg_ratelimit_parse_rate(s, &t->rate_interval_ns, &t->rate_count,
-                                                 &t->rate_period_s) < 0)
+        if (s == NULL ||
+            tg_ratelimit_parse_rate(s, &t->rate_interval_ns, &t->rate_count, &t->rate_period_s) < 0)
             rc = node_error(ctx, n, "rate must look like 100/s or 1000/h");
     }
     return rc;
@@ -1488,9 +1522,9 @@ static void spec_put(struct hdr_item *items, size_t *n, const char *name, const 
  * two sides. Host may only be replaced (headers.request.set). */
 static bool reserved_header(const char *name, const char *what)
 {
-    static const char *const owned[] = {"content-length", "transfer-encoding", "connection",
-                                        "keep-alive", "te", "trailer", "upgrade",
-                                        "proxy-connection"};
+    static const char *const owned[] = {
+        "content-length", "transfer-encoding", "connection",      "keep-alive", "te",
+        "trailer",        "upgrade",           "proxy-connection"};
     for (size_t i = 0; i < TG_ARRAY_LEN(owned); i++)
         if (strcasecmp(name, owned[i]) == 0)
             return true;
@@ -1516,8 +1550,8 @@ static int parse_header_map(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr_i
             continue;
         }
         if (reserved_header(name, what)) {
-            rc = node_error(ctx, k, "%s: '%s' is managed by tollgate and cannot be set here",
-                            what, name);
+            rc = node_error(ctx, k, "%s: '%s' is managed by tollgate and cannot be set here", what,
+                            name);
             continue;
         }
         if (!valid_header_value(value)) {
@@ -1627,11 +1661,12 @@ static int parse_headers_spec(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr
                 rc = node_error(ctx, v, "headers.request must be a mapping (set, remove)");
                 continue;
             }
-            for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++) {
+            for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top;
+                 q++) {
                 const char *rk = scalar(ctx, node_at(ctx, q->key), "a key");
                 if (rk == NULL || (strcmp(rk, "set") != 0 && strcmp(rk, "remove") != 0))
-                    rc = node_error(ctx, node_at(ctx, q->key), "unknown key '%s' in headers.request",
-                                    rk ? rk : "");
+                    rc = node_error(ctx, node_at(ctx, q->key),
+                                    "unknown key '%s' in headers.request", rk ? rk : "");
             }
             if ((n = mapping_get(ctx, v, "set")) != NULL &&
                 parse_header_map(ctx, n, spec->req_set, &spec->nreq_set, "headers.request.set") < 0)
@@ -1647,8 +1682,7 @@ static int parse_headers_spec(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr
 }
 
 /* A list of header names with their lengths, for compares per request. */
-static int name_list(struct tg_arena *a, const struct hdr_list *l, struct tg_str **out,
-                     size_t *n)
+static int name_list(struct tg_arena *a, const struct hdr_list *l, struct tg_str **out, size_t *n)
 {
     *out = tg_arena_calloc(a, l->n ? l->n : 1, sizeof(**out));
     if (*out == NULL)
@@ -1697,9 +1731,9 @@ static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
     out->nadd = 0;
     for (size_t i = 0; i < n; i++)
         if (items[i].value != NULL)
-            out->add[out->nadd++] = (struct tg_config_header){
-                items[i].name, items[i].value, strlen(items[i].name), strlen(items[i].value),
-                items[i].https_only};
+            out->add[out->nadd++] =
+                (struct tg_config_header){items[i].name, items[i].value, strlen(items[i].name),
+                                          strlen(items[i].value), items[i].https_only};
     out->nreq_set = 0;
     for (size_t i = 0; i < nreq; i++)
         if (req[i].value != NULL)
@@ -1737,17 +1771,19 @@ static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
 /* allow/deny lists of a site or route, as written (config_build.c makes
  * the rule sets; an address or country that does not parse is reported
  * there, at the entry). AS numbers are parsed here. */
-static int parse_access(struct cfg_ctx *ctx, yaml_node_t *node,
-                        struct tg_config_access_list *out)
+static int parse_access(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_access_list *out)
 {
     static const struct {
         const char *key;
         enum tg_config_access_kind kind;
         bool allow;
     } lists[] = {
-        {"allow", TG_ACCESS_CIDR, true}, {"deny", TG_ACCESS_CIDR, false},
-        {"allow_countries", TG_ACCESS_COUNTRY, true}, {"deny_countries", TG_ACCESS_COUNTRY, false},
-        {"allow_asns", TG_ACCESS_ASN, true}, {"deny_asns", TG_ACCESS_ASN, false},
+        {"allow", TG_ACCESS_CIDR, true},
+        {"deny", TG_ACCESS_CIDR, false},
+        {"allow_countries", TG_ACCESS_COUNTRY, true},
+        {"deny_countries", TG_ACCESS_COUNTRY, false},
+        {"allow_asns", TG_ACCESS_ASN, true},
+        {"deny_asns", TG_ACCESS_ASN, false},
     };
     yaml_node_t *found[TG_ARRAY_LEN(lists)];
     size_t total = 0;
@@ -1782,8 +1818,11 @@ static int parse_access(struct cfg_ctx *ctx, yaml_node_t *node,
                 continue;
             }
             struct tg_config_access_rule *r = &out->rules[out->n];
-            *r = (struct tg_config_access_rule){lists[l].kind, lists[l].allow, lists[l].key,
-                                                tg_arena_strdup(&ctx->cfg->arena, s), 0,
+            *r = (struct tg_config_access_rule){lists[l].kind,
+                                                lists[l].allow,
+                                                lists[l].key,
+                                                tg_arena_strdup(&ctx->cfg->arena, s),
+                                                0,
                                                 mark_of(item)};
             if (r->text == NULL) {
                 rc = node_error(ctx, item, "out of memory");
@@ -1791,7 +1830,8 @@ static int parse_access(struct cfg_ctx *ctx, yaml_node_t *node,
             }
             if (lists[l].kind == TG_ACCESS_ASN) {
                 int64_t asn;
-                const char *d = (s[0] == 'A' || s[0] == 'a') && (s[1] == 'S' || s[1] == 's') ? s + 2 : s;
+                const char *d =
+                    (s[0] == 'A' || s[0] == 'a') && (s[1] == 'S' || s[1] == 's') ? s + 2 : s;
                 if (parse_int64(d, &asn) < 0 || asn <= 0 || asn > UINT32_MAX) {
                     rc = node_error(ctx, item, "%s: '%s' is not an AS number", lists[l].key, s);
                     continue;
@@ -1806,7 +1846,8 @@ static int parse_access(struct cfg_ctx *ctx, yaml_node_t *node,
 
 static const struct cfg_key geoip_keys[] = {
     {"database", p_string, FIELD(struct tg_config_geoip, database), 0, 0, NULL, NULL /* none */},
-    {"asn_database", p_string, FIELD(struct tg_config_geoip, asn_database), 0, 0, NULL, NULL /* none */},
+    {"asn_database", p_string, FIELD(struct tg_config_geoip, asn_database), 0, 0, NULL,
+     NULL /* none */},
     {"header", p_string, FIELD(struct tg_config_geoip, header), 0, 0, NULL, "X-Geo-Country"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
@@ -1931,16 +1972,15 @@ static int parse_listen(struct cfg_ctx *ctx, yaml_node_t *node)
             rc = -1;
         }
         if (l->tls && l->redirect_to_https) {
-            node_error(ctx, item,
-                       "a listener cannot both terminate TLS and redirect to HTTPS");
+            node_error(ctx, item, "a listener cannot both terminate TLS and redirect to HTTPS");
             rc = -1;
         }
         char key[80];
         tg_config_format_sockaddr((struct sockaddr *)&l->addr.sa, key, sizeof(key));
         for (size_t j = 0; j < cfg->nlisteners; j++) {
             if (strcmp(cfg->listeners[j].key, key) == 0) {
-                node_error(ctx, item, "address %s is already listed at line %d",
-                           key, cfg->listeners[j].mark.line);
+                node_error(ctx, item, "address %s is already listed at line %d", key,
+                           cfg->listeners[j].mark.line);
                 rc = -1;
             }
         }
@@ -1950,8 +1990,7 @@ static int parse_listen(struct cfg_ctx *ctx, yaml_node_t *node)
     return rc;
 }
 
-static int parse_servers(struct cfg_ctx *ctx, yaml_node_t *node,
-                         struct tg_config_upstream *u)
+static int parse_servers(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_upstream *u)
 {
     if (expect_list(ctx, node, "servers") < 0)
         return -1;
@@ -2073,13 +2112,16 @@ static int parse_methods(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_confi
 static const struct cfg_key route_keys[] = {
     {"path", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"methods", p_skip, 0, 0, 0, NULL, NULL /* any */},
-    {"ignore_case", p_bool, FIELD(struct tg_config_route, ignore_case), 0, 0, NULL, NULL /* the site's */},
+    {"ignore_case", p_bool, FIELD(struct tg_config_route, ignore_case), 0, 0, NULL,
+     NULL /* the site's */},
     {"upstream", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"stream", p_bool, FIELD(struct tg_config_route, stream), 0, 0, NULL, "false"},
     {"rate_limit", p_skip, 0, 0, 0, NULL, NULL /* the site's, else rate_limit.global */},
     {"max_in_flight", p_uint, FIELD(struct tg_config_route, max_in_flight), 0, 10000000, NULL, "0"},
-    {"read_timeout", p_duration, FIELD(struct tg_config_route, read_timeout_ms), 1, 0, NULL, NULL /* the upstream's */},
-    {"max_body", p_size64, FIELD(struct tg_config_route, max_body), 0, 0, NULL, NULL /* client.max_body */},
+    {"read_timeout", p_duration, FIELD(struct tg_config_route, read_timeout_ms), 1, 0, NULL,
+     NULL /* the upstream's */},
+    {"max_body", p_size64, FIELD(struct tg_config_route, max_body), 0, 0, NULL,
+     NULL /* client.max_body */},
     {"headers", p_skip, 0, 0, 0, NULL, NULL /* the site's, else the global block */},
     {"allow", p_skip, 0, 0, 0, NULL},
     {"deny", p_skip, 0, 0, 0, NULL},
@@ -2248,7 +2290,8 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
         if (item->type == YAML_MAPPING_NODE && parse_access(ctx, item, &site->access_list) < 0)
             rc = -1;
         ctx->site_headers = NULL;
-        yaml_node_t *sh = item->type == YAML_MAPPING_NODE ? mapping_get(ctx, item, "headers") : NULL;
+        yaml_node_t *sh =
+            item->type == YAML_MAPPING_NODE ? mapping_get(ctx, item, "headers") : NULL;
         if (sh != NULL) {
             ctx->site_headers = tg_arena_calloc(&cfg->arena, 1, sizeof(struct hdr_spec));
             if (ctx->site_headers == NULL || parse_headers_spec(ctx, sh, ctx->site_headers) < 0)
@@ -2266,8 +2309,7 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
             size_t nr = list_len(routes);
             if (nr == 0)
                 rc = node_error(ctx, routes, "routes needs at least one route");
-            site->routes = tg_arena_calloc(&cfg->arena, nr ? nr : 1,
-                                           sizeof(*site->routes));
+            site->routes = tg_arena_calloc(&cfg->arena, nr ? nr : 1, sizeof(*site->routes));
             for (size_t r = 0; site->routes && r < nr; r++) {
                 yaml_node_t *rn = node_at(ctx, routes->data.sequence.items.start[r]);
                 site->routes[site->nroutes].site = site;
@@ -2280,7 +2322,8 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
                  * patterns: config_build.c checks. */
                 if (site->routes[site->nroutes].upstream_tenant && !site->has_capture &&
                     !site->custom_domains)
-                    rc = node_error(ctx, rn, "upstream: $tenant needs a \"{tenant}.domain\" "
+                    rc = node_error(ctx, rn,
+                                    "upstream: $tenant needs a \"{tenant}.domain\" "
                                     "host or custom_domains: true on its site");
                 site->nroutes++;
             }
@@ -2298,7 +2341,8 @@ struct admin_section {
 };
 
 static const struct cfg_key admin_keys[] = {
-    {"listen", p_string, FIELD(struct admin_section, listen), 0, 0, NULL, "127.0.0.1:9901" /* or off */},
+    {"listen", p_string, FIELD(struct admin_section, listen), 0, 0, NULL,
+     "127.0.0.1:9901" /* or off */},
     {"token", p_string, FIELD(struct admin_section, token), 0, 0, NULL, NULL /* none */},
     {NULL, NULL, 0, 0, 0, NULL},
 };
@@ -2362,8 +2406,8 @@ static const struct cfg_key top_keys[] = {
     {"tenants", p_skip, FIELD(struct tg_config, tenants), 0, 0, NULL, NULL, tenants_keys},
     {"admin", p_skip, 0, 0, 0, NULL, NULL /* admin_keys */},
     {"trusted_proxies", p_skip, 0, 0, 0, NULL, NULL /* [] */},
-    {"client_ip_header", p_enum, FIELD(struct tg_config, client_ip_header), 0, 0,
-     client_ip_headers, "auto"},
+    {"client_ip_header", p_enum, FIELD(struct tg_config, client_ip_header), 0, 0, client_ip_headers,
+     "auto"},
     {"geoip", p_skip, FIELD(struct tg_config, geoip_files), 0, 0, NULL, NULL, geoip_keys},
     {"headers", p_skip, 0, 0, 0, NULL, NULL /* named_headers */},
     {NULL, NULL, 0, 0, 0, NULL},
@@ -2418,8 +2462,7 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
         cfg->tls.redis = cfg->rate_limit.redis;
         cfg->tls.redis.key_prefix = "tollgate:tls:";
     }
-    if ((n = mapping_get(ctx, root, "upstreams")) != NULL &&
-        parse_upstreams(ctx, n) < 0)
+    if ((n = mapping_get(ctx, root, "upstreams")) != NULL && parse_upstreams(ctx, n) < 0)
         rc = -1;
     if ((n = mapping_get(ctx, root, "sites")) == NULL) {
         error_at(ctx, end, "missing 'sites': nothing to route to");
@@ -2431,14 +2474,18 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         const struct tg_config_listen *l = &cfg->listeners[i];
         if (l->h2c && l->tls) {
-            error_at(ctx, l->mark, "listener %s: h2c is HTTP/2 without TLS; on a TLS listener "
-                     "HTTP/2 is offered by ALPN (http2: true)", l->addr.text);
+            error_at(ctx, l->mark,
+                     "listener %s: h2c is HTTP/2 without TLS; on a TLS listener "
+                     "HTTP/2 is offered by ALPN (http2: true)",
+                     l->addr.text);
             rc = -1;
         }
         if (l->proxy_protocol && cfg->trusted_proxies == NULL) {
-            error_at(ctx, l->mark, "listener %s: proxy_protocol needs trusted_proxies listing "
+            error_at(ctx, l->mark,
+                     "listener %s: proxy_protocol needs trusted_proxies listing "
                      "the load balancers that send it (a PROXY header from any other "
-                     "address is refused)", l->addr.text);
+                     "address is refused)",
+                     l->addr.text);
             rc = -1;
         }
     }
@@ -2452,21 +2499,22 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
             tls |= cfg->listeners[i].tls;
         }
         if (!(a->http01 && plain) && !(a->tls_alpn01 && tls)) {
-            error_at(ctx, a->mark, "tls.acme has no way to prove the names: HTTP-01 needs a "
+            error_at(ctx, a->mark,
+                     "tls.acme has no way to prove the names: HTTP-01 needs a "
                      "plain listener (the CA connects on port 80) and http01: true; TLS-ALPN-01 "
                      "needs a TLS listener (port 443) and tls_alpn01: true");
             rc = -1;
         }
         if (a->ask != NULL && !a->on_demand) {
-            error_at(ctx, a->mark, "tls.acme: ask is for on_demand certificates; set "
+            error_at(ctx, a->mark,
+                     "tls.acme: ask is for on_demand certificates; set "
                      "on_demand: true or drop ask");
             rc = -1;
         }
     }
     if (cfg->client.max_request_line > cfg->client.max_head) {
         n = mapping_get(ctx, root, "client");
-        node_error(ctx, n ? n : root,
-                   "client.max_request_line must not exceed client.max_head");
+        node_error(ctx, n ? n : root, "client.max_request_line must not exceed client.max_head");
         rc = -1;
     }
     for (size_t i = 0; i < cfg->rate_limit.npolicies; i++) {
@@ -2494,8 +2542,8 @@ static void config_free(struct tg_config *cfg)
     free(cfg);
 }
 
-struct tg_config *tg_config_parse_collect(const char *name, const char *data,
-                                          size_t len, struct tg_config_errors *errs)
+struct tg_config *tg_config_parse_collect(const char *name, const char *data, size_t len,
+                                          struct tg_config_errors *errs)
 {
     struct cfg_ctx ctx = {.errs = errs};
     struct tg_config *cfg = calloc(1, sizeof(*cfg));
@@ -2520,8 +2568,7 @@ struct tg_config *tg_config_parse_collect(const char *name, const char *data,
     if (!yaml_parser_load(&parser, &doc)) {
         struct tg_config_mark m = {(int)parser.problem_mark.line + 1,
                                    (int)parser.problem_mark.column + 1};
-        error_at(&ctx, m, "YAML syntax error: %s%s%s",
-                 parser.problem ? parser.problem : "unknown",
+        error_at(&ctx, m, "YAML syntax error: %s%s%s", parser.problem ? parser.problem : "unknown",
                  parser.context ? " " : "", parser.context ? parser.context : "");
         yaml_parser_delete(&parser);
         config_free(cfg);
@@ -2545,8 +2592,8 @@ struct tg_config *tg_config_parse_collect(const char *name, const char *data,
     return cfg;
 }
 
-struct tg_config *tg_config_parse_buffer(const char *name, const char *data,
-                                         size_t len, char *errors, size_t errlen)
+struct tg_config *tg_config_parse_buffer(const char *name, const char *data, size_t len,
+                                         char *errors, size_t errlen)
 {
     struct tg_config_errors *errs = malloc(sizeof(*errs));
     if (errs == NULL) {
@@ -2575,10 +2622,9 @@ int tg_config_read_file(const char *path, char **data_out, size_t *len_out, char
         return -1;
     }
     struct stat st;
-    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) ||
-        st.st_size > (off_t)MAX_CONFIG_BYTES) {
-        snprintf(errors, errlen, "%s:1:1: not a regular file of at most %u MiB\n",
-                 path, MAX_CONFIG_BYTES >> 20);
+    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (off_t)MAX_CONFIG_BYTES) {
+        snprintf(errors, errlen, "%s:1:1: not a regular file of at most %u MiB\n", path,
+                 MAX_CONFIG_BYTES >> 20);
         fclose(f);
         return -1;
     }
@@ -2616,17 +2662,15 @@ void tg_config_ref(struct tg_config *c)
 
 void tg_config_unref(struct tg_config *c)
 {
-    if (c != NULL &&
-        atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+    if (c != NULL && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
         config_free(c);
 }
 
-const struct tg_config_upstream *tg_config_find_upstream(
-    const struct tg_config *c, const char *name, size_t n)
+const struct tg_config_upstream *tg_config_find_upstream(const struct tg_config *c,
+                                                         const char *name, size_t n)
 {
     for (size_t i = 0; i < c->nupstreams; i++)
-        if (strlen(c->upstreams[i].name) == n &&
-            memcmp(c->upstreams[i].name, name, n) == 0)
+        if (strlen(c->upstreams[i].name) == n && memcmp(c->upstreams[i].name, name, n) == 0)
             return &c->upstreams[i];
     return NULL;
 }

@@ -54,18 +54,18 @@ struct tg_config_sockaddr {
 
 struct tg_config_listen {
     struct tg_config_sockaddr addr;
-    const char *key;          /* canonical address: identity across reloads */
+    const char *key; /* canonical address: identity across reloads */
     bool tls;
-    const char *client_ca;    /* PEM bundle: ask for client certificates */
-    bool client_verify_optional; /* client_verify: optional */
+    const char *client_ca;             /* PEM bundle: ask for client certificates */
+    bool client_verify_optional;       /* client_verify: optional */
     const char *client_subject_header; /* forwards the verified subject */
-    int redirect_to_https;    /* port for 308 redirects; 0 = off */
+    int redirect_to_https;             /* port for 308 redirects; 0 = off */
     bool proxy_protocol;
     int backlog;
     unsigned max_connections_per_ip; /* 0 = unlimited */
-    bool http2;               /* TLS: offer h2 by ALPN (before http/1.1) */
-    bool h2c;                 /* plain: HTTP/2 with prior knowledge too */
-    bool admin;               /* the admin listener (admin.listen) */
+    bool http2;                      /* TLS: offer h2 by ALPN (before http/1.1) */
+    bool h2c;                        /* plain: HTTP/2 with prior knowledge too */
+    bool admin;                      /* the admin listener (admin.listen) */
     unsigned metrics_id;
     struct tg_config_mark mark;
 };
@@ -79,24 +79,24 @@ struct tg_config_client {
     size_t max_request_line;
     size_t max_head;
     size_t max_headers;
-    uint64_t max_body;            /* 0 = unlimited */
-    unsigned max_connections;     /* per worker process total; 0 = unlimited */
-    size_t buffer_size;           /* bytes per direction */
-    unsigned ipv6_prefix;         /* IPv6 clients counted per this prefix */
+    uint64_t max_body;        /* 0 = unlimited */
+    unsigned max_connections; /* per worker process total; 0 = unlimited */
+    size_t buffer_size;       /* bytes per direction */
+    unsigned ipv6_prefix;     /* IPv6 clients counted per this prefix */
 };
 
 struct tg_config_certificate {
-    const char *cert;         /* PEM: certificate then its chain */
-    const char *key;          /* PEM private key */
+    const char *cert; /* PEM: certificate then its chain */
+    const char *key;  /* PEM private key */
     struct tg_config_mark mark;
 };
 
 /* A Redis server (shared rate limits, tenant directory). */
 struct tg_config_redis {
-    const char *address;      /* "host:port" or "unix:/path" */
-    const char *password;     /* AUTH, or NULL */
-    unsigned db;              /* SELECT */
-    int64_t timeout_ms;       /* a reply slower than this is a fault */
+    const char *address;  /* "host:port" or "unix:/path" */
+    const char *password; /* AUTH, or NULL */
+    unsigned db;          /* SELECT */
+    int64_t timeout_ms;   /* a reply slower than this is a fault */
     const char *key_prefix;
     struct tg_config_mark mark;
 };
@@ -104,21 +104,21 @@ struct tg_config_redis {
 enum tg_acme_key { TG_ACME_KEY_ECDSA = 0, TG_ACME_KEY_RSA };
 
 struct tg_config_acme {
-    bool enabled;             /* tls.acme is present */
-    const char *email;        /* contact; NULL = none */
-    const char *directory;    /* the CA's directory URL */
-    const char *ca_bundle;    /* PEM to verify the CA's HTTPS (NULL: the system's) */
-    const char *eab_kid;      /* External Account Binding, when the CA needs it */
-    const char *eab_hmac_key; /* ... its MAC key, base64url */
-    int key_type;             /* enum tg_acme_key, for certificates */
-    const char *state_dir;    /* account, keys and certificates */
-    bool http01;              /* validate by HTTP-01 (plain listeners) */
-    bool tls_alpn01;          /* validate by TLS-ALPN-01 (TLS listeners) */
-    bool on_demand;           /* a handshake for an unknown name may order one */
-    const char *ask;          /* ... only if this URL answers 2xx for it */
+    bool enabled;                 /* tls.acme is present */
+    const char *email;            /* contact; NULL = none */
+    const char *directory;        /* the CA's directory URL */
+    const char *ca_bundle;        /* PEM to verify the CA's HTTPS (NULL: the system's) */
+    const char *eab_kid;          /* External Account Binding, when the CA needs it */
+    const char *eab_hmac_key;     /* ... its MAC key, base64url */
+    int key_type;                 /* enum tg_acme_key, for certificates */
+    const char *state_dir;        /* account, keys and certificates */
+    bool http01;                  /* validate by HTTP-01 (plain listeners) */
+    bool tls_alpn01;              /* validate by TLS-ALPN-01 (TLS listeners) */
+    bool on_demand;               /* a handshake for an unknown name may order one */
+    const char *ask;              /* ... only if this URL answers 2xx for it */
     int64_t on_demand_timeout_ms; /* how long such a handshake waits */
-    unsigned max_per_hour;    /* new orders per hour, all names */
-    int64_t timeout_ms;       /* each request to the CA */
+    unsigned max_per_hour;        /* new orders per hour, all names */
+    int64_t timeout_ms;           /* each request to the CA */
     struct tg_config_mark mark;
 };
 
@@ -143,7 +143,6 @@ struct tg_config_tls {
     struct tg_config_mark mark;
 };
 
-
 /* ---- rate limiting ---- */
 
 enum tg_rl_store {
@@ -160,20 +159,20 @@ enum tg_rl_on_error {
 
 struct tg_config_policy {
     const char *name;
-    size_t index;                 /* in config->rate_limit.policies */
+    size_t index; /* in config->rate_limit.policies */
     struct tg_ratelimit_params params;
-    int64_t count;                /* N of "N/unit": RateLimit-Policy q= */
-    int64_t period_s;             /* unit in seconds: RateLimit-Policy w= */
+    int64_t count;    /* N of "N/unit": RateLimit-Policy q= */
+    int64_t period_s; /* unit in seconds: RateLimit-Policy w= */
     struct tg_config_rl_key_part *parts;
     size_t nparts;
-    bool shadow;                  /* mode: shadow */
-    bool count_failures;          /* count: failures */
+    bool shadow;         /* mode: shadow */
+    bool count_failures; /* count: failures */
     int *failure_statuses;
     size_t nfailure_statuses;
     enum tg_rl_store store;
-    size_t max_peek;              /* body parts: the largest body read */
-    bool needs_body;              /* has a body part */
-    bool body_fallback;           /* body_fallback: ip (else unreadable bodies: 400) */
+    size_t max_peek;    /* body parts: the largest body read */
+    bool needs_body;    /* has a body part */
+    bool body_fallback; /* body_fallback: ip (else unreadable bodies: 400) */
     unsigned metrics_id;
     struct tg_config_mark mark;
 };
@@ -187,10 +186,10 @@ struct tg_config_policy_list {
 };
 
 struct tg_config_rate_limit {
-    enum tg_rl_store store;       /* LOCAL or REDIS */
-    bool headers;                 /* RateLimit on allowed responses too */
-    bool legacy_headers;          /* X-RateLimit-* as well */
-    struct tg_cidr_set *exempt;   /* never limited; NULL if none */
+    enum tg_rl_store store;     /* LOCAL or REDIS */
+    bool headers;               /* RateLimit on allowed responses too */
+    bool legacy_headers;        /* X-RateLimit-* as well */
+    struct tg_cidr_set *exempt; /* never limited; NULL if none */
     struct tg_config_policy_list global;
     struct tg_config_policy *policies;
     size_t npolicies;
@@ -203,52 +202,52 @@ struct tg_config_rate_limit {
 /* HTTP/2 connections (h2.c). */
 struct tg_config_http2 {
     unsigned max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS */
-    size_t stream_window;     /* a stream's receive window: request body held */
-    size_t connection_window; /* the connection's receive window */
-    unsigned max_resets;      /* client RST_STREAMs per second before GOAWAY */
-    unsigned max_control;     /* PING/SETTINGS/PRIORITY/WINDOW_UPDATE/empty DATA
+    size_t stream_window;            /* a stream's receive window: request body held */
+    size_t connection_window;        /* the connection's receive window */
+    unsigned max_resets;             /* client RST_STREAMs per second before GOAWAY */
+    unsigned max_control;            /* PING/SETTINGS/PRIORITY/WINDOW_UPDATE/empty DATA
                                  frames per second before GOAWAY */
 };
 
 struct tg_config_stream {
-    int64_t heartbeat_ms;   /* 0 = off */
-    unsigned max_per_ip;    /* concurrent streams per client IP, 0 = off */
+    int64_t heartbeat_ms;    /* 0 = off */
+    unsigned max_per_ip;     /* concurrent streams per client IP, 0 = off */
     int64_t idle_timeout_ms; /* tunnels and streams: 0 = none */
 };
 
 enum tg_rl_part {
-    TG_RL_PART_IP = 0,    /* client address (IPv6 per client.ipv6_prefix) */
+    TG_RL_PART_IP = 0, /* client address (IPv6 per client.ipv6_prefix) */
     TG_RL_PART_ROUTE,
     TG_RL_PART_SITE,
     TG_RL_PART_TENANT,
     TG_RL_PART_COUNTRY,
     TG_RL_PART_ASN,
-    TG_RL_PART_HEADER,    /* header:NAME */
-    TG_RL_PART_QUERY,     /* query:NAME */
-    TG_RL_PART_COOKIE,    /* cookie:NAME */
-    TG_RL_PART_JSON,      /* json:FIELD, from a JSON body */
-    TG_RL_PART_FORM,      /* form:FIELD, from a urlencoded or multipart body */
-    TG_RL_PART_BODY,      /* body:FIELD, from any of those, by Content-Type */
+    TG_RL_PART_HEADER, /* header:NAME */
+    TG_RL_PART_QUERY,  /* query:NAME */
+    TG_RL_PART_COOKIE, /* cookie:NAME */
+    TG_RL_PART_JSON,   /* json:FIELD, from a JSON body */
+    TG_RL_PART_FORM,   /* form:FIELD, from a urlencoded or multipart body */
+    TG_RL_PART_BODY,   /* body:FIELD, from any of those, by Content-Type */
 };
 
 struct tg_config_rl_key_part {
     enum tg_rl_part kind;
-    const char *name;     /* for header/query/cookie/json */
+    const char *name; /* for header/query/cookie/json */
     size_t name_len;
 };
 
 enum tg_balance {
     TG_BALANCE_ROUND_ROBIN = 0,
     TG_BALANCE_LEAST_CONN,
-    TG_BALANCE_HASH,              /* consistent hashing on hash_key */
+    TG_BALANCE_HASH, /* consistent hashing on hash_key */
 };
 
 struct tg_config_health_check {
-    const char *path;             /* NULL = no active checks */
+    const char *path; /* NULL = no active checks */
     int64_t interval_ms;
     int64_t timeout_ms;
-    unsigned fails;               /* failed checks before a server is down */
-    unsigned passes;              /* passed checks before it is up again */
+    unsigned fails;  /* failed checks before a server is down */
+    unsigned passes; /* passed checks before it is up again */
 };
 
 struct tg_config_server {
@@ -257,25 +256,25 @@ struct tg_config_server {
 
 struct tg_config_upstream {
     const char *name;
-    size_t index;                 /* position in config->upstreams */
+    size_t index; /* position in config->upstreams */
     struct tg_config_server *servers;
     size_t nservers;
     enum tg_balance balance;
-    unsigned keepalive;           /* idle connections kept per server per worker */
+    unsigned keepalive; /* idle connections kept per server per worker */
     int64_t keepalive_timeout_ms;
-    unsigned keepalive_requests;  /* requests per connection, 0 = unlimited */
+    unsigned keepalive_requests; /* requests per connection, 0 = unlimited */
     int64_t connect_timeout_ms;
     int64_t read_timeout_ms;
     int64_t send_timeout_ms;
-    unsigned retries;             /* extra servers tried after a failure */
-    unsigned max_connections;     /* per server per worker, 0 = unlimited */
+    unsigned retries;         /* extra servers tried after a failure */
+    unsigned max_connections; /* per server per worker, 0 = unlimited */
     size_t max_response_head;
     struct tg_config_rl_key_part hash_key; /* balance: hash */
-    unsigned max_fails;           /* passive health: failures in a row */
-    int64_t eject_ms;             /* first ejection; doubles up to 30 s */
-    bool fail_on_5xx;             /* a 5xx answer counts as a failure */
+    unsigned max_fails;                    /* passive health: failures in a row */
+    int64_t eject_ms;                      /* first ejection; doubles up to 30 s */
+    bool fail_on_5xx;                      /* a 5xx answer counts as a failure */
     struct tg_config_health_check health_check;
-    bool tls;                     /* speak HTTPS to the servers */
+    bool tls; /* speak HTTPS to the servers */
     bool tls_verify;
     const char *tls_ca;
     const char *tls_server_name;
@@ -290,7 +289,7 @@ struct tg_config_header {
     const char *name;
     const char *value;
     size_t name_len, value_len;
-    bool https_only;              /* Strict-Transport-Security */
+    bool https_only; /* Strict-Transport-Security */
 };
 
 /* What a route does to headers, resolved from the global `headers`
@@ -298,9 +297,9 @@ struct tg_config_header {
 struct tg_config_headers {
     struct tg_config_header *add; /* response headers */
     size_t nadd;
-    struct tg_str *remove;        /* response headers dropped */
+    struct tg_str *remove; /* response headers dropped */
     size_t nremove;
-    bool override;                /* replace what the backend set */
+    bool override;                    /* replace what the backend set */
     struct tg_config_header *req_set; /* request headers toward the backend */
     size_t nreq_set;
     struct tg_str *req_remove;
@@ -315,32 +314,32 @@ struct tg_config_headers {
 /* ---- access rules ---- */
 
 enum tg_config_access_kind {
-    TG_ACCESS_CIDR = 0,           /* allow, deny: a prefix or preset */
-    TG_ACCESS_COUNTRY,            /* allow_countries, deny_countries */
-    TG_ACCESS_ASN,                /* allow_asns, deny_asns */
+    TG_ACCESS_CIDR = 0, /* allow, deny: a prefix or preset */
+    TG_ACCESS_COUNTRY,  /* allow_countries, deny_countries */
+    TG_ACCESS_ASN,      /* allow_asns, deny_asns */
 };
 
 /* One entry of a site's or route's allow/deny lists, as written. */
 struct tg_config_access_rule {
     enum tg_config_access_kind kind;
     bool allow;
-    const char *key;              /* the list it came from ("deny_countries") */
-    const char *text;             /* the entry */
-    uint32_t asn;                 /* TG_ACCESS_ASN: parsed */
+    const char *key;  /* the list it came from ("deny_countries") */
+    const char *text; /* the entry */
+    uint32_t asn;     /* TG_ACCESS_ASN: parsed */
     struct tg_config_mark mark;
 };
 
 struct tg_config_access_list {
     struct tg_config_access_rule *rules; /* in file order */
     size_t n;
-    bool set;                     /* some list was given, even an empty one */
+    bool set; /* some list was given, even an empty one */
 };
 
 /* geoip: the databases to open (config_build.c opens them). */
 struct tg_config_geoip {
-    const char *database;         /* countries (or cities), or NULL */
-    const char *asn_database;     /* AS numbers, or NULL */
-    const char *header;           /* the country toward the backend */
+    const char *database;     /* countries (or cities), or NULL */
+    const char *asn_database; /* AS numbers, or NULL */
+    const char *header;       /* the country toward the backend */
     struct tg_config_mark database_mark, asn_database_mark;
 };
 
@@ -351,14 +350,14 @@ struct tg_config_tenant {
     struct tg_config_server *servers;
     size_t nservers;
     bool suspended;
-    int64_t rate_interval_ns;     /* 0 = policy's own */
+    int64_t rate_interval_ns; /* 0 = policy's own */
     int64_t rate_count, rate_period_s;
-    int64_t burst;                /* 0 = policy's own */
+    int64_t burst; /* 0 = policy's own */
     struct tg_config_mark mark;
 };
 
 struct tg_config_domain {
-    const char *domain;           /* lower case */
+    const char *domain; /* lower case */
     const char *tenant;
 };
 
@@ -371,46 +370,46 @@ struct tg_tenant_index;
 
 struct tg_config_tenants {
     enum tg_tenant_directory directory;
-    struct tg_config_redis redis;  /* defaults to rate_limit.redis */
+    struct tg_config_redis redis; /* defaults to rate_limit.redis */
     int64_t cache_ttl_ms;
     int64_t negative_ttl_ms;
     int64_t stale_ttl_ms;
-    size_t max_cached;            /* per worker */
+    size_t max_cached;                /* per worker */
     struct tg_config_tenant *tenants; /* static entries (win over Redis) */
     size_t ntenants;
     struct tg_config_domain *domains; /* static custom domains */
     size_t ndomains;
     struct tg_config_upstream upstream_defaults; /* pool settings for tenants */
-    struct tg_tenant_index *index;    /* built from the above */
-    bool configured;              /* the section exists */
+    struct tg_tenant_index *index;               /* built from the above */
+    bool configured;                             /* the section exists */
 };
 
 struct tg_route_pattern;
 
 struct tg_config_route {
-    const char *path_source;      /* the pattern as written */
+    const char *path_source;         /* the pattern as written */
     struct tg_config_mark path_mark; /* of its first character */
-    const char *path;             /* built: the pattern's canonical text (router.h) */
+    const char *path;                /* built: the pattern's canonical text (router.h) */
     size_t path_len;
     struct tg_route_pattern *pattern; /* built: compiled; owned by the snapshot */
-    bool ignore_case;             /* the route's, else its site's */
-    uint32_t methods;             /* bit 1 << enum tg_http_method; 0 with no
+    bool ignore_case;                 /* the route's, else its site's */
+    uint32_t methods;                 /* bit 1 << enum tg_http_method; 0 with no
                                      other_methods = any method */
-    const char **other_methods;   /* methods without an id, as written */
+    const char **other_methods;       /* methods without an id, as written */
     size_t nother_methods;
     const struct tg_config_upstream *upstream; /* NULL when upstream_tenant */
-    bool upstream_tenant;         /* upstream: $tenant */
-    const struct tg_config_headers *headers; /* resolved */
-    struct tg_config_access_list access_list; /* as written */
-    struct tg_access_rules *access;   /* built from access_list; NULL = none */
-    bool stream;                  /* long-lived responses: no read timeout */
+    bool upstream_tenant;                      /* upstream: $tenant */
+    const struct tg_config_headers *headers;   /* resolved */
+    struct tg_config_access_list access_list;  /* as written */
+    struct tg_access_rules *access;            /* built from access_list; NULL = none */
+    bool stream;                               /* long-lived responses: no read timeout */
     /* Resolved at load: the route's own list, else its site's, else
      * rate_limit.global; `set` is always true. */
     struct tg_config_policy_list rate_limit;
-    unsigned max_in_flight;       /* 0 = unlimited */
-    int64_t read_timeout_ms;      /* 0 = the upstream's read_timeout */
-    uint64_t max_body;            /* resolved: the route's, else client.max_body; 0 = unlimited */
-    unsigned counter;             /* built: its slot in route_in_flight */
+    unsigned max_in_flight;  /* 0 = unlimited */
+    int64_t read_timeout_ms; /* 0 = the upstream's read_timeout */
+    uint64_t max_body;       /* resolved: the route's, else client.max_body; 0 = unlimited */
+    unsigned counter;        /* built: its slot in route_in_flight */
     const struct tg_config_site *site;
     unsigned metrics_id;
     struct tg_config_mark mark;
@@ -423,22 +422,22 @@ struct tg_config_site {
     struct tg_config_route *routes;
     size_t nroutes;
     size_t index;
-    struct tg_config_policy_list rate_limit; /* as written; routes resolve it */
-    bool has_capture;             /* a "{tenant}.x" host */
+    struct tg_config_policy_list rate_limit;  /* as written; routes resolve it */
+    bool has_capture;                         /* a "{tenant}.x" host */
     struct tg_config_access_list access_list; /* as written */
-    struct tg_access_rules *access;   /* built from access_list; NULL = none */
-    bool custom_domains;          /* unmatched hosts are looked up as tenant domains */
-    bool ignore_case;             /* routes' default */
-    bool acme;                    /* tls.acme orders certificates for its hosts */
-    bool any_ignore_case;         /* some route matches a folded path */
-    struct tg_route_entry *route_table; /* built: the routes as the router
+    struct tg_access_rules *access;           /* built from access_list; NULL = none */
+    bool custom_domains;                      /* unmatched hosts are looked up as tenant domains */
+    bool ignore_case;                         /* routes' default */
+    bool acme;                                /* tls.acme orders certificates for its hosts */
+    bool any_ignore_case;                     /* some route matches a folded path */
+    struct tg_route_entry *route_table;       /* built: the routes as the router
                                            matches them, in order */
 };
 
 struct tg_config_log {
-    int level;                    /* enum tg_log_level */
-    const char *error;            /* path, or NULL for stderr */
-    const char *access;           /* path, "stdout", or NULL for off */
+    int level;          /* enum tg_log_level */
+    const char *error;  /* path, or NULL for stderr */
+    const char *access; /* path, "stdout", or NULL for off */
     int64_t access_flush_ms;
     size_t access_buffer;
 };
@@ -455,7 +454,7 @@ struct tg_config {
 
     unsigned workers;
     int64_t drain_timeout_ms;
-    const char *user;             /* run as this user ("user" or "user:group") */
+    const char *user; /* run as this user ("user" or "user:group") */
     struct tg_config_listen *listeners;
     size_t nlisteners;
     struct tg_config_client client;
@@ -470,16 +469,16 @@ struct tg_config {
     struct tg_config_rate_limit rate_limit;
     struct tg_config_tenants tenants;
     const struct tg_config_site *domain_site; /* the site with custom_domains */
-    const char *admin_token;      /* bearer token for the admin listener */
-    struct tg_cidr_set *trusted_proxies; /* NULL = trust no peer */
-    int client_ip_header;             /* enum tg_client_ip_header */
+    const char *admin_token;                  /* bearer token for the admin listener */
+    struct tg_cidr_set *trusted_proxies;      /* NULL = trust no peer */
+    int client_ip_header;                     /* enum tg_client_ip_header */
     struct tg_config_geoip geoip_files;
     struct tg_geoip *geoip;           /* built: country database, or NULL */
     struct tg_geoip *geoip_asn;       /* built: ASN database, or NULL */
     const char *geoip_header;         /* country toward the backend, or NULL */
     struct tg_config_headers headers; /* the global block, resolved */
 
-    struct tg_host_index *hosts;  /* built: Host -> site */
+    struct tg_host_index *hosts;      /* built: Host -> site */
     struct tg_tls_server *tls_server; /* built when a listener has tls */
     /* built: tls.ticket_key_file read (tls_tickets.h), or NULL */
     struct tg_tls_ticket_secret *ticket_secret;
@@ -494,8 +493,8 @@ struct tg_config {
 
 /* Errors collected while loading, reported together in file order. */
 struct tg_config_errors {
-    const char *file;             /* names the file in messages */
-    int n;                        /* found (more than are kept: see max) */
+    const char *file; /* names the file in messages */
+    int n;            /* found (more than are kept: see max) */
     struct {
         struct tg_config_mark mark;
         char msg[300];
@@ -504,8 +503,8 @@ struct tg_config_errors {
 
 void tg_config_errors_init(struct tg_config_errors *e, const char *file);
 /* Adds one error at `m`. */
-void tg_config_error_at(struct tg_config_errors *e, struct tg_config_mark m,
-                        const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void tg_config_error_at(struct tg_config_errors *e, struct tg_config_mark m, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Writes the errors sorted by position, one "FILE:LINE:COL: message" line
  * each, NUL-terminated (cut at `cap`). */
 void tg_config_errors_format(struct tg_config_errors *e, char *out, size_t cap);
@@ -516,21 +515,19 @@ void tg_config_errors_format(struct tg_config_errors *e, char *out, size_t cap);
  * are NULL (tg_config_build can build them), or NULL with `errors` filled
  * as tg_config_load does. */
 struct tg_config *tg_config_parse(const char *path, char *errors, size_t errlen);
-struct tg_config *tg_config_parse_buffer(const char *name, const char *data,
-                                         size_t len, char *errors,
-                                         size_t errlen);
+struct tg_config *tg_config_parse_buffer(const char *name, const char *data, size_t len,
+                                         char *errors, size_t errlen);
 
 /* The parser's own step, for config_build.c: parses `data` collecting
  * errors into `errs`. Returns the snapshot even when errors were found (so
  * the build can report its own at the same time), or NULL when nothing
  * could be parsed (YAML syntax, an empty document, no memory). */
-struct tg_config *tg_config_parse_collect(const char *name, const char *data,
-                                          size_t len, struct tg_config_errors *errs);
+struct tg_config *tg_config_parse_collect(const char *name, const char *data, size_t len,
+                                          struct tg_config_errors *errs);
 
 /* Reads a configuration file whole (NUL-terminated; free it). Returns 0,
  * or -1 with "FILE:1:1: cannot open: ..." in errors. */
-int tg_config_read_file(const char *path, char **data, size_t *len, char *errors,
-                        size_t errlen);
+int tg_config_read_file(const char *path, char **data, size_t *len, char *errors, size_t errlen);
 
 void tg_config_ref(struct tg_config *c);
 /* Drops a reference; the last one frees the snapshot (what was built
@@ -538,8 +535,8 @@ void tg_config_ref(struct tg_config *c);
 void tg_config_unref(struct tg_config *c);
 
 /* Looks up an upstream by name; NULL if none. */
-const struct tg_config_upstream *tg_config_find_upstream(
-    const struct tg_config *c, const char *name, size_t n);
+const struct tg_config_upstream *tg_config_find_upstream(const struct tg_config *c,
+                                                         const char *name, size_t n);
 
 /* Parses "250ms", "10s", "5m", "1h", "2d" (and "0") into milliseconds. */
 int tg_config_parse_duration(const char *s, int64_t *ms);
@@ -550,11 +547,10 @@ int tg_config_parse_size(const char *s, uint64_t *bytes);
 
 /* Parses "host:port", "[v6]:port" or ":port" (all interfaces) into a socket
  * address; names are resolved once, here. Returns 0 or -1 with err set. */
-int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out,
-                             char *err, size_t errlen);
+int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out, char *err,
+                             size_t errlen);
 
 /* Formats a socket address as "ip:port" / "[ip]:port". */
-size_t tg_config_format_sockaddr(const struct sockaddr *sa, char *out,
-                                 size_t cap);
+size_t tg_config_format_sockaddr(const struct sockaddr *sa, char *out, size_t cap);
 
 #endif

@@ -26,8 +26,7 @@ static void build_geoip(struct tg_config *cfg, struct tg_config_errors *errs)
 {
     const struct tg_config_geoip *g = &cfg->geoip_files;
     char err[512];
-    if (g->database != NULL &&
-        (cfg->geoip = tg_geoip_open(g->database, err, sizeof(err))) == NULL)
+    if (g->database != NULL && (cfg->geoip = tg_geoip_open(g->database, err, sizeof(err))) == NULL)
         tg_config_error_at(errs, g->database_mark, "%s", err);
     if (g->asn_database != NULL &&
         (cfg->geoip_asn = tg_geoip_open(g->asn_database, err, sizeof(err))) == NULL)
@@ -48,8 +47,7 @@ static void build_hosts(struct tg_config *cfg, struct tg_config_errors *errs)
         for (size_t h = 0; h < site->nhosts; h++) {
             char err[200];
             if (tg_router_hosts_add(cfg->hosts, site->hosts[h], site, err, sizeof(err)) < 0)
-                tg_config_error_at(errs, site->host_marks[h], "host '%s': %s",
-                                   site->hosts[h], err);
+                tg_config_error_at(errs, site->host_marks[h], "host '%s': %s", site->hosts[h], err);
         }
     }
 }
@@ -86,8 +84,8 @@ static void build_routes(struct tg_config *cfg, struct tg_config_errors *errs)
     unsigned counter = 0;
     for (size_t s = 0; s < cfg->nsites; s++) {
         struct tg_config_site *site = &cfg->sites[s];
-        site->route_table = tg_arena_calloc(&cfg->arena, site->nroutes + 1,
-                                            sizeof(*site->route_table));
+        site->route_table =
+            tg_arena_calloc(&cfg->arena, site->nroutes + 1, sizeof(*site->route_table));
         if (site->route_table == NULL) {
             tg_config_error_at(errs, (struct tg_config_mark){1, 1}, "out of memory");
             return;
@@ -99,8 +97,8 @@ static void build_routes(struct tg_config *cfg, struct tg_config_errors *errs)
                 continue;
             char err[300];
             size_t off = 0;
-            r->pattern = tg_router_pattern_compile(r->path_source, r->ignore_case, err,
-                                                   sizeof(err), &off);
+            r->pattern =
+                tg_router_pattern_compile(r->path_source, r->ignore_case, err, sizeof(err), &off);
             if (r->pattern == NULL) {
                 /* Point at the byte. */
                 struct tg_config_mark m = r->path_mark;
@@ -124,10 +122,12 @@ static void build_routes(struct tg_config *cfg, struct tg_config_errors *errs)
                 const struct tg_config_route *er = &site->routes[e];
                 if (er->pattern != NULL && tg_router_pattern_covers(er->pattern, r->pattern) &&
                     methods_cover(er, r)) {
-                    tg_config_error_at(errs, r->mark, "this route can never match: the "
+                    tg_config_error_at(errs, r->mark,
+                                       "this route can never match: the "
                                        "route at line %d (path '%s') comes first and "
                                        "matches every request it would; move it above, "
-                                       "or narrow the earlier one", er->mark.line, er->path);
+                                       "or narrow the earlier one",
+                                       er->mark.line, er->path);
                     break;
                 }
             }
@@ -206,8 +206,7 @@ static int build_tls(struct tg_config *cfg, struct tg_certstore *shared,
     /* Read even without a TLS listener, so `-t` checks it; a reload with a
      * bad file is refused and the running gateway keeps its keys. */
     if (cfg->tls.ticket_key_file != NULL) {
-        cfg->ticket_secret = tg_tls_tickets_secret_read(cfg->tls.ticket_key_file, err,
-                                                        sizeof(err));
+        cfg->ticket_secret = tg_tls_tickets_secret_read(cfg->tls.ticket_key_file, err, sizeof(err));
         if (cfg->ticket_secret == NULL) {
             tg_config_error_at(errs, cfg->tls.mark, "tls.ticket_key_file: %s", err);
             return -1;
@@ -226,8 +225,7 @@ static int build_tls(struct tg_config *cfg, struct tg_certstore *shared,
             tg_config_error_at(errs, cfg->tls.mark, "out of memory");
             return -1;
         }
-        cfg->tls_server = tg_tls_server_new_shared(cfg, cfg->certstore, err, sizeof(err),
-                                                   &where);
+        cfg->tls_server = tg_tls_server_new_shared(cfg, cfg->certstore, err, sizeof(err), &where);
         if (cfg->tls_server == NULL) {
             tg_config_error_at(errs, where, "%s", err);
             rc = -1;
@@ -238,8 +236,8 @@ static int build_tls(struct tg_config *cfg, struct tg_certstore *shared,
         }
     }
     for (size_t i = 0; i <= cfg->nupstreams; i++) {
-        struct tg_config_upstream *u = i < cfg->nupstreams ? &cfg->upstreams[i]
-                                                           : &cfg->tenants.upstream_defaults;
+        struct tg_config_upstream *u =
+            i < cfg->nupstreams ? &cfg->upstreams[i] : &cfg->tenants.upstream_defaults;
         if (!u->tls)
             continue;
         if (tg_tls_global_init() < 0) {
@@ -267,8 +265,8 @@ static void unbuild(struct tg_config *cfg)
     tg_tls_tickets_secret_unref(cfg->ticket_secret);
     cfg->ticket_secret = NULL;
     for (size_t i = 0; i <= cfg->nupstreams; i++) {
-        struct tg_config_upstream *u = i < cfg->nupstreams ? &cfg->upstreams[i]
-                                                           : &cfg->tenants.upstream_defaults;
+        struct tg_config_upstream *u =
+            i < cfg->nupstreams ? &cfg->upstreams[i] : &cfg->tenants.upstream_defaults;
         if (u->tls_client != NULL)
             tg_tls_client_free(u->tls_client);
         u->tls_client = NULL;
@@ -319,10 +317,9 @@ int tg_config_build(struct tg_config *cfg, const struct tg_config_build_opts *op
     return errs->n > before ? -1 : 0;
 }
 
-struct tg_config *tg_config_load_buffer_with(const char *name, const char *data,
-                                             size_t len,
-                                             const struct tg_config_build_opts *opts,
-                                             char *errors, size_t errlen)
+struct tg_config *tg_config_load_buffer_with(const char *name, const char *data, size_t len,
+                                             const struct tg_config_build_opts *opts, char *errors,
+                                             size_t errlen)
 {
     struct tg_config_errors *errs = malloc(sizeof(*errs));
     if (errs == NULL) {
@@ -348,8 +345,7 @@ struct tg_config *tg_config_load_buffer_with(const char *name, const char *data,
     return cfg;
 }
 
-struct tg_config *tg_config_load_with(const char *path,
-                                      const struct tg_config_build_opts *opts,
+struct tg_config *tg_config_load_with(const char *path, const struct tg_config_build_opts *opts,
                                       char *errors, size_t errlen)
 {
     char *data;

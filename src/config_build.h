@@ -45,18 +45,15 @@ int tg_config_build(struct tg_config *cfg, const struct tg_config_build_opts *op
 struct tg_config *tg_config_load(const char *path, char *errors, size_t errlen);
 
 /* Loads from memory; `name` is used in messages. For tests and fuzzing. */
-struct tg_config *tg_config_load_buffer(const char *name, const char *data,
-                                        size_t len, char *errors,
-                                        size_t errlen);
+struct tg_config *tg_config_load_buffer(const char *name, const char *data, size_t len,
+                                        char *errors, size_t errlen);
 
 /* tg_config_load / tg_config_load_buffer with options. */
-struct tg_config *tg_config_load_with(const char *path,
-                                      const struct tg_config_build_opts *opts,
+struct tg_config *tg_config_load_with(const char *path, const struct tg_config_build_opts *opts,
                                       char *errors, size_t errlen);
-struct tg_config *tg_config_load_buffer_with(const char *name, const char *data,
-                                             size_t len,
-                                             const struct tg_config_build_opts *opts,
-                                             char *errors, size_t errlen);
+struct tg_config *tg_config_load_buffer_with(const char *name, const char *data, size_t len,
+                                             const struct tg_config_build_opts *opts, char *errors,
+                                             size_t errlen);
 
 /* Makes a snapshot's shared state current when it is installed (start,
  * reload): its certificates become the configuration's certificates in

@@ -45,8 +45,8 @@ struct tg_conn_proto {
 };
 
 enum tg_conn_state {
-    TG_CONN_OPEN = 0,      /* the protocol runs */
-    TG_CONN_LINGERING,     /* answer sent, discarding input before close */
+    TG_CONN_OPEN = 0,  /* the protocol runs */
+    TG_CONN_LINGERING, /* answer sent, discarding input before close */
     TG_CONN_CLOSED,
 };
 
@@ -60,27 +60,27 @@ struct tg_conn {
     struct tg_io io;
     ev_io watcher;
     ev_timer timer;
-    ev_tstamp deadline;       /* when the current phase times out */
-    ev_tstamp timer_at;       /* when the timer is set to fire */
-    uint8_t state;            /* enum tg_conn_state */
-    uint8_t watching;         /* EV_READ | EV_WRITE currently armed */
+    ev_tstamp deadline; /* when the current phase times out */
+    ev_tstamp timer_at; /* when the timer is set to fire */
+    uint8_t state;      /* enum tg_conn_state */
+    uint8_t watching;   /* EV_READ | EV_WRITE currently armed */
     bool tls;
-    bool admin;               /* came in on the admin listener */
-    bool draining;            /* serve what runs, then close */
+    bool admin;                /* came in on the admin listener */
+    bool draining;             /* serve what runs, then close */
     uint8_t ip_counted_prefix; /* counted in the per-IP table (0 = not) */
-    struct tg_addr peer;      /* socket peer (or PROXY protocol source) */
-    uint16_t listener_metric; /* series of the listener it came in on */
+    struct tg_addr peer;       /* socket peer (or PROXY protocol source) */
+    uint16_t listener_metric;  /* series of the listener it came in on */
     uint16_t peer_port;
     unsigned refs;
-    uint32_t lingered;        /* bytes dropped while lingering */
+    uint32_t lingered; /* bytes dropped while lingering */
 
-    struct tg_wcfg *wcfg;     /* snapshot the connection currently uses */
+    struct tg_wcfg *wcfg; /* snapshot the connection currently uses */
     const struct tg_config_listen *lcfg;
 
-    struct tg_buf *in;        /* bytes from the client not yet consumed */
+    struct tg_buf *in; /* bytes from the client not yet consumed */
     const struct tg_conn_proto *proto;
 
-    struct tg_list link;      /* in the context's list */
+    struct tg_list link; /* in the context's list */
     alignas(max_align_t) unsigned char proto_state[TG_CONN_PROTO_STATE];
 };
 

@@ -40,14 +40,14 @@ struct tg_http1_response;
 /* State shared by all workers and the main thread that outlives config
  * snapshots. Read-only after start, or internally synchronised. */
 struct tg_runtime {
-    struct tg_context **workers;   /* each worker's context (for scrapes) */
+    struct tg_context **workers; /* each worker's context (for scrapes) */
     unsigned nworkers;
-    struct tg_iptable *iptable;    /* connections and streams per client */
+    struct tg_iptable *iptable;          /* connections and streams per client */
     struct tg_ratelimit_local *rl_local; /* rate-limit buckets, all workers */
-    _Atomic unsigned long nconns;  /* client connections, all workers */
+    _Atomic unsigned long nconns;        /* client connections, all workers */
     const char *config_path;
     _Atomic bool draining;
-    char gateway_id[96];           /* this process in Redis heartbeats */
+    char gateway_id[96]; /* this process in Redis heartbeats */
     unsigned char request_id_seed[8];
     /* Peers warned about once per process (forwarding headers ignored on a
      * private-only route); each context's ring is a cache in front. */
@@ -61,35 +61,35 @@ struct tg_runtime {
  * one for as long as the snapshot is current. Per-worker state that belongs
  * to a snapshot (round-robin cursors) lives here. */
 struct tg_wcfg {
-    struct tg_config *config;  /* one reference */
+    struct tg_config *config; /* one reference */
     struct tg_context *ctx;
     unsigned refs;
-    unsigned *rr_cursor;       /* per upstream: next server for round robin */
+    unsigned *rr_cursor; /* per upstream: next server for round robin */
 };
 
 /* A socket event noted while libev runs a pass, served afterwards in the
  * order epoll reported it (tg_context_defer_io). */
 struct tg_ready_io {
-    ev_io *io;      /* NULL once stopped (tg_context_io_stop) */
+    ev_io *io; /* NULL once stopped (tg_context_io_stop) */
     int revents;
 };
 
 struct tg_context {
-    unsigned id;                   /* the worker's number */
+    unsigned id; /* the worker's number */
     struct ev_loop *loop;
     struct tg_runtime *rt;
-    struct tg_wcfg *cfg;           /* current snapshot */
+    struct tg_wcfg *cfg; /* current snapshot */
     /* The clock every timeout reads; tests put their own here. */
     ev_tstamp (*clock)(const struct tg_context *ctx);
 
     struct tg_buf_pool bufs;
     struct tg_metrics_shard *metrics;
     struct tg_access_log *access_log;
-    struct tg_limiter_env limiter; /* stores and counts for rate limits */
+    struct tg_limiter_env limiter;       /* stores and counts for rate limits */
     struct tg_ratelimit_redis *rl_redis; /* when a policy uses Redis */
     struct tg_tenant_dir *tenants;       /* when tenants use Redis */
     struct tg_upstream_pools *pools;
-    unsigned static_tenant_rr;           /* round robin for static tenants */
+    unsigned static_tenant_rr; /* round robin for static tenants */
     /* Requests waiting for a connection slot (upstreams.max_connections),
      * oldest first; retried when a slot frees (forward.c). */
     struct tg_list upwait;
@@ -100,7 +100,7 @@ struct tg_context {
 
     /* Client connections, for drain and counts; conn.c links them, and
      * calls conn_closed (the worker's) when one goes. */
-    struct tg_list conns;          /* of tg_conn.link */
+    struct tg_list conns; /* of tg_conn.link */
     /* TLS handshakes suspended until ACME obtains their certificate
      * (accept.c's). */
     struct tg_list cert_waiters;

@@ -21,9 +21,11 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: tollgate explain [-c FILE] [--peer ADDRESS] 'METHOD URL' [-H 'Name: value']...\n"
-                 "  e.g. tollgate explain -c conf/tollgate.yaml 'GET https://localhost/_/'\n"
-                 "       -H 'X-Forwarded-For: 203.0.113.7' --peer 10.0.0.2\n");
+    fprintf(
+        out,
+        "usage: tollgate explain [-c FILE] [--peer ADDRESS] 'METHOD URL' [-H 'Name: value']...\n"
+        "  e.g. tollgate explain -c conf/tollgate.yaml 'GET https://localhost/_/'\n"
+        "       -H 'X-Forwarded-For: 203.0.113.7' --peer 10.0.0.2\n");
 }
 
 /* Prints each decision as "label:    text". */
@@ -56,8 +58,8 @@ static int explain_request(struct tg_context *ctx, const struct tg_config_listen
         return 0;
     }
     struct tg_memstream m = {.in_end = true};
-    struct tg_request *req = tg_request_new(ctx, ctx->cfg, &tg_memstream_ops,
-                                            tg_memstream_stream(&m));
+    struct tg_request *req =
+        tg_request_new(ctx, ctx->cfg, &tg_memstream_ops, tg_memstream_stream(&m));
     if (req == NULL)
         return 1;
     struct tg_explain ex = {print_line};
@@ -74,8 +76,9 @@ static int explain_request(struct tg_context *ctx, const struct tg_config_listen
     req->proto = "HTTP/1.1";
     req->headers = (struct tg_http_headers){p->headers, p->nheaders, p->nheaders};
     req->headers_valid = true;
-    req->body_length = p->framing == TG_HTTP1_BODY_LENGTH ? (int64_t)p->content_length
-                     : p->framing == TG_HTTP1_BODY_CHUNKED ? -1 : 0;
+    req->body_length = p->framing == TG_HTTP1_BODY_LENGTH    ? (int64_t)p->content_length
+                       : p->framing == TG_HTTP1_BODY_CHUNKED ? -1
+                                                             : 0;
     req->listener = listener;
     req->peer = *peer;
     req->https = https;
@@ -124,8 +127,8 @@ int tg_explain_main(int argc, char **argv, const char *default_config)
     const char *authority = url + (https ? 8 : 7);
     const char *slash = strchr(authority, '/');
     char host[512];
-    snprintf(host, sizeof(host), "%.*s", (int)(slash ? (size_t)(slash - authority) : strlen(authority)),
-             authority);
+    snprintf(host, sizeof(host), "%.*s",
+             (int)(slash ? (size_t)(slash - authority) : strlen(authority)), authority);
     const char *target = slash ? slash : "/";
 
     char *errors = malloc(16384);
@@ -155,8 +158,8 @@ int tg_explain_main(int argc, char **argv, const char *default_config)
     char *raw = malloc(65536);
     int rc = 1;
     if (raw != NULL) {
-        size_t n = (size_t)snprintf(raw, 65536, "%s %s HTTP/1.1\r\nHost: %s\r\n", method,
-                                    target, host);
+        size_t n =
+            (size_t)snprintf(raw, 65536, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, host);
         for (size_t i = 0; i < nhdrs && n < 60000; i++)
             n += (size_t)snprintf(raw + n, 65536 - n, "%s\r\n", hdrs[i]);
         n += (size_t)snprintf(raw + n, 65536 - n, "\r\n");

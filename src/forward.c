@@ -48,45 +48,45 @@
 struct tg_exchange {
     struct tg_request *req;
     struct tg_upconn *up;
-    struct tg_buf *up_head;         /* the request head for the backend */
+    struct tg_buf *up_head; /* the request head for the backend */
     size_t up_head_sent;
-    uint64_t tried;                 /* servers tried (bitmask) */
+    uint64_t tried; /* servers tried (bitmask) */
     unsigned attempts;
-    int server;                     /* index in upstream->servers */
-    struct tg_list upwait_link;     /* queued for a connection slot */
-    ev_tstamp upwait_until;         /* ... until then (connect_timeout) */
-    bool connecting;                /* waiting for a connection (or a slot) */
+    int server;                 /* index in upstream->servers */
+    struct tg_list upwait_link; /* queued for a connection slot */
+    ev_tstamp upwait_until;     /* ... until then (connect_timeout) */
+    bool connecting;            /* waiting for a connection (or a slot) */
 
     /* Request body toward the backend. */
-    bool chunked_up;                /* framed by us as chunked */
-    bool req_body_done;             /* the stream said the body ended */
-    bool req_body_sent;             /* ... and all of it is written */
-    bool sent_body_bytes;           /* some body bytes left: not replayable */
-    bool up_write_failed;           /* the backend stopped taking the request */
-    uint64_t chunk_left;            /* data bytes of the current chunk to write */
-    char pend[32];                  /* chunk framing not yet written */
+    bool chunked_up;      /* framed by us as chunked */
+    bool req_body_done;   /* the stream said the body ended */
+    bool req_body_sent;   /* ... and all of it is written */
+    bool sent_body_bytes; /* some body bytes left: not replayable */
+    bool up_write_failed; /* the backend stopped taking the request */
+    uint64_t chunk_left;  /* data bytes of the current chunk to write */
+    char pend[32];        /* chunk framing not yet written */
     uint8_t pend_len, pend_off;
     uint64_t req_body_bytes;
 
     /* Response from the backend. */
     size_t resp_scanned;
     bool resp_head_done;
-    int resp_framing;               /* enum tg_http1_framing */
+    int resp_framing; /* enum tg_http1_framing */
     uint64_t resp_remaining;
     struct tg_http1_chunked resp_chunked;
-    size_t resp_ready;              /* data bytes at up->in start, framing cut */
+    size_t resp_ready; /* data bytes at up->in start, framing cut */
     bool resp_body_done;
-    bool resp_keep_alive;           /* the backend may be reused */
-    bool end_sent;                  /* the stream got the end of the body */
+    bool resp_keep_alive; /* the backend may be reused */
+    bool end_sent;        /* the stream got the end of the body */
     bool tunnel;
-    bool stream;                    /* SSE or stream route: no read timeout */
-    bool sse;                       /* text/event-stream: heartbeats apply */
-    bool sse_draining;              /* end the stream at the next boundary */
-    bool stream_counted;            /* holds a stream.max_per_ip slot */
-    char sse_tail[3];               /* last data bytes sent: event boundary */
-    const char *inject;             /* bytes of our own still to give */
+    bool stream;         /* SSE or stream route: no read timeout */
+    bool sse;            /* text/event-stream: heartbeats apply */
+    bool sse_draining;   /* end the stream at the next boundary */
+    bool stream_counted; /* holds a stream.max_per_ip slot */
+    char sse_tail[3];    /* last data bytes sent: event boundary */
+    const char *inject;  /* bytes of our own still to give */
     size_t inject_left;
-    bool inject_end;                /* ... and they end the body */
+    bool inject_end; /* ... and they end the body */
     ev_tstamp up_read_at, up_write_at, rate_checked_at;
 };
 
@@ -172,8 +172,8 @@ static void reset_client(struct tg_exchange *x, const char *why)
 
 /* A local answer instead of the backend's (nothing was sent yet), or a
  * reset when something was. */
-static void answer_locally(struct tg_exchange *x, int status, const char *extra,
-                           const char *body, bool close)
+static void answer_locally(struct tg_exchange *x, int status, const char *extra, const char *body,
+                           bool close)
 {
     struct tg_request *req = x->req;
     release(x);
@@ -190,8 +190,8 @@ static void fail_upstream(struct tg_exchange *x, int status, const char *what)
 {
     struct tg_request *req = x->req;
     tg_log_error("request %s: upstream %s %s%s%s", req->request_id,
-                 req->upstream ? req->upstream->name : "-", what,
-                 req->up_name ? " at " : "", req->up_name ? req->up_name : "");
+                 req->upstream ? req->upstream->name : "-", what, req->up_name ? " at " : "",
+                 req->up_name ? req->up_name : "");
     answer_locally(x, status, NULL,
                    status == 504 ? "504 Gateway Timeout: the upstream did not answer in time\n"
                                  : "502 Bad Gateway: the upstream could not be reached\n",
@@ -211,8 +211,8 @@ static void attempt_failed(struct tg_exchange *x, const char *what, bool timeout
     drop_upstream(x, false);
 
     bool replayable = !x->sent_body_bytes && !x->resp_head_done && !req->head_sent;
-    bool may_retry = replayable &&
-                     (!head_sent || tg_http_method_idempotent(req->method_id) || was_reused);
+    bool may_retry =
+        replayable && (!head_sent || tg_http_method_idempotent(req->method_id) || was_reused);
     if (may_retry && was_reused && !timeout) {
         /* A pooled connection the backend had closed: not the server's
          * fault, try again without counting an attempt. */
@@ -422,9 +422,8 @@ static void send_upstream(struct tg_exchange *x)
         /* Body spans the stream holds (in a tunnel, the client's bytes). */
         bool end = false;
         struct iovec spans[BODY_SPANS];
-        int ns = x->req_body_sent ? 0
-                                  : req->stream_ops->body_peek(req->stream, spans, BODY_SPANS,
-                                                               &end);
+        int ns =
+            x->req_body_sent ? 0 : req->stream_ops->body_peek(req->stream, spans, BODY_SPANS, &end);
         size_t avail = 0;
         for (int i = 0; i < ns; i++)
             avail += spans[i].iov_len;
@@ -616,9 +615,8 @@ static void finish_response(struct tg_exchange *x)
 {
     struct tg_request *req = x->req;
     struct tg_upconn *uc = x->up;
-    bool reusable = uc != NULL && x->resp_keep_alive &&
-                    x->resp_framing != TG_HTTP1_BODY_CLOSE && x->req_body_sent &&
-                    uc->in != NULL && tg_buf_len(uc->in) == 0 && !x->tunnel;
+    bool reusable = uc != NULL && x->resp_keep_alive && x->resp_framing != TG_HTTP1_BODY_CLOSE &&
+                    x->req_body_sent && uc->in != NULL && tg_buf_len(uc->in) == 0 && !x->tunnel;
     if (uc != NULL) {
         bool failed = req->upstream->fail_on_5xx && req->status >= 500;
         if (tg_upstream_report(uc, req->upstream, !failed))
@@ -743,8 +741,10 @@ static void on_response_head(struct tg_exchange *x, const struct tg_http1_respon
         struct tg_addr group;
         tg_iptable_group(&req->client, cfg->client.ipv6_prefix, &group);
         if (!tg_iptable_acquire(ctx->rt->iptable, &group, TG_IPTABLE_STREAMS, max_streams)) {
-            answer_locally(x, 429, NULL, "429 Too Many Requests: too many open streams from "
-                                         "this client\n", false);
+            answer_locally(x, 429, NULL,
+                           "429 Too Many Requests: too many open streams from "
+                           "this client\n",
+                           false);
             return;
         }
         x->stream_counted = true;
@@ -818,8 +818,7 @@ static void handle_response(struct tg_exchange *x)
                                          TG_HTTP1_MAX_HEADERS};
         const char *reason = "invalid";
         ssize_t n = tg_http1_parse_response(uc->in->data + uc->in->start, tg_buf_len(uc->in),
-                                            &x->resp_scanned, &limits, req->method_id, r,
-                                            &reason);
+                                            &x->resp_scanned, &limits, req->method_id, r, &reason);
         if (n == TG_HTTP1_INCOMPLETE)
             return;
         if (n == TG_HTTP1_ERROR) {
@@ -937,8 +936,8 @@ static void read_upstream(struct tg_exchange *x)
         } else if (!x->resp_head_done) {
             attempt_failed(x, "reset the connection", false);
         } else {
-            tg_log_error("request %s: upstream %s reset the connection mid-body",
-                         req->request_id, req->up_name);
+            tg_log_error("request %s: upstream %s reset the connection mid-body", req->request_id,
+                         req->up_name);
             reset_client(x, NULL);
         }
         return;
@@ -1031,8 +1030,8 @@ static void update_watches(struct tg_exchange *x)
          * goes back to the pool watching for EV_READ anyway, and leaving the
          * events as they are saves epoll_ctl calls. Only a full buffer
          * (backpressure) stops it. */
-        bool room = uc->in == NULL || tg_buf_room(uc->in) > 0 || uc->in->start > 0 ||
-                    !x->resp_head_done;
+        bool room =
+            uc->in == NULL || tg_buf_room(uc->in) > 0 || uc->in->start > 0 || !x->resp_head_done;
         if (room && !(x->resp_body_done && !x->resp_keep_alive))
             uev |= EV_READ;
         if (uc->io.ssl != NULL && uc->io.want_write)
@@ -1096,8 +1095,8 @@ static enum deadline_kind next_deadline(const struct tg_exchange *x, ev_tstamp *
     }
     if (x->tunnel) {
         if (cfg->stream.idle_timeout_ms > 0) {
-            ev_tstamp last = req->client_read_at > x->up_read_at ? req->client_read_at
-                                                                 : x->up_read_at;
+            ev_tstamp last =
+                req->client_read_at > x->up_read_at ? req->client_read_at : x->up_read_at;
             consider(&best, &kind, last + MS(cfg->stream.idle_timeout_ms), DL_STREAM_IDLE);
         }
         *when = best;
@@ -1117,15 +1116,15 @@ static enum deadline_kind next_deadline(const struct tg_exchange *x, ev_tstamp *
     if (waiting_upstream && (!x->stream || !x->resp_head_done)) {
         ev_tstamp last = x->up_read_at > x->up_write_at ? x->up_read_at : x->up_write_at;
         int64_t rt = req->route != NULL && req->route->read_timeout_ms > 0
-                         ? req->route->read_timeout_ms : u->read_timeout_ms;
+                         ? req->route->read_timeout_ms
+                         : u->read_timeout_ms;
         consider(&best, &kind, last + MS(rt), DL_UP_READ);
     }
     if (x->sse && x->resp_head_done && cfg->stream.heartbeat_ms > 0 && !out_pending)
-        consider(&best, &kind, req->client_write_at + MS(cfg->stream.heartbeat_ms),
-                 DL_HEARTBEAT);
+        consider(&best, &kind, req->client_write_at + MS(cfg->stream.heartbeat_ms), DL_HEARTBEAT);
     if (x->stream && x->resp_head_done && cfg->stream.idle_timeout_ms > 0) {
-        ev_tstamp last = x->up_read_at > req->client_write_at ? x->up_read_at
-                                                              : req->client_write_at;
+        ev_tstamp last =
+            x->up_read_at > req->client_write_at ? x->up_read_at : req->client_write_at;
         consider(&best, &kind, last + MS(cfg->stream.idle_timeout_ms), DL_STREAM_IDLE);
     }
     *when = best;
@@ -1174,7 +1173,8 @@ static ev_tstamp on_timeout(struct tg_request *req, ev_tstamp now)
         upwait_unlink(x);
         TG_METRIC_INC(upstream_stats(x)->queue_timeouts);
         tg_log_info("request %s: upstream %s: every server at max_connections for "
-                    "connect_timeout", req->request_id, req->upstream->name);
+                    "connect_timeout",
+                    req->request_id, req->upstream->name);
         answer_locally(x, 503, "Retry-After: 1\r\n",
                        "503 Service Unavailable: every backend server is busy\n", false);
         break;

@@ -44,10 +44,10 @@
 #define CHUNK_HEAD_MAX 20
 
 enum h1_state {
-    H1_IDLE = 0,  /* keep-alive: waiting for a request */
-    H1_HEAD,      /* part of a head is here */
-    H1_ACTIVE,    /* a request runs */
-    H1_FLUSHING,  /* the request ended; its last bytes are being written */
+    H1_IDLE = 0, /* keep-alive: waiting for a request */
+    H1_HEAD,     /* part of a head is here */
+    H1_ACTIVE,   /* a request runs */
+    H1_FLUSHING, /* the request ended; its last bytes are being written */
 };
 
 /* How the response body is framed. */
@@ -65,36 +65,36 @@ struct tg_stream {
     struct tg_conn *c;
     struct tg_request *req;
     size_t head_len;
-    uint64_t remaining;       /* Content-Length body bytes not yet here */
-    size_t ready;             /* data bytes at the front of the body area */
+    uint64_t remaining; /* Content-Length body bytes not yet here */
+    size_t ready;       /* data bytes at the front of the body area */
     struct tg_http1_chunked chunked;
-    uint8_t framing;          /* enum tg_http1_framing */
-    uint8_t minor;            /* HTTP/1.minor */
-    bool keep_alive;          /* the client would reuse the connection */
-    bool head_consumed;       /* the head's bytes are gone from the buffer */
-    bool body_done;           /* every body byte has been framed */
-    bool tunnel;              /* after a 101: input is raw tunnel bytes */
-    bool failed;              /* the body was refused (400/413) */
+    uint8_t framing;    /* enum tg_http1_framing */
+    uint8_t minor;      /* HTTP/1.minor */
+    bool keep_alive;    /* the client would reuse the connection */
+    bool head_consumed; /* the head's bytes are gone from the buffer */
+    bool body_done;     /* every body byte has been framed */
+    bool tunnel;        /* after a 101: input is raw tunnel bytes */
+    bool failed;        /* the body was refused (400/413) */
 };
 
 /* Per connection, in c->proto_state. */
 struct h1 {
-    struct tg_request *req;   /* the running request */
-    struct tg_stream *st;     /* ... and its stream */
-    struct tg_buf *out;       /* head and framing bytes not yet written */
-    uint64_t chunk_left;      /* data bytes owed to the chunk already framed */
-    uint64_t resp_left;       /* OUT_LENGTH: body bytes still to write */
-    size_t scanned;           /* parser resume point in c->in */
-    ev_tstamp head_started;   /* first byte of the current head */
-    ev_tstamp write_at;       /* last bytes written (FLUSHING) */
-    unsigned requests;        /* started on this connection */
-    uint8_t state;            /* enum h1_state */
-    uint8_t mode;             /* enum out_mode */
-    bool end_queued;          /* the end of the body is written or in `out` */
-    bool close;               /* the connection ends after this response */
-    bool keep_after_flush;    /* FLUSHING: then serve the next request */
-    bool unread_after_flush;  /* FLUSHING: the client may still be sending */
-    bool in_process;          /* inside process_input: no recursion */
+    struct tg_request *req;  /* the running request */
+    struct tg_stream *st;    /* ... and its stream */
+    struct tg_buf *out;      /* head and framing bytes not yet written */
+    uint64_t chunk_left;     /* data bytes owed to the chunk already framed */
+    uint64_t resp_left;      /* OUT_LENGTH: body bytes still to write */
+    size_t scanned;          /* parser resume point in c->in */
+    ev_tstamp head_started;  /* first byte of the current head */
+    ev_tstamp write_at;      /* last bytes written (FLUSHING) */
+    unsigned requests;       /* started on this connection */
+    uint8_t state;           /* enum h1_state */
+    uint8_t mode;            /* enum out_mode */
+    bool end_queued;         /* the end of the body is written or in `out` */
+    bool close;              /* the connection ends after this response */
+    bool keep_after_flush;   /* FLUSHING: then serve the next request */
+    bool unread_after_flush; /* FLUSHING: the client may still be sending */
+    bool in_process;         /* inside process_input: no recursion */
 };
 
 _Static_assert(sizeof(struct h1) <= TG_CONN_PROTO_STATE, "struct h1 fits in the connection");
@@ -330,8 +330,8 @@ static int s_send_head(struct tg_stream *st, int status, const struct tg_http_he
     /* A body the client is still sending and nobody will read, a client
      * that will not reuse the connection, or a body only the close can
      * end: the connection goes after this answer. */
-    bool close = (flags & TG_STREAM_CLOSE) || !st->keep_alive || c->draining ||
-                 mode == OUT_CLOSE || mode == OUT_TUNNEL || !st->body_done;
+    bool close = (flags & TG_STREAM_CLOSE) || !st->keep_alive || c->draining || mode == OUT_CLOSE ||
+                 mode == OUT_TUNNEL || !st->body_done;
     struct tg_buf *b = out_room(c, fields_size(fields) + HEAD_SLACK);
     if (b == NULL)
         return -1;
@@ -411,7 +411,7 @@ static ssize_t s_send_body(struct tg_stream *st, const struct iovec *iov, int io
         return (ssize_t)total;
     }
     size_t taken = 0;
-    int first = 0;      /* iov[first] + skip is the next byte to offer */
+    int first = 0; /* iov[first] + skip is the next byte to offer */
     size_t skip = 0;
     for (;;) {
         size_t avail = total - taken;
@@ -428,8 +428,7 @@ static ssize_t s_send_body(struct tg_stream *st, const struct iovec *iov, int io
             v[n].iov_base = h->out->data + h->out->start;
             v[n++].iov_len = out_len;
         }
-        uint64_t cap = chunked ? h->chunk_left : h->mode == OUT_LENGTH ? h->resp_left
-                                                                        : UINT64_MAX;
+        uint64_t cap = chunked ? h->chunk_left : h->mode == OUT_LENGTH ? h->resp_left : UINT64_MAX;
         size_t data = 0;
         for (int i = first; i < iovcnt && n < (int)TG_ARRAY_LEN(v) - 1 && data < cap; i++) {
             size_t off = i == first ? skip : 0;
@@ -548,8 +547,7 @@ static void start_idle(struct tg_conn *c)
     struct h1 *h = h1_of(c);
     h->state = H1_IDLE;
     h->scanned = 0;
-    tg_conn_set_deadline(c, tg_context_now(c->ctx) +
-                                MS(config_of(c)->client.keepalive_timeout_ms));
+    tg_conn_set_deadline(c, tg_context_now(c->ctx) + MS(config_of(c)->client.keepalive_timeout_ms));
     update_watch(c);
     if (c->in != NULL && tg_buf_len(c->in) > 0) {
         /* Pipelined requests already here; from inside process_input its
@@ -598,8 +596,8 @@ static void s_finish(struct tg_stream *st, enum tg_stream_end how)
         tg_buf_consume(c->in, st->ready);
         st->ready = 0;
     }
-    bool keep = how == TG_STREAM_DONE && !h->close && !unread && h->end_queued &&
-                !c->draining && h->mode != OUT_CLOSE && h->mode != OUT_TUNNEL;
+    bool keep = how == TG_STREAM_DONE && !h->close && !unread && h->end_queued && !c->draining &&
+                h->mode != OUT_CLOSE && h->mode != OUT_TUNNEL;
     if (h->out != NULL && tg_buf_len(h->out) > 0) {
         h->state = H1_FLUSHING;
         h->keep_after_flush = keep;
@@ -640,8 +638,8 @@ static void update_watch(struct tg_conn *c)
         ev = EV_READ;
         break;
     case H1_ACTIVE:
-        if (h->st != NULL && h->st->head_consumed && !h->st->failed && room &&
-            h->req != NULL && h->req->phase != TG_REQ_LOCAL)
+        if (h->st != NULL && h->st->head_consumed && !h->st->failed && room && h->req != NULL &&
+            h->req->phase != TG_REQ_LOCAL)
             ev = EV_READ;
         break;
     default:
@@ -718,8 +716,9 @@ static int fill_request(struct tg_request *req, struct tg_stream *st,
     memcpy(req->headers.v, p->headers, p->nheaders * sizeof(struct tg_http_header));
     req->headers.n = req->headers.cap = p->nheaders;
     req->headers_valid = true;
-    req->body_length = p->framing == TG_HTTP1_BODY_LENGTH  ? (int64_t)p->content_length
-                     : p->framing == TG_HTTP1_BODY_CHUNKED ? -1 : 0;
+    req->body_length = p->framing == TG_HTTP1_BODY_LENGTH    ? (int64_t)p->content_length
+                       : p->framing == TG_HTTP1_BODY_CHUNKED ? -1
+                                                             : 0;
     req->upgrade_websocket = p->upgrade_websocket;
     req->close_after = !p->keep_alive;
     req->listener = c->lcfg;
@@ -826,8 +825,8 @@ static void process_input(struct tg_conn *c)
             break;
         }
         const struct tg_config_client *cc = &config_of(c)->client;
-        struct tg_http1_limits limits = {cc->max_request_line,
-                                         cc->max_request_line + cc->max_head, cc->max_headers};
+        struct tg_http1_limits limits = {cc->max_request_line, cc->max_request_line + cc->max_head,
+                                         cc->max_headers};
         int status = 400;
         const char *reason = "bad request";
         ssize_t r = tg_http1_parse_request(c->in->data + c->in->start, tg_buf_len(c->in),
@@ -894,8 +893,7 @@ static void read_body(struct tg_conn *c)
             /* The client went away (or reset): in a tunnel that ends it. */
             struct tg_request *req = h->req;
             if (n == 0 && !st->body_done)
-                tg_log_info("request %s: client closed during the request body",
-                            req->request_id);
+                tg_log_info("request %s: client closed during the request body", req->request_id);
             tg_request_abort(req);
             h->req = NULL;
             h->st = NULL;

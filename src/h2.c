@@ -62,22 +62,22 @@
 struct h2 {
     struct tg_conn *c;
     nghttp2_session *session;
-    struct tg_buf *out;           /* frames not yet written */
-    struct tg_list streams;       /* of tg_stream.link: requests running */
+    struct tg_buf *out;     /* frames not yet written */
+    struct tg_list streams; /* of tg_stream.link: requests running */
     unsigned nstreams;
-    ev_prepare kick;              /* sends what was submitted, before the loop sleeps */
-    ev_tstamp idle_at;            /* since when no stream runs */
-    ev_tstamp write_at;           /* last bytes written (or the start) */
-    ev_tstamp flood_at;           /* start of the current flood window */
+    ev_prepare kick;    /* sends what was submitted, before the loop sleeps */
+    ev_tstamp idle_at;  /* since when no stream runs */
+    ev_tstamp write_at; /* last bytes written (or the start) */
+    ev_tstamp flood_at; /* start of the current flood window */
     ev_tstamp started;
-    bool got_frame;               /* the client preface came */
-    unsigned resets, control;     /* in the current flood window */
-    size_t data_credit[2];        /* DATA bytes sent that no WINDOW_UPDATE answered
+    bool got_frame;           /* the client preface came */
+    unsigned resets, control; /* in the current flood window */
+    size_t data_credit[2];    /* DATA bytes sent that no WINDOW_UPDATE answered
                                      yet: [0] the connection's, [1] the streams' */
-    bool in_session;              /* inside nghttp2: submit only */
-    bool goaway;                  /* GOAWAY sent: no new streams */
-    bool broken;                  /* the socket failed: close at the next chance */
-    bool writable_pass;           /* some stream wants to be told it can send */
+    bool in_session;          /* inside nghttp2: submit only */
+    bool goaway;              /* GOAWAY sent: no new streams */
+    bool broken;              /* the socket failed: close at the next chance */
+    bool writable_pass;       /* some stream wants to be told it can send */
 };
 
 /* One stream: the request's client stream (in the request's arena). */
@@ -85,30 +85,30 @@ struct tg_stream {
     struct h2 *h;
     struct tg_request *req;
     int32_t id;
-    struct tg_list link;          /* h->streams */
+    struct tg_list link; /* h->streams */
     ev_tstamp deadline;
     /* The head as it comes. */
     struct tg_str method, scheme, authority, path, protocol, host;
-    struct tg_str *cookies;       /* crumbs, joined for the backend */
+    struct tg_str *cookies; /* crumbs, joined for the backend */
     size_t ncookies, cookies_cap;
     size_t head_bytes;
-    int bad_status;               /* 400 or 431 found while reading the head */
+    int bad_status; /* 400 or 431 found while reading the head */
     const char *bad_why;
-    bool started;                 /* the pipeline has it */
+    bool started; /* the pipeline has it */
     /* The request body. */
-    struct tg_buf *in;            /* DATA received, not yet consumed */
-    bool in_end;                  /* END_STREAM came */
-    bool tunnel;                  /* extended CONNECT answered: DATA both ways */
+    struct tg_buf *in; /* DATA received, not yet consumed */
+    bool in_end;       /* END_STREAM came */
+    bool tunnel;       /* extended CONNECT answered: DATA both ways */
     /* The response. */
-    bool data_open;               /* a data provider was submitted */
-    bool ended;                   /* END_STREAM submitted (or framed) */
-    const struct iovec *offer;    /* send_body's bytes, while it runs */
+    bool data_open;            /* a data provider was submitted */
+    bool ended;                /* END_STREAM submitted (or framed) */
+    const struct iovec *offer; /* send_body's bytes, while it runs */
     int noffer;
     size_t offer_total, offer_taken;
     bool offer_end;
-    bool deferred;                /* the session holds its DATA until resumed */
-    bool want_writable;           /* tell the request when it can send again */
-    bool closed;                  /* nghttp2 closed the stream */
+    bool deferred;      /* the session holds its DATA until resumed */
+    bool want_writable; /* tell the request when it can send again */
+    bool closed;        /* nghttp2 closed the stream */
 };
 
 static struct h2 *h2_of(struct tg_conn *c)
@@ -137,8 +137,7 @@ static int out_put(struct h2 *h, const void *p, size_t n)
     }
     if (tg_buf_room(h->out) < n) {
         tg_buf_compact(h->out);
-        if (tg_buf_room(h->out) < n &&
-            tg_buf_grow(&ctx->bufs, &h->out, tg_buf_len(h->out) + n) < 0)
+        if (tg_buf_room(h->out) < n && tg_buf_grow(&ctx->bufs, &h->out, tg_buf_len(h->out) + n) < 0)
             return -1;
     }
     memcpy(h->out->data + h->out->end, p, n);
@@ -258,8 +257,7 @@ static struct tg_stream *stream_of(nghttp2_session *session, int32_t id)
 static const struct tg_stream_ops h2_stream_ops;
 
 /* A new stream's request. */
-static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame,
-                            void *user_data)
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 {
     struct h2 *h = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
@@ -509,8 +507,8 @@ static void start_stream(struct h2 *h, struct tg_stream *st, bool end_stream)
     req->start = tg_context_now(h->c->ctx);
     if (st->bad_status != 0) {
         char body[160];
-        snprintf(body, sizeof(body), "%d %s: %s\n", st->bad_status,
-                 tg_http_reason(st->bad_status), st->bad_why);
+        snprintf(body, sizeof(body), "%d %s: %s\n", st->bad_status, tg_http_reason(st->bad_status),
+                 st->bad_why);
         req->method = req->method[0] ? req->method : "-";
         tg_request_respond_text(req, st->bad_status, body, false);
         return;
@@ -554,8 +552,8 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 {
     struct h2 *h = user_data;
     h->got_frame = true;
-    struct tg_stream *st = frame->hd.stream_id != 0 ? stream_of(session, frame->hd.stream_id)
-                                                     : NULL;
+    struct tg_stream *st =
+        frame->hd.stream_id != 0 ? stream_of(session, frame->hd.stream_id) : NULL;
     bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
@@ -620,8 +618,8 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
         tg_buf_compact(st->in);
         if (tg_buf_room(st->in) < len) {
             size_t want = tg_buf_len(st->in) + len;
-            if (want > window || tg_buf_grow(&ctx->bufs, &st->in, want < window ? window
-                                                                                : want) < 0)
+            if (want > window ||
+                tg_buf_grow(&ctx->bufs, &st->in, want < window ? window : want) < 0)
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
     }
@@ -933,8 +931,7 @@ static void settle(struct h2 *h)
         close_now(h);
         return;
     }
-    bool done = !nghttp2_session_want_read(h->session) &&
-                !nghttp2_session_want_write(h->session);
+    bool done = !nghttp2_session_want_read(h->session) && !nghttp2_session_want_write(h->session);
     if ((done || (h->goaway && h->nstreams == 0)) && out_len(h) == 0) {
         close_now(h);
         return;
@@ -969,9 +966,8 @@ static void read_frames(struct h2 *h)
     for (;;) {
         if (c->in != NULL && tg_buf_len(c->in) > 0) {
             h->in_session = true;
-            ssize_t rv = nghttp2_session_mem_recv(h->session,
-                                                  (const uint8_t *)c->in->data + c->in->start,
-                                                  tg_buf_len(c->in));
+            ssize_t rv = nghttp2_session_mem_recv(
+                h->session, (const uint8_t *)c->in->data + c->in->start, tg_buf_len(c->in));
             h->in_session = false;
             if (rv < 0) {
                 tg_log_debug("HTTP/2 session: %s", nghttp2_strerror((int)rv));
@@ -1124,8 +1120,8 @@ static void h2_drain(struct tg_conn *c)
     struct h2 *h = h2_of(c);
     if (!h->goaway) {
         nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE,
-                              nghttp2_session_get_last_proc_stream_id(h->session),
-                              NGHTTP2_NO_ERROR, NULL, 0);
+                              nghttp2_session_get_last_proc_stream_id(h->session), NGHTTP2_NO_ERROR,
+                              NULL, 0);
         h->goaway = true;
     }
     struct tg_list *head = &h->streams;
@@ -1186,8 +1182,7 @@ void tg_h2_start(struct tg_conn *c)
     /* Windows open as the body goes upstream, not as it arrives. */
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_max_outbound_ack(opt, cfg->http2.max_control);
-    nghttp2_option_set_stream_reset_rate_limit(opt, cfg->http2.max_resets,
-                                               cfg->http2.max_resets);
+    nghttp2_option_set_stream_reset_rate_limit(opt, cfg->http2.max_resets, cfg->http2.max_resets);
     int rv = nghttp2_session_server_new2(&h->session, cbs, h, opt);
     nghttp2_option_del(opt);
     if (rv != 0) {

@@ -34,8 +34,7 @@ static void acme_http01_answer(struct tg_request *req)
     char key_auth[KEY_AUTH_MAX];
     if (tg_acme_challenge_http_get(req->path + n, req->route_path_len - n, key_auth,
                                    sizeof(key_auth)))
-        tg_request_respond(req, 200, "application/octet-stream", key_auth, strlen(key_auth),
-                           false);
+        tg_request_respond(req, 200, "application/octet-stream", key_auth, strlen(key_auth), false);
     else
         tg_request_respond_text(req, 404, "404 Not Found: no such ACME challenge\n", false);
 }

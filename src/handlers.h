@@ -11,8 +11,8 @@
 struct tg_request;
 
 struct tg_handler {
-    const char *name;                               /* for explain and logs */
-    bool (*match)(const struct tg_request *req);    /* is this request mine? */
+    const char *name;                            /* for explain and logs */
+    bool (*match)(const struct tg_request *req); /* is this request mine? */
     void (*handle)(struct tg_request *req);
 };
 

@@ -55,15 +55,15 @@ static void put_header(struct out *o, const struct tg_http_header *h)
 
 enum hdr_kind {
     HDR_OTHER = 0,
-    HDR_HOP,        /* hop-by-hop: never forwarded */
+    HDR_HOP, /* hop-by-hop: never forwarded */
     HDR_HOST,
     HDR_UPGRADE,
     HDR_XFF,
-    HDR_XF_OTHER,   /* X-Forwarded-Proto/Host, X-Real-IP: we set them */
+    HDR_XF_OTHER, /* X-Forwarded-Proto/Host, X-Real-IP: we set them */
     HDR_FORWARDED,
     HDR_REQUEST_ID,
-    HDR_SERVER,     /* Server, X-Powered-By: removed from responses */
-    HDR_LENGTH,     /* Content-Length: framing, set from the body by us */
+    HDR_SERVER, /* Server, X-Powered-By: removed from responses */
+    HDR_LENGTH, /* Content-Length: framing, set from the body by us */
 };
 
 static enum hdr_kind classify(struct tg_str n)
@@ -353,8 +353,7 @@ static struct tg_str cfg_value(const struct tg_config_header *h)
 }
 
 int tg_headers_response_fields(struct tg_arena *arena, const struct tg_headers_response *in,
-                               const struct tg_http_headers *backend,
-                               struct tg_http_headers *out)
+                               const struct tg_http_headers *backend, struct tg_http_headers *out)
 {
     const struct tg_config_headers *rules = in->rules;
     *out = (struct tg_http_headers){NULL, 0, 0};
@@ -400,8 +399,7 @@ int tg_headers_response_fields(struct tg_arena *arena, const struct tg_headers_r
         if (!present && vec_push(arena, out, cfg_name(h), cfg_value(h)) < 0)
             return -1;
     }
-    if (in->request_id.n > 0 &&
-        vec_push(arena, out, TG_STR("X-Request-Id"), in->request_id) < 0)
+    if (in->request_id.n > 0 && vec_push(arena, out, TG_STR("X-Request-Id"), in->request_id) < 0)
         return -1;
     if (in->extra != NULL && vec_lines(arena, out, in->extra, strlen(in->extra)) < 0)
         return -1;
@@ -493,9 +491,8 @@ bool tg_headers_valid_request_id(struct tg_str v)
         return false;
     for (size_t i = 0; i < v.n; i++) {
         char ch = v.p[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-              (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == ':' ||
-              ch == '-'))
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == ':' || ch == '-'))
             return false;
     }
     return true;

@@ -30,21 +30,21 @@ struct tg_limiter_state;
 /* What the upstream request head is made of. */
 struct tg_headers_upstream {
     struct tg_str method;
-    struct tg_str path;                 /* normalised, with "?query" */
-    struct tg_str host;                 /* the client's Host */
+    struct tg_str path;                   /* normalised, with "?query" */
+    struct tg_str host;                   /* the client's Host */
     const struct tg_http_headers *fields; /* the client's fields */
     const struct tg_config_headers *rules;
-    int64_t body_length;                /* > 0 Content-Length, -1 chunked, 0 none */
-    bool upgrade;                       /* forward the WebSocket Upgrade */
-    bool tls;                           /* the client came over TLS */
-    const struct tg_addr *peer;         /* the socket peer */
-    const struct tg_addr *client;       /* the identified client */
+    int64_t body_length;                 /* > 0 Content-Length, -1 chunked, 0 none */
+    bool upgrade;                        /* forward the WebSocket Upgrade */
+    bool tls;                            /* the client came over TLS */
+    const struct tg_addr *peer;          /* the socket peer */
+    const struct tg_addr *client;        /* the identified client */
     const struct tg_client_chain *chain; /* trusted hops, or NULL */
     struct tg_str request_id;
-    const char *subject_header;         /* listener's client_subject_header, or NULL */
-    const char *subject;                /* the verified subject, or NULL */
-    const char *geo_header;             /* geoip.header, or NULL */
-    const char *country;                /* two letters ("XX" unknown) */
+    const char *subject_header; /* listener's client_subject_header, or NULL */
+    const char *subject;        /* the verified subject, or NULL */
+    const char *geo_header;     /* geoip.header, or NULL */
+    const char *country;        /* two letters ("XX" unknown) */
 };
 
 /* Appends the HTTP/1.1 request head for `in` to `b`. Returns 0, or -1 if
@@ -69,8 +69,7 @@ struct tg_headers_response {
  * rate-limit fields. Views point into `backend`'s bytes, the
  * configuration and the arena. Returns 0, or -1 when memory ran out. */
 int tg_headers_response_fields(struct tg_arena *arena, const struct tg_headers_response *in,
-                               const struct tg_http_headers *backend,
-                               struct tg_http_headers *out);
+                               const struct tg_http_headers *backend, struct tg_http_headers *out);
 
 /* Fields of an interim (1xx) response, forwarded as the backend sent them
  * minus hop-by-hop ones. */

@@ -22,8 +22,8 @@
 
 #define SLOTS 65536 /* servers checked at most; power of two */
 #define TICK_S 0.1
-#define ADDR_TEXT_MAX 80    /* "[v6]:port", as formatted for the logs */
-#define REQUEST_MAX 512     /* the GET head, path and Host included */
+#define ADDR_TEXT_MAX 80 /* "[v6]:port", as formatted for the logs */
+#define REQUEST_MAX 512  /* the GET head, path and Host included */
 /* What is read of the answer: the status line is all that counts, and
  * "HTTP/1.1 200" (STATUS_LINE_MIN bytes) or a line end is enough of it. */
 #define RESPONSE_MAX 64
@@ -42,8 +42,8 @@ struct slot {
     _Atomic int used;
     struct key key;
     _Atomic bool down;
-    unsigned fails, passes;      /* checker only */
-    char name[ADDR_TEXT_MAX];    /* checker only, for logs */
+    unsigned fails, passes;   /* checker only */
+    char name[ADDR_TEXT_MAX]; /* checker only, for logs */
 };
 
 struct target {
@@ -72,8 +72,8 @@ struct check {
 };
 
 static struct {
-    struct slot *slots;           /* allocated on first configure */
-    _Atomic bool any;             /* some server is checked */
+    struct slot *slots; /* allocated on first configure */
+    _Atomic bool any;   /* some server is checked */
     struct ev_loop *loop;
     ev_timer tick;
     struct target *targets;
@@ -258,7 +258,8 @@ static void start_check(struct target *t)
     c->sent = c->got = 0;
     int n = snprintf(c->req, sizeof(c->req),
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tollgate-health-check\r\n"
-                     "Connection: close\r\n\r\n", t->path, t->host);
+                     "Connection: close\r\n\r\n",
+                     t->path, t->host);
     c->reqlen = n > 0 && (size_t)n < sizeof(c->req) ? (size_t)n : 0;
     ev_io_init(&c->io, on_check_io, fd, EV_WRITE);
     c->io.data = c;

@@ -24,22 +24,22 @@
 #define C_DIGIT 0x40
 
 static const unsigned char cls[256] = {
-    /* 00 */   0,   0,   0,   0,   0,   0,   0,   0,   0,  34,   0,   0,   0,   0,   0,   0,
-    /* 10 */   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
-    /* 20 */  34,  39,   6,  35,  39,  39,  39,  39,  38,  38,  39,  39,  38,  55,  55,  38,
-    /* 30 */ 127, 127, 127, 127, 127, 127, 127, 127, 127, 127,  38,  38,  38,  38,  38,  38,
-    /* 40 */  38,  63,  63,  63,  63,  63,  63,  55,  55,  55,  55,  55,  55,  55,  55,  55,
-    /* 50 */  55,  55,  55,  55,  55,  55,  55,  55,  55,  55,  55,  38,   6,  38,  39,  55,
-    /* 60 */  39,  63,  63,  63,  63,  63,  63,  55,  55,  55,  55,  55,  55,  55,  55,  55,
-    /* 70 */  55,  55,  55,  55,  55,  55,  55,  55,  55,  55,  55,  38,  39,  38,  55,   0,
-    /* 80 */  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,
-    /* 90 */  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,
-    /* a0 */  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,
-    /* b0 */  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,
-    /* c0 */  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,
-    /* d0 */  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,
-    /* e0 */  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,
-    /* f0 */  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34,
+    /* 00 */ 0,   0,   0,   0,   0,   0,   0,   0,   0,   34,  0,  0,  0,  0,  0,  0,
+    /* 10 */ 0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,  0,  0,  0,  0,  0,
+    /* 20 */ 34,  39,  6,   35,  39,  39,  39,  39,  38,  38,  39, 39, 38, 55, 55, 38,
+    /* 30 */ 127, 127, 127, 127, 127, 127, 127, 127, 127, 127, 38, 38, 38, 38, 38, 38,
+    /* 40 */ 38,  63,  63,  63,  63,  63,  63,  55,  55,  55,  55, 55, 55, 55, 55, 55,
+    /* 50 */ 55,  55,  55,  55,  55,  55,  55,  55,  55,  55,  55, 38, 6,  38, 39, 55,
+    /* 60 */ 39,  63,  63,  63,  63,  63,  63,  55,  55,  55,  55, 55, 55, 55, 55, 55,
+    /* 70 */ 55,  55,  55,  55,  55,  55,  55,  55,  55,  55,  55, 38, 39, 38, 55, 0,
+    /* 80 */ 34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34, 34, 34, 34, 34, 34,
+    /* 90 */ 34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34, 34, 34, 34, 34, 34,
+    /* a0 */ 34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34, 34, 34, 34, 34, 34,
+    /* b0 */ 34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34, 34, 34, 34, 34, 34,
+    /* c0 */ 34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34, 34, 34, 34, 34, 34,
+    /* d0 */ 34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34, 34, 34, 34, 34, 34,
+    /* e0 */ 34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34, 34, 34, 34, 34, 34,
+    /* f0 */ 34,  34,  34,  34,  34,  34,  34,  34,  34,  34,  34, 34, 34, 34, 34, 34,
 };
 
 #define IS(c, k) (cls[(unsigned char)(c)] & (k))
@@ -47,8 +47,8 @@ static const unsigned char cls[256] = {
 /* Eight bytes at a time: any byte below n (n <= 128), any byte equal to v. */
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
-#define HAS_LESS(x, n) (((x) - ONES * (n)) & ~(x) & HIGHS)
-#define HAS_ZERO(x) (((x) - ONES) & ~(x) & HIGHS)
+#define HAS_LESS(x, n) (((x)-ONES * (n)) & ~(x)&HIGHS)
+#define HAS_ZERO(x) (((x)-ONES) & ~(x)&HIGHS)
 #define HAS_BYTE(x, v) HAS_ZERO((x) ^ (ONES * (v)))
 
 static inline uint64_t load8(const unsigned char *p)
@@ -58,8 +58,7 @@ static inline uint64_t load8(const unsigned char *p)
     return x;
 }
 
-#if defined(__GNUC__) && defined(__BYTE_ORDER__) && \
-    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 /* Index of the first flagged byte of a non-zero mask. The lowest flag of
  * HAS_LESS/HAS_ZERO is always exact (borrows only run upwards). */
 #define FIRST_FLAGGED(m) ((size_t)__builtin_ctzll(m) >> 3)
@@ -69,9 +68,8 @@ static inline uint64_t load8(const unsigned char *p)
 static inline size_t skip_token(const unsigned char *b, size_t i, size_t end)
 {
     while (end - i >= 8) {
-        unsigned t = cls[b[i]] & cls[b[i + 1]] & cls[b[i + 2]] &
-                     cls[b[i + 3]] & cls[b[i + 4]] & cls[b[i + 5]] &
-                     cls[b[i + 6]] & cls[b[i + 7]];
+        unsigned t = cls[b[i]] & cls[b[i + 1]] & cls[b[i + 2]] & cls[b[i + 3]] & cls[b[i + 4]] &
+                     cls[b[i + 5]] & cls[b[i + 6]] & cls[b[i + 7]];
         if (!(t & C_TCHAR))
             break;
         i += 8;
@@ -114,8 +112,7 @@ static inline size_t skip_target(const unsigned char *b, size_t i, size_t end)
 {
     while (end - i >= 8) {
         uint64_t x = load8(b + i);
-        uint64_t m = HAS_LESS(x, 0x21) | (x & HIGHS) | HAS_BYTE(x, 0x7f) |
-                     HAS_BYTE(x, '#');
+        uint64_t m = HAS_LESS(x, 0x21) | (x & HIGHS) | HAS_BYTE(x, 0x7f) | HAS_BYTE(x, '#');
         if (m != 0) {
 #ifdef FIRST_FLAGGED
             return i + FIRST_FLAGGED(m);
@@ -140,7 +137,7 @@ enum {
     SL_STATUS,
     SL_REASON,
     SL_LF,
-    H_LINE,   /* start of a field line, or of the final empty line */
+    H_LINE, /* start of a field line, or of the final empty line */
     H_NAME,
     H_VALUE,
     H_LF,
@@ -164,12 +161,10 @@ static void get_limits(const struct tg_http1_limits *l, struct limits *out)
     }
     out->line = l->max_request_line;
     out->head = l->max_head;
-    out->headers = l->max_headers < TG_HTTP1_MAX_HEADERS ? l->max_headers
-                                                         : TG_HTTP1_MAX_HEADERS;
+    out->headers = l->max_headers < TG_HTTP1_MAX_HEADERS ? l->max_headers : TG_HTTP1_MAX_HEADERS;
 }
 
-static inline bool lower_eq(const char *p, size_t n, const char *lower,
-                            size_t ln)
+static inline bool lower_eq(const char *p, size_t n, const char *lower, size_t ln)
 {
     if (n != ln)
         return false;
@@ -206,8 +201,8 @@ static const char *bad_byte_reason(unsigned char c, const char *otherwise)
  * responses. Stops at the end of the head, the end of the bytes, or the
  * first error (*status 400 or 431). */
 static int scan_fields(const char *buf, size_t len, const struct limits *lim,
-                       struct tg_http1_scan *s, struct tg_http_header *h,
-                       size_t *nh, int *status, const char **reason)
+                       struct tg_http1_scan *s, struct tg_http_header *h, size_t *nh, int *status,
+                       const char **reason)
 {
     const unsigned char *b = (const unsigned char *)buf;
     size_t end = len < lim->head ? len : lim->head;
@@ -249,7 +244,7 @@ line:
     *status = 400;
     *reason = c == ' ' || c == '\t' ? "obs-fold or whitespace before field"
               : c == ':'            ? "empty field name"
-                         : bad_byte_reason(c, "invalid character in field name");
+                                    : bad_byte_reason(c, "invalid character in field name");
     goto error;
 
 name:
@@ -261,9 +256,9 @@ name:
     c = b[i];
     if (c != ':') {
         *status = 400;
-        *reason = c == ' ' || c == '\t' ? "whitespace before colon"
+        *reason = c == ' ' || c == '\t'    ? "whitespace before colon"
                   : c == '\r' || c == '\n' ? "field line without colon"
-                             : bad_byte_reason(c, "invalid character in field name");
+                                           : bad_byte_reason(c, "invalid character in field name");
         goto error;
     }
     s->mark1 = i++;
@@ -331,10 +326,8 @@ error:
     return R_ERROR;
 }
 
-static int scan_request_line(const char *buf, size_t len,
-                             const struct limits *lim,
-                             struct tg_http1_request *req, int *status,
-                             const char **reason)
+static int scan_request_line(const char *buf, size_t len, const struct limits *lim,
+                             struct tg_http1_request *req, int *status, const char **reason)
 {
     struct tg_http1_scan *s = &req->scan;
     const unsigned char *b = (const unsigned char *)buf;
@@ -360,11 +353,9 @@ static int scan_request_line(const char *buf, size_t len,
     }
     if (b[i] != ' ' || i == 0) {
         *status = 400;
-        *reason = i == 0 && (b[0] == '\r' || b[0] == '\n')
-                      ? "empty line before request line"
-                  : b[i] == '\r' || b[i] == '\n'
-                      ? "request line without target"
-                      : bad_byte_reason(b[i], "invalid method");
+        *reason = i == 0 && (b[0] == '\r' || b[0] == '\n') ? "empty line before request line"
+                  : b[i] == '\r' || b[i] == '\n'           ? "request line without target"
+                                                 : bad_byte_reason(b[i], "invalid method");
         goto error;
     }
     s->mark1 = i++;
@@ -400,8 +391,8 @@ version:
             ok = c == '\r';
         if (!ok) {
             *status = 400;
-            *reason = c == '\n' && k == 8 ? "bare LF"
-                                          : bad_byte_reason(c, "malformed HTTP version");
+            *reason =
+                c == '\n' && k == 8 ? "bare LF" : bad_byte_reason(c, "malformed HTTP version");
             goto error;
         }
         if (k == 8) {
@@ -455,10 +446,8 @@ error:
 
 /* "HTTP/1.x SP 3DIGIT [SP reason-phrase] CRLF". The SP before an empty
  * reason may be missing: unambiguous, and some servers omit it. */
-static int scan_status_line(const char *buf, size_t len,
-                            const struct limits *lim,
-                            struct tg_http1_response *resp,
-                            const char **reason)
+static int scan_status_line(const char *buf, size_t len, const struct limits *lim,
+                            struct tg_http1_response *resp, const char **reason)
 {
     struct tg_http1_scan *s = &resp->scan;
     const unsigned char *b = (const unsigned char *)buf;
@@ -492,8 +481,7 @@ static int scan_status_line(const char *buf, size_t len,
         else
             ok = c == ' ' || c == '\r';
         if (!ok) {
-            *reason = i < 8 ? "malformed HTTP version in status line"
-                            : "malformed status line";
+            *reason = i < 8 ? "malformed HTTP version in status line" : "malformed status line";
             goto error;
         }
         if (i == 8 && (b[5] != '1' || (b[7] != '0' && b[7] != '1'))) {
@@ -784,8 +772,8 @@ static bool framing_alias(struct tg_str name)
         size_t i = 0;
         if (name.n != strlen(lit) || memchr(name.p, '_', name.n) == NULL)
             continue;
-        while (i < name.n && (tg_ascii_lower(name.p[i]) == lit[i] ||
-                              (name.p[i] == '_' && lit[i] == '-')))
+        while (i < name.n &&
+               (tg_ascii_lower(name.p[i]) == lit[i] || (name.p[i] == '_' && lit[i] == '-')))
             i++;
         if (i == name.n)
             return true;
@@ -793,8 +781,8 @@ static bool framing_alias(struct tg_str name)
     return false;
 }
 
-static bool read_fields(const struct tg_http_header *h, size_t n,
-                        struct fields *f, const char **reason)
+static bool read_fields(const struct tg_http_header *h, size_t n, struct fields *f,
+                        const char **reason)
 {
     memset(f, 0, sizeof(*f));
     for (size_t k = 0; k < n; k++) {
@@ -910,8 +898,7 @@ static bool split_target(struct tg_http1_request *req, const char **reason)
     return true;
 }
 
-static int finish_request(struct tg_http1_request *req, int *status,
-                          const char **reason)
+static int finish_request(struct tg_http1_request *req, int *status, const char **reason)
 {
     struct fields f;
 
@@ -973,8 +960,8 @@ static int finish_request(struct tg_http1_request *req, int *status,
     return 0;
 }
 
-static int finish_response(struct tg_http1_response *resp,
-                           enum tg_http_method method, const char **reason)
+static int finish_response(struct tg_http1_response *resp, enum tg_http_method method,
+                           const char **reason)
 {
     struct fields f;
     int st = resp->status;
@@ -1020,9 +1007,8 @@ static int finish_response(struct tg_http1_response *resp,
 /* ---- Public entry points. ---- */
 
 ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
-                               const struct tg_http1_limits *limits,
-                               struct tg_http1_request *req, int *status,
-                               const char **reason)
+                               const struct tg_http1_limits *limits, struct tg_http1_request *req,
+                               int *status, const char **reason)
 {
     struct tg_http1_scan *s = &req->scan;
     struct limits lim;
@@ -1041,8 +1027,7 @@ ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
     if (s->state < H_LINE)
         rc = scan_request_line(buf, len, &lim, req, &st, &why);
     if (rc == R_NEXT)
-        rc = scan_fields(buf, len, &lim, s, req->headers, &req->nheaders, &st,
-                         &why);
+        rc = scan_fields(buf, len, &lim, s, req->headers, &req->nheaders, &st, &why);
     *scanned = s->pos;
     if (rc == R_MORE)
         return TG_HTTP1_INCOMPLETE;
@@ -1060,8 +1045,7 @@ ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
 
 ssize_t tg_http1_parse_response(const char *buf, size_t len, size_t *scanned,
                                 const struct tg_http1_limits *limits,
-                                enum tg_http_method request_method,
-                                struct tg_http1_response *resp,
+                                enum tg_http_method request_method, struct tg_http1_response *resp,
                                 const char **reason)
 {
     struct tg_http1_scan *s = &resp->scan;
@@ -1081,8 +1065,7 @@ ssize_t tg_http1_parse_response(const char *buf, size_t len, size_t *scanned,
     if (s->state < H_LINE)
         rc = scan_status_line(buf, len, &lim, resp, &why);
     if (rc == R_NEXT)
-        rc = scan_fields(buf, len, &lim, s, resp->headers, &resp->nheaders,
-                         &st, &why);
+        rc = scan_fields(buf, len, &lim, s, resp->headers, &resp->nheaders, &st, &why);
     *scanned = s->pos;
     if (rc == R_MORE)
         return TG_HTTP1_INCOMPLETE;
@@ -1131,8 +1114,7 @@ static inline unsigned hexval(unsigned char ch)
     return ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10;
 }
 
-ssize_t tg_http1_chunked_next(struct tg_http1_chunked *c, const char *p,
-                              size_t n, size_t *data_len)
+ssize_t tg_http1_chunked_next(struct tg_http1_chunked *c, const char *p, size_t n, size_t *data_len)
 {
     const unsigned char *b = (const unsigned char *)p;
     size_t i;
@@ -1156,8 +1138,7 @@ ssize_t tg_http1_chunked_next(struct tg_http1_chunked *c, const char *p,
         if (st <= CK_SIZE_LF) {
             if (++c->line_len > CHUNK_LINE_MAX)
                 return -1;
-        } else if ((st >= CK_TR_NAME && st <= CK_TR_LF) ||
-                   (st == CK_TR_LINE && ch != '\r')) {
+        } else if ((st >= CK_TR_NAME && st <= CK_TR_LF) || (st == CK_TR_LINE && ch != '\r')) {
             if (++c->trailer_len > c->max_trailer)
                 return -1;
         }

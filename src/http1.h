@@ -24,12 +24,11 @@
 
 /* How a message body is delimited. */
 enum tg_http1_framing {
-    TG_HTTP1_BODY_NONE = 0,   /* no body (or Content-Length: 0) */
-    TG_HTTP1_BODY_LENGTH,     /* Content-Length bytes follow */
-    TG_HTTP1_BODY_CHUNKED,    /* Transfer-Encoding: chunked */
-    TG_HTTP1_BODY_CLOSE,      /* responses only: read until the peer closes */
+    TG_HTTP1_BODY_NONE = 0, /* no body (or Content-Length: 0) */
+    TG_HTTP1_BODY_LENGTH,   /* Content-Length bytes follow */
+    TG_HTTP1_BODY_CHUNKED,  /* Transfer-Encoding: chunked */
+    TG_HTTP1_BODY_CLOSE,    /* responses only: read until the peer closes */
 };
-
 
 /* Private: where the head scanner stopped, so that a re-call resumes there
  * instead of revalidating. It belongs to one buffer: the parser checks
@@ -70,23 +69,23 @@ struct tg_http1_request {
     size_t nheaders;
 
     /* Derived from the headers while parsing. */
-    struct tg_str host;               /* Host value (or authority); p == NULL if none.
+    struct tg_str host;            /* Host value (or authority); p == NULL if none.
                                          Always a valid authority: reg-name,
                                          IPv4 or [IPv6], optional :port */
-    enum tg_http1_framing framing;    /* NONE, LENGTH or CHUNKED */
-    uint64_t content_length;          /* when framing == LENGTH */
-    bool keep_alive;                  /* version default adjusted by Connection */
-    bool upgrade;                     /* Connection: upgrade + an Upgrade header
+    enum tg_http1_framing framing; /* NONE, LENGTH or CHUNKED */
+    uint64_t content_length;       /* when framing == LENGTH */
+    bool keep_alive;               /* version default adjusted by Connection */
+    bool upgrade;                  /* Connection: upgrade + an Upgrade header
                                          (HTTP/1.1 only: 1.0 ignores Upgrade) */
-    bool upgrade_websocket;           /* ... and Upgrade names websocket */
-    size_t head_len;                  /* bytes of the head, incl. the final CRLF */
+    bool upgrade_websocket;        /* ... and Upgrade names websocket */
+    size_t head_len;               /* bytes of the head, incl. the final CRLF */
 
-    struct tg_http1_scan scan;        /* private */
+    struct tg_http1_scan scan; /* private */
 };
 
 struct tg_http1_response {
-    int status;              /* 100..999 */
-    struct tg_str reason;    /* may be empty ("HTTP/1.1 200\r\n" is accepted) */
+    int status;           /* 100..999 */
+    struct tg_str reason; /* may be empty ("HTTP/1.1 200\r\n" is accepted) */
     int minor_version;
 
     struct tg_http_header headers[TG_HTTP1_MAX_HEADERS];
@@ -94,11 +93,11 @@ struct tg_http1_response {
 
     enum tg_http1_framing framing; /* given the request method (see below) */
     uint64_t content_length;
-    bool keep_alive;               /* the backend is willing to reuse the connection */
-    bool upgrade_websocket;        /* 101 with Upgrade: websocket */
+    bool keep_alive;        /* the backend is willing to reuse the connection */
+    bool upgrade_websocket; /* 101 with Upgrade: websocket */
     size_t head_len;
 
-    struct tg_http1_scan scan;     /* private */
+    struct tg_http1_scan scan; /* private */
 };
 
 /* Parse result codes: a positive value is the head length. */
@@ -134,9 +133,8 @@ enum {
  * CONNECT is parsed (path = authority) for the caller to refuse.
  * Thread-safe; no allocation. */
 ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
-                               const struct tg_http1_limits *limits,
-                               struct tg_http1_request *req, int *status,
-                               const char **reason);
+                               const struct tg_http1_limits *limits, struct tg_http1_request *req,
+                               int *status, const char **reason);
 
 /* Parses a response head from a backend, the same way. `request_method`
  * decides the framing: HEAD, 1xx, 204 and 304 have no body; a 2xx answer to
@@ -148,8 +146,7 @@ ssize_t tg_http1_parse_request(const char *buf, size_t len, size_t *scanned,
  * over-large head) return TG_HTTP1_ERROR: the gateway answers 502. */
 ssize_t tg_http1_parse_response(const char *buf, size_t len, size_t *scanned,
                                 const struct tg_http1_limits *limits,
-                                enum tg_http_method request_method,
-                                struct tg_http1_response *resp,
+                                enum tg_http_method request_method, struct tg_http1_response *resp,
                                 const char **reason);
 
 /* Incremental decoder of a chunked body, used to find where the body ends
@@ -160,12 +157,12 @@ ssize_t tg_http1_parse_response(const char *buf, size_t len, size_t *scanned,
  * size line is at most 4096 bytes; the trailer fields (not counting the
  * final empty line) are bounded by `max_trailer` bytes and well-formed. */
 struct tg_http1_chunked {
-    int state;            /* private */
-    uint64_t remaining;   /* private: data bytes left in the current chunk */
-    size_t line_len;      /* private: bytes of the current size/ext/trailer line */
-    size_t trailer_len;   /* private: bytes of trailer section so far */
-    size_t max_trailer;   /* set by tg_http1_chunked_init */
-    bool done;            /* the last chunk and trailers have been consumed */
+    int state;          /* private */
+    uint64_t remaining; /* private: data bytes left in the current chunk */
+    size_t line_len;    /* private: bytes of the current size/ext/trailer line */
+    size_t trailer_len; /* private: bytes of trailer section so far */
+    size_t max_trailer; /* set by tg_http1_chunked_init */
+    bool done;          /* the last chunk and trailers have been consumed */
 };
 
 void tg_http1_chunked_init(struct tg_http1_chunked *c, size_t max_trailer);
@@ -176,8 +173,8 @@ void tg_http1_chunked_init(struct tg_http1_chunked *c, size_t max_trailer);
  * bytes, setting `*data_len` to the returned length. It never reads past the
  * end of the body: once `c->done` is set it returns 0 and the bytes after
  * are the next message. Returns 0 with done == false only when n == 0. */
-ssize_t tg_http1_chunked_next(struct tg_http1_chunked *c, const char *p,
-                              size_t n, size_t *data_len);
+ssize_t tg_http1_chunked_next(struct tg_http1_chunked *c, const char *p, size_t n,
+                              size_t *data_len);
 
 /* True when the bytes consumed so far end exactly between two chunks (or
  * before the first): a chunk of our own may be inserted here without

@@ -58,8 +58,7 @@ void tg_iptable_free(struct tg_iptable *t)
     free(t);
 }
 
-void tg_iptable_group(const struct tg_addr *a, unsigned v6_prefix,
-                      struct tg_addr *out)
+void tg_iptable_group(const struct tg_addr *a, unsigned v6_prefix, struct tg_addr *out)
 {
     *out = *a;
     if (a->family == AF_INET6 && v6_prefix < V6_BITS)
@@ -86,8 +85,8 @@ static struct entry **find(struct stripe *s, const struct tg_addr *a, uint64_t h
     return pp;
 }
 
-bool tg_iptable_acquire(struct tg_iptable *t, const struct tg_addr *a,
-                        enum tg_iptable_kind kind, unsigned limit)
+bool tg_iptable_acquire(struct tg_iptable *t, const struct tg_addr *a, enum tg_iptable_kind kind,
+                        unsigned limit)
 {
     uint64_t h = hash_addr(t, a);
     struct stripe *s = &t->stripes[h % STRIPES];
@@ -121,8 +120,7 @@ bool tg_iptable_acquire(struct tg_iptable *t, const struct tg_addr *a,
     return ok;
 }
 
-void tg_iptable_release(struct tg_iptable *t, const struct tg_addr *a,
-                        enum tg_iptable_kind kind)
+void tg_iptable_release(struct tg_iptable *t, const struct tg_addr *a, enum tg_iptable_kind kind)
 {
     uint64_t h = hash_addr(t, a);
     struct stripe *s = &t->stripes[h % STRIPES];
@@ -141,4 +139,3 @@ void tg_iptable_release(struct tg_iptable *t, const struct tg_addr *a,
     }
     pthread_mutex_unlock(&s->lock);
 }
-

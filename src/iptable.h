@@ -27,15 +27,13 @@ void tg_iptable_free(struct tg_iptable *t);
 /* Counts one more of `kind` for `a` unless that would exceed `limit`
  * (0 = no limit: always counts). Returns true if counted; false if over the
  * limit or out of memory (then nothing is counted). Any thread. */
-bool tg_iptable_acquire(struct tg_iptable *t, const struct tg_addr *a,
-                        enum tg_iptable_kind kind, unsigned limit);
+bool tg_iptable_acquire(struct tg_iptable *t, const struct tg_addr *a, enum tg_iptable_kind kind,
+                        unsigned limit);
 
 /* Undoes one acquire. Any thread. */
-void tg_iptable_release(struct tg_iptable *t, const struct tg_addr *a,
-                        enum tg_iptable_kind kind);
+void tg_iptable_release(struct tg_iptable *t, const struct tg_addr *a, enum tg_iptable_kind kind);
 
 /* The key an address is counted under: IPv6 masked to `v6_prefix` bits. */
-void tg_iptable_group(const struct tg_addr *a, unsigned v6_prefix,
-                      struct tg_addr *out);
+void tg_iptable_group(const struct tg_addr *a, unsigned v6_prefix, struct tg_addr *out);
 
 #endif

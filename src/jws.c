@@ -90,8 +90,7 @@ long tg_b64url_decode(unsigned char *out, size_t cap, const char *in, size_t n)
 
 EVP_PKEY *tg_jws_key_new(enum tg_jws_key_type type)
 {
-    EVP_PKEY *k = type == TG_KEY_RSA_2048 ? EVP_RSA_gen(RSA_BITS)
-                                          : EVP_EC_gen(SN_X9_62_prime256v1);
+    EVP_PKEY *k = type == TG_KEY_RSA_2048 ? EVP_RSA_gen(RSA_BITS) : EVP_EC_gen(SN_X9_62_prime256v1);
     if (k == NULL)
         ERR_clear_error();
     return k;
@@ -148,8 +147,8 @@ int tg_jws_jwk(EVP_PKEY *k, char *out, size_t cap)
     char xs[48], ys[48];
     tg_b64url(xs, x, sizeof(x));
     tg_b64url(ys, y, sizeof(y));
-    int n = snprintf(out, cap, "{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"%s\",\"y\":\"%s\"}", xs,
-                     ys);
+    int n =
+        snprintf(out, cap, "{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"%s\",\"y\":\"%s\"}", xs, ys);
     return n > 0 && (size_t)n < cap ? n : -1;
 }
 

@@ -44,8 +44,7 @@ char *tg_jws_sign(EVP_PKEY *k, const char *kid, const char *nonce, const char *u
 /* The External Account Binding JWS (RFC 8555 7.3.4): HS256 with the CA's
  * MAC key (base64url) over the account's JWK, as a JSON object. malloc'd;
  * NULL on failure. */
-char *tg_jws_eab(const char *kid, const char *mac_key_b64url, EVP_PKEY *account,
-                 const char *url);
+char *tg_jws_eab(const char *kid, const char *mac_key_b64url, EVP_PKEY *account, const char *url);
 
 /* A CSR for `name` (subjectAltName dNSName), DER, base64url, malloc'd. */
 char *tg_jws_csr(EVP_PKEY *k, const char *name);

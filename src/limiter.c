@@ -39,9 +39,9 @@
 #define key_alloc tg_arena_alloc
 #endif
 
-#define MAX_PART 128    /* escaped value bytes kept as they are; longer: hashed */
-#define MAX_KEY 2048    /* key being built: 8 parts of at most MAX_PART + '|' */
-#define MAX_STORED 400  /* longer keys are stored as a hash of themselves */
+#define MAX_PART 128        /* escaped value bytes kept as they are; longer: hashed */
+#define MAX_KEY 2048        /* key being built: 8 parts of at most MAX_PART + '|' */
+#define MAX_STORED 400      /* longer keys are stored as a hash of themselves */
 #define MAX_BODY_VALUE 1024 /* a body value longer than this is refused */
 
 int64_t tg_limiter_now_ns(void)
@@ -150,8 +150,7 @@ static void kb_body_value(struct keybuf *k, char *v, size_t n)
         v++;
         n--;
     }
-    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t' || v[n - 1] == '\r' ||
-                     v[n - 1] == '\n'))
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t' || v[n - 1] == '\r' || v[n - 1] == '\n'))
         n--;
     for (size_t i = 0; i < n; i++)
         v[i] = tg_ascii_lower(v[i]);
@@ -226,8 +225,7 @@ static bool kb_query(struct keybuf *k, struct tg_str q, const char *name, size_t
     return false;
 }
 
-static bool kb_cookie(struct keybuf *k, const struct tg_http_headers *h, const char *name,
-                      size_t n)
+static bool kb_cookie(struct keybuf *k, const struct tg_http_headers *h, const char *name, size_t n)
 {
     for (size_t i = 0; h != NULL && i < h->n; i++) {
         if (!tg_http_name_eq(h->v[i].name, "cookie"))
@@ -510,8 +508,7 @@ static int build_body_part(const struct tg_limiter_state *lim,
     return 0;
 }
 
-void tg_limiter_take_body(struct tg_limiter_state *lim, const char *body, size_t len,
-                          bool complete)
+void tg_limiter_take_body(struct tg_limiter_state *lim, const char *body, size_t len, bool complete)
 {
     unsigned v6 = ipv6_prefix(lim->cfg);
     for (size_t i = 0; i < lim->n; i++) {
@@ -590,7 +587,8 @@ static bool reserves(const struct tg_limiter_item *it)
     return it->policy->count_failures && !it->policy->shadow;
 }
 
-static struct tg_ratelimit_store *store_of(struct tg_limiter_state *lim, const struct tg_limiter_item *it)
+static struct tg_ratelimit_store *store_of(struct tg_limiter_state *lim,
+                                           const struct tg_limiter_item *it)
 {
     return &lim->env->stores[it->policy->store];
 }
@@ -654,8 +652,8 @@ static void apply_on_error(struct tg_limiter_state *lim, const uint8_t *idx, siz
     if (rl->on_error == TG_RL_ON_ERROR_ALLOW) {
         for (size_t i = 0; i < n; i++) {
             struct tg_limiter_item *it = &lim->items[idx[i]];
-            it->key.result = (struct tg_ratelimit_result){.allowed = true,
-                                                         .remaining = it->key.params.burst};
+            it->key.result =
+                (struct tg_ratelimit_result){.allowed = true, .remaining = it->key.params.burst};
             it->decided = false; /* nothing to report */
         }
         return;
@@ -675,8 +673,8 @@ static void refund(struct tg_limiter_state *lim, struct tg_limiter_item *it)
 {
     if (it->spent == TG_LIMITER_SPENT_NONE)
         return;
-    struct tg_ratelimit_store *s = it->spent == TG_LIMITER_SPENT_SHARE ? &lim->env->share
-                                                                : store_of(lim, it);
+    struct tg_ratelimit_store *s =
+        it->spent == TG_LIMITER_SPENT_SHARE ? &lim->env->share : store_of(lim, it);
     it->spent = TG_LIMITER_SPENT_NONE;
     it->reserved = false;
     struct tg_ratelimit_key k = it->key;
@@ -742,9 +740,10 @@ static void finalize(struct tg_limiter_state *lim)
                 TG_METRIC_INC(ps->results[TG_RL_NEAR_LIMIT]);
         }
     }
-    lim->outcome = lim->store_error ? "error"
-                   : refused       ? "limited"
-                   : lim->shadow_limited ? "shadow" : "allowed";
+    lim->outcome = lim->store_error      ? "error"
+                   : refused             ? "limited"
+                   : lim->shadow_limited ? "shadow"
+                                         : "allowed";
 }
 
 static bool any_refused(const struct tg_limiter_state *lim)
@@ -776,7 +775,7 @@ static void run_batch(struct tg_limiter_state *lim, int store, int kind, bool pe
     struct tg_ratelimit_store *s = &lim->env->stores[store];
     bool allowed = false;
     enum tg_ratelimit_take r = s->ops->take(s->impl, keys, n, peek, tg_limiter_now_ns(), &allowed,
-                                     on_store_reply, call, &call->pending);
+                                            on_store_reply, call, &call->pending);
     if (r == TG_RATELIMIT_PENDING) {
         lim->pending++;
         return;
@@ -918,8 +917,8 @@ void tg_limiter_after_response(struct tg_limiter_state *lim, int status)
         struct tg_ratelimit_key k = it->key;
         bool allowed;
         void *pending = NULL;
-        s->ops->take(s->impl, &k, 1, false, tg_limiter_now_ns(), &allowed, on_charge_reply,
-                     NULL, &pending);
+        s->ops->take(s->impl, &k, 1, false, tg_limiter_now_ns(), &allowed, on_charge_reply, NULL,
+                     &pending);
     }
 }
 
@@ -961,10 +960,10 @@ size_t tg_limiter_headers(const struct tg_limiter_state *lim, char *out, size_t 
         n = snprintf(out, cap, "Retry-After: %lld\r\n", (long long)t);
     if (n < 0 || (size_t)n >= cap)
         return 0;
-    int m = snprintf(out + n, cap - (size_t)n,
-                     "RateLimit-Policy: \"%s\";q=%lld;w=%lld\r\nRateLimit: \"%s\";r=%lld;t=%lld\r\n",
-                     p->name, (long long)p->count, (long long)p->period_s, p->name,
-                     (long long)r, (long long)t);
+    int m = snprintf(
+        out + n, cap - (size_t)n,
+        "RateLimit-Policy: \"%s\";q=%lld;w=%lld\r\nRateLimit: \"%s\";r=%lld;t=%lld\r\n", p->name,
+        (long long)p->count, (long long)p->period_s, p->name, (long long)r, (long long)t);
     if (m < 0 || (size_t)(n + m) >= cap)
         return 0;
     n += m;
@@ -984,8 +983,9 @@ size_t tg_limiter_body(const struct tg_limiter_state *lim, char *out, size_t cap
 {
     const struct tg_limiter_item *it = lim->report;
     int64_t t = it != NULL ? ceil_s(it->key.result.retry_after_ns) : 1;
-    int n = snprintf(out, cap, "{\"error\":\"too_many_requests\",\"policy\":\"%s\","
-                               "\"retry_after\":%lld}\n",
+    int n = snprintf(out, cap,
+                     "{\"error\":\"too_many_requests\",\"policy\":\"%s\","
+                     "\"retry_after\":%lld}\n",
                      it != NULL ? it->policy->name : "", (long long)(t < 1 ? 1 : t));
     return n < 0 ? 0 : ((size_t)n < cap ? (size_t)n : cap - 1);
 }
@@ -1013,11 +1013,11 @@ size_t tg_limiter_log_keys(const struct tg_limiter_state *lim, char *out, size_t
         const struct tg_limiter_item *it = &lim->items[i];
         if (it->key.store_key == NULL)
             continue;
-        int n = snprintf(out + o, cap - o, "%s{\"policy\":\"%s\",\"key\":\"%016llx\"%s}",
-                         o == 0 ? "[" : ",", it->policy->name,
-                         (unsigned long long)tg_limiter_key_hash(it->key.store_key,
-                                                                it->key.store_keylen),
-                         it->fallback ? ",\"fallback\":true" : "");
+        int n = snprintf(
+            out + o, cap - o, "%s{\"policy\":\"%s\",\"key\":\"%016llx\"%s}", o == 0 ? "[" : ",",
+            it->policy->name,
+            (unsigned long long)tg_limiter_key_hash(it->key.store_key, it->key.store_keylen),
+            it->fallback ? ",\"fallback\":true" : "");
         if (n < 0 || (size_t)n >= cap - o)
             return 0;
         o += (size_t)n;
@@ -1029,8 +1029,7 @@ size_t tg_limiter_log_keys(const struct tg_limiter_state *lim, char *out, size_t
 }
 
 size_t tg_limiter_admin_key(const struct tg_config *cfg, const struct tg_config_policy *p,
-                            const char *text, size_t n, char *out, size_t cap,
-                            const char **why)
+                            const char *text, size_t n, char *out, size_t cap, const char **why)
 {
     char buf[MAX_KEY];
     struct keybuf k = {buf, 0, sizeof(buf), false};

@@ -37,9 +37,9 @@ struct tg_metrics_shard;
 /* Where buckets live and where counts go: one per worker. */
 struct tg_limiter_env {
     struct tg_ratelimit_store stores[TG_LIMITER_NSTORES];
-    struct tg_ratelimit_store share;            /* a failed store's stand-in (on_error: local) */
+    struct tg_ratelimit_store share; /* a failed store's stand-in (on_error: local) */
     struct tg_metrics_shard *metrics;
-    unsigned long fallbacks;             /* decisions on_error made */
+    unsigned long fallbacks; /* decisions on_error made */
 };
 
 /* What the limiter may know of a request: the narrow view the key parts
@@ -49,35 +49,35 @@ struct tg_limiter_input {
     const struct tg_config_site *site;
     const struct tg_config_route *route;
     const struct tg_addr *client;
-    const char *tenant;                  /* NULL when none */
-    int64_t tenant_interval_ns;          /* the tenant's own quota, 0 = the policy's */
+    const char *tenant;         /* NULL when none */
+    int64_t tenant_interval_ns; /* the tenant's own quota, 0 = the policy's */
     int64_t tenant_burst;
-    const char *country;                 /* "XX" unknown, NULL when GeoIP is off */
+    const char *country; /* "XX" unknown, NULL when GeoIP is off */
     uint32_t asn;
     const struct tg_http_headers *headers;
-    struct tg_str query;                 /* raw, without '?'; p == NULL: none */
-    struct tg_arena *arena;              /* the request's: keys live there */
+    struct tg_str query;    /* raw, without '?'; p == NULL: none */
+    struct tg_arena *arena; /* the request's: keys live there */
 };
 
 /* Where an item's tokens were spent (so a refund goes back there). */
 enum tg_limiter_spent {
     TG_LIMITER_SPENT_NONE = 0,
-    TG_LIMITER_SPENT_STORE,  /* in the policy's store */
-    TG_LIMITER_SPENT_SHARE,  /* in the share, while the store failed */
+    TG_LIMITER_SPENT_STORE, /* in the policy's store */
+    TG_LIMITER_SPENT_SHARE, /* in the share, while the store failed */
 };
 
 /* One policy's key and outcome for a request. */
 struct tg_limiter_item {
     const struct tg_config_policy *policy;
-    struct tg_ratelimit_key key;        /* store_key lives in the request arena */
+    struct tg_ratelimit_key key; /* store_key lives in the request arena */
     bool key_pending;            /* a body part waits for the body */
     bool fallback;               /* some part was replaced by the client address */
     char **parts;                /* while pending: each head part's encoded value,
                                     NULL for body parts */
     size_t *part_lens;
     bool decided;
-    bool reserved;               /* a failure token was taken before forwarding */
-    uint8_t spent;               /* enum tg_limiter_spent */
+    bool reserved; /* a failure token was taken before forwarding */
+    uint8_t spent; /* enum tg_limiter_spent */
 };
 
 /* One asynchronous store call of a request. */
@@ -95,31 +95,31 @@ typedef void (*tg_limiter_done)(void *arg);
 
 struct tg_limiter_state {
     size_t n;
-    bool active;                 /* policies apply and the client is not exempt */
-    bool needs_body;             /* some key waits for the body */
-    bool limited;                /* refused: answer 429 */
-    bool shadow_limited;         /* a shadow policy would have refused */
-    bool forwarded;              /* the request went to the backend: a reserved
+    bool active;                          /* policies apply and the client is not exempt */
+    bool needs_body;                      /* some key waits for the body */
+    bool limited;                         /* refused: answer 429 */
+    bool shadow_limited;                  /* a shadow policy would have refused */
+    bool forwarded;                       /* the request went to the backend: a reserved
                                     failure may have been tried */
-    bool settled;                /* reserved failure tokens kept or refunded */
+    bool settled;                         /* reserved failure tokens kept or refunded */
     const struct tg_limiter_item *report; /* what the headers describe */
-    int64_t delay_ns;            /* hold the request this long (policy delay) */
-    const char *outcome;         /* for the log: allowed/limited/shadow/exempt/unkeyed */
-    bool store_error;            /* a store failed and on_error is deny: 503 */
-    bool store_fallback;         /* a store failed; on_error decided */
-    int refuse_status;           /* a body key could not be read: 400 or 413 */
-    const char *refuse_reason;   /* ... and why (static text) */
-    const char *content_type;    /* arena copy, for body keys (NULL: none) */
+    int64_t delay_ns;                     /* hold the request this long (policy delay) */
+    const char *outcome;                  /* for the log: allowed/limited/shadow/exempt/unkeyed */
+    bool store_error;                     /* a store failed and on_error is deny: 503 */
+    bool store_fallback;                  /* a store failed; on_error decided */
+    int refuse_status;                    /* a body key could not be read: 400 or 413 */
+    const char *refuse_reason;            /* ... and why (static text) */
+    const char *content_type;             /* arena copy, for body keys (NULL: none) */
     size_t content_type_len;
-    bool content_type_repeated;  /* several Content-Type headers: ambiguous */
-    struct tg_str query;         /* arena copy of the raw query, for form keys */
+    bool content_type_repeated; /* several Content-Type headers: ambiguous */
+    struct tg_str query;        /* arena copy of the raw query, for form keys */
     const struct tg_config *cfg;
     const struct tg_addr *client;
-    struct tg_arena *arena;      /* the request's: body keys are kept there */
+    struct tg_arena *arena; /* the request's: body keys are kept there */
     struct tg_limiter_env *env;
     tg_limiter_done done;
     void *done_arg;
-    unsigned pending;            /* store calls in flight */
+    unsigned pending; /* store calls in flight */
     struct tg_limiter_call calls[TG_LIMITER_NSTORES][3];
     /* Last: tg_limiter_prepare clears what is above and items[0..n). */
     struct tg_limiter_item items[TG_LIMITER_MAX_POLICIES];
@@ -216,8 +216,7 @@ size_t tg_limiter_store_key(const char *policy, const char *key, size_t keylen, 
  * escaped and long ones hashed. Returns the length, or 0 with a message in
  * `why` when the text cannot be a key of this policy. */
 size_t tg_limiter_admin_key(const struct tg_config *cfg, const struct tg_config_policy *p,
-                            const char *text, size_t n, char *out, size_t cap,
-                            const char **why);
+                            const char *text, size_t n, char *out, size_t cap, const char **why);
 
 /* Monotonic nanoseconds, the clock every local decision uses. */
 int64_t tg_limiter_now_ns(void);

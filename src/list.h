@@ -67,7 +67,6 @@ static inline struct tg_list *tg_list_last(const struct tg_list *l)
 }
 
 /* The object a node is the `member` of. */
-#define tg_list_entry(node, type, member) \
-    ((type *)(void *)((char *)(node) - offsetof(type, member)))
+#define tg_list_entry(node, type, member) ((type *)(void *)((char *)(node)-offsetof(type, member)))
 
 #endif

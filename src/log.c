@@ -15,7 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LOG_LINE_MAX 2048   /* longer messages are cut */
+#define LOG_LINE_MAX 2048 /* longer messages are cut */
 #define THREAD_NAME_MAX 24
 #define FILE_MODE 0640
 
@@ -102,10 +102,9 @@ void tg_vlog(enum tg_log_level level, const char *fmt, va_list ap)
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
     int n = snprintf(line, sizeof(line),
-                     "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ [%s] %s: ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                     tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000),
-                     level_names[level], thread_name);
+                     "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ [%s] %s: ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     (int)(tv.tv_usec / 1000), level_names[level], thread_name);
     if (n < 0)
         return;
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);

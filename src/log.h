@@ -29,8 +29,7 @@ int tg_log_reopen(void);
 /* Names the calling thread in its lines ("main", "worker 2"). */
 void tg_log_set_thread_name(const char *name);
 
-void tg_log(enum tg_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void tg_log(enum tg_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void tg_vlog(enum tg_log_level level, const char *fmt, va_list ap);
 
 #define tg_log_debug(...) tg_log(TG_LOG_DEBUG, __VA_ARGS__)

@@ -34,12 +34,11 @@
 #include "version.h"
 #include "worker.h"
 
-
 #define ERRBUF 16384
 
 static struct {
     const char *config_path;
-    struct tg_config *config;  /* current snapshot (main's reference) */
+    struct tg_config *config; /* current snapshot (main's reference) */
     /* The certificates SNI serves: every snapshot's TLS server consults it;
      * installing a snapshot replaces the configured ones. */
     struct tg_certstore *certs;
@@ -58,15 +57,16 @@ static struct {
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: tollgate [-c FILE] [-t] [-v] [-h]\n"
-            "       tollgate explain [-c FILE] [--peer ADDRESS] 'METHOD URL' [-H 'Name: value']...\n"
-            "  -c FILE   configuration file (default conf/tollgate.yaml)\n"
-            "  -t        check the configuration and exit (0 if valid)\n"
-            "  -v        print the version and exit\n"
-            "  -h        this help\n"
-            "signals: HUP reload, TERM/INT drain and stop, QUIT stop now,\n"
-            "         USR1 reopen log files\n");
+    fprintf(
+        out,
+        "usage: tollgate [-c FILE] [-t] [-v] [-h]\n"
+        "       tollgate explain [-c FILE] [--peer ADDRESS] 'METHOD URL' [-H 'Name: value']...\n"
+        "  -c FILE   configuration file (default conf/tollgate.yaml)\n"
+        "  -t        check the configuration and exit (0 if valid)\n"
+        "  -v        print the version and exit\n"
+        "  -h        this help\n"
+        "signals: HUP reload, TERM/INT drain and stop, QUIT stop now,\n"
+        "         USR1 reopen log files\n");
 }
 
 static void print_errors(const char *errors)
@@ -84,8 +84,7 @@ static bool has_listener(const struct tg_config *c, const char *key)
     return false;
 }
 
-static void close_opened(int **fds, char ***keys, unsigned nworkers, size_t k,
-                         unsigned partial)
+static void close_opened(int **fds, char ***keys, unsigned nworkers, size_t k, unsigned partial)
 {
     for (unsigned v = 0; v < nworkers; v++) {
         size_t upto = k + (v < partial ? 1 : 0);
@@ -100,9 +99,8 @@ static void close_opened(int **fds, char ***keys, unsigned nworkers, size_t k,
 
 /* Opens, for every listener of `next` that `prev` lacks, one socket per
  * worker. Returns 0, or -1 after closing what it opened. */
-static int open_new_listeners(const struct tg_config *prev,
-                              const struct tg_config *next, unsigned nworkers,
-                              int **fds, char ***keys, size_t *n_out)
+static int open_new_listeners(const struct tg_config *prev, const struct tg_config *next,
+                              unsigned nworkers, int **fds, char ***keys, size_t *n_out)
 {
     size_t n = 0;
     for (size_t i = 0; i < next->nlisteners; i++)
@@ -129,9 +127,8 @@ static int open_new_listeners(const struct tg_config *prev,
             int fd = tg_worker_open_listener(l, err, sizeof(err));
             char *key = fd >= 0 ? strdup(l->key) : NULL;
             if (fd < 0 || key == NULL) {
-                tg_log_error("%s:%d:%d: cannot listen on %s: %s", next->path,
-                             l->mark.line, l->mark.col, l->key,
-                             fd < 0 ? err : "out of memory");
+                tg_log_error("%s:%d:%d: cannot listen on %s: %s", next->path, l->mark.line,
+                             l->mark.col, l->key, fd < 0 ? err : "out of memory");
                 if (fd >= 0)
                     close(fd);
                 close_opened(fds, keys, nworkers, k, w);
@@ -171,8 +168,7 @@ static int install_config(struct tg_config *next)
     int **fds = calloc(nw, sizeof(*fds));
     char ***keys = calloc(nw, sizeof(*keys));
     size_t n = 0;
-    if (fds == NULL || keys == NULL ||
-        open_new_listeners(g.config, next, nw, fds, keys, &n) < 0) {
+    if (fds == NULL || keys == NULL || open_new_listeners(g.config, next, nw, fds, keys, &n) < 0) {
         free(fds);
         free(keys);
         tg_config_unref(next);
@@ -331,8 +327,8 @@ static void reload(void)
     if (next->rate_limit.local_max_keys != g.config->rate_limit.local_max_keys)
         tg_log_warn("rate_limit.local.max_keys: the new size takes effect at the next restart");
     if (next->workers != g.rt.nworkers)
-        tg_log_warn("workers: %u -> %u takes effect at the next restart",
-                    g.rt.nworkers, next->workers);
+        tg_log_warn("workers: %u -> %u takes effect at the next restart", g.rt.nworkers,
+                    next->workers);
     apply_logs(next, false);
     tg_metrics_assign(next);
     if (install_config(next) < 0) {
@@ -372,8 +368,8 @@ static void start_drain(void)
     atomic_store(&g.rt.draining, true);
     tg_log_info("draining: no new connections; finishing requests in flight");
     post_all(TG_WORKER_MSG_DRAIN);
-    ev_timer_init(&g.drain_timer, on_drain_timeout,
-                  (double)g.config->drain_timeout_ms / 1000.0, 0.);
+    ev_timer_init(&g.drain_timer, on_drain_timeout, (double)g.config->drain_timeout_ms / 1000.0,
+                  0.);
     ev_timer_start(g.loop, &g.drain_timer);
 }
 

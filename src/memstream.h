@@ -21,26 +21,26 @@ struct tg_memstream {
     /* The request body (not copied: it must outlive the request). */
     const char *in;
     size_t in_len, in_off;
-    bool in_end;               /* false: more may be added (tg_memstream_feed) */
+    bool in_end; /* false: more may be added (tg_memstream_feed) */
 
     /* The response. */
-    int status;                /* the final status, 0 until the head */
-    int interim[8];            /* 1xx statuses seen, in order */
+    int status;     /* the final status, 0 until the head */
+    int interim[8]; /* 1xx statuses seen, in order */
     size_t ninterim;
-    struct tg_strbuf head;     /* "Name: value\n" lines of the final head */
-    int64_t length;            /* the head's length (-1 unknown) */
-    unsigned flags;            /* the head's TG_STREAM_* flags */
+    struct tg_strbuf head; /* "Name: value\n" lines of the final head */
+    int64_t length;        /* the head's length (-1 unknown) */
+    unsigned flags;        /* the head's TG_STREAM_* flags */
     struct tg_strbuf body;
-    bool body_end;             /* the last body bytes came */
-    bool finished;             /* finish was called ... */
-    enum tg_stream_end how;    /* ... so */
-    bool head_done;            /* the request's header views were released */
-    ev_tstamp deadline;        /* the last set_deadline */
+    bool body_end;          /* the last body bytes came */
+    bool finished;          /* finish was called ... */
+    enum tg_stream_end how; /* ... so */
+    bool head_done;         /* the request's header views were released */
+    ev_tstamp deadline;     /* the last set_deadline */
 
     /* Holding back. */
-    size_t take_max;           /* 0: take everything */
-    bool paused;               /* take nothing */
-    bool fail_writes;          /* send_* fail (the client is gone) */
+    size_t take_max;  /* 0: take everything */
+    bool paused;      /* take nothing */
+    bool fail_writes; /* send_* fail (the client is gone) */
 };
 
 extern const struct tg_stream_ops tg_memstream_ops;

@@ -16,13 +16,15 @@
 /* ---- registry of label values ---------------------------------------------- */
 
 static const unsigned max_series[TG_METRICS_KINDS] = {
-    TG_METRICS_MAX_ROUTES, TG_METRICS_MAX_UPSTREAMS, TG_METRICS_MAX_POLICIES,
+    TG_METRICS_MAX_ROUTES,
+    TG_METRICS_MAX_UPSTREAMS,
+    TG_METRICS_MAX_POLICIES,
     TG_METRICS_MAX_LISTENERS,
 };
 
 static struct {
     pthread_mutex_t lock;
-    char **labels[TG_METRICS_KINDS];   /* escaped label sets, e.g. site="a",route="/" */
+    char **labels[TG_METRICS_KINDS]; /* escaped label sets, e.g. site="a",route="/" */
     _Atomic unsigned count[TG_METRICS_KINDS];
 } reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -129,8 +131,7 @@ struct tg_metrics_shard *tg_metrics_shard_new(void)
     s->upstreams = calloc(TG_METRICS_MAX_UPSTREAMS + 1, sizeof(*s->upstreams));
     s->policies = calloc(TG_METRICS_MAX_POLICIES + 1, sizeof(*s->policies));
     s->listeners = calloc(TG_METRICS_MAX_LISTENERS + 1, sizeof(*s->listeners));
-    if (s->routes == NULL || s->upstreams == NULL || s->policies == NULL ||
-        s->listeners == NULL) {
+    if (s->routes == NULL || s->upstreams == NULL || s->policies == NULL || s->listeners == NULL) {
         tg_metrics_shard_free(s);
         return NULL;
     }
@@ -150,7 +151,7 @@ void tg_metrics_shard_free(struct tg_metrics_shard *s)
 
 static const char *const tls_reasons[TG_METRICS_TLS_REASONS] = {
     "protocol", "no_shared_cipher", "unknown_ca", "bad_cert", "cert_required",
-    "eof", "syscall", "timeout", "other",
+    "eof",      "syscall",          "timeout",    "other",
 };
 
 unsigned tg_metrics_tls_reason(const char *reason)

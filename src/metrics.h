@@ -37,9 +37,9 @@ enum tg_metrics_kind {
 };
 
 struct tg_route_stats {
-    uint64_t requests[6];            /* by status class: 0 = aborted, 1..5 */
+    uint64_t requests[6];                       /* by status class: 0 = aborted, 1..5 */
     uint64_t duration[TG_METRICS_NBUCKETS + 1]; /* cumulative at scrape */
-    uint64_t duration_us;            /* sum */
+    uint64_t duration_us;                       /* sum */
     uint64_t bytes_in, bytes_out;
 };
 
@@ -54,9 +54,9 @@ struct tg_upstream_stats {
 enum tg_rl_result {
     TG_RL_ALLOWED = 0,
     TG_RL_LIMITED,
-    TG_RL_SHADOW,                    /* a shadow policy would have refused */
-    TG_RL_ERROR,                     /* the store failed; on_error applied */
-    TG_RL_NEAR_LIMIT,                /* allowed with < 20% of the burst left */
+    TG_RL_SHADOW,     /* a shadow policy would have refused */
+    TG_RL_ERROR,      /* the store failed; on_error applied */
+    TG_RL_NEAR_LIMIT, /* allowed with < 20% of the burst left */
     TG_RL_RESULTS,
 };
 
@@ -66,7 +66,7 @@ struct tg_policy_stats {
 
 struct tg_listener_stats {
     uint64_t accepted;
-    int64_t active;                  /* +1/-1 per worker; summed */
+    int64_t active; /* +1/-1 per worker; summed */
 };
 
 /* TLS handshake failure reasons, as tg_tls_handshake reports them. */
@@ -82,7 +82,7 @@ struct tg_metrics_shard {
     uint64_t tls_resumed;
     uint64_t tls_failures[TG_METRICS_TLS_REASONS];
     uint64_t geoip_lookups;
-    uint64_t local_answers;          /* 4xx/5xx made by the gateway itself */
+    uint64_t local_answers; /* 4xx/5xx made by the gateway itself */
     uint64_t unknown_host;
     uint64_t forwarded_conflict;     /* X-Forwarded-For and Forwarded disagree: 400 */
     uint64_t forwarded_untrusted;    /* forwarded headers from a private peer that is
@@ -93,8 +93,8 @@ struct tg_metrics_shard {
     uint64_t requests_by_proto[2];   /* HTTP/1.x, HTTP/2 */
     uint64_t h2_connections;
     uint64_t h2_streams;
-    uint64_t h2_client_resets;       /* RST_STREAM from clients */
-    uint64_t h2_floods;              /* connections sent away for a flood or Rapid Reset */
+    uint64_t h2_client_resets; /* RST_STREAM from clients */
+    uint64_t h2_floods;        /* connections sent away for a flood or Rapid Reset */
 };
 
 /* Allocates a shard (zeroed). NULL on allocation failure. */
@@ -108,9 +108,8 @@ void tg_metrics_assign(struct tg_config *cfg);
 
 /* A counter bump by its only writer (the owning worker): a relaxed load
  * and store, no locked instruction, never torn for the scraper. */
-#define TG_METRIC_ADD(field, n)                                                \
-    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), \
-                     __ATOMIC_RELAXED)
+#define TG_METRIC_ADD(field, n) \
+    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
 #define TG_METRIC_INC(field) TG_METRIC_ADD(field, 1)
 
 /* The series for requests that matched no route (unknown host, bad head). */
@@ -133,6 +132,5 @@ const char *tg_metrics_series_labels(enum tg_metrics_kind kind, unsigned id);
 double tg_metrics_bucket_bound(unsigned b);
 const char *tg_metrics_tls_reason_name(unsigned r);
 void tg_metrics_reloads(uint64_t *ok, uint64_t *failed, double *last);
-
 
 #endif

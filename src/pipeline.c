@@ -42,10 +42,10 @@ enum verdict { NEXT, ANSWERED, WAIT };
 /* What a waiting request waits for (req->wait). */
 enum wait_kind {
     WAIT_NONE = 0,
-    WAIT_TENANT,  /* the tenant directory (Redis) */
-    WAIT_BODY,    /* request body for a rate-limit key */
-    WAIT_DECIDE,  /* a rate-limit store's answer */
-    WAIT_DELAY,   /* a policy's delay */
+    WAIT_TENANT, /* the tenant directory (Redis) */
+    WAIT_BODY,   /* request body for a rate-limit key */
+    WAIT_DECIDE, /* a rate-limit store's answer */
+    WAIT_DELAY,  /* a policy's delay */
 };
 
 /* Sub-steps of the limits phase (req->limits_step). */
@@ -147,8 +147,8 @@ static enum verdict identify(struct tg_request *req)
             nf++;
     }
     req->has_forwarded = nx + nf > 0;
-    req->peer_trusted = cfg->trusted_proxies != NULL &&
-                        tg_cidr_set_lookup(cfg->trusted_proxies, &req->peer) != 0;
+    req->peer_trusted =
+        cfg->trusted_proxies != NULL && tg_cidr_set_lookup(cfg->trusted_proxies, &req->peer) != 0;
     req->client = req->peer;
     if (req->peer_trusted && nx + nf > 0) {
         struct tg_str *xff = tg_arena_alloc(&req->arena, (nx + nf) * sizeof(*xff));
@@ -169,8 +169,10 @@ static enum verdict identify(struct tg_request *req)
                                         fwd, nf, chain);
         if (rc < 0) {
             TG_METRIC_INC(ctx->metrics->forwarded_conflict);
-            return answer(req, 400, "400 Bad Request: X-Forwarded-For and Forwarded name "
-                                    "different clients\n", true);
+            return answer(req, 400,
+                          "400 Bad Request: X-Forwarded-For and Forwarded name "
+                          "different clients\n",
+                          true);
         }
         req->client = chain->client;
         req->chain = chain;
@@ -268,8 +270,8 @@ static enum verdict redirect(struct tg_request *req)
     char loc[64 + 8192];
     int n = port == 443 ? snprintf(loc, sizeof(loc), "Location: https://%.*s%s\r\n", (int)host.n,
                                    host.p, req->path)
-                        : snprintf(loc, sizeof(loc), "Location: https://%.*s:%d%s\r\n",
-                                   (int)host.n, host.p, port, req->path);
+                        : snprintf(loc, sizeof(loc), "Location: https://%.*s:%d%s\r\n", (int)host.n,
+                                   host.p, port, req->path);
     if (n < 0 || (size_t)n >= sizeof(loc))
         return answer(req, 414, "414 URI Too Long\n", true);
     const char *extra = tg_request_strdup(req, loc, (size_t)n);
@@ -305,8 +307,8 @@ static enum verdict use_tenant(struct tg_request *req, enum tg_tenant_status sta
 static enum verdict wait_for_tenant(struct tg_request *req)
 {
     req->wait = WAIT_TENANT;
-    req->wait_until = tg_context_now(req->ctx) +
-                      2 * MS(cfg_of(req)->tenants.redis.timeout_ms) + WAIT_SLACK_S;
+    req->wait_until =
+        tg_context_now(req->ctx) + 2 * MS(cfg_of(req)->tenants.redis.timeout_ms) + WAIT_SLACK_S;
     return WAIT;
 }
 
@@ -322,14 +324,16 @@ static enum verdict lookup_domain(struct tg_request *req)
         return answer(req, 404, "404 Not Found: no site serves this host\n", false);
     }
     if (dry(req)) {
-        say(req, "site", "none matches; %.*s is looked up as a tenant's custom domain at run "
-            "time", (int)host.n, host.p);
+        say(req, "site",
+            "none matches; %.*s is looked up as a tenant's custom domain at run "
+            "time",
+            (int)host.n, host.p);
         req->site = cfg->domain_site;
         return NEXT;
     }
     struct tg_tenant *t = NULL;
-    int rc = tg_tenant_lookup_domain(ctx->tenants, &cfg->tenants, host.p, host.n, &t,
-                                     domain_found, req, &req->tenant_wait);
+    int rc = tg_tenant_lookup_domain(ctx->tenants, &cfg->tenants, host.p, host.n, &t, domain_found,
+                                     req, &req->tenant_wait);
     if (rc < 0)
         return wait_for_tenant(req);
     req->site = cfg->domain_site;
@@ -356,8 +360,7 @@ static enum verdict host(struct tg_request *req)
 {
     const struct tg_config *cfg = cfg_of(req);
     struct tg_str capture;
-    req->site = tg_router_hosts_match(cfg->hosts, tg_str_make(req->host, req->host_len),
-                                      &capture);
+    req->site = tg_router_hosts_match(cfg->hosts, tg_str_make(req->host, req->host_len), &capture);
     if (req->site == NULL) {
         if (cfg->domain_site != NULL)
             return lookup_domain(req);
@@ -423,8 +426,10 @@ static void say_route(struct tg_request *req, const char *folded, size_t folded_
 static enum verdict route(struct tg_request *req)
 {
     if (!covered_by_certificate(req))
-        return answer(req, 421, "421 Misdirected Request: the certificate for this "
-                                "connection does not cover this host\n", true);
+        return answer(req, 421,
+                      "421 Misdirected Request: the certificate for this "
+                      "connection does not cover this host\n",
+                      true);
     if (req->listener->client_subject_header != NULL && req->ssl != NULL) {
         char subject[1024];
         size_t n = tg_tls_client_subject(req->ssl, subject, sizeof(subject));
@@ -437,12 +442,11 @@ static enum verdict route(struct tg_request *req)
         folded = tg_arena_alloc(&req->arena, req->route_path_len + 1);
         if (folded == NULL)
             return out_of_memory(req);
-        folded_n = tg_router_fold_path(req->path, req->route_path_len, folded,
-                                       req->route_path_len + 1);
+        folded_n =
+            tg_router_fold_path(req->path, req->route_path_len, folded, req->route_path_len + 1);
     }
-    ssize_t i = tg_router_match_route(site->route_table, site->nroutes, req->method_id,
-                                      req->method, req->path, req->route_path_len, folded,
-                                      folded_n);
+    ssize_t i = tg_router_match_route(site->route_table, site->nroutes, req->method_id, req->method,
+                                      req->path, req->route_path_len, folded, folded_n);
     req->route = i >= 0 ? &site->routes[i] : NULL;
     if (req->route == NULL)
         return answer(req, 404, "404 Not Found: no route for this path\n", false);
@@ -463,7 +467,8 @@ static void warn_untrusted_forwarder(struct tg_request *req)
     const struct tg_addr *peer = &req->peer;
     TG_METRIC_INC(ctx->metrics->forwarded_untrusted);
     unsigned n = ctx->forwarded_nwarned < TG_ARRAY_LEN(ctx->forwarded_warned)
-                     ? ctx->forwarded_nwarned : (unsigned)TG_ARRAY_LEN(ctx->forwarded_warned);
+                     ? ctx->forwarded_nwarned
+                     : (unsigned)TG_ARRAY_LEN(ctx->forwarded_warned);
     for (unsigned i = 0; i < n; i++)
         if (tg_addr_equal(&ctx->forwarded_warned[i], peer))
             return;
@@ -549,10 +554,10 @@ static void say_upstream(struct tg_request *req)
 static enum verdict tenant_dry(struct tg_request *req)
 {
     const struct tg_config *cfg = cfg_of(req);
-    struct tg_tenant *t = cfg->tenants.index != NULL
-                              ? tg_tenant_static(cfg->tenants.index, req->tenant,
-                                                 strlen(req->tenant))
-                              : NULL;
+    struct tg_tenant *t =
+        cfg->tenants.index != NULL
+            ? tg_tenant_static(cfg->tenants.index, req->tenant, strlen(req->tenant))
+            : NULL;
     if (t != NULL) {
         say(req, "tenant", "%s (static%s)", req->tenant, t->suspended ? ", suspended" : "");
         if (t->suspended)
@@ -610,8 +615,10 @@ static enum verdict tenant(struct tg_request *req)
 
 static const char *policy_rate(const struct tg_config_policy *p, char *buf, size_t cap)
 {
-    const char *unit = p->period_s == 1 ? "s" : p->period_s == 60 ? "m"
-                     : p->period_s == 3600 ? "h" : "d";
+    const char *unit = p->period_s == 1      ? "s"
+                       : p->period_s == 60   ? "m"
+                       : p->period_s == 3600 ? "h"
+                                             : "d";
     snprintf(buf, cap, "%lld/%s, burst %lld%s%s%s", (long long)p->count, unit,
              (long long)p->params.burst, p->shadow ? ", shadow" : "",
              p->count_failures ? ", counts failures" : "",
@@ -634,8 +641,9 @@ static void say_limits(struct tg_request *req, bool exempt)
             policy_rate(it->policy, rate, sizeof(rate)), it->key_pending ? 0 : (int)it->key.keylen,
             it->key_pending ? "" : it->key.key);
         if (it->key_pending)
-            say(req, "", "(part of the key is read from the body: JSON, form or multipart by "
-                         "Content-Type; a body that cannot be read is refused)");
+            say(req, "",
+                "(part of the key is read from the body: JSON, form or multipart by "
+                "Content-Type; a body that cannot be read is refused)");
     }
 }
 
@@ -660,14 +668,13 @@ static enum verdict prepare_limits(struct tg_request *req)
     };
     bool exempt = false;
     if (list->n > 0) {
-        struct tg_limiter_state *lim = tg_arena_alloc(&req->arena,
-                                                      tg_limiter_state_size(list->n));
+        struct tg_limiter_state *lim = tg_arena_alloc(&req->arena, tg_limiter_state_size(list->n));
         if (lim == NULL || tg_limiter_prepare(lim, &in, &req->ctx->limiter) < 0) {
             /* Never let a request through unlimited because memory ran
              * short: the limit is the promise. */
             tg_log_error("request %s: out of memory for its rate-limit keys", req->request_id);
-            return answer_extra(req, 503, RETRY_AFTER_1,
-                                "503 Service Unavailable: out of memory\n", true);
+            return answer_extra(req, 503, RETRY_AFTER_1, "503 Service Unavailable: out of memory\n",
+                                true);
         }
         if (lim->active)
             req->lim = lim;
@@ -731,9 +738,10 @@ static enum verdict take_body(struct tg_request *req)
         /* A per-account limit that cannot tell the account: refused,
          * never re-keyed behind the operator's back. */
         char text[256];
-        snprintf(text, sizeof(text), "%d %s: the rate limit on this route reads the request "
-                 "body and cannot: %s\n", lim->refuse_status,
-                 tg_http_reason(lim->refuse_status), lim->refuse_reason);
+        snprintf(text, sizeof(text),
+                 "%d %s: the rate limit on this route reads the request "
+                 "body and cannot: %s\n",
+                 lim->refuse_status, tg_http_reason(lim->refuse_status), lim->refuse_reason);
         return answer(req, lim->refuse_status, text, true);
     }
     return NEXT;
@@ -835,8 +843,8 @@ static enum verdict limits(struct tg_request *req)
             return NEXT;
         if (tg_limiter_decide(req->lim, decided, req) == 1) {
             req->wait = WAIT_DECIDE;
-            req->wait_until = tg_context_now(req->ctx) +
-                              2 * MS(cfg->rate_limit.redis.timeout_ms) + WAIT_SLACK_S;
+            req->wait_until =
+                tg_context_now(req->ctx) + 2 * MS(cfg->rate_limit.redis.timeout_ms) + WAIT_SLACK_S;
             return WAIT;
         }
         return after_decision(req);
@@ -860,9 +868,8 @@ static void say_forward(struct tg_request *req)
             o += (size_t)snprintf(text + o, sizeof(text) - o, " %s: %s;", rules->add[i].name,
                                   rules->add[i].value);
     if (o < sizeof(text))
-        snprintf(text + o, sizeof(text) - o, "%s", rules->override
-                                                       ? " (replacing the backend's)"
-                                                       : " (unless the backend set them)");
+        snprintf(text + o, sizeof(text) - o, "%s",
+                 rules->override ? " (replacing the backend's)" : " (unless the backend set them)");
     say(req, "adds", "%s", text + (text[0] == ' '));
     o = 0;
     text[0] = '\0';
@@ -890,15 +897,9 @@ static const struct {
     const char *name;
     enum verdict (*run)(struct tg_request *req);
 } phases[] = {
-    {"identify", identify},
-    {"normalise", normalise},
-    {"handlers", handlers},
-    {"redirect", redirect},
-    {"host", host},
-    {"route", route},
-    {"access", access_rules},
-    {"tenant", tenant},
-    {"limits", limits},
+    {"identify", identify},   {"normalise", normalise}, {"handlers", handlers},
+    {"redirect", redirect},   {"host", host},           {"route", route},
+    {"access", access_rules}, {"tenant", tenant},       {"limits", limits},
     {"forward", forward},
 };
 
@@ -915,8 +916,7 @@ static ev_tstamp waiting_timeout(struct tg_request *req, ev_tstamp now)
         tg_tenant_cancel(req->tenant_wait);
         req->tenant_wait = NULL;
         req->wait = WAIT_NONE;
-        tg_log_error("request %s: the tenant directory did not answer in time",
-                     req->request_id);
+        tg_log_error("request %s: the tenant directory did not answer in time", req->request_id);
         answer_extra(req, 503, RETRY_AFTER_1,
                      "503 Service Unavailable: the tenant directory is unavailable\n", false);
         return 0;
@@ -927,8 +927,7 @@ static ev_tstamp waiting_timeout(struct tg_request *req, ev_tstamp now)
     case WAIT_DECIDE:
         tg_limiter_cancel(req->lim);
         req->wait = WAIT_NONE;
-        tg_log_error("request %s: the rate-limit store did not answer in time",
-                     req->request_id);
+        tg_log_error("request %s: the rate-limit store did not answer in time", req->request_id);
         answer_extra(req, 503, RETRY_AFTER_1,
                      "503 Service Unavailable: the rate-limit store is unavailable\n", false);
         return 0;

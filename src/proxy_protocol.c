@@ -32,8 +32,8 @@ static bool is_digit(char c)
 /* Characters that can occur in the fields of a TCP4/TCP6 line. */
 static bool is_v1_field_char(char c)
 {
-    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') ||
-           c == '.' || c == ':' || c == ' ';
+    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == '.' ||
+           c == ':' || c == ' ';
 }
 
 /* Decimal 0-65535, no sign, no leading zero except "0" itself. */
@@ -66,8 +66,7 @@ static int parse_v1_addr(const char *s, size_t n, bool v6, struct tg_addr *out)
 
 /* The fields of a complete TCP4/TCP6 line: line[0..n) is what follows
  * "PROXY TCPx " up to (not including) the CRLF. */
-static ssize_t parse_v1_fields(const char *line, size_t n, bool v6,
-                               struct tg_proxy_protocol *out,
+static ssize_t parse_v1_fields(const char *line, size_t n, bool v6, struct tg_proxy_protocol *out,
                                const char **reason)
 {
     const char *field[4];
@@ -93,11 +92,10 @@ static ssize_t parse_v1_fields(const char *line, size_t n, bool v6,
     memset(&r, 0, sizeof(r));
     r.version = 1;
     if (parse_v1_addr(field[0], flen[0], v6, &r.src) < 0)
-        return fail(reason, v6 ? "v1: bad TCP6 source address"
-                               : "v1: bad TCP4 source address");
+        return fail(reason, v6 ? "v1: bad TCP6 source address" : "v1: bad TCP4 source address");
     if (parse_v1_addr(field[1], flen[1], v6, &r.dst) < 0)
-        return fail(reason, v6 ? "v1: bad TCP6 destination address"
-                               : "v1: bad TCP4 destination address");
+        return fail(reason,
+                    v6 ? "v1: bad TCP6 destination address" : "v1: bad TCP4 destination address");
     if (parse_port(field[2], flen[2], &r.src_port) < 0)
         return fail(reason, "v1: bad source port");
     if (parse_port(field[3], flen[3], &r.dst_port) < 0)
@@ -110,8 +108,8 @@ static ssize_t parse_v1_fields(const char *line, size_t n, bool v6,
  * caller). Every byte that has arrived is checked against what a valid line
  * could hold there, so that junk is refused before the CRLF or the 107-byte
  * limit is reached; the fields themselves are parsed once the line ends. */
-static ssize_t parse_v1(const char *buf, size_t len,
-                        struct tg_proxy_protocol *out, const char **reason)
+static ssize_t parse_v1(const char *buf, size_t len, struct tg_proxy_protocol *out,
+                        const char **reason)
 {
     static const char *const protos[] = {"TCP4 ", "TCP6 ", "UNKNOWN"};
     size_t avail = len < V1_MAX ? len : V1_MAX;
@@ -164,8 +162,7 @@ static ssize_t parse_v1(const char *buf, size_t len,
         memset(&r, 0, sizeof(r));
         r.version = 1;
         r.local = true;
-    } else if (parse_v1_fields(buf + field_start, i - field_start, pi == 1, &r,
-                               reason) < 0) {
+    } else if (parse_v1_fields(buf + field_start, i - field_start, pi == 1, &r, reason) < 0) {
         return TG_PROXY_PROTOCOL_ERROR;
     }
     *out = r;
@@ -191,8 +188,8 @@ static uint16_t get16(const unsigned char *p)
 /* buf starts with as much of the 12-byte signature as len allows. Byte 12
  * (version, command), byte 13 (family) and bytes 14-15 (length) are each
  * checked as soon as they are there. */
-static ssize_t parse_v2(const char *buf, size_t len,
-                        struct tg_proxy_protocol *out, const char **reason)
+static ssize_t parse_v2(const char *buf, size_t len, struct tg_proxy_protocol *out,
+                        const char **reason)
 {
     const unsigned char *u = (const unsigned char *)buf;
 
@@ -216,10 +213,8 @@ static ssize_t parse_v2(const char *buf, size_t len,
     else if (fam == V2_FAM_UNSPEC && cmd == V2_CMD_LOCAL)
         min_len = 0;
     else
-        return fail(reason,
-                    cmd == V2_CMD_LOCAL
-                        ? "v2: family is not UNSPEC or TCP over IPv4/IPv6"
-                        : "v2: family is not TCP over IPv4/IPv6");
+        return fail(reason, cmd == V2_CMD_LOCAL ? "v2: family is not UNSPEC or TCP over IPv4/IPv6"
+                                                : "v2: family is not TCP over IPv4/IPv6");
     if (len < V2_HEAD_LEN)
         return TG_PROXY_PROTOCOL_INCOMPLETE;
 
@@ -280,8 +275,7 @@ static ssize_t parse_v2(const char *buf, size_t len,
 
 /* ---- entry --------------------------------------------------------------- */
 
-ssize_t tg_proxy_protocol_parse(const char *buf, size_t len,
-                                struct tg_proxy_protocol *out,
+ssize_t tg_proxy_protocol_parse(const char *buf, size_t len, struct tg_proxy_protocol *out,
                                 const char **reason)
 {
     if (len == 0)

@@ -47,8 +47,7 @@ struct tg_proxy_protocol {
  * version, command, family, length), so a client that does not speak the
  * protocol is refused at once, and a prefix of a valid header is always
  * INCOMPLETE. Pure; any thread. */
-ssize_t tg_proxy_protocol_parse(const char *buf, size_t len,
-                                struct tg_proxy_protocol *out,
+ssize_t tg_proxy_protocol_parse(const char *buf, size_t len, struct tg_proxy_protocol *out,
                                 const char **reason);
 
 #endif

@@ -30,8 +30,7 @@ static int64_t div_nonneg(int64_t a, int64_t b)
  * are done in 128 bits: cost * interval alone can exceed int64 (a cost of
  * 2^31 at one per day is 1.9e23 ns). After the tolerance cap every value
  * that is stored or divided fits in int64. */
-static bool decide(int64_t tat, int64_t now,
-                   const struct tg_ratelimit_params *p, int64_t cost,
+static bool decide(int64_t tat, int64_t now, const struct tg_ratelimit_params *p, int64_t cost,
                    struct tg_ratelimit_result *out, int64_t *tat_after)
 {
     assert(p->interval_ns >= 1 && p->burst >= 1 && p->delay >= 0);
@@ -71,8 +70,7 @@ static bool decide(int64_t tat, int64_t now,
 
     *tat_after = tat;
     out->allowed = false;
-    out->remaining =
-        debt < burst_tol ? div_nonneg(burst_tol - (int64_t)debt, iv) : 0;
+    out->remaining = debt < burst_tol ? div_nonneg(burst_tol - (int64_t)debt, iv) : 0;
     if (cost > burst + delay || excess <= total_tol)
         out->retry_after_ns = INT64_MAX; /* never, or not on this clock */
     else
@@ -83,9 +81,8 @@ static bool decide(int64_t tat, int64_t now,
     return false;
 }
 
-bool tg_ratelimit_gcra(int64_t *tat, int64_t now_ns,
-                       const struct tg_ratelimit_params *p, int64_t cost,
-                       struct tg_ratelimit_result *out)
+bool tg_ratelimit_gcra(int64_t *tat, int64_t now_ns, const struct tg_ratelimit_params *p,
+                       int64_t cost, struct tg_ratelimit_result *out)
 {
     int64_t after;
     bool ok = decide(*tat, now_ns, p, cost, out, &after);
@@ -93,16 +90,14 @@ bool tg_ratelimit_gcra(int64_t *tat, int64_t now_ns,
     return ok;
 }
 
-void tg_ratelimit_gcra_peek(int64_t tat, int64_t now_ns,
-                            const struct tg_ratelimit_params *p, int64_t cost,
-                            struct tg_ratelimit_result *out)
+void tg_ratelimit_gcra_peek(int64_t tat, int64_t now_ns, const struct tg_ratelimit_params *p,
+                            int64_t cost, struct tg_ratelimit_result *out)
 {
     int64_t after;
     decide(tat, now_ns, p, cost, out, &after);
 }
 
-void tg_ratelimit_gcra_refund(int64_t *tat, int64_t now_ns,
-                              const struct tg_ratelimit_params *p,
+void tg_ratelimit_gcra_refund(int64_t *tat, int64_t now_ns, const struct tg_ratelimit_params *p,
                               int64_t cost)
 {
     assert(p->interval_ns >= 1 && cost >= 0);
@@ -119,8 +114,7 @@ bool tg_ratelimit_gcra_idle(int64_t tat, int64_t now_ns)
     return tat <= now_ns;
 }
 
-int tg_ratelimit_parse_rate(const char *s, int64_t *interval_ns, int64_t *count,
-                            int64_t *period_s)
+int tg_ratelimit_parse_rate(const char *s, int64_t *interval_ns, int64_t *count, int64_t *period_s)
 {
     if (s == NULL || *s < '0' || *s > '9')
         return -1;

@@ -65,14 +65,12 @@ struct tg_ratelimit_result {
  * reset_ns = max(t - now, 0). See TG_RATELIMIT_MAX_TOLERANCE_NS for the
  * one cap on burst * I. Preconditions (config validation guarantees them):
  * interval_ns >= 1, burst >= 1, delay >= 0, cost >= 0, now_ns >= 0. */
-bool tg_ratelimit_gcra(int64_t *tat, int64_t now_ns,
-                       const struct tg_ratelimit_params *p, int64_t cost,
-                       struct tg_ratelimit_result *out);
+bool tg_ratelimit_gcra(int64_t *tat, int64_t now_ns, const struct tg_ratelimit_params *p,
+                       int64_t cost, struct tg_ratelimit_result *out);
 
 /* The same decision without spending: what would a request of `cost` get. */
-void tg_ratelimit_gcra_peek(int64_t tat, int64_t now_ns,
-                            const struct tg_ratelimit_params *p, int64_t cost,
-                            struct tg_ratelimit_result *out);
+void tg_ratelimit_gcra_peek(int64_t tat, int64_t now_ns, const struct tg_ratelimit_params *p,
+                            int64_t cost, struct tg_ratelimit_result *out);
 
 /* Gives back a spend of `cost` tokens (the undo of an allowed
  * tg_ratelimit_gcra of that cost): if *tat <= now_ns nothing (the bucket
@@ -87,8 +85,7 @@ void tg_ratelimit_gcra_peek(int64_t tat, int64_t now_ns,
  * never beyond full) is kept. Pure; 128-bit products as in
  * tg_ratelimit_gcra. Preconditions as there (interval_ns >= 1, cost >= 0,
  * now_ns >= 0); only interval_ns is read. */
-void tg_ratelimit_gcra_refund(int64_t *tat, int64_t now_ns,
-                              const struct tg_ratelimit_params *p,
+void tg_ratelimit_gcra_refund(int64_t *tat, int64_t now_ns, const struct tg_ratelimit_params *p,
                               int64_t cost);
 
 /* True when the bucket behind `tat` is full again at `now_ns`: the key then
@@ -103,8 +100,7 @@ bool tg_ratelimit_gcra_idle(int64_t tat, int64_t now_ns);
  * TG_RATELIMIT_COUNT_MAX. The interval is period / count rounded up, so the
  * rate is never faster than asked ("3/s" gives 333333334 ns). Outputs are
  * written only on success. */
-int tg_ratelimit_parse_rate(const char *s, int64_t *interval_ns,
-                            int64_t *count, int64_t *period_s);
+int tg_ratelimit_parse_rate(const char *s, int64_t *interval_ns, int64_t *count, int64_t *period_s);
 
 /* ---- local store: one table shared by all worker threads ---------------- */
 
@@ -128,7 +124,7 @@ struct tg_ratelimit_op {
     const struct tg_ratelimit_params *params;
     int64_t cost;
     struct tg_ratelimit_result result; /* out (refund also reads .overflow) */
-    uint16_t cls; /* the policy's class (its index): new keys that find no
+    uint16_t cls;                      /* the policy's class (its index): new keys that find no
                      room share the class's overflow bucket; 0 by default */
 };
 
@@ -144,8 +140,7 @@ struct tg_ratelimit_local;
  * here, so clients cannot aim keys at one chain. Returns NULL on allocation
  * failure or invalid arguments (max_keys 0, shards not a power of two).
  * Call from one thread; free only when no other thread uses the table. */
-struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys,
-                                                  unsigned shards);
+struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys, unsigned shards);
 void tg_ratelimit_local_free(struct tg_ratelimit_local *t);
 
 /* Decides all ops atomically: either every op is allowed and all spend, or
@@ -182,15 +177,13 @@ void tg_ratelimit_local_free(struct tg_ratelimit_local *t);
  * O(1). In a batch, an entry the batch names is never dropped to make
  * room for another of its keys; room made for a batch that is then
  * refused stays free. Thread-safe. */
-bool tg_ratelimit_local_take(struct tg_ratelimit_local *t,
-                             struct tg_ratelimit_op *ops, size_t nops,
+bool tg_ratelimit_local_take(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops, size_t nops,
                              int64_t now_ns);
 
 /* Fills ops[i].result as take would (including a repeated key seeing the
  * earlier op's spend, and a new key that would find no room seeing its
  * overflow bucket), without spending, storing or evicting. Thread-safe. */
-void tg_ratelimit_local_peek(struct tg_ratelimit_local *t,
-                             struct tg_ratelimit_op *ops, size_t nops,
+void tg_ratelimit_local_peek(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops, size_t nops,
                              int64_t now_ns);
 
 /* Gives back spends (the undo of an allowed take, e.g. a failure budget
@@ -206,14 +199,12 @@ void tg_ratelimit_local_peek(struct tg_ratelimit_local *t,
  * independent (no all-or-nothing); a key named twice is refunded twice.
  * Ops with a key longer than TG_RATELIMIT_LOCAL_KEY_MAX are skipped.
  * Thread-safe. */
-void tg_ratelimit_local_refund(struct tg_ratelimit_local *t,
-                               struct tg_ratelimit_op *ops, size_t nops,
-                               int64_t now_ns);
+void tg_ratelimit_local_refund(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops,
+                               size_t nops, int64_t now_ns);
 
 /* Forgets a key (the bucket is full again). Returns true if it existed.
  * Thread-safe. */
-bool tg_ratelimit_local_reset(struct tg_ratelimit_local *t, const void *key,
-                              size_t keylen);
+bool tg_ratelimit_local_reset(struct tg_ratelimit_local *t, const void *key, size_t keylen);
 
 /* Keys currently held, and bytes used by the table: buckets, allocated
  * entries, heap key copies and the fixed parts, not malloc's own overhead

@@ -64,12 +64,12 @@
  * unit (burst * interval under ~1 ms) then looks locked until it is full
  * again, within that unit. */
 struct entry {
-    int64_t tat;      /* ns, GCRA theoretical arrival time */
-    uint32_t next;    /* next entry in this bucket's chain, or NONE */
-    uint32_t hash;    /* low 32 bits of the key's hash: bucket, quick compare */
-    uint32_t span_u;  /* burst * interval, rounded up, saturating, >= 1 */
-    uint32_t lock_u;  /* (burst - 1) * interval, rounded down, saturating */
-    uint16_t keylen;  /* <= TG_RATELIMIT_LOCAL_KEY_MAX */
+    int64_t tat;     /* ns, GCRA theoretical arrival time */
+    uint32_t next;   /* next entry in this bucket's chain, or NONE */
+    uint32_t hash;   /* low 32 bits of the key's hash: bucket, quick compare */
+    uint32_t span_u; /* burst * interval, rounded up, saturating, >= 1 */
+    uint32_t lock_u; /* (burst - 1) * interval, rounded down, saturating */
+    uint16_t keylen; /* <= TG_RATELIMIT_LOCAL_KEY_MAX */
     /* The key if keylen <= KEY_INLINE, else a pointer to a heap copy
      * (memcpy'd in, so the struct needs no padding for it). */
     unsigned char key[KEY_INLINE];
@@ -107,8 +107,7 @@ static void lock_acquire(struct lock *l)
     for (;;) {
         if (!atomic_exchange_explicit(&l->held, 1, memory_order_acquire))
             return;
-        for (unsigned spins = 0;
-             atomic_load_explicit(&l->held, memory_order_relaxed);) {
+        for (unsigned spins = 0; atomic_load_explicit(&l->held, memory_order_relaxed);) {
             if (++spins < SPINS_MAX) {
 #if defined(__x86_64__) || defined(__i386__)
                 __builtin_ia32_pause();
@@ -153,11 +152,11 @@ static void lock_release(struct lock *l)
 
 struct shard {
     _Alignas(CACHE_LINE) struct lock lock; /* own cache line(s): no false sharing */
-    uint32_t count;                /* entries in use: entries[0..count) */
-    uint32_t alloc;                /* entries allocated */
-    uint32_t cap;                  /* most entries this shard may hold */
-    uint32_t hand;                 /* eviction sweep position */
-    uint32_t mask;                 /* nbuckets - 1 */
+    uint32_t count;                        /* entries in use: entries[0..count) */
+    uint32_t alloc;                        /* entries allocated */
+    uint32_t cap;                          /* most entries this shard may hold */
+    uint32_t hand;                         /* eviction sweep position */
+    uint32_t mask;                         /* nbuckets - 1 */
     uint32_t *buckets;
     struct entry *entries;
     size_t heap_bytes; /* copies of keys longer than KEY_INLINE */
@@ -186,13 +185,11 @@ static const unsigned char *entry_key(const struct entry *e)
     return p;
 }
 
-static uint32_t find(const struct shard *s, uint32_t h, const void *key,
-                     size_t len)
+static uint32_t find(const struct shard *s, uint32_t h, const void *key, size_t len)
 {
     for (uint32_t i = s->buckets[h & s->mask]; i != NONE;) {
         const struct entry *e = &s->entries[i];
-        if (e->hash == h && e->keylen == len &&
-            (len == 0 || memcmp(entry_key(e), key, len) == 0))
+        if (e->hash == h && e->keylen == len && (len == 0 || memcmp(entry_key(e), key, len) == 0))
             return i;
         i = e->next;
     }
@@ -227,33 +224,26 @@ struct policy_units {
 };
 
 /* policy_units for a span beyond 32 bits of units (52 days). */
-__attribute__((noinline, cold)) static struct policy_units
-policy_units_big(const struct tg_ratelimit_params *p)
+__attribute__((noinline, cold)) static struct policy_units policy_units_big(
+    const struct tg_ratelimit_params *p)
 {
     const uint64_t most = (uint64_t)UINT32_MAX << UNIT_SHIFT;
     uint64_t lock;
-    bool big = __builtin_mul_overflow((uint64_t)p->burst - 1,
-                                      (uint64_t)p->interval_ns, &lock);
-    return (struct policy_units){
-        UINT32_MAX,
-        big || lock > most ? UINT32_MAX : (uint32_t)(lock >> UNIT_SHIFT)};
+    bool big = __builtin_mul_overflow((uint64_t)p->burst - 1, (uint64_t)p->interval_ns, &lock);
+    return (struct policy_units){UINT32_MAX,
+                                 big || lock > most ? UINT32_MAX : (uint32_t)(lock >> UNIT_SHIFT)};
 }
 
 /* Computed for every spend (take_one does it before taking the lock), so
  * kept to a multiply and shifts. */
 static struct policy_units policy_units(const struct tg_ratelimit_params *p)
 {
-    const uint64_t most = ((uint64_t)UINT32_MAX << UNIT_SHIFT) -
-                          ((UINT64_C(1) << UNIT_SHIFT) - 1);
+    const uint64_t most = ((uint64_t)UINT32_MAX << UNIT_SHIFT) - ((UINT64_C(1) << UNIT_SHIFT) - 1);
     uint64_t iv = (uint64_t)p->interval_ns, span;
-    if (__builtin_expect(
-            __builtin_mul_overflow((uint64_t)p->burst, iv, &span) ||
-                span > most,
-            0))
+    if (__builtin_expect(__builtin_mul_overflow((uint64_t)p->burst, iv, &span) || span > most, 0))
         return policy_units_big(p);
-    return (struct policy_units){
-        (uint32_t)((span + (UINT64_C(1) << UNIT_SHIFT) - 1) >> UNIT_SHIFT),
-        (uint32_t)((span - iv) >> UNIT_SHIFT)};
+    return (struct policy_units){(uint32_t)((span + (UINT64_C(1) << UNIT_SHIFT) - 1) >> UNIT_SHIFT),
+                                 (uint32_t)((span - iv) >> UNIT_SHIFT)};
 }
 
 /* Records which bucket spent on an entry last. */
@@ -273,8 +263,7 @@ static bool entry_locked(const struct entry *e, int64_t debt)
 /* True when entry a has a larger fraction of its tokens left than b, the
  * fraction being 1 - debt / span: debt_a / span_a < debt_b / span_b,
  * cross-multiplied (debts < 2^63, spans in units < 2^32: 128 bits). */
-static bool fuller(int64_t debt_a, uint32_t span_a, int64_t debt_b,
-                   uint32_t span_b)
+static bool fuller(int64_t debt_a, uint32_t span_a, int64_t debt_b, uint32_t span_b)
 {
     return (__int128)debt_a * span_b < (__int128)debt_b * span_a;
 }
@@ -314,8 +303,7 @@ static bool evict(struct shard *s, int64_t now, const struct protect *pr)
 {
     uint32_t victim = NONE, freed = 0, victim_span = 1;
     int64_t victim_debt = 0;
-    for (unsigned n = 0; s->count > 0 && (n < EVICT_SAMPLE ||
-                                          (freed == 0 && n < EVICT_SCAN_MAX));
+    for (unsigned n = 0; s->count > 0 && (n < EVICT_SAMPLE || (freed == 0 && n < EVICT_SCAN_MAX));
          n++) {
         if (s->hand >= s->count)
             s->hand = 0;
@@ -334,8 +322,7 @@ static bool evict(struct shard *s, int64_t now, const struct protect *pr)
             continue;
         }
         if (!entry_locked(e, debt) &&
-            (victim == NONE ||
-             fuller(debt, e->span_u, victim_debt, victim_span))) {
+            (victim == NONE || fuller(debt, e->span_u, victim_debt, victim_span))) {
             victim = i;
             victim_debt = debt;
             victim_span = e->span_u;
@@ -371,8 +358,7 @@ static bool could_evict(const struct shard *s, int64_t now)
  * reserved already and not inserted yet): evicts and grows the array as
  * needed. Returns false when it cannot (everything swept is locked, or no
  * memory and nothing to evict). */
-static bool make_room(struct shard *s, uint32_t extra, int64_t now,
-                      const struct protect *pr)
+static bool make_room(struct shard *s, uint32_t extra, int64_t now, const struct protect *pr)
 {
     while (s->count + extra >= s->cap)
         if (!evict(s, now, pr))
@@ -399,8 +385,8 @@ static bool has_room(const struct shard *s, int64_t now)
 /* Adds a key known to be absent, in room make_room made. Returns -1 only
  * when a long key's copy cannot be allocated; the key is then not
  * remembered, as if evicted at once (the header says so). */
-static int insert(struct shard *s, uint32_t h, const void *key, size_t len,
-                  int64_t tat, struct policy_units u)
+static int insert(struct shard *s, uint32_t h, const void *key, size_t len, int64_t tat,
+                  struct policy_units u)
 {
     assert(s->count < s->cap && s->count < s->alloc);
     unsigned char *copy = NULL;
@@ -429,8 +415,7 @@ static int insert(struct shard *s, uint32_t h, const void *key, size_t len,
 
 /* Decides op against its class's overflow bucket in shard s (spending if
  * `spend`), for a new key that found no room. */
-static bool decide_overflow(struct shard *s, struct tg_ratelimit_op *op,
-                            int64_t now, bool spend)
+static bool decide_overflow(struct shard *s, struct tg_ratelimit_op *op, int64_t now, bool spend)
 {
     int64_t *tat = &s->overflow_tat[op->cls % NOVERFLOW];
     bool ok;
@@ -455,11 +440,9 @@ static uint32_t next_pow2(uint32_t v)
     return p;
 }
 
-struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys,
-                                                  unsigned shards)
+struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys, unsigned shards)
 {
-    if (max_keys == 0 || shards == 0 || (shards & (shards - 1)) != 0 ||
-        shards > SHARDS_MAX)
+    if (max_keys == 0 || shards == 0 || (shards & (shards - 1)) != 0 || shards > SHARDS_MAX)
         return NULL;
     /* Fewer keys than shards: fewer shards, so the total stays <= max. */
     while (shards > max_keys)
@@ -476,8 +459,7 @@ struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys,
     t->k0 = seed[0];
     t->k1 = seed[1];
     t->smask = shards - 1;
-    t->shards =
-        aligned_alloc(_Alignof(struct shard), shards * sizeof(struct shard));
+    t->shards = aligned_alloc(_Alignof(struct shard), shards * sizeof(struct shard));
     if (t->shards == NULL)
         goto fail_table;
     memset(t->shards, 0, shards * sizeof(struct shard));
@@ -491,8 +473,7 @@ struct tg_ratelimit_local *tg_ratelimit_local_new(size_t max_keys,
         s->alloc = s->cap < ENTRIES_INITIAL ? s->cap : ENTRIES_INITIAL;
         s->buckets = malloc((size_t)nb * sizeof(*s->buckets));
         s->entries = malloc((size_t)s->alloc * sizeof(*s->entries));
-        if (s->buckets == NULL || s->entries == NULL ||
-            lock_init(&s->lock) != 0) {
+        if (s->buckets == NULL || s->entries == NULL || lock_init(&s->lock) != 0) {
             free(s->buckets);
             free(s->entries);
             goto fail_shards;
@@ -544,8 +525,8 @@ static void refuse(struct tg_ratelimit_op *op)
 }
 
 /* The common case, one op: hash, one lock, one probe, the GCRA. */
-static bool take_one(struct tg_ratelimit_local *t, struct tg_ratelimit_op *op,
-                     int64_t now, bool spend)
+static bool take_one(struct tg_ratelimit_local *t, struct tg_ratelimit_op *op, int64_t now,
+                     bool spend)
 {
     if (op->keylen > TG_RATELIMIT_LOCAL_KEY_MAX) {
         refuse(op);
@@ -562,13 +543,11 @@ static bool take_one(struct tg_ratelimit_local *t, struct tg_ratelimit_op *op,
     if (i != NONE) {
         struct entry *e = &s->entries[i];
         if (spend) {
-            ok = tg_ratelimit_gcra(&e->tat, now, op->params, op->cost,
-                                   &op->result);
+            ok = tg_ratelimit_gcra(&e->tat, now, op->params, op->cost, &op->result);
             if (ok)
                 entry_set_policy(e, u);
         } else {
-            tg_ratelimit_gcra_peek(e->tat, now, op->params, op->cost,
-                                   &op->result);
+            tg_ratelimit_gcra_peek(e->tat, now, op->params, op->cost, &op->result);
             ok = op->result.allowed;
         }
     } else {
@@ -580,8 +559,7 @@ static bool take_one(struct tg_ratelimit_local *t, struct tg_ratelimit_op *op,
             if (!(spend ? make_room(s, 0, now, NULL) : has_room(s, now)))
                 ok = decide_overflow(s, op, now, spend);
             else if (spend)
-                (void)insert(s, (uint32_t)h, op->key, op->keylen, tat,
-                             u); /* -1: see insert */
+                (void)insert(s, (uint32_t)h, op->key, op->keylen, tat, u); /* -1: see insert */
         }
     }
     lock_release(&s->lock);
@@ -589,8 +567,7 @@ static bool take_one(struct tg_ratelimit_local *t, struct tg_ratelimit_op *op,
 }
 
 /* The last op before ops[i] naming the same key, or i if none. */
-static size_t earlier_same_key(const struct tg_ratelimit_op *ops,
-                               const uint64_t *hash, size_t i)
+static size_t earlier_same_key(const struct tg_ratelimit_op *ops, const uint64_t *hash, size_t i)
 {
     for (size_t j = i; j > 0; j--) {
         const struct tg_ratelimit_op *a = &ops[j - 1], *b = &ops[i];
@@ -626,16 +603,16 @@ struct batch_overflow {
  * decision is the one that is stored: on a fresh bucket in an entry, or on
  * the overflow bucket. Room made for a batch that is then refused stays
  * free for the next insert. */
-static bool take_many(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops,
-                      size_t nops, int64_t now, bool spend)
+static bool take_many(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops, size_t nops,
+                      int64_t now, bool spend)
 {
     uint64_t hash[TG_RATELIMIT_LOCAL_MAX_OPS];
     int64_t tat[TG_RATELIMIT_LOCAL_MAX_OPS];     /* after op i's decision */
     bool superseded[TG_RATELIMIT_LOCAL_MAX_OPS]; /* a later op has the key */
     enum where where[TG_RATELIMIT_LOCAL_MAX_OPS];
-    uint8_t ovi[TG_RATELIMIT_LOCAL_MAX_OPS];     /* into ov, if W_OVERFLOW */
+    uint8_t ovi[TG_RATELIMIT_LOCAL_MAX_OPS]; /* into ov, if W_OVERFLOW */
     struct batch_overflow ov[TG_RATELIMIT_LOCAL_MAX_OPS];
-    uint32_t order[TG_RATELIMIT_LOCAL_MAX_OPS];  /* shard indices, sorted */
+    uint32_t order[TG_RATELIMIT_LOCAL_MAX_OPS];    /* shard indices, sorted */
     uint32_t reserved[TG_RATELIMIT_LOCAL_MAX_OPS]; /* W_SLOTs per order[k] */
     size_t nlocks = 0, nov = 0;
 
@@ -681,8 +658,7 @@ static bool take_many(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops,
             where[i] = e != NONE ? W_ENTRY : W_FRESH;
             tat[i] = e != NONE ? s->entries[e].tat : 0;
         }
-        bool ok = tg_ratelimit_gcra(&tat[i], now, op->params, op->cost,
-                                    &op->result);
+        bool ok = tg_ratelimit_gcra(&tat[i], now, op->params, op->cost, &op->result);
         if (ok && where[i] == W_FRESH && !tg_ratelimit_gcra_idle(tat[i], now)) {
             /* This key needs an entry: room, or its overflow bucket. */
             size_t k = 0;
@@ -708,13 +684,11 @@ static bool take_many(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops,
                 while (v < nov && !(ov[v].shard == si && ov[v].cls == cls))
                     v++;
                 if (v == nov)
-                    ov[nov++] = (struct batch_overflow){si, cls,
-                                                        s->overflow_tat[cls]};
+                    ov[nov++] = (struct batch_overflow){si, cls, s->overflow_tat[cls]};
                 where[i] = W_OVERFLOW;
                 ovi[i] = (uint8_t)v;
                 tat[i] = ov[v].tat;
-                ok = tg_ratelimit_gcra(&tat[i], now, op->params, op->cost,
-                                       &op->result);
+                ok = tg_ratelimit_gcra(&tat[i], now, op->params, op->cost, &op->result);
             }
         }
         if (where[i] == W_OVERFLOW) {
@@ -750,8 +724,7 @@ static bool take_many(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops,
     return all;
 }
 
-bool tg_ratelimit_local_take(struct tg_ratelimit_local *t,
-                             struct tg_ratelimit_op *ops, size_t nops,
+bool tg_ratelimit_local_take(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops, size_t nops,
                              int64_t now_ns)
 {
     if (nops == 1)
@@ -759,8 +732,7 @@ bool tg_ratelimit_local_take(struct tg_ratelimit_local *t,
     return take_many(t, ops, nops, now_ns, true);
 }
 
-void tg_ratelimit_local_peek(struct tg_ratelimit_local *t,
-                             struct tg_ratelimit_op *ops, size_t nops,
+void tg_ratelimit_local_peek(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops, size_t nops,
                              int64_t now_ns)
 {
     if (nops == 1)
@@ -769,9 +741,8 @@ void tg_ratelimit_local_peek(struct tg_ratelimit_local *t,
         take_many(t, ops, nops, now_ns, false);
 }
 
-void tg_ratelimit_local_refund(struct tg_ratelimit_local *t,
-                               struct tg_ratelimit_op *ops, size_t nops,
-                               int64_t now_ns)
+void tg_ratelimit_local_refund(struct tg_ratelimit_local *t, struct tg_ratelimit_op *ops,
+                               size_t nops, int64_t now_ns)
 {
     for (size_t i = 0; i < nops; i++) {
         struct tg_ratelimit_op *op = &ops[i];
@@ -789,8 +760,7 @@ void tg_ratelimit_local_refund(struct tg_ratelimit_local *t,
         } else {
             uint32_t e = find(s, (uint32_t)h, op->key, op->keylen);
             if (e != NONE) {
-                tg_ratelimit_gcra_refund(&s->entries[e].tat, now_ns,
-                                         op->params, op->cost);
+                tg_ratelimit_gcra_refund(&s->entries[e].tat, now_ns, op->params, op->cost);
                 tat = s->entries[e].tat;
                 if (tg_ratelimit_gcra_idle(tat, now_ns))
                     remove_at(s, e);
@@ -802,8 +772,7 @@ void tg_ratelimit_local_refund(struct tg_ratelimit_local *t,
     }
 }
 
-bool tg_ratelimit_local_reset(struct tg_ratelimit_local *t, const void *key,
-                              size_t keylen)
+bool tg_ratelimit_local_reset(struct tg_ratelimit_local *t, const void *key, size_t keylen)
 {
     if (keylen > TG_RATELIMIT_LOCAL_KEY_MAX)
         return false;
@@ -835,8 +804,8 @@ size_t tg_ratelimit_local_memory(struct tg_ratelimit_local *t)
     for (uint32_t i = 0; i <= t->smask; i++) {
         struct shard *s = &t->shards[i];
         lock_acquire(&s->lock);
-        n += ((size_t)s->mask + 1) * sizeof(*s->buckets) +
-             (size_t)s->alloc * sizeof(*s->entries) + s->heap_bytes;
+        n += ((size_t)s->mask + 1) * sizeof(*s->buckets) + (size_t)s->alloc * sizeof(*s->entries) +
+             s->heap_bytes;
         lock_release(&s->lock);
     }
     return n;

@@ -217,13 +217,13 @@ static const char HEARTBEAT_LUA[] =
 
 #define HEARTBEAT_TTL_MS 10000
 #define MAX_OPS TG_RATELIMIT_LOCAL_MAX_OPS
-#define NUM_MAX 21 /* digits of an int64, a sign and a NUL */
-#define HASHED_KEY_LEN 65 /* '#' and 64 hex digits */
-#define KEY_BRACES_LEN 3  /* '{', ':' and '}' around policy:key */
+#define NUM_MAX 21            /* digits of an int64, a sign and a NUL */
+#define HASHED_KEY_LEN 65     /* '#' and 64 hex digits */
+#define KEY_BRACES_LEN 3      /* '{', ':' and '}' around policy:key */
 #define HEARTBEAT_KEY_MAX 512 /* PREFIX{gateways}: a longer prefix skips it */
-#define SHA1_LEN 20       /* bytes: script digests (EVALSHA) */
+#define SHA1_LEN 20           /* bytes: script digests (EVALSHA) */
 #define SHA1_HEX_LEN 40
-#define SHA256_LEN 32     /* bytes: digests of over-long keys */
+#define SHA256_LEN 32 /* bytes: digests of over-long keys */
 
 /* Knobs the unit test shortens; the defaults are production's. */
 static double heartbeat_interval_s = 2.0;
@@ -253,7 +253,7 @@ struct tg_ratelimit_redis {
     struct tg_ratelimit_redis_pending *queue_head, *queue_tail;
     size_t queued, queued_keys;
     ev_prepare flush;
-    uint64_t k0, k1;       /* SipHash key of the batches' key tables */
+    uint64_t k0, k1; /* SipHash key of the batches' key tables */
 };
 
 /* At most this many requests (and keys) go in one EVALSHA. */
@@ -264,25 +264,25 @@ struct tg_ratelimit_redis {
  * (or cancel): queued, then part of a batch. Keys and numbers are kept as
  * the command's arguments will need them. */
 struct take_op {
-    const char *key;       /* the full Redis key, in the pending's memory */
+    const char *key; /* the full Redis key, in the pending's memory */
     size_t keylen;
     int64_t iv_us, burst, delay, cost;
-    unsigned key_index;    /* its place in the batch's KEYS, from 1 */
+    unsigned key_index; /* its place in the batch's KEYS, from 1 */
 };
 
 struct batch;
 
 struct tg_ratelimit_redis_pending {
     struct tg_ratelimit_redis *r;
-    struct batch *batch;   /* NULL while queued */
+    struct batch *batch; /* NULL while queued */
     tg_ratelimit_redis_cb cb;
     void *arg;
     bool peek;
-    bool cancelled;        /* in a batch: free it when the batch ends */
-    bool pooled;           /* PENDING_BLOCK bytes, from the free list */
+    bool cancelled; /* in a batch: free it when the batch ends */
+    bool pooled;    /* PENDING_BLOCK bytes, from the free list */
     size_t nops;
     struct tg_ratelimit_redis_pending *next;
-    struct take_op ops[];  /* nops of them, then the keys' bytes */
+    struct take_op ops[]; /* nops of them, then the keys' bytes */
 };
 
 /* One EVALSHA carrying several takes. Owns its pendings and the command's
@@ -297,7 +297,7 @@ struct batch {
     int argc;
     const char **argv;
     size_t *argvlen;
-    char *numbuf;          /* the decimal numbers, NUM_MAX each */
+    char *numbuf; /* the decimal numbers, NUM_MAX each */
 };
 
 /* A reset (DEL): its own command, not batched. */
@@ -386,16 +386,14 @@ static void hex(char *out, const unsigned char *md, size_t n)
     out[tg_hex_encode(out, md, n, false)] = '\0';
 }
 
-static int digest(const EVP_MD *md, const void *data, size_t len,
-                  unsigned char *out)
+static int digest(const EVP_MD *md, const void *data, size_t len, unsigned char *out)
 {
     unsigned int n = 0;
     return EVP_Digest(data, len, out, &n, md, NULL) == 1 ? (int)n : -1;
 }
 
 /* Length of the Redis key for (policy, key). */
-static size_t key_len(const struct tg_ratelimit_redis *r, const char *policy,
-                      size_t keylen)
+static size_t key_len(const struct tg_ratelimit_redis *r, const char *policy, size_t keylen)
 {
     if (keylen > TG_RATELIMIT_REDIS_KEY_MAX)
         keylen = HASHED_KEY_LEN;
@@ -404,8 +402,8 @@ static size_t key_len(const struct tg_ratelimit_redis *r, const char *policy,
 
 /* Writes PREFIX{policy:key} at out (key_len bytes, no NUL). Returns the
  * length, or 0 if hashing a long key failed. */
-static size_t build_key(const struct tg_ratelimit_redis *r, char *out,
-                        const char *policy, const char *key, size_t keylen)
+static size_t build_key(const struct tg_ratelimit_redis *r, char *out, const char *policy,
+                        const char *key, size_t keylen)
 {
     char *p = out;
     size_t plen = strlen(policy);
@@ -466,8 +464,7 @@ static int on_script_loaded(void *arg, const redisReply *reply)
     r->errors++;
     if (reply->type == REDIS_REPLY_STRING)
         tg_log_error("redis ratelimit: SCRIPT LOAD returned %.*s, expected %s",
-                     (int)(reply->len > SHA1_HEX_LEN ? SHA1_HEX_LEN : reply->len),
-                     reply->str,
+                     (int)(reply->len > SHA1_HEX_LEN ? SHA1_HEX_LEN : reply->len), reply->str,
                      r->sha);
     return -1;
 }
@@ -480,8 +477,7 @@ static void load_script(struct tg_ratelimit_redis *r)
         return;
     const char *argv[] = {"SCRIPT", "LOAD", GCRA_LUA};
     size_t len[] = {6, 4, sizeof(GCRA_LUA) - 1};
-    if (tg_redis_command(r->link, 3, argv, len, 0, on_script_loaded, r) !=
-        NULL)
+    if (tg_redis_command(r->link, 3, argv, len, 0, on_script_loaded, r) != NULL)
         r->loading = true;
 }
 
@@ -497,16 +493,14 @@ static int on_heartbeat(void *arg, const redisReply *reply)
         r->errors++;
         return -1;
     }
-    unsigned n = reply->integer > UINT32_MAX ? UINT32_MAX
-                                              : (unsigned)reply->integer;
+    unsigned n = reply->integer > UINT32_MAX ? UINT32_MAX : (unsigned)reply->integer;
     atomic_store(&gateways_seen, n);
     return 0;
 }
 
 static void send_heartbeat(struct tg_ratelimit_redis *r)
 {
-    if (!r->heartbeat || r->heartbeat_cmd != NULL ||
-        tg_redis_state(r->link) != TG_REDIS_UP)
+    if (!r->heartbeat || r->heartbeat_cmd != NULL || tg_redis_state(r->link) != TG_REDIS_UP)
         return;
     char key[HEARTBEAT_KEY_MAX], ttl[NUM_MAX];
     int klen = snprintf(key, sizeof(key), "%s{gateways}", r->prefix);
@@ -514,10 +508,9 @@ static void send_heartbeat(struct tg_ratelimit_redis *r)
         return;
     int tlen = snprintf(ttl, sizeof(ttl), "%d", HEARTBEAT_TTL_MS);
     const char *argv[] = {"EVAL", HEARTBEAT_LUA, "1", key, r->gateway_id, ttl};
-    size_t len[] = {4, sizeof(HEARTBEAT_LUA) - 1, 1, (size_t)klen,
-                    strlen(r->gateway_id), (size_t)tlen};
-    r->heartbeat_cmd =
-        tg_redis_command(r->link, 6, argv, len, 0, on_heartbeat, r);
+    size_t len[] = {4,           sizeof(HEARTBEAT_LUA) - 1, 1, (size_t)klen, strlen(r->gateway_id),
+                    (size_t)tlen};
+    r->heartbeat_cmd = tg_redis_command(r->link, 6, argv, len, 0, on_heartbeat, r);
 }
 
 static void on_heartbeat_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -527,8 +520,7 @@ static void on_heartbeat_timer(struct ev_loop *loop, ev_timer *w, int revents)
     send_heartbeat(w->data);
 }
 
-static void on_link_state(void *arg, enum tg_redis_state old,
-                          enum tg_redis_state state)
+static void on_link_state(void *arg, enum tg_redis_state old, enum tg_redis_state state)
 {
     (void)old;
     struct tg_ratelimit_redis *r = arg;
@@ -567,9 +559,8 @@ static void op_result(const struct take_op *op, int64_t tat_us, int64_t now_us,
 
 /* Fills res[0..p->nops) from the reply's elements at *at. Returns whether
  * every key allowed. */
-static bool request_results(const struct tg_ratelimit_redis_pending *p,
-                            const redisReply *rep, size_t *at,
-                            struct tg_ratelimit_result *res)
+static bool request_results(const struct tg_ratelimit_redis_pending *p, const redisReply *rep,
+                            size_t *at, struct tg_ratelimit_result *res)
 {
     int64_t now = rep->element[0]->integer;
     bool all = true;
@@ -591,8 +582,7 @@ static bool reply_valid(const struct batch *b, const redisReply *rep)
         return false;
     for (size_t i = 0; i < rep->elements; i++) {
         const redisReply *e = rep->element[i];
-        if (e == NULL || e->type != REDIS_REPLY_INTEGER || e->integer < 0 ||
-            e->integer > US_LIMIT)
+        if (e == NULL || e->type != REDIS_REPLY_INTEGER || e->integer < 0 || e->integer > US_LIMIT)
             return false;
     }
     return rep->element[0]->integer > 0 && rep->element[0]->integer < US_LIMIT;
@@ -601,8 +591,7 @@ static bool reply_valid(const struct batch *b, const redisReply *rep)
 static bool is_error(const redisReply *rep, const char *code)
 {
     size_t n = strlen(code);
-    return rep->type == REDIS_REPLY_ERROR && rep->len >= n &&
-           memcmp(rep->str, code, n) == 0 &&
+    return rep->type == REDIS_REPLY_ERROR && rep->len >= n && memcmp(rep->str, code, n) == 0 &&
            (rep->len == n || rep->str[n] == ' ');
 }
 
@@ -661,8 +650,8 @@ static int on_batch_reply(void *arg, const redisReply *reply)
         b->retried = true;
         r->reloads++;
         load_script(r);
-        b->cmd = tg_redis_command(r->link, b->argc, b->argv, b->argvlen,
-                                  remaining_ms(b), on_batch_reply, b);
+        b->cmd = tg_redis_command(r->link, b->argc, b->argv, b->argvlen, remaining_ms(b),
+                                  on_batch_reply, b);
         if (b->cmd == NULL)
             batch_end(b, NULL);
         return 0; /* Redis answered: not a fault */
@@ -684,15 +673,14 @@ static int on_batch_reply(void *arg, const redisReply *reply)
  * described once, and ops refer to it by index (op->key_index, from 1). */
 #define KEY_INDEX_MIN 16 /* slots at least: small batches clear little */
 struct key_index {
-    uint64_t k0, k1;                          /* the limiter's SipHash key */
-    size_t mask;                              /* slots - 1, a power of two */
+    uint64_t k0, k1; /* the limiter's SipHash key */
+    size_t mask;     /* slots - 1, a power of two */
     size_t n;
-    uint16_t slot[2 * BATCH_KEYS_MAX];        /* index + 1; 0: empty */
+    uint16_t slot[2 * BATCH_KEYS_MAX];         /* index + 1; 0: empty */
     const struct take_op *key[BATCH_KEYS_MAX]; /* in order of first use */
 };
 
-static void key_index_init(struct key_index *ix,
-                           const struct tg_ratelimit_redis *r, size_t keys)
+static void key_index_init(struct key_index *ix, const struct tg_ratelimit_redis *r, size_t keys)
 {
     ix->k0 = r->k0;
     ix->k1 = r->k1;
@@ -734,16 +722,14 @@ static bool key_index_conflicts(const struct key_index *ix,
         unsigned s = ix->slot[key_slot(ix, op)];
         if (s != 0) {
             const struct take_op *o = ix->key[s - 1];
-            if (o->iv_us != op->iv_us || o->burst != op->burst ||
-                o->delay != op->delay)
+            if (o->iv_us != op->iv_us || o->burst != op->burst || o->delay != op->delay)
                 return true;
         }
     }
     return false;
 }
 
-static void key_index_add(struct key_index *ix,
-                          struct tg_ratelimit_redis_pending *p)
+static void key_index_add(struct key_index *ix, struct tg_ratelimit_redis_pending *p)
 {
     for (size_t k = 0; k < p->nops; k++) {
         struct take_op *op = &p->ops[k];
@@ -787,8 +773,9 @@ static void flush_queue(struct tg_ratelimit_redis *r)
         int argc = 3 + 4 * (int)nd + 1 + (int)n + 2 * (int)keys;
         size_t nums = 2 + 3 * nd + n + 2 * keys;
         struct batch *b = batch_calloc(1, sizeof(*b));
-        char *mem = b ? batch_malloc((size_t)argc * (sizeof(char *) + sizeof(size_t)) +
-                               nums * NUM_MAX) : NULL;
+        char *mem =
+            b ? batch_malloc((size_t)argc * (sizeof(char *) + sizeof(size_t)) + nums * NUM_MAX)
+              : NULL;
         if (b == NULL || mem == NULL) {
             free(b);
             free(mem);
@@ -811,7 +798,11 @@ static void flush_queue(struct tg_ratelimit_redis *r)
         int i = 0;
         char *num = b->numbuf;
 #define ARG(ptr, len) (b->argv[i] = (ptr), b->argvlen[i++] = (len))
-#define NUM(v) do { ARG(num, tg_str_i64(num, (long long)(v))); num += NUM_MAX; } while (0)
+#define NUM(v)                                     \
+    do {                                           \
+        ARG(num, tg_str_i64(num, (long long)(v))); \
+        num += NUM_MAX;                            \
+    } while (0)
         ARG("EVALSHA", 7);
         ARG(r->sha, SHA1_HEX_LEN);
         NUM(nd);
@@ -856,13 +847,14 @@ static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
 static bool valid_op(const struct tg_ratelimit_redis_op *op)
 {
     return op->policy != NULL && (op->key != NULL || op->keylen == 0) &&
-           op->params.interval_ns >= 1 && op->params.burst >= 1 &&
-           op->params.delay >= 0 && op->cost >= 0;
+           op->params.interval_ns >= 1 && op->params.burst >= 1 && op->params.delay >= 0 &&
+           op->cost >= 0;
 }
 
-struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
-    struct tg_ratelimit_redis *r, const struct tg_ratelimit_redis_op *ops,
-    size_t nops, bool peek, tg_ratelimit_redis_cb cb, void *arg)
+struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(struct tg_ratelimit_redis *r,
+                                                           const struct tg_ratelimit_redis_op *ops,
+                                                           size_t nops, bool peek,
+                                                           tg_ratelimit_redis_cb cb, void *arg)
 {
     if (nops == 0 || nops > MAX_OPS || cb == NULL)
         return NULL;
@@ -900,8 +892,7 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
             return NULL;
         }
         const struct tg_ratelimit_params *pp = &ops[k].params;
-        p->ops[k] = (struct take_op){
-            buf, n, interval_us(pp), pp->burst, pp->delay, ops[k].cost, 0};
+        p->ops[k] = (struct take_op){buf, n, interval_us(pp), pp->burst, pp->delay, ops[k].cost, 0};
         buf += n;
     }
     if (r->queue_tail != NULL)
@@ -964,9 +955,8 @@ static int on_reset_reply(void *arg, const redisReply *reply)
     return 0;
 }
 
-int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy,
-                             const char *key, size_t keylen,
-                             tg_ratelimit_redis_cb cb, void *arg)
+int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy, const char *key,
+                             size_t keylen, tg_ratelimit_redis_cb cb, void *arg)
 {
     if (policy == NULL || (key == NULL && keylen > 0) || cb == NULL)
         return -1;
@@ -1026,9 +1016,8 @@ static int on_refund_reply(void *arg, const redisReply *reply)
         c->argvlen[0] = 4;
         c->argv[1] = REFUND_LUA;
         c->argvlen[1] = sizeof(REFUND_LUA) - 1;
-        if (tg_redis_command(r->link, c->argc, c->argv, c->argvlen,
-                             ms_until(r, c->deadline), on_refund_reply,
-                             c) == NULL)
+        if (tg_redis_command(r->link, c->argc, c->argv, c->argvlen, ms_until(r, c->deadline),
+                             on_refund_reply, c) == NULL)
             refund_end(c, -1);
         return 0; /* Redis answered: not a fault */
     }
@@ -1043,10 +1032,8 @@ static int on_refund_reply(void *arg, const redisReply *reply)
     return 0;
 }
 
-int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r,
-                              const struct tg_ratelimit_redis_op *ops,
-                              size_t nops, tg_ratelimit_redis_cb cb,
-                              void *arg)
+int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r, const struct tg_ratelimit_redis_op *ops,
+                              size_t nops, tg_ratelimit_redis_cb cb, void *arg)
 {
     if (nops == 0 || nops > MAX_OPS)
         return -1;
@@ -1062,9 +1049,8 @@ int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r,
     size_t bytes = 0;
     for (size_t i = 0; i < nops; i++)
         bytes += key_len(r, ops[i].policy, ops[i].keylen);
-    struct refund_cmd *c =
-        malloc(sizeof(*c) + (size_t)argc * (sizeof(char *) + sizeof(size_t)) +
-               bytes + (1 + 2 * nops) * NUM_MAX);
+    struct refund_cmd *c = malloc(sizeof(*c) + (size_t)argc * (sizeof(char *) + sizeof(size_t)) +
+                                  bytes + (1 + 2 * nops) * NUM_MAX);
     if (c == NULL)
         return -1;
     c->r = r;
@@ -1081,7 +1067,11 @@ int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r,
 
     int i = 0;
 #define ARG(ptr, len) (c->argv[i] = (ptr), c->argvlen[i++] = (len))
-#define NUM(v) do { ARG(num, tg_str_i64(num, (long long)(v))); num += NUM_MAX; } while (0)
+#define NUM(v)                                     \
+    do {                                           \
+        ARG(num, tg_str_i64(num, (long long)(v))); \
+        num += NUM_MAX;                            \
+    } while (0)
     if (r->refund_cached) {
         ARG("EVALSHA", 7);
         ARG(r->refund_sha, SHA1_HEX_LEN);
@@ -1105,8 +1095,7 @@ int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r,
     }
 #undef NUM
 #undef ARG
-    if (tg_redis_command(r->link, c->argc, c->argv, c->argvlen, 0,
-                         on_refund_reply, c) == NULL) {
+    if (tg_redis_command(r->link, c->argc, c->argv, c->argvlen, 0, on_refund_reply, c) == NULL) {
         free(c);
         r->short_circuited++;
         return -1;
@@ -1116,8 +1105,7 @@ int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r,
 
 /* ---- lifetime ------------------------------------------------------------ */
 
-static int set_prefix(struct tg_ratelimit_redis *r,
-                      const struct tg_config_redis *cfg)
+static int set_prefix(struct tg_ratelimit_redis *r, const struct tg_config_redis *cfg)
 {
     char *prefix = strdup(cfg->key_prefix != NULL ? cfg->key_prefix : "");
     if (prefix == NULL)
@@ -1130,8 +1118,7 @@ static int set_prefix(struct tg_ratelimit_redis *r,
 
 struct tg_ratelimit_redis *tg_ratelimit_redis_new(struct ev_loop *loop,
                                                   const struct tg_config_redis *cfg,
-                                                  const char *gateway_id,
-                                                  bool heartbeat)
+                                                  const char *gateway_id, bool heartbeat)
 {
     struct tg_ratelimit_redis *r = calloc(1, sizeof(*r));
     if (r == NULL)
@@ -1146,8 +1133,7 @@ struct tg_ratelimit_redis *tg_ratelimit_redis_new(struct ev_loop *loop,
     if (digest(EVP_sha1(), GCRA_LUA, sizeof(GCRA_LUA) - 1, md) != SHA1_LEN)
         goto fail;
     hex(r->sha, md, SHA1_LEN);
-    if (digest(EVP_sha1(), REFUND_LUA, sizeof(REFUND_LUA) - 1, md) !=
-        SHA1_LEN)
+    if (digest(EVP_sha1(), REFUND_LUA, sizeof(REFUND_LUA) - 1, md) != SHA1_LEN)
         goto fail;
     hex(r->refund_sha, md, SHA1_LEN);
     r->gateway_id = strdup(gateway_id != NULL ? gateway_id : "");
@@ -1164,8 +1150,8 @@ struct tg_ratelimit_redis *tg_ratelimit_redis_new(struct ev_loop *loop,
 
     ev_prepare_init(&r->flush, on_flush);
     r->flush.data = r;
-    ev_timer_init(&r->heartbeat_timer, on_heartbeat_timer,
-                  heartbeat_interval_s, heartbeat_interval_s);
+    ev_timer_init(&r->heartbeat_timer, on_heartbeat_timer, heartbeat_interval_s,
+                  heartbeat_interval_s);
     r->heartbeat_timer.data = r;
     if (heartbeat)
         ev_timer_start(loop, &r->heartbeat_timer);
@@ -1178,8 +1164,7 @@ fail:
     return NULL;
 }
 
-void tg_ratelimit_redis_configure(struct tg_ratelimit_redis *r,
-                                  const struct tg_config_redis *cfg)
+void tg_ratelimit_redis_configure(struct tg_ratelimit_redis *r, const struct tg_config_redis *cfg)
 {
     if (set_prefix(r, cfg) < 0)
         tg_log_error("redis ratelimit: out of memory, keeping the old "

@@ -48,9 +48,9 @@ struct tg_config_redis;
 
 /* One key of a request's decision. Keys are copied by take(). */
 struct tg_ratelimit_redis_op {
-    const char *policy;       /* policy name (part of the Redis key): a
+    const char *policy; /* policy name (part of the Redis key): a
                                  config identifier, no ':', '{' or '}' */
-    const char *key;          /* the key within the policy */
+    const char *key;    /* the key within the policy */
     size_t keylen;
     struct tg_ratelimit_params params;
     int64_t cost;
@@ -65,8 +65,7 @@ struct tg_ratelimit_redis_op {
  * pendings and reset; it must not free the limiter (mark its owner closing
  * and free it afterwards). */
 typedef void (*tg_ratelimit_redis_cb)(void *arg, int status, bool allowed,
-                                      const struct tg_ratelimit_result *results,
-                                      size_t n);
+                                      const struct tg_ratelimit_result *results, size_t n);
 
 struct tg_ratelimit_redis;
 struct tg_ratelimit_redis_pending;
@@ -87,15 +86,13 @@ struct tg_ratelimit_redis_pending;
  * Worker thread (the loop's). */
 struct tg_ratelimit_redis *tg_ratelimit_redis_new(struct ev_loop *loop,
                                                   const struct tg_config_redis *cfg,
-                                                  const char *gateway_id,
-                                                  bool heartbeat);
+                                                  const char *gateway_id, bool heartbeat);
 
 /* Applies a new config (address/password/db/prefix/timeout may change:
  * reconnects only if address, password or db changed; pending requests then
  * get status -1). The config is copied; prefix and timeout apply to
  * requests made from now on. Loop thread. */
-void tg_ratelimit_redis_configure(struct tg_ratelimit_redis *r,
-                                  const struct tg_config_redis *cfg);
+void tg_ratelimit_redis_configure(struct tg_ratelimit_redis *r, const struct tg_config_redis *cfg);
 
 /* Disconnects; pending callbacks are called with status -1 first, before
  * this returns. Cancelled pendings are not called. NULL is a no-op. Loop
@@ -111,9 +108,10 @@ void tg_ratelimit_redis_free(struct tg_ratelimit_redis *r);
  * on_error at once, without waiting. The reply is awaited at most the
  * configured timeout (one transparent retry after a NOSCRIPT reply stays
  * within it). Loop thread. */
-struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(
-    struct tg_ratelimit_redis *r, const struct tg_ratelimit_redis_op *ops,
-    size_t nops, bool peek, tg_ratelimit_redis_cb cb, void *arg);
+struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(struct tg_ratelimit_redis *r,
+                                                           const struct tg_ratelimit_redis_op *ops,
+                                                           size_t nops, bool peek,
+                                                           tg_ratelimit_redis_cb cb, void *arg);
 
 /* The request went away: its callback will not be called, even if the
  * reply arrives later; the handle is invalid after this. Not from (or
@@ -123,9 +121,8 @@ void tg_ratelimit_redis_cancel(struct tg_ratelimit_redis_pending *p);
 /* Deletes a key (admin "unlock this customer"); cb as for take with
  * n = 0, results NULL and allowed true. Returns 0, or -1 when it cannot be
  * sent now (as take's NULL): cb is then not called. Loop thread. */
-int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy,
-                             const char *key, size_t keylen,
-                             tg_ratelimit_redis_cb cb, void *arg);
+int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy, const char *key,
+                             size_t keylen, tg_ratelimit_redis_cb cb, void *arg);
 
 /* Gives back spends (the undo of allowed takes: a failure budget reserved
  * before forwarding and returned when the answer was not a failure). For
@@ -149,10 +146,8 @@ int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy,
  * TG_RATELIMIT_LOCAL_MAX_OPS): cb is then not called. Subject to the
  * configured timeout and the circuit breaker like every command. Loop
  * thread. */
-int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r,
-                              const struct tg_ratelimit_redis_op *ops,
-                              size_t nops, tg_ratelimit_redis_cb cb,
-                              void *arg);
+int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r, const struct tg_ratelimit_redis_op *ops,
+                              size_t nops, tg_ratelimit_redis_cb cb, void *arg);
 
 enum tg_redis_state tg_ratelimit_redis_state(const struct tg_ratelimit_redis *r);
 
@@ -163,11 +158,11 @@ unsigned tg_ratelimit_redis_gateways(void);
 
 /* Counters for metrics (this limiter). Loop thread. */
 struct tg_ratelimit_redis_stats {
-    uint64_t round_trips;   /* replies received on the connection */
-    uint64_t requests;      /* ops decided in Redis */
-    uint64_t errors;        /* error replies, bad types or shapes */
-    uint64_t timeouts;      /* commands whose deadline passed */
-    uint64_t disconnects;   /* connections lost after being up */
+    uint64_t round_trips;     /* replies received on the connection */
+    uint64_t requests;        /* ops decided in Redis */
+    uint64_t errors;          /* error replies, bad types or shapes */
+    uint64_t timeouts;        /* commands whose deadline passed */
+    uint64_t disconnects;     /* connections lost after being up */
     uint64_t short_circuited; /* takes, resets and refunds refused without
                                  sending: circuit open or not connected */
 };

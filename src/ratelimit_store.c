@@ -9,8 +9,8 @@
 
 /* ---- local ------------------------------------------------------------------ */
 
-static void to_local_ops(struct tg_ratelimit_key *keys, size_t n, struct tg_ratelimit_params *params,
-                         struct tg_ratelimit_op *ops)
+static void to_local_ops(struct tg_ratelimit_key *keys, size_t n,
+                         struct tg_ratelimit_params *params, struct tg_ratelimit_op *ops)
 {
     for (size_t i = 0; i < n; i++)
         ops[i] = (struct tg_ratelimit_op){.key = keys[i].store_key,
@@ -21,9 +21,9 @@ static void to_local_ops(struct tg_ratelimit_key *keys, size_t n, struct tg_rate
                                           .cls = keys[i].cls};
 }
 
-static enum tg_ratelimit_take local_decide(struct tg_ratelimit_local *t, struct tg_ratelimit_key *keys,
-                                    size_t n, bool peek, int64_t now, bool *allowed,
-                                    bool share)
+static enum tg_ratelimit_take local_decide(struct tg_ratelimit_local *t,
+                                           struct tg_ratelimit_key *keys, size_t n, bool peek,
+                                           int64_t now, bool *allowed, bool share)
 {
     struct tg_ratelimit_op ops[TG_RATELIMIT_LOCAL_MAX_OPS];
     struct tg_ratelimit_params params[TG_RATELIMIT_LOCAL_MAX_OPS];
@@ -58,17 +58,17 @@ static void local_refund_keys(struct tg_ratelimit_local *t, struct tg_ratelimit_
     tg_ratelimit_local_refund(t, ops, n, now);
 }
 
-static enum tg_ratelimit_take local_take(void *impl, struct tg_ratelimit_key *keys, size_t n, bool peek,
-                                  int64_t now, bool *allowed, tg_ratelimit_store_done done, void *arg,
-                                  void **pending)
+static enum tg_ratelimit_take local_take(void *impl, struct tg_ratelimit_key *keys, size_t n,
+                                         bool peek, int64_t now, bool *allowed,
+                                         tg_ratelimit_store_done done, void *arg, void **pending)
 {
     (void)done, (void)arg, (void)pending;
     return local_decide(impl, keys, n, peek, now, allowed, false);
 }
 
-static enum tg_ratelimit_take share_take(void *impl, struct tg_ratelimit_key *keys, size_t n, bool peek,
-                                  int64_t now, bool *allowed, tg_ratelimit_store_done done, void *arg,
-                                  void **pending)
+static enum tg_ratelimit_take share_take(void *impl, struct tg_ratelimit_key *keys, size_t n,
+                                         bool peek, int64_t now, bool *allowed,
+                                         tg_ratelimit_store_done done, void *arg, void **pending)
 {
     (void)done, (void)arg, (void)pending;
     return local_decide(impl, keys, n, peek, now, allowed, true);
@@ -90,7 +90,7 @@ static void share_refund(void *impl, struct tg_ratelimit_key *keys, size_t n, in
 }
 
 static enum tg_ratelimit_take local_reset(void *impl, const struct tg_ratelimit_key *key, bool *had,
-                                   tg_ratelimit_store_done done, void *arg)
+                                          tg_ratelimit_store_done done, void *arg)
 {
     (void)done, (void)arg;
     *had = tg_ratelimit_local_reset(impl, key->store_key, key->store_keylen);
@@ -136,12 +136,12 @@ static void to_redis_ops(const struct tg_ratelimit_key *keys, size_t n,
 {
     for (size_t i = 0; i < n; i++)
         ops[i] = (struct tg_ratelimit_redis_op){keys[i].policy, keys[i].key, keys[i].keylen,
-                                               keys[i].params, keys[i].cost};
+                                                keys[i].params, keys[i].cost};
 }
 
-static enum tg_ratelimit_take redis_take(void *impl, struct tg_ratelimit_key *keys, size_t n, bool peek,
-                                  int64_t now, bool *allowed, tg_ratelimit_store_done done, void *arg,
-                                  void **pending)
+static enum tg_ratelimit_take redis_take(void *impl, struct tg_ratelimit_key *keys, size_t n,
+                                         bool peek, int64_t now, bool *allowed,
+                                         tg_ratelimit_store_done done, void *arg, void **pending)
 {
     (void)now, (void)allowed;
     struct tg_ratelimit_redis_op ops[TG_RATELIMIT_LOCAL_MAX_OPS];
@@ -172,7 +172,7 @@ static void redis_refund(void *impl, struct tg_ratelimit_key *keys, size_t n, in
 }
 
 static enum tg_ratelimit_take redis_reset(void *impl, const struct tg_ratelimit_key *key, bool *had,
-                                   tg_ratelimit_store_done done, void *arg)
+                                          tg_ratelimit_store_done done, void *arg)
 {
     (void)had;
     if (impl == NULL ||

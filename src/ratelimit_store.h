@@ -19,15 +19,15 @@ struct tg_ratelimit_redis;
 /* One key of a decision. The limiter owns the memory; a store reads the
  * fields it needs and writes `result`. */
 struct tg_ratelimit_key {
-    const char *policy;        /* policy name (part of a Redis key) */
-    const char *key;           /* the key within the policy */
+    const char *policy; /* policy name (part of a Redis key) */
+    const char *key;    /* the key within the policy */
     size_t keylen;
-    const char *store_key;     /* policy, '\n', key: the local table's form */
+    const char *store_key; /* policy, '\n', key: the local table's form */
     size_t store_keylen;
     struct tg_ratelimit_params params;
     int64_t cost;
-    uint16_t cls;              /* the policy's index: eviction class (local) */
-    bool overflow;             /* in: a refund of a take that was decided on the
+    uint16_t cls;                      /* the policy's index: eviction class (local) */
+    bool overflow;                     /* in: a refund of a take that was decided on the
                                   policy's overflow bucket (local) */
     struct tg_ratelimit_result result; /* out */
 };
@@ -37,7 +37,7 @@ struct tg_ratelimit_key {
  * status -1 when the store failed (nothing decided). Called from the
  * loop, never before the call that started it returns. */
 typedef void (*tg_ratelimit_store_done)(void *arg, int status, bool allowed,
-                                 const struct tg_ratelimit_result *results, size_t n);
+                                        const struct tg_ratelimit_result *results, size_t n);
 
 enum tg_ratelimit_take {
     TG_RATELIMIT_DECIDED = 0, /* keys[i].result are set; the return of all-allowed in *allowed */
@@ -51,8 +51,8 @@ struct tg_ratelimit_store_ops {
     /* Decides keys together: all allowed and all spend, or none spends (a
      * peek spends nothing). A key named twice pays twice. */
     enum tg_ratelimit_take (*take)(void *impl, struct tg_ratelimit_key *keys, size_t n, bool peek,
-                            int64_t now_ns, bool *allowed, tg_ratelimit_store_done done, void *arg,
-                            void **pending);
+                                   int64_t now_ns, bool *allowed, tg_ratelimit_store_done done,
+                                   void *arg, void **pending);
     /* The request went away: done() is not called. */
     void (*cancel)(void *impl, void *pending);
     /* Gives back each key's cost (a reservation that did not count). Nobody
@@ -61,7 +61,7 @@ struct tg_ratelimit_store_ops {
     /* Forgets a key (the bucket is full again). Returns TG_RATELIMIT_DECIDED with
      * *had set, TG_RATELIMIT_PENDING (done() with n = 0 later), or TG_RATELIMIT_FAULT. */
     enum tg_ratelimit_take (*reset)(void *impl, const struct tg_ratelimit_key *key, bool *had,
-                             tg_ratelimit_store_done done, void *arg);
+                                    tg_ratelimit_store_done done, void *arg);
 };
 
 struct tg_ratelimit_store {

@@ -71,32 +71,32 @@
 /* sizeof(sockaddr_un.sun_path) on Linux, the NUL included. */
 #define UNIX_PATH_MAX 108
 #define PORT_MAX 65535
-#define LINK_NAME_MAX 32    /* longer names are cut in the logs */
-#define HOST_MAX 256        /* longer host names (or paths) are refused */
-#define ERROR_MAX 128       /* a reason for a fault, as logged */
+#define LINK_NAME_MAX 32 /* longer names are cut in the logs */
+#define HOST_MAX 256     /* longer host names (or paths) are refused */
+#define ERROR_MAX 128    /* a reason for a fault, as logged */
 
 enum link_state {
-    LINK_DOWN = 0,   /* no context; the retry timer will connect */
-    LINK_HANDSHAKE,  /* context exists, AUTH/SELECT/PING in flight */
+    LINK_DOWN = 0,  /* no context; the retry timer will connect */
+    LINK_HANDSHAKE, /* context exists, AUTH/SELECT/PING in flight */
     LINK_UP,
 };
 
 enum cmd_kind {
     CMD_USER = 0,
-    CMD_HANDSHAKE,  /* AUTH, SELECT: +OK expected */
-    CMD_HELLO,      /* the PING ending the handshake: +PONG brings us UP */
-    CMD_PROBE,      /* PING while the circuit is open */
+    CMD_HANDSHAKE, /* AUTH, SELECT: +OK expected */
+    CMD_HELLO,     /* the PING ending the handshake: +PONG brings us UP */
+    CMD_PROBE,     /* PING while the circuit is open */
 };
 
 struct tg_redis_cmd {
-    struct tg_list link;    /* in r->cmds */
-    struct tg_redis *r;     /* NULL once the link is freed: only free us */
+    struct tg_list link; /* in r->cmds */
+    struct tg_redis *r;  /* NULL once the link is freed: only free us */
     tg_redis_reply_cb cb;
     void *arg;
     ev_tstamp sent, deadline;
-    uint64_t gen;           /* the connection it was sent on */
-    unsigned char kind;     /* enum cmd_kind */
-    bool done;              /* no callback any more: delivered, timed out,
+    uint64_t gen;       /* the connection it was sent on */
+    unsigned char kind; /* enum cmd_kind */
+    bool done;          /* no callback any more: delivered, timed out,
                                cancelled or failed */
 };
 
@@ -108,37 +108,37 @@ struct tg_redis {
     char *address, *password;
     unsigned db;
     int64_t timeout_ms;
-    char host[HOST_MAX];    /* path for unix sockets */
+    char host[HOST_MAX]; /* path for unix sockets */
     char ip[INET6_ADDRSTRLEN];
     int port;
     bool is_unix, addr_ok, resolved;
 
     /* options, defaults applied */
     int64_t connect_timeout_ms, backoff_min_ms, backoff_max_ms;
-    int64_t dead_opt_ms;    /* as given: 0 derives it from timeout_ms */
+    int64_t dead_opt_ms; /* as given: 0 derives it from timeout_ms */
     unsigned breaker_faults;
     tg_redis_state_cb on_state;
     void *arg;
 
     redisAsyncContext *ac;
-    uint64_t gen;           /* bumped whenever ac is replaced or dropped */
+    uint64_t gen; /* bumped whenever ac is replaced or dropped */
     enum link_state link;
-    bool settled;           /* a connect attempt finished since config:
+    bool settled; /* a connect attempt finished since config:
                                CONNECTING becomes DOWN */
-    bool open;              /* circuit breaker */
+    bool open;    /* circuit breaker */
     bool probing;
-    unsigned faults;        /* consecutive */
-    unsigned attempt;       /* backoff exponent */
+    unsigned faults;  /* consecutive */
+    unsigned attempt; /* backoff exponent */
     enum tg_redis_state shown;
     char last_error[ERROR_MAX];
 
-    struct tg_list cmds;    /* of tg_redis_cmd.link, oldest first */
+    struct tg_list cmds; /* of tg_redis_cmd.link, oldest first */
     ev_timer deadline_timer;
     ev_tstamp deadline_at;
     ev_timer retry_timer;
 
-    int depth;              /* our callbacks running (user or internal) */
-    bool closing;           /* tg_redis_free called */
+    int depth;    /* our callbacks running (user or internal) */
+    bool closing; /* tg_redis_free called */
     bool want_free, want_drop, drop_fault;
     char drop_why[ERROR_MAX];
 
@@ -320,14 +320,13 @@ static void notify(struct tg_redis *r)
     switch (now) {
     case TG_REDIS_UP:
         if (old == TG_REDIS_CIRCUIT_OPEN)
-            tg_log_info("redis %s: circuit closed, %s answers again", r->name,
-                        where(r));
+            tg_log_info("redis %s: circuit closed, %s answers again", r->name, where(r));
         else
             tg_log_info("redis %s: connected to %s", r->name, where(r));
         break;
     case TG_REDIS_DOWN:
-        tg_log_warn("redis %s: %s unreachable (%s), reconnecting", r->name,
-                    where(r), r->last_error);
+        tg_log_warn("redis %s: %s unreachable (%s), reconnecting", r->name, where(r),
+                    r->last_error);
         break;
     case TG_REDIS_CIRCUIT_OPEN:
         tg_log_warn("redis %s: circuit open after %u consecutive faults "
@@ -384,8 +383,8 @@ static void success(struct tg_redis *r, bool user)
  * sdscatfmt, which cost more than the rest of a rate-limited request in
  * the Redis benchmark. Written into `stack` (cap bytes) when it fits, else
  * into a malloc'd buffer; returns the buffer, or NULL. */
-static char *format_resp(int argc, const char *const *argv, const size_t *argvlen,
-                         char *stack, size_t cap, size_t *out_len)
+static char *format_resp(int argc, const char *const *argv, const size_t *argvlen, char *stack,
+                         size_t cap, size_t *out_len)
 {
     size_t len = RESP_HEAD_MAX;
     for (int i = 0; i < argc; i++)
@@ -412,10 +411,9 @@ static char *format_resp(int argc, const char *const *argv, const size_t *argvle
     return buf;
 }
 
-static struct tg_redis_cmd *send_cmd(struct tg_redis *r, enum cmd_kind kind,
-                                     int argc, const char *const *argv,
-                                     const size_t *argvlen, int64_t timeout_ms,
-                                     tg_redis_reply_cb cb, void *arg)
+static struct tg_redis_cmd *send_cmd(struct tg_redis *r, enum cmd_kind kind, int argc,
+                                     const char *const *argv, const size_t *argvlen,
+                                     int64_t timeout_ms, tg_redis_reply_cb cb, void *arg)
 {
     if (r->ac == NULL || r->closing)
         return NULL;
@@ -434,8 +432,8 @@ static struct tg_redis_cmd *send_cmd(struct tg_redis *r, enum cmd_kind kind,
     char stack[RESP_STACK_SIZE];
     size_t len;
     char *resp = format_resp(argc, argv, argvlen, stack, sizeof(stack), &len);
-    bool sent = resp != NULL &&
-                redisAsyncFormattedCommand(r->ac, on_reply, c, resp, len) == REDIS_OK;
+    bool sent =
+        resp != NULL && redisAsyncFormattedCommand(r->ac, on_reply, c, resp, len) == REDIS_OK;
     if (resp != stack)
         free(resp);
     if (!sent) {
@@ -448,10 +446,8 @@ static struct tg_redis_cmd *send_cmd(struct tg_redis *r, enum cmd_kind kind,
     return c;
 }
 
-static struct tg_redis_cmd *send_internal(struct tg_redis *r,
-                                          enum cmd_kind kind, int argc,
-                                          const char *const *argv,
-                                          int64_t timeout_ms)
+static struct tg_redis_cmd *send_internal(struct tg_redis *r, enum cmd_kind kind, int argc,
+                                          const char *const *argv, int64_t timeout_ms)
 {
     size_t len[INTERNAL_ARGS_MAX];
     for (int i = 0; i < argc && i < INTERNAL_ARGS_MAX; i++)
@@ -563,18 +559,16 @@ static void settle(struct tg_redis *r)
 
 static bool is_status(const redisReply *rep, const char *s)
 {
-    return rep != NULL && rep->type == REDIS_REPLY_STATUS &&
-           rep->len == strlen(s) && strcasecmp(rep->str, s) == 0;
+    return rep != NULL && rep->type == REDIS_REPLY_STATUS && rep->len == strlen(s) &&
+           strcasecmp(rep->str, s) == 0;
 }
 
-static void describe(char *buf, size_t size, const char *what,
-                     const redisReply *rep)
+static void describe(char *buf, size_t size, const char *what, const redisReply *rep)
 {
     if (rep == NULL)
         snprintf(buf, size, "%s: no reply", what);
     else if (rep->type == REDIS_REPLY_ERROR || rep->type == REDIS_REPLY_STATUS)
-        snprintf(buf, size, "%s: %.*s", what, (int)(rep->len > 80 ? 80 : rep->len),
-                 rep->str);
+        snprintf(buf, size, "%s: %.*s", what, (int)(rep->len > 80 ? 80 : rep->len), rep->str);
     else
         snprintf(buf, size, "%s: unexpected reply type %d", what, rep->type);
 }
@@ -666,8 +660,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     r->link = LINK_DOWN;
     r->settled = true;
     char why[ERROR_MAX];
-    snprintf(why, sizeof(why), "connect: %.100s",
-             ac->c.err ? ac->c.errstr : "failed");
+    snprintf(why, sizeof(why), "connect: %.100s", ac->c.err ? ac->c.errstr : "failed");
     r->depth++;
     fault(r, why);
     r->depth--;
@@ -695,7 +688,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     const char *g = guard_reason;
     guard_reason = NULL;
     snprintf(why, sizeof(why), "%s",
-             g != NULL ? g : ac->c.err ? ac->c.errstr : "connection closed");
+             g != NULL   ? g
+             : ac->c.err ? ac->c.errstr
+                         : "connection closed");
     r->depth++;
     fault(r, why);
     r->depth--;
@@ -712,8 +707,7 @@ static int resolve(struct tg_redis *r)
         return 0;
     }
     unsigned char tmp[sizeof(struct in6_addr)];
-    if (inet_pton(AF_INET, r->host, tmp) == 1 ||
-        inet_pton(AF_INET6, r->host, tmp) == 1) {
+    if (inet_pton(AF_INET, r->host, tmp) == 1 || inet_pton(AF_INET6, r->host, tmp) == 1) {
         snprintf(r->ip, sizeof(r->ip), "%.*s", (int)sizeof(r->ip) - 1, r->host);
         r->resolved = true;
         return 0;
@@ -757,8 +751,8 @@ static void start_connect(struct tg_redis *r)
         schedule_reconnect(r);
         return;
     }
-    redisAsyncContext *ac = r->is_unix ? redisAsyncConnectUnix(r->host)
-                                       : redisAsyncConnect(r->ip, r->port);
+    redisAsyncContext *ac =
+        r->is_unix ? redisAsyncConnectUnix(r->host) : redisAsyncConnect(r->ip, r->port);
     if (ac == NULL || ac->err) {
         set_error(r, "connect: %s", ac != NULL ? ac->errstr : "out of memory");
         if (ac != NULL)
@@ -859,8 +853,7 @@ static void on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
             int64_t ms = dead_ms(r, r->dead_opt_ms);
             ev_tstamp dead = c->sent + (double)ms / 1e3;
             if (dead <= now + SLACK) {
-                snprintf(why, sizeof(why), "no reply for %lld ms",
-                         (long long)ms);
+                snprintf(why, sizeof(why), "no reply for %lld ms", (long long)ms);
                 drop_link(r, why, true);
                 break;
             }
@@ -901,8 +894,8 @@ static void on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- public -------------------------------------------------------------- */
 
-int tg_redis_parse_address(const char *address, char *host, size_t hostsize,
-                           int *port, bool *is_unix)
+int tg_redis_parse_address(const char *address, char *host, size_t hostsize, int *port,
+                           bool *is_unix)
 {
     if (address == NULL || *address == '\0')
         return -1;
@@ -958,8 +951,7 @@ static int set_target(struct tg_redis *r, const struct tg_config_redis *cfg)
 {
     char *address = cfg->address != NULL ? strdup(cfg->address) : NULL;
     char *password = cfg->password != NULL ? strdup(cfg->password) : NULL;
-    if ((cfg->address != NULL && address == NULL) ||
-        (cfg->password != NULL && password == NULL)) {
+    if ((cfg->address != NULL && address == NULL) || (cfg->password != NULL && password == NULL)) {
         free(address);
         free(password);
         return -1;
@@ -970,8 +962,8 @@ static int set_target(struct tg_redis *r, const struct tg_config_redis *cfg)
     r->password = password;
     r->db = cfg->db;
     r->resolved = false;
-    r->addr_ok = tg_redis_parse_address(address, r->host, sizeof(r->host),
-                                        &r->port, &r->is_unix) == 0;
+    r->addr_ok =
+        tg_redis_parse_address(address, r->host, sizeof(r->host), &r->port, &r->is_unix) == 0;
     if (!r->addr_ok)
         tg_log_error("redis %s: bad address \"%s\" (expected host:port, "
                      "[v6]:port or unix:/path)",
@@ -992,35 +984,37 @@ static struct timeval ms_timeval(int64_t ms)
 }
 
 /* A handshake command that must answer +OK. */
-static bool blocking_ok(redisContext *c, int argc, const char **argv, const char *what,
-                        char *err, size_t errlen)
+static bool blocking_ok(redisContext *c, int argc, const char **argv, const char *what, char *err,
+                        size_t errlen)
 {
     redisReply *rep = redisCommandArgv(c, argc, argv, NULL);
     bool ok = rep != NULL && is_status(rep, "OK");
     if (!ok)
         snprintf(err, errlen, "%s: %s", what,
-                 rep == NULL ? c->errstr
-                 : rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+                 rep == NULL                      ? c->errstr
+                 : rep->type == REDIS_REPLY_ERROR ? rep->str
+                                                  : "unexpected reply");
     if (rep != NULL)
         freeReplyObject(rep);
     return ok;
 }
 
 redisContext *tg_redis_connect_blocking(const struct tg_config_redis *cfg,
-                                        int64_t connect_timeout_ms, char *err,
-                                        size_t errlen)
+                                        int64_t connect_timeout_ms, char *err, size_t errlen)
 {
     char host[HOST_MAX];
     int port;
     bool is_unix;
     if (tg_redis_parse_address(cfg->address, host, sizeof(host), &port, &is_unix) < 0) {
-        snprintf(err, errlen, "bad address \"%s\" (expected host:port, [v6]:port or "
-                 "unix:/path)", cfg->address != NULL ? cfg->address : "");
+        snprintf(err, errlen,
+                 "bad address \"%s\" (expected host:port, [v6]:port or "
+                 "unix:/path)",
+                 cfg->address != NULL ? cfg->address : "");
         return NULL;
     }
     struct timeval ctv = ms_timeval(or_default(connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS));
-    redisContext *c = is_unix ? redisConnectUnixWithTimeout(host, ctv)
-                              : redisConnectWithTimeout(host, port, ctv);
+    redisContext *c =
+        is_unix ? redisConnectUnixWithTimeout(host, ctv) : redisConnectWithTimeout(host, port, ctv);
     if (c == NULL || c->err) {
         snprintf(err, errlen, "connect: %s", c != NULL ? c->errstr : "out of memory");
         if (c != NULL)
@@ -1053,8 +1047,7 @@ redisContext *tg_redis_connect_blocking(const struct tg_config_redis *cfg,
     return c;
 }
 
-struct tg_redis *tg_redis_new(struct ev_loop *loop,
-                              const struct tg_config_redis *cfg,
+struct tg_redis *tg_redis_new(struct ev_loop *loop, const struct tg_config_redis *cfg,
                               const struct tg_redis_options *opt)
 {
     struct tg_redis *r = calloc(1, sizeof(*r));
@@ -1069,10 +1062,8 @@ struct tg_redis *tg_redis_new(struct ev_loop *loop,
     memset(&o, 0, sizeof(o));
     if (opt != NULL)
         o = *opt;
-    r->connect_timeout_ms =
-        or_default(o.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
-    r->breaker_faults =
-        o.breaker_faults > 0 ? o.breaker_faults : DEFAULT_BREAKER_FAULTS;
+    r->connect_timeout_ms = or_default(o.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
+    r->breaker_faults = o.breaker_faults > 0 ? o.breaker_faults : DEFAULT_BREAKER_FAULTS;
     r->backoff_min_ms = or_default(o.backoff_min_ms, DEFAULT_BACKOFF_MIN_MS);
     r->backoff_max_ms = or_default(o.backoff_max_ms, DEFAULT_BACKOFF_MAX_MS);
     if (r->backoff_max_ms < r->backoff_min_ms)
@@ -1081,8 +1072,7 @@ struct tg_redis *tg_redis_new(struct ev_loop *loop,
     r->on_state = o.on_state;
     r->arg = o.arg;
     r->shown = TG_REDIS_CONNECTING;
-    r->rng = (uint64_t)(uintptr_t)r ^ (uint64_t)(ev_time() * 1e6) ^
-             UINT64_C(0x9e3779b97f4a7c15);
+    r->rng = (uint64_t)(uintptr_t)r ^ (uint64_t)(ev_time() * 1e6) ^ UINT64_C(0x9e3779b97f4a7c15);
     if (r->rng == 0)
         r->rng = 1;
     if (set_target(r, cfg) < 0) {
@@ -1111,12 +1101,13 @@ bool tg_redis_configure(struct tg_redis *r, const struct tg_config_redis *cfg)
     if (r->closing)
         return false;
     r->timeout_ms = or_default(cfg->timeout_ms, DEFAULT_TIMEOUT_MS);
-    if (same_str(cfg->address, r->address) &&
-        same_str(cfg->password, r->password) && cfg->db == r->db)
+    if (same_str(cfg->address, r->address) && same_str(cfg->password, r->password) &&
+        cfg->db == r->db)
         return false;
     if (set_target(r, cfg) < 0) {
         tg_log_error("redis %s: out of memory applying the new config, "
-                     "keeping the old one", r->name);
+                     "keeping the old one",
+                     r->name);
         return false;
     }
     r->open = false;
@@ -1162,8 +1153,7 @@ void tg_redis_flush(struct tg_redis *r)
     settle(r);
 }
 
-struct tg_redis_cmd *tg_redis_command(struct tg_redis *r, int argc,
-                                      const char *const *argv,
+struct tg_redis_cmd *tg_redis_command(struct tg_redis *r, int argc, const char *const *argv,
                                       const size_t *argvlen, int64_t timeout_ms,
                                       tg_redis_reply_cb cb, void *arg)
 {
@@ -1171,9 +1161,8 @@ struct tg_redis_cmd *tg_redis_command(struct tg_redis *r, int argc,
         r->st.refused++;
         return NULL;
     }
-    struct tg_redis_cmd *c =
-        send_cmd(r, CMD_USER, argc, argv, argvlen,
-                 timeout_ms > 0 ? timeout_ms : r->timeout_ms, cb, arg);
+    struct tg_redis_cmd *c = send_cmd(r, CMD_USER, argc, argv, argvlen,
+                                      timeout_ms > 0 ? timeout_ms : r->timeout_ms, cb, arg);
     if (c == NULL)
         r->st.refused++;
     return c;

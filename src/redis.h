@@ -21,7 +21,7 @@
 
 #include <ev.h>
 
-struct redisReply; /* <hiredis/hiredis.h>, for users that read replies */
+struct redisReply;   /* <hiredis/hiredis.h>, for users that read replies */
 struct redisContext; /* ... and a blocking connection's context */
 struct tg_config_redis;
 struct tg_redis;
@@ -52,8 +52,7 @@ typedef int (*tg_redis_reply_cb)(void *arg, const struct redisReply *reply);
 /* The visible state changed (old != state). Runs on the loop, never from
  * inside tg_redis_command. May send commands (when UP: they go before any
  * other user's commands, e.g. SCRIPT LOAD). */
-typedef void (*tg_redis_state_cb)(void *arg, enum tg_redis_state old,
-                                  enum tg_redis_state state);
+typedef void (*tg_redis_state_cb)(void *arg, enum tg_redis_state old, enum tg_redis_state state);
 
 /* Zero fields take the default in brackets. */
 struct tg_redis_options {
@@ -77,8 +76,7 @@ struct tg_redis_options {
  * retried at each reconnect attempt. Returns NULL on allocation failure.
  * A malformed address is logged and leaves the link DOWN until
  * reconfigured. Loop thread. */
-struct tg_redis *tg_redis_new(struct ev_loop *loop,
-                              const struct tg_config_redis *cfg,
+struct tg_redis *tg_redis_new(struct ev_loop *loop, const struct tg_config_redis *cfg,
                               const struct tg_redis_options *opt);
 
 /* Applies a new config, copied. The timeout applies to commands sent from
@@ -104,8 +102,7 @@ void tg_redis_free(struct tg_redis *r);
  * being freed, or memory ran out. The callback never runs before this
  * returns. Subscribe-mode commands (SUBSCRIBE, MONITOR) are not supported:
  * they reply more than once. Loop thread. */
-struct tg_redis_cmd *tg_redis_command(struct tg_redis *r, int argc,
-                                      const char *const *argv,
+struct tg_redis_cmd *tg_redis_command(struct tg_redis *r, int argc, const char *const *argv,
                                       const size_t *argvlen, int64_t timeout_ms,
                                       tg_redis_reply_cb cb, void *arg);
 
@@ -129,22 +126,22 @@ enum tg_redis_state tg_redis_state(const struct tg_redis *r);
 int64_t tg_redis_timeout_ms(const struct tg_redis *r);
 
 struct tg_redis_stats {
-    uint64_t sent;         /* commands handed to hiredis, internal included */
-    uint64_t replies;      /* replies received, late ones included */
-    uint64_t faults;       /* timeouts, lost replies, failed connects, replies
+    uint64_t sent;        /* commands handed to hiredis, internal included */
+    uint64_t replies;     /* replies received, late ones included */
+    uint64_t faults;      /* timeouts, lost replies, failed connects, replies
                               the callback called a fault */
-    uint64_t timeouts;     /* commands whose deadline passed */
-    uint64_t disconnects;  /* connections lost or dropped after being up */
-    uint64_t refused;      /* tg_redis_command calls refused (not UP) */
-    uint64_t connects;     /* connections that completed the handshake */
+    uint64_t timeouts;    /* commands whose deadline passed */
+    uint64_t disconnects; /* connections lost or dropped after being up */
+    uint64_t refused;     /* tg_redis_command calls refused (not UP) */
+    uint64_t connects;    /* connections that completed the handshake */
 };
 void tg_redis_stats(const struct tg_redis *r, struct tg_redis_stats *out);
 
 /* Parses "host:port", "[v6]:port" or "unix:/path" (what config accepts).
  * Writes the host (without brackets) or path into `host` and returns 0,
  * or -1 if malformed or too long; *port is 0 for unix paths. */
-int tg_redis_parse_address(const char *address, char *host, size_t hostsize,
-                           int *port, bool *is_unix);
+int tg_redis_parse_address(const char *address, char *host, size_t hostsize, int *port,
+                           bool *is_unix);
 
 /* A blocking connection, for a thread of its own that may wait (never a
  * loop's, never a worker's): connects to cfg's address (TCP or unix

@@ -33,9 +33,9 @@
 #define BACKOFF_FACTOR 2
 #define BACKOFF_JITTER 0.25
 #define BACKOFF_ATTEMPTS_MAX 64
-#define LINK_NAME_MAX 32    /* longer names are cut in the logs */
-#define HOST_MAX 256        /* longer host names (or paths) are refused */
-#define ERROR_MAX 128       /* a reason for losing the link, as logged */
+#define LINK_NAME_MAX 32 /* longer names are cut in the logs */
+#define HOST_MAX 256     /* longer host names (or paths) are refused */
+#define ERROR_MAX 128    /* a reason for losing the link, as logged */
 
 /* A pushed reply: ["subscribe", channel, count] or
  * ["message", channel, payload]. */
@@ -47,7 +47,7 @@ struct tg_redis_sub {
 
     char *address, *password, *channel;
     size_t channel_len;
-    char host[HOST_MAX];     /* path for unix sockets */
+    char host[HOST_MAX]; /* path for unix sockets */
     char ip[INET6_ADDRSTRLEN];
     int port;
     bool is_unix, addr_ok, resolved;
@@ -59,11 +59,11 @@ struct tg_redis_sub {
 
     redisAsyncContext *ac;
     bool subscribed;
-    bool outage_logged;      /* one warning per outage, not per attempt */
-    unsigned attempt;        /* backoff exponent */
+    bool outage_logged; /* one warning per outage, not per attempt */
+    unsigned attempt;   /* backoff exponent */
     uint64_t rng;
-    ev_timer retry_timer;    /* next connect attempt */
-    ev_timer connect_timer;  /* deadline for getting subscribed */
+    ev_timer retry_timer;   /* next connect attempt */
+    ev_timer connect_timer; /* deadline for getting subscribed */
     struct tg_redis_sub_stats st;
 };
 
@@ -134,8 +134,7 @@ static bool lose(struct tg_redis_sub *s, const char *why, bool free_it)
                         "resubscribing",
                         s->name, where(s), why);
         else
-            tg_log_warn("redis %s: cannot subscribe on %s (%s), retrying",
-                        s->name, where(s), why);
+            tg_log_warn("redis %s: cannot subscribe on %s (%s), retrying", s->name, where(s), why);
     }
     arm_retry(s, next_backoff(s));
     return was;
@@ -155,8 +154,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (s == NULL || status == REDIS_OK)
         return; /* connected: the subscribe confirmation brings us up */
     char why[ERROR_MAX];
-    snprintf(why, sizeof(why), "connect: %.100s",
-             ac->c.err ? ac->c.errstr : "failed");
+    snprintf(why, sizeof(why), "connect: %.100s", ac->c.err ? ac->c.errstr : "failed");
     /* hiredis frees the context after we return. */
     lose(s, why, false); /* never subscribed: no owner callback */
 }
@@ -168,8 +166,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     if (s == NULL)
         return;
     char why[ERROR_MAX];
-    snprintf(why, sizeof(why), "%.100s",
-             ac->c.err ? ac->c.errstr : "connection closed");
+    snprintf(why, sizeof(why), "%.100s", ac->c.err ? ac->c.errstr : "connection closed");
     if (lose(s, why, false) && s->on_state != NULL)
         s->on_state(s->arg, false);
 }
@@ -179,8 +176,7 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply_, void *privdata)
     (void)privdata;
     struct tg_redis_sub *s = ac->data;
     const redisReply *r = reply_;
-    if (s == NULL || r == NULL || r->type != REDIS_REPLY_ARRAY ||
-        r->elements < PUSH_ELEMENTS ||
+    if (s == NULL || r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < PUSH_ELEMENTS ||
         r->element[PUSH_KIND]->type != REDIS_REPLY_STRING)
         return;
     const char *kind = r->element[PUSH_KIND]->str;
@@ -190,8 +186,7 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply_, void *privdata)
         s->attempt = 0;
         s->st.subscribes++;
         if (s->outage_logged)
-            tg_log_info("redis %s: subscribed again on %s", s->name,
-                        where(s));
+            tg_log_info("redis %s: subscribed again on %s", s->name, where(s));
         s->outage_logged = false;
         if (s->on_state != NULL)
             s->on_state(s->arg, true);
@@ -205,8 +200,8 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply_, void *privdata)
 
 static void send_subscribe(struct tg_redis_sub *s)
 {
-    if (redisAsyncCommand(s->ac, on_sub_reply, NULL, "SUBSCRIBE %b",
-                          s->channel, s->channel_len) != REDIS_OK)
+    if (redisAsyncCommand(s->ac, on_sub_reply, NULL, "SUBSCRIBE %b", s->channel, s->channel_len) !=
+        REDIS_OK)
         drop(s, "SUBSCRIBE not sent");
 }
 
@@ -238,10 +233,8 @@ static int resolve(struct tg_redis_sub *s)
         return 0;
     }
     unsigned char tmp[sizeof(struct in6_addr)];
-    if (inet_pton(AF_INET, s->host, tmp) == 1 ||
-        inet_pton(AF_INET6, s->host, tmp) == 1) {
-        snprintf(s->ip, sizeof(s->ip), "%.*s", (int)sizeof(s->ip) - 1,
-                 s->host);
+    if (inet_pton(AF_INET, s->host, tmp) == 1 || inet_pton(AF_INET6, s->host, tmp) == 1) {
+        snprintf(s->ip, sizeof(s->ip), "%.*s", (int)sizeof(s->ip) - 1, s->host);
         s->resolved = true;
         return 0;
     }
@@ -257,10 +250,9 @@ static int resolve(struct tg_redis_sub *s)
     }
     if (rc != 0 || res == NULL)
         return -1;
-    const void *a =
-        res->ai_family == AF_INET6
-            ? (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr
-            : (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr;
+    const void *a = res->ai_family == AF_INET6
+                        ? (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr
+                        : (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr;
     const char *ok = inet_ntop(res->ai_family, a, s->ip, sizeof(s->ip));
     freeaddrinfo(res);
     if (ok == NULL)
@@ -277,12 +269,11 @@ static void start_connect(struct tg_redis_sub *s)
         lose(s, s->addr_ok ? "cannot resolve" : "bad address", false);
         return;
     }
-    redisAsyncContext *ac = s->is_unix ? redisAsyncConnectUnix(s->host)
-                                       : redisAsyncConnect(s->ip, s->port);
+    redisAsyncContext *ac =
+        s->is_unix ? redisAsyncConnectUnix(s->host) : redisAsyncConnect(s->ip, s->port);
     if (ac == NULL || ac->err) {
         char why[ERROR_MAX];
-        snprintf(why, sizeof(why), "connect: %.100s",
-                 ac != NULL ? ac->errstr : "out of memory");
+        snprintf(why, sizeof(why), "connect: %.100s", ac != NULL ? ac->errstr : "out of memory");
         if (ac != NULL)
             redisAsyncFree(ac);
         lose(s, why, false);
@@ -304,8 +295,7 @@ static void start_connect(struct tg_redis_sub *s)
     ev_timer_start(s->loop, &s->connect_timer);
     /* Queued now, written once the socket connects. */
     if (s->password != NULL) {
-        if (redisAsyncCommand(ac, on_auth_reply, NULL, "AUTH %s",
-                              s->password) != REDIS_OK)
+        if (redisAsyncCommand(ac, on_auth_reply, NULL, "AUTH %s", s->password) != REDIS_OK)
             drop(s, "AUTH not sent");
     } else {
         send_subscribe(s);
@@ -336,8 +326,8 @@ static int set_target(struct tg_redis_sub *s, const struct tg_config_redis *cfg,
     char *address = cfg->address != NULL ? strdup(cfg->address) : NULL;
     char *password = cfg->password != NULL ? strdup(cfg->password) : NULL;
     char *ch = strdup(channel != NULL ? channel : "");
-    if ((cfg->address != NULL && address == NULL) ||
-        (cfg->password != NULL && password == NULL) || ch == NULL) {
+    if ((cfg->address != NULL && address == NULL) || (cfg->password != NULL && password == NULL) ||
+        ch == NULL) {
         free(address);
         free(password);
         free(ch);
@@ -351,8 +341,8 @@ static int set_target(struct tg_redis_sub *s, const struct tg_config_redis *cfg,
     s->channel = ch;
     s->channel_len = strlen(ch);
     s->resolved = false;
-    s->addr_ok = tg_redis_parse_address(address, s->host, sizeof(s->host),
-                                        &s->port, &s->is_unix) == 0;
+    s->addr_ok =
+        tg_redis_parse_address(address, s->host, sizeof(s->host), &s->port, &s->is_unix) == 0;
     if (!s->addr_ok)
         tg_log_error("redis %s: bad address \"%s\"", s->name, where(s));
     else
@@ -365,10 +355,8 @@ static int64_t or_default(int64_t v, int64_t dflt)
     return v > 0 ? v : dflt;
 }
 
-struct tg_redis_sub *tg_redis_sub_new(struct ev_loop *loop,
-                                      const struct tg_config_redis *cfg,
-                                      const char *channel,
-                                      const struct tg_redis_sub_options *opt)
+struct tg_redis_sub *tg_redis_sub_new(struct ev_loop *loop, const struct tg_config_redis *cfg,
+                                      const char *channel, const struct tg_redis_sub_options *opt)
 {
     if (opt == NULL || opt->on_message == NULL)
         return NULL;
@@ -376,10 +364,8 @@ struct tg_redis_sub *tg_redis_sub_new(struct ev_loop *loop,
     if (s == NULL)
         return NULL;
     s->loop = loop;
-    snprintf(s->name, sizeof(s->name), "%s",
-             opt->name != NULL ? opt->name : "sub");
-    s->connect_timeout_ms =
-        or_default(opt->connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
+    snprintf(s->name, sizeof(s->name), "%s", opt->name != NULL ? opt->name : "sub");
+    s->connect_timeout_ms = or_default(opt->connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
     s->backoff_min_ms = or_default(opt->backoff_min_ms, DEFAULT_BACKOFF_MIN_MS);
     s->backoff_max_ms = or_default(opt->backoff_max_ms, DEFAULT_BACKOFF_MAX_MS);
     if (s->backoff_max_ms < s->backoff_min_ms)
@@ -387,8 +373,7 @@ struct tg_redis_sub *tg_redis_sub_new(struct ev_loop *loop,
     s->on_message = opt->on_message;
     s->on_state = opt->on_state;
     s->arg = opt->arg;
-    s->rng = (uint64_t)(uintptr_t)s ^ (uint64_t)(ev_time() * 1e6) ^
-             UINT64_C(0x9e3779b97f4a7c15);
+    s->rng = (uint64_t)(uintptr_t)s ^ (uint64_t)(ev_time() * 1e6) ^ UINT64_C(0x9e3779b97f4a7c15);
     if (s->rng == 0)
         s->rng = 1;
     if (set_target(s, cfg, channel) < 0) {
@@ -410,17 +395,16 @@ static bool same_str(const char *a, const char *b)
     return strcmp(a, b) == 0;
 }
 
-bool tg_redis_sub_configure(struct tg_redis_sub *s,
-                            const struct tg_config_redis *cfg,
+bool tg_redis_sub_configure(struct tg_redis_sub *s, const struct tg_config_redis *cfg,
                             const char *channel)
 {
-    if (same_str(cfg->address, s->address) &&
-        same_str(cfg->password, s->password) &&
+    if (same_str(cfg->address, s->address) && same_str(cfg->password, s->password) &&
         same_str(channel != NULL ? channel : "", s->channel))
         return false;
     if (set_target(s, cfg, channel) < 0) {
         tg_log_error("redis %s: out of memory applying the new config, "
-                     "keeping the old one", s->name);
+                     "keeping the old one",
+                     s->name);
         return false;
     }
     redisAsyncContext *ac = s->ac;
@@ -463,8 +447,7 @@ bool tg_redis_sub_subscribed(const struct tg_redis_sub *s)
     return s->subscribed;
 }
 
-void tg_redis_sub_stats(const struct tg_redis_sub *s,
-                        struct tg_redis_sub_stats *out)
+void tg_redis_sub_stats(const struct tg_redis_sub *s, struct tg_redis_sub_stats *out)
 {
     *out = s->st;
 }

@@ -33,10 +33,10 @@ typedef void (*tg_redis_sub_state_cb)(void *arg, bool subscribed);
 
 /* Zero fields take the default in brackets. */
 struct tg_redis_sub_options {
-    const char *name;           /* in log lines ["sub"], borrowed for new() */
-    int64_t connect_timeout_ms; /* TCP connect + AUTH + SUBSCRIBE [1000] */
-    int64_t backoff_min_ms;     /* first reconnect delay [100] */
-    int64_t backoff_max_ms;     /* doubling up to this [5000] */
+    const char *name;                   /* in log lines ["sub"], borrowed for new() */
+    int64_t connect_timeout_ms;         /* TCP connect + AUTH + SUBSCRIBE [1000] */
+    int64_t backoff_min_ms;             /* first reconnect delay [100] */
+    int64_t backoff_max_ms;             /* doubling up to this [5000] */
     tg_redis_sub_message_cb on_message; /* required */
     tg_redis_sub_state_cb on_state;     /* may be NULL */
     void *arg;
@@ -47,17 +47,14 @@ struct tg_redis_sub_options {
  * matter to pub/sub), `channel` and `opt`. A host name is resolved here
  * (blocking, once), as redis.h does. Returns NULL on allocation failure.
  * Loop thread. */
-struct tg_redis_sub *tg_redis_sub_new(struct ev_loop *loop,
-                                      const struct tg_config_redis *cfg,
-                                      const char *channel,
-                                      const struct tg_redis_sub_options *opt);
+struct tg_redis_sub *tg_redis_sub_new(struct ev_loop *loop, const struct tg_config_redis *cfg,
+                                      const char *channel, const struct tg_redis_sub_options *opt);
 
 /* Applies a new address, password or channel: if any changed, the
  * connection is dropped (the state callback says false if it was
  * subscribed) and a new one started at once. Returns true if it
  * reconnected. Loop thread, not from inside this connection's callbacks. */
-bool tg_redis_sub_configure(struct tg_redis_sub *s,
-                            const struct tg_config_redis *cfg,
+bool tg_redis_sub_configure(struct tg_redis_sub *s, const struct tg_config_redis *cfg,
                             const char *channel);
 
 /* Closes the connection and frees everything; no callback runs after it
@@ -67,12 +64,11 @@ void tg_redis_sub_free(struct tg_redis_sub *s);
 bool tg_redis_sub_subscribed(const struct tg_redis_sub *s);
 
 struct tg_redis_sub_stats {
-    uint64_t messages;      /* delivered to on_message */
-    uint64_t subscribes;    /* subscriptions confirmed */
-    uint64_t losses;        /* subscriptions lost */
-    uint64_t failures;      /* connect/AUTH/subscribe attempts that failed */
+    uint64_t messages;   /* delivered to on_message */
+    uint64_t subscribes; /* subscriptions confirmed */
+    uint64_t losses;     /* subscriptions lost */
+    uint64_t failures;   /* connect/AUTH/subscribe attempts that failed */
 };
-void tg_redis_sub_stats(const struct tg_redis_sub *s,
-                        struct tg_redis_sub_stats *out);
+void tg_redis_sub_stats(const struct tg_redis_sub *s, struct tg_redis_sub_stats *out);
 
 #endif

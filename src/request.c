@@ -77,7 +77,8 @@ static void request_free(struct tg_request *req)
 void tg_request_trim_free_list(struct tg_context *ctx, size_t reserve)
 {
     size_t busy = ctx->requests_high_water > ctx->requests_in_use
-                      ? ctx->requests_high_water - ctx->requests_in_use : 0;
+                      ? ctx->requests_high_water - ctx->requests_in_use
+                      : 0;
     size_t keep = busy > reserve ? busy : reserve;
     while (ctx->nfree_requests > keep) {
         struct tg_request *req = ctx->free_requests;
@@ -310,8 +311,7 @@ int tg_request_send_head(struct tg_request *req, int status, const struct tg_htt
     return rc;
 }
 
-ssize_t tg_request_send_body(struct tg_request *req, const struct iovec *iov, int iovcnt,
-                             bool end)
+ssize_t tg_request_send_body(struct tg_request *req, const struct iovec *iov, int iovcnt, bool end)
 {
     ssize_t n = req->stream_ops->send_body(req->stream, iov, iovcnt, end);
     if (n > 0) {
@@ -415,8 +415,8 @@ void tg_request_respond(struct tg_request *req, int status, const char *type, co
     if (len > 0)
         memcpy(copy, body, len);
     bool no_body = req->method_id == TG_HTTP_HEAD;
-    if (tg_request_send_head(req, status, &fields, (int64_t)len,
-                             no_body ? TG_STREAM_NO_BODY : 0) < 0) {
+    if (tg_request_send_head(req, status, &fields, (int64_t)len, no_body ? TG_STREAM_NO_BODY : 0) <
+        0) {
         tg_request_end(req, TG_STREAM_RESET);
         goto out;
     }

@@ -55,10 +55,11 @@ enum tg_stream_end {
 };
 
 /* send_head flags. */
-#define TG_STREAM_NO_BODY 1u /* HEAD, 204, 304: no body follows (a length is
+#define TG_STREAM_NO_BODY \
+    1u                      /* HEAD, 204, 304: no body follows (a length is
                                 the representation's) */
-#define TG_STREAM_TUNNEL 2u  /* a 101: raw bytes both ways follow */
-#define TG_STREAM_CLOSE 4u   /* close the connection after this answer */
+#define TG_STREAM_TUNNEL 2u /* a 101: raw bytes both ways follow */
+#define TG_STREAM_CLOSE 4u  /* close the connection after this answer */
 
 struct tg_stream_ops {
     /* The response head: a final status (or a 101 with TG_STREAM_TUNNEL),
@@ -102,26 +103,26 @@ struct tg_request_hooks {
     void (*on_writable)(struct tg_request *req); /* the stream takes bytes again */
     /* A deadline passed: handle it, return the next one (0: none). */
     ev_tstamp (*on_timeout)(struct tg_request *req, ev_tstamp now);
-    void (*on_abort)(struct tg_request *req);    /* the client is gone */
-    void (*on_drain)(struct tg_request *req);    /* the gateway is draining */
+    void (*on_abort)(struct tg_request *req); /* the client is gone */
+    void (*on_drain)(struct tg_request *req); /* the gateway is draining */
 };
 
 /* ---- the request ------------------------------------------------------- */
 
 /* Where a request stands. */
 enum tg_request_phase {
-    TG_REQ_DECIDING = 0,  /* the pipeline runs (it may wait) */
-    TG_REQ_FORWARDING,    /* forward.c: upstream exchange */
-    TG_REQ_LOCAL,         /* writing a locally made answer */
+    TG_REQ_DECIDING = 0, /* the pipeline runs (it may wait) */
+    TG_REQ_FORWARDING,   /* forward.c: upstream exchange */
+    TG_REQ_LOCAL,        /* writing a locally made answer */
     TG_REQ_DONE,
 };
 
 struct tg_request {
-    struct tg_context *ctx;         /* the worker's; outlives the request */
-    struct tg_wcfg *wcfg;           /* reference held for the request */
-    struct tg_arena arena;          /* everything the request copies */
+    struct tg_context *ctx; /* the worker's; outlives the request */
+    struct tg_wcfg *wcfg;   /* reference held for the request */
+    struct tg_arena arena;  /* everything the request copies */
     unsigned refs;
-    uint8_t phase;                  /* enum tg_request_phase */
+    uint8_t phase; /* enum tg_request_phase */
 
     const struct tg_stream_ops *stream_ops;
     struct tg_stream *stream;
@@ -132,33 +133,33 @@ struct tg_request {
      * headers_valid (until the head is forwarded). */
     enum tg_http_method method_id;
     const char *method;
-    const char *host;               /* Host / :authority, as sent ("" if none) */
+    const char *host; /* Host / :authority, as sent ("" if none) */
     size_t host_len;
-    const char *path;               /* normalised, with "?query" */
+    const char *path; /* normalised, with "?query" */
     size_t path_len;
-    size_t route_path_len;          /* path without the query */
-    const char *query;              /* within path, after '?', or NULL */
+    size_t route_path_len; /* path without the query */
+    const char *query;     /* within path, after '?', or NULL */
     size_t query_len;
-    const char *proto;              /* "HTTP/1.1", "HTTP/1.0", "HTTP/2.0" (logs) */
+    const char *proto; /* "HTTP/1.1", "HTTP/1.0", "HTTP/2.0" (logs) */
     struct tg_http_headers headers;
     bool headers_valid;
-    int64_t body_length;            /* -1 unknown length; 0 none */
-    uint64_t body_received;         /* body bytes the stream has taken in */
-    bool upgrade_websocket;         /* the client asks for a WebSocket tunnel */
-    bool close_after;               /* the client will not reuse the connection */
+    int64_t body_length;    /* -1 unknown length; 0 none */
+    uint64_t body_received; /* body bytes the stream has taken in */
+    bool upgrade_websocket; /* the client asks for a WebSocket tunnel */
+    bool close_after;       /* the client will not reuse the connection */
 
     /* Who asked: the transport's facts, then who the client is. */
     const struct tg_config_listen *listener;
-    struct tg_addr peer;            /* socket peer (or PROXY protocol source) */
-    SSL *ssl;                       /* the TLS session, or NULL */
-    bool https;                     /* the scheme is https (the client came over TLS) */
-    struct tg_addr client;          /* identified client address */
-    bool peer_trusted;              /* the socket peer is a trusted proxy */
-    bool has_forwarded;             /* the head has X-Forwarded-For or Forwarded */
-    struct tg_client_chain *chain;  /* from a trusted peer's headers, or NULL */
-    char country[3];                /* GeoIP country ("XX" unknown), "" if unused */
+    struct tg_addr peer;           /* socket peer (or PROXY protocol source) */
+    SSL *ssl;                      /* the TLS session, or NULL */
+    bool https;                    /* the scheme is https (the client came over TLS) */
+    struct tg_addr client;         /* identified client address */
+    bool peer_trusted;             /* the socket peer is a trusted proxy */
+    bool has_forwarded;            /* the head has X-Forwarded-For or Forwarded */
+    struct tg_client_chain *chain; /* from a trusted peer's headers, or NULL */
+    char country[3];               /* GeoIP country ("XX" unknown), "" if unused */
     uint32_t asn;
-    const char *client_subject;     /* verified client certificate subject */
+    const char *client_subject; /* verified client certificate subject */
     char request_id[65];
     size_t request_id_len;
 
@@ -166,38 +167,38 @@ struct tg_request {
     const struct tg_config_site *site;
     const struct tg_config_route *route;
     const struct tg_config_upstream *upstream;
-    const char *tenant;             /* tenant id, when the site captures one */
-    struct tg_tenant *tenant_obj;   /* the tenant found (referenced) */
+    const char *tenant;                 /* tenant id, when the site captures one */
+    struct tg_tenant *tenant_obj;       /* the tenant found (referenced) */
     struct tg_tenant_wait *tenant_wait; /* a look-up in flight */
-    uint64_t balance_hash;          /* balance: hash, the request's key */
-    bool in_flight_counted;         /* holds a route max_in_flight slot */
-    struct tg_limiter_state *lim;   /* arena; NULL when no policy applies */
-    uint8_t step;                   /* the pipeline's next phase */
-    uint8_t limits_step;            /* ... and where its limits phase stands */
-    uint8_t wait;                   /* ... what it waits for, if it does */
-    ev_tstamp wait_until;           /* ... and until when */
-    struct tg_explain *explain;     /* a dry run (`tollgate explain`), or NULL */
-    ev_timer delay_timer;           /* rate-limit delay */
+    uint64_t balance_hash;              /* balance: hash, the request's key */
+    bool in_flight_counted;             /* holds a route max_in_flight slot */
+    struct tg_limiter_state *lim;       /* arena; NULL when no policy applies */
+    uint8_t step;                       /* the pipeline's next phase */
+    uint8_t limits_step;                /* ... and where its limits phase stands */
+    uint8_t wait;                       /* ... what it waits for, if it does */
+    ev_tstamp wait_until;               /* ... and until when */
+    struct tg_explain *explain;         /* a dry run (`tollgate explain`), or NULL */
+    ev_timer delay_timer;               /* rate-limit delay */
 
     /* The answer. */
     int status;
-    bool head_sent;                 /* a final head went to the stream */
-    bool answer_done;               /* ... and the end of its body */
-    const char *extra_headers;      /* local answers: extra "Name: value\r\n" lines */
-    const char *local_body;         /* local answer bytes not yet taken */
+    bool head_sent;            /* a final head went to the stream */
+    bool answer_done;          /* ... and the end of its body */
+    const char *extra_headers; /* local answers: extra "Name: value\r\n" lines */
+    const char *local_body;    /* local answer bytes not yet taken */
     size_t local_left;
-    bool close_client;              /* end the connection after the answer */
-    struct tg_exchange *x;          /* forward.c, while forwarding (arena) */
-    const char *up_name;            /* server address, for logs */
-    uint64_t bytes_in;              /* from the client (head and body) */
-    uint64_t bytes_out;             /* to the client */
+    bool close_client;     /* end the connection after the answer */
+    struct tg_exchange *x; /* forward.c, while forwarding (arena) */
+    const char *up_name;   /* server address, for logs */
+    uint64_t bytes_in;     /* from the client (head and body) */
+    uint64_t bytes_out;    /* to the client */
 
     /* Timing (the context's clock). */
     ev_tstamp start;
     ev_tstamp up_start;
     ev_tstamp up_header_at;
-    ev_tstamp client_read_at;       /* last request body bytes */
-    ev_tstamp client_write_at;      /* last bytes the stream took */
+    ev_tstamp client_read_at;  /* last request body bytes */
+    ev_tstamp client_write_at; /* last bytes the stream took */
 
     struct tg_request *next_free;
 };
@@ -267,8 +268,7 @@ int tg_request_send_head(struct tg_request *req, int status, const struct tg_htt
                          int64_t length, unsigned flags);
 
 /* Sends body bytes through the stream; counts them. */
-ssize_t tg_request_send_body(struct tg_request *req, const struct iovec *iov, int iovcnt,
-                             bool end);
+ssize_t tg_request_send_body(struct tg_request *req, const struct iovec *iov, int iovcnt, bool end);
 
 /* Copies a string into the request arena (NUL-terminated); NULL when
  * memory ran out. */

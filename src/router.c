@@ -18,9 +18,8 @@
 
 static bool is_unreserved(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
-           c == '~';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
 }
 
 /* One pass, segment by segment: each segment is decoded straight into out,
@@ -28,8 +27,7 @@ static bool is_unreserved(unsigned char c)
  * back out again. Decoding happens exactly once, so "%252e" stays "%252E"
  * and never becomes a dot. The write cursor never passes the read cursor,
  * which is what bounds the output by the input and allows out == in. */
-ssize_t tg_router_normalize_path(const char *in, size_t n, char *out,
-                                 size_t cap)
+ssize_t tg_router_normalize_path(const char *in, size_t n, char *out, size_t cap)
 {
     static const char hex[] = "0123456789ABCDEF";
     size_t i = 1, o = 1;
@@ -166,9 +164,8 @@ size_t tg_router_fold_path(const char *in, size_t n, char *out, size_t cap)
     return o;
 }
 
-static struct tg_route_pattern *pattern_fail(char *err, size_t errlen,
-                                             size_t *err_offset, size_t at,
-                                             const char *fmt, ...)
+static struct tg_route_pattern *pattern_fail(char *err, size_t errlen, size_t *err_offset,
+                                             size_t at, const char *fmt, ...)
 {
     if (err != NULL && errlen > 0) {
         va_list ap;
@@ -183,8 +180,8 @@ static struct tg_route_pattern *pattern_fail(char *err, size_t errlen,
 
 /* What tg_router_normalize_path would refuse in t[from..n), and where; or
  * a raw '?'. The normaliser only says yes or no; this points at the byte. */
-static const char *path_problem(const char *t, size_t from, size_t n,
-                                size_t *at, char *buf, size_t buflen)
+static const char *path_problem(const char *t, size_t from, size_t n, size_t *at, char *buf,
+                                size_t buflen)
 {
     for (size_t i = from; i < n; i++) {
         unsigned char c = (unsigned char)t[i];
@@ -232,8 +229,7 @@ static size_t raw_segment_at(const char *t, size_t from, size_t n, size_t k)
     }
 }
 
-static void push_tok(struct tg_route_pattern *p, uint8_t kind, size_t off,
-                     size_t len)
+static void push_tok(struct tg_route_pattern *p, uint8_t kind, size_t off, size_t len)
 {
     if (kind == TOK_ANY && p->ntok > 0 && p->tok[p->ntok - 1].kind == TOK_ANY)
         return; /* "**" twice in a row is "**" once */
@@ -243,10 +239,8 @@ static void push_tok(struct tg_route_pattern *p, uint8_t kind, size_t off,
     p->ntok++;
 }
 
-struct tg_route_pattern *tg_router_pattern_compile(const char *text,
-                                                   bool ignore_case, char *err,
-                                                   size_t errlen,
-                                                   size_t *err_offset)
+struct tg_route_pattern *tg_router_pattern_compile(const char *text, bool ignore_case, char *err,
+                                                   size_t errlen, size_t *err_offset)
 {
     size_t len = strlen(text), i = 0, at = 0;
     bool exact = false;
@@ -256,8 +250,7 @@ struct tg_route_pattern *tg_router_pattern_compile(const char *text,
         err[0] = '\0';
     if (len > TG_ROUTE_PATTERN_MAX_LEN)
         return pattern_fail(err, errlen, err_offset, TG_ROUTE_PATTERN_MAX_LEN,
-                            "route path longer than %d bytes",
-                            TG_ROUTE_PATTERN_MAX_LEN);
+                            "route path longer than %d bytes", TG_ROUTE_PATTERN_MAX_LEN);
     if (text[0] == '=') {
         exact = true;
         i = 1;
@@ -295,8 +288,7 @@ struct tg_route_pattern *tg_router_pattern_compile(const char *text,
     }
 
     size_t plen = len - i, prefix = exact ? 2 : 0;
-    struct tg_route_pattern *p =
-        malloc(sizeof(*p) + prefix + plen + 1 + plen + 1);
+    struct tg_route_pattern *p = malloc(sizeof(*p) + prefix + plen + 1 + plen + 1);
     if (p == NULL)
         return pattern_fail(err, errlen, err_offset, 0, "out of memory");
     memset(p, 0, sizeof(*p));
@@ -327,8 +319,7 @@ struct tg_route_pattern *tg_router_pattern_compile(const char *text,
         nstars += lit[j] == '*';
     if (nstars > TG_ROUTE_PATTERN_MAX_STARS) {
         free(p);
-        return pattern_fail(err, errlen, err_offset, star_at,
-                            "more than %d '*' in a route path",
+        return pattern_fail(err, errlen, err_offset, star_at, "more than %d '*' in a route path",
                             TG_ROUTE_PATTERN_MAX_STARS);
     }
     p->literal = nstars == 0;
@@ -339,8 +330,7 @@ struct tg_route_pattern *tg_router_pattern_compile(const char *text,
         size_t e = slash != NULL ? (size_t)(slash - lit) : n, sl = e - s;
         if (++nseg > TG_ROUTE_PATTERN_MAX_SEGMENTS) {
             free(p);
-            return pattern_fail(err, errlen, err_offset,
-                                raw_segment_at(text, i, len, nseg - 1),
+            return pattern_fail(err, errlen, err_offset, raw_segment_at(text, i, len, nseg - 1),
                                 "more than %d segments in a route path",
                                 TG_ROUTE_PATTERN_MAX_SEGMENTS);
         }
@@ -402,8 +392,8 @@ static bool glob_seg(const char *g, size_t gn, const char *s, size_t sn)
     return gi == gn;
 }
 
-static bool tok_match(const struct tg_route_pattern *p,
-                      const struct pattern_tok *t, const char *seg, size_t n)
+static bool tok_match(const struct tg_route_pattern *p, const struct pattern_tok *t,
+                      const char *seg, size_t n)
 {
     switch (t->kind) {
     case TOK_LIT:
@@ -418,8 +408,8 @@ static bool tok_match(const struct tg_route_pattern *p,
 /* Segment level. A segment starts at si (after a '/') and ends at the next
  * '/' or at n; si == n + 1 means the segments are used up, so "/" has one
  * empty segment and "/a/" has "a" and "". */
-static bool match_tokens(const struct tg_route_pattern *p, size_t ti,
-                         const char *path, size_t n, size_t si)
+static bool match_tokens(const struct tg_route_pattern *p, size_t ti, const char *path, size_t n,
+                         size_t si)
 {
     size_t star_t = SIZE_MAX, star_s = 0;
     while (si <= n) {
@@ -428,8 +418,7 @@ static bool match_tokens(const struct tg_route_pattern *p, size_t ti,
         if (ti < p->ntok && p->tok[ti].kind == TOK_ANY) {
             star_t = ti++;
             star_s = si;
-        } else if (ti < p->ntok &&
-                   tok_match(p, &p->tok[ti], path + si, e - si)) {
+        } else if (ti < p->ntok && tok_match(p, &p->tok[ti], path + si, e - si)) {
             ti++;
             si = e + 1;
         } else if (star_t != SIZE_MAX) {
@@ -447,8 +436,7 @@ static bool match_tokens(const struct tg_route_pattern *p, size_t ti,
     return ti == p->ntok;
 }
 
-bool tg_router_pattern_match(const struct tg_route_pattern *p, const char *path,
-                             size_t n)
+bool tg_router_pattern_match(const struct tg_route_pattern *p, const char *path, size_t n)
 {
     size_t len = p->lit_len, fixed = p->fixed_len;
 
@@ -463,8 +451,8 @@ bool tg_router_pattern_match(const struct tg_route_pattern *p, const char *path,
     }
     if (n == 0 || path[0] != '/')
         return false;
-    if (fixed > 0 && (n < fixed || memcmp(path, p->lit, fixed) != 0 ||
-                      (n > fixed && path[fixed] != '/')))
+    if (fixed > 0 &&
+        (n < fixed || memcmp(path, p->lit, fixed) != 0 || (n > fixed && path[fixed] != '/')))
         return false;
     return match_tokens(p, p->first_tok, path, n, fixed + 1);
 }
@@ -487,10 +475,8 @@ const char *tg_router_pattern_kind(const struct tg_route_pattern *p)
 }
 
 /* Is every segment u (of b) matches also matched by t (of a)? */
-static bool tok_includes(const struct tg_route_pattern *a,
-                         const struct pattern_tok *t,
-                         const struct tg_route_pattern *b,
-                         const struct pattern_tok *u)
+static bool tok_includes(const struct tg_route_pattern *a, const struct pattern_tok *t,
+                         const struct tg_route_pattern *b, const struct pattern_tok *u)
 {
     const char *ub = b->lit + u->off;
     if (u->kind == TOK_ANY)
@@ -499,8 +485,7 @@ static bool tok_includes(const struct tg_route_pattern *a,
     case TOK_STAR:
         return true;
     case TOK_LIT:
-        return u->kind == TOK_LIT && u->len == t->len &&
-               memcmp(ub, a->lit + t->off, u->len) == 0;
+        return u->kind == TOK_LIT && u->len == t->len && memcmp(ub, a->lit + t->off, u->len) == 0;
     case TOK_GLOB:
         if (u->kind == TOK_STAR)
             return glob_seg(a->lit + t->off, t->len, "*", 1);
@@ -512,16 +497,14 @@ static bool tok_includes(const struct tg_route_pattern *a,
 
 /* match_tokens() with b's tokens as the segments. Sound: an alignment it
  * finds maps any path b matches onto one a matches. */
-static bool covers_tokens(const struct tg_route_pattern *a,
-                          const struct tg_route_pattern *b)
+static bool covers_tokens(const struct tg_route_pattern *a, const struct tg_route_pattern *b)
 {
     size_t ti = 0, ui = 0, star_t = SIZE_MAX, star_u = 0;
     while (ui < b->ntok) {
         if (ti < a->ntok && a->tok[ti].kind == TOK_ANY) {
             star_t = ti++;
             star_u = ui;
-        } else if (ti < a->ntok &&
-                   tok_includes(a, &a->tok[ti], b, &b->tok[ui])) {
+        } else if (ti < a->ntok && tok_includes(a, &a->tok[ti], b, &b->tok[ui])) {
             ti++;
             ui++;
         } else if (star_t != SIZE_MAX) {
@@ -550,8 +533,7 @@ static bool caseeq_n(const char *x, const char *y, size_t n)
  * a '*' follows l)? Then folding the path is not folding b piece by piece,
  * and comparing a with folded b would not be sound: a segment "*Abc"
  * matches "%E2%84%AAbc", whose fold "kbc" the folded "*abc" does not. */
-static bool piece_may_straddle(const char *l, size_t n, bool star_before,
-                               bool star_after)
+static bool piece_may_straddle(const char *l, size_t n, bool star_before, bool star_after)
 {
     static const char *const seqs[] = {"%C5%BF", "%E2%84%AA"};
     for (size_t q = 0; q < TG_ARRAY_LEN(seqs); q++) {
@@ -562,14 +544,12 @@ static bool piece_may_straddle(const char *l, size_t n, bool star_before,
              * the next star): l begins with seq[cut..], or is inside it. */
             const char *suf = seq + cut;
             size_t sufl = sl - cut;
-            if (star_before &&
-                ((n >= sufl && caseeq_n(l, suf, sufl)) ||
-                 (n < sufl && star_after && caseeq_n(l, suf, n))))
+            if (star_before && ((n >= sufl && caseeq_n(l, suf, sufl)) ||
+                                (n < sufl && star_after && caseeq_n(l, suf, n))))
                 return true;
             /* Starts in l, ends in the star's run: l ends with seq[..cut]. */
-            if (star_after &&
-                ((n >= cut && caseeq_n(l + n - cut, seq, cut)) ||
-                 (n < cut && star_before && caseeq_n(l, seq + cut - n, n))))
+            if (star_after && ((n >= cut && caseeq_n(l + n - cut, seq, cut)) ||
+                               (n < cut && star_before && caseeq_n(l, seq + cut - n, n))))
                 return true;
         }
     }
@@ -587,8 +567,7 @@ static bool fold_may_straddle(const struct tg_route_pattern *b)
         while (s <= end) {
             const char *star = memchr(s, '*', (size_t)(end - s));
             const char *stop = star != NULL ? star : end;
-            if (piece_may_straddle(s, (size_t)(stop - s), star_before,
-                                   star != NULL))
+            if (piece_may_straddle(s, (size_t)(stop - s), star_before, star != NULL))
                 return true;
             if (star == NULL)
                 break;
@@ -599,8 +578,7 @@ static bool fold_may_straddle(const struct tg_route_pattern *b)
     return false;
 }
 
-bool tg_router_pattern_covers(const struct tg_route_pattern *a,
-                              const struct tg_route_pattern *b)
+bool tg_router_pattern_covers(const struct tg_route_pattern *a, const struct tg_route_pattern *b)
 {
     /* a made of '*' and '**' only takes any path with enough segments
      * ("/" any path at all: every path has at least one segment). Decided
@@ -639,8 +617,7 @@ bool tg_router_pattern_covers(const struct tg_route_pattern *a,
     }
     if (fold_may_straddle(b))
         return false;
-    struct tg_route_pattern *fb =
-        tg_router_pattern_compile(b->text, true, NULL, 0, NULL);
+    struct tg_route_pattern *fb = tg_router_pattern_compile(b->text, true, NULL, 0, NULL);
     if (fb == NULL)
         return false;
     bool r = covers_tokens(a, fb);
@@ -672,7 +649,7 @@ struct tg_host_index {
     size_t cap; /* power of two, at most half full */
     size_t used;
     size_t suffixes; /* entries with a '*.' or '{capture}.' pattern */
-    void *any; /* "*" */
+    void *any;       /* "*" */
 };
 
 #define HOST_MAX 253
@@ -692,8 +669,8 @@ static uint64_t hash_lower(const char *p, size_t n)
     return h;
 }
 
-static struct host_entry *find_slot(const struct tg_host_index *ix,
-                                    const char *p, size_t n, uint64_t h)
+static struct host_entry *find_slot(const struct tg_host_index *ix, const char *p, size_t n,
+                                    uint64_t h)
 {
     size_t mask = ix->cap - 1;
     for (size_t k = (size_t)h & mask;; k = (k + 1) & mask) {
@@ -710,8 +687,7 @@ static struct host_entry *find_slot(const struct tg_host_index *ix,
     }
 }
 
-static const struct host_entry *find_name(const struct tg_host_index *ix,
-                                          const char *p, size_t n)
+static const struct host_entry *find_name(const struct tg_host_index *ix, const char *p, size_t n)
 {
     const struct host_entry *e = find_slot(ix, p, n, hash_lower(p, n));
     return e->name != NULL ? e : NULL;
@@ -735,8 +711,7 @@ static int grow(struct tg_host_index *ix)
 }
 
 /* The slot for a name, created if missing. */
-static struct host_entry *intern(struct tg_host_index *ix, const char *p,
-                                 size_t n)
+static struct host_entry *intern(struct tg_host_index *ix, const char *p, size_t n)
 {
     if ((ix->used + 1) * 2 > ix->cap && grow(ix) < 0)
         return NULL;
@@ -783,8 +758,8 @@ void tg_router_hosts_free(struct tg_host_index *ix)
 
 static bool is_name_char(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c >= '0' && c <= '9') || c == '-' || c == '_';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_';
 }
 
 /* A DNS name as we route on it: 1-253 bytes, labels of 1-63 bytes of
@@ -832,8 +807,8 @@ static int fail(char *err, size_t errlen, const char *pattern, const char *msg)
     return -1;
 }
 
-int tg_router_hosts_add(struct tg_host_index *ix, const char *pattern,
-                        void *value, char *err, size_t errlen)
+int tg_router_hosts_add(struct tg_host_index *ix, const char *pattern, void *value, char *err,
+                        size_t errlen)
 {
     size_t n = strlen(pattern);
     const char *name = pattern;
@@ -858,8 +833,7 @@ int tg_router_hosts_add(struct tg_host_index *ix, const char *pattern,
         if (close == NULL)
             return fail(err, errlen, pattern, "unbalanced '{'");
         if (!is_identifier(pattern + 1, (size_t)(close - pattern - 1)))
-            return fail(err, errlen, pattern,
-                        "capture name must be an identifier like {tenant}");
+            return fail(err, errlen, pattern, "capture name must be an identifier like {tenant}");
         if ((size_t)(close - pattern) + 1 >= n || close[1] != '.')
             return fail(err, errlen, pattern,
                         "a capture must be followed by a suffix: "
@@ -882,9 +856,8 @@ int tg_router_hosts_add(struct tg_host_index *ix, const char *pattern,
     } else {
         if (e->suffix != NULL)
             return fail(err, errlen, pattern,
-                        e->suffix_kind == kind
-                            ? "duplicate"
-                            : "duplicate: '*.' and '{...}.' on one suffix");
+                        e->suffix_kind == kind ? "duplicate"
+                                               : "duplicate: '*.' and '{...}.' on one suffix");
         e->suffix = value;
         e->suffix_kind = kind;
         ix->suffixes++;
@@ -939,8 +912,7 @@ void *tg_router_hosts_match(const struct tg_host_index *ix, struct tg_str host,
 
 bool tg_router_valid_label(struct tg_str label)
 {
-    if (label.n == 0 || label.n > LABEL_MAX || label.p[0] == '-' ||
-        label.p[label.n - 1] == '-')
+    if (label.n == 0 || label.n > LABEL_MAX || label.p[0] == '-' || label.p[label.n - 1] == '-')
         return false;
     for (size_t i = 0; i < label.n; i++) {
         unsigned char c = (unsigned char)label.p[i];
@@ -1003,8 +975,7 @@ bool tg_router_host_without_port(struct tg_str hostport, struct tg_str *host)
 
 /* ---- route tables ---------------------------------------------------------- */
 
-static bool method_taken(const struct tg_route_entry *r, enum tg_http_method id,
-                         const char *method)
+static bool method_taken(const struct tg_route_entry *r, enum tg_http_method id, const char *method)
 {
     if (r->methods == 0 && r->nother_methods == 0)
         return true;
@@ -1016,9 +987,9 @@ static bool method_taken(const struct tg_route_entry *r, enum tg_http_method id,
     return false;
 }
 
-ssize_t tg_router_match_route(const struct tg_route_entry *routes, size_t n,
-                              enum tg_http_method id, const char *method, const char *path,
-                              size_t path_len, const char *folded, size_t folded_len)
+ssize_t tg_router_match_route(const struct tg_route_entry *routes, size_t n, enum tg_http_method id,
+                              const char *method, const char *path, size_t path_len,
+                              const char *folded, size_t folded_len)
 {
     for (size_t i = 0; i < n; i++) {
         const struct tg_route_entry *r = &routes[i];

@@ -67,8 +67,8 @@ void tg_router_hosts_free(struct tg_host_index *ix);
  * as the index). Returns 0, or -1 with a message in err, NUL-terminated and
  * cut to errlen (malformed pattern, duplicate, NULL value, allocation
  * failure). Not thread-safe: build before sharing. */
-int tg_router_hosts_add(struct tg_host_index *ix, const char *pattern,
-                        void *value, char *err, size_t errlen);
+int tg_router_hosts_add(struct tg_host_index *ix, const char *pattern, void *value, char *err,
+                        size_t errlen);
 
 /* Finds the value for a Host header value. The port (":8080") and one
  * trailing dot are ignored, case is ignored; nothing is allocated or copied.
@@ -157,10 +157,8 @@ struct tg_route_pattern;
  * err (NUL-terminated, cut to errlen; err may be NULL) and the 0-based byte
  * offset in `text` of the problem to *err_offset (may be NULL); allocation
  * failure reports "out of memory" at offset 0. Any thread. */
-struct tg_route_pattern *tg_router_pattern_compile(const char *text,
-                                                   bool ignore_case, char *err,
-                                                   size_t errlen,
-                                                   size_t *err_offset);
+struct tg_route_pattern *tg_router_pattern_compile(const char *text, bool ignore_case, char *err,
+                                                   size_t errlen, size_t *err_offset);
 
 /* Frees a compiled pattern; NULL is fine. No match may be running on it. */
 void tg_router_pattern_free(struct tg_route_pattern *p);
@@ -169,8 +167,7 @@ void tg_router_pattern_free(struct tg_route_pattern *p);
  * ignore_case, `path` must be the output of tg_router_fold_path. Any bytes
  * are safe (a path not starting with '/' never matches). Pure, allocates
  * nothing, any thread. */
-bool tg_router_pattern_match(const struct tg_route_pattern *p, const char *path,
-                             size_t n);
+bool tg_router_pattern_match(const struct tg_route_pattern *p, const char *path, size_t n);
 
 /* Whether p was compiled with ignore_case (its caller must fold paths). */
 bool tg_router_pattern_ignore_case(const struct tg_route_pattern *p);
@@ -189,8 +186,7 @@ bool tg_router_pattern_ignore_case(const struct tg_route_pattern *p);
 // true needs b's literals to hold no letter. Meant for config checks
 // ("this route is shadowed by an earlier one"): may allocate, says false
 // if it cannot. Any thread.
-bool tg_router_pattern_covers(const struct tg_route_pattern *a,
-                              const struct tg_route_pattern *b);
+bool tg_router_pattern_covers(const struct tg_route_pattern *a, const struct tg_route_pattern *b);
 
 // The canonical text: "= " for an exact pattern, then the normalised path
 // (not folded): "= /api/health", "/api/collections/*/auth-*". Compiling it
@@ -226,15 +222,15 @@ struct tg_route_entry {
                                          others: any method */
     const char *const *other_methods; /* methods without an id, as written */
     size_t nother_methods;
-    bool ignore_case;                 /* matches the folded path */
+    bool ignore_case; /* matches the folded path */
 };
 
 /* The first route, in order, whose pattern matches the normalised path
  * (`path`, without the query; `folded` is the same path through
  * tg_router_fold_path, for ignore_case routes, and may be NULL when none
  * is) and whose methods take the request's. Returns its index, or -1. */
-ssize_t tg_router_match_route(const struct tg_route_entry *routes, size_t n,
-                              enum tg_http_method id, const char *method, const char *path,
-                              size_t path_len, const char *folded, size_t folded_len);
+ssize_t tg_router_match_route(const struct tg_route_entry *routes, size_t n, enum tg_http_method id,
+                              const char *method, const char *path, size_t path_len,
+                              const char *folded, size_t folded_len);
 
 #endif

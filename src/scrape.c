@@ -40,11 +40,11 @@ static void histogram(struct tg_strbuf *o, const char *name, const char *labels,
     for (unsigned b = 0; b <= TG_METRICS_NBUCKETS; b++) {
         cum += counts[b];
         if (b < TG_METRICS_NBUCKETS)
-            tg_strbuf_printf(o, "tollgate_%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, tg_metrics_bucket_bound(b),
-                 (unsigned long long)cum);
+            tg_strbuf_printf(o, "tollgate_%s_bucket{%s,le=\"%g\"} %llu\n", name, labels,
+                             tg_metrics_bucket_bound(b), (unsigned long long)cum);
         else
             tg_strbuf_printf(o, "tollgate_%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels,
-                 (unsigned long long)cum);
+                             (unsigned long long)cum);
     }
     tg_strbuf_printf(o, "tollgate_%s_sum{%s} %.6f\n", name, labels, (double)sum_us / 1e6);
     tg_strbuf_printf(o, "tollgate_%s_count{%s} %llu\n", name, labels, (unsigned long long)cum);
@@ -66,7 +66,8 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
             for (unsigned w = 0; w < nw; w++)
                 v += LOAD(rt->workers[w]->metrics->routes[id].requests[c]);
             tg_strbuf_printf(&o, "tollgate_requests_total{%s,code=\"%s\"} %llu\n",
-                 tg_metrics_series_labels(TG_METRICS_ROUTE, id), classes[c], (unsigned long long)v);
+                             tg_metrics_series_labels(TG_METRICS_ROUTE, id), classes[c],
+                             (unsigned long long)v);
         }
     }
     header(&o, "request_duration_seconds", "histogram",
@@ -79,8 +80,8 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
                 counts[b] += LOAD(s->duration[b]);
             sum += LOAD(s->duration_us);
         }
-        histogram(&o, "request_duration_seconds", tg_metrics_series_labels(TG_METRICS_ROUTE, id), counts,
-                  sum);
+        histogram(&o, "request_duration_seconds", tg_metrics_series_labels(TG_METRICS_ROUTE, id),
+                  counts, sum);
     }
     header(&o, "bytes_received_total", "counter", "Bytes received from clients, by route.");
     for (unsigned id = 0; id < nroutes; id++) {
@@ -88,15 +89,15 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         for (unsigned w = 0; w < nw; w++)
             v += LOAD(rt->workers[w]->metrics->routes[id].bytes_in);
         tg_strbuf_printf(&o, "tollgate_bytes_received_total{%s} %llu\n",
-             tg_metrics_series_labels(TG_METRICS_ROUTE, id), (unsigned long long)v);
+                         tg_metrics_series_labels(TG_METRICS_ROUTE, id), (unsigned long long)v);
     }
     header(&o, "bytes_sent_total", "counter", "Bytes sent to clients, by route.");
     for (unsigned id = 0; id < nroutes; id++) {
         uint64_t v = 0;
         for (unsigned w = 0; w < nw; w++)
             v += LOAD(rt->workers[w]->metrics->routes[id].bytes_out);
-        tg_strbuf_printf(&o, "tollgate_bytes_sent_total{%s} %llu\n", tg_metrics_series_labels(TG_METRICS_ROUTE, id),
-             (unsigned long long)v);
+        tg_strbuf_printf(&o, "tollgate_bytes_sent_total{%s} %llu\n",
+                         tg_metrics_series_labels(TG_METRICS_ROUTE, id), (unsigned long long)v);
     }
 
     /* Upstreams. */
@@ -105,26 +106,36 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         const char *name, *help;
         size_t off;
     } upc[] = {
-        {"upstream_requests_total", "Requests sent to an upstream.", offsetof(struct tg_upstream_stats, requests)},
-        {"upstream_connect_errors_total", "Failed connections to upstream servers.", offsetof(struct tg_upstream_stats, connect_errors)},
-        {"upstream_timeouts_total", "Upstream connect, send or read timeouts.", offsetof(struct tg_upstream_stats, timeouts)},
-        {"upstream_retries_total", "Requests retried on another server.", offsetof(struct tg_upstream_stats, retries)},
-        {"upstream_failures_total", "Failed attempts (any reason) counted by passive health.", offsetof(struct tg_upstream_stats, failures)},
-        {"upstream_ejections_total", "Servers taken out of rotation by passive health.", offsetof(struct tg_upstream_stats, ejections)},
-        {"upstream_queued_total", "Requests that waited because every server was at max_connections.", offsetof(struct tg_upstream_stats, queued)},
-        {"upstream_queue_timeouts_total", "Queued requests answered 503 after connect_timeout.", offsetof(struct tg_upstream_stats, queue_timeouts)},
+        {"upstream_requests_total", "Requests sent to an upstream.",
+         offsetof(struct tg_upstream_stats, requests)},
+        {"upstream_connect_errors_total", "Failed connections to upstream servers.",
+         offsetof(struct tg_upstream_stats, connect_errors)},
+        {"upstream_timeouts_total", "Upstream connect, send or read timeouts.",
+         offsetof(struct tg_upstream_stats, timeouts)},
+        {"upstream_retries_total", "Requests retried on another server.",
+         offsetof(struct tg_upstream_stats, retries)},
+        {"upstream_failures_total", "Failed attempts (any reason) counted by passive health.",
+         offsetof(struct tg_upstream_stats, failures)},
+        {"upstream_ejections_total", "Servers taken out of rotation by passive health.",
+         offsetof(struct tg_upstream_stats, ejections)},
+        {"upstream_queued_total",
+         "Requests that waited because every server was at max_connections.",
+         offsetof(struct tg_upstream_stats, queued)},
+        {"upstream_queue_timeouts_total", "Queued requests answered 503 after connect_timeout.",
+         offsetof(struct tg_upstream_stats, queue_timeouts)},
     };
     for (size_t k = 0; k < sizeof(upc) / sizeof(upc[0]); k++) {
         header(&o, upc[k].name, "counter", upc[k].help);
         for (unsigned id = 0; id < nup; id++) {
             uint64_t v = 0;
             for (unsigned w = 0; w < nw; w++) {
-                uint64_t *f = (uint64_t *)((char *)&rt->workers[w]->metrics->upstreams[id] +
-                                           upc[k].off);
+                uint64_t *f =
+                    (uint64_t *)((char *)&rt->workers[w]->metrics->upstreams[id] + upc[k].off);
                 v += LOAD(*f);
             }
             tg_strbuf_printf(&o, "tollgate_%s{%s} %llu\n", upc[k].name,
-                 tg_metrics_series_labels(TG_METRICS_UPSTREAM, id), (unsigned long long)v);
+                             tg_metrics_series_labels(TG_METRICS_UPSTREAM, id),
+                             (unsigned long long)v);
         }
     }
     header(&o, "upstream_response_seconds", "histogram",
@@ -137,8 +148,8 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
                 counts[b] += LOAD(s->response[b]);
             sum += LOAD(s->response_us);
         }
-        histogram(&o, "upstream_response_seconds", tg_metrics_series_labels(TG_METRICS_UPSTREAM, id),
-                  counts, sum);
+        histogram(&o, "upstream_response_seconds",
+                  tg_metrics_series_labels(TG_METRICS_UPSTREAM, id), counts, sum);
     }
 
     /* Rate limiting. */
@@ -154,7 +165,8 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
             for (unsigned w = 0; w < nw; w++)
                 v += LOAD(rt->workers[w]->metrics->policies[id].results[r]);
             tg_strbuf_printf(&o, "tollgate_ratelimit_decisions_total{%s,result=\"%s\"} %llu\n",
-                 tg_metrics_series_labels(TG_METRICS_POLICY, id), results[r], (unsigned long long)v);
+                             tg_metrics_series_labels(TG_METRICS_POLICY, id), results[r],
+                             (unsigned long long)v);
         }
     }
     uint64_t rtrips = 0, rreqs = 0, rerrs = 0, rtimeouts = 0, rdisc = 0, rshort = 0;
@@ -179,32 +191,38 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     header(&o, "redis_ops_total", "counter", "Rate-limit keys decided in Redis.");
     tg_strbuf_printf(&o, "tollgate_redis_ops_total %llu\n", (unsigned long long)rreqs);
     header(&o, "redis_errors_total", "counter", "Redis faults by kind.");
-    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"error\"} %llu\n", (unsigned long long)rerrs);
-    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"timeout\"} %llu\n", (unsigned long long)rtimeouts);
-    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"disconnect\"} %llu\n", (unsigned long long)rdisc);
-    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"short_circuit\"} %llu\n", (unsigned long long)rshort);
-    header(&o, "redis_up", "gauge", "Workers whose Redis connection is up (of those that use one).");
+    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"error\"} %llu\n",
+                     (unsigned long long)rerrs);
+    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"timeout\"} %llu\n",
+                     (unsigned long long)rtimeouts);
+    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"disconnect\"} %llu\n",
+                     (unsigned long long)rdisc);
+    tg_strbuf_printf(&o, "tollgate_redis_errors_total{kind=\"short_circuit\"} %llu\n",
+                     (unsigned long long)rshort);
+    header(&o, "redis_up", "gauge",
+           "Workers whose Redis connection is up (of those that use one).");
     tg_strbuf_printf(&o, "tollgate_redis_up %d\n", have_redis ? up_workers : 0);
     header(&o, "redis_gateways", "gauge", "Gateways sharing the rate-limit budget (heartbeats).");
     tg_strbuf_printf(&o, "tollgate_redis_gateways %u\n", tg_ratelimit_redis_gateways());
 
     /* Connections. */
     unsigned nl = tg_metrics_series_count(TG_METRICS_LISTENER);
-    header(&o, "connections_accepted_total", "counter", "Client connections accepted, by listener.");
+    header(&o, "connections_accepted_total", "counter",
+           "Client connections accepted, by listener.");
     for (unsigned id = 0; id < nl; id++) {
         uint64_t v = 0;
         for (unsigned w = 0; w < nw; w++)
             v += LOAD(rt->workers[w]->metrics->listeners[id].accepted);
         tg_strbuf_printf(&o, "tollgate_connections_accepted_total{%s} %llu\n",
-             tg_metrics_series_labels(TG_METRICS_LISTENER, id), (unsigned long long)v);
+                         tg_metrics_series_labels(TG_METRICS_LISTENER, id), (unsigned long long)v);
     }
     header(&o, "connections_active", "gauge", "Open client connections, by listener.");
     for (unsigned id = 0; id < nl; id++) {
         int64_t v = 0;
         for (unsigned w = 0; w < nw; w++)
             v += LOAD(rt->workers[w]->metrics->listeners[id].active);
-        tg_strbuf_printf(&o, "tollgate_connections_active{%s} %lld\n", tg_metrics_series_labels(TG_METRICS_LISTENER, id),
-             (long long)v);
+        tg_strbuf_printf(&o, "tollgate_connections_active{%s} %lld\n",
+                         tg_metrics_series_labels(TG_METRICS_LISTENER, id), (long long)v);
     }
 
     /* TLS. */
@@ -243,19 +261,21 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     header(&o, "http2_streams_total", "counter", "HTTP/2 request streams opened by clients.");
     tg_strbuf_printf(&o, "tollgate_http2_streams_total %llu\n", (unsigned long long)h2_streams);
     header(&o, "http2_client_resets_total", "counter", "RST_STREAM frames from HTTP/2 clients.");
-    tg_strbuf_printf(&o, "tollgate_http2_client_resets_total %llu\n", (unsigned long long)h2_resets);
+    tg_strbuf_printf(&o, "tollgate_http2_client_resets_total %llu\n",
+                     (unsigned long long)h2_resets);
     header(&o, "http2_floods_total", "counter",
            "HTTP/2 connections sent away (GOAWAY ENHANCE_YOUR_CALM) for a control-frame flood "
            "or Rapid Reset.");
     tg_strbuf_printf(&o, "tollgate_http2_floods_total %llu\n", (unsigned long long)h2_floods);
     header(&o, "tls_handshakes_total", "counter", "Completed TLS handshakes with clients.");
     tg_strbuf_printf(&o, "tollgate_tls_handshakes_total{resumed=\"false\"} %llu\n",
-         (unsigned long long)(hs - resumed));
-    tg_strbuf_printf(&o, "tollgate_tls_handshakes_total{resumed=\"true\"} %llu\n", (unsigned long long)resumed);
+                     (unsigned long long)(hs - resumed));
+    tg_strbuf_printf(&o, "tollgate_tls_handshakes_total{resumed=\"true\"} %llu\n",
+                     (unsigned long long)resumed);
     header(&o, "tls_handshake_failures_total", "counter", "Failed TLS handshakes by reason.");
     for (unsigned r = 0; r < TG_METRICS_TLS_REASONS; r++)
-        tg_strbuf_printf(&o, "tollgate_tls_handshake_failures_total{reason=\"%s\"} %llu\n", tg_metrics_tls_reason_name(r),
-             (unsigned long long)fails[r]);
+        tg_strbuf_printf(&o, "tollgate_tls_handshake_failures_total{reason=\"%s\"} %llu\n",
+                         tg_metrics_tls_reason_name(r), (unsigned long long)fails[r]);
 
     unsigned long hchecks, hdown;
     tg_health_counts(&hchecks, &hdown);
@@ -272,15 +292,18 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     tg_strbuf_printf(&o, "tollgate_unknown_host_total %llu\n", (unsigned long long)unknown);
     header(&o, "forwarded_conflicts_total", "counter",
            "Requests refused because X-Forwarded-For and Forwarded name different clients.");
-    tg_strbuf_printf(&o, "tollgate_forwarded_conflicts_total %llu\n", (unsigned long long)fwd_conflict);
+    tg_strbuf_printf(&o, "tollgate_forwarded_conflicts_total %llu\n",
+                     (unsigned long long)fwd_conflict);
     header(&o, "forwarded_untrusted_total", "counter",
            "Forwarded headers from a private peer not in trusted_proxies, on a route that "
            "allows only private addresses (set trusted_proxies if it is your proxy).");
-    tg_strbuf_printf(&o, "tollgate_forwarded_untrusted_total %llu\n", (unsigned long long)fwd_untrusted);
+    tg_strbuf_printf(&o, "tollgate_forwarded_untrusted_total %llu\n",
+                     (unsigned long long)fwd_untrusted);
     header(&o, "proxy_protocol_refused_total", "counter",
            "Connections refused on a PROXY protocol listener: the peer is not in "
            "trusted_proxies.");
-    tg_strbuf_printf(&o, "tollgate_proxy_protocol_refused_total %llu\n", (unsigned long long)pp_refused);
+    tg_strbuf_printf(&o, "tollgate_proxy_protocol_refused_total %llu\n",
+                     (unsigned long long)pp_refused);
     header(&o, "ratelimit_unkeyed_total", "counter",
            "Requests refused (400/413) because a rate-limit key could not be read from the "
            "body.");
@@ -306,12 +329,14 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         ts.cached += one.cached;
     }
     header(&o, "tenant_cache_total", "counter", "Tenant directory look-ups by outcome.");
-    tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"hit\"} %llu\n", (unsigned long long)ts.hits);
-    tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"miss\"} %llu\n", (unsigned long long)ts.misses);
+    tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"hit\"} %llu\n",
+                     (unsigned long long)ts.hits);
+    tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"miss\"} %llu\n",
+                     (unsigned long long)ts.misses);
     tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"negative\"} %llu\n",
-         (unsigned long long)ts.negative_hits);
+                     (unsigned long long)ts.negative_hits);
     tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"stale\"} %llu\n",
-         (unsigned long long)ts.stale_served);
+                     (unsigned long long)ts.stale_served);
     header(&o, "tenant_cache_entries", "gauge", "Tenants cached, all workers.");
     tg_strbuf_printf(&o, "tollgate_tenant_cache_entries %zu\n", ts.cached);
 
@@ -324,16 +349,16 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     tg_metrics_reloads(&reloads_ok, &reloads_failed, &last_reload);
     header(&o, "config_reloads_total", "counter", "Configuration reloads by result.");
     tg_strbuf_printf(&o, "tollgate_config_reloads_total{result=\"success\"} %llu\n",
-         (unsigned long long)reloads_ok);
+                     (unsigned long long)reloads_ok);
     tg_strbuf_printf(&o, "tollgate_config_reloads_total{result=\"failure\"} %llu\n",
-         (unsigned long long)reloads_failed);
+                     (unsigned long long)reloads_failed);
     header(&o, "config_last_reload_timestamp_seconds", "gauge",
            "When the running configuration was loaded (Unix time).");
     tg_strbuf_printf(&o, "tollgate_config_last_reload_timestamp_seconds %.3f\n", last_reload);
     header(&o, "access_log_dropped_total", "counter",
            "Access-log lines dropped because the writer could not keep up.");
     tg_strbuf_printf(&o, "tollgate_access_log_dropped_total %llu\n",
-         (unsigned long long)tg_access_log_dropped());
+                     (unsigned long long)tg_access_log_dropped());
     header(&o, "workers", "gauge", "Worker threads.");
     tg_strbuf_printf(&o, "tollgate_workers %u\n", nw);
 

@@ -31,28 +31,27 @@ static inline void tg_siphash_random_key(uint64_t key[2])
     }
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    key[0] ^= (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^
-              (uint64_t)(uintptr_t)key;
+    key[0] ^= (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^ (uint64_t)(uintptr_t)key;
     key[1] ^= (uint64_t)ts.tv_sec * 0xc2b2ae3d27d4eb4fULL ^ (uint64_t)getpid();
 }
 
 #define TG_SIP_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define TG_SIPROUND                                                            \
-    do {                                                                       \
-        v0 += v1;                                                              \
-        v1 = TG_SIP_ROTL(v1, 13);                                              \
-        v1 ^= v0;                                                              \
-        v0 = TG_SIP_ROTL(v0, 32);                                              \
-        v2 += v3;                                                              \
-        v3 = TG_SIP_ROTL(v3, 16);                                              \
-        v3 ^= v2;                                                              \
-        v0 += v3;                                                              \
-        v3 = TG_SIP_ROTL(v3, 21);                                              \
-        v3 ^= v0;                                                              \
-        v2 += v1;                                                              \
-        v1 = TG_SIP_ROTL(v1, 17);                                              \
-        v1 ^= v2;                                                              \
-        v2 = TG_SIP_ROTL(v2, 32);                                              \
+#define TG_SIPROUND               \
+    do {                          \
+        v0 += v1;                 \
+        v1 = TG_SIP_ROTL(v1, 13); \
+        v1 ^= v0;                 \
+        v0 = TG_SIP_ROTL(v0, 32); \
+        v2 += v3;                 \
+        v3 = TG_SIP_ROTL(v3, 16); \
+        v3 ^= v2;                 \
+        v0 += v3;                 \
+        v3 = TG_SIP_ROTL(v3, 21); \
+        v3 ^= v0;                 \
+        v2 += v1;                 \
+        v1 = TG_SIP_ROTL(v1, 17); \
+        v1 ^= v2;                 \
+        v2 = TG_SIP_ROTL(v2, 32); \
     } while (0)
 
 static inline uint64_t tg_siphash13(const void *data, size_t len, uint64_t k0, uint64_t k1)

@@ -59,7 +59,7 @@
 #define SERVERS_MAX 256
 #define SERVERS_TEXT_MAX 16384
 #define BUCKETS_MIN 64
-#define RATE_TEXT_MAX 32        /* "N/s": longer is malformed */
+#define RATE_TEXT_MAX 32 /* "N/s": longer is malformed */
 /* Digits a number field may have: 19 never overflow an int64 before the
  * bound is checked. */
 #define DIGITS_MAX 19
@@ -119,8 +119,7 @@ static size_t lower_domain(const char *p, size_t n, char *out)
         return 0;
     for (size_t i = 0; i < n; i++) {
         char c = tg_ascii_lower(p[i]);
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-              c == '_' || c == '.'))
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
             return 0;
         out[i] = c;
     }
@@ -147,8 +146,7 @@ static struct tg_tenant *tenant_new(const struct spec *sp,
                                     const struct tg_config_upstream *defaults)
 {
     size_t off_servers = ALIGN_UP(sizeof(struct tg_tenant));
-    size_t off_strings =
-        off_servers + sp->nservers * sizeof(struct tg_config_server);
+    size_t off_strings = off_servers + sp->nservers * sizeof(struct tg_config_server);
     size_t size = off_strings + sp->idlen + 1 + NAME_TAG_LEN + sp->idlen + 1;
     for (size_t i = 0; i < sp->nservers; i++)
         size += strlen(sp->servers[i].addr.text) + 1;
@@ -157,8 +155,7 @@ static struct tg_tenant *tenant_new(const struct spec *sp,
         return NULL;
     struct tg_tenant *t = (struct tg_tenant *)b;
     memset(t, 0, sizeof(*t));
-    struct tg_config_server *servers =
-        (struct tg_config_server *)(b + off_servers);
+    struct tg_config_server *servers = (struct tg_config_server *)(b + off_servers);
     char *p = b + off_strings;
 
     memcpy(p, sp->id, sp->idlen);
@@ -255,8 +252,8 @@ static bool eq_lower(const char *p, size_t n, const char *s)
     return s[n] == '\0';
 }
 
-static struct id_slot *id_slot(const struct tg_tenant_index *ix, const char *p,
-                               size_t n, uint64_t h)
+static struct id_slot *id_slot(const struct tg_tenant_index *ix, const char *p, size_t n,
+                               uint64_t h)
 {
     for (size_t k = (size_t)h & ix->ids_mask;; k = (k + 1) & ix->ids_mask) {
         struct id_slot *s = &ix->ids[k];
@@ -265,14 +262,12 @@ static struct id_slot *id_slot(const struct tg_tenant_index *ix, const char *p,
     }
 }
 
-static struct domain_slot *domain_slot(const struct tg_tenant_index *ix,
-                                       const char *p, size_t n, uint64_t h)
+static struct domain_slot *domain_slot(const struct tg_tenant_index *ix, const char *p, size_t n,
+                                       uint64_t h)
 {
-    for (size_t k = (size_t)h & ix->domains_mask;;
-         k = (k + 1) & ix->domains_mask) {
+    for (size_t k = (size_t)h & ix->domains_mask;; k = (k + 1) & ix->domains_mask) {
         struct domain_slot *s = &ix->domains[k];
-        if (s->domain == NULL ||
-            (s->hash == h && s->len == n && eq_lower(p, n, s->domain)))
+        if (s->domain == NULL || (s->hash == h && s->len == n && eq_lower(p, n, s->domain)))
             return s;
     }
 }
@@ -287,22 +282,18 @@ void tg_tenant_index_free(struct tg_tenant_index *ix)
 }
 
 /* "FILE:LINE:COL: " for an entry with a mark, else nothing. */
-static void entry_error(const struct tg_config *cfg,
-                        const struct tg_config_mark *mark, char *err,
-                        size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+static void entry_error(const struct tg_config *cfg, const struct tg_config_mark *mark, char *err,
+                        size_t errlen, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
-static void entry_error(const struct tg_config *cfg,
-                        const struct tg_config_mark *mark, char *err,
+static void entry_error(const struct tg_config *cfg, const struct tg_config_mark *mark, char *err,
                         size_t errlen, const char *fmt, ...)
 {
     if (err == NULL || errlen == 0)
         return;
     int k = 0;
     if (mark != NULL && mark->line > 0)
-        k = snprintf(err, errlen, "%s:%d:%d: ",
-                     cfg->path != NULL ? cfg->path : "config", mark->line,
-                     mark->col);
+        k = snprintf(err, errlen, "%s:%d:%d: ", cfg->path != NULL ? cfg->path : "config",
+                     mark->line, mark->col);
     if (k < 0 || (size_t)k >= errlen)
         return;
     va_list ap;
@@ -341,8 +332,7 @@ int tg_tenant_index_build(struct tg_config *cfg, char *err, size_t errlen)
         uint64_t h = hash_lower(id, n);
         struct id_slot *s = id_slot(ix, id, n, h);
         if (s->t != NULL) {
-            entry_error(cfg, &e->mark, err, errlen,
-                        "tenant '%s' is defined twice", id);
+            entry_error(cfg, &e->mark, err, errlen, "tenant '%s' is defined twice", id);
             goto fail;
         }
         struct tg_tenant *t = tg_arena_calloc(a, 1, sizeof(*t));
@@ -373,8 +363,7 @@ int tg_tenant_index_build(struct tg_config *cfg, char *err, size_t errlen)
         char dom[DOMAIN_MAX + 1], id[ID_MAX + 1];
         size_t n = lower_domain(dn, strlen(dn), dom);
         if (n == 0) {
-            entry_error(cfg, NULL, err, errlen,
-                        "custom domain '%.80s' is not a host name", dn);
+            entry_error(cfg, NULL, err, errlen, "custom domain '%.80s' is not a host name", dn);
             goto fail;
         }
         size_t idn = e->tenant != NULL ? strlen(e->tenant) : 0;
@@ -396,8 +385,7 @@ int tg_tenant_index_build(struct tg_config *cfg, char *err, size_t errlen)
         uint64_t h = hash_lower(dom, n);
         struct domain_slot *s = domain_slot(ix, dom, n, h);
         if (s->domain != NULL) {
-            entry_error(cfg, NULL, err, errlen,
-                        "custom domain '%s' is listed twice", dom);
+            entry_error(cfg, NULL, err, errlen, "custom domain '%s' is listed twice", dom);
             goto fail;
         }
         const char *dcopy = tg_arena_strdup(a, dom);
@@ -421,16 +409,14 @@ fail:
     return -1;
 }
 
-struct tg_tenant *tg_tenant_static(const struct tg_tenant_index *ix,
-                                   const char *id, size_t n)
+struct tg_tenant *tg_tenant_static(const struct tg_tenant_index *ix, const char *id, size_t n)
 {
     if (ix == NULL || n == 0 || n > ID_MAX)
         return NULL;
     return id_slot(ix, id, n, hash_lower(id, n))->t;
 }
 
-const char *tg_tenant_static_domain(const struct tg_tenant_index *ix,
-                                    const char *host, size_t n)
+const char *tg_tenant_static_domain(const struct tg_tenant_index *ix, const char *host, size_t n)
 {
     if (n > 0 && host[n - 1] == '.')
         n--;
@@ -450,40 +436,40 @@ enum entry_state {
 struct fetch;
 
 struct entry {
-    struct entry *hnext;        /* bucket chain */
-    struct tg_list lru;         /* in d->lru */
+    struct entry *hnext; /* bucket chain */
+    struct tg_list lru;  /* in d->lru */
     uint64_t hash;
-    struct tg_tenant *t;        /* E_FOUND tenant: the cache's reference */
-    char *target;               /* E_FOUND domain: its tenant id */
-    struct fetch *fetch;        /* in flight for this key, or NULL */
-    ev_tstamp fetched;          /* when the data came */
-    size_t mem;                 /* bytes accounted in d->mem */
-    unsigned char state;        /* enum entry_state */
+    struct tg_tenant *t; /* E_FOUND tenant: the cache's reference */
+    char *target;        /* E_FOUND domain: its tenant id */
+    struct fetch *fetch; /* in flight for this key, or NULL */
+    ev_tstamp fetched;   /* when the data came */
+    size_t mem;          /* bytes accounted in d->mem */
+    unsigned char state; /* enum entry_state */
     bool domain;
-    bool due;                   /* refetch at next use (a gap in pub/sub) */
+    bool due; /* refetch at next use (a gap in pub/sub) */
     size_t klen;
-    char key[];                 /* "acme" / "host:shop.example.com" */
+    char key[]; /* "acme" / "host:shop.example.com" */
 };
 
 struct fetch {
-    struct tg_list link;        /* in d->parked or d->active, by `parked` */
+    struct tg_list link; /* in d->parked or d->active, by `parked` */
     struct tg_tenant_dir *d;
-    struct entry *e;            /* NULL once detached */
-    struct tg_redis_cmd *cmd;   /* NULL while parked */
-    struct tg_list waiters;     /* of tg_tenant_wait.link, first come first */
+    struct entry *e;          /* NULL once detached */
+    struct tg_redis_cmd *cmd; /* NULL while parked */
+    struct tg_list waiters;   /* of tg_tenant_wait.link, first come first */
     bool parked;
-    bool delivering;            /* answered; its waiters are being called */
+    bool delivering; /* answered; its waiters are being called */
     bool domain;
     size_t klen;
     char key[];
 };
 
 struct tg_tenant_wait {
-    struct tg_list link;        /* in its fetch's waiters while it waits */
+    struct tg_list link; /* in its fetch's waiters while it waits */
     tg_tenant_cb cb;
     void *arg;
     const struct tg_config_tenants *cfg; /* the request's snapshot */
-    bool domain;                /* waiting for a domain's tenant id */
+    bool domain;                         /* waiting for a domain's tenant id */
 };
 
 struct tg_tenant_dir {
@@ -498,21 +484,21 @@ struct tg_tenant_dir {
     unsigned db;
     char *prefix;
     size_t prefix_len;
-    char *keybuf;               /* prefix + KEY_MAX */
+    char *keybuf; /* prefix + KEY_MAX */
 
-    struct tg_redis *link;      /* commands */
-    struct tg_redis_sub *sub;   /* invalidations */
-    ev_timer kick;              /* parked fetches, outside configure */
+    struct tg_redis *link;    /* commands */
+    struct tg_redis_sub *sub; /* invalidations */
+    ev_timer kick;            /* parked fetches, outside configure */
 
     /* cache */
     struct entry **buckets;
     size_t nbuckets, count;
-    struct tg_list lru;         /* of entry.lru, most recently used first */
+    struct tg_list lru; /* of entry.lru, most recently used first */
     uint64_t k0, k1;
     size_t mem;
 
     struct tg_list parked, active; /* of fetch.link, oldest first */
-    int depth;                  /* our handlers running user callbacks */
+    int depth;                     /* our handlers running user callbacks */
     bool closing;
     struct tg_tenant_stats st;
 };
@@ -561,17 +547,14 @@ static struct entry *lru_newest(const struct tg_tenant_dir *d)
 
 /* ---- cache ---------------------------------------------------------------- */
 
-static uint64_t key_hash(const struct tg_tenant_dir *d, const char *k,
-                         size_t n)
+static uint64_t key_hash(const struct tg_tenant_dir *d, const char *k, size_t n)
 {
     return tg_siphash13(k, n, d->k0, d->k1);
 }
 
-static struct entry *cache_find(const struct tg_tenant_dir *d, const char *k,
-                                size_t n, uint64_t h)
+static struct entry *cache_find(const struct tg_tenant_dir *d, const char *k, size_t n, uint64_t h)
 {
-    for (struct entry *e = d->buckets[h & (d->nbuckets - 1)]; e != NULL;
-         e = e->hnext)
+    for (struct entry *e = d->buckets[h & (d->nbuckets - 1)]; e != NULL; e = e->hnext)
         if (e->hash == h && e->klen == n && memcmp(e->key, k, n) == 0)
             return e;
     return NULL;
@@ -622,8 +605,8 @@ static void grow(struct tg_tenant_dir *d)
     d->nbuckets = n;
 }
 
-static struct entry *cache_insert(struct tg_tenant_dir *d, const char *k,
-                                  size_t n, uint64_t h, bool domain)
+static struct entry *cache_insert(struct tg_tenant_dir *d, const char *k, size_t n, uint64_t h,
+                                  bool domain)
 {
     struct entry *e = calloc(1, sizeof(*e) + n + 1);
     if (e == NULL)
@@ -670,8 +653,7 @@ static void cache_remove(struct tg_tenant_dir *d, struct entry *e)
 static void evict(struct tg_tenant_dir *d)
 {
     struct tg_list *head = &d->lru;
-    for (struct tg_list *n = head->prev, *newer;
-         d->count > d->max_cached && n != head; n = newer) {
+    for (struct tg_list *n = head->prev, *newer; d->count > d->max_cached && n != head; n = newer) {
         newer = n->prev;
         struct entry *e = entry_of(n);
         if (e->fetch == NULL)
@@ -686,22 +668,19 @@ static void cache_clear(struct tg_tenant_dir *d)
         cache_remove(d, entry_of(n));
 }
 
-static ev_tstamp entry_ttl(const struct tg_tenant_dir *d,
-                           const struct entry *e)
+static ev_tstamp entry_ttl(const struct tg_tenant_dir *d, const struct entry *e)
 {
     return e->state == E_FOUND ? d->ttl : d->negative_ttl;
 }
 
-static bool fresh(const struct tg_tenant_dir *d, const struct entry *e,
-                  ev_tstamp now)
+static bool fresh(const struct tg_tenant_dir *d, const struct entry *e, ev_tstamp now)
 {
     return e->state != E_EMPTY && !e->due && now < e->fetched + entry_ttl(d, e);
 }
 
 /* Expired but still good enough when Redis cannot answer. Only what was
  * found: "it did not exist a while ago" is no reason to answer 404 now. */
-static bool stale_ok(const struct tg_tenant_dir *d, const struct entry *e,
-                     ev_tstamp now)
+static bool stale_ok(const struct tg_tenant_dir *d, const struct entry *e, ev_tstamp now)
 {
     return e->state == E_FOUND && now < e->fetched + d->ttl + d->stale_ttl;
 }
@@ -710,8 +689,7 @@ static bool stale_ok(const struct tg_tenant_dir *d, const struct entry *e,
 
 /* The tenant as handed to a request on snapshot `cfg`, referenced for it;
  * NULL if out of memory. */
-static struct tg_tenant *give(struct tg_tenant_dir *d,
-                              const struct tg_config_tenants *cfg,
+static struct tg_tenant *give(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
                               struct tg_tenant *t)
 {
     if (t->refs == 0 || cfg == d->cfg) {
@@ -723,8 +701,7 @@ static struct tg_tenant *give(struct tg_tenant_dir *d,
     return tenant_clone(t, &cfg->upstream_defaults);
 }
 
-static void finish_waiter(struct tg_tenant_wait *w, enum tg_tenant_status st,
-                          struct tg_tenant *t)
+static void finish_waiter(struct tg_tenant_wait *w, enum tg_tenant_status st, struct tg_tenant *t)
 {
     tg_tenant_cb cb = w->cb;
     void *arg = w->arg;
@@ -734,9 +711,9 @@ static void finish_waiter(struct tg_tenant_wait *w, enum tg_tenant_status st,
 
 /* What the cache or the link could say without waiting. */
 struct answer {
-    int status;                 /* enum tg_tenant_status, or -1: queued */
-    struct tg_tenant *t;        /* tenant, FOUND: borrowed from the cache */
-    char target[ID_MAX + 1];    /* domain, FOUND: the tenant id */
+    int status;              /* enum tg_tenant_status, or -1: queued */
+    struct tg_tenant *t;     /* tenant, FOUND: borrowed from the cache */
+    char target[ID_MAX + 1]; /* domain, FOUND: the tenant id */
     bool stale;
 };
 
@@ -797,11 +774,9 @@ static bool fetch_send(struct tg_tenant_dir *d, struct fetch *f)
 
 /* Answers `key` from the cache or the state of the link, or queues a
  * waiter (*wp, allocated here if NULL) on the fetch for it. */
-static void resolve_key(struct tg_tenant_dir *d,
-                        const struct tg_config_tenants *cfg, bool domain,
-                        const char *key, size_t klen,
-                        struct tg_tenant_wait **wp, tg_tenant_cb cb, void *arg,
-                        struct answer *a)
+static void resolve_key(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg, bool domain,
+                        const char *key, size_t klen, struct tg_tenant_wait **wp, tg_tenant_cb cb,
+                        void *arg, struct answer *a)
 {
     ev_tstamp now = ev_now(d->loop);
     uint64_t h = key_hash(d, key, klen);
@@ -823,14 +798,12 @@ static void resolve_key(struct tg_tenant_dir *d,
     d->st.misses++;
 
     struct fetch *f = e != NULL ? e->fetch : NULL;
-    enum tg_redis_state ls =
-        d->link != NULL ? tg_redis_state(d->link) : TG_REDIS_DOWN;
+    enum tg_redis_state ls = d->link != NULL ? tg_redis_state(d->link) : TG_REDIS_DOWN;
     if (f == NULL && (ls == TG_REDIS_UP || ls == TG_REDIS_CONNECTING)) {
         bool created = e == NULL;
         if (created && (e = cache_insert(d, key, klen, h, domain)) == NULL)
             goto offline;
-        if ((f = fetch_new(d, e)) == NULL ||
-            (ls == TG_REDIS_UP && !fetch_send(d, f))) {
+        if ((f = fetch_new(d, e)) == NULL || (ls == TG_REDIS_UP && !fetch_send(d, f))) {
             /* Not sent: as if the link were down. */
             if (f != NULL)
                 fetch_free(f);
@@ -872,10 +845,9 @@ offline:
 
 /* Looks up a lower-case, valid id for a request on `cfg`: static, cache,
  * else queues *wp. Returns a status (*out referenced when FOUND) or -1. */
-static int lookup_id(struct tg_tenant_dir *d,
-                     const struct tg_config_tenants *cfg, const char *id,
-                     size_t n, struct tg_tenant **out,
-                     struct tg_tenant_wait **wp, tg_tenant_cb cb, void *arg)
+static int lookup_id(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg, const char *id,
+                     size_t n, struct tg_tenant **out, struct tg_tenant_wait **wp, tg_tenant_cb cb,
+                     void *arg)
 {
     struct tg_tenant *t = tg_tenant_static(cfg->index, id, n);
     if (t != NULL) {
@@ -899,9 +871,8 @@ static int lookup_id(struct tg_tenant_dir *d,
 }
 
 /* Looks up a lower-case domain (dom, n) the same way. */
-static int lookup_domain(struct tg_tenant_dir *d,
-                         const struct tg_config_tenants *cfg, const char *dom,
-                         size_t n, struct tg_tenant **out,
+static int lookup_domain(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
+                         const char *dom, size_t n, struct tg_tenant **out,
                          struct tg_tenant_wait **wp, tg_tenant_cb cb, void *arg)
 {
     const char *id = tg_tenant_static_domain(cfg->index, dom, n);
@@ -925,8 +896,8 @@ static int lookup_domain(struct tg_tenant_dir *d,
 
 /* Calls back (or moves on) one waiter of an answered fetch. */
 static void answer_waiter(struct tg_tenant_dir *d, struct tg_tenant_wait *w,
-                          enum tg_tenant_status st, struct tg_tenant *t,
-                          const char *target, bool stale)
+                          enum tg_tenant_status st, struct tg_tenant *t, const char *target,
+                          bool stale)
 {
     if (stale && st == TG_TENANT_FOUND)
         d->st.stale_served++;
@@ -939,8 +910,7 @@ static void answer_waiter(struct tg_tenant_dir *d, struct tg_tenant_wait *w,
     if (w->domain) {
         /* The domain's tenant id is known: now the tenant. */
         w->domain = false;
-        rc = lookup_id(d, w->cfg, target, strlen(target), &out, &w, NULL,
-                       NULL);
+        rc = lookup_id(d, w->cfg, target, strlen(target), &out, &w, NULL, NULL);
         if (rc < 0)
             return; /* queued on that id's fetch */
     } else {
@@ -962,8 +932,7 @@ enum outcome {
 static bool is_error(const redisReply *r, const char *code)
 {
     size_t n = strlen(code);
-    return r->type == REDIS_REPLY_ERROR && r->len >= n &&
-           memcmp(r->str, code, n) == 0;
+    return r->type == REDIS_REPLY_ERROR && r->len >= n && memcmp(r->str, code, n) == 0;
 }
 
 static bool value_is(const redisReply *v, const char *s)
@@ -1001,9 +970,8 @@ static bool numeric_host(const char *s)
 /* Parses "a:1, b:2" (value v, len n) into servers (at most cap), with
  * texts pointing into buf (n + 1 bytes). Returns the count, or -1 with why
  * set. */
-static int parse_servers(const char *v, size_t n, char *buf,
-                         struct tg_config_server *servers, size_t cap,
-                         char *why, size_t whylen)
+static int parse_servers(const char *v, size_t n, char *buf, struct tg_config_server *servers,
+                         size_t cap, char *why, size_t whylen)
 {
     memcpy(buf, v, n);
     buf[n] = '\0';
@@ -1027,14 +995,11 @@ static int parse_servers(const char *v, size_t n, char *buf,
         }
         char err[128];
         if (!numeric_host(p)) {
-            snprintf(why, whylen,
-                     "server '%.60s' is not IP:port (names are not resolved)",
-                     p);
+            snprintf(why, whylen, "server '%.60s' is not IP:port (names are not resolved)", p);
             return -1;
         }
         memset(&servers[count], 0, sizeof(servers[count]));
-        if (tg_config_parse_sockaddr(p, &servers[count].addr, err,
-                                     sizeof(err)) < 0) {
+        if (tg_config_parse_sockaddr(p, &servers[count].addr, err, sizeof(err)) < 0) {
             snprintf(why, whylen, "server: %.100s", err);
             return -1;
         }
@@ -1065,9 +1030,8 @@ static bool parse_uint(const char *v, size_t n, int64_t max, int64_t *out)
 }
 
 /* Builds the tenant `id` from an HGETALL reply. */
-static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id,
-                                 size_t idlen, const redisReply *r,
-                                 struct tg_tenant **out, char *why,
+static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id, size_t idlen,
+                                 const redisReply *r, struct tg_tenant **out, char *why,
                                  size_t whylen)
 {
     if (is_error(r, "WRONGTYPE")) {
@@ -1092,8 +1056,10 @@ static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id,
             if (value_is(v, "suspended")) {
                 sp.suspended = true;
             } else if (!value_is(v, "active")) {
-                snprintf(why, whylen, "status '%.40s' is neither active nor "
-                         "suspended", v->str);
+                snprintf(why, whylen,
+                         "status '%.40s' is neither active nor "
+                         "suspended",
+                         v->str);
                 return OUT_MALFORMED;
             }
         } else if (value_is(k, "rate") && v->len > 0) {
@@ -1104,17 +1070,17 @@ static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id,
             }
             memcpy(rate, v->str, v->len);
             rate[v->len] = '\0';
-            if (tg_ratelimit_parse_rate(rate, &sp.rate_interval_ns,
-                                        &sp.rate_count,
+            if (tg_ratelimit_parse_rate(rate, &sp.rate_interval_ns, &sp.rate_count,
                                         &sp.rate_period_s) < 0) {
-                snprintf(why, whylen, "rate '%s' is not N/s, N/m, N/h or "
-                         "N/d", rate);
+                snprintf(why, whylen,
+                         "rate '%s' is not N/s, N/m, N/h or "
+                         "N/d",
+                         rate);
                 return OUT_MALFORMED;
             }
         } else if (value_is(k, "burst") && v->len > 0) {
             if (!parse_uint(v->str, v->len, INT32_MAX, &sp.burst)) {
-                snprintf(why, whylen, "burst '%.40s' is not a count",
-                         v->str);
+                snprintf(why, whylen, "burst '%.40s' is not a count", v->str);
                 return OUT_MALFORMED;
             }
         }
@@ -1131,8 +1097,7 @@ static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id,
         return *out != NULL ? OUT_FOUND : OUT_ERROR;
     }
     if (servers->len > SERVERS_TEXT_MAX) {
-        snprintf(why, whylen, "servers is longer than %d bytes",
-                 SERVERS_TEXT_MAX);
+        snprintf(why, whylen, "servers is longer than %d bytes", SERVERS_TEXT_MAX);
         return OUT_MALFORMED;
     }
     size_t cap = 1;
@@ -1146,8 +1111,7 @@ static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id,
     struct tg_config_server *arr = calloc(cap, sizeof(*arr));
     enum outcome oc = OUT_ERROR;
     if (buf != NULL && arr != NULL) {
-        int n = parse_servers(servers->str, servers->len, buf, arr, cap, why,
-                              whylen);
+        int n = parse_servers(servers->str, servers->len, buf, arr, cap, why, whylen);
         if (n < 0) {
             oc = OUT_MALFORMED;
         } else {
@@ -1163,8 +1127,7 @@ static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id,
 }
 
 /* Reads a GET PREFIXhost:<domain> reply into target (ID_MAX + 1). */
-static enum outcome parse_domain(const redisReply *r, char *target, char *why,
-                                 size_t whylen)
+static enum outcome parse_domain(const redisReply *r, char *target, char *why, size_t whylen)
 {
     if (r->type == REDIS_REPLY_NIL)
         return OUT_NOT_FOUND;
@@ -1189,8 +1152,8 @@ static enum outcome parse_domain(const redisReply *r, char *target, char *why,
 
 /* Settles a fetch: updates its entry (unless detached), then answers its
  * waiters. The entry is not touched once user callbacks start. */
-static void complete(struct tg_tenant_dir *d, struct fetch *f,
-                     enum outcome oc, struct tg_tenant *t, const char *target)
+static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, struct tg_tenant *t,
+                     const char *target)
 {
     ev_tstamp now = ev_now(d->loop);
     struct entry *e = f->e;
@@ -1223,8 +1186,7 @@ static void complete(struct tg_tenant_dir *d, struct fetch *f,
             snprintf(ans_target, sizeof(ans_target), "%s", target);
         if (e != NULL) {
             char *copy = NULL;
-            if (st == TG_TENANT_FOUND && e->domain &&
-                (copy = strdup(target)) == NULL) {
+            if (st == TG_TENANT_FOUND && e->domain && (copy = strdup(target)) == NULL) {
                 drop_data(d, e); /* cannot cache it: answer anyway */
             } else {
                 drop_data(d, e);
@@ -1300,8 +1262,7 @@ static int on_fetch_reply(void *arg, const redisReply *reply)
  * UNAVAILABLE) when it is down or gone, leaves them while it connects. */
 static void run_parked(struct tg_tenant_dir *d)
 {
-    enum tg_redis_state ls =
-        d->link != NULL ? tg_redis_state(d->link) : TG_REDIS_DOWN;
+    enum tg_redis_state ls = d->link != NULL ? tg_redis_state(d->link) : TG_REDIS_DOWN;
     if (ls == TG_REDIS_CONNECTING)
         return;
     struct tg_list *n;
@@ -1314,8 +1275,7 @@ static void run_parked(struct tg_tenant_dir *d)
     }
 }
 
-static void on_link_state(void *arg, enum tg_redis_state old,
-                          enum tg_redis_state state)
+static void on_link_state(void *arg, enum tg_redis_state old, enum tg_redis_state state)
 {
     (void)old;
     (void)state;
@@ -1388,20 +1348,17 @@ static ev_tstamp ms_to_s(int64_t ms)
 
 /* Copies what the directory keeps of cfg. Returns -1 on allocation
  * failure (nothing changed). */
-static int copy_target(struct tg_tenant_dir *d,
-                       const struct tg_config_tenants *cfg)
+static int copy_target(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg)
 {
     const struct tg_config_redis *rc = &cfg->redis;
-    const char *prefix = rc->key_prefix != NULL ? rc->key_prefix
-                                                : DEFAULT_PREFIX;
+    const char *prefix = rc->key_prefix != NULL ? rc->key_prefix : DEFAULT_PREFIX;
     size_t plen = strlen(prefix);
     char *address = rc->address != NULL ? strdup(rc->address) : NULL;
     char *password = rc->password != NULL ? strdup(rc->password) : NULL;
     char *p = strdup(prefix);
     char *keybuf = malloc(plen + KEY_MAX + 1);
-    if ((rc->address != NULL && address == NULL) ||
-        (rc->password != NULL && password == NULL) || p == NULL ||
-        keybuf == NULL) {
+    if ((rc->address != NULL && address == NULL) || (rc->password != NULL && password == NULL) ||
+        p == NULL || keybuf == NULL) {
         free(address);
         free(password);
         free(p);
@@ -1421,8 +1378,7 @@ static int copy_target(struct tg_tenant_dir *d,
     return 0;
 }
 
-static void copy_limits(struct tg_tenant_dir *d,
-                        const struct tg_config_tenants *cfg)
+static void copy_limits(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg)
 {
     d->ttl = ms_to_s(cfg->cache_ttl_ms);
     d->negative_ttl = ms_to_s(cfg->negative_ttl_ms);
@@ -1439,8 +1395,7 @@ static char *channel_name(const struct tg_tenant_dir *d)
     return c;
 }
 
-static int start_links(struct tg_tenant_dir *d,
-                       const struct tg_config_tenants *cfg)
+static int start_links(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg)
 {
     struct tg_redis_options opt = link_tuning;
     opt.name = "tenants";
@@ -1486,8 +1441,7 @@ static void repark_all(struct tg_tenant_dir *d)
     }
 }
 
-struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop,
-                                        const struct tg_config_tenants *cfg)
+struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop, const struct tg_config_tenants *cfg)
 {
     struct tg_tenant_dir *d = calloc(1, sizeof(*d));
     if (d == NULL)
@@ -1507,8 +1461,7 @@ struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop,
     d->kick.data = d;
     copy_limits(d, cfg);
     d->redis = cfg->directory == TG_TENANTS_REDIS;
-    if (d->buckets == NULL || copy_target(d, cfg) < 0 ||
-        (d->redis && start_links(d, cfg) < 0)) {
+    if (d->buckets == NULL || copy_target(d, cfg) < 0 || (d->redis && start_links(d, cfg) < 0)) {
         stop_links(d);
         free(d->buckets);
         free(d->address);
@@ -1521,14 +1474,12 @@ struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop,
     return d;
 }
 
-void tg_tenant_dir_configure(struct tg_tenant_dir *d,
-                             const struct tg_config_tenants *cfg)
+void tg_tenant_dir_configure(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg)
 {
     if (d->closing)
         return;
     const struct tg_config_redis *rc = &cfg->redis;
-    const char *prefix = rc->key_prefix != NULL ? rc->key_prefix
-                                                : DEFAULT_PREFIX;
+    const char *prefix = rc->key_prefix != NULL ? rc->key_prefix : DEFAULT_PREFIX;
     bool redis = cfg->directory == TG_TENANTS_REDIS;
     bool moved = redis != d->redis || !same_str(rc->address, d->address) ||
                  !same_str(rc->password, d->password) || rc->db != d->db ||
@@ -1645,8 +1596,7 @@ void tg_tenant_dir_free(struct tg_tenant_dir *d)
     cache_clear(d);
     /* Fetches being answered further up the stack free themselves. */
     for (int i = 0; i < 2; i++)
-        for (struct tg_list *n = lists[i]->next, *next; n != lists[i];
-             n = next) {
+        for (struct tg_list *n = lists[i]->next, *next; n != lists[i]; n = next) {
             next = n->next;
             struct fetch *f = fetch_of(n);
             if (!f->delivering)
@@ -1657,9 +1607,9 @@ void tg_tenant_dir_free(struct tg_tenant_dir *d)
 
 /* ---- look-ups ------------------------------------------------------------------ */
 
-int tg_tenant_lookup(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
-                     const char *id, size_t n, struct tg_tenant **out,
-                     tg_tenant_cb cb, void *arg, struct tg_tenant_wait **wait)
+int tg_tenant_lookup(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg, const char *id,
+                     size_t n, struct tg_tenant **out, tg_tenant_cb cb, void *arg,
+                     struct tg_tenant_wait **wait)
 {
     char buf[ID_MAX + 1];
     struct tg_tenant_wait *w = NULL;
@@ -1676,11 +1626,9 @@ int tg_tenant_lookup(struct tg_tenant_dir *d, const struct tg_config_tenants *cf
     return rc;
 }
 
-int tg_tenant_lookup_domain(struct tg_tenant_dir *d,
-                            const struct tg_config_tenants *cfg,
-                            const char *host, size_t n, struct tg_tenant **out,
-                            tg_tenant_cb cb, void *arg,
-                            struct tg_tenant_wait **wait)
+int tg_tenant_lookup_domain(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
+                            const char *host, size_t n, struct tg_tenant **out, tg_tenant_cb cb,
+                            void *arg, struct tg_tenant_wait **wait)
 {
     char buf[DOMAIN_MAX + 1];
     struct tg_tenant_wait *w = NULL;
@@ -1707,8 +1655,7 @@ void tg_tenant_cancel(struct tg_tenant_wait *w)
     free(w);
 }
 
-void tg_tenant_dir_stats(const struct tg_tenant_dir *d,
-                         struct tg_tenant_stats *out)
+void tg_tenant_dir_stats(const struct tg_tenant_dir *d, struct tg_tenant_stats *out)
 {
     *out = d->st;
     out->cached = d->count;

@@ -41,14 +41,14 @@ struct tg_tenant {
      * with the tg_upstream_* functions like any configured upstream.
      * upstream.name is "$tenant:<id>"; upstream.index is unused. */
     struct tg_config_upstream upstream;
-    unsigned rr_cursor;          /* round-robin position: worker-local for
+    unsigned rr_cursor;       /* round-robin position: worker-local for
                                     tenants from Redis; static ones are
                                     shared by all workers (refs == 0) and
                                     must not be written */
-    int64_t rate_interval_ns;    /* 0 = the policy's own rate */
+    int64_t rate_interval_ns; /* 0 = the policy's own rate */
     int64_t rate_count, rate_period_s;
-    int64_t burst;               /* 0 = the policy's own burst */
-    unsigned refs;               /* 0 for static tenants (never freed) */
+    int64_t burst; /* 0 = the policy's own burst */
+    unsigned refs; /* 0 for static tenants (never freed) */
 };
 
 /* ---- static entries (built at config load) ------------------------------ */
@@ -68,8 +68,7 @@ void tg_tenant_index_free(struct tg_tenant_index *ix);
 
 /* Static look-ups; NULL when absent. Thread-safe (read-only). */
 struct tg_tenant *tg_tenant_static(const struct tg_tenant_index *ix, const char *id, size_t n);
-const char *tg_tenant_static_domain(const struct tg_tenant_index *ix, const char *host,
-                                    size_t n);
+const char *tg_tenant_static_domain(const struct tg_tenant_index *ix, const char *host, size_t n);
 
 /* ---- the per-worker directory -------------------------------------------- */
 
@@ -78,8 +77,8 @@ struct tg_tenant_wait;
 
 enum tg_tenant_status {
     TG_TENANT_FOUND = 0,
-    TG_TENANT_NOT_FOUND,     /* answer 404 */
-    TG_TENANT_UNAVAILABLE,   /* Redis down and nothing cached: answer 503 */
+    TG_TENANT_NOT_FOUND,   /* answer 404 */
+    TG_TENANT_UNAVAILABLE, /* Redis down and nothing cached: answer 503 */
 };
 
 /* Called once from the loop with the outcome. `t` (FOUND only) is
@@ -120,17 +119,17 @@ void tg_tenant_dir_free(struct tg_tenant_dir *d);
  * otherwise UNAVAILABLE. `cfg` is the request's snapshot and must stay
  * valid until the callback or cancel; the tenant handed out borrows only
  * from it. Worker thread. */
-int tg_tenant_lookup(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
-                     const char *id, size_t n, struct tg_tenant **out, tg_tenant_cb cb,
-                     void *arg, struct tg_tenant_wait **wait);
+int tg_tenant_lookup(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg, const char *id,
+                     size_t n, struct tg_tenant **out, tg_tenant_cb cb, void *arg,
+                     struct tg_tenant_wait **wait);
 
 /* The same for a custom domain (a Host that matched no site pattern,
  * without its port; case and one trailing dot ignored): static domains,
  * then Redis STRING PREFIXhost:<domain> (cached, coalesced and negative
  * cached like ids), then the tenant by id. */
 int tg_tenant_lookup_domain(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
-                            const char *host, size_t n, struct tg_tenant **out,
-                            tg_tenant_cb cb, void *arg, struct tg_tenant_wait **wait);
+                            const char *host, size_t n, struct tg_tenant **out, tg_tenant_cb cb,
+                            void *arg, struct tg_tenant_wait **wait);
 
 /* The request went away: its callback will not be called. Any time
  * before the callback (not after: the handle is gone then). The Redis
@@ -144,15 +143,15 @@ void tg_tenant_release(struct tg_tenant *t);
 
 /* Counters for metrics and /status (this worker). */
 struct tg_tenant_stats {
-    uint64_t hits;               /* FOUND from static entries or the cache */
-    uint64_t misses;             /* needed Redis (asked, joined, or it was down) */
-    uint64_t negative_hits;      /* NOT_FOUND from the cache (or no such static) */
-    uint64_t stale_served;       /* FOUND with an expired entry, Redis failing */
-    uint64_t redis_lookups;      /* HGETALL / GET sent */
-    uint64_t redis_errors;       /* look-ups Redis failed to answer */
-    uint64_t invalidations;      /* messages received on PREFIXchanged */
-    size_t cached;               /* entries now (ids and domains, + and -) */
-    size_t memory;               /* bytes held by the cache: entries, their
+    uint64_t hits;          /* FOUND from static entries or the cache */
+    uint64_t misses;        /* needed Redis (asked, joined, or it was down) */
+    uint64_t negative_hits; /* NOT_FOUND from the cache (or no such static) */
+    uint64_t stale_served;  /* FOUND with an expired entry, Redis failing */
+    uint64_t redis_lookups; /* HGETALL / GET sent */
+    uint64_t redis_errors;  /* look-ups Redis failed to answer */
+    uint64_t invalidations; /* messages received on PREFIXchanged */
+    size_t cached;          /* entries now (ids and domains, + and -) */
+    size_t memory;          /* bytes held by the cache: entries, their
                                     tenants (malloc_usable_size), buckets */
 };
 void tg_tenant_dir_stats(const struct tg_tenant_dir *d, struct tg_tenant_stats *out);

@@ -136,8 +136,8 @@ int tg_tls_global_init(void)
 {
     if (ready)
         return 0;
-    if (OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS |
-                             OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL) != 1)
+    if (OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL) !=
+        1)
         return -1;
     if (tg_tls_bio_init() < 0)
         goto fail;

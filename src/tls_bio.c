@@ -72,11 +72,9 @@ int tg_tls_bio_init(void)
     int type = BIO_get_new_index();
     if (type == -1)
         return -1;
-    method = BIO_meth_new(type | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
-                          "tollgate socket");
+    method = BIO_meth_new(type | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR, "tollgate socket");
     if (method == NULL || BIO_meth_set_read(method, sock_read) != 1 ||
-        BIO_meth_set_write(method, sock_write) != 1 ||
-        BIO_meth_set_ctrl(method, sock_ctrl) != 1) {
+        BIO_meth_set_write(method, sock_write) != 1 || BIO_meth_set_ctrl(method, sock_ctrl) != 1) {
         tg_tls_bio_cleanup();
         return -1;
     }

@@ -82,8 +82,8 @@ static void client_unref(struct tg_tls_client *c)
     free(c);
 }
 
-static void on_ssl_client_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad,
-                               int idx, long argl, void *argp)
+static void on_ssl_client_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                               void *argp)
 {
     (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
     struct client_ssl *cs = ptr;
@@ -94,8 +94,7 @@ static void on_ssl_client_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad,
 }
 
 /* Takes ownership of `sess`. */
-static void client_store(struct tg_tls_client *c, const char *host,
-                         SSL_SESSION *sess)
+static void client_store(struct tg_tls_client *c, const char *host, SSL_SESSION *sess)
 {
     SSL_SESSION *old = NULL;
     char *copy = NULL;
@@ -152,9 +151,8 @@ static int on_client_new_session(SSL *ssl, SSL_SESSION *sess)
     return 1; /* we keep the reference */
 }
 
-struct tg_tls_client *tg_tls_client_new(const struct tg_config_upstream *u,
-                                        char *err, size_t errlen,
-                                        struct tg_config_mark *where)
+struct tg_tls_client *tg_tls_client_new(const struct tg_config_upstream *u, char *err,
+                                        size_t errlen, struct tg_config_mark *where)
 {
     *where = u->mark;
     if (err != NULL && errlen > 0)
@@ -171,8 +169,7 @@ struct tg_tls_client *tg_tls_client_new(const struct tg_config_upstream *u,
     atomic_init(&c->refs, 1);
     pthread_mutex_init(&c->lock, NULL);
     c->verify = u->tls_verify;
-    if (u->tls_server_name != NULL &&
-        (c->server_name = strdup(u->tls_server_name)) == NULL) {
+    if (u->tls_server_name != NULL && (c->server_name = strdup(u->tls_server_name)) == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -189,30 +186,31 @@ struct tg_tls_client *tg_tls_client_new(const struct tg_config_upstream *u,
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_mode(ctx, TG_TLS_CLIENT_MODES);
     SSL_CTX_set_read_ahead(ctx, 1);
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
-                                            SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, on_client_new_session);
     if (u->tls_ca != NULL) {
-        X509_STORE *store = tg_cert_load_ca(u->tls_ca, "tls_ca", NULL, NULL, err,
-                                            errlen);
+        X509_STORE *store = tg_cert_load_ca(u->tls_ca, "tls_ca", NULL, NULL, err, errlen);
         if (store == NULL)
             goto fail;
         SSL_CTX_set_cert_store(ctx, store); /* takes ownership */
     } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
-        snprintf(err, errlen, "upstream %s: cannot load the system trust "
-                 "store: %s", u->name ? u->name : "", ssl_reason());
+        snprintf(err, errlen,
+                 "upstream %s: cannot load the system trust "
+                 "store: %s",
+                 u->name ? u->name : "", ssl_reason());
         goto fail;
     }
     SSL_CTX_set_verify(ctx, c->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
     if (!c->verify)
         tg_log_warn("upstream %s: tls_verify is off: its certificates are not "
-                    "checked", u->name ? u->name : "");
+                    "checked",
+                    u->name ? u->name : "");
     ERR_clear_error();
     return c;
 
 fail_ssl:
-    snprintf(err, errlen, "upstream %s: cannot set up a TLS context: %s",
-             u->name ? u->name : "", ssl_reason());
+    snprintf(err, errlen, "upstream %s: cannot set up a TLS context: %s", u->name ? u->name : "",
+             ssl_reason());
 fail:
     client_unref(c);
     return NULL;

@@ -13,9 +13,8 @@ struct tg_config_upstream;
 struct tg_config_mark;
 
 /* The modes of every client-side SSL (as the server side's). */
-#define TG_TLS_CLIENT_MODES                                                  \
-    (SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |              \
-     SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+#define TG_TLS_CLIENT_MODES \
+    (SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
 
 struct tg_tls_client;
 
@@ -26,9 +25,8 @@ struct tg_tls_client;
  * it). Requires tg_tls_global_init. Main thread. tg_tls_client_free drops
  * the owner's reference; each SSL from tg_tls_client_connect holds one
  * until SSL_free, so pooled connections may outlive the snapshot. */
-struct tg_tls_client *tg_tls_client_new(const struct tg_config_upstream *u,
-                                        char *err, size_t errlen,
-                                        struct tg_config_mark *where);
+struct tg_tls_client *tg_tls_client_new(const struct tg_config_upstream *u, char *err,
+                                        size_t errlen, struct tg_config_mark *where);
 void tg_tls_client_free(struct tg_tls_client *c);
 
 /* A client SSL for a connected socket: SNI and hostname verification use

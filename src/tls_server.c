@@ -29,12 +29,12 @@
 /* TLS 1.2: forward secrecy and AEAD only. AES-128 first (cheapest with
  * AES-NI); SSL_OP_PRIORITIZE_CHACHA moves ChaCha20 up for clients that list
  * it first (phones without AES instructions). */
-#define TLS_DEFAULT_CIPHERS                                                  \
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"             \
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"             \
+#define TLS_DEFAULT_CIPHERS                                      \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
-#define TLS_DEFAULT_SUITES                                                   \
-    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"                         \
+#define TLS_DEFAULT_SUITES                           \
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:" \
     "TLS_CHACHA20_POLY1305_SHA256"
 #define TLS_GROUPS "X25519:P-256:P-384"
 #define MAX_NAME 253 /* DNS name without the trailing dot */
@@ -81,9 +81,9 @@ struct tls_ctxset {
 };
 
 struct tg_tls_server {
-    _Atomic unsigned refs;     /* the owner's, plus one per SSL alive */
+    _Atomic unsigned refs;      /* the owner's, plus one per SSL alive */
     struct tg_certstore *store; /* SNI looks names up here (a reference) */
-    struct tg_cert **certs;    /* tls.certificates, loaded, for publish */
+    struct tg_cert **certs;     /* tls.certificates, loaded, for publish */
     size_t ncerts;
     struct tls_ctxset plain;
     struct tls_ctxset *mtls;
@@ -126,11 +126,11 @@ static bool offers_only_acme(SSL *ssl)
     const unsigned char *p;
     size_t len;
     if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &p,
-                                  &len) != 1 || len < 2)
+                                  &len) != 1 ||
+        len < 2)
         return false;
     size_t list = (size_t)p[0] << 8 | p[1];
-    return list + 2 == len && list == sizeof(alpn_acme) - 1 &&
-           memcmp(p + 2, alpn_acme, list) == 0;
+    return list + 2 == len && list == sizeof(alpn_acme) - 1 && memcmp(p + 2, alpn_acme, list) == 0;
 }
 
 void tg_tls_server_on_unknown_name(tg_tls_unknown_name_fn hook)
@@ -160,13 +160,11 @@ static int on_client_hello(SSL *ssl, int *alert, void *arg)
     size_t len;
     const char *sni = NULL;
     size_t sni_len = 0;
-    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len) == 1 &&
-        len >= 5) {
+    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len) == 1 && len >= 5) {
         /* server_name_list: u16 length, then entries: u8 type, u16 len. */
         size_t list = (size_t)p[0] << 8 | p[1];
         size_t nlen = (size_t)p[3] << 8 | p[4];
-        if (list + 2 == len && p[2] == TLSEXT_NAMETYPE_host_name &&
-            nlen + 5 <= len) {
+        if (list + 2 == len && p[2] == TLSEXT_NAMETYPE_host_name && nlen + 5 <= len) {
             sni = (const char *)p + 5;
             sni_len = nlen;
             want = tg_certstore_lookup(snap, sni, nlen);
@@ -192,7 +190,8 @@ static int on_client_hello(SSL *ssl, int *alert, void *arg)
         return SSL_CLIENT_HELLO_SUCCESS;
     }
     int demand = want == NULL && sni != NULL && unknown_name_hook != NULL
-                     ? unknown_name_hook(sni, sni_len) : 0;
+                     ? unknown_name_hook(sni, sni_len)
+                     : 0;
     if (demand == 1) {
         /* Ordered on demand: the handshake waits (the worker does not)
          * and is resumed when the order ends, on a fresh snapshot. */
@@ -257,13 +256,11 @@ static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
-static int on_ticket_key(SSL *ssl, unsigned char name[16],
-                         unsigned char iv[EVP_MAX_IV_LENGTH],
+static int on_ticket_key(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
                          EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
 {
     const struct tls_ctxset *set = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
-    return tg_tls_tickets_key(ssl, name, iv, cctx, hctx, enc,
-                              set->server->ticket_rotation_ms,
+    return tg_tls_tickets_key(ssl, name, iv, cctx, hctx, enc, set->server->ticket_rotation_ms,
                               set->server->ticket_secret);
 }
 
@@ -271,8 +268,7 @@ static int on_ticket_key(SSL *ssl, unsigned char name[16],
 
 /* Checks each entry of a cipher list on its own, because OpenSSL skips
  * names it does not know as long as one entry matches something. */
-static int check_ciphers(SSL_CTX *scratch, const char *list, bool suites,
-                         char *err, size_t errlen)
+static int check_ciphers(SSL_CTX *scratch, const char *list, bool suites, char *err, size_t errlen)
 {
     const char *key = suites ? "tls.ciphersuites" : "tls.ciphers";
     char tok[128];
@@ -295,29 +291,31 @@ static int check_ciphers(SSL_CTX *scratch, const char *list, bool suites,
             if (SSL_CTX_set_ciphersuites(scratch, tok) == 1) {
                 STACK_OF(SSL_CIPHER) *sk = SSL_CTX_get_ciphers(scratch);
                 for (int i = 0; i < sk_SSL_CIPHER_num(sk); i++)
-                    if (strcmp(SSL_CIPHER_get_version(sk_SSL_CIPHER_value(sk, i)),
-                               "TLSv1.3") == 0)
+                    if (strcmp(SSL_CIPHER_get_version(sk_SSL_CIPHER_value(sk, i)), "TLSv1.3") == 0)
                         found++;
             }
             ERR_clear_error();
             if (found == 0) {
-                snprintf(err, errlen, "%s: '%s' is not a TLS 1.3 cipher suite "
+                snprintf(err, errlen,
+                         "%s: '%s' is not a TLS 1.3 cipher suite "
                          "(TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, "
-                         "TLS_CHACHA20_POLY1305_SHA256)", key, tok);
+                         "TLS_CHACHA20_POLY1305_SHA256)",
+                         key, tok);
                 return -1;
             }
         } else if (SSL_CTX_set_cipher_list(scratch, tok) != 1) {
             ERR_clear_error();
-            snprintf(err, errlen, "%s: '%s' matches no TLS 1.2 cipher (TLS 1.3 "
-                     "suites go in tls.ciphersuites)", key, tok);
+            snprintf(err, errlen,
+                     "%s: '%s' matches no TLS 1.2 cipher (TLS 1.3 "
+                     "suites go in tls.ciphersuites)",
+                     key, tok);
             return -1;
         }
     }
     return 0;
 }
 
-static int check_tls_settings(const struct tg_config_tls *t, char *err,
-                              size_t errlen)
+static int check_tls_settings(const struct tg_config_tls *t, char *err, size_t errlen)
 {
     SSL_CTX *scratch = SSL_CTX_new(TLS_server_method());
     if (scratch == NULL) {
@@ -330,17 +328,16 @@ static int check_tls_settings(const struct tg_config_tls *t, char *err,
         if (check_ciphers(scratch, t->ciphers, false, err, errlen) < 0) {
             rc = -1;
         } else if (SSL_CTX_set_cipher_list(scratch, t->ciphers) != 1 && !only13) {
-            snprintf(err, errlen, "tls.ciphers: '%s' leaves no TLS 1.2 cipher",
-                     t->ciphers);
+            snprintf(err, errlen, "tls.ciphers: '%s' leaves no TLS 1.2 cipher", t->ciphers);
             rc = -1;
         }
     }
     if (rc == 0 && t->ciphersuites != NULL) {
         if (check_ciphers(scratch, t->ciphersuites, true, err, errlen) < 0) {
             rc = -1;
-        } else if (t->ciphersuites[strspn(t->ciphersuites, ":, ")] == '\0' &&
-                   only13) {
-            snprintf(err, errlen, "tls.ciphersuites is empty but "
+        } else if (t->ciphersuites[strspn(t->ciphersuites, ":, ")] == '\0' && only13) {
+            snprintf(err, errlen,
+                     "tls.ciphersuites is empty but "
                      "tls.min_version is 1.3: nothing could be negotiated");
             rc = -1;
         }
@@ -353,15 +350,15 @@ static int check_tls_settings(const struct tg_config_tls *t, char *err,
 /* One trust setting's client CA (mTLS). */
 struct mtls_ca {
     X509_STORE *store;
-    STACK_OF(X509_NAME) *names;
+    STACK_OF(X509_NAME) * names;
     unsigned char sid_ctx[32];
 };
 
 /* A context with the snapshot's settings and callbacks, without
  * certificates (they come from the store at each ClientHello). */
 static SSL_CTX *server_ctx_new(struct tg_tls_server *s, const struct tg_config_tls *t,
-                               struct tls_ctxset *set, const struct mtls_ca *ca,
-                               bool optional, char *err, size_t errlen)
+                               struct tls_ctxset *set, const struct mtls_ca *ca, bool optional,
+                               char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL)
@@ -373,10 +370,8 @@ static SSL_CTX *server_ctx_new(struct tg_tls_server *s, const struct tg_config_t
     /* No renegotiation at all (SSL_OP_ALLOW_CLIENT_RENEGOTIATION stays
      * off); an EOF without close_notify is an end of stream, which is what
      * io.c expects. */
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION |
-                                 SSL_OP_CIPHER_SERVER_PREFERENCE |
-                                 SSL_OP_PRIORITIZE_CHACHA |
-                                 SSL_OP_NO_RENEGOTIATION |
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                                 SSL_OP_PRIORITIZE_CHACHA | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_IGNORE_UNEXPECTED_EOF |
                                  (t->session_tickets ? 0 : SSL_OP_NO_TICKET));
     SSL_CTX_clear_options(ctx, SSL_OP_ALLOW_CLIENT_RENEGOTIATION);
@@ -387,8 +382,8 @@ static SSL_CTX *server_ctx_new(struct tg_tls_server *s, const struct tg_config_t
     if (SSL_CTX_set_cipher_list(ctx, t->ciphers ? t->ciphers : TLS_DEFAULT_CIPHERS) != 1 &&
         t->min_version < TLS1_3_VERSION)
         goto fail;
-    if (SSL_CTX_set_ciphersuites(ctx, t->ciphersuites ? t->ciphersuites
-                                                      : TLS_DEFAULT_SUITES) != 1 ||
+    if (SSL_CTX_set_ciphersuites(ctx, t->ciphersuites ? t->ciphersuites : TLS_DEFAULT_SUITES) !=
+            1 ||
         SSL_CTX_set1_groups_list(ctx, TLS_GROUPS) != 1)
         goto fail;
     ERR_clear_error();
@@ -424,8 +419,7 @@ static SSL_CTX *server_ctx_new(struct tg_tls_server *s, const struct tg_config_t
             goto fail;
         SSL_CTX_set1_cert_store(ctx, ca->store);
         SSL_CTX_set_client_CA_list(ctx, names);
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER |
-                                    (optional ? 0 : SSL_VERIFY_FAIL_IF_NO_PEER_CERT),
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (optional ? 0 : SSL_VERIFY_FAIL_IF_NO_PEER_CERT),
                            NULL);
     }
     return ctx;
@@ -442,8 +436,7 @@ static int ctxset_build(struct tg_tls_server *s, const struct tg_config_tls *t,
 {
     set->server = s;
     set->listen = l;
-    set->ctx = server_ctx_new(s, t, set, ca, l != NULL && l->client_verify_optional,
-                              err, errlen);
+    set->ctx = server_ctx_new(s, t, set, ca, l != NULL && l->client_verify_optional, err, errlen);
     return set->ctx != NULL ? 0 : -1;
 }
 
@@ -451,8 +444,8 @@ static int ctxset_build(struct tg_tls_server *s, const struct tg_config_tls *t,
  * settings (a key too weak for the security level is refused): tried on a
  * scratch context, so the error points at the entry. Returns the index of
  * the first refused, or -1. */
-static ssize_t first_unusable(struct tg_tls_server *s, const struct tg_config_tls *t,
-                              char *err, size_t errlen)
+static ssize_t first_unusable(struct tg_tls_server *s, const struct tg_config_tls *t, char *err,
+                              size_t errlen)
 {
     struct tls_ctxset scratch = {s, NULL, NULL};
     SSL_CTX *ctx = server_ctx_new(s, t, &scratch, NULL, false, err, errlen);
@@ -462,8 +455,7 @@ static ssize_t first_unusable(struct tg_tls_server *s, const struct tg_config_tl
     for (size_t i = 0; i < s->ncerts && bad < 0; i++) {
         struct tg_cert *c = s->certs[i];
         if (SSL_CTX_use_cert_and_key(ctx, c->x509, c->pkey, c->chain, 1) != 1) {
-            snprintf(err, errlen, "certificate '%s' cannot be used: %s", c->label,
-                     ssl_reason());
+            snprintf(err, errlen, "certificate '%s' cannot be used: %s", c->label, ssl_reason());
             bad = (ssize_t)i;
         }
     }
@@ -497,8 +489,7 @@ static int mtls_build(struct tg_tls_server *s, const struct tg_config *cfg,
 {
     struct mtls_ca ca = {0};
     unsigned char digest[32];
-    ca.store = tg_cert_load_ca(l->client_ca, "client_ca", &ca.names, digest, err,
-                               errlen);
+    ca.store = tg_cert_load_ca(l->client_ca, "client_ca", &ca.names, digest, err, errlen);
     if (ca.store == NULL)
         return -1;
     /* The session id context names the trust setting: the CA bundle and
@@ -524,8 +515,7 @@ done:
 }
 
 struct tg_tls_server *tg_tls_server_new_shared(const struct tg_config *cfg,
-                                               struct tg_certstore *store,
-                                               char *err, size_t errlen,
+                                               struct tg_certstore *store, char *err, size_t errlen,
                                                struct tg_config_mark *where)
 {
     const struct tg_config_tls *t = &cfg->tls;
@@ -537,7 +527,8 @@ struct tg_tls_server *tg_tls_server_new_shared(const struct tg_config *cfg,
         return NULL;
     }
     if (t->ncerts == 0 && !t->acme.enabled) {
-        snprintf(err, errlen, "TLS listeners need at least one entry in "
+        snprintf(err, errlen,
+                 "TLS listeners need at least one entry in "
                  "tls.certificates");
         for (size_t i = 0; i < cfg->nlisteners; i++)
             if (cfg->listeners[i].tls) {
@@ -557,8 +548,8 @@ struct tg_tls_server *tg_tls_server_new_shared(const struct tg_config *cfg,
     atomic_init(&s->refs, 1);
     tg_certstore_ref(store);
     s->store = store;
-    s->ticket_rotation_ms = t->ticket_key_rotation_ms > 0 ? t->ticket_key_rotation_ms
-                                                          : DEFAULT_TICKET_ROTATION_MS;
+    s->ticket_rotation_ms =
+        t->ticket_key_rotation_ms > 0 ? t->ticket_key_rotation_ms : DEFAULT_TICKET_ROTATION_MS;
     if (cfg->ticket_secret != NULL)
         s->ticket_secret = tg_tls_tickets_secret_ref(cfg->ticket_secret);
     s->certs = calloc(t->ncerts ? t->ncerts : 1, sizeof(*s->certs));
@@ -604,8 +595,8 @@ fail:
     return NULL;
 }
 
-struct tg_tls_server *tg_tls_server_new(const struct tg_config *cfg, char *err,
-                                        size_t errlen, struct tg_config_mark *where)
+struct tg_tls_server *tg_tls_server_new(const struct tg_config *cfg, char *err, size_t errlen,
+                                        struct tg_config_mark *where)
 {
     *where = cfg->tls.mark;
     struct tg_certstore *own = tg_certstore_new();
@@ -638,22 +629,21 @@ void tg_tls_server_free(struct tg_tls_server *s)
     server_unref(s);
 }
 
-static void on_ssl_server_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad,
-                               int index, long argl, void *argp)
+static void on_ssl_server_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int index, long argl,
+                               void *argp)
 {
     (void)parent, (void)ad, (void)index, (void)argl, (void)argp;
     server_unref(ptr);
 }
 
-static void on_ssl_snap_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad,
-                             int index, long argl, void *argp)
+static void on_ssl_snap_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int index, long argl,
+                             void *argp)
 {
     (void)parent, (void)ad, (void)index, (void)argl, (void)argp;
     tg_certstore_release(ptr);
 }
 
-SSL *tg_tls_server_accept(struct tg_tls_server *s,
-                          const struct tg_config_listen *l, int fd)
+SSL *tg_tls_server_accept(struct tg_tls_server *s, const struct tg_config_listen *l, int fd)
 {
     struct tls_ctxset *set = &s->plain;
     if (l != NULL && l->client_ca != NULL) {
@@ -691,8 +681,7 @@ fail:
 static bool cert_matches(X509 *x, const char *name, size_t n, bool ip)
 {
     int rc = ip ? X509_check_ip_asc(x, name, 0)
-                : X509_check_host(x, name, n, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS,
-                                  NULL);
+                : X509_check_host(x, name, n, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL);
     ERR_clear_error();
     return rc == 1;
 }
@@ -759,8 +748,8 @@ struct covers_memo {
     char host[];
 };
 
-static void on_covers_memo_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
-                                long argl, void *argp)
+static void on_covers_memo_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                                void *argp)
 {
     (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
     free(ptr);
@@ -826,7 +815,6 @@ size_t tg_tls_client_subject(SSL *ssl, char *out, size_t cap)
     ERR_clear_error();
     return len;
 }
-
 
 /* ---- process-wide ---------------------------------------------------------- */
 

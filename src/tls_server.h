@@ -22,17 +22,15 @@ struct tg_certstore;
 
 /* The modes of every server-side SSL: an idle connection holds no record
  * buffers; io.c writes partially and from moving buffers. */
-#define TG_TLS_SERVER_MODES                                                  \
-    (SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |              \
-     SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+#define TG_TLS_SERVER_MODES \
+    (SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
 
 struct tg_tls_server;
 
 /* Builds the server contexts for a snapshot with a certificate store of
  * its own, filled at once with cfg->tls.certificates (tests, `-t`,
  * `explain`): see tg_tls_server_new_shared for the rest. Main thread. */
-struct tg_tls_server *tg_tls_server_new(const struct tg_config *cfg, char *err,
-                                        size_t errlen,
+struct tg_tls_server *tg_tls_server_new(const struct tg_config *cfg, char *err, size_t errlen,
                                         struct tg_config_mark *where);
 
 /* Builds the server contexts for a snapshot whose SNI consults `store`
@@ -54,8 +52,7 @@ struct tg_tls_server *tg_tls_server_new(const struct tg_config *cfg, char *err,
  * call, except that tg_tls_server_accept compares listener pointers with
  * cfg->listeners. Requires tg_tls_global_init. Main thread. */
 struct tg_tls_server *tg_tls_server_new_shared(const struct tg_config *cfg,
-                                               struct tg_certstore *store,
-                                               char *err, size_t errlen,
+                                               struct tg_certstore *store, char *err, size_t errlen,
                                                struct tg_config_mark *where);
 
 /* Makes the snapshot's certificates the configuration's certificates in
@@ -83,8 +80,7 @@ void tg_tls_server_free(struct tg_tls_server *s);
  * allocation failure, or when `l` has a client CA this server has no
  * context for (never a context that skips client certificates). Any
  * worker thread. */
-SSL *tg_tls_server_accept(struct tg_tls_server *s,
-                          const struct tg_config_listen *l, int fd);
+SSL *tg_tls_server_accept(struct tg_tls_server *s, const struct tg_config_listen *l, int fd);
 
 /* After the handshake: does the certificate that SNI chose cover `host`
  * (exact or wildcard SAN, port ignored, case-insensitive; an IP address
@@ -98,9 +94,9 @@ bool tg_tls_cert_covers(SSL *ssl, struct tg_str host);
 /* After the handshake, for logs and headers. Strings are static or owned
  * by `ssl`. */
 struct tg_tls_info {
-    const char *version;   /* "TLSv1.3" */
-    const char *cipher;    /* "TLS_AES_128_GCM_SHA256" */
-    const char *sni;       /* NULL when the client sent none */
+    const char *version; /* "TLSv1.3" */
+    const char *cipher;  /* "TLS_AES_128_GCM_SHA256" */
+    const char *sni;     /* NULL when the client sent none */
     bool resumed;
 };
 void tg_tls_info(SSL *ssl, struct tg_tls_info *out);

@@ -115,7 +115,7 @@ static struct {
     /* Under the lock: bumped at every change of Redis material, so a key
      * derived from a copy taken before is not cached after it. */
     uint64_t material_gen;
-    unsigned cache_next;     /* under the write lock: round robin */
+    unsigned cache_next;       /* under the write lock: round robin */
     _Atomic bool any_material; /* a Redis material is known (no lock) */
     bool ready;
 } ring;
@@ -211,8 +211,7 @@ static int hkdf(int mode, const unsigned char *key, size_t keylen, const char *s
     *p++ = OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode);
     *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)key, keylen);
     if (salt != NULL)
-        *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt,
-                                                 strlen(salt));
+        *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, strlen(salt));
     if (info != NULL)
         *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, infolen);
     *p = OSSL_PARAM_construct_end();
@@ -235,8 +234,8 @@ static int secret_material(const struct tg_tls_ticket_secret *s, int64_t epoch,
     unsigned char info[sizeof(MATERIAL_INFO) - 1 + 8];
     memcpy(info, MATERIAL_INFO, sizeof(MATERIAL_INFO) - 1);
     be64_put(info + sizeof(MATERIAL_INFO) - 1, epoch);
-    return hkdf(EVP_KDF_HKDF_MODE_EXPAND_ONLY, s->prk, sizeof(s->prk), NULL, info,
-                sizeof(info), out, TG_TLS_TICKETS_MATERIAL);
+    return hkdf(EVP_KDF_HKDF_MODE_EXPAND_ONLY, s->prk, sizeof(s->prk), NULL, info, sizeof(info),
+                out, TG_TLS_TICKETS_MATERIAL);
 }
 
 /* An epoch's keys from its material. */
@@ -247,8 +246,8 @@ static int derive_keys(const unsigned char material[TG_TLS_TICKETS_MATERIAL], in
     memcpy(info, KEYS_INFO, sizeof(KEYS_INFO) - 1);
     be64_put(info + sizeof(KEYS_INFO) - 1, epoch);
     unsigned char okm[sizeof(k->aes) + sizeof(k->hmac) + sizeof(k->check)];
-    if (hkdf(EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND, material, TG_TLS_TICKETS_MATERIAL, NULL,
-             info, sizeof(info), okm, sizeof(okm)) < 0)
+    if (hkdf(EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND, material, TG_TLS_TICKETS_MATERIAL, NULL, info,
+             sizeof(info), okm, sizeof(okm)) < 0)
         return -1;
     memcpy(k->aes, okm, sizeof(k->aes));
     memcpy(k->hmac, okm + sizeof(k->aes), sizeof(k->hmac));
@@ -268,8 +267,7 @@ static void shared_name(const struct shared_key *k, unsigned char name[16])
 
 /* ---- the file secret ------------------------------------------------------- */
 
-struct tg_tls_ticket_secret *tg_tls_tickets_secret_read(const char *path, char *err,
-                                                        size_t errlen)
+struct tg_tls_ticket_secret *tg_tls_tickets_secret_read(const char *path, char *err, size_t errlen)
 {
     struct tg_tls_ticket_secret *s = NULL;
     unsigned char buf[SECRET_MAX + 1];
@@ -287,9 +285,10 @@ struct tg_tls_ticket_secret *tg_tls_tickets_secret_read(const char *path, char *
     /* Whoever can read it can decrypt every ticket of the fleet, and
      * whoever can write it can choose the keys. */
     if ((st.st_mode & (S_IRWXG | S_IRWXO) & ~(S_IXGRP | S_IXOTH)) != 0) {
-        snprintf(err, errlen, "'%s' is readable or writable by group or others (mode "
-                 "%04o): only its owner may have access (chmod 600)", path,
-                 (unsigned)(st.st_mode & 07777));
+        snprintf(err, errlen,
+                 "'%s' is readable or writable by group or others (mode "
+                 "%04o): only its owner may have access (chmod 600)",
+                 path, (unsigned)(st.st_mode & 07777));
         goto done;
     }
     for (;;) {
@@ -304,10 +303,11 @@ struct tg_tls_ticket_secret *tg_tls_tickets_secret_read(const char *path, char *
             break;
     }
     if (len < SECRET_MIN || len > SECRET_MAX) {
-        snprintf(err, errlen, "'%s' holds %s%zu bytes; a ticket key file holds %d to %d "
-                 "random bytes (e.g. head -c 32 /dev/urandom)", path,
-                 len > SECRET_MAX ? "more than " : "", len > SECRET_MAX ? (size_t)SECRET_MAX : len,
-                 SECRET_MIN, SECRET_MAX);
+        snprintf(err, errlen,
+                 "'%s' holds %s%zu bytes; a ticket key file holds %d to %d "
+                 "random bytes (e.g. head -c 32 /dev/urandom)",
+                 path, len > SECRET_MAX ? "more than " : "",
+                 len > SECRET_MAX ? (size_t)SECRET_MAX : len, SECRET_MIN, SECRET_MAX);
         goto done;
     }
     s = locked_page(RING_PAGE);
@@ -315,8 +315,8 @@ struct tg_tls_ticket_secret *tg_tls_tickets_secret_read(const char *path, char *
         snprintf(err, errlen, "out of memory reading '%s'", path);
         goto done;
     }
-    if (hkdf(EVP_KDF_HKDF_MODE_EXTRACT_ONLY, buf, len, FILE_SALT, NULL, 0, s->prk,
-             sizeof(s->prk)) < 0) {
+    if (hkdf(EVP_KDF_HKDF_MODE_EXTRACT_ONLY, buf, len, FILE_SALT, NULL, 0, s->prk, sizeof(s->prk)) <
+        0) {
         snprintf(err, errlen, "cannot derive ticket keys from '%s'", path);
         locked_page_free(s, RING_PAGE);
         s = NULL;
@@ -347,8 +347,7 @@ void tg_tls_tickets_secret_unref(struct tg_tls_ticket_secret *s)
 
 static int ticket_key_new(struct ticket_key *k, int64_t now)
 {
-    if (RAND_bytes(k->name, sizeof(k->name)) != 1 ||
-        RAND_bytes(k->aes, sizeof(k->aes)) != 1 ||
+    if (RAND_bytes(k->name, sizeof(k->name)) != 1 || RAND_bytes(k->aes, sizeof(k->aes)) != 1 ||
         RAND_bytes(k->hmac, sizeof(k->hmac)) != 1) {
         ERR_clear_error();
         return -1;
@@ -368,8 +367,7 @@ static void ring_rotate(int64_t now, int64_t period)
         return; /* keep the old key rather than issue no tickets */
     pthread_rwlock_wrlock(&ring.lock);
     if (!ring.keys[0].set || now - ring.keys[0].created_ms >= period) {
-        memmove(&ring.keys[1], &ring.keys[0],
-                (RING_KEYS - 1) * sizeof(ring.keys[0]));
+        memmove(&ring.keys[1], &ring.keys[0], (RING_KEYS - 1) * sizeof(ring.keys[0]));
         ring.keys[0] = k;
     }
     pthread_rwlock_unlock(&ring.lock);
@@ -379,14 +377,12 @@ static void ring_rotate(int64_t now, int64_t period)
 /* Copies the key to use into *out: the newest (name NULL, to encrypt) or
  * the one called `name` (to decrypt). Returns 1 for the newest key, 2 for
  * an older one that still decrypts (renew the ticket), 0 for none. */
-static int ring_get(const unsigned char *name, int64_t period,
-                    struct ticket_key *out)
+static int ring_get(const unsigned char *name, int64_t period, struct ticket_key *out)
 {
     int64_t now = tls_now_ms();
     for (int pass = 0;; pass++) {
         pthread_rwlock_rdlock(&ring.lock);
-        if (pass == 0 && (!ring.keys[0].set ||
-                          now - ring.keys[0].created_ms >= period)) {
+        if (pass == 0 && (!ring.keys[0].set || now - ring.keys[0].created_ms >= period)) {
             pthread_rwlock_unlock(&ring.lock);
             ring_rotate(now, period);
             continue;
@@ -578,9 +574,8 @@ static int key_get(const unsigned char *name, int64_t period,
     return ring_get(name, period, out);
 }
 
-int tg_tls_tickets_key(SSL *ssl, unsigned char name[16],
-                       unsigned char iv[EVP_MAX_IV_LENGTH], EVP_CIPHER_CTX *cctx,
-                       EVP_MAC_CTX *hctx, int enc, int64_t period_ms,
+int tg_tls_tickets_key(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
+                       EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc, int64_t period_ms,
                        const struct tg_tls_ticket_secret *secret)
 {
     if (!ring.ready)
@@ -597,8 +592,7 @@ int tg_tls_tickets_key(SSL *ssl, unsigned char name[16],
     int ok;
     if (enc) {
         memcpy(name, k.name, sizeof(k.name));
-        ok = RAND_bytes(iv, 16) == 1 &&
-             EVP_EncryptInit_ex(cctx, ring.cipher, NULL, k.aes, iv) == 1;
+        ok = RAND_bytes(iv, 16) == 1 && EVP_EncryptInit_ex(cctx, ring.cipher, NULL, k.aes, iv) == 1;
     } else {
         ok = EVP_DecryptInit_ex(cctx, ring.cipher, NULL, k.aes, iv) == 1;
     }

@@ -44,8 +44,7 @@ struct tg_tls_ticket_secret;
  * are) that neither group nor others may read or write. Returns the
  * secret with one reference, or NULL with a message naming the file in
  * `err`. Any thread (config build: main). */
-struct tg_tls_ticket_secret *tg_tls_tickets_secret_read(const char *path, char *err,
-                                                        size_t errlen);
+struct tg_tls_ticket_secret *tg_tls_tickets_secret_read(const char *path, char *err, size_t errlen);
 /* Adds a reference; returns `s`. Any thread. */
 struct tg_tls_ticket_secret *tg_tls_tickets_secret_ref(struct tg_tls_ticket_secret *s);
 /* Drops a reference; the last wipes and unmaps it. NULL is a no-op. Any
@@ -66,9 +65,8 @@ void tg_tls_tickets_secret_unref(struct tg_tls_ticket_secret *s);
  * OpenSSL expects: 1 (use), 2 (use and renew: an older key or epoch, or
  * any TLS 1.3 resumption, whose tickets are single-use), 0 (no ticket /
  * full handshake), -1 (error). The connection's worker thread. */
-int tg_tls_tickets_key(SSL *ssl, unsigned char name[16],
-                       unsigned char iv[EVP_MAX_IV_LENGTH], EVP_CIPHER_CTX *cctx,
-                       EVP_MAC_CTX *hctx, int enc, int64_t period_ms,
+int tg_tls_tickets_key(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
+                       EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc, int64_t period_ms,
                        const struct tg_tls_ticket_secret *secret);
 
 /* The current epoch for a rotation period: wall-clock ms / period_ms (the

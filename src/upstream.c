@@ -38,8 +38,8 @@
 #define DOWN_RANK_S 3600
 /* Bits of a request's `tried` mask: servers past it are never skipped. */
 #define TRIED_MAX 64
-#define TLS_NAME_MAX 256    /* a DNS name (253) and its NUL */
-#define POOL_NAME_MAX 64    /* the address, as logged */
+#define TLS_NAME_MAX 256 /* a DNS name (253) and its NUL */
+#define POOL_NAME_MAX 64 /* the address, as logged */
 #define BUCKETS_MIN 64
 
 /* A pool is one way of reaching one server: its address, and for TLS the
@@ -52,12 +52,12 @@ struct tg_pool {
     bool tls;
     char tls_name[TLS_NAME_MAX]; /* SNI and verified name; "" for plain */
     char name[POOL_NAME_MAX];
-    struct tg_list idle;      /* of tg_upconn.idle_link; front = most recently used */
+    struct tg_list idle; /* of tg_upconn.idle_link; front = most recently used */
     unsigned nidle;
-    unsigned active;          /* connections owned by requests */
-    unsigned active_high;     /* most owned at once since the last sweep */
-    unsigned keepalive;       /* the upstream's `keepalive`, last seen */
-    unsigned fails;           /* consecutive failures */
+    unsigned active;      /* connections owned by requests */
+    unsigned active_high; /* most owned at once since the last sweep */
+    unsigned keepalive;   /* the upstream's `keepalive`, last seen */
+    unsigned fails;       /* consecutive failures */
     ev_tstamp ejected_until;
     struct tg_pool *hnext;
 };
@@ -71,7 +71,7 @@ struct tg_pool {
 
 struct tg_upstream_pools {
     struct tg_pool **buckets;
-    size_t nbuckets;          /* power of two */
+    size_t nbuckets; /* power of two */
     size_t count;
     struct {
         const struct tg_config_sockaddr *addr;
@@ -244,8 +244,8 @@ static uint64_t rendezvous(uint64_t key, const struct tg_config_sockaddr *a)
     return h;
 }
 
-int tg_upstream_pick(struct tg_context *w, unsigned *cursor,
-                     const struct tg_config_upstream *u, uint64_t tried, uint64_t hash)
+int tg_upstream_pick(struct tg_context *w, unsigned *cursor, const struct tg_config_upstream *u,
+                     uint64_t tried, uint64_t hash)
 {
     size_t n = u->nservers;
     if (n == 0)
@@ -341,8 +341,7 @@ static void on_upconn_io(struct ev_loop *loop, ev_io *io, int revents)
         uc->on_io(uc, revents);
 }
 
-struct tg_upconn *tg_upstream_acquire(struct tg_context *w,
-                                      const struct tg_config_upstream *u,
+struct tg_upconn *tg_upstream_acquire(struct tg_context *w, const struct tg_config_upstream *u,
                                       int idx, void *owner)
 {
     struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
@@ -402,9 +401,8 @@ int tg_upstream_connected(struct tg_upconn *uc, const struct tg_config_upstream 
         return -1;
     }
     if (uc->pool->tls) {
-        if (u->tls_client == NULL ||
-            (uc->io.ssl = tg_tls_client_connect(u->tls_client, uc->io.fd,
-                                                uc->pool->tls_name)) == NULL) {
+        if (u->tls_client == NULL || (uc->io.ssl = tg_tls_client_connect(
+                                          u->tls_client, uc->io.fd, uc->pool->tls_name)) == NULL) {
             errno = ENOMEM;
             return -1;
         }
@@ -429,8 +427,7 @@ int tg_upstream_handshake(struct tg_upconn *uc, const struct tg_config_upstream 
     return rc;
 }
 
-void tg_upstream_release(struct tg_upconn *uc, bool reusable,
-                         const struct tg_config_upstream *u)
+void tg_upstream_release(struct tg_upconn *uc, bool reusable, const struct tg_config_upstream *u)
 {
     struct tg_pool *p = uc->pool;
     struct tg_context *w = p->w;
@@ -446,8 +443,8 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable,
      * above `keepalive` reconnect. */
     if (u != NULL)
         p->keepalive = u->keepalive;
-    bool room = p->nidle < p->keepalive ||
-                (p->keepalive > 0 && p->active + p->nidle < p->active_high);
+    bool room =
+        p->nidle < p->keepalive || (p->keepalive > 0 && p->active + p->nidle < p->active_high);
     bool keep = reusable && u != NULL && !w->draining && room &&
                 (u->keepalive_requests == 0 || uc->requests < u->keepalive_requests) &&
                 (uc->in == NULL || tg_buf_len(uc->in) == 0);
@@ -508,7 +505,7 @@ void tg_upstream_sweep(struct tg_context *w, ev_tstamp now)
             /* Idle longest first: those past keepalive_timeout, then
              * those beyond what the last second's peak needed. */
             unsigned peak_extra = p->active_high > p->active ? p->active_high - p->active : 0;
-            unsigned want = p->keepalive == 0            ? 0 /* no pooling */
+            unsigned want = p->keepalive == 0           ? 0 /* no pooling */
                             : p->keepalive > peak_extra ? p->keepalive
                                                         : peak_extra;
             while ((n = tg_list_last(&p->idle)) != NULL) {
@@ -539,8 +536,8 @@ void tg_upstream_close_idle(struct tg_context *w)
     }
 }
 
-void tg_upstream_server_state(struct tg_context *w, const struct tg_config_upstream *u,
-                              int idx, struct tg_upstream_server_state *out)
+void tg_upstream_server_state(struct tg_context *w, const struct tg_config_upstream *u, int idx,
+                              struct tg_upstream_server_state *out)
 {
     struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
     *out = (struct tg_upstream_server_state){0};

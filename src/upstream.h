@@ -25,8 +25,8 @@ struct tg_config_sockaddr;
 enum tg_upconn_state {
     TG_UPCONN_CONNECTING = 0,
     TG_UPCONN_HANDSHAKE, /* TLS to the server in progress */
-    TG_UPCONN_ACTIVE,   /* owned by a request */
-    TG_UPCONN_IDLE,     /* in its pool */
+    TG_UPCONN_ACTIVE,    /* owned by a request */
+    TG_UPCONN_IDLE,      /* in its pool */
 };
 
 struct tg_pool;
@@ -38,14 +38,14 @@ struct tg_upconn {
      * its events, so keep-alive reuse costs no epoll_ctl. */
     ev_io watcher;
     void (*on_io)(struct tg_upconn *uc, int revents); /* the owner's, while owned */
-    uint8_t watching;        /* events armed */
-    uint8_t state;           /* enum tg_upconn_state */
-    bool reused;             /* came from the pool for this request */
-    unsigned requests;       /* requests sent on this connection */
+    uint8_t watching;                                 /* events armed */
+    uint8_t state;                                    /* enum tg_upconn_state */
+    bool reused;                                      /* came from the pool for this request */
+    unsigned requests;                                /* requests sent on this connection */
     struct tg_pool *pool;
-    void *owner;             /* the exchange using it while ACTIVE/CONNECTING */
-    struct tg_buf *in;       /* response bytes; NULL while idle */
-    ev_tstamp idle_expires;  /* while idle: when the pool closes it */
+    void *owner;              /* the exchange using it while ACTIVE/CONNECTING */
+    struct tg_buf *in;        /* response bytes; NULL while idle */
+    ev_tstamp idle_expires;   /* while idle: when the pool closes it */
     struct tg_list idle_link; /* in the pool's idle list while idle */
 };
 
@@ -61,8 +61,8 @@ void tg_upstream_pools_free(struct tg_upstream_pools *p);
  * highest rendezvous score for `hash` (so a key stays on its server, and
  * only the keys of a server that goes away move). Returns the server
  * index, or -1 when none is left. */
-int tg_upstream_pick(struct tg_context *w, unsigned *cursor,
-                     const struct tg_config_upstream *u, uint64_t tried, uint64_t hash);
+int tg_upstream_pick(struct tg_context *w, unsigned *cursor, const struct tg_config_upstream *u,
+                     uint64_t tried, uint64_t hash);
 
 /* Returns a connection to server `idx` of `u` owned by `owner`: an idle
  * pooled one (state ACTIVE, reused = true) or a new non-blocking connect
@@ -70,8 +70,7 @@ int tg_upstream_pick(struct tg_context *w, unsigned *cursor,
  * tg_upstream_connected). The caller sets uc->on_io. Returns
  * NULL when the socket cannot be created or the server's connection cap is
  * reached (errno says which: EMFILE/ENFILE/ENOBUFS, or EBUSY for the cap). */
-struct tg_upconn *tg_upstream_acquire(struct tg_context *w,
-                                      const struct tg_config_upstream *u,
+struct tg_upconn *tg_upstream_acquire(struct tg_context *w, const struct tg_config_upstream *u,
                                       int idx, void *owner);
 
 /* Arms the connection's watcher for exactly `events`; does nothing when
@@ -92,8 +91,7 @@ int tg_upstream_handshake(struct tg_upconn *uc, const struct tg_config_upstream 
 /* Gives a connection back. When `reusable` and the pool has room, it waits
  * idle in the pool for the next request (its buffer is returned); otherwise
  * it is closed. `u` supplies the pool limits. */
-void tg_upstream_release(struct tg_upconn *uc, bool reusable,
-                         const struct tg_config_upstream *u);
+void tg_upstream_release(struct tg_upconn *uc, bool reusable, const struct tg_config_upstream *u);
 
 /* Passive health: a failed attempt (connect error, timeout, reset before a
  * response, a 5xx with fail_on_5xx) or a success for the connection's
@@ -117,7 +115,7 @@ struct tg_upstream_server_state {
     unsigned active, idle, fails;
     bool ejected;
 };
-void tg_upstream_server_state(struct tg_context *w, const struct tg_config_upstream *u,
-                              int idx, struct tg_upstream_server_state *out);
+void tg_upstream_server_state(struct tg_context *w, const struct tg_config_upstream *u, int idx,
+                              struct tg_upstream_server_state *out);
 
 #endif

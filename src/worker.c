@@ -41,8 +41,7 @@ static struct tg_wcfg *wcfg_new(struct tg_worker *w, struct tg_config *config)
     struct tg_wcfg *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
-    c->rr_cursor = calloc(config->nupstreams ? config->nupstreams : 1,
-                          sizeof(*c->rr_cursor));
+    c->rr_cursor = calloc(config->nupstreams ? config->nupstreams : 1, sizeof(*c->rr_cursor));
     if (c->rr_cursor == NULL) {
         free(c);
         return NULL;
@@ -56,8 +55,7 @@ static struct tg_wcfg *wcfg_new(struct tg_worker *w, struct tg_config *config)
     return c;
 }
 
-static const struct tg_config_listen *find_listen_cfg(const struct tg_config *cfg,
-                                                      const char *key)
+static const struct tg_config_listen *find_listen_cfg(const struct tg_config *cfg, const char *key)
 {
     for (size_t i = 0; i < cfg->nlisteners; i++)
         if (strcmp(cfg->listeners[i].key, key) == 0)
@@ -127,8 +125,7 @@ static void conn_closed(struct tg_context *ctx)
 
 /* Accepts until the queue is empty (or a fairness bound). Returns false if
  * it had to pause for want of descriptors. */
-static bool accept_pending(struct tg_worker *w, struct tg_listener *l,
-                           int limit)
+static bool accept_pending(struct tg_worker *w, struct tg_listener *l, int limit)
 {
     unsigned max = w->ctx.cfg->config->client.max_connections;
     for (int i = 0; i < limit; i++) {
@@ -140,17 +137,14 @@ static bool accept_pending(struct tg_worker *w, struct tg_listener *l,
         }
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
-        int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl,
-                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return true;
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-                errno == ENOMEM) {
-                tg_log_warn("accept on %s: %s; pausing accept", l->key,
-                            strerror(errno));
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                tg_log_warn("accept on %s: %s; pausing accept", l->key, strerror(errno));
                 pause_accept(w);
                 return false;
             }
@@ -171,8 +165,7 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 
 /* ---- listeners ----------------------------------------------------------- */
 
-int tg_worker_open_listener(const struct tg_config_listen *l, char *err,
-                            size_t errlen)
+int tg_worker_open_listener(const struct tg_config_listen *l, char *err, size_t errlen)
 {
     int family = l->addr.sa.ss_family;
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -244,8 +237,8 @@ static void close_listeners(struct tg_worker *w, const struct tg_config *keep)
     struct tg_listener **pp = &w->listeners;
     while (*pp != NULL) {
         struct tg_listener *l = *pp;
-        bool keep_admin = keep == NULL && w->ctx.draining && !w->ctx.stopping && l->cfg != NULL &&
-                          l->cfg->admin;
+        bool keep_admin =
+            keep == NULL && w->ctx.draining && !w->ctx.stopping && l->cfg != NULL && l->cfg->admin;
         if (keep_admin || (keep != NULL && find_listen_cfg(keep, l->key) != NULL)) {
             pp = &l->next;
             continue;
@@ -270,7 +263,7 @@ static void configure_redis(struct tg_worker *w, const struct tg_config *cfg)
         return;
     if (w->ctx.rl_redis == NULL) {
         w->ctx.rl_redis = tg_ratelimit_redis_new(w->ctx.loop, &cfg->rate_limit.redis,
-                                             w->ctx.rt->gateway_id, w->ctx.id == 0);
+                                                 w->ctx.rt->gateway_id, w->ctx.id == 0);
         if (w->ctx.rl_redis == NULL)
             tg_log_error("out of memory creating the Redis rate-limit client");
     } else {

@@ -24,7 +24,7 @@ struct tg_listener {
     struct tg_worker *w;
     int fd;
     ev_io io;
-    char *key;                 /* canonical address, identity across reloads */
+    char *key;                          /* canonical address, identity across reloads */
     const struct tg_config_listen *cfg; /* in the worker's current snapshot */
     struct tg_listener *next;
 };
@@ -39,10 +39,10 @@ enum tg_worker_msg_type {
 
 struct tg_worker_msg {
     enum tg_worker_msg_type type;
-    struct tg_config *config;  /* CONFIG: one reference, taken over */
+    struct tg_config *config; /* CONFIG: one reference, taken over */
     size_t nfds;
-    int *fds;                  /* CONFIG: new listening sockets (malloc'd) */
-    char **keys;               /* CONFIG: their canonical addresses */
+    int *fds;    /* CONFIG: new listening sockets (malloc'd) */
+    char **keys; /* CONFIG: their canonical addresses */
     struct tg_worker_msg *next;
 };
 
@@ -56,12 +56,12 @@ struct tg_worker {
     struct tg_worker_msg *mbox_head, *mbox_tail;
     ev_async mbox;
 
-    bool accept_paused;        /* EMFILE or max_connections: accept off */
+    bool accept_paused; /* EMFILE or max_connections: accept off */
     ev_timer accept_retry;
-    ev_timer housekeeping;     /* four times a second: pools, free lists */
+    ev_timer housekeeping; /* four times a second: pools, free lists */
     unsigned housekeeping_ticks;
-    void (*on_exit)(void);     /* called on the worker thread as it ends */
-    void (*on_drained)(void);  /* called once when a drain has finished here */
+    void (*on_exit)(void);    /* called on the worker thread as it ends */
+    void (*on_drained)(void); /* called once when a drain has finished here */
     bool drained;
 };
 
@@ -82,7 +82,6 @@ void tg_worker_join_and_free(struct tg_worker *w);
 /* Opens a listening socket for `l` with SO_REUSEPORT (so each worker has its
  * own and the kernel spreads connections). Returns the fd or -1 with a
  * message in err. Main thread. */
-int tg_worker_open_listener(const struct tg_config_listen *l, char *err,
-                            size_t errlen);
+int tg_worker_open_listener(const struct tg_config_listen *l, char *err, size_t errlen);
 
 #endif

@@ -84,8 +84,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         rest += n;
         left -= n;
     } else if (content_types[ctsel] != NULL) {
-        in.content_type =
-            (struct tg_str){content_types[ctsel], strlen(content_types[ctsel])};
+        in.content_type = (struct tg_str){content_types[ctsel], strlen(content_types[ctsel])};
     }
     if (data[2] != 255) {
         size_t n = data[2] < left ? data[2] : left;
@@ -99,22 +98,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char small[8], big[256];
     size_t ns = 99, nb = 99;
     const char *why_s = NULL, *why_b = NULL;
-    enum tg_bodykey_status s = tg_bodykey_find(&in, field, strlen(field), small,
-                                               sizeof(small), &ns, &why_s);
-    enum tg_bodykey_status b = tg_bodykey_find(&in, field, strlen(field), big,
-                                               sizeof(big), &nb, &why_b);
+    enum tg_bodykey_status s =
+        tg_bodykey_find(&in, field, strlen(field), small, sizeof(small), &ns, &why_s);
+    enum tg_bodykey_status b =
+        tg_bodykey_find(&in, field, strlen(field), big, sizeof(big), &nb, &why_b);
 
-    if (why_s == NULL || why_b == NULL || ns > sizeof(small) ||
-        nb > sizeof(big))
+    if (why_s == NULL || why_b == NULL || ns > sizeof(small) || nb > sizeof(big))
         __builtin_trap();
-    if ((s != TG_BODYKEY_FOUND && ns != 0) ||
-        (b != TG_BODYKEY_FOUND && nb != 0))
+    if ((s != TG_BODYKEY_FOUND && ns != 0) || (b != TG_BODYKEY_FOUND && nb != 0))
         __builtin_trap();
     switch (b) {
     case TG_BODYKEY_FOUND:
         if (nb <= sizeof(small)) {
-            if (s != TG_BODYKEY_FOUND || ns != nb ||
-                memcmp(small, big, nb) != 0)
+            if (s != TG_BODYKEY_FOUND || ns != nb || memcmp(small, big, nb) != 0)
                 __builtin_trap();
         } else if (s != TG_BODYKEY_MALFORMED) {
             __builtin_trap();

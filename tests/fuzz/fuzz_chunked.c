@@ -18,8 +18,8 @@ struct run {
 /* Feeds buf[0..size) with at most `step` new bytes visible per round (the
  * rest poisoned); step 0 = all at once, else pieces, split at `split` if
  * step == SIZE_MAX. Data bytes are copied to out. */
-static struct run feed(char *buf, size_t size, size_t max_trailer, size_t step,
-                       size_t split, char *out)
+static struct run feed(char *buf, size_t size, size_t max_trailer, size_t step, size_t split,
+                       char *out)
 {
     struct tg_http1_chunked c;
     struct run r = {0, false, 0};

@@ -35,13 +35,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char errbuf[4096];
     memset(errbuf, 'X', sizeof(errbuf));
-    struct tg_config *c = tg_config_load_buffer("fuzz.yaml", (const char *)data, size, errbuf,
-                                                sizeof(errbuf));
+    struct tg_config *c =
+        tg_config_load_buffer("fuzz.yaml", (const char *)data, size, errbuf, sizeof(errbuf));
     if (c == NULL) {
         /* The error report is NUL-terminated, inside the buffer, and
          * starts with the position of the first problem. */
-        if (memchr(errbuf, '\0', sizeof(errbuf)) == NULL ||
-            strncmp(errbuf, "fuzz.yaml:", 10) != 0)
+        if (memchr(errbuf, '\0', sizeof(errbuf)) == NULL || strncmp(errbuf, "fuzz.yaml:", 10) != 0)
             __builtin_trap();
     }
     tg_config_unref(c);

@@ -24,13 +24,12 @@
 
 #include "router.h"
 
-#define FUZZ_ASSERT(c)                                                         \
-    do {                                                                       \
-        if (!(c)) {                                                            \
-            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__,         \
-                    __LINE__, #c);                                             \
-            abort();                                                           \
-        }                                                                      \
+#define FUZZ_ASSERT(c)                                                                \
+    do {                                                                              \
+        if (!(c)) {                                                                   \
+            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c); \
+            abort();                                                                  \
+        }                                                                             \
     } while (0)
 
 #define MAX_PATH 4096
@@ -99,8 +98,7 @@ static struct tg_route_pattern *compile(const char *text, bool ic)
     char err[256];
     size_t off = (size_t)-1;
     err[0] = 'x';
-    struct tg_route_pattern *p =
-        tg_router_pattern_compile(text, ic, err, sizeof(err), &off);
+    struct tg_route_pattern *p = tg_router_pattern_compile(text, ic, err, sizeof(err), &off);
     if (p == NULL) {
         FUZZ_ASSERT(off <= strlen(text));
         FUZZ_ASSERT(err[0] != '\0' && memchr(err, '\0', sizeof(err)));
@@ -110,8 +108,7 @@ static struct tg_route_pattern *compile(const char *text, bool ic)
     FUZZ_ASSERT(tg_router_pattern_kind(p) != NULL);
     const char *canon = tg_router_pattern_text(p);
     FUZZ_ASSERT(strlen(canon) <= strlen(text) + 1);
-    struct tg_route_pattern *q = tg_router_pattern_compile(canon, ic, NULL, 0,
-                                                           NULL);
+    struct tg_route_pattern *q = tg_router_pattern_compile(canon, ic, NULL, 0, NULL);
     FUZZ_ASSERT(q != NULL);
     FUZZ_ASSERT(strcmp(tg_router_pattern_text(q), canon) == 0);
     FUZZ_ASSERT(tg_router_pattern_covers(p, p));
@@ -129,8 +126,7 @@ static const char *path_part(const struct tg_route_pattern *p, bool *exact)
 }
 
 /* A literal pattern must follow the rule routes always had. */
-static void check_literal(const struct tg_route_pattern *p,
-                          const struct path *pa)
+static void check_literal(const struct tg_route_pattern *p, const struct path *pa)
 {
     bool exact;
     const char *lit = path_part(p, &exact);
@@ -145,8 +141,7 @@ static void check_literal(const struct tg_route_pattern *p,
     const char *path = tg_router_pattern_ignore_case(p) ? pa->folded : pa->raw;
     size_t n = tg_router_pattern_ignore_case(p) ? pa->fn : pa->n;
     bool want = n >= rn && memcmp(path, folded, rn) == 0 &&
-                (exact ? n == rn
-                       : n == rn || folded[rn - 1] == '/' || path[rn] == '/');
+                (exact ? n == rn : n == rn || folded[rn - 1] == '/' || path[rn] == '/');
     FUZZ_ASSERT(tg_router_pattern_match(p, path, n) == want);
 }
 
@@ -161,8 +156,7 @@ static unsigned take(struct filler *f)
 }
 
 /* Appends up to 4 bytes of the filler; a '*' may not take a '/'. */
-static size_t fill_run(struct filler *f, bool slashes, char *out, size_t o,
-                       size_t cap)
+static size_t fill_run(struct filler *f, bool slashes, char *out, size_t o, size_t cap)
 {
     size_t len = take(f) % 5;
     for (size_t k = 0; k < len && f->at < f->n && o < cap; k++) {
@@ -176,8 +170,7 @@ static size_t fill_run(struct filler *f, bool slashes, char *out, size_t o,
  * '*' filled with bytes of PATH (no '/'), each '**' segment with any bytes
  * or with nothing at all (the '/' after it dropped too), and a prefix
  * pattern given a tail. */
-static size_t instantiate(const struct tg_route_pattern *p, struct filler *f,
-                          char *out, size_t cap)
+static size_t instantiate(const struct tg_route_pattern *p, struct filler *f, char *out, size_t cap)
 {
     bool exact;
     const char *t = path_part(p, &exact);

@@ -20,13 +20,12 @@
 
 #include "proxy_protocol.h"
 
-#define FUZZ_ASSERT(c)                                                         \
-    do {                                                                       \
-        if (!(c)) {                                                            \
-            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__,         \
-                    __LINE__, #c);                                             \
-            abort();                                                           \
-        }                                                                      \
+#define FUZZ_ASSERT(c)                                                                \
+    do {                                                                              \
+        if (!(c)) {                                                                   \
+            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c); \
+            abort();                                                                  \
+        }                                                                             \
     } while (0)
 
 struct res {
@@ -56,10 +55,8 @@ static struct res run(const uint8_t *data, size_t len)
             FUZZ_ASSERT(r.pp.src.family == 0 && r.pp.dst.family == 0);
             FUZZ_ASSERT(r.pp.src_port == 0 && r.pp.dst_port == 0);
         } else {
-            FUZZ_ASSERT(r.pp.src.family == AF_INET ||
-                        r.pp.src.family == AF_INET6);
-            FUZZ_ASSERT(r.pp.dst.family == AF_INET ||
-                        r.pp.dst.family == AF_INET6);
+            FUZZ_ASSERT(r.pp.src.family == AF_INET || r.pp.src.family == AF_INET6);
+            FUZZ_ASSERT(r.pp.dst.family == AF_INET || r.pp.dst.family == AF_INET6);
         }
     }
     return r;
@@ -72,8 +69,7 @@ static bool same(const struct res *a, const struct res *b)
     if (a->rc <= 0)
         return true;
     return a->pp.version == b->pp.version && a->pp.local == b->pp.local &&
-           tg_addr_equal(&a->pp.src, &b->pp.src) &&
-           tg_addr_equal(&a->pp.dst, &b->pp.dst) &&
+           tg_addr_equal(&a->pp.src, &b->pp.src) && tg_addr_equal(&a->pp.dst, &b->pp.dst) &&
            a->pp.src_port == b->pp.src_port && a->pp.dst_port == b->pp.dst_port;
 }
 

@@ -17,30 +17,27 @@ static const struct tg_http1_limits limit_modes[4] = {
     {24, 64, 2},
 };
 
-static void check_ok(const struct tg_http1_request *r, const char *buf,
-                     size_t size, ssize_t rc, const struct tg_http1_limits *lim)
+static void check_ok(const struct tg_http1_request *r, const char *buf, size_t size, ssize_t rc,
+                     const struct tg_http1_limits *lim)
 {
     size_t hl = (size_t)rc;
     FUZZ_ASSERT(r->head_len == hl && hl <= size && hl <= lim->max_head);
     FUZZ_ASSERT(hl >= 4 && memcmp(buf + hl - 4, "\r\n\r\n", 4) == 0);
-    FUZZ_ASSERT(fuzz_inside(r->method, buf, hl) && r->method.p == buf &&
-                r->method.n > 0);
+    FUZZ_ASSERT(fuzz_inside(r->method, buf, hl) && r->method.p == buf && r->method.n > 0);
     FUZZ_ASSERT(fuzz_inside(r->target, buf, hl) && r->target.n > 0);
     FUZZ_ASSERT(r->target.p == buf + r->method.n + 1);
     /* request line, CRLF included, within its limit */
     FUZZ_ASSERT(r->method.n + 1 + r->target.n + 1 + 8 + 2 <= lim->max_request_line);
     FUZZ_ASSERT(r->path.n > 0);
     if (!fuzz_inside(r->path, buf, hl))
-        FUZZ_ASSERT(r->path.n == 1 && r->path.p[0] == '/' &&
-                    r->authority.p != NULL);
+        FUZZ_ASSERT(r->path.n == 1 && r->path.p[0] == '/' && r->authority.p != NULL);
     FUZZ_ASSERT(fuzz_inside(r->query, buf, hl));
     FUZZ_ASSERT(fuzz_inside(r->authority, buf, hl));
     FUZZ_ASSERT(fuzz_inside(r->host, buf, hl));
     FUZZ_ASSERT(r->minor_version == 0 || r->minor_version == 1);
     if (r->minor_version == 1)
         FUZZ_ASSERT(r->host.p != NULL && r->host.n > 0);
-    FUZZ_ASSERT(r->nheaders <= lim->max_headers &&
-                r->nheaders <= TG_HTTP1_MAX_HEADERS);
+    FUZZ_ASSERT(r->nheaders <= lim->max_headers && r->nheaders <= TG_HTTP1_MAX_HEADERS);
     fuzz_check_fields(r->headers, r->nheaders, buf, hl);
     switch (r->framing) {
     case TG_HTTP1_BODY_NONE:
@@ -73,8 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t scanned = 0;
     int st1 = 0, st2 = 0;
     const char *why1 = NULL, *why2 = NULL;
-    ssize_t rc1 = tg_http1_parse_request(buf, size, &scanned, lim, &r1, &st1,
-                                         &why1);
+    ssize_t rc1 = tg_http1_parse_request(buf, size, &scanned, lim, &r1, &st1, &why1);
     if (rc1 > 0) {
         check_ok(&r1, buf, size, rc1, lim);
         FUZZ_ASSERT(scanned == (size_t)rc1);

@@ -41,8 +41,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_ASSERT(fuzz_inside(r1.reason, buf, hl) && r1.reason.p != NULL);
         FUZZ_ASSERT(r1.nheaders <= lim->max_headers);
         fuzz_check_fields(r1.headers, r1.nheaders, buf, hl);
-        bool bodiless = m == TG_HTTP_HEAD || r1.status < 200 ||
-                        r1.status == 204 || r1.status == 304;
+        bool bodiless =
+            m == TG_HTTP_HEAD || r1.status < 200 || r1.status == 204 || r1.status == 304;
         if (bodiless)
             FUZZ_ASSERT(r1.framing == TG_HTTP1_BODY_NONE);
         if (r1.framing == TG_HTTP1_BODY_LENGTH)

@@ -38,8 +38,7 @@ static size_t canonical(const struct tg_http1_request *r, char *out)
     return n;
 }
 
-static void same_meaning(const struct tg_http1_request *a,
-                         const struct tg_http1_request *b)
+static void same_meaning(const struct tg_http1_request *a, const struct tg_http1_request *b)
 {
     FUZZ_ASSERT(a->method_id == b->method_id);
     FUZZ_ASSERT(fuzz_str_bytes_eq(a->method, b->method));
@@ -69,8 +68,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int status;
     const char *reason;
 
-    ssize_t rc = tg_http1_parse_request(buf, size, &scanned, &lim, &r1,
-                                        &status, &reason);
+    ssize_t rc = tg_http1_parse_request(buf, size, &scanned, &lim, &r1, &status, &reason);
     if (rc <= 0) {
         free(buf);
         return 0;
@@ -84,8 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     struct tg_http1_limits big = {lim.max_request_line, cap, lim.max_headers};
     scanned = 0;
-    ssize_t rc2 = tg_http1_parse_request(c1, n1, &scanned, &big, &r2, &status,
-                                         &reason);
+    ssize_t rc2 = tg_http1_parse_request(c1, n1, &scanned, &big, &r2, &status, &reason);
     if (rc2 != (ssize_t)n1)
         fprintf(stderr, "canonical form rejected: %s\n", rc2 < 0 ? reason : "incomplete");
     FUZZ_ASSERT(rc2 == (ssize_t)n1);
@@ -94,8 +91,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n2 = canonical(&r2, c2);
     FUZZ_ASSERT(n2 == n1 && memcmp(c1, c2, n1) == 0);
     scanned = 0;
-    FUZZ_ASSERT(tg_http1_parse_request(c2, n2, &scanned, &big, &r3, &status,
-                                       &reason) == (ssize_t)n2);
+    FUZZ_ASSERT(tg_http1_parse_request(c2, n2, &scanned, &big, &r3, &status, &reason) ==
+                (ssize_t)n2);
     same_meaning(&r2, &r3);
 
     free(c1);

@@ -100,8 +100,7 @@ static H_UNUSED void h_redis_start(struct h_redis *s)
     if (s->port == 0)
         s->port = h_free_port();
     if (s->sock[0] == '\0')
-        snprintf(s->sock, sizeof(s->sock), "/tmp/tg-test-redis-%d-%d.sock",
-                 (int)getpid(), s->port);
+        snprintf(s->sock, sizeof(s->sock), "/tmp/tg-test-redis-%d-%d.sock", (int)getpid(), s->port);
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
@@ -118,19 +117,19 @@ static H_UNUSED void h_redis_start(struct h_redis *s)
             dup2(null, 2);
         char port[16];
         snprintf(port, sizeof(port), "%d", s->port);
-        const char *argv[32] = {
-            "redis-server", "--port", port, "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--daemonize", "no",
-            "--enable-debug-command", "yes", "--unixsocket", s->sock,
-            "--unixsocketperm", "700", "--dir", "/tmp", "--loglevel",
-            "warning"};
+        const char *argv[32] = {"redis-server", "--port",       port,    "--bind",
+                                "127.0.0.1",    "--save",       "",      "--appendonly",
+                                "no",           "--daemonize",  "no",    "--enable-debug-command",
+                                "yes",          "--unixsocket", s->sock, "--unixsocketperm",
+                                "700",          "--dir",        "/tmp",  "--loglevel",
+                                "warning"};
         int n = 0;
         while (argv[n] != NULL)
             n++;
         char extra[128];
         snprintf(extra, sizeof(extra), "%s", s->extra);
-        for (char *save = NULL, *w = strtok_r(extra, " ", &save);
-             w != NULL && n < 30; w = strtok_r(NULL, " ", &save))
+        for (char *save = NULL, *w = strtok_r(extra, " ", &save); w != NULL && n < 30;
+             w = strtok_r(NULL, " ", &save))
             argv[n++] = w;
         argv[n] = NULL;
         execvp("redis-server", (char **)argv);
@@ -151,8 +150,7 @@ static H_UNUSED void h_redis_start(struct h_redis *s)
         }
         usleep(5000);
     }
-    fprintf(stderr, "FATAL: redis-server did not start on port %d\n",
-            s->port);
+    fprintf(stderr, "FATAL: redis-server did not start on port %d\n", s->port);
     exit(2);
 }
 
@@ -183,8 +181,7 @@ static H_UNUSED long long h_int(redisContext *c, const char *fmt, ...)
     va_start(ap, fmt);
     redisReply *r = redisvCommand(c, fmt, ap);
     va_end(ap);
-    long long v = r != NULL && r->type == REDIS_REPLY_INTEGER ? r->integer
-                                                             : -99999;
+    long long v = r != NULL && r->type == REDIS_REPLY_INTEGER ? r->integer : -99999;
     if (r != NULL)
         freeReplyObject(r);
     return v;
@@ -217,8 +214,8 @@ static void h_tick(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 /* Runs the loop until cond(arg) or `seconds` pass; returns cond's value. */
-static H_UNUSED bool h_run_until(struct ev_loop *loop, bool (*cond)(void *),
-                                 void *arg, double seconds)
+static H_UNUSED bool h_run_until(struct ev_loop *loop, bool (*cond)(void *), void *arg,
+                                 double seconds)
 {
     ev_timer tick;
     ev_timer_init(&tick, h_tick, 0.002, 0.002);
@@ -255,7 +252,7 @@ struct h_fake {
     pthread_t thread;
     atomic_bool stop;
     pthread_mutex_t lock;
-    char reply[512];   /* under lock */
+    char reply[512]; /* under lock */
     char sha[41];
     atomic_int commands; /* other commands seen */
     atomic_int connections;
@@ -336,8 +333,7 @@ static void h_fake_serve(struct h_fake *f, int fd)
             char out[600];
             if (strcmp(name, "PING") == 0) {
                 snprintf(out, sizeof(out), "+PONG\r\n");
-            } else if (strcmp(name, "AUTH") == 0 ||
-                       strcmp(name, "SELECT") == 0) {
+            } else if (strcmp(name, "AUTH") == 0 || strcmp(name, "SELECT") == 0) {
                 snprintf(out, sizeof(out), "+OK\r\n");
             } else if (strcmp(name, "SCRIPT") == 0) {
                 snprintf(out, sizeof(out), "$40\r\n%s\r\n", f->sha);
@@ -386,8 +382,7 @@ static H_UNUSED void h_fake_start(struct h_fake *f, const char *sha)
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t alen = sizeof(a);
-    if (bind(f->listen_fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
-        listen(f->listen_fd, 8) < 0 ||
+    if (bind(f->listen_fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(f->listen_fd, 8) < 0 ||
         getsockname(f->listen_fd, (struct sockaddr *)&a, &alen) < 0) {
         perror("fake server");
         exit(2);

@@ -49,8 +49,7 @@ static const char *text(const struct tg_addr *a)
 
 static struct tg_cidr_set *trusted_set(void)
 {
-    static const char *const list[] = {"10.0.0.0/8", "2001:db8:ffff::/48",
-                                       "198.51.100.10"};
+    static const char *const list[] = {"10.0.0.0/8", "2001:db8:ffff::/48", "198.51.100.10"};
     struct tg_cidr_set *set = tg_cidr_set_new();
     for (size_t i = 0; i < TG_ARRAY_LEN(list); i++) {
         struct tg_cidr c;
@@ -63,8 +62,8 @@ static struct tg_cidr_set *trusted_set(void)
 /* The client alone, as the request path reads it (auto mode): `client`
  * may be `peer`; a conflict between the two headers leaves the peer. */
 static void client_addr(const struct tg_cidr_set *set, const struct tg_addr *peer,
-                        const struct tg_str *xff, size_t nx, const struct tg_str *fwd,
-                        size_t nf, struct tg_addr *client)
+                        const struct tg_str *xff, size_t nx, const struct tg_str *fwd, size_t nf,
+                        struct tg_addr *client)
 {
     struct tg_client_chain chain;
     tg_access_client_chain(set, peer, TG_CLIENT_IP_AUTO, xff, nx, fwd, nf, &chain);
@@ -73,8 +72,8 @@ static void client_addr(const struct tg_cidr_set *set, const struct tg_addr *pee
 
 /* The client for `peer` with the given header values (NULL-terminated
  * lists; NULL for none). */
-static const char *who_set(const struct tg_cidr_set *set, const char *peer,
-                           const char *const *xff, const char *const *fwd)
+static const char *who_set(const struct tg_cidr_set *set, const char *peer, const char *const *xff,
+                           const char *const *fwd)
 {
     struct tg_str xs[8], fs[8];
     size_t nx = 0, nf = 0;
@@ -123,12 +122,9 @@ TEST(client_xff_rightmost_untrusted)
     CHECK_EQ_STR(xff1("10.0.0.1", "1.2.3.4"), "1.2.3.4");
     CHECK_EQ_STR(xff1("10.0.0.1", "1.1.1.1, 2.2.2.2"), "2.2.2.2");
     /* A chain of trusted proxies is skipped. */
-    CHECK_EQ_STR(xff1("10.0.0.1", "1.1.1.1, 2.2.2.2, 10.0.0.2, 10.0.0.3"),
-                 "2.2.2.2");
-    CHECK_EQ_STR(xff1("198.51.100.10", "2.2.2.2, 198.51.100.10, 10.9.9.9"),
-                 "2.2.2.2");
-    CHECK_EQ_STR(xff1("2001:db8:ffff::1", "2.2.2.2, 2001:db8:ffff::9"),
-                 "2.2.2.2");
+    CHECK_EQ_STR(xff1("10.0.0.1", "1.1.1.1, 2.2.2.2, 10.0.0.2, 10.0.0.3"), "2.2.2.2");
+    CHECK_EQ_STR(xff1("198.51.100.10", "2.2.2.2, 198.51.100.10, 10.9.9.9"), "2.2.2.2");
+    CHECK_EQ_STR(xff1("2001:db8:ffff::1", "2.2.2.2, 2001:db8:ffff::9"), "2.2.2.2");
     /* Whatever the client wrote on the left is never believed, even a
      * trusted address: it arrived from an untrusted hop. */
     CHECK_EQ_STR(xff1("10.0.0.1", "10.0.0.9, 6.6.6.6"), "6.6.6.6");
@@ -257,14 +253,11 @@ TEST(client_xff_address_forms)
 TEST(client_xff_malformed_stops_at_last_trusted_hop)
 {
     static const char *const bad[] = {
-        "garbage",         "unknown",        "UNKNOWN",
-        "_hidden",         "300.1.1.1",      "010.0.0.1",
-        "1.2.3",           "1.2.3.4.5",      "fe80::1%eth0",
-        "[1.2.3.4]",       "[2001:db8::1",   "2001:db8::1]",
-        "[2001:db8::1]:",  "[2001:db8::1]x", "[2001:db8::1]:99999",
-        "1.2.3.4:",        "1.2.3.4:65536",  "1.2.3.4:8o",
-        "1.2.3.4 5.6.7.8", "\"1.2.3.4\"",    "1.2.3.4;",
-        "2001:db8:::1",    "example.com",    "0x7f000001",
+        "garbage",      "unknown",       "UNKNOWN",        "_hidden",         "300.1.1.1",
+        "010.0.0.1",    "1.2.3",         "1.2.3.4.5",      "fe80::1%eth0",    "[1.2.3.4]",
+        "[2001:db8::1", "2001:db8::1]",  "[2001:db8::1]:", "[2001:db8::1]x",  "[2001:db8::1]:99999",
+        "1.2.3.4:",     "1.2.3.4:65536", "1.2.3.4:8o",     "1.2.3.4 5.6.7.8", "\"1.2.3.4\"",
+        "1.2.3.4;",     "2001:db8:::1",  "example.com",    "0x7f000001",
     };
     for (size_t i = 0; i < TG_ARRAY_LEN(bad); i++) {
         char v[128];
@@ -283,20 +276,14 @@ TEST(client_xff_malformed_stops_at_last_trusted_hop)
 TEST(client_forwarded)
 {
     CHECK_EQ_STR(fwd1("10.0.0.1", "for=192.0.2.43"), "192.0.2.43");
-    CHECK_EQ_STR(fwd1("10.0.0.1", "for=\"[2001:db8:cafe::17]:4711\""),
-                 "2001:db8:cafe::17");
-    CHECK_EQ_STR(fwd1("10.0.0.1", "for=\"[2001:db8:cafe::17]\""),
-                 "2001:db8:cafe::17");
+    CHECK_EQ_STR(fwd1("10.0.0.1", "for=\"[2001:db8:cafe::17]:4711\""), "2001:db8:cafe::17");
+    CHECK_EQ_STR(fwd1("10.0.0.1", "for=\"[2001:db8:cafe::17]\""), "2001:db8:cafe::17");
     CHECK_EQ_STR(fwd1("10.0.0.1", "For=\"[2001:db8::1]\""), "2001:db8::1");
     CHECK_EQ_STR(fwd1("10.0.0.1", "FOR=192.0.2.1"), "192.0.2.1");
-    CHECK_EQ_STR(fwd1("10.0.0.1", "for=192.0.2.60;proto=http;by=203.0.113.43"),
-                 "192.0.2.60");
-    CHECK_EQ_STR(fwd1("10.0.0.1", "proto=https;for=1.2.3.4;host=a.example"),
-                 "1.2.3.4");
-    CHECK_EQ_STR(fwd1("10.0.0.1", "for=192.0.2.43, for=198.51.100.17"),
-                 "198.51.100.17");
-    CHECK_EQ_STR(fwd1("10.0.0.1", "for=192.0.2.43, for=10.0.0.5"),
-                 "192.0.2.43");
+    CHECK_EQ_STR(fwd1("10.0.0.1", "for=192.0.2.60;proto=http;by=203.0.113.43"), "192.0.2.60");
+    CHECK_EQ_STR(fwd1("10.0.0.1", "proto=https;for=1.2.3.4;host=a.example"), "1.2.3.4");
+    CHECK_EQ_STR(fwd1("10.0.0.1", "for=192.0.2.43, for=198.51.100.17"), "198.51.100.17");
+    CHECK_EQ_STR(fwd1("10.0.0.1", "for=192.0.2.43, for=10.0.0.5"), "192.0.2.43");
     /* Ports: quoted as RFC 7239 wants, and unquoted as senders write. */
     CHECK_EQ_STR(fwd1("10.0.0.1", "for=\"192.0.2.60:8080\""), "192.0.2.60");
     CHECK_EQ_STR(fwd1("10.0.0.1", "for=192.0.2.60:8080"), "192.0.2.60");
@@ -304,11 +291,9 @@ TEST(client_forwarded)
     /* Quoted-pairs are unescaped. */
     CHECK_EQ_STR(fwd1("10.0.0.1", "for=\"\\[2001:db8::9\\]\""), "2001:db8::9");
     /* Commas and semicolons inside quotes do not split. */
-    CHECK_EQ_STR(fwd1("10.0.0.1", "for=5.5.5.5;ext=\"a,b;c\", for=10.0.0.9"),
-                 "5.5.5.5");
+    CHECK_EQ_STR(fwd1("10.0.0.1", "for=5.5.5.5;ext=\"a,b;c\", for=10.0.0.9"), "5.5.5.5");
     /* Whitespace around separators, empty elements and pairs. */
-    CHECK_EQ_STR(fwd1("10.0.0.1", "for=1.1.1.1 ; proto=http ,\tfor=2.2.2.2 "),
-                 "2.2.2.2");
+    CHECK_EQ_STR(fwd1("10.0.0.1", "for=1.1.1.1 ; proto=http ,\tfor=2.2.2.2 "), "2.2.2.2");
     CHECK_EQ_STR(fwd1("10.0.0.1", ", ,for=1.1.1.1;;,"), "1.1.1.1");
     /* Trusted chain, IPv6 proxies. */
     CHECK_EQ_STR(fwd1("2001:db8:ffff::1", "for=3.3.3.3, "
@@ -411,21 +396,9 @@ TEST(client_long_lists)
  * and untrusted addresses, forms with ports and brackets, non-addresses and
  * empties; Forwarded wraps each in for= with other pairs around it. */
 static const char *const pool[] = {
-    "10.0.0.2",
-    "10.9.9.9",
-    "198.51.100.10",
-    "[2001:db8:ffff::1]",
-    "1.1.1.1",
-    "8.8.8.8",
-    "192.0.2.60:80",
-    "[2001:db8::5]:443",
-    "203.0.113.7",
-    "unknown",
-    "_hidden",
-    "junk",
-    "300.0.0.1",
-    "::ffff:10.0.0.3",
-    "",
+    "10.0.0.2", "10.9.9.9",      "198.51.100.10",     "[2001:db8:ffff::1]", "1.1.1.1",
+    "8.8.8.8",  "192.0.2.60:80", "[2001:db8::5]:443", "203.0.113.7",        "unknown",
+    "_hidden",  "junk",          "300.0.0.1",         "::ffff:10.0.0.3",    "",
 };
 
 struct ref_elem {
@@ -433,8 +406,7 @@ struct ref_elem {
     struct tg_addr a;
 };
 
-static const char *reference(const char *peer, const struct ref_elem *e,
-                             size_t n)
+static const char *reference(const char *peer, const struct ref_elem *e, size_t n)
 {
     struct tg_addr cur = addr_of(peer);
     for (size_t i = n; i-- > 0;) {
@@ -472,33 +444,29 @@ TEST(client_random_lists_match_reference)
                 const char *tok = pool[rnd() % TG_ARRAY_LEN(pool)];
                 const char *sep = k == 0 ? "" : rnd() % 2 ? ", " : ",";
                 if (!fwd) {
-                    o += (size_t)snprintf(vals[h] + o, sizeof(vals[h]) - o,
-                                          "%s%s", sep, tok);
+                    o += (size_t)snprintf(vals[h] + o, sizeof(vals[h]) - o, "%s%s", sep, tok);
                     if (*tok != '\0')
                         ref_add(elems, &ne, tok, true);
                     continue;
                 }
                 if (*tok == '\0') { /* an element without for= */
-                    o += (size_t)snprintf(vals[h] + o, sizeof(vals[h]) - o,
-                                          "%sproto=https", sep);
+                    o += (size_t)snprintf(vals[h] + o, sizeof(vals[h]) - o, "%sproto=https", sep);
                     ref_add(elems, &ne, "", false);
                     continue;
                 }
                 bool quote = strchr(tok, ':') != NULL || rnd() % 2;
-                o += (size_t)snprintf(
-                    vals[h] + o, sizeof(vals[h]) - o, "%s%s%sfor=%s%s%s%s", sep,
-                    rnd() % 2 ? "by=x;" : "", rnd() % 2 ? " " : "",
-                    quote ? "\"" : "", tok, quote ? "\"" : "",
-                    rnd() % 2 ? ";proto=http" : "");
+                o += (size_t)snprintf(vals[h] + o, sizeof(vals[h]) - o, "%s%s%sfor=%s%s%s%s", sep,
+                                      rnd() % 2 ? "by=x;" : "", rnd() % 2 ? " " : "",
+                                      quote ? "\"" : "", tok, quote ? "\"" : "",
+                                      rnd() % 2 ? ";proto=http" : "");
                 ref_add(elems, &ne, tok, false);
             }
             hv[h] = vals[h];
         }
         const char *peer = rnd() % 4 ? "10.0.0.1" : "203.0.113.99";
-        const char *got = fwd ? who_set(g_trusted, peer, NULL, hv)
-                              : who_set(g_trusted, peer, hv, NULL);
-        const char *want =
-            strcmp(peer, "10.0.0.1") == 0 ? reference(peer, elems, ne) : peer;
+        const char *got =
+            fwd ? who_set(g_trusted, peer, NULL, hv) : who_set(g_trusted, peer, hv, NULL);
+        const char *want = strcmp(peer, "10.0.0.1") == 0 ? reference(peer, elems, ne) : peer;
         if (strcmp(got, want) != 0 && bad++ < 5) {
             fprintf(stderr, "%s from %s:", fwd ? "Forwarded" : "XFF", peer);
             for (size_t h = 0; h < nheaders; h++)
@@ -543,8 +511,7 @@ static void find_geoip_dir(void)
 {
     const char *env = getenv("TG_GEOIP_DIR");
     geoip_dir_set = env != NULL && *env != '\0';
-    snprintf(geoip_dir, sizeof(geoip_dir), "%s",
-             geoip_dir_set ? env : "TG_GEOIP_DIR-is-not-set");
+    snprintf(geoip_dir, sizeof(geoip_dir), "%s", geoip_dir_set ? env : "TG_GEOIP_DIR-is-not-set");
 }
 
 static struct tg_geoip *open_shared(const char *name, char *err, size_t elen)
@@ -570,11 +537,10 @@ TEST(geoip_shared_dbs_present)
 {
     const char *missing = missing_db(geoip_dir);
     if (!geoip_dir_set)
-        fprintf(stderr,
-                "TG_GEOIP_DIR is not set: the GeoIP tests need the databases "
-                "tests/geoip/mmdb_writer.py writes (`make unit-run` does it; "
-                "or python3 tests/geoip/mmdb_writer.py DIR, then "
-                "TG_GEOIP_DIR=DIR)\n");
+        fprintf(stderr, "TG_GEOIP_DIR is not set: the GeoIP tests need the databases "
+                        "tests/geoip/mmdb_writer.py writes (`make unit-run` does it; "
+                        "or python3 tests/geoip/mmdb_writer.py DIR, then "
+                        "TG_GEOIP_DIR=DIR)\n");
     else if (missing != NULL)
         fprintf(stderr,
                 "GeoIP test database %s/%s not found: write them with "
@@ -586,17 +552,15 @@ TEST(geoip_shared_dbs_present)
 
 TEST(geoip_country)
 {
-    static const char *const dbs[] = {"GeoLite2-Country-Test.mmdb",
-                                      "GeoIP2-Country-Test.mmdb",
+    static const char *const dbs[] = {"GeoLite2-Country-Test.mmdb", "GeoIP2-Country-Test.mmdb",
                                       "GeoLite2-City-Test.mmdb"};
     static const struct {
         const char *ip, *cc;
     } table[] = {
-        {"81.2.69.142", "GB"},   {"216.160.83.56", "US"},
-        {"89.160.20.112", "SE"}, {"67.43.156.1", "BT"},
-        {"2001:218::1", "JP"},   {"127.0.0.1", "XX"},
-        {"10.0.0.1", "XX"},      {"::ffff:81.2.69.142", "GB"},
-        {"::1", "XX"},           {"2a02:d500::1", "XX"}, /* continent only */
+        {"81.2.69.142", "GB"},  {"216.160.83.56", "US"},      {"89.160.20.112", "SE"},
+        {"67.43.156.1", "BT"},  {"2001:218::1", "JP"},        {"127.0.0.1", "XX"},
+        {"10.0.0.1", "XX"},     {"::ffff:81.2.69.142", "GB"}, {"::1", "XX"},
+        {"2a02:d500::1", "XX"}, /* continent only */
     };
     for (size_t d = 0; d < TG_ARRAY_LEN(dbs); d++) {
         char err[512] = "";
@@ -622,8 +586,7 @@ TEST(geoip_country)
 TEST(geoip_asn)
 {
     char err[512] = "";
-    struct tg_geoip *g =
-        open_shared("GeoLite2-ASN-Test.mmdb", err, sizeof(err));
+    struct tg_geoip *g = open_shared("GeoLite2-ASN-Test.mmdb", err, sizeof(err));
     if (g == NULL)
         fprintf(stderr, "%s\n", err);
     CHECK(g != NULL);
@@ -634,11 +597,10 @@ TEST(geoip_asn)
         const char *ip;
         uint32_t asn;
     } table[] = {
-        {"1.128.0.1", 1221},        {"216.160.83.56", 209},
-        {"89.160.20.112", 29518},   {"67.43.156.1", 35908},
-        {"12.81.92.1", 7018},       {"2600:6000::1", 237},
-        {"::ffff:1.128.0.1", 1221}, {"81.2.69.142", 0},
-        {"127.0.0.1", 0},           {"2001:218::1", 0},
+        {"1.128.0.1", 1221},        {"216.160.83.56", 209}, {"89.160.20.112", 29518},
+        {"67.43.156.1", 35908},     {"12.81.92.1", 7018},   {"2600:6000::1", 237},
+        {"::ffff:1.128.0.1", 1221}, {"81.2.69.142", 0},     {"127.0.0.1", 0},
+        {"2001:218::1", 0},
     };
     for (size_t i = 0; i < TG_ARRAY_LEN(table); i++) {
         struct tg_addr a = addr_of(table[i].ip);
@@ -667,8 +629,7 @@ TEST(geoip_broken_dbs_refused)
     char err[512] = "";
     /* Its metadata says 100000 nodes: a 700000-byte tree in a file of
      * about 20 KB. */
-    struct tg_geoip *g = open_shared("GeoIP2-City-Test-Invalid-Node-Count.mmdb",
-                                     err, sizeof(err));
+    struct tg_geoip *g = open_shared("GeoIP2-City-Test-Invalid-Node-Count.mmdb", err, sizeof(err));
     CHECK(g == NULL);
     CHECK(contains(err, "GeoIP2-City-Test-Invalid-Node-Count.mmdb: "));
     CHECK(contains(err, "node_count 100000 needs a 700000-byte search tree"));
@@ -677,8 +638,7 @@ TEST(geoip_broken_dbs_refused)
     /* Its location.latitude/longitude are "doubles" of 4-7 bytes holding
      * text: libmaxminddb opens it and fails only lookups that touch them. */
     err[0] = '\0';
-    g = open_shared("GeoIP2-City-Test-Broken-Double-Format.mmdb", err,
-                    sizeof(err));
+    g = open_shared("GeoIP2-City-Test-Broken-Double-Format.mmdb", err, sizeof(err));
     CHECK(g == NULL);
     CHECK(contains(err, "GeoIP2-City-Test-Broken-Double-Format.mmdb: "));
     CHECK(contains(err, "at location.latitude: double of"));
@@ -789,8 +749,7 @@ static uint32_t data_rec(const struct testdb *db, uint32_t off)
 static char tmp_path[64];
 
 /* Writes db as an IPv4 MaxMind DB to a temporary file and opens it. */
-static struct tg_geoip *open_testdb(const struct testdb *db, char *err,
-                                    size_t elen)
+static struct tg_geoip *open_testdb(const struct testdb *db, char *err, size_t elen)
 {
     static struct mmw f;
     memset(&f, 0, sizeof(f));
@@ -834,8 +793,7 @@ static struct tg_geoip *open_testdb(const struct testdb *db, char *err,
     w_ctrl(&f, T_ARRAY, 1);
     w_str(&f, "en");
     w_str(&f, "node_count");
-    w_uint(&f, T_UINT32,
-           db->node_count_override ? db->node_count_override : db->nodes);
+    w_uint(&f, T_UINT32, db->node_count_override ? db->node_count_override : db->nodes);
     w_str(&f, "record_size");
     w_uint(&f, T_UINT16, (uint64_t)rs);
 
@@ -916,8 +874,7 @@ static void expect_refused(struct testdb *db, const char *want)
     char err[512] = "";
     struct tg_geoip *g = open_testdb(db, err, sizeof(err));
     if (g != NULL || !contains(err, want))
-        fprintf(stderr, "want \"%s\", got \"%s\"\n", want,
-                g ? "(opened)" : err);
+        fprintf(stderr, "want \"%s\", got \"%s\"\n", want, g ? "(opened)" : err);
     CHECK(g == NULL);
     CHECK(contains(err, want));
     tg_geoip_close(g);
@@ -1137,8 +1094,7 @@ TEST(geoip_truncated_copies_refused)
 
 /* ---- access rules -------------------------------------------------------- */
 
-static struct tg_access_rules *rules(const char *const *allow,
-                                     const char *const *deny)
+static struct tg_access_rules *rules(const char *const *allow, const char *const *deny)
 {
     struct tg_access_rules *r = tg_access_rules_new();
     char err[256];
@@ -1177,10 +1133,8 @@ TEST(rules_empty_allows_all)
 
 TEST(rules_longest_prefix)
 {
-    const char *const allow[] = {"10.1.0.0/16", "10.1.2.3", "2001:db8:1::/48",
-                                 NULL};
-    const char *const deny[] = {"10.0.0.0/8", "10.1.2.0/24", "2001:db8::/32",
-                                NULL};
+    const char *const allow[] = {"10.1.0.0/16", "10.1.2.3", "2001:db8:1::/48", NULL};
+    const char *const deny[] = {"10.0.0.0/8", "10.1.2.0/24", "2001:db8::/32", NULL};
     struct tg_access_rules *r = rules(allow, deny);
     CHECK(!ok(r, "10.0.0.1"));
     CHECK(ok(r, "10.1.0.1"));
@@ -1261,16 +1215,14 @@ TEST(rules_bad_prefixes)
 {
     struct tg_access_rules *r = tg_access_rules_new();
     char err[256];
-    CHECK(tg_access_rules_add_cidr(r, true, "10.0.0.1/8", err, sizeof(err)) <
-          0);
+    CHECK(tg_access_rules_add_cidr(r, true, "10.0.0.1/8", err, sizeof(err)) < 0);
     CHECK_EQ_STR(err, "\"10.0.0.1/8\": host bits set (did you mean "
                       "10.0.0.0/8?)");
     CHECK(tg_access_rules_add_cidr(r, true, "privat", err, sizeof(err)) < 0);
     CHECK_EQ_STR(err, "\"privat\": not an IP prefix or a preset (private, "
                       "loopback, any)");
     CHECK(tg_access_rules_add_cidr(r, false, "", err, sizeof(err)) < 0);
-    CHECK(tg_access_rules_add_cidr(r, false, "10.0.0.0/33", err, sizeof(err)) <
-          0);
+    CHECK(tg_access_rules_add_cidr(r, false, "10.0.0.0/33", err, sizeof(err)) < 0);
     CHECK(contains(err, "prefix length over 32"));
     CHECK(tg_access_rules_add_cidr(r, false, "10.0.0.0/8 ", NULL, 0) < 0);
     /* Nothing was added. */
@@ -1278,8 +1230,8 @@ TEST(rules_bad_prefixes)
     tg_access_rules_free(r);
 }
 
-static const char *verdict(const struct tg_access_rules *r, const char *ip,
-                           const char *cc, uint32_t asn)
+static const char *verdict(const struct tg_access_rules *r, const char *ip, const char *cc,
+                           uint32_t asn)
 {
     struct tg_addr a = addr_of(ip);
     const char *why = "unset";
@@ -1325,8 +1277,7 @@ TEST(rules_countries)
     static const char *const bad[] = {"GBR", "G", "", "G1", "1G", "É"};
     for (size_t i = 0; i < TG_ARRAY_LEN(bad); i++) {
         err[0] = '\0';
-        CHECK(tg_access_rules_add_country(r, true, bad[i], err, sizeof(err)) <
-              0);
+        CHECK(tg_access_rules_add_country(r, true, bad[i], err, sizeof(err)) < 0);
         CHECK(contains(err, "not a two-letter ISO 3166-1 country code"));
     }
     CHECK(!tg_access_uses_country(r));
@@ -1346,8 +1297,7 @@ TEST(rules_asns_and_order)
     r = tg_access_rules_new();
     /* Added in descending order: 13 * (6, 13, ..., 1000). */
     for (int k = 142; k >= 0; k--)
-        CHECK(tg_access_rules_add_asn(r, true, 13u * (6u + 7u * (unsigned)k)) ==
-              0);
+        CHECK(tg_access_rules_add_asn(r, true, 13u * (6u + 7u * (unsigned)k)) == 0);
     CHECK(tg_access_rules_add_asn(r, true, 13 * 6) == 0); /* duplicate */
     CHECK_EQ_INT(r->asns[1].n, 143);
     CHECK_EQ_STR(verdict(r, "192.0.2.1", "GB", 13 * 993), "allow");
@@ -1431,8 +1381,7 @@ TEST(rules_thousands_of_prefixes)
         bool v6 = rnd() % 3 == 0;
         random_addr(&rs[i].c.addr, v6);
         unsigned width = v6 ? 128 : 32;
-        rs[i].c.bits =
-            (uint8_t)(v6 ? 8 + rnd() % (width - 7) : 6 + rnd() % (width - 5));
+        rs[i].c.bits = (uint8_t)(v6 ? 8 + rnd() % (width - 7) : 6 + rnd() % (width - 5));
         tg_addr_mask(&rs[i].c.addr, rs[i].c.bits);
         rs[i].allow = rnd() % 2;
         char buf[TG_ADDR_STRLEN + 8];
@@ -1478,8 +1427,7 @@ TEST(rules_thousands_of_prefixes)
 TEST(identity_geoip_and_rules)
 {
     char err[512];
-    struct tg_geoip *g =
-        open_shared("GeoLite2-Country-Test.mmdb", err, sizeof(err));
+    struct tg_geoip *g = open_shared("GeoLite2-Country-Test.mmdb", err, sizeof(err));
     CHECK(g != NULL);
     if (g == NULL)
         return;

@@ -209,8 +209,7 @@ TEST(parse_matches_inet_pton)
         for (int k = 0; k < 4; k++) {
             unsigned v = (unsigned)(rnd() % 300);
             const char *fmt = rnd() % 8 == 0 ? "%s%03u" : "%s%u";
-            len += snprintf(s + len, sizeof(s) - (size_t)len, fmt, k ? "." : "",
-                            v);
+            len += snprintf(s + len, sizeof(s) - (size_t)len, fmt, k ? "." : "", v);
         }
         struct tg_addr a;
         uint8_t ref[4];
@@ -479,8 +478,7 @@ TEST(presets)
         all[0] = '\0';
         for (int k = 0; k < n; k++) {
             tg_addr_format(&list[k].addr, text, sizeof(text));
-            len += (size_t)snprintf(all + len, sizeof(all) - len, "%s/%u ",
-                                    text, list[k].bits);
+            len += (size_t)snprintf(all + len, sizeof(all) - len, "%s/%u ", text, list[k].bits);
         }
         CHECK_EQ_STR(all, cases[i].list);
     }
@@ -626,8 +624,7 @@ struct ref_prefix {
     int value;
 };
 
-static int ref_lookup(const struct ref_prefix *list, size_t n,
-                      const struct tg_addr *a)
+static int ref_lookup(const struct ref_prefix *list, size_t n, const struct tg_addr *a)
 {
     int best = 0, best_bits = -1;
     for (size_t i = 0; i < n; i++) {
@@ -635,8 +632,7 @@ static int ref_lookup(const struct ref_prefix *list, size_t n,
             continue;
         struct tg_addr m = *a;
         tg_addr_mask(&m, list[i].c.bits);
-        if (tg_addr_equal(&m, &list[i].c.addr) &&
-            (int)list[i].c.bits >= best_bits) {
+        if (tg_addr_equal(&m, &list[i].c.addr) && (int)list[i].c.bits >= best_bits) {
             best = list[i].value;
             best_bits = list[i].c.bits;
         }
@@ -644,8 +640,7 @@ static int ref_lookup(const struct ref_prefix *list, size_t n,
     return best;
 }
 
-static void random_addr(struct tg_addr *a, int family,
-                        const struct tg_addr *bases, size_t nbases)
+static void random_addr(struct tg_addr *a, int family, const struct tg_addr *bases, size_t nbases)
 {
     /* Start from a base and flip a few bits, so prefixes nest and share
      * long common runs, which is where a radix trie goes wrong. */
@@ -707,8 +702,8 @@ static void trie_vs_bruteforce(int family, size_t nprefixes, size_t nlookups)
     for (size_t i = 0; i < nprefixes; i++) {
         bool seen = false;
         for (size_t j = 0; j < i && !seen; j++)
-            seen = list[j].c.bits == list[i].c.bits &&
-                   tg_addr_equal(&list[j].c.addr, &list[i].c.addr);
+            seen =
+                list[j].c.bits == list[i].c.bits && tg_addr_equal(&list[j].c.addr, &list[i].c.addr);
         distinct += !seen;
     }
     CHECK_EQ_INT(tg_cidr_set_count(set), distinct);

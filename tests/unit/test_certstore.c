@@ -60,8 +60,7 @@ static void make_pem(struct pem *out, EVP_PKEY *key, const char *cn, const char 
     X509_gmtime_adj(X509_getm_notAfter(x), 86400 * 30);
     X509_set_pubkey(x, key);
     X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1,
-                               -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0);
     X509_set_issuer_name(x, name);
     if (san != NULL)
         add_ext(x, NID_subject_alt_name, san);
@@ -84,8 +83,8 @@ static struct tg_cert *cert_of(EVP_PKEY *key, const char *cn, const char *san)
     struct pem p;
     char err[512];
     make_pem(&p, key, cn, san);
-    struct tg_cert *c = tg_cert_from_pem(cn, p.cert, strlen(p.cert), p.key, strlen(p.key),
-                                         err, sizeof(err));
+    struct tg_cert *c =
+        tg_cert_from_pem(cn, p.cert, strlen(p.cert), p.key, strlen(p.key), err, sizeof(err));
     if (c == NULL) {
         fprintf(stderr, "tg_cert_from_pem(%s): %s\n", cn, err);
         exit(2);
@@ -123,8 +122,9 @@ static bool log_contains(const char *needle)
 
 TEST(certificate_names)
 {
-    struct tg_cert *c = cert_of(ec_key, "A", "DNS:A.Example.COM,DNS:*.w.example.com,"
-                                             "DNS:*.com,DNS:x*.example.com,IP:10.0.0.1");
+    struct tg_cert *c = cert_of(ec_key, "A",
+                                "DNS:A.Example.COM,DNS:*.w.example.com,"
+                                "DNS:*.com,DNS:x*.example.com,IP:10.0.0.1");
     /* Lower case; wildcards only as a whole left-most label over two more. */
     CHECK_EQ_INT(c->nnames, 2);
     CHECK_EQ_STR(c->names[0], "a.example.com");
@@ -165,11 +165,11 @@ TEST(certificate_errors)
                            sizeof(err)) == NULL);
     CHECK(strstr(err, "mismatched algorithms") != NULL);
     /* No certificate; the key where the certificate goes. */
-    CHECK(tg_cert_from_pem("x.pem", "nothing\n", 8, a.key, strlen(a.key), err,
-                           sizeof(err)) == NULL);
+    CHECK(tg_cert_from_pem("x.pem", "nothing\n", 8, a.key, strlen(a.key), err, sizeof(err)) ==
+          NULL);
     CHECK(strstr(err, "is not a PEM file") != NULL);
-    CHECK(tg_cert_from_pem("x.pem", a.key, strlen(a.key), a.key, strlen(a.key), err,
-                           sizeof(err)) == NULL);
+    CHECK(tg_cert_from_pem("x.pem", a.key, strlen(a.key), a.key, strlen(a.key), err, sizeof(err)) ==
+          NULL);
     CHECK(strstr(err, "private key but no certificate") != NULL);
     CHECK(tg_cert_from_pem("x.pem", a.cert, strlen(a.cert), a.cert, strlen(a.cert), err,
                            sizeof(err)) == NULL);
@@ -405,8 +405,7 @@ static void *reader_main(void *arg)
         const struct tg_cert_choice *g = tg_certstore_lookup(s, "c.example.com", 13);
         const struct tg_cert_choice *d = tg_certstore_default(s);
         struct tg_cert *c = g != NULL ? g->cert[TG_CERT_ECDSA] : NULL;
-        if ((c != r->one && c != r->two) || d == NULL ||
-            strcmp(c->names[0], "c.example.com") != 0)
+        if ((c != r->one && c != r->two) || d == NULL || strcmp(c->names[0], "c.example.com") != 0)
             r->bad++;
         r->lookups++;
         tg_certstore_release(s);
@@ -433,8 +432,7 @@ TEST(concurrent_readers)
     }
     int failed = 0;
     for (int i = 0; i < SWAPS; i++) {
-        failed += tg_certstore_put(st, "c.example.com", i % 2 ? one : two, err,
-                                   sizeof(err)) < 0;
+        failed += tg_certstore_put(st, "c.example.com", i % 2 ? one : two, err, sizeof(err)) < 0;
         if (i % 100 == 0)
             failed += tg_certstore_set_config(st, &conf, 1) < 0;
     }

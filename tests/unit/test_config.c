@@ -16,10 +16,9 @@ static struct tg_config *load(const char *yaml, char *err, size_t errlen)
     return tg_config_load_buffer("t.yaml", yaml, strlen(yaml), err, errlen);
 }
 
-static const char *MINIMAL =
-    "listen: [127.0.0.1:8080]\n"
-    "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
-    "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+static const char *MINIMAL = "listen: [127.0.0.1:8080]\n"
+                             "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
 
 TEST(durations)
 {
@@ -102,14 +101,13 @@ TEST(minimal_and_defaults)
 TEST(sites_before_upstreams_resolve)
 {
     char err[2048];
-    const char *y =
-        "sites:\n"
-        "  - hosts: [a.test]\n"
-        "    routes:\n"
-        "      - {path: /x/../api, upstream: later}\n"
-        "listen: [127.0.0.1:8080]\n"
-        "upstreams:\n"
-        "  later: {servers: ['127.0.0.1:9000'], balance: least_conn, keepalive: 0}\n";
+    const char *y = "sites:\n"
+                    "  - hosts: [a.test]\n"
+                    "    routes:\n"
+                    "      - {path: /x/../api, upstream: later}\n"
+                    "listen: [127.0.0.1:8080]\n"
+                    "upstreams:\n"
+                    "  later: {servers: ['127.0.0.1:9000'], balance: least_conn, keepalive: 0}\n";
     struct tg_config *c = load(y, err, sizeof(err));
     CHECK(c != NULL);
     if (c != NULL) {
@@ -176,7 +174,8 @@ TEST(routes_patterns_and_checks)
              "  - hosts: [a.test]\n"
              "    routes:\n"
              "      - {path: /, upstream: app}\n"
-             "      - {path: /_/, upstream: app, allow: [private]}\n", head);
+             "      - {path: /_/, upstream: app, allow: [private]}\n",
+             head);
     expect_error(y, "t.yaml:7:9: ", "can never match: the route at line 6 (path '/')");
     /* A wildcard above the literal it covers; methods decide too. */
     snprintf(y, sizeof(y),
@@ -184,14 +183,16 @@ TEST(routes_patterns_and_checks)
              "  - hosts: [a.test]\n"
              "    routes:\n"
              "      - {path: /api/collections/*/auth-*, upstream: app}\n"
-             "      - {path: /api/collections/users/auth-with-password, upstream: app}\n", head);
+             "      - {path: /api/collections/users/auth-with-password, upstream: app}\n",
+             head);
     expect_error(y, "t.yaml:7:9: ", "can never match");
     snprintf(y, sizeof(y),
              "%ssites:\n"
              "  - hosts: [a.test]\n"
              "    routes:\n"
              "      - {path: /api/, upstream: app, methods: [GET]}\n"
-             "      - {path: /api/x, upstream: app}\n", head);
+             "      - {path: /api/x, upstream: app}\n",
+             head);
     c = load(y, err, sizeof(err));
     CHECK(c != NULL); /* POST /api/x still reaches the second */
     if (c != NULL)
@@ -202,13 +203,15 @@ TEST(routes_patterns_and_checks)
              "  - hosts: [a.test]\n"
              "    routes:\n"
              "      - path: /api/a**b\n"
-             "        upstream: app\n", head);
+             "        upstream: app\n",
+             head);
     expect_error(y, "t.yaml:6:21: ", "'**' must be a whole segment");
     snprintf(y, sizeof(y),
              "%ssites:\n"
              "  - hosts: [a.test]\n"
              "    routes:\n"
-             "      - {path: /, upstream: app, methods: [GET, TRACE]}\n", head);
+             "      - {path: /, upstream: app, methods: [GET, TRACE]}\n",
+             head);
     expect_error(y, "t.yaml:6:49: ", "TRACE requests are refused");
     /* Body key parts. */
     snprintf(y, sizeof(y),
@@ -216,7 +219,8 @@ TEST(routes_patterns_and_checks)
              "  policies:\n"
              "    a: {rate: 1/s, key: [body:identity], body_fallback: ip}\n"
              "    b: {rate: 1/s, key: [form:user.email, json:identity]}\n"
-             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n", head);
+             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n",
+             head);
     c = load(y, err, sizeof(err));
     CHECK(c != NULL);
     if (c != NULL) {
@@ -231,15 +235,16 @@ TEST(routes_patterns_and_checks)
              "%srate_limit:\n"
              "  policies:\n"
              "    a: {rate: 1/s, key: [body:\"id|x\"]}\n"
-             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n", head);
+             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n",
+             head);
     expect_error(y, "t.yaml:5:26: ", "body field name");
     /* PROXY protocol believes only trusted proxies. */
     expect_error("listen:\n  - {address: 127.0.0.1:8080, proxy_protocol: true}\n"
                  "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
                  "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n",
                  "t.yaml:2:5: ", "proxy_protocol needs trusted_proxies");
-    expect_error("client_ip_header: x-real-ip\n", "t.yaml:1:19: ",
-                 "auto, x-forwarded-for, forwarded");
+    expect_error("client_ip_header: x-real-ip\n",
+                 "t.yaml:1:19: ", "auto, x-forwarded-for, forwarded");
 }
 
 TEST(errors_have_positions)
@@ -256,7 +261,8 @@ TEST(errors_have_positions)
     expect_error("listen:\n  - {tls: yes}\n", "t.yaml:2:11: ", "true or false");
     expect_error("upstreams:\n  app: {servers: []}\n", "t.yaml:2:18: ", "at least one");
     expect_error("upstreams:\n  $x: {servers: [127.0.0.1:1]}\n", "t.yaml:2:3: ", "not allowed");
-    expect_error("listen: [127.0.0.1:8080]\nsites: [{hosts: ['bad host'], routes: [{path: /, upstream: x}]}]\n",
+    expect_error("listen: [127.0.0.1:8080]\nsites: [{hosts: ['bad host'], routes: [{path: /, "
+                 "upstream: x}]}]\n",
                  "t.yaml:2:", "host 'bad host'");
     expect_error("listen:\n  - address: 127.0.0.1:1\n    redirect_to_https: 443\n    tls: true\n",
                  "t.yaml:2:5: ", "cannot both");
@@ -284,8 +290,8 @@ TEST(alias_bomb_is_bounded)
     int n = snprintf(y, sizeof(y), "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for (int i = 1; i < 9; i++)
         n += snprintf(y + n, sizeof(y) - (size_t)n,
-                      "a%d: &a%d [*a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d]\n",
-                      i, i, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1);
+                      "a%d: &a%d [*a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d]\n", i,
+                      i, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1);
     n += snprintf(y + n, sizeof(y) - (size_t)n, "sites: *a8\n");
     char err[4096];
     struct tg_config *c = load(y, err, sizeof(err));
@@ -308,16 +314,15 @@ TEST(refcount)
 TEST(every_default)
 {
     char err[4096];
-    const char *y =
-        "listen: [127.0.0.1:8080]\n"
-        "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
-        "rate_limit:\n"
-        "  redis: {address: '10.0.0.1:6380', db: 2}\n"
-        "  policies:\n"
-        "    p: {rate: 1/s}\n"
-        "    f: {rate: 1/s, count: failures}\n"
-        "tenants: {static: {t1: {servers: [127.0.0.1:9001]}}}\n"
-        "sites: [{hosts: ['{tenant}.a.test'], routes: [{path: /, upstream: app}]}]\n";
+    const char *y = "listen: [127.0.0.1:8080]\n"
+                    "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                    "rate_limit:\n"
+                    "  redis: {address: '10.0.0.1:6380', db: 2}\n"
+                    "  policies:\n"
+                    "    p: {rate: 1/s}\n"
+                    "    f: {rate: 1/s, count: failures}\n"
+                    "tenants: {static: {t1: {servers: [127.0.0.1:9001]}}}\n"
+                    "sites: [{hosts: ['{tenant}.a.test'], routes: [{path: /, upstream: app}]}]\n";
     struct tg_config *c = load(y, err, sizeof(err));
     CHECK(c != NULL);
     if (c == NULL) {
@@ -423,7 +428,8 @@ TEST(every_default)
     }
     CHECK(!rl->policies[0].count_failures && rl->policies[1].count_failures);
     CHECK_EQ_INT(rl->policies[1].nfailure_statuses, 4);
-    CHECK(rl->policies[1].failure_statuses[0] == 400 && rl->policies[1].failure_statuses[1] == 401 &&
+    CHECK(rl->policies[1].failure_statuses[0] == 400 &&
+          rl->policies[1].failure_statuses[1] == 401 &&
           rl->policies[1].failure_statuses[2] == 403 && rl->policies[1].failure_statuses[3] == 429);
     /* tenants: the directory inherits rate_limit.redis, with its own prefix */
     const struct tg_config_tenants *tn = &c->tenants;
@@ -476,16 +482,26 @@ TEST(schema_defaults_parse)
         const char *name;
         const struct cfg_key *keys;
     } tables[] = {
-        {"top", top_keys},         {"client", client_keys},
-        {"stream", stream_keys},   {"log", log_keys},
-        {"listen", listen_keys},   {"tls", tls_keys},
-        {"certificate", certificate_keys}, {"health_check", health_check_keys},
-        {"upstream", upstream_keys}, {"policy", policy_keys},
-        {"rate_limit", rate_limit_keys}, {"rate_limit.local", rl_local_keys},
-        {"rate_limit.redis", rl_redis_keys}, {"tenants.redis", tenant_redis_keys},
-        {"tenants", tenants_keys}, {"tenant", tenant_keys},
-        {"geoip", geoip_keys},     {"site", site_keys},
-        {"route", route_keys},     {"admin", admin_keys},
+        {"top", top_keys},
+        {"client", client_keys},
+        {"stream", stream_keys},
+        {"log", log_keys},
+        {"listen", listen_keys},
+        {"tls", tls_keys},
+        {"certificate", certificate_keys},
+        {"health_check", health_check_keys},
+        {"upstream", upstream_keys},
+        {"policy", policy_keys},
+        {"rate_limit", rate_limit_keys},
+        {"rate_limit.local", rl_local_keys},
+        {"rate_limit.redis", rl_redis_keys},
+        {"tenants.redis", tenant_redis_keys},
+        {"tenants", tenants_keys},
+        {"tenant", tenant_keys},
+        {"geoip", geoip_keys},
+        {"site", site_keys},
+        {"route", route_keys},
+        {"admin", admin_keys},
     };
     static _Alignas(max_align_t) char scratch[65536];
     struct tg_config *cfg = calloc(1, sizeof(*cfg));
@@ -517,19 +533,19 @@ TEST(parse_without_building)
 {
     char err[4096];
     const char *y =
-        "listen:\n"                                                       /* 1 */
-        "  - {address: 127.0.0.1:18443, tls: true}\n"                     /* 2 */
-        "tls:\n"                                                          /* 3 */
-        "  certificates:\n"                                               /* 4 */
-        "    - {cert: /nonexistent/c.pem, key: /nonexistent/k.pem}\n"     /* 5 */
-        "geoip: {database: /nonexistent/country.mmdb}\n"                  /* 6 */
+        "listen:\n"                                                   /* 1 */
+        "  - {address: 127.0.0.1:18443, tls: true}\n"                 /* 2 */
+        "tls:\n"                                                      /* 3 */
+        "  certificates:\n"                                           /* 4 */
+        "    - {cert: /nonexistent/c.pem, key: /nonexistent/k.pem}\n" /* 5 */
+        "geoip: {database: /nonexistent/country.mmdb}\n"              /* 6 */
         "upstreams: {app: {servers: [127.0.0.1:9000], tls: true, tls_ca: /nonexistent/ca.pem}}\n"
-        "sites:\n"                                                        /* 8 */
-        "  - hosts: [a.test, '*.b.test']\n"                               /* 9 */
-        "    allow_countries: [GB]\n"                                     /* 10 */
-        "    routes:\n"                                                   /* 11 */
-        "      - {path: /x/../api, upstream: app, deny: [10.0.0.0/8]}\n"  /* 12 */
-        "      - {path: /, upstream: app}\n";                             /* 13 */
+        "sites:\n"                                                       /* 8 */
+        "  - hosts: [a.test, '*.b.test']\n"                              /* 9 */
+        "    allow_countries: [GB]\n"                                    /* 10 */
+        "    routes:\n"                                                  /* 11 */
+        "      - {path: /x/../api, upstream: app, deny: [10.0.0.0/8]}\n" /* 12 */
+        "      - {path: /, upstream: app}\n";                            /* 13 */
     struct tg_config *c = tg_config_parse_buffer("t.yaml", y, strlen(y), err, sizeof(err));
     CHECK(c != NULL);
     if (c == NULL) {
@@ -588,14 +604,17 @@ TEST(build_errors_carry_marks)
                            "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
     char y[2048];
     /* A certificate: at its entry. */
-    snprintf(y, sizeof(y), "%stls:\n  certificates:\n"
-             "    - {cert: /nonexistent/c.pem, key: /nonexistent/k.pem}\n", tls_head);
+    snprintf(y, sizeof(y),
+             "%stls:\n  certificates:\n"
+             "    - {cert: /nonexistent/c.pem, key: /nonexistent/k.pem}\n",
+             tls_head);
     expect_error(y, "t.yaml:7:7: ", "cannot read certificate file '/nonexistent/c.pem'");
     /* An upstream's CA: at the upstream. */
-    expect_error("listen: [127.0.0.1:8080]\n"
-                 "upstreams:\n  app: {servers: [127.0.0.1:9000], tls: true, tls_ca: /nonexistent/ca.pem}\n"
-                 "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n",
-                 "t.yaml:3:3: ", "/nonexistent/ca.pem");
+    expect_error(
+        "listen: [127.0.0.1:8080]\n"
+        "upstreams:\n  app: {servers: [127.0.0.1:9000], tls: true, tls_ca: /nonexistent/ca.pem}\n"
+        "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n",
+        "t.yaml:3:3: ", "/nonexistent/ca.pem");
     /* A host pattern, a path pattern (at the byte), an access entry. */
     expect_error("listen: [127.0.0.1:8080]\nupstreams: {app: {servers: [127.0.0.1:9000]}}\n"
                  "sites: [{hosts: [a.test, 'x y'], routes: [{path: /, upstream: app}]}]\n",
@@ -615,21 +634,20 @@ TEST(build_errors_carry_marks)
 TEST(rate_limit_resolved_at_load)
 {
     char err[4096];
-    const char *y =
-        "listen: [127.0.0.1:8080]\n"
-        "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
-        "rate_limit:\n"
-        "  policies: {g: {rate: 10/s}, s: {rate: 5/s}, r: {rate: 1/s}}\n"
-        "  global: [g]\n"
-        "sites:\n"
-        "  - hosts: [a.test]\n"
-        "    rate_limit: s\n"
-        "    routes:\n"
-        "      - {path: /own, upstream: app, rate_limit: [r, g]}\n"
-        "      - {path: /none, upstream: app, rate_limit: []}\n"
-        "      - {path: /, upstream: app}\n"
-        "  - hosts: [b.test]\n"
-        "    routes: [{path: /, upstream: app}]\n";
+    const char *y = "listen: [127.0.0.1:8080]\n"
+                    "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                    "rate_limit:\n"
+                    "  policies: {g: {rate: 10/s}, s: {rate: 5/s}, r: {rate: 1/s}}\n"
+                    "  global: [g]\n"
+                    "sites:\n"
+                    "  - hosts: [a.test]\n"
+                    "    rate_limit: s\n"
+                    "    routes:\n"
+                    "      - {path: /own, upstream: app, rate_limit: [r, g]}\n"
+                    "      - {path: /none, upstream: app, rate_limit: []}\n"
+                    "      - {path: /, upstream: app}\n"
+                    "  - hosts: [b.test]\n"
+                    "    routes: [{path: /, upstream: app}]\n";
     struct tg_config *c = load(y, err, sizeof(err));
     CHECK(c != NULL);
     if (c == NULL) {
@@ -647,8 +665,7 @@ TEST(rate_limit_resolved_at_load)
           own->rate_limit.items[1] == g);
     CHECK(none->rate_limit.set && none->rate_limit.n == 0);
     CHECK(site->rate_limit.set && site->rate_limit.n == 1 && site->rate_limit.items[0] == s);
-    CHECK(global->rate_limit.set && global->rate_limit.n == 1 &&
-          global->rate_limit.items[0] == g);
+    CHECK(global->rate_limit.set && global->rate_limit.n == 1 && global->rate_limit.items[0] == g);
     /* The limiter reads the route's list as it is. */
     CHECK(tg_limiter_policies(c, site) == &site->rate_limit);
     CHECK(tg_limiter_policies(c, global) == &global->rate_limit);

@@ -36,8 +36,8 @@ struct fake_up {
     ev_io accept_io, io;
     char in[65536];
     size_t in_len;
-    int requests;          /* complete request heads seen */
-    const char *reply;     /* sent once a head is here (NULL: stay silent) */
+    int requests;      /* complete request heads seen */
+    const char *reply; /* sent once a head is here (NULL: stay silent) */
     bool close_after;
 };
 
@@ -111,8 +111,7 @@ static int silent_cancels;
 
 static enum tg_ratelimit_take silent_take(void *impl, struct tg_ratelimit_key *keys, size_t n,
                                           bool peek, int64_t now, bool *allowed,
-                                          tg_ratelimit_store_done done, void *arg,
-                                          void **pending)
+                                          tg_ratelimit_store_done done, void *arg, void **pending)
 {
     (void)impl, (void)keys, (void)n, (void)peek, (void)now, (void)allowed, (void)done, (void)arg;
     *pending = &silent_cancels;
@@ -161,8 +160,7 @@ static bool setup(const char *yaml)
     up_start();
     char text[8192], err[4096];
     snprintf(text, sizeof(text), yaml, up.port, up.port, up.port);
-    struct tg_config *cfg = tg_config_load_buffer("t.yaml", text, strlen(text), err,
-                                                  sizeof(err));
+    struct tg_config *cfg = tg_config_load_buffer("t.yaml", text, strlen(text), err, sizeof(err));
     if (cfg == NULL) {
         fprintf(stderr, "%s", err);
         CHECK(cfg != NULL);
@@ -232,13 +230,13 @@ static void note(struct tg_explain *ex, const char *label, const char *text)
 /* Starts METHOD HOST PATH with "Name: value" headers (NULL-terminated) and
  * a body length, from `peer`, as a front end would. */
 static struct tg_request *start(struct call *c, const char *method, const char *host,
-                                const char *path, const char *const *headers,
-                                int64_t body_length, const char *peer, bool dry)
+                                const char *path, const char *const *headers, int64_t body_length,
+                                const char *peer, bool dry)
 {
     memset(&c->m, 0, sizeof(c->m));
     c->m.in_end = body_length == 0;
-    struct tg_request *req = tg_request_new(&ctx, ctx.cfg, &tg_memstream_ops,
-                                            tg_memstream_stream(&c->m));
+    struct tg_request *req =
+        tg_request_new(&ctx, ctx.cfg, &tg_memstream_ops, tg_memstream_stream(&c->m));
     CHECK(req != NULL);
     c->req = req;
     size_t n = 0;
@@ -303,30 +301,29 @@ static bool run_until_upstream_has_request(double secs)
 
 /* ---- the decision table ------------------------------------------------------------ */
 
-static const char *const TABLE_YAML =
-    "listen: [127.0.0.1:18080]\n"
-    "admin: {listen: off}\n"
-    "trusted_proxies: [127.0.0.1/32]\n"
-    "upstreams: {app: {servers: [127.0.0.1:%d]}}\n"
-    "rate_limit:\n"
-    "  policies:\n"
-    "    two: {rate: 2/h, burst: 2, key: [ip]}\n"
-    "    login: {rate: 5/m, burst: 5, key: [ip, body:identity]}\n"
-    "tenants:\n"
-    "  static:\n"
-    "    acme: {servers: [127.0.0.1:%d]}\n"
-    "    frozen: {servers: [127.0.0.1:%d], status: suspended}\n"
-    "sites:\n"
-    "  - hosts: ['{tenant}.t.test']\n"
-    "    routes: [{path: /, upstream: $tenant}]\n"
-    "  - hosts: [app.test]\n"
-    "    routes:\n"
-    "      - {path: /admin/, upstream: app, allow: [private]}\n"
-    "      - {path: /small, upstream: app, max_body: 10}\n"
-    "      - {path: /get-only, upstream: app, methods: [GET]}\n"
-    "      - {path: /two, upstream: app, rate_limit: two}\n"
-    "      - {path: /login, upstream: app, rate_limit: login}\n"
-    "      - {path: /page, upstream: app}\n";
+static const char *const TABLE_YAML = "listen: [127.0.0.1:18080]\n"
+                                      "admin: {listen: off}\n"
+                                      "trusted_proxies: [127.0.0.1/32]\n"
+                                      "upstreams: {app: {servers: [127.0.0.1:%d]}}\n"
+                                      "rate_limit:\n"
+                                      "  policies:\n"
+                                      "    two: {rate: 2/h, burst: 2, key: [ip]}\n"
+                                      "    login: {rate: 5/m, burst: 5, key: [ip, body:identity]}\n"
+                                      "tenants:\n"
+                                      "  static:\n"
+                                      "    acme: {servers: [127.0.0.1:%d]}\n"
+                                      "    frozen: {servers: [127.0.0.1:%d], status: suspended}\n"
+                                      "sites:\n"
+                                      "  - hosts: ['{tenant}.t.test']\n"
+                                      "    routes: [{path: /, upstream: $tenant}]\n"
+                                      "  - hosts: [app.test]\n"
+                                      "    routes:\n"
+                                      "      - {path: /admin/, upstream: app, allow: [private]}\n"
+                                      "      - {path: /small, upstream: app, max_body: 10}\n"
+                                      "      - {path: /get-only, upstream: app, methods: [GET]}\n"
+                                      "      - {path: /two, upstream: app, rate_limit: two}\n"
+                                      "      - {path: /login, upstream: app, rate_limit: login}\n"
+                                      "      - {path: /page, upstream: app}\n";
 
 struct table_case {
     const char *method, *host, *path, *header;
@@ -378,8 +375,8 @@ TEST(the_gateway_and_its_dry_run_agree)
         int want = t->status != 0 ? t->status : 200;
         if (real.m.status != want || (t->status == 0) != (strstr(dry.said, "proxied") != NULL) ||
             (t->status != 0 && dry.m.status != want)) {
-            fprintf(stderr, "case %zu: %s %s%s: gateway %d, dry run %d, want %d:\n%s", i,
-                    t->method, t->host, t->path, real.m.status, dry.m.status, want, dry.said);
+            fprintf(stderr, "case %zu: %s %s%s: gateway %d, dry run %d, want %d:\n%s", i, t->method,
+                    t->host, t->path, real.m.status, dry.m.status, want, dry.said);
             CHECK(false);
         }
         done_with(&dry);
@@ -559,9 +556,10 @@ TEST(per_request_memory)
         CHECK(run_until_finished(&c, 3));
         CHECK_EQ_INT(c.m.status, 200);
         size_t used = c.req->arena.total - (size_t)(c.req->arena.end - c.req->arena.pos);
-        fprintf(stderr, "per-request memory: struct tg_request %zu bytes + arena %zu bytes in "
-                        "use (%s)\n", sizeof(struct tg_request), used,
-                i == 0 ? "a plain route" : "a rate-limited route");
+        fprintf(stderr,
+                "per-request memory: struct tg_request %zu bytes + arena %zu bytes in "
+                "use (%s)\n",
+                sizeof(struct tg_request), used, i == 0 ? "a plain route" : "a rate-limited route");
         CHECK(sizeof(struct tg_request) + used < 8192);
         done_with(&c);
     }
@@ -576,8 +574,8 @@ TEST(a_late_local_answer_resets)
         return;
     struct call c;
     memset(&c, 0, sizeof(c));
-    struct tg_request *req = tg_request_new(&ctx, ctx.cfg, &tg_memstream_ops,
-                                            tg_memstream_stream(&c.m));
+    struct tg_request *req =
+        tg_request_new(&ctx, ctx.cfg, &tg_memstream_ops, tg_memstream_stream(&c.m));
     req->method = "GET";
     req->path = req->host = "";
     tg_request_ref(req);

@@ -24,8 +24,8 @@ static struct tg_config *load(const char *yaml)
 
 /* The value of `name` in a vector, NUL-terminated into buf; NULL if none,
  * and the number of times it appears in *count. */
-static const char *field(const struct tg_http_headers *h, const char *name, char *buf,
-                         size_t cap, int *count)
+static const char *field(const struct tg_http_headers *h, const char *name, char *buf, size_t cap,
+                         int *count)
 {
     const char *found = NULL;
     *count = 0;
@@ -40,27 +40,40 @@ static const char *field(const struct tg_http_headers *h, const char *name, char
     return found;
 }
 
-#define HDR(n, v) {TG_STR(n), TG_STR(v)}
+#define HDR(n, v)            \
+    {                        \
+        TG_STR(n), TG_STR(v) \
+    }
 
 TEST(response_fields_drop_hop_by_hop_and_add_ours)
 {
-    struct tg_config *cfg = load("listen: [127.0.0.1:18080]\n"
-                                 "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
-                                 "headers: {add: {X-Added: yes}}\n"
-                                 "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n");
+    struct tg_config *cfg =
+        load("listen: [127.0.0.1:18080]\n"
+             "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
+             "headers: {add: {X-Added: yes}}\n"
+             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n");
     if (cfg == NULL)
         return;
     struct tg_http_header b[] = {
-        HDR("Connection", "X-Hop, keep-alive"), HDR("X-Hop", "1"), HDR("Keep-Alive", "t=5"),
-        HDR("Transfer-Encoding", "chunked"), HDR("Content-Length", "5"), HDR("Server", "x"),
-        HDR("X-Powered-By", "php"), HDR("X-App", "1"), HDR("Upgrade", "h2c"),
-        HDR("X-Frame-Options", "SAMEORIGIN"), HDR("X-Request-Id", "spoofed"),
-        HDR("Set-Cookie", "a=1"), HDR("Set-Cookie", "b=2"),
+        HDR("Connection", "X-Hop, keep-alive"),
+        HDR("X-Hop", "1"),
+        HDR("Keep-Alive", "t=5"),
+        HDR("Transfer-Encoding", "chunked"),
+        HDR("Content-Length", "5"),
+        HDR("Server", "x"),
+        HDR("X-Powered-By", "php"),
+        HDR("X-App", "1"),
+        HDR("Upgrade", "h2c"),
+        HDR("X-Frame-Options", "SAMEORIGIN"),
+        HDR("X-Request-Id", "spoofed"),
+        HDR("Set-Cookie", "a=1"),
+        HDR("Set-Cookie", "b=2"),
     };
     struct tg_http_headers backend = {b, TG_ARRAY_LEN(b), TG_ARRAY_LEN(b)};
     struct tg_arena arena;
     tg_arena_init(&arena, 1024);
-    struct tg_headers_response in = {.rules = &cfg->headers, .tls = false,
+    struct tg_headers_response in = {.rules = &cfg->headers,
+                                     .tls = false,
                                      .request_id = TG_STR("rid1"),
                                      .extra = "Retry-After: 1\r\nX-Two: 2\r\n"};
     struct tg_http_headers out;
@@ -69,9 +82,9 @@ TEST(response_fields_drop_hop_by_hop_and_add_ours)
     int n;
     CHECK(field(&out, "X-App", v, sizeof(v), &n) != NULL && n == 1);
     CHECK_EQ_INT((field(&out, "Set-Cookie", v, sizeof(v), &n), n), 2);
-    const char *gone[] = {"Connection", "X-Hop", "Keep-Alive", "Transfer-Encoding",
-                          "Content-Length", "Server", "X-Powered-By", "Upgrade",
-                          "Strict-Transport-Security"};
+    const char *gone[] = {"Connection",        "X-Hop",          "Keep-Alive",
+                          "Transfer-Encoding", "Content-Length", "Server",
+                          "X-Powered-By",      "Upgrade",        "Strict-Transport-Security"};
     for (size_t i = 0; i < TG_ARRAY_LEN(gone); i++)
         if (field(&out, gone[i], v, sizeof(v), &n) != NULL) {
             fprintf(stderr, "%s should be gone\n", gone[i]);
@@ -144,31 +157,46 @@ static const char *upstream_head(const struct tg_headers_upstream *in, char *tex
 
 TEST(upstream_head_carries_the_identified_client)
 {
-    struct tg_config *cfg = load("listen: [127.0.0.1:18080]\n"
-                                 "trusted_proxies: [10.0.0.0/8]\n"
-                                 "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
-                                 "headers: {request: {set: {X-Env: prod}, remove: [Cookie2]}}\n"
-                                 "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n");
+    struct tg_config *cfg =
+        load("listen: [127.0.0.1:18080]\n"
+             "trusted_proxies: [10.0.0.0/8]\n"
+             "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
+             "headers: {request: {set: {X-Env: prod}, remove: [Cookie2]}}\n"
+             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n");
     if (cfg == NULL)
         return;
     struct tg_http_header c[] = {
-        HDR("Connection", "X-Hop"), HDR("X-Hop", "1"), HDR("Transfer-Encoding", "chunked"),
-        HDR("X-Forwarded-For", "1.2.3.4, 203.0.113.9"), HDR("Forwarded", "for=5.6.7.8"),
-        HDR("X-Real-IP", "6.6.6.6"), HDR("X-Env", "dev"), HDR("Cookie2", "c"),
-        HDR("Accept", "*/*"), HDR("X-Request-Id", "client-id"),
+        HDR("Connection", "X-Hop"),
+        HDR("X-Hop", "1"),
+        HDR("Transfer-Encoding", "chunked"),
+        HDR("X-Forwarded-For", "1.2.3.4, 203.0.113.9"),
+        HDR("Forwarded", "for=5.6.7.8"),
+        HDR("X-Real-IP", "6.6.6.6"),
+        HDR("X-Env", "dev"),
+        HDR("Cookie2", "c"),
+        HDR("Accept", "*/*"),
+        HDR("X-Request-Id", "client-id"),
     };
     struct tg_http_headers fields = {c, TG_ARRAY_LEN(c), TG_ARRAY_LEN(c)};
     struct tg_addr peer, client;
     tg_addr_parse("10.0.0.2", 8, &peer);
     struct tg_str xff[1] = {TG_STR("1.2.3.4, 203.0.113.9")};
     struct tg_client_chain chain;
-    CHECK(tg_access_client_chain(cfg->trusted_proxies, &peer, TG_CLIENT_IP_XFF, xff, 1,
-                                 NULL, 0, &chain) == 0);
+    CHECK(tg_access_client_chain(cfg->trusted_proxies, &peer, TG_CLIENT_IP_XFF, xff, 1, NULL, 0,
+                                 &chain) == 0);
     client = chain.client;
     struct tg_headers_upstream in = {
-        .method = TG_STR("POST"), .path = TG_STR("/x?y=1"), .host = TG_STR("a.test"),
-        .fields = &fields, .rules = &cfg->headers, .body_length = -1, .tls = true,
-        .peer = &peer, .client = &client, .chain = &chain, .request_id = TG_STR("rid"),
+        .method = TG_STR("POST"),
+        .path = TG_STR("/x?y=1"),
+        .host = TG_STR("a.test"),
+        .fields = &fields,
+        .rules = &cfg->headers,
+        .body_length = -1,
+        .tls = true,
+        .peer = &peer,
+        .client = &client,
+        .chain = &chain,
+        .request_id = TG_STR("rid"),
     };
     char text[4096];
     const char *h = upstream_head(&in, text, sizeof(text));

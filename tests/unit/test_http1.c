@@ -24,18 +24,15 @@ static bool str_same(struct tg_str a, struct tg_str b)
     return a.p == b.p && a.n == b.n;
 }
 
-static bool req_same(const struct tg_http1_request *a,
-                     const struct tg_http1_request *b)
+static bool req_same(const struct tg_http1_request *a, const struct tg_http1_request *b)
 {
     if (a->method_id != b->method_id || !str_same(a->method, b->method) ||
         !str_same(a->target, b->target) || !str_same(a->path, b->path) ||
         !str_same(a->query, b->query) || !str_same(a->authority, b->authority) ||
         a->minor_version != b->minor_version || a->nheaders != b->nheaders ||
         !str_same(a->host, b->host) || a->framing != b->framing ||
-        a->content_length != b->content_length ||
-        a->keep_alive != b->keep_alive ||
-        a->upgrade != b->upgrade ||
-        a->upgrade_websocket != b->upgrade_websocket ||
+        a->content_length != b->content_length || a->keep_alive != b->keep_alive ||
+        a->upgrade != b->upgrade || a->upgrade_websocket != b->upgrade_websocket ||
         a->head_len != b->head_len)
         return false;
     for (size_t i = 0; i < a->nheaders; i++)
@@ -48,10 +45,8 @@ static bool req_same(const struct tg_http1_request *a,
 static struct tg_http1_request one_req, split_req;
 static char *last_buf;
 
-static ssize_t parse_req_once(const char *buf, size_t n,
-                              const struct tg_http1_limits *lim,
-                              struct tg_http1_request *req, int *status,
-                              const char **reason)
+static ssize_t parse_req_once(const char *buf, size_t n, const struct tg_http1_limits *lim,
+                              struct tg_http1_request *req, int *status, const char **reason)
 {
     size_t scanned = 0;
     *status = 0;
@@ -62,8 +57,7 @@ static ssize_t parse_req_once(const char *buf, size_t n,
 /* Parses `in` in one go, then fed byte by byte, then in two pieces at every
  * offset, then with a req that lost its resume state: all must agree. The
  * one-shot result is left in one_req. */
-static struct req_result check_req(const char *in, size_t n,
-                                   const struct tg_http1_limits *lim,
+static struct req_result check_req(const char *in, size_t n, const struct tg_http1_limits *lim,
                                    int line)
 {
     struct req_result r = {0, 0, NULL, 0};
@@ -81,37 +75,33 @@ static struct req_result check_req(const char *in, size_t n,
     int status = 0;
     const char *reason = NULL;
     for (size_t k = 0; k <= n; k++) {
-        rc = tg_http1_parse_request(buf, k, &scanned, lim, &split_req, &status,
-                                    &reason);
+        rc = tg_http1_parse_request(buf, k, &scanned, lim, &split_req, &status, &reason);
         if (rc != TG_HTTP1_INCOMPLETE) {
             r.first_at = k;
             break;
         }
         if (scanned != k) {
-            fprintf(stderr, "line %d: scanned %zu after prefix %zu\n", line,
-                    scanned, k);
+            fprintf(stderr, "line %d: scanned %zu after prefix %zu\n", line, scanned, k);
             tg_test_failed_checks++;
         }
     }
     if (rc != r.rc || (rc < 0 && status != r.status) ||
         (rc > 0 && !req_same(&one_req, &split_req))) {
-        fprintf(stderr, "line %d: byte-by-byte %zd/%d vs one-shot %zd/%d\n",
-                line, rc, status, r.rc, r.status);
+        fprintf(stderr, "line %d: byte-by-byte %zd/%d vs one-shot %zd/%d\n", line, rc, status, r.rc,
+                r.status);
         tg_test_failed_checks++;
     }
 
     /* Two pieces at every offset. */
     for (size_t k = 0; k <= n; k++) {
         scanned = 0;
-        rc = tg_http1_parse_request(buf, k, &scanned, lim, &split_req, &status,
-                                    &reason);
+        rc = tg_http1_parse_request(buf, k, &scanned, lim, &split_req, &status, &reason);
         if (rc == TG_HTTP1_INCOMPLETE)
-            rc = tg_http1_parse_request(buf, n, &scanned, lim, &split_req,
-                                        &status, &reason);
+            rc = tg_http1_parse_request(buf, n, &scanned, lim, &split_req, &status, &reason);
         if (rc != r.rc || (rc < 0 && status != r.status) ||
             (rc > 0 && !req_same(&one_req, &split_req))) {
-            fprintf(stderr, "line %d: split at %zu: %zd/%d vs %zd/%d\n", line,
-                    k, rc, status, r.rc, r.status);
+            fprintf(stderr, "line %d: split at %zu: %zd/%d vs %zd/%d\n", line, k, rc, status, r.rc,
+                    r.status);
             tg_test_failed_checks++;
             break;
         }
@@ -120,16 +110,13 @@ static struct req_result check_req(const char *in, size_t n,
     /* The caller lost the req between calls: the parser starts over. */
     if (n > 1) {
         scanned = 0;
-        rc = tg_http1_parse_request(buf, n / 2, &scanned, lim, &split_req,
-                                    &status, &reason);
+        rc = tg_http1_parse_request(buf, n / 2, &scanned, lim, &split_req, &status, &reason);
         if (rc == TG_HTTP1_INCOMPLETE) {
             memset(&split_req, 0, sizeof(split_req));
-            rc = tg_http1_parse_request(buf, n, &scanned, lim, &split_req,
-                                        &status, &reason);
+            rc = tg_http1_parse_request(buf, n, &scanned, lim, &split_req, &status, &reason);
         }
         if (rc != r.rc || (rc > 0 && !req_same(&one_req, &split_req))) {
-            fprintf(stderr, "line %d: lost state: %zd vs %zd\n", line, rc,
-                    r.rc);
+            fprintf(stderr, "line %d: lost state: %zd vs %zd\n", line, rc, r.rc);
             tg_test_failed_checks++;
         }
     }
@@ -138,8 +125,7 @@ static struct req_result check_req(const char *in, size_t n,
     if (r.rc > 0) {
         for (size_t i = 0; i < one_req.nheaders; i++) {
             CHECK(one_req.headers[i].name.p >= buf);
-            CHECK(one_req.headers[i].value.p + one_req.headers[i].value.n <=
-                  buf + r.rc);
+            CHECK(one_req.headers[i].value.p + one_req.headers[i].value.n <= buf + r.rc);
         }
     }
     last_buf = buf; /* one_req's views stay valid until the next check */
@@ -159,9 +145,18 @@ struct req_case {
     int line;
 };
 
-#define OK(in) {S(in), 0, __LINE__}
-#define BAD(in) {S(in), 400, __LINE__}
-#define ST(in, st) {S(in), st, __LINE__}
+#define OK(in)             \
+    {                      \
+        S(in), 0, __LINE__ \
+    }
+#define BAD(in)              \
+    {                        \
+        S(in), 400, __LINE__ \
+    }
+#define ST(in, st)          \
+    {                       \
+        S(in), st, __LINE__ \
+    }
 
 static const struct req_case req_cases[] = {
     /* Accepted. */
@@ -319,7 +314,8 @@ static const struct req_case req_cases[] = {
         "Transfer-Encoding: chunked\r\n\r\n"),
     BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"),
-    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0b" "chunked\r\n\r\n"),
+    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0b"
+        "chunked\r\n\r\n"),
     BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n"),
     BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;q=1\r\n\r\n"),
     BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n"),
@@ -351,9 +347,8 @@ TEST(request_table)
         bool ok = c->status == 0 ? r.rc > 0 && (size_t)r.rc <= c->n
                                  : r.rc == TG_HTTP1_ERROR && r.status == c->status;
         if (!ok) {
-            fprintf(stderr, "line %d: got rc %zd status %d (%s), want %d\n",
-                    c->line, r.rc, r.status, r.reason ? r.reason : "-",
-                    c->status);
+            fprintf(stderr, "line %d: got rc %zd status %d (%s), want %d\n", c->line, r.rc,
+                    r.status, r.reason ? r.reason : "-", c->status);
             tg_test_failed_checks++;
         }
         if (r.rc == TG_HTTP1_ERROR && (r.reason == NULL || r.reason[0] == 0)) {
@@ -369,8 +364,7 @@ TEST(request_word_scan_positions)
 {
     static const unsigned char bad_value[] = {0, 1, '\n', 0x0b, 0x1f, 0x7f};
     static const unsigned char ok_value[] = {'\t', 0x80, 0xff, ' ', '~', '!'};
-    static const unsigned char bad_target[] = {0, '\t', 0x1f, 0x7f, 0x80,
-                                               0xff, '#'};
+    static const unsigned char bad_target[] = {0, '\t', 0x1f, 0x7f, 0x80, 0xff, '#'};
     char buf[128];
     for (size_t pos = 0; pos < 24; pos++) {
         for (size_t k = 0; k < sizeof(bad_value) + sizeof(ok_value); k++) {
@@ -384,8 +378,8 @@ TEST(request_word_scan_positions)
             n += (size_t)sprintf(buf + n, "v\r\n\r\n");
             struct req_result r = check_req(buf, n, &lim_default, __LINE__);
             if (bad ? r.status != 400 || r.first_at != v0 + pos + 1 : r.rc <= 0) {
-                fprintf(stderr, "value byte %#x at %zu: rc %zd at %zu\n", ch,
-                        pos, r.rc, r.first_at);
+                fprintf(stderr, "value byte %#x at %zu: rc %zd at %zu\n", ch, pos, r.rc,
+                        r.first_at);
                 tg_test_failed_checks++;
             }
         }
@@ -398,8 +392,8 @@ TEST(request_word_scan_positions)
             n += (size_t)sprintf(buf + n, " HTTP/1.1\r\nHost: a\r\n\r\n");
             struct req_result r = check_req(buf, n, &lim_default, __LINE__);
             if (r.status != 400 || r.first_at != t0 + pos + 1) {
-                fprintf(stderr, "target byte %#x at %zu: rc %zd at %zu\n",
-                        bad_target[k], pos, r.rc, r.first_at);
+                fprintf(stderr, "target byte %#x at %zu: rc %zd at %zu\n", bad_target[k], pos, r.rc,
+                        r.first_at);
                 tg_test_failed_checks++;
             }
         }
@@ -408,9 +402,8 @@ TEST(request_word_scan_positions)
 
 TEST(request_views)
 {
-    struct req_result r =
-        REQ("GET /p/a?q=1&r=?2 HTTP/1.1\r\nHost:  Example.com:8080 \r\n"
-            "X-A: \t one two \t\r\nX-B:\r\n\r\nBODY");
+    struct req_result r = REQ("GET /p/a?q=1&r=?2 HTTP/1.1\r\nHost:  Example.com:8080 \r\n"
+                              "X-A: \t one two \t\r\nX-B:\r\n\r\nBODY");
     CHECK(r.rc > 0);
     CHECK_EQ_INT(r.rc, strlen("GET /p/a?q=1&r=?2 HTTP/1.1\r\nHost:  Example.com:8080 \r\n"
                               "X-A: \t one two \t\r\nX-B:\r\n\r\n"));
@@ -592,19 +585,17 @@ TEST(request_limits)
     CHECK_EQ_INT(r.rc, 128);
 
     /* Header count: the fifth field line is refused at its first byte. */
-    r = check_req(S("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"),
-                  &lim, __LINE__);
+    r = check_req(S("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"), &lim, __LINE__);
     CHECK(r.rc > 0);
-    r = check_req(S("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n"),
-                  &lim, __LINE__);
+    r = check_req(S("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n"), &lim,
+                  __LINE__);
     CHECK_EQ_INT(r.status, 431);
     CHECK_EQ_INT(r.first_at, strlen("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\nD"));
     CHECK_EQ_STR(r.reason, "too many header fields");
 
     /* max_head below max_request_line: a long request line is 431. */
     struct tg_http1_limits small_head = {1000, 20, 4};
-    r = check_req(S("GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n"), &small_head,
-                  __LINE__);
+    r = check_req(S("GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n"), &small_head, __LINE__);
     CHECK_EQ_INT(r.status, 431);
     CHECK_EQ_INT(r.first_at, 20);
 
@@ -612,16 +603,14 @@ TEST(request_limits)
     int status;
     const char *reason;
     static struct tg_http1_request req;
-    CHECK(parse_req_once(S("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), NULL, &req,
-                         &status, &reason) > 0);
+    CHECK(parse_req_once(S("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), NULL, &req, &status, &reason) > 0);
     struct tg_http1_limits huge = {8192, 1 << 20, 100000};
     static char many[TG_HTTP1_MAX_HEADERS * 6 + 64];
     n = (size_t)sprintf(many, "GET / HTTP/1.1\r\nHost: a\r\n");
     for (int i = 0; i < TG_HTTP1_MAX_HEADERS; i++)
         n += (size_t)sprintf(many + n, "a: b\r\n");
     n += (size_t)sprintf(many + n, "\r\n");
-    CHECK_EQ_INT(parse_req_once(many, n, &huge, &req, &status, &reason),
-                 TG_HTTP1_ERROR);
+    CHECK_EQ_INT(parse_req_once(many, n, &huge, &req, &status, &reason), TG_HTTP1_ERROR);
     CHECK_EQ_INT(status, 431);
 }
 
@@ -637,8 +626,8 @@ TEST(request_pipelined)
         size_t scanned = 0;
         int status;
         const char *reason;
-        ssize_t rc = tg_http1_parse_request(in + off, n - off, &scanned, NULL,
-                                            &req, &status, &reason);
+        ssize_t rc =
+            tg_http1_parse_request(in + off, n - off, &scanned, NULL, &req, &status, &reason);
         CHECK(rc > 0);
         if (rc <= 0)
             return;
@@ -670,8 +659,7 @@ TEST(request_resume_is_linear)
     ssize_t rc = 0;
     for (size_t k = 1; k <= n; k++) {
         size_t before = scanned;
-        rc = tg_http1_parse_request(buf, k, &scanned, &lim, &req, &status,
-                                    &reason);
+        rc = tg_http1_parse_request(buf, k, &scanned, &lim, &req, &status, &reason);
         if (rc != 0)
             break;
         CHECK(scanned == before + 1);
@@ -687,15 +675,29 @@ TEST(authority_validation)
         const char *s;
         bool ok;
     } v6[] = {
-        {"::", true},         {"::1", true},          {"1::", true},
-        {"1:2:3:4:5:6:7:8", true}, {"1:2:3:4:5:6:7::", true},
-        {"::ffff:1.2.3.4", true}, {"1:2:3:4:5:6:1.2.3.4", true},
-        {"1:2:3:4:5:6:7:1.2.3.4", false}, {"1:2:3:4:5:6:7:8:9", false},
-        {":1", false},        {"1:", false},          {"1::2::3", false},
-        {"12345::", false},   {"::1.2.3", false},     {"::1.2.3.256", false},
-        {"::01.2.3.4", false}, {"g::", false},        {"", false},
-        {":", false},         {":::", false},         {"1:::2", false},
-        {"1:2:3:4:5:6:7:8::", false}, {"::1:2:3:4:5:6:7", true},
+        {"::", true},
+        {"::1", true},
+        {"1::", true},
+        {"1:2:3:4:5:6:7:8", true},
+        {"1:2:3:4:5:6:7::", true},
+        {"::ffff:1.2.3.4", true},
+        {"1:2:3:4:5:6:1.2.3.4", true},
+        {"1:2:3:4:5:6:7:1.2.3.4", false},
+        {"1:2:3:4:5:6:7:8:9", false},
+        {":1", false},
+        {"1:", false},
+        {"1::2::3", false},
+        {"12345::", false},
+        {"::1.2.3", false},
+        {"::1.2.3.256", false},
+        {"::01.2.3.4", false},
+        {"g::", false},
+        {"", false},
+        {":", false},
+        {":::", false},
+        {"1:::2", false},
+        {"1:2:3:4:5:6:7:8::", false},
+        {"::1:2:3:4:5:6:7", true},
         {"::1:2:3:4:5:6:7:8", false},
     };
     for (size_t i = 0; i < TG_ARRAY_LEN(v6); i++) {
@@ -717,14 +719,12 @@ TEST(authority_validation)
 
 static struct tg_http1_response one_resp, split_resp;
 
-static bool resp_same(const struct tg_http1_response *a,
-                      const struct tg_http1_response *b)
+static bool resp_same(const struct tg_http1_response *a, const struct tg_http1_response *b)
 {
     if (a->status != b->status || !str_same(a->reason, b->reason) ||
         a->minor_version != b->minor_version || a->nheaders != b->nheaders ||
         a->framing != b->framing || a->content_length != b->content_length ||
-        a->keep_alive != b->keep_alive ||
-        a->upgrade_websocket != b->upgrade_websocket ||
+        a->keep_alive != b->keep_alive || a->upgrade_websocket != b->upgrade_websocket ||
         a->head_len != b->head_len)
         return false;
     for (size_t i = 0; i < a->nheaders; i++)
@@ -736,13 +736,11 @@ static bool resp_same(const struct tg_http1_response *a,
 
 /* One-shot, byte by byte and two-piece parses must agree; the one-shot
  * result stays in one_resp (views into `in`). */
-static ssize_t check_resp(const char *in, size_t n, enum tg_http_method m,
-                          int line)
+static ssize_t check_resp(const char *in, size_t n, enum tg_http_method m, int line)
 {
     size_t scanned = 0;
     const char *reason = NULL;
-    ssize_t rc1 = tg_http1_parse_response(in, n, &scanned, &lim_default, m,
-                                          &one_resp, &reason);
+    ssize_t rc1 = tg_http1_parse_response(in, n, &scanned, &lim_default, m, &one_resp, &reason);
     if (rc1 == TG_HTTP1_ERROR && reason == NULL) {
         fprintf(stderr, "line %d: error without reason\n", line);
         tg_test_failed_checks++;
@@ -750,8 +748,7 @@ static ssize_t check_resp(const char *in, size_t n, enum tg_http_method m,
     ssize_t rc = 0;
     scanned = 0;
     for (size_t k = 0; k <= n; k++) {
-        rc = tg_http1_parse_response(in, k, &scanned, &lim_default, m,
-                                     &split_resp, &reason);
+        rc = tg_http1_parse_response(in, k, &scanned, &lim_default, m, &split_resp, &reason);
         if (rc != 0)
             break;
     }
@@ -761,14 +758,11 @@ static ssize_t check_resp(const char *in, size_t n, enum tg_http_method m,
     }
     for (size_t k = 0; k <= n; k++) {
         scanned = 0;
-        rc = tg_http1_parse_response(in, k, &scanned, &lim_default, m,
-                                     &split_resp, &reason);
+        rc = tg_http1_parse_response(in, k, &scanned, &lim_default, m, &split_resp, &reason);
         if (rc == 0)
-            rc = tg_http1_parse_response(in, n, &scanned, &lim_default, m,
-                                         &split_resp, &reason);
+            rc = tg_http1_parse_response(in, n, &scanned, &lim_default, m, &split_resp, &reason);
         if (rc != rc1 || (rc > 0 && !resp_same(&one_resp, &split_resp))) {
-            fprintf(stderr, "line %d: split at %zu: %zd vs %zd\n", line, k,
-                    rc, rc1);
+            fprintf(stderr, "line %d: split at %zu: %zd vs %zd\n", line, k, rc, rc1);
             tg_test_failed_checks++;
             break;
         }
@@ -786,8 +780,14 @@ struct resp_case {
     int line;
 };
 
-#define RESP(in, m, fr, cl, ka) {S(in), m, fr, cl, ka, __LINE__}
-#define RBAD(in, m) {S(in), m, -1, 0, false, __LINE__}
+#define RESP(in, m, fr, cl, ka)        \
+    {                                  \
+        S(in), m, fr, cl, ka, __LINE__ \
+    }
+#define RBAD(in, m)                      \
+    {                                    \
+        S(in), m, -1, 0, false, __LINE__ \
+    }
 #define NONE TG_HTTP1_BODY_NONE
 #define LEN TG_HTTP1_BODY_LENGTH
 #define CHUNKED TG_HTTP1_BODY_CHUNKED
@@ -805,12 +805,12 @@ static const struct resp_case resp_cases[] = {
     RESP("HTTP/1.1 404 Not  Found\t!\r\nContent-Length: 1\r\n\r\n", GET, LEN, 1, true),
     RESP("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", GET, CHUNKED, 0, true),
     RESP("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", GET, CHUNKED, 0, true),
-    RESP("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
-         GET, CHUNKED, 0, true),
+    RESP("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", GET,
+         CHUNKED, 0, true),
     RESP("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", GET, LEN, 5, false),
     RESP("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", GET, LEN, 5, false),
-    RESP("HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n",
-         GET, LEN, 5, true),
+    RESP("HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n", GET, LEN, 5,
+         true),
     RESP("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", HEAD, NONE, 0, true),
     RESP("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", HEAD, NONE, 0, true),
     RESP("HTTP/1.1 200 OK\r\n\r\n", HEAD, NONE, 0, true),
@@ -820,14 +820,16 @@ static const struct resp_case resp_cases[] = {
     RESP("HTTP/1.1 100 Continue\r\n\r\n", TG_HTTP_POST, NONE, 0, true),
     RESP("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", GET, NONE, 0, true),
     RESP("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
-         "Upgrade: websocket\r\n\r\n", GET, NONE, 0, true),
+         "Upgrade: websocket\r\n\r\n",
+         GET, NONE, 0, true),
     RESP("HTTP/1.1 407 Proxy Auth\r\nContent-Length: 0\r\n\r\n", TG_HTTP_CONNECT, NONE, 0, true),
     RESP("HTTP/1.1 999 Whatever\r\nContent-Length: 1\r\n\r\n", GET, LEN, 1, true),
     RESP("HTTP/1.1 200 OK\r\nX: \x80\r\nContent-Length: 1\r\n\r\n", GET, LEN, 1, true),
 
     RBAD("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", GET),
     RBAD("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", GET),
-    RBAD("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", GET),
+    RBAD("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+         GET),
     RBAD("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", GET),
     RBAD("HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\n", GET),
     RBAD("HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\n\r\n", GET),
@@ -866,12 +868,10 @@ TEST(response_table)
             ok = rc == TG_HTTP1_ERROR;
         else
             ok = rc > 0 && (int)one_resp.framing == c->framing &&
-                 one_resp.content_length == c->cl &&
-                 one_resp.keep_alive == c->keep_alive;
+                 one_resp.content_length == c->cl && one_resp.keep_alive == c->keep_alive;
         if (!ok) {
-            fprintf(stderr, "line %d: rc %zd framing %d cl %llu ka %d\n",
-                    c->line, rc, (int)one_resp.framing,
-                    (unsigned long long)one_resp.content_length,
+            fprintf(stderr, "line %d: rc %zd framing %d cl %llu ka %d\n", c->line, rc,
+                    (int)one_resp.framing, (unsigned long long)one_resp.content_length,
                     one_resp.keep_alive);
             tg_test_failed_checks++;
         }
@@ -899,11 +899,12 @@ TEST(response_views)
     CHECK_EQ_INT(one_resp.framing, TG_HTTP1_BODY_CLOSE);
 
     rc = check_resp(S("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
-                      "Upgrade: websocket\r\n\r\n"), GET, __LINE__);
+                      "Upgrade: websocket\r\n\r\n"),
+                    GET, __LINE__);
     CHECK(rc > 0);
     CHECK(one_resp.upgrade_websocket);
-    rc = check_resp(S("HTTP/1.1 200 OK\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n"),
-                    GET, __LINE__);
+    rc = check_resp(S("HTTP/1.1 200 OK\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n"), GET,
+                    __LINE__);
     CHECK(!one_resp.upgrade_websocket);
 
     /* Limits: a huge status line, a huge head. */
@@ -915,8 +916,8 @@ TEST(response_views)
                                          &scanned, &lim, GET, &resp, &reason),
                  TG_HTTP1_ERROR);
     scanned = 0;
-    CHECK_EQ_INT(tg_http1_parse_response(S("HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC"),
-                                         &scanned, &lim, GET, &resp, &reason),
+    CHECK_EQ_INT(tg_http1_parse_response(S("HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC"), &scanned, &lim,
+                                         GET, &resp, &reason),
                  TG_HTTP1_ERROR);
     CHECK_EQ_STR(reason, "too many header fields");
 }
@@ -933,8 +934,7 @@ struct chunk_out {
 
 /* Feeds `in` in pieces of `step` bytes (0: all at once), looping each piece
  * until consumed; collects the data bytes. */
-static struct chunk_out run_chunked(const char *in, size_t n, size_t step,
-                                    size_t max_trailer)
+static struct chunk_out run_chunked(const char *in, size_t n, size_t step, size_t max_trailer)
 {
     struct chunk_out o;
     struct tg_http1_chunked c;
@@ -978,21 +978,19 @@ static struct chunk_out run_chunked(const char *in, size_t n, size_t step,
 }
 
 /* Every piece size gives the same answer as all at once. */
-static struct chunk_out check_chunked(const char *in, size_t n,
-                                      size_t max_trailer, int line)
+static struct chunk_out check_chunked(const char *in, size_t n, size_t max_trailer, int line)
 {
     struct chunk_out all = run_chunked(in, n, 0, max_trailer);
     CHECK(all.calls_returning_zero == 0);
     for (size_t step = 1; step <= n; step++) {
         struct chunk_out o = run_chunked(in, n, step, max_trailer);
-        bool same = o.consumed == all.consumed && o.done == all.done &&
-                    o.ndata == all.ndata &&
+        bool same = o.consumed == all.consumed && o.done == all.done && o.ndata == all.ndata &&
                     memcmp(o.data, all.data, o.ndata) == 0;
         /* An error may be found earlier by nobody: the decoder is
          * byte-exact, so it must match exactly. */
         if (!same || o.calls_returning_zero != 0) {
-            fprintf(stderr, "line %d: step %zu: consumed %zd/%zd done %d/%d\n",
-                    line, step, o.consumed, all.consumed, o.done, all.done);
+            fprintf(stderr, "line %d: step %zu: consumed %zd/%zd done %d/%d\n", line, step,
+                    o.consumed, all.consumed, o.done, all.done);
             tg_test_failed_checks++;
             break;
         }
@@ -1019,8 +1017,8 @@ static struct chunk_out check_chunked(const char *in, size_t n,
         ssize_t consumed = bad ? -1 : (ssize_t)off;
         if (bad == -4 || consumed != all.consumed ||
             (consumed >= 0 && (nd != all.ndata || c.done != all.done))) {
-            fprintf(stderr, "line %d: split %zu: consumed %zd vs %zd\n", line,
-                    k, consumed, all.consumed);
+            fprintf(stderr, "line %d: split %zu: consumed %zd vs %zd\n", line, k, consumed,
+                    all.consumed);
             tg_test_failed_checks++;
             break;
         }
@@ -1091,13 +1089,20 @@ TEST(chunked_extensions)
     CHECK(o.done);
 
     const char *bad[] = {
-        "5 \r\nhello\r\n0\r\n\r\n",     "5 ;a\r\nhello\r\n0\r\n\r\n",
-        "5; a\r\nhello\r\n0\r\n\r\n",   "5;a =b\r\nhello\r\n0\r\n\r\n",
-        "5;a= b\r\nhello\r\n0\r\n\r\n", "5;\r\nhello\r\n0\r\n\r\n",
-        "5;=b\r\nhello\r\n0\r\n\r\n",   "5;a=\r\nhello\r\n0\r\n\r\n",
-        "5;a=b=c\r\nhello\r\n0\r\n\r\n", "5;a=\"b\r\nhello\r\n0\r\n\r\n",
-        "5;a=\"b\"c\r\nhello\r\n0\r\n\r\n", "5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n",
-        "5;a=\"\\\x01\"\r\nhello\r\n0\r\n\r\n", "5;a(b)\r\nhello\r\n0\r\n\r\n",
+        "5 \r\nhello\r\n0\r\n\r\n",
+        "5 ;a\r\nhello\r\n0\r\n\r\n",
+        "5; a\r\nhello\r\n0\r\n\r\n",
+        "5;a =b\r\nhello\r\n0\r\n\r\n",
+        "5;a= b\r\nhello\r\n0\r\n\r\n",
+        "5;\r\nhello\r\n0\r\n\r\n",
+        "5;=b\r\nhello\r\n0\r\n\r\n",
+        "5;a=\r\nhello\r\n0\r\n\r\n",
+        "5;a=b=c\r\nhello\r\n0\r\n\r\n",
+        "5;a=\"b\r\nhello\r\n0\r\n\r\n",
+        "5;a=\"b\"c\r\nhello\r\n0\r\n\r\n",
+        "5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n",
+        "5;a=\"\\\x01\"\r\nhello\r\n0\r\n\r\n",
+        "5;a(b)\r\nhello\r\n0\r\n\r\n",
     };
     for (size_t i = 0; i < TG_ARRAY_LEN(bad); i++) {
         o = check_chunked(bad[i], strlen(bad[i]), 1024, __LINE__);
@@ -1145,12 +1150,12 @@ TEST(chunked_errors_and_overflow)
         {S("5\r\nhello0\r\n\r\n")},
         {S("0\r\n\n")},
         {S("0\r\n\r\r")},
-        {S("00000000000000001\r\n")},          /* 17 digits */
-        {S("10000000000000000\r\n")},          /* 2^64 */
-        {S("8000000000000000\r\n")},           /* 2^63 */
+        {S("00000000000000001\r\n")}, /* 17 digits */
+        {S("10000000000000000\r\n")}, /* 2^64 */
+        {S("8000000000000000\r\n")},  /* 2^63 */
         {S("ffffffffffffffff\r\n")},
         {S("0\r\nX: a\n\r\n")},
-        {S("0\r\nX: a\r\n b\r\n\r\n")},        /* obs-fold in trailer */
+        {S("0\r\nX: a\r\n b\r\n\r\n")}, /* obs-fold in trailer */
         {S("0\r\n X: a\r\n\r\n")},
         {S("0\r\nX : a\r\n\r\n")},
         {S("0\r\nNoColon\r\n\r\n")},

@@ -38,8 +38,10 @@ TEST(jws_verifies)
     CHECK(body != NULL);
     /* Pull the three members out by hand. */
     char prot[512], payload[512], sig[512];
-    CHECK(sscanf(body, "{\"protected\":\"%511[^\"]\",\"payload\":\"%511[^\"]\","
-                       "\"signature\":\"%511[^\"]\"}", prot, payload, sig) == 3);
+    CHECK(sscanf(body,
+                 "{\"protected\":\"%511[^\"]\",\"payload\":\"%511[^\"]\","
+                 "\"signature\":\"%511[^\"]\"}",
+                 prot, payload, sig) == 3);
     unsigned char hdr[512];
     long hn = tg_b64url_decode(hdr, sizeof(hdr) - 1, prot, strlen(prot));
     CHECK(hn > 0);

@@ -162,16 +162,15 @@ static const char *admin(const struct tg_config *c, const char *pol, const char 
 
 TEST(admin_keys_match_enforcement)
 {
-    struct tg_config *c = load(
-        "listen: [{address: 127.0.0.1:18080}]\n"
-        "admin: {listen: off}\n"
-        "rate_limit:\n"
-        "  policies:\n"
-        "    ip: {rate: 1/s, key: [ip]}\n"
-        "    acct: {rate: 1/s, key: [body:identity], count: failures}\n"
-        "    both: {rate: 1/s, key: [ip, header:X-Key]}\n"
-        "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
-        "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n");
+    struct tg_config *c = load("listen: [{address: 127.0.0.1:18080}]\n"
+                               "admin: {listen: off}\n"
+                               "rate_limit:\n"
+                               "  policies:\n"
+                               "    ip: {rate: 1/s, key: [ip]}\n"
+                               "    acct: {rate: 1/s, key: [body:identity], count: failures}\n"
+                               "    both: {rate: 1/s, key: [ip, header:X-Key]}\n"
+                               "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
+                               "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n");
     CHECK(c != NULL);
     if (c == NULL)
         return;
@@ -193,7 +192,6 @@ TEST(admin_keys_match_enforcement)
     tg_config_unref(c);
 }
 
-
 /* ---- decisions through the store interface, with fake stores ---------------- */
 
 /* A store that answers later (as Redis does): takes are queued, the test
@@ -203,8 +201,8 @@ struct fake_store {
     int64_t tat[16];
     char key[16][64];
     int nkeys;
-    bool fail;               /* take: fault at once */
-    int pending;             /* calls waiting for an answer */
+    bool fail;   /* take: fault at once */
+    int pending; /* calls waiting for an answer */
     tg_ratelimit_store_done done;
     void *arg;
     struct tg_ratelimit_key keys[8];
@@ -217,7 +215,8 @@ struct fake_store {
 static int64_t *fake_tat(struct fake_store *f, const struct tg_ratelimit_key *k)
 {
     for (int i = 0; i < f->nkeys; i++)
-        if (strlen(f->key[i]) == k->store_keylen && memcmp(f->key[i], k->store_key, k->store_keylen) == 0)
+        if (strlen(f->key[i]) == k->store_keylen &&
+            memcmp(f->key[i], k->store_key, k->store_keylen) == 0)
             return &f->tat[i];
     snprintf(f->key[f->nkeys], sizeof(f->key[0]), "%.*s", (int)k->store_keylen, k->store_key);
     f->tat[f->nkeys] = 0;
@@ -275,8 +274,8 @@ static void fake_refund(void *impl, struct tg_ratelimit_key *keys, size_t n, int
     f->refunds++;
 }
 
-static enum tg_ratelimit_take fake_reset(void *impl, const struct tg_ratelimit_key *key,
-                                         bool *had, tg_ratelimit_store_done done, void *arg)
+static enum tg_ratelimit_take fake_reset(void *impl, const struct tg_ratelimit_key *key, bool *had,
+                                         tg_ratelimit_store_done done, void *arg)
 {
     (void)impl, (void)key, (void)had, (void)done, (void)arg;
     return TG_RATELIMIT_FAULT;
@@ -344,8 +343,12 @@ static int decide(struct harness *h, const char *body)
     const struct tg_config_site *site = &h->cfg->sites[0];
     struct tg_http_header hdr[1] = {{TG_STR("Content-Type"), TG_STR("application/json")}};
     struct tg_http_headers hv = {hdr, 1, 1};
-    struct tg_limiter_input in = {.cfg = h->cfg, .site = site, .route = &site->routes[0],
-                                  .client = &h->client, .headers = &hv, .arena = &h->arena};
+    struct tg_limiter_input in = {.cfg = h->cfg,
+                                  .site = site,
+                                  .route = &site->routes[0],
+                                  .client = &h->client,
+                                  .headers = &hv,
+                                  .arena = &h->arena};
     CHECK(tg_limiter_prepare(&h->lim, &in, &h->env) == 0);
     if (h->lim.needs_body)
         tg_limiter_take_body(&h->lim, body, strlen(body), true);
@@ -364,8 +367,12 @@ TEST(a_body_key_without_memory_refuses)
     const struct tg_config_site *site = &h.cfg->sites[0];
     struct tg_http_header hdr[1] = {{TG_STR("Content-Type"), TG_STR("application/json")}};
     struct tg_http_headers hv = {hdr, 1, 1};
-    struct tg_limiter_input in = {.cfg = h.cfg, .site = site, .route = &site->routes[0],
-                                  .client = &h.client, .headers = &hv, .arena = &h.arena};
+    struct tg_limiter_input in = {.cfg = h.cfg,
+                                  .site = site,
+                                  .route = &site->routes[0],
+                                  .client = &h.client,
+                                  .headers = &hv,
+                                  .arena = &h.arena};
     CHECK(tg_limiter_prepare(&h.lim, &in, &h.env) == 0);
     CHECK(h.lim.needs_body);
     key_allocs_fail = true;
@@ -398,8 +405,10 @@ TEST(all_local_takes_at_once)
 TEST(stores_that_answer_later)
 {
     struct harness h;
-    if (!harness_init(&h, "    loc: {rate: 1/h, burst: 1, store: local}\n"
-                          "    far: {rate: 1/h, burst: 5, store: redis}\n", "[loc, far]"))
+    if (!harness_init(&h,
+                      "    loc: {rate: 1/h, burst: 1, store: local}\n"
+                      "    far: {rate: 1/h, burst: 5, store: redis}\n",
+                      "[loc, far]"))
         return;
     done_calls = 0;
     CHECK_EQ_INT(decide(&h, ""), 1); /* waits for "far" */
@@ -421,8 +430,10 @@ TEST(stores_that_answer_later)
 TEST(failure_reservations_in_a_far_store)
 {
     struct harness h;
-    if (!harness_init(&h, "    acct: {rate: 1/h, burst: 2, key: [body:identity], count: failures, "
-                          "store: redis}\n", "acct"))
+    if (!harness_init(&h,
+                      "    acct: {rate: 1/h, burst: 2, key: [body:identity], count: failures, "
+                      "store: redis}\n",
+                      "acct"))
         return;
     struct tg_limiter_state lims[3];
     for (int i = 0; i < 3; i++) {

@@ -48,8 +48,8 @@ static struct pp_result parse_split(const char *buf, size_t len)
         free(copy);
         if (whole.rc > 0 && cut < (size_t)whole.rc) {
             if (part.rc != TG_PROXY_PROTOCOL_INCOMPLETE)
-                fprintf(stderr, "prefix %zu of %zu: rc %zd (%s)\n", cut, len,
-                        part.rc, part.reason ? part.reason : "");
+                fprintf(stderr, "prefix %zu of %zu: rc %zd (%s)\n", cut, len, part.rc,
+                        part.reason ? part.reason : "");
             CHECK_EQ_INT(part.rc, TG_PROXY_PROTOCOL_INCOMPLETE);
         } else if (whole.rc > 0) {
             CHECK_EQ_INT(part.rc, whole.rc);
@@ -131,8 +131,7 @@ TEST(v1_unknown)
     CHECK_EQ_INT(r.pp.src_port, 0);
 
     /* The spec: anything after UNKNOWN up to the CRLF is ignored. */
-    const char *h =
-        "PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n";
+    const char *h = "PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n";
     r = parse_s(h);
     CHECK_EQ_INT(r.rc, strlen(h));
     CHECK(r.pp.local);
@@ -253,8 +252,7 @@ TEST(early_rejection)
     CHECK_EQ_INT(parse("\r", 1).rc, TG_PROXY_PROTOCOL_INCOMPLETE);
     CHECK_EQ_INT(parse("PRI", 3).rc, TG_PROXY_PROTOCOL_ERROR);
     CHECK_EQ_INT(parse("PROXX", 5).rc, TG_PROXY_PROTOCOL_ERROR);
-    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT", 11).rc,
-                 TG_PROXY_PROTOCOL_INCOMPLETE);
+    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT", 11).rc, TG_PROXY_PROTOCOL_INCOMPLETE);
     CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIX", 11).rc, TG_PROXY_PROTOCOL_ERROR);
     CHECK_EQ_INT(parse("\r\n\r\nGET", 7).rc, TG_PROXY_PROTOCOL_ERROR);
     /* v1: the protocol word and field characters are checked as they
@@ -267,20 +265,13 @@ TEST(early_rejection)
     CHECK_EQ_INT(parse("PROXY TCP4 1.2\n", 15).rc, TG_PROXY_PROTOCOL_ERROR);
     CHECK_EQ_INT(parse("PROXY TCP4 1.2\rx", 16).rc, TG_PROXY_PROTOCOL_ERROR);
     /* The v2 version, command and family are checked byte by byte. */
-    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x11", 13).rc,
-                 TG_PROXY_PROTOCOL_ERROR);
-    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x22", 13).rc,
-                 TG_PROXY_PROTOCOL_ERROR);
-    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x21", 13).rc,
-                 TG_PROXY_PROTOCOL_INCOMPLETE);
-    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x21\x12", 14).rc,
-                 TG_PROXY_PROTOCOL_ERROR);
-    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x21\x11", 14).rc,
-                 TG_PROXY_PROTOCOL_INCOMPLETE);
-    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0b", 16).rc,
-                 TG_PROXY_PROTOCOL_ERROR);
-    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x21\x11\x10\x00", 16).rc,
-                 TG_PROXY_PROTOCOL_ERROR);
+    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x11", 13).rc, TG_PROXY_PROTOCOL_ERROR);
+    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x22", 13).rc, TG_PROXY_PROTOCOL_ERROR);
+    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x21", 13).rc, TG_PROXY_PROTOCOL_INCOMPLETE);
+    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x21\x12", 14).rc, TG_PROXY_PROTOCOL_ERROR);
+    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x21\x11", 14).rc, TG_PROXY_PROTOCOL_INCOMPLETE);
+    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0b", 16).rc, TG_PROXY_PROTOCOL_ERROR);
+    CHECK_EQ_INT(parse("\r\n\r\n\0\r\nQUIT\n\x21\x11\x10\x00", 16).rc, TG_PROXY_PROTOCOL_ERROR);
     CHECK_EQ_INT(parse("", 0).rc, TG_PROXY_PROTOCOL_INCOMPLETE);
 }
 
@@ -288,8 +279,7 @@ TEST(early_rejection)
 
 /* Writes a v2 header: signature, ver_cmd, fam, then `body` bytes of which
  * the caller fills the addresses; returns the total length. */
-static size_t v2_head(unsigned char *out, unsigned ver_cmd, unsigned fam,
-                      size_t body)
+static size_t v2_head(unsigned char *out, unsigned ver_cmd, unsigned fam, size_t body)
 {
     memcpy(out, "\r\n\r\n\0\r\nQUIT\n", 12);
     out[12] = (unsigned char)ver_cmd;
@@ -300,8 +290,8 @@ static size_t v2_head(unsigned char *out, unsigned ver_cmd, unsigned fam,
     return 16 + body;
 }
 
-static size_t make_tcp4(unsigned char *out, const char *src, const char *dst,
-                        uint16_t sport, uint16_t dport, size_t extra)
+static size_t make_tcp4(unsigned char *out, const char *src, const char *dst, uint16_t sport,
+                        uint16_t dport, size_t extra)
 {
     size_t n = v2_head(out, 0x21, 0x11, 12 + extra);
     inet_pton(AF_INET, src, out + 16);
@@ -313,8 +303,8 @@ static size_t make_tcp4(unsigned char *out, const char *src, const char *dst,
     return n;
 }
 
-static size_t make_tcp6(unsigned char *out, const char *src, const char *dst,
-                        uint16_t sport, uint16_t dport, size_t extra)
+static size_t make_tcp6(unsigned char *out, const char *src, const char *dst, uint16_t sport,
+                        uint16_t dport, size_t extra)
 {
     size_t n = v2_head(out, 0x21, 0x21, 36 + extra);
     inet_pton(AF_INET6, src, out + 16);
@@ -509,9 +499,8 @@ TEST(trailing_bytes_untouched)
 {
     const char *h = "PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n";
     size_t hl = strlen(h);
-    static const char *const tails[] = {
-        "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\x16\x03\x01\x02\x00",
-        "PROXY TCP4 10.0.0.1 10.0.0.2 3 4\r\n", "\r\n", "\0\0\0"};
+    static const char *const tails[] = {"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\x16\x03\x01\x02\x00",
+                                        "PROXY TCP4 10.0.0.1 10.0.0.2 3 4\r\n", "\r\n", "\0\0\0"};
     char buf[256];
     for (size_t i = 0; i < TG_ARRAY_LEN(tails); i++) {
         size_t tl = strlen(tails[i]) + (i == 4 ? 3 : 0);
@@ -538,8 +527,7 @@ TEST(trailing_bytes_untouched)
 TEST(reason_optional)
 {
     struct tg_proxy_protocol pp;
-    CHECK_EQ_INT(tg_proxy_protocol_parse("GET", 3, &pp, NULL),
-                 TG_PROXY_PROTOCOL_ERROR);
+    CHECK_EQ_INT(tg_proxy_protocol_parse("GET", 3, &pp, NULL), TG_PROXY_PROTOCOL_ERROR);
 }
 
 int main(void)

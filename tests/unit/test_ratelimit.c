@@ -57,8 +57,7 @@ static void model_init(struct model *m, const struct tg_ratelimit_params *p)
 }
 
 /* Time must not go backwards here; the model has no opinion on that. */
-static bool model_take(struct model *m, int64_t now, int64_t cost,
-                       struct tg_ratelimit_result *r)
+static bool model_take(struct model *m, int64_t now, int64_t cost, struct tg_ratelimit_result *r)
 {
     i128 cap = (i128)m->burst * m->iv;
     if (!m->started) {
@@ -78,10 +77,9 @@ static bool model_take(struct model *m, int64_t now, int64_t cost,
         m->level -= need;
     } else {
         r->allowed = false;
-        r->retry_after_ns =
-            cost > m->burst + m->delay
-                ? INT64_MAX
-                : (int64_t)(need - (i128)m->delay * m->iv - m->level);
+        r->retry_after_ns = cost > m->burst + m->delay
+                                ? INT64_MAX
+                                : (int64_t)(need - (i128)m->delay * m->iv - m->level);
     }
     r->remaining = m->level > 0 ? (int64_t)(m->level / m->iv) : 0;
     r->reset_ns = (int64_t)(cap - m->level);
@@ -103,21 +101,19 @@ static void model_refund(struct model *m, int64_t now, int64_t cost)
         m->level = cap;
 }
 
-static bool same_result(const struct tg_ratelimit_result *a,
-                        const struct tg_ratelimit_result *b)
+static bool same_result(const struct tg_ratelimit_result *a, const struct tg_ratelimit_result *b)
 {
     return a->allowed == b->allowed && a->remaining == b->remaining &&
-           a->retry_after_ns == b->retry_after_ns &&
-           a->reset_ns == b->reset_ns && a->delay_ns == b->delay_ns;
+           a->retry_after_ns == b->retry_after_ns && a->reset_ns == b->reset_ns &&
+           a->delay_ns == b->delay_ns;
 }
 
 static void print_result(const char *who, const struct tg_ratelimit_result *r)
 {
     fprintf(stderr,
-            "  %s: allowed=%d remaining=%" PRId64 " retry=%" PRId64
-            " reset=%" PRId64 " delay=%" PRId64 "\n",
-            who, r->allowed, r->remaining, r->retry_after_ns, r->reset_ns,
-            r->delay_ns);
+            "  %s: allowed=%d remaining=%" PRId64 " retry=%" PRId64 " reset=%" PRId64
+            " delay=%" PRId64 "\n",
+            who, r->allowed, r->remaining, r->retry_after_ns, r->reset_ns, r->delay_ns);
 }
 
 static void random_params(struct tg_ratelimit_params *p)
@@ -217,11 +213,9 @@ TEST(test_gcra_matches_model)
             total_model += mok;
             if (ok != got.allowed || !same_result(&got, &want)) {
                 fprintf(stderr,
-                        "seq %d step %d: iv=%" PRId64 " burst=%" PRId64
-                        " delay=%" PRId64 " cost=%" PRId64 " now=%" PRId64
-                        " tat=%" PRId64 "\n",
-                        seq, i, p.interval_ns, p.burst, p.delay, cost, now,
-                        before);
+                        "seq %d step %d: iv=%" PRId64 " burst=%" PRId64 " delay=%" PRId64
+                        " cost=%" PRId64 " now=%" PRId64 " tat=%" PRId64 "\n",
+                        seq, i, p.interval_ns, p.burst, p.delay, cost, now, before);
                 print_result("gcra ", &got);
                 print_result("model", &want);
                 CHECK(false);
@@ -235,11 +229,9 @@ TEST(test_gcra_matches_model)
                 /* Exactly retry_after later it passes, 1 ns earlier not. */
                 struct tg_ratelimit_result r;
                 CHECK(got.retry_after_ns > 0);
-                tg_ratelimit_gcra_peek(tat, now + got.retry_after_ns, &p, cost,
-                                       &r);
+                tg_ratelimit_gcra_peek(tat, now + got.retry_after_ns, &p, cost, &r);
                 CHECK(r.allowed);
-                tg_ratelimit_gcra_peek(tat, now + got.retry_after_ns - 1, &p,
-                                       cost, &r);
+                tg_ratelimit_gcra_peek(tat, now + got.retry_after_ns - 1, &p, cost, &r);
                 CHECK(!r.allowed);
             }
             /* After reset_ns the bucket is full; 1 ns earlier it is not. */
@@ -254,8 +246,7 @@ TEST(test_gcra_matches_model)
             tg_ratelimit_gcra_peek(tat, now, &nodelay, got.remaining, &r);
             CHECK(got.remaining == 0 || (r.allowed && r.delay_ns == 0));
             if (got.remaining < m.burst) {
-                tg_ratelimit_gcra_peek(tat, now, &nodelay, got.remaining + 1,
-                                       &r);
+                tg_ratelimit_gcra_peek(tat, now, &nodelay, got.remaining + 1, &r);
                 CHECK(!r.allowed);
             }
         }
@@ -314,8 +305,7 @@ TEST(test_clock_backwards_bound)
             struct tg_ratelimit_result r;
             if (tg_ratelimit_gcra(&tat, now, &p, cost, &r))
                 granted += cost;
-            CHECK(granted <=
-                  p.burst + p.delay + (i128)(hi - lo) / p.interval_ns);
+            CHECK(granted <= p.burst + p.delay + (i128)(hi - lo) / p.interval_ns);
             CHECK(r.remaining >= 0 && r.remaining <= p.burst);
         }
     }
@@ -511,8 +501,7 @@ TEST(test_extreme_values_no_overflow)
 {
     struct tg_ratelimit_params p = {DAY, 1 << 20, 1 << 20};
     struct tg_ratelimit_result r;
-    int64_t nows[] = {
-        0, 1, INT64_C(1) << 62, INT64_MAX - DAY, INT64_MAX - 1, INT64_MAX};
+    int64_t nows[] = {0, 1, INT64_C(1) << 62, INT64_MAX - DAY, INT64_MAX - 1, INT64_MAX};
     int64_t tats[] = {0, 1, INT64_MAX / 2, INT64_MAX - 1, INT64_MAX};
     for (size_t i = 0; i < N_ELEMS(nows); i++) {
         for (size_t j = 0; j < N_ELEMS(tats); j++) {
@@ -662,8 +651,8 @@ TEST(test_refund_interleaved_with_takes)
                 bool mok = model_take(&m, now, cost, &want);
                 if (ok != mok || !same_result(&got, &want)) {
                     fprintf(stderr,
-                            "seq %d step %d: iv=%" PRId64 " burst=%" PRId64
-                            " delay=%" PRId64 " cost=%" PRId64 "\n",
+                            "seq %d step %d: iv=%" PRId64 " burst=%" PRId64 " delay=%" PRId64
+                            " cost=%" PRId64 "\n",
                             seq, i, p.interval_ns, p.burst, p.delay, cost);
                     print_result("gcra ", &got);
                     print_result("model", &want);

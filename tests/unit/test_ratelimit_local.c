@@ -29,8 +29,8 @@ static struct key mkkey(uint32_t policy, uint64_t n)
     return k;
 }
 
-static struct tg_ratelimit_op
-mkop(const struct key *k, const struct tg_ratelimit_params *p, int64_t cost)
+static struct tg_ratelimit_op mkop(const struct key *k, const struct tg_ratelimit_params *p,
+                                   int64_t cost)
 {
     struct tg_ratelimit_op op;
     memset(&op, 0, sizeof(op));
@@ -42,8 +42,7 @@ mkop(const struct key *k, const struct tg_ratelimit_params *p, int64_t cost)
 }
 
 static bool take1(struct tg_ratelimit_local *t, const struct key *k,
-                  const struct tg_ratelimit_params *p, int64_t cost,
-                  int64_t now)
+                  const struct tg_ratelimit_params *p, int64_t cost, int64_t now)
 {
     struct tg_ratelimit_op op = mkop(k, p, cost);
     return tg_ratelimit_local_take(t, &op, 1, now);
@@ -57,8 +56,7 @@ static int64_t remaining(struct tg_ratelimit_local *t, const struct key *k,
     return op.result.remaining;
 }
 
-static uint32_t shard_index(struct tg_ratelimit_local *t, const void *key,
-                            size_t len)
+static uint32_t shard_index(struct tg_ratelimit_local *t, const void *key, size_t len)
 {
     return (uint32_t)(tg_siphash13(key, len, t->k0, t->k1) >> 32) & t->smask;
 }
@@ -138,8 +136,8 @@ TEST(test_keys_compared_as_bytes)
     static unsigned char big[TG_RATELIMIT_LOCAL_KEY_MAX + 1];
     for (size_t i = 0; i < sizeof(big); i++)
         big[i] = (unsigned char)(i * 7);
-    size_t lens[] = {0,  1,  7,  8,  37,  38,  39,
-                     45, 46, 47, 48, 64, 100, 511, TG_RATELIMIT_LOCAL_KEY_MAX};
+    size_t lens[] = {
+        0, 1, 7, 8, 37, 38, 39, 45, 46, 47, 48, 64, 100, 511, TG_RATELIMIT_LOCAL_KEY_MAX};
     size_t n = sizeof(lens) / sizeof(lens[0]);
     for (size_t i = 0; i < n; i++) {
         struct tg_ratelimit_op op = {big, lens[i], &p, 1};
@@ -180,8 +178,8 @@ TEST(test_keys_compared_as_bytes)
 }
 
 /* Finds a key of policy `policy` in shard `want`. */
-static struct key key_in_shard(struct tg_ratelimit_local *t, uint32_t policy,
-                               uint32_t want, uint64_t *n)
+static struct key key_in_shard(struct tg_ratelimit_local *t, uint32_t policy, uint32_t want,
+                               uint64_t *n)
 {
     for (;; (*n)++) {
         struct key k = mkkey(policy, *n);
@@ -206,8 +204,7 @@ TEST(test_batch_all_or_nothing)
     CHECK(take1(t, &a, &p, 2, now)); /* a: 1 left */
     CHECK(take1(t, &b, &p, 3, now)); /* b: 0 left */
 
-    struct tg_ratelimit_op ops[3] = {mkop(&a, &p, 1), mkop(&b, &p, 1),
-                                     mkop(&c, &q, 4)};
+    struct tg_ratelimit_op ops[3] = {mkop(&a, &p, 1), mkop(&b, &p, 1), mkop(&c, &q, 4)};
     CHECK(!tg_ratelimit_local_take(t, ops, 3, now));
     CHECK(ops[0].result.allowed);
     CHECK(!ops[1].result.allowed);
@@ -236,8 +233,7 @@ TEST(test_batch_all_or_nothing)
     struct tg_ratelimit_op many[TG_RATELIMIT_LOCAL_MAX_OPS + 1];
     for (size_t i = 0; i < TG_RATELIMIT_LOCAL_MAX_OPS + 1; i++)
         many[i] = mkop(&c, &q, 0);
-    CHECK(
-        !tg_ratelimit_local_take(t, many, TG_RATELIMIT_LOCAL_MAX_OPS + 1, now));
+    CHECK(!tg_ratelimit_local_take(t, many, TG_RATELIMIT_LOCAL_MAX_OPS + 1, now));
     CHECK(tg_ratelimit_local_take(t, many, TG_RATELIMIT_LOCAL_MAX_OPS, now));
     tg_ratelimit_local_free(t);
 }
@@ -283,10 +279,9 @@ TEST(test_batch_same_key_twice)
 /* ---- refund ----------------------------------------------------------------
  */
 
-static struct tg_ratelimit_op refund1(struct tg_ratelimit_local *t,
-                                      const struct key *k,
-                                      const struct tg_ratelimit_params *p,
-                                      int64_t cost, int64_t now)
+static struct tg_ratelimit_op refund1(struct tg_ratelimit_local *t, const struct key *k,
+                                      const struct tg_ratelimit_params *p, int64_t cost,
+                                      int64_t now)
 {
     struct tg_ratelimit_op op = mkop(k, p, cost);
     tg_ratelimit_local_refund(t, &op, 1, now);
@@ -332,8 +327,7 @@ TEST(test_refund)
     CHECK(take1(t, &b, &p, 3, now));
     CHECK(take1(t, &c, &p, 2, now));
     CHECK(take1(t, &c, &p, 1, now + SEC / 2)); /* someone else's spend */
-    struct tg_ratelimit_op ops[3] = {mkop(&b, &p, 1), mkop(&c, &p, 1),
-                                     mkop(&b, &p, 1)};
+    struct tg_ratelimit_op ops[3] = {mkop(&b, &p, 1), mkop(&c, &p, 1), mkop(&b, &p, 1)};
     tg_ratelimit_local_refund(t, ops, 3, now + SEC / 2);
     CHECK_EQ_INT(ops[0].result.remaining, 1);
     CHECK_EQ_INT(ops[2].result.remaining, 2);
@@ -365,8 +359,7 @@ static void *reserver_run(void *arg)
 {
     struct reserver *w = arg;
     for (int i = 0; i < w->iters; i++) {
-        struct tg_ratelimit_op ops[2] = {mkop(w->k, w->p, 1),
-                                         mkop(w->own, w->p, 1)};
+        struct tg_ratelimit_op ops[2] = {mkop(w->k, w->p, 1), mkop(w->own, w->p, 1)};
         size_t n = i % 2 == 0 ? 1 : 2;
         if (!tg_ratelimit_local_take(w->t, ops, n, w->now))
             continue;
@@ -437,8 +430,7 @@ static void *phased_run(void *arg)
                 w->allowed += take1(w->t, w->shared, w->p, 1, now);
                 continue;
             }
-            struct tg_ratelimit_op ops[2] = {mkop(w->shared, w->p, 1),
-                                             mkop(w->own, &big, 1)};
+            struct tg_ratelimit_op ops[2] = {mkop(w->shared, w->p, 1), mkop(w->own, &big, 1)};
             if (w->reversed) {
                 struct tg_ratelimit_op tmp = ops[0];
                 ops[0] = ops[1];
@@ -661,8 +653,7 @@ static bool held(struct tg_ratelimit_local *t, const struct key *k)
     return in;
 }
 
-static struct tg_ratelimit_op mkop_cls(const struct key *k,
-                                       const struct tg_ratelimit_params *p,
+static struct tg_ratelimit_op mkop_cls(const struct key *k, const struct tg_ratelimit_params *p,
                                        int64_t cost, uint16_t cls)
 {
     struct tg_ratelimit_op op = mkop(k, p, cost);
@@ -690,8 +681,7 @@ TEST(test_flood_cannot_reset_lock)
     unsigned shard_counts[2] = {1, 64};
     for (int f = 0; f < 2; f++) {
         for (int sc = 0; sc < 2; sc++) {
-            struct tg_ratelimit_local *t =
-                tg_ratelimit_local_new(1024, shard_counts[sc]);
+            struct tg_ratelimit_local *t = tg_ratelimit_local_new(1024, shard_counts[sc]);
             int64_t now = 1000 * SEC;
             for (uint64_t i = 0; i < 10; i++) {
                 struct key k = mkkey(1, i);
@@ -703,9 +693,8 @@ TEST(test_flood_cannot_reset_lock)
             for (uint64_t i = 0; i < 5000; i += 2) {
                 now += 2 * SEC / 1000; /* 5,000 new keys in 5 s */
                 struct key a = mkkey(2, i), b = mkkey(2, i + 1);
-                struct tg_ratelimit_op ops[2] = {
-                    mkop_cls(&a, floods[f], 1, 1),
-                    mkop_cls(&b, floods[f], 1, 1)};
+                struct tg_ratelimit_op ops[2] = {mkop_cls(&a, floods[f], 1, 1),
+                                                 mkop_cls(&b, floods[f], 1, 1)};
                 if (i % 4 == 0) {
                     CHECK(tg_ratelimit_local_take(t, ops, 2, now));
                 } else {
@@ -723,8 +712,8 @@ TEST(test_flood_cannot_reset_lock)
                 still += held(t, &k) && !take1(t, &k, &login, 1, now);
             }
             if (still != 10)
-                fprintf(stderr, "flood %d, %u shard(s): %d of 10 locks left\n",
-                        f, shard_counts[sc], still);
+                fprintf(stderr, "flood %d, %u shard(s): %d of 10 locks left\n", f, shard_counts[sc],
+                        still);
             CHECK_EQ_INT(still, 10);
             tg_ratelimit_local_free(t);
         }
@@ -739,7 +728,7 @@ TEST(test_overflow_bucket_when_all_locked)
 {
     struct tg_ratelimit_local *t = tg_ratelimit_local_new(1024, 1);
     struct tg_ratelimit_params lock = {3600 * SEC, 1, 0}; /* 1 spend locks */
-    struct tg_ratelimit_params p = {12 * SEC, 5, 0};       /* 5/m */
+    struct tg_ratelimit_params p = {12 * SEC, 5, 0};      /* 5/m */
     int64_t now = 1000 * SEC;
     for (uint64_t i = 0; i < 1024; i++) {
         struct key k = mkkey(1, i);
@@ -790,8 +779,7 @@ TEST(test_overflow_bucket_when_all_locked)
     /* A batch of two new keys of one class: the second sees the first's
      * spend on the shared bucket; refused together, nothing spent. */
     struct key b1 = mkkey(5, 1), b2 = mkkey(5, 2);
-    struct tg_ratelimit_op ops[2] = {mkop_cls(&b1, &p, 3, 5),
-                                     mkop_cls(&b2, &p, 3, 5)};
+    struct tg_ratelimit_op ops[2] = {mkop_cls(&b1, &p, 3, 5), mkop_cls(&b2, &p, 3, 5)};
     CHECK(!tg_ratelimit_local_take(t, ops, 2, now));
     CHECK(ops[0].result.allowed && ops[0].result.overflow);
     CHECK(!ops[1].result.allowed && ops[1].result.overflow);
@@ -832,12 +820,12 @@ TEST(test_evict_by_own_fullness)
     struct tg_ratelimit_params two = {SEC, 2, 0};
     struct tg_ratelimit_params ten = {SEC, 10, 0};
     int64_t t0 = 1000 * SEC;
-    struct key f1 = mkkey(1, 1), f2 = mkkey(1, 2), lk = mkkey(2, 0),
-               a = mkkey(3, 0), b = mkkey(4, 0), d[3];
-    CHECK(take1(t, &f1, &one, 1, t0));  /* idle at t0 + 1 s */
+    struct key f1 = mkkey(1, 1), f2 = mkkey(1, 2), lk = mkkey(2, 0), a = mkkey(3, 0),
+               b = mkkey(4, 0), d[3];
+    CHECK(take1(t, &f1, &one, 1, t0)); /* idle at t0 + 1 s */
     CHECK(take1(t, &f2, &one, 1, t0));
-    CHECK(take1(t, &lk, &l, 1, t0));    /* locked, TAT t0 + 1.5 s */
-    CHECK(take1(t, &a, &big, 10, t0));  /* TAT t0 + 10 s */
+    CHECK(take1(t, &lk, &l, 1, t0));                /* locked, TAT t0 + 1.5 s */
+    CHECK(take1(t, &a, &big, 10, t0));              /* TAT t0 + 10 s */
     CHECK(take1(t, &b, &two, 1, t0 + 600 * MS_NS)); /* TAT t0 + 1.6 s */
     for (int i = 0; i < 3; i++) {
         d[i] = mkkey(5, (uint64_t)i);
@@ -882,8 +870,7 @@ TEST(test_evict_by_own_fullness)
         }
         struct key x = mkkey(8, 0), y = mkkey(8, 1), z = mkkey(9, 0);
         CHECK(take1(t, &x, &slow, 2, t0)); /* locked: TAT t0 + 2 h */
-        struct tg_ratelimit_op ops[2] = {mkop(&x, &wide, 1),
-                                         mkop(&y, &wide, 0)};
+        struct tg_ratelimit_op ops[2] = {mkop(&x, &wide, 1), mkop(&y, &wide, 0)};
         CHECK(tg_ratelimit_local_take(t, ops, batch ? 2 : 1, t0));
         struct tg_ratelimit_op op = mkop(&z, &wide, 1);
         CHECK(tg_ratelimit_local_take(t, &op, 1, t0));
@@ -910,8 +897,7 @@ TEST(test_batch_room_spares_own_entries)
     }
     struct key k = mkkey(2, 0), nk = mkkey(3, 0);
     CHECK(take1(t, &k, &p, 1, now));
-    struct tg_ratelimit_op ops[2] = {mkop_cls(&k, &p, 1, 0),
-                                     mkop_cls(&nk, &p, 1, 2)};
+    struct tg_ratelimit_op ops[2] = {mkop_cls(&k, &p, 1, 0), mkop_cls(&nk, &p, 1, 2)};
     CHECK(tg_ratelimit_local_take(t, ops, 2, now));
     CHECK(!ops[0].result.overflow);
     CHECK(ops[1].result.overflow);
@@ -948,8 +934,8 @@ TEST(test_bytes_per_key)
     size_t c = tg_ratelimit_local_count(t);
     size_t m = tg_ratelimit_local_memory(t);
     double per = (double)m / (double)c;
-    printf("memory: %zu keys of %zu bytes, %zu bytes, %.1f bytes/key\n", c,
-           sizeof(struct key), m, per);
+    printf("memory: %zu keys of %zu bytes, %zu bytes, %.1f bytes/key\n", c, sizeof(struct key), m,
+           per);
     CHECK(c >= 990000);
     CHECK(per <= 70.0);
     tg_ratelimit_local_free(t);
@@ -996,15 +982,14 @@ static void *bench_run(void *arg)
 /* ns per take, per thread: the best of `reps` rounds (the machine may be
  * shared; the best round is the least disturbed one), in wall time and in
  * the thread's CPU time (which leaves out time preempted). */
-static void bench_threads(const char *what, int nthreads, bool same_keys,
-                          uint64_t nkeys, long iters, int reps)
+static void bench_threads(const char *what, int nthreads, bool same_keys, uint64_t nkeys,
+                          long iters, int reps)
 {
     struct tg_ratelimit_local *t = tg_ratelimit_local_new(1 << 20, 64);
     struct tg_ratelimit_params p = {1, 1000000, 0};
     struct bench b[2];
     for (int i = 0; i < nthreads; i++) {
-        b[i] = (struct bench){t,     &p,    same_keys ? 1 : 1 + (uint32_t)i,
-                              nkeys, iters, 0};
+        b[i] = (struct bench){t, &p, same_keys ? 1 : 1 + (uint32_t)i, nkeys, iters, 0};
         /* warm: the keys exist before timing */
         for (uint64_t j = 0; j < nkeys; j++) {
             struct key k = mkkey(b[i].policy, j);
@@ -1035,9 +1020,8 @@ static void bench_threads(const char *what, int nthreads, bool same_keys,
 #else
     const char *lk = "spinlock";
 #endif
-    printf("bench (%s, best of %d): %s: %.1f ns/take wall, %.1f cpu\n", lk,
-           reps, what, best * 1e9 / (double)iters,
-           best_cpu * 1e9 / (double)iters);
+    printf("bench (%s, best of %d): %s: %.1f ns/take wall, %.1f cpu\n", lk, reps, what,
+           best * 1e9 / (double)iters, best_cpu * 1e9 / (double)iters);
 }
 
 /* The worst case of an insert: new keys into a table full of locked keys.
@@ -1103,8 +1087,8 @@ TEST(test_bench)
         double d = now_s() - t0;
         best = d < best ? d : best;
     }
-    printf("bench: siphash13 of a %zu-byte key: %.1f ns%s\n", sizeof(k),
-           best * 1e9 / (double)n, h == 42 ? " " : "");
+    printf("bench: siphash13 of a %zu-byte key: %.1f ns%s\n", sizeof(k), best * 1e9 / (double)n,
+           h == 42 ? " " : "");
 }
 
 int main(void)

@@ -46,8 +46,8 @@ struct got {
     struct tg_ratelimit_redis *lim;
 };
 
-static void got_cb(void *arg, int status, bool allowed,
-                   const struct tg_ratelimit_result *res, size_t n)
+static void got_cb(void *arg, int status, bool allowed, const struct tg_ratelimit_result *res,
+                   size_t n)
 {
     struct got *g = arg;
     g->calls++;
@@ -97,20 +97,18 @@ static struct tg_config_redis cfg_port(int port)
     return c;
 }
 
-static struct tg_ratelimit_redis *up(const struct tg_config_redis *c,
-                                     const char *id, bool heartbeat)
+static struct tg_ratelimit_redis *up(const struct tg_config_redis *c, const char *id,
+                                     bool heartbeat)
 {
-    struct tg_ratelimit_redis *r = tg_ratelimit_redis_new(loop, c, id,
-                                                          heartbeat);
+    struct tg_ratelimit_redis *r = tg_ratelimit_redis_new(loop, c, id, heartbeat);
     CHECK(r != NULL);
     /* Up, and the SCRIPT LOAD sent on connecting answered. */
     CHECK(h_run_until(loop, lim_ready, r, 3));
     return r;
 }
 
-static struct tg_ratelimit_redis_op op(const char *policy, const char *key,
-                                       int64_t interval_ns, int64_t burst,
-                                       int64_t delay, int64_t cost)
+static struct tg_ratelimit_redis_op op(const char *policy, const char *key, int64_t interval_ns,
+                                       int64_t burst, int64_t delay, int64_t cost)
 {
     struct tg_ratelimit_redis_op o;
     memset(&o, 0, sizeof(o));
@@ -125,9 +123,8 @@ static struct tg_ratelimit_redis_op op(const char *policy, const char *key,
 }
 
 /* Takes and waits for the callback. */
-static void take_wait(struct tg_ratelimit_redis *r,
-                      const struct tg_ratelimit_redis_op *ops, size_t n,
-                      bool peek, struct got *g)
+static void take_wait(struct tg_ratelimit_redis *r, const struct tg_ratelimit_redis_op *ops,
+                      size_t n, bool peek, struct got *g)
 {
     memset(g, 0, sizeof(*g));
     g->lim = r;
@@ -142,9 +139,8 @@ static long long exists(const char *key, size_t len)
 }
 
 /* Refunds and waits for the callback. */
-static void refund_wait(struct tg_ratelimit_redis *r,
-                        const struct tg_ratelimit_redis_op *ops, size_t n,
-                        struct got *g)
+static void refund_wait(struct tg_ratelimit_redis *r, const struct tg_ratelimit_redis_op *ops,
+                        size_t n, struct got *g)
 {
     memset(g, 0, sizeof(*g));
     CHECK_EQ_INT(tg_ratelimit_redis_refund(r, ops, n, got_cb, g), 0);
@@ -155,8 +151,7 @@ static void refund_wait(struct tg_ratelimit_redis *r,
 static long long get_ll(const char *key)
 {
     redisReply *v = h_cmd(sc, "GET %s", key);
-    long long x = v != NULL && v->type == REDIS_REPLY_STRING
-                      ? strtoll(v->str, NULL, 10) : -1;
+    long long x = v != NULL && v->type == REDIS_REPLY_STRING ? strtoll(v->str, NULL, 10) : -1;
     if (v != NULL)
         freeReplyObject(v);
     return x;
@@ -168,8 +163,7 @@ static long long cmd_calls(const char *cmd)
     char field[64];
     snprintf(field, sizeof(field), "cmdstat_%s:calls=", cmd);
     redisReply *r = h_cmd(sc, "INFO commandstats");
-    const char *p = r != NULL && r->type == REDIS_REPLY_STRING
-                        ? strstr(r->str, field) : NULL;
+    const char *p = r != NULL && r->type == REDIS_REPLY_STRING ? strstr(r->str, field) : NULL;
     long long v = p != NULL ? atoll(p + strlen(field)) : 0;
     if (r != NULL)
         freeReplyObject(r);
@@ -197,8 +191,8 @@ static int64_t *ref_tat(const char *policy, const char *key)
     return &ref_keys[ref_n++].tat;
 }
 
-static bool ref_take(const struct tg_ratelimit_redis_op *ops, size_t n,
-                     bool peek, int64_t now_ns, struct tg_ratelimit_result *res)
+static bool ref_take(const struct tg_ratelimit_redis_op *ops, size_t n, bool peek, int64_t now_ns,
+                     struct tg_ratelimit_result *res)
 {
     int64_t tat[16];
     bool all = true;
@@ -241,9 +235,9 @@ TEST(gcra_matches_c_core)
     static const char *const policies[] = {"p", "q", "r", "day"};
     static const char *const keys[] = {"a", "b", "c"};
     struct tg_ratelimit_params pp[4] = {
-        {2 * MS, 3, 0},        /* 500/s, burst 3 */
-        {3333333, 2, 2},       /* 300/s rounded to 3334 us, with delay */
-        {5 * MS + 1, 1, 1},    /* burst 1 */
+        {2 * MS, 3, 0},     /* 500/s, burst 3 */
+        {3333333, 2, 2},    /* 300/s rounded to 3334 us, with delay */
+        {5 * MS + 1, 1, 1}, /* burst 1 */
         /* 50000/d: tolerances near 2^52 us, the largest exact values */
         {86400 * 1000 * MS, 50000, 2},
     };
@@ -264,14 +258,13 @@ TEST(gcra_matches_c_core)
                 int64_t cost = rnd(8) == 0 ? (int64_t)rnd(5) : 1;
                 if (pi == 3 && rnd(4) == 0)
                     cost = (int64_t)rnd(60000); /* some beyond burst + delay */
-                ops[b][i] = op(policies[pi], keys[rnd(3)], pp[pi].interval_ns,
-                               pp[pi].burst, pp[pi].delay, cost);
+                ops[b][i] = op(policies[pi], keys[rnd(3)], pp[pi].interval_ns, pp[pi].burst,
+                               pp[pi].delay, cost);
             }
             peek[b] = rnd(10) == 0;
             memset(&g[b], 0, sizeof(g[b]));
             g[b].lim = r;
-            CHECK(tg_ratelimit_redis_take(r, ops[b], n[b], peek[b], got_cb,
-                                          &g[b]) != NULL);
+            CHECK(tg_ratelimit_redis_take(r, ops[b], n[b], peek[b], got_cb, &g[b]) != NULL);
         }
         CHECK(h_run_until(loop, got_done, &g[nb - 1], 2));
         batches++;
@@ -290,16 +283,15 @@ TEST(gcra_matches_c_core)
             for (size_t i = 0; i < n[b]; i++) {
                 const struct tg_ratelimit_result *x = &g[b].res[i], *y = &want[i];
                 if (x->allowed != y->allowed || x->remaining != y->remaining ||
-                    x->retry_after_ns != y->retry_after_ns ||
-                    x->reset_ns != y->reset_ns || x->delay_ns != y->delay_ns) {
+                    x->retry_after_ns != y->retry_after_ns || x->reset_ns != y->reset_ns ||
+                    x->delay_ns != y->delay_ns) {
                     if (mismatches++ < 5)
                         fprintf(stderr,
-                                "iter %d op %zu: redis %d %" PRId64 " %" PRId64
-                                " %" PRId64 " %" PRId64 " vs C %d %" PRId64
-                                " %" PRId64 " %" PRId64 " %" PRId64 "\n",
-                                iter, i, x->allowed, x->remaining,
-                                x->retry_after_ns, x->reset_ns, x->delay_ns,
-                                y->allowed, y->remaining, y->retry_after_ns,
+                                "iter %d op %zu: redis %d %" PRId64 " %" PRId64 " %" PRId64
+                                " %" PRId64 " vs C %d %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64
+                                "\n",
+                                iter, i, x->allowed, x->remaining, x->retry_after_ns, x->reset_ns,
+                                x->delay_ns, y->allowed, y->remaining, y->retry_after_ns,
                                 y->reset_ns, y->delay_ns);
                 }
                 delayed += x->delay_ns > 0;
@@ -314,8 +306,7 @@ TEST(gcra_matches_c_core)
     }
 out:
     if (mismatches > 0)
-        fprintf(stderr, "seed %llu (TG_TEST_SEED to replay)\n",
-                (unsigned long long)seed);
+        fprintf(stderr, "seed %llu (TG_TEST_SEED to replay)\n", (unsigned long long)seed);
     CHECK_EQ_INT(mismatches, 0);
     /* The sequence exercised both outcomes and the delay band, in batches
      * (about 3.5 requests each). */
@@ -337,9 +328,8 @@ TEST(all_or_nothing)
     CHECK_EQ_INT(g.res[0].remaining, 0);
     redisReply *before = h_cmd(sc, "GET tg:{aon:y}");
 
-    struct tg_ratelimit_redis_op three[3] = {
-        op("aon", "x", 1000 * MS, 2, 0, 1), y,
-        op("aon", "z", 1000 * MS, 2, 0, 1)};
+    struct tg_ratelimit_redis_op three[3] = {op("aon", "x", 1000 * MS, 2, 0, 1), y,
+                                             op("aon", "z", 1000 * MS, 2, 0, 1)};
     take_wait(r, three, 3, false, &g);
     CHECK_EQ_INT(g.status, 0);
     CHECK(!g.allowed);
@@ -349,8 +339,7 @@ TEST(all_or_nothing)
     CHECK_EQ_INT(exists("tg:{aon:z}", 10), 0);
     redisReply *after = h_cmd(sc, "GET tg:{aon:y}");
     CHECK(before && after && before->type == REDIS_REPLY_STRING &&
-          after->type == REDIS_REPLY_STRING &&
-          strcmp(before->str, after->str) == 0);
+          after->type == REDIS_REPLY_STRING && strcmp(before->str, after->str) == 0);
     freeReplyObject(before);
     freeReplyObject(after);
 
@@ -367,8 +356,8 @@ TEST(all_or_nothing)
     CHECK_EQ_INT(exists("tg:{aon:z}", 10), 1);
 
     /* A key named twice pays twice. */
-    struct tg_ratelimit_redis_op twice[2] = {
-        op("aon", "w", 1000 * MS, 2, 0, 1), op("aon", "w", 1000 * MS, 2, 0, 1)};
+    struct tg_ratelimit_redis_op twice[2] = {op("aon", "w", 1000 * MS, 2, 0, 1),
+                                             op("aon", "w", 1000 * MS, 2, 0, 1)};
     take_wait(r, twice, 2, false, &g);
     CHECK(g.allowed);
     CHECK_EQ_INT(g.res[0].remaining, 1);
@@ -386,28 +375,25 @@ TEST(garbage_values)
     struct tg_config_redis c = cfg_port(srv.port);
     struct tg_ratelimit_redis *r = up(&c, "gw", false);
     freeReplyObject(h_cmd(sc, "FLUSHALL"));
-    static const char *const junk[] = {"abc", "-5", "1e300", "1e30",
-                                       "18014398509481984", "nan", "inf",
-                                       "-inf", "12.5xyz", ""};
+    static const char *const junk[] = {"abc", "-5",  "1e300", "1e30",    "18014398509481984",
+                                       "nan", "inf", "-inf",  "12.5xyz", ""};
     for (size_t i = 0; i < sizeof(junk) / sizeof(junk[0]); i++) {
         freeReplyObject(h_cmd(sc, "SET tg:{junk:k} %s", junk[i]));
         struct tg_ratelimit_redis_op o = op("junk", "k", 1000 * MS, 3, 0, 1);
         struct got g;
         take_wait(r, &o, 1, false, &g);
         if (g.status != 0 || !g.allowed || g.res[0].remaining != 2)
-            fprintf(stderr, "stored %s: status %d allowed %d remaining %" PRId64
-                    "\n", junk[i], g.status, g.allowed, g.res[0].remaining);
+            fprintf(stderr, "stored %s: status %d allowed %d remaining %" PRId64 "\n", junk[i],
+                    g.status, g.allowed, g.res[0].remaining);
         CHECK_EQ_INT(g.status, 0);
         CHECK(g.allowed);
         CHECK_EQ_INT(g.res[0].remaining, 2);
         /* Now a number: one token's worth ahead of Redis' clock. */
         redisReply *v = h_cmd(sc, "GET tg:{junk:k}");
-        long long tat = v != NULL && v->type == REDIS_REPLY_STRING
-                            ? atoll(v->str) : -1;
+        long long tat = v != NULL && v->type == REDIS_REPLY_STRING ? atoll(v->str) : -1;
         freeReplyObject(v);
         if (!(tat > g.now_us && tat <= g.now_us + 1000000))
-            fprintf(stderr, "stored %s: then %lld, now %lld\n", junk[i], tat,
-                    (long long)g.now_us);
+            fprintf(stderr, "stored %s: then %lld, now %lld\n", junk[i], tat, (long long)g.now_us);
         CHECK(tat > g.now_us && tat <= g.now_us + 1000000);
     }
     tg_ratelimit_redis_free(r);
@@ -457,8 +443,7 @@ TEST(peek_and_ttl)
 
     /* Tolerance beyond 2^52 us: capped there (52124 tokens at one per
      * day; the C core's 2^62 ns cap would give 53375). */
-    struct tg_ratelimit_redis_op huge =
-        op("ttl", "h", 86400 * 1000 * MS, 60000, 0, 1);
+    struct tg_ratelimit_redis_op huge = op("ttl", "h", 86400 * 1000 * MS, 60000, 0, 1);
     take_wait(r, &huge, 1, true, &g);
     CHECK(g.allowed);
     CHECK_EQ_INT(g.res[0].remaining, 52124 - 1);
@@ -562,8 +547,7 @@ TEST(pipelining)
     long long c2 = evalsha_calls();
     int same = 0;
     for (int i = 0; i < N; i++)
-        same += g[i].calls == 1 && g[i].status == 0 &&
-                g[i].iteration == g[0].iteration;
+        same += g[i].calls == 1 && g[i].status == 0 && g[i].iteration == g[0].iteration;
     CHECK_EQ_INT(same, N);
     /* Server side: one EVALSHA in one read (beside the INFOs'). */
     CHECK_EQ_INT(c2 - c1, 1);
@@ -578,8 +562,9 @@ TEST(pipelining)
     struct tg_ratelimit_redis_stats st;
     tg_ratelimit_redis_stats(r, &st);
     CHECK_EQ_INT(st.requests, N);
-    fprintf(stderr, "batching: %d takes, %lld EVALSHA(s), %lld server "
-                    "read(s), answered in %d loop iteration(s)\n",
+    fprintf(stderr,
+            "batching: %d takes, %lld EVALSHA(s), %lld server "
+            "read(s), answered in %d loop iteration(s)\n",
             N, c2 - c1, r2 - r1 - per_info, same == N ? 1 : -1);
     /* Their memory went back to the thread's free list, and the next round
      * takes it from there: no malloc per take. */
@@ -608,7 +593,7 @@ TEST(settings_change_splits_batch)
     struct tg_ratelimit_redis_op ops[4] = {
         op("cf", "k", 1000 * MS, 2, 0, 1), /* old settings */
         op("cf", "other", 1000 * MS, 2, 0, 1),
-        op("cf", "k", 500 * MS, 1, 0, 1),  /* new settings, same key */
+        op("cf", "k", 500 * MS, 1, 0, 1), /* new settings, same key */
         op("cf", "k", 500 * MS, 1, 0, 1),
     };
     struct got g[4];
@@ -649,25 +634,23 @@ TEST(batch_order_and_cancel)
     CHECK(tg_ratelimit_redis_take(r, &y, 1, true, got_cb, &g) != NULL);
     CHECK(h_run_until(loop, got_done, &g, 2));
     CHECK(a.allowed && a.res[0].remaining == 0 && a.res[1].remaining == 4);
-    CHECK_EQ_INT(b.calls, 0);                 /* cancelled: y not taken */
+    CHECK_EQ_INT(b.calls, 0); /* cancelled: y not taken */
     CHECK(cc.allowed && cc.res[0].remaining == 3);
     CHECK(!d.allowed && d.res[0].retry_after_ns > 0);
     /* A peek reports what a take would leave, and takes nothing. */
     CHECK(e.allowed && e.res[0].remaining == 2);
-    CHECK(!f.allowed && !f.res[0].allowed);   /* x refused ... */
+    CHECK(!f.allowed && !f.res[0].allowed);      /* x refused ... */
     CHECK(g.allowed && g.res[0].remaining == 2); /* ... so y was not taken */
     int same = 0;
     struct got *all[] = {&a, &cc, &d, &e, &f, &g};
     for (size_t i = 0; i < 6; i++)
-        same += all[i]->calls == 1 && all[i]->status == 0 &&
-                all[i]->iteration == a.iteration;
+        same += all[i]->calls == 1 && all[i]->status == 0 && all[i]->iteration == a.iteration;
     CHECK_EQ_INT(same, 6);
 
     /* Cancelled after its batch was sent. */
     struct got h = {0}, i = {0};
     CHECK(tg_ratelimit_redis_take(r, &y, 1, false, got_cb, &h) != NULL);
-    struct tg_ratelimit_redis_pending *ph =
-        tg_ratelimit_redis_take(r, &y, 1, false, got_cb, &i);
+    struct tg_ratelimit_redis_pending *ph = tg_ratelimit_redis_take(r, &y, 1, false, got_cb, &i);
     CHECK(ph != NULL);
     /* The batch goes out as the loop's prepare phase sends it; the reply
      * cannot have been read yet (the loop has not polled). */
@@ -805,12 +788,10 @@ TEST(slow_redis)
  * each is a fault (status -1), none a crash. */
 TEST(wrong_replies)
 {
-    struct tg_ratelimit_redis *probe =
-        tg_ratelimit_redis_new(loop, &(struct tg_config_redis){
-                                         .address = "127.0.0.1:1",
-                                         .timeout_ms = 50,
-                                         .key_prefix = "tg:"},
-                               "x", false);
+    struct tg_ratelimit_redis *probe = tg_ratelimit_redis_new(
+        loop,
+        &(struct tg_config_redis){.address = "127.0.0.1:1", .timeout_ms = 50, .key_prefix = "tg:"},
+        "x", false);
     struct h_fake f;
     h_fake_start(&f, probe->sha);
     tg_ratelimit_redis_free(probe);
@@ -825,7 +806,7 @@ TEST(wrong_replies)
         {"+OK\r\n", true},
         {"$3\r\nabc\r\n", true},
         {"*3\r\n:1700000000000000\r\n:1\r\n:1\r\n", true}, /* one too many */
-        {"*1\r\n:1700000000000000\r\n", true},                /* one too few */
+        {"*1\r\n:1700000000000000\r\n", true},             /* one too few */
         /* a negative TAT */
         {"*2\r\n:1700000000000000\r\n:-5\r\n", true},
         /* a TAT beyond 2^53 us */
@@ -861,8 +842,7 @@ TEST(wrong_replies)
         struct tg_ratelimit_redis_stats st;
         tg_ratelimit_redis_stats(r, &st);
         if (st.errors != (cases[i].reply_error ? 1u : 0u))
-            fprintf(stderr, "case %zu: %llu errors\n", i,
-                    (unsigned long long)st.errors);
+            fprintf(stderr, "case %zu: %llu errors\n", i, (unsigned long long)st.errors);
         CHECK_EQ_INT(st.errors, cases[i].reply_error ? 1 : 0);
         tg_ratelimit_redis_free(r);
     }
@@ -885,7 +865,11 @@ TEST(wrong_replies)
     /* Refunds: anything but an integer from 0 to the number of keys is a
      * fault (status -1, counted); a well-formed one is heard. */
     static const char *const refund_cases[] = {
-        ":2\r\n", ":-1\r\n", "+OK\r\n", "$1\r\n1\r\n", "*1\r\n:1\r\n",
+        ":2\r\n",
+        ":-1\r\n",
+        "+OK\r\n",
+        "$1\r\n1\r\n",
+        "*1\r\n:1\r\n",
         "-ERR tollgate refund: bad arguments\r\n",
         "-READONLY You can't write against a read only replica.\r\n",
     };
@@ -973,9 +957,9 @@ TEST(refund_gives_back)
     CHECK_EQ_INT(a0, g.now_us + 600);
     take_wait(r, &b, 1, false, &g);
     long long b0 = get_ll("tg:{rf:b}");
-    struct tg_ratelimit_redis_op three[3] = {
-        op("rf", "b", 1000 * MS, 3, 0, 1), op("rf", "a", 1500, 1000, 0, 100),
-        op("rf", "b", 1000 * MS, 3, 0, 1)};
+    struct tg_ratelimit_redis_op three[3] = {op("rf", "b", 1000 * MS, 3, 0, 1),
+                                             op("rf", "a", 1500, 1000, 0, 100),
+                                             op("rf", "b", 1000 * MS, 3, 0, 1)};
     refund_wait(r, three, 3, &g);
     CHECK_EQ_INT(g.status, 0);
     CHECK_EQ_INT(get_ll("tg:{rf:b}"), b0 - 2000000);
@@ -997,8 +981,8 @@ TEST(refund_garbage_values)
     struct tg_config_redis c = cfg_port(srv.port);
     struct tg_ratelimit_redis *r = up(&c, "gw", false);
     freeReplyObject(h_cmd(sc, "FLUSHALL"));
-    static const char *const junk[] = {"abc", "-5", "1e300", "nan", "inf",
-                                       "18014398509481984", "12.5xyz", ""};
+    static const char *const junk[] = {"abc",     "-5", "1e300", "nan", "inf", "18014398509481984",
+                                       "12.5xyz", ""};
     for (size_t i = 0; i < sizeof(junk) / sizeof(junk[0]); i++) {
         freeReplyObject(h_cmd(sc, "SET tg:{junk:k} %s", junk[i]));
         struct tg_ratelimit_redis_op o = op("junk", "k", 1000 * MS, 3, 0, 1);
@@ -1006,8 +990,7 @@ TEST(refund_garbage_values)
         refund_wait(r, &o, 1, &g);
         CHECK_EQ_INT(g.status, 0);
         redisReply *v = h_cmd(sc, "GET tg:{junk:k}");
-        CHECK(v != NULL && v->type == REDIS_REPLY_STRING &&
-              strcmp(v->str, junk[i]) == 0);
+        CHECK(v != NULL && v->type == REDIS_REPLY_STRING && strcmp(v->str, junk[i]) == 0);
         freeReplyObject(v);
         CHECK_EQ_INT(h_int(sc, "PTTL tg:{junk:k}"), -1);
     }
@@ -1192,8 +1175,7 @@ TEST(heartbeats)
     redisReply *t = h_cmd(sc, "TIME");
     CHECK(s && t && s->type == REDIS_REPLY_STRING);
     if (s && t && s->type == REDIS_REPLY_STRING) {
-        long long now_ms = atoll(t->element[0]->str) * 1000 +
-                           atoll(t->element[1]->str) / 1000;
+        long long now_ms = atoll(t->element[0]->str) * 1000 + atoll(t->element[1]->str) / 1000;
         long long exp = atoll(s->str) - now_ms;
         CHECK(exp > 9000 && exp <= 10000);
     }
@@ -1218,8 +1200,7 @@ TEST(cancel_and_free)
 
     /* Cancelled: never called, even though its reply arrives. */
     struct got x = {0}, y = {0};
-    tg_ratelimit_redis_cancel(
-        tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &x));
+    tg_ratelimit_redis_cancel(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &x));
     CHECK(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &y) != NULL);
     CHECK(h_run_until(loop, got_done, &y, 1));
     CHECK_EQ_INT(x.calls, 0);
@@ -1232,8 +1213,7 @@ TEST(cancel_and_free)
         redisBufferWrite(sleeper, &done);
     usleep(20000);
     struct got z = {0};
-    tg_ratelimit_redis_cancel(
-        tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &z));
+    tg_ratelimit_redis_cancel(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &z));
     h_run_for(loop, 0.15);
     CHECK_EQ_INT(z.calls, 0);
     void *rep = NULL;
@@ -1250,8 +1230,7 @@ TEST(cancel_and_free)
     struct got p1 = {0}, p2 = {0}, p3 = {0};
     CHECK(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &p1) != NULL);
     CHECK(tg_ratelimit_redis_take(r, &o, 1, true, got_cb, &p2) != NULL);
-    tg_ratelimit_redis_cancel(
-        tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &p3));
+    tg_ratelimit_redis_cancel(tg_ratelimit_redis_take(r, &o, 1, false, got_cb, &p3));
     tg_ratelimit_redis_free(r);
     CHECK_EQ_INT(p1.calls, 1);
     CHECK_EQ_INT(p1.status, -1);

@@ -96,8 +96,7 @@ static struct tg_redis *connect_up(const struct tg_config_redis *c,
     return r;
 }
 
-static struct tg_redis_cmd *cmd(struct tg_redis *r, struct rec *rc,
-                                const char *a0, const char *a1,
+static struct tg_redis_cmd *cmd(struct tg_redis *r, struct rec *rc, const char *a0, const char *a1,
                                 const char *a2)
 {
     const char *argv[3] = {a0, a1, a2};
@@ -133,30 +132,24 @@ TEST(parse_address)
     char host[64];
     int port;
     bool ux;
-    CHECK_EQ_INT(tg_redis_parse_address("127.0.0.1:6379", host, sizeof(host),
-                                        &port, &ux), 0);
+    CHECK_EQ_INT(tg_redis_parse_address("127.0.0.1:6379", host, sizeof(host), &port, &ux), 0);
     CHECK_EQ_STR(host, "127.0.0.1");
     CHECK_EQ_INT(port, 6379);
     CHECK(!ux);
-    CHECK_EQ_INT(tg_redis_parse_address("[::1]:6380", host, sizeof(host),
-                                        &port, &ux), 0);
+    CHECK_EQ_INT(tg_redis_parse_address("[::1]:6380", host, sizeof(host), &port, &ux), 0);
     CHECK_EQ_STR(host, "::1");
     CHECK_EQ_INT(port, 6380);
-    CHECK_EQ_INT(tg_redis_parse_address("redis.internal:1", host,
-                                        sizeof(host), &port, &ux), 0);
+    CHECK_EQ_INT(tg_redis_parse_address("redis.internal:1", host, sizeof(host), &port, &ux), 0);
     CHECK_EQ_STR(host, "redis.internal");
-    CHECK_EQ_INT(tg_redis_parse_address("unix:/run/redis.sock", host,
-                                        sizeof(host), &port, &ux), 0);
+    CHECK_EQ_INT(tg_redis_parse_address("unix:/run/redis.sock", host, sizeof(host), &port, &ux), 0);
     CHECK_EQ_STR(host, "/run/redis.sock");
     CHECK(ux);
-    static const char *const bad[] = {
-        "", "host", "host:", "host:0", "host:65536", ":6379", "unix:",
-        "::1:6379", "[::1]6379", "[::1]:", "host:12a", "host:-1", NULL};
+    static const char *const bad[] = {"",         "host",    "host:",    "host:0",    "host:65536",
+                                      ":6379",    "unix:",   "::1:6379", "[::1]6379", "[::1]:",
+                                      "host:12a", "host:-1", NULL};
     for (int i = 0; bad[i] != NULL; i++)
-        CHECK_EQ_INT(tg_redis_parse_address(bad[i], host, sizeof(host), &port,
-                                            &ux), -1);
-    CHECK_EQ_INT(tg_redis_parse_address(NULL, host, sizeof(host), &port, &ux),
-                 -1);
+        CHECK_EQ_INT(tg_redis_parse_address(bad[i], host, sizeof(host), &port, &ux), -1);
+    CHECK_EQ_INT(tg_redis_parse_address(NULL, host, sizeof(host), &port, &ux), -1);
 }
 
 TEST(resp_formatting)
@@ -164,14 +157,12 @@ TEST(resp_formatting)
     const char *argv[] = {"SET", "k\r\n", "", "12345678901"};
     size_t len[] = {3, 3, 0, 11};
     size_t n = 0;
-    static const char want[] =
-        "*4\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n$11\r\n12345678901\r\n";
+    static const char want[] = "*4\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n$11\r\n12345678901\r\n";
     char stack[256];
     char *resp = format_resp(4, argv, len, stack, sizeof(stack), &n);
     CHECK(resp == stack && n == sizeof(want) - 1 && memcmp(resp, want, n) == 0);
     resp = format_resp(4, argv, len, stack, 8, &n); /* too small: malloc'd */
-    CHECK(resp != NULL && resp != stack && n == sizeof(want) - 1 &&
-          memcmp(resp, want, n) == 0);
+    CHECK(resp != NULL && resp != stack && n == sizeof(want) - 1 && memcmp(resp, want, n) == 0);
     free(resp);
     /* The decimal writer the formatter and the rate limiter use. */
     char d[24];
@@ -293,8 +284,7 @@ TEST(auth_select_and_configure)
     freeReplyObject(h_cmd(sc, "AUTH sekret"));
     freeReplyObject(h_cmd(sc, "SELECT 3"));
     redisReply *g = h_cmd(sc, "GET where");
-    CHECK(g != NULL && g->type == REDIS_REPLY_STRING &&
-          strcmp(g->str, "db3") == 0);
+    CHECK(g != NULL && g->type == REDIS_REPLY_STRING && strcmp(g->str, "db3") == 0);
     freeReplyObject(g);
 
     /* Same parameters: no reconnect. */
@@ -318,8 +308,7 @@ TEST(auth_select_and_configure)
     CHECK(h_run_until(loop, rec_done, &s5, 2));
     freeReplyObject(h_cmd(sc, "SELECT 5"));
     g = h_cmd(sc, "GET where");
-    CHECK(g != NULL && g->type == REDIS_REPLY_STRING &&
-          strcmp(g->str, "db5") == 0);
+    CHECK(g != NULL && g->type == REDIS_REPLY_STRING && strcmp(g->str, "db5") == 0);
     freeReplyObject(g);
     tg_redis_free(r);
 
@@ -336,8 +325,7 @@ TEST(auth_select_and_configure)
     tg_redis_stats(r, &st);
     CHECK_EQ_INT(st.connects, 0);
     CHECK(st.faults >= 1);
-    CHECK(strstr(r->last_error, "WRONGPASS") != NULL ||
-          strstr(r->last_error, "invalid") != NULL);
+    CHECK(strstr(r->last_error, "WRONGPASS") != NULL || strstr(r->last_error, "invalid") != NULL);
     CHECK(tg_redis_configure(r, &c));
     CHECK(h_run_until(loop, is_up, r, 3));
     tg_redis_free(r);
@@ -482,8 +470,7 @@ TEST(free_during_deferred_drop)
     struct freer a = {r, 0}, b = {r, 0};
     const char *argv[] = {"PING"};
     size_t len[] = {4};
-    CHECK(tg_redis_command(r, 1, argv, len, 0, reconfigure_in_cb, &a) !=
-          NULL);
+    CHECK(tg_redis_command(r, 1, argv, len, 0, reconfigure_in_cb, &a) != NULL);
     CHECK(tg_redis_command(r, 1, argv, len, 0, free_in_cb, &b) != NULL);
     h_run_for(loop, 0.05);
     CHECK_EQ_INT(a.calls, 1);
@@ -495,8 +482,7 @@ struct transitions {
     enum tg_redis_state seen[16];
 };
 
-static void on_transition(void *arg, enum tg_redis_state old,
-                          enum tg_redis_state state)
+static void on_transition(void *arg, enum tg_redis_state old, enum tg_redis_state state)
 {
     struct transitions *t = arg;
     (void)old;
@@ -604,10 +590,10 @@ TEST(hostile_server)
         {"+OK\r\n+OK\r\n", false, true},     /* one reply too many */
         {":1\r\n*1\r\n:2\r\n", false, true}, /* a second one, an array */
         {"$-1\r\n-ERR spontaneous\r\n", false, true},
-        {"?garbage\r\n", true, true},         /* not RESP */
-        {"*2000000000\r\n", true, true},      /* absurd array */
-        {"$5\r\nab", true, false},             /* cut short: timeout */
-        {"CLOSE", true, true},                  /* closed */
+        {"?garbage\r\n", true, true},    /* not RESP */
+        {"*2000000000\r\n", true, true}, /* absurd array */
+        {"$5\r\nab", true, false},       /* cut short: timeout */
+        {"CLOSE", true, true},           /* closed */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         h_fake_set(&f, cases[i].reply);

@@ -89,8 +89,8 @@ static long long calls_of(const char *name)
 static bool dir_ready(void *arg)
 {
     struct tg_tenant_dir *d = arg;
-    return d->link != NULL && tg_redis_state(d->link) == TG_REDIS_UP &&
-           d->sub != NULL && tg_redis_sub_subscribed(d->sub);
+    return d->link != NULL && tg_redis_state(d->link) == TG_REDIS_UP && d->sub != NULL &&
+           tg_redis_sub_subscribed(d->sub);
 }
 
 static struct tg_tenant_dir *ready_dir(const struct tg_config_tenants *tc)
@@ -134,18 +134,15 @@ static bool got_done(void *arg)
 
 /* Looks up an id (or a domain), waiting for the callback if it must.
  * *waited says which way it came. */
-static enum tg_tenant_status look_any(struct tg_tenant_dir *d,
-                                      const struct tg_config_tenants *tc,
-                                      bool domain, const char *name,
-                                      struct tg_tenant **t, bool *waited)
+static enum tg_tenant_status look_any(struct tg_tenant_dir *d, const struct tg_config_tenants *tc,
+                                      bool domain, const char *name, struct tg_tenant **t,
+                                      bool *waited)
 {
     struct got g = {0};
     struct tg_tenant_wait *w = NULL;
     inside_lookup = true;
-    int rc = domain ? tg_tenant_lookup_domain(d, tc, name, strlen(name), t,
-                                              got_cb, &g, &w)
-                    : tg_tenant_lookup(d, tc, name, strlen(name), t, got_cb,
-                                       &g, &w);
+    int rc = domain ? tg_tenant_lookup_domain(d, tc, name, strlen(name), t, got_cb, &g, &w)
+                    : tg_tenant_lookup(d, tc, name, strlen(name), t, got_cb, &g, &w);
     inside_lookup = false;
     if (waited != NULL)
         *waited = rc < 0;
@@ -163,10 +160,8 @@ static enum tg_tenant_status look_any(struct tg_tenant_dir *d,
     return g.status;
 }
 
-static enum tg_tenant_status look(struct tg_tenant_dir *d,
-                                  const struct tg_config_tenants *tc,
-                                  const char *id, struct tg_tenant **t,
-                                  bool *waited)
+static enum tg_tenant_status look(struct tg_tenant_dir *d, const struct tg_config_tenants *tc,
+                                  const char *id, struct tg_tenant **t, bool *waited)
 {
     return look_any(d, tc, false, id, t, waited);
 }
@@ -188,14 +183,11 @@ static int port_of(const struct tg_config_server *s)
 static void set_servers(void)
 {
     char err[128];
-    CHECK(tg_config_parse_sockaddr("127.0.0.1:7001", &srv_a[0].addr, err,
-                                   sizeof(err)) == 0);
+    CHECK(tg_config_parse_sockaddr("127.0.0.1:7001", &srv_a[0].addr, err, sizeof(err)) == 0);
     srv_a[0].addr.text = "127.0.0.1:7001";
-    CHECK(tg_config_parse_sockaddr("127.0.0.1:7002", &srv_a[1].addr, err,
-                                   sizeof(err)) == 0);
+    CHECK(tg_config_parse_sockaddr("127.0.0.1:7002", &srv_a[1].addr, err, sizeof(err)) == 0);
     srv_a[1].addr.text = "127.0.0.1:7002";
-    CHECK(tg_config_parse_sockaddr("127.0.0.1:7003", &srv_b[0].addr, err,
-                                   sizeof(err)) == 0);
+    CHECK(tg_config_parse_sockaddr("127.0.0.1:7003", &srv_b[0].addr, err, sizeof(err)) == 0);
     srv_b[0].addr.text = "127.0.0.1:7003";
 }
 
@@ -204,8 +196,7 @@ TEST(index_basics)
     struct tg_config *c = new_config("tg:");
     c->tenants.directory = TG_TENANTS_STATIC;
     struct tg_config_tenant ts[3] = {
-        {.id = "Acme", .servers = srv_a, .nservers = 2, .burst = 7,
-         .mark = {3, 5}},
+        {.id = "Acme", .servers = srv_a, .nservers = 2, .burst = 7, .mark = {3, 5}},
         {.id = "beta-2", .servers = srv_b, .nservers = 1, .suspended = true},
         {.id = "0x", .servers = srv_b, .nservers = 1},
     };
@@ -244,16 +235,14 @@ TEST(index_basics)
 
     CHECK_EQ_STR(tg_tenant_static_domain(ix, "Shop.Example.COM", 16), "acme");
     CHECK_EQ_STR(tg_tenant_static_domain(ix, "shop.example.com.", 17), "acme");
-    CHECK_EQ_STR(tg_tenant_static_domain(ix, "beta.example.org", 16),
-                 "beta-2");
+    CHECK_EQ_STR(tg_tenant_static_domain(ix, "beta.example.org", 16), "beta-2");
     CHECK(tg_tenant_static_domain(ix, "example.com", 11) == NULL);
     CHECK(tg_tenant_static_domain(NULL, "example.com", 11) == NULL);
     free_config(c);
 }
 
-static int build_with(struct tg_config_tenant *ts, size_t n,
-                      struct tg_config_domain *ds, size_t nd, bool stat,
-                      char *err, size_t errlen)
+static int build_with(struct tg_config_tenant *ts, size_t n, struct tg_config_domain *ds, size_t nd,
+                      bool stat, char *err, size_t errlen)
 {
     struct tg_config *c = new_config("tg:");
     c->tenants.directory = stat ? TG_TENANTS_STATIC : TG_TENANTS_REDIS;
@@ -284,11 +273,9 @@ TEST(index_errors)
     l63[63] = '\0';
     memset(l64, 'b', 64);
     l64[64] = '\0';
-    const char *bad[] = {"-acme", "acme-", "", "a_b", "a.b", "ac me",
-                         "caf\xc3\xa9", l64};
+    const char *bad[] = {"-acme", "acme-", "", "a_b", "a.b", "ac me", "caf\xc3\xa9", l64};
     for (size_t i = 0; i < TG_ARRAY_LEN(bad); i++) {
-        struct tg_config_tenant t = {.id = bad[i], .servers = srv_b,
-                                     .nservers = 1};
+        struct tg_config_tenant t = {.id = bad[i], .servers = srv_b, .nservers = 1};
         CHECK_EQ_INT(build_with(&t, 1, NULL, 0, false, err, sizeof(err)), -1);
         CHECK(strstr(err, "is not a DNS label") != NULL);
     }
@@ -298,26 +285,21 @@ TEST(index_errors)
     struct tg_config_tenant longest = {.id = l63};
     CHECK_EQ_INT(build_with(&longest, 1, NULL, 0, false, err, sizeof(err)), 0);
 
-    struct tg_config_tenant one = {.id = "acme", .servers = srv_a,
-                                   .nservers = 2};
-    struct tg_config_domain dd[2] = {{"a.example.com", "acme"},
-                                     {"A.example.com.", "acme"}};
+    struct tg_config_tenant one = {.id = "acme", .servers = srv_a, .nservers = 2};
+    struct tg_config_domain dd[2] = {{"a.example.com", "acme"}, {"A.example.com.", "acme"}};
     CHECK_EQ_INT(build_with(&one, 1, dd, 2, false, err, sizeof(err)), -1);
     CHECK(strstr(err, "listed twice") != NULL);
     struct tg_config_domain badid = {"b.example.com", "not_a_label"};
     CHECK_EQ_INT(build_with(&one, 1, &badid, 1, false, err, sizeof(err)), -1);
     CHECK(strstr(err, "is not a DNS label") != NULL);
     struct tg_config_domain baddom = {"b example.com", "acme"};
-    CHECK_EQ_INT(build_with(&one, 1, &baddom, 1, false, err, sizeof(err)),
-                 -1);
+    CHECK_EQ_INT(build_with(&one, 1, &baddom, 1, false, err, sizeof(err)), -1);
     CHECK(strstr(err, "is not a host name") != NULL);
     /* A domain may point at a tenant that lives in Redis... */
     struct tg_config_domain elsewhere = {"c.example.com", "in-redis"};
-    CHECK_EQ_INT(build_with(&one, 1, &elsewhere, 1, false, err, sizeof(err)),
-                 0);
+    CHECK_EQ_INT(build_with(&one, 1, &elsewhere, 1, false, err, sizeof(err)), 0);
     /* ...but not when there is no Redis. */
-    CHECK_EQ_INT(build_with(&one, 1, &elsewhere, 1, true, err, sizeof(err)),
-                 -1);
+    CHECK_EQ_INT(build_with(&one, 1, &elsewhere, 1, true, err, sizeof(err)), -1);
     CHECK(strstr(err, "'in-redis' is not defined") != NULL);
 }
 
@@ -455,14 +437,12 @@ TEST(missing_negative_cache)
     long long before = calls_of("hgetall");
     struct tg_tenant *t = NULL;
     bool waited;
-    CHECK_EQ_INT(look(d, &c->tenants, "ghost", &t, &waited),
-                 TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look(d, &c->tenants, "ghost", &t, &waited), TG_TENANT_NOT_FOUND);
     CHECK(waited);
     CHECK_EQ_INT(lookups_of(d), 1);
     /* Within negative_ttl: no Redis call at all. */
     for (int i = 0; i < 20; i++) {
-        CHECK_EQ_INT(look(d, &c->tenants, "ghost", &t, &waited),
-                     TG_TENANT_NOT_FOUND);
+        CHECK_EQ_INT(look(d, &c->tenants, "ghost", &t, &waited), TG_TENANT_NOT_FOUND);
         CHECK(!waited);
     }
     CHECK_EQ_INT(lookups_of(d), 1);
@@ -472,8 +452,7 @@ TEST(missing_negative_cache)
     CHECK_EQ_INT(st.negative_hits, 20);
     /* Created meanwhile: still "absent" until the negative entry expires. */
     cmd("HSET tg:ghost servers 127.0.0.1:8100");
-    CHECK_EQ_INT(look(d, &c->tenants, "ghost", &t, &waited),
-                 TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look(d, &c->tenants, "ghost", &t, &waited), TG_TENANT_NOT_FOUND);
     h_run_for(loop, 1.05);
     CHECK_EQ_INT(look(d, &c->tenants, "ghost", &t, &waited), TG_TENANT_FOUND);
     CHECK(waited);
@@ -481,8 +460,7 @@ TEST(missing_negative_cache)
     CHECK_EQ_INT(calls_of("hgetall") - before, 2);
     tg_tenant_release(t);
     /* An id that is no DNS label never reaches Redis. */
-    CHECK_EQ_INT(look(d, &c->tenants, "no_such", &t, &waited),
-                 TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look(d, &c->tenants, "no_such", &t, &waited), TG_TENANT_NOT_FOUND);
     CHECK(!waited);
     CHECK_EQ_INT(lookups_of(d), 2);
     tg_tenant_dir_free(d);
@@ -533,22 +511,17 @@ TEST(publish_invalidates)
     tg_tenant_release(t);
 
     /* Domains: "host:<domain>". */
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t, NULL),
-                 TG_TENANT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t, NULL), TG_TENANT_FOUND);
     CHECK(t != NULL && strcmp(t->id, "acme") == 0);
     tg_tenant_release(t);
     cmd("HSET tg:other servers 127.0.0.1:8300");
     cmd("SET tg:host:shop.example.com other");
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t,
-                          &waited),
-                 TG_TENANT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t, &waited), TG_TENANT_FOUND);
     CHECK(!waited && t != NULL && strcmp(t->id, "acme") == 0);
     tg_tenant_release(t);
     cmd("PUBLISH tg:changed host:shop.example.com");
     CHECK(invalidations_reach(d, 2));
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t,
-                          &waited),
-                 TG_TENANT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t, &waited), TG_TENANT_FOUND);
     CHECK(waited && t != NULL && strcmp(t->id, "other") == 0);
     tg_tenant_release(t);
     tg_tenant_dir_free(d);
@@ -567,16 +540,12 @@ TEST(invalidated_while_in_flight)
     struct got g = {0};
     struct tg_tenant *t = NULL;
     struct tg_tenant_wait *w = NULL;
-    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb, &g,
-                                  &w),
-                 -1);
+    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb, &g, &w), -1);
     on_invalidate(d, "ACME", 4); /* as if published now */
     /* A look-up after the invalidation does not join the old fetch. */
     struct got g2 = {0};
     struct tg_tenant_wait *w2 = NULL;
-    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb, &g2,
-                                  &w2),
-                 -1);
+    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb, &g2, &w2), -1);
     CHECK(h_run_until(loop, got_done, &g, 5));
     CHECK(h_run_until(loop, got_done, &g2, 5));
     CHECK_EQ_INT(g.status, TG_TENANT_FOUND);
@@ -610,8 +579,8 @@ TEST(coalescing)
         struct tg_tenant *t = NULL;
         struct tg_tenant_wait *w = NULL;
         inside_lookup = true;
-        queued += tg_tenant_lookup(d, &c->tenants, i % 2 ? "busy" : "BUSY", 4,
-                                   &t, got_cb, &g[i], &w) == -1;
+        queued += tg_tenant_lookup(d, &c->tenants, i % 2 ? "busy" : "BUSY", 4, &t, got_cb, &g[i],
+                                   &w) == -1;
         inside_lookup = false;
     }
     CHECK_EQ_INT(ev_iteration(loop), iter); /* one loop iteration */
@@ -623,8 +592,7 @@ TEST(coalescing)
     struct tg_tenant *t0 = g[0].t;
     int same = 0;
     for (int i = 0; i < N; i++)
-        same += g[i].calls == 1 && g[i].status == TG_TENANT_FOUND &&
-                g[i].t == t0;
+        same += g[i].calls == 1 && g[i].status == TG_TENANT_FOUND && g[i].t == t0;
     CHECK_EQ_INT(same, N);
     CHECK(t0 != NULL && t0->refs == N + 1);
     for (int i = 0; i < N; i++)
@@ -638,8 +606,7 @@ TEST(static_wins)
 {
     flushall();
     struct tg_config *c = new_config("tg:");
-    struct tg_config_tenant ts[1] = {{.id = "fixed", .servers = srv_a,
-                                      .nservers = 2}};
+    struct tg_config_tenant ts[1] = {{.id = "fixed", .servers = srv_a, .nservers = 2}};
     struct tg_config_domain ds[1] = {{"fixed.example.com", "fixed"}};
     c->tenants.tenants = ts;
     c->tenants.ntenants = 1;
@@ -657,15 +624,11 @@ TEST(static_wins)
     CHECK(!waited && t == tg_tenant_static(c->tenants.index, "fixed", 5));
     CHECK(t != NULL && t->upstream.servers == srv_a && t->refs == 0);
     tg_tenant_release(t);
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "fixed.example.com", &t,
-                          &waited),
-                 TG_TENANT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "fixed.example.com", &t, &waited), TG_TENANT_FOUND);
     CHECK(!waited && t != NULL && t->upstream.servers == srv_a);
     CHECK_EQ_INT(lookups_of(d), 0);
     /* A domain from Redis pointing at a static tenant gets the static one. */
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "alias.example.com", &t,
-                          &waited),
-                 TG_TENANT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "alias.example.com", &t, &waited), TG_TENANT_FOUND);
     CHECK(waited && t != NULL && t->upstream.servers == srv_a);
     CHECK_EQ_INT(lookups_of(d), 1);
     tg_tenant_dir_free(d);
@@ -692,10 +655,9 @@ TEST(domains)
         struct tg_tenant *t = NULL;
         struct tg_tenant_wait *w = NULL;
         inside_lookup = true;
-        CHECK_EQ_INT(tg_tenant_lookup_domain(d, &c->tenants,
-                                             "Shop.Example.com.", 17, &t,
-                                             got_cb, &g[i], &w),
-                     -1);
+        CHECK_EQ_INT(
+            tg_tenant_lookup_domain(d, &c->tenants, "Shop.Example.com.", 17, &t, got_cb, &g[i], &w),
+            -1);
         inside_lookup = false;
     }
     for (int i = 0; i < N; i++) {
@@ -709,34 +671,24 @@ TEST(domains)
 
     struct tg_tenant *t = NULL;
     bool waited;
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t,
-                          &waited),
-                 TG_TENANT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t, &waited), TG_TENANT_FOUND);
     CHECK(!waited);
     tg_tenant_release(t);
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "none.example.com", &t,
-                          &waited),
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "none.example.com", &t, &waited),
                  TG_TENANT_NOT_FOUND);
     CHECK(waited);
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "none.example.com", &t,
-                          &waited),
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "none.example.com", &t, &waited),
                  TG_TENANT_NOT_FOUND);
     CHECK(!waited);
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "bad.example.com", &t, NULL),
-                 TG_TENANT_NOT_FOUND);
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "hash.example.com", &t, NULL),
-                 TG_TENANT_NOT_FOUND);
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "dangling.example.com", &t,
-                          NULL),
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "bad.example.com", &t, NULL), TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "hash.example.com", &t, NULL), TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "dangling.example.com", &t, NULL),
                  TG_TENANT_NOT_FOUND);
     /* Not host names: refused without asking. */
     uint64_t n = lookups_of(d);
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "a b", &t, &waited),
-                 TG_TENANT_NOT_FOUND);
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "", &t, &waited),
-                 TG_TENANT_NOT_FOUND);
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "x:80", &t, &waited),
-                 TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "a b", &t, &waited), TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "", &t, &waited), TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "x:80", &t, &waited), TG_TENANT_NOT_FOUND);
     CHECK_EQ_INT(lookups_of(d), n);
     tg_tenant_dir_free(d);
     free_config(c);
@@ -752,15 +704,10 @@ TEST(cancel)
     struct got g1 = {0}, g2 = {0}, g3 = {0};
     struct tg_tenant *t = NULL;
     struct tg_tenant_wait *w1 = NULL, *w2 = NULL, *w3 = NULL;
-    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb, &g1,
-                                  &w1),
-                 -1);
-    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb, &g2,
-                                  &w2),
-                 -1);
-    CHECK_EQ_INT(tg_tenant_lookup_domain(d, &c->tenants, "shop.example.com",
-                                         16, &t, got_cb, &g3, &w3),
-                 -1);
+    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb, &g1, &w1), -1);
+    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb, &g2, &w2), -1);
+    CHECK_EQ_INT(
+        tg_tenant_lookup_domain(d, &c->tenants, "shop.example.com", 16, &t, got_cb, &g3, &w3), -1);
     tg_tenant_cancel(w1);
     tg_tenant_cancel(w3);
     CHECK(h_run_until(loop, got_done, &g2, 5));
@@ -774,9 +721,7 @@ TEST(cancel)
     cmd("HSET tg:solo servers 127.0.0.1:8002");
     struct got g4 = {0};
     struct tg_tenant_wait *w4 = NULL;
-    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "solo", 4, &t, got_cb, &g4,
-                                  &w4),
-                 -1);
+    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "solo", 4, &t, got_cb, &g4, &w4), -1);
     tg_tenant_cancel(w4);
     h_run_for(loop, 0.1);
     CHECK_EQ_INT(g4.calls, 0);
@@ -790,9 +735,8 @@ TEST(cancel)
     cmd("SET tg:host:late.example.com late");
     struct got g5 = {0};
     struct tg_tenant_wait *w5 = NULL;
-    CHECK_EQ_INT(tg_tenant_lookup_domain(d, &c->tenants, "late.example.com",
-                                         16, &t, got_cb, &g5, &w5),
-                 -1);
+    CHECK_EQ_INT(
+        tg_tenant_lookup_domain(d, &c->tenants, "late.example.com", 16, &t, got_cb, &g5, &w5), -1);
     uint64_t n = lookups_of(d);
     /* until the GET is answered and the HGETALL sent */
     for (double until = h_now() + 5; lookups_of(d) == n && h_now() < until;)
@@ -833,9 +777,8 @@ TEST(malformed)
     cmd("HSET tg:badburst servers 127.0.0.1:1 burst -1");
     cmd("HSET tg:badstatus servers 127.0.0.1:1 status deleted");
     cmd("SET tg:astring 127.0.0.1:1");
-    const char *ids[] = {"noservers", "emptyservers", "garbage", "named",
-                         "badport", "emptyitem", "badrate", "badburst",
-                         "badstatus", "astring"};
+    const char *ids[] = {"noservers", "emptyservers", "garbage",  "named",     "badport",
+                         "emptyitem", "badrate",      "badburst", "badstatus", "astring"};
     char path[] = "/tmp/tg-test-tenant-log-XXXXXX";
     int fd = mkstemp(path);
     CHECK(fd >= 0);
@@ -845,8 +788,7 @@ TEST(malformed)
     for (int round = 0; round < 25; round++)
         for (size_t i = 0; i < TG_ARRAY_LEN(ids); i++) {
             struct tg_tenant *t = NULL;
-            CHECK_EQ_INT(look(d, &c->tenants, ids[i], &t, NULL),
-                         TG_TENANT_NOT_FOUND);
+            CHECK_EQ_INT(look(d, &c->tenants, ids[i], &t, NULL), TG_TENANT_NOT_FOUND);
         }
     /* Logged once per id (per negative_ttl), not per request. */
     CHECK_EQ_INT(count_in_file(path, "is malformed"), TG_ARRAY_LEN(ids));
@@ -855,8 +797,7 @@ TEST(malformed)
     CHECK_EQ_INT(lookups_of(d), TG_ARRAY_LEN(ids));
     h_run_for(loop, 1.55);
     struct tg_tenant *t = NULL;
-    CHECK_EQ_INT(look(d, &c->tenants, "garbage", &t, NULL),
-                 TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look(d, &c->tenants, "garbage", &t, NULL), TG_TENANT_NOT_FOUND);
     CHECK_EQ_INT(count_in_file(path, "tg:garbage in Redis is malformed"), 2);
     tg_log_set_level(TG_LOG_ERROR + 1);
     tg_log_open(NULL);
@@ -890,8 +831,7 @@ TEST(eviction)
         CHECK_EQ_INT(look(d, &c->tenants, id, &t, NULL), TG_TENANT_FOUND);
         tg_tenant_release(t);
         /* t1 stays in use, so it stays cached */
-        CHECK_EQ_INT(look(d, &c->tenants, "t1", &t, &waited),
-                     TG_TENANT_FOUND);
+        CHECK_EQ_INT(look(d, &c->tenants, "t1", &t, &waited), TG_TENANT_FOUND);
         CHECK(!waited);
         tg_tenant_release(t);
         struct tg_tenant_stats st;
@@ -940,9 +880,7 @@ TEST(memory_per_entry)
         struct tg_tenant *t = NULL;
         struct tg_tenant_wait *w = NULL;
         int n = snprintf(id, sizeof(id), "tenant-%d", i);
-        CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, id, (size_t)n, &t,
-                                      got_cb, &g[i], &w),
-                     -1);
+        CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, id, (size_t)n, &t, got_cb, &g[i], &w), -1);
     }
     int found = 0;
     for (int i = 0; i < N; i++) {
@@ -959,12 +897,10 @@ TEST(memory_per_entry)
         goto out;
     }
     double per = (double)(st.memory - st0.memory) / N;
-    size_t one = malloc_usable_size(newest) +
-                 malloc_usable_size(newest->t);
+    size_t one = malloc_usable_size(newest) + malloc_usable_size(newest->t);
     printf("memory per cached tenant (2 servers): %.0f bytes in the stats "
            "(entry %zu + tenant %zu bytes, sizeof tenant %zu, server %zu)\n",
-           per, malloc_usable_size(newest),
-           malloc_usable_size(newest->t), sizeof(struct tg_tenant),
+           per, malloc_usable_size(newest), malloc_usable_size(newest->t), sizeof(struct tg_tenant),
            sizeof(struct tg_config_server));
     CHECK(per >= (double)one && per < 2000);
 out:
@@ -988,13 +924,11 @@ TEST(snapshots_and_reconfigure)
     c2->tenants.upstream_defaults.keepalive = 99;
     /* A request still on the old snapshot gets a tenant on its defaults. */
     tg_tenant_dir_configure(d, &c2->tenants);
-    CHECK_EQ_INT(look(d, &c1->tenants, "acme", &t2, &waited),
-                 TG_TENANT_FOUND);
+    CHECK_EQ_INT(look(d, &c1->tenants, "acme", &t2, &waited), TG_TENANT_FOUND);
     CHECK(!waited && t2 != NULL && t2->upstream.keepalive == 8);
     CHECK(t2 != NULL && t2->refs == 1); /* its own copy */
     tg_tenant_release(t2);
-    CHECK_EQ_INT(look(d, &c2->tenants, "acme", &t2, &waited),
-                 TG_TENANT_FOUND);
+    CHECK_EQ_INT(look(d, &c2->tenants, "acme", &t2, &waited), TG_TENANT_FOUND);
     CHECK(!waited && t2 != NULL && t2->upstream.keepalive == 99);
     CHECK(t2 != t && t2->refs == 2);
     CHECK_EQ_INT(t->upstream.keepalive, 8); /* held: unchanged */
@@ -1037,9 +971,7 @@ TEST(snapshots_and_reconfigure)
     cmd("HSET other:moving servers 127.0.0.1:8123");
     struct got g = {0};
     struct tg_tenant_wait *w = NULL;
-    CHECK_EQ_INT(tg_tenant_lookup(d, &c3->tenants, "moving", 6, &t, got_cb,
-                                  &g, &w),
-                 -1);
+    CHECK_EQ_INT(tg_tenant_lookup(d, &c3->tenants, "moving", 6, &t, got_cb, &g, &w), -1);
     tg_tenant_dir_configure(d, &c4->tenants);
     CHECK_EQ_INT(g.calls, 0); /* never from inside configure */
     CHECK(h_run_until(loop, got_done, &g, 5));
@@ -1053,8 +985,7 @@ TEST(snapshots_and_reconfigure)
     c5->tenants.directory = TG_TENANTS_STATIC;
     tg_tenant_dir_configure(d, &c5->tenants);
     CHECK(d->link == NULL && d->sub == NULL);
-    CHECK_EQ_INT(look(d, &c5->tenants, "acme", &t, &waited),
-                 TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look(d, &c5->tenants, "acme", &t, &waited), TG_TENANT_NOT_FOUND);
     CHECK(!waited);
     /* And on again. */
     tg_tenant_dir_configure(d, &c4->tenants);
@@ -1071,8 +1002,7 @@ TEST(static_directory)
 {
     struct tg_config *c = new_config("tg:");
     c->tenants.directory = TG_TENANTS_STATIC;
-    struct tg_config_tenant ts[1] = {{.id = "acme", .servers = srv_a,
-                                      .nservers = 2}};
+    struct tg_config_tenant ts[1] = {{.id = "acme", .servers = srv_a, .nservers = 2}};
     c->tenants.tenants = ts;
     c->tenants.ntenants = 1;
     char err[128];
@@ -1082,11 +1012,9 @@ TEST(static_directory)
     struct tg_tenant *t = NULL;
     bool waited;
     CHECK_EQ_INT(look(d, &c->tenants, "acme", &t, &waited), TG_TENANT_FOUND);
-    CHECK_EQ_INT(look(d, &c->tenants, "nobody", &t, &waited),
-                 TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look(d, &c->tenants, "nobody", &t, &waited), TG_TENANT_NOT_FOUND);
     CHECK(!waited);
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "x.example.com", &t, &waited),
-                 TG_TENANT_NOT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "x.example.com", &t, &waited), TG_TENANT_NOT_FOUND);
     tg_tenant_dir_free(d);
     free_config(c);
 }
@@ -1112,11 +1040,9 @@ TEST(while_connecting)
     snprintf(dead, sizeof(dead), "127.0.0.1:%d", h_free_port());
     c2->tenants.redis.address = dead;
     d = tg_tenant_dir_new(loop, &c2->tenants);
-    CHECK_EQ_INT(look(d, &c2->tenants, "early", &t, &waited),
-                 TG_TENANT_UNAVAILABLE);
+    CHECK_EQ_INT(look(d, &c2->tenants, "early", &t, &waited), TG_TENANT_UNAVAILABLE);
     CHECK(waited);
-    CHECK_EQ_INT(look(d, &c2->tenants, "early", &t, &waited),
-                 TG_TENANT_UNAVAILABLE);
+    CHECK_EQ_INT(look(d, &c2->tenants, "early", &t, &waited), TG_TENANT_UNAVAILABLE);
     CHECK(!waited); /* known down: at once */
     tg_tenant_dir_free(d);
     free_config(c);
@@ -1133,12 +1059,9 @@ TEST(free_with_pending)
     memset(g, 0, sizeof(g));
     struct tg_tenant *t = NULL;
     struct tg_tenant_wait *w = NULL;
-    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb, &g[0],
-                                  &w),
-                 -1);
-    CHECK_EQ_INT(tg_tenant_lookup_domain(d, &c->tenants, "x.example.com", 13,
-                                         &t, got_cb, &g[1], &w),
-                 -1);
+    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb, &g[0], &w), -1);
+    CHECK_EQ_INT(
+        tg_tenant_lookup_domain(d, &c->tenants, "x.example.com", 13, &t, got_cb, &g[1], &w), -1);
     tg_tenant_dir_free(d);
     CHECK_EQ_INT(g[0].calls, 1);
     CHECK_EQ_INT(g[0].status, TG_TENANT_UNAVAILABLE);
@@ -1151,9 +1074,7 @@ TEST(free_with_pending)
     memset(g, 0, sizeof(g));
     g[0].free_dir = d;
     for (int i = 0; i < 3; i++)
-        CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb,
-                                      &g[i], &w),
-                     -1);
+        CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "acme", 4, &t, got_cb, &g[i], &w), -1);
     CHECK(h_run_until(loop, got_done, &g[2], 5));
     CHECK_EQ_INT(g[0].status, TG_TENANT_FOUND);
     CHECK_EQ_INT(g[1].status, TG_TENANT_UNAVAILABLE);
@@ -1189,8 +1110,7 @@ TEST(slow_redis)
     CHECK_EQ_INT(look(d, &c->tenants, "acme", &t, &waited), TG_TENANT_FOUND);
     CHECK(waited && t == held);
     tg_tenant_release(t);
-    CHECK_EQ_INT(look(d, &c->tenants, "unknown", &t, &waited),
-                 TG_TENANT_UNAVAILABLE);
+    CHECK_EQ_INT(look(d, &c->tenants, "unknown", &t, &waited), TG_TENANT_UNAVAILABLE);
     tg_tenant_dir_stats(d, &st);
     CHECK_EQ_INT(st.stale_served - st0.stale_served, 1);
     CHECK(st.redis_errors - st0.redis_errors >= 2);
@@ -1206,8 +1126,7 @@ TEST(slow_redis)
 static bool link_down(void *arg)
 {
     struct tg_tenant_dir *d = arg;
-    return tg_redis_state(d->link) != TG_REDIS_UP &&
-           !tg_redis_sub_subscribed(d->sub);
+    return tg_redis_state(d->link) != TG_REDIS_UP && !tg_redis_sub_subscribed(d->sub);
 }
 
 TEST(redis_stopped_then_restarted)
@@ -1220,8 +1139,7 @@ TEST(redis_stopped_then_restarted)
     cmd("HSET tg:acme servers 127.0.0.1:8001");
     cmd("SET tg:host:shop.example.com acme");
     struct tg_tenant *t = NULL;
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t, NULL),
-                 TG_TENANT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t, NULL), TG_TENANT_FOUND);
     tg_tenant_release(t);
 
     redisFree(sc);
@@ -1235,12 +1153,9 @@ TEST(redis_stopped_then_restarted)
     CHECK_EQ_INT(look(d, &c->tenants, "acme", &t, &waited), TG_TENANT_FOUND);
     CHECK(t != NULL && port_of(&t->upstream.servers[0]) == 8001);
     tg_tenant_release(t);
-    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t,
-                          &waited),
-                 TG_TENANT_FOUND);
+    CHECK_EQ_INT(look_any(d, &c->tenants, true, "shop.example.com", &t, &waited), TG_TENANT_FOUND);
     tg_tenant_release(t);
-    CHECK_EQ_INT(look(d, &c->tenants, "nobody", &t, &waited),
-                 TG_TENANT_UNAVAILABLE);
+    CHECK_EQ_INT(look(d, &c->tenants, "nobody", &t, &waited), TG_TENANT_UNAVAILABLE);
     CHECK(!waited);
     tg_tenant_dir_stats(d, &st);
     CHECK(st.stale_served - st0.stale_served >= 2);

@@ -67,9 +67,8 @@ static void add_ext(X509 *x, X509 *issuer, int nid, const char *value)
 
 /* A certificate for `key`, signed by issuer (self-signed when NULL), valid
  * from now+nb to now+na seconds. `san` like "DNS:a.example.com" or NULL. */
-static X509 *make_cert(EVP_PKEY *key, const char *org, const char *cn,
-                       const char *san, X509 *issuer, EVP_PKEY *issuer_key,
-                       long nb, long na, bool ca)
+static X509 *make_cert(EVP_PKEY *key, const char *org, const char *cn, const char *san,
+                       X509 *issuer, EVP_PKEY *issuer_key, long nb, long na, bool ca)
 {
     static long serial = 1;
     X509 *x = X509_new();
@@ -80,10 +79,8 @@ static X509 *make_cert(EVP_PKEY *key, const char *org, const char *cn,
     X509_set_pubkey(x, key);
     X509_NAME *name = X509_get_subject_name(x);
     if (org != NULL)
-        X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8,
-                                   (const unsigned char *)org, -1, -1, 0);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
-                               (const unsigned char *)cn, -1, -1, 0);
+        X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, (const unsigned char *)org, -1, -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0);
     X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name);
     X509 *iss = issuer ? issuer : x;
     add_ext(x, iss, NID_basic_constraints, ca ? "critical,CA:TRUE" : "CA:FALSE");
@@ -128,8 +125,7 @@ static void write_text(const char *name, const char *text)
 static void make_fixtures(void)
 {
     EVP_PKEY *ca_key = EVP_EC_gen("P-256");
-    X509 *ca = make_cert(ca_key, "Test", "Test CA", NULL, NULL, NULL, -3600,
-                         86400 * 30, true);
+    X509 *ca = make_cert(ca_key, "Test", "Test CA", NULL, NULL, NULL, -3600, 86400 * 30, true);
     write_cert("ca.crt", ca, NULL);
 
     EVP_PKEY *ec = EVP_EC_gen("P-256");
@@ -156,29 +152,28 @@ static void make_fixtures(void)
     };
     for (size_t i = 0; i < TG_ARRAY_LEN(leaves); i++) {
         EVP_PKEY *k = leaves[i].rsa ? rsa : ec;
-        X509 *x = make_cert(k, NULL, leaves[i].cn, leaves[i].san, ca, ca_key,
-                            -3600, 86400 * 30, false);
+        X509 *x =
+            make_cert(k, NULL, leaves[i].cn, leaves[i].san, ca, ca_key, -3600, 86400 * 30, false);
         write_cert(leaves[i].file, x, ca);
         X509_free(x);
     }
-    X509 *x = make_cert(ec, NULL, "old.example.com", "DNS:old.example.com",
-                        ca, ca_key, -86400 * 10, -86400 * 2, false);
+    X509 *x = make_cert(ec, NULL, "old.example.com", "DNS:old.example.com", ca, ca_key, -86400 * 10,
+                        -86400 * 2, false);
     write_cert("expired.crt", x, NULL);
     X509_free(x);
-    x = make_cert(ec, NULL, "new.example.com", "DNS:new.example.com", ca,
-                  ca_key, 86400 * 400, 86400 * 800, false);
+    x = make_cert(ec, NULL, "new.example.com", "DNS:new.example.com", ca, ca_key, 86400 * 400,
+                  86400 * 800, false);
     write_cert("future.crt", x, NULL);
     X509_free(x);
 
     /* Client certificates for mTLS: a CA, alice under it, mallory alone. */
     EVP_PKEY *cca_key = EVP_EC_gen("P-256");
-    X509 *cca = make_cert(cca_key, "Clients", "Client CA", NULL, NULL, NULL,
-                          -3600, 86400 * 30, true);
+    X509 *cca =
+        make_cert(cca_key, "Clients", "Client CA", NULL, NULL, NULL, -3600, 86400 * 30, true);
     write_cert("client_ca.crt", cca, NULL);
     EVP_PKEY *ck = EVP_EC_gen("P-256");
     write_key("alice.key", ck, NULL);
-    x = make_cert(ck, "Example, Inc.", "alice", NULL, cca, cca_key, -3600,
-                  86400 * 30, false);
+    x = make_cert(ck, "Example, Inc.", "alice", NULL, cca, cca_key, -3600, 86400 * 30, false);
     write_cert("alice.crt", x, NULL);
     X509_free(x);
     x = make_cert(ck, NULL, "mallory", NULL, NULL, NULL, -3600, 86400 * 30, false);
@@ -232,8 +227,7 @@ static void tcfg_cert(struct tcfg *t, const char *cert, const char *key)
     t->certs[i].mark = (struct tg_config_mark){(int)(22 + i), 7};
 }
 
-static struct tg_config_listen *tcfg_listen(struct tcfg *t, const char *client_ca,
-                                            bool optional)
+static struct tg_config_listen *tcfg_listen(struct tcfg *t, const char *client_ca, bool optional)
 {
     struct tg_config_listen *l = &t->listeners[t->cfg.nlisteners++];
     l->tls = true;
@@ -288,9 +282,8 @@ static void pair_fds(struct pair *p)
     fcntl(p->fd[1], F_SETFL, O_NONBLOCK);
 }
 
-static void pair_open(struct pair *p, struct tg_tls_server *s,
-                      const struct tg_config_listen *l, SSL_CTX *cctx,
-                      const char *sni, SSL_SESSION *sess)
+static void pair_open(struct pair *p, struct tg_tls_server *s, const struct tg_config_listen *l,
+                      SSL_CTX *cctx, const char *sni, SSL_SESSION *sess)
 {
     pair_fds(p);
     p->server = tg_tls_server_accept(s, l, p->fd[0]);
@@ -347,8 +340,7 @@ static const char *peer_cn(SSL *ssl)
     buf[0] = '\0';
     X509 *x = SSL_get0_peer_certificate(ssl);
     if (x != NULL)
-        X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, buf,
-                                  sizeof(buf));
+        X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, buf, sizeof(buf));
     return buf;
 }
 
@@ -453,8 +445,7 @@ TEST(rsa_and_ecdsa_side_by_side)
     static const int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
     for (size_t v = 0; v < 2; v++) {
         SSL_CTX *ec = client_ctx(versions[v], versions[v], "ECDSA+SHA256");
-        SSL_CTX *rsa = client_ctx(versions[v], versions[v],
-                                  "rsa_pss_rsae_sha256:RSA+SHA256");
+        SSL_CTX *rsa = client_ctx(versions[v], versions[v], "rsa_pss_rsae_sha256:RSA+SHA256");
         CHECK_EQ_STR(served_cn(s, ec, "a.example.com"), "a.example.com");
         CHECK_EQ_STR(served_cn(s, rsa, "a.example.com"), "a.example.com rsa");
         /* Without SNI the default name offers both types too. */
@@ -798,8 +789,8 @@ static SSL_SESSION *full_session(struct tg_tls_server *s, SSL_CTX *cc, const cha
 
 /* Resumes `sess`: 1 resumed, 0 full handshake, -1 failed. Replaces *next
  * with the session the client would keep, when next is given. */
-static int resume(struct tg_tls_server *s, SSL_CTX *cc, const char *sni,
-                  SSL_SESSION *sess, SSL_SESSION **next)
+static int resume(struct tg_tls_server *s, SSL_CTX *cc, const char *sni, SSL_SESSION *sess,
+                  SSL_SESSION **next)
 {
     struct pair p;
     pair_open(&p, s, NULL, cc, sni, sess);
@@ -1049,8 +1040,8 @@ TEST(mtls)
 
 /* Handshakes tg_tls_client_connect(host) against `s`. Returns 1/0 like
  * resume() (resumed or not) or -1 on failure with *creason set. */
-static int upstream_connect(struct tg_tls_server *s, struct tg_tls_client *c,
-                            const char *host, const char **creason)
+static int upstream_connect(struct tg_tls_server *s, struct tg_tls_client *c, const char *host,
+                            const char **creason)
 {
     struct pair p;
     pair_fds(&p);
@@ -1221,8 +1212,7 @@ TEST(certificates_change_without_reload)
     tcfg_init(&t2);
     tcfg_cert(&t2, "wild.crt", "ec.key");
     tcfg_cert(&t2, "a.crt", "ec.key");
-    struct tg_tls_server *s2 = tg_tls_server_new_shared(&t2.cfg, store, err, sizeof(err),
-                                                        &where);
+    struct tg_tls_server *s2 = tg_tls_server_new_shared(&t2.cfg, store, err, sizeof(err), &where);
     CHECK(s2 != NULL);
     if (s2 != NULL) {
         CHECK_EQ_STR(served_cn(s2, cc, "b.example.com"), "b.example.com");
@@ -1269,8 +1259,8 @@ TEST(ssl_outlives_its_server_and_client)
     tcfg_cert(&t, "up.crt", "ec.key");
     tcfg_cert(&t, "b.crt", "ec.key");
     struct tg_tls_server *s = server_for(&t);
-    struct tg_config_upstream u = {.name = "app", .tls = true, .tls_verify = true,
-                                   .tls_ca = path_of("ca.crt")};
+    struct tg_config_upstream u = {
+        .name = "app", .tls = true, .tls_verify = true, .tls_ca = path_of("ca.crt")};
     char err[512];
     struct tg_config_mark where;
     struct tg_tls_client *c = tg_tls_client_new(&u, err, sizeof(err), &where);
@@ -1284,7 +1274,7 @@ TEST(ssl_outlives_its_server_and_client)
     tg_tls_server_free(s); /* and with it the last reference to its store */
     tg_tls_client_free(c);
     CHECK(pair_handshake(&p)); /* SNI picks b */
-    pair_settle(&p); /* the client stores a ticket in the freed client */
+    pair_settle(&p);           /* the client stores a ticket in the freed client */
     CHECK(tg_tls_cert_covers(p.server, TG_STR("b.example.com")));
     CHECK(!tg_tls_cert_covers(p.client, TG_STR("b.example.com")));
     pair_close(&p);
@@ -1322,9 +1312,8 @@ TEST(idle_connection_memory)
         size_t after = mallinfo2().uordblks;
         size_t per = (before - after) / N;
         printf("idle %s server connection: %zu bytes (OpenSSL state, "
-               "buffers released)\n", versions[v] == TLS1_3_VERSION ? "TLS 1.3"
-                                                                     : "TLS 1.2",
-               per);
+               "buffers released)\n",
+               versions[v] == TLS1_3_VERSION ? "TLS 1.3" : "TLS 1.2", per);
         /* OpenSSL 3.0's own state is about 13 KiB (a fresh SSL alone is
          * 8.5 KiB); unreleased record buffers would add over 34 KiB. */
         CHECK(per < 20 * 1024);

@@ -63,8 +63,7 @@ static void *ring_worker(void *arg)
         /* The encrypting key is less than a period old, and decrypts until
          * three: it can only be gone if two periods passed in between (a
          * preempted thread). */
-        if (rc == 0 ? t1 - t0 < 2 * ring_period
-                    : memcmp(enc.aes, dec.aes, sizeof(enc.aes)) != 0)
+        if (rc == 0 ? t1 - t0 < 2 * ring_period : memcmp(enc.aes, dec.aes, sizeof(enc.aes)) != 0)
             atomic_fetch_add(&ring_bad, 1);
         renewals += rc == 2;
     }
@@ -90,8 +89,7 @@ TEST(ticket_ring_concurrent_rotation)
     /* 12.5 periods later the first key is long gone. */
     struct ticket_key k;
     CHECK_EQ_INT(ring_get(before.name, ring_period, &k), 0);
-    CHECK(ring_get(NULL, ring_period, &k) == 1 &&
-          memcmp(k.name, before.name, sizeof(k.name)) != 0);
+    CHECK(ring_get(NULL, ring_period, &k) == 1 && memcmp(k.name, before.name, sizeof(k.name)) != 0);
 }
 
 /* ---- shared keys --------------------------------------------------------- */
@@ -292,8 +290,8 @@ static int unseal(const struct tg_tls_ticket_secret *sec, struct sealed *in)
         EVP_MAC_final(h, m, &maclen, sizeof(m));
         if (memcmp(m, in->mac, sizeof(m)) != 0 ||
             EVP_DecryptUpdate(c, out, &n, in->ct, in->ctlen) != 1 ||
-            EVP_DecryptFinal_ex(c, out + n, &fin) != 1 ||
-            (size_t)(n + fin) != sizeof(plain) || memcmp(out, plain, sizeof(plain)) != 0)
+            EVP_DecryptFinal_ex(c, out + n, &fin) != 1 || (size_t)(n + fin) != sizeof(plain) ||
+            memcmp(out, plain, sizeof(plain)) != 0)
             rc = -9;
     }
     EVP_MAC_CTX_free(h);
