@@ -39,7 +39,7 @@ class Pebble:
     """pebble and its DNS, for one test. `http_port`/`tls_port` are where
     its validation authority connects (tollgate's listeners)."""
 
-    def __init__(self, d, http_port, tls_port, validity=None):
+    def __init__(self, d, http_port, tls_port, validity=None, eab=None):
         self.dir = str(d)
         os.makedirs(self.dir, exist_ok=True)
         self.ca_cert, key = make_tls_cert(self.dir)
@@ -51,6 +51,9 @@ class Pebble:
                "externalAccountBindingRequired": False}
         if validity:
             cfg["certificateValidityPeriod"] = validity
+        if eab:
+            cfg["externalAccountBindingRequired"] = True
+            cfg["externalAccountMACKeys"] = eab
         path = os.path.join(self.dir, "pebble.json")
         with open(path, "w") as f:
             json.dump({"pebble": cfg}, f)
@@ -214,6 +217,30 @@ def test_http01_issuance_at_start(tmp_path, pebble, tollgate):
     assert oct(os.stat(key).st_mode & 0o777) == "0o600"
     assert "-----BEGIN" in (state / "certs" / "app.test.pem").read_text()
     assert "validate w/ HTTP" in ca.log()
+
+
+@pytest.mark.parametrize("right_key", [True, False])
+def test_external_account_binding(tmp_path, pebble, tollgate, right_key):
+    """A CA that requires External Account Binding: the right MAC key gets
+    an account and a certificate; a wrong one gets neither."""
+    http_port, tls_port, admin = free_port(), free_port(), free_port()
+    good = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+    ca = pebble(http_port, tls_port, eab={"kid-1": good})
+    key = good if right_key else good[::-1]
+    tg = tollgate(gateway_config(http_port, tls_port, admin, ca, tmp_path / "state",
+                                 acme_extra=", eab_kid: kid-1, eab_hmac_key: %s" % key))
+    root = ca.root()
+    if right_key:
+        assert wait_served(tls_port, "app.test", root, timeout=20)[0]
+        return
+    deadline = time.monotonic() + 10 * SLOW
+    while (metric(admin, "tollgate_acme_orders_total", '{result="other"}') or 0) < 1:
+        assert time.monotonic() < deadline, tg.stderr()
+        time.sleep(0.3)
+    assert not s_client(tls_port, "app.test", root)[0]
+    st = {s["name"]: s for s in acme_status(admin)}
+    assert "externalAccount" in st["app.test"]["error"] or "binding" in \
+        st["app.test"]["error"].lower(), st
 
 
 def test_tls_alpn01_issuance_without_a_plain_listener(tmp_path, pebble, tollgate):
