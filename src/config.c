@@ -1098,19 +1098,21 @@ static const struct cfg_key policy_keys[] = {
 };
 
 /* A Redis server's keys; only the key prefix differs between the users. */
-#define REDIS_KEYS(prefix)                                                                           \
-    {                                                                                                \
-        {                                                                                            \
-            "address", p_string,        FIELD(struct tg_config_redis, address), 0, 0,                \
-            NULL,      "127.0.0.1:6379"},                                                            \
-            {"password", p_string, FIELD(struct tg_config_redis, password), 0, 0, NULL, NULL},       \
-            {"db", p_uint, FIELD(struct tg_config_redis, db), 0, 1000, NULL, "0"},                   \
-            {"timeout", p_duration, FIELD(struct tg_config_redis, timeout_ms), 1, 60000,             \
-             NULL,      "50ms"},                                                                     \
-            {"key_prefix", p_string, FIELD(struct tg_config_redis, key_prefix), 0, 0, NULL, prefix}, \
-            {"on_error", p_skip, 0, 0, 0, NULL, NULL /* rate_limit.redis: local */},                 \
-            {NULL, NULL, 0, 0, 0, NULL},                                                             \
+// clang-format off
+#define REDIS_KEYS(prefix)                                                                   \
+    {                                                                                        \
+        {"address", p_string, FIELD(struct tg_config_redis, address), 0, 0, NULL,            \
+         "127.0.0.1:6379"},                                                                  \
+        {"password", p_string, FIELD(struct tg_config_redis, password), 0, 0, NULL, NULL},   \
+        {"db", p_uint, FIELD(struct tg_config_redis, db), 0, 1000, NULL, "0"},               \
+        {"timeout", p_duration, FIELD(struct tg_config_redis, timeout_ms), 1, 60000, NULL,   \
+         "50ms"},                                                                            \
+        {"key_prefix", p_string, FIELD(struct tg_config_redis, key_prefix), 0, 0, NULL,      \
+         prefix},                                                                            \
+        {"on_error", p_skip, 0, 0, 0, NULL, NULL /* rate_limit.redis: local */},             \
+        {NULL, NULL, 0, 0, 0, NULL},                                                         \
     }
+// clang-format on
 static const struct cfg_key rl_redis_keys[] = REDIS_KEYS("tollgate:rl:");
 static const struct cfg_key tenant_redis_keys[] = REDIS_KEYS("tollgate:tenant:");
 static const struct cfg_key tls_redis_keys[] = REDIS_KEYS("tollgate:tls:");
@@ -1391,9 +1393,11 @@ static int parse_tenant_entry(struct cfg_ctx *ctx, yaml_node_t *k, yaml_node_t *
         return -1;
     yaml_node_t *n = mapping_get(ctx, v, "servers");
     struct tg_config_upstream tmp = {0};
-    if (n == NULL)
-        rc = node_error(ctx, v, "tenant '%s' needs servers", t->id);
-    else if (parse_servers(ctx, n, &tmp) < 0)
+    if (n == NULL) {
+        /* A suspended tenant is answered 403: nothing is forwarded. */
+        if (!t->suspended)
+            rc = node_error(ctx, v, "tenant '%s' needs servers (or status: suspended)", t->id);
+    } else if (parse_servers(ctx, n, &tmp) < 0)
         rc = -1;
     t->servers = tmp.servers;
     t->nservers = tmp.nservers;

@@ -326,7 +326,9 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         ts.stale_served += one.stale_served;
         ts.redis_errors += one.redis_errors;
         ts.invalidations += one.invalidations;
+        ts.redis_lookups += one.redis_lookups;
         ts.cached += one.cached;
+        ts.memory += one.memory;
     }
     header(&o, "tenant_cache_total", "counter", "Tenant directory look-ups by outcome.");
     tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"hit\"} %llu\n",
@@ -339,6 +341,19 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
                      (unsigned long long)ts.stale_served);
     header(&o, "tenant_cache_entries", "gauge", "Tenants cached, all workers.");
     tg_strbuf_printf(&o, "tollgate_tenant_cache_entries %zu\n", ts.cached);
+    header(&o, "tenant_cache_memory_bytes", "gauge",
+           "Bytes the tenant caches hold (entries, tenants, buckets), all workers.");
+    tg_strbuf_printf(&o, "tollgate_tenant_cache_memory_bytes %zu\n", ts.memory);
+    header(&o, "tenant_redis_lookups_total", "counter", "Tenant look-ups sent to Redis.");
+    tg_strbuf_printf(&o, "tollgate_tenant_redis_lookups_total %llu\n",
+                     (unsigned long long)ts.redis_lookups);
+    header(&o, "tenant_redis_errors_total", "counter", "Tenant look-ups Redis failed to answer.");
+    tg_strbuf_printf(&o, "tollgate_tenant_redis_errors_total %llu\n",
+                     (unsigned long long)ts.redis_errors);
+    header(&o, "tenant_invalidations_total", "counter",
+           "Tenant change messages received from Redis (each empties entries).");
+    tg_strbuf_printf(&o, "tollgate_tenant_invalidations_total %llu\n",
+                     (unsigned long long)ts.invalidations);
 
     /* Certificates tls.acme manages. */
     tg_acme_metrics(&o);

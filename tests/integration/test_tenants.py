@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import (SLOW, Redis, basic_config, free_port, get,
+from conftest import (run_tollgate_check, SLOW, Redis, basic_config, free_port, get,
                       requests_on, status_of)
 
 ISSUE_CONFIG = """
@@ -141,6 +141,65 @@ sites:
     status, h, _ = get(port, "/", host="blog.example.org")
     assert status == 200 and port_of(h) == b2.port
     assert get(port, "/", host="unknown.example.net")[0] == 404
+
+
+def test_a_suspended_static_tenant_needs_no_servers(tollgate, tmp_path):
+    """docs/multi-tenant.md: a suspended tenant needs no servers (nothing is
+    forwarded for it); an active one without servers is refused."""
+    cfg = """
+listen: [127.0.0.1:%d]
+tenants:
+  static:
+    old: { status: %s }
+sites:
+  - hosts: ["{tenant}.platform.test"]
+    routes: [{path: /, upstream: $tenant}]
+"""
+    port = free_port()
+    rc, out, _ = run_tollgate_check(cfg % (port, "active"), tmp_path)
+    assert rc != 0 and "tenant 'old' needs servers" in out, out
+    tollgate(cfg % (port, "suspended"))
+    assert get(port, "/", host="old.platform.test")[0] == 403
+    assert get(port, "/", host="new.platform.test")[0] == 404
+
+
+def test_tenant_cache_counters_are_exported(tollgate, backend, redis):
+    """The per-worker counters the docs name reach /metrics: Redis
+    look-ups, errors, invalidations, and the bytes the caches hold."""
+    import re
+    import urllib.request
+    b = backend()
+    port, admin = free_port(), free_port()
+    tollgate("""
+workers: 2
+listen: [127.0.0.1:%d]
+admin: {listen: 127.0.0.1:%d}
+tenants:
+  directory: redis
+  redis: { address: "127.0.0.1:%d" }
+sites:
+  - hosts: ["{tenant}.platform.test"]
+    routes: [{path: /, upstream: $tenant}]
+""" % (port, admin, redis.port))
+
+    def metrics():
+        body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin,
+                                      timeout=10).read().decode()
+        return dict((k, float(v)) for k, v in
+                    re.findall(r"^(tollgate_tenant_[a-z_]+(?:\{[^}]*\})?) (\S+)$", body, re.M))
+    before = metrics()
+    assert before["tollgate_tenant_cache_memory_bytes"] >= 0
+    redis.cmd("HSET", "tollgate:tenant:acme", "servers", "127.0.0.1:%d" % b.port)
+    for i in range(4):
+        assert get(port, "/", host="acme.platform.test")[0] == 200
+        assert get(port, "/", host="nobody%d.platform.test" % i)[0] == 404
+    redis.cmd("PUBLISH", "tollgate:tenant:changed", "acme")
+    time.sleep(0.5 * SLOW)
+    after = metrics()
+    assert after["tollgate_tenant_redis_lookups_total"] >= 5, after
+    assert after["tollgate_tenant_cache_memory_bytes"] > before["tollgate_tenant_cache_memory_bytes"]
+    assert after["tollgate_tenant_invalidations_total"] >= 1, after
+    assert after["tollgate_tenant_redis_errors_total"] == 0, after
 
 
 def test_tenant_quotas_from_the_directory(tollgate, backend, redis):

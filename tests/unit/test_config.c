@@ -679,9 +679,94 @@ TEST(rate_limit_resolved_at_load)
     }
 }
 
+/* docs/configuration.md lists every key the schema has (issue 23): each
+ * key table's names appear there in backquotes. The tables are counted in
+ * config.c itself, so a new table that this list misses fails too. */
+static const struct {
+    const char *name;
+    const struct cfg_key *keys;
+} schema_tables[] = {
+    {"client_keys", client_keys},
+    {"stream_keys", stream_keys},
+    {"http2_keys", http2_keys},
+    {"log_keys", log_keys},
+    {"listen_keys", listen_keys},
+    {"health_check_keys", health_check_keys},
+    {"upstream_keys", upstream_keys},
+    {"policy_keys", policy_keys},
+    {"rl_redis_keys", rl_redis_keys},
+    {"tenant_redis_keys", tenant_redis_keys},
+    {"tls_redis_keys", tls_redis_keys},
+    {"acme_keys", acme_keys},
+    {"certificate_keys", certificate_keys},
+    {"tls_keys", tls_keys},
+    {"rl_local_keys", rl_local_keys},
+    {"rate_limit_keys", rate_limit_keys},
+    {"tenant_keys", tenant_keys},
+    {"tenants_keys", tenants_keys},
+    {"geoip_keys", geoip_keys},
+    {"route_keys", route_keys},
+    {"site_keys", site_keys},
+    {"admin_keys", admin_keys},
+    {"top_keys", top_keys},
+};
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (buf != NULL && fread(buf, 1, (size_t)n, f) == (size_t)n)
+        buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+TEST(docs_list_every_key)
+{
+    char *doc = slurp("docs/configuration.md");
+    char *src = slurp("src/config.c");
+    CHECK(doc != NULL && src != NULL);
+    if (doc == NULL || src == NULL) {
+        free(doc);
+        free(src);
+        return;
+    }
+    size_t tables = 0;
+    for (const char *p = src; (p = strstr(p, "\nstatic const struct cfg_key ")) != NULL; p++)
+        tables++;
+    CHECK_EQ_INT(tables, TG_ARRAY_LEN(schema_tables));
+    for (size_t t = 0; t < TG_ARRAY_LEN(schema_tables); t++) {
+        for (const struct cfg_key *k = schema_tables[t].keys; k->name != NULL; k++) {
+            /* `name`, `section.name`, `name: value`, or a member of a
+             * mapping written out: `{name: value, name, ...}` */
+            static const char *const forms[] = {
+                "`%s`", ".%s`", "`%s:", "{%s:", "{%s,", ", %s:", ", %s,", ", %s}"};
+            bool found = false;
+            for (size_t f = 0; f < TG_ARRAY_LEN(forms) && !found; f++) {
+                char pat[128];
+                snprintf(pat, sizeof(pat), forms[f], k->name);
+                found = strstr(doc, pat) != NULL;
+            }
+            if (!found) {
+                fprintf(stderr, "docs/configuration.md does not list %s (%s)\n", k->name,
+                        schema_tables[t].name);
+                CHECK(!"a key is missing from docs/configuration.md");
+            }
+        }
+    }
+    free(doc);
+    free(src);
+}
+
 int main(void)
 {
     RUN(schema_defaults_parse);
+    RUN(docs_list_every_key);
     RUN(parse_without_building);
     RUN(build_errors_carry_marks);
     RUN(rate_limit_resolved_at_load);
