@@ -3,7 +3,9 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -14,19 +16,26 @@
 #include "context.h"
 #include "h1.h"
 #include "h2.h"
+#include "headers.h"
 #include "iptable.h"
 #include "log.h"
 #include "metrics.h"
 #include "proxy_protocol.h"
+#include "router.h"
 #include "tls.h"
 
 /* PROXY protocol refusals are logged at most this often (an attacker may
  * connect in a loop); all are counted. */
 #define REFUSAL_LOG_EVERY_S 10.0
 
+/* What is read of a plain HTTP request sent to a TLS port, to find its
+ * Host. */
+#define PLAIN_HEAD_MAX 4096
+
 /* The handshake's state, in the connection's protocol room. */
 struct handshake {
     bool awaiting_proxy;      /* a PROXY protocol header comes first */
+    bool sniffed;             /* the first byte was looked at: TLS */
     struct tg_list wait_link; /* in ctx->cert_waiters while the handshake
                                  waits for a certificate */
 };
@@ -60,6 +69,97 @@ static void start_front_end(struct tg_conn *c)
         tg_h1_start(c);
 }
 
+/* The Host a plain request names, without its port, if it is a valid
+ * one; else the address the client connected to. Then the port it
+ * connected to, unless 443. */
+static void https_origin(struct tg_conn *c, const char *head, size_t n, char *out, size_t cap)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    unsigned port = 0;
+    struct tg_addr local = {0};
+    if (getsockname(c->io.fd, (struct sockaddr *)&ss, &sl) == 0) {
+        tg_addr_from_sockaddr((struct sockaddr *)&ss, &local);
+        port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                        : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    }
+    struct tg_str host = {NULL, 0};
+    for (const char *p = head; p != NULL && p < head + n;) {
+        const char *eol = memchr(p, '\n', (size_t)(head + n - p));
+        if (eol == NULL)
+            break;
+        const char *line = eol + 1;
+        if ((size_t)(head + n - line) > 5 && strncasecmp(line, "host:", 5) == 0) {
+            const char *v = line + 5, *e = memchr(v, '\n', (size_t)(head + n - v));
+            if (e == NULL)
+                break;
+            while (v < e && (*v == ' ' || *v == '\t'))
+                v++;
+            while (e > v && (e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t'))
+                e--;
+            struct tg_str hp = tg_str_make(v, (size_t)(e - v)), h;
+            if (tg_router_valid_host(hp) && tg_router_host_without_port(hp, &h))
+                host = h;
+            break;
+        }
+        p = line;
+    }
+    char addr[TG_ADDR_STRLEN];
+    if (host.n == 0) {
+        size_t an = tg_addr_format(&local, addr, sizeof(addr));
+        bool v6 = memchr(addr, ':', an) != NULL;
+        snprintf(out, cap, "%s%s%s", v6 ? "[" : "", addr, v6 ? "]" : "");
+    } else {
+        snprintf(out, cap, "%.*s", (int)host.n, host.p);
+    }
+    size_t used = strlen(out);
+    if (port != 0 && port != 443)
+        snprintf(out + used, cap - used, ":%u", port);
+}
+
+/* Plain HTTP on a TLS port (http:// typed for an https:// one): a TLS
+ * record never starts with a letter, an HTTP method always does. Answered
+ * as nginx does, with a 400 that says what to use instead, and closed;
+ * the client's bytes are read first and afterwards lingered over, so it
+ * gets the answer rather than a reset. */
+static void answer_plain_http(struct tg_conn *c)
+{
+    char head[PLAIN_HEAD_MAX];
+    ssize_t n = recv(c->io.fd, head, sizeof(head), 0);
+    char origin[300];
+    https_origin(c, head, n > 0 ? (size_t)n : 0, origin, sizeof(origin));
+    char body[400], resp[800];
+    int bn = snprintf(body, sizeof(body), "This port speaks HTTPS: use https://%s/\n", origin);
+    struct tg_str date = tg_headers_date();
+    int rn = snprintf(resp, sizeof(resp),
+                      "HTTP/1.1 400 Bad Request\r\nDate: %.*s\r\n"
+                      "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+                      "Connection: close\r\nX-Content-Type-Options: nosniff\r\n\r\n%s",
+                      (int)date.n, date.p, bn, body);
+    if (rn > 0 && (size_t)rn < sizeof(resp))
+        (void)send(c->io.fd, resp, (size_t)rn, MSG_NOSIGNAL);
+    tg_log_debug("plain HTTP on the TLS listener %s: answered 400", c->lcfg->key);
+    TG_METRIC_INC(c->ctx->metrics->tls_failures[tg_metrics_tls_reason("protocol")]);
+    tg_conn_close_gracefully(c, true);
+}
+
+/* Looks at the first byte without taking it. Returns 1 when the handshake
+ * may go on (0x16, a ClientHello, or anything that is not a letter: the
+ * handshake judges it), 0 when nothing came yet, -1 when it was plain HTTP
+ * (answered; the connection is closing). */
+static int sniff_first_byte(struct tg_conn *c)
+{
+    unsigned char first;
+    ssize_t n = recv(c->io.fd, &first, 1, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
+    if (n == 1 && first >= 'A' && first <= 'Z') {
+        answer_plain_http(c);
+        return -1;
+    }
+    return 1; /* a hello, or an EOF or error the handshake reports */
+}
+
 static void tls_handshake(struct tg_conn *c)
 {
     struct tg_context *ctx = c->ctx;
@@ -68,6 +168,16 @@ static void tls_handshake(struct tg_conn *c)
     struct handshake *hs = hs_of(c);
     if (tg_list_linked(&hs->wait_link))
         tg_list_remove(&hs->wait_link);
+    if (!hs->sniffed) {
+        int s = sniff_first_byte(c);
+        if (s == 0) {
+            tg_conn_watch(c, EV_READ);
+            return;
+        }
+        if (s < 0)
+            return;
+        hs->sniffed = true;
+    }
     int rc = tg_tls_handshake(c->io.ssl, &want_write, &reason);
     if (rc == 0) {
         tg_conn_watch(c, want_write ? EV_WRITE : EV_READ);

@@ -421,6 +421,8 @@ static struct tg_cert *cert_parse_chain(const struct pem_data *d, const char *la
     }
     c->x509 = sk_X509_shift(all);
     c->chain = all;
+    c->self_issued =
+        X509_NAME_cmp(X509_get_issuer_name(c->x509), X509_get_subject_name(c->x509)) == 0;
     return c;
 
 fail:

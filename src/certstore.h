@@ -46,7 +46,9 @@ struct tg_cert {
                                 the last CN; lower case, no trailing dot,
                                 wildcards as "*.example.com" */
     size_t nnames;
-    char *label; /* the certificate file, or the caller's label */
+    char *label;      /* the certificate file, or the caller's label */
+    bool self_issued; /* issuer == subject: self-signed (`make certs`), so
+                         no browser trusts it without an exception */
 };
 
 /* Loads a certificate file (PEM: the certificate, then its chain) and its

@@ -1532,6 +1532,9 @@ static bool reserved_header(const char *name, const char *what)
     for (size_t i = 0; i < TG_ARRAY_LEN(owned); i++)
         if (strcasecmp(name, owned[i]) == 0)
             return true;
+    /* Every response carries one Date: the backend's, else ours. */
+    if (strcasecmp(name, "date") == 0 && strncmp(what, "headers.request", 15) != 0)
+        return true;
     return strcasecmp(name, "host") == 0 && strcmp(what, "headers.request.set") != 0;
 }
 
@@ -1599,13 +1602,15 @@ static int parse_header_names(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr
 }
 
 /* The named security headers: key, header, HTTPS only, default value
- * (NULL: not sent unless configured). */
+ * (NULL: not sent unless configured). HSTS pins only the name asked for
+ * (no includeSubDomains: that is the owner's call for the whole domain),
+ * and only where tg_request_hsts allows it (docs/security.md). */
 static const struct {
     const char *key, *header;
     bool https_only;
     const char *def;
 } named_headers[] = {
-    {"hsts", "Strict-Transport-Security", true, "max-age=63072000; includeSubDomains"},
+    {"hsts", "Strict-Transport-Security", true, "max-age=31536000"},
     {"content_type_options", "X-Content-Type-Options", false, "nosniff"},
     {"frame_options", "X-Frame-Options", false, "DENY"},
     {"referrer_policy", "Referrer-Policy", false, "strict-origin-when-cross-origin"},
@@ -2113,6 +2118,8 @@ static int parse_methods(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_confi
     return rc;
 }
 
+static const char *const errors_choices[] = {"text", "json", "html", NULL};
+
 static const struct cfg_key route_keys[] = {
     {"path", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"methods", p_skip, 0, 0, 0, NULL, NULL /* any */},
@@ -2120,6 +2127,8 @@ static const struct cfg_key route_keys[] = {
      NULL /* the site's */},
     {"upstream", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"stream", p_bool, FIELD(struct tg_config_route, stream), 0, 0, NULL, "false"},
+    {"errors", p_enum, FIELD(struct tg_config_route, errors), 0, 0, errors_choices,
+     NULL /* the site's */},
     {"rate_limit", p_skip, 0, 0, 0, NULL, NULL /* the site's, else rate_limit.global */},
     {"max_in_flight", p_uint, FIELD(struct tg_config_route, max_in_flight), 0, 10000000, NULL, "0"},
     {"read_timeout", p_duration, FIELD(struct tg_config_route, read_timeout_ms), 1, 0, NULL,
@@ -2145,6 +2154,7 @@ static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_
     /* Inherited unless the route says. */
     r->max_body = cfg->client.max_body;
     r->ignore_case = site->ignore_case;
+    r->errors = site->errors;
     int rc = walk_mapping(ctx, node, route_keys, r, "a route");
     if (node->type != YAML_MAPPING_NODE)
         return -1;
@@ -2227,6 +2237,7 @@ static const struct cfg_key site_keys[] = {
     {"custom_domains", p_bool, FIELD(struct tg_config_site, custom_domains), 0, 0, NULL, "false"},
     {"acme", p_bool, FIELD(struct tg_config_site, acme), 0, 0, NULL, "true"},
     {"ignore_case", p_bool, FIELD(struct tg_config_site, ignore_case), 0, 0, NULL, "false"},
+    {"errors", p_enum, FIELD(struct tg_config_site, errors), 0, 0, errors_choices, "text"},
     {"headers", p_skip, 0, 0, 0, NULL, NULL /* the global block */},
     {"allow", p_skip, 0, 0, 0, NULL},
     {"deny", p_skip, 0, 0, 0, NULL},

@@ -386,6 +386,14 @@ struct tg_config_tenants {
 
 struct tg_route_pattern;
 
+/* How tollgate's own error answers (4xx/5xx it makes itself) are written:
+ * `errors:` on a site or route. */
+enum tg_config_error_body {
+    TG_ERRORS_TEXT = 0, /* text/plain "404 Not Found: why" */
+    TG_ERRORS_JSON,     /* application/json {"status":404,"error":...} */
+    TG_ERRORS_HTML,     /* a small text/html page */
+};
+
 struct tg_config_route {
     const char *path_source;         /* the pattern as written */
     struct tg_config_mark path_mark; /* of its first character */
@@ -403,6 +411,7 @@ struct tg_config_route {
     struct tg_config_access_list access_list;  /* as written */
     struct tg_access_rules *access;            /* built from access_list; NULL = none */
     bool stream;                               /* long-lived responses: no read timeout */
+    int errors; /* enum tg_config_error_body: the route's, else its site's */
     /* Resolved at load: the route's own list, else its site's, else
      * rate_limit.global; `set` is always true. */
     struct tg_config_policy_list rate_limit;
@@ -428,6 +437,7 @@ struct tg_config_site {
     struct tg_access_rules *access;           /* built from access_list; NULL = none */
     bool custom_domains;                      /* unmatched hosts are looked up as tenant domains */
     bool ignore_case;                         /* routes' default */
+    int errors;                               /* enum tg_config_error_body; routes' default */
     bool acme;                                /* tls.acme orders certificates for its hosts */
     bool any_ignore_case;                     /* some route matches a folded path */
     struct tg_route_entry *route_table;       /* built: the routes as the router

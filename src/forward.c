@@ -9,13 +9,19 @@
  * (counted against Content-Length, or de-chunked in place) and offered to
  * the stream from up->in; what it takes is consumed, and reading stops
  * while up->in is full: backpressure both ways, no copy of body bytes but
- * the de-chunking. */
+ * the de-chunking.
+ *
+ * A WebSocket tunnel (after a 101) copies bytes as they are, but follows
+ * the frame boundaries each way (wsframe.h), so that at a drain it can
+ * close both ends politely: a close frame 1001 to each side between two
+ * frames, then the connection ends once the client answered. */
 #include "forward.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "buf.h"
 #include "config.h"
@@ -28,6 +34,7 @@
 #include "request.h"
 #include "tenant.h"
 #include "upstream.h"
+#include "wsframe.h"
 
 #define MAX_TRAILER 16384
 /* The backend's head: room for what we add to the client's fields, and the
@@ -44,6 +51,10 @@
 /* A response that takes no bytes and no events for this long, with no
  * other deadline, is looked at again (a safety net, never the rule). */
 #define IDLE_RECHECK_S 3600.0
+/* A WebSocket tunnel closing at a drain: how long the client has to answer
+ * our close frame with its own (browsers do at once) before the connection
+ * ends anyway; never past drain_timeout. */
+#define WS_CLOSE_GRACE_S 2.0
 
 struct tg_exchange {
     struct tg_request *req;
@@ -87,6 +98,21 @@ struct tg_exchange {
     const char *inject;  /* bytes of our own still to give */
     size_t inject_left;
     bool inject_end; /* ... and they end the body */
+
+    /* A WebSocket tunnel: where the frames end each way (bytes written to
+     * the backend, bytes given to the client), and its close at a drain. */
+    struct tg_wsframe ws_up, ws_down;
+    bool drain_asked;       /* the gateway drains (maybe before the 101) */
+    bool ws_closing;        /* close frames go out at the next boundaries */
+    bool ws_down_closed;    /* the client got a close frame: no more data */
+    bool ws_up_closed;      /* the backend got one (maybe still in pend) */
+    bool ws_up_gone;        /* the backend takes nothing more */
+    bool ws_finish;         /* the tunnel ends now, after our close frame */
+    uint64_t ws_up_allow;   /* bytes the client had sent at the drain: they pass */
+    uint64_t ws_down_allow; /* ... and the backend */
+    ev_tstamp ws_close_by;  /* drain_timeout: boundaries waited for until */
+    ev_tstamp ws_grace_by;  /* both close frames out: the client's answer until */
+    ev_tstamp ws_end_at;    /* done: ends then (from on_timeout) */
     ev_tstamp up_read_at, up_write_at, rate_checked_at;
 };
 
@@ -97,6 +123,7 @@ static void read_upstream(struct tg_exchange *x);
 static void pump_response(struct tg_exchange *x);
 static void update_watches(struct tg_exchange *x);
 static void arm(struct tg_exchange *x);
+static void ws_settle(struct tg_exchange *x);
 
 static const struct tg_config *cfg_of(const struct tg_exchange *x)
 {
@@ -399,12 +426,85 @@ static void frame_chunk(struct tg_exchange *x, bool close_previous, uint64_t n, 
     x->pend_off = 0;
 }
 
+/* ---- WebSocket close toward the backend --------------------------------------- */
+
+/* How many of the bytes in `v` (one direction of a closing tunnel, `f`
+ * where its frames stand) may pass before our close frame: the first
+ * `allow` (they had arrived when the drain began), then up to the end of
+ * the frame they leave open. Our close goes in when this is 0 at a
+ * boundary. */
+static size_t ws_pass(const struct tg_wsframe *f, uint64_t allow, const struct iovec *v, int n)
+{
+    struct tg_wsframe probe = *f;
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        const char *p = v[i].iov_base;
+        size_t len = v[i].iov_len;
+        if (allow > 0) {
+            size_t a = len < allow ? len : (size_t)allow;
+            tg_wsframe_feed(&probe, p, a, false);
+            allow -= a;
+            total += a;
+            p += a;
+            len -= a;
+            if (len == 0)
+                continue;
+        }
+        if (tg_wsframe_at_boundary(&probe))
+            break;
+        total += tg_wsframe_feed(&probe, p, len, true);
+        if (tg_wsframe_at_boundary(&probe))
+            break;
+    }
+    return total;
+}
+
+/* Bytes of one direction passed on: they count against its allowance. */
+static void ws_passed(uint64_t *allow, size_t n)
+{
+    *allow -= n < *allow ? n : *allow;
+}
+
+/* What the client sends after the backend got a close frame is not passed
+ * on (RFC 6455 5.5.1: no data after a close): read to see the client's own
+ * close (its answer to ours), and dropped. */
+static void ws_drop_client_bytes(struct tg_exchange *x)
+{
+    struct tg_request *req = x->req;
+    struct iovec spans[BODY_SPANS];
+    bool end = false;
+    int ns;
+    while ((ns = req->stream_ops->body_peek(req->stream, spans, BODY_SPANS, &end)) > 0) {
+        size_t total = 0;
+        for (int i = 0; i < ns; i++) {
+            tg_wsframe_feed(&x->ws_up, spans[i].iov_base, spans[i].iov_len, false);
+            total += spans[i].iov_len;
+        }
+        req->stream_ops->body_consume(req->stream, total);
+    }
+}
+
+/* Queues a close frame 1001 for the backend where chunk framing would go
+ * (a tunnel has none). A client's frames must be masked (RFC 6455 5.3),
+ * with a key the payload cannot predict. */
+static void ws_queue_close_up(struct tg_exchange *x)
+{
+    uint8_t key[4];
+    if (getentropy(key, sizeof(key)) < 0)
+        memcpy(key, &x, sizeof(key)); /* never fails for 4 bytes; still a key */
+    x->pend_len = (uint8_t)tg_wsframe_close((uint8_t *)x->pend, TG_WSFRAME_GOING_AWAY, true, key);
+    x->pend_off = 0;
+    x->ws_up_closed = true;
+}
+
 /* Writes the head and the body bytes the stream holds until the socket is
  * full or nothing is left. */
 static void send_upstream(struct tg_exchange *x)
 {
     struct tg_request *req = x->req;
     struct tg_upconn *uc = x->up;
+    if (x->ws_closing && x->ws_up_closed)
+        ws_drop_client_bytes(x);
     if (x->up_write_failed) {
         if (uc != NULL)
             uc->io.want_write = false; /* only its answer is awaited now */
@@ -422,11 +522,24 @@ static void send_upstream(struct tg_exchange *x)
         /* Body spans the stream holds (in a tunnel, the client's bytes). */
         bool end = false;
         struct iovec spans[BODY_SPANS];
-        int ns =
-            x->req_body_sent ? 0 : req->stream_ops->body_peek(req->stream, spans, BODY_SPANS, &end);
+        int ns = x->req_body_sent || (x->ws_closing && x->ws_up_closed)
+                     ? 0
+                     : req->stream_ops->body_peek(req->stream, spans, BODY_SPANS, &end);
         size_t avail = 0;
         for (int i = 0; i < ns; i++)
             avail += spans[i].iov_len;
+        /* A closing WebSocket tunnel: what the client had sent goes on,
+         * to the end of a frame, then our close frame, then nothing. */
+        uint64_t ws_room = UINT64_MAX;
+        if (x->tunnel && x->ws_closing && !x->ws_up_closed) {
+            if (x->ws_up_allow == 0 && tg_wsframe_at_boundary(&x->ws_up) &&
+                x->pend_off == x->pend_len) {
+                ws_queue_close_up(x);
+                ws_drop_client_bytes(x);
+                continue;
+            }
+            ws_room = ws_pass(&x->ws_up, x->ws_up_allow, spans, ns);
+        }
         if (x->chunked_up && !x->tunnel && x->pend_off == x->pend_len) {
             if (x->chunk_left == 0 && avail > 0) {
                 frame_chunk(x, x->req_body_bytes > 0, avail, false);
@@ -441,7 +554,8 @@ static void send_upstream(struct tg_exchange *x)
             iov[n++].iov_len = pend_left;
         }
         /* Data may follow only what frames it. */
-        uint64_t room = x->chunked_up && !x->tunnel ? x->chunk_left : UINT64_MAX;
+        uint64_t room = x->chunked_up && !x->tunnel ? x->chunk_left : ws_room;
+        int first_data = n;
         if (pend_left == 0 || (x->chunked_up && x->chunk_left > 0)) {
             for (int i = 0; i < ns && data < room; i++) {
                 size_t take = spans[i].iov_len;
@@ -464,6 +578,13 @@ static void send_upstream(struct tg_exchange *x)
         if (w == TG_IO_AGAIN)
             return;
         if (w < 0) {
+            if (x->tunnel && x->ws_closing) {
+                /* The backend is gone: the client still gets its close. */
+                x->ws_up_gone = x->ws_up_closed = true;
+                x->up_write_failed = true;
+                uc->io.want_write = false;
+                return;
+            }
             if (x->tunnel) {
                 reset_client(x, "upstream connection failed while sending");
                 return;
@@ -489,6 +610,15 @@ static void send_upstream(struct tg_exchange *x)
         size_t from_pend = done < pend_left ? done : pend_left;
         x->pend_off = (uint8_t)(x->pend_off + from_pend);
         done -= from_pend;
+        if (done > 0 && x->tunnel) {
+            size_t left = done;
+            for (int i = first_data; i < n && left > 0; i++) {
+                size_t k = iov[i].iov_len < left ? iov[i].iov_len : left;
+                tg_wsframe_feed(&x->ws_up, iov[i].iov_base, k, false);
+                left -= k;
+            }
+            ws_passed(&x->ws_up_allow, done);
+        }
         if (done > 0) {
             req->stream_ops->body_consume(req->stream, done);
             x->sent_body_bytes = true;
@@ -629,9 +759,40 @@ static void finish_response(struct tg_exchange *x)
     end_exchange(x, x->tunnel || req->close_client ? TG_STREAM_CLOSE : TG_STREAM_DONE);
 }
 
+static const uint8_t ws_going_away[4] = {0x88, 0x02, 0x03, 0xE9}; /* close 1001, unmasked */
+
+/* Backend -> client in a closing WebSocket tunnel: what the backend had
+ * sent goes on, to the end of a frame (*ready is cut there), then our close
+ * frame (returns true: it is queued), then what the backend still sends is
+ * dropped. */
+static bool ws_close_down(struct tg_exchange *x, struct tg_buf *in, size_t *ready)
+{
+    char *p = in != NULL ? in->data + in->start : NULL;
+    if (!x->ws_down_closed) {
+        if (x->ws_down_allow > 0 || !tg_wsframe_at_boundary(&x->ws_down)) {
+            struct iovec v = {p, *ready};
+            *ready = ws_pass(&x->ws_down, x->ws_down_allow, &v, *ready > 0 ? 1 : 0);
+            return false;
+        }
+        x->ws_down_closed = true;
+        x->inject = (const char *)ws_going_away;
+        x->inject_left = sizeof(ws_going_away);
+        x->inject_end = false;
+        return true;
+    }
+    if (*ready > 0) {
+        tg_wsframe_feed(&x->ws_down, p, *ready, false);
+        tg_buf_consume(in, *ready);
+        x->resp_ready -= *ready;
+        *ready = 0;
+    }
+    return false;
+}
+
 /* Offers the framed response bytes to the stream until it takes no more or
  * none are left; ends the exchange when all is given. Bytes of our own (an
- * SSE heartbeat, the drain hint) go first, whole, between two events. */
+ * SSE heartbeat, the drain hint, a WebSocket close) go first, whole,
+ * between two events or frames. */
 static void pump_response(struct tg_exchange *x)
 {
     struct tg_request *req = x->req;
@@ -657,6 +818,12 @@ static void pump_response(struct tg_exchange *x)
         struct tg_buf *in = x->up != NULL ? x->up->in : NULL;
         size_t ready = in != NULL ? x->resp_ready : 0;
         bool end = x->resp_body_done;
+        if (x->ws_closing) {
+            if (ws_close_down(x, in, &ready))
+                continue;
+            /* The backend's end waits for the client's close (ws_settle). */
+            end = end && x->ws_finish;
+        }
         if (ready == 0 && !end) {
             if (x->sse_draining && at_event_boundary(x)) {
                 /* The drain hint goes out between two events, and ends the
@@ -688,6 +855,10 @@ static void pump_response(struct tg_exchange *x)
             return;
         }
         if (w > 0) {
+            if (x->tunnel) {
+                tg_wsframe_feed(&x->ws_down, in->data + in->start, (size_t)w, false);
+                ws_passed(&x->ws_down_allow, (size_t)w);
+            }
             tg_buf_consume(in, (size_t)w);
             x->resp_ready -= (size_t)w;
         }
@@ -698,6 +869,85 @@ static void pump_response(struct tg_exchange *x)
         }
         if ((size_t)w < ready || w == 0)
             return; /* the stream is full: tg_request_writable comes back */
+    }
+}
+
+/* A drain reached a WebSocket tunnel (or the tunnel opened during one):
+ * from now on close frames go out at the next frame boundary each way,
+ * within drain_timeout. A close that already went one way counts. */
+static void ws_begin_closing(struct tg_exchange *x)
+{
+    if (x->ws_closing)
+        return;
+    x->ws_closing = true;
+    x->ws_close_by = now_of(x) + MS(cfg_of(x)->drain_timeout_ms);
+    x->ws_down_closed = x->ws_down.closed;
+    x->ws_up_closed = x->ws_up.closed;
+    /* What either side sent before the close is delivered, not dropped. */
+    struct tg_request *req = x->req;
+    struct iovec spans[BODY_SPANS];
+    bool end = false;
+    int ns = req->stream_ops->body_peek(req->stream, spans, BODY_SPANS, &end);
+    for (int i = 0; i < ns; i++)
+        x->ws_up_allow += spans[i].iov_len;
+    x->ws_down_allow = x->up != NULL && x->up->in != NULL ? tg_buf_len(x->up->in) : 0;
+}
+
+/* Where a closing tunnel stands. It is done when our close frame is given
+ * to the client, the backend told (or gone), and the client's own close
+ * seen (RFC 6455 7.1.1: the server then closes the connection first), or
+ * the grace for it is over; at drain_timeout it ends anyway, after our
+ * close frame if it went, else cut as before. */
+enum ws_end { WS_WAIT, WS_END, WS_CUT };
+
+static enum ws_end ws_check(struct tg_exchange *x, ev_tstamp now)
+{
+    bool backend_done = x->resp_body_done && x->resp_ready == 0;
+    if (backend_done && !x->ws_down_closed && !tg_wsframe_at_boundary(&x->ws_down))
+        return WS_END; /* the backend hung up inside a frame: nothing can follow it */
+    bool down = x->ws_down_closed && x->inject_left == 0;
+    bool up = x->ws_up_gone || x->resp_body_done || (x->ws_up_closed && x->pend_off == x->pend_len);
+    if (down && up && x->ws_grace_by == 0)
+        x->ws_grace_by =
+            now + WS_CLOSE_GRACE_S < x->ws_close_by ? now + WS_CLOSE_GRACE_S : x->ws_close_by;
+    bool answered = x->ws_up.closed || (x->ws_grace_by != 0 && now >= x->ws_grace_by);
+    if (down && ((up && answered) || now >= x->ws_close_by))
+        return WS_END;
+    return now >= x->ws_close_by ? WS_CUT : WS_WAIT;
+}
+
+/* After each event of a closing tunnel: once it is done, its end is due
+ * now, and comes from on_timeout (ws_end). Not from here: this may run
+ * inside the front end's input (an HTTP/2 DATA frame), where a stream
+ * cannot end. */
+static void ws_settle(struct tg_exchange *x)
+{
+    if (!x->ws_closing || x->ws_end_at != 0 || tg_request_over(x->req))
+        return;
+    ev_tstamp now = now_of(x);
+    if (ws_check(x, now) != WS_WAIT)
+        x->ws_end_at = now;
+}
+
+static void ws_end(struct tg_exchange *x, ev_tstamp now)
+{
+    switch (ws_check(x, now)) {
+    case WS_WAIT:
+        x->ws_end_at = 0;
+        break;
+    case WS_END:
+        /* What the backend still holds for the client is dropped; the
+         * connection (h1) or stream (h2) ends after our close frame. */
+        x->ws_finish = true;
+        x->resp_body_done = true;
+        if (x->up != NULL && x->up->in != NULL && x->resp_ready > 0)
+            tg_buf_consume(x->up->in, x->resp_ready);
+        x->resp_ready = 0;
+        pump_response(x);
+        break;
+    case WS_CUT:
+        reset_client(x, "WebSocket frame still in flight at drain_timeout");
+        break;
     }
 }
 
@@ -762,7 +1012,7 @@ static void on_response_head(struct tg_exchange *x, const struct tg_http1_respon
         req->route != NULL && req->route->headers != NULL ? req->route->headers : &cfg->headers;
     struct tg_headers_response hin = {
         .rules = rules,
-        .tls = req->https,
+        .hsts = tg_request_hsts(req),
         .request_id = tg_str_make(req->request_id, req->request_id_len),
         .lim = req->lim,
         .keep_upgrade = upgrade,
@@ -799,6 +1049,8 @@ static void on_response_head(struct tg_exchange *x, const struct tg_http1_respon
         x->resp_framing = TG_HTTP1_BODY_CLOSE;
         x->req_body_done = true;
         x->req_body_sent = false; /* tunnel bytes flow from now on */
+        if (x->drain_asked)
+            ws_begin_closing(x); /* opened during a drain: closed at once */
     }
 }
 
@@ -869,7 +1121,8 @@ static void upstream_eof(struct tg_exchange *x)
     struct tg_request *req = x->req;
     if (x->tunnel) {
         x->resp_body_done = true;
-        pump_response(x); /* flush, then finish_response ends it */
+        x->resp_keep_alive = false; /* read no more (a closing tunnel waits on) */
+        pump_response(x);           /* flush, then finish_response ends it */
         return;
     }
     if (!x->resp_head_done) {
@@ -964,6 +1217,7 @@ static void on_upstream_io(struct tg_upconn *uc, int revents)
         if ((revents & EV_READ) && !tg_request_over(req) && x->up == uc)
             read_upstream(x);
     }
+    ws_settle(x);
     if (!tg_request_over(req)) {
         update_watches(x);
         arm(x);
@@ -977,6 +1231,7 @@ static void on_body(struct tg_request *req)
     struct tg_exchange *x = req->x;
     if (x->up != NULL && !x->connecting)
         send_upstream(x);
+    ws_settle(x);
     if (!tg_request_over(req)) {
         update_watches(x);
         arm(x);
@@ -988,6 +1243,7 @@ static void on_writable(struct tg_request *req)
 {
     struct tg_exchange *x = req->x;
     pump_response(x);
+    ws_settle(x);
     if (!tg_request_over(req)) {
         update_watches(x);
         arm(x);
@@ -1000,10 +1256,24 @@ static void on_abort(struct tg_request *req)
 }
 
 /* Drain started: streams end at the next event boundary after a retry
- * hint. */
+ * hint; WebSocket tunnels get a close frame (1001) each way at the next
+ * frame boundary, then end when the client answers. */
 static void on_drain(struct tg_request *req)
 {
     struct tg_exchange *x = req->x;
+    x->drain_asked = true;
+    if (x->tunnel) {
+        ws_begin_closing(x);
+        pump_response(x);
+        if (!tg_request_over(req))
+            send_upstream(x);
+        ws_settle(x);
+        if (!tg_request_over(req)) {
+            update_watches(x);
+            arm(x);
+        }
+        return;
+    }
     if (!x->sse || !x->resp_head_done)
         return;
     x->sse_draining = true;
@@ -1053,6 +1323,7 @@ enum deadline_kind {
     DL_STREAM_IDLE,
     DL_CLIENT_RATE,
     DL_QUEUE,
+    DL_WS_CLOSE,
 };
 
 static void consider(ev_tstamp *best, enum deadline_kind *kind, ev_tstamp when,
@@ -1098,6 +1369,13 @@ static enum deadline_kind next_deadline(const struct tg_exchange *x, ev_tstamp *
             ev_tstamp last =
                 req->client_read_at > x->up_read_at ? req->client_read_at : x->up_read_at;
             consider(&best, &kind, last + MS(cfg->stream.idle_timeout_ms), DL_STREAM_IDLE);
+        }
+        if (x->ws_closing && x->ws_end_at != 0) {
+            consider(&best, &kind, x->ws_end_at, DL_WS_CLOSE);
+        } else if (x->ws_closing) {
+            consider(&best, &kind, x->ws_close_by, DL_WS_CLOSE);
+            if (x->ws_grace_by != 0)
+                consider(&best, &kind, x->ws_grace_by, DL_WS_CLOSE);
         }
         *when = best;
         return kind;
@@ -1207,6 +1485,9 @@ static ev_tstamp on_timeout(struct tg_request *req, ev_tstamp now)
         break;
     case DL_STREAM_IDLE:
         reset_client(x, NULL);
+        break;
+    case DL_WS_CLOSE:
+        ws_end(x, now);
         break;
     default:
         break;

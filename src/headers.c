@@ -64,6 +64,7 @@ enum hdr_kind {
     HDR_REQUEST_ID,
     HDR_SERVER, /* Server, X-Powered-By: removed from responses */
     HDR_LENGTH, /* Content-Length: framing, set from the body by us */
+    HDR_DATE,   /* end-to-end; we add one when a response has none */
 };
 
 static enum hdr_kind classify(struct tg_str n)
@@ -72,7 +73,9 @@ static enum hdr_kind classify(struct tg_str n)
     case 2:
         return tg_http_name_eq(n, "te") ? HDR_HOP : HDR_OTHER;
     case 4:
-        return tg_http_name_eq(n, "host") ? HDR_HOST : HDR_OTHER;
+        if (tg_http_name_eq(n, "host"))
+            return HDR_HOST;
+        return tg_http_name_eq(n, "date") ? HDR_DATE : HDR_OTHER;
     case 6:
         return tg_http_name_eq(n, "server") ? HDR_SERVER : HDR_OTHER;
     case 7:
@@ -222,6 +225,7 @@ int tg_headers_upstream_request(struct tg_buf *b, const struct tg_headers_upstre
         switch (k) {
         case HDR_OTHER:
         case HDR_SERVER:
+        case HDR_DATE:
             if (ct.n > 0 && listed_in_connection(&ct, hd->name))
                 continue;
             put_header(&o, hd);
@@ -361,12 +365,23 @@ int tg_headers_response_fields(struct tg_arena *arena, const struct tg_headers_r
     struct conn_tokens ct = {.n = 0};
     if (nb > 0)
         collect_connection_tokens(backend->v, nb, &ct);
+    bool dated = false;
     /* The backend's end-to-end fields, minus what the rules remove (with
      * override, the ones we add ourselves). */
     for (size_t i = 0; i < nb; i++) {
         const struct tg_http_header *hd = &backend->v[i];
         enum hdr_kind k = classify(hd->name);
         if (k == HDR_UPGRADE && in->keep_upgrade) {
+            if (vec_push(arena, out, hd->name, hd->value) < 0)
+                return -1;
+            continue;
+        }
+        if (k == HDR_DATE) {
+            /* The origin's clock says when it made the answer: kept
+             * (only one, the first). */
+            if (dated)
+                continue;
+            dated = true;
             if (vec_push(arena, out, hd->name, hd->value) < 0)
                 return -1;
             continue;
@@ -383,6 +398,15 @@ int tg_headers_response_fields(struct tg_arena *arena, const struct tg_headers_r
         if (vec_push(arena, out, hd->name, hd->value) < 0)
             return -1;
     }
+    if (!dated) {
+        struct tg_str d = tg_headers_date();
+        char *copy = tg_arena_alloc(arena, d.n);
+        if (copy == NULL)
+            return -1;
+        memcpy(copy, d.p, d.n);
+        if (vec_push(arena, out, TG_STR("Date"), tg_str_make(copy, d.n)) < 0)
+            return -1;
+    }
     /* Security and other configured headers: those the backend set stay
      * unless `override` (then they were dropped above). */
     bool may_collide = false;
@@ -390,7 +414,7 @@ int tg_headers_response_fields(struct tg_arena *arena, const struct tg_headers_r
         may_collide = (rules->add_name_lengths >> (backend->v[k].name.n & 63)) & 1;
     for (size_t i = 0; i < rules->nadd; i++) {
         const struct tg_config_header *h = &rules->add[i];
-        if (h->https_only && !in->tls)
+        if (h->https_only && !in->hsts)
             continue;
         bool present = false;
         for (size_t k = 0; may_collide && k < nb && !present; k++)
@@ -428,7 +452,7 @@ int tg_headers_interim_fields(struct tg_arena *arena, const struct tg_http_heade
         const struct tg_http_header *hd = &backend->v[i];
         enum hdr_kind k = classify(hd->name);
         if (k != HDR_OTHER && k != HDR_XFF && k != HDR_XF_OTHER && k != HDR_FORWARDED &&
-            k != HDR_SERVER)
+            k != HDR_SERVER && k != HDR_DATE)
             continue;
         if (ct.n > 0 && listed_in_connection(&ct, hd->name))
             continue;
@@ -436,6 +460,50 @@ int tg_headers_interim_fields(struct tg_arena *arena, const struct tg_http_heade
             return -1;
     }
     return 0;
+}
+
+/* ---- Date ------------------------------------------------------------------------ */
+
+static _Thread_local struct {
+    time_t at;
+    char text[29];
+    bool set;
+} date_cache;
+
+static void two_digits(char *out, int v)
+{
+    out[0] = (char)('0' + v / 10 % 10);
+    out[1] = (char)('0' + v % 10);
+}
+
+struct tg_str tg_headers_date(void)
+{
+    static const char days[] = "SunMonTueWedThuFriSat";
+    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    time_t now = time(NULL);
+    if (now != date_cache.at || !date_cache.set) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        char *t = date_cache.text; /* "Sun, 06 Nov 1994 08:49:37 GMT" */
+        memcpy(t, days + 3 * tm.tm_wday, 3);
+        memcpy(t + 3, ", ", 2);
+        two_digits(t + 5, tm.tm_mday);
+        t[7] = ' ';
+        memcpy(t + 8, months + 3 * tm.tm_mon, 3);
+        t[11] = ' ';
+        two_digits(t + 12, (tm.tm_year + 1900) / 100);
+        two_digits(t + 14, (tm.tm_year + 1900) % 100);
+        t[16] = ' ';
+        two_digits(t + 17, tm.tm_hour);
+        t[19] = ':';
+        two_digits(t + 20, tm.tm_min);
+        t[22] = ':';
+        two_digits(t + 23, tm.tm_sec);
+        memcpy(t + 25, " GMT", 4);
+        date_cache.at = now;
+        date_cache.set = true;
+    }
+    return tg_str_make(date_cache.text, sizeof(date_cache.text));
 }
 
 /* ---- request ids ------------------------------------------------------------------ */

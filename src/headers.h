@@ -54,7 +54,8 @@ int tg_headers_upstream_request(struct tg_buf *b, const struct tg_headers_upstre
 /* What a response's fields are made of. */
 struct tg_headers_response {
     const struct tg_config_headers *rules;
-    bool tls;                           /* HTTPS-only rules apply */
+    bool hsts;                          /* the HTTPS-only rule (Strict-Transport-Security) applies:
+                  see tg_request_hsts */
     struct tg_str request_id;           /* sent as X-Request-Id */
     const struct tg_limiter_state *lim; /* rate-limit fields, or NULL */
     const char *extra;                  /* "Name: value\r\n" lines, or NULL */
@@ -64,10 +65,13 @@ struct tg_headers_response {
 /* Builds the fields to send for a response into `out` (its array from
  * `arena`): the backend's end-to-end fields (`backend`, NULL for a local
  * answer) minus hop-by-hop ones, those its Connection lists, framing,
- * headers.remove and (with override) the ones added here; then the
- * configured and security headers, X-Request-Id, the extra lines and the
- * rate-limit fields. Views point into `backend`'s bytes, the
- * configuration and the arena. Returns 0, or -1 when memory ran out. */
+ * headers.remove and (with override) the ones added here; then a Date
+ * when `backend` has none (RFC 9110 6.6.1: a proxy adds the one an origin
+ * left out, and our own answers need theirs), the configured and security
+ * headers, X-Request-Id, the extra lines and the rate-limit fields. Views
+ * point into `backend`'s bytes, the configuration and the arena. Returns
+ * 0, or -1 when memory ran out. Worker thread (the Date is cached per
+ * thread). */
 int tg_headers_response_fields(struct tg_arena *arena, const struct tg_headers_response *in,
                                const struct tg_http_headers *backend, struct tg_http_headers *out);
 
@@ -75,6 +79,11 @@ int tg_headers_response_fields(struct tg_arena *arena, const struct tg_headers_r
  * minus hop-by-hop ones. */
 int tg_headers_interim_fields(struct tg_arena *arena, const struct tg_http_headers *backend,
                               struct tg_http_headers *out);
+
+/* The current time as an HTTP date ("Sun, 06 Nov 1994 08:49:37 GMT",
+ * 29 bytes), formatted at most once a second per thread; the view is the
+ * thread's cache: copy it before this thread may call again. */
+struct tg_str tg_headers_date(void);
 
 /* Fills `out` (at least 33 bytes) with a new request id: 32 hex digits,
  * unique per process run, NUL-terminated; returns its length. Worker thread

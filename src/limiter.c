@@ -389,13 +389,20 @@ int tg_limiter_prepare(struct tg_limiter_state *lim, const struct tg_limiter_inp
         it->key.params = pol->params;
         it->key.cost = 1;
         it->key.cls = (uint16_t)pol->index;
+        it->count = pol->count;
+        it->period_s = pol->period_s;
         /* A tenant's own quota (from the directory) replaces the policy's
          * rate and burst for policies keyed by tenant. */
         for (size_t p = 0; in->tenant != NULL && p < pol->nparts; p++) {
             if (pol->parts[p].kind != TG_RL_PART_TENANT)
                 continue;
-            if (in->tenant_interval_ns > 0)
+            if (in->tenant_interval_ns > 0) {
                 it->key.params.interval_ns = in->tenant_interval_ns;
+                if (in->tenant_count > 0 && in->tenant_period_s > 0) {
+                    it->count = in->tenant_count;
+                    it->period_s = in->tenant_period_s;
+                }
+            }
             if (in->tenant_burst > 0)
                 it->key.params.burst = in->tenant_burst;
         }
@@ -963,7 +970,7 @@ size_t tg_limiter_headers(const struct tg_limiter_state *lim, char *out, size_t 
     int m = snprintf(
         out + n, cap - (size_t)n,
         "RateLimit-Policy: \"%s\";q=%lld;w=%lld\r\nRateLimit: \"%s\";r=%lld;t=%lld\r\n", p->name,
-        (long long)p->count, (long long)p->period_s, p->name, (long long)r, (long long)t);
+        (long long)it->count, (long long)it->period_s, p->name, (long long)r, (long long)t);
     if (m < 0 || (size_t)(n + m) >= cap)
         return 0;
     n += m;
@@ -971,7 +978,7 @@ size_t tg_limiter_headers(const struct tg_limiter_state *lim, char *out, size_t 
         m = snprintf(out + n, cap - (size_t)n,
                      "X-RateLimit-Limit: %lld\r\nX-RateLimit-Remaining: %lld\r\n"
                      "X-RateLimit-Reset: %lld\r\n",
-                     (long long)p->count, (long long)r, (long long)t);
+                     (long long)it->count, (long long)r, (long long)t);
         if (m < 0 || (size_t)(n + m) >= cap)
             return 0;
         n += m;
@@ -979,15 +986,12 @@ size_t tg_limiter_headers(const struct tg_limiter_state *lim, char *out, size_t 
     return (size_t)n;
 }
 
-size_t tg_limiter_body(const struct tg_limiter_state *lim, char *out, size_t cap)
+const char *tg_limiter_refusal(const struct tg_limiter_state *lim, int64_t *retry_after_s)
 {
     const struct tg_limiter_item *it = lim->report;
     int64_t t = it != NULL ? ceil_s(it->key.result.retry_after_ns) : 1;
-    int n = snprintf(out, cap,
-                     "{\"error\":\"too_many_requests\",\"policy\":\"%s\","
-                     "\"retry_after\":%lld}\n",
-                     it != NULL ? it->policy->name : "", (long long)(t < 1 ? 1 : t));
-    return n < 0 ? 0 : ((size_t)n < cap ? (size_t)n : cap - 1);
+    *retry_after_s = t < 1 ? 1 : t;
+    return it != NULL ? it->policy->name : "";
 }
 
 /* ---- what the log and the admin API see --------------------------------------- */

@@ -49,8 +49,9 @@ struct tg_limiter_input {
     const struct tg_config_site *site;
     const struct tg_config_route *route;
     const struct tg_addr *client;
-    const char *tenant;         /* NULL when none */
-    int64_t tenant_interval_ns; /* the tenant's own quota, 0 = the policy's */
+    const char *tenant;                    /* NULL when none */
+    int64_t tenant_interval_ns;            /* the tenant's own quota, 0 = the policy's */
+    int64_t tenant_count, tenant_period_s; /* ... as written: count per period */
     int64_t tenant_burst;
     const char *country; /* "XX" unknown, NULL when GeoIP is off */
     uint32_t asn;
@@ -69,6 +70,9 @@ enum tg_limiter_spent {
 /* One policy's key and outcome for a request. */
 struct tg_limiter_item {
     const struct tg_config_policy *policy;
+    /* The quota enforced: the policy's, or the tenant's own (directory)
+     * for a policy keyed by tenant; headers and explain report this. */
+    int64_t count, period_s;
     struct tg_ratelimit_key key; /* store_key lives in the request arena */
     bool key_pending;            /* a body part waits for the body */
     bool fallback;               /* some part was replaced by the client address */
@@ -192,8 +196,10 @@ void tg_limiter_end(struct tg_limiter_state *lim);
  * Returns the length written (0 if none or no room). */
 size_t tg_limiter_headers(const struct tg_limiter_state *lim, char *out, size_t cap);
 
-/* The 429 body: a small JSON object. Returns its length. */
-size_t tg_limiter_body(const struct tg_limiter_state *lim, char *out, size_t cap);
+/* What a 429 says: the refusing policy's name ("" if none is known) and
+ * the whole seconds until a request would pass (at least 1, the number
+ * Retry-After carries). The name is the configuration's. */
+const char *tg_limiter_refusal(const struct tg_limiter_state *lim, int64_t *retry_after_s);
 
 /* Writes the access log's view of the keys charged: a JSON array of
  * {"policy":NAME,"key":HASH[,"fallback":true]} where HASH is 16 hex

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
+#include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -61,10 +62,10 @@ static void usage(FILE *out)
         out,
         "usage: tollgate [-c FILE] [-t] [-v] [-h]\n"
         "       tollgate explain [-c FILE] [--peer ADDRESS] 'METHOD URL' [-H 'Name: value']...\n"
-        "  -c FILE   configuration file (default conf/tollgate.yaml)\n"
-        "  -t        check the configuration and exit (0 if valid)\n"
-        "  -v        print the version and exit\n"
-        "  -h        this help\n"
+        "  -c, --config FILE  configuration file (default conf/tollgate.yaml)\n"
+        "  -t, --test         check the configuration and exit (0 if valid)\n"
+        "  -v, --version      print the version and exit\n"
+        "  -h, --help         this help\n"
         "signals: HUP reload, TERM/INT drain and stop, QUIT stop now,\n"
         "         USR1 reopen log files\n");
 }
@@ -97,11 +98,62 @@ static void close_opened(int **fds, char ***keys, unsigned nworkers, size_t k, u
     }
 }
 
+/* Whether a listener of `c` shares `l`'s port and family with an address
+ * that overlaps (equal, or either one the wildcard): our own socket there
+ * makes the probe of `l` fail, so the probe cannot tell us anything. */
+static bool overlaps_held(const struct tg_config *c, const struct tg_config_listen *l)
+{
+    const struct sockaddr_storage *a = &l->addr.sa;
+    for (size_t j = 0; c != NULL && j < c->nlisteners; j++) {
+        const struct sockaddr_storage *b = &c->listeners[j].addr.sa;
+        if (a->ss_family != b->ss_family)
+            continue;
+        if (a->ss_family == AF_INET) {
+            const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+            if (x->sin_port == y->sin_port &&
+                (x->sin_addr.s_addr == y->sin_addr.s_addr || x->sin_addr.s_addr == INADDR_ANY ||
+                 y->sin_addr.s_addr == INADDR_ANY))
+                return true;
+        } else if (a->ss_family == AF_INET6) {
+            const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+            if (x->sin6_port == y->sin6_port &&
+                (IN6_ARE_ADDR_EQUAL(&x->sin6_addr, &y->sin6_addr) ||
+                 IN6_IS_ADDR_UNSPECIFIED(&x->sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&y->sin6_addr)))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Refuses, before any socket is opened, an address of `next` that another
+ * process listens on (see tg_worker_probe_listener): SO_REUSEPORT alone
+ * would let us share it silently. Addresses `prev` holds are ours. Every
+ * address is probed before the first bind, so listeners of one config that
+ * overlap (0.0.0.0:80 and 127.0.0.1:80) do not trip over each other. */
+static int probe_new_listeners(const struct tg_config *prev, const struct tg_config *next)
+{
+    int rc = 0;
+    for (size_t i = 0; i < next->nlisteners; i++) {
+        const struct tg_config_listen *l = &next->listeners[i];
+        if (has_listener(prev, l->key) || overlaps_held(prev, l))
+            continue;
+        char err[256];
+        if (tg_worker_probe_listener(l, err, sizeof(err)) < 0) {
+            tg_log_error("%s:%d:%d: cannot listen on %s%s: %s", next->path, l->mark.line,
+                         l->mark.col, l->key, l->admin ? " (admin.listen)" : "", err);
+            rc = -1; /* name every address taken, not just the first */
+        }
+    }
+    return rc;
+}
+
 /* Opens, for every listener of `next` that `prev` lacks, one socket per
  * worker. Returns 0, or -1 after closing what it opened. */
 static int open_new_listeners(const struct tg_config *prev, const struct tg_config *next,
                               unsigned nworkers, int **fds, char ***keys, size_t *n_out)
 {
+    if (probe_new_listeners(prev, next) < 0)
+        return -1;
     size_t n = 0;
     for (size_t i = 0; i < next->nlisteners; i++)
         n += !has_listener(prev, next->listeners[i].key);
@@ -441,7 +493,16 @@ int main(int argc, char **argv)
         tg_tls_global_cleanup();
         return rc;
     }
-    while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
+    /* GNU style too: --help and --version on stdout with exit 0, as
+     * packagers' scripts and `man`-less users expect. */
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"test", no_argument, NULL, 't'},
+        {"version", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    while ((opt = getopt_long(argc, argv, "c:tvh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             path = optarg;
@@ -450,7 +511,8 @@ int main(int argc, char **argv)
             test_only = true;
             break;
         case 'v':
-            printf("tollgate %s (libev %d.%d, %s)\n", TG_VERSION, ev_version_major(),
+            /* The first line is what scripts read: "tollgate X.Y.Z". */
+            printf("tollgate %s\nbuilt with libev %d.%d, %s\n", TG_VERSION, ev_version_major(),
                    ev_version_minor(), OpenSSL_version(OPENSSL_VERSION));
             return 0;
         case 'h':
@@ -537,7 +599,9 @@ int main(int argc, char **argv)
         g.workers[i]->on_drained = worker_drained;
     }
     tg_metrics_assign(cfg);
-    tg_metrics_reload(true, (double)time(NULL));
+    /* The first load is no reload: only SIGHUP counts in
+     * tollgate_config_reloads_total; the load time is still shown. */
+    tg_metrics_loaded((double)time(NULL));
     if (install_config(cfg) < 0) {
         tg_log_error("cannot start: a listener could not be opened");
         return 1;

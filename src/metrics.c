@@ -184,6 +184,11 @@ void tg_metrics_reload(bool ok, double when)
     }
 }
 
+void tg_metrics_loaded(double when)
+{
+    atomic_store(&last_reload, when);
+}
+
 /* ---- what the scrape reads ---------------------------------------------------- */
 
 unsigned tg_metrics_series_count(enum tg_metrics_kind kind)

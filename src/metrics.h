@@ -121,8 +121,11 @@ unsigned tg_metrics_tls_reason(const char *reason);
 /* Histogram bucket of a duration in seconds. */
 unsigned tg_metrics_bucket(double seconds);
 
-/* Process-wide values the main thread updates. */
+/* Process-wide values the main thread updates: a SIGHUP reload and its
+ * result (a success also sets the load time), and the first load at start,
+ * which is no reload (only the load time). */
 void tg_metrics_reload(bool ok, double when);
+void tg_metrics_loaded(double when);
 
 /* For the scrape: how many series of a kind exist, the label set of one
  * (an "_other" set past the registry's end), a histogram bucket's upper

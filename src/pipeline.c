@@ -254,16 +254,19 @@ static enum verdict handlers(struct tg_request *req)
     return ANSWERED;
 }
 
-/* ---- redirect: a plain listener that sends everyone to HTTPS ------------------------ */
+/* ---- redirect: a plain listener that sends our names to HTTPS ----------------------- */
 
+/* After the host phase: only a Host some site serves (a pattern, a
+ * tenant's label, an active tenant's custom domain) is sent on; any other
+ * got the 404 routing gives, so the redirect never points a client at a
+ * name an attacker chose. */
 static enum verdict redirect(struct tg_request *req)
 {
     int port = req->listener->redirect_to_https;
     if (port == 0)
         return NEXT;
     struct tg_str host;
-    if (req->host_len == 0 ||
-        !tg_router_host_without_port(tg_str_make(req->host, req->host_len), &host))
+    if (!tg_router_host_without_port(tg_str_make(req->host, req->host_len), &host))
         return answer(req, 400, "400 Bad Request: a redirect needs a Host\n", true);
     /* Host and path were validated by the parser and the normaliser:
      * nothing here can split the Location header. */
@@ -360,6 +363,9 @@ static enum verdict host(struct tg_request *req)
 {
     const struct tg_config *cfg = cfg_of(req);
     struct tg_str capture;
+    if (req->listener->redirect_to_https != 0 &&
+        (req->host_len == 0 || !tg_router_valid_host(tg_str_make(req->host, req->host_len))))
+        return answer(req, 400, "400 Bad Request: a redirect needs a Host\n", true);
     req->site = tg_router_hosts_match(cfg->hosts, tg_str_make(req->host, req->host_len), &capture);
     if (req->site == NULL) {
         if (cfg->domain_site != NULL)
@@ -562,6 +568,7 @@ static enum verdict tenant_dry(struct tg_request *req)
         say(req, "tenant", "%s (static%s)", req->tenant, t->suspended ? ", suspended" : "");
         if (t->suspended)
             return answer(req, 403, "403 Forbidden: this tenant is suspended\n", false);
+        req->tenant_obj = t; /* static: owned by the snapshot; its quota shows */
         req->upstream = &t->upstream;
         say_upstream(req);
         return NEXT;
@@ -613,15 +620,19 @@ static enum verdict tenant(struct tg_request *req)
 
 /* ---- limits: body size, requests in flight, rate limits ------------------------------ */
 
-static const char *policy_rate(const struct tg_config_policy *p, char *buf, size_t cap)
+/* The quota an item enforces (the tenant's own, when it has one). */
+static const char *policy_rate(const struct tg_limiter_item *it, char *buf, size_t cap)
 {
-    const char *unit = p->period_s == 1      ? "s"
-                       : p->period_s == 60   ? "m"
-                       : p->period_s == 3600 ? "h"
-                                             : "d";
-    snprintf(buf, cap, "%lld/%s, burst %lld%s%s%s", (long long)p->count, unit,
-             (long long)p->params.burst, p->shadow ? ", shadow" : "",
-             p->count_failures ? ", counts failures" : "",
+    const struct tg_config_policy *p = it->policy;
+    const char *unit = it->period_s == 1      ? "s"
+                       : it->period_s == 60   ? "m"
+                       : it->period_s == 3600 ? "h"
+                                              : "d";
+    bool own = it->count != p->count || it->period_s != p->period_s ||
+               it->key.params.burst != p->params.burst;
+    snprintf(buf, cap, "%lld/%s, burst %lld%s%s%s%s", (long long)it->count, unit,
+             (long long)it->key.params.burst, own ? ", the tenant's own quota" : "",
+             p->shadow ? ", shadow" : "", p->count_failures ? ", counts failures" : "",
              p->store == TG_RL_STORE_REDIS ? ", shared in Redis" : "");
     return buf;
 }
@@ -638,7 +649,7 @@ static void say_limits(struct tg_request *req, bool exempt)
         const struct tg_limiter_item *it = &req->lim->items[i];
         char rate[128];
         say(req, "limit", "%s (%s) key \"%.*s\"", it->policy->name,
-            policy_rate(it->policy, rate, sizeof(rate)), it->key_pending ? 0 : (int)it->key.keylen,
+            policy_rate(it, rate, sizeof(rate)), it->key_pending ? 0 : (int)it->key.keylen,
             it->key_pending ? "" : it->key.key);
         if (it->key_pending)
             say(req, "",
@@ -659,6 +670,8 @@ static enum verdict prepare_limits(struct tg_request *req)
         .client = &req->client,
         .tenant = req->tenant,
         .tenant_interval_ns = req->tenant_obj != NULL ? req->tenant_obj->rate_interval_ns : 0,
+        .tenant_count = req->tenant_obj != NULL ? req->tenant_obj->rate_count : 0,
+        .tenant_period_s = req->tenant_obj != NULL ? req->tenant_obj->rate_period_s : 0,
         .tenant_burst = req->tenant_obj != NULL ? req->tenant_obj->burst : 0,
         .country = req->country,
         .asn = req->asn,
@@ -772,9 +785,15 @@ static enum verdict after_decision(struct tg_request *req)
         tg_log_info("request %s: a shadow rate-limit policy would have refused it",
                     req->request_id);
     if (lim->limited) {
-        char body[256];
-        size_t n = tg_limiter_body(lim, body, sizeof(body));
-        tg_request_respond(req, 429, "application/json", body, n, false);
+        /* Written like the route's other errors (`errors:`); the JSON form
+         * keeps the policy and retry_after members it always had. */
+        int64_t retry;
+        const char *policy = tg_limiter_refusal(lim, &retry);
+        char why[160], extra[160];
+        snprintf(why, sizeof(why), "rate limit '%s'; retry in %lld s", policy, (long long)retry);
+        snprintf(extra, sizeof(extra), ",\"policy\":\"%s\",\"retry_after\":%lld", policy,
+                 (long long)retry);
+        tg_request_respond_error(req, 429, why, extra, false);
         return ANSWERED;
     }
     if (lim->delay_ns > 0) {
@@ -860,7 +879,7 @@ static void say_forward(struct tg_request *req)
     const struct tg_config *cfg = cfg_of(req);
     const struct tg_config_headers *rules =
         req->route->headers != NULL ? req->route->headers : &cfg->headers;
-    bool https = req->https;
+    bool https = tg_request_hsts(req);
     char text[2048];
     size_t o = 0;
     for (size_t i = 0; i < rules->nadd && o < sizeof(text); i++)
@@ -897,10 +916,9 @@ static const struct {
     const char *name;
     enum verdict (*run)(struct tg_request *req);
 } phases[] = {
-    {"identify", identify},   {"normalise", normalise}, {"handlers", handlers},
-    {"redirect", redirect},   {"host", host},           {"route", route},
-    {"access", access_rules}, {"tenant", tenant},       {"limits", limits},
-    {"forward", forward},
+    {"identify", identify}, {"normalise", normalise}, {"handlers", handlers},   {"host", host},
+    {"redirect", redirect}, {"route", route},         {"access", access_rules}, {"tenant", tenant},
+    {"limits", limits},     {"forward", forward},
 };
 
 #define NPHASES (sizeof(phases) / sizeof(phases[0]))

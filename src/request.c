@@ -18,8 +18,11 @@
 #include "config.h"
 #include "context.h"
 #include "headers.h"
+#include "http.h"
 #include "metrics.h"
+#include "router.h"
 #include "tenant.h"
+#include "tls.h"
 
 /* Request objects kept between two trims (tg_request_trim_free_list keeps
  * what the busiest moment needed): see TG_BUF_MAX_FREE. */
@@ -398,7 +401,7 @@ void tg_request_respond(struct tg_request *req, int status, const char *type, co
         req->route != NULL && req->route->headers != NULL ? req->route->headers : &cfg->headers;
     struct tg_headers_response in = {
         .rules = rules,
-        .tls = req->https,
+        .hsts = tg_request_hsts(req),
         .request_id = tg_str_make(req->request_id, req->request_id_len),
         .lim = req->lim,
         .extra = req->extra_headers,
@@ -427,7 +430,154 @@ out:
     tg_request_unref(req);
 }
 
+bool tg_request_hsts(const struct tg_request *req)
+{
+    return req->https && req->host != NULL &&
+           tg_router_public_name(tg_str_make(req->host, req->host_len)) &&
+           !tg_tls_cert_self_signed(req->ssl);
+}
+
+/* ---- error bodies --------------------------------------------------------------- */
+
+#define TEXT_TYPE "text/plain; charset=utf-8"
+/* Room for an error body; `why` is cut to fit (ours are one short line). */
+#define ERROR_BODY_MAX 4096
+#define WHY_MAX 256
+
+static enum tg_config_error_body errors_of(const struct tg_request *req)
+{
+    if (req->route != NULL)
+        return (enum tg_config_error_body)req->route->errors;
+    if (req->site != NULL)
+        return (enum tg_config_error_body)req->site->errors;
+    return TG_ERRORS_TEXT;
+}
+
+struct body {
+    char p[ERROR_BODY_MAX];
+    size_t n;
+};
+
+static void add(struct body *b, const char *s, size_t n)
+{
+    if (n > sizeof(b->p) - b->n)
+        n = sizeof(b->p) - b->n;
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+}
+
+static void adds(struct body *b, const char *s)
+{
+    add(b, s, strlen(s));
+}
+
+/* `s` as JSON string content, or as HTML text. */
+static void add_escaped(struct body *b, const char *s, bool html)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char esc[8];
+        if (html && (c == '<' || c == '>' || c == '&' || c == '"' || c == '\'')) {
+            snprintf(esc, sizeof(esc), "&#%u;", c);
+            adds(b, esc);
+        } else if (!html && (c == '"' || c == '\\')) {
+            add(b, "\\", 1);
+            add(b, (const char *)&c, 1);
+        } else if (!html && c < 0x20) {
+            snprintf(esc, sizeof(esc), "\\u%04x", c);
+            adds(b, esc);
+        } else {
+            add(b, (const char *)&c, 1);
+        }
+    }
+}
+
+void tg_request_respond_error(struct tg_request *req, int status, const char *why,
+                              const char *json_extra, bool close)
+{
+    const char *reason = tg_http_reason(status);
+    char num[8];
+    snprintf(num, sizeof(num), "%d", status);
+    struct body b = {.n = 0};
+    const char *type = TEXT_TYPE;
+    switch (errors_of(req)) {
+    case TG_ERRORS_JSON:
+        type = "application/json";
+        adds(&b, "{\"status\":");
+        adds(&b, num);
+        adds(&b, ",\"error\":\"");
+        add_escaped(&b, reason, false);
+        if (why != NULL) {
+            adds(&b, "\",\"reason\":\"");
+            add_escaped(&b, why, false);
+        }
+        adds(&b, "\"");
+        if (json_extra != NULL)
+            adds(&b, json_extra);
+        adds(&b, ",\"message\":\"");
+        add_escaped(&b, reason, false);
+        if (why != NULL) {
+            adds(&b, ": ");
+            add_escaped(&b, why, false);
+        }
+        adds(&b, ".\",\"data\":{}}\n");
+        break;
+    case TG_ERRORS_HTML:
+        type = "text/html; charset=utf-8";
+        adds(&b, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>");
+        adds(&b, num);
+        adds(&b, " ");
+        add_escaped(&b, reason, true);
+        adds(&b, "</title></head>\n<body><h1>");
+        adds(&b, num);
+        adds(&b, " ");
+        add_escaped(&b, reason, true);
+        adds(&b, "</h1>\n");
+        if (why != NULL) {
+            adds(&b, "<p>");
+            add_escaped(&b, why, true);
+            adds(&b, "</p>\n");
+        }
+        adds(&b, "</body></html>\n");
+        break;
+    default:
+        adds(&b, num);
+        adds(&b, " ");
+        adds(&b, reason);
+        if (why != NULL) {
+            adds(&b, ": ");
+            adds(&b, why);
+        }
+        adds(&b, "\n");
+        break;
+    }
+    tg_request_respond(req, status, type, b.p, b.n, close);
+}
+
 void tg_request_respond_text(struct tg_request *req, int status, const char *body, bool close)
 {
-    tg_request_respond(req, status, "text/plain; charset=utf-8", body, strlen(body), close);
+    if (status < 400 || errors_of(req) == TG_ERRORS_TEXT) {
+        tg_request_respond(req, status, TEXT_TYPE, body, strlen(body), close);
+        return;
+    }
+    /* "NNN Reason: why\n": the why, if the head is the status's own. */
+    const char *reason = tg_http_reason(status);
+    size_t rn = strlen(reason);
+    char why[WHY_MAX + 1];
+    const char *p = body;
+    if (strlen(p) > 4 && p[0] == '0' + status / 100 % 10 && p[1] == '0' + status / 10 % 10 &&
+        p[2] == '0' + status % 10 && p[3] == ' ' && strncmp(p + 4, reason, rn) == 0)
+        p += 4 + rn;
+    if (p[0] == ':')
+        p++;
+    while (*p == ' ')
+        p++;
+    size_t n = strlen(p);
+    while (n > 0 && (p[n - 1] == '\n' || p[n - 1] == ' '))
+        n--;
+    if (n > WHY_MAX)
+        n = WHY_MAX;
+    memcpy(why, p, n);
+    why[n] = '\0';
+    tg_request_respond_error(req, status, n > 0 ? why : NULL, NULL, close);
 }

@@ -250,8 +250,27 @@ void tg_request_drain(struct tg_request *req);
 void tg_request_respond(struct tg_request *req, int status, const char *type, const char *body,
                         size_t len, bool close);
 
-/* A text/plain local answer. */
+/* A text/plain local answer. An error (status >= 400) whose body is
+ * "NNN Reason: why\n" (or "NNN Reason\n") is written as the route's, else
+ * the site's, `errors:` setting asks (tg_request_respond_error); before a
+ * site is known, and for other bodies, as given. */
 void tg_request_respond_text(struct tg_request *req, int status, const char *body, bool close);
+
+/* An error answer of ours in the route's (else the site's, else text)
+ * form: text "NNN Reason: why\n", JSON {"status":NNN,"error":"Reason",
+ * "reason":"why",...,"message":"Reason: why.","data":{}} (message and
+ * data: the shape PocketBase's SDKs read), or a small HTML page. `why`
+ * may be NULL; `json_extra` (NULL for none) is ",\"name\":value" members
+ * added to the JSON object. */
+void tg_request_respond_error(struct tg_request *req, int status, const char *why,
+                              const char *json_extra, bool close);
+
+/* Whether a response to `req` may carry Strict-Transport-Security: it came
+ * over TLS, its Host is a public DNS name (tg_router_public_name: never
+ * localhost or an address), and the certificate the connection got is not
+ * self-signed. Browsers ignore HSTS in the cases left out, or (localhost)
+ * would pin every local service to HTTPS. */
+bool tg_request_hsts(const struct tg_request *req);
 
 /* Ends the request after its answer: the stream finishes as `how` says,
  * the request is logged, and its reference is dropped. */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "codec.h"
 
@@ -971,6 +972,37 @@ bool tg_router_host_without_port(struct tg_str hostport, struct tg_str *host)
     host->p = p;
     host->n = hlen;
     return true;
+}
+
+bool tg_router_valid_host(struct tg_str hostport)
+{
+    struct tg_str h;
+    if (!tg_router_host_without_port(hostport, &h))
+        return false;
+    if (h.p[0] == '[')
+        return true; /* checked by tg_router_host_without_port */
+    if (h.n > 1 && h.p[h.n - 1] == '.')
+        h.n--;
+    return check_name(h.p, h.n) == NULL;
+}
+
+bool tg_router_public_name(struct tg_str hostport)
+{
+    struct tg_str h;
+    if (!tg_router_host_without_port(hostport, &h))
+        return false;
+    if (h.n > 1 && h.p[h.n - 1] == '.')
+        h.n--;
+    if (check_name(h.p, h.n) != NULL) /* brackets (IPv6), odd bytes */
+        return false;
+    const char *dot = memrchr(h.p, '.', h.n);
+    if (dot == NULL)
+        return false; /* one label: "localhost", "intranet" */
+    const char *last = dot + 1;
+    if (*last >= '0' && *last <= '9')
+        return false;
+    size_t tail = (size_t)(h.p + h.n - last);
+    return !(tail == 9 && strncasecmp(last, "localhost", 9) == 0);
 }
 
 /* ---- route tables ---------------------------------------------------------- */

@@ -93,6 +93,19 @@ void *tg_router_hosts_match(const struct tg_host_index *ix, struct tg_str host,
  * [a-z0-9-] (ASCII letters of either case), not starting or ending with '-'. */
 bool tg_router_valid_label(struct tg_str label);
 
+/* True if `hostport` is a Host a site could be written for: a name of
+ * labels of [A-Za-z0-9-_] (one trailing dot allowed) or an IPv4 or
+ * bracketed IPv6 literal, with an optional port. "a..b" or "" are not. */
+bool tg_router_valid_host(struct tg_str hostport);
+
+/* True if `hostport` (a Host value; port and one trailing dot ignored,
+ * case too) is a name a public CA could issue a certificate for, and so a
+ * name HSTS may pin: at least two labels of [A-Za-z0-9-_], not "localhost"
+ * or "*.localhost" (RFC 6761: always this machine), and not an address (a
+ * bracketed IPv6 literal, or a last label that starts with a digit: no TLD
+ * does, and URL parsers read "127.1" or "0x7f.1" as IPv4). */
+bool tg_router_public_name(struct tg_str hostport);
+
 /* Splits "host:port" / "[v6]:port" / "host" into the host part (a view
  * into hostport; brackets included for IPv6). Returns false if the value is
  * malformed: empty host, port not 1-5 digits up to 65535 (an empty port

@@ -737,6 +737,26 @@ static bool check_cert_covers(SSL *ssl, struct tg_str host)
     return any;
 }
 
+bool tg_tls_cert_self_signed(SSL *ssl)
+{
+    if (ssl == NULL || !SSL_is_server(ssl))
+        return false;
+    const struct tg_cert_choice *g = SSL_get_ex_data(ssl, ex.choice);
+    if (g == NULL)
+        return false;
+    X509 *served = SSL_get_certificate(ssl);
+    bool reused = SSL_session_reused(ssl);
+    for (int i = 0; i < TG_CERT_KINDS; i++) {
+        if (g->cert[i] == NULL)
+            continue;
+        if (!reused && g->cert[i]->x509 == served)
+            return g->cert[i]->self_issued;
+        if (reused && g->cert[i]->self_issued)
+            return true;
+    }
+    return false;
+}
+
 /* The last Host a connection's certificate was checked against, and the
  * verdict. Keep-alive clients repeat their Host, and the check (decoding
  * the certificate's names in X509_check_host/_ip_asc) costs more than all

@@ -91,6 +91,14 @@ SSL *tg_tls_server_accept(struct tg_tls_server *s, const struct tg_config_listen
  * SSLs. The connection's worker thread. */
 bool tg_tls_cert_covers(SSL *ssl, struct tg_str host);
 
+/* Whether the certificate this server connection presented is
+ * self-issued (issuer == subject, as `make certs` writes): one no browser
+ * trusts without an exception, so HSTS would pin a name to an error page.
+ * On a resumed session (the certificate was chosen in an earlier
+ * handshake) true if any candidate for the name is. False for client SSLs
+ * and before the ClientHello. The connection's worker thread. */
+bool tg_tls_cert_self_signed(SSL *ssl);
+
 /* After the handshake, for logs and headers. Strings are static or owned
  * by `ssl`. */
 struct tg_tls_info {

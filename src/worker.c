@@ -165,6 +165,44 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 
 /* ---- listeners ----------------------------------------------------------- */
 
+/* Why a probe: every worker has its own SO_REUSEPORT socket, and the kernel
+ * lets any process of the same user join that group, so a bind with
+ * SO_REUSEPORT succeeds while another tollgate (or anything listening with
+ * SO_REUSEPORT) holds the address, and the two split the connections
+ * between them. A socket bound WITHOUT SO_REUSEPORT conflicts with every
+ * listening socket on the address (with or without SO_REUSEPORT, Linux
+ * inet_csk_bind_conflict), so binding one first tells whether anyone
+ * listens there. It has SO_REUSEADDR, so connections of an earlier run in
+ * TIME_WAIT do not count; it never listens and is closed at once. (An eBPF
+ * reuseport program or a lock file would not see a process that is not
+ * tollgate.) A process that starts listening between the probe and our
+ * bind is not caught: the window is a few system calls at start-up. */
+int tg_worker_probe_listener(const struct tg_config_listen *l, char *err, size_t errlen)
+{
+    int family = l->addr.sa.ss_family;
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    int rc = bind(fd, (const struct sockaddr *)&l->addr.sa, l->addr.salen);
+    int saved = errno;
+    close(fd);
+    if (rc == 0)
+        return 0;
+    if (saved == EADDRINUSE)
+        snprintf(err, errlen,
+                 "address already in use (another process listens there; "
+                 "is another tollgate running?)");
+    else
+        snprintf(err, errlen, "bind %s: %s", l->key, strerror(saved));
+    return -1;
+}
+
 int tg_worker_open_listener(const struct tg_config_listen *l, char *err, size_t errlen)
 {
     int family = l->addr.sa.ss_family;
@@ -286,6 +324,20 @@ static void configure_tenants(struct tg_worker *w, const struct tg_config *cfg)
     }
 }
 
+/* Connections that came in on a listener the new snapshot drops drain now,
+ * as at a stop (idle ones close, requests finish, WebSocket tunnels get
+ * their close frame), rather than live on with the old snapshot. */
+static void drain_orphans(struct tg_worker *w, const struct tg_config *cfg)
+{
+    struct tg_list *head = &w->ctx.conns;
+    for (struct tg_list *n = head->next, *next; n != head; n = next) {
+        next = n->next; /* draining may close it */
+        struct tg_conn *c = tg_list_entry(n, struct tg_conn, link);
+        if (!c->admin && c->lcfg != NULL && find_listen_cfg(cfg, c->lcfg->key) == NULL)
+            tg_conn_drain(c);
+    }
+}
+
 static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
 {
     struct tg_wcfg *nc = wcfg_new(w, m->config);
@@ -305,6 +357,7 @@ static void apply_config(struct tg_worker *w, struct tg_worker_msg *m)
         tg_log_error("out of memory configuring health checks");
     if (old != NULL) {
         close_listeners(w, nc->config);
+        drain_orphans(w, nc->config);
         tg_context_cfg_release(old);
     }
     for (struct tg_listener *l = w->listeners; l != NULL; l = l->next)

@@ -84,4 +84,12 @@ void tg_worker_join_and_free(struct tg_worker *w);
  * message in err. Main thread. */
 int tg_worker_open_listener(const struct tg_config_listen *l, char *err, size_t errlen);
 
+/* Tells whether another socket listens on `l`'s address: binds (and closes
+ * at once) a socket without SO_REUSEPORT, which any listener there makes
+ * fail. Returns 0 when the address is free, or -1 with a message in err
+ * ("address already in use (...)"; the caller names the address). Call it
+ * before the first tg_worker_open_listener of an address this process does
+ * not hold: our own listeners fail it too. Main thread. */
+int tg_worker_probe_listener(const struct tg_config_listen *l, char *err, size_t errlen);
+
 #endif

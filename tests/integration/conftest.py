@@ -113,6 +113,7 @@ class Tollgate:
         self.config_path = os.path.join(str(tmp_path), "tollgate.yaml")
         self.stderr_path = os.path.join(str(tmp_path), "tollgate.err")
         self.stdout_path = os.path.join(str(tmp_path), "tollgate.out")
+        self.admin_port = None
         self.write_config(config)
         e = dict(os.environ)
         e.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:halt_on_error=1")
@@ -137,6 +138,15 @@ class Tollgate:
         return [int(m.group(1))] if i >= 0 and m else []
 
     def write_config(self, config):
+        # The admin listener is on 127.0.0.1:9901 unless a config says
+        # otherwise, and tollgate refuses an address another process
+        # listens on (issue 23): a config without `admin:` gets a port of
+        # its own, kept across reloads, so that tollgates of other tests
+        # (or another run on this machine) never collide there.
+        if not re.search(r"^admin\s*:", config, re.M):
+            if self.admin_port is None:
+                self.admin_port = free_port()
+            config += "\nadmin: {listen: 127.0.0.1:%d}\n" % self.admin_port
         with open(self.config_path, "w") as f:
             f.write(config)
 

@@ -85,9 +85,32 @@ def test_metrics_move_with_traffic(tollgate, backend):
     assert after['tollgate_unknown_host_total'] >= 1
     assert after['tollgate_request_duration_seconds_count{site="app.test",route="/"}'] >= 7
     assert after['tollgate_connections_accepted_total{listener="127.0.0.1:%d"}' % port] >= 13
-    assert after['tollgate_config_reloads_total{result="success"}'] >= 1
+    # The first load is no reload (issue 23, item 8).
+    assert after['tollgate_config_reloads_total{result="success"}'] == 0
     # Cardinality is bounded by the config: no label carries a path or an address.
     assert not any("/x" in k or "nobody" in k for k in after)
+
+
+def test_reload_metrics_count_reloads_only(tollgate, backend):
+    """Issue 23 (8): the initial load counted as a successful reload. Only
+    SIGHUP reloads count, by result; the load time is there from the
+    start."""
+    b = backend()
+    port, aport = free_port(), free_port()
+    cfg = config(port, aport, b.port)
+    tg = tollgate(cfg)
+    ok = 'tollgate_config_reloads_total{result="success"}'
+    failed = 'tollgate_config_reloads_total{result="failure"}'
+    stamp = "tollgate_config_last_reload_timestamp_seconds"
+    m = parse_exposition(admin_get(aport, "/metrics")[2].decode())
+    assert (m[ok], m[failed]) == (0, 0), m
+    assert abs(m[stamp] - time.time()) < 60, m[stamp]
+    tg.reload(cfg)
+    m = parse_exposition(admin_get(aport, "/metrics")[2].decode())
+    assert (m[ok], m[failed]) == (1, 0), m
+    tg.reload(cfg + "bogus: true\n", expect_ok=False)
+    m = parse_exposition(admin_get(aport, "/metrics")[2].decode())
+    assert (m[ok], m[failed]) == (1, 1), m
 
 
 def test_health_ready_status(tollgate, backend):

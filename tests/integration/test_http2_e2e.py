@@ -25,7 +25,8 @@ import pytest
 
 from conftest import SLOW, echo_handler, free_port, read_http_request, requests_on
 from test_browser import self_signed
-from test_streaming import GIB, recv_until, rss_sampler, ws_echo_backend, ws_frame
+from test_streaming import (GIB, GOING_AWAY, backend_frames, recv_until, rss_sampler,
+                            ws_drain_backend, ws_echo_backend, ws_frame)
 
 MIB = 1 << 20
 # RSS growth allowed over the start while big bodies or many streams pass
@@ -153,7 +154,10 @@ def check_h2_response_headers(headers, https):
     assert headers["x-content-type-options"] == ["nosniff"], headers
     assert headers["x-frame-options"] == ["DENY"], headers
     assert headers["referrer-policy"] == ["strict-origin-when-cross-origin"], headers
-    assert ("strict-transport-security" in headers) == https, headers
+    # HSTS: never for localhost nor with a self-signed certificate, over
+    # TLS (`https`) or not (issue 23; where it does go, over HTTP/2 too:
+    # test_headers_hsts.py).
+    assert "strict-transport-security" not in headers, (https, headers)
     assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"][0]), headers
     assert headers["x-backend"] == ["yes"], headers
 
@@ -668,6 +672,39 @@ def test_websocket_over_h2_extended_connect(gateway):
         assert c.streams[sid].reset in (None, 0), c.streams[sid].reset
     finally:
         c.close()
+
+
+def test_websocket_over_h2_gets_close_going_away_on_drain(gateway):
+    """Issue 23 (9), over HTTP/2: at SIGTERM the tunnel's client gets a
+    close frame 1001 in its DATA, the backend a masked one; the stream ends
+    once the client answered, and the drain with it."""
+    gw = gateway(ws_drain_backend, extra="drain_timeout: 4s")
+    c = H2Client(gw.h2c)
+    try:
+        c.wait(lambda: h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL in c.settings,
+               what="SETTINGS_ENABLE_CONNECT_PROTOCOL")
+        sid = c.request("CONNECT", "/ws", end=False, extra=[(":protocol", "websocket")],
+                        headers=[("sec-websocket-version", "13")])
+        c.wait(lambda: c.streams[sid].headers or c.done(sid), what="the CONNECT answer")
+        assert c.streams[sid].status == "200", (c.streams[sid].headers, c.streams[sid].reset)
+        c.send(sid, ws_frame(b"hello"))
+        c.wait(lambda: parse_ws(c.streams[sid].body) is not None, what="the echo")
+        assert parse_ws(c.streams[sid].body) == (1, b"hello", b"")
+        got = c.streams[sid].body
+        t0 = time.monotonic()
+        gw.tg.kill(signal.SIGTERM)
+        c.wait(lambda: parse_ws(c.streams[sid].body[len(got):]) is not None,
+               timeout=3.0, what="the close frame")
+        assert c.streams[sid].body[len(got):] == GOING_AWAY
+        c.send(sid, ws_frame(b"\x03\xe9", opcode=8))
+        c.wait(lambda: c.done(sid), what="the tunnel's end")
+        assert c.streams[sid].reset in (None, 0), c.streams[sid].reset
+        assert time.monotonic() - t0 < 2.5 * SLOW
+    finally:
+        c.close()
+    frames = backend_frames(gw.backend, 2)
+    assert frames == [(0x81, True, b"hello"), (0x88, True, b"\x03\xe9")], frames
+    assert gw.tg.proc.wait(timeout=10 * SLOW) == 0
 
 
 def drain_backend(sock, be):

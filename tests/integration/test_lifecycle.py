@@ -86,6 +86,28 @@ def test_cli_flags():
     assert p.returncode == 1 and "/nonexistent.yaml:1:1:" in p.stderr
 
 
+def test_gnu_long_options(tmp_path):
+    """Issue 23 (8): --help and --version were refused (exit 2) like any
+    unknown option. GNU style: both on stdout, exit 0; unknown options stay
+    refused with the usage on stderr."""
+    p = subprocess.run([BIN, "--help"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("usage: tollgate") and "--config FILE" in p.stdout, p.stdout
+    assert p.stderr == ""
+    p = subprocess.run([BIN, "--version"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert re.fullmatch(r"tollgate \d+\.\d+\.\d+", p.stdout.splitlines()[0]), p.stdout
+    assert subprocess.run([BIN, "-v"], capture_output=True, text=True).stdout == p.stdout
+    for bad in (["--bogus"], ["--help=x"], ["-x"]):
+        p = subprocess.run([BIN] + bad, capture_output=True, text=True)
+        assert p.returncode == 2 and p.stdout == "", (bad, p.stdout)
+        assert "usage: tollgate" in p.stderr, (bad, p.stderr)
+    path = tmp_path / "ok.yaml"
+    path.write_text(VALID)
+    p = subprocess.run([BIN, "--test", "--config", str(path)], capture_output=True, text=True)
+    assert p.returncode == 0 and "configuration OK" in p.stdout, p.stdout + p.stderr
+
+
 class Load:
     """Steady traffic: keep-alive clients and new-connection clients, counting
     every answer that is not 2xx and every connection error."""

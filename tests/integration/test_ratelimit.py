@@ -31,6 +31,7 @@ rate_limit:
     login_failures: {{ rate: 10/h, burst: 10, key: [json:identity], count: failures }}
 sites:
   - hosts: [app.test]
+    errors: json
     routes:
       - path: /api/collections/users/auth-with-password
         upstream: app
@@ -83,9 +84,10 @@ def test_login_limit_5_per_minute(issue_gateway):
     assert headers["ratelimit-policy"] == '"login";q=5;w=60'
     m = re.fullmatch(r'"login";r=0;t=(\d+)', headers["ratelimit"])
     assert m and int(m.group(1)) == retry
-    assert headers["content-type"] == "application/json"
+    assert headers["content-type"] == "application/json"  # errors: json (issue 23)
     body = json.loads(data)
     assert body["policy"] == "login" and body["retry_after"] == retry
+    assert body["status"] == 429 and body["error"] == "Too Many Requests"
     assert len(b.requests) == 5  # the 6th never reached the backend
     # A second client is unaffected.
     assert post_login(port, "alice@example.com", "right", "198.51.100.2")[0] == 200

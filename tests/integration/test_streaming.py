@@ -5,6 +5,7 @@ and the upstream connection closed soon after the client leaves."""
 import base64
 import hashlib
 import os
+import signal
 import socket
 import struct
 import threading
@@ -377,6 +378,199 @@ def test_websocket_echo_tunnel(tollgate, backend):
     s.sendall(ws_frame(b"", opcode=8))
     op, payload, buf = ws_read_frame(s, buf)
     assert op == 8
+    s.close()
+
+
+GOING_AWAY = b"\x88\x02\x03\xe9"  # close 1001, as a server sends it (unmasked)
+
+
+def ws_read(sock, buf):
+    """One whole frame off the socket: (first byte, masked, payload
+    unmasked, the frame's bytes, rest). EOFError when the peer closes
+    first."""
+    def need(k):
+        nonlocal buf
+        while len(buf) < k:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise EOFError("closed with %r buffered" % buf[:32])
+            buf += chunk
+    need(2)
+    n, masked, off = buf[1] & 0x7F, bool(buf[1] & 0x80), 2
+    if n == 126:
+        need(4)
+        n, off = struct.unpack("!H", buf[2:4])[0], 4
+    elif n == 127:
+        need(10)
+        n, off = struct.unpack("!Q", buf[2:10])[0], 10
+    if masked:
+        off += 4
+    need(off + n)
+    payload = buf[off:off + n]
+    if masked:
+        key = buf[off - 4:off]
+        payload = bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+    return buf[0], masked, payload, buf[:off + n], buf[off + n:]
+
+
+def ws_drain_backend(sock, be):
+    """A WebSocket backend that records every frame it gets as (first byte,
+    masked, payload) and echoes data frames. A close is answered with a
+    close and ends it. "split" makes it send half of a 3000-byte binary
+    frame, set be.split_sent, and the rest once be.release is set."""
+    data = recv_until(sock, b"\r\n\r\n")
+    key = [l.split(b":", 1)[1].strip() for l in data.split(b"\r\n")
+           if l.lower().startswith(b"sec-websocket-key:")][0]
+    sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + ws_accept(key) + b"\r\n\r\n")
+    buf = data.split(b"\r\n\r\n", 1)[1]
+    sock.settimeout(30 * SLOW)
+    while True:
+        try:
+            first, masked, payload, _, buf = ws_read(sock, buf)
+        except EOFError:
+            be.record(("eof",))
+            return
+        be.record((first, masked, payload))
+        if first & 0x0F == 8:
+            sock.sendall(bytes([0x88, len(payload)]) + payload)
+            return
+        if payload == b"split":
+            big = ws_frame(b"y" * 3000, mask=False, opcode=2)
+            sock.sendall(big[:1500])
+            be.split_sent.set()
+            be.release.wait(10 * SLOW)
+            sock.sendall(big[1500:])
+            continue
+        sock.sendall(ws_frame(payload, mask=False, opcode=first & 0x0F))
+
+
+def ws_connect(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5 * SLOW)
+    key = base64.b64encode(os.urandom(16))
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
+              b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = recv_until(s, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s, head.split(b"\r\n\r\n", 1)[1]
+
+
+def backend_frames(b, n, timeout=5.0):
+    """The frames the backend recorded, once there are n of them."""
+    deadline = time.time() + timeout * SLOW
+    while len(b.requests) < n and time.time() < deadline:
+        time.sleep(0.02)
+    return list(b.requests)
+
+
+def ws_close_politely(s, buf, t0, within):
+    """Reads our close 1001, answers it as a browser does, and sees the
+    connection end soon after (not at drain_timeout)."""
+    first, masked, payload, frame, buf = ws_read(s, buf)
+    assert frame == GOING_AWAY, (first, masked, payload[:40])
+    assert buf == b""
+    s.sendall(ws_frame(b"\x03\xe9", opcode=8))
+    assert s.recv(100) == b""
+    assert time.monotonic() - t0 < within
+
+
+def test_websocket_gets_close_going_away_on_drain(tollgate, backend):
+    """Issue 23 (9): at SIGTERM a WebSocket tunnel was cut with a bare TCP
+    close after drain_timeout. Now the client gets a close frame 1001 at
+    once, the backend a masked one, and the drain ends when the client has
+    answered."""
+    b = backend(ws_drain_backend)
+    port = free_port()
+    tg = tollgate(basic_config(port, [b.port], extra="drain_timeout: 4s\n"))
+    s, buf = ws_connect(port)
+    s.sendall(ws_frame(b"hello"))
+    first, _, payload, _, buf = ws_read(s, buf)
+    assert (first, payload) == (0x81, b"hello")
+    t0 = time.monotonic()
+    tg.kill(signal.SIGTERM)
+    ws_close_politely(s, buf, t0, within=2.5 * SLOW)
+    s.close()
+    frames = backend_frames(b, 2)
+    assert frames == [(0x81, True, b"hello"), (0x88, True, b"\x03\xe9")], frames
+    assert tg.proc.wait(timeout=10 * SLOW) == 0
+    assert time.monotonic() - t0 < 2.5 * SLOW
+
+
+def test_websocket_close_waits_for_the_frames_in_flight(tollgate, backend):
+    """A drain that comes in the middle of a frame, each way: that frame
+    goes on whole, and only then the close frame (a frame of ours inside
+    one would corrupt the stream)."""
+    b = backend(ws_drain_backend)
+    b.split_sent, b.release = threading.Event(), threading.Event()
+    port = free_port()
+    tg = tollgate(basic_config(port, [b.port], extra="drain_timeout: 4s\n"))
+    s, buf = ws_connect(port)
+    s.sendall(ws_frame(b"split"))  # the backend sends half a frame
+    assert b.split_sent.wait(5 * SLOW)
+    up = ws_frame(b"z" * 3000, opcode=2)
+    s.sendall(up[:1000])  # and so does the client
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    tg.kill(signal.SIGTERM)
+    time.sleep(0.3)
+    s.sendall(up[1000:])
+    b.release.set()
+    first, masked, payload, _, buf = ws_read(s, buf)
+    assert (first, masked, payload) == (0x82, False, b"y" * 3000)
+    ws_close_politely(s, buf, t0, within=2.5 * SLOW)
+    s.close()
+    frames = backend_frames(b, 3)
+    assert frames == [(0x81, True, b"split"), (0x82, True, b"z" * 3000),
+                      (0x88, True, b"\x03\xe9")], [f[:2] for f in frames]
+    assert tg.proc.wait(timeout=10 * SLOW) == 0
+
+
+def test_websocket_opened_during_a_drain_is_closed_after_what_was_sent(tollgate, backend):
+    """The 101 comes after SIGTERM: the tunnel is closed at once, but the
+    frame the client sent with its upgrade request still reaches the
+    backend, before the close."""
+    def slow(sock, be):
+        time.sleep(0.6 * SLOW)
+        ws_drain_backend(sock, be)
+    b = backend(slow)
+    port = free_port()
+    tg = tollgate(basic_config(port, [b.port], extra="drain_timeout: 4s\n"))
+    s = socket.create_connection(("127.0.0.1", port), timeout=5 * SLOW)
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: " + base64.b64encode(os.urandom(16)) +
+              b"\r\nSec-WebSocket-Version: 13\r\n\r\n" + ws_frame(b"early"))
+    time.sleep(0.2 * SLOW)
+    t0 = time.monotonic()
+    tg.kill(signal.SIGTERM)
+    head = recv_until(s, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    ws_close_politely(s, head.split(b"\r\n\r\n", 1)[1], t0, within=2.5 * SLOW)
+    s.close()
+    frames = backend_frames(b, 2)
+    assert frames == [(0x81, True, b"early"), (0x88, True, b"\x03\xe9")], frames
+    assert tg.proc.wait(timeout=10 * SLOW) == 0
+
+
+def test_websocket_on_a_listener_a_reload_removes_gets_close_going_away(tollgate, backend):
+    b = backend(ws_drain_backend)
+    p1, p2 = free_port(), free_port()
+    cfg = basic_config(p1, [b.port])
+    tg = tollgate(cfg.replace("listen:\n", "listen:\n  - address: 127.0.0.1:%d\n" % p2),
+                  check_ports=[p1, p2])
+    s, buf = ws_connect(p2)
+    s.sendall(ws_frame(b"hello"))
+    assert ws_read(s, buf)[2] == b"hello"
+    buf = b""
+    t0 = time.monotonic()
+    tg.reload(cfg)
+    ws_close_politely(s, buf, t0, within=3 * SLOW)
+    s.close()
+    assert backend_frames(b, 2)[1] == (0x88, True, b"\x03\xe9")
+    # The listener that stays serves WebSocket as before.
+    s, buf = ws_connect(p1)
+    s.sendall(ws_frame(b"still here"))
+    assert ws_read(s, buf)[2] == b"still here"
     s.close()
 
 

@@ -226,6 +226,45 @@ sites:
     assert all(get(port, "/", host="pro.platform.test")[0] == 200 for _ in range(10))
 
 
+def test_rate_limit_reports_the_tenant_quota_it_enforces(tollgate, backend, tmp_path):
+    """A tenant's own quota (2/s) under a 100/s policy: RateLimit-Policy,
+    RateLimit, X-RateLimit-Limit and explain say 2/s, as enforcement does
+    (they said 100/s)."""
+    import subprocess
+    from conftest import BIN
+    b = backend()
+    port = free_port()
+    cfg = """
+workers: 1
+listen: [127.0.0.1:%d]
+rate_limit:
+  headers: true
+  legacy_headers: true
+  policies:
+    per_tenant: { rate: 100/s, burst: 100, key: [tenant] }
+tenants:
+  static:
+    free: { servers: [127.0.0.1:%d], rate: 2/s, burst: 2 }
+    pro: { servers: [127.0.0.1:%d] }
+sites:
+  - hosts: ["{tenant}.platform.test"]
+    routes: [{path: /, upstream: $tenant, rate_limit: per_tenant}]
+""" % (port, b.port, b.port)
+    tollgate(cfg)
+    answers = [get(port, "/", host="free.platform.test") for _ in range(3)]
+    assert [a[0] for a in answers] == [200, 200, 429]
+    for status, h, _ in answers:
+        assert h["ratelimit-policy"] == '"per_tenant";q=2;w=1', h
+        assert h["x-ratelimit-limit"] == "2", h
+    status, h, _ = get(port, "/", host="pro.platform.test")
+    assert status == 200 and h["ratelimit-policy"] == '"per_tenant";q=100;w=1', h
+    path = tmp_path / "q.yaml"
+    path.write_text(cfg)
+    out = subprocess.run([BIN, "explain", "-c", str(path), "GET http://free.platform.test/"],
+                         capture_output=True, text=True, timeout=30).stdout
+    assert "2/s, burst 2, the tenant's own quota" in out, out
+
+
 def test_passive_ejection_and_retries(tollgate, backend):
     good = backend()
     dead_port = free_port()

@@ -726,6 +726,39 @@ static char *slurp(const char *path)
     return buf;
 }
 
+/* Issue 23: `errors:` picks the form of tollgate's own error answers; a
+ * route takes its site's unless it says. */
+TEST(error_bodies_key)
+{
+    char err[4096];
+    const char *y = "listen: [127.0.0.1:8080]\n"
+                    "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                    "sites:\n"
+                    "  - hosts: [a.test]\n"
+                    "    errors: json\n"
+                    "    routes:\n"
+                    "      - {path: /api/, upstream: app}\n"
+                    "      - {path: /, upstream: app, errors: html}\n"
+                    "  - hosts: [b.test]\n"
+                    "    routes: [{path: /, upstream: app}]\n";
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    CHECK_EQ_INT(c->sites[0].errors, TG_ERRORS_JSON);
+    CHECK_EQ_INT(c->sites[0].routes[0].errors, TG_ERRORS_JSON);
+    CHECK_EQ_INT(c->sites[0].routes[1].errors, TG_ERRORS_HTML);
+    CHECK_EQ_INT(c->sites[1].errors, TG_ERRORS_TEXT);
+    CHECK_EQ_INT(c->sites[1].routes[0].errors, TG_ERRORS_TEXT);
+    tg_config_unref(c);
+    expect_error("listen: [127.0.0.1:8080]\n"
+                 "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                 "sites: [{hosts: [a.test], routes: [{path: /, upstream: app, errors: xml}]}]\n",
+                 "t.yaml:3:69: ", "errors must be one of text, json, html; not 'xml'");
+}
+
 TEST(docs_list_every_key)
 {
     char *doc = slurp("docs/configuration.md");
@@ -767,6 +800,7 @@ int main(void)
 {
     RUN(schema_defaults_parse);
     RUN(docs_list_every_key);
+    RUN(error_bodies_key);
     RUN(parse_without_building);
     RUN(build_errors_carry_marks);
     RUN(rate_limit_resolved_at_load);

@@ -73,7 +73,7 @@ TEST(response_fields_drop_hop_by_hop_and_add_ours)
     struct tg_arena arena;
     tg_arena_init(&arena, 1024);
     struct tg_headers_response in = {.rules = &cfg->headers,
-                                     .tls = false,
+                                     .hsts = false,
                                      .request_id = TG_STR("rid1"),
                                      .extra = "Retry-After: 1\r\nX-Two: 2\r\n"};
     struct tg_http_headers out;
@@ -100,12 +100,70 @@ TEST(response_fields_drop_hop_by_hop_and_add_ours)
     CHECK_EQ_STR(field(&out, "Retry-After", v, sizeof(v), &n), "1");
     CHECK_EQ_STR(field(&out, "X-Two", v, sizeof(v), &n), "2");
 
-    /* Over TLS, HSTS too; a 101 keeps its Upgrade. */
-    in.tls = true;
+    /* The backend sent no Date: ours (issue 23). */
+    CHECK(field(&out, "Date", v, sizeof(v), &n) != NULL);
+    CHECK_EQ_INT(n, 1);
+    CHECK_EQ_INT(strlen(v), 29);
+    CHECK(strcmp(v + 25, " GMT") == 0);
+
+    /* Where HSTS may go, HSTS too, for the name only (issue 23); a 101
+     * keeps its Upgrade. */
+    in.hsts = true;
     in.keep_upgrade = true;
     CHECK(tg_headers_response_fields(&arena, &in, &backend, &out) == 0);
-    CHECK(field(&out, "Strict-Transport-Security", v, sizeof(v), &n) != NULL);
+    CHECK_EQ_STR(field(&out, "Strict-Transport-Security", v, sizeof(v), &n), "max-age=31536000");
     CHECK_EQ_STR(field(&out, "Upgrade", v, sizeof(v), &n), "h2c");
+    tg_arena_reset(&arena);
+    tg_config_unref(cfg);
+}
+
+/* Issue 23: answers carried no Date. A backend's Date is its own clock's
+ * and stays (one); a response without one gets ours. */
+TEST(response_fields_date)
+{
+    struct tg_config *cfg =
+        load("listen: [127.0.0.1:18080]\n"
+             "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
+             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n");
+    if (cfg == NULL)
+        return;
+    struct tg_http_header b[] = {HDR("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                                 HDR("Date", "Mon, 07 Nov 1994 08:49:37 GMT")};
+    struct tg_http_headers backend = {b, TG_ARRAY_LEN(b), TG_ARRAY_LEN(b)};
+    struct tg_arena arena;
+    tg_arena_init(&arena, 1024);
+    struct tg_headers_response in = {.rules = &cfg->headers};
+    struct tg_http_headers out;
+    char v[128];
+    int n;
+    CHECK(tg_headers_response_fields(&arena, &in, &backend, &out) == 0);
+    CHECK_EQ_STR(field(&out, "Date", v, sizeof(v), &n), "Sun, 06 Nov 1994 08:49:37 GMT");
+    CHECK_EQ_INT(n, 1);
+    CHECK(tg_headers_response_fields(&arena, &in, NULL, &out) == 0);
+    CHECK(field(&out, "Date", v, sizeof(v), &n) != NULL);
+    CHECK_EQ_INT(n, 1);
+    /* The format, against the C library's for the same second. */
+    struct tg_str d = tg_headers_date();
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char want[64];
+    strftime(want, sizeof(want), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (d.n == strlen(want) && memcmp(d.p, want, d.n) != 0) { /* a second may have passed */
+        d = tg_headers_date();
+        now = time(NULL);
+        gmtime_r(&now, &tm);
+        strftime(want, sizeof(want), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    }
+    CHECK_EQ_MEM(d.p, d.n, want);
+    /* A rule cannot add a second one. */
+    char err[4096];
+    const char *bad = "listen: [127.0.0.1:18080]\n"
+                      "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
+                      "headers: {add: {Date: x}}\n"
+                      "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+    CHECK(tg_config_load_buffer("t.yaml", bad, strlen(bad), err, sizeof(err)) == NULL);
+    CHECK(strstr(err, "managed by tollgate") != NULL);
     tg_arena_reset(&arena);
     tg_config_unref(cfg);
 }
@@ -262,6 +320,7 @@ int main(void)
     RUN(hex_matches_printf);
     RUN(new_ids_are_32_hex_digits_and_differ);
     RUN(response_fields_drop_hop_by_hop_and_add_ours);
+    RUN(response_fields_date);
     RUN(response_fields_override_replaces_the_backends);
     RUN(upstream_head_carries_the_identified_client);
     return TEST_SUMMARY();

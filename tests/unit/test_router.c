@@ -671,6 +671,65 @@ TEST(host_without_port)
     }
 }
 
+/* Issue 23: HSTS went out for localhost and IP literals. Only a name a
+ * public CA could certify may be pinned. */
+TEST(public_name)
+{
+    static const struct {
+        const char *in;
+        bool public;
+    } cases[] = {
+        {"app.example.com", true},
+        {"app.example.com:8443", true},
+        {"APP.Example.COM.", true},
+        {"a.test", true},
+        {"xn--bcher-kva.example", true},
+        {"localhost", false},
+        {"LOCALHOST:8443", false},
+        {"app.localhost", false},
+        {"a.b.localhost.", false},
+        {"localhost.example.com", true},
+        {"intranet", false},
+        {"intranet:80", false},
+        {"127.0.0.1", false},
+        {"127.0.0.1:8443", false},
+        {"10.1", false},
+        {"0x7f.1", false},
+        {"[::1]", false},
+        {"[::1]:8443", false},
+        {"[2001:db8::1]", false},
+        {"", false},
+        {"a..b", false},
+        {"app.example.com:", false},
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(cases); i++) {
+        bool got = tg_router_public_name(tg_str_make(cases[i].in, strlen(cases[i].in)));
+        if (got != cases[i].public)
+            fprintf(stderr, "\"%s\"\n", cases[i].in);
+        CHECK_EQ_INT(got, cases[i].public);
+    }
+}
+
+/* Issue 23: what the redirect listener accepts as a Host (else 400). */
+TEST(valid_host)
+{
+    static const struct {
+        const char *in;
+        bool ok;
+    } cases[] = {
+        {"app.test", true}, {"app.test:8080", true}, {"app.test.", true}, {"127.0.0.1", true},
+        {"[::1]:80", true}, {"localhost", true},     {"a_b.test", true},  {"", false},
+        {"a..b", false},    {".a", false},           {"a b", false},      {"app.test:", false},
+        {"[zz]", false},    {"a,b", false},          {"*.test", false},
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(cases); i++) {
+        bool got = tg_router_valid_host(tg_str_make(cases[i].in, strlen(cases[i].in)));
+        if (got != cases[i].ok)
+            fprintf(stderr, "\"%s\"\n", cases[i].in);
+        CHECK_EQ_INT(got, cases[i].ok);
+    }
+}
+
 TEST(valid_label)
 {
     static const struct {
@@ -1562,6 +1621,8 @@ int main(void)
     RUN(hosts_many_exact_names);
     RUN(host_without_port);
     RUN(valid_label);
+    RUN(public_name);
+    RUN(valid_host);
     RUN(pattern_match_table);
     RUN(pattern_text_and_kind);
     RUN(pattern_compile_errors);
