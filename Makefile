@@ -11,7 +11,9 @@
 #   make test-asan    unit + integration tests under ASan+UBSan
 #   make fuzz         build the libFuzzer targets and run each FUZZ_SECONDS
 #   make bench        race tollgate against nginx and haproxy (bench/run)
-#   make certs        write a self-signed ECDSA pair for localhost to certs/
+#   make certs        write a self-signed ECDSA pair for localhost to conf/certs/
+#                     (beside conf/tollgate.yaml, whose relative paths are
+#                     relative to its own directory)
 #   make install      install binary, example config, systemd unit and docs
 #                     (PREFIX, DESTDIR)
 #   make deps         install the Debian packages the build needs
@@ -104,15 +106,15 @@ test-deps:
 	    DEBIAN_FRONTEND=noninteractive $(APT_SUDO) apt-get install -y $$missing; \
 	fi
 
-certs: certs/localhost.crt
+certs: conf/certs/localhost.crt
 
-certs/localhost.crt:
-	mkdir -p certs
+conf/certs/localhost.crt:
+	mkdir -p conf/certs
 	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-	    -keyout certs/localhost.key -out certs/localhost.crt -days 825 \
+	    -keyout conf/certs/localhost.key -out conf/certs/localhost.crt -days 825 \
 	    -subj "/CN=localhost" \
 	    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" 2>/dev/null
-	chmod 600 certs/localhost.key
+	chmod 600 conf/certs/localhost.key
 
 run: deps
 	$(MAKE) all certs

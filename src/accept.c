@@ -18,6 +18,7 @@
 #include "h2.h"
 #include "headers.h"
 #include "iptable.h"
+#include "faultlog.h"
 #include "log.h"
 #include "metrics.h"
 #include "proxy_protocol.h"
@@ -239,8 +240,8 @@ static void read_proxy_header(struct tg_conn *c)
     ssize_t r = tg_proxy_protocol_parse(c->in->data + c->in->start, have + (size_t)n, &pp, &reason);
     size_t take = r > 0 ? (size_t)r - have : (size_t)n;
     if (r == TG_PROXY_PROTOCOL_ERROR) {
-        tg_log_info("refused a connection on %s: bad PROXY protocol header (%s)", c->lcfg->key,
-                    reason);
+        tg_faultlog_note(TG_LOG_INFO, "PROXY protocol", "connections refused",
+                         "refused a connection on %s: bad header (%s)", c->lcfg->key, reason);
         tg_conn_close(c);
         return;
     }

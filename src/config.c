@@ -16,6 +16,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -43,6 +44,7 @@ struct hdr_item {
     const char *name;
     const char *value; /* NULL: take this header away */
     bool https_only;
+    const char *written; /* the value as written, when it held ${ENV} */
 };
 
 struct hdr_list {
@@ -61,6 +63,23 @@ struct hdr_spec {
     struct hdr_list req_remove;
 };
 
+/* A file the configuration was read from. */
+struct cfg_source {
+    const char *dir; /* relative paths written in it resolve here; "" = the
+                        working directory (arena) */
+    dev_t dev;       /* its identity, for include cycles */
+    ino_t ino;
+    bool has_id;
+    int parent; /* the file that included it; -1 for the main one */
+};
+
+/* A scalar that ${...} changed: its text as written, so messages and
+ * explain can show that rather than what the environment holds. */
+struct cfg_subst {
+    char *written; /* malloc'd */
+    char *value;   /* malloc'd: what it became */
+};
+
 struct cfg_ctx {
     struct hdr_spec *global_headers; /* while parsing sites */
     struct hdr_spec *site_headers;
@@ -70,6 +89,9 @@ struct cfg_ctx {
     unsigned long visits;
     yaml_document_t defaults; /* list-valued defaults, built as needed */
     bool defaults_ready;
+    struct cfg_source sources[TG_CONFIG_MAX_FILES]; /* cfg->files' directories */
+    struct cfg_subst *substs;
+    size_t nsubsts, substs_cap;
 };
 
 /* ---- errors ------------------------------------------------------------- */
@@ -77,6 +99,8 @@ struct cfg_ctx {
 void tg_config_errors_init(struct tg_config_errors *e, const char *file)
 {
     e->file = file;
+    e->files = NULL;
+    e->nfiles = 0;
     e->n = 0;
 }
 
@@ -101,6 +125,8 @@ void tg_config_error_at(struct tg_config_errors *e, struct tg_config_mark m, con
 static int cmp_error(const void *a, const void *b)
 {
     const struct tg_config_mark *x = a, *y = b; /* each entry starts with its mark */
+    if (x->file != y->file)
+        return x->file < y->file ? -1 : 1;
     if (x->line != y->line)
         return x->line < y->line ? -1 : 1;
     return (x->col > y->col) - (x->col < y->col);
@@ -117,18 +143,48 @@ void tg_config_errors_format(struct tg_config_errors *e, char *out, size_t cap)
     size_t used = 0;
     out[0] = '\0';
     for (int i = 0; i < n && used + 1 < cap; i++) {
-        int w = snprintf(out + used, cap - used, "%s:%d:%d: %s\n", e->file, e->list[i].mark.line,
-                         e->list[i].mark.col, e->list[i].msg);
+        const struct tg_config_mark *m = &e->list[i].mark;
+        const char *file = m->file > 0 && e->files != NULL && (size_t)m->file < e->nfiles
+                               ? e->files[m->file]
+                               : e->file;
+        int w = snprintf(out + used, cap - used, "%s:%d:%d: %s\n", file, m->line, m->col,
+                         e->list[i].msg);
         if (w < 0)
             break;
         used += (size_t)w < cap - used ? (size_t)w : cap - used - 1;
     }
 }
 
+/* The nodes of the document the parser walks carry, in their start
+ * mark's `index` (a byte offset nothing here reads), the file they were
+ * read from and which ${...} substitution made their value, if one did:
+ * marks_set writes it as each file is loaded, and copies into the merged
+ * document keep it. */
+#define MARK_FILE_MASK 0xffffu
+#define MARK_SUBST_SHIFT 16
+
+static int node_file(const yaml_node_t *node)
+{
+    return (int)(node->start_mark.index & MARK_FILE_MASK);
+}
+
+/* The index of the substitution that made the node's value, or -1. */
+static long node_subst(const yaml_node_t *node)
+{
+    return (long)(node->start_mark.index >> MARK_SUBST_SHIFT) - 1;
+}
+
 static struct tg_config_mark mark_of(const yaml_node_t *node)
 {
-    return (struct tg_config_mark){(int)node->start_mark.line + 1,
-                                   (int)node->start_mark.column + 1};
+    return (struct tg_config_mark){(int)node->start_mark.line + 1, (int)node->start_mark.column + 1,
+                                   node_file(node)};
+}
+
+const char *tg_config_mark_file(const struct tg_config *c, struct tg_config_mark m)
+{
+    if (m.file > 0 && c->files != NULL && (size_t)m.file < c->nfiles)
+        return c->files[m.file];
+    return c->path != NULL ? c->path : "config";
 }
 
 static void error_at(struct cfg_ctx *ctx, struct tg_config_mark m, const char *fmt, ...)
@@ -145,10 +201,34 @@ static int node_error(struct cfg_ctx *ctx, const yaml_node_t *node, const char *
     __attribute__((format(printf, 3, 4)));
 static int node_error(struct cfg_ctx *ctx, const yaml_node_t *node, const char *fmt, ...)
 {
+    char msg[sizeof(ctx->errs->list[0].msg)];
     va_list ap;
     va_start(ap, fmt);
-    verror_at(ctx->errs, mark_of(node), fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* A value that came from the environment may be a secret: the message
+     * quotes it as written ('${NAME}'), never what it became. */
+    long si = node_subst(node);
+    if (si >= 0 && (size_t)si < ctx->nsubsts && ctx->substs[si].value == NULL)
+        return -1; /* its ${...} could not be expanded: said already */
+    if (si >= 0 && (size_t)si < ctx->nsubsts) {
+        const struct cfg_subst *sub = &ctx->substs[si];
+        char quoted[sizeof(msg)], out[sizeof(msg)];
+        snprintf(quoted, sizeof(quoted), "'%s'", sub->value);
+        size_t qn = strlen(quoted), o = 0;
+        for (const char *p = msg; *p != '\0' && o + 1 < sizeof(out);) {
+            if (qn > 2 && strncmp(p, quoted, qn) == 0) {
+                int w = snprintf(out + o, sizeof(out) - o, "'%s'", sub->written);
+                o += w < 0 ? 0 : ((size_t)w < sizeof(out) - o ? (size_t)w : sizeof(out) - o - 1);
+                p += qn;
+            } else {
+                out[o++] = *p++;
+            }
+        }
+        out[o] = '\0';
+        memcpy(msg, out, o + 1);
+    }
+    error_at(ctx, mark_of(node), "%s", msg);
     return -1;
 }
 
@@ -229,16 +309,20 @@ struct cfg_key {
     const struct cfg_key *sub;  /* the section's own keys */
 };
 
+/* The booleans of the YAML 1.2 core schema (true, True, TRUE and the
+ * same for false), quoted or not: `stream: "true"` is what users write
+ * when they quote everything, and it means nothing else. YAML 1.1's
+ * yes/no/on/off stay refused: "no" is also a country code. */
 static int p_bool(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     const char *s = scalar(ctx, node, key->name);
     if (s == NULL)
         return -1;
-    if (is_plain_scalar(node) && strcmp(s, "true") == 0) {
+    if (strcmp(s, "true") == 0 || strcmp(s, "True") == 0 || strcmp(s, "TRUE") == 0) {
         *(bool *)dst = true;
         return 0;
     }
-    if (is_plain_scalar(node) && strcmp(s, "false") == 0) {
+    if (strcmp(s, "false") == 0 || strcmp(s, "False") == 0 || strcmp(s, "FALSE") == 0) {
         *(bool *)dst = false;
         return 0;
     }
@@ -424,6 +508,48 @@ static int p_string(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const str
         return node_error(ctx, node, "out of memory");
     *(const char **)dst = copy;
     return 0;
+}
+
+/* `path` as the file `file` means it: relative to that file's directory.
+ * An arena string, or NULL when out of memory. */
+static const char *resolve_path(struct cfg_ctx *ctx, int file, const char *path)
+{
+    const char *dir = file >= 0 && file < TG_CONFIG_MAX_FILES ? ctx->sources[file].dir : NULL;
+    if (path[0] == '/' || dir == NULL || dir[0] == '\0')
+        return tg_arena_strdup(&ctx->cfg->arena, path);
+    size_t dn = strlen(dir), pn = strlen(path);
+    bool slash = dir[dn - 1] == '/';
+    char *out = tg_arena_alloc(&ctx->cfg->arena, dn + pn + 2);
+    if (out != NULL)
+        snprintf(out, dn + pn + 2, "%s%s%s", dir, slash ? "" : "/", path);
+    return out;
+}
+
+/* A file or directory: relative to the directory of the file it is
+ * written in, so a configuration works from any working directory. */
+static int p_path(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
+{
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    if (*s == '\0')
+        return node_error(ctx, node, "%s must not be empty", key->name);
+    const char *path = resolve_path(ctx, node_file(node), s);
+    if (path == NULL)
+        return node_error(ctx, node, "out of memory");
+    *(const char **)dst = path;
+    return 0;
+}
+
+/* log.access: stdout, off, or a file (p_path). */
+static int p_log_target(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                        const struct cfg_key *key)
+{
+    if (node->type == YAML_SCALAR_NODE &&
+        (strcmp((const char *)node->data.scalar.value, "stdout") == 0 ||
+         strcmp((const char *)node->data.scalar.value, "off") == 0))
+        return p_string(ctx, node, dst, key);
+    return p_path(ctx, node, dst, key);
 }
 
 static int p_enum(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
@@ -784,8 +910,8 @@ static const struct cfg_key http2_keys[] = {
 
 static const struct cfg_key log_keys[] = {
     {"level", p_enum, FIELD(struct tg_config_log, level), 0, 0, log_levels, "info"},
-    {"error", p_string, FIELD(struct tg_config_log, error), 0, 0, NULL, NULL /* stderr */},
-    {"access", p_string, FIELD(struct tg_config_log, access), 0, 0, NULL, "stdout"},
+    {"error", p_path, FIELD(struct tg_config_log, error), 0, 0, NULL, NULL /* stderr */},
+    {"access", p_log_target, FIELD(struct tg_config_log, access), 0, 0, NULL, "stdout"},
     {"access_flush", p_duration, FIELD(struct tg_config_log, access_flush_ms), 1, 60000, NULL,
      "1s"},
     {"access_buffer", p_size, FIELD(struct tg_config_log, access_buffer), 4096, 64 << 20, NULL,
@@ -802,7 +928,7 @@ static const struct cfg_key listen_keys[] = {
     {"backlog", p_int, FIELD(struct tg_config_listen, backlog), 1, 65535, NULL, "4096"},
     {"max_connections_per_ip", p_uint, FIELD(struct tg_config_listen, max_connections_per_ip), 0,
      1000000, NULL, "0"},
-    {"client_ca", p_string, FIELD(struct tg_config_listen, client_ca), 0, 0, NULL, NULL},
+    {"client_ca", p_path, FIELD(struct tg_config_listen, client_ca), 0, 0, NULL, NULL},
     {"client_verify", p_client_verify, FIELD(struct tg_config_listen, client_verify_optional), 0, 0,
      client_verify_modes, "required"},
     {"client_subject_header", p_string, FIELD(struct tg_config_listen, client_subject_header), 0, 0,
@@ -852,7 +978,7 @@ static const struct cfg_key upstream_keys[] = {
      health_check_keys},
     {"tls", p_bool, FIELD(struct tg_config_upstream, tls), 0, 0, NULL, "false"},
     {"tls_verify", p_bool, FIELD(struct tg_config_upstream, tls_verify), 0, 0, NULL, "true"},
-    {"tls_ca", p_string, FIELD(struct tg_config_upstream, tls_ca), 0, 0, NULL,
+    {"tls_ca", p_path, FIELD(struct tg_config_upstream, tls_ca), 0, 0, NULL,
      NULL /* system store */},
     {"tls_server_name", p_string, FIELD(struct tg_config_upstream, tls_server_name), 0, 0, NULL,
      NULL},
@@ -1133,6 +1259,17 @@ static int parse_redis(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_
         }
     } else if (r->address != NULL && r->address[5] == '\0') {
         rc = node_error(ctx, node, "redis address unix: needs a path");
+    } else if (r->address != NULL && r->address[5] != '/' &&
+               mapping_get(ctx, node, "address") != NULL) {
+        /* A socket file, relative to the file that names it (an inherited
+         * address was resolved where it was written). */
+        yaml_node_t *a = mapping_get(ctx, node, "address");
+        const char *path = resolve_path(ctx, node_file(a), r->address + 5);
+        char *addr = path != NULL ? tg_arena_alloc(&ctx->cfg->arena, strlen(path) + 6) : NULL;
+        if (addr == NULL)
+            return node_error(ctx, node, "out of memory");
+        sprintf(addr, "unix:%s", path);
+        r->address = addr;
     }
     return rc;
 }
@@ -1143,11 +1280,11 @@ static const struct cfg_key acme_keys[] = {
     {"email", p_string, FIELD(struct tg_config_acme, email), 0, 0, NULL, NULL},
     {"ca", p_string, FIELD(struct tg_config_acme, directory), 0, 0, NULL,
      "https://acme-v02.api.letsencrypt.org/directory"},
-    {"ca_bundle", p_string, FIELD(struct tg_config_acme, ca_bundle), 0, 0, NULL, NULL /* system */},
+    {"ca_bundle", p_path, FIELD(struct tg_config_acme, ca_bundle), 0, 0, NULL, NULL /* system */},
     {"eab_kid", p_string, FIELD(struct tg_config_acme, eab_kid), 0, 0, NULL, NULL},
     {"eab_hmac_key", p_string, FIELD(struct tg_config_acme, eab_hmac_key), 0, 0, NULL, NULL},
     {"key_type", p_enum, FIELD(struct tg_config_acme, key_type), 0, 0, acme_key_types, "ecdsa"},
-    {"state_dir", p_string, FIELD(struct tg_config_acme, state_dir), 0, 0, NULL,
+    {"state_dir", p_path, FIELD(struct tg_config_acme, state_dir), 0, 0, NULL,
      "/var/lib/tollgate/acme"},
     {"http01", p_bool, FIELD(struct tg_config_acme, http01), 0, 0, NULL, "true"},
     {"tls_alpn01", p_bool, FIELD(struct tg_config_acme, tls_alpn01), 0, 0, NULL, "true"},
@@ -1173,8 +1310,8 @@ static int p_acme(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struc
 }
 
 static const struct cfg_key certificate_keys[] = {
-    {"cert", p_string, FIELD(struct tg_config_certificate, cert), 0, 0, NULL, NULL},
-    {"key", p_string, FIELD(struct tg_config_certificate, key), 0, 0, NULL, NULL},
+    {"cert", p_path, FIELD(struct tg_config_certificate, cert), 0, 0, NULL, NULL},
+    {"key", p_path, FIELD(struct tg_config_certificate, key), 0, 0, NULL, NULL},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -1194,7 +1331,7 @@ static const struct cfg_key tls_keys[] = {
      NULL, "1h"},
     {"handshake_timeout", p_duration, FIELD(struct tg_config_tls, handshake_timeout_ms), 100, 0,
      NULL, "10s"},
-    {"ticket_key_file", p_string, FIELD(struct tg_config_tls, ticket_key_file), 0, 0, NULL, NULL},
+    {"ticket_key_file", p_path, FIELD(struct tg_config_tls, ticket_key_file), 0, 0, NULL, NULL},
     {"acme", p_acme, FIELD(struct tg_config_tls, acme), 0, 0, NULL, NULL, acme_keys},
     {"redis", p_skip, FIELD(struct tg_config_tls, redis), 0, 0, NULL, NULL /* rate_limit.redis */,
      tls_redis_keys},
@@ -1508,17 +1645,27 @@ static bool valid_header_value(const char *s)
 }
 
 static void spec_put(struct hdr_item *items, size_t *n, const char *name, const char *value,
-                     bool https_only)
+                     bool https_only, const char *written)
 {
     for (size_t i = 0; i < *n; i++) {
         if (strcasecmp(items[i].name, name) == 0) {
             items[i].value = value;
             items[i].https_only = https_only;
+            items[i].written = written;
             return;
         }
     }
     if (*n < MAX_HDR_ITEMS)
-        items[(*n)++] = (struct hdr_item){name, value, https_only};
+        items[(*n)++] = (struct hdr_item){name, value, https_only, written};
+}
+
+/* A value node's text as written, when ${...} changed it; else NULL. */
+static const char *written_form(struct cfg_ctx *ctx, const yaml_node_t *node)
+{
+    long si = node_subst(node);
+    if (si < 0 || (size_t)si >= ctx->nsubsts || ctx->substs[si].value == NULL)
+        return NULL;
+    return tg_arena_strdup(&ctx->cfg->arena, ctx->substs[si].written);
 }
 
 /* Headers tollgate owns: they frame the message or manage the connection,
@@ -1570,7 +1717,7 @@ static int parse_header_map(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr_i
             continue;
         }
         spec_put(items, n, tg_arena_strdup(&ctx->cfg->arena, name),
-                 tg_arena_strdup(&ctx->cfg->arena, value), false);
+                 tg_arena_strdup(&ctx->cfg->arena, value), false, written_form(ctx, v));
     }
     return rc;
 }
@@ -1643,12 +1790,13 @@ static int parse_headers_spec(struct cfg_ctx *ctx, yaml_node_t *node, struct hdr
             if (s == NULL) {
                 rc = -1;
             } else if (is_plain_scalar(v) && strcmp(s, "false") == 0) {
-                spec_put(spec->items, &spec->nitems, named_headers[i].header, NULL, false);
+                spec_put(spec->items, &spec->nitems, named_headers[i].header, NULL, false, NULL);
             } else if (*s == '\0' || !valid_header_value(s)) {
                 rc = node_error(ctx, v, "%s: a header value, or false to leave it out", key);
             } else {
                 spec_put(spec->items, &spec->nitems, named_headers[i].header,
-                         tg_arena_strdup(&ctx->cfg->arena, s), named_headers[i].https_only);
+                         tg_arena_strdup(&ctx->cfg->arena, s), named_headers[i].https_only,
+                         written_form(ctx, v));
             }
         }
         if (done)
@@ -1711,7 +1859,7 @@ static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
     for (size_t i = 0; i < TG_ARRAY_LEN(named_headers); i++)
         if (named_headers[i].def != NULL)
             spec_put(items, &n, named_headers[i].header, named_headers[i].def,
-                     named_headers[i].https_only);
+                     named_headers[i].https_only, NULL);
     struct hdr_list remove = {true, default_remove, TG_ARRAY_LEN(default_remove)};
     bool override = false;
     struct hdr_item req[MAX_HDR_ITEMS * 4];
@@ -1722,13 +1870,15 @@ static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
         if (sp == NULL)
             continue;
         for (size_t i = 0; i < sp->nitems; i++)
-            spec_put(items, &n, sp->items[i].name, sp->items[i].value, sp->items[i].https_only);
+            spec_put(items, &n, sp->items[i].name, sp->items[i].value, sp->items[i].https_only,
+                     sp->items[i].written);
         if (sp->remove.set)
             remove = sp->remove;
         if (sp->override_set)
             override = sp->override;
         for (size_t i = 0; i < sp->nreq_set; i++)
-            spec_put(req, &nreq, sp->req_set[i].name, sp->req_set[i].value, false);
+            spec_put(req, &nreq, sp->req_set[i].name, sp->req_set[i].value, false,
+                     sp->req_set[i].written);
         if (sp->req_remove.set)
             req_remove = sp->req_remove;
     }
@@ -1740,14 +1890,15 @@ static int resolve_headers(struct cfg_ctx *ctx, struct tg_config_headers *out,
     out->nadd = 0;
     for (size_t i = 0; i < n; i++)
         if (items[i].value != NULL)
-            out->add[out->nadd++] =
-                (struct tg_config_header){items[i].name, items[i].value, strlen(items[i].name),
-                                          strlen(items[i].value), items[i].https_only};
+            out->add[out->nadd++] = (struct tg_config_header){
+                items[i].name,          items[i].value,      strlen(items[i].name),
+                strlen(items[i].value), items[i].https_only, items[i].written};
     out->nreq_set = 0;
     for (size_t i = 0; i < nreq; i++)
         if (req[i].value != NULL)
-            out->req_set[out->nreq_set++] = (struct tg_config_header){
-                req[i].name, req[i].value, strlen(req[i].name), strlen(req[i].value), false};
+            out->req_set[out->nreq_set++] =
+                (struct tg_config_header){req[i].name,          req[i].value, strlen(req[i].name),
+                                          strlen(req[i].value), false,        req[i].written};
     out->override = override;
     if (name_list(a, &remove, &out->remove, &out->nremove) < 0 ||
         name_list(a, &req_remove, &out->req_remove, &out->nreq_remove) < 0)
@@ -1854,8 +2005,8 @@ static int parse_access(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config
 }
 
 static const struct cfg_key geoip_keys[] = {
-    {"database", p_string, FIELD(struct tg_config_geoip, database), 0, 0, NULL, NULL /* none */},
-    {"asn_database", p_string, FIELD(struct tg_config_geoip, asn_database), 0, 0, NULL,
+    {"database", p_path, FIELD(struct tg_config_geoip, database), 0, 0, NULL, NULL /* none */},
+    {"asn_database", p_path, FIELD(struct tg_config_geoip, asn_database), 0, 0, NULL,
      NULL /* none */},
     {"header", p_string, FIELD(struct tg_config_geoip, header), 0, 0, NULL, "X-Geo-Country"},
     {NULL, NULL, 0, 0, 0, NULL},
@@ -2369,7 +2520,8 @@ static int parse_admin(struct cfg_ctx *ctx, yaml_node_t *node)
     apply_defaults(ctx, admin_keys, &a);
     struct tg_config_mark mark = {1, 1};
     if (node != NULL) {
-        mark = mark_of(node);
+        yaml_node_t *ln = mapping_get(ctx, node, "listen");
+        mark = mark_of(ln != NULL ? ln : node);
         if (walk_mapping(ctx, node, admin_keys, &a, "admin") < 0)
             return -1;
     }
@@ -2401,6 +2553,80 @@ static int parse_admin(struct cfg_ctx *ctx, yaml_node_t *node)
     return 0;
 }
 
+/* ---- warnings ------------------------------------------------------------------------ */
+
+#define MAX_WARNINGS 32
+
+/* Adds "FILE:LINE:COL: warning: ..." to the snapshot: `-t` prints it, a
+ * start or reload logs it, and the configuration loads. */
+static void warn_at(struct cfg_ctx *ctx, struct tg_config_mark m, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void warn_at(struct cfg_ctx *ctx, struct tg_config_mark m, const char *fmt, ...)
+{
+    struct tg_config *cfg = ctx->cfg;
+    if (cfg->warnings == NULL)
+        cfg->warnings = tg_arena_calloc(&cfg->arena, MAX_WARNINGS, sizeof(*cfg->warnings));
+    if (cfg->warnings == NULL || cfg->nwarnings >= MAX_WARNINGS)
+        return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    const char *file = tg_config_mark_file(cfg, m);
+    size_t n = strlen(file) + strlen(msg) + 48;
+    char *line = tg_arena_alloc(&cfg->arena, n);
+    if (line == NULL)
+        return;
+    snprintf(line, n, "%s:%d:%d: warning: %s", file, m.line, m.col, msg);
+    cfg->warnings[cfg->nwarnings++] = line;
+}
+
+static bool is_loopback(const struct sockaddr_storage *sa)
+{
+    if (sa->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
+/* What is valid but most likely not meant: an admin listener anyone on
+ * the network may use, and redirects to a port nothing here serves TLS
+ * on (fine behind a load balancer that terminates TLS there, so not an
+ * error). */
+static void warn_listeners(struct cfg_ctx *ctx)
+{
+    const struct tg_config *cfg = ctx->cfg;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct tg_config_listen *l = &cfg->listeners[i];
+        if (l->admin && cfg->admin_token == NULL && !is_loopback(&l->addr.sa))
+            warn_at(ctx, l->mark,
+                    "admin.listen %s is not a loopback address and admin.token is not set: "
+                    "anyone who reaches it can read /status and /metrics and reset rate "
+                    "limits; set admin.token, or listen on 127.0.0.1",
+                    l->key);
+        if (l->redirect_to_https == 0)
+            continue;
+        bool served = false;
+        for (size_t j = 0; j < cfg->nlisteners && !served; j++) {
+            const struct sockaddr_storage *sa = &cfg->listeners[j].addr.sa;
+            int port = sa->ss_family == AF_INET
+                           ? ntohs(((const struct sockaddr_in *)sa)->sin_port)
+                           : ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+            served =
+                cfg->listeners[j].tls && !cfg->listeners[j].admin && port == l->redirect_to_https;
+        }
+        if (!served)
+            warn_at(ctx, l->mark,
+                    "listener %s: redirect_to_https: %d, but no TLS listener here is on port "
+                    "%d (right only if something in front terminates TLS on that port)",
+                    l->key, l->redirect_to_https, l->redirect_to_https);
+    }
+}
+
 /* The top level: sections in dependency order, whatever the file order. */
 /* The top level. Sections walked in place (p_section) have no
  * dependencies; the others are parsed by parse_root in dependency order,
@@ -2425,6 +2651,7 @@ static const struct cfg_key top_keys[] = {
      "auto"},
     {"geoip", p_skip, FIELD(struct tg_config, geoip_files), 0, 0, NULL, NULL, geoip_keys},
     {"headers", p_skip, 0, 0, 0, NULL, NULL /* named_headers */},
+    {"include", p_skip, 0, 0, 0, NULL, NULL /* none: read before parsing (read_includes) */},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -2542,6 +2769,7 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
     }
     if (cfg->log.access != NULL && strcmp(cfg->log.access, "off") == 0)
         cfg->log.access = NULL;
+    warn_listeners(ctx);
     return rc;
 }
 
@@ -2555,6 +2783,661 @@ static void config_free(struct tg_config *cfg)
         tg_cidr_set_free(cfg->trusted_proxies);
     tg_arena_reset(&cfg->arena);
     free(cfg);
+}
+
+/* ---- sources: files, ${ENV}, include ------------------------------------------------------ */
+
+#define MAX_INCLUDE_DEPTH 8 /* levels of included files below the main one */
+#define MAX_MERGE_DEPTH 64  /* nesting of an included document's nodes */
+#define MAX_SUBSTS 65535    /* scalars ${...} changed, all files */
+#define MAX_ENV_NAME 128
+
+/* Reads `path` whole (NUL-terminated; free it). Returns 0, or -1 with the
+ * reason in `why`. */
+static int read_whole(const char *path, char **data_out, size_t *len_out, char *why, size_t whylen)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(why, whylen, "cannot open: %s", strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (off_t)MAX_CONFIG_BYTES) {
+        snprintf(why, whylen, "not a regular file of at most %u MiB", MAX_CONFIG_BYTES >> 20);
+        fclose(f);
+        return -1;
+    }
+    size_t len = (size_t)st.st_size;
+    char *data = malloc(len + 1);
+    if (data == NULL || fread(data, 1, len, f) != len) {
+        snprintf(why, whylen, "cannot read: %s", data ? strerror(errno) : "out of memory");
+        free(data);
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    data[len] = '\0';
+    *data_out = data;
+    *len_out = len;
+    return 0;
+}
+
+/* Registers a file the configuration reads: its name for messages and
+ * its directory for the relative paths written in it. Returns its number,
+ * or -1 when there are too many (or no memory). */
+static int source_add(struct cfg_ctx *ctx, const char *name, int parent)
+{
+    struct tg_config *cfg = ctx->cfg;
+    if (cfg->files == NULL || cfg->nfiles >= TG_CONFIG_MAX_FILES)
+        return -1;
+    int k = (int)cfg->nfiles;
+    char *copy = tg_arena_strdup(&cfg->arena, name);
+    const char *slash = copy != NULL ? strrchr(copy, '/') : NULL;
+    char *dir = tg_arena_alloc(&cfg->arena, slash != NULL ? (size_t)(slash - copy) + 2 : 1);
+    if (copy == NULL || dir == NULL)
+        return -1;
+    size_t dn = slash != NULL ? (size_t)(slash - copy) + 1 : 0; /* with its '/' */
+    memcpy(dir, copy, dn);
+    dir[dn] = '\0';
+    struct stat st;
+    bool has_id = stat(name, &st) == 0;
+    ctx->sources[k] =
+        (struct cfg_source){dir, has_id ? st.st_dev : 0, has_id ? st.st_ino : 0, has_id, parent};
+    cfg->files[k] = copy;
+    cfg->nfiles++;
+    ctx->errs->files = cfg->files;
+    ctx->errs->nfiles = cfg->nfiles;
+    return k;
+}
+
+/* Tags every node of a freshly loaded document with its file (mark_of). */
+static void marks_set(yaml_document_t *doc, int file)
+{
+    for (yaml_node_t *n = doc->nodes.start; n < doc->nodes.top; n++) {
+        n->start_mark.index = (size_t)file;
+        n->end_mark.index = (size_t)file;
+    }
+}
+
+static bool env_name_char(char c, bool first)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' ||
+           (!first && c >= '0' && c <= '9');
+}
+
+/* Expands ${NAME}, ${NAME:-default} (the default when NAME is unset or
+ * empty) and $$ (one '$') in `in`; any other '$' stays, so `$tenant`
+ * means what it always did. Returns 1 with *out (malloc'd) when something
+ * was expanded, 0 when nothing was to be, -1 with `why` and *at (the
+ * offset of the '$') when it cannot be. */
+static int expand_env(const char *in, char **out, size_t *at, char *why, size_t whylen)
+{
+    if (strchr(in, '$') == NULL)
+        return 0;
+    size_t cap = strlen(in) + 64, n = 0;
+    char *buf = malloc(cap);
+    bool changed = false;
+    if (buf == NULL) {
+        snprintf(why, whylen, "out of memory");
+        *at = 0;
+        return -1;
+    }
+    for (const char *p = in; *p != '\0';) {
+        const char *text = p;
+        size_t tn = 1;
+        if (p[0] == '$' && p[1] == '$') {
+            changed = true;
+            p += 2;
+        } else if (p[0] == '$' && p[1] == '{') {
+            changed = true;
+            const char *name = p + 2, *q = name;
+            while (env_name_char(*q, q == name))
+                q++;
+            size_t nn = (size_t)(q - name);
+            const char *def = NULL;
+            size_t defn = 0;
+            if (q[0] == ':' && q[1] == '-') {
+                def = q + 2;
+                const char *close = strchr(def, '}');
+                defn = close != NULL ? (size_t)(close - def) : 0;
+                q = close != NULL ? close : def + strlen(def);
+            }
+            if (nn == 0 || nn > MAX_ENV_NAME || *q != '}') {
+                snprintf(why, whylen,
+                         "'%.40s' is not a variable: write ${NAME} or ${NAME:-default} "
+                         "(NAME: letters, digits, '_'), and $$ for a '$'",
+                         p);
+                *at = (size_t)(p - in);
+                free(buf);
+                return -1;
+            }
+            char var[MAX_ENV_NAME + 1];
+            memcpy(var, name, nn);
+            var[nn] = '\0';
+            const char *v = getenv(var);
+            if (def != NULL && (v == NULL || *v == '\0')) {
+                text = def;
+                tn = defn;
+            } else if (v == NULL) {
+                snprintf(why, whylen,
+                         "${%s}: the environment variable %s is not set (${%s:-default} "
+                         "gives a default)",
+                         var, var, var);
+                *at = (size_t)(p - in);
+                free(buf);
+                return -1;
+            } else {
+                text = v;
+                tn = strlen(v);
+            }
+            p = q + 1;
+        } else {
+            p++;
+        }
+        if (n + tn + 1 > cap) {
+            cap = (n + tn + 1) * 2;
+            char *grown = realloc(buf, cap);
+            if (grown == NULL) {
+                free(buf);
+                snprintf(why, whylen, "out of memory");
+                *at = 0;
+                return -1;
+            }
+            buf = grown;
+        }
+        memcpy(buf + n, text, tn);
+        n += tn;
+    }
+    buf[n] = '\0';
+    if (!changed) {
+        free(buf);
+        return 0;
+    }
+    *out = buf;
+    return 1;
+}
+
+/* Substitutes ${...} in one scalar value, keeping what was written. */
+static void subst_scalar(struct cfg_ctx *ctx, yaml_node_t *node)
+{
+    const char *value = (const char *)node->data.scalar.value;
+    if (strlen(value) != node->data.scalar.length)
+        return; /* a NUL byte: scalar() refuses it */
+    char *out = NULL, why[512];
+    size_t at = 0;
+    int r = expand_env(value, &out, &at, why, sizeof(why));
+    if (r == 0)
+        return;
+    if (r < 0) {
+        /* Point at the '$' when the scalar is its text: on one line,
+         * and as long as the value (plain) or two quotes longer (quoted:
+         * every escape would make it longer still). */
+        struct tg_config_mark m = mark_of(node);
+        size_t span = node->end_mark.column - node->start_mark.column;
+        bool plain = node->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+        if (node->start_mark.line == node->end_mark.line &&
+            span == node->data.scalar.length + (plain ? 0 : 2))
+            m.col += (int)at + (plain ? 0 : 1);
+        error_at(ctx, m, "%s", why);
+    }
+    if (ctx->nsubsts == ctx->substs_cap) {
+        size_t cap = ctx->substs_cap ? ctx->substs_cap * 2 : 16;
+        struct cfg_subst *grown =
+            ctx->nsubsts < MAX_SUBSTS ? realloc(ctx->substs, cap * sizeof(*grown)) : NULL;
+        if (grown == NULL) {
+            free(out);
+            node_error(ctx, node, "too many ${...} substitutions");
+            return;
+        }
+        ctx->substs = grown;
+        ctx->substs_cap = cap;
+    }
+    /* A value that could not be expanded is recorded without one: what
+     * the parser would say about its text is noise after the error above. */
+    char *written = strdup(value), *copy = r > 0 ? strdup(out) : NULL;
+    if (written == NULL || (r > 0 && copy == NULL)) {
+        free(written);
+        free(copy);
+        free(out);
+        node_error(ctx, node, "out of memory");
+        return;
+    }
+    ctx->substs[ctx->nsubsts] = (struct cfg_subst){written, copy};
+    node->start_mark.index |= (size_t)(ctx->nsubsts + 1) << MARK_SUBST_SHIFT;
+    ctx->nsubsts++;
+    if (r < 0)
+        return;
+    /* libyaml frees scalar values with free(). */
+    free(node->data.scalar.value);
+    node->data.scalar.value = (yaml_char_t *)out;
+    node->data.scalar.length = strlen(out);
+}
+
+/* Substitutes ${...} in every value of a document (keys stay as written),
+ * each node once however many aliases reach it. */
+static void subst_values(struct cfg_ctx *ctx, yaml_document_t *doc, int idx, unsigned char *seen,
+                         int depth)
+{
+    yaml_node_t *node = yaml_document_get_node(doc, idx);
+    if (node == NULL || seen[idx - 1] || depth > MAX_MERGE_DEPTH)
+        return;
+    seen[idx - 1] = 1;
+    if (node->type == YAML_SCALAR_NODE) {
+        subst_scalar(ctx, node);
+    } else if (node->type == YAML_SEQUENCE_NODE) {
+        for (yaml_node_item_t *it = node->data.sequence.items.start;
+             it < node->data.sequence.items.top; it++)
+            subst_values(ctx, doc, *it, seen, depth + 1);
+    } else if (node->type == YAML_MAPPING_NODE) {
+        for (yaml_node_pair_t *pair = node->data.mapping.pairs.start;
+             pair < node->data.mapping.pairs.top; pair++)
+            subst_values(ctx, doc, pair->value, seen, depth + 1);
+    }
+}
+
+static void subst_document(struct cfg_ctx *ctx, yaml_document_t *doc)
+{
+    size_t n = (size_t)(doc->nodes.top - doc->nodes.start);
+    unsigned char *seen = calloc(n ? n : 1, 1);
+    if (seen == NULL) {
+        error_at(ctx, (struct tg_config_mark){1, 1, 0}, "out of memory");
+        return;
+    }
+    if (n > 0)
+        subst_values(ctx, doc, 1, seen, 0);
+    free(seen);
+}
+
+/* An included document merged into the main one: its nodes are copied
+ * (marks and all) into the main document, which the parser then walks as
+ * if it had been written in one file. */
+struct merge {
+    struct cfg_ctx *ctx;
+    yaml_document_t *dst, *src;
+    int *memo; /* src node -> its copy in dst (0: not copied yet) */
+};
+
+enum merge_how { MERGE_NONE = 0, MERGE_APPEND, MERGE_INTO, MERGE_BY_NAME };
+
+/* What combines across files; every other key may be set in one file only. */
+static const struct {
+    const char *section; /* NULL: the top level */
+    const char *key;
+    enum merge_how how;
+    const char *what; /* MERGE_BY_NAME: what a name names */
+} merge_rules[] = {
+    {NULL, "sites", MERGE_APPEND, NULL},
+    {NULL, "upstreams", MERGE_BY_NAME, "upstream"},
+    {NULL, "rate_limit", MERGE_INTO, NULL},
+    {NULL, "tenants", MERGE_INTO, NULL},
+    {"rate_limit", "policies", MERGE_BY_NAME, "rate-limit policy"},
+    {"tenants", "static", MERGE_BY_NAME, "tenant"},
+    {"tenants", "domains", MERGE_BY_NAME, "custom domain"},
+};
+
+/* Copies src node `idx` (and what it holds) into dst. Returns the copy's
+ * index, or 0 after reporting why not. dst's node array may move. */
+static int copy_node(struct merge *m, int idx, int depth)
+{
+    if (m->memo[idx - 1] != 0)
+        return m->memo[idx - 1];
+    const yaml_node_t *n = yaml_document_get_node(m->src, idx);
+    if (depth > MAX_MERGE_DEPTH) {
+        node_error(m->ctx, n, "nested more than %d levels deep", MAX_MERGE_DEPTH);
+        return 0;
+    }
+    int out = 0;
+    if (n->type == YAML_SCALAR_NODE)
+        out = yaml_document_add_scalar(m->dst, n->tag, n->data.scalar.value,
+                                       (int)n->data.scalar.length, n->data.scalar.style);
+    else if (n->type == YAML_SEQUENCE_NODE)
+        out = yaml_document_add_sequence(m->dst, n->tag, n->data.sequence.style);
+    else if (n->type == YAML_MAPPING_NODE)
+        out = yaml_document_add_mapping(m->dst, n->tag, n->data.mapping.style);
+    if (out == 0) {
+        node_error(m->ctx, n, "out of memory");
+        return 0;
+    }
+    yaml_node_t *c = yaml_document_get_node(m->dst, out);
+    c->start_mark = n->start_mark;
+    c->end_mark = n->end_mark;
+    m->memo[idx - 1] = out;
+    if (n->type == YAML_SEQUENCE_NODE) {
+        for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+             it++) {
+            int item = copy_node(m, *it, depth + 1);
+            if (item == 0 || !yaml_document_append_sequence_item(m->dst, out, item))
+                return 0;
+        }
+    } else if (n->type == YAML_MAPPING_NODE) {
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top;
+             p++) {
+            int k = copy_node(m, p->key, depth + 1);
+            int v = k != 0 ? copy_node(m, p->value, depth + 1) : 0;
+            if (v == 0 || !yaml_document_append_mapping_pair(m->dst, out, k, v))
+                return 0;
+        }
+    }
+    return out;
+}
+
+static const char *scalar_text(const yaml_node_t *n)
+{
+    return n != NULL && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+/* In mapping `map` of `doc`: the pair whose key is `name`, or NULL. */
+static yaml_node_pair_t *pair_of(yaml_document_t *doc, int map, const char *name)
+{
+    yaml_node_t *mn = yaml_document_get_node(doc, map);
+    for (yaml_node_pair_t *p = mn->data.mapping.pairs.start; p < mn->data.mapping.pairs.top; p++) {
+        const char *k = scalar_text(yaml_document_get_node(doc, p->key));
+        if (k != NULL && strcmp(k, name) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+/* "FILE:LINE:COL" of a node of the main document, for messages that
+ * name two places. */
+static void place_of(struct cfg_ctx *ctx, const yaml_node_t *n, char *out, size_t cap)
+{
+    struct tg_config_mark mk = mark_of(n);
+    snprintf(out, cap, "%s:%d:%d", tg_config_mark_file(ctx->cfg, mk), mk.line, mk.col);
+}
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* Merges src mapping `src_map` into dst mapping `dst_map` name by name
+ * (upstreams, policies, tenants): a name both define is an error that
+ * names both places. */
+static void merge_by_name(struct merge *m, int dst_map, int src_map, const char *what)
+{
+    yaml_node_t *dn = yaml_document_get_node(m->dst, dst_map);
+    const yaml_node_t *sn = yaml_document_get_node(m->src, src_map);
+    size_t nd = (size_t)(dn->data.mapping.pairs.top - dn->data.mapping.pairs.start);
+    size_t ns = (size_t)(sn->data.mapping.pairs.top - sn->data.mapping.pairs.start);
+    size_t cap = 16;
+    while (cap < 2 * (nd + ns))
+        cap *= 2;
+    int *slots = calloc(cap, sizeof(int)); /* dst key node indexes; 0 = empty */
+    if (slots == NULL) {
+        node_error(m->ctx, sn, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < nd; i++) {
+        int key = dn->data.mapping.pairs.start[i].key;
+        const char *name = scalar_text(yaml_document_get_node(m->dst, key));
+        if (name == NULL)
+            continue;
+        size_t h = (size_t)name_hash(name) & (cap - 1);
+        while (slots[h] != 0 &&
+               strcmp(scalar_text(yaml_document_get_node(m->dst, slots[h])), name) != 0)
+            h = (h + 1) & (cap - 1);
+        if (slots[h] == 0)
+            slots[h] = key; /* a name twice in one file: the parser says so */
+    }
+    for (const yaml_node_pair_t *p = sn->data.mapping.pairs.start; p < sn->data.mapping.pairs.top;
+         p++) {
+        const yaml_node_t *sk = yaml_document_get_node(m->src, p->key);
+        const char *name = scalar_text(sk);
+        size_t h = 0;
+        if (name != NULL) {
+            h = (size_t)name_hash(name) & (cap - 1);
+            while (slots[h] != 0 &&
+                   strcmp(scalar_text(yaml_document_get_node(m->dst, slots[h])), name) != 0)
+                h = (h + 1) & (cap - 1);
+            if (slots[h] != 0) {
+                char there[600];
+                place_of(m->ctx, yaml_document_get_node(m->dst, slots[h]), there, sizeof(there));
+                node_error(m->ctx, sk, "%s '%s' is defined twice: here and at %s", what, name,
+                           there);
+                continue;
+            }
+        }
+        int k = copy_node(m, p->key, 1);
+        int v = k != 0 ? copy_node(m, p->value, 1) : 0;
+        if (v == 0 || !yaml_document_append_mapping_pair(m->dst, dst_map, k, v))
+            break;
+        if (name != NULL)
+            slots[h] = k;
+    }
+    free(slots);
+}
+
+/* Merges src mapping `src_map` (the top level of an included file, or a
+ * section of it) into dst mapping `dst_map`. */
+static void merge_mapping(struct merge *m, int dst_map, int src_map, const char *section)
+{
+    const yaml_node_t *sn = yaml_document_get_node(m->src, src_map);
+    for (const yaml_node_pair_t *p = sn->data.mapping.pairs.start; p < sn->data.mapping.pairs.top;
+         p++) {
+        const yaml_node_t *sk = yaml_document_get_node(m->src, p->key);
+        const yaml_node_t *sv = yaml_document_get_node(m->src, p->value);
+        const char *name = scalar_text(sk);
+        if (section == NULL && name != NULL && strcmp(name, "include") == 0)
+            continue; /* read by read_includes */
+        yaml_node_pair_t *dp = name != NULL ? pair_of(m->dst, dst_map, name) : NULL;
+        if (dp == NULL) {
+            int k = copy_node(m, p->key, 1);
+            int v = k != 0 ? copy_node(m, p->value, 1) : 0;
+            if (v == 0 || !yaml_document_append_mapping_pair(m->dst, dst_map, k, v))
+                return;
+            continue;
+        }
+        int dkey = dp->key, dval = dp->value;
+        const yaml_node_t *dv = yaml_document_get_node(m->dst, dval);
+        size_t r = 0;
+        while (r < TG_ARRAY_LEN(merge_rules) &&
+               !(strcmp(merge_rules[r].key, name) == 0 &&
+                 (merge_rules[r].section == NULL
+                      ? section == NULL
+                      : section != NULL && strcmp(merge_rules[r].section, section) == 0)))
+            r++;
+        enum merge_how how = r < TG_ARRAY_LEN(merge_rules) ? merge_rules[r].how : MERGE_NONE;
+        yaml_node_type_t want = how == MERGE_APPEND ? YAML_SEQUENCE_NODE : YAML_MAPPING_NODE;
+        if (how != MERGE_NONE && sv->type != want) {
+            node_error(m->ctx, sv, "%s%s%s must be %s, not %s", section ? section : "",
+                       section ? "." : "", name,
+                       want == YAML_SEQUENCE_NODE ? "a list" : "a mapping", node_kind(sv));
+            continue;
+        }
+        if (how != MERGE_NONE && dv->type != want)
+            continue; /* the parser reports it where it is written */
+        if (how == MERGE_APPEND) {
+            for (yaml_node_item_t *it = sv->data.sequence.items.start;
+                 it < sv->data.sequence.items.top; it++) {
+                int item = copy_node(m, *it, 1);
+                if (item == 0 || !yaml_document_append_sequence_item(m->dst, dval, item))
+                    return;
+            }
+        } else if (how == MERGE_INTO) {
+            merge_mapping(m, dval, p->value, name);
+        } else if (how == MERGE_BY_NAME) {
+            merge_by_name(m, dval, p->value, merge_rules[r].what);
+        } else {
+            char there[600];
+            place_of(m->ctx, yaml_document_get_node(m->dst, dkey), there, sizeof(there));
+            node_error(m->ctx, sk,
+                       "'%s%s%s' is set here and at %s; across files only sites (appended), "
+                       "upstreams, rate_limit.policies, tenants.static and tenants.domains "
+                       "(by name) combine",
+                       section ? section : "", section ? "." : "", name, there);
+        }
+    }
+}
+
+static void read_includes(struct cfg_ctx *ctx, yaml_document_t *main_doc, yaml_document_t *doc,
+                          int file, int depth);
+
+/* Reads one included file into the main document: its own keys first,
+ * then what it includes. `at` is where it was named. */
+static void include_file(struct cfg_ctx *ctx, yaml_document_t *main_doc, const char *path,
+                         int parent, struct tg_config_mark at, int depth)
+{
+    if (depth > MAX_INCLUDE_DEPTH) {
+        error_at(ctx, at, "include: '%s' is more than %d files deep", path, MAX_INCLUDE_DEPTH);
+        return;
+    }
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        error_at(ctx, at, "include: cannot open '%s': %s", path, strerror(errno));
+        return;
+    }
+    for (int f = parent; f >= 0; f = ctx->sources[f].parent) {
+        if (ctx->sources[f].has_id && ctx->sources[f].dev == st.st_dev &&
+            ctx->sources[f].ino == st.st_ino) {
+            if (f == parent)
+                error_at(ctx, at, "include: '%s' includes itself", path);
+            else
+                error_at(ctx, at,
+                         "include cycle: '%s' is being read already (it includes this "
+                         "file, directly or through others)",
+                         path);
+            return;
+        }
+    }
+    int k = source_add(ctx, path, parent);
+    if (k < 0) {
+        error_at(ctx, at, "include: more than %d files", TG_CONFIG_MAX_FILES);
+        return;
+    }
+    char *data = NULL, why[300];
+    size_t len = 0;
+    if (read_whole(path, &data, &len, why, sizeof(why)) < 0) {
+        error_at(ctx, at, "include: '%s': %s", path, why);
+        return;
+    }
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    if (!yaml_parser_initialize(&parser)) {
+        free(data);
+        error_at(ctx, at, "out of memory");
+        return;
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)data, len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        struct tg_config_mark m = {(int)parser.problem_mark.line + 1,
+                                   (int)parser.problem_mark.column + 1, k};
+        error_at(ctx, m, "YAML syntax error: %s%s%s", parser.problem ? parser.problem : "unknown",
+                 parser.context ? " " : "", parser.context ? parser.context : "");
+        yaml_parser_delete(&parser);
+        free(data);
+        return;
+    }
+    marks_set(&doc, k);
+    subst_document(ctx, &doc);
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    yaml_node_t *main_root = yaml_document_get_root_node(main_doc);
+    if (root == NULL) {
+        /* Only comments: nothing to add. */
+    } else if (root->type != YAML_MAPPING_NODE) {
+        node_error(ctx, root, "an included file must be a mapping of top-level keys, not %s",
+                   node_kind(root));
+    } else {
+        size_t n = (size_t)(doc.nodes.top - doc.nodes.start);
+        struct merge m = {ctx, main_doc, &doc, calloc(n, sizeof(int))};
+        if (m.memo == NULL)
+            error_at(ctx, at, "out of memory");
+        else
+            merge_mapping(&m, (int)(main_root - main_doc->nodes.start) + 1,
+                          (int)(root - doc.nodes.start) + 1, NULL);
+        free(m.memo);
+        read_includes(ctx, main_doc, &doc, k, depth + 1);
+    }
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    free(data);
+}
+
+/* The `include:` of file `file` (whose document is `doc`): a file pattern
+ * or a list of them, relative to that file's directory; each match, in
+ * sorted order, is read into the main document. A pattern with a
+ * wildcard may match nothing; a name without one must exist. */
+static void read_includes(struct cfg_ctx *ctx, yaml_document_t *main_doc, yaml_document_t *doc,
+                          int file, int depth)
+{
+    yaml_node_t *root = yaml_document_get_root_node(doc);
+    if (root == NULL || root->type != YAML_MAPPING_NODE)
+        return;
+    yaml_node_t *inc = NULL;
+    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
+         p++) {
+        const char *k = scalar_text(yaml_document_get_node(doc, p->key));
+        if (k != NULL && strcmp(k, "include") == 0) {
+            inc = yaml_document_get_node(doc, p->value);
+            break;
+        }
+    }
+    if (inc == NULL)
+        return;
+    if (inc->type != YAML_SCALAR_NODE && inc->type != YAML_SEQUENCE_NODE) {
+        node_error(ctx, inc, "include must be a file pattern or a list of them, not %s",
+                   node_kind(inc));
+        return;
+    }
+    /* The patterns first: reading a file adds nodes to the main document
+     * (which may be `doc`), and that moves them. */
+    size_t n = inc->type == YAML_SCALAR_NODE ? 1 : list_len(inc);
+    struct {
+        const char *pattern;
+        struct tg_config_mark mark;
+    } *pats = calloc(n ? n : 1, sizeof(*pats));
+    if (pats == NULL) {
+        node_error(ctx, inc, "out of memory");
+        return;
+    }
+    size_t np = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = inc->type == YAML_SCALAR_NODE
+                                ? inc
+                                : yaml_document_get_node(doc, inc->data.sequence.items.start[i]);
+        const char *s = scalar_text(item);
+        if (s == NULL || *s == '\0' || strlen(s) != item->data.scalar.length) {
+            node_error(ctx, item, "include: each entry must be a file pattern");
+            continue;
+        }
+        const char *full = resolve_path(ctx, file, s);
+        if (full == NULL) {
+            node_error(ctx, item, "out of memory");
+            continue;
+        }
+        pats[np].pattern = full;
+        pats[np].mark = mark_of(item);
+        np++;
+    }
+    for (size_t i = 0; i < np; i++) {
+        if (strpbrk(pats[i].pattern, "*?[") == NULL) {
+            include_file(ctx, main_doc, pats[i].pattern, file, pats[i].mark, depth);
+            continue;
+        }
+        glob_t g;
+        int r = glob(pats[i].pattern, 0, NULL, &g);
+        if (r == GLOB_NOMATCH)
+            continue;
+        if (r != 0) {
+            error_at(ctx, pats[i].mark, "include: cannot expand '%s'", pats[i].pattern);
+            continue;
+        }
+        for (size_t j = 0; j < g.gl_pathc; j++)
+            include_file(ctx, main_doc, g.gl_pathv[j], file, pats[i].mark, depth);
+        globfree(&g);
+    }
+    free(pats);
+}
+
+/* Frees a snapshot the parse gives up on (its file names go with it). */
+static void discard(struct cfg_ctx *ctx)
+{
+    ctx->errs->files = NULL;
+    ctx->errs->nfiles = 0;
+    config_free(ctx->cfg);
 }
 
 struct tg_config *tg_config_parse_collect(const char *name, const char *data, size_t len,
@@ -2571,12 +3454,18 @@ struct tg_config *tg_config_parse_collect(const char *name, const char *data, si
     cfg->path = tg_arena_strdup(&cfg->arena, name);
     cfg->loaded_at = time(NULL);
     ctx.cfg = cfg;
+    cfg->files = tg_arena_calloc(&cfg->arena, TG_CONFIG_MAX_FILES, sizeof(*cfg->files));
+    if (cfg->path == NULL || source_add(&ctx, name, -1) != 0) {
+        error_at(&ctx, (struct tg_config_mark){1, 1}, "out of memory");
+        discard(&ctx);
+        return NULL;
+    }
 
     yaml_parser_t parser;
     yaml_document_t doc;
     if (!yaml_parser_initialize(&parser)) {
         error_at(&ctx, (struct tg_config_mark){1, 1}, "out of memory");
-        config_free(cfg);
+        discard(&ctx);
         return NULL;
     }
     yaml_parser_set_input_string(&parser, (const unsigned char *)data, len);
@@ -2586,20 +3475,31 @@ struct tg_config *tg_config_parse_collect(const char *name, const char *data, si
         error_at(&ctx, m, "YAML syntax error: %s%s%s", parser.problem ? parser.problem : "unknown",
                  parser.context ? " " : "", parser.context ? parser.context : "");
         yaml_parser_delete(&parser);
-        config_free(cfg);
+        discard(&ctx);
         return NULL;
     }
     ctx.doc = &doc;
+    marks_set(&doc, 0);
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     if (root == NULL) {
         error_at(&ctx, (struct tg_config_mark){1, 1}, "the configuration is empty");
-        config_free(cfg);
+        discard(&ctx);
         cfg = NULL;
     } else {
+        /* Values from the environment, then the included files merged
+         * in: the parser below sees one document. */
+        subst_document(&ctx, &doc);
+        read_includes(&ctx, &doc, &doc, 0, 1);
+        root = yaml_document_get_root_node(&doc); /* the nodes may have moved */
         apply_defaults(&ctx, top_keys, cfg);
         if (parse_root(&ctx, root) < 0 && errs->n == 0)
             error_at(&ctx, (struct tg_config_mark){1, 1}, "invalid configuration");
     }
+    for (size_t i = 0; i < ctx.nsubsts; i++) {
+        free(ctx.substs[i].written);
+        free(ctx.substs[i].value);
+    }
+    free(ctx.substs);
     if (ctx.defaults_ready)
         yaml_document_delete(&ctx.defaults);
     yaml_document_delete(&doc);
@@ -2631,31 +3531,11 @@ struct tg_config *tg_config_parse_buffer(const char *name, const char *data, siz
 int tg_config_read_file(const char *path, char **data_out, size_t *len_out, char *errors,
                         size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        snprintf(errors, errlen, "%s:1:1: cannot open: %s\n", path, strerror(errno));
+    char why[300];
+    if (read_whole(path, data_out, len_out, why, sizeof(why)) < 0) {
+        snprintf(errors, errlen, "%s:1:1: %s\n", path, why);
         return -1;
     }
-    struct stat st;
-    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (off_t)MAX_CONFIG_BYTES) {
-        snprintf(errors, errlen, "%s:1:1: not a regular file of at most %u MiB\n", path,
-                 MAX_CONFIG_BYTES >> 20);
-        fclose(f);
-        return -1;
-    }
-    size_t len = (size_t)st.st_size;
-    char *data = malloc(len + 1);
-    if (data == NULL || fread(data, 1, len, f) != len) {
-        snprintf(errors, errlen, "%s:1:1: cannot read: %s\n", path,
-                 data ? strerror(errno) : "out of memory");
-        free(data);
-        fclose(f);
-        return -1;
-    }
-    fclose(f);
-    data[len] = '\0';
-    *data_out = data;
-    *len_out = len;
     return 0;
 }
 

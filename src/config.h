@@ -42,7 +42,11 @@ struct tg_certstore;
 struct tg_config_mark {
     int line; /* 1-based */
     int col;  /* 1-based */
+    int file; /* 0: the main file; else an included one (tg_config_mark_file) */
 };
+
+/* Files one configuration may read: the main one and what it includes. */
+#define TG_CONFIG_MAX_FILES 256
 
 /* A socket address as written ("127.0.0.1:8080", "[::1]:8080", ":8080") and
  * resolved. */
@@ -289,7 +293,9 @@ struct tg_config_header {
     const char *name;
     const char *value;
     size_t name_len, value_len;
-    bool https_only; /* Strict-Transport-Security */
+    bool https_only;     /* Strict-Transport-Security */
+    const char *written; /* the value as written when it holds ${ENV}: what
+                            explain shows (the value may be a secret); else NULL */
 };
 
 /* What a route does to headers, resolved from the global `headers`
@@ -460,6 +466,14 @@ struct tg_config {
      * the data itself is never written after it is built. */
     _Atomic unsigned *route_in_flight;
     const char *path;
+    /* The files read, as messages name them: [0] is `path`, then each
+     * included file in the order read (a mark's `file`). */
+    const char **files;
+    size_t nfiles;
+    /* What `-t` prints and a start or reload logs, but loads anyway:
+     * "FILE:LINE:COL: warning: ..." each. */
+    const char **warnings;
+    size_t nwarnings;
     time_t loaded_at;
 
     unsigned workers;
@@ -503,8 +517,13 @@ struct tg_config {
 
 /* Errors collected while loading, reported together in file order. */
 struct tg_config_errors {
-    const char *file; /* names the file in messages */
-    int n;            /* found (more than are kept: see max) */
+    const char *file; /* names the main file in messages */
+    /* Names marks of included files (file > 0) in messages: borrowed from
+     * the snapshot being loaded (its `files`), so errors are formatted
+     * before it is freed. NULL until the parser sets it. */
+    const char *const *files;
+    size_t nfiles;
+    int n; /* found (more than are kept: see max) */
     struct {
         struct tg_config_mark mark;
         char msg[300];
@@ -515,13 +534,18 @@ void tg_config_errors_init(struct tg_config_errors *e, const char *file);
 /* Adds one error at `m`. */
 void tg_config_error_at(struct tg_config_errors *e, struct tg_config_mark m, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Writes the errors sorted by position, one "FILE:LINE:COL: message" line
+/* Writes the errors sorted by position (the main file first, then the
+ * included ones in the order read), one "FILE:LINE:COL: message" line
  * each, NUL-terminated (cut at `cap`). */
 void tg_config_errors_format(struct tg_config_errors *e, char *out, size_t cap);
 
 /* Parses and validates without building anything (no file but the YAML is
- * read: certificates, GeoIP databases, host and path patterns are checked
- * by the build). Returns a snapshot with one reference whose built fields
+ * read, and the files its `include:` names: certificates, GeoIP databases,
+ * host and path patterns are checked by the build). `${NAME}` in values
+ * is read from the environment. Relative file paths in values (and
+ * include patterns) are resolved against the directory of the file they
+ * are written in: `name`'s for the main one (the working directory when
+ * it has no '/'). Returns a snapshot with one reference whose built fields
  * are NULL (tg_config_build can build them), or NULL with `errors` filled
  * as tg_config_load does. */
 struct tg_config *tg_config_parse(const char *path, char *errors, size_t errlen);
@@ -538,6 +562,11 @@ struct tg_config *tg_config_parse_collect(const char *name, const char *data, si
 /* Reads a configuration file whole (NUL-terminated; free it). Returns 0,
  * or -1 with "FILE:1:1: cannot open: ..." in errors. */
 int tg_config_read_file(const char *path, char **data, size_t *len, char *errors, size_t errlen);
+
+/* The name of the file a mark of `c` is in, as messages show it (the
+ * main file's path as given, an included file's joined to the directory
+ * of the file that included it). Borrowed from `c`. */
+const char *tg_config_mark_file(const struct tg_config *c, struct tg_config_mark m);
 
 void tg_config_ref(struct tg_config *c);
 /* Drops a reference; the last one frees the snapshot (what was built

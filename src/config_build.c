@@ -301,6 +301,10 @@ int tg_config_build(struct tg_config *cfg, const struct tg_config_build_opts *op
 {
     int before = errs->n;
     cfg->unbuild = unbuild;
+    if (errs->files == NULL) { /* errors of its own: name the included files too */
+        errs->files = cfg->files;
+        errs->nfiles = cfg->nfiles;
+    }
     build_geoip(cfg, errs);
     build_hosts(cfg, errs);
     build_routes(cfg, errs);

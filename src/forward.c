@@ -26,6 +26,7 @@
 #include "buf.h"
 #include "config.h"
 #include "context.h"
+#include "faultlog.h"
 #include "headers.h"
 #include "http1.h"
 #include "iptable.h"
@@ -67,6 +68,12 @@ struct tg_exchange {
     struct tg_list upwait_link; /* queued for a connection slot */
     ev_tstamp upwait_until;     /* ... until then (connect_timeout) */
     bool connecting;            /* waiting for a connection (or a slot) */
+
+    /* The last attempt that failed, for the request's own line in the
+     * error log and for the note that another server takes it. */
+    char fail_what[120];
+    const char *fail_at; /* the server's address (pools outlive requests) */
+    bool retry_noted;    /* a retry to note once the next server is picked */
 
     /* Request body toward the backend. */
     bool chunked_up;      /* framed by us as chunked */
@@ -189,11 +196,33 @@ static void end_exchange(struct tg_exchange *x, enum tg_stream_end how)
 }
 
 /* The answer is broken: the client must not take what it got as
- * complete. */
+ * complete. `why`, when given, is the client's doing (it stopped reading,
+ * or sending): logged at a bounded rate (faultlog.h). */
 static void reset_client(struct tg_exchange *x, const char *why)
 {
     if (why != NULL)
-        tg_log_info("request %s: %s; closing the client's stream", x->req->request_id, why);
+        tg_faultlog_note(TG_LOG_INFO, "clients", "streams closed",
+                         "request %s: %s; closing the client's stream", x->req->request_id, why);
+    end_exchange(x, TG_STREAM_RESET);
+}
+
+/* "upstream NAME": what the log calls the request's upstream. */
+static const char *upstream_subject(const struct tg_exchange *x, char *out, size_t cap)
+{
+    snprintf(out, cap, "upstream %s", x->req->upstream != NULL ? x->req->upstream->name : "-");
+    return out;
+}
+
+/* The backend failed after its answer began: the client's stream is cut
+ * (never passed off as complete). One line per upstream per interval; the
+ * rest are counted (faultlog.h). */
+static void upstream_broke(struct tg_exchange *x, const char *what)
+{
+    struct tg_request *req = x->req;
+    char subject[TG_FAULTLOG_SUBJECT_MAX];
+    tg_faultlog_note(TG_LOG_ERROR, upstream_subject(x, subject, sizeof(subject)), "requests failed",
+                     "request %s: %s at %s (the client's stream is reset)", req->request_id, what,
+                     req->up_name != NULL ? req->up_name : "-");
     end_exchange(x, TG_STREAM_RESET);
 }
 
@@ -212,13 +241,30 @@ static void answer_locally(struct tg_exchange *x, int status, const char *extra,
     tg_request_respond_text(req, status, body, close);
 }
 
-/* Every attempt failed, or one failed in a way that cannot be retried. */
+/* Every attempt failed, or one failed in a way that cannot be retried:
+ * `what` at the current server, or (NULL) the last attempt's failure when
+ * no server is left to try. Logged at a bounded rate per upstream, every
+ * one at level debug (faultlog.h); the servers' own down and up lines come
+ * from passive health (tg_upstream_report). */
 static void fail_upstream(struct tg_exchange *x, int status, const char *what)
 {
     struct tg_request *req = x->req;
-    tg_log_error("request %s: upstream %s %s%s%s", req->request_id,
-                 req->upstream ? req->upstream->name : "-", what, req->up_name ? " at " : "",
-                 req->up_name ? req->up_name : "");
+    char subject[TG_FAULTLOG_SUBJECT_MAX], tries[32] = "";
+    upstream_subject(x, subject, sizeof(subject));
+    if (x->attempts > 1)
+        snprintf(tries, sizeof(tries), ", after %u attempts", x->attempts);
+    const char *at = req->up_name;
+    if (what == NULL && x->fail_what[0] != '\0') {
+        what = x->fail_what;
+        at = x->fail_at;
+    }
+    if (what != NULL)
+        tg_faultlog_note(TG_LOG_ERROR, subject, "requests failed",
+                         "request %s: %s at %s (answered %d%s)", req->request_id, what,
+                         at != NULL ? at : "-", status, tries);
+    else
+        tg_faultlog_note(TG_LOG_ERROR, subject, "requests failed",
+                         "request %s: no server to try (answered %d)", req->request_id, status);
     answer_locally(x, status, NULL,
                    status == 504 ? "504 Gateway Timeout: the upstream did not answer in time\n"
                                  : "502 Bad Gateway: the upstream could not be reached\n",
@@ -233,26 +279,32 @@ static void attempt_failed(struct tg_exchange *x, const char *what, bool timeout
     struct tg_upconn *uc = x->up;
     bool was_reused = uc != NULL && uc->reused;
     bool head_sent = x->up_head_sent > 0;
-    if (uc != NULL && !(was_reused && !timeout) && tg_upstream_report(uc, req->upstream, false))
+    if (uc != NULL && !(was_reused && !timeout) &&
+        tg_upstream_report(uc, req->upstream, false, what))
         TG_METRIC_INC(upstream_stats(x)->ejections);
     drop_upstream(x, false);
 
     bool replayable = !x->sent_body_bytes && !x->resp_head_done && !req->head_sent;
     bool may_retry =
         replayable && (!head_sent || tg_http_method_idempotent(req->method_id) || was_reused);
-    if (may_retry && was_reused && !timeout) {
+    bool stale = may_retry && was_reused && !timeout;
+    unsigned attempt = x->attempts;
+    if (stale) {
         /* A pooled connection the backend had closed: not the server's
          * fault, try again without counting an attempt. */
         x->tried &= ~(x->server >= 0 && x->server < 64 ? 1ull << x->server : 0);
         x->attempts--;
     }
+    snprintf(x->fail_what, sizeof(x->fail_what), "%s", what);
+    x->fail_at = req->up_name;
+    tg_log_debug("request %s: upstream %s %s at %s (attempt %u)", req->request_id,
+                 req->upstream->name, what, req->up_name ? req->up_name : "-", attempt);
     TG_METRIC_INC(upstream_stats(x)->failures);
     if (timeout)
         TG_METRIC_INC(upstream_stats(x)->timeouts);
     if (may_retry && x->attempts <= req->upstream->retries) {
         TG_METRIC_INC(upstream_stats(x)->retries);
-        tg_log_info("request %s: upstream %s %s at %s; retrying", req->request_id,
-                    req->upstream->name, what, req->up_name ? req->up_name : "-");
+        x->retry_noted = !stale;
         x->up_head_sent = 0;
         x->up_write_failed = false;
         connect_upstream(x);
@@ -327,8 +379,17 @@ static void connect_upstream(struct tg_exchange *x)
             return;
         }
         if (idx < 0) {
-            fail_upstream(x, 502, "has no server left to try");
+            fail_upstream(x, 502, NULL);
             return;
+        }
+        if (x->retry_noted) {
+            /* Another server takes it: a retry worth a (bounded) line. */
+            char subject[TG_FAULTLOG_SUBJECT_MAX];
+            x->retry_noted = false;
+            tg_faultlog_note(TG_LOG_INFO, upstream_subject(x, subject, sizeof(subject)),
+                             "requests retried", "request %s: %s at %s; retrying on %s",
+                             req->request_id, x->fail_what, x->fail_at ? x->fail_at : "-",
+                             req->upstream->servers[idx].addr.text);
         }
         x->tried |= idx < 64 ? 1ull << idx : 0;
         x->attempts++;
@@ -342,12 +403,17 @@ static void connect_upstream(struct tg_exchange *x)
             continue;
         }
         if (uc == NULL) {
-            tg_log_error("request %s: cannot open a connection to %s: %s", req->request_id,
-                         req->upstream->servers[idx].addr.text, strerror(errno));
+            /* Out of descriptors or memory here: this gateway's fault. */
+            snprintf(x->fail_what, sizeof(x->fail_what), "cannot open a connection (%s)",
+                     strerror(errno));
+            x->fail_at = req->upstream->servers[idx].addr.text;
+            tg_log_debug("request %s: upstream %s %s at %s (attempt %u)", req->request_id,
+                         req->upstream->name, x->fail_what, x->fail_at, x->attempts);
             if (x->attempts > req->upstream->retries) {
-                fail_upstream(x, 502, "is unreachable");
+                fail_upstream(x, 502, NULL);
                 return;
             }
+            x->retry_noted = true;
             continue;
         }
         x->up = uc;
@@ -586,7 +652,7 @@ static void send_upstream(struct tg_exchange *x)
                 return;
             }
             if (x->tunnel) {
-                reset_client(x, "upstream connection failed while sending");
+                upstream_broke(x, "failed while the tunnel sent to it");
                 return;
             }
             /* A backend may answer before the body is all there (413, 401)
@@ -694,9 +760,7 @@ static int frame_response_body(struct tg_exchange *x)
             size_t dlen = 0;
             ssize_t r = tg_http1_chunked_next(&x->resp_chunked, p, avail, &dlen);
             if (r < 0) {
-                tg_log_error("request %s: upstream %s sent an invalid chunked body",
-                             x->req->request_id, x->req->up_name);
-                reset_client(x, NULL);
+                upstream_broke(x, "sent an invalid chunked body");
                 return -1;
             }
             if (dlen > 0) {
@@ -749,7 +813,10 @@ static void finish_response(struct tg_exchange *x)
                     x->req_body_sent && uc->in != NULL && tg_buf_len(uc->in) == 0 && !x->tunnel;
     if (uc != NULL) {
         bool failed = req->upstream->fail_on_5xx && req->status >= 500;
-        if (tg_upstream_report(uc, req->upstream, !failed))
+        char why[32] = "";
+        if (failed)
+            snprintf(why, sizeof(why), "answered %d", req->status);
+        if (tg_upstream_report(uc, req->upstream, !failed, why))
             TG_METRIC_INC(upstream_stats(x)->ejections);
         drop_upstream(x, reusable);
     }
@@ -946,7 +1013,11 @@ static void ws_end(struct tg_exchange *x, ev_tstamp now)
         pump_response(x);
         break;
     case WS_CUT:
-        reset_client(x, "WebSocket frame still in flight at drain_timeout");
+        tg_faultlog_note(TG_LOG_INFO, "drain", "tunnels cut",
+                         "request %s: WebSocket frame still in flight at drain_timeout; closing "
+                         "the client's stream",
+                         x->req->request_id);
+        reset_client(x, NULL);
         break;
     }
 }
@@ -1074,9 +1145,9 @@ static void handle_response(struct tg_exchange *x)
         if (n == TG_HTTP1_INCOMPLETE)
             return;
         if (n == TG_HTTP1_ERROR) {
-            tg_upstream_report(uc, req->upstream, false);
             char what[120];
             snprintf(what, sizeof(what), "sent an invalid response (%s)", reason);
+            tg_upstream_report(uc, req->upstream, false, what);
             drop_upstream(x, false);
             fail_upstream(x, 502, what);
             return;
@@ -1118,7 +1189,6 @@ static void handle_response(struct tg_exchange *x)
 
 static void upstream_eof(struct tg_exchange *x)
 {
-    struct tg_request *req = x->req;
     if (x->tunnel) {
         x->resp_body_done = true;
         x->resp_keep_alive = false; /* read no more (a closing tunnel waits on) */
@@ -1140,9 +1210,7 @@ static void upstream_eof(struct tg_exchange *x)
         return;
     }
     /* Truncated: never let the client take it as complete. */
-    tg_log_error("request %s: upstream %s closed the connection in the middle of the body",
-                 req->request_id, req->up_name);
-    reset_client(x, NULL);
+    upstream_broke(x, "closed the connection in the middle of the body");
 }
 
 static void read_upstream(struct tg_exchange *x)
@@ -1160,7 +1228,10 @@ static void read_upstream(struct tg_exchange *x)
     if (uc->in == NULL) {
         uc->in = tg_buf_get(&ctx->bufs, ctx->bufs.small_size);
         if (uc->in == NULL) {
-            reset_client(x, "out of memory");
+            tg_faultlog_note(TG_LOG_ERROR, "out of memory", "requests failed",
+                             "request %s: no buffer for the response; closing the client's stream",
+                             req->request_id);
+            reset_client(x, NULL);
             return;
         }
     }
@@ -1189,9 +1260,7 @@ static void read_upstream(struct tg_exchange *x)
         } else if (!x->resp_head_done) {
             attempt_failed(x, "reset the connection", false);
         } else {
-            tg_log_error("request %s: upstream %s reset the connection mid-body", req->request_id,
-                         req->up_name);
-            reset_client(x, NULL);
+            upstream_broke(x, "reset the connection mid-body");
         }
         return;
     }
@@ -1447,19 +1516,23 @@ static ev_tstamp on_timeout(struct tg_request *req, ev_tstamp now)
     case DL_UP_SEND:
         attempt_failed(x, "did not take the request in time", true);
         break;
-    case DL_QUEUE:
+    case DL_QUEUE: {
         upwait_unlink(x);
         TG_METRIC_INC(upstream_stats(x)->queue_timeouts);
-        tg_log_info("request %s: upstream %s: every server at max_connections for "
-                    "connect_timeout",
-                    req->request_id, req->upstream->name);
+        char subject[TG_FAULTLOG_SUBJECT_MAX];
+        tg_faultlog_note(TG_LOG_INFO, upstream_subject(x, subject, sizeof(subject)),
+                         "requests found every server busy",
+                         "request %s: every server at max_connections for connect_timeout "
+                         "(answered 503)",
+                         req->request_id);
         answer_locally(x, 503, "Retry-After: 1\r\n",
                        "503 Service Unavailable: every backend server is busy\n", false);
         break;
+    }
     case DL_UP_READ:
         TG_METRIC_INC(upstream_stats(x)->timeouts);
         if (x->resp_head_done)
-            reset_client(x, "upstream stopped sending mid-response (read_timeout)");
+            upstream_broke(x, "stopped sending mid-response (read_timeout)");
         else
             fail_upstream(x, 504, "did not answer within read_timeout");
         break;

@@ -26,6 +26,7 @@
 #include "headers.h"
 #include "h2.h"
 #include "http1.h"
+#include "faultlog.h"
 #include "log.h"
 #include "metrics.h"
 #include "pipeline.h"
@@ -893,7 +894,9 @@ static void read_body(struct tg_conn *c)
             /* The client went away (or reset): in a tunnel that ends it. */
             struct tg_request *req = h->req;
             if (n == 0 && !st->body_done)
-                tg_log_info("request %s: client closed during the request body", req->request_id);
+                tg_faultlog_note(TG_LOG_INFO, "clients", "requests abandoned",
+                                 "request %s: client closed during the request body",
+                                 req->request_id);
             tg_request_abort(req);
             h->req = NULL;
             h->st = NULL;

@@ -30,6 +30,7 @@
 #include "context.h"
 #include "http.h"
 #include "list.h"
+#include "faultlog.h"
 #include "log.h"
 #include "metrics.h"
 #include "pipeline.h"
@@ -533,9 +534,10 @@ static int count_flood(struct h2 *h, bool reset)
         return 0;
     char peer[TG_ADDR_STRLEN];
     tg_addr_format(&h->c->peer, peer, sizeof(peer));
-    tg_log_warn("HTTP/2 client %s sent more than %u %s in a second; GOAWAY", peer,
-                reset ? cfg->max_resets : cfg->max_control,
-                reset ? "stream resets (Rapid Reset)" : "control frames (a flood)");
+    tg_faultlog_note(TG_LOG_WARN, "HTTP/2", "connections sent away",
+                     "client %s sent more than %u %s in a second; GOAWAY", peer,
+                     reset ? cfg->max_resets : cfg->max_control,
+                     reset ? "stream resets (Rapid Reset)" : "control frames (a flood)");
     TG_METRIC_INC(h->c->ctx->metrics->h2_floods);
     nghttp2_session_terminate_session(h->session, NGHTTP2_ENHANCE_YOUR_CALM);
     h->goaway = true;

@@ -31,6 +31,11 @@ void tg_log_set_level(enum tg_log_level level)
     atomic_store(&log_level, (int)level);
 }
 
+bool tg_log_enabled(enum tg_log_level level)
+{
+    return (int)level >= atomic_load_explicit(&log_level, memory_order_relaxed);
+}
+
 void tg_log_set_thread_name(const char *name)
 {
     snprintf(thread_name, sizeof(thread_name), "%s", name);

@@ -6,6 +6,7 @@
 #define TG_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 
 enum tg_log_level {
     TG_LOG_DEBUG = 0,
@@ -16,6 +17,9 @@ enum tg_log_level {
 
 /* Sets the minimum level written. Any thread; takes effect at once. */
 void tg_log_set_level(enum tg_log_level level);
+
+/* Whether lines at `level` are written now (to skip formatting them). */
+bool tg_log_enabled(enum tg_log_level level);
 
 /* Sends the log to `path` (opened for append) or back to stderr when path
  * is NULL. Returns 0, or -1 with errno set (the old target is kept). Main

@@ -139,8 +139,8 @@ static int probe_new_listeners(const struct tg_config *prev, const struct tg_con
             continue;
         char err[256];
         if (tg_worker_probe_listener(l, err, sizeof(err)) < 0) {
-            tg_log_error("%s:%d:%d: cannot listen on %s%s: %s", next->path, l->mark.line,
-                         l->mark.col, l->key, l->admin ? " (admin.listen)" : "", err);
+            tg_log_error("%s:%d:%d: cannot listen on %s%s: %s", tg_config_mark_file(next, l->mark),
+                         l->mark.line, l->mark.col, l->key, l->admin ? " (admin.listen)" : "", err);
             rc = -1; /* name every address taken, not just the first */
         }
     }
@@ -179,8 +179,9 @@ static int open_new_listeners(const struct tg_config *prev, const struct tg_conf
             int fd = tg_worker_open_listener(l, err, sizeof(err));
             char *key = fd >= 0 ? strdup(l->key) : NULL;
             if (fd < 0 || key == NULL) {
-                tg_log_error("%s:%d:%d: cannot listen on %s: %s", next->path, l->mark.line,
-                             l->mark.col, l->key, fd < 0 ? err : "out of memory");
+                tg_log_error("%s:%d:%d: cannot listen on %s: %s",
+                             tg_config_mark_file(next, l->mark), l->mark.line, l->mark.col, l->key,
+                             fd < 0 ? err : "out of memory");
                 if (fd >= 0)
                     close(fd);
                 close_opened(fds, keys, nworkers, k, w);
@@ -193,6 +194,14 @@ static int open_new_listeners(const struct tg_config *prev, const struct tg_conf
     }
     *n_out = n;
     return 0;
+}
+
+/* What the configuration loads with but most likely does not mean (the
+ * same lines `-t` prints). */
+static void log_warnings(const struct tg_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nwarnings; i++)
+        tg_log_warn("%s", cfg->warnings[i]);
 }
 
 /* Applies the log settings of a snapshot. */
@@ -376,6 +385,7 @@ static void reload(void)
         return;
     }
     free(errors);
+    log_warnings(next);
     if (next->rate_limit.local_max_keys != g.config->rate_limit.local_max_keys)
         tg_log_warn("rate_limit.local.max_keys: the new size takes effect at the next restart");
     if (next->workers != g.rt.nworkers)
@@ -541,6 +551,8 @@ int main(int argc, char **argv)
     }
     free(errors);
     if (test_only) {
+        for (size_t i = 0; i < cfg->nwarnings; i++)
+            fprintf(stderr, "%s\n", cfg->warnings[i]);
         printf("%s: configuration OK\n", path);
         tg_config_unref(cfg);
         tg_certstore_unref(g.certs);
@@ -570,6 +582,7 @@ int main(int argc, char **argv)
         tg_config_unref(cfg);
         return 1;
     }
+    log_warnings(cfg);
 
     g.loop = ev_default_loop(EVFLAG_AUTO);
     ev_async_init(&g.worker_exit, on_worker_exit);

@@ -24,6 +24,7 @@
 #include "forward.h"
 #include "handlers.h"
 #include "headers.h"
+#include "faultlog.h"
 #include "log.h"
 #include "metrics.h"
 #include "request.h"
@@ -109,7 +110,8 @@ static enum verdict answer(struct tg_request *req, int status, const char *body,
 /* Memory ran out: nothing sensible can be said; the stream is cut. */
 static enum verdict out_of_memory(struct tg_request *req)
 {
-    tg_log_error("request %s: out of memory; closing the client's stream", req->request_id);
+    tg_faultlog_note(TG_LOG_ERROR, "out of memory", "requests failed",
+                     "request %s: closing the client's stream", req->request_id);
     tg_request_end(req, TG_STREAM_RESET);
     return ANSWERED;
 }
@@ -416,10 +418,16 @@ static void say_route(struct tg_request *req, const char *folded, size_t folded_
         (folded_n != req->route_path_len || memcmp(folded, req->path, folded_n) != 0))
         snprintf(extra + o, sizeof(extra) - o, " (the path compares as %.*s)", (int)folded_n,
                  folded);
-    say(req, "route", "#%zu '%s' (line %d): %s match%s%s", (size_t)(rt - req->site->routes) + 1,
-        rt->path, rt->mark.line, tg_router_pattern_kind(rt->pattern),
+    /* Where it is written: the file too when there is more than one. */
+    const struct tg_config *cfg = cfg_of(req);
+    char where[600];
+    snprintf(where, sizeof(where), "%s%sline %d",
+             cfg->nfiles > 1 ? tg_config_mark_file(cfg, rt->mark) : "", cfg->nfiles > 1 ? " " : "",
+             rt->mark.line);
+    say(req, "route", "#%zu '%s' (%s): %s match%s%s", (size_t)(rt - req->site->routes) + 1,
+        rt->path, where, tg_router_pattern_kind(rt->pattern),
         rt->ignore_case ? ", ignoring case" : "", extra);
-    const struct tg_config_policy_list *list = tg_limiter_policies(cfg_of(req), rt);
+    const struct tg_config_policy_list *list = tg_limiter_policies(cfg, rt);
     char names[512] = "";
     o = 0;
     for (size_t i = 0; i < list->n && o < sizeof(names); i++)
@@ -685,7 +693,9 @@ static enum verdict prepare_limits(struct tg_request *req)
         if (lim == NULL || tg_limiter_prepare(lim, &in, &req->ctx->limiter) < 0) {
             /* Never let a request through unlimited because memory ran
              * short: the limit is the promise. */
-            tg_log_error("request %s: out of memory for its rate-limit keys", req->request_id);
+            tg_faultlog_note(TG_LOG_ERROR, "out of memory", "requests failed",
+                             "request %s: no room for its rate-limit keys (answered 503)",
+                             req->request_id);
             return answer_extra(req, 503, RETRY_AFTER_1, "503 Service Unavailable: out of memory\n",
                                 true);
         }
@@ -884,8 +894,10 @@ static void say_forward(struct tg_request *req)
     size_t o = 0;
     for (size_t i = 0; i < rules->nadd && o < sizeof(text); i++)
         if (!rules->add[i].https_only || https)
+            /* A value from the environment may be a secret: as written. */
             o += (size_t)snprintf(text + o, sizeof(text) - o, " %s: %s;", rules->add[i].name,
-                                  rules->add[i].value);
+                                  rules->add[i].written != NULL ? rules->add[i].written
+                                                                : rules->add[i].value);
     if (o < sizeof(text))
         snprintf(text + o, sizeof(text) - o, "%s",
                  rules->override ? " (replacing the backend's)" : " (unless the backend set them)");
@@ -934,7 +946,8 @@ static ev_tstamp waiting_timeout(struct tg_request *req, ev_tstamp now)
         tg_tenant_cancel(req->tenant_wait);
         req->tenant_wait = NULL;
         req->wait = WAIT_NONE;
-        tg_log_error("request %s: the tenant directory did not answer in time", req->request_id);
+        tg_faultlog_note(TG_LOG_ERROR, "tenant directory", "requests failed",
+                         "request %s: no answer in time (answered 503)", req->request_id);
         answer_extra(req, 503, RETRY_AFTER_1,
                      "503 Service Unavailable: the tenant directory is unavailable\n", false);
         return 0;
@@ -945,7 +958,8 @@ static ev_tstamp waiting_timeout(struct tg_request *req, ev_tstamp now)
     case WAIT_DECIDE:
         tg_limiter_cancel(req->lim);
         req->wait = WAIT_NONE;
-        tg_log_error("request %s: the rate-limit store did not answer in time", req->request_id);
+        tg_faultlog_note(TG_LOG_ERROR, "rate-limit store", "requests failed",
+                         "request %s: no answer in time (answered 503)", req->request_id);
         answer_extra(req, 503, RETRY_AFTER_1,
                      "503 Service Unavailable: the rate-limit store is unavailable\n", false);
         return 0;

@@ -292,8 +292,8 @@ static void entry_error(const struct tg_config *cfg, const struct tg_config_mark
         return;
     int k = 0;
     if (mark != NULL && mark->line > 0)
-        k = snprintf(err, errlen, "%s:%d:%d: ", cfg->path != NULL ? cfg->path : "config",
-                     mark->line, mark->col);
+        k = snprintf(err, errlen, "%s:%d:%d: ", tg_config_mark_file(cfg, *mark), mark->line,
+                     mark->col);
     if (k < 0 || (size_t)k >= errlen)
         return;
     va_list ap;

@@ -20,6 +20,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "faultlog.h"
 #include "health.h"
 #include "log.h"
 #include "tls.h"
@@ -40,6 +41,7 @@
 #define TRIED_MAX 64
 #define TLS_NAME_MAX 256 /* a DNS name (253) and its NUL */
 #define POOL_NAME_MAX 64 /* the address, as logged */
+#define FAULT_KEY_MAX (POOL_NAME_MAX + TLS_NAME_MAX + 16)
 #define BUCKETS_MIN 64
 
 /* A pool is one way of reaching one server: its address, and for TLS the
@@ -59,6 +61,7 @@ struct tg_pool {
     unsigned keepalive;   /* the upstream's `keepalive`, last seen */
     unsigned fails;       /* consecutive failures */
     ev_tstamp ejected_until;
+    unsigned long down_gen; /* tg_faultlog_down_gen() at the last success */
     struct tg_pool *hnext;
 };
 
@@ -463,31 +466,85 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable, const struct tg_co
     p->nidle++;
 }
 
-bool tg_upstream_report(struct tg_upconn *uc, const struct tg_config_upstream *u, bool ok)
+/* The log's name of a server, as faultlog.h keys its state: one per
+ * pool, so the same address behind two upstreams is one server (faultlog
+ * cuts it, but tells long ones apart by their hash). */
+static void fault_key(const struct tg_pool *p, char *out, size_t cap)
+{
+    snprintf(out, cap, "server %s%s%s", p->name, p->tls ? " tls " : "", p->tls_name);
+}
+
+/* The server answered after being down (in any worker): one line, the
+ * first success anywhere. */
+static void note_up(struct tg_pool *p, const struct tg_config_upstream *u)
+{
+    char key[FAULT_KEY_MAX];
+    fault_key(p, key, sizeof(key));
+    double down_s;
+    unsigned long failed;
+    if (tg_faultlog_set_up(key, &down_s, &failed))
+        tg_log_info("upstream %s: server %s is up again after %.1fs down; %lu requests to it "
+                    "failed meanwhile",
+                    u != NULL ? u->name : "-", p->name, down_s, failed);
+}
+
+/* A failure: the server goes down for the log at `down_after` failures
+ * in a row here (the first worker to get there logs it), and each failure
+ * while it is down is counted for the line that says it is back. */
+static void note_failure(struct tg_pool *p, const struct tg_config_upstream *u, unsigned down_after,
+                         const char *why, double backoff)
+{
+    if (p->fails < down_after && !tg_faultlog_any_down())
+        return;
+    char key[FAULT_KEY_MAX];
+    fault_key(p, key, sizeof(key));
+    if (p->fails != down_after) {
+        tg_faultlog_count_down(key);
+        return;
+    }
+    if (!tg_faultlog_set_down(key, p->fails))
+        return;
+    char then[64];
+    if (backoff > 0)
+        snprintf(then, sizeof(then), "skipping it for %.0fs", backoff);
+    else
+        snprintf(then, sizeof(then), "still trying it (max_fails: 0)");
+    tg_log_warn("upstream %s: server %s is down: failed %u times in a row (last: %s); %s",
+                u != NULL ? u->name : "-", p->name, p->fails, why != NULL ? why : "-", then);
+}
+
+bool tg_upstream_report(struct tg_upconn *uc, const struct tg_config_upstream *u, bool ok,
+                        const char *why)
 {
     struct tg_pool *p = uc->pool;
     unsigned max_fails = u != NULL ? u->max_fails : EJECT_AFTER_FAILS;
+    /* Down for the log even when max_fails 0 never ejects it. */
+    unsigned down_after = max_fails > 0 ? max_fails : EJECT_AFTER_FAILS;
     if (ok) {
-        if (max_fails > 0 && p->fails >= max_fails)
-            tg_log_info("upstream server %s is answering again", p->name);
+        /* Lock-free unless this worker saw the server fail, or something
+         * went down since its last success here (maybe this server, seen
+         * failing by another worker). */
+        unsigned long gen = tg_faultlog_down_gen();
+        if (p->fails >= down_after || p->down_gen != gen) {
+            p->down_gen = gen;
+            note_up(p, u);
+        }
         p->fails = 0;
         p->ejected_until = 0;
         return false;
     }
     p->fails++;
+    double backoff = 0;
     if (max_fails > 0 && p->fails >= max_fails) {
-        double backoff = u != NULL ? (double)u->eject_ms / 1000.0 : EJECT_DEFAULT_S;
+        backoff = u != NULL ? (double)u->eject_ms / 1000.0 : EJECT_DEFAULT_S;
         for (unsigned i = max_fails; i < p->fails && backoff < EJECT_MAX_S; i++)
             backoff *= EJECT_BACKOFF_FACTOR;
         if (backoff > EJECT_MAX_S)
             backoff = EJECT_MAX_S;
         p->ejected_until = tg_context_now(p->w) + backoff;
-        if (p->fails == max_fails)
-            tg_log_warn("upstream server %s failed %u times in a row; skipping it for %.0fs",
-                        p->name, p->fails, backoff);
-        return p->fails == max_fails;
     }
-    return false;
+    note_failure(p, u, down_after, why, backoff);
+    return max_fails > 0 && p->fails == max_fails;
 }
 
 const char *tg_upstream_name(const struct tg_upconn *uc)

@@ -94,11 +94,15 @@ int tg_upstream_handshake(struct tg_upconn *uc, const struct tg_config_upstream 
 void tg_upstream_release(struct tg_upconn *uc, bool reusable, const struct tg_config_upstream *u);
 
 /* Passive health: a failed attempt (connect error, timeout, reset before a
- * response, a 5xx with fail_on_5xx) or a success for the connection's
- * server. u->max_fails failures in a row eject the server for u->eject_ms,
- * doubling with each further failure up to 30 s (max_fails 0: never).
+ * response, a 5xx with fail_on_5xx; `why` says which, for the log) or a
+ * success for the connection's server. u->max_fails failures in a row
+ * eject the server for u->eject_ms, doubling with each further failure up
+ * to 30 s (max_fails 0: never). The error log gets one line when the
+ * server goes down (max_fails failures in a row, 3 when max_fails is 0)
+ * and one when it answers again, for the whole process (faultlog.h).
  * Returns true when this report ejected the server. */
-bool tg_upstream_report(struct tg_upconn *uc, const struct tg_config_upstream *u, bool ok);
+bool tg_upstream_report(struct tg_upconn *uc, const struct tg_config_upstream *u, bool ok,
+                        const char *why);
 
 /* The address of the connection's server, for logs ("10.0.0.5:8080"). */
 const char *tg_upstream_name(const struct tg_upconn *uc);

@@ -20,6 +20,7 @@
 #include "accept.h"
 #include "conn.h"
 #include "health.h"
+#include "faultlog.h"
 #include "log.h"
 #include "metrics.h"
 #include "forward.h"
@@ -143,12 +144,16 @@ static bool accept_pending(struct tg_worker *w, struct tg_listener *l, int limit
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return true;
+            /* Repeats while it lasts: a line, then counts (faultlog.h). */
+            char subject[TG_FAULTLOG_SUBJECT_MAX];
+            snprintf(subject, sizeof(subject), "accept on %s", l->key);
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                tg_log_warn("accept on %s: %s; pausing accept", l->key, strerror(errno));
+                tg_faultlog_note(TG_LOG_WARN, subject, "pauses", "%s; pausing accept",
+                                 strerror(errno));
                 pause_accept(w);
                 return false;
             }
-            tg_log_error("accept on %s: %s", l->key, strerror(errno));
+            tg_faultlog_note(TG_LOG_ERROR, subject, "errors", "%s", strerror(errno));
             return true;
         }
         tg_accept(&w->ctx, fd, (struct sockaddr *)&ss, l->cfg);
@@ -469,8 +474,10 @@ static void on_housekeeping(struct ev_loop *loop, ev_timer *t, int revents)
     struct tg_worker *w = t->data;
     tg_buf_pool_trim(&w->ctx.bufs, 8);
     tg_request_trim_free_list(&w->ctx, 8);
-    if (++w->housekeeping_ticks % 4 == 0)
+    if (++w->housekeeping_ticks % 4 == 0) {
         tg_upstream_sweep(&w->ctx, ev_now(loop));
+        tg_faultlog_tick(false);
+    }
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */
@@ -538,6 +545,7 @@ static void *worker_main(void *arg)
     close_listeners(w, NULL);
     close_all(w);
     tg_upstream_close_idle(&w->ctx);
+    tg_faultlog_tick(true); /* what was only counted so far */
     tg_access_log_flush(w->ctx.access_log);
     if (w->ctx.rl_redis != NULL) {
         tg_ratelimit_redis_free(w->ctx.rl_redis);

@@ -5,7 +5,9 @@
  * to open certificate, CA and GeoIP files a config names. */
 #include <dlfcn.h>
 #include <netdb.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "config.h"
@@ -31,6 +33,22 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
     return real(node, service, &h, res);
 }
 
+/* "FILE:LINE:COL: " */
+static bool starts_with_position(const char *s)
+{
+    if (strncmp(s, "fuzz.yaml:", 10) == 0)
+        return true;
+    const char *end = strchr(s, '\n');
+    size_t n = end != NULL ? (size_t)(end - s) : strlen(s);
+    for (size_t i = 0; i < n; i++) {
+        unsigned line, col;
+        int used = 0;
+        if (s[i] == ':' && sscanf(s + i, ":%u:%u: %n", &line, &col, &used) == 2 && used > 0)
+            return i > 0;
+    }
+    return false;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char errbuf[4096];
@@ -39,8 +57,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         tg_config_load_buffer("fuzz.yaml", (const char *)data, size, errbuf, sizeof(errbuf));
     if (c == NULL) {
         /* The error report is NUL-terminated, inside the buffer, and
-         * starts with the position of the first problem. */
-        if (memchr(errbuf, '\0', sizeof(errbuf)) == NULL || strncmp(errbuf, "fuzz.yaml:", 10) != 0)
+         * starts with the position of the first problem: in fuzz.yaml,
+         * or in a file it includes ("FILE:LINE:COL: "). */
+        if (memchr(errbuf, '\0', sizeof(errbuf)) == NULL || !starts_with_position(errbuf))
             __builtin_trap();
     }
     tg_config_unref(c);

@@ -4,6 +4,7 @@ sockets and http.server), and talks to it with raw sockets, http.client and
 curl. Every tollgate started is stopped at the end of its test, and its
 stderr is checked for sanitizer reports."""
 
+import collections
 import atexit
 import http.client
 import os
@@ -58,10 +59,20 @@ def geoip_dbs():
     return GEOIP_DIR
 
 
+# Ports handed out lately: the kernel may offer a port again once the
+# probe socket is closed, before the test that asked for it binds it (a
+# config's listener and its admin port would then collide).
+_recent_ports = collections.deque(maxlen=512)
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _recent_ports:
+            _recent_ports.append(port)
+            return port
 
 
 def wait_port(port, host="127.0.0.1", timeout=10.0):

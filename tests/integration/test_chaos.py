@@ -5,6 +5,7 @@ restarted and frozen under load with a Redis-backed policy, SIGHUP every
 of it."""
 
 import os
+import re
 import signal
 import socket
 import struct
@@ -69,8 +70,9 @@ def test_backend_killed_mid_response(tollgate, framing):
         assert c.eof, "the client connection stayed open"
         assert took < 2 * SLOW, "the cut took %.1f s to reach the client" % took
         c.close()
-        assert "closed the connection in the middle of the body" in tg.stderr() or \
-            "reset the connection mid-body" in tg.stderr()
+        assert re.search(r"\[error\] .*upstream app: request \S+: (closed the connection in the "
+                         r"middle of the body|reset the connection mid-body) at 127\.0\.0\.1:%d "
+                         r"\(the client's stream is reset\)" % bport, tg.stderr()), tg.stderr()
         # The dead backend: a fresh request gets a prompt 502.
         status, t = simple_get(port)
         assert status == 502 and t < 2 * SLOW

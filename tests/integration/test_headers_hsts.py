@@ -116,9 +116,10 @@ def test_never_with_a_self_signed_certificate(tollgate, backend, tmp_path):
 def test_make_certs_pair_on_localhost(tollgate, backend):
     """The shipped `make run` setup: no HSTS at all."""
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-    crt, key = os.path.join(root, "certs/localhost.crt"), os.path.join(root, "certs/localhost.key")
+    crt = os.path.join(root, "conf/certs/localhost.crt")
+    key = os.path.join(root, "conf/certs/localhost.key")
     if not os.path.exists(crt):
-        pytest.skip("no certs/localhost.crt (make certs)")
+        pytest.skip("no conf/certs/localhost.crt (make certs)")
     b = backend(backend_ok)
     port = free_port()
     tollgate(config(port, b.port, [(crt, key)]))

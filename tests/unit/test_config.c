@@ -5,6 +5,9 @@
 
 #include <stdalign.h>
 #include <stddef.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "config_build.h"
 #include "limiter.h"
@@ -796,6 +799,503 @@ TEST(docs_list_every_key)
     free(src);
 }
 
+/* ---- issue 23, item 7: quoted booleans, ${ENV}, paths, include -------------------------- */
+
+/* `stream: "true"` was refused with "must be true or false, not 'true'":
+ * the YAML 1.2 core schema's booleans are accepted in any quoting. */
+TEST(quoted_booleans)
+{
+    char err[4096];
+    const char *y =
+        "listen:\n"
+        "  - {address: 127.0.0.1:8080, h2c: \"true\", http2: 'FALSE'}\n"
+        "upstreams: {app: {servers: [127.0.0.1:9000], fail_on_5xx: True}}\n"
+        "sites: [{hosts: [a.test], routes: [{path: /b, upstream: app, stream: 'false'},\n"
+        "                                   {path: /, upstream: app, stream: \"true\"}]}]\n";
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    CHECK(c->listeners[0].h2c && !c->listeners[0].http2);
+    CHECK(c->upstreams[0].fail_on_5xx);
+    CHECK(!c->sites[0].routes[0].stream && c->sites[0].routes[1].stream);
+    tg_config_unref(c);
+    /* YAML 1.1's words stay refused, quoted or not. */
+    expect_error("listen:\n  - {address: 127.0.0.1:8080, tls: \"yes\"}\n",
+                 "t.yaml:2:36: ", "tls must be true or false, not 'yes'");
+    expect_error("listen:\n  - {address: 127.0.0.1:8080, tls: 'on'}\n",
+                 "t.yaml:2:36: ", "tls must be true or false, not 'on'");
+}
+
+static void set_test_env(void)
+{
+    setenv("TG_T_PORT", "9000", 1);
+    setenv("TG_T_EMPTY", "", 1);
+    setenv("TG_T_SECRET", "hunter2-hunter2-hunter2", 1);
+    setenv("TG_T_TRUE", "true", 1);
+    unsetenv("TG_T_UNSET");
+}
+
+static const struct tg_config_header *find_add(const struct tg_config *c, const char *name)
+{
+    for (size_t i = 0; i < c->headers.nadd; i++)
+        if (strcasecmp(c->headers.add[i].name, name) == 0)
+            return &c->headers.add[i];
+    return NULL;
+}
+
+/* ${NAME}, ${NAME:-default} and $$ in values, read before the value is
+ * parsed (so a number or a boolean may come from the environment). */
+TEST(env_substitution)
+{
+    set_test_env();
+    char err[4096];
+    const char *y = "listen: [\"127.0.0.1:${TG_T_PORT:-1}\"]\n"
+                    "upstreams:\n"
+                    "  app: {servers: [\"${TG_T_UNSET:-127.0.0.1}:${TG_T_PORT}\"]}\n"
+                    "rate_limit: {redis: {password: \"${TG_T_SECRET}\"}}\n"
+                    "admin: {token: \"${TG_T_SECRET}\"}\n"
+                    "headers:\n"
+                    "  add: {X-Price: \"$$5 for $tenant\", X-Empty: \"<${TG_T_EMPTY:-dflt}>\",\n"
+                    "        X-Key: \"k=${TG_T_SECRET}\", X-Plain: 'no ${TG_T_UNSET:-} here'}\n"
+                    "sites:\n"
+                    "  - hosts: [a.test]\n"
+                    "    routes:\n"
+                    "      - path: /\n"
+                    "        upstream: app\n"
+                    "        stream: ${TG_T_TRUE}\n";
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    CHECK_EQ_STR(c->listeners[0].key, "127.0.0.1:9000");
+    char addr[80];
+    tg_config_format_sockaddr((struct sockaddr *)&c->upstreams[0].servers[0].addr.sa, addr,
+                              sizeof(addr));
+    CHECK_EQ_STR(addr, "127.0.0.1:9000");
+    CHECK_EQ_STR(c->rate_limit.redis.password, "hunter2-hunter2-hunter2");
+    CHECK_EQ_STR(c->admin_token, "hunter2-hunter2-hunter2");
+    const struct tg_config_header *h = find_add(c, "X-Price");
+    CHECK(h != NULL && strcmp(h->value, "$5 for $tenant") == 0);
+    h = find_add(c, "X-Empty");
+    CHECK(h != NULL && strcmp(h->value, "<dflt>") == 0);
+    h = find_add(c, "X-Key");
+    CHECK(h != NULL && strcmp(h->value, "k=hunter2-hunter2-hunter2") == 0);
+    h = find_add(c, "X-Plain");
+    CHECK(h != NULL && strcmp(h->value, "no  here") == 0);
+    CHECK(c->sites[0].routes[0].stream);
+    tg_config_unref(c);
+}
+
+TEST(env_substitution_errors)
+{
+    set_test_env();
+    /* retries' bound (100) refuses 9000, quoting the value as written. */
+    expect_error("upstreams: {app: {servers: [127.0.0.1:9000], retries: \"${TG_T_PORT}\"}}\n",
+                 "t.yaml:1:55: ", "not '${TG_T_PORT}'");
+    /* Unset, without a default: an error at the '$'. */
+    expect_error("listen: [127.0.0.1:8080]\nworkers: 1${TG_T_UNSET}\n",
+                 "t.yaml:2:11: ", "${TG_T_UNSET}: the environment variable TG_T_UNSET is not set");
+    expect_error("listen: [127.0.0.1:8080]\nclient_ip_header: ${1X}\n",
+                 "t.yaml:2:19: ", "'${1X}' is not a variable");
+    expect_error("listen: [127.0.0.1:8080]\nclient_ip_header: \"${TG_T_PORT\"\n",
+                 "t.yaml:2:20: ", "is not a variable");
+    /* Quoted: at the '$' too, unless escapes moved it (then at the value). */
+    expect_error("listen: [127.0.0.1:8080]\nclient_ip_header: 'a-${TG_T_UNSET}'\n",
+                 "t.yaml:2:22: ", "TG_T_UNSET is not set");
+    expect_error("listen: [127.0.0.1:8080]\nclient_ip_header: \"\\ta${TG_T_UNSET}\"\n",
+                 "t.yaml:2:19: ", "TG_T_UNSET is not set");
+    /* Keys are not substituted. */
+    expect_error("listen: [127.0.0.1:8080]\n\"${TG_T_PORT}\": 1\n",
+                 "t.yaml:2:1: ", "unknown key '${TG_T_PORT}'");
+    /* A secret is never echoed: messages quote it as written. */
+    char err[4096];
+    const char *y = "listen: [127.0.0.1:8080]\nworkers: ${TG_T_SECRET}\n"
+                    "client_ip_header: \"${TG_T_SECRET}\"\n";
+    CHECK(load(y, err, sizeof(err)) == NULL);
+    CHECK(strstr(err, "t.yaml:2:10: workers must be a whole number, not '${TG_T_SECRET}'") != NULL);
+    CHECK(strstr(err, "t.yaml:3:19: ") != NULL && strstr(err, "not '${TG_T_SECRET}'") != NULL);
+    CHECK(strstr(err, "hunter2") == NULL);
+}
+
+/* What explain shows of a header from the environment: the text as
+ * written, never the value. */
+TEST(env_values_keep_their_written_form)
+{
+    set_test_env();
+    char err[4096];
+    const char *y = "listen: [127.0.0.1:8080]\n"
+                    "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                    "headers: {add: {X-Key: \"k=${TG_T_SECRET}\", X-Plain: v}}\n"
+                    "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL)
+        return;
+    const struct tg_config_header *h = find_add(c, "X-Key");
+    CHECK(h != NULL && h->written != NULL && strcmp(h->written, "k=${TG_T_SECRET}") == 0);
+    h = find_add(c, "X-Plain");
+    CHECK(h != NULL && h->written == NULL);
+    tg_config_unref(c);
+}
+
+static struct tg_config *parse_named(const char *name, const char *yaml, char *err, size_t errlen)
+{
+    return tg_config_parse_buffer(name, yaml, strlen(yaml), err, errlen);
+}
+
+/* Relative file paths are relative to the configuration file's directory
+ * (they were relative to the working directory, so conf/tollgate.yaml
+ * worked only from the repository root). */
+TEST(paths_relative_to_the_file)
+{
+    char err[4096];
+    const char *y = "listen:\n"
+                    "  - {address: 127.0.0.1:8443, tls: true, client_ca: ca/clients.pem}\n"
+                    "  - 127.0.0.1:8080\n"
+                    "tls:\n"
+                    "  certificates: [{cert: certs/a.crt, key: /abs/a.key}]\n"
+                    "  ticket_key_file: secrets/ticket.key\n"
+                    "  acme: {state_dir: acme, ca_bundle: ../ca.pem}\n"
+                    "geoip: {database: geo/country.mmdb, asn_database: geo/asn.mmdb}\n"
+                    "log: {error: logs/error.log, access: logs/access.log}\n"
+                    "rate_limit: {redis: {address: 'unix:run/redis.sock'}}\n"
+                    "tenants: {static: {}}\n"
+                    "upstreams: {app: {servers: [127.0.0.1:9000], tls: true, tls_ca: ca/b.pem}}\n"
+                    "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+    struct tg_config *c = parse_named("conf/main.yaml", y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    CHECK_EQ_STR(c->listeners[0].client_ca, "conf/ca/clients.pem");
+    CHECK_EQ_STR(c->tls.certs[0].cert, "conf/certs/a.crt");
+    CHECK_EQ_STR(c->tls.certs[0].key, "/abs/a.key");
+    CHECK_EQ_STR(c->tls.ticket_key_file, "conf/secrets/ticket.key");
+    CHECK_EQ_STR(c->tls.acme.state_dir, "conf/acme");
+    CHECK_EQ_STR(c->tls.acme.ca_bundle, "conf/../ca.pem");
+    CHECK_EQ_STR(c->geoip_files.database, "conf/geo/country.mmdb");
+    CHECK_EQ_STR(c->geoip_files.asn_database, "conf/geo/asn.mmdb");
+    CHECK_EQ_STR(c->log.error, "conf/logs/error.log");
+    CHECK_EQ_STR(c->log.access, "conf/logs/access.log");
+    CHECK_EQ_STR(c->rate_limit.redis.address, "unix:conf/run/redis.sock");
+    /* Inherited, not resolved twice. */
+    CHECK_EQ_STR(c->tenants.redis.address, "unix:conf/run/redis.sock");
+    CHECK_EQ_STR(c->tls.redis.address, "unix:conf/run/redis.sock");
+    CHECK_EQ_STR(c->upstreams[0].tls_ca, "conf/ca/b.pem");
+    tg_config_unref(c);
+    /* An absolute configuration path; a bare name (the working directory). */
+    c = parse_named("/etc/tollgate/tollgate.yaml", y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK_EQ_STR(c->tls.certs[0].cert, "/etc/tollgate/certs/a.crt");
+        CHECK_EQ_STR(c->tls.certs[0].key, "/abs/a.key");
+        tg_config_unref(c);
+    }
+    c = parse_named("main.yaml", y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK_EQ_STR(c->tls.certs[0].cert, "certs/a.crt");
+        tg_config_unref(c);
+    }
+    /* log.access's words are not files. */
+    c = parse_named("conf/main.yaml",
+                    "listen: [127.0.0.1:8080]\nlog: {access: stdout}\n"
+                    "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                    "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n",
+                    err, sizeof(err));
+    CHECK(c != NULL && strcmp(c->log.access, "stdout") == 0 && c->log.error == NULL);
+    tg_config_unref(c);
+}
+
+/* A directory of its own for the files the include tests write. */
+static char inc_dir[64];
+
+static void put_file(const char *rel, const char *text)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/%s", inc_dir, rel);
+    for (char *p = path + strlen(inc_dir) + 1; (p = strchr(p, '/')) != NULL; p++) {
+        *p = '\0';
+        mkdir(path, 0755);
+        *p = '/';
+    }
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (f != NULL) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+static void drop_file(const char *rel)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/%s", inc_dir, rel);
+    unlink(path);
+}
+
+static struct tg_config *load_main(bool build, char *err, size_t errlen)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/main.yaml", inc_dir);
+    return build ? tg_config_load(path, err, errlen) : tg_config_parse(path, err, errlen);
+}
+
+/* Expects the include tree to fail with a line starting "<dir>/<file>:"
+ * followed by `rest`, and holding `fragment`. */
+static void expect_include_error(const char *file_pos, const char *fragment)
+{
+    char err[8192], want[512];
+    struct tg_config *c = load_main(true, err, sizeof(err));
+    CHECK(c == NULL);
+    if (c != NULL) {
+        fprintf(stderr, "expected '%s' ... '%s', but it loaded\n", file_pos, fragment);
+        tg_config_unref(c);
+        return;
+    }
+    snprintf(want, sizeof(want), "%s/%s", inc_dir, file_pos);
+    const char *line = strstr(err, want);
+    bool ok = line != NULL && (line == err || line[-1] == '\n') && strstr(line, fragment) != NULL;
+    if (!ok)
+        fprintf(stderr, "expected '%s' ... '%s', got: %s", want, fragment, err);
+    CHECK(ok);
+}
+
+static const char *MAIN_YAML = "listen: [127.0.0.1:8080]\n"                /* 1 */
+                               "include: [conf.d/*.yaml, extra.yaml]\n"    /* 2 */
+                               "upstreams:\n"                              /* 3 */
+                               "  app: {servers: [127.0.0.1:9000]}\n"      /* 4 */
+                               "rate_limit:\n"                             /* 5 */
+                               "  policies: {main: {rate: 1/s}}\n"         /* 6 */
+                               "sites:\n"                                  /* 7 */
+                               "  - hosts: [main.test]\n"                  /* 8 */
+                               "    routes: [{path: /, upstream: app}]\n"; /* 9 */
+
+static void put_include_tree(void)
+{
+    put_file("main.yaml", MAIN_YAML);
+    put_file("conf.d/a.yaml", "upstreams:\n"
+                              "  api: {servers: [127.0.0.1:9001]}\n"
+                              "rate_limit:\n"
+                              "  policies: {a: {rate: 2/s}}\n"
+                              "tenants:\n"
+                              "  static: {t1: {servers: [127.0.0.1:9101]}}\n"
+                              "sites:\n"
+                              "  - hosts: [a.test]\n"
+                              "    routes: [{path: /, upstream: api, rate_limit: [a, main]}]\n"
+                              "log: {access: logs/access.log}\n");
+    put_file("conf.d/b.yaml", "include: sub/*.yaml\n"
+                              "sites:\n"
+                              "  - hosts: [b.test]\n"
+                              "    routes: [{path: /, upstream: app}]\n");
+    put_file("conf.d/sub/c.yaml", "tenants:\n"
+                                  "  static: {t2: {status: suspended}}\n"
+                                  "sites:\n"
+                                  "  - hosts: [c.test]\n"
+                                  "    routes: [{path: /, upstream: api}]\n");
+    put_file("conf.d/notes.txt", "not: yaml: at all: [\n");
+    put_file("extra.yaml", "# only a client section\nclient: {max_body: 1MiB}\n");
+}
+
+/* include: globs relative to the including file, merged in order (the
+ * file's own keys, then each match, depth first). */
+TEST(include_merges_files)
+{
+    CHECK(mkdtemp(strcpy(inc_dir, "/tmp/tg_config_test_XXXXXX")) != NULL);
+    put_include_tree();
+    char err[8192];
+    struct tg_config *c = load_main(false, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    CHECK_EQ_INT(c->nsites, 4);
+    if (c->nsites == 4) {
+        CHECK_EQ_STR(c->sites[0].hosts[0], "main.test");
+        CHECK_EQ_STR(c->sites[1].hosts[0], "a.test");
+        CHECK_EQ_STR(c->sites[2].hosts[0], "b.test");
+        CHECK_EQ_STR(c->sites[3].hosts[0], "c.test");
+        CHECK(c->sites[3].routes[0].upstream == tg_config_find_upstream(c, "api", 3));
+        CHECK_EQ_INT(c->sites[1].routes[0].rate_limit.n, 2);
+        /* Positions are the included file's. */
+        CHECK_EQ_INT(c->sites[1].routes[0].mark.line, 9);
+        CHECK_EQ_INT(c->sites[1].routes[0].mark.col, 14);
+    }
+    CHECK_EQ_INT(c->nupstreams, 2);
+    CHECK_EQ_INT(c->rate_limit.npolicies, 2);
+    CHECK_EQ_INT(c->tenants.ntenants, 2);
+    CHECK_EQ_INT(c->client.max_body, 1 << 20);
+    /* A path in an included file is relative to that file. */
+    char want[256];
+    snprintf(want, sizeof(want), "%s/conf.d/logs/access.log", inc_dir);
+    CHECK_EQ_STR(c->log.access, want);
+    tg_config_unref(c);
+
+    /* The same from the directory itself: names as the user reaches them. */
+    char cwd[4096];
+    CHECK(getcwd(cwd, sizeof(cwd)) != NULL);
+    CHECK(chdir(inc_dir) == 0);
+    put_file("conf.d/sub/c.yaml",
+             "sites:\n  - hosts: [c.test]\n    bogus: 1\n    routes: [{path: /, upstream: app}]\n");
+    c = tg_config_parse("main.yaml", err, sizeof(err));
+    CHECK(c == NULL);
+    if (strncmp(err, "conf.d/sub/c.yaml:3:5: unknown key 'bogus' in a site", 52) != 0)
+        fprintf(stderr, "got: %s", err);
+    CHECK(strncmp(err, "conf.d/sub/c.yaml:3:5: unknown key 'bogus' in a site", 52) == 0);
+    CHECK(chdir(cwd) == 0);
+    put_include_tree();
+
+    /* ${ENV} in include patterns; a wildcard may match nothing. */
+    setenv("TG_T_CONF", "conf.d", 1);
+    put_file("main.yaml", "listen: [127.0.0.1:8080]\n"
+                          "include: [\"${TG_T_CONF}/*.yaml\", none.d/*.yaml]\n"
+                          "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                          "rate_limit: {policies: {main: {rate: 1/s}}}\n");
+    c = load_main(false, err, sizeof(err));
+    CHECK(c != NULL && c->nsites == 3);
+    if (c == NULL)
+        fprintf(stderr, "%s", err);
+    tg_config_unref(c);
+    put_include_tree();
+}
+
+/* What cannot be merged says where both sides are; errors in an included
+ * file are at its own FILE:LINE:COL, the build's too. */
+TEST(include_errors)
+{
+    put_include_tree();
+    /* A name in two files. */
+    put_file("extra.yaml", "upstreams:\n  app: {servers: [127.0.0.1:9002]}\n");
+    char both[512];
+    snprintf(both, sizeof(both), "upstream 'app' is defined twice: here and at %s/main.yaml:4:3",
+             inc_dir);
+    expect_include_error("extra.yaml:2:3: ", both);
+    put_file("extra.yaml", "rate_limit:\n  policies: {a: {rate: 5/s}}\n");
+    expect_include_error("extra.yaml:2:14: ",
+                         "rate-limit policy 'a' is defined twice: here and at");
+    put_file("extra.yaml", "tenants: {static: {t2: {servers: [127.0.0.1:1]}}}\n");
+    expect_include_error("extra.yaml:1:20: ", "tenant 't2' is defined twice");
+    /* A key that does not combine. */
+    put_file("extra.yaml", "\nlisten: [127.0.0.1:8081]\n");
+    snprintf(both, sizeof(both), "'listen' is set here and at %s/main.yaml:1:1", inc_dir);
+    expect_include_error("extra.yaml:2:1: ", both);
+    /* Keys of rate_limit other than policies: in one file only. */
+    put_file("conf.d/b.yaml", "rate_limit: {headers: true}\n");
+    put_file("extra.yaml", "rate_limit: {headers: false}\n");
+    snprintf(both, sizeof(both), "'rate_limit.headers' is set here and at %s/conf.d/b.yaml:1:14",
+             inc_dir);
+    expect_include_error("extra.yaml:1:14: ", both);
+    put_include_tree();
+    put_file("extra.yaml", "sites: {a: 1}\n");
+    expect_include_error("extra.yaml:1:8: ", "sites must be a list, not a mapping");
+    /* The parser's and the build's errors, in the included file. */
+    put_file("extra.yaml", "client:\n  max_body: lots\n");
+    expect_include_error("extra.yaml:2:13: ", "max_body must be a size");
+    put_file("extra.yaml", "sites:\n  - hosts: [x.test]\n    routes:\n"
+                           "      - {path: /, upstream: app}\n"
+                           "      - {path: /x, upstream: app}\n");
+    expect_include_error("extra.yaml:5:9: ", "can never match: the route at line 4");
+    put_file("extra.yaml", "client: {max_body: 1MiB\n");
+    expect_include_error("extra.yaml:2:1: ", "YAML syntax error");
+    put_file("extra.yaml", "- a\n- b\n");
+    expect_include_error("extra.yaml:1:1: ", "an included file must be a mapping");
+    put_file("extra.yaml", "include: {a: b}\n");
+    expect_include_error("extra.yaml:1:10: ", "include must be a file pattern or a list");
+    /* Cycles and depth. */
+    put_file("extra.yaml", "include: extra.yaml\n");
+    expect_include_error("extra.yaml:1:10: ", "includes itself");
+    put_file("extra.yaml", "include: conf.d/../main.yaml\n");
+    expect_include_error("extra.yaml:1:10: ", "include cycle");
+    char name[32], text[64];
+    for (int i = 0; i < 10; i++) {
+        snprintf(name, sizeof(name), "deep/d%d.yaml", i);
+        snprintf(text, sizeof(text), "include: d%d.yaml\n", i + 1);
+        put_file(name, text);
+    }
+    put_file("deep/d10.yaml", "client: {max_body: 1}\n");
+    put_file("extra.yaml", "include: deep/d0.yaml\n");
+    expect_include_error("deep/d6.yaml:1:10: ", "d7.yaml' is more than 8 files deep");
+    /* A name without a wildcard must exist. */
+    put_file("extra.yaml", "include: [nope.yaml]\n");
+    char nope[512];
+    snprintf(nope, sizeof(nope), "include: cannot open '%s/nope.yaml'", inc_dir);
+    expect_include_error("extra.yaml:1:11: ", nope);
+    /* The main file's errors come first. */
+    put_file("extra.yaml", "client: {max_body: x}\n");
+    put_file("main.yaml", "workers: none\ninclude: extra.yaml\nlisten: [127.0.0.1:8080]\n"
+                          "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                          "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n");
+    char err[8192];
+    CHECK(load_main(true, err, sizeof(err)) == NULL);
+    char first[512];
+    snprintf(first, sizeof(first), "%s/main.yaml:1:10: ", inc_dir);
+    CHECK(strncmp(err, first, strlen(first)) == 0);
+    CHECK(strstr(err, "/extra.yaml:1:20: max_body") != NULL);
+
+    /* Clean up. */
+    put_include_tree();
+    for (int i = 0; i <= 10; i++) {
+        snprintf(name, sizeof(name), "deep/d%d.yaml", i);
+        drop_file(name);
+    }
+    static const char *const files[] = {"main.yaml",     "extra.yaml",        "conf.d/a.yaml",
+                                        "conf.d/b.yaml", "conf.d/sub/c.yaml", "conf.d/notes.txt"};
+    for (size_t i = 0; i < TG_ARRAY_LEN(files); i++)
+        drop_file(files[i]);
+    static const char *const dirs[] = {"deep", "conf.d/sub", "conf.d", ""};
+    for (size_t i = 0; i < TG_ARRAY_LEN(dirs); i++) {
+        char path[256];
+        snprintf(path, sizeof(path), "%s/%s", inc_dir, dirs[i]);
+        rmdir(path);
+    }
+}
+
+/* -t warns, and loads, about an admin listener open to the network without
+ * a token, and a redirect to a port no TLS listener is on. */
+TEST(warnings_of_valid_configs)
+{
+    char err[4096];
+    const char *base = "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                       "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+    char y[2048];
+    snprintf(y, sizeof(y),
+             "listen:\n  - {address: 127.0.0.1:8080, redirect_to_https: 8443}\n"
+             "admin: {listen: '0.0.0.0:9901'}\n%s",
+             base);
+    struct tg_config *c = tg_config_parse_buffer("t.yaml", y, strlen(y), err, sizeof(err));
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK_EQ_INT(c->nwarnings, 2);
+        CHECK(c->nwarnings == 2 && strncmp(c->warnings[0],
+                                           "t.yaml:2:5: warning: listener 127.0.0.1:8080: "
+                                           "redirect_to_https: 8443",
+                                           60) == 0);
+        CHECK(c->nwarnings == 2 &&
+              strncmp(c->warnings[1], "t.yaml:3:17: warning: admin.listen 0.0.0.0:9901", 46) == 0);
+        tg_config_unref(c);
+    }
+    /* A token, a loopback address, a TLS listener on the port: nothing. */
+    snprintf(y, sizeof(y),
+             "listen:\n  - {address: 127.0.0.1:8080, redirect_to_https: 8443}\n"
+             "  - {address: '[::1]:8443', tls: true}\n"
+             "admin: {listen: '0.0.0.0:9901', token: abcdefghijklmnopq}\n%s",
+             base);
+    c = tg_config_parse_buffer("t.yaml", y, strlen(y), err, sizeof(err));
+    CHECK(c != NULL && c->nwarnings == 0);
+    tg_config_unref(c);
+    snprintf(y, sizeof(y), "listen: [127.0.0.1:8080]\nadmin: {listen: '[::1]:9901'}\n%s", base);
+    c = tg_config_parse_buffer("t.yaml", y, strlen(y), err, sizeof(err));
+    CHECK(c != NULL && c->nwarnings == 0);
+    tg_config_unref(c);
+}
+
 int main(void)
 {
     RUN(schema_defaults_parse);
@@ -815,5 +1315,13 @@ int main(void)
     RUN(alias_bomb_is_bounded);
     RUN(refcount);
     RUN(routes_patterns_and_checks);
+    RUN(quoted_booleans);
+    RUN(env_substitution);
+    RUN(env_substitution_errors);
+    RUN(env_values_keep_their_written_form);
+    RUN(paths_relative_to_the_file);
+    RUN(include_merges_files);
+    RUN(include_errors);
+    RUN(warnings_of_valid_configs);
     return TEST_SUMMARY();
 }
