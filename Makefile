@@ -145,7 +145,8 @@ unit-run: $(UNIT_BINS)
 	    TG_GEOIP_DIR=$(CURDIR)/$(BUILD)/geoip ./$$t || fail=1; \
 	done; exit $$fail
 
-integration-run: $(BUILD)/tollgate
+# The shipped config is tested too: it needs its local certificate.
+integration-run: $(BUILD)/tollgate conf/certs/localhost.crt
 	/usr/bin/python3 tests/geoip/mmdb_writer.py $(BUILD)/geoip
 	TOLLGATE_BIN=$(CURDIR)/$(BUILD)/tollgate \
 	TG_GEOIP_DIR=$(CURDIR)/$(BUILD)/geoip /usr/bin/python3 -m pytest -q \
