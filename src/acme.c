@@ -43,9 +43,11 @@
 #include "acme_http.h"
 #include "certstore.h"
 #include "codec.h"
+#include "file.h"
 #include "config.h"
 #include "jws.h"
 #include "log.h"
+#include "redis.h"
 #include "tenant.h"
 
 /* Names at most (configured and on demand). */
@@ -265,34 +267,18 @@ static int write_atomic(const char *path, const char *data, size_t n, mode_t mod
     return 0;
 }
 
+/* A state file (PEM, JSON): small. NULL when missing or unreadable. */
+#define STATE_FILE_MAX (1 << 20)
+
 static char *read_file(const char *path, size_t *n)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
+    char *data;
+    size_t len;
+    if (tg_file_read(path, STATE_FILE_MAX, &data, &len) != TG_FILE_OK)
         return NULL;
-    char *buf = NULL;
-    size_t cap = 0, len = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *nb = realloc(buf, cap);
-            if (nb == NULL) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + len, 1, 4096, f);
-        len += r;
-        if (r < 4096)
-            break;
-    }
-    fclose(f);
-    buf[len] = '\0';
     if (n != NULL)
         *n = len;
-    return buf;
+    return data;
 }
 
 static void cert_paths(const struct tg_config_acme *a, const char *name, char *crt, char *key,
@@ -304,46 +290,19 @@ static void cert_paths(const struct tg_config_acme *a, const char *name, char *c
 
 /* ---- Redis (a fleet) ---------------------------------------------------------------- */
 
+/* A blocking connection (redis.c's), with every command allowed a second
+ * more than the configured timeout: orders, locks and the subscriber's
+ * reads are not on any request's path. */
 static redisContext *redis_connect(const struct tg_config_redis *r)
 {
-    struct timeval tv = {r->timeout_ms / 1000 + 1, 0};
-    redisContext *c;
-    if (strncmp(r->address, "unix:", 5) == 0) {
-        c = redisConnectUnixWithTimeout(r->address + 5, tv);
-    } else {
-        char host[256];
-        snprintf(host, sizeof(host), "%s", r->address);
-        char *colon = strrchr(host, ':');
-        int port = 6379;
-        if (colon != NULL) {
-            *colon = '\0';
-            port = atoi(colon + 1);
-        }
-        if (host[0] == '[') {
-            memmove(host, host + 1, strlen(host));
-            host[strlen(host) - 1] = '\0';
-        }
-        c = redisConnectWithTimeout(host, port, tv);
-    }
-    if (c == NULL || c->err) {
-        if (c != NULL)
-            redisFree(c);
+    char err[256];
+    redisContext *c = tg_redis_connect_blocking(r, r->timeout_ms + 1000, err, sizeof(err));
+    if (c == NULL) {
+        tg_log_debug("acme: redis %s: %s", r->address, err);
         return NULL;
     }
+    struct timeval tv = {r->timeout_ms / 1000 + 1, 0};
     redisSetTimeout(c, tv);
-    if (r->password != NULL) {
-        redisReply *rep = redisCommand(c, "AUTH %s", r->password);
-        bool ok = rep != NULL && rep->type != REDIS_REPLY_ERROR;
-        freeReplyObject(rep);
-        if (!ok) {
-            redisFree(c);
-            return NULL;
-        }
-    }
-    if (r->db != 0) {
-        redisReply *rep = redisCommand(c, "SELECT %u", r->db);
-        freeReplyObject(rep);
-    }
     return c;
 }
 

@@ -22,6 +22,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "file.h"
 #include "log.h"
 #include "str.h"
 
@@ -90,35 +91,19 @@ struct pem_data {
 static int file_read(const char *path, const char *what, struct pem_data *out, char *err,
                      size_t errlen)
 {
-    out->p = NULL;
-    out->n = 0;
     out->owned = true;
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        snprintf(err, errlen, "cannot read %s '%s': %s", what, path, strerror(errno));
-        return -1;
-    }
-    struct stat st;
-    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > MAX_PEM_FILE) {
+    switch (tg_file_read(path, MAX_PEM_FILE, &out->p, &out->n)) {
+    case TG_FILE_OK:
+        return 0;
+    case TG_FILE_NOT_REGULAR:
         snprintf(err, errlen, "%s '%s' is not a regular file of at most %d MiB", what, path,
                  MAX_PEM_FILE >> 20);
-        fclose(f);
         return -1;
-    }
-    size_t n = (size_t)st.st_size;
-    out->p = malloc(n + 1);
-    if (out->p == NULL || fread(out->p, 1, n, f) != n) {
+    default:
         snprintf(err, errlen, "cannot read %s '%s': %s", what, path,
-                 out->p == NULL ? "out of memory" : strerror(errno));
-        free(out->p);
-        out->p = NULL;
-        fclose(f);
+                 errno == ENOMEM ? "out of memory" : strerror(errno));
         return -1;
     }
-    fclose(f);
-    out->p[n] = '\0';
-    out->n = n;
-    return 0;
 }
 
 static void pem_free(struct pem_data *d)

@@ -31,6 +31,7 @@
 #include <yaml.h>
 
 #include "bodykey.h"
+#include "file.h"
 #include "http.h"
 #include "router.h"
 
@@ -2796,30 +2797,20 @@ static void config_free(struct tg_config *cfg)
  * reason in `why`. */
 static int read_whole(const char *path, char **data_out, size_t *len_out, char *why, size_t whylen)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
+    switch (tg_file_read(path, MAX_CONFIG_BYTES, data_out, len_out)) {
+    case TG_FILE_OK:
+        return 0;
+    case TG_FILE_OPEN:
         snprintf(why, whylen, "cannot open: %s", strerror(errno));
         return -1;
-    }
-    struct stat st;
-    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (off_t)MAX_CONFIG_BYTES) {
+    case TG_FILE_NOT_REGULAR:
         snprintf(why, whylen, "not a regular file of at most %u MiB", MAX_CONFIG_BYTES >> 20);
-        fclose(f);
+        return -1;
+    default:
+        snprintf(why, whylen, "cannot read: %s",
+                 errno == ENOMEM ? "out of memory" : strerror(errno));
         return -1;
     }
-    size_t len = (size_t)st.st_size;
-    char *data = malloc(len + 1);
-    if (data == NULL || fread(data, 1, len, f) != len) {
-        snprintf(why, whylen, "cannot read: %s", data ? strerror(errno) : "out of memory");
-        free(data);
-        fclose(f);
-        return -1;
-    }
-    fclose(f);
-    data[len] = '\0';
-    *data_out = data;
-    *len_out = len;
-    return 0;
 }
 
 /* Registers a file the configuration reads: its name for messages and
