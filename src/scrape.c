@@ -27,6 +27,13 @@
 /* ---- rendering ------------------------------------------------------------- */
 
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+/* One counter summed over the workers' shards into `v`: `field` is its
+ * path below struct tg_metrics (routes[id].bytes_in). Needs `rt`, `nw`. */
+#define SUM_WORKERS(v, field)                             \
+    do {                                                  \
+        for (unsigned w_ = 0; w_ < nw; w_++)              \
+            (v) += LOAD(rt->workers[w_]->metrics->field); \
+    } while (0)
 
 static void header(struct tg_strbuf *o, const char *name, const char *type, const char *help)
 {
@@ -63,8 +70,7 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     for (unsigned id = 0; id < nroutes; id++) {
         for (int c = 0; c < STATUS_CLASSES; c++) {
             uint64_t v = 0;
-            for (unsigned w = 0; w < nw; w++)
-                v += LOAD(rt->workers[w]->metrics->routes[id].requests[c]);
+            SUM_WORKERS(v, routes[id].requests[c]);
             tg_strbuf_printf(&o, "tollgate_requests_total{%s,code=\"%s\"} %llu\n",
                              tg_metrics_series_labels(TG_METRICS_ROUTE, id), classes[c],
                              (unsigned long long)v);
@@ -86,16 +92,14 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     header(&o, "bytes_received_total", "counter", "Bytes received from clients, by route.");
     for (unsigned id = 0; id < nroutes; id++) {
         uint64_t v = 0;
-        for (unsigned w = 0; w < nw; w++)
-            v += LOAD(rt->workers[w]->metrics->routes[id].bytes_in);
+        SUM_WORKERS(v, routes[id].bytes_in);
         tg_strbuf_printf(&o, "tollgate_bytes_received_total{%s} %llu\n",
                          tg_metrics_series_labels(TG_METRICS_ROUTE, id), (unsigned long long)v);
     }
     header(&o, "bytes_sent_total", "counter", "Bytes sent to clients, by route.");
     for (unsigned id = 0; id < nroutes; id++) {
         uint64_t v = 0;
-        for (unsigned w = 0; w < nw; w++)
-            v += LOAD(rt->workers[w]->metrics->routes[id].bytes_out);
+        SUM_WORKERS(v, routes[id].bytes_out);
         tg_strbuf_printf(&o, "tollgate_bytes_sent_total{%s} %llu\n",
                          tg_metrics_series_labels(TG_METRICS_ROUTE, id), (unsigned long long)v);
     }
@@ -162,8 +166,7 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     for (unsigned id = 0; id < npol; id++) {
         for (int r = 0; r < TG_RL_RESULTS; r++) {
             uint64_t v = 0;
-            for (unsigned w = 0; w < nw; w++)
-                v += LOAD(rt->workers[w]->metrics->policies[id].results[r]);
+            SUM_WORKERS(v, policies[id].results[r]);
             tg_strbuf_printf(&o, "tollgate_ratelimit_decisions_total{%s,result=\"%s\"} %llu\n",
                              tg_metrics_series_labels(TG_METRICS_POLICY, id), results[r],
                              (unsigned long long)v);
@@ -211,16 +214,14 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
            "Client connections accepted, by listener.");
     for (unsigned id = 0; id < nl; id++) {
         uint64_t v = 0;
-        for (unsigned w = 0; w < nw; w++)
-            v += LOAD(rt->workers[w]->metrics->listeners[id].accepted);
+        SUM_WORKERS(v, listeners[id].accepted);
         tg_strbuf_printf(&o, "tollgate_connections_accepted_total{%s} %llu\n",
                          tg_metrics_series_labels(TG_METRICS_LISTENER, id), (unsigned long long)v);
     }
     header(&o, "connections_active", "gauge", "Open client connections, by listener.");
     for (unsigned id = 0; id < nl; id++) {
         int64_t v = 0;
-        for (unsigned w = 0; w < nw; w++)
-            v += LOAD(rt->workers[w]->metrics->listeners[id].active);
+        SUM_WORKERS(v, listeners[id].active);
         tg_strbuf_printf(&o, "tollgate_connections_active{%s} %lld\n",
                          tg_metrics_series_labels(TG_METRICS_LISTENER, id), (long long)v);
     }
