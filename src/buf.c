@@ -40,6 +40,8 @@ void tg_buf_pool_init(struct tg_buf_pool *p, size_t small_size, size_t large_siz
 {
     memset(p, 0, sizeof(*p));
     p->small_size = page_cap(small_size);
+    if (large_size < TG_BUF_LARGE_MIN)
+        large_size = TG_BUF_LARGE_MIN;
     p->large_size = page_cap(large_size > small_size ? large_size : small_size);
     p->max_free = max_free;
 }

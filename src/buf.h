@@ -27,6 +27,11 @@ struct tg_buf {
  * what the busiest moment did not need. */
 #define TG_BUF_MAX_FREE 4096
 
+/* The large class holds at least this much, whatever the config's head
+ * limits: HTTP/2's output buffer (h2.c) lives in it, and an odd-sized
+ * buffer would be mapped and unmapped at every drain. */
+#define TG_BUF_LARGE_MIN (65536 + 1024)
+
 struct tg_buf_pool {
     struct tg_buf *free_small, *free_large;
     size_t nfree_small, nfree_large;

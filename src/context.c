@@ -41,7 +41,7 @@ int tg_context_init(struct tg_context *ctx, unsigned id, struct ev_loop *loop,
     tg_list_init(&ctx->upwait);
     tg_list_init(&ctx->conns);
     tg_list_init(&ctx->cert_waiters);
-    tg_buf_pool_init(&ctx->bufs, 16384, 65536 + 1024, TG_BUF_MAX_FREE);
+    tg_buf_pool_init(&ctx->bufs, 16384, TG_BUF_LARGE_MIN, TG_BUF_MAX_FREE);
     return 0;
 }
 

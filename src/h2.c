@@ -40,11 +40,12 @@
 #define MS(x) ((double)(x) / 1000.0)
 /* The output buffer: frames are framed into it until it holds this much,
  * then the session waits for the socket. With the slack below it fits the
- * worker's large pooled buffer (64 KiB + 1 KiB): a bigger one would be
+ * worker's large pooled buffer (TG_BUF_LARGE_MIN): a bigger one would be
  * mapped and unmapped at every drain. */
 #define OUT_HIGH (48 * 1024)
 /* Room for one DATA frame beyond OUT_HIGH (its header and a full frame). */
 #define OUT_SLACK (16 * 1024 + 64)
+_Static_assert(OUT_HIGH + OUT_SLACK <= TG_BUF_LARGE_MIN, "the output buffer is a pooled one");
 /* An active stream whose owner sets no deadline is looked at again after
  * this long (a safety net). */
 #define IDLE_RECHECK_S 3600.0
@@ -122,6 +123,7 @@ static const struct tg_config *config_of(const struct h2 *h)
     return h->c->wcfg->config;
 }
 
+static void frame(struct h2 *h);
 static void h2_send(struct h2 *h);
 static void arm(struct h2 *h);
 static void kick_soon(struct h2 *h);
@@ -579,8 +581,10 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     case NGHTTP2_RST_STREAM:
         TG_METRIC_INC(h->c->ctx->metrics->h2_client_resets);
         return count_flood(h, true);
-    case NGHTTP2_PING:
     case NGHTTP2_SETTINGS:
+        h->writable_pass = true; /* the initial window may have grown */
+        return count_flood(h, false);
+    case NGHTTP2_PING:
     case NGHTTP2_PRIORITY:
         return count_flood(h, false);
     case NGHTTP2_WINDOW_UPDATE: {
@@ -773,7 +777,13 @@ static ssize_t s_send_body(struct tg_stream *st, const struct iovec *iov, int io
         st->deferred = false;
         nghttp2_session_resume_data(h->session, st->id);
     }
-    h2_send(h);
+    /* Framed now (the offer is the caller's only during this call), written
+     * when the loop turn ends: the frames of every stream that answered in
+     * this turn go out in one write. A full buffer goes out at once. */
+    frame(h);
+    if (out_len(h) >= OUT_HIGH && !h->broken && flush(h) == 0)
+        frame(h);
+    kick_soon(h);
     size_t taken = st->closed && !st->ended ? 0 : st->offer_taken;
     st->offer = NULL;
     st->noffer = 0;
@@ -781,13 +791,12 @@ static ssize_t s_send_body(struct tg_stream *st, const struct iovec *iov, int io
         return -1;
     if (taken < total || (end && !st->ended)) {
         st->want_writable = true;
-        h->writable_pass = true;
-        /* Held by the output buffer, which the write above may already
-         * have emptied: no event would come, so the next loop turn tells
-         * it. Held by the client's windows, its WINDOW_UPDATE will. */
+        /* Held by the output buffer: the loop turn's write (the kick
+         * above) makes room, and then it is told. Held by the client's
+         * windows: its WINDOW_UPDATE (or SETTINGS) tells it. */
         if (nghttp2_session_get_stream_remote_window_size(h->session, st->id) > 0 &&
             nghttp2_session_get_remote_window_size(h->session) > 0)
-            kick_soon(h);
+            h->writable_pass = true;
     }
     return (ssize_t)taken;
 }
@@ -869,8 +878,8 @@ static void close_now(struct h2 *h)
     tg_conn_close(h->c); /* h2_close frees h */
 }
 
-/* Frames what the session has into the output buffer and writes it. */
-static void h2_send(struct h2 *h)
+/* Frames what the session has into the output buffer. */
+static void frame(struct h2 *h)
 {
     if (h->in_session || h->broken)
         return;
@@ -880,9 +889,15 @@ static void h2_send(struct h2 *h)
     if (rv != 0) {
         tg_log_debug("HTTP/2 session send: %s", nghttp2_strerror(rv));
         h->broken = true;
-        return;
     }
-    flush(h);
+}
+
+/* Frames what the session has and writes it. */
+static void h2_send(struct h2 *h)
+{
+    frame(h);
+    if (!h->broken)
+        flush(h);
 }
 
 /* Streams that could not send all they had are told they can go on. */
