@@ -49,7 +49,9 @@ def derive(values):
     direct = values.get((5, "delay_median_us", "direct"), {})
     for system in SYSTEMS[1:]:
         for metric, derived in (("delay_median_us", "added_median_us"),
-                                ("delay_max_us", "added_max_us")):
+                                ("delay_max_us", "added_max_us"),
+                                ("h2_delay_median_us", "h2_added_median_us"),
+                                ("h2_delay_max_us", "h2_added_max_us")):
             for rnd, v in values.get((5, metric, system), {}).items():
                 d = direct.get(rnd)
                 if v is not None and d is not None:
@@ -127,6 +129,28 @@ def t_best_peer(values, scen, metric):
     return desc, verdict(tg >= max(ng, hp))
 
 
+def t_best_peer_by(k):
+    def f(values, scen, metric):
+        desc = f"≥ {k:.2f}× the better of nginx, haproxy"
+        tg, ng, hp = (med(values, scen, metric, s) for s in ("tollgate", "nginx", "haproxy"))
+        if None in (tg, ng, hp):
+            return desc, "n/a"
+        return desc, verdict(tg >= k * max(ng, hp))
+    return f
+
+
+def t_vs_row(other, slack):
+    """tollgate's figure at most `slack` times its own figure in another row
+    of the same scenario."""
+    def f(values, scen, metric):
+        desc = "≤ tollgate's HTTP/1.1 figure" if slack == 1 else f"≤ {slack:.2f}× tollgate's HTTP/1.1 figure"
+        tg, ref = med(values, scen, metric, "tollgate"), med(values, scen, other, "tollgate")
+        if None in (tg, ref):
+            return desc, "n/a"
+        return desc, verdict(tg <= slack * ref)
+    return f
+
+
 def t_below(limit, unit_desc):
     def f(values, scen, metric):
         desc = f"< {unit_desc}"
@@ -198,6 +222,8 @@ ROWS = [
     (5, "added_median_us", "median added delay (vs direct)", "us", t_below(1000, "1 ms")),
     (5, "delay_max_us", "max delay", "us", None),
     (5, "added_max_us", "max added delay (vs direct median)", "us", t_below(5000, "5 ms")),
+    (5, "h2_added_median_us", "HTTP/2 (h2c): median added delay", "us", t_vs_row("added_median_us", 1.00)),
+    (5, "h2_added_max_us", "HTTP/2 (h2c): max added delay", "us", t_below(5000, "5 ms")),
     (6, "bytes_per_conn_plain", "bytes per idle conn, plain", "bytes", t_vs_nginx(0.5, "le")),
     (6, "bytes_per_conn_tls", "bytes per idle conn, TLS", "bytes", t_vs_nginx(0.5, "le")),
     (7, "rps", "req/s", "rps", t_vs_scenario(1, 0.97)),
@@ -211,11 +237,11 @@ ROWS = [
     (9, "down_mbps", "download MB/s", "n", t_vs_nginx(1.0, "ge")),
     (10, "rps", "req/s", "rps", t_vs_scenario(1, 0.90)),
     (10, "rps_per_cpu", "req per CPU-second of the system", "rps", None),
-    (11, "rps", "req/s", "rps", None),
+    (11, "rps", "req/s", "rps", t_best_peer_by(1.15)),
     (11, "mean_us", "mean time per request (h2load: no percentiles)", "us", None),
     (11, "max_us", "max time per request", "us", None),
     (11, "rps_per_cpu", "req per CPU-second of the system", "rps", None),
-    (11, "cpu_us_per_req", "CPU per request (µs of the system)", "us", None),
+    (11, "cpu_us_per_req", "CPU per request (µs of the system)", "us", t_lat_best),
     (11, "bytes_per_conn_h2", "bytes per idle HTTP/2 conn (TLS, after SETTINGS and one GET)",
      "bytes", None),
 ]
@@ -226,7 +252,7 @@ def applies(system, scen, metric):
     only and has no rate limiter; only tollgate has a Redis-backed limiter.
     Anything else that has no value is n/a (not built, failed, skipped)."""
     if system == "direct":
-        return scen in (1, 5, 9, 10) and not metric.startswith("added_")  # not 11: TLS
+        return scen in (1, 5, 9, 10) and not metric.startswith(("added_", "h2_"))  # not 11: TLS
     if system in ("nginx", "haproxy"):
         return scen != 8
     return True

@@ -178,6 +178,15 @@ scenario_5() {
     record 5 delay_median_us "$sys" "$(sed -n 's/.*median_us=\([0-9.]*\).*/\1/p' "$out")"
     record 5 delay_p99_us "$sys" "$(sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p' "$out")"
     record 5 delay_max_us "$sys" "$(sed -n 's/.*max_us=\([0-9.]*\).*/\1/p' "$out")"
+    # The same over HTTP/2 (prior knowledge; the backend speaks HTTP/1.1 only).
+    [ "$sys" = direct ] && return 0
+    if ! on_load $(( SSE_EVENTS * SSE_INTERVAL_MS / 1000 + 20 )) "$WORK/sse_client" \
+            127.0.0.1 "$H2C_PORT" "$SSE_EVENTS" "$SSE_INTERVAL_MS" h2c > "$out" 2>&1; then
+        note 5 "$sys" "sse_client h2c failed: $(tr '\n' ' ' < "$out" | cut -c1-200)"
+        return 1
+    fi
+    record 5 h2_delay_median_us "$sys" "$(sed -n 's/.*median_us=\([0-9.]*\).*/\1/p' "$out")"
+    record 5 h2_delay_max_us "$sys" "$(sed -n 's/.*max_us=\([0-9.]*\).*/\1/p' "$out")"
 }
 
 # --- 6: idle memory ----------------------------------------------------------------

@@ -12,6 +12,9 @@
 #       8  the same limit through Redis (tollgate only: the others have no
 #          Redis-backed limiter)
 #       10 $TENANTS tenants, one upstream each, chosen by Host
+#       5  one more listener, 127.0.0.1:$H2C_PORT, speaking HTTP/2 with prior
+#          knowledge (nginx "listen ... http2", haproxy "proto h2", tollgate
+#          "h2c: true"): SSE over HTTP/2 without TLS, beside the HTTP/1.1 run
 #       11 HTTP/2 on the TLS listener (ALPN h2, then http/1.1): nginx
 #          "listen ... ssl http2" (1.22 has no "http2 on"), haproxy
 #          "alpn h2,http/1.1" on its bind, tollgate its default (http2: true)
@@ -95,6 +98,7 @@ $( [ "$scen" = 7 ] && echo "    limit_req_zone \$binary_remote_addr zone=never:1
     server {
         listen 127.0.0.1:$HTTP_PORT default_server;
         listen 127.0.0.1:$HTTPS_PORT ssl$h2 default_server;
+$( [ "$scen" = 5 ] && echo "        listen 127.0.0.1:$H2C_PORT http2 default_server;" )
         server_name _;
         # TLS settings here, not at http level: inherited by 10,000 tenant
         # servers (scenario 10) they would build 10,000 SSL contexts at start.
@@ -152,6 +156,7 @@ $( [ "$scen" = 5 ] && echo "    option http-no-delay    # SSE: else MSG_MORE hol
 frontend fe
     bind 127.0.0.1:$HTTP_PORT
     bind 127.0.0.1:$HTTPS_PORT ssl crt $WORK/cert+key.pem$( [ "$scen" = 11 ] && echo " alpn h2,http/1.1" )
+$( [ "$scen" = 5 ] && echo "    bind 127.0.0.1:$H2C_PORT proto h2" )
 CONF
     if [ "$scen" = 7 ]; then
         cat <<CONF
@@ -189,6 +194,7 @@ listen:
   - address: 127.0.0.1:$HTTP_PORT
   - address: 127.0.0.1:$HTTPS_PORT
     tls: true$( [ "$scen" = 11 ] && printf '\n    http2: true   # the default: ALPN h2, then http/1.1' )
+$( [ "$scen" = 5 ] && printf '  - address: 127.0.0.1:%s\n    h2c: true' "$H2C_PORT" )
 tls:
   certificates:
     - cert: $WORK/cert.pem
