@@ -5,7 +5,8 @@
 #   make run          install missing Debian packages, build, make a local
 #                     certificate, start with conf/tollgate.yaml
 #   make test         install what the tests need, then run the unit and
-#                     integration suites, first plain, then under ASan+UBSan
+#                     integration suites, plain and under ASan+UBSan (side
+#                     by side where network namespaces can be made)
 #   make test-unit    unit tests only (plain build)
 #   make test-integration   integration tests only (plain build)
 #   make test-asan    unit + integration tests under ASan+UBSan
@@ -68,7 +69,7 @@ UNIT_SRCS = $(wildcard tests/unit/test_*.c)
 UNIT_BINS = $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: check-layers format-check format all run deps test-deps test test-unit test-integration test-asan \
-        unit-run integration-run fuzz bench certs install clean
+        suite-builds unit-run integration-run fuzz bench certs install clean
 
 all: $(BUILD)/tollgate
 
@@ -120,12 +121,16 @@ run: deps
 	$(MAKE) all certs
 	./build/tollgate -c $(CONFIG)
 
-# The whole suite: the module layers, then plain (fast feedback), then
-# under sanitizers.
+# The whole suite: the module layers, then the plain and the sanitized
+# runs, side by side in network namespaces of their own where the machine
+# allows it (tools/run-suites says how).
 test: test-deps
 	tools/check-layers
-	$(MAKE) unit-run integration-run
-	$(MAKE) SANITIZE=address,undefined unit-run integration-run
+	$(MAKE) suite-builds
+	$(MAKE) SANITIZE=address,undefined suite-builds
+	MAKE="$(MAKE)" tools/run-suites
+
+suite-builds: $(BUILD)/tollgate $(UNIT_BINS) conf/certs/localhost.crt
 
 test-unit: test-deps
 	$(MAKE) unit-run
