@@ -316,7 +316,7 @@ def test_one_gib_upload_over_h2_keeps_rss_flat(gateway):
         zero.stdout.close()
         zero.wait(timeout=10)
     samples = done()
-    assert rc == 0, err
+    assert rc == 0, (err, gw.tg.stderr()[-3000:])
     assert out == b"%d" % GIB, (out, gw.backend.requests)
     assert b"content-length: %d" % GIB in gw.backend.requests[0].lower()
     assert max(samples) - base < RSS_SLACK_KB, (base, max(samples))
