@@ -2499,6 +2499,35 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
     return rc;
 }
 
+/* admin.histogram_buckets: [1ms, 5ms, ...], ascending, at most 16. */
+static int p_buckets(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
+{
+    (void)dst;
+    struct tg_config *cfg = ctx->cfg;
+    if (expect_list(ctx, node, key->name) < 0)
+        return -1;
+    size_t n = list_len(node);
+    size_t max = sizeof(cfg->histogram_buckets_ms) / sizeof(cfg->histogram_buckets_ms[0]);
+    if (n == 0 || n > max)
+        return node_error(ctx, node, "%s needs 1 to %zu bounds", key->name, max);
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        const char *s = scalar(ctx, item, key->name);
+        int64_t ms;
+        if (s == NULL)
+            return -1;
+        if (tg_config_parse_duration(s, &ms) < 0 || ms <= 0)
+            return node_error(ctx, item, "%s: a bound is a duration like 5ms or 2s; not '%s'",
+                              key->name, s);
+        if (i > 0 && ms <= cfg->histogram_buckets_ms[i - 1])
+            return node_error(ctx, item, "%s must go up: %s is not above the bound before it",
+                              key->name, s);
+        cfg->histogram_buckets_ms[i] = ms;
+    }
+    cfg->nhistogram_buckets = (unsigned)n;
+    return 0;
+}
+
 /* admin: {listen: ADDRESS | off, token: STRING}. The admin listener joins
  * the listener list (so reloads add and remove it like any other) with the
  * admin flag; it is on 127.0.0.1:9901 unless switched off. */
@@ -2511,6 +2540,8 @@ static const struct cfg_key admin_keys[] = {
     {"listen", p_string, FIELD(struct admin_section, listen), 0, 0, NULL,
      "127.0.0.1:9901" /* or off */},
     {"token", p_string, FIELD(struct admin_section, token), 0, 0, NULL, NULL /* none */},
+    {"histogram_buckets", p_buckets, 0, 0, 0, NULL,
+     NULL /* 1ms 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2500ms 5s 10s */},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 

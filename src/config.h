@@ -494,8 +494,12 @@ struct tg_config {
     struct tg_config_tenants tenants;
     const struct tg_config_site *domain_site; /* the site with custom_domains */
     const char *admin_token;                  /* bearer token for the admin listener */
-    struct tg_cidr_set *trusted_proxies;      /* NULL = trust no peer */
-    int client_ip_header;                     /* enum tg_client_ip_header */
+    /* Histogram bucket bounds (admin.histogram_buckets), ascending; none:
+     * the built-in ones. */
+    int64_t histogram_buckets_ms[16];
+    unsigned nhistogram_buckets;
+    struct tg_cidr_set *trusted_proxies; /* NULL = trust no peer */
+    int client_ip_header;                /* enum tg_client_ip_header */
     struct tg_config_geoip geoip_files;
     struct tg_geoip *geoip;           /* built: country database, or NULL */
     struct tg_geoip *geoip_asn;       /* built: ASN database, or NULL */

@@ -457,6 +457,11 @@ static void upstream_setup(struct tg_exchange *x, struct tg_upconn *uc)
             return;
     }
     x->connecting = false;
+    /* A new connection is ready: how long it took. */
+    struct tg_upstream_stats *us = upstream_stats(x);
+    double took = now_of(x) - x->req->up_start;
+    TG_METRIC_INC(us->connect[tg_metrics_bucket(took)]);
+    TG_METRIC_ADD(us->connect_us, took > 0 ? (uint64_t)(took * 1e6) : 0);
     send_upstream(x);
 }
 

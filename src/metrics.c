@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "log.h"
 
 /* ---- registry of label values ---------------------------------------------- */
 
@@ -87,9 +88,14 @@ unsigned tg_metrics_no_route(void)
     return v;
 }
 
+static void assign_buckets(const struct tg_config *cfg);
+static bool buckets_set; /* the first configuration was seen */
+
 void tg_metrics_assign(struct tg_config *cfg)
 {
     char labels[1024], a[400], b[400];
+    assign_buckets(cfg);
+    buckets_set = true;
     tg_metrics_no_route();
     for (size_t s = 0; s < cfg->nsites; s++) {
         struct tg_config_site *site = &cfg->sites[s];
@@ -162,16 +168,48 @@ unsigned tg_metrics_tls_reason(const char *reason)
     return TG_METRICS_TLS_REASONS - 1;
 }
 
-static const double buckets[TG_METRICS_NBUCKETS] = {
+/* Set by the first configuration (before any worker runs) and never
+ * changed after: counts already taken belong to these bounds. */
+static double buckets[TG_METRICS_MAX_BUCKETS] = {
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 };
+static unsigned nbuckets = 12;
+_Static_assert(sizeof(((struct tg_config *)0)->histogram_buckets_ms) / sizeof(int64_t) <=
+                   TG_METRICS_MAX_BUCKETS,
+               "every configured bound has a counter");
+
+/* The configuration's buckets: taken at the first load; a reload that
+ * names others keeps these (the counts so far were taken with them). */
+static void assign_buckets(const struct tg_config *cfg)
+{
+    if (cfg->nhistogram_buckets == 0)
+        return;
+    bool same = cfg->nhistogram_buckets == nbuckets;
+    for (unsigned i = 0; same && i < nbuckets; i++)
+        same = buckets[i] == (double)cfg->histogram_buckets_ms[i] / 1000.0;
+    if (same)
+        return;
+    if (buckets_set) {
+        tg_log_warn("admin.histogram_buckets changed: the new bounds take effect at the next "
+                    "start (the histograms' counts so far use the old ones)");
+        return;
+    }
+    for (unsigned i = 0; i < cfg->nhistogram_buckets; i++)
+        buckets[i] = (double)cfg->histogram_buckets_ms[i] / 1000.0;
+    nbuckets = cfg->nhistogram_buckets;
+}
 
 unsigned tg_metrics_bucket(double seconds)
 {
     unsigned i = 0;
-    while (i < TG_METRICS_NBUCKETS && seconds > buckets[i])
+    while (i < nbuckets && seconds > buckets[i])
         i++;
     return i;
+}
+
+unsigned tg_metrics_nbuckets(void)
+{
+    return nbuckets;
 }
 
 void tg_metrics_reload(bool ok, double when)

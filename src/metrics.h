@@ -25,8 +25,9 @@ struct tg_runtime;
 #define TG_METRICS_MAX_POLICIES 256
 #define TG_METRICS_MAX_LISTENERS 64
 
-/* Histogram buckets (seconds) for request and upstream times. */
-#define TG_METRICS_NBUCKETS 12
+/* Histogram buckets for request and upstream times: at most this many
+ * bounds (admin.histogram_buckets), then +Inf. */
+#define TG_METRICS_MAX_BUCKETS 16
 
 enum tg_metrics_kind {
     TG_METRICS_ROUTE = 0,
@@ -37,18 +38,20 @@ enum tg_metrics_kind {
 };
 
 struct tg_route_stats {
-    uint64_t requests[6];                       /* by status class: 0 = aborted, 1..5 */
-    uint64_t duration[TG_METRICS_NBUCKETS + 1]; /* cumulative at scrape */
-    uint64_t duration_us;                       /* sum */
+    uint64_t requests[6];                          /* by status class: 0 = aborted, 1..5 */
+    uint64_t duration[TG_METRICS_MAX_BUCKETS + 1]; /* cumulative at scrape */
+    uint64_t duration_us;                          /* sum */
     uint64_t bytes_in, bytes_out;
 };
 
 struct tg_upstream_stats {
     uint64_t requests;
     uint64_t connect_errors, timeouts, retries, failures, ejections;
-    uint64_t queued, queue_timeouts; /* waited at max_connections; gave up */
-    uint64_t response[TG_METRICS_NBUCKETS + 1];
+    uint64_t queued, queue_timeouts;               /* waited at max_connections; gave up */
+    uint64_t response[TG_METRICS_MAX_BUCKETS + 1]; /* to the response head */
     uint64_t response_us;
+    uint64_t connect[TG_METRICS_MAX_BUCKETS + 1]; /* new connections: TCP (+ TLS) */
+    uint64_t connect_us;
 };
 
 enum tg_rl_result {
@@ -118,8 +121,10 @@ unsigned tg_metrics_no_route(void);
 /* Index of a TLS failure reason token ("protocol", ...). */
 unsigned tg_metrics_tls_reason(const char *reason);
 
-/* Histogram bucket of a duration in seconds. */
+/* Histogram bucket of a duration in seconds: 0 .. tg_metrics_nbuckets()
+ * (the last is +Inf). */
 unsigned tg_metrics_bucket(double seconds);
+unsigned tg_metrics_nbuckets(void);
 
 /* Process-wide values the main thread updates: a SIGHUP reload and its
  * result (a success also sets the load time), and the first load at start,

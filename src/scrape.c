@@ -44,9 +44,10 @@ static void histogram(struct tg_strbuf *o, const char *name, const char *labels,
                       const uint64_t *counts, uint64_t sum_us)
 {
     uint64_t cum = 0;
-    for (unsigned b = 0; b <= TG_METRICS_NBUCKETS; b++) {
+    unsigned nb = tg_metrics_nbuckets();
+    for (unsigned b = 0; b <= nb; b++) {
         cum += counts[b];
-        if (b < TG_METRICS_NBUCKETS)
+        if (b < nb)
             tg_strbuf_printf(o, "tollgate_%s_bucket{%s,le=\"%g\"} %llu\n", name, labels,
                              tg_metrics_bucket_bound(b), (unsigned long long)cum);
         else
@@ -79,10 +80,10 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     header(&o, "request_duration_seconds", "histogram",
            "Time from the first byte of the request head to the end of the answer.");
     for (unsigned id = 0; id < nroutes; id++) {
-        uint64_t counts[TG_METRICS_NBUCKETS + 1] = {0}, sum = 0;
+        uint64_t counts[TG_METRICS_MAX_BUCKETS + 1] = {0}, sum = 0;
         for (unsigned w = 0; w < nw; w++) {
             struct tg_route_stats *s = &rt->workers[w]->metrics->routes[id];
-            for (unsigned b = 0; b <= TG_METRICS_NBUCKETS; b++)
+            for (unsigned b = 0; b <= TG_METRICS_MAX_BUCKETS; b++)
                 counts[b] += LOAD(s->duration[b]);
             sum += LOAD(s->duration_us);
         }
@@ -143,17 +144,32 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         }
     }
     header(&o, "upstream_response_seconds", "histogram",
-           "Time from sending the request to the upstream's response head.");
+           "Time to first byte: from the start of the upstream attempt (connect or pooled "
+           "connection) to the upstream's response head.");
     for (unsigned id = 0; id < nup; id++) {
-        uint64_t counts[TG_METRICS_NBUCKETS + 1] = {0}, sum = 0;
+        uint64_t counts[TG_METRICS_MAX_BUCKETS + 1] = {0}, sum = 0;
         for (unsigned w = 0; w < nw; w++) {
             struct tg_upstream_stats *s = &rt->workers[w]->metrics->upstreams[id];
-            for (unsigned b = 0; b <= TG_METRICS_NBUCKETS; b++)
+            for (unsigned b = 0; b <= TG_METRICS_MAX_BUCKETS; b++)
                 counts[b] += LOAD(s->response[b]);
             sum += LOAD(s->response_us);
         }
         histogram(&o, "upstream_response_seconds",
                   tg_metrics_series_labels(TG_METRICS_UPSTREAM, id), counts, sum);
+    }
+    header(&o, "upstream_connect_seconds", "histogram",
+           "Time to open a new upstream connection (TCP connect, and the TLS handshake "
+           "for a TLS upstream); pooled connections are not counted.");
+    for (unsigned id = 0; id < nup; id++) {
+        uint64_t counts[TG_METRICS_MAX_BUCKETS + 1] = {0}, sum = 0;
+        for (unsigned w = 0; w < nw; w++) {
+            struct tg_upstream_stats *s = &rt->workers[w]->metrics->upstreams[id];
+            for (unsigned b = 0; b <= TG_METRICS_MAX_BUCKETS; b++)
+                counts[b] += LOAD(s->connect[b]);
+            sum += LOAD(s->connect_us);
+        }
+        histogram(&o, "upstream_connect_seconds", tg_metrics_series_labels(TG_METRICS_UPSTREAM, id),
+                  counts, sum);
     }
 
     /* Rate limiting. */

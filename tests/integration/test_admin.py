@@ -91,6 +91,69 @@ def test_metrics_move_with_traffic(tollgate, backend):
     assert not any("/x" in k or "nobody" in k for k in after)
 
 
+def test_histograms_connect_ttfb_total_with_configured_buckets(tollgate, backend, tmp_path):
+    """Issue 21 (2): per route the total time, per upstream the time to a
+    new connection and to the first byte, as Prometheus histograms with the
+    configured bounds; the whole page passes promtool's own check."""
+    import shutil
+    import subprocess
+
+    def slow(sock, be):
+        while read_http_request(sock) is not None:
+            time.sleep(0.03)  # every answer waits 30 ms: in (20ms, 200ms]
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    b = backend(slow)
+    port, aport = free_port(), free_port()
+    tg = tollgate(config(port, aport, b.port,
+                         "admin: { listen: 127.0.0.1:%d, histogram_buckets: [2ms, 20ms, 200ms, 2s] }"
+                         % aport).replace("admin: { listen: 127.0.0.1:%d }\n" % aport, ""))
+    for _ in range(4):
+        assert get(port, "/x")[0] == 200
+    time.sleep(0.1)
+    text = admin_get(aport, "/metrics")[2].decode()
+    m = parse_exposition(text)
+    up = 'upstream="app"'
+    # Four answers of 30 ms: none under 20 ms, all under 200 ms.
+    ttfb = "tollgate_upstream_response_seconds_bucket{%s,le=\"%s\"}"
+    assert m[ttfb % (up, "0.02")] == 0 and m[ttfb % (up, "0.2")] == 4, text
+    assert m[ttfb % (up, "+Inf")] == 4
+    assert m["tollgate_upstream_response_seconds_sum{%s}" % up] >= 4 * 0.03
+    assert not any('le="0.001"' in k for k in m)  # the built-in bounds are gone
+    # One new connection (workers: 2 may open one each), pooled ones not counted.
+    conns = m["tollgate_upstream_connect_seconds_count{%s}" % up]
+    assert 1 <= conns <= 2 and conns == b.connections, (conns, b.connections)
+    assert m["tollgate_upstream_connect_seconds_bucket{%s,le=\"0.2\"}" % up] == conns
+    total = 'tollgate_request_duration_seconds_bucket{site="app.test",route="/",le="%s"}'
+    assert m[total % "0.02"] == 0 and m[total % "+Inf"] == 4
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian package prometheus, tools/packages) is missing"
+    page = tmp_path / "metrics.txt"
+    page.write_text(text)
+    with open(page) as f:
+        r = subprocess.run([promtool, "check", "metrics"], stdin=f, capture_output=True,
+                           text=True, timeout=30)
+    # Exit 1 for a parse error and for lint advice (names, units, help) alike.
+    assert r.returncode == 0, r.stdout + r.stderr
+    # A reload that names other bounds keeps these (the counts belong to them).
+    tg.reload(config(port, aport, b.port,
+                     "admin: { listen: 127.0.0.1:%d, histogram_buckets: [1s, 2s] }" % aport)
+              .replace("admin: { listen: 127.0.0.1:%d }\n" % aport, ""))
+    m = parse_exposition(admin_get(aport, "/metrics")[2].decode())
+    assert m[ttfb % (up, "0.2")] == 4
+    assert "histogram_buckets changed" in tg.stderr()
+
+
+def test_histogram_buckets_must_go_up(tmp_path):
+    from conftest import BIN
+    import subprocess
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(config(free_port(), free_port(), 1, "")
+                   .replace("admin: {", "admin: { histogram_buckets: [5ms, 5ms],"))
+    p = subprocess.run([BIN, "-t", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0
+    assert re.search(r"t\.yaml:\d+:\d+: .*histogram_buckets must go up", p.stderr), p.stderr
+
+
 def test_reload_metrics_count_reloads_only(tollgate, backend):
     """Issue 23 (8): the initial load counted as a successful reload. Only
     SIGHUP reloads count, by result; the load time is there from the
