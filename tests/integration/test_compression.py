@@ -534,3 +534,56 @@ def test_access_log_and_metrics(tollgate, backend):
     assert 'tollgate_compression_bytes_out_total{encoding="gzip"} %d' % len(body) in m
     assert 'tollgate_compression_bytes_saved_total{encoding="gzip"} %d' % (
         len(JSON) - len(body)) in m
+
+
+def test_shipped_config_compresses_pocketbase_lists_not_sse(tollgate, tmp_path):
+    """Done-when of issue 20: through conf/tollgate.yaml (as shipped, ports
+    moved) a PocketBase list response arrives compressed per
+    Accept-Encoding, and the realtime SSE stream is untouched and
+    immediate."""
+    import ssl
+    from test_login_limits import Gateway
+    gw = Gateway(tollgate, tmp_path)
+    try:
+        # The stub keeps no created records: a customer list of 25 is put
+        # in place (the customers collection lists for superusers only).
+        from pocketbase_stub import _Record
+        customers = next(c for c in gw.stub.collections if c.name == "customers")
+        customers.records.extend(_Record("cust%011d" % i, "customer%d@example.com" % i, "pw",
+                                         name="Customer %d" % i) for i in range(25))
+        auth = {"Authorization": gw.stub.token("admin@example.com")}
+        path = "/api/collections/customers/records?perPage=50"
+        status, headers, plain = gw.request("GET", path, headers=auth)
+        assert status == 200 and "content-encoding" not in headers
+        assert len(json.loads(plain)["items"]) == 26
+        for ae, enc in (("gzip", "gzip"), ("br", "br"), ("zstd", "zstd"),
+                        ("gzip, deflate, br, zstd", "zstd"), ("gzip, br", "br")):
+            status, headers, body = gw.request("GET", path, headers=dict(auth, **{
+                "Accept-Encoding": ae}))
+            assert status == 200
+            assert headers.get("content-encoding") == enc, (ae, headers)
+            assert "accept-encoding" in headers["vary"].lower()
+            assert json.loads(decode(enc, body)) == json.loads(plain)
+            assert len(body) < len(plain)
+        # SSE: the connect event arrives at once, as sent.
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.https)))
+        start = time.time()
+        s.sendall(b"GET /api/realtime HTTP/1.1\r\nHost: localhost\r\n"
+                  b"Accept-Encoding: gzip, br, zstd\r\n\r\n")
+        s.settimeout(5 * SLOW)
+        data = b""
+        while b"event:PB_CONNECT\ndata:{" not in data:
+            c = s.recv(65536)
+            assert c, data
+            data += c
+        took = time.time() - start
+        head = data.split(b"\r\n\r\n")[0].lower()
+        assert b"content-type: text/event-stream" in head
+        assert b"content-encoding" not in head
+        assert took < 1.0 * SLOW, took
+        s.close()
+    finally:
+        gw.close()
