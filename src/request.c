@@ -514,6 +514,8 @@ static ssize_t enc_send_body(struct tg_request *req, const struct iovec *iov, in
     struct tg_request_enc *e = req->enc;
     size_t taken = 0, off = 0;
     int i = 0;
+    if (e->out == NULL)
+        return e->end_given ? 0 : -1; /* over (or dropped): nothing more goes */
     for (;;) {
         int r = enc_push(req, e);
         if (r < 0)
@@ -574,7 +576,7 @@ ssize_t tg_request_send_body(struct tg_request *req, const struct iovec *iov, in
 bool tg_request_body_pending(const struct tg_request *req)
 {
     const struct tg_request_enc *e = req->enc;
-    return e != NULL && !e->end_given && (e->end_asked || tg_buf_len(e->out) > 0);
+    return e != NULL && e->out != NULL && !e->end_given && (e->end_asked || tg_buf_len(e->out) > 0);
 }
 
 /* ---- local answers ------------------------------------------------------------ */

@@ -587,3 +587,70 @@ def test_shipped_config_compresses_pocketbase_lists_not_sse(tollgate, tmp_path):
         s.close()
     finally:
         gw.close()
+
+
+def slow_json_handler(pieces, arrived):
+    def handler(sock, be):
+        read_http_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        for p in pieces:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(p), p))
+            if not arrived.wait(5 * SLOW):
+                be.record("piece not decoded in time: %r" % p)
+                return
+            arrived.clear()
+        sock.sendall(b"0\r\n\r\n")
+    return handler
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+def test_slow_json_stream_arrives_as_written_http2(tollgate, backend, encoding):
+    """The same over HTTP/2 (h2c, curl): DATA frames carry each flush."""
+    pieces = [b'{"n":%d,"text":"piece %d of a slow stream"}\n' % (i, i) for i in range(5)]
+    arrived = threading.Event()
+    b = backend(slow_json_handler(pieces, arrived))
+    port = free_port()
+    tollgate(config(port, b.port))
+    p = subprocess.Popen(["curl", "-sS", "-N", "--http2-prior-knowledge",
+                          "-H", "Accept-Encoding: " + encoding,
+                          "--resolve", "app.test:%d:127.0.0.1" % port,
+                          "http://app.test:%d/stream" % port],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        dec = zlib.decompressobj(wbits=31) if encoding == "gzip" else brotli.Decompressor()
+        plain, expected = b"", b""
+        fd = p.stdout.fileno()
+        for piece in pieces:
+            expected += piece
+            deadline = time.time() + 5 * SLOW
+            while plain != expected:
+                assert time.time() < deadline, plain
+                data = os.read(fd, 65536)
+                assert data, plain
+                plain += dec.decompress(data) if encoding == "gzip" else dec.process(data)
+                assert expected.startswith(plain), plain
+            arrived.set()
+        rest = p.stdout.read()
+        plain += dec.decompress(rest) if encoding == "gzip" else dec.process(rest)
+        assert plain == expected
+        assert p.wait(10 * SLOW) == 0, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not b.requests, b.requests
+
+
+def test_http10_client_gets_close_delimited_compressed_body(tollgate, backend):
+    b = backend(fixed_backend(chunked=True))
+    port = free_port()
+    tollgate(config(port, b.port))
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /x HTTP/1.0\r\nHost: app.test\r\nAccept-Encoding: gzip\r\n\r\n")
+    status, headers, body = read_response(s)
+    s.close()
+    assert status == 200
+    assert headers["content-encoding"] == ["gzip"]
+    assert "transfer-encoding" not in headers and "content-length" not in headers
+    assert gzip.decompress(body) == JSON
