@@ -654,3 +654,69 @@ def test_http10_client_gets_close_delimited_compressed_body(tollgate, backend):
     assert headers["content-encoding"] == ["gzip"]
     assert "transfer-encoding" not in headers and "content-length" not in headers
     assert gzip.decompress(body) == JSON
+
+
+def test_slow_reader_backpressure_keeps_memory_flat(tollgate, backend):
+    """An incompressible 64 MiB body to a client that reads slowly: the
+    compressed output waits in one buffer, the backend is read no faster
+    than the client takes bytes, and what arrives decodes to what was
+    sent."""
+    block = os.urandom(1 << 20)  # repeats lie beyond every window: incompressible
+    total = 64 << 20
+
+    def handler(sock, be):
+        read_http_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                     b"Content-Length: %d\r\n\r\n" % total)
+        try:
+            for _ in range(total // len(block)):
+                sock.sendall(block)
+        except OSError:
+            pass
+    b = backend(handler)
+    port = free_port()
+    tg = tollgate(config(port, b.port, site_compress="{types: [application/octet-stream]}"))
+    base = tg.rss_kb()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /blob HTTP/1.1\r\nHost: app.test\r\nAccept-Encoding: gzip\r\n\r\n")
+    s.settimeout(30 * SLOW)
+    # Stall: the gateway must stop reading the backend, not buffer it.
+    time.sleep(1.0)
+    stalled = tg.rss_kb()
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    assert b"content-encoding: gzip" in head.lower()
+    dec = zlib.decompressobj(wbits=31)
+    got = 0
+    prefix_ok = True
+    peak = stalled
+    n = 0
+    while True:
+        if b"\r\n" in buf:
+            size_line, rest = buf.split(b"\r\n", 1)
+            size = int(size_line, 16)
+            if size == 0:
+                break
+            if len(rest) >= size + 2:
+                out = dec.decompress(rest[:size])
+                if got < len(block):
+                    k = min(len(out), len(block) - got)
+                    prefix_ok &= out[:k] == block[got:got + k]
+                got += len(out)
+                buf = rest[size + 2:]
+                continue
+        c = s.recv(1 << 16)
+        assert c, "closed after %d bytes" % got
+        buf += c
+        n += 1
+        if n % 200 == 0:
+            peak = max(peak, tg.rss_kb())
+            time.sleep(0.002)  # a slow reader
+    s.close()
+    assert got == total and prefix_ok
+    assert stalled - base < 8 * 1024, (base, stalled)
+    assert peak - base < 32 * 1024, (base, peak)
