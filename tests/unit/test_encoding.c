@@ -144,6 +144,8 @@ struct out {
 
 static void out_put(struct out *o, const uint8_t *p, size_t n)
 {
+    if (n == 0)
+        return;
     if (o->n + n > o->cap) {
         o->cap = (o->n + n) * 2;
         o->p = realloc(o->p, o->cap);
