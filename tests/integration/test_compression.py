@@ -193,7 +193,7 @@ def test_negotiation(tollgate, backend, ae, expected):
         assert len(body) < len(JSON) / 3
 
 
-def test_order_levels_and_route_settings(tollgate, backend):
+def test_route_order_min_length_and_off(tollgate, backend):
     b = backend(fixed_backend(body=b"x" * 200))
     port = free_port()
     tollgate(config(port, b.port))
