@@ -43,10 +43,13 @@ BUILD_PKGS = $(call packages,build)
 TEST_PKGS  = $(BUILD_PKGS) $(call packages,test)
 APT_SUDO   = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-PKGS     = libssl libcrypto hiredis libmaxminddb yaml-0.1 libnghttp2 jansson
+PKGS     = libssl libcrypto hiredis libmaxminddb yaml-0.1 libnghttp2 jansson zlib libzstd libbrotlienc
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Werror \
               -Wno-missing-field-initializers -g -MMD -MP
 LIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lev -lpthread -lm
+# The unit tests decode what the encoders wrote (brotli's decoder is a
+# library of its own; zlib and zstd decode with what the build links).
+TEST_LIBS = $(shell pkg-config --libs libbrotlidec 2>/dev/null)
 
 ifdef SANITIZE
 BUILD    = build/sanitize
@@ -84,7 +87,7 @@ $(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj
 # includes (named by the test: test_http1.c includes src/http1.c).
 $(BUILD)/tests/test_%: tests/unit/test_%.c $(LIB_OBJS) | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Isrc -o $@ $< \
-	    $(filter-out $(BUILD)/obj/$*.o,$(LIB_OBJS)) $(LDFLAGS) $(LIBS)
+	    $(filter-out $(BUILD)/obj/$*.o,$(LIB_OBJS)) $(LDFLAGS) $(LIBS) $(TEST_LIBS)
 
 $(BUILD)/obj $(BUILD)/tests:
 	mkdir -p $@

@@ -344,6 +344,14 @@ void tg_access_log_write(struct tg_access_log *log, const struct tg_access_recor
                  r->duration_ms < 0 ? 0 : r->duration_ms);
     if (n > 0 && (size_t)n < MAX_LINE - o)
         o += (size_t)n;
+    if (r->encoding != NULL) {
+        o = put_str(line, o, "encoding", r->encoding);
+        n = snprintf(line + o, MAX_LINE - o,
+                     ",\"bytes_uncompressed\":%llu,\"bytes_compressed\":%llu",
+                     (unsigned long long)r->bytes_plain, (unsigned long long)r->bytes_coded);
+        if (n > 0 && (size_t)n < MAX_LINE - o)
+            o += (size_t)n;
+    }
     o = put_str(line, o, "upstream", r->upstream);
     if (r->upstream_ms >= 0) {
         n = snprintf(line + o, MAX_LINE - o, ",\"upstream_ms\":%.3f", r->upstream_ms);

@@ -35,6 +35,9 @@ struct tg_access_record {
     const char *tenant;
     const char *country;                /* "" or NULL: not written */
     const struct tg_limiter_state *lim; /* NULL: no policy applied */
+    const char *encoding; /* the body's content coding when we compressed it, else NULL */
+    uint64_t bytes_plain; /* ... and its body bytes before compression */
+    uint64_t bytes_coded; /* ... and after */
 };
 
 /* ---- the writer (main thread) ------------------------------------------- */

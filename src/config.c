@@ -31,6 +31,7 @@
 #include <yaml.h>
 
 #include "bodykey.h"
+#include "compress.h"
 #include "file.h"
 #include "http.h"
 #include "router.h"
@@ -2272,6 +2273,125 @@ static int parse_methods(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_confi
 
 static const char *const errors_choices[] = {"text", "json", "html", NULL};
 
+/* ---- compress ------------------------------------------------------------------ */
+
+/* `compress.types`: media types, "type/subtype" or "type/\*". */
+static int p_types(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
+{
+    struct tg_config_compress *cc =
+        (struct tg_config_compress *)((char *)dst - offsetof(struct tg_config_compress, types));
+    if (expect_list(ctx, node, key->name) < 0)
+        return -1;
+    size_t n = list_len(node);
+    const char **v = tg_arena_calloc(&ctx->cfg->arena, n ? n : 1, sizeof(*v));
+    if (v == NULL)
+        return node_error(ctx, node, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        const char *t = scalar(ctx, item, "a media type");
+        if (t == NULL) {
+            rc = -1;
+            continue;
+        }
+        const char *slash = strchr(t, '/');
+        if (slash == NULL || slash == t || slash[1] == '\0' || strchr(slash + 1, '/') != NULL ||
+            strpbrk(t, " ;,") != NULL || (strchr(t, '*') != NULL && strcmp(slash, "/*") != 0)) {
+            rc = node_error(ctx, item, "%s: '%s' is not a media type (type/subtype or type/*)",
+                            key->name, t);
+            continue;
+        }
+        char *copy = tg_arena_strdup(&ctx->cfg->arena, t);
+        if (copy == NULL)
+            return node_error(ctx, item, "out of memory");
+        for (char *c = copy; *c; c++)
+            *c = (char)tg_ascii_lower(*c);
+        v[i] = copy;
+    }
+    if (rc == 0) {
+        cc->types = v;
+        cc->ntypes = n;
+    }
+    return rc;
+}
+
+/* `compress.order`: the codings to offer, preferred first. */
+static int p_order(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
+{
+    struct tg_config_compress *cc =
+        (struct tg_config_compress *)((char *)dst - offsetof(struct tg_config_compress, order));
+    if (expect_list(ctx, node, key->name) < 0)
+        return -1;
+    uint8_t order[TG_ENC_COUNT];
+    size_t n = 0;
+    int rc = 0;
+    for (size_t i = 0; i < list_len(node); i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        const char *name = scalar(ctx, item, "a coding");
+        if (name == NULL) {
+            rc = -1;
+            continue;
+        }
+        int e = strcmp(name, "x-gzip") == 0 ? -1 : tg_encoding_from_name(name, strlen(name));
+        if (e <= TG_ENC_IDENTITY) {
+            rc = node_error(ctx, item, "%s: '%s' is not one of zstd, br, gzip", key->name, name);
+            continue;
+        }
+        bool dup = false;
+        for (size_t k = 0; k < n; k++)
+            dup |= order[k] == e;
+        if (dup) {
+            rc = node_error(ctx, item, "%s: '%s' is listed twice", key->name, name);
+            continue;
+        }
+        order[n++] = (uint8_t)e;
+    }
+    if (rc == 0 && n == 0)
+        rc = node_error(ctx, node, "%s needs at least one coding (or compress: false)", key->name);
+    if (rc == 0) {
+        memcpy(cc->order, order, n);
+        cc->norder = n;
+    }
+    return rc;
+}
+
+static const struct cfg_key compress_levels_keys[] = {
+    {"gzip", p_int, TG_ENC_GZIP * sizeof(int), 1, TG_COMPRESS_GZIP_MAX, NULL, "5"},
+    {"zstd", p_int, TG_ENC_ZSTD * sizeof(int), 1, TG_COMPRESS_ZSTD_MAX, NULL, "3"},
+    {"br", p_int, TG_ENC_BR * sizeof(int), 1, TG_COMPRESS_BR_MAX, NULL, "3"},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+/* PocketBase's production guide's list, and the other text formats a
+ * PocketBase app serves (its admin UI's JS/CSS/SVG, JSON APIs). */
+#define COMPRESS_TYPES                                                                            \
+    "[text/*, application/json, application/javascript, application/xml, "                        \
+    "application/ld+json, application/manifest+json, application/rss+xml, application/atom+xml, " \
+    "application/wasm, image/svg+xml]"
+
+static const struct cfg_key compress_keys[] = {
+    {"enabled", p_bool, FIELD(struct tg_config_compress, enabled), 0, 0, NULL, "false"},
+    {"types", p_types, FIELD(struct tg_config_compress, types), 0, 0, NULL, COMPRESS_TYPES},
+    {"min_length", p_size64, FIELD(struct tg_config_compress, min_length), 0, 0, NULL, "1000"},
+    {"order", p_order, FIELD(struct tg_config_compress, order), 0, 0, NULL, "[zstd, br, gzip]"},
+    {"levels", p_section, FIELD(struct tg_config_compress, levels), 0, 0, NULL, NULL,
+     compress_levels_keys},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+/* `compress: true|false`, or a mapping of compress_keys; `out` holds the
+ * parent's settings and keeps what the node does not say. A mapping
+ * without `enabled` turns compression on: writing the settings means
+ * wanting them. */
+static int parse_compress(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_compress *out)
+{
+    static const struct cfg_key whole = {"compress", p_bool, 0, 0, 0, NULL, NULL};
+    if (node->type == YAML_SCALAR_NODE)
+        return p_bool(ctx, node, &out->enabled, &whole);
+    out->enabled = true;
+    return walk_mapping(ctx, node, compress_keys, out, "compress");
+}
+
 static const struct cfg_key route_keys[] = {
     {"path", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"methods", p_skip, 0, 0, 0, NULL, NULL /* any */},
@@ -2281,6 +2401,7 @@ static const struct cfg_key route_keys[] = {
     {"stream", p_bool, FIELD(struct tg_config_route, stream), 0, 0, NULL, "false"},
     {"errors", p_enum, FIELD(struct tg_config_route, errors), 0, 0, errors_choices,
      NULL /* the site's */},
+    {"compress", p_skip, 0, 0, 0, NULL, NULL /* the site's, changed by what is written */},
     {"rate_limit", p_skip, 0, 0, 0, NULL, NULL /* the site's, else rate_limit.global */},
     {"max_in_flight", p_uint, FIELD(struct tg_config_route, max_in_flight), 0, 10000000, NULL, "0"},
     {"read_timeout", p_duration, FIELD(struct tg_config_route, read_timeout_ms), 1, 0, NULL,
@@ -2307,9 +2428,13 @@ static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_
     r->max_body = cfg->client.max_body;
     r->ignore_case = site->ignore_case;
     r->errors = site->errors;
+    r->compress = site->compress;
     int rc = walk_mapping(ctx, node, route_keys, r, "a route");
     if (node->type != YAML_MAPPING_NODE)
         return -1;
+    yaml_node_t *cn = mapping_get(ctx, node, "compress");
+    if (cn != NULL && parse_compress(ctx, cn, &r->compress) < 0)
+        rc = -1;
 
     /* The pattern is compiled by config_build.c; its errors point at the
      * byte, counted from path_mark. */
@@ -2390,6 +2515,7 @@ static const struct cfg_key site_keys[] = {
     {"acme", p_bool, FIELD(struct tg_config_site, acme), 0, 0, NULL, "true"},
     {"ignore_case", p_bool, FIELD(struct tg_config_site, ignore_case), 0, 0, NULL, "false"},
     {"errors", p_enum, FIELD(struct tg_config_site, errors), 0, 0, errors_choices, "text"},
+    {"compress", p_skip, 0, 0, 0, NULL, NULL /* compress_keys' defaults */},
     {"headers", p_skip, 0, 0, 0, NULL, NULL /* the global block */},
     {"allow", p_skip, 0, 0, 0, NULL},
     {"deny", p_skip, 0, 0, 0, NULL},
@@ -2414,6 +2540,7 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
         yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
         struct tg_config_site *site = &cfg->sites[cfg->nsites];
         apply_defaults(ctx, site_keys, site);
+        apply_defaults(ctx, compress_keys, &site->compress);
         site->index = cfg->nsites++;
         if (walk_mapping(ctx, item, site_keys, site, "a site") < 0) {
             rc = -1;
@@ -2455,6 +2582,9 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
             cfg->domain_site = site;
         }
         if (item->type == YAML_MAPPING_NODE && parse_access(ctx, item, &site->access_list) < 0)
+            rc = -1;
+        yaml_node_t *scn = mapping_get(ctx, item, "compress");
+        if (scn != NULL && parse_compress(ctx, scn, &site->compress) < 0)
             rc = -1;
         ctx->site_headers = NULL;
         yaml_node_t *sh =

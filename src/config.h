@@ -26,6 +26,7 @@
 
 #include "addr.h"
 #include "arena.h"
+#include "encoding.h"
 #include "ratelimit.h"
 #include "str.h"
 
@@ -400,6 +401,18 @@ enum tg_config_error_body {
     TG_ERRORS_HTML,     /* a small text/html page */
 };
 
+/* Response compression for a site or a route (`compress:`); a route
+ * starts from its site's and changes what it writes. */
+struct tg_config_compress {
+    bool enabled;
+    const char **types; /* lower-case media types, "type/\*" for any subtype */
+    size_t ntypes;
+    uint64_t min_length;         /* bytes; a body of unknown length always qualifies */
+    uint8_t order[TG_ENC_COUNT]; /* enum tg_encoding, the preferred first */
+    size_t norder;
+    int levels[TG_ENC_COUNT]; /* per enum tg_encoding */
+};
+
 struct tg_config_route {
     const char *path_source;         /* the pattern as written */
     struct tg_config_mark path_mark; /* of its first character */
@@ -418,6 +431,7 @@ struct tg_config_route {
     struct tg_access_rules *access;            /* built from access_list; NULL = none */
     bool stream;                               /* long-lived responses: no read timeout */
     int errors; /* enum tg_config_error_body: the route's, else its site's */
+    struct tg_config_compress compress; /* the site's, changed by the route's */
     /* Resolved at load: the route's own list, else its site's, else
      * rate_limit.global; `set` is always true. */
     struct tg_config_policy_list rate_limit;
@@ -444,6 +458,7 @@ struct tg_config_site {
     bool custom_domains;                      /* unmatched hosts are looked up as tenant domains */
     bool ignore_case;                         /* routes' default */
     int errors;                               /* enum tg_config_error_body; routes' default */
+    struct tg_config_compress compress;       /* routes' default */
     bool acme;                                /* tls.acme orders certificates for its hosts */
     bool any_ignore_case;                     /* some route matches a folded path */
     struct tg_route_entry *route_table;       /* built: the routes as the router

@@ -934,7 +934,9 @@ static void pump_response(struct tg_exchange *x)
             tg_buf_consume(in, (size_t)w);
             x->resp_ready -= (size_t)w;
         }
-        if (x->resp_ready == 0 && end) {
+        /* A compressed body is complete once the stream took the encoder's
+         * last bytes too. */
+        if (x->resp_ready == 0 && end && !tg_request_body_pending(req)) {
             x->end_sent = true;
             finish_response(x);
             return;
@@ -1425,7 +1427,8 @@ static enum deadline_kind next_deadline(const struct tg_exchange *x, ev_tstamp *
     const struct tg_config_upstream *u = req->upstream;
     enum deadline_kind kind = DL_NONE;
     ev_tstamp best = 0;
-    bool out_pending = x->resp_head_done && (x->resp_ready > 0 || x->inject_left > 0);
+    bool out_pending = x->resp_head_done &&
+                       (x->resp_ready > 0 || x->inject_left > 0 || tg_request_body_pending(req));
 
     if (out_pending)
         consider(&best, &kind, req->client_write_at + MS(cfg->client.send_timeout_ms),

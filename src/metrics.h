@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "encoding.h"
+
 struct tg_config;
 struct tg_worker;
 struct tg_runtime;
@@ -94,6 +96,10 @@ struct tg_metrics_shard {
     uint64_t ratelimit_unkeyed;      /* a body key could not be read: 400/413 */
     uint64_t ratelimit_overflow;     /* new keys decided on a shared overflow bucket */
     uint64_t requests_by_proto[2];   /* HTTP/1.x, HTTP/2 */
+    /* Responses we compressed, and their body bytes before and after, by
+     * enum tg_encoding (index 0, identity, unused). */
+    uint64_t compressed[TG_ENC_COUNT];
+    uint64_t compress_in[TG_ENC_COUNT], compress_out[TG_ENC_COUNT];
     uint64_t h2_connections;
     uint64_t h2_streams;
     uint64_t h2_client_resets; /* RST_STREAM from clients */

@@ -851,6 +851,7 @@ static enum verdict limits(struct tg_request *req)
          * then the front end may drop the client's head. */
         if (tg_forward_prepare(req) < 0)
             return out_of_memory(req);
+        tg_request_negotiate(req);
         req->headers_valid = false;
         req->headers.n = 0;
         req->stream_ops->head_done(req->stream);

@@ -15,8 +15,11 @@
 
 #include "access_log.h"
 #include "buf.h"
+#include "compress.h"
 #include "config.h"
 #include "context.h"
+#include "encoding.h"
+#include "faultlog.h"
 #include "headers.h"
 #include "http.h"
 #include "metrics.h"
@@ -218,12 +221,15 @@ static void drop_owner(struct tg_request *req)
     cancel_waits(req);
 }
 
+static void enc_free(struct tg_request *req);
+
 /* Gives back what the request holds, whoever took it: the owner's own
  * things first (an upstream connection), then what the decisions took. */
 static void release(struct tg_request *req, bool aborted)
 {
     if (aborted)
         drop_owner(req);
+    enc_free(req);
     req->hooks = NULL;
     cancel_waits(req);
     if (req->in_flight_counted) {
@@ -254,6 +260,11 @@ static void log_request(struct tg_request *req)
     TG_METRIC_ADD(rs->duration_us, dur > 0 ? (uint64_t)(dur * 1e6) : 0);
     TG_METRIC_ADD(rs->bytes_in, req->bytes_in);
     TG_METRIC_ADD(rs->bytes_out, req->bytes_out);
+    if (req->encoding != TG_ENC_IDENTITY) {
+        TG_METRIC_INC(ctx->metrics->compressed[req->encoding]);
+        TG_METRIC_ADD(ctx->metrics->compress_in[req->encoding], req->bytes_plain);
+        TG_METRIC_ADD(ctx->metrics->compress_out[req->encoding], req->bytes_coded);
+    }
     struct tg_access_record r = {
         .now = now,
         .client = &req->client,
@@ -272,6 +283,9 @@ static void log_request(struct tg_request *req)
         .tenant = req->tenant,
         .country = req->country,
         .lim = req->lim,
+        .encoding = req->encoding != TG_ENC_IDENTITY ? tg_encoding_name(req->encoding) : NULL,
+        .bytes_plain = req->bytes_plain,
+        .bytes_coded = req->bytes_coded,
     };
     tg_access_log_write(ctx->access_log, &r);
 }
@@ -303,25 +317,266 @@ void tg_request_abort(struct tg_request *req)
 
 /* ---- sending ------------------------------------------------------------------ */
 
+/* A compressed body under way: the encoder, and its output not yet taken
+ * by the stream (one pool buffer: the bound on what waits here). */
+struct tg_request_enc {
+    struct tg_compress *c;
+    struct tg_buf *out;
+    bool end_asked; /* the body's end was given and all its bytes taken */
+    bool finished;  /* the encoder wrote its last bytes */
+    bool end_given; /* the stream took them and the end */
+};
+
+/* Returns the encoder's memory as soon as the body is over (or dropped). */
+static void enc_free(struct tg_request *req)
+{
+    struct tg_request_enc *e = req->enc;
+    if (e == NULL)
+        return;
+    tg_compress_free(e->c);
+    e->c = NULL;
+    tg_buf_put(&req->ctx->bufs, e->out);
+    e->out = NULL;
+}
+
+void tg_request_negotiate(struct tg_request *req)
+{
+    if (req->route == NULL || !req->route->compress.enabled || req->method_id == TG_HTTP_HEAD ||
+        req->upgrade_websocket)
+        return;
+    const struct tg_config_compress *cc = &req->route->compress;
+    struct tg_encoding_accept a;
+    tg_encoding_accept_init(&a);
+    for (size_t i = 0; i < req->headers.n; i++)
+        if (tg_http_name_eq(req->headers.v[i].name, "accept-encoding"))
+            tg_encoding_accept_parse(&a, req->headers.v[i].value.p, req->headers.v[i].value.n);
+    req->enc_offered = true;
+    req->enc_choice = (uint8_t)tg_encoding_choose(&a, cc->order, cc->norder);
+}
+
+/* Whether a Vary field names Accept-Encoding, or is "*". */
+static bool vary_covers(struct tg_str v)
+{
+    size_t i = 0;
+    while (i < v.n) {
+        while (i < v.n && (v.p[i] == ' ' || v.p[i] == '\t' || v.p[i] == ','))
+            i++;
+        size_t s = i;
+        while (i < v.n && v.p[i] != ',' && v.p[i] != ' ' && v.p[i] != '\t')
+            i++;
+        struct tg_str t = tg_str_make(v.p + s, i - s);
+        if (tg_str_caseeq(t, "*") || tg_str_caseeq(t, "accept-encoding"))
+            return true;
+    }
+    return false;
+}
+
+/* Decides whether this answer is compressed (docs/configuration.md,
+ * "Compression") and rewrites its fields for it: *h becomes an arena copy
+ * and *length -1. An answer that could have been compressed but is not
+ * (the client takes no coding offered, or no memory for an encoder) only
+ * gets Vary. */
+static void enc_head(struct tg_request *req, int status, const struct tg_http_headers **h,
+                     int64_t *length)
+{
+    const struct tg_config_compress *cc = &req->route->compress;
+    if (status == 204 || status == 206 || status == 304)
+        return;
+    const struct tg_http_headers *in = *h;
+    bool typed = false, vary_done = false;
+    for (size_t i = 0; i < in->n; i++) {
+        struct tg_str n = in->v[i].name, v = in->v[i].value;
+        if (tg_http_name_eq(n, "content-encoding") || tg_http_name_eq(n, "content-range"))
+            return;
+        if (tg_http_name_eq(n, "cache-control") && tg_encoding_no_transform(v.p, v.n))
+            return;
+        if (tg_http_name_eq(n, "content-type")) {
+            /* SSE stays byte for byte: never compressed, whatever types say. */
+            if (tg_encoding_type_is(v.p, v.n, "text/event-stream") ||
+                !tg_encoding_type_matches(v.p, v.n, cc->types, cc->ntypes))
+                return;
+            typed = true;
+        }
+        if (tg_http_name_eq(n, "vary") && vary_covers(v))
+            vary_done = true;
+    }
+    if (!typed || (*length >= 0 && (uint64_t)*length < cc->min_length))
+        return;
+
+    enum tg_encoding enc = (enum tg_encoding)req->enc_choice;
+    struct tg_request_enc *e = NULL;
+    if (enc != TG_ENC_IDENTITY) {
+        e = tg_arena_calloc(&req->arena, 1, sizeof(*e));
+        if (e != NULL) {
+            e->c = tg_compress_new(enc, cc->levels[enc]);
+            e->out = e->c != NULL ? tg_buf_get(&req->ctx->bufs, req->ctx->bufs.small_size) : NULL;
+            if (e->out == NULL) {
+                /* Sent as it is: compression is never worth failing for. */
+                tg_compress_free(e->c);
+                tg_faultlog_note(TG_LOG_WARN, "out of memory", "responses not compressed",
+                                 "request %s: no memory for a compressor; sent uncompressed",
+                                 req->request_id);
+                e = NULL;
+            }
+        }
+        if (e == NULL)
+            enc = TG_ENC_IDENTITY;
+    }
+    if (enc == TG_ENC_IDENTITY && vary_done)
+        return;
+
+    struct tg_http_headers *out = tg_arena_alloc(&req->arena, sizeof(*out));
+    struct tg_http_header *v = tg_arena_alloc(&req->arena, (in->n + 2) * sizeof(*v));
+    if (out == NULL || v == NULL)
+        goto no_memory;
+    size_t n = 0;
+    for (size_t i = 0; i < in->n; i++) {
+        struct tg_http_header f = in->v[i];
+        if (enc != TG_ENC_IDENTITY) {
+            if (tg_http_name_eq(f.name, "content-length"))
+                continue; /* the compressed length is not known up front */
+            if (tg_http_name_eq(f.name, "etag") && f.value.n > 0 && f.value.p[0] == '"') {
+                /* The bytes differ from the identity response's: a strong
+                 * validator would claim they are the same. */
+                char *w = tg_arena_alloc(&req->arena, f.value.n + 2);
+                if (w == NULL)
+                    goto no_memory;
+                memcpy(w, "W/", 2);
+                memcpy(w + 2, f.value.p, f.value.n);
+                f.value = tg_str_make(w, f.value.n + 2);
+            }
+        }
+        v[n++] = f;
+    }
+    if (!vary_done)
+        v[n++] = (struct tg_http_header){TG_STR("Vary"), TG_STR("Accept-Encoding")};
+    if (enc != TG_ENC_IDENTITY) {
+        const char *name = tg_encoding_name(enc);
+        v[n++] =
+            (struct tg_http_header){TG_STR("Content-Encoding"), tg_str_make(name, strlen(name))};
+        *length = -1;
+        req->enc = e;
+        req->encoding = (uint8_t)enc;
+    }
+    out->v = v;
+    out->n = out->cap = n;
+    *h = out;
+    return;
+no_memory:
+    if (e != NULL) {
+        tg_compress_free(e->c);
+        tg_buf_put(&req->ctx->bufs, e->out);
+    }
+}
+
 int tg_request_send_head(struct tg_request *req, int status, const struct tg_http_headers *h,
                          int64_t length, unsigned flags)
 {
     if (req->close_client)
         flags |= TG_STREAM_CLOSE;
+    if (req->enc_offered && req->phase == TG_REQ_FORWARDING && status >= 200 &&
+        !(flags & (TG_STREAM_NO_BODY | TG_STREAM_TUNNEL)) && req->enc == NULL)
+        enc_head(req, status, &h, &length);
     int rc = req->stream_ops->send_head(req->stream, status, h, length, flags);
     if (rc == 0 && (status >= 200 || (flags & TG_STREAM_TUNNEL)))
         req->head_sent = true;
     return rc;
 }
 
+/* Gives the stream what the encoder wrote. Returns 1 when all of it (and
+ * the end, once finished) was taken, 0 when the stream is full, -1. */
+static int enc_push(struct tg_request *req, struct tg_request_enc *e)
+{
+    size_t pending = tg_buf_len(e->out);
+    if (pending == 0 && !e->finished)
+        return 1;
+    struct iovec o = {e->out->data + e->out->start, pending};
+    ssize_t w = req->stream_ops->send_body(req->stream, &o, pending > 0 ? 1 : 0, e->finished);
+    if (w < 0)
+        return -1;
+    if (w > 0) {
+        req->bytes_out += (uint64_t)w;
+        req->bytes_coded += (uint64_t)w;
+        req->client_write_at = tg_context_now(req->ctx);
+        tg_buf_consume(e->out, (size_t)w);
+    }
+    if ((size_t)w < pending)
+        return 0;
+    if (e->finished) {
+        e->end_given = true;
+        enc_free(req);
+    }
+    return 1;
+}
+
+static ssize_t enc_send_body(struct tg_request *req, const struct iovec *iov, int iovcnt, bool end)
+{
+    struct tg_request_enc *e = req->enc;
+    size_t taken = 0, off = 0;
+    int i = 0;
+    if (e->out == NULL)
+        return e->end_given ? 0 : -1; /* over (or dropped): nothing more goes */
+    for (;;) {
+        int r = enc_push(req, e);
+        if (r < 0)
+            return -1;
+        if (r == 0 || e->end_given)
+            return (ssize_t)taken; /* full: tg_request_writable comes back */
+        while (i < iovcnt && off == iov[i].iov_len) {
+            i++;
+            off = 0;
+        }
+        bool more = i < iovcnt;
+        /* All given is taken: flush (the caller has no more now, so the
+         * backend paused), or finish at the body's end. */
+        enum tg_compress_op op = more  ? TG_COMPRESS_RUN
+                                 : end ? TG_COMPRESS_FINISH
+                                       : TG_COMPRESS_FLUSH;
+        if (!more && end)
+            e->end_asked = true;
+        size_t used = 0, wrote = 0;
+        r = tg_compress_step(e->c, more ? (const char *)iov[i].iov_base + off : NULL,
+                             more ? iov[i].iov_len - off : 0, &used, e->out->data + e->out->end,
+                             tg_buf_room(e->out), &wrote, op);
+        if (r < 0) {
+            tg_faultlog_note(TG_LOG_ERROR, "compression", "responses cut",
+                             "request %s: the %s encoder failed; closing the client's stream",
+                             req->request_id, tg_encoding_name(req->encoding));
+            return -1;
+        }
+        e->out->end += wrote;
+        off += used;
+        taken += used;
+        req->bytes_plain += used;
+        if (r == 1 && !more) {
+            if (op == TG_COMPRESS_FINISH) {
+                e->finished = true;
+            } else if (tg_buf_len(e->out) == 0) {
+                /* Flushed, nothing new: the stream writes what it holds. */
+                return req->stream_ops->send_body(req->stream, NULL, 0, false) < 0 ? -1
+                                                                                   : (ssize_t)taken;
+            }
+        }
+    }
+}
+
 ssize_t tg_request_send_body(struct tg_request *req, const struct iovec *iov, int iovcnt, bool end)
 {
+    if (req->enc != NULL)
+        return enc_send_body(req, iov, iovcnt, end);
     ssize_t n = req->stream_ops->send_body(req->stream, iov, iovcnt, end);
     if (n > 0) {
         req->bytes_out += (uint64_t)n;
+        req->bytes_plain += (uint64_t)n;
         req->client_write_at = tg_context_now(req->ctx);
     }
     return n;
+}
+
+bool tg_request_body_pending(const struct tg_request *req)
+{
+    const struct tg_request_enc *e = req->enc;
+    return e != NULL && e->out != NULL && !e->end_given && (e->end_asked || tg_buf_len(e->out) > 0);
 }
 
 /* ---- local answers ------------------------------------------------------------ */

@@ -42,6 +42,7 @@ struct tg_tenant;
 struct tg_tenant_wait;
 struct tg_exchange;
 struct tg_explain;
+struct tg_request_enc;
 
 /* ---- the client-stream interface (front ends implement it) ------------- */
 
@@ -193,6 +194,14 @@ struct tg_request {
     uint64_t bytes_in;     /* from the client (head and body) */
     uint64_t bytes_out;    /* to the client */
 
+    /* Response compression (request.c). */
+    uint8_t enc_choice;         /* enum tg_encoding the client takes (tg_request_negotiate) */
+    bool enc_offered;           /* the route compresses: eligible answers vary on it */
+    uint8_t encoding;           /* enum tg_encoding the body went out in */
+    struct tg_request_enc *enc; /* while a compressed body runs (arena), else NULL */
+    uint64_t bytes_plain;       /* body bytes before compression */
+    uint64_t bytes_coded;       /* ... and after (bytes_out also counts heads, framing) */
+
     /* Timing (the context's clock). */
     ev_tstamp start;
     ev_tstamp up_start;
@@ -280,14 +289,35 @@ void tg_request_end(struct tg_request *req, enum tg_stream_end how);
  * answer for `now`, read again). */
 void tg_request_arm(struct tg_request *req, ev_tstamp when);
 
+/* Reads the client's Accept-Encoding for the route's `compress` settings
+ * (req->route set, header views still valid): what tg_request_send_head
+ * compresses with later. A no-op when the route does not compress. */
+void tg_request_negotiate(struct tg_request *req);
+
 /* Writes `status`'s head through the stream, with `h` and this request's
  * own fields (request id, rate-limit headers) appended by the caller. A
- * thin wrapper that keeps head_sent true. */
+ * thin wrapper that keeps head_sent true. While forwarding, a final
+ * answer the route compresses (tg_request_negotiate, docs/configuration.md
+ * "Compression" for which) is sent compressed: its head gets
+ * Content-Encoding and Vary, loses the length (sent as unknown) and a
+ * strong ETag turns weak, and tg_request_send_body compresses the body. */
 int tg_request_send_head(struct tg_request *req, int status, const struct tg_http_headers *h,
                          int64_t length, unsigned flags);
 
-/* Sends body bytes through the stream; counts them. */
+/* Sends body bytes through the stream; counts them. Returns how many of
+ * the given bytes were taken (the rest is offered again after
+ * tg_request_writable), or -1. A compressed body is compressed here: the
+ * bytes taken are those the encoder took; its output waits in a buffer of
+ * the request's until the stream takes it, and each call that takes all
+ * it is given flushes the encoder (the caller had no more: the backend
+ * paused), so what was given reaches the client now. */
 ssize_t tg_request_send_body(struct tg_request *req, const struct iovec *iov, int iovcnt, bool end);
+
+/* True while the body transform (compression) holds bytes the stream has
+ * not taken, or has not given the stream the body's end that it was given:
+ * the body is not complete yet, and tg_request_writable comes when the
+ * stream takes more. Always false for a body sent as it is. */
+bool tg_request_body_pending(const struct tg_request *req);
 
 /* Copies a string into the request arena (NUL-terminated); NULL when
  * memory ran out. */

@@ -16,6 +16,7 @@
 #include "config.h"
 #include "context.h"
 #include "health.h"
+#include "encoding.h"
 #include "metrics.h"
 #include "ratelimit_redis.h"
 #include "redis.h"
@@ -247,6 +248,7 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     uint64_t geo = 0, local = 0, unknown = 0;
     uint64_t fwd_conflict = 0, fwd_untrusted = 0, pp_refused = 0, unkeyed = 0, overflow = 0;
     uint64_t by_proto[2] = {0}, h2_conns = 0, h2_streams = 0, h2_resets = 0, h2_floods = 0;
+    uint64_t zipped[TG_ENC_COUNT] = {0}, zip_in[TG_ENC_COUNT] = {0}, zip_out[TG_ENC_COUNT] = {0};
     for (unsigned w = 0; w < nw; w++) {
         struct tg_metrics_shard *s = rt->workers[w]->metrics;
         hs += LOAD(s->tls_handshakes);
@@ -267,7 +269,34 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         h2_streams += LOAD(s->h2_streams);
         h2_resets += LOAD(s->h2_client_resets);
         h2_floods += LOAD(s->h2_floods);
+        for (unsigned e = 0; e < TG_ENC_COUNT; e++) {
+            zipped[e] += LOAD(s->compressed[e]);
+            zip_in[e] += LOAD(s->compress_in[e]);
+            zip_out[e] += LOAD(s->compress_out[e]);
+        }
     }
+    header(&o, "compressed_responses_total", "counter", "Responses compressed, by encoding.");
+    for (unsigned e = TG_ENC_IDENTITY + 1; e < TG_ENC_COUNT; e++)
+        tg_strbuf_printf(&o, "tollgate_compressed_responses_total{encoding=\"%s\"} %llu\n",
+                         tg_encoding_name(e), (unsigned long long)zipped[e]);
+    header(&o, "compression_bytes_in_total", "counter",
+           "Body bytes of compressed responses before compression, by encoding.");
+    for (unsigned e = TG_ENC_IDENTITY + 1; e < TG_ENC_COUNT; e++)
+        tg_strbuf_printf(&o, "tollgate_compression_bytes_in_total{encoding=\"%s\"} %llu\n",
+                         tg_encoding_name(e), (unsigned long long)zip_in[e]);
+    header(&o, "compression_bytes_out_total", "counter",
+           "Body bytes of compressed responses sent, by encoding.");
+    for (unsigned e = TG_ENC_IDENTITY + 1; e < TG_ENC_COUNT; e++)
+        tg_strbuf_printf(&o, "tollgate_compression_bytes_out_total{encoding=\"%s\"} %llu\n",
+                         tg_encoding_name(e), (unsigned long long)zip_out[e]);
+    /* Saved: in minus out, never below 0 (a body that did not shrink, or
+     * one cut short, saved nothing rather than a negative amount). */
+    header(&o, "compression_bytes_saved_total", "counter",
+           "Body bytes compression saved, by encoding.");
+    for (unsigned e = TG_ENC_IDENTITY + 1; e < TG_ENC_COUNT; e++)
+        tg_strbuf_printf(&o, "tollgate_compression_bytes_saved_total{encoding=\"%s\"} %llu\n",
+                         tg_encoding_name(e),
+                         (unsigned long long)(zip_in[e] > zip_out[e] ? zip_in[e] - zip_out[e] : 0));
     header(&o, "requests_by_protocol_total", "counter", "Requests by client protocol.");
     tg_strbuf_printf(&o, "tollgate_requests_by_protocol_total{protocol=\"HTTP/1.1\"} %llu\n",
                      (unsigned long long)by_proto[0]);

@@ -708,6 +708,8 @@ static const struct {
     {"tenant_keys", tenant_keys},
     {"tenants_keys", tenants_keys},
     {"geoip_keys", geoip_keys},
+    {"compress_levels_keys", compress_levels_keys},
+    {"compress_keys", compress_keys},
     {"route_keys", route_keys},
     {"site_keys", site_keys},
     {"admin_keys", admin_keys},
@@ -760,6 +762,86 @@ TEST(error_bodies_key)
                  "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
                  "sites: [{hosts: [a.test], routes: [{path: /, upstream: app, errors: xml}]}]\n",
                  "t.yaml:3:69: ", "errors must be one of text, json, html; not 'xml'");
+}
+
+/* Issue 20: `compress:` on a site and a route; the route starts from its
+ * site's settings and replaces what it writes. */
+TEST(compress_key)
+{
+    char err[4096];
+    const char *y =
+        "listen: [127.0.0.1:8080]\n"
+        "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+        "sites:\n"
+        "  - hosts: [a.test]\n"
+        "    compress: {min_length: 10, order: [gzip, br], levels: {gzip: 1}}\n"
+        "    routes:\n"
+        "      - {path: /api/, upstream: app, compress: {types: [Text/HTML]}}\n"
+        "      - {path: /off/, upstream: app, compress: false}\n"
+        "      - {path: /, upstream: app}\n"
+        "  - hosts: [b.test]\n"
+        "    routes: [{path: /c/, upstream: app, compress: true}, {path: /, upstream: app}]\n";
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    const struct tg_config_compress *s0 = &c->sites[0].compress;
+    CHECK(s0->enabled);
+    CHECK_EQ_INT(s0->min_length, 10);
+    CHECK_EQ_INT(s0->norder, 2);
+    CHECK_EQ_INT(s0->order[0], TG_ENC_GZIP);
+    CHECK_EQ_INT(s0->order[1], TG_ENC_BR);
+    CHECK_EQ_INT(s0->levels[TG_ENC_GZIP], 1);
+    CHECK_EQ_INT(s0->levels[TG_ENC_ZSTD], 3);
+    CHECK_EQ_INT(s0->levels[TG_ENC_BR], 3);
+    const struct tg_config_compress *r0 = &c->sites[0].routes[0].compress;
+    CHECK(r0->enabled);
+    CHECK_EQ_INT(r0->ntypes, 1);
+    CHECK_EQ_STR(r0->types[0], "text/html");
+    CHECK_EQ_INT(r0->min_length, 10);
+    CHECK_EQ_INT(r0->levels[TG_ENC_GZIP], 1);
+    CHECK(!c->sites[0].routes[1].compress.enabled);
+    CHECK(c->sites[0].routes[2].compress.enabled);
+    CHECK_EQ_INT(c->sites[0].routes[2].compress.ntypes, 10);
+    /* Defaults: off, the documented list and order. */
+    const struct tg_config_compress *s1 = &c->sites[1].compress;
+    CHECK(!s1->enabled);
+    CHECK(c->sites[1].routes[0].compress.enabled);
+    CHECK(!c->sites[1].routes[1].compress.enabled);
+    CHECK_EQ_INT(s1->min_length, 1000);
+    CHECK_EQ_INT(s1->norder, 3);
+    CHECK_EQ_INT(s1->order[0], TG_ENC_ZSTD);
+    CHECK_EQ_INT(s1->order[1], TG_ENC_BR);
+    CHECK_EQ_INT(s1->order[2], TG_ENC_GZIP);
+    CHECK_EQ_STR(s1->types[0], "text/*");
+    CHECK_EQ_INT(s1->levels[TG_ENC_GZIP], 5);
+    tg_config_unref(c);
+    const char *head = "listen: [127.0.0.1:8080]\n"
+                       "upstreams: {app: {servers: [127.0.0.1:9000]}}\n";
+    char yaml[1024];
+    struct {
+        const char *site, *at, *what;
+    } bad[] = {
+        {"compress: off", "t.yaml:3:37: ", "compress must be true or false, not 'off'"},
+        {"compress: {order: [gzip, deflate]}",
+         "t.yaml:3:52: ", "order: 'deflate' is not one of zstd, br, gzip"},
+        {"compress: {order: [gzip, gzip]}", "t.yaml:3:52: ", "order: 'gzip' is listed twice"},
+        {"compress: {order: []}", "t.yaml:3:45: ", "order needs at least one coding"},
+        {"compress: {levels: {gzip: 10}}", "t.yaml:3:53: ", "gzip: '10' is out of range"},
+        {"compress: {levels: {lz4: 1}}", "t.yaml:3:47: ", "unknown key 'lz4' in levels"},
+        {"compress: {types: [json]}", "t.yaml:3:46: ", "'json' is not a media type"},
+        {"compress: {types: [text/h*]}", "t.yaml:3:46: ", "is not a media type"},
+        {"compress: {min_length: -1}", "t.yaml:3:50: ", "min_length"},
+        {"compress: {zip: true}", "t.yaml:3:38: ", "unknown key 'zip' in compress"},
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(bad); i++) {
+        snprintf(yaml, sizeof(yaml),
+                 "%ssites: [{hosts: [a.test], %s, routes: [{path: /, upstream: app}]}]\n", head,
+                 bad[i].site);
+        expect_error(yaml, bad[i].at, bad[i].what);
+    }
 }
 
 TEST(docs_list_every_key)
@@ -1299,6 +1381,7 @@ TEST(warnings_of_valid_configs)
 int main(void)
 {
     RUN(schema_defaults_parse);
+    RUN(compress_key);
     RUN(docs_list_every_key);
     RUN(error_bodies_key);
     RUN(parse_without_building);
