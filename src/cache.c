@@ -788,3 +788,15 @@ double tg_cache_age(const struct tg_cache_entry *e, double now)
     double a = e->age0 + (now - e->stored_at);
     return a > 0 ? a : 0;
 }
+
+void tg_cache_req_release(struct tg_cache_req *cr)
+{
+    tg_cache_unwait(&cr->waiter);
+    if (cr->fill != NULL) {
+        tg_cache_fill_abandon(cr->fill);
+        tg_cache_unref(cr->fill);
+        cr->fill = NULL;
+    }
+    tg_cache_unref(cr->hit);
+    cr->hit = NULL;
+}

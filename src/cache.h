@@ -214,6 +214,30 @@ void tg_cache_unref(struct tg_cache_entry *e);
  * Returns how many. */
 size_t tg_cache_purge(struct tg_cache *c, const char *key, size_t len);
 
+/* ---- a request's part ------------------------------------------------------------ */
+
+/* What a request on a cached route carries (in its arena; cache_serve.c
+ * fills it in, forward.c fills the entry, the request core lets go of it
+ * when the request ends, however it ends). */
+struct tg_cache_req {
+    void *owner; /* the request (opaque here) */
+    struct tg_cache *store;
+    char *key;
+    size_t key_len;
+    struct tg_http_headers fields; /* the request's fields, copied: the client's
+                                      head is gone by the time they are read */
+    struct tg_cache_entry *fill;   /* the entry the backend's answer fills (GET miss) */
+    struct tg_cache_entry *hit;    /* the entry being sent */
+    size_t sent;                   /* body bytes of `hit` the stream took */
+    struct tg_cache_waiter waiter; /* parked on another request's fill */
+    double wait_until;
+    bool x_cache; /* the route wants X-Cache on answers */
+};
+
+/* Lets go of the entries `cr` holds: an unfinished fill is abandoned (its
+ * waiters go to the backend), a wait is given up. */
+void tg_cache_req_release(struct tg_cache_req *cr);
+
 /* Bytes and entries the store holds. */
 size_t tg_cache_bytes(const struct tg_cache *c);
 size_t tg_cache_count(const struct tg_cache *c);

@@ -15,6 +15,7 @@
 
 #include "access_log.h"
 #include "buf.h"
+#include "cache.h"
 #include "config.h"
 #include "context.h"
 #include "headers.h"
@@ -236,6 +237,8 @@ static void release(struct tg_request *req, bool aborted)
         tg_tenant_release(req->tenant_obj);
         req->tenant_obj = NULL;
     }
+    if (req->cache != NULL)
+        tg_cache_req_release(req->cache);
 }
 
 static void log_request(struct tg_request *req)
