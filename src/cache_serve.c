@@ -93,6 +93,16 @@ int tg_cache_serve_prepare(struct tg_request *req)
         v[i].value = tg_str_make(n + f->name.n, f->value.n);
     }
     cr->fields = (struct tg_http_headers){v, req->headers.n, req->headers.n + 1};
+    /* The backend is asked for the whole answer: a 304 to the client's
+     * own validators would fill nothing, and every revalidating browser
+     * would keep the entry from being stored. The copy keeps them; a hit
+     * answers them (not_modified). */
+    size_t kept = 0;
+    for (size_t i = 0; i < req->headers.n; i++)
+        if (!tg_http_name_eq(req->headers.v[i].name, "if-none-match") &&
+            !tg_http_name_eq(req->headers.v[i].name, "if-modified-since"))
+            req->headers.v[kept++] = req->headers.v[i];
+    req->headers.n = kept;
     cr->x_cache = cc->x_cache_header;
     cr->owner = req;
     req->cache = cr;

@@ -11,8 +11,9 @@ struct tg_request;
 /* Called by the pipeline while the request's header views are still valid,
  * after the route is known and before the head is dropped: a GET or HEAD
  * the route's cache may answer gets req->cache (its key and a copy of its
- * fields); any other request is left alone. Returns 0, or -1 when memory
- * ran out. */
+ * fields) and loses its If-None-Match and If-Modified-Since (so the
+ * backend's answer can fill an entry: call it before tg_forward_prepare);
+ * any other request is left alone. Returns 0, or -1 when memory ran out. */
 int tg_cache_serve_prepare(struct tg_request *req);
 
 /* In place of tg_forward_start for a request with req->cache: answers it

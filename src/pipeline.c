@@ -850,7 +850,7 @@ static enum verdict limits(struct tg_request *req)
             return NEXT;
         /* The backend's head is built while the header views are valid;
          * then the front end may drop the client's head. */
-        if (tg_forward_prepare(req) < 0 || tg_cache_serve_prepare(req) < 0)
+        if (tg_cache_serve_prepare(req) < 0 || tg_forward_prepare(req) < 0)
             return out_of_memory(req);
         req->headers_valid = false;
         req->headers.n = 0;

@@ -325,6 +325,25 @@ def test_conditional_requests_answered_from_the_cache(tollgate, backend):
     assert origin.count("/c") == 1
 
 
+def test_a_revalidating_client_still_fills_the_cache(tollgate, backend):
+    """A browser that holds a copy sends its validators on the first
+    request too: the backend is asked for the whole answer (a 304 would
+    fill nothing), and the next revalidation gets its 304 from the cache."""
+    origin, port, _, _ = start(tollgate, backend)
+    origin.set("/r", headers=["ETag: \"e1\""], body=b"full")
+    s, h, d = get(port, "/r", headers={"If-None-Match": "\"e1\"",
+                                        "If-Modified-Since": LM})
+    assert s == 200 and d == b"full" and h["x-cache"] == "MISS"
+    method, target, seen = origin.seen[-1]
+    assert "if-none-match" not in seen and "if-modified-since" not in seen
+    s, h, d = get(port, "/r", headers={"If-None-Match": "\"e1\""})
+    assert s == 304 and h["x-cache"] == "HIT"
+    assert origin.count("/r") == 1
+    # On a route without cache the validators go through.
+    get(port, "/nocache/r", headers={"If-None-Match": "\"e1\""})
+    assert origin.seen[-1][2]["if-none-match"] == ["\"e1\""]
+
+
 def test_head_is_answered_from_a_get_entry(tollgate, backend):
     origin, port, _, _ = start(tollgate, backend)
     origin.set("/h", body=b"x" * 1234)
