@@ -625,7 +625,8 @@ static int keep_vary(struct tg_cache_entry *e, const struct tg_http_headers *h,
             cap += h->v[i].value.n * 2 + 8 * (VARY_VALUE_MAX + 3);
     if (cap == 0)
         return 0;
-    /* Generous: every name, lower-cased, plus room for its value. */
+    /* Room for every name, lower-cased, and a value of up to
+     * VARY_VALUE_MAX for each of up to 8 names per field. */
     char *out = malloc(cap);
     if (out == NULL)
         return -1;
@@ -639,7 +640,7 @@ static int keep_vary(struct tg_cache_entry *e, const struct tg_http_headers *h,
         while (next_item(&p, end, &item)) {
             if (o + item.n + VARY_VALUE_MAX + 3 > cap) {
                 free(out);
-                return -1; /* absurdly many names: not stored */
+                return -1; /* more than 8 names in one Vary field: not stored */
             }
             for (size_t k = 0; k < item.n; k++)
                 out[o++] = tg_ascii_lower(item.p[k]);
@@ -654,7 +655,9 @@ static int keep_vary(struct tg_cache_entry *e, const struct tg_http_headers *h,
             out[o++] = '\0';
         }
     }
-    e->vary = out;
+    /* Kept at its size: the room reserved above is not held or counted. */
+    char *fit = realloc(out, o > 0 ? o : 1);
+    e->vary = fit != NULL ? fit : out;
     e->vary_len = o;
     return 0;
 }

@@ -308,6 +308,64 @@ def test_lock_timeout_sends_waiters_to_the_backend(tollgate, backend):
     assert origin.count("/slow") == 2
 
 
+def test_clients_that_leave_while_parked_or_mid_hit(tollgate, backend):
+    """Lifetimes: parked requests whose clients go away, the filler's own
+    client going away (the fill is abandoned, the parked ones fetch for
+    themselves), and a client leaving in the middle of a large hit."""
+    import socket
+    origin, port, _, tg = start(tollgate, backend, cache="{ttl: 1d, max_entry_size: 16MiB}")
+    origin.set("/p", body=b"p" * 1000, delay=0.8 * SLOW)
+    socks = []
+    for _ in range(6):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
+        s.sendall(b"GET /p HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        socks.append(s)
+        time.sleep(0.05)
+    for s in socks[1:4]:  # three parked clients leave
+        s.close()
+    time.sleep(1.2 * SLOW)
+    for s in socks[4:]:
+        data = b""
+        while b"p" * 1000 not in data:
+            chunk = s.recv(65536)
+            assert chunk
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200")
+        s.close()
+    socks[0].close()
+    assert origin.count("/p") == 1
+    assert get(port, "/p")[1]["x-cache"] == "HIT"
+
+    # The filler's client leaves before the answer: nothing is stored, and
+    # the one parked behind it goes to the backend itself.
+    origin.set("/q", body=b"q" * 1000, delay=0.8 * SLOW)
+    first = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
+    first.sendall(b"GET /q HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    time.sleep(0.1)
+    results = []
+    t = threading.Thread(target=lambda: results.append(get(port, "/q", timeout=30)))
+    t.start()
+    time.sleep(0.1)
+    first.close()
+    t.join(30 * SLOW)
+    assert results and results[0][0] == 200 and results[0][2] == b"q" * 1000
+    assert origin.count("/q") == 2
+
+    # A client leaves in the middle of a large hit.
+    big = bytes(range(256)) * 32768
+    origin.set("/big", body=big)
+    get(port, "/big")
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        s.recv(1000)
+        s.close()
+    s, h, d = get(port, "/big")
+    assert h["x-cache"] == "HIT" and d == big
+    assert origin.count("/big") == 1
+    assert tg.proc.poll() is None
+
+
 def test_conditional_requests_answered_from_the_cache(tollgate, backend):
     origin, port, _, _ = start(tollgate, backend)
     origin.set("/c", headers=["ETag: W/\"abc\"", "Last-Modified: " + LM], body=b"content")
