@@ -239,6 +239,18 @@ def test_cache_authorized_route_stores_them(tollgate, backend):
     assert origin.count("/f") == 1
 
 
+def test_bypass_query(tollgate, backend):
+    origin, port, _, _ = start(tollgate, backend, cache="{ttl: 1d, bypass_query: [token]}")
+    origin.set("/f")
+    for q in ("?token=a", "?thumb=1&token=a", "?%74oken=a", "?token"):
+        for _ in range(2):
+            s, h, _ = get(port, "/f" + q)
+            assert s == 200 and "x-cache" not in h, q
+    assert origin.count("/f") == 8
+    get(port, "/f?tokens=a")
+    assert get(port, "/f?tokens=a")[1]["x-cache"] == "HIT"
+
+
 def test_coalescing_100_concurrent_misses(tollgate, backend):
     origin, port, aport, _ = start(tollgate, backend)
     body = b"z" * 20000
