@@ -11,6 +11,7 @@
 #include <openssl/x509.h>
 
 #include "acme.h"
+#include "cache.h"
 #include "certstore.h"
 #include "codec.h"
 #include "config.h"
@@ -34,6 +35,8 @@
 #define BEARER_LEN (sizeof(BEARER) - 1)
 #define RATELIMIT_PREFIX "/ratelimit/"
 #define RATELIMIT_PREFIX_LEN (sizeof(RATELIMIT_PREFIX) - 1)
+#define CACHE_PREFIX "/cache/"
+#define CACHE_PREFIX_LEN (sizeof(CACHE_PREFIX) - 1)
 #define KEY_QUERY "?key="
 #define KEY_QUERY_LEN (sizeof(KEY_QUERY) - 1)
 /* Bytes of a key shown back in a report; the buffer has room for its NUL. */
@@ -360,6 +363,34 @@ static void handle_ratelimit(struct tg_request *req, const char *rest, size_t n)
     }
 }
 
+/* DELETE /cache/KEY: KEY is what the response cache keys on, "host/path"
+ * or "host/path?query" (the host without a port when the client sent
+ * none). Every worker drops its entries under it (all Vary variants)
+ * before its next look-up; the answer does not wait for them. */
+static void handle_cache_purge(struct tg_request *req, const char *key, size_t n)
+{
+    if (req->method_id != TG_HTTP_DELETE) {
+        respond_text(req, 405, "405 Method Not Allowed: DELETE /cache/HOST/PATH[?QUERY]\n");
+        return;
+    }
+    struct tg_cache_purges *p = req->ctx->rt != NULL ? req->ctx->rt->cache_purges : NULL;
+    /* The key as the cache makes it: the host folded to lower case. */
+    char *k = tg_arena_alloc(&req->arena, n + 1);
+    const char *slash = memchr(key, '/', n);
+    size_t kn = k != NULL && slash != NULL ? tg_cache_key(k, n + 1, key, (size_t)(slash - key),
+                                                          slash, n - (size_t)(slash - key))
+                                           : 0;
+    if (kn == 0 || slash == key) {
+        respond_text(req, 400, "400 Bad Request: DELETE /cache/HOST/PATH[?QUERY]\n");
+        return;
+    }
+    if (p == NULL || tg_cache_purges_post(p, k, kn) < 0) {
+        respond_text(req, 503, "503 Service Unavailable: the purge could not be recorded\n");
+        return;
+    }
+    respond_text(req, 200, "purged\n");
+}
+
 void tg_admin_handle(struct tg_request *req)
 {
     const struct tg_config *cfg = req->wcfg->config;
@@ -374,6 +405,12 @@ void tg_admin_handle(struct tg_request *req)
     size_t pn = q ? (size_t)(q - path) : n;
     bool get = req->method_id == TG_HTTP_GET || req->method_id == TG_HTTP_HEAD;
 #define IS(p) (pn == sizeof(p) - 1 && memcmp(path, p, pn) == 0)
+    if (IS("/cache") ||
+        (pn >= CACHE_PREFIX_LEN && memcmp(path, CACHE_PREFIX, CACHE_PREFIX_LEN) == 0)) {
+        size_t skip = pn >= CACHE_PREFIX_LEN ? CACHE_PREFIX_LEN : pn;
+        handle_cache_purge(req, path + skip, n - skip);
+        return;
+    }
     if (IS("/ratelimit") ||
         (pn > RATELIMIT_PREFIX_LEN && memcmp(path, RATELIMIT_PREFIX, RATELIMIT_PREFIX_LEN) == 0)) {
         if (pn <= RATELIMIT_PREFIX_LEN) {
@@ -399,7 +436,7 @@ void tg_admin_handle(struct tg_request *req)
     } else {
         respond_text(req, 404,
                      "404 Not Found: /metrics /healthz /readyz /status "
-                     "/ratelimit/POLICY/KEY\n");
+                     "/ratelimit/POLICY/KEY /cache/HOST/PATH\n");
     }
 #undef IS
 }

@@ -2315,6 +2315,30 @@ static int p_types(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const stru
     return rc;
 }
 
+/* cache.bypass_query: a list of query parameter names. */
+static int p_bypass_query(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                          const struct cfg_key *key)
+{
+    struct tg_config_cache *c = dst;
+    if (expect_list(ctx, node, key->name) < 0)
+        return -1;
+    size_t n = list_len(node);
+    c->bypass_query = tg_arena_calloc(&ctx->cfg->arena, n + 1, sizeof(*c->bypass_query));
+    if (c->bypass_query == NULL)
+        return node_error(ctx, node, "out of memory");
+    static const struct cfg_key name_key = {"a query parameter name", NULL, 0, 0, 0, NULL};
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        if (p_string(ctx, item, &c->bypass_query[c->nbypass_query], &name_key) < 0) {
+            rc = -1;
+            continue;
+        }
+        c->nbypass_query++;
+    }
+    return rc;
+}
+
 /* `compress.order`: the codings to offer, preferred first. */
 static int p_order(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
@@ -2392,6 +2416,32 @@ static int parse_compress(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_conf
     return walk_mapping(ctx, node, compress_keys, out, "compress");
 }
 
+static const struct cfg_key cache_keys[] = {
+    {"ttl", p_duration, FIELD(struct tg_config_cache, ttl_ms), 0, 0, NULL, "10m"},
+    {"max_size", p_size64, FIELD(struct tg_config_cache, max_size), 65536, 0, NULL, "64MiB"},
+    {"max_entry_size", p_size64, FIELD(struct tg_config_cache, max_entry_size), 1, 1ll << 30, NULL,
+     "4MiB"},
+    {"cache_authorized", p_bool, FIELD(struct tg_config_cache, cache_authorized), 0, 0, NULL,
+     "false"},
+    {"x_cache_header", p_bool, FIELD(struct tg_config_cache, x_cache_header), 0, 0, NULL, "true"},
+    {"lock_timeout", p_duration, FIELD(struct tg_config_cache, lock_timeout_ms), 1, 0, NULL, "5s"},
+    {"bypass_query", p_bypass_query, 0, 0, 0, NULL, NULL /* none */},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+/* A route's `cache:` mapping: its presence turns the cache on. */
+static int p_cache(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
+{
+    struct tg_config_cache *c = dst;
+    c->enabled = true;
+    if (walk_mapping(ctx, node, key->sub, dst, key->name) < 0)
+        return -1;
+    if (c->max_entry_size > c->max_size)
+        return node_error(ctx, node, "cache.max_entry_size (%llu) is larger than max_size (%llu)",
+                          (unsigned long long)c->max_entry_size, (unsigned long long)c->max_size);
+    return 0;
+}
+
 static const struct cfg_key route_keys[] = {
     {"path", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"methods", p_skip, 0, 0, 0, NULL, NULL /* any */},
@@ -2409,6 +2459,8 @@ static const struct cfg_key route_keys[] = {
     {"max_body", p_size64, FIELD(struct tg_config_route, max_body), 0, 0, NULL,
      NULL /* client.max_body */},
     {"headers", p_skip, 0, 0, 0, NULL, NULL /* the site's, else the global block */},
+    {"cache", p_cache, FIELD(struct tg_config_route, cache), 0, 0, NULL, NULL /* off */,
+     cache_keys},
     {"allow", p_skip, 0, 0, 0, NULL},
     {"deny", p_skip, 0, 0, 0, NULL},
     {"allow_countries", p_skip, 0, 0, 0, NULL},

@@ -413,6 +413,19 @@ struct tg_config_compress {
     int levels[TG_ENC_COUNT]; /* per enum tg_encoding */
 };
 
+/* A route's response cache (`cache:`; cache_serve.c, cache.c). */
+struct tg_config_cache {
+    bool enabled;              /* the route has a cache: section */
+    int64_t ttl_ms;            /* freshness when the backend gives no max-age */
+    uint64_t max_size;         /* bytes, the whole process (split over workers) */
+    uint64_t max_entry_size;   /* bytes of one body */
+    bool cache_authorized;     /* store/serve requests with Authorization or Cookie */
+    bool x_cache_header;       /* X-Cache: HIT | MISS on answers */
+    int64_t lock_timeout_ms;   /* how long identical misses wait for the first */
+    const char **bypass_query; /* query parameter names that send a request past it */
+    size_t nbypass_query;
+};
+
 struct tg_config_route {
     const char *path_source;         /* the pattern as written */
     struct tg_config_mark path_mark; /* of its first character */
@@ -438,7 +451,8 @@ struct tg_config_route {
     unsigned max_in_flight;  /* 0 = unlimited */
     int64_t read_timeout_ms; /* 0 = the upstream's read_timeout */
     uint64_t max_body;       /* resolved: the route's, else client.max_body; 0 = unlimited */
-    unsigned counter;        /* built: its slot in route_in_flight */
+    struct tg_config_cache cache;
+    unsigned counter; /* built: its slot in route_in_flight */
     const struct tg_config_site *site;
     unsigned metrics_id;
     struct tg_config_mark mark;
@@ -480,6 +494,7 @@ struct tg_config {
      * workers. Mutable state lives here, beside the snapshot's data, so
      * the data itself is never written after it is built. */
     _Atomic unsigned *route_in_flight;
+    size_t nroute_slots; /* built: entries of route_in_flight (every route's counter) */
     const char *path;
     /* The files read, as messages name them: [0] is `path`, then each
      * included file in the order read (a mark's `file`). */

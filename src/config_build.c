@@ -81,6 +81,7 @@ static void build_routes(struct tg_config *cfg, struct tg_config_errors *errs)
         tg_config_error_at(errs, (struct tg_config_mark){1, 1}, "out of memory");
         return;
     }
+    cfg->nroute_slots = nroutes + 1;
     unsigned counter = 0;
     for (size_t s = 0; s < cfg->nsites; s++) {
         struct tg_config_site *site = &cfg->sites[s];

@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 
+#include "cache.h"
 #include "config.h"
 #include "http1.h"
 
@@ -67,6 +68,9 @@ void tg_context_cfg_release(struct tg_wcfg *c)
         return;
     tg_config_unref(c->config);
     free(c->rr_cursor);
+    for (size_t i = 0; i < c->ncaches; i++)
+        tg_cache_free(c->caches[i]);
+    free(c->caches);
     free(c);
 }
 

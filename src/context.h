@@ -36,6 +36,8 @@ struct tg_metrics_shard;
 struct tg_iptable;
 struct tg_http1_request;
 struct tg_http1_response;
+struct tg_cache;
+struct tg_cache_purges;
 
 /* State shared by all workers and the main thread that outlives config
  * snapshots. Read-only after start, or internally synchronised. */
@@ -47,7 +49,9 @@ struct tg_runtime {
     _Atomic unsigned long nconns;        /* client connections, all workers */
     const char *config_path;
     _Atomic bool draining;
-    char gateway_id[96]; /* this process in Redis heartbeats */
+    struct tg_cache_purges *cache_purges; /* response-cache purges from the admin
+                                             listener, for every worker (cache.h) */
+    char gateway_id[96];                  /* this process in Redis heartbeats */
     unsigned char request_id_seed[8];
     /* Peers warned about once per process (forwarding headers ignored on a
      * private-only route); each context's ring is a cache in front. */
@@ -65,6 +69,11 @@ struct tg_wcfg {
     struct tg_context *ctx;
     unsigned refs;
     unsigned *rr_cursor; /* per upstream: next server for round robin */
+    /* Per route (by its counter): this worker's response cache, made on
+     * first use (cache_serve.c). A reload starts empty ones: entries are
+     * answers under the old routes' rules. */
+    struct tg_cache **caches;
+    size_t ncaches;
 };
 
 /* A socket event noted while libev runs a pass, served afterwards in the

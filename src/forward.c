@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "cache.h"
 #include "config.h"
 #include "context.h"
 #include "faultlog.h"
@@ -809,10 +810,59 @@ static int frame_response_body(struct tg_exchange *x)
     return 0;
 }
 
+/* ---- the response cache's tee (cache_serve.c starts it, cache.c stores) ---- */
+
+/* The entry this exchange fills, while it still may. */
+static struct tg_cache_entry *cache_fill(const struct tg_exchange *x)
+{
+    return x->req->cache != NULL ? x->req->cache->fill : NULL;
+}
+
+/* The backend's head: the entry keeps it if the response may be stored.
+ * Streams (SSE, stream routes) never are: they do not end. */
+static void cache_tee_head(struct tg_exchange *x, const struct tg_http1_response *r,
+                           const struct tg_http_headers *backend)
+{
+    struct tg_cache_entry *e = cache_fill(x);
+    if (e == NULL)
+        return;
+    struct tg_cache_verdict v;
+    tg_cache_judge(r->status, backend, MS(x->req->route->cache.ttl_ms), &v);
+    if (x->stream)
+        v.storable = false;
+    int64_t length = r->framing == TG_HTTP1_BODY_LENGTH ? (int64_t)r->content_length : -1;
+    tg_cache_fill_head(e, r->status, backend, length, &x->req->cache->fields, &v, now_of(x));
+}
+
+/* Body bytes the stream took: the entry gets the same. */
+static void cache_tee_body(struct tg_exchange *x, const char *p, size_t n)
+{
+    struct tg_cache_entry *e = cache_fill(x);
+    if (e != NULL)
+        tg_cache_fill_body(e, p, n);
+}
+
+/* The whole body went to the client: the entry is complete. */
+static void cache_tee_done(struct tg_exchange *x)
+{
+    struct tg_cache_entry *e = cache_fill(x);
+    if (e != NULL)
+        tg_cache_fill_done(e);
+}
+
+/* X-Cache on an answer from the backend, when the route asks for it. */
+static const char *cache_extra(const struct tg_exchange *x)
+{
+    const struct tg_cache_req *cr = x->req->cache;
+    return cr != NULL && cr->x_cache ? "X-Cache: MISS\r\n" : NULL;
+}
+
 /* The response has been given to the stream whole. */
 static void finish_response(struct tg_exchange *x)
 {
     struct tg_request *req = x->req;
+    if (!x->tunnel)
+        cache_tee_done(x);
     struct tg_upconn *uc = x->up;
     bool reusable = uc != NULL && x->resp_keep_alive && x->resp_framing != TG_HTTP1_BODY_CLOSE &&
                     x->req_body_sent && uc->in != NULL && tg_buf_len(uc->in) == 0 && !x->tunnel;
@@ -930,6 +980,8 @@ static void pump_response(struct tg_exchange *x)
             if (x->tunnel) {
                 tg_wsframe_feed(&x->ws_down, in->data + in->start, (size_t)w, false);
                 ws_passed(&x->ws_down_allow, (size_t)w);
+            } else {
+                cache_tee_body(x, in->data + in->start, (size_t)w);
             }
             tg_buf_consume(in, (size_t)w);
             x->resp_ready -= (size_t)w;
@@ -1093,6 +1145,7 @@ static void on_response_head(struct tg_exchange *x, const struct tg_http1_respon
         .hsts = tg_request_hsts(req),
         .request_id = tg_str_make(req->request_id, req->request_id_len),
         .lim = req->lim,
+        .extra = cache_extra(x),
         .keep_upgrade = upgrade,
     };
     struct tg_http_headers fields;
@@ -1115,6 +1168,7 @@ static void on_response_head(struct tg_exchange *x, const struct tg_http1_respon
         if (r->status == 204 || r->status == 304 || length < 0)
             length = r->status == 204 ? -1 : length;
     }
+    cache_tee_head(x, r, &backend);
     if (tg_headers_response_fields(&req->arena, &hin, &backend, &fields) < 0 ||
         tg_request_send_head(req, r->status, &fields, length, flags) < 0) {
         fail_upstream(x, 502, "sent a response head we could not pass on");

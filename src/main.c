@@ -22,6 +22,7 @@
 
 #include "access_log.h"
 #include "acme.h"
+#include "cache.h"
 #include "certstore.h"
 #include "config.h"
 #include "config_build.h"
@@ -596,6 +597,11 @@ int main(int argc, char **argv)
     /* The table outlives reloads; its size is fixed at start. */
     g.rt.rl_local = tg_ratelimit_local_new(cfg->rate_limit.local_max_keys, 64);
     if (g.rt.iptable == NULL || g.rt.rl_local == NULL)
+        return 1;
+    /* Purges of the response cache reach every worker through this log
+     * (cache.h); it lives as long as the process. */
+    g.rt.cache_purges = calloc(1, sizeof(*g.rt.cache_purges));
+    if (g.rt.cache_purges == NULL || tg_cache_purges_init(g.rt.cache_purges) < 0)
         return 1;
     g.rt.workers = calloc(cfg->workers, sizeof(*g.rt.workers));
     g.workers = calloc(cfg->workers, sizeof(*g.workers));

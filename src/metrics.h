@@ -74,6 +74,20 @@ struct tg_listener_stats {
     int64_t active; /* +1/-1 per worker; summed */
 };
 
+/* The response cache (cache.c), per worker: counters, and two gauges that
+ * move +/- and are summed at the scrape. hits / (hits + misses) is the hit
+ * ratio. */
+struct tg_cache_stats {
+    uint64_t hits;      /* answered from an entry (304s included) */
+    uint64_t misses;    /* went to the backend for a cacheable request */
+    uint64_t coalesced; /* misses that waited for another's fetch */
+    uint64_t stores;    /* entries completed */
+    uint64_t evictions; /* entries dropped for room (LRU) */
+    uint64_t purged;    /* entries dropped by a purge */
+    int64_t bytes;      /* held now */
+    int64_t entries;    /* held now */
+};
+
 /* TLS handshake failure reasons, as tg_tls_handshake reports them. */
 #define TG_METRICS_TLS_REASONS 9
 
@@ -88,6 +102,7 @@ struct tg_metrics_shard {
     uint64_t tls_failures[TG_METRICS_TLS_REASONS];
     uint64_t geoip_lookups;
     uint64_t local_answers; /* 4xx/5xx made by the gateway itself */
+    struct tg_cache_stats cache;
     uint64_t unknown_host;
     uint64_t forwarded_conflict;     /* X-Forwarded-For and Forwarded disagree: 400 */
     uint64_t forwarded_untrusted;    /* forwarded headers from a private peer that is

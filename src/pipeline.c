@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "access.h"
+#include "cache_serve.h"
 #include "config.h"
 #include "context.h"
 #include "forward.h"
@@ -849,7 +850,7 @@ static enum verdict limits(struct tg_request *req)
             return NEXT;
         /* The backend's head is built while the header views are valid;
          * then the front end may drop the client's head. */
-        if (tg_forward_prepare(req) < 0)
+        if (tg_cache_serve_prepare(req) < 0 || tg_forward_prepare(req) < 0)
             return out_of_memory(req);
         tg_request_negotiate(req);
         req->headers_valid = false;
@@ -919,7 +920,12 @@ static enum verdict forward(struct tg_request *req)
         tg_request_end(req, TG_STREAM_DONE);
         return ANSWERED;
     }
-    tg_forward_start(req);
+    /* A request the route's cache may answer goes through it; it forwards
+     * what it cannot answer. */
+    if (req->cache != NULL)
+        tg_cache_serve_start(req);
+    else
+        tg_forward_start(req);
     return ANSWERED;
 }
 

@@ -16,6 +16,7 @@
 #include "access_log.h"
 #include "buf.h"
 #include "compress.h"
+#include "cache.h"
 #include "config.h"
 #include "context.h"
 #include "encoding.h"
@@ -242,6 +243,8 @@ static void release(struct tg_request *req, bool aborted)
         tg_tenant_release(req->tenant_obj);
         req->tenant_obj = NULL;
     }
+    if (req->cache != NULL)
+        tg_cache_req_release(req->cache);
 }
 
 static void log_request(struct tg_request *req)

@@ -43,6 +43,7 @@ struct tg_tenant_wait;
 struct tg_exchange;
 struct tg_explain;
 struct tg_request_enc;
+struct tg_cache_req;
 
 /* ---- the client-stream interface (front ends implement it) ------------- */
 
@@ -188,11 +189,12 @@ struct tg_request {
     const char *extra_headers; /* local answers: extra "Name: value\r\n" lines */
     const char *local_body;    /* local answer bytes not yet taken */
     size_t local_left;
-    bool close_client;     /* end the connection after the answer */
-    struct tg_exchange *x; /* forward.c, while forwarding (arena) */
-    const char *up_name;   /* server address, for logs */
-    uint64_t bytes_in;     /* from the client (head and body) */
-    uint64_t bytes_out;    /* to the client */
+    bool close_client;          /* end the connection after the answer */
+    struct tg_exchange *x;      /* forward.c, while forwarding (arena) */
+    struct tg_cache_req *cache; /* a cacheable request on a cached route (arena), or NULL */
+    const char *up_name;        /* server address, for logs */
+    uint64_t bytes_in;          /* from the client (head and body) */
+    uint64_t bytes_out;         /* to the client */
 
     /* Response compression (request.c). */
     uint8_t enc_choice;         /* enum tg_encoding the client takes (tg_request_negotiate) */

@@ -41,6 +41,46 @@ static void header(struct tg_strbuf *o, const char *name, const char *type, cons
     tg_strbuf_printf(o, "# HELP tollgate_%s %s\n# TYPE tollgate_%s %s\n", name, help, name, type);
 }
 
+/* The response cache, all workers and routes together. */
+static void render_cache(struct tg_strbuf *o, struct tg_runtime *rt, unsigned nw)
+{
+    static const struct {
+        const char *name, *type, *help;
+        size_t off;
+    } series[] = {
+        {"cache_hits_total", "counter", "Answers from the response cache (304s included).",
+         offsetof(struct tg_cache_stats, hits)},
+        {"cache_misses_total", "counter",
+         "Cacheable requests that went to the backend (hit ratio: hits / (hits + misses)).",
+         offsetof(struct tg_cache_stats, misses)},
+        {"cache_coalesced_total", "counter",
+         "Misses that waited for an identical request's fetch instead of asking the backend.",
+         offsetof(struct tg_cache_stats, coalesced)},
+        {"cache_stores_total", "counter", "Responses stored in the cache.",
+         offsetof(struct tg_cache_stats, stores)},
+        {"cache_evictions_total", "counter", "Entries dropped to make room (least recently used).",
+         offsetof(struct tg_cache_stats, evictions)},
+        {"cache_purged_total", "counter", "Entries dropped by a purge.",
+         offsetof(struct tg_cache_stats, purged)},
+        {"cache_bytes", "gauge", "Bytes held by the response cache.",
+         offsetof(struct tg_cache_stats, bytes)},
+        {"cache_entries", "gauge", "Entries held by the response cache.",
+         offsetof(struct tg_cache_stats, entries)},
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(series); i++) {
+        int64_t v = 0;
+        for (unsigned w = 0; w < nw; w++) {
+            const char *base = (const char *)&rt->workers[w]->metrics->cache;
+            /* Counters and gauges are both 64-bit; gauges may dip below 0
+             * in one worker's shard only transiently, never in the sum. */
+            v += (int64_t)__atomic_load_n((const uint64_t *)(const void *)(base + series[i].off),
+                                          __ATOMIC_RELAXED);
+        }
+        header(o, series[i].name, series[i].type, series[i].help);
+        tg_strbuf_printf(o, "tollgate_%s %lld\n", series[i].name, (long long)v);
+    }
+}
+
 static void histogram(struct tg_strbuf *o, const char *name, const char *labels,
                       const uint64_t *counts, uint64_t sum_us)
 {
@@ -331,6 +371,7 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     tg_strbuf_printf(&o, "tollgate_upstream_servers_down %lu\n", hdown);
     header(&o, "geoip_lookups_total", "counter", "GeoIP database look-ups.");
     tg_strbuf_printf(&o, "tollgate_geoip_lookups_total %llu\n", (unsigned long long)geo);
+    render_cache(&o, rt, nw);
     header(&o, "local_answers_total", "counter",
            "Answers made by the gateway itself (errors, refusals, redirects).");
     tg_strbuf_printf(&o, "tollgate_local_answers_total %llu\n", (unsigned long long)local);

@@ -504,6 +504,7 @@ TEST(schema_defaults_parse)
         {"geoip", geoip_keys},
         {"site", site_keys},
         {"route", route_keys},
+        {"route.cache", cache_keys},
         {"admin", admin_keys},
     };
     static _Alignas(max_align_t) char scratch[65536];
@@ -711,6 +712,7 @@ static const struct {
     {"compress_levels_keys", compress_levels_keys},
     {"compress_keys", compress_keys},
     {"route_keys", route_keys},
+    {"cache_keys", cache_keys},
     {"site_keys", site_keys},
     {"admin_keys", admin_keys},
     {"top_keys", top_keys},
@@ -842,6 +844,53 @@ TEST(compress_key)
                  bad[i].site);
         expect_error(yaml, bad[i].at, bad[i].what);
     }
+}
+
+/* Issue 20: a route's `cache:` turns the response cache on, with its
+ * defaults; its errors point at the value. */
+TEST(route_cache_key)
+{
+    char err[4096];
+    const char *y =
+        "listen: [127.0.0.1:8080]\n"
+        "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+        "sites:\n"
+        "  - hosts: [a.test]\n"
+        "    routes:\n"
+        "      - {path: /files/, upstream: app, cache: {ttl: 1d, bypass_query: [token]}}\n"
+        "      - {path: /, upstream: app}\n";
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    const struct tg_config_cache *cc = &c->sites[0].routes[0].cache;
+    CHECK(cc->enabled);
+    CHECK_EQ_INT(cc->ttl_ms, 86400000);
+    CHECK_EQ_INT(cc->max_size, 64 << 20);
+    CHECK_EQ_INT(cc->max_entry_size, 4 << 20);
+    CHECK(!cc->cache_authorized && cc->x_cache_header);
+    CHECK_EQ_INT(cc->lock_timeout_ms, 5000);
+    CHECK_EQ_INT(cc->nbypass_query, 1);
+    CHECK_EQ_STR(cc->bypass_query[0], "token");
+    CHECK(!c->sites[0].routes[1].cache.enabled);
+    tg_config_unref(c);
+    expect_error("listen: [127.0.0.1:8080]\n"
+                 "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                 "sites: [{hosts: [a.test], routes: [{path: /, upstream: app, cache: {ttl: "
+                 "soon}}]}]\n",
+                 "t.yaml:3:74: ", "ttl must be a duration");
+    expect_error("listen: [127.0.0.1:8080]\n"
+                 "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                 "sites: [{hosts: [a.test], routes: [{path: /, upstream: app, cache: "
+                 "{max_size: 1MiB, max_entry_size: 2MiB}}]}]\n",
+                 "t.yaml:3:68: ", "cache.max_entry_size (2097152) is larger than max_size");
+    expect_error("listen: [127.0.0.1:8080]\n"
+                 "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                 "sites: [{hosts: [a.test], routes: [{path: /, upstream: app, cache: "
+                 "{ttl: 1s, size: 1}}]}]\n",
+                 "t.yaml:3:78: ", "unknown key 'size' in cache");
 }
 
 TEST(docs_list_every_key)
@@ -1383,6 +1432,7 @@ int main(void)
     RUN(schema_defaults_parse);
     RUN(compress_key);
     RUN(docs_list_every_key);
+    RUN(route_cache_key);
     RUN(error_bodies_key);
     RUN(parse_without_building);
     RUN(build_errors_carry_marks);
