@@ -260,6 +260,8 @@ static void entry_free(struct tg_cache_entry *e)
     free(e->head.v);
     free(e->head_bytes);
     free(e->body);
+    for (unsigned i = 0; i < TG_CACHE_CODINGS; i++)
+        free(e->coded[i]);
     free(e->vary);
     free(e);
 }
@@ -784,6 +786,29 @@ void tg_cache_unwait(struct tg_cache_waiter *w)
     tg_list_remove(&w->link);
     w->entry->nwaiters--;
     w->entry = NULL;
+}
+
+bool tg_cache_set_coded(struct tg_cache_entry *e, unsigned coding, char *data, size_t len)
+{
+    struct tg_cache *c = e->cache;
+    if (coding >= TG_CACHE_CODINGS || e->coded[coding] != NULL || e->state != TG_CACHE_READY ||
+        c == NULL || e->charged + len > c->max_bytes) {
+        free(data);
+        return false;
+    }
+    /* The entry being read is the most recently used: make_room starts
+     * from the other end, and passes over it if it comes to it. */
+    tg_list_remove(&e->lru);
+    make_room(c, len);
+    tg_list_push_front(&c->lru, &e->lru);
+    if (c->bytes + len > c->max_bytes) {
+        free(data); /* what is left is being filled now */
+        return false;
+    }
+    e->coded[coding] = data;
+    e->coded_len[coding] = len;
+    charge(e, len);
+    return true;
 }
 
 double tg_cache_age(const struct tg_cache_entry *e, double now)

@@ -29,6 +29,10 @@
 /* Longest key: host + path + query. A longer URL is not cached. */
 #define TG_CACHE_KEY_MAX 4096
 
+/* Compressed copies an entry can hold, by coding number (the caller's
+ * numbering: cache_serve.c uses enum tg_encoding). */
+#define TG_CACHE_CODINGS 4
+
 /* ---- the shared purge log ------------------------------------------------ */
 
 /* Purges recorded and not yet seen by every worker: a worker that falls
@@ -121,14 +125,16 @@ struct tg_cache_entry {
     size_t charged; /* bytes counted against the store */
 
     /* The response: status, the backend's end-to-end fields (framing and
-     * hop-by-hop ones left out), the identity body. Compressed variants
-     * would sit beside `body`, one per encoding, filled once (see
-     * docs/configuration.md, "cache"). */
+     * hop-by-hop ones left out), the identity body, and beside it the body
+     * compressed for each coding a hit asked for, each made once
+     * (cache_serve.c) and counted against the store like the rest. */
     int status;
     struct tg_http_headers head; /* views into head_bytes */
     char *head_bytes;
     char *body;
     size_t body_len, body_cap;
+    char *coded[TG_CACHE_CODINGS]; /* by coding number (cache_serve.c's), or NULL */
+    size_t coded_len[TG_CACHE_CODINGS];
     int64_t expect_len; /* the backend's Content-Length, -1 unknown */
     struct tg_str etag, last_modified;
     /* The request fields the response varies on, as the request that
@@ -204,6 +210,12 @@ void tg_cache_unwait(struct tg_cache_waiter *w);
 /* Whether a complete entry's Vary fields match `req_fields`. */
 bool tg_cache_vary_match(const struct tg_cache_entry *e, const struct tg_http_headers *req_fields);
 
+/* Gives a complete entry its body compressed with coding `coding` (the
+ * entry takes `data`, malloc'd, `len` bytes), counted against the store,
+ * which makes room for it. Returns false (and frees `data`) when the entry
+ * already has one, or is no longer in a store, or the copy would not fit. */
+bool tg_cache_set_coded(struct tg_cache_entry *e, unsigned coding, char *data, size_t len);
+
 /* Seconds the entry has been fresh-counted for at `now` (the Age to send). */
 double tg_cache_age(const struct tg_cache_entry *e, double now);
 
@@ -228,7 +240,9 @@ struct tg_cache_req {
                                       head is gone by the time they are read */
     struct tg_cache_entry *fill;   /* the entry the backend's answer fills (GET miss) */
     struct tg_cache_entry *hit;    /* the entry being sent */
-    size_t sent;                   /* body bytes of `hit` the stream took */
+    const char *body;              /* what of it: its body, or a compressed copy */
+    size_t body_len;
+    size_t sent;                   /* bytes of `body` the stream took */
     struct tg_cache_waiter waiter; /* parked on another request's fill */
     double wait_until;
     bool x_cache; /* the route wants X-Cache on answers */

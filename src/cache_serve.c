@@ -10,6 +10,7 @@
 
 #include "cache.h"
 #include "codec.h"
+#include "compress.h"
 #include "config.h"
 #include "context.h"
 #include "forward.h"
@@ -22,6 +23,12 @@
 /* Requests parked on one fetch at most; the rest go to the backend. A
  * burst larger than this is rare, and each parked request holds memory. */
 #define MAX_WAITERS 1024
+/* Bodies up to this size keep a compressed copy per coding, made at the
+ * first hit that asks for it (on the worker's loop: a few milliseconds at
+ * most); larger ones are compressed as each hit is sent. */
+#define CODED_COPY_MAX (1024 * 1024)
+
+_Static_assert(TG_ENC_COUNT <= TG_CACHE_CODINGS, "a copy per coding");
 
 static struct tg_cache_stats *stats_of(struct tg_request *req)
 {
@@ -190,6 +197,19 @@ static bool not_modified(const struct tg_cache_req *cr, const struct tg_cache_en
            modified <= since;
 }
 
+/* Compresses the entry's body for `coding` once; the copy serves every
+ * later hit that takes that coding. Left undone when memory or room runs
+ * out (that hit compresses as it sends). */
+static void make_coded(struct tg_request *req, struct tg_cache_entry *e, int coding)
+{
+    const struct tg_config_compress *cc = &req->route->compress;
+    char *out;
+    size_t n;
+    if (tg_compress_whole((enum tg_encoding)coding, cc->levels[coding], e->body, e->body_len, &out,
+                          &n) == 0)
+        tg_cache_set_coded(e, (unsigned)coding, out, n);
+}
+
 /* Answers the request from `e` (takes the caller's reference). */
 static void serve(struct tg_request *req, struct tg_cache_entry *e)
 {
@@ -223,14 +243,39 @@ static void serve(struct tg_request *req, struct tg_cache_entry *e)
     };
     struct tg_http_headers fields;
     bool no_body = nm || req->method_id == TG_HTTP_HEAD;
-    if (tg_headers_response_fields(&req->arena, &in, &e->head, &fields) < 0 ||
-        tg_request_send_head(req, req->status, &fields, nm ? -1 : (int64_t)e->body_len,
-                             no_body ? TG_STREAM_NO_BODY : 0) < 0) {
+    if (tg_headers_response_fields(&req->arena, &in, &e->head, &fields) < 0) {
+        tg_request_end(req, TG_STREAM_RESET);
+        return;
+    }
+    cr->body = e->body;
+    cr->body_len = e->body_len;
+    /* Compressed as the route says, from the entry's copy for the coding
+     * the client takes (made now if this is the first such hit). */
+    int coding =
+        no_body ? -1 : tg_request_coding_for(req, req->status, &fields, (int64_t)e->body_len);
+    if (coding > TG_ENC_IDENTITY && e->coded[coding] == NULL && e->body_len <= CODED_COPY_MAX)
+        make_coded(req, e, coding);
+    int rc;
+    if (coding == TG_ENC_IDENTITY || (coding > TG_ENC_IDENTITY && e->coded[coding] != NULL)) {
+        if (coding != TG_ENC_IDENTITY) {
+            cr->body = e->coded[coding];
+            cr->body_len = e->coded_len[coding];
+        }
+        rc = tg_request_send_coded_head(req, req->status, &fields, coding, (int64_t)cr->body_len,
+                                        e->body_len, 0);
+    } else {
+        /* Not compressed, or too large for a copy: as a forwarded answer
+         * would be (compressed as it goes when it qualifies). */
+        req->compress_local = true;
+        rc = tg_request_send_head(req, req->status, &fields, nm ? -1 : (int64_t)e->body_len,
+                                  no_body ? TG_STREAM_NO_BODY : 0);
+    }
+    if (rc < 0) {
         tg_request_end(req, TG_STREAM_RESET);
         return;
     }
     if (no_body)
-        cr->sent = e->body_len;
+        cr->sent = cr->body_len;
     hit_writable(req);
 }
 
@@ -239,7 +284,6 @@ static void serve(struct tg_request *req, struct tg_cache_entry *e)
 static void hit_writable(struct tg_request *req)
 {
     struct tg_cache_req *cr = req->cache;
-    struct tg_cache_entry *e = cr->hit;
     ssize_t n;
     /* Offered again after a partial take until the stream takes nothing:
      * a socket that took part of a write has not said it is full (no
@@ -247,16 +291,18 @@ static void hit_writable(struct tg_request *req)
      * call back. The whole body is in memory, so unlike forward.c no new
      * bytes arriving would offer it again. */
     do {
-        size_t left = e->body_len - cr->sent;
-        struct iovec iov = {e->body + cr->sent, left};
+        size_t left = cr->body_len - cr->sent;
+        struct iovec iov = {(void *)(cr->body + cr->sent), left};
         n = tg_request_send_body(req, &iov, left > 0 ? 1 : 0, true);
         if (n < 0) {
             tg_request_end(req, TG_STREAM_RESET);
             return;
         }
         cr->sent += (size_t)n;
-    } while (n > 0 && cr->sent < e->body_len);
-    if (cr->sent < e->body_len) {
+    } while (n > 0 && cr->sent < cr->body_len);
+    /* All taken, but an encoder (a large hit compressed as it goes) may
+     * still hold the end of it. */
+    if (cr->sent < cr->body_len || tg_request_body_pending(req)) {
         const struct tg_config *cfg = req->wcfg->config;
         tg_request_arm(req, req->client_write_at + MS(cfg->client.send_timeout_ms));
         return;

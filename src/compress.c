@@ -321,3 +321,38 @@ int tg_compress_step(struct tg_compress *c, const void *in, size_t in_len, size_
     c->fed = false;
     return 1;
 }
+
+int tg_compress_whole(enum tg_encoding enc, int level, const void *in, size_t len, char **out,
+                      size_t *out_len)
+{
+    struct tg_compress *c = tg_compress_new(enc, level);
+    /* Most text ends up well under half its size; grown when it does not. */
+    size_t cap = len / 2 + 64, used_out = 0, off = 0;
+    char *buf = c != NULL ? malloc(cap) : NULL;
+    if (buf == NULL)
+        goto fail;
+    for (;;) {
+        size_t used = 0, wrote = 0;
+        int r = tg_compress_step(c, (const char *)in + off, len - off, &used, buf + used_out,
+                                 cap - used_out, &wrote, TG_COMPRESS_FINISH);
+        if (r < 0)
+            goto fail;
+        off += used;
+        used_out += wrote;
+        if (r == 1)
+            break;
+        char *bigger = realloc(buf, cap * 2);
+        if (bigger == NULL)
+            goto fail;
+        buf = bigger;
+        cap *= 2;
+    }
+    tg_compress_free(c);
+    *out = buf;
+    *out_len = used_out;
+    return 0;
+fail:
+    free(buf);
+    tg_compress_free(c);
+    return -1;
+}

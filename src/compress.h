@@ -57,4 +57,10 @@ size_t tg_compress_memory(const struct tg_compress *c);
 int tg_compress_step(struct tg_compress *c, const void *in, size_t in_len, size_t *in_used,
                      void *out, size_t out_cap, size_t *out_used, enum tg_compress_op op);
 
+/* Compresses all of `in` at once into a new malloc'd buffer (*out, its
+ * length *out_len): for a body held whole (the response cache's copies).
+ * Returns 0, or -1 when memory ran out or the library failed. */
+int tg_compress_whole(enum tg_encoding enc, int level, const void *in, size_t len, char **out,
+                      size_t *out_len);
+
 #endif

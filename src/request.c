@@ -374,38 +374,92 @@ static bool vary_covers(struct tg_str v)
     return false;
 }
 
-/* Decides whether this answer is compressed (docs/configuration.md,
- * "Compression") and rewrites its fields for it: *h becomes an arena copy
- * and *length -1. An answer that could have been compressed but is not
- * (the client takes no coding offered, or no memory for an encoder) only
- * gets Vary. */
-static void enc_head(struct tg_request *req, int status, const struct tg_http_headers **h,
-                     int64_t *length)
+/* Whether the route compresses this answer (docs/configuration.md,
+ * "Compression"): not for the statuses, fields and types it never
+ * compresses, nor below min_length. *vary_done: its Vary already covers
+ * Accept-Encoding. */
+static bool enc_eligible(const struct tg_request *req, int status, const struct tg_http_headers *in,
+                         int64_t length, bool *vary_done)
 {
     const struct tg_config_compress *cc = &req->route->compress;
+    *vary_done = false;
     if (status == 204 || status == 206 || status == 304)
-        return;
-    const struct tg_http_headers *in = *h;
-    bool typed = false, vary_done = false;
+        return false;
+    bool typed = false;
     for (size_t i = 0; i < in->n; i++) {
         struct tg_str n = in->v[i].name, v = in->v[i].value;
         if (tg_http_name_eq(n, "content-encoding") || tg_http_name_eq(n, "content-range"))
-            return;
+            return false;
         if (tg_http_name_eq(n, "cache-control") && tg_encoding_no_transform(v.p, v.n))
-            return;
+            return false;
         if (tg_http_name_eq(n, "content-type")) {
             /* SSE stays byte for byte: never compressed, whatever types say. */
             if (tg_encoding_type_is(v.p, v.n, "text/event-stream") ||
                 !tg_encoding_type_matches(v.p, v.n, cc->types, cc->ntypes))
-                return;
+                return false;
             typed = true;
         }
         if (tg_http_name_eq(n, "vary") && vary_covers(v))
-            vary_done = true;
+            *vary_done = true;
     }
-    if (!typed || (*length >= 0 && (uint64_t)*length < cc->min_length))
-        return;
+    return typed && !(length >= 0 && (uint64_t)length < cc->min_length);
+}
 
+/* The fields of an eligible answer sent with `enc`: Vary added unless
+ * `vary_done`; coded, no Content-Length (the caller gives the length, if
+ * it knows it), Content-Encoding, and a strong ETag made weak. NULL when
+ * memory ran out. */
+static const struct tg_http_headers *enc_fields(struct tg_request *req,
+                                                const struct tg_http_headers *in,
+                                                enum tg_encoding enc, bool vary_done)
+{
+    struct tg_http_headers *out = tg_arena_alloc(&req->arena, sizeof(*out));
+    struct tg_http_header *v = tg_arena_alloc(&req->arena, (in->n + 2) * sizeof(*v));
+    if (out == NULL || v == NULL)
+        return NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < in->n; i++) {
+        struct tg_http_header f = in->v[i];
+        if (enc != TG_ENC_IDENTITY) {
+            if (tg_http_name_eq(f.name, "content-length"))
+                continue;
+            if (tg_http_name_eq(f.name, "etag") && f.value.n > 0 && f.value.p[0] == '"') {
+                /* The bytes differ from the identity response's: a strong
+                 * validator would claim they are the same. */
+                char *w = tg_arena_alloc(&req->arena, f.value.n + 2);
+                if (w == NULL)
+                    return NULL;
+                memcpy(w, "W/", 2);
+                memcpy(w + 2, f.value.p, f.value.n);
+                f.value = tg_str_make(w, f.value.n + 2);
+            }
+        }
+        v[n++] = f;
+    }
+    if (!vary_done)
+        v[n++] = (struct tg_http_header){TG_STR("Vary"), TG_STR("Accept-Encoding")};
+    if (enc != TG_ENC_IDENTITY) {
+        const char *name = tg_encoding_name(enc);
+        v[n++] =
+            (struct tg_http_header){TG_STR("Content-Encoding"), tg_str_make(name, strlen(name))};
+    }
+    out->v = v;
+    out->n = out->cap = n;
+    return out;
+}
+
+/* Decides whether this answer is compressed and rewrites its fields for
+ * it: *h becomes an arena copy and *length -1, and the body goes through
+ * an encoder. An answer that could have been compressed but is not (the
+ * client takes no coding offered, or no memory for an encoder) only gets
+ * Vary. */
+static void enc_head(struct tg_request *req, int status, const struct tg_http_headers **h,
+                     int64_t *length)
+{
+    const struct tg_config_compress *cc = &req->route->compress;
+    bool vary_done;
+    if (!enc_eligible(req, status, *h, *length, &vary_done))
+        return;
     enum tg_encoding enc = (enum tg_encoding)req->enc_choice;
     struct tg_request_enc *e = NULL;
     if (enc != TG_ENC_IDENTITY) {
@@ -427,49 +481,50 @@ static void enc_head(struct tg_request *req, int status, const struct tg_http_he
     }
     if (enc == TG_ENC_IDENTITY && vary_done)
         return;
-
-    struct tg_http_headers *out = tg_arena_alloc(&req->arena, sizeof(*out));
-    struct tg_http_header *v = tg_arena_alloc(&req->arena, (in->n + 2) * sizeof(*v));
-    if (out == NULL || v == NULL)
-        goto no_memory;
-    size_t n = 0;
-    for (size_t i = 0; i < in->n; i++) {
-        struct tg_http_header f = in->v[i];
-        if (enc != TG_ENC_IDENTITY) {
-            if (tg_http_name_eq(f.name, "content-length"))
-                continue; /* the compressed length is not known up front */
-            if (tg_http_name_eq(f.name, "etag") && f.value.n > 0 && f.value.p[0] == '"') {
-                /* The bytes differ from the identity response's: a strong
-                 * validator would claim they are the same. */
-                char *w = tg_arena_alloc(&req->arena, f.value.n + 2);
-                if (w == NULL)
-                    goto no_memory;
-                memcpy(w, "W/", 2);
-                memcpy(w + 2, f.value.p, f.value.n);
-                f.value = tg_str_make(w, f.value.n + 2);
-            }
+    const struct tg_http_headers *out = enc_fields(req, *h, enc, vary_done);
+    if (out == NULL) {
+        if (e != NULL) {
+            tg_compress_free(e->c);
+            tg_buf_put(&req->ctx->bufs, e->out);
         }
-        v[n++] = f;
+        return;
     }
-    if (!vary_done)
-        v[n++] = (struct tg_http_header){TG_STR("Vary"), TG_STR("Accept-Encoding")};
     if (enc != TG_ENC_IDENTITY) {
-        const char *name = tg_encoding_name(enc);
-        v[n++] =
-            (struct tg_http_header){TG_STR("Content-Encoding"), tg_str_make(name, strlen(name))};
         *length = -1;
         req->enc = e;
         req->encoding = (uint8_t)enc;
     }
-    out->v = v;
-    out->n = out->cap = n;
     *h = out;
-    return;
-no_memory:
-    if (e != NULL) {
-        tg_compress_free(e->c);
-        tg_buf_put(&req->ctx->bufs, e->out);
+}
+
+int tg_request_coding_for(struct tg_request *req, int status, const struct tg_http_headers *h,
+                          int64_t length)
+{
+    bool vary_done;
+    if (!req->enc_offered || !enc_eligible(req, status, h, length, &vary_done))
+        return -1;
+    return req->enc_choice;
+}
+
+int tg_request_send_coded_head(struct tg_request *req, int status, const struct tg_http_headers *h,
+                               int coding, int64_t length, uint64_t plain_len, unsigned flags)
+{
+    bool vary_done;
+    enc_eligible(req, status, h, -1, &vary_done);
+    const struct tg_http_headers *out = enc_fields(req, h, (enum tg_encoding)coding, vary_done);
+    if (out == NULL)
+        return -1;
+    if (coding != TG_ENC_IDENTITY) {
+        req->encoding = (uint8_t)coding;
+        req->precoded = true;
+        req->bytes_plain = plain_len;
     }
+    if (req->close_client)
+        flags |= TG_STREAM_CLOSE;
+    int rc = req->stream_ops->send_head(req->stream, status, out, length, flags);
+    if (rc == 0)
+        req->head_sent = true;
+    return rc;
 }
 
 int tg_request_send_head(struct tg_request *req, int status, const struct tg_http_headers *h,
@@ -477,8 +532,8 @@ int tg_request_send_head(struct tg_request *req, int status, const struct tg_htt
 {
     if (req->close_client)
         flags |= TG_STREAM_CLOSE;
-    if (req->enc_offered && req->phase == TG_REQ_FORWARDING && status >= 200 &&
-        !(flags & (TG_STREAM_NO_BODY | TG_STREAM_TUNNEL)) && req->enc == NULL)
+    if (req->enc_offered && (req->phase == TG_REQ_FORWARDING || req->compress_local) &&
+        status >= 200 && !(flags & (TG_STREAM_NO_BODY | TG_STREAM_TUNNEL)) && req->enc == NULL)
         enc_head(req, status, &h, &length);
     int rc = req->stream_ops->send_head(req->stream, status, h, length, flags);
     if (rc == 0 && (status >= 200 || (flags & TG_STREAM_TUNNEL)))
@@ -570,7 +625,10 @@ ssize_t tg_request_send_body(struct tg_request *req, const struct iovec *iov, in
     ssize_t n = req->stream_ops->send_body(req->stream, iov, iovcnt, end);
     if (n > 0) {
         req->bytes_out += (uint64_t)n;
-        req->bytes_plain += (uint64_t)n;
+        if (req->precoded)
+            req->bytes_coded += (uint64_t)n;
+        else
+            req->bytes_plain += (uint64_t)n;
         req->client_write_at = tg_context_now(req->ctx);
     }
     return n;

@@ -199,6 +199,9 @@ struct tg_request {
     /* Response compression (request.c). */
     uint8_t enc_choice;         /* enum tg_encoding the client takes (tg_request_negotiate) */
     bool enc_offered;           /* the route compresses: eligible answers vary on it */
+    bool compress_local;        /* an answer the gateway makes (a cache hit) is compressed
+                                   as a forwarded one would be */
+    bool precoded;              /* the body sent was compressed before (cache copies) */
     uint8_t encoding;           /* enum tg_encoding the body went out in */
     struct tg_request_enc *enc; /* while a compressed body runs (arena), else NULL */
     uint64_t bytes_plain;       /* body bytes before compression */
@@ -305,6 +308,20 @@ void tg_request_negotiate(struct tg_request *req);
  * strong ETag turns weak, and tg_request_send_body compresses the body. */
 int tg_request_send_head(struct tg_request *req, int status, const struct tg_http_headers *h,
                          int64_t length, unsigned flags);
+
+/* For an answer whose compressed bytes are made elsewhere (the response
+ * cache keeps a copy per coding): the coding (enum tg_encoding) the client
+ * gets for it, TG_ENC_IDENTITY when it takes none the route offers, or -1
+ * when the route does not compress this answer (sent as it is). */
+int tg_request_coding_for(struct tg_request *req, int status, const struct tg_http_headers *h,
+                          int64_t length);
+
+/* Sends the head of such an answer, whose `length` bytes (the coded ones,
+ * or the identity ones for TG_ENC_IDENTITY) follow through
+ * tg_request_send_body: with Vary, and when coded with Content-Encoding and
+ * a weak ETag. `plain_len` is logged as the bytes before compression. */
+int tg_request_send_coded_head(struct tg_request *req, int status, const struct tg_http_headers *h,
+                               int coding, int64_t length, uint64_t plain_len, unsigned flags);
 
 /* Sends body bytes through the stream; counts them. Returns how many of
  * the given bytes were taken (the rest is offered again after

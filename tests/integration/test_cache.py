@@ -621,3 +621,67 @@ def test_shipped_config_answers_thumbnails_from_the_cache(tollgate, tmp_path):
         assert hits and int(hits.group(1)) >= 2
     finally:
         g.close()
+
+
+# ---- with compression (issue 20: "a cached compressible file is stored once
+# and compressed per encoding once") --------------------------------------------
+
+
+def test_a_cached_text_is_compressed_once_per_coding(tollgate, backend):
+    import brotli
+    import gzip
+    origin, port, aport, _ = start(
+        tollgate, backend, cache="{ttl: 1d}\n        compress: {order: [gzip, br, zstd]}")
+    body = b'{"items":[' + b",".join(b'{"id":%d,"name":"record %d"}' % (i, i)
+                                     for i in range(800)) + b"]}"
+    origin.set("/api/list", headers=["Content-Type: application/json", "ETag: \"v1\""], body=body)
+    s, h, d = get(port, "/api/list", headers={"Accept-Encoding": "gzip"})
+    assert s == 200 and h["x-cache"] == "MISS" and h["content-encoding"] == "gzip"
+    assert gzip.decompress(d) == body
+    stored = metric(aport, "cache_bytes")
+    # The first gzip hit makes the copy; the store grows by its size, once.
+    s, h, d = get(port, "/api/list", headers={"Accept-Encoding": "gzip"})
+    assert s == 200 and h["x-cache"] == "HIT" and h["content-encoding"] == "gzip"
+    assert gzip.decompress(d) == body
+    assert int(h["content-length"]) == len(d) < len(body) // 4  # a copy: its length is known
+    assert h["vary"] == "Accept-Encoding" and h["etag"] == 'W/"v1"'
+    with_gzip = metric(aport, "cache_bytes")
+    assert with_gzip - stored == len(d), (stored, with_gzip, len(d))
+    for _ in range(3):
+        s, h, d2 = get(port, "/api/list", headers={"Accept-Encoding": "gzip"})
+        assert d2 == d
+    assert metric(aport, "cache_bytes") == with_gzip  # no second copy
+    # Another coding: a copy of its own; identity: the stored body, with Vary.
+    s, h, d = get(port, "/api/list", headers={"Accept-Encoding": "br"})
+    assert h["x-cache"] == "HIT" and h["content-encoding"] == "br" and brotli.decompress(d) == body
+    assert metric(aport, "cache_bytes") == with_gzip + len(d)
+    s, h, d = get(port, "/api/list")
+    assert h["x-cache"] == "HIT" and "content-encoding" not in h and d == body
+    assert h["vary"] == "Accept-Encoding" and h["etag"] == '"v1"'
+    assert origin.count("/api/list") == 1
+    # A HEAD and a 304 from the entry carry no body, compressed or not.
+    s, h, d = get(port, "/api/list", method="HEAD", headers={"Accept-Encoding": "gzip"})
+    assert s == 200 and d == b""
+    s, h, d = get(port, "/api/list", headers={"Accept-Encoding": "gzip", "If-None-Match": '"v1"'})
+    assert s == 304 and d == b""
+
+
+def test_a_large_cached_text_is_compressed_as_it_is_sent(tollgate, backend):
+    """Over the copy limit (1 MiB) each hit compresses as it goes: chunked,
+    and every byte intact."""
+    import gzip
+    origin, port, aport, _ = start(
+        tollgate, backend, cache="{ttl: 1d, max_entry_size: 8MiB}\n        compress: {order: [gzip]}")
+    body = b"".join(b"line %07d of a large export\n" % i for i in range(60000))  # ~1.7 MB
+    origin.set("/export.txt", headers=["Content-Type: text/plain"], body=body)
+    assert get(port, "/export.txt")[2] == body  # stored (identity client)
+    before = metric(aport, "cache_bytes")
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20 * SLOW)
+    c.request("GET", "/export.txt", headers={"Host": "app.test", "Accept-Encoding": "gzip"})
+    r = c.getresponse()
+    d = r.read()
+    c.close()
+    assert r.getheader("x-cache") == "HIT" and r.getheader("content-encoding") == "gzip"
+    assert r.getheader("content-length") is None and gzip.decompress(d) == body
+    assert metric(aport, "cache_bytes") == before  # no copy kept
+    assert origin.count("/export.txt") == 1
