@@ -35,6 +35,7 @@ struct tg_access_record {
     const char *tenant;
     const char *country;                /* "" or NULL: not written */
     const struct tg_limiter_state *lim; /* NULL: no policy applied */
+    const char *trace_id, *span_id;     /* NULL: no gateway span */
 };
 
 /* ---- the writer (main thread) ------------------------------------------- */
