@@ -222,6 +222,7 @@ TEST(otlp_json)
     sp[1].route[0] = '\0';
     sp[1].tenant[0] = '\0';
     sp[1].upstream_us = -1;
+    strcpy(sp[1].path, "/a\"b\\c\x01");
     char *text = tg_trace_export_json(sp, 2, "svc \"x\"");
     CHECK(text != NULL);
     json_t *root = json_loads(text, 0, NULL);
@@ -259,6 +260,8 @@ TEST(otlp_json)
     CHECK(attr(s1, "tollgate.tenant", "stringValue") == NULL);
     CHECK(attr(s1, "tollgate.upstream.header_time_us", "intValue") == NULL);
     CHECK(json_object_get(json_object_get(s1, "status"), "code") == NULL);
+    /* Strings are escaped: quotes, backslashes and control bytes. */
+    CHECK_EQ_STR(attr(s1, "url.path", "stringValue"), "/a\"b\\c\x01");
     json_decref(root);
     free(text);
 }
