@@ -243,10 +243,11 @@ static bool post(const char *host, const char *port, const char *path, const cha
         return false;
     size_t blen = strlen(body);
     char head[1024];
+    bool v6 = strchr(host, ':') != NULL; /* an IPv6 literal goes in brackets */
     int hn = snprintf(head, sizeof(head),
-                      "POST %s HTTP/1.1\r\nHost: %s:%s\r\nContent-Type: application/json\r\n"
+                      "POST %s HTTP/1.1\r\nHost: %s%s%s:%s\r\nContent-Type: application/json\r\n"
                       "Content-Length: %zu\r\nConnection: close\r\nUser-Agent: tollgate\r\n\r\n",
-                      path, host, port, blen);
+                      path, v6 ? "[" : "", host, v6 ? "]" : "", port, blen);
     bool ok = hn > 0 && (size_t)hn < sizeof(head) && send_all(fd, head, (size_t)hn, deadline) &&
               send_all(fd, body, blen, deadline);
     /* The status line is all we read: "HTTP/1.1 200 ...". */
