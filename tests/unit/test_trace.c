@@ -1,13 +1,10 @@
-/* W3C Trace Context parsing, id generation, sampling and the OTLP JSON a
- * span becomes (trace.c, trace_export.c). */
+/* W3C Trace Context parsing, id generation and sampling (trace.c). */
 #include "../../src/trace.c"
 
-#include <jansson.h>
 #include <stdlib.h>
 
 #include "str.h"
 #include "test.h"
-#include "trace_export.h"
 
 #define TID "4bf92f3577b34da6a3ce929d0e0e4736"
 #define PID "00f067aa0ba902b7"
@@ -182,90 +179,6 @@ TEST(sampling)
     CHECK(n > 9000 && n < 11000);
 }
 
-static const char *attr(json_t *span, const char *key, const char *kind)
-{
-    size_t i;
-    json_t *a;
-    json_array_foreach(json_object_get(span, "attributes"), i, a)
-    {
-        if (strcmp(json_string_value(json_object_get(a, "key")), key) == 0)
-            return json_string_value(json_object_get(json_object_get(a, "value"), kind));
-    }
-    return NULL;
-}
-
-TEST(otlp_json)
-{
-    struct tg_trace_span sp[2];
-    memset(sp, 0, sizeof(sp));
-    struct tg_trace_parent tp;
-    CHECK(parse("00-" TID "-" PID "-01", &tp));
-    memcpy(sp[0].trace_id, tp.trace_id, 16);
-    memcpy(sp[0].parent_id, tp.parent_id, 8);
-    memset(sp[0].span_id, 0xab, 8);
-    sp[0].has_parent = true;
-    sp[0].start_ns = 1700000000000000000ull;
-    sp[0].end_ns = 1700000000002500000ull;
-    sp[0].status = 503;
-    sp[0].upstream_us = 1200;
-    strcpy(sp[0].method, "POST");
-    strcpy(sp[0].route, "/api/");
-    strcpy(sp[0].path, "/api/x");
-    strcpy(sp[0].client, "192.0.2.1");
-    strcpy(sp[0].tenant, "acme");
-    strcpy(sp[0].limit, "limited");
-    strcpy(sp[0].upstream, "10.0.0.1:80");
-    strcpy(sp[0].proto, "2");
-    sp[1] = sp[0];
-    sp[1].has_parent = false;
-    sp[1].status = 200;
-    sp[1].route[0] = '\0';
-    sp[1].tenant[0] = '\0';
-    sp[1].upstream_us = -1;
-    strcpy(sp[1].path, "/a\"b\\c\x01");
-    char *text = tg_trace_export_json(sp, 2, "svc \"x\"");
-    CHECK(text != NULL);
-    json_t *root = json_loads(text, 0, NULL);
-    CHECK(root != NULL);
-    json_t *rs = json_array_get(json_object_get(root, "resourceSpans"), 0);
-    json_t *res = json_array_get(json_object_get(json_object_get(rs, "resource"), "attributes"), 0);
-    CHECK_EQ_STR(json_string_value(json_object_get(json_object_get(res, "value"), "stringValue")),
-                 "svc \"x\"");
-    json_t *spans = json_object_get(json_array_get(json_object_get(rs, "scopeSpans"), 0), "spans");
-    CHECK_EQ_INT(json_array_size(spans), 2);
-    json_t *s0 = json_array_get(spans, 0), *s1 = json_array_get(spans, 1);
-    CHECK_EQ_STR(json_string_value(json_object_get(s0, "traceId")), TID);
-    CHECK_EQ_STR(json_string_value(json_object_get(s0, "spanId")), "abababababababab");
-    CHECK_EQ_STR(json_string_value(json_object_get(s0, "parentSpanId")), PID);
-    CHECK_EQ_STR(json_string_value(json_object_get(s0, "name")), "POST /api/");
-    CHECK_EQ_INT(json_integer_value(json_object_get(s0, "kind")), 2);
-    CHECK_EQ_STR(json_string_value(json_object_get(s0, "startTimeUnixNano")),
-                 "1700000000000000000");
-    CHECK_EQ_STR(json_string_value(json_object_get(s0, "endTimeUnixNano")), "1700000000002500000");
-    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(s0, "status"), "code")), 2);
-    CHECK_EQ_STR(attr(s0, "http.request.method", "stringValue"), "POST");
-    CHECK_EQ_STR(attr(s0, "http.route", "stringValue"), "/api/");
-    CHECK_EQ_STR(attr(s0, "http.response.status_code", "intValue"), "503");
-    CHECK_EQ_STR(attr(s0, "client.address", "stringValue"), "192.0.2.1");
-    CHECK_EQ_STR(attr(s0, "tollgate.tenant", "stringValue"), "acme");
-    CHECK_EQ_STR(attr(s0, "tollgate.ratelimit.decision", "stringValue"), "limited");
-    CHECK_EQ_STR(attr(s0, "tollgate.upstream.address", "stringValue"), "10.0.0.1:80");
-    CHECK_EQ_STR(attr(s0, "tollgate.upstream.header_time_us", "intValue"), "1200");
-    CHECK_EQ_STR(attr(s0, "tollgate.duration_us", "intValue"), "2500");
-    CHECK_EQ_STR(attr(s0, "network.protocol.version", "stringValue"), "2");
-    /* No parent, no route, no tenant, no upstream answer: left out. */
-    CHECK_EQ_STR(json_string_value(json_object_get(s1, "parentSpanId")), "");
-    CHECK_EQ_STR(json_string_value(json_object_get(s1, "name")), "POST");
-    CHECK(attr(s1, "http.route", "stringValue") == NULL);
-    CHECK(attr(s1, "tollgate.tenant", "stringValue") == NULL);
-    CHECK(attr(s1, "tollgate.upstream.header_time_us", "intValue") == NULL);
-    CHECK(json_object_get(json_object_get(s1, "status"), "code") == NULL);
-    /* Strings are escaped: quotes, backslashes and control bytes. */
-    CHECK_EQ_STR(attr(s1, "url.path", "stringValue"), "/a\"b\\c\x01");
-    json_decref(root);
-    free(text);
-}
-
 int main(void)
 {
     RUN(parent_valid);
@@ -274,6 +187,5 @@ int main(void)
     RUN(tracestate_split_everywhere);
     RUN(ids_and_format);
     RUN(sampling);
-    RUN(otlp_json);
     return TEST_SUMMARY();
 }
