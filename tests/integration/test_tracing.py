@@ -368,3 +368,26 @@ def test_http2_request_is_traced(tollgate, backend, collector):
     assert spans[0]["spanId"] == m.group(2)
     assert spans[0]["parentSpanId"] == CLIENT_SPAN
     assert attrs(spans[0])["network.protocol.version"] == "2"
+
+
+def test_reload_turns_tracing_on_and_off(tollgate, backend, collector):
+    """The exporter thread starts at the reload that first enables tracing;
+    a reload that disables it stops new spans and restores pass-through."""
+    col = collector()
+    b = backend()
+    port = free_port()
+    good = "00-%s-%s-01" % (CLIENT_TRACE, CLIENT_SPAN)
+    tg = tollgate(config(port, b.port))
+    get(port, "/", headers={"traceparent": good})
+    assert backend_saw(b)[0] == [good]
+    tg.reload(config(port, b.port, tracing_block(col.port, ratio="1")))
+    get(port, "/", headers={"traceparent": good})
+    tps, _ = backend_saw(b)
+    assert tps != [good] and CLIENT_TRACE in tps[0]
+    assert len(col.wait_spans(1)) == 1
+    tg.reload(config(port, b.port))
+    get(port, "/", headers={"traceparent": good})
+    assert backend_saw(b)[0] == [good]
+    time.sleep(0.3 * SLOW)
+    assert len(col.spans()) == 1
+    assert "trace_id" not in tg.access_lines(3)[-1]
