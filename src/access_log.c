@@ -359,6 +359,10 @@ void tg_access_log_write(struct tg_access_log *log, const struct tg_access_recor
             o += (size_t)n;
     }
     o = put_str(line, o, "request_id", r->request_id);
+    if (r->trace_id != NULL) {
+        o = put_str(line, o, "trace_id", r->trace_id);
+        o = put_str(line, o, "span_id", r->span_id);
+    }
     if (r->ssl != NULL) {
         struct tg_tls_info ti;
         tg_tls_info(r->ssl, &ti);

@@ -35,9 +35,10 @@ struct tg_access_record {
     const char *tenant;
     const char *country;                /* "" or NULL: not written */
     const struct tg_limiter_state *lim; /* NULL: no policy applied */
-    const char *encoding; /* the body's content coding when we compressed it, else NULL */
-    uint64_t bytes_plain; /* ... and its body bytes before compression */
-    uint64_t bytes_coded; /* ... and after */
+    const char *encoding;           /* the body's content coding when we compressed it, else NULL */
+    uint64_t bytes_plain;           /* ... and its body bytes before compression */
+    uint64_t bytes_coded;           /* ... and after */
+    const char *trace_id, *span_id; /* NULL: no gateway span */
 };
 
 /* ---- the writer (main thread) ------------------------------------------- */

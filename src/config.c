@@ -554,6 +554,36 @@ static int p_log_target(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     return p_path(ctx, node, dst, key);
 }
 
+/* tracing.sample_ratio: a plain decimal from 0 to 1 ("0.01", "1"). */
+static int p_ratio(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
+{
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    char *end = NULL;
+    double v = is_plain_scalar(node) && (*s >= '0' && *s <= '9') ? strtod(s, &end) : -1;
+    if (end == NULL || *end != '\0' || !(v >= 0.0 && v <= 1.0))
+        return node_error(ctx, node, "%s must be a number from 0 to 1, not '%s'", key->name, s);
+    *(double *)dst = v;
+    return 0;
+}
+
+/* tracing.otlp.endpoint: plain HTTP to a collector, "http://host[:port]/path"
+ * (the exporter speaks HTTP/1.1 itself and has no TLS client). */
+static int p_otlp_endpoint(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                           const struct cfg_key *key)
+{
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    const char *host = strncmp(s, "http://", 7) == 0 ? s + 7 : NULL;
+    if (host == NULL || *host == '\0' || *host == '/' || *host == ':' ||
+        strpbrk(host, " \t\r\n") != NULL)
+        return node_error(ctx, node, "%s must be an http://host[:port]/path URL, not '%s'",
+                          key->name, s);
+    return p_string(ctx, node, dst, key);
+}
+
 static int p_enum(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     const char *s = scalar(ctx, node, key->name);
@@ -918,6 +948,29 @@ static const struct cfg_key log_keys[] = {
      "1s"},
     {"access_buffer", p_size, FIELD(struct tg_config_log, access_buffer), 4096, 64 << 20, NULL,
      "64KiB"},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const char *const trace_request_ids[] = {"own", "trace_id", NULL};
+
+static const struct cfg_key otlp_keys[] = {
+    {"endpoint", p_otlp_endpoint, FIELD(struct tg_config_otlp, endpoint), 0, 0, NULL,
+     "http://127.0.0.1:4318/v1/traces"},
+    {"timeout", p_duration, FIELD(struct tg_config_otlp, timeout_ms), 10, 60000, NULL, "2s"},
+    {"batch", p_uint, FIELD(struct tg_config_otlp, batch), 1, 8192, NULL, "512"},
+    {"queue", p_uint, FIELD(struct tg_config_otlp, queue), 1, 1000000, NULL, "8192"},
+    {"interval", p_duration, FIELD(struct tg_config_otlp, interval_ms), 10, 60000, NULL, "1s"},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+static const struct cfg_key tracing_keys[] = {
+    {"enabled", p_bool, FIELD(struct tg_config_tracing, enabled), 0, 0, NULL, "false"},
+    {"sample_ratio", p_ratio, FIELD(struct tg_config_tracing, sample_ratio), 0, 0, NULL, "0.01"},
+    {"service_name", p_string, FIELD(struct tg_config_tracing, service_name), 0, 0, NULL,
+     "tollgate"},
+    {"request_id", p_enum, FIELD(struct tg_config_tracing, request_id), 0, 0, trace_request_ids,
+     "own"},
+    {"otlp", p_section, FIELD(struct tg_config_tracing, otlp), 0, 0, NULL, NULL, otlp_keys},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -2856,6 +2909,7 @@ static const struct cfg_key top_keys[] = {
     {"upstreams", p_skip, 0, 0, 0, NULL, NULL /* {} */},
     {"sites", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"log", p_section, FIELD(struct tg_config, log), 0, 0, NULL, NULL, log_keys},
+    {"tracing", p_section, FIELD(struct tg_config, tracing), 0, 0, NULL, NULL, tracing_keys},
     {"tls", p_skip, FIELD(struct tg_config, tls), 0, 0, NULL, NULL, tls_keys},
     {"rate_limit", p_skip, FIELD(struct tg_config, rate_limit), 0, 0, NULL, NULL, rate_limit_keys},
     {"tenants", p_skip, FIELD(struct tg_config, tenants), 0, 0, NULL, NULL, tenants_keys},

@@ -487,6 +487,26 @@ struct tg_config_log {
     size_t access_buffer;
 };
 
+/* tracing.request_id */
+enum tg_trace_request_id { TG_TRACE_RID_OWN = 0, TG_TRACE_RID_TRACE_ID };
+
+/* tracing.otlp: where and how spans are sent (trace_export.c). */
+struct tg_config_otlp {
+    const char *endpoint; /* "http://host[:port]/path" */
+    int64_t timeout_ms;   /* connect, send and answer, each */
+    unsigned batch;       /* spans per POST, at most */
+    unsigned queue;       /* spans waiting, at most; more are dropped */
+    int64_t interval_ms;  /* a partial batch waits at most this long */
+};
+
+struct tg_config_tracing {
+    bool enabled;
+    double sample_ratio;      /* 0..1, for requests without a parent */
+    const char *service_name; /* resource attribute service.name */
+    int request_id;           /* enum tg_trace_request_id */
+    struct tg_config_otlp otlp;
+};
+
 struct tg_config {
     _Atomic int refs;
     struct tg_arena arena;
@@ -520,6 +540,7 @@ struct tg_config {
     struct tg_config_site *sites;
     size_t nsites;
     struct tg_config_log log;
+    struct tg_config_tracing tracing;
     struct tg_config_rate_limit rate_limit;
     struct tg_config_tenants tenants;
     const struct tg_config_site *domain_site; /* the site with custom_domains */

@@ -1672,6 +1672,8 @@ int tg_forward_prepare(struct tg_request *req)
         .client = &req->client,
         .chain = req->chain,
         .request_id = tg_str_make(req->request_id, req->request_id_len),
+        .traceparent = tg_str_make(req->trace.parent_out, strlen(req->trace.parent_out)),
+        .tracestate = tg_str_make(req->trace.state, req->trace.state_len),
         .subject_header = req->listener->client_subject_header,
         .subject = req->client_subject,
         .geo_header = cfg->geoip_header,

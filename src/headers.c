@@ -187,6 +187,27 @@ static bool is_named(struct tg_str name, const char *configured)
 
 /* ---- request head ------------------------------------------------------------ */
 
+/* traceparent and tracestate: the pipeline sends its own (or none). */
+static bool is_trace_field(struct tg_str name)
+{
+    return (name.n == 11 && tg_http_name_eq(name, "traceparent")) ||
+           (name.n == 10 && tg_http_name_eq(name, "tracestate"));
+}
+
+static void put_trace_fields(struct out *o, const struct tg_headers_upstream *in)
+{
+    if (in->traceparent.n == 0)
+        return;
+    puts_(o, "traceparent: ");
+    put_str(o, in->traceparent);
+    put(o, "\r\n", 2);
+    if (in->tracestate.n > 0) {
+        puts_(o, "tracestate: ");
+        put_str(o, in->tracestate);
+        put(o, "\r\n", 2);
+    }
+}
+
 int tg_headers_upstream_request(struct tg_buf *b, const struct tg_headers_upstream *in)
 {
     const struct tg_http_headers *h = in->fields;
@@ -220,7 +241,8 @@ int tg_headers_upstream_request(struct tg_buf *b, const struct tg_headers_upstre
          * would lie about where it is, or impersonate someone else). */
         if (name_listed(rules->req_remove, rules->nreq_remove, hd->name) ||
             name_added(rules->req_set, rules->nreq_set, hd->name) ||
-            is_named(hd->name, in->geo_header) || is_named(hd->name, in->subject_header))
+            is_named(hd->name, in->geo_header) || is_named(hd->name, in->subject_header) ||
+            is_trace_field(hd->name))
             continue;
         switch (k) {
         case HDR_OTHER:
@@ -285,6 +307,7 @@ int tg_headers_upstream_request(struct tg_buf *b, const struct tg_headers_upstre
     puts_(&o, "\r\nX-Request-Id: ");
     put_str(&o, in->request_id);
     put(&o, "\r\n", 2);
+    put_trace_fields(&o, in);
     if (in->subject_header != NULL && in->subject != NULL) {
         puts_(&o, in->subject_header);
         put(&o, ": ", 2);

@@ -41,6 +41,10 @@ struct tg_headers_upstream {
     const struct tg_addr *client;        /* the identified client */
     const struct tg_client_chain *chain; /* trusted hops, or NULL */
     struct tg_str request_id;
+    /* Trace context to send (the client's own fields never go through:
+     * the pipeline validated and rebuilt them); empty: none. */
+    struct tg_str traceparent;
+    struct tg_str tracestate;
     const char *subject_header; /* listener's client_subject_header, or NULL */
     const char *subject;        /* the verified subject, or NULL */
     const char *geo_header;     /* geoip.header, or NULL */

@@ -33,6 +33,7 @@
 #include "ratelimit.h"
 #include "ticket_share.h"
 #include "tls.h"
+#include "trace_export.h"
 #include "version.h"
 #include "worker.h"
 
@@ -223,6 +224,20 @@ static int apply_logs(const struct tg_config *cfg, bool at_start)
     return 0;
 }
 
+/* Applies a snapshot's tracing section: the exporter thread starts the
+ * first time tracing is enabled and stays (a reload that disables tracing
+ * only stops workers from queueing spans). */
+static int apply_tracing(const struct tg_config *cfg)
+{
+    if (!cfg->tracing.enabled)
+        return 0;
+    if (tg_trace_export_configure(&cfg->tracing) < 0 || tg_trace_export_start() < 0) {
+        tg_log_error("tracing: cannot start the span exporter");
+        return -1;
+    }
+    return 0;
+}
+
 /* Installs `next` in every worker. Takes over the caller's reference. */
 static int install_config(struct tg_config *next)
 {
@@ -393,6 +408,7 @@ static void reload(void)
         tg_log_warn("workers: %u -> %u takes effect at the next restart", g.rt.nworkers,
                     next->workers);
     apply_logs(next, false);
+    apply_tracing(next);
     tg_metrics_assign(next);
     if (install_config(next) < 0) {
         tg_metrics_reload(false, 0);
@@ -579,7 +595,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         sigaddset(&set, sigs[i]);
     pthread_sigmask(SIG_BLOCK, &set, &old);
-    if (tg_access_log_start() < 0 || apply_logs(cfg, true) < 0) {
+    if (tg_access_log_start() < 0 || apply_logs(cfg, true) < 0 || apply_tracing(cfg) < 0) {
         tg_config_unref(cfg);
         return 1;
     }
@@ -668,6 +684,7 @@ int main(int argc, char **argv)
     free(g.rt.workers);
     tg_iptable_free(g.rt.iptable);
     tg_ratelimit_local_free(g.rt.rl_local);
+    tg_trace_export_stop(); /* after the workers: their last spans are queued */
     tg_access_log_stop();
     tg_config_unref(g.config);
     tg_certstore_unref(g.certs);

@@ -20,6 +20,7 @@
 
 #include "access.h"
 #include "cache_serve.h"
+#include "codec.h"
 #include "config.h"
 #include "context.h"
 #include "forward.h"
@@ -32,6 +33,7 @@
 #include "router.h"
 #include "tenant.h"
 #include "tls.h"
+#include "trace.h"
 
 #define MS(x) ((double)(x) / 1000.0)
 /* A wait on a store or the tenant directory ends this long after their own
@@ -134,6 +136,79 @@ static void take_request_id(struct tg_request *req)
     req->request_id_len = tg_headers_new_request_id(req->request_id);
 }
 
+/* W3C Trace Context. A valid traceparent (exactly one) is the parent;
+ * tracestate goes with it only when it is valid itself (its lines joined,
+ * as a list split over lines means). Anything malformed is dropped here,
+ * so the backend never sees it: with tracing enabled a new trace takes
+ * its place, without it nothing does. With tracing enabled the gateway
+ * has a span of its own, which the backend gets as its parent, sampled
+ * as the parent says or, with no parent, by tracing.sample_ratio; without
+ * it, a valid traceparent passes through as the client sent it (written
+ * again as version 00). */
+static void take_trace(struct tg_request *req)
+{
+    const struct tg_config_tracing *tc = &cfg_of(req)->tracing;
+    const struct tg_http_header *tp = NULL;
+    size_t ntp = 0, state_len = 0, nstate = 0;
+    for (size_t i = 0; i < req->headers.n; i++) {
+        const struct tg_http_header *h = &req->headers.v[i];
+        if (tg_http_name_eq(h->name, "traceparent")) {
+            tp = h;
+            ntp++;
+        } else if (tg_http_name_eq(h->name, "tracestate")) {
+            state_len += h->value.n + 1;
+            nstate++;
+        }
+    }
+    struct tg_trace_parent parent;
+    bool valid = ntp == 1 && tg_trace_parse_parent(tp->value.p, tp->value.n, &parent);
+    req->trace.has_parent = valid;
+    if (valid) {
+        memcpy(req->trace.trace_id, parent.trace_id, 16);
+        memcpy(req->trace.parent_id, parent.parent_id, 8);
+    }
+    if (valid && nstate > 0 && state_len <= TG_TRACE_STATE_MAX + nstate) {
+        char *st = tg_arena_alloc(&req->arena, state_len);
+        size_t n = 0;
+        for (size_t i = 0; st != NULL && i < req->headers.n; i++) {
+            const struct tg_http_header *h = &req->headers.v[i];
+            if (!tg_http_name_eq(h->name, "tracestate") || h->value.n == 0)
+                continue;
+            if (n > 0)
+                st[n++] = ',';
+            memcpy(st + n, h->value.p, h->value.n);
+            n += h->value.n;
+        }
+        if (st != NULL && n > 0 && tg_trace_valid_state(st, n)) {
+            req->trace.state = st;
+            req->trace.state_len = n;
+        }
+    }
+    /* The admin listener's requests (scrapes, health checks) are the
+     * operator's, not traffic: no spans for them. */
+    if (!tc->enabled || (req->listener != NULL && req->listener->admin)) {
+        if (valid)
+            tg_trace_format_parent(req->trace.parent_out, parent.trace_id, parent.parent_id,
+                                   parent.flags);
+        return;
+    }
+    if (!valid)
+        tg_trace_new_id(req->trace.trace_id, 16);
+    tg_trace_new_id(req->trace.span_id, 8);
+    req->trace.span = true;
+    req->trace.sampled = tg_trace_decide(valid, valid ? parent.flags : 0, tc->sample_ratio,
+                                         valid ? 0 : tg_trace_random());
+    tg_trace_format_parent(req->trace.parent_out, req->trace.trace_id, req->trace.span_id,
+                           req->trace.sampled ? TG_TRACE_FLAG_SAMPLED : 0);
+    if (tc->request_id == TG_TRACE_RID_TRACE_ID) {
+        req->request_id_len = tg_hex_encode(req->request_id, req->trace.trace_id, 16, false);
+        req->request_id[req->request_id_len] = '\0';
+    }
+    if (dry(req))
+        say(req, "trace", "%.32s, %s", req->trace.parent_out + 3,
+            req->trace.sampled ? "sampled" : "not sampled");
+}
+
 /* The socket peer, or for a trusted proxy the right-most untrusted address
  * it forwards for (every X-Forwarded-For and Forwarded line is read); then
  * its country and AS when GeoIP is configured. */
@@ -142,6 +217,7 @@ static enum verdict identify(struct tg_request *req)
     const struct tg_config *cfg = cfg_of(req);
     struct tg_context *ctx = req->ctx;
     take_request_id(req);
+    take_trace(req);
     size_t nx = 0, nf = 0;
     for (size_t i = 0; i < req->headers.n; i++) {
         if (tg_http_name_eq(req->headers.v[i].name, "x-forwarded-for"))

@@ -17,6 +17,7 @@
 #include "buf.h"
 #include "compress.h"
 #include "cache.h"
+#include "codec.h"
 #include "config.h"
 #include "context.h"
 #include "encoding.h"
@@ -27,6 +28,7 @@
 #include "router.h"
 #include "tenant.h"
 #include "tls.h"
+#include "trace_export.h"
 
 /* Request objects kept between two trims (tg_request_trim_free_list keeps
  * what the busiest moment needed): see TG_BUF_MAX_FREE. */
@@ -247,6 +249,60 @@ static void release(struct tg_request *req, bool aborted)
         tg_cache_req_release(req->cache);
 }
 
+/* Copies `s` (NULL: "") into a fixed field, cut to fit. */
+static void span_copy(char *dst, size_t cap, const char *s, size_t n)
+{
+    if (s == NULL)
+        n = 0;
+    if (n >= cap)
+        n = cap - 1;
+    if (n > 0)
+        memcpy(dst, s, n);
+    dst[n] = '\0';
+}
+
+static void span_copy_cstr(char *dst, size_t cap, const char *s)
+{
+    span_copy(dst, cap, s, s != NULL ? strnlen(s, cap) : 0);
+}
+
+#define SPAN_COPY(field, s) span_copy_cstr(field, sizeof(field), (s))
+
+/* The gateway's span for a sampled request, to the exporter. `wall_end`
+ * is the access log's clock; `dur` the request's length on the same. */
+static void export_span(struct tg_request *req, double wall_end, double dur)
+{
+    struct tg_trace_span sp;
+    memcpy(sp.trace_id, req->trace.trace_id, 16);
+    memcpy(sp.span_id, req->trace.span_id, 8);
+    memcpy(sp.parent_id, req->trace.parent_id, 8);
+    sp.has_parent = req->trace.has_parent;
+    sp.end_ns = wall_end > 0 ? (uint64_t)(wall_end * 1e9) : 0;
+    uint64_t dur_ns = dur > 0 ? (uint64_t)(dur * 1e9) : 0;
+    sp.start_ns = sp.end_ns > dur_ns ? sp.end_ns - dur_ns : 0;
+    sp.status = req->status;
+    sp.upstream_us =
+        req->up_header_at > 0 ? (int64_t)((req->up_header_at - req->up_start) * 1e6) : -1;
+    sp.bytes_in = req->bytes_in;
+    sp.bytes_out = req->bytes_out;
+    SPAN_COPY(sp.method, req->method);
+    SPAN_COPY(sp.scheme, req->https ? "https" : "http");
+    const char *proto = req->proto != NULL && strlen(req->proto) > 5 ? req->proto + 5 : NULL;
+    SPAN_COPY(sp.proto, proto != NULL && strcmp(proto, "2.0") == 0 ? "2" : proto);
+    if (req->route != NULL)
+        span_copy(sp.route, sizeof(sp.route), req->route->path, req->route->path_len);
+    else
+        sp.route[0] = '\0';
+    span_copy(sp.path, sizeof(sp.path), req->path,
+              req->route_path_len > 0 ? req->route_path_len : req->path_len);
+    span_copy(sp.host, sizeof(sp.host), req->host, req->host_len);
+    tg_addr_format(&req->client, sp.client, sizeof(sp.client));
+    SPAN_COPY(sp.tenant, req->tenant);
+    SPAN_COPY(sp.limit, req->lim != NULL && req->lim->active ? req->lim->outcome : NULL);
+    SPAN_COPY(sp.upstream, req->up_name);
+    tg_trace_export_push(&sp);
+}
+
 static void log_request(struct tg_request *req)
 {
     struct tg_context *ctx = req->ctx;
@@ -290,6 +346,15 @@ static void log_request(struct tg_request *req)
         .bytes_plain = req->bytes_plain,
         .bytes_coded = req->bytes_coded,
     };
+    char trace_id[33], span_id[17];
+    if (req->trace.span) {
+        trace_id[tg_hex_encode(trace_id, req->trace.trace_id, 16, false)] = '\0';
+        span_id[tg_hex_encode(span_id, req->trace.span_id, 8, false)] = '\0';
+        r.trace_id = trace_id;
+        r.span_id = span_id;
+        if (req->trace.sampled && req->explain == NULL)
+            export_span(req, now, dur);
+    }
     tg_access_log_write(ctx->access_log, &r);
 }
 

@@ -164,6 +164,18 @@ struct tg_request {
     const char *client_subject; /* verified client certificate subject */
     char request_id[65];
     size_t request_id_len;
+    /* W3C trace context (pipeline.c's identify fills it). */
+    struct {
+        uint8_t trace_id[16];
+        uint8_t span_id[8];   /* the gateway's span (tracing enabled) */
+        uint8_t parent_id[8]; /* the client's span, if it sent one */
+        bool has_parent;      /* a valid traceparent came in */
+        bool span;            /* the gateway has a span (tracing enabled) */
+        bool sampled;         /* ... and it is recorded and exported */
+        char parent_out[56];  /* traceparent toward the backend; "" none */
+        const char *state;    /* tracestate toward the backend (arena), or NULL */
+        size_t state_len;
+    } trace;
 
     /* What was decided. */
     const struct tg_config_site *site;

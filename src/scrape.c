@@ -21,6 +21,7 @@
 #include "ratelimit_redis.h"
 #include "redis.h"
 #include "tenant.h"
+#include "trace_export.h"
 
 /* Status classes of the routes' requests[]: aborted, then 1xx to 5xx. */
 #define STATUS_CLASSES 6
@@ -97,6 +98,27 @@ static void histogram(struct tg_strbuf *o, const char *name, const char *labels,
     }
     tg_strbuf_printf(o, "tollgate_%s_sum{%s} %.6f\n", name, labels, (double)sum_us / 1e6);
     tg_strbuf_printf(o, "tollgate_%s_count{%s} %llu\n", name, labels, (unsigned long long)cum);
+}
+
+/* The span exporter's counters (process-wide: one exporter thread). */
+static void put_trace_export(struct tg_strbuf *o)
+{
+    struct tg_trace_export_stats st;
+    tg_trace_export_stats(&st);
+    header(o, "trace_spans_exported_total", "counter", "Spans the OTLP collector accepted.");
+    tg_strbuf_printf(o, "tollgate_trace_spans_exported_total %llu\n",
+                     (unsigned long long)st.exported);
+    header(o, "trace_spans_dropped_total", "counter",
+           "Spans dropped because the export queue was full (or left at shutdown).");
+    tg_strbuf_printf(o, "tollgate_trace_spans_dropped_total %llu\n",
+                     (unsigned long long)st.dropped);
+    header(o, "trace_spans_failed_total", "counter",
+           "Spans in batches the collector did not accept (or could not be reached for).");
+    tg_strbuf_printf(o, "tollgate_trace_spans_failed_total %llu\n",
+                     (unsigned long long)st.failed_spans);
+    header(o, "trace_export_failures_total", "counter", "Span batches whose POST failed.");
+    tg_strbuf_printf(o, "tollgate_trace_export_failures_total %llu\n",
+                     (unsigned long long)st.failed_posts);
 }
 
 int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
@@ -461,6 +483,7 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
            "Access-log lines dropped because the writer could not keep up.");
     tg_strbuf_printf(&o, "tollgate_access_log_dropped_total %llu\n",
                      (unsigned long long)tg_access_log_dropped());
+    put_trace_export(&o);
     header(&o, "workers", "gauge", "Worker threads.");
     tg_strbuf_printf(&o, "tollgate_workers %u\n", nw);
 

@@ -239,6 +239,9 @@ CONF
         upstream: backend
 $route_limit
 CONF
+    # Top-level keys to try a feature's cost (e.g. tracing) against the
+    # same scenario without it.
+    [ -z "${BENCH_TOLLGATE_EXTRA:-}" ] || printf '%s\n' "$BENCH_TOLLGATE_EXTRA"
 }
 
 tollgate_present() { [ -x "$TOLLGATE_BIN" ]; }

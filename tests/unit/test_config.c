@@ -506,6 +506,8 @@ TEST(schema_defaults_parse)
         {"route", route_keys},
         {"route.cache", cache_keys},
         {"admin", admin_keys},
+        {"tracing", tracing_keys},
+        {"tracing.otlp", otlp_keys},
     };
     static _Alignas(max_align_t) char scratch[65536];
     struct tg_config *cfg = calloc(1, sizeof(*cfg));
@@ -694,6 +696,8 @@ static const struct {
     {"stream_keys", stream_keys},
     {"http2_keys", http2_keys},
     {"log_keys", log_keys},
+    {"otlp_keys", otlp_keys},
+    {"tracing_keys", tracing_keys},
     {"listen_keys", listen_keys},
     {"health_check_keys", health_check_keys},
     {"upstream_keys", upstream_keys},
@@ -891,6 +895,65 @@ TEST(route_cache_key)
                  "sites: [{hosts: [a.test], routes: [{path: /, upstream: app, cache: "
                  "{ttl: 1s, size: 1}}]}]\n",
                  "t.yaml:3:78: ", "unknown key 'size' in cache");
+}
+
+/* Issue 21: the tracing section, its defaults and its checks. */
+TEST(tracing_section)
+{
+    char err[4096];
+    const char *base = "listen: [127.0.0.1:8080]\n"
+                       "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                       "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+    struct tg_config *c = load(base, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL)
+        return;
+    CHECK(!c->tracing.enabled);
+    CHECK(c->tracing.sample_ratio > 0.0099 && c->tracing.sample_ratio < 0.0101);
+    CHECK_EQ_STR(c->tracing.service_name, "tollgate");
+    CHECK_EQ_INT(c->tracing.request_id, TG_TRACE_RID_OWN);
+    CHECK_EQ_STR(c->tracing.otlp.endpoint, "http://127.0.0.1:4318/v1/traces");
+    CHECK_EQ_INT(c->tracing.otlp.timeout_ms, 2000);
+    CHECK_EQ_INT(c->tracing.otlp.batch, 512);
+    CHECK_EQ_INT(c->tracing.otlp.queue, 8192);
+    CHECK_EQ_INT(c->tracing.otlp.interval_ms, 1000);
+    tg_config_unref(c);
+
+    char y[1024];
+    snprintf(y, sizeof(y),
+             "%stracing: {enabled: true, sample_ratio: 0.25, request_id: trace_id,\n"
+             "  otlp: {endpoint: 'http://[::1]:4318/t', batch: 10, queue: 20}}\n",
+             base);
+    c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    CHECK(c->tracing.enabled);
+    CHECK(c->tracing.sample_ratio == 0.25);
+    CHECK_EQ_INT(c->tracing.request_id, TG_TRACE_RID_TRACE_ID);
+    CHECK_EQ_INT(c->tracing.otlp.batch, 10);
+    CHECK_EQ_INT(c->tracing.otlp.queue, 20);
+    tg_config_unref(c);
+
+    static const struct {
+        const char *text, *fragment;
+    } bad[] = {
+        {"tracing: {sample_ratio: 1.5}\n", "sample_ratio must be a number from 0 to 1"},
+        {"tracing: {sample_ratio: -0.1}\n", "sample_ratio must be a number from 0 to 1"},
+        {"tracing: {sample_ratio: 1%}\n", "sample_ratio must be a number from 0 to 1"},
+        {"tracing: {otlp: {endpoint: 'https://c:4318/v1/traces'}}\n",
+         "endpoint must be an http://host[:port]/path URL"},
+        {"tracing: {otlp: {endpoint: 'http://'}}\n", "endpoint must be an http://"},
+        {"tracing: {request_id: client}\n", "request_id must be one of own, trace_id"},
+        {"tracing: {otlp: {batch: 0}}\n", "batch: '0' is out of range"},
+        {"tracing: {nope: 1}\n", "unknown key 'nope' in tracing"},
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(bad); i++) {
+        snprintf(y, sizeof(y), "%s%s", base, bad[i].text);
+        expect_error(y, "t.yaml:4:", bad[i].fragment);
+    }
 }
 
 TEST(docs_list_every_key)
@@ -1431,6 +1494,7 @@ int main(void)
 {
     RUN(schema_defaults_parse);
     RUN(compress_key);
+    RUN(tracing_section);
     RUN(docs_list_every_key);
     RUN(route_cache_key);
     RUN(error_bodies_key);

@@ -284,6 +284,48 @@ TEST(upstream_head_carries_the_identified_client)
     tg_config_unref(cfg);
 }
 
+/* Issue 21: the client's traceparent and tracestate never go through as
+ * sent (any case of the name); the ones the pipeline made do, or none. */
+TEST(upstream_head_trace_fields_are_ours)
+{
+    struct tg_config *cfg =
+        load("listen: [127.0.0.1:18080]\n"
+             "upstreams: {app: {servers: [127.0.0.1:1]}}\n"
+             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n");
+    if (cfg == NULL)
+        return;
+    struct tg_http_header c[] = {
+        HDR("TraceParent", "00-client-bad"),
+        HDR("tracestate", "client=1"),
+        HDR("Accept", "*/*"),
+    };
+    struct tg_http_headers fields = {c, TG_ARRAY_LEN(c), TG_ARRAY_LEN(c)};
+    struct tg_addr peer;
+    tg_addr_parse("192.0.2.1", 9, &peer);
+    struct tg_headers_upstream in = {
+        .method = TG_STR("GET"),
+        .path = TG_STR("/"),
+        .host = TG_STR("a.test"),
+        .fields = &fields,
+        .rules = &cfg->headers,
+        .peer = &peer,
+        .client = &peer,
+        .request_id = TG_STR("rid"),
+    };
+    char text[4096];
+    const char *h = upstream_head(&in, text, sizeof(text));
+    CHECK(h != NULL && strstr(h, "client") == NULL && strcasestr(h, "traceparent") == NULL &&
+          strcasestr(h, "tracestate") == NULL);
+    in.traceparent = TG_STR("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    in.tracestate = TG_STR("rojo=1");
+    h = upstream_head(&in, text, sizeof(text));
+    CHECK(h != NULL && strstr(h, "client") == NULL);
+    CHECK(h != NULL &&
+          strstr(h, "\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
+                    "tracestate: rojo=1\r\n") != NULL);
+    tg_config_unref(cfg);
+}
+
 TEST(hex_matches_printf)
 {
     uint64_t v = 0x0123456789abcdefull;
@@ -323,5 +365,6 @@ int main(void)
     RUN(response_fields_date);
     RUN(response_fields_override_replaces_the_backends);
     RUN(upstream_head_carries_the_identified_client);
+    RUN(upstream_head_trace_fields_are_ours);
     return TEST_SUMMARY();
 }
