@@ -96,6 +96,7 @@ struct h1 {
     bool keep_after_flush;   /* FLUSHING: then serve the next request */
     bool unread_after_flush; /* FLUSHING: the client may still be sending */
     bool in_process;         /* inside process_input: no recursion */
+    bool room_wanted;        /* a body write was cut short: tell the request at EV_WRITE */
 };
 
 _Static_assert(sizeof(struct h1) <= TG_CONN_PROTO_STATE, "struct h1 fits in the connection");
@@ -497,8 +498,12 @@ static ssize_t s_send_body(struct tg_stream *st, const struct iovec *iov, int io
             if (tail > 2)
                 h->end_queued = true;
         }
-        if ((size_t)w < out_len + data + tail)
-            break; /* the socket is full */
+        if ((size_t)w < out_len + data + tail) {
+            /* The socket is full (without an EAGAIN yet): the request is
+             * told when it has room again, whoever its owner is. */
+            h->room_wanted = taken < total;
+            break;
+        }
     }
     if (h->out != NULL && tg_buf_len(h->out) == 0) {
         tg_buf_put(&c->ctx->bufs, h->out);
@@ -577,6 +582,7 @@ static void s_finish(struct tg_stream *st, enum tg_stream_end how)
     struct h1 *h = h1_of(c);
     h->req = NULL;
     h->st = NULL;
+    h->room_wanted = false; /* nobody left to tell */
     if (c->state != TG_CONN_OPEN)
         return;
     if (how == TG_STREAM_RESET) {
@@ -646,7 +652,7 @@ static void update_watch(struct tg_conn *c)
     default:
         break;
     }
-    if ((h->out != NULL && tg_buf_len(h->out) > 0) || c->io.want_write)
+    if ((h->out != NULL && tg_buf_len(h->out) > 0) || c->io.want_write || h->room_wanted)
         ev |= EV_WRITE;
     tg_conn_watch(c, ev);
 }
@@ -923,6 +929,7 @@ static void h1_io(struct tg_conn *c, int revents)
         struct tg_request *req = h->req;
         tg_request_ref(req);
         if ((revents & EV_WRITE) || (c->io.ssl != NULL && c->io.want_write)) {
+            h->room_wanted = false;
             if (flush(c) < 0) {
                 tg_request_abort(req);
                 h->req = NULL;
