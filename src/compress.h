@@ -38,7 +38,18 @@ enum tg_compress_op {
  * max), or NULL when memory ran out. Caller owns it: tg_compress_free. */
 struct tg_compress *tg_compress_new(enum tg_encoding enc, int level);
 
+/* Done with an encoder: gzip and zstd ones are reset and kept for the
+ * thread's next response (a pool of at most 16 per coding, trimmed by
+ * tg_compress_trim), the rest freed. */
 void tg_compress_free(struct tg_compress *c);
+
+/* Frees the thread's idle encoders beyond as many as were taken since the
+ * last call (a worker calls it from its housekeeping timer, as it trims
+ * its buffers). */
+void tg_compress_trim(void);
+
+/* Frees every idle encoder of the calling thread (before it exits). */
+void tg_compress_release_all(void);
 
 /* Bytes the library holds for this stream now (its allocations). */
 size_t tg_compress_memory(const struct tg_compress *c);

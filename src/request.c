@@ -639,12 +639,19 @@ static ssize_t enc_send_body(struct tg_request *req, const struct iovec *iov, in
     int i = 0;
     if (e->out == NULL)
         return e->end_given ? 0 : -1; /* over (or dropped): nothing more goes */
+    /* Output goes to the stream when a flush or the end made it whole, or
+     * when the buffer is full, not after every step: a small body leaves
+     * in one write with its head. First, what an earlier call left. */
+    bool push = true;
     for (;;) {
-        int r = enc_push(req, e);
-        if (r < 0)
-            return -1;
-        if (r == 0 || e->end_given)
-            return (ssize_t)taken; /* full: tg_request_writable comes back */
+        if (push || e->finished) {
+            int pr = enc_push(req, e);
+            if (pr < 0)
+                return -1;
+            if (pr == 0 || e->end_given)
+                return (ssize_t)taken; /* full: tg_request_writable comes back */
+        }
+        push = false;
         while (i < iovcnt && off == iov[i].iov_len) {
             i++;
             off = 0;
@@ -658,9 +665,9 @@ static ssize_t enc_send_body(struct tg_request *req, const struct iovec *iov, in
         if (!more && end)
             e->end_asked = true;
         size_t used = 0, wrote = 0;
-        r = tg_compress_step(e->c, more ? (const char *)iov[i].iov_base + off : NULL,
-                             more ? iov[i].iov_len - off : 0, &used, e->out->data + e->out->end,
-                             tg_buf_room(e->out), &wrote, op);
+        int r = tg_compress_step(e->c, more ? (const char *)iov[i].iov_base + off : NULL,
+                                 more ? iov[i].iov_len - off : 0, &used, e->out->data + e->out->end,
+                                 tg_buf_room(e->out), &wrote, op);
         if (r < 0) {
             tg_faultlog_note(TG_LOG_ERROR, "compression", "responses cut",
                              "request %s: the %s encoder failed; closing the client's stream",
@@ -671,6 +678,8 @@ static ssize_t enc_send_body(struct tg_request *req, const struct iovec *iov, in
         off += used;
         taken += used;
         req->bytes_plain += used;
+        if (r == 0)
+            push = true; /* the buffer is full */
         if (r == 1 && !more) {
             if (op == TG_COMPRESS_FINISH) {
                 e->finished = true;
@@ -678,6 +687,8 @@ static ssize_t enc_send_body(struct tg_request *req, const struct iovec *iov, in
                 /* Flushed, nothing new: the stream writes what it holds. */
                 return req->stream_ops->send_body(req->stream, NULL, 0, false) < 0 ? -1
                                                                                    : (ssize_t)taken;
+            } else {
+                push = true; /* flushed: decodable now, so it goes now */
             }
         }
     }

@@ -18,6 +18,7 @@
 
 #include "access_log.h"
 #include "accept.h"
+#include "compress.h"
 #include "conn.h"
 #include "health.h"
 #include "faultlog.h"
@@ -474,6 +475,7 @@ static void on_housekeeping(struct ev_loop *loop, ev_timer *t, int revents)
     struct tg_worker *w = t->data;
     tg_buf_pool_trim(&w->ctx.bufs, 8);
     tg_request_trim_free_list(&w->ctx, 8);
+    tg_compress_trim();
     if (++w->housekeeping_ticks % 4 == 0) {
         tg_upstream_sweep(&w->ctx, ev_now(loop));
         tg_faultlog_tick(false);
@@ -558,6 +560,7 @@ static void *worker_main(void *arg)
     }
     if (w->ctx.id == 0)
         tg_health_stop();
+    tg_compress_release_all(); /* the encoders this thread kept for reuse */
     if (w->on_exit != NULL)
         w->on_exit();
     return NULL;

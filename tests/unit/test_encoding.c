@@ -354,5 +354,6 @@ int main(void)
     RUN(round_trip);
     RUN(flush_makes_prefix_decodable);
     RUN(memory_bounded);
+    tg_compress_release_all();
     return TEST_SUMMARY();
 }
