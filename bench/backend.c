@@ -11,6 +11,11 @@
  *                                    "id: I\ndata: T\n\n", T = CLOCK_MONOTONIC
  *                                    ns taken just before the write
  *   GET  /big?bytes=N                N bytes, Content-Length, streamed
+ *   GET  /json10k                    10 KiB of JSON shaped like a PocketBase list
+ *                                    answer (gzip -1 makes it about 4x smaller)
+ *   GET  /files/NAME                 8 KiB that do not compress (a thumbnail),
+ *                                    Cache-Control: max-age=86400, an ETag and
+ *                                    Last-Modified: what a cache may keep
  *   POST /upload                     body read and discarded; replies count
  *   anything else                    404
  *
@@ -73,6 +78,10 @@ static int ep;
 static char scratch[SCRATCH_CAP];
 static char resp_1k[256 + 1024], resp_1k_close[256 + 1024];
 static size_t resp_1k_len, resp_1k_close_len;
+#define JSON_BYTES 10240
+#define FILE_BYTES 8192
+static char resp_json[256 + JSON_BYTES], resp_file[512 + FILE_BYTES];
+static size_t resp_json_len, resp_file_len;
 static struct conn *sse_head;
 static volatile sig_atomic_t stop;
 
@@ -287,6 +296,46 @@ static void sse_write_event(struct conn *c)
     }
 }
 
+/* The /json10k and /files/ answers, made once: a list of records whose ids,
+ * dates and numbers vary as real ones do (so it compresses like real JSON,
+ * not like one repeated string), and 8 KiB of xorshift noise. */
+static void make_json_and_file(void)
+{
+    static const char *words[] = {"alpha", "bravo", "charlie", "delta", "echo", "foxtrot",
+                                  "golf", "hotel", "india", "juliet", "kilo", "lima"};
+    char body[JSON_BYTES];
+    uint64_t x = 88172645463325252ull;
+    size_t n = (size_t)snprintf(body, sizeof body,
+                                "{\"page\":1,\"perPage\":30,\"totalItems\":1200,\"items\":[");
+    for (int i = 0; n < JSON_BYTES - 300; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        n += (size_t)snprintf(body + n, sizeof body - n,
+                              "%s{\"id\":\"%015llx\",\"collectionId\":\"pbc_3142635823\","
+                              "\"created\":\"2026-11-%02d 10:%02d:%02d.%03dZ\",\"title\":\"%s %s\","
+                              "\"views\":%llu,\"published\":%s}",
+                              i ? "," : "", (unsigned long long)(x & 0xfffffffffffffffull),
+                              1 + (int)(x % 28), (int)((x >> 8) % 60), (int)((x >> 16) % 60),
+                              (int)((x >> 24) % 1000), words[x % 12], words[(x >> 4) % 12],
+                              (unsigned long long)(x >> 40), (x & 1) ? "true" : "false");
+    }
+    n += (size_t)snprintf(body + n, sizeof body - n, "]}");
+    while (n < JSON_BYTES) body[n++] = ' ';
+    resp_json_len = (size_t)snprintf(resp_json, 256, "HTTP/1.1 200 OK\r\nContent-Type: "
+                                     "application/json\r\nContent-Length: %d\r\n\r\n", JSON_BYTES);
+    memcpy(resp_json + resp_json_len, body, JSON_BYTES);
+    resp_json_len += JSON_BYTES;
+
+    resp_file_len = (size_t)snprintf(resp_file, 512, "HTTP/1.1 200 OK\r\nContent-Type: image/webp\r\n"
+                                     "Content-Length: %d\r\nCache-Control: max-age=86400\r\n"
+                                     "ETag: \"f8k-1\"\r\nLast-Modified: Sun, 01 Nov 2026 10:00:00 GMT\r\n\r\n",
+                                     FILE_BYTES);
+    for (int i = 0; i < FILE_BYTES; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        resp_file[resp_file_len + (size_t)i] = (char)x;
+    }
+    resp_file_len += FILE_BYTES;
+}
+
 /* Answers one parsed request head (or starts its body / stream). */
 static void handle_request(struct conn *c, const char *method, size_t mlen,
                            const char *path, size_t plen,
@@ -299,6 +348,10 @@ static void handle_request(struct conn *c, const char *method, size_t mlen,
     if (get && PATH_IS("/1k")) {
         if (c->close_after) out_append(c, resp_1k_close, resp_1k_close_len);
         else out_append(c, resp_1k, resp_1k_len);
+    } else if (get && PATH_IS("/json10k")) {
+        out_append(c, resp_json, resp_json_len);
+    } else if (get && plen > 7 && memcmp(path, "/files/", 7) == 0) {
+        out_append(c, resp_file, resp_file_len);
     } else if (get && PATH_IS("/big")) {
         uint64_t n = query_u64(path, plen, "bytes", 1 << 20);
         char h[160];
@@ -520,6 +573,8 @@ int main(int argc, char **argv)
                                          "Connection: close\r\n\r\n");
     memcpy(resp_1k_close + resp_1k_close_len, scratch, 1024);
     resp_1k_close_len += 1024;
+
+    make_json_and_file();
 
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;

@@ -244,6 +244,14 @@ ROWS = [
     (11, "cpu_us_per_req", "CPU per request (µs of the system)", "us", t_lat_best),
     (11, "bytes_per_conn_h2", "bytes per idle HTTP/2 conn (TLS, after SETTINGS and one GET)",
      "bytes", None),
+    (12, "rps", "req/s", "rps", t_vs_nginx(1.0, "ge")),
+    (12, "cpu_us_per_req", "CPU per request (µs of the system)", "us", t_vs_nginx(1.0, "le")),
+    (12, "resp_bytes", "bytes per response (gzip)", "bytes", None),
+    (13, "rps", "req/s", "rps", t_vs_nginx(1.0, "ge")),
+    (13, "cpu_us_per_req", "CPU per request (µs of the system)", "us", t_vs_nginx(1.0, "le")),
+    (13, "resp_bytes", "bytes per response (gzip)", "bytes", None),
+    (14, "rps", "req/s", "rps", t_vs_nginx(1.0, "ge")),
+    (14, "cpu_us_per_req", "CPU per request (µs of the system)", "us", t_vs_nginx(1.0, "le")),
 ]
 
 
@@ -274,6 +282,9 @@ def titles(meta):
         10: f"{meta['tenants']} tenants by Host",
         11: f"HTTP/2 over TLS, 1 KiB, {meta['conns']} conns × {meta.get('h2_streams', '?')} "
             f"streams; {meta.get('h2_idle_conns', '?')} idle h2 conns",
+        12: f"gzip level 1, 10 KiB JSON, {meta['conns']} conns",
+        13: f"gzip level 6, 10 KiB JSON, {meta['conns']} conns",
+        14: f"cache hits, 100 files of 8 KiB, {meta['conns']} conns",
     }
 
 

@@ -56,8 +56,9 @@ measure_end() {
 
 # run_wrk SCEN SYS URL [wrk args...]: warm-up, then a measured run; records
 # rps, p50_us, p99_us and the CPU figures above.
-# Sets WRK_REQUESTS to the measured run's request count (scenario 8 needs it).
-WRK_REQUESTS=0
+# Sets WRK_REQUESTS to the measured run's request count (scenario 8 needs it)
+# and WRK_RPS to its rate.
+WRK_REQUESTS=0 WRK_RPS=0
 run_wrk() {
     local scen=$1 sys=$2 url=$3 out=$WORK/wrk.out
     shift 3
@@ -90,7 +91,7 @@ run_wrk() {
         note "$scen" "$sys" "wrk socket errors: $errs of $reqs requests: not counted"
         record "$scen" rps "$sys" ""; return 1
     fi
-    WRK_REQUESTS=$reqs
+    WRK_REQUESTS=$reqs WRK_RPS=$rps
     record "$scen" rps "$sys" "$rps"
     # Requests per CPU-second of the system: less sensitive to other load on
     # the machine than req/s (informational; the targets use req/s).
@@ -389,4 +390,56 @@ scenario_11() {
         record 11 bytes_per_conn_h2 "$sys" ""; return 1
     fi
     HTTPS_OR_HTTP=$HTTPS_PORT measure_idle "$sys" "-t -2" bytes_per_conn_h2 11 "$H2_IDLE_CONNS"
+}
+
+# --- 12, 13: gzip ------------------------------------------------------------------
+# wrk with Accept-Encoding: gzip for /json10k (10 KiB of JSON): the system
+# compresses every response (level 1 in 12, level 6 in 13). First one curl
+# checks that the answer is really gzip and records its size.
+run_gzip() {
+    local scen=$1 sys=$2 got size enc
+    got=$(on_load 10 curl -s -o /dev/null -H 'Accept-Encoding: gzip' \
+        -w '%{size_download} %header{content-encoding}' "http://127.0.0.1:$HTTP_PORT/json10k")
+    read -r size enc <<< "$got"
+    if [ "$enc" != gzip ]; then
+        note "$scen" "$sys" "/json10k came back with Content-Encoding '${enc:-none}', not gzip: not counted"
+        record "$scen" rps "$sys" ""; return 1
+    fi
+    record "$scen" resp_bytes "$sys" "$size"
+    run_wrk "$scen" "$sys" "http://127.0.0.1:$HTTP_PORT/json10k" -H 'Accept-Encoding: gzip' || return 1
+    record "$scen" cpu_us_per_req "$sys" "$(awk -v r="$WRK_RPS" -v c="$MEASURED_CPU" \
+        'BEGIN { if (r > 0) printf "%.2f", c / 100 / r * 1e6 }')"
+}
+scenario_12() { run_gzip 12 "$1"; }
+scenario_13() { run_gzip 13 "$1"; }
+
+# --- 14: cache hits ----------------------------------------------------------------
+# wrk over /files/1 .. /files/100 (8 KiB each, max-age=86400): after the
+# warm-up every request is a hit in the system's cache. A curl pair first
+# checks that the second answer is a hit where the system says so
+# (X-Cache: HIT from nginx and tollgate; haproxy sends no such field).
+write_files_lua() {
+    cat > "$WORK/files.lua" <<LUA
+local n, N, reqs = 0, 100, {}
+init = function(args)
+    for i = 1, N do reqs[i] = wrk.format("GET", "/files/" .. i .. ".webp") end
+end
+request = function()
+    n = n % N + 1
+    return reqs[n]
+end
+LUA
+}
+
+scenario_14() {
+    local sys=$1 hit
+    on_load 10 curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/files/check.webp"
+    hit=$(on_load 10 curl -s -o /dev/null -w '%header{x-cache}' "http://127.0.0.1:$HTTP_PORT/files/check.webp")
+    if [ "$sys" != haproxy ] && [ "${hit^^}" != HIT ]; then
+        note 14 "$sys" "the second GET of a file was not a cache hit (X-Cache '${hit:-none}'): not counted"
+        record 14 rps "$sys" ""; return 1
+    fi
+    run_wrk 14 "$sys" "http://127.0.0.1:$HTTP_PORT/files/1.webp" -s "$WORK/files.lua" || return 1
+    record 14 cpu_us_per_req "$sys" "$(awk -v r="$WRK_RPS" -v c="$MEASURED_CPU" \
+        'BEGIN { if (r > 0) printf "%.2f", c / 100 / r * 1e6 }')"
 }
