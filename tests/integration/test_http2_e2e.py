@@ -537,8 +537,10 @@ def test_hundred_slow_streams_on_one_connection_keep_memory_bounded(gateway):
         samples = done()
     for s in sids:
         st = c.streams[s]
-        assert st.status == "200" and st.ended and len(st.body) == size, (s, st.status,
-                                                                         len(st.body))
+        # Seen once under a loaded machine (ASan and the plain suite side by
+        # side): stream 1 reset part-way. Say how, and what the gateway said.
+        assert st.status == "200" and st.ended and len(st.body) == size, (
+            s, st.status, len(st.body), st.reset, c.goaways, gw.tg.stderr()[-3000:])
     assert max(samples) - base < RSS_SLACK_KB, (base, max(samples))
 
 
