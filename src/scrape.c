@@ -206,33 +206,36 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
                              (unsigned long long)v);
         }
     }
-    header(&o, "upstream_response_seconds", "histogram",
-           "Time to first byte: from the start of the upstream attempt (connect or pooled "
-           "connection) to the upstream's response head.");
-    for (unsigned id = 0; id < nup; id++) {
-        uint64_t counts[TG_METRICS_MAX_BUCKETS + 1] = {0}, sum = 0;
-        for (unsigned w = 0; w < nw; w++) {
-            struct tg_upstream_stats *s = &rt->workers[w]->metrics->upstreams[id];
-            for (unsigned b = 0; b <= TG_METRICS_MAX_BUCKETS; b++)
-                counts[b] += LOAD(s->response[b]);
-            sum += LOAD(s->response_us);
+    /* Upstream histograms: each a bucket array and a sum in microseconds. */
+    static const struct {
+        const char *name, *help;
+        size_t counts, sum_us;
+    } uph[] = {
+        {"upstream_response_seconds",
+         "Time to first byte: from the start of the upstream attempt (connect or pooled "
+         "connection) to the upstream's response head.",
+         offsetof(struct tg_upstream_stats, response),
+         offsetof(struct tg_upstream_stats, response_us)},
+        {"upstream_connect_seconds",
+         "Time to open a new upstream connection (TCP connect, and the TLS handshake for a TLS "
+         "upstream); pooled connections are not counted.",
+         offsetof(struct tg_upstream_stats, connect),
+         offsetof(struct tg_upstream_stats, connect_us)},
+    };
+    for (size_t k = 0; k < sizeof(uph) / sizeof(uph[0]); k++) {
+        header(&o, uph[k].name, "histogram", uph[k].help);
+        for (unsigned id = 0; id < nup; id++) {
+            uint64_t counts[TG_METRICS_MAX_BUCKETS + 1] = {0}, sum = 0;
+            for (unsigned w = 0; w < nw; w++) {
+                const char *s = (const char *)&rt->workers[w]->metrics->upstreams[id];
+                const uint64_t *c = (const uint64_t *)(s + uph[k].counts);
+                for (unsigned b = 0; b <= TG_METRICS_MAX_BUCKETS; b++)
+                    counts[b] += LOAD(c[b]);
+                sum += LOAD(*(const uint64_t *)(s + uph[k].sum_us));
+            }
+            histogram(&o, uph[k].name, tg_metrics_series_labels(TG_METRICS_UPSTREAM, id), counts,
+                      sum);
         }
-        histogram(&o, "upstream_response_seconds",
-                  tg_metrics_series_labels(TG_METRICS_UPSTREAM, id), counts, sum);
-    }
-    header(&o, "upstream_connect_seconds", "histogram",
-           "Time to open a new upstream connection (TCP connect, and the TLS handshake "
-           "for a TLS upstream); pooled connections are not counted.");
-    for (unsigned id = 0; id < nup; id++) {
-        uint64_t counts[TG_METRICS_MAX_BUCKETS + 1] = {0}, sum = 0;
-        for (unsigned w = 0; w < nw; w++) {
-            struct tg_upstream_stats *s = &rt->workers[w]->metrics->upstreams[id];
-            for (unsigned b = 0; b <= TG_METRICS_MAX_BUCKETS; b++)
-                counts[b] += LOAD(s->connect[b]);
-            sum += LOAD(s->connect_us);
-        }
-        histogram(&o, "upstream_connect_seconds", tg_metrics_series_labels(TG_METRICS_UPSTREAM, id),
-                  counts, sum);
     }
 
     /* Rate limiting. */
