@@ -284,22 +284,14 @@ static void serve(struct tg_request *req, struct tg_cache_entry *e)
 static void hit_writable(struct tg_request *req)
 {
     struct tg_cache_req *cr = req->cache;
-    ssize_t n;
-    /* Offered again after a partial take until the stream takes nothing:
-     * a socket that took part of a write has not said it is full (no
-     * EAGAIN yet), and only then does the front end watch for room and
-     * call back. The whole body is in memory, so unlike forward.c no new
-     * bytes arriving would offer it again. */
-    do {
-        size_t left = cr->body_len - cr->sent;
-        struct iovec iov = {(void *)(cr->body + cr->sent), left};
-        n = tg_request_send_body(req, &iov, left > 0 ? 1 : 0, true);
-        if (n < 0) {
-            tg_request_end(req, TG_STREAM_RESET);
-            return;
-        }
-        cr->sent += (size_t)n;
-    } while (n > 0 && cr->sent < cr->body_len);
+    size_t left = cr->body_len - cr->sent;
+    struct iovec iov = {(void *)(cr->body + cr->sent), left};
+    ssize_t n = tg_request_send_body(req, &iov, left > 0 ? 1 : 0, true);
+    if (n < 0) {
+        tg_request_end(req, TG_STREAM_RESET);
+        return;
+    }
+    cr->sent += (size_t)n;
     /* All taken, but an encoder (a large hit compressed as it goes) may
      * still hold the end of it. */
     if (cr->sent < cr->body_len || tg_request_body_pending(req)) {
