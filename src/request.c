@@ -562,6 +562,18 @@ static void enc_head(struct tg_request *req, int status, const struct tg_http_he
     *h = out;
 }
 
+/* The head, as it is, through the stream; a final one counts as sent. */
+static int put_head(struct tg_request *req, int status, const struct tg_http_headers *h,
+                    int64_t length, unsigned flags)
+{
+    if (req->close_client)
+        flags |= TG_STREAM_CLOSE;
+    int rc = req->stream_ops->send_head(req->stream, status, h, length, flags);
+    if (rc == 0 && (status >= 200 || (flags & TG_STREAM_TUNNEL)))
+        req->head_sent = true;
+    return rc;
+}
+
 int tg_request_coding_for(struct tg_request *req, int status, const struct tg_http_headers *h,
                           int64_t length)
 {
@@ -584,26 +596,16 @@ int tg_request_send_coded_head(struct tg_request *req, int status, const struct 
         req->precoded = true;
         req->bytes_plain = plain_len;
     }
-    if (req->close_client)
-        flags |= TG_STREAM_CLOSE;
-    int rc = req->stream_ops->send_head(req->stream, status, out, length, flags);
-    if (rc == 0)
-        req->head_sent = true;
-    return rc;
+    return put_head(req, status, out, length, flags);
 }
 
 int tg_request_send_head(struct tg_request *req, int status, const struct tg_http_headers *h,
                          int64_t length, unsigned flags)
 {
-    if (req->close_client)
-        flags |= TG_STREAM_CLOSE;
     if (req->enc_offered && (req->phase == TG_REQ_FORWARDING || req->compress_local) &&
         status >= 200 && !(flags & (TG_STREAM_NO_BODY | TG_STREAM_TUNNEL)) && req->enc == NULL)
         enc_head(req, status, &h, &length);
-    int rc = req->stream_ops->send_head(req->stream, status, h, length, flags);
-    if (rc == 0 && (status >= 200 || (flags & TG_STREAM_TUNNEL)))
-        req->head_sent = true;
-    return rc;
+    return put_head(req, status, h, length, flags);
 }
 
 /* Gives the stream what the encoder wrote. Returns 1 when all of it (and
