@@ -340,28 +340,28 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
             zip_out[e] += LOAD(s->compress_out[e]);
         }
     }
-    header(&o, "compressed_responses_total", "counter", "Responses compressed, by encoding.");
-    for (unsigned e = TG_ENC_IDENTITY + 1; e < TG_ENC_COUNT; e++)
-        tg_strbuf_printf(&o, "tollgate_compressed_responses_total{encoding=\"%s\"} %llu\n",
-                         tg_encoding_name(e), (unsigned long long)zipped[e]);
-    header(&o, "compression_bytes_in_total", "counter",
-           "Body bytes of compressed responses before compression, by encoding.");
-    for (unsigned e = TG_ENC_IDENTITY + 1; e < TG_ENC_COUNT; e++)
-        tg_strbuf_printf(&o, "tollgate_compression_bytes_in_total{encoding=\"%s\"} %llu\n",
-                         tg_encoding_name(e), (unsigned long long)zip_in[e]);
-    header(&o, "compression_bytes_out_total", "counter",
-           "Body bytes of compressed responses sent, by encoding.");
-    for (unsigned e = TG_ENC_IDENTITY + 1; e < TG_ENC_COUNT; e++)
-        tg_strbuf_printf(&o, "tollgate_compression_bytes_out_total{encoding=\"%s\"} %llu\n",
-                         tg_encoding_name(e), (unsigned long long)zip_out[e]);
-    /* Saved: in minus out, never below 0 (a body that did not shrink, or
-     * one cut short, saved nothing rather than a negative amount). */
-    header(&o, "compression_bytes_saved_total", "counter",
-           "Body bytes compression saved, by encoding.");
-    for (unsigned e = TG_ENC_IDENTITY + 1; e < TG_ENC_COUNT; e++)
-        tg_strbuf_printf(&o, "tollgate_compression_bytes_saved_total{encoding=\"%s\"} %llu\n",
-                         tg_encoding_name(e),
-                         (unsigned long long)(zip_in[e] > zip_out[e] ? zip_in[e] - zip_out[e] : 0));
+    /* Per encoding: responses, body bytes before and after, and saved (in
+     * minus out, never below 0: a body that did not shrink, or one cut
+     * short, saved nothing rather than a negative amount). */
+    uint64_t zip_saved[TG_ENC_COUNT];
+    for (unsigned e = 0; e < TG_ENC_COUNT; e++)
+        zip_saved[e] = zip_in[e] > zip_out[e] ? zip_in[e] - zip_out[e] : 0;
+    static const struct {
+        const char *name, *help;
+    } zipc[] = {
+        {"compressed_responses_total", "Responses compressed, by encoding."},
+        {"compression_bytes_in_total",
+         "Body bytes of compressed responses before compression, by encoding."},
+        {"compression_bytes_out_total", "Body bytes of compressed responses sent, by encoding."},
+        {"compression_bytes_saved_total", "Body bytes compression saved, by encoding."},
+    };
+    const uint64_t *zipv[] = {zipped, zip_in, zip_out, zip_saved};
+    for (size_t k = 0; k < sizeof(zipc) / sizeof(zipc[0]); k++) {
+        header(&o, zipc[k].name, "counter", zipc[k].help);
+        for (unsigned e = TG_ENC_IDENTITY + 1; e < TG_ENC_COUNT; e++)
+            tg_strbuf_printf(&o, "tollgate_%s{encoding=\"%s\"} %llu\n", zipc[k].name,
+                             tg_encoding_name(e), (unsigned long long)zipv[k][e]);
+    }
     header(&o, "requests_by_protocol_total", "counter", "Requests by client protocol.");
     tg_strbuf_printf(&o, "tollgate_requests_by_protocol_total{protocol=\"HTTP/1.1\"} %llu\n",
                      (unsigned long long)by_proto[0]);
