@@ -54,6 +54,13 @@ measure_end() {
     fi
 }
 
+# record_cpu_per_req SCEN SYS RPS: microseconds of the system's CPU per
+# request in the run measure_end just closed.
+record_cpu_per_req() {
+    record "$1" cpu_us_per_req "$2" "$(awk -v r="$3" -v c="$MEASURED_CPU" \
+        'BEGIN { if (r > 0) printf "%.2f", c / 100 / r * 1e6 }')"
+}
+
 # run_wrk SCEN SYS URL [wrk args...]: warm-up, then a measured run; records
 # rps, p50_us, p99_us and the CPU figures above.
 # Sets WRK_REQUESTS to the measured run's request count (scenario 8 needs it)
@@ -375,8 +382,7 @@ run_h2load() {
     fi
     record "$scen" rps "$sys" "$rps"
     record "$scen" rps_per_cpu "$sys" "$(awk -v r="$rps" -v c="$MEASURED_CPU" 'BEGIN { if (c > 0) printf "%.1f", r / (c / 100) }')"
-    # CPU per request, in microseconds of the system's CPU.
-    record "$scen" cpu_us_per_req "$sys" "$(awk -v r="$rps" -v c="$MEASURED_CPU" 'BEGIN { if (r > 0) printf "%.2f", c / 100 / r * 1e6 }')"
+    record_cpu_per_req "$scen" "$sys" "$rps"
     record "$scen" mean_us "$sys" "$(to_us "$mean")"
     record "$scen" max_us "$sys" "$(to_us "$max")"
 }
@@ -407,8 +413,7 @@ run_gzip() {
     fi
     record "$scen" resp_bytes "$sys" "$size"
     run_wrk "$scen" "$sys" "http://127.0.0.1:$HTTP_PORT/json10k" -H 'Accept-Encoding: gzip' || return 1
-    record "$scen" cpu_us_per_req "$sys" "$(awk -v r="$WRK_RPS" -v c="$MEASURED_CPU" \
-        'BEGIN { if (r > 0) printf "%.2f", c / 100 / r * 1e6 }')"
+    record_cpu_per_req "$scen" "$sys" "$WRK_RPS"
 }
 scenario_12() { run_gzip 12 "$1"; }
 scenario_13() { run_gzip 13 "$1"; }
@@ -440,6 +445,5 @@ scenario_14() {
         record 14 rps "$sys" ""; return 1
     fi
     run_wrk 14 "$sys" "http://127.0.0.1:$HTTP_PORT/files/1.webp" -s "$WORK/files.lua" || return 1
-    record 14 cpu_us_per_req "$sys" "$(awk -v r="$WRK_RPS" -v c="$MEASURED_CPU" \
-        'BEGIN { if (r > 0) printf "%.2f", c / 100 / r * 1e6 }')"
+    record_cpu_per_req 14 "$sys" "$WRK_RPS"
 }
