@@ -685,3 +685,13 @@ def test_a_large_cached_text_is_compressed_as_it_is_sent(tollgate, backend):
     assert r.getheader("content-length") is None and gzip.decompress(d) == body
     assert metric(aport, "cache_bytes") == before  # no copy kept
     assert origin.count("/export.txt") == 1
+
+
+def test_x_cache_header_off(tollgate, backend):
+    origin, port, aport, _ = start(tollgate, backend, cache="{ttl: 1d, x_cache_header: false}")
+    origin.set("/a.png", headers=["Content-Type: image/png"], body=b"x" * 100)
+    s1, h1, _ = get(port, "/a.png")
+    s2, h2, _ = get(port, "/a.png")
+    assert s1 == s2 == 200 and "age" in h2  # the second is a hit
+    assert "x-cache" not in h1 and "x-cache" not in h2
+    assert origin.count("/a.png") == 1

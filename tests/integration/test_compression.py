@@ -212,6 +212,24 @@ def test_route_order_min_length_and_off(tollgate, backend):
     assert "content-encoding" not in headers and "vary" not in headers
 
 
+@pytest.mark.parametrize("encoding,low,high", [("gzip", 1, 9), ("br", 1, 9), ("zstd", 1, 15)])
+def test_the_configured_level_is_the_level_used(tollgate, backend, encoding, low, high):
+    """`levels` reaches the encoder: the higher level makes the same body
+    smaller, and both decode to it."""
+    body = corpus()["text"]
+    sizes = []
+    for level in (low, high):
+        b = backend(fixed_backend(body=body))
+        port = free_port()
+        tollgate(config(port, b.port, site_compress="{order: [%s], levels: {%s: %d}}"
+                        % (encoding, encoding, level)))
+        status, headers, data = fetch(port, "/list", ae=encoding)
+        assert status == 200 and headers["content-encoding"] == [encoding]
+        assert decode(encoding, data) == body
+        sizes.append(len(data))
+    assert sizes[1] < sizes[0], sizes  # equal if the level were not applied
+
+
 def test_off_by_default(tollgate, backend):
     b = backend(fixed_backend())
     port = free_port()
@@ -321,15 +339,7 @@ def test_websocket_tunnel_not_compressed(tollgate, backend):
     s.close()
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "br"])
-def test_slow_json_stream_arrives_as_written(tollgate, backend, encoding):
-    """Each piece of a slow chunked JSON response decodes at the client
-    before the backend writes the next one."""
-    pieces = [b'[{"id":%d,"name":"item %d","tags":["a","b","c"]}' % (i, i) if i == 0 else
-              b',{"id":%d,"name":"item %d","tags":["a","b","c"]}' % (i, i) for i in range(6)]
-    pieces.append(b"]")
-    arrived = threading.Event()
-
+def slow_json_handler(pieces, arrived):
     def handler(sock, be):
         read_http_request(sock)
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -341,7 +351,18 @@ def test_slow_json_stream_arrives_as_written(tollgate, backend, encoding):
                 return
             arrived.clear()
         sock.sendall(b"0\r\n\r\n")
-    b = backend(handler)
+    return handler
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+def test_slow_json_stream_arrives_as_written(tollgate, backend, encoding):
+    """Each piece of a slow chunked JSON response decodes at the client
+    before the backend writes the next one."""
+    pieces = [b'[{"id":%d,"name":"item %d","tags":["a","b","c"]}' % (i, i) if i == 0 else
+              b',{"id":%d,"name":"item %d","tags":["a","b","c"]}' % (i, i) for i in range(6)]
+    pieces.append(b"]")
+    arrived = threading.Event()
+    b = backend(slow_json_handler(pieces, arrived))
     port = free_port()
     tollgate(config(port, b.port))
     s = socket.create_connection(("127.0.0.1", port))
@@ -587,21 +608,6 @@ def test_shipped_config_compresses_pocketbase_lists_not_sse(tollgate, tmp_path):
         s.close()
     finally:
         gw.close()
-
-
-def slow_json_handler(pieces, arrived):
-    def handler(sock, be):
-        read_http_request(sock)
-        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
-        for p in pieces:
-            sock.sendall(b"%x\r\n%s\r\n" % (len(p), p))
-            if not arrived.wait(5 * SLOW):
-                be.record("piece not decoded in time: %r" % p)
-                return
-            arrived.clear()
-        sock.sendall(b"0\r\n\r\n")
-    return handler
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "br"])
