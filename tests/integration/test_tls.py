@@ -525,6 +525,9 @@ def test_upload_through_tls_never_stalls_on_buffered_plaintext(tollgate, backend
         # slow_sink's: the whole answer, the backend's connection count and
         # the gateway's log say which.
         why = (out[:1200], b.connections, tg.stderr()[-3000:])
+        # Printed whole (an assertion message is cut): shown with a failure.
+        print("answer:", out[:1200], "\nbackend connections:", b.connections,
+              "\ngateway port:", port, "backend port:", b.port, "\nlog:", why[2])
         assert status_of(out) == 200, why
         assert out.split(b"\r\n\r\n", 1)[1] == ("%d %s" % (size, hashlib.sha256(body).hexdigest())).encode(), why
         assert elapsed < 10 * SLOW, elapsed
