@@ -17,6 +17,7 @@
  *                                    Cache-Control: max-age=86400, an ETag and
  *                                    Last-Modified: what a cache may keep
  *   POST /upload                     body read and discarded; replies count
+ *   POST /v1/traces                  the same: an OTLP sink for tollgate's spans
  *   anything else                    404
  *
  * Usage: backend [-a 127.0.0.1] [-p 18090]
@@ -376,7 +377,7 @@ static void handle_request(struct conn *c, const char *method, size_t mlen,
         c->sse_prev = NULL;
         if (sse_head) sse_head->sse_prev = c;
         sse_head = c;
-    } else if (post && PATH_IS("/upload")) {
+    } else if (post && (PATH_IS("/upload") || PATH_IS("/v1/traces"))) {
         c->body_count = 0;
         if (chunked) { c->body = BODY_CHUNKED; c->ch = CH_SIZE; c->ch_left = 0; }
         else if (clen > 0) { c->body = BODY_LENGTH; c->body_left = clen; }

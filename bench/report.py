@@ -208,6 +208,7 @@ ROWS = [
     (1, "p50_us", "p50 latency", "us", None),
     (1, "p99_us", "p99 latency", "us", t_lat_best),
     (1, "rps_per_cpu", "req per CPU-second of the system", "rps", None),
+    (1, "cpu_us_per_req", "CPU per request (µs of the system)", "us", None),
     (2, "rps", "req/s", "rps", t_faster(1.30, 1.15)),
     (2, "p50_us", "p50 latency", "us", None),
     (2, "p99_us", "p99 latency", "us", t_lat_best),
@@ -252,6 +253,14 @@ ROWS = [
     (13, "resp_bytes", "bytes per response (gzip)", "bytes", None),
     (14, "rps", "req/s", "rps", t_vs_nginx(1.0, "ge")),
     (14, "cpu_us_per_req", "CPU per request (µs of the system)", "us", t_vs_nginx(1.0, "le")),
+    (15, "rps", "req/s", "rps", None),
+    (15, "cpu_us_per_req", "CPU per request (µs of the system)", "us", None),
+    (16, "rps", "req/s", "rps", t_vs_scenario(15, 0.95)),
+    (16, "cpu_us_per_req", "CPU per request (µs of the system)", "us", None),
+    (16, "scrape_us", "/metrics scrape time (median of 20)", "us", None),
+    (16, "scrape_bytes", "/metrics page size", "bytes", None),
+    (17, "rps", "req/s", "rps", t_vs_scenario(1, 0.95)),
+    (17, "cpu_us_per_req", "CPU per request (µs of the system)", "us", None),
 ]
 
 
@@ -262,7 +271,7 @@ def applies(system, scen, metric):
     if system == "direct":
         return scen in (1, 5, 9, 10) and not metric.startswith(("added_", "h2_"))  # not 11: TLS
     if system in ("nginx", "haproxy"):
-        return scen != 8
+        return scen not in (8, 15, 16, 17)
     return True
 
 
@@ -285,6 +294,10 @@ def titles(meta):
         12: f"gzip level 1, 10 KiB JSON, {meta['conns']} conns",
         13: f"gzip level 6, 10 KiB JSON, {meta['conns']} conns",
         14: f"cache hits, 100 files of 8 KiB, {meta['conns']} conns",
+        15: f"{meta.get('metrics_tenants', '?')} tenants by Host, per-tenant metrics off",
+        16: f"{meta.get('metrics_tenants', '?')} tenants by Host, per-tenant metrics on, "
+            "every request traced",
+        17: "scenario 1 with every request traced",
     }
 
 

@@ -2769,6 +2769,7 @@ static int p_buckets(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const st
 struct admin_section {
     const char *listen;
     const char *token;
+    unsigned tenant_series;
 };
 
 static const struct cfg_key admin_keys[] = {
@@ -2777,13 +2778,14 @@ static const struct cfg_key admin_keys[] = {
     {"token", p_string, FIELD(struct admin_section, token), 0, 0, NULL, NULL /* none */},
     {"histogram_buckets", p_buckets, 0, 0, 0, NULL,
      NULL /* 1ms 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2500ms 5s 10s */},
+    {"tenant_series", p_uint, FIELD(struct admin_section, tenant_series), 0, 100000, NULL, "500"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
 static int parse_admin(struct cfg_ctx *ctx, yaml_node_t *node)
 {
     struct tg_config *cfg = ctx->cfg;
-    struct admin_section a = {NULL, NULL};
+    struct admin_section a = {NULL, NULL, 0};
     apply_defaults(ctx, admin_keys, &a);
     struct tg_config_mark mark = {1, 1};
     if (node != NULL) {
@@ -2793,6 +2795,7 @@ static int parse_admin(struct cfg_ctx *ctx, yaml_node_t *node)
             return -1;
     }
     cfg->admin_token = a.token;
+    cfg->tenant_series = a.tenant_series;
     if (a.token != NULL && strlen(a.token) < 16)
         return node_error(ctx, node, "admin.token must be at least 16 characters");
     if (strcmp(a.listen, "off") == 0 || cfg->listeners == NULL)

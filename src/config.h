@@ -549,6 +549,7 @@ struct tg_config {
      * the built-in ones. */
     int64_t histogram_buckets_ms[16];
     unsigned nhistogram_buckets;
+    unsigned tenant_series;              /* admin.tenant_series: tenants with series of their own */
     struct tg_cidr_set *trusted_proxies; /* NULL = trust no peer */
     int client_ip_header;                /* enum tg_client_ip_header */
     struct tg_config_geoip geoip_files;

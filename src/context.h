@@ -33,6 +33,7 @@ struct tg_ratelimit_local;
 struct tg_ratelimit_redis;
 struct tg_tenant_dir;
 struct tg_metrics_shard;
+struct tg_tenant_metrics;
 struct tg_iptable;
 struct tg_http1_request;
 struct tg_http1_response;
@@ -93,6 +94,7 @@ struct tg_context {
 
     struct tg_buf_pool bufs;
     struct tg_metrics_shard *metrics;
+    struct tg_tenant_metrics *tenant_metrics; /* NULL: per-tenant metrics are off */
     struct tg_access_log *access_log;
     struct tg_limiter_env limiter;       /* stores and counts for rate limits */
     struct tg_ratelimit_redis *rl_redis; /* when a policy uses Redis */

@@ -255,6 +255,7 @@ static void fail_upstream(struct tg_exchange *x, int status, const char *what)
     if (x->attempts > 1)
         snprintf(tries, sizeof(tries), ", after %u attempts", x->attempts);
     const char *at = req->up_name;
+    req->upstream_failed = true;
     if (what == NULL && x->fail_what[0] != '\0') {
         what = x->fail_what;
         at = x->fail_at;

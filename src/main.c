@@ -31,6 +31,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "ratelimit.h"
+#include "tenant_metrics.h"
 #include "ticket_share.h"
 #include "tls.h"
 #include "trace_export.h"
@@ -410,6 +411,7 @@ static void reload(void)
     apply_logs(next, false);
     apply_tracing(next);
     tg_metrics_assign(next);
+    tg_tenant_metrics_configure(next->tenant_series);
     if (install_config(next) < 0) {
         tg_metrics_reload(false, 0);
         tg_log_error("reload refused: a new listener could not be opened");
@@ -619,6 +621,8 @@ int main(int argc, char **argv)
     g.rt.cache_purges = calloc(1, sizeof(*g.rt.cache_purges));
     if (g.rt.cache_purges == NULL || tg_cache_purges_init(g.rt.cache_purges) < 0)
         return 1;
+    /* The workers' per-tenant tables are sized by the first configuration. */
+    tg_tenant_metrics_configure(cfg->tenant_series);
     g.rt.workers = calloc(cfg->workers, sizeof(*g.rt.workers));
     g.workers = calloc(cfg->workers, sizeof(*g.workers));
     if (g.rt.workers == NULL || g.workers == NULL)

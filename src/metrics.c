@@ -33,7 +33,7 @@ static _Atomic uint64_t reloads_ok, reloads_failed;
 static _Atomic double last_reload;
 
 /* Appends a label value escaped for the exposition format. */
-static size_t escape_label(char *out, size_t cap, const char *v)
+size_t tg_metrics_escape_label(char *out, size_t cap, const char *v)
 {
     size_t o = 0;
     for (; *v && o + 2 < cap; v++) {
@@ -99,15 +99,15 @@ void tg_metrics_assign(struct tg_config *cfg)
     tg_metrics_no_route();
     for (size_t s = 0; s < cfg->nsites; s++) {
         struct tg_config_site *site = &cfg->sites[s];
-        escape_label(a, sizeof(a), site->hosts[0]);
+        tg_metrics_escape_label(a, sizeof(a), site->hosts[0]);
         for (size_t r = 0; r < site->nroutes; r++) {
-            escape_label(b, sizeof(b), site->routes[r].path);
+            tg_metrics_escape_label(b, sizeof(b), site->routes[r].path);
             snprintf(labels, sizeof(labels), "site=\"%s\",route=\"%s\"", a, b);
             site->routes[r].metrics_id = series_id(TG_METRICS_ROUTE, labels);
         }
     }
     for (size_t i = 0; i < cfg->nupstreams; i++) {
-        escape_label(a, sizeof(a), cfg->upstreams[i].name);
+        tg_metrics_escape_label(a, sizeof(a), cfg->upstreams[i].name);
         snprintf(labels, sizeof(labels), "upstream=\"%s\"", a);
         cfg->upstreams[i].metrics_id = series_id(TG_METRICS_UPSTREAM, labels);
     }
@@ -115,12 +115,12 @@ void tg_metrics_assign(struct tg_config *cfg)
     snprintf(labels, sizeof(labels), "upstream=\"$tenant\"");
     cfg->tenants.upstream_defaults.metrics_id = series_id(TG_METRICS_UPSTREAM, labels);
     for (size_t i = 0; i < cfg->rate_limit.npolicies; i++) {
-        escape_label(a, sizeof(a), cfg->rate_limit.policies[i].name);
+        tg_metrics_escape_label(a, sizeof(a), cfg->rate_limit.policies[i].name);
         snprintf(labels, sizeof(labels), "policy=\"%s\"", a);
         cfg->rate_limit.policies[i].metrics_id = series_id(TG_METRICS_POLICY, labels);
     }
     for (size_t i = 0; i < cfg->nlisteners; i++) {
-        escape_label(a, sizeof(a), cfg->listeners[i].key);
+        tg_metrics_escape_label(a, sizeof(a), cfg->listeners[i].key);
         snprintf(labels, sizeof(labels), "listener=\"%s\"", a);
         cfg->listeners[i].metrics_id = series_id(TG_METRICS_LISTENER, labels);
     }

@@ -136,6 +136,10 @@ void tg_metrics_assign(struct tg_config *cfg);
     __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
 #define TG_METRIC_INC(field) TG_METRIC_ADD(field, 1)
 
+/* Writes label value `v` escaped for the exposition format into `out`
+ * (cut to fit `cap`, NUL-terminated); returns its length. */
+size_t tg_metrics_escape_label(char *out, size_t cap, const char *v);
+
 /* The series for requests that matched no route (unknown host, bad head). */
 unsigned tg_metrics_no_route(void);
 

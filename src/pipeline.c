@@ -379,6 +379,7 @@ static enum verdict use_tenant(struct tg_request *req, enum tg_tenant_status sta
                             false);
     req->tenant_obj = t;
     req->tenant = t->id;
+    tg_tenant_metrics_begin(req->ctx->tenant_metrics, t->id, &req->tenant_mark);
     if (t->suspended)
         return answer(req, 403, "403 Forbidden: this tenant is suspended\n", false);
     return NEXT;

@@ -241,12 +241,19 @@ static void release(struct tg_request *req, bool aborted)
     }
     if (req->lim != NULL)
         tg_limiter_end(req->lim);
+    if (req->cache != NULL)
+        tg_cache_req_release(req->cache);
+}
+
+/* After the log line: req->tenant is the tenant's own id, which may go
+ * with its last reference. */
+static void release_tenant(struct tg_request *req)
+{
     if (req->tenant_obj != NULL) {
         tg_tenant_release(req->tenant_obj);
         req->tenant_obj = NULL;
     }
-    if (req->cache != NULL)
-        tg_cache_req_release(req->cache);
+    req->tenant = NULL;
 }
 
 /* Copies `s` (NULL: "") into a fixed field, cut to fit. */
@@ -306,8 +313,10 @@ static void export_span(struct tg_request *req, double wall_end, double dur)
 static void log_request(struct tg_request *req)
 {
     struct tg_context *ctx = req->ctx;
-    if (req->status == 0)
+    if (req->status == 0) {
+        tg_tenant_metrics_end(ctx->tenant_metrics, &req->tenant_mark, NULL);
         return;
+    }
     ev_tstamp now = tg_context_now(ctx);
     unsigned id = req->route != NULL ? req->route->metrics_id : tg_metrics_no_route();
     struct tg_route_stats *rs = &ctx->metrics->routes[id];
@@ -319,6 +328,18 @@ static void log_request(struct tg_request *req)
     TG_METRIC_ADD(rs->duration_us, dur > 0 ? (uint64_t)(dur * 1e6) : 0);
     TG_METRIC_ADD(rs->bytes_in, req->bytes_in);
     TG_METRIC_ADD(rs->bytes_out, req->bytes_out);
+    if (req->tenant != NULL) {
+        struct tg_tenant_outcome o = {
+            .status_class = (unsigned)cls,
+            .bucket = tg_metrics_bucket(dur),
+            .duration_us = dur > 0 ? (uint64_t)(dur * 1e6) : 0,
+            .bytes_in = req->bytes_in,
+            .bytes_out = req->bytes_out,
+            .limited = req->lim != NULL && req->lim->limited,
+            .upstream_error = req->upstream_failed,
+        };
+        tg_tenant_metrics_end(ctx->tenant_metrics, &req->tenant_mark, &o);
+    }
     if (req->encoding != TG_ENC_IDENTITY) {
         TG_METRIC_INC(ctx->metrics->compressed[req->encoding]);
         TG_METRIC_ADD(ctx->metrics->compress_in[req->encoding], req->bytes_plain);
@@ -365,6 +386,7 @@ void tg_request_end(struct tg_request *req, enum tg_stream_end how)
     req->phase = TG_REQ_DONE;
     release(req, false);
     log_request(req);
+    release_tenant(req);
     if (req->close_client && how == TG_STREAM_DONE)
         how = TG_STREAM_CLOSE;
     req->stream_ops->finish(req->stream, how);
@@ -380,6 +402,7 @@ void tg_request_abort(struct tg_request *req)
     if (req->status == 0 || !req->answer_done)
         req->status = req->status != 0 && req->head_sent ? req->status : 499;
     log_request(req);
+    release_tenant(req);
     tg_request_unref(req);
 }
 

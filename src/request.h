@@ -28,6 +28,7 @@
 #include "arena.h"
 #include "http.h"
 #include "limiter.h"
+#include "tenant_metrics.h"
 
 struct tg_context;
 struct tg_wcfg;
@@ -184,6 +185,7 @@ struct tg_request {
     const char *tenant;                 /* tenant id, when the site captures one */
     struct tg_tenant *tenant_obj;       /* the tenant found (referenced) */
     struct tg_tenant_wait *tenant_wait; /* a look-up in flight */
+    struct tg_tenant_mark tenant_mark;  /* where its per-tenant counts go */
     uint64_t balance_hash;              /* balance: hash, the request's key */
     bool in_flight_counted;             /* holds a route max_in_flight slot */
     struct tg_limiter_state *lim;       /* arena; NULL when no policy applies */
@@ -205,6 +207,7 @@ struct tg_request {
     struct tg_exchange *x;      /* forward.c, while forwarding (arena) */
     struct tg_cache_req *cache; /* a cacheable request on a cached route (arena), or NULL */
     const char *up_name;        /* server address, for logs */
+    bool upstream_failed;       /* answered 502/504: no server gave an answer */
     uint64_t bytes_in;          /* from the client (head and body) */
     uint64_t bytes_out;         /* to the client */
 

@@ -21,6 +21,7 @@
 #include "ratelimit_redis.h"
 #include "redis.h"
 #include "tenant.h"
+#include "tenant_metrics.h"
 #include "trace_export.h"
 
 /* Status classes of the routes' requests[]: aborted, then 1xx to 5xx. */
@@ -119,6 +120,108 @@ static void put_trace_export(struct tg_strbuf *o)
     header(o, "trace_export_failures_total", "counter", "Span batches whose POST failed.");
     tg_strbuf_printf(o, "tollgate_trace_export_failures_total %llu\n",
                      (unsigned long long)st.failed_posts);
+}
+
+/* A per-tenant label value, escaped: an id of at most
+ * TG_TENANT_METRICS_ID_MAX bytes, each of which may double. */
+typedef char tenant_label[2 * TG_TENANT_METRICS_ID_MAX + 2];
+
+/* One per-tenant family: a line for every exported tenant, then "_other".
+ * `off` is the 64-bit field of struct tg_tenant_series (the gauge is
+ * signed; it never is below 0 in a report). */
+static void tenant_family(struct tg_strbuf *o, const struct tg_tenant_report *rep,
+                          const tenant_label *labels, const char *name, const char *type,
+                          const char *help, size_t off)
+{
+    header(o, name, type, help);
+    for (size_t i = 0; i <= rep->n; i++) {
+        const struct tg_tenant_series *s = i < rep->n ? &rep->rows[i].s : &rep->other;
+        uint64_t v;
+        memcpy(&v, (const char *)s + off, sizeof(v));
+        tg_strbuf_printf(o, "tollgate_%s{tenant=\"%s\"} %llu\n", name, labels[i],
+                         (unsigned long long)v);
+    }
+}
+
+/* Per-tenant series: the busiest admin.tenant_series tenants by name, the
+ * rest as tenant="_other", and the guard's own counters. */
+static int render_tenants(struct tg_strbuf *o, struct tg_runtime *rt, unsigned nw)
+{
+    if (tg_tenant_metrics_limit() == 0)
+        return 0;
+    struct tg_tenant_metrics **tables = calloc(nw + 1, sizeof(*tables));
+    if (tables == NULL)
+        return -1;
+    for (unsigned w = 0; w < nw; w++)
+        tables[w] = rt->workers[w]->tenant_metrics;
+    struct tg_tenant_report rep;
+    int rc = tg_tenant_metrics_report(tables, nw, &rep);
+    free(tables);
+    if (rc < 0)
+        return -1;
+    /* Escaped once: every family names every tenant. */
+    tenant_label *labels = calloc(rep.n + 1, sizeof(*labels));
+    if (labels == NULL) {
+        tg_tenant_report_free(&rep);
+        return -1;
+    }
+    for (size_t i = 0; i < rep.n; i++)
+        tg_metrics_escape_label(labels[i], sizeof(labels[i]), rep.rows[i].id);
+    snprintf(labels[rep.n], sizeof(labels[rep.n]), "_other");
+
+    static const char *const classes[STATUS_CLASSES] = {"aborted", "1xx", "2xx",
+                                                        "3xx",     "4xx", "5xx"};
+    header(o, "tenant_requests_total", "counter",
+           "Requests by tenant and status class (classes with none are left out).");
+    for (size_t i = 0; i <= rep.n; i++) {
+        const struct tg_tenant_series *s = i < rep.n ? &rep.rows[i].s : &rep.other;
+        for (int c = 0; c < STATUS_CLASSES; c++)
+            if (s->requests[c] > 0 || c == 2)
+                tg_strbuf_printf(o,
+                                 "tollgate_tenant_requests_total{tenant=\"%s\",code=\"%s\"} %llu\n",
+                                 labels[i], classes[c], (unsigned long long)s->requests[c]);
+    }
+    tenant_family(o, &rep, labels, "tenant_ratelimited_total", "counter",
+                  "Requests of a tenant refused by a rate limit.",
+                  offsetof(struct tg_tenant_series, limited));
+    tenant_family(o, &rep, labels, "tenant_upstream_errors_total", "counter",
+                  "Requests of a tenant answered 502/504 because no server answered.",
+                  offsetof(struct tg_tenant_series, upstream_errors));
+    tenant_family(o, &rep, labels, "tenant_bytes_received_total", "counter",
+                  "Bytes received from clients, by tenant.",
+                  offsetof(struct tg_tenant_series, bytes_in));
+    tenant_family(o, &rep, labels, "tenant_bytes_sent_total", "counter",
+                  "Bytes sent to clients, by tenant.",
+                  offsetof(struct tg_tenant_series, bytes_out));
+    tenant_family(o, &rep, labels, "tenant_requests_in_flight", "gauge",
+                  "Requests of a tenant under way, open streams included.",
+                  offsetof(struct tg_tenant_series, active));
+    header(o, "tenant_request_duration_seconds", "histogram",
+           "Time from the first byte of the request head to the end of the answer, by tenant.");
+    for (size_t i = 0; i <= rep.n; i++) {
+        const struct tg_tenant_series *s = i < rep.n ? &rep.rows[i].s : &rep.other;
+        char lbl[2 * TG_TENANT_METRICS_ID_MAX + 16];
+        snprintf(lbl, sizeof(lbl), "tenant=\"%s\"", labels[i]);
+        histogram(o, "tenant_request_duration_seconds", lbl, s->duration, s->duration_us);
+    }
+    header(
+        o, "tenant_series_limit", "gauge",
+        "Tenants exported by name at most (admin.tenant_series); the rest are tenant=\"_other\".");
+    tg_strbuf_printf(o, "tollgate_tenant_series_limit %u\n", rep.limit);
+    header(o, "tenant_series", "gauge", "Tenants exported by name in this scrape.");
+    tg_strbuf_printf(o, "tollgate_tenant_series %zu\n", rep.n);
+    header(o, "tenant_tracked", "gauge",
+           "Tenant slots in use in the workers' tables (chosen by traffic), all workers.");
+    tg_strbuf_printf(o, "tollgate_tenant_tracked %zu\n", rep.tracked);
+    header(o, "tenant_slots", "gauge", "Tenant slots the workers' tables have, all workers.");
+    tg_strbuf_printf(o, "tollgate_tenant_slots %zu\n", rep.capacity);
+    header(o, "tenant_evictions_total", "counter",
+           "Tenant slots given to a busier tenant (its counts went to tenant=\"_other\").");
+    tg_strbuf_printf(o, "tollgate_tenant_evictions_total %llu\n",
+                     (unsigned long long)rep.evictions);
+    free(labels);
+    tg_tenant_report_free(&rep);
+    return 0;
 }
 
 int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
@@ -466,6 +569,9 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
            "Tenant change messages received from Redis (each empties entries).");
     tg_strbuf_printf(&o, "tollgate_tenant_invalidations_total %llu\n",
                      (unsigned long long)ts.invalidations);
+
+    if (render_tenants(&o, rt, nw) < 0)
+        o.oom = true;
 
     /* Certificates tls.acme manages. */
     tg_acme_metrics(&o);

@@ -24,6 +24,7 @@
 #include "faultlog.h"
 #include "log.h"
 #include "metrics.h"
+#include "tenant_metrics.h"
 #include "forward.h"
 #include "request.h"
 #include "ratelimit_redis.h"
@@ -501,6 +502,7 @@ struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt)
     ctx->pools = tg_upstream_pools_new();
     ctx->access_log = tg_access_log_new(loop);
     ctx->metrics = tg_metrics_shard_new();
+    ctx->tenant_metrics = tg_tenant_metrics_new();
     ctx->conn_closed = conn_closed;
     /* Where the limiter keeps buckets: the process-wide table, Redis once
      * a policy needs it (configure_redis), and this gateway's share of the
@@ -509,8 +511,10 @@ struct tg_worker *tg_worker_new(unsigned id, struct tg_runtime *rt)
     tg_ratelimit_store_redis(&ctx->limiter.stores[TG_RL_STORE_REDIS], NULL);
     tg_ratelimit_store_share(&ctx->limiter.share, rt->rl_local);
     ctx->limiter.metrics = ctx->metrics;
-    if (ctx->pools == NULL || ctx->access_log == NULL || ctx->metrics == NULL) {
+    if (ctx->pools == NULL || ctx->access_log == NULL || ctx->metrics == NULL ||
+        (tg_tenant_metrics_limit() > 0 && ctx->tenant_metrics == NULL)) {
         tg_metrics_shard_free(ctx->metrics);
+        tg_tenant_metrics_free(ctx->tenant_metrics);
         tg_upstream_pools_free(ctx->pools);
         tg_access_log_free(ctx->access_log);
         tg_context_fini(ctx);
@@ -594,6 +598,7 @@ void tg_worker_join_and_free(struct tg_worker *w)
     tg_upstream_pools_free(w->ctx.pools);
     tg_context_cfg_release(w->ctx.cfg);
     tg_metrics_shard_free(w->ctx.metrics);
+    tg_tenant_metrics_free(w->ctx.tenant_metrics);
     tg_buf_pool_destroy(&w->ctx.bufs);
     ev_async_stop(w->ctx.loop, &w->mbox);
     ev_timer_stop(w->ctx.loop, &w->housekeeping);

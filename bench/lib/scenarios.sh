@@ -110,7 +110,8 @@ run_wrk() {
 scenario_1() {
     local port=$HTTP_PORT
     [ "$1" = direct ] && port=$BACKEND_PORT
-    run_wrk 1 "$1" "http://127.0.0.1:$port/1k"
+    run_wrk 1 "$1" "http://127.0.0.1:$port/1k" || return
+    record_cpu_per_req 1 "$1" "$WRK_RPS"
 }
 
 scenario_2() { run_wrk 2 "$1" "https://127.0.0.1:$HTTPS_PORT/1k"; }
@@ -310,12 +311,13 @@ scenario_9() {
 }
 
 # --- 10: many tenants --------------------------------------------------------------------
-# wrk with a Lua script that sets Host t1..t$TENANTS.bench.test round-robin.
+# wrk with a Lua script that sets Host t1..tN.bench.test round-robin.
 # The requests are formatted once in init(), so the per-request Lua cost is a
 # table lookup; the direct column shows what wrk + backend can do with it.
+# write_tenants_lua N FILE
 write_tenants_lua() {
-    cat > "$WORK/tenants.lua" <<LUA
-local n, N, reqs = 0, $TENANTS, {}
+    cat > "$2" <<LUA
+local n, N, reqs = 0, $1, {}
 init = function(args)
     for i = 1, N do
         reqs[i] = wrk.format("GET", "/1k", { ["Host"] = "t" .. i .. ".bench.test" })
@@ -332,6 +334,38 @@ scenario_10() {
     local port=$HTTP_PORT
     [ "$1" = direct ] && port=$BACKEND_PORT
     run_wrk 10 "$1" "http://127.0.0.1:$port/1k" -s "$WORK/tenants.lua"
+}
+
+# --- 15, 16, 17: what observability costs ----------------------------------------------------
+# 15 and 16: $METRICS_TENANTS tenants by Host, round-robin (every tenant
+# new to the per-tenant table as often as it can be: its worst case).
+# 15 with per-tenant metrics off (admin.tenant_series: 0), 16 with them on
+# (the default 500) and every request traced (sample_ratio 1.0, spans sent
+# to the backend's /v1/traces). After 16's run, /metrics is scraped 20
+# times: the median time and the page's size at that many tenants.
+# 17: scenario 1 with every request traced, against scenario 1.
+scenario_15() {
+    run_wrk 15 "$1" "http://127.0.0.1:$HTTP_PORT/1k" -s "$WORK/tenants-metrics.lua" || return
+    record_cpu_per_req 15 "$1" "$WRK_RPS"
+}
+
+scenario_16() {
+    run_wrk 16 "$1" "http://127.0.0.1:$HTTP_PORT/1k" -s "$WORK/tenants-metrics.lua" || return
+    record_cpu_per_req 16 "$1" "$WRK_RPS"
+    local i t bytes times=()
+    for i in $(seq 20); do
+        read -r t bytes < <(on_load 20 curl -s -o /dev/null -w '%{time_total} %{size_download}\n' \
+            "http://127.0.0.1:$ADMIN_PORT/metrics")
+        times+=("$t")
+    done
+    record 16 scrape_us "$1" "$(printf '%s\n' "${times[@]}" | sort -g | awk '{ v[NR] = $1 }
+        END { if (NR) printf "%.0f", v[int((NR + 1) / 2)] * 1e6 }')"
+    record 16 scrape_bytes "$1" "$bytes"
+}
+
+scenario_17() {
+    run_wrk 17 "$1" "http://127.0.0.1:$HTTP_PORT/1k" || return
+    record_cpu_per_req 17 "$1" "$WRK_RPS"
 }
 
 # --- 11: HTTP/2 over TLS -------------------------------------------------------------

@@ -20,6 +20,10 @@
 #          tune.comp.maxlevel, tollgate "compress" on the site
 #       14 a response cache on /files/: nginx proxy_cache (proxy_cache_valid
 #          200 1d), haproxy a "cache" section, tollgate "cache" on the route
+#       15, 16, 17 tollgate only, its own features' cost: 15 and 16 have
+#          $METRICS_TENANTS tenants as in 10, per-tenant metrics off (15) and
+#          on with every request traced (16); 17 is scenario 1 with every
+#          request traced
 #       11 HTTP/2 on the TLS listener (ALPN h2, then http/1.1): nginx
 #          "listen ... ssl http2" (1.22 has no "http2 on"), haproxy
 #          "alpn h2,http/1.1" on its bind, tollgate its default (http2: true)
@@ -27,7 +31,7 @@
 # X-Forwarded-*): the others are kept lean, which is conservative for tollgate.
 #
 # Sourced by bench/run; uses WORK, HTTP_PORT, HTTPS_PORT, BACKEND_PORT,
-# REDIS_PORT, PROXY_CPU, TENANTS, TOLLGATE_BIN.
+# REDIS_PORT, ADMIN_PORT, PROXY_CPU, TENANTS, METRICS_TENANTS, TOLLGATE_BIN.
 
 SYS_PID=""          # pid of the running system's main process ("" for direct)
 SYS_LOG=""          # its stderr/stdout
@@ -40,7 +44,7 @@ applies() {
     local sys=$1 scen=$2
     case $sys in
         direct)   case $scen in 1|5|9|10) return 0 ;; esac; return 1 ;;   # not 11: h2 over TLS
-        nginx|haproxy) [ "$scen" != 8 ] ;;
+        nginx|haproxy) case $scen in 8|15|16|17) return 1 ;; esac ;;
         tollgate) return 0 ;;
     esac
 }
@@ -49,6 +53,7 @@ applies() {
 why_not() {
     case $1:$2 in
         direct:8|nginx:8|haproxy:8) echo "no Redis-backed rate limiter" ;;
+        *:15|*:16|*:17) echo "tollgate's own features against themselves" ;;
         direct:*) echo "the backend speaks plain HTTP only / has no limiter" ;;
     esac
 }
@@ -231,6 +236,17 @@ tls:
 log:
   access: off
 CONF
+    case $scen in
+        15) echo "admin: { listen: 127.0.0.1:$ADMIN_PORT, tenant_series: 0 }" ;;
+        16) echo "admin: { listen: 127.0.0.1:$ADMIN_PORT }   # tenant_series: 500, the default" ;;
+    esac
+    case $scen in 16|17) cat <<CONF
+tracing:
+  enabled: true
+  sample_ratio: 1.0
+  otlp: { endpoint: "http://127.0.0.1:$BACKEND_PORT/v1/traces" }
+CONF
+    esac
     case $scen in 7|8) cat <<CONF
 rate_limit:
   store: $( [ "$scen" = 8 ] && echo redis || echo local )
@@ -245,16 +261,18 @@ upstreams:
     servers: [127.0.0.1:$BACKEND_PORT]
     keepalive: 64
 CONF
-    if [ "$scen" = 10 ]; then
+    local ntenants=0
+    case $scen in 10) ntenants=$TENANTS ;; 15|16) ntenants=$METRICS_TENANTS ;; esac
+    if [ "$ntenants" -gt 0 ]; then
         echo "tenants:"
         echo "  directory: static"
         echo "  upstream_defaults: { keepalive: 64 }   # as nginx's per-tenant upstreams"
         echo "  static:"
-        awk -v n="$TENANTS" -v be="$BACKEND_PORT" 'BEGIN {
+        awk -v n="$ntenants" -v be="$BACKEND_PORT" 'BEGIN {
             for (i = 1; i <= n; i++) printf "    t%d: { servers: [127.0.0.1:%d] }\n", i, be }'
     fi
     echo "sites:"
-    if [ "$scen" = 10 ]; then cat <<CONF
+    if [ "$ntenants" -gt 0 ]; then cat <<CONF
   - hosts: ["{tenant}.bench.test"]
     routes:
       - path: /
@@ -285,7 +303,7 @@ tollgate_present() { [ -x "$TOLLGATE_BIN" ]; }
 
 # --- start / stop -----------------------------------------------------------------
 # Host header the readiness probe sends (scenario 10 routes by Host).
-probe_host() { [ "$1" = 10 ] && echo t1.bench.test || echo localhost; }
+probe_host() { case $1 in 10|15|16) echo t1.bench.test ;; *) echo localhost ;; esac; }
 
 # Waits until the system answers GET /1k with 200 on the plain port (and on
 # the TLS port), its process still alive. $START_TIMEOUT seconds at most.

@@ -380,6 +380,7 @@ TEST(every_default)
     CHECK_EQ_STR(c->listeners[1].key, "127.0.0.1:9901");
     CHECK_EQ_INT(c->listeners[1].backlog, 128);
     CHECK(c->admin_token == NULL);
+    CHECK_EQ_INT(c->tenant_series, 500);
     /* upstreams, and the pool settings of tenants */
     const struct tg_config_upstream *ups[] = {&c->upstreams[0], &c->tenants.upstream_defaults};
     for (size_t i = 0; i < 2; i++) {
@@ -898,6 +899,23 @@ TEST(route_cache_key)
 }
 
 /* Issue 21: the tracing section, its defaults and its checks. */
+TEST(admin_tenant_series)
+{
+    const char *base = "listen: [127.0.0.1:8080]\n"
+                       "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                       "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+    char y[1024], err[4096];
+    snprintf(y, sizeof(y), "%sadmin: {tenant_series: 0}\n", base);
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL && c->tenant_series == 0);
+    if (c != NULL)
+        tg_config_unref(c);
+    snprintf(y, sizeof(y), "%sadmin: {tenant_series: 100001}\n", base);
+    expect_error(y, "t.yaml:4:24: ", "tenant_series");
+    snprintf(y, sizeof(y), "%sadmin: {tenant_series: many}\n", base);
+    expect_error(y, "t.yaml:4:24: ", "whole number");
+}
+
 TEST(tracing_section)
 {
     char err[4096];
@@ -1494,6 +1512,7 @@ int main(void)
 {
     RUN(schema_defaults_parse);
     RUN(compress_key);
+    RUN(admin_tenant_series);
     RUN(tracing_section);
     RUN(docs_list_every_key);
     RUN(route_cache_key);
