@@ -2617,6 +2617,8 @@ static const struct cfg_key site_keys[] = {
     {"routes", p_skip, 0, 0, 0, NULL, NULL /* required */},
     {"rate_limit", p_skip, 0, 0, 0, NULL, NULL /* rate_limit.global */},
     {"custom_domains", p_bool, FIELD(struct tg_config_site, custom_domains), 0, 0, NULL, "false"},
+    {"tenant_header", p_string, FIELD(struct tg_config_site, tenant_header), 0, 0, NULL,
+     NULL /* off */},
     {"acme", p_bool, FIELD(struct tg_config_site, acme), 0, 0, NULL, "true"},
     {"ignore_case", p_bool, FIELD(struct tg_config_site, ignore_case), 0, 0, NULL, "false"},
     {"errors", p_enum, FIELD(struct tg_config_site, errors), 0, 0, errors_choices, "text"},
@@ -2686,6 +2688,19 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
                 rc = node_error(ctx, item, "custom_domains needs a tenants section");
             cfg->domain_site = site;
         }
+        if (site->tenant_header != NULL) {
+            yaml_node_t *th = mapping_get(ctx, item, "tenant_header");
+            if (!valid_header_name(site->tenant_header))
+                rc = node_error(ctx, th, "tenant_header must be a header name, not '%s'",
+                                site->tenant_header);
+            else if (cfg->trusted_proxies == NULL)
+                rc = node_error(ctx, th,
+                                "tenant_header needs trusted_proxies: only the peers listed "
+                                "there may name a tenant (others' %s is ignored and removed)",
+                                site->tenant_header);
+            if (cfg->header_site == NULL)
+                cfg->header_site = site;
+        }
         if (item->type == YAML_MAPPING_NODE && parse_access(ctx, item, &site->access_list) < 0)
             rc = -1;
         yaml_node_t *scn = mapping_get(ctx, item, "compress");
@@ -2723,10 +2738,10 @@ static int parse_sites(struct cfg_ctx *ctx, yaml_node_t *node)
                 /* Whether an earlier route shadows it needs the compiled
                  * patterns: config_build.c checks. */
                 if (site->routes[site->nroutes].upstream_tenant && !site->has_capture &&
-                    !site->custom_domains)
+                    !site->custom_domains && site->tenant_header == NULL)
                     rc = node_error(ctx, rn,
                                     "upstream: $tenant needs a \"{tenant}.domain\" "
-                                    "host or custom_domains: true on its site");
+                                    "host, custom_domains: true or tenant_header on its site");
                 site->nroutes++;
             }
         }

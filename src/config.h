@@ -470,6 +470,7 @@ struct tg_config_site {
     struct tg_config_access_list access_list; /* as written */
     struct tg_access_rules *access;           /* built from access_list; NULL = none */
     bool custom_domains;                      /* unmatched hosts are looked up as tenant domains */
+    const char *tenant_header;                /* a trusted peer names the tenant in this field */
     bool ignore_case;                         /* routes' default */
     int errors;                               /* enum tg_config_error_body; routes' default */
     struct tg_config_compress compress;       /* routes' default */
@@ -544,6 +545,7 @@ struct tg_config {
     struct tg_config_rate_limit rate_limit;
     struct tg_config_tenants tenants;
     const struct tg_config_site *domain_site; /* the site with custom_domains */
+    const struct tg_config_site *header_site; /* the first site with tenant_header */
     const char *admin_token;                  /* bearer token for the admin listener */
     /* Histogram bucket bounds (admin.histogram_buckets), ascending; none:
      * the built-in ones. */

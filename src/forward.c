@@ -1678,6 +1678,8 @@ int tg_forward_prepare(struct tg_request *req)
         .subject_header = req->listener->client_subject_header,
         .subject = req->client_subject,
         .geo_header = cfg->geoip_header,
+        .tenant_header = req->site->tenant_header,
+        .tenant = req->tenant,
         .country = req->country,
     };
     /* The head is rebuilt once, into the request's arena: room for the

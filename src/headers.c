@@ -236,13 +236,13 @@ int tg_headers_upstream_request(struct tg_buf *b, const struct tg_headers_upstre
     for (size_t i = 0; i < h->n; i++) {
         const struct tg_http_header *hd = &h->v[i];
         enum hdr_kind k = classify(hd->name);
-        /* Configured removals and replacements; the country and the
+        /* Configured removals and replacements; the country, tenant and
          * certificate subject headers are ours alone (a client's copy
          * would lie about where it is, or impersonate someone else). */
         if (name_listed(rules->req_remove, rules->nreq_remove, hd->name) ||
             name_added(rules->req_set, rules->nreq_set, hd->name) ||
             is_named(hd->name, in->geo_header) || is_named(hd->name, in->subject_header) ||
-            is_trace_field(hd->name))
+            is_named(hd->name, in->tenant_header) || is_trace_field(hd->name))
             continue;
         switch (k) {
         case HDR_OTHER:
@@ -308,6 +308,12 @@ int tg_headers_upstream_request(struct tg_buf *b, const struct tg_headers_upstre
     put_str(&o, in->request_id);
     put(&o, "\r\n", 2);
     put_trace_fields(&o, in);
+    if (in->tenant_header != NULL && in->tenant != NULL) {
+        puts_(&o, in->tenant_header);
+        put(&o, ": ", 2);
+        puts_(&o, in->tenant);
+        put(&o, "\r\n", 2);
+    }
     if (in->subject_header != NULL && in->subject != NULL) {
         puts_(&o, in->subject_header);
         put(&o, ": ", 2);

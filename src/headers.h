@@ -48,6 +48,8 @@ struct tg_headers_upstream {
     const char *subject_header; /* listener's client_subject_header, or NULL */
     const char *subject;        /* the verified subject, or NULL */
     const char *geo_header;     /* geoip.header, or NULL */
+    const char *tenant_header;  /* the site's tenant_header, or NULL */
+    const char *tenant;         /* ... and the request's tenant, or NULL */
     const char *country;        /* two letters ("XX" unknown) */
 };
 

@@ -439,14 +439,48 @@ static void domain_found(void *arg, enum tg_tenant_status status, struct tg_tena
     tg_request_unref(req);
 }
 
+/* The tenant a trusted peer names in the site's tenant_header (internal
+ * tooling: `curl -H "X-Tenant-ID: t1"`). 1: *out is it; 0: none (no such
+ * option, an untrusted peer, no field); -1: the field came twice. */
+static int tenant_named(const struct tg_request *req, const struct tg_config_site *site,
+                        struct tg_str *out)
+{
+    if (site == NULL || site->tenant_header == NULL || !req->peer_trusted)
+        return 0;
+    int found = 0;
+    for (size_t i = 0; i < req->headers.n; i++) {
+        struct tg_str n = req->headers.v[i].name;
+        if (n.n == strlen(site->tenant_header) && strncasecmp(n.p, site->tenant_header, n.n) == 0) {
+            if (found)
+                return -1;
+            *out = req->headers.v[i].value;
+            found = 1;
+        }
+    }
+    return found;
+}
+
 static enum verdict host(struct tg_request *req)
 {
     const struct tg_config *cfg = cfg_of(req);
-    struct tg_str capture;
+    struct tg_str capture, named;
     if (req->listener->redirect_to_https != 0 &&
         (req->host_len == 0 || !tg_router_valid_host(tg_str_make(req->host, req->host_len))))
         return answer(req, 400, "400 Bad Request: a redirect needs a Host\n", true);
     req->site = tg_router_hosts_match(cfg->hosts, tg_str_make(req->host, req->host_len), &capture);
+    /* A tenant named by a trusted peer needs no Host of the site's: such
+     * tools talk to localhost. */
+    if (req->site == NULL && tenant_named(req, cfg->header_site, &named) != 0) {
+        req->site = cfg->header_site;
+        capture.p = NULL;
+    }
+    int by_header = tenant_named(req, req->site, &named);
+    if (by_header < 0)
+        return answer(req, 400, "400 Bad Request: the tenant is named twice\n", true);
+    if (by_header > 0) {
+        say(req, "tenant", "named by the trusted peer in %s", req->site->tenant_header);
+        capture = named;
+    }
     if (req->site == NULL) {
         if (cfg->domain_site != NULL)
             return lookup_domain(req);

@@ -349,3 +349,76 @@ def test_consistent_hashing_minimal_movement(tollgate, backend):
     moved = [u for u in users if after[u] != first[u]]
     assert all(first[u] == gone for u in moved)
     assert all(after[u] != gone for u in users)
+
+
+def _ask(port, host, headers=None, source="127.0.0.1"):
+    """GET / from a chosen loopback address: (status, the backend's view)."""
+    import http.client
+    import json
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10 * SLOW,
+                                   source_address=(source, 0))
+    c.putrequest("GET", "/", skip_host=True)
+    c.putheader("Host", host)
+    for k, v in (headers or []):
+        c.putheader(k, v)
+    c.endheaders()
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    seen = json.loads(body) if r.status == 200 else None
+    return r.status, seen
+
+
+def test_tenant_header_from_trusted_peers_only(tollgate, backend, tmp_path):
+    """Issue 22 (7): a site's tenant_header lets a trusted peer (internal
+    tooling, `curl -H "X-Tenant-ID: t1" localhost`) name the tenant, Host
+    or not; any other peer's copy is ignored and never reaches the backend,
+    which always gets the gateway's own."""
+    b1, b2 = backend(), backend()
+    port = free_port()
+    tollgate("""
+listen: [127.0.0.1:%d]
+trusted_proxies: [127.0.0.1/32]
+tenants:
+  static:
+    t1: { servers: [127.0.0.1:%d] }
+    t2: { servers: [127.0.0.1:%d] }
+sites:
+  - hosts: ["{tenant}.platform.test"]
+    tenant_header: X-Tenant-ID
+    routes: [{path: /, upstream: $tenant}]
+""" % (port, b1.port, b2.port))
+    # Trusted (127.0.0.1): the field names the tenant, with any Host.
+    st, seen = _ask(port, "localhost:%d" % port, [("X-Tenant-ID", "t1")])
+    assert st == 200 and seen["port"] == b1.port
+    assert seen["headers"]["x-tenant-id"] == ["t1"]
+    st, seen = _ask(port, "t2.platform.test", [("x-tenant-id", "T1")])
+    assert st == 200 and seen["port"] == b1.port, "the field wins over the Host"
+    assert seen["headers"]["x-tenant-id"] == ["t1"]
+    assert _ask(port, "localhost", [("X-Tenant-ID", "t1"), ("X-Tenant-ID", "t2")])[0] == 400
+    assert _ask(port, "localhost", [("X-Tenant-ID", "../t1")])[0] == 400
+    assert _ask(port, "localhost", [("X-Tenant-ID", "nosuch")])[0] == 404
+    # Untrusted (127.0.0.2): the field is ignored and removed; the backend
+    # learns the tenant from the gateway.
+    st, seen = _ask(port, "t2.platform.test", [("X-Tenant-ID", "t1")], source="127.0.0.2")
+    assert st == 200 and seen["port"] == b2.port
+    assert seen["headers"]["x-tenant-id"] == ["t2"]
+    assert _ask(port, "localhost", [("X-Tenant-ID", "t1")], source="127.0.0.2")[0] == 404
+    # Without the field, the Host as always.
+    st, seen = _ask(port, "t2.platform.test")
+    assert st == 200 and seen["port"] == b2.port and seen["headers"]["x-tenant-id"] == ["t2"]
+
+
+def test_tenant_header_needs_trusted_proxies(tmp_path):
+    port = free_port()
+    rc, out, _ = run_tollgate_check("""
+listen: [127.0.0.1:%d]
+tenants:
+  static:
+    t1: { servers: [127.0.0.1:9] }
+sites:
+  - hosts: [localhost]
+    tenant_header: X-Tenant-ID
+    routes: [{path: /, upstream: $tenant}]
+""" % port, tmp_path)
+    assert rc != 0 and re.search(r":8:20: tenant_header needs trusted_proxies", out), out
