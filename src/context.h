@@ -34,6 +34,7 @@ struct tg_ratelimit_redis;
 struct tg_tenant_dir;
 struct tg_metrics_shard;
 struct tg_tenant_metrics;
+struct tg_tenant_shared;
 struct tg_iptable;
 struct tg_http1_request;
 struct tg_http1_response;
@@ -50,9 +51,11 @@ struct tg_runtime {
     _Atomic unsigned long nconns;        /* client connections, all workers */
     const char *config_path;
     _Atomic bool draining;
-    struct tg_cache_purges *cache_purges; /* response-cache purges from the admin
+    struct tg_cache_purges *cache_purges;   /* response-cache purges from the admin
                                              listener, for every worker (cache.h) */
-    char gateway_id[96];                  /* this process in Redis heartbeats */
+    struct tg_tenant_shared *tenant_shared; /* the tenant directory's last-known
+                                               entries, all workers (tenant_shared.h) */
+    char gateway_id[96];                    /* this process in Redis heartbeats */
     unsigned char request_id_seed[8];
     /* Peers warned about once per process (forwarding headers ignored on a
      * private-only route); each context's ring is a cache in front. */

@@ -32,6 +32,7 @@
 #include "metrics.h"
 #include "ratelimit.h"
 #include "tenant_metrics.h"
+#include "tenant_shared.h"
 #include "ticket_share.h"
 #include "tls.h"
 #include "trace_export.h"
@@ -621,6 +622,11 @@ int main(int argc, char **argv)
     g.rt.cache_purges = calloc(1, sizeof(*g.rt.cache_purges));
     if (g.rt.cache_purges == NULL || tg_cache_purges_init(g.rt.cache_purges) < 0)
         return 1;
+    /* What any worker fetched from the tenant directory, for the others
+     * while Redis fails; sized like one worker's cache, at start. */
+    g.rt.tenant_shared = tg_tenant_shared_new(cfg->tenants.max_cached, cfg->workers);
+    if (g.rt.tenant_shared == NULL)
+        return 1;
     /* The workers' per-tenant tables are sized by the first configuration. */
     tg_tenant_metrics_configure(cfg->tenant_series);
     g.rt.workers = calloc(cfg->workers, sizeof(*g.rt.workers));
@@ -688,6 +694,7 @@ int main(int argc, char **argv)
     free(g.rt.workers);
     tg_iptable_free(g.rt.iptable);
     tg_ratelimit_local_free(g.rt.rl_local);
+    tg_tenant_shared_free(g.rt.tenant_shared);
     tg_trace_export_stop(); /* after the workers: their last spans are queued */
     tg_access_log_stop();
     tg_config_unref(g.config);

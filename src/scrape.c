@@ -22,6 +22,7 @@
 #include "redis.h"
 #include "tenant.h"
 #include "tenant_metrics.h"
+#include "tenant_shared.h"
 #include "trace_export.h"
 
 /* Status classes of the routes' requests[]: aborted, then 1xx to 5xx. */
@@ -539,6 +540,7 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         ts.misses += one.misses;
         ts.negative_hits += one.negative_hits;
         ts.stale_served += one.stale_served;
+        ts.shared_taken += one.shared_taken;
         ts.redis_errors += one.redis_errors;
         ts.invalidations += one.invalidations;
         ts.redis_lookups += one.redis_lookups;
@@ -554,6 +556,15 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
                      (unsigned long long)ts.negative_hits);
     tg_strbuf_printf(&o, "tollgate_tenant_cache_total{result=\"stale\"} %llu\n",
                      (unsigned long long)ts.stale_served);
+    header(&o, "tenant_shared_taken_total", "counter",
+           "Tenants a worker had no usable entry for while Redis failed, taken from what "
+           "another worker fetched.");
+    tg_strbuf_printf(&o, "tollgate_tenant_shared_taken_total %llu\n",
+                     (unsigned long long)ts.shared_taken);
+    header(&o, "tenant_shared_entries", "gauge",
+           "Last-known tenant directory entries kept for all workers.");
+    tg_strbuf_printf(&o, "tollgate_tenant_shared_entries %zu\n",
+                     tg_tenant_shared_count(rt->tenant_shared));
     header(&o, "tenant_cache_entries", "gauge", "Tenants cached, all workers.");
     tg_strbuf_printf(&o, "tollgate_tenant_cache_entries %zu\n", ts.cached);
     header(&o, "tenant_cache_memory_bytes", "gauge",

@@ -45,6 +45,7 @@
 #include "router.h"
 #include "siphash.h"
 #include "str.h"
+#include "tenant_shared.h"
 
 #define ID_MAX 63
 #define DOMAIN_MAX 253
@@ -497,6 +498,9 @@ struct tg_tenant_dir {
     uint64_t k0, k1;
     size_t mem;
 
+    struct tg_tenant_shared *shared; /* every worker's last-known entries */
+    unsigned reader;                 /* our number there */
+
     struct tg_list parked, active; /* of fetch.link, oldest first */
     int depth;                     /* our handlers running user callbacks */
     bool closing;
@@ -772,6 +776,9 @@ static bool fetch_send(struct tg_tenant_dir *d, struct fetch *f)
     return true;
 }
 
+static struct entry *from_shared(struct tg_tenant_dir *d, struct entry *e, bool domain,
+                                 const char *key, size_t klen, uint64_t h, ev_tstamp now);
+
 /* Answers `key` from the cache or the state of the link, or queues a
  * waiter (*wp, allocated here if NULL) on the fetch for it. */
 static void resolve_key(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg, bool domain,
@@ -836,10 +843,12 @@ static void resolve_key(struct tg_tenant_dir *d, const struct tg_config_tenants 
 
 offline:
     d->st.redis_errors++;
-    if (e != NULL && stale_ok(d, e, now)) {
+    if ((e != NULL && stale_ok(d, e, now)) ||
+        (e = from_shared(d, e, domain, key, klen, h, now)) != NULL) {
         touch(d, e);
         answer_entry(e, a);
         a->stale = true;
+        evict(d);
     }
 }
 
@@ -1030,6 +1039,50 @@ static bool parse_uint(const char *v, size_t n, int64_t max, int64_t *out)
 }
 
 /* Builds the tenant `id` from an HGETALL reply. */
+/* The tenant `sp` describes with the servers listed in `text` ("ip:port,
+ * ..."; none for a suspended tenant). */
+static enum outcome tenant_of(struct tg_tenant_dir *d, struct spec *sp, const char *text,
+                              size_t len, struct tg_tenant **out, char *why, size_t whylen)
+{
+    if (len == 0) {
+        if (!sp->suspended) {
+            snprintf(why, whylen, "no servers");
+            return OUT_MALFORMED;
+        }
+        /* Suspended tenants need none: nothing is forwarded for them. */
+        *out = tenant_new(sp, &d->cfg->upstream_defaults);
+        return *out != NULL ? OUT_FOUND : OUT_ERROR;
+    }
+    if (len > SERVERS_TEXT_MAX) {
+        snprintf(why, whylen, "servers is longer than %d bytes", SERVERS_TEXT_MAX);
+        return OUT_MALFORMED;
+    }
+    size_t cap = 1;
+    for (size_t i = 0; i < len; i++)
+        cap += text[i] == ',';
+    if (cap > SERVERS_MAX) {
+        snprintf(why, whylen, "more than %d servers", SERVERS_MAX);
+        return OUT_MALFORMED;
+    }
+    char *buf = malloc(len + 1);
+    struct tg_config_server *arr = calloc(cap, sizeof(*arr));
+    enum outcome oc = OUT_ERROR;
+    if (buf != NULL && arr != NULL) {
+        int n = parse_servers(text, len, buf, arr, cap, why, whylen);
+        if (n < 0) {
+            oc = OUT_MALFORMED;
+        } else {
+            sp->servers = arr;
+            sp->nservers = (size_t)n;
+            *out = tenant_new(sp, &d->cfg->upstream_defaults);
+            oc = *out != NULL ? OUT_FOUND : OUT_ERROR;
+        }
+    }
+    free(buf);
+    free(arr);
+    return oc;
+}
+
 static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id, size_t idlen,
                                  const redisReply *r, struct tg_tenant **out, char *why,
                                  size_t whylen)
@@ -1087,43 +1140,8 @@ static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id, size_t
         /* Other fields belong to the control plane. */
     }
 
-    if (servers == NULL || servers->len == 0) {
-        if (!sp.suspended) {
-            snprintf(why, whylen, "no servers");
-            return OUT_MALFORMED;
-        }
-        /* Suspended tenants need none: nothing is forwarded for them. */
-        *out = tenant_new(&sp, &d->cfg->upstream_defaults);
-        return *out != NULL ? OUT_FOUND : OUT_ERROR;
-    }
-    if (servers->len > SERVERS_TEXT_MAX) {
-        snprintf(why, whylen, "servers is longer than %d bytes", SERVERS_TEXT_MAX);
-        return OUT_MALFORMED;
-    }
-    size_t cap = 1;
-    for (size_t i = 0; i < servers->len; i++)
-        cap += servers->str[i] == ',';
-    if (cap > SERVERS_MAX) {
-        snprintf(why, whylen, "more than %d servers", SERVERS_MAX);
-        return OUT_MALFORMED;
-    }
-    char *buf = malloc(servers->len + 1);
-    struct tg_config_server *arr = calloc(cap, sizeof(*arr));
-    enum outcome oc = OUT_ERROR;
-    if (buf != NULL && arr != NULL) {
-        int n = parse_servers(servers->str, servers->len, buf, arr, cap, why, whylen);
-        if (n < 0) {
-            oc = OUT_MALFORMED;
-        } else {
-            sp.servers = arr;
-            sp.nservers = (size_t)n;
-            *out = tenant_new(&sp, &d->cfg->upstream_defaults);
-            oc = *out != NULL ? OUT_FOUND : OUT_ERROR;
-        }
-    }
-    free(buf);
-    free(arr);
-    return oc;
+    return tenant_of(d, &sp, servers != NULL ? servers->str : NULL,
+                     servers != NULL ? servers->len : 0, out, why, whylen);
 }
 
 /* Reads a GET PREFIXhost:<domain> reply into target (ID_MAX + 1). */
@@ -1150,6 +1168,101 @@ static enum outcome parse_domain(const redisReply *r, char *target, char *why, s
     return OUT_FOUND;
 }
 
+/* ---- every worker's last-known entries (tenant_shared.h) ------------------------ */
+
+/* A tenant as kept there: these, then its servers as Redis lists them. */
+struct shared_tenant {
+    int64_t rate_interval_ns, rate_count, rate_period_s, burst;
+    uint8_t suspended;
+};
+
+/* What this worker just fetched, for the others to fall back to. */
+static void to_shared(struct tg_tenant_dir *d, const struct entry *e)
+{
+    if (d->shared == NULL)
+        return;
+    if (e->state != E_FOUND) {
+        tg_tenant_shared_forget(d->shared, e->key, e->klen);
+        return;
+    }
+    if (e->domain) {
+        tg_tenant_shared_put(d->shared, e->key, e->klen, e->target, strlen(e->target), e->fetched);
+        return;
+    }
+    const struct tg_tenant *t = e->t;
+    size_t len = sizeof(struct shared_tenant);
+    for (size_t i = 0; i < t->upstream.nservers; i++)
+        len += strlen(t->upstream.servers[i].addr.text) + 1;
+    char *rec = malloc(len);
+    if (rec == NULL)
+        return;
+    struct shared_tenant h = {t->rate_interval_ns, t->rate_count, t->rate_period_s, t->burst,
+                              t->suspended};
+    memcpy(rec, &h, sizeof(h));
+    size_t o = sizeof(h);
+    for (size_t i = 0; i < t->upstream.nservers; i++) {
+        size_t n = strlen(t->upstream.servers[i].addr.text);
+        if (i > 0)
+            rec[o++] = ',';
+        memcpy(rec + o, t->upstream.servers[i].addr.text, n);
+        o += n;
+    }
+    tg_tenant_shared_put(d->shared, e->key, e->klen, rec, o, e->fetched);
+    free(rec);
+}
+
+/* Nothing of our own to serve while Redis fails: what another worker
+ * fetched last, if it is no older than ours could be (cache_ttl +
+ * stale_ttl). It becomes our entry `e` (made when NULL), fetched when the
+ * other worker fetched it. Returns the entry, or NULL. */
+static struct entry *from_shared(struct tg_tenant_dir *d, struct entry *e, bool domain,
+                                 const char *key, size_t klen, uint64_t h, ev_tstamp now)
+{
+    if (d->shared == NULL)
+        return NULL;
+    char rec[sizeof(struct shared_tenant) + SERVERS_TEXT_MAX];
+    double when;
+    ssize_t n = tg_tenant_shared_get(d->shared, d->reader, key, klen, rec, sizeof(rec), &when);
+    if (n < 0 || now >= when + d->ttl + d->stale_ttl)
+        return NULL;
+    struct tg_tenant *t = NULL;
+    char *target = NULL;
+    char why[160];
+    if (domain) {
+        target = strndup(rec, (size_t)n);
+        if (target == NULL)
+            return NULL;
+    } else {
+        struct shared_tenant sh;
+        if ((size_t)n < sizeof(sh))
+            return NULL;
+        memcpy(&sh, rec, sizeof(sh));
+        struct spec sp = {.id = key,
+                          .idlen = klen,
+                          .suspended = sh.suspended,
+                          .rate_interval_ns = sh.rate_interval_ns,
+                          .rate_count = sh.rate_count,
+                          .rate_period_s = sh.rate_period_s,
+                          .burst = sh.burst};
+        if (tenant_of(d, &sp, rec + sizeof(sh), (size_t)n - sizeof(sh), &t, why, sizeof(why)) !=
+            OUT_FOUND)
+            return NULL;
+    }
+    if (e == NULL && (e = cache_insert(d, key, klen, h, domain)) == NULL) {
+        tg_tenant_release(t);
+        free(target);
+        return NULL;
+    }
+    drop_data(d, e);
+    e->state = E_FOUND;
+    e->t = t;
+    e->target = target;
+    e->fetched = when;
+    account(d, e);
+    d->st.shared_taken++;
+    return e;
+}
+
 /* Settles a fetch: updates its entry (unless detached), then answers its
  * waiters. The entry is not touched once user callbacks start. */
 static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, struct tg_tenant *t,
@@ -1164,7 +1277,8 @@ static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, 
 
     if (oc == OUT_ERROR) {
         d->st.redis_errors++;
-        if (e != NULL && stale_ok(d, e, now)) {
+        if (e != NULL && (stale_ok(d, e, now) ||
+                          from_shared(d, e, e->domain, e->key, e->klen, e->hash, now) != NULL)) {
             st = TG_TENANT_FOUND;
             stale = true;
             if (e->domain) {
@@ -1199,6 +1313,7 @@ static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, 
                 e->fetched = now;
                 e->due = false;
                 account(d, e);
+                to_shared(d, e);
             }
         }
     }
@@ -1472,6 +1587,12 @@ struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop, const struct tg_co
         return NULL;
     }
     return d;
+}
+
+void tg_tenant_dir_share(struct tg_tenant_dir *d, struct tg_tenant_shared *shared, unsigned reader)
+{
+    d->shared = shared;
+    d->reader = reader;
 }
 
 void tg_tenant_dir_configure(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg)

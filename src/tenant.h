@@ -94,6 +94,14 @@ typedef void (*tg_tenant_cb)(void *arg, enum tg_tenant_status status, struct tg_
  * Worker thread. */
 struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop, const struct tg_config_tenants *cfg);
 
+struct tg_tenant_shared;
+
+/* Joins the process-wide last-known entries (tenant_shared.h): what this
+ * directory fetches goes there, and while Redis fails it falls back to
+ * what other workers fetched when it has nothing of its own. `reader` is
+ * this worker's number. Worker thread, before the first look-up. */
+void tg_tenant_dir_share(struct tg_tenant_dir *d, struct tg_tenant_shared *shared, unsigned reader);
+
 /* Applies a reloaded config: new TTLs and max_cached apply at once (to
  * cached entries too). If the directory kind, Redis address, password, db
  * or key prefix changed, it reconnects and clears the cache; look-ups in
@@ -147,6 +155,7 @@ struct tg_tenant_stats {
     uint64_t misses;        /* needed Redis (asked, joined, or it was down) */
     uint64_t negative_hits; /* NOT_FOUND from the cache (or no such static) */
     uint64_t stale_served;  /* FOUND with an expired entry, Redis failing */
+    uint64_t shared_taken;  /* entries taken from what other workers fetched (Redis failing) */
     uint64_t redis_lookups; /* HGETALL / GET sent */
     uint64_t redis_errors;  /* look-ups Redis failed to answer */
     uint64_t invalidations; /* messages received on PREFIXchanged */

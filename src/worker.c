@@ -326,6 +326,8 @@ static void configure_tenants(struct tg_worker *w, const struct tg_config *cfg)
         w->ctx.tenants = tg_tenant_dir_new(w->ctx.loop, &cfg->tenants);
         if (w->ctx.tenants == NULL)
             tg_log_error("out of memory creating the tenant directory");
+        else
+            tg_tenant_dir_share(w->ctx.tenants, w->ctx.rt->tenant_shared, w->ctx.id);
     } else {
         tg_tenant_dir_configure(w->ctx.tenants, &cfg->tenants);
     }

@@ -422,3 +422,45 @@ sites:
     routes: [{path: /, upstream: $tenant}]
 """ % port, tmp_path)
     assert rc != 0 and re.search(r":8:20: tenant_header needs trusted_proxies", out), out
+
+
+def test_redis_down_every_worker_serves_what_one_fetched(tollgate, backend, redis):
+    """Issue 22 (6): the stale-while-error fallback is process-wide. With
+    four workers, a tenant moved by pub/sub and looked up again on one
+    connection (one worker), then Redis stopped: new connections land on
+    every worker, and each serves the tenant at its new place (before, the
+    workers that had not looked it up answered 503)."""
+    import re as _re
+    import urllib.request
+    b1, b2 = backend(), backend()
+    port, admin = free_port(), free_port()
+    tollgate("""
+workers: 4
+listen: [127.0.0.1:%d]
+admin: { listen: 127.0.0.1:%d }
+tenants:
+  directory: redis
+  redis: { address: "127.0.0.1:%d" }
+sites:
+  - hosts: ["{tenant}.platform.test"]
+    routes: [{path: /, upstream: $tenant}]
+""" % (port, admin, redis.port))
+    redis.cmd("HSET", "tollgate:tenant:acme", "servers", "127.0.0.1:%d" % b1.port)
+    assert get(port, "/", host="acme.platform.test")[0] == 200
+    redis.cmd("HSET", "tollgate:tenant:acme", "servers", "127.0.0.1:%d" % b2.port)
+    redis.cmd("PUBLISH", "tollgate:tenant:changed", "acme")
+    time.sleep(0.3)
+    status, h, _ = get(port, "/", host="acme.platform.test")
+    assert status == 200 and port_of(h) == b2.port
+    redis.stop()
+    answers = [get(port, "/", host="acme.platform.test") for _ in range(24)]
+    assert [s for s, _, _ in answers] == [200] * 24, [s for s, _, _ in answers]
+    assert {port_of(h) for _, h, _ in answers} == {b2.port}
+    # A tenant nobody fetched is still unknown: 503, not a guess.
+    assert get(port, "/", host="other.platform.test")[0] == 503
+    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin, timeout=10).read().decode()
+    taken = float(_re.search(r"^tollgate_tenant_shared_taken_total (\S+)$", body, _re.M).group(1))
+    # Each connection is new: with four workers, some landed on workers
+    # that had never fetched acme, and took the shared entry.
+    assert taken >= 1
+    assert float(_re.search(r"^tollgate_tenant_shared_entries (\S+)$", body, _re.M).group(1)) == 1
