@@ -1,5 +1,7 @@
 /* The access log: one JSON line per request, written without ever blocking
- * a worker.
+ * a worker. A line carries the fields log.access_fields lists, in their
+ * order; 2xx lines may be sampled (log.sample_2xx, a route's
+ * access_log_sample).
  *
  * Each worker formats lines into its own chunk; full chunks (and, on a
  * timer, partial ones) go to one writer thread that does the blocking
