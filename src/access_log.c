@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,10 +24,19 @@
 #include "limiter.h"
 #include "log.h"
 #include "tls.h"
+#include "trace.h"
 
 #define MAX_QUEUED_BYTES (16u << 20)
-#define MAX_LINE 4096
-#define LINE_END 2 /* bytes of a line kept for its closing "}\n" */
+#define MAX_LINE TG_ACCESS_LOG_MAX_LINE
+/* Every line keeps room at its end for the mark of a field left out and
+ * its closing "}\n": fields are written into what is before. */
+static const char TRUNCATED[] = ",\"truncated\":true";
+#define LINE_ROOM (MAX_LINE - (sizeof(TRUNCATED) - 1) - 2)
+/* The most of a line one value's escaped text takes: a client's long
+ * path or header stays a part of the line, never all of it. */
+#define VALUE_MAX 256
+#define LOG_PATH_MAX 2048
+#define ROUTE_MAX 512
 /* A worker's chunk before the first configure sets access_buffer. */
 #define CHUNK_DEFAULT 65536
 #define FILE_MODE 0640
@@ -240,6 +250,9 @@ struct tg_access_log {
     size_t chunk_cap;
     struct log_chunk *chunk;
     ev_timer flush;
+    uint8_t fields[TG_LOG_FIELD_COUNT]; /* enum tg_log_field, in line order */
+    unsigned nfields;
+    double sample_2xx; /* for requests without a route */
     time_t cached_sec;
     char cached_time[24]; /* "2026-11-26T10:00:00." */
 };
@@ -257,6 +270,7 @@ struct tg_access_log *tg_access_log_new(struct ev_loop *loop)
         return NULL;
     log->loop = loop;
     log->chunk_cap = CHUNK_DEFAULT;
+    log->sample_2xx = 1.0;
     ev_init(&log->flush, on_flush);
     log->flush.data = log;
     return log;
@@ -277,6 +291,9 @@ void tg_access_log_configure(struct tg_access_log *log, const struct tg_config_l
 {
     log->enabled = cfg->access != NULL;
     log->chunk_cap = cfg->access_buffer;
+    log->nfields = cfg->nfields <= TG_LOG_FIELD_COUNT ? cfg->nfields : TG_LOG_FIELD_COUNT;
+    memcpy(log->fields, cfg->fields, log->nfields);
+    log->sample_2xx = cfg->sample_2xx;
     ev_timer_stop(log->loop, &log->flush);
     if (log->enabled) {
         double every = (double)cfg->access_flush_ms / 1000.0;
@@ -299,108 +316,252 @@ void tg_access_log_flush(struct tg_access_log *log)
     }
 }
 
-/* Appends "key":"escaped" to the line. */
-static size_t put_str(char *line, size_t o, const char *key, const char *val)
+bool tg_access_log_wanted(struct tg_access_log *log, const struct tg_config_route *route,
+                          int status)
+{
+    if (log == NULL || !log->enabled)
+        return false;
+    double ratio = log->sample_2xx;
+    if (route != NULL) {
+        if (!route->access_log)
+            return false;
+        ratio = route->access_log_sample;
+    }
+    if (status < 200 || status > 299 || ratio >= 1.0)
+        return true;
+    return ratio > 0.0 && tg_trace_random() < ratio;
+}
+
+/* ---- one line ------------------------------------------------------------------ */
+
+/* A line being written. A field that runs past LINE_ROOM sets `over`; the
+ * caller then takes the whole field back. */
+struct line {
+    char *p;
+    size_t o;
+    bool over;
+};
+
+static void put_raw(struct line *l, const char *s, size_t n)
+{
+    if (l->over || n > LINE_ROOM - l->o) {
+        l->over = true;
+        return;
+    }
+    memcpy(l->p + l->o, s, n);
+    l->o += n;
+}
+
+static void put_fmt(struct line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put_fmt(struct line *l, const char *fmt, ...)
+{
+    if (l->over)
+        return;
+    size_t room = LINE_ROOM - l->o + 1; /* the terminator may take the byte after */
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(l->p + l->o, room, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= room) {
+        l->over = true;
+        return;
+    }
+    l->o += (size_t)n;
+}
+
+/* ,"key":"value", the value escaped and cut at `max` bytes of escaped
+ * text (never inside an escape). A value the rest of the line cannot hold
+ * sets `over` instead of being cut. */
+static void put_str(struct line *l, const char *key, const char *val, size_t max)
 {
     if (val == NULL)
         val = "";
-    int n = snprintf(line + o, MAX_LINE - o, ",\"%s\":\"", key);
-    if (n < 0 || (size_t)n >= MAX_LINE - o)
-        return o;
-    o += (size_t)n;
-    o += tg_json_escape(line + o, MAX_LINE - o - LINE_END, val, strlen(val));
-    line[o++] = '"';
-    return o;
+    put_fmt(l, ",\"%s\":\"", key);
+    if (l->over || l->o == LINE_ROOM) {
+        l->over = true;
+        return;
+    }
+    size_t room = LINE_ROOM - l->o - 1; /* and the closing quote */
+    size_t n = strnlen(val, max);       /* an escaped byte takes one byte or more */
+    size_t cap = max < room ? max : room, taken;
+    size_t w = tg_json_escape_some(l->p + l->o, cap, val, n, &taken);
+    if (taken < n && cap < max) {
+        l->over = true;
+        return;
+    }
+    l->o += w;
+    l->p[l->o++] = '"';
+}
+
+/* One field's members (none when the request has no value for it). */
+static void put_field(struct tg_access_log *log, struct line *l, enum tg_log_field f,
+                      const struct tg_access_record *r)
+{
+    switch (f) {
+    case TG_LOG_FIELD_TIME: {
+        time_t sec = (time_t)r->now;
+        if (sec != log->cached_sec) {
+            struct tm tm;
+            gmtime_r(&sec, &tm);
+            strftime(log->cached_time, sizeof(log->cached_time), "%Y-%m-%dT%H:%M:%S.", &tm);
+            log->cached_sec = sec;
+        }
+        int ms = (int)((r->now - (double)sec) * 1000);
+        put_fmt(l, ",\"time\":\"%s%03dZ\"", log->cached_time, ms < 0 ? 0 : (ms > 999 ? 999 : ms));
+        break;
+    }
+    case TG_LOG_FIELD_CLIENT: {
+        char client[TG_ADDR_STRLEN];
+        tg_addr_format(r->client, client, sizeof(client));
+        put_fmt(l, ",\"client\":\"%s\"", client);
+        break;
+    }
+    case TG_LOG_FIELD_METHOD:
+        put_str(l, "method", r->method, VALUE_MAX);
+        break;
+    case TG_LOG_FIELD_HOST:
+        put_str(l, "host", r->host, VALUE_MAX);
+        break;
+    case TG_LOG_FIELD_PATH:
+        put_str(l, "path", r->path, LOG_PATH_MAX);
+        break;
+    case TG_LOG_FIELD_ROUTE:
+        if (r->route != NULL)
+            put_str(l, "route", r->route->path_source, ROUTE_MAX);
+        break;
+    case TG_LOG_FIELD_PROTO:
+        if (r->proto != NULL)
+            put_str(l, "proto", r->proto, VALUE_MAX);
+        break;
+    case TG_LOG_FIELD_STATUS:
+        put_fmt(l, ",\"status\":%d", r->status);
+        break;
+    case TG_LOG_FIELD_BYTES_IN:
+        put_fmt(l, ",\"bytes_in\":%llu", (unsigned long long)r->bytes_in);
+        break;
+    case TG_LOG_FIELD_BYTES_OUT:
+        put_fmt(l, ",\"bytes_out\":%llu", (unsigned long long)r->bytes_out);
+        break;
+    case TG_LOG_FIELD_DURATION_MS:
+        put_fmt(l, ",\"duration_ms\":%.3f", r->duration_ms < 0 ? 0 : r->duration_ms);
+        break;
+    case TG_LOG_FIELD_ENCODING:
+        if (r->encoding == NULL)
+            break;
+        put_str(l, "encoding", r->encoding, VALUE_MAX);
+        put_fmt(l, ",\"bytes_uncompressed\":%llu,\"bytes_compressed\":%llu",
+                (unsigned long long)r->bytes_plain, (unsigned long long)r->bytes_coded);
+        break;
+    case TG_LOG_FIELD_UPSTREAM:
+        put_str(l, "upstream", r->upstream, VALUE_MAX);
+        break;
+    case TG_LOG_FIELD_UPSTREAM_CONNECT_MS:
+        if (r->upstream_connect_ms >= 0)
+            put_fmt(l, ",\"upstream_connect_ms\":%.3f", r->upstream_connect_ms);
+        break;
+    case TG_LOG_FIELD_UPSTREAM_MS:
+        if (r->upstream_ms >= 0)
+            put_fmt(l, ",\"upstream_ms\":%.3f", r->upstream_ms);
+        break;
+    case TG_LOG_FIELD_REQUEST_ID:
+        put_str(l, "request_id", r->request_id, VALUE_MAX);
+        break;
+    case TG_LOG_FIELD_TRACE_ID:
+        if (r->trace_id != NULL)
+            put_str(l, "trace_id", r->trace_id, VALUE_MAX);
+        break;
+    case TG_LOG_FIELD_SPAN_ID:
+        if (r->span_id != NULL)
+            put_str(l, "span_id", r->span_id, VALUE_MAX);
+        break;
+    case TG_LOG_FIELD_TLS: {
+        if (r->ssl == NULL)
+            break;
+        struct tg_tls_info ti;
+        tg_tls_info(r->ssl, &ti);
+        put_str(l, "tls_version", ti.version, VALUE_MAX);
+        put_str(l, "tls_cipher", ti.cipher, VALUE_MAX);
+        if (ti.sni != NULL)
+            put_str(l, "sni", ti.sni, VALUE_MAX);
+        put_fmt(l, ",\"tls_resumed\":%s", ti.resumed ? "true" : "false");
+        break;
+    }
+    case TG_LOG_FIELD_TENANT:
+        if (r->tenant != NULL)
+            put_str(l, "tenant", r->tenant, VALUE_MAX);
+        break;
+    case TG_LOG_FIELD_COUNTRY:
+        if (r->country != NULL && r->country[0] != '\0')
+            put_str(l, "country", r->country, VALUE_MAX);
+        break;
+    case TG_LOG_FIELD_RATELIMIT: {
+        const struct tg_limiter_state *lim = r->lim;
+        if (lim == NULL || !lim->active || lim->outcome == NULL)
+            break;
+        put_str(l, "ratelimit", lim->outcome, VALUE_MAX);
+        if (lim->report != NULL)
+            put_str(l, "ratelimit_policy", lim->report->policy->name, VALUE_MAX);
+        if (lim->refuse_reason != NULL)
+            put_str(l, "ratelimit_reason", lim->refuse_reason, VALUE_MAX);
+        /* Which buckets were charged, as hashes: enough to follow one
+         * account or address through the log without writing it down. */
+        static const char name[] = ",\"ratelimit_keys\":";
+        size_t mark = l->o;
+        put_raw(l, name, sizeof(name) - 1);
+        if (l->over)
+            break;
+        size_t room = LINE_ROOM - l->o;
+        size_t n = tg_limiter_log_keys(lim, l->p + l->o, room);
+        if (n == 0)
+            l->o = mark; /* no key was charged */
+        else if (n > room)
+            l->over = true;
+        else
+            l->o += n;
+        break;
+    }
+    case TG_LOG_FIELD_USER_AGENT:
+        if (r->user_agent != NULL)
+            put_str(l, "user_agent", r->user_agent, TG_ACCESS_LOG_HEADER_MAX);
+        break;
+    case TG_LOG_FIELD_REFERER:
+        if (r->referer != NULL)
+            put_str(l, "referer", r->referer, TG_ACCESS_LOG_HEADER_MAX);
+        break;
+    case TG_LOG_FIELD_COUNT:
+        break;
+    }
 }
 
 void tg_access_log_write(struct tg_access_log *log, const struct tg_access_record *r)
 {
     if (log == NULL || !log->enabled)
         return;
-    char line[MAX_LINE];
-    double now = r->now;
-    time_t sec = (time_t)now;
-    if (sec != log->cached_sec) {
-        struct tm tm;
-        gmtime_r(&sec, &tm);
-        strftime(log->cached_time, sizeof(log->cached_time), "%Y-%m-%dT%H:%M:%S.", &tm);
-        log->cached_sec = sec;
-    }
-    char client[TG_ADDR_STRLEN];
-    tg_addr_format(r->client, client, sizeof(client));
-    int ms = (int)((now - (double)sec) * 1000);
-    int n = snprintf(line, sizeof(line), "{\"time\":\"%s%03dZ\",\"client\":\"%s\"",
-                     log->cached_time, ms < 0 ? 0 : (ms > 999 ? 999 : ms), client);
-    size_t o = (size_t)n;
-    o = put_str(line, o, "method", r->method);
-    o = put_str(line, o, "host", r->host);
-    o = put_str(line, o, "path", r->path);
-    if (r->proto != NULL)
-        o = put_str(line, o, "proto", r->proto);
-    n = snprintf(line + o, MAX_LINE - o,
-                 ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-                 "\"duration_ms\":%.3f",
-                 r->status, (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out,
-                 r->duration_ms < 0 ? 0 : r->duration_ms);
-    if (n > 0 && (size_t)n < MAX_LINE - o)
-        o += (size_t)n;
-    if (r->encoding != NULL) {
-        o = put_str(line, o, "encoding", r->encoding);
-        n = snprintf(line + o, MAX_LINE - o,
-                     ",\"bytes_uncompressed\":%llu,\"bytes_compressed\":%llu",
-                     (unsigned long long)r->bytes_plain, (unsigned long long)r->bytes_coded);
-        if (n > 0 && (size_t)n < MAX_LINE - o)
-            o += (size_t)n;
-    }
-    o = put_str(line, o, "upstream", r->upstream);
-    if (r->upstream_ms >= 0) {
-        n = snprintf(line + o, MAX_LINE - o, ",\"upstream_ms\":%.3f", r->upstream_ms);
-        if (n > 0 && (size_t)n < MAX_LINE - o)
-            o += (size_t)n;
-    }
-    o = put_str(line, o, "request_id", r->request_id);
-    if (r->trace_id != NULL) {
-        o = put_str(line, o, "trace_id", r->trace_id);
-        o = put_str(line, o, "span_id", r->span_id);
-    }
-    if (r->ssl != NULL) {
-        struct tg_tls_info ti;
-        tg_tls_info(r->ssl, &ti);
-        o = put_str(line, o, "tls_version", ti.version);
-        o = put_str(line, o, "tls_cipher", ti.cipher);
-        if (ti.sni != NULL)
-            o = put_str(line, o, "sni", ti.sni);
-        n = snprintf(line + o, MAX_LINE - o, ",\"tls_resumed\":%s", ti.resumed ? "true" : "false");
-        if (n > 0 && (size_t)n < MAX_LINE - o)
-            o += (size_t)n;
-    }
-    if (r->tenant != NULL)
-        o = put_str(line, o, "tenant", r->tenant);
-    if (r->country != NULL && r->country[0] != '\0')
-        o = put_str(line, o, "country", r->country);
-    const struct tg_limiter_state *lim = r->lim;
-    if (lim != NULL && lim->active && lim->outcome != NULL) {
-        o = put_str(line, o, "ratelimit", lim->outcome);
-        if (lim->report != NULL)
-            o = put_str(line, o, "ratelimit_policy", lim->report->policy->name);
-        if (lim->refuse_reason != NULL)
-            o = put_str(line, o, "ratelimit_reason", lim->refuse_reason);
-        /* Which buckets were charged, as hashes: enough to follow one
-         * account or address through the log without writing it down. */
-        static const char name[] = ",\"ratelimit_keys\":";
-        if (o + sizeof(name) < MAX_LINE - LINE_END) {
-            size_t n2 = tg_limiter_log_keys(lim, line + o + sizeof(name) - 1,
-                                            MAX_LINE - LINE_END - o - (sizeof(name) - 1));
-            if (n2 > 0) {
-                memcpy(line + o, name, sizeof(name) - 1);
-                o += sizeof(name) - 1 + n2;
-            }
+    char buf[MAX_LINE];
+    struct line l = {buf, 0, false};
+    bool left_out = false;
+    for (unsigned i = 0; i < log->nfields; i++) {
+        size_t mark = l.o;
+        put_field(log, &l, (enum tg_log_field)log->fields[i], r);
+        if (l.over) {
+            l.o = mark; /* whole fields or none: the line stays valid JSON */
+            l.over = false;
+            left_out = true;
         }
     }
-    if (o > MAX_LINE - LINE_END)
-        o = MAX_LINE - LINE_END;
-    line[o++] = '}';
-    line[o++] = '\n';
+    if (left_out) {
+        memcpy(buf + l.o, TRUNCATED, sizeof(TRUNCATED) - 1);
+        l.o += sizeof(TRUNCATED) - 1;
+    }
+    /* Every member was written with a leading comma: the first one's
+     * becomes the brace. */
+    if (l.o == 0)
+        buf[l.o++] = '{';
+    else
+        buf[0] = '{';
+    buf[l.o++] = '}';
+    buf[l.o++] = '\n';
+    size_t o = l.o;
 
     if (log->chunk != NULL && log->chunk->cap - log->chunk->len < o)
         tg_access_log_flush(log);
@@ -414,6 +575,6 @@ void tg_access_log_write(struct tg_access_log *log, const struct tg_access_recor
         log->chunk->len = 0;
         log->chunk->cap = cap;
     }
-    memcpy(log->chunk->data + log->chunk->len, line, o);
+    memcpy(log->chunk->data + log->chunk->len, buf, o);
     log->chunk->len += o;
 }

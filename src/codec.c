@@ -35,8 +35,14 @@ size_t tg_percent_decode(char *s, size_t n, bool plus_is_space)
 
 size_t tg_json_escape(char *out, size_t cap, const char *s, size_t n)
 {
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
+    size_t taken;
+    return tg_json_escape_some(out, cap, s, n, &taken);
+}
+
+size_t tg_json_escape_some(char *out, size_t cap, const char *s, size_t n, size_t *taken)
+{
+    size_t o = 0, i;
+    for (i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
             if (o + 1 > cap)
@@ -55,6 +61,7 @@ size_t tg_json_escape(char *out, size_t cap, const char *s, size_t n)
             o += 6;
         }
     }
+    *taken = i;
     return o;
 }
 

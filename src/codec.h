@@ -35,6 +35,10 @@ size_t tg_percent_decode(char *s, size_t n, bool plus_is_space);
  * Returns the bytes written. */
 size_t tg_json_escape(char *out, size_t cap, const char *s, size_t n);
 
+/* The same, and *taken says how many input bytes went in (n when all
+ * fitted). */
+size_t tg_json_escape_some(char *out, size_t cap, const char *s, size_t n, size_t *taken);
+
 /* A growable string. Failed growth sets `oom` and later appends do
  * nothing; the text is NUL-terminated while !oom. */
 struct tg_strbuf {

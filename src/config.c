@@ -554,7 +554,8 @@ static int p_log_target(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
     return p_path(ctx, node, dst, key);
 }
 
-/* tracing.sample_ratio: a plain decimal from 0 to 1 ("0.01", "1"). */
+/* tracing.sample_ratio, log.sample_2xx: a plain decimal from 0 to 1
+ * ("0.01", "1"). */
 static int p_ratio(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
 {
     const char *s = scalar(ctx, node, key->name);
@@ -582,6 +583,24 @@ static int p_otlp_endpoint(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
         return node_error(ctx, node, "%s must be an http://host[:port]/path URL, not '%s'",
                           key->name, s);
     return p_string(ctx, node, dst, key);
+}
+
+/* A route's access_log: on or off, like log.access and admin.listen say
+ * off (true and false too). */
+static int p_on_off(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
+{
+    const char *s = scalar(ctx, node, key->name);
+    if (s == NULL)
+        return -1;
+    static const char *const on[] = {"on", "true", "True", "TRUE"};
+    static const char *const off[] = {"off", "false", "False", "FALSE"};
+    for (size_t i = 0; i < TG_ARRAY_LEN(on); i++) {
+        if (strcmp(s, on[i]) == 0 || strcmp(s, off[i]) == 0) {
+            *(bool *)dst = strcmp(s, on[i]) == 0;
+            return 0;
+        }
+    }
+    return node_error(ctx, node, "%s must be on or off, not '%s'", key->name, s);
 }
 
 static int p_enum(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
@@ -940,6 +959,100 @@ static const struct cfg_key http2_keys[] = {
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
+const char *const tg_config_log_field_names[TG_LOG_FIELD_COUNT] = {
+    [TG_LOG_FIELD_TIME] = "time",
+    [TG_LOG_FIELD_CLIENT] = "client",
+    [TG_LOG_FIELD_METHOD] = "method",
+    [TG_LOG_FIELD_HOST] = "host",
+    [TG_LOG_FIELD_PATH] = "path",
+    [TG_LOG_FIELD_ROUTE] = "route",
+    [TG_LOG_FIELD_PROTO] = "proto",
+    [TG_LOG_FIELD_STATUS] = "status",
+    [TG_LOG_FIELD_BYTES_IN] = "bytes_in",
+    [TG_LOG_FIELD_BYTES_OUT] = "bytes_out",
+    [TG_LOG_FIELD_DURATION_MS] = "duration_ms",
+    [TG_LOG_FIELD_ENCODING] = "encoding",
+    [TG_LOG_FIELD_UPSTREAM] = "upstream",
+    [TG_LOG_FIELD_UPSTREAM_CONNECT_MS] = "upstream_connect_ms",
+    [TG_LOG_FIELD_UPSTREAM_MS] = "upstream_ms",
+    [TG_LOG_FIELD_REQUEST_ID] = "request_id",
+    [TG_LOG_FIELD_TRACE_ID] = "trace_id",
+    [TG_LOG_FIELD_SPAN_ID] = "span_id",
+    [TG_LOG_FIELD_TLS] = "tls",
+    [TG_LOG_FIELD_TENANT] = "tenant",
+    [TG_LOG_FIELD_COUNTRY] = "country",
+    [TG_LOG_FIELD_RATELIMIT] = "ratelimit",
+    [TG_LOG_FIELD_USER_AGENT] = "user_agent",
+    [TG_LOG_FIELD_REFERER] = "referer",
+};
+
+/* log.access_fields: a list of field names, kept in the order written, or
+ * `all` (every field, in enum order). Resolved to ids here, so a line is
+ * a loop over them. */
+static int p_log_fields(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                        const struct cfg_key *key)
+{
+    struct tg_config_log *lc =
+        (struct tg_config_log *)((char *)dst - offsetof(struct tg_config_log, fields));
+    if (node->type == YAML_SCALAR_NODE &&
+        strcmp((const char *)node->data.scalar.value, "all") == 0) {
+        for (unsigned f = 0; f < TG_LOG_FIELD_COUNT; f++)
+            lc->fields[f] = (uint8_t)f;
+        lc->nfields = TG_LOG_FIELD_COUNT;
+        lc->field_set = (1u << TG_LOG_FIELD_COUNT) - 1;
+        return 0;
+    }
+    if (node->type != YAML_SEQUENCE_NODE)
+        return node_error(ctx, node, "%s must be a list of field names, or all; not %s", key->name,
+                          node_kind(node));
+    uint8_t fields[TG_LOG_FIELD_COUNT];
+    uint32_t set = 0;
+    size_t n = 0;
+    int rc = 0;
+    for (size_t i = 0; i < list_len(node); i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        const char *name = scalar(ctx, item, "a field name");
+        if (name == NULL) {
+            rc = -1;
+            continue;
+        }
+        unsigned f = 0;
+        while (f < TG_LOG_FIELD_COUNT && strcmp(tg_config_log_field_names[f], name) != 0)
+            f++;
+        if (f == TG_LOG_FIELD_COUNT) {
+            char list[512] = "";
+            for (unsigned k = 0; k < TG_LOG_FIELD_COUNT; k++) {
+                size_t used = strlen(list);
+                snprintf(list + used, sizeof(list) - used, "%s, ", tg_config_log_field_names[k]);
+            }
+            rc = node_error(ctx, item, "%s: unknown field '%s' (%sor all alone)", key->name, name,
+                            list);
+            continue;
+        }
+        if (set & (1u << f)) {
+            rc = node_error(ctx, item, "%s: '%s' is listed twice", key->name, name);
+            continue;
+        }
+        set |= 1u << f;
+        fields[n++] = (uint8_t)f;
+    }
+    if (rc == 0 && n == 0)
+        rc = node_error(ctx, node, "%s needs at least one field (or log.access: off)", key->name);
+    if (rc == 0) {
+        memcpy(lc->fields, fields, n);
+        lc->nfields = (uint8_t)n;
+        lc->field_set = set;
+    }
+    return rc;
+}
+
+/* Today's line, field for field: what a configuration without
+ * access_fields has always logged. */
+#define LOG_FIELDS_DEFAULT                                                                   \
+    "[time, client, method, host, path, proto, status, bytes_in, bytes_out, duration_ms, "   \
+    "encoding, upstream, upstream_ms, request_id, trace_id, span_id, tls, tenant, country, " \
+    "ratelimit]"
+
 static const struct cfg_key log_keys[] = {
     {"level", p_enum, FIELD(struct tg_config_log, level), 0, 0, log_levels, "info"},
     {"error", p_path, FIELD(struct tg_config_log, error), 0, 0, NULL, NULL /* stderr */},
@@ -948,6 +1061,9 @@ static const struct cfg_key log_keys[] = {
      "1s"},
     {"access_buffer", p_size, FIELD(struct tg_config_log, access_buffer), 4096, 64 << 20, NULL,
      "64KiB"},
+    {"access_fields", p_log_fields, FIELD(struct tg_config_log, fields), 0, 0, NULL,
+     LOG_FIELDS_DEFAULT},
+    {"sample_2xx", p_ratio, FIELD(struct tg_config_log, sample_2xx), 0, 0, NULL, "1"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -1209,6 +1325,8 @@ static int p_key_parts(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const 
         return node_error(ctx, node, "out of memory");
     p->nparts = 0;
     int rc = 0;
+    char kinds[1024];
+    size_t kn = 0;
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *item = node->type == YAML_SEQUENCE_NODE
                                 ? node_at(ctx, node->data.sequence.items.start[i])
@@ -1217,11 +1335,18 @@ static int p_key_parts(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const 
             rc = -1;
             continue;
         }
+        /* The parts as written, joined as the admin API joins a key's. */
+        int w = snprintf(kinds + kn, sizeof(kinds) - kn, "%s%s", kn > 0 ? "|" : "",
+                         (const char *)item->data.scalar.value);
+        kn += w < 0 ? 0 : ((size_t)w < sizeof(kinds) - kn ? (size_t)w : sizeof(kinds) - kn - 1);
         enum tg_rl_part kind = p->parts[p->nparts].kind;
         if (kind == TG_RL_PART_JSON || kind == TG_RL_PART_FORM || kind == TG_RL_PART_BODY)
             p->needs_body = true;
         p->nparts++;
     }
+    kinds[kn] = '\0';
+    if (rc == 0 && (p->key_kinds = tg_arena_strdup(&ctx->cfg->arena, kinds)) == NULL)
+        rc = node_error(ctx, node, "out of memory");
     return rc;
 }
 
@@ -2520,6 +2645,9 @@ static const struct cfg_key route_keys[] = {
     {"deny_countries", p_skip, 0, 0, 0, NULL},
     {"allow_asns", p_skip, 0, 0, 0, NULL},
     {"deny_asns", p_skip, 0, 0, 0, NULL},
+    {"access_log", p_on_off, FIELD(struct tg_config_route, access_log), 0, 0, NULL, "on"},
+    {"access_log_sample", p_ratio, FIELD(struct tg_config_route, access_log_sample), 0, 0, NULL,
+     NULL /* log.sample_2xx */},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -2534,6 +2662,7 @@ static int parse_route(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_
     r->ignore_case = site->ignore_case;
     r->errors = site->errors;
     r->compress = site->compress;
+    r->access_log_sample = cfg->log.sample_2xx;
     int rc = walk_mapping(ctx, node, route_keys, r, "a route");
     if (node->type != YAML_MAPPING_NODE)
         return -1;

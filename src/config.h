@@ -170,8 +170,9 @@ struct tg_config_policy {
     int64_t period_s; /* unit in seconds: RateLimit-Policy w= */
     struct tg_config_rl_key_part *parts;
     size_t nparts;
-    bool shadow;         /* mode: shadow */
-    bool count_failures; /* count: failures */
+    const char *key_kinds; /* the parts as written, joined with '|' ("ip|json:identity") */
+    bool shadow;           /* mode: shadow */
+    bool count_failures;   /* count: failures */
     int *failure_statuses;
     size_t nfailure_statuses;
     enum tg_rl_store store;
@@ -452,7 +453,9 @@ struct tg_config_route {
     int64_t read_timeout_ms; /* 0 = the upstream's read_timeout */
     uint64_t max_body;       /* resolved: the route's, else client.max_body; 0 = unlimited */
     struct tg_config_cache cache;
-    unsigned counter; /* built: its slot in route_in_flight */
+    unsigned counter;         /* built: its slot in route_in_flight */
+    double access_log_sample; /* share of 2xx lines logged: the route's, else log.sample_2xx */
+    bool access_log;          /* false: no access-log line at all for this route */
     const struct tg_config_site *site;
     unsigned metrics_id;
     struct tg_config_mark mark;
@@ -480,12 +483,50 @@ struct tg_config_site {
                                            matches them, in order */
 };
 
+/* What an access-log line can carry (log.access_fields); `all` is this
+ * order. Names: tg_config_log_field_names. */
+enum tg_log_field {
+    TG_LOG_FIELD_TIME = 0,
+    TG_LOG_FIELD_CLIENT,
+    TG_LOG_FIELD_METHOD,
+    TG_LOG_FIELD_HOST,
+    TG_LOG_FIELD_PATH,
+    TG_LOG_FIELD_ROUTE, /* the route's pattern as written */
+    TG_LOG_FIELD_PROTO,
+    TG_LOG_FIELD_STATUS,
+    TG_LOG_FIELD_BYTES_IN,
+    TG_LOG_FIELD_BYTES_OUT,
+    TG_LOG_FIELD_DURATION_MS,
+    TG_LOG_FIELD_ENCODING, /* + bytes_uncompressed, bytes_compressed */
+    TG_LOG_FIELD_UPSTREAM,
+    TG_LOG_FIELD_UPSTREAM_CONNECT_MS,
+    TG_LOG_FIELD_UPSTREAM_MS,
+    TG_LOG_FIELD_REQUEST_ID,
+    TG_LOG_FIELD_TRACE_ID,
+    TG_LOG_FIELD_SPAN_ID,
+    TG_LOG_FIELD_TLS, /* tls_version, tls_cipher, sni, tls_resumed */
+    TG_LOG_FIELD_TENANT,
+    TG_LOG_FIELD_COUNTRY,
+    TG_LOG_FIELD_RATELIMIT, /* + ratelimit_policy, _reason, _keys */
+    TG_LOG_FIELD_USER_AGENT,
+    TG_LOG_FIELD_REFERER,
+    TG_LOG_FIELD_COUNT
+};
+
+/* The names log.access_fields takes, by enum tg_log_field. */
+extern const char *const tg_config_log_field_names[TG_LOG_FIELD_COUNT];
+
 struct tg_config_log {
     int level;          /* enum tg_log_level */
     const char *error;  /* path, or NULL for stderr */
     const char *access; /* path, "stdout", or NULL for off */
     int64_t access_flush_ms;
     size_t access_buffer;
+    /* access_fields: enum tg_log_field, in the order written (each once) */
+    uint8_t fields[TG_LOG_FIELD_COUNT];
+    uint8_t nfields;
+    uint32_t field_set; /* bit 1u << field for each of them */
+    double sample_2xx;  /* share of 2xx lines written, 0..1 (routes may say) */
 };
 
 /* tracing.request_id */

@@ -423,6 +423,7 @@ static void connect_upstream(struct tg_exchange *x)
         TG_METRIC_INC(upstream_stats(x)->requests);
         uc->on_io = on_upstream_io;
         req->up_start = now_of(x);
+        req->up_connected_at = 0;
         x->up_read_at = x->up_write_at = req->up_start;
         if (uc->state != TG_UPCONN_ACTIVE) {
             x->connecting = true;
@@ -461,7 +462,8 @@ static void upstream_setup(struct tg_exchange *x, struct tg_upconn *uc)
     x->connecting = false;
     /* A new connection is ready: how long it took. */
     struct tg_upstream_stats *us = upstream_stats(x);
-    double took = now_of(x) - x->req->up_start;
+    x->req->up_connected_at = now_of(x);
+    double took = x->req->up_connected_at - x->req->up_start;
     TG_METRIC_INC(us->connect[tg_metrics_bucket(took)]);
     TG_METRIC_ADD(us->connect_us, took > 0 ? (uint64_t)(took * 1e6) : 0);
     send_upstream(x);

@@ -28,6 +28,7 @@
 #include <pthread.h>
 
 #include "bodykey.h"
+#include "codec.h"
 #include "config.h"
 #include "metrics.h"
 #include "siphash.h"
@@ -1012,24 +1013,33 @@ uint64_t tg_limiter_key_hash(const char *store_key, size_t n)
 
 size_t tg_limiter_log_keys(const struct tg_limiter_state *lim, char *out, size_t cap)
 {
-    size_t o = 0;
+    size_t o = 0; /* what the whole array needs; written while it fits */
     for (size_t i = 0; i < lim->n; i++) {
         const struct tg_limiter_item *it = &lim->items[i];
         if (it->key.store_key == NULL)
             continue;
+        /* Policy names are [A-Za-z0-9_.-]; the kinds are as written, escaped. */
+        char elem[160 + 6 * 256];
+        const char *kinds = it->policy->key_kinds != NULL ? it->policy->key_kinds : "";
         int n = snprintf(
-            out + o, cap - o, "%s{\"policy\":\"%s\",\"key\":\"%016llx\"%s}", o == 0 ? "[" : ",",
-            it->policy->name,
-            (unsigned long long)tg_limiter_key_hash(it->key.store_key, it->key.store_keylen),
-            it->fallback ? ",\"fallback\":true" : "");
-        if (n < 0 || (size_t)n >= cap - o)
-            return 0;
-        o += (size_t)n;
+            elem, sizeof(elem), "%s{\"policy\":\"%s\",\"key\":\"%016llx\",\"kind\":\"",
+            o == 0 ? "[" : ",", it->policy->name,
+            (unsigned long long)tg_limiter_key_hash(it->key.store_key, it->key.store_keylen));
+        if (n < 0 || (size_t)n >= sizeof(elem))
+            continue;
+        size_t e = (size_t)n;
+        e += tg_json_escape(elem + e, sizeof(elem) - e - 24, kinds, strnlen(kinds, 256));
+        n = snprintf(elem + e, sizeof(elem) - e, "\"%s}", it->fallback ? ",\"fallback\":true" : "");
+        e += n > 0 ? (size_t)n : 0;
+        if (o + e <= cap)
+            memcpy(out + o, elem, e);
+        o += e;
     }
-    if (o == 0 || o + 1 >= cap)
+    if (o == 0)
         return 0;
-    out[o++] = ']';
-    return o;
+    if (o < cap)
+        out[o] = ']';
+    return o + 1;
 }
 
 size_t tg_limiter_admin_key(const struct tg_config *cfg, const struct tg_config_policy *p,

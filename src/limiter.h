@@ -202,9 +202,13 @@ size_t tg_limiter_headers(const struct tg_limiter_state *lim, char *out, size_t 
 const char *tg_limiter_refusal(const struct tg_limiter_state *lim, int64_t *retry_after_s);
 
 /* Writes the access log's view of the keys charged: a JSON array of
- * {"policy":NAME,"key":HASH[,"fallback":true]} where HASH is 16 hex
- * digits of a keyed hash of the key (stable for the life of the process,
- * never the key itself). Returns the length (0 if nothing or no room). */
+ * {"policy":NAME,"key":HASH,"kind":KINDS[,"fallback":true]} where HASH is
+ * 16 hex digits of a keyed hash of the key (stable for the life of the
+ * process, never the key itself) and KINDS the policy's key parts as
+ * written, joined with '|' ("ip", "ip|json:identity"). Returns the length
+ * the array needs, as snprintf does (no terminator): 0 if no key was
+ * charged; more than `cap` when it did not fit (then `out` holds part of
+ * it). */
 size_t tg_limiter_log_keys(const struct tg_limiter_state *lim, char *out, size_t cap);
 
 /* The log hash of a store key (as tg_limiter_log_keys prints it). */

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "access.h"
+#include "access_log.h"
 #include "cache_serve.h"
 #include "codec.h"
 #include "config.h"
@@ -209,6 +210,28 @@ static void take_trace(struct tg_request *req)
             req->trace.sampled ? "sampled" : "not sampled");
 }
 
+/* A header's value, copied (at most TG_ACCESS_LOG_HEADER_MAX bytes) for
+ * the access log; NULL when absent. */
+static const char *log_header(struct tg_request *req, const char *name)
+{
+    const struct tg_http_header *h = tg_http_find(&req->headers, name);
+    if (h == NULL)
+        return NULL;
+    size_t n = h->value.n < TG_ACCESS_LOG_HEADER_MAX ? h->value.n : TG_ACCESS_LOG_HEADER_MAX;
+    return tg_request_strdup(req, h->value.p, n);
+}
+
+/* User-Agent and Referer outlive the header views only when the access
+ * log writes them. */
+static void take_log_headers(struct tg_request *req)
+{
+    uint32_t set = cfg_of(req)->log.field_set;
+    if (set & (1u << TG_LOG_FIELD_USER_AGENT))
+        req->user_agent = log_header(req, "user-agent");
+    if (set & (1u << TG_LOG_FIELD_REFERER))
+        req->referer = log_header(req, "referer");
+}
+
 /* The socket peer, or for a trusted proxy the right-most untrusted address
  * it forwards for (every X-Forwarded-For and Forwarded line is read); then
  * its country and AS when GeoIP is configured. */
@@ -218,6 +241,7 @@ static enum verdict identify(struct tg_request *req)
     struct tg_context *ctx = req->ctx;
     take_request_id(req);
     take_trace(req);
+    take_log_headers(req);
     size_t nx = 0, nf = 0;
     for (size_t i = 0; i < req->headers.n; i++) {
         if (tg_http_name_eq(req->headers.v[i].name, "x-forwarded-for"))

@@ -345,19 +345,28 @@ static void log_request(struct tg_request *req)
         TG_METRIC_ADD(ctx->metrics->compress_in[req->encoding], req->bytes_plain);
         TG_METRIC_ADD(ctx->metrics->compress_out[req->encoding], req->bytes_coded);
     }
+    if (req->trace.span && req->trace.sampled && req->explain == NULL)
+        export_span(req, now, dur);
+    if (!tg_access_log_wanted(ctx->access_log, req->route, req->status))
+        return;
     struct tg_access_record r = {
         .now = now,
         .client = &req->client,
         .method = req->method,
         .host = req->host,
         .path = req->path,
+        .route = req->route,
         .proto = req->proto,
         .status = req->status,
         .bytes_in = req->bytes_in,
         .bytes_out = req->bytes_out,
         .duration_ms = dur * 1000.0,
         .upstream = req->up_name,
+        .upstream_connect_ms =
+            req->up_connected_at > 0 ? (req->up_connected_at - req->up_start) * 1000.0 : -1,
         .upstream_ms = req->up_header_at > 0 ? (req->up_header_at - req->up_start) * 1000.0 : -1,
+        .user_agent = req->user_agent,
+        .referer = req->referer,
         .request_id = req->request_id,
         .ssl = req->ssl,
         .tenant = req->tenant,
@@ -373,8 +382,6 @@ static void log_request(struct tg_request *req)
         span_id[tg_hex_encode(span_id, req->trace.span_id, 8, false)] = '\0';
         r.trace_id = trace_id;
         r.span_id = span_id;
-        if (req->trace.sampled && req->explain == NULL)
-            export_span(req, now, dur);
     }
     tg_access_log_write(ctx->access_log, &r);
 }

@@ -165,6 +165,10 @@ struct tg_request {
     const char *client_subject; /* verified client certificate subject */
     char request_id[65];
     size_t request_id_len;
+    /* Arena copies of User-Agent and Referer (at most
+     * TG_ACCESS_LOG_HEADER_MAX bytes), taken only when the access log
+     * writes them; NULL otherwise or when absent. */
+    const char *user_agent, *referer;
     /* W3C trace context (pipeline.c's identify fills it). */
     struct {
         uint8_t trace_id[16];
@@ -225,6 +229,8 @@ struct tg_request {
     /* Timing (the context's clock). */
     ev_tstamp start;
     ev_tstamp up_start;
+    ev_tstamp up_connected_at; /* the attempt's new connection was ready (TCP, TLS);
+                                  0: a pooled connection, or none */
     ev_tstamp up_header_at;
     ev_tstamp client_read_at;  /* last request body bytes */
     ev_tstamp client_write_at; /* last bytes the stream took */

@@ -360,6 +360,24 @@ TEST(every_default)
     CHECK_EQ_STR(c->log.access, "stdout");
     CHECK_EQ_INT(c->log.access_flush_ms, 1000);
     CHECK_EQ_INT(c->log.access_buffer, 65536);
+    CHECK(c->log.sample_2xx == 1.0);
+    CHECK(c->sites[0].routes[0].access_log);
+    CHECK(c->sites[0].routes[0].access_log_sample == 1.0);
+    {
+        /* Today's line, field for field (issue 21 item 4 kept it). */
+        static const uint8_t today[] = {
+            TG_LOG_FIELD_TIME,        TG_LOG_FIELD_CLIENT,     TG_LOG_FIELD_METHOD,
+            TG_LOG_FIELD_HOST,        TG_LOG_FIELD_PATH,       TG_LOG_FIELD_PROTO,
+            TG_LOG_FIELD_STATUS,      TG_LOG_FIELD_BYTES_IN,   TG_LOG_FIELD_BYTES_OUT,
+            TG_LOG_FIELD_DURATION_MS, TG_LOG_FIELD_ENCODING,   TG_LOG_FIELD_UPSTREAM,
+            TG_LOG_FIELD_UPSTREAM_MS, TG_LOG_FIELD_REQUEST_ID, TG_LOG_FIELD_TRACE_ID,
+            TG_LOG_FIELD_SPAN_ID,     TG_LOG_FIELD_TLS,        TG_LOG_FIELD_TENANT,
+            TG_LOG_FIELD_COUNTRY,     TG_LOG_FIELD_RATELIMIT,
+        };
+        CHECK_EQ_INT(c->log.nfields, TG_ARRAY_LEN(today));
+        CHECK(memcmp(c->log.fields, today, sizeof(today)) == 0);
+        CHECK(!(c->log.field_set & (1u << TG_LOG_FIELD_USER_AGENT)));
+    }
     /* tls */
     CHECK_EQ_INT(c->tls.ncerts, 0);
     CHECK_EQ_INT(c->tls.min_version, TLS1_2_VERSION);
@@ -974,6 +992,102 @@ TEST(tracing_section)
     }
 }
 
+/* Issue 21 item 4: log.access_fields, log.sample_2xx and the routes'
+ * access_log / access_log_sample. */
+TEST(access_log_keys)
+{
+    char err[4096];
+    const char *y = "listen: [127.0.0.1:8080]\n"
+                    "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                    "log:\n"
+                    "  access_fields: [status, user_agent, time, route, ratelimit]\n"
+                    "  sample_2xx: 0.25\n"
+                    "sites: [{hosts: [a.test], routes: [\n"
+                    "  {path: /a, upstream: app, access_log_sample: 0.01},\n"
+                    "  {path: /b, upstream: app, access_log: off},\n"
+                    "  {path: /, upstream: app}]}]\n";
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    static const uint8_t want[] = {TG_LOG_FIELD_STATUS, TG_LOG_FIELD_USER_AGENT, TG_LOG_FIELD_TIME,
+                                   TG_LOG_FIELD_ROUTE, TG_LOG_FIELD_RATELIMIT};
+    CHECK_EQ_INT(c->log.nfields, TG_ARRAY_LEN(want));
+    CHECK(memcmp(c->log.fields, want, sizeof(want)) == 0);
+    CHECK(c->log.field_set == ((1u << TG_LOG_FIELD_STATUS) | (1u << TG_LOG_FIELD_USER_AGENT) |
+                               (1u << TG_LOG_FIELD_TIME) | (1u << TG_LOG_FIELD_ROUTE) |
+                               (1u << TG_LOG_FIELD_RATELIMIT)));
+    CHECK(c->log.sample_2xx == 0.25);
+    const struct tg_config_route *r = c->sites[0].routes;
+    CHECK(r[0].access_log && r[0].access_log_sample == 0.01);
+    CHECK(!r[1].access_log && r[1].access_log_sample == 0.25);
+    CHECK(r[2].access_log && r[2].access_log_sample == 0.25); /* the log's */
+    tg_config_unref(c);
+
+    /* all: every field, in the enum's order; every name round-trips. */
+    c = load("listen: [127.0.0.1:8080]\n"
+             "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+             "log: {access_fields: all}\n"
+             "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n",
+             err, sizeof(err));
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK_EQ_INT(c->log.nfields, TG_LOG_FIELD_COUNT);
+        for (unsigned f = 0; f < TG_LOG_FIELD_COUNT; f++) {
+            CHECK_EQ_INT(c->log.fields[f], f);
+            CHECK(tg_config_log_field_names[f] != NULL);
+        }
+        tg_config_unref(c);
+    }
+
+    static const struct {
+        const char *text, *at, *fragment;
+    } bad[] = {
+        {"log:\n  access_fields: [time, agent]\n",
+         "t.yaml:5:25: ", "access_fields: unknown field 'agent' (time, client,"},
+        {"log:\n  access_fields: [time, status, time]\n",
+         "t.yaml:5:33: ", "access_fields: 'time' is listed twice"},
+        {"log:\n  access_fields: []\n", "t.yaml:5:18: ", "access_fields needs at least one field"},
+        {"log:\n  access_fields: time\n",
+         "t.yaml:5:18: ", "access_fields must be a list of field names, or all"},
+        {"log:\n  access_fields: [all, time]\n", "t.yaml:5:19: ", "unknown field 'all'"},
+        {"log:\n  access_fields: [{time: 1}]\n", "t.yaml:5:19: ", "a field name must be a scalar"},
+        {"log:\n  sample_2xx: 1.5\n", "t.yaml:5:15: ", "sample_2xx must be a number from 0 to 1"},
+        {"log:\n  sample_2xx: -0.1\n", "t.yaml:5:15: ", "sample_2xx must be a number from 0 to 1"},
+        {"log:\n  sample_2xx: 10%\n", "t.yaml:5:15: ", "sample_2xx must be a number from 0 to 1"},
+        {"sites: [{hosts: [a.test], routes: [{path: /, upstream: app, access_log_sample: 2}]}]\n",
+         "t.yaml:4:", "access_log_sample must be a number from 0 to 1, not '2'"},
+        {"sites: [{hosts: [a.test], routes: [{path: /, upstream: app, access_log: maybe}]}]\n",
+         "t.yaml:4:", "access_log must be on or off, not 'maybe'"},
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(bad); i++) {
+        char text[1024];
+        bool has_sites = strncmp(bad[i].text, "sites:", 6) == 0;
+        snprintf(text, sizeof(text),
+                 "listen: [127.0.0.1:8080]\n"
+                 "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                 "%s"
+                 "%s",
+                 has_sites ? "\n"
+                           : "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n",
+                 bad[i].text);
+        expect_error(text, bad[i].at, bad[i].fragment);
+    }
+    /* true and false are on and off too. */
+    c = load("listen: [127.0.0.1:8080]\n"
+             "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+             "sites: [{hosts: [a.test], routes: [{path: /a, upstream: app, access_log: false},\n"
+             "                                   {path: /, upstream: app, access_log: on}]}]\n",
+             err, sizeof(err));
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK(!c->sites[0].routes[0].access_log && c->sites[0].routes[1].access_log);
+        tg_config_unref(c);
+    }
+}
+
 TEST(docs_list_every_key)
 {
     char *doc = slurp("docs/configuration.md");
@@ -1514,6 +1628,7 @@ int main(void)
     RUN(compress_key);
     RUN(admin_tenant_series);
     RUN(tracing_section);
+    RUN(access_log_keys);
     RUN(docs_list_every_key);
     RUN(route_cache_key);
     RUN(error_bodies_key);
