@@ -1693,6 +1693,8 @@ static const struct cfg_key tenants_keys[] = {
      "5m"},
     {"max_cached", p_size, FIELD(struct tg_config_tenants, max_cached), 16, 100000000, NULL,
      "100000"},
+    {"move_grace", p_duration, FIELD(struct tg_config_tenants, move_grace_ms), 0, 3600000, NULL,
+     "10s"},
     {"static", p_skip, 0, 0, 0, NULL, NULL /* {} */},
     {"domains", p_skip, 0, 0, 0, NULL, NULL /* {} */},
     {"upstream_defaults", p_skip, FIELD(struct tg_config_tenants, upstream_defaults), 0, 0, NULL,

@@ -382,6 +382,7 @@ struct tg_config_tenants {
     int64_t cache_ttl_ms;
     int64_t negative_ttl_ms;
     int64_t stale_ttl_ms;
+    int64_t move_grace_ms;            /* a moved tenant's streams are cut after this */
     size_t max_cached;                /* per worker */
     struct tg_config_tenant *tenants; /* static entries (win over Redis) */
     size_t ntenants;

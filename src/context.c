@@ -40,6 +40,7 @@ int tg_context_init(struct tg_context *ctx, unsigned id, struct ev_loop *loop,
     ev_set_userdata(loop, ctx);
     ev_set_invoke_pending_cb(loop, invoke_pending);
     tg_list_init(&ctx->upwait);
+    tg_list_init(&ctx->tenant_streams);
     tg_list_init(&ctx->conns);
     tg_list_init(&ctx->cert_waiters);
     tg_buf_pool_init(&ctx->bufs, 16384, TG_BUF_LARGE_MIN, TG_BUF_MAX_FREE);

@@ -107,6 +107,9 @@ struct tg_context {
     /* Requests waiting for a connection slot (upstreams.max_connections),
      * oldest first; retried when a slot frees (forward.c). */
     struct tg_list upwait;
+    /* Requests of a tenant that stream (SSE, WebSocket): a move of their
+     * tenant ends them (tenant_moves.c). */
+    struct tg_list tenant_streams;
     ev_prepare upwait_kick;
 
     bool draining;

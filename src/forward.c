@@ -1001,6 +1001,14 @@ static void pump_response(struct tg_exchange *x)
     }
 }
 
+/* A tenant's stream is listed for its worker: if the tenant moves, it
+ * ends (tenant_moves.c). */
+static void track_tenant_stream(struct tg_request *req)
+{
+    if (req->tenant_obj != NULL && !tg_list_linked(&req->tenant_stream_link))
+        tg_list_push_back(&req->ctx->tenant_streams, &req->tenant_stream_link);
+}
+
 /* A drain reached a WebSocket tunnel (or the tunnel opened during one):
  * from now on close frames go out at the next frame boundary each way,
  * within drain_timeout. A close that already went one way counts. */
@@ -1009,7 +1017,8 @@ static void ws_begin_closing(struct tg_exchange *x)
     if (x->ws_closing)
         return;
     x->ws_closing = true;
-    x->ws_close_by = now_of(x) + MS(cfg_of(x)->drain_timeout_ms);
+    x->ws_close_by =
+        x->req->drain_by != 0 ? x->req->drain_by : now_of(x) + MS(cfg_of(x)->drain_timeout_ms);
     x->ws_down_closed = x->ws_down.closed;
     x->ws_up_closed = x->ws_up.closed;
     /* What either side sent before the close is delivered, not dropped. */
@@ -1119,6 +1128,8 @@ static void on_response_head(struct tg_exchange *x, const struct tg_http1_respon
     x->sse = is_event_stream(r);
     if (x->sse)
         x->stream = true;
+    if (x->sse && r->status < 300)
+        track_tenant_stream(req);
     unsigned max_streams = cfg->stream.max_per_ip;
     if (x->stream && max_streams != 0 && r->status < 300) {
         struct tg_addr group;
@@ -1181,6 +1192,7 @@ static void on_response_head(struct tg_exchange *x, const struct tg_http1_respon
     x->resp_head_done = true;
     if (upgrade) {
         x->tunnel = true;
+        track_tenant_stream(req);
         x->resp_framing = TG_HTTP1_BODY_CLOSE;
         x->req_body_done = true;
         x->req_body_sent = false; /* tunnel bytes flow from now on */
@@ -1411,6 +1423,8 @@ static void on_drain(struct tg_request *req)
         return;
     x->sse_draining = true;
     pump_response(x);
+    if (!tg_request_over(req) && req->drain_by != 0)
+        arm(x); /* the move's grace is a deadline */
 }
 
 /* Arms the upstream socket for what the exchange waits for, given buffer
@@ -1457,6 +1471,7 @@ enum deadline_kind {
     DL_CLIENT_RATE,
     DL_QUEUE,
     DL_WS_CLOSE,
+    DL_MOVED, /* its tenant moved: the stream's grace is over */
 };
 
 static void consider(ev_tstamp *best, enum deadline_kind *kind, ev_tstamp when,
@@ -1534,6 +1549,8 @@ static enum deadline_kind next_deadline(const struct tg_exchange *x, ev_tstamp *
     }
     if (x->sse && x->resp_head_done && cfg->stream.heartbeat_ms > 0 && !out_pending)
         consider(&best, &kind, req->client_write_at + MS(cfg->stream.heartbeat_ms), DL_HEARTBEAT);
+    if (x->sse_draining && req->drain_by != 0)
+        consider(&best, &kind, req->drain_by, DL_MOVED);
     if (x->stream && x->resp_head_done && cfg->stream.idle_timeout_ms > 0) {
         ev_tstamp last =
             x->up_read_at > req->client_write_at ? x->up_read_at : req->client_write_at;
@@ -1626,6 +1643,9 @@ static ev_tstamp on_timeout(struct tg_request *req, ev_tstamp now)
         break;
     case DL_WS_CLOSE:
         ws_end(x, now);
+        break;
+    case DL_MOVED:
+        reset_client(x, "its tenant moved and the stream did not end within tenants.move_grace");
         break;
     default:
         break;

@@ -192,6 +192,14 @@ void tg_request_drain(struct tg_request *req)
     }
 }
 
+void tg_request_move(struct tg_request *req, ev_tstamp by)
+{
+    if (tg_request_over(req) || req->drain_by != 0)
+        return;
+    req->drain_by = by;
+    tg_request_drain(req);
+}
+
 void tg_request_arm(struct tg_request *req, ev_tstamp when)
 {
     if (!tg_request_over(req))
@@ -243,6 +251,8 @@ static void release(struct tg_request *req, bool aborted)
         tg_limiter_end(req->lim);
     if (req->cache != NULL)
         tg_cache_req_release(req->cache);
+    if (tg_list_linked(&req->tenant_stream_link))
+        tg_list_remove(&req->tenant_stream_link);
 }
 
 /* After the log line: req->tenant is the tenant's own id, which may go

@@ -28,6 +28,7 @@
 #include "arena.h"
 #include "http.h"
 #include "limiter.h"
+#include "list.h"
 #include "tenant_metrics.h"
 
 struct tg_context;
@@ -190,6 +191,9 @@ struct tg_request {
     struct tg_tenant *tenant_obj;       /* the tenant found (referenced) */
     struct tg_tenant_wait *tenant_wait; /* a look-up in flight */
     struct tg_tenant_mark tenant_mark;  /* where its per-tenant counts go */
+    struct tg_list tenant_stream_link;  /* in ctx->tenant_streams while it streams */
+    ev_tstamp drain_by;                 /* a drain of this request alone (its tenant
+                                           moved) ends it by then; 0: none */
     uint64_t balance_hash;              /* balance: hash, the request's key */
     bool in_flight_counted;             /* holds a route max_in_flight slot */
     struct tg_limiter_state *lim;       /* arena; NULL when no policy applies */
@@ -274,6 +278,9 @@ ev_tstamp tg_request_timeout(struct tg_request *req, ev_tstamp now);
  * was complete). The stream's finish is not called. */
 void tg_request_abort(struct tg_request *req);
 void tg_request_drain(struct tg_request *req);
+/* The same for one request whose tenant moved (a stream): it is ended by
+ * `by` at the latest. */
+void tg_request_move(struct tg_request *req, ev_tstamp by);
 
 /* ---- what owners call --------------------------------------------------- */
 

@@ -498,6 +498,8 @@ struct tg_tenant_dir {
     uint64_t k0, k1;
     size_t mem;
 
+    tg_tenant_change_cb on_change; /* a tenant may have moved */
+    void *change_arg;
     struct tg_tenant_shared *shared; /* every worker's last-known entries */
     unsigned reader;                 /* our number there */
 
@@ -1168,6 +1170,21 @@ static enum outcome parse_domain(const redisReply *r, char *target, char *why, s
     return OUT_FOUND;
 }
 
+/* Whether two tenants have the same servers, in any order. */
+static bool same_servers(const struct tg_tenant *a, const struct tg_tenant *b)
+{
+    if (a == NULL || b == NULL || a->upstream.nservers != b->upstream.nservers)
+        return false;
+    for (size_t i = 0; i < a->upstream.nservers; i++) {
+        bool found = false;
+        for (size_t j = 0; j < b->upstream.nservers && !found; j++)
+            found = strcmp(a->upstream.servers[i].addr.text, b->upstream.servers[j].addr.text) == 0;
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
 /* ---- every worker's last-known entries (tenant_shared.h) ------------------------ */
 
 /* A tenant as kept there: these, then its servers as Redis lists them. */
@@ -1273,7 +1290,7 @@ static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, 
     enum tg_tenant_status st;
     struct tg_tenant *ans_t = NULL; /* our reference, released at the end */
     char ans_target[ID_MAX + 1] = "";
-    bool stale = false;
+    bool stale = false, moved = false;
 
     if (oc == OUT_ERROR) {
         d->st.redis_errors++;
@@ -1300,6 +1317,8 @@ static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, 
             snprintf(ans_target, sizeof(ans_target), "%s", target);
         if (e != NULL) {
             char *copy = NULL;
+            moved = !e->domain && e->state == E_FOUND && st == TG_TENANT_FOUND &&
+                    !same_servers(e->t, t);
             if (st == TG_TENANT_FOUND && e->domain && (copy = strdup(target)) == NULL) {
                 drop_data(d, e); /* cannot cache it: answer anyway */
             } else {
@@ -1333,6 +1352,8 @@ static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, 
         tg_list_remove(n);
         answer_waiter(d, wait_of(n), st, ans_t, ans_target, stale);
     }
+    if (moved && d->on_change != NULL && !d->closing)
+        d->on_change(d->change_arg, f->key);
     tg_tenant_release(ans_t);
     fetch_free(f);
 }
@@ -1430,9 +1451,17 @@ static void on_invalidate(void *arg, const char *msg, size_t n)
         return;
     for (size_t i = 0; i < n; i++)
         key[i] = tg_ascii_lower(msg[i]);
+    key[n] = '\0';
     struct entry *e = cache_find(d, key, n, key_hash(d, key, n));
     if (e != NULL)
         cache_remove(d, e); /* a fetch in flight is detached: may be old */
+    bool domain = n > HOST_TAG_LEN && memcmp(key, HOST_TAG, HOST_TAG_LEN) == 0;
+    if (!domain && d->on_change != NULL) {
+        d->depth++;
+        d->on_change(d->change_arg, key);
+        d->depth--;
+        settle(d);
+    }
 }
 
 /* Subscribed (again): messages published while we were not are lost, so
@@ -1587,6 +1616,12 @@ struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop, const struct tg_co
         return NULL;
     }
     return d;
+}
+
+void tg_tenant_dir_on_change(struct tg_tenant_dir *d, tg_tenant_change_cb cb, void *arg)
+{
+    d->on_change = cb;
+    d->change_arg = arg;
 }
 
 void tg_tenant_dir_share(struct tg_tenant_dir *d, struct tg_tenant_shared *shared, unsigned reader)

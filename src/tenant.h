@@ -96,6 +96,12 @@ struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop, const struct tg_co
 
 struct tg_tenant_shared;
 
+/* A tenant may have moved: a change message named it, or a fetch found
+ * other servers than the cache had. Runs on the loop, from inside the
+ * directory's handlers: it may look tenants up. */
+typedef void (*tg_tenant_change_cb)(void *arg, const char *id);
+void tg_tenant_dir_on_change(struct tg_tenant_dir *d, tg_tenant_change_cb cb, void *arg);
+
 /* Joins the process-wide last-known entries (tenant_shared.h): what this
  * directory fetches goes there, and while Redis fails it falls back to
  * what other workers fetched when it has nothing of its own. `reader` is

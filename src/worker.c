@@ -25,6 +25,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "tenant_metrics.h"
+#include "tenant_moves.h"
 #include "forward.h"
 #include "request.h"
 #include "ratelimit_redis.h"
@@ -326,8 +327,10 @@ static void configure_tenants(struct tg_worker *w, const struct tg_config *cfg)
         w->ctx.tenants = tg_tenant_dir_new(w->ctx.loop, &cfg->tenants);
         if (w->ctx.tenants == NULL)
             tg_log_error("out of memory creating the tenant directory");
-        else
+        else {
             tg_tenant_dir_share(w->ctx.tenants, w->ctx.rt->tenant_shared, w->ctx.id);
+            tg_tenant_dir_on_change(w->ctx.tenants, tg_tenant_moves_changed, &w->ctx);
+        }
     } else {
         tg_tenant_dir_configure(w->ctx.tenants, &cfg->tenants);
     }
