@@ -1056,10 +1056,14 @@ static void on_switch(void *arg, const char *ip, int port)
     tg_log_info("redis %s: the primary of %s moved from %s to %s", r->name, r->target->master, was,
                 r->server);
     r->attempt = 0;
-    if (r->ac != NULL)
+    if (r->ac != NULL) {
+        /* Not a fault: CONNECTING, as after reconfiguring, until the new
+         * primary answers. */
+        r->settled = false;
         drop_link(r, "the primary moved", false); /* reconnects at once */
-    else
+    } else {
         arm_retry(r, 0.);
+    }
     r->depth--;
     settle(r);
 }

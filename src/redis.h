@@ -31,7 +31,8 @@ struct tg_redis_cmd;
 /* What users see. Reconnect attempts after a failure stay DOWN (so the
  * state, and the log, change once per outage, not once per attempt). */
 enum tg_redis_state {
-    TG_REDIS_CONNECTING = 0, /* first connection (or after reconfiguring) */
+    TG_REDIS_CONNECTING = 0, /* first connection (or after reconfiguring,
+                                or moving to a new Sentinel primary) */
     TG_REDIS_UP,             /* commands are sent */
     TG_REDIS_DOWN,           /* disconnected, reconnect scheduled */
     TG_REDIS_CIRCUIT_OPEN,   /* connected or not, we are not sending */
