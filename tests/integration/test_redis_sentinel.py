@@ -279,6 +279,25 @@ def test_limiter_follows_a_failover(tollgate, backend, sentinels):
         assert "moved from 127.0.0.1:%d to 127.0.0.1:%d" % (old, new) in tg.stderr()
 
 
+def test_planned_failover_moves_live_links(tollgate, backend, sentinels):
+    """SENTINEL FAILOVER: the old primary stays up (the sentinels make it a
+    replica later), so nothing fails; the links, up, move on
+    +switch-master alone."""
+    b = backend()
+    port, aport = free_port(), free_port()
+    tg = tollgate(gateway_config(port, aport, b.port, sentinels, burst=5))
+    old, new = sentinels.primary.port, sentinels.replica_port
+    wait_for("the gateway on the primary", lambda: all_workers_on(aport, old), 10)
+    assert resp(sentinels.ports[0], "SENTINEL", "FAILOVER", MASTER) == b"OK"
+    wait_for("the gateway on the new primary", lambda: all_workers_on(aport, new), 15)
+    log = tg.stderr()
+    assert "moved from 127.0.0.1:%d to 127.0.0.1:%d" % (old, new) in log
+    assert "unreachable" not in log and "circuit open" not in log, log
+    codes = [get(port, "/login", headers={"X-User": "planned"})[0] for _ in range(7)]
+    assert codes == [200] * 5 + [429] * 2, codes
+    assert resp(new, "EXISTS", "t:{login:planned}") == 1
+
+
 class FakeSentinel:
     """A sentinel that names whichever server the test says (`named`, a
     port), to make the gateway meet a replica or a demoted primary; it
