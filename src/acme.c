@@ -298,7 +298,8 @@ static redisContext *redis_connect(const struct tg_config_redis *r)
     char err[256];
     redisContext *c = tg_redis_connect_blocking(r, r->timeout_ms + 1000, err, sizeof(err));
     if (c == NULL) {
-        tg_log_debug("acme: redis %s: %s", r->address, err);
+        char where[160];
+        tg_log_debug("acme: redis %s: %s", tg_redis_config_describe(r, where, sizeof(where)), err);
         return NULL;
     }
     struct timeval tv = {r->timeout_ms / 1000 + 1, 0};
@@ -316,6 +317,13 @@ static redisReply *fleet_cmd(const char *fmt, ...)
         va_start(ap, fmt);
         redisReply *rep = redisvCommand(A.redis, fmt, ap);
         va_end(ap);
+        /* A replica now (a failover): reconnect, to the primary if
+         * sentinels name it. */
+        if (rep != NULL && rep->type == REDIS_REPLY_ERROR &&
+            strncmp(rep->str, "READONLY", 8) == 0 && attempt == 0) {
+            freeReplyObject(rep);
+            rep = NULL;
+        }
         if (rep != NULL)
             return rep;
         redisFree(A.redis);

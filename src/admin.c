@@ -95,6 +95,20 @@ static const char *redis_state_name(enum tg_redis_state s)
     }
 }
 
+/* A Sentinel link's primary as `,"primary":"ip:port"` (null while none is
+ * known); nothing for a link to a fixed address. */
+static void primary_json(struct tg_strbuf *b, const struct tg_redis *link)
+{
+    if (link == NULL || !tg_redis_uses_sentinels(link))
+        return;
+    const char *p = tg_redis_server(link);
+    tg_strbuf_printf(b, ",\"primary\":");
+    if (*p == '\0')
+        tg_strbuf_printf(b, "null");
+    else
+        tg_strbuf_json(b, p);
+}
+
 /* Every certificate SNI can choose: where it came from, its names, issuer
  * and expiry. */
 static void certificates_json(struct tg_strbuf *b, struct tg_certstore *store)
@@ -163,10 +177,18 @@ static void handle_status(struct tg_request *req)
         }
         tg_strbuf_printf(&b, "]}");
     }
-    tg_strbuf_printf(&b, "],\"redis\":{\"state\":\"%s\",\"gateways\":%u}",
+    tg_strbuf_printf(&b, "],\"redis\":{\"state\":\"%s\",\"gateways\":%u",
                      w->rl_redis != NULL ? redis_state_name(tg_ratelimit_redis_state(w->rl_redis))
                                          : "unused",
                      tg_ratelimit_redis_gateways());
+    primary_json(&b, w->rl_redis != NULL ? tg_ratelimit_redis_link(w->rl_redis) : NULL);
+    const struct tg_redis *tl = w->tenants != NULL ? tg_tenant_dir_link(w->tenants) : NULL;
+    if (tl != NULL) {
+        tg_strbuf_printf(&b, "},\"tenants_redis\":{\"state\":\"%s\"",
+                         redis_state_name(tg_redis_state(tl)));
+        primary_json(&b, tl);
+    }
+    tg_strbuf_printf(&b, "}");
     size_t cached = 0;
     for (unsigned i = 0; i < rt->nworkers; i++) {
         if (rt->workers[i]->tenants == NULL)

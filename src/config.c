@@ -1403,6 +1403,47 @@ static const struct cfg_key policy_keys[] = {
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
+/* Sentinels a Redis primary is found through: a list of host:port (no
+ * unix sockets: Sentinel answers with a TCP address anyway). */
+#define SENTINELS_MAX 16
+static int p_sentinels(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const struct cfg_key *key)
+{
+    struct tg_config_redis *r =
+        (struct tg_config_redis *)((char *)dst - offsetof(struct tg_config_redis, sentinels));
+    if (expect_list(ctx, node, key->name) < 0)
+        return -1;
+    size_t n = list_len(node);
+    if (n == 0 || n > SENTINELS_MAX)
+        return node_error(ctx, node, "%s must list 1 to %d host:port addresses", key->name,
+                          SENTINELS_MAX);
+    const char **v = tg_arena_calloc(&ctx->cfg->arena, n, sizeof(*v));
+    if (v == NULL)
+        return node_error(ctx, node, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        const char *s = scalar(ctx, item, "a sentinel address");
+        struct tg_config_sockaddr sa;
+        char err[300];
+        if (s == NULL) {
+            rc = -1;
+        } else if (strncmp(s, "unix:", 5) == 0 ||
+                   tg_config_parse_sockaddr(s, &sa, err, sizeof(err)) < 0) {
+            rc = node_error(ctx, item, "%s: %s", key->name,
+                            strncmp(s, "unix:", 5) == 0 ? "a sentinel is host:port, not a unix "
+                                                          "socket"
+                                                        : err);
+        } else if ((v[i] = tg_arena_strdup(&ctx->cfg->arena, s)) == NULL) {
+            return node_error(ctx, item, "out of memory");
+        }
+    }
+    if (rc == 0) {
+        r->sentinels = v;
+        r->nsentinels = n;
+    }
+    return rc;
+}
+
 /* A Redis server's keys; only the key prefix differs between the users. */
 // clang-format off
 #define REDIS_KEYS(prefix)                                                                   \
@@ -1416,6 +1457,11 @@ static const struct cfg_key policy_keys[] = {
         {"key_prefix", p_string, FIELD(struct tg_config_redis, key_prefix), 0, 0, NULL,      \
          prefix},                                                                            \
         {"on_error", p_skip, 0, 0, 0, NULL, NULL /* rate_limit.redis: local */},             \
+        {"sentinels", p_sentinels, FIELD(struct tg_config_redis, sentinels), 0, 0, NULL,     \
+         NULL},                                                                              \
+        {"master", p_string, FIELD(struct tg_config_redis, master), 0, 0, NULL, NULL},       \
+        {"sentinel_password", p_string, FIELD(struct tg_config_redis, sentinel_password), 0, \
+         0, NULL, NULL},                                                                     \
         {NULL, NULL, 0, 0, 0, NULL},                                                         \
     }
 // clang-format on
@@ -1430,6 +1476,33 @@ static int parse_redis(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_
 {
     r->mark = mark_of(node);
     int rc = walk_mapping(ctx, node, keys, r, what);
+    /* One way to the server: an address, or the sentinels that know it.
+     * What this block writes replaces what it inherited. */
+    yaml_node_t *addr_n = mapping_get(ctx, node, "address");
+    yaml_node_t *sent_n = mapping_get(ctx, node, "sentinels");
+    yaml_node_t *master_n = mapping_get(ctx, node, "master");
+    yaml_node_t *spw_n = mapping_get(ctx, node, "sentinel_password");
+    if (addr_n != NULL && sent_n != NULL) {
+        rc = node_error(ctx, sent_n,
+                        "%s: address and sentinels exclude each other (the sentinels name "
+                        "the primary)",
+                        what);
+    } else if (addr_n != NULL) {
+        r->sentinels = NULL;
+        r->nsentinels = 0;
+        r->master = NULL;
+        r->sentinel_password = NULL;
+    } else if (sent_n != NULL || r->nsentinels > 0) {
+        r->address = NULL;
+    }
+    if (addr_n == NULL || sent_n == NULL) {
+        if (r->nsentinels > 0 && r->master == NULL && master_n == NULL)
+            rc = node_error(ctx, sent_n != NULL ? sent_n : node,
+                            "%s: sentinels need master (the name the sentinels monitor)", what);
+        else if (sent_n == NULL && r->nsentinels == 0 && (master_n != NULL || spw_n != NULL))
+            rc = node_error(ctx, master_n != NULL ? master_n : spw_n, "%s: %s needs sentinels",
+                            what, master_n != NULL ? "master" : "sentinel_password");
+    }
     if (r->address != NULL && strncmp(r->address, "unix:", 5) != 0) {
         struct tg_config_sockaddr sa;
         char err[200];

@@ -98,11 +98,17 @@ struct tg_config_certificate {
 
 /* A Redis server (shared rate limits, tenant directory). */
 struct tg_config_redis {
-    const char *address;  /* "host:port" or "unix:/path" */
+    const char *address;  /* "host:port" or "unix:/path"; NULL with sentinels */
     const char *password; /* AUTH, or NULL */
     unsigned db;          /* SELECT */
     int64_t timeout_ms;   /* a reply slower than this is a fault */
     const char *key_prefix;
+    /* Redis Sentinel, instead of `address`: the sentinels ("host:port"
+     * each) that know the primary of `master`. */
+    const char *const *sentinels;
+    size_t nsentinels; /* 0: `address` is the server */
+    const char *master;
+    const char *sentinel_password; /* AUTH to the sentinels, or NULL */
     struct tg_config_mark mark;
 };
 /* Automatic certificates (acme.c). */

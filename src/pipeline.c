@@ -30,6 +30,7 @@
 #include "faultlog.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis.h"
 #include "request.h"
 #include "router.h"
 #include "tenant.h"
@@ -718,8 +719,9 @@ static enum verdict tenant_dry(struct tg_request *req)
         return NEXT;
     }
     if (cfg->tenants.directory == TG_TENANTS_REDIS) {
+        char where[160];
         say(req, "tenant", "%s (looked up in Redis %s at run time)", req->tenant,
-            cfg->tenants.redis.address);
+            tg_redis_config_describe(&cfg->tenants.redis, where, sizeof(where)));
         return NEXT;
     }
     say(req, "tenant", "%s (unknown)", req->tenant);

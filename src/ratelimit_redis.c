@@ -1202,6 +1202,11 @@ enum tg_redis_state tg_ratelimit_redis_state(const struct tg_ratelimit_redis *r)
     return tg_redis_state(r->link);
 }
 
+const struct tg_redis *tg_ratelimit_redis_link(const struct tg_ratelimit_redis *r)
+{
+    return r->link;
+}
+
 unsigned tg_ratelimit_redis_gateways(void)
 {
     unsigned n = atomic_load(&gateways_seen);

@@ -151,6 +151,9 @@ int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r, const struct tg_rate
 
 enum tg_redis_state tg_ratelimit_redis_state(const struct tg_ratelimit_redis *r);
 
+/* The store's link, for reports (/status): borrowed, the store's thread. */
+const struct tg_redis *tg_ratelimit_redis_link(const struct tg_ratelimit_redis *r);
+
 /* Gateways that wrote a heartbeat recently (this one included), >= 1:
  * the last count a heartbeat read, kept while Redis is unreachable, 1 if
  * none was ever read. Process-wide; any thread. */

@@ -1,9 +1,17 @@
 /* One async Redis connection per owner and loop: connect, AUTH/SELECT,
  * per-command deadlines, circuit breaker, reconnect with backoff. It knows
  * nothing of what the commands mean: callers judge replies (a fault or
- * not) and the breaker counts. No Redis Cluster, Sentinel, TLS or
- * subscribe mode here. Also a blocking connect (AUTH, SELECT, deadlines,
- * the reply-size guard) for threads of their own that may wait.
+ * not) and the breaker counts. No Redis Cluster, TLS or subscribe mode
+ * here. Also a blocking connect (AUTH, SELECT, deadlines, the reply-size
+ * guard) for threads of their own that may wait.
+ *
+ * Sentinel. A link configured with sentinels asks them for the primary
+ * (redis_sentinel.c) before each connect that follows a fault, connects
+ * there and checks ROLE (a demoted primary answers "slave": a fault, ask
+ * again); a -READONLY reply or the circuit opening drops the connection
+ * so the next attempt asks again; and the sentinel watch's +switch-master
+ * moves the link to the new primary at once. Owners see the same states
+ * as for a plain address: DOWN while no primary answers.
  *
  * Lifetimes. hiredis owns each command's callback until it calls it, once:
  * with the reply, or with NULL when the context is freed (that includes
@@ -34,6 +42,7 @@
 #include "config.h"
 #include "list.h"
 #include "log.h"
+#include "redis_sentinel.h"
 #include "str.h"
 
 #define DEFAULT_TIMEOUT_MS 50
@@ -105,13 +114,18 @@ struct tg_redis {
     char name[LINK_NAME_MAX];
 
     /* config */
-    char *address, *password;
-    unsigned db;
+    struct tg_config_redis *target; /* a copy: address or sentinels, password, db */
     int64_t timeout_ms;
     char host[HOST_MAX]; /* path for unix sockets */
     char ip[INET6_ADDRSTRLEN];
     int port;
     bool is_unix, addr_ok, resolved;
+    /* Sentinel: NULL for a plain address. ip:port is then the primary
+     * the sentinels named last; primary_known until it fails us. */
+    struct tg_redis_sentinel *sentinel;
+    bool primary_known;
+    char server[HOST_MAX + 8];   /* tg_redis_server's answer */
+    char shown_at[HOST_MAX * 2]; /* where(), for the logs */
 
     /* options, defaults applied */
     int64_t connect_timeout_ms, backoff_min_ms, backoff_max_ms;
@@ -148,6 +162,7 @@ struct tg_redis {
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 static void settle(struct tg_redis *r);
+static void drop_link(struct tg_redis *r, const char *why, bool is_fault);
 
 /* ---- reply guard -------------------------------------------------------
  * hiredis 0.14 asserts (aborts the process) when a reply arrives with no
@@ -304,9 +319,16 @@ static enum tg_redis_state visible(const struct tg_redis *r)
     return r->settled ? TG_REDIS_DOWN : TG_REDIS_CONNECTING;
 }
 
-static const char *where(const struct tg_redis *r)
+static const char *where(struct tg_redis *r)
 {
-    return r->address != NULL ? r->address : "(no address)";
+    if (r->sentinel == NULL)
+        return r->target->address != NULL ? r->target->address : "(no address)";
+    if (r->server[0] != '\0')
+        snprintf(r->shown_at, sizeof(r->shown_at), "%s (primary of %s)", r->server,
+                 r->target->master);
+    else
+        snprintf(r->shown_at, sizeof(r->shown_at), "the primary of %s", r->target->master);
+    return r->shown_at;
 }
 
 /* Logs and reports a change of the visible state: once per change, so an
@@ -354,8 +376,14 @@ static void fault(struct tg_redis *r, const char *why)
         r->open = true;
         r->probing = false;
         /* Down: the reconnect is already scheduled and its handshake is
-         * the probe. Up: probe with PING after a backoff. */
-        if (r->link == LINK_UP)
+         * the probe. Up: probe with PING after a backoff; or, with
+         * sentinels, drop the connection, so that the reconnect asks them
+         * where the primary is now. */
+        if (r->link == LINK_UP && r->sentinel != NULL) {
+            char last[ERROR_MAX];
+            snprintf(last, sizeof(last), "%s", r->last_error);
+            drop_link(r, last, true);
+        } else if (r->link == LINK_UP)
             arm_retry(r, next_backoff(r));
     }
     notify(r);
@@ -475,8 +503,10 @@ static void fail_cmds(struct tg_redis *r, uint64_t gen, bool is_fault)
     r->depth--;
 }
 
+/* After a fault: with sentinels, the next attempt asks them first. */
 static void schedule_reconnect(struct tg_redis *r)
 {
+    r->primary_known = false;
     arm_retry(r, next_backoff(r));
 }
 
@@ -537,8 +567,8 @@ static void destroy(struct tg_redis *r)
          * Inside one of this context's callbacks hiredis defers it. */
         redisAsyncFree(ac);
     }
-    free(r->address);
-    free(r->password);
+    tg_redis_sentinel_free(r->sentinel);
+    tg_redis_config_free(r->target);
     free(r);
 }
 
@@ -561,6 +591,25 @@ static bool is_status(const redisReply *rep, const char *s)
 {
     return rep != NULL && rep->type == REDIS_REPLY_STATUS && rep->len == strlen(s) &&
            strcasecmp(rep->str, s) == 0;
+}
+
+static bool is_readonly(const redisReply *rep)
+{
+    return rep != NULL && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "READONLY", 8) == 0;
+}
+
+/* ROLE's first element: "master", "slave" or "sentinel". */
+static const char *role_of(const redisReply *rep)
+{
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements == 0 ||
+        rep->element[0]->type != REDIS_REPLY_STRING)
+        return "?";
+    return rep->element[0]->str;
+}
+
+static bool is_master_role(const redisReply *rep)
+{
+    return strcmp(role_of(rep), "master") == 0;
 }
 
 static void describe(char *buf, size_t size, const char *what, const redisReply *rep)
@@ -612,6 +661,9 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
         } else {
             success(r, true);
         }
+        /* A write reached a demoted primary: ask the sentinels again. */
+        if (r->sentinel != NULL && is_readonly(reply))
+            drop_link(r, "READONLY: the primary became a replica", true);
         break;
     }
     case CMD_HANDSHAKE:
@@ -621,10 +673,14 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
         }
         break;
     case CMD_HELLO:
-        if (is_status(reply, "PONG")) {
+        if (is_status(reply, "PONG") || is_master_role(reply)) {
             link_up(r);
         } else if (reply != NULL) {
-            describe(why, sizeof(why), "handshake", reply);
+            if (reply->type == REDIS_REPLY_ARRAY)
+                snprintf(why, sizeof(why), "%.70s is not the primary (ROLE says %.20s)", r->server,
+                         role_of(reply));
+            else
+                describe(why, sizeof(why), "handshake", reply);
             drop_link(r, why, true);
         }
         break;
@@ -743,6 +799,10 @@ static void start_connect(struct tg_redis *r)
     if (r->ac != NULL || r->closing)
         return;
     r->link = LINK_DOWN;
+    if (r->sentinel != NULL && !r->primary_known) {
+        tg_redis_sentinel_discover(r->sentinel); /* on_found goes on */
+        return;
+    }
     if (!r->resolved && resolve(r) < 0) {
         r->settled = true;
         if (!r->addr_ok)
@@ -783,18 +843,19 @@ static void start_connect(struct tg_redis *r)
      * notices the connect completing. */
     int64_t t = r->connect_timeout_ms;
     bool ok = true;
-    if (r->password != NULL) {
-        const char *a[] = {"AUTH", r->password};
+    if (r->target->password != NULL) {
+        const char *a[] = {"AUTH", r->target->password};
         ok = send_internal(r, CMD_HANDSHAKE, 2, a, t) != NULL;
     }
-    if (ok && r->db != 0) {
+    if (ok && r->target->db != 0) {
         char db[16];
-        snprintf(db, sizeof(db), "%u", r->db);
+        snprintf(db, sizeof(db), "%u", r->target->db);
         const char *a[] = {"SELECT", db};
         ok = send_internal(r, CMD_HANDSHAKE, 2, a, t) != NULL;
     }
     if (ok) {
-        const char *a[] = {"PING"};
+        /* The primary the sentinels named must still be one. */
+        const char *a[] = {r->sentinel != NULL ? "ROLE" : "PING"};
         ok = send_internal(r, CMD_HELLO, 1, a, t) != NULL;
     }
     if (!ok)
@@ -945,31 +1006,112 @@ int tg_redis_parse_address(const char *address, char *host, size_t hostsize, int
     return 0;
 }
 
-/* Copies the connection parameters. Returns 0, or -1 on allocation
- * failure (r unchanged). */
+/* ---- sentinel ------------------------------------------------------------ */
+
+/* The primary the sentinels named: where the next connect goes. */
+static void set_primary(struct tg_redis *r, const char *ip, int port)
+{
+    snprintf(r->ip, sizeof(r->ip), "%s", ip);
+    snprintf(r->host, sizeof(r->host), "%s", ip);
+    r->port = port;
+    r->is_unix = false;
+    r->addr_ok = true;
+    r->resolved = true;
+    r->primary_known = true;
+    snprintf(r->server, sizeof(r->server), strchr(ip, ':') != NULL ? "[%s]:%d" : "%s:%d", ip, port);
+}
+
+/* The answer to the discovery start_connect asked for. */
+static void on_found(void *arg, const char *ip, int port, const char *why)
+{
+    struct tg_redis *r = arg;
+    if (r->closing || r->ac != NULL)
+        return; /* a switch connected us meanwhile */
+    r->depth++;
+    if (ip == NULL) {
+        r->settled = true;
+        set_error(r, "%s", why);
+        fault(r, NULL);
+        schedule_reconnect(r);
+    } else {
+        set_primary(r, ip, port);
+        start_connect(r);
+    }
+    r->depth--;
+    settle(r);
+}
+
+/* The watch heard where the primary is. Only news moves the link: the
+ * address it uses (or that just failed it) is no news. */
+static void on_switch(void *arg, const char *ip, int port)
+{
+    struct tg_redis *r = arg;
+    if (r->closing || (strcmp(ip, r->ip) == 0 && port == r->port) ||
+        tg_redis_sentinel_discovering(r->sentinel))
+        return;
+    r->depth++;
+    char was[sizeof(r->server)];
+    snprintf(was, sizeof(was), "%s", r->server[0] != '\0' ? r->server : "none");
+    set_primary(r, ip, port);
+    tg_log_info("redis %s: the primary of %s moved from %s to %s", r->name, r->target->master, was,
+                r->server);
+    r->attempt = 0;
+    if (r->ac != NULL) {
+        /* Not a fault: CONNECTING, as after reconfiguring, until the new
+         * primary answers. */
+        r->settled = false;
+        drop_link(r, "the primary moved", false); /* reconnects at once */
+    } else {
+        arm_retry(r, 0.);
+    }
+    r->depth--;
+    settle(r);
+}
+
+/* Copies the connection parameters (and makes the sentinel client they
+ * call for). Returns 0, or -1 on allocation failure (r unchanged). */
 static int set_target(struct tg_redis *r, const struct tg_config_redis *cfg)
 {
-    char *address = cfg->address != NULL ? strdup(cfg->address) : NULL;
-    char *password = cfg->password != NULL ? strdup(cfg->password) : NULL;
-    if ((cfg->address != NULL && address == NULL) || (cfg->password != NULL && password == NULL)) {
-        free(address);
-        free(password);
+    struct tg_config_redis *target = tg_redis_config_dup(cfg);
+    if (target == NULL)
         return -1;
+    struct tg_redis_sentinel *sentinel = NULL;
+    if (target->nsentinels > 0) {
+        struct tg_redis_sentinel_options so = {
+            .name = r->name,
+            .connect_timeout_ms = r->connect_timeout_ms,
+            .on_found = on_found,
+            .on_switch = on_switch,
+            .arg = r,
+        };
+        if ((sentinel = tg_redis_sentinel_new(r->loop, target, &so)) == NULL) {
+            tg_redis_config_free(target);
+            return -1;
+        }
     }
-    free(r->address);
-    free(r->password);
-    r->address = address;
-    r->password = password;
-    r->db = cfg->db;
+    tg_redis_sentinel_free(r->sentinel);
+    tg_redis_config_free(r->target);
+    r->target = target;
+    r->sentinel = sentinel;
     r->resolved = false;
-    r->addr_ok =
-        tg_redis_parse_address(address, r->host, sizeof(r->host), &r->port, &r->is_unix) == 0;
-    if (!r->addr_ok)
+    r->primary_known = false;
+    r->ip[0] = '\0';
+    r->port = 0;
+    r->server[0] = '\0';
+    if (sentinel != NULL) {
+        r->addr_ok = false; /* until the sentinels name the primary */
+        return 0;
+    }
+    r->addr_ok = tg_redis_parse_address(target->address, r->host, sizeof(r->host), &r->port,
+                                        &r->is_unix) == 0;
+    if (!r->addr_ok) {
         tg_log_error("redis %s: bad address \"%s\" (expected host:port, "
                      "[v6]:port or unix:/path)",
                      r->name, where(r));
-    else
+    } else {
+        snprintf(r->server, sizeof(r->server), "%s", target->address);
         (void)resolve(r); /* a failure is retried at each connect attempt */
+    }
     return 0;
 }
 
@@ -1004,8 +1146,14 @@ redisContext *tg_redis_connect_blocking(const struct tg_config_redis *cfg,
 {
     char host[HOST_MAX];
     int port;
-    bool is_unix;
-    if (tg_redis_parse_address(cfg->address, host, sizeof(host), &port, &is_unix) < 0) {
+    bool is_unix = false;
+    if (cfg->nsentinels > 0) {
+        char ip[TG_REDIS_SENTINEL_IP_MAX];
+        if (tg_redis_sentinel_discover_blocking(cfg, connect_timeout_ms, ip, &port, err, errlen) <
+            0)
+            return NULL;
+        snprintf(host, sizeof(host), "%s", ip);
+    } else if (tg_redis_parse_address(cfg->address, host, sizeof(host), &port, &is_unix) < 0) {
         snprintf(err, errlen,
                  "bad address \"%s\" (expected host:port, [v6]:port or "
                  "unix:/path)",
@@ -1040,6 +1188,20 @@ redisContext *tg_redis_connect_blocking(const struct tg_config_redis *cfg,
         snprintf(db, sizeof(db), "%u", cfg->db);
         const char *a[] = {"SELECT", db};
         if (!blocking_ok(c, 2, a, "SELECT", err, errlen)) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    if (cfg->nsentinels > 0) {
+        /* The sentinels may be behind a failover: the primary must be one. */
+        redisReply *rep = redisCommand(c, "ROLE");
+        bool master = is_master_role(rep);
+        if (!master)
+            snprintf(err, errlen, "%s:%d is not the primary (ROLE says %.20s)", host, port,
+                     rep == NULL ? c->errstr : role_of(rep));
+        if (rep != NULL)
+            freeReplyObject(rep);
+        if (!master) {
             redisFree(c);
             return NULL;
         }
@@ -1101,8 +1263,7 @@ bool tg_redis_configure(struct tg_redis *r, const struct tg_config_redis *cfg)
     if (r->closing)
         return false;
     r->timeout_ms = or_default(cfg->timeout_ms, DEFAULT_TIMEOUT_MS);
-    if (same_str(cfg->address, r->address) && same_str(cfg->password, r->password) &&
-        cfg->db == r->db)
+    if (tg_redis_config_same_server(cfg, r->target))
         return false;
     if (set_target(r, cfg) < 0) {
         tg_log_error("redis %s: out of memory applying the new config, "
@@ -1190,4 +1351,94 @@ int64_t tg_redis_timeout_ms(const struct tg_redis *r)
 void tg_redis_stats(const struct tg_redis *r, struct tg_redis_stats *out)
 {
     *out = r->st;
+}
+
+const char *tg_redis_server(const struct tg_redis *r)
+{
+    return r->server;
+}
+
+bool tg_redis_uses_sentinels(const struct tg_redis *r)
+{
+    return r->sentinel != NULL;
+}
+
+/* ---- config copies --------------------------------------------------------- */
+
+static void wipe_free(const char *secret)
+{
+    if (secret != NULL) {
+        explicit_bzero((char *)secret, strlen(secret));
+        free((char *)secret);
+    }
+}
+
+void tg_redis_config_free(struct tg_config_redis *c)
+{
+    if (c == NULL)
+        return;
+    free((char *)c->address);
+    wipe_free(c->password);
+    free((char *)c->key_prefix);
+    for (size_t i = 0; c->sentinels != NULL && i < c->nsentinels; i++)
+        free((char *)c->sentinels[i]);
+    free((void *)c->sentinels);
+    free((char *)c->master);
+    wipe_free(c->sentinel_password);
+    free(c);
+}
+
+/* strdup of an optional string: false only when memory ran out. */
+static bool dup_opt(const char **dst, const char *src)
+{
+    *dst = src != NULL ? strdup(src) : NULL;
+    return src == NULL || *dst != NULL;
+}
+
+struct tg_config_redis *tg_redis_config_dup(const struct tg_config_redis *cfg)
+{
+    struct tg_config_redis *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->db = cfg->db;
+    c->timeout_ms = cfg->timeout_ms;
+    c->mark = cfg->mark;
+    bool ok = dup_opt(&c->address, cfg->address) && dup_opt(&c->password, cfg->password) &&
+              dup_opt(&c->key_prefix, cfg->key_prefix) && dup_opt(&c->master, cfg->master) &&
+              dup_opt(&c->sentinel_password, cfg->sentinel_password);
+    if (ok && cfg->nsentinels > 0) {
+        const char **v = calloc(cfg->nsentinels, sizeof(*v));
+        c->sentinels = v;
+        ok = v != NULL;
+        for (size_t i = 0; ok && i < cfg->nsentinels; i++, c->nsentinels++)
+            ok = dup_opt(&v[i], cfg->sentinels[i]) && v[i] != NULL;
+    }
+    if (!ok) {
+        tg_redis_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+bool tg_redis_config_same_server(const struct tg_config_redis *a, const struct tg_config_redis *b)
+{
+    if (!same_str(a->address, b->address) || !same_str(a->password, b->password) ||
+        a->db != b->db || a->nsentinels != b->nsentinels || !same_str(a->master, b->master) ||
+        !same_str(a->sentinel_password, b->sentinel_password))
+        return false;
+    for (size_t i = 0; i < a->nsentinels; i++)
+        if (!same_str(a->sentinels[i], b->sentinels[i]))
+            return false;
+    return true;
+}
+
+const char *tg_redis_config_describe(const struct tg_config_redis *cfg, char *buf, size_t n)
+{
+    if (cfg->nsentinels > 0)
+        snprintf(buf, n, "the primary of %s (via %zu sentinel%s)",
+                 cfg->master != NULL ? cfg->master : "?", cfg->nsentinels,
+                 cfg->nsentinels == 1 ? "" : "s");
+    else
+        snprintf(buf, n, "%s", cfg->address != NULL ? cfg->address : "(no address)");
+    return buf;
 }

@@ -1,7 +1,8 @@
 /* One asynchronous Redis connection on a worker's libev loop, shared by the
  * Redis users (rate-limit store, tenant directory).
  *
- * It connects (TCP or unix socket), sends AUTH and SELECT when configured,
+ * It connects (TCP or unix socket, or the primary that Redis Sentinel
+ * names: see redis_sentinel.h), sends AUTH and SELECT when configured,
  * keeps a deadline per command (hiredis 0.14 has none), counts consecutive
  * faults into a circuit breaker, and reconnects with exponential backoff and
  * jitter. Users send a command as argv + lengths and get exactly one
@@ -30,7 +31,8 @@ struct tg_redis_cmd;
 /* What users see. Reconnect attempts after a failure stay DOWN (so the
  * state, and the log, change once per outage, not once per attempt). */
 enum tg_redis_state {
-    TG_REDIS_CONNECTING = 0, /* first connection (or after reconfiguring) */
+    TG_REDIS_CONNECTING = 0, /* first connection (or after reconfiguring,
+                                or moving to a new Sentinel primary) */
     TG_REDIS_UP,             /* commands are sent */
     TG_REDIS_DOWN,           /* disconnected, reconnect scheduled */
     TG_REDIS_CIRCUIT_OPEN,   /* connected or not, we are not sending */
@@ -70,17 +72,26 @@ struct tg_redis_options {
 
 /* Creates the link, CONNECTING: the first attempt starts on the loop's
  * next iteration, so the state callback never runs before the caller has
- * the pointer. Copies what it needs of `cfg` (address, password, db,
- * timeout_ms: <= 0 means 50) and `opt`. A host name is resolved here
- * (blocking, once; IPv4 preferred, as hiredis does); if that fails it is
- * retried at each reconnect attempt. Returns NULL on allocation failure.
- * A malformed address is logged and leaves the link DOWN until
- * reconfigured. Loop thread. */
+ * the pointer. Copies what it needs of `cfg` (address or sentinels and
+ * master, password, db, timeout_ms: <= 0 means 50) and `opt`. A host
+ * name (a sentinel's too) is resolved here (blocking, once; IPv4
+ * preferred, as hiredis does); if that fails it is retried at each
+ * reconnect attempt. Returns NULL on allocation failure. A malformed
+ * address is logged and leaves the link DOWN until reconfigured.
+ *
+ * With sentinels, every connect after a fault first asks them where the
+ * primary is, and the handshake checks ROLE is "master"; a -READONLY
+ * reply and the circuit opening drop the connection (so the next attempt
+ * asks again); a +switch-master from the sentinel the link watches moves
+ * it to the new primary at once (commands in flight get NULL). While no
+ * primary answers, the link is DOWN, as for an unreachable address.
+ * Loop thread. */
 struct tg_redis *tg_redis_new(struct ev_loop *loop, const struct tg_config_redis *cfg,
                               const struct tg_redis_options *opt);
 
 /* Applies a new config, copied. The timeout applies to commands sent from
- * now on. If the address, password or db changed, the connection is dropped
+ * now on. If the server changed (tg_redis_config_same_server says not the
+ * same), the connection is dropped
  * (pending callbacks get NULL first) and a new one started at once; the
  * circuit breaker and backoff start afresh. Returns true if it reconnected.
  * Loop thread; from inside this link's callbacks the drop waits until the
@@ -125,6 +136,14 @@ enum tg_redis_state tg_redis_state(const struct tg_redis *r);
 /* The default command timeout, in ms. */
 int64_t tg_redis_timeout_ms(const struct tg_redis *r);
 
+/* Where commands go: the configured address; with sentinels, the primary
+ * they named last ("ip:port", "[v6]:port"; "" before any). Borrowed
+ * until the link's next callback or call. Loop thread. */
+const char *tg_redis_server(const struct tg_redis *r);
+
+/* Whether the link finds its server through sentinels. */
+bool tg_redis_uses_sentinels(const struct tg_redis *r);
+
 struct tg_redis_stats {
     uint64_t sent;        /* commands handed to hiredis, internal included */
     uint64_t replies;     /* replies received, late ones included */
@@ -145,7 +164,9 @@ int tg_redis_parse_address(const char *address, char *host, size_t hostsize, int
 
 /* A blocking connection, for a thread of its own that may wait (never a
  * loop's, never a worker's): connects to cfg's address (TCP or unix
- * socket; a host name is resolved, blocking) within connect_timeout_ms
+ * socket; a host name is resolved, blocking), or to the primary cfg's
+ * sentinels name (asked in turn, each within connect_timeout_ms; ROLE
+ * must say "master" once connected), within connect_timeout_ms
  * (<= 0: 1000), makes cfg->timeout_ms (<= 0: 50) every command's deadline,
  * sends AUTH and SELECT when configured, and refuses reply arrays larger
  * than the async link accepts. A command that fails (NULL reply, c->err
@@ -155,5 +176,21 @@ int tg_redis_parse_address(const char *address, char *host, size_t hostsize, int
 struct redisContext *tg_redis_connect_blocking(const struct tg_config_redis *cfg,
                                                int64_t connect_timeout_ms, char *err,
                                                size_t errlen);
+
+/* Copies of a redis config for what outlives its snapshot (a link, a
+ * thread of its own): every string and the sentinel list malloc'd.
+ * Returns NULL when memory ran out. tg_redis_config_free wipes the
+ * passwords; NULL is a no-op. Any thread. */
+struct tg_config_redis *tg_redis_config_dup(const struct tg_config_redis *cfg);
+void tg_redis_config_free(struct tg_config_redis *c);
+
+/* Whether a and b reach the same server the same way: address, or the
+ * same sentinels (in order), master and sentinel password; password and
+ * db. The timeout and key prefix do not count. */
+bool tg_redis_config_same_server(const struct tg_config_redis *a, const struct tg_config_redis *b);
+
+/* How log lines name cfg's server: its address, or "the primary of NAME
+ * (via N sentinels)". Written into buf (n bytes), which it returns. */
+const char *tg_redis_config_describe(const struct tg_config_redis *cfg, char *buf, size_t n);
 
 #endif

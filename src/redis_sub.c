@@ -1,7 +1,10 @@
 /* A Redis SUBSCRIBE connection: connect, AUTH, SUBSCRIBE, messages to the
  * owner, reconnect with backoff. No commands besides those, no patterns,
  * one channel; deadlines only for getting subscribed (an idle subscription
- * has nothing to time).
+ * has nothing to time). With sentinels it subscribes on the primary they
+ * name, asks them again after each loss, and moves when they announce a
+ * new one (redis_sentinel.c); no ROLE check: a replica relays what is
+ * published on its primary, so a subscription there misses nothing.
  *
  * Lifetimes. Nothing hiredis holds points at us: every command is sent
  * with NULL privdata and our callbacks find us through ac->data, which is
@@ -25,6 +28,7 @@
 #include "config.h"
 #include "log.h"
 #include "redis.h"
+#include "redis_sentinel.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 1000
 #define DEFAULT_BACKOFF_MIN_MS 100
@@ -45,12 +49,18 @@ struct tg_redis_sub {
     struct ev_loop *loop;
     char name[LINK_NAME_MAX];
 
-    char *address, *password, *channel;
+    struct tg_config_redis *target; /* a copy: address or sentinels, password */
+    char *channel;
     size_t channel_len;
     char host[HOST_MAX]; /* path for unix sockets */
     char ip[INET6_ADDRSTRLEN];
     int port;
     bool is_unix, addr_ok, resolved;
+    /* Sentinel (NULL: the address): ip:port is the primary they named,
+     * primary_known until it fails us. */
+    struct tg_redis_sentinel *sentinel;
+    bool primary_known;
+    char shown_at[HOST_MAX * 2]; /* where(), for the logs */
 
     int64_t connect_timeout_ms, backoff_min_ms, backoff_max_ms;
     tg_redis_sub_message_cb on_message;
@@ -103,9 +113,17 @@ static void arm_retry(struct tg_redis_sub *s, ev_tstamp after)
     ev_timer_start(s->loop, &s->retry_timer);
 }
 
-static const char *where(const struct tg_redis_sub *s)
+static const char *where(struct tg_redis_sub *s)
 {
-    return s->address != NULL ? s->address : "(no address)";
+    if (s->sentinel == NULL)
+        return s->target->address != NULL ? s->target->address : "(no address)";
+    if (s->ip[0] != '\0')
+        snprintf(s->shown_at, sizeof(s->shown_at),
+                 strchr(s->ip, ':') != NULL ? "[%s]:%d (primary of %s)" : "%s:%d (primary of %s)",
+                 s->ip, s->port, s->target->master);
+    else
+        snprintf(s->shown_at, sizeof(s->shown_at), "the primary of %s", s->target->master);
+    return s->shown_at;
 }
 
 /* Forgets the context (already freed or being freed by hiredis, or freed
@@ -123,6 +141,7 @@ static bool lose(struct tg_redis_sub *s, const char *why, bool free_it)
     ev_timer_stop(s->loop, &s->connect_timer);
     bool was = s->subscribed;
     s->subscribed = false;
+    s->primary_known = false; /* with sentinels: ask them before the next attempt */
     if (was)
         s->st.losses++;
     else
@@ -265,6 +284,10 @@ static void start_connect(struct tg_redis_sub *s)
 {
     if (s->ac != NULL)
         return;
+    if (s->sentinel != NULL && !s->primary_known) {
+        tg_redis_sentinel_discover(s->sentinel); /* on_found goes on */
+        return;
+    }
     if (!s->resolved && resolve(s) < 0) {
         lose(s, s->addr_ok ? "cannot resolve" : "bad address", false);
         return;
@@ -294,8 +317,8 @@ static void start_connect(struct tg_redis_sub *s)
     ev_timer_set(&s->connect_timer, (double)s->connect_timeout_ms / 1e3, 0.);
     ev_timer_start(s->loop, &s->connect_timer);
     /* Queued now, written once the socket connects. */
-    if (s->password != NULL) {
-        if (redisAsyncCommand(ac, on_auth_reply, NULL, "AUTH %s", s->password) != REDIS_OK)
+    if (s->target->password != NULL) {
+        if (redisAsyncCommand(ac, on_auth_reply, NULL, "AUTH %s", s->target->password) != REDIS_OK)
             drop(s, "AUTH not sent");
     } else {
         send_subscribe(s);
@@ -318,31 +341,95 @@ static void on_connect_timeout(struct ev_loop *loop, ev_timer *w, int revents)
         drop(s, "timed out subscribing");
 }
 
+/* ---- sentinel ------------------------------------------------------------ */
+
+static void set_primary(struct tg_redis_sub *s, const char *ip, int port)
+{
+    snprintf(s->ip, sizeof(s->ip), "%s", ip);
+    snprintf(s->host, sizeof(s->host), "%s", ip);
+    s->port = port;
+    s->is_unix = false;
+    s->addr_ok = true;
+    s->resolved = true;
+    s->primary_known = true;
+}
+
+static void on_found(void *arg, const char *ip, int port, const char *why)
+{
+    struct tg_redis_sub *s = arg;
+    if (s->ac != NULL)
+        return; /* a switch connected us meanwhile */
+    if (ip == NULL) {
+        lose(s, why, false); /* not subscribed: no owner callback */
+        return;
+    }
+    set_primary(s, ip, port);
+    start_connect(s);
+}
+
+/* Moves to the primary the sentinels announced, unless it is the one we
+ * use (or that just failed us). */
+static void on_switch(void *arg, const char *ip, int port)
+{
+    struct tg_redis_sub *s = arg;
+    if ((strcmp(ip, s->ip) == 0 && port == s->port) || tg_redis_sentinel_discovering(s->sentinel))
+        return;
+    set_primary(s, ip, port);
+    s->attempt = 0;
+    redisAsyncContext *ac = s->ac;
+    bool was = s->subscribed;
+    s->ac = NULL;
+    s->subscribed = false;
+    ev_timer_stop(s->loop, &s->connect_timer);
+    if (ac != NULL) {
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+    arm_retry(s, 0.);
+    if (was && s->on_state != NULL)
+        s->on_state(s->arg, false);
+}
+
 /* ---- public --------------------------------------------------------------- */
 
 static int set_target(struct tg_redis_sub *s, const struct tg_config_redis *cfg,
                       const char *channel)
 {
-    char *address = cfg->address != NULL ? strdup(cfg->address) : NULL;
-    char *password = cfg->password != NULL ? strdup(cfg->password) : NULL;
+    struct tg_config_redis *target = tg_redis_config_dup(cfg);
     char *ch = strdup(channel != NULL ? channel : "");
-    if ((cfg->address != NULL && address == NULL) || (cfg->password != NULL && password == NULL) ||
-        ch == NULL) {
-        free(address);
-        free(password);
+    struct tg_redis_sentinel *sentinel = NULL;
+    if (target != NULL && ch != NULL && target->nsentinels > 0) {
+        struct tg_redis_sentinel_options so = {
+            .name = s->name,
+            .connect_timeout_ms = s->connect_timeout_ms,
+            .on_found = on_found,
+            .on_switch = on_switch,
+            .arg = s,
+        };
+        sentinel = tg_redis_sentinel_new(s->loop, target, &so);
+    }
+    if (target == NULL || ch == NULL || (target->nsentinels > 0 && sentinel == NULL)) {
+        tg_redis_config_free(target);
         free(ch);
         return -1;
     }
-    free(s->address);
-    free(s->password);
+    tg_redis_sentinel_free(s->sentinel);
+    tg_redis_config_free(s->target);
     free(s->channel);
-    s->address = address;
-    s->password = password;
+    s->target = target;
+    s->sentinel = sentinel;
     s->channel = ch;
     s->channel_len = strlen(ch);
     s->resolved = false;
-    s->addr_ok =
-        tg_redis_parse_address(address, s->host, sizeof(s->host), &s->port, &s->is_unix) == 0;
+    s->primary_known = false;
+    s->ip[0] = '\0';
+    s->port = 0;
+    if (sentinel != NULL) {
+        s->addr_ok = false; /* until the sentinels name the primary */
+        return 0;
+    }
+    s->addr_ok = tg_redis_parse_address(target->address, s->host, sizeof(s->host), &s->port,
+                                        &s->is_unix) == 0;
     if (!s->addr_ok)
         tg_log_error("redis %s: bad address \"%s\"", s->name, where(s));
     else
@@ -398,7 +485,7 @@ static bool same_str(const char *a, const char *b)
 bool tg_redis_sub_configure(struct tg_redis_sub *s, const struct tg_config_redis *cfg,
                             const char *channel)
 {
-    if (same_str(cfg->address, s->address) && same_str(cfg->password, s->password) &&
+    if (tg_redis_config_same_server(cfg, s->target) &&
         same_str(channel != NULL ? channel : "", s->channel))
         return false;
     if (set_target(s, cfg, channel) < 0) {
@@ -436,8 +523,8 @@ void tg_redis_sub_free(struct tg_redis_sub *s)
         ac->data = NULL;
         redisAsyncFree(ac);
     }
-    free(s->address);
-    free(s->password);
+    tg_redis_sentinel_free(s->sentinel);
+    tg_redis_config_free(s->target);
     free(s->channel);
     free(s);
 }

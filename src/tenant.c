@@ -481,8 +481,7 @@ struct tg_tenant_dir {
     bool redis;
     ev_tstamp ttl, negative_ttl, stale_ttl; /* s */
     size_t max_cached;
-    char *address, *password;
-    unsigned db;
+    struct tg_config_redis *server; /* a copy: where the directory is */
     char *prefix;
     size_t prefix_len;
     char *keybuf; /* prefix + KEY_MAX */
@@ -1478,13 +1477,6 @@ static void on_sub_state(void *arg, bool subscribed)
 
 /* ---- life cycle --------------------------------------------------------------- */
 
-static bool same_str(const char *a, const char *b)
-{
-    if (a == NULL || b == NULL)
-        return a == b;
-    return strcmp(a, b) == 0;
-}
-
 static ev_tstamp ms_to_s(int64_t ms)
 {
     return ms > 0 ? (double)ms / 1e3 : 0.;
@@ -1497,25 +1489,19 @@ static int copy_target(struct tg_tenant_dir *d, const struct tg_config_tenants *
     const struct tg_config_redis *rc = &cfg->redis;
     const char *prefix = rc->key_prefix != NULL ? rc->key_prefix : DEFAULT_PREFIX;
     size_t plen = strlen(prefix);
-    char *address = rc->address != NULL ? strdup(rc->address) : NULL;
-    char *password = rc->password != NULL ? strdup(rc->password) : NULL;
+    struct tg_config_redis *server = tg_redis_config_dup(rc);
     char *p = strdup(prefix);
     char *keybuf = malloc(plen + KEY_MAX + 1);
-    if ((rc->address != NULL && address == NULL) || (rc->password != NULL && password == NULL) ||
-        p == NULL || keybuf == NULL) {
-        free(address);
-        free(password);
+    if (server == NULL || p == NULL || keybuf == NULL) {
+        tg_redis_config_free(server);
         free(p);
         free(keybuf);
         return -1;
     }
-    free(d->address);
-    free(d->password);
+    tg_redis_config_free(d->server);
     free(d->prefix);
     free(d->keybuf);
-    d->address = address;
-    d->password = password;
-    d->db = rc->db;
+    d->server = server;
     d->prefix = p;
     d->prefix_len = plen;
     d->keybuf = keybuf;
@@ -1608,8 +1594,7 @@ struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop, const struct tg_co
     if (d->buckets == NULL || copy_target(d, cfg) < 0 || (d->redis && start_links(d, cfg) < 0)) {
         stop_links(d);
         free(d->buckets);
-        free(d->address);
-        free(d->password);
+        tg_redis_config_free(d->server);
         free(d->prefix);
         free(d->keybuf);
         free(d);
@@ -1637,8 +1622,7 @@ void tg_tenant_dir_configure(struct tg_tenant_dir *d, const struct tg_config_ten
     const struct tg_config_redis *rc = &cfg->redis;
     const char *prefix = rc->key_prefix != NULL ? rc->key_prefix : DEFAULT_PREFIX;
     bool redis = cfg->directory == TG_TENANTS_REDIS;
-    bool moved = redis != d->redis || !same_str(rc->address, d->address) ||
-                 !same_str(rc->password, d->password) || rc->db != d->db ||
+    bool moved = redis != d->redis || !tg_redis_config_same_server(rc, d->server) ||
                  strcmp(prefix, d->prefix) != 0;
     copy_limits(d, cfg);
 
@@ -1707,8 +1691,7 @@ static void destroy(struct tg_tenant_dir *d)
     while ((n = tg_list_first(&d->parked)) != NULL)
         fetch_free(fetch_of(n));
     free(d->buckets);
-    free(d->address);
-    free(d->password);
+    tg_redis_config_free(d->server);
     free(d->prefix);
     free(d->keybuf);
     free(d);
@@ -1809,6 +1792,11 @@ void tg_tenant_cancel(struct tg_tenant_wait *w)
     if (tg_list_linked(&w->link))
         tg_list_remove(&w->link);
     free(w);
+}
+
+const struct tg_redis *tg_tenant_dir_link(const struct tg_tenant_dir *d)
+{
+    return d->redis ? d->link : NULL;
 }
 
 void tg_tenant_dir_stats(const struct tg_tenant_dir *d, struct tg_tenant_stats *out)

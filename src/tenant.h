@@ -72,6 +72,7 @@ const char *tg_tenant_static_domain(const struct tg_tenant_index *ix, const char
 
 /* ---- the per-worker directory -------------------------------------------- */
 
+struct tg_redis;
 struct tg_tenant_dir;
 struct tg_tenant_wait;
 
@@ -170,5 +171,9 @@ struct tg_tenant_stats {
                                     tenants (malloc_usable_size), buckets */
 };
 void tg_tenant_dir_stats(const struct tg_tenant_dir *d, struct tg_tenant_stats *out);
+
+/* The directory's command link, for reports (/status): NULL when the
+ * directory is not in Redis. Borrowed; the directory's thread. */
+const struct tg_redis *tg_tenant_dir_link(const struct tg_tenant_dir *d);
 
 #endif

@@ -43,12 +43,10 @@
 
 /* What the thread needs of a snapshot (copied: snapshots come and go). */
 struct share_cfg {
-    char *address;
-    char *password;
+    struct tg_config_redis *server; /* redis.c's copy */
     char *prefix;
-    unsigned db;
-    int64_t timeout_ms;
     int64_t period_ms;
+    char where[160]; /* the server, as the logs name it */
 };
 
 enum share_state {
@@ -79,10 +77,7 @@ static struct {
 
 static void cfg_clear(struct share_cfg *c)
 {
-    free(c->address);
-    if (c->password != NULL)
-        OPENSSL_cleanse(c->password, strlen(c->password));
-    free(c->password);
+    tg_redis_config_free(c->server);
     free(c->prefix);
     memset(c, 0, sizeof(*c));
 }
@@ -101,14 +96,12 @@ static struct share_cfg *cfg_copy(const struct tg_config *cfg)
     struct share_cfg *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
-    c->address = strdup(r->address != NULL ? r->address : "");
-    c->password = r->password != NULL ? strdup(r->password) : NULL;
+    c->server = tg_redis_config_dup(r);
     c->prefix = strdup(r->key_prefix != NULL ? r->key_prefix : "");
-    c->db = r->db;
-    c->timeout_ms = r->timeout_ms;
+    tg_redis_config_describe(r, c->where, sizeof(c->where));
     c->period_ms =
         cfg->tls.ticket_key_rotation_ms > 0 ? cfg->tls.ticket_key_rotation_ms : 3600 * 1000;
-    if (c->address == NULL || c->prefix == NULL || (r->password != NULL && c->password == NULL)) {
+    if (c->server == NULL || c->prefix == NULL) {
         cfg_free(c);
         return NULL;
     }
@@ -125,8 +118,8 @@ static bool same_str(const char *a, const char *b)
 static void apply(struct share *sh, struct share_cfg *next)
 {
     const struct share_cfg *o = &sh->cfg;
-    bool server = !same_str(o->address, next->address) || !same_str(o->password, next->password) ||
-                  o->db != next->db || o->timeout_ms != next->timeout_ms;
+    bool server = o->server == NULL || !tg_redis_config_same_server(o->server, next->server) ||
+                  o->server->timeout_ms != next->server->timeout_ms;
     bool material = server || !same_str(o->prefix, next->prefix) || o->period_ms != next->period_ms;
     if (server && sh->c != NULL) {
         redisFree(sh->c);
@@ -214,7 +207,15 @@ static enum share_state sync_epoch(struct share *sh, int64_t epoch, bool create,
         /* +OK, or nil: another gateway's SET came first. */
         if (rep->type == REDIS_REPLY_ERROR) {
             describe(rep, key, why, whylen);
+            /* A replica now (a failover): reconnect, to the primary if
+             * sentinels name it. */
+            bool demoted = strncmp(rep->str, "READONLY", 8) == 0;
             reply_free(rep);
+            if (demoted) {
+                redisFree(sh->c);
+                sh->c = NULL;
+                return SHARE_DOWN;
+            }
             return SHARE_BAD;
         }
         reply_free(rep);
@@ -239,15 +240,10 @@ static enum share_state sync_epoch(struct share *sh, int64_t epoch, bool create,
 static enum share_state sync_round(struct share *sh, char *why, size_t whylen)
 {
     if (sh->c == NULL) {
-        struct tg_config_redis r = {
-            .address = sh->cfg.address,
-            .password = sh->cfg.password,
-            .db = sh->cfg.db,
-            .timeout_ms = sh->cfg.timeout_ms,
-        };
+        const struct tg_config_redis *r = sh->cfg.server;
         char err[WHY_MAX];
         sh->c = tg_redis_connect_blocking(
-            &r, CONNECT_TIMEOUT_MS > r.timeout_ms ? CONNECT_TIMEOUT_MS : r.timeout_ms, err,
+            r, CONNECT_TIMEOUT_MS > r->timeout_ms ? CONNECT_TIMEOUT_MS : r->timeout_ms, err,
             sizeof(err));
         if (sh->c == NULL) {
             snprintf(why, whylen, "%s", err);
@@ -279,7 +275,7 @@ static bool report(struct share *sh, enum share_state st, const char *why)
         return false;
     enum share_state was = sh->state;
     sh->state = st;
-    const char *a = sh->cfg.address;
+    const char *a = sh->cfg.where;
     switch (st) {
     case SHARE_UP:
         tg_log_info("tls: ticket keys shared through redis %s%s", a,

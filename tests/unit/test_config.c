@@ -1088,6 +1088,105 @@ TEST(access_log_keys)
     }
 }
 
+/* Issue 22: a redis block names its server by address, or by the
+ * sentinels that know the primary of `master`; never both. Every redis
+ * block has the keys (one table macro), and what a block writes replaces
+ * what it inherits. */
+TEST(redis_sentinel_keys)
+{
+    char err[4096];
+    const char *y = "listen: [127.0.0.1:8080]\n"
+                    "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                    "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n"
+                    "rate_limit:\n"
+                    "  redis: {sentinels: ['127.0.0.1:26379', '[::1]:26380'], master: main,\n"
+                    "          sentinel_password: s3cret, password: p, db: 3}\n"
+                    "tenants:\n"
+                    "  directory: redis\n"
+                    "  redis: {master: other}\n";
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    const struct tg_config_redis *rl = &c->rate_limit.redis;
+    CHECK(rl->address == NULL);
+    CHECK_EQ_INT(rl->nsentinels, 2);
+    CHECK_EQ_STR(rl->sentinels[0], "127.0.0.1:26379");
+    CHECK_EQ_STR(rl->sentinels[1], "[::1]:26380");
+    CHECK_EQ_STR(rl->master, "main");
+    CHECK_EQ_STR(rl->sentinel_password, "s3cret");
+    CHECK_EQ_INT(rl->db, 3);
+    /* tenants.redis: the sentinels inherited, its own master */
+    const struct tg_config_redis *tn = &c->tenants.redis;
+    CHECK(tn->address == NULL);
+    CHECK_EQ_INT(tn->nsentinels, 2);
+    CHECK_EQ_STR(tn->master, "other");
+    CHECK_EQ_STR(tn->key_prefix, "tollgate:tenant:");
+    /* tls.redis (a fleet through rate_limit.redis) too */
+    CHECK_EQ_INT(c->tls.redis.nsentinels, 2);
+    CHECK_EQ_STR(c->tls.redis.master, "main");
+    tg_config_unref(c);
+
+    /* An address written in tenants.redis replaces the inherited sentinels. */
+    y = "listen: [127.0.0.1:8080]\n"
+        "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+        "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n"
+        "rate_limit: {redis: {sentinels: ['127.0.0.1:26379'], master: main}}\n"
+        "tenants: {directory: redis, redis: {address: '127.0.0.1:6390'}}\n";
+    c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    CHECK_EQ_STR(c->tenants.redis.address, "127.0.0.1:6390");
+    CHECK_EQ_INT(c->tenants.redis.nsentinels, 0);
+    CHECK(c->tenants.redis.master == NULL);
+    CHECK_EQ_INT(c->rate_limit.redis.nsentinels, 1);
+    tg_config_unref(c);
+
+    static const char *base = "listen: [127.0.0.1:8080]\n"
+                              "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                              "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+    static const struct {
+        const char *text, *prefix, *fragment;
+    } bad[] = {
+        {"rate_limit: {redis: {address: '127.0.0.1:6379', sentinels: ['127.0.0.1:1'], "
+         "master: m}}\n",
+         "t.yaml:4:60: ", "rate_limit.redis: address and sentinels exclude each other"},
+        {"rate_limit: {redis: {sentinels: ['127.0.0.1:1']}}\n",
+         "t.yaml:4:33: ", "rate_limit.redis: sentinels need master"},
+        {"rate_limit: {redis: {master: m}}\n",
+         "t.yaml:4:30: ", "rate_limit.redis: master needs sentinels"},
+        {"rate_limit: {redis: {sentinel_password: x}}\n",
+         "t.yaml:4:41: ", "sentinel_password needs sentinels"},
+        {"rate_limit: {redis: {sentinels: ['127.0.0.1'], master: m}}\n",
+         "t.yaml:4:34: ", "sentinels: '127.0.0.1' has no port"},
+        {"rate_limit: {redis: {sentinels: ['127.0.0.1:0'], master: m}}\n",
+         "t.yaml:4:34: ", "has a bad port"},
+        {"rate_limit: {redis: {sentinels: ['unix:/run/s.sock'], master: m}}\n",
+         "t.yaml:4:34: ", "a sentinel is host:port, not a unix socket"},
+        {"rate_limit: {redis: {sentinels: [], master: m}}\n",
+         "t.yaml:4:33: ", "sentinels must list 1 to 16 host:port addresses"},
+        {"rate_limit: {redis: {sentinels: '127.0.0.1:1', master: m}}\n",
+         "t.yaml:4:33: ", "sentinels must be a list"},
+        {"rate_limit: {redis: {sentinels: ['127.0.0.1:1'], master: ''}}\n",
+         "t.yaml:4:58: ", "master must not be empty"},
+        {"tenants: {directory: redis, redis: {address: '127.0.0.1:1', sentinels: ['127.0.0.1:2'], "
+         "master: m}}\n",
+         "t.yaml:4:72: ", "tenants.redis: address and sentinels exclude each other"},
+        {"tls: {redis: {sentinels: ['127.0.0.1:2']}}\n",
+         "t.yaml:4:26: ", "tls.redis: sentinels need master"},
+    };
+    char text[1024];
+    for (size_t i = 0; i < TG_ARRAY_LEN(bad); i++) {
+        snprintf(text, sizeof(text), "%s%s", base, bad[i].text);
+        expect_error(text, bad[i].prefix, bad[i].fragment);
+    }
+}
+
 TEST(docs_list_every_key)
 {
     char *doc = slurp("docs/configuration.md");
@@ -1630,6 +1729,7 @@ int main(void)
     RUN(tracing_section);
     RUN(access_log_keys);
     RUN(docs_list_every_key);
+    RUN(redis_sentinel_keys);
     RUN(route_cache_key);
     RUN(error_bodies_key);
     RUN(parse_without_building);

@@ -152,6 +152,59 @@ TEST(parse_address)
     CHECK_EQ_INT(tg_redis_parse_address(NULL, host, sizeof(host), &port, &ux), -1);
 }
 
+/* Issue 22: links, the tenant directory and the ticket thread keep their
+ * own copies of a redis block and compare them on reload; a change of
+ * sentinels, master or sentinel password is another server. */
+TEST(config_copies)
+{
+    const char *sentinels[] = {"127.0.0.1:26379", "127.0.0.1:26380"};
+    struct tg_config_redis a = {.password = "pw",
+                                .db = 2,
+                                .timeout_ms = 80,
+                                .key_prefix = "p:",
+                                .sentinels = sentinels,
+                                .nsentinels = 2,
+                                .master = "main",
+                                .sentinel_password = "spw"};
+    struct tg_config_redis *c = tg_redis_config_dup(&a);
+    CHECK(c != NULL);
+    if (c == NULL)
+        return;
+    CHECK(c->address == NULL);
+    CHECK(c->sentinels != sentinels && c->sentinels[1] != sentinels[1]);
+    CHECK_EQ_STR(c->sentinels[1], "127.0.0.1:26380");
+    CHECK_EQ_STR(c->master, "main");
+    CHECK_EQ_STR(c->sentinel_password, "spw");
+    CHECK_EQ_STR(c->key_prefix, "p:");
+    CHECK_EQ_INT(c->timeout_ms, 80);
+    CHECK(tg_redis_config_same_server(&a, c));
+    struct tg_config_redis b = a;
+    b.timeout_ms = 5;
+    b.key_prefix = "q:";
+    CHECK(tg_redis_config_same_server(&b, c)); /* neither is the server */
+    b = a;
+    b.master = "other";
+    CHECK(!tg_redis_config_same_server(&b, c));
+    b = a;
+    b.nsentinels = 1;
+    CHECK(!tg_redis_config_same_server(&b, c));
+    b = a;
+    b.sentinel_password = NULL;
+    CHECK(!tg_redis_config_same_server(&b, c));
+    const char *other[] = {"127.0.0.1:26379", "127.0.0.1:26381"};
+    b = a;
+    b.sentinels = other;
+    CHECK(!tg_redis_config_same_server(&b, c));
+    b = (struct tg_config_redis){.address = "127.0.0.1:6379", .password = "pw", .db = 2};
+    CHECK(!tg_redis_config_same_server(&b, c));
+    char buf[128];
+    CHECK_EQ_STR(tg_redis_config_describe(c, buf, sizeof(buf)),
+                 "the primary of main (via 2 sentinels)");
+    CHECK_EQ_STR(tg_redis_config_describe(&b, buf, sizeof(buf)), "127.0.0.1:6379");
+    tg_redis_config_free(c);
+    tg_redis_config_free(NULL);
+}
+
 TEST(resp_formatting)
 {
     const char *argv[] = {"SET", "k\r\n", "", "12345678901"};
@@ -652,6 +705,7 @@ int main(void)
     h_redis_start(&srv);
 
     RUN(parse_address);
+    RUN(config_copies);
     RUN(resp_formatting);
     RUN(binary_safe_commands);
     RUN(flush_writes_without_the_loop);

@@ -29,10 +29,10 @@ static struct share_cfg settings(int port, const char *prefix)
 {
     char addr[64];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+    struct tg_config_redis r = {.address = addr, .timeout_ms = 200};
     return (struct share_cfg){
-        .address = strdup(addr),
+        .server = tg_redis_config_dup(&r),
         .prefix = strdup(prefix),
-        .timeout_ms = 200,
         .period_ms = period,
     };
 }
