@@ -31,6 +31,7 @@ static struct {
 
 static _Atomic uint64_t reloads_ok, reloads_failed;
 static _Atomic double last_reload;
+static _Atomic double started_at; /* the first load, at start */
 
 /* Appends a label value escaped for the exposition format. */
 static size_t escape_label(char *out, size_t cap, const char *v)
@@ -160,6 +161,24 @@ static const char *const tls_reasons[TG_METRICS_TLS_REASONS] = {
     "eof",      "syscall",          "timeout",    "other",
 };
 
+static const char *const status_classes[TG_METRICS_STATUS_CLASSES] = {
+    "aborted", "1xx", "2xx", "3xx", "4xx", "5xx",
+};
+
+static const char *const rl_results[TG_RL_RESULTS] = {
+    "allowed", "limited", "shadow", "error", "near_limit",
+};
+
+const char *tg_metrics_status_class_name(unsigned c)
+{
+    return status_classes[c];
+}
+
+const char *tg_metrics_rl_result_name(unsigned r)
+{
+    return rl_results[r];
+}
+
 unsigned tg_metrics_tls_reason(const char *reason)
 {
     for (unsigned i = 0; i < TG_METRICS_TLS_REASONS; i++)
@@ -225,6 +244,7 @@ void tg_metrics_reload(bool ok, double when)
 void tg_metrics_loaded(double when)
 {
     atomic_store(&last_reload, when);
+    atomic_store(&started_at, when);
 }
 
 /* ---- what the scrape reads ---------------------------------------------------- */
@@ -256,4 +276,9 @@ void tg_metrics_reloads(uint64_t *ok, uint64_t *failed, double *last)
     *ok = atomic_load(&reloads_ok);
     *failed = atomic_load(&reloads_failed);
     *last = atomic_load(&last_reload);
+}
+
+double tg_metrics_started_at(void)
+{
+    return atomic_load(&started_at);
 }
