@@ -10,6 +10,7 @@
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
 
+#include "access.h"
 #include "acme.h"
 #include "cache.h"
 #include "certstore.h"
@@ -394,6 +395,14 @@ static void handle_cache_purge(struct tg_request *req, const char *key, size_t n
 void tg_admin_handle(struct tg_request *req)
 {
     const struct tg_config *cfg = req->wcfg->config;
+    /* admin.allow/deny first: a denied address learns nothing, not even
+     * that a token is asked for. The client as identify found it (the
+     * peer, or behind trusted_proxies the forwarded address). */
+    if (cfg->admin_access != NULL &&
+        !tg_access_check(cfg->admin_access, &req->client, NULL, 0, NULL)) {
+        respond_text(req, 403, "403 Forbidden\n");
+        return;
+    }
     if (!authorized(req, cfg->admin_token)) {
         req->extra_headers = "WWW-Authenticate: Bearer\r\n";
         respond_text(req, 401, "401 Unauthorized\n");
