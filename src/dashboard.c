@@ -154,13 +154,20 @@ static void dashboard_tenants_json(struct tg_strbuf *b, struct tg_runtime *rt,
 }
 
 /* Requests by status class, the latency histogram (per-bucket counts,
- * not cumulative) and bytes, over every route series. */
+ * not cumulative) and bytes, over every route series but the admin
+ * listener's own (counted apart: the dashboard's polls are no traffic). */
 static void traffic_json(struct tg_strbuf *b, struct tg_runtime *rt)
 {
     struct tg_route_stats all = {0}, one;
+    uint64_t admin = 0;
     unsigned nroutes = tg_metrics_series_count(TG_METRICS_ROUTE);
     for (unsigned id = 0; id < nroutes; id++) {
         tg_scrape_sum_route(rt, id, &one);
+        if (id == tg_metrics_admin_route()) {
+            for (unsigned c = 0; c < TG_METRICS_STATUS_CLASSES; c++)
+                admin += one.requests[c];
+            continue;
+        }
         for (unsigned c = 0; c < TG_METRICS_STATUS_CLASSES; c++)
             all.requests[c] += one.requests[c];
         for (unsigned k = 0; k <= TG_METRICS_MAX_BUCKETS; k++)
@@ -176,8 +183,9 @@ static void traffic_json(struct tg_strbuf *b, struct tg_runtime *rt)
     for (unsigned c = 0; c < TG_METRICS_STATUS_CLASSES; c++)
         tg_strbuf_printf(b, ",\"%s\":%llu", tg_metrics_status_class_name(c),
                          (unsigned long long)all.requests[c]);
-    tg_strbuf_printf(b, "},\"bytes\":{\"received\":%llu,\"sent\":%llu}",
-                     (unsigned long long)all.bytes_in, (unsigned long long)all.bytes_out);
+    tg_strbuf_printf(b, "},\"admin_requests\":%llu,\"bytes\":{\"received\":%llu,\"sent\":%llu}",
+                     (unsigned long long)admin, (unsigned long long)all.bytes_in,
+                     (unsigned long long)all.bytes_out);
     unsigned nb = tg_metrics_nbuckets();
     tg_strbuf_printf(b, ",\"latency\":{\"bounds\":[");
     for (unsigned k = 0; k < nb; k++)
@@ -241,7 +249,8 @@ void tg_dashboard_json(struct tg_strbuf *b, struct tg_context *w, const struct t
     tg_dashboard_certificates_json(b, cfg->certstore, ts.tv_sec);
     tg_strbuf_printf(b, ",\"tenants\":");
     dashboard_tenants_json(b, rt, cfg);
-    tg_strbuf_printf(b, ",\"note\":\"counters are cumulative since start (admin requests "
-                        "included); upstream health is as seen by the worker that "
+    tg_strbuf_printf(b, ",\"note\":\"counters are cumulative since start; requests, bytes "
+                        "and latency leave out the admin listener's own requests "
+                        "(admin_requests); upstream health is as seen by the worker that "
                         "answered\"}\n");
 }

@@ -78,15 +78,28 @@ static unsigned series_id(enum tg_metrics_kind kind, const char *labels)
     return id;
 }
 
+/* The id of a fixed label set, registered on first use (any thread: two
+ * first uses register the same set once). */
+static unsigned fixed_series(_Atomic unsigned *id, const char *labels)
+{
+    unsigned v = atomic_load(id);
+    if (v == UINT32_MAX) {
+        v = series_id(TG_METRICS_ROUTE, labels);
+        atomic_store(id, v);
+    }
+    return v;
+}
+
 unsigned tg_metrics_no_route(void)
 {
     static _Atomic unsigned id = UINT32_MAX;
-    unsigned v = atomic_load(&id);
-    if (v == UINT32_MAX) {
-        v = series_id(TG_METRICS_ROUTE, "site=\"\",route=\"\"");
-        atomic_store(&id, v);
-    }
-    return v;
+    return fixed_series(&id, "site=\"\",route=\"\"");
+}
+
+unsigned tg_metrics_admin_route(void)
+{
+    static _Atomic unsigned id = UINT32_MAX;
+    return fixed_series(&id, "site=\"_admin\",route=\"\"");
 }
 
 static void assign_buckets(const struct tg_config *cfg);
@@ -98,6 +111,7 @@ void tg_metrics_assign(struct tg_config *cfg)
     assign_buckets(cfg);
     buckets_set = true;
     tg_metrics_no_route();
+    tg_metrics_admin_route();
     for (size_t s = 0; s < cfg->nsites; s++) {
         struct tg_config_site *site = &cfg->sites[s];
         escape_label(a, sizeof(a), site->hosts[0]);

@@ -142,6 +142,9 @@ void tg_metrics_assign(struct tg_config *cfg);
 
 /* The series for requests that matched no route (unknown host, bad head). */
 unsigned tg_metrics_no_route(void);
+/* The series for the admin listener's own requests (scrapes, the
+ * dashboard's polls), apart from the traffic: site="_admin". */
+unsigned tg_metrics_admin_route(void);
 
 /* Index of a TLS failure reason token ("protocol", ...). */
 unsigned tg_metrics_tls_reason(const char *reason);

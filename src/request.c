@@ -309,7 +309,9 @@ static void log_request(struct tg_request *req)
     if (req->status == 0)
         return;
     ev_tstamp now = tg_context_now(ctx);
-    unsigned id = req->route != NULL ? req->route->metrics_id : tg_metrics_no_route();
+    unsigned id = req->route != NULL                              ? req->route->metrics_id
+                  : req->listener != NULL && req->listener->admin ? tg_metrics_admin_route()
+                                                                  : tg_metrics_no_route();
     struct tg_route_stats *rs = &ctx->metrics->routes[id];
     int cls = req->status >= 100 && req->status < 600 && req->head_sent ? req->status / 100 : 0;
     TG_METRIC_INC(rs->requests[cls]);
