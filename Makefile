@@ -193,7 +193,8 @@ install: all
 	install -D -m 0644 tollgate.service.tmp $(DESTDIR)/lib/systemd/system/tollgate.service
 	rm -f tollgate.service.tmp
 	install -d $(DESTDIR)$(PREFIX)/share/doc/tollgate
-	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/tollgate/
+	install -m 0644 README.md docs/*.md conf/grafana-dashboard.json \
+	    $(DESTDIR)$(PREFIX)/share/doc/tollgate/
 
 clean:
 	rm -rf build

@@ -386,10 +386,29 @@ def severe_console_entries(driver):
     return [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
 
 
-def number(driver, element_id):
-    t = driver.find_element("id", element_id).text.replace(",", "")
+# What the page shows, read in one script: the page redraws its tables on
+# every poll, and a script runs between two redraws, never during one.
+READ_PAGE = """
+const text = (id) => document.getElementById(id).textContent;
+const rows = (id) => Array.from(document.querySelectorAll('#' + id + ' tr')).map((tr) => ({
+  cls: tr.className, text: tr.textContent, data: Object.assign({}, tr.dataset)}));
+const ids = ['state', 'version', 'rps', 'rl-limited', 'rl-limited-total', 'rate-4xx',
+             'sse-open', 'connections', 'p50', 'p99'];
+const out = {rows: {upstreams: rows('upstreams'), certs: rows('certs'), tenants: rows('tenants')},
+             spark: document.getElementById('rps-line').getAttribute('points').split(' ')
+                      .filter((p) => p).length};
+for (const id of ids) out[id] = text(id);
+return out;
+"""
+
+
+def read_page(driver):
+    return driver.execute_script(READ_PAGE)
+
+
+def number(page, element_id):
     try:
-        return float(t)
+        return float(page[element_id].replace(",", ""))
     except ValueError:
         return None
 
@@ -415,56 +434,47 @@ def test_dashboard_in_headless_chromium(tollgate, backend, tmp_path):
                     pass
             time.sleep(0.02)
 
+    def shown(page):
+        health = {(r["data"].get("upstream"), r["data"].get("healthy"), r["cls"])
+                  for r in page["rows"]["upstreams"]}
+        certs = page["rows"]["certs"]
+        return (page["state"] == "live" and (number(page, "rps") or 0) >= 5
+                and (number(page, "rl-limited-total") or 0) > 0
+                and (number(page, "rate-4xx") or 0) > 0
+                and ("app", "true", "up") in health and ("gone", "false", "down") in health
+                and len(certs) == 1 and "warn" in certs[0]["cls"].split()
+                and number(page, "sse-open") == 1 and page["p99"].endswith("ms")
+                and page["spark"] >= 3)
+
     t = threading.Thread(target=traffic, daemon=True)
     stream = None
     try:
         driver.get("http://localhost:%d/dashboard" % aport)  # the only name it resolves
         t.start()
         stream, _ = open_stream(port)
-        from selenium.webdriver.common.by import By
-
-        def shown():
-            rps, rl = number(driver, "rps"), number(driver, "rl-limited-total")
-            rows = driver.find_elements(By.CSS_SELECTOR, "#upstreams tr")
-            health = {(r.get_attribute("data-upstream"), r.get_attribute("data-healthy"),
-                       r.get_attribute("class")) for r in rows}
-            certs = driver.find_elements(By.CSS_SELECTOR, "#certs tr")
-            state = driver.find_element("id", "state").text
-            ok = (state == "live" and rps is not None and rps >= 5 and rl is not None and rl > 0
-                  and number(driver, "rate-4xx") not in (None, 0)
-                  and ("app", "true", "up") in health and ("gone", "false", "down") in health
-                  and len(certs) == 1 and "warn" in certs[0].get_attribute("class")
-                  and number(driver, "sse-open") == 1
-                  and driver.find_element("id", "p99").text.endswith("ms")
-                  and len(driver.find_element("id", "rps-line").get_attribute("points").split()) >= 3)
-            return ok or (state, rps, rl, sorted(health, key=str), len(certs),
-                          driver.find_element("id", "sse-open").text,
-                          driver.find_element("id", "p99").text)
         deadline = time.time() + 30 * SLOW
-        seen = shown()
-        while seen is not True and time.time() < deadline:
+        page = read_page(driver)
+        while not shown(page) and time.time() < deadline:
             time.sleep(0.25)
-            seen = shown()
+            page = read_page(driver)
         driver.set_window_size(1280, 1500)  # the whole page in the picture
         driver.save_screenshot(str(tmp_path / "dashboard.png"))
-        assert seen is True, "the page did not show the traffic: %r" % (seen,)
+        assert shown(page), "the page did not show the traffic: %r" % (page,)
         assert os.path.getsize(str(tmp_path / "dashboard.png")) > 10000
 
-        cert_row = driver.find_element(By.CSS_SELECTOR, "#certs tr")
-        days = float(cert_row.get_attribute("data-days-left"))
-        assert 0 < days <= 2.01, days
-        assert "localhost" in cert_row.text
-        assert number(driver, "rl-limited") is not None
-        assert number(driver, "connections") >= 1
-        assert driver.find_element("id", "version").text == snapshot(aport)["version"]
-        assert "no per-tenant counts" in driver.find_element("id", "tenants").text
+        cert = page["rows"]["certs"][0]
+        assert 0 < float(cert["data"]["daysLeft"]) <= 2.01, cert
+        assert "localhost" in cert["text"]
+        assert number(page, "rl-limited") is not None and number(page, "connections") >= 1
+        assert page["version"] == snapshot(aport)["version"]
+        assert "no per-tenant counts" in page["rows"]["tenants"][0]["text"]
         # The stream goes: the page follows.
         stream.close()
         stream = None
         deadline = time.time() + 10 * SLOW
-        while number(driver, "sse-open") != 0 and time.time() < deadline:
+        while number(read_page(driver), "sse-open") != 0 and time.time() < deadline:
             time.sleep(0.2)
-        assert number(driver, "sse-open") == 0
+        assert number(read_page(driver), "sse-open") == 0
         assert severe_console_entries(driver) == []
     finally:
         stop.set()
@@ -498,7 +508,7 @@ def test_token_login_in_headless_chromium(tollgate, backend, tmp_path):
         button.click()
         wait_for("the live page", lambda: driver.find_element("id", "state").text == "live")
         assert not login.is_displayed()
-        wait_for("a rate", lambda: number(driver, "rps") is not None)
+        wait_for("a rate", lambda: number(read_page(driver), "rps") is not None)
         assert driver.execute_script("return document.cookie") == ""
         driver.set_window_size(1280, 1500)
         driver.save_screenshot(str(tmp_path / "dashboard-login.png"))
