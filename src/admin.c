@@ -391,7 +391,9 @@ static bool session_cookie_ok(const struct tg_request *req, const char *token)
             if ((size_t)(stop - p) == nn + 1 + SESSION_HEX && memcmp(p, SESSION_COOKIE, nn) == 0 &&
                 p[nn] == '=' && CRYPTO_memcmp(p + nn + 1, want, SESSION_HEX) == 0)
                 return true;
-            p = stop + 1;
+            if (semi == NULL)
+                break;
+            p = semi + 1;
         }
     }
     return false;

@@ -162,6 +162,8 @@ def test_page_is_self_contained_under_a_strict_csp_on_the_admin_listener_only(to
     assert "unsafe-inline" not in headers["content-security-policy"]
     # "/" is the same page; HEAD has its head.
     assert admin(aport, "/")[2] == page
+    # Without admin.token there is no session to make.
+    assert admin(aport, "/dashboard/session", method="POST")[0] == 404
     status, headers_head, body = admin(aport, "/dashboard", method="HEAD")
     assert status == 200 and body == b"" and headers_head["content-length"] == str(len(page))
     # The public listener knows no dashboard: those paths go to the backend.
