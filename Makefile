@@ -66,7 +66,9 @@ CFLAGS  += $(CFLAGS_BASE) $(OPT) $(shell pkg-config --cflags $(PKGS) 2>/dev/null
 LDFLAGS += $(LDSAN)
 
 SRCS     = $(wildcard src/*.c)
-OBJS     = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
+# Files built into the binary as C arrays (tools/embed): the dashboard page.
+GEN_OBJS = $(BUILD)/obj/dashboard_page.o
+OBJS     = $(SRCS:src/%.c=$(BUILD)/obj/%.o) $(GEN_OBJS)
 LIB_OBJS = $(filter-out $(BUILD)/obj/main.o,$(OBJS))
 UNIT_SRCS = $(wildcard tests/unit/test_*.c)
 UNIT_BINS = $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
@@ -82,6 +84,12 @@ $(BUILD)/tollgate: $(OBJS)
 $(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+$(BUILD)/gen/dashboard_page.c: src/dashboard.html tools/embed | $(BUILD)/gen
+	tools/embed tg_dashboard_page $< > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/%.o: $(BUILD)/gen/%.c | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
 # Unit tests may #include the module's .c to reach its statics; they link
 # against every other object, so each test binary filters out the module it
 # includes (named by the test: test_http1.c includes src/http1.c).
@@ -89,7 +97,7 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c $(LIB_OBJS) | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Isrc -o $@ $< \
 	    $(filter-out $(BUILD)/obj/$*.o,$(LIB_OBJS)) $(LDFLAGS) $(LIBS) $(TEST_LIBS)
 
-$(BUILD)/obj $(BUILD)/tests:
+$(BUILD)/obj $(BUILD)/tests $(BUILD)/gen:
 	mkdir -p $@
 
 -include $(OBJS:.o=.d) $(UNIT_BINS:=.d)
@@ -185,7 +193,8 @@ install: all
 	install -D -m 0644 tollgate.service.tmp $(DESTDIR)/lib/systemd/system/tollgate.service
 	rm -f tollgate.service.tmp
 	install -d $(DESTDIR)$(PREFIX)/share/doc/tollgate
-	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/tollgate/
+	install -m 0644 README.md docs/*.md conf/grafana-dashboard.json \
+	    $(DESTDIR)$(PREFIX)/share/doc/tollgate/
 
 clean:
 	rm -rf build

@@ -8,15 +8,17 @@
 #include <time.h>
 
 #include <openssl/crypto.h>
-#include <openssl/x509.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
 
+#include "access.h"
 #include "acme.h"
 #include "cache.h"
-#include "certstore.h"
 #include "codec.h"
 #include "config.h"
 #include "context.h"
-#include "health.h"
+#include "dashboard.h"
 #include "http.h"
 #include "limiter.h"
 #include "metrics.h"
@@ -25,8 +27,8 @@
 #include "ratelimit.h"
 #include "ratelimit_redis.h"
 #include "redis.h"
+#include "str.h"
 #include "tenant.h"
-#include "upstream.h"
 #include "version.h"
 
 #define JSON_TYPE "application/json"
@@ -109,37 +111,6 @@ static void primary_json(struct tg_strbuf *b, const struct tg_redis *link)
         tg_strbuf_json(b, p);
 }
 
-/* Every certificate SNI can choose: where it came from, its names, issuer
- * and expiry. */
-static void certificates_json(struct tg_strbuf *b, struct tg_certstore *store)
-{
-    tg_strbuf_put(b, "[", 1);
-    struct tg_certstore_snap *snap = store != NULL ? tg_certstore_acquire(store) : NULL;
-    for (size_t i = 0; snap != NULL && i < tg_certstore_count(snap); i++) {
-        const char *put_as = NULL;
-        const struct tg_cert *c = tg_certstore_at(snap, i, &put_as);
-        char issuer[256] = "", expires[32] = "";
-        X509_NAME_oneline(X509_get_issuer_name(c->x509), issuer, sizeof(issuer));
-        struct tm tm;
-        if (ASN1_TIME_to_tm(X509_get0_notAfter(c->x509), &tm) == 1)
-            strftime(expires, sizeof(expires), "%Y-%m-%dT%H:%M:%SZ", &tm);
-        tg_strbuf_printf(b, "%s{\"source\":\"%s\",\"label\":", i ? "," : "",
-                         put_as != NULL ? "acme" : "config");
-        tg_strbuf_json(b, c->label != NULL ? c->label : "");
-        tg_strbuf_printf(b, ",\"kind\":\"%s\",\"names\":[", tg_cert_kind_name(c->kind));
-        for (size_t n = 0; n < c->nnames; n++) {
-            tg_strbuf_printf(b, "%s", n ? "," : "");
-            tg_strbuf_json(b, c->names[n]);
-        }
-        tg_strbuf_printf(b, "],\"issuer\":");
-        tg_strbuf_json(b, issuer);
-        tg_strbuf_printf(b, ",\"not_after\":\"%s\"}", expires);
-    }
-    if (snap != NULL)
-        tg_certstore_release(snap);
-    tg_strbuf_put(b, "]", 1);
-}
-
 static void handle_status(struct tg_request *req)
 {
     struct tg_context *w = req->ctx;
@@ -154,30 +125,11 @@ static void handle_status(struct tg_request *req)
     tg_strbuf_json(&b, rt->config_path);
     tg_strbuf_printf(&b,
                      ",\"config_loaded_at\":\"%s\",\"workers\":%u,\"connections\":%lu,"
-                     "\"draining\":%s,\"upstreams\":[",
+                     "\"draining\":%s,\"upstreams\":",
                      loaded, rt->nworkers, (unsigned long)atomic_load(&rt->nconns),
                      atomic_load(&rt->draining) ? "true" : "false");
-    for (size_t i = 0; i < cfg->nupstreams; i++) {
-        const struct tg_config_upstream *u = &cfg->upstreams[i];
-        tg_strbuf_printf(&b, "%s{\"name\":", i ? "," : "");
-        tg_strbuf_json(&b, u->name);
-        tg_strbuf_printf(&b, ",\"servers\":[");
-        for (size_t s = 0; s < u->nservers; s++) {
-            struct tg_upstream_server_state st;
-            tg_upstream_server_state(w, u, (int)s, &st);
-            tg_strbuf_printf(&b, "%s{\"address\":", s ? "," : "");
-            tg_strbuf_json(&b, u->servers[s].addr.text);
-            tg_strbuf_printf(&b,
-                             ",\"healthy\":%s,\"ejected\":%s,\"check_passing\":%s,"
-                             "\"failures_in_a_row\":%u,\"active\":%u,\"idle\":%u}",
-                             st.ejected || !tg_health_up(&u->servers[s].addr) ? "false" : "true",
-                             st.ejected ? "true" : "false",
-                             tg_health_up(&u->servers[s].addr) ? "true" : "false", st.fails,
-                             st.active, st.idle);
-        }
-        tg_strbuf_printf(&b, "]}");
-    }
-    tg_strbuf_printf(&b, "],\"redis\":{\"state\":\"%s\",\"gateways\":%u",
+    tg_dashboard_upstreams_json(&b, w, cfg);
+    tg_strbuf_printf(&b, ",\"redis\":{\"state\":\"%s\",\"gateways\":%u",
                      w->rl_redis != NULL ? redis_state_name(tg_ratelimit_redis_state(w->rl_redis))
                                          : "unused",
                      tg_ratelimit_redis_gateways());
@@ -198,7 +150,7 @@ static void handle_status(struct tg_request *req)
         cached += ts.cached;
     }
     tg_strbuf_printf(&b, ",\"tenant_cache_size\":%zu,\"certificates\":", cached);
-    certificates_json(&b, cfg->certstore);
+    tg_dashboard_certificates_json(&b, cfg->certstore, time(NULL));
     tg_strbuf_printf(&b, ",\"acme\":");
     tg_acme_status_json(&b);
     tg_strbuf_printf(&b, ",\"note\":\"upstream health is as seen by the worker that "
@@ -413,12 +365,142 @@ static void handle_cache_purge(struct tg_request *req, const char *key, size_t n
     respond_text(req, 200, "purged\n");
 }
 
+/* ---- the dashboard ---------------------------------------------------------- */
+
+/* A browser cannot send a bearer token by itself: with admin.token set,
+ * the page asks for it once and posts it in the Authorization header to
+ * /dashboard/session (never in a URL, which would reach the access log and
+ * the history), which answers with this cookie: HttpOnly (no script reads
+ * it), SameSite=Strict (no other site's page sends it). Its value is
+ * HMAC-SHA256(admin.token, SESSION_LABEL), not the token: it opens only
+ * the dashboard's read-only GETs, and a new token ends every session. */
+#define SESSION_COOKIE "tollgate_dashboard"
+#define SESSION_LABEL "tollgate dashboard session v1"
+#define SESSION_HEX (2 * SHA256_DIGEST_LENGTH)
+
+static void session_value(const char *token, char out[SESSION_HEX + 1])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (HMAC(EVP_sha256(), token, (int)strlen(token), (const unsigned char *)SESSION_LABEL,
+             sizeof(SESSION_LABEL) - 1, md, &n) == NULL ||
+        n != SHA256_DIGEST_LENGTH) {
+        out[0] = '\0'; /* matches no cookie: only the header opens */
+        return;
+    }
+    out[tg_hex_encode(out, md, n, false)] = '\0';
+}
+
+/* Whether a Cookie header carries the session cookie for `token`. */
+static bool session_cookie_ok(const struct tg_request *req, const char *token)
+{
+    char want[SESSION_HEX + 1];
+    session_value(token, want);
+    if (want[0] == '\0')
+        return false;
+    const size_t nn = sizeof(SESSION_COOKIE) - 1;
+    const struct tg_http_headers *h = &req->headers;
+    for (size_t i = 0; i < h->n; i++) {
+        if (!tg_http_name_eq(h->v[i].name, "cookie"))
+            continue;
+        /* name=value pairs separated by "; " (RFC 6265 5.4). */
+        const char *p = h->v[i].value.p, *end = p + h->v[i].value.n;
+        while (p < end) {
+            const char *semi = memchr(p, ';', (size_t)(end - p));
+            const char *stop = semi != NULL ? semi : end;
+            while (p < stop && *p == ' ')
+                p++;
+            if ((size_t)(stop - p) == nn + 1 + SESSION_HEX && memcmp(p, SESSION_COOKIE, nn) == 0 &&
+                p[nn] == '=' && CRYPTO_memcmp(p + nn + 1, want, SESSION_HEX) == 0)
+                return true;
+            if (semi == NULL)
+                break;
+            p = semi + 1;
+        }
+    }
+    return false;
+}
+
+/* The page (its own policy: dashboard.h), with `status` 200, or 401 when
+ * the client has neither token nor session: the same page then asks for
+ * the token, and holds no data (that comes from /dashboard.json). */
+static void handle_dashboard_page(struct tg_request *req, int status)
+{
+    const char *policy = tg_dashboard_csp();
+    if (policy == NULL) {
+        respond_text(req, 500, "500 Internal Server Error: the dashboard page is incomplete\n");
+        return;
+    }
+    struct tg_http_header f[] = {
+        {TG_STR("Content-Type"), TG_STR("text/html; charset=utf-8")},
+        {TG_STR("Content-Security-Policy"), tg_str_make(policy, strlen(policy))},
+        {TG_STR("Cache-Control"), TG_STR("no-store")},
+        {TG_STR("Referrer-Policy"), TG_STR("no-referrer")},
+    };
+    struct tg_http_headers own = {f, TG_ARRAY_LEN(f), TG_ARRAY_LEN(f)};
+    tg_request_respond_fields(req, status, &own, (const char *)tg_dashboard_page,
+                              tg_dashboard_page_len, false);
+}
+
+static void handle_dashboard_json(struct tg_request *req)
+{
+    struct tg_strbuf b = {0};
+    tg_dashboard_json(&b, req->ctx, req->wcfg->config);
+    if (b.oom) {
+        tg_strbuf_free(&b);
+        respond_text(req, 503, "503 Service Unavailable: out of memory\n");
+        return;
+    }
+    struct tg_http_header f[] = {
+        {TG_STR("Content-Type"), TG_STR(JSON_TYPE)},
+        {TG_STR("Cache-Control"), TG_STR("no-store")},
+    };
+    struct tg_http_headers own = {f, TG_ARRAY_LEN(f), TG_ARRAY_LEN(f)};
+    tg_request_respond_fields(req, 200, &own, b.p, b.n, false);
+    tg_strbuf_free(&b);
+}
+
+/* POST /dashboard/session, with the bearer token: the session cookie. */
+static void handle_dashboard_session(struct tg_request *req)
+{
+    const char *token = req->wcfg->config->admin_token;
+    if (req->method_id != TG_HTTP_POST) {
+        respond_text(req, 405, "405 Method Not Allowed: POST\n");
+        return;
+    }
+    if (token == NULL) {
+        respond_text(req, 404,
+                     "404 Not Found: admin.token is not set, the dashboard needs no "
+                     "session\n");
+        return;
+    }
+    char value[SESSION_HEX + 1];
+    session_value(token, value);
+    char *cookie = tg_arena_alloc(&req->arena, 128);
+    if (cookie == NULL || value[0] == '\0') {
+        respond_text(req, 503, "503 Service Unavailable\n");
+        return;
+    }
+    int n =
+        snprintf(cookie, 128, "%s=%s; Path=/; HttpOnly; SameSite=Strict", SESSION_COOKIE, value);
+    struct tg_http_header f[] = {
+        {TG_STR("Content-Type"), TG_STR(TEXT_TYPE)},
+        {TG_STR("Set-Cookie"), tg_str_make(cookie, (size_t)n)},
+        {TG_STR("Cache-Control"), TG_STR("no-store")},
+    };
+    struct tg_http_headers own = {f, TG_ARRAY_LEN(f), TG_ARRAY_LEN(f)};
+    tg_request_respond_fields(req, 200, &own, "session\n", 8, false);
+}
+
 void tg_admin_handle(struct tg_request *req)
 {
     const struct tg_config *cfg = req->wcfg->config;
-    if (!authorized(req, cfg->admin_token)) {
-        req->extra_headers = "WWW-Authenticate: Bearer\r\n";
-        respond_text(req, 401, "401 Unauthorized\n");
+    /* admin.allow/deny first: a denied address learns nothing, not even
+     * that a token is asked for. The client as identify found it (the
+     * peer, or behind trusted_proxies the forwarded address). */
+    if (cfg->admin_access != NULL &&
+        !tg_access_check(cfg->admin_access, &req->client, NULL, 0, NULL)) {
+        respond_text(req, 403, "403 Forbidden\n");
         return;
     }
     const char *path = req->path;
@@ -427,6 +509,30 @@ void tg_admin_handle(struct tg_request *req)
     size_t pn = q ? (size_t)(q - path) : n;
     bool get = req->method_id == TG_HTTP_GET || req->method_id == TG_HTTP_HEAD;
 #define IS(p) (pn == sizeof(p) - 1 && memcmp(path, p, pn) == 0)
+    bool page = get && (IS("/") || IS("/dashboard"));
+    bool dashboard = page || (get && IS("/dashboard.json"));
+    /* The session cookie opens the dashboard's reads, nothing else. */
+    if (!authorized(req, cfg->admin_token) &&
+        !(dashboard && session_cookie_ok(req, cfg->admin_token))) {
+        req->extra_headers = "WWW-Authenticate: Bearer\r\n";
+        if (page)
+            handle_dashboard_page(req, 401);
+        else
+            respond_text(req, 401, "401 Unauthorized\n");
+        return;
+    }
+    if (page) {
+        handle_dashboard_page(req, 200);
+        return;
+    }
+    if (dashboard) {
+        handle_dashboard_json(req);
+        return;
+    }
+    if (IS("/dashboard/session")) {
+        handle_dashboard_session(req);
+        return;
+    }
     if (IS("/cache") ||
         (pn >= CACHE_PREFIX_LEN && memcmp(path, CACHE_PREFIX, CACHE_PREFIX_LEN) == 0)) {
         size_t skip = pn >= CACHE_PREFIX_LEN ? CACHE_PREFIX_LEN : pn;
@@ -457,8 +563,8 @@ void tg_admin_handle(struct tg_request *req)
         handle_status(req);
     } else {
         respond_text(req, 404,
-                     "404 Not Found: /metrics /healthz /readyz /status "
-                     "/ratelimit/POLICY/KEY /cache/HOST/PATH\n");
+                     "404 Not Found: /dashboard /dashboard.json /metrics /healthz /readyz "
+                     "/status /ratelimit/POLICY/KEY /cache/HOST/PATH\n");
     }
 #undef IS
 }

@@ -1,9 +1,13 @@
 /* The admin listener: /metrics (Prometheus), /healthz, /readyz, /status,
- * and rate-limit key inspection (GET/DELETE /ratelimit/POLICY/KEY).
+ * rate-limit key inspection (GET/DELETE /ratelimit/POLICY/KEY), cache
+ * purges, and the live dashboard (/ and /dashboard, its /dashboard.json,
+ * and POST /dashboard/session, which trades the token for a cookie that
+ * opens those reads only).
  *
  * It rides on the normal connection machinery (parsing, timeouts,
  * keep-alive); only the request handling differs. It listens on loopback by
- * default and can require a bearer token. */
+ * default, can require a bearer token (admin.token) and can refuse client
+ * addresses (admin.allow, admin.deny); both apply to every path. */
 #ifndef TG_ADMIN_H
 #define TG_ADMIN_H
 

@@ -2982,9 +2982,11 @@ static int p_buckets(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const st
     return 0;
 }
 
-/* admin: {listen: ADDRESS | off, token: STRING}. The admin listener joins
- * the listener list (so reloads add and remove it like any other) with the
- * admin flag; it is on 127.0.0.1:9901 unless switched off. */
+/* admin: {listen: ADDRESS | off, token: STRING, allow: [...], deny: [...]}.
+ * The admin listener joins the listener list (so reloads add and remove it
+ * like any other) with the admin flag; it is on 127.0.0.1:9901 unless
+ * switched off. allow/deny are prefix lists as a site's are (built and
+ * checked by config_build.c). */
 struct admin_section {
     const char *listen;
     const char *token;
@@ -2998,6 +3000,8 @@ static const struct cfg_key admin_keys[] = {
     {"histogram_buckets", p_buckets, 0, 0, 0, NULL,
      NULL /* 1ms 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2500ms 5s 10s */},
     {"tenant_series", p_uint, FIELD(struct admin_section, tenant_series), 0, 100000, NULL, "500"},
+    {"allow", p_skip, 0, 0, 0, NULL, NULL /* anyone who reaches the listener */},
+    {"deny", p_skip, 0, 0, 0, NULL, NULL /* none */},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -3010,7 +3014,8 @@ static int parse_admin(struct cfg_ctx *ctx, yaml_node_t *node)
     if (node != NULL) {
         yaml_node_t *ln = mapping_get(ctx, node, "listen");
         mark = mark_of(ln != NULL ? ln : node);
-        if (walk_mapping(ctx, node, admin_keys, &a, "admin") < 0)
+        if (walk_mapping(ctx, node, admin_keys, &a, "admin") < 0 ||
+            parse_access(ctx, node, &cfg->admin_access_list) < 0)
             return -1;
     }
     cfg->admin_token = a.token;

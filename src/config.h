@@ -592,9 +592,11 @@ struct tg_config {
     struct tg_config_tracing tracing;
     struct tg_config_rate_limit rate_limit;
     struct tg_config_tenants tenants;
-    const struct tg_config_site *domain_site; /* the site with custom_domains */
-    const struct tg_config_site *header_site; /* the first site with tenant_header */
-    const char *admin_token;                  /* bearer token for the admin listener */
+    const struct tg_config_site *domain_site;       /* the site with custom_domains */
+    const struct tg_config_site *header_site;       /* the first site with tenant_header */
+    const char *admin_token;                        /* bearer token for the admin listener */
+    struct tg_config_access_list admin_access_list; /* admin.allow, admin.deny as written */
+    struct tg_access_rules *admin_access;           /* built from it; NULL = anyone */
     /* Histogram bucket bounds (admin.histogram_buckets), ascending; none:
      * the built-in ones. */
     int64_t histogram_buckets_ms[16];

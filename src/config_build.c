@@ -173,6 +173,7 @@ static struct tg_access_rules *access_build(const struct tg_config_access_list *
 
 static void build_access(struct tg_config *cfg, struct tg_config_errors *errs)
 {
+    cfg->admin_access = access_build(&cfg->admin_access_list, errs);
     for (size_t s = 0; s < cfg->nsites; s++) {
         struct tg_config_site *site = &cfg->sites[s];
         site->access = access_build(&site->access_list, errs);
@@ -280,6 +281,8 @@ static void unbuild(struct tg_config *cfg)
     tg_geoip_close(cfg->geoip);
     tg_geoip_close(cfg->geoip_asn);
     cfg->geoip = cfg->geoip_asn = NULL;
+    tg_access_rules_free(cfg->admin_access);
+    cfg->admin_access = NULL;
     for (size_t s = 0; s < cfg->nsites; s++) {
         struct tg_config_site *site = &cfg->sites[s];
         tg_access_rules_free(site->access);

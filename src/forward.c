@@ -102,6 +102,7 @@ struct tg_exchange {
     bool sse;            /* text/event-stream: heartbeats apply */
     bool sse_draining;   /* end the stream at the next boundary */
     bool stream_counted; /* holds a stream.max_per_ip slot */
+    bool sse_counted;    /* counted in the worker's open SSE streams */
     char sse_tail[3];    /* last data bytes sent: event boundary */
     const char *inject;  /* bytes of our own still to give */
     size_t inject_left;
@@ -188,6 +189,10 @@ static void release(struct tg_exchange *x)
     upwait_unlink(x);
     drop_upstream(x, false);
     release_stream_slot(x);
+    if (x->sse_counted) {
+        x->sse_counted = false;
+        TG_METRIC_ADD(x->req->ctx->metrics->sse_open, -1);
+    }
 }
 
 static void end_exchange(struct tg_exchange *x, enum tg_stream_end how)
@@ -1142,6 +1147,12 @@ static void on_response_head(struct tg_exchange *x, const struct tg_http1_respon
             return;
         }
         x->stream_counted = true;
+    }
+    /* Every way the exchange ends goes through release(), which counts it
+     * out again. */
+    if (x->sse) {
+        TG_METRIC_ADD(ctx->metrics->sse_open, 1);
+        x->sse_counted = true;
     }
     memcpy(x->sse_tail, "\n\n\n", 3); /* the start is an event boundary */
     bool upgrade = r->status == 101;

@@ -31,6 +31,7 @@ static struct {
 
 static _Atomic uint64_t reloads_ok, reloads_failed;
 static _Atomic double last_reload;
+static _Atomic double started_at; /* the first load, at start */
 
 /* Appends a label value escaped for the exposition format. */
 size_t tg_metrics_escape_label(char *out, size_t cap, const char *v)
@@ -77,15 +78,28 @@ static unsigned series_id(enum tg_metrics_kind kind, const char *labels)
     return id;
 }
 
+/* The id of a fixed label set, registered on first use (any thread: two
+ * first uses register the same set once). */
+static unsigned fixed_series(_Atomic unsigned *id, const char *labels)
+{
+    unsigned v = atomic_load(id);
+    if (v == UINT32_MAX) {
+        v = series_id(TG_METRICS_ROUTE, labels);
+        atomic_store(id, v);
+    }
+    return v;
+}
+
 unsigned tg_metrics_no_route(void)
 {
     static _Atomic unsigned id = UINT32_MAX;
-    unsigned v = atomic_load(&id);
-    if (v == UINT32_MAX) {
-        v = series_id(TG_METRICS_ROUTE, "site=\"\",route=\"\"");
-        atomic_store(&id, v);
-    }
-    return v;
+    return fixed_series(&id, "site=\"\",route=\"\"");
+}
+
+unsigned tg_metrics_admin_route(void)
+{
+    static _Atomic unsigned id = UINT32_MAX;
+    return fixed_series(&id, "site=\"_admin\",route=\"\"");
 }
 
 static void assign_buckets(const struct tg_config *cfg);
@@ -97,6 +111,7 @@ void tg_metrics_assign(struct tg_config *cfg)
     assign_buckets(cfg);
     buckets_set = true;
     tg_metrics_no_route();
+    tg_metrics_admin_route();
     for (size_t s = 0; s < cfg->nsites; s++) {
         struct tg_config_site *site = &cfg->sites[s];
         tg_metrics_escape_label(a, sizeof(a), site->hosts[0]);
@@ -159,6 +174,24 @@ static const char *const tls_reasons[TG_METRICS_TLS_REASONS] = {
     "protocol", "no_shared_cipher", "unknown_ca", "bad_cert", "cert_required",
     "eof",      "syscall",          "timeout",    "other",
 };
+
+static const char *const status_classes[TG_METRICS_STATUS_CLASSES] = {
+    "aborted", "1xx", "2xx", "3xx", "4xx", "5xx",
+};
+
+static const char *const rl_results[TG_RL_RESULTS] = {
+    "allowed", "limited", "shadow", "error", "near_limit",
+};
+
+const char *tg_metrics_status_class_name(unsigned c)
+{
+    return status_classes[c];
+}
+
+const char *tg_metrics_rl_result_name(unsigned r)
+{
+    return rl_results[r];
+}
 
 unsigned tg_metrics_tls_reason(const char *reason)
 {
@@ -225,6 +258,7 @@ void tg_metrics_reload(bool ok, double when)
 void tg_metrics_loaded(double when)
 {
     atomic_store(&last_reload, when);
+    atomic_store(&started_at, when);
 }
 
 /* ---- what the scrape reads ---------------------------------------------------- */
@@ -256,4 +290,9 @@ void tg_metrics_reloads(uint64_t *ok, uint64_t *failed, double *last)
     *ok = atomic_load(&reloads_ok);
     *failed = atomic_load(&reloads_failed);
     *last = atomic_load(&last_reload);
+}
+
+double tg_metrics_started_at(void)
+{
+    return atomic_load(&started_at);
 }

@@ -39,8 +39,11 @@ enum tg_metrics_kind {
     TG_METRICS_KINDS,
 };
 
+/* Status classes of requests[]: aborted, then 1xx to 5xx. */
+#define TG_METRICS_STATUS_CLASSES 6
+
 struct tg_route_stats {
-    uint64_t requests[6];                          /* by status class: 0 = aborted, 1..5 */
+    uint64_t requests[TG_METRICS_STATUS_CLASSES];  /* by status class: 0 = aborted, 1..5 */
     uint64_t duration[TG_METRICS_MAX_BUCKETS + 1]; /* cumulative at scrape */
     uint64_t duration_us;                          /* sum */
     uint64_t bytes_in, bytes_out;
@@ -119,6 +122,7 @@ struct tg_metrics_shard {
     uint64_t h2_streams;
     uint64_t h2_client_resets; /* RST_STREAM from clients */
     uint64_t h2_floods;        /* connections sent away for a flood or Rapid Reset */
+    int64_t sse_open;          /* text/event-stream answers streaming now: +1/-1, summed */
 };
 
 /* Allocates a shard (zeroed). NULL on allocation failure. */
@@ -142,6 +146,9 @@ size_t tg_metrics_escape_label(char *out, size_t cap, const char *v);
 
 /* The series for requests that matched no route (unknown host, bad head). */
 unsigned tg_metrics_no_route(void);
+/* The series for the admin listener's own requests (scrapes, the
+ * dashboard's polls), apart from the traffic: site="_admin". */
+unsigned tg_metrics_admin_route(void);
 
 /* Index of a TLS failure reason token ("protocol", ...). */
 unsigned tg_metrics_tls_reason(const char *reason);
@@ -164,6 +171,11 @@ unsigned tg_metrics_series_count(enum tg_metrics_kind kind);
 const char *tg_metrics_series_labels(enum tg_metrics_kind kind, unsigned id);
 double tg_metrics_bucket_bound(unsigned b);
 const char *tg_metrics_tls_reason_name(unsigned r);
+/* "aborted", "1xx" ... "5xx"; "allowed", "limited", ... (the labels). */
+const char *tg_metrics_status_class_name(unsigned c);
+const char *tg_metrics_rl_result_name(unsigned r);
 void tg_metrics_reloads(uint64_t *ok, uint64_t *failed, double *last);
+/* When the process loaded its first configuration (Unix time; 0 before). */
+double tg_metrics_started_at(void);
 
 #endif

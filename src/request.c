@@ -328,7 +328,9 @@ static void log_request(struct tg_request *req)
         return;
     }
     ev_tstamp now = tg_context_now(ctx);
-    unsigned id = req->route != NULL ? req->route->metrics_id : tg_metrics_no_route();
+    unsigned id = req->route != NULL                              ? req->route->metrics_id
+                  : req->listener != NULL && req->listener->admin ? tg_metrics_admin_route()
+                                                                  : tg_metrics_no_route();
     struct tg_route_stats *rs = &ctx->metrics->routes[id];
     int cls = req->status >= 100 && req->status < 600 && req->head_sent ? req->status / 100 : 0;
     TG_METRIC_INC(rs->requests[cls]);
@@ -813,6 +815,15 @@ void tg_request_fail(struct tg_request *req, int status, const char *body)
 void tg_request_respond(struct tg_request *req, int status, const char *type, const char *body,
                         size_t len, bool close)
 {
+    struct tg_http_header ct = {TG_STR("Content-Type"), tg_str_make(type, strlen(type))};
+    struct tg_http_headers own = {&ct, 1, 1};
+    tg_request_respond_fields(req, status, &own, body, len, close);
+}
+
+void tg_request_respond_fields(struct tg_request *req, int status,
+                               const struct tg_http_headers *own, const char *body, size_t len,
+                               bool close)
+{
     if (tg_request_over(req))
         return;
     tg_request_ref(req);
@@ -840,15 +851,14 @@ void tg_request_respond(struct tg_request *req, int status, const char *type, co
         .lim = req->lim,
         .extra = req->extra_headers,
     };
-    struct tg_http_header ct = {TG_STR("Content-Type"), tg_str_make(type, strlen(type))};
-    struct tg_http_headers own = {&ct, 1, 1}, fields;
+    struct tg_http_headers fields;
     char *copy = len > 0 ? tg_arena_alloc(&req->arena, len) : NULL;
-    if (tg_headers_response_fields(&req->arena, &in, &own, &fields) < 0 ||
+    if (tg_headers_response_fields(&req->arena, &in, own, &fields) < 0 ||
         (len > 0 && copy == NULL)) {
         tg_request_end(req, TG_STREAM_RESET);
         goto out;
     }
-    /* Content-Type is a field of ours the rules treat like the backend's. */
+    /* Our own fields (Content-Type, ...) are treated like a backend's. */
     if (len > 0)
         memcpy(copy, body, len);
     bool no_body = req->method_id == TG_HTTP_HEAD;

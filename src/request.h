@@ -291,6 +291,14 @@ void tg_request_move(struct tg_request *req, ev_tstamp by);
  * stream has taken it all. Usable from any callback. */
 void tg_request_respond(struct tg_request *req, int status, const char *type, const char *body,
                         size_t len, bool close);
+/* The same with fields of the answer's own in `own` (Content-Type among
+ * them): the rules treat them as a backend's, so a configured header of
+ * the same name is not added unless the rules `override` (an admin page's
+ * Content-Security-Policy wins over a site-wide one). Views; the stream
+ * copies them before this returns. */
+void tg_request_respond_fields(struct tg_request *req, int status,
+                               const struct tg_http_headers *own, const char *body, size_t len,
+                               bool close);
 
 /* A text/plain local answer. An error (status >= 400) whose body is
  * "NNN Reason: why\n" (or "NNN Reason\n") is written as the route's, else

@@ -25,9 +25,6 @@
 #include "tenant_shared.h"
 #include "trace_export.h"
 
-/* Status classes of the routes' requests[]: aborted, then 1xx to 5xx. */
-#define STATUS_CLASSES 6
-
 /* ---- rendering ------------------------------------------------------------- */
 
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
@@ -38,6 +35,37 @@
         for (unsigned w_ = 0; w_ < nw; w_++)              \
             (v) += LOAD(rt->workers[w_]->metrics->field); \
     } while (0)
+
+void tg_scrape_sum_route(struct tg_runtime *rt, unsigned id, struct tg_route_stats *out)
+{
+    *out = (struct tg_route_stats){0};
+    for (unsigned w = 0; w < rt->nworkers; w++) {
+        const struct tg_route_stats *s = &rt->workers[w]->metrics->routes[id];
+        for (unsigned c = 0; c < TG_METRICS_STATUS_CLASSES; c++)
+            out->requests[c] += LOAD(s->requests[c]);
+        for (unsigned b = 0; b <= TG_METRICS_MAX_BUCKETS; b++)
+            out->duration[b] += LOAD(s->duration[b]);
+        out->duration_us += LOAD(s->duration_us);
+        out->bytes_in += LOAD(s->bytes_in);
+        out->bytes_out += LOAD(s->bytes_out);
+    }
+}
+
+void tg_scrape_sum_policy(struct tg_runtime *rt, unsigned id, struct tg_policy_stats *out)
+{
+    *out = (struct tg_policy_stats){0};
+    for (unsigned w = 0; w < rt->nworkers; w++)
+        for (unsigned r = 0; r < TG_RL_RESULTS; r++)
+            out->results[r] += LOAD(rt->workers[w]->metrics->policies[id].results[r]);
+}
+
+int64_t tg_scrape_sse_open(struct tg_runtime *rt)
+{
+    int64_t v = 0;
+    for (unsigned w = 0; w < rt->nworkers; w++)
+        v += LOAD(rt->workers[w]->metrics->sse_open);
+    return v;
+}
 
 static void header(struct tg_strbuf *o, const char *name, const char *type, const char *help)
 {
@@ -146,19 +174,25 @@ static void tenant_family(struct tg_strbuf *o, const struct tg_tenant_report *re
 
 /* Per-tenant series: the busiest admin.tenant_series tenants by name, the
  * rest as tenant="_other", and the guard's own counters. */
-static int render_tenants(struct tg_strbuf *o, struct tg_runtime *rt, unsigned nw)
+int tg_scrape_tenant_report(struct tg_runtime *rt, struct tg_tenant_report *out)
 {
-    if (tg_tenant_metrics_limit() == 0)
-        return 0;
+    unsigned nw = rt->nworkers;
     struct tg_tenant_metrics **tables = calloc(nw + 1, sizeof(*tables));
     if (tables == NULL)
         return -1;
     for (unsigned w = 0; w < nw; w++)
         tables[w] = rt->workers[w]->tenant_metrics;
-    struct tg_tenant_report rep;
-    int rc = tg_tenant_metrics_report(tables, nw, &rep);
+    int rc = tg_tenant_metrics_report(tables, nw, out);
     free(tables);
-    if (rc < 0)
+    return rc;
+}
+
+static int render_tenants(struct tg_strbuf *o, struct tg_runtime *rt)
+{
+    if (tg_tenant_metrics_limit() == 0)
+        return 0;
+    struct tg_tenant_report rep;
+    if (tg_scrape_tenant_report(rt, &rep) < 0)
         return -1;
     /* Escaped once: every family names every tenant. */
     tenant_label *labels = calloc(rep.n + 1, sizeof(*labels));
@@ -170,17 +204,15 @@ static int render_tenants(struct tg_strbuf *o, struct tg_runtime *rt, unsigned n
         tg_metrics_escape_label(labels[i], sizeof(labels[i]), rep.rows[i].id);
     snprintf(labels[rep.n], sizeof(labels[rep.n]), "_other");
 
-    static const char *const classes[STATUS_CLASSES] = {"aborted", "1xx", "2xx",
-                                                        "3xx",     "4xx", "5xx"};
     header(o, "tenant_requests_total", "counter",
            "Requests by tenant and status class (classes with none are left out).");
     for (size_t i = 0; i <= rep.n; i++) {
         const struct tg_tenant_series *s = i < rep.n ? &rep.rows[i].s : &rep.other;
-        for (int c = 0; c < STATUS_CLASSES; c++)
+        for (unsigned c = 0; c < TG_METRICS_STATUS_CLASSES; c++)
             if (s->requests[c] > 0 || c == 2)
-                tg_strbuf_printf(o,
-                                 "tollgate_tenant_requests_total{tenant=\"%s\",code=\"%s\"} %llu\n",
-                                 labels[i], classes[c], (unsigned long long)s->requests[c]);
+                tg_strbuf_printf(
+                    o, "tollgate_tenant_requests_total{tenant=\"%s\",code=\"%s\"} %llu\n",
+                    labels[i], tg_metrics_status_class_name(c), (unsigned long long)s->requests[c]);
     }
     tenant_family(o, &rep, labels, "tenant_ratelimited_total", "counter",
                   "Requests of a tenant refused by a rate limit.",
@@ -231,45 +263,36 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     unsigned nw = rt->nworkers;
 
     /* Routes: requests by status class, durations, bytes. */
-    static const char *const classes[STATUS_CLASSES] = {"aborted", "1xx", "2xx",
-                                                        "3xx",     "4xx", "5xx"};
     unsigned nroutes = tg_metrics_series_count(TG_METRICS_ROUTE);
     header(&o, "requests_total", "counter", "Requests by site, route and status class.");
+    struct tg_route_stats rs;
     for (unsigned id = 0; id < nroutes; id++) {
-        for (int c = 0; c < STATUS_CLASSES; c++) {
-            uint64_t v = 0;
-            SUM_WORKERS(v, routes[id].requests[c]);
+        tg_scrape_sum_route(rt, id, &rs);
+        for (unsigned c = 0; c < TG_METRICS_STATUS_CLASSES; c++)
             tg_strbuf_printf(&o, "tollgate_requests_total{%s,code=\"%s\"} %llu\n",
-                             tg_metrics_series_labels(TG_METRICS_ROUTE, id), classes[c],
-                             (unsigned long long)v);
-        }
+                             tg_metrics_series_labels(TG_METRICS_ROUTE, id),
+                             tg_metrics_status_class_name(c), (unsigned long long)rs.requests[c]);
     }
     header(&o, "request_duration_seconds", "histogram",
            "Time from the first byte of the request head to the end of the answer.");
     for (unsigned id = 0; id < nroutes; id++) {
-        uint64_t counts[TG_METRICS_MAX_BUCKETS + 1] = {0}, sum = 0;
-        for (unsigned w = 0; w < nw; w++) {
-            struct tg_route_stats *s = &rt->workers[w]->metrics->routes[id];
-            for (unsigned b = 0; b <= TG_METRICS_MAX_BUCKETS; b++)
-                counts[b] += LOAD(s->duration[b]);
-            sum += LOAD(s->duration_us);
-        }
+        tg_scrape_sum_route(rt, id, &rs);
         histogram(&o, "request_duration_seconds", tg_metrics_series_labels(TG_METRICS_ROUTE, id),
-                  counts, sum);
+                  rs.duration, rs.duration_us);
     }
     header(&o, "bytes_received_total", "counter", "Bytes received from clients, by route.");
     for (unsigned id = 0; id < nroutes; id++) {
-        uint64_t v = 0;
-        SUM_WORKERS(v, routes[id].bytes_in);
+        tg_scrape_sum_route(rt, id, &rs);
         tg_strbuf_printf(&o, "tollgate_bytes_received_total{%s} %llu\n",
-                         tg_metrics_series_labels(TG_METRICS_ROUTE, id), (unsigned long long)v);
+                         tg_metrics_series_labels(TG_METRICS_ROUTE, id),
+                         (unsigned long long)rs.bytes_in);
     }
     header(&o, "bytes_sent_total", "counter", "Bytes sent to clients, by route.");
     for (unsigned id = 0; id < nroutes; id++) {
-        uint64_t v = 0;
-        SUM_WORKERS(v, routes[id].bytes_out);
+        tg_scrape_sum_route(rt, id, &rs);
         tg_strbuf_printf(&o, "tollgate_bytes_sent_total{%s} %llu\n",
-                         tg_metrics_series_labels(TG_METRICS_ROUTE, id), (unsigned long long)v);
+                         tg_metrics_series_labels(TG_METRICS_ROUTE, id),
+                         (unsigned long long)rs.bytes_out);
     }
 
     /* Upstreams. */
@@ -343,20 +366,17 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     }
 
     /* Rate limiting. */
-    static const char *const results[TG_RL_RESULTS] = {"allowed", "limited", "shadow", "error",
-                                                       "near_limit"};
     unsigned npol = tg_metrics_series_count(TG_METRICS_POLICY);
     header(&o, "ratelimit_decisions_total", "counter",
            "Rate-limit decisions by policy and result (shadow: a shadow policy would have "
            "refused; near_limit: allowed with under 20% of the burst left).");
     for (unsigned id = 0; id < npol; id++) {
-        for (int r = 0; r < TG_RL_RESULTS; r++) {
-            uint64_t v = 0;
-            SUM_WORKERS(v, policies[id].results[r]);
+        struct tg_policy_stats ps;
+        tg_scrape_sum_policy(rt, id, &ps);
+        for (unsigned r = 0; r < TG_RL_RESULTS; r++)
             tg_strbuf_printf(&o, "tollgate_ratelimit_decisions_total{%s,result=\"%s\"} %llu\n",
-                             tg_metrics_series_labels(TG_METRICS_POLICY, id), results[r],
-                             (unsigned long long)v);
-        }
+                             tg_metrics_series_labels(TG_METRICS_POLICY, id),
+                             tg_metrics_rl_result_name(r), (unsigned long long)ps.results[r]);
     }
     uint64_t rtrips = 0, rreqs = 0, rerrs = 0, rtimeouts = 0, rdisc = 0, rshort = 0;
     int up_workers = 0, have_redis = 0;
@@ -482,6 +502,9 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
            "HTTP/2 connections sent away (GOAWAY ENHANCE_YOUR_CALM) for a control-frame flood "
            "or Rapid Reset.");
     tg_strbuf_printf(&o, "tollgate_http2_floods_total %llu\n", (unsigned long long)h2_floods);
+    header(&o, "sse_streams_open", "gauge",
+           "Server-Sent Events answers (text/event-stream) streaming to clients now.");
+    tg_strbuf_printf(&o, "tollgate_sse_streams_open %lld\n", (long long)tg_scrape_sse_open(rt));
     header(&o, "tls_handshakes_total", "counter", "Completed TLS handshakes with clients.");
     tg_strbuf_printf(&o, "tollgate_tls_handshakes_total{resumed=\"false\"} %llu\n",
                      (unsigned long long)(hs - resumed));
@@ -581,7 +604,7 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     tg_strbuf_printf(&o, "tollgate_tenant_invalidations_total %llu\n",
                      (unsigned long long)ts.invalidations);
 
-    if (render_tenants(&o, rt, nw) < 0)
+    if (render_tenants(&o, rt) < 0)
         o.oom = true;
 
     /* Certificates tls.acme manages. */

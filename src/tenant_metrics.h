@@ -35,8 +35,8 @@
 
 /* One tenant's counters (and "_other"'s). */
 struct tg_tenant_series {
-    uint64_t requests[6]; /* by status class: 0 = aborted, 1..5 */
-    uint64_t limited;     /* refused by a rate limit */
+    uint64_t requests[TG_METRICS_STATUS_CLASSES]; /* by status class: 0 = aborted, 1..5 */
+    uint64_t limited;                             /* refused by a rate limit */
     uint64_t upstream_errors;
     uint64_t bytes_in, bytes_out;
     uint64_t duration[TG_METRICS_MAX_BUCKETS + 1]; /* per bucket, not cumulative */

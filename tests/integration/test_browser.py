@@ -122,8 +122,10 @@ log:
 """ % (h2_port, h1_port, crt, key, backend_port)
 
 
-def start_chromium(log_path):
-    """Headless Chromium on loopback only, through Debian's chromedriver."""
+def start_chromium(log_path, console=False):
+    """Headless Chromium on loopback only, through Debian's chromedriver;
+    with `console`, the page's console messages are kept for
+    driver.get_log("browser")."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.remote.remote_connection import RemoteConnection
@@ -140,6 +142,8 @@ def start_chromium(log_path):
               # Loopback only: every other name fails to resolve.
               "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost"):
         opts.add_argument(a)
+    if console:
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service("/usr/bin/chromedriver", log_path=log_path)
     driver = webdriver.Chrome(service=service, options=opts)
     driver.set_page_load_timeout(15 * SLOW)

@@ -75,6 +75,7 @@ def test_make_install(tmp_path):
     assert (dest / "lib/systemd/system/tollgate.service").exists()
     assert (dest / "etc/tollgate/tollgate.yaml.example").exists()
     assert (dest / "usr/local/share/doc/tollgate/operations.md").exists()
+    assert (dest / "usr/local/share/doc/tollgate/grafana-dashboard.json").exists()
 
 
 def test_systemd_unit_verifies(tmp_path):

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "config_build.h"
 #include "limiter.h"
 #include "log.h"
@@ -1721,6 +1722,57 @@ TEST(warnings_of_valid_configs)
     tg_config_unref(c);
 }
 
+/* Issue 21 (dashboard): admin.allow and admin.deny are prefix lists as a
+ * site's are; a bad entry is an error at the entry, and the country and
+ * ASN lists are not admin keys. */
+TEST(admin_access_lists)
+{
+    char err[4096];
+    const char *base = "listen: [127.0.0.1:8080]\n"
+                       "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                       "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+    char y[2048];
+    snprintf(y, sizeof(y),
+             "%sadmin: {listen: 127.0.0.1:9901, allow: [10.0.0.0/8, loopback], "
+             "deny: [10.1.0.0/16]}\n",
+             base);
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL && c->admin_access != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    static const struct {
+        const char *addr;
+        bool allowed;
+    } cases[] = {
+        {"10.2.3.4", true},
+        {"127.0.0.1", true},
+        {"10.1.2.3", false},
+        {"192.0.2.1", false},
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(cases); i++) {
+        struct tg_addr a;
+        CHECK(tg_addr_parse(cases[i].addr, strlen(cases[i].addr), &a) == 0);
+        CHECK(tg_access_check(c->admin_access, &a, NULL, 0, NULL) == cases[i].allowed);
+    }
+    tg_config_unref(c);
+    /* Without the lists: no rules, anyone who reaches the listener. */
+    snprintf(y, sizeof(y), "%sadmin: {listen: 127.0.0.1:9901}\n", base);
+    c = load(y, err, sizeof(err));
+    CHECK(c != NULL && c->admin_access == NULL);
+    tg_config_unref(c);
+
+    snprintf(y, sizeof(y), "%sadmin: {listen: 127.0.0.1:9901, allow: [10.0.0.1/8]}\n", base);
+    expect_error(y, "t.yaml:4:41: ", "allow: \"10.0.0.1/8\": host bits set");
+    snprintf(y, sizeof(y), "%sadmin: {listen: 127.0.0.1:9901, deny: [nowhere]}\n", base);
+    expect_error(y, "t.yaml:4:40: ", "not an IP prefix or a preset");
+    snprintf(y, sizeof(y), "%sadmin: {listen: 127.0.0.1:9901, allow: 10.0.0.0/8}\n", base);
+    expect_error(y, "t.yaml:4:40: ", "allow must be a list, not a scalar");
+    snprintf(y, sizeof(y), "%sadmin: {listen: 127.0.0.1:9901, allow_countries: [GB]}\n", base);
+    expect_error(y, "t.yaml:4:33: ", "unknown key 'allow_countries' in admin");
+}
+
 int main(void)
 {
     RUN(schema_defaults_parse);
@@ -1754,5 +1806,6 @@ int main(void)
     RUN(include_merges_files);
     RUN(include_errors);
     RUN(warnings_of_valid_configs);
+    RUN(admin_access_lists);
     return TEST_SUMMARY();
 }
