@@ -1755,6 +1755,27 @@ static const struct cfg_key tenant_keys[] = {
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
+static const struct cfg_key activation_keys[] = {
+    {"timeout", p_duration, FIELD(struct tg_config_activation, timeout_ms), 100, 600000, NULL,
+     "10s"},
+    {"max_waiting", p_uint, FIELD(struct tg_config_activation, max_waiting), 1, 1000000, NULL,
+     "1000"},
+    {"unknown", p_bool, FIELD(struct tg_config_activation, unknown), 0, 0, NULL, "false"},
+    {"stream", p_string, FIELD(struct tg_config_activation, stream), 0, 0, NULL,
+     NULL /* key_prefix + "activate" */},
+    {NULL, NULL, 0, 0, 0, NULL},
+};
+
+/* tenants.activation: {} turns it on with the defaults. */
+static int p_activation(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                        const struct cfg_key *key)
+{
+    struct tg_config_activation *a = dst;
+    a->enabled = true;
+    a->mark = mark_of(node);
+    return walk_mapping(ctx, node, key->sub, a, "tenants.activation");
+}
+
 static const struct cfg_key tenants_keys[] = {
     {"directory", p_enum, FIELD(struct tg_config_tenants, directory), 0, 0, directories, "static"},
     {"redis", p_skip, FIELD(struct tg_config_tenants, redis), 0, 0, NULL, NULL, tenant_redis_keys},
@@ -1768,6 +1789,8 @@ static const struct cfg_key tenants_keys[] = {
      "100000"},
     {"move_grace", p_duration, FIELD(struct tg_config_tenants, move_grace_ms), 0, 3600000, NULL,
      "10s"},
+    {"activation", p_activation, FIELD(struct tg_config_tenants, activation), 0, 0, NULL,
+     NULL /* off */, activation_keys},
     {"static", p_skip, 0, 0, 0, NULL, NULL /* {} */},
     {"domains", p_skip, 0, 0, 0, NULL, NULL /* {} */},
     {"upstream_defaults", p_skip, FIELD(struct tg_config_tenants, upstream_defaults), 0, 0, NULL,
@@ -1810,6 +1833,11 @@ static int parse_tenants(struct cfg_ctx *ctx, yaml_node_t *node)
     int rc = walk_mapping(ctx, node, tenants_keys, tn, "tenants");
     if (node->type != YAML_MAPPING_NODE)
         return -1;
+    if (tn->activation.enabled && tn->directory != TG_TENANTS_REDIS) {
+        error_at(ctx, tn->activation.mark,
+                 "tenants.activation needs directory: redis (the control plane answers there)");
+        rc = -1;
+    }
     yaml_node_t *n;
     /* tenants.redis inherits rate_limit.redis (its parent scope), with a
      * key prefix of its own. */

@@ -382,13 +382,25 @@ enum tg_tenant_directory {
 
 struct tg_tenant_index;
 
+/* tenants.activation: tenants placed on their first request (tenant.c). */
+struct tg_config_activation {
+    bool enabled;         /* the section is present */
+    bool unknown;         /* ids the directory does not know are activated too */
+    int64_t timeout_ms;   /* a request waits this long for the placement */
+    unsigned max_waiting; /* requests parked per worker at most */
+    const char *stream;   /* the Redis stream the control plane reads (NULL:
+                             key_prefix + "activate") */
+    struct tg_config_mark mark;
+};
+
 struct tg_config_tenants {
     enum tg_tenant_directory directory;
     struct tg_config_redis redis; /* defaults to rate_limit.redis */
     int64_t cache_ttl_ms;
     int64_t negative_ttl_ms;
     int64_t stale_ttl_ms;
-    int64_t move_grace_ms;            /* a moved tenant's streams are cut after this */
+    int64_t move_grace_ms; /* a moved tenant's streams are cut after this */
+    struct tg_config_activation activation;
     size_t max_cached;                /* per worker */
     struct tg_config_tenant *tenants; /* static entries (win over Redis) */
     size_t ntenants;

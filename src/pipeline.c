@@ -42,6 +42,7 @@
  * reply timeout would have (their timers should have answered first). */
 #define WAIT_SLACK_S 1.0
 #define RETRY_AFTER_1 "Retry-After: 1\r\n"
+#define RETRY_AFTER_5 "Retry-After: 5\r\n"
 
 enum verdict { NEXT, ANSWERED, WAIT };
 
@@ -398,6 +399,11 @@ static enum verdict use_tenant(struct tg_request *req, enum tg_tenant_status sta
 {
     if (status == TG_TENANT_NOT_FOUND)
         return answer(req, 404, "404 Not Found: no such tenant\n", false);
+    if (status == TG_TENANT_INACTIVE)
+        return answer_extra(req, 503, RETRY_AFTER_5,
+                            "503 Service Unavailable: the tenant is not placed yet; "
+                            "try again shortly\n",
+                            false);
     if (status != TG_TENANT_FOUND || t == NULL)
         return answer_extra(req, 503, RETRY_AFTER_1,
                             "503 Service Unavailable: the tenant directory is unavailable\n",
@@ -414,9 +420,14 @@ static enum verdict use_tenant(struct tg_request *req, enum tg_tenant_status sta
  * through the callback. */
 static enum verdict wait_for_tenant(struct tg_request *req)
 {
+    const struct tg_config_tenants *tn = &cfg_of(req)->tenants;
+    double wait = 2 * MS(tn->redis.timeout_ms);
+    /* Placed on its first request: the directory answers within
+     * activation.timeout (then 503 itself). */
+    if (tn->activation.enabled && wait < MS(tn->activation.timeout_ms))
+        wait = MS(tn->activation.timeout_ms);
     req->wait = WAIT_TENANT;
-    req->wait_until =
-        tg_context_now(req->ctx) + 2 * MS(cfg_of(req)->tenants.redis.timeout_ms) + WAIT_SLACK_S;
+    req->wait_until = tg_context_now(req->ctx) + wait + WAIT_SLACK_S;
     return WAIT;
 }
 
@@ -751,8 +762,9 @@ static enum verdict tenant(struct tg_request *req)
         return tenant_dry(req);
     const struct tg_config *cfg = cfg_of(req);
     struct tg_tenant *t = NULL;
-    int rc = tg_tenant_lookup(req->ctx->tenants, &cfg->tenants, req->tenant, strlen(req->tenant),
-                              &t, tenant_found, req, &req->tenant_wait);
+    int rc =
+        tg_tenant_lookup_host(req->ctx->tenants, &cfg->tenants, req->tenant, strlen(req->tenant),
+                              req->host, &t, tenant_found, req, &req->tenant_wait);
     if (rc < 0)
         return wait_for_tenant(req);
     enum verdict v = use_tenant(req, (enum tg_tenant_status)rc, t);

@@ -564,6 +564,10 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         ts.negative_hits += one.negative_hits;
         ts.stale_served += one.stale_served;
         ts.shared_taken += one.shared_taken;
+        ts.activations += one.activations;
+        ts.activated += one.activated;
+        ts.activation_timeouts += one.activation_timeouts;
+        ts.activation_refused += one.activation_refused;
         ts.redis_errors += one.redis_errors;
         ts.invalidations += one.invalidations;
         ts.redis_lookups += one.redis_lookups;
@@ -584,6 +588,19 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
            "another worker fetched.");
     tg_strbuf_printf(&o, "tollgate_tenant_shared_taken_total %llu\n",
                      (unsigned long long)ts.shared_taken);
+    header(&o, "tenant_activation_messages_total", "counter",
+           "Activation messages asked for (placing, archived or unknown tenants; the fleet sends "
+           "one per tenant per activation.timeout).");
+    tg_strbuf_printf(&o, "tollgate_tenant_activation_messages_total %llu\n",
+                     (unsigned long long)ts.activations);
+    header(&o, "tenant_activation_requests_total", "counter",
+           "Requests that waited for their tenant's placement, by how it ended.");
+    tg_strbuf_printf(&o, "tollgate_tenant_activation_requests_total{result=\"placed\"} %llu\n",
+                     (unsigned long long)ts.activated);
+    tg_strbuf_printf(&o, "tollgate_tenant_activation_requests_total{result=\"timeout\"} %llu\n",
+                     (unsigned long long)ts.activation_timeouts);
+    tg_strbuf_printf(&o, "tollgate_tenant_activation_requests_total{result=\"refused\"} %llu\n",
+                     (unsigned long long)ts.activation_refused);
     header(&o, "tenant_shared_entries", "gauge",
            "Last-known tenant directory entries kept for all workers.");
     tg_strbuf_printf(&o, "tollgate_tenant_shared_entries %zu\n",

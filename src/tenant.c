@@ -432,6 +432,7 @@ enum entry_state {
     E_EMPTY = 0, /* nothing known yet (its fetch is in flight) */
     E_FOUND,
     E_NOT_FOUND, /* absent, or malformed */
+    E_INACTIVE,  /* status placing or archived: no servers yet */
 };
 
 struct fetch;
@@ -465,12 +466,29 @@ struct fetch {
     char key[];
 };
 
+struct activation;
+
 struct tg_tenant_wait {
-    struct tg_list link; /* in its fetch's waiters while it waits */
+    struct tg_list link; /* in its fetch's (or activation's) waiters while it waits */
     tg_tenant_cb cb;
     void *arg;
     const struct tg_config_tenants *cfg; /* the request's snapshot */
+    const char *host;                    /* the request's Host, for an activation */
+    struct activation *act;              /* waiting for this tenant to be placed */
     bool domain;                         /* waiting for a domain's tenant id */
+};
+
+/* A tenant being activated: the requests waiting for its placement, until
+ * `deadline`; `tick` looks it up again every second meanwhile (in case the
+ * change message was lost). */
+struct activation {
+    struct tg_list link; /* in d->activations */
+    struct tg_tenant_dir *d;
+    struct tg_list waiters; /* of tg_tenant_wait.link */
+    ev_timer tick;
+    ev_tstamp deadline;
+    size_t n;
+    char id[];
 };
 
 struct tg_tenant_dir {
@@ -501,6 +519,10 @@ struct tg_tenant_dir {
     void *change_arg;
     struct tg_tenant_shared *shared; /* every worker's last-known entries */
     unsigned reader;                 /* our number there */
+
+    struct tg_list activations;  /* of activation.link */
+    unsigned activation_waiting; /* requests in them, all tenants */
+    const char *gateway;         /* in activation messages */
 
     struct tg_list parked, active; /* of fetch.link, oldest first */
     int depth;                     /* our handlers running user callbacks */
@@ -799,7 +821,7 @@ static void resolve_key(struct tg_tenant_dir *d, const struct tg_config_tenants 
             answer_entry(e, a);
         } else {
             d->st.negative_hits++;
-            a->status = TG_TENANT_NOT_FOUND;
+            a->status = e->state == E_INACTIVE ? TG_TENANT_INACTIVE : TG_TENANT_NOT_FOUND;
         }
         return;
     }
@@ -855,9 +877,14 @@ offline:
 
 /* Looks up a lower-case, valid id for a request on `cfg`: static, cache,
  * else queues *wp. Returns a status (*out referenced when FOUND) or -1. */
+static bool to_activate(const struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
+                        int status);
+static int park(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg, const char *id,
+                size_t n, const char *host, struct tg_tenant_wait **wp, tg_tenant_cb cb, void *arg);
+
 static int lookup_id(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg, const char *id,
-                     size_t n, struct tg_tenant **out, struct tg_tenant_wait **wp, tg_tenant_cb cb,
-                     void *arg)
+                     size_t n, const char *host, struct tg_tenant **out, struct tg_tenant_wait **wp,
+                     tg_tenant_cb cb, void *arg)
 {
     struct tg_tenant *t = tg_tenant_static(cfg->index, id, n);
     if (t != NULL) {
@@ -871,6 +898,10 @@ static int lookup_id(struct tg_tenant_dir *d, const struct tg_config_tenants *cf
     }
     struct answer a;
     resolve_key(d, cfg, false, id, n, wp, cb, arg, &a);
+    if (a.status < 0 && *wp != NULL && (*wp)->host == NULL)
+        (*wp)->host = host;
+    if (to_activate(d, cfg, a.status) && (cb != NULL || *wp != NULL))
+        return park(d, cfg, id, n, host, wp, cb, arg);
     if (a.status != TG_TENANT_FOUND)
         return a.status;
     if (a.stale)
@@ -887,7 +918,7 @@ static int lookup_domain(struct tg_tenant_dir *d, const struct tg_config_tenants
 {
     const char *id = tg_tenant_static_domain(cfg->index, dom, n);
     if (id != NULL)
-        return lookup_id(d, cfg, id, strlen(id), out, wp, cb, arg);
+        return lookup_id(d, cfg, id, strlen(id), dom, out, wp, cb, arg);
     if (!d->redis) {
         d->st.negative_hits++;
         return TG_TENANT_NOT_FOUND;
@@ -901,16 +932,23 @@ static int lookup_domain(struct tg_tenant_dir *d, const struct tg_config_tenants
         return a.status;
     if (a.stale)
         d->st.stale_served++;
-    return lookup_id(d, cfg, a.target, strlen(a.target), out, wp, cb, arg);
+    return lookup_id(d, cfg, a.target, strlen(a.target), dom, out, wp, cb, arg);
 }
 
 /* Calls back (or moves on) one waiter of an answered fetch. */
-static void answer_waiter(struct tg_tenant_dir *d, struct tg_tenant_wait *w,
+static void answer_waiter(struct tg_tenant_dir *d, struct tg_tenant_wait *w, const char *key,
                           enum tg_tenant_status st, struct tg_tenant *t, const char *target,
                           bool stale)
 {
     if (stale && st == TG_TENANT_FOUND)
         d->st.stale_served++;
+    if (!w->domain && to_activate(d, w->cfg, st)) {
+        /* Placing, archived (or unknown): wait for its placement. */
+        int rc = park(d, w->cfg, key, strlen(key), w->host, &w, NULL, NULL);
+        if (rc >= 0)
+            finish_waiter(w, (enum tg_tenant_status)rc, NULL);
+        return;
+    }
     if (st != TG_TENANT_FOUND) {
         finish_waiter(w, st, NULL);
         return;
@@ -920,7 +958,7 @@ static void answer_waiter(struct tg_tenant_dir *d, struct tg_tenant_wait *w,
     if (w->domain) {
         /* The domain's tenant id is known: now the tenant. */
         w->domain = false;
-        rc = lookup_id(d, w->cfg, target, strlen(target), &out, &w, NULL, NULL);
+        rc = lookup_id(d, w->cfg, target, strlen(target), w->host, &out, &w, NULL, NULL);
         if (rc < 0)
             return; /* queued on that id's fetch */
     } else {
@@ -935,6 +973,7 @@ static void answer_waiter(struct tg_tenant_dir *d, struct tg_tenant_wait *w,
 enum outcome {
     OUT_FOUND = 0,
     OUT_NOT_FOUND,
+    OUT_INACTIVE,
     OUT_MALFORMED,
     OUT_ERROR,
 };
@@ -1102,6 +1141,7 @@ static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id, size_t
 
     struct spec sp = {.id = id, .idlen = idlen};
     const redisReply *servers = NULL;
+    bool inactive = false;
     for (size_t i = 0; i < r->elements; i += 2) {
         const redisReply *k = r->element[i], *v = r->element[i + 1];
         if (value_is(k, "servers")) {
@@ -1109,10 +1149,12 @@ static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id, size_t
         } else if (value_is(k, "status")) {
             if (value_is(v, "suspended")) {
                 sp.suspended = true;
+            } else if (value_is(v, "placing") || value_is(v, "archived")) {
+                inactive = true;
             } else if (!value_is(v, "active")) {
                 snprintf(why, whylen,
-                         "status '%.40s' is neither active nor "
-                         "suspended",
+                         "status '%.40s' is none of active, suspended, placing, "
+                         "archived",
                          v->str);
                 return OUT_MALFORMED;
             }
@@ -1140,6 +1182,8 @@ static enum outcome parse_tenant(struct tg_tenant_dir *d, const char *id, size_t
         }
         /* Other fields belong to the control plane. */
     }
+    if (inactive)
+        return OUT_INACTIVE; /* its servers, if any, are not to be used yet */
 
     return tenant_of(d, &sp, servers != NULL ? servers->str : NULL,
                      servers != NULL ? servers->len : 0, out, why, whylen);
@@ -1279,6 +1323,205 @@ static struct entry *from_shared(struct tg_tenant_dir *d, struct entry *e, bool 
     return e;
 }
 
+/* ---- activation: tenants placed on their first request ----------------------------- */
+
+/* Sends the activation message once per tenant for the whole fleet: the
+ * first gateway to set PREFIXactivating:<id> (for activation.timeout)
+ * appends {tenant, host, gateway} to the stream; the others only wait. */
+static const char ACTIVATE_LUA[] =
+    "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then "
+    "return redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', "
+    "'tenant', ARGV[3], 'host', ARGV[4], 'gateway', ARGV[1]) end "
+    "return false";
+
+#define ACTIVATING_TAG "activating:"
+#define ACTIVATE_STREAM "activate"
+/* Looked up again this often while it waits, in case a message is lost. */
+#define ACTIVATION_RECHECK_S 1.0
+
+static bool to_activate(const struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
+                        int status)
+{
+    const struct tg_config_activation *a = &cfg->activation;
+    return d->redis && a->enabled &&
+           (status == TG_TENANT_INACTIVE || (status == TG_TENANT_NOT_FOUND && a->unknown));
+}
+
+static struct activation *activation_find(struct tg_tenant_dir *d, const char *id, size_t n)
+{
+    for (struct tg_list *l = d->activations.next; l != &d->activations; l = l->next) {
+        struct activation *a = (struct activation *)((char *)l - offsetof(struct activation, link));
+        if (a->n == n && memcmp(a->id, id, n) == 0)
+            return a;
+    }
+    return NULL;
+}
+
+static int on_activate_reply(void *arg, const redisReply *reply)
+{
+    (void)arg;
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        tg_log_warn("tenants: the activation message was refused: %.200s", reply->str);
+        return -1;
+    }
+    return 0;
+}
+
+static void activation_send(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
+                            const struct activation *a, const char *host)
+{
+    if (d->link == NULL || tg_redis_state(d->link) != TG_REDIS_UP)
+        return; /* the next look-up after the timeout asks again */
+    char flag[KEY_MAX + 64], stream[512], ms[24];
+    int fn = snprintf(flag, sizeof(flag), "%s%s%.*s", d->prefix, ACTIVATING_TAG, (int)a->n, a->id);
+    int sn = cfg->activation.stream != NULL
+                 ? snprintf(stream, sizeof(stream), "%s", cfg->activation.stream)
+                 : snprintf(stream, sizeof(stream), "%s%s", d->prefix, ACTIVATE_STREAM);
+    int mn = snprintf(ms, sizeof(ms), "%lld", (long long)cfg->activation.timeout_ms);
+    const char *gw = d->gateway != NULL ? d->gateway : "tollgate";
+    if (host == NULL)
+        host = "";
+    const char *argv[] = {"EVAL", ACTIVATE_LUA, "2", flag, stream, gw, ms, a->id, host};
+    size_t len[] = {4,           sizeof(ACTIVATE_LUA) - 1,
+                    1,           (size_t)fn,
+                    (size_t)sn,  strlen(gw),
+                    (size_t)mn,  a->n,
+                    strlen(host)};
+    if (tg_redis_command(d->link, 9, argv, len, 0, on_activate_reply, NULL) != NULL)
+        d->st.activations++;
+}
+
+/* Starts a fetch of `id` (the cached answer is due), unless one runs. */
+static void refetch(struct tg_tenant_dir *d, const char *id, size_t n)
+{
+    enum tg_redis_state ls = d->link != NULL ? tg_redis_state(d->link) : TG_REDIS_DOWN;
+    if (ls != TG_REDIS_UP && ls != TG_REDIS_CONNECTING)
+        return;
+    uint64_t h = key_hash(d, id, n);
+    struct entry *e = cache_find(d, id, n, h);
+    if (e != NULL && e->fetch != NULL)
+        return;
+    bool created = e == NULL;
+    if (created && (e = cache_insert(d, id, n, h, false)) == NULL)
+        return;
+    e->due = true;
+    struct fetch *f = fetch_new(d, e);
+    if (f == NULL || (ls == TG_REDIS_UP && !fetch_send(d, f))) {
+        if (f != NULL)
+            fetch_free(f);
+        if (created)
+            cache_remove(d, e);
+    }
+}
+
+/* Answers every request waiting on `a` and forgets it. */
+static void activation_answer(struct tg_tenant_dir *d, struct activation *a,
+                              enum tg_tenant_status st, struct tg_tenant *t)
+{
+    tg_list_remove(&a->link);
+    ev_timer_stop(d->loop, &a->tick);
+    struct tg_list *n;
+    while ((n = tg_list_first(&a->waiters)) != NULL) {
+        tg_list_remove(n);
+        struct tg_tenant_wait *w = wait_of(n);
+        w->act = NULL;
+        d->activation_waiting--;
+        if (st != TG_TENANT_FOUND) {
+            finish_waiter(w, st, NULL);
+            continue;
+        }
+        d->st.activated++;
+        struct tg_tenant *out = give(d, w->cfg, t);
+        finish_waiter(w, out != NULL ? TG_TENANT_FOUND : TG_TENANT_UNAVAILABLE, out);
+    }
+    free(a);
+}
+
+static void settle(struct tg_tenant_dir *d);
+
+static void on_activation_tick(struct ev_loop *loop, ev_timer *tm, int revents)
+{
+    (void)loop, (void)revents;
+    struct activation *a = tm->data;
+    struct tg_tenant_dir *d = a->d;
+    ev_tstamp now = ev_now(d->loop);
+    if (now < a->deadline) {
+        refetch(d, a->id, a->n);
+        ev_tstamp next = a->deadline - now;
+        ev_timer_set(tm, next < ACTIVATION_RECHECK_S ? next : ACTIVATION_RECHECK_S, 0.);
+        ev_timer_start(d->loop, tm);
+        return;
+    }
+    for (struct tg_list *l = a->waiters.next; l != &a->waiters; l = l->next)
+        d->st.activation_timeouts++;
+    d->depth++;
+    activation_answer(d, a, TG_TENANT_INACTIVE, NULL);
+    d->depth--;
+    settle(d);
+}
+
+/* A fetch of `id` came back: a placement ends its activation. */
+static void activation_settle(struct tg_tenant_dir *d, const char *id, size_t n,
+                              enum tg_tenant_status st, struct tg_tenant *t)
+{
+    struct activation *a = activation_find(d, id, n);
+    if (a == NULL)
+        return;
+    if (st == TG_TENANT_FOUND)
+        activation_answer(d, a, st, t);
+    else if (st == TG_TENANT_NOT_FOUND && !d->cfg->activation.unknown)
+        activation_answer(d, a, st, NULL); /* deleted while it waited */
+}
+
+/* Parks a look-up of `id` (placing, archived, or unknown) until the tenant
+ * is placed: joins the tenant's activation, or starts one (and its
+ * message). Returns -1 (the callback answers), or INACTIVE when it cannot
+ * wait (max_waiting reached, no memory); *wp is then left as it was. */
+static int park(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg, const char *id,
+                size_t n, const char *host, struct tg_tenant_wait **wp, tg_tenant_cb cb, void *arg)
+{
+    if (d->activation_waiting >= cfg->activation.max_waiting) {
+        d->st.activation_refused++;
+        return TG_TENANT_INACTIVE;
+    }
+    struct activation *a = activation_find(d, id, n);
+    bool created = a == NULL;
+    if (created) {
+        a = calloc(1, sizeof(*a) + n + 1);
+        if (a == NULL)
+            return TG_TENANT_INACTIVE;
+        a->d = d;
+        a->n = n;
+        memcpy(a->id, id, n);
+        tg_list_init(&a->waiters);
+        a->deadline = ev_now(d->loop) + (double)cfg->activation.timeout_ms / 1000.0;
+    }
+    struct tg_tenant_wait *w = *wp;
+    if (w == NULL && (w = calloc(1, sizeof(*w))) == NULL) {
+        free(created ? a : NULL);
+        return TG_TENANT_INACTIVE;
+    }
+    if (*wp == NULL) {
+        w->cb = cb;
+        w->arg = arg;
+        w->cfg = cfg;
+        w->host = host;
+        *wp = w;
+    }
+    if (created) {
+        tg_list_push_back(&d->activations, &a->link);
+        ev_timer_init(&a->tick, on_activation_tick, ACTIVATION_RECHECK_S, 0.);
+        a->tick.data = a;
+        ev_timer_start(d->loop, &a->tick);
+        activation_send(d, cfg, a, w->host);
+    }
+    w->domain = false;
+    w->act = a;
+    tg_list_push_back(&a->waiters, &w->link);
+    d->activation_waiting++;
+    return -1;
+}
+
 /* Settles a fetch: updates its entry (unless detached), then answers its
  * waiters. The entry is not touched once user callbacks start. */
 static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, struct tg_tenant *t,
@@ -1309,7 +1552,9 @@ static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, 
                 drop_data(d, e);
         }
     } else {
-        st = oc == OUT_FOUND ? TG_TENANT_FOUND : TG_TENANT_NOT_FOUND;
+        st = oc == OUT_FOUND      ? TG_TENANT_FOUND
+             : oc == OUT_INACTIVE ? TG_TENANT_INACTIVE
+                                  : TG_TENANT_NOT_FOUND;
         ans_t = t;
         tg_tenant_ref(ans_t);
         if (target != NULL)
@@ -1322,7 +1567,9 @@ static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, 
                 drop_data(d, e); /* cannot cache it: answer anyway */
             } else {
                 drop_data(d, e);
-                e->state = st == TG_TENANT_FOUND ? E_FOUND : E_NOT_FOUND;
+                e->state = st == TG_TENANT_FOUND      ? E_FOUND
+                           : st == TG_TENANT_INACTIVE ? E_INACTIVE
+                                                      : E_NOT_FOUND;
                 e->target = copy;
                 if (st == TG_TENANT_FOUND && !e->domain) {
                     e->t = t;
@@ -1349,8 +1596,10 @@ static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, 
     struct tg_list *n;
     while ((n = tg_list_first(&f->waiters)) != NULL) {
         tg_list_remove(n);
-        answer_waiter(d, wait_of(n), st, ans_t, ans_target, stale);
+        answer_waiter(d, wait_of(n), f->key, st, ans_t, ans_target, stale);
     }
+    if (!f->domain && oc != OUT_ERROR)
+        activation_settle(d, f->key, f->klen, st, ans_t);
     if (moved && d->on_change != NULL && !d->closing)
         d->on_change(d->change_arg, f->key);
     tg_tenant_release(ans_t);
@@ -1455,6 +1704,8 @@ static void on_invalidate(void *arg, const char *msg, size_t n)
     if (e != NULL)
         cache_remove(d, e); /* a fetch in flight is detached: may be old */
     bool domain = n > HOST_TAG_LEN && memcmp(key, HOST_TAG, HOST_TAG_LEN) == 0;
+    if (!domain && activation_find(d, key, n) != NULL)
+        refetch(d, key, n); /* placed, maybe: the waiting requests go on */
     if (!domain && d->on_change != NULL) {
         d->depth++;
         d->on_change(d->change_arg, key);
@@ -1579,6 +1830,7 @@ struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop, const struct tg_co
     d->loop = loop;
     d->cfg = cfg;
     tg_list_init(&d->lru);
+    tg_list_init(&d->activations);
     tg_list_init(&d->parked);
     tg_list_init(&d->active);
     uint64_t seed[2];
@@ -1730,6 +1982,10 @@ void tg_tenant_dir_free(struct tg_tenant_dir *d)
                 finish_waiter(wait_of(wn), TG_TENANT_UNAVAILABLE, NULL);
             }
         }
+    struct tg_list *an;
+    while ((an = tg_list_first(&d->activations)) != NULL)
+        activation_answer(d, (struct activation *)((char *)an - offsetof(struct activation, link)),
+                          TG_TENANT_UNAVAILABLE, NULL);
     d->depth--;
     stop_links(d);
     cache_clear(d);
@@ -1750,6 +2006,13 @@ int tg_tenant_lookup(struct tg_tenant_dir *d, const struct tg_config_tenants *cf
                      size_t n, struct tg_tenant **out, tg_tenant_cb cb, void *arg,
                      struct tg_tenant_wait **wait)
 {
+    return tg_tenant_lookup_host(d, cfg, id, n, NULL, out, cb, arg, wait);
+}
+
+int tg_tenant_lookup_host(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
+                          const char *id, size_t n, const char *host, struct tg_tenant **out,
+                          tg_tenant_cb cb, void *arg, struct tg_tenant_wait **wait)
+{
     char buf[ID_MAX + 1];
     struct tg_tenant_wait *w = NULL;
     *out = NULL;
@@ -1759,7 +2022,7 @@ int tg_tenant_lookup(struct tg_tenant_dir *d, const struct tg_config_tenants *cf
         return TG_TENANT_UNAVAILABLE;
     if (n > ID_MAX || !lower_id(id, n, buf))
         return TG_TENANT_NOT_FOUND;
-    int rc = lookup_id(d, cfg, buf, n, out, &w, cb, arg);
+    int rc = lookup_id(d, cfg, buf, n, host, out, &w, cb, arg);
     if (rc < 0 && wait != NULL)
         *wait = w;
     return rc;
@@ -1791,7 +2054,14 @@ void tg_tenant_cancel(struct tg_tenant_wait *w)
         return;
     if (tg_list_linked(&w->link))
         tg_list_remove(&w->link);
+    if (w->act != NULL)
+        w->act->d->activation_waiting--;
     free(w);
+}
+
+void tg_tenant_dir_gateway(struct tg_tenant_dir *d, const char *gateway_id)
+{
+    d->gateway = gateway_id;
 }
 
 const struct tg_redis *tg_tenant_dir_link(const struct tg_tenant_dir *d)

@@ -13,7 +13,8 @@
  * Redis data (written by the control plane; PREFIX = redis.key_prefix):
  *   HASH   PREFIX<id>           servers  "10.0.0.5:8080, [fd00::7]:8080"
  *                                        (IP:port only: names would block)
- *                               status   active | suspended (missing: active)
+ *                               status   active | suspended | placing |
+ *                                        archived (missing: active)
  *                               rate     "100/s" (optional), burst "200"
  *   STRING PREFIXhost:<domain>  the tenant id of a custom domain
  *   PUBLISH PREFIXchanged <id> | host:<domain>   drops that entry at once
@@ -80,6 +81,8 @@ enum tg_tenant_status {
     TG_TENANT_FOUND = 0,
     TG_TENANT_NOT_FOUND,   /* answer 404 */
     TG_TENANT_UNAVAILABLE, /* Redis down and nothing cached: answer 503 */
+    TG_TENANT_INACTIVE,    /* placing or archived, not placed in time (or
+                              activation is off): answer 503 + Retry-After */
 };
 
 /* Called once from the loop with the outcome. `t` (FOUND only) is
@@ -138,6 +141,21 @@ int tg_tenant_lookup(struct tg_tenant_dir *d, const struct tg_config_tenants *cf
                      size_t n, struct tg_tenant **out, tg_tenant_cb cb, void *arg,
                      struct tg_tenant_wait **wait);
 
+/* The same for a request to `host` (borrowed until the callback or
+ * cancel). With tenants.activation, a tenant the directory marks placing
+ * or archived (or does not know, with activation.unknown) is activated:
+ * one message on the activation stream per tenant (coalesced across
+ * requests, workers and gateways), and the look-up waits, bounded by
+ * activation.timeout and activation.max_waiting, until the directory
+ * places the tenant (FOUND) or the time is up (INACTIVE). */
+int tg_tenant_lookup_host(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
+                          const char *id, size_t n, const char *host, struct tg_tenant **out,
+                          tg_tenant_cb cb, void *arg, struct tg_tenant_wait **wait);
+
+/* Names this gateway in activation messages (borrowed for the directory's
+ * life). */
+void tg_tenant_dir_gateway(struct tg_tenant_dir *d, const char *gateway_id);
+
 /* The same for a custom domain (a Host that matched no site pattern,
  * without its port; case and one trailing dot ignored): static domains,
  * then Redis STRING PREFIXhost:<domain> (cached, coalesced and negative
@@ -163,11 +181,15 @@ struct tg_tenant_stats {
     uint64_t negative_hits; /* NOT_FOUND from the cache (or no such static) */
     uint64_t stale_served;  /* FOUND with an expired entry, Redis failing */
     uint64_t shared_taken;  /* entries taken from what other workers fetched (Redis failing) */
-    uint64_t redis_lookups; /* HGETALL / GET sent */
-    uint64_t redis_errors;  /* look-ups Redis failed to answer */
-    uint64_t invalidations; /* messages received on PREFIXchanged */
-    size_t cached;          /* entries now (ids and domains, + and -) */
-    size_t memory;          /* bytes held by the cache: entries, their
+    uint64_t activations;   /* activation messages this worker asked for */
+    uint64_t activated;     /* requests that waited for a placement and got it */
+    uint64_t activation_timeouts; /* ... that waited activation.timeout in vain (503) */
+    uint64_t activation_refused;  /* ... that found max_waiting requests waiting (503) */
+    uint64_t redis_lookups;       /* HGETALL / GET sent */
+    uint64_t redis_errors;        /* look-ups Redis failed to answer */
+    uint64_t invalidations;       /* messages received on PREFIXchanged */
+    size_t cached;                /* entries now (ids and domains, + and -) */
+    size_t memory;                /* bytes held by the cache: entries, their
                                     tenants (malloc_usable_size), buckets */
 };
 void tg_tenant_dir_stats(const struct tg_tenant_dir *d, struct tg_tenant_stats *out);

@@ -330,6 +330,7 @@ static void configure_tenants(struct tg_worker *w, const struct tg_config *cfg)
         else {
             tg_tenant_dir_share(w->ctx.tenants, w->ctx.rt->tenant_shared, w->ctx.id);
             tg_tenant_dir_on_change(w->ctx.tenants, tg_tenant_moves_changed, &w->ctx);
+            tg_tenant_dir_gateway(w->ctx.tenants, w->ctx.rt->gateway_id);
         }
     } else {
         tg_tenant_dir_configure(w->ctx.tenants, &cfg->tenants);

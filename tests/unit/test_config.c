@@ -732,6 +732,7 @@ static const struct {
     {"rate_limit_keys", rate_limit_keys},
     {"tenant_keys", tenant_keys},
     {"tenants_keys", tenants_keys},
+    {"activation_keys", activation_keys},
     {"geoip_keys", geoip_keys},
     {"compress_levels_keys", compress_levels_keys},
     {"compress_keys", compress_keys},
@@ -918,6 +919,39 @@ TEST(route_cache_key)
 }
 
 /* Issue 21: the tracing section, its defaults and its checks. */
+TEST(tenant_activation_keys)
+{
+    const char *base =
+        "listen: [127.0.0.1:8080]\n"
+        "sites: [{hosts: [\"{tenant}.a.test\"], routes: [{path: /, upstream: $tenant}]}]\n";
+    char y[1024], err[4096];
+    snprintf(y, sizeof(y), "%stenants: {directory: redis, activation: {}}\n", base);
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK(c->tenants.activation.enabled && !c->tenants.activation.unknown);
+        CHECK_EQ_INT(c->tenants.activation.timeout_ms, 10000);
+        CHECK_EQ_INT(c->tenants.activation.max_waiting, 1000);
+        CHECK(c->tenants.activation.stream == NULL);
+        CHECK_EQ_INT(c->tenants.move_grace_ms, 10000);
+        tg_config_unref(c);
+    }
+    snprintf(y, sizeof(y), "%stenants: {directory: redis}\n", base);
+    c = load(y, err, sizeof(err));
+    CHECK(c != NULL && !c->tenants.activation.enabled);
+    if (c != NULL)
+        tg_config_unref(c);
+    snprintf(y, sizeof(y), "%stenants: {static: {a: {servers: [127.0.0.1:1]}}, activation: {}}\n",
+             base);
+    expect_error(y, "t.yaml:3:", "tenants.activation needs directory: redis");
+    snprintf(y, sizeof(y), "%stenants: {directory: redis, activation: {timeout: 1ms}}\n", base);
+    expect_error(y, "t.yaml:3:", "timeout");
+    snprintf(y, sizeof(y), "%stenants: {directory: redis, activation: {max_waiting: 0}}\n", base);
+    expect_error(y, "t.yaml:3:", "max_waiting");
+    snprintf(y, sizeof(y), "%stenants: {directory: redis, activation: {later: true}}\n", base);
+    expect_error(y, "t.yaml:3:", "later");
+}
+
 TEST(admin_tenant_series)
 {
     const char *base = "listen: [127.0.0.1:8080]\n"
@@ -1777,6 +1811,7 @@ int main(void)
 {
     RUN(schema_defaults_parse);
     RUN(compress_key);
+    RUN(tenant_activation_keys);
     RUN(admin_tenant_series);
     RUN(tracing_section);
     RUN(access_log_keys);
