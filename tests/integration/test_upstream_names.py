@@ -34,8 +34,9 @@ def _can_unshare_mounts():
         return False
 
 
-pytestmark = pytest.mark.skipif(not _can_unshare_mounts(),
-                                reason="needs unshare -m (a mount namespace for /etc/hosts)")
+# Every test but the -t one needs a mount namespace of its own.
+needs_mount_ns = pytest.mark.skipif(not _can_unshare_mounts(),
+                                    reason="needs unshare -m (a mount namespace for /etc/hosts)")
 
 
 class Hosts:
@@ -49,10 +50,19 @@ class Hosts:
             f.write("multi on\n")
         self.set()
 
+    SIZE = 1024
+
     def set(self, *lines):
-        # Rewritten in place: the bind mount follows the inode.
-        with open(self.path, "w") as f:
-            f.write("127.0.0.1 localhost\n" + "".join(l + "\n" for l in lines))
+        # Rewritten in place (the bind mount follows the inode), always the
+        # same size and in one write: the resolver, reading it every 200 ms,
+        # never sees it truncated or half written.
+        text = "127.0.0.1 localhost\n" + "".join(l + "\n" for l in lines)
+        text += "#" * (self.SIZE - 1 - len(text)) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            assert os.pwrite(fd, text.encode(), 0) == self.SIZE
+        finally:
+            os.close(fd)
 
     def wrap(self):
         return ["unshare", "-m", "sh", "-c",
@@ -125,6 +135,7 @@ def open_socks(b):
         return len(b.open_socks)
 
 
+@needs_mount_ns
 def test_a_name_that_moves_is_followed_without_reload(tollgate, two_backends, tmp_path):
     port, b2, b3 = two_backends
     hosts = Hosts(tmp_path)
@@ -185,6 +196,7 @@ def test_a_name_that_moves_is_followed_without_reload(tollgate, two_backends, tm
     assert where(listen) == "127.0.0.3"
 
 
+@needs_mount_ns
 def test_a_failed_resolution_keeps_the_last_addresses(tollgate, two_backends, tmp_path):
     port, b2, b3 = two_backends
     hosts = Hosts(tmp_path)
@@ -220,6 +232,7 @@ def test_a_failed_resolution_keeps_the_last_addresses(tollgate, two_backends, tm
                     in tg.stderr(), 2), tg.stderr()
 
 
+@needs_mount_ns
 def test_every_address_of_a_name_is_a_server(tollgate, two_backends, tmp_path):
     port, b2, b3 = two_backends
     hosts = Hosts(tmp_path)
@@ -234,6 +247,7 @@ def test_every_address_of_a_name_is_a_server(tollgate, two_backends, tmp_path):
     assert wait_for(lambda: all(where(listen) == "127.0.0.3" for _ in range(4)), 5)
 
 
+@needs_mount_ns
 def test_a_tenant_in_redis_named_by_host_name(tollgate, two_backends, tmp_path):
     port, b2, b3 = two_backends
     r = Redis(tmp_path)
@@ -274,6 +288,7 @@ sites:
         r.stop()
 
 
+@needs_mount_ns
 def test_a_tls_upstream_is_verified_by_its_name(tollgate, backend, pki, tmp_path):
     """Without tls_server_name, each address of a name is reached with the
     name as SNI and verified against it, not against the address."""
