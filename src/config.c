@@ -779,12 +779,12 @@ size_t tg_config_format_sockaddr(const struct sockaddr *sa, char *out, size_t ca
     return n < 0 ? 0 : ((size_t)n < cap ? (size_t)n : cap - 1);
 }
 
-int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out, char *err,
-                             size_t errlen)
+/* Splits "host:port", "[v6]:port" or ":port" (host "0.0.0.0"). Returns 0,
+ * or -1 with err set. */
+static int split_hostport(const char *s, char *host, size_t hostcap, const char **port,
+                          bool *bracketed, char *err, size_t errlen)
 {
-    char host[256];
-    const char *port;
-    const char *colon;
+    *bracketed = s[0] == '[';
     if (s[0] == '[') {
         const char *close = strchr(s, ']');
         if (close == NULL || close[1] != ':') {
@@ -792,35 +792,46 @@ int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out, char
             return -1;
         }
         size_t hn = (size_t)(close - s - 1);
-        if (hn == 0 || hn >= sizeof(host)) {
+        if (hn == 0 || hn >= hostcap) {
             snprintf(err, errlen, "'%s' has a bad address", s);
             return -1;
         }
         memcpy(host, s + 1, hn);
         host[hn] = '\0';
-        port = close + 2;
+        *port = close + 2;
     } else {
-        colon = strrchr(s, ':');
+        const char *colon = strrchr(s, ':');
         if (colon == NULL) {
             snprintf(err, errlen, "'%s' has no port (host:port)", s);
             return -1;
         }
         size_t hn = (size_t)(colon - s);
-        if (hn >= sizeof(host) || memchr(s, ':', hn) != NULL) {
+        if (hn >= hostcap || memchr(s, ':', hn) != NULL) {
             snprintf(err, errlen, "'%s': IPv6 addresses go in brackets", s);
             return -1;
         }
         memcpy(host, s, hn);
         host[hn] = '\0';
-        port = colon + 1;
+        *port = colon + 1;
         if (hn == 0)
-            strcpy(host, "0.0.0.0");
+            snprintf(host, hostcap, "0.0.0.0");
     }
     int64_t pv;
-    if (parse_int64(port, &pv) < 0 || pv < 1 || pv > 65535) {
+    if (parse_int64(*port, &pv) < 0 || pv < 1 || pv > 65535) {
         snprintf(err, errlen, "'%s' has a bad port", s);
         return -1;
     }
+    return 0;
+}
+
+int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out, char *err,
+                             size_t errlen)
+{
+    char host[256];
+    const char *port;
+    bool bracketed;
+    if (split_hostport(s, host, sizeof(host), &port, &bracketed, err, errlen) < 0)
+        return -1;
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV;
@@ -834,6 +845,46 @@ int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out, char
     memcpy(&out->sa, res->ai_addr, res->ai_addrlen);
     out->salen = res->ai_addrlen;
     freeaddrinfo(res);
+    return 0;
+}
+
+/* A host name as DNS and /etc/hosts spell them. */
+static bool host_name_ok(const char *h)
+{
+    size_t n = strlen(h);
+    if (n == 0 || n > 253 || h[0] == '.' || h[0] == '-')
+        return false;
+    for (const char *c = h; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '-' || *c == '_' || *c == '.'))
+            return false;
+    return true;
+}
+
+int tg_config_parse_server(const char *s, struct tg_config_server *out, char *host, size_t hostcap,
+                           char *err, size_t errlen)
+{
+    const char *port;
+    bool bracketed;
+    memset(out, 0, sizeof(*out));
+    if (split_hostport(s, host, hostcap, &port, &bracketed, err, errlen) < 0)
+        return -1;
+    /* An IP literal is parsed as before (no resolver involved). */
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    if (getaddrinfo(host, port, &hints, &res) == 0 && res != NULL) {
+        memcpy(&out->addr.sa, res->ai_addr, res->ai_addrlen);
+        out->addr.salen = res->ai_addrlen;
+        freeaddrinfo(res);
+        return 0;
+    }
+    if (bracketed || !host_name_ok(host)) {
+        snprintf(err, errlen, "'%s' has a bad address", s);
+        return -1;
+    }
+    out->host = host;
+    out->port = (uint16_t)atoi(port);
     return 0;
 }
 
@@ -1153,6 +1204,8 @@ static const struct cfg_key upstream_keys[] = {
      NULL /* system store */},
     {"tls_server_name", p_string, FIELD(struct tg_config_upstream, tls_server_name), 0, 0, NULL,
      NULL},
+    {"resolve_interval", p_duration, FIELD(struct tg_config_upstream, resolve_interval_ms), 100,
+     86400000, NULL, "30s"},
     {NULL, NULL, 0, 0, 0, NULL},
 };
 
@@ -2433,6 +2486,49 @@ static int parse_listen(struct cfg_ctx *ctx, yaml_node_t *node)
     return rc;
 }
 
+/* Every address a server's name has now (A and AAAA), into the arena:
+ * what the resolver starts from. A name that does not resolve is an
+ * error at load, as it always was: -t, start and reload say so. */
+static int resolve_at_load(struct cfg_ctx *ctx, yaml_node_t *item, struct tg_config_server *srv)
+{
+    char port[8];
+    snprintf(port, sizeof(port), "%u", (unsigned)srv->port);
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    int rc = getaddrinfo(srv->host, port, &hints, &res);
+    if (rc != 0 || res == NULL)
+        return node_error(ctx, item, "server: cannot resolve '%s': %s", srv->host,
+                          rc ? gai_strerror(rc) : "no address");
+    size_t n = 0;
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next)
+        n++;
+    struct sockaddr_storage *v = tg_arena_calloc(&ctx->cfg->arena, n, sizeof(*v));
+    if (v == NULL) {
+        freeaddrinfo(res);
+        return node_error(ctx, item, "out of memory");
+    }
+    size_t k = 0;
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+            ai->ai_addrlen > sizeof(v[k]))
+            continue;
+        memcpy(&v[k], ai->ai_addr, ai->ai_addrlen);
+        k++;
+    }
+    freeaddrinfo(res);
+    if (k == 0)
+        return node_error(ctx, item, "server: '%s' has no IPv4 or IPv6 address", srv->host);
+    srv->addr.sa = v[0];
+    srv->addr.salen =
+        v[0].ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    srv->resolved = v;
+    srv->nresolved = k;
+    return 0;
+}
+
+/* servers: [...]: IP literals, and names (resolved now, then again every
+ * resolve_interval by resolver.c). */
 static int parse_servers(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_upstream *u)
 {
     if (expect_list(ctx, node, "servers") < 0)
@@ -2444,10 +2540,28 @@ static int parse_servers(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_confi
     if (u->servers == NULL)
         return node_error(ctx, node, "out of memory");
     int rc = 0;
-    static const struct cfg_key key = {"server", p_sockaddr, 0, 0, 0, NULL};
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
-        if (p_sockaddr(ctx, item, &u->servers[u->nservers].addr, &key) < 0) {
+        const char *text = scalar(ctx, item, "server");
+        if (text == NULL) {
+            rc = -1;
+            continue;
+        }
+        struct tg_config_server *srv = &u->servers[u->nservers];
+        char host[256], err[300];
+        if (tg_config_parse_server(text, srv, host, sizeof(host), err, sizeof(err)) < 0) {
+            rc = node_error(ctx, item, "server: %s", err);
+            continue;
+        }
+        bool name = srv->host != NULL;
+        srv->addr.text = tg_arena_strdup(&ctx->cfg->arena, text);
+        if (name)
+            srv->host = tg_arena_strdup(&ctx->cfg->arena, host);
+        if (srv->addr.text == NULL || (name && srv->host == NULL)) {
+            rc = node_error(ctx, item, "out of memory");
+            continue;
+        }
+        if (srv->host != NULL && resolve_at_load(ctx, item, srv) < 0) {
             rc = -1;
             continue;
         }

@@ -38,6 +38,7 @@ struct tg_tls_server;
 struct tg_tls_client;
 struct tg_tls_ticket_secret;
 struct tg_certstore;
+struct tg_resolver_group;
 
 /* Where a value came from, for messages after parsing. */
 struct tg_config_mark {
@@ -262,15 +263,31 @@ struct tg_config_health_check {
     unsigned passes; /* passed checks before it is up again */
 };
 
+/* One server of a list. As written in the config (or a tenant's entry): an
+ * IP literal (host NULL, addr resolved) or a name (host set, addr.text as
+ * written, addr.sa unset: resolver.c resolves it). In a server set (the
+ * addresses a list has now, resolver.h): one address each, addr.text
+ * "ip:port", and host the name it came from (NULL for a literal). */
 struct tg_config_server {
     struct tg_config_sockaddr addr;
+    const char *host; /* a name's host part; NULL for an IP literal */
+    uint16_t port;    /* a name's port */
+    /* A name in a loaded config: every address it resolved to at load (the
+     * resolver starts from these); NULL elsewhere. */
+    const struct sockaddr_storage *resolved;
+    size_t nresolved;
 };
 
 struct tg_config_upstream {
     const char *name;
-    size_t index; /* position in config->upstreams */
-    struct tg_config_server *servers;
+    size_t index;                     /* position in config->upstreams */
+    struct tg_config_server *servers; /* as written */
     size_t nservers;
+    int64_t resolve_interval_ms; /* names among the servers are resolved again this often */
+    /* built: the names re-resolved and the addresses they have now
+     * (resolver.h; one reference); NULL when every server is an IP
+     * literal. Requests take their servers from tg_upstream_servers. */
+    struct tg_resolver_group *resolve;
     enum tg_balance balance;
     unsigned keepalive; /* idle connections kept per server per worker */
     int64_t keepalive_timeout_ms;
@@ -361,8 +378,10 @@ struct tg_config_geoip {
 
 struct tg_config_tenant {
     const char *id;
-    struct tg_config_server *servers;
+    struct tg_config_server *servers; /* as written */
     size_t nservers;
+    struct tg_resolver_group *resolve; /* built when a server is a name (one
+                                          reference; the tenant object borrows it) */
     bool suspended;
     int64_t rate_interval_ns; /* 0 = policy's own */
     int64_t rate_count, rate_period_s;
@@ -708,6 +727,14 @@ int tg_config_parse_size(const char *s, uint64_t *bytes);
  * address; names are resolved once, here. Returns 0 or -1 with err set. */
 int tg_config_parse_sockaddr(const char *s, struct tg_config_sockaddr *out, char *err,
                              size_t errlen);
+
+/* Parses a server "host:port" / "[v6]:port" without resolving anything:
+ * an IP literal fills out->addr (text not set) and leaves out->host NULL;
+ * a name (letters, digits, '-', '_' and dots, at most 253) is copied into
+ * `host` (hostcap bytes) and out->host points there, with out->port set.
+ * Returns 0, or -1 with err set. Any thread. */
+int tg_config_parse_server(const char *s, struct tg_config_server *out, char *host, size_t hostcap,
+                           char *err, size_t errlen);
 
 /* Formats a socket address as "ip:port" / "[ip]:port". */
 size_t tg_config_format_sockaddr(const struct sockaddr *sa, char *out, size_t cap);

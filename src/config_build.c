@@ -13,6 +13,7 @@
 
 #include "access.h"
 #include "certstore.h"
+#include "resolver.h"
 #include "router.h"
 #include "tenant.h"
 #include "tls.h"
@@ -255,6 +256,54 @@ static int build_tls(struct tg_config *cfg, struct tg_certstore *shared,
     return rc;
 }
 
+/* ---- names among servers ---------------------------------------------------------- */
+
+static bool has_name(const struct tg_config_server *servers, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (servers[i].host != NULL)
+            return true;
+    return false;
+}
+
+/* Every server list that holds a name becomes a resolver group (its
+ * addresses are what the load just resolved), so workers follow the
+ * names from then on. */
+static void build_resolve(struct tg_config *cfg, struct tg_config_errors *errs)
+{
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        struct tg_config_upstream *u = &cfg->upstreams[i];
+        if (!has_name(u->servers, u->nservers))
+            continue;
+        u->resolve =
+            tg_resolver_group_new(u->name, u->servers, u->nservers, u->resolve_interval_ms);
+        if (u->resolve == NULL)
+            tg_config_error_at(errs, u->mark, "upstream '%s': out of memory", u->name);
+    }
+    int64_t interval = cfg->tenants.upstream_defaults.resolve_interval_ms;
+    for (size_t i = 0; i < cfg->tenants.ntenants; i++) {
+        struct tg_config_tenant *t = &cfg->tenants.tenants[i];
+        if (!has_name(t->servers, t->nservers))
+            continue;
+        /* All tenants share one label, as they share one upstream series. */
+        t->resolve = tg_resolver_group_new("$tenant", t->servers, t->nservers, interval);
+        if (t->resolve == NULL)
+            tg_config_error_at(errs, t->mark, "tenant '%s': out of memory", t->id);
+    }
+}
+
+static void unbuild_resolve(struct tg_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        tg_resolver_group_unref(cfg->upstreams[i].resolve);
+        cfg->upstreams[i].resolve = NULL;
+    }
+    for (size_t i = 0; i < cfg->tenants.ntenants; i++) {
+        tg_resolver_group_unref(cfg->tenants.tenants[i].resolve);
+        cfg->tenants.tenants[i].resolve = NULL;
+    }
+}
+
 /* ---- the snapshot ------------------------------------------------------------------- */
 
 static void unbuild(struct tg_config *cfg)
@@ -298,6 +347,7 @@ static void unbuild(struct tg_config *cfg)
     if (cfg->tenants.index != NULL)
         tg_tenant_index_free(cfg->tenants.index);
     cfg->tenants.index = NULL;
+    unbuild_resolve(cfg);
 }
 
 int tg_config_build(struct tg_config *cfg, const struct tg_config_build_opts *opts,
@@ -313,6 +363,7 @@ int tg_config_build(struct tg_config *cfg, const struct tg_config_build_opts *op
     build_hosts(cfg, errs);
     build_routes(cfg, errs);
     build_access(cfg, errs);
+    build_resolve(cfg, errs);
     if (errs->n == 0)
         build_tls(cfg, opts != NULL ? opts->certstore : NULL, errs);
     /* Static tenants copy tenants.upstream_defaults, TLS context included:

@@ -5,9 +5,10 @@
  * What is built: the GeoIP databases (opened and checked), the host index,
  * compiled route patterns (and the check that no route is shadowed by an
  * earlier one), access rule sets, TLS server and client contexts with the
- * certificates loaded, the secret of tls.ticket_key_file, and the tenant
- * index. Each error carries the mark
- * of the entry it is about, as the parser's do. */
+ * certificates loaded, the secret of tls.ticket_key_file, the tenant
+ * index, and a resolver group for each server list that holds a name
+ * (resolver.h). Each error carries the mark of the entry it is about, as
+ * the parser's do. */
 #ifndef TG_CONFIG_BUILD_H
 #define TG_CONFIG_BUILD_H
 
@@ -41,7 +42,8 @@ int tg_config_build(struct tg_config *cfg, const struct tg_config_build_opts *op
  * tg_config_load_with for the shared one). On success returns a snapshot
  * with one reference. On failure returns NULL and fills `errors`
  * (NUL-terminated, one "FILE:LINE:COL: message" per line, first error
- * first). Main thread (or any thread: it touches no global state). */
+ * first). Main thread (or any thread: the only global state it touches
+ * is the resolver's table of names, which has its own lock). */
 struct tg_config *tg_config_load(const char *path, char *errors, size_t errlen);
 
 /* Loads from memory; `name` is used in messages. For tests and fuzzing. */

@@ -21,6 +21,7 @@
 #include "context.h"
 #include "health.h"
 #include "metrics.h"
+#include "resolver.h"
 #include "scrape.h"
 #include "str.h"
 #include "tenant_metrics.h"
@@ -76,6 +77,29 @@ const char *tg_dashboard_csp(void)
 
 /* ---- parts shared with /status -------------------------------------------------- */
 
+/* An upstream's names: ,"resolve":{"failures":N,"names":[...]} (the first 16). */
+static void names_json(struct tg_strbuf *b, struct tg_resolver_group *g)
+{
+    struct tg_resolver_name_state st[16];
+    size_t n = tg_resolver_group_names(g, st, 16);
+    tg_strbuf_printf(b, ",\"resolve\":{\"failures\":%llu,\"names\":[",
+                     (unsigned long long)tg_resolver_group_failures(g));
+    for (size_t i = 0; i < n && i < 16; i++) {
+        tg_strbuf_printf(b, "%s{\"name\":", i ? "," : "");
+        tg_strbuf_json(b, st[i].name);
+        tg_strbuf_printf(b, ",\"addresses\":%zu,\"state\":\"%s\"", st[i].addresses,
+                         !st[i].answered ? "resolving"
+                         : st[i].failing ? "failing"
+                                         : "ok");
+        if (st[i].failing) {
+            tg_strbuf_printf(b, ",\"error\":");
+            tg_strbuf_json(b, st[i].error);
+        }
+        tg_strbuf_printf(b, "}");
+    }
+    tg_strbuf_printf(b, "]}");
+}
+
 void tg_dashboard_upstreams_json(struct tg_strbuf *b, struct tg_context *w,
                                  const struct tg_config *cfg)
 {
@@ -84,13 +108,21 @@ void tg_dashboard_upstreams_json(struct tg_strbuf *b, struct tg_context *w,
         const struct tg_config_upstream *u = &cfg->upstreams[i];
         tg_strbuf_printf(b, "%s{\"name\":", i ? "," : "");
         tg_strbuf_json(b, u->name);
-        tg_strbuf_printf(b, ",\"servers\":[");
-        for (size_t s = 0; s < u->nservers; s++) {
+        /* The servers requests choose from now (names: their addresses). */
+        const struct tg_config_server *servers;
+        size_t n;
+        struct tg_server_set *set = tg_upstream_servers(w, u, &servers, &n);
+        tg_strbuf_printf(b, ",\"addresses\":%zu,\"servers\":[", n);
+        for (size_t s = 0; s < n; s++) {
             struct tg_upstream_server_state st;
-            tg_upstream_server_state(w, u, (int)s, &st);
-            bool passing = tg_health_up(&u->servers[s].addr);
+            tg_upstream_server_state(w, u, &servers[s], &st);
+            bool passing = tg_health_up(&servers[s].addr);
             tg_strbuf_printf(b, "%s{\"address\":", s ? "," : "");
-            tg_strbuf_json(b, u->servers[s].addr.text);
+            tg_strbuf_json(b, servers[s].addr.text);
+            if (servers[s].host != NULL) {
+                tg_strbuf_printf(b, ",\"name\":");
+                tg_strbuf_json(b, servers[s].host);
+            }
             tg_strbuf_printf(b,
                              ",\"healthy\":%s,\"ejected\":%s,\"check_passing\":%s,"
                              "\"failures_in_a_row\":%u,\"active\":%u,\"idle\":%u}",
@@ -98,7 +130,11 @@ void tg_dashboard_upstreams_json(struct tg_strbuf *b, struct tg_context *w,
                              st.ejected ? "true" : "false", passing ? "true" : "false", st.fails,
                              st.active, st.idle);
         }
-        tg_strbuf_printf(b, "]}");
+        tg_strbuf_printf(b, "]");
+        tg_server_set_unref(set);
+        if (u->resolve != NULL)
+            names_json(b, u->resolve);
+        tg_strbuf_printf(b, "}");
     }
     tg_strbuf_put(b, "]", 1);
 }

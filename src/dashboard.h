@@ -35,7 +35,8 @@ const char *tg_dashboard_csp(void);
  * b->oom tells whether memory ran out. */
 void tg_dashboard_json(struct tg_strbuf *b, struct tg_context *w, const struct tg_config *cfg);
 
-/* [{"name":..., "servers":[{"address", "healthy", "ejected",
+/* [{"name":..., "addresses": N, "servers":[{"address", "name" (when it came
+ * from a name), "healthy", "ejected",
  * "check_passing", "failures_in_a_row", "active", "idle"}]}] for the
  * configured upstreams, as worker `w` sees them. */
 void tg_dashboard_upstreams_json(struct tg_strbuf *b, struct tg_context *w,

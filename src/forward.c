@@ -34,6 +34,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "request.h"
+#include "resolver.h"
 #include "tenant.h"
 #include "upstream.h"
 #include "wsframe.h"
@@ -65,7 +66,14 @@ struct tg_exchange {
     size_t up_head_sent;
     uint64_t tried; /* servers tried (bitmask) */
     unsigned attempts;
-    int server;                 /* index in upstream->servers */
+    /* The servers this request chooses from, fixed when it starts: the
+     * upstream's own, or (names) the worker's set of their addresses then,
+     * held until the request ends (a later change goes to later
+     * requests). */
+    const struct tg_config_server *servers;
+    size_t nservers;
+    struct tg_server_set *set;  /* the reference held, or NULL */
+    int server;                 /* index in servers */
     struct tg_list upwait_link; /* queued for a connection slot */
     ev_tstamp upwait_until;     /* ... until then (connect_timeout) */
     bool connecting;            /* waiting for a connection (or a slot) */
@@ -73,7 +81,7 @@ struct tg_exchange {
     /* The last attempt that failed, for the request's own line in the
      * error log and for the note that another server takes it. */
     char fail_what[120];
-    const char *fail_at; /* the server's address (pools outlive requests) */
+    const char *fail_at; /* the server's address (pools and x->set outlive its use) */
     bool retry_noted;    /* a retry to note once the next server is picked */
 
     /* Request body toward the backend. */
@@ -193,6 +201,8 @@ static void release(struct tg_exchange *x)
         x->sse_counted = false;
         TG_METRIC_ADD(x->req->ctx->metrics->sse_open, -1);
     }
+    tg_server_set_unref(x->set);
+    x->set = NULL;
 }
 
 static void end_exchange(struct tg_exchange *x, enum tg_stream_end how)
@@ -379,8 +389,8 @@ static void connect_upstream(struct tg_exchange *x)
     struct tg_context *ctx = req->ctx;
     uint64_t busy = 0; /* servers at their connection cap */
     for (;;) {
-        int idx = tg_upstream_pick(ctx, pick_cursor(x), req->upstream, x->tried | busy,
-                                   req->balance_hash);
+        int idx = tg_upstream_pick(ctx, pick_cursor(x), req->upstream, x->servers, x->nservers,
+                                   x->tried | busy, req->balance_hash);
         if (idx < 0 && busy != 0) {
             upwait_enqueue(x);
             return;
@@ -396,12 +406,12 @@ static void connect_upstream(struct tg_exchange *x)
             tg_faultlog_note(TG_LOG_INFO, upstream_subject(x, subject, sizeof(subject)),
                              "requests retried", "request %s: %s at %s; retrying on %s",
                              req->request_id, x->fail_what, x->fail_at ? x->fail_at : "-",
-                             req->upstream->servers[idx].addr.text);
+                             x->servers[idx].addr.text);
         }
         x->tried |= idx < 64 ? 1ull << idx : 0;
         x->attempts++;
         x->server = idx;
-        struct tg_upconn *uc = tg_upstream_acquire(ctx, req->upstream, idx, x);
+        struct tg_upconn *uc = tg_upstream_acquire(ctx, req->upstream, &x->servers[idx], x);
         if (uc == NULL && errno == EBUSY && idx < 64) {
             /* At its cap: not a failure, and not an attempt. */
             x->tried &= ~(1ull << idx);
@@ -413,7 +423,7 @@ static void connect_upstream(struct tg_exchange *x)
             /* Out of descriptors or memory here: this gateway's fault. */
             snprintf(x->fail_what, sizeof(x->fail_what), "cannot open a connection (%s)",
                      strerror(errno));
-            x->fail_at = req->upstream->servers[idx].addr.text;
+            x->fail_at = x->servers[idx].addr.text; /* the set lives as long as x */
             tg_log_debug("request %s: upstream %s %s at %s (attempt %u)", req->request_id,
                          req->upstream->name, x->fail_what, x->fail_at, x->attempts);
             if (x->attempts > req->upstream->retries) {
@@ -1746,6 +1756,7 @@ void tg_forward_start(struct tg_request *req)
     tg_request_set_hooks(req, &forward_hooks);
     x->server = -1;
     x->chunked_up = req->body_length < 0;
+    x->set = tg_upstream_servers(req->ctx, req->upstream, &x->servers, &x->nservers);
     connect_upstream(x);
     if (!tg_request_over(req)) {
         update_watches(x);

@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "resolver.h"
 
 #define SLOTS 65536 /* servers checked at most; power of two */
 #define TICK_S 0.1
@@ -43,6 +44,8 @@ struct slot {
     struct key key;
     _Atomic bool down;
     unsigned fails, passes;   /* checker only */
+    double due;               /* checker only: the next check, kept when the
+                                 targets are made again */
     char name[ADDR_TEXT_MAX]; /* checker only, for logs */
 };
 
@@ -81,6 +84,8 @@ static struct {
     struct check checks[TG_HEALTH_MAX_CONCURRENT];
     unsigned running;
     _Atomic unsigned long nchecks, ndown;
+    bool follows;   /* some checked list has names (resolver.h) */
+    uint64_t epoch; /* the resolver's epoch the targets were made at */
 } h;
 
 static void key_of(const struct sockaddr_storage *sa, struct key *k)
@@ -287,6 +292,7 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
         if (t->running || t->due > now)
             continue;
         t->due = now + t->interval;
+        h.slots[t->slot].due = t->due;
         start_check(t);
     }
 }
@@ -319,20 +325,42 @@ static void add_targets(struct target *out, size_t *n, size_t cap,
         t->timeout = (double)hc->timeout_ms / 1000.0;
         t->fails = hc->fails;
         t->passes = hc->passes;
-        /* Spread the first round over one interval. */
-        t->due = ev_now(h.loop) + t->interval * (double)(*n % SPREAD_STEPS) / SPREAD_STEPS;
+        /* A server checked before keeps its turn; the first round of new
+         * ones is spread over one interval. */
+        t->due = h.slots[slot].due > 0
+                     ? h.slots[slot].due
+                     : ev_now(h.loop) + t->interval * (double)(*n % SPREAD_STEPS) / SPREAD_STEPS;
     }
+}
+
+/* One list of servers to check: its own, or the current addresses of its
+ * names (a copy, given back once the targets are made). */
+struct source {
+    const struct tg_config_server *servers;
+    size_t n;
+    struct tg_server_set *set;
+    const struct tg_config_health_check *hc;
+};
+
+static void add_source(struct source *v, size_t *nv, const struct tg_config_server *servers,
+                       size_t n, struct tg_resolver_group *g,
+                       const struct tg_config_health_check *hc)
+{
+    struct source *s = &v[(*nv)++];
+    s->hc = hc;
+    s->set = NULL;
+    s->servers = servers;
+    s->n = n;
+    if (g == NULL)
+        return;
+    h.follows = true;
+    s->set = tg_resolver_group_set(g);
+    s->servers = s->set != NULL ? s->set->servers : NULL;
+    s->n = s->set != NULL ? s->set->n : 0;
 }
 
 int tg_health_configure(struct ev_loop *loop, const struct tg_config *cfg)
 {
-    size_t cap = 0;
-    for (size_t i = 0; i < cfg->nupstreams; i++)
-        if (cfg->upstreams[i].health_check.path != NULL)
-            cap += cfg->upstreams[i].nservers;
-    if (cfg->tenants.upstream_defaults.health_check.path != NULL)
-        for (size_t i = 0; i < cfg->tenants.ntenants; i++)
-            cap += cfg->tenants.tenants[i].nservers;
     /* Checks in flight refer to the old targets: stop them; their servers
      * keep their state and are checked again soon. */
     for (unsigned i = 0; i < TG_HEALTH_MAX_CONCURRENT; i++)
@@ -344,36 +372,64 @@ int tg_health_configure(struct ev_loop *loop, const struct tg_config *cfg)
     h.targets = NULL;
     h.ntargets = h.cursor = 0;
     h.loop = loop;
+    h.follows = false;
+    h.epoch = tg_resolver_epoch();
+    size_t nsrc = 0, cap = 0;
+    const struct tg_config_health_check *thc = &cfg->tenants.upstream_defaults.health_check;
+    struct source *src = calloc(cfg->nupstreams + cfg->tenants.ntenants + 1, sizeof(*src));
+    if (src == NULL)
+        return -1;
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct tg_config_upstream *u = &cfg->upstreams[i];
+        if (u->health_check.path != NULL)
+            add_source(src, &nsrc, u->servers, u->nservers, u->resolve, &u->health_check);
+    }
+    if (thc->path != NULL)
+        for (size_t i = 0; i < cfg->tenants.ntenants; i++) {
+            const struct tg_config_tenant *t = &cfg->tenants.tenants[i];
+            add_source(src, &nsrc, t->servers, t->nservers, t->resolve, thc);
+        }
+    for (size_t i = 0; i < nsrc; i++)
+        cap += src[i].n;
+    int rc = 0;
     if (cap == 0) {
         if (h.slots != NULL)
             ev_timer_stop(loop, &h.tick);
-        return 0;
+        goto out;
     }
     if (h.slots == NULL) {
         h.slots = calloc(SLOTS, sizeof(*h.slots));
-        if (h.slots == NULL)
-            return -1;
+        if (h.slots == NULL) {
+            rc = -1;
+            goto out;
+        }
         for (unsigned i = 0; i < TG_HEALTH_MAX_CONCURRENT; i++)
             h.checks[i].fd = -1;
         ev_init(&h.tick, on_tick);
     }
     h.targets = calloc(cap, sizeof(*h.targets));
-    if (h.targets == NULL)
-        return -1;
-    for (size_t i = 0; i < cfg->nupstreams; i++)
-        if (cfg->upstreams[i].health_check.path != NULL)
-            add_targets(h.targets, &h.ntargets, cap, cfg->upstreams[i].servers,
-                        cfg->upstreams[i].nservers, &cfg->upstreams[i].health_check);
-    const struct tg_config_health_check *thc = &cfg->tenants.upstream_defaults.health_check;
-    if (thc->path != NULL)
-        for (size_t i = 0; i < cfg->tenants.ntenants; i++)
-            add_targets(h.targets, &h.ntargets, cap, cfg->tenants.tenants[i].servers,
-                        cfg->tenants.tenants[i].nservers, thc);
+    if (h.targets == NULL) {
+        rc = -1;
+        goto out;
+    }
+    for (size_t i = 0; i < nsrc; i++)
+        add_targets(h.targets, &h.ntargets, cap, src[i].servers, src[i].n, src[i].hc);
     atomic_store_explicit(&h.any, h.ntargets > 0, memory_order_release);
     ev_timer_stop(loop, &h.tick);
     ev_timer_set(&h.tick, TICK_S, TICK_S);
     ev_timer_start(loop, &h.tick);
-    return 0;
+out:
+    for (size_t i = 0; i < nsrc; i++)
+        tg_server_set_unref(src[i].set);
+    free(src);
+    return rc;
+}
+
+int tg_health_follow(struct ev_loop *loop, const struct tg_config *cfg)
+{
+    if (!h.follows || h.epoch == tg_resolver_epoch())
+        return 0;
+    return tg_health_configure(loop, cfg);
 }
 
 void tg_health_stop(void)

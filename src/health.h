@@ -25,6 +25,13 @@ struct tg_config_sockaddr;
  * thread only. Returns 0, or -1 on allocation failure. */
 int tg_health_configure(struct ev_loop *loop, const struct tg_config *cfg);
 
+/* Checked servers given as names follow their addresses: when some name
+ * changed (the resolver's epoch moved), the targets are made again from
+ * the current addresses (servers checked before keep their state and
+ * their turn). Called once a second by the checking worker; cheap when
+ * nothing changed. Returns 0, or -1 on allocation failure. */
+int tg_health_follow(struct ev_loop *loop, const struct tg_config *cfg);
+
 /* Stops the checker (the checking worker is leaving). */
 void tg_health_stop(void);
 

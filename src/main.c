@@ -31,6 +31,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "ratelimit.h"
+#include "resolver.h"
 #include "tenant_metrics.h"
 #include "tenant_shared.h"
 #include "ticket_share.h"
@@ -675,6 +676,12 @@ int main(int argc, char **argv)
     ev_signal_start(g.loop, &g.sig_quit);
     ev_signal_start(g.loop, &g.sig_usr1);
     tg_ticket_share_follow(g.config); /* a fleet's ticket keys, from Redis */
+    /* Names among upstream and tenant servers, resolved again from now on
+     * (its thread blocks our signals too, as they are still masked). */
+    if (tg_resolver_start() < 0) {
+        tg_log_error("cannot start the resolver thread");
+        return 1;
+    }
     /* Handlers are in place: now a pending signal is handled, not fatal. */
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
@@ -698,6 +705,7 @@ int main(int argc, char **argv)
     tg_trace_export_stop(); /* after the workers: their last spans are queued */
     tg_access_log_stop();
     tg_config_unref(g.config);
+    tg_resolver_stop(); /* after the last snapshot: no group is left */
     tg_certstore_unref(g.certs);
     tg_tls_global_cleanup();
     tg_log_info("stopped");

@@ -702,8 +702,18 @@ static void say_upstream(struct tg_request *req)
     static const char *const balance[] = {"round_robin", "least_conn", "hash"};
     char servers[1024] = "";
     size_t o = 0;
-    for (size_t i = 0; u != NULL && i < u->nservers && o < sizeof(servers); i++)
-        o += (size_t)snprintf(servers + o, sizeof(servers) - o, " %s", u->servers[i].addr.text);
+    for (size_t i = 0; u != NULL && i < u->nservers && o < sizeof(servers); i++) {
+        const struct tg_config_server *s = &u->servers[i];
+        o += (size_t)snprintf(servers + o, sizeof(servers) - o, " %s", s->addr.text);
+        /* A name: the addresses it had at load (it is resolved again while
+         * tollgate runs). */
+        for (size_t k = 0; k < s->nresolved && o < sizeof(servers); k++) {
+            char a[64];
+            tg_config_format_sockaddr((const struct sockaddr *)&s->resolved[k], a, sizeof(a));
+            o += (size_t)snprintf(servers + o, sizeof(servers) - o, "%s%s%s", k ? " " : " (", a,
+                                  k + 1 == s->nresolved ? ")" : "");
+        }
+    }
     if (req->route->upstream_tenant)
         say(req, "upstream", "the tenant's servers:%s", servers);
     else

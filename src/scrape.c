@@ -20,6 +20,7 @@
 #include "metrics.h"
 #include "ratelimit_redis.h"
 #include "redis.h"
+#include "resolver.h"
 #include "tenant.h"
 #include "tenant_metrics.h"
 #include "tenant_shared.h"
@@ -65,6 +66,15 @@ int64_t tg_scrape_sse_open(struct tg_runtime *rt)
     for (unsigned w = 0; w < rt->nworkers; w++)
         v += LOAD(rt->workers[w]->metrics->sse_open);
     return v;
+}
+
+/* One tollgate_upstream_resolve_failures_total line (resolver.h). */
+static void resolve_failures_line(void *arg, const char *label, uint64_t failures)
+{
+    char esc[256];
+    tg_metrics_escape_label(esc, sizeof(esc), label);
+    tg_strbuf_printf(arg, "tollgate_upstream_resolve_failures_total{upstream=\"%s\"} %llu\n", esc,
+                     (unsigned long long)failures);
 }
 
 static void header(struct tg_strbuf *o, const char *name, const char *type, const char *help)
@@ -364,6 +374,11 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
                       sum);
         }
     }
+    header(&o, "upstream_resolve_failures_total", "counter",
+           "Failed resolutions of upstream server names (NXDOMAIN, timeout, SERVFAIL), once per "
+           "attempt; the last good addresses stay in use. Only upstreams with names "
+           "(upstream=\"$tenant\": every tenant's).");
+    tg_resolver_failures_each(resolve_failures_line, &o);
 
     /* Rate limiting. */
     unsigned npol = tg_metrics_series_count(TG_METRICS_POLICY);

@@ -31,8 +31,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 
 #include <hiredis/hiredis.h>
 
@@ -42,6 +40,7 @@
 #include "ratelimit.h"
 #include "redis.h"
 #include "redis_sub.h"
+#include "resolver.h"
 #include "router.h"
 #include "siphash.h"
 #include "str.h"
@@ -135,14 +134,17 @@ struct spec {
     const char *id;
     size_t idlen;
     bool suspended;
-    const struct tg_config_server *servers; /* addr.text NUL-terminated */
+    const struct tg_config_server *servers; /* addr.text (and host) NUL-terminated */
     size_t nservers;
+    struct tg_resolver_group *group; /* names among the servers: a reference
+                                        the tenant takes over (NULL: none) */
     int64_t rate_interval_ns, rate_count, rate_period_s, burst;
 };
 
 #define ALIGN_UP(n) (((n) + BLOCK_ALIGN - 1) & ~(size_t)(BLOCK_ALIGN - 1))
 
-/* One block: the tenant, its servers, its strings. refs = 1. */
+/* One block: the tenant, its servers, its strings. refs = 1. Takes over
+ * sp->group (released here if it fails). */
 static struct tg_tenant *tenant_new(const struct spec *sp,
                                     const struct tg_config_upstream *defaults)
 {
@@ -150,10 +152,13 @@ static struct tg_tenant *tenant_new(const struct spec *sp,
     size_t off_strings = off_servers + sp->nservers * sizeof(struct tg_config_server);
     size_t size = off_strings + sp->idlen + 1 + NAME_TAG_LEN + sp->idlen + 1;
     for (size_t i = 0; i < sp->nservers; i++)
-        size += strlen(sp->servers[i].addr.text) + 1;
+        size += strlen(sp->servers[i].addr.text) + 1 +
+                (sp->servers[i].host != NULL ? strlen(sp->servers[i].host) + 1 : 0);
     char *b = malloc(size);
-    if (b == NULL)
+    if (b == NULL) {
+        tg_resolver_group_unref(sp->group);
         return NULL;
+    }
     struct tg_tenant *t = (struct tg_tenant *)b;
     memset(t, 0, sizeof(*t));
     struct tg_config_server *servers = (struct tg_config_server *)(b + off_servers);
@@ -174,6 +179,14 @@ static struct tg_tenant *tenant_new(const struct spec *sp,
         memcpy(p, sp->servers[i].addr.text, n + 1);
         servers[i].addr.text = p;
         p += n + 1;
+        if (sp->servers[i].host != NULL) {
+            n = strlen(sp->servers[i].host);
+            memcpy(p, sp->servers[i].host, n + 1);
+            servers[i].host = p;
+            p += n + 1;
+        }
+        servers[i].resolved = NULL;
+        servers[i].nresolved = 0;
     }
 
     t->upstream = *defaults;
@@ -181,6 +194,7 @@ static struct tg_tenant *tenant_new(const struct spec *sp,
     t->upstream.index = 0;
     t->upstream.servers = sp->nservers > 0 ? servers : NULL;
     t->upstream.nservers = sp->nservers;
+    t->upstream.resolve = sp->group;
     t->suspended = sp->suspended;
     t->rate_interval_ns = sp->rate_interval_ns;
     t->rate_count = sp->rate_count;
@@ -200,11 +214,15 @@ static struct tg_tenant *tenant_clone(const struct tg_tenant *t,
         .suspended = t->suspended,
         .servers = t->upstream.servers,
         .nservers = t->upstream.nservers,
+        .group = t->upstream.resolve,
         .rate_interval_ns = t->rate_interval_ns,
         .rate_count = t->rate_count,
         .rate_period_s = t->rate_period_s,
         .burst = t->burst,
     };
+    /* The same names, followed by the same group. */
+    if (sp.group != NULL)
+        tg_resolver_group_ref(sp.group);
     return tenant_new(&sp, defaults);
 }
 
@@ -218,8 +236,10 @@ void tg_tenant_release(struct tg_tenant *t)
 {
     if (t == NULL || t->refs == 0)
         return; /* static: lives as long as its snapshot */
-    if (--t->refs == 0)
+    if (--t->refs == 0) {
+        tg_resolver_group_unref(t->upstream.resolve);
         free(t);
+    }
 }
 
 /* ---- static index --------------------------------------------------------- */
@@ -348,6 +368,7 @@ int tg_tenant_index_build(struct tg_config *cfg, char *err, size_t errlen)
         t->upstream.index = 0;
         t->upstream.servers = e->servers;
         t->upstream.nservers = e->nservers;
+        t->upstream.resolve = e->resolve; /* the snapshot's (config_build.c) */
         t->upstream.mark = e->mark;
         t->rate_interval_ns = e->rate_interval_ns;
         t->rate_count = e->rate_count;
@@ -462,6 +483,11 @@ struct fetch {
     bool parked;
     bool delivering; /* answered; its waiters are being called */
     bool domain;
+    /* Redis answered with servers that are names the resolver has not
+     * answered for yet: the tenant waits here (our reference) until it
+     * has, or until names_by (the Redis timeout). */
+    struct tg_tenant *names_t;
+    ev_tstamp names_by;
     size_t klen;
     char key[];
 };
@@ -507,6 +533,12 @@ struct tg_tenant_dir {
     struct tg_redis *link;    /* commands */
     struct tg_redis_sub *sub; /* invalidations */
     ev_timer kick;            /* parked fetches, outside configure */
+    /* Fetches waiting for names: the resolver thread wakes names_async;
+     * names_timer ends the wait at names_by. Both run only while some
+     * fetch waits. */
+    ev_async names_async;
+    ev_timer names_timer;
+    unsigned names_waiting;
 
     /* cache */
     struct entry **buckets;
@@ -777,6 +809,12 @@ static void fetch_free(struct fetch *f)
         f->e->fetch = NULL;
     if (f->cmd != NULL)
         tg_redis_cancel(f->cmd);
+    if (f->names_t != NULL) {
+        /* After this returns the resolver calls nothing for it. */
+        tg_resolver_group_notify(f->names_t->upstream.resolve, NULL, NULL);
+        tg_tenant_release(f->names_t);
+        f->d->names_waiting--;
+    }
     free(f);
 }
 
@@ -994,38 +1032,17 @@ static bool is_space(char c)
     return c == ' ' || c == '\t';
 }
 
-/* Is the host of "host:port" / "[v6]:port" an IP address? Names are not
- * resolved on the request path (that would block the loop). */
-static bool numeric_host(const char *s)
-{
-    char host[INET6_ADDRSTRLEN + 1];
-    unsigned char buf[sizeof(struct in6_addr)];
-    const char *end;
-    int family = AF_INET;
-    if (s[0] == '[') {
-        s++;
-        end = strchr(s, ']');
-        family = AF_INET6;
-    } else {
-        end = strrchr(s, ':');
-    }
-    if (end == NULL || end == s || (size_t)(end - s) >= sizeof(host))
-        return false;
-    memcpy(host, s, (size_t)(end - s));
-    host[end - s] = '\0';
-    return inet_pton(family, host, buf) == 1;
-}
-
 /* Parses "a:1, b:2" (value v, len n) into servers (at most cap), with
- * texts pointing into buf (n + 1 bytes). Returns the count, or -1 with why
- * set. */
-static int parse_servers(const char *v, size_t n, char *buf, struct tg_config_server *servers,
-                         size_t cap, char *why, size_t whylen)
+ * texts pointing into buf and host names into hosts (n + 1 bytes each).
+ * Names are not resolved here: the resolver does that, on its own thread.
+ * Returns the count, or -1 with why set. */
+static int parse_servers(const char *v, size_t n, char *buf, char *hosts,
+                         struct tg_config_server *servers, size_t cap, char *why, size_t whylen)
 {
     memcpy(buf, v, n);
     buf[n] = '\0';
     size_t count = 0;
-    char *p = buf;
+    char *p = buf, *h = hosts;
     for (;;) {
         char *comma = strchr(p, ',');
         char *end = comma != NULL ? comma : p + strlen(p);
@@ -1043,16 +1060,14 @@ static int parse_servers(const char *v, size_t n, char *buf, struct tg_config_se
             return -1;
         }
         char err[128];
-        if (!numeric_host(p)) {
-            snprintf(why, whylen, "server '%.60s' is not IP:port (names are not resolved)", p);
-            return -1;
-        }
-        memset(&servers[count], 0, sizeof(servers[count]));
-        if (tg_config_parse_sockaddr(p, &servers[count].addr, err, sizeof(err)) < 0) {
+        if (tg_config_parse_server(p, &servers[count], h, (size_t)(end - p) + 1, err, sizeof(err)) <
+            0) {
             snprintf(why, whylen, "server: %.100s", err);
             return -1;
         }
         servers[count].addr.text = p;
+        if (servers[count].host != NULL)
+            h += strlen(h) + 1;
         count++;
         if (comma == NULL)
             break;
@@ -1104,21 +1119,29 @@ static enum outcome tenant_of(struct tg_tenant_dir *d, struct spec *sp, const ch
         snprintf(why, whylen, "more than %d servers", SERVERS_MAX);
         return OUT_MALFORMED;
     }
-    char *buf = malloc(len + 1);
+    char *buf = malloc(len + 1), *hosts = malloc(len + 1);
     struct tg_config_server *arr = calloc(cap, sizeof(*arr));
     enum outcome oc = OUT_ERROR;
-    if (buf != NULL && arr != NULL) {
-        int n = parse_servers(text, len, buf, arr, cap, why, whylen);
+    if (buf != NULL && hosts != NULL && arr != NULL) {
+        int n = parse_servers(text, len, buf, hosts, arr, cap, why, whylen);
+        bool names = false;
+        for (int i = 0; i < n; i++)
+            names |= arr[i].host != NULL;
+        const struct tg_config_upstream *defs = &d->cfg->upstream_defaults;
         if (n < 0) {
             oc = OUT_MALFORMED;
+        } else if (names && (sp->group = tg_resolver_group_new(
+                                 "$tenant", arr, (size_t)n, defs->resolve_interval_ms)) == NULL) {
+            oc = OUT_ERROR;
         } else {
             sp->servers = arr;
             sp->nservers = (size_t)n;
-            *out = tenant_new(sp, &d->cfg->upstream_defaults);
+            *out = tenant_new(sp, defs);
             oc = *out != NULL ? OUT_FOUND : OUT_ERROR;
         }
     }
     free(buf);
+    free(hosts);
     free(arr);
     return oc;
 }
@@ -1607,6 +1630,91 @@ static void complete(struct tg_tenant_dir *d, struct fetch *f, enum outcome oc, 
 }
 
 static void settle(struct tg_tenant_dir *d);
+static ev_tstamp ms_to_s(int64_t ms);
+
+/* ---- servers that are names ------------------------------------------------------ */
+
+/* The resolver thread: some group is ready. Only wakes our loop. */
+static void on_names_ready(void *arg)
+{
+    struct tg_tenant_dir *d = arg;
+    ev_async_send(d->loop, &d->names_async);
+}
+
+/* Completes the fetches whose names are answered or whose wait is over
+ * (the tenant as it is then: a name still unanswered has no address, and
+ * the request gets 502 unless another server takes it). */
+static void run_names(struct tg_tenant_dir *d)
+{
+    ev_tstamp now = ev_now(d->loop), next = 0;
+    bool again = true;
+    while (again && !d->closing) {
+        again = false;
+        next = 0;
+        struct tg_list *head = &d->active;
+        for (struct tg_list *n = head->next; n != head; n = n->next) {
+            struct fetch *f = fetch_of(n);
+            if (f->names_t == NULL || f->delivering)
+                continue;
+            if (now < f->names_by && !tg_resolver_group_ready(f->names_t->upstream.resolve)) {
+                if (next == 0 || f->names_by < next)
+                    next = f->names_by;
+                continue;
+            }
+            struct tg_tenant *t = f->names_t;
+            tg_resolver_group_notify(t->upstream.resolve, NULL, NULL);
+            f->names_t = NULL;
+            d->names_waiting--;
+            complete(d, f, OUT_FOUND, t, NULL); /* frees f; callbacks may add fetches */
+            tg_tenant_release(t);
+            again = true;
+            break;
+        }
+    }
+    ev_timer_stop(d->loop, &d->names_timer);
+    if (d->names_waiting == 0 || d->closing) {
+        ev_async_stop(d->loop, &d->names_async);
+        return;
+    }
+    ev_timer_set(&d->names_timer, next > now ? next - now : 0., 0.);
+    ev_timer_start(d->loop, &d->names_timer);
+}
+
+static void on_names_async(struct ev_loop *loop, ev_async *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct tg_tenant_dir *d = w->data;
+    d->depth++;
+    run_names(d);
+    d->depth--;
+    settle(d);
+}
+
+static void on_names_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct tg_tenant_dir *d = w->data;
+    d->depth++;
+    run_names(d);
+    d->depth--;
+    settle(d);
+}
+
+/* Redis answered fetch `f` with tenant `t` (referenced here for the
+ * wait), whose names the resolver has not answered yet: the look-ups
+ * wait for it, no longer than the Redis timeout. Inside a depth count. */
+static void wait_for_names(struct tg_tenant_dir *d, struct fetch *f, struct tg_tenant *t)
+{
+    tg_tenant_ref(t);
+    f->names_t = t;
+    f->names_by = ev_now(d->loop) + ms_to_s(d->cfg->redis.timeout_ms);
+    d->names_waiting++;
+    if (!ev_is_active(&d->names_async))
+        ev_async_start(d->loop, &d->names_async);
+    /* Asked first, checked after: an answer in between is not lost. */
+    tg_resolver_group_notify(t->upstream.resolve, on_names_ready, d);
+    run_names(d);
+}
 
 static int on_fetch_reply(void *arg, const redisReply *reply)
 {
@@ -1631,6 +1739,14 @@ static int on_fetch_reply(void *arg, const redisReply *reply)
         oc = OUT_NOT_FOUND;
     }
     d->depth++;
+    if (oc == OUT_FOUND && t != NULL && t->upstream.resolve != NULL &&
+        !tg_resolver_group_ready(t->upstream.resolve)) {
+        wait_for_names(d, f, t);
+        tg_tenant_release(t);
+        d->depth--;
+        settle(d);
+        return 0;
+    }
     complete(d, f, oc, t, oc == OUT_FOUND && f->domain ? target : NULL);
     tg_tenant_release(t);
     d->depth--;
@@ -1812,7 +1928,7 @@ static void repark_all(struct tg_tenant_dir *d)
     for (struct tg_list *n = head->next, *next; n != head; n = next) {
         next = n->next;
         struct fetch *f = fetch_of(n);
-        if (f->delivering)
+        if (f->delivering || f->names_t != NULL) /* answered; waits for names only */
             continue;
         if (f->cmd != NULL) {
             tg_redis_cancel(f->cmd);
@@ -1841,6 +1957,10 @@ struct tg_tenant_dir *tg_tenant_dir_new(struct ev_loop *loop, const struct tg_co
     d->buckets = calloc(d->nbuckets, sizeof(*d->buckets));
     ev_timer_init(&d->kick, on_kick, 0., 0.);
     d->kick.data = d;
+    ev_async_init(&d->names_async, on_names_async);
+    d->names_async.data = d;
+    ev_timer_init(&d->names_timer, on_names_timer, 0., 0.);
+    d->names_timer.data = d;
     copy_limits(d, cfg);
     d->redis = cfg->directory == TG_TENANTS_REDIS;
     if (d->buckets == NULL || copy_target(d, cfg) < 0 || (d->redis && start_links(d, cfg) < 0)) {
@@ -1961,6 +2081,8 @@ void tg_tenant_dir_free(struct tg_tenant_dir *d)
         return;
     d->closing = true;
     ev_timer_stop(d->loop, &d->kick);
+    ev_timer_stop(d->loop, &d->names_timer);
+    ev_async_stop(d->loop, &d->names_async);
     struct tg_list *lists[2] = {&d->active, &d->parked};
     for (int i = 0; i < 2; i++)
         for (struct tg_list *n = lists[i]->next; n != lists[i]; n = n->next) {

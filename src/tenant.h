@@ -11,8 +11,9 @@
  * served up to stale_ttl past their expiry.
  *
  * Redis data (written by the control plane; PREFIX = redis.key_prefix):
- *   HASH   PREFIX<id>           servers  "10.0.0.5:8080, [fd00::7]:8080"
- *                                        (IP:port only: names would block)
+ *   HASH   PREFIX<id>           servers  "10.0.0.5:8080, [fd00::7]:8080, app.internal:8080"
+ *                                        (a name is resolved by the resolver
+ *                                        thread, never here: resolver.h)
  *                               status   active | suspended | placing |
  *                                        archived (missing: active)
  *                               rate     "100/s" (optional), burst "200"
@@ -20,7 +21,10 @@
  *   PUBLISH PREFIXchanged <id> | host:<domain>   drops that entry at once
  * An entry that cannot be used (no servers unless suspended, a bad server,
  * status, rate or burst) is answered NOT_FOUND and logged once per fetch,
- * i.e. once per id per negative_ttl. */
+ * i.e. once per id per negative_ttl. An entry whose servers include a name
+ * the resolver has not answered for yet waits for that answer (at most the
+ * Redis timeout) before it is cached and handed out; its tenant's
+ * upstream.resolve follows the name from then on. */
 #ifndef TG_TENANT_H
 #define TG_TENANT_H
 
@@ -40,7 +44,10 @@ struct tg_tenant {
     bool suspended;
     /* The tenant's servers with tenants.upstream_defaults applied: used
      * with the tg_upstream_* functions like any configured upstream.
-     * upstream.name is "$tenant:<id>"; upstream.index is unused. */
+     * upstream.name is "$tenant:<id>"; upstream.index is unused. With
+     * names among the servers, upstream.resolve is a resolver group: the
+     * tenant's own reference for tenants from Redis, the snapshot's for
+     * static ones. */
     struct tg_config_upstream upstream;
     unsigned rr_cursor;       /* round-robin position: worker-local for
                                     tenants from Redis; static ones are

@@ -23,6 +23,7 @@
 #include "faultlog.h"
 #include "health.h"
 #include "log.h"
+#include "resolver.h"
 #include "tls.h"
 #include "context.h"
 
@@ -60,6 +61,9 @@ struct tg_pool {
     unsigned active_high; /* most owned at once since the last sweep */
     unsigned keepalive;   /* the upstream's `keepalive`, last seen */
     unsigned fails;       /* consecutive failures */
+    bool retired;         /* a name lost this address: connections given back
+                             close instead of waiting idle (until a request
+                             picks the address again) */
     ev_tstamp ejected_until;
     unsigned long down_gen; /* tg_faultlog_down_gen() at the last success */
     struct tg_pool *hnext;
@@ -80,6 +84,9 @@ struct tg_upstream_pools {
         const struct tg_config_sockaddr *addr;
         struct tg_pool *pool;
     } cache[POOL_CACHE];
+    /* This worker's copy of each resolver group's servers, by group id. */
+    struct tg_resolver_view *views;
+    size_t nviews;
 };
 
 /* ---- pool table --------------------------------------------------------------- */
@@ -97,8 +104,9 @@ static uint64_t hash_key(const struct sockaddr_storage *sa, socklen_t len, const
 }
 
 /* The name a TLS server is reached and verified by: tls_server_name, else
- * the host part of the server's address. */
-static void tls_name_of(const struct tg_config_upstream *u, const struct tg_config_sockaddr *a,
+ * the name the address came from, else the host part of the server's
+ * address as written. */
+static void tls_name_of(const struct tg_config_upstream *u, const struct tg_config_server *s,
                         char *out, size_t cap)
 {
     out[0] = '\0';
@@ -108,7 +116,11 @@ static void tls_name_of(const struct tg_config_upstream *u, const struct tg_conf
         snprintf(out, cap, "%s", u->tls_server_name);
         return;
     }
-    const char *t = a->text;
+    if (s->host != NULL) {
+        snprintf(out, cap, "%s", s->host);
+        return;
+    }
+    const char *t = s->addr.text;
     const char *end = strrchr(t, ':');
     size_t n = end ? (size_t)(end - t) : strlen(t);
     if (n >= 2 && t[0] == '[' && t[n - 1] == ']') {
@@ -160,6 +172,9 @@ void tg_upstream_pools_free(struct tg_upstream_pools *t)
             p = next;
         }
     }
+    for (size_t i = 0; i < t->nviews; i++)
+        tg_server_set_unref(t->views[i].set);
+    free(t->views);
     free(t->buckets);
     free(t);
 }
@@ -187,8 +202,9 @@ static int grow(struct tg_upstream_pools *t)
 }
 
 static struct tg_pool *pool_get(struct tg_context *w, const struct tg_config_upstream *u,
-                                const struct tg_config_sockaddr *a)
+                                const struct tg_config_server *s)
 {
+    const struct tg_config_sockaddr *a = &s->addr;
     struct tg_upstream_pools *t = w->pools;
     bool tls = u != NULL && u->tls;
     size_t slot = ((uintptr_t)a >> 4) & (POOL_CACHE - 1);
@@ -197,7 +213,7 @@ static struct tg_pool *pool_get(struct tg_context *w, const struct tg_config_ups
         memcmp(&hit->sa, &a->sa, a->salen) == 0)
         return hit;
     char name[TLS_NAME_MAX];
-    tls_name_of(u, a, name, sizeof(name));
+    tls_name_of(u, s, name, sizeof(name));
     size_t i = hash_key(&a->sa, a->salen, name) & (t->nbuckets - 1);
     for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext) {
         if (p->salen == a->salen && memcmp(&p->sa, &a->sa, a->salen) == 0 && p->tls == tls &&
@@ -227,6 +243,61 @@ static struct tg_pool *pool_get(struct tg_context *w, const struct tg_config_ups
     return p;
 }
 
+/* ---- servers of names -------------------------------------------------------------- */
+
+/* A name no longer has this address: its idle connections close now, and
+ * those in use close when their requests give them back. Every pool of
+ * the address (under any TLS name) is retired: another upstream listing
+ * the same address only reconnects. */
+static void retire(void *arg, const struct tg_config_server *gone)
+{
+    struct tg_context *w = arg;
+    struct tg_upstream_pools *t = w->pools;
+    for (size_t i = 0; i < t->nbuckets; i++)
+        for (struct tg_pool *p = t->buckets[i]; p != NULL; p = p->hnext) {
+            if (p->salen != gone->addr.salen || memcmp(&p->sa, &gone->addr.sa, p->salen) != 0)
+                continue;
+            p->retired = true;
+            struct tg_upconn *uc;
+            while ((uc = idle_first(p)) != NULL) {
+                idle_unlink(p, uc);
+                close_upconn(uc);
+            }
+        }
+}
+
+struct tg_server_set *tg_upstream_servers(struct tg_context *w, const struct tg_config_upstream *u,
+                                          const struct tg_config_server **servers, size_t *n)
+{
+    if (u->resolve == NULL) {
+        *servers = u->servers;
+        *n = u->nservers;
+        return NULL;
+    }
+    *servers = NULL;
+    *n = 0;
+    struct tg_upstream_pools *t = w->pools;
+    size_t id = tg_resolver_group_id(u->resolve);
+    if (id >= t->nviews) {
+        size_t nv = t->nviews ? t->nviews : 16;
+        while (nv <= id)
+            nv *= 2;
+        struct tg_resolver_view *v = realloc(t->views, nv * sizeof(*v));
+        if (v == NULL)
+            return NULL;
+        memset(v + t->nviews, 0, (nv - t->nviews) * sizeof(*v));
+        t->views = v;
+        t->nviews = nv;
+    }
+    struct tg_server_set *set = tg_resolver_view_get(&t->views[id], u->resolve, retire, w);
+    if (set == NULL)
+        return NULL;
+    tg_server_set_ref(set);
+    *servers = set->servers;
+    *n = set->n;
+    return set;
+}
+
 /* ---- selection ------------------------------------------------------------------ */
 
 static bool is_ejected(const struct tg_pool *p, ev_tstamp now)
@@ -248,9 +319,9 @@ static uint64_t rendezvous(uint64_t key, const struct tg_config_sockaddr *a)
 }
 
 int tg_upstream_pick(struct tg_context *w, unsigned *cursor, const struct tg_config_upstream *u,
-                     uint64_t tried, uint64_t hash)
+                     const struct tg_config_server *servers, size_t n, uint64_t tried,
+                     uint64_t hash)
 {
-    size_t n = u->nservers;
     if (n == 0)
         return -1;
     ev_tstamp now = tg_context_now(w);
@@ -263,8 +334,8 @@ int tg_upstream_pick(struct tg_context *w, unsigned *cursor, const struct tg_con
         size_t idx = (start + k) % n;
         if (idx < TRIED_MAX && (tried & (1ull << idx)))
             continue;
-        struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
-        bool down = !tg_health_up(&u->servers[idx].addr);
+        struct tg_pool *p = pool_get(w, u, &servers[idx]);
+        bool down = !tg_health_up(&servers[idx].addr);
         if (down || is_ejected(p, now)) {
             ev_tstamp until = down ? now + DOWN_RANK_S : p->ejected_until;
             if (fallback < 0 || until < fallback_until) {
@@ -276,7 +347,7 @@ int tg_upstream_pick(struct tg_context *w, unsigned *cursor, const struct tg_con
         if (u->balance == TG_BALANCE_ROUND_ROBIN)
             return (int)idx;
         if (u->balance == TG_BALANCE_HASH) {
-            uint64_t score = rendezvous(hash, &u->servers[idx].addr);
+            uint64_t score = rendezvous(hash, &servers[idx].addr);
             if (best < 0 || score > best_score) {
                 best = (int)idx;
                 best_score = score;
@@ -345,13 +416,14 @@ static void on_upconn_io(struct ev_loop *loop, ev_io *io, int revents)
 }
 
 struct tg_upconn *tg_upstream_acquire(struct tg_context *w, const struct tg_config_upstream *u,
-                                      int idx, void *owner)
+                                      const struct tg_config_server *s, void *owner)
 {
-    struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
+    struct tg_pool *p = pool_get(w, u, s);
     if (p == NULL) {
         errno = ENOMEM;
         return NULL;
     }
+    p->retired = false; /* a current set has it (again) */
     struct tg_upconn *uc = idle_first(p);
     if (uc != NULL) {
         idle_unlink(p, uc);
@@ -448,7 +520,7 @@ void tg_upstream_release(struct tg_upconn *uc, bool reusable, const struct tg_co
         p->keepalive = u->keepalive;
     bool room =
         p->nidle < p->keepalive || (p->keepalive > 0 && p->active + p->nidle < p->active_high);
-    bool keep = reusable && u != NULL && !w->draining && room &&
+    bool keep = reusable && u != NULL && !w->draining && room && !p->retired &&
                 (u->keepalive_requests == 0 || uc->requests < u->keepalive_requests) &&
                 (uc->in == NULL || tg_buf_len(uc->in) == 0);
     if (!keep) {
@@ -575,6 +647,7 @@ void tg_upstream_sweep(struct tg_context *w, ev_tstamp now)
             p->active_high = p->active;
         }
     }
+    tg_resolver_views_sweep(t->views, t->nviews, retire, w);
 }
 
 void tg_upstream_close_idle(struct tg_context *w)
@@ -593,10 +666,11 @@ void tg_upstream_close_idle(struct tg_context *w)
     }
 }
 
-void tg_upstream_server_state(struct tg_context *w, const struct tg_config_upstream *u, int idx,
+void tg_upstream_server_state(struct tg_context *w, const struct tg_config_upstream *u,
+                              const struct tg_config_server *s,
                               struct tg_upstream_server_state *out)
 {
-    struct tg_pool *p = pool_get(w, u, &u->servers[idx].addr);
+    struct tg_pool *p = pool_get(w, u, s);
     *out = (struct tg_upstream_server_state){0};
     if (p == NULL)
         return;

@@ -3,7 +3,9 @@
  * passive health (a server that keeps failing is skipped for a while).
  *
  * Pools are keyed by address, not by config snapshot, so a reload keeps
- * every warm connection. Only the owning worker touches its pools. */
+ * every warm connection. Only the owning worker touches its pools. An
+ * upstream whose servers include names takes them from the worker's view
+ * of its resolver group (resolver.h): the addresses the names have now. */
 #ifndef TG_UPSTREAM_H
 #define TG_UPSTREAM_H
 
@@ -20,7 +22,8 @@ struct tg_context;
 struct tg_wcfg;
 struct tg_buf;
 struct tg_config_upstream;
-struct tg_config_sockaddr;
+struct tg_config_server;
+struct tg_server_set;
 
 enum tg_upconn_state {
     TG_UPCONN_CONNECTING = 0,
@@ -53,7 +56,18 @@ struct tg_upconn {
 struct tg_upstream_pools *tg_upstream_pools_new(void);
 void tg_upstream_pools_free(struct tg_upstream_pools *p);
 
-/* Chooses a server of `u` for a new attempt: skips servers whose bit is set
+/* The servers a request to `u` chooses from, for as long as it runs: an
+ * upstream of IP literals gives its own (*servers = u->servers; returns
+ * NULL, nothing to release); one with names gives this worker's current
+ * set of their addresses (refreshed when a name changed since; the idle
+ * connections to addresses it lost are closed then) and returns it with a
+ * reference for the caller (tg_server_set_unref). *n is 0 when out of
+ * memory. Worker thread; no lock unless a name changed. */
+struct tg_server_set *tg_upstream_servers(struct tg_context *w, const struct tg_config_upstream *u,
+                                          const struct tg_config_server **servers, size_t *n);
+
+/* Chooses one of `servers` (n, from tg_upstream_servers) of `u` for a new
+ * attempt: skips servers whose bit is set
  * in `tried` (bit i = server i; servers past 64 are never skipped) and,
  * when others remain, servers ejected by passive health or marked down by
  * active checks. round_robin advances *cursor; least_conn takes the server
@@ -62,16 +76,17 @@ void tg_upstream_pools_free(struct tg_upstream_pools *p);
  * only the keys of a server that goes away move). Returns the server
  * index, or -1 when none is left. */
 int tg_upstream_pick(struct tg_context *w, unsigned *cursor, const struct tg_config_upstream *u,
-                     uint64_t tried, uint64_t hash);
+                     const struct tg_config_server *servers, size_t n, uint64_t tried,
+                     uint64_t hash);
 
-/* Returns a connection to server `idx` of `u` owned by `owner`: an idle
+/* Returns a connection to server `s` of `u` owned by `owner`: an idle
  * pooled one (state ACTIVE, reused = true) or a new non-blocking connect
  * in progress (state CONNECTING: wait for EV_WRITE, then call
  * tg_upstream_connected). The caller sets uc->on_io. Returns
  * NULL when the socket cannot be created or the server's connection cap is
  * reached (errno says which: EMFILE/ENFILE/ENOBUFS, or EBUSY for the cap). */
 struct tg_upconn *tg_upstream_acquire(struct tg_context *w, const struct tg_config_upstream *u,
-                                      int idx, void *owner);
+                                      const struct tg_config_server *s, void *owner);
 
 /* Arms the connection's watcher for exactly `events`; does nothing when
  * they are already armed. */
@@ -107,19 +122,21 @@ bool tg_upstream_report(struct tg_upconn *uc, const struct tg_config_upstream *u
 /* The address of the connection's server, for logs ("10.0.0.5:8080"). */
 const char *tg_upstream_name(const struct tg_upconn *uc);
 
-/* Closes idle connections older than their keep-alive timeout. Called once a
- * second by the worker. */
+/* Closes idle connections older than their keep-alive timeout, and
+ * brings the views of resolver groups up to date (dropping those of
+ * groups gone). Called once a second by the worker. */
 void tg_upstream_sweep(struct tg_context *w, ev_tstamp now);
 
 /* Closes every idle connection (drain, stop). */
 void tg_upstream_close_idle(struct tg_context *w);
 
-/* What this worker knows of server `idx` of `u`, for /status. */
+/* What this worker knows of server `s` of `u`, for /status. */
 struct tg_upstream_server_state {
     unsigned active, idle, fails;
     bool ejected;
 };
-void tg_upstream_server_state(struct tg_context *w, const struct tg_config_upstream *u, int idx,
+void tg_upstream_server_state(struct tg_context *w, const struct tg_config_upstream *u,
+                              const struct tg_config_server *s,
                               struct tg_upstream_server_state *out);
 
 #endif

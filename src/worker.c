@@ -486,6 +486,9 @@ static void on_housekeeping(struct ev_loop *loop, ev_timer *t, int revents)
     if (++w->housekeeping_ticks % 4 == 0) {
         tg_upstream_sweep(&w->ctx, ev_now(loop));
         tg_faultlog_tick(false);
+        /* Checked servers that are names follow their addresses. */
+        if (w->ctx.id == 0 && w->ctx.cfg != NULL && tg_health_follow(loop, w->ctx.cfg->config) < 0)
+            tg_log_error("out of memory following the health-checked names");
     }
 }
 

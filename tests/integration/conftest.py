@@ -119,7 +119,7 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
 class Tollgate:
     """One tollgate process with its config file and logs."""
 
-    def __init__(self, tmp_path, config, wait=True, check_ports=None, env=None):
+    def __init__(self, tmp_path, config, wait=True, check_ports=None, env=None, wrap=None):
         self.dir = tmp_path
         self.config_path = os.path.join(str(tmp_path), "tollgate.yaml")
         self.stderr_path = os.path.join(str(tmp_path), "tollgate.err")
@@ -133,8 +133,10 @@ class Tollgate:
             e.update(env)
         self.err = open(self.stderr_path, "wb")
         self.out = open(self.stdout_path, "wb")
-        self.proc = subprocess.Popen([BIN, "-c", self.config_path], stdout=self.out,
-                                     stderr=self.err, env=e, cwd=ROOT)
+        # `wrap`: a command that execs tollgate in the end (the pid stays
+        # tollgate's), e.g. unshare into a mount namespace of its own.
+        self.proc = subprocess.Popen(list(wrap or []) + [BIN, "-c", self.config_path],
+                                     stdout=self.out, stderr=self.err, env=e, cwd=ROOT)
         self.stopped = False
         if wait:
             for port in (check_ports if check_ports is not None else self.ports_in(config)):

@@ -13,6 +13,8 @@
 #include "config_build.h"
 #include "limiter.h"
 #include "log.h"
+#include "resolver.h"
+#include "tenant.h"
 #include "test.h"
 
 static struct tg_config *load(const char *yaml, char *err, size_t errlen)
@@ -424,6 +426,8 @@ TEST(every_default)
         CHECK_EQ_INT(u->health_check.fails, 2);
         CHECK_EQ_INT(u->health_check.passes, 2);
         CHECK(!u->tls && u->tls_verify && u->tls_ca == NULL && u->tls_server_name == NULL);
+        CHECK_EQ_INT(u->resolve_interval_ms, 30000);
+        CHECK(u->resolve == NULL); /* IP literals: no resolver */
     }
     /* rate limits */
     const struct tg_config_rate_limit *rl = &c->rate_limit;
@@ -1807,6 +1811,107 @@ TEST(admin_access_lists)
     expect_error(y, "t.yaml:4:33: ", "unknown key 'allow_countries' in admin");
 }
 
+/* Issue 22 item 5: servers may be names. IP literals are parsed as they
+ * always were (no resolver group); a name is resolved at load (every
+ * address, A and AAAA) and becomes a resolver group; a name that does not
+ * resolve now is an error at its position (-t, start and reload say so);
+ * resolve_interval is checked like any duration. */
+TEST(server_names)
+{
+    char err[4096];
+    const char *y = "listen: [127.0.0.1:8080]\n"
+                    "upstreams:\n"
+                    "  lit: {servers: [127.0.0.1:9000, '[::1]:9001']}\n"
+                    "  app:\n"
+                    "    servers: [127.0.0.1:9000, localhost:9002]\n"
+                    "    resolve_interval: 200ms\n"
+                    "tenants:\n"
+                    "  upstream_defaults: {resolve_interval: 5s}\n"
+                    "  static: {t1: {servers: ['localhost:9003']}, t2: {servers: [127.0.0.1:1]}}\n"
+                    "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    const struct tg_config_upstream *lit = tg_config_find_upstream(c, "lit", 3);
+    const struct tg_config_upstream *app = tg_config_find_upstream(c, "app", 3);
+    CHECK(lit != NULL && app != NULL);
+    if (lit != NULL) {
+        CHECK(lit->resolve == NULL);
+        CHECK(lit->servers[0].host == NULL && lit->servers[1].host == NULL);
+        CHECK_EQ_STR(lit->servers[1].addr.text, "[::1]:9001");
+        CHECK_EQ_INT(lit->servers[1].addr.sa.ss_family, AF_INET6);
+    }
+    if (app != NULL) {
+        CHECK_EQ_INT(app->resolve_interval_ms, 200);
+        CHECK(app->resolve != NULL);
+        CHECK_EQ_INT(app->nservers, 2);
+        CHECK_EQ_STR(app->servers[1].host, "localhost");
+        CHECK_EQ_STR(app->servers[1].addr.text, "localhost:9002");
+        CHECK_EQ_INT(app->servers[1].port, 9002);
+        CHECK(app->servers[1].nresolved >= 1);
+        struct tg_server_set *set = tg_resolver_group_set(app->resolve);
+        CHECK(set != NULL && set->n >= 2);
+        if (set != NULL && set->n >= 2) {
+            CHECK_EQ_STR(set->servers[0].addr.text, "127.0.0.1:9000");
+            CHECK(set->servers[0].host == NULL);
+            bool v4 = false;
+            for (size_t i = 1; i < set->n; i++) {
+                CHECK_EQ_STR(set->servers[i].host, "localhost");
+                v4 |= strcmp(set->servers[i].addr.text, "127.0.0.1:9002") == 0;
+            }
+            CHECK(v4);
+        }
+        tg_server_set_unref(set);
+    }
+    CHECK_EQ_INT(c->tenants.upstream_defaults.resolve_interval_ms, 5000);
+    CHECK(c->tenants.ntenants == 2);
+    if (c->tenants.ntenants == 2) {
+        CHECK(c->tenants.tenants[0].resolve != NULL);
+        CHECK(c->tenants.tenants[1].resolve == NULL);
+        struct tg_tenant *t = tg_tenant_static(c->tenants.index, "t1", 2);
+        CHECK(t != NULL && t->upstream.resolve == c->tenants.tenants[0].resolve);
+    }
+    tg_config_unref(c);
+
+    expect_error("upstreams:\n  app:\n    servers:\n      - 127.0.0.1:1\n"
+                 "      - nonexistent.invalid:80\n",
+                 "t.yaml:5:9: ", "server: cannot resolve 'nonexistent.invalid'");
+    expect_error("tenants:\n  static:\n    t1: {servers: [nonexistent.invalid:80]}\n",
+                 "t.yaml:3:20: ", "cannot resolve 'nonexistent.invalid'");
+    expect_error("upstreams:\n  app: {servers: ['bad host!:80']}\n",
+                 "t.yaml:2:19: ", "'bad host!:80' has a bad address");
+    expect_error("upstreams:\n  app: {servers: ['[example.com]:80']}\n",
+                 "t.yaml:2:19: ", "has a bad address");
+    expect_error("upstreams:\n  app: {servers: [localhost]}\n", "t.yaml:2:19: ", "has no port");
+    expect_error("upstreams:\n  app: {servers: [127.0.0.1:1], resolve_interval: 50ms}\n",
+                 "t.yaml:2:51: ", "out of range");
+    expect_error("upstreams:\n  app: {servers: [127.0.0.1:1], resolve_interval: often}\n",
+                 "t.yaml:2:51: ", "duration");
+    expect_error("upstreams:\n  app: {servers: [127.0.0.1:1], resolve_interval: 0}\n",
+                 "t.yaml:2:51: ", "out of range");
+    expect_error("tenants:\n  upstream_defaults: {resolve_interval: 2d}\n",
+                 "t.yaml:2:41: ", "out of range");
+
+    /* Parsing a server alone never resolves anything. */
+    struct tg_config_server srv;
+    char host[256];
+    CHECK(tg_config_parse_server("nonexistent.invalid:8080", &srv, host, sizeof(host), err,
+                                 sizeof(err)) == 0);
+    CHECK(srv.host == host && strcmp(host, "nonexistent.invalid") == 0 && srv.port == 8080);
+    CHECK(tg_config_parse_server("10.0.0.1:80", &srv, host, sizeof(host), err, sizeof(err)) == 0);
+    CHECK(srv.host == NULL && srv.addr.sa.ss_family == AF_INET);
+    CHECK(tg_config_parse_server("[fd00::7]:8080", &srv, host, sizeof(host), err, sizeof(err)) ==
+          0);
+    CHECK(srv.host == NULL && srv.addr.sa.ss_family == AF_INET6);
+    CHECK(tg_config_parse_server("a_b-c.d:1", &srv, host, sizeof(host), err, sizeof(err)) == 0);
+    CHECK(tg_config_parse_server("-a:1", &srv, host, sizeof(host), err, sizeof(err)) < 0);
+    CHECK(tg_config_parse_server("a b:1", &srv, host, sizeof(host), err, sizeof(err)) < 0);
+    CHECK(tg_config_parse_server("a:0", &srv, host, sizeof(host), err, sizeof(err)) < 0);
+}
+
 int main(void)
 {
     RUN(schema_defaults_parse);
@@ -1842,5 +1947,6 @@ int main(void)
     RUN(include_errors);
     RUN(warnings_of_valid_configs);
     RUN(admin_access_lists);
+    RUN(server_names);
     return TEST_SUMMARY();
 }

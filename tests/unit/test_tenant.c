@@ -10,6 +10,7 @@
 
 #include "test.h"
 #include "redis_harness.h"
+#include "resolver.h"
 
 static struct h_redis srv;
 static struct ev_loop *loop;
@@ -410,6 +411,113 @@ out:
     free_config(c);
 }
 
+/* The addresses a tenant's requests would use now (its resolver group's
+ * servers): "a b c". */
+static void servers_now(const struct tg_tenant *t, char *out, size_t cap)
+{
+    struct tg_server_set *set = tg_resolver_group_set(t->upstream.resolve);
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; set != NULL && i < set->n && o < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%s%s", i ? " " : "", set->servers[i].addr.text);
+    tg_server_set_unref(set);
+}
+
+/* Issue 22 item 5: servers in the directory may be names. The look-up
+ * waits (no longer than the Redis timeout) for the resolver thread's first
+ * answer, never resolving on the loop; a name the resolver does not know
+ * yet keeps the tenant waiting; a known one does not. */
+TEST(named_servers)
+{
+    flushall();
+    struct tg_config *c = new_config("tg:");
+    c->tenants.upstream_defaults.resolve_interval_ms = 30000;
+    struct tg_tenant_dir *d = ready_dir(&c->tenants);
+    cmd("HSET tg:named servers %s", "localhost:8101, 127.0.0.1:8102");
+    cmd("HSET tg:nowhere servers %s", "nonexistent.invalid:8103, 127.0.0.1:8104");
+    cmd("HSET tg:later servers %s", "localhost:8105");
+    cmd("HSET tg:alsolocal servers %s", "LOCALHOST:8101");
+    char now[512];
+
+    /* No resolver thread: the wait ends at the Redis timeout (1 s here),
+     * and the tenant has no address for the name meanwhile. */
+    tg_resolver_stop();
+    struct tg_tenant *t = NULL;
+    bool waited = false;
+    ev_tstamp t0 = ev_time();
+    CHECK_EQ_INT(look(d, &c->tenants, "later", &t, &waited), TG_TENANT_FOUND);
+    CHECK(waited);
+    CHECK(ev_time() - t0 >= 0.9);
+    CHECK(t != NULL && t->upstream.resolve != NULL);
+    if (t != NULL) {
+        CHECK_EQ_INT(t->upstream.nservers, 1);
+        CHECK_EQ_STR(t->upstream.servers[0].host, "localhost");
+        CHECK_EQ_INT(t->upstream.servers[0].port, 8105);
+        servers_now(t, now, sizeof(now));
+        CHECK_EQ_STR(now, "");
+        tg_tenant_release(t);
+    }
+    /* A look-up waiting for names when its directory goes: answered, no
+     * leak, and the resolver no longer calls it. */
+    cmd("HSET tg:gone servers %s", "gone.example:80");
+    struct got g = {0};
+    struct tg_tenant_wait *w = NULL;
+    t = NULL;
+    CHECK_EQ_INT(tg_tenant_lookup(d, &c->tenants, "gone", 4, &t, got_cb, &g, &w), -1);
+    h_run_for(loop, 0.3);
+    CHECK_EQ_INT(g.calls, 0);
+    CHECK_EQ_INT(d->names_waiting, 1);
+    tg_tenant_dir_free(d);
+    CHECK_EQ_INT(g.calls, 1);
+    CHECK_EQ_INT(g.status, TG_TENANT_UNAVAILABLE);
+
+    /* With the thread: found once the names have their first answer. */
+    CHECK(tg_resolver_start() == 0);
+    d = ready_dir(&c->tenants);
+    t = NULL;
+    CHECK_EQ_INT(look(d, &c->tenants, "named", &t, &waited), TG_TENANT_FOUND);
+    CHECK(t != NULL && t->upstream.resolve != NULL);
+    if (t != NULL) {
+        CHECK(tg_resolver_group_ready(t->upstream.resolve));
+        servers_now(t, now, sizeof(now));
+        /* localhost's addresses (IPv4 at least; ::1 where the hosts file
+         * has it), then the literal, in the order written. */
+        CHECK(strncmp(now, "127.0.0.1:8101", 14) == 0 || strstr(now, "127.0.0.1:8101") != NULL);
+        size_t len = strlen(now);
+        CHECK(len >= 14 && strcmp(now + len - 14, "127.0.0.1:8102") == 0);
+        /* Shared with the other workers through tenant_shared as written. */
+        CHECK_EQ_STR(t->upstream.servers[0].addr.text, "localhost:8101");
+    }
+    /* The same name, known already: no wait for the resolver. */
+    struct tg_tenant *t2 = NULL;
+    CHECK_EQ_INT(look(d, &c->tenants, "alsolocal", &t2, &waited), TG_TENANT_FOUND);
+    CHECK_EQ_INT(d->names_waiting, 0);
+    if (t2 != NULL)
+        CHECK(tg_resolver_group_ready(t2->upstream.resolve));
+    tg_tenant_release(t2);
+    /* A name that does not resolve: found, with its literal only. */
+    struct tg_tenant *t3 = NULL;
+    CHECK_EQ_INT(look(d, &c->tenants, "nowhere", &t3, &waited), TG_TENANT_FOUND);
+    if (t3 != NULL) {
+        servers_now(t3, now, sizeof(now));
+        CHECK_EQ_STR(now, "127.0.0.1:8104");
+    }
+    tg_tenant_release(t3);
+    /* A reload's copy follows the same names. */
+    struct tg_config *c2 = new_config("tg:");
+    c2->tenants.upstream_defaults.resolve_interval_ms = 30000;
+    tg_tenant_dir_configure(d, &c2->tenants);
+    struct tg_tenant *t4 = NULL;
+    CHECK_EQ_INT(look(d, &c->tenants, "named", &t4, &waited), TG_TENANT_FOUND);
+    CHECK(t4 != NULL && t != NULL && t4 != t && t4->upstream.resolve == t->upstream.resolve);
+    tg_tenant_release(t4);
+    tg_tenant_release(t);
+    tg_tenant_dir_free(d);
+    tg_resolver_stop();
+    free_config(c2);
+    free_config(c);
+}
+
 TEST(suspended)
 {
     flushall();
@@ -770,7 +878,7 @@ TEST(malformed)
     cmd("HSET tg:noservers rate 5/s");
     cmd("HSET tg:emptyservers servers %s", "");
     cmd("HSET tg:garbage servers nonsense");
-    cmd("HSET tg:named servers backend.internal:8080");
+    cmd("HSET tg:named servers bad!host:8080");
     cmd("HSET tg:badport servers 127.0.0.1:99999");
     cmd("HSET tg:emptyitem servers %s", "127.0.0.1:1,,127.0.0.1:2");
     cmd("HSET tg:badrate servers 127.0.0.1:1 rate fast");
@@ -793,7 +901,7 @@ TEST(malformed)
     /* Logged once per id (per negative_ttl), not per request. */
     CHECK_EQ_INT(count_in_file(path, "is malformed"), TG_ARRAY_LEN(ids));
     CHECK_EQ_INT(count_in_file(path, "tg:garbage in Redis is malformed"), 1);
-    CHECK_EQ_INT(count_in_file(path, "backend.internal:8080' is not IP:port"), 1);
+    CHECK_EQ_INT(count_in_file(path, "'bad!host:8080' has a bad address"), 1);
     CHECK_EQ_INT(lookups_of(d), TG_ARRAY_LEN(ids));
     h_run_for(loop, 1.55);
     struct tg_tenant *t = NULL;
@@ -1224,6 +1332,7 @@ int main(void)
     RUN(free_with_pending);
     RUN(slow_redis);
     RUN(redis_stopped_then_restarted);
+    RUN(named_servers);
 
     if (sc != NULL)
         redisFree(sc);
