@@ -938,7 +938,8 @@ static int lookup_id(struct tg_tenant_dir *d, const struct tg_config_tenants *cf
     resolve_key(d, cfg, false, id, n, wp, cb, arg, &a);
     if (a.status < 0 && *wp != NULL && (*wp)->host == NULL)
         (*wp)->host = host;
-    if (to_activate(d, cfg, a.status) && (cb != NULL || *wp != NULL))
+    /* Only a request (it names a Host) activates a tenant. */
+    if (host != NULL && to_activate(d, cfg, a.status) && (cb != NULL || *wp != NULL))
         return park(d, cfg, id, n, host, wp, cb, arg);
     if (a.status != TG_TENANT_FOUND)
         return a.status;
@@ -980,7 +981,7 @@ static void answer_waiter(struct tg_tenant_dir *d, struct tg_tenant_wait *w, con
 {
     if (stale && st == TG_TENANT_FOUND)
         d->st.stale_served++;
-    if (!w->domain && to_activate(d, w->cfg, st)) {
+    if (!w->domain && w->host != NULL && to_activate(d, w->cfg, st)) {
         /* Placing, archived (or unknown): wait for its placement. */
         int rc = park(d, w->cfg, key, strlen(key), w->host, &w, NULL, NULL);
         if (rc >= 0)

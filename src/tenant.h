@@ -149,7 +149,7 @@ int tg_tenant_lookup(struct tg_tenant_dir *d, const struct tg_config_tenants *cf
                      struct tg_tenant_wait **wait);
 
 /* The same for a request to `host` (borrowed until the callback or
- * cancel). With tenants.activation, a tenant the directory marks placing
+ * cancel); tg_tenant_lookup never activates. With tenants.activation, a tenant the directory marks placing
  * or archived (or does not know, with activation.unknown) is activated:
  * one message on the activation stream per tenant (coalesced across
  * requests, workers and gateways), and the look-up waits, bounded by
