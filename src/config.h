@@ -103,6 +103,9 @@ struct tg_config_redis {
     unsigned db;          /* SELECT */
     int64_t timeout_ms;   /* a reply slower than this is a fault */
     const char *key_prefix;
+    const char **cluster; /* Redis Cluster seed nodes ("host:port"), instead
+                             of address; NULL: one server */
+    size_t ncluster;
     struct tg_config_mark mark;
 };
 /* Automatic certificates (acme.c). */
