@@ -25,6 +25,7 @@
 #include "ratelimit.h"
 #include "ratelimit_redis.h"
 #include "redis.h"
+#include "redis_cluster.h"
 #include "tenant.h"
 #include "upstream.h"
 #include "version.h"
@@ -95,6 +96,31 @@ static const char *redis_state_name(enum tg_redis_state s)
     }
 }
 
+/* A Redis Cluster's nodes as this worker sees them: each primary (and
+ * seed) with its link's state and the slots the map gives it. */
+static void cluster_json(struct tg_strbuf *b, const struct tg_ratelimit_redis *rl)
+{
+    const struct tg_redis_cluster *cl = rl != NULL ? tg_ratelimit_redis_cluster(rl) : NULL;
+    if (cl == NULL || !tg_redis_cluster_enabled(cl))
+        return;
+    struct tg_redis_cluster_node nodes[64];
+    size_t n = tg_redis_cluster_nodes(cl, nodes, TG_ARRAY_LEN(nodes));
+    struct tg_ratelimit_redis_stats st;
+    tg_ratelimit_redis_stats(rl, &st);
+    tg_strbuf_printf(b,
+                     ",\"cluster\":{\"redirects\":{\"moved\":%llu,\"ask\":%llu},"
+                     "\"map_refreshes\":%llu,\"nodes\":[",
+                     (unsigned long long)st.moved, (unsigned long long)st.asked,
+                     (unsigned long long)st.refreshes);
+    for (size_t i = 0; i < n && i < TG_ARRAY_LEN(nodes); i++) {
+        tg_strbuf_printf(b, "%s{\"address\":", i ? "," : "");
+        tg_strbuf_json(b, nodes[i].address);
+        tg_strbuf_printf(b, ",\"state\":\"%s\",\"slots\":%u}", redis_state_name(nodes[i].state),
+                         nodes[i].slots);
+    }
+    tg_strbuf_printf(b, "]%s}", n > TG_ARRAY_LEN(nodes) ? ",\"truncated\":true" : "");
+}
+
 /* Every certificate SNI can choose: where it came from, its names, issuer
  * and expiry. */
 static void certificates_json(struct tg_strbuf *b, struct tg_certstore *store)
@@ -163,10 +189,12 @@ static void handle_status(struct tg_request *req)
         }
         tg_strbuf_printf(&b, "]}");
     }
-    tg_strbuf_printf(&b, "],\"redis\":{\"state\":\"%s\",\"gateways\":%u}",
+    tg_strbuf_printf(&b, "],\"redis\":{\"state\":\"%s\",\"gateways\":%u",
                      w->rl_redis != NULL ? redis_state_name(tg_ratelimit_redis_state(w->rl_redis))
                                          : "unused",
                      tg_ratelimit_redis_gateways());
+    cluster_json(&b, w->rl_redis);
+    tg_strbuf_put(&b, "}", 1);
     size_t cached = 0;
     for (unsigned i = 0; i < rt->nworkers; i++) {
         if (rt->workers[i]->tenants == NULL)
