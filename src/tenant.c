@@ -41,6 +41,7 @@
 #include "log.h"
 #include "ratelimit.h"
 #include "redis.h"
+#include "redis_cluster.h"
 #include "redis_sub.h"
 #include "router.h"
 #include "siphash.h"
@@ -455,9 +456,9 @@ struct entry {
 struct fetch {
     struct tg_list link; /* in d->parked or d->active, by `parked` */
     struct tg_tenant_dir *d;
-    struct entry *e;          /* NULL once detached */
-    struct tg_redis_cmd *cmd; /* NULL while parked */
-    struct tg_list waiters;   /* of tg_tenant_wait.link, first come first */
+    struct entry *e;                  /* NULL once detached */
+    struct tg_redis_cluster_cmd *cmd; /* NULL while parked */
+    struct tg_list waiters;           /* of tg_tenant_wait.link, first come first */
     bool parked;
     bool delivering; /* answered; its waiters are being called */
     bool domain;
@@ -487,9 +488,11 @@ struct tg_tenant_dir {
     size_t prefix_len;
     char *keybuf; /* prefix + KEY_MAX */
 
-    struct tg_redis *link;    /* commands */
-    struct tg_redis_sub *sub; /* invalidations */
-    ev_timer kick;            /* parked fetches, outside configure */
+    struct tg_redis_cluster *link; /* commands: one server, or a cluster's primaries */
+    struct tg_redis_sub *sub;      /* invalidations */
+    struct tg_redis_sub *sub_more; /* a cluster: also on the second seed (publishes reach
+                                      every node), so one node's loss loses none */
+    ev_timer kick;                 /* parked fetches, outside configure */
 
     /* cache */
     struct entry **buckets;
@@ -753,22 +756,44 @@ static void fetch_free(struct fetch *f)
     if (f->e != NULL)
         f->e->fetch = NULL;
     if (f->cmd != NULL)
-        tg_redis_cancel(f->cmd);
+        tg_redis_cluster_cancel(f->d->link, f->cmd);
     free(f);
 }
 
 static int on_fetch_reply(void *arg, const redisReply *reply);
+
+/* Writes PREFIX<key> into d->keybuf; returns the slot it hashes to (0 on
+ * one server). */
+static unsigned key_slot(struct tg_tenant_dir *d, const char *key, size_t klen)
+{
+    memcpy(d->keybuf, d->prefix, d->prefix_len);
+    memcpy(d->keybuf + d->prefix_len, key, klen);
+    return d->link != NULL ? tg_redis_cluster_slot(d->link, d->keybuf, d->prefix_len + klen) : 0;
+}
+
+/* Whether a fetch for `slot` is sent now (UP), waits for the first
+ * connection (CONNECTING: no server, or no cluster slot map, yet), or is
+ * answered without Redis (anything else: a cluster node connecting after
+ * a failover counts as down, its keys served stale meanwhile). */
+static enum tg_redis_state slot_state(const struct tg_tenant_dir *d, unsigned slot)
+{
+    if (d->link == NULL)
+        return TG_REDIS_DOWN;
+    if (tg_redis_cluster_state(d->link) == TG_REDIS_CONNECTING)
+        return TG_REDIS_CONNECTING;
+    enum tg_redis_state s = tg_redis_cluster_slot_state(d->link, slot);
+    return s == TG_REDIS_CONNECTING ? TG_REDIS_DOWN : s;
+}
 
 /* Sends a parked fetch. Returns false if the link refused it. */
 static bool fetch_send(struct tg_tenant_dir *d, struct fetch *f)
 {
     if (d->link == NULL)
         return false;
-    memcpy(d->keybuf, d->prefix, d->prefix_len);
-    memcpy(d->keybuf + d->prefix_len, f->key, f->klen);
+    unsigned slot = key_slot(d, f->key, f->klen);
     const char *argv[2] = {f->domain ? "GET" : "HGETALL", d->keybuf};
     size_t len[2] = {f->domain ? 3 : 7, d->prefix_len + f->klen};
-    f->cmd = tg_redis_command(d->link, 2, argv, len, 0, on_fetch_reply, f);
+    f->cmd = tg_redis_cluster_command(d->link, slot, 2, argv, len, 0, on_fetch_reply, f);
     if (f->cmd == NULL)
         return false;
     d->st.redis_lookups++;
@@ -805,7 +830,7 @@ static void resolve_key(struct tg_tenant_dir *d, const struct tg_config_tenants 
     d->st.misses++;
 
     struct fetch *f = e != NULL ? e->fetch : NULL;
-    enum tg_redis_state ls = d->link != NULL ? tg_redis_state(d->link) : TG_REDIS_DOWN;
+    enum tg_redis_state ls = slot_state(d, key_slot(d, key, klen));
     if (f == NULL && (ls == TG_REDIS_UP || ls == TG_REDIS_CONNECTING)) {
         bool created = e == NULL;
         if (created && (e = cache_insert(d, key, klen, h, domain)) == NULL)
@@ -1377,13 +1402,12 @@ static int on_fetch_reply(void *arg, const redisReply *reply)
  * UNAVAILABLE) when it is down or gone, leaves them while it connects. */
 static void run_parked(struct tg_tenant_dir *d)
 {
-    enum tg_redis_state ls = d->link != NULL ? tg_redis_state(d->link) : TG_REDIS_DOWN;
-    if (ls == TG_REDIS_CONNECTING)
+    if (d->link != NULL && tg_redis_cluster_state(d->link) == TG_REDIS_CONNECTING)
         return;
     struct tg_list *n;
     while (!d->closing && (n = tg_list_first(&d->parked)) != NULL) {
         struct fetch *f = fetch_of(n);
-        if (ls == TG_REDIS_UP && fetch_send(d, f))
+        if (slot_state(d, key_slot(d, f->key, f->klen)) == TG_REDIS_UP && fetch_send(d, f))
             continue;
         fl_move(d, f, false);
         complete(d, f, OUT_ERROR, NULL, NULL);
@@ -1461,6 +1485,27 @@ static ev_tstamp ms_to_s(int64_t ms)
     return ms > 0 ? (double)ms / 1e3 : 0.;
 }
 
+/* Where the directory's Redis is, as one string to compare configs by:
+ * the address, or "cluster:" and the seeds. malloc'd; NULL when out of
+ * memory. */
+static char *target_of(const struct tg_config_redis *rc)
+{
+    size_t n = sizeof("cluster:") + (rc->address != NULL ? strlen(rc->address) : 0);
+    for (size_t i = 0; i < rc->ncluster; i++)
+        n += strlen(rc->cluster[i]) + 1;
+    char *t = malloc(n);
+    if (t == NULL)
+        return NULL;
+    if (rc->ncluster == 0) {
+        snprintf(t, n, "%s", rc->address != NULL ? rc->address : "");
+        return t;
+    }
+    size_t at = (size_t)snprintf(t, n, "cluster:");
+    for (size_t i = 0; i < rc->ncluster; i++)
+        at += (size_t)snprintf(t + at, n - at, "%s%s", i ? "," : "", rc->cluster[i]);
+    return t;
+}
+
 /* Copies what the directory keeps of cfg. Returns -1 on allocation
  * failure (nothing changed). */
 static int copy_target(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg)
@@ -1468,12 +1513,12 @@ static int copy_target(struct tg_tenant_dir *d, const struct tg_config_tenants *
     const struct tg_config_redis *rc = &cfg->redis;
     const char *prefix = rc->key_prefix != NULL ? rc->key_prefix : DEFAULT_PREFIX;
     size_t plen = strlen(prefix);
-    char *address = rc->address != NULL ? strdup(rc->address) : NULL;
+    char *address = target_of(rc);
     char *password = rc->password != NULL ? strdup(rc->password) : NULL;
     char *p = strdup(prefix);
     char *keybuf = malloc(plen + KEY_MAX + 1);
-    if ((rc->address != NULL && address == NULL) || (rc->password != NULL && password == NULL) ||
-        p == NULL || keybuf == NULL) {
+    if (address == NULL || (rc->password != NULL && password == NULL) || p == NULL ||
+        keybuf == NULL) {
         free(address);
         free(password);
         free(p);
@@ -1516,25 +1561,40 @@ static int start_links(struct tg_tenant_dir *d, const struct tg_config_tenants *
     opt.name = "tenants";
     opt.on_state = on_link_state;
     opt.arg = d;
-    d->link = tg_redis_new(d->loop, &cfg->redis, &opt);
+    d->link = tg_redis_cluster_new(d->loop, &cfg->redis, &opt);
     char *channel = channel_name(d);
     struct tg_redis_sub_options sopt = sub_tuning;
     sopt.name = "tenants-sub";
     sopt.on_message = on_invalidate;
     sopt.on_state = on_sub_state;
     sopt.arg = d;
+    /* A cluster's publishes reach every node: subscribed on its first two
+     * seeds, a message lost with one node arrives through the other (an
+     * invalidation twice is harmless). */
+    struct tg_config_redis on = cfg->redis;
+    on.cluster = NULL;
+    on.ncluster = 0;
+    if (cfg->redis.ncluster > 0)
+        on.address = cfg->redis.cluster[0];
     if (channel != NULL)
-        d->sub = tg_redis_sub_new(d->loop, &cfg->redis, channel, &sopt);
+        d->sub = tg_redis_sub_new(d->loop, &on, channel, &sopt);
+    bool more = cfg->redis.ncluster > 1;
+    if (channel != NULL && more) {
+        on.address = cfg->redis.cluster[1];
+        d->sub_more = tg_redis_sub_new(d->loop, &on, channel, &sopt);
+    }
     free(channel);
-    return d->link != NULL && d->sub != NULL ? 0 : -1;
+    return d->link != NULL && d->sub != NULL && (!more || d->sub_more != NULL) ? 0 : -1;
 }
 
 static void stop_links(struct tg_tenant_dir *d)
 {
-    tg_redis_free(d->link);
+    tg_redis_cluster_free(d->link);
     d->link = NULL;
     tg_redis_sub_free(d->sub);
     d->sub = NULL;
+    tg_redis_sub_free(d->sub_more);
+    d->sub_more = NULL;
 }
 
 /* Takes every fetch off the link (its command cancelled) and parks it, to
@@ -1549,7 +1609,7 @@ static void repark_all(struct tg_tenant_dir *d)
         if (f->delivering)
             continue;
         if (f->cmd != NULL) {
-            tg_redis_cancel(f->cmd);
+            tg_redis_cluster_cancel(d->link, f->cmd);
             f->cmd = NULL;
         }
         fl_move(d, f, true);
@@ -1602,9 +1662,11 @@ void tg_tenant_dir_configure(struct tg_tenant_dir *d, const struct tg_config_ten
     const struct tg_config_redis *rc = &cfg->redis;
     const char *prefix = rc->key_prefix != NULL ? rc->key_prefix : DEFAULT_PREFIX;
     bool redis = cfg->directory == TG_TENANTS_REDIS;
-    bool moved = redis != d->redis || !same_str(rc->address, d->address) ||
+    char *target = target_of(rc);
+    bool moved = redis != d->redis || target == NULL || !same_str(target, d->address) ||
                  !same_str(rc->password, d->password) || rc->db != d->db ||
                  strcmp(prefix, d->prefix) != 0;
+    free(target);
     copy_limits(d, cfg);
 
     if (moved) {
@@ -1620,21 +1682,17 @@ void tg_tenant_dir_configure(struct tg_tenant_dir *d, const struct tg_config_ten
             d->redis = redis;
             if (!redis) {
                 stop_links(d);
-            } else if (d->link == NULL) {
+            } else {
+                /* New links (their commands were cancelled above). */
+                stop_links(d);
                 if (start_links(d, cfg) < 0)
                     tg_log_error("tenants: out of memory starting the "
                                  "Redis links");
-            } else {
-                char *channel = channel_name(d);
-                tg_redis_configure(d->link, rc);
-                if (channel != NULL && d->sub != NULL)
-                    tg_redis_sub_configure(d->sub, rc, channel);
-                free(channel);
             }
             kick(d);
         }
     } else if (d->link != NULL) {
-        tg_redis_configure(d->link, rc); /* the command timeout */
+        tg_redis_cluster_configure(d->link, rc); /* the command timeout */
     }
 
     if (cfg != d->cfg) {
@@ -1696,7 +1754,7 @@ void tg_tenant_dir_free(struct tg_tenant_dir *d)
         for (struct tg_list *n = lists[i]->next; n != lists[i]; n = n->next) {
             struct fetch *f = fetch_of(n);
             if (f->cmd != NULL) {
-                tg_redis_cancel(f->cmd);
+                tg_redis_cluster_cancel(d->link, f->cmd);
                 f->cmd = NULL;
             }
         }

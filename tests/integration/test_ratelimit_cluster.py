@@ -571,3 +571,60 @@ def test_primary_failover_under_load(tollgate, backend, cluster):
     print("failover: decided on the promoted replica %.1f s after the kill; %d requests "
           "under load, slowest %.0f ms" % (decided_at - t_kill, len(latencies),
                                             1000 * max(latencies)))
+
+
+def test_tenant_directory_on_the_cluster(tollgate, backend, cluster):
+    """tenants.redis inherits the cluster: each tenant's HGETALL goes to
+    the primary of its key's slot, and an invalidation published on any
+    node (Redis Cluster broadcasts publishes) reaches the gateway."""
+    c = cluster()
+    b1, b2 = backend(), backend()
+    port = free_port()
+    tg = tollgate("""
+workers: 2
+listen: [127.0.0.1:%d]
+rate_limit:
+  redis: { cluster: [%s] }
+tenants:
+  directory: redis
+sites:
+  - hosts: ["{tenant}.platform.test"]
+    routes: [{path: /, upstream: $tenant}]
+""" % (port, c.seeds()))
+    # Tenants whose keys live on each primary.
+    ids = {}
+    i = 0
+    while len(set(ids.values())) < 3 or len(ids) < 6:
+        key = "tollgate:tenant:t%d" % i
+        ids["t%d" % i] = c.owner(key_slot(key))
+        i += 1
+    for tid, owner in ids.items():
+        assert resp(owner, "HSET", "tollgate:tenant:" + tid, "servers",
+                    "127.0.0.1:%d" % b1.port) == 1
+    deadline = time.time() + 10 * SLOW
+    while time.time() < deadline and get(port, "/", host="t0.platform.test")[0] != 200:
+        time.sleep(0.1)
+    for tid in ids:
+        status, h, _ = get(port, "/", host="%s.platform.test" % tid)
+        assert status == 200 and int(h["x-backend"]) == b1.port, (tid, status)
+    assert get(port, "/", host="nobody.platform.test")[0] == 404
+    # Moved, and said so on a node that is not a seed the gateway
+    # subscribed on.
+    moved = next(t for t in ids if ids[t] == c.primaries()[-1])
+    resp(ids[moved], "HSET", "tollgate:tenant:" + moved, "servers", "127.0.0.1:%d" % b2.port)
+    seeds = [n["port"] for n in c.nodes[:2]]
+    other = next(n["port"] for n in c.nodes if n["port"] not in seeds)
+    assert resp(other, "PUBLISH", "tollgate:tenant:changed", moved) >= 0
+    deadline = time.time() + 5 * SLOW
+    seen = None
+    while time.time() < deadline:
+        # Both workers must have dropped their copy.
+        seen = [int(get(port, "/", host="%s.platform.test" % moved)[1]["x-backend"])
+                for _ in range(4)]
+        if seen == [b2.port] * 4:
+            break
+        time.sleep(0.1)
+    assert seen == [b2.port] * 4, seen
+    m = get(tg.admin_port, "/metrics", host="admin")[2].decode()
+    assert metric(m, "tollgate_tenant_invalidations_total") >= 2  # each worker's copy
+    assert metric(m, "tollgate_tenant_redis_errors_total") == 0
