@@ -49,6 +49,7 @@
 #define TRYAGAIN_DELAY_S 0.005
 #define TRYAGAIN_DELAY_MAX_S 0.04
 #define ERROR_MAX 160
+#define MAP_BYTES (TG_REDIS_CLUSTER_SLOTS * sizeof(uint16_t))
 
 struct node {
     struct tg_redis_cluster *cl;
@@ -99,9 +100,9 @@ struct tg_redis_cluster {
 
     struct node **nodes; /* NULL holes where nodes were freed */
     size_t nnodes, cap;
-    uint16_t map[TG_REDIS_CLUSTER_SLOTS];     /* slot -> node index + 1, 0: none */
-    uint16_t scratch[TG_REDIS_CLUSTER_SLOTS]; /* a map being read */
-    unsigned holes;                           /* slots no node serves */
+    uint16_t *map;     /* slot -> node index + 1, 0: none (a cluster only: 32 KiB) */
+    uint16_t *scratch; /* a map being read, as large */
+    unsigned holes;    /* slots no node serves */
     bool have_map;
     bool map_failed; /* the last read failed, and no map yet */
     struct tg_redis_cmd *refresh_cmd;
@@ -185,7 +186,7 @@ static int64_t ms_until(const struct tg_redis_cluster *cl, ev_tstamp deadline)
 
 static struct node *owner(const struct tg_redis_cluster *cl, unsigned slot)
 {
-    unsigned i = slot < TG_REDIS_CLUSTER_SLOTS ? cl->map[slot] : 0;
+    unsigned i = slot < TG_REDIS_CLUSTER_SLOTS && cl->map != NULL ? cl->map[slot] : 0;
     return i != 0 ? cl->nodes[i - 1] : NULL;
 }
 
@@ -446,7 +447,7 @@ static bool read_slots(struct tg_redis_cluster *cl, const redisReply *rep)
                   rep->type == REDIS_REPLY_ERROR ? rep->str : "not an array");
         return false;
     }
-    memset(cl->scratch, 0, sizeof(cl->scratch));
+    memset(cl->scratch, 0, MAP_BYTES);
     for (size_t i = 0; i < rep->elements; i++) {
         const redisReply *r = rep->element[i];
         char address[ADDR_MAX];
@@ -470,8 +471,8 @@ static bool read_slots(struct tg_redis_cluster *cl, const redisReply *rep)
 /* Makes the map read the current one, and counts each node's share. */
 static void commit_map(struct tg_redis_cluster *cl)
 {
-    bool changed = !cl->have_map || memcmp(cl->map, cl->scratch, sizeof(cl->map)) != 0;
-    memcpy(cl->map, cl->scratch, sizeof(cl->map));
+    bool changed = !cl->have_map || memcmp(cl->map, cl->scratch, MAP_BYTES) != 0;
+    memcpy(cl->map, cl->scratch, MAP_BYTES);
     cl->have_map = true;
     cl->map_failed = false;
     for (size_t i = 0; i < cl->nnodes; i++)
@@ -943,6 +944,10 @@ static int start(struct tg_redis_cluster *cl, const struct tg_config_redis *cfg)
         cl->single = tg_redis_new(cl->loop, cfg, &o);
         return cl->single != NULL ? 0 : -1;
     }
+    cl->map = calloc(TG_REDIS_CLUSTER_SLOTS, sizeof(*cl->map));
+    cl->scratch = calloc(TG_REDIS_CLUSTER_SLOTS, sizeof(*cl->scratch));
+    if (cl->map == NULL || cl->scratch == NULL)
+        return -1;
     for (size_t i = 0; i < cl->nseeds; i++) {
         struct node *n = node_get(cl, cl->seeds[i], true);
         if (n == NULL)
@@ -992,7 +997,9 @@ static void stop(struct tg_redis_cluster *cl)
     cl->refresh_node = NULL;
     cl->have_map = cl->map_failed = false;
     cl->holes = 0;
-    memset(cl->map, 0, sizeof(cl->map));
+    free(cl->map);
+    free(cl->scratch);
+    cl->map = cl->scratch = NULL;
 }
 
 static void destroy(struct tg_redis_cluster *cl)

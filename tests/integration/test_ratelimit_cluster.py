@@ -372,6 +372,11 @@ def test_request_on_two_slots_is_all_or_nothing(tollgate, backend, cluster):
     # "team" gave theirs back.
     assert remaining("user", user) == 3
     assert remaining("team", team) == 0
+    # The admin reset reaches the bucket's node: the team's burst again.
+    r = get(tg.admin_port, "/ratelimit/team/%s" % team, host="admin", method="DELETE")
+    assert r[0] == 200, r
+    assert c.get(bucket_key("team", team)) is None
+    assert remaining("team", team) == 2
     m = metrics(tg)
     assert metric(m, "tollgate_redis_cluster_split_takes_total") >= 5
     assert metric(m, "tollgate_redis_cluster_slot_refunds_total") == 3
