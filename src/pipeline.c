@@ -718,8 +718,10 @@ static enum verdict tenant_dry(struct tg_request *req)
         return NEXT;
     }
     if (cfg->tenants.directory == TG_TENANTS_REDIS) {
-        say(req, "tenant", "%s (looked up in Redis %s at run time)", req->tenant,
-            cfg->tenants.redis.address);
+        const struct tg_config_redis *rc = &cfg->tenants.redis;
+        say(req, "tenant", "%s (looked up in Redis %s%s at run time)", req->tenant,
+            rc->ncluster > 0 ? "Cluster via " : "",
+            rc->ncluster > 0 ? rc->cluster[0] : rc->address);
         return NEXT;
     }
     say(req, "tenant", "%s (unknown)", req->tenant);
