@@ -1202,11 +1202,15 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(struct tg_ratelimit_r
     size_t bytes = 0;
     for (size_t i = 0; i < nops; i++)
         bytes += key_len(r, ops[i].policy, ops[i].keylen);
-    /* One per request: from the free list, and not zeroed. Room for a
-     * part per key and, with several keys, their results. */
-    size_t res_bytes = nops > 1 ? nops * sizeof(struct tg_ratelimit_result) : 0;
-    struct tg_ratelimit_redis_pending *p = pending_alloc(
-        sizeof(*p) + nops * (sizeof(p->ops[0]) + sizeof(struct take_part)) + res_bytes + bytes);
+    /* One per request: from the free list, and not zeroed. On a cluster,
+     * room for a part per key and, with several keys, their results; one
+     * server's take is one part. */
+    bool cluster = tg_redis_cluster_enabled(r->link);
+    size_t nparts_max = cluster ? nops : 1;
+    size_t res_bytes = cluster && nops > 1 ? nops * sizeof(struct tg_ratelimit_result) : 0;
+    struct tg_ratelimit_redis_pending *p =
+        pending_alloc(sizeof(*p) + nops * sizeof(p->ops[0]) +
+                      nparts_max * sizeof(struct take_part) + res_bytes + bytes);
     if (p == NULL) {
         r->short_circuited++;
         return NULL;
@@ -1218,14 +1222,14 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(struct tg_ratelimit_r
     p->cancelled = false;
     p->nops = nops;
     p->parts = (struct take_part *)(p->ops + nops);
-    p->res = nops > 1 ? (struct tg_ratelimit_result *)(p->parts + nops) : NULL;
-    char *buf = (char *)(p->parts + nops) + res_bytes;
+    p->res = res_bytes > 0 ? (struct tg_ratelimit_result *)(p->parts + nparts_max) : NULL;
+    char *buf = (char *)(p->parts + nparts_max) + res_bytes;
     if (build_ops(r, ops, nops, p->ops, buf) == 0) {
         pending_release(p);
         r->short_circuited++;
         return NULL;
     }
-    if (nops > 1)
+    if (cluster && nops > 1)
         sort_by_slot(p->ops, nops);
     /* Parts: runs of one slot. One whose node is not up now fails at once
      * (the others still go); when all do, the caller hears it now. */
