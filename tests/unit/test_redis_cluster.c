@@ -490,6 +490,55 @@ TEST(seed_that_is_no_cluster)
     fake_stop(&a);
 }
 
+/* A reload may switch between one server and a cluster: the commands in
+ * flight hear NULL before configure returns, and the client starts afresh
+ * on the other kind; the same seeds again change nothing. */
+TEST(reconfigured_between_one_server_and_a_cluster)
+{
+    struct fake_node a, one;
+    fake_start(&a);
+    fake_start(&one);
+    char seed[32], addr[32], sa[512];
+    snprintf(seed, sizeof(seed), "127.0.0.1:%d", a.port);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", one.port);
+    slots_reply(sa, sizeof(sa), a.port, 0, TG_REDIS_CLUSTER_SLOTS);
+    fake_set(&a, sa, "$7\r\ncluster\r\n");
+    fake_set(&one, NULL, "$3\r\none\r\n");
+    struct tg_config_redis single = {.address = addr, .timeout_ms = 200};
+    const char *seeds[] = {seed};
+    struct tg_config_redis multi = {.cluster = seeds, .ncluster = 1, .timeout_ms = 200};
+
+    struct tg_redis_cluster *cl = tg_redis_cluster_new(loop, &single, NULL);
+    CHECK(h_run_until(loop, cl_up, cl, 3));
+    struct rec rc;
+    CHECK(get(cl, "foo", 0, &rc) != NULL);
+    CHECK(h_run_until(loop, rec_done, &rc, 2));
+    CHECK_EQ_STR(rc.str, "one");
+    CHECK(get(cl, "foo", 0, &rc) != NULL);
+    CHECK(tg_redis_cluster_configure(cl, &multi));
+    CHECK_EQ_INT(rc.nulls, 1); /* before configure returned */
+    CHECK(tg_redis_cluster_enabled(cl));
+    CHECK(h_run_until(loop, cl_up, cl, 3));
+    CHECK(get(cl, "foo", 0, &rc) != NULL);
+    CHECK(h_run_until(loop, rec_done, &rc, 2));
+    CHECK_EQ_STR(rc.str, "cluster");
+    multi.timeout_ms = 300; /* the same seeds: only the timeout */
+    CHECK(!tg_redis_cluster_configure(cl, &multi));
+    CHECK_EQ_INT(tg_redis_cluster_timeout_ms(cl), 300);
+    CHECK(tg_redis_cluster_state(cl) == TG_REDIS_UP);
+    CHECK(get(cl, "foo", 0, &rc) != NULL);
+    CHECK(tg_redis_cluster_configure(cl, &single));
+    CHECK_EQ_INT(rc.nulls, 1);
+    CHECK(!tg_redis_cluster_enabled(cl));
+    CHECK(h_run_until(loop, cl_up, cl, 3));
+    CHECK(get(cl, "foo", 0, &rc) != NULL);
+    CHECK(h_run_until(loop, rec_done, &rc, 2));
+    CHECK_EQ_STR(rc.str, "one");
+    tg_redis_cluster_free(cl);
+    fake_stop(&a);
+    fake_stop(&one);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -499,6 +548,7 @@ int main(void)
     RUN(one_server_passes_through);
     RUN(map_and_redirects);
     RUN(seed_that_is_no_cluster);
+    RUN(reconfigured_between_one_server_and_a_cluster);
     ev_loop_destroy(loop);
     return TEST_SUMMARY();
 }
