@@ -1,13 +1,18 @@
 /* The Redis rate-limit store: builds keys and arguments, runs the GCRA Lua
- * script (EVALSHA, reloaded once on NOSCRIPT), checks the reply's shape and
- * turns it into tg_ratelimit_results; writes the gateway heartbeat.
- * Connecting, deadlines, the circuit breaker and reconnects are redis.c's;
- * whether a failure lets a request through (on_error) is the caller's.
+ * script (EVALSHA; after a NOSCRIPT the same batch once more as EVAL, which
+ * caches it again), checks the reply's shape and turns it into
+ * tg_ratelimit_results; writes the gateway heartbeat. Connecting,
+ * deadlines, the circuit breaker and reconnects are redis.c's, routing to
+ * a Redis Cluster's nodes redis_cluster.c's; whether a failure lets a
+ * request through (on_error) is the caller's.
  *
  * Batching: the takes asked for in one loop iteration go out as one
  * EVALSHA (flushed by an ev_prepare watcher just before the loop waits), so
  * under load one script run decides many requests: one round trip and one
- * script invocation for all of them.
+ * script invocation for all of them. On a cluster a take is split into
+ * parts, one per hash slot, and a batch carries the parts of one slot (of
+ * one key, see take_batch); finish_take keeps the whole take
+ * all-or-nothing across its parts.
  *
  * Redis is shared by every gateway, so the script does the least it can
  * per request: each distinct key of the batch is named, read and described

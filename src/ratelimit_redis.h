@@ -3,7 +3,7 @@
  * Each worker owns one async hiredis connection on its own libev loop, so a
  * request waiting for Redis parks on the loop and nothing blocks; commands
  * issued in one loop iteration leave in one write (pipelining). One Lua
- * script (EVALSHA, reloaded on NOSCRIPT) runs GCRA on Redis' own clock for
+ * script (EVALSHA, sent whole again after NOSCRIPT) runs GCRA on Redis' own clock for
  * every key of a request at once: all spend or none; a second, smaller
  * one gives spends back (refund). Keys are
  * PREFIX{policy:key} and expire when their bucket would be full again. A key
@@ -88,8 +88,10 @@ struct tg_ratelimit_redis_pending;
  * _CIRCUIT_OPEN: connected or not, we are not sending). */
 
 /* Creates the worker's limiter; it connects from the loop (AUTH and SELECT
- * first when configured, then SCRIPT LOAD), so takes return NULL until the
- * state is UP. The config and `gateway_id` are copied; timeout_ms <= 0
+ * first when configured, then SCRIPT LOAD; on a cluster, to each primary
+ * the slot map names, each loading the script with its first batch), so
+ * takes return NULL until the state is UP (a cluster: while it has no
+ * map; then a take on a slot whose node is down fails that slot). The config and `gateway_id` are copied; timeout_ms <= 0
  * means 50. `gateway_id` identifies this process in heartbeats (unique per
  * process); only one limiter per process (worker 0's) should have
  * `heartbeat` set: it then writes this gateway's presence every 2 s
