@@ -45,7 +45,13 @@ def load(work):
 
 def derive(values):
     """Scenario 5: delay added by the proxy = its delay - the direct run's
-    median delay in the same round."""
+    median delay in the same round. Scenario 18: its req/s over scenario
+    8's in the same round (a cluster beside one Redis)."""
+    single = values.get((8, "rps", "tollgate"), {})
+    for rnd, v in values.get((18, "rps", "tollgate"), {}).items():
+        s8 = single.get(rnd)
+        if v is not None and s8:
+            values[(18, "vs_8", "tollgate")][rnd] = v / s8
     direct = values.get((5, "delay_median_us", "direct"), {})
     for system in SYSTEMS[1:]:
         for metric, derived in (("delay_median_us", "added_median_us"),
@@ -234,6 +240,15 @@ ROWS = [
     (8, "redis_trips_per_req", "Redis round trips per request (server reads)", "ratio", t_redis_used),
     (8, "redis_evalsha_per_req", "EVALSHA per request", "ratio", None),
     (8, "redis_cmds_per_req", "Redis commands per request, script internals included (commandstats)", "ratio", None),
+    # 18 beside 8: the same on a cluster.
+    (18, "rps", "req/s", "rps", t_vs_scenario(7, 0.70)),
+    (18, "vs_8", "req/s ÷ scenario 8's (one Redis), same round", "ratio", None),
+    (18, "rps_per_cpu", "req per CPU-second of the system", "rps", None),
+    (18, "redis_trips_per_req", "Redis round trips per request (server reads, 3 nodes)", "ratio",
+     t_redis_used),
+    (18, "redis_evalsha_per_req", "EVALSHA per request", "ratio", None),
+    (18, "redis_cmds_per_req", "Redis commands per request, script internals included "
+     "(commandstats, 3 nodes)", "ratio", None),
     (9, "up_mbps", "upload MB/s", "n", t_vs_nginx(1.0, "ge")),
     (9, "down_mbps", "download MB/s", "n", t_vs_nginx(1.0, "ge")),
     (10, "rps", "req/s", "rps", t_vs_scenario(1, 0.90)),
@@ -271,7 +286,7 @@ def applies(system, scen, metric):
     if system == "direct":
         return scen in (1, 5, 9, 10) and not metric.startswith(("added_", "h2_"))  # not 11: TLS
     if system in ("nginx", "haproxy"):
-        return scen not in (8, 15, 16, 17)
+        return scen not in (8, 15, 16, 17, 18)
     return True
 
 
@@ -298,6 +313,7 @@ def titles(meta):
         16: f"{meta.get('metrics_tenants', '?')} tenants by Host, per-tenant metrics on, "
             "every request traced",
         17: "scenario 1 with every request traced",
+        18: "rate limit on every request, Redis Cluster (3 primaries)",
     }
 
 

@@ -28,6 +28,7 @@
 #include "ratelimit_redis.h"
 #include "redis.h"
 #include "str.h"
+#include "redis_cluster.h"
 #include "tenant.h"
 #include "version.h"
 
@@ -97,6 +98,31 @@ static const char *redis_state_name(enum tg_redis_state s)
     }
 }
 
+/* A Redis Cluster's nodes as this worker sees them: each primary (and
+ * seed) with its link's state and the slots the map gives it. */
+static void cluster_json(struct tg_strbuf *b, const struct tg_ratelimit_redis *rl)
+{
+    const struct tg_redis_cluster *cl = rl != NULL ? tg_ratelimit_redis_cluster(rl) : NULL;
+    if (cl == NULL || !tg_redis_cluster_enabled(cl))
+        return;
+    struct tg_redis_cluster_node nodes[64];
+    size_t n = tg_redis_cluster_nodes(cl, nodes, TG_ARRAY_LEN(nodes));
+    struct tg_ratelimit_redis_stats st;
+    tg_ratelimit_redis_stats(rl, &st);
+    tg_strbuf_printf(b,
+                     ",\"cluster\":{\"redirects\":{\"moved\":%llu,\"ask\":%llu},"
+                     "\"map_refreshes\":%llu,\"nodes\":[",
+                     (unsigned long long)st.moved, (unsigned long long)st.asked,
+                     (unsigned long long)st.refreshes);
+    for (size_t i = 0; i < n && i < TG_ARRAY_LEN(nodes); i++) {
+        tg_strbuf_printf(b, "%s{\"address\":", i ? "," : "");
+        tg_strbuf_json(b, nodes[i].address);
+        tg_strbuf_printf(b, ",\"state\":\"%s\",\"slots\":%u}", redis_state_name(nodes[i].state),
+                         nodes[i].slots);
+    }
+    tg_strbuf_printf(b, "]%s}", n > TG_ARRAY_LEN(nodes) ? ",\"truncated\":true" : "");
+}
+
 /* A Sentinel link's primary as `,"primary":"ip:port"` (null while none is
  * known); nothing for a link to a fixed address. */
 static void primary_json(struct tg_strbuf *b, const struct tg_redis *link)
@@ -134,6 +160,7 @@ static void handle_status(struct tg_request *req)
                                          : "unused",
                      tg_ratelimit_redis_gateways());
     primary_json(&b, w->rl_redis != NULL ? tg_ratelimit_redis_link(w->rl_redis) : NULL);
+    cluster_json(&b, w->rl_redis);
     const struct tg_redis *tl = w->tenants != NULL ? tg_tenant_dir_link(w->tenants) : NULL;
     if (tl != NULL) {
         tg_strbuf_printf(&b, "},\"tenants_redis\":{\"state\":\"%s\"",

@@ -1497,6 +1497,40 @@ static int p_sentinels(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const 
     return rc;
 }
 
+/* Redis Cluster's seed nodes: 1 to 64 "host:port" (no unix sockets: the
+ * cluster names its nodes by address). */
+#define REDIS_CLUSTER_SEEDS_MAX 64
+static int p_redis_cluster(struct cfg_ctx *ctx, yaml_node_t *node, void *dst,
+                           const struct cfg_key *key)
+{
+    struct tg_config_redis *r = dst;
+    if (expect_list(ctx, node, key->name) < 0)
+        return -1;
+    size_t n = list_len(node);
+    if (n == 0 || n > REDIS_CLUSTER_SEEDS_MAX)
+        return node_error(ctx, node, "cluster needs 1 to %d seed nodes (host:port)",
+                          REDIS_CLUSTER_SEEDS_MAX);
+    r->cluster = tg_arena_calloc(&ctx->cfg->arena, n, sizeof(*r->cluster));
+    if (r->cluster == NULL)
+        return node_error(ctx, node, "out of memory");
+    r->ncluster = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = node_at(ctx, node->data.sequence.items.start[i]);
+        const char *s = scalar(ctx, item, "a cluster seed node");
+        struct tg_config_sockaddr sa;
+        char err[300];
+        if (s == NULL) {
+            rc = -1;
+        } else if (tg_config_parse_sockaddr(s, &sa, err, sizeof(err)) < 0) {
+            rc = node_error(ctx, item, "redis cluster node: %s", err);
+        } else if ((r->cluster[r->ncluster++] = tg_arena_strdup(&ctx->cfg->arena, s)) == NULL) {
+            rc = node_error(ctx, item, "out of memory");
+        }
+    }
+    return rc;
+}
+
 /* A Redis server's keys; only the key prefix differs between the users. */
 // clang-format off
 #define REDIS_KEYS(prefix)                                                                   \
@@ -1515,6 +1549,7 @@ static int p_sentinels(struct cfg_ctx *ctx, yaml_node_t *node, void *dst, const 
         {"master", p_string, FIELD(struct tg_config_redis, master), 0, 0, NULL, NULL},       \
         {"sentinel_password", p_string, FIELD(struct tg_config_redis, sentinel_password), 0, \
          0, NULL, NULL},                                                                     \
+        {"cluster", p_redis_cluster, 0, 0, 0, NULL, NULL /* none: address */},              \
         {NULL, NULL, 0, 0, 0, NULL},                                                         \
     }
 // clang-format on
@@ -1556,6 +1591,24 @@ static int parse_redis(struct cfg_ctx *ctx, yaml_node_t *node, struct tg_config_
             rc = node_error(ctx, master_n != NULL ? master_n : spw_n, "%s: %s needs sentinels",
                             what, master_n != NULL ? "master" : "sentinel_password");
     }
+    /* Or a Redis Cluster's seed nodes: exclusive with both. */
+    yaml_node_t *cl = mapping_get(ctx, node, "cluster");
+    if (cl != NULL && (addr_n != NULL || sent_n != NULL))
+        rc = node_error(ctx, cl,
+                        "%s: cluster, address and sentinels exclude each other (cluster names "
+                        "the seed nodes)",
+                        what);
+    else if (cl != NULL) {
+        r->sentinels = NULL; /* inherited ones: the cluster replaces them */
+        r->nsentinels = 0;
+        r->master = NULL;
+        r->sentinel_password = NULL;
+    } else if (addr_n != NULL || sent_n != NULL) {
+        r->cluster = NULL; /* an address or sentinels here replace an inherited cluster */
+        r->ncluster = 0;
+    }
+    if (r->ncluster > 0 && r->db != 0)
+        rc = node_error(ctx, mapping_get(ctx, node, "db"), "%s: Redis Cluster has only db 0", what);
     if (r->address != NULL && strncmp(r->address, "unix:", 5) != 0) {
         struct tg_config_sockaddr sa;
         char err[200];
@@ -2398,6 +2451,9 @@ static int parse_tls(struct cfg_ctx *ctx, yaml_node_t *node)
         t->fleet = true;
         if (parse_redis(ctx, r, &t->redis, tls_redis_keys, "tls.redis") < 0)
             rc = -1;
+        else if (t->redis.ncluster > 0)
+            rc = node_error(ctx, mapping_get(ctx, r, "cluster"),
+                            "tls.redis: TLS state needs one Redis (address), not a cluster");
     }
     yaml_node_t *certs = mapping_get(ctx, node, "certificates");
     if (certs == NULL)
@@ -3335,8 +3391,9 @@ static int parse_root(struct cfg_ctx *ctx, yaml_node_t *root)
     if ((n = mapping_get(ctx, root, "tenants")) != NULL && parse_tenants(ctx, n) < 0)
         rc = -1;
     /* Gateways that share limits in Redis are a fleet: they share TLS
-     * state there too, under its own prefix, unless tls.redis says where. */
-    if (!cfg->tls.fleet && cfg->rate_limit.has_redis) {
+     * state there too, under its own prefix, unless tls.redis says where
+     * (a Redis Cluster cannot hold it: TLS state needs one server). */
+    if (!cfg->tls.fleet && cfg->rate_limit.has_redis && cfg->rate_limit.redis.ncluster == 0) {
         cfg->tls.fleet = true;
         cfg->tls.redis = cfg->rate_limit.redis;
         cfg->tls.redis.key_prefix = "tollgate:tls:";

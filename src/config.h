@@ -110,6 +110,9 @@ struct tg_config_redis {
     size_t nsentinels; /* 0: `address` is the server */
     const char *master;
     const char *sentinel_password; /* AUTH to the sentinels, or NULL */
+    const char **cluster;          /* Redis Cluster seed nodes ("host:port"), instead
+                             of address; NULL: one server */
+    size_t ncluster;
     struct tg_config_mark mark;
 };
 /* Automatic certificates (acme.c). */

@@ -819,7 +819,33 @@ static void on_store_reply(void *arg, int status, bool allowed,
     if (status < 0 || n != call->n) {
         apply_on_error(lim, call->idx, call->n, peek);
     } else {
-        scatter(lim, call->idx, NULL, results, n, allowed && !peek, TG_LIMITER_SPENT_STORE);
+        /* A Redis Cluster may decide some keys and fail others (their
+         * node is down): the decided ones stand, on_error takes the rest
+         * -- unless a decided key refused the request, whose verdict
+         * they could not change (the store gave the others' spends
+         * back). */
+        size_t nf = 0;
+        for (size_t i = 0; i < n; i++)
+            nf += results[i].store_failed;
+        if (nf == 0) {
+            scatter(lim, call->idx, NULL, results, n, allowed && !peek, TG_LIMITER_SPENT_STORE);
+        } else {
+            uint8_t decided[TG_LIMITER_MAX_POLICIES] = {0}, failed[TG_LIMITER_MAX_POLICIES] = {0};
+            struct tg_ratelimit_result res[TG_LIMITER_MAX_POLICIES] = {0};
+            size_t nd = 0;
+            nf = 0;
+            for (size_t i = 0; i < n && i < TG_LIMITER_MAX_POLICIES; i++) {
+                if (results[i].store_failed) {
+                    failed[nf++] = call->idx[i];
+                } else {
+                    decided[nd] = call->idx[i];
+                    res[nd++] = results[i];
+                }
+            }
+            scatter(lim, decided, NULL, res, nd, allowed && !peek, TG_LIMITER_SPENT_STORE);
+            if (allowed || call->kind != KIND_ENFORCE)
+                apply_on_error(lim, failed, nf, peek);
+        }
     }
     if (--lim->pending == 0) {
         finish(lim);

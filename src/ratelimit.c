@@ -65,6 +65,7 @@ static bool decide(int64_t tat, int64_t now, const struct tg_ratelimit_params *p
         out->reset_ns = ex;
         out->delay_ns = ex > burst_tol ? ex - burst_tol : 0;
         out->overflow = false;
+        out->store_failed = false;
         return true;
     }
 
@@ -78,6 +79,7 @@ static bool decide(int64_t tat, int64_t now, const struct tg_ratelimit_params *p
     out->reset_ns = sat64(debt);
     out->delay_ns = 0;
     out->overflow = false;
+    out->store_failed = false;
     return false;
 }
 

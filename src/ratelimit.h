@@ -30,6 +30,10 @@ struct tg_ratelimit_result {
     bool overflow;          /* local store: the key had no room and was decided
                                against its class's overflow bucket (see
                                tg_ratelimit_local_take); false elsewhere */
+    bool store_failed;      /* Redis Cluster: this key's slot could not be
+                               decided (its node failed) while others were;
+                               the other fields are zero and the caller
+                               applies on_error to it alone */
 };
 
 /* burst * interval (and (burst + delay) * interval) is capped at this many

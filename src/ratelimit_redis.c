@@ -1,13 +1,18 @@
 /* The Redis rate-limit store: builds keys and arguments, runs the GCRA Lua
- * script (EVALSHA, reloaded once on NOSCRIPT), checks the reply's shape and
- * turns it into tg_ratelimit_results; writes the gateway heartbeat.
- * Connecting, deadlines, the circuit breaker and reconnects are redis.c's;
- * whether a failure lets a request through (on_error) is the caller's.
+ * script (EVALSHA; after a NOSCRIPT the same batch once more as EVAL, which
+ * caches it again), checks the reply's shape and turns it into
+ * tg_ratelimit_results; writes the gateway heartbeat. Connecting,
+ * deadlines, the circuit breaker and reconnects are redis.c's, routing to
+ * a Redis Cluster's nodes redis_cluster.c's; whether a failure lets a
+ * request through (on_error) is the caller's.
  *
  * Batching: the takes asked for in one loop iteration go out as one
  * EVALSHA (flushed by an ev_prepare watcher just before the loop waits), so
  * under load one script run decides many requests: one round trip and one
- * script invocation for all of them.
+ * script invocation for all of them. On a cluster a take is split into
+ * parts, one per hash slot, and a batch carries the parts of one slot (of
+ * one key, see take_batch); finish_take keeps the whole take
+ * all-or-nothing across its parts.
  *
  * Redis is shared by every gateway, so the script does the least it can
  * per request: each distinct key of the batch is named, read and described
@@ -68,6 +73,7 @@
 #include "log.h"
 #include "ratelimit.h"
 #include "redis.h"
+#include "redis_cluster.h"
 #include "siphash.h"
 
 /* A batch's memory. The unit test swaps in allocators that fail, to check
@@ -231,67 +237,98 @@ static struct tg_redis_options link_tuning; /* zero: redis.c's defaults */
 
 static _Atomic unsigned gateways_seen = 1;
 
+struct take_part;
+struct batch;
+
 struct tg_ratelimit_redis {
     struct ev_loop *loop;
-    struct tg_redis *link;
+    struct tg_redis_cluster *link; /* the one server, or the cluster's primaries */
     char *prefix;
     size_t prefix_len;
     char *gateway_id;
     bool heartbeat;
     ev_timer heartbeat_timer;
-    struct tg_redis_cmd *heartbeat_cmd; /* in flight */
-    bool loading;                       /* a SCRIPT LOAD in flight */
-    char sha[SHA1_HEX_LEN + 1];         /* of GCRA_LUA, hex */
-    char refund_sha[SHA1_HEX_LEN + 1];  /* of REFUND_LUA, hex */
-    bool refund_cached;                 /* this connection ran REFUND_LUA */
+    struct tg_redis_cluster_cmd *heartbeat_cmd; /* in flight */
+    bool loading;                               /* a SCRIPT LOAD in flight */
+    char sha[SHA1_HEX_LEN + 1];                 /* of GCRA_LUA, hex */
+    char refund_sha[SHA1_HEX_LEN + 1];          /* of REFUND_LUA, hex */
+    bool refund_cached;                         /* this connection ran REFUND_LUA */
 
     int64_t last_time_us; /* Redis TIME of the last decision (tests) */
     uint64_t reloads;     /* NOSCRIPT retries (takes and refunds) */
     uint64_t requests, errors, short_circuited;
+    uint64_t split, partial, slot_refunds; /* cluster: see the stats */
 
-    /* Takes asked for in this loop iteration, sent together by `flush`. */
-    struct tg_ratelimit_redis_pending *queue_head, *queue_tail;
+    /* Parts of takes asked for in this loop iteration, sent together by
+     * `flush`; batches that could not be sent, answered there too. */
+    struct take_part *queue_head, *queue_tail;
     size_t queued, queued_keys;
+    struct batch *unsent;
     ev_prepare flush;
     uint64_t k0, k1; /* SipHash key of the batches' key tables */
 };
 
-/* At most this many requests (and keys) go in one EVALSHA. */
+/* At most this many parts (and keys) go in one EVALSHA. */
 #define BATCH_MAX 64
 #define BATCH_KEYS_MAX 512
 
 /* One request's take, from tg_ratelimit_redis_take until its callback
- * (or cancel): queued, then part of a batch. Keys and numbers are kept as
- * the command's arguments will need them. */
+ * (or cancel). Keys and numbers are kept as the command's arguments will
+ * need them. */
 struct take_op {
     const char *key; /* the full Redis key, in the pending's memory */
     size_t keylen;
     int64_t iv_us, burst, delay, cost;
     unsigned key_index; /* its place in the batch's KEYS, from 1 */
+    unsigned slot;      /* its cluster hash slot (0: one server) */
+    unsigned at;        /* its place in the request (results go there) */
 };
 
-struct batch;
+/* What became of a part. */
+enum part_outcome {
+    PART_WAITING = 0,
+    PART_ALLOWED, /* decided: every key allowed (and spent, unless a peek) */
+    PART_REFUSED, /* decided: some key refused, nothing spent */
+    PART_FAILED,  /* not decided: its node failed or could not be asked */
+    PART_DROPPED, /* not sent: the take was cancelled while it was queued */
+};
+
+/* The keys of a take that share a hash slot: decided together by one
+ * script run on that slot's node. One server: a take is one part. */
+struct take_part {
+    struct tg_ratelimit_redis_pending *p;
+    struct take_part *next; /* in the queue, then in its batch */
+    struct batch *batch;    /* NULL while queued */
+    unsigned slot;
+    unsigned first, n; /* p->ops[first .. first + n) */
+    unsigned char outcome;
+};
 
 struct tg_ratelimit_redis_pending {
     struct tg_ratelimit_redis *r;
-    struct batch *batch; /* NULL while queued */
     tg_ratelimit_redis_cb cb;
     void *arg;
     bool peek;
-    bool cancelled; /* in a batch: free it when the batch ends */
+    bool cancelled; /* its parts in batches end it */
     bool pooled;    /* PENDING_BLOCK bytes, from the free list */
     size_t nops;
-    struct tg_ratelimit_redis_pending *next;
-    struct take_op ops[]; /* nops of them, then the keys' bytes */
+    unsigned nparts, left;           /* parts, and those not answered yet */
+    struct take_part *parts;         /* nparts, in its memory */
+    struct tg_ratelimit_result *res; /* several parts: gathered by op.at */
+    struct tg_ratelimit_redis_pending *free_next;
+    struct take_op ops[]; /* nops, by slot; then parts, results, the keys' bytes */
 };
 
-/* One EVALSHA carrying several takes. Owns its pendings and the command's
- * arguments until the reply (or the link's NULL on failure) ends it. */
+/* One EVALSHA carrying the parts of several takes, all on one slot. Owns
+ * the command's arguments until the reply (or the link's NULL on failure)
+ * ends it; its parts until then. */
 struct batch {
     struct tg_ratelimit_redis *r;
-    struct tg_redis_cmd *cmd;
-    struct tg_ratelimit_redis_pending *head;
+    struct tg_redis_cluster_cmd *cmd;
+    struct take_part *head;
+    struct batch *next_unsent;
     size_t n;
+    unsigned slot;
     bool retried;
     ev_tstamp deadline;
     int argc;
@@ -308,14 +345,26 @@ struct reset_cmd {
     char key[];
 };
 
-/* A refund: its own command, not batched. One allocation holds the
- * command's arguments (kept for a NOSCRIPT resend) until the reply. */
+/* Several refund commands (keys on several slots) answering one caller:
+ * the callback runs when the last one ends. */
+struct refund_group {
+    tg_ratelimit_redis_cb cb;
+    void *arg;
+    unsigned left;
+    bool failed;
+};
+
+/* A refund of keys of one slot: its own command, not batched. One
+ * allocation holds the command's arguments (kept for a NOSCRIPT resend)
+ * until the reply. */
 struct refund_cmd {
     struct tg_ratelimit_redis *r;
     tg_ratelimit_redis_cb cb; /* may be NULL */
     void *arg;
+    struct refund_group *group; /* or NULL: cb is this command's own */
     bool retried;
     size_t nops;
+    unsigned slot;
     ev_tstamp deadline;
     int argc;
     const char **argv;
@@ -346,7 +395,7 @@ static struct tg_ratelimit_redis_pending *pending_alloc(size_t size)
     }
     p = pending_free;
     if (p != NULL) {
-        pending_free = p->next;
+        pending_free = p->free_next;
         pending_nfree--;
     } else {
         p = malloc(PENDING_BLOCK);
@@ -360,7 +409,7 @@ static struct tg_ratelimit_redis_pending *pending_alloc(size_t size)
 static void pending_release(struct tg_ratelimit_redis_pending *p)
 {
     if (p->pooled && pending_nfree < PENDING_FREE_MAX) {
-        p->next = pending_free;
+        p->free_next = pending_free;
         pending_free = p;
         pending_nfree++;
         return;
@@ -373,7 +422,7 @@ static void pending_drain(void)
 {
     while (pending_free != NULL) {
         struct tg_ratelimit_redis_pending *p = pending_free;
-        pending_free = p->next;
+        pending_free = p->free_next;
         free(p);
     }
     pending_nfree = 0;
@@ -450,6 +499,28 @@ static int64_t interval_us(const struct tg_ratelimit_params *p)
     return p->interval_ns / 1000 + (p->interval_ns % 1000 != 0);
 }
 
+/* Whether a command for `slot` would be sent now. */
+static bool slot_up(const struct tg_ratelimit_redis *r, unsigned slot)
+{
+    return tg_redis_cluster_slot_state(r->link, slot) == TG_REDIS_UP;
+}
+
+/* Orders ops by slot, keeping the request's order within a slot (so a
+ * key named twice is decided in order, and one server's ops stay as
+ * they came). At most MAX_OPS: insertion sort. */
+static void sort_by_slot(struct take_op *ops, size_t n)
+{
+    for (size_t i = 1; i < n; i++) {
+        struct take_op o = ops[i];
+        size_t j = i;
+        while (j > 0 && ops[j - 1].slot > o.slot) {
+            ops[j] = ops[j - 1];
+            j--;
+        }
+        ops[j] = o;
+    }
+}
+
 /* ---- script loading -------------------------------------------------------- */
 
 static int on_script_loaded(void *arg, const redisReply *reply)
@@ -469,15 +540,17 @@ static int on_script_loaded(void *arg, const redisReply *reply)
     return -1;
 }
 
-/* Queues SCRIPT LOAD unless one is already in flight: commands queued after
- * it on this connection then find the script. */
+/* Queues SCRIPT LOAD on the one server unless one is already in flight:
+ * commands queued after it on this connection then find the script. A
+ * cluster has no one server: each node gets the script from the first
+ * batch it answers with NOSCRIPT (sent again as EVAL). */
 static void load_script(struct tg_ratelimit_redis *r)
 {
-    if (r->loading)
+    if (r->loading || tg_redis_cluster_enabled(r->link))
         return;
     const char *argv[] = {"SCRIPT", "LOAD", GCRA_LUA};
     size_t len[] = {6, 4, sizeof(GCRA_LUA) - 1};
-    if (tg_redis_command(r->link, 3, argv, len, 0, on_script_loaded, r) != NULL)
+    if (tg_redis_cluster_command(r->link, 0, 3, argv, len, 0, on_script_loaded, r) != NULL)
         r->loading = true;
 }
 
@@ -500,17 +573,20 @@ static int on_heartbeat(void *arg, const redisReply *reply)
 
 static void send_heartbeat(struct tg_ratelimit_redis *r)
 {
-    if (!r->heartbeat || r->heartbeat_cmd != NULL || tg_redis_state(r->link) != TG_REDIS_UP)
-        return;
     char key[HEARTBEAT_KEY_MAX], ttl[NUM_MAX];
+    if (!r->heartbeat || r->heartbeat_cmd != NULL)
+        return;
     int klen = snprintf(key, sizeof(key), "%s{gateways}", r->prefix);
     if (klen < 0 || (size_t)klen >= sizeof(key))
+        return;
+    unsigned slot = tg_redis_cluster_slot(r->link, key, (size_t)klen);
+    if (!slot_up(r, slot))
         return;
     int tlen = snprintf(ttl, sizeof(ttl), "%d", HEARTBEAT_TTL_MS);
     const char *argv[] = {"EVAL", HEARTBEAT_LUA, "1", key, r->gateway_id, ttl};
     size_t len[] = {4,           sizeof(HEARTBEAT_LUA) - 1, 1, (size_t)klen, strlen(r->gateway_id),
                     (size_t)tlen};
-    r->heartbeat_cmd = tg_redis_command(r->link, 6, argv, len, 0, on_heartbeat, r);
+    r->heartbeat_cmd = tg_redis_cluster_command(r->link, slot, 6, argv, len, 0, on_heartbeat, r);
 }
 
 static void on_heartbeat_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -531,6 +607,133 @@ static void on_link_state(void *arg, enum tg_redis_state old, enum tg_redis_stat
      * every EVALSHA after it finds the script. */
     load_script(r);
     send_heartbeat(r);
+}
+
+/* ---- refund -------------------------------------------------------------- */
+
+/* Frees the command, then tells its caller (who may do anything but free
+ * the limiter). */
+static void refund_end(struct refund_cmd *c, int status)
+{
+    tg_ratelimit_redis_cb cb = c->cb;
+    void *arg = c->arg;
+    struct refund_group *g = c->group;
+    free(c);
+    if (g != NULL) {
+        g->failed |= status < 0;
+        if (--g->left > 0)
+            return;
+        cb = g->cb;
+        arg = g->arg;
+        status = g->failed ? -1 : 0;
+        free(g);
+    }
+    if (cb != NULL)
+        cb(arg, status, status == 0, NULL, 0);
+}
+
+static bool is_error(const redisReply *rep, const char *code)
+{
+    size_t n = strlen(code);
+    return rep->type == REDIS_REPLY_ERROR && rep->len >= n && memcmp(rep->str, code, n) == 0 &&
+           (rep->len == n || rep->str[n] == ' ');
+}
+
+static int on_refund_reply(void *arg, const redisReply *reply)
+{
+    struct refund_cmd *c = arg;
+    struct tg_ratelimit_redis *r = c->r;
+    if (reply == NULL) {
+        refund_end(c, -1);
+        return 0; /* ignored: the link counted the fault */
+    }
+    if (!c->retried && is_error(reply, "NOSCRIPT")) {
+        /* The script cache was flushed: send the script itself (which
+         * caches it again), within what is left of the deadline. */
+        c->retried = true;
+        r->reloads++;
+        r->refund_cached = false;
+        c->argv[0] = "EVAL";
+        c->argvlen[0] = 4;
+        c->argv[1] = REFUND_LUA;
+        c->argvlen[1] = sizeof(REFUND_LUA) - 1;
+        if (tg_redis_cluster_command(r->link, c->slot, c->argc, c->argv, c->argvlen,
+                                     ms_until(r, c->deadline), on_refund_reply, c) == NULL)
+            refund_end(c, -1);
+        return 0; /* Redis answered: not a fault */
+    }
+    if (reply->type != REDIS_REPLY_INTEGER || reply->integer < 0 ||
+        (unsigned long long)reply->integer > c->nops) {
+        r->errors++;
+        refund_end(c, -1);
+        return -1;
+    }
+    r->refund_cached = true;
+    refund_end(c, 0);
+    return 0;
+}
+
+/* Sends one refund command for ops (built keys, all on `slot`). Returns 0,
+ * or -1 when it cannot be sent now (nothing is called back then). */
+static int send_refund(struct tg_ratelimit_redis *r, unsigned slot, const struct take_op *ops,
+                       size_t nops, tg_ratelimit_redis_cb cb, void *arg, struct refund_group *g)
+{
+    /* EVALSHA sha K key... (interval_us cost)... */
+    int argc = 3 + 3 * (int)nops;
+    size_t bytes = 0;
+    for (size_t i = 0; i < nops; i++)
+        bytes += ops[i].keylen;
+    struct refund_cmd *c = malloc(sizeof(*c) + (size_t)argc * (sizeof(char *) + sizeof(size_t)) +
+                                  bytes + (1 + 2 * nops) * NUM_MAX);
+    if (c == NULL)
+        return -1;
+    c->r = r;
+    c->cb = cb;
+    c->arg = arg;
+    c->group = g;
+    c->retried = false;
+    c->nops = nops;
+    c->slot = slot;
+    c->deadline = ev_now(r->loop) + (double)tg_redis_cluster_timeout_ms(r->link) / 1e3;
+    c->argc = argc;
+    c->argv = (const char **)(c + 1);
+    c->argvlen = (size_t *)(c->argv + argc);
+    char *buf = (char *)(c->argvlen + argc);
+    char *num = buf + bytes;
+
+    int i = 0;
+#define ARG(ptr, len) (c->argv[i] = (ptr), c->argvlen[i++] = (len))
+#define NUM(v)                                     \
+    do {                                           \
+        ARG(num, tg_str_i64(num, (long long)(v))); \
+        num += NUM_MAX;                            \
+    } while (0)
+    if (r->refund_cached) {
+        ARG("EVALSHA", 7);
+        ARG(r->refund_sha, SHA1_HEX_LEN);
+    } else {
+        ARG("EVAL", 4);
+        ARG(REFUND_LUA, sizeof(REFUND_LUA) - 1);
+    }
+    NUM(nops);
+    for (size_t k = 0; k < nops; k++) {
+        memcpy(buf, ops[k].key, ops[k].keylen);
+        ARG(buf, ops[k].keylen);
+        buf += ops[k].keylen;
+    }
+    for (size_t k = 0; k < nops; k++) {
+        NUM(ops[k].iv_us);
+        NUM(ops[k].cost);
+    }
+#undef NUM
+#undef ARG
+    if (tg_redis_cluster_command(r->link, slot, c->argc, c->argv, c->argvlen, 0, on_refund_reply,
+                                 c) == NULL) {
+        free(c);
+        r->short_circuited++;
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- take ---------------------------------------------------------------- */
@@ -557,15 +760,15 @@ static void op_result(const struct take_op *op, int64_t tat_us, int64_t now_us,
     tg_ratelimit_gcra_peek(tat_us * 1000, now_us * 1000, &p, op->cost, out);
 }
 
-/* Fills res[0..p->nops) from the reply's elements at *at. Returns whether
+/* Fills res[0..q->n) from the reply's elements at *at. Returns whether
  * every key allowed. */
-static bool request_results(const struct tg_ratelimit_redis_pending *p, const redisReply *rep,
-                            size_t *at, struct tg_ratelimit_result *res)
+static bool part_results(const struct take_part *q, const redisReply *rep, size_t *at,
+                         struct tg_ratelimit_result *res)
 {
     int64_t now = rep->element[0]->integer;
     bool all = true;
-    for (size_t k = 0; k < p->nops; k++) {
-        op_result(&p->ops[k], rep->element[(*at)++]->integer, now, &res[k]);
+    for (unsigned k = 0; k < q->n; k++) {
+        op_result(&q->p->ops[q->first + k], rep->element[(*at)++]->integer, now, &res[k]);
         all &= res[k].allowed;
     }
     return all;
@@ -576,8 +779,8 @@ static bool request_results(const struct tg_ratelimit_redis_pending *p, const re
 static bool reply_valid(const struct batch *b, const redisReply *rep)
 {
     size_t want = 1;
-    for (const struct tg_ratelimit_redis_pending *p = b->head; p != NULL; p = p->next)
-        want += p->nops;
+    for (const struct take_part *q = b->head; q != NULL; q = q->next)
+        want += q->n;
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements != want)
         return false;
     for (size_t i = 0; i < rep->elements; i++) {
@@ -588,51 +791,104 @@ static bool reply_valid(const struct batch *b, const redisReply *rep)
     return rep->element[0]->integer > 0 && rep->element[0]->integer < US_LIMIT;
 }
 
-static bool is_error(const redisReply *rep, const char *code)
+/* Every part of a take of several slots has answered. All or nothing
+ * across slots: when a slot refused, what the others spent is given back
+ * (a refund on each, on Redis' clock; nobody waits for it). Keys of parts
+ * that failed are flagged store_failed, for the caller's on_error. The
+ * callback may free nothing of ours but may take again. */
+static void finish_take(struct tg_ratelimit_redis *r, struct tg_ratelimit_redis_pending *p)
 {
-    size_t n = strlen(code);
-    return rep->type == REDIS_REPLY_ERROR && rep->len >= n && memcmp(rep->str, code, n) == 0 &&
-           (rep->len == n || rep->str[n] == ' ');
+    bool refused = false, failed = false, decided = false;
+    for (unsigned i = 0; i < p->nparts; i++) {
+        unsigned char o = p->parts[i].outcome;
+        refused |= o == PART_REFUSED;
+        failed |= o == PART_FAILED || o == PART_DROPPED;
+        decided |= o == PART_ALLOWED || o == PART_REFUSED;
+    }
+    if (refused && !p->peek) {
+        for (unsigned i = 0; i < p->nparts; i++) {
+            const struct take_part *q = &p->parts[i];
+            if (q->outcome != PART_ALLOWED)
+                continue;
+            r->slot_refunds++;
+            (void)send_refund(r, q->slot, &p->ops[q->first], q->n, NULL, NULL, NULL);
+        }
+    }
+    if (failed && decided)
+        r->partial++;
+    struct tg_ratelimit_result res[MAX_OPS];
+    size_t n = p->nops;
+    memcpy(res, p->res, n * sizeof(res[0]));
+    tg_ratelimit_redis_cb cb = p->cancelled ? NULL : p->cb;
+    void *arg = p->arg;
+    pending_release(p);
+    if (cb == NULL)
+        return;
+    if (decided)
+        cb(arg, 0, !refused, res, n);
+    else
+        cb(arg, -1, false, NULL, 0);
 }
 
-/* Ends a batch: every live pending hears its outcome (status -1 for all
- * when `rep` is NULL; a non-NULL `rep` has passed reply_valid), cancelled
- * ones are just freed. The
- * callbacks may free the limiter: nothing of it is touched after them. */
-/* Answers the requests of a batch: with the reply, or (rep NULL) that
- * the store failed. */
-static void answer_waiters(struct tg_ratelimit_redis *r, struct tg_ratelimit_redis_pending *p,
-                           const redisReply *rep)
+/* A part's outcome is known (res: its keys' results when decided). A take
+ * of one part is answered at once; one of several when its last part is. */
+static void part_done(struct tg_ratelimit_redis *r, struct take_part *q, enum part_outcome outcome,
+                      const struct tg_ratelimit_result *res)
 {
-    bool ok = rep != NULL;
-    size_t at = 1;
-    if (ok)
-        r->last_time_us = rep->element[0]->integer;
-    while (p != NULL) {
-        struct tg_ratelimit_redis_pending *next = p->next;
-        struct tg_ratelimit_result res[TG_RATELIMIT_LOCAL_MAX_OPS];
-        bool all = ok && request_results(p, rep, &at, res);
+    struct tg_ratelimit_redis_pending *p = q->p;
+    q->outcome = (unsigned char)outcome;
+    q->batch = NULL;
+    q->next = NULL;
+    if (p->nparts == 1) {
         tg_ratelimit_redis_cb cb = p->cancelled ? NULL : p->cb;
         void *arg = p->arg;
         size_t n = p->nops;
         pending_release(p);
-        if (cb != NULL) {
-            if (ok)
-                cb(arg, 0, all, res, n);
-            else
-                cb(arg, -1, false, NULL, 0);
-        }
-        p = next;
+        if (cb == NULL)
+            return;
+        if (outcome == PART_ALLOWED || outcome == PART_REFUSED)
+            cb(arg, 0, outcome == PART_ALLOWED, res, n);
+        else
+            cb(arg, -1, false, NULL, 0);
+        return;
+    }
+    for (unsigned k = 0; k < q->n; k++) {
+        const struct take_op *op = &p->ops[q->first + k];
+        if (outcome == PART_ALLOWED || outcome == PART_REFUSED)
+            p->res[op->at] = res[k];
+        else
+            p->res[op->at] = (struct tg_ratelimit_result){.store_failed = true};
+    }
+    if (--p->left == 0)
+        finish_take(r, p);
+}
+
+/* Answers the parts of a batch: with the reply (which passed
+ * reply_valid), or (rep NULL) that the store failed. The callbacks may
+ * take again but not free the limiter. */
+static void answer_parts(struct tg_ratelimit_redis *r, struct take_part *q, const redisReply *rep)
+{
+    size_t at = 1;
+    if (rep != NULL)
+        r->last_time_us = rep->element[0]->integer;
+    while (q != NULL) {
+        struct take_part *next = q->next;
+        struct tg_ratelimit_result res[MAX_OPS];
+        if (rep == NULL)
+            part_done(r, q, PART_FAILED, NULL);
+        else
+            part_done(r, q, part_results(q, rep, &at, res) ? PART_ALLOWED : PART_REFUSED, res);
+        q = next;
     }
 }
 
 static void batch_end(struct batch *b, const redisReply *rep)
 {
     struct tg_ratelimit_redis *r = b->r;
-    struct tg_ratelimit_redis_pending *p = b->head;
+    struct take_part *q = b->head;
     free(b->argv);
     free(b);
-    answer_waiters(r, p, rep);
+    answer_parts(r, q, rep);
 }
 
 static int on_batch_reply(void *arg, const redisReply *reply)
@@ -645,26 +901,31 @@ static int on_batch_reply(void *arg, const redisReply *reply)
     }
     if (!b->retried && is_error(reply, "NOSCRIPT")) {
         /* The script cache was flushed (SCRIPT FLUSH, a restart behind a
-         * proxy, a failover): load it again, and send the same batch behind
-         * the load, within what is left of its deadline. */
+         * proxy, a failover, a cluster node's first batch): send the same
+         * batch with the script itself, which caches it again, within
+         * what is left of its deadline. */
         b->retried = true;
         r->reloads++;
-        load_script(r);
-        b->cmd = tg_redis_command(r->link, b->argc, b->argv, b->argvlen, remaining_ms(b),
-                                  on_batch_reply, b);
+        b->argv[0] = "EVAL";
+        b->argvlen[0] = 4;
+        b->argv[1] = GCRA_LUA;
+        b->argvlen[1] = sizeof(GCRA_LUA) - 1;
+        b->cmd = tg_redis_cluster_command(r->link, b->slot, b->argc, b->argv, b->argvlen,
+                                          remaining_ms(b), on_batch_reply, b);
         if (b->cmd == NULL)
             batch_end(b, NULL);
         return 0; /* Redis answered: not a fault */
     }
     if (!reply_valid(b, reply)) {
-        /* -READONLY, -LOADING, -BUSY, a second NOSCRIPT, a wrong type or
-         * shape: a fault, reported once per state change by the link. */
+        /* -READONLY, -LOADING, -BUSY, -CLUSTERDOWN, a second NOSCRIPT, a
+         * wrong type or shape: a fault, reported once per state change by
+         * the link. */
         r->errors++;
         batch_end(b, NULL);
         return -1;
     }
-    for (struct tg_ratelimit_redis_pending *p = b->head; p != NULL; p = p->next)
-        r->requests += p->nops;
+    for (const struct take_part *q = b->head; q != NULL; q = q->next)
+        r->requests += q->n;
     batch_end(b, reply);
     return 0;
 }
@@ -694,7 +955,8 @@ static void key_index_init(struct key_index *ix, const struct tg_ratelimit_redis
     memset(ix->slot, 0, (ix->mask + 1) * sizeof(ix->slot[0]));
 }
 
-/* The slot holding op's key (by its bytes), or the empty one it would go in. */
+/* The table slot holding op's key (by its bytes), or the empty one it
+ * would go in. */
 static size_t key_slot(const struct key_index *ix, const struct take_op *op)
 {
     /* Keyed: clients choose the keys (addresses, headers). */
@@ -710,15 +972,14 @@ static size_t key_slot(const struct key_index *ix, const struct take_op *op)
     }
 }
 
-/* True when p names a key of the batch under other bucket settings (a
+/* True when q names a key of the batch under other bucket settings (a
  * reload changed the policy while takes under the old one were queued):
- * the script decides a key with one setting, so p waits for the next
+ * the script decides a key with one setting, so q waits for the next
  * batch, where it sees this one's spends. */
-static bool key_index_conflicts(const struct key_index *ix,
-                                const struct tg_ratelimit_redis_pending *p)
+static bool key_index_conflicts(const struct key_index *ix, const struct take_part *q)
 {
-    for (size_t k = 0; k < p->nops; k++) {
-        const struct take_op *op = &p->ops[k];
+    for (unsigned k = 0; k < q->n; k++) {
+        const struct take_op *op = &q->p->ops[q->first + k];
         unsigned s = ix->slot[key_slot(ix, op)];
         if (s != 0) {
             const struct take_op *o = ix->key[s - 1];
@@ -729,10 +990,19 @@ static bool key_index_conflicts(const struct key_index *ix,
     return false;
 }
 
-static void key_index_add(struct key_index *ix, struct tg_ratelimit_redis_pending *p)
+/* True when every key of q is already in the batch. */
+static bool key_index_covers(const struct key_index *ix, const struct take_part *q)
 {
-    for (size_t k = 0; k < p->nops; k++) {
-        struct take_op *op = &p->ops[k];
+    for (unsigned k = 0; k < q->n; k++)
+        if (ix->slot[key_slot(ix, &q->p->ops[q->first + k])] == 0)
+            return false;
+    return true;
+}
+
+static void key_index_add(struct key_index *ix, struct take_part *q)
+{
+    for (unsigned k = 0; k < q->n; k++) {
+        struct take_op *op = &q->p->ops[q->first + k];
         size_t at = key_slot(ix, op);
         if (ix->slot[at] == 0) {
             ix->key[ix->n++] = op;
@@ -742,31 +1012,60 @@ static void key_index_add(struct key_index *ix, struct tg_ratelimit_redis_pendin
     }
 }
 
-/* Sends what is queued as one EVALSHA:
+/* Takes the next batch's parts off the queue: the first queued part's
+ * slot, and the parts after it on that slot, in order, as many as fit
+ * (and none after one that conflicts, which starts the next batch).
+ * Parts of other slots stay queued, in order. On a cluster a batch also
+ * names no key beyond the first part's: while a slot migrates, a node
+ * refuses (TRYAGAIN) a script whose keys are on both sides, and one key
+ * never is; parts on one hot key still share a run. Returns the chain's
+ * head; *n and *keys say how many parts and keys it holds. */
+static struct take_part *take_batch(struct tg_ratelimit_redis *r, struct key_index *ix, size_t *n,
+                                    size_t *keys)
+{
+    unsigned slot = r->queue_head->slot;
+    bool first_keys_only = tg_redis_cluster_enabled(r->link);
+    struct take_part *head = NULL, **tail = &head;
+    struct take_part **pp = &r->queue_head, *prev = NULL;
+    *n = *keys = 0;
+    while (*pp != NULL) {
+        struct take_part *q = *pp;
+        if (q->slot != slot) {
+            prev = q;
+            pp = &q->next;
+            continue;
+        }
+        if (*n >= BATCH_MAX || *keys + q->n > BATCH_KEYS_MAX ||
+            (*n > 0 && key_index_conflicts(ix, q)) ||
+            (*n > 0 && first_keys_only && !key_index_covers(ix, q)))
+            break;
+        *pp = q->next; /* off the queue */
+        if (r->queue_tail == q)
+            r->queue_tail = prev;
+        q->next = NULL;
+        *tail = q;
+        tail = &q->next;
+        key_index_add(ix, q);
+        *keys += q->n;
+        (*n)++;
+    }
+    r->queued -= *n;
+    r->queued_keys -= *keys;
+    return head;
+}
+
+/* Sends what is queued, one EVALSHA per batch (each on one slot):
  *   EVALSHA sha K key... G (interval_us burst delay)... (m (index cost)...)...
- * with m negated for a peek. */
+ * with m negated for a peek. A batch that cannot be sent waits on
+ * r->unsent, answered by on_flush (never inside a take). */
 static void flush_queue(struct tg_ratelimit_redis *r)
 {
     struct key_index ix;
     while (r->queue_head != NULL) {
-        /* Take as many queued requests as fit one batch. */
         key_index_init(&ix, r, r->queued_keys);
-        struct tg_ratelimit_redis_pending *head = r->queue_head, *p = head, *last = NULL;
-        size_t n = 0, keys = 0;
-        while (p != NULL && n < BATCH_MAX && keys + p->nops <= BATCH_KEYS_MAX &&
-               (n == 0 || !key_index_conflicts(&ix, p))) {
-            key_index_add(&ix, p);
-            keys += p->nops;
-            n++;
-            last = p;
-            p = p->next;
-        }
-        r->queue_head = p;
-        if (p == NULL)
-            r->queue_tail = NULL;
-        last->next = NULL;
-        r->queued -= n;
-        r->queued_keys -= keys;
+        size_t n, keys;
+        unsigned slot = r->queue_head->slot;
+        struct take_part *head = take_batch(r, &ix, &n, &keys);
 
         size_t nd = ix.n;
         const struct take_op *const *distinct = ix.key;
@@ -781,18 +1080,19 @@ static void flush_queue(struct tg_ratelimit_redis *r)
             free(mem);
             /* Out of memory: tell them at once (they get on_error), with
              * nothing more to allocate. */
-            answer_waiters(r, head, NULL);
+            answer_parts(r, head, NULL);
             continue;
         }
         b->r = r;
         b->head = head;
         b->n = n;
+        b->slot = slot;
         b->argc = argc;
         b->argv = (const char **)mem;
         b->argvlen = (size_t *)(b->argv + argc);
         b->numbuf = (char *)(b->argvlen + argc);
-        b->deadline = ev_now(r->loop) + (double)tg_redis_timeout_ms(r->link) / 1e3;
-        for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next)
+        b->deadline = ev_now(r->loop) + (double)tg_redis_cluster_timeout_ms(r->link) / 1e3;
+        for (struct take_part *q = head; q != NULL; q = q->next)
             q->batch = b;
 
         int i = 0;
@@ -814,20 +1114,32 @@ static void flush_queue(struct tg_ratelimit_redis *r)
             NUM(distinct[d]->burst);
             NUM(distinct[d]->delay);
         }
-        for (struct tg_ratelimit_redis_pending *q = head; q != NULL; q = q->next) {
-            NUM(q->peek ? -(long long)q->nops : (long long)q->nops);
-            for (size_t k = 0; k < q->nops; k++) {
-                NUM(q->ops[k].key_index);
-                NUM(q->ops[k].cost);
+        for (struct take_part *q = head; q != NULL; q = q->next) {
+            NUM(q->p->peek ? -(long long)q->n : (long long)q->n);
+            for (unsigned k = 0; k < q->n; k++) {
+                NUM(q->p->ops[q->first + k].key_index);
+                NUM(q->p->ops[q->first + k].cost);
             }
         }
 #undef NUM
 #undef ARG
-        b->cmd = tg_redis_command(r->link, b->argc, b->argv, b->argvlen, 0, on_batch_reply, b);
+        b->cmd = tg_redis_cluster_command(r->link, slot, b->argc, b->argv, b->argvlen, 0,
+                                          on_batch_reply, b);
         if (b->cmd == NULL) {
             r->short_circuited += n;
-            batch_end(b, NULL);
+            b->next_unsent = r->unsent;
+            r->unsent = b;
         }
+    }
+}
+
+/* Answers the batches that could not be sent (their parts fail). */
+static void end_unsent(struct tg_ratelimit_redis *r)
+{
+    while (r->unsent != NULL) {
+        struct batch *b = r->unsent;
+        r->unsent = b->next_unsent;
+        batch_end(b, NULL);
     }
 }
 
@@ -839,9 +1151,10 @@ static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
     struct tg_ratelimit_redis *r = w->data;
     ev_prepare_stop(loop, w);
     flush_queue(r);
+    end_unsent(r);
     /* Out now, not after the loop's next wait. Here, between loop passes,
      * the callbacks a failed write runs interrupt nothing of ours. */
-    tg_redis_flush(r->link);
+    tg_redis_cluster_flush(r->link);
 }
 
 static bool valid_op(const struct tg_ratelimit_redis_op *op)
@@ -849,6 +1162,31 @@ static bool valid_op(const struct tg_ratelimit_redis_op *op)
     return op->policy != NULL && (op->key != NULL || op->keylen == 0) &&
            op->params.interval_ns >= 1 && op->params.burst >= 1 && op->params.delay >= 0 &&
            op->cost >= 0;
+}
+
+/* Builds each op's key (into buf) and slot, in the request's order.
+ * Returns the bytes used, or 0 if a key could not be built. */
+static size_t build_ops(const struct tg_ratelimit_redis *r, const struct tg_ratelimit_redis_op *ops,
+                        size_t nops, struct take_op *out, char *buf)
+{
+    char *start = buf;
+    for (size_t k = 0; k < nops; k++) {
+        size_t n = build_key(r, buf, ops[k].policy, ops[k].key, ops[k].keylen);
+        if (n == 0)
+            return 0;
+        const struct tg_ratelimit_params *pp = &ops[k].params;
+        out[k] = (struct take_op){buf,
+                                  n,
+                                  interval_us(pp),
+                                  pp->burst,
+                                  pp->delay,
+                                  ops[k].cost,
+                                  0,
+                                  tg_redis_cluster_slot(r->link, buf, n),
+                                  (unsigned)k};
+        buf += n;
+    }
+    return (size_t)(buf - start);
 }
 
 struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(struct tg_ratelimit_redis *r,
@@ -861,76 +1199,124 @@ struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(struct tg_ratelimit_r
     for (size_t i = 0; i < nops; i++)
         if (!valid_op(&ops[i]))
             return NULL;
-    if (tg_redis_state(r->link) != TG_REDIS_UP) {
+    if (tg_redis_cluster_state(r->link) == TG_REDIS_CONNECTING ||
+        (!tg_redis_cluster_enabled(r->link) && !slot_up(r, 0))) {
         r->short_circuited++;
         return NULL;
     }
     size_t bytes = 0;
     for (size_t i = 0; i < nops; i++)
         bytes += key_len(r, ops[i].policy, ops[i].keylen);
-    /* One per request: from the free list, and not zeroed. */
+    /* One per request: from the free list, and not zeroed. On a cluster,
+     * room for a part per key and, with several keys, their results; one
+     * server's take is one part. */
+    bool cluster = tg_redis_cluster_enabled(r->link);
+    size_t nparts_max = cluster ? nops : 1;
+    size_t res_bytes = cluster && nops > 1 ? nops * sizeof(struct tg_ratelimit_result) : 0;
     struct tg_ratelimit_redis_pending *p =
-        pending_alloc(sizeof(*p) + nops * sizeof(p->ops[0]) + bytes);
+        pending_alloc(sizeof(*p) + nops * sizeof(p->ops[0]) +
+                      nparts_max * sizeof(struct take_part) + res_bytes + bytes);
     if (p == NULL) {
         r->short_circuited++;
         return NULL;
     }
     p->r = r;
-    p->batch = NULL;
     p->cb = cb;
     p->arg = arg;
     p->peek = peek;
     p->cancelled = false;
     p->nops = nops;
-    p->next = NULL;
-    char *buf = (char *)(p->ops + nops);
-    for (size_t k = 0; k < nops; k++) {
-        size_t n = build_key(r, buf, ops[k].policy, ops[k].key, ops[k].keylen);
-        if (n == 0) {
-            pending_release(p);
-            r->short_circuited++;
-            return NULL;
-        }
-        const struct tg_ratelimit_params *pp = &ops[k].params;
-        p->ops[k] = (struct take_op){buf, n, interval_us(pp), pp->burst, pp->delay, ops[k].cost, 0};
-        buf += n;
+    p->parts = (struct take_part *)(p->ops + nops);
+    p->res = res_bytes > 0 ? (struct tg_ratelimit_result *)(p->parts + nparts_max) : NULL;
+    char *buf = (char *)(p->parts + nparts_max) + res_bytes;
+    if (build_ops(r, ops, nops, p->ops, buf) == 0) {
+        pending_release(p);
+        r->short_circuited++;
+        return NULL;
     }
-    if (r->queue_tail != NULL)
-        r->queue_tail->next = p;
-    else
-        r->queue_head = p;
-    r->queue_tail = p;
-    r->queued++;
-    r->queued_keys += nops;
-    if (r->queued >= BATCH_MAX || r->queued_keys >= BATCH_KEYS_MAX)
-        flush_queue(r); /* queued in hiredis; on_flush writes it */
+    if (cluster && nops > 1)
+        sort_by_slot(p->ops, nops);
+    /* Parts: runs of one slot. One whose node is not up now fails at once
+     * (the others still go); when all do, the caller hears it now. */
+    p->nparts = 0;
+    for (size_t k = 0; k < nops; k++) {
+        if (k == 0 || p->ops[k].slot != p->ops[k - 1].slot)
+            p->parts[p->nparts++] =
+                (struct take_part){p, NULL, NULL, p->ops[k].slot, (unsigned)k, 0, PART_WAITING};
+        p->parts[p->nparts - 1].n++;
+    }
+    p->left = p->nparts;
+    size_t sent = 0;
+    for (unsigned i = 0; i < p->nparts; i++) {
+        struct take_part *q = &p->parts[i];
+        if (!slot_up(r, q->slot)) {
+            q->outcome = PART_FAILED;
+            p->left--;
+            if (p->res != NULL)
+                for (unsigned k = 0; k < q->n; k++)
+                    p->res[p->ops[q->first + k].at] =
+                        (struct tg_ratelimit_result){.store_failed = true};
+            continue;
+        }
+        if (r->queue_tail != NULL)
+            r->queue_tail->next = q;
+        else
+            r->queue_head = q;
+        r->queue_tail = q;
+        r->queued++;
+        r->queued_keys += q->n;
+        sent++;
+    }
+    if (sent == 0) {
+        pending_release(p);
+        r->short_circuited++;
+        return NULL;
+    }
+    if (p->nparts > 1)
+        r->split++;
     if (!ev_is_active(&r->flush))
         ev_prepare_start(r->loop, &r->flush);
     return p;
+}
+
+/* Takes q off the queue. */
+static void unqueue(struct tg_ratelimit_redis *r, struct take_part *q)
+{
+    struct take_part **pp = &r->queue_head, *prev = NULL;
+    while (*pp != NULL && *pp != q) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (*pp != q)
+        return;
+    *pp = q->next;
+    if (r->queue_tail == q)
+        r->queue_tail = prev;
+    q->next = NULL;
+    r->queued--;
+    r->queued_keys -= q->n;
 }
 
 void tg_ratelimit_redis_cancel(struct tg_ratelimit_redis_pending *p)
 {
     if (p == NULL)
         return;
-    if (p->batch != NULL) {
-        p->cancelled = true; /* freed when its batch ends */
-        return;
-    }
     struct tg_ratelimit_redis *r = p->r;
-    struct tg_ratelimit_redis_pending **pp = &r->queue_head, *prev = NULL;
-    while (*pp != NULL && *pp != p) {
-        prev = *pp;
-        pp = &(*pp)->next;
+    p->cancelled = true; /* parts in batches end it */
+    for (unsigned i = 0; i < p->nparts; i++) {
+        struct take_part *q = &p->parts[i];
+        if (q->outcome != PART_WAITING || q->batch != NULL)
+            continue;
+        unqueue(r, q);
+        q->outcome = PART_DROPPED;
+        p->left--;
     }
-    if (*pp == p) {
-        *pp = p->next;
-        if (r->queue_tail == p)
-            r->queue_tail = prev;
-        r->queued--;
-        r->queued_keys -= p->nops;
-    }
-    pending_release(p);
+    if (p->left > 0)
+        return;
+    if (p->nparts == 1)
+        pending_release(p);
+    else
+        finish_take(r, p); /* gives back what answered parts spent, if one refused */
 }
 
 /* ---- reset --------------------------------------------------------------- */
@@ -960,10 +1346,6 @@ int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy, c
 {
     if (policy == NULL || (key == NULL && keylen > 0) || cb == NULL)
         return -1;
-    if (tg_redis_state(r->link) != TG_REDIS_UP) {
-        r->short_circuited++;
-        return -1;
-    }
     struct reset_cmd *c = calloc(1, sizeof(*c) + key_len(r, policy, keylen));
     if (c == NULL)
         return -1;
@@ -977,7 +1359,9 @@ int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy, c
     }
     const char *argv[] = {"DEL", c->key};
     size_t len[] = {3, n};
-    if (tg_redis_command(r->link, 2, argv, len, 0, on_reset_reply, c) == NULL) {
+    unsigned slot = tg_redis_cluster_slot(r->link, c->key, n);
+    if (!slot_up(r, slot) ||
+        tg_redis_cluster_command(r->link, slot, 2, argv, len, 0, on_reset_reply, c) == NULL) {
         free(c);
         r->short_circuited++;
         return -1;
@@ -985,52 +1369,7 @@ int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy, c
     return 0;
 }
 
-/* ---- refund -------------------------------------------------------------- */
-
-/* Frees the command, then tells its caller (who may do anything but free
- * the limiter). */
-static void refund_end(struct refund_cmd *c, int status)
-{
-    tg_ratelimit_redis_cb cb = c->cb;
-    void *arg = c->arg;
-    free(c);
-    if (cb != NULL)
-        cb(arg, status, status == 0, NULL, 0);
-}
-
-static int on_refund_reply(void *arg, const redisReply *reply)
-{
-    struct refund_cmd *c = arg;
-    struct tg_ratelimit_redis *r = c->r;
-    if (reply == NULL) {
-        refund_end(c, -1);
-        return 0; /* ignored: the link counted the fault */
-    }
-    if (!c->retried && is_error(reply, "NOSCRIPT")) {
-        /* The script cache was flushed: send the script itself (which
-         * caches it again), within what is left of the deadline. */
-        c->retried = true;
-        r->reloads++;
-        r->refund_cached = false;
-        c->argv[0] = "EVAL";
-        c->argvlen[0] = 4;
-        c->argv[1] = REFUND_LUA;
-        c->argvlen[1] = sizeof(REFUND_LUA) - 1;
-        if (tg_redis_command(r->link, c->argc, c->argv, c->argvlen, ms_until(r, c->deadline),
-                             on_refund_reply, c) == NULL)
-            refund_end(c, -1);
-        return 0; /* Redis answered: not a fault */
-    }
-    if (reply->type != REDIS_REPLY_INTEGER || reply->integer < 0 ||
-        (unsigned long long)reply->integer > c->nops) {
-        r->errors++;
-        refund_end(c, -1);
-        return -1;
-    }
-    r->refund_cached = true;
-    refund_end(c, 0);
-    return 0;
-}
+/* ---- refund (public) -------------------------------------------------------- */
 
 int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r, const struct tg_ratelimit_redis_op *ops,
                               size_t nops, tg_ratelimit_redis_cb cb, void *arg)
@@ -1040,67 +1379,51 @@ int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r, const struct tg_rate
     for (size_t i = 0; i < nops; i++)
         if (!valid_op(&ops[i]))
             return -1;
-    if (tg_redis_state(r->link) != TG_REDIS_UP) {
+    if (tg_redis_cluster_state(r->link) == TG_REDIS_CONNECTING ||
+        (!tg_redis_cluster_enabled(r->link) && !slot_up(r, 0))) {
         r->short_circuited++;
         return -1;
     }
-    /* EVALSHA sha K key... (interval_us cost)... */
-    int argc = 3 + 3 * (int)nops;
+    /* The keys, built once and grouped by slot: one command per slot (a
+     * cluster refuses a script whose keys span slots). */
+    struct take_op built[MAX_OPS];
     size_t bytes = 0;
     for (size_t i = 0; i < nops; i++)
         bytes += key_len(r, ops[i].policy, ops[i].keylen);
-    struct refund_cmd *c = malloc(sizeof(*c) + (size_t)argc * (sizeof(char *) + sizeof(size_t)) +
-                                  bytes + (1 + 2 * nops) * NUM_MAX);
-    if (c == NULL)
+    char *keys = malloc(bytes);
+    if (keys == NULL || build_ops(r, ops, nops, built, keys) == 0) {
+        free(keys);
         return -1;
-    c->r = r;
-    c->cb = cb;
-    c->arg = arg;
-    c->retried = false;
-    c->nops = nops;
-    c->deadline = ev_now(r->loop) + (double)tg_redis_timeout_ms(r->link) / 1e3;
-    c->argc = argc;
-    c->argv = (const char **)(c + 1);
-    c->argvlen = (size_t *)(c->argv + argc);
-    char *buf = (char *)(c->argvlen + argc);
-    char *num = buf + bytes;
-
-    int i = 0;
-#define ARG(ptr, len) (c->argv[i] = (ptr), c->argvlen[i++] = (len))
-#define NUM(v)                                     \
-    do {                                           \
-        ARG(num, tg_str_i64(num, (long long)(v))); \
-        num += NUM_MAX;                            \
-    } while (0)
-    if (r->refund_cached) {
-        ARG("EVALSHA", 7);
-        ARG(r->refund_sha, SHA1_HEX_LEN);
-    } else {
-        ARG("EVAL", 4);
-        ARG(REFUND_LUA, sizeof(REFUND_LUA) - 1);
     }
-    NUM(nops);
-    for (size_t k = 0; k < nops; k++) {
-        size_t n = build_key(r, buf, ops[k].policy, ops[k].key, ops[k].keylen);
-        if (n == 0) {
-            free(c);
+    sort_by_slot(built, nops);
+    size_t groups = 1;
+    for (size_t k = 1; k < nops; k++)
+        groups += built[k].slot != built[k - 1].slot;
+    struct refund_group *g = NULL;
+    if (groups > 1 && cb != NULL) {
+        if ((g = calloc(1, sizeof(*g))) == NULL) {
+            free(keys);
             return -1;
         }
-        ARG(buf, n);
-        buf += n;
+        *g = (struct refund_group){cb, arg, 1, false}; /* held until all are sent */
     }
-    for (size_t k = 0; k < nops; k++) {
-        NUM(interval_us(&ops[k].params));
-        NUM(ops[k].cost);
+    size_t sent = 0;
+    for (size_t k = 0, run; k < nops; k += run) {
+        for (run = 1; k + run < nops && built[k + run].slot == built[k].slot; run++)
+            ;
+        if (g != NULL)
+            g->left++;
+        if (send_refund(r, built[k].slot, &built[k], run, g != NULL ? NULL : cb, arg, g) == 0)
+            sent++;
+        else if (g != NULL)
+            g->left--, g->failed = true;
     }
-#undef NUM
-#undef ARG
-    if (tg_redis_command(r->link, c->argc, c->argv, c->argvlen, 0, on_refund_reply, c) == NULL) {
-        free(c);
-        r->short_circuited++;
-        return -1;
-    }
-    return 0;
+    free(keys);
+    if (g != NULL && sent == 0)
+        free(g);
+    else if (g != NULL)
+        g->left--; /* the hold: the commands sent answer later, never before this returns */
+    return sent > 0 ? 0 : -1;
 }
 
 /* ---- lifetime ------------------------------------------------------------ */
@@ -1144,7 +1467,7 @@ struct tg_ratelimit_redis *tg_ratelimit_redis_new(struct ev_loop *loop,
     opt.name = "ratelimit";
     opt.on_state = on_link_state;
     opt.arg = r;
-    r->link = tg_redis_new(loop, cfg, &opt);
+    r->link = tg_redis_cluster_new(loop, cfg, &opt);
     if (r->link == NULL)
         goto fail;
 
@@ -1169,7 +1492,7 @@ void tg_ratelimit_redis_configure(struct tg_ratelimit_redis *r, const struct tg_
     if (set_prefix(r, cfg) < 0)
         tg_log_error("redis ratelimit: out of memory, keeping the old "
                      "key prefix");
-    tg_redis_configure(r->link, cfg);
+    tg_redis_cluster_configure(r->link, cfg);
 }
 
 void tg_ratelimit_redis_free(struct tg_ratelimit_redis *r)
@@ -1178,19 +1501,18 @@ void tg_ratelimit_redis_free(struct tg_ratelimit_redis *r)
         return;
     ev_timer_stop(r->loop, &r->heartbeat_timer);
     ev_prepare_stop(r->loop, &r->flush);
-    /* Queued takes never left: they fail now. */
-    struct tg_ratelimit_redis_pending *q = r->queue_head;
+    /* Queued parts never left: they fail now. */
+    struct take_part *q = r->queue_head;
     r->queue_head = r->queue_tail = NULL;
+    r->queued = r->queued_keys = 0;
     while (q != NULL) {
-        struct tg_ratelimit_redis_pending *next = q->next;
-        tg_ratelimit_redis_cb cb = q->cb;
-        void *arg = q->arg;
-        pending_release(q);
-        cb(arg, -1, false, NULL, 0);
+        struct take_part *next = q->next;
+        part_done(r, q, PART_FAILED, NULL);
         q = next;
     }
+    end_unsent(r);
     /* Calls every batch in flight back with NULL (status -1) now. */
-    tg_redis_free(r->link);
+    tg_redis_cluster_free(r->link);
     free(r->gateway_id);
     free(r->prefix);
     free(r);
@@ -1199,12 +1521,17 @@ void tg_ratelimit_redis_free(struct tg_ratelimit_redis *r)
 
 enum tg_redis_state tg_ratelimit_redis_state(const struct tg_ratelimit_redis *r)
 {
-    return tg_redis_state(r->link);
+    return tg_redis_cluster_state(r->link);
+}
+
+const struct tg_redis_cluster *tg_ratelimit_redis_cluster(const struct tg_ratelimit_redis *r)
+{
+    return r->link;
 }
 
 const struct tg_redis *tg_ratelimit_redis_link(const struct tg_ratelimit_redis *r)
 {
-    return r->link;
+    return tg_redis_cluster_single(r->link);
 }
 
 unsigned tg_ratelimit_redis_gateways(void)
@@ -1216,13 +1543,21 @@ unsigned tg_ratelimit_redis_gateways(void)
 void tg_ratelimit_redis_stats(const struct tg_ratelimit_redis *r,
                               struct tg_ratelimit_redis_stats *out)
 {
-    struct tg_redis_stats ls;
-    tg_redis_stats(r->link, &ls);
+    struct tg_redis_cluster_stats cs;
+    tg_redis_cluster_stats(r->link, &cs);
     memset(out, 0, sizeof(*out));
-    out->round_trips = ls.replies;
+    out->round_trips = cs.links.replies;
     out->requests = r->requests;
     out->errors = r->errors;
-    out->timeouts = ls.timeouts;
-    out->disconnects = ls.disconnects;
+    out->timeouts = cs.links.timeouts;
+    out->disconnects = cs.links.disconnects;
     out->short_circuited = r->short_circuited;
+    out->split = r->split;
+    out->partial = r->partial;
+    out->slot_refunds = r->slot_refunds;
+    out->moved = cs.moved;
+    out->asked = cs.asked;
+    out->tryagain = cs.tryagain;
+    out->refreshes = cs.refreshes;
+    out->refresh_failures = cs.refresh_failures;
 }

@@ -3,12 +3,10 @@
  * Each worker owns one async hiredis connection on its own libev loop, so a
  * request waiting for Redis parks on the loop and nothing blocks; commands
  * issued in one loop iteration leave in one write (pipelining). One Lua
- * script (EVALSHA, reloaded on NOSCRIPT) runs GCRA on Redis' own clock for
+ * script (EVALSHA, sent whole again after NOSCRIPT) runs GCRA on Redis' own clock for
  * every key of a request at once: all spend or none; a second, smaller
  * one gives spends back (refund). Keys are
- * PREFIX{policy:key} (hash tags, so a future Redis Cluster keeps each key on
- * one shard; a request naming several keys would still need them on one
- * slot there) and expire when their bucket would be full again. A key
+ * PREFIX{policy:key} and expire when their bucket would be full again. A key
  * (the client part) longer than TG_RATELIMIT_REDIS_KEY_MAX bytes is stored
  * as "#" and the 64 hex digits of its SHA-256, so a Redis key is at most
  * prefix + policy + 203 bytes, and the same long key maps to the same
@@ -21,6 +19,17 @@
  * (rates above 1e6/s become 1e6/s, never faster), and (burst + delay) *
  * interval is capped at 2^52 us (142 years) where the C core caps at
  * 2^62 ns, so that every value stays exact in Lua's doubles.
+ *
+ * Redis Cluster (`cluster` in the config, redis_cluster.h): a key's slot is
+ * the hash of its {policy:key} tag, so a bucket lives on the same slot
+ * whichever request names it, and one request's keys are usually on
+ * several slots. A take is split into parts, one per slot; each part is
+ * decided all-or-nothing by the script on its slot's node (the parts of
+ * many takes on one slot share a script run, as above), and the take as a
+ * whole stays all-or-nothing by compensation: when a part refuses, the
+ * parts that allowed get their spends back (the refund script, sent at
+ * once). A part whose node fails is reported per key (store_failed) while
+ * the others stand, so the caller's on_error applies to those keys only.
  *
  * Faults (timeouts, lost connection, error replies, wrong reply types,
  * -READONLY) are reported to the caller, which applies on_error; after
@@ -40,6 +49,7 @@
 
 #include "ratelimit.h"
 #include "redis.h"
+#include "redis_cluster.h"
 
 struct tg_config_redis;
 
@@ -58,8 +68,11 @@ struct tg_ratelimit_redis_op {
 
 /* Called once per take(), from the worker's loop, never before take()
  * returns. status 0: `results[i]` holds each op's outcome and `allowed`
- * says whether all passed (and spent; a peek spends nothing). status -1:
- * Redis failed (timeout, error or malformed reply, disconnect, the limiter
+ * says whether all passed (and spent; a peek spends nothing). On a
+ * cluster, some results may say store_failed (their slot's node failed):
+ * `allowed` then says whether every other key passed (and spent), and
+ * when one refused, nothing stays spent. status -1: Redis failed for
+ * every key (timeout, error or malformed reply, disconnect, the limiter
  * being freed); results is NULL, n 0; the caller applies on_error.
  * `results` is borrowed for the call. The callback may take, cancel other
  * pendings and reset; it must not free the limiter (mark its owner closing
@@ -75,8 +88,10 @@ struct tg_ratelimit_redis_pending;
  * _CIRCUIT_OPEN: connected or not, we are not sending). */
 
 /* Creates the worker's limiter; it connects from the loop (AUTH and SELECT
- * first when configured, then SCRIPT LOAD), so takes return NULL until the
- * state is UP. The config and `gateway_id` are copied; timeout_ms <= 0
+ * first when configured, then SCRIPT LOAD; on a cluster, to each primary
+ * the slot map names, each loading the script with its first batch), so
+ * takes return NULL until the state is UP (a cluster: while it has no
+ * map; then a take on a slot whose node is down fails that slot). The config and `gateway_id` are copied; timeout_ms <= 0
  * means 50. `gateway_id` identifies this process in heartbeats (unique per
  * process); only one limiter per process (worker 0's) should have
  * `heartbeat` set: it then writes this gateway's presence every 2 s
@@ -99,23 +114,29 @@ void tg_ratelimit_redis_configure(struct tg_ratelimit_redis *r, const struct tg_
  * thread, not from this limiter's callbacks. */
 void tg_ratelimit_redis_free(struct tg_ratelimit_redis *r);
 
-/* Decides `ops` atomically (peek: decide without spending). As in the local
- * store, ops are decided in order and a key named twice pays twice. Returns
- * a handle for cancel, valid until the callback runs; or NULL, without a
- * callback, when the request cannot be sent right now (not connected,
- * circuit open, out of memory) or is invalid (nops 0 or above
+/* Decides `ops` all-or-nothing (peek: decide without spending). As in the
+ * local store, ops are decided in order and a key named twice pays twice.
+ * One server: atomically, in one script run. A cluster: atomically per
+ * slot, and across slots by giving back what the allowing slots spent
+ * when another refused (docs/rate-limiting.md, "Redis Cluster", says what
+ * a concurrent request may see meanwhile). Returns a handle for cancel,
+ * valid until the callback runs; or NULL, without a callback, when the
+ * request cannot be sent right now (not connected, circuit open, no node
+ * of its slots up, out of memory) or is invalid (nops 0 or above
  * TG_RATELIMIT_LOCAL_MAX_OPS, params out of range): the caller applies
  * on_error at once, without waiting. The reply is awaited at most the
- * configured timeout (one transparent retry after a NOSCRIPT reply stays
- * within it). Loop thread. */
+ * configured timeout (a transparent resend after a NOSCRIPT reply, and a
+ * cluster's redirects, stay within it). Loop thread. */
 struct tg_ratelimit_redis_pending *tg_ratelimit_redis_take(struct tg_ratelimit_redis *r,
                                                            const struct tg_ratelimit_redis_op *ops,
                                                            size_t nops, bool peek,
                                                            tg_ratelimit_redis_cb cb, void *arg);
 
 /* The request went away: its callback will not be called, even if the
- * reply arrives later; the handle is invalid after this. Not from (or
- * after) that pending's own callback. NULL is a no-op. Loop thread. */
+ * reply arrives later; the handle is invalid after this. Parts not sent
+ * yet are dropped; parts in flight still end (and a refusal among them
+ * still gives back the others' spends). Not from (or after) that
+ * pending's own callback. NULL is a no-op. Loop thread. */
 void tg_ratelimit_redis_cancel(struct tg_ratelimit_redis_pending *p);
 
 /* Deletes a key (admin "unlock this customer"); cb as for take with
@@ -141,18 +162,24 @@ int tg_ratelimit_redis_reset(struct tg_ratelimit_redis *r, const char *policy, c
  * NULL (fire and forget: nothing leaks either way); otherwise it is called
  * once, as reset's (status 0: n = 0, results NULL, allowed true; status
  * -1: timeout, error reply, lost connection, limiter freed), never before
- * this returns. Returns 0, or -1 when it cannot be sent now (not
- * connected, circuit open, out of memory, invalid ops; nops 0 or above
- * TG_RATELIMIT_LOCAL_MAX_OPS): cb is then not called. Subject to the
- * configured timeout and the circuit breaker like every command. Loop
- * thread. */
+ * this returns. On a cluster, keys of several slots go as one command per
+ * slot, and status is -1 if any of them failed. Returns 0, or -1 when
+ * nothing can be sent now (not connected, circuit open, out of memory,
+ * invalid ops; nops 0 or above TG_RATELIMIT_LOCAL_MAX_OPS): cb is then not
+ * called. Subject to the configured timeout and the circuit breaker like
+ * every command. Loop thread. */
 int tg_ratelimit_redis_refund(struct tg_ratelimit_redis *r, const struct tg_ratelimit_redis_op *ops,
                               size_t nops, tg_ratelimit_redis_cb cb, void *arg);
 
+/* The state of the whole (redis_cluster.h: a cluster is UP when every
+ * slot is served by a node that is up). */
 enum tg_redis_state tg_ratelimit_redis_state(const struct tg_ratelimit_redis *r);
 
 /* The store's link, for reports (/status): borrowed, the store's thread. */
 const struct tg_redis *tg_ratelimit_redis_link(const struct tg_ratelimit_redis *r);
+
+/* Its Redis client, for /status (tg_redis_cluster_nodes). Loop thread. */
+const struct tg_redis_cluster *tg_ratelimit_redis_cluster(const struct tg_ratelimit_redis *r);
 
 /* Gateways that wrote a heartbeat recently (this one included), >= 1:
  * the last count a heartbeat read, kept while Redis is unreachable, 1 if
@@ -168,6 +195,14 @@ struct tg_ratelimit_redis_stats {
     uint64_t disconnects;     /* connections lost after being up */
     uint64_t short_circuited; /* takes, resets and refunds refused without
                                  sending: circuit open or not connected */
+    /* Redis Cluster (zero for one server) */
+    uint64_t split;            /* takes whose keys were on several slots */
+    uint64_t partial;          /* ... some of whose slots could not be decided */
+    uint64_t slot_refunds;     /* slots' spends given back as another slot refused */
+    uint64_t moved, asked;     /* redirects followed */
+    uint64_t tryagain;         /* commands sent again after TRYAGAIN */
+    uint64_t refreshes;        /* slot maps read */
+    uint64_t refresh_failures; /* slot map reads that failed */
 };
 void tg_ratelimit_redis_stats(const struct tg_ratelimit_redis *r,
                               struct tg_ratelimit_redis_stats *out);

@@ -1383,6 +1383,9 @@ void tg_redis_config_free(struct tg_config_redis *c)
     for (size_t i = 0; c->sentinels != NULL && i < c->nsentinels; i++)
         free((char *)c->sentinels[i]);
     free((void *)c->sentinels);
+    for (size_t i = 0; c->cluster != NULL && i < c->ncluster; i++)
+        free((char *)c->cluster[i]);
+    free((void *)c->cluster);
     free((char *)c->master);
     wipe_free(c->sentinel_password);
     free(c);
@@ -1413,6 +1416,13 @@ struct tg_config_redis *tg_redis_config_dup(const struct tg_config_redis *cfg)
         for (size_t i = 0; ok && i < cfg->nsentinels; i++, c->nsentinels++)
             ok = dup_opt(&v[i], cfg->sentinels[i]) && v[i] != NULL;
     }
+    if (ok && cfg->ncluster > 0) {
+        const char **v = calloc(cfg->ncluster, sizeof(*v));
+        c->cluster = v;
+        ok = v != NULL;
+        for (size_t i = 0; ok && i < cfg->ncluster; i++, c->ncluster++)
+            ok = dup_opt(&v[i], cfg->cluster[i]) && v[i] != NULL;
+    }
     if (!ok) {
         tg_redis_config_free(c);
         return NULL;
@@ -1424,10 +1434,13 @@ bool tg_redis_config_same_server(const struct tg_config_redis *a, const struct t
 {
     if (!same_str(a->address, b->address) || !same_str(a->password, b->password) ||
         a->db != b->db || a->nsentinels != b->nsentinels || !same_str(a->master, b->master) ||
-        !same_str(a->sentinel_password, b->sentinel_password))
+        !same_str(a->sentinel_password, b->sentinel_password) || a->ncluster != b->ncluster)
         return false;
     for (size_t i = 0; i < a->nsentinels; i++)
         if (!same_str(a->sentinels[i], b->sentinels[i]))
+            return false;
+    for (size_t i = 0; i < a->ncluster; i++)
+        if (!same_str(a->cluster[i], b->cluster[i]))
             return false;
     return true;
 }
@@ -1438,6 +1451,8 @@ const char *tg_redis_config_describe(const struct tg_config_redis *cfg, char *bu
         snprintf(buf, n, "the primary of %s (via %zu sentinel%s)",
                  cfg->master != NULL ? cfg->master : "?", cfg->nsentinels,
                  cfg->nsentinels == 1 ? "" : "s");
+    else if (cfg->ncluster > 0)
+        snprintf(buf, n, "Cluster via %s", cfg->cluster[0]);
     else
         snprintf(buf, n, "%s", cfg->address != NULL ? cfg->address : "(no address)");
     return buf;

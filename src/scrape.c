@@ -394,6 +394,8 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
                              tg_metrics_rl_result_name(r), (unsigned long long)ps.results[r]);
     }
     uint64_t rtrips = 0, rreqs = 0, rerrs = 0, rtimeouts = 0, rdisc = 0, rshort = 0;
+    uint64_t moved = 0, asked = 0, tryagain = 0, maps = 0, map_fails = 0, split = 0, partial = 0,
+             slot_refunds = 0;
     int up_workers = 0, have_redis = 0;
     for (unsigned w = 0; w < nw; w++) {
         struct tg_ratelimit_redis *r = rt->workers[w]->rl_redis;
@@ -408,6 +410,14 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
         rtimeouts += st.timeouts;
         rdisc += st.disconnects;
         rshort += st.short_circuited;
+        moved += st.moved;
+        asked += st.asked;
+        tryagain += st.tryagain;
+        maps += st.refreshes;
+        map_fails += st.refresh_failures;
+        split += st.split;
+        partial += st.partial;
+        slot_refunds += st.slot_refunds;
         up_workers += tg_ratelimit_redis_state(r) == TG_REDIS_UP;
     }
     header(&o, "redis_round_trips_total", "counter", "Replies received from Redis.");
@@ -428,6 +438,33 @@ int tg_scrape_render(struct tg_runtime *rt, char **outp, size_t *lenp)
     tg_strbuf_printf(&o, "tollgate_redis_up %d\n", have_redis ? up_workers : 0);
     header(&o, "redis_gateways", "gauge", "Gateways sharing the rate-limit budget (heartbeats).");
     tg_strbuf_printf(&o, "tollgate_redis_gateways %u\n", tg_ratelimit_redis_gateways());
+    header(&o, "redis_cluster_redirects_total", "counter",
+           "Redis Cluster replies followed to another node or tried again (MOVED, ASK, "
+           "TRYAGAIN).");
+    tg_strbuf_printf(&o, "tollgate_redis_cluster_redirects_total{kind=\"moved\"} %llu\n",
+                     (unsigned long long)moved);
+    tg_strbuf_printf(&o, "tollgate_redis_cluster_redirects_total{kind=\"ask\"} %llu\n",
+                     (unsigned long long)asked);
+    tg_strbuf_printf(&o, "tollgate_redis_cluster_redirects_total{kind=\"tryagain\"} %llu\n",
+                     (unsigned long long)tryagain);
+    header(&o, "redis_cluster_map_refreshes_total", "counter",
+           "Redis Cluster slot maps read (CLUSTER SLOTS), by result.");
+    tg_strbuf_printf(&o, "tollgate_redis_cluster_map_refreshes_total{result=\"ok\"} %llu\n",
+                     (unsigned long long)maps);
+    tg_strbuf_printf(&o, "tollgate_redis_cluster_map_refreshes_total{result=\"error\"} %llu\n",
+                     (unsigned long long)map_fails);
+    header(&o, "redis_cluster_split_takes_total", "counter",
+           "Rate-limit decisions whose keys were on several Redis Cluster slots.");
+    tg_strbuf_printf(&o, "tollgate_redis_cluster_split_takes_total %llu\n",
+                     (unsigned long long)split);
+    header(&o, "redis_cluster_partial_takes_total", "counter",
+           "Split decisions some of whose slots could not be decided (on_error took those).");
+    tg_strbuf_printf(&o, "tollgate_redis_cluster_partial_takes_total %llu\n",
+                     (unsigned long long)partial);
+    header(&o, "redis_cluster_slot_refunds_total", "counter",
+           "Slots whose spend was given back because another slot of the decision refused.");
+    tg_strbuf_printf(&o, "tollgate_redis_cluster_slot_refunds_total %llu\n",
+                     (unsigned long long)slot_refunds);
 
     /* Connections. */
     unsigned nl = tg_metrics_series_count(TG_METRICS_LISTENER);

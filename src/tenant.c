@@ -39,6 +39,7 @@
 #include "log.h"
 #include "ratelimit.h"
 #include "redis.h"
+#include "redis_cluster.h"
 #include "redis_sub.h"
 #include "resolver.h"
 #include "router.h"
@@ -477,9 +478,9 @@ struct entry {
 struct fetch {
     struct tg_list link; /* in d->parked or d->active, by `parked` */
     struct tg_tenant_dir *d;
-    struct entry *e;          /* NULL once detached */
-    struct tg_redis_cmd *cmd; /* NULL while parked */
-    struct tg_list waiters;   /* of tg_tenant_wait.link, first come first */
+    struct entry *e;                  /* NULL once detached */
+    struct tg_redis_cluster_cmd *cmd; /* NULL while parked */
+    struct tg_list waiters;           /* of tg_tenant_wait.link, first come first */
     bool parked;
     bool delivering; /* answered; its waiters are being called */
     bool domain;
@@ -530,9 +531,11 @@ struct tg_tenant_dir {
     size_t prefix_len;
     char *keybuf; /* prefix + KEY_MAX */
 
-    struct tg_redis *link;    /* commands */
-    struct tg_redis_sub *sub; /* invalidations */
-    ev_timer kick;            /* parked fetches, outside configure */
+    struct tg_redis_cluster *link; /* commands: one server, or a cluster's primaries */
+    struct tg_redis_sub *sub;      /* invalidations */
+    struct tg_redis_sub *sub_more; /* a cluster: also on the second seed (publishes reach
+                                      every node), so one node's loss loses none */
+    ev_timer kick;                 /* parked fetches, outside configure */
     /* Fetches waiting for names: the resolver thread wakes names_async;
      * names_timer ends the wait at names_by. Both run only while some
      * fetch waits. */
@@ -808,7 +811,7 @@ static void fetch_free(struct fetch *f)
     if (f->e != NULL)
         f->e->fetch = NULL;
     if (f->cmd != NULL)
-        tg_redis_cancel(f->cmd);
+        tg_redis_cluster_cancel(f->d->link, f->cmd);
     if (f->names_t != NULL) {
         /* After this returns the resolver calls nothing for it. */
         tg_resolver_group_notify(f->names_t->upstream.resolve, NULL, NULL);
@@ -820,16 +823,38 @@ static void fetch_free(struct fetch *f)
 
 static int on_fetch_reply(void *arg, const redisReply *reply);
 
+/* Writes PREFIX<key> into d->keybuf; returns the slot it hashes to (0 on
+ * one server). */
+static unsigned key_slot(struct tg_tenant_dir *d, const char *key, size_t klen)
+{
+    memcpy(d->keybuf, d->prefix, d->prefix_len);
+    memcpy(d->keybuf + d->prefix_len, key, klen);
+    return d->link != NULL ? tg_redis_cluster_slot(d->link, d->keybuf, d->prefix_len + klen) : 0;
+}
+
+/* Whether a fetch for `slot` is sent now (UP), waits for the first
+ * connection (CONNECTING: no server, or no cluster slot map, yet), or is
+ * answered without Redis (anything else: a cluster node connecting after
+ * a failover counts as down, its keys served stale meanwhile). */
+static enum tg_redis_state slot_state(const struct tg_tenant_dir *d, unsigned slot)
+{
+    if (d->link == NULL)
+        return TG_REDIS_DOWN;
+    if (tg_redis_cluster_state(d->link) == TG_REDIS_CONNECTING)
+        return TG_REDIS_CONNECTING;
+    enum tg_redis_state s = tg_redis_cluster_slot_state(d->link, slot);
+    return s == TG_REDIS_CONNECTING ? TG_REDIS_DOWN : s;
+}
+
 /* Sends a parked fetch. Returns false if the link refused it. */
 static bool fetch_send(struct tg_tenant_dir *d, struct fetch *f)
 {
     if (d->link == NULL)
         return false;
-    memcpy(d->keybuf, d->prefix, d->prefix_len);
-    memcpy(d->keybuf + d->prefix_len, f->key, f->klen);
+    unsigned slot = key_slot(d, f->key, f->klen);
     const char *argv[2] = {f->domain ? "GET" : "HGETALL", d->keybuf};
     size_t len[2] = {f->domain ? 3 : 7, d->prefix_len + f->klen};
-    f->cmd = tg_redis_command(d->link, 2, argv, len, 0, on_fetch_reply, f);
+    f->cmd = tg_redis_cluster_command(d->link, slot, 2, argv, len, 0, on_fetch_reply, f);
     if (f->cmd == NULL)
         return false;
     d->st.redis_lookups++;
@@ -866,7 +891,7 @@ static void resolve_key(struct tg_tenant_dir *d, const struct tg_config_tenants 
     d->st.misses++;
 
     struct fetch *f = e != NULL ? e->fetch : NULL;
-    enum tg_redis_state ls = d->link != NULL ? tg_redis_state(d->link) : TG_REDIS_DOWN;
+    enum tg_redis_state ls = slot_state(d, key_slot(d, key, klen));
     if (f == NULL && (ls == TG_REDIS_UP || ls == TG_REDIS_CONNECTING)) {
         bool created = e == NULL;
         if (created && (e = cache_insert(d, key, klen, h, domain)) == NULL)
@@ -1349,15 +1374,11 @@ static struct entry *from_shared(struct tg_tenant_dir *d, struct entry *e, bool 
 
 /* ---- activation: tenants placed on their first request ----------------------------- */
 
-/* Sends the activation message once per tenant for the whole fleet: the
- * first gateway to set PREFIXactivating:<id> (for activation.timeout)
- * appends {tenant, host, gateway} to the stream; the others only wait. */
-static const char ACTIVATE_LUA[] =
-    "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then "
-    "return redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', "
-    "'tenant', ARGV[3], 'host', ARGV[4], 'gateway', ARGV[1]) end "
-    "return false";
-
+/* The activation message, once per tenant for the whole fleet: the first
+ * gateway to set PREFIXactivating:<id> (NX, for activation.timeout) then
+ * appends {tenant, host, gateway} to the stream; the others only wait.
+ * Two commands, not a script: on a Redis Cluster the flag and the stream
+ * live in different slots. */
 #define ACTIVATING_TAG "activating:"
 #define ACTIVATE_STREAM "activate"
 /* Looked up again this often while it waits, in case a message is lost. */
@@ -1381,7 +1402,16 @@ static struct activation *activation_find(struct tg_tenant_dir *d, const char *i
     return NULL;
 }
 
-static int on_activate_reply(void *arg, const redisReply *reply)
+/* The message waiting for its flag: XADD's arguments. */
+#define XADD_ARGS 12
+struct activation_msg {
+    struct tg_tenant_dir *d;
+    size_t len[XADD_ARGS];
+    char *argv[XADD_ARGS];
+    char buf[];
+};
+
+static int on_xadd_reply(void *arg, const redisReply *reply)
 {
     (void)arg;
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
@@ -1391,34 +1421,69 @@ static int on_activate_reply(void *arg, const redisReply *reply)
     return 0;
 }
 
+/* The flag was ours (OK): this gateway sends the message. */
+static int on_flag_reply(void *arg, const redisReply *reply)
+{
+    struct activation_msg *m = arg;
+    int rc = 0;
+    if (reply != NULL && reply->type == REDIS_REPLY_STATUS) {
+        struct tg_tenant_dir *d = m->d;
+        unsigned slot = tg_redis_cluster_slot(d->link, m->argv[1], m->len[1]);
+        if (tg_redis_cluster_command(d->link, slot, XADD_ARGS, (const char *const *)m->argv, m->len,
+                                     0, on_xadd_reply, NULL) != NULL)
+            d->st.activations++;
+    } else if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        tg_log_warn("tenants: the activation flag was refused: %.200s", reply->str);
+        rc = -1;
+    }
+    free(m);
+    return rc;
+}
+
 static void activation_send(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg,
                             const struct activation *a, const char *host)
 {
-    if (d->link == NULL || tg_redis_state(d->link) != TG_REDIS_UP)
+    if (d->link == NULL || tg_redis_cluster_state(d->link) != TG_REDIS_UP)
         return; /* the next look-up after the timeout asks again */
     char flag[KEY_MAX + 64], stream[512], ms[24];
     int fn = snprintf(flag, sizeof(flag), "%s%s%.*s", d->prefix, ACTIVATING_TAG, (int)a->n, a->id);
-    int sn = cfg->activation.stream != NULL
-                 ? snprintf(stream, sizeof(stream), "%s", cfg->activation.stream)
-                 : snprintf(stream, sizeof(stream), "%s%s", d->prefix, ACTIVATE_STREAM);
-    int mn = snprintf(ms, sizeof(ms), "%lld", (long long)cfg->activation.timeout_ms);
+    if (cfg->activation.stream != NULL)
+        snprintf(stream, sizeof(stream), "%s", cfg->activation.stream);
+    else
+        snprintf(stream, sizeof(stream), "%s%s", d->prefix, ACTIVATE_STREAM);
+    snprintf(ms, sizeof(ms), "%lld", (long long)cfg->activation.timeout_ms);
     const char *gw = d->gateway != NULL ? d->gateway : "tollgate";
     if (host == NULL)
         host = "";
-    const char *argv[] = {"EVAL", ACTIVATE_LUA, "2", flag, stream, gw, ms, a->id, host};
-    size_t len[] = {4,           sizeof(ACTIVATE_LUA) - 1,
-                    1,           (size_t)fn,
-                    (size_t)sn,  strlen(gw),
-                    (size_t)mn,  a->n,
-                    strlen(host)};
-    if (tg_redis_command(d->link, 9, argv, len, 0, on_activate_reply, NULL) != NULL)
-        d->st.activations++;
+    const char *xadd[XADD_ARGS] = {"XADD",   stream, "MAXLEN", "~",  "10000",   "*",
+                                   "tenant", a->id,  "host",   host, "gateway", gw};
+    size_t total = 0;
+    for (int i = 0; i < XADD_ARGS; i++)
+        total += (i == 7 ? a->n : strlen(xadd[i])) + 1;
+    struct activation_msg *m = malloc(sizeof(*m) + total);
+    if (m == NULL)
+        return;
+    m->d = d;
+    char *p = m->buf;
+    for (int i = 0; i < XADD_ARGS; i++) {
+        size_t n = i == 7 ? a->n : strlen(xadd[i]);
+        memcpy(p, xadd[i], n);
+        p[n] = '\0';
+        m->argv[i] = p;
+        m->len[i] = n;
+        p += n + 1;
+    }
+    const char *setv[] = {"SET", flag, gw, "NX", "PX", ms};
+    size_t setl[] = {3, (size_t)fn, strlen(gw), 2, 2, strlen(ms)};
+    unsigned slot = tg_redis_cluster_slot(d->link, flag, (size_t)fn);
+    if (tg_redis_cluster_command(d->link, slot, 6, setv, setl, 0, on_flag_reply, m) == NULL)
+        free(m);
 }
 
 /* Starts a fetch of `id` (the cached answer is due), unless one runs. */
 static void refetch(struct tg_tenant_dir *d, const char *id, size_t n)
 {
-    enum tg_redis_state ls = d->link != NULL ? tg_redis_state(d->link) : TG_REDIS_DOWN;
+    enum tg_redis_state ls = d->link != NULL ? tg_redis_cluster_state(d->link) : TG_REDIS_DOWN;
     if (ls != TG_REDIS_UP && ls != TG_REDIS_CONNECTING)
         return;
     uint64_t h = key_hash(d, id, n);
@@ -1763,13 +1828,12 @@ static int on_fetch_reply(void *arg, const redisReply *reply)
  * UNAVAILABLE) when it is down or gone, leaves them while it connects. */
 static void run_parked(struct tg_tenant_dir *d)
 {
-    enum tg_redis_state ls = d->link != NULL ? tg_redis_state(d->link) : TG_REDIS_DOWN;
-    if (ls == TG_REDIS_CONNECTING)
+    if (d->link != NULL && tg_redis_cluster_state(d->link) == TG_REDIS_CONNECTING)
         return;
     struct tg_list *n;
     while (!d->closing && (n = tg_list_first(&d->parked)) != NULL) {
         struct fetch *f = fetch_of(n);
-        if (ls == TG_REDIS_UP && fetch_send(d, f))
+        if (slot_state(d, key_slot(d, f->key, f->klen)) == TG_REDIS_UP && fetch_send(d, f))
             continue;
         fl_move(d, f, false);
         complete(d, f, OUT_ERROR, NULL, NULL);
@@ -1899,25 +1963,40 @@ static int start_links(struct tg_tenant_dir *d, const struct tg_config_tenants *
     opt.name = "tenants";
     opt.on_state = on_link_state;
     opt.arg = d;
-    d->link = tg_redis_new(d->loop, &cfg->redis, &opt);
+    d->link = tg_redis_cluster_new(d->loop, &cfg->redis, &opt);
     char *channel = channel_name(d);
     struct tg_redis_sub_options sopt = sub_tuning;
     sopt.name = "tenants-sub";
     sopt.on_message = on_invalidate;
     sopt.on_state = on_sub_state;
     sopt.arg = d;
+    /* A cluster's publishes reach every node: subscribed on its first two
+     * seeds, a message lost with one node arrives through the other (an
+     * invalidation twice is harmless). */
+    struct tg_config_redis on = cfg->redis;
+    on.cluster = NULL;
+    on.ncluster = 0;
+    if (cfg->redis.ncluster > 0)
+        on.address = cfg->redis.cluster[0];
     if (channel != NULL)
-        d->sub = tg_redis_sub_new(d->loop, &cfg->redis, channel, &sopt);
+        d->sub = tg_redis_sub_new(d->loop, &on, channel, &sopt);
+    bool more = cfg->redis.ncluster > 1;
+    if (channel != NULL && more) {
+        on.address = cfg->redis.cluster[1];
+        d->sub_more = tg_redis_sub_new(d->loop, &on, channel, &sopt);
+    }
     free(channel);
-    return d->link != NULL && d->sub != NULL ? 0 : -1;
+    return d->link != NULL && d->sub != NULL && (!more || d->sub_more != NULL) ? 0 : -1;
 }
 
 static void stop_links(struct tg_tenant_dir *d)
 {
-    tg_redis_free(d->link);
+    tg_redis_cluster_free(d->link);
     d->link = NULL;
     tg_redis_sub_free(d->sub);
     d->sub = NULL;
+    tg_redis_sub_free(d->sub_more);
+    d->sub_more = NULL;
 }
 
 /* Takes every fetch off the link (its command cancelled) and parks it, to
@@ -1932,7 +2011,7 @@ static void repark_all(struct tg_tenant_dir *d)
         if (f->delivering || f->names_t != NULL) /* answered; waits for names only */
             continue;
         if (f->cmd != NULL) {
-            tg_redis_cancel(f->cmd);
+            tg_redis_cluster_cancel(d->link, f->cmd);
             f->cmd = NULL;
         }
         fl_move(d, f, true);
@@ -2012,21 +2091,17 @@ void tg_tenant_dir_configure(struct tg_tenant_dir *d, const struct tg_config_ten
             d->redis = redis;
             if (!redis) {
                 stop_links(d);
-            } else if (d->link == NULL) {
+            } else {
+                /* New links (their commands were cancelled above). */
+                stop_links(d);
                 if (start_links(d, cfg) < 0)
                     tg_log_error("tenants: out of memory starting the "
                                  "Redis links");
-            } else {
-                char *channel = channel_name(d);
-                tg_redis_configure(d->link, rc);
-                if (channel != NULL && d->sub != NULL)
-                    tg_redis_sub_configure(d->sub, rc, channel);
-                free(channel);
             }
             kick(d);
         }
     } else if (d->link != NULL) {
-        tg_redis_configure(d->link, rc); /* the command timeout */
+        tg_redis_cluster_configure(d->link, rc); /* the command timeout */
     }
 
     if (cfg != d->cfg) {
@@ -2089,7 +2164,7 @@ void tg_tenant_dir_free(struct tg_tenant_dir *d)
         for (struct tg_list *n = lists[i]->next; n != lists[i]; n = n->next) {
             struct fetch *f = fetch_of(n);
             if (f->cmd != NULL) {
-                tg_redis_cancel(f->cmd);
+                tg_redis_cluster_cancel(d->link, f->cmd);
                 f->cmd = NULL;
             }
         }
@@ -2189,7 +2264,7 @@ void tg_tenant_dir_gateway(struct tg_tenant_dir *d, const char *gateway_id)
 
 const struct tg_redis *tg_tenant_dir_link(const struct tg_tenant_dir *d)
 {
-    return d->redis ? d->link : NULL;
+    return d->redis && d->link != NULL ? tg_redis_cluster_single(d->link) : NULL;
 }
 
 void tg_tenant_dir_stats(const struct tg_tenant_dir *d, struct tg_tenant_stats *out)

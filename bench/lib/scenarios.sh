@@ -255,16 +255,24 @@ scenario_7() { run_wrk 7 "$1" "http://127.0.0.1:$HTTP_PORT/1k"; }
 # - EVALSHA calls (one per request's decision);
 # - commands, from commandstats, where Redis also counts the TIME/GET/SET a
 #   script runs.
-redis_total_cmds() {
-    redis-cli -p "$REDIS_PORT" INFO stats 2>/dev/null | tr -d '\r' | awk -F: '/^total_commands_processed:/ {print $2}'
+# REDIS_PORTS names the servers counted (scenario 8: the one Redis; 18: the
+# cluster's three primaries, summed).
+REDIS_PORTS=$REDIS_PORT
+redis_sum_stat() {
+    local field=$1 p
+    for p in $REDIS_PORTS; do
+        redis-cli -p "$p" INFO stats 2>/dev/null | tr -d '\r' | awk -F: -v f="$field" '$1 == f {print $2}'
+    done | awk '{ s += $1 } END { print s + 0 }'
 }
-redis_total_reads() {
-    redis-cli -p "$REDIS_PORT" INFO stats 2>/dev/null | tr -d '\r' | awk -F: '/^total_reads_processed:/ {print $2}'
-}
+redis_total_cmds() { redis_sum_stat total_commands_processed; }
+redis_total_reads() { redis_sum_stat total_reads_processed; }
 # "name calls" per command, INFO excluded, for the per-command breakdown.
 redis_calls_by_cmd() {
-    redis-cli -p "$REDIS_PORT" INFO commandstats 2>/dev/null | tr -d '\r' | awk -F'[:=,]' '
-        /^cmdstat_/ && $1 != "cmdstat_info" { sub("cmdstat_", "", $1); print $1, $3 }'
+    local p
+    for p in $REDIS_PORTS; do
+        redis-cli -p "$p" INFO commandstats 2>/dev/null | tr -d '\r' | awk -F'[:=,]' '
+            /^cmdstat_/ && $1 != "cmdstat_info" { sub("cmdstat_", "", $1); print $1, $3 }'
+    done | awk '{ n[$1] += $2 } END { for (c in n) print c, n[c] }'
 }
 REDIS_C0=0 REDIS_T0=0 REDIS_R0=0 REDIS_BY_CMD0=""
 redis_mark() {
@@ -274,26 +282,46 @@ redis_mark() {
     REDIS_R0=$(redis_total_reads)
 }
 
-scenario_8() {
-    local sys=$1 c1 t1
-    if ! redis-cli -p "$REDIS_PORT" PING > /dev/null 2>&1; then
-        note 8 "$sys" "redis-server not answering on :$REDIS_PORT"
-        record 8 rps "$sys" ""; return 1
-    fi
-    BEFORE_RUN=redis_mark run_wrk 8 "$sys" "http://127.0.0.1:$HTTP_PORT/1k" || return 1
+# Scenario $1's run through the Redis servers REDIS_PORTS, and its Redis
+# figures per request.
+redis_scenario() {
+    local scen=$1 sys=$2 c1 p n
+    for p in $REDIS_PORTS; do
+        if ! redis-cli -p "$p" PING > /dev/null 2>&1; then
+            note "$scen" "$sys" "redis-server not answering on :$p"
+            record "$scen" rps "$sys" ""; return 1
+        fi
+    done
+    BEFORE_RUN=redis_mark run_wrk "$scen" "$sys" "http://127.0.0.1:$HTTP_PORT/1k" || return 1
     local by1 r1
     r1=$(redis_total_reads)
     by1=$(redis_calls_by_cmd)
     c1=$(awk '{ s += $2 } END { print s + 0 }' <<< "$by1")
     # Which commands, per request: tells the tollgate developers what to batch.
-    note 8 "$sys" "Redis commands per request: $( { sed 's/^/B /' <<< "$REDIS_BY_CMD0"; sed 's/^/A /' <<< "$by1"; } |
+    note "$scen" "$sys" "Redis commands per request: $( { sed 's/^/B /' <<< "$REDIS_BY_CMD0"; sed 's/^/A /' <<< "$by1"; } |
         awk -v n="$WRK_REQUESTS" '$1 == "B" { before[$2] = $3; next }
             { d = $3 - before[$2]; if (d / n >= 0.005) printf "%s %.2f  ", $2, d / n }')"
-    record 8 redis_cmds_per_req "$sys" "$(awk -v d=$((c1 - REDIS_C0)) -v n="$WRK_REQUESTS" 'BEGIN {printf "%.3f", d / n}')"
-    # the two INFO calls between the readings each cost one read
-    record 8 redis_trips_per_req "$sys" "$(awk -v d=$((r1 - REDIS_R0 - 2)) -v n="$WRK_REQUESTS" 'BEGIN {printf "%.3f", d / n}')"
-    record 8 redis_evalsha_per_req "$sys" "$( { sed 's/^/B /' <<< "$REDIS_BY_CMD0"; sed 's/^/A /' <<< "$by1"; } |
+    record "$scen" redis_cmds_per_req "$sys" "$(awk -v d=$((c1 - REDIS_C0)) -v n="$WRK_REQUESTS" 'BEGIN {printf "%.3f", d / n}')"
+    # the two INFO calls between the readings each cost one read, per server
+    n=$(wc -w <<< "$REDIS_PORTS")
+    record "$scen" redis_trips_per_req "$sys" "$(awk -v d=$((r1 - REDIS_R0 - 2 * n)) -v n="$WRK_REQUESTS" 'BEGIN {printf "%.3f", d / n}')"
+    record "$scen" redis_evalsha_per_req "$sys" "$( { sed 's/^/B /' <<< "$REDIS_BY_CMD0"; sed 's/^/A /' <<< "$by1"; } |
         awk -v n="$WRK_REQUESTS" '$1 == "B" { before[$2] = $3; next } $2 == "evalsha" { printf "%.3f", ($3 - before[$2]) / n }')"
+}
+
+scenario_8() { REDIS_PORTS=$REDIS_PORT redis_scenario 8 "$1"; }
+
+# --- 18: rate limiting through a Redis Cluster ------------------------------------
+# Scenario 8 on three primaries (bench/run's start_cluster). The policy's
+# key is the client address, the same for every request: one slot, so one
+# primary does the work, as a hot key would; the figures sum all three.
+scenario_18() {
+    local sys=$1
+    if [ "$CLUSTER_UP" != 1 ]; then
+        note 18 "$sys" "the Redis Cluster did not start (see bench/work/cluster-*.log)"
+        record 18 rps "$sys" ""; return 1
+    fi
+    REDIS_PORTS=$CLUSTER_PORTS redis_scenario 18 "$sys"
 }
 
 # --- 9: large bodies ------------------------------------------------------------------

@@ -501,6 +501,73 @@ TEST(every_default)
     tg_config_unref(c);
 }
 
+/* Issue 22: rate_limit.redis.cluster lists Redis Cluster seed nodes
+ * instead of an address; tenants.redis inherits them unless it names an
+ * address; TLS state (one server) is never put on a cluster. */
+TEST(redis_cluster_seeds)
+{
+    char err[4096];
+    const char *y = "listen: [127.0.0.1:8080]\n"
+                    "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+                    "rate_limit:\n"
+                    "  redis: {cluster: [127.0.0.1:7000, '[::1]:7001'], timeout: 20ms}\n"
+                    "  policies: {p: {rate: 1/s, store: redis}}\n"
+                    "tenants: {directory: redis}\n"
+                    "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+    struct tg_config *c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c == NULL) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    const struct tg_config_redis *r = &c->rate_limit.redis;
+    CHECK_EQ_INT(r->ncluster, 2);
+    CHECK_EQ_STR(r->cluster[0], "127.0.0.1:7000");
+    CHECK_EQ_STR(r->cluster[1], "[::1]:7001");
+    CHECK_EQ_INT(r->timeout_ms, 20);
+    CHECK_EQ_INT(c->tenants.redis.ncluster, 2);
+    CHECK_EQ_STR(c->tenants.redis.key_prefix, "tollgate:tenant:");
+    CHECK(!c->tls.fleet); /* no implicit TLS fleet on a cluster */
+    tg_config_unref(c);
+
+    /* An address in tenants.redis replaces the inherited cluster. */
+    y = "listen: [127.0.0.1:8080]\n"
+        "upstreams: {app: {servers: [127.0.0.1:9000]}}\n"
+        "rate_limit: {redis: {cluster: [127.0.0.1:7000]}}\n"
+        "tenants: {directory: redis, redis: {address: 127.0.0.1:6390}}\n"
+        "sites: [{hosts: [a.test], routes: [{path: /, upstream: app}]}]\n";
+    c = load(y, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c != NULL) {
+        CHECK_EQ_INT(c->tenants.redis.ncluster, 0);
+        CHECK(c->tenants.redis.cluster == NULL);
+        CHECK_EQ_STR(c->tenants.redis.address, "127.0.0.1:6390");
+        tg_config_unref(c);
+    }
+
+    expect_error("rate_limit: {redis: {address: 127.0.0.1:6379, cluster: [127.0.0.1:7000]}}\n",
+                 "t.yaml:1:56: ", "cluster, address and sentinels exclude each other");
+    expect_error("rate_limit: {redis: {sentinels: ['127.0.0.1:26379'], master: m, "
+                 "cluster: [127.0.0.1:7000]}}\n",
+                 "t.yaml:1:", "cluster, address and sentinels exclude each other");
+    expect_error("rate_limit: {redis: {cluster: []}}\n",
+                 "t.yaml:1:31: ", "cluster needs 1 to 64 seed nodes");
+    expect_error("rate_limit: {redis: {cluster: 127.0.0.1:7000}}\n",
+                 "t.yaml:1:31: ", "cluster must be a list");
+    expect_error("rate_limit:\n  redis:\n    cluster: [127.0.0.1:7000, 127.0.0.1]\n",
+                 "t.yaml:3:31: ", "redis cluster node:");
+    expect_error("rate_limit:\n  redis:\n    cluster: [127.0.0.1:99999]\n",
+                 "t.yaml:3:15: ", "bad port");
+    expect_error("rate_limit:\n  redis:\n    cluster: ['unix:/run/r.sock']\n",
+                 "t.yaml:3:15: ", "redis cluster node:");
+    expect_error("rate_limit:\n  redis:\n    cluster: [{a: 1}]\n",
+                 "t.yaml:3:15: ", "must be a scalar");
+    expect_error("rate_limit:\n  redis: {cluster: [127.0.0.1:7000], db: 3}\n",
+                 "t.yaml:2:42: ", "Redis Cluster has only db 0");
+    expect_error("tls:\n  redis: {cluster: [127.0.0.1:7000]}\n",
+                 "t.yaml:2:20: ", "TLS state needs one Redis");
+}
+
 /* Every schema table's defaults go through their own parsers cleanly,
  * within their bounds (a default that did not would fail every load). */
 TEST(schema_defaults_parse)
@@ -1915,6 +1982,7 @@ TEST(server_names)
 int main(void)
 {
     RUN(schema_defaults_parse);
+    RUN(redis_cluster_seeds);
     RUN(compress_key);
     RUN(tenant_activation_keys);
     RUN(admin_tenant_series);

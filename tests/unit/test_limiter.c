@@ -201,8 +201,10 @@ struct fake_store {
     int64_t tat[16];
     char key[16][64];
     int nkeys;
-    bool fail;   /* take: fault at once */
-    int pending; /* calls waiting for an answer */
+    bool fail;    /* take: fault at once */
+    int fail_key; /* answer: this key of the call (index + 1) could not be
+                     decided (a Redis Cluster node down); 0: none */
+    int pending;  /* calls waiting for an answer */
     tg_ratelimit_store_done done;
     void *arg;
     struct tg_ratelimit_key keys[8];
@@ -251,6 +253,10 @@ static void fake_answer(struct fake_store *f)
     for (size_t i = 0; i < f->n; i++) {
         int64_t *t = fake_tat(f, &f->keys[i]);
         before[i] = *t;
+        if ((int)i + 1 == f->fail_key) {
+            res[i] = (struct tg_ratelimit_result){.store_failed = true};
+            continue;
+        }
         all &= tg_ratelimit_gcra(t, f->now, &f->keys[i].params, f->keys[i].cost, &res[i]);
     }
     if (!all || f->peek)
@@ -477,6 +483,61 @@ TEST(a_failed_store_falls_back_to_the_share)
     harness_free(&h);
 }
 
+/* Issue 22: a Redis Cluster decides some keys of a request and cannot
+ * reach the node of another. The decided ones stand; on_error (local)
+ * decides the other alone, and when it refuses, what the decided ones
+ * spent is given back. */
+TEST(a_partial_answer_falls_back_for_the_failed_keys_only)
+{
+    struct harness h;
+    if (!harness_init(&h,
+                      "    u: {rate: 1/h, burst: 5, store: redis}\n"
+                      "    t: {rate: 1/h, burst: 2, store: redis}\n",
+                      "[u, t]"))
+        return;
+    h.fake.fail_key = 2; /* t's node is down */
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ_INT(decide(&h, ""), 1);
+        fake_answer(&h.fake);
+        CHECK(h.lim.store_fallback);
+        CHECK_EQ_INT(h.lim.limited, i == 2); /* t's share: 2 */
+        CHECK_EQ_STR(h.lim.outcome, i == 2 ? "limited" : "allowed");
+    }
+    CHECK_EQ_INT(h.env.fallbacks, 3);
+    CHECK_EQ_INT(h.fake.refunds, 1); /* the third one's spend on u */
+    /* u was decided by the store all along: 2 spent, 3 left. */
+    h.fake.fail_key = 0;
+    CHECK_EQ_INT(decide(&h, ""), 1);
+    fake_answer(&h.fake);
+    CHECK(!h.lim.limited && !h.lim.store_fallback);
+    CHECK_EQ_INT(h.lim.items[0].key.result.remaining, 2);
+    harness_free(&h);
+}
+
+/* A decided key that refuses settles it: the failed one's on_error is not
+ * asked (it could not change the answer), and the answer is a 429, not
+ * the 503 on_error: deny would give. */
+TEST(a_partial_refusal_needs_no_fallback)
+{
+    struct harness h;
+    if (!harness_init(&h,
+                      "    u: {rate: 1/h, burst: 1, store: redis}\n"
+                      "    t: {rate: 1/h, burst: 5, store: redis}\n",
+                      "[u, t]"))
+        return;
+    h.fake.fail_key = 2;
+    CHECK_EQ_INT(decide(&h, ""), 1);
+    fake_answer(&h.fake);
+    CHECK(!h.lim.limited);
+    CHECK_EQ_INT(h.env.fallbacks, 1);
+    CHECK_EQ_INT(decide(&h, ""), 1);
+    fake_answer(&h.fake);
+    CHECK(h.lim.limited && !h.lim.store_error);
+    CHECK_EQ_STR(h.lim.outcome, "limited");
+    CHECK_EQ_INT(h.env.fallbacks, 1);
+    harness_free(&h);
+}
+
 int main(void)
 {
     RUN(escapes_separators_and_markers);
@@ -490,5 +551,7 @@ int main(void)
     RUN(stores_that_answer_later);
     RUN(failure_reservations_in_a_far_store);
     RUN(a_failed_store_falls_back_to_the_share);
+    RUN(a_partial_answer_falls_back_for_the_failed_keys_only);
+    RUN(a_partial_refusal_needs_no_fallback);
     return TEST_SUMMARY();
 }

@@ -90,7 +90,7 @@ static long long calls_of(const char *name)
 static bool dir_ready(void *arg)
 {
     struct tg_tenant_dir *d = arg;
-    return d->link != NULL && tg_redis_state(d->link) == TG_REDIS_UP && d->sub != NULL &&
+    return d->link != NULL && tg_redis_cluster_state(d->link) == TG_REDIS_UP && d->sub != NULL &&
            tg_redis_sub_subscribed(d->sub);
 }
 
@@ -1134,7 +1134,7 @@ TEST(while_connecting)
     cmd("HSET tg:early servers 127.0.0.1:8001");
     struct tg_tenant_dir *d = tg_tenant_dir_new(loop, &c->tenants);
     /* The link is not up yet: the look-up waits for it. */
-    CHECK(tg_redis_state(d->link) == TG_REDIS_CONNECTING);
+    CHECK(tg_redis_cluster_state(d->link) == TG_REDIS_CONNECTING);
     struct tg_tenant *t = NULL;
     bool waited;
     CHECK_EQ_INT(look(d, &c->tenants, "early", &t, &waited), TG_TENANT_FOUND);
@@ -1234,7 +1234,7 @@ TEST(slow_redis)
 static bool link_down(void *arg)
 {
     struct tg_tenant_dir *d = arg;
-    return tg_redis_state(d->link) != TG_REDIS_UP && !tg_redis_sub_subscribed(d->sub);
+    return tg_redis_cluster_state(d->link) != TG_REDIS_UP && !tg_redis_sub_subscribed(d->sub);
 }
 
 TEST(redis_stopped_then_restarted)
