@@ -500,8 +500,12 @@ def test_upload_through_tls_never_stalls_on_buffered_plaintext(tollgate, backend
     b = backend(slow_sink)
     b.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     port = free_port()
+    # The access log (every field, flushed at once) says, when the rare
+    # wrong answer comes, whether this gateway served it and from where.
     tg = tollgate(tls_config(port, b.port, [pki.leaf("a", ["a.test"])],
-                             extra="client:\n  body_timeout: 30s\n  buffer_size: 4KiB\n"))
+                             extra="client:\n  body_timeout: 30s\n  buffer_size: 4KiB\n"
+                                   "log:\n  access: stdout\n  access_fields: all\n"
+                                   "  access_flush: 100ms\n"))
     body = os.urandom(size)
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -526,8 +530,10 @@ def test_upload_through_tls_never_stalls_on_buffered_plaintext(tollgate, backend
         # the gateway's log say which.
         why = (out[:1200], b.connections, tg.stderr()[-3000:])
         # Printed whole (an assertion message is cut): shown with a failure.
+        time.sleep(0.2)  # the access line is written within access_flush
         print("answer:", out[:1200], "\nbackend connections:", b.connections,
-              "\ngateway port:", port, "backend port:", b.port, "\nlog:", why[2])
+              "\ngateway port:", port, "backend port:", b.port, "\nlog:", why[2],
+              "\naccess log:", tg.stdout()[-4000:])
         assert status_of(out) == 200, why
         assert out.split(b"\r\n\r\n", 1)[1] == ("%d %s" % (size, hashlib.sha256(body).hexdigest())).encode(), why
         assert elapsed < 10 * SLOW, elapsed
