@@ -311,7 +311,7 @@ def titles(meta):
         14: f"cache hits, 100 files of 8 KiB, {meta['conns']} conns",
         15: f"{meta.get('metrics_tenants', '?')} tenants by Host, per-tenant metrics off",
         16: f"{meta.get('metrics_tenants', '?')} tenants by Host, per-tenant metrics on, "
-            "every request traced",
+            "tracing on (1% sampled, the default)",
         17: "scenario 1 with every request traced",
         18: "rate limit on every request, Redis Cluster (3 primaries)",
     }

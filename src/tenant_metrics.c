@@ -66,7 +66,11 @@ struct tg_tenant_metrics {
     struct slot *slots;
     struct tg_tenant_series other;
     uint64_t evictions;
+    uint64_t rng; /* xorshift state: which newcomers take a slot */
 };
+
+/* Tests make every newcomer take a slot (plain space-saving). */
+static bool admit_always;
 
 struct tg_tenant_metrics *tg_tenant_metrics_new(void)
 {
@@ -76,6 +80,7 @@ struct tg_tenant_metrics *tg_tenant_metrics_new(void)
     if (tm == NULL)
         return NULL;
     tm->capacity = limit * 2;
+    tm->rng = (hkey[0] ^ (uint64_t)(uintptr_t)tm) | 1;
     uint32_t nchains = 1;
     while (nchains < tm->capacity * 2)
         nchains <<= 1;
@@ -210,6 +215,26 @@ static uint32_t add_new(struct tg_tenant_metrics *tm, uint64_t h, const uint64_t
     return idx;
 }
 
+/* A tenant not tracked, the table full: does it take the least busy
+ * slot? With probability 1 / (that slot's weight + 1) (the random
+ * admission policy of Ben Basat et al., 2017): a tenant with real traffic
+ * gets in after about as many requests as the least busy one has had,
+ * while a long tail of tenants that come once (100,000 round robin) does
+ * not evict on every request. Not admitted, the request counts under
+ * "_other". */
+static bool admitted(struct tg_tenant_metrics *tm)
+{
+    if (admit_always)
+        return true;
+    uint64_t x = tm->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    tm->rng = x;
+    uint64_t least = tm->slots[tm->heap[0]].weight;
+    return x % (least + 1) == 0;
+}
+
 void tg_tenant_metrics_begin(struct tg_tenant_metrics *tm, const char *id,
                              struct tg_tenant_mark *mark)
 {
@@ -234,7 +259,15 @@ void tg_tenant_metrics_begin(struct tg_tenant_metrics *tm, const char *id,
         STORE(sl->weight, sl->weight + 1);
         heap_down(tm, sl->heap);
     } else {
-        idx = tm->used < tm->capacity ? add_new(tm, h, words) : take_least(tm, h, words);
+        if (tm->used < tm->capacity) {
+            idx = add_new(tm, h, words);
+        } else if (admitted(tm)) {
+            idx = take_least(tm, h, words);
+        } else {
+            STORE(tm->other.active, tm->other.active + 1);
+            mark->slot = MARK_OTHER;
+            return;
+        }
     }
     struct slot *sl = &tm->slots[idx];
     STORE(sl->s.active, sl->s.active + 1);

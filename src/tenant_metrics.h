@@ -3,9 +3,12 @@
  * A platform may host 100k tenants; one Prometheus series set per tenant
  * would make every scrape megabytes and every dashboard useless. Each
  * worker keeps full counters for at most `capacity` tenants, chosen by
- * traffic with the space-saving algorithm (Metwally et al. 2005): a tenant
- * not tracked takes the slot of the least busy one, whose counts move to
- * the worker's "other" sums. The scrape merges the workers' slots and
+ * traffic with the space-saving algorithm (Metwally et al. 2005) and its
+ * random admission policy (Ben Basat et al. 2017): a tenant not tracked
+ * takes the slot of the least busy one with probability 1 / (that one's
+ * weight + 1), and that one's counts move to the worker's "other" sums;
+ * otherwise the request counts under "other". So a long tail of tenants
+ * that come once costs a hash look-up, not an eviction, per request. The scrape merges the workers' slots and
  * exports at most admin.tenant_series tenants by traffic; everything else
  * is summed as tenant="_other". The scrape's cost is bounded by the slots
  * (workers x capacity), never by the number of tenants.

@@ -22,6 +22,7 @@
 #include "codec.h"
 #include "config.h"
 #include "log.h"
+#include "str.h"
 
 static struct {
     pthread_mutex_t lock;
@@ -97,10 +98,28 @@ static void attr_str(struct tg_strbuf *b, const char *key, const char *v)
     put_lit(b, "}}");
 }
 
-/* OTLP/JSON writes 64-bit integers as strings (the protobuf JSON mapping). */
+static void put_i64(struct tg_strbuf *b, long long v)
+{
+    char d[24];
+    if (v < 0) {
+        put_lit(b, "-");
+        tg_strbuf_put(b, d, tg_str_u64(d, (unsigned long long)0 - (unsigned long long)v));
+    } else {
+        tg_strbuf_put(b, d, tg_str_u64(d, (unsigned long long)v));
+    }
+}
+
+/* OTLP/JSON writes 64-bit integers as strings (the protobuf JSON mapping).
+ * No printf here or below: with every request sampled, formatting was the
+ * exporter's main cost. */
 static void attr_int(struct tg_strbuf *b, const char *key, long long v)
 {
-    tg_strbuf_printf(b, "%s{\"key\":\"%s\",\"value\":{\"intValue\":\"%lld\"}}", sep(b), key, v);
+    put_lit(b, sep(b));
+    put_lit(b, "{\"key\":\"");
+    put_lit(b, key);
+    put_lit(b, "\",\"value\":{\"intValue\":\"");
+    put_i64(b, v);
+    put_lit(b, "\"}}");
 }
 
 static void span_json(struct tg_strbuf *b, const struct tg_trace_span *s)
@@ -109,18 +128,32 @@ static void span_json(struct tg_strbuf *b, const struct tg_trace_span *s)
     tid[tg_hex_encode(tid, s->trace_id, 16, false)] = '\0';
     sid[tg_hex_encode(sid, s->span_id, 8, false)] = '\0';
     pid[tg_hex_encode(pid, s->parent_id, 8, false)] = '\0';
-    tg_strbuf_printf(b,
-                     "{\"traceId\":\"%s\",\"spanId\":\"%s\",\"parentSpanId\":\"%s\",\"name\":", tid,
-                     sid, s->has_parent ? pid : "");
+    put_lit(b, "{\"traceId\":\"");
+    tg_strbuf_put(b, tid, 32);
+    put_lit(b, "\",\"spanId\":\"");
+    tg_strbuf_put(b, sid, 16);
+    put_lit(b, "\",\"parentSpanId\":\"");
+    if (s->has_parent)
+        tg_strbuf_put(b, pid, 16);
+    put_lit(b, "\",\"name\":");
     /* Semantic conventions: "{method} {route}", or the method alone when
      * no route matched (a path would make names unbounded). */
     char name[160];
-    snprintf(name, sizeof(name), "%s%s%s", s->method, s->route[0] ? " " : "", s->route);
+    size_t mn = strnlen(s->method, sizeof(name) - 1), o = mn;
+    memcpy(name, s->method, mn);
+    if (s->route[0] != '\0' && o + 1 < sizeof(name)) {
+        name[o++] = ' ';
+        size_t rn = strnlen(s->route, sizeof(name) - 1 - o);
+        memcpy(name + o, s->route, rn);
+        o += rn;
+    }
+    name[o] = '\0';
     tg_strbuf_json(b, name);
-    tg_strbuf_printf(b,
-                     ",\"kind\":2,\"startTimeUnixNano\":\"%llu\",\"endTimeUnixNano\":\"%llu\","
-                     "\"attributes\":[",
-                     (unsigned long long)s->start_ns, (unsigned long long)s->end_ns);
+    put_lit(b, ",\"kind\":2,\"startTimeUnixNano\":\"");
+    put_i64(b, (long long)s->start_ns);
+    put_lit(b, "\",\"endTimeUnixNano\":\"");
+    put_i64(b, (long long)s->end_ns);
+    put_lit(b, "\",\"attributes\":[");
     attr_str(b, "http.request.method", s->method);
     attr_str(b, "http.route", s->route);
     attr_int(b, "http.response.status_code", s->status);

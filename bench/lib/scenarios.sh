@@ -368,8 +368,8 @@ scenario_10() {
 # 15 and 16: $METRICS_TENANTS tenants by Host, round-robin (every tenant
 # new to the per-tenant table as often as it can be: its worst case).
 # 15 with per-tenant metrics off (admin.tenant_series: 0), 16 with them on
-# (the default 500) and every request traced (sample_ratio 1.0, spans sent
-# to the backend's /v1/traces). After 16's run, /metrics is scraped 20
+# (the default 500) and tracing on as shipped (sample_ratio 0.01, spans
+# sent to the backend's /v1/traces). After 16's run, /metrics is scraped 20
 # times: the median time and the page's size at that many tenants.
 # 17: scenario 1 with every request traced, against scenario 1.
 scenario_15() {

@@ -23,8 +23,8 @@
 #          200 1d), haproxy a "cache" section, tollgate "cache" on the route
 #       15, 16, 17 tollgate only, its own features' cost: 15 and 16 have
 #          $METRICS_TENANTS tenants as in 10, per-tenant metrics off (15) and
-#          on with every request traced (16); 17 is scenario 1 with every
-#          request traced
+#          on with tracing on at its default sampling, 1% (16); 17 is
+#          scenario 1 with every request traced
 #       11 HTTP/2 on the TLS listener (ALPN h2, then http/1.1): nginx
 #          "listen ... ssl http2" (1.22 has no "http2 on"), haproxy
 #          "alpn h2,http/1.1" on its bind, tollgate its default (http2: true)
@@ -242,10 +242,12 @@ CONF
         15) echo "admin: { listen: 127.0.0.1:$ADMIN_PORT, tenant_series: 0 }" ;;
         16) echo "admin: { listen: 127.0.0.1:$ADMIN_PORT }   # tenant_series: 500, the default" ;;
     esac
+    # 16: tracing as shipped (sample_ratio 0.01, the default); 17: every
+    # request traced, the worst case.
     case $scen in 16|17) cat <<CONF
 tracing:
   enabled: true
-  sample_ratio: 1.0
+  sample_ratio: $( [ "$scen" = 17 ] && echo 1.0 || echo 0.01 )
   otlp: { endpoint: "http://127.0.0.1:$BACKEND_PORT/v1/traces" }
 CONF
     esac

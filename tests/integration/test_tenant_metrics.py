@@ -66,8 +66,8 @@ def test_thousand_tenants_at_most_the_limit_busiest_exact(tollgate, backend, tmp
     port, aport = free_port(), free_port()
     tollgate(tenants_config(port, aport, b.port, 1000, 20))
     # Ten busy tenants first (100 requests each), then 990 that come once:
-    # the busy ones hold their slots (space-saving keeps anything above
-    # total/slots = 1990/40), so their counts are exact.
+    # the busy ones hold their slots (a newcomer takes only the least busy
+    # one's, and only now and then), so their counts are exact.
     heavy = ["t%d.platform.test" % i for i in range(10)] * 100
     light = ["t%d.platform.test" % i for i in range(10, 1000)]
     assert drive(port, heavy + light) == {200: 1990}
@@ -91,7 +91,9 @@ def test_thousand_tenants_at_most_the_limit_busiest_exact(tollgate, backend, tmp
     assert m["tollgate_tenant_series"] == len(named)
     assert m["tollgate_tenant_slots"] == 2 * 2 * 20  # two workers, twice the limit each
     assert m["tollgate_tenant_tracked"] <= m["tollgate_tenant_slots"]
-    assert m["tollgate_tenant_evictions_total"] >= 990 - 40
+    # Random admission: newcomers that come once evict now and then, not
+    # every time (plain space-saving would evict for each of the last 950).
+    assert 0 < m["tollgate_tenant_evictions_total"] < 950
     # A second round: the counters only go up, and the set stays bounded.
     assert drive(port, light + heavy) == {200: 1990}
     time.sleep(0.2)

@@ -13,6 +13,7 @@
 
 static void setup(unsigned n)
 {
+    admit_always = true; /* plain space-saving: deterministic */
     configured = false;
     tg_tenant_metrics_configure(n);
     tg_tenant_metrics_reset_export();
@@ -295,6 +296,35 @@ TEST(scrape_beside_a_busy_worker)
     tg_tenant_metrics_free(c.tm);
 }
 
+/* The random admission: 5,000 tenants that come once do not evict on
+ * every request (a few do), while a tenant with steady traffic still gets
+ * a slot, and keeps it; nothing counted is lost. */
+TEST(random_admission_spares_the_long_tail)
+{
+    setup(5); /* ten slots */
+    admit_always = false;
+    struct tg_tenant_metrics *tm = tg_tenant_metrics_new();
+    char id[32];
+    for (int round = 0; round < 500; round++) {
+        for (int k = 0; k < 10; k++) {
+            snprintf(id, sizeof(id), "tail%d", round * 10 + k);
+            hit(tm, id, &ok);
+        }
+        hit(tm, "steady", &ok);
+    }
+    struct tg_tenant_report r;
+    CHECK_EQ_INT(tg_tenant_metrics_report(&tm, 1, &r), 0);
+    CHECK(r.evictions < 2500); /* plain space-saving: one per newcomer, 4990 */
+    const struct tg_tenant_row *steady = row_of(&r, "steady");
+    CHECK(steady != NULL);
+    CHECK(steady != NULL && steady->s.requests[2] > 300);
+    CHECK_EQ_INT(total_requests(&r), 5500);
+    CHECK_EQ_INT(r.other.active, 0);
+    tg_tenant_report_free(&r);
+    tg_tenant_metrics_free(tm);
+    admit_always = true;
+}
+
 int main(void)
 {
     RUN(off_when_limit_is_zero);
@@ -303,5 +333,6 @@ int main(void)
     RUN(exported_counters_never_go_down);
     RUN(workers_merge);
     RUN(scrape_beside_a_busy_worker);
+    RUN(random_admission_spares_the_long_tail);
     return TEST_SUMMARY();
 }
