@@ -95,7 +95,11 @@ def test_thousand_tenants_at_most_the_limit_busiest_exact(tollgate, backend, tmp
     # every time (plain space-saving would evict for each of the last 950).
     assert 0 < m["tollgate_tenant_evictions_total"] < 950
     # A second round: the counters only go up, and the set stays bounded.
-    assert drive(port, light + heavy) == {200: 1990}
+    # The busy tenants come first again: the new connection may land on
+    # the other worker, whose table has room for them then (coming after
+    # the 990, a few of their first requests could count under _other
+    # before random admission lets them in).
+    assert drive(port, heavy + light) == {200: 1990}
     time.sleep(0.2)
     m2 = parse_exposition(admin_get(aport, "/metrics")[2].decode())
     req2 = tenant_values(m2, "tenant_requests_total")
