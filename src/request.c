@@ -336,14 +336,15 @@ static void log_request(struct tg_request *req)
     TG_METRIC_INC(rs->requests[cls]);
     TG_METRIC_INC(ctx->metrics->requests_by_proto[req->proto != NULL && req->proto[5] == '2']);
     double dur = now - req->start;
-    TG_METRIC_INC(rs->duration[tg_metrics_bucket(dur)]);
+    unsigned bucket = tg_metrics_bucket(dur);
+    TG_METRIC_INC(rs->duration[bucket]);
     TG_METRIC_ADD(rs->duration_us, dur > 0 ? (uint64_t)(dur * 1e6) : 0);
     TG_METRIC_ADD(rs->bytes_in, req->bytes_in);
     TG_METRIC_ADD(rs->bytes_out, req->bytes_out);
     if (req->tenant != NULL) {
         struct tg_tenant_outcome o = {
             .status_class = (unsigned)cls,
-            .bucket = tg_metrics_bucket(dur),
+            .bucket = bucket,
             .duration_us = dur > 0 ? (uint64_t)(dur * 1e6) : 0,
             .bytes_in = req->bytes_in,
             .bytes_out = req->bytes_out,

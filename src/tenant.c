@@ -867,6 +867,30 @@ static struct entry *from_shared(struct tg_tenant_dir *d, struct entry *e, bool 
 
 /* Answers `key` from the cache or the state of the link, or queues a
  * waiter (*wp, allocated here if NULL) on the fetch for it. */
+/* Starts a fetch of `key` for entry `e` (made when NULL): sent when its
+ * node's link is up, parked while it connects. Returns the entry, or NULL
+ * when it cannot go (the link is down, memory ran out); an entry made
+ * here is then gone again. */
+static struct entry *start_fetch(struct tg_tenant_dir *d, struct entry *e, const char *key,
+                                 size_t klen, uint64_t h, bool domain)
+{
+    enum tg_redis_state ls = slot_state(d, key_slot(d, key, klen));
+    if (ls != TG_REDIS_UP && ls != TG_REDIS_CONNECTING)
+        return NULL;
+    bool created = e == NULL;
+    if (created && (e = cache_insert(d, key, klen, h, domain)) == NULL)
+        return NULL;
+    struct fetch *f = fetch_new(d, e);
+    if (f == NULL || (ls == TG_REDIS_UP && !fetch_send(d, f))) {
+        if (f != NULL)
+            fetch_free(f);
+        if (created)
+            cache_remove(d, e);
+        return NULL;
+    }
+    return e;
+}
+
 static void resolve_key(struct tg_tenant_dir *d, const struct tg_config_tenants *cfg, bool domain,
                         const char *key, size_t klen, struct tg_tenant_wait **wp, tg_tenant_cb cb,
                         void *arg, struct answer *a)
@@ -891,41 +915,28 @@ static void resolve_key(struct tg_tenant_dir *d, const struct tg_config_tenants 
     d->st.misses++;
 
     struct fetch *f = e != NULL ? e->fetch : NULL;
-    enum tg_redis_state ls = slot_state(d, key_slot(d, key, klen));
-    if (f == NULL && (ls == TG_REDIS_UP || ls == TG_REDIS_CONNECTING)) {
-        bool created = e == NULL;
-        if (created && (e = cache_insert(d, key, klen, h, domain)) == NULL)
-            goto offline;
-        if ((f = fetch_new(d, e)) == NULL || (ls == TG_REDIS_UP && !fetch_send(d, f))) {
-            /* Not sent: as if the link were down. */
-            if (f != NULL)
-                fetch_free(f);
-            f = NULL;
-            if (created) {
-                cache_remove(d, e);
-                e = NULL;
-            }
-            goto offline;
-        }
-        /* CONNECTING: parked until the link is up or down. */
+    if (f == NULL) {
+        struct entry *fetched = start_fetch(d, e, key, klen, h, domain);
+        if (fetched == NULL)
+            goto offline; /* not sent: as if the link were down */
+        e = fetched;
+        f = e->fetch;
     }
-    if (f != NULL) {
-        struct tg_tenant_wait *w = *wp;
-        if (w == NULL) {
-            if (cb == NULL || (w = calloc(1, sizeof(*w))) == NULL)
-                goto offline; /* the fetch carries on for the cache */
-            w->cb = cb;
-            w->arg = arg;
-            w->cfg = cfg;
-            *wp = w;
-        }
-        w->domain = domain;
-        tg_list_push_back(&f->waiters, &w->link);
-        touch(d, e);
-        evict(d);
-        a->status = -1;
-        return;
+    struct tg_tenant_wait *w = *wp;
+    if (w == NULL) {
+        if (cb == NULL || (w = calloc(1, sizeof(*w))) == NULL)
+            goto offline; /* the fetch carries on for the cache */
+        w->cb = cb;
+        w->arg = arg;
+        w->cfg = cfg;
+        *wp = w;
     }
+    w->domain = domain;
+    tg_list_push_back(&f->waiters, &w->link);
+    touch(d, e);
+    evict(d);
+    a->status = -1;
+    return;
 
 offline:
     d->st.redis_errors++;
@@ -1483,24 +1494,13 @@ static void activation_send(struct tg_tenant_dir *d, const struct tg_config_tena
 /* Starts a fetch of `id` (the cached answer is due), unless one runs. */
 static void refetch(struct tg_tenant_dir *d, const char *id, size_t n)
 {
-    enum tg_redis_state ls = d->link != NULL ? tg_redis_cluster_state(d->link) : TG_REDIS_DOWN;
-    if (ls != TG_REDIS_UP && ls != TG_REDIS_CONNECTING)
-        return;
     uint64_t h = key_hash(d, id, n);
     struct entry *e = cache_find(d, id, n, h);
     if (e != NULL && e->fetch != NULL)
         return;
-    bool created = e == NULL;
-    if (created && (e = cache_insert(d, id, n, h, false)) == NULL)
-        return;
-    e->due = true;
-    struct fetch *f = fetch_new(d, e);
-    if (f == NULL || (ls == TG_REDIS_UP && !fetch_send(d, f))) {
-        if (f != NULL)
-            fetch_free(f);
-        if (created)
-            cache_remove(d, e);
-    }
+    if (e != NULL)
+        e->due = true;
+    start_fetch(d, e, id, n, h, false);
 }
 
 /* Answers every request waiting on `a` and forgets it. */
